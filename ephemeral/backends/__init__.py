@@ -1,0 +1,40 @@
+"""Backends: one narrow contract (``base``), several ways to run clusters."""
+
+from __future__ import annotations
+
+from ephemeral.backends.base import (
+    ClusterBackend,
+    ClusterHandle,
+    ClusterStatus,
+    Endpoints,
+    OwnerSelector,
+    Phase,
+)
+from ephemeral.errors import BackendUnavailable
+
+__all__ = [
+    "ClusterBackend",
+    "ClusterHandle",
+    "ClusterStatus",
+    "Endpoints",
+    "OwnerSelector",
+    "Phase",
+    "get_backend",
+]
+
+
+def get_backend(name: str | None = None) -> ClusterBackend:
+    """The backend called ``name`` (default: ``$EPHEMERAL_BACKEND``, else ``local``)."""
+    from ephemeral.settings import get_settings
+
+    name = name or get_settings().backend
+    if name == "local":
+        from ephemeral.backends.local import LocalBackend
+
+        return LocalBackend()
+    if name == "fake":
+        from ephemeral.backends.fake import InMemoryBackend
+
+        return InMemoryBackend()
+    raise BackendUnavailable(f"unknown backend {name!r}; known: local, fake "
+                             "(kubernetes arrives with the Kubernetes backend)")

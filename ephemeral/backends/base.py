@@ -1,0 +1,186 @@
+"""The backend contract: the one narrow interface every way of running clusters implements.
+
+Rules every backend keeps (the contract suite in tests/contract checks them):
+
+- ``create`` is idempotent: the same identity returns the existing cluster when its spec hash is
+  the same, and raises ``IdentityConflict`` when it is not. It never makes a second cluster.
+  It validates everything it can before creating anything, and it does not wait for readiness.
+- ``wait_ready(timeout=0)`` probes once and returns the status; a positive timeout waits until
+  ready and raises ``ReadinessTimeout`` (retryable) or ``ClusterFailed`` (with log tails).
+- ``delete`` is idempotent (a missing cluster is success). With ``wait=True`` it returns only when
+  nothing of the cluster is left, or raises ``TeardownIncomplete`` naming what is.
+- Every cluster carries its owner labels, so ``list_owned`` finds it after any crash.
+- Only ``ephemeral.errors`` types escape; foreign exceptions are chained.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict
+
+from ephemeral.specs.identity import PREFIX, ClusterIdentity
+
+if TYPE_CHECKING:
+    from ephemeral.specs.resolve import ResolvedSpec
+
+
+class Phase(enum.StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    FAILED = "failed"
+    DELETING = "deleting"
+    GONE = "gone"
+
+
+class Endpoints(BaseModel):
+    """How to reach a cluster. Only URLs: never credentials."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dashboard: str | None = None
+    """Ray dashboard and Jobs API, ``http://host:port``."""
+    ray_client: str | None = None
+    """``ray://host:port``."""
+    gcs: str | None = None
+    """``host:port`` of the Ray GCS, for ``ray start --address`` and ``ray.init``."""
+    spark_master: str | None = None
+    """``spark://host:port``."""
+    spark_ui: str | None = None
+    """Spark master web UI, ``http://host:port``."""
+    spark_connect: str | None = None
+    """``sc://host:port``."""
+
+
+class ClusterHandle(BaseModel):
+    """What a created cluster is known by: small enough for XCom, enough to find it again."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    backend: str
+    engine: str
+    namespace: str | None = None
+    spec_ref: str
+    spec_hash: str
+    profile: str | None = None
+    created_at: str
+    expires_at: str
+    labels: dict[str, str]
+    endpoints: Endpoints = Endpoints()
+
+    @property
+    def owner_labels(self) -> dict[str, str]:
+        return {k: v for k, v in self.labels.items() if k.startswith(PREFIX)}
+
+
+class ClusterStatus(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    phase: Phase
+    nodes_ready: int = 0
+    nodes_expected: int = 0
+    message: str = ""
+
+    @property
+    def ready(self) -> bool:
+        return self.phase is Phase.READY
+
+
+class OwnerSelector(BaseModel):
+    """Which clusters to list: every field that is set must match the cluster's labels."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    labels: dict[str, str] = {}
+
+    @classmethod
+    def everything(cls) -> OwnerSelector:
+        return cls()
+
+    @classmethod
+    def of(cls, identity: ClusterIdentity) -> OwnerSelector:
+        return cls(labels={PREFIX + "cluster": identity.name})
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        return all(labels.get(k) == v for k, v in self.labels.items())
+
+    def as_label_selector(self) -> str:
+        return ",".join(f"{k}={v}" for k, v in sorted(self.labels.items()))
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class ClusterBackend(abc.ABC):
+    """Create, probe, locate and delete clusters of one kind of infrastructure."""
+
+    name: str
+
+    @abc.abstractmethod
+    def create(self, spec: ResolvedSpec, *, identity: ClusterIdentity) -> ClusterHandle:
+        """Start creating the cluster (idempotent by identity); do not wait for readiness."""
+
+    @abc.abstractmethod
+    def wait_ready(self, handle: ClusterHandle, *, timeout: float) -> ClusterStatus:
+        """Probe once (``timeout=0``) or wait until usable; raise on failure or timeout."""
+
+    @abc.abstractmethod
+    def endpoints(self, handle: ClusterHandle) -> Endpoints:
+        """The cluster's endpoints (known as soon as it is created)."""
+
+    @abc.abstractmethod
+    def delete(self, target: ClusterHandle | ClusterIdentity | str, *, wait: bool = True) -> None:
+        """Delete by handle, identity or name. Missing is success."""
+
+    @abc.abstractmethod
+    def list_owned(self, selector: OwnerSelector | None = None) -> list[ClusterHandle]:
+        """Every cluster this backend made that matches ``selector`` (all when None)."""
+
+    def get(self, name: str) -> ClusterHandle | None:
+        """The handle of a cluster by name, or None."""
+        found = self.list_owned(OwnerSelector(labels={PREFIX + "cluster": name}))
+        return found[0] if found else None
+
+    @staticmethod
+    def target_name(target: ClusterHandle | ClusterIdentity | str) -> str:
+        if isinstance(target, str):
+            return target
+        return target.name
+
+
+def make_handle(
+    spec: ResolvedSpec,
+    identity: ClusterIdentity,
+    *,
+    backend: str,
+    endpoints: Endpoints,
+    namespace: str | None = None,
+    created: datetime | None = None,
+) -> ClusterHandle:
+    """A new cluster's handle with its owner labels and expiry, the same for every backend."""
+    from ephemeral.specs.identity import expires_at
+
+    created = created or utcnow()
+    labels = identity.labels() | {
+        PREFIX + "spec-version": str(spec.spec.version),
+        PREFIX + "spec-hash": spec.hash,
+        PREFIX + "backend": backend,
+    }
+    return ClusterHandle(
+        name=identity.name,
+        backend=backend,
+        engine=spec.engine,
+        namespace=namespace,
+        spec_ref=spec.ref,
+        spec_hash=spec.hash,
+        profile=spec.profile,
+        created_at=created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        expires_at=expires_at(created, spec.spec.lifetime.ttl_seconds),
+        labels=labels,
+        endpoints=endpoints,
+    )

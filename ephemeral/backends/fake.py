@@ -1,0 +1,109 @@
+"""An in-memory backend that keeps the contract, for testing the layers above without processes.
+
+It ships in the library (as Ray's fake node provider does) so users can test their DAGs' wiring.
+Readiness takes ``ready_after_probes`` probes; ``fail_nodes`` makes a cluster fail to start.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from ephemeral.backends.base import (
+    ClusterBackend,
+    ClusterHandle,
+    ClusterStatus,
+    Endpoints,
+    OwnerSelector,
+    Phase,
+    make_handle,
+)
+from ephemeral.errors import ClusterFailed, IdentityConflict, ReadinessTimeout
+from ephemeral.specs.identity import ClusterIdentity
+from ephemeral.specs.models import RaySpec
+from ephemeral.specs.resolve import ResolvedSpec
+
+
+@dataclass
+class _Record:
+    handle: ClusterHandle
+    nodes: int
+    probes: int = 0
+    failed: bool = False
+
+
+class InMemoryBackend(ClusterBackend):
+    name = "fake"
+
+    def __init__(self, *, ready_after_probes: int = 2, fail_nodes: bool = False) -> None:
+        self.ready_after_probes = ready_after_probes
+        self.fail_nodes = fail_nodes
+        self._clusters: dict[str, _Record] = {}
+        self._lock = threading.Lock()
+        self.created_total = 0
+
+    def create(self, spec: ResolvedSpec, *, identity: ClusterIdentity) -> ClusterHandle:
+        with self._lock:
+            existing = self._clusters.get(identity.name)
+            if existing:
+                if existing.handle.spec_hash != spec.hash:
+                    raise IdentityConflict(
+                        f"cluster {identity.name!r} exists with spec hash "
+                        f"{existing.handle.spec_hash}, not {spec.hash}"
+                    )
+                return existing.handle
+            host = f"{identity.name}.fake"
+            s = spec.spec
+            if isinstance(s, RaySpec):
+                ep = Endpoints(dashboard=f"http://{host}:8265", ray_client=f"ray://{host}:10001",
+                               gcs=f"{host}:6379")
+                nodes = 1 + sum(g.replicas for g in s.worker_groups)
+            else:
+                ep = Endpoints(spark_master=f"spark://{host}:7077", spark_ui=f"http://{host}:8080",
+                               spark_connect=f"sc://{host}:15002")
+                nodes = 1 + s.workers.replicas
+            handle = make_handle(spec, identity, backend=self.name, endpoints=ep)
+            self._clusters[identity.name] = _Record(handle, nodes, failed=self.fail_nodes)
+            self.created_total += 1
+            return handle
+
+    def _probe(self, name: str) -> ClusterStatus:
+        with self._lock:
+            rec = self._clusters.get(name)
+            if rec is None:
+                return ClusterStatus(phase=Phase.GONE, message="no such cluster")
+            rec.probes += 1
+            if rec.failed:
+                raise ClusterFailed(f"cluster {name!r} failed to start", "node worker-0: exit 1")
+            ready = rec.probes >= self.ready_after_probes
+            return ClusterStatus(
+                phase=Phase.READY if ready else Phase.STARTING,
+                nodes_ready=rec.nodes if ready else 1,
+                nodes_expected=rec.nodes,
+            )
+
+    def wait_ready(self, handle: ClusterHandle, *, timeout: float) -> ClusterStatus:
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self._probe(handle.name)
+            if status.phase in (Phase.READY, Phase.GONE) or timeout <= 0:
+                if status.phase is Phase.GONE and timeout > 0:
+                    raise ClusterFailed(f"cluster {handle.name!r} does not exist")
+                return status
+            if time.monotonic() >= deadline:
+                raise ReadinessTimeout(f"cluster {handle.name!r} not ready after {timeout:.0f}s")
+            time.sleep(0.01)
+
+    def endpoints(self, handle: ClusterHandle) -> Endpoints:
+        return handle.endpoints
+
+    def delete(self, target: ClusterHandle | ClusterIdentity | str, *, wait: bool = True) -> None:
+        del wait  # nothing here takes time to go away
+        with self._lock:
+            self._clusters.pop(self.target_name(target), None)
+
+    def list_owned(self, selector: OwnerSelector | None = None) -> list[ClusterHandle]:
+        selector = selector or OwnerSelector.everything()
+        with self._lock:
+            return [r.handle for r in self._clusters.values() if selector.matches(r.handle.labels)]

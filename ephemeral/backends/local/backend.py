@@ -1,0 +1,282 @@
+"""The local backend: real Ray and Spark clusters as processes on this machine."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from contextlib import AbstractContextManager
+from importlib import metadata
+from pathlib import Path
+
+import psutil
+
+from ephemeral.backends.base import (
+    ClusterBackend,
+    ClusterHandle,
+    ClusterStatus,
+    Endpoints,
+    OwnerSelector,
+    Phase,
+    make_handle,
+)
+from ephemeral.backends.local import procs, ray_nodes, slots, spark_nodes
+from ephemeral.backends.local.state import ClusterState, PlannedNode, load, save
+from ephemeral.errors import (
+    BackendError,
+    ClusterFailed,
+    EphemeralError,
+    IdentityConflict,
+    ReadinessTimeout,
+    SpecError,
+    TeardownIncomplete,
+)
+from ephemeral.settings import get_settings
+from ephemeral.specs.identity import ClusterIdentity
+from ephemeral.specs.models import RaySpec, SparkSpec
+from ephemeral.specs.resolve import ResolvedSpec
+
+POLL_SECONDS = 0.25
+
+
+def host_gpus() -> int:
+    """GPUs this host has, as nvidia-smi lists them (0 without a driver)."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return 0
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+
+
+def _installed(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def check_spec(spec: ResolvedSpec) -> None:
+    """What only this host can judge, checked before anything starts."""
+    s, problems = spec.spec, []
+    gpus = host_gpus()
+    fix = "use --profile ci-cpu or set gpus: 0"
+    if isinstance(s, RaySpec):
+        installed, dist, field = _installed("ray"), "ray", "rayVersion"
+        wanted = s.ray_version
+        asks = [("head.gpus", s.head.gpus)] + [
+            (f"workerGroups[{i}].gpus", g.gpus * g.replicas) for i, g in enumerate(s.worker_groups)]
+        nodes = 1 + sum(g.replicas for g in s.worker_groups)
+    else:
+        installed, dist, field = _installed("pyspark"), "pyspark", "sparkVersion"
+        wanted = s.spark_version
+        asks = [("workers.gpus", s.workers.gpus * s.workers.replicas)]
+        nodes = 2 + s.workers.replicas
+    for path, n in asks:
+        if n and n > gpus:
+            problems.append((path, f"asks for {n} GPU(s) but this host has {gpus}; {fix}"))
+    if installed is None:
+        problems.append((field, f"the local backend needs {dist} installed: "
+                                "pip install 'ephemeral[local]'"))
+    elif installed != wanted:
+        problems.append((field, f"the spec wants {wanted} but the local backend runs the installed "
+                                f"{dist} {installed}; change {field} or install {dist}=={wanted}"))
+    if nodes > slots.MAX_NODES:
+        problems.append(("", f"{nodes} nodes; the local backend runs at most {slots.MAX_NODES}"))
+    if problems:
+        raise SpecError(f"{spec.source} on the local backend", problems)
+
+
+class LocalBackend(ClusterBackend):
+    name = "local"
+
+    def __init__(self, home: Path | None = None) -> None:
+        self.home = (home or get_settings().home).resolve()
+
+    # -- paths and state -------------------------------------------------------------------
+    def _dir(self, name: str) -> Path:
+        return self.home / "clusters" / name
+
+    def _lock(self, name: str) -> AbstractContextManager[None]:
+        return slots.locked(self.home / "locks" / f"{name}.lock")
+
+    def _state(self, name: str) -> ClusterState | None:
+        return load(self._dir(name))
+
+    # -- contract --------------------------------------------------------------------------
+    def create(self, spec: ResolvedSpec, *, identity: ClusterIdentity) -> ClusterHandle:
+        name = identity.name
+        with self._lock(name):
+            existing = self._state(name)
+            if existing and not existing.deleting:
+                if existing.handle.spec_hash != spec.hash:
+                    raise IdentityConflict(
+                        f"cluster {name!r} already exists from {existing.handle.spec_ref} "
+                        f"(hash {existing.handle.spec_hash}); this create asks for {spec.ref} "
+                        f"(hash {spec.hash}). Delete it first or use another identity.")
+                return existing.handle
+            if existing:  # a deletion was interrupted: finish it before starting afresh
+                self._delete_locked(name)
+            check_spec(spec)
+            cdir = self._dir(name)
+            cdir.mkdir(parents=True, exist_ok=True)
+            slot = slots.claim(cdir, self._node_count(spec))
+            try:
+                return self._start(spec, identity, cdir, slot)
+            except BaseException as err:
+                self._delete_locked(name)
+                slots.release(cdir, slot)
+                if isinstance(err, EphemeralError):
+                    raise
+                raise BackendError(f"starting cluster {name!r} failed: {err}") from err
+
+    @staticmethod
+    def _node_count(spec: ResolvedSpec) -> int:
+        s = spec.spec
+        if isinstance(s, RaySpec):
+            return 1 + sum(g.replicas for g in s.worker_groups)
+        return 2 + s.workers.replicas
+
+    def _start(self, spec: ResolvedSpec, identity: ClusterIdentity, cdir: Path,
+               slot: int) -> ClusterHandle:
+        s = spec.spec
+        temp_root: Path | None = None
+        if isinstance(s, RaySpec):
+            temp_root = slots.runtime_dir() / f"r{slot}-{uuid.uuid4().hex[:6]}"
+            ep = ray_nodes.endpoints(slot)
+            planned = ray_nodes.plan(s, slot, temp_root)
+        else:
+            ep = spark_nodes.endpoints(s, slot)
+            planned = spark_nodes.plan(s, slot, cdir / "spark")
+        handle = make_handle(spec, identity, backend=self.name, endpoints=ep)
+        uid = uuid.uuid4().hex
+        state = ClusterState(handle=handle, uid=uid, slot=slot, plan=planned,
+                             ray_temp_root=str(temp_root) if temp_root else None)
+        save(cdir, state)  # before any process exists, so a crash from here on is findable
+        base_env = self._env(s, uid, name=handle.name)
+        for node in planned:
+            env = base_env | node.env
+            state.nodes.append(procs.spawn(
+                node.name, node.argv, log=cdir / "logs" / f"{node.name}.log",
+                exit_file=cdir / "exit" / node.name, env=env, cwd=cdir))
+            save(cdir, state)
+        return handle
+
+    @staticmethod
+    def _env(s: RaySpec | SparkSpec, uid: str, *, name: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env |= {procs.UID_ENV: uid, "EPHEMERAL_CLUSTER_NAME": name,
+                "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+        if isinstance(s, RaySpec):
+            for var in s.runtime_env.env:
+                if var.value is not None:
+                    env[var.name] = var.value
+                else:  # a reference: read it from this environment, never from the spec
+                    src = var.from_env or var.name
+                    if src in os.environ:
+                        env[var.name] = os.environ[src]
+        return env
+
+    def wait_ready(self, handle: ClusterHandle, *, timeout: float) -> ClusterStatus:
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self._probe(handle.name)
+            if status.phase is Phase.READY or timeout <= 0:
+                return status
+            if status.phase is Phase.GONE:
+                raise ClusterFailed(f"cluster {handle.name!r} does not exist (deleted?)")
+            if time.monotonic() >= deadline:
+                state = self._state(handle.name)
+                tails = "\n".join(n.log_tail(15) for n in state.nodes) if state else ""
+                raise ReadinessTimeout(
+                    f"cluster {handle.name!r} not ready after {timeout:.0f}s: {status.message}",
+                    tails)
+            time.sleep(POLL_SECONDS)
+
+    def _probe(self, name: str) -> ClusterStatus:
+        state = self._state(name)
+        if state is None:
+            return ClusterStatus(phase=Phase.GONE, message="no such cluster")
+        if state.deleting:
+            return ClusterStatus(phase=Phase.DELETING, message="being deleted")
+        self._raise_if_a_node_failed(state)
+        if state.handle.engine == "ray":
+            return ray_nodes.probe(state.handle.endpoints.dashboard or "", state.plan)
+        workers = sum(1 for p in state.plan if p.role == "worker")
+        return spark_nodes.probe(workers, state.handle.endpoints)
+
+    @staticmethod
+    def _raise_if_a_node_failed(state: ClusterState) -> None:
+        failed = []
+        for node, planned in zip(state.nodes, state.plan, strict=False):
+            code = node.exit_code()
+            # ray start exits 0 once its node runs; Spark daemons never exit while healthy.
+            ok_exit = planned.argv[1:2] == ["start"] and code == 0
+            if code is not None and not ok_exit:
+                failed.append((node, f"exited with code {code}"))
+            elif code is None and not procs.find([node], None) and not _leader_alive(node):
+                failed.append((node, "died without an exit code (killed?)"))
+        if failed:
+            names = ", ".join(f"{n.name} {why}" for n, why in failed)
+            raise ClusterFailed(f"cluster {state.handle.name!r}: node {names}",
+                                "\n".join(n.log_tail() for n, _ in failed))
+
+    def endpoints(self, handle: ClusterHandle) -> Endpoints:
+        state = self._state(handle.name)
+        return state.handle.endpoints if state else handle.endpoints
+
+    def delete(self, target: ClusterHandle | ClusterIdentity | str, *, wait: bool = True) -> None:
+        name = self.target_name(target)
+        with self._lock(name):
+            self._delete_locked(name, wait=wait)
+
+    def _delete_locked(self, name: str, *, wait: bool = True) -> None:
+        cdir = self._dir(name)
+        state = load(cdir)
+        if state is None:
+            shutil.rmtree(cdir, ignore_errors=True)
+            return
+        state.deleting = True
+        save(cdir, state)
+        left = procs.kill_all(state.nodes, state.uid, timeout=10.0 if wait else 2.0)
+        if left:
+            raise TeardownIncomplete(name, procs.describe(left))
+        if state.ray_temp_root:
+            shutil.rmtree(state.ray_temp_root, ignore_errors=True)
+        slots.release(cdir, state.slot)
+        shutil.rmtree(cdir, ignore_errors=True)
+
+    def list_owned(self, selector: OwnerSelector | None = None) -> list[ClusterHandle]:
+        selector = selector or OwnerSelector.everything()
+        root = self.home / "clusters"
+        out = []
+        for cdir in sorted(root.iterdir()) if root.is_dir() else []:
+            state = load(cdir)
+            if state and selector.matches(state.handle.labels):
+                out.append(state.handle)
+        return out
+
+    # -- extras used by the CLI and tests --------------------------------------------------
+    def pids(self, name: str) -> list[int]:
+        """Pids of every live process of the cluster (what delete must leave none of)."""
+        state = self._state(name)
+        return [p.pid for p in procs.find(state.nodes, state.uid)] if state else []
+
+    def node_plan(self, name: str) -> list[PlannedNode]:
+        state = self._state(name)
+        return state.plan if state else []
+
+    def log_dir(self, name: str) -> Path:
+        return self._dir(name) / "logs"
+
+
+def _leader_alive(node: procs.NodeProcess) -> bool:
+    try:
+        p = psutil.Process(node.sid)
+        return p.status() != psutil.STATUS_ZOMBIE and abs(p.create_time() - node.started_at) < 1
+    except psutil.Error:
+        return False

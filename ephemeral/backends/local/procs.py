@@ -1,0 +1,164 @@
+"""Start node processes as daemons in sessions of their own, find them again, kill exactly them.
+
+Each node runs under a small ``sh`` wrapper started with ``setsid``: the wrapper's pid is the
+node's session id, every process the node starts (raylet, gcs_server, dashboard, JVMs) stays in
+that session, and the wrapper writes the node's exit code to a file any process can read (the
+process that creates a cluster is rarely the one that probes or deletes it). Processes are also
+marked with ``EPHEMERAL_CLUSTER_UID`` in their environment, which catches any that leave the
+session. Nothing here ever runs ``ray stop``, which kills every Ray process on the host.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import psutil
+from pydantic import BaseModel, ConfigDict
+
+UID_ENV = "EPHEMERAL_CLUSTER_UID"
+
+
+class NodeProcess(BaseModel):
+    """A started node: the session it runs in and where its log and exit code go."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    sid: int
+    started_at: float
+    """Process start time of the session leader (guards against pid reuse)."""
+    log: str
+    exit_file: str
+
+    def exit_code(self) -> int | None:
+        try:
+            text = Path(self.exit_file).read_text().strip()
+        except FileNotFoundError:
+            return None
+        return int(text) if text.lstrip("-").isdigit() else None
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            with open(self.log, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - 16384))
+                text = fh.read().decode(errors="replace")
+        except FileNotFoundError:
+            return f"--- {self.name}: no log at {self.log}"
+        tail = "\n".join(text.splitlines()[-lines:])
+        return f"--- {self.name} (log {self.log}):\n{tail}"
+
+
+def spawn(
+    name: str,
+    argv: Sequence[str],
+    *,
+    log: Path,
+    exit_file: Path,
+    env: Mapping[str, str],
+    cwd: Path | None = None,
+) -> NodeProcess:
+    """Run ``argv`` in a new session, its output to ``log``, its exit code to ``exit_file``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    exit_file.parent.mkdir(parents=True, exist_ok=True)
+    exit_file.unlink(missing_ok=True)
+    script = f'{shlex.join(argv)}\necho $? > {shlex.quote(str(exit_file))}\n'
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", script],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            cwd=cwd,
+            start_new_session=True,
+            close_fds=True,
+        )
+    try:
+        started = psutil.Process(proc.pid).create_time()
+    except psutil.Error:  # exited already; the exit file tells why
+        started = time.time()
+    return NodeProcess(name=name, sid=proc.pid, started_at=started, log=str(log),
+                       exit_file=str(exit_file))
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def find(nodes: Iterable[NodeProcess], uid: str | None) -> list[psutil.Process]:
+    """Live processes of a cluster: in one of its node sessions, or carrying its uid marker."""
+    sessions = {n.sid: n.started_at for n in nodes}
+    earliest = min(sessions.values(), default=0.0) - 1.0
+    me = os.getpid()
+    found = []
+    for p in psutil.process_iter(["pid", "create_time"]):
+        pid = p.info["pid"]
+        if pid == me or not _alive(p):
+            continue
+        try:
+            sid = os.getsid(pid)
+        except OSError:
+            continue
+        # A session id can outlive its leader and be reused only by a newer process that calls
+        # setsid; the start-time check keeps a recycled pid from being mistaken for a node.
+        if sid in sessions and (p.info["create_time"] or 0) >= sessions[sid] - 1.0:
+            found.append(p)
+            continue
+        if uid is None or (p.info["create_time"] or 0) < earliest:
+            continue
+        try:
+            if p.environ().get(UID_ENV) == uid:
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+def describe(procs: Iterable[psutil.Process]) -> list[str]:
+    out = []
+    for p in procs:
+        try:
+            out.append(f"pid {p.pid} ({p.name()})")
+        except psutil.Error:
+            out.append(f"pid {p.pid}")
+    return out
+
+
+def kill_all(
+    nodes: Sequence[NodeProcess], uid: str, *, grace: float = 1.0, timeout: float = 10.0
+) -> list[psutil.Process]:
+    """SIGTERM the cluster's processes, SIGKILL what is left after ``grace``; return survivors."""
+    deadline = time.monotonic() + timeout
+    procs = find(nodes, uid)
+    if not procs:
+        return []
+    for p in procs:
+        _signal(p, signal.SIGTERM)
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    # Processes can fork while we kill; look again until nothing of the cluster is left.
+    while time.monotonic() < deadline:
+        alive = [p for p in {*alive, *find(nodes, uid)} if _alive(p)]
+        if not alive:
+            return []
+        for p in alive:
+            _signal(p, signal.SIGKILL)
+        _, alive = psutil.wait_procs(alive, timeout=0.5)
+        alive = [p for p in alive if _alive(p)]
+    return [p for p in {*alive, *find(nodes, uid)} if _alive(p)]
+
+
+def _signal(p: psutil.Process, sig: signal.Signals) -> None:
+    try:
+        p.send_signal(sig)
+    except psutil.Error:
+        pass

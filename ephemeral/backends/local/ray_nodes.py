@@ -1,0 +1,124 @@
+"""Ray on the local backend: the ``ray start`` command of every node, endpoints, readiness.
+
+All nodes start at once: workers wait for the head's GCS by themselves, so a cluster is ready
+in about the time of its slowest node instead of head time plus worker time. Each node has its
+own ``--temp-dir`` (two nodes sharing one hang at start) and its own 127.0.x.y address.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from ephemeral.backends.base import ClusterStatus, Endpoints, Phase
+from ephemeral.backends.local import slots
+from ephemeral.backends.local.http import get_json
+from ephemeral.backends.local.state import PlannedNode
+from ephemeral.specs.models import RaySpec
+from ephemeral.specs.quantities import memory_bytes
+
+# Named ports of a node, by index into its slot block.
+GCS, DASHBOARD, CLIENT, NODE_MANAGER, OBJECT_MANAGER, AGENT_GRPC, AGENT_HTTP, METRICS, RUNTIME_ENV = (
+    range(9)
+)
+MIN_OBJECT_STORE = 100 * 2**20
+
+
+def ray_bin() -> str:
+    here = Path(sys.executable).parent / "ray"
+    return str(here) if here.exists() else (shutil.which("ray") or "ray")
+
+
+def endpoints(slot: int) -> Endpoints:
+    ip = slots.node_ip(slot, 0)
+    return Endpoints(
+        dashboard=f"http://{ip}:{slots.named_port(slot, 0, DASHBOARD)}",
+        ray_client=f"ray://{ip}:{slots.named_port(slot, 0, CLIENT)}",
+        gcs=f"{ip}:{slots.named_port(slot, 0, GCS)}",
+    )
+
+
+def _node_args(slot: int, node: int, cpus: int, gpus: int, memory: str, temp: str) -> list[str]:
+    lo, hi = slots.worker_port_range(slot, node)
+    mem = memory_bytes(memory)
+
+    def port(index: int) -> str:
+        return str(slots.named_port(slot, node, index))
+
+    return [
+        f"--node-ip-address={slots.node_ip(slot, node)}",
+        f"--node-manager-port={port(NODE_MANAGER)}",
+        f"--object-manager-port={port(OBJECT_MANAGER)}",
+        f"--dashboard-agent-grpc-port={port(AGENT_GRPC)}",
+        f"--dashboard-agent-listen-port={port(AGENT_HTTP)}",
+        f"--metrics-export-port={port(METRICS)}",
+        f"--runtime-env-agent-port={port(RUNTIME_ENV)}",
+        f"--min-worker-port={lo}",
+        f"--max-worker-port={hi}",
+        f"--num-cpus={cpus}",
+        f"--num-gpus={gpus}",
+        f"--memory={mem}",
+        f"--object-store-memory={max(MIN_OBJECT_STORE, mem // 4)}",
+        f"--temp-dir={temp}",
+        "--disable-usage-stats",
+        "--log-style=record",
+        "--log-color=false",
+    ]
+
+
+def plan(spec: RaySpec, slot: int, temp_root: Path) -> list[PlannedNode]:
+    ray = ray_bin()
+    head_ip = slots.node_ip(slot, 0)
+    head_cpus = math.ceil(spec.head.cpu) if spec.head.run_tasks else 0
+    head = PlannedNode(
+        name="head",
+        role="head",
+        ip=head_ip,
+        argv=[
+            ray, "start", "--head",
+            f"--port={slots.named_port(slot, 0, GCS)}",
+            f"--dashboard-host={head_ip}",
+            f"--dashboard-port={slots.named_port(slot, 0, DASHBOARD)}",
+            f"--ray-client-server-port={slots.named_port(slot, 0, CLIENT)}",
+            "--include-dashboard=true",
+            *_node_args(slot, 0, head_cpus, spec.head.gpus, spec.head.memory,
+                        str(temp_root / "n0")),
+        ],
+    )
+    nodes = [head]
+    address = f"--address={head_ip}:{slots.named_port(slot, 0, GCS)}"
+    for group in spec.worker_groups:
+        for i in range(group.replicas):
+            n = len(nodes)
+            nodes.append(PlannedNode(
+                name=f"{group.name}-{i}",
+                role="worker",
+                ip=slots.node_ip(slot, n),
+                argv=[ray, "start", address,
+                      *_node_args(slot, n, max(1, math.ceil(group.cpu)), group.gpus, group.memory,
+                                  str(temp_root / f"n{n}"))],
+            ))
+    return nodes
+
+
+def probe(dashboard: str, planned: list[PlannedNode]) -> ClusterStatus:
+    """Ready when every planned node is ALIVE at its own address and the Jobs API answers."""
+    expected = {n.ip for n in planned}
+    body: Any = get_json(f"{dashboard}/api/v0/nodes?limit=1000&detail=false", timeout=3)
+    if body is None:
+        return ClusterStatus(phase=Phase.STARTING, nodes_expected=len(expected),
+                             message="the dashboard does not answer yet")
+    rows = body.get("data", {}).get("result", {}).get("result", [])
+    alive = {r.get("node_ip") for r in rows if r.get("state") == "ALIVE"} & expected
+    if len(alive) < len(expected):
+        missing = ", ".join(n.name for n in planned if n.ip not in alive)
+        return ClusterStatus(phase=Phase.STARTING, nodes_ready=len(alive),
+                             nodes_expected=len(expected), message=f"waiting for {missing}")
+    if get_json(f"{dashboard}/api/jobs/", timeout=3) is None:
+        return ClusterStatus(phase=Phase.STARTING, nodes_ready=len(alive),
+                             nodes_expected=len(expected), message="the Jobs API does not answer")
+    return ClusterStatus(phase=Phase.READY, nodes_ready=len(alive), nodes_expected=len(expected),
+                         message=f"{len(alive)} nodes alive")

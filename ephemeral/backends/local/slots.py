@@ -1,0 +1,104 @@
+"""Machine-wide slots: each local cluster gets its own loopback subnet and block of ports.
+
+Slot ``k`` owns the addresses ``127.0.<k+1>.2`` and up (one per node, so Ray sees distinct node
+IPs) and the ports ``20000 + 1000*k`` to ``+999``, below Linux's ephemeral range so outgoing
+connections never take them. Claims live in a machine-wide folder (not under ``EPHEMERAL_HOME``)
+so clusters of different homes, such as parallel test runs, never collide; a claim whose state
+folder is gone is stale and is taken over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from ephemeral.errors import BackendUnavailable
+
+SLOTS = 12
+PORT_BASE = 20000
+SLOT_PORTS = 1000
+MAX_NODES = 20
+NAMED_PORTS_PER_NODE = 10
+WORKER_PORTS_PER_NODE = 40
+
+
+def runtime_dir() -> Path:
+    """Short machine-wide folder (Ray's socket paths must stay under 108 bytes)."""
+    path = Path(os.environ.get("EPHEMERAL_RUNTIME_DIR") or
+                Path(tempfile.gettempdir()) / f"ephemeral-{os.getuid()}")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def node_ip(slot: int, node: int) -> str:
+    return f"127.0.{slot + 1}.{node + 2}"
+
+
+def named_port(slot: int, node: int, index: int) -> int:
+    assert index < NAMED_PORTS_PER_NODE
+    assert node < MAX_NODES
+    return PORT_BASE + SLOT_PORTS * slot + NAMED_PORTS_PER_NODE * node + index
+
+
+def worker_port_range(slot: int, node: int) -> tuple[int, int]:
+    start = (PORT_BASE + SLOT_PORTS * slot + NAMED_PORTS_PER_NODE * MAX_NODES
+             + WORKER_PORTS_PER_NODE * node)
+    return start, start + WORKER_PORTS_PER_NODE - 1
+
+
+def _free(slot: int, nodes: int) -> bool:
+    """No one listens on the slot's named ports (catches clusters started outside our claims)."""
+    for node in range(nodes):
+        for index in range(NAMED_PORTS_PER_NODE):
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind((node_ip(slot, node), named_port(slot, node, index)))
+                except OSError:
+                    return False
+    return True
+
+
+def claim(state_dir: Path, nodes: int) -> int:
+    """Claim a free slot for the cluster whose state lives in ``state_dir``."""
+    if nodes > MAX_NODES:
+        raise BackendUnavailable(f"the local backend runs at most {MAX_NODES} nodes per cluster")
+    root = runtime_dir() / "slots"
+    with locked(runtime_dir() / "slots.lock"):
+        root.mkdir(exist_ok=True)
+        for slot in range(SLOTS):
+            f = root / str(slot)
+            owner = f.read_text().strip() if f.exists() else ""
+            if owner == str(state_dir):
+                return slot
+            if owner and Path(owner).exists():
+                continue
+            if not _free(slot, nodes):
+                continue
+            f.write_text(str(state_dir))
+            return slot
+    raise BackendUnavailable(
+        f"all {SLOTS} local cluster slots are in use; delete a cluster (ephemeral down) first")
+
+
+def release(state_dir: Path, slot: int) -> None:
+    f = runtime_dir() / "slots" / str(slot)
+    with locked(runtime_dir() / "slots.lock"):
+        if f.exists() and f.read_text().strip() == str(state_dir):
+            f.unlink()

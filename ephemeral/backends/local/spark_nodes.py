@@ -1,0 +1,165 @@
+"""Spark on the local backend: a standalone master, workers and a Spark Connect server.
+
+Everything runs from the pyspark distribution (its ``bin/spark-class`` and ``spark-submit``) on
+the machine's Java. Master, workers and Connect start at once: workers and the Connect driver
+retry their registration with the master by themselves.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from ephemeral.backends.base import ClusterStatus, Endpoints, Phase
+from ephemeral.backends.local import slots
+from ephemeral.backends.local.http import get_json
+from ephemeral.backends.local.state import PlannedNode
+from ephemeral.errors import BackendUnavailable
+from ephemeral.specs.models import SparkSpec
+from ephemeral.specs.quantities import memory_bytes
+
+MASTER, MASTER_UI = 0, 1
+WORKER, WORKER_UI = 0, 1
+CONNECT_GRPC, CONNECT_UI, DRIVER, BLOCK_MANAGER = 0, 1, 2, 3
+
+CONNECT_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
+
+
+def spark_home() -> Path:
+    try:
+        from pyspark.find_spark_home import _find_spark_home
+    except ImportError as err:
+        raise BackendUnavailable("the local Spark backend needs pyspark: "
+                                 "pip install 'ephemeral[local]'") from err
+    return Path(_find_spark_home())
+
+
+def _mib(memory: str) -> str:
+    return f"{max(1, memory_bytes(memory) // 2**20)}m"
+
+
+def endpoints(spec: SparkSpec, slot: int) -> Endpoints:
+    ip = slots.node_ip(slot, 0)
+    connect = None
+    if spec.connect and spec.connect.enabled:
+        cip = slots.node_ip(slot, spec.workers.replicas + 1)
+        connect = f"sc://{cip}:{slots.named_port(slot, spec.workers.replicas + 1, CONNECT_GRPC)}"
+    return Endpoints(
+        spark_master=f"spark://{ip}:{slots.named_port(slot, 0, MASTER)}",
+        spark_ui=f"http://{ip}:{slots.named_port(slot, 0, MASTER_UI)}",
+        spark_connect=connect,
+    )
+
+
+def plan(spec: SparkSpec, slot: int, work_root: Path) -> list[PlannedNode]:
+    home = spark_home()
+    spark_class = str(home / "bin" / "spark-class")
+    master_ip = slots.node_ip(slot, 0)
+    master_url = f"spark://{master_ip}:{slots.named_port(slot, 0, MASTER)}"
+    common = {"SPARK_HOME": str(home), "PYSPARK_PYTHON": sys.executable,
+              "SPARK_LOG_DIR": str(work_root / "logs"), "SPARK_NO_DAEMONIZE": "1"}
+    nodes = [PlannedNode(
+        name="master", role="master", ip=master_ip,
+        argv=[spark_class, "org.apache.spark.deploy.master.Master",
+              "--host", master_ip, "--port", str(slots.named_port(slot, 0, MASTER)),
+              "--webui-port", str(slots.named_port(slot, 0, MASTER_UI))],
+        env=common | {"SPARK_LOCAL_IP": master_ip, "SPARK_DAEMON_MEMORY": _mib(spec.master.memory)},
+    )]
+    w = spec.workers
+    worker_opts = ""
+    if w.gpus:
+        worker_opts = (f"-Dspark.worker.resource.gpu.amount={w.gpus} "
+                       f"-Dspark.worker.resource.gpu.discoveryScript={w.discovery_script}")
+    for i in range(w.replicas):
+        n = i + 1
+        ip = slots.node_ip(slot, n)
+        work_dir = work_root / f"worker-{i}"
+        nodes.append(PlannedNode(
+            name=f"worker-{i}", role="worker", ip=ip,
+            argv=[spark_class, "org.apache.spark.deploy.worker.Worker",
+                  "--host", ip, "--port", str(slots.named_port(slot, n, WORKER)),
+                  "--webui-port", str(slots.named_port(slot, n, WORKER_UI)),
+                  "--cores", str(w.cores), "--memory", _mib(w.memory),
+                  "--work-dir", str(work_dir), master_url],
+            env=common | {"SPARK_LOCAL_IP": ip, "SPARK_WORKER_OPTS": worker_opts,
+                          "SPARK_LOCAL_DIRS": str(work_dir / "tmp")},
+        ))
+    if spec.connect and spec.connect.enabled:
+        n = w.replicas + 1
+        ip = slots.node_ip(slot, n)
+        conf = {
+            "spark.connect.grpc.binding.address": ip,
+            "spark.connect.grpc.binding.port": str(slots.named_port(slot, n, CONNECT_GRPC)),
+            "spark.driver.host": ip,
+            "spark.driver.bindAddress": ip,
+            "spark.driver.port": str(slots.named_port(slot, n, DRIVER)),
+            "spark.blockManager.port": str(slots.named_port(slot, n, BLOCK_MANAGER)),
+            "spark.ui.port": str(slots.named_port(slot, n, CONNECT_UI)),
+            # One executor per worker, sized to it; released when idle so that applications
+            # submitted to the master (spark-submit) get the workers too.
+            "spark.executor.cores": str(w.cores),
+            "spark.executor.memory": _mib(w.memory),
+            "spark.dynamicAllocation.enabled": "true",
+            "spark.dynamicAllocation.shuffleTracking.enabled": "true",
+            "spark.dynamicAllocation.minExecutors": "0",
+            "spark.dynamicAllocation.executorIdleTimeout": "30s",
+            "spark.sql.warehouse.dir": str(work_root / "warehouse"),
+            **spec.conf,
+            **spec.connect.conf,
+        }
+        argv = [str(home / "bin" / "spark-submit"), "--class", CONNECT_CLASS,
+                "--master", master_url, "--name", "ephemeral-connect",
+                "--driver-memory", _mib(spec.connect.memory)]
+        for key, value in conf.items():
+            argv += ["--conf", f"{key}={value}"]
+        argv.append("spark-internal")
+        nodes.append(PlannedNode(
+            name="connect", role="connect", ip=ip, argv=argv,
+            env=common | {"SPARK_LOCAL_IP": ip,
+                          "SPARK_LOCAL_DIRS": str(work_root / "connect" / "tmp")},
+        ))
+    return nodes
+
+
+def connect_accepts_session(target: str, timeout: float = 5.0) -> bool:
+    """Open a real Spark Connect session and ask for the Spark version through it."""
+    try:
+        import grpc
+        from pyspark.sql.connect.proto import base_pb2, base_pb2_grpc
+    except ImportError as err:
+        raise BackendUnavailable("probing Spark Connect needs pyspark[connect]") from err
+    channel = grpc.insecure_channel(target)
+    try:
+        stub = base_pb2_grpc.SparkConnectServiceStub(channel)  # type: ignore[no-untyped-call]
+        req = base_pb2.AnalyzePlanRequest(
+            session_id=str(uuid.uuid4()),
+            user_context=base_pb2.UserContext(user_id="ephemeral-probe"),
+            spark_version=base_pb2.AnalyzePlanRequest.SparkVersion(),
+        )
+        resp = stub.AnalyzePlan(req, timeout=timeout)
+        return bool(resp.spark_version.version)
+    except grpc.RpcError:
+        return False
+    finally:
+        channel.close()
+
+
+def probe(workers: int, ep: Endpoints) -> ClusterStatus:
+    """Ready when the master lists every worker ALIVE and Connect (if any) serves a session."""
+    expected = workers + (1 if ep.spark_connect else 0)
+    body: Any = get_json(f"{ep.spark_ui}/json/", timeout=3)
+    if body is None:
+        return ClusterStatus(phase=Phase.STARTING, nodes_expected=expected,
+                             message="the master does not answer yet")
+    alive = [wk for wk in body.get("workers", []) if wk.get("state") == "ALIVE"]
+    if len(alive) < workers:
+        return ClusterStatus(phase=Phase.STARTING, nodes_ready=len(alive), nodes_expected=expected,
+                             message=f"{len(alive)}/{workers} workers ALIVE")
+    if ep.spark_connect and not connect_accepts_session(ep.spark_connect.removeprefix("sc://")):
+        return ClusterStatus(phase=Phase.STARTING, nodes_ready=len(alive), nodes_expected=expected,
+                             message="Spark Connect does not accept a session yet")
+    return ClusterStatus(phase=Phase.READY, nodes_ready=expected, nodes_expected=expected,
+                         message=f"{len(alive)} workers ALIVE" + (", Connect up" if ep.spark_connect
+                                                                   else ""))

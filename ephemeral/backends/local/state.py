@@ -1,0 +1,58 @@
+"""The per-cluster state folder of the local backend: ``$EPHEMERAL_HOME/clusters/<name>/``.
+
+``state.json`` is written before any process starts and after each one does, so a crash at any
+point leaves enough behind for ``list_owned`` and ``delete`` to find and kill what was started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from ephemeral.backends.base import ClusterHandle
+from ephemeral.backends.local.procs import NodeProcess
+
+
+class PlannedNode(BaseModel):
+    """A node to start: what runs, where, and how the probe recognises it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    role: str  # head, worker, master, connect
+    ip: str
+    argv: list[str]
+    env: dict[str, str] = {}
+
+
+class ClusterState(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    handle: ClusterHandle
+    uid: str
+    slot: int
+    ray_temp_root: str | None = None
+    plan: list[PlannedNode]
+    nodes: list[NodeProcess] = []
+    deleting: bool = False
+
+
+def state_file(cluster_dir: Path) -> Path:
+    return cluster_dir / "state.json"
+
+
+def load(cluster_dir: Path) -> ClusterState | None:
+    try:
+        return ClusterState.model_validate_json(state_file(cluster_dir).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def save(cluster_dir: Path, state: ClusterState) -> None:
+    cluster_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cluster_dir / "state.json.tmp"
+    tmp.write_text(json.dumps(state.model_dump(mode="json"), indent=1))
+    os.replace(tmp, state_file(cluster_dir))  # atomic: a reader never sees half a file

@@ -1,0 +1,228 @@
+"""The ``ephemeral`` command line: validate and show specs, bring clusters up and down, list them.
+
+Human output goes to the terminal (progress on stderr); ``--json`` prints one JSON document on
+stdout and nothing else, for scripts and CI.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from ephemeral.backends import ClusterHandle, get_backend
+from ephemeral.backends.base import ClusterStatus, Phase
+from ephemeral.errors import EphemeralError, SpecError
+from ephemeral.lifecycle import DEFAULT_READY_TIMEOUT, provision, teardown
+from ephemeral.settings import get_settings
+from ephemeral.specs import ClusterIdentity, load_file, resolve
+from ephemeral.specs.resolve import CI_CPU, apply_profile
+
+app = typer.Typer(help="Ephemeral Ray and Spark clusters from versioned specs.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+specs_app = typer.Typer(help="Validate and inspect cluster specs.", no_args_is_help=True)
+app.add_typer(specs_app, name="specs")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
+ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="Profile, e.g. ci-cpu.")]
+BackendOpt = Annotated[str | None, typer.Option("--backend", help="local (default) or fake.")]
+
+
+def _emit(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _fail(error: EphemeralError, as_json: bool) -> typer.Exit:
+    if as_json:
+        _emit({"error": type(error).__name__, "message": str(error),
+               "retryable": error.retryable})
+    else:
+        err.print(f"[bold red]error:[/] {type(error).__name__}", highlight=False)
+        err.print(str(error), markup=False, highlight=False)
+    return typer.Exit(2 if isinstance(error, SpecError) else 1)
+
+
+def _overrides(replicas: int | None, cpu: float | None, memory: str | None,
+               gpus: int | None) -> dict[str, Any] | None:
+    workers = {k: v for k, v in
+               {"replicas": replicas, "cpu": cpu, "memory": memory, "gpus": gpus}.items()
+               if v is not None}
+    return {"workers": workers} if workers else None
+
+
+@specs_app.command("validate")
+def specs_validate(
+    paths: Annotated[list[Path] | None, typer.Argument(help="Spec files (default: all).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate spec files and every profile they define (plus the built-in ci-cpu)."""
+    files = paths or sorted(get_settings().specs_dir.glob("*/*.yaml"))
+    results: list[dict[str, Any]] = []
+    for path in files:
+        problems: list[str] = []
+        try:
+            spec = load_file(path)
+            for profile in sorted({CI_CPU, *spec.profiles}):
+                try:
+                    apply_profile(spec, profile, source=str(path))
+                except SpecError as e:
+                    problems.append(f"profile {profile}: {e}")
+        except SpecError as e:
+            problems.append(str(e))
+        results.append({"file": str(path), "ok": not problems, "problems": problems})
+    if as_json:
+        _emit(results)
+    else:
+        for r in results:
+            mark = "[green]ok[/]" if r["ok"] else "[red]invalid[/]"
+            out.print(f"{mark}  {r['file']}", highlight=False)
+            for p in r["problems"]:
+                out.print(p, markup=False, highlight=False)
+    if not results or not all(r["ok"] for r in results):
+        raise typer.Exit(2 if results else 1)
+
+
+@specs_app.command("show")
+def specs_show(
+    ref: Annotated[str, typer.Argument(help="e.g. ray/train-gpu@1 or a path")],
+    profile: ProfileOpt = None,
+    replicas: Annotated[int | None, typer.Option(help="Override worker replicas.")] = None,
+    gpus: Annotated[int | None, typer.Option(help="Override GPUs per worker.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the effective spec after the profile and overrides, with its content hash."""
+    try:
+        r = resolve(ref, profile, _overrides(replicas, None, None, gpus))
+    except EphemeralError as e:
+        raise _fail(e, as_json) from e
+    body = r.spec.model_dump(mode="json", by_alias=True, exclude={"profiles"})
+    doc = {"ref": r.ref, "profile": r.profile, "hash": r.hash, "source": r.source, "spec": body}
+    if as_json:
+        _emit(doc)
+    else:
+        out.print(f"# {r.label()}  hash {r.hash}  ({r.source})", highlight=False, markup=False)
+        out.print(yaml.safe_dump(body, sort_keys=False), markup=False, highlight=False)
+
+
+def _handle_lines(h: ClusterHandle) -> list[str]:
+    eps = {k: v for k, v in h.endpoints.model_dump().items() if v}
+    return [f"{h.name}  ({h.engine}, {h.spec_ref}{' [' + h.profile + ']' if h.profile else ''}, "
+            f"backend {h.backend}, expires {h.expires_at})",
+            *[f"  {k:13} {v}" for k, v in eps.items()]]
+
+
+@app.command("up")
+def up(
+    ref: Annotated[str, typer.Argument(help="Spec reference, e.g. ray/adhoc-cpu@1")],
+    profile: ProfileOpt = None,
+    name: Annotated[str | None, typer.Option(help="Cluster name (default: from the spec).")] = None,
+    replicas: Annotated[int | None, typer.Option(help="Worker replicas (right-sizing).")] = None,
+    cpu: Annotated[float | None, typer.Option(help="CPUs per worker.")] = None,
+    memory: Annotated[str | None, typer.Option(help="Memory per worker, e.g. 4Gi.")] = None,
+    gpus: Annotated[int | None, typer.Option(help="GPUs per worker.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = (
+        DEFAULT_READY_TIMEOUT),
+    backend: BackendOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a cluster and wait until it is usable; print its handle with endpoints."""
+    try:
+        spec = resolve(ref, profile, _overrides(replicas, cpu, memory, gpus))
+        identity = ClusterIdentity.manual(spec.spec.name, name)
+        be = get_backend(backend)
+        with err.status(f"creating {identity.name} from {spec.ref}") as status:
+            def progress(st: ClusterStatus) -> None:
+                status.update(f"{identity.name}: {st.phase.value} "
+                              f"({st.nodes_ready}/{st.nodes_expected} nodes) {st.message}")
+            result = provision(be, spec, identity, timeout=timeout, on_progress=progress)
+    except ValueError as e:
+        raise _fail(SpecError("--name", [("name", str(e))]), as_json) from e
+    except EphemeralError as e:
+        raise _fail(e, as_json) from e
+    if as_json:
+        _emit({"handle": result.handle.model_dump(mode="json"),
+               "seconds_to_ready": round(result.seconds_to_ready, 2)})
+        return
+    err.print(f"[green]ready[/] in {result.seconds_to_ready:.1f}s: {result.status.message}")
+    for line in _handle_lines(result.handle):
+        out.print(line, highlight=False, markup=False)
+
+
+@app.command("ls")
+def ls(backend: BackendOpt = None, as_json: JsonOpt = False) -> None:
+    """List the clusters this backend owns, with their state."""
+    be = get_backend(backend)
+    rows: list[dict[str, Any]] = []
+    for h in be.list_owned():
+        try:
+            st = be.wait_ready(h, timeout=0)
+            phase, msg = st.phase.value, st.message
+        except EphemeralError as e:
+            phase, msg = Phase.FAILED.value, str(e).splitlines()[0]
+        rows.append({"handle": h.model_dump(mode="json"), "phase": phase, "message": msg})
+    if as_json:
+        _emit(rows)
+        return
+    if not rows:
+        err.print("no clusters")
+        return
+    table = Table("name", "engine", "spec", "phase", "created", "expires", "endpoint")
+    for r in rows:
+        h = ClusterHandle.model_validate(r["handle"])
+        ep = h.endpoints.dashboard or h.endpoints.spark_master or ""
+        table.add_row(h.name, h.engine, h.spec_ref, str(r["phase"]), h.created_at, h.expires_at,
+                      ep)
+    out.print(table)
+
+
+@app.command("down")
+def down(
+    names: Annotated[list[str] | None, typer.Argument(help="Cluster names.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Delete every cluster owned.")] = False,
+    backend: BackendOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete clusters and wait until none of their processes or pods is left."""
+    be = get_backend(backend)
+    if all_:
+        targets = [h.name for h in be.list_owned()]
+    elif names:
+        targets = names
+    else:
+        err.print("name one or more clusters, or use --all")
+        raise typer.Exit(2)
+    done, failures = [], []
+    for name in targets:
+        known = be.get(name) is not None
+        try:
+            with err.status(f"deleting {name}"):
+                seconds = teardown(be, name)
+            done.append({"name": name, "existed": known, "seconds": round(seconds, 2)})
+            if not as_json:
+                word = "deleted" if known else "not found (nothing to delete)"
+                err.print(f"{name}: {word} in {seconds:.1f}s", highlight=False)
+        except EphemeralError as e:
+            failures.append({"name": name, "error": str(e)})
+            if not as_json:
+                err.print(f"[red]{name}: {e}[/]", highlight=False)
+    if as_json:
+        _emit({"deleted": done, "failed": failures})
+    if failures:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

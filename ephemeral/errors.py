@@ -1,0 +1,88 @@
+"""The one exception tree of ephemeral.
+
+Only these types escape a backend, the lifecycle or the CLI; a foreign exception (a subprocess
+error, an HTTP error, a Kubernetes ApiException) is chained as ``__cause__``. Whether retrying can
+help is part of the type (``retryable``), so an Airflow task or a caller can decide without
+parsing messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class EphemeralError(Exception):
+    """Root of every error ephemeral raises on purpose."""
+
+    retryable: bool = False
+
+
+class SpecError(EphemeralError):
+    """A cluster spec, a reference to one or a profile/override is invalid. Nothing was created.
+
+    ``source`` names the file (or "overrides"), ``problems`` are (field path, message) pairs.
+    """
+
+    def __init__(self, source: str, problems: Sequence[tuple[str, str]]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        lines = [f"{source}: invalid cluster spec"]
+        lines += [f"  {path or '<root>'}: {msg}" for path, msg in self.problems]
+        super().__init__("\n".join(lines))
+
+    @property
+    def fields(self) -> list[str]:
+        return [path for path, _ in self.problems]
+
+
+class SpecNotFound(SpecError):
+    """A spec reference names no spec file, or a version that the file is not at."""
+
+
+class BackendError(EphemeralError):
+    """Something went wrong in a backend while creating, probing or deleting a cluster."""
+
+
+class BackendUnavailable(BackendError):
+    """The backend cannot be reached or is missing something it needs (a binary, an API)."""
+
+    retryable = True
+
+
+class IdentityConflict(BackendError):
+    """A cluster with this identity exists but was created from a different spec hash."""
+
+
+class ClusterNotFound(BackendError):
+    """No cluster exists under the given name or identity."""
+
+
+class ClusterFailed(BackendError):
+    """A cluster (or one of its nodes) failed to start or died; ``details`` holds log tails."""
+
+    def __init__(self, message: str, details: str = "") -> None:
+        self.details = details
+        super().__init__(f"{message}\n{details}" if details else message)
+
+
+class ReadinessTimeout(BackendError):
+    """The cluster did not become usable in time. Retrying with a longer timeout may help."""
+
+    retryable = True
+
+    def __init__(self, message: str, details: str = "") -> None:
+        self.details = details
+        super().__init__(f"{message}\n{details}" if details else message)
+
+
+class TeardownIncomplete(BackendError):
+    """Deletion was asked for, but something of the cluster is still there (named in ``leftover``)."""
+
+    retryable = True
+
+    def __init__(self, cluster: str, leftover: Sequence[str]) -> None:
+        self.cluster = cluster
+        self.leftover = list(leftover)
+        super().__init__(
+            f"cluster {cluster!r} was not fully deleted; still present: " + ", ".join(self.leftover)
+        )

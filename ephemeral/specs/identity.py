@@ -1,0 +1,88 @@
+"""Who owns a cluster, and the deterministic name and labels derived from that.
+
+The same (dag_id, run_id, setup task_id, map_index, spec name) always gives the same cluster name,
+so a retried setup adopts its cluster and a teardown finds it without XCom.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from ephemeral.specs.models import DNS1123_HELP, DNS1123_LABEL
+
+PREFIX = "ephemeral.dev/"
+NAME_MAX = 47  # RayJob names are limited to 47 characters; RayCluster to 53
+MANAGED_BY = "app.kubernetes.io/managed-by"
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def label_value(value: str) -> str:
+    """A Kubernetes label value for ``value``: as is when valid, else a stable hash of it."""
+    if len(value) <= 63 and _LABEL_VALUE.match(value):
+        return value
+    return "h-" + hashlib.sha256(value.encode()).hexdigest()[:20]
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ClusterIdentity:
+    """The owner of a cluster. ``name`` is given only for clusters made by hand (the CLI)."""
+
+    spec_name: str
+    dag_id: str = ""
+    run_id: str = ""
+    task_id: str = ""
+    map_index: int = -1
+    explicit_name: str | None = field(default=None)
+
+    @classmethod
+    def manual(cls, spec_name: str, name: str | None = None) -> ClusterIdentity:
+        if name is not None and (len(name) > NAME_MAX or not DNS1123_LABEL.match(name)):
+            raise ValueError(f"cluster name {name!r} must be at most {NAME_MAX} characters of "
+                             f"{DNS1123_HELP}")
+        return cls(spec_name=spec_name, explicit_name=name)
+
+    @property
+    def owner(self) -> str:
+        return "airflow" if self.dag_id else "manual"
+
+    @property
+    def name(self) -> str:
+        if self.explicit_name:
+            return self.explicit_name
+        key = _digest(self.dag_id, self.run_id, self.task_id, str(self.map_index), self.spec_name)
+        return f"eph-{self.spec_name}-{key[:10]}"
+
+    def labels(self) -> dict[str, str]:
+        labels = {
+            MANAGED_BY: "ephemeral",
+            PREFIX + "cluster": self.name,
+            PREFIX + "owner": self.owner,
+            PREFIX + "spec": self.spec_name,
+        }
+        if self.dag_id:
+            labels |= {
+                PREFIX + "dag-id": label_value(self.dag_id),
+                PREFIX + "run-id": label_value(self.run_id),
+                PREFIX + "task-id": label_value(self.task_id),
+                PREFIX + "map-index": str(self.map_index),
+            }
+        return labels
+
+    def annotations(self) -> dict[str, str]:
+        """The raw owner fields, which labels may only hold hashed."""
+        if not self.dag_id:
+            return {}
+        return {PREFIX + "dag-id": self.dag_id, PREFIX + "run-id": self.run_id,
+                PREFIX + "task-id": self.task_id}
+
+
+def expires_at(created: datetime, ttl_seconds: int) -> str:
+    ts = created.astimezone(UTC).timestamp() + ttl_seconds
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,292 @@
+"""The cluster spec format: pydantic models for ``RayCluster`` and ``SparkCluster`` YAML files.
+
+Field names in YAML are camelCase, as in the Kubernetes objects they become. Every model forbids
+unknown fields, so a typo fails loudly instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from ephemeral.specs.quantities import Duration, Memory, duration_seconds, memory_bytes
+
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS1123_HELP = "lowercase letters, digits and '-', starting and ending with a letter or digit"
+_VERSION_RE = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+$")
+_RESOURCE_NAME = re.compile(r"^([a-z0-9.-]+/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+SPEC_NAME_MAX = 30  # cluster names are eph-<spec>-<10 hex>, at most 47 characters (RayJob's limit)
+GROUP_NAME_MAX = 15
+
+
+def dns_label(value: str, max_len: int) -> str:
+    if len(value) > max_len:
+        raise ValueError(f"{value!r} is {len(value)} characters long; at most {max_len} allowed")
+    if not DNS1123_LABEL.match(value):
+        raise ValueError(f"{value!r} is not a DNS-1123 label ({DNS1123_HELP})")
+    return value
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        frozen=True,
+        str_strip_whitespace=False,
+    )
+
+
+PositiveCpu = Annotated[float, Field(gt=0, le=1024, description="CPU cores (may be fractional)")]
+GpuCount = Annotated[int, Field(ge=0, le=64)]
+
+
+class Toleration(Model):
+    key: str | None = None
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(default=None, ge=0)
+
+
+class Placement(Model):
+    """Where pods of a group may run on Kubernetes (ignored by the local backend)."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+
+
+class GpuFields(Model):
+    gpus: GpuCount = 0
+    gpu_resource: str = "nvidia.com/gpu"
+
+    @field_validator("gpu_resource")
+    @classmethod
+    def _resource_name(cls, v: str) -> str:
+        if not _RESOURCE_NAME.match(v):
+            raise ValueError(f"{v!r} is not an extended resource name such as nvidia.com/gpu")
+        return v
+
+
+class SecretKeyRef(Model):
+    name: str
+    key: str = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return dns_label(v, 253)
+
+
+class EnvVar(Model):
+    """An environment variable for the cluster's processes: a literal, or a reference by name.
+
+    Secrets are never written into a spec: ``secretKeyRef`` names a Kubernetes secret (the local
+    backend reads the variable of the same name from its own environment) and ``fromEnv`` names a
+    variable of the environment that creates the cluster.
+    """
+
+    name: str
+    value: str | None = None
+    secret_key_ref: SecretKeyRef | None = None
+    from_env: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _env_name(cls, v: str) -> str:
+        if not _ENV_NAME.match(v):
+            raise ValueError(f"{v!r} is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EnvVar:
+        given = [f for f in ("value", "secret_key_ref", "from_env") if getattr(self, f) is not None]
+        if len(given) != 1:
+            raise ValueError("set exactly one of value, secretKeyRef or fromEnv")
+        return self
+
+
+class RuntimeEnv(Model):
+    pip: list[str] = Field(default_factory=list)
+    env: list[EnvVar] = Field(default_factory=list)
+
+    @field_validator("env")
+    @classmethod
+    def _unique(cls, v: list[EnvVar]) -> list[EnvVar]:
+        names = [e.name for e in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"environment variables defined twice: {', '.join(dup)}")
+        return v
+
+
+class Lifetime(Model):
+    ttl: Duration = "6h"
+    """Hard limit: the reaper deletes the cluster once it is this old."""
+    idle_timeout: Duration | None = None
+    """The reaper deletes a cluster that has run no job for this long."""
+
+    @property
+    def ttl_seconds(self) -> int:
+        return duration_seconds(self.ttl)
+
+    @property
+    def idle_timeout_seconds(self) -> int | None:
+        return duration_seconds(self.idle_timeout) if self.idle_timeout else None
+
+
+class RayHead(GpuFields, Placement):
+    cpu: PositiveCpu = 1
+    memory: Memory = "2Gi"
+    run_tasks: bool = False
+    """Whether the head offers its CPUs to tasks (off: the head only coordinates, as on KubeRay)."""
+
+
+class RayWorkerGroup(GpuFields, Placement):
+    name: str
+    replicas: int = Field(ge=1, le=1000)
+    min_replicas: int | None = Field(default=None, ge=0, le=1000)
+    max_replicas: int | None = Field(default=None, ge=1, le=1000)
+    cpu: PositiveCpu = 1
+    memory: Memory = "2Gi"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return dns_label(v, GROUP_NAME_MAX)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RayWorkerGroup:
+        lo = self.min_replicas if self.min_replicas is not None else self.replicas
+        hi = self.max_replicas if self.max_replicas is not None else self.replicas
+        if lo > hi:
+            raise ValueError(f"minReplicas ({lo}) is greater than maxReplicas ({hi})")
+        if not lo <= self.replicas <= hi:
+            raise ValueError(f"replicas ({self.replicas}) must lie between minReplicas ({lo}) "
+                             f"and maxReplicas ({hi})")
+        return self
+
+    @property
+    def min(self) -> int:
+        return self.min_replicas if self.min_replicas is not None else self.replicas
+
+    @property
+    def max(self) -> int:
+        return self.max_replicas if self.max_replicas is not None else self.replicas
+
+
+class SpecBase(Model):
+    name: str
+    version: int = Field(ge=1)
+    description: str = ""
+    image: str = Field(min_length=1)
+    lifetime: Lifetime = Field(default_factory=Lifetime)
+    profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Overlays for places the spec runs, merged over the spec by ``apply_profile``."""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return dns_label(v, SPEC_NAME_MAX)
+
+    @field_validator("profiles")
+    @classmethod
+    def _profile_names(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for key in v:
+            dns_label(key, 30)
+        return v
+
+
+def _engine_version(v: str) -> str:
+    if not _VERSION_RE.match(v):
+        raise ValueError(f"{v!r} is not a release version such as 2.60.0")
+    return v
+
+
+class RaySpec(SpecBase):
+    kind: Literal["RayCluster"]
+    ray_version: str
+    head: RayHead = Field(default_factory=RayHead)
+    worker_groups: list[RayWorkerGroup] = Field(min_length=1, max_length=16)
+    runtime_env: RuntimeEnv = Field(default_factory=RuntimeEnv)
+
+    @field_validator("ray_version")
+    @classmethod
+    def _ver(cls, v: str) -> str:
+        return _engine_version(v)
+
+    @field_validator("worker_groups")
+    @classmethod
+    def _unique_groups(cls, v: list[RayWorkerGroup]) -> list[RayWorkerGroup]:
+        names = [g.name for g in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"worker group names must be unique; repeated: {', '.join(dup)}")
+        return v
+
+    @property
+    def engine(self) -> Literal["ray"]:
+        return "ray"
+
+
+class SparkMaster(Placement):
+    cpu: PositiveCpu = 1
+    memory: Memory = "1Gi"
+
+
+class SparkWorkers(GpuFields, Placement):
+    replicas: int = Field(ge=1, le=1000)
+    cores: int = Field(ge=1, le=1024)
+    memory: Memory = "2Gi"
+    discovery_script: str | None = None
+    """Script that prints the GPUs of an executor as JSON (Spark resource discovery)."""
+
+    @model_validator(mode="after")
+    def _gpu_discovery(self) -> SparkWorkers:
+        if self.gpus and not self.discovery_script:
+            raise ValueError("gpus > 0 needs discoveryScript (Spark finds GPUs by running it), "
+                             "for example /opt/spark/examples/src/main/scripts/getGpusResources.sh")
+        return self
+
+
+class SparkConnect(Placement):
+    enabled: bool = True
+    cpu: PositiveCpu = 1
+    memory: Memory = "1Gi"
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class SparkSpec(SpecBase):
+    kind: Literal["SparkCluster"]
+    spark_version: str
+    master: SparkMaster = Field(default_factory=SparkMaster)
+    workers: SparkWorkers
+    connect: SparkConnect | None = None
+    conf: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("spark_version")
+    @classmethod
+    def _ver(cls, v: str) -> str:
+        return _engine_version(v)
+
+    @field_validator("conf")
+    @classmethod
+    def _conf_keys(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in v if not k.startswith("spark.")]
+        if bad:
+            raise ValueError(f"Spark conf keys start with 'spark.'; got {', '.join(bad)}")
+        return v
+
+    @property
+    def engine(self) -> Literal["spark"]:
+        return "spark"
+
+
+ClusterSpec = Annotated[RaySpec | SparkSpec, Field(discriminator="kind")]
+
+__all__ = ["ClusterSpec", "RaySpec", "SparkSpec", "memory_bytes"]

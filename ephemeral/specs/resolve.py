@@ -1,0 +1,213 @@
+"""From a reference, a profile and user overrides to the effective spec a backend creates.
+
+Order: the spec file, then the profile (a place it runs: ``ci-cpu`` for CPU-only CI and laptops),
+then overrides (the right-sizing knob of the trigger form). The effective spec is validated as a
+whole again, so a profile or override that makes it invalid fails like a bad file would.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError
+
+from ephemeral.errors import SpecError
+from ephemeral.specs.loader import load_file, parse_spec, problems_of, resolve_ref, spec_hash
+from ephemeral.specs.models import GpuCount, Model, PositiveCpu, RaySpec, SparkSpec
+from ephemeral.specs.quantities import Memory, format_memory, memory_bytes
+
+CI_CPU = "ci-cpu"
+# The built-in part of ci-cpu: a CPU-only machine, small nodes, still multi-node.
+_CI_MAX_CPU, _CI_MAX_MEMORY, _CI_MAX_REPLICAS = 1, 2 * 2**30, 2
+
+
+class GroupOverride(Model):
+    replicas: int | None = Field(default=None, ge=1, le=1000)
+    cpu: PositiveCpu | None = None
+    memory: Memory | None = None
+    gpus: GpuCount | None = None
+
+
+class HeadOverride(Model):
+    cpu: PositiveCpu | None = None
+    memory: Memory | None = None
+
+
+class Overrides(Model):
+    """User right-sizing. ``workers`` applies to every worker group, ``groups`` to one by name."""
+
+    head: HeadOverride | None = None
+    workers: GroupOverride | None = None
+    groups: dict[str, GroupOverride] = Field(default_factory=dict)
+
+    def is_empty(self) -> bool:
+        return self.head is None and self.workers is None and not self.groups
+
+
+@dataclass(frozen=True)
+class ResolvedSpec:
+    spec: RaySpec | SparkSpec
+    ref: str
+    """Canonical reference: ``ray/train-gpu@3`` (or the file path for specs outside the tree)."""
+    source: str
+    profile: str | None
+    hash: str
+    """Content hash of the effective spec: what identity conflicts are judged by."""
+
+    @property
+    def engine(self) -> str:
+        return self.spec.engine
+
+    def label(self) -> str:
+        return self.ref + (f" [{self.profile}]" if self.profile else "")
+
+
+def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        # An empty mapping clears (e.g. `nodeSelector: {}` in a CPU profile); others merge.
+        if isinstance(value, dict) and value and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _overlay(data: dict[str, Any], overlay: dict[str, Any], source: str) -> dict[str, Any]:
+    """Merge a profile overlay; ``workerGroups`` in an overlay is a mapping by group name."""
+    overlay = dict(overlay)
+    groups = overlay.pop("workerGroups", None)
+    for forbidden in ("kind", "name", "version", "profiles"):
+        if forbidden in overlay:
+            raise SpecError(source, [(forbidden, "a profile cannot change this field")])
+    out = _merge(data, overlay)
+    if groups is not None:
+        if not isinstance(groups, dict):
+            raise SpecError(source, [("workerGroups", "in a profile, workerGroups maps a group "
+                                      "name to the fields to change")])
+        existing = {g.get("name"): i for i, g in enumerate(out.get("workerGroups", []))}
+        for name, patch in groups.items():
+            if name not in existing:
+                raise SpecError(source, [(f"workerGroups.{name}", "no worker group of that name; "
+                                          f"groups: {', '.join(map(str, existing))}")])
+            i = existing[name]
+            out["workerGroups"][i] = _merge(out["workerGroups"][i], patch or {})
+    return out
+
+
+def _ci_cpu(data: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(data)
+
+    def shrink(node: dict[str, Any], cpu_key: str = "cpu") -> None:
+        node["gpus"] = 0
+        node.pop("discoveryScript", None)
+        if cpu_key in node:
+            node[cpu_key] = min(node[cpu_key], _CI_MAX_CPU)
+        if "memory" in node:
+            node["memory"] = format_memory(min(memory_bytes(str(node["memory"])), _CI_MAX_MEMORY))
+        if "replicas" in node:
+            node["replicas"] = min(node["replicas"], _CI_MAX_REPLICAS)
+            for bound in ("minReplicas", "maxReplicas"):
+                node.pop(bound, None)
+
+    if data.get("kind") == "RayCluster":
+        out.setdefault("head", {})
+        shrink(out["head"])
+        for group in out.get("workerGroups", []):
+            shrink(group)
+    else:
+        shrink(out.setdefault("workers", {}), "cores")
+    return out
+
+
+def _apply_overrides(data: dict[str, Any], ov: Overrides, source: str) -> dict[str, Any]:
+    out = copy.deepcopy(data)
+    ray = out.get("kind") == "RayCluster"
+
+    def patch(node: dict[str, Any], g: GroupOverride | HeadOverride, path: str) -> None:
+        for key, value in g.model_dump(exclude_none=True, by_alias=True).items():
+            if key == "cpu" and not ray and path != "head":
+                if float(value) != int(value):
+                    raise SpecError(source, [(f"{path}.cpu", "Spark worker cores are whole numbers")])
+                key, value = "cores", int(value)
+            node[key] = value
+            if key == "replicas":  # widen the bounds so a right-sized count stays inside them
+                if node.get("minReplicas") is not None and node["minReplicas"] > value:
+                    node["minReplicas"] = value
+                if node.get("maxReplicas") is not None and node["maxReplicas"] < value:
+                    node["maxReplicas"] = value
+
+    if ov.head:
+        patch(out.setdefault("head" if ray else "master", {}), ov.head, "head")
+    groups = out.get("workerGroups", []) if ray else [dict(out.get("workers", {}), name="workers")]
+    names = [g.get("name") for g in groups]
+    for name in ov.groups:
+        if name not in names:
+            raise SpecError(source, [(f"groups.{name}", "no worker group of that name; groups: "
+                                      + ", ".join(map(str, names)))])
+    for group in groups:
+        if ov.workers:
+            patch(group, ov.workers, "workers")
+        if group.get("name") in ov.groups:
+            patch(group, ov.groups[group["name"]], f"groups.{group['name']}")
+    if not ray:
+        groups[0].pop("name")
+        out["workers"] = groups[0]
+    return out
+
+
+def parse_overrides(raw: dict[str, Any] | Overrides | None) -> Overrides:
+    if raw is None:
+        return Overrides()
+    if isinstance(raw, Overrides):
+        return raw
+    try:
+        return Overrides.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError("overrides", problems_of(err)) from err
+
+
+def apply_profile(
+    spec: RaySpec | SparkSpec,
+    profile: str | None,
+    overrides: dict[str, Any] | Overrides | None = None,
+    *,
+    source: str = "<spec>",
+) -> RaySpec | SparkSpec:
+    """The effective spec after ``profile`` and ``overrides``; raises SpecError when invalid."""
+    ov = parse_overrides(overrides)
+    data = spec.model_dump(mode="json", by_alias=True, exclude_defaults=False)
+    label = source
+    if profile:
+        label = f"{source} (profile {profile})"
+        if profile == CI_CPU:
+            data = _ci_cpu(data)
+        elif profile not in spec.profiles:
+            have = sorted({CI_CPU, *spec.profiles})
+            raise SpecError(source, [("profile", f"no profile {profile!r}; profiles: "
+                                      + ", ".join(have))])
+        if profile in spec.profiles:
+            data = _overlay(data, spec.profiles[profile], label)
+    if not ov.is_empty():
+        label += " with overrides"
+        data = _apply_overrides(data, ov, label)
+    if profile is None and ov.is_empty():
+        return spec
+    return parse_spec(data, label)
+
+
+def resolve(
+    ref: str,
+    profile: str | None = None,
+    overrides: dict[str, Any] | Overrides | None = None,
+    *,
+    specs_dir: Path | None = None,
+) -> ResolvedSpec:
+    path, canonical = resolve_ref(ref, specs_dir)
+    base = load_file(path)
+    spec = apply_profile(base, profile, overrides, source=str(path))
+    return ResolvedSpec(spec=spec, ref=canonical, source=str(path), profile=profile,
+                        hash=spec_hash(spec))
