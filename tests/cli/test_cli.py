@@ -1,0 +1,102 @@
+"""The ephemeral CLI as a user runs it: the installed entry point, in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ephemeral.backends.local import LocalBackend
+
+EPHEMERAL = shutil.which("ephemeral", path=str(Path(sys.executable).parent)) or "ephemeral"
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([EPHEMERAL, *args], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ), check=False)
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_validate_all_shipped_specs() -> None:
+    out = json.loads(cli("specs", "validate", "--json").stdout)
+    assert {Path(r["file"]).name for r in out} >= {"train-gpu.yaml", "adhoc-cpu.yaml", "etl.yaml",
+                                                   "etl-gpu.yaml"}
+    assert all(r["ok"] for r in out)
+
+
+def test_validate_reports_the_file_and_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: RayCluster\nname: Bad_Name\nversion: 1\nimage: x\nrayVersion: '2.60.0'\n"
+                   "workerGroups: [{name: w, replicas: 0}]\n")
+    proc = cli("specs", "validate", str(bad), check=False)
+    assert proc.returncode == 2
+    assert str(bad) in proc.stdout
+    assert "name: 'Bad_Name' is not a DNS-1123 label" in proc.stdout
+    assert "workerGroups[0].replicas" in proc.stdout
+
+
+def test_show_applies_profile_and_overrides() -> None:
+    doc = json.loads(cli("specs", "show", "ray/train-gpu@1", "-p", "ci-cpu", "--replicas", "3",
+                         "--json").stdout)
+    assert doc["ref"] == "ray/train-gpu@1"
+    assert doc["profile"] == "ci-cpu"
+    group = doc["spec"]["workerGroups"][0]
+    assert (group["replicas"], group["gpus"]) == (3, 0)
+    assert len(doc["hash"]) == 16
+
+
+def test_show_unknown_version_names_the_versions_that_exist() -> None:
+    proc = cli("specs", "show", "ray/train-gpu@7", check=False)
+    assert proc.returncode == 2
+    assert "versions that exist: ray/train-gpu@1" in proc.stderr
+
+
+def test_up_refuses_gpus_on_a_host_without_them_and_creates_nothing(
+    ephemeral_home: Path,
+) -> None:
+    proc = cli("up", "ray/train-gpu", "--json", check=False)
+    assert proc.returncode == 2
+    err = json.loads(proc.stdout)
+    assert err["error"] == "SpecError"
+    assert "workerGroups[0].gpus" in err["message"]
+    assert "ci-cpu" in err["message"]
+    assert LocalBackend(ephemeral_home).list_owned() == []
+
+
+@pytest.mark.local
+def test_up_ls_down_a_real_cluster(local_backend: LocalBackend) -> None:
+    up = json.loads(cli("up", "ray/adhoc-cpu", "-p", "ci-cpu", "--replicas", "1",
+                        "--name", "cli-ray", "--json").stdout)
+    handle = up["handle"]
+    assert handle["name"] == "cli-ray"
+    assert handle["endpoints"]["dashboard"].startswith("http://127.0.")
+    # up again is idempotent: same cluster, same endpoints
+    again = json.loads(cli("up", "ray/adhoc-cpu", "-p", "ci-cpu", "--replicas", "1",
+                           "--name", "cli-ray", "--json").stdout)
+    assert again["handle"] == handle
+    listed = json.loads(cli("ls", "--json").stdout)
+    assert [(r["handle"]["name"], r["phase"]) for r in listed] == [("cli-ray", "ready")]
+    human = cli("ls").stdout
+    assert "cli-ray" in human
+    down = json.loads(cli("down", "cli-ray", "--json").stdout)
+    assert down["deleted"][0]["existed"] is True
+    assert local_backend.pids("cli-ray") == []
+    assert json.loads(cli("ls", "--json").stdout) == []
+    again_down = json.loads(cli("down", "cli-ray", "--json").stdout)
+    assert again_down["deleted"][0]["existed"] is False
+
+
+@pytest.mark.local
+def test_down_all(local_backend: LocalBackend) -> None:
+    for name in ("all-a", "all-b"):
+        cli("up", "spark/etl", "-p", "ci-cpu", "--replicas", "1", "--name", name, "--json")
+    out = json.loads(cli("down", "--all", "--json").stdout)
+    assert sorted(d["name"] for d in out["deleted"]) == ["all-a", "all-b"]
+    assert local_backend.list_owned() == []

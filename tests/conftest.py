@@ -1,0 +1,72 @@
+"""Shared fixtures: an isolated EPHEMERAL_HOME per test, and a leak check for real clusters."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from ephemeral.specs import ClusterIdentity, ResolvedSpec, resolve
+
+ENGINE_PROCESS_MARKERS = ("raylet", "gcs_server", "org.apache.spark", "ray::", "dashboard/")
+
+
+def engine_pids() -> set[int]:
+    """Pids of every Ray or Spark process on the machine (zombies excluded)."""
+    found = set()
+    for p in psutil.process_iter(["pid", "cmdline", "name", "status"]):
+        if p.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        text = " ".join(p.info["cmdline"] or []) + " " + (p.info["name"] or "")
+        if any(m in text for m in ENGINE_PROCESS_MARKERS):
+            found.add(p.info["pid"])
+    return found
+
+
+@pytest.fixture(autouse=True)
+def ephemeral_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "home"
+    monkeypatch.setenv("EPHEMERAL_HOME", str(home))
+    monkeypatch.delenv("EPHEMERAL_SPECS_DIR", raising=False)
+    monkeypatch.delenv("EPHEMERAL_BACKEND", raising=False)
+    return home
+
+
+@pytest.fixture
+def local_backend(ephemeral_home: Path) -> Iterator[object]:
+    """A LocalBackend whose clusters are all deleted afterwards, even when the test failed;
+    then checks that no Ray or Spark process started during the test is left."""
+    from ephemeral.backends.local import LocalBackend
+
+    before = engine_pids()
+    backend = LocalBackend(ephemeral_home)
+    try:
+        yield backend
+    finally:
+        names = [h.name for h in backend.list_owned()]
+        for name in names:
+            backend.delete(name, wait=True)
+        leaked = engine_pids() - before
+        # Give processes killed a moment ago time to be reaped before calling it a leak.
+        if leaked:
+            psutil.wait_procs([psutil.Process(p) for p in leaked if psutil.pid_exists(p)],
+                              timeout=5)
+            leaked = engine_pids() - before
+        assert not leaked, f"Ray/Spark processes left behind: {sorted(leaked)}"
+
+
+def small(ref: str, **overrides: int) -> ResolvedSpec:
+    """A shipped spec under the ci-cpu profile, right-sized for a 2-core machine."""
+    workers = {"replicas": overrides["replicas"]} if "replicas" in overrides else None
+    return resolve(ref, "ci-cpu", {"workers": workers} if workers else None)
+
+
+def manual(spec: ResolvedSpec, name: str) -> ClusterIdentity:
+    return ClusterIdentity.manual(spec.spec.name, name)
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI") == "true"

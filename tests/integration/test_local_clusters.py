@@ -1,0 +1,140 @@
+"""Real clusters on this machine: Ray head + 2 workers, Spark master + 2 workers + Connect."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from ephemeral.backends.local import LocalBackend
+from ephemeral.backends.local.backend import load
+from ephemeral.backends.local.spark_nodes import spark_home
+from ephemeral.errors import ClusterFailed
+from ephemeral.lifecycle import provision
+from tests.conftest import manual, small
+
+pytestmark = pytest.mark.local
+SCRIPTS = Path(__file__).parent / "scripts"
+
+
+def run_script(*args: str, env: dict[str, str] | None = None, timeout: float = 240) -> dict:
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})}, check=False)
+    assert proc.returncode == 0, f"{args[0]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def sessions_alive(backend: LocalBackend, name: str) -> list[int]:
+    state = load(backend.home / "clusters" / name)
+    assert state is not None
+    return [n.sid for n in state.nodes]
+
+
+def no_process_in(sids: list[int]) -> bool:
+    for p in psutil.process_iter(["pid", "status"]):
+        if p.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        try:
+            if os.getsid(p.info["pid"]) in sids:
+                return False
+        except OSError:
+            continue
+    return True
+
+
+def test_ray_head_and_two_workers_on_distinct_ips(local_backend: LocalBackend) -> None:
+    spec = small("ray/train-gpu")  # ci-cpu: head + 2 one-CPU workers, no GPUs
+    result = provision(local_backend, spec, manual(spec, "ray-three"), timeout=180)
+    handle = result.handle
+    assert result.status.nodes_ready == 3
+    plan = local_backend.node_plan(handle.name)
+    expected_ips = sorted(n.ip for n in plan)
+    assert len(set(expected_ips)) == 3
+
+    out = run_script(str(SCRIPTS / "ray_each_node.py"), handle.endpoints.gcs or "", plan[0].ip)
+    assert out["nodes"] == expected_ips
+    assert out["ran_on"] == expected_ips  # a task really ran on each of the three nodes
+
+    sids = sessions_alive(local_backend, handle.name)
+    assert local_backend.pids(handle.name)
+    local_backend.delete(handle, wait=True)
+    assert local_backend.pids(handle.name) == []
+    assert no_process_in(sids)
+    assert not (local_backend.home / "clusters" / handle.name).exists()
+
+
+def test_spark_master_two_workers_and_connect(local_backend: LocalBackend) -> None:
+    spec = small("spark/etl")
+    result = provision(local_backend, spec, manual(spec, "spark-etl"), timeout=240)
+    ep = result.handle.endpoints
+    assert ep.spark_master and ep.spark_master.startswith("spark://127.0.")
+    assert ep.spark_connect and ep.spark_connect.startswith("sc://")
+    worker_ips = sorted(n.ip for n in local_backend.node_plan(result.handle.name)
+                        if n.role == "worker")
+    assert len(worker_ips) == 2
+
+    submit = str(spark_home() / "bin" / "spark-submit")
+    proc = subprocess.run(
+        [submit, "--master", ep.spark_master, "--conf", "spark.driver.host=127.0.0.1",
+         "--conf", "spark.driver.bindAddress=127.0.0.1",
+         str(SCRIPTS / "spark_both_workers.py")],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["sum"] == 500500
+    assert out["ran_on"] == worker_ips  # tasks ran on both workers
+    assert set(worker_ips) <= set(out["executor_hosts"])
+
+    session = run_script(str(SCRIPTS / "spark_connect_session.py"), ep.spark_connect)
+    assert session == {"groups": 10, "total": 1000, "version": "4.3.0"}
+
+    sids = sessions_alive(local_backend, result.handle.name)
+    local_backend.delete(result.handle, wait=True)
+    assert no_process_in(sids)
+
+
+def test_two_clusters_side_by_side(local_backend: LocalBackend) -> None:
+    spec = small("ray/adhoc-cpu", replicas=1)
+    a = local_backend.create(spec, identity=manual(spec, "side-a"))
+    b = local_backend.create(spec, identity=manual(spec, "side-b"))
+    assert a.endpoints.dashboard != b.endpoints.dashboard
+    assert a.endpoints.gcs != b.endpoints.gcs
+    for h in (a, b):
+        assert local_backend.wait_ready(h, timeout=180).nodes_ready == 2
+    ips_a = {n.ip for n in local_backend.node_plan(a.name)}
+    ips_b = {n.ip for n in local_backend.node_plan(b.name)}
+    assert not ips_a & ips_b
+    local_backend.delete(a, wait=True)
+    # Deleting one leaves the other untouched and still ready.
+    assert local_backend.wait_ready(b, timeout=0).ready
+    local_backend.delete(b, wait=True)
+
+
+def test_a_node_that_dies_while_starting_fails_provision_and_nothing_is_left(
+    local_backend: LocalBackend,
+) -> None:
+    spec = small("ray/adhoc-cpu", replicas=1)
+    ident = manual(spec, "dies")
+    handle = local_backend.create(spec, identity=ident)
+    state = load(local_backend.home / "clusters" / handle.name)
+    assert state is not None
+    worker = next(n for n in state.nodes if n.name != "head")
+    for p in psutil.process_iter():
+        try:
+            if os.getsid(p.pid) == worker.sid:
+                p.kill()
+        except (OSError, psutil.Error):
+            continue
+    sids = [n.sid for n in state.nodes]
+    with pytest.raises(ClusterFailed) as err:
+        provision(local_backend, spec, ident, timeout=120)
+    assert "cpu-0" in str(err.value)
+    assert "log" in err.value.details
+    assert local_backend.list_owned() == []
+    assert no_process_in(sids)
