@@ -71,7 +71,8 @@ class ClusterIdentity:
                 PREFIX + "dag-id": label_value(self.dag_id),
                 PREFIX + "run-id": label_value(self.run_id),
                 PREFIX + "task-id": label_value(self.task_id),
-                PREFIX + "map-index": str(self.map_index),
+                # "-1" (an unmapped task) is not a label value: those must start alphanumeric.
+                PREFIX + "map-index": str(self.map_index) if self.map_index >= 0 else "none",
             }
         return labels
 

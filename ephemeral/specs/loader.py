@@ -46,6 +46,8 @@ def problems_of(err: ValidationError) -> list[tuple[str, str]]:
         if e["type"] == "extra_forbidden":
             msg = "unknown field; remove it or check its spelling"
         elif e["type"] == "union_tag_invalid" or e["type"] == "union_tag_not_found":
+            # pydantic reports the discriminator at the mapping itself; name the field instead.
+            loc = (*loc, "kind")
             msg = "kind must be RayCluster or SparkCluster"
         elif e["type"] == "missing":
             msg = "required field is missing"
@@ -90,7 +92,8 @@ def spec_hash(spec: RaySpec | SparkSpec) -> str:
 
 def _versions(directory: Path, name: str) -> dict[int, Path]:
     found: dict[int, Path] = {}
-    for path in [directory / f"{name}.yaml", *directory.glob(f"{name}@*.yaml")]:
+    # Archived files first, so that the current file wins if one claims the same version.
+    for path in [*sorted(directory.glob(f"{name}@*.yaml")), directory / f"{name}.yaml"]:
         if not path.is_file():
             continue
         data = read_yaml(path)

@@ -202,7 +202,10 @@ class SpecBase(Model):
         return v
 
 
-def _engine_version(v: str) -> str:
+def _engine_version(v: object) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"{v!r} is not a release version such as \"2.60.0\" (quote it: YAML "
+                         "reads an unquoted 2.60 as the number 2.6)")
     if not _VERSION_RE.match(v):
         raise ValueError(f"{v!r} is not a release version such as 2.60.0")
     return v
@@ -215,9 +218,9 @@ class RaySpec(SpecBase):
     worker_groups: list[RayWorkerGroup] = Field(min_length=1, max_length=16)
     runtime_env: RuntimeEnv = Field(default_factory=RuntimeEnv)
 
-    @field_validator("ray_version")
+    @field_validator("ray_version", mode="before")
     @classmethod
-    def _ver(cls, v: str) -> str:
+    def _ver(cls, v: object) -> str:
         return _engine_version(v)
 
     @field_validator("worker_groups")
@@ -269,9 +272,9 @@ class SparkSpec(SpecBase):
     connect: SparkConnect | None = None
     conf: dict[str, str] = Field(default_factory=dict)
 
-    @field_validator("spark_version")
+    @field_validator("spark_version", mode="before")
     @classmethod
-    def _ver(cls, v: str) -> str:
+    def _ver(cls, v: object) -> str:
         return _engine_version(v)
 
     @field_validator("conf")

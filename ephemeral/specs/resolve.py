@@ -93,6 +93,9 @@ def _overlay(data: dict[str, Any], overlay: dict[str, Any], source: str) -> dict
             if name not in existing:
                 raise SpecError(source, [(f"workerGroups.{name}", "no worker group of that name; "
                                           f"groups: {', '.join(map(str, existing))}")])
+            if patch is not None and not isinstance(patch, dict):
+                raise SpecError(source, [(f"workerGroups.{name}", "in a profile, a worker group "
+                                          "maps to the fields to change, such as replicas: 1")])
             i = existing[name]
             out["workerGroups"][i] = _merge(out["workerGroups"][i], patch or {})
     return out
@@ -101,9 +104,10 @@ def _overlay(data: dict[str, Any], overlay: dict[str, Any], source: str) -> dict
 def _ci_cpu(data: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(data)
 
-    def shrink(node: dict[str, Any], cpu_key: str = "cpu") -> None:
-        node["gpus"] = 0
-        node.pop("discoveryScript", None)
+    def shrink(node: dict[str, Any], cpu_key: str = "cpu", gpus: bool = True) -> None:
+        if gpus:
+            node["gpus"] = 0
+            node.pop("discoveryScript", None)
         if cpu_key in node:
             node[cpu_key] = min(node[cpu_key], _CI_MAX_CPU)
         if "memory" in node:
@@ -120,6 +124,9 @@ def _ci_cpu(data: dict[str, Any]) -> dict[str, Any]:
             shrink(group)
     else:
         shrink(out.setdefault("workers", {}), "cores")
+        shrink(out.setdefault("master", {}), gpus=False)
+        if isinstance(out.get("connect"), dict):
+            shrink(out["connect"], gpus=False)
     return out
 
 

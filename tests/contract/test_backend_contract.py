@@ -48,7 +48,8 @@ def test_create_is_idempotent_and_labelled(backend: ClusterBackend) -> None:
     assert labels[PREFIX + "dag-id"] == "contract"
     assert labels[PREFIX + "spec-hash"] == RAY.hash
     assert labels[PREFIX + "spec"] == "adhoc-cpu"
-    assert first.endpoints.dashboard and first.endpoints.gcs
+    assert first.endpoints.dashboard
+    assert first.endpoints.gcs
     assert backend.wait_ready(first, timeout=READY_TIMEOUT).phase is Phase.READY
     # Once ready, another create of the same identity still adopts rather than restarts.
     assert backend.create(RAY, identity=ident) == first

@@ -72,8 +72,10 @@ def test_spark_master_two_workers_and_connect(local_backend: LocalBackend) -> No
     spec = small("spark/etl")
     result = provision(local_backend, spec, manual(spec, "spark-etl"), timeout=240)
     ep = result.handle.endpoints
-    assert ep.spark_master and ep.spark_master.startswith("spark://127.0.")
-    assert ep.spark_connect and ep.spark_connect.startswith("sc://")
+    assert ep.spark_master
+    assert ep.spark_master.startswith("spark://127.0.")
+    assert ep.spark_connect
+    assert ep.spark_connect.startswith("sc://")
     worker_ips = sorted(n.ip for n in local_backend.node_plan(result.handle.name)
                         if n.role == "worker")
     assert len(worker_ips) == 2
