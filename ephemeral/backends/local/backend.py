@@ -162,7 +162,7 @@ class LocalBackend(ClusterBackend):
             env = base_env | node.env
             state.nodes.append(procs.spawn(
                 node.name, node.argv, log=cdir / "logs" / f"{node.name}.log",
-                exit_file=cdir / "exit" / node.name, env=env, cwd=cdir))
+                exit_file=cdir / "exit" / node.name, env=env, cwd=cdir, wait_for=node.wait_for))
             save(cdir, state)
         return handle
 

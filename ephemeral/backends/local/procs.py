@@ -14,6 +14,7 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -22,6 +23,21 @@ import psutil
 from pydantic import BaseModel, ConfigDict
 
 UID_ENV = "EPHEMERAL_CLUSTER_UID"
+
+# Run before a node that must not start until another listens (Spark workers retry a master
+# that is not up yet only after 5-20 s). Exits 3 when the port never opens.
+_WAIT_PORT = """
+import socket, sys, time
+host, port, deadline = sys.argv[1], int(sys.argv[2]), time.monotonic() + float(sys.argv[3])
+while time.monotonic() < deadline:
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.05)
+print(f"gave up waiting for {host}:{port}", flush=True)
+sys.exit(3)
+"""
 
 
 class NodeProcess(BaseModel):
@@ -63,12 +79,22 @@ def spawn(
     exit_file: Path,
     env: Mapping[str, str],
     cwd: Path | None = None,
+    wait_for: str | None = None,
+    wait_timeout: float = 120.0,
 ) -> NodeProcess:
-    """Run ``argv`` in a new session, its output to ``log``, its exit code to ``exit_file``."""
+    """Run ``argv`` in a new session, its output to ``log``, its exit code to ``exit_file``.
+
+    With ``wait_for`` ("host:port") the node starts only once that address accepts connections.
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
     exit_file.parent.mkdir(parents=True, exist_ok=True)
     exit_file.unlink(missing_ok=True)
-    script = f'{shlex.join(argv)}\necho $? > {shlex.quote(str(exit_file))}\n'
+    run = shlex.join(argv)
+    if wait_for:
+        host, port = wait_for.rsplit(":", 1)
+        wait = shlex.join([sys.executable, "-c", _WAIT_PORT, host, port, str(wait_timeout)])
+        run = f"{wait} && {run}"
+    script = f"{run}\necho $? > {shlex.quote(str(exit_file))}\n"
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             ["/bin/sh", "-c", script],

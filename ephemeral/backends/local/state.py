@@ -26,6 +26,8 @@ class PlannedNode(BaseModel):
     ip: str
     argv: list[str]
     env: dict[str, str] = {}
+    wait_for: str | None = None
+    """``host:port`` that must accept connections before this node starts."""
 
 
 class ClusterState(BaseModel):
