@@ -7,6 +7,8 @@ unknown fields, so a typo fails loudly instead of being silently ignored.
 from __future__ import annotations
 
 import re
+from collections import Counter
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -30,6 +32,12 @@ def dns_label(value: str, max_len: int) -> str:
     if not DNS1123_LABEL.match(value):
         raise ValueError(f"{value!r} is not a DNS-1123 label ({DNS1123_HELP})")
     return value
+
+
+def repeated(names: Iterable[str]) -> list[str]:
+    """Names that occur more than once, sorted."""
+    seen = Counter(names)
+    return sorted(n for n, count in seen.items() if count > 1)
 
 
 class Model(BaseModel):
@@ -118,9 +126,7 @@ class RuntimeEnv(Model):
     @field_validator("env")
     @classmethod
     def _unique(cls, v: list[EnvVar]) -> list[EnvVar]:
-        names = [e.name for e in v]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
+        if dup := repeated(e.name for e in v):
             raise ValueError(f"environment variables defined twice: {', '.join(dup)}")
         return v
 
@@ -226,9 +232,7 @@ class RaySpec(SpecBase):
     @field_validator("worker_groups")
     @classmethod
     def _unique_groups(cls, v: list[RayWorkerGroup]) -> list[RayWorkerGroup]:
-        names = [g.name for g in v]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
+        if dup := repeated(g.name for g in v):
             raise ValueError(f"worker group names must be unique; repeated: {', '.join(dup)}")
         return v
 
