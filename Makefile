@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	@command -v java >/dev/null || { echo "installing Java 17 for Spark"; \
 	  apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[local,dev]'
+	$(PY) -m pip install -q -e '.[local,train,dev]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -31,6 +31,7 @@ unit: setup
 
 bench: setup
 	EPHEMERAL_HOME=$${EPHEMERAL_HOME:-$(CURDIR)/.home} $(PY) bench/bench_local.py
+	EPHEMERAL_HOME=$${EPHEMERAL_HOME:-$(CURDIR)/.home} $(PY) bench/bench_jobs.py
 
 clean:
 	rm -rf $(VENV) .home

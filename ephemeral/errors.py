@@ -86,3 +86,28 @@ class TeardownIncomplete(BackendError):
         super().__init__(
             f"cluster {cluster!r} was not fully deleted; still present: " + ", ".join(self.leftover)
         )
+
+
+class JobError(EphemeralError):
+    """Submitting, following or stopping a job went wrong."""
+
+
+class JobSubmissionFailed(JobError):
+    """The cluster did not take the job (its Jobs API or master could not be reached)."""
+
+    retryable = True
+
+
+class JobFailed(JobError):
+    """The job ran and ended FAILED or STOPPED; ``log_tail`` holds its last log lines."""
+
+    def __init__(self, job_id: str, status: str, log_tail: str = "") -> None:
+        self.job_id = job_id
+        self.status = status
+        self.log_tail = log_tail
+        msg = f"job {job_id} ended {status}"
+        super().__init__(f"{msg}; last log lines:\n{log_tail}" if log_tail else msg)
+
+
+class JobTimeout(JobError):
+    """The job did not finish in time (it was stopped)."""

@@ -26,6 +26,9 @@ class Settings:
     """Default backend name: ``local`` (real processes on this host) or ``kubernetes``."""
     default_ttl_seconds: int
     """Lifetime after which the reaper may delete a cluster whose spec sets no ``ttl``."""
+    artifact_root: str
+    """Where jobs write datasets, checkpoints, models and metrics (``$EPHEMERAL_ARTIFACT_ROOT``):
+    a ``file://`` URI by default; ``s3://`` and ``gs://`` work through pyarrow filesystems."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -37,7 +40,15 @@ class Settings:
             specs_dir=specs or _default_specs_dir(),
             backend=env.get("EPHEMERAL_BACKEND", "local"),
             default_ttl_seconds=int(env.get("EPHEMERAL_DEFAULT_TTL", "21600")),
+            artifact_root=as_uri(env.get("EPHEMERAL_ARTIFACT_ROOT") or str(home / "artifacts")),
         )
+
+
+def as_uri(path_or_uri: str) -> str:
+    """A URI for a local path (``file://``); URIs are returned as they are."""
+    if "://" in path_or_uri:
+        return path_or_uri.rstrip("/")
+    return Path(path_or_uri).expanduser().resolve().as_uri()
 
 
 def get_settings() -> Settings:

@@ -49,13 +49,31 @@ def local_backend(ephemeral_home: Path) -> Iterator[object]:
         names = [h.name for h in backend.list_owned()]
         for name in names:
             backend.delete(name, wait=True)
-        leaked = engine_pids() - before
+        leaked = engine_pids() - before - other_clusters_pids(ephemeral_home)
         # Give processes killed a moment ago time to be reaped before calling it a leak.
         if leaked:
             psutil.wait_procs([psutil.Process(p) for p in leaked if psutil.pid_exists(p)],
                               timeout=5)
-            leaked = engine_pids() - before
+            leaked = engine_pids() - before - other_clusters_pids(ephemeral_home)
         assert not leaked, f"Ray/Spark processes left behind: {sorted(leaked)}"
+
+
+def other_clusters_pids(home: Path) -> set[int]:
+    """Processes of live clusters of other homes (a developer's own clusters, a parallel run):
+    the machine-wide slot claims name their state folders."""
+    from ephemeral.backends.local import procs
+    from ephemeral.backends.local.slots import runtime_dir
+    from ephemeral.backends.local.state import load
+
+    pids: set[int] = set()
+    for claim in (runtime_dir() / "slots").glob("*"):
+        state_dir = Path(claim.read_text().strip())
+        if state_dir.is_relative_to(home):
+            continue
+        state = load(state_dir)
+        if state is not None:
+            pids |= {p.pid for p in procs.find(state.nodes, state.uid)}
+    return pids
 
 
 def small(ref: str, **overrides: int) -> ResolvedSpec:

@@ -7,7 +7,9 @@ stdout and nothing else, for scripts and CI.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,7 +20,8 @@ from rich.table import Table
 
 from ephemeral.backends import ClusterHandle, get_backend
 from ephemeral.backends.base import ClusterStatus, Phase
-from ephemeral.errors import EphemeralError, SpecError
+from ephemeral.errors import ClusterNotFound, EphemeralError, SpecError
+from ephemeral.jobs.results import JobResult
 from ephemeral.lifecycle import DEFAULT_READY_TIMEOUT, provision, teardown
 from ephemeral.settings import get_settings
 from ephemeral.specs import ClusterIdentity, load_file, resolve
@@ -218,6 +221,110 @@ def down(
         _emit({"deleted": done, "failed": failures})
     if failures:
         raise typer.Exit(1)
+
+
+def _cluster(name: str, backend: str | None, engine: str, as_json: bool) -> ClusterHandle:
+    handle = get_backend(backend).get(name)
+    if handle is None:
+        raise _fail(ClusterNotFound(f"no cluster {name!r}; see `ephemeral ls`"), as_json)
+    if handle.engine != engine:
+        raise _fail(ClusterNotFound(f"cluster {name!r} is a {handle.engine} cluster, not {engine}"),
+                    as_json)
+    return handle
+
+
+def _key_values(pairs: list[str] | None, option: str) -> dict[str, str]:
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not key or not sep:
+            raise _fail(SpecError(option, [(option, f"{pair!r} is not KEY=VALUE")]), False)
+        out[key] = value
+    return out
+
+
+def _log_sink(as_json: bool) -> Callable[[str], None]:
+    """Job logs go to stdout, or to stderr when stdout is reserved for --json."""
+    stream = sys.stderr if as_json else sys.stdout
+
+    def write(line: str) -> None:
+        stream.write(line + "\n")
+        stream.flush()
+
+    return write
+
+
+def _finish_job(run: Callable[[], JobResult], as_json: bool) -> None:
+    try:
+        result = run()
+    except EphemeralError as e:
+        raise _fail(e, as_json) from e
+    if as_json:
+        _emit(result.model_dump(mode="json"))
+    else:
+        err.print(f"[green]{result.status.value}[/] {result.job_id} in {result.seconds:.1f}s",
+                  highlight=False)
+
+
+@app.command("submit")
+def submit(
+    cluster: Annotated[str, typer.Argument(help="Ray cluster name (see `ephemeral ls`).")],
+    entrypoint: Annotated[list[str], typer.Argument(help="After --: the command to run.")],
+    working_dir: Annotated[str | None, typer.Option(help="Uploaded as the job's cwd.")] = None,
+    pip: Annotated[list[str] | None, typer.Option(help="Extra pip package (repeat).")] = None,
+    env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE for the job (repeat).")] = None,
+    job_id: Annotated[str | None, typer.Option(help="Submission id; attaches if it exists.")] = (
+        None),
+    timeout: Annotated[float | None, typer.Option(help="Stop the job after this many s.")] = None,
+    backend: BackendOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a command as a Ray job on CLUSTER, streaming its logs; exit with its status."""
+    from ephemeral.jobs import artifacts
+    from ephemeral.jobs.ray_jobs import RayJobs
+
+    handle = _cluster(cluster, backend, "ray", as_json)
+    jobs = RayJobs(handle.endpoints.dashboard or "", cluster=handle.name)
+    runtime_env: dict[str, Any] = {"env_vars": {"EPHEMERAL_ARTIFACT_ROOT": artifacts.root(),
+                                                **_key_values(env, "--env")}}
+    if pip:
+        runtime_env["pip"] = list(pip)
+    sink = _log_sink(as_json)
+
+    def run() -> JobResult:
+        jid = job_id
+        if jid is None or jobs.status(jid) is None:
+            jid = jobs.submit(shlex.join(entrypoint), job_id=jid, working_dir=working_dir,
+                              runtime_env=runtime_env)
+        else:
+            err.print(f"attaching to existing job {jid}", highlight=False)
+        err.print(f"job {jid} on {handle.name}", highlight=False)
+        return jobs.follow(jid, sink=sink, timeout=timeout)
+
+    _finish_job(run, as_json)
+
+
+@app.command("spark-submit")
+def spark_submit_cmd(
+    cluster: Annotated[str, typer.Argument(help="Spark cluster name (see `ephemeral ls`).")],
+    application: Annotated[Path, typer.Argument(help="The application's .py file.")],
+    args: Annotated[list[str] | None, typer.Argument(help="After --: application arguments.")] = (
+        None),
+    conf: Annotated[list[str] | None, typer.Option(help="Spark conf KEY=VALUE (repeat).")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Stop it after this many s.")] = None,
+    backend: BackendOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a Spark application on CLUSTER's master, streaming the driver's output."""
+    from ephemeral.jobs import artifacts
+    from ephemeral.jobs.spark_jobs import spark_submit
+
+    handle = _cluster(cluster, backend, "spark", as_json)
+    _finish_job(lambda: spark_submit(
+        handle.endpoints.spark_master or "", str(application), args or [],
+        conf=_key_values(conf, "--conf"), cluster=handle.name, timeout=timeout,
+        env={"EPHEMERAL_ARTIFACT_ROOT": artifacts.root()},
+        sink=_log_sink(as_json)), as_json)
 
 
 def main() -> None:

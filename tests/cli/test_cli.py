@@ -100,3 +100,35 @@ def test_down_all(local_backend: LocalBackend) -> None:
     out = json.loads(cli("down", "--all", "--json").stdout)
     assert sorted(d["name"] for d in out["deleted"]) == ["all-a", "all-b"]
     assert local_backend.list_owned() == []
+
+
+@pytest.mark.local
+def test_submit_streams_logs_and_exits_with_the_job_status(local_backend: LocalBackend) -> None:
+    jobs = str(Path(__file__).resolve().parents[2] / "jobs")
+    cli("up", "ray/adhoc-cpu", "-p", "ci-cpu", "--name", "cli-jobs", "--json")
+    ok = cli("submit", "cli-jobs", "--working-dir", jobs, "--", "python", "hello_ray.py")
+    assert '"sum_of_squares": 328350' in ok.stdout  # the job's own output, streamed
+    assert "SUCCEEDED" in ok.stderr
+    as_json = json.loads(cli("submit", "cli-jobs", "--json", "--", "python", "-c",
+                             "print('{\"answer\": 42}')").stdout)
+    assert (as_json["status"], as_json["result"]) == ("SUCCEEDED", {"answer": 42})
+    bad = cli("submit", "cli-jobs", "--", "python", "-c",
+              "print('going down'); raise SystemExit(3)", check=False)
+    assert bad.returncode == 1
+    assert "JobFailed" in bad.stderr
+    assert "going down" in bad.stderr  # the last log lines are shown
+    wrong = cli("spark-submit", "cli-jobs", "x.py", "--json", check=False)
+    assert wrong.returncode == 1
+    assert "is a ray cluster, not spark" in json.loads(wrong.stdout)["message"]
+
+
+@pytest.mark.local
+def test_spark_submit_runs_on_the_workers(local_backend: LocalBackend) -> None:
+    app = str(Path(__file__).resolve().parents[2] / "jobs" / "hello_spark.py")
+    cli("up", "spark/etl", "-p", "ci-cpu", "--name", "cli-spark", "--json")
+    out = json.loads(cli("spark-submit", "cli-spark", app, "--json").stdout)
+    assert out["status"] == "SUCCEEDED"
+    assert out["job_id"].startswith("app-")
+    workers = sorted(n.ip for n in local_backend.node_plan("cli-spark") if n.role == "worker")
+    assert out["result"]["ran_on"] == workers
+    assert 3.0 < out["result"]["pi"] < 3.3

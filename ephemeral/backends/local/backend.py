@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from contextlib import AbstractContextManager
@@ -170,7 +171,11 @@ class LocalBackend(ClusterBackend):
     def _env(s: RaySpec | SparkSpec, uid: str, *, name: str) -> dict[str, str]:
         env = dict(os.environ)
         env |= {procs.UID_ENV: uid, "EPHEMERAL_CLUSTER_NAME": name,
-                "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+                "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1",
+                # `python` in a job's entrypoint is this environment's, as it is the image's
+                # own python on Kubernetes.
+                "PATH": os.pathsep.join([str(Path(sys.executable).parent),
+                                         env.get("PATH", os.defpath)])}
         if isinstance(s, RaySpec):
             for var in s.runtime_env.env:
                 if var.value is not None:

@@ -1,0 +1,69 @@
+"""The artifact store: URIs under the artifact root, read and written through pyarrow's
+filesystems (``file://``, ``s3://``, ``gs://``), never hand-written clients. Credentials come
+from the environment those filesystems read (instance roles, workload identity), never XCom."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ephemeral.settings import get_settings
+
+
+def root() -> str:
+    return get_settings().artifact_root
+
+
+def join(uri: str, *parts: str) -> str:
+    return "/".join([uri.rstrip("/"), *[p.strip("/") for p in parts if p]])
+
+
+def run_uri(run: str, *parts: str) -> str:
+    return join(root(), run, *parts)
+
+
+def _fs(uri: str) -> tuple[Any, str]:
+    from pyarrow import fs
+
+    filesystem, path = fs.FileSystem.from_uri(uri)
+    return filesystem, str(path)
+
+
+def exists(uri: str) -> bool:
+    from pyarrow import fs
+
+    filesystem, path = _fs(uri)
+    return bool(filesystem.get_file_info(path).type != fs.FileType.NotFound)
+
+
+def read_bytes(uri: str) -> bytes:
+    filesystem, path = _fs(uri)
+    with filesystem.open_input_stream(path) as src:
+        return bytes(src.read())
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    filesystem, path = _fs(uri)
+    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with filesystem.open_output_stream(path) as out:
+        out.write(data)
+
+
+def read_json(uri: str) -> Any:
+    return json.loads(read_bytes(uri))
+
+
+def write_json(uri: str, value: Any) -> None:
+    write_bytes(uri, json.dumps(value, indent=2, sort_keys=True).encode())
+
+
+def copy(src: str, dst: str) -> None:
+    """Copy a file or a directory tree between any two supported filesystems."""
+    from pyarrow import fs
+
+    src_fs, src_path = _fs(src)
+    dst_fs, dst_path = _fs(dst)
+    if src_fs.get_file_info(src_path).type == fs.FileType.Directory:
+        fs.copy_files(src_path, dst_path, source_filesystem=src_fs, destination_filesystem=dst_fs)
+    else:
+        write_bytes(dst, read_bytes(src))

@@ -1,0 +1,146 @@
+"""Ray jobs through the Ray Jobs SDK (``JobSubmissionClient`` against the dashboard endpoint).
+
+Job ids are deterministic per (cluster, task, attempt), so a retried task finds the job an
+earlier attempt started: it attaches to it while it runs, and reuses its result when it
+succeeded, instead of training twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ephemeral.errors import JobError, JobFailed, JobSubmissionFailed, JobTimeout
+from ephemeral.jobs.results import JobResult, JobStatus, parse_result_line, submission_id, tail
+
+LogSink = Callable[[str], None]
+
+
+class RayJobs:
+    def __init__(self, dashboard: str, *, cluster: str = "") -> None:
+        self.dashboard = dashboard
+        self.cluster = cluster
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from ray.job_submission import JobSubmissionClient
+
+            try:
+                self._client = JobSubmissionClient(self.dashboard)
+            except (RuntimeError, ConnectionError, OSError) as err:
+                raise JobSubmissionFailed(f"cannot reach the Ray Jobs API at {self.dashboard}: "
+                                          f"{err}") from err
+        return self._client
+
+    # -- one job --------------------------------------------------------------------------
+    def submit(
+        self,
+        entrypoint: str,
+        *,
+        job_id: str | None = None,
+        working_dir: str | None = None,
+        runtime_env: dict[str, Any] | None = None,
+        entrypoint_num_cpus: float | None = None,
+        entrypoint_num_gpus: float | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> str:
+        env = dict(runtime_env or {})
+        if working_dir:
+            env["working_dir"] = working_dir
+        try:
+            return str(self.client.submit_job(
+                entrypoint=entrypoint, submission_id=job_id, runtime_env=env or None,
+                entrypoint_num_cpus=entrypoint_num_cpus, entrypoint_num_gpus=entrypoint_num_gpus,
+                metadata=metadata))
+        except RuntimeError as err:
+            raise JobSubmissionFailed(f"the cluster refused the job: {err}") from err
+
+    def status(self, job_id: str) -> JobStatus | None:
+        """The job's status, or None when no job has that id."""
+        try:
+            info = self.client.get_job_info(job_id)
+        except RuntimeError as err:
+            if "does not exist" in str(err) or "404" in str(err):
+                return None
+            raise JobError(f"cannot read job {job_id}: {err}") from err
+        return JobStatus(str(info.status))
+
+    def logs(self, job_id: str) -> str:
+        return str(self.client.get_job_logs(job_id))
+
+    def stop(self, job_id: str, *, wait: float = 30.0) -> JobStatus | None:
+        """Stop the job and wait until Ray reports it ended; return its final status."""
+        try:
+            self.client.stop_job(job_id)
+        except RuntimeError as err:
+            if self.status(job_id) is None:
+                return None
+            raise JobError(f"cannot stop job {job_id}: {err}") from err
+        deadline = time.monotonic() + wait
+        while (st := self.status(job_id)) is not None and not st.terminal:
+            if time.monotonic() > deadline:
+                raise JobError(f"job {job_id} still {st} {wait:.0f}s after it was stopped")
+            time.sleep(0.2)
+        return st
+
+    # -- retries find their job -----------------------------------------------------------
+    def submit_or_attach(
+        self, entrypoint: str, *, task_key: str, attempt: int, **submit_args: Any
+    ) -> tuple[str, bool]:
+        """(job id, attached): attach to a live or succeeded job of an earlier attempt, else
+        submit this attempt's job."""
+        for earlier in range(attempt, 0, -1):
+            jid = submission_id(self.cluster, task_key, earlier)
+            st = self.status(jid)
+            if st is not None and st in (JobStatus.PENDING, JobStatus.RUNNING,
+                                         JobStatus.SUCCEEDED):
+                return jid, True
+            if st is not None and earlier == attempt:
+                return jid, True  # this very attempt already ran (and failed): report it
+        jid = submission_id(self.cluster, task_key, attempt)
+        return self.submit(entrypoint, job_id=jid, **submit_args), False
+
+    # -- following a job ------------------------------------------------------------------
+    def follow(self, job_id: str, *, sink: LogSink | None = None,
+               timeout: float | None = None) -> JobResult:
+        """Stream the job's logs to ``sink`` as they come until it ends; raise if it failed."""
+        started = time.monotonic()
+        streamer = None
+        if sink is not None:
+            streamer = threading.Thread(target=self._stream, args=(job_id, sink), daemon=True)
+            streamer.start()
+        while True:
+            st = self.status(job_id)
+            if st is None:
+                raise JobError(f"no job {job_id} on {self.dashboard}")
+            if st.terminal:
+                break
+            if timeout is not None and time.monotonic() - started > timeout:
+                self.stop(job_id)
+                raise JobTimeout(f"job {job_id} did not finish in {timeout:.0f}s; it was stopped")
+            time.sleep(0.25)
+        if streamer is not None:
+            streamer.join(timeout=10)  # the log stream closes when the job ends
+        logs = self.logs(job_id)
+        result = JobResult(job_id=job_id, cluster=self.cluster, engine="ray", status=st,
+                           seconds=round(time.monotonic() - started, 3),
+                           result=parse_result_line(logs))
+        if not result.ok:
+            raise JobFailed(job_id, st.value, tail(logs))
+        return result
+
+    def _stream(self, job_id: str, sink: LogSink) -> None:
+        async def pump() -> None:
+            async for chunk in self.client.tail_job_logs(job_id):
+                for line in chunk.splitlines():
+                    sink(line)
+
+        try:
+            asyncio.run(pump())
+        except Exception as err:  # noqa: BLE001 - log streaming is best effort; status is not
+            sink(f"[ephemeral] log stream interrupted: {err}")

@@ -1,0 +1,116 @@
+"""Spark applications: ``spark-submit`` (from the pyspark distribution) against the cluster's
+master in client mode, with the driver's output streamed line by line; and Spark Connect
+sessions for Python code that runs inside a task."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ephemeral.errors import JobFailed, JobSubmissionFailed, JobTimeout
+from ephemeral.jobs.results import JobResult, JobStatus, parse_result_line
+
+LogSink = Callable[[str], None]
+_APP_ID = re.compile(r"\b(app-\d{14}-\d{4,})\b")
+# Spark's own INFO chatter at shutdown would push the application's error out of the tail.
+_SPARK_INFO = re.compile(r"^\d\d/\d\d/\d\d \d\d:\d\d:\d\d (INFO|DEBUG) ")
+
+
+def spark_submit_bin() -> str:
+    try:
+        from pyspark.find_spark_home import _find_spark_home
+    except ImportError as err:
+        raise JobSubmissionFailed("spark-submit needs pyspark: pip install 'ephemeral[local]'") from err
+    return str(Path(_find_spark_home()) / "bin" / "spark-submit")
+
+
+def spark_submit(
+    master: str,
+    application: str,
+    args: Sequence[str] = (),
+    *,
+    conf: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
+    name: str | None = None,
+    cluster: str = "",
+    sink: LogSink | None = None,
+    timeout: float | None = None,
+) -> JobResult:
+    """Run ``application`` on the cluster (driver here, executors on the workers); raise
+    ``JobFailed`` with the last log lines when it fails."""
+    if not Path(application).is_file():
+        raise JobSubmissionFailed(f"no application file {application!r}")
+    argv = [spark_submit_bin(), "--master", master]
+    if name:
+        argv += ["--name", name]
+    # The driver runs on this host; executors on the workers must be able to call it back.
+    settings = {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"} \
+        if "://127." in master else {}
+    settings |= dict(conf or {})
+    for key, value in settings.items():
+        argv += ["--conf", f"{key}={value}"]
+    argv += [application, *args]
+    run_env = {**os.environ, "PYSPARK_PYTHON": sys.executable, **(env or {})}
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=run_env, start_new_session=True, bufsize=1)
+    lines: deque[str] = deque(maxlen=2000)
+    app_id: list[str] = []
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.rstrip("\n")
+            lines.append(line)
+            if not app_id and (m := _APP_ID.search(line)):
+                app_id.append(m.group(1))
+            if sink:
+                sink(line)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        _kill(proc)
+        raise JobTimeout(f"spark application {application} did not finish in {timeout:.0f}s; "
+                         "it was stopped") from err
+    except BaseException:
+        _kill(proc)  # interrupted: the driver must not outlive its caller
+        raise
+    reader.join(timeout=10)
+    job_id = app_id[0] if app_id else f"spark-submit-pid-{proc.pid}"
+    logs = "\n".join(lines)
+    status = JobStatus.SUCCEEDED if code == 0 else JobStatus.FAILED
+    if status is not JobStatus.SUCCEEDED:
+        useful = [line for line in lines if not _SPARK_INFO.match(line)]
+        raise JobFailed(job_id, f"{status.value} (exit code {code})", "\n".join(useful[-40:]))
+    return JobResult(job_id=job_id, cluster=cluster, engine="spark", status=status,
+                     seconds=round(time.monotonic() - started, 3), result=parse_result_line(logs))
+
+
+def _kill(proc: subprocess.Popen[str]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def connect_session(endpoint: str, *, app_name: str = "ephemeral") -> Any:
+    """A ``SparkSession`` on the cluster's Spark Connect server (``sc://host:port``)."""
+    from pyspark.sql import SparkSession
+
+    return SparkSession.builder.remote(endpoint).appName(app_name).getOrCreate()

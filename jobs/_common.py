@@ -1,0 +1,74 @@
+"""Helpers shared by the workloads in jobs/. They run on the clusters, where ephemeral itself is
+not installed, so they depend only on pyarrow (present with Ray Train and pyspark).
+
+Every job ends by printing one line of JSON (artifact and metrics URIs plus a few scalars): the
+submitter reads the last such line as the job's result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+from urllib.parse import urlparse
+
+
+def to_uri(path_or_uri: str) -> str:
+    """A URI for a path or URI: plain paths become file:// URIs."""
+    if urlparse(path_or_uri).scheme:
+        return path_or_uri.rstrip("/")
+    return "file://" + os.path.abspath(path_or_uri)
+
+
+def join(uri: str, *parts: str) -> str:
+    return "/".join([uri.rstrip("/"), *[p.strip("/") for p in parts]])
+
+
+def default_root() -> str:
+    return to_uri(os.environ.get("EPHEMERAL_ARTIFACT_ROOT")
+                  or os.path.join(os.environ.get("EPHEMERAL_HOME", os.path.expanduser("~/.ephemeral")),
+                                  "artifacts"))
+
+
+def filesystem(uri: str) -> tuple[Any, str]:
+    """(pyarrow filesystem, path inside it) for a file://, s3:// or gs:// URI."""
+    from pyarrow import fs
+
+    return fs.FileSystem.from_uri(uri)
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    filesys, path = filesystem(uri)
+    filesys.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with filesys.open_output_stream(path) as out:
+        out.write(data)
+
+
+def read_bytes(uri: str) -> bytes:
+    filesys, path = filesystem(uri)
+    with filesys.open_input_stream(path) as src:
+        return bytes(src.read())
+
+
+def write_json(uri: str, obj: Any) -> None:
+    write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+
+def exists(uri: str) -> bool:
+    from pyarrow import fs
+
+    filesys, path = filesystem(uri)
+    return bool(filesys.get_file_info(path).type != fs.FileType.NotFound)
+
+
+def emit_result(result: dict[str, Any]) -> None:
+    """The job's last line: what travels to XCom. Keep it small: URIs and scalars only."""
+    sys.stdout.flush()
+    print(json.dumps(result, sort_keys=True), flush=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    print(f"ERROR: {message}", file=sys.stderr, flush=True)
+    print(json.dumps({"error": message}), flush=True)
+    sys.exit(code)

@@ -1,0 +1,59 @@
+"""Evaluate a trained model on a validation dataset and write its metrics.
+
+    python evaluate.py --model-uri <run>/model/model.pt [--data-uri URI] [--output URI]
+
+The model directory holds model.pt (a state dict) and config.json (its shape), as train_ddp.py
+writes them. Without --data-uri a held-out set is generated (another seed than training's).
+Metrics go to --output (default: <run>/eval/metrics.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import emit_result, join, read_bytes, to_uri, write_json  # noqa: E402
+from train_ddp import build_model, load_dataset  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    import torch
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model-uri", required=True)
+    p.add_argument("--data-uri", default=None)
+    p.add_argument("--output", default=None)
+    p.add_argument("--rows", type=int, default=4096)
+    p.add_argument("--seed", type=int, default=1)
+    args = p.parse_args(argv)
+
+    model_uri = to_uri(args.model_uri)
+    model_dir = model_uri.rsplit("/", 1)[0]
+    config = json.loads(read_bytes(join(model_dir, "config.json")))
+    model = build_model(config["dim"], config["hidden"])
+    model.load_state_dict(torch.load(io.BytesIO(read_bytes(model_uri)), map_location="cpu"))
+    model.eval()
+    x_np, y_np = load_dataset(args.data_uri, args.rows, args.seed)
+    if x_np.shape[1] != config["dim"]:
+        print(f"ERROR: the dataset has {x_np.shape[1]} features, the model {config['dim']}",
+              file=sys.stderr)
+        sys.exit(2)
+    x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
+    with torch.no_grad():
+        logits = model(x)
+        loss = float(torch.nn.functional.cross_entropy(logits, y))
+        accuracy = float((logits.argmax(dim=1) == y).float().mean())
+    output = to_uri(args.output) if args.output else join(model_dir.rsplit("/", 1)[0], "eval",
+                                                          "metrics.json")
+    metrics = {"accuracy": round(accuracy, 4), "loss": round(loss, 5), "rows": int(len(y)),
+               "model_uri": model_uri, "data_uri": args.data_uri or "generated"}
+    write_json(output, metrics)
+    emit_result({"metrics_uri": output, "accuracy": metrics["accuracy"], "loss": metrics["loss"]})
+
+
+if __name__ == "__main__":
+    main()

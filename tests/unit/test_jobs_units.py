@@ -1,0 +1,48 @@
+"""Job results, submission ids and the artifact store, without clusters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ephemeral.jobs import artifacts
+from ephemeral.jobs.results import parse_result_line, submission_id
+
+
+def test_the_last_json_object_line_is_the_result() -> None:
+    logs = 'starting\n{"partial": 1}\nINFO done {not json}\n  {"artifact_uri": "file:///a"}  \n'
+    assert parse_result_line(logs) == {"artifact_uri": "file:///a"}
+    assert parse_result_line("no result here\n[1, 2]\n") == {}
+
+
+def test_submission_ids_are_deterministic_per_cluster_task_attempt() -> None:
+    a = submission_id("eph-x-1", "dag/run/train/-1", 1)
+    assert a == submission_id("eph-x-1", "dag/run/train/-1", 1)
+    assert a.endswith("-a1")
+    assert a != submission_id("eph-x-2", "dag/run/train/-1", 1)
+    assert a != submission_id("eph-x-1", "dag/run/train/0", 1)
+    assert a.removesuffix("-a1") == submission_id("eph-x-1", "dag/run/train/-1", 2).removesuffix(
+        "-a2")
+
+
+def test_artifact_root_defaults_under_home(ephemeral_home: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EPHEMERAL_ARTIFACT_ROOT", raising=False)
+    assert artifacts.root() == (ephemeral_home / "artifacts").resolve().as_uri()
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", "s3://bucket/prefix/")
+    assert artifacts.root() == "s3://bucket/prefix"
+    assert artifacts.run_uri("r1", "model", "model.pt") == "s3://bucket/prefix/r1/model/model.pt"
+
+
+def test_file_artifacts_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", str(tmp_path / "store"))
+    uri = artifacts.run_uri("r1", "metrics.json")
+    assert not artifacts.exists(uri)
+    artifacts.write_json(uri, {"loss": 0.1})
+    assert artifacts.exists(uri)
+    assert artifacts.read_json(uri) == {"loss": 0.1}
+    artifacts.write_bytes(artifacts.run_uri("r1", "model", "model.pt"), b"\x00weights")
+    artifacts.copy(artifacts.run_uri("r1"), artifacts.run_uri("registry", "best"))
+    assert artifacts.read_bytes(artifacts.run_uri("registry", "best", "model", "model.pt")) == (
+        b"\x00weights")
