@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import default_root, emit_result, fail, join, to_uri, write_json  # noqa: E402
+from _common import default_root, emit_result, fail, join, to_uri, write_json
 
 FEATURES = [f"f{i}" for i in range(8)]
 RAW_SCHEMA = {"id": "bigint", **{f: "double" for f in FEATURES}, "label": "int"}

@@ -16,8 +16,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import emit_result, join, read_bytes, to_uri, write_json  # noqa: E402
-from train_ddp import build_model, load_dataset  # noqa: E402
+from _common import emit_result, join, read_bytes, to_uri, write_json
+from train_ddp import build_model, load_dataset
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         accuracy = float((logits.argmax(dim=1) == y).float().mean())
     output = to_uri(args.output) if args.output else join(model_dir.rsplit("/", 1)[0], "eval",
                                                           "metrics.json")
-    metrics = {"accuracy": round(accuracy, 4), "loss": round(loss, 5), "rows": int(len(y)),
+    metrics = {"accuracy": round(accuracy, 4), "loss": round(loss, 5), "rows": len(y),
                "model_uri": model_uri, "data_uri": args.data_uri or "generated"}
     write_json(output, metrics)
     emit_result({"metrics_uri": output, "accuracy": metrics["accuracy"], "loss": metrics["loss"]})
