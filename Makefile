@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	@command -v java >/dev/null || { echo "installing Java 17 for Spark"; \
 	  apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[local,train,dev]'
+	$(PY) -m pip install -q -e '.[local,train,airflow,dev]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 

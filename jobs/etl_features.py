@@ -6,7 +6,8 @@ Raw input is a Parquet or CSV dataset with the columns of RAW_SCHEMA; without --
 generated deterministically (the same rows whatever the partitioning). The quality gate fails
 the job, before anything is written, when the input is empty, has nulls in a required column,
 or its schema drifted (a column missing or of another type). The output has the columns
-x0..x7 (standardised features) and label, and lands in <artifact root>/<run>/features/.
+x0..x7 (standardised features) and label, and lands in <artifact root>/<run>/features/, split
+by a hash of the row id into train/ (80%) and validation/ (20%).
 """
 
 from __future__ import annotations
@@ -97,16 +98,24 @@ def main(argv: list[str] | None = None) -> None:
         features = raw.select(
             *[((F.col(f) - stats[f"m_{f}"]) / (stats[f"s_{f}"] or 1.0)).alias(f"x{i}")
               for i, f in enumerate(FEATURES)],
-            F.col("label").cast("int").alias("label"))
-        features.coalesce(2).write.mode("overwrite").parquet(output)
-        written = spark.read.parquet(output)
+            F.col("label").cast("int").alias("label"),
+            (F.abs(F.xxhash64("id")) % 10 < 8).alias("_train"))
+        features.cache()
+        for split, keep in (("train", True), ("validation", False)):
+            (features.where(F.col("_train") == keep).drop("_train").coalesce(2)
+             .write.mode("overwrite").parquet(join(output, split)))
+        written = spark.read.parquet(join(output, "train"))
         rows = written.count()
+        validation_rows = spark.read.parquet(join(output, "validation")).count()
         positives = written.where("label = 1").count()
-        report = {"rows": rows, "positive_share": round(positives / rows, 4),
+        report = {"rows": rows, "validation_rows": validation_rows,
+                  "positive_share": round(positives / rows, 4),
                   "columns": [c for c, _ in written.dtypes], "input": args.input or "generated"}
         metrics_uri = join(output, "_quality.json")
         write_json(metrics_uri, report)
-        emit_result({"artifact_uri": output, "metrics_uri": metrics_uri, "rows": rows,
+        emit_result({"artifact_uri": join(output, "train"),
+                     "validation_uri": join(output, "validation"), "metrics_uri": metrics_uri,
+                     "rows": rows, "validation_rows": validation_rows,
                      "positive_share": report["positive_share"]})
     finally:
         spark.stop()

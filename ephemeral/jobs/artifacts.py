@@ -64,6 +64,7 @@ def copy(src: str, dst: str) -> None:
     src_fs, src_path = _fs(src)
     dst_fs, dst_path = _fs(dst)
     if src_fs.get_file_info(src_path).type == fs.FileType.Directory:
+        dst_fs.create_dir(dst_path, recursive=True)
         fs.copy_files(src_path, dst_path, source_filesystem=src_fs, destination_filesystem=dst_fs)
     else:
         write_bytes(dst, read_bytes(src))

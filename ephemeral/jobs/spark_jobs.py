@@ -20,6 +20,9 @@ from ephemeral.errors import JobFailed, JobSubmissionFailed, JobTimeout
 from ephemeral.jobs.results import JobResult, JobStatus, parse_result_line
 
 LogSink = Callable[[str], None]
+# pyspark marks its process as Spark Connect mode once a remote session was built in it; a
+# spark-submit child inheriting that would run the application in the wrong mode.
+CONNECT_MODE_VARS = ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_REMOTE")
 _APP_ID = re.compile(r"\b(app-\d{14}-\d{4,})\b")
 # Spark's own INFO chatter at shutdown would push the application's error out of the tail.
 _SPARK_INFO = re.compile(r"^\d\d/\d\d/\d\d \d\d:\d\d:\d\d (INFO|DEBUG) ")
@@ -59,7 +62,8 @@ def spark_submit(
     for key, value in settings.items():
         argv += ["--conf", f"{key}={value}"]
     argv += [application, *args]
-    run_env = {**os.environ, "PYSPARK_PYTHON": sys.executable, **(env or {})}
+    run_env = {k: v for k, v in os.environ.items() if k not in CONNECT_MODE_VARS}
+    run_env |= {"PYSPARK_PYTHON": sys.executable, **(env or {})}
     started = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=run_env, start_new_session=True, bufsize=1)
@@ -113,4 +117,12 @@ def connect_session(endpoint: str, *, app_name: str = "ephemeral") -> Any:
     """A ``SparkSession`` on the cluster's Spark Connect server (``sc://host:port``)."""
     from pyspark.sql import SparkSession
 
-    return SparkSession.builder.remote(endpoint).appName(app_name).getOrCreate()
+    saved = {k: os.environ.get(k) for k in CONNECT_MODE_VARS}
+    try:
+        return SparkSession.builder.remote(endpoint).appName(app_name).getOrCreate()
+    finally:  # keep this process (an Airflow worker, a test) out of Spark Connect mode
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -172,10 +172,12 @@ def test_etl_builds_the_training_dataset(spark_cluster: tuple[LocalBackend, Clus
                           env={"EPHEMERAL_ARTIFACT_ROOT": root}, sink=lines.append, timeout=600)
     assert result.job_id.startswith("app-")
     out = result.result
-    assert out["rows"] == 5000
-    assert out["artifact_uri"] == f"{root}/etl/features"
+    assert out["rows"] + out["validation_rows"] == 5000
+    assert 0.15 < out["validation_rows"] / 5000 < 0.25  # a 80/20 split by row id
+    assert out["artifact_uri"] == f"{root}/etl/features/train"
+    assert out["validation_uri"] == f"{root}/etl/features/validation"
     table = pq.read_table(out["artifact_uri"].removeprefix("file://"))
-    assert table.num_rows == 5000
+    assert table.num_rows == out["rows"]
     assert table.column_names == [f"x{i}" for i in range(8)] + ["label"]
     assert 0.3 < out["positive_share"] < 0.7
     assert any("Submitted application" in line or "app-" in line for line in lines)

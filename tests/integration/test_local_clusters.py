@@ -15,6 +15,7 @@ from ephemeral.backends.local import LocalBackend
 from ephemeral.backends.local.backend import load
 from ephemeral.backends.local.spark_nodes import spark_home
 from ephemeral.errors import ClusterFailed
+from ephemeral.jobs.spark_jobs import CONNECT_MODE_VARS
 from ephemeral.lifecycle import provision
 from tests.conftest import manual, small
 
@@ -22,9 +23,13 @@ pytestmark = pytest.mark.local
 SCRIPTS = Path(__file__).parent / "scripts"
 
 
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in CONNECT_MODE_VARS}
+
+
 def run_script(*args: str, env: dict[str, str] | None = None, timeout: float = 240) -> dict:
     proc = subprocess.run([sys.executable, *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})}, check=False)
+                          timeout=timeout, env={**clean_env(), **(env or {})}, check=False)
     assert proc.returncode == 0, f"{args[0]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -86,8 +91,8 @@ def test_spark_master_two_workers_and_connect(local_backend: LocalBackend) -> No
          "--conf", "spark.driver.bindAddress=127.0.0.1",
          str(SCRIPTS / "spark_both_workers.py")],
         capture_output=True, text=True, timeout=300, check=False,
-        env={**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"})
-    assert proc.returncode == 0, proc.stderr[-4000:]
+        env={**clean_env(), "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["sum"] == 500500
     assert out["ran_on"] == worker_ips  # tasks ran on both workers

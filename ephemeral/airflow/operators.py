@@ -1,0 +1,309 @@
+"""Operators: create a cluster (setup), delete it (teardown), run Ray jobs and Spark apps on it.
+
+Wiring, with the cluster's lifetime bounded by setup and teardown::
+
+    create = CreateClusterOperator(task_id="create_ray", spec="ray/train-gpu@1")
+    train = RayJobOperator(task_id="train", cluster=create.output, entrypoint="python t.py")
+    delete = DeleteClusterOperator(task_id="delete_ray", setup_task_id="create_ray",
+                                   cluster=create.output)
+    create >> train >> delete.as_teardown(setups=create)
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
+
+from ephemeral.airflow.context import cluster_identity, owner_selector, task_key
+from ephemeral.airflow.links import RayDashboardLink, SparkMasterLink
+from ephemeral.airflow.triggers import ClusterReadyTrigger, RayJobTrigger
+from ephemeral.backends import ClusterHandle, get_backend
+from ephemeral.errors import EphemeralError, SpecError, TeardownIncomplete
+from ephemeral.jobs.ray_jobs import RayJobs
+from ephemeral.jobs.results import JobResult, JobStatus, parse_result_line, tail
+
+DAGRUN_TIMEOUT_WARNING = (
+    "DAG {dag_id!r} sets dagrun_timeout and creates ephemeral clusters: when it fires, Airflow "
+    "3.3 marks unfinished teardowns SKIPPED and the cluster leaks until the reaper finds it. "
+    "Use execution_timeout on the work tasks instead.")
+
+
+class DagrunTimeoutWarning(UserWarning):
+    pass
+
+
+def warn_if_dagrun_timeout(op: BaseOperator) -> None:
+    dag = getattr(op, "dag", None) if op.has_dag() else None
+    if dag is not None and dag.dagrun_timeout is not None:
+        warnings.warn(DAGRUN_TIMEOUT_WARNING.format(dag_id=dag.dag_id), DagrunTimeoutWarning,
+                      stacklevel=3)
+
+
+def _handle(value: Any) -> ClusterHandle:
+    if isinstance(value, ClusterHandle):
+        return value
+    if not isinstance(value, dict):
+        raise AirflowFailException(f"expected a cluster handle (the setup task's XCom), got "
+                                   f"{type(value).__name__}")
+    return ClusterHandle.model_validate(value)
+
+
+class CreateClusterOperator(BaseOperator):
+    """Setup: create a cluster from a versioned spec and wait, deferred, until it is usable.
+
+    A retry adopts the cluster its earlier try made (the identity is derived from the run, the
+    task and the map index). On any failure after creation started it deletes the cluster
+    before failing: Airflow never runs the teardown of a failed setup. Pushes the handle.
+    """
+
+    template_fields: Sequence[str] = ("spec", "profile", "overrides")
+    template_fields_renderers = {"overrides": "json"}
+    operator_extra_links = (RayDashboardLink(), SparkMasterLink())
+    ui_color = "#d5f5e3"
+
+    def __init__(self, *, spec: str, profile: str | None = None,
+                 overrides: dict[str, Any] | None = None, backend: str | None = None,
+                 ready_timeout: float = 900.0, poll_interval: float = 2.0,
+                 deferrable: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.spec = spec
+        self.profile = profile
+        self.overrides = overrides
+        self.backend = backend
+        self.ready_timeout = ready_timeout
+        self.poll_interval = poll_interval
+        self.deferrable = deferrable
+        self._created: ClusterHandle | None = None
+        warn_if_dagrun_timeout(self)
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from ephemeral.specs import resolve
+
+        try:
+            spec = resolve(self.spec, self.profile or None, self.overrides or None)
+        except SpecError as err:  # bad input: nothing was created, and a retry cannot help
+            raise AirflowFailException(str(err)) from err
+        backend = get_backend(self.backend)
+        identity = cluster_identity(context, spec.spec.name)
+        self.log.info("creating %s from %s (hash %s)", identity.name, spec.label(), spec.hash)
+        try:
+            handle = self._created = backend.create(spec, identity=identity)
+        except SpecError as err:
+            raise AirflowFailException(str(err)) from err
+        try:
+            self._push_links(context, handle)
+            status = backend.wait_ready(handle, timeout=0)
+            if status.ready:
+                return self._ready(handle, status.message)
+            if self.deferrable:
+                self.defer(
+                    trigger=ClusterReadyTrigger(backend=backend.name,
+                                                handle=handle.model_dump(mode="json"),
+                                                timeout=self.ready_timeout,
+                                                poll_interval=self.poll_interval),
+                    method_name="execute_complete",
+                )
+            status = backend.wait_ready(handle, timeout=self.ready_timeout)
+            return self._ready(handle, status.message)
+        except TaskDeferred:
+            raise
+        except BaseException as err:
+            self._delete_after_failure(handle, err)
+            raise
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+        h = ClusterHandle.model_validate(event["handle"])
+        if event.get("status") == "ready":
+            return self._ready(h, str(event.get("message", "")))
+        error = AirflowException(f"cluster {h.name} did not become ready "
+                                 f"({event.get('status')}): {event.get('message')}")
+        self._delete_after_failure(h, error)
+        raise error
+
+    def _ready(self, handle: ClusterHandle, message: str) -> dict[str, Any]:
+        self.log.info("cluster %s ready: %s; endpoints %s", handle.name, message,
+                      handle.endpoints.model_dump(exclude_none=True))
+        return handle.model_dump(mode="json")
+
+    def _push_links(self, context: Any, handle: ClusterHandle) -> None:
+        ti = context["ti"]
+        if handle.endpoints.dashboard:
+            ti.xcom_push(key=RayDashboardLink().xcom_key, value=handle.endpoints.dashboard)
+        if handle.endpoints.spark_ui:
+            ti.xcom_push(key=SparkMasterLink().xcom_key, value=handle.endpoints.spark_ui)
+
+    def _delete_after_failure(self, handle: ClusterHandle, err: BaseException) -> None:
+        self.log.error("setup failed after creating %s (%s): deleting it", handle.name, err)
+        try:
+            get_backend(self.backend).delete(handle, wait=True)
+        except EphemeralError as cleanup:
+            err.add_note(f"deleting {handle.name} after the failure also failed: {cleanup}")
+
+    def on_kill(self) -> None:
+        # Killed while waiting in the worker (not deferred): nothing downstream deletes it.
+        if self._created is not None:
+            get_backend(self.backend).delete(self._created, wait=True)
+
+
+class DeleteClusterOperator(BaseOperator):
+    """Teardown: delete the cluster of ``setup_task_id`` in this run and map index, and wait
+    until nothing of it is left.
+
+    It finds the cluster by its owner labels, not only by XCom, so a setup killed between
+    "created" and "XCom pushed" still gets its cluster deleted. Fails loudly, naming what is
+    left, when deletion is incomplete.
+    """
+
+    template_fields: Sequence[str] = ("cluster",)
+    ui_color = "#fadbd8"
+
+    def __init__(self, *, setup_task_id: str, cluster: Any = None, backend: str | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.setup_task_id = setup_task_id
+        self.cluster = cluster
+        self.backend = backend
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        backend = get_backend(self.backend)
+        names = {h.name for h in backend.list_owned(owner_selector(context, self.setup_task_id))}
+        if self.cluster:
+            names.add(_handle(self.cluster).name)
+        if not names:
+            self.log.info("no cluster of %s in this run: nothing to delete", self.setup_task_id)
+        failures = []
+        for name in sorted(names):
+            self.log.info("deleting %s", name)
+            try:
+                backend.delete(name, wait=True)
+            except TeardownIncomplete as err:
+                failures.append(str(err))
+        if failures:
+            raise AirflowException("teardown incomplete: " + "; ".join(failures))
+        return {"deleted": sorted(names)}
+
+
+class RayJobOperator(BaseOperator):
+    """Run ``entrypoint`` as a Ray job on the cluster, wait deferred, stream its logs into the
+    task log and push its result (job id, status, the job's own JSON result line).
+
+    A retry attaches to the job of an earlier try while it runs (job ids are deterministic per
+    cluster, task and try) instead of submitting it twice. Killing the task stops the job.
+    """
+
+    template_fields: Sequence[str] = ("cluster", "entrypoint", "working_dir", "runtime_env")
+    template_fields_renderers = {"runtime_env": "json"}
+    operator_extra_links = (RayDashboardLink(),)
+    ui_color = "#d6eaf8"
+
+    def __init__(self, *, cluster: Any, entrypoint: str, working_dir: str | None = None,
+                 runtime_env: dict[str, Any] | None = None, job_timeout: float | None = None,
+                 deferrable: bool = True, poll_interval: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cluster = cluster
+        self.entrypoint = entrypoint
+        self.working_dir = working_dir
+        self.runtime_env = runtime_env
+        self.job_timeout = job_timeout
+        self.deferrable = deferrable
+        self.poll_interval = poll_interval
+        self._job: tuple[str, str, str] | None = None
+
+    def _jobs(self, handle: ClusterHandle) -> RayJobs:
+        if not handle.endpoints.dashboard:
+            raise AirflowFailException(f"cluster {handle.name} is not a Ray cluster")
+        return RayJobs(handle.endpoints.dashboard, cluster=handle.name)
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from ephemeral.jobs import artifacts
+
+        handle = _handle(self.cluster)
+        jobs = self._jobs(handle)
+        env = dict(self.runtime_env or {})
+        env["env_vars"] = {"EPHEMERAL_ARTIFACT_ROOT": artifacts.root(),
+                           **env.get("env_vars", {})}
+        ti = context["ti"]
+        ti.xcom_push(key=RayDashboardLink().xcom_key, value=handle.endpoints.dashboard)
+        try:
+            jid, attached = jobs.submit_or_attach(
+                self.entrypoint, task_key=task_key(context), attempt=int(ti.try_number or 1),
+                working_dir=self.working_dir, runtime_env=env)
+        except EphemeralError as err:
+            raise AirflowException(str(err)) from err
+        self._job = (handle.endpoints.dashboard or "", jid, handle.name)
+        self.log.info("%s Ray job %s on %s: %s", "attached to" if attached else "submitted", jid,
+                      handle.name, self.entrypoint)
+        if self.deferrable:
+            self.defer(trigger=RayJobTrigger(dashboard=handle.endpoints.dashboard or "",
+                                             job_id=jid, cluster=handle.name,
+                                             timeout=self.job_timeout,
+                                             poll_interval=self.poll_interval),
+                       method_name="execute_complete")
+        try:
+            result = jobs.follow(jid, sink=lambda line: self.log.info("[%s] %s", jid, line),
+                                 timeout=self.job_timeout)
+        except EphemeralError as err:
+            raise AirflowException(str(err)) from err
+        return result.model_dump(mode="json")
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+        h = _handle(self.cluster)
+        jobs = self._jobs(h)
+        jid = str(event["job_id"])
+        logs = jobs.logs(jid) if event["status"] != "ERROR" else ""
+        if event["status"] != JobStatus.SUCCEEDED.value:
+            raise AirflowException(f"Ray job {jid} ended {event['status']} "
+                                   f"{event.get('message', '')}\nlast log lines:\n{tail(logs)}")
+        info = jobs.client.get_job_info(jid)
+        seconds = ((info.end_time or 0) - (info.start_time or 0)) / 1000
+        result = JobResult(job_id=jid, cluster=h.name, engine="ray",
+                           status=JobStatus.SUCCEEDED, seconds=round(seconds, 3),
+                           result=parse_result_line(logs))
+        self.log.info("Ray job %s succeeded: %s", jid, result.result)
+        return result.model_dump(mode="json")
+
+    def on_kill(self) -> None:
+        if self._job:
+            dashboard, jid, cluster = self._job
+            RayJobs(dashboard, cluster=cluster).stop(jid)
+
+
+class SparkSubmitOperator(BaseOperator):
+    """Run a Spark application on the cluster's master (driver in this task, executors on the
+    workers), streaming the driver's output into the task log; push the job's result."""
+
+    template_fields: Sequence[str] = ("cluster", "application", "application_args", "conf")
+    operator_extra_links = (SparkMasterLink(),)
+    ui_color = "#fdebd0"
+
+    def __init__(self, *, cluster: Any, application: str,
+                 application_args: Sequence[str] = (), conf: dict[str, str] | None = None,
+                 job_timeout: float | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cluster = cluster
+        self.application = application
+        self.application_args = list(application_args)
+        self.conf = conf
+        self.job_timeout = job_timeout
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from ephemeral.jobs import artifacts
+        from ephemeral.jobs.spark_jobs import spark_submit
+
+        handle = _handle(self.cluster)
+        if not handle.endpoints.spark_master:
+            raise AirflowFailException(f"cluster {handle.name} is not a Spark cluster")
+        context["ti"].xcom_push(key=SparkMasterLink().xcom_key, value=handle.endpoints.spark_ui)
+        try:
+            result = spark_submit(
+                handle.endpoints.spark_master, self.application,
+                [str(a) for a in self.application_args], conf=self.conf, cluster=handle.name,
+                env={"EPHEMERAL_ARTIFACT_ROOT": artifacts.root()}, timeout=self.job_timeout,
+                sink=self.log.info)
+        except EphemeralError as err:
+            raise AirflowException(str(err)) from err
+        return result.model_dump(mode="json")
