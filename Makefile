@@ -20,7 +20,7 @@ demo: setup
 	EPHEMERAL_HOME=$${EPHEMERAL_HOME:-$(CURDIR)/.home} $(PY) scripts/demo.py
 
 lint: setup
-	$(VENV)/bin/ruff check ephemeral tests bench scripts jobs
+	$(VENV)/bin/ruff check ephemeral tests bench scripts jobs dags
 	$(VENV)/bin/mypy
 
 test: lint

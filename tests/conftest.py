@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,16 @@ import psutil
 import pytest
 
 from ephemeral.specs import ClusterIdentity, ResolvedSpec, resolve
+
+# Airflow reads its configuration when first imported: point it at a throwaway home before any
+# test module imports it. DAG files of the tests live in tests/airflow/dags.
+_AIRFLOW_HOME = tempfile.mkdtemp(prefix="ephemeral-airflow-")
+os.environ.setdefault("AIRFLOW_HOME", _AIRFLOW_HOME)
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER",
+                      str(Path(__file__).resolve().parent / "airflow" / "dags"))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__CORE__XCOM_BACKEND", "ephemeral.airflow.xcom.MetadataOnlyXCom")
+os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 
 ENGINE_PROCESS_MARKERS = ("raylet", "gcs_server", "org.apache.spark", "ray::", "dashboard/")
 

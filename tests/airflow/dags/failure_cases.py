@@ -1,0 +1,54 @@
+"""DAGs for the failure tests: each is a small cluster lifecycle that goes wrong on purpose."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from airflow.sdk import DAG, task
+
+from ephemeral.airflow.operators import (
+    CreateClusterOperator,
+    DeleteClusterOperator,
+    RayJobOperator,
+)
+
+SMALL_RAY = {"workers": {"replicas": 1}}
+START = datetime(2026, 1, 1)
+
+
+def lifecycle(dag_id: str, *, entrypoint: str = "python -c \"print('{\\\"ok\\\": 1}')\"",
+              setup: dict[str, Any] | None = None, **dag_args: Any) -> DAG:
+    with DAG(dag_id=dag_id, schedule=None, start_date=START, catchup=False,
+             default_args={"retries": 0}, **dag_args) as dag:
+        create = CreateClusterOperator(task_id="create", spec="ray/adhoc-cpu@1", profile="ci-cpu",
+                                       **({"overrides": SMALL_RAY} | (setup or {})))
+        work = RayJobOperator(task_id="work", cluster=create.output, entrypoint=entrypoint)
+        delete = DeleteClusterOperator(task_id="delete", setup_task_id="create",
+                                       cluster=create.output)
+        create >> work >> delete.as_teardown(setups=create)
+    return dag
+
+
+job_fails = lifecycle("job_fails", entrypoint="python -c \"print('training diverged'); "
+                                              "raise SystemExit(5)\"")
+setup_times_out = lifecycle("setup_times_out", setup={"ready_timeout": 0.5,
+                                                      "poll_interval": 0.2})
+setup_bad_input = lifecycle("setup_bad_input", setup={"overrides": {"workers": {"replicas": 0}}})
+happy_path = lifecycle("happy_path")
+
+with DAG(dag_id="xcom_too_big", schedule=None, start_date=START, catchup=False,
+         default_args={"retries": 0}) as xcom_too_big:
+    @task
+    def big() -> str:
+        return "x" * 100_000
+
+    @task
+    def small() -> dict[str, str]:
+        return {"artifact_uri": "file:///tmp/a", "job_id": "raysubmit_1"}
+
+    big()
+    small()
+
+__all__ = ["happy_path", "job_fails", "setup_bad_input", "setup_times_out",
+           "xcom_too_big"]

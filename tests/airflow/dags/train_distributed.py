@@ -1,0 +1,1 @@
+../../../dags/train_distributed.py

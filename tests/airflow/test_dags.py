@@ -1,0 +1,171 @@
+"""The DAGs under Airflow 3.3: they parse light, they run, and they never leak a cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ephemeral.backends.local import LocalBackend
+from tests.airflow.conftest import task_states
+from tests.conftest import engine_pids, other_clusters_pids
+
+PROJECT_DAGS = Path(__file__).resolve().parents[2] / "dags"
+
+
+def test_every_dag_imports_without_heavy_engines(airflow_db: str) -> None:
+    code = (
+        "import json, os, sys\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"bag = DagBag(dag_folder={str(PROJECT_DAGS)!r})\n"
+        "print(json.dumps({'errors': {k: str(v) for k, v in bag.import_errors.items()},\n"
+        "  'dags': sorted(bag.dags), 'heavy': [m for m in ('ray', 'pyspark', 'torch',\n"
+        "  'kubernetes') if m in sys.modules]}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=dict(os.environ))
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["errors"] == {}
+    assert "train_distributed" in result["dags"]
+    assert result["heavy"] == []
+
+
+def test_reference_dag_structure(dagbag: Any) -> None:
+    dag = dagbag.get_dag("train_distributed")
+    teardowns = {t.task_id for t in dag.tasks if t.is_teardown}
+    setups = {t.task_id for t in dag.tasks if t.is_setup}
+    assert setups == {"etl.create_spark", "train.create_ray"}
+    assert teardowns == {"etl.delete_spark", "train.delete_ray"}
+    assert dag.dagrun_timeout is None
+    assert "train.create_ray" in dag.get_task("etl.build_features").downstream_task_ids
+
+
+def test_dagrun_timeout_with_a_cluster_warns(airflow_db: str) -> None:
+    from airflow.sdk import DAG
+
+    from ephemeral.airflow.operators import CreateClusterOperator, DagrunTimeoutWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with DAG("risky", schedule=None, start_date=datetime(2026, 1, 1),
+                 dagrun_timeout=timedelta(hours=1)):
+            CreateClusterOperator(task_id="create", spec="ray/adhoc-cpu")
+    assert any(issubclass(w.category, DagrunTimeoutWarning) and "teardowns SKIPPED"
+               in str(w.message) for w in caught)
+
+
+def xcom_sizes(dag_id: str, run_id: str) -> dict[str, int]:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.query(XComModel).filter(XComModel.dag_id == dag_id,
+                                               XComModel.run_id == run_id).all()
+        return {f"{r.task_id}[{r.map_index}].{r.key}": len(json.dumps(r.value)) for r in rows}
+
+
+def no_cluster_left(home: Path, before: set[int]) -> None:
+    assert LocalBackend(home).list_owned() == []
+    leaked = engine_pids() - before - other_clusters_pids(home)
+    assert not leaked, f"processes left: {sorted(leaked)}"
+
+
+@pytest.mark.local
+def test_reference_dag_end_to_end(dagbag: Any, ephemeral_home: Path) -> None:
+    before = engine_pids()
+    run = dagbag.get_dag("train_distributed").test(run_conf={"profile": "ci-cpu", "rows": 3000,
+                                                             "steps": 200})
+    states = task_states(run)
+    assert str(run.state) == "success", states
+    assert states["deploy.register_model"] == "success"
+    assert states["deploy.gate_failed"] == "skipped"
+    assert states["etl.delete_spark"] == states["train.delete_ray"] == "success"
+    registry = ephemeral_home / "artifacts" / "registry" / "train_distributed" / "latest.json"
+    record = json.loads(registry.read_text())
+    assert Path(record["model_uri"].removeprefix("file://")).is_file()
+    assert record["accuracy"] >= 0.8
+    sizes = xcom_sizes("train_distributed", run.run_id)
+    assert sizes
+    assert max(sizes.values()) < 4096, sizes
+    no_cluster_left(ephemeral_home, before)
+
+
+@pytest.mark.local
+def test_a_failed_job_still_tears_the_cluster_down(dagbag: Any, ephemeral_home: Path) -> None:
+    before = engine_pids()
+    run = dagbag.get_dag("job_fails").test()
+    states = task_states(run)
+    assert str(run.state) == "failed"
+    assert states == {"create": "success", "work": "failed", "delete": "success"}
+    no_cluster_left(ephemeral_home, before)
+
+
+@pytest.mark.local
+def test_a_setup_that_fails_after_creating_deletes_its_cluster(dagbag: Any,
+                                                                ephemeral_home: Path) -> None:
+    before = engine_pids()
+    run = dagbag.get_dag("setup_times_out").test()
+    states = task_states(run)
+    # Airflow never runs the teardown of a failed setup: the setup cleaned up itself.
+    assert states == {"create": "failed", "work": "upstream_failed",
+                      "delete": "upstream_failed"}
+    no_cluster_left(ephemeral_home, before)
+
+
+def test_bad_input_fails_the_setup_and_creates_nothing(dagbag: Any, ephemeral_home: Path) -> None:
+    run = dagbag.get_dag("setup_bad_input").test()
+    assert task_states(run)["create"] == "failed"
+    assert LocalBackend(ephemeral_home).list_owned() == []
+    assert not (ephemeral_home / "clusters").exists() or not any(
+        (ephemeral_home / "clusters").iterdir())
+
+
+@pytest.mark.local
+def test_a_retried_setup_adopts_the_cluster_of_its_first_try(dagbag: Any,
+                                                              ephemeral_home: Path) -> None:
+    from ephemeral.airflow.context import cluster_identity
+    from ephemeral.specs import resolve
+
+    before = engine_pids()
+    dag = dagbag.get_dag("happy_path")
+    logical = datetime(2026, 11, 1, tzinfo=__import__("datetime").timezone.utc)
+    run_id = f"manual__{logical.isoformat()}"
+    spec = resolve("ray/adhoc-cpu@1", "ci-cpu", {"workers": {"replicas": 1}})
+    # The first try created the cluster and died before pushing XCom.
+    context: dict[str, Any] = {"dag": dag, "run_id": run_id,
+                               "ti": type("TI", (), {"task_id": "create", "map_index": -1})()}
+    backend = LocalBackend(ephemeral_home)
+    first = backend.create(spec, identity=cluster_identity(context, spec.spec.name))
+    run = dag.test(run_after=logical, logical_date=logical)
+    assert run.run_id == run_id
+    assert task_states(run) == {"create": "success", "work": "success", "delete": "success"}
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.query(XComModel).filter_by(dag_id="happy_path", run_id=run_id,
+                                                 task_id="create", key="return_value").one()
+        handle = row.value if isinstance(row.value, dict) else json.loads(row.value)
+    assert handle["name"] == first.name
+    assert handle["created_at"] == first.created_at  # adopted, not created again
+    no_cluster_left(ephemeral_home, before)
+
+
+def test_an_oversized_xcom_is_refused_with_a_pointer_to_the_artifact_store(
+    dagbag: Any, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+) -> None:
+    run = dagbag.get_dag("xcom_too_big").test()
+    states = task_states(run)
+    assert states == {"big": "failed", "small": "success"}
+    sizes = xcom_sizes("xcom_too_big", run.run_id)
+    assert "small[-1].return_value" in sizes
+    assert not any(key.startswith("big[") for key in sizes)
+    logs = caplog.text + "".join(capfd.readouterr())
+    assert "is 100000 bytes, over the 4096-byte limit" in logs
+    assert "Write the data to the artifact store" in logs
