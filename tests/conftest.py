@@ -38,12 +38,21 @@ def engine_pids() -> set[int]:
 
 
 @pytest.fixture(autouse=True)
-def ephemeral_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def ephemeral_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh EPHEMERAL_HOME; whatever cluster a test leaves in it is deleted afterwards, even
+    when the test failed (pytest later removes old tmp folders, and with them the state that
+    finds a cluster's processes)."""
     home = tmp_path / "home"
     monkeypatch.setenv("EPHEMERAL_HOME", str(home))
     monkeypatch.delenv("EPHEMERAL_SPECS_DIR", raising=False)
     monkeypatch.delenv("EPHEMERAL_BACKEND", raising=False)
-    return home
+    yield home
+    if (home / "clusters").is_dir():
+        from ephemeral.backends.local import LocalBackend
+
+        backend = LocalBackend(home)
+        for handle in backend.list_owned():
+            backend.delete(handle, wait=True)
 
 
 @pytest.fixture

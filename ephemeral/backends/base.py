@@ -70,6 +70,8 @@ class ClusterHandle(BaseModel):
     created_at: str
     expires_at: str
     labels: dict[str, str]
+    annotations: dict[str, str] = {}
+    """Owner fields at full length (labels hold long values hashed)."""
     endpoints: Endpoints = Endpoints()
 
     @property
@@ -182,5 +184,6 @@ def make_handle(
         created_at=created.strftime("%Y-%m-%dT%H:%M:%SZ"),
         expires_at=expires_at(created, spec.spec.lifetime.ttl_seconds),
         labels=labels,
+        annotations=identity.annotations(),
         endpoints=endpoints,
     )

@@ -327,6 +327,46 @@ def spark_submit_cmd(
         sink=_log_sink(as_json)), as_json)
 
 
+@app.command("reap")
+def reap_cmd(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would go, delete nothing.")
+                       ] = False,
+    grace: Annotated[float, typer.Option(help="Seconds after a run ended before its clusters "
+                                              "count as orphans.")] = 600.0,
+    airflow_url: Annotated[str | None, typer.Option(
+        envvar="EPHEMERAL_AIRFLOW_URL",
+        help="Airflow API server to ask for run states (token from AIRFLOW_API_TOKEN, or "
+             "EPHEMERAL_AIRFLOW_USER/EPHEMERAL_AIRFLOW_PASSWORD). Without it: expiry only.")
+    ] = None,
+    backend: BackendOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete orphaned clusters: expired ones, and those whose DAG run has ended."""
+    import os
+
+    from ephemeral.reaper import AirflowApiLookup, reap
+
+    lookup = None
+    if airflow_url:
+        lookup = AirflowApiLookup(airflow_url, token=os.environ.get("AIRFLOW_API_TOKEN"),
+                                  username=os.environ.get("EPHEMERAL_AIRFLOW_USER"),
+                                  password=os.environ.get("EPHEMERAL_AIRFLOW_PASSWORD"))
+    decisions = reap(get_backend(backend), lookup=lookup, grace=grace, dry_run=dry_run,
+                     memory_file=get_settings().home / "reaper-seen.json")
+    if as_json:
+        _emit([d.__dict__ for d in decisions])
+    else:
+        if not decisions:
+            err.print("no clusters")
+        for d in decisions:
+            verb = ("would delete" if dry_run else "deleted" if d.deleted else "FAILED to delete"
+                    ) if d.delete else "keep"
+            out.print(f"{verb:16} {d.cluster}: {d.reason} {d.error}".rstrip(), highlight=False,
+                      markup=False)
+    if any(d.error for d in decisions):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()
 

@@ -169,3 +169,28 @@ def test_an_oversized_xcom_is_refused_with_a_pointer_to_the_artifact_store(
     logs = caplog.text + "".join(capfd.readouterr())
     assert "is 100000 bytes, over the 4096-byte limit" in logs
     assert "Write the data to the artifact store" in logs
+
+
+@pytest.mark.local
+def test_the_reaper_dag_deletes_the_cluster_of_a_finished_run(dagbag: Any,
+                                                               ephemeral_home: Path) -> None:
+    """A cluster left by a run that ended without its teardown (dagrun_timeout, a setup killed
+    before its XCom push) is deleted by reap_orphans; one of an unknown run is kept."""
+    from ephemeral.specs import ClusterIdentity, resolve
+
+    before = engine_pids()
+    finished = dagbag.get_dag("xcom_too_big").test()  # any run that has ended (failed)
+    spec = resolve("ray/adhoc-cpu@1", "ci-cpu", {"workers": {"replicas": 1}})
+    backend = LocalBackend(ephemeral_home)
+    leaked = backend.create(spec, identity=ClusterIdentity(
+        spec_name=spec.spec.name, dag_id="xcom_too_big", run_id=finished.run_id,
+        task_id="create", map_index=-1))
+    stranger = backend.create(spec, identity=ClusterIdentity(
+        spec_name=spec.spec.name, dag_id="xcom_too_big", run_id="manual__never-ran",
+        task_id="create", map_index=-1))
+    run = dagbag.get_dag("reap_orphans").test(run_conf={"grace_seconds": 0})
+    assert task_states(run) == {"reap": "success"}
+    assert [h.name for h in backend.list_owned()] == [stranger.name]
+    assert backend.pids(leaked.name) == []
+    backend.delete(stranger, wait=True)
+    no_cluster_left(ephemeral_home, before)

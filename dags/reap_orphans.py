@@ -1,0 +1,46 @@
+"""reap_orphans: every five minutes, delete clusters that outlived their DAG run or their TTL.
+
+The backstop for what Airflow 3.3 does not clean up: the teardown of a failed setup never runs,
+and dagrun_timeout or marking a run failed during its setup skips teardowns.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.sdk import DAG, Param, task
+
+with DAG(
+    dag_id="reap_orphans",
+    description="Delete ephemeral clusters whose run ended or whose TTL passed",
+    schedule=timedelta(minutes=5),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": 0, "execution_timeout": timedelta(minutes=10)},
+    params={"grace_seconds": Param(600, type="number", minimum=0,
+                                   description="How long after a run ended its clusters may "
+                                               "still be there (its teardown may be running).")},
+    tags=["ephemeral", "maintenance"],
+) as dag:
+
+    @task
+    def reap(grace_seconds: Any) -> dict[str, Any]:
+        from ephemeral.airflow.reaping import task_sdk_lookup
+        from ephemeral.backends import get_backend
+        from ephemeral.reaper import reap as reap_clusters
+        from ephemeral.settings import get_settings
+
+        decisions = reap_clusters(get_backend(), lookup=task_sdk_lookup,
+                                  grace=float(grace_seconds),
+                                  memory_file=get_settings().home / "reaper-seen.json")
+        for d in decisions:
+            print(f"{'delete' if d.delete else 'keep'} {d.cluster}: {d.reason} {d.error}")
+        failed = [d.cluster for d in decisions if d.error]
+        if failed:
+            raise RuntimeError(f"could not delete: {failed}")
+        return {"deleted": [d.cluster for d in decisions if d.deleted],
+                "kept": [d.cluster for d in decisions if not d.delete]}
+
+    reap("{{ params.grace_seconds }}")

@@ -1,0 +1,1 @@
+../../../dags/reap_orphans.py

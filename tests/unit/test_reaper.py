@@ -1,0 +1,87 @@
+"""The reaper's rules, against the in-memory backend and a scripted view of Airflow runs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from ephemeral.backends.fake import InMemoryBackend
+from ephemeral.reaper import RunInfo, reap
+from ephemeral.specs import ClusterIdentity, resolve
+
+SPEC = resolve("ray/adhoc-cpu", "ci-cpu")  # ttl 2h
+
+
+def owned(backend: InMemoryBackend, run: str) -> str:
+    ident = ClusterIdentity(spec_name=SPEC.spec.name, dag_id="train", run_id=run,
+                            task_id="create", map_index=-1)
+    return backend.create(SPEC, identity=ident).name
+
+
+@pytest.fixture
+def backend() -> InMemoryBackend:
+    return InMemoryBackend()
+
+
+def test_orphans_go_and_live_runs_stay(backend: InMemoryBackend, tmp_path: Path) -> None:
+    now = datetime.now(UTC) + timedelta(minutes=1)
+    runs = {
+        "running": RunInfo("running"),
+        "ended-long-ago": RunInfo("failed", now - timedelta(hours=1)),
+        "ended-just-now": RunInfo("success", now - timedelta(seconds=30)),
+    }
+    names = {run: owned(backend, run) for run in [*runs, "unknown-run"]}
+    manual = backend.create(SPEC, identity=ClusterIdentity.manual(SPEC.spec.name, "by-hand")).name
+    decisions = {d.cluster: d for d in reap(backend, lookup=lambda _d, r: runs.get(r),
+                                            grace=600, now=now,
+                                            memory_file=tmp_path / "seen.json")}
+    assert decisions[names["ended-long-ago"]].deleted
+    assert "failed 3600s ago" in decisions[names["ended-long-ago"]].reason
+    kept = {n for n, d in decisions.items() if not d.delete}
+    assert kept == {names["running"], names["ended-just-now"], names["unknown-run"], manual}
+    assert "within the 600s grace period" in decisions[names["ended-just-now"]].reason
+    assert "not found" in decisions[names["unknown-run"]].reason
+    assert {h.name for h in backend.list_owned()} == kept
+
+
+def test_expired_clusters_go_whatever_their_run(backend: InMemoryBackend) -> None:
+    name = owned(backend, "running")
+    later = datetime.now(UTC) + timedelta(hours=2, minutes=1)
+    [d] = reap(backend, lookup=lambda _d, _r: RunInfo("running"), now=later)
+    assert (d.cluster, d.deleted) == (name, True)
+    assert "expired" in d.reason
+
+
+def test_dry_run_deletes_nothing(backend: InMemoryBackend) -> None:
+    owned(backend, "gone")
+    [d] = reap(backend, lookup=lambda _d, _r: RunInfo("failed", datetime(2020, 1, 1, tzinfo=UTC)),
+               dry_run=True)
+    assert d.delete
+    assert not d.deleted
+    assert len(backend.list_owned()) == 1
+
+
+def test_without_end_dates_the_grace_period_counts_from_first_sight(
+    backend: InMemoryBackend, tmp_path: Path
+) -> None:
+    name = owned(backend, "r1")
+    seen = tmp_path / "seen.json"
+    t0 = datetime.now(UTC)
+
+    def lookup(_d: str, _r: str) -> RunInfo:
+        return RunInfo("failed")  # a state, no end date (the task SDK's view)
+
+    [first] = reap(backend, lookup=lookup, grace=300, now=t0, memory_file=seen)
+    assert not first.delete
+    [second] = reap(backend, lookup=lookup, grace=300, now=t0 + timedelta(seconds=301),
+                    memory_file=seen)
+    assert (second.cluster, second.deleted) == (name, True)
+
+
+def test_without_airflow_only_expiry_counts(backend: InMemoryBackend) -> None:
+    owned(backend, "r1")
+    [d] = reap(backend, lookup=None)
+    assert not d.delete
+    assert "no Airflow" in d.reason
