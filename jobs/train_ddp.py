@@ -125,7 +125,7 @@ def train_loop(config: dict[str, Any]) -> None:
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = torch.load(os.path.join(d, "state.pt"), map_location=device)
-        model.module.load_state_dict(state["model"])
+        _unwrap(model).load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start_step = resumed_from = int(state["step"])
         if rank == 0:
@@ -150,13 +150,18 @@ def train_loop(config: dict[str, Any]) -> None:
                 print(f"checkpoint at step {done} loss {float(loss):.4f}", flush=True)
     elapsed = time.perf_counter() - t0
 
+    # A single worker has no process group: nothing to gather from.
+    grouped = dist.is_available() and dist.is_initialized()
     with torch.no_grad():
         correct = (model(x).argmax(dim=1) == y).sum()
         totals = torch.tensor([float(correct), float(n)])
-        if not ray_mode or world > 1:
+        if grouped:
             dist.all_reduce(totals)
     ips: list[Any] = [None] * world
-    dist.all_gather_object(ips, _node_ip(ray_mode))
+    if grouped:
+        dist.all_gather_object(ips, _node_ip(ray_mode))
+    else:
+        ips = [_node_ip(ray_mode)]
     metrics = {
         "step": config["steps"],
         "loss": float(np.mean(losses[-20:])) if losses else None,
@@ -166,7 +171,7 @@ def train_loop(config: dict[str, Any]) -> None:
         "world_size": world,
         "features": int(x.shape[1]),
         "node_ips": sorted({str(ip) for ip in ips}),
-        "backend": dist.get_backend(),
+        "backend": dist.get_backend() if grouped else "none (one worker)",
         "resumed_from_step": resumed_from,
     }
     if ray_mode:
@@ -175,6 +180,11 @@ def train_loop(config: dict[str, Any]) -> None:
         print("METRICS " + json.dumps(metrics), flush=True)
     if not ray_mode:
         dist.destroy_process_group()
+
+
+def _unwrap(model: Any) -> Any:
+    """The model inside DDP (a single worker's model is not wrapped)."""
+    return getattr(model, "module", model)
 
 
 def _node_ip(ray_mode: bool) -> str:
@@ -194,7 +204,7 @@ def _report(model: Any, opt: Any, step: int, metrics: dict[str, Any], rank: int)
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as d:
-        torch.save({"model": model.module.state_dict(), "optimizer": opt.state_dict(),
+        torch.save({"model": _unwrap(model).state_dict(), "optimizer": opt.state_dict(),
                     "step": step}, os.path.join(d, "state.pt"))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 

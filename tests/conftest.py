@@ -10,6 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from ephemeral.errors import EphemeralError
 from ephemeral.specs import ClusterIdentity, ResolvedSpec, resolve
 
 # Airflow reads its configuration when first imported: point it at a throwaway home before any
@@ -90,7 +91,10 @@ def other_clusters_pids(home: Path) -> set[int]:
         state_dir = Path(claim.read_text().strip())
         if state_dir.is_relative_to(home):
             continue
-        state = load(state_dir)
+        try:
+            state = load(state_dir)
+        except EphemeralError:  # another version's state: not ours to judge
+            continue
         if state is not None:
             pids |= {p.pid for p in procs.find(state.nodes, state.uid)}
     return pids

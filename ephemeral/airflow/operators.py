@@ -195,14 +195,16 @@ class RayJobOperator(BaseOperator):
     cluster, task and try) instead of submitting it twice. Killing the task stops the job.
     """
 
-    template_fields: Sequence[str] = ("cluster", "entrypoint", "working_dir", "runtime_env")
+    template_fields: Sequence[str] = ("cluster", "entrypoint", "working_dir", "runtime_env",
+                                      "job_timeout")
     template_fields_renderers = {"runtime_env": "json"}
     operator_extra_links = (RayDashboardLink(),)
     ui_color = "#d6eaf8"
 
     def __init__(self, *, cluster: Any, entrypoint: str, working_dir: str | None = None,
-                 runtime_env: dict[str, Any] | None = None, job_timeout: float | None = None,
-                 deferrable: bool = True, poll_interval: float = 1.0, **kwargs: Any) -> None:
+                 runtime_env: dict[str, Any] | None = None,
+                 job_timeout: float | str | None = None, deferrable: bool = True,
+                 poll_interval: float = 1.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.cluster = cluster
         self.entrypoint = entrypoint
@@ -217,6 +219,10 @@ class RayJobOperator(BaseOperator):
         if not handle.endpoints.dashboard:
             raise AirflowFailException(f"cluster {handle.name} is not a Ray cluster")
         return RayJobs(handle.endpoints.dashboard, cluster=handle.name)
+
+    @property
+    def _timeout(self) -> float | None:
+        return None if self.job_timeout in (None, "", "None") else float(self.job_timeout)
 
     def execute(self, context: Any) -> dict[str, Any]:
         from ephemeral.jobs import artifacts
@@ -240,12 +246,12 @@ class RayJobOperator(BaseOperator):
         if self.deferrable:
             self.defer(trigger=RayJobTrigger(dashboard=handle.endpoints.dashboard or "",
                                              job_id=jid, cluster=handle.name,
-                                             timeout=self.job_timeout,
+                                             timeout=self._timeout,
                                              poll_interval=self.poll_interval),
                        method_name="execute_complete")
         try:
             result = jobs.follow(jid, sink=lambda line: self.log.info("[%s] %s", jid, line),
-                                 timeout=self.job_timeout)
+                                 timeout=self._timeout)
         except EphemeralError as err:
             raise AirflowException(str(err)) from err
         return result.model_dump(mode="json")

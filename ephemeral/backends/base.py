@@ -39,7 +39,8 @@ class Phase(enum.StrEnum):
 class Endpoints(BaseModel):
     """How to reach a cluster. Only URLs: never credentials."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Handles travel through XCom and state files: fields a newer version adds are ignored.
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     dashboard: str | None = None
     """Ray dashboard and Jobs API, ``http://host:port``."""
@@ -58,7 +59,7 @@ class Endpoints(BaseModel):
 class ClusterHandle(BaseModel):
     """What a created cluster is known by: small enough for XCom, enough to find it again."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     name: str
     backend: str

@@ -19,8 +19,9 @@ def airflow_db() -> str:
     return os.environ["AIRFLOW_HOME"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def dagbag(airflow_db: str) -> Any:
+    """Parsed afresh for every test: dag.test(run_conf=...) leaves the conf in the DAG's params."""
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])

@@ -194,3 +194,68 @@ def test_the_reaper_dag_deletes_the_cluster_of_a_finished_run(dagbag: Any,
     assert backend.pids(leaked.name) == []
     backend.delete(stranger, wait=True)
     no_cluster_left(ephemeral_home, before)
+
+
+def test_the_trigger_form_refuses_values_outside_its_schema(dagbag: Any) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    dag = dagbag.get_dag("ray_job_adhoc")
+    assert dag.params.get_param("cluster_spec").schema["enum"] == ["ray/adhoc-cpu",
+                                                                   "ray/train-gpu"]
+    for conf, field in [({"workers": 0}, "workers"), ({"gpus_per_worker": 9}, "gpus_per_worker"),
+                        ({"cluster_spec": "ray/nope"}, "cluster_spec"),
+                        ({"timeout_minutes": 0}, "timeout_minutes")]:
+        with pytest.raises(ParamValidationError, match=field):
+            dag.test(run_conf=conf)
+
+
+@pytest.mark.parametrize(("conf", "refused_by", "message"), [
+    ({"entrypoint": "python ../../etc/passwd.py"}, "validate_request", "is not a script in jobs/"),
+    ({"entrypoint": "bash -c 'rm -rf /'"}, "validate_request",
+     "must be `python <script in jobs/> [args]`"),
+    # Only the backend knows this host has no GPU: the setup refuses before creating anything.
+    ({"gpus_per_worker": 1}, "create_cluster", "asks for 2 GPU(s) but this host has 0"),
+], ids=["outside-jobs", "not-python", "gpus-here"])
+def test_bad_requests_are_refused_by_name_and_nothing_is_created(
+    dagbag: Any, ephemeral_home: Path, capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture, conf: dict[str, Any], refused_by: str, message: str,
+) -> None:
+    run = dagbag.get_dag("ray_job_adhoc").test(run_conf=conf)
+    states = task_states(run)
+    assert states[refused_by] == "failed"
+    assert states["run_job"] == "upstream_failed"
+    assert message in caplog.text + "".join(capfd.readouterr())
+    assert LocalBackend(ephemeral_home).list_owned() == []
+
+
+@pytest.mark.local
+def test_an_adhoc_job_from_the_form_runs_and_its_cluster_goes(dagbag: Any,
+                                                               ephemeral_home: Path) -> None:
+    before = engine_pids()
+    run = dagbag.get_dag("ray_job_adhoc").test(run_conf={
+        "profile": "ci-cpu", "workers": 1, "entrypoint": "python hello_ray.py"})
+    assert task_states(run) == {"validate_request": "success", "create_cluster": "success",
+                                "run_job": "success", "delete_cluster": "success"}
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.query(XComModel).filter_by(dag_id="ray_job_adhoc", run_id=run.run_id,
+                                                 task_id="run_job", key="return_value").one()
+    value = row.value if isinstance(row.value, dict) else json.loads(row.value)
+    assert value["status"] == "SUCCEEDED"
+    assert len(value["result"]["nodes"]) == 2  # head + the one worker the form asked for
+    no_cluster_left(ephemeral_home, before)
+
+
+@pytest.mark.local
+def test_a_mapped_task_group_runs_one_cluster_per_dataset(dagbag: Any,
+                                                          ephemeral_home: Path) -> None:
+    before = engine_pids()
+    run = dagbag.get_dag("per_dataset_clusters").test(run_conf={"datasets": ["eu", "us"]})
+    states = task_states(run)
+    assert str(run.state) == "success", states
+    for i in (0, 1):
+        assert states[f"per_dataset.create[{i}]"] == "success"
+        assert states[f"per_dataset.delete[{i}]"] == "success"
+    no_cluster_left(ephemeral_home, before)

@@ -10,10 +10,11 @@ import json
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ephemeral.backends.base import ClusterHandle
 from ephemeral.backends.local.procs import NodeProcess
+from ephemeral.errors import BackendError
 
 
 class PlannedNode(BaseModel):
@@ -31,7 +32,7 @@ class PlannedNode(BaseModel):
 
 
 class ClusterState(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
 
     handle: ClusterHandle
     uid: str
@@ -51,6 +52,9 @@ def load(cluster_dir: Path) -> ClusterState | None:
         return ClusterState.model_validate_json(state_file(cluster_dir).read_text())
     except FileNotFoundError:
         return None
+    except ValidationError as err:
+        raise BackendError(f"the state of cluster {cluster_dir.name} ({state_file(cluster_dir)}) "
+                           f"is unreadable: {err}") from err
 
 
 def save(cluster_dir: Path, state: ClusterState) -> None:

@@ -1,0 +1,56 @@
+"""per_dataset_clusters: N independent clusters in one run, one per dataset.
+
+A mapped task group gives every dataset its own setup -> training -> teardown. A failure in one
+group leaves the others alone and still tears its own cluster down (mapping the setups directly
+would upstream-fail every index's work when one setup fails).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from airflow.sdk import DAG, Param, task, task_group
+
+from ephemeral.airflow.operators import (
+    CreateClusterOperator,
+    DeleteClusterOperator,
+    RayJobOperator,
+)
+
+JOBS = str(Path(__file__).resolve().parent.parent / "jobs")
+
+with DAG(
+    dag_id="per_dataset_clusters",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    default_args={"retries": 0},
+    params={"datasets": Param(["eu", "us"], type="array", items={"type": "string",
+                                                                  "pattern": "^[a-z0-9-]+$"},
+                              minItems=1, maxItems=16),
+            "profile": Param("ci-cpu", type=["null", "string"], enum=[None, "ci-cpu"])},
+    tags=["ephemeral", "example"],
+) as dag:
+
+    @task
+    def datasets(params: dict | None = None) -> list[str]:  # type: ignore[type-arg]
+        return list((params or {})["datasets"])
+
+    @task
+    def entrypoint(dataset: str, ts_nodash: str | None = None) -> str:
+        return (f"python train_ddp.py --run per-dataset/{ts_nodash}/{dataset} --num-workers 1 "
+                "--steps 100 --checkpoint-every 1000")
+
+    @task_group
+    def per_dataset(dataset: str) -> None:
+        create = CreateClusterOperator(task_id="create", spec="ray/adhoc-cpu@1",
+                                       profile="{{ params.profile }}",
+                                       overrides={"workers": {"replicas": 1}})
+        train = RayJobOperator(task_id="train", cluster=create.output, working_dir=JOBS,
+                               entrypoint=entrypoint(dataset))
+        delete = DeleteClusterOperator(task_id="delete", setup_task_id="per_dataset.create",
+                                       cluster=create.output)
+        create >> train >> delete.as_teardown(setups=create)
+
+    per_dataset.expand(dataset=datasets())

@@ -1,0 +1,1 @@
+../../../dags/per_dataset_clusters.py

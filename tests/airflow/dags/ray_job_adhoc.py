@@ -1,0 +1,1 @@
+../../../dags/ray_job_adhoc.py
