@@ -1,0 +1,36 @@
+"""Airflow discovers ephemeral as a provider, and its links and operators are registered."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+from typing import Any
+
+
+def test_the_provider_entry_point_resolves() -> None:
+    [ep] = [e for e in entry_points(group="apache_airflow_provider") if e.value.startswith(
+        "ephemeral.")]
+    info: dict[str, Any] = ep.load()()
+    assert info["package-name"] == "ephemeral"
+    for path in info["extra-links"]:
+        module, _, name = path.rpartition(".")
+        link = getattr(__import__(module, fromlist=[name]), name)()
+        assert link.name in {"Ray dashboard", "Spark master UI"}
+    assert info["triggers"][0]["python-modules"] == ["ephemeral.airflow.triggers"]
+
+
+def test_airflow_lists_the_provider(airflow_db: str) -> None:
+    from airflow.providers_manager import ProvidersManager
+
+    providers = ProvidersManager().providers
+    assert "ephemeral" in providers
+    assert "ephemeral.airflow.links.RayDashboardLink" in ProvidersManager().extra_links_class_names
+
+
+def test_triggers_serialize_to_an_importable_path() -> None:
+    from ephemeral.airflow.triggers import ClusterReadyTrigger, RayJobTrigger
+
+    path, kwargs = ClusterReadyTrigger(backend="local", handle={"name": "x"}, timeout=5).serialize()
+    assert path == "ephemeral.airflow.triggers.ClusterReadyTrigger"
+    assert ClusterReadyTrigger(**kwargs).serialize() == (path, kwargs)
+    path, kwargs = RayJobTrigger(dashboard="http://h:1", job_id="j", cluster="c").serialize()
+    assert RayJobTrigger(**kwargs).serialize() == (path, kwargs)
