@@ -226,3 +226,20 @@ def test_spark_connect_session(spark_cluster: tuple[LocalBackend, ClusterHandle]
         assert spark.range(10).selectExpr("sum(id) AS s").collect()[0]["s"] == 45
     finally:
         spark.stop()
+
+
+def test_the_spark_connect_decorator_hands_a_session_to_task_code(
+    spark_cluster: tuple[LocalBackend, ClusterHandle],
+) -> None:
+    from ephemeral.airflow.spark import spark_connect
+
+    _, handle = spark_cluster
+
+    @spark_connect
+    def count_even(spark: object, cluster: dict, upto: int) -> int:  # type: ignore[type-arg]
+        return int(spark.range(upto).where("id % 2 = 0").count())  # type: ignore[attr-defined]
+
+    import inspect
+
+    assert "spark" not in inspect.signature(count_even).parameters  # Airflow must not expect it
+    assert count_even(cluster=handle.model_dump(mode="json"), upto=100) == 50
