@@ -32,6 +32,7 @@ unit: setup
 bench: setup
 	EPHEMERAL_HOME=$${EPHEMERAL_HOME:-$(CURDIR)/.home} $(PY) bench/bench_local.py
 	EPHEMERAL_HOME=$${EPHEMERAL_HOME:-$(CURDIR)/.home} $(PY) bench/bench_jobs.py
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) bench/bench_pipeline.py
 
 clean:
 	rm -rf $(VENV) .home
