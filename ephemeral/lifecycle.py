@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ephemeral.backends.base import ClusterBackend, ClusterHandle, ClusterStatus, Phase
-from ephemeral.errors import EphemeralError
+from ephemeral.errors import ClusterFailed, EphemeralError
 from ephemeral.specs.identity import ClusterIdentity
 from ephemeral.specs.resolve import ResolvedSpec
 
@@ -47,6 +47,9 @@ def provision(
                 on_progress(status)
             if status.phase is Phase.READY:
                 return Provisioned(handle, status, time.monotonic() - started)
+            if status.phase in (Phase.GONE, Phase.DELETING):
+                raise ClusterFailed(f"cluster {handle.name} is {status.phase.value} while waiting "
+                                    "for it to be ready")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 # One last waiting call so the backend raises its own timeout with log tails.

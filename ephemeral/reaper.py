@@ -69,7 +69,9 @@ class FinishedMemory:
     def save(self, keep: set[str]) -> None:
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps({k: v for k, v in self._seen.items() if k in keep}))
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({k: v for k, v in self._seen.items() if k in keep}))
+            tmp.replace(self.path)  # atomic: the CLI and the DAG may both reap
 
 
 def judge(handle: ClusterHandle, *, lookup: RunLookup | None, now: datetime, grace: float,
@@ -110,7 +112,12 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
     memory = FinishedMemory(memory_file)
     decisions = []
     for handle in backend.list_owned():
-        d = judge(handle, lookup=lookup, now=now, grace=grace, memory=memory)
+        try:
+            d = judge(handle, lookup=lookup, now=now, grace=grace, memory=memory)
+        except Exception as err:  # noqa: BLE001 - one bad lookup must not stop the others
+            decisions.append(Decision(handle.name, False, "could not be judged; kept",
+                                      error=f"{type(err).__name__}: {err}"))
+            continue
         if d.delete and not dry_run:
             try:
                 backend.delete(handle, wait=True)

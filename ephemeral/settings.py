@@ -51,5 +51,15 @@ def as_uri(path_or_uri: str) -> str:
     return Path(path_or_uri).expanduser().resolve().as_uri()
 
 
+# Airflow's own configuration and credentials (database URL, fernet and JWT keys, API tokens)
+# must not reach cluster processes and jobs, whose output is streamed into task logs.
+_NOT_FOR_JOBS = ("AIRFLOW", "_AIRFLOW", "EPHEMERAL_AIRFLOW_")
+
+
+def job_environ() -> dict[str, str]:
+    """This process's environment without Airflow's settings and secrets."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(_NOT_FOR_JOBS)}
+
+
 def get_settings() -> Settings:
     return Settings.from_env()

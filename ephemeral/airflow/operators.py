@@ -11,6 +11,9 @@ Wiring, with the cluster's lifetime bounded by setup and teardown::
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -78,6 +81,7 @@ class CreateClusterOperator(BaseOperator):
         self.poll_interval = poll_interval
         self.deferrable = deferrable
         self._created: ClusterHandle | None = None
+        self._cleaning = False
         warn_if_dagrun_timeout(self)
 
     def execute(self, context: Any) -> dict[str, Any]:
@@ -137,6 +141,7 @@ class CreateClusterOperator(BaseOperator):
             ti.xcom_push(key=SparkMasterLink().xcom_key, value=handle.endpoints.spark_ui)
 
     def _delete_after_failure(self, handle: ClusterHandle, err: BaseException) -> None:
+        self._cleaning = True  # on_kill must not try to take the cluster's lock again
         self.log.error("setup failed after creating %s (%s): deleting it", handle.name, err)
         try:
             get_backend(self.backend).delete(handle, wait=True)
@@ -145,7 +150,7 @@ class CreateClusterOperator(BaseOperator):
 
     def on_kill(self) -> None:
         # Killed while waiting in the worker (not deferred): nothing downstream deletes it.
-        if self._created is not None:
+        if self._created is not None and not self._cleaning:
             get_backend(self.backend).delete(self._created, wait=True)
 
 
@@ -295,6 +300,7 @@ class SparkSubmitOperator(BaseOperator):
         self.application_args = list(application_args)
         self.conf = conf
         self.job_timeout = job_timeout
+        self._driver_sid: int | None = None
 
     def execute(self, context: Any) -> dict[str, Any]:
         from ephemeral.jobs import artifacts
@@ -309,7 +315,18 @@ class SparkSubmitOperator(BaseOperator):
                 handle.endpoints.spark_master, self.application,
                 [str(a) for a in self.application_args], conf=self.conf, cluster=handle.name,
                 env={"EPHEMERAL_ARTIFACT_ROOT": artifacts.root()}, timeout=self.job_timeout,
-                sink=self.log.info)
+                sink=self.log.info, on_start=self._driver_started)
         except EphemeralError as err:
             raise AirflowException(str(err)) from err
+        finally:
+            self._driver_sid = None
         return result.model_dump(mode="json")
+
+    def _driver_started(self, sid: int) -> None:
+        self._driver_sid = sid
+
+    def on_kill(self) -> None:
+        # Airflow only calls on_kill on SIGTERM; the driver runs in its own session.
+        if self._driver_sid:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._driver_sid, signal.SIGTERM)

@@ -16,7 +16,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from ephemeral.backends import ClusterHandle, get_backend
+from ephemeral.backends import ClusterHandle, Phase, get_backend
 from ephemeral.errors import EphemeralError
 
 
@@ -50,6 +50,10 @@ class ClusterReadyTrigger(BaseTrigger):
             if status.ready:
                 yield TriggerEvent({"status": "ready", "message": status.message,
                                     "handle": self.handle})
+                return
+            if status.phase in (Phase.GONE, Phase.DELETING):
+                yield TriggerEvent({"status": "failed", "handle": self.handle,
+                                    "message": f"the cluster is {status.phase.value}"})
                 return
             if time.monotonic() >= deadline:
                 yield TriggerEvent({"status": "timeout", "handle": self.handle, "message":
@@ -93,6 +97,7 @@ class RayJobTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         jobs = await asyncio.to_thread(self._jobs)
+        await asyncio.to_thread(lambda: jobs.client)  # its version check blocks: not on the loop
         streamer = asyncio.create_task(self._stream_logs(jobs))
         started = time.monotonic()
         try:

@@ -19,6 +19,15 @@ from ephemeral.jobs.results import JobResult, JobStatus, parse_result_line, subm
 LogSink = Callable[[str], None]
 
 
+def _transport_errors(*, runtime: bool = False) -> tuple[type[Exception], ...]:
+    """What the Jobs SDK lets escape when the dashboard cannot be reached or answers badly
+    (``runtime``: also the RuntimeError it raises for any refused request)."""
+    import requests
+
+    errors: tuple[type[Exception], ...] = (OSError, ValueError, requests.RequestException)
+    return (*errors, RuntimeError) if runtime else errors
+
+
 class RayJobs:
     def __init__(self, dashboard: str, *, cluster: str = "") -> None:
         self.dashboard = dashboard
@@ -32,7 +41,7 @@ class RayJobs:
 
             try:
                 self._client = JobSubmissionClient(self.dashboard)
-            except (RuntimeError, ConnectionError, OSError) as err:
+            except _transport_errors(runtime=True) as err:
                 raise JobSubmissionFailed(f"cannot reach the Ray Jobs API at {self.dashboard}: "
                                           f"{err}") from err
         return self._client
@@ -59,6 +68,8 @@ class RayJobs:
                 metadata=metadata))
         except RuntimeError as err:
             raise JobSubmissionFailed(f"the cluster refused the job: {err}") from err
+        except _transport_errors() as err:
+            raise JobSubmissionFailed(f"cannot reach the Ray Jobs API: {err}") from err
 
     def status(self, job_id: str) -> JobStatus | None:
         """The job's status, or None when no job has that id."""
@@ -68,16 +79,21 @@ class RayJobs:
             if "does not exist" in str(err) or "404" in str(err):
                 return None
             raise JobError(f"cannot read job {job_id}: {err}") from err
+        except _transport_errors() as err:
+            raise JobError(f"cannot read job {job_id}: {err}") from err
         return JobStatus(str(info.status))
 
     def logs(self, job_id: str) -> str:
-        return str(self.client.get_job_logs(job_id))
+        try:
+            return str(self.client.get_job_logs(job_id))
+        except _transport_errors(runtime=True) as err:
+            raise JobError(f"cannot read the logs of job {job_id}: {err}") from err
 
     def stop(self, job_id: str, *, wait: float = 30.0) -> JobStatus | None:
         """Stop the job and wait until Ray reports it ended; return its final status."""
         try:
             self.client.stop_job(job_id)
-        except RuntimeError as err:
+        except _transport_errors(runtime=True) as err:
             if self.status(job_id) is None:
                 return None
             raise JobError(f"cannot stop job {job_id}: {err}") from err

@@ -18,6 +18,7 @@ from typing import Any
 
 from ephemeral.errors import JobFailed, JobSubmissionFailed, JobTimeout
 from ephemeral.jobs.results import JobResult, JobStatus, parse_result_line
+from ephemeral.settings import job_environ
 
 LogSink = Callable[[str], None]
 # pyspark marks its process as Spark Connect mode once a remote session was built in it; a
@@ -47,6 +48,7 @@ def spark_submit(
     cluster: str = "",
     sink: LogSink | None = None,
     timeout: float | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> JobResult:
     """Run ``application`` on the cluster (driver here, executors on the workers); raise
     ``JobFailed`` with the last log lines when it fails."""
@@ -62,11 +64,13 @@ def spark_submit(
     for key, value in settings.items():
         argv += ["--conf", f"{key}={value}"]
     argv += [application, *args]
-    run_env = {k: v for k, v in os.environ.items() if k not in CONNECT_MODE_VARS}
+    run_env = {k: v for k, v in job_environ().items() if k not in CONNECT_MODE_VARS}
     run_env |= {"PYSPARK_PYTHON": sys.executable, **(env or {})}
     started = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=run_env, start_new_session=True, bufsize=1)
+    if on_start:
+        on_start(proc.pid)  # the driver's session id, so a killed task can stop it
     lines: deque[str] = deque(maxlen=2000)
     app_id: list[str] = []
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -145,3 +146,23 @@ def test_a_node_that_dies_while_starting_fails_provision_and_nothing_is_left(
     assert "log" in err.value.details
     assert local_backend.list_owned() == []
     assert no_process_in(sids)
+
+
+def test_half_a_cluster_left_by_a_dead_creator_is_replaced_not_adopted(
+    local_backend: LocalBackend,
+) -> None:
+    spec = small("ray/adhoc-cpu", replicas=1)
+    ident = manual(spec, "half")
+    first = local_backend.create(spec, identity=ident)
+    cdir = local_backend.home / "clusters" / first.name
+    state = json.loads((cdir / "state.json").read_text())
+    state["nodes"] = state["nodes"][:1]  # the creator died after starting the head only
+    (cdir / "state.json").write_text(json.dumps(state))
+    time.sleep(1.1)
+    second = local_backend.create(spec, identity=ident)
+    fresh = load(cdir)
+    assert fresh is not None
+    assert fresh.uid != state["uid"]  # a new cluster, not the half one
+    assert second.created_at >= first.created_at
+    assert local_backend.wait_ready(second, timeout=180).nodes_ready == 2
+    local_backend.delete(second, wait=True)

@@ -46,3 +46,15 @@ def test_file_artifacts_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     artifacts.copy(artifacts.run_uri("r1"), artifacts.run_uri("registry", "best"))
     assert artifacts.read_bytes(artifacts.run_uri("registry", "best", "model", "model.pt")) == (
         b"\x00weights")
+
+
+def test_airflow_settings_and_secrets_never_reach_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ephemeral.settings import job_environ
+
+    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "postgresql://u:secret@db/af")
+    monkeypatch.setenv("AIRFLOW_API_TOKEN", "t0k3n")
+    monkeypatch.setenv("EPHEMERAL_AIRFLOW_PASSWORD", "pw")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    env = job_environ()
+    assert not [k for k in env if "AIRFLOW" in k]
+    assert env["AWS_REGION"] == "eu-west-1"  # what jobs need to reach the artifact store stays

@@ -85,3 +85,20 @@ def test_without_airflow_only_expiry_counts(backend: InMemoryBackend) -> None:
     [d] = reap(backend, lookup=None)
     assert not d.delete
     assert "no Airflow" in d.reason
+
+
+def test_one_run_that_cannot_be_looked_up_does_not_stop_the_others(
+    backend: InMemoryBackend,
+) -> None:
+    broken, gone = owned(backend, "broken"), owned(backend, "gone")
+
+    def lookup(_d: str, run: str) -> RunInfo:
+        if run == "broken":
+            raise KeyError("access_token")  # any failure of the source of run states
+        return RunInfo("failed", datetime(2020, 1, 1, tzinfo=UTC))
+
+    decisions = {d.cluster: d for d in reap(backend, lookup=lookup)}
+    assert decisions[gone].deleted
+    assert not decisions[broken].delete
+    assert "KeyError" in decisions[broken].error
+    assert [h.name for h in backend.list_owned()] == [broken]

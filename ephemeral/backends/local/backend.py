@@ -34,7 +34,7 @@ from ephemeral.errors import (
     SpecError,
     TeardownIncomplete,
 )
-from ephemeral.settings import get_settings
+from ephemeral.settings import get_settings, job_environ
 from ephemeral.specs.identity import ClusterIdentity
 from ephemeral.specs.models import RaySpec, SparkSpec
 from ephemeral.specs.resolve import ResolvedSpec
@@ -113,6 +113,10 @@ class LocalBackend(ClusterBackend):
         name = identity.name
         with self._lock(name):
             existing = self._state(name)
+            if existing and len(existing.nodes) < len(existing.plan):
+                # Its creator died while starting nodes: never adopt half a cluster.
+                self._delete_locked(name)
+                existing = None
             if existing and not existing.deleting:
                 if existing.handle.spec_hash != spec.hash:
                     raise IdentityConflict(
@@ -131,8 +135,8 @@ class LocalBackend(ClusterBackend):
             except BaseException as err:
                 self._delete_locked(name)
                 slots.release(cdir, slot)
-                if isinstance(err, EphemeralError):
-                    raise
+                if isinstance(err, EphemeralError) or not isinstance(err, Exception):
+                    raise  # ours, or an interrupt/timeout that must stay what it is
                 raise BackendError(f"starting cluster {name!r} failed: {err}") from err
 
     @staticmethod
@@ -169,7 +173,7 @@ class LocalBackend(ClusterBackend):
 
     @staticmethod
     def _env(s: RaySpec | SparkSpec, uid: str, *, name: str) -> dict[str, str]:
-        env = dict(os.environ)
+        env = job_environ()
         env |= {procs.UID_ENV: uid, "EPHEMERAL_CLUSTER_NAME": name,
                 "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1",
                 # `python` in a job's entrypoint is this environment's, as it is the image's

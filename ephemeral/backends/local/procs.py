@@ -126,7 +126,8 @@ def find(nodes: Iterable[NodeProcess], uid: str | None) -> list[psutil.Process]:
     sessions = {n.sid: n.started_at for n in nodes}
     earliest = min(sessions.values(), default=0.0) - 1.0
     me = os.getpid()
-    found = []
+    found: list[psutil.Process] = []
+    by_session: dict[int, list[psutil.Process]] = {}
     for p in psutil.process_iter(["pid", "create_time"]):
         pid = p.info["pid"]
         if pid == me or not _alive(p):
@@ -138,16 +139,34 @@ def find(nodes: Iterable[NodeProcess], uid: str | None) -> list[psutil.Process]:
         # A session id can outlive its leader and be reused only by a newer process that calls
         # setsid; the start-time check keeps a recycled pid from being mistaken for a node.
         if sid in sessions and (p.info["create_time"] or 0) >= sessions[sid] - 1.0:
-            found.append(p)
+            by_session.setdefault(sid, []).append(p)
             continue
         if uid is None or (p.info["create_time"] or 0) < earliest:
             continue
-        try:
-            if p.environ().get(UID_ENV) == uid:
-                found.append(p)
-        except psutil.Error:
-            continue
+        if _has_uid(p, uid):
+            found.append(p)
+    for sid, members in by_session.items():
+        # Once every process of a node's session is gone, Linux may give its id to a new,
+        # unrelated session: a session is ours only while its original leader lives or one of
+        # its members carries our marker.
+        if uid is None or _leader_is(sid, sessions[sid]) or any(_has_uid(m, uid) for m in members):
+            found.extend(members)
     return found
+
+
+def _has_uid(p: psutil.Process, uid: str) -> bool:
+    try:
+        return p.environ().get(UID_ENV) == uid
+    except psutil.Error:
+        return False
+
+
+def _leader_is(sid: int, started_at: float) -> bool:
+    try:
+        leader = psutil.Process(sid)
+        return _alive(leader) and abs(leader.create_time() - started_at) < 1.0
+    except psutil.Error:
+        return False
 
 
 def describe(procs: Iterable[psutil.Process]) -> list[str]:
