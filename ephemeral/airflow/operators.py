@@ -25,7 +25,7 @@ from ephemeral.airflow.context import cluster_identity, owner_selector, task_key
 from ephemeral.airflow.links import RayDashboardLink, SparkMasterLink
 from ephemeral.airflow.triggers import ClusterReadyTrigger, RayJobTrigger
 from ephemeral.backends import ClusterHandle, get_backend
-from ephemeral.errors import EphemeralError, SpecError, TeardownIncomplete
+from ephemeral.errors import EphemeralError, SpecError
 from ephemeral.jobs.ray_jobs import RayJobs
 from ephemeral.jobs.results import JobResult, JobStatus, parse_result_line, tail
 
@@ -185,8 +185,8 @@ class DeleteClusterOperator(BaseOperator):
             self.log.info("deleting %s", name)
             try:
                 backend.delete(name, wait=True)
-            except TeardownIncomplete as err:
-                failures.append(str(err))
+            except EphemeralError as err:  # keep going: every other cluster must still go
+                failures.append(f"{name}: {err}")
         if failures:
             raise AirflowException("teardown incomplete: " + "; ".join(failures))
         return {"deleted": sorted(names)}
