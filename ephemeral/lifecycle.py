@@ -76,11 +76,3 @@ def teardown(
     started = time.monotonic()
     backend.delete(target, wait=True)
     return time.monotonic() - started
-
-
-def teardown_all(backend: ClusterBackend) -> list[str]:
-    """Delete every cluster the backend owns; return their names."""
-    names = [h.name for h in backend.list_owned()]
-    for name in names:
-        backend.delete(name, wait=True)
-    return names

@@ -12,8 +12,6 @@ from contextlib import AbstractContextManager
 from importlib import metadata
 from pathlib import Path
 
-import psutil
-
 from ephemeral.backends.base import (
     ClusterBackend,
     ClusterHandle,
@@ -227,7 +225,7 @@ class LocalBackend(ClusterBackend):
             ok_exit = planned.argv[1:2] == ["start"] and code == 0
             if code is not None and not ok_exit:
                 failed.append((node, f"exited with code {code}"))
-            elif code is None and not procs.find([node], None) and not _leader_alive(node):
+            elif code is None and not procs.find([node], None) and not procs.leader_is(node.sid, node.started_at):
                 failed.append((node, "died without an exit code (killed?)"))
         if failed:
             names = ", ".join(f"{n.name} {why}" for n, why in failed)
@@ -278,14 +276,3 @@ class LocalBackend(ClusterBackend):
     def node_plan(self, name: str) -> list[PlannedNode]:
         state = self._state(name)
         return state.plan if state else []
-
-    def log_dir(self, name: str) -> Path:
-        return self._dir(name) / "logs"
-
-
-def _leader_alive(node: procs.NodeProcess) -> bool:
-    try:
-        p = psutil.Process(node.sid)
-        return p.status() != psutil.STATUS_ZOMBIE and abs(p.create_time() - node.started_at) < 1
-    except psutil.Error:
-        return False

@@ -149,7 +149,7 @@ def find(nodes: Iterable[NodeProcess], uid: str | None) -> list[psutil.Process]:
         # Once every process of a node's session is gone, Linux may give its id to a new,
         # unrelated session: a session is ours only while its original leader lives or one of
         # its members carries our marker.
-        if uid is None or _leader_is(sid, sessions[sid]) or any(_has_uid(m, uid) for m in members):
+        if uid is None or leader_is(sid, sessions[sid]) or any(_has_uid(m, uid) for m in members):
             found.extend(members)
     return found
 
@@ -161,7 +161,8 @@ def _has_uid(p: psutil.Process, uid: str) -> bool:
         return False
 
 
-def _leader_is(sid: int, started_at: float) -> bool:
+def leader_is(sid: int, started_at: float) -> bool:
+    """Whether the session's original leader (same pid and start time) still runs."""
     try:
         leader = psutil.Process(sid)
         return _alive(leader) and abs(leader.create_time() - started_at) < 1.0
