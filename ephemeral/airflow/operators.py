@@ -16,6 +16,7 @@ import os
 import signal
 import warnings
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from airflow.sdk import BaseOperator
@@ -94,10 +95,14 @@ class CreateClusterOperator(BaseOperator):
         backend = get_backend(self.backend)
         identity = cluster_identity(context, spec.spec.name)
         self.log.info("creating %s from %s (hash %s)", identity.name, spec.label(), spec.hash)
+        asked = datetime.now(UTC).replace(microsecond=0)
         try:
             handle = self._created = backend.create(spec, identity=identity)
         except SpecError as err:
             raise AirflowFailException(str(err)) from err
+        if datetime.fromisoformat(handle.created_at.replace("Z", "+00:00")) < asked:
+            self.log.info("adopted %s, created at %s by an earlier try", handle.name,
+                          handle.created_at)
         try:
             self._push_links(context, handle)
             status = backend.wait_ready(handle, timeout=0)
