@@ -1,0 +1,57 @@
+"""Pure renderers: a resolved spec and a handle in, Kubernetes manifests (plain dicts) out.
+
+No I/O and no ``kubernetes`` import: the backend sends these dicts to the API server, the
+``ephemeral render`` command prints them for review, and tests validate them offline.
+
+Every top-level object carries the handle's labels (the owner labels, also on pod templates),
+its annotations and ``ephemeral.dev/expires-at``. The primary object (the RayCluster; for Spark
+the master Deployment) also carries ``HANDLE_ANNOTATION``: the handle as JSON, with the
+endpoints replaced by the rendered ones, so the handle can be rebuilt from a listed object.
+"""
+
+from __future__ import annotations
+
+from ephemeral.backends.base import ClusterHandle, Endpoints
+from ephemeral.backends.kubernetes.render import ray, spark
+from ephemeral.backends.kubernetes.render.common import (
+    COMPONENT_LABEL,
+    EXPIRES_ANNOTATION,
+    HANDLE_ANNOTATION,
+    NAME_MAX,
+    Rendered,
+)
+from ephemeral.specs.resolve import ResolvedSpec
+
+__all__ = [
+    "COMPONENT_LABEL",
+    "EXPIRES_ANNOTATION",
+    "HANDLE_ANNOTATION",
+    "NAME_MAX",
+    "Rendered",
+    "render",
+    "service_endpoints",
+]
+
+
+def render(spec: ResolvedSpec, handle: ClusterHandle, *,
+           cluster_domain: str = "cluster.local") -> Rendered:
+    """The objects that make the cluster ``handle`` from ``spec``; raises SpecError when the
+    spec cannot be expressed on Kubernetes (a name too long, a ``fromEnv`` variable)."""
+    if spec.engine == "ray":
+        return ray.render_ray(spec, handle, cluster_domain)
+    return spark.render_spark(spec, handle, cluster_domain)
+
+
+def service_endpoints(handle: ClusterHandle, engine: str, *,
+                      cluster_domain: str = "cluster.local",
+                      spark_connect: bool = True) -> Endpoints:
+    """In-cluster DNS endpoints of cluster ``handle`` (its name and namespace are used).
+
+    The handle does not say whether a Spark cluster runs Spark Connect: pass
+    ``spark_connect=False`` for a spec without it (``render`` knows and gets it right).
+    """
+    if engine == "ray":
+        return ray.endpoints(handle, cluster_domain)
+    if engine == "spark":
+        return spark.endpoints(handle, cluster_domain, connect=spark_connect)
+    raise ValueError(f"unknown engine {engine!r}; known: ray, spark")
