@@ -116,6 +116,71 @@ def specs_show(
         out.print(yaml.safe_dump(body, sort_keys=False), markup=False, highlight=False)
 
 
+# `render` shows what a cluster of an Airflow task would be made of; a fixed owner and creation
+# time make the output depend on the spec alone, so that it diffs cleanly in a review.
+RENDER_CREATED = "1970-01-01T00:00:00Z"
+
+
+def render_identity(spec_name: str, name: str | None = None) -> ClusterIdentity:
+    return ClusterIdentity(spec_name=spec_name, dag_id="render", run_id="manual",
+                           task_id="create_cluster", explicit_name=name)
+
+
+@app.command("render")
+def render_cmd(
+    ref: Annotated[str, typer.Argument(help="Spec reference, e.g. ray/train-gpu@1, or a path")],
+    profile: ProfileOpt = None,
+    namespace: Annotated[str, typer.Option("--namespace", "-n", help="Target namespace.")] = (
+        "default"),
+    name: Annotated[str | None, typer.Option(help="Cluster name (default: from the spec and "
+                                                  "the placeholder owner).")] = None,
+    replicas: Annotated[int | None, typer.Option(help="Worker replicas (right-sizing).")] = None,
+    cpu: Annotated[float | None, typer.Option(help="CPUs per worker.")] = None,
+    memory: Annotated[str | None, typer.Option(help="Memory per worker, e.g. 4Gi.")] = None,
+    gpus: Annotated[int | None, typer.Option(help="GPUs per worker.")] = None,
+    cluster_domain: Annotated[str, typer.Option(help="Cluster DNS domain of the endpoints.")] = (
+        "cluster.local"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the Kubernetes manifests of a spec as YAML, one document per object.
+
+    For review and diffs in pull requests: nothing is sent to a cluster.
+
+    The owner is a fixed placeholder (dag_id render, run_id manual, task_id create_cluster,
+    created 1970-01-01T00:00:00Z), so names, labels and expiry are stable.
+    """
+    from datetime import datetime
+
+    from ephemeral.backends.base import Endpoints, make_handle
+    from ephemeral.backends.kubernetes.render import render
+    from ephemeral.specs.models import dns_label
+
+    try:
+        spec = resolve(ref, profile, _overrides(replicas, cpu, memory, gpus))
+        try:
+            dns_label(namespace, 63)
+        except ValueError as e:
+            raise SpecError("--namespace", [("namespace", str(e))]) from e
+        if name is not None:
+            ClusterIdentity.manual(spec.spec.name, name)  # checks the name
+        handle = make_handle(spec, render_identity(spec.spec.name, name), backend="kubernetes",
+                             endpoints=Endpoints(), namespace=namespace,
+                             created=datetime.fromisoformat(RENDER_CREATED))
+        rendered = render(spec, handle, cluster_domain=cluster_domain)
+    except ValueError as e:
+        raise _fail(SpecError("--name", [("name", str(e))]), as_json) from e
+    except EphemeralError as e:
+        raise _fail(e, as_json) from e
+    if as_json:
+        _emit({"ref": spec.ref, "profile": spec.profile, "hash": spec.hash,
+               "endpoints": rendered.endpoints.model_dump(exclude_none=True),
+               "objects": rendered.objects})
+        return
+    sys.stdout.write(f"# {spec.label()}  hash {spec.hash}  namespace {namespace}\n")
+    # No line folding: one value per line diffs best.
+    sys.stdout.write(yaml.safe_dump_all(rendered.objects, sort_keys=False, width=2**16))
+
+
 def _handle_lines(h: ClusterHandle) -> list[str]:
     eps = {k: v for k, v in h.endpoints.model_dump().items() if v}
     return [f"{h.name}  ({h.engine}, {h.spec_ref}{' [' + h.profile + ']' if h.profile else ''}, "
