@@ -1,0 +1,447 @@
+"""The pure renderers (spec → manifests) and ``ephemeral render``: fast, offline.
+
+Snapshots of the rendered manifests live in tests/kubernetes/snapshots; after an intended change
+regenerate them with ``EPHEMERAL_UPDATE_SNAPSHOTS=1 pytest tests/kubernetes/test_render.py`` and
+review the diff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ephemeral.backends.base import ClusterHandle, Endpoints, make_handle
+from ephemeral.backends.kubernetes.render import (
+    EXPIRES_ANNOTATION,
+    HANDLE_ANNOTATION,
+    Rendered,
+    render,
+    service_endpoints,
+)
+from ephemeral.cli.main import RENDER_CREATED, render_identity
+from ephemeral.errors import SpecError
+from ephemeral.specs import ResolvedSpec, resolve
+from ephemeral.specs.loader import load_file
+from ephemeral.specs.resolve import CI_CPU
+from tests.kubernetes.manifest_validation import validate_manifest
+
+ROOT = Path(__file__).resolve().parents[2]
+SNAPSHOTS = Path(__file__).parent / "snapshots"
+UPDATE = os.environ.get("EPHEMERAL_UPDATE_SNAPSHOTS") == "1"
+EPHEMERAL = shutil.which("ephemeral", path=str(Path(sys.executable).parent)) or "ephemeral"
+NS = "default"
+
+
+def _cases() -> list[tuple[str, str | None]]:
+    out: list[tuple[str, str | None]] = []
+    for path in sorted((ROOT / "cluster_specs").glob("*/*.yaml")):
+        if "@" in path.stem:
+            continue
+        ref = f"{path.parent.name}/{path.stem}"
+        out += [(ref, p) for p in [None, *sorted({CI_CPU, *load_file(path).profiles})]]
+    return out
+
+
+CASES = _cases()
+IDS = [f"{ref}[{profile or 'default'}]" for ref, profile in CASES]
+
+
+def handle_for(spec: ResolvedSpec, *, name: str | None = None, namespace: str | None = NS
+               ) -> ClusterHandle:
+    """The handle ``ephemeral render`` uses: a fixed owner and creation time."""
+    return make_handle(spec, render_identity(spec.spec.name, name), backend="kubernetes", namespace=namespace,
+                       endpoints=Endpoints(), created=datetime.fromisoformat(RENDER_CREATED))
+
+
+def rendered(ref: str, profile: str | None = None) -> tuple[ClusterHandle, Rendered]:
+    spec = resolve(ref, profile)
+    handle = handle_for(spec)
+    return handle, render(spec, handle)
+
+
+def pod_templates(obj: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    if obj["kind"] == "RayCluster":
+        yield obj["spec"]["headGroupSpec"]["template"]
+        for group in obj["spec"]["workerGroupSpecs"]:
+            yield group["template"]
+    elif "template" in obj.get("spec", {}):
+        yield obj["spec"]["template"]
+
+
+def containers(objects: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for obj in objects:
+        for template in pod_templates(obj):
+            yield from template["spec"]["containers"]
+
+
+def by_name(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind} {name}: {len(found)} found"
+    return found[0]
+
+
+def spec_file(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+RAY_MINIMAL = """\
+kind: RayCluster
+name: tiny
+version: 1
+rayVersion: "2.60.0"
+image: rayproject/ray:2.60.0-py311-cpu
+workerGroups:
+  - name: cpu
+    replicas: 3
+"""
+
+# --- every shipped spec, under every profile ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("ref", "profile"), CASES, ids=IDS)
+def test_every_object_validates_against_its_schema(ref: str, profile: str | None) -> None:
+    _, out = rendered(ref, profile)
+    problems = {f"{o['kind']}/{o['metadata']['name']}": validate_manifest(o) for o in out.objects}
+    assert problems == {key: [] for key in problems}
+
+
+@pytest.mark.parametrize(("ref", "profile"), CASES, ids=IDS)
+def test_every_object_and_pod_carries_the_owner_labels(ref: str, profile: str | None) -> None:
+    handle, out = rendered(ref, profile)
+    for obj in out.objects:
+        assert obj["metadata"]["namespace"] == NS
+        assert obj["metadata"]["labels"].items() >= handle.labels.items()
+        assert obj["metadata"]["annotations"][EXPIRES_ANNOTATION] == handle.expires_at
+        assert obj["metadata"]["annotations"].items() >= handle.annotations.items()
+        for template in pod_templates(obj):
+            assert template["metadata"]["labels"].items() >= handle.labels.items()
+
+
+@pytest.mark.parametrize(("ref", "profile"), CASES, ids=IDS)
+def test_the_primary_carries_the_handle_with_the_endpoints(ref: str, profile: str | None) -> None:
+    handle, out = rendered(ref, profile)
+    assert any(o is out.primary for o in out.objects)
+    assert out.objects[0] is out.primary  # created first: a half-made cluster is still findable
+    carriers = [o for o in out.objects if HANDLE_ANNOTATION in o["metadata"]["annotations"]]
+    assert carriers == [out.primary]
+    back = ClusterHandle.model_validate_json(out.primary["metadata"]["annotations"]
+                                            [HANDLE_ANNOTATION])
+    assert back == handle.model_copy(update={"endpoints": out.endpoints})
+
+
+@pytest.mark.parametrize(("ref", "profile"), CASES, ids=IDS)
+def test_service_endpoints_agree_with_render(ref: str, profile: str | None) -> None:
+    handle, out = rendered(ref, profile)
+    spec = resolve(ref, profile).spec
+    connect = bool(getattr(spec, "connect", None) and spec.connect.enabled)  # type: ignore[union-attr]
+    assert service_endpoints(handle, spec.engine, spark_connect=connect) == out.endpoints
+
+
+@pytest.mark.parametrize(("ref", "profile"), [c for c in CASES if c[1] == CI_CPU],
+                         ids=[i for i, c in zip(IDS, CASES, strict=True) if c[1] == CI_CPU])
+def test_ci_cpu_renders_no_gpu_at_all(ref: str, profile: str) -> None:
+    _, out = rendered(ref, profile)
+    text = json.dumps(out.objects)
+    assert "nvidia.com/gpu" not in text  # no resources, node selectors or tolerations
+    for c in containers(out.objects):
+        assert set(c["resources"]["limits"]) == {"cpu", "memory"}
+        assert set(c["resources"]["requests"]) == {"cpu", "memory"}
+    for obj in out.objects:
+        for template in pod_templates(obj):
+            assert "nodeSelector" not in template["spec"]
+            assert "tolerations" not in template["spec"]
+
+
+# --- Ray -----------------------------------------------------------------------------------------
+
+
+def test_ray_gpu_workers_request_and_limit_their_gpus() -> None:
+    _, out = rendered("ray/train-gpu")
+    group = out.primary["spec"]["workerGroupSpecs"][0]
+    res = group["template"]["spec"]["containers"][0]["resources"]
+    assert res["requests"] == res["limits"] == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "1"}
+    assert group["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert group["template"]["spec"]["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    head = out.primary["spec"]["headGroupSpec"]["template"]["spec"]
+    assert "nvidia.com/gpu" not in head["containers"][0]["resources"]["limits"]
+
+
+def test_ray_cluster_shape() -> None:
+    handle, out = rendered("ray/adhoc-cpu")
+    cluster = out.primary
+    assert (cluster["apiVersion"], cluster["kind"]) == ("ray.io/v1", "RayCluster")
+    assert cluster["metadata"]["name"] == handle.name
+    assert cluster["spec"]["rayVersion"] == "2.60.0"
+    head = cluster["spec"]["headGroupSpec"]
+    assert head["rayStartParams"] == {"dashboard-host": "0.0.0.0", "num-cpus": "0"}
+    ray = head["template"]["spec"]["containers"][0]
+    assert (ray["name"], ray["image"]) == ("ray-head", "rayproject/ray:2.60.0-py311-cpu")
+    assert {p["name"]: p["containerPort"] for p in ray["ports"]} == {
+        "gcs-server": 6379, "dashboard": 8265, "client": 10001, "metrics": 8080}
+    assert "command" not in ray  # KubeRay writes `ray start` itself
+    (group,) = cluster["spec"]["workerGroupSpecs"]
+    assert (group["groupName"], group["replicas"], group["minReplicas"], group["maxReplicas"]) == (
+        "cpu", 2, 1, 4)
+
+
+def test_ray_endpoints_are_the_head_service_dns_names() -> None:
+    handle, out = rendered("ray/adhoc-cpu")
+    host = f"{handle.name}-head-svc.{NS}.svc.cluster.local"
+    assert out.endpoints == Endpoints(dashboard=f"http://{host}:8265",
+                                      ray_client=f"ray://{host}:10001", gcs=f"{host}:6379")
+    spec = resolve("ray/adhoc-cpu")
+    other = render(spec, handle_for(spec), cluster_domain="k8s.example")
+    assert other.endpoints.gcs == f"{handle.name}-head-svc.{NS}.svc.k8s.example:6379"
+
+
+def test_ray_replica_bounds_default_to_replicas(tmp_path: Path) -> None:
+    spec = resolve(spec_file(tmp_path, RAY_MINIMAL))
+    (group,) = render(spec, handle_for(spec)).primary["spec"]["workerGroupSpecs"]
+    assert (group["replicas"], group["minReplicas"], group["maxReplicas"]) == (3, 3, 3)
+
+
+def test_ray_head_that_runs_tasks_gets_its_cpus_from_the_limit(tmp_path: Path) -> None:
+    spec = resolve(spec_file(tmp_path, RAY_MINIMAL + "head: {runTasks: true, cpu: 0.5}\n"))
+    head = render(spec, handle_for(spec)).primary["spec"]["headGroupSpec"]
+    assert head["rayStartParams"] == {"dashboard-host": "0.0.0.0"}
+    assert head["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] == "500m"
+
+
+def test_secrets_stay_references(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_super_secret_value")
+    spec = resolve(spec_file(tmp_path, RAY_MINIMAL + """\
+runtimeEnv:
+  env:
+    - {name: MODE, value: fast}
+    - name: HF_TOKEN
+      secretKeyRef: {name: hf-credentials, key: token}
+"""))
+    out = render(spec, handle_for(spec))
+    for c in containers(out.objects):
+        assert c["env"] == [
+            {"name": "MODE", "value": "fast"},
+            {"name": "HF_TOKEN",
+             "valueFrom": {"secretKeyRef": {"name": "hf-credentials", "key": "token"}}}]
+    assert "hf_super_secret_value" not in json.dumps(out.objects)
+    assert not validate_manifest(out.primary)
+
+
+def test_from_env_is_refused_on_kubernetes(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCAL_TOKEN", "tok_super_secret_value")
+    spec = resolve(spec_file(tmp_path, RAY_MINIMAL + """\
+runtimeEnv:
+  env:
+    - {name: MODE, value: fast}
+    - {name: TOKEN, fromEnv: LOCAL_TOKEN}
+"""))
+    with pytest.raises(SpecError) as err:
+        render(spec, handle_for(spec))
+    assert err.value.fields == ["runtimeEnv.env[1].fromEnv"]
+    assert "secretKeyRef" in str(err.value)
+    assert "tok_super_secret_value" not in str(err.value)
+
+
+# --- names -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ref", ["ray/adhoc-cpu", "spark/etl"])
+def test_a_name_longer_than_53_characters_is_refused(ref: str) -> None:
+    spec = resolve(ref)
+    with pytest.raises(SpecError) as err:
+        render(spec, handle_for(spec, name="a" * 54))
+    assert err.value.fields == ["name"]
+    assert "at most 53" in str(err.value)
+    assert render(spec, handle_for(spec, name="a" * 53)).primary
+
+
+@pytest.mark.parametrize("name", ["1st-cluster", "Upper", "trailing-", "dot.ted"])
+def test_a_name_that_is_no_dns_1035_label_is_refused(name: str) -> None:
+    spec = resolve("ray/adhoc-cpu")
+    with pytest.raises(SpecError, match="DNS-1035") as err:
+        render(spec, handle_for(spec, name=name))
+    assert err.value.fields == ["name"]
+
+
+def test_a_handle_without_namespace_is_a_programming_error() -> None:
+    spec = resolve("ray/adhoc-cpu")
+    with pytest.raises(ValueError, match="no namespace"):
+        render(spec, handle_for(spec, namespace=None))
+
+
+# --- Spark -------------------------------------------------------------------------------------
+
+
+def test_spark_objects_names_and_services() -> None:
+    handle, out = rendered("spark/etl")
+    n = handle.name
+    assert [(o["kind"], o["metadata"]["name"]) for o in out.objects] == [
+        ("Deployment", f"{n}-master"), ("Service", f"{n}-master"),
+        ("Deployment", f"{n}-worker"), ("Deployment", f"{n}-connect"),
+        ("Service", f"{n}-connect")]
+    assert out.primary is by_name(out.objects, "Deployment", f"{n}-master")
+    assert out.primary["spec"]["replicas"] == 1
+    master_svc = by_name(out.objects, "Service", f"{n}-master")
+    assert {p["name"]: p["port"] for p in master_svc["spec"]["ports"]} == {"spark": 7077,
+                                                                          "web-ui": 8080}
+    connect_svc = by_name(out.objects, "Service", f"{n}-connect")
+    assert [p["port"] for p in connect_svc["spec"]["ports"]] == [15002]
+    # Each Service selects exactly the pods of its Deployment.
+    for name in (f"{n}-master", f"{n}-connect"):
+        deployment = by_name(out.objects, "Deployment", name)
+        selector = by_name(out.objects, "Service", name)["spec"]["selector"]
+        assert selector == deployment["spec"]["selector"]["matchLabels"]
+        assert deployment["spec"]["template"]["metadata"]["labels"].items() >= selector.items()
+    host = f"{NS}.svc.cluster.local"
+    assert out.endpoints == Endpoints(spark_master=f"spark://{n}-master.{host}:7077",
+                                      spark_ui=f"http://{n}-master.{host}:8080",
+                                      spark_connect=f"sc://{n}-connect.{host}:15002")
+
+
+def test_spark_workers_join_the_master_with_the_spec_sizes() -> None:
+    handle, out = rendered("spark/etl")
+    workers = by_name(out.objects, "Deployment", f"{handle.name}-worker")
+    assert workers["spec"]["replicas"] == 2
+    (c,) = workers["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == "apache/spark:4.3.0-python3"
+    cmd = c["command"]
+    assert cmd[:2] == ["/opt/spark/bin/spark-class", "org.apache.spark.deploy.worker.Worker"]
+    assert cmd[-1] == f"spark://{handle.name}-master.{NS}.svc.cluster.local:7077"
+    assert cmd[cmd.index("--cores") + 1] == "4"
+    assert cmd[cmd.index("--memory") + 1] == "5632m"  # of 8Gi: room left for the JVMs
+    assert c["resources"]["limits"] == {"cpu": "4", "memory": "8Gi"}
+
+
+def test_spark_conf_reaches_the_connect_server() -> None:
+    handle, out = rendered("spark/etl")
+    (c,) = by_name(out.objects, "Deployment", f"{handle.name}-connect")["spec"]["template"][
+        "spec"]["containers"]
+    confs = [c["command"][i + 1] for i, a in enumerate(c["command"]) if a == "--conf"]
+    assert "spark.sql.shuffle.partitions=8" in confs
+    assert "spark.connect.grpc.binding.port=15002" in confs
+    assert c["command"][-1] == "spark-internal"
+
+
+def test_spark_gpu_workers() -> None:
+    handle, out = rendered("spark/etl-gpu")
+    workers = by_name(out.objects, "Deployment", f"{handle.name}-worker")
+    pod = workers["spec"]["template"]["spec"]
+    res = pod["containers"][0]["resources"]
+    assert res["requests"]["nvidia.com/gpu"] == res["limits"]["nvidia.com/gpu"] == "1"
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["SPARK_WORKER_OPTS"] == (
+        "-Dspark.worker.resource.gpu.amount=1 -Dspark.worker.resource.gpu.discoveryScript="
+        "/opt/spark/examples/src/main/scripts/getGpusResources.sh")
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    connect = by_name(out.objects, "Deployment", f"{handle.name}-connect")
+    cmd = connect["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert "spark.executor.resource.gpu.amount=1" in cmd
+    assert "spark.task.resource.gpu.amount=0.125" in cmd
+    master = out.primary["spec"]["template"]["spec"]
+    assert "nodeSelector" not in master  # only the workers need GPU nodes
+
+
+def test_spark_without_connect(tmp_path: Path) -> None:
+    spec = resolve(spec_file(tmp_path, """\
+kind: SparkCluster
+name: batch
+version: 1
+sparkVersion: "4.3.0"
+image: apache/spark:4.3.0-python3
+workers: {replicas: 1, cores: 1}
+connect: {enabled: false}
+"""))
+    handle = handle_for(spec)
+    out = render(spec, handle)
+    assert [o["metadata"]["name"] for o in out.objects] == [
+        f"{handle.name}-master", f"{handle.name}-master", f"{handle.name}-worker"]
+    assert out.endpoints.spark_connect is None
+    assert service_endpoints(handle, "spark", spark_connect=False) == out.endpoints
+
+
+# --- snapshots ---------------------------------------------------------------------------------
+
+
+def to_yaml(objects: list[dict[str, Any]]) -> str:
+    return yaml.safe_dump_all(objects, sort_keys=False, width=2**16)
+
+
+@pytest.mark.parametrize(("ref", "profile"), CASES, ids=IDS)
+def test_snapshot(ref: str, profile: str | None) -> None:
+    _, out = rendered(ref, profile)
+    path = SNAPSHOTS / f"{ref.replace('/', '-')}{'--' + profile if profile else ''}.yaml"
+    text = to_yaml(out.objects)
+    if UPDATE or not path.exists():
+        path.write_text(text)
+        if not UPDATE:
+            pytest.fail(f"{path.name} did not exist and was written; review and commit it")
+    assert text == path.read_text(), (
+        f"{path.name} changed; if intended: EPHEMERAL_UPDATE_SNAPSHOTS=1 and review the diff")
+
+
+# --- the CLI -----------------------------------------------------------------------------------
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([EPHEMERAL, *args], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ), check=False)
+
+
+def test_cli_render_prints_one_yaml_document_per_object() -> None:
+    proc = cli("render", "ray/train-gpu", "--profile", "ci-cpu")
+    assert proc.returncode == 0, proc.stderr
+    docs = list(yaml.safe_load_all(proc.stdout))
+    assert [d["kind"] for d in docs] == ["RayCluster"]
+    assert not validate_manifest(docs[0])
+    assert "nvidia.com/gpu" not in proc.stdout
+    assert proc.stdout.startswith("# ray/train-gpu@1 [ci-cpu]")
+    # The same fixed owner as the snapshots: the output is the reviewed snapshot.
+    assert docs == list(yaml.safe_load_all(
+        (SNAPSHOTS / "ray-train-gpu--ci-cpu.yaml").read_text()))
+
+
+def test_cli_render_spark_in_a_namespace() -> None:
+    proc = cli("render", "spark/etl", "-n", "data", "--replicas", "3")
+    assert proc.returncode == 0, proc.stderr
+    docs = list(yaml.safe_load_all(proc.stdout))
+    assert {d["metadata"]["namespace"] for d in docs} == {"data"}
+    workers = [d for d in docs if d["metadata"]["name"].endswith("-worker")]
+    assert workers[0]["spec"]["replicas"] == 3
+    assert all(validate_manifest(d) == [] for d in docs)
+
+
+def test_cli_render_json() -> None:
+    proc = cli("render", "spark/etl", "--name", "etl-review", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["ref"] == "spark/etl@1"
+    assert doc["endpoints"]["spark_master"] == (
+        "spark://etl-review-master.default.svc.cluster.local:7077")
+    assert doc["objects"][0]["metadata"]["name"] == "etl-review-master"
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (("ray/nope",), "no spec 'ray/nope'"),
+    (("ray/train-gpu@9",), "versions that exist"),
+    (("ray/train-gpu", "--profile", "nope"), "no profile 'nope'"),
+    (("ray/train-gpu", "--name", "Bad_Name"), "name"),
+    (("ray/train-gpu", "-n", "Not_A_Namespace"), "namespace"),
+])
+def test_cli_render_bad_input_exits_2(args: tuple[str, ...], needle: str) -> None:
+    proc = cli("render", *args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert needle in proc.stderr
+    assert proc.stdout == ""
