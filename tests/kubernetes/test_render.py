@@ -445,3 +445,32 @@ def test_cli_render_bad_input_exits_2(args: tuple[str, ...], needle: str) -> Non
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert needle in proc.stderr
     assert proc.stdout == ""
+
+
+# --- the validator itself (other tests rely on it refusing what the API server refuses) --------
+
+
+def test_validator_refuses_what_the_api_server_would() -> None:
+    _, ray_out = rendered("ray/adhoc-cpu")
+    cluster = json.loads(json.dumps(ray_out.primary))
+    cluster["metadata"]["labels"]["bad key!"] = "v"
+    cluster["metadata"]["bogus"] = 1
+    group = cluster["spec"]["workerGroupSpecs"][0]
+    group["replicas"] = "two"
+    group["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    del group["minReplicas"]
+    problems = validate_manifest(cluster)
+    assert any("'bogus' was unexpected" in p for p in problems)
+    assert any("bad key!" in p for p in problems)
+    assert any(p.startswith("spec.workerGroupSpecs[0].replicas:") for p in problems)
+    assert "spec.workerGroupSpecs[0].template.spec.containers[0].imagePullPolicyy: " \
+           "unknown field" in problems
+    assert any("'minReplicas' is a required property" in p for p in problems)
+
+    _, spark_out = rendered("spark/etl")
+    deployment = json.loads(json.dumps(spark_out.primary))
+    deployment["spec"]["template"]["spec"]["containers"][0]["cpu"] = "1"
+    assert validate_manifest(deployment)
+    service = json.loads(json.dumps(spark_out.objects[1]))
+    service["metadata"]["name"] = "9-starts-with-a-digit"
+    assert any("metadata.name" in p for p in validate_manifest(service))
