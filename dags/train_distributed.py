@@ -65,8 +65,10 @@ with DAG(
     tags=["ephemeral", "reference"],
 ) as dag:
     with TaskGroup("etl"):
+        # The ETL runs through spark-submit only: no Spark Connect server to start and pay for.
         create_spark = CreateClusterOperator(task_id="create_spark", spec="spark/etl@1",
-                                             profile="{{ params.profile }}")
+                                             profile="{{ params.profile }}",
+                                             overrides={"connect": False})
         build_features = SparkSubmitOperator(
             task_id="build_features", cluster=create_spark.output,
             application=f"{JOBS}/etl_features.py",

@@ -11,13 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from ephemeral.backends import ClusterHandle, Phase, get_backend
 from ephemeral.errors import EphemeralError
+
+
+def backoff(ceiling: float, first: float = 0.25) -> Iterator[float]:
+    """Pauses between probes: short at first, since a cluster that is nearly ready idles (and
+    costs) for every second it goes unnoticed, then growing to ``ceiling``."""
+    pause = min(first, ceiling)
+    while True:
+        yield pause
+        pause = min(pause * 2, ceiling)
 
 
 class ClusterReadyTrigger(BaseTrigger):
@@ -38,6 +47,7 @@ class ClusterReadyTrigger(BaseTrigger):
         backend = get_backend(self.backend)
         handle = ClusterHandle.model_validate(self.handle)
         deadline = time.monotonic() + self.timeout
+        pauses = backoff(self.poll_interval)
         while True:
             try:
                 status = await asyncio.to_thread(backend.wait_ready, handle, timeout=0)
@@ -59,7 +69,7 @@ class ClusterReadyTrigger(BaseTrigger):
                 yield TriggerEvent({"status": "timeout", "handle": self.handle, "message":
                                     f"not ready after {self.timeout:.0f}s: {status.message}"})
                 return
-            await asyncio.sleep(self.poll_interval)
+            await asyncio.sleep(next(pauses))
 
     async def on_kill(self) -> None:
         name = self.handle.get("name")
@@ -100,6 +110,7 @@ class RayJobTrigger(BaseTrigger):
         await asyncio.to_thread(lambda: jobs.client)  # its version check blocks: not on the loop
         streamer = asyncio.create_task(self._stream_logs(jobs))
         started = time.monotonic()
+        after_stream = backoff(self.poll_interval, first=0.1)
         try:
             while True:
                 try:
@@ -120,7 +131,12 @@ class RayJobTrigger(BaseTrigger):
                     yield TriggerEvent({"status": "TIMEOUT", "job_id": self.job_id,
                                         "message": f"stopped after {self.timeout:.0f}s"})
                     return
-                await asyncio.sleep(self.poll_interval)
+                # Ray closes the log stream when the job ends: look at once rather than at the
+                # next poll, so the cluster does not sit idle until then.
+                if streamer.done():  # ended, or broke: poll soon, then at the usual pace
+                    await asyncio.sleep(next(after_stream))
+                else:
+                    await asyncio.wait({streamer}, timeout=self.poll_interval)
         finally:
             streamer.cancel()
 

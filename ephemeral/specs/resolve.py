@@ -42,9 +42,13 @@ class Overrides(Model):
     head: HeadOverride | None = None
     workers: GroupOverride | None = None
     groups: dict[str, GroupOverride] = Field(default_factory=dict)
+    connect: bool | None = None
+    """Spark only: start the Spark Connect server or not. A pipeline that only runs
+    ``spark-submit`` jobs saves a JVM and the time it takes to start."""
 
     def is_empty(self) -> bool:
-        return self.head is None and self.workers is None and not self.groups
+        return (self.head is None and self.workers is None and not self.groups
+                and self.connect is None)
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,11 @@ def _apply_overrides(data: dict[str, Any], ov: Overrides, source: str) -> dict[s
     if not ray:
         groups[0].pop("name")
         out["workers"] = groups[0]
+    if ov.connect is not None:
+        if ray:
+            raise SpecError(source, [("connect", "Spark Connect is a Spark cluster option; "
+                                                 "remove it for a Ray spec")])
+        out["connect"] = dict(out.get("connect") or {}, enabled=ov.connect)
     return out
 
 

@@ -34,3 +34,12 @@ def test_triggers_serialize_to_an_importable_path() -> None:
     assert ClusterReadyTrigger(**kwargs).serialize() == (path, kwargs)
     path, kwargs = RayJobTrigger(dashboard="http://h:1", job_id="j", cluster="c").serialize()
     assert RayJobTrigger(**kwargs).serialize() == (path, kwargs)
+
+
+def test_readiness_probes_start_fast_and_back_off_to_the_poll_interval() -> None:
+    from itertools import islice
+
+    from ephemeral.airflow.triggers import backoff
+
+    assert list(islice(backoff(2.0), 6)) == [0.25, 0.5, 1.0, 2.0, 2.0, 2.0]
+    assert list(islice(backoff(0.1), 3)) == [0.1, 0.1, 0.1]

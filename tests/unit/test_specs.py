@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ephemeral.errors import SpecNotFound
+from ephemeral.errors import SpecError, SpecNotFound
 from ephemeral.specs import (
     CI_CPU,
     ClusterIdentity,
@@ -241,6 +241,28 @@ def test_spark_head_override_sizes_the_master() -> None:
     assert isinstance(spec, SparkSpec)
     assert (spec.master.cpu, spec.master.memory) == (2, "3Gi")
     assert (spec.workers.replicas, spec.workers.memory, spec.workers.cores) == (5, "1Gi", 4)
+
+
+def test_connect_override_switches_the_connect_server_and_changes_the_hash() -> None:
+    plain = resolve("spark/etl", "ci-cpu")
+    without = resolve("spark/etl", "ci-cpu", {"connect": False})
+    assert isinstance(plain.spec, SparkSpec)
+    assert isinstance(without.spec, SparkSpec)
+    assert plain.spec.connect is not None
+    assert plain.spec.connect.enabled
+    assert without.spec.connect is not None
+    assert not without.spec.connect.enabled
+    # Everything else about the server is kept, so turning it back on restores the spec.
+    assert without.spec.connect.memory == plain.spec.connect.memory
+    assert without.hash != plain.hash
+    assert resolve("spark/etl", "ci-cpu", {"connect": True}).hash == plain.hash
+
+
+def test_connect_override_on_a_ray_spec_names_the_field() -> None:
+    with pytest.raises(SpecError) as err:
+        resolve("ray/adhoc-cpu", None, {"connect": False})
+    assert err.value.fields == ["connect"]
+    assert "Spark cluster option" in str(err.value)
 
 
 # --- content hash -----------------------------------------------------------------------------
