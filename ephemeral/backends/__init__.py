@@ -36,5 +36,8 @@ def get_backend(name: str | None = None) -> ClusterBackend:
         from ephemeral.backends.fake import InMemoryBackend
 
         return InMemoryBackend()
-    raise BackendUnavailable(f"unknown backend {name!r}; known: local, fake "
-                             "(kubernetes arrives with the Kubernetes backend)")
+    if name == "kubernetes":
+        from ephemeral.backends.kubernetes import KubeConfig, KubernetesBackend
+
+        return KubernetesBackend(KubeConfig.from_env())
+    raise BackendUnavailable(f"unknown backend {name!r}; known: local, kubernetes, fake")

@@ -1,0 +1,259 @@
+"""Clusters as Kubernetes objects: a KubeRay RayCluster, or Spark standalone Deployments.
+
+Identity is the object name: create is a POST that either makes the cluster or meets the
+existing one (409), which is adopted when its ``ephemeral.dev/spec-hash`` label matches. Every
+object carries the owner labels, so delete and list_owned work from labels alone, after any
+crash, without XCom.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from pydantic import ValidationError
+
+from ephemeral.backends.base import (
+    ClusterBackend,
+    ClusterHandle,
+    ClusterStatus,
+    Endpoints,
+    OwnerSelector,
+    Phase,
+    make_handle,
+)
+from ephemeral.backends.kubernetes import probe as probes
+from ephemeral.backends.kubernetes.client import (
+    CONFIGMAP,
+    DEPLOYMENT,
+    POD,
+    RAYCLUSTER,
+    SERVICE,
+    STATEFULSET,
+    AlreadyExists,
+    Kind,
+    KubeClient,
+    KubeRayMissing,
+    kind_of,
+    name_of,
+)
+from ephemeral.backends.kubernetes.config import KubeConfig
+from ephemeral.backends.kubernetes.render import (
+    COMPONENT_LABEL,
+    HANDLE_ANNOTATION,
+    render,
+    service_endpoints,
+)
+from ephemeral.backends.kubernetes.render.ray import head_service
+from ephemeral.backends.kubernetes.render.spark import master_service
+from ephemeral.errors import (
+    BackendUnavailable,
+    ClusterFailed,
+    EphemeralError,
+    IdentityConflict,
+    ReadinessTimeout,
+    TeardownIncomplete,
+)
+from ephemeral.specs.identity import PREFIX, ClusterIdentity
+from ephemeral.specs.resolve import ResolvedSpec
+
+log = logging.getLogger(__name__)
+
+# Deleted in this order: the primary first, so nothing recreates what is being removed.
+OWNED_KINDS: tuple[Kind, ...] = (RAYCLUSTER, DEPLOYMENT, STATEFULSET, SERVICE, CONFIGMAP)
+SPEC_HASH = PREFIX + "spec-hash"
+SPARK_MASTER = "spark-master"
+
+
+class KubernetesBackend(ClusterBackend):
+    """``KubernetesBackend(KubeConfig.from_env())``; the client is made at first use."""
+
+    name = "kubernetes"
+
+    def __init__(self, config: KubeConfig | None = None, *,
+                 client: KubeClient | None = None) -> None:
+        self.config = config or KubeConfig.from_env()
+        self.client = client or KubeClient(self.config)
+
+    # -- create --------------------------------------------------------------------------------
+
+    def create(self, spec: ResolvedSpec, *, identity: ClusterIdentity) -> ClusterHandle:
+        base = make_handle(spec, identity, backend=self.name, endpoints=Endpoints(),
+                           namespace=self.config.namespace)
+        rendered = render(spec, base, cluster_domain=self.config.cluster_domain)
+        handle = self._view(base.model_copy(update={"endpoints": rendered.endpoints}))
+        created: list[dict[str, Any]] = []
+        try:
+            for obj in rendered.objects:
+                try:
+                    self.client.create(obj)
+                except AlreadyExists:
+                    if obj is rendered.primary:
+                        return self._adopt(spec, rendered.primary)
+                    raise BackendUnavailable(
+                        f"{kind_of(obj).kind} {name_of(obj)!r} is left over from an earlier "
+                        f"cluster {identity.name!r} (being deleted?); retry once it is gone") \
+                        from None
+                created.append(obj)
+        except BaseException:
+            self._undo(created)
+            raise
+        return handle
+
+    def _adopt(self, spec: ResolvedSpec, primary: dict[str, Any]) -> ClusterHandle:
+        """The cluster exists: the same spec is adopted (missing parts are made), another is
+        refused."""
+        kind, name = kind_of(primary), name_of(primary)
+        existing = self.client.get(kind, name)
+        if existing is None or existing["metadata"].get("deletionTimestamp"):
+            raise BackendUnavailable(f"cluster {name!r} is being deleted; retry once it is gone")
+        theirs = existing["metadata"].get("labels", {}).get(SPEC_HASH)
+        if theirs != spec.hash:
+            raise IdentityConflict(f"cluster {name!r} exists with spec hash {theirs}, not "
+                                   f"{spec.hash}: delete it first or use another identity")
+        stored = self._handle_of(existing)
+        if stored is None:
+            raise IdentityConflict(f"{kind.kind} {name!r} exists but was not made by ephemeral "
+                                   f"(no {HANDLE_ANNOTATION} annotation)")
+        # A crash part-way through an earlier create may have left secondary objects missing.
+        again = render(spec, stored, cluster_domain=self.config.cluster_domain)
+        for obj in again.objects:
+            if obj is not again.primary:
+                try:
+                    self.client.create(obj)
+                except AlreadyExists:
+                    pass
+        return self._view(stored)
+
+    def _undo(self, created: list[dict[str, Any]]) -> None:
+        for obj in reversed(created):
+            try:
+                self.client.delete(kind_of(obj), name_of(obj))
+            except EphemeralError as exc:  # the original failure matters more
+                log.warning("could not delete %s %s after a failed create: %s",
+                            kind_of(obj).kind, name_of(obj), exc)
+
+    # -- readiness -----------------------------------------------------------------------------
+
+    def wait_ready(self, handle: ClusterHandle, *, timeout: float) -> ClusterStatus:
+        client = self._client(handle)
+        handle = self._view(handle)
+        deadline = time.monotonic() + timeout
+        while True:
+            status = probes.probe(client, handle, http_check=self.config.http_check)
+            if status.phase is Phase.READY or timeout <= 0:
+                return status
+            if status.phase in (Phase.GONE, Phase.DELETING):
+                raise ClusterFailed(f"cluster {handle.name!r}: {status.message}")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ReadinessTimeout(
+                    f"cluster {handle.name!r} not ready after {timeout:.0f}s "
+                    f"({status.nodes_ready}/{status.nodes_expected} nodes ready; "
+                    f"{status.message})", probes.diagnose(client, handle))
+            time.sleep(min(self.config.poll_interval, left))
+
+    # -- endpoints -----------------------------------------------------------------------------
+
+    def endpoints(self, handle: ClusterHandle) -> Endpoints:
+        if handle.endpoints == Endpoints():
+            handle = handle.model_copy(update={"endpoints": service_endpoints(
+                handle.model_copy(update={"namespace": handle.namespace
+                                          or self.config.namespace}),
+                handle.engine, cluster_domain=self.config.cluster_domain)})
+        return self._view(handle).endpoints
+
+    def _view(self, handle: ClusterHandle) -> ClusterHandle:
+        """The handle with endpoints as this configuration reaches them."""
+        if self.config.endpoint_mode != "ingress":
+            return handle
+        ep = handle.endpoints
+        update: dict[str, str] = {}
+        if ep.dashboard:
+            update["dashboard"] = self.config.ingress_url(
+                cluster=handle.name, service=head_service(handle.name), port="dashboard")
+        if ep.spark_ui:
+            update["spark_ui"] = self.config.ingress_url(
+                cluster=handle.name, service=master_service(handle.name), port="spark-ui")
+        return handle.model_copy(update={"endpoints": ep.model_copy(update=update)})
+
+    # -- delete --------------------------------------------------------------------------------
+
+    def delete(self, target: ClusterHandle | ClusterIdentity | str, *, wait: bool = True) -> None:
+        name = self.target_name(target)
+        client = self._client(target if isinstance(target, ClusterHandle) else None)
+        for kind, obj in self._owned_objects(client, name):
+            if not obj["metadata"].get("deletionTimestamp"):
+                client.delete(kind, name_of(obj))
+        if not wait:
+            return
+        deadline = time.monotonic() + self.config.delete_timeout
+        while leftover := self._leftover(client, name):
+            if time.monotonic() >= deadline:
+                raise TeardownIncomplete(name, leftover)
+            time.sleep(min(self.config.poll_interval, max(deadline - time.monotonic(), 0)))
+
+    def _owned_objects(self, client: KubeClient, name: str) -> list[tuple[Kind, dict[str, Any]]]:
+        found: list[tuple[Kind, dict[str, Any]]] = []
+        selector = f"{PREFIX}cluster={name}"
+        for kind in OWNED_KINDS:
+            try:
+                objs = client.list_objects(kind, labels=selector)
+            except KubeRayMissing:  # no CRD, so no RayCluster can exist
+                continue
+            # The Spark master carries the handle: first among the Deployments.
+            objs.sort(key=lambda o: o["metadata"].get("labels", {}).get(COMPONENT_LABEL)
+                      != SPARK_MASTER)
+            found += [(kind, o) for o in objs]
+        return found
+
+    def _leftover(self, client: KubeClient, name: str) -> list[str]:
+        left = [_describe(kind.kind, obj) for kind, obj in self._owned_objects(client, name)]
+        pods: dict[str, dict[str, Any]] = {}
+        for selector in (f"ray.io/cluster={name}", f"{PREFIX}cluster={name}"):
+            pods |= {name_of(p): p for p in client.list_objects(POD, labels=selector)}
+        return left + [_describe("Pod", p) for p in pods.values()]
+
+    # -- listing -------------------------------------------------------------------------------
+
+    def list_owned(self, selector: OwnerSelector | None = None) -> list[ClusterHandle]:
+        wanted = [f"{PREFIX}cluster", f"{PREFIX}backend={self.name}"]
+        if selector and selector.labels:
+            wanted.append(selector.as_label_selector())
+        labels = ",".join(wanted)
+        primaries: list[dict[str, Any]] = []
+        try:
+            primaries += self.client.list_objects(RAYCLUSTER, labels=labels)
+        except KubeRayMissing:
+            pass
+        primaries += self.client.list_objects(
+            DEPLOYMENT, labels=f"{labels},{COMPONENT_LABEL}={SPARK_MASTER}")
+        handles = [h for h in map(self._handle_of, primaries) if h is not None]
+        return sorted((self._view(h) for h in handles), key=lambda h: h.name)
+
+    @staticmethod
+    def _handle_of(obj: dict[str, Any]) -> ClusterHandle | None:
+        raw = (obj["metadata"].get("annotations") or {}).get(HANDLE_ANNOTATION)
+        if not raw:
+            return None
+        try:
+            return ClusterHandle.model_validate_json(raw)
+        except ValidationError:
+            log.warning("ignoring %s: unreadable %s annotation", name_of(obj), HANDLE_ANNOTATION)
+            return None
+
+    def _client(self, handle: ClusterHandle | None) -> KubeClient:
+        if handle is not None and handle.namespace:
+            return self.client.in_namespace(handle.namespace)
+        return self.client
+
+
+def _describe(kind: str, obj: dict[str, Any]) -> str:
+    meta = obj["metadata"]
+    text = f"{kind}/{meta['name']}"
+    if meta.get("deletionTimestamp"):
+        finalizers = meta.get("finalizers") or []
+        text += " (terminating" + (f"; finalizers: {', '.join(finalizers)})" if finalizers
+                                   else ")")
+    return text

@@ -1,0 +1,318 @@
+"""The one module that imports ``kubernetes``: dict-in, dict-out API calls and their errors.
+
+Objects stay plain JSON dicts (what the renderers make, what the server returns). Grouped
+resources (``ray.io``, ``apps``) go through ``CustomObjectsApi``, whose bodies are untyped; the
+core ``/api/v1`` resources go through the same ApiClient with a raw request, because the typed
+``CoreV1Api`` methods re-validate bodies client-side (pydantic) and would refuse or reshape them
+before the server's strict field validation sees them.
+
+Every ``ApiException`` and transport error becomes an ``ephemeral.errors`` type in ``_errors``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ephemeral.backends.kubernetes.config import KubeConfig
+from ephemeral.errors import BackendError, BackendUnavailable, SpecError
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One API resource: where it lives and what it is called."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def resource(self) -> str:
+        """``rayclusters.ray.io``, ``deployments.apps``, ``pods``: as RBAC rules name it."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+
+RAYCLUSTER = Kind("ray.io", "v1", "rayclusters", "RayCluster")
+DEPLOYMENT = Kind("apps", "v1", "deployments", "Deployment")
+STATEFULSET = Kind("apps", "v1", "statefulsets", "StatefulSet")
+SERVICE = Kind("", "v1", "services", "Service")
+CONFIGMAP = Kind("", "v1", "configmaps", "ConfigMap")
+POD = Kind("", "v1", "pods", "Pod")
+EVENT = Kind("", "v1", "events", "Event")
+KINDS = (RAYCLUSTER, DEPLOYMENT, STATEFULSET, SERVICE, CONFIGMAP, POD, EVENT)
+_BY_TYPE = {(k.api_version, k.kind): k for k in KINDS}
+
+
+def kind_of(obj: dict[str, Any]) -> Kind:
+    try:
+        return _BY_TYPE[(obj["apiVersion"], obj["kind"])]
+    except KeyError:
+        raise BackendError(f"the Kubernetes backend does not manage "
+                           f"{obj.get('apiVersion')}/{obj.get('kind')} objects") from None
+
+
+def name_of(obj: dict[str, Any]) -> str:
+    return str(obj["metadata"]["name"])
+
+
+class Forbidden(BackendError):
+    """The API server refused a verb on a resource (RBAC). Retrying does not help."""
+
+    def __init__(self, message: str, *, verb: str, resource: str, namespace: str) -> None:
+        self.verb = verb
+        self.resource = resource
+        self.namespace = namespace
+        super().__init__(message)
+
+
+class KubeRayMissing(BackendUnavailable):
+    """The RayCluster CRD is not installed: the platform must install KubeRay (helm)."""
+
+    retryable = False
+
+
+class AlreadyExists(BackendError):
+    """Internal to create(): the object is there already (409)."""
+
+
+@dataclass(frozen=True)
+class _Op:
+    verb: str
+    kind: Kind
+    namespace: str
+    name: str | None = None
+
+    def describe(self) -> str:
+        target = f"{self.kind.resource} {self.name!r}" if self.name else self.kind.resource
+        return f"{self.verb} {target} in namespace {self.namespace!r}"
+
+
+_NOT_INSTALLED = "the server could not find the requested resource"
+
+
+def _status(exc: Any) -> dict[str, Any]:
+    """The Status object a Kubernetes API error carries in its body (empty when it has none)."""
+    try:
+        body = json.loads(exc.body or "{}")
+    except (TypeError, ValueError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _translate(exc: Any, op: _Op) -> Exception:
+    """An ephemeral error for an ApiException raised while doing ``op``."""
+    code = int(exc.status or 0)
+    status = _status(exc)
+    message = str(status.get("message") or exc.reason or "no message")
+    if code == 403:
+        return Forbidden(
+            f"forbidden: the Kubernetes identity in use cannot {op.verb} {op.kind.resource} in "
+            f"namespace {op.namespace!r}; grant verb {op.verb!r} on resource "
+            f"{op.kind.plural!r} of API group {op.kind.group!r} (a Role bound to the Airflow "
+            f"service account). Server said: {message}",
+            verb=op.verb, resource=op.kind.resource, namespace=op.namespace)
+    if code == 401:
+        return BackendUnavailable(f"unauthorized: the API server rejected the credentials "
+                                  f"while trying to {op.describe()}: {message}")
+    if code == 404 and (not status.get("details", {}).get("name") or message == _NOT_INSTALLED):
+        if op.kind is RAYCLUSTER:
+            return KubeRayMissing(
+                "KubeRay is not installed (CRD rayclusters.ray.io not found): install the "
+                "kuberay-operator helm chart in this cluster; tasks never install it")
+        return BackendUnavailable(f"the API server does not serve {op.kind.resource} "
+                                  f"({op.describe()}): {message}")
+    if code in (400, 422):
+        causes = status.get("details", {}).get("causes") or []
+        problems = [(str(c.get("field", "")), str(c.get("message", ""))) for c in causes]
+        return SpecError(f"{op.kind.kind} {op.name or ''} (refused by the API server: "
+                         f"{message})".replace("  ", " "), problems or [("", message)])
+    if code == 429 or code >= 500:
+        return BackendUnavailable(f"the API server failed to {op.describe()} "
+                                  f"(HTTP {code}): {message}")
+    return BackendError(f"could not {op.describe()} (HTTP {code}): {message}")
+
+
+@contextlib.contextmanager
+def _errors(op: _Op) -> Iterator[None]:
+    """The one place where foreign errors become ``ephemeral.errors``."""
+    import urllib3.exceptions
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        yield
+    except ApiException as exc:
+        raise _translate(exc, op) from exc
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise BackendUnavailable(f"cannot reach the Kubernetes API server to {op.describe()}: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+
+
+class KubeClient:
+    """Namespaced create/get/list/delete of plain-dict objects."""
+
+    def __init__(self, config: KubeConfig, api_client: Any = None) -> None:
+        self.config = config
+        self.namespace = config.namespace
+        self._api = api_client
+
+    def in_namespace(self, namespace: str) -> KubeClient:
+        """The same connection, another namespace (handles name the namespace they live in)."""
+        if namespace == self.namespace:
+            return self
+        other = KubeClient(self.config.model_copy(update={"namespace": namespace}), self._api)
+        if self._api is None:
+            other._api = self.api
+        return other
+
+    @property
+    def api(self) -> Any:
+        if self._api is None:
+            self._api = build_api_client(self.config)
+        return self._api
+
+    def close(self) -> None:
+        if self._api is not None:
+            self._api.close()
+            self._api = None
+
+    # -- verbs ---------------------------------------------------------------------------------
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create with strict field validation; raises ``AlreadyExists`` on 409."""
+        kind = kind_of(obj)
+        op = _Op("create", kind, self.namespace, name_of(obj))
+        from kubernetes.client.exceptions import ApiException
+
+        with _errors(op):
+            try:
+                if kind.group:
+                    return dict(self._custom().create_namespaced_custom_object(
+                        kind.group, kind.version, self.namespace, kind.plural, obj,
+                        field_validation="Strict", _request_timeout=self._timeout))
+                return self._core("POST", kind, query=[("fieldValidation", "Strict")], body=obj)
+            except ApiException as exc:
+                if exc.status == 409:
+                    raise AlreadyExists(_status(exc).get("message", "exists")) from exc
+                raise
+
+    def get(self, kind: Kind, name: str) -> dict[str, Any] | None:
+        """The object, or None when there is none."""
+        from kubernetes.client.exceptions import ApiException
+
+        with _errors(_Op("get", kind, self.namespace, name)):
+            try:
+                if kind.group:
+                    return dict(self._custom().get_namespaced_custom_object(
+                        kind.group, kind.version, self.namespace, kind.plural, name,
+                        _request_timeout=self._timeout))
+                return self._core("GET", kind, name=name)
+            except ApiException as exc:
+                if exc.status == 404 and _status(exc).get("details", {}).get("name"):
+                    return None
+                raise
+
+    def list_objects(self, kind: Kind, *, labels: str | None = None,
+             fields: str | None = None) -> list[dict[str, Any]]:
+        with _errors(_Op("list", kind, self.namespace)):
+            if kind.group:
+                result = self._custom().list_namespaced_custom_object(
+                    kind.group, kind.version, self.namespace, kind.plural,
+                    label_selector=labels, field_selector=fields,
+                    _request_timeout=self._timeout)
+            else:
+                query = [(k, v) for k, v in (("labelSelector", labels),
+                                             ("fieldSelector", fields)) if v]
+                result = self._core("GET", kind, query=query)
+        return list(result.get("items") or [])
+
+    def delete(self, kind: Kind, name: str) -> bool:
+        """Foreground delete: the object stays until its dependents are gone. False if missing."""
+        from kubernetes.client.exceptions import ApiException
+
+        with _errors(_Op("delete", kind, self.namespace, name)):
+            try:
+                if kind.group:
+                    self._custom().delete_namespaced_custom_object(
+                        kind.group, kind.version, self.namespace, kind.plural, name,
+                        propagation_policy="Foreground", _request_timeout=self._timeout)
+                else:
+                    self._core("DELETE", kind, name=name,
+                               query=[("propagationPolicy", "Foreground")])
+            except ApiException as exc:
+                if exc.status == 404 and _status(exc).get("details", {}).get("name"):
+                    return False
+                raise
+        return True
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    @property
+    def _timeout(self) -> float:
+        return self.config.request_timeout
+
+    def _custom(self) -> Any:
+        from kubernetes import client
+
+        return client.CustomObjectsApi(self.api)
+
+    def _core(self, method: str, kind: Kind, *, name: str | None = None,
+              query: list[tuple[str, str]] | None = None,
+              body: dict[str, Any] | None = None) -> dict[str, Any]:
+        from kubernetes.client.exceptions import ApiException
+
+        path = f"/api/{kind.version}/namespaces/{self.namespace}/{kind.plural}"
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        request = self.api.param_serialize(
+            method=method, resource_path=path + (f"/{name}" if name else ""),
+            query_params=query or [], header_params=headers, body=body,
+            auth_settings=["BearerToken"])
+        response = self.api.call_api(*request, _request_timeout=self._timeout)
+        response.read()
+        if not 200 <= response.status <= 299:
+            raise ApiException.from_response(http_resp=response, body=None, data=None)
+        return dict(json.loads(response.data or b"{}"))
+
+
+def build_api_client(config: KubeConfig) -> Any:
+    """An ApiClient for ``config``: in-cluster, a kubeconfig file, or kubeconfig content."""
+    import yaml
+    from kubernetes import client
+    from kubernetes import config as untyped_config
+    from kubernetes.config.config_exception import ConfigException
+
+    kube_config: Any = untyped_config  # the loaders are untyped
+
+    configuration = client.Configuration()
+    try:
+        if config.in_cluster:
+            kube_config.load_incluster_config(client_configuration=configuration)
+        elif config.kubeconfig is not None:
+            data = yaml.safe_load(config.kubeconfig.get_secret_value())
+            kube_config.load_kube_config_from_dict(
+                data, context=config.context, client_configuration=configuration,
+                persist_config=False)
+        else:
+            kube_config.load_kube_config(
+                config_file=config.kubeconfig_path, context=config.context,
+                client_configuration=configuration, persist_config=False)
+    except (ConfigException, yaml.YAMLError, OSError, TypeError) as exc:
+        # The exception text of a bad kubeconfig can quote its content: keep it out.
+        source = ("in-cluster service account" if config.in_cluster else
+                  "kubeconfig content" if config.kubeconfig is not None else
+                  f"kubeconfig {config.kubeconfig_path or '(default location)'}")
+        if config.kubeconfig is not None:
+            raise BackendUnavailable(f"cannot load Kubernetes credentials from {source}") from None
+        raise BackendUnavailable(f"cannot load Kubernetes credentials from {source}: {exc}") \
+            from exc
+    configuration.verify_ssl = config.verify_ssl
+    return client.ApiClient(configuration)

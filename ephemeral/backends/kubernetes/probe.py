@@ -1,0 +1,175 @@
+"""Is a cluster on Kubernetes ready? One probe, no waiting: the backend loops over it, and so
+does Airflow's deferred trigger (through ``backend.wait_ready(handle, timeout=0)``).
+
+Ray: the RayCluster's ``status.state == "ready"`` (or conditions HeadPodReady and
+RayClusterProvisioned both True), then the dashboard answers ``GET /api/version``. KubeRay
+reports an invalid spec only as a Warning Event ``InvalidRayClusterSpec`` (no status): that
+fails the cluster at once. Spark: every Deployment available, then the master UI's ``/json/``
+lists as many ALIVE workers as the worker Deployment wants.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+from ephemeral.backends.base import ClusterHandle, ClusterStatus, Phase
+from ephemeral.backends.kubernetes.client import DEPLOYMENT, EVENT, POD, RAYCLUSTER, KubeClient
+from ephemeral.backends.kubernetes.render import COMPONENT_LABEL
+from ephemeral.errors import ClusterFailed
+from ephemeral.specs.identity import PREFIX
+
+INVALID_SPEC_REASON = "InvalidRayClusterSpec"
+
+
+def probe(client: KubeClient, handle: ClusterHandle, *, http_check: bool = True) -> ClusterStatus:
+    if handle.engine == "ray":
+        return _probe_ray(client, handle, http_check)
+    return _probe_spark(client, handle, http_check)
+
+
+def pod_selector(handle: ClusterHandle) -> str:
+    """The label selector of a cluster's pods (KubeRay labels its pods ``ray.io/cluster``)."""
+    if handle.engine == "ray":
+        return f"ray.io/cluster={handle.name}"
+    return f"{PREFIX}cluster={handle.name}"
+
+
+def _probe_ray(client: KubeClient, handle: ClusterHandle, http_check: bool) -> ClusterStatus:
+    cluster = client.get(RAYCLUSTER, handle.name)
+    if cluster is None:
+        return ClusterStatus(phase=Phase.GONE, message="no such RayCluster")
+    if cluster["metadata"].get("deletionTimestamp"):
+        return ClusterStatus(phase=Phase.DELETING, message="RayCluster is being deleted")
+    invalid = [e for e in cluster_events(client, "RayCluster", handle.name)
+               if e.get("reason") == INVALID_SPEC_REASON]
+    if invalid:
+        raise ClusterFailed(f"KubeRay refused RayCluster {handle.name!r} "
+                            f"({INVALID_SPEC_REASON})", invalid[-1].get("message", ""))
+    expected = 1 + sum(int(g.get("replicas", 0)) * int(g.get("numOfHosts", 1))
+                       for g in cluster.get("spec", {}).get("workerGroupSpecs", []))
+    pods = client.list_objects(POD, labels=pod_selector(handle))
+    ready_pods = sum(1 for p in pods if pod_ready(p))
+    status = cluster.get("status") or {}
+    conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+    ready = status.get("state") == "ready" or (
+        conditions.get("HeadPodReady") == "True"
+        and conditions.get("RayClusterProvisioned") == "True")
+    counts = {"nodes_ready": min(ready_pods, expected), "nodes_expected": expected}
+    if not ready:
+        return ClusterStatus(phase=Phase.STARTING, message="RayCluster not ready: state="
+                             f"{status.get('state') or 'none'}", **counts)
+    dashboard = handle.endpoints.dashboard
+    if http_check and dashboard and get_json(dashboard + "/api/version") is None:
+        return ClusterStatus(phase=Phase.STARTING, message=f"dashboard {dashboard} does not "
+                             "answer yet", **counts)
+    return ClusterStatus(phase=Phase.READY, nodes_ready=expected, nodes_expected=expected)
+
+
+def _probe_spark(client: KubeClient, handle: ClusterHandle, http_check: bool) -> ClusterStatus:
+    deployments = client.list_objects(DEPLOYMENT, labels=f"{PREFIX}cluster={handle.name}")
+    if not deployments:
+        return ClusterStatus(phase=Phase.GONE, message="no Deployments of this cluster")
+    if any(d["metadata"].get("deletionTimestamp") for d in deployments):
+        return ClusterStatus(phase=Phase.DELETING, message="cluster is being deleted")
+    wanted = {_component(d): int(d.get("spec", {}).get("replicas", 1)) for d in deployments}
+    available = {_component(d): int((d.get("status") or {}).get("availableReplicas") or 0)
+                 for d in deployments}
+    expected = sum(wanted.values())
+    ready = sum(min(available[c], n) for c, n in wanted.items())
+    not_available = sorted(c for c, n in wanted.items() if available[c] < n)
+    if not_available:
+        return ClusterStatus(phase=Phase.STARTING, nodes_ready=ready, nodes_expected=expected,
+                             message="not available yet: " + ", ".join(not_available))
+    workers = wanted.get("spark-worker", 0)
+    ui = handle.endpoints.spark_ui
+    if http_check and ui:
+        state = get_json(ui + "/json/")
+        alive = _alive_workers(state)
+        if alive < workers:
+            return ClusterStatus(
+                phase=Phase.STARTING, nodes_ready=expected - workers + alive,
+                nodes_expected=expected,
+                message=f"{alive} of {workers} workers ALIVE at the master ({ui})")
+    return ClusterStatus(phase=Phase.READY, nodes_ready=expected, nodes_expected=expected)
+
+
+def _component(obj: dict[str, Any]) -> str:
+    return str(obj["metadata"].get("labels", {}).get(COMPONENT_LABEL) or obj["metadata"]["name"])
+
+
+def _alive_workers(state: Any) -> int:
+    if not isinstance(state, dict):
+        return 0
+    return sum(1 for w in state.get("workers") or [] if w.get("state") == "ALIVE")
+
+
+def pod_ready(pod: dict[str, Any]) -> bool:
+    status = pod.get("status") or {}
+    return status.get("phase") == "Running" and any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or [])
+
+
+def cluster_events(client: KubeClient, kind: str, name: str) -> list[dict[str, Any]]:
+    """Warning events about one object, oldest first."""
+    events = client.list_objects(
+        EVENT, fields=f"involvedObject.kind={kind},involvedObject.name={name}")
+    warnings = [e for e in events if e.get("type") == "Warning"]
+    return sorted(warnings, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+
+
+def diagnose(client: KubeClient, handle: ClusterHandle) -> str:
+    """Why a cluster is not ready: its Warning events and its pods' waiting reasons."""
+    lines: list[str] = []
+    primary_kind = "RayCluster" if handle.engine == "ray" else "Deployment"
+    objects = [(primary_kind, handle.name)]
+    if handle.engine == "spark":
+        deployments = client.list_objects(DEPLOYMENT, labels=f"{PREFIX}cluster={handle.name}")
+        objects = [("Deployment", d["metadata"]["name"]) for d in deployments]
+    pods = client.list_objects(POD, labels=pod_selector(handle))
+    for pod in pods:
+        lines += pod_problems(pod)
+    for kind, name in objects + [("Pod", p["metadata"]["name"]) for p in pods]:
+        for event in cluster_events(client, kind, name):
+            count = event.get("count")
+            times = f" (x{count})" if count and int(count) > 1 else ""
+            lines.append(f"event {kind.lower()}/{name}: Warning {event.get('reason')}: "
+                         f"{event.get('message', '')}{times}")
+    if not pods:
+        lines.append(f"no pods with {pod_selector(handle)} exist")
+    return "\n".join(lines)
+
+
+def pod_problems(pod: dict[str, Any]) -> list[str]:
+    """``pod/x: ImagePullBackOff ...`` and ``pod/x: Unschedulable ...`` lines of one pod."""
+    name = pod["metadata"]["name"]
+    status = pod.get("status") or {}
+    out: list[str] = []
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            out.append(f"pod/{name}: not scheduled: {cond.get('reason')}: "
+                       f"{cond.get('message', '')}")
+    for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses")
+                                                                or []):
+        state = cs.get("state") or {}
+        for what in ("waiting", "terminated"):
+            info = state.get(what)
+            if info and info.get("reason") not in (None, "ContainerCreating", "PodInitializing",
+                                                   "Completed"):
+                out.append(f"pod/{name}: container {cs.get('name')} {what}: {info.get('reason')}"
+                           f": {info.get('message', '')}".rstrip(": "))
+    return out
+
+
+def get_json(url: str, *, timeout: float = 3.0) -> Any:
+    """GET ``url`` and parse JSON; None when it does not answer with 200 and JSON (yet)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            if resp.status != 200:
+                return None
+            return json.loads(resp.read() or b"null")
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
