@@ -1,7 +1,7 @@
 """The backend contract of DESIGN.md, one suite run against every backend.
 
-The local backend runs it with real Ray and Spark processes; the Kubernetes backend will join
-the parametrization when it lands.
+The local backend runs it with real Ray and Spark processes; the Kubernetes backend runs it
+against the strict API mock of tests/kubernetes (real client, real HTTP, a KubeRay-like operator).
 """
 
 from __future__ import annotations
@@ -21,10 +21,16 @@ from tests.conftest import small
 READY_TIMEOUT = 180
 
 
-@pytest.fixture(params=["fake", pytest.param("local", marks=pytest.mark.local)])
-def backend(request: pytest.FixtureRequest, ephemeral_home: Path) -> Iterator[ClusterBackend]:
+@pytest.fixture(params=["fake", "kubernetes", pytest.param("local", marks=pytest.mark.local)])
+def backend(request: pytest.FixtureRequest, ephemeral_home: Path,
+            tmp_path: Path) -> Iterator[ClusterBackend]:
     if request.param == "fake":
         yield InMemoryBackend()
+    elif request.param == "kubernetes":
+        from tests.kubernetes.apiserver.harness import mock_backend
+
+        with mock_backend(tmp_path) as k8s:
+            yield k8s
     else:
         yield request.getfixturevalue("local_backend")
 

@@ -1,0 +1,232 @@
+"""The HTTP side of the mock: kmock serves the requests; the verbs below keep the store and
+answer like the real API server (status codes, Status bodies, 201 on create)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import kmock
+import yaml
+
+from tests.kubernetes.apiserver.store import RESOURCES, Resource, SelectorError, Store
+
+Validator = Callable[[dict[str, Any]], list[str]]
+NOT_INSTALLED = "the server could not find the requested resource"
+
+
+def status(code: int, reason: str, message: str, **details: Any) -> kmock.Response:
+    body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": reason, "details": details, "code": code}
+    return kmock.Response(status=code, payload=body)
+
+
+@attrs.define(kw_only=True)
+class _Handler(kmock.KubernetesScaffold):
+    api: ApiServer
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.fallback[kmock.action.LIST] << self.api.serve
+        self.fallback[kmock.action.FETCH] << self.api.serve
+        self.fallback[kmock.action.CREATE] << self.api.serve
+        self.fallback[kmock.action.DELETE] << self.api.serve
+        self.fallback[kmock.action.UPDATE] << self.api.serve
+        self.fallback[kmock.action.WATCH] << self.api.serve
+
+
+class ApiServer:
+    """``start()`` it, point a kubeconfig at ``url``; ``stop()`` in a finalizer."""
+
+    def __init__(self, *, validate: Validator | None = None, namespace: str = "default",
+                 token: str = "mock-token") -> None:
+        self.store = Store()
+        self.validate = validate
+        self.namespace = namespace
+        self.token = token
+        self.crd_installed = True
+        self.forbidden: set[tuple[str, str]] = set()
+        self.failures: dict[tuple[str, str], list[int]] = {}
+        self.calls: list[tuple[str, str, dict[str, str], bytes]] = []
+        self._handler = _Handler(api=self)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                        name="k8s-api-mock")
+        self._server: kmock.Server | None = None
+        self.url = ""
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> ApiServer:
+        self._thread.start()
+        self._server = self._run(self._enter())
+        self.url = str(self._server.url).rstrip("/")
+        return self
+
+    async def _enter(self) -> kmock.Server:
+        await self._handler.__aenter__()
+        server = kmock.Server(self._handler)
+        await server.__aenter__()
+        return server
+
+    async def _exit(self) -> None:
+        assert self._server is not None
+        await self._server.__aexit__(None, None, None)
+        await self._handler.__aexit__(None, None, None)
+
+    def stop(self) -> None:
+        errors = list(self._handler.errors)
+        if self._server is not None:
+            self._run(self._exit())
+            self._server = None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+        assert not errors, f"the API mock itself failed: {errors!r}"
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)
+
+    def kubeconfig(self, path: Path | None = None, *, context: str = "mock") -> dict[str, Any]:
+        """A kubeconfig for this server (written to ``path`` when given)."""
+        config = {
+            "apiVersion": "v1", "kind": "Config", "current-context": context,
+            "clusters": [{"name": "mock", "cluster": {"server": self.url}}],
+            "users": [{"name": "mock-user", "user": {"token": self.token}}],
+            "contexts": [{"name": context, "context": {"cluster": "mock", "user": "mock-user",
+                                                       "namespace": self.namespace}}],
+        }
+        if path is not None:
+            path.write_text(yaml.safe_dump(config))
+        return config
+
+    # -- test controls -------------------------------------------------------------------------
+
+    def forbid(self, verb: str, plural: str) -> None:
+        """Answer ``verb`` on ``plural`` with 403, as RBAC does."""
+        self.forbidden.add((verb, plural))
+
+    def fail(self, verb: str, plural: str, code: int = 500, times: int = 1) -> None:
+        self.failures.setdefault((verb, plural), []).extend([code] * times)
+
+    def bodies(self) -> list[bytes]:
+        return [body for *_, body in self.calls]
+
+    # -- the API -------------------------------------------------------------------------------
+
+    def serve(self, request: kmock.Request) -> kmock.Response:
+        # Always a Response with its status: kmock copies a returned Response's status onto
+        # the reaction, so a bare dict after an error would be sent with that error's code.
+        answer = self._serve(request)
+        return answer if isinstance(answer, kmock.Response) else kmock.Response(status=200,
+                                                                                 payload=answer)
+
+    def _serve(self, request: kmock.Request) -> Any:
+        self.calls.append((request.method.value, str(request.url.path_qs),
+                           dict(request.headers), request.body))
+        res_ref = request.resource
+        assert res_ref is not None
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return status(401, "Unauthorized", "Unauthorized")
+        res = RESOURCES.get(res_ref.plural or "")
+        if (res is None or (res.group, res.version) != (res_ref.group, res_ref.version)
+                or (res.plural == "rayclusters" and not self.crd_installed)):
+            return status(404, "NotFound", NOT_INSTALLED)
+        if request.namespace is None:
+            return status(405, "MethodNotAllowed", "this mock serves namespaced requests only")
+        verb = {kmock.action.LIST: "list", kmock.action.FETCH: "get",
+                kmock.action.CREATE: "create", kmock.action.DELETE: "delete",
+                kmock.action.UPDATE: "patch", kmock.action.WATCH: "watch"}[request.action]
+        if (verb, res.plural) in self.forbidden:
+            return status(403, "Forbidden", f'{res.qualified} is forbidden: User '
+                          f'"system:serviceaccount:{self.namespace}:airflow" cannot {verb} '
+                          f'resource "{res.plural}" in API group "{res.group}" in the '
+                          f'namespace "{request.namespace}"',
+                          group=res.group, kind=res.plural, name=request.name or "")
+        if self.failures.get((verb, res.plural)):
+            code = self.failures[(verb, res.plural)].pop(0)
+            return status(code, "InternalError", "etcdserver: request timed out")
+        handler = getattr(self, f"_{verb}", None)
+        if handler is None:
+            return status(405, "MethodNotAllowed", f"{verb} is not supported by this mock")
+        return handler(request, res, request.namespace)
+
+    def _list(self, request: kmock.Request, res: Resource, ns: str) -> Any:
+        try:
+            items = self.store.list(res.plural, ns, labels=request.params.get("labelSelector", ""),
+                                    fields=request.params.get("fieldSelector", ""))
+        except SelectorError as exc:
+            return status(400, "BadRequest", str(exc))
+        return {"apiVersion": res.api_version, "kind": f"{res.kind}List",
+                "metadata": {"resourceVersion": self.store.resource_version()}, "items": items}
+
+    def _get(self, request: kmock.Request, res: Resource, ns: str) -> Any:
+        assert request.name is not None
+        obj = self.store.get(res.plural, ns, request.name)
+        if obj is None:
+            return self._not_found(res, request.name)
+        return obj
+
+    def _create(self, request: kmock.Request, res: Resource, ns: str) -> Any:
+        obj = request.data
+        if not isinstance(obj, dict):
+            return status(400, "BadRequest", "the body of the request is not a JSON object")
+        meta = obj.get("metadata") or {}
+        name = meta.get("name")
+        if (obj.get("apiVersion"), obj.get("kind")) != (res.api_version, res.kind):
+            return status(400, "BadRequest", f"the API version in the data "
+                          f"({obj.get('apiVersion')}/{obj.get('kind')}) does not match the "
+                          f"expected API version ({res.api_version}/{res.kind})")
+        if meta.get("namespace") not in (None, ns):
+            return status(400, "BadRequest", "the namespace of the provided object does not "
+                          "match the namespace sent on the request")
+        if not name:
+            return status(422, "Invalid", f"{res.kind} is invalid: metadata.name: Required "
+                          "value", causes=[{"field": "metadata.name",
+                                            "reason": "FieldValueRequired",
+                                            "message": "Required value: name is required"}])
+        if self.validate is not None:
+            problems = self.validate(obj)
+            unknown = [p for p in problems if p.endswith(": unknown field")]
+            if unknown and request.params.get("fieldValidation") == "Strict":
+                fields = ", ".join(f'unknown field "{p.rsplit(":", 1)[0]}"' for p in unknown)
+                return status(400, "BadRequest", f"{res.kind} in version "
+                              f'"{res.version}" cannot be handled as a {res.kind}: strict '
+                              f"decoding error: {fields}")
+            invalid = [p for p in problems if not p.endswith(": unknown field")]
+            if invalid:
+                causes = [{"reason": "FieldValueInvalid", "field": p.split(": ", 1)[0],
+                           "message": p.split(": ", 1)[-1]} for p in invalid]
+                return status(422, "Invalid", f'{res.kind}.{res.group or "core"} "{name}" is '
+                              f"invalid: {'; '.join(invalid)}", name=name, group=res.group,
+                              kind=res.plural, causes=causes)
+        with self.store.lock:
+            if self.store.get(res.plural, ns, name) is not None:
+                return status(409, "AlreadyExists", f'{res.qualified} "{name}" already exists',
+                              name=name, group=res.group, kind=res.plural)
+            stored = self.store.put(res.plural, ns, obj)
+        return kmock.Response(status=201, payload=stored)
+
+    def _delete(self, request: kmock.Request, res: Resource, ns: str) -> Any:
+        assert request.name is not None
+        body = request.data if isinstance(request.data, dict) else {}
+        policy = request.params.get("propagationPolicy") or body.get("propagationPolicy")
+        with self.store.lock:
+            if self.store.get(res.plural, ns, request.name) is None:
+                return self._not_found(res, request.name)
+            self.store.mark_deleted(res.plural, ns, request.name,
+                                    foreground=policy == "Foreground")
+            left = self.store.get(res.plural, ns, request.name)
+        if left is not None:
+            return left
+        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                "details": {"name": request.name, "group": res.group, "kind": res.plural}}
+
+    @staticmethod
+    def _not_found(res: Resource, name: str) -> Any:
+        return status(404, "NotFound", f'{res.qualified} "{name}" not found', name=name,
+                      group=res.group, kind=res.plural)

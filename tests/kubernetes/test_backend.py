@@ -1,0 +1,263 @@
+"""KubernetesBackend against the strict API mock with a test-driven operator."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from ephemeral.backends import get_backend
+from ephemeral.backends.base import OwnerSelector, Phase
+from ephemeral.backends.kubernetes import KubeConfig, KubernetesBackend
+from ephemeral.backends.kubernetes.client import RAYCLUSTER
+from ephemeral.errors import (
+    BackendUnavailable,
+    ClusterFailed,
+    IdentityConflict,
+    ReadinessTimeout,
+    TeardownIncomplete,
+)
+from ephemeral.specs import ClusterIdentity
+from ephemeral.specs.identity import PREFIX
+from ephemeral.specs.resolve import ResolvedSpec
+from tests.conftest import small
+from tests.kubernetes.apiserver import ApiServer, Operator, RayScenario, WebEndpoints
+from tests.kubernetes.conftest import NAMESPACE
+
+RAY = small("ray/adhoc-cpu", replicas=1)
+SPARK = small("spark/etl")
+
+
+def owner(spec: ResolvedSpec, run: str = "run-1") -> ClusterIdentity:
+    return ClusterIdentity(spec_name=spec.spec.name, dag_id="k8s", run_id=run,
+                           task_id="create_cluster")
+
+
+def names(server: ApiServer, plural: str) -> list[str]:
+    return [o["metadata"]["name"] for o in server.store.list(plural, NAMESPACE)]
+
+
+def test_ray_cluster_becomes_ready_and_adopts(k8s_backend: KubernetesBackend,
+                                              apiserver: ApiServer, web: WebEndpoints) -> None:
+    handle = k8s_backend.create(RAY, identity=owner(RAY))
+    assert handle.namespace == NAMESPACE
+    assert handle.endpoints.gcs == f"{handle.name}-head-svc.{NAMESPACE}.svc.cluster.local:6379"
+    assert handle.endpoints.dashboard == f"http://127.0.0.1:{web.port}/{NAMESPACE}/" \
+                                         f"{handle.name}/dashboard"
+    status = k8s_backend.wait_ready(handle, timeout=5)
+    assert (status.phase, status.nodes_ready, status.nodes_expected) == (Phase.READY, 2, 2)
+    assert f"/{NAMESPACE}/{handle.name}/dashboard/api/version" in web.hits
+    assert k8s_backend.create(RAY, identity=owner(RAY)) == handle
+    assert names(apiserver, "rayclusters") == [handle.name]
+
+
+def test_dashboard_must_answer(k8s_backend: KubernetesBackend, web: WebEndpoints) -> None:
+    web.down = True
+    handle = k8s_backend.create(RAY, identity=owner(RAY))
+    with pytest.raises(ReadinessTimeout, match=r"dashboard .* does not answer"):
+        k8s_backend.wait_ready(handle, timeout=0.5)
+    web.down = False
+    assert k8s_backend.wait_ready(handle, timeout=5).ready
+
+
+def test_spark_cluster_ready_when_workers_alive(k8s_backend: KubernetesBackend,
+                                                apiserver: ApiServer, web: WebEndpoints) -> None:
+    handle = k8s_backend.create(SPARK, identity=owner(SPARK))
+    assert names(apiserver, "deployments") == [f"{handle.name}-{c}"
+                                               for c in ("connect", "master", "worker")]
+    status = k8s_backend.wait_ready(handle, timeout=5)
+    assert status.ready
+    assert status.nodes_expected == 4  # master, 2 workers, connect
+    assert any(h.endswith("/spark-ui/json/") for h in web.hits)
+    assert [h.name for h in k8s_backend.list_owned()] == [handle.name]
+    k8s_backend.delete(handle)
+    assert apiserver.store.all() == []
+
+
+def test_another_spec_under_the_same_identity_is_refused(k8s_backend: KubernetesBackend) -> None:
+    k8s_backend.create(RAY, identity=owner(RAY))
+    with pytest.raises(IdentityConflict, match="spec hash"):
+        k8s_backend.create(small("ray/adhoc-cpu", replicas=2), identity=owner(RAY))
+
+
+def test_image_pull_backoff_times_out_with_events_and_pod_reasons(
+        k8s_backend: KubernetesBackend, operator: Operator) -> None:
+    operator.ray_scenario = RayScenario.IMAGE_PULL
+    handle = k8s_backend.create(RAY, identity=owner(RAY))
+    with pytest.raises(ReadinessTimeout) as info:
+        k8s_backend.wait_ready(handle, timeout=0.5)
+    text = str(info.value)
+    assert "0/2 nodes ready" in text
+    assert f"pod/{handle.name}-head: container ray-head waiting: ImagePullBackOff" in text
+    assert 'Warning Failed: Failed to pull image "rayproject/ray:2.60.0-py311-cpu"' in text
+    assert info.value.retryable
+
+
+def test_unschedulable_gpu_pods_are_explained(k8s_backend: KubernetesBackend,
+                                              operator: Operator) -> None:
+    operator.ray_scenario = RayScenario.UNSCHEDULABLE
+    handle = k8s_backend.create(RAY, identity=owner(RAY))
+    with pytest.raises(ReadinessTimeout) as info:
+        k8s_backend.wait_ready(handle, timeout=0.5)
+    assert "not scheduled: Unschedulable: 0/3 nodes are available: 3 Insufficient " \
+           "nvidia.com/gpu" in info.value.details
+    assert "Warning FailedScheduling" in info.value.details
+
+
+def test_invalid_spec_event_fails_at_once(k8s_backend: KubernetesBackend,
+                                          operator: Operator) -> None:
+    operator.ray_scenario = RayScenario.INVALID
+    handle = k8s_backend.create(RAY, identity=owner(RAY))
+    started = time.monotonic()
+    with pytest.raises(ClusterFailed, match="InvalidRayClusterSpec"):
+        k8s_backend.wait_ready(handle, timeout=30)
+    assert time.monotonic() - started < 5
+
+
+def test_partial_create_deletes_what_it_made(k8s_backend: KubernetesBackend,
+                                             apiserver: ApiServer, operator: Operator) -> None:
+    operator.deployments_ready = False
+    apiserver.fail("create", "services", 500)  # the master's Service, after the master
+    with pytest.raises(BackendUnavailable):
+        k8s_backend.create(SPARK, identity=owner(SPARK))
+    deadline = time.monotonic() + 3
+    while apiserver.store.list("deployments", NAMESPACE) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert apiserver.store.all() == []
+    # Nothing is left half-made, so a retry starts from scratch and succeeds.
+    operator.deployments_ready = True
+    assert k8s_backend.wait_ready(k8s_backend.create(SPARK, identity=owner(SPARK)),
+                                  timeout=5).ready
+
+
+def test_foreground_delete_waits_for_the_pods(k8s_backend: KubernetesBackend,
+                                              apiserver: ApiServer, operator: Operator) -> None:
+    operator.pod_grace = 1.0
+    handle = k8s_backend.create(RAY, identity=owner(RAY))
+    k8s_backend.wait_ready(handle, timeout=5)
+    started = time.monotonic()
+    k8s_backend.delete(handle, wait=True)
+    assert time.monotonic() - started >= 0.5
+    assert apiserver.store.all() == []
+    assert k8s_backend.wait_ready(handle, timeout=0).phase is Phase.GONE
+    deletes = [path for method, path, *_ in apiserver.calls if method == "DELETE"]
+    assert deletes == [f"/apis/ray.io/v1/namespaces/{NAMESPACE}/rayclusters/{handle.name}"
+                       "?propagationPolicy=Foreground"]
+
+
+def test_delete_without_wait_returns_at_once(k8s_backend: KubernetesBackend,
+                                             operator: Operator) -> None:
+    operator.pod_grace = 2.0
+    handle = k8s_backend.create(RAY, identity=owner(RAY))
+    k8s_backend.wait_ready(handle, timeout=5)
+    k8s_backend.delete(handle, wait=False)
+    assert k8s_backend.wait_ready(handle, timeout=0).phase in (Phase.DELETING, Phase.GONE)
+
+
+def test_a_finalizer_that_never_clears_is_teardown_incomplete(
+        k8s_backend: KubernetesBackend, apiserver: ApiServer, operator: Operator) -> None:
+    operator.ray_scenario = RayScenario.STUCK_FINALIZER
+    handle = k8s_backend.create(RAY, identity=owner(RAY))
+    k8s_backend.wait_ready(handle, timeout=5)
+    fast = KubernetesBackend(k8s_backend.config.model_copy(update={"delete_timeout": 0.5}))
+    with pytest.raises(TeardownIncomplete) as info:
+        fast.delete(handle, wait=True)
+    assert info.value.leftover == [f"RayCluster/{handle.name} (terminating; finalizers: "
+                                   "ray.io/gcs-ft-redis-cleanup-finalizer)"]
+    # The finalizer is removed (the operator's timeout): the next delete completes.
+    apiserver.store.update("rayclusters", NAMESPACE, handle.name,
+                           lambda o: o["metadata"].update(finalizers=[]))
+    k8s_backend.delete(handle, wait=True)
+    assert apiserver.store.all() == []
+
+
+def test_list_owned_ignores_foreign_and_unlabelled_objects(
+        k8s_backend: KubernetesBackend, apiserver: ApiServer) -> None:
+    mine = k8s_backend.create(RAY, identity=owner(RAY, run="run-a"))
+    other = k8s_backend.create(RAY, identity=owner(RAY, run="run-b"))
+    rc = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "spec": {}}
+    apiserver.store.put("rayclusters", NAMESPACE, rc | {"metadata": {"name": "hand-made"}})
+    apiserver.store.put("rayclusters", NAMESPACE, rc | {"metadata": {
+        "name": "labelled-no-handle", "labels": {PREFIX + "cluster": "x",
+                                                 PREFIX + "backend": "kubernetes"}}})
+    apiserver.store.put("rayclusters", "elsewhere", rc | {"metadata": {
+        "name": mine.name + "-x", "labels": dict(mine.labels),
+        "annotations": {PREFIX + "handle": mine.model_dump_json()}}})
+    assert [h.name for h in k8s_backend.list_owned()] == sorted([mine.name, other.name])
+    only_a = k8s_backend.list_owned(OwnerSelector(labels={PREFIX + "run-id": "run-a"}))
+    assert only_a == [mine]
+    assert k8s_backend.get(other.name) == other
+
+
+def test_secrets_never_travel_in_request_bodies(k8s_backend: KubernetesBackend,
+                                                apiserver: ApiServer,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from ephemeral.specs.resolve import resolve
+
+    monkeypatch.setenv("HF_TOKEN", "hf-value-must-stay-home")
+    spec = resolve("ray/adhoc-cpu", "ci-cpu")
+    env = [{"name": "HF_TOKEN", "secretKeyRef": {"name": "hf", "key": "token"}}]
+    data = spec.spec.model_dump(by_alias=True) | {"runtimeEnv": {"env": env}}
+    with_secret = type(spec)(spec=type(spec.spec).model_validate(data), ref=spec.ref,
+                             source=spec.source, profile=spec.profile, hash=spec.hash + "s")
+    handle = k8s_backend.create(with_secret, identity=owner(RAY))
+    k8s_backend.wait_ready(handle, timeout=5)
+    k8s_backend.delete(handle)
+    bodies = b"".join(apiserver.bodies())
+    assert b"secretKeyRef" in bodies  # the reference travels, the value never does
+    for secret in (apiserver.token, os.environ["HF_TOKEN"]):
+        assert secret.encode() not in bodies
+    # The credential goes in the Authorization header only.
+    assert all(h.get("Authorization") == f"Bearer {apiserver.token}"
+               for _, _, h, _ in apiserver.calls)
+
+
+def test_crd_missing_is_reported_on_create_and_tolerated_on_delete(
+        k8s_backend: KubernetesBackend, apiserver: ApiServer) -> None:
+    apiserver.crd_installed = False
+    with pytest.raises(BackendUnavailable, match="KubeRay is not installed"):
+        k8s_backend.create(RAY, identity=owner(RAY))
+    k8s_backend.delete(owner(RAY), wait=True)
+    assert k8s_backend.list_owned() == []
+
+
+def test_handles_of_another_namespace_are_followed(k8s_backend: KubernetesBackend,
+                                                   apiserver: ApiServer) -> None:
+    handle = k8s_backend.create(RAY, identity=owner(RAY))
+    moved = handle.model_copy(update={"namespace": "elsewhere"})
+    assert k8s_backend.wait_ready(moved, timeout=0).phase is Phase.GONE
+    assert apiserver.calls[-1][1].startswith("/apis/ray.io/v1/namespaces/elsewhere/")
+    assert k8s_backend.get(handle.name) is not None
+    assert k8s_backend.client.get(RAYCLUSTER, handle.name) is not None
+
+
+def test_get_backend_builds_it_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EPHEMERAL_K8S_NAMESPACE", "ml")
+    monkeypatch.setenv("EPHEMERAL_K8S_IN_CLUSTER", "false")
+    backend = get_backend("kubernetes")
+    assert isinstance(backend, KubernetesBackend)
+    assert backend.config.namespace == "ml"
+    with pytest.raises(BackendUnavailable, match="known: local, kubernetes, fake"):
+        get_backend("nomad")
+
+
+def test_config_from_connection_extras() -> None:
+    config = KubeConfig.from_connection_fields({
+        "extra__kubernetes__namespace": "ml", "cluster_context": "prod",
+        "kube_config": {"apiVersion": "v1", "users": [{"user": {"token": "t0ken"}}]},
+        "disable_verify_ssl": "true", "in_cluster": False})
+    assert (config.namespace, config.context, config.verify_ssl) == ("ml", "prod", False)
+    assert config.kubeconfig is not None
+    assert "t0ken" not in config.model_dump_json() + repr(config)
+    with pytest.raises(BackendUnavailable, match="mutually exclusive"):
+        KubeConfig.from_connection_fields({"in_cluster": True, "kube_config_path": "/k"})
+
+
+def test_config_from_env_detects_a_pod() -> None:
+    env = {"KUBERNETES_SERVICE_HOST": "10.0.0.1"}
+    assert KubeConfig.from_env(env).in_cluster
+    assert not KubeConfig.from_env(env | {"EPHEMERAL_KUBECONFIG": "/k"}).in_cluster
+    assert KubeConfig.from_env({"EPHEMERAL_K8S_HTTP_CHECK": "0"}).http_check is False
+    with pytest.raises(BackendUnavailable, match="EPHEMERAL_K8S_IN_CLUSTER"):
+        KubeConfig.from_env({"EPHEMERAL_K8S_IN_CLUSTER": "maybe"})

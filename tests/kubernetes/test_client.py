@@ -1,0 +1,165 @@
+"""The client against the strict API mock: every API failure becomes an ephemeral error."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ephemeral.backends.kubernetes import KubeConfig
+from ephemeral.backends.kubernetes.client import (
+    CONFIGMAP,
+    DEPLOYMENT,
+    RAYCLUSTER,
+    AlreadyExists,
+    Forbidden,
+    KubeClient,
+    KubeRayMissing,
+)
+from ephemeral.errors import BackendError, BackendUnavailable, SpecError
+from tests.kubernetes.apiserver import ApiServer, Operator
+from tests.kubernetes.conftest import NAMESPACE
+
+
+@pytest.fixture
+def client(kubeconfig_file: Path) -> KubeClient:
+    return KubeClient(KubeConfig(kubeconfig_path=str(kubeconfig_file), namespace=NAMESPACE,
+                                 request_timeout=5))
+
+
+def configmap(name: str = "cm", **extra: Any) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "labels": {"ephemeral.dev/cluster": "c1"}},
+            "data": {"k": "v"}, **extra}
+
+
+def raycluster(name: str = "rc", **spec_extra: Any) -> dict[str, Any]:
+    return {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": name},
+            "spec": {"headGroupSpec": {"rayStartParams": {}, "template": {"spec": {
+                "containers": [{"name": "ray-head", "image": "rayproject/ray:2.60.0"}]}}},
+                **spec_extra}}
+
+
+def test_create_get_list_delete_roundtrip(client: KubeClient, apiserver: ApiServer,
+                                          operator: Operator) -> None:
+    created = client.create(configmap())
+    assert created["metadata"]["resourceVersion"]
+    assert client.get(CONFIGMAP, "cm")["data"] == {"k": "v"}  # type: ignore[index]
+    assert [o["metadata"]["name"] for o in client.list_objects(
+        CONFIGMAP, labels="ephemeral.dev/cluster in (c1,c2)")] == ["cm"]
+    assert client.list_objects(CONFIGMAP, labels="ephemeral.dev/cluster!=c1") == []
+    assert client.list_objects(CONFIGMAP, labels="!ephemeral.dev/cluster") == []
+    operator.stop()  # no garbage collector: the foreground deletion stays pending
+    assert client.delete(CONFIGMAP, "cm") is True
+    pending = client.get(CONFIGMAP, "cm")
+    assert pending is not None
+    assert pending["metadata"]["deletionTimestamp"]
+    assert pending["metadata"]["finalizers"] == ["foregroundDeletion"]
+    operator.reconcile()  # no dependents: the collector lets it go
+    assert client.get(CONFIGMAP, "cm") is None
+    # Deleting what is gone is success (False: nothing was there).
+    assert client.delete(CONFIGMAP, "cm") is False
+    posted = [path for method, path, *_ in apiserver.calls if method == "POST"]
+    assert posted == [f"/api/v1/namespaces/{NAMESPACE}/configmaps?fieldValidation=Strict"]
+    deleted = [path for method, path, *_ in apiserver.calls if method == "DELETE"]
+    assert all("propagationPolicy=Foreground" in p for p in deleted)
+
+
+def test_custom_objects_go_to_their_group(client: KubeClient) -> None:
+    client.create(raycluster())
+    assert client.get(RAYCLUSTER, "rc")["kind"] == "RayCluster"  # type: ignore[index]
+    assert client.get(RAYCLUSTER, "missing") is None
+
+
+def test_duplicate_create_is_already_exists(client: KubeClient) -> None:
+    client.create(configmap())
+    with pytest.raises(AlreadyExists, match="already exists"):
+        client.create(configmap())
+
+
+def test_forbidden_names_the_verb_and_the_resource(client: KubeClient,
+                                                   apiserver: ApiServer) -> None:
+    apiserver.forbid("create", "rayclusters")
+    with pytest.raises(Forbidden) as info:
+        client.create(raycluster())
+    message = str(info.value)
+    assert "cannot create rayclusters.ray.io" in message
+    assert f"namespace {NAMESPACE!r}" in message
+    assert "grant verb 'create'" in message
+    assert info.value.verb == "create"
+    assert not info.value.retryable
+
+
+def test_unknown_field_is_refused_by_strict_validation(client: KubeClient) -> None:
+    with pytest.raises(SpecError, match=r"spec\.headGroupSpec\.bogus"):
+        client.create(raycluster(headGroupSpec={"rayStartParams": {}, "bogus": 1, "template": {
+            "spec": {"containers": [{"name": "ray-head", "image": "x"}]}}}))
+
+
+def test_schema_violation_is_a_spec_error_with_the_field(client: KubeClient) -> None:
+    with pytest.raises(SpecError) as info:
+        client.create(raycluster(workerGroupSpecs=[{"groupName": "w", "replicas": "two",
+                                                     "minReplicas": 0, "maxReplicas": 2,
+                                                     "template": {}}]))
+    assert any("workerGroupSpecs" in f for f in info.value.fields)
+
+
+def test_missing_crd_says_kuberay_is_not_installed(client: KubeClient,
+                                                   apiserver: ApiServer) -> None:
+    apiserver.crd_installed = False
+    for call in (lambda: client.create(raycluster()), lambda: client.get(RAYCLUSTER, "rc"),
+                 lambda: client.list_objects(RAYCLUSTER)):
+        with pytest.raises(KubeRayMissing, match=r"KubeRay is not installed \(CRD "
+                           r"rayclusters\.ray\.io not found\)"):
+            call()
+
+
+def test_server_errors_are_retryable(client: KubeClient, apiserver: ApiServer) -> None:
+    apiserver.fail("list", "deployments", 503)
+    with pytest.raises(BackendUnavailable) as info:
+        client.list_objects(DEPLOYMENT)
+    assert info.value.retryable
+    assert client.list_objects(DEPLOYMENT) == []
+
+
+def test_rejected_credentials(kubeconfig_file: Path, apiserver: ApiServer) -> None:
+    apiserver.token = "rotated"
+    client = KubeClient(KubeConfig(kubeconfig_path=str(kubeconfig_file), namespace=NAMESPACE))
+    with pytest.raises(BackendError, match="unauthorized"):
+        client.list_objects(CONFIGMAP)
+
+
+def test_connection_refused_is_backend_unavailable(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    path = tmp_path / "kubeconfig"
+    path.write_text(f"""
+apiVersion: v1
+kind: Config
+current-context: c
+clusters: [{{name: k, cluster: {{server: "http://127.0.0.1:{port}"}}}}]
+users: [{{name: u, user: {{token: t}}}}]
+contexts: [{{name: c, context: {{cluster: k, user: u}}}}]
+""")
+    client = KubeClient(KubeConfig(kubeconfig_path=str(path), request_timeout=2))
+    with pytest.raises(BackendUnavailable, match="cannot reach the Kubernetes API server") as info:
+        client.list_objects(CONFIGMAP)
+    assert info.value.retryable
+
+
+def test_kubeconfig_content_is_used_and_never_shown(apiserver: ApiServer) -> None:
+    import yaml
+
+    content = yaml.safe_dump(apiserver.kubeconfig())
+    config = KubeConfig(kubeconfig=content, namespace=NAMESPACE)
+    assert KubeClient(config).list_objects(CONFIGMAP) == []
+    for text in (repr(config), str(config), config.model_dump_json(), str(config.model_dump())):
+        assert apiserver.token not in text
+    # A broken one names the source, never the content.
+    with pytest.raises(BackendUnavailable) as info:
+        KubeClient(KubeConfig(kubeconfig="users: [{token: s3cr3t}]: ]")).list_objects(CONFIGMAP)
+    assert "s3cr3t" not in str(info.value)
+    assert info.value.__cause__ is None

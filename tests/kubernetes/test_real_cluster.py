@@ -1,0 +1,44 @@
+"""ray/adhoc-cpu (ci-cpu) created, ready and deleted on a real cluster with KubeRay.
+
+Runs only when a kube context is reachable and the rayclusters.ray.io CRD exists (configure it
+with the usual EPHEMERAL_KUBECONFIG / EPHEMERAL_K8S_CONTEXT / EPHEMERAL_K8S_NAMESPACE, or
+~/.kube/config); otherwise it skips and says why. Readiness gets KubeRay CI's own 5 minutes.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ephemeral.backends.base import Phase
+from ephemeral.backends.kubernetes import KubeConfig, KubernetesBackend
+from ephemeral.backends.kubernetes.client import RAYCLUSTER, KubeClient
+from ephemeral.errors import EphemeralError
+from ephemeral.specs import ClusterIdentity
+from tests.conftest import small
+
+pytestmark = pytest.mark.k8s
+
+
+@pytest.fixture
+def real_backend() -> KubernetesBackend:
+    try:
+        config = KubeConfig.from_env()
+        KubeClient(config.model_copy(update={"request_timeout": 5})).list_objects(RAYCLUSTER)
+    except EphemeralError as exc:
+        pytest.skip(f"no usable Kubernetes cluster with KubeRay: {exc}")
+    # Airflow is outside the cluster here: the dashboard is not reachable by Service DNS.
+    return KubernetesBackend(config.model_copy(update={"http_check": config.in_cluster}))
+
+
+def test_adhoc_cpu_create_ready_delete(real_backend: KubernetesBackend) -> None:
+    spec = small("ray/adhoc-cpu", replicas=1)
+    identity = ClusterIdentity.manual(spec.spec.name, "eph-realcluster-test")
+    handle = real_backend.create(spec, identity=identity)
+    try:
+        status = real_backend.wait_ready(handle, timeout=300)
+        assert status.phase is Phase.READY
+        assert status.nodes_ready == status.nodes_expected == 2
+        assert real_backend.get(handle.name) == handle
+    finally:
+        real_backend.delete(handle, wait=True)
+    assert real_backend.wait_ready(handle, timeout=0).phase is Phase.GONE
