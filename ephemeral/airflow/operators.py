@@ -139,11 +139,11 @@ class CreateClusterOperator(BaseOperator):
         return handle.model_dump(mode="json")
 
     def _push_links(self, context: Any, handle: ClusterHandle) -> None:
+        # Both keys, the other engine's empty: Airflow resolves every link of the operator
+        # when the task ends and logs an error for each key it cannot find.
         ti = context["ti"]
-        if handle.endpoints.dashboard:
-            ti.xcom_push(key=RayDashboardLink().xcom_key, value=handle.endpoints.dashboard)
-        if handle.endpoints.spark_ui:
-            ti.xcom_push(key=SparkMasterLink().xcom_key, value=handle.endpoints.spark_ui)
+        ti.xcom_push(key=RayDashboardLink().xcom_key, value=handle.endpoints.dashboard or "")
+        ti.xcom_push(key=SparkMasterLink().xcom_key, value=handle.endpoints.spark_ui or "")
 
     def _delete_after_failure(self, handle: ClusterHandle, err: BaseException) -> None:
         self._cleaning = True  # on_kill must not try to take the cluster's lock again

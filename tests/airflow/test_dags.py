@@ -70,6 +70,20 @@ def xcom_sizes(dag_id: str, run_id: str) -> dict[str, int]:
         return {f"{r.task_id}[{r.map_index}].{r.key}": len(json.dumps(r.value)) for r in rows}
 
 
+def xcom_values(dag_id: str, run_id: str, key: str) -> dict[str, Any]:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.query(XComModel).filter(XComModel.dag_id == dag_id,
+                                               XComModel.run_id == run_id,
+                                               XComModel.key == key).all()
+        suffix = "" if key == "return_value" else f".{key}"
+        return {f"{r.task_id}[{r.map_index}]{suffix}":
+                json.loads(r.value) if isinstance(r.value, str) and key == "return_value"
+                else r.value for r in rows}
+
+
 def no_cluster_left(home: Path, before: set[int]) -> None:
     assert LocalBackend(home).list_owned() == []
     leaked = engine_pids() - before - other_clusters_pids(home)
@@ -93,6 +107,14 @@ def test_reference_dag_end_to_end(dagbag: Any, ephemeral_home: Path) -> None:
     sizes = xcom_sizes("train_distributed", run.run_id)
     assert sizes
     assert max(sizes.values()) < 4096, sizes
+    # The extra links' URLs, where the Airflow UI reads them: each setup has its engine's.
+    links = xcom_values("train_distributed", run.run_id, "_link_RayDashboardLink")
+    links |= xcom_values("train_distributed", run.run_id, "_link_SparkMasterLink")
+    handles = xcom_values("train_distributed", run.run_id, "return_value")
+    ray, spark = handles["train.create_ray[-1]"], handles["etl.create_spark[-1]"]
+    assert links["train.create_ray[-1]._link_RayDashboardLink"] == ray["endpoints"]["dashboard"]
+    assert links["etl.create_spark[-1]._link_SparkMasterLink"] == spark["endpoints"]["spark_ui"]
+    assert links["etl.create_spark[-1]._link_RayDashboardLink"] == ""
     no_cluster_left(ephemeral_home, before)
 
 

@@ -207,3 +207,9 @@ class AirflowStack:
         logs = self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
         return "\n".join(p.read_text(errors="replace")
                          for p in sorted(logs.glob(f"attempt={attempt}*")))
+
+    def links(self, dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
+        status, body = self.request(
+            "GET", f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id)}/taskInstances/{task_id}/links")
+        assert status == 200, f"{status} {body}"
+        return dict(body["extra_links"])

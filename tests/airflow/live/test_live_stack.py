@@ -91,6 +91,9 @@ def test_setup_killed_before_xcom_push_is_adopted_by_its_retry(stack: AirflowSta
     assert tis["work"]["state"] == "success"
     assert tis["delete"]["state"] == "success"
     assert owned(stack, dag_id, run_id) == []
+    # The extra link as the UI gets it.
+    assert stack.links(dag_id, run_id, "create")["Ray dashboard"] == \
+        handle["endpoints"]["dashboard"]
 
 
 def test_setup_killed_without_retry_leaves_the_cluster_to_the_reaper(stack: AirflowStack
