@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The steps of train_distributed done by hand with the engines' own CLIs, as a baseline for the
-# orchestration overhead: Spark master + 2 workers + Connect, the ETL, Spark down; Ray head +
-# 2 workers, two DDP trials and the evaluation as Ray jobs, Ray down.
+# orchestration overhead: Spark master + 2 workers (the DAG's ETL cluster runs no Connect
+# server), the ETL, Spark down; Ray head + 2 workers, two DDP trials and the evaluation as Ray
+# jobs, Ray down.
 # Usage: bench/by_hand.sh ARTIFACT_ROOT   (uses 127.0.201.x and ports 9300-9399)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -39,16 +40,9 @@ for i in 1 2; do
     --port $((9302 + 2 * i)) --webui-port $((9303 + 2 * i)) --cores 1 --memory 2048m \
     --work-dir "$T/w$i" spark://$IP.2:9300 >"$T/worker$i.log" 2>&1 & PIDS+=($!)
 done
-SPARK_LOCAL_IP=$IP.5 setsid "$SH/bin/spark-submit" --master spark://$IP.2:9300 \
-  --class org.apache.spark.sql.connect.service.SparkConnectServer \
-  --conf spark.connect.grpc.binding.address=$IP.5 --conf spark.connect.grpc.binding.port=9310 \
-  --conf spark.dynamicAllocation.enabled=true \
-  --conf spark.dynamicAllocation.shuffleTracking.enabled=true \
-  --conf spark.dynamicAllocation.minExecutors=0 spark-internal >"$T/connect.log" 2>&1 & PIDS+=($!)
 until [ "$(curl -s http://$IP.2:9301/json/ | grep -o '"state" *: *"ALIVE"' | wc -l)" -ge 2 ]; do
   sleep 0.1
 done
-wait_port $IP.5 9310
 PYSPARK_PYTHON=$BIN/python SPARK_LOCAL_IP=127.0.0.1 "$SH/bin/spark-submit" \
   --master spark://$IP.2:9300 "$ROOT/jobs/etl_features.py" --run "$RUN" --rows 5000 \
   --artifact-root "$ART" >"$T/etl.log" 2>&1
