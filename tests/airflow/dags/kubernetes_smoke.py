@@ -1,0 +1,1 @@
+../../../dags/kubernetes_smoke.py
