@@ -11,6 +11,8 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@command -v java >/dev/null || { echo "installing Java 17 for Spark"; \
 	  apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless; }
+	@command -v docker-compose >/dev/null || { echo "installing docker-compose to check compose/"; \
+	  apt-get update -qq && apt-get install -y -qq docker-compose; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[local,train,airflow,dev]'
 	rm -f $(VENV)/.installed-*
