@@ -27,12 +27,17 @@ with DAG(
 
     @task
     def reap(grace_seconds: Any) -> dict[str, Any]:
+        import os
+
+        from ephemeral.airflow.backends import task_backend
         from ephemeral.airflow.reaping import task_sdk_lookup
-        from ephemeral.backends import get_backend
         from ephemeral.reaper import reap as reap_clusters
         from ephemeral.settings import get_settings
 
-        decisions = reap_clusters(get_backend(), lookup=task_sdk_lookup,
+        # EPHEMERAL_BACKEND picks the backend; on Kubernetes an Airflow connection may hold
+        # the API server's settings instead of EPHEMERAL_K8S_* variables.
+        backend = task_backend(None, os.environ.get("EPHEMERAL_KUBERNETES_CONN_ID"))
+        decisions = reap_clusters(backend, lookup=task_sdk_lookup,
                                   grace=float(grace_seconds),
                                   memory_file=get_settings().home / "reaper-seen.json")
         for d in decisions:

@@ -22,10 +22,11 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
 
+from ephemeral.airflow.backends import task_backend
 from ephemeral.airflow.context import cluster_identity, owner_selector, task_key
 from ephemeral.airflow.links import RayDashboardLink, SparkMasterLink
 from ephemeral.airflow.triggers import ClusterReadyTrigger, RayJobTrigger
-from ephemeral.backends import ClusterHandle, get_backend
+from ephemeral.backends import ClusterBackend, ClusterHandle
 from ephemeral.errors import EphemeralError, SpecError
 from ephemeral.jobs.ray_jobs import RayJobs
 from ephemeral.jobs.results import JobResult, JobStatus, parse_result_line, tail
@@ -71,6 +72,7 @@ class CreateClusterOperator(BaseOperator):
 
     def __init__(self, *, spec: str, profile: str | None = None,
                  overrides: dict[str, Any] | None = None, backend: str | None = None,
+                 kubernetes_conn_id: str | None = None,
                  ready_timeout: float = 900.0, poll_interval: float = 2.0,
                  deferrable: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -78,6 +80,7 @@ class CreateClusterOperator(BaseOperator):
         self.profile = profile
         self.overrides = overrides
         self.backend = backend
+        self.kubernetes_conn_id = kubernetes_conn_id
         self.ready_timeout = ready_timeout
         self.poll_interval = poll_interval
         self.deferrable = deferrable
@@ -92,7 +95,7 @@ class CreateClusterOperator(BaseOperator):
             spec = resolve(self.spec, self.profile or None, self.overrides or None)
         except SpecError as err:  # bad input: nothing was created, and a retry cannot help
             raise AirflowFailException(str(err)) from err
-        backend = get_backend(self.backend)
+        backend = self._backend()
         identity = cluster_identity(context, spec.spec.name)
         self.log.info("creating %s from %s (hash %s)", identity.name, spec.label(), spec.hash)
         asked = datetime.now(UTC).replace(microsecond=0)
@@ -111,6 +114,7 @@ class CreateClusterOperator(BaseOperator):
             if self.deferrable:
                 self.defer(
                     trigger=ClusterReadyTrigger(backend=backend.name,
+                                                kubernetes_conn_id=self.kubernetes_conn_id,
                                                 handle=handle.model_dump(mode="json"),
                                                 timeout=self.ready_timeout,
                                                 poll_interval=self.poll_interval),
@@ -138,6 +142,9 @@ class CreateClusterOperator(BaseOperator):
                       handle.endpoints.model_dump(exclude_none=True))
         return handle.model_dump(mode="json")
 
+    def _backend(self) -> ClusterBackend:
+        return task_backend(self.backend, self.kubernetes_conn_id)
+
     def _push_links(self, context: Any, handle: ClusterHandle) -> None:
         # Both keys, the other engine's empty: Airflow resolves every link of the operator
         # when the task ends and logs an error for each key it cannot find.
@@ -149,14 +156,14 @@ class CreateClusterOperator(BaseOperator):
         self._cleaning = True  # on_kill must not try to take the cluster's lock again
         self.log.error("setup failed after creating %s (%s): deleting it", handle.name, err)
         try:
-            get_backend(self.backend).delete(handle, wait=True)
+            self._backend().delete(handle, wait=True)
         except EphemeralError as cleanup:
             err.add_note(f"deleting {handle.name} after the failure also failed: {cleanup}")
 
     def on_kill(self) -> None:
         # Killed while waiting in the worker (not deferred): nothing downstream deletes it.
         if self._created is not None and not self._cleaning:
-            get_backend(self.backend).delete(self._created, wait=True)
+            self._backend().delete(self._created, wait=True)
 
 
 class DeleteClusterOperator(BaseOperator):
@@ -172,14 +179,15 @@ class DeleteClusterOperator(BaseOperator):
     ui_color = "#fadbd8"
 
     def __init__(self, *, setup_task_id: str, cluster: Any = None, backend: str | None = None,
-                 **kwargs: Any) -> None:
+                 kubernetes_conn_id: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.setup_task_id = setup_task_id
         self.cluster = cluster
         self.backend = backend
+        self.kubernetes_conn_id = kubernetes_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
-        backend = get_backend(self.backend)
+        backend = task_backend(self.backend, self.kubernetes_conn_id)
         names = {h.name for h in backend.list_owned(owner_selector(context, self.setup_task_id))}
         if self.cluster:
             names.add(_handle(self.cluster).name)

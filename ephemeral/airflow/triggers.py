@@ -16,7 +16,8 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from ephemeral.backends import ClusterHandle, Phase, get_backend
+from ephemeral.airflow.backends import task_backend
+from ephemeral.backends import ClusterBackend, ClusterHandle, Phase
 from ephemeral.errors import EphemeralError
 
 
@@ -31,9 +32,10 @@ def backoff(ceiling: float, first: float = 0.25) -> Iterator[float]:
 
 class ClusterReadyTrigger(BaseTrigger):
     def __init__(self, *, backend: str, handle: dict[str, Any], timeout: float,
-                 poll_interval: float = 2.0) -> None:
+                 poll_interval: float = 2.0, kubernetes_conn_id: str | None = None) -> None:
         super().__init__()
         self.backend = backend
+        self.kubernetes_conn_id = kubernetes_conn_id
         self.handle = handle
         self.timeout = timeout
         self.poll_interval = poll_interval
@@ -41,10 +43,14 @@ class ClusterReadyTrigger(BaseTrigger):
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return ("ephemeral.airflow.triggers.ClusterReadyTrigger",
                 {"backend": self.backend, "handle": self.handle, "timeout": self.timeout,
-                 "poll_interval": self.poll_interval})
+                 "poll_interval": self.poll_interval,
+                 "kubernetes_conn_id": self.kubernetes_conn_id})
+
+    def _backend(self) -> ClusterBackend:
+        return task_backend(self.backend, self.kubernetes_conn_id)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        backend = get_backend(self.backend)
+        backend = await asyncio.to_thread(self._backend)  # a connection lookup blocks
         handle = ClusterHandle.model_validate(self.handle)
         deadline = time.monotonic() + self.timeout
         pauses = backoff(self.poll_interval)
@@ -74,7 +80,8 @@ class ClusterReadyTrigger(BaseTrigger):
     async def on_kill(self) -> None:
         name = self.handle.get("name")
         self.log.warning("setup of %s was killed while waiting: deleting the cluster", name)
-        await asyncio.to_thread(get_backend(self.backend).delete, str(name), wait=True)
+        backend = await asyncio.to_thread(self._backend)
+        await asyncio.to_thread(backend.delete, str(name), wait=True)
 
 
 class RayJobTrigger(BaseTrigger):

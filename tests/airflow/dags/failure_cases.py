@@ -50,5 +50,25 @@ with DAG(dag_id="xcom_too_big", schedule=None, start_date=START, catchup=False,
     big()
     small()
 
-__all__ = ["happy_path", "job_fails", "setup_bad_input", "setup_times_out",
-           "xcom_too_big"]
+
+
+# The Kubernetes backend configured from an Airflow connection (the tests point it at the
+# strict API mock): setup, a check of the handle, teardown.
+with DAG(dag_id="kubernetes_via_connection", schedule=None, start_date=START, catchup=False,
+         default_args={"retries": 0}) as kubernetes_via_connection:
+    k8s_create = CreateClusterOperator(task_id="create", spec="ray/adhoc-cpu@1", profile="ci-cpu",
+                                       overrides=SMALL_RAY, kubernetes_conn_id="k8s_test",
+                                       poll_interval=0.1)
+
+    @task
+    def check(handle: dict[str, Any]) -> str:
+        if handle["backend"] != "kubernetes":
+            raise ValueError(f"not a Kubernetes cluster: {handle}")
+        return str(handle["endpoints"]["dashboard"])
+
+    k8s_delete = DeleteClusterOperator(task_id="delete", setup_task_id="create",
+                                       cluster=k8s_create.output, kubernetes_conn_id="k8s_test")
+    k8s_create >> check(k8s_create.output) >> k8s_delete.as_teardown(setups=k8s_create)
+
+__all__ = ["happy_path", "job_fails", "kubernetes_via_connection", "setup_bad_input",
+           "setup_times_out", "xcom_too_big"]
