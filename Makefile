@@ -9,10 +9,13 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	@command -v java >/dev/null || { echo "installing Java 17 for Spark"; \
-	  apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless; }
-	@command -v docker-compose >/dev/null || { echo "installing docker-compose to check compose/"; \
-	  apt-get update -qq && apt-get install -y -qq docker-compose; }
+	@# Java 17 runs Spark; docker-compose and shellcheck check the files in compose/.
+	@missing=""; \
+	  command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
+	  command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	  command -v shellcheck >/dev/null || missing="$$missing shellcheck"; \
+	  if [ -n "$$missing" ]; then echo "installing$$missing"; \
+	    apt-get update -qq && apt-get install -y -qq $$missing; fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[local,train,airflow,dev]'
 	rm -f $(VENV)/.installed-*

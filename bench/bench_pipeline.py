@@ -65,6 +65,10 @@ def main() -> None:
         rounds.append(row)
         print(f"round {i + 1}: DAG {row['dag_s']:.1f}s, by hand {row['by_hand_s']:.1f}s, "
               f"ratio {row['ratio']:.2f}, idle share {row['idle_share']}", flush=True)
+        for c in row["clusters"]:  # type: ignore[attr-defined]
+            print(f"    {c['spec']}: lifetime {c['lifetime_s']}s, jobs {c['busy_s']}s, idle "
+                  f"starting {c['starting_s']}s, between jobs {c['between_jobs_s']}s, "
+                  f"deleting {c['deleting_s']}s", flush=True)
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     (out / "pipeline.json").write_text(json.dumps(rounds, indent=2, default=str))

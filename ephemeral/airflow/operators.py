@@ -92,7 +92,9 @@ class CreateClusterOperator(BaseOperator):
         from ephemeral.specs import resolve
 
         try:
-            spec = resolve(self.spec, self.profile or None, self.overrides or None)
+            # A templated profile of a form's null param renders as the text "None".
+            profile = None if self.profile in (None, "", "None") else self.profile
+            spec = resolve(self.spec, profile, self.overrides or None)
         except SpecError as err:  # bad input: nothing was created, and a retry cannot help
             raise AirflowFailException(str(err)) from err
         backend = self._backend()

@@ -74,12 +74,18 @@ def run_report(dag_run: Any) -> dict[str, Any]:
                 jobs.append({"task": task_id + (f"[{map_index}]" if map_index >= 0 else ""),
                              "cluster": value.get("cluster"), "job_id": value.get("job_id"),
                              "seconds": value.get("seconds"), "result": value.get("result")})
+        # Idle time, split by cause: starting the engines (the setup task), deleting them (the
+        # teardown), and the rest, which is what orchestration adds between jobs.
+        starting = _seconds(setup.start_date, setup.end_date) if setup else 0.0
+        stopping = _seconds(teardown.start_date, teardown.end_date) if teardown else 0.0
         clusters.append({
             "setup_task": task.task_id, "name": handle.get("name"), "spec": handle.get("spec_ref"),
             "setup_state": setup.state if setup else None,
             "teardown_state": teardown.state if teardown else None,
             "lifetime_s": round(lifetime, 1), "busy_s": round(busy, 1),
             "idle_share": round(1 - busy / lifetime, 3) if lifetime else None,
+            "starting_s": round(starting, 1), "deleting_s": round(stopping, 1),
+            "between_jobs_s": round(max(lifetime - busy - starting - stopping, 0.0), 1),
         })
     left = [h.name for h in get_backend().list_owned()]
     states = {f"{t}{'' if m < 0 else f'[{m}]'}": str(ti.state) for (t, m), ti in tis.items()}
@@ -92,11 +98,13 @@ def run_report(dag_run: Any) -> dict[str, Any]:
 def print_report(console: Any, report: dict[str, Any]) -> None:
     from rich.table import Table
 
-    table = Table("cluster", "spec", "lifetime", "running jobs", "idle", "teardown")
+    table = Table("cluster", "spec", "lifetime", "running jobs", "idle", "idle: starting",
+                  "between jobs", "deleting", "teardown")
     for c in report["clusters"]:
         table.add_row(str(c["name"]), str(c["spec"]), f"{c['lifetime_s']:.1f}s",
                       f"{c['busy_s']:.1f}s", f"{(c['idle_share'] or 0) * 100:.0f}%",
-                      str(c["teardown_state"]))
+                      f"{c['starting_s']:.1f}s", f"{c['between_jobs_s']:.1f}s",
+                      f"{c['deleting_s']:.1f}s", str(c["teardown_state"]))
     console.print(table)
     jobs = Table("task", "job", "seconds", "result")
     for j in report["jobs"]:

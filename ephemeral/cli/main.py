@@ -37,7 +37,9 @@ err = Console(stderr=True, soft_wrap=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
 ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="Profile, e.g. ci-cpu.")]
-BackendOpt = Annotated[str | None, typer.Option("--backend", help="local (default) or fake.")]
+BackendOpt = Annotated[str | None, typer.Option(
+    "--backend", help="local (default, or $EPHEMERAL_BACKEND), kubernetes (EPHEMERAL_K8S_* "
+                      "settings) or fake.")]
 
 
 def _emit(data: Any) -> None:

@@ -115,6 +115,17 @@ def test_reference_dag_end_to_end(dagbag: Any, ephemeral_home: Path) -> None:
     assert links["train.create_ray[-1]._link_RayDashboardLink"] == ray["endpoints"]["dashboard"]
     assert links["etl.create_spark[-1]._link_SparkMasterLink"] == spark["endpoints"]["spark_ui"]
     assert links["etl.create_spark[-1]._link_RayDashboardLink"] == ""
+    # What `make demo` prints: each cluster's lifetime, split into jobs and idle by cause.
+    from ephemeral.airflow.report import run_report
+
+    report = run_report(run)
+    assert report["ok"], report
+    assert {c["setup_task"] for c in report["clusters"]} == {"etl.create_spark",
+                                                             "train.create_ray"}
+    for c in report["clusters"]:
+        assert c["busy_s"] > 0, c
+        parts = c["busy_s"] + c["starting_s"] + c["between_jobs_s"] + c["deleting_s"]
+        assert abs(parts - c["lifetime_s"]) < 0.5, c
     no_cluster_left(ephemeral_home, before)
 
 

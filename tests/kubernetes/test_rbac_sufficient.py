@@ -1,0 +1,69 @@
+"""The shipped Role (compose/k8s/rbac.yaml) is enough for everything the backend does, and
+nothing more is needed: the API mock answers 403 to every (verb, resource) the Role does not
+grant, as RBAC would, while Ray and Spark clusters are created, probed (a stuck one too, whose
+timeout reads events and pods), listed and deleted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ephemeral.backends.base import Phase
+from ephemeral.backends.kubernetes import KubernetesBackend
+from ephemeral.errors import BackendError, ReadinessTimeout
+from tests.conftest import small
+from tests.kubernetes.apiserver import ApiServer, Operator, RayScenario
+from tests.kubernetes.apiserver.store import RESOURCES
+from tests.kubernetes.test_backend import owner
+
+ROLE_FILE = Path(__file__).resolve().parents[2] / "compose" / "k8s" / "rbac.yaml"
+VERBS = ("get", "list", "watch", "create", "delete", "patch")
+
+
+def granted() -> set[tuple[str, str]]:
+    [role] = [d for d in yaml.safe_load_all(ROLE_FILE.read_text()) if d["kind"] == "Role"]
+    return {(verb, res) for rule in role["rules"] for res in rule["resources"]
+            for verb in rule["verbs"]}
+
+
+def enforce(server: ApiServer, allowed: set[tuple[str, str]]) -> None:
+    for verb in VERBS:
+        for plural in RESOURCES:
+            if (verb, plural) not in allowed:
+                server.forbid(verb, plural)
+
+
+def lifecycle(backend: KubernetesBackend) -> None:
+    for spec in (small("ray/adhoc-cpu", replicas=1), small("spark/etl")):
+        handle = backend.create(spec, identity=owner(spec))
+        assert backend.wait_ready(handle, timeout=10).phase is Phase.READY
+        assert handle.name in {h.name for h in backend.list_owned()}
+        backend.delete(handle, wait=True)
+        assert backend.get(handle.name) is None
+
+
+def test_the_role_is_enough_for_the_whole_lifecycle(k8s_backend: KubernetesBackend,
+                                                    apiserver: ApiServer,
+                                                    operator: Operator) -> None:
+    enforce(apiserver, granted())
+    lifecycle(k8s_backend)
+    # A cluster that never gets ready: the timeout's diagnosis lists events and pods.
+    operator.ray_scenario = RayScenario.IMAGE_PULL
+    spec = small("ray/adhoc-cpu", replicas=1)
+    handle = k8s_backend.create(spec, identity=owner(spec, run="stuck"))
+    with pytest.raises(ReadinessTimeout, match="ImagePullBackOff"):
+        k8s_backend.wait_ready(handle, timeout=0.5)
+    k8s_backend.delete(handle, wait=True)
+
+
+@pytest.mark.parametrize(("verb", "plural"), [("create", "rayclusters"), ("delete", "services"),
+                                              ("list", "pods"), ("create", "deployments")])
+def test_without_a_rule_the_backend_names_what_to_grant(
+        k8s_backend: KubernetesBackend, apiserver: ApiServer, operator: Operator,
+        verb: str, plural: str) -> None:
+    assert (verb, plural) in granted()
+    enforce(apiserver, granted() - {(verb, plural)})
+    with pytest.raises(BackendError, match=rf"{verb}.*{plural}"):
+        lifecycle(k8s_backend)
