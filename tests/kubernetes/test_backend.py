@@ -10,7 +10,7 @@ import pytest
 from ephemeral.backends import get_backend
 from ephemeral.backends.base import OwnerSelector, Phase
 from ephemeral.backends.kubernetes import KubeConfig, KubernetesBackend
-from ephemeral.backends.kubernetes.client import RAYCLUSTER
+from ephemeral.backends.kubernetes.client import DEPLOYMENT, RAYCLUSTER
 from ephemeral.errors import (
     BackendUnavailable,
     ClusterFailed,
@@ -113,6 +113,57 @@ def test_invalid_spec_event_fails_at_once(k8s_backend: KubernetesBackend,
     with pytest.raises(ClusterFailed, match="InvalidRayClusterSpec"):
         k8s_backend.wait_ready(handle, timeout=30)
     assert time.monotonic() - started < 5
+
+
+def test_an_invalid_spec_event_of_an_earlier_cluster_of_that_name_is_ignored(
+        k8s_backend: KubernetesBackend, apiserver: ApiServer, operator: Operator) -> None:
+    # Events outlive their object for an hour: a cleared task makes the cluster again under the
+    # same name, and must not fail on its predecessor's InvalidRayClusterSpec.
+    operator.ray_scenario = RayScenario.INVALID
+    handle = k8s_backend.create(RAY, identity=owner(RAY))
+    with pytest.raises(ClusterFailed, match="InvalidRayClusterSpec"):
+        k8s_backend.wait_ready(handle, timeout=5)
+    k8s_backend.delete(handle, wait=True)
+    assert names(apiserver, "events")  # still there, as on a real cluster
+    operator.ray_scenario = RayScenario.READY
+    again = k8s_backend.create(RAY, identity=owner(RAY))
+    assert again.name == handle.name
+    assert k8s_backend.wait_ready(again, timeout=5).ready
+
+
+def test_spark_objects_are_owned_by_the_master(k8s_backend: KubernetesBackend,
+                                               apiserver: ApiServer) -> None:
+    # list_owned sees the master only: whatever removes it (a delete interrupted after its first
+    # call, a create whose clean-up failed) must not leave Services and Deployments nobody finds.
+    handle = k8s_backend.create(SPARK, identity=owner(SPARK))
+    master = apiserver.store.get("deployments", NAMESPACE, f"{handle.name}-master")
+    assert master is not None
+    ref = {"apiVersion": "apps/v1", "kind": "Deployment", "name": master["metadata"]["name"],
+           "uid": master["metadata"]["uid"]}
+    others = [o for plural in ("deployments", "services")
+              for o in apiserver.store.list(plural, NAMESPACE)
+              if o["metadata"]["uid"] != ref["uid"]]
+    assert len(others) == 4  # the master Service, the workers, Connect and its Service
+    assert all(o["metadata"].get("ownerReferences") == [ref] for o in others)
+    k8s_backend.client.delete(DEPLOYMENT, ref["name"])  # and nothing else
+    deadline = time.monotonic() + 3
+    while apiserver.store.all() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert apiserver.store.all() == []
+    assert k8s_backend.list_owned() == []
+
+
+def test_adoption_makes_the_missing_parts_owned_by_the_master(
+        k8s_backend: KubernetesBackend, apiserver: ApiServer) -> None:
+    handle = k8s_backend.create(SPARK, identity=owner(SPARK))
+    worker = f"{handle.name}-worker"
+    apiserver.store.remove("deployments", NAMESPACE, worker)  # as if a create had crashed
+    assert k8s_backend.create(SPARK, identity=owner(SPARK)) == handle
+    master = apiserver.store.get("deployments", NAMESPACE, f"{handle.name}-master")
+    made = apiserver.store.get("deployments", NAMESPACE, worker)
+    assert master is not None
+    assert made is not None
+    assert [r["uid"] for r in made["metadata"]["ownerReferences"]] == [master["metadata"]["uid"]]
 
 
 def test_partial_create_deletes_what_it_made(k8s_backend: KubernetesBackend,

@@ -4,6 +4,12 @@ Identity is the object name: create is a POST that either makes the cluster or m
 existing one (409), which is adopted when its ``ephemeral.dev/spec-hash`` label matches. Every
 object carries the owner labels, so delete and list_owned work from labels alone, after any
 crash, without XCom.
+
+list_owned finds clusters by their primary object only (the RayCluster, the Spark master
+Deployment). Every other object a create makes is therefore owned by the primary (an
+``ownerReference`` to its uid): whenever the primary goes (a delete interrupted after its first
+call, a failed create whose clean-up could not finish, a ``kubectl delete``) the garbage
+collector removes the rest, so nothing is left that no listing would find.
 """
 
 from __future__ import annotations
@@ -84,10 +90,12 @@ class KubernetesBackend(ClusterBackend):
         rendered = render(spec, base, cluster_domain=self.config.cluster_domain)
         handle = self._view(base.model_copy(update={"endpoints": rendered.endpoints}))
         created: list[dict[str, Any]] = []
+        owner: dict[str, Any] | None = None
         try:
             for obj in rendered.objects:
+                body = obj if owner is None else owned_by(obj, owner)
                 try:
-                    self.client.create(obj)
+                    made = self.client.create(body)
                 except AlreadyExists:
                     if obj is rendered.primary:
                         return self._adopt(spec, rendered.primary)
@@ -96,6 +104,8 @@ class KubernetesBackend(ClusterBackend):
                         f"cluster {identity.name!r} (being deleted?); retry once it is gone") \
                         from None
                 created.append(obj)
+                if obj is rendered.primary:
+                    owner = made
         except BaseException:
             self._undo(created)
             raise
@@ -121,7 +131,7 @@ class KubernetesBackend(ClusterBackend):
         for obj in again.objects:
             if obj is not again.primary:
                 try:
-                    self.client.create(obj)
+                    self.client.create(owned_by(obj, existing))
                 except AlreadyExists:
                     pass
         return self._view(stored)
@@ -247,6 +257,18 @@ class KubernetesBackend(ClusterBackend):
         if handle is not None and handle.namespace:
             return self.client.in_namespace(handle.namespace)
         return self.client
+
+
+def owned_by(obj: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` with an ownerReference to the created ``owner`` (which has its server uid).
+
+    No ``blockOwnerDeletion``: setting it needs the ``update`` verb on the owner's
+    ``finalizers`` subresource where OwnerReferencesPermissionEnforcement is on, and the Role
+    grants no update; the collector deletes the dependents all the same."""
+    meta = owner["metadata"]
+    ref = {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": meta["name"],
+           "uid": meta["uid"]}
+    return obj | {"metadata": obj["metadata"] | {"ownerReferences": [ref]}}
 
 
 def _describe(kind: str, obj: dict[str, Any]) -> str:

@@ -43,7 +43,10 @@ def _probe_ray(client: KubeClient, handle: ClusterHandle, http_check: bool) -> C
         return ClusterStatus(phase=Phase.GONE, message="no such RayCluster")
     if cluster["metadata"].get("deletionTimestamp"):
         return ClusterStatus(phase=Phase.DELETING, message="RayCluster is being deleted")
-    invalid = [e for e in cluster_events(client, "RayCluster", handle.name)
+    # By uid: events outlive their object (an hour by default), and a RayCluster made again
+    # under the same name (a cleared task) must not fail on its predecessor's events.
+    invalid = [e for e in cluster_events(client, "RayCluster", handle.name,
+                                         uid=cluster["metadata"].get("uid"))
                if e.get("reason") == INVALID_SPEC_REASON]
     if invalid:
         raise ClusterFailed(f"KubeRay refused RayCluster {handle.name!r} "
@@ -113,10 +116,14 @@ def pod_ready(pod: dict[str, Any]) -> bool:
         for c in status.get("conditions") or [])
 
 
-def cluster_events(client: KubeClient, kind: str, name: str) -> list[dict[str, Any]]:
-    """Warning events about one object, oldest first."""
-    events = client.list_objects(
-        EVENT, fields=f"involvedObject.kind={kind},involvedObject.name={name}")
+def cluster_events(client: KubeClient, kind: str, name: str,
+                   uid: str | None = None) -> list[dict[str, Any]]:
+    """Warning events about one object (this very object when ``uid`` is given: events of an
+    earlier object of the same name are kept for an hour), oldest first."""
+    fields = f"involvedObject.kind={kind},involvedObject.name={name}"
+    if uid:
+        fields += f",involvedObject.uid={uid}"
+    events = client.list_objects(EVENT, fields=fields)
     warnings = [e for e in events if e.get("type") == "Warning"]
     return sorted(warnings, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
 
@@ -124,16 +131,18 @@ def cluster_events(client: KubeClient, kind: str, name: str) -> list[dict[str, A
 def diagnose(client: KubeClient, handle: ClusterHandle) -> str:
     """Why a cluster is not ready: its Warning events and its pods' waiting reasons."""
     lines: list[str] = []
-    primary_kind = "RayCluster" if handle.engine == "ray" else "Deployment"
-    objects = [(primary_kind, handle.name)]
     if handle.engine == "spark":
-        deployments = client.list_objects(DEPLOYMENT, labels=f"{PREFIX}cluster={handle.name}")
-        objects = [("Deployment", d["metadata"]["name"]) for d in deployments]
+        primaries = client.list_objects(DEPLOYMENT, labels=f"{PREFIX}cluster={handle.name}")
+    else:
+        primaries = [c for c in [client.get(RAYCLUSTER, handle.name)] if c is not None]
     pods = client.list_objects(POD, labels=pod_selector(handle))
     for pod in pods:
         lines += pod_problems(pod)
-    for kind, name in objects + [("Pod", p["metadata"]["name"]) for p in pods]:
-        for event in cluster_events(client, kind, name):
+    objects = [("RayCluster" if handle.engine == "ray" else "Deployment", o) for o in primaries]
+    for kind, obj in objects + [("Pod", p) for p in pods]:
+        meta = obj["metadata"]
+        name = meta["name"]
+        for event in cluster_events(client, kind, name, uid=meta.get("uid")):
             count = event.get("count")
             times = f" (x{count})" if count and int(count) > 1 else ""
             lines.append(f"event {kind.lower()}/{name}: Warning {event.get('reason')}: "
