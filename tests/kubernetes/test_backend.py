@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 import pytest
 
 from ephemeral.backends import get_backend
 from ephemeral.backends.base import OwnerSelector, Phase
 from ephemeral.backends.kubernetes import KubeConfig, KubernetesBackend
-from ephemeral.backends.kubernetes.client import DEPLOYMENT, RAYCLUSTER
+from ephemeral.backends.kubernetes.client import DEPLOYMENT, RAYCLUSTER, Forbidden
 from ephemeral.errors import (
     BackendUnavailable,
     ClusterFailed,
@@ -164,6 +165,41 @@ def test_adoption_makes_the_missing_parts_owned_by_the_master(
     assert master is not None
     assert made is not None
     assert [r["uid"] for r in made["metadata"]["ownerReferences"]] == [master["metadata"]["uid"]]
+
+
+def test_a_concurrent_create_that_adopted_the_cluster_is_not_undone(
+        k8s_backend: KubernetesBackend, apiserver: ApiServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A retry starts while the first attempt still runs: it adopts the primary and makes the
+    # rest, so the first attempt meets parts that are already there, owned by its primary.
+    rival = KubernetesBackend(k8s_backend.config)
+    create = k8s_backend.client.create
+    calls: list[str] = []
+
+    def racing(obj: dict[str, Any]) -> dict[str, Any]:
+        calls.append(obj["metadata"]["name"])
+        if len(calls) == 2:
+            rival.create(SPARK, identity=owner(SPARK))
+        return create(obj)
+
+    monkeypatch.setattr(k8s_backend.client, "create", racing)
+    handle = k8s_backend.create(SPARK, identity=owner(SPARK))
+    assert handle == rival.create(SPARK, identity=owner(SPARK))
+    assert not [c for c in apiserver.calls if c[0] == "DELETE"]
+    assert k8s_backend.wait_ready(handle, timeout=5).ready
+    rival.client.close()
+
+
+def test_delete_removes_the_primary_before_a_later_list_fails(
+        k8s_backend: KubernetesBackend, apiserver: ApiServer) -> None:
+    handle = k8s_backend.create(SPARK, identity=owner(SPARK))
+    apiserver.forbid("list", "statefulsets")  # a Role trimmed to what is created today
+    with pytest.raises(Forbidden, match="list statefulsets"):
+        k8s_backend.delete(handle, wait=True)
+    deadline = time.monotonic() + 3
+    while apiserver.store.all() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert apiserver.store.all() == []  # the master went, and the collector took the rest
 
 
 def test_partial_create_deletes_what_it_made(k8s_backend: KubernetesBackend,

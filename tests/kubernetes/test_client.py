@@ -92,6 +92,27 @@ def test_forbidden_names_the_verb_and_the_resource(client: KubeClient,
     assert not info.value.retryable
 
 
+@pytest.mark.parametrize(("message", "error", "hint"), [
+    ('deployments.apps "c-master" is forbidden: exceeded quota: q, requested: '
+     "count/deployments.apps=1, used: count/deployments.apps=4, limited: "
+     "count/deployments.apps=4", BackendUnavailable, "raise the quota"),
+    ('deployments.apps "c-master" is forbidden: unable to create new content in namespace '
+     f"{NAMESPACE} because it is being terminated", BackendError, "namespace is being deleted"),
+])
+def test_a_403_that_is_not_rbac_does_not_ask_for_a_role(
+        client: KubeClient, apiserver: ApiServer, message: str, error: type[BackendError],
+        hint: str) -> None:
+    # Quotas and a terminating namespace answer 403 too; granting a verb would not help.
+    apiserver.fail("create", "deployments", 403, reason="Forbidden", message=message)
+    with pytest.raises(error) as info:
+        client.create({"apiVersion": "apps/v1", "kind": "Deployment",
+                       "metadata": {"name": "c-master"}})
+    assert not isinstance(info.value, Forbidden)
+    assert "grant" not in str(info.value)
+    assert hint in str(info.value)
+    assert f"create deployments.apps 'c-master' in namespace {NAMESPACE!r}" in str(info.value)
+
+
 def test_unknown_field_is_refused_by_strict_validation(client: KubeClient) -> None:
     with pytest.raises(SpecError, match=r"spec\.headGroupSpec\.bogus"):
         client.create(raycluster(headGroupSpec={"rayStartParams": {}, "bogus": 1, "template": {

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import ValidationError
@@ -99,6 +100,11 @@ class KubernetesBackend(ClusterBackend):
                 except AlreadyExists:
                     if obj is rendered.primary:
                         return self._adopt(spec, rendered.primary)
+                    assert owner is not None
+                    if self._is_part_of(obj, owner):
+                        # A concurrent create (a retry while this one still runs) adopted our
+                        # primary and made this part: it is ours, and must not be undone.
+                        continue
                     raise BackendUnavailable(
                         f"{kind_of(obj).kind} {name_of(obj)!r} is left over from an earlier "
                         f"cluster {identity.name!r} (being deleted?); retry once it is gone") \
@@ -135,6 +141,14 @@ class KubernetesBackend(ClusterBackend):
                 except AlreadyExists:
                     pass
         return self._view(stored)
+
+    def _is_part_of(self, obj: dict[str, Any], owner: dict[str, Any]) -> bool:
+        """Whether the existing object named like ``obj`` belongs to the created ``owner``."""
+        existing = self.client.get(kind_of(obj), name_of(obj))
+        if existing is None or existing["metadata"].get("deletionTimestamp"):
+            return False
+        uids = {r.get("uid") for r in existing["metadata"].get("ownerReferences") or []}
+        return owner["metadata"]["uid"] in uids
 
     def _undo(self, created: list[dict[str, Any]]) -> None:
         for obj in reversed(created):
@@ -204,8 +218,10 @@ class KubernetesBackend(ClusterBackend):
                 raise TeardownIncomplete(name, leftover)
             time.sleep(min(self.config.poll_interval, max(deadline - time.monotonic(), 0)))
 
-    def _owned_objects(self, client: KubeClient, name: str) -> list[tuple[Kind, dict[str, Any]]]:
-        found: list[tuple[Kind, dict[str, Any]]] = []
+    def _owned_objects(self, client: KubeClient,
+                       name: str) -> Iterator[tuple[Kind, dict[str, Any]]]:
+        """Kind by kind, listed as they are consumed: delete removes the primary before it lists
+        the next kind, so a list that fails (e.g. RBAC) still leaves the collector the rest."""
         selector = f"{PREFIX}cluster={name}"
         for kind in OWNED_KINDS:
             try:
@@ -215,8 +231,7 @@ class KubernetesBackend(ClusterBackend):
             # The Spark master carries the handle: first among the Deployments.
             objs.sort(key=lambda o: o["metadata"].get("labels", {}).get(COMPONENT_LABEL)
                       != SPARK_MASTER)
-            found += [(kind, o) for o in objs]
-        return found
+            yield from ((kind, o) for o in objs)
 
     def _leftover(self, client: KubeClient, name: str) -> list[str]:
         left = [_describe(kind.kind, obj) for kind, obj in self._owned_objects(client, name)]

@@ -112,6 +112,13 @@ def _translate(exc: Any, op: _Op) -> Exception:
     code = int(exc.status or 0)
     status = _status(exc)
     message = str(status.get("message") or exc.reason or "no message")
+    if code == 403 and "exceeded quota" in message:
+        return BackendUnavailable(
+            f"a ResourceQuota of namespace {op.namespace!r} refused to {op.describe()}: "
+            f"{message}; raise the quota or wait for other clusters to be deleted")
+    if code == 403 and "being terminated" in message:
+        return BackendError(f"cannot {op.describe()}: the namespace is being deleted "
+                            f"({message}); use another namespace or recreate it")
     if code == 403:
         return Forbidden(
             f"forbidden: the Kubernetes identity in use cannot {op.verb} {op.kind.resource} in "

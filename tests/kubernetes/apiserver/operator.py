@@ -33,6 +33,9 @@ class Operator:
         self.provision_delay = 0.05
         self.pod_grace = 0.05
         self.deployments_ready = True
+        self.slow_collection: set[tuple[str, str]] = set()
+        """(owner kind, plural) pairs: objects the collector does not delete when such an owner
+        goes, as a client listing them sees a real collector that has not come round to them."""
         self._seen: set[str] = set()
         self._first_seen: dict[str, float] = {}
         self._stop = threading.Event()
@@ -187,8 +190,10 @@ class Operator:
             meta = obj["metadata"]
             ns, name = meta["namespace"], meta["name"]
             owners = {r["uid"] for r in meta.get("ownerReferences", [])}
+            slow = any((r["kind"], plural) in self.slow_collection
+                       for r in meta.get("ownerReferences", []))
             if owners and (owners & deleting or not owners & alive_uids) and \
-                    not meta.get("deletionTimestamp"):
+                    not meta.get("deletionTimestamp") and not slow:
                 self.store.mark_deleted(plural, ns, name, foreground=False)
                 continue
             if not meta.get("deletionTimestamp"):

@@ -50,7 +50,7 @@ class ApiServer:
         self.token = token
         self.crd_installed = True
         self.forbidden: set[tuple[str, str]] = set()
-        self.failures: dict[tuple[str, str], list[int]] = {}
+        self.failures: dict[tuple[str, str], list[tuple[int, str, str]]] = {}
         self.calls: list[tuple[str, str, dict[str, str], bytes]] = []
         self._handler = _Handler(api=self)
         self._loop = asyncio.new_event_loop()
@@ -110,8 +110,11 @@ class ApiServer:
         """Answer ``verb`` on ``plural`` with 403, as RBAC does."""
         self.forbidden.add((verb, plural))
 
-    def fail(self, verb: str, plural: str, code: int = 500, times: int = 1) -> None:
-        self.failures.setdefault((verb, plural), []).extend([code] * times)
+    def fail(self, verb: str, plural: str, code: int = 500, times: int = 1, *,
+             reason: str = "InternalError",
+             message: str = "etcdserver: request timed out") -> None:
+        """Answer the next ``times`` of ``verb`` on ``plural`` with this Status."""
+        self.failures.setdefault((verb, plural), []).extend([(code, reason, message)] * times)
 
     def bodies(self) -> list[bytes]:
         return [body for *_, body in self.calls]
@@ -148,8 +151,8 @@ class ApiServer:
                           f'namespace "{request.namespace}"',
                           group=res.group, kind=res.plural, name=request.name or "")
         if self.failures.get((verb, res.plural)):
-            code = self.failures[(verb, res.plural)].pop(0)
-            return status(code, "InternalError", "etcdserver: request timed out")
+            code, reason, message = self.failures[(verb, res.plural)].pop(0)
+            return status(code, reason, message)
         handler = getattr(self, f"_{verb}", None)
         if handler is None:
             return status(405, "MethodNotAllowed", f"{verb} is not supported by this mock")
