@@ -193,8 +193,8 @@ def test_a_concurrent_create_that_adopted_the_cluster_is_not_undone(
 def test_delete_removes_the_primary_before_a_later_list_fails(
         k8s_backend: KubernetesBackend, apiserver: ApiServer) -> None:
     handle = k8s_backend.create(SPARK, identity=owner(SPARK))
-    apiserver.forbid("list", "statefulsets")  # a Role trimmed to what is created today
-    with pytest.raises(Forbidden, match="list statefulsets"):
+    apiserver.forbid("list", "services")  # listed after the Deployments
+    with pytest.raises(Forbidden, match="list services"):
         k8s_backend.delete(handle, wait=True)
     deadline = time.monotonic() + 3
     while apiserver.store.all() and time.monotonic() < deadline:
@@ -348,3 +348,56 @@ def test_config_from_env_detects_a_pod() -> None:
     assert KubeConfig.from_env({"EPHEMERAL_K8S_HTTP_CHECK": "0"}).http_check is False
     with pytest.raises(BackendUnavailable, match="EPHEMERAL_K8S_IN_CLUSTER"):
         KubeConfig.from_env({"EPHEMERAL_K8S_IN_CLUSTER": "maybe"})
+
+
+def test_delete_waits_through_watch_not_polling(k8s_backend: KubernetesBackend,
+                                                apiserver: ApiServer, operator: Operator) -> None:
+    operator.pod_grace = 1.0  # polling every 0.02 s would list ~5 kinds 50 times meanwhile
+    handle = k8s_backend.create(RAY, identity=owner(RAY))
+    assert k8s_backend.wait_ready(handle, timeout=5).ready
+    before = len(apiserver.calls)
+    started = time.monotonic()
+    k8s_backend.delete(handle, wait=True)
+    took = time.monotonic() - started
+    assert 0.9 <= took < 2.5  # returns as the last pod goes, not a poll interval later
+    assert apiserver.store.all() == []
+    calls = apiserver.calls[before:]
+    watches = [path for method, path, *_ in calls if "watch=true" in path]
+    lists = [path for method, path, *_ in calls if method == "GET" and "watch=true" not in path]
+    # The RayCluster goes last (foreground): its watch waits out the pods' grace period.
+    assert any("/rayclusters?" in path for path in watches)
+    assert len(lists) <= 15  # the delete's own lists, each watch's list, one final check
+
+
+@pytest.mark.parametrize("refusal", ["forbidden", "unsupported"])
+def test_without_watch_delete_and_wait_ready_poll(k8s_backend: KubernetesBackend,
+                                                  apiserver: ApiServer, operator: Operator,
+                                                  refusal: str) -> None:
+    # A Role without the watch verb (403), or a server that does not serve it (405).
+    for plural in ("rayclusters", "deployments", "services", "pods"):
+        if refusal == "forbidden":
+            apiserver.forbid("watch", plural)
+        else:
+            apiserver.fail("watch", plural, 405, times=100, reason="MethodNotAllowed",
+                           message="watch is not supported")
+    operator.pod_grace = 0.3
+    for spec in (RAY, SPARK):
+        handle = k8s_backend.create(spec, identity=owner(spec))
+        assert k8s_backend.wait_ready(handle, timeout=5).ready
+        k8s_backend.delete(handle, wait=True)
+        assert apiserver.store.all() == []
+    assert apiserver.requests("watch", "rayclusters")  # tried, refused, polled
+
+
+def test_wait_ready_probes_on_changes(k8s_backend: KubernetesBackend, apiserver: ApiServer,
+                                      operator: Operator) -> None:
+    operator.provision_delay = 0.5
+    handle = k8s_backend.create(RAY, identity=owner(RAY))
+    assert k8s_backend.wait_ready(handle, timeout=5).ready
+    # Polling every 0.02 s would have read the RayCluster ~25 times while it provisioned.
+    assert len(apiserver.requests("get", "rayclusters")) <= 5
+    assert apiserver.requests("watch", "rayclusters")
+    # timeout=0 stays one probe, no watch (Airflow's trigger loops over it).
+    before = len(apiserver.requests("watch", "rayclusters"))
+    assert k8s_backend.wait_ready(handle, timeout=0).ready
+    assert len(apiserver.requests("watch", "rayclusters")) == before

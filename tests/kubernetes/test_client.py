@@ -12,11 +12,16 @@ from ephemeral.backends.kubernetes import KubeConfig
 from ephemeral.backends.kubernetes.client import (
     CONFIGMAP,
     DEPLOYMENT,
+    INITIAL_EVENTS_END,
+    POD,
     RAYCLUSTER,
+    SERVICE,
     AlreadyExists,
     Forbidden,
     KubeClient,
     KubeRayMissing,
+    WatchExpired,
+    WatchUnsupported,
 )
 from ephemeral.errors import BackendError, BackendUnavailable, SpecError
 from tests.kubernetes.apiserver import ApiServer, Operator
@@ -184,3 +189,119 @@ def test_kubeconfig_content_is_used_and_never_shown(apiserver: ApiServer) -> Non
         KubeClient(KubeConfig(kubeconfig="users: [{token: s3cr3t}]: ]")).list_objects(CONFIGMAP)
     assert "s3cr3t" not in str(info.value)
     assert info.value.__cause__ is None
+
+
+# -- watch -------------------------------------------------------------------------------------
+
+def service(name: str, **labels: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "labels": labels}, "spec": {"clusterIP": "None"}}
+
+
+def raw_watch(apiserver: ApiServer, query: str) -> tuple[int, list[dict[str, Any]], float]:
+    """The mock's answer to a watch over plain HTTP: status, events, seconds it took."""
+    import json
+    import time
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{apiserver.url}/api/v1/namespaces/{NAMESPACE}/services?watch=true&{query}",
+        headers={"Authorization": f"Bearer {apiserver.token}"})
+    started = time.monotonic()
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        assert resp.headers["Transfer-Encoding"] == "chunked"
+        events = [json.loads(line) for line in resp if line.strip()]
+        return resp.status, events, time.monotonic() - started
+
+
+def test_the_mock_streams_watch_events_as_the_api_server_does(apiserver: ApiServer) -> None:
+    apiserver.store.put("services", NAMESPACE, service("a", app="x"))
+    apiserver.store.put("services", NAMESPACE, service("b", app="y"))
+    # No resourceVersion: the current objects as ADDED; timeoutSeconds ends the stream.
+    code, events, took = raw_watch(apiserver, "labelSelector=app%3Dx&timeoutSeconds=1")
+    assert code == 200
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "a")]
+    assert 0.9 <= took < 3
+    # From a resourceVersion: the changes after it, selector applied to both sides.
+    since = apiserver.store.resource_version()
+    apiserver.store.update("services", NAMESPACE, "b",
+                           lambda o: o["metadata"]["labels"].update(app="x"))
+    apiserver.store.update("services", NAMESPACE, "a",
+                           lambda o: o["metadata"]["labels"].update(app="z"))
+    _, events, _ = raw_watch(apiserver, f"labelSelector=app%3Dx&resourceVersion={since}"
+                                        "&timeoutSeconds=1")
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
+        ("ADDED", "b"), ("DELETED", "a")]
+    # Too old: HTTP 200 and an ERROR event carrying a 410 Status.
+    apiserver.store.compact()
+    _, events, _ = raw_watch(apiserver, f"resourceVersion={since}&timeoutSeconds=1")
+    [error] = events
+    assert error["type"] == "ERROR"
+    assert (error["object"]["kind"], error["object"]["code"]) == ("Status", 410)
+    assert error["object"]["reason"] == "Expired"
+
+
+def test_watch_sees_create_modify_delete_with_a_selector(client: KubeClient,
+                                                         apiserver: ApiServer) -> None:
+    store = apiserver.store
+    store.put("services", NAMESPACE, service("before", app="x"))
+    seen: list[tuple[str, str]] = []
+    for type_, obj in client.watch(SERVICE, labels="app=x", timeout=5):
+        seen.append((type_, obj["metadata"].get("name", "")))
+        if type_ == "BOOKMARK":  # the view is complete: now change things
+            assert obj["metadata"]["annotations"] == {INITIAL_EVENTS_END: "true"}
+            client.create(service("mine", app="x"))
+            client.create(service("other", app="y"))
+            store.update("services", NAMESPACE, "mine",
+                         lambda o: o["metadata"].setdefault("annotations", {}).update(a="1"))
+            store.remove("services", NAMESPACE, "mine")
+        if type_ == "DELETED":
+            break
+    assert seen == [("ADDED", "before"), ("BOOKMARK", ""), ("ADDED", "mine"),
+                    ("MODIFIED", "mine"), ("DELETED", "mine")]
+    # Custom objects (Watch().stream over CustomObjectsApi), by name.
+    client.create(raycluster("rc"))
+    client.create(raycluster("rc2"))
+    events = [(t, o["metadata"].get("name")) for t, o in client.watch(RAYCLUSTER, name="rc",
+                                                                      timeout=0.5)]
+    assert events == [("ADDED", "rc"), ("BOOKMARK", None)]
+    assert apiserver.requests("watch", "rayclusters")
+    assert all("fieldSelector=metadata.name%3Drc" in p
+               for p in apiserver.requests("watch", "rayclusters"))
+
+
+def test_a_410_restarts_from_a_fresh_list(client: KubeClient, apiserver: ApiServer) -> None:
+    store = apiserver.store
+    store.put("services", NAMESPACE, service("a", app="x"))
+    store.put("services", NAMESPACE, service("b", app="x"))
+    seen: list[tuple[str, str]] = []
+    for type_, obj in client.watch(SERVICE, labels="app=x", timeout=5):
+        seen.append((type_, obj["metadata"].get("name", "")))
+        if len(seen) == 3:  # the first BOOKMARK: the stream drops, and meanwhile...
+            apiserver.end_watches()
+            store.remove("services", NAMESPACE, "a")
+            store.update("services", NAMESPACE, "b",
+                         lambda o: o["metadata"].setdefault("annotations", {}).update(a="1"))
+            store.put("services", NAMESPACE, service("c", app="x"))
+            store.compact()  # ... the history it would resume from is gone: 410
+        if len(seen) == 7:
+            break
+    assert seen == [("ADDED", "a"), ("ADDED", "b"), ("BOOKMARK", ""),
+                    ("DELETED", "a"), ("MODIFIED", "b"), ("ADDED", "c"), ("BOOKMARK", "")]
+    assert len(apiserver.requests("list", "services")) == 2
+    # From a caller's own resourceVersion the watch cannot know its view: the caller relists.
+    old = store.resource_version()
+    store.compact()
+    with pytest.raises(WatchExpired, match="too old"):
+        list(client.watch(SERVICE, resource_version=old, timeout=2))
+
+
+def test_watch_errors_are_translated(client: KubeClient, apiserver: ApiServer) -> None:
+    apiserver.forbid("watch", "pods")
+    with pytest.raises(Forbidden, match="cannot watch pods") as info:
+        list(client.watch(POD, timeout=1))
+    assert info.value.verb == "watch"
+    assert "grant verb 'watch'" in str(info.value)
+    apiserver.fail("watch", "rayclusters", 405, reason="MethodNotAllowed", message="no watch")
+    with pytest.raises(WatchUnsupported, match="no watch"):
+        list(client.watch(RAYCLUSTER, timeout=1))

@@ -45,10 +45,14 @@ def lifecycle(backend: KubernetesBackend) -> None:
 
 
 def test_the_role_is_enough_for_the_whole_lifecycle(k8s_backend: KubernetesBackend,
-                                                    apiserver: ApiServer,
-                                                    operator: Operator) -> None:
+                                                    apiserver: ApiServer, operator: Operator,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
     enforce(apiserver, granted())
     lifecycle(k8s_backend)
+    # The waits watched, and never fell back to polling for want of the watch verb.
+    assert apiserver.requests("watch", "rayclusters")
+    assert apiserver.requests("watch", "deployments")
+    assert "cannot watch" not in caplog.text
     # A cluster that never gets ready: the timeout's diagnosis lists events and pods.
     operator.ray_scenario = RayScenario.IMAGE_PULL
     spec = small("ray/adhoc-cpu", replicas=1)

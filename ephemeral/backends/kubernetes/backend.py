@@ -5,6 +5,9 @@ existing one (409), which is adopted when its ``ephemeral.dev/spec-hash`` label 
 object carries the owner labels, so delete and list_owned work from labels alone, after any
 crash, without XCom.
 
+``delete(wait=True)`` and ``wait_ready`` watch instead of polling where they can (a Role without
+the ``watch`` verb, or a server without it, makes them poll as before).
+
 list_owned finds clusters by their primary object only (the RayCluster, the Spark master
 Deployment). Every other object a create makes is therefore owned by the primary (an
 ``ownerReference`` to its uid): whenever the primary goes (a delete interrupted after its first
@@ -32,16 +35,16 @@ from ephemeral.backends.base import (
 )
 from ephemeral.backends.kubernetes import probe as probes
 from ephemeral.backends.kubernetes.client import (
-    CONFIGMAP,
     DEPLOYMENT,
     POD,
     RAYCLUSTER,
     SERVICE,
-    STATEFULSET,
     AlreadyExists,
+    Forbidden,
     Kind,
     KubeClient,
     KubeRayMissing,
+    WatchUnsupported,
     kind_of,
     name_of,
 )
@@ -68,9 +71,19 @@ from ephemeral.specs.resolve import ResolvedSpec
 log = logging.getLogger(__name__)
 
 # Deleted in this order: the primary first, so nothing recreates what is being removed.
-OWNED_KINDS: tuple[Kind, ...] = (RAYCLUSTER, DEPLOYMENT, STATEFULSET, SERVICE, CONFIGMAP)
+OWNED_KINDS: tuple[Kind, ...] = (RAYCLUSTER, DEPLOYMENT, SERVICE)
 SPEC_HASH = PREFIX + "spec-hash"
 SPARK_MASTER = "spark-master"
+RESYNC_POLLS, RESYNC_MIN = 5, 1.0
+"""wait_ready re-probes at least every RESYNC_POLLS poll intervals (and at most every RESYNC_MIN
+seconds) while it watches: KubeRay's InvalidRayClusterSpec is an Event, and changes no watched
+object."""
+
+
+def _cannot_watch(exc: Exception) -> bool:
+    """A 403 on watch itself, or a 405: the caller polls instead (any other error is real)."""
+    return isinstance(exc, WatchUnsupported) or (isinstance(exc, Forbidden)
+                                                 and exc.verb == "watch")
 
 
 class KubernetesBackend(ClusterBackend):
@@ -163,7 +176,18 @@ class KubernetesBackend(ClusterBackend):
     def wait_ready(self, handle: ClusterHandle, *, timeout: float) -> ClusterStatus:
         client = self._client(handle)
         handle = self._view(handle)
+        if timeout <= 0:  # one probe: Airflow's trigger loops over it
+            return probes.probe(client, handle, http_check=self.config.http_check)
         deadline = time.monotonic() + timeout
+        try:
+            status = self._await_api_ready(client, handle, deadline)
+            if status is not None and status.ready:
+                return status
+        except (Forbidden, WatchUnsupported) as exc:
+            if not _cannot_watch(exc):
+                raise
+            log.info("cannot watch cluster %s (%s); polling instead", handle.name, exc)
+        # The HTTP endpoints (and a timeout's diagnosis) are polled.
         while True:
             status = probes.probe(client, handle, http_check=self.config.http_check)
             if status.phase is Phase.READY or timeout <= 0:
@@ -177,6 +201,26 @@ class KubernetesBackend(ClusterBackend):
                     f"({status.nodes_ready}/{status.nodes_expected} nodes ready; "
                     f"{status.message})", probes.diagnose(client, handle))
             time.sleep(min(self.config.poll_interval, left))
+
+    def _await_api_ready(self, client: KubeClient, handle: ClusterHandle,
+                         deadline: float) -> ClusterStatus | None:
+        """Probe whenever the primary objects change, until the API side is ready (or the
+        cluster is gone, or the deadline): the status changes come without polling. The probe
+        follows the watch's list, so no change between the two is missed."""
+        kind, labels, name = ((RAYCLUSTER, None, handle.name) if handle.engine == "ray" else
+                              (DEPLOYMENT, f"{PREFIX}cluster={handle.name}", None))
+        resync = max(RESYNC_POLLS * self.config.poll_interval, RESYNC_MIN)
+        status: ClusterStatus | None = None
+        while (left := deadline - time.monotonic()) > 0:
+            synced = False
+            for type_, _ in client.watch(kind, labels=labels, name=name,
+                                         timeout=min(left, resync)):
+                synced = synced or type_ == "BOOKMARK"
+                if synced:  # the initial ADDED events are the state the first probe reads
+                    status = probes.probe(client, handle, http_check=self.config.http_check)
+                    if not probes.waits_on_api(status):
+                        return status
+        return status
 
     # -- endpoints -----------------------------------------------------------------------------
 
@@ -213,6 +257,13 @@ class KubernetesBackend(ClusterBackend):
         if not wait:
             return
         deadline = time.monotonic() + self.config.delete_timeout
+        try:
+            self._await_gone(client, name, deadline)
+        except (Forbidden, WatchUnsupported) as exc:
+            if not _cannot_watch(exc):
+                raise
+            log.info("cannot watch cluster %s (%s); polling instead", name, exc)
+        # After the watch, one round of lists confirms; without it, this polls.
         while leftover := self._leftover(client, name):
             if time.monotonic() >= deadline:
                 raise TeardownIncomplete(name, leftover)
@@ -233,10 +284,33 @@ class KubernetesBackend(ClusterBackend):
                       != SPARK_MASTER)
             yield from ((kind, o) for o in objs)
 
+    def _await_gone(self, client: KubeClient, name: str, deadline: float) -> None:
+        """Watch each set of the cluster's objects until it is empty (or the deadline): the
+        owned kinds primary first, then the pods, which nothing recreates once their owners
+        are gone."""
+        sets = [(kind, f"{PREFIX}cluster={name}") for kind in OWNED_KINDS]
+        sets += [(POD, selector) for selector in _pod_selectors(name)]
+        for kind, selector in sets:
+            left: set[str] = set()
+            synced = False
+            try:
+                for type_, obj in client.watch(kind, labels=selector,
+                                               timeout=max(deadline - time.monotonic(), 0)):
+                    if type_ == "BOOKMARK":
+                        synced = True
+                    elif type_ == "DELETED":
+                        left.discard(name_of(obj))
+                    else:
+                        left.add(name_of(obj))
+                    if synced and not left:
+                        break
+            except KubeRayMissing:  # no CRD, so no RayCluster can exist
+                continue
+
     def _leftover(self, client: KubeClient, name: str) -> list[str]:
         left = [_describe(kind.kind, obj) for kind, obj in self._owned_objects(client, name)]
         pods: dict[str, dict[str, Any]] = {}
-        for selector in (f"ray.io/cluster={name}", f"{PREFIX}cluster={name}"):
+        for selector in _pod_selectors(name):
             pods |= {name_of(p): p for p in client.list_objects(POD, labels=selector)}
         return left + [_describe("Pod", p) for p in pods.values()]
 
@@ -284,6 +358,11 @@ def owned_by(obj: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
     ref = {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": meta["name"],
            "uid": meta["uid"]}
     return obj | {"metadata": obj["metadata"] | {"ownerReferences": [ref]}}
+
+
+def _pod_selectors(name: str) -> tuple[str, ...]:
+    """KubeRay labels its pods ``ray.io/cluster``; the Spark Deployments' pods carry ours."""
+    return f"ray.io/cluster={name}", f"{PREFIX}cluster={name}"
 
 
 def _describe(kind: str, obj: dict[str, Any]) -> str:

@@ -7,12 +7,19 @@ core ``/api/v1`` resources go through the same ApiClient with a raw request, bec
 before the server's strict field validation sees them.
 
 Every ``ApiException`` and transport error becomes an ``ephemeral.errors`` type in ``_errors``.
+
+``watch`` streams changes through ``kubernetes.watch.Watch`` (for core resources too, over a raw
+request shaped like a generated list method), so waits need no polling; a Role without the
+``watch`` verb (403) or a server without watch (405) raises ``Forbidden`` / ``WatchUnsupported``
+and the caller polls instead.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -81,6 +88,18 @@ class KubeRayMissing(BackendUnavailable):
 
 class AlreadyExists(BackendError):
     """Internal to create(): the object is there already (409)."""
+
+
+class WatchUnsupported(BackendError):
+    """The server does not serve watch for this resource (405): poll instead."""
+
+
+class WatchExpired(BackendUnavailable):
+    """A watch from a caller's resourceVersion met 410 Gone: list again, then watch from it."""
+
+
+GONE = 410
+INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 
 
 @dataclass(frozen=True)
@@ -228,6 +247,11 @@ class KubeClient:
 
     def list_objects(self, kind: Kind, *, labels: str | None = None,
              fields: str | None = None) -> list[dict[str, Any]]:
+        return self._list(kind, labels=labels, fields=fields)[0]
+
+    def _list(self, kind: Kind, *, labels: str | None = None,
+              fields: str | None = None) -> tuple[list[dict[str, Any]], str]:
+        """The items and the list's resourceVersion (where a watch continues from)."""
         with _errors(_Op("list", kind, self.namespace)):
             if kind.group:
                 result = self._custom().list_namespaced_custom_object(
@@ -238,7 +262,97 @@ class KubeClient:
                 query = [(k, v) for k, v in (("labelSelector", labels),
                                              ("fieldSelector", fields)) if v]
                 result = self._core("GET", kind, query=query)
-        return list(result.get("items") or [])
+        version = str((result.get("metadata") or {}).get("resourceVersion") or "")
+        return list(result.get("items") or []), version
+
+    def watch(self, kind: Kind, *, labels: str | None = None, name: str | None = None,
+              resource_version: str | None = None,
+              timeout: float = 60.0) -> Iterator[tuple[str, dict[str, Any]]]:
+        """``(type, object)`` for each change of the matching objects, for ``timeout`` seconds
+        at most (the generator then ends; stop iterating to stop earlier).
+
+        Without ``resource_version`` the watch lists first: an ADDED for every object there,
+        then a BOOKMARK annotated ``k8s.io/initial-events-end`` (so a caller knows when its view
+        is complete, even when nothing matches), then the changes. When the server answers
+        410 Gone (its history was compacted), it lists afresh and yields the difference to what
+        it yielded before (DELETED for objects gone meanwhile) and another BOOKMARK, and goes
+        on from there. With a ``resource_version`` it cannot know the caller's view, so a 410
+        raises ``WatchExpired``."""
+        deadline = time.monotonic() + timeout
+        known: dict[str, dict[str, Any]] = {}
+        fields = f"metadata.name={name}" if name else None
+        version = resource_version
+        while True:
+            if version is None:
+                items, version = self._list(kind, labels=labels, fields=fields)
+                yield from _resync(known, items)
+                yield "BOOKMARK", {"metadata": {"resourceVersion": version,
+                                                "annotations": {INITIAL_EVENTS_END: "true"}}}
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                for type_, obj in self._watch_once(kind, labels, fields, version, left):
+                    version = str(obj.get("metadata", {}).get("resourceVersion") or version)
+                    if type_ == "DELETED":
+                        known.pop(name_of(obj), None)
+                    elif type_ in ("ADDED", "MODIFIED"):
+                        known[name_of(obj)] = obj
+                    yield type_, obj
+            except _Expired:
+                if resource_version is not None and version == resource_version:
+                    raise WatchExpired(f"watch {kind.resource} in namespace "
+                                       f"{self.namespace!r}: resourceVersion {version} is too "
+                                       "old; list again") from None
+                version = None  # restart from a fresh list
+                continue
+            if deadline - time.monotonic() <= 0:
+                return
+
+    def _watch_once(self, kind: Kind, labels: str | None, fields: str | None, version: str,
+                    left: float) -> Iterator[tuple[str, dict[str, Any]]]:
+        """One watch request, until the server ends it (``timeoutSeconds``) or an error."""
+        import urllib3.exceptions
+        from kubernetes import watch as kube_watch
+        from kubernetes.client.exceptions import ApiException
+
+        untyped: Any = kube_watch  # the watch module is untyped
+        watcher = untyped.Watch()
+        # timeout_seconds also stops Watch.stream retrying a 410 on its own: we relist instead.
+        args: dict[str, Any] = {
+            "label_selector": labels, "field_selector": fields, "resource_version": version,
+            "timeout_seconds": max(1, math.ceil(left)),
+            # (connect, read): the read timeout ends an idle stream at our deadline, not at the
+            # server's whole-second timeoutSeconds.
+            "_request_timeout": (self._timeout, max(left, 0.05))}
+        if kind.group:
+            func: Any = self._custom().list_namespaced_custom_object
+            args = {"group": kind.group, "version": kind.version, "namespace": self.namespace,
+                    "plural": kind.plural} | args
+        else:
+            func = self._core_watch(kind)
+        op = _Op("watch", kind, self.namespace)
+        stream = watcher.stream(func, **args)
+        try:
+            while True:
+                with _errors(op):
+                    try:
+                        event = next(stream, None)
+                    except urllib3.exceptions.ReadTimeoutError:
+                        return  # nothing happened for as long as we wait: the caller decides
+                    except ApiException as exc:
+                        if exc.status == GONE:
+                            raise _Expired from None
+                        if exc.status == 405:
+                            raise WatchUnsupported(
+                                f"the API server does not serve watch on {kind.resource} "
+                                f"({_status(exc).get('message') or exc.reason})") from exc
+                        raise
+                if event is None:
+                    return
+                yield str(event["type"]), dict(event["raw_object"])
+        finally:
+            stream.close()
 
     def delete(self, kind: Kind, name: str) -> bool:
         """Foreground delete: the object stays until its dependents are gone. False if missing."""
@@ -260,6 +374,31 @@ class KubeClient:
         return True
 
     # -- plumbing ------------------------------------------------------------------------------
+
+    def _core_watch(self, kind: Kind) -> Any:
+        """A function ``Watch.stream`` can call for a core resource: it has no return type to
+        deserialize into (the events stay dicts, as the raw requests of ``_core`` keep them)."""
+        from kubernetes.client.exceptions import ApiException
+
+        def list_namespaced(*, watch: bool, label_selector: str | None,
+                            field_selector: str | None, resource_version: str | None,
+                            timeout_seconds: int, _preload_content: bool,
+                            _request_timeout: Any) -> Any:
+            query = [(k, str(v)) for k, v in (
+                ("watch", "true" if watch else None), ("labelSelector", label_selector),
+                ("fieldSelector", field_selector), ("resourceVersion", resource_version),
+                ("timeoutSeconds", timeout_seconds)) if v]
+            request = self.api.param_serialize(
+                method="GET", resource_path=f"/api/{kind.version}/namespaces/"
+                f"{self.namespace}/{kind.plural}", query_params=query,
+                header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
+            response = self.api.call_api(*request, _request_timeout=_request_timeout)
+            if not 200 <= response.status <= 299:
+                response.read()
+                raise ApiException.from_response(http_resp=response, body=None, data=None)
+            return response.response  # the urllib3 response, streamed line by line
+
+        return list_namespaced
 
     @property
     def _timeout(self) -> float:
@@ -288,6 +427,25 @@ class KubeClient:
         if not 200 <= response.status <= 299:
             raise ApiException.from_response(http_resp=response, body=None, data=None)
         return dict(json.loads(response.data or b"{}"))
+
+
+class _Expired(Exception):
+    """Internal to watch(): 410 Gone, as an HTTP status or an ERROR event."""
+
+
+def _resync(known: dict[str, dict[str, Any]],
+            items: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The events that take a watcher who saw ``known`` to ``items``; updates ``known``."""
+    current = {name_of(o): o for o in items}
+    for gone in [n for n in known if n not in current]:
+        yield "DELETED", known.pop(gone)
+    for name, obj in current.items():
+        before = known.get(name)
+        known[name] = obj
+        if before is None:
+            yield "ADDED", obj
+        elif before["metadata"].get("resourceVersion") != obj["metadata"].get("resourceVersion"):
+            yield "MODIFIED", obj
 
 
 def build_api_client(config: KubeConfig) -> Any:

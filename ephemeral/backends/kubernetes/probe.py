@@ -22,6 +22,8 @@ from ephemeral.errors import ClusterFailed
 from ephemeral.specs.identity import PREFIX
 
 INVALID_SPEC_REASON = "InvalidRayClusterSpec"
+RAY_NOT_READY = "RayCluster not ready"
+SPARK_NOT_AVAILABLE = "not available yet"
 
 
 def probe(client: KubeClient, handle: ClusterHandle, *, http_check: bool = True) -> ClusterStatus:
@@ -62,7 +64,7 @@ def _probe_ray(client: KubeClient, handle: ClusterHandle, http_check: bool) -> C
         and conditions.get("RayClusterProvisioned") == "True")
     counts = {"nodes_ready": min(ready_pods, expected), "nodes_expected": expected}
     if not ready:
-        return ClusterStatus(phase=Phase.STARTING, message="RayCluster not ready: state="
+        return ClusterStatus(phase=Phase.STARTING, message=f"{RAY_NOT_READY}: state="
                              f"{status.get('state') or 'none'}", **counts)
     dashboard = handle.endpoints.dashboard
     if http_check and dashboard and get_json(dashboard + "/api/version") is None:
@@ -85,7 +87,7 @@ def _probe_spark(client: KubeClient, handle: ClusterHandle, http_check: bool) ->
     not_available = sorted(c for c, n in wanted.items() if available[c] < n)
     if not_available:
         return ClusterStatus(phase=Phase.STARTING, nodes_ready=ready, nodes_expected=expected,
-                             message="not available yet: " + ", ".join(not_available))
+                             message=f"{SPARK_NOT_AVAILABLE}: " + ", ".join(not_available))
     workers = wanted.get("spark-worker", 0)
     ui = handle.endpoints.spark_ui
     if http_check and ui:
@@ -97,6 +99,13 @@ def _probe_spark(client: KubeClient, handle: ClusterHandle, http_check: bool) ->
                 nodes_expected=expected,
                 message=f"{alive} of {workers} workers ALIVE at the master ({ui})")
     return ClusterStatus(phase=Phase.READY, nodes_ready=expected, nodes_expected=expected)
+
+
+def waits_on_api(status: ClusterStatus) -> bool:
+    """Whether the cluster waits for its primary objects to change (what a watch sees), rather
+    than for an HTTP endpoint to answer (what only polling sees)."""
+    return status.phase is Phase.STARTING and status.message.startswith(
+        (RAY_NOT_READY, SPARK_NOT_AVAILABLE))
 
 
 def _component(obj: dict[str, Any]) -> str:

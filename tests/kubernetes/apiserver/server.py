@@ -1,11 +1,13 @@
 """The HTTP side of the mock: kmock serves the requests; the verbs below keep the store and
-answer like the real API server (status codes, Status bodies, 201 on create)."""
+answer like the real API server (status codes, Status bodies, 201 on create, watches as a
+chunked stream of JSON lines fed by the store's changes)."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,15 @@ import attrs
 import kmock
 import yaml
 
-from tests.kubernetes.apiserver.store import RESOURCES, Resource, SelectorError, Store
+from tests.kubernetes.apiserver.store import (
+    RESOURCES,
+    Change,
+    Resource,
+    SelectorError,
+    Store,
+    parse_field_selector,
+    parse_label_selector,
+)
 
 Validator = Callable[[dict[str, Any]], list[str]]
 NOT_INSTALLED = "the server could not find the requested resource"
@@ -57,6 +67,7 @@ class ApiServer:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name="k8s-api-mock")
         self._server: kmock.Server | None = None
+        self._watches: set[asyncio.Queue[Change | None]] = set()
         self.url = ""
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -80,6 +91,7 @@ class ApiServer:
 
     def stop(self) -> None:
         errors = list(self._handler.errors)
+        self.end_watches()  # or the server waits for them to end
         if self._server is not None:
             self._run(self._exit())
             self._server = None
@@ -115,6 +127,24 @@ class ApiServer:
              message: str = "etcdserver: request timed out") -> None:
         """Answer the next ``times`` of ``verb`` on ``plural`` with this Status."""
         self.failures.setdefault((verb, plural), []).extend([(code, reason, message)] * times)
+
+    def end_watches(self) -> None:
+        """Close every open watch stream, as an API server restart or a load balancer would."""
+        for queue in list(self._watches):
+            self._loop.call_soon_threadsafe(queue.put_nowait, None)
+
+    def requests(self, verb: str, plural: str) -> list[str]:
+        """The paths of the list, watch or get requests served for ``plural``."""
+        def verb_of(method: str, path: str) -> str:
+            route = path.split("?", 1)[0].rstrip("/")
+            if method != "GET":
+                return method.lower()
+            if "watch=true" in path:
+                return "watch"
+            return "list" if route.endswith("/" + plural) else "get"
+
+        return [path for method, path, *_ in self.calls
+                if f"/{plural}" in path.split("?", 1)[0] and verb_of(method, path) == verb]
 
     def bodies(self) -> list[bytes]:
         return [body for *_, body in self.calls]
@@ -160,12 +190,88 @@ class ApiServer:
 
     def _list(self, request: kmock.Request, res: Resource, ns: str) -> Any:
         try:
-            items = self.store.list(res.plural, ns, labels=request.params.get("labelSelector", ""),
-                                    fields=request.params.get("fieldSelector", ""))
+            with self.store.lock:  # the version is the list's: a watch from it misses nothing
+                items = self.store.list(res.plural, ns,
+                                        labels=request.params.get("labelSelector", ""),
+                                        fields=request.params.get("fieldSelector", ""))
+                version = self.store.resource_version()
         except SelectorError as exc:
             return status(400, "BadRequest", str(exc))
         return {"apiVersion": res.api_version, "kind": f"{res.kind}List",
-                "metadata": {"resourceVersion": self.store.resource_version()}, "items": items}
+                "metadata": {"resourceVersion": version}, "items": items}
+
+    def _watch(self, request: kmock.Request, res: Resource, ns: str) -> Any:
+        """``?watch=true``: ADDED for what exists now when no resourceVersion (or "0") is given,
+        else the changes after it (an ERROR event with a 410 Status when it is older than the
+        history kept); then every matching change until ``timeoutSeconds``. Selectors apply to
+        both sides of a change: an object that stops matching is DELETED for this watch."""
+        params = request.params
+        try:
+            labels = parse_label_selector(params.get("labelSelector", ""))
+            fields = parse_field_selector(params.get("fieldSelector", ""))
+            since = int(params["resourceVersion"]) if params.get("resourceVersion") else None
+            timeout = float(params.get("timeoutSeconds") or 1800)
+        except (SelectorError, ValueError) as exc:
+            return status(400, "BadRequest", str(exc))
+
+        def matches(obj: dict[str, Any] | None) -> bool:
+            return obj is not None and labels(obj["metadata"].get("labels") or {}) and \
+                fields(obj) and request.name in (None, obj["metadata"]["name"])
+
+        def event(change: Change) -> dict[str, Any] | None:
+            if change.plural != res.plural or change.namespace != ns:
+                return None
+            before, after = matches(change.old), matches(change.new)
+            if change.type == "DELETED":
+                kind = "DELETED" if before else None
+            elif change.type == "ADDED" or not before:
+                kind = "ADDED" if after else None
+            else:
+                kind = "MODIFIED" if after else "DELETED"
+            return {"type": kind, "object": change.new} if kind else None
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Change | None] = asyncio.Queue()
+
+        def listener(change: Change) -> None:  # any thread, under the store's lock
+            loop.call_soon_threadsafe(queue.put_nowait, change)
+
+        with self.store.lock:
+            current = self.store.list(res.plural, ns) if since in (None, 0) else []
+            backlog = self.store.subscribe(listener, None if since in (None, 0) else since)
+        if backlog is None:
+            gone = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": f"too old resource version: {since} "
+                               f"({self.store.resource_version()})",
+                    "reason": "Expired", "code": 410}
+            return kmock.Response(status=200, payload=({"type": "ERROR", "object": gone},))
+        self._watches.add(queue)
+
+        async def stream() -> AsyncIterator[Any]:
+            try:
+                yield b""  # the headers now, whether or not anything happens
+                for obj in current:
+                    if matches(obj):
+                        yield {"type": "ADDED", "object": obj}
+                for change in backlog:
+                    if (found := event(change)) is not None:
+                        yield found
+                deadline = time.monotonic() + timeout
+                while (left := deadline - time.monotonic()) > 0:
+                    try:
+                        change = await asyncio.wait_for(queue.get(), left)
+                    except TimeoutError:
+                        break
+                    if change is None:  # the server stops
+                        break
+                    if (found := event(change)) is not None:
+                        yield found
+            finally:
+                self.store.unsubscribe(listener)
+                self._watches.discard(queue)
+
+        return kmock.Response(status=200, headers={"Content-Type": "application/json"},
+                              payload=stream())
 
     def _get(self, request: kmock.Request, res: Resource, ns: str) -> Any:
         assert request.name is not None

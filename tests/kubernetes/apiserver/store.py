@@ -1,6 +1,6 @@
-"""The mock's object store: resource versions, uids, label and field selectors, and the
-foreground-deletion bookkeeping of the real API server. Thread-safe: the HTTP server, the
-operator thread and the test all use it."""
+"""The mock's object store: resource versions, uids, label and field selectors, the
+foreground-deletion bookkeeping of the real API server, and the change history watches are
+served from. Thread-safe: the HTTP server, the operator thread and the test all use it."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import itertools
 import re
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -44,6 +45,23 @@ RESOURCES = {r.plural: r for r in (
 BY_KIND = {r.kind: r for r in RESOURCES.values()}
 
 
+@dataclass(frozen=True)
+class Change:
+    """One write, as a watch sees it: ``old`` is None for ADDED, ``new`` is the object as
+    written (for DELETED: its last state, with the deletion's resourceVersion)."""
+
+    rv: int
+    type: str
+    plural: str
+    namespace: str
+    old: dict[str, Any] | None
+    new: dict[str, Any]
+
+
+Listener = Callable[[Change], None]
+HISTORY = 10_000  # changes kept for watches that resume from a resourceVersion, as etcd does
+
+
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -53,6 +71,9 @@ class Store:
         self.lock = threading.RLock()
         self._objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._rv = itertools.count(1000)
+        self._history: list[Change] = []
+        self._compacted = 0  # a watch from an older resourceVersion gets 410 Gone
+        self._listeners: list[Listener] = []
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -70,6 +91,7 @@ class Store:
             meta["generation"] = 1
             meta["resourceVersion"] = str(next(self._rv))
             self._objects[(plural, namespace, meta["name"])] = obj
+            self._record("ADDED", plural, namespace, None, obj)
             return copy.deepcopy(obj)
 
     def update(self, plural: str, namespace: str, name: str, change: Any) -> dict[str, Any] | None:
@@ -78,13 +100,19 @@ class Store:
             obj = self._objects.get((plural, namespace, name))
             if obj is None:
                 return None
+            old = copy.deepcopy(obj)
             change(obj)
             obj["metadata"]["resourceVersion"] = str(next(self._rv))
+            self._record("MODIFIED", plural, namespace, old, obj)
             return copy.deepcopy(obj)
 
     def remove(self, plural: str, namespace: str, name: str) -> None:
         with self.lock:
-            self._objects.pop((plural, namespace, name), None)
+            obj = self._objects.pop((plural, namespace, name), None)
+            if obj is not None:
+                # The real server gives the DELETED event a resourceVersion of its own.
+                obj["metadata"]["resourceVersion"] = str(next(self._rv))
+                self._record("DELETED", plural, namespace, obj, obj)
 
     def mark_deleted(self, plural: str, namespace: str, name: str, *, foreground: bool) -> None:
         """deletionTimestamp, plus the foregroundDeletion finalizer for Foreground; an object
@@ -100,6 +128,41 @@ class Store:
             obj = self._objects.get((plural, namespace, name))
             if obj is not None and not obj["metadata"].get("finalizers") and plural != "pods":
                 self.remove(plural, namespace, name)
+
+    # -- history, for watches ------------------------------------------------------------------
+
+    def _record(self, type_: str, plural: str, namespace: str, old: dict[str, Any] | None,
+                new: dict[str, Any]) -> None:
+        change = Change(int(new["metadata"]["resourceVersion"]), type_, plural, namespace,
+                        copy.deepcopy(old), copy.deepcopy(new))
+        self._history.append(change)
+        if len(self._history) > HISTORY:
+            self._compacted = self._history.pop(0).rv
+        for listener in list(self._listeners):
+            listener(change)
+
+    def subscribe(self, listener: Listener, since: int | None) -> list[Change] | None:
+        """Call ``listener`` with every later change, and return the changes after ``since``
+        (none when None), atomically: nothing is missed or seen twice between the two. None
+        when ``since`` is older than the history kept (410 Gone)."""
+        with self.lock:
+            if since is not None and since < self._compacted:
+                return None
+            self._listeners.append(listener)
+            return [c for c in self._history if since is not None and c.rv > since]
+
+    def unsubscribe(self, listener: Listener) -> None:
+        with self.lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def compact(self) -> int:
+        """Forget the history (as etcd compaction does); returns the oldest version a watch
+        may still resume from."""
+        with self.lock:
+            self._history.clear()
+            self._compacted = int(self.resource_version())
+            return self._compacted
 
     # -- reads ---------------------------------------------------------------------------------
 
