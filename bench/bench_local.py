@@ -21,8 +21,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ephemeral.backends.http import get_json
 from ephemeral.backends.local import LocalBackend, procs
-from ephemeral.backends.local.http import get_json
 from ephemeral.backends.local.ray_nodes import ray_bin
 from ephemeral.backends.local.slots import runtime_dir
 from ephemeral.backends.local.spark_nodes import spark_home

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from ephemeral.backends.base import ClusterHandle
+from ephemeral.backends.http import get_json
 from ephemeral.backends.local import LocalBackend
-from ephemeral.backends.local.http import get_json
 from ephemeral.errors import JobFailed
 from ephemeral.jobs import JobStatus
 from ephemeral.jobs.ray_jobs import RayJobs

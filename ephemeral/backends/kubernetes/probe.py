@@ -10,12 +10,10 @@ lists as many ALIVE workers as the worker Deployment wants.
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from typing import Any
 
 from ephemeral.backends.base import ClusterHandle, ClusterStatus, Phase
+from ephemeral.backends.http import get_json
 from ephemeral.backends.kubernetes.client import DEPLOYMENT, EVENT, POD, RAYCLUSTER, KubeClient
 from ephemeral.backends.kubernetes.render import COMPONENT_LABEL
 from ephemeral.errors import ClusterFailed
@@ -181,13 +179,3 @@ def pod_problems(pod: dict[str, Any]) -> list[str]:
                            f": {info.get('message', '')}".rstrip(": "))
     return out
 
-
-def get_json(url: str, *, timeout: float = 3.0) -> Any:
-    """GET ``url`` and parse JSON; None when it does not answer with 200 and JSON (yet)."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            if resp.status != 200:
-                return None
-            return json.loads(resp.read() or b"null")
-    except (urllib.error.URLError, OSError, ValueError):
-        return None

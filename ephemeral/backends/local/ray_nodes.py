@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ephemeral.backends.base import ClusterStatus, Endpoints, Phase
+from ephemeral.backends.http import get_json
 from ephemeral.backends.local import slots
-from ephemeral.backends.local.http import get_json
 from ephemeral.backends.local.state import PlannedNode
 from ephemeral.specs.models import RaySpec
 from ephemeral.specs.quantities import memory_bytes

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ephemeral.backends.base import ClusterStatus, Endpoints, Phase
+from ephemeral.backends.http import get_json
 from ephemeral.backends.local import slots
-from ephemeral.backends.local.http import get_json
 from ephemeral.backends.local.state import PlannedNode
 from ephemeral.errors import BackendUnavailable
 from ephemeral.specs.models import SparkSpec

@@ -1,4 +1,5 @@
-"""A tiny JSON GET for readiness probes: None when the endpoint does not answer (yet)."""
+"""A tiny JSON GET for readiness probes of every backend (the Ray dashboard, the Spark master
+UI): None when the endpoint does not answer (yet), so a probe reads "not ready", never fails."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 
 def get_json(url: str, *, timeout: float = 3.0) -> Any:
+    """GET ``url`` and parse JSON; None when it does not answer with 200 and JSON (yet)."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             if resp.status != 200:
