@@ -39,7 +39,8 @@ def main() -> int:
 
     from ephemeral.airflow.report import run_reference_dag, run_report
 
-    console = Console(soft_wrap=True)
+    # Piped or captured output gets rich's 80 columns, which cuts the tables' cells.
+    console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 150)
     console.rule("train_distributed through Airflow (dag.test, local backend)")
     t0 = time.monotonic()
     dag_run = run_reference_dag("train_distributed", {"profile": "ci-cpu"})

@@ -98,12 +98,12 @@ def run_report(dag_run: Any) -> dict[str, Any]:
 def print_report(console: Any, report: dict[str, Any]) -> None:
     from rich.table import Table
 
-    table = Table("cluster", "spec", "lifetime", "running jobs", "idle", "idle: starting",
-                  "between jobs", "deleting", "teardown")
+    table = Table("cluster", "spec", "lifetime", "running jobs", "idle",
+                  "idle = starting + between jobs + deleting", "teardown")
     for c in report["clusters"]:
         table.add_row(str(c["name"]), str(c["spec"]), f"{c['lifetime_s']:.1f}s",
                       f"{c['busy_s']:.1f}s", f"{(c['idle_share'] or 0) * 100:.0f}%",
-                      f"{c['starting_s']:.1f}s", f"{c['between_jobs_s']:.1f}s",
+                      f"{c['starting_s']:.1f}s + {c['between_jobs_s']:.1f}s + "
                       f"{c['deleting_s']:.1f}s", str(c["teardown_state"]))
     console.print(table)
     jobs = Table("task", "job", "seconds", "result")
