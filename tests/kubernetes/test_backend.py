@@ -106,6 +106,34 @@ def test_unschedulable_gpu_pods_are_explained(k8s_backend: KubernetesBackend,
     assert "Warning FailedScheduling" in info.value.details
 
 
+def test_spark_pods_the_api_refuses_are_explained(k8s_backend: KubernetesBackend,
+                                                  apiserver: ApiServer, operator: Operator
+                                                  ) -> None:
+    """Pods refused at admission (here a ResourceQuota) never exist: the reasons are the
+    Deployment's ReplicaFailure condition and its ReplicaSet's events."""
+    operator.deployments_ready = False  # the controller cannot make the workers' pods
+    handle = k8s_backend.create(SPARK, identity=owner(SPARK))
+    worker = f"{handle.name}-worker"
+    refused = 'pods "x" is forbidden: exceeded quota: gpu-quota, requested: requests.cpu=1'
+
+    def fail(dep: dict[str, object]) -> None:
+        dep["status"] = {"conditions": [{"type": "ReplicaFailure", "status": "True",
+                                         "reason": "FailedCreate", "message": refused}]}
+    apiserver.store.update("deployments", NAMESPACE, worker, fail)
+    rs = {"kind": "ReplicaSet", "apiVersion": "apps/v1",
+          "metadata": {"name": f"{worker}-5d8f7c", "namespace": NAMESPACE, "uid": "rs-uid"}}
+    operator.event(rs, "FailedCreate", "Error creating: " + refused)
+    other = dict(rs, metadata={"name": "someone-else-5d8f7c", "namespace": NAMESPACE,
+                               "uid": "rs-2"})
+    operator.event(other, "FailedCreate", "not about this cluster")
+    with pytest.raises(ReadinessTimeout) as info:
+        k8s_backend.wait_ready(handle, timeout=0.5)
+    assert f"deployment/{worker}: ReplicaFailure: FailedCreate: {refused}" in info.value.details
+    assert f"event replicaset/{worker}-5d8f7c: Warning FailedCreate: Error creating: " \
+           f"{refused}" in info.value.details
+    assert "someone-else" not in info.value.details
+
+
 def test_invalid_spec_event_fails_at_once(k8s_backend: KubernetesBackend,
                                           operator: Operator) -> None:
     operator.ray_scenario = RayScenario.INVALID

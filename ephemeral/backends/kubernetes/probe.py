@@ -123,11 +123,14 @@ def pod_ready(pod: dict[str, Any]) -> bool:
         for c in status.get("conditions") or [])
 
 
-def cluster_events(client: KubeClient, kind: str, name: str,
+def cluster_events(client: KubeClient, kind: str, name: str | None,
                    uid: str | None = None) -> list[dict[str, Any]]:
     """Warning events about one object (this very object when ``uid`` is given: events of an
-    earlier object of the same name are kept for an hour), oldest first."""
-    fields = f"involvedObject.kind={kind},involvedObject.name={name}"
+    earlier object of the same name are kept for an hour), or about every object of ``kind``
+    when ``name`` is None; oldest first."""
+    fields = f"involvedObject.kind={kind}"
+    if name:
+        fields += f",involvedObject.name={name}"
     if uid:
         fields += f",involvedObject.uid={uid}"
     events = client.list_objects(EVENT, fields=fields)
@@ -145,7 +148,17 @@ def diagnose(client: KubeClient, handle: ClusterHandle) -> str:
     pods = client.list_objects(POD, labels=pod_selector(handle))
     for pod in pods:
         lines += pod_problems(pod)
+    for obj in primaries:
+        lines += replica_failures(obj)
     objects = [("RayCluster" if handle.engine == "ray" else "Deployment", o) for o in primaries]
+    if handle.engine == "spark":
+        # A pod the API refuses (quota, PodSecurity) never exists: the refusal is an event of
+        # the Deployment's ReplicaSet, named "<deployment>-<template hash>".
+        prefixes = tuple(f"{o['metadata']['name']}-" for o in primaries)
+        lines += [f"event replicaset/{e['involvedObject'].get('name')}: Warning "
+                  f"{e.get('reason')}: {e.get('message', '')}"
+                  for e in cluster_events(client, "ReplicaSet", None)
+                  if str(e["involvedObject"].get("name", "")).startswith(prefixes)]
     for kind, obj in objects + [("Pod", p) for p in pods]:
         meta = obj["metadata"]
         name = meta["name"]
@@ -157,6 +170,15 @@ def diagnose(client: KubeClient, handle: ClusterHandle) -> str:
     if not pods:
         lines.append(f"no pods with {pod_selector(handle)} exist")
     return "\n".join(lines)
+
+
+def replica_failures(obj: dict[str, Any]) -> list[str]:
+    """A Deployment's or RayCluster's ``ReplicaFailure`` condition: its pods could not even be
+    created (a ResourceQuota, PodSecurity admission, a missing ServiceAccount)."""
+    kind, name = obj.get("kind", "object").lower(), obj["metadata"]["name"]
+    return [f"{kind}/{name}: ReplicaFailure: {c.get('reason')}: {c.get('message', '')}"
+            for c in (obj.get("status") or {}).get("conditions") or []
+            if c.get("type") == "ReplicaFailure" and c.get("status") == "True"]
 
 
 def pod_problems(pod: dict[str, Any]) -> list[str]:
