@@ -203,10 +203,12 @@ class AirflowStack:
         assert status == 200, f"{status} {body}"
         return body["value"]
 
-    def task_log(self, dag_id: str, run_id: str, task_id: str, attempt: int) -> str:
+    def task_log(self, dag_id: str, run_id: str, task_id: str, attempt: int,
+                 trigger: bool = False) -> str:
+        """The try's log, or with ``trigger`` the logs its triggers wrote in the triggerer."""
         logs = self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
-        return "\n".join(p.read_text(errors="replace")
-                         for p in sorted(logs.glob(f"attempt={attempt}*")))
+        pattern = f"attempt={attempt}.log.trigger.*" if trigger else f"attempt={attempt}.log"
+        return "\n".join(p.read_text(errors="replace") for p in sorted(logs.glob(pattern)))
 
     def links(self, dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
         status, body = self.request(

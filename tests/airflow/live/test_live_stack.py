@@ -131,3 +131,41 @@ def test_dagrun_timeout_skips_the_teardown_and_the_reaper_deletes(stack: Airflow
     assert done["deleted"], done
     assert f"{dag_id}/{run_id} failed" in str(done["reason"])
     assert owned(stack, dag_id, run_id) == []
+
+
+def test_the_triggerer_finds_a_kubernetes_connection_by_id(stack: AirflowStack,
+                                                            tmp_path: Path) -> None:
+    """The connection lives in Airflow's database, not in the environment: the setup and the
+    triggerer (another process) each look it up by id; only the id is serialized."""
+    from tests.kubernetes.apiserver import ApiServer, Operator, WebEndpoints
+    from tests.kubernetes.manifest_validation import validate_manifest
+
+    server = ApiServer(validate=validate_manifest, namespace="live", token="tok-live-9b2d").start()
+    operator = Operator(server.store).start()
+    operator.provision_delay = 3.0  # not ready at the first probe: the setup must defer
+    web = WebEndpoints(server.store).start()
+    try:
+        server.kubeconfig(tmp_path / "kubeconfig.yaml")
+        status, body = stack.request("POST", "/api/v2/connections", {
+            "connection_id": "k8s_live", "conn_type": "kubernetes",
+            "extra": json.dumps({"kube_config_path": str(tmp_path / "kubeconfig.yaml"),
+                                 "namespace": "live",
+                                 "ephemeral_endpoint_mode": "ingress",
+                                 "ephemeral_ingress_url_template": web.url_template})})
+        assert status == 201, body
+        dag_id = "kubernetes_connection_live"
+        run_id = stack.trigger(dag_id)
+        state = stack.wait_finished(dag_id, run_id, timeout=180)
+        tis = stack.task_instances(dag_id, run_id)
+        assert state == "success", json.dumps(tis, indent=1)
+        assert tis["delete"]["state"] == "success"
+        handle = stack.xcom(dag_id, run_id, "create")
+        # The readiness wait ran in the triggerer: its probe's line is in the trigger's log.
+        trigger_log = stack.task_log(dag_id, run_id, "create", 1, trigger=True)
+        assert f"cluster {handle['name']}: ready (2/2 nodes)" in trigger_log
+        assert server.store.list("rayclusters", "live") == []
+        assert "tok-live-9b2d" not in json.dumps(handle)
+    finally:
+        web.stop()
+        operator.stop()
+        server.stop()

@@ -53,3 +53,14 @@ killed_setup_no_retry = lifecycle("killed_setup_no_retry", KilledAfterCreate, re
 run_times_out = lifecycle("run_times_out", CreateClusterOperator, retries=0,
                           entrypoint="python -c \"import time; time.sleep(300)\"",
                           dagrun_timeout=timedelta(seconds=45))
+
+# The Kubernetes backend through a connection stored in Airflow's database: the triggerer
+# process looks it up by id (the tests point it at the strict API mock).
+with DAG(dag_id="kubernetes_connection_live", schedule=None, start_date=START, catchup=False,
+         default_args={"retries": 0}) as kubernetes_connection_live:
+    k8s_create = CreateClusterOperator(task_id="create", spec="ray/adhoc-cpu@1", profile="ci-cpu",
+                                       overrides=SMALL_RAY, kubernetes_conn_id="k8s_live",
+                                       poll_interval=0.5)
+    k8s_delete = DeleteClusterOperator(task_id="delete", setup_task_id="create",
+                                       cluster=k8s_create.output, kubernetes_conn_id="k8s_live")
+    k8s_create >> k8s_delete.as_teardown(setups=k8s_create)
