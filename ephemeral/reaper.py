@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ephemeral.backends.base import ClusterBackend, ClusterHandle
 from ephemeral.errors import EphemeralError
-from ephemeral.specs.identity import PREFIX
+from ephemeral.specs.identity import PREFIX, parse_utc, utc_text
 
 FINISHED = {"success", "failed"}
 DEFAULT_GRACE_SECONDS = 600
@@ -48,10 +48,6 @@ class Decision:
     error: str = ""
 
 
-def _parse_time(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-
-
 class FinishedMemory:
     """When each run was first seen finished, for lookups that do not know end dates."""
 
@@ -63,8 +59,8 @@ class FinishedMemory:
 
     def first_seen(self, key: str, now: datetime) -> datetime:
         if key not in self._seen:
-            self._seen[key] = now.strftime("%Y-%m-%dT%H:%M:%SZ")
-        return _parse_time(self._seen[key])
+            self._seen[key] = utc_text(now)
+        return parse_utc(self._seen[key])
 
     def save(self, keep: set[str]) -> None:
         if self.path:
@@ -76,7 +72,7 @@ class FinishedMemory:
 
 def judge(handle: ClusterHandle, *, lookup: RunLookup | None, now: datetime, grace: float,
           memory: FinishedMemory) -> Decision:
-    expires = _parse_time(handle.expires_at)
+    expires = parse_utc(handle.expires_at)
     if now >= expires:
         return Decision(handle.name, True, f"expired at {handle.expires_at} (spec lifetime.ttl)")
     dag_id = handle.annotations.get(PREFIX + "dag-id")

@@ -30,6 +30,7 @@ from ephemeral.backends import ClusterBackend, ClusterHandle
 from ephemeral.errors import EphemeralError, SpecError
 from ephemeral.jobs.ray_jobs import RayJobs
 from ephemeral.jobs.results import JobResult, JobStatus, parse_result_line, tail
+from ephemeral.specs.identity import parse_utc
 
 DAGRUN_TIMEOUT_WARNING = (
     "DAG {dag_id!r} sets dagrun_timeout and creates ephemeral clusters: when it fires, Airflow "
@@ -105,7 +106,7 @@ class CreateClusterOperator(BaseOperator):
             handle = self._created = backend.create(spec, identity=identity)
         except SpecError as err:
             raise AirflowFailException(str(err)) from err
-        if datetime.fromisoformat(handle.created_at.replace("Z", "+00:00")) < asked:
+        if parse_utc(handle.created_at) < asked:
             self.log.info("adopted %s, created at %s by an earlier try", handle.name,
                           handle.created_at)
         try:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
-from ephemeral.specs.identity import PREFIX, ClusterIdentity
+from ephemeral.specs.identity import PREFIX, ClusterIdentity, expires_at, utc_text
 
 if TYPE_CHECKING:
     from ephemeral.specs.resolve import ResolvedSpec
@@ -166,8 +166,6 @@ def make_handle(
     created: datetime | None = None,
 ) -> ClusterHandle:
     """A new cluster's handle with its owner labels and expiry, the same for every backend."""
-    from ephemeral.specs.identity import expires_at
-
     created = created or utcnow()
     labels = identity.labels() | {
         PREFIX + "spec-version": str(spec.spec.version),
@@ -182,7 +180,7 @@ def make_handle(
         spec_ref=spec.ref,
         spec_hash=spec.hash,
         profile=spec.profile,
-        created_at=created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        created_at=utc_text(created),
         expires_at=expires_at(created, spec.spec.lifetime.ttl_seconds),
         labels=labels,
         annotations=identity.annotations(),

@@ -84,6 +84,18 @@ class ClusterIdentity:
                 PREFIX + "task-id": self.task_id}
 
 
+# Times on handles and in the reaper's memory: UTC, whole seconds, the same text everywhere.
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def utc_text(moment: datetime) -> str:
+    return moment.strftime(TIME_FORMAT)
+
+
+def parse_utc(text: str) -> datetime:
+    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
+
+
 def expires_at(created: datetime, ttl_seconds: int) -> str:
     ts = created.astimezone(UTC).timestamp() + ttl_seconds
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc_text(datetime.fromtimestamp(ts, UTC))

@@ -289,7 +289,7 @@ class KubernetesBackend(ClusterBackend):
         owned kinds primary first, then the pods, which nothing recreates once their owners
         are gone."""
         sets = [(kind, f"{PREFIX}cluster={name}") for kind in OWNED_KINDS]
-        sets += [(POD, selector) for selector in _pod_selectors(name)]
+        sets += [(POD, selector) for selector in probes.pod_selectors(name)]
         for kind, selector in sets:
             left: set[str] = set()
             synced = False
@@ -310,7 +310,7 @@ class KubernetesBackend(ClusterBackend):
     def _leftover(self, client: KubeClient, name: str) -> list[str]:
         left = [_describe(kind.kind, obj) for kind, obj in self._owned_objects(client, name)]
         pods: dict[str, dict[str, Any]] = {}
-        for selector in _pod_selectors(name):
+        for selector in probes.pod_selectors(name):
             pods |= {name_of(p): p for p in client.list_objects(POD, labels=selector)}
         return left + [_describe("Pod", p) for p in pods.values()]
 
@@ -358,11 +358,6 @@ def owned_by(obj: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
     ref = {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": meta["name"],
            "uid": meta["uid"]}
     return obj | {"metadata": obj["metadata"] | {"ownerReferences": [ref]}}
-
-
-def _pod_selectors(name: str) -> tuple[str, ...]:
-    """KubeRay labels its pods ``ray.io/cluster``; the Spark Deployments' pods carry ours."""
-    return f"ray.io/cluster={name}", f"{PREFIX}cluster={name}"
 
 
 def _describe(kind: str, obj: dict[str, Any]) -> str:

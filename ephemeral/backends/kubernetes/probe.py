@@ -30,11 +30,16 @@ def probe(client: KubeClient, handle: ClusterHandle, *, http_check: bool = True)
     return _probe_spark(client, handle, http_check)
 
 
+def pod_selectors(name: str) -> tuple[str, str]:
+    """The label selectors of a cluster's pods, Ray's then Spark's: KubeRay labels its pods
+    ``ray.io/cluster``, the Spark Deployments' pods carry the owner labels."""
+    return f"ray.io/cluster={name}", f"{PREFIX}cluster={name}"
+
+
 def pod_selector(handle: ClusterHandle) -> str:
-    """The label selector of a cluster's pods (KubeRay labels its pods ``ray.io/cluster``)."""
-    if handle.engine == "ray":
-        return f"ray.io/cluster={handle.name}"
-    return f"{PREFIX}cluster={handle.name}"
+    """The label selector of the pods of a cluster whose engine is known."""
+    ray, spark = pod_selectors(handle.name)
+    return ray if handle.engine == "ray" else spark
 
 
 def _probe_ray(client: KubeClient, handle: ClusterHandle, http_check: bool) -> ClusterStatus:
