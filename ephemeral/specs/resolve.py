@@ -45,8 +45,13 @@ class Overrides(Model):
     connect: bool | None = None
     """Spark only: start the Spark Connect server or not. A pipeline that only runs
     ``spark-submit`` jobs saves a JVM and the time it takes to start."""
+    raise_max_replicas: bool = False
+    """Opt-in: let ``replicas`` exceed a group's ``maxReplicas`` (which is raised to fit).
+    Without it such an override is refused: the spec's maximum is its author's size limit, and
+    only a caller that checked a higher cap of its own (a deployment setting) may pass it."""
 
     def is_empty(self) -> bool:
+        # raise_max_replicas alone changes nothing: it only permits what other fields ask.
         return (self.head is None and self.workers is None and not self.groups
                 and self.connect is None)
 
@@ -134,22 +139,41 @@ def _ci_cpu(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _fit_bounds(node: dict[str, Any], replicas: int, field: str, raise_max: bool,
+                source: str) -> None:
+    """Keep an overridden replica count inside the group's bounds.
+
+    Fewer replicas than ``minReplicas`` lowers the minimum (smaller is always safe). More than
+    ``maxReplicas`` is refused unless the caller opted in: the spec's maximum is a size limit
+    that a form or a CLI flag must not silently lift.
+    """
+    if node.get("minReplicas") is not None and node["minReplicas"] > replicas:
+        node["minReplicas"] = replicas
+    top = node.get("maxReplicas")
+    if top is not None and top < replicas:
+        if not raise_max:
+            group = f" of worker group {node['name']!r}" if node.get("name") else ""
+            raise SpecError(source, [(field, f"{replicas} is above maxReplicas ({top}){group}; "
+                                      f"ask for at most {top}, or raise maxReplicas in the spec")])
+        node["maxReplicas"] = replicas
+
+
 def _apply_overrides(data: dict[str, Any], ov: Overrides, source: str) -> dict[str, Any]:
     out = copy.deepcopy(data)
     ray = out.get("kind") == "RayCluster"
 
-    def patch(node: dict[str, Any], g: GroupOverride | HeadOverride, path: str) -> None:
+    def patch(node: dict[str, Any], g: GroupOverride | HeadOverride, path: str,
+              skip: frozenset[str] = frozenset()) -> None:
         for key, value in g.model_dump(exclude_none=True, by_alias=True).items():
+            if key in skip:
+                continue
             if key == "cpu" and not ray and path != "head":
                 if float(value) != int(value):
                     raise SpecError(source, [(f"{path}.cpu", "Spark worker cores are whole numbers")])
                 key, value = "cores", int(value)
+            if key == "replicas":
+                _fit_bounds(node, value, f"{path}.replicas", ov.raise_max_replicas, source)
             node[key] = value
-            if key == "replicas":  # widen the bounds so a right-sized count stays inside them
-                if node.get("minReplicas") is not None and node["minReplicas"] > value:
-                    node["minReplicas"] = value
-                if node.get("maxReplicas") is not None and node["maxReplicas"] < value:
-                    node["maxReplicas"] = value
 
     if ov.head:
         patch(out.setdefault("head" if ray else "master", {}), ov.head, "head")
@@ -160,10 +184,13 @@ def _apply_overrides(data: dict[str, Any], ov: Overrides, source: str) -> dict[s
             raise SpecError(source, [(f"groups.{name}", "no worker group of that name; groups: "
                                       + ", ".join(map(str, names)))])
     for group in groups:
+        own = ov.groups.get(str(group.get("name")))
         if ov.workers:
-            patch(group, ov.workers, "workers")
-        if group.get("name") in ov.groups:
-            patch(group, ov.groups[group["name"]], f"groups.{group['name']}")
+            # A group's own replica count wins over the workers-wide one, so only it is checked.
+            mine = frozenset({"replicas"}) if own is not None and own.replicas else frozenset()
+            patch(group, ov.workers, "workers", mine)
+        if own is not None:
+            patch(group, own, f"groups.{group['name']}")
     if not ray:
         groups[0].pop("name")
         out["workers"] = groups[0]

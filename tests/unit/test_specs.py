@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -183,13 +184,49 @@ def test_profile_overlay_merges_mappings_and_replaces_the_rest(tmp_path: Path) -
 
 @pytest.mark.parametrize(
     ("replicas", "lo", "hi"),
-    [(3, 2, 4), (4, 2, 4), (6, 2, 6), (1, 1, 4)],
+    [(3, 2, 4), (4, 2, 4), (1, 1, 4)],
 )
-def test_replica_override_widens_bounds_as_needed(replicas: int, lo: int, hi: int) -> None:
+def test_replica_override_lowers_min_and_stays_within_max(replicas: int, lo: int,
+                                                          hi: int) -> None:
     spec = resolve("ray/train-gpu", None, {"workers": {"replicas": replicas}}).spec
     assert isinstance(spec, RaySpec)
     g = spec.worker_groups[0]
     assert (g.replicas, g.min_replicas, g.max_replicas) == (replicas, lo, hi)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"workers": {"replicas": 6}},
+    {"groups": {"gpu": {"replicas": 5}}},
+    # The group's own count wins over the workers-wide one: only it is judged.
+    {"workers": {"replicas": 2}, "groups": {"gpu": {"replicas": 5}}},
+], ids=["workers", "group", "group-wins"])
+def test_replica_override_above_max_is_refused_naming_the_field(
+        overrides: dict[str, Any]) -> None:
+    with pytest.raises(SpecError) as err:
+        resolve("ray/train-gpu", None, overrides)
+    field = "workers.replicas" if "groups" not in overrides else "groups.gpu.replicas"
+    assert err.value.fields == [field]
+    assert "above maxReplicas (4) of worker group 'gpu'; ask for at most 4" in str(err.value)
+
+
+def test_a_group_count_within_max_wins_over_a_workers_count_above_it() -> None:
+    spec = resolve("ray/train-gpu", None, {"workers": {"replicas": 9},
+                                           "groups": {"gpu": {"replicas": 3}}}).spec
+    assert isinstance(spec, RaySpec)
+    assert spec.worker_groups[0].replicas == 3
+
+
+def test_replicas_above_max_only_when_the_caller_opts_in() -> None:
+    opted = resolve("ray/train-gpu", None, {"workers": {"replicas": 6},
+                                            "raise_max_replicas": True})
+    assert isinstance(opted.spec, RaySpec)
+    g = opted.spec.worker_groups[0]
+    assert (g.replicas, g.min_replicas, g.max_replicas) == (6, 2, 6)
+    same = resolve("ray/train-gpu", None, {"workers": {"replicas": 6}, "raiseMaxReplicas": True})
+    assert same.hash == opted.hash
+    # The flag alone changes nothing: not the spec, not its hash.
+    assert resolve("ray/train-gpu", None, {"raise_max_replicas": True}).hash == (
+        resolve("ray/train-gpu").hash)
 
 
 def test_replica_override_after_ci_cpu() -> None:
