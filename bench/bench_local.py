@@ -6,7 +6,9 @@
    worker started by hand until the master lists the worker ALIVE. Goal: at most 1.3x.
 3. Teardown until every process is gone. Goal: under 3 s.
 
-Rounds alternate which side goes first; the median of per-round ratios is reported.
+Rounds alternate which side goes first; the median of per-round ratios is reported. The by-hand
+nodes take fresh ports every round and are killed and checked gone like the backend's own
+(bench/baseline.py), whatever happens. bench/spark_startup.py breaks Spark's time down.
 Results also go to bench/results/local.json.
 """
 
@@ -15,11 +17,13 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import baseline  # bench/baseline.py, beside this script
 
 from ephemeral.backends.http import get_json
 from ephemeral.backends.local import LocalBackend, procs
@@ -31,83 +35,89 @@ from ephemeral.specs import ClusterIdentity, resolve
 
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 IP = "127.0.200.{}"  # outside the backend's slots (127.0.1-12.x)
-PORT = 19000  # below the backend's port blocks (20000+)
-
-
-def _spawn(name: str, argv: list[str], tmp: Path) -> procs.NodeProcess:
-    return procs.spawn(name, argv, log=tmp / f"{name}.log", exit_file=tmp / f"{name}.exit",
-                       env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+WORKER_PORTS = 40  # a Ray node's --min/--max-worker-port range
 
 
 def _wait_exit(node: procs.NodeProcess, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while (code := node.exit_code()) is None:
         if time.monotonic() > deadline:
-            raise TimeoutError(node.log_tail())
+            raise TimeoutError(f"{node.name} did not finish in {timeout:.0f}s\n{node.log_tail()}")
         time.sleep(0.05)
     if code != 0:
-        raise RuntimeError(node.log_tail())
+        raise RuntimeError(f"{node.name} exited {code}\n{node.log_tail()}")
 
 
-def baseline_ray(tmp: Path) -> tuple[float, list[procs.NodeProcess]]:
-    ray = ray_bin()
+def baseline_ray(nodes: baseline.Nodes) -> float:
+    """`ray start --head`, then one `ray start` worker once the head's command returned."""
+    ray, head_ip = ray_bin(), IP.format(2)
+    p = baseline.port_block(4 + 2 * WORKER_PORTS)
+    common = ["--disable-usage-stats", "--log-style=record", "--log-color=false"]
     t0 = time.monotonic()
-    head = _spawn("head", [ray, "start", "--head", f"--node-ip-address={IP.format(2)}",
-                           f"--port={PORT}", f"--dashboard-host={IP.format(2)}",
-                           f"--dashboard-port={PORT + 1}", f"--ray-client-server-port={PORT + 2}",
-                           "--num-cpus=0", f"--temp-dir={tmp}/h", "--disable-usage-stats",
-                           "--min-worker-port=18000", "--max-worker-port=18039"], tmp)
+    head = nodes.spawn("head", [
+        ray, "start", "--head", f"--node-ip-address={head_ip}", f"--port={p}",
+        f"--dashboard-host={head_ip}", f"--dashboard-port={p + 1}",
+        f"--ray-client-server-port={p + 2}", f"--dashboard-agent-listen-port={p + 3}",
+        "--num-cpus=0", f"--temp-dir={nodes.tmp}/h", f"--min-worker-port={p + 4}",
+        f"--max-worker-port={p + 3 + WORKER_PORTS}", *common])
     _wait_exit(head)
-    worker = _spawn("worker", [ray, "start", f"--address={IP.format(2)}:{PORT}",
-                               f"--node-ip-address={IP.format(3)}", "--num-cpus=1",
-                               f"--temp-dir={tmp}/w", "--disable-usage-stats",
-                               "--min-worker-port=18040", "--max-worker-port=18079"], tmp)
+    worker = nodes.spawn("worker", [
+        ray, "start", f"--address={head_ip}:{p}", f"--node-ip-address={IP.format(3)}",
+        "--num-cpus=1", f"--temp-dir={nodes.tmp}/w",
+        f"--dashboard-agent-listen-port={p + 4 + WORKER_PORTS}",
+        f"--min-worker-port={p + 5 + WORKER_PORTS}",
+        f"--max-worker-port={p + 3 + 2 * WORKER_PORTS}", *common])
     _wait_exit(worker)
-    return time.monotonic() - t0, [head, worker]
+    return time.monotonic() - t0
 
 
-def baseline_spark(tmp: Path) -> tuple[float, list[procs.NodeProcess]]:
+def baseline_spark(nodes: baseline.Nodes) -> float:
+    """A master and one worker, the worker started the moment the master's port opens (a worker
+    that finds no master retries only after 5-15 s), until the master lists the worker ALIVE."""
     spark_class = str(spark_home() / "bin" / "spark-class")
-    master_url = f"spark://{IP.format(2)}:{PORT}"
+    ip, worker_ip = IP.format(2), IP.format(3)
+    p = baseline.port_block(4)
+    env = {"SPARK_NO_DAEMONIZE": "1", "SPARK_LOG_DIR": str(nodes.tmp / "logs")}
     t0 = time.monotonic()
-    master = _spawn("master", [spark_class, "org.apache.spark.deploy.master.Master", "--host",
-                               IP.format(2), "--port", str(PORT), "--webui-port", str(PORT + 1)],
-                    tmp)
-    worker = _spawn("worker", [spark_class, "org.apache.spark.deploy.worker.Worker", "--host",
-                               IP.format(3), "--port", str(PORT + 2), "--webui-port",
-                               str(PORT + 3), "--cores", "1", "--memory", "1g",
-                               "--work-dir", str(tmp / "work"), master_url], tmp)
+    master = nodes.spawn("master", [spark_class, "org.apache.spark.deploy.master.Master",
+                                    "--host", ip, "--port", str(p), "--webui-port", str(p + 1)],
+                         env=env | {"SPARK_LOCAL_IP": ip})
+    nodes.spawn("worker", [spark_class, "org.apache.spark.deploy.worker.Worker",
+                           "--host", worker_ip, "--port", str(p + 2), "--webui-port", str(p + 3),
+                           "--cores", "1", "--memory", "1g", "--work-dir", str(nodes.tmp / "work"),
+                           f"spark://{ip}:{p}"],
+                env=env | {"SPARK_LOCAL_IP": worker_ip}, wait_for=f"{ip}:{p}")
     while True:
-        body = get_json(f"http://{IP.format(2)}:{PORT + 1}/json/", timeout=2)
+        body = get_json(f"http://{ip}:{p + 1}/json/", timeout=2)
         if body and sum(w.get("state") == "ALIVE" for w in body.get("workers", [])) == 1:
-            return time.monotonic() - t0, [master, worker]
-        if time.monotonic() - t0 > 180:
-            raise TimeoutError(master.log_tail() + worker.log_tail())
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > 180 or master.exit_code() is not None:
+            raise TimeoutError(f"the by-hand Spark master never listed its worker\n{nodes.tails()}")
         time.sleep(0.1)
 
 
 def ours(backend: LocalBackend, ref: str) -> tuple[float, float]:
     spec = resolve(ref, "ci-cpu")
-    result = provision(backend, spec, ClusterIdentity.manual(spec.spec.name, f"bench-{spec.spec.name}"),
-                       timeout=300)
-    return result.seconds_to_ready, teardown(backend, result.handle)
+    identity = ClusterIdentity.manual(spec.spec.name, f"bench-{spec.spec.name}")
+    try:
+        result = provision(backend, spec, identity, timeout=300)
+        return result.seconds_to_ready, teardown(backend, result.handle)
+    finally:
+        backend.delete(identity, wait=True)  # a no-op unless something above failed midway
 
 
-def compare(name: str, base: Callable[[Path], tuple[float, list[procs.NodeProcess]]],
-            ref: str, backend: LocalBackend) -> dict[str, object]:
+def compare(name: str, base: Callable[[baseline.Nodes], float], ref: str,
+            backend: LocalBackend) -> dict[str, Any]:
     rounds = []
     for i in range(ROUNDS):
-        tmp = runtime_dir() / f"bench-{name}-{i}"
-        subprocess.run(["rm", "-rf", str(tmp)], check=True)
-        tmp.mkdir(parents=True)
         order = ["base", "ours"] if i % 2 == 0 else ["ours", "base"]
         row: dict[str, float] = {}
         for side in order:
             if side == "base":
-                seconds, nodes = base(tmp)
-                left = procs.kill_all(nodes, "-")
-                assert not left, f"baseline processes left: {procs.describe(left)}"
-                row["baseline_s"] = seconds
+                # Killed and checked gone (and its folder removed) on the way out, even if it
+                # failed: the next round and the other side start on a clean machine.
+                with baseline.nodes(runtime_dir() / f"bench-{name}-{os.getpid()}", name) as n:
+                    row["baseline_s"] = base(n)
             else:
                 row["ours_s"], row["teardown_s"] = ours(backend, ref)
             time.sleep(1)
@@ -115,7 +125,6 @@ def compare(name: str, base: Callable[[Path], tuple[float, list[procs.NodeProces
         rounds.append(row)
         print(f"{name} round {i + 1}: ours {row['ours_s']:.2f}s, baseline {row['baseline_s']:.2f}s,"
               f" ratio {row['ratio']:.2f}, teardown {row['teardown_s']:.2f}s", flush=True)
-        subprocess.run(["rm", "-rf", str(tmp)], check=True)
     return {
         "rounds": rounds,
         "median_ratio": statistics.median(r["ratio"] for r in rounds),
@@ -126,6 +135,7 @@ def compare(name: str, base: Callable[[Path], tuple[float, list[procs.NodeProces
 
 
 def main() -> None:
+    baseline.exit_on_sigterm()
     backend = LocalBackend()
     results = {
         "ray_ready_vs_head_then_worker": compare("ray", baseline_ray, "ray/train-gpu", backend),
