@@ -1,18 +1,20 @@
 """Provision and tear down clusters: the rules that hold whoever calls (CLI, Airflow, tests).
 
-``provision`` creates and waits, and on any failure after creation started (readiness timeout,
-a node that died, an interrupt) deletes what it made before re-raising: a failed setup must never
-leave a cluster behind, because nothing downstream will delete it.
+The rule "what a failed setup created is deleted" lives here once: ``deleting_on_failure``
+wraps everything after ``create`` (readiness timeout, a node that died, an interrupt, any bug),
+and ``delete_after_failure`` is what the operator and its trigger's failure event call. Nothing
+downstream deletes the cluster of a failed setup: Airflow 3.3 never runs its teardown.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from ephemeral.backends.base import ClusterBackend, ClusterHandle, ClusterStatus, Phase
-from ephemeral.errors import ClusterFailed, EphemeralError
+from ephemeral.backends.base import ClusterBackend, ClusterHandle, ClusterStatus
+from ephemeral.backends.readiness import Readiness
 from ephemeral.specs.identity import ClusterIdentity
 from ephemeral.specs.resolve import ResolvedSpec
 
@@ -34,39 +36,44 @@ def provision(
     *,
     timeout: float = DEFAULT_READY_TIMEOUT,
     on_progress: ProgressFn | None = None,
-    poll: float = 0.5,
+    poll: float = 1.0,
 ) -> Provisioned:
     """Create the cluster and wait until usable; delete it again if that fails."""
     started = time.monotonic()
     handle = backend.create(spec, identity=identity)
+    with deleting_on_failure(backend, handle):
+        status = Readiness.within(backend, handle, timeout=timeout, poll_interval=poll).wait(
+            on_progress)
+    return Provisioned(handle, status, time.monotonic() - started)
+
+
+@contextmanager
+def deleting_on_failure(backend: ClusterBackend, handle: ClusterHandle, *,
+                        passes: tuple[type[BaseException], ...] = (),
+                        before: Callable[[BaseException], None] | None = None) -> Iterator[None]:
+    """Delete the cluster when the block raises anything but ``passes`` (Airflow's
+    TaskDeferred: the wait goes on in the triggerer), then re-raise. ``before`` runs first
+    (a log line, a flag that keeps ``on_kill`` from deleting twice)."""
     try:
-        deadline = started + timeout
-        while True:
-            status = backend.wait_ready(handle, timeout=0)
-            if on_progress:
-                on_progress(status)
-            if status.phase is Phase.READY:
-                return Provisioned(handle, status, time.monotonic() - started)
-            if status.phase in (Phase.GONE, Phase.DELETING):
-                raise ClusterFailed(f"cluster {handle.name} is {status.phase.value} while waiting "
-                                    "for it to be ready")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                # One last waiting call so the backend raises its own timeout with log tails.
-                status = backend.wait_ready(handle, timeout=min(poll, 1.0))
-                return Provisioned(handle, status, time.monotonic() - started)
-            time.sleep(min(poll, remaining))
+        yield
+    except passes:
+        raise
     except BaseException as err:
-        _delete_after_failure(backend, handle, err)
+        if before:
+            before(err)
+        delete_after_failure(backend, handle, err)
         raise
 
 
-def _delete_after_failure(backend: ClusterBackend, handle: ClusterHandle, err: BaseException) -> None:
+def delete_after_failure(backend: ClusterBackend, handle: ClusterHandle,
+                         err: BaseException) -> None:
+    """Delete what a failed setup made; the original failure stays the error, and a cleanup
+    that fails too is noted on it (the reaper is then the last line)."""
     try:
         backend.delete(handle, wait=True)
-    except EphemeralError as cleanup:
-        # Keep the original failure as the error; say what could not be cleaned up next to it.
-        err.add_note(f"cleanup after the failure also failed: {cleanup}")
+    except Exception as cleanup:  # noqa: BLE001 - any cleanup failure is reported, not raised
+        err.add_note(f"deleting {handle.name} after the failure also failed: "
+                     f"{type(cleanup).__name__}: {cleanup}")
 
 
 def teardown(

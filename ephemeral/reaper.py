@@ -2,7 +2,7 @@
 
 Airflow 3.3 never runs the teardown of a failed setup, and skips teardowns when dagrun_timeout
 fires or a run is marked failed while its setup runs. The reaper deletes, among the clusters a
-backend owns (and only those):
+backend owns for this deployment instance (and only those):
 
 - every cluster whose ``expires-at`` has passed (the spec's ``lifetime.ttl``);
 - a cluster made by a DAG run that has been finished for longer than ``grace`` seconds;
@@ -62,6 +62,10 @@ class FinishedMemory:
             self._seen[key] = utc_text(now)
         return parse_utc(self._seen[key])
 
+    def forget(self, key: str) -> None:
+        """The run is unfinished again (cleared): its grace period starts anew when it ends."""
+        self._seen.pop(key, None)
+
     def save(self, keep: set[str]) -> None:
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,9 +93,11 @@ def judge(handle: ClusterHandle, *, lookup: RunLookup | None, now: datetime, gra
     if run is None:
         return Decision(handle.name, False, f"run {dag_id}/{run_id} not found; kept until "
                                             f"{handle.expires_at}")
+    key = f"{dag_id}\x1f{run_id}"
     if run.state not in FINISHED:
+        memory.forget(key)
         return Decision(handle.name, False, f"run {dag_id}/{run_id} is {run.state}")
-    ended = run.end_date or memory.first_seen(f"{dag_id}\x1f{run_id}", now)
+    ended = run.end_date or memory.first_seen(key, now)
     age = (now - ended).total_seconds()
     if age > grace:
         return Decision(handle.name, True, f"run {dag_id}/{run_id} {run.state} {age:.0f}s ago "

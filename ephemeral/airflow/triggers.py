@@ -11,98 +11,102 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from ephemeral.airflow.backends import task_backend
-from ephemeral.backends import ClusterBackend, ClusterHandle, Phase
-from ephemeral.errors import EphemeralError
-
-
-def backoff(ceiling: float, first: float = 0.25) -> Iterator[float]:
-    """Pauses between probes: short at first, since a cluster that is nearly ready idles (and
-    costs) for every second it goes unnoticed, then growing to ``ceiling``."""
-    pause = min(first, ceiling)
-    while True:
-        yield pause
-        pause = min(pause * 2, ceiling)
+from ephemeral.backends import ClusterBackend, ClusterHandle
+from ephemeral.backends.readiness import Readiness, backoff
+from ephemeral.errors import EphemeralError, ReadinessTimeout
 
 
 class ClusterReadyTrigger(BaseTrigger):
-    def __init__(self, *, backend: str, handle: dict[str, Any], timeout: float,
-                 poll_interval: float = 2.0, kubernetes_conn_id: str | None = None) -> None:
+    """Waits with ``Readiness``, the loop every waiter shares. Whatever goes wrong in here (a
+    connection that exists only in the worker's environment, a dashboard answering nonsense,
+    a bug) becomes a failed event that carries the handle, so the operator deletes the
+    cluster: an exception escaping a trigger would fail the task without calling it back."""
+
+    def __init__(self, *, backend: str, handle: dict[str, Any], deadline: float | None = None,
+                 timeout: float | None = None, poll_interval: float = 2.0,
+                 kubernetes_conn_id: str | None = None) -> None:
         super().__init__()
         self.backend = backend
         self.kubernetes_conn_id = kubernetes_conn_id
         self.handle = handle
-        self.timeout = timeout
+        # An absolute deadline survives a triggerer restart; ``timeout`` is for callers that
+        # have none (and for triggers serialized by earlier versions).
+        self.deadline = deadline if deadline is not None else time.time() + (timeout or 900.0)
         self.poll_interval = poll_interval
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return ("ephemeral.airflow.triggers.ClusterReadyTrigger",
-                {"backend": self.backend, "handle": self.handle, "timeout": self.timeout,
+                {"backend": self.backend, "handle": self.handle, "deadline": self.deadline,
                  "poll_interval": self.poll_interval,
                  "kubernetes_conn_id": self.kubernetes_conn_id})
 
     def _backend(self) -> ClusterBackend:
         return task_backend(self.backend, self.kubernetes_conn_id)
 
+    def _event(self, status: str, message: str, error: str = "") -> TriggerEvent:
+        return TriggerEvent({"status": status, "message": message, "error": error,
+                             "handle": self.handle})
+
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        backend = await asyncio.to_thread(self._backend)  # a connection lookup blocks
-        handle = ClusterHandle.model_validate(self.handle)
-        deadline = time.monotonic() + self.timeout
-        pauses = backoff(self.poll_interval)
-        while True:
-            try:
-                status = await asyncio.to_thread(backend.wait_ready, handle, timeout=0)
-            except EphemeralError as err:
-                yield TriggerEvent({"status": "failed", "error": type(err).__name__,
-                                    "message": str(err), "handle": self.handle})
-                return
-            self.log.info("cluster %s: %s (%d/%d nodes) %s", handle.name, status.phase.value,
-                          status.nodes_ready, status.nodes_expected, status.message)
-            if status.ready:
-                yield TriggerEvent({"status": "ready", "message": status.message,
-                                    "handle": self.handle})
-                return
-            if status.phase in (Phase.GONE, Phase.DELETING):
-                yield TriggerEvent({"status": "failed", "handle": self.handle,
-                                    "message": f"the cluster is {status.phase.value}"})
-                return
-            if time.monotonic() >= deadline:
-                yield TriggerEvent({"status": "timeout", "handle": self.handle, "message":
-                                    f"not ready after {self.timeout:.0f}s: {status.message}"})
-                return
-            await asyncio.sleep(next(pauses))
+        try:
+            backend = await asyncio.to_thread(self._backend)  # a connection lookup blocks
+            handle = ClusterHandle.model_validate(self.handle)
+            wait = Readiness(backend, handle, deadline=self.deadline,
+                             poll_interval=self.poll_interval)
+            while not (status := await asyncio.to_thread(wait.step)).ready:
+                self.log.info("cluster %s: %s (%d/%d nodes) %s", handle.name,
+                              status.phase.value, status.nodes_ready, status.nodes_expected,
+                              status.message)
+                await asyncio.sleep(wait.pause())
+        except ReadinessTimeout as err:
+            yield self._event("timeout", str(err), type(err).__name__)
+            return
+        except Exception as err:  # see the class docstring
+            self.log.exception("waiting for cluster %s failed", self.handle.get("name"))
+            yield self._event("failed", str(err), type(err).__name__)
+            return
+        yield self._event("ready", status.message)
 
     async def on_kill(self) -> None:
         name = self.handle.get("name")
         self.log.warning("setup of %s was killed while waiting: deleting the cluster", name)
         backend = await asyncio.to_thread(self._backend)
-        await asyncio.to_thread(backend.delete, str(name), wait=True)
+        handle = ClusterHandle.model_validate(self.handle)
+        await asyncio.to_thread(backend.delete, handle, wait=True)
 
 
 class RayJobTrigger(BaseTrigger):
-    def __init__(self, *, dashboard: str, job_id: str, cluster: str,
-                 timeout: float | None = None, poll_interval: float = 1.0) -> None:
+    """Waits for a Ray job. It serializes the handle, the backend's name and the connection
+    id, never the cluster's token: the triggerer asks the backend for access itself."""
+
+    def __init__(self, *, handle: dict[str, Any], backend: str, job_id: str,
+                 kubernetes_conn_id: str | None = None, timeout: float | None = None,
+                 poll_interval: float = 1.0) -> None:
         super().__init__()
-        self.dashboard = dashboard
+        self.handle = handle
+        self.backend = backend
+        self.kubernetes_conn_id = kubernetes_conn_id
         self.job_id = job_id
-        self.cluster = cluster
         self.timeout = timeout
         self.poll_interval = poll_interval
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return ("ephemeral.airflow.triggers.RayJobTrigger",
-                {"dashboard": self.dashboard, "job_id": self.job_id, "cluster": self.cluster,
+                {"handle": self.handle, "backend": self.backend,
+                 "kubernetes_conn_id": self.kubernetes_conn_id, "job_id": self.job_id,
                  "timeout": self.timeout, "poll_interval": self.poll_interval})
 
     def _jobs(self) -> Any:
-        from ephemeral.jobs.ray_jobs import RayJobs
+        from ephemeral.jobs.ray_jobs import ray_jobs_for
 
-        return RayJobs(self.dashboard, cluster=self.cluster)
+        backend = task_backend(self.backend, self.kubernetes_conn_id)
+        return ray_jobs_for(ClusterHandle.model_validate(self.handle), backend)
 
     async def _stream_logs(self, jobs: Any) -> None:
         try:
@@ -113,8 +117,13 @@ class RayJobTrigger(BaseTrigger):
             self.log.warning("log stream of %s ended: %s", self.job_id, err)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        jobs = await asyncio.to_thread(self._jobs)
-        await asyncio.to_thread(lambda: jobs.client)  # its version check blocks: not on the loop
+        try:  # a connection lookup and the client's version check block: not on the loop
+            jobs = await asyncio.to_thread(self._jobs)
+            await asyncio.to_thread(lambda: jobs.client)
+        except Exception as err:  # noqa: BLE001 - any failure must reach the task as an event
+            yield TriggerEvent({"status": "ERROR", "job_id": self.job_id,
+                                "message": f"{type(err).__name__}: {err}"})
+            return
         streamer = asyncio.create_task(self._stream_logs(jobs))
         started = time.monotonic()
         after_stream = backoff(self.poll_interval, first=0.1)

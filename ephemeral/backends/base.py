@@ -20,9 +20,17 @@ import enum
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
-from ephemeral.specs.identity import PREFIX, ClusterIdentity, expires_at, utc_text
+from ephemeral.errors import IdentityConflict
+from ephemeral.specs.identity import (
+    INSTANCE_LABEL,
+    PREFIX,
+    ClusterIdentity,
+    current_instance,
+    expires_at,
+    utc_text,
+)
 
 if TYPE_CHECKING:
     from ephemeral.specs.resolve import ResolvedSpec
@@ -74,10 +82,54 @@ class ClusterHandle(BaseModel):
     annotations: dict[str, str] = {}
     """Owner fields at full length (labels hold long values hashed)."""
     endpoints: Endpoints = Endpoints()
+    connection: str | None = None
+    """The Airflow connection the cluster was made through (an id, never its credentials), so
+    its teardown and reaper reach it with the same settings."""
 
     @property
     def owner_labels(self) -> dict[str, str]:
         return {k: v for k, v in self.labels.items() if k.startswith(PREFIX)}
+
+    @property
+    def instance(self) -> str | None:
+        return self.labels.get(INSTANCE_LABEL)
+
+
+def check_adoptable(existing: ClusterHandle, spec_ref: str, spec_hash: str,
+                    identity: ClusterIdentity) -> None:
+    """The one rule for a create that finds a cluster under its name: adopt it only when this
+    deployment made it from the same effective spec."""
+    if existing.instance != identity.instance:
+        raise IdentityConflict(
+            f"cluster {existing.name!r} belongs to deployment instance {existing.instance!r}, "
+            f"not to this one ({identity.instance!r}); it is never adopted or deleted from "
+            "here. Choose another cluster name.")
+    if existing.spec_hash != spec_hash:
+        raise IdentityConflict(
+            f"cluster {existing.name!r} already exists from {existing.spec_ref} "
+            f"(hash {existing.spec_hash}); this create asks for {spec_ref} (hash {spec_hash}). "
+            "Delete it first or use another identity.")
+
+
+class Access(BaseModel):
+    """How this process reaches a cluster's HTTP APIs (Ray dashboard and Jobs API, Spark master
+    UI): URLs, possibly rewritten (through the Kubernetes API server's service proxy), and the
+    headers that authenticate (the cluster's Ray token, an API server bearer token).
+
+    Made on demand by ``ClusterBackend.access`` in the process that calls the cluster; it holds
+    credentials, so it is never stored, logged, serialized into a trigger or pushed to XCom.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dashboard: str | None = None
+    spark_ui: str | None = None
+    headers: dict[str, str] = {}
+
+    def __repr__(self) -> str:  # keep credentials out of tracebacks and logs
+        return f"Access(dashboard={self.dashboard!r}, spark_ui={self.spark_ui!r}, headers=***)"
+
+    __str__ = __repr__
 
 
 class ClusterStatus(BaseModel):
@@ -94,14 +146,33 @@ class ClusterStatus(BaseModel):
 
 
 class OwnerSelector(BaseModel):
-    """Which clusters to list: every field that is set must match the cluster's labels."""
+    """Which clusters to list: every label given must match the cluster's labels.
+
+    A selector is scoped to this deployment's instance unless it says ``all_instances``: code
+    that forgets the instance cannot touch another deployment's clusters.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     labels: dict[str, str] = {}
+    all_instances: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scope_to_instance(cls, data: object) -> object:
+        if isinstance(data, dict) and not data.get("all_instances"):
+            labels = dict(data.get("labels") or {})
+            labels.setdefault(INSTANCE_LABEL, current_instance())
+            return {**data, "labels": labels}
+        return data
 
     @classmethod
     def everything(cls) -> OwnerSelector:
+        """Every cluster of every deployment (``--all-instances``): for operators' tools only."""
+        return cls(all_instances=True)
+
+    @classmethod
+    def this_instance(cls) -> OwnerSelector:
         return cls()
 
     @classmethod
@@ -129,8 +200,21 @@ class ClusterBackend(abc.ABC):
         """Start creating the cluster (idempotent by identity); do not wait for readiness."""
 
     @abc.abstractmethod
+    def probe(self, handle: ClusterHandle) -> ClusterStatus:
+        """Look once: the cluster's phase (GONE when it does not exist); raise ``ClusterFailed``
+        when a node of it failed."""
+
+    def diagnose(self, handle: ClusterHandle) -> str:  # noqa: ARG002 - backends that can, say
+        """What a person needs when the cluster is not ready in time (log tails, events)."""
+        return ""
+
     def wait_ready(self, handle: ClusterHandle, *, timeout: float) -> ClusterStatus:
         """Probe once (``timeout=0``) or wait until usable; raise on failure or timeout."""
+        if timeout <= 0:
+            return self.probe(handle)
+        from ephemeral.backends.readiness import Readiness
+
+        return Readiness.within(self, handle, timeout=timeout, poll_interval=1.0).wait()
 
     @abc.abstractmethod
     def endpoints(self, handle: ClusterHandle) -> Endpoints:
@@ -144,9 +228,15 @@ class ClusterBackend(abc.ABC):
     def list_owned(self, selector: OwnerSelector | None = None) -> list[ClusterHandle]:
         """Every cluster this backend made that matches ``selector`` (all when None)."""
 
-    def get(self, name: str) -> ClusterHandle | None:
-        """The handle of a cluster by name, or None."""
-        found = self.list_owned(OwnerSelector(labels={PREFIX + "cluster": name}))
+    def access(self, handle: ClusterHandle) -> Access:
+        """How this process calls the cluster's APIs, with credentials (see ``Access``)."""
+        return Access(dashboard=handle.endpoints.dashboard, spark_ui=handle.endpoints.spark_ui)
+
+    def get(self, name: str, *, all_instances: bool = False) -> ClusterHandle | None:
+        """The handle of this deployment's cluster by name (any deployment's with
+        ``all_instances``), or None."""
+        found = self.list_owned(OwnerSelector(labels={PREFIX + "cluster": name},
+                                              all_instances=all_instances))
         return found[0] if found else None
 
     @staticmethod

@@ -7,7 +7,6 @@ Readiness takes ``ready_after_probes`` probes; ``fail_nodes`` makes a cluster fa
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 
 from ephemeral.backends.base import (
@@ -17,9 +16,10 @@ from ephemeral.backends.base import (
     Endpoints,
     OwnerSelector,
     Phase,
+    check_adoptable,
     make_handle,
 )
-from ephemeral.errors import ClusterFailed, IdentityConflict, ReadinessTimeout
+from ephemeral.errors import ClusterFailed
 from ephemeral.specs.identity import ClusterIdentity
 from ephemeral.specs.models import RaySpec
 from ephemeral.specs.resolve import ResolvedSpec
@@ -47,11 +47,7 @@ class InMemoryBackend(ClusterBackend):
         with self._lock:
             existing = self._clusters.get(identity.name)
             if existing:
-                if existing.handle.spec_hash != spec.hash:
-                    raise IdentityConflict(
-                        f"cluster {identity.name!r} exists with spec hash "
-                        f"{existing.handle.spec_hash}, not {spec.hash}"
-                    )
+                check_adoptable(existing.handle, spec.ref, spec.hash, identity)
                 return existing.handle
             host = f"{identity.name}.fake"
             s = spec.spec
@@ -68,32 +64,21 @@ class InMemoryBackend(ClusterBackend):
             self.created_total += 1
             return handle
 
-    def _probe(self, name: str) -> ClusterStatus:
+    def probe(self, handle: ClusterHandle) -> ClusterStatus:
         with self._lock:
-            rec = self._clusters.get(name)
+            rec = self._clusters.get(handle.name)
             if rec is None:
                 return ClusterStatus(phase=Phase.GONE, message="no such cluster")
             rec.probes += 1
             if rec.failed:
-                raise ClusterFailed(f"cluster {name!r} failed to start", "node worker-0: exit 1")
+                raise ClusterFailed(f"cluster {handle.name!r} failed to start",
+                                    "node worker-0: exit 1")
             ready = rec.probes >= self.ready_after_probes
             return ClusterStatus(
                 phase=Phase.READY if ready else Phase.STARTING,
                 nodes_ready=rec.nodes if ready else 1,
                 nodes_expected=rec.nodes,
             )
-
-    def wait_ready(self, handle: ClusterHandle, *, timeout: float) -> ClusterStatus:
-        deadline = time.monotonic() + timeout
-        while True:
-            status = self._probe(handle.name)
-            if status.phase in (Phase.READY, Phase.GONE) or timeout <= 0:
-                if status.phase is Phase.GONE and timeout > 0:
-                    raise ClusterFailed(f"cluster {handle.name!r} does not exist")
-                return status
-            if time.monotonic() >= deadline:
-                raise ReadinessTimeout(f"cluster {handle.name!r} not ready after {timeout:.0f}s")
-            time.sleep(0.01)
 
     def endpoints(self, handle: ClusterHandle) -> Endpoints:
         return handle.endpoints
@@ -104,6 +89,6 @@ class InMemoryBackend(ClusterBackend):
             self._clusters.pop(self.target_name(target), None)
 
     def list_owned(self, selector: OwnerSelector | None = None) -> list[ClusterHandle]:
-        selector = selector or OwnerSelector.everything()
+        selector = selector or OwnerSelector()
         with self._lock:
             return [r.handle for r in self._clusters.values() if selector.matches(r.handle.labels)]

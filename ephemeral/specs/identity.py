@@ -1,7 +1,8 @@
 """Who owns a cluster, and the deterministic name and labels derived from that.
 
-The same (dag_id, run_id, setup task_id, map_index, spec name) always gives the same cluster name,
-so a retried setup adopts its cluster and a teardown finds it without XCom.
+The same (deployment instance, dag_id, run_id, setup task_id, map_index, spec name) always gives
+the same cluster name, so a retried setup adopts its cluster and a teardown finds it without XCom.
+The instance keeps two deployments whose run ids coincide (``scheduled__<date>``) apart.
 """
 
 from __future__ import annotations
@@ -30,6 +31,16 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
+def current_instance() -> str:
+    """This deployment's instance id (``Settings.instance``)."""
+    from ephemeral.settings import get_settings
+
+    return get_settings().instance
+
+
+INSTANCE_LABEL = PREFIX + "instance"
+
+
 @dataclass(frozen=True)
 class ClusterIdentity:
     """The owner of a cluster. ``name`` is given only for clusters made by hand (the CLI)."""
@@ -40,6 +51,7 @@ class ClusterIdentity:
     task_id: str = ""
     map_index: int = -1
     explicit_name: str | None = field(default=None)
+    instance: str = field(default_factory=current_instance)
 
     @classmethod
     def manual(cls, spec_name: str, name: str | None = None) -> ClusterIdentity:
@@ -56,7 +68,8 @@ class ClusterIdentity:
     def name(self) -> str:
         if self.explicit_name:
             return self.explicit_name
-        key = _digest(self.dag_id, self.run_id, self.task_id, str(self.map_index), self.spec_name)
+        key = _digest(self.instance, self.dag_id, self.run_id, self.task_id, str(self.map_index),
+                      self.spec_name)
         return f"eph-{self.spec_name}-{key[:10]}"
 
     def labels(self) -> dict[str, str]:
@@ -65,6 +78,7 @@ class ClusterIdentity:
             PREFIX + "cluster": self.name,
             PREFIX + "owner": self.owner,
             PREFIX + "spec": self.spec_name,
+            INSTANCE_LABEL: self.instance,
         }
         if self.dag_id:
             labels |= {

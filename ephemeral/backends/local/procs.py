@@ -16,13 +16,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import psutil
 from pydantic import BaseModel, ConfigDict
 
 UID_ENV = "EPHEMERAL_CLUSTER_UID"
+DIR_ENV = "EPHEMERAL_CLUSTER_DIR"  # the state folder: finds processes when state.json is lost
 
 # Run before a node that must not start until another listens (Spark workers retry a master
 # that is not up yet only after 5-20 s). Exits 3 when the port never opens.
@@ -180,12 +181,37 @@ def describe(procs: Iterable[psutil.Process]) -> list[str]:
     return out
 
 
+def find_marked(markers: Mapping[str, str]) -> list[psutil.Process]:
+    """Live processes whose environment carries any of ``markers`` (name -> value)."""
+    me, found = os.getpid(), []
+    for p in psutil.process_iter(["pid"]):
+        if p.info["pid"] == me or not _alive(p):
+            continue
+        try:
+            env = p.environ()
+        except psutil.Error:
+            continue
+        if any(env.get(k) == v for k, v in markers.items()):
+            found.append(p)
+    return found
+
+
+def kill_marked(markers: Mapping[str, str], *, timeout: float = 10.0) -> list[psutil.Process]:
+    """``kill_all`` for a cluster known only by the markers of its processes."""
+    return _kill(lambda: find_marked(markers), grace=1.0, timeout=timeout)
+
+
 def kill_all(
     nodes: Sequence[NodeProcess], uid: str, *, grace: float = 1.0, timeout: float = 10.0
 ) -> list[psutil.Process]:
     """SIGTERM the cluster's processes, SIGKILL what is left after ``grace``; return survivors."""
+    return _kill(lambda: find(nodes, uid), grace=grace, timeout=timeout)
+
+
+def _kill(finder: Callable[[], list[psutil.Process]], *, grace: float,
+          timeout: float) -> list[psutil.Process]:
     deadline = time.monotonic() + timeout
-    procs = find(nodes, uid)
+    procs = finder()
     if not procs:
         return []
     for p in procs:
@@ -193,14 +219,14 @@ def kill_all(
     _, alive = psutil.wait_procs(procs, timeout=grace)
     # Processes can fork while we kill; look again until nothing of the cluster is left.
     while time.monotonic() < deadline:
-        alive = [p for p in {*alive, *find(nodes, uid)} if _alive(p)]
+        alive = [p for p in {*alive, *finder()} if _alive(p)]
         if not alive:
             return []
         for p in alive:
             _signal(p, signal.SIGKILL)
         _, alive = psutil.wait_procs(alive, timeout=0.5)
         alive = [p for p in alive if _alive(p)]
-    return [p for p in {*alive, *find(nodes, uid)} if _alive(p)]
+    return [p for p in {*alive, *finder()} if _alive(p)]
 
 
 def _signal(p: psutil.Process, sig: signal.Signals) -> None:

@@ -57,6 +57,16 @@ def load(cluster_dir: Path) -> ClusterState | None:
                            f"is unreadable: {err}") from err
 
 
+def raw_uid(cluster_dir: Path) -> str | None:
+    """The cluster uid from a state file that no longer parses as a ``ClusterState``."""
+    try:
+        raw = json.loads(state_file(cluster_dir).read_text())
+    except (OSError, ValueError):
+        return None
+    uid = raw.get("uid") if isinstance(raw, dict) else None
+    return uid if isinstance(uid, str) and uid else None
+
+
 def save(cluster_dir: Path, state: ClusterState) -> None:
     cluster_dir.mkdir(parents=True, exist_ok=True)
     tmp = cluster_dir / "state.json.tmp"
