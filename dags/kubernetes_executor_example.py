@@ -94,4 +94,5 @@ with DAG(
         return {"job_id": result["job_id"], "status": result["status"],
                 "seconds": result["seconds"]}
 
-    create >> train >> [summary(train.output), delete.as_teardown(setups=create)]
+    create >> train >> [summary(train.output),
+                        delete.as_teardown(setups=create, on_failure_fail_dagrun=True)]

@@ -51,6 +51,6 @@ with DAG(
                                entrypoint=entrypoint(dataset))
         delete = DeleteClusterOperator(task_id="delete", setup_task_id="per_dataset.create",
                                        cluster=create.output)
-        create >> train >> delete.as_teardown(setups=create)
+        create >> train >> delete.as_teardown(setups=create, on_failure_fail_dagrun=True)
 
     per_dataset.expand(dataset=datasets())

@@ -76,7 +76,8 @@ with DAG(
         delete_spark = DeleteClusterOperator(task_id="delete_spark",
                                              setup_task_id="etl.create_spark",
                                              cluster=create_spark.output)
-        create_spark >> build_features >> delete_spark.as_teardown(setups=create_spark)
+        create_spark >> build_features >> delete_spark.as_teardown(
+            setups=create_spark, on_failure_fail_dagrun=True)
 
     with TaskGroup("train"):
         create_ray = CreateClusterOperator(task_id="create_ray", spec="ray/train-gpu@1",
@@ -104,7 +105,7 @@ with DAG(
                                            cluster=create_ray.output)
         best >> evaluate
         create_ray >> trials
-        evaluate >> delete_ray.as_teardown(setups=create_ray)
+        evaluate >> delete_ray.as_teardown(setups=create_ray, on_failure_fail_dagrun=True)
     build_features >> create_ray  # train on the features this run built
 
     with TaskGroup("deploy"):

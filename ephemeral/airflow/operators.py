@@ -27,10 +27,12 @@ from ephemeral.airflow.context import cluster_identity, owner_selector, task_key
 from ephemeral.airflow.links import RayDashboardLink, SparkMasterLink
 from ephemeral.airflow.triggers import ClusterReadyTrigger, RayJobTrigger
 from ephemeral.backends import ClusterBackend, ClusterHandle
-from ephemeral.errors import EphemeralError, SpecError
-from ephemeral.jobs.ray_jobs import RayJobs
+from ephemeral.backends.readiness import Readiness
+from ephemeral.errors import EphemeralError, JobSubmissionFailed, SpecError
+from ephemeral.jobs.ray_jobs import RayJobs, ray_jobs_for
 from ephemeral.jobs.results import JobResult, JobStatus, parse_result_line, tail
-from ephemeral.specs.identity import parse_utc
+from ephemeral.lifecycle import delete_after_failure, deleting_on_failure
+from ephemeral.specs.identity import current_instance, parse_utc
 
 DAGRUN_TIMEOUT_WARNING = (
     "DAG {dag_id!r} sets dagrun_timeout and creates ephemeral clusters: when it fires, Airflow "
@@ -103,33 +105,32 @@ class CreateClusterOperator(BaseOperator):
         self.log.info("creating %s from %s (hash %s)", identity.name, spec.label(), spec.hash)
         asked = datetime.now(UTC).replace(microsecond=0)
         try:
-            handle = self._created = backend.create(spec, identity=identity)
+            handle = backend.create(spec, identity=identity)
         except SpecError as err:
             raise AirflowFailException(str(err)) from err
+        # The teardown and the trigger reach the cluster through the same connection.
+        handle = self._created = handle.model_copy(update={"connection": self.kubernetes_conn_id})
         if parse_utc(handle.created_at) < asked:
             self.log.info("adopted %s, created at %s by an earlier try", handle.name,
                           handle.created_at)
-        try:
+        with deleting_on_failure(backend, handle, passes=(TaskDeferred,),
+                                 before=lambda err: self._cleanup_starts(handle, err)):
             self._push_links(context, handle)
-            status = backend.wait_ready(handle, timeout=0)
-            if status.ready:
-                return self._ready(handle, status.message)
-            if self.deferrable:
+            wait = Readiness.within(backend, handle, timeout=self.ready_timeout,
+                                    poll_interval=self.poll_interval)
+            status = wait.step()
+            if not status.ready and self.deferrable:
                 self.defer(
                     trigger=ClusterReadyTrigger(backend=backend.name,
                                                 kubernetes_conn_id=self.kubernetes_conn_id,
                                                 handle=handle.model_dump(mode="json"),
-                                                timeout=self.ready_timeout,
+                                                deadline=wait.deadline,
                                                 poll_interval=self.poll_interval),
                     method_name="execute_complete",
                 )
-            status = backend.wait_ready(handle, timeout=self.ready_timeout)
+            if not status.ready:
+                status = wait.wait()
             return self._ready(handle, status.message)
-        except TaskDeferred:
-            raise
-        except BaseException as err:
-            self._delete_after_failure(handle, err)
-            raise
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
         h = ClusterHandle.model_validate(event["handle"])
@@ -137,7 +138,8 @@ class CreateClusterOperator(BaseOperator):
             return self._ready(h, str(event.get("message", "")))
         error = AirflowException(f"cluster {h.name} did not become ready "
                                  f"({event.get('status')}): {event.get('message')}")
-        self._delete_after_failure(h, error)
+        self._cleanup_starts(h, error)
+        delete_after_failure(self._backend(), h, error)
         raise error
 
     def _ready(self, handle: ClusterHandle, message: str) -> dict[str, Any]:
@@ -155,13 +157,9 @@ class CreateClusterOperator(BaseOperator):
         ti.xcom_push(key=RayDashboardLink().xcom_key, value=handle.endpoints.dashboard or "")
         ti.xcom_push(key=SparkMasterLink().xcom_key, value=handle.endpoints.spark_ui or "")
 
-    def _delete_after_failure(self, handle: ClusterHandle, err: BaseException) -> None:
+    def _cleanup_starts(self, handle: ClusterHandle, err: BaseException) -> None:
         self._cleaning = True  # on_kill must not try to take the cluster's lock again
         self.log.error("setup failed after creating %s (%s): deleting it", handle.name, err)
-        try:
-            self._backend().delete(handle, wait=True)
-        except EphemeralError as cleanup:
-            err.add_note(f"deleting {handle.name} after the failure also failed: {cleanup}")
 
     def on_kill(self) -> None:
         # Killed while waiting in the worker (not deferred): nothing downstream deletes it.
@@ -190,22 +188,48 @@ class DeleteClusterOperator(BaseOperator):
         self.kubernetes_conn_id = kubernetes_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
-        backend = task_backend(self.backend, self.kubernetes_conn_id)
-        names = {h.name for h in backend.list_owned(owner_selector(context, self.setup_task_id))}
-        if self.cluster:
-            names.add(_handle(self.cluster).name)
-        if not names:
+        handle = _handle(self.cluster) if self.cluster else None
+        backend = self._backend_of(handle)
+        # By handle where there is one: it carries the cluster's own namespace.
+        targets = {h.name: h for h in backend.list_owned(
+            owner_selector(context, self.setup_task_id))}
+        if handle:
+            targets[handle.name] = handle
+        if not targets:
             self.log.info("no cluster of %s in this run: nothing to delete", self.setup_task_id)
         failures = []
-        for name in sorted(names):
+        for name, target in sorted(targets.items()):
             self.log.info("deleting %s", name)
             try:
-                backend.delete(name, wait=True)
+                backend.delete(target, wait=True)
             except EphemeralError as err:  # keep going: every other cluster must still go
                 failures.append(f"{name}: {err}")
         if failures:
             raise AirflowException("teardown incomplete: " + "; ".join(failures))
-        return {"deleted": sorted(names)}
+        return {"deleted": sorted(targets)}
+
+    def _backend_of(self, handle: ClusterHandle | None) -> ClusterBackend:
+        """The backend the cluster lives on: the handle's own (backend, connection, deployment;
+        deleting by handle uses its namespace), where the setup pushed one. A teardown configured otherwise fails loudly
+        rather than finding nothing there and succeeding while the cluster runs on."""
+        if handle is None:
+            return task_backend(self.backend, self.kubernetes_conn_id)
+        problems = []
+        if self.backend and self.backend != handle.backend:
+            problems.append(f"backend {self.backend!r} but the cluster is on {handle.backend!r}")
+        if self.kubernetes_conn_id and handle.connection and (
+                self.kubernetes_conn_id != handle.connection):
+            problems.append(f"kubernetes_conn_id {self.kubernetes_conn_id!r} but the cluster was "
+                            f"made through {handle.connection!r}")
+        if handle.instance and handle.instance != current_instance():
+            problems.append(f"deployment instance {current_instance()!r} but the cluster belongs "
+                            f"to {handle.instance!r} (EPHEMERAL_INSTANCE differs between the "
+                            "setup and the teardown)")
+        if problems:
+            raise AirflowFailException(f"teardown of {handle.name} is configured for "
+                                       + "; ".join(problems) + ": it would not find the cluster. "
+                                       "Give the teardown the setup's backend and connection.")
+        return task_backend(handle.backend, handle.connection or self.kubernetes_conn_id)
 
 
 class RayJobOperator(BaseOperator):
@@ -214,6 +238,8 @@ class RayJobOperator(BaseOperator):
 
     A retry attaches to the job of an earlier try while it runs (job ids are deterministic per
     cluster, task and try) instead of submitting it twice. Killing the task stops the job.
+    Every call authenticates with the cluster's token, which the handle's backend (or
+    ``backend``/``kubernetes_conn_id``) gives this process and the triggerer on demand.
     """
 
     template_fields: Sequence[str] = ("cluster", "entrypoint", "working_dir", "runtime_env",
@@ -225,21 +251,29 @@ class RayJobOperator(BaseOperator):
     def __init__(self, *, cluster: Any, entrypoint: str, working_dir: str | None = None,
                  runtime_env: dict[str, Any] | None = None,
                  job_timeout: float | str | None = None, deferrable: bool = True,
-                 poll_interval: float = 1.0, **kwargs: Any) -> None:
+                 poll_interval: float = 1.0, backend: str | None = None,
+                 kubernetes_conn_id: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.cluster = cluster
+        self.backend = backend
+        self.kubernetes_conn_id = kubernetes_conn_id
         self.entrypoint = entrypoint
         self.working_dir = working_dir
         self.runtime_env = runtime_env
         self.job_timeout = job_timeout
         self.deferrable = deferrable
         self.poll_interval = poll_interval
-        self._job: tuple[str, str, str] | None = None
+        self._job: tuple[ClusterHandle, str] | None = None
+
+    def _backend_name(self, handle: ClusterHandle) -> str:
+        return self.backend or handle.backend
 
     def _jobs(self, handle: ClusterHandle) -> RayJobs:
-        if not handle.endpoints.dashboard:
-            raise AirflowFailException(f"cluster {handle.name} is not a Ray cluster")
-        return RayJobs(handle.endpoints.dashboard, cluster=handle.name)
+        try:
+            return ray_jobs_for(handle, task_backend(self._backend_name(handle),
+                                                     self.kubernetes_conn_id))
+        except JobSubmissionFailed as err:
+            raise AirflowFailException(str(err)) from err
 
     @property
     def _timeout(self) -> float | None:
@@ -261,13 +295,14 @@ class RayJobOperator(BaseOperator):
                 working_dir=self.working_dir, runtime_env=env)
         except EphemeralError as err:
             raise AirflowException(str(err)) from err
-        self._job = (handle.endpoints.dashboard or "", jid, handle.name)
+        self._job = (handle, jid)
         self.log.info("%s Ray job %s on %s: %s", "attached to" if attached else "submitted", jid,
                       handle.name, self.entrypoint)
         if self.deferrable:
-            self.defer(trigger=RayJobTrigger(dashboard=handle.endpoints.dashboard or "",
-                                             job_id=jid, cluster=handle.name,
-                                             timeout=self._timeout,
+            self.defer(trigger=RayJobTrigger(handle=handle.model_dump(mode="json"),
+                                             backend=self._backend_name(handle),
+                                             kubernetes_conn_id=self.kubernetes_conn_id,
+                                             job_id=jid, timeout=self._timeout,
                                              poll_interval=self.poll_interval),
                        method_name="execute_complete")
         try:
@@ -295,8 +330,8 @@ class RayJobOperator(BaseOperator):
 
     def on_kill(self) -> None:
         if self._job:
-            dashboard, jid, cluster = self._job
-            RayJobs(dashboard, cluster=cluster).stop(jid)
+            handle, jid = self._job
+            self._jobs(handle).stop(jid)
 
 
 class SparkSubmitOperator(BaseOperator):
@@ -309,9 +344,12 @@ class SparkSubmitOperator(BaseOperator):
 
     def __init__(self, *, cluster: Any, application: str,
                  application_args: Sequence[str] = (), conf: dict[str, str] | None = None,
-                 job_timeout: float | None = None, **kwargs: Any) -> None:
+                 job_timeout: float | None = None, backend: str | None = None,
+                 kubernetes_conn_id: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.cluster = cluster
+        self.backend = backend
+        self.kubernetes_conn_id = kubernetes_conn_id
         self.application = application
         self.application_args = list(application_args)
         self.conf = conf
@@ -320,18 +358,21 @@ class SparkSubmitOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from ephemeral.jobs import artifacts
-        from ephemeral.jobs.spark_jobs import spark_submit
+        from ephemeral.jobs.spark_jobs import spark_auth_for, spark_submit
 
         handle = _handle(self.cluster)
         if not handle.endpoints.spark_master:
             raise AirflowFailException(f"cluster {handle.name} is not a Spark cluster")
         context["ti"].xcom_push(key=SparkMasterLink().xcom_key, value=handle.endpoints.spark_ui)
         try:
+            # The driver authenticates with the cluster's secret (spark.authenticate).
+            auth = spark_auth_for(handle, task_backend(self.backend or handle.backend,
+                                                       self.kubernetes_conn_id))
             result = spark_submit(
                 handle.endpoints.spark_master, self.application,
                 [str(a) for a in self.application_args], conf=self.conf, cluster=handle.name,
                 env={"EPHEMERAL_ARTIFACT_ROOT": artifacts.root()}, timeout=self.job_timeout,
-                sink=self.log.info, on_start=self._driver_started)
+                sink=self.log.info, on_start=self._driver_started, auth=auth)
         except EphemeralError as err:
             raise AirflowException(str(err)) from err
         finally:

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ephemeral.backends import ClusterHandle, get_backend
-from ephemeral.backends.base import ClusterStatus, Phase
+from ephemeral.backends.base import ClusterStatus, OwnerSelector, Phase
 from ephemeral.errors import ClusterNotFound, EphemeralError, SpecError
 from ephemeral.jobs.results import JobResult
 from ephemeral.lifecycle import DEFAULT_READY_TIMEOUT, provision, teardown
@@ -227,12 +227,18 @@ def up(
         out.print(line, highlight=False, markup=False)
 
 
+AllInstancesOpt = Annotated[bool, typer.Option(
+    "--all-instances", help="Every deployment's clusters, not only this instance's "
+                            "($EPHEMERAL_INSTANCE, else derived from $AIRFLOW_HOME).")]
+
+
 @app.command("ls")
-def ls(backend: BackendOpt = None, as_json: JsonOpt = False) -> None:
-    """List the clusters this backend owns, with their state."""
+def ls(backend: BackendOpt = None, all_instances: AllInstancesOpt = False,
+       as_json: JsonOpt = False) -> None:
+    """List this deployment's clusters (every deployment's with --all-instances), with state."""
     be = get_backend(backend)
     rows: list[dict[str, Any]] = []
-    for h in be.list_owned():
+    for h in be.list_owned(OwnerSelector(all_instances=all_instances)):
         try:
             st = be.wait_ready(h, timeout=0)
             phase, msg = st.phase.value, st.message
@@ -245,26 +251,31 @@ def ls(backend: BackendOpt = None, as_json: JsonOpt = False) -> None:
     if not rows:
         err.print("no clusters")
         return
-    table = Table("name", "engine", "spec", "phase", "created", "expires", "endpoint")
+    table = Table("name", "engine", "spec", "phase", "created", "expires", "endpoint",
+                  *(["instance"] if all_instances else []))
     for r in rows:
         h = ClusterHandle.model_validate(r["handle"])
         ep = h.endpoints.dashboard or h.endpoints.spark_master or ""
         table.add_row(h.name, h.engine, h.spec_ref, str(r["phase"]), h.created_at, h.expires_at,
-                      ep)
+                      ep, *([h.instance or "-"] if all_instances else []))
     out.print(table)
 
 
 @app.command("down")
 def down(
     names: Annotated[list[str] | None, typer.Argument(help="Cluster names.")] = None,
-    all_: Annotated[bool, typer.Option("--all", help="Delete every cluster owned.")] = False,
+    all_: Annotated[bool, typer.Option("--all", help="Delete every cluster of this "
+                                                     "deployment instance.")] = False,
+    all_instances: AllInstancesOpt = False,
     backend: BackendOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Delete clusters and wait until none of their processes or pods is left."""
+    """Delete clusters and wait until none of their processes or pods is left.
+
+    Only this deployment instance's clusters, unless --all-instances is given."""
     be = get_backend(backend)
     if all_:
-        targets = [h.name for h in be.list_owned()]
+        targets = [h.name for h in be.list_owned(OwnerSelector(all_instances=all_instances))]
     elif names:
         targets = names
     else:
@@ -272,7 +283,15 @@ def down(
         raise typer.Exit(2)
     done, failures = [], []
     for name in targets:
-        known = be.get(name) is not None
+        known = be.get(name, all_instances=all_instances) is not None
+        other = None if known else be.get(name, all_instances=True)
+        if other is not None:  # another deployment's: never touched from here by accident
+            failures.append({"name": name, "error": f"belongs to deployment instance "
+                             f"{other.instance!r}, not this one; pass --all-instances to "
+                             "delete it anyway"})
+            if not as_json:
+                err.print(f"[red]{name}: {failures[-1]['error']}[/]", highlight=False)
+            continue
         try:
             with err.status(f"deleting {name}"):
                 seconds = teardown(be, name)
@@ -348,10 +367,10 @@ def submit(
 ) -> None:
     """Run a command as a Ray job on CLUSTER, streaming its logs; exit with its status."""
     from ephemeral.jobs import artifacts
-    from ephemeral.jobs.ray_jobs import RayJobs
+    from ephemeral.jobs.ray_jobs import ray_jobs_for
 
     handle = _cluster(cluster, backend, "ray", as_json)
-    jobs = RayJobs(handle.endpoints.dashboard or "", cluster=handle.name)
+    jobs = ray_jobs_for(handle, get_backend(backend))  # with the cluster's token
     runtime_env: dict[str, Any] = {"env_vars": {"EPHEMERAL_ARTIFACT_ROOT": artifacts.root(),
                                                 **_key_values(env, "--env")}}
     if pip:
@@ -384,14 +403,15 @@ def spark_submit_cmd(
 ) -> None:
     """Run a Spark application on CLUSTER's master, streaming the driver's output."""
     from ephemeral.jobs import artifacts
-    from ephemeral.jobs.spark_jobs import spark_submit
+    from ephemeral.jobs.spark_jobs import spark_auth_for, spark_submit
 
     handle = _cluster(cluster, backend, "spark", as_json)
+    auth = spark_auth_for(handle, get_backend(backend))  # the driver's spark.authenticate secret
     _finish_job(lambda: spark_submit(
         handle.endpoints.spark_master or "", str(application), args or [],
         conf=_key_values(conf, "--conf"), cluster=handle.name, timeout=timeout,
         env={"EPHEMERAL_ARTIFACT_ROOT": artifacts.root()},
-        sink=_log_sink(as_json)), as_json)
+        sink=_log_sink(as_json), auth=auth), as_json)
 
 
 @app.command("reap")

@@ -2,42 +2,50 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from contextlib import AbstractContextManager
 from importlib import metadata
 from pathlib import Path
 
 from ephemeral.backends.base import (
+    Access,
     ClusterBackend,
     ClusterHandle,
     ClusterStatus,
     Endpoints,
     OwnerSelector,
     Phase,
+    check_adoptable,
     make_handle,
 )
-from ephemeral.backends.local import procs, ray_nodes, slots, spark_nodes
-from ephemeral.backends.local.state import ClusterState, PlannedNode, load, save
+from ephemeral.backends.local import procs, ray_nodes, secrets, slots, spark_nodes
+from ephemeral.backends.local.state import (
+    ClusterState,
+    PlannedNode,
+    load,
+    raw_uid,
+    save,
+    state_file,
+)
 from ephemeral.errors import (
     BackendError,
     ClusterFailed,
     EphemeralError,
-    IdentityConflict,
-    ReadinessTimeout,
     SpecError,
     TeardownIncomplete,
 )
+from ephemeral.jobs.spark_jobs import SparkAuth
 from ephemeral.settings import get_settings, job_environ
 from ephemeral.specs.identity import ClusterIdentity
 from ephemeral.specs.models import RaySpec, SparkSpec
 from ephemeral.specs.resolve import ResolvedSpec
 
-POLL_SECONDS = 0.25
+log = logging.getLogger(__name__)
 
 
 def host_gpus() -> int:
@@ -116,11 +124,7 @@ class LocalBackend(ClusterBackend):
                 self._delete_locked(name)
                 existing = None
             if existing and not existing.deleting:
-                if existing.handle.spec_hash != spec.hash:
-                    raise IdentityConflict(
-                        f"cluster {name!r} already exists from {existing.handle.spec_ref} "
-                        f"(hash {existing.handle.spec_hash}); this create asks for {spec.ref} "
-                        f"(hash {spec.hash}). Delete it first or use another identity.")
+                check_adoptable(existing.handle, spec.ref, spec.hash, identity)
                 return existing.handle
             if existing:  # a deletion was interrupted: finish it before starting afresh
                 self._delete_locked(name)
@@ -151,16 +155,19 @@ class LocalBackend(ClusterBackend):
         if isinstance(s, RaySpec):
             temp_root = slots.runtime_dir() / f"r{slot}-{uuid.uuid4().hex[:6]}"
             ep = ray_nodes.endpoints(slot)
-            planned = ray_nodes.plan(s, slot, temp_root)
+            planned = ray_nodes.plan(s, slot, temp_root, secrets.create_ray(cdir))
         else:
             ep = spark_nodes.endpoints(s, slot)
-            planned = spark_nodes.plan(s, slot, cdir / "spark")
+            daemons, connect = secrets.create_spark(cdir)
+            planned = spark_nodes.plan(s, slot, cdir / "spark", auth_props=daemons,
+                                       connect_props=connect)
         handle = make_handle(spec, identity, backend=self.name, endpoints=ep)
         uid = uuid.uuid4().hex
         state = ClusterState(handle=handle, uid=uid, slot=slot, plan=planned,
                              ray_temp_root=str(temp_root) if temp_root else None)
         save(cdir, state)  # before any process exists, so a crash from here on is findable
-        base_env = self._env(s, uid, name=handle.name)
+        base_env = self._env(s, uid, name=handle.name) | {procs.DIR_ENV: str(cdir)}
+        base_env.pop("RAY_AUTH_TOKEN", None)  # would override the cluster's own token file
         for node in planned:
             env = base_env | node.env
             state.nodes.append(procs.spawn(
@@ -188,21 +195,12 @@ class LocalBackend(ClusterBackend):
                         env[var.name] = os.environ[src]
         return env
 
-    def wait_ready(self, handle: ClusterHandle, *, timeout: float) -> ClusterStatus:
-        deadline = time.monotonic() + timeout
-        while True:
-            status = self._probe(handle.name)
-            if status.phase is Phase.READY or timeout <= 0:
-                return status
-            if status.phase is Phase.GONE:
-                raise ClusterFailed(f"cluster {handle.name!r} does not exist (deleted?)")
-            if time.monotonic() >= deadline:
-                state = self._state(handle.name)
-                tails = "\n".join(n.log_tail(15) for n in state.nodes) if state else ""
-                raise ReadinessTimeout(
-                    f"cluster {handle.name!r} not ready after {timeout:.0f}s: {status.message}",
-                    tails)
-            time.sleep(POLL_SECONDS)
+    def probe(self, handle: ClusterHandle) -> ClusterStatus:
+        return self._probe(handle.name)
+
+    def diagnose(self, handle: ClusterHandle) -> str:
+        state = self._state(handle.name)
+        return "\n".join(n.log_tail(15) for n in state.nodes) if state else ""
 
     def _probe(self, name: str) -> ClusterStatus:
         state = self._state(name)
@@ -211,10 +209,27 @@ class LocalBackend(ClusterBackend):
         if state.deleting:
             return ClusterStatus(phase=Phase.DELETING, message="being deleted")
         self._raise_if_a_node_failed(state)
+        cdir = self._dir(name)
         if state.handle.engine == "ray":
-            return ray_nodes.probe(state.handle.endpoints.dashboard or "", state.plan)
+            token = secrets.read(cdir, secrets.RAY_TOKEN)
+            return ray_nodes.probe(state.handle.endpoints.dashboard or "", state.plan,
+                                   ray_nodes.auth_headers(token) if token else None)
         workers = sum(1 for p in state.plan if p.role == "worker")
-        return spark_nodes.probe(workers, state.handle.endpoints)
+        return spark_nodes.probe(workers, state.handle.endpoints,
+                                 secrets.read(cdir, secrets.CONNECT_TOKEN))
+
+    def access(self, handle: ClusterHandle) -> Access:
+        """The cluster's URLs and, for Ray, its token as a bearer header, read from the 0600
+        file in its state folder (any process of this user on this host can make this)."""
+        token = secrets.read(self._dir(handle.name), secrets.RAY_TOKEN)
+        return Access(dashboard=handle.endpoints.dashboard, spark_ui=handle.endpoints.spark_ui,
+                      headers=ray_nodes.auth_headers(token) if token else {})
+
+    def spark_auth(self, handle: ClusterHandle) -> SparkAuth:
+        """The cluster's ``spark.authenticate`` secret and Spark Connect token."""
+        cdir = self._dir(handle.name)
+        return SparkAuth(secret=secrets.read(cdir, secrets.SPARK_SECRET),
+                         connect_token=secrets.read(cdir, secrets.CONNECT_TOKEN))
 
     @staticmethod
     def _raise_if_a_node_failed(state: ClusterState) -> None:
@@ -243,7 +258,11 @@ class LocalBackend(ClusterBackend):
 
     def _delete_locked(self, name: str, *, wait: bool = True) -> None:
         cdir = self._dir(name)
-        state = load(cdir)
+        try:
+            state = load(cdir)
+        except BackendError:  # unreadable or of an old schema: still find and kill its processes
+            self._delete_unreadable(cdir, wait=wait)
+            return
         if state is None:
             shutil.rmtree(cdir, ignore_errors=True)
             return
@@ -257,12 +276,28 @@ class LocalBackend(ClusterBackend):
         slots.release(cdir, state.slot)
         shutil.rmtree(cdir, ignore_errors=True)
 
+    def _delete_unreadable(self, cdir: Path, *, wait: bool) -> None:
+        """Delete a cluster whose state cannot be read, by the markers its processes carry:
+        the cluster uid (if the file still names it) and the state folder."""
+        uid = raw_uid(cdir)
+        left = procs.kill_marked({procs.DIR_ENV: str(cdir)} | ({procs.UID_ENV: uid} if uid else {}),
+                                 timeout=10.0 if wait else 2.0)
+        if left:
+            raise TeardownIncomplete(cdir.name, procs.describe(left))
+        shutil.rmtree(cdir, ignore_errors=True)  # its slot claim lapses with the folder
+
     def list_owned(self, selector: OwnerSelector | None = None) -> list[ClusterHandle]:
-        selector = selector or OwnerSelector.everything()
+        selector = selector or OwnerSelector()
         root = self.home / "clusters"
         out = []
         for cdir in sorted(root.iterdir()) if root.is_dir() else []:
-            state = load(cdir)
+            try:
+                state = load(cdir)
+            except BackendError as err:
+                # One broken file must not hide every other cluster from teardown and reaper.
+                log.warning("skipping %s: %s; `ephemeral down %s` still deletes it",
+                            state_file(cdir), err, cdir.name)
+                continue
             if state and selector.matches(state.handle.labels):
                 out.append(state.handle)
         return out
