@@ -22,6 +22,8 @@ from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
+import psutil
+
 from ephemeral.backends.local import procs
 
 # Below the local backend's port blocks (20000+) and Linux's ephemeral range (32768+), so
@@ -54,12 +56,17 @@ def port_block(size: int) -> int:
     raise RuntimeError(f"no {size} consecutive free ports in {lo}-{hi}")
 
 
+def new_uid(label: str) -> str:
+    """A marker naming this bench process, so a later run can tell its leftovers are orphans."""
+    return f"bench-{label}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 class Nodes:
     """The processes of one by-hand baseline: spawned in their own sessions, marked, killed."""
 
     def __init__(self, tmp: Path, label: str) -> None:
         self.tmp = tmp
-        self.uid = f"bench-{label}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.uid = new_uid(label)
         self.started: list[procs.NodeProcess] = []
 
     def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -105,6 +112,31 @@ def kill_marked(uid: str) -> list[str]:
     """Kill whatever carries the marker ``uid`` (for processes a script started, e.g.
     by_hand.sh); return what survived, described."""
     return procs.describe(procs.kill_all([], uid))
+
+
+def _dead(pid: str) -> bool:
+    return pid.isdigit() and not psutil.pid_exists(int(pid))
+
+
+def sweep_orphans(tmp_root: Path) -> list[str]:
+    """Kill the baselines of earlier bench runs that died without cleaning up (SIGKILL, a lost
+    terminal): processes whose marker names a bench process that no longer runs, and their
+    ``tmp_root/bench-*-PID`` folders."""
+    orphans: set[str] = set()
+    for p in psutil.process_iter():
+        try:
+            uid = p.environ().get(procs.UID_ENV, "")
+        except psutil.Error:
+            continue
+        parts = uid.split("-")
+        if uid.startswith("bench-") and len(parts) >= 4 and _dead(parts[-2]):
+            orphans.add(uid)
+    for uid in orphans:
+        procs.kill_all([], uid)
+    for folder in tmp_root.glob("bench-*-*"):
+        if _dead(folder.name.rsplit("-", 1)[1]):
+            shutil.rmtree(folder, ignore_errors=True)
+    return sorted(orphans)
 
 
 def exit_on_sigterm() -> None:

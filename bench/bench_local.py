@@ -136,6 +136,8 @@ def compare(name: str, base: Callable[[baseline.Nodes], float], ref: str,
 
 def main() -> None:
     baseline.exit_on_sigterm()
+    if swept := baseline.sweep_orphans(runtime_dir()):
+        print(f"killed the by-hand nodes an earlier bench left: {swept}", flush=True)
     backend = LocalBackend()
     results = {
         "ray_ready_vs_head_then_worker": compare("ray", baseline_ray, "ray/train-gpu", backend),
