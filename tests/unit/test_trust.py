@@ -109,7 +109,8 @@ def test_a_cleared_run_gets_its_grace_period_again(tmp_path: Path) -> None:
         return RunInfo(next(states))  # no end date: the reaper's memory is the clock
 
     [first] = reap(backend, lookup=lookup, grace=600, now=t0, memory_file=memory)
-    assert not first.delete and "within the 600s grace" in first.reason
+    assert not first.delete
+    assert "within the 600s grace" in first.reason
     [cleared] = reap(backend, lookup=lookup, grace=600, now=t0 + timedelta(minutes=9),
                      memory_file=memory)
     assert "is running" in cleared.reason
@@ -153,7 +154,7 @@ def run_trigger(monkeypatch: pytest.MonkeyPatch, backend: Any, *, timeout: float
     trig = triggers.ClusterReadyTrigger(backend="fake", handle=handle.model_dump(mode="json"),
                                         timeout=timeout, poll_interval=0.01,
                                         kubernetes_conn_id=conn)
-    kind, kwargs = trig.serialize()
+    _kind, kwargs = trig.serialize()
     assert "token" not in json.dumps(kwargs).lower()
     again = triggers.ClusterReadyTrigger(**kwargs)
 
@@ -200,7 +201,8 @@ def test_retryable_errors_until_the_deadline_are_a_timeout(
 def test_a_cluster_that_goes_away_fails_the_wait(monkeypatch: pytest.MonkeyPatch,
                                                   phase: Phase) -> None:
     event = run_trigger(monkeypatch, ScriptedBackend([Phase.STARTING, phase]))
-    assert event["status"] == "failed" and phase.value in event["message"]
+    assert event["status"] == "failed"
+    assert phase.value in event["message"]
 
 
 def test_the_deadline_survives_a_triggerer_restart() -> None:
@@ -311,12 +313,14 @@ def test_an_unreadable_state_hides_no_other_cluster_and_still_deletes(
         save(ephemeral_home / "clusters" / good.name,
              ClusterState(handle=good, uid="u-good", slot=0, plan=[]))
         assert [h.name for h in backend.list_owned()] == [good.name]
-        assert "eph-old-schema" in caplog.text and "eph-garbage" in caplog.text
+        assert "eph-old-schema" in caplog.text
+        assert "eph-garbage" in caplog.text
         backend.delete("eph-old-schema", wait=True)
         backend.delete("eph-garbage", wait=True)
         for p in sleepers:
             assert p.wait(timeout=5) is not None  # killed
-        assert not broken.exists() and not garbage.exists()
+        assert not broken.exists()
+        assert not garbage.exists()
         assert [h.name for h in backend.list_owned()] == [good.name]
     finally:
         for p in sleepers:

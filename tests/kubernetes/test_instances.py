@@ -1,0 +1,65 @@
+"""Staging and production sharing one namespace (the strict API mock): the same DAG and run id
+make two clusters, and neither deployment's teardown, `down --all` or reaper touches the
+other's."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from ephemeral.backends.base import OwnerSelector
+from ephemeral.backends.kubernetes import KubernetesBackend
+from ephemeral.errors import IdentityConflict
+from ephemeral.reaper import RunInfo, reap
+from ephemeral.specs import ClusterIdentity
+from ephemeral.specs.identity import INSTANCE_LABEL, PREFIX, label_value
+from tests.conftest import small
+from tests.kubernetes.apiserver import ApiServer
+from tests.kubernetes.conftest import NAMESPACE
+
+RAY = small("ray/adhoc-cpu", replicas=1)
+RUN = "scheduled__2026-01-01T00:00:00+00:00"
+
+
+def owner() -> ClusterIdentity:
+    return ClusterIdentity(spec_name=RAY.spec.name, dag_id="train", run_id=RUN,
+                           task_id="create_cluster")
+
+
+def rayclusters(server: ApiServer) -> dict[str, str]:
+    return {o["metadata"]["name"]: o["metadata"]["labels"][INSTANCE_LABEL]
+            for o in server.store.list("rayclusters", NAMESPACE)}
+
+
+def test_two_instances_share_a_namespace_without_touching_each_other(
+        k8s_backend: KubernetesBackend, apiserver: ApiServer, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    monkeypatch.setenv("EPHEMERAL_INSTANCE", "staging")
+    staging = k8s_backend.create(RAY, identity=owner())
+    monkeypatch.setenv("EPHEMERAL_INSTANCE", "prod")
+    prod = k8s_backend.create(RAY, identity=owner())
+    assert rayclusters(apiserver) == {staging.name: "staging", prod.name: "prod"}
+
+    # What production's teardown lists for its setup in this run: its own cluster only.
+    run = OwnerSelector(labels={PREFIX + "dag-id": "train", PREFIX + "run-id": label_value(RUN),
+                                PREFIX + "task-id": "create_cluster"})
+    assert [h.name for h in k8s_backend.list_owned(run)] == [prod.name]
+    assert [h.name for h in k8s_backend.list_owned()] == [prod.name]
+    assert k8s_backend.get(staging.name) is None
+
+    ended = RunInfo("failed", datetime.now(UTC) - timedelta(hours=1))
+    decisions = reap(k8s_backend, lookup=lambda _d, _r: ended, grace=0,
+                     memory_file=tmp_path / "seen.json")
+    assert [(d.cluster, d.deleted) for d in decisions] == [(prod.name, True)]
+    assert rayclusters(apiserver) == {staging.name: "staging"}
+
+    # A manual cluster under a name the other deployment uses is refused, not adopted.
+    monkeypatch.setenv("EPHEMERAL_INSTANCE", "staging")
+    k8s_backend.create(RAY, identity=ClusterIdentity.manual(RAY.spec.name, "shared-name"))
+    monkeypatch.setenv("EPHEMERAL_INSTANCE", "prod")
+    with pytest.raises(IdentityConflict, match="belongs to deployment instance 'staging'"):
+        k8s_backend.create(RAY, identity=ClusterIdentity.manual(RAY.spec.name, "shared-name"))
+    assert {h.name for h in k8s_backend.list_owned(OwnerSelector.everything())} == {
+        staging.name, "shared-name"}
