@@ -14,6 +14,7 @@ which would pick the code's origin); ``EPHEMERAL_PIP_ALLOW`` narrows the names f
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
 FIELDS = ("cluster_spec", "profile", "workers", "gpus_per_worker", "entrypoint", "pip",
           "timeout_minutes")
 PIP_MAX_ENTRIES, PIP_ENTRY_MAX_LEN = 50, 200
+ENTRYPOINT_MAX_LEN = 2000
+# A reference into the specs folder only: a path would let a request read any YAML file.
+_SPEC_REF = re.compile(r"^[a-z0-9][a-z0-9-]*/[a-z0-9][a-z0-9-]*(@[0-9]+)?$")
 _ARCHIVES = (".whl", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip", ".egg")
 
 
@@ -133,6 +137,9 @@ def check_entrypoint(entrypoint: object, jobs_dir: Path, allow_any: bool = False
     """The entrypoint, re-quoted: ``python <script in jobs_dir> [args]`` unless ``allow_any``."""
     if not isinstance(entrypoint, str) or not entrypoint.strip():
         raise RequestError([("entrypoint", "a command such as `python hello_ray.py`")])
+    if len(entrypoint) > ENTRYPOINT_MAX_LEN:
+        raise RequestError([("entrypoint", f"{len(entrypoint)} characters long; at most "
+                             f"{ENTRYPOINT_MAX_LEN}")])
     try:
         argv = shlex.split(entrypoint)
     except ValueError as err:
@@ -276,6 +283,9 @@ def validate_request(params: Mapping[str, Any], settings: Settings | None = None
     entrypoint = check_entrypoint(p["entrypoint"], s.jobs_dir, allow_any_entrypoint)
     pip = check_pip(p.get("pip"), pip_allow_list(s.pip_allow))
     workers, gpus = int(p["workers"]), p.get("gpus_per_worker")
+    if not _SPEC_REF.match(p["cluster_spec"]):
+        raise RequestError([("cluster_spec", f"{p['cluster_spec']!r} is not a spec reference "
+                             "such as ray/adhoc-cpu or ray/adhoc-cpu@1 (paths are not accepted)")])
     try:
         base = resolve(p["cluster_spec"], specs_dir=s.specs_dir)
     except SpecError as err:
