@@ -2,21 +2,30 @@
 # Bring up the kind cluster for ephemeral's Kubernetes smoke test, or bring it up to date:
 #
 #   1. checks the pinned tools (kind v0.31.0, helm 3.12+ or 4, kubectl, docker);
-#   2. creates the CPU-only kind cluster of compose/kind/kind-config.yaml (kept when it exists);
+#   2. creates the CPU-only kind cluster of compose/kind/kind-config.yaml (kept when it exists)
+#      and removes the control-plane taint, so that both nodes take pods (see kind-config.yaml);
 #   3. creates the project namespace and installs the KubeRay operator 1.7.0 with helm, in its own
 #      namespace, watching only the project namespace;
 #   4. applies compose/k8s/rbac.yaml and writes two kubeconfigs of the ephemeral-airflow
 #      ServiceAccount (so Airflow runs with the Role's rights, not as cluster admin):
-#        compose/.kube/config           for processes on this host (CI's `airflow dags test`)
-#        compose/.kube/config.internal  for containers on the `kind` docker network (compose/)
-#   5. optionally pre-pulls the Ray CPU image into the nodes, routes the pod and service ranges
+#        compose/.kube/config           for processes on this host (CI's `airflow dags test`),
+#                                       mode 0600
+#        compose/.kube/config.internal  for containers on the `kind` docker network (compose/),
+#                                       mode 0640 and group 0 where possible: the compose stack
+#                                       runs as ${AIRFLOW_UID:-50000}:0 and mounts the folder
+#      Each is replaced in one step (written aside, then renamed), so a reader never sees half.
+#   5. optionally pre-loads the Ray CPU image onto the nodes, routes the pod and service ranges
 #      from the host, and installs the reaper CronJob.
 #
 # Every step is idempotent: run it again to refresh the token or finish an interrupted run.
 #
 # Usage: compose/kind/up.sh [--preload-ray-image] [--route-pods] [--reaper IMAGE]
 #   --preload-ray-image  put $EPHEMERAL_RAY_IMAGE (rayproject/ray:2.60.0-py311-cpu, several GB)
-#                        on every node first, so a cluster's readiness wait does not race the pull
+#                        on the nodes Ray pods can run on (no NoSchedule taint) first, so a
+#                        cluster's readiness wait does not race the pull. The host's copy is
+#                        removed afterwards when this script pulled it (CI runners have ~14 GB
+#                        of disk); with Docker's containerd image store, where `kind load` fails
+#                        on multi-platform images, the nodes pull it themselves, not the host.
 #   --route-pods         (Linux, needs sudo) route the pod and service ranges to the nodes and
 #                        resolve *.cluster.local through the cluster's DNS (systemd-resolved), so
 #                        that a process on this host reaches Ray's dashboard by its Service name
@@ -39,6 +48,9 @@ KIND_VERSION="v0.31.0"            # its default node image is pinned in kind-con
 KUBERAY_CHART_VERSION="1.7.0"
 KUBERAY_HELM_REPO="https://ray-project.github.io/kuberay-helm/"
 
+# The help is the comment block at the top of this file, without its `#`s.
+usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "${BASH_SOURCE[0]}"; }
+
 PRELOAD=0
 ROUTE=0
 REAPER_IMAGE=""
@@ -48,7 +60,7 @@ while [[ $# -gt 0 ]]; do
     --route-pods) ROUTE=1 ;;
     --reaper) REAPER_IMAGE="${2:?--reaper needs the project image, e.g. ephemeral-airflow:dev}"
               shift ;;
-    -h|--help) sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) usage; exit 0 ;;
     *) echo "up.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -89,21 +101,46 @@ else
 fi
 kind export kubeconfig --name "$CLUSTER" >/dev/null   # context $CTX in ~/.kube/config
 k wait --for=condition=Ready nodes --all --timeout=300s
+# kind keeps the control-plane taint when the cluster has a worker: every pod would then land on
+# the one worker, where the head and the worker of ci-cpu (1 CPU each, Guaranteed), the operator
+# and kindnet need 2.2 CPUs, more than a 2-vCPU runner has. Untainted, the scheduler places the
+# Ray pods on whichever node has the CPU free.
+for node in $(k get nodes -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.spec.taints[*].key}{"\n"}{end}' \
+                | awk '/node-role.kubernetes.io\/control-plane/ {print $1}'); do
+  k taint nodes "$node" node-role.kubernetes.io/control-plane:NoSchedule-
+done
 
 say "namespace $NS"
 k create namespace "$NS" --dry-run=client -o yaml | k apply -f -
 
 if [[ $PRELOAD == 1 ]]; then
-  say "pre-pulling $RAY_IMAGE on every node"
-  # `kind load docker-image` copies the host's image; with multi-platform images and Docker's
-  # containerd image store it can fail, so the fallback pulls inside each node instead.
+  # Only where Ray pods can be scheduled: nodes without a NoSchedule or NoExecute taint.
+  ray_nodes="$(k get nodes -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.spec.taints[*].effect}{"\n"}{end}' \
+                 | awk '!/NoSchedule|NoExecute/ {print $1}' | paste -sd, -)"
+  [[ -n "$ray_nodes" ]] || die "no node of $CLUSTER takes pods (every one has a NoSchedule taint)"
+  say "pre-loading $RAY_IMAGE onto $ray_nodes"
   loaded=0
-  if docker image inspect "$RAY_IMAGE" >/dev/null 2>&1 || docker pull "$RAY_IMAGE"; then
-    if kind load docker-image "$RAY_IMAGE" --name "$CLUSTER"; then loaded=1; fi
+  # `kind load docker-image` copies the host's image; with Docker's containerd image store it
+  # fails on multi-platform images (kubernetes-sigs/kind#3795), so there the host pull is skipped.
+  driver_status="$(docker info -f '{{json .DriverStatus}}' 2>/dev/null || true)"
+  if [[ "$driver_status" == *io.containerd.snapshotter* ]]; then
+    echo "docker uses the containerd image store: the nodes pull the image themselves"
+  else
+    had_image=0
+    docker image inspect "$RAY_IMAGE" >/dev/null 2>&1 && had_image=1
+    if [[ $had_image == 1 ]] || docker pull "$RAY_IMAGE"; then
+      if kind load docker-image "$RAY_IMAGE" --name "$CLUSTER" --nodes "$ray_nodes"; then
+        loaded=1
+      fi
+      # The nodes hold their own copies now: a copy this script pulled only takes disk.
+      if [[ $had_image == 0 ]]; then
+        docker image rm "$RAY_IMAGE" >/dev/null || echo "warning: the host keeps its copy of $RAY_IMAGE"
+      fi
+    fi
   fi
   if [[ $loaded == 0 ]]; then
-    echo "kind load failed; pulling inside the nodes"
-    for node in $(kind get nodes --name "$CLUSTER"); do
+    echo "pulling $RAY_IMAGE inside the nodes"
+    for node in ${ray_nodes//,/ }; do
       docker exec "$node" crictl pull "$RAY_IMAGE"
     done
   fi
@@ -125,7 +162,8 @@ manifest "$COMPOSE/k8s/rbac.yaml" | k apply -f -
 
 say "kubeconfigs of the ServiceAccount in $KUBE_DIR"
 mkdir -p "$KUBE_DIR"
-chmod 700 "$KUBE_DIR"
+# Group 0 may enter (not list names it cannot guess); see write_kubeconfig for the files.
+chmod 750 "$KUBE_DIR"
 token="$(k -n "$NS" create token ephemeral-airflow --duration=24h)"
 ca="$(mktemp)"
 trap 'rm -f "$ca"' EXIT
@@ -136,19 +174,26 @@ host_server="$(k config view --minify -o jsonpath='{.clusters[0].cluster.server}
 # --internal` prints): https://<cluster>-control-plane:6443.
 internal_server="$(kind get kubeconfig --name "$CLUSTER" --internal \
   | awk '/server:/ {print $2; exit}')"
-write_kubeconfig() {  # file server
-  local file="$1" server="$2"
-  rm -f "$file"
+group0_note=""
+write_kubeconfig() {  # file server mode
+  local file="$1" server="$2" mode="$3" tmp="$1.new"
+  rm -f "$tmp"
   (umask 077
-   kubectl config --kubeconfig "$file" set-cluster "$CTX" --server "$server" \
+   kubectl config --kubeconfig "$tmp" set-cluster "$CTX" --server "$server" \
      --certificate-authority "$ca" --embed-certs=true >/dev/null
-   kubectl config --kubeconfig "$file" set-credentials ephemeral-airflow --token "$token" >/dev/null
-   kubectl config --kubeconfig "$file" set-context ephemeral --cluster "$CTX" \
+   kubectl config --kubeconfig "$tmp" set-credentials ephemeral-airflow --token "$token" >/dev/null
+   kubectl config --kubeconfig "$tmp" set-context ephemeral --cluster "$CTX" \
      --user ephemeral-airflow --namespace "$NS" >/dev/null
-   kubectl config --kubeconfig "$file" use-context ephemeral >/dev/null)
+   kubectl config --kubeconfig "$tmp" use-context ephemeral >/dev/null)
+  chmod "$mode" "$tmp"
+  if [[ "$mode" == 0640 && "$(id -g)" != 0 ]] && ! chgrp 0 "$tmp" 2>/dev/null; then
+    group0_note="$file belongs to your group, not group 0: run the compose stack as you (echo \"AIRFLOW_UID=\$(id -u)\" >> compose/.env)"
+  fi
+  mv -f "$tmp" "$file"   # one rename: the mounted folder shows the new file, never half of it
 }
-write_kubeconfig "$KUBE_DIR/config" "$host_server"
-write_kubeconfig "$KUBE_DIR/config.internal" "$internal_server"
+write_kubeconfig "$KUBE_DIR/config" "$host_server" 0600
+write_kubeconfig "$KUBE_DIR/config.internal" "$internal_server" 0640
+if [[ "$(id -g)" != 0 ]]; then chgrp 0 "$KUBE_DIR" 2>/dev/null || true; fi
 # The ServiceAccount may do what ephemeral needs, and not more.
 kubectl --kubeconfig "$KUBE_DIR/config" auth can-i create rayclusters.ray.io -n "$NS" >/dev/null \
   || die "the ServiceAccount cannot create RayClusters in $NS: check compose/k8s/rbac.yaml"
@@ -156,6 +201,7 @@ if kubectl --kubeconfig "$KUBE_DIR/config" auth can-i create namespaces >/dev/nu
   die "the ServiceAccount can create namespaces: its rights are wider than rbac.yaml grants"
 fi
 echo "$KUBE_DIR/config -> $host_server; $KUBE_DIR/config.internal -> $internal_server"
+[[ -z "$group0_note" ]] || echo "note: $group0_note"
 
 if [[ $ROUTE == 1 ]]; then
   say "routing the pod and service ranges from this host to the nodes"
@@ -183,6 +229,7 @@ if [[ $ROUTE == 1 ]]; then
     bridge="$(ip route get "$cp_ip" | awk '{for (i = 1; i < NF; i++) if ($i == "dev") {print $(i + 1); exit}}')"
     $sudo_ resolvectl dns "$bridge" "$dns_ip"
     $sudo_ resolvectl domain "$bridge" "~cluster.local"
+    echo "$bridge" >"$KUBE_DIR/resolver"   # down.sh reverts this link's DNS settings
     echo "cluster.local names resolved by $dns_ip (link $bridge)"
   else
     echo "warning: no resolvectl; *.svc.cluster.local names will not resolve on this host"
