@@ -2,7 +2,8 @@
 
 Runs only when a kube context is reachable and the rayclusters.ray.io CRD exists (configure it
 with the usual EPHEMERAL_KUBECONFIG / EPHEMERAL_K8S_CONTEXT / EPHEMERAL_K8S_NAMESPACE, or
-~/.kube/config); otherwise it skips and says why. Readiness gets KubeRay CI's own 5 minutes.
+~/.kube/config); otherwise it skips and says why, or, with EPHEMERAL_REQUIRE_K8S=1 (the kind
+workflow), fails (tests/conftest.py). Readiness gets KubeRay CI's own 5 minutes.
 """
 
 from __future__ import annotations
