@@ -270,12 +270,99 @@ def test_the_stack_configures_airflow_and_ephemeral_for_kubernetes() -> None:
     module, _, cls = env["AIRFLOW__CORE__XCOM_BACKEND"].rpartition(".")
     assert hasattr(importlib.import_module(module), cls)
     volumes = compose_doc()["services"]["airflow-scheduler"]["volumes"]
-    kube = [v for v in volumes if v.endswith(":/opt/airflow/kube/config:ro")]
-    assert len(kube) == 1
-    assert env["EPHEMERAL_KUBECONFIG"] == "/opt/airflow/kube/config"
     assert env["EPHEMERAL_SPECS_DIR"] == "/opt/airflow/cluster_specs"
     assert "../cluster_specs:/opt/airflow/cluster_specs:ro" in volumes
     assert "../dags:/opt/airflow/dags:ro" in volumes
+
+
+def resolved_stack(**env: str) -> dict[str, Any]:
+    result = docker_compose("config", env=COMPOSE_ENV | env)
+    assert result.returncode == 0, result.stderr
+    return dict(yaml.safe_load(result.stdout))
+
+
+def test_every_airflow_container_runs_as_airflow_uid_with_group_0() -> None:
+    """The Airflow image's convention: any UID, group 0; Postgres keeps its own user."""
+    for name, service in compose_doc()["services"].items():
+        if name.startswith("airflow-"):
+            assert service["user"] == "${AIRFLOW_UID:-50000}:0", name
+        else:
+            assert "user" not in service, name
+    services = resolved_stack(AIRFLOW_UID="1234")["services"]
+    assert {services[n]["user"] for n in services if n.startswith("airflow-")} == {"1234:0"}
+    assert resolved_stack()["services"]["airflow-scheduler"]["user"] == "50000:0"
+
+
+def test_env_example_says_how_to_set_airflow_uid() -> None:
+    text = (COMPOSE / ".env.example").read_text()
+    assert '#   echo "AIRFLOW_UID=$(id -u)" >> compose/.env\n' in text
+    # Not set there: the line the command appends is then the only one.
+    assert not re.search(r"^AIRFLOW_UID=", text, re.M)
+    assert "# AIRFLOW_UID=50000\n" in text
+
+
+def test_the_kubeconfig_folder_is_mounted_so_a_refreshed_token_is_seen() -> None:
+    """up.sh replaces the kubeconfig (new inode): a single-file bind mount would keep the old one."""
+    for name, service in compose_doc()["services"].items():
+        if not name.startswith("airflow-"):
+            continue
+        kube = [v for v in service["volumes"] if ":/opt/airflow/kube" in v]
+        assert kube == ["${EPHEMERAL_KUBECONFIG_DIR:-./.kube}:/opt/airflow/kube:ro"], name
+        assert service["environment"]["EPHEMERAL_KUBECONFIG"] == \
+            "/opt/airflow/kube/${EPHEMERAL_KUBECONFIG_NAME:-config.internal}"
+    scheduler = resolved_stack()["services"]["airflow-scheduler"]
+    assert scheduler["environment"]["EPHEMERAL_KUBECONFIG"] == "/opt/airflow/kube/config.internal"
+    mounts = [v for v in scheduler["volumes"]
+              if (v["target"] if isinstance(v, dict) else v.split(":")[1]) == "/opt/airflow/kube"]
+    assert len(mounts) == 1
+    source = mounts[0]["source"] if isinstance(mounts[0], dict) else mounts[0].split(":")[0]
+    assert Path(source) == COMPOSE / ".kube"  # the folder up.sh writes config.internal into
+
+
+def init_check_script() -> str:
+    """The readability check at the top of airflow-init's command, as the container runs it."""
+    script = str(compose_doc()["services"]["airflow-init"]["command"][2])
+    check = script.split("airflow db migrate", 1)[0]
+    assert check.strip().startswith('if ! test -r "$${EPHEMERAL_KUBECONFIG}"')
+    return check.replace("$$", "$")
+
+
+@pytest.mark.parametrize("readable", [True, False])
+def test_airflow_init_stops_the_stack_when_it_cannot_read_the_kubeconfig(
+        tmp_path: Path, readable: bool) -> None:
+    kubeconfig = tmp_path / "config.internal"
+    if readable:
+        kubeconfig.write_text("apiVersion: v1\n")
+    result = subprocess.run(["bash", "-ceu", init_check_script()], capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin", "EPHEMERAL_KUBECONFIG": str(kubeconfig)},
+                            check=False)
+    if readable:
+        assert result.returncode == 0, result.stderr
+    else:
+        assert result.returncode == 1
+        assert f"cannot read {kubeconfig}" in result.stderr
+        assert 'echo "AIRFLOW_UID=$(id -u)" >> compose/.env' in result.stderr
+
+
+def test_the_header_says_how_airflow_outside_the_cluster_reaches_the_clusters() -> None:
+    text = (COMPOSE / "docker-compose.yaml").read_text()
+    header = text.split("x-airflow-common:", 1)[0]
+    flat = " ".join(line.lstrip("# ") for line in header.splitlines())
+    assert "runs OUTSIDE the cluster" in flat
+    assert "service proxy (EPHEMERAL_K8S_ENDPOINT_MODE=proxy" in flat
+    assert "Spark Connect (gRPC) and spark-submit to the master cannot go through" in flat
+    env = compose_doc()["x-airflow-common"]["environment"]
+    assert env["EPHEMERAL_K8S_ENDPOINT_MODE"] == "${EPHEMERAL_K8S_ENDPOINT_MODE:-proxy}"
+
+
+def test_the_backend_accepts_the_endpoint_mode_the_stack_sets() -> None:
+    """Integration with the kubernetes backend: the mode the stack sets must be one it knows."""
+    from ephemeral.backends.kubernetes import KubeConfig
+
+    env = resolved_stack()["services"]["airflow-scheduler"]["environment"]
+    config = KubeConfig.from_env({k: str(v) for k, v in env.items()})
+    assert config.endpoint_mode == "proxy"
+    assert config.kubeconfig_path == "/opt/airflow/kube/config.internal"
 
 
 def test_no_secret_is_written_in_the_stack() -> None:
@@ -293,15 +380,64 @@ def test_no_secret_is_written_in_the_stack() -> None:
     assert "/.env" in (COMPOSE / ".gitignore").read_text().splitlines()
 
 
+def dockerfile_instructions() -> list[str]:
+    """The Dockerfile's instructions, continuation lines joined, comments dropped."""
+    text = (COMPOSE / "Dockerfile").read_text()
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    return [i.strip() for i in re.sub(r"\\\n\s*", " ", "\n".join(lines)).splitlines()
+            if i.strip()]
+
+
+def dockerfile_args() -> dict[str, str]:
+    """ARG defaults, each expanded with the ARGs before it (as docker does)."""
+    args: dict[str, str] = {}
+    for instruction in dockerfile_instructions():
+        if instruction.startswith("ARG ") and "=" in instruction:
+            name, _, value = instruction[4:].partition("=")
+            args[name] = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], value)
+    return args
+
+
 def test_the_image_is_airflow_3_3_2_with_only_the_k8s_extra() -> None:
     text = (COMPOSE / "Dockerfile").read_text()
     assert "ARG AIRFLOW_IMAGE=apache/airflow:3.3.2-python3.11\nFROM ${AIRFLOW_IMAGE}" in text
-    installs = [line for line in text.splitlines() if "pip install" in line]
-    assert len(installs) == 1
-    assert '"/opt/ephemeral/src[k8s]"' in installs[0]
-    assert '"apache-airflow==${AIRFLOW_VERSION}"' in installs[0]
-    for unwanted in ("local", "train", "apache-spark", "ray", "torch", "pyspark"):
-        assert unwanted not in installs[0]
+    (install,) = [i for i in dockerfile_instructions() if "pip install" in i]
+    # Airflow itself, pinned, and the project with its k8s extra: no `local`/`train` extra, no
+    # Spark provider, no engine.
+    assert set(re.findall(r'"([^"]+)"', install)) == {
+        "${AIRFLOW_CONSTRAINTS_URL}", "apache-airflow==${AIRFLOW_VERSION}",
+        "/opt/ephemeral/src[k8s]"}
+    assert install.startswith('RUN pip install --no-cache-dir --constraint "')
+
+
+def test_the_image_installs_with_airflows_constraints_for_3_3_2_and_python_3_11() -> None:
+    """Airflow's reproducible install (installing-from-pypi.rst): --constraint with the file of
+    the Airflow version and the image's Python. The file is not downloaded here."""
+    args = dockerfile_args()
+    assert args["AIRFLOW_VERSION"] == "3.3.2"
+    assert args["AIRFLOW_IMAGE"].endswith(f"{args['AIRFLOW_VERSION']}-python{args['PYTHON_VERSION']}")
+    assert args["AIRFLOW_CONSTRAINTS_URL"] == (
+        "https://raw.githubusercontent.com/apache/airflow/constraints-3.3.2/constraints-3.11.txt")
+    (install,) = [i for i in dockerfile_instructions() if "pip install" in i]
+    assert '--constraint "${AIRFLOW_CONSTRAINTS_URL}"' in install
+
+
+def test_the_image_runs_as_any_uid_with_group_0() -> None:
+    """Every folder ephemeral or Airflow writes is group 0 and group-writable, as the Airflow
+    image expects of a container started as ${AIRFLOW_UID}:0."""
+    instructions = dockerfile_instructions()
+    for copy in (i for i in instructions if i.startswith("COPY ")):
+        assert "--chown=airflow:0" in copy, copy
+    (made,) = [i for i in instructions if i.startswith("RUN mkdir")]
+    writable = {"/opt/airflow/auth", "/opt/airflow/kube", "/opt/airflow/ephemeral-home"}
+    chmod = made.split("chmod -R g+rwX", 1)[1].split()
+    assert set(chmod) == writable
+    assert writable <= set(made.split("&&")[0].split())
+    env = compose_doc()["x-airflow-common"]["environment"]
+    assert env["EPHEMERAL_HOME"] in writable
+    named = {v.split(":")[1] for v in compose_doc()["x-airflow-common"]["volumes"]
+             if not v.startswith((".", "$"))}
+    assert named - writable == {"/opt/airflow/logs"}  # the Airflow image's own, group-writable
 
 
 # -- kind ----------------------------------------------------------------------------------------
@@ -389,13 +525,47 @@ def test_every_action_is_pinned_to_a_commit() -> None:
 
 def test_the_workflow_runs_the_smoke_test_in_order() -> None:
     runs = [s.get("run", "") for s in smoke_steps()]
-    order = [i for i, r in enumerate(runs) for word in (
-        "compose/kind/up.sh", "pip install -e '.[airflow,k8s,dev]'",
-        "airflow dags test kubernetes_smoke", "pytest -m k8s", "get rayclusters")
-        if word in r]
+    words = ("docker build -f compose/Dockerfile", "docker compose -f compose/docker-compose.yaml",
+             "compose/kind/up.sh", "pip install -e '.[airflow,k8s,dev]'",
+             "airflow dags test kubernetes_smoke", "pytest -m k8s", "get rayclusters")
+    order = [i for word in words for i, r in enumerate(runs) if word in r]
     assert order == sorted(order)
-    assert len(order) == 5
+    assert len(order) == len(words)
     assert '"profile": "ci-cpu"' in step("airflow dags test kubernetes_smoke")["run"]
+
+
+def test_the_workflow_builds_the_compose_image_and_checks_the_compose_file() -> None:
+    build = step("docker build -f compose/Dockerfile")
+    lines = [line.strip() for line in build["run"].splitlines()]
+    assert "docker build -f compose/Dockerfile -t ephemeral-airflow:ci ." in lines
+    # The image works as compose runs it: another UID, group 0, writing ephemeral's folders.
+    assert "docker run --rm --user 54321:0 ephemeral-airflow:ci bash -c \\" in lines
+    assert "touch /opt/airflow/ephemeral-home/w /opt/airflow/auth/w" in build["run"]
+    # The disk goes back before the multi-GB Ray image arrives.
+    assert build["run"].index("docker run") < build["run"].index("docker image rm")
+    assert "docker builder prune --all --force" in build["run"]
+    check = step("docker compose -f compose/docker-compose.yaml")
+    assert check["run"].strip() == "docker compose -f compose/docker-compose.yaml config --quiet"
+    assert set(check["env"]) == set(COMPOSE_ENV)  # every secret given, so only real faults fail
+
+
+def test_the_k8s_tests_cannot_pass_vacuously_in_the_workflow() -> None:
+    """EPHEMERAL_REQUIRE_K8S=1 turns a skipped k8s test into a failure; pytest's exit code 5 (no
+    test selected) fails the step like any other non-zero code: nothing masks it."""
+    tests = step("pytest -m k8s")
+    assert tests["env"] == {"EPHEMERAL_REQUIRE_K8S": "1"}
+    assert tests["run"].strip() == "pytest -m k8s -p no:cacheprovider -q"
+    for s in smoke_steps():
+        if s.get("if") in ("failure()", "always()"):
+            continue  # diagnostics and teardown may not fail the run on their own
+        assert "|| true" not in s.get("run", ""), s["name"]
+        assert "continue-on-error" not in s, s["name"]
+
+
+def test_the_workflow_installs_no_spark_operator() -> None:
+    """Nothing in the smoke test needs it: the Spark specs make plain Deployments."""
+    text = WORKFLOW.read_text() + (KIND / "up.sh").read_text()
+    assert "spark-operator" not in text
 
 
 def test_the_workflow_fails_when_a_raycluster_is_left() -> None:
@@ -413,6 +583,87 @@ def test_the_workflow_dumps_diagnostics_on_failure_and_always_tears_down() -> No
     teardown = smoke_steps()[-1]
     assert teardown["if"] == "always()"
     assert teardown["run"].strip() == "compose/kind/down.sh"
+
+
+# -- CI that cannot pass vacuously ---------------------------------------------------------------
+
+REQUIRE_PROBE = """
+import pytest
+
+@pytest.mark.k8s
+def test_k8s_skips():
+    pytest.skip("no cluster here")
+
+@pytest.mark.k8s
+def test_k8s_passes():
+    pass
+
+def test_other_skips():
+    pytest.skip("not a k8s test")
+"""
+
+
+def run_pytest(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """pytest in a subprocess from the repository root, with the project's configuration and the
+    hooks of tests/conftest.py (loaded as a plugin for a test file outside tests/)."""
+    clean = {k: v for k, v in os.environ.items() if k != "EPHEMERAL_REQUIRE_K8S"}
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+                           "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(ROOT), *args],
+                          capture_output=True, text=True, cwd=ROOT, env=clean | env, check=False,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("required", [False, True])
+def test_a_k8s_test_that_skips_fails_when_a_cluster_is_required(tmp_path: Path,
+                                                                required: bool) -> None:
+    probe = tmp_path / "test_probe.py"
+    probe.write_text(REQUIRE_PROBE)
+    env = {"EPHEMERAL_REQUIRE_K8S": "1"} if required else {}
+    result = run_pytest("-p", "tests.conftest", "-rA", str(probe), env=env)
+    if required:
+        assert result.returncode == 1, result.stdout
+        assert "1 failed, 1 passed, 1 skipped" in result.stdout
+        assert "FAILED ::test_k8s_skips - EPHEMERAL_REQUIRE_K8S=1" in result.stdout
+        assert "EPHEMERAL_REQUIRE_K8S=1 and this k8s test skipped: " in result.stdout
+        assert "no cluster here" in result.stdout
+    else:
+        assert result.returncode == 0, result.stdout
+        assert "1 passed, 2 skipped" in result.stdout
+
+
+def test_the_real_cluster_test_fails_without_a_cluster_when_one_is_required(
+        tmp_path: Path) -> None:
+    """The shipped k8s test, with a kubeconfig that does not exist: skip, or fail when required."""
+    env = {"EPHEMERAL_KUBECONFIG": str(tmp_path / "missing-kubeconfig"),
+           "EPHEMERAL_K8S_NAMESPACE": "ephemeral"}
+    target = "tests/kubernetes/test_real_cluster.py"
+    skipped = run_pytest(target, env=env)
+    assert skipped.returncode == 0, skipped.stdout
+    assert "1 skipped" in skipped.stdout
+    failed = run_pytest(target, env=env | {"EPHEMERAL_REQUIRE_K8S": "1"})
+    assert failed.returncode == 1, failed.stdout
+    assert "EPHEMERAL_REQUIRE_K8S=1 and this k8s test skipped: " in failed.stdout
+
+
+def test_a_run_that_selects_no_test_fails(tmp_path: Path) -> None:
+    """pytest exits 5 when the selection is empty (e.g. `-m k8s` after a marker was dropped)."""
+    probe = tmp_path / "test_probe.py"
+    probe.write_text("def test_not_k8s():\n    pass\n")
+    result = run_pytest("-m", "k8s", str(probe), env={"EPHEMERAL_REQUIRE_K8S": "1"})
+    assert result.returncode == 5, result.stdout
+    assert "1 deselected" in result.stdout
+
+
+def test_the_ci_entry_point_passes_every_pytest_failure_on() -> None:
+    """.ci/run runs `make test`, whose recipe runs pytest: no `|| true`, no ignored error (`-`),
+    so exit code 5 and every other failure fails CI."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "\nset -euo pipefail\n" in ci
+    assert ci.strip().splitlines()[-1] == "make test"
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = makefile.split("\ntest:", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    assert recipe == ["\t$(VENV)/bin/pytest -p no:cacheprovider"]
+    assert "|| true" not in ci + makefile
 
 
 # -- Shell scripts -------------------------------------------------------------------------------
@@ -436,15 +687,41 @@ def test_scripts_pass_shellcheck(script: Path) -> None:
 
 
 STUB = r"""#!/usr/bin/env bash
-# Stands in for docker/kind/kubectl/helm: logs its arguments, prints canned answers.
+# Stands in for docker/kind/kubectl/helm/resolvectl: logs its arguments, prints canned answers,
+# keeps what a real tool would change (cluster, taints, images, network) in $STUB_STATE.
 name="$(basename "$0")"
 echo "$name $*" >>"$STUB_LOG"
+nodes() {  # the nodes' names with their taint keys ($1=key) or effects ($1=effect)
+  for spec in ${STUB_NODES:-ephemeral-control-plane=node-role.kubernetes.io/control-plane:NoSchedule ephemeral-worker=}; do
+    node="${spec%%=*}" taint="${spec#*=}"
+    [ -f "$STUB_STATE/untainted-$node" ] && taint=""
+    if [ "$1" = key ]; then echo "$node ${taint%%:*}"; else echo "$node ${taint#*:}"; fi
+  done
+}
 case "$name $*" in
   "kind version") echo "kind ${STUB_KIND_VERSION:-v0.31.0} go1.25.5 linux/amd64" ;;
-  "kind get clusters") [ -f "$STUB_STATE/cluster" ] && echo ephemeral ;;
+  "kind get clusters")
+    [ -f "$STUB_STATE/cluster" ] && echo ephemeral
+    [ -f "$STUB_STATE/other-cluster" ] && echo other ;;
   "kind create cluster"*) touch "$STUB_STATE/cluster" ;;
+  "kind delete cluster"*) rm -f "$STUB_STATE/cluster" ;;
   "kind get kubeconfig"*) printf 'clusters:\n- cluster:\n    server: https://ephemeral-control-plane:6443\n' ;;
+  "kind load docker-image"*) [ -z "${STUB_KIND_LOAD_FAILS:-}" ] || exit 1 ;;
+  "docker info -f {{json .DriverStatus}}")
+    if [ "${STUB_DOCKER_STORE:-}" = containerd ]; then
+      echo '[["driver-type","io.containerd.snapshotter.v1"]]'
+    else
+      echo '[["Backing Filesystem","extfs"],["Supports d_type","true"]]'
+    fi ;;
+  "docker image inspect"*) [ -f "$STUB_STATE/image" ] || exit 1 ;;
+  "docker pull"*) touch "$STUB_STATE/image" ;;
+  "docker image rm"*) rm -f "$STUB_STATE/image" ;;
+  "docker network inspect kind") [ -f "$STUB_STATE/network" ] || exit 1 ;;
+  "docker network rm kind") [ -z "${STUB_NETWORK_BUSY:-}" ] || exit 1; rm -f "$STUB_STATE/network" ;;
   "helm version"*) echo v3.21.4 ;;
+  *"get nodes -o jsonpath="*"{.spec.taints[*].key}"*) nodes key ;;
+  *"get nodes -o jsonpath="*"{.spec.taints[*].effect}"*) nodes effect ;;
+  *" taint nodes "*) touch "$STUB_STATE/untainted-$5" ;;
   *"create token"*) echo stub-token ;;
   *"certificate-authority-data"*) printf 'Q0EK' ;;
   *"jsonpath={.clusters[0].cluster.server}"*) echo https://127.0.0.1:40000 ;;
@@ -456,17 +733,24 @@ case "$name $*" in
 esac
 exit 0
 """
+TOOLS = ("docker", "kind", "kubectl", "helm", "resolvectl")
+RAY_IMAGE = "rayproject/ray:2.60.0-py311-cpu"
 
 
 def stubbed_env(tmp_path: Path) -> dict[str, str]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for tool in ("docker", "kind", "kubectl", "helm"):
+    for tool in TOOLS:
         (bin_dir / tool).write_text(STUB)
         (bin_dir / tool).chmod(0o755)
     (tmp_path / "state").mkdir()
     return {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path),
             "STUB_LOG": str(tmp_path / "calls.log"), "STUB_STATE": str(tmp_path / "state")}
+
+
+def calls(tmp_path: Path) -> str:
+    log = tmp_path / "calls.log"
+    return log.read_text() if log.exists() else ""
 
 
 def run_script(script: Path, env: dict[str, str], *args: str,
@@ -489,40 +773,170 @@ def test_up_sh_brings_the_cluster_up_and_is_idempotent(tmp_path: Path,
     env = stubbed_env(tmp_path)
     first = run_script(KIND / "up.sh", env, compose_dir=compose_copy)
     assert first.returncode == 0, first.stdout + first.stderr
-    calls = (tmp_path / "calls.log").read_text()
-    assert "kind create cluster --name ephemeral --config" in calls
-    assert "kind-config.yaml --wait 300s" in calls
-    helm = next(line for line in calls.splitlines() if line.startswith("helm upgrade --install"))
+    log = calls(tmp_path)
+    assert "kind create cluster --name ephemeral --config" in log
+    assert "kind-config.yaml --wait 300s" in log
+    helm = next(line for line in log.splitlines() if line.startswith("helm upgrade --install"))
     for part in ("kuberay-operator kuberay/kuberay-operator", "--version 1.7.0",
                  "--namespace kuberay-system", "--create-namespace", "kuberay-values.yaml",
                  "--set watchNamespace[0]=ephemeral", "--wait"):
         assert part in helm
-    assert calls.index("create namespace ephemeral") < calls.index("helm upgrade --install")
-    assert "create token ephemeral-airflow --duration=24h" in calls
-    assert "crictl" not in calls
-    assert "kind load" not in calls
+    assert log.index("create namespace ephemeral") < log.index("helm upgrade --install")
+    assert "create token ephemeral-airflow --duration=24h" in log
+    assert "crictl" not in log
+    assert "kind load" not in log
     kubeconfigs = compose_copy / ".kube"
     assert "https://127.0.0.1:40000" in (kubeconfigs / "config").read_text()
     assert "https://ephemeral-control-plane:6443" in \
         (kubeconfigs / "config.internal").read_text()
     assert "--token stub-token" in (kubeconfigs / "config").read_text()
-    assert stat.S_IMODE((kubeconfigs / "config").stat().st_mode) == 0o600
 
     (tmp_path / "calls.log").unlink()
     second = run_script(KIND / "up.sh", env, compose_dir=compose_copy)
     assert second.returncode == 0, second.stdout + second.stderr
-    assert "kind create cluster" not in (tmp_path / "calls.log").read_text()
+    assert "kind create cluster" not in calls(tmp_path)
     assert "exists; kept" in second.stdout
 
 
-def test_up_sh_preloads_the_ray_image_and_applies_rbac_for_another_namespace(
+def test_up_sh_writes_the_kubeconfigs_for_this_host_and_for_the_compose_stack(
         tmp_path: Path, compose_copy: Path) -> None:
-    env = stubbed_env(tmp_path) | {"EPHEMERAL_K8S_NAMESPACE": "ml"}
+    """config: the host user's alone. config.internal: group-readable, for containers running as
+    ${AIRFLOW_UID}:0; replaced by one rename, so the mounted folder never shows half a file."""
+    env = stubbed_env(tmp_path)
+    kube = compose_copy / ".kube"
+    inodes = []
+    for _ in range(2):
+        result = run_script(KIND / "up.sh", env, compose_dir=compose_copy)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert stat.S_IMODE((kube / "config").stat().st_mode) == 0o600
+        assert stat.S_IMODE((kube / "config.internal").stat().st_mode) == 0o640
+        assert stat.S_IMODE(kube.stat().st_mode) == 0o750
+        assert sorted(p.name for p in kube.iterdir()) == ["config", "config.internal"]
+        inodes.append((kube / "config.internal").stat().st_ino)
+        if os.getgid() == 0:  # as root (CI, this machine) the files are group 0 already
+            assert (kube / "config.internal").stat().st_gid == 0
+            assert "note:" not in result.stdout
+    assert inodes[0] != inodes[1]  # a new file each run: only a folder mount sees it
+
+
+def test_up_sh_says_how_the_compose_stack_can_read_the_kubeconfig(
+        tmp_path: Path, compose_copy: Path) -> None:
+    """A user outside group 0 cannot give the file to group 0: up.sh says to set AIRFLOW_UID."""
+    env = stubbed_env(tmp_path)
+    bin_dir = tmp_path / "bin"
+    (bin_dir / "id").write_text('#!/bin/sh\ncase "$1" in -u|-g) echo 1000 ;; esac\n')
+    (bin_dir / "chgrp").write_text("#!/bin/sh\nexit 1\n")
+    for tool in ("id", "chgrp"):
+        (bin_dir / tool).chmod(0o755)
+    result = run_script(KIND / "up.sh", env, compose_dir=compose_copy)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "note: " in result.stdout
+    assert 'config.internal belongs to your group, not group 0' in result.stdout
+    assert 'echo "AIRFLOW_UID=$(id -u)" >> compose/.env' in result.stdout
+
+
+def test_up_sh_removes_the_control_plane_taint_once(tmp_path: Path, compose_copy: Path) -> None:
+    env = stubbed_env(tmp_path)
+    result = run_script(KIND / "up.sh", env, compose_dir=compose_copy)
+    assert result.returncode == 0, result.stdout + result.stderr
+    taints = [line for line in calls(tmp_path).splitlines() if " taint " in line]
+    assert taints == ["kubectl --context kind-ephemeral taint nodes ephemeral-control-plane "
+                      "node-role.kubernetes.io/control-plane:NoSchedule-"]
+    log = calls(tmp_path)
+    assert log.index("wait --for=condition=Ready nodes") < log.index(" taint ")
+    (tmp_path / "calls.log").unlink()
+    again = run_script(KIND / "up.sh", env, compose_dir=compose_copy)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert " taint " not in calls(tmp_path)  # already gone: nothing to remove, no error
+
+
+def test_the_comments_no_longer_promise_head_and_worker_on_different_nodes() -> None:
+    for path in (KIND / "kind-config.yaml", KIND / "up.sh", ROOT / "dags" / "kubernetes_smoke.py"):
+        text = " ".join(path.read_text().split())
+        assert "can land on different nodes" not in text, path
+    config = " ".join((KIND / "kind-config.yaml").read_text().split())
+    assert "nothing pins them to different nodes" in config
+
+
+def test_up_sh_preloads_the_ray_image_onto_the_nodes_that_take_pods_and_frees_the_host(
+        tmp_path: Path, compose_copy: Path) -> None:
+    env = stubbed_env(tmp_path) | {"EPHEMERAL_K8S_NAMESPACE": "ml", "STUB_NODES": (
+        "ephemeral-control-plane=node-role.kubernetes.io/control-plane:NoSchedule "
+        "ephemeral-worker= ephemeral-gpu=nvidia.com/gpu:NoSchedule")}
     result = run_script(KIND / "up.sh", env, "--preload-ray-image", compose_dir=compose_copy)
     assert result.returncode == 0, result.stdout + result.stderr
-    calls = (tmp_path / "calls.log").read_text()
-    assert "kind load docker-image rayproject/ray:2.60.0-py311-cpu --name ephemeral" in calls
-    assert "--set watchNamespace[0]=ml" in calls
+    log = calls(tmp_path)
+    # The control plane is untainted first, so it takes Ray pods; the tainted GPU node does not.
+    assert (f"kind load docker-image {RAY_IMAGE} --name ephemeral "
+            "--nodes ephemeral-control-plane,ephemeral-worker\n") in log
+    assert log.index(" taint ") < log.index("kind load")
+    assert f"docker pull {RAY_IMAGE}" in log
+    # Pulled by up.sh, so removed from the host once the nodes have it.
+    assert log.index("kind load") < log.index(f"docker image rm {RAY_IMAGE}")
+    assert not (tmp_path / "state" / "image").exists()
+    assert "crictl" not in log
+    assert "--set watchNamespace[0]=ml" in log
+
+
+def test_up_sh_keeps_a_ray_image_the_host_already_had(tmp_path: Path, compose_copy: Path) -> None:
+    env = stubbed_env(tmp_path)
+    (tmp_path / "state" / "image").touch()
+    result = run_script(KIND / "up.sh", env, "--preload-ray-image", compose_dir=compose_copy)
+    assert result.returncode == 0, result.stdout + result.stderr
+    log = calls(tmp_path)
+    assert "kind load docker-image" in log
+    assert "docker pull" not in log
+    assert "docker image rm" not in log
+
+
+def test_up_sh_pulls_inside_the_nodes_when_kind_load_fails(tmp_path: Path,
+                                                           compose_copy: Path) -> None:
+    env = stubbed_env(tmp_path) | {"STUB_KIND_LOAD_FAILS": "1"}
+    result = run_script(KIND / "up.sh", env, "--preload-ray-image", compose_dir=compose_copy)
+    assert result.returncode == 0, result.stdout + result.stderr
+    log = calls(tmp_path)
+    pulls = [line for line in log.splitlines() if "crictl pull" in line]
+    assert pulls == [f"docker exec {node} crictl pull {RAY_IMAGE}"
+                     for node in ("ephemeral-control-plane", "ephemeral-worker")]
+    # The host's copy goes before the nodes pull theirs: never both on the runner's disk.
+    assert log.index(f"docker image rm {RAY_IMAGE}") < log.index("crictl pull")
+
+
+def test_up_sh_skips_the_host_pull_with_the_containerd_image_store(
+        tmp_path: Path, compose_copy: Path) -> None:
+    """`kind load` fails there on multi-platform images (kind#3795): straight to the nodes."""
+    env = stubbed_env(tmp_path) | {"STUB_DOCKER_STORE": "containerd"}
+    result = run_script(KIND / "up.sh", env, "--preload-ray-image", compose_dir=compose_copy)
+    assert result.returncode == 0, result.stdout + result.stderr
+    log = calls(tmp_path)
+    assert "docker pull" not in log
+    assert "docker image inspect" not in log
+    assert "kind load" not in log
+    assert log.count("crictl pull") == 2
+
+
+def test_up_sh_refuses_to_preload_when_no_node_takes_pods(tmp_path: Path,
+                                                          compose_copy: Path) -> None:
+    env = stubbed_env(tmp_path) | {"STUB_NODES": "ephemeral-worker=dedicated:NoSchedule"}
+    result = run_script(KIND / "up.sh", env, "--preload-ray-image", compose_dir=compose_copy)
+    assert result.returncode == 1
+    assert "no node of ephemeral takes pods" in result.stderr
+
+
+def test_up_sh_help_prints_the_usage_and_nothing_else(tmp_path: Path, compose_copy: Path) -> None:
+    env = stubbed_env(tmp_path)
+    result = run_script(KIND / "up.sh", env, "--help", compose_dir=compose_copy)
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert lines[0] == ("Bring up the kind cluster for ephemeral's Kubernetes smoke test, "
+                        "or bring it up to date:")
+    assert "Usage: compose/kind/up.sh [--preload-ray-image] [--route-pods] [--reaper IMAGE]" \
+        in lines
+    assert lines[-1].startswith("  EPHEMERAL_RAY_IMAGE, EPHEMERAL_SKIP_VERSION_CHECK=1")
+    for code in ("set -euo", "HERE=", "#!", "$(", "esac"):
+        assert not any(line.startswith(code) for line in lines), code
+    assert not any(line.startswith("#") for line in lines)
+    assert calls(tmp_path) == ""  # nothing was run
 
 
 def test_up_sh_refuses_an_unpinned_kind(tmp_path: Path, compose_copy: Path) -> None:
@@ -547,10 +961,50 @@ def test_down_sh_is_safe_when_nothing_is_there(tmp_path: Path, compose_copy: Pat
     result = run_script(KIND / "down.sh", env, compose_dir=compose_copy)
     assert result.returncode == 0, result.stderr
     assert "no kind cluster named ephemeral" in result.stdout
+    assert "no docker network kind" in result.stdout
+    assert "resolvectl" not in calls(tmp_path)
     assert not (compose_copy / ".kube").exists()
     (tmp_path / "state" / "cluster").touch()
     result = run_script(KIND / "down.sh", env, compose_dir=compose_copy)
-    assert "kind delete cluster --name ephemeral" in (tmp_path / "calls.log").read_text()
+    assert "kind delete cluster --name ephemeral" in calls(tmp_path)
+
+
+def test_down_sh_undoes_the_resolver_settings_and_the_kind_network(
+        tmp_path: Path, compose_copy: Path) -> None:
+    env = stubbed_env(tmp_path)
+    state = tmp_path / "state"
+    (state / "cluster").touch()
+    (state / "network").touch()
+    (compose_copy / ".kube").mkdir()
+    (compose_copy / ".kube" / "resolver").write_text("br-0123456789ab\n")
+    result = run_script(KIND / "down.sh", env, compose_dir=compose_copy)
+    assert result.returncode == 0, result.stdout + result.stderr
+    log = calls(tmp_path)
+    revert = "resolvectl revert br-0123456789ab"
+    assert revert in log if os.getuid() == 0 else f"sudo {revert}" in log
+    # Reverted while the bridge still exists; the network goes after the cluster.
+    assert log.index("resolvectl revert") < log.index("kind delete cluster")
+    assert log.index("kind delete cluster") < log.index("docker network rm kind")
+    assert not (state / "network").exists()
+    assert "docker network kind removed" in result.stdout
+
+
+def test_down_sh_keeps_the_kind_network_while_something_uses_it(
+        tmp_path: Path, compose_copy: Path) -> None:
+    env = stubbed_env(tmp_path)
+    state = tmp_path / "state"
+    (state / "network").touch()
+    (state / "other-cluster").touch()
+    result = run_script(KIND / "down.sh", env, compose_dir=compose_copy)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "docker network rm" not in calls(tmp_path)
+    assert "other kind clusters use it (other)" in result.stdout
+    (state / "other-cluster").unlink()
+    busy = run_script(KIND / "down.sh", env | {"STUB_NETWORK_BUSY": "1"},
+                      compose_dir=compose_copy)
+    assert busy.returncode == 0, busy.stdout + busy.stderr
+    assert (state / "network").exists()
+    assert "containers are still attached" in busy.stderr
 
 
 # -- The DAGs that go with the stack -------------------------------------------------------------
