@@ -1,0 +1,75 @@
+"""The cluster's default Ray runtime environment (its spec's runtimeEnv.pip) merged into every
+job's: the job's own entries win."""
+
+from __future__ import annotations
+
+import pytest
+
+from ephemeral.backends.base import Endpoints, make_handle
+from ephemeral.errors import JobSubmissionFailed
+from ephemeral.jobs.runtime_env import job_runtime_env, merge_pip, merge_runtime_env
+from ephemeral.specs import ClusterIdentity, resolve
+
+
+def test_pip_lists_concatenate_and_the_jobs_version_wins() -> None:
+    base = ["numpy==2.0.0", "Torch_Metrics>=1.0", "six"]
+    job = ["torch-metrics==1.4", "rich"]
+    assert merge_pip(base, job) == ["numpy==2.0.0", "six", "torch-metrics==1.4", "rich"]
+
+
+def test_extras_markers_and_urls() -> None:
+    base = ["pandas[parquet]>=2; python_version>='3.10'", "git+https://example.org/x.git"]
+    assert merge_pip(base, ["pandas==2.2.0"]) == ["git+https://example.org/x.git",
+                                                   "pandas==2.2.0"]
+    # An entry without a project name only replaces itself.
+    assert merge_pip(base, ["git+https://example.org/x.git"]) == base
+
+
+def test_env_vars_merge_with_the_jobs_winning_and_working_dir_is_the_jobs() -> None:
+    base = {"pip": ["six"], "env_vars": {"A": "1", "B": "1"}, "working_dir": "/cluster"}
+    job = {"env_vars": {"B": "2"}, "working_dir": "/job", "pip": None}
+    assert merge_runtime_env(base, job) == {"pip": ["six"], "env_vars": {"A": "1", "B": "2"},
+                                           "working_dir": "/job"}
+    assert base["env_vars"] == {"A": "1", "B": "1"}  # not modified
+
+
+def test_rays_dict_form_of_pip() -> None:
+    out = merge_runtime_env({"pip": ["six", "rich==13"]},
+                            {"pip": {"packages": ["rich==14"], "pip_check": False}})
+    assert out["pip"] == {"packages": ["six", "rich==14"], "pip_check": False}
+
+
+def test_a_requirements_file_cannot_merge_silently() -> None:
+    with pytest.raises(JobSubmissionFailed, match=r"runtime_env\.pip must be a list"):
+        merge_runtime_env({"pip": ["six"]}, {"pip": "requirements.txt"})
+    assert merge_runtime_env({}, {"pip": "requirements.txt"}) == {"pip": "requirements.txt"}
+
+
+def test_conda_and_a_default_pip_are_an_error_naming_both() -> None:
+    with pytest.raises(JobSubmissionFailed, match=r"conda.*\['six'\]"):
+        merge_runtime_env({"pip": ["six"]}, {"conda": {"dependencies": ["python=3.11"]}})
+
+
+def test_a_clusters_handle_gives_every_job_its_pip(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", "file:///tmp/artifacts")
+    spec = resolve("ray/adhoc-cpu", "ci-cpu")
+    body = spec.spec.model_copy(update={"runtime_env": spec.spec.runtime_env.model_copy(
+        update={"pip": ["six", "rich>=13"]})})
+    spec = spec.__class__(**{**spec.__dict__, "spec": body})
+    handle = make_handle(spec, ClusterIdentity.manual("adhoc-cpu", "pip"), backend="fake",
+                         endpoints=Endpoints())
+    assert handle.job_pip == ["six", "rich>=13"]
+    env = job_runtime_env(handle, {"pip": ["rich==14.0.0"],
+                                   "env_vars": {"EPHEMERAL_ARTIFACT_ROOT": "file:///mine"}})
+    assert env == {"pip": ["six", "rich==14.0.0"],
+                   "env_vars": {"EPHEMERAL_ARTIFACT_ROOT": "file:///mine"}}
+    assert job_runtime_env(handle, None) == {
+        "pip": ["six", "rich>=13"], "env_vars": {"EPHEMERAL_ARTIFACT_ROOT": "file:///tmp/artifacts"}}
+
+
+def test_a_spark_handle_has_no_job_pip() -> None:
+    spec = resolve("spark/etl", "ci-cpu")
+    handle = make_handle(spec, ClusterIdentity.manual("etl", "x"), backend="fake",
+                         endpoints=Endpoints())
+    assert handle.job_pip == []
+    assert handle.idle_timeout_s == 1200
