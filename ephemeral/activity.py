@@ -1,0 +1,153 @@
+"""Is a cluster busy? What its engines say, through the HTTP APIs its backend gives access to.
+
+Busy means any of:
+
+- Ray: a job PENDING or RUNNING in the Jobs API list (``GET /api/jobs/``: submitted jobs and
+  drivers connected with ``ray.init``);
+- Spark: an application or driver other than the Connect server active on the master
+  (``GET /json/``: ``activeapps``, ``activedrivers``); the Connect server holding executors
+  (its ``cores`` granted: executors are released ``spark.dynamicAllocation.executorIdleTimeout``
+  after its last task); and, where the Connect server's own UI is reachable (the local backend;
+  Kubernetes publishes no Service for it), an open Connect session other than the readiness
+  probe's, or a Connect operation not yet finished (Spark 4's REST API
+  ``/api/v1/applications/<id>/connect/sessions`` and ``/operations``).
+
+With it the engines report when the work they know of last ended (a Ray job's ``end_time``, a
+Spark application's start plus duration, a Connect session's or operation's end) and, for Ray,
+when the cluster's last node started (the state API's ``start_time_ms``): the reaper starts the
+idle clock from these. An API that does not answer makes the answer unknown, never idle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from ephemeral.backends.base import Access, ClusterBackend, ClusterHandle
+from ephemeral.backends.http import get_json
+
+RAY_BUSY = {"PENDING", "RUNNING"}
+CONNECT_DONE = {"FINISHED", "CLOSED", "CANCELED", "FAILED", "TIMEDOUT"}
+PROBE_USER = "ephemeral-probe"  # the readiness probes' Connect sessions are not work
+TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class Activity:
+    busy: bool | None
+    """None: the cluster's APIs did not answer, so it cannot be called idle."""
+    what: str
+    """What was found: "1 Ray job running", "no Ray job running", ..."""
+    last_end: datetime | None = None
+    """When the last piece of work the engines know of ended."""
+    nodes_up: datetime | None = None
+    """When the last node of the cluster started (Ray), a lower bound of its readiness."""
+    details: list[str] = field(default_factory=list)
+
+
+def _ms(value: Any) -> datetime | None:
+    return datetime.fromtimestamp(value / 1000, UTC) if isinstance(value, int | float) and \
+        value > 0 else None
+
+
+def _latest(*moments: datetime | None) -> datetime | None:
+    known = [m for m in moments if m is not None]
+    return max(known) if known else None
+
+
+def ray_activity(access: Access) -> Activity:
+    """Busy while a Ray job is pending or running."""
+    jobs = get_json(f"{access.dashboard}/api/jobs/", timeout=TIMEOUT, headers=access.headers)
+    if not isinstance(jobs, list):
+        return Activity(None, "the Ray Jobs API did not answer")
+    running = [j for j in jobs if isinstance(j, dict) and j.get("status") in RAY_BUSY]
+    last_end = _latest(*(_ms(j.get("end_time")) for j in jobs if isinstance(j, dict)))
+    nodes = get_json(f"{access.dashboard}/api/v0/nodes?limit=1000", timeout=TIMEOUT,
+                     headers=access.headers)
+    rows = (((nodes or {}).get("data") or {}).get("result") or {}).get("result") \
+        if isinstance(nodes, dict) else None
+    nodes_up = _latest(*(_ms(n.get("start_time_ms")) for n in rows or []
+                         if isinstance(n, dict) and n.get("state") == "ALIVE"))
+    what = (f"{len(running)} Ray job(s) pending or running" if running
+            else "no Ray job pending or running")
+    ids = [str(j.get("submission_id") or j.get("job_id")) for j in running]
+    return Activity(bool(running), what, last_end, nodes_up, ids)
+
+
+def connect_ui(handle: ClusterHandle) -> str | None:
+    """The Connect server's UI where this process can reach it: on the local backend it listens
+    on the address of the gRPC endpoint, at the node's next named port."""
+    if handle.backend != "local" or not handle.endpoints.spark_connect:
+        return None
+    from ephemeral.backends.local.spark_nodes import CONNECT_GRPC, CONNECT_UI
+
+    url = urlsplit(handle.endpoints.spark_connect)
+    if url.hostname is None or url.port is None:
+        return None
+    return f"http://{url.hostname}:{url.port - CONNECT_GRPC + CONNECT_UI}"
+
+
+def _connect_sessions(ui: str, headers: dict[str, str]) -> tuple[list[str], datetime | None]:
+    """(open sessions and unfinished operations, when the last of them ended); raises
+    LookupError when the Connect UI does not answer."""
+    apps = get_json(f"{ui}/api/v1/applications", timeout=TIMEOUT, headers=headers)
+    if not isinstance(apps, list) or not apps:
+        raise LookupError(f"the Spark Connect UI at {ui} did not answer")
+    base = f"{ui}/api/v1/applications/{apps[0]['id']}/connect"
+    sessions = get_json(f"{base}/sessions", timeout=TIMEOUT, headers=headers)
+    operations = get_json(f"{base}/operations", timeout=TIMEOUT, headers=headers)
+    if not isinstance(sessions, list) or not isinstance(operations, list):
+        raise LookupError(f"the Spark Connect UI at {ui} did not list sessions")
+    sessions = [s for s in sessions if isinstance(s, dict) and s.get("userId") != PROBE_USER]
+    operations = [o for o in operations if isinstance(o, dict) and o.get("userId") != PROBE_USER]
+    active = [f"Connect session {s.get('sessionId')} of {s.get('userId')}" for s in sessions
+              if not s.get("finishTimestamp")]
+    active += [f"Connect operation {o.get('operationId')} {o.get('state')}" for o in operations
+               if o.get("state") not in CONNECT_DONE]
+    last_end = _latest(*(_ms(s.get("finishTimestamp")) for s in sessions),
+                       *(_ms(o.get("closeTimestamp")) or _ms(o.get("finishTimestamp"))
+                         for o in operations))
+    return active, last_end
+
+
+def spark_activity(access: Access, handle: ClusterHandle) -> Activity:
+    """Busy while an application (other than the Connect server) runs on the master, or
+    Connect runs work or has a session open."""
+    master = get_json(f"{access.spark_ui}/json/", timeout=TIMEOUT, headers=access.headers)
+    if not isinstance(master, dict):
+        return Activity(None, "the Spark master UI did not answer")
+    connect_names = {f"{handle.name}-connect", "ephemeral-connect"} \
+        if handle.endpoints.spark_connect else set()
+    active = [a for a in master.get("activeapps") or [] if isinstance(a, dict)]
+    apps = [a for a in active if a.get("name") not in connect_names]
+    connect = [a for a in active if a.get("name") in connect_names]
+    busy = [f"Spark application {a.get('id')} ({a.get('name')})" for a in apps]
+    busy += [f"Spark driver {d.get('id')}" for d in master.get("activedrivers") or []
+             if isinstance(d, dict)]
+    busy += [f"Spark Connect holds {a.get('cores')} cores" for a in connect if a.get("cores")]
+    ends = [_ms((a.get("starttime") or 0) + (a.get("duration") or 0))
+            for a in master.get("completedapps") or [] if isinstance(a, dict)]
+    last_end = _latest(*ends)
+    ui = connect_ui(handle)
+    if ui is not None:
+        try:
+            sessions, connect_end = _connect_sessions(ui, dict(access.headers))
+        except LookupError as err:
+            return Activity(None, str(err))
+        busy += sessions
+        last_end = _latest(last_end, connect_end)
+    what = (f"busy: {len(busy)} running ({'; '.join(busy[:3])})" if busy
+            else "no Spark application, Connect session or operation running")
+    return Activity(bool(busy), what, last_end, None, busy)
+
+
+def cluster_activity(backend: ClusterBackend, handle: ClusterHandle) -> Activity:
+    """Whether ``handle``'s cluster is busy, asked through ``backend``'s access to it."""
+    access = backend.access(handle)
+    if handle.engine == "ray" and access.dashboard:
+        return ray_activity(access)
+    if handle.engine == "spark" and access.spark_ui:
+        return spark_activity(access, handle)
+    return Activity(None, f"no HTTP API to ask about a {handle.engine} cluster")

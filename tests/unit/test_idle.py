@@ -1,0 +1,150 @@
+"""The reaper's idle rule (``lifetime.idleTimeout``), with the activity the engines would report
+given directly: when the idle clock starts, what restarts it, and what is never called idle.
+The engines' own answers are tested on real clusters in tests/integration/test_idle_timeout.py."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from ephemeral.activity import Activity
+from ephemeral.backends.base import ClusterBackend, ClusterHandle
+from ephemeral.backends.fake import InMemoryBackend
+from ephemeral.reaper import RunInfo, reap
+from ephemeral.specs import ClusterIdentity, resolve
+from ephemeral.specs.identity import parse_utc
+
+SPEC = resolve("ray/adhoc-cpu", "ci-cpu")  # idleTimeout 15m, ttl 2h
+IDLE = 900
+
+
+def running(_d: str, _r: str) -> RunInfo:
+    return RunInfo("running")
+
+
+def make(backend: InMemoryBackend, spec_ref: str = "ray/adhoc-cpu") -> ClusterHandle:
+    spec = resolve(spec_ref, "ci-cpu")
+    ident = ClusterIdentity(spec_name=spec.spec.name, dag_id="d", run_id="r", task_id="create")
+    return backend.create(spec, identity=ident)
+
+
+class Engines:
+    """What the engines answer, per call: a script of Activity values."""
+
+    def __init__(self, *answers: Activity) -> None:
+        self.answers = list(answers)
+        self.asked = 0
+
+    def __call__(self, _backend: ClusterBackend, _handle: ClusterHandle) -> Activity:
+        self.asked += 1
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+
+@pytest.fixture
+def backend() -> InMemoryBackend:
+    return InMemoryBackend()
+
+
+def test_the_handle_carries_the_idle_timeout(backend: InMemoryBackend) -> None:
+    assert make(backend).idle_timeout_s == IDLE
+    assert SPEC.spec.lifetime.idle_timeout_seconds == IDLE
+
+
+def test_idle_since_the_last_node_started_goes(backend: InMemoryBackend, tmp_path: Path) -> None:
+    h = make(backend)
+    up = parse_utc(h.created_at) + timedelta(seconds=20)
+    now = up + timedelta(seconds=IDLE + 34)
+    [d] = reap(backend, lookup=running, now=now, memory_file=tmp_path / "m.json",
+               activity=Engines(Activity(False, "no Ray job pending or running", nodes_up=up)))
+    assert d.deleted
+    assert d.reason.startswith(f"idle for {IDLE + 34}s, idleTimeout {IDLE}s")
+    assert backend.list_owned() == []
+
+
+def test_the_clock_restarts_at_the_last_job_end(backend: InMemoryBackend) -> None:
+    h = make(backend)
+    up = parse_utc(h.created_at)
+    now = up + timedelta(seconds=IDLE + 100)
+    [d] = reap(backend, lookup=running, now=now, activity=Engines(
+        Activity(False, "no job", nodes_up=up, last_end=now - timedelta(seconds=200))))
+    assert not d.delete
+    assert "run d/r is running; idle for 200s of idleTimeout 900s" == d.reason
+
+
+def test_a_busy_cluster_stays_however_old_its_last_idle_spell(backend: InMemoryBackend) -> None:
+    h = make(backend)
+    now = parse_utc(h.created_at) + timedelta(seconds=IDLE * 3)
+    [d] = reap(backend, lookup=running, now=now,
+               activity=Engines(Activity(True, "1 Ray job(s) pending or running")))
+    assert not d.delete
+    assert "busy: 1 Ray job(s) pending or running" in d.reason
+
+
+def test_unknown_activity_is_never_idle(backend: InMemoryBackend) -> None:
+    h = make(backend)
+    now = parse_utc(h.created_at) + timedelta(seconds=IDLE * 3)
+    [d] = reap(backend, lookup=running, now=now,
+               activity=Engines(Activity(None, "the Ray Jobs API did not answer")))
+    assert not d.delete
+    assert "activity unknown" in d.reason
+
+
+def test_without_engine_times_the_clock_starts_at_first_sight(backend: InMemoryBackend,
+                                                              tmp_path: Path) -> None:
+    """No readiness from the engine (a Spark cluster without Connect): the reaper's first sight
+    starts the clock, and it remembers it between runs (its memory file)."""
+    h = make(backend)
+    memory = tmp_path / "m.json"
+    first = parse_utc(h.created_at) + timedelta(seconds=IDLE * 2)
+    idle = Engines(Activity(False, "nothing running"))
+    [d] = reap(backend, lookup=running, now=first, memory_file=memory, activity=idle)
+    assert not d.delete
+    assert "idle for 0s" in d.reason
+    [d] = reap(backend, lookup=running, now=first + timedelta(seconds=IDLE - 1),
+               memory_file=memory, activity=idle)
+    assert not d.delete
+    [d] = reap(backend, lookup=running, now=first + timedelta(seconds=IDLE + 1),
+               memory_file=memory, activity=idle)
+    assert d.deleted
+    assert d.reason.startswith(f"idle for {IDLE + 1}s, idleTimeout {IDLE}s")
+
+
+def test_busy_seen_by_the_reaper_restarts_the_clock(backend: InMemoryBackend,
+                                                    tmp_path: Path) -> None:
+    """Work that leaves no end time (Spark Connect holding executors): the last time the reaper
+    saw the cluster busy counts."""
+    h = make(backend)
+    memory = tmp_path / "m.json"
+    up = parse_utc(h.created_at)
+    busy_at = up + timedelta(seconds=IDLE * 2)
+    reap(backend, lookup=running, now=busy_at, memory_file=memory,
+         activity=Engines(Activity(True, "Spark Connect holds 1 cores")))
+    [d] = reap(backend, lookup=running, now=busy_at + timedelta(seconds=60), memory_file=memory,
+               activity=Engines(Activity(False, "nothing running", nodes_up=up)))
+    assert not d.delete
+    assert "idle for 60s" in d.reason
+
+
+def test_no_idle_timeout_no_question(backend: InMemoryBackend) -> None:
+    spec = resolve("ray/train-gpu", "ci-cpu")
+    body = spec.spec.model_copy(update={"lifetime": spec.spec.lifetime.model_copy(
+        update={"idle_timeout": None})})
+    ident = ClusterIdentity.manual(spec.spec.name, "no-idle")
+    h = backend.create(spec.__class__(**{**spec.__dict__, "spec": body}), identity=ident)
+    assert h.idle_timeout_s is None
+    engines = Engines(Activity(False, "nothing"))
+    [d] = reap(backend, lookup=None, now=datetime.now(UTC) + timedelta(hours=1), activity=engines)
+    assert not d.delete
+    assert engines.asked == 0
+
+
+def test_expiry_and_ended_runs_come_first(backend: InMemoryBackend) -> None:
+    make(backend)
+    engines = Engines(Activity(True, "busy"))
+    [d] = reap(backend, lookup=lambda _d, _r: RunInfo("failed", datetime(2020, 1, 1, tzinfo=UTC)),
+               activity=engines)
+    assert d.deleted
+    assert "failed" in d.reason
+    assert engines.asked == 0
