@@ -1,0 +1,99 @@
+"""Prices that turn a run report's reserved seconds into money.
+
+``$EPHEMERAL_COST_FILE`` names a small YAML file::
+
+    currency: USD
+    default: {cpuHour: 0.04, gpuHour: 2.50, memoryGibHour: 0.005}
+    specs:                       # by spec name, or pinned to a version; fields not given
+      ray/train-gpu: {gpuHour: 3.10}   # fall back to the default's
+      spark/etl@1: {cpuHour: 0.03}
+
+Without a file, ``$EPHEMERAL_COST_CPU_HOUR``, ``$EPHEMERAL_COST_GPU_HOUR``,
+``$EPHEMERAL_COST_MEMORY_GIB_HOUR`` (and ``$EPHEMERAL_COST_CURRENCY``, default USD) give a default
+for every spec. With neither, reports carry seconds and no money.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from ephemeral.errors import EphemeralError
+
+COST_FILE_VAR = "EPHEMERAL_COST_FILE"
+ENV_PRICES = {"cpu_hour": "EPHEMERAL_COST_CPU_HOUR", "gpu_hour": "EPHEMERAL_COST_GPU_HOUR",
+              "memory_gib_hour": "EPHEMERAL_COST_MEMORY_GIB_HOUR"}
+
+
+class CostConfigError(EphemeralError, ValueError):
+    """The price setting is unreadable: names the setting, the field and the fix."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True,
+                              frozen=True)
+
+
+class Price(_Model):
+    """Per hour of one reserved unit: a CPU core, a GPU, a GiB of memory."""
+
+    cpu_hour: float | None = Field(default=None, ge=0)
+    gpu_hour: float | None = Field(default=None, ge=0)
+    memory_gib_hour: float | None = Field(default=None, ge=0)
+
+    def over(self, base: Price) -> Price:
+        """This price, with the fields it leaves unset taken from ``base``."""
+        return Price(**{k: v if v is not None else getattr(base, k)
+                        for k, v in self.model_dump().items()})
+
+
+class Prices(_Model):
+    currency: str = Field(default="USD", min_length=1, max_length=8)
+    default: Price = Price()
+    specs: dict[str, Price] = {}
+
+    def for_spec(self, spec_ref: str) -> Price:
+        """The price of ``ray/train-gpu@1``: its pinned entry, else its name's, over the
+        default."""
+        name = spec_ref.split("@", 1)[0]
+        own = self.specs.get(spec_ref) or self.specs.get(name) or Price()
+        return own.over(self.default)
+
+
+def load_prices(env: Mapping[str, str] | None = None) -> Prices | None:
+    """The deployment's prices, or None when none are configured. A bad file or value fails
+    naming the setting and the field."""
+    env = os.environ if env is None else env
+    if path := env.get(COST_FILE_VAR):
+        return _from_file(Path(path))
+    given = {field: env[var] for field, var in ENV_PRICES.items() if env.get(var)}
+    if not given:
+        return None
+    try:
+        default = Price(**{k: float(v) for k, v in given.items()})
+    except (ValueError, ValidationError) as err:
+        names = ", ".join(ENV_PRICES[k] for k in given)
+        raise CostConfigError(f"{names}: each must be a number of 0 or more (a price per hour), "
+                              f"got {given}") from err
+    return Prices(currency=env.get("EPHEMERAL_COST_CURRENCY", "USD"), default=default)
+
+
+def _from_file(path: Path) -> Prices:
+    import yaml
+
+    where = f"{COST_FILE_VAR}={path}"
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise CostConfigError(f"{where}: cannot read it: {err}") from err
+    try:
+        return Prices.model_validate(data)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
+                             for e in err.errors())
+        raise CostConfigError(f"{where}: {problems} (expected currency, default and specs "
+                              "with cpuHour, gpuHour, memoryGibHour)") from err

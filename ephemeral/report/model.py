@@ -1,0 +1,176 @@
+"""The run report's facts and arithmetic, with no I/O.
+
+A teardown records one ``ClusterFacts`` per cluster it deleted: the cluster (spec, hash, node
+groups), four moments (created, ready, teardown started, deleted), the jobs that ran on it
+and the price in force. ``summarize`` turns facts into seconds and money; ``build_report``
+puts a run's clusters together. Times are epoch seconds.
+
+Idle time is split by cause, and the parts add up to the lifetime exactly:
+
+    lifetime = starting + busy + between jobs + deleting
+
+``starting`` is creation to readiness (engine start-up), ``deleting`` the teardown's deletion,
+``busy`` the time at least one job ran (overlapping jobs count once), and ``between jobs`` the
+rest: what orchestration adds between them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from ephemeral.backends.base import NodeGroup
+from ephemeral.report.costs import Price
+
+GIB = 1024**3
+REPORT_VERSION = 1
+
+
+class _Model(BaseModel):
+    # Parts are read back by newer code: fields a later version adds are ignored.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class JobFacts(_Model):
+    job_id: str
+    engine: str
+    task: str | None = None
+    """The Airflow task (``group.task[map index]``) that ran it, when known."""
+    status: str = ""
+    start: float | None = None
+    end: float | None = None
+    seconds: float | None = None
+    """Wall time; the engine's when it reported start and end."""
+    uris: dict[str, str] = {}
+    """The job's result URIs (artifacts, metrics) from its result line."""
+    source: str = "xcom"
+    """Where the times come from: ``ray jobs api``, ``spark master`` or ``xcom``."""
+
+    @property
+    def wall(self) -> float:
+        if self.start is not None and self.end is not None:
+            return max(self.end - self.start, 0.0)
+        return float(self.seconds or 0.0)
+
+
+class ClusterFacts(_Model):
+    """What a teardown saw of one cluster: the unit the run report is assembled from."""
+
+    dag_id: str
+    run_id: str
+    name: str
+    engine: str
+    backend: str
+    spec_ref: str
+    spec_hash: str
+    profile: str | None = None
+    groups: list[NodeGroup] = []
+    setup_task: str | None = None
+    teardown_task: str | None = None
+    created: float
+    ready: float | None = None
+    teardown_started: float
+    deleted: float | None = None
+    deletion: str = "complete"
+    """``complete``, or what was left and why."""
+    jobs: list[JobFacts] = []
+    price: Price | None = None
+    currency: str | None = None
+    recorded_at: float = 0.0
+
+
+def busy_seconds(intervals: list[tuple[float, float]], lo: float, hi: float) -> float:
+    """Length of the union of ``intervals`` clipped to [lo, hi]."""
+    total, cursor = 0.0, lo
+    for start, end in sorted(intervals):
+        start, end = max(start, cursor), min(end, hi)
+        if end > start:
+            total += end - start
+            cursor = end
+    return total
+
+
+def reserved(groups: list[NodeGroup], seconds: float) -> dict[str, float]:
+    """CPU-, memory (GiB)- and GPU-seconds the cluster's nodes held for ``seconds``."""
+    return {
+        "cpu_seconds": sum(g.replicas * g.cpu for g in groups) * seconds,
+        "memory_gib_seconds": sum(g.replicas * g.memory_bytes for g in groups) / GIB * seconds,
+        "gpu_seconds": float(sum(g.replicas * g.gpus for g in groups)) * seconds,
+    }
+
+
+def cost(res: dict[str, float], price: Price | None) -> float | None:
+    """Money for reserved unit-seconds; None when no price is set at all."""
+    if price is None or all(v is None for v in price.model_dump().values()):
+        return None
+    return ((price.cpu_hour or 0.0) * res["cpu_seconds"]
+            + (price.gpu_hour or 0.0) * res["gpu_seconds"]
+            + (price.memory_gib_hour or 0.0) * res["memory_gib_seconds"]) / 3600
+
+
+def summarize(f: ClusterFacts) -> dict[str, Any]:
+    """One cluster of the report: its facts plus lifetime, idle split, reserved and cost."""
+    end = f.deleted if f.deleted is not None else max(f.recorded_at, f.teardown_started)
+    end = max(end, f.created)
+    lifetime = max(end - f.created, 0.0)
+    ready = min(max(f.ready if f.ready is not None else f.created, f.created), end)
+    stop = min(max(f.teardown_started, ready), end)
+    starting, deleting = ready - f.created, end - stop
+    timed = [(j.start, j.end) for j in f.jobs if j.start is not None and j.end is not None]
+    busy = busy_seconds(timed, ready, stop)
+    # Jobs with a duration and no times (the engine did not say when) fill the gaps.
+    busy += sum(j.wall for j in f.jobs if j.start is None or j.end is None)
+    busy = min(busy, stop - ready)
+    between = max(lifetime - starting - busy - deleting, 0.0)
+    res = reserved(f.groups, lifetime)
+    money = cost(res, f.price)
+    idle_share = (lifetime - busy) / lifetime if lifetime > 0 else None
+    return {
+        "name": f.name, "engine": f.engine, "backend": f.backend, "spec": f.spec_ref,
+        "spec_hash": f.spec_hash, "profile": f.profile, "setup_task": f.setup_task,
+        "teardown_task": f.teardown_task, "deletion": f.deletion,
+        "groups": [g.model_dump() for g in f.groups],
+        "created": f.created, "ready": f.ready, "teardown_started": f.teardown_started,
+        "deleted": f.deleted,
+        "lifetime_s": round(lifetime, 3), "busy_s": round(busy, 3),
+        "starting_s": round(starting, 3), "between_jobs_s": round(between, 3),
+        "deleting_s": round(deleting, 3), "idle_s": round(lifetime - busy, 3),
+        "idle_share": None if idle_share is None else round(idle_share, 4),
+        **{k: round(v, 1) for k, v in res.items()},
+        "cost": None if money is None else round(money, 4),
+        "idle_cost": None if money is None or idle_share is None
+        else round(money * idle_share, 4),
+        "currency": f.currency if money is not None else None,
+        "jobs": [{**j.model_dump(), "wall_s": round(j.wall, 3)} for j in f.jobs],
+    }
+
+
+def build_report(dag_id: str, run_id: str, parts: list[ClusterFacts],
+                 *, generated_at: float | None = None) -> dict[str, Any]:
+    """The run's report from every cluster's facts (order: by creation)."""
+    clusters = [summarize(p) for p in sorted(parts, key=lambda p: (p.created, p.name))]
+    jobs = [{**j, "cluster": c["name"]} for c in clusters for j in c["jobs"]]
+    lifetime = sum(c["lifetime_s"] for c in clusters)
+    busy = sum(c["busy_s"] for c in clusters)
+    costs = [c["cost"] for c in clusters if c["cost"] is not None]
+    idle_costs = [c["idle_cost"] for c in clusters if c["idle_cost"] is not None]
+    currencies = {c["currency"] for c in clusters if c["currency"]}
+    return {
+        "version": REPORT_VERSION,
+        "dag_id": dag_id, "run_id": run_id,
+        "generated_at": round(generated_at if generated_at is not None else time.time(), 3),
+        "clusters": clusters, "jobs": jobs,
+        "totals": {
+            "clusters": len(clusters), "lifetime_s": round(lifetime, 3),
+            "busy_s": round(busy, 3),
+            "idle_share": round(1 - busy / lifetime, 4) if lifetime > 0 else None,
+            "cpu_seconds": round(sum(c["cpu_seconds"] for c in clusters), 1),
+            "memory_gib_seconds": round(sum(c["memory_gib_seconds"] for c in clusters), 1),
+            "gpu_seconds": round(sum(c["gpu_seconds"] for c in clusters), 1),
+            "cost": round(sum(costs), 4) if costs else None,
+            "idle_cost": round(sum(idle_costs), 4) if idle_costs else None,
+            "currency": currencies.pop() if len(currencies) == 1 else None,
+        },
+    }

@@ -1,0 +1,118 @@
+"""Where a run's report lives in the artifact store, and how several teardowns assemble it.
+
+Layout under the artifact root::
+
+    reports/<dag_id>/<run>/clusters/<cluster>.json   one part per cluster, by its teardown
+    reports/<dag_id>/<run>/report.json               the merged report
+    reports/<dag_id>/<run>/report.html               the same as a page with a timeline
+
+A run may have several teardowns, each of which sees only its own cluster and may finish at the
+same moment as another. Each writes its own part first (no two write the same file), then
+rebuilds the merged report from every part there, writes it, and lists the parts once more:
+when a part appeared meanwhile it rebuilds again. The last teardown to finish therefore writes
+a report with all parts, with no lock and no read-modify-write of a shared file, on any store
+with read-after-write listing (local files, S3, GCS). Readers (``ephemeral report``) rebuild
+from the parts too, so a report.json that lost a race is never what they show.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from typing import Any
+
+from pydantic import ValidationError
+
+from ephemeral.jobs import artifacts
+from ephemeral.report.html import render_html
+from ephemeral.report.model import ClusterFacts, build_report
+
+log = logging.getLogger(__name__)
+
+URL_VAR = "EPHEMERAL_ARTIFACT_URL"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def run_slug(run_id: str) -> str:
+    """A run id as one path segment (``manual__2026-01-01T00:00:00+00:00`` has ``:`` and ``+``)."""
+    return _UNSAFE.sub("_", run_id).strip("_") or "run"
+
+
+def report_dir(dag_id: str, run_id: str) -> str:
+    return artifacts.run_uri("reports", run_slug(dag_id), run_slug(run_id))
+
+
+def report_uri(dag_id: str, run_id: str, name: str = "report.html") -> str:
+    return artifacts.join(report_dir(dag_id, run_id), name)
+
+
+def report_url(dag_id: str, run_id: str) -> str:
+    """The address of the run's HTML report for people: ``$EPHEMERAL_ARTIFACT_URL`` (an http(s)
+    address that serves the artifact root, e.g. a bucket's website or a proxy) in place of the
+    root when set, else the artifact URI itself."""
+    uri = report_uri(dag_id, run_id)
+    base = os.environ.get(URL_VAR, "").rstrip("/")
+    root = artifacts.root().rstrip("/")
+    return base + uri[len(root):] if base and uri.startswith(root) else uri
+
+
+def _part_uri(part: ClusterFacts) -> str:
+    return artifacts.join(report_dir(part.dag_id, part.run_id), "clusters", f"{part.name}.json")
+
+
+def _list_parts(dag_id: str, run_id: str) -> list[str]:
+    from pyarrow import fs
+
+    folder = artifacts.join(report_dir(dag_id, run_id), "clusters")
+    filesystem, path = fs.FileSystem.from_uri(folder)
+    infos = filesystem.get_file_info(fs.FileSelector(path, allow_not_found=True))
+    return sorted(artifacts.join(folder, i.base_name) for i in infos
+                  if i.type == fs.FileType.File and i.base_name.endswith(".json"))
+
+
+def read_parts(dag_id: str, run_id: str) -> list[ClusterFacts]:
+    parts = []
+    for uri in _list_parts(dag_id, run_id):
+        try:
+            parts.append(ClusterFacts.model_validate(artifacts.read_json(uri)))
+        except (ValidationError, ValueError, OSError) as err:  # one bad part must not hide all
+            log.warning("ignoring unreadable report part %s: %s", uri, err)
+    return parts
+
+
+def load_report(dag_id: str, run_id: str) -> dict[str, Any] | None:
+    """The run's report rebuilt from its parts; None when no teardown recorded anything."""
+    parts = read_parts(dag_id, run_id)
+    return build_report(dag_id, run_id, parts) if parts else None
+
+
+def write_report(report: dict[str, Any]) -> str:
+    """Write report.json and report.html; return the HTML's URI."""
+    folder = report_dir(report["dag_id"], report["run_id"])
+    artifacts.write_bytes(artifacts.join(folder, "report.json"),
+                          json.dumps(report, indent=2, sort_keys=True).encode())
+    html = artifacts.join(folder, "report.html")
+    artifacts.write_bytes(html, render_html(report).encode())
+    return html
+
+
+def record(parts: list[ClusterFacts], *, rounds: int = 5) -> dict[str, Any]:
+    """Store this teardown's parts and (re)write the run's merged report with every part
+    (see the module's note on concurrent teardowns). Returns the report written."""
+    if not parts:
+        raise ValueError("record() needs at least one cluster's facts")
+    dag_id, run_id = parts[0].dag_id, parts[0].run_id
+    for part in parts:
+        artifacts.write_json(_part_uri(part), part.model_dump(mode="json"))
+    seen: list[str] = []
+    report: dict[str, Any] = {}
+    for _ in range(rounds):
+        listed = _list_parts(dag_id, run_id)
+        if listed == seen:
+            break
+        seen = listed
+        report = build_report(dag_id, run_id, read_parts(dag_id, run_id))
+        write_report(report)
+    return report

@@ -1,0 +1,38 @@
+"""The run report as terminal tables (``ephemeral report``, ``make demo``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _money(value: float | None, currency: str | None) -> str:
+    return "-" if value is None else f"{value:.4f} {currency or ''}".strip()
+
+
+def print_report(console: Any, report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    clusters = Table("cluster", "spec", "lifetime", "running jobs", "idle",
+                     "idle = starting + between jobs + deleting", "reserved CPU/GiB/GPU-s",
+                     "cost (idle)", "deletion", title="clusters")
+    for c in report["clusters"]:
+        share = c["idle_share"]
+        clusters.add_row(
+            c["name"], f"{c['spec']}{' [' + c['profile'] + ']' if c['profile'] else ''}",
+            f"{c['lifetime_s']:.1f}s", f"{c['busy_s']:.1f}s",
+            "-" if share is None else f"{share * 100:.0f}%",
+            f"{c['starting_s']:.1f}s + {c['between_jobs_s']:.1f}s + {c['deleting_s']:.1f}s",
+            f"{c['cpu_seconds']:.0f} / {c['memory_gib_seconds']:.0f} / {c['gpu_seconds']:.0f}",
+            f"{_money(c['cost'], c['currency'])} ({_money(c['idle_cost'], c['currency'])})",
+            c["deletion"])
+    console.print(clusters)
+    jobs = Table("task", "job", "cluster", "status", "wall", "results", title="jobs")
+    for j in report["jobs"]:
+        jobs.add_row(str(j["task"] or "-"), j["job_id"], j["cluster"], j["status"],
+                     f"{j['wall_s']:.1f}s", ", ".join(f"{k}={v}" for k, v in j["uris"].items()))
+    console.print(jobs)
+    t = report["totals"]
+    share = t["idle_share"]
+    console.print(f"{t['clusters']} cluster(s): {t['lifetime_s']:.1f}s alive, {t['busy_s']:.1f}s "
+                  f"running jobs, idle {'-' if share is None else f'{share * 100:.0f}%'}; "
+                  f"cost {_money(t['cost'], t['currency'])}", highlight=False)

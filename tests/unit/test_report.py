@@ -1,0 +1,195 @@
+"""The run report's arithmetic, prices and HTML, on recorded facts (no clusters, no Airflow)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from ephemeral.backends.base import NodeGroup, node_groups
+from ephemeral.jobs.scaling import ddp_args, with_scaling
+from ephemeral.report import ClusterFacts, JobFacts, Price, Prices, build_report, render_html
+from ephemeral.report.costs import CostConfigError, load_prices
+from ephemeral.report.model import busy_seconds, summarize
+from ephemeral.report.store import load_report, record, report_uri, report_url, run_slug
+from ephemeral.specs import resolve
+
+GIB = 1024**3
+T0 = 1_800_000_000.0
+
+
+def facts(name: str = "eph-train-gpu-1", *, jobs: list[JobFacts] | None = None,
+          groups: list[NodeGroup] | None = None, price: Price | None = None,
+          **times: float | None) -> ClusterFacts:
+    moments = {"created": T0, "ready": T0 + 10, "teardown_started": T0 + 90,
+               "deleted": T0 + 100} | times
+    return ClusterFacts(
+        dag_id="d", run_id="manual__2026-01-01T00:00:00+00:00", name=name, engine="ray",
+        backend="local", spec_ref="ray/train-gpu@1", spec_hash="abc", profile=None,
+        groups=groups if groups is not None else [
+            NodeGroup(name="head", role="head", replicas=1, cpu=2, memory_bytes=8 * GIB),
+            NodeGroup(name="gpu", role="worker", replicas=2, cpu=8, memory_bytes=32 * GIB,
+                      gpus=1)],
+        jobs=jobs if jobs is not None else [
+            JobFacts(job_id="a", engine="ray", task="train.trial[0]", status="SUCCEEDED",
+                     start=T0 + 20, end=T0 + 50, uris={"artifact_uri": "file:///m.pt"}),
+            JobFacts(job_id="b", engine="ray", task="train.trial[1]", status="SUCCEEDED",
+                     start=T0 + 40, end=T0 + 60)],
+        price=price, currency="USD" if price else None, recorded_at=T0 + 100,
+        **moments)
+
+
+def parts_add_up(c: dict[str, float]) -> float:
+    return c["starting_s"] + c["busy_s"] + c["between_jobs_s"] + c["deleting_s"]
+
+
+def test_idle_is_split_into_starting_between_jobs_and_deleting_which_add_up_to_the_lifetime(
+) -> None:
+    c = summarize(facts())
+    assert c["lifetime_s"] == 100
+    assert c["starting_s"] == 10
+    assert c["busy_s"] == 40  # 20..60: the overlapping trials count once
+    assert c["deleting_s"] == 10
+    assert c["between_jobs_s"] == 40
+    assert parts_add_up(c) == pytest.approx(c["lifetime_s"])
+    assert c["idle_share"] == pytest.approx(0.6)
+    assert [j["wall_s"] for j in c["jobs"]] == [30, 20]
+
+
+@pytest.mark.parametrize("jobs", [
+    [],
+    [JobFacts(job_id="x", engine="spark", seconds=500.0)],  # more than fits: capped
+    [JobFacts(job_id="x", engine="ray", start=T0 - 50, end=T0 + 500)],  # outside the life
+    [JobFacts(job_id="x", engine="spark", seconds=12.5),
+     JobFacts(job_id="y", engine="ray", start=T0 + 30, end=T0 + 35)],
+])
+def test_the_split_adds_up_whatever_the_jobs(jobs: list[JobFacts]) -> None:
+    c = summarize(facts(jobs=jobs))
+    assert parts_add_up(c) == pytest.approx(c["lifetime_s"], abs=1e-6)
+    assert 0 <= c["busy_s"] <= 80
+    assert all(c[k] >= 0 for k in ("starting_s", "busy_s", "between_jobs_s", "deleting_s"))
+
+
+def test_a_cluster_never_seen_ready_or_not_deleted_still_adds_up() -> None:
+    c = summarize(facts(ready=None, deleted=None, jobs=[]))
+    assert c["lifetime_s"] == 100  # until the teardown recorded it
+    assert parts_add_up(c) == pytest.approx(c["lifetime_s"])
+
+
+def test_busy_seconds_is_the_union_of_intervals_clipped() -> None:
+    assert busy_seconds([(0, 10), (5, 15), (20, 30)], 0, 100) == 25
+    assert busy_seconds([(0, 10), (5, 15), (20, 30)], 8, 25) == 12
+
+
+def test_reserved_seconds_come_from_the_effective_spec() -> None:
+    gpu = node_groups(resolve("ray/train-gpu@1"))
+    cpu = node_groups(resolve("ray/train-gpu@1", "ci-cpu"))
+    c = summarize(facts(groups=gpu, jobs=[]))
+    assert c["cpu_seconds"] == (2 + 2 * 8) * 100
+    assert c["memory_gib_seconds"] == (8 + 2 * 32) * 100
+    assert c["gpu_seconds"] == 2 * 100
+    ci = summarize(facts(groups=cpu, jobs=[]))
+    assert ci["gpu_seconds"] == 0
+    assert ci["cpu_seconds"] == 3 * 100  # ci-cpu: 1 CPU per node
+    spark = node_groups(resolve("spark/etl@1", "ci-cpu", {"connect": False}))
+    assert [g.name for g in spark] == ["master", "workers"]
+
+
+def test_cost_from_prices_per_hour_and_its_idle_share() -> None:
+    price = Price(cpu_hour=0.036, gpu_hour=3.6, memory_gib_hour=0.0036)
+    c = summarize(facts(price=price, jobs=[]))
+    # 100 s = 1/36 h: 18 CPUs, 2 GPUs, 72 GiB.
+    expected = (18 * 0.036 + 2 * 3.6 + 72 * 0.0036) / 36
+    assert c["cost"] == pytest.approx(expected, abs=1e-4)
+    assert c["idle_cost"] == pytest.approx(expected * c["idle_share"], abs=1e-4)
+    assert summarize(facts(jobs=[]))["cost"] is None
+
+
+def test_prices_per_spec_fall_back_to_the_default(tmp_path: Path) -> None:
+    path = tmp_path / "costs.yaml"
+    path.write_text("currency: EUR\ndefault: {cpuHour: 0.05, gpuHour: 2.0}\n"
+                    "specs:\n  ray/train-gpu: {gpuHour: 3.0}\n  ray/train-gpu@2: {gpuHour: 4}\n")
+    prices = load_prices({"EPHEMERAL_COST_FILE": str(path)})
+    assert prices is not None
+    assert prices.currency == "EUR"
+    assert prices.for_spec("ray/train-gpu@1") == Price(cpu_hour=0.05, gpu_hour=3.0)
+    assert prices.for_spec("ray/train-gpu@2").gpu_hour == 4
+    assert prices.for_spec("spark/etl@1") == Price(cpu_hour=0.05, gpu_hour=2.0)
+    assert load_prices({}) is None
+    env = load_prices({"EPHEMERAL_COST_GPU_HOUR": "2.5"})
+    assert env == Prices(default=Price(gpu_hour=2.5))
+
+
+def test_a_bad_price_setting_names_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "costs.yaml"
+    path.write_text("default: {gpuHour: -1, cpu: 2}\n")
+    with pytest.raises(CostConfigError, match=r"default\.gpuHour.*default\.cpu"):
+        load_prices({"EPHEMERAL_COST_FILE": str(path)})
+    with pytest.raises(CostConfigError, match="EPHEMERAL_COST_CPU_HOUR"):
+        load_prices({"EPHEMERAL_COST_CPU_HOUR": "cheap"})
+
+
+def test_the_run_report_totals_its_clusters() -> None:
+    price = Price(gpu_hour=3.6)
+    report = build_report("d", "r", [facts("b", created=T0 + 5, price=price),
+                                     facts("a", price=price)])
+    assert [c["name"] for c in report["clusters"]] == ["a", "b"]  # by creation
+    assert len(report["jobs"]) == 4
+    assert report["totals"]["lifetime_s"] == 195
+    assert report["totals"]["gpu_seconds"] == 2 * 195
+    assert report["totals"]["cost"] == pytest.approx(2 * 195 / 3600 * 3.6, abs=1e-3)
+
+
+def test_the_html_page_is_self_contained_and_draws_each_cluster_and_job() -> None:
+    report = build_report("d", "r<script>", [facts("a"), facts("b", jobs=[])])
+    page = render_html(report)
+    assert page.startswith("<!doctype html>")
+    assert len(re.findall(r'<rect class="cluster"', page)) == 2
+    assert len(re.findall(r'<rect class="job"', page)) == 2
+    assert 'class="starting"' in page
+    assert 'class="deleting"' in page
+    assert "<script" not in page  # escaped, and nothing loaded from elsewhere
+    assert not re.search(r'(src|href)="?(https?:)?//', page)
+    assert "train.trial[0]" in page
+    assert "file:///m.pt" in page
+
+
+def test_parts_of_several_teardowns_merge_into_one_report(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", str(tmp_path / "art"))
+    first = record([facts("a")])
+    assert [c["name"] for c in first["clusters"]] == ["a"]
+    second = record([facts("b", created=T0 + 1)])
+    assert [c["name"] for c in second["clusters"]] == ["a", "b"]
+    run = "manual__2026-01-01T00:00:00+00:00"
+    html = Path(report_uri("d", run).removeprefix("file://"))
+    assert html.is_file()
+    assert html.parent.name == run_slug(run)
+    assert (html.parent / "report.json").is_file()
+    loaded = load_report("d", run)
+    assert loaded is not None
+    assert [c["name"] for c in loaded["clusters"]] == ["a", "b"]
+    assert load_report("d", "other") is None
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_URL", "https://art.example/")
+    assert report_url("d", run) == f"https://art.example/reports/d/{run_slug(run)}/report.html"
+
+
+def test_training_takes_its_scaling_from_the_cluster() -> None:
+    from ephemeral.backends.fake import InMemoryBackend
+    from ephemeral.specs import ClusterIdentity
+
+    def handle(profile: str | None) -> dict[str, object]:
+        spec = resolve("ray/train-gpu@1", profile)
+        h = InMemoryBackend().create(spec, identity=ClusterIdentity(
+            spec_name="train-gpu", dag_id="d", run_id="r", task_id="t"))
+        return h.model_dump(mode="json")
+
+    assert ddp_args(handle(None)) == "--num-workers 2 --gpus-per-worker 1 --cpus-per-worker 8"
+    assert ddp_args(handle("ci-cpu")) == \
+        "--num-workers 2 --gpus-per-worker 0 --cpus-per-worker 1"
+    assert with_scaling("python train_ddp.py --run x --num-workers 1", handle(None)) == \
+        "python train_ddp.py --run x --num-workers 1 --gpus-per-worker 1 --cpus-per-worker 8"
+    assert with_scaling("python hello_ray.py", handle(None)) == "python hello_ray.py"
+    with pytest.raises(ValueError, match="no worker groups"):
+        ddp_args({**handle(None), "groups": []})
