@@ -24,6 +24,13 @@ COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 FINISHED = {"success", "failed"}
 
 
+def _pgid(p: psutil.Process) -> int | None:
+    try:
+        return os.getpgid(p.pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -37,7 +44,16 @@ class AirflowStack:
     ephemeral_home: Path
     port: int = field(default_factory=free_port)
     password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
+    # One secret for every component (and every restart of one): they verify each other's tokens.
+    jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # Every component, the deleting processes they start and the test's reaper act as one
+    # deployment instance (cluster ownership includes it).
+    instance: str = field(default_factory=lambda: "live-" + secrets.token_hex(4))
+    extra_env: dict[str, str] = field(default_factory=dict)
+    # Process groups of components killed and started again: orphans (a killed scheduler's
+    # LocalExecutor workers) live on in them until stop().
+    _old_groups: list[int] = field(default_factory=list)
     _token: str | None = None
 
     @property
@@ -63,11 +79,13 @@ class AirflowStack:
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(self.port),
             "AIRFLOW__API__WORKERS": "1",
-            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(24),
+            "AIRFLOW__API_AUTH__JWT_SECRET": self.jwt_secret,
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "EPHEMERAL_HOME": str(self.ephemeral_home),
+            "EPHEMERAL_INSTANCE": self.instance,
         })
+        env.update(self.extra_env)
         return env
 
     def start(self, timeout: float = 180.0) -> None:
@@ -77,10 +95,7 @@ class AirflowStack:
         subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
         for name in COMPONENTS:
-            with open(self.home / f"{name}.log", "wb") as log:  # the child keeps its own fd
-                self.procs[name] = subprocess.Popen(
-                    [sys.executable, "-m", "airflow", *name.split()], env=env, stdout=log,
-                    stderr=subprocess.STDOUT, start_new_session=True)
+            self.launch(name)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._check_alive()
@@ -92,6 +107,20 @@ class AirflowStack:
                 pass
             time.sleep(1)
         raise TimeoutError(f"Airflow api-server not healthy after {timeout}s\n" + self.logs())
+
+    def launch(self, name: str) -> None:
+        """Start one component (again), appending to its log."""
+        with open(self.home / f"{name}.log", "ab") as log:  # the child keeps its own fd
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "airflow", *name.split()], env=self.env(), stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Kill one component's main process as a crash would; its children live on."""
+        proc = self.procs.pop(name)
+        self._old_groups.append(proc.pid)
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
 
     def _check_alive(self) -> None:
         for name, proc in self.procs.items():
@@ -116,6 +145,12 @@ class AirflowStack:
                 procs.extend(psutil.Process(proc.pid).children(recursive=True))
                 os.killpg(proc.pid, signal.SIGTERM)
             except (ProcessLookupError, psutil.NoSuchProcess):
+                pass
+        for group in self._old_groups:
+            procs.extend(p for p in psutil.process_iter() if _pgid(p) == group)
+            try:
+                os.killpg(group, signal.SIGTERM)
+            except ProcessLookupError:
                 pass
         _, alive = psutil.wait_procs(procs, timeout=20)
         for p in alive:
@@ -160,10 +195,10 @@ class AirflowStack:
             time.sleep(1)
         raise TimeoutError(f"DAG {dag_id} not parsed after {timeout}s\n" + self.logs())
 
-    def trigger(self, dag_id: str) -> str:
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
         self.wait_parsed(dag_id)
         status, body = self.request("POST", f"/api/v2/dags/{dag_id}/dagRuns",
-                                    {"logical_date": None})
+                                    {"logical_date": None, "conf": conf or {}})
         assert status == 200, f"trigger {dag_id}: HTTP {status} {body}"
         return str(body["dag_run_id"])
 
@@ -215,3 +250,33 @@ class AirflowStack:
             "GET", f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id)}/taskInstances/{task_id}/links")
         assert status == 200, f"{status} {body}"
         return dict(body["extra_links"])
+
+    def mark_run(self, dag_id: str, run_id: str, state: str) -> None:
+        """What the UI's "mark run as failed/success" does."""
+        status, body = self.request("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id)}",
+                                    {"state": state})
+        assert status == 200, f"mark {dag_id}/{run_id} {state}: HTTP {status} {body}"
+
+    def mark_task(self, dag_id: str, run_id: str, task_id: str, state: str) -> None:
+        status, body = self.request(
+            "PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id)}/taskInstances/{task_id}",
+            {"new_state": state})
+        assert status == 200, f"mark {dag_id}/{run_id}/{task_id} {state}: HTTP {status} {body}"
+
+    def task_state(self, dag_id: str, run_id: str, task_id: str) -> str | None:
+        status, body = self.request(
+            "GET", f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id)}/taskInstances/{task_id}")
+        assert status == 200, f"{status} {body}"
+        return None if body["state"] is None else str(body["state"])
+
+    def wait_task(self, dag_id: str, run_id: str, task_id: str, states: set[str],
+                  timeout: float = 300.0, every: float = 0.2) -> str:
+        deadline = time.monotonic() + timeout
+        state = None
+        while time.monotonic() < deadline:
+            state = self.task_state(dag_id, run_id, task_id)
+            if state in states:
+                return state
+            time.sleep(every)
+        raise TimeoutError(f"{dag_id}/{run_id}/{task_id} still {state}, not in {states} after "
+                           f"{timeout}s\n" + self.logs())

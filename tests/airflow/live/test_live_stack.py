@@ -2,67 +2,38 @@
 
 - A setup task process SIGKILLed after it created its cluster and before its XCom push: with a
   retry, the retry adopts the same cluster and the teardown deletes it; without one, Airflow
-  never runs the teardown and the reaper (asking the api-server) deletes the cluster.
-- A run whose ``dagrun_timeout`` fires: the scheduler skips the teardown, the reaper deletes it.
+  never runs the teardown and the run-end listener deletes the cluster when the run fails.
+- A run whose ``dagrun_timeout`` fires: the scheduler skips the teardown, the run-end listener
+  deletes the cluster; the reaper (asking the api-server) finds nothing left to do.
+
+These are rows 8a-8c of the fault matrix (docs/reliability.md), timed from the fault.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
-from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 
-import psutil
 import pytest
 
+from tests.airflow.live.probes import monotonic_at, seconds_until_gone, when
+from tests.airflow.live.reliability import Results
 from tests.airflow.live.stack import AirflowStack
-from tests.conftest import engine_pids, other_clusters_pids
 
 pytestmark = [pytest.mark.local, pytest.mark.slow, pytest.mark.timeout(900)]
 
-DAGS = Path(__file__).parent / "dags"
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowStack]:
-    base = tmp_path_factory.mktemp("live-airflow")
-    before = engine_pids()
-    s = AirflowStack(home=base / "airflow", dags=DAGS, ephemeral_home=base / "ephemeral")
-    try:
-        s.start()
-        yield s
-    finally:
-        s.stop()
-        from ephemeral.backends.local import LocalBackend
-
-        backend = LocalBackend(s.ephemeral_home)
-        for h in backend.list_owned():
-            backend.delete(h, wait=True)
-        leaked = engine_pids() - before - other_clusters_pids(s.ephemeral_home)
-        if leaked:
-            psutil.wait_procs([psutil.Process(p) for p in leaked if psutil.pid_exists(p)],
-                              timeout=5)
-            leaked = engine_pids() - before - other_clusters_pids(s.ephemeral_home)
-        assert not leaked, f"Ray/Spark processes left behind: {sorted(leaked)}"
-
-
-def owned(stack: AirflowStack, dag_id: str, run_id: str) -> list[str]:
-    from ephemeral.backends.local import LocalBackend
-    from ephemeral.specs.identity import PREFIX
-
-    return [h.name for h in LocalBackend(stack.ephemeral_home).list_owned()
-            if h.annotations.get(PREFIX + "dag-id") == dag_id
-            and h.annotations.get(PREFIX + "run-id") == run_id]
+GONE_BOUND = 60.0  # issue 9: every cluster of a finished run gone within 60 s
 
 
 def reap(stack: AirflowStack, *args: str) -> list[dict[str, object]]:
     """`ephemeral reap` as an operator runs it, asking this Airflow for run states."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "EPHEMERAL_"))}
-    env |= {"EPHEMERAL_HOME": str(stack.ephemeral_home), "EPHEMERAL_AIRFLOW_URL": stack.url,
+    env |= {"EPHEMERAL_HOME": str(stack.ephemeral_home), "EPHEMERAL_INSTANCE": stack.instance,
+            "EPHEMERAL_AIRFLOW_URL": stack.url,
             "EPHEMERAL_AIRFLOW_USER": "admin", "EPHEMERAL_AIRFLOW_PASSWORD": stack.password}
     exe = str(Path(sys.executable).parent / "ephemeral")
     proc = subprocess.run([exe, "reap", "--grace", "0", "--json", *args], env=env,
@@ -71,11 +42,19 @@ def reap(stack: AirflowStack, *args: str) -> list[dict[str, object]]:
     return list(json.loads(proc.stdout))
 
 
-def when(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+def created_names(stack: AirflowStack, dag_id: str, run_id: str, attempt: int = 1) -> set[str]:
+    """The clusters a setup try made, as its log names them."""
+    return set(re.findall(r"creating (eph-[a-z0-9-]+)",
+                          stack.task_log(dag_id, run_id, "create", attempt)))
 
 
-def test_setup_killed_before_xcom_push_is_adopted_by_its_retry(stack: AirflowStack) -> None:
+def test_setup_killed_before_xcom_push_is_adopted_by_its_retry(stack: AirflowStack,
+                                                                matrix: Results) -> None:
+    with matrix.case("8a", "ray", "setup SIGKILLed after create, retried", 300) as row:
+        _setup_killed_retried(stack, row)
+
+
+def _setup_killed_retried(stack: AirflowStack, row: dict[str, object]) -> None:
     dag_id = "killed_setup_retried"
     run_id = stack.trigger(dag_id)
     state = stack.wait_finished(dag_id, run_id)
@@ -90,47 +69,51 @@ def test_setup_killed_before_xcom_push_is_adopted_by_its_retry(stack: AirflowSta
     assert f"adopted {handle['name']}" in stack.task_log(dag_id, run_id, "create", 2)
     assert tis["work"]["state"] == "success"
     assert tis["delete"]["state"] == "success"
-    assert owned(stack, dag_id, run_id) == []
+    # Timed from the kill to the end of the run's last process: the whole retried run.
+    row["seconds"] = seconds_until_gone(stack, dag_id, run_id, {handle["name"]},
+                                        monotonic_at(when(tries[0]["end_date"])), 300)
+    row["outcome"] = "run success, retry adopted the cluster, teardown deleted it"
     # The extra link as the UI gets it.
     assert stack.links(dag_id, run_id, "create")["Ray dashboard"] == \
         handle["endpoints"]["dashboard"]
 
 
-def test_setup_killed_without_retry_leaves_the_cluster_to_the_reaper(stack: AirflowStack
-                                                                     ) -> None:
-    dag_id = "killed_setup_no_retry"
-    run_id = stack.trigger(dag_id)
-    assert stack.wait_finished(dag_id, run_id) == "failed"
-    tis = stack.task_instances(dag_id, run_id)
-    assert tis["create"]["state"] == "failed"
-    # Airflow 3.3 never runs the teardown of a failed setup: the cluster is still there.
-    assert tis["delete"]["state"] == "upstream_failed"
-    [name] = owned(stack, dag_id, run_id)
-
-    [dry] = [d for d in reap(stack, "--dry-run") if d["cluster"] == name]
-    assert dry["delete"]
-    assert not dry["deleted"]
-    assert f"{dag_id}/{run_id} failed" in str(dry["reason"])
-    assert owned(stack, dag_id, run_id) == [name]
-
-    [done] = [d for d in reap(stack) if d["cluster"] == name]
-    assert done["deleted"], done
-    assert owned(stack, dag_id, run_id) == []
+def test_setup_killed_without_retry_the_run_end_deletes(stack: AirflowStack,
+                                                         matrix: Results) -> None:
+    with matrix.case("8b", "ray", "setup SIGKILLed after create, no retry", GONE_BOUND) as row:
+        dag_id = "killed_setup_no_retry"
+        run_id = stack.trigger(dag_id)
+        assert stack.wait_finished(dag_id, run_id) == "failed"
+        tis = stack.task_instances(dag_id, run_id)
+        assert tis["create"]["state"] == "failed"
+        # Airflow 3.3 never runs the teardown of a failed setup: the run-end listener deletes.
+        assert tis["delete"]["state"] == "upstream_failed"
+        names = created_names(stack, dag_id, run_id)
+        assert names
+        row["seconds"] = seconds_until_gone(stack, dag_id, run_id, names,
+                                            monotonic_at(when(tis["create"]["end_date"])),
+                                            GONE_BOUND)
+        row["outcome"] = "run failed, teardown upstream_failed, run-end listener deleted"
+        # The reaper, asking the api-server, has nothing left of this run to delete.
+        assert not [d for d in reap(stack, "--dry-run") if d["cluster"] in names]
 
 
-def test_dagrun_timeout_skips_the_teardown_and_the_reaper_deletes(stack: AirflowStack) -> None:
-    dag_id = "run_times_out"
-    run_id = stack.trigger(dag_id)
-    assert stack.wait_finished(dag_id, run_id) == "failed"
-    tis = stack.task_instances(dag_id, run_id)
-    assert tis["create"]["state"] == "success"
-    assert tis["delete"]["state"] == "skipped", json.dumps(tis, indent=1)
-    [name] = owned(stack, dag_id, run_id)
-
-    [done] = [d for d in reap(stack) if d["cluster"] == name]
-    assert done["deleted"], done
-    assert f"{dag_id}/{run_id} failed" in str(done["reason"])
-    assert owned(stack, dag_id, run_id) == []
+def test_dagrun_timeout_skips_the_teardown_and_the_run_end_deletes(stack: AirflowStack,
+                                                                  matrix: Results) -> None:
+    with matrix.case("8c", "ray", "dagrun_timeout while the job runs", GONE_BOUND) as row:
+        dag_id = "run_times_out"
+        run_id = stack.trigger(dag_id)
+        assert stack.wait_finished(dag_id, run_id) == "failed"
+        tis = stack.task_instances(dag_id, run_id)
+        assert tis["create"]["state"] == "success"
+        assert tis["delete"]["state"] == "skipped", json.dumps(tis, indent=1)
+        status, run = stack.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+        assert status == 200, run
+        names = created_names(stack, dag_id, run_id)
+        assert names
+        row["seconds"] = seconds_until_gone(stack, dag_id, run_id, names,
+                                            monotonic_at(when(run["end_date"])), GONE_BOUND)
+        row["outcome"] = "run failed, teardown skipped, run-end listener deleted"
 
 
 def test_the_triggerer_finds_a_kubernetes_connection_by_id(stack: AirflowStack,
