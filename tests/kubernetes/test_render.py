@@ -23,11 +23,13 @@ import yaml
 from ephemeral.backends.base import ClusterHandle, Endpoints, make_handle
 from ephemeral.backends.kubernetes.render import (
     EXPIRES_ANNOTATION,
+    Clients,
     HANDLE_ANNOTATION,
     Rendered,
     render,
     service_endpoints,
 )
+from ephemeral.backends.kubernetes.render.ray import auth_secret
 from ephemeral.cli.main import RENDER_CREATED, render_identity
 from ephemeral.errors import SpecError
 from ephemeral.specs import ResolvedSpec, resolve
@@ -197,6 +199,78 @@ def test_ray_cluster_shape() -> None:
         "cpu", 2, 1, 4)
 
 
+def test_ray_token_auth_is_on_and_the_token_never_in_the_manifest() -> None:
+    handle, out = rendered("ray/adhoc-cpu")
+    assert out.primary["spec"]["authOptions"] == {"mode": "token"}
+    assert auth_secret(out.primary) == handle.name  # KubeRay's Secret, named by the cluster
+    text = json.dumps(out.objects)
+    assert "RAY_AUTH_TOKEN" not in text  # KubeRay injects it from the Secret, by reference
+    assert "auth_token" not in text
+
+
+def test_kuberays_token_secret_name() -> None:
+    def cluster(name: str, **options: str) -> dict[str, Any]:
+        return {"metadata": {"name": name}, "spec": {"authOptions": {"mode": "token",
+                                                                     **options}}}
+
+    assert auth_secret(cluster("a" * 53)) == "a" * 50  # utils.CheckName keeps the last 50
+    assert auth_secret(cluster("x" * 3 + "9" + "b" * 49)) == "r" + "b" * 49
+    assert auth_secret(cluster("c", secretName="mine")) == "mine"
+    assert auth_secret({"metadata": {"name": "c"}, "spec": {}}) is None
+
+
+@pytest.mark.parametrize(("ref", "profile"), CASES, ids=IDS)
+def test_every_pod_runs_without_an_api_token_under_restricted(ref: str,
+                                                              profile: str | None) -> None:
+    _, out = rendered(ref, profile)
+    for obj in out.objects:
+        for template in pod_templates(obj):
+            pod = template["spec"]
+            assert pod["automountServiceAccountToken"] is False
+            assert pod["securityContext"] == {"runAsNonRoot": True,
+                                              "seccompProfile": {"type": "RuntimeDefault"}}
+            for c in pod["containers"]:
+                assert c["securityContext"] == {"allowPrivilegeEscalation": False,
+                                                "capabilities": {"drop": ["ALL"]}}
+
+
+@pytest.mark.parametrize(("ref", "profile"), CASES, ids=IDS)
+def test_every_cluster_admits_only_its_pods_and_the_clients(ref: str,
+                                                            profile: str | None) -> None:
+    handle, out = rendered(ref, profile)
+    policies = [o for o in out.objects if o["kind"] == "NetworkPolicy"]
+    main = by_name(policies, "NetworkPolicy", handle.name)
+    mine = {"matchLabels": {"ephemeral.dev/cluster": handle.name}}
+    assert main["spec"]["podSelector"] == mine
+    assert main["spec"]["policyTypes"] == ["Ingress"]
+    own, clients = main["spec"]["ingress"]
+    assert own == {"from": [{"podSelector": mine}]}
+    assert clients["from"] == [{"podSelector": {"matchLabels": {"ephemeral.dev/client": "true"}}}]
+    assert clients["ports"]  # only the API ports
+    # Every pod of the cluster is selected: the owner label is on every pod template.
+    for obj in out.objects:
+        for template in pod_templates(obj):
+            assert template["metadata"]["labels"]["ephemeral.dev/cluster"] == handle.name
+
+
+def test_network_policy_clients_are_configurable() -> None:
+    spec = resolve("ray/adhoc-cpu")
+    out = render(spec, handle_for(spec), clients=Clients(selector={"tier": "airflow"},
+                                                         cidrs=("10.0.0.0/8",)))
+    policy = out.objects[1]
+    assert policy["spec"]["ingress"][1] == {
+        "from": [{"podSelector": {"matchLabels": {"tier": "airflow"}}},
+                 {"ipBlock": {"cidr": "10.0.0.0/8"}}],
+        "ports": [{"protocol": "TCP", "port": p} for p in (8265, 6379, 10001)]}
+    assert validate_manifest(policy) == []
+
+
+def test_a_ray_too_old_for_token_auth_is_refused(tmp_path: Path) -> None:
+    spec = resolve(spec_file(tmp_path, RAY_MINIMAL.replace('"2.60.0"', '"2.51.1"')))
+    with pytest.raises(SpecError, match=r"rayVersion.*2\.51\.1 is older than 2\.52\.0"):
+        render(spec, handle_for(spec))
+
+
 def test_ray_endpoints_are_the_head_service_dns_names() -> None:
     handle, out = rendered("ray/adhoc-cpu")
     host = f"{handle.name}-head-svc.{NS}.svc.cluster.local"
@@ -291,7 +365,8 @@ def test_spark_objects_names_and_services() -> None:
     assert [(o["kind"], o["metadata"]["name"]) for o in out.objects] == [
         ("Deployment", f"{n}-master"), ("Service", f"{n}-master"),
         ("Deployment", f"{n}-worker"), ("Deployment", f"{n}-connect"),
-        ("Service", f"{n}-connect")]
+        ("Service", f"{n}-connect"), ("NetworkPolicy", n),
+        ("NetworkPolicy", f"{n}-spark-worker")]
     assert out.primary is by_name(out.objects, "Deployment", f"{n}-master")
     assert out.primary["spec"]["replicas"] == 1
     master_svc = by_name(out.objects, "Service", f"{n}-master")
@@ -367,8 +442,11 @@ connect: {enabled: false}
     handle = handle_for(spec)
     out = render(spec, handle)
     assert [o["metadata"]["name"] for o in out.objects] == [
-        f"{handle.name}-master", f"{handle.name}-master", f"{handle.name}-worker"]
+        f"{handle.name}-master", f"{handle.name}-master", f"{handle.name}-worker", handle.name,
+        f"{handle.name}-spark-worker"]
     assert out.endpoints.spark_connect is None
+    policy = by_name(out.objects, "NetworkPolicy", handle.name)
+    assert [p["port"] for p in policy["spec"]["ingress"][1]["ports"]] == [7077, 8080]
     assert service_endpoints(handle, "spark", spark_connect=False) == out.endpoints
 
 
@@ -404,8 +482,8 @@ def test_cli_render_prints_one_yaml_document_per_object() -> None:
     proc = cli("render", "ray/train-gpu", "--profile", "ci-cpu")
     assert proc.returncode == 0, proc.stderr
     docs = list(yaml.safe_load_all(proc.stdout))
-    assert [d["kind"] for d in docs] == ["RayCluster"]
-    assert not validate_manifest(docs[0])
+    assert [d["kind"] for d in docs] == ["RayCluster", "NetworkPolicy"]
+    assert all(validate_manifest(d) == [] for d in docs)
     assert "nvidia.com/gpu" not in proc.stdout
     assert proc.stdout.startswith("# ray/train-gpu@1 [ci-cpu]")
     # The same fixed owner as the snapshots: the output is the reviewed snapshot.

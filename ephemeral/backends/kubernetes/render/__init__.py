@@ -4,7 +4,8 @@ No I/O and no ``kubernetes`` import: the backend sends these dicts to the API se
 ``ephemeral render`` command prints them for review, and tests validate them offline.
 
 Every top-level object carries the handle's labels (the owner labels, also on pod templates),
-its annotations and ``ephemeral.dev/expires-at``. The primary object (the RayCluster; for Spark
+its annotations and ``ephemeral.dev/expires-at``; every cluster gets NetworkPolicies that admit
+only its own pods and the ``Clients`` (``render.network``). The primary object (the RayCluster; for Spark
 the master Deployment) also carries ``HANDLE_ANNOTATION``: the handle as JSON, with the
 endpoints replaced by the rendered ones, so the handle can be rebuilt from a listed object.
 """
@@ -20,6 +21,7 @@ from ephemeral.backends.kubernetes.render.common import (
     NAME_MAX,
     Rendered,
 )
+from ephemeral.backends.kubernetes.render.network import Clients
 from ephemeral.specs.resolve import ResolvedSpec
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "EXPIRES_ANNOTATION",
     "HANDLE_ANNOTATION",
     "NAME_MAX",
+    "Clients",
     "Rendered",
     "render",
     "service_endpoints",
@@ -34,12 +37,15 @@ __all__ = [
 
 
 def render(spec: ResolvedSpec, handle: ClusterHandle, *,
-           cluster_domain: str = "cluster.local") -> Rendered:
-    """The objects that make the cluster ``handle`` from ``spec``; raises SpecError when the
-    spec cannot be expressed on Kubernetes (a name too long, a ``fromEnv`` variable)."""
+           cluster_domain: str = "cluster.local", clients: Clients | None = None) -> Rendered:
+    """The objects that make the cluster ``handle`` from ``spec``, admitting ``clients`` (by
+    default pods labelled ``ephemeral.dev/client=true``); raises SpecError when the spec cannot
+    be expressed on Kubernetes (a name too long, a ``fromEnv`` variable, a Ray too old for
+    token authentication)."""
+    clients = clients or Clients()
     if spec.engine == "ray":
-        return ray.render_ray(spec, handle, cluster_domain)
-    return spark.render_spark(spec, handle, cluster_domain)
+        return ray.render_ray(spec, handle, cluster_domain, clients)
+    return spark.render_spark(spec, handle, cluster_domain, clients)
 
 
 def service_endpoints(handle: ClusterHandle, engine: str, *,

@@ -50,6 +50,16 @@ def check_name(spec: ResolvedSpec, name: str) -> None:
                                        "letter and ending with a letter or digit)")])
 
 
+def check_version(spec: ResolvedSpec, field: str, version: str, least: tuple[int, ...],
+                  needs: str) -> None:
+    """Refuse an engine version older than ``least``, which ``needs`` names the reason for."""
+    have = tuple(int(p) for p in re.findall(r"\d+", version)[:len(least)])
+    if have < least:
+        wanted = ".".join(map(str, least))
+        raise SpecError(spec.source, [(field, f"{version} is older than {wanted}, which "
+                                       f"{needs} needs on Kubernetes; use {wanted} or newer")])
+
+
 def namespace_of(handle: ClusterHandle) -> str:
     if not handle.namespace:
         raise ValueError(f"handle of {handle.name!r} has no namespace; the Kubernetes backend "
@@ -131,6 +141,20 @@ def env_vars(spec: ResolvedSpec, variables: list[EnvVar], path: str) -> list[Man
         else:
             out.append({"name": var.name, "value": var.value})
     return out
+
+
+def pod_security() -> Manifest:
+    """A pod's part of what the ``restricted`` Pod Security Standard asks, so clusters run in a
+    namespace that enforces it (compose/k8s/namespace.yaml). The engines' images run as
+    numeric non-root users (rayproject/ray 1000, apache/spark 185), which ``runAsNonRoot``
+    needs to verify."""
+    return {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def container_security() -> Manifest:
+    """A container's part of ``restricted`` (KubeRay copies the Ray container's to the init
+    container it adds)."""
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 
 POD_IP_ENV: Manifest = {"name": "POD_IP",

@@ -5,7 +5,8 @@ Objects, in creation order (all named after the cluster, all with the owner labe
 - ``<name>-master`` Deployment (the primary: it carries the handle) and Service (7077, 8080);
 - ``<name>-worker`` Deployment: workers are interchangeable and register with the master by
   their pod IP, so they need neither stable names nor the ordered start of a StatefulSet;
-- ``<name>-connect`` Deployment and Service (15002) when Spark Connect is enabled.
+- ``<name>-connect`` Deployment and Service (15002) when Spark Connect is enabled;
+- NetworkPolicies ``<name>`` and ``<name>-spark-worker`` (``render.network``).
 
 The master and the workers advertise their pod IP: a Deployment's pod names do not resolve in
 cluster DNS, and executors and drivers must reach them. The spec's ``conf`` goes to the Connect
@@ -21,14 +22,17 @@ from ephemeral.backends.kubernetes.render.common import (
     Manifest,
     Rendered,
     check_name,
+    container_security,
     metadata,
     namespace_of,
     placement,
     pod_labels,
+    pod_security,
     resources,
     selector_labels,
     service_host,
 )
+from ephemeral.backends.kubernetes.render.network import Clients, policies
 from ephemeral.specs.models import Placement, SparkSpec
 from ephemeral.specs.quantities import memory_bytes
 from ephemeral.specs.resolve import ResolvedSpec
@@ -89,6 +93,7 @@ def _deployment(handle: ClusterHandle, name: str, component: str, replicas: int,
         # Service called spark-master there would set SPARK_MASTER_PORT and break the master.
         "enableServiceLinks": False,
         "automountServiceAccountToken": False,  # no process of the cluster calls the API
+        "securityContext": pod_security(),
         **placement(place),
     }
     spec: Manifest = {
@@ -128,6 +133,7 @@ def _container(s: SparkSpec, name: str, command: list[str], env: dict[str, str],
         "ports": ports,
         "resources": resources(cpu, memory, gpus, s.workers.gpu_resource),
         "readinessProbe": probe,
+        "securityContext": container_security(),
         "volumeMounts": [{"name": "scratch", "mountPath": SCRATCH}],
     }
 
@@ -213,7 +219,8 @@ def _connect(s: SparkSpec, handle: ClusterHandle, master_url: str) -> Manifest:
                        recreate=True)
 
 
-def render_spark(spec: ResolvedSpec, handle: ClusterHandle, cluster_domain: str) -> Rendered:
+def render_spark(spec: ResolvedSpec, handle: ClusterHandle, cluster_domain: str,
+                 clients: Clients) -> Rendered:
     s = spec.spec
     if not isinstance(s, SparkSpec):
         raise TypeError(f"{spec.ref} is not a Spark spec")
@@ -233,4 +240,6 @@ def render_spark(spec: ResolvedSpec, handle: ClusterHandle, cluster_domain: str)
         objects += [_connect(s, handle, eps.spark_master),
                     _service(handle, connect_service(handle.name), "spark-connect",
                              [("grpc", CONNECT_PORT)])]
+    api_ports = [MASTER_PORT, MASTER_UI_PORT] + ([CONNECT_PORT] if with_connect else [])
+    objects += policies(handle, api_ports, clients, open_to_clients="spark-worker")
     return Rendered(objects=objects, primary=master, endpoints=eps)
