@@ -9,10 +9,7 @@ the run even stays "running": the hook name, not ``dag_run.state``, says the run
 A teardown that ran leaves nothing, but some paths never run one: a setup marked failed in the
 instant it defers, a failed setup without retry, a timed-out run. Those clusters would wait for
 the reaper (minutes). Here the listener hands the run to a detached process,
-``python -m ephemeral.airflow.listener``, which deletes every cluster the run owns and then keeps
-looking for a short while: a setup task marked failed is killed only at its next heartbeat and
-may still create its cluster after the run ended. It stops early when the run is cleared again
-(its ``clear_number`` grew): the new try's clusters belong to a live run.
+``python -m ephemeral.airflow.run_end`` (see there), which deletes every cluster the run owns.
 
 The scheduler's loop is never blocked by a deletion and nothing here raises into Airflow. A run
 that succeeded leaves nothing owned on the local backend, so that case costs a directory
@@ -25,19 +22,16 @@ backend or connection are left to their teardown and the reaper.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from airflow.listeners import hookimpl
 
-if TYPE_CHECKING:
-    from ephemeral.backends import ClusterBackend, OwnerSelector
+from ephemeral.airflow.run_end import configured_backend, run_selector
 
 log = logging.getLogger(__name__)
 
@@ -45,24 +39,7 @@ log = logging.getLogger(__name__)
 # dies at its next heartbeat, a few seconds after the run was marked.
 LINGER_ENV = "EPHEMERAL_RUN_END_LINGER"
 DEFAULT_LINGER = 30.0
-POLL = 2.0
 LOG_NAME = "run-end.log"
-
-
-def run_selector(dag_id: str, run_id: str) -> OwnerSelector:
-    """Every cluster of one DAG run, whatever task, map index or spec made it."""
-    from ephemeral.backends import OwnerSelector
-    from ephemeral.specs.identity import PREFIX, label_value
-
-    return OwnerSelector(labels={PREFIX + "dag-id": label_value(dag_id),
-                                 PREFIX + "run-id": label_value(run_id)})
-
-
-def configured_backend() -> ClusterBackend:
-    """The deployment's backend, as a task with no ``backend`` argument gets it."""
-    from ephemeral.airflow.backends import task_backend
-
-    return task_backend(None, os.environ.get("EPHEMERAL_KUBERNETES_CONN_ID") or None)
 
 
 def _is_local() -> bool:
@@ -113,91 +90,14 @@ def log_path() -> Path:
 
 def spawn(dag_id: str, run_id: str, clear_number: int, *, linger: float, why: str = ""
           ) -> None:
-    """``python -m ephemeral.airflow.listener`` in its own session, detached from the caller."""
+    """``python -m ephemeral.airflow.run_end`` in its own session, detached from the caller."""
     path = log_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "ab") as out:  # the child keeps its own descriptor
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ephemeral.airflow.listener", "--dag-id", dag_id,
+            [sys.executable, "-m", "ephemeral.airflow.run_end", "--dag-id", dag_id,
              "--run-id", run_id, "--clear-number", str(clear_number), "--linger", str(linger)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True)
     log.info("ephemeral: run %s/%s ended (%s): deleting its clusters in process %d (log %s)",
              dag_id, run_id, why or "no reason given", proc.pid, path)
-
-
-# -- the deleting process --------------------------------------------------------------------
-
-def cleared_since(dag_id: str, run_id: str, clear_number: int) -> bool:
-    """Whether the run was cleared (re-run) after it ended; False when that cannot be told."""
-    try:
-        from airflow.models.dagrun import DagRun
-        from airflow.utils.session import create_session
-        from sqlalchemy import select
-
-        with create_session() as session:
-            now = session.scalar(select(DagRun.clear_number).where(
-                DagRun.dag_id == dag_id, DagRun.run_id == run_id))
-    except Exception as err:  # noqa: BLE001 (no metadata database: deleting is the safe side)
-        log.warning("cannot read the clear number of %s/%s (%s); going on", dag_id, run_id,
-                    str(err).splitlines()[0] if str(err) else type(err).__name__)
-        return False
-    return now is not None and int(now) > clear_number
-
-
-def delete_run_clusters(dag_id: str, run_id: str, *, clear_number: int = 0,
-                        linger: float = 0.0, backend: ClusterBackend | None = None) -> list[str]:
-    """Delete every cluster of the run now, then again each time one appears until ``linger``
-    seconds have passed. Returns the names deleted."""
-    backend = backend or configured_backend()
-    selector = run_selector(dag_id, run_id)
-    deadline = time.monotonic() + linger
-    deleted: list[str] = []
-    while True:
-        if linger and cleared_since(dag_id, run_id, clear_number):
-            log.info("%s/%s was cleared again: its clusters are a new try's, left alone",
-                     dag_id, run_id)
-            break
-        for handle in backend.list_owned(selector):
-            started = time.monotonic()
-            try:
-                backend.delete(handle, wait=True)
-            except Exception:  # the next pass, the teardown or the reaper tries again
-                log.exception("deleting %s of %s/%s failed", handle.name, dag_id, run_id)
-                continue
-            deleted.append(handle.name)
-            log.info("deleted %s of ended run %s/%s in %.1fs", handle.name, dag_id, run_id,
-                     time.monotonic() - started)
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(POLL)
-    return deleted
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ephemeral.airflow.listener",
-        description="Delete every cluster of an ended DAG run (started by the run-end listener).")
-    parser.add_argument("--dag-id", required=True)
-    parser.add_argument("--run-id", required=True)
-    parser.add_argument("--clear-number", type=int, default=0,
-                        help="the run's clear_number when it ended: stop if it grows")
-    parser.add_argument("--linger", type=float, default=0.0,
-                        help="seconds to keep deleting clusters that appear after the end")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format=f"%(asctime)s [{os.getpid()}] %(levelname)s %(message)s")
-    try:
-        names = delete_run_clusters(args.dag_id, args.run_id, clear_number=args.clear_number,
-                                    linger=args.linger)
-    except Exception:
-        log.exception("cleanup of %s/%s failed; the reaper is the last line",
-                      args.dag_id, args.run_id)
-        return 1
-    log.info("run %s/%s ended: %d cluster(s) deleted%s", args.dag_id, args.run_id, len(names),
-             f" ({', '.join(names)})" if names else "")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
