@@ -10,9 +10,16 @@ import pytest
 
 from ephemeral.backends.kubernetes import KubeConfig, KubernetesBackend
 from tests.kubernetes.apiserver import ApiServer, Operator, WebEndpoints
-from tests.kubernetes.manifest_validation import validate_manifest
+from tests.kubernetes.manifest_validation import validate_manifest, warm_up
 
 NAMESPACE = "ephemeral-test"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _schemas_loaded() -> None:
+    """Parse the (large) CRD schema once, before any API mock serves a request: on a loaded
+    machine the first create would otherwise pay for it within the client's read timeout."""
+    warm_up()
 
 
 @pytest.fixture
@@ -36,7 +43,7 @@ def operator(apiserver: ApiServer) -> Iterator[Operator]:
 
 @pytest.fixture
 def web(apiserver: ApiServer) -> Iterator[WebEndpoints]:
-    endpoints = WebEndpoints(apiserver.store).start()
+    endpoints = WebEndpoints(apiserver.store, apiserver.dashboards).start()
     try:
         yield endpoints
     finally:

@@ -57,6 +57,12 @@ def validate_manifest(obj: dict[str, Any]) -> list[str]:
     return problems
 
 
+def warm_up() -> None:
+    """Load every schema now (the KubeRay CRD takes seconds to parse), not in a request."""
+    for (api_version, _), path in CRDS.items():
+        crd_schema(path, api_version.split("/")[-1])
+
+
 def _core_problems(obj: dict[str, Any]) -> list[str]:
     try:
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)

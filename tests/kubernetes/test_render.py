@@ -23,8 +23,8 @@ import yaml
 from ephemeral.backends.base import ClusterHandle, Endpoints, make_handle
 from ephemeral.backends.kubernetes.render import (
     EXPIRES_ANNOTATION,
-    Clients,
     HANDLE_ANNOTATION,
+    Clients,
     Rendered,
     render,
     service_endpoints,

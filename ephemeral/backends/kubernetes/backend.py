@@ -5,6 +5,11 @@ existing one (409), which is adopted when its ``ephemeral.dev/spec-hash`` label 
 object carries the owner labels, so delete and list_owned work from labels alone, after any
 crash, without XCom.
 
+Every cluster also gets NetworkPolicies (only its own pods and the configured clients reach its
+API ports), and a RayCluster token authentication: ``access`` gives the URLs and headers that
+reach its HTTP APIs from this process (``access.ClusterAccess``: Service DNS, an ingress, or
+the API server's service proxy when Airflow runs outside the cluster).
+
 ``delete(wait=True)`` and ``wait_ready`` watch instead of polling where they can (a Role without
 the ``watch`` verb, or a server without it, makes them poll as before).
 
@@ -25,17 +30,21 @@ from typing import Any
 from pydantic import ValidationError
 
 from ephemeral.backends.base import (
+    Access,
     ClusterBackend,
     ClusterHandle,
     ClusterStatus,
     Endpoints,
     OwnerSelector,
     Phase,
+    check_adoptable,
     make_handle,
 )
 from ephemeral.backends.kubernetes import probe as probes
+from ephemeral.backends.kubernetes.access import ClusterAccess
 from ephemeral.backends.kubernetes.client import (
     DEPLOYMENT,
+    NETWORKPOLICY,
     POD,
     RAYCLUSTER,
     SERVICE,
@@ -52,11 +61,11 @@ from ephemeral.backends.kubernetes.config import KubeConfig
 from ephemeral.backends.kubernetes.render import (
     COMPONENT_LABEL,
     HANDLE_ANNOTATION,
+    Clients,
+    Rendered,
     render,
     service_endpoints,
 )
-from ephemeral.backends.kubernetes.render.ray import head_service
-from ephemeral.backends.kubernetes.render.spark import master_service
 from ephemeral.errors import (
     BackendUnavailable,
     ClusterFailed,
@@ -71,7 +80,7 @@ from ephemeral.specs.resolve import ResolvedSpec
 log = logging.getLogger(__name__)
 
 # Deleted in this order: the primary first, so nothing recreates what is being removed.
-OWNED_KINDS: tuple[Kind, ...] = (RAYCLUSTER, DEPLOYMENT, SERVICE)
+OWNED_KINDS: tuple[Kind, ...] = (RAYCLUSTER, DEPLOYMENT, SERVICE, NETWORKPOLICY)
 SPEC_HASH = PREFIX + "spec-hash"
 SPARK_MASTER = "spark-master"
 RESYNC_POLLS, RESYNC_MIN = 5, 1.0
@@ -101,7 +110,7 @@ class KubernetesBackend(ClusterBackend):
     def create(self, spec: ResolvedSpec, *, identity: ClusterIdentity) -> ClusterHandle:
         base = make_handle(spec, identity, backend=self.name, endpoints=Endpoints(),
                            namespace=self.config.namespace)
-        rendered = render(spec, base, cluster_domain=self.config.cluster_domain)
+        rendered = self._render(spec, base)
         handle = self._view(base.model_copy(update={"endpoints": rendered.endpoints}))
         created: list[dict[str, Any]] = []
         owner: dict[str, Any] | None = None
@@ -112,7 +121,7 @@ class KubernetesBackend(ClusterBackend):
                     made = self.client.create(body)
                 except AlreadyExists:
                     if obj is rendered.primary:
-                        return self._adopt(spec, rendered.primary)
+                        return self._adopt(spec, rendered.primary, identity)
                     assert owner is not None
                     if self._is_part_of(obj, owner):
                         # A concurrent create (a retry while this one still runs) adopted our
@@ -130,7 +139,8 @@ class KubernetesBackend(ClusterBackend):
             raise
         return handle
 
-    def _adopt(self, spec: ResolvedSpec, primary: dict[str, Any]) -> ClusterHandle:
+    def _adopt(self, spec: ResolvedSpec, primary: dict[str, Any],
+               identity: ClusterIdentity) -> ClusterHandle:
         """The cluster exists: the same spec is adopted (missing parts are made), another is
         refused."""
         kind, name = kind_of(primary), name_of(primary)
@@ -145,8 +155,9 @@ class KubernetesBackend(ClusterBackend):
         if stored is None:
             raise IdentityConflict(f"{kind.kind} {name!r} exists but was not made by ephemeral "
                                    f"(no {HANDLE_ANNOTATION} annotation)")
+        check_adoptable(stored, spec.ref, spec.hash, identity)
         # A crash part-way through an earlier create may have left secondary objects missing.
-        again = render(spec, stored, cluster_domain=self.config.cluster_domain)
+        again = self._render(spec, stored)
         for obj in again.objects:
             if obj is not again.primary:
                 try:
@@ -154,6 +165,11 @@ class KubernetesBackend(ClusterBackend):
                 except AlreadyExists:
                     pass
         return self._view(stored)
+
+    def _render(self, spec: ResolvedSpec, handle: ClusterHandle) -> Rendered:
+        clients = Clients(selector=dict(self.config.client_selector),
+                          cidrs=tuple(self.config.client_cidrs))
+        return render(spec, handle, cluster_domain=self.config.cluster_domain, clients=clients)
 
     def _is_part_of(self, obj: dict[str, Any], owner: dict[str, Any]) -> bool:
         """Whether the existing object named like ``obj`` belongs to the created ``owner``."""
@@ -173,14 +189,22 @@ class KubernetesBackend(ClusterBackend):
 
     # -- readiness -----------------------------------------------------------------------------
 
+    def probe(self, handle: ClusterHandle) -> ClusterStatus:
+        client = self._client(handle)
+        return probes.probe(client, handle, http=self._http(client, handle))
+
+    def diagnose(self, handle: ClusterHandle) -> str:
+        return probes.diagnose(self._client(handle), self._view(handle))
+
     def wait_ready(self, handle: ClusterHandle, *, timeout: float) -> ClusterStatus:
         client = self._client(handle)
         handle = self._view(handle)
+        http = self._http(client, handle)
         if timeout <= 0:  # one probe: Airflow's trigger loops over it
-            return probes.probe(client, handle, http_check=self.config.http_check)
+            return probes.probe(client, handle, http=http)
         deadline = time.monotonic() + timeout
         try:
-            status = self._await_api_ready(client, handle, deadline)
+            status = self._await_api_ready(client, handle, http, deadline)
             if status is not None and status.ready:
                 return status
         except (Forbidden, WatchUnsupported) as exc:
@@ -189,7 +213,7 @@ class KubernetesBackend(ClusterBackend):
             log.info("cannot watch cluster %s (%s); polling instead", handle.name, exc)
         # The HTTP endpoints (and a timeout's diagnosis) are polled.
         while True:
-            status = probes.probe(client, handle, http_check=self.config.http_check)
+            status = probes.probe(client, handle, http=http)
             if status.phase is Phase.READY or timeout <= 0:
                 return status
             if status.phase in (Phase.GONE, Phase.DELETING):
@@ -203,7 +227,7 @@ class KubernetesBackend(ClusterBackend):
             time.sleep(min(self.config.poll_interval, left))
 
     def _await_api_ready(self, client: KubeClient, handle: ClusterHandle,
-                         deadline: float) -> ClusterStatus | None:
+                         http: ClusterAccess | None, deadline: float) -> ClusterStatus | None:
         """Probe whenever the primary objects change, until the API side is ready (or the
         cluster is gone, or the deadline): the status changes come without polling. The probe
         follows the watch's list, so no change between the two is missed."""
@@ -217,7 +241,7 @@ class KubernetesBackend(ClusterBackend):
                                          timeout=min(left, resync)):
                 synced = synced or type_ == "BOOKMARK"
                 if synced:  # the initial ADDED events are the state the first probe reads
-                    status = probes.probe(client, handle, http_check=self.config.http_check)
+                    status = probes.probe(client, handle, http=http)
                     if not probes.waits_on_api(status):
                         return status
         return status
@@ -233,18 +257,23 @@ class KubernetesBackend(ClusterBackend):
         return self._view(handle).endpoints
 
     def _view(self, handle: ClusterHandle) -> ClusterHandle:
-        """The handle with endpoints as this configuration reaches them."""
-        if self.config.endpoint_mode != "ingress":
+        """The handle with its HTTP endpoints as a person's browser reaches them from here
+        (the extra links): Service DNS, the ingress, or the API server's proxy. No
+        credentials: ``access`` adds those, for this process only."""
+        http = ClusterAccess(self.config, self._client(handle), handle)
+        if http.mode == "dns":
             return handle
-        ep = handle.endpoints
-        update: dict[str, str] = {}
-        if ep.dashboard:
-            update["dashboard"] = self.config.ingress_url(
-                cluster=handle.name, service=head_service(handle.name), port="dashboard")
-        if ep.spark_ui:
-            update["spark_ui"] = self.config.ingress_url(
-                cluster=handle.name, service=master_service(handle.name), port="spark-ui")
-        return handle.model_copy(update={"endpoints": ep.model_copy(update=update)})
+        return handle.model_copy(update={"endpoints": http.links(handle.endpoints)})
+
+    def _http(self, client: KubeClient, handle: ClusterHandle) -> ClusterAccess | None:
+        """How the probe reaches the cluster's HTTP endpoint (None: ``http_check`` is off)."""
+        return ClusterAccess(self.config, client, handle) if self.config.http_check else None
+
+    def access(self, handle: ClusterHandle) -> Access:
+        """The URLs of the cluster's HTTP APIs as this process reaches them, and the headers
+        that authenticate: Ray's token (read now from the cluster's Secret) and, through the
+        API server's proxy, this process's Kubernetes bearer token. Never stored anywhere."""
+        return ClusterAccess(self.config, self._client(handle), handle).access()
 
     # -- delete --------------------------------------------------------------------------------
 
@@ -318,7 +347,8 @@ class KubernetesBackend(ClusterBackend):
 
     def list_owned(self, selector: OwnerSelector | None = None) -> list[ClusterHandle]:
         wanted = [f"{PREFIX}cluster", f"{PREFIX}backend={self.name}"]
-        if selector and selector.labels:
+        selector = selector or OwnerSelector()
+        if selector.labels:
             wanted.append(selector.as_label_selector())
         labels = ",".join(wanted)
         primaries: list[dict[str, Any]] = []

@@ -54,7 +54,12 @@ SERVICE = Kind("", "v1", "services", "Service")
 CONFIGMAP = Kind("", "v1", "configmaps", "ConfigMap")
 POD = Kind("", "v1", "pods", "Pod")
 EVENT = Kind("", "v1", "events", "Event")
-KINDS = (RAYCLUSTER, DEPLOYMENT, STATEFULSET, SERVICE, CONFIGMAP, POD, EVENT)
+SECRET = Kind("", "v1", "secrets", "Secret")
+NETWORKPOLICY = Kind("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")
+SERVICE_PROXY = Kind("", "v1", "services/proxy", "Service")
+"""The service proxy subresource, as RBAC names it (``get`` for GET, ``create`` for POST)."""
+KINDS = (RAYCLUSTER, DEPLOYMENT, STATEFULSET, SERVICE, CONFIGMAP, POD, EVENT, SECRET,
+         NETWORKPOLICY)
 _BY_TYPE = {(k.api_version, k.kind): k for k in KINDS}
 
 
@@ -143,7 +148,7 @@ def _translate(exc: Any, op: _Op) -> Exception:
             f"forbidden: the Kubernetes identity in use cannot {op.verb} {op.kind.resource} in "
             f"namespace {op.namespace!r}; grant verb {op.verb!r} on resource "
             f"{op.kind.plural!r} of API group {op.kind.group!r} (a Role bound to the Airflow "
-            f"service account). Server said: {message}",
+            f"service account, as in compose/k8s/rbac.yaml). Server said: {message}",
             verb=op.verb, resource=op.kind.resource, namespace=op.namespace)
     if code == 401:
         return BackendUnavailable(f"unauthorized: the API server rejected the credentials "
@@ -373,6 +378,43 @@ class KubeClient:
                 raise
         return True
 
+    # -- the service proxy and the credentials behind it -----------------------------------------
+
+    @property
+    def server(self) -> str:
+        """The API server's URL, as the credentials name it."""
+        return str(self.api.configuration.host).rstrip("/")
+
+    def proxy_path(self, service: str, port: str) -> str:
+        """Where the API server proxies to ``service``'s ``port`` (a name or a number)."""
+        return f"/api/v1/namespaces/{self.namespace}/services/{service}:{port}/proxy"
+
+    def bearer(self) -> str | None:
+        """The ``Authorization`` value this client sends (``Bearer <token>``), refreshed as the
+        client refreshes it (in-cluster tokens rotate); None for client certificates."""
+        settings = self.api.configuration.auth_settings().get("BearerToken") or {}
+        value = settings.get("value")
+        return str(value) if value else None
+
+    def proxy_get(self, service: str, port: str, path: str, *,
+                  headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        """GET ``path`` of a Service through the API server, with this client's credentials
+        (a token, a client certificate, an exec plugin alike): the status and the body of what
+        the Service answered, whatever the status. The API server's own refusals (RBAC, bad
+        credentials) raise."""
+        from kubernetes.client.exceptions import ApiException
+
+        with _errors(_Op("get", SERVICE_PROXY, self.namespace, f"{service}:{port}")):
+            request = self.api.param_serialize(
+                method="GET", resource_path=f"{self.proxy_path(service, port)}/"
+                f"{path.lstrip('/')}", header_params=dict(headers or {}),
+                auth_settings=["BearerToken"])
+            response = self.api.call_api(*request, _request_timeout=self._timeout)
+            data = response.read() or b""
+            if response.status in (401, 403) and _is_status(data):
+                raise ApiException.from_response(http_resp=response, body=None, data=None)
+            return int(response.status), bytes(data)
+
     # -- plumbing ------------------------------------------------------------------------------
 
     def _core_watch(self, kind: Kind) -> Any:
@@ -427,6 +469,15 @@ class KubeClient:
         if not 200 <= response.status <= 299:
             raise ApiException.from_response(http_resp=response, body=None, data=None)
         return dict(json.loads(response.data or b"{}"))
+
+
+def _is_status(data: bytes) -> bool:
+    """Whether a body is the API server's own ``Status`` (not the proxied service's answer)."""
+    try:
+        body = json.loads(data or b"{}")
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("kind") == "Status"
 
 
 class _Expired(Exception):

@@ -9,15 +9,33 @@ The kubeconfig *content* is a credential: it is a ``SecretStr``, left out of ``r
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
+from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ephemeral.errors import BackendUnavailable
 
-EndpointMode = Literal["service-dns", "ingress"]
+EndpointMode = Literal["auto", "dns", "proxy", "ingress"]
+ResolvedMode = Literal["dns", "proxy", "ingress"]
+CLIENT_LABEL = "ephemeral.dev/client"
+"""The default selector of the pods a cluster's NetworkPolicy admits (the Airflow workers and
+triggerers): label them ``ephemeral.dev/client=true``, or configure ``client_selector``."""
+_LABEL = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -38,13 +56,29 @@ class KubeConfig(BaseModel):
     context: str | None = None
     namespace: str = "default"
     cluster_domain: str = "cluster.local"
-    endpoint_mode: EndpointMode = "service-dns"
-    """``service-dns``: in-cluster Service DNS names (Airflow runs in the same cluster).
-    ``ingress``: the HTTP endpoints (Ray dashboard, Spark master UI) become
-    ``ingress_url_template`` formatted with ``cluster``, ``namespace``, ``service``, ``port``
-    (a port name: ``dashboard`` or ``spark-ui``); the platform routes those URLs to the Services.
-    Non-HTTP endpoints (GCS, Ray client, Spark master and Connect) stay Service DNS names."""
+    endpoint_mode: EndpointMode = "auto"
+    """How this process reaches the clusters' HTTP endpoints (Ray dashboard and Jobs API, Spark
+    master UI). ``dns``: in-cluster Service DNS names (Airflow runs in the same cluster; the
+    older spelling ``service-dns`` is accepted). ``proxy``: the API server's service proxy
+    (``/api/v1/namespaces/<ns>/services/<svc>:<port>/proxy``), with this config's credentials,
+    so anything that reaches the API server reaches them. ``ingress``: ``ingress_url_template``
+    formatted with ``cluster``, ``namespace``, ``service``, ``port`` (a port name:
+    ``dashboard`` or ``spark-ui``); the platform routes those URLs to the Services. ``auto``
+    (the default): ``dns`` inside a pod (``in_cluster``, or ``KUBERNETES_SERVICE_HOST`` set),
+    else ``proxy``. Non-HTTP endpoints (GCS, Ray client, Spark master and Connect) are always
+    Service DNS names: they cannot go through the proxy (docs/kubernetes.md)."""
     ingress_url_template: str | None = None
+    proxy_link_base: str | None = None
+    """In ``proxy`` mode, the base of the extra links' URLs (what a browser opens), e.g.
+    ``http://127.0.0.1:8001`` for ``kubectl proxy``; default the API server's own URL (a browser
+    must then be authenticated to it). API calls always go to the API server."""
+    client_selector: dict[str, str] = Field(default_factory=lambda: {CLIENT_LABEL: "true"})
+    """Labels of the pods (besides the cluster's own) that each cluster's NetworkPolicy admits
+    to the dashboard, GCS, client, Spark master and Connect ports: the Airflow workers and
+    triggerers. ``k=v,k2=v2`` in the environment."""
+    client_cidrs: list[str] = []
+    """Address ranges admitted like ``client_selector`` pods: Airflow outside the cluster, and
+    in ``proxy`` mode the API server's own address (it connects to the pods itself)."""
     http_check: bool = True
     """Whether readiness also needs the Ray dashboard / Spark master UI to answer over HTTP."""
     verify_ssl: bool = True
@@ -53,6 +87,39 @@ class KubeConfig(BaseModel):
     delete_timeout: float = Field(default=300.0, ge=0)
     """How long ``delete(wait=True)`` waits for objects and pods (KubeRay GCS-FT finalizers may
     take 300 s to be force-removed)."""
+
+    @field_validator("endpoint_mode", mode="before")
+    @classmethod
+    def _old_spelling(cls, value: object) -> object:
+        return "dns" if value == "service-dns" else value
+
+    @field_validator("client_selector", mode="before")
+    @classmethod
+    def _selector(cls, value: object) -> object:
+        labels = parse_labels(value) if isinstance(value, str) else value
+        if isinstance(labels, Mapping):
+            bad = [f"{k}={v}" for k, v in labels.items()
+                   if not (isinstance(k, str) and _LABEL.match(k) and isinstance(v, str)
+                           and _VALUE.match(v))]
+            if bad:
+                raise ValueError(f"not label key=value pairs: {', '.join(bad)}")
+            if not labels:
+                raise ValueError("empty: give at least one label, e.g. ephemeral.dev/client=true")
+        return labels
+
+    @field_validator("client_cidrs", mode="before")
+    @classmethod
+    def _cidrs(cls, value: object) -> object:
+        items = [c.strip() for c in value.split(",") if c.strip()] if isinstance(value, str) \
+            else value
+        if isinstance(items, list):
+            for item in items:
+                try:
+                    ipaddress.ip_network(str(item), strict=True)
+                except ValueError as exc:
+                    raise ValueError(f"{item!r} is not a CIDR such as 10.0.0.0/8 ({exc})") \
+                        from None
+        return items
 
     @model_validator(mode="after")
     def _one_credential_source(self) -> KubeConfig:
@@ -77,9 +144,13 @@ class KubeConfig(BaseModel):
             "namespace": env.get("EPHEMERAL_K8S_NAMESPACE") or "default",
             "cluster_domain": env.get("EPHEMERAL_K8S_CLUSTER_DOMAIN") or "cluster.local",
             "ingress_url_template": env.get("EPHEMERAL_K8S_INGRESS_URL_TEMPLATE") or None,
+            "proxy_link_base": env.get("EPHEMERAL_K8S_PROXY_LINK_BASE") or None,
         }
-        if env.get("EPHEMERAL_K8S_ENDPOINT_MODE"):
-            fields["endpoint_mode"] = env["EPHEMERAL_K8S_ENDPOINT_MODE"]
+        for key, name in (("endpoint_mode", "EPHEMERAL_K8S_ENDPOINT_MODE"),
+                          ("client_selector", "EPHEMERAL_K8S_CLIENT_SELECTOR"),
+                          ("client_cidrs", "EPHEMERAL_K8S_CLIENT_CIDRS")):
+            if env.get(name):
+                fields[key] = env[name]
         for key, name in (("in_cluster", "EPHEMERAL_K8S_IN_CLUSTER"),
                           ("http_check", "EPHEMERAL_K8S_HTTP_CHECK"),
                           ("verify_ssl", "EPHEMERAL_K8S_VERIFY_SSL")):
@@ -126,6 +197,16 @@ class KubeConfig(BaseModel):
             raise BackendUnavailable(f"invalid Kubernetes settings from {source}: {problems}") \
                 from None
 
+    def resolved_endpoint_mode(self, environ: Mapping[str, str] | None = None) -> ResolvedMode:
+        """``endpoint_mode`` with ``auto`` decided for this process: a pod (the in-cluster
+        credentials, or Kubernetes' own ``KUBERNETES_SERVICE_HOST``) resolves Service DNS names;
+        anything else reaches the clusters through the API server. Decided where it is used, so
+        a config serialized into a trigger decides again in the triggerer."""
+        if self.endpoint_mode != "auto":
+            return self.endpoint_mode
+        env = os.environ if environ is None else environ
+        return "dns" if self.in_cluster or env.get("KUBERNETES_SERVICE_HOST") else "proxy"
+
     def ingress_url(self, *, cluster: str, service: str, port: str) -> str:
         assert self.ingress_url_template is not None
         return self.ingress_url_template.format(cluster=cluster, namespace=self.namespace,
@@ -141,3 +222,16 @@ def _flag(name: str, value: object) -> bool:
     if text in _FALSE:
         return False
     raise BackendUnavailable(f"{name}: expected true or false, got {value!r}")
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """``k=v,k2=v2`` as a dict (what ``kubectl --selector`` takes, equality only)."""
+    out: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"{part!r} is not key=value")
+        out[key.strip()] = value.strip()
+    return out

@@ -2,10 +2,13 @@
 does Airflow's deferred trigger (through ``backend.wait_ready(handle, timeout=0)``).
 
 Ray: the RayCluster's ``status.state == "ready"`` (or conditions HeadPodReady and
-RayClusterProvisioned both True), then the dashboard answers ``GET /api/version``. KubeRay
+RayClusterProvisioned both True), then the dashboard answers ``GET /api/version`` with the
+cluster's token (token auth is always on; the probe reaches the dashboard however
+``ClusterAccess`` says, Service DNS, ingress or the API server's proxy). KubeRay
 reports an invalid spec only as a Warning Event ``InvalidRayClusterSpec`` (no status): that
 fails the cluster at once. Spark: every Deployment available, then the master UI's ``/json/``
-lists as many ALIVE workers as the worker Deployment wants.
+lists as many ALIVE workers as the worker Deployment wants. Without a ``ClusterAccess`` the
+HTTP step is left out.
 """
 
 from __future__ import annotations
@@ -13,10 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 from ephemeral.backends.base import ClusterHandle, ClusterStatus, Phase
-from ephemeral.backends.http import get_json
+from ephemeral.backends.kubernetes.access import ClusterAccess
 from ephemeral.backends.kubernetes.client import DEPLOYMENT, EVENT, POD, RAYCLUSTER, KubeClient
 from ephemeral.backends.kubernetes.render import COMPONENT_LABEL
-from ephemeral.errors import ClusterFailed
+from ephemeral.errors import BackendUnavailable, ClusterFailed
 from ephemeral.specs.identity import PREFIX
 
 INVALID_SPEC_REASON = "InvalidRayClusterSpec"
@@ -24,10 +27,12 @@ RAY_NOT_READY = "RayCluster not ready"
 SPARK_NOT_AVAILABLE = "not available yet"
 
 
-def probe(client: KubeClient, handle: ClusterHandle, *, http_check: bool = True) -> ClusterStatus:
+def probe(client: KubeClient, handle: ClusterHandle, *,
+          http: ClusterAccess | None = None) -> ClusterStatus:
+    """One look at the cluster; ``http`` (None: skip the HTTP step) reaches its endpoints."""
     if handle.engine == "ray":
-        return _probe_ray(client, handle, http_check)
-    return _probe_spark(client, handle, http_check)
+        return _probe_ray(client, handle, http)
+    return _probe_spark(client, handle, http)
 
 
 def pod_selectors(name: str) -> tuple[str, str]:
@@ -42,7 +47,8 @@ def pod_selector(handle: ClusterHandle) -> str:
     return ray if handle.engine == "ray" else spark
 
 
-def _probe_ray(client: KubeClient, handle: ClusterHandle, http_check: bool) -> ClusterStatus:
+def _probe_ray(client: KubeClient, handle: ClusterHandle,
+               http: ClusterAccess | None) -> ClusterStatus:
     cluster = client.get(RAYCLUSTER, handle.name)
     if cluster is None:
         return ClusterStatus(phase=Phase.GONE, message="no such RayCluster")
@@ -69,14 +75,19 @@ def _probe_ray(client: KubeClient, handle: ClusterHandle, http_check: bool) -> C
     if not ready:
         return ClusterStatus(phase=Phase.STARTING, message=f"{RAY_NOT_READY}: state="
                              f"{status.get('state') or 'none'}", **counts)
-    dashboard = handle.endpoints.dashboard
-    if http_check and dashboard and get_json(dashboard + "/api/version") is None:
-        return ClusterStatus(phase=Phase.STARTING, message=f"dashboard {dashboard} does not "
-                             "answer yet", **counts)
+    if http is not None:
+        try:
+            token = http.ray_token(cluster)
+        except BackendUnavailable as exc:  # KubeRay has not made the Secret yet
+            return ClusterStatus(phase=Phase.STARTING, message=str(exc), **counts)
+        if http.get_json("dashboard", "/api/version", token) is None:
+            return ClusterStatus(phase=Phase.STARTING, message=f"dashboard "
+                                 f"{http.where('dashboard')} does not answer yet", **counts)
     return ClusterStatus(phase=Phase.READY, nodes_ready=expected, nodes_expected=expected)
 
 
-def _probe_spark(client: KubeClient, handle: ClusterHandle, http_check: bool) -> ClusterStatus:
+def _probe_spark(client: KubeClient, handle: ClusterHandle,
+                 http: ClusterAccess | None) -> ClusterStatus:
     deployments = client.list_objects(DEPLOYMENT, labels=f"{PREFIX}cluster={handle.name}")
     if not deployments:
         return ClusterStatus(phase=Phase.GONE, message="no Deployments of this cluster")
@@ -92,10 +103,9 @@ def _probe_spark(client: KubeClient, handle: ClusterHandle, http_check: bool) ->
         return ClusterStatus(phase=Phase.STARTING, nodes_ready=ready, nodes_expected=expected,
                              message=f"{SPARK_NOT_AVAILABLE}: " + ", ".join(not_available))
     workers = wanted.get("spark-worker", 0)
-    ui = handle.endpoints.spark_ui
-    if http_check and ui:
-        state = get_json(ui + "/json/")
-        alive = _alive_workers(state)
+    if http is not None:
+        ui = http.where("spark_ui")
+        alive = _alive_workers(http.get_json("spark_ui", "/json/", None))
         if alive < workers:
             return ClusterStatus(
                 phase=Phase.STARTING, nodes_ready=expected - workers + alive,

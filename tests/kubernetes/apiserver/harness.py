@@ -16,14 +16,16 @@ from tests.kubernetes.apiserver.web import WebEndpoints
 def mock_backend(workdir: Path, namespace: str = "ephemeral-test") -> Iterator[KubernetesBackend]:
     """A KubernetesBackend on a strict API mock with a KubeRay-like operator that makes
     clusters ready; every server is stopped on exit."""
-    from tests.kubernetes.manifest_validation import validate_manifest
+    from tests.kubernetes.manifest_validation import validate_manifest, warm_up
+
+    warm_up()
 
     with contextlib.ExitStack() as stack:
         server = ApiServer(validate=validate_manifest, namespace=namespace).start()
         stack.callback(server.stop)
         operator = Operator(server.store).start()
         stack.callback(operator.stop)
-        web = WebEndpoints(server.store).start()
+        web = WebEndpoints(server.store, server.dashboards).start()
         stack.callback(web.stop)
         kubeconfig = workdir / "kubeconfig.yaml"
         server.kubeconfig(kubeconfig)

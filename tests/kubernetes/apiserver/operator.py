@@ -1,11 +1,15 @@
 """The controllers a real cluster runs, played as the test decides: KubeRay (a RayCluster
-becomes ready, or stays stuck pulling its image, or unschedulable, or is refused as invalid),
+becomes ready, or stays stuck pulling its image, or unschedulable, or is refused as invalid; with
+``authOptions.mode: token`` it first makes the token Secret, named after the cluster and owned by
+it, as KubeRay 1.7's reconcileAuthSecret does),
 the Deployment controller (pods, availableReplicas) and the garbage collector (foreground
 deletion waits for dependents; pods take ``pod_grace`` seconds to terminate)."""
 
 from __future__ import annotations
 
+import base64
 import enum
+import secrets
 import threading
 import time
 from typing import Any
@@ -31,6 +35,8 @@ class Operator:
         self.ray_scenario = RayScenario.READY
         self.scenarios: dict[str, RayScenario] = {}
         self.provision_delay = 0.05
+        self.deployment_delay = 0.0
+        """Seconds before a Deployment gets its pods (a test that must see a watch sets it)."""
         self.pod_grace = 0.05
         self.deployments_ready = True
         self.slow_collection: set[tuple[str, str]] = set()
@@ -78,6 +84,15 @@ class Operator:
                        "container")
             return
         spec = rc["spec"]
+        auth = spec.get("authOptions") or {}
+        if auth.get("mode") == "token" and not auth.get("secretName") and \
+                self.store.get("secrets", ns, name) is None:
+            token = base64.b64encode(secrets.token_bytes(32)).decode()
+            self.store.put("secrets", ns, {
+                "metadata": {"name": name, "labels": {"ray.io/cluster": name},
+                             "ownerReferences": [_owner(rc)]},
+                "type": "Opaque",
+                "data": {"auth_token": base64.b64encode(token.encode()).decode()}})
         pods = [("head", "headgroup", spec["headGroupSpec"]["template"])]
         for group in spec.get("workerGroupSpecs", []):
             for i in range(int(group.get("replicas", 0)) * int(group.get("numOfHosts", 1))):
@@ -165,6 +180,9 @@ class Operator:
         if meta.get("deletionTimestamp") or meta["uid"] in self._seen:
             return
         if not self.deployments_ready:
+            return
+        first = self._first_seen.setdefault(meta["uid"], time.monotonic())
+        if time.monotonic() - first < self.deployment_delay:
             return
         self._seen.add(meta["uid"])
         replicas = int(dep["spec"].get("replicas", 1))

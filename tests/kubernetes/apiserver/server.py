@@ -1,10 +1,17 @@
 """The HTTP side of the mock: kmock serves the requests; the verbs below keep the store and
 answer like the real API server (status codes, Status bodies, 201 on create, watches as a
-chunked stream of JSON lines fed by the store's changes)."""
+chunked stream of JSON lines fed by the store's changes).
+
+The service proxy (``/api/v1/namespaces/<ns>/services/<svc>:<port>/proxy/<path>``) is served
+too, as kube-apiserver does it: the request is authenticated (the bearer token), authorized as
+verb ``get`` (GET) or ``create`` (POST) on ``services/proxy``, its ``Authorization`` header is
+removed (WithAuthentication drops it once it has authenticated the caller), and the rest goes to
+the Service's port, played by ``web.Dashboards``."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,9 +31,12 @@ from tests.kubernetes.apiserver.store import (
     parse_field_selector,
     parse_label_selector,
 )
+from tests.kubernetes.apiserver.web import Dashboards
 
 Validator = Callable[[dict[str, Any]], list[str]]
 NOT_INSTALLED = "the server could not find the requested resource"
+PROXY = re.compile(r"/api/v1/namespaces/(?P<ns>[^/]+)/services/(?P<svc>[^/:]+)(:(?P<port>[^/]+))?"
+                   r"/proxy(?P<rest>/.*)?")
 
 
 def status(code: int, reason: str, message: str, **details: Any) -> kmock.Response:
@@ -41,6 +51,7 @@ class _Handler(kmock.KubernetesScaffold):
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
+        self.fallback[PROXY] << self.api.serve_proxy  # before the verbs: a proxied GET is no get
         self.fallback[kmock.action.LIST] << self.api.serve
         self.fallback[kmock.action.FETCH] << self.api.serve
         self.fallback[kmock.action.CREATE] << self.api.serve
@@ -62,6 +73,8 @@ class ApiServer:
         self.forbidden: set[tuple[str, str]] = set()
         self.failures: dict[tuple[str, str], list[tuple[int, str, str]]] = {}
         self.calls: list[tuple[str, str, dict[str, str], bytes]] = []
+        self.dashboards = Dashboards(self.store)
+        """What the Services behind the proxy answer (share it with ``WebEndpoints``)."""
         self._handler = _Handler(api=self)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
@@ -148,6 +161,40 @@ class ApiServer:
 
     def bodies(self) -> list[bytes]:
         return [body for *_, body in self.calls]
+
+    # -- the service proxy ---------------------------------------------------------------------
+
+    def serve_proxy(self, request: kmock.Request) -> kmock.Response:
+        path = str(request.url.path)
+        self.calls.append((request.method.value, str(request.url.path_qs),
+                           dict(request.headers), request.body))
+        match = PROXY.fullmatch(path)
+        assert match is not None
+        ns, service = match["ns"], match["svc"]
+        port = match["port"] or ""
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return status(401, "Unauthorized", "Unauthorized")
+        verb = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch",
+                "DELETE": "delete"}[request.method.value.upper()]
+        if (verb, "services/proxy") in self.forbidden:
+            return status(403, "Forbidden", f'services "{service}" is forbidden: User '
+                          f'"system:serviceaccount:{self.namespace}:airflow" cannot {verb} '
+                          f'resource "services/proxy" in API group "" in the namespace "{ns}"',
+                          name=service, group="", kind="services")
+        if self.failures.get((verb, "services/proxy")):
+            code, reason, message = self.failures[(verb, "services/proxy")].pop(0)
+            return status(code, reason, message)
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "authorization"}
+        code, answer = self.dashboards.answer_service(
+            request.method.value.upper(), ns, service, port, (match["rest"] or "/")[1:],
+            headers, request.body or b"")
+        if code == 404 and answer is None:
+            return status(404, "NotFound", f'services "{service}" not found', name=service,
+                          kind="services")
+        if isinstance(answer, str):
+            return kmock.Response(status=code, headers={"Content-Type": "text/plain"},
+                                  payload=answer.encode())
+        return kmock.Response(status=code, payload=answer)
 
     # -- the API -------------------------------------------------------------------------------
 

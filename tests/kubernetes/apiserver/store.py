@@ -41,6 +41,8 @@ RESOURCES = {r.plural: r for r in (
     Resource("", "v1", "configmaps", "ConfigMap"),
     Resource("", "v1", "pods", "Pod"),
     Resource("", "v1", "events", "Event"),
+    Resource("", "v1", "secrets", "Secret"),
+    Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
 )}
 BY_KIND = {r.kind: r for r in RESOURCES.values()}
 
