@@ -1,21 +1,26 @@
 """The shipped Role (compose/k8s/rbac.yaml) is enough for everything the backend does, and
 nothing more is needed: the API mock answers 403 to every (verb, resource) the Role does not
 grant, as RBAC would, while Ray and Spark clusters are created, probed (a stuck one too, whose
-timeout reads events and pods), listed and deleted."""
+timeout reads events and pods), reached with ``access`` (the Ray token's Secret), listed and
+deleted, with Service DNS names and through the API server's service proxy (a job submitted
+there is a POST: ``create`` on ``services/proxy``)."""
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
 from ephemeral.backends.base import Phase
-from ephemeral.backends.kubernetes import KubernetesBackend
+from ephemeral.backends.kubernetes import KubeConfig, KubernetesBackend
 from ephemeral.errors import BackendError, ReadinessTimeout
 from tests.conftest import small
 from tests.kubernetes.apiserver import ApiServer, Operator, RayScenario
 from tests.kubernetes.apiserver.store import RESOURCES
+from tests.kubernetes.conftest import NAMESPACE
 from tests.kubernetes.test_backend import owner
 
 ROLE_FILE = Path(__file__).resolve().parents[2] / "compose" / "k8s" / "rbac.yaml"
@@ -30,7 +35,7 @@ def granted() -> set[tuple[str, str]]:
 
 def enforce(server: ApiServer, allowed: set[tuple[str, str]]) -> None:
     for verb in VERBS:
-        for plural in RESOURCES:
+        for plural in [*RESOURCES, "services/proxy"]:
             if (verb, plural) not in allowed:
                 server.forbid(verb, plural)
 
@@ -40,6 +45,14 @@ def lifecycle(backend: KubernetesBackend) -> None:
         handle = backend.create(spec, identity=owner(spec))
         assert backend.wait_ready(handle, timeout=10).phase is Phase.READY
         assert handle.name in {h.name for h in backend.list_owned()}
+        access = backend.access(handle)
+        if spec.engine == "ray" and backend.config.resolved_endpoint_mode() != "dns":
+            request = urllib.request.Request(
+                f"{access.dashboard}/api/jobs/", headers=access.headers | {
+                    "Content-Type": "application/json"},
+                data=json.dumps({"entrypoint": "python -c pass"}).encode())
+            with urllib.request.urlopen(request, timeout=5) as resp:
+                assert resp.status == 200
         backend.delete(handle, wait=True)
         assert backend.get(handle.name) is None
 
@@ -48,6 +61,9 @@ def test_the_role_is_enough_for_the_whole_lifecycle(k8s_backend: KubernetesBacke
                                                     apiserver: ApiServer, operator: Operator,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     enforce(apiserver, granted())
+    # Slow enough that the readiness waits must watch (on a loaded machine a fast operator has
+    # made the cluster ready before the wait starts).
+    operator.provision_delay = operator.deployment_delay = 1.0
     lifecycle(k8s_backend)
     # The waits watched, and never fell back to polling for want of the watch verb.
     assert apiserver.requests("watch", "rayclusters")
@@ -62,8 +78,29 @@ def test_the_role_is_enough_for_the_whole_lifecycle(k8s_backend: KubernetesBacke
     k8s_backend.delete(handle, wait=True)
 
 
+def test_the_role_is_enough_through_the_service_proxy(kubeconfig_file: Path,
+                                                     apiserver: ApiServer,
+                                                     operator: Operator) -> None:
+    enforce(apiserver, granted())
+    backend = KubernetesBackend(KubeConfig(
+        kubeconfig_path=str(kubeconfig_file), namespace=NAMESPACE, endpoint_mode="proxy",
+        poll_interval=0.02, delete_timeout=3, request_timeout=5))
+    try:
+        lifecycle(backend)
+    finally:
+        backend.client.close()
+    verbs = {m for m, p, *_ in apiserver.calls if "/proxy/" in p}
+    assert verbs == {"GET", "POST"}
+
+
+def test_the_role_grants_secrets_only_get() -> None:
+    assert {v for v, r in granted() if r == "secrets"} == {"get"}
+    assert {v for v, r in granted() if r == "services/proxy"} == {"get", "create"}
+
+
 @pytest.mark.parametrize(("verb", "plural"), [("create", "rayclusters"), ("delete", "services"),
-                                              ("list", "pods"), ("create", "deployments")])
+                                              ("list", "pods"), ("create", "deployments"),
+                                              ("create", "networkpolicies"), ("get", "secrets")])
 def test_without_a_rule_the_backend_names_what_to_grant(
         k8s_backend: KubernetesBackend, apiserver: ApiServer, operator: Operator,
         verb: str, plural: str) -> None:
