@@ -1,21 +1,152 @@
-"""Run a DAG with ``dag.test()`` and report on its clusters: lifetime, busy share, artifacts,
-and that each one was deleted. Used by ``make demo`` and the benchmarks."""
+"""The run report from Airflow: what a teardown records about its clusters, and the demo's
+``dag.test()`` helpers that print it.
+
+A teardown knows its own moments (when it started, when each deletion finished), the setup's
+handle (node groups, creation and readiness times), and asks the engine what ran on the
+cluster before deleting it (``ephemeral.report.engines``). It joins that with the job tasks'
+results (their ids and result URIs) through the task SDK: the run's finished task instances
+(``RuntimeTaskInstance.get_task_breadcrumbs``) and ``ti.xcom_pull``, both served by the
+execution API. Airflow 3 workers have no metadata database, so nothing here reads it; only the
+demo helpers at the end, which run in the ``dag.test()`` process, do.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
-from datetime import datetime
+import time
 from typing import Any
 
-from ephemeral.airflow.operators import (
-    CreateClusterOperator,
-    DeleteClusterOperator,
-    RayJobOperator,
-    SparkSubmitOperator,
-)
+from ephemeral.backends import ClusterHandle
+from ephemeral.report.model import ClusterFacts, JobFacts
 
-JOB_OPERATORS = (RayJobOperator, SparkSubmitOperator)
+log = logging.getLogger(__name__)
 
+
+def _label(task_id: str, map_index: int) -> str:
+    return task_id + (f"[{map_index}]" if map_index >= 0 else "")
+
+
+def _is_job_task(task: Any) -> bool:
+    from ephemeral.airflow.operators import RayJobOperator, SparkSubmitOperator
+
+    cls = getattr(task, "operator_class", type(task))  # a mapped task names its class
+    return isinstance(cls, type) and issubclass(cls, RayJobOperator | SparkSubmitOperator)
+
+
+def finished_job_tasks(context: Any) -> list[tuple[str, int]]:
+    """(task id, map index) of every job task of this run that has finished, as the execution
+    API lists them."""
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+    dag = context["dag"]
+    crumbs = RuntimeTaskInstance.get_task_breadcrumbs(dag.dag_id, context["run_id"])
+    found = {(str(c["task_id"]), int(c.get("map_index", -1))) for c in crumbs}
+    return sorted((t, m) for t, m in found if dag.has_task(t) and _is_job_task(dag.get_task(t)))
+
+
+def job_results(context: Any, tasks: list[tuple[str, int]]
+                ) -> list[tuple[str, int, dict[str, Any]]]:
+    """(task id, map index, result) of each of ``tasks`` that pushed a job result."""
+    found = []
+    for task_id, map_index in tasks:
+        value = context["ti"].xcom_pull(task_ids=task_id, map_indexes=map_index)
+        if isinstance(value, dict) and value.get("job_id"):
+            found.append((task_id, map_index, value))
+    return found
+
+
+def _uris(result: dict[str, Any]) -> dict[str, str]:
+    return {k: str(v) for k, v in (result.get("result") or {}).items()
+            if k.endswith("_uri") and isinstance(v, str)}
+
+
+def _submission_prefixes(context: Any, cluster: str, tasks: list[tuple[str, int]]
+                         ) -> dict[str, str]:
+    """The Ray submission id prefix of each job task on ``cluster`` (every try of a task shares
+    it), so a failed try's job, which pushed no result, is still put down to its task."""
+    from ephemeral.jobs.results import submission_id
+
+    out = {}
+    for task_id, map_index in tasks:
+        # The key ephemeral.airflow.context.task_key gives that task's RayJobOperator.
+        key = f"{context['dag'].dag_id}/{context['run_id']}/{task_id}/{map_index}"
+        out[submission_id(cluster, key, 1).rsplit("-a", 1)[0] + "-a"] = _label(task_id, map_index)
+    return out
+
+
+def jobs_of(context: Any, cluster: str, engine_view: list[JobFacts] | None,
+            results: list[tuple[str, int, dict[str, Any]]],
+            job_tasks: list[tuple[str, int]]) -> list[JobFacts]:
+    """The cluster's jobs: the engine's (with times) joined to the tasks' results (with URIs);
+    the results alone when the engine could not be asked."""
+    mine = {r["job_id"]: (t, m, r) for t, m, r in results if r.get("cluster") == cluster}
+    prefixes = _submission_prefixes(context, cluster, job_tasks)
+    jobs = []
+    for job in engine_view or []:
+        task_id, map_index, result = mine.pop(job.job_id, (None, -1, {}))
+        task = _label(task_id, map_index) if task_id else next(
+            (t for p, t in prefixes.items() if job.job_id.startswith(p)), None)
+        jobs.append(job.model_copy(update={"task": task, "uris": _uris(result)}))
+    for job_id, (task_id, map_index, result) in mine.items():  # the engine did not list it
+        jobs.append(JobFacts(job_id=job_id, engine=str(result.get("engine", "")),
+                             task=_label(task_id, map_index), status=str(result.get("status")),
+                             seconds=float(result.get("seconds") or 0.0), uris=_uris(result)))
+    return jobs
+
+
+def record_teardown(context: Any, *, setup_task_id: str, targets: dict[str, ClusterHandle],
+                    engine_views: dict[str, list[JobFacts] | None], started: float,
+                    deleted: dict[str, float], failures: dict[str, str]) -> str | None:
+    """Write this teardown's part of the run report and (re)build the run's report; return the
+    report's address. Never raises: a report that cannot be written is logged, and the
+    teardown's outcome stays the deletion's."""
+    from ephemeral.report import load_prices, record, report_url
+
+    if not targets:
+        return None
+    dag_id, run_id = context["dag"].dag_id, context["run_id"]
+    try:
+        try:
+            prices = load_prices()
+        except ValueError as err:
+            prices = None
+            log.error("run report without money: %s", err)
+        job_tasks = finished_job_tasks(context)
+        results = job_results(context, job_tasks)
+        ti = context["ti"]
+        index = getattr(ti, "map_index", None)
+        teardown = _label(ti.task_id, -1 if index is None else int(index))
+        now = time.time()
+        parts = []
+        for name, handle in sorted(targets.items()):
+            created = handle.created_ts or _epoch(handle.created_at)
+            parts.append(ClusterFacts(
+                dag_id=dag_id, run_id=run_id, name=name, engine=handle.engine,
+                backend=handle.backend, spec_ref=handle.spec_ref, spec_hash=handle.spec_hash,
+                profile=handle.profile, groups=handle.groups, setup_task=setup_task_id,
+                teardown_task=teardown, created=created, ready=handle.ready_ts,
+                teardown_started=started, deleted=deleted.get(name),
+                deletion=failures.get(name, "complete"),
+                jobs=jobs_of(context, name, engine_views.get(name), results, job_tasks),
+                price=prices.for_spec(handle.spec_ref) if prices else None,
+                currency=prices.currency if prices else None, recorded_at=now))
+        record(parts)
+        url = report_url(dag_id, run_id)
+        log.info("run report: %s", url)
+        return url
+    except Exception:  # the report must never hide the deletion's outcome
+        log.exception("could not write the run report of %s %s", dag_id, run_id)
+        return None
+
+
+def _epoch(text: str) -> float:
+    from ephemeral.specs.identity import parse_utc
+
+    return parse_utc(text).timestamp()
+
+
+# --- the demo: dag.test() in this process, then the run's report --------------------------------
 
 def load_dag(dag_id: str) -> Any:
     from airflow.dag_processing.dagbag import DagBag
@@ -30,88 +161,37 @@ def run_reference_dag(dag_id: str, conf: dict[str, Any] | None = None) -> Any:
     return load_dag(dag_id).test(run_conf=conf or {})
 
 
-def _xcoms(dag_id: str, run_id: str) -> dict[tuple[str, int], Any]:
-    from airflow.models.xcom import XComModel
-    from airflow.sdk.serde import deserialize
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        rows = session.query(XComModel).filter(XComModel.dag_id == dag_id,
-                                               XComModel.run_id == run_id,
-                                               XComModel.key == "return_value").all()
-        return {(r.task_id, r.map_index): deserialize(r.value) for r in rows}
-
-
-def _seconds(a: datetime | None, b: datetime | None) -> float:
-    return (b - a).total_seconds() if a and b else 0.0
-
-
 def run_report(dag_run: Any) -> dict[str, Any]:
-    """Cluster lifetimes (setup start to teardown end), job time on each, artifacts, leftovers."""
+    """The report the run's teardowns wrote, with what only the demo process can add: every
+    task's state (from the metadata database dag.test uses), each cluster's teardown state, the
+    clusters still running, and whether all went well."""
     from ephemeral.backends import get_backend
+    from ephemeral.report import load_report, report_uri
 
-    dag = load_dag(dag_run.dag_id)
-    tis = {(ti.task_id, ti.map_index): ti for ti in dag_run.get_task_instances()}
-    xcoms = _xcoms(dag_run.dag_id, dag_run.run_id)
-    clusters, jobs = [], []
-    for task in dag.tasks:
-        if not isinstance(task, CreateClusterOperator):
-            continue
-        setup = tis.get((task.task_id, -1))
-        teardown_id = next((t.task_id for t in dag.tasks if isinstance(t, DeleteClusterOperator)
-                            and t.setup_task_id == task.task_id), None)
-        teardown = tis.get((teardown_id, -1)) if teardown_id else None
-        handle = xcoms.get((task.task_id, -1)) or {}
-        lifetime = _seconds(setup.start_date if setup else None,
-                            teardown.end_date if teardown else None)
-        busy = 0.0
-        for (task_id, map_index), value in xcoms.items():
-            op = dag.get_task(task_id)
-            op_class = getattr(op, "operator_class", type(op))  # mapped tasks wrap the class
-            if isinstance(op_class, type) and issubclass(op_class, JOB_OPERATORS) and isinstance(value, dict) and \
-                    value.get("cluster") == handle.get("name"):
-                busy += float(value.get("seconds", 0))
-                jobs.append({"task": task_id + (f"[{map_index}]" if map_index >= 0 else ""),
-                             "cluster": value.get("cluster"), "job_id": value.get("job_id"),
-                             "seconds": value.get("seconds"), "result": value.get("result")})
-        # Idle time, split by cause: starting the engines (the setup task), deleting them (the
-        # teardown), and the rest, which is what orchestration adds between jobs.
-        starting = _seconds(setup.start_date, setup.end_date) if setup else 0.0
-        stopping = _seconds(teardown.start_date, teardown.end_date) if teardown else 0.0
-        clusters.append({
-            "setup_task": task.task_id, "name": handle.get("name"), "spec": handle.get("spec_ref"),
-            "setup_state": setup.state if setup else None,
-            "teardown_state": teardown.state if teardown else None,
-            "lifetime_s": round(lifetime, 1), "busy_s": round(busy, 1),
-            "idle_share": round(1 - busy / lifetime, 3) if lifetime else None,
-            "starting_s": round(starting, 1), "deleting_s": round(stopping, 1),
-            "between_jobs_s": round(max(lifetime - busy - starting - stopping, 0.0), 1),
-        })
+    report = load_report(dag_run.dag_id, dag_run.run_id) or {
+        "dag_id": dag_run.dag_id, "run_id": dag_run.run_id, "clusters": [], "jobs": [],
+        "totals": {}}
+    tis = {_label(ti.task_id, ti.map_index): str(ti.state)
+           for ti in dag_run.get_task_instances()}
+    for c in report["clusters"]:
+        c["teardown_state"] = tis.get(str(c["teardown_task"]))
     left = [h.name for h in get_backend().list_owned()]
-    states = {f"{t}{'' if m < 0 else f'[{m}]'}": str(ti.state) for (t, m), ti in tis.items()}
-    ok = (str(dag_run.state) == "success" and not left
-          and all(c["teardown_state"] == "success" for c in clusters))
-    return {"dag_id": dag_run.dag_id, "run_id": dag_run.run_id, "state": str(dag_run.state),
-            "clusters": clusters, "jobs": jobs, "left_over": left, "tasks": states, "ok": ok}
+    ok = (str(dag_run.state) == "success" and not left and bool(report["clusters"])
+          and all(c["teardown_state"] == "success" and c["deletion"] == "complete"
+                  for c in report["clusters"]))
+    return {**report, "state": str(dag_run.state), "tasks": tis, "left_over": left, "ok": ok,
+            "html": report_uri(dag_run.dag_id, dag_run.run_id)}
 
 
 def print_report(console: Any, report: dict[str, Any]) -> None:
-    from rich.table import Table
+    from ephemeral.report.text import print_report as tables
 
-    table = Table("cluster", "spec", "lifetime", "running jobs", "idle",
-                  "idle = starting + between jobs + deleting", "teardown")
-    for c in report["clusters"]:
-        table.add_row(str(c["name"]), str(c["spec"]), f"{c['lifetime_s']:.1f}s",
-                      f"{c['busy_s']:.1f}s", f"{(c['idle_share'] or 0) * 100:.0f}%",
-                      f"{c['starting_s']:.1f}s + {c['between_jobs_s']:.1f}s + "
-                      f"{c['deleting_s']:.1f}s", str(c["teardown_state"]))
-    console.print(table)
-    jobs = Table("task", "job", "seconds", "result")
-    for j in report["jobs"]:
-        jobs.add_row(j["task"], str(j["job_id"]), f"{j['seconds']:.1f}",
-                     ", ".join(f"{k}={v}" for k, v in (j["result"] or {}).items()))
-    console.print(jobs)
+    if report["clusters"]:
+        tables(console, report)
+    else:
+        console.print("[red]no run report was written (no teardown recorded a cluster)[/]")
     console.print(f"tasks: {report['tasks']}", highlight=False)
+    console.print(f"report: {report['html']}", highlight=False)
     left = report["left_over"]
     console.print(f"clusters created: {len(report['clusters'])}, still running: {len(left)} "
                   f"{left if left else ''}", highlight=False)

@@ -1,0 +1,79 @@
+"""What ran on a cluster, and when, as its engines tell it: asked by the teardown just before
+it deletes the cluster, through the HTTP APIs the backend gives access to (the same endpoints
+``ephemeral.activity`` reads; no Ray or Spark import, so the teardown stays fast).
+
+- Ray: every submitted job in the Jobs API (``GET /api/jobs/``), with start and end times,
+  whichever task or person submitted it, failed attempts included: the GPUs were held.
+- Spark: every application on the master (``GET /json/``, active and completed), other than
+  the cluster's own Spark Connect server, whose life is the cluster's.
+
+An API that does not answer gives None: the report falls back to the jobs' own results.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ephemeral.backends.base import ClusterBackend, ClusterHandle
+from ephemeral.backends.http import get_json
+from ephemeral.report.model import JobFacts
+
+TIMEOUT = 3.0
+
+
+def _s(ms: Any) -> float | None:
+    return ms / 1000 if isinstance(ms, int | float) and ms > 0 else None
+
+
+def ray_jobs(dashboard: str, headers: dict[str, str]) -> list[JobFacts] | None:
+    body = get_json(f"{dashboard}/api/jobs/", timeout=TIMEOUT, headers=headers)
+    if not isinstance(body, list):
+        return None
+    now = time.time()
+    out = []
+    for job in body:
+        if not isinstance(job, dict) or not job.get("submission_id"):
+            continue  # a driver of a submitted job, or a bare ray.init: not a job of ours
+        start = _s(job.get("start_time"))
+        status = str(job.get("status", ""))
+        end = _s(job.get("end_time")) or (now if start is not None else None)
+        out.append(JobFacts(job_id=str(job["submission_id"]), engine="ray", status=status,
+                            start=start, end=end, source="ray jobs api"))
+    return out
+
+
+def spark_apps(spark_ui: str, headers: dict[str, str], handle: ClusterHandle
+               ) -> list[JobFacts] | None:
+    body = get_json(f"{spark_ui}/json/", timeout=TIMEOUT, headers=headers)
+    if not isinstance(body, dict):
+        return None
+    connect = {f"{handle.name}-connect", "ephemeral-connect"}
+    now = time.time()
+    out = []
+    for key in ("activeapps", "completedapps"):
+        for app in body.get(key) or []:
+            if not isinstance(app, dict) or app.get("name") in connect or not app.get("id"):
+                continue
+            start = _s(app.get("starttime"))
+            duration = app.get("duration")
+            end = (start + duration / 1000 if start is not None and key == "completedapps"
+                   and isinstance(duration, int | float) else now if start is not None else None)
+            out.append(JobFacts(job_id=str(app["id"]), engine="spark",
+                                status=str(app.get("state", "")), start=start, end=end,
+                                source="spark master"))
+    return out
+
+
+def engine_jobs(backend: ClusterBackend, handle: ClusterHandle) -> list[JobFacts] | None:
+    """The cluster's jobs with their times, or None when its engine cannot be asked."""
+    try:
+        access = backend.access(handle)
+    except Exception:  # noqa: BLE001 - no access is "unknown", the report says so
+        return None
+    headers = dict(access.headers)
+    if handle.engine == "ray" and access.dashboard:
+        return ray_jobs(access.dashboard, headers)
+    if handle.engine == "spark" and access.spark_ui:
+        return spark_apps(access.spark_ui, headers, handle)
+    return None

@@ -1,0 +1,92 @@
+"""Trial sweeps from versioned parameter files, and the pool that caps trials running at once.
+
+A sweep is a folder of JSON files, one trial each (``params/<sweep>/<trial>.json``), kept in the
+repository next to ``cluster_specs/`` and ``jobs/`` and reviewed like them: adding a trial is
+adding a file, and a run's trials are recorded in the DAG version it ran (the DAG maps over the
+files when it is parsed, so no list of trials passes through XCom, whatever its length).
+``$EPHEMERAL_PARAMS_DIR`` points elsewhere when the DAGs are deployed apart from the checkout.
+
+Each file is an object of training options (``jobs/train_ddp.py`` flags, in snake_case)::
+
+    {"lr": 0.02, "hidden": 64}
+
+A file that is not such an object, or names an option the job does not take, fails the DAG's
+import naming the file and the key: a typo must not run a sweep of defaults.
+
+Trials run in the Airflow pool ``$EPHEMERAL_GPU_POOL`` (default ``ephemeral_gpu_trials``), one
+slot each, so the pool's size caps the GPU trials running at once across all runs and DAGs. A
+pool is not created by parsing a DAG (Airflow 3 DAG processors have no database); create it once
+per deployment: ``airflow pools set ephemeral_gpu_trials 2 "GPU trials at once"``. Until it
+exists the scheduler does not schedule the trials (it logs "Tasks using non-existent pool").
+``dag.test()`` ignores pools.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+PARAMS_VAR = "EPHEMERAL_PARAMS_DIR"
+POOL_VAR = "EPHEMERAL_GPU_POOL"
+DEFAULT_POOL = "ephemeral_gpu_trials"
+# What jobs/train_ddp.py takes per trial (the scaling flags come from the cluster, the run and
+# the data from the DAG).
+TRAIN_OPTIONS = {"lr": float, "hidden": int, "batch_size": int, "steps": int, "seed": int,
+                 "checkpoint_every": int}
+_TRIAL_NAME = re.compile(r"^[a-z0-9]([-a-z0-9_.]{0,60}[a-z0-9])?$")
+
+
+class TrialFileError(ValueError):
+    """A parameter file is unusable: names the file, the key and the fix."""
+
+
+def params_dir() -> Path:
+    if folder := os.environ.get(PARAMS_VAR):
+        return Path(folder)
+    here = Path(__file__).resolve().parent.parent / "params"
+    return here if here.is_dir() else Path.cwd() / "params"
+
+
+def gpu_pool() -> str:
+    return os.environ.get(POOL_VAR) or DEFAULT_POOL
+
+
+def load_trials(sweep: str, folder: Path | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """(trial name, options) of every ``<folder>/<sweep>/*.json``, sorted by name."""
+    where = (folder or params_dir()) / sweep
+    files = sorted(where.glob("*.json"))
+    if not files:
+        raise TrialFileError(f"no trial files in {where} (expected <trial>.json files there); "
+                             f"set {PARAMS_VAR} to the folder that holds the sweeps")
+    return [(path.stem, _read(path)) for path in files]
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not _TRIAL_NAME.match(path.stem):
+        raise TrialFileError(f"{path}: the trial name {path.stem!r} must be lower-case letters, "
+                             "digits, '-', '_' and '.' (it becomes part of artifact paths)")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise TrialFileError(f"{path}: not readable JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise TrialFileError(f"{path}: expected an object such as {{\"lr\": 0.02}}, got "
+                             f"{type(data).__name__}")
+    for key, value in data.items():
+        kind = TRAIN_OPTIONS.get(key)
+        if kind is None:
+            raise TrialFileError(f"{path}: unknown option {key!r}; known: "
+                                 f"{', '.join(sorted(TRAIN_OPTIONS))}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or (
+                kind is int and not isinstance(value, int)):
+            raise TrialFileError(f"{path}: {key} must be a{'n integer' if kind is int else ' number'}"
+                                 f", got {value!r}")
+    return data
+
+
+def trial_flags(options: dict[str, Any]) -> str:
+    """``--lr 0.02 --hidden 64`` for a trial's options."""
+    return " ".join(f"--{key.replace('_', '-')} {value}" for key, value in sorted(options.items()))
