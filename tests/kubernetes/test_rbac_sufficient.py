@@ -23,12 +23,14 @@ from tests.kubernetes.apiserver.store import RESOURCES
 from tests.kubernetes.conftest import NAMESPACE
 from tests.kubernetes.test_backend import owner
 
-ROLE_FILE = Path(__file__).resolve().parents[2] / "compose" / "k8s" / "rbac.yaml"
+K8S = Path(__file__).resolve().parents[2] / "compose" / "k8s"
+ROLE_FILE = K8S / "rbac.yaml"
+REAPER_FILE = K8S / "reaper-cronjob.yaml"
 VERBS = ("get", "list", "watch", "create", "delete", "patch")
 
 
-def granted() -> set[tuple[str, str]]:
-    [role] = [d for d in yaml.safe_load_all(ROLE_FILE.read_text()) if d["kind"] == "Role"]
+def granted(path: Path = ROLE_FILE) -> set[tuple[str, str]]:
+    [role] = [d for d in yaml.safe_load_all(path.read_text()) if d["kind"] == "Role"]
     return {(verb, res) for rule in role["rules"] for res in rule["resources"]
             for verb in rule["verbs"]}
 
@@ -112,3 +114,24 @@ def test_without_a_rule_the_backend_names_what_to_grant(
         operator.slow_collection = {("Deployment", "services")}
     with pytest.raises(BackendError, match=rf"{verb}.*{plural}"):
         lifecycle(k8s_backend)
+
+
+def test_the_reapers_role_finds_reads_and_deletes_but_never_creates(
+        k8s_backend: KubernetesBackend, apiserver: ApiServer, operator: Operator) -> None:
+    reaper = granted(REAPER_FILE)
+    assert {verb for verb, _ in reaper} == {"get", "list", "watch", "delete"}
+    made = []
+    for spec in (small("ray/adhoc-cpu", replicas=1), small("spark/etl")):
+        handle = k8s_backend.create(spec, identity=owner(spec))
+        assert k8s_backend.wait_ready(handle, timeout=10).ready
+        made.append(handle.name)
+    enforce(apiserver, reaper)
+    owned = k8s_backend.list_owned()
+    assert sorted(h.name for h in owned) == sorted(made)
+    for handle in owned:
+        k8s_backend.access(handle)  # is it busy? The Ray token, read by name
+        k8s_backend.delete(handle, wait=True)
+    assert apiserver.store.all() == []
+    spec = small("ray/adhoc-cpu", replicas=1)
+    with pytest.raises(BackendError, match="cannot create rayclusters"):
+        k8s_backend.create(spec, identity=owner(spec, run="reaper-made"))
