@@ -268,6 +268,16 @@ CASES = [
          overrides={"workers": {"gpus": 1}}, context="with overrides"),
     case("override-replicas-over-ceiling", RAY, "workers.replicas", "less than or equal to 1000",
          overrides={"workers": {"replicas": 1001}}, source="overrides"),
+    # The spec's maxReplicas is its author's size limit: an override does not lift it silently.
+    case("override-replicas-above-max", RAY, "workers.replicas",
+         "5 is above maxReplicas (4) of worker group 'cpu'; ask for at most 4",
+         overrides={"workers": {"replicas": 5}}, context="with overrides"),
+    case("override-group-replicas-above-max", RAY, "groups.cpu.replicas",
+         "above maxReplicas (4)", overrides={"groups": {"cpu": {"replicas": 8}}},
+         context="with overrides"),
+    case("override-opt-in-not-a-bool", RAY, "raise_max_replicas", "valid boolean",
+         overrides={"workers": {"replicas": 5}, "raise_max_replicas": "perhaps"},
+         source="overrides"),
 ]
 
 
