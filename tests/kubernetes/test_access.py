@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from ephemeral.backends.base import Access, ClusterHandle, Phase
 from ephemeral.backends.kubernetes import KubeConfig, KubernetesBackend
@@ -265,6 +266,28 @@ def test_proxy_links_can_point_at_kubectl_proxy(kubeconfig_file: Path, operator:
         # API calls still go to the API server itself.
         assert str(backend.access(handle).dashboard).startswith(apiserver.url)
     finally:
+        backend.client.close()
+
+
+def test_tls_trust_for_the_proxy_is_the_api_servers_ca(tmp_path: Path,
+                                                      apiserver: ApiServer) -> None:
+    """kind's API server (and most clusters') has a private CA: the Jobs SDK must trust it."""
+    ca = tmp_path / "ca.crt"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    kubeconfig = apiserver.kubeconfig()
+    kubeconfig["clusters"][0]["cluster"] = {"server": "https://127.0.0.1:6443",
+                                             "certificate-authority": str(ca)}  # never called
+    path = tmp_path / "kubeconfig-ca.yaml"
+    path.write_text(yaml.safe_dump(kubeconfig))
+    handle = ClusterHandle.model_validate({
+        "name": "c", "backend": "kubernetes", "engine": "ray", "namespace": NAMESPACE,
+        "spec_ref": "ray/x@1", "spec_hash": "h", "created_at": "1970-01-01T00:00:00Z",
+        "expires_at": "1970-01-01T01:00:00Z", "labels": {}})
+    for mode, verify_ssl, expected in (("proxy", True, str(ca)), ("proxy", False, False),
+                                       ("dns", True, True)):
+        backend = KubernetesBackend(KubeConfig(kubeconfig_path=str(path), namespace=NAMESPACE,
+                                               endpoint_mode=mode, verify_ssl=verify_ssl))
+        assert backend.tls_verify(handle) == expected
         backend.client.close()
 
 

@@ -133,6 +133,18 @@ class ClusterAccess:
             apis["spark_ui"] = self.url("spark_ui")
         return Access(**apis, headers=self.headers(token, with_kube=True))
 
+    def verify(self) -> bool | str:
+        """What an HTTP client should trust for ``access()``'s URLs (``requests``' ``verify``,
+        which Ray's JobSubmissionClient takes): through the proxy, the API server's CA as the
+        credentials name it (kind's and most clusters' is private), or False when the config
+        turns verification off; True elsewhere (the system's trust store)."""
+        if self.mode != "proxy":
+            return True
+        if not self.config.verify_ssl:
+            return False
+        ca = self.client.api.configuration.ssl_ca_cert
+        return str(ca) if ca else True
+
     # -- readiness -----------------------------------------------------------------------------
 
     def get_json(self, api: Api, path: str, token: str | None) -> Any:

@@ -275,6 +275,11 @@ class KubernetesBackend(ClusterBackend):
         API server's proxy, this process's Kubernetes bearer token. Never stored anywhere."""
         return ClusterAccess(self.config, self._client(handle), handle).access()
 
+    def tls_verify(self, handle: ClusterHandle) -> bool | str:
+        """The TLS trust for ``access(handle)``'s URLs: the API server's CA file in proxy mode
+        (pass it as ``verify=`` to Ray's JobSubmissionClient), else True."""
+        return ClusterAccess(self.config, self._client(handle), handle).verify()
+
     # -- delete --------------------------------------------------------------------------------
 
     def delete(self, target: ClusterHandle | ClusterIdentity | str, *, wait: bool = True) -> None:
