@@ -180,7 +180,7 @@ def check_size(spec: RaySpec, profile: str | None, workers: int, gpus: int | Non
         elif workers > g.max:
             raise_max = True
         gpu_cap = max(g.gpus, settings.adhoc_max_gpus or 0)
-        if gpus is not None and gpus > gpu_cap and not (profile == CI_CPU):
+        if gpus is not None and gpus > gpu_cap and profile != CI_CPU:
             problems.append(("gpus_per_worker", f"{gpus} is above the spec's {g.gpus} GPU(s) per "
                              f"worker of group {g.name!r}; ask for at most {gpu_cap}, or have "
                              "the deployment raise EPHEMERAL_ADHOC_MAX_GPUS"))
