@@ -246,9 +246,21 @@ def test_the_trigger_form_refuses_values_outside_its_schema(dagbag: Any) -> None
     ({"entrypoint": "python ../../etc/passwd.py"}, "validate_request", "is not a script in jobs/"),
     ({"entrypoint": "bash -c 'rm -rf /'"}, "validate_request",
      "must be `python <script in jobs/> [args]`"),
+    ({"pip": ["numpy", "--index-url https://pypi.example/simple"]}, "validate_request",
+     "pip[1]: '--index-url https://pypi.example/simple' holds a pip option"),
+    ({"workers": 5}, "validate_request",
+     "workers: 5 is above the spec's maxReplicas (4) of worker group 'cpu'"),
+    ({"gpus_per_worker": 1}, "validate_request",
+     "gpus_per_worker: 1 is above the spec's 0 GPU(s) per worker"),
+    ({"cluster_spec": "ray/train-gpu", "profile": "ci-cpu", "gpus_per_worker": 1},
+     "validate_request", "gpus_per_worker: profile ci-cpu runs without GPUs"),
+    ({"timeout_minutes": 121}, "validate_request",
+     "timeout_minutes: the job timeout 7260 s (2h01m) is longer than ray/adhoc-cpu@1's "
+     "lifetime.ttl 2h (7200 s)"),
     # Only the backend knows this host has no GPU: the setup refuses before creating anything.
-    ({"gpus_per_worker": 1}, "create_cluster", "asks for 2 GPU(s) but this host has 0"),
-], ids=["outside-jobs", "not-python", "gpus-here"])
+    ({"cluster_spec": "ray/train-gpu"}, "create_cluster", "asks for 2 GPU(s) but this host has 0"),
+], ids=["outside-jobs", "not-python", "pip-option", "workers-above-max", "gpus-above-spec",
+        "ci-cpu-gpus", "timeout-above-ttl", "gpus-here"])
 def test_bad_requests_are_refused_by_name_and_nothing_is_created(
     dagbag: Any, ephemeral_home: Path, capfd: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture, conf: dict[str, Any], refused_by: str, message: str,
@@ -259,6 +271,80 @@ def test_bad_requests_are_refused_by_name_and_nothing_is_created(
     assert states["run_job"] == "upstream_failed"
     assert message in caplog.text + "".join(capfd.readouterr())
     assert LocalBackend(ephemeral_home).list_owned() == []
+
+
+def adhoc_form(dag: Any) -> dict[str, Any]:
+    """The form's fields as the UI receives them: the serialized DAG's params, through JSON."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    back = DagSerialization.from_dict(json.loads(json.dumps(DagSerialization.to_dict(dag))))
+    return json.loads(json.dumps({k: v.dump() for k, v in back.params.items()}))
+
+
+def test_the_adhoc_form_reads_well(dagbag: Any) -> None:
+    form = adhoc_form(dagbag.get_dag("ray_job_adhoc"))
+    # The UI marks a field required when its type does not admit null.
+    required = {k for k, f in form.items()
+                if "null" not in (t if isinstance(t := f["schema"]["type"], list) else [t])}
+    assert required == {"cluster_spec", "workers", "entrypoint", "timeout_minutes"}
+    assert form["pip"]["value"] is None
+    assert form["gpus_per_worker"]["value"] is None
+    # A null profile shows the label of "None" (the UI looks up "null", then "None").
+    assert form["profile"]["value"] is None
+    assert form["profile"]["schema"]["values_display"]["None"].startswith("none")
+    assert all(f["description"] and f["schema"]["title"] for f in form.values()), form
+    # Sections open in the order of their first field: the cluster, then the job.
+    sections = list(dict.fromkeys(f["schema"]["section"] for f in form.values()))
+    assert sections == ["Cluster", "Job"]
+
+
+def load_adhoc_dag(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, specs: Path,
+                   jobs: Path | None = None) -> Any:
+    """The DAG file copied away from the checkout and parsed with the given folders."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    folder = tmp_path / "deployed_dags"
+    folder.mkdir()
+    (folder / "ray_job_adhoc.py").write_text((PROJECT_DAGS / "ray_job_adhoc.py").read_text())
+    monkeypatch.setenv("EPHEMERAL_SPECS_DIR", str(specs))
+    if jobs is not None:
+        monkeypatch.setenv("EPHEMERAL_JOBS_DIR", str(jobs))
+    return DagBag(dag_folder=str(folder))
+
+
+def test_the_adhoc_dag_deployed_apart_finds_specs_and_jobs_in_the_configured_folders(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, airflow_db: str) -> None:
+    specs, jobs = tmp_path / "specs", tmp_path / "jobs"
+    (specs / "ray").mkdir(parents=True)
+    jobs.mkdir()
+    checkout = PROJECT_DAGS.parent
+    (specs / "ray" / "adhoc-cpu.yaml").write_text(
+        (checkout / "cluster_specs" / "ray" / "adhoc-cpu.yaml").read_text())
+    (jobs / "mine.py").write_text("print('hi')\n")
+    bag = load_adhoc_dag(monkeypatch, tmp_path, specs, jobs)
+    assert bag.import_errors == {}
+    dag = bag.dags["ray_job_adhoc"]
+    assert dag.params.get_param("cluster_spec").schema["enum"] == ["ray/adhoc-cpu"]
+    check = dag.get_task("validate_request").python_callable
+    conf = {k: v.value for k, v in dag.params.items()} | {"entrypoint": "python mine.py --x 1"}
+    request = check(params=conf)
+    assert (request["working_dir"], request["entrypoint"]) == (str(jobs), "python mine.py --x 1")
+    assert request["spec"] == "ray/adhoc-cpu@1"
+    from ephemeral.adhoc import RequestError
+
+    with pytest.raises(RequestError, match=r"'hello_ray\.py' is not a script in jobs/"):
+        check(params=conf | {"entrypoint": "python hello_ray.py"})
+
+
+def test_the_adhoc_dag_without_specs_fails_to_import_naming_the_folder_and_setting(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, airflow_db: str) -> None:
+    empty = tmp_path / "no_specs"
+    empty.mkdir()
+    bag = load_adhoc_dag(monkeypatch, tmp_path, empty)
+    (error,) = bag.import_errors.values()
+    assert f"no Ray cluster spec found in {empty / 'ray'}" in error
+    assert "set EPHEMERAL_SPECS_DIR" in error
+    assert "ray_job_adhoc" not in bag.dags
 
 
 @pytest.mark.local
