@@ -1,18 +1,39 @@
 #!/usr/bin/env bash
-# The steps of train_distributed done by hand with the engines' own CLIs, as a baseline for the
-# orchestration overhead: Spark master + 2 workers (the DAG's ETL cluster runs no Connect
-# server), the ETL, Spark down; Ray head + 2 workers, two DDP trials and the evaluation as Ray
-# jobs, Ray down.
-# Usage: bench/by_hand.sh ARTIFACT_ROOT   (uses 127.0.201.x and ports 9300-9399)
+# train_distributed's jobs done by hand with the engines' own CLIs, as fast as a skilled user would
+# type them: the floor the DAG's orchestration overhead is measured against.
+#
+# The same jobs on the same cluster shapes as the DAG (ci-cpu): a Spark master and 2 workers of
+# 1 core / 2 GiB (no Connect server, as in the DAG), the ETL through spark-submit, Spark down; a Ray
+# head (0 CPUs) and 2 workers of 1 CPU, the two DDP trials one after the other, the evaluation of
+# trial 0.02 as Ray jobs, Ray down. How it differs from the DAG, each time to be faster:
+# - Every node of a cluster starts at once (Spark workers the moment the master's port opens:
+#   a worker that finds no master retries only 5-15 s later), and the first job is submitted
+#   without waiting for the cluster to be ready: spark-submit right after the workers are
+#   started (the application waits for executors itself), the first trial as soon as the head's
+#   Jobs API answers (Ray Train waits for the workers itself). The DAG waits until every worker
+#   is ALIVE / every node is alive before its first job.
+# - No Airflow: no scheduler, task processes, XCom, readiness polling or run report; no
+#   spark.authenticate secret or Ray token; nodes are SIGKILLed, not stopped gracefully.
+# - The evaluation takes trial 0.02's model instead of picking the best trial, and no model is
+#   registered afterwards.
+#
+# Usage: bench/by_hand.sh ARTIFACT_ROOT
+#   BYHAND_PORT  first of 160 free ports (default: a free block picked by bench/baseline.py)
+#   BYHAND_MARK  marker put in every node's environment as EPHEMERAL_CLUSTER_UID, so whatever
+#                outlives this script (killed by a timeout) is found by it (bench_pipeline.py)
+# Nodes run on 127.0.201.x, each in its own session; on exit every session and every marked
+# process is SIGKILLed and checked gone, and the temporary folder is removed.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$(dirname "$(command -v python)")
 ART=$1
 RUN=byhand/$(date +%s)
 SH=$(python -c 'from pyspark.find_spark_home import _find_spark_home as f; print(f())')
+P=${BYHAND_PORT:-$(cd "$ROOT/bench" && python -c 'import baseline; print(baseline.port_block(160))')}
+MARK=${BYHAND_MARK:-byhand-$$}
 T=$(mktemp -d /tmp/byhand-XXXX)
 IP=127.0.201
-PIDS=()
+SESSIONS=()
 
 wait_port() { python - "$1" "$2" <<'EOF'
 import socket, sys, time
@@ -25,47 +46,70 @@ while time.time() < end:
 sys.exit(1)
 EOF
 }
-stop_all() {  # kill each started session (never `ray stop`: it kills every Ray on the host)
-  for pid in "${PIDS[@]}"; do pkill -KILL -s "$pid" 2>/dev/null || true; done
-  PIDS=()
+# A node: its own session (its pid is the session id), the marker in its environment.
+node() { setsid env EPHEMERAL_CLUSTER_UID="$MARK" "$@" & SESSIONS+=($!); }
+marked() { grep -lsxz "EPHEMERAL_CLUSTER_UID=$MARK" /proc/[0-9]*/environ | cut -d/ -f3 || true; }
+stop_all() {  # never `ray stop`: it kills every Ray on the host
+  for sid in "${SESSIONS[@]}"; do pkill -KILL -s "$sid" 2>/dev/null || true; done
+  SESSIONS=()
+  local left=()
+  for _ in $(seq 50); do
+    mapfile -t left < <(marked)
+    [ ${#left[@]} -eq 0 ] && return 0
+    kill -KILL "${left[@]}" 2>/dev/null || true
+    sleep 0.1
+  done
+  echo "by hand: processes left: ${left[*]}" >&2
+  return 1
 }
-trap stop_all EXIT
+cleanup() { stop_all; rm -rf "$T"; }
+trap cleanup EXIT
 
 # --- Spark -----------------------------------------------------------------------------------
-setsid "$SH/bin/spark-class" org.apache.spark.deploy.master.Master --host $IP.2 --port 9300 \
-  --webui-port 9301 >"$T/master.log" 2>&1 & PIDS+=($!)
-wait_port $IP.2 9300
+node "$SH/bin/spark-class" org.apache.spark.deploy.master.Master --host $IP.2 --port "$P" \
+  --webui-port $((P + 1)) >"$T/master.log" 2>&1
+wait_port $IP.2 "$P"
 for i in 1 2; do
-  setsid "$SH/bin/spark-class" org.apache.spark.deploy.worker.Worker --host $IP.$((i + 2)) \
-    --port $((9302 + 2 * i)) --webui-port $((9303 + 2 * i)) --cores 1 --memory 2048m \
-    --work-dir "$T/w$i" spark://$IP.2:9300 >"$T/worker$i.log" 2>&1 & PIDS+=($!)
+  node "$SH/bin/spark-class" org.apache.spark.deploy.worker.Worker --host $IP.$((i + 2)) \
+    --port $((P + 2 * i)) --webui-port $((P + 2 * i + 1)) --cores 1 --memory 2048m \
+    --work-dir "$T/w$i" spark://$IP.2:"$P" >"$T/worker$i.log" 2>&1
 done
-until [ "$(curl -s http://$IP.2:9301/json/ | grep -o '"state" *: *"ALIVE"' | wc -l)" -ge 2 ]; do
-  sleep 0.1
-done
-PYSPARK_PYTHON=$BIN/python SPARK_LOCAL_IP=127.0.0.1 "$SH/bin/spark-submit" \
-  --master spark://$IP.2:9300 "$ROOT/jobs/etl_features.py" --run "$RUN" --rows 5000 \
-  --artifact-root "$ART" >"$T/etl.log" 2>&1
+PYSPARK_PYTHON=$BIN/python SPARK_LOCAL_IP=127.0.0.1 EPHEMERAL_CLUSTER_UID=$MARK \
+  "$SH/bin/spark-submit" --master spark://$IP.2:"$P" "$ROOT/jobs/etl_features.py" --run "$RUN" \
+  --rows 5000 --artifact-root "$ART" >"$T/etl.log" 2>&1 || { tail -30 "$T/etl.log"; exit 1; }
 stop_all
 
 # --- Ray -------------------------------------------------------------------------------------
-RAY=(--disable-usage-stats --log-style=record)
-setsid timeout 180 "$BIN/ray" start --head --node-ip-address=$IP.2 --port=9320 --dashboard-host=$IP.2 \
-  --dashboard-port=9321 --num-cpus=0 --temp-dir="$T/r0" "${RAY[@]}" >"$T/head.log" 2>&1 &
-PIDS+=($!)
+R=$((P + 10))
+RAY=(--disable-usage-stats --log-style=record --log-color=false)
+node timeout 180 "$BIN/ray" start --head --node-ip-address=$IP.2 --port=$R \
+  --dashboard-host=$IP.2 --dashboard-port=$((R + 1)) --ray-client-server-port=$((R + 2)) \
+  --dashboard-agent-listen-port=$((R + 3)) --min-worker-port=$((P + 40)) \
+  --max-worker-port=$((P + 79)) --num-cpus=0 --temp-dir="$T/r0" "${RAY[@]}" >"$T/head.log" 2>&1
+HEAD=$!
+WORKERS=()
 for i in 1 2; do
-  setsid timeout 180 "$BIN/ray" start --address=$IP.2:9320 --node-ip-address=$IP.$((i + 2)) --num-cpus=1 \
-    --temp-dir="$T/r$i" "${RAY[@]}" >"$T/rayw$i.log" 2>&1 & PIDS+=($!)
+  node timeout 180 "$BIN/ray" start --address=$IP.2:$R --node-ip-address=$IP.$((i + 2)) \
+    --num-cpus=1 --dashboard-agent-listen-port=$((R + 3 + i)) \
+    --min-worker-port=$((P + 40 + 40 * i)) --max-worker-port=$((P + 79 + 40 * i)) \
+    --temp-dir="$T/r$i" "${RAY[@]}" >"$T/rayw$i.log" 2>&1
+  WORKERS+=($!)
 done
-wait
+wait "$HEAD" || { tail -30 "$T/head.log"; exit 1; }
+until curl -sf -o /dev/null http://$IP.2:$((R + 1))/api/jobs/; do sleep 0.1; done
 FEATURES="file://${ART#file://}/$RUN/features"
-submit() { "$BIN/ray" job submit --address http://$IP.2:9321 --working-dir "$ROOT/jobs" \
-  --runtime-env-json "{\"env_vars\": {\"EPHEMERAL_ARTIFACT_ROOT\": \"$ART\"}}" -- "$@"; }
+submit() {
+  EPHEMERAL_CLUSTER_UID=$MARK "$BIN/ray" job submit --address http://$IP.2:$((R + 1)) \
+    --working-dir "$ROOT/jobs" \
+    --runtime-env-json "{\"env_vars\": {\"EPHEMERAL_ARTIFACT_ROOT\": \"$ART\"}}" -- "$@"
+}
 for lr in 0.02 0.1; do
   submit python train_ddp.py --run "$RUN/trial-$lr" --lr $lr --steps 300 \
-    --data-uri "$FEATURES/train" --num-workers 2 --checkpoint-every 100 >"$T/trial-$lr.log" 2>&1
+    --data-uri "$FEATURES/train" --num-workers 2 --checkpoint-every 100 >"$T/trial-$lr.log" 2>&1 \
+    || { tail -30 "$T/trial-$lr.log" "$T"/rayw*.log; exit 1; }
 done
+for pid in "${WORKERS[@]}"; do wait "$pid"; done  # they were up, or no trial could have run
 submit python evaluate.py --model-uri "${ART%/}/$RUN/trial-0.02/model/model.pt" \
-  --data-uri "$FEATURES/validation" >"$T/eval.log" 2>&1
+  --data-uri "$FEATURES/validation" >"$T/eval.log" 2>&1 || { tail -30 "$T/eval.log"; exit 1; }
 stop_all
-echo "by hand: done ($T)"
+echo "by hand: done"
