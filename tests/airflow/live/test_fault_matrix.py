@@ -142,10 +142,12 @@ def test_job_task_marked_failed_stops_the_ray_job(stack: AirflowStack, matrix: R
         release.touch()
         row["seconds"] = seconds_until_gone(stack, dag_id, run_id, {handle.name}, fault,
                                             GONE_BOUND)
-        assert stack.wait_finished(dag_id, run_id, timeout=120) == "failed"
+        # The run's state follows its leaves (hold, the teardown), not the marked task.
+        state = stack.wait_finished(dag_id, run_id, timeout=120)
         tis = stack.task_instances(dag_id, run_id)
+        assert tis["work"]["state"] == "failed"
         assert tis["delete"]["state"] == "success", json.dumps(tis, indent=1)
-        row["outcome"] = "Ray job STOPPED, teardown success, run failed"
+        row["outcome"] = f"Ray job STOPPED, teardown success, run {state}"
         row["detail"] = f"job STOPPED {stop_seconds}s after the mark; teardown held until then"
 
 
@@ -211,6 +213,32 @@ def test_ray_gcs_killed_mid_job(stack: AirflowStack, matrix: Results) -> None:
         assert tis["work"]["state"] == "failed"
         assert tis["delete"]["state"] == "success", json.dumps(tis, indent=1)
         row["outcome"] = "job failed, teardown removed the half-dead cluster, run failed"
+        row["detail"] = f"{len(pids)} processes before the kill"
+
+
+def test_spark_master_killed_mid_job(stack: AirflowStack, matrix: Results) -> None:
+    dag_id = "fm_spark_job"
+    with matrix.case("5", "spark", "Spark master SIGKILLed mid-job", 180) as row:
+        run_id = stack.trigger(dag_id, {"seconds": 40})
+        stack.wait_task(dag_id, run_id, "work", {"running"}, timeout=300)
+        deadline = time.monotonic() + 120
+        while "fm-slow: started" not in stack.task_log(dag_id, run_id, "work", 1):
+            assert time.monotonic() < deadline, stack.task_log(dag_id, run_id, "work", 1)
+            time.sleep(0.5)
+        time.sleep(3)  # the executors run their tasks
+        handle = handle_of(stack, dag_id, run_id)
+        pids = cluster_processes(stack.ephemeral_home)[handle.name]
+        [master] = [p for p in pids if "java" in psutil.Process(p).name()
+                    and "deploy.master.Master" in " ".join(psutil.Process(p).cmdline())]
+        fault = time.monotonic()
+        os.kill(master, signal.SIGKILL)
+        state = stack.wait_finished(dag_id, run_id, timeout=400)
+        row["seconds"] = seconds_until_gone(stack, dag_id, run_id, {handle.name}, fault, 180)
+        tis = stack.task_instances(dag_id, run_id)
+        assert tis["delete"]["state"] == "success", json.dumps(tis, indent=1)
+        # Standalone Spark keeps a registered application running without its master: the
+        # job's outcome is recorded as it is, the teardown must remove the rest either way.
+        row["outcome"] = f"job {tis['work']['state']}, teardown removed the rest, run {state}"
         row["detail"] = f"{len(pids)} processes before the kill"
 
 

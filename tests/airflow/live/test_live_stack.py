@@ -105,7 +105,9 @@ def test_dagrun_timeout_skips_the_teardown_and_the_run_end_deletes(stack: Airflo
         run_id = stack.trigger(dag_id)
         assert stack.wait_finished(dag_id, run_id) == "failed"
         tis = stack.task_instances(dag_id, run_id)
-        assert tis["create"]["state"] == "success"
+        # Usually the job runs when the timeout fires; on a busy host the setup may still be
+        # waiting for its cluster: skipped too, with the cluster made.
+        assert tis["create"]["state"] in ("success", "skipped"), json.dumps(tis, indent=1)
         assert tis["delete"]["state"] == "skipped", json.dumps(tis, indent=1)
         status, run = stack.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
         assert status == 200, run
@@ -113,7 +115,8 @@ def test_dagrun_timeout_skips_the_teardown_and_the_run_end_deletes(stack: Airflo
         assert names
         row["seconds"] = seconds_until_gone(stack, dag_id, run_id, names,
                                             monotonic_at(when(run["end_date"])), GONE_BOUND)
-        row["outcome"] = "run failed, teardown skipped, run-end listener deleted"
+        row["outcome"] = (f"run failed, setup {tis['create']['state']}, teardown skipped, "
+                          "run-end listener deleted")
 
 
 def test_the_triggerer_finds_a_kubernetes_connection_by_id(stack: AirflowStack,

@@ -14,6 +14,7 @@ from ephemeral.airflow.operators import (
     CreateClusterOperator,
     DeleteClusterOperator,
     RayJobOperator,
+    SparkSubmitOperator,
 )
 
 START = datetime(2026, 1, 1)
@@ -30,8 +31,10 @@ def _dag(dag_id: str, retries: int = 0) -> DAG:
 
 def _create(engine: str) -> CreateClusterOperator:
     spec = "ray/adhoc-cpu@1" if engine == "ray" else "spark/etl@1"
+    # One retry: on this shared 2-core host a Ray node sometimes times out while starting; the
+    # faults under test come later. (A run marked failed is not retried.)
     return CreateClusterOperator(task_id="create", spec=spec, profile="ci-cpu", overrides=SMALL,
-                                 poll_interval=0.5)
+                                 poll_interval=0.5, retries=1)
 
 
 def _teardown(create: CreateClusterOperator, cls: type[DeleteClusterOperator]
@@ -51,6 +54,16 @@ with _dag("fm_ray") as fm_ray:
 with _dag("fm_spark") as fm_spark:
     spark_create = _create("spark")
     spark_create >> _teardown(spark_create)
+
+
+# Spark: create -> a slow application -> delete. The master is killed mid-job (fault 5).
+SLOW_SPARK = str(Path(__file__).resolve().parents[1] / "apps" / "slow_spark.py")
+with _dag("fm_spark_job") as fm_spark_job:
+    spark_job_create = _create("spark")
+    spark_job = SparkSubmitOperator(
+        task_id="work", cluster=spark_job_create.output, application=SLOW_SPARK,
+        application_args=["{{ dag_run.conf.get('seconds', 30) }}"])
+    spark_job_create >> spark_job >> _teardown(spark_job_create)
 
 
 @task
