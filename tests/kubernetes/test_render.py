@@ -44,6 +44,13 @@ EPHEMERAL = shutil.which("ephemeral", path=str(Path(sys.executable).parent)) or 
 NS = "default"
 
 
+@pytest.fixture(autouse=True)
+def _fixed_instance(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deployment instance is in every name and label: fixed, so snapshots do not depend on
+    the Airflow home of the run (``ephemeral render`` in a subprocess inherits it too)."""
+    monkeypatch.setenv("EPHEMERAL_INSTANCE", "snapshots")
+
+
 def _cases() -> list[tuple[str, str | None]]:
     out: list[tuple[str, str | None]] = []
     for path in sorted((ROOT / "cluster_specs").glob("*/*.yaml")):
