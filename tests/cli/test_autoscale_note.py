@@ -1,0 +1,31 @@
+"""A spec whose worker group has minReplicas != maxReplicas says, on a backend that does not
+autoscale, that it starts ``replicas`` nodes and keeps them: never a silent no-op."""
+
+from __future__ import annotations
+
+import json
+
+from tests.cli.test_cli import cli
+
+NOTE = ("worker group 'cpu': minReplicas 1 != maxReplicas 4, but the {backend} backend does not "
+        "autoscale: it starts replicas (2) nodes and keeps them")
+
+
+def test_specs_show_says_it_on_stderr_and_in_json() -> None:
+    proc = cli("specs", "show", "ray/adhoc-cpu")
+    assert "note: " + NOTE.format(backend="local") in proc.stderr.replace("\n", " ")
+    doc = json.loads(cli("specs", "show", "ray/adhoc-cpu", "--json").stdout)
+    assert [n.split(" (on Kubernetes")[0] for n in doc["notes"]] == [NOTE.format(backend="local")]
+
+
+def test_fixed_size_groups_say_nothing() -> None:
+    doc = json.loads(cli("specs", "show", "ray/adhoc-cpu", "-p", "ci-cpu", "--json").stdout)
+    assert doc["notes"] == []
+    assert json.loads(cli("specs", "show", "spark/etl", "--json").stdout)["notes"] == []
+
+
+def test_up_says_it_for_its_backend() -> None:
+    doc = json.loads(cli("up", "ray/adhoc-cpu", "--backend", "fake", "--json").stdout)
+    assert [n.split(" (on Kubernetes")[0] for n in doc["notes"]] == [NOTE.format(backend="fake")]
+    proc = cli("up", "ray/adhoc-cpu", "--backend", "fake")
+    assert "note: " + NOTE.format(backend="fake") in proc.stderr.replace("\n", " ")
