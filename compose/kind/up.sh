@@ -4,8 +4,9 @@
 #   1. checks the pinned tools (kind v0.31.0, helm 3.12+ or 4, kubectl, docker);
 #   2. creates the CPU-only kind cluster of compose/kind/kind-config.yaml (kept when it exists)
 #      and removes the control-plane taint, so that both nodes take pods (see kind-config.yaml);
-#   3. creates the project namespace and installs the KubeRay operator 1.7.0 with helm, in its own
-#      namespace, watching only the project namespace;
+#   3. applies compose/k8s/namespace.yaml (the project namespace under the restricted Pod
+#      Security Standard, with its ResourceQuota) and installs the KubeRay operator 1.7.0 with
+#      helm, in its own namespace, watching only the project namespace;
 #   4. applies compose/k8s/rbac.yaml and writes two kubeconfigs of the ephemeral-airflow
 #      ServiceAccount (so Airflow runs with the Role's rights, not as cluster admin):
 #        compose/.kube/config           for processes on this host (CI's `airflow dags test`),
@@ -72,8 +73,9 @@ need() { command -v "$1" >/dev/null 2>&1 || die "$1 is not installed: $2"; }
 
 CTX="kind-$CLUSTER"
 k() { kubectl --context "$CTX" "$@"; }
-# The manifests name the namespace `ephemeral`; another namespace is substituted on the way.
-manifest() { sed "s/namespace: ephemeral\$/namespace: $NS/" "$1"; }
+# The manifests name the namespace `ephemeral` (the Namespace object itself by `  name:`);
+# another namespace is substituted on the way.
+manifest() { sed -e "s/namespace: ephemeral\$/namespace: $NS/" -e "s/^  name: ephemeral\$/  name: $NS/" "$1"; }
 
 say "checking tools"
 need docker "https://docs.docker.com/engine/install/"
@@ -110,8 +112,8 @@ for node in $(k get nodes -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.s
   k taint nodes "$node" node-role.kubernetes.io/control-plane:NoSchedule-
 done
 
-say "namespace $NS"
-k create namespace "$NS" --dry-run=client -o yaml | k apply -f -
+say "namespace $NS (compose/k8s/namespace.yaml: restricted Pod Security, ResourceQuota)"
+manifest "$COMPOSE/k8s/namespace.yaml" | k apply -f -
 
 if [[ $PRELOAD == 1 ]]; then
   # Only where Ray pods can be scheduled: nodes without a NoSchedule or NoExecute taint.
