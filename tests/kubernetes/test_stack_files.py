@@ -13,6 +13,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -66,25 +67,57 @@ def test_the_validator_is_strict_enough_to_catch_a_typo() -> None:
 
 def test_every_namespaced_object_is_in_the_project_namespace() -> None:
     for name, doc in manifests():
-        assert doc["metadata"].get("namespace") == "ephemeral", name
+        if doc["kind"] == "Namespace":  # cluster-scoped: it IS the project namespace
+            assert doc["metadata"]["name"] == "ephemeral"
+            assert "namespace" not in doc["metadata"]
+        else:
+            assert doc["metadata"].get("namespace") == "ephemeral", name
 
 
-def role_rules() -> list[dict[str, Any]]:
-    roles = by_kind("Role")
-    assert len(roles) == 1
+def test_the_project_namespace_enforces_the_restricted_pod_security_standard() -> None:
+    (namespace,) = by_kind("Namespace")
+    labels = namespace["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    (quota,) = by_kind("ResourceQuota")
+    assert {"requests.cpu", "requests.memory", "pods"} <= set(quota["spec"]["hard"])
+
+
+AIRFLOW_ROLE = "ephemeral-airflow"
+REAPER_ROLE = "ephemeral-reaper"
+
+
+def role_rules(name: str = AIRFLOW_ROLE) -> list[dict[str, Any]]:
+    roles = [r for r in by_kind("Role") if r["metadata"]["name"] == name]
+    assert len(roles) == 1, name
     return list(roles[0]["rules"])
 
 
-def test_rbac_is_namespaced_and_has_no_wildcards() -> None:
+def granted(name: str) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for rule in role_rules(name):
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                out.setdefault((group, resource), set()).update(rule["verbs"])
+    return out
+
+
+def test_the_roles_are_exactly_the_airflow_and_the_reaper_ones() -> None:
+    assert sorted(r["metadata"]["name"] for r in by_kind("Role")) == [AIRFLOW_ROLE, REAPER_ROLE]
+
+
+@pytest.mark.parametrize("role", [AIRFLOW_ROLE, REAPER_ROLE])
+def test_rbac_is_namespaced_and_has_no_wildcards(role: str) -> None:
     kinds = {d["kind"] for _, d in manifests()}
     assert not kinds & {"ClusterRole", "ClusterRoleBinding"}
-    for rule in role_rules():
+    for rule in role_rules(role):
         for field in ("apiGroups", "resources", "verbs"):
             assert "*" not in rule[field], rule
-        assert not set(rule["verbs"]) & {"escalate", "bind", "impersonate", "deletecollection"}
-        assert "secrets" not in rule["resources"]
+        assert not set(rule["verbs"]) & {"escalate", "bind", "impersonate", "deletecollection",
+                                         "patch", "update"}
         assert "resourceNames" not in rule
         assert "nonResourceURLs" not in rule
+    # Secrets: a Ray token read by the name the backend knows; never listed nor followed.
+    assert granted(role).get(("", "secrets"), {"get"}) == {"get"}
 
 
 @pytest.mark.parametrize(("group", "resource", "verbs"), [
@@ -93,21 +126,33 @@ def test_rbac_is_namespaced_and_has_no_wildcards() -> None:
     ("", "services", {"create", "get", "list", "watch", "delete"}),
     ("apps", "deployments", {"create", "get", "list", "watch", "delete"}),
     ("", "events", {"get", "list"}),
+    ("networking.k8s.io", "networkpolicies", {"create", "get", "list", "watch", "delete"}),
+    ("", "secrets", {"get"}),
+    # Airflow outside the cluster: probes GET, Ray job submission POST through the proxy.
+    ("", "services/proxy", {"get", "create"}),
 ])
 def test_rbac_grants_exactly_what_the_backend_needs(group: str, resource: str,
                                                     verbs: set[str]) -> None:
-    granted = {v for r in role_rules() if group in r["apiGroups"] and resource in r["resources"]
-               for v in r["verbs"]}
-    assert granted == verbs
+    assert granted(AIRFLOW_ROLE)[(group, resource)] == verbs
 
 
 def test_nothing_is_granted_on_kinds_the_backend_never_makes() -> None:
-    granted = {res for rule in role_rules() for res in rule["resources"]}
-    assert granted == {"rayclusters", "pods", "services", "deployments", "events"}
+    assert {res for _, res in granted(AIRFLOW_ROLE)} == {
+        "rayclusters", "pods", "services", "deployments", "events", "networkpolicies", "secrets",
+        "services/proxy"}
 
 
-def test_pods_are_only_read() -> None:
-    for rule in role_rules():
+def test_the_reaper_can_delete_but_never_create() -> None:
+    reaper_rights = granted(REAPER_ROLE)
+    assert not any("create" in verbs for verbs in reaper_rights.values())
+    assert reaper_rights[("ray.io", "rayclusters")] == {"get", "list", "watch", "delete"}
+    assert reaper_rights[("apps", "deployments")] == {"get", "list", "watch", "delete"}
+    assert ("", "services/proxy") not in reaper_rights  # it runs in the cluster: Service DNS
+
+
+@pytest.mark.parametrize("role", [AIRFLOW_ROLE, REAPER_ROLE])
+def test_pods_are_only_read(role: str) -> None:
+    for rule in role_rules(role):
         if "pods" in rule["resources"] or "events" in rule["resources"]:
             assert set(rule["verbs"]) <= {"get", "list", "watch"}
 
@@ -120,15 +165,16 @@ def test_every_role_rule_is_explained_by_a_comment() -> None:
     assert items == commented == len(role_rules())
 
 
-def test_the_rolebinding_binds_the_role_to_the_service_account() -> None:
-    (sa,) = by_kind("ServiceAccount")
-    (role,) = by_kind("Role")
-    (binding,) = by_kind("RoleBinding")
-    assert sa["metadata"]["name"] == "ephemeral-airflow"
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                  "name": role["metadata"]["name"]}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "ephemeral-airflow",
-                                    "namespace": sa["metadata"]["namespace"]}]
+def test_each_rolebinding_binds_its_role_to_its_own_service_account() -> None:
+    accounts = {sa["metadata"]["name"] for sa in by_kind("ServiceAccount")}
+    assert accounts == {AIRFLOW_ROLE, REAPER_ROLE}
+    bindings = {b["metadata"]["name"]: b for b in by_kind("RoleBinding")}
+    assert set(bindings) == accounts
+    for name, binding in bindings.items():
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                      "name": name}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name,
+                                        "namespace": "ephemeral"}]
 
 
 # -- The reaper CronJob --------------------------------------------------------------------------
@@ -145,7 +191,7 @@ def test_the_reaper_runs_every_five_minutes_one_at_a_time_within_a_deadline() ->
     assert cron["spec"]["schedule"] == "*/5 * * * *"
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
     assert 0 < job["activeDeadlineSeconds"] <= 900
-    assert pod["serviceAccountName"] == "ephemeral-airflow"
+    assert pod["serviceAccountName"] == REAPER_ROLE  # its own: it may never create
     assert pod["restartPolicy"] == "Never"
 
 
@@ -218,10 +264,15 @@ def docker_compose(*args: str, env: dict[str, str]) -> subprocess.CompletedProce
     binary = shutil.which("docker-compose")
     if binary is None:
         pytest.skip("docker-compose is not installed (`make setup` installs Debian's package)")
-    clean = {k: v for k, v in os.environ.items() if k not in COMPOSE_ENV}
-    return subprocess.run([binary, "-f", str(COMPOSE / "docker-compose.yaml"), *args],
-                          capture_output=True, text=True, env=clean | env, cwd=COMPOSE,
-                          check=False)
+    # Only what the test gives: neither this shell's variables nor a developer's compose/.env.
+    clean = {k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}
+    with tempfile.TemporaryDirectory() as empty:
+        env_file = Path(empty) / ".env"
+        env_file.touch()
+        return subprocess.run([binary, "--env-file", str(env_file),
+                               "-f", str(COMPOSE / "docker-compose.yaml"), *args],
+                              capture_output=True, text=True, env=clean | env, cwd=COMPOSE,
+                              check=False)
 
 
 def test_docker_compose_accepts_the_stack() -> None:
@@ -729,6 +780,7 @@ case "$name $*" in
   *"auth can-i create namespaces") exit 1 ;;
   *"-o yaml") echo "kind: Namespace" ;;
   "kubectl config --kubeconfig "*) echo "$*" >>"$3" ;;
+  *" apply -f -"*) { cat; echo "---"; } >>"$STUB_STATE/applied.yaml" ;;
   *" -f -"*) cat >/dev/null ;;
 esac
 exit 0
@@ -781,7 +833,8 @@ def test_up_sh_brings_the_cluster_up_and_is_idempotent(tmp_path: Path,
                  "--namespace kuberay-system", "--create-namespace", "kuberay-values.yaml",
                  "--set watchNamespace[0]=ephemeral", "--wait"):
         assert part in helm
-    assert log.index("create namespace ephemeral") < log.index("helm upgrade --install")
+    # The namespace (restricted Pod Security, quota) exists before the chart makes its Role there.
+    assert log.index("apply -f -") < log.index("helm upgrade --install")
     assert "create token ephemeral-airflow --duration=24h" in log
     assert "crictl" not in log
     assert "kind load" not in log
@@ -817,6 +870,23 @@ def test_up_sh_writes_the_kubeconfigs_for_this_host_and_for_the_compose_stack(
             assert (kube / "config.internal").stat().st_gid == 0
             assert "note:" not in result.stdout
     assert inodes[0] != inodes[1]  # a new file each run: only a folder mount sees it
+
+
+def test_up_sh_installs_the_reaper_with_its_own_rights_in_another_namespace(
+        tmp_path: Path, compose_copy: Path) -> None:
+    env = stubbed_env(tmp_path) | {"EPHEMERAL_K8S_NAMESPACE": "ml",
+                                   "EPHEMERAL_AIRFLOW_URL": "http://airflow:8080"}
+    result = run_script(KIND / "up.sh", env, "--reaper", "ephemeral-airflow:ci",
+                        compose_dir=compose_copy)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "kind load docker-image ephemeral-airflow:ci --name ephemeral" in calls(tmp_path)
+    reaper_docs = {d["kind"]: d for d in applied(tmp_path)
+                   if d["metadata"]["name"] == REAPER_ROLE}
+    assert set(reaper_docs) == {"ServiceAccount", "Role", "RoleBinding", "CronJob"}
+    assert all(d["metadata"]["namespace"] == "ml" for d in reaper_docs.values())
+    pod = reaper_docs["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == "ephemeral-airflow:ci"
+    assert reaper_docs["RoleBinding"]["subjects"][0]["namespace"] == "ml"
 
 
 def test_up_sh_says_how_the_compose_stack_can_read_the_kubeconfig(
@@ -876,6 +946,30 @@ def test_up_sh_preloads_the_ray_image_onto_the_nodes_that_take_pods_and_frees_th
     assert not (tmp_path / "state" / "image").exists()
     assert "crictl" not in log
     assert "--set watchNamespace[0]=ml" in log
+
+
+def applied(tmp_path: Path) -> list[dict[str, Any]]:
+    text = (tmp_path / "state" / "applied.yaml").read_text()
+    # Manifests of the checkout; the stub's canned `-o yaml` answers (no metadata) are left out.
+    return [d for d in yaml.safe_load_all(text) if d and "metadata" in d]
+
+
+def test_up_sh_applies_the_namespace_and_rbac_manifests_for_another_namespace(
+        tmp_path: Path, compose_copy: Path) -> None:
+    env = stubbed_env(tmp_path) | {"EPHEMERAL_K8S_NAMESPACE": "ml"}
+    result = run_script(KIND / "up.sh", env, compose_dir=compose_copy)
+    assert result.returncode == 0, result.stdout + result.stderr
+    objects = applied(tmp_path)
+    assert [d["kind"] for d in objects] == [
+        "Namespace", "ResourceQuota", "ServiceAccount", "Role", "RoleBinding"]
+    namespace = objects[0]
+    assert namespace["metadata"]["name"] == "ml"
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    for doc in objects[1:]:
+        assert doc["metadata"]["namespace"] == "ml", doc["kind"]
+    (binding,) = [d for d in objects if d["kind"] == "RoleBinding"]
+    assert binding["subjects"][0]["namespace"] == "ml"
+    assert "ephemeral" not in {d["metadata"]["name"] for d in objects}
 
 
 def test_up_sh_keeps_a_ray_image_the_host_already_had(tmp_path: Path, compose_copy: Path) -> None:
