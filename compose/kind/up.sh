@@ -15,6 +15,9 @@
 #                                       mode 0640 and group 0 where possible: the compose stack
 #                                       runs as ${AIRFLOW_UID:-50000}:0 and mounts the folder
 #      Each is replaced in one step (written aside, then renamed), so a reader never sees half.
+#      Also compose/.kube/client-cidrs: the `kind` network's IPv4 range, for
+#      EPHEMERAL_K8S_CLIENT_CIDRS (through the service proxy the API server reaches the clusters'
+#      pods from its node's address there, and kindnet enforces their NetworkPolicies).
 #   5. optionally pre-loads the Ray CPU image onto the nodes, routes the pod and service ranges
 #      from the host, and installs the reaper CronJob.
 #
@@ -203,6 +206,12 @@ if kubectl --kubeconfig "$KUBE_DIR/config" auth can-i create namespaces >/dev/nu
   die "the ServiceAccount can create namespaces: its rights are wider than rbac.yaml grants"
 fi
 echo "$KUBE_DIR/config -> $host_server; $KUBE_DIR/config.internal -> $internal_server"
+# In endpoint mode proxy the API server connects to the clusters' pods from its node's address on
+# the `kind` network: each cluster's NetworkPolicy must admit that range, or readiness times out.
+client_cidrs="$(docker network inspect kind -f '{{range .IPAM.Config}}{{println .Subnet}}{{end}}' \
+                  | awk 'NF && !/:/' | paste -sd, -)"
+[[ -n "$client_cidrs" ]] || die "the docker network kind has no IPv4 subnet"
+echo "$client_cidrs" >"$KUBE_DIR/client-cidrs"
 [[ -z "$group0_note" ]] || echo "note: $group0_note"
 
 if [[ $ROUTE == 1 ]]; then
@@ -258,6 +267,8 @@ say "ready"
 cat <<EOF
 cluster $CLUSTER (context $CTX), namespace $NS, KubeRay $KUBERAY_CHART_VERSION.
 Airflow on this host:   EPHEMERAL_BACKEND=kubernetes EPHEMERAL_KUBECONFIG=$KUBE_DIR/config
-The compose stack:      docker compose -f compose/docker-compose.yaml up -d  (see docs/kubernetes.md)
+                        EPHEMERAL_K8S_CLIENT_CIDRS=$client_cidrs
+The compose stack:      echo "EPHEMERAL_K8S_CLIENT_CIDRS=$client_cidrs" >> compose/.env
+                        docker compose -f compose/docker-compose.yaml up -d  (see docs/kubernetes.md)
 Tear down:              compose/kind/down.sh
 EOF

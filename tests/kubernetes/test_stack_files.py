@@ -29,9 +29,12 @@ SCRIPTS = [KIND / "up.sh", KIND / "down.sh"]
 K8S_VERSIONS = ["1.35.0", "1.37.0"]  # kind's node image, and the newest kubernetes-validate knows
 SHA = re.compile(r"^[0-9a-f]{40}$")
 
-COMPOSE_ENV = {"POSTGRES_PASSWORD": "pg", "AIRFLOW_FERNET_KEY": "fernet",
-               "AIRFLOW_JWT_SECRET": "jwt", "AIRFLOW_API_SECRET_KEY": "api",
-               "AIRFLOW_ADMIN_PASSWORD": "admin-pw"}
+COMPOSE_SECRETS = {"POSTGRES_PASSWORD": "pg", "AIRFLOW_FERNET_KEY": "fernet",
+                   "AIRFLOW_JWT_SECRET": "jwt", "AIRFLOW_API_SECRET_KEY": "api",
+                   "AIRFLOW_ADMIN_PASSWORD": "admin-pw"}
+# What `docker compose` refuses to start without: the secrets, and the range the clusters'
+# NetworkPolicies admit besides Airflow's pods (no default: a wrong one is a readiness timeout).
+COMPOSE_ENV = COMPOSE_SECRETS | {"EPHEMERAL_K8S_CLIENT_CIDRS": "172.18.0.0/16"}
 
 
 def docs(path: Path) -> list[dict[str, Any]]:
@@ -406,6 +409,22 @@ def test_the_header_says_how_airflow_outside_the_cluster_reaches_the_clusters() 
     assert env["EPHEMERAL_K8S_ENDPOINT_MODE"] == "${EPHEMERAL_K8S_ENDPOINT_MODE:-proxy}"
 
 
+def test_the_stack_needs_the_range_the_clusters_admit_and_takes_an_empty_one() -> None:
+    env = dict(COMPOSE_ENV)
+    del env["EPHEMERAL_K8S_CLIENT_CIDRS"]
+    refused = docker_compose("config", "-q", env=env)
+    assert refused.returncode != 0
+    assert "set EPHEMERAL_K8S_CLIENT_CIDRS in compose/.env" in refused.stderr
+    assert "compose/kind/up.sh printed" in refused.stderr
+    empty = resolved_stack(EPHEMERAL_K8S_CLIENT_CIDRS="")
+    assert empty["services"]["airflow-scheduler"]["environment"]["EPHEMERAL_K8S_CLIENT_CIDRS"] \
+        in ("", None)
+    example = (COMPOSE / ".env.example").read_text()
+    assert not re.search(r"^EPHEMERAL_K8S_CLIENT_CIDRS=", example, re.M)  # so `cp` is not enough
+    assert 'echo "EPHEMERAL_K8S_CLIENT_CIDRS=$(cat compose/.kube/client-cidrs)" >> compose/.env' \
+        in example
+
+
 def test_the_backend_accepts_the_endpoint_mode_the_stack_sets() -> None:
     """Integration with the kubernetes backend: the mode the stack sets must be one it knows."""
     from ephemeral.backends.kubernetes import KubeConfig
@@ -414,6 +433,7 @@ def test_the_backend_accepts_the_endpoint_mode_the_stack_sets() -> None:
     config = KubeConfig.from_env({k: str(v) for k, v in env.items()})
     assert config.endpoint_mode == "proxy"
     assert config.kubeconfig_path == "/opt/airflow/kube/config.internal"
+    assert config.client_cidrs == ["172.18.0.0/16"]
 
 
 def test_no_secret_is_written_in_the_stack() -> None:
@@ -426,8 +446,8 @@ def test_no_secret_is_written_in_the_stack() -> None:
             ":${POSTGRES_PASSWORD:?" in service["environment"]["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
     example = dict(line.split("=", 1) for line in (COMPOSE / ".env.example").read_text()
                    .splitlines() if line and not line.startswith("#"))
-    assert set(COMPOSE_ENV) <= set(example)
-    assert all(example[k] == "" for k in COMPOSE_ENV)
+    assert set(COMPOSE_SECRETS) <= set(example)
+    assert all(example[k] == "" for k in COMPOSE_SECRETS)
     assert "/.env" in (COMPOSE / ".gitignore").read_text().splitlines()
 
 
@@ -768,6 +788,7 @@ case "$name $*" in
   "docker pull"*) touch "$STUB_STATE/image" ;;
   "docker image rm"*) rm -f "$STUB_STATE/image" ;;
   "docker network inspect kind") [ -f "$STUB_STATE/network" ] || exit 1 ;;
+  "docker network inspect kind -f "*) printf '172.18.0.0/16\nfc00:f853:ccd:e793::/64\n' ;;
   "docker network rm kind") [ -z "${STUB_NETWORK_BUSY:-}" ] || exit 1; rm -f "$STUB_STATE/network" ;;
   "helm version"*) echo v3.21.4 ;;
   *"get nodes -o jsonpath="*"{.spec.taints[*].key}"*) nodes key ;;
@@ -864,7 +885,8 @@ def test_up_sh_writes_the_kubeconfigs_for_this_host_and_for_the_compose_stack(
         assert stat.S_IMODE((kube / "config").stat().st_mode) == 0o600
         assert stat.S_IMODE((kube / "config.internal").stat().st_mode) == 0o640
         assert stat.S_IMODE(kube.stat().st_mode) == 0o750
-        assert sorted(p.name for p in kube.iterdir()) == ["config", "config.internal"]
+        assert sorted(p.name for p in kube.iterdir()) == [
+            "client-cidrs", "config", "config.internal"]
         inodes.append((kube / "config.internal").stat().st_ino)
         if os.getgid() == 0:  # as root (CI, this machine) the files are group 0 already
             assert (kube / "config.internal").stat().st_gid == 0
@@ -887,6 +909,20 @@ def test_up_sh_installs_the_reaper_with_its_own_rights_in_another_namespace(
     pod = reaper_docs["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert pod["containers"][0]["image"] == "ephemeral-airflow:ci"
     assert reaper_docs["RoleBinding"]["subjects"][0]["namespace"] == "ml"
+
+
+def test_up_sh_gives_the_kind_network_range_the_clusters_must_admit(
+        tmp_path: Path, compose_copy: Path) -> None:
+    """Through the service proxy the API server reaches the pods from its node on the `kind`
+    network (IPv4); the compose stack and CI's Airflow set EPHEMERAL_K8S_CLIENT_CIDRS to it."""
+    env = stubbed_env(tmp_path)
+    result = run_script(KIND / "up.sh", env, compose_dir=compose_copy)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (compose_copy / ".kube" / "client-cidrs").read_text() == "172.18.0.0/16\n"
+    assert 'echo "EPHEMERAL_K8S_CLIENT_CIDRS=172.18.0.0/16" >> compose/.env' in result.stdout
+    export = step("compose/kind/up.sh")["run"]
+    assert 'echo "EPHEMERAL_K8S_CLIENT_CIDRS=$(cat compose/.kube/client-cidrs)" >> "$GITHUB_ENV"' \
+        in export
 
 
 def test_up_sh_says_how_the_compose_stack_can_read_the_kubeconfig(
