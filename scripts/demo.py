@@ -1,7 +1,8 @@
 """`make demo`: run the reference DAG `train_distributed` end to end through Airflow
-(`dag.test()`, project-local AIRFLOW_HOME) on the local backend, then report what happened:
-each cluster's lifetime and how much of it ran jobs, the artifacts and metrics produced, and
-that every cluster created was deleted.
+(`dag.test()`, project-local AIRFLOW_HOME) on the local backend, then print the run report its
+teardowns wrote (the same one `ephemeral report` prints and the teardowns' "Run report" link
+opens): each cluster's lifetime, how much of it ran jobs and why the rest was idle, what it
+reserved and cost, the jobs' results, and that every cluster created was deleted.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ def configure() -> None:
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     os.environ.setdefault("AIRFLOW__CORE__XCOM_BACKEND", "ephemeral.airflow.xcom.MetadataOnlyXCom")
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
+    # Example prices, so the report shows money (a deployment sets its own: EPHEMERAL_COST_FILE).
+    if not os.environ.get("EPHEMERAL_COST_FILE"):
+        os.environ.setdefault("EPHEMERAL_COST_CPU_HOUR", "0.04")
+        os.environ.setdefault("EPHEMERAL_COST_GPU_HOUR", "2.50")
+        os.environ.setdefault("EPHEMERAL_COST_MEMORY_GIB_HOUR", "0.005")
 
 
 def migrate() -> None:
@@ -37,7 +43,7 @@ def main() -> int:
     migrate()
     from rich.console import Console
 
-    from ephemeral.airflow.report import run_reference_dag, run_report
+    from ephemeral.airflow.report import print_report, run_reference_dag, run_report
 
     # Piped or captured output gets rich's 80 columns, which cuts the tables' cells.
     console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 150)
@@ -46,8 +52,6 @@ def main() -> int:
     dag_run = run_reference_dag("train_distributed", {"profile": "ci-cpu"})
     report: dict[str, Any] = run_report(dag_run)
     report["wall_seconds"] = round(time.monotonic() - t0, 1)
-    from ephemeral.airflow.report import print_report
-
     print_report(console, report)
     return 0 if report["ok"] else 1
 

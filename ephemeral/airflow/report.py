@@ -87,7 +87,10 @@ def jobs_of(context: Any, cluster: str, engine_view: list[JobFacts] | None,
         task_id, map_index, result = mine.pop(job.job_id, (None, -1, {}))
         task = _label(task_id, map_index) if task_id else next(
             (t for p, t in prefixes.items() if job.job_id.startswith(p)), None)
-        jobs.append(job.model_copy(update={"task": task, "uris": _uris(result)}))
+        # seconds: as the task saw it (a spark-submit driver's JVM start included), beside the
+        # engine's start and end (the application registered with the master).
+        jobs.append(job.model_copy(update={"task": task, "uris": _uris(result),
+                                           "seconds": result.get("seconds")}))
     for job_id, (task_id, map_index, result) in mine.items():  # the engine did not list it
         jobs.append(JobFacts(job_id=job_id, engine=str(result.get("engine", "")),
                              task=_label(task_id, map_index), status=str(result.get("status")),

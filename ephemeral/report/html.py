@@ -83,13 +83,13 @@ def timeline_svg(report: dict[str, Any]) -> str:
         parts = [f'<g class="row"><text x="4" y="{y + 15}">{escape(c["name"])}</text>',
                  f'<text x="4" y="{y + 30}" fill="#5b6775">{escape(str(c["spec"]))}</text>',
                  f'<rect class="cluster" x="{x(c["created"])}" y="{y}" '
-                 f'width="{max(x(end) - x(c["created"]), 1)}" height="{height}" '
+                 f'width="{max(x(end) - x(c["created"]), 1):.1f}" height="{height}" '
                  f'fill="{COLOURS["alive"]}" stroke="#9fb3c8"><title>{escape(title)}</title>'
                  "</rect>"]
         for cls, a, b in (("starting", c["created"], ready),
                           ("deleting", c["teardown_started"], end)):
             if b > a:
-                parts.append(f'<rect class="{cls}" x="{x(a)}" y="{y}" width="{x(b) - x(a)}" '
+                parts.append(f'<rect class="{cls}" x="{x(a)}" y="{y}" width="{x(b) - x(a):.1f}" '
                              f'height="{height}" fill="{COLOURS[cls]}"><title>{cls} '
                              f'{b - a:.1f}s</title></rect>')
         for job, lane in zip(timed, lanes, strict=True):
@@ -97,7 +97,7 @@ def timeline_svg(report: dict[str, Any]) -> str:
             label = job["task"] or job["job_id"]
             parts.append(
                 f'<rect class="job" x="{x(job["start"])}" y="{y + 4 + lane * LANE}" '
-                f'width="{max(x(job["end"]) - x(job["start"]), 1)}" height="{LANE - 3}" '
+                f'width="{max(x(job["end"]) - x(job["start"]), 1):.1f}" height="{LANE - 3}" '
                 f'fill="{colour}" rx="2"><title>{escape(str(label))}: {job["wall_s"]:.1f}s '
                 f'({escape(job["status"])})</title></rect>')
         parts.append("</g>")
@@ -140,7 +140,8 @@ def _job_rows(report: dict[str, Any]) -> str:
         uris = "<br>".join(f"{escape(k)}: <code>{escape(v)}</code>" for k, v in j["uris"].items())
         out.append(f"<tr><td>{escape(str(j['task'] or ''))}</td><td><code>{escape(j['job_id'])}"
                    f"</code></td><td>{escape(j['cluster'])}</td><td>{escape(j['status'])}</td>"
-                   f"<td class=n>{_fmt_s(j['wall_s'])}</td><td>{uris}</td></tr>")
+                   f"<td class=n>{_fmt_s(j['wall_s'])}</td><td class=n>"
+                   f"{_fmt_s(j['seconds'])}</td><td>{uris}</td></tr>")
     return "".join(out)
 
 
@@ -166,5 +167,6 @@ def render_html(report: dict[str, Any]) -> str:
         "<th>reserved CPU-s / GiB-s / GPU-s</th><th>cost</th><th>deletion</th></tr>"
         f"{_cluster_rows(report)}</table>"
         "<h2>Jobs</h2><table><tr><th>task</th><th>job</th><th>cluster</th><th>status</th>"
-        f"<th>wall time</th><th>results</th></tr>{_job_rows(report)}</table>"
+        "<th>running (engine)</th><th>as the task saw it</th><th>results</th></tr>"
+        f"{_job_rows(report)}</table>"
         "</body></html>\n")

@@ -42,7 +42,8 @@ class JobFacts(_Model):
     start: float | None = None
     end: float | None = None
     seconds: float | None = None
-    """Wall time; the engine's when it reported start and end."""
+    """Wall time as the job's task measured it (its result's ``seconds``); ``wall`` prefers
+    the engine's start and end."""
     uris: dict[str, str] = {}
     """The job's result URIs (artifacts, metrics) from its result line."""
     source: str = "xcom"
