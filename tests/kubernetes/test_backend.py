@@ -24,6 +24,7 @@ from ephemeral.specs.identity import PREFIX
 from ephemeral.specs.resolve import ResolvedSpec
 from tests.conftest import small
 from tests.kubernetes.apiserver import ApiServer, Operator, RayScenario, WebEndpoints
+from tests.kubernetes.apiserver.harness import hold_until_watched
 from tests.kubernetes.conftest import NAMESPACE
 
 RAY = small("ray/adhoc-cpu", replicas=1)
@@ -424,7 +425,9 @@ def test_without_watch_delete_and_wait_ready_poll(k8s_backend: KubernetesBackend
 def test_wait_ready_probes_on_changes(k8s_backend: KubernetesBackend, apiserver: ApiServer,
                                       operator: Operator) -> None:
     operator.provision_delay = 0.5
+    start = hold_until_watched(apiserver, operator, "rayclusters")
     handle = k8s_backend.create(RAY, identity=owner(RAY))
+    start()
     assert k8s_backend.wait_ready(handle, timeout=5).ready
     # Polling every 0.02 s would have read the RayCluster ~25 times while it provisioned.
     assert len(apiserver.requests("get", "rayclusters")) <= 5

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from ephemeral.backends.kubernetes import KubeConfig, KubernetesBackend
 from ephemeral.errors import BackendError, ReadinessTimeout
 from tests.conftest import small
 from tests.kubernetes.apiserver import ApiServer, Operator, RayScenario
+from tests.kubernetes.apiserver.harness import hold_until_watched
 from tests.kubernetes.apiserver.store import RESOURCES
 from tests.kubernetes.conftest import NAMESPACE
 from tests.kubernetes.test_backend import owner
@@ -42,9 +44,16 @@ def enforce(server: ApiServer, allowed: set[tuple[str, str]]) -> None:
                 server.forbid(verb, plural)
 
 
-def lifecycle(backend: KubernetesBackend) -> None:
+def lifecycle(backend: KubernetesBackend, held: tuple[ApiServer, Operator] | None = None) -> None:
+    """Create, wait, list, reach and delete a Ray and a Spark cluster; with ``held``, the mock
+    controllers wait for the readiness wait's watch (so it must watch)."""
     for spec in (small("ray/adhoc-cpu", replicas=1), small("spark/etl")):
+        start: Callable[[], None] = lambda: None  # noqa: E731
+        if held is not None:
+            start = hold_until_watched(*held, "rayclusters" if spec.engine == "ray"
+                                       else "deployments")
         handle = backend.create(spec, identity=owner(spec))
+        start()
         assert backend.wait_ready(handle, timeout=10).phase is Phase.READY
         assert handle.name in {h.name for h in backend.list_owned()}
         access = backend.access(handle)
@@ -63,10 +72,7 @@ def test_the_role_is_enough_for_the_whole_lifecycle(k8s_backend: KubernetesBacke
                                                     apiserver: ApiServer, operator: Operator,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     enforce(apiserver, granted())
-    # Slow enough that the readiness waits must watch (on a loaded machine a fast operator has
-    # made the cluster ready before the wait starts).
-    operator.provision_delay = operator.deployment_delay = 1.0
-    lifecycle(k8s_backend)
+    lifecycle(k8s_backend, (apiserver, operator))
     # The waits watched, and never fell back to polling for want of the watch verb.
     assert apiserver.requests("watch", "rayclusters")
     assert apiserver.requests("watch", "deployments")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ephemeral.backends.kubernetes import KubeConfig, KubernetesBackend
@@ -34,3 +36,18 @@ def mock_backend(workdir: Path, namespace: str = "ephemeral-test") -> Iterator[K
             ingress_url_template=web.url_template, poll_interval=0.02, delete_timeout=5))
         stack.callback(backend.client.close)
         yield backend
+
+
+def hold_until_watched(server: ApiServer, operator: Operator, plural: str) -> Callable[[], None]:
+    """Hold the mock controllers until a watch on ``plural`` arrives; returns the starter (on a
+    loaded machine a fast mock operator has a cluster ready before the wait even begins)."""
+    operator.paused = True
+    before = len(server.requests("watch", plural))
+
+    def release() -> None:
+        deadline = time.monotonic() + 10
+        while len(server.requests("watch", plural)) == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        operator.paused = False
+
+    return threading.Thread(target=release, daemon=True).start

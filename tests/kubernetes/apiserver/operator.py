@@ -35,8 +35,9 @@ class Operator:
         self.ray_scenario = RayScenario.READY
         self.scenarios: dict[str, RayScenario] = {}
         self.provision_delay = 0.05
-        self.deployment_delay = 0.0
-        """Seconds before a Deployment gets its pods (a test that must see a watch sets it)."""
+        self.paused = False
+        """While True the controllers do nothing (a test that must see a wait watch holds them
+        until the wait has started)."""
         self.pod_grace = 0.05
         self.deployments_ready = True
         self.slow_collection: set[tuple[str, str]] = set()
@@ -60,6 +61,8 @@ class Operator:
             self.reconcile()
 
     def reconcile(self) -> None:
+        if self.paused:
+            return
         with self.store.lock:
             for obj in self.store.list("rayclusters"):
                 self._ray(obj)
@@ -180,9 +183,6 @@ class Operator:
         if meta.get("deletionTimestamp") or meta["uid"] in self._seen:
             return
         if not self.deployments_ready:
-            return
-        first = self._first_seen.setdefault(meta["uid"], time.monotonic())
-        if time.monotonic() - first < self.deployment_delay:
             return
         self._seen.add(meta["uid"])
         replicas = int(dep["spec"].get("replicas", 1))
