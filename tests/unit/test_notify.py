@@ -1,0 +1,56 @@
+"""Failure notifications: the notifier setting, and the reaper's notification with the report
+link of the run that made the cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ephemeral.backends.fake import InMemoryBackend
+from ephemeral.notify import NotifierError, configured_notifier, notify_reaped
+from ephemeral.report import report_url
+from ephemeral.specs import ClusterIdentity, resolve
+
+SENT: list[dict[str, Any]] = []
+
+
+def remember(context: dict[str, Any]) -> None:
+    SENT.append(context)
+
+
+class Broken:
+    """A class that is no notifier."""
+
+
+def test_bad_notifier_settings_name_the_setting() -> None:
+    with pytest.raises(NotifierError, match=r"EPHEMERAL_NOTIFIER='nowhere\.Nothing'.*import"):
+        configured_notifier({"EPHEMERAL_NOTIFIER": "nowhere.Nothing"})
+    with pytest.raises(NotifierError, match="without notify"):
+        configured_notifier({"EPHEMERAL_NOTIFIER": f"{__name__}:Broken"})
+    with pytest.raises(NotifierError, match="EPHEMERAL_NOTIFIER_KWARGS: not JSON"):
+        configured_notifier({"EPHEMERAL_NOTIFIER": f"{__name__}.remember",
+                             "EPHEMERAL_NOTIFIER_KWARGS": "{"})
+    with pytest.raises(NotifierError, match="is a function, not a class"):
+        configured_notifier({"EPHEMERAL_NOTIFIER": f"{__name__}.remember",
+                             "EPHEMERAL_NOTIFIER_KWARGS": '{"channel": "x"}'})
+    assert configured_notifier({}) is None
+
+
+def test_a_reaped_cluster_notifies_with_its_runs_report(monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path) -> None:
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", str(tmp_path))
+    identity = ClusterIdentity(spec_name="adhoc-cpu", dag_id="train_distributed",
+                               run_id="manual__2026-01-01T00:00:00", task_id="create")
+    handle = InMemoryBackend().create(resolve("ray/adhoc-cpu@1", "ci-cpu"), identity=identity)
+    SENT.clear()
+    notify_reaped(handle, "expired")  # no notifier configured: nothing, no error
+    assert SENT == []
+    monkeypatch.setenv("EPHEMERAL_NOTIFIER", f"{__name__}.remember")
+    notify_reaped(handle, "its run ended 10 minutes ago")
+    url = report_url("train_distributed", "manual__2026-01-01T00:00:00")
+    assert [s["ephemeral_report_url"] for s in SENT] == [url]
+    assert SENT[0]["ephemeral_event"] == "cluster_reaped"
+    assert handle.name in SENT[0]["ephemeral_message"]
+    assert "its run ended 10 minutes ago" in SENT[0]["ephemeral_message"]
