@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -24,7 +25,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskD
 
 from ephemeral.airflow.backends import task_backend
 from ephemeral.airflow.context import cluster_identity, owner_selector, task_key
-from ephemeral.airflow.links import RayDashboardLink, SparkMasterLink
+from ephemeral.airflow.links import RayDashboardLink, RunReportLink, SparkMasterLink
 from ephemeral.airflow.triggers import ClusterReadyTrigger, RayJobTrigger
 from ephemeral.backends import ClusterBackend, ClusterHandle
 from ephemeral.backends.readiness import Readiness
@@ -49,6 +50,17 @@ def warn_if_dagrun_timeout(op: BaseOperator) -> None:
     if dag is not None and dag.dagrun_timeout is not None:
         warnings.warn(DAGRUN_TIMEOUT_WARNING.format(dag_id=dag.dag_id), DagrunTimeoutWarning,
                       stacklevel=3)
+
+
+def _within_ttl(handle: ClusterHandle, timeout: float | None) -> None:
+    """A job timeout past the cluster's expiry is refused before submitting: the reaper would
+    delete the cluster under the running job."""
+    from ephemeral.adhoc import check_timeout_within_ttl
+
+    try:
+        check_timeout_within_ttl(handle, timeout, field="job_timeout")
+    except SpecError as err:
+        raise AirflowFailException(str(err)) from err
 
 
 def _handle(value: Any) -> ClusterHandle:
@@ -143,6 +155,8 @@ class CreateClusterOperator(BaseOperator):
         raise error
 
     def _ready(self, handle: ClusterHandle, message: str) -> dict[str, Any]:
+        # When it became usable, for the run report's "starting" share of the cluster's life.
+        handle = handle.model_copy(update={"ready_ts": round(time.time(), 3)})
         self.log.info("cluster %s ready: %s; endpoints %s", handle.name, message,
                       handle.endpoints.model_dump(exclude_none=True))
         return handle.model_dump(mode="json")
@@ -177,6 +191,7 @@ class DeleteClusterOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = ("cluster",)
+    operator_extra_links = (RunReportLink(),)
     ui_color = "#fadbd8"
 
     def __init__(self, *, setup_task_id: str, cluster: Any = None, backend: str | None = None,
@@ -188,6 +203,11 @@ class DeleteClusterOperator(BaseOperator):
         self.kubernetes_conn_id = kubernetes_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from ephemeral.airflow.report import record_teardown
+        from ephemeral.report import report_url
+        from ephemeral.report.engines import engine_jobs
+
+        started = time.time()
         handle = _handle(self.cluster) if self.cluster else None
         backend = self._backend_of(handle)
         # By handle where there is one: it carries the cluster's own namespace.
@@ -197,15 +217,25 @@ class DeleteClusterOperator(BaseOperator):
             targets[handle.name] = handle
         if not targets:
             self.log.info("no cluster of %s in this run: nothing to delete", self.setup_task_id)
-        failures = []
+        else:  # the link first: a teardown that fails still points to the report
+            context["ti"].xcom_push(key=RunReportLink().xcom_key,
+                                    value=report_url(context["dag"].dag_id, context["run_id"]))
+        # What ran on each cluster, asked of its engine while it is still there (run report).
+        seen = {name: engine_jobs(backend, target) for name, target in targets.items()}
+        failures: dict[str, str] = {}
+        deleted: dict[str, float] = {}
         for name, target in sorted(targets.items()):
             self.log.info("deleting %s", name)
             try:
                 backend.delete(target, wait=True)
+                deleted[name] = time.time()
             except EphemeralError as err:  # keep going: every other cluster must still go
-                failures.append(f"{name}: {err}")
+                failures[name] = f"incomplete: {err}"
+        record_teardown(context, setup_task_id=self.setup_task_id, targets=targets,
+                        engine_views=seen, started=started, deleted=deleted, failures=failures)
         if failures:
-            raise AirflowException("teardown incomplete: " + "; ".join(failures))
+            raise AirflowException("teardown incomplete: " + "; ".join(
+                f"{name}: {why}" for name, why in failures.items()))
         return {"deleted": sorted(targets)}
 
     def _backend_of(self, handle: ClusterHandle | None) -> ClusterBackend:
@@ -280,13 +310,12 @@ class RayJobOperator(BaseOperator):
         return None if self.job_timeout in (None, "", "None") else float(self.job_timeout)
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from ephemeral.jobs import artifacts
+        from ephemeral.jobs.runtime_env import job_runtime_env
 
         handle = _handle(self.cluster)
+        _within_ttl(handle, self._timeout)
         jobs = self._jobs(handle)
-        env = dict(self.runtime_env or {})
-        env["env_vars"] = {"EPHEMERAL_ARTIFACT_ROOT": artifacts.root(),
-                           **env.get("env_vars", {})}
+        env = job_runtime_env(handle, self.runtime_env)  # the cluster's default pip, then ours
         ti = context["ti"]
         ti.xcom_push(key=RayDashboardLink().xcom_key, value=handle.endpoints.dashboard)
         try:
@@ -363,6 +392,7 @@ class SparkSubmitOperator(BaseOperator):
         handle = _handle(self.cluster)
         if not handle.endpoints.spark_master:
             raise AirflowFailException(f"cluster {handle.name} is not a Spark cluster")
+        _within_ttl(handle, self.job_timeout)
         context["ti"].xcom_push(key=SparkMasterLink().xcom_key, value=handle.endpoints.spark_ui)
         try:
             # The driver authenticates with the cluster's secret (spark.authenticate).

@@ -25,7 +25,8 @@ from ephemeral.jobs.results import JobResult
 from ephemeral.lifecycle import DEFAULT_READY_TIMEOUT, provision, teardown
 from ephemeral.settings import get_settings
 from ephemeral.specs import ClusterIdentity, load_file, resolve
-from ephemeral.specs.resolve import CI_CPU, apply_profile
+from ephemeral.specs.models import RaySpec
+from ephemeral.specs.resolve import CI_CPU, ResolvedSpec, apply_profile
 
 app = typer.Typer(help="Ephemeral Ray and Spark clusters from versioned specs.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -62,6 +63,17 @@ def _overrides(replicas: int | None, cpu: float | None, memory: str | None,
                {"replicas": replicas, "cpu": cpu, "memory": memory, "gpus": gpus}.items()
                if v is not None}
     return {"workers": workers} if workers else None
+
+
+def autoscale_notes(spec: ResolvedSpec, backend: str = "local") -> list[str]:
+    """What a backend that does not autoscale says about groups whose min and max differ: it
+    starts ``replicas`` nodes and keeps them (no silent no-op)."""
+    if backend == "kubernetes" or not isinstance(spec.spec, RaySpec):
+        return []
+    return [f"worker group {g.name!r}: minReplicas {g.min} != maxReplicas {g.max}, but the "
+            f"{backend} backend does not autoscale: it starts replicas ({g.replicas}) nodes and "
+            "keeps them (on Kubernetes, KubeRay's autoscaler scales between the two)"
+            for g in spec.spec.worker_groups if g.min != g.max]
 
 
 @specs_app.command("validate")
@@ -110,10 +122,14 @@ def specs_show(
     except EphemeralError as e:
         raise _fail(e, as_json) from e
     body = r.spec.model_dump(mode="json", by_alias=True, exclude={"profiles"})
-    doc = {"ref": r.ref, "profile": r.profile, "hash": r.hash, "source": r.source, "spec": body}
+    notes = autoscale_notes(r)
+    doc = {"ref": r.ref, "profile": r.profile, "hash": r.hash, "source": r.source, "spec": body,
+           "notes": notes}
     if as_json:
         _emit(doc)
     else:
+        for note in notes:
+            err.print(f"note: {note}", markup=False, highlight=False)
         out.print(f"# {r.label()}  hash {r.hash}  ({r.source})", highlight=False, markup=False)
         out.print(yaml.safe_dump(body, sort_keys=False), markup=False, highlight=False)
 
@@ -209,6 +225,9 @@ def up(
         spec = resolve(ref, profile, _overrides(replicas, cpu, memory, gpus))
         identity = ClusterIdentity.manual(spec.spec.name, name)
         be = get_backend(backend)
+        notes = autoscale_notes(spec, be.name)
+        for note in [] if as_json else notes:
+            err.print(f"note: {note}", markup=False, highlight=False)
         with err.status(f"creating {identity.name} from {spec.ref}") as status:
             def progress(st: ClusterStatus) -> None:
                 status.update(f"{identity.name}: {st.phase.value} "
@@ -220,7 +239,7 @@ def up(
         raise _fail(e, as_json) from e
     if as_json:
         _emit({"handle": result.handle.model_dump(mode="json"),
-               "seconds_to_ready": round(result.seconds_to_ready, 2)})
+               "seconds_to_ready": round(result.seconds_to_ready, 2), "notes": notes})
         return
     err.print(f"[green]ready[/] in {result.seconds_to_ready:.1f}s: {result.status.message}")
     for line in _handle_lines(result.handle):
@@ -309,13 +328,22 @@ def down(
         raise typer.Exit(1)
 
 
-def _cluster(name: str, backend: str | None, engine: str, as_json: bool) -> ClusterHandle:
+def _cluster(name: str, backend: str | None, engine: str, as_json: bool,
+             timeout: float | None = None) -> ClusterHandle:
+    """The cluster a job goes to; a job ``timeout`` past its expiry is refused up front (the
+    reaper would delete the cluster under the running job)."""
+    from ephemeral.adhoc import check_timeout_within_ttl
+
     handle = get_backend(backend).get(name)
     if handle is None:
         raise _fail(ClusterNotFound(f"no cluster {name!r}; see `ephemeral ls`"), as_json)
     if handle.engine != engine:
         raise _fail(ClusterNotFound(f"cluster {name!r} is a {handle.engine} cluster, not {engine}"),
                     as_json)
+    try:
+        check_timeout_within_ttl(handle, timeout, field="--timeout")
+    except SpecError as e:
+        raise _fail(e, as_json) from e
     return handle
 
 
@@ -366,15 +394,16 @@ def submit(
     as_json: JsonOpt = False,
 ) -> None:
     """Run a command as a Ray job on CLUSTER, streaming its logs; exit with its status."""
-    from ephemeral.jobs import artifacts
     from ephemeral.jobs.ray_jobs import ray_jobs_for
+    from ephemeral.jobs.runtime_env import job_runtime_env
 
-    handle = _cluster(cluster, backend, "ray", as_json)
+    handle = _cluster(cluster, backend, "ray", as_json, timeout)
     jobs = ray_jobs_for(handle, get_backend(backend))  # with the cluster's token
-    runtime_env: dict[str, Any] = {"env_vars": {"EPHEMERAL_ARTIFACT_ROOT": artifacts.root(),
-                                                **_key_values(env, "--env")}}
-    if pip:
-        runtime_env["pip"] = list(pip)
+    try:  # the cluster's default pip packages, then the job's own (which win)
+        runtime_env = job_runtime_env(handle, {"env_vars": _key_values(env, "--env"),
+                                               "pip": list(pip) if pip else None})
+    except EphemeralError as e:
+        raise _fail(e, as_json) from e
     sink = _log_sink(as_json)
 
     def run() -> JobResult:
@@ -405,7 +434,7 @@ def spark_submit_cmd(
     from ephemeral.jobs import artifacts
     from ephemeral.jobs.spark_jobs import spark_auth_for, spark_submit
 
-    handle = _cluster(cluster, backend, "spark", as_json)
+    handle = _cluster(cluster, backend, "spark", as_json, timeout)
     auth = spark_auth_for(handle, get_backend(backend))  # the driver's spark.authenticate secret
     _finish_job(lambda: spark_submit(
         handle.endpoints.spark_master or "", str(application), args or [],
@@ -428,7 +457,9 @@ def reap_cmd(
     backend: BackendOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Delete orphaned clusters: expired ones, and those whose DAG run has ended."""
+    """Delete orphaned clusters: expired ones, those whose DAG run has ended, and those idle
+    for longer than their spec's lifetime.idleTimeout (no Ray job, Spark application or
+    Connect session)."""
     import os
 
     from ephemeral.reaper import AirflowApiLookup, reap
@@ -452,6 +483,36 @@ def reap_cmd(
                       markup=False)
     if any(d.error for d in decisions):
         raise typer.Exit(1)
+
+
+@app.command("report")
+def report_cmd(
+    dag_id: Annotated[str, typer.Argument(help="The DAG, e.g. train_distributed")],
+    run_id: Annotated[str, typer.Argument(help="The run, e.g. scheduled__2026-01-01T00:00:00+00:00")],
+    html: Annotated[Path | None, typer.Option(help="Also write the HTML page here.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print a run's report: each cluster's lifetime, idle split, reserved resources and cost,
+    and each job's wall time and results, as the run's teardowns recorded them."""
+    from ephemeral.report import load_report, render_html, report_uri
+    from ephemeral.report.text import print_report
+
+    report = load_report(dag_id, run_id)
+    if report is None:
+        raise _fail(EphemeralError(
+            f"no run report of {dag_id} {run_id} under {report_uri(dag_id, run_id, '')} "
+            "(written by the run's teardowns; is EPHEMERAL_ARTIFACT_ROOT the DAGs' one?)"),
+            as_json)
+    if html is not None:
+        html.write_text(render_html(report))
+    if as_json:
+        _emit(report)
+        return
+    # Piped output gets 80 columns, which cuts the tables' cells.
+    wide = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+    wide.print(f"{dag_id} {run_id}", highlight=False, markup=False)
+    print_report(wide, report)
+    wide.print(f"page: {html or report_uri(dag_id, run_id)}", highlight=False, markup=False)
 
 
 def main() -> None:

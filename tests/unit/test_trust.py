@@ -325,3 +325,23 @@ def test_an_unreadable_state_hides_no_other_cluster_and_still_deletes(
     finally:
         for p in sleepers:
             p.kill()
+
+
+# -- a job may not outlive its cluster ----------------------------------------------------
+
+@pytest.mark.parametrize("operator", ["RayJobOperator", "SparkSubmitOperator"])
+def test_a_job_timeout_past_the_clusters_expiry_is_refused_before_submitting(
+        operator: str) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from ephemeral.airflow import operators
+
+    spec = SPEC if operator == "RayJobOperator" else resolve("spark/etl", "ci-cpu")
+    handle = InMemoryBackend().create(spec, identity=ident(get_settings().instance))
+    ttl = spec.spec.lifetime.ttl_seconds
+    kwargs: dict[str, Any] = ({"entrypoint": "python hello_ray.py"}
+                              if operator == "RayJobOperator" else {"application": "app.py"})
+    op = getattr(operators, operator)(task_id="job", cluster=handle.model_dump(mode="json"),
+                                      job_timeout=ttl + 3600, **kwargs)
+    with pytest.raises(AirflowFailException, match=rf"job_timeout.*{ttl + 3600}"):
+        op.execute({"ti": SimpleNamespace(xcom_push=lambda **_k: None, try_number=1)})
