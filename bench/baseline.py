@@ -145,3 +145,22 @@ def exit_on_sigterm() -> None:
         sys.exit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
+
+
+def leftovers() -> list[str]:
+    """Processes that still carry a bench marker (by-hand nodes of any bench run)."""
+    found = []
+    for p in psutil.process_iter(["pid", "name"]):
+        try:
+            uid = p.environ().get(procs.UID_ENV, "")
+        except psutil.Error:
+            continue
+        if uid.startswith("bench-"):
+            found.append(f"pid {p.pid} ({p.info['name']}, {uid})")
+    return found
+
+
+if __name__ == "__main__":  # `make bench` ends with this check
+    if left := leftovers():
+        sys.exit("bench left processes behind: " + ", ".join(left))
+    print("bench: no by-hand process left")

@@ -17,8 +17,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from ephemeral.backends.local import LocalBackend
+import baseline  # bench/baseline.py, beside this script
+
+from ephemeral.backends.local import LocalBackend, procs
 from ephemeral.jobs.ray_jobs import RayJobs
 from ephemeral.lifecycle import provision, teardown
 from ephemeral.specs import ClusterIdentity, resolve
@@ -40,7 +43,7 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
     return elapsed
 
 
-def job_overhead(name: str, dashboard: str) -> dict[str, object]:
+def job_overhead(name: str, dashboard: str) -> dict[str, Any]:
     ours_cmd = [str(BIN / "ephemeral"), "submit", name, "--", *TRIVIAL]
     ray_cmd = [str(BIN / "ray"), "job", "submit", "--address", dashboard, "--", *TRIVIAL]
     timed(ours_cmd)  # warm-up both: first runs pay for Python's bytecode cache
@@ -57,7 +60,7 @@ def job_overhead(name: str, dashboard: str) -> dict[str, object]:
     return {"rounds": rounds, "median_ratio": statistics.median(r["ratio"] for r in rounds)}
 
 
-def throughput(dashboard: str, name: str) -> dict[str, object]:
+def throughput(dashboard: str, name: str) -> dict[str, Any]:
     jobs = RayJobs(dashboard, cluster=name)
     ray_runs, torchrun_runs = [], []
     for i in range(3):
@@ -65,11 +68,15 @@ def throughput(dashboard: str, name: str) -> dict[str, object]:
                           + " ".join(TRAIN_ARGS),
                           working_dir=str(JOBS))
         ray_runs.append(jobs.follow(jid, timeout=900).result["throughput_samples_per_s"])
-        proc = subprocess.run(
-            [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2",
-             str(JOBS / "train_ddp.py"), "--launcher", "torchrun",
-             *TRAIN_ARGS], capture_output=True, text=True, check=True, timeout=900,
-            env={**os.environ, "OMP_NUM_THREADS": "1"})
+        mark = baseline.new_uid("torchrun")
+        try:
+            proc = subprocess.run(
+                [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2",
+                 str(JOBS / "train_ddp.py"), "--launcher", "torchrun",
+                 *TRAIN_ARGS], capture_output=True, text=True, check=True, timeout=900,
+                env={**os.environ, "OMP_NUM_THREADS": "1", procs.UID_ENV: mark})
+        finally:  # torchrun's workers, should a timeout have killed torchrun alone
+            baseline.kill_marked(mark)
         line = next(x for x in proc.stdout.splitlines() if x.startswith("METRICS "))
         torchrun_runs.append(json.loads(line.removeprefix("METRICS "))["throughput_samples_per_s"])
         print(f"throughput round {i + 1}: Ray Train {ray_runs[-1]:.0f} samples/s, torchrun "
@@ -79,6 +86,7 @@ def throughput(dashboard: str, name: str) -> dict[str, object]:
 
 
 def main() -> None:
+    baseline.exit_on_sigterm()  # so the cluster's teardown below runs when the bench is stopped
     backend = LocalBackend()
     spec = resolve("ray/train-gpu", "ci-cpu")
     made = provision(backend, spec, ClusterIdentity.manual(spec.spec.name, "bench-jobs"),
