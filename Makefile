@@ -38,6 +38,7 @@ bench: setup
 	EPHEMERAL_HOME=$${EPHEMERAL_HOME:-$(CURDIR)/.home} $(PY) bench/bench_local.py
 	EPHEMERAL_HOME=$${EPHEMERAL_HOME:-$(CURDIR)/.home} $(PY) bench/bench_jobs.py
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) bench/bench_pipeline.py
+	$(PY) bench/baseline.py  # fails if any by-hand node of the benches is still running
 
 clean:
 	rm -rf $(VENV) .home
