@@ -148,3 +148,19 @@ def test_expiry_and_ended_runs_come_first(backend: InMemoryBackend) -> None:
     assert d.deleted
     assert "failed" in d.reason
     assert engines.asked == 0
+
+
+def test_a_cluster_that_cannot_be_asked_is_kept_without_failing_the_reaper(
+        backend: InMemoryBackend) -> None:
+    from ephemeral.errors import ClusterNotFound
+
+    h = make(backend)
+
+    def refused(_b: ClusterBackend, _h: ClusterHandle) -> Activity:
+        raise ClusterNotFound("secret eph-x not found")
+
+    [d] = reap(backend, lookup=running, now=parse_utc(h.created_at) + timedelta(hours=1),
+               activity=refused)
+    assert not d.delete
+    assert not d.error
+    assert "activity unknown (cannot ask its APIs: secret eph-x not found)" in d.reason
