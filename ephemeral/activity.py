@@ -5,12 +5,13 @@ Busy means any of:
 - Ray: a job PENDING or RUNNING in the Jobs API list (``GET /api/jobs/``: submitted jobs and
   drivers connected with ``ray.init``);
 - Spark: an application or driver other than the Connect server active on the master
-  (``GET /json/``: ``activeapps``, ``activedrivers``); the Connect server holding executors
-  (its ``cores`` granted: executors are released ``spark.dynamicAllocation.executorIdleTimeout``
-  after its last task); and, where the Connect server's own UI is reachable (the local backend;
-  Kubernetes publishes no Service for it), an open Connect session other than the readiness
-  probe's, or a Connect operation not yet finished (Spark 4's REST API
-  ``/api/v1/applications/<id>/connect/sessions`` and ``/operations``).
+  (``GET /json/``: ``activeapps``, ``activedrivers``); and an open Connect session other than
+  the readiness probe's, or a Connect operation not yet finished, from the Connect server's own
+  UI (Spark 4's REST API ``/api/v1/applications/<id>/connect/sessions`` and ``/operations``).
+  Where that UI cannot be reached (Kubernetes publishes no Service for it), the Connect server
+  counts as busy while it holds executors (its ``cores`` on the master): conservative, since
+  with shuffle tracking it keeps executors that hold shuffle data until the driver cleans it
+  (``spark.cleaner.periodicGC.interval``, 30 min), but it never takes a running query for idle.
 
 With it the engines report when the work they know of last ended (a Ray job's ``end_time``, a
 Spark application's start plus duration, a Connect session's or operation's end) and, for Ray,
@@ -32,6 +33,7 @@ RAY_BUSY = {"PENDING", "RUNNING"}
 CONNECT_DONE = {"FINISHED", "CLOSED", "CANCELED", "FAILED", "TIMEDOUT"}
 PROBE_USER = "ephemeral-probe"  # the readiness probes' Connect sessions are not work
 TIMEOUT = 5.0
+CONNECT_TIMEOUT = 20.0  # the Connect server's first REST call starts Jersey: seconds on a busy host
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ def ray_activity(access: Access) -> Activity:
         return Activity(None, "the Ray Jobs API did not answer")
     running = [j for j in jobs if isinstance(j, dict) and j.get("status") in RAY_BUSY]
     last_end = _latest(*(_ms(j.get("end_time")) for j in jobs if isinstance(j, dict)))
-    nodes = get_json(f"{access.dashboard}/api/v0/nodes?limit=1000", timeout=TIMEOUT,
+    nodes = get_json(f"{access.dashboard}/api/v0/nodes?limit=1000&detail=true", timeout=TIMEOUT,
                      headers=access.headers)
     rows = (((nodes or {}).get("data") or {}).get("result") or {}).get("result") \
         if isinstance(nodes, dict) else None
@@ -92,17 +94,17 @@ def connect_ui(handle: ClusterHandle) -> str | None:
 def _connect_sessions(ui: str, headers: dict[str, str]) -> tuple[list[str], datetime | None]:
     """(open sessions and unfinished operations, when the last of them ended); raises
     LookupError when the Connect UI does not answer."""
-    apps = get_json(f"{ui}/api/v1/applications", timeout=TIMEOUT, headers=headers)
+    apps = get_json(f"{ui}/api/v1/applications", timeout=CONNECT_TIMEOUT, headers=headers)
     if not isinstance(apps, list) or not apps:
         raise LookupError(f"the Spark Connect UI at {ui} did not answer")
     base = f"{ui}/api/v1/applications/{apps[0]['id']}/connect"
-    sessions = get_json(f"{base}/sessions", timeout=TIMEOUT, headers=headers)
-    operations = get_json(f"{base}/operations", timeout=TIMEOUT, headers=headers)
+    sessions = get_json(f"{base}/sessions", timeout=CONNECT_TIMEOUT, headers=headers)
+    operations = get_json(f"{base}/operations", timeout=CONNECT_TIMEOUT, headers=headers)
     if not isinstance(sessions, list) or not isinstance(operations, list):
         raise LookupError(f"the Spark Connect UI at {ui} did not list sessions")
     sessions = [s for s in sessions if isinstance(s, dict) and s.get("userId") != PROBE_USER]
     operations = [o for o in operations if isinstance(o, dict) and o.get("userId") != PROBE_USER]
-    active = [f"Connect session {s.get('sessionId')} of {s.get('userId')}" for s in sessions
+    active = [f"Connect session {s.get('sessionId')}" for s in sessions
               if not s.get("finishTimestamp")]
     active += [f"Connect operation {o.get('operationId')} {o.get('state')}" for o in operations
                if o.get("state") not in CONNECT_DONE]
@@ -126,7 +128,6 @@ def spark_activity(access: Access, handle: ClusterHandle) -> Activity:
     busy = [f"Spark application {a.get('id')} ({a.get('name')})" for a in apps]
     busy += [f"Spark driver {d.get('id')}" for d in master.get("activedrivers") or []
              if isinstance(d, dict)]
-    busy += [f"Spark Connect holds {a.get('cores')} cores" for a in connect if a.get("cores")]
     ends = [_ms((a.get("starttime") or 0) + (a.get("duration") or 0))
             for a in master.get("completedapps") or [] if isinstance(a, dict)]
     last_end = _latest(*ends)
@@ -138,9 +139,13 @@ def spark_activity(access: Access, handle: ClusterHandle) -> Activity:
             return Activity(None, str(err))
         busy += sessions
         last_end = _latest(last_end, connect_end)
-    what = (f"busy: {len(busy)} running ({'; '.join(busy[:3])})" if busy
+    else:  # its sessions cannot be seen from here: executors held count as work
+        busy += [f"Spark Connect holds {a.get('cores')} cores" for a in connect if a.get("cores")]
+    # The Connect server registers once it runs: with Connect, the cluster's readiness.
+    started = _latest(*(_ms(a.get("starttime")) for a in connect))
+    what = (f"{len(busy)} running: {'; '.join(busy[:3])}" if busy
             else "no Spark application, Connect session or operation running")
-    return Activity(bool(busy), what, last_end, None, busy)
+    return Activity(bool(busy), what, last_end, started, busy)
 
 
 def cluster_activity(backend: ClusterBackend, handle: ClusterHandle) -> Activity:

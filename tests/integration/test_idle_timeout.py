@@ -114,3 +114,51 @@ def test_idle_is_reaped_busy_is_kept_and_the_specs_pip_reaches_jobs(
     assert d.reason.startswith(f"idle for {IDLE + 1}s, idleTimeout {IDLE}s") or \
         d.reason.startswith(f"idle for {IDLE + 2}s, idleTimeout {IDLE}s"), d
     assert local_backend.list_owned() == []
+
+
+SPARK_SPEC = """\
+kind: SparkCluster
+name: idle-spark
+version: 1
+sparkVersion: "4.3.0"
+image: apache/spark:4.3.0-python3
+master: {cpu: 1, memory: 512Mi}
+workers: {replicas: 1, cores: 1, memory: 1Gi}
+connect: {enabled: true, memory: 1Gi}
+lifetime: {ttl: 1h, idleTimeout: 20s}
+"""
+
+
+def test_an_open_connect_session_keeps_a_spark_cluster_until_it_closes(
+        local_backend: LocalBackend, tmp_path: Path) -> None:
+    """Spark 4's Connect REST API: a session open (even between queries) is busy; the readiness
+    probe's own session is not; the clock starts again when the session is released."""
+    from ephemeral.jobs.spark_jobs import connect_session, spark_auth_for
+
+    path = tmp_path / "idle-spark.yaml"
+    path.write_text(SPARK_SPEC)
+    memory = tmp_path / "reaper-seen.json"
+    handle = provision(local_backend, resolve(str(path)),
+                       ClusterIdentity.manual("idle-spark", "spark-idle"), timeout=300).handle
+    first = cluster_activity(local_backend, handle)
+    assert first.busy is False, first  # the probe's session does not count
+    assert first.nodes_up is not None  # the Connect server's registration with the master
+
+    session = connect_session(handle.endpoints.spark_connect or "",
+                              token=spark_auth_for(handle, local_backend).connect_token)
+    try:
+        assert session.range(1000).count() == 1000
+        time.sleep(max(0.0, IDLE + 1 - (time.time() - first.nodes_up.timestamp())))
+        [d] = reap(local_backend, lookup=None, memory_file=memory)
+        assert not d.delete, d
+        assert "Connect session" in d.reason
+    finally:
+        session.stop()
+    [d] = reap(local_backend, lookup=None, memory_file=memory)
+    assert not d.delete, d
+    assert f"of idleTimeout {IDLE}s" in d.reason
+    time.sleep(IDLE + 1)
+    [d] = reap(local_backend, lookup=None, memory_file=memory)
+    assert d.deleted, d
+    assert "no Spark application, Connect session or operation running since" in d.reason
+    assert local_backend.list_owned() == []
