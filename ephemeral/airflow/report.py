@@ -100,16 +100,21 @@ def jobs_of(context: Any, cluster: str, engine_view: list[JobFacts] | None,
 
 def record_teardown(context: Any, *, setup_task_id: str, targets: dict[str, ClusterHandle],
                     engine_views: dict[str, list[JobFacts] | None], started: float,
-                    deleted: dict[str, float], failures: dict[str, str]) -> str | None:
-    """Write this teardown's part of the run report and (re)build the run's report; return the
-    report's address. Never raises: a report that cannot be written is logged, and the
-    teardown's outcome stays the deletion's."""
+                    deleted: dict[str, float], failures: dict[str, str],
+                    link_key: str | None = None) -> str | None:
+    """Push the report's address under ``link_key`` (the teardown's extra link), write this
+    teardown's part of the run report and (re)build the run's report; return the address.
+    Never raises: a report that cannot be written is logged, and the teardown's outcome stays
+    the deletion's."""
     from ephemeral.report import load_prices, record, report_url
 
     if not targets:
         return None
-    dag_id, run_id = context["dag"].dag_id, context["run_id"]
     try:
+        dag_id, run_id = context["dag"].dag_id, context["run_id"]
+        url = report_url(dag_id, run_id)
+        if link_key:
+            context["ti"].xcom_push(key=link_key, value=url)
         try:
             prices = load_prices()
         except ValueError as err:
@@ -135,11 +140,10 @@ def record_teardown(context: Any, *, setup_task_id: str, targets: dict[str, Clus
                 price=prices.for_spec(handle.spec_ref) if prices else None,
                 currency=prices.currency if prices else None, recorded_at=now))
         record(parts)
-        url = report_url(dag_id, run_id)
         log.info("run report: %s", url)
         return url
     except Exception:  # the report must never hide the deletion's outcome
-        log.exception("could not write the run report of %s %s", dag_id, run_id)
+        log.exception("could not write the run report of %s", sorted(targets))
         return None
 
 

@@ -12,6 +12,7 @@ An API that does not answer gives None: the report falls back to the jobs' own r
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -20,6 +21,7 @@ from ephemeral.backends.http import get_json
 from ephemeral.report.model import JobFacts
 
 TIMEOUT = 3.0
+log = logging.getLogger(__name__)
 
 
 def _s(ms: Any) -> float | None:
@@ -66,14 +68,15 @@ def spark_apps(spark_ui: str, headers: dict[str, str], handle: ClusterHandle
 
 
 def engine_jobs(backend: ClusterBackend, handle: ClusterHandle) -> list[JobFacts] | None:
-    """The cluster's jobs with their times, or None when its engine cannot be asked."""
+    """The cluster's jobs with their times, or None when its engine cannot be asked. Never
+    raises: a teardown calls it before deleting."""
     try:
         access = backend.access(handle)
-    except Exception:  # noqa: BLE001 - no access is "unknown", the report says so
-        return None
-    headers = dict(access.headers)
-    if handle.engine == "ray" and access.dashboard:
-        return ray_jobs(access.dashboard, headers)
-    if handle.engine == "spark" and access.spark_ui:
-        return spark_apps(access.spark_ui, headers, handle)
+        headers = dict(access.headers)
+        if handle.engine == "ray" and access.dashboard:
+            return ray_jobs(access.dashboard, headers)
+        if handle.engine == "spark" and access.spark_ui:
+            return spark_apps(access.spark_ui, headers, handle)
+    except Exception:  # unknown, not fatal: the report falls back to the results
+        log.warning("could not list the jobs of %s", handle.name, exc_info=True)
     return None
