@@ -34,6 +34,11 @@ from tests.airflow.live.stack import AirflowStack
 
 pytestmark = [pytest.mark.local, pytest.mark.slow, pytest.mark.timeout(1200)]
 
+# The default run keeps the suite's time in budget; EPHEMERAL_FAULT_MATRIX=full adds the Spark
+# hand-over race, the Spark master kill and N above 2 (what docs/reliability.md reports).
+FULL = os.environ.get("EPHEMERAL_FAULT_MATRIX") == "full"
+full_only = pytest.mark.skipif(not FULL, reason="EPHEMERAL_FAULT_MATRIX=full runs it")
+
 GONE_BOUND = 60.0  # issue 9: every cluster of a finished run gone within 60 s
 WINDOW_ATTEMPTS = {"ray": 3, "spark": 2}
 SLEEP = "python -c \"import time; time.sleep({})\""
@@ -88,7 +93,7 @@ def test_run_marked_failed_while_the_setup_is_deferred(stack: AirflowStack, matr
                          f"{stack.task_state(dag_id, run_id, 'create')}"
 
 
-@pytest.mark.parametrize("engine", ["ray", "spark"])
+@pytest.mark.parametrize("engine", ["ray", pytest.param("spark", marks=full_only)])
 def test_run_marked_failed_as_the_setup_hands_over(stack: AirflowStack, matrix: Results,
                                                    engine: str) -> None:
     """The instant between "cluster created" and "trigger registered": the run is marked failed
@@ -172,12 +177,18 @@ def test_triggerer_killed_while_the_setup_is_deferred(stack: AirflowStack, matri
         row["outcome"] = "run success (a new triggerer took the trigger over), teardown deleted"
 
 
-# -- 4. the scheduler SIGKILLed while a job runs ----------------------------------------------
+# -- 4 and 6. the scheduler SIGKILLed while a job runs; the teardown fails once -------------
 
-def test_scheduler_killed_while_a_job_runs(stack: AirflowStack, matrix: Results) -> None:
-    dag_id = "fm_ray"
+def test_scheduler_killed_while_a_job_runs_then_the_teardown_fails_once(
+        stack: AirflowStack, matrix: Results) -> None:
+    """One run, two faults (a cluster's lifetime is the expensive part here): the scheduler is
+    killed and started again while the job runs, then the teardown's first try raises as a
+    backend outage would and its retry deletes the cluster."""
+    dag_id = "fm_teardown_fails_once"
     with matrix.case("4", "ray", "scheduler SIGKILLed while a job runs, restarted",
-                     300) as row:
+                     300) as row4, \
+            matrix.case("6", "ray", "teardown fails once (backend raises), retried",
+                        120) as row6:
         run_id = stack.trigger(dag_id, {"entrypoint": SLEEP.format(15)})
         stack.wait_task(dag_id, run_id, "work", ACTIVE, timeout=300)
         handle = handle_of(stack, dag_id, run_id)
@@ -187,10 +198,19 @@ def test_scheduler_killed_while_a_job_runs(stack: AirflowStack, matrix: Results)
         time.sleep(3)
         stack.launch("scheduler")
         state = stack.wait_finished(dag_id, run_id, timeout=400)
-        row["seconds"] = seconds_until_gone(stack, dag_id, run_id, {handle.name}, fault, 300)
+        gone = seconds_until_gone(stack, dag_id, run_id, {handle.name}, fault, 300)
         tis = stack.task_instances(dag_id, run_id)
-        row["outcome"] = f"run {state}, work {tis['work']['state']}, " \
-                         f"teardown {tis['delete']['state']}"
+        assert tis["work"]["state"] == "success", json.dumps(tis, indent=1)
+        row4["seconds"] = gone
+        row4["outcome"] = f"run {state}, job success, teardown {tis['delete']['state']}"
+        tries = stack.tries(dag_id, run_id, "delete")
+        assert [t["state"] for t in tries] == ["failed", "success"], tries
+        assert "backend unavailable (injected on try 1)" in \
+            stack.task_log(dag_id, run_id, "delete", 1)
+        assert state == "success"
+        row6["seconds"] = seconds_until_gone(stack, dag_id, run_id, {handle.name},
+                                             monotonic_at(when(tries[0]["end_date"])), 120)
+        row6["outcome"] = "try 1 failed, try 2 deleted, run success"
 
 
 # -- 5. the Ray head's GCS SIGKILLed mid-job --------------------------------------------------
@@ -209,13 +229,14 @@ def test_ray_gcs_killed_mid_job(stack: AirflowStack, matrix: Results) -> None:
         state = stack.wait_finished(dag_id, run_id, timeout=400)
         row["seconds"] = seconds_until_gone(stack, dag_id, run_id, {handle.name}, fault, 180)
         tis = stack.task_instances(dag_id, run_id)
-        assert state == "failed", json.dumps(tis, indent=1)
-        assert tis["work"]["state"] == "failed"
+        assert tis["work"]["state"] == "failed", json.dumps(tis, indent=1)
         assert tis["delete"]["state"] == "success", json.dumps(tis, indent=1)
-        row["outcome"] = "job failed, teardown removed the half-dead cluster, run failed"
+        # The run's state follows its leaves: the teardown (on_failure_fail_dagrun) succeeded.
+        row["outcome"] = f"job failed, teardown removed the half-dead cluster, run {state}"
         row["detail"] = f"{len(pids)} processes before the kill"
 
 
+@full_only
 def test_spark_master_killed_mid_job(stack: AirflowStack, matrix: Results) -> None:
     dag_id = "fm_spark_job"
     with matrix.case("5", "spark", "Spark master SIGKILLed mid-job", 180) as row:
@@ -242,32 +263,13 @@ def test_spark_master_killed_mid_job(stack: AirflowStack, matrix: Results) -> No
         row["detail"] = f"{len(pids)} processes before the kill"
 
 
-# -- 6. the teardown fails once --------------------------------------------------------------
-
-def test_teardown_fails_once_and_its_retry_deletes(stack: AirflowStack, matrix: Results
-                                                   ) -> None:
-    dag_id = "fm_teardown_fails_once"
-    with matrix.case("6", "ray", "teardown fails once (backend raises), retried", 120) as row:
-        run_id = stack.trigger(dag_id)
-        state = stack.wait_finished(dag_id, run_id, timeout=400)
-        tries = stack.tries(dag_id, run_id, "delete")
-        assert [t["state"] for t in tries] == ["failed", "success"], tries
-        assert "backend unavailable (injected on try 1)" in \
-            stack.task_log(dag_id, run_id, "delete", 1)
-        assert state == "success"
-        name = handle_of(stack, dag_id, run_id).name
-        row["seconds"] = seconds_until_gone(stack, dag_id, run_id, {name},
-                                            monotonic_at(when(tries[0]["end_date"])), 120)
-        row["outcome"] = "try 1 failed, try 2 deleted, run success"
-
-
 # -- 7. N runs of a one-cluster DAG at once --------------------------------------------------
 
 def test_concurrent_runs(stack: AirflowStack, matrix: Results) -> None:
-    """The largest N (2, then 3, then 4 up to EPHEMERAL_FM_MAX_N) at which every run succeeds
-    with its own cluster and nothing is left."""
+    """The largest N (2, then 3, ... up to EPHEMERAL_FM_MAX_N; 2 by default, 4 in the full
+    matrix) at which every run succeeds with its own cluster and nothing is left."""
     dag_id = "fm_ray"
-    top = int(os.environ.get("EPHEMERAL_FM_MAX_N", "3"))
+    top = int(os.environ.get("EPHEMERAL_FM_MAX_N", "4" if FULL else "2"))
     reached, notes = 0, []
     with matrix.case("7", "ray", "N concurrent runs of a one-cluster DAG", 600) as row:
         for n in range(2, top + 1):

@@ -43,7 +43,7 @@ def _teardown(create: CreateClusterOperator, cls: type[DeleteClusterOperator]
                **kwargs).as_teardown(setups=create, on_failure_fail_dagrun=True)
 
 
-# Ray: create -> job -> delete. Faults 1, 3, 4, 5 and 7.
+# Ray: create -> job -> delete. Faults 1, 3, 5 and 7.
 with _dag("fm_ray") as fm_ray:
     ray_create = _create("ray")
     ray_work = RayJobOperator(task_id="work", cluster=ray_create.output, entrypoint=ENTRYPOINT,
@@ -94,10 +94,11 @@ class FailsOnce(DeleteClusterOperator):
         return super().execute(context)
 
 
-# Fault 6: the teardown fails once; its retry deletes the cluster.
+# Faults 4 and 6 in one run: the scheduler is killed while the job runs, then the teardown fails
+# once and its retry deletes the cluster.
 with _dag("fm_teardown_fails_once") as fm_teardown_fails_once:
     once_create = _create("ray")
-    once_work = RayJobOperator(task_id="work", cluster=once_create.output, entrypoint=HELLO,
-                               poll_interval=0.5)
+    once_work = RayJobOperator(task_id="work", cluster=once_create.output,
+                               entrypoint=ENTRYPOINT, poll_interval=0.5)
     once_create >> once_work >> _teardown(once_create, FailsOnce, retries=1,
                                           retry_delay=timedelta(seconds=1))
