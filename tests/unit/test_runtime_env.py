@@ -73,3 +73,36 @@ def test_a_spark_handle_has_no_job_pip() -> None:
                          endpoints=Endpoints())
     assert handle.job_pip == []
     assert handle.idle_timeout_s == 1200
+
+
+def _spec_file(tmp_path, pip: str, lifetime: str = "{ttl: 1h}"):  # type: ignore[no-untyped-def]
+    path = tmp_path / "s.yaml"
+    path.write_text(f"kind: RayCluster\nname: s\nversion: 1\nimage: x\nrayVersion: '2.60.0'\n"
+                    f"workerGroups: [{{name: w, replicas: 1}}]\nruntimeEnv: {{pip: {pip}}}\n"
+                    f"lifetime: {lifetime}\n")
+    return path
+
+
+@pytest.mark.parametrize(("pip", "problem"), [
+    ('["pandas>=2", "Pandas==2.2"]', "packages listed twice: pandas"),
+    ('["--index-url https://x"]', "is not a PEP 508 requirement"),
+    ('["numpy>=", "six"]', "is not a PEP 508 requirement"),
+])
+def test_a_specs_pip_entries_are_checked_when_it_loads(tmp_path, pip: str,  # type: ignore[no-untyped-def]
+                                                       problem: str) -> None:
+    from ephemeral.errors import SpecError
+    from ephemeral.specs import load_file
+
+    with pytest.raises(SpecError) as info:
+        load_file(_spec_file(tmp_path, pip))
+    assert "runtimeEnv.pip" in str(info.value)
+    assert problem in str(info.value)
+    assert load_file(_spec_file(tmp_path, '["six", "rich @ https://h/rich.whl"]'))
+
+
+def test_an_idle_timeout_not_shorter_than_the_ttl_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from ephemeral.errors import SpecError
+    from ephemeral.specs import load_file
+
+    with pytest.raises(SpecError, match=r"idleTimeout \(1h\) is not shorter than ttl \(1h\)"):
+        load_file(_spec_file(tmp_path, "[]", "{ttl: 1h, idleTimeout: 1h}"))
