@@ -11,12 +11,14 @@ Busy means any of:
   Where that UI cannot be reached (Kubernetes publishes no Service for it), the Connect server
   counts as busy while it holds executors (its ``cores`` on the master): conservative, since
   with shuffle tracking it keeps executors that hold shuffle data until the driver cleans it
-  (``spark.cleaner.periodicGC.interval``, 30 min), but it never takes a running query for idle.
+  (``spark.cleaner.periodicGC.interval``, 30 min), but it never takes a running query for idle;
+  and as it tells no end time, only the reaper's own sightings start such a cluster's clock.
 
 With it the engines report when the work they know of last ended (a Ray job's ``end_time``, a
-Spark application's start plus duration, a Connect session's or operation's end) and, for Ray,
-when the cluster's last node started (the state API's ``start_time_ms``): the reaper starts the
-idle clock from these. An API that does not answer makes the answer unknown, never idle.
+Spark application's start plus duration, a Connect session's or operation's end) and when the
+cluster became ready (Ray: its last node's start, the state API's ``start_time_ms``; Spark with
+Connect: the Connect server's registration with the master): the reaper starts the idle clock
+from these. An API that does not answer makes the answer unknown, never idle.
 """
 
 from __future__ import annotations
@@ -131,6 +133,8 @@ def spark_activity(access: Access, handle: ClusterHandle) -> Activity:
     ends = [_ms((a.get("starttime") or 0) + (a.get("duration") or 0))
             for a in master.get("completedapps") or [] if isinstance(a, dict)]
     last_end = _latest(*ends)
+    # The Connect server registers once it runs: with Connect, the cluster's readiness.
+    started = _latest(*(_ms(a.get("starttime")) for a in connect))
     ui = connect_ui(handle)
     if ui is not None:
         try:
@@ -139,10 +143,12 @@ def spark_activity(access: Access, handle: ClusterHandle) -> Activity:
             return Activity(None, str(err))
         busy += sessions
         last_end = _latest(last_end, connect_end)
-    else:  # its sessions cannot be seen from here: executors held count as work
+    elif connect:
+        # Its sessions cannot be seen from here: executors held count as work. When its last
+        # work ended is unknown too, so no engine time starts the clock: only the reaper's own
+        # sightings do (a reaper without memory never calls such a cluster idle).
         busy += [f"Spark Connect holds {a.get('cores')} cores" for a in connect if a.get("cores")]
-    # The Connect server registers once it runs: with Connect, the cluster's readiness.
-    started = _latest(*(_ms(a.get("starttime")) for a in connect))
+        started = None
     what = (f"{len(busy)} running: {'; '.join(busy[:3])}" if busy
             else "no Spark application, Connect session or operation running")
     return Activity(bool(busy), what, last_end, started, busy)

@@ -84,3 +84,33 @@ def test_a_dashboard_that_does_not_answer_is_not_idle(
     [d] = reap(k8s_backend, lookup=None, now=datetime.now(UTC) + timedelta(hours=1, minutes=59))
     assert not d.delete, d
     assert "activity unknown (the Ray Jobs API did not answer)" in d.reason
+
+
+def test_spark_connect_on_kubernetes_is_busy_while_it_holds_executors(
+        k8s_backend: KubernetesBackend, web: WebEndpoints,
+        tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Kubernetes publishes no Service for the Connect server's UI: its sessions cannot be seen,
+    so executors it holds count as work, and only the reaper's own sightings start the clock."""
+    handle = k8s_backend.create(SPARK, identity=owner(SPARK))
+    assert k8s_backend.wait_ready(handle, timeout=5).ready
+    memory = tmp_path / "seen.json"
+    long_ago = int((datetime.now(UTC) - timedelta(hours=1)).timestamp() * 1000)
+    connect = {"id": "app-1", "name": f"{handle.name}-connect", "starttime": long_ago,
+               "cores": 4, "state": "RUNNING", "duration": 3_600_000}
+    web.dashboards.spark_apps = [connect]
+    t0 = datetime.now(UTC).replace(microsecond=0)
+    [d] = reap(k8s_backend, lookup=None, now=t0, memory_file=memory)
+    assert not d.delete, d
+    assert "busy: 1 running: Spark Connect holds 4 cores" in d.reason
+
+    web.dashboards.spark_apps = [connect | {"cores": 0, "state": "WAITING"}]
+    # Registered an hour ago, but that is no evidence of when its last query ended.
+    [d] = reap(k8s_backend, lookup=None, now=t0 + timedelta(seconds=600), memory_file=memory)
+    assert not d.delete, d
+    assert "idle for 600s of idleTimeout 1200s" in d.reason
+    # Without the reaper's memory (the CronJob's emptyDir) it is never called idle.
+    [d] = reap(k8s_backend, lookup=None, now=t0 + timedelta(hours=2, minutes=59))
+    assert not d.delete, d
+    assert "idle for 0s" in d.reason
+    [d] = reap(k8s_backend, lookup=None, now=t0 + timedelta(seconds=1201), memory_file=memory)
+    assert d.deleted, d
