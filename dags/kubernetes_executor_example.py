@@ -43,14 +43,17 @@ def kubernetes_executor_configured(executors: str) -> bool:
 
 
 def small_pod() -> dict[str, Any]:
-    """executor_config for a submitting task: a pod of 250m CPU and 256Mi (limits 500m, 512Mi).
-    The override merges into the worker pod's container named `base`."""
+    """executor_config for a submitting task: a pod of 250m CPU and 256Mi (limits 500m, 512Mi),
+    labelled as a client of the clusters. The override merges into the worker pod's container
+    named `base`."""
     from kubernetes.client import models as k8s
 
     resources = k8s.V1ResourceRequirements(requests={"cpu": "250m", "memory": "256Mi"},
                                            limits={"cpu": "500m", "memory": "512Mi"})
-    return {"pod_override": k8s.V1Pod(spec=k8s.V1PodSpec(
-        containers=[k8s.V1Container(name="base", resources=resources)]))}
+    # The label the clusters' NetworkPolicies admit (EPHEMERAL_K8S_CLIENT_SELECTOR's default).
+    return {"pod_override": k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(labels={"ephemeral.dev/client": "true"}),
+        spec=k8s.V1PodSpec(containers=[k8s.V1Container(name="base", resources=resources)]))}
 
 
 def on_kubernetes() -> dict[str, Any]:

@@ -14,17 +14,20 @@ if TYPE_CHECKING:
 
 
 # Settings a kubernetes connection has no field for, in its extras under this prefix: how cluster
-# URLs are built when Airflow runs outside the cluster.
+# URLs are built when Airflow runs outside the cluster, and who the clusters' NetworkPolicies
+# admit.
 OUR_PREFIX = "ephemeral_"
-OUR_FIELDS = {"endpoint_mode", "ingress_url_template", "http_check", "cluster_domain"}
+OUR_FIELDS = {"endpoint_mode", "ingress_url_template", "http_check", "cluster_domain",
+              "proxy_link_base", "client_selector", "client_cidrs"}
 
 
 def task_backend(name: str | None, kubernetes_conn_id: str | None = None) -> ClusterBackend:
     """``get_backend(name)``, or with ``kubernetes_conn_id`` a Kubernetes backend configured from
     that connection's extras: the cncf-kubernetes provider's field names (``in_cluster``,
     ``kube_config_path``, ``kube_config``, ``namespace``, ``cluster_context``), plus
-    ``ephemeral_endpoint_mode``, ``ephemeral_ingress_url_template``, ``ephemeral_http_check``
-    and ``ephemeral_cluster_domain``."""
+    ``ephemeral_endpoint_mode`` (``auto``, ``dns``, ``proxy``, ``ingress``),
+    ``ephemeral_ingress_url_template``, ``ephemeral_proxy_link_base``, ``ephemeral_http_check``,
+    ``ephemeral_cluster_domain``, ``ephemeral_client_selector`` and ``ephemeral_client_cidrs``."""
     if not kubernetes_conn_id:
         return get_backend(name)
     if name not in (None, "kubernetes"):

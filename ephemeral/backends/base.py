@@ -64,6 +64,23 @@ class Endpoints(BaseModel):
     """``sc://host:port``."""
 
 
+class NodeGroup(BaseModel):
+    """What one group of a cluster's nodes reserves, per node, from the effective spec: what the
+    run report turns into reserved CPU-, memory- and GPU-seconds, and what jobs size themselves
+    by (GPUs per worker)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: str
+    """``head`` or a Ray worker group's name; ``master``, ``workers``, ``connect`` for Spark."""
+    role: str
+    """``head``, ``worker`` (the nodes jobs run on) or ``service`` (Spark master, Connect)."""
+    replicas: int
+    cpu: float
+    memory_bytes: int
+    gpus: int = 0
+
+
 class ClusterHandle(BaseModel):
     """What a created cluster is known by: small enough for XCom, enough to find it again."""
 
@@ -85,6 +102,18 @@ class ClusterHandle(BaseModel):
     connection: str | None = None
     """The Airflow connection the cluster was made through (an id, never its credentials), so
     its teardown and reaper reach it with the same settings."""
+    groups: list[NodeGroup] = []
+    """Each node group's size and per-node resources (empty in handles of older versions)."""
+    created_ts: float | None = None
+    """``created_at`` as epoch seconds, below the second (for the run report)."""
+    ready_ts: float | None = None
+    """When the setup saw the cluster ready, epoch seconds (set by the setup task)."""
+    idle_timeout_s: int | None = None
+    """The spec's ``lifetime.idleTimeout`` in seconds: the reaper deletes the cluster once it
+    has been idle this long (``ephemeral.activity``). None: no idle limit."""
+    job_pip: list[str] = []
+    """The spec's ``runtimeEnv.pip``: default pip packages of every Ray job submitted through
+    ephemeral (``ephemeral.jobs.runtime_env``)."""
 
     @property
     def owner_labels(self) -> dict[str, str]:
@@ -125,6 +154,10 @@ class Access(BaseModel):
     dashboard: str | None = None
     spark_ui: str | None = None
     headers: dict[str, str] = {}
+    verify: bool | str = True
+    """TLS trust for those URLs, as ``requests`` takes it: the API server's CA file through
+    its proxy (kind's and most clusters' CA is private), False when the config turns checks
+    off, True for the system's trust store."""
 
     def __repr__(self) -> str:  # keep credentials out of tracebacks and logs
         return f"Access(dashboard={self.dashboard!r}, spark_ui={self.spark_ui!r}, headers=***)"
@@ -256,6 +289,8 @@ def make_handle(
     created: datetime | None = None,
 ) -> ClusterHandle:
     """A new cluster's handle with its owner labels and expiry, the same for every backend."""
+    from ephemeral.specs.models import RaySpec
+
     created = created or utcnow()
     labels = identity.labels() | {
         PREFIX + "spec-version": str(spec.spec.version),
@@ -275,4 +310,31 @@ def make_handle(
         labels=labels,
         annotations=identity.annotations(),
         endpoints=endpoints,
+        groups=node_groups(spec),
+        created_ts=round(created.timestamp(), 3),
+        idle_timeout_s=spec.spec.lifetime.idle_timeout_seconds,
+        job_pip=list(spec.spec.runtime_env.pip) if isinstance(spec.spec, RaySpec) else [],
     )
+
+
+def node_groups(spec: ResolvedSpec) -> list[NodeGroup]:
+    """The effective spec's node groups with their per-node resources."""
+    from ephemeral.specs.models import RaySpec
+    from ephemeral.specs.quantities import memory_bytes
+
+    s = spec.spec
+    if isinstance(s, RaySpec):
+        return [NodeGroup(name="head", role="head", replicas=1, cpu=s.head.cpu,
+                          memory_bytes=memory_bytes(s.head.memory), gpus=s.head.gpus),
+                *(NodeGroup(name=g.name, role="worker", replicas=g.replicas, cpu=g.cpu,
+                            memory_bytes=memory_bytes(g.memory), gpus=g.gpus)
+                  for g in s.worker_groups)]
+    groups = [NodeGroup(name="master", role="service", replicas=1, cpu=s.master.cpu,
+                        memory_bytes=memory_bytes(s.master.memory)),
+              NodeGroup(name="workers", role="worker", replicas=s.workers.replicas,
+                        cpu=s.workers.cores, memory_bytes=memory_bytes(s.workers.memory),
+                        gpus=s.workers.gpus)]
+    if s.connect is not None and s.connect.enabled:
+        groups.append(NodeGroup(name="connect", role="service", replicas=1, cpu=s.connect.cpu,
+                                memory_bytes=memory_bytes(s.connect.memory)))
+    return groups

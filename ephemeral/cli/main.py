@@ -141,7 +141,7 @@ RENDER_CREATED = "1970-01-01T00:00:00Z"
 
 def render_identity(spec_name: str, name: str | None = None) -> ClusterIdentity:
     return ClusterIdentity(spec_name=spec_name, dag_id="render", run_id="manual",
-                           task_id="create_cluster", explicit_name=name)
+                           task_id="create_cluster", explicit_name=name, instance="render")
 
 
 @app.command("render")
@@ -164,8 +164,8 @@ def render_cmd(
 
     For review and diffs in pull requests: nothing is sent to a cluster.
 
-    The owner is a fixed placeholder (dag_id render, run_id manual, task_id create_cluster,
-    created 1970-01-01T00:00:00Z), so names, labels and expiry are stable.
+    The owner is a fixed placeholder (instance render, dag_id render, run_id manual, task_id
+    create_cluster, created 1970-01-01T00:00:00Z), so names, labels and expiry are stable.
     """
     from datetime import datetime
 

@@ -3,6 +3,10 @@
 Job ids are deterministic per (cluster, task, attempt), so a retried task finds the job an
 earlier attempt started: it attaches to it while it runs, and reuses its result when it
 succeeded, instead of training twice.
+
+Every call authenticates with the cluster's Ray token (``headers``): get a client with
+``ray_jobs_for(handle, backend)``, which asks the backend for it in the calling process, so no
+token is ever stored in a handle, a trigger or XCom.
 """
 
 from __future__ import annotations
@@ -10,11 +14,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ephemeral.errors import JobError, JobFailed, JobSubmissionFailed, JobTimeout
 from ephemeral.jobs.results import JobResult, JobStatus, parse_result_line, submission_id, tail
+
+if TYPE_CHECKING:
+    from ephemeral.backends.base import ClusterBackend, ClusterHandle
 
 LogSink = Callable[[str], None]
 
@@ -28,10 +35,23 @@ def _transport_errors(*, runtime: bool = False) -> tuple[type[Exception], ...]:
     return (*errors, RuntimeError) if runtime else errors
 
 
+def ray_jobs_for(handle: ClusterHandle, backend: ClusterBackend) -> RayJobs:
+    """The Jobs API client of ``handle``'s cluster, with the URL and credentials its backend
+    gives this process (``ClusterBackend.access``)."""
+    access = backend.access(handle)
+    if handle.engine != "ray" or not access.dashboard:
+        raise JobSubmissionFailed(f"cluster {handle.name} is not a Ray cluster")
+    return RayJobs(access.dashboard, cluster=handle.name, headers=access.headers,
+                   verify=access.verify)
+
+
 class RayJobs:
-    def __init__(self, dashboard: str, *, cluster: str = "") -> None:
+    def __init__(self, dashboard: str, *, cluster: str = "",
+                 headers: Mapping[str, str] | None = None, verify: bool | str = True) -> None:
         self.dashboard = dashboard
         self.cluster = cluster
+        self._headers = dict(headers or {})  # credentials: never logged
+        self._verify = verify
         self._client: Any = None
 
     @property
@@ -40,7 +60,8 @@ class RayJobs:
             from ray.job_submission import JobSubmissionClient
 
             try:
-                self._client = JobSubmissionClient(self.dashboard)
+                self._client = JobSubmissionClient(self.dashboard, verify=self._verify,
+                                                   headers=dict(self._headers) or None)
             except _transport_errors(runtime=True) as err:
                 raise JobSubmissionFailed(f"cannot reach the Ray Jobs API at {self.dashboard}: "
                                           f"{err}") from err

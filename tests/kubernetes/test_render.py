@@ -46,9 +46,9 @@ NS = "default"
 
 @pytest.fixture(autouse=True)
 def _fixed_instance(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The deployment instance is in every name and label: fixed, so snapshots do not depend on
-    the Airflow home of the run (``ephemeral render`` in a subprocess inherits it too)."""
-    monkeypatch.setenv("EPHEMERAL_INSTANCE", "snapshots")
+    """``ephemeral render`` pins its placeholder owner's instance: whatever deployment runs it
+    (here, and in the subprocess that inherits this), the snapshots stay the same."""
+    monkeypatch.setenv("EPHEMERAL_INSTANCE", "not-in-any-snapshot")
 
 
 def _cases() -> list[tuple[str, str | None]]:

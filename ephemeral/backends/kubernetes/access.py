@@ -131,7 +131,7 @@ class ClusterAccess:
             apis["dashboard"] = self.url("dashboard")
         else:
             apis["spark_ui"] = self.url("spark_ui")
-        return Access(**apis, headers=self.headers(token, with_kube=True))
+        return Access(**apis, headers=self.headers(token, with_kube=True), verify=self.verify())
 
     def verify(self) -> bool | str:
         """What an HTTP client should trust for ``access()``'s URLs (``requests``' ``verify``,

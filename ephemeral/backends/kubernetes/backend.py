@@ -74,6 +74,7 @@ from ephemeral.errors import (
     ReadinessTimeout,
     TeardownIncomplete,
 )
+from ephemeral.settings import get_settings
 from ephemeral.specs.identity import PREFIX, ClusterIdentity
 from ephemeral.specs.resolve import ResolvedSpec
 
@@ -108,6 +109,12 @@ class KubernetesBackend(ClusterBackend):
     # -- create --------------------------------------------------------------------------------
 
     def create(self, spec: ResolvedSpec, *, identity: ClusterIdentity) -> ClusterHandle:
+        if not get_settings().instance_explicit:
+            # Every container of every Airflow has the same home (/opt/airflow), so the derived
+            # instance cannot tell two deployments on one namespace apart.
+            log.warning("EPHEMERAL_INSTANCE is not set: clusters are owned by instance %r, "
+                        "derived from AIRFLOW_HOME; set it to a name per deployment (staging, "
+                        "prod) when several share a namespace", identity.instance)
         base = make_handle(spec, identity, backend=self.name, endpoints=Endpoints(),
                            namespace=self.config.namespace)
         rendered = self._render(spec, base)
@@ -276,8 +283,8 @@ class KubernetesBackend(ClusterBackend):
         return ClusterAccess(self.config, self._client(handle), handle).access()
 
     def tls_verify(self, handle: ClusterHandle) -> bool | str:
-        """The TLS trust for ``access(handle)``'s URLs: the API server's CA file in proxy mode
-        (pass it as ``verify=`` to Ray's JobSubmissionClient), else True."""
+        """The TLS trust ``access(handle)`` carries as ``verify``: the API server's CA file in
+        proxy mode, else True."""
         return ClusterAccess(self.config, self._client(handle), handle).verify()
 
     # -- delete --------------------------------------------------------------------------------
