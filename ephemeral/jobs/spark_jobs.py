@@ -1,24 +1,36 @@
 """Spark applications: ``spark-submit`` (from the pyspark distribution) against the cluster's
 master in client mode, with the driver's output streamed line by line; and Spark Connect
-sessions for Python code that runs inside a task."""
+sessions for Python code that runs inside a task.
+
+Both authenticate: ``spark-submit`` with the cluster's ``spark.authenticate`` secret, read by
+the driver from a 0600 properties file (never an argv visible in ``ps``), and Connect sessions
+with the server's bearer token as gRPC metadata. ``spark_auth_for`` asks the cluster's backend
+for both, in the process that submits."""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ephemeral.errors import JobFailed, JobSubmissionFailed, JobTimeout
 from ephemeral.jobs.results import JobResult, JobStatus, parse_result_line
 from ephemeral.settings import job_environ
+
+if TYPE_CHECKING:
+    from ephemeral.backends.base import ClusterBackend, ClusterHandle
 
 LogSink = Callable[[str], None]
 # pyspark marks its process as Spark Connect mode once a remote session was built in it; a
@@ -27,6 +39,48 @@ CONNECT_MODE_VARS = ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_
 _APP_ID = re.compile(r"\b(app-\d{14}-\d{4,})\b")
 # Spark's own INFO chatter at shutdown would push the application's error out of the tail.
 _SPARK_INFO = re.compile(r"^\d\d/\d\d/\d\d \d\d:\d\d:\d\d (INFO|DEBUG) ")
+
+
+@dataclass(frozen=True)
+class SparkAuth:
+    """A Spark cluster's credentials, made on demand by its backend; never stored or logged."""
+
+    secret: str | None = None
+    """``spark.authenticate.secret`` of master, workers, executors and drivers."""
+    connect_token: str | None = None
+    """The Spark Connect server's bearer token."""
+
+    def __repr__(self) -> str:  # keep credentials out of tracebacks and logs
+        return (f"SparkAuth(secret={'***' if self.secret else None}, "
+                f"connect_token={'***' if self.connect_token else None})")
+
+    __str__ = __repr__
+
+
+def spark_auth_for(handle: ClusterHandle, backend: ClusterBackend) -> SparkAuth:
+    """The credentials of ``handle``'s cluster from its backend (none when the backend keeps
+    none: its Spark clusters run without authentication)."""
+    get = getattr(backend, "spark_auth", None)
+    auth = get(handle) if callable(get) else None
+    return auth if isinstance(auth, SparkAuth) else SparkAuth()
+
+
+@contextmanager
+def _auth_properties(auth: SparkAuth | None) -> Iterator[list[str]]:
+    """spark-submit arguments that authenticate the driver: a properties file in a private
+    temporary folder (0700, file 0600), removed when the driver has ended."""
+    if auth is None or not auth.secret:
+        yield []
+        return
+    folder = tempfile.mkdtemp(prefix="ephemeral-spark-auth-")
+    try:
+        file = Path(folder) / "auth.properties"
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"spark.authenticate=true\nspark.authenticate.secret={auth.secret}\n")
+        yield ["--extra-properties-file", str(file)]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def spark_submit_bin() -> str:
@@ -49,9 +103,11 @@ def spark_submit(
     sink: LogSink | None = None,
     timeout: float | None = None,
     on_start: Callable[[int], None] | None = None,
+    auth: SparkAuth | None = None,
 ) -> JobResult:
     """Run ``application`` on the cluster (driver here, executors on the workers); raise
-    ``JobFailed`` with the last log lines when it fails."""
+    ``JobFailed`` with the last log lines when it fails. ``auth``: the cluster's credentials
+    (``spark_auth_for``); the driver's environment is ``job_environ()`` plus ``env``."""
     if not Path(application).is_file():
         raise JobSubmissionFailed(f"no application file {application!r}")
     argv = [spark_submit_bin(), "--master", master]
@@ -63,39 +119,40 @@ def spark_submit(
     settings |= dict(conf or {})
     for key, value in settings.items():
         argv += ["--conf", f"{key}={value}"]
-    argv += [application, *args]
     run_env = {k: v for k, v in job_environ().items() if k not in CONNECT_MODE_VARS}
     run_env |= {"PYSPARK_PYTHON": sys.executable, **(env or {})}
-    started = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=run_env, start_new_session=True, bufsize=1)
-    if on_start:
-        on_start(proc.pid)  # the driver's session id, so a killed task can stop it
-    lines: deque[str] = deque(maxlen=2000)
-    app_id: list[str] = []
+    with _auth_properties(auth) as auth_args:  # removed once the driver ended
+        argv += [*auth_args, application, *args]
+        started = time.monotonic()
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=run_env, start_new_session=True, bufsize=1)
+        if on_start:
+            on_start(proc.pid)  # the driver's session id, so a killed task can stop it
+        lines: deque[str] = deque(maxlen=2000)
+        app_id: list[str] = []
 
-    def pump() -> None:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = raw.rstrip("\n")
-            lines.append(line)
-            if not app_id and (m := _APP_ID.search(line)):
-                app_id.append(m.group(1))
-            if sink:
-                sink(line)
+        def pump() -> None:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                line = raw.rstrip("\n")
+                lines.append(line)
+                if not app_id and (m := _APP_ID.search(line)):
+                    app_id.append(m.group(1))
+                if sink:
+                    sink(line)
 
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    try:
-        code = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired as err:
-        _kill(proc)
-        raise JobTimeout(f"spark application {application} did not finish in {timeout:.0f}s; "
-                         "it was stopped") from err
-    except BaseException:
-        _kill(proc)  # interrupted: the driver must not outlive its caller
-        raise
-    reader.join(timeout=10)
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired as err:
+            _kill(proc)
+            raise JobTimeout(f"spark application {application} did not finish in "
+                             f"{timeout:.0f}s; it was stopped") from err
+        except BaseException:
+            _kill(proc)  # interrupted: the driver must not outlive its caller
+            raise
+        reader.join(timeout=10)
     job_id = app_id[0] if app_id else f"spark-submit-pid-{proc.pid}"
     logs = "\n".join(lines)
     status = JobStatus.SUCCEEDED if code == 0 else JobStatus.FAILED
@@ -117,12 +174,16 @@ def _kill(proc: subprocess.Popen[str]) -> None:
             pass
 
 
-def connect_session(endpoint: str, *, app_name: str = "ephemeral") -> Any:
-    """A ``SparkSession`` on the cluster's Spark Connect server (``sc://host:port``)."""
+def connect_session(endpoint: str, *, app_name: str = "ephemeral", token: str | None = None
+                    ) -> Any:
+    """A ``SparkSession`` on the cluster's Spark Connect server (``sc://host:port``),
+    authenticated with the server's ``token`` when it has one."""
     from pyspark.sql import SparkSession
 
     saved = {k: os.environ.get(k) for k in CONNECT_MODE_VARS}
     try:
+        if token:
+            return _token_builder(endpoint, token).appName(app_name).getOrCreate()
         return SparkSession.builder.remote(endpoint).appName(app_name).getOrCreate()
     finally:  # keep this process (an Airflow worker, a test) out of Spark Connect mode
         for key, value in saved.items():
@@ -130,3 +191,17 @@ def connect_session(endpoint: str, *, app_name: str = "ephemeral") -> Any:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _token_builder(endpoint: str, token: str) -> Any:
+    """A Connect session builder that sends ``token`` as the gRPC ``authorization`` header.
+
+    pyspark's own ``;token=`` parameter turns TLS on for any host but ``localhost``, and the
+    cluster's server listens on a 127.0.x.y address without TLS: the token goes as metadata on
+    the plain channel instead, which the server checks the same way."""
+    from pyspark.sql.connect.client import DefaultChannelBuilder
+    from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+    builder = DefaultChannelBuilder(endpoint)
+    builder.set("authorization", f"Bearer {token}")
+    return ConnectSession.builder.channelBuilder(builder)

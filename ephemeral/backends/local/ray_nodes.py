@@ -3,6 +3,10 @@
 All nodes start at once: workers wait for the head's GCS by themselves, so a cluster is ready
 in about the time of its slowest node instead of head time plus worker time. Each node has its
 own ``--temp-dir`` (two nodes sharing one hang at start) and its own 127.0.x.y address.
+
+Every node runs with Ray's token authentication (``RAY_AUTH_MODE=token``): the dashboard, the
+Jobs API, GCS and the agents refuse any call without the cluster's token. Nodes read the token
+from its 0600 file (``RAY_AUTH_TOKEN_PATH``), so it is in no argv and no environment listing.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import math
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,16 @@ GCS, DASHBOARD, CLIENT, NODE_MANAGER, OBJECT_MANAGER, AGENT_GRPC, AGENT_HTTP, ME
     range(9)
 )
 MIN_OBJECT_STORE = 100 * 2**20
+
+
+def auth_env(token_file: Path) -> dict[str, str]:
+    """What a Ray process (node, or a driver calling ``ray.init``) needs to join the cluster."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
+
+
+def auth_headers(token: str) -> dict[str, str]:
+    """What an HTTP client of the dashboard and Jobs API sends."""
+    return {"Authorization": f"Bearer {token}"}
 
 
 def ray_bin() -> str:
@@ -69,8 +84,9 @@ def _node_args(slot: int, node: int, cpus: int, gpus: int, memory: str, temp: st
     ]
 
 
-def plan(spec: RaySpec, slot: int, temp_root: Path) -> list[PlannedNode]:
+def plan(spec: RaySpec, slot: int, temp_root: Path, token_file: Path) -> list[PlannedNode]:
     ray = ray_bin()
+    env = auth_env(token_file)
     head_ip = slots.node_ip(slot, 0)
     head_cpus = math.ceil(spec.head.cpu) if spec.head.run_tasks else 0
     head = PlannedNode(
@@ -87,6 +103,7 @@ def plan(spec: RaySpec, slot: int, temp_root: Path) -> list[PlannedNode]:
             *_node_args(slot, 0, head_cpus, spec.head.gpus, spec.head.memory,
                         str(temp_root / "n0")),
         ],
+        env=env,
     )
     nodes = [head]
     address = f"--address={head_ip}:{slots.named_port(slot, 0, GCS)}"
@@ -100,14 +117,18 @@ def plan(spec: RaySpec, slot: int, temp_root: Path) -> list[PlannedNode]:
                 argv=[ray, "start", address,
                       *_node_args(slot, n, max(1, math.ceil(group.cpu)), group.gpus, group.memory,
                                   str(temp_root / f"n{n}"))],
+                env=env,
             ))
     return nodes
 
 
-def probe(dashboard: str, planned: list[PlannedNode]) -> ClusterStatus:
-    """Ready when every planned node is ALIVE at its own address and the Jobs API answers."""
+def probe(dashboard: str, planned: list[PlannedNode],
+          headers: Mapping[str, str] | None = None) -> ClusterStatus:
+    """Ready when every planned node is ALIVE at its own address and the Jobs API answers
+    (both asked with the cluster's token in ``headers``)."""
     expected = {n.ip for n in planned}
-    body: Any = get_json(f"{dashboard}/api/v0/nodes?limit=1000&detail=false", timeout=3)
+    body: Any = get_json(f"{dashboard}/api/v0/nodes?limit=1000&detail=false", timeout=3,
+                         headers=headers)
     if body is None:
         return ClusterStatus(phase=Phase.STARTING, nodes_expected=len(expected),
                              message="the dashboard does not answer yet")
@@ -117,7 +138,7 @@ def probe(dashboard: str, planned: list[PlannedNode]) -> ClusterStatus:
         missing = ", ".join(n.name for n in planned if n.ip not in alive)
         return ClusterStatus(phase=Phase.STARTING, nodes_ready=len(alive),
                              nodes_expected=len(expected), message=f"waiting for {missing}")
-    if get_json(f"{dashboard}/api/jobs/", timeout=3) is None:
+    if get_json(f"{dashboard}/api/jobs/", timeout=3, headers=headers) is None:
         return ClusterStatus(phase=Phase.STARTING, nodes_ready=len(alive),
                              nodes_expected=len(expected), message="the Jobs API does not answer")
     return ClusterStatus(phase=Phase.READY, nodes_ready=len(alive), nodes_expected=len(expected),

@@ -3,6 +3,11 @@
 Everything runs from the pyspark distribution (its ``bin/spark-class`` and ``spark-submit``) on
 the machine's Java. Master, workers and Connect start at once: workers and the Connect driver
 retry their registration with the master by themselves.
+
+Master, workers, executors and the Connect driver authenticate each other with the cluster's
+``spark.authenticate`` secret, and Connect clients with the server's bearer token. Both come
+from 0600 properties files of the cluster's state folder (``--properties-file``), never from an
+argv or a node's recorded environment. See /work/notes/spark-auth.md for what stays open.
 """
 
 from __future__ import annotations
@@ -54,7 +59,10 @@ def endpoints(spec: SparkSpec, slot: int) -> Endpoints:
     )
 
 
-def plan(spec: SparkSpec, slot: int, work_root: Path) -> list[PlannedNode]:
+def plan(spec: SparkSpec, slot: int, work_root: Path, *, auth_props: Path,
+         connect_props: Path) -> list[PlannedNode]:
+    """``auth_props``: the ``spark.authenticate`` settings of every node; ``connect_props``:
+    those plus the Connect server's token."""
     home = spark_home()
     spark_class = str(home / "bin" / "spark-class")
     master_ip = slots.node_ip(slot, 0)
@@ -68,7 +76,7 @@ def plan(spec: SparkSpec, slot: int, work_root: Path) -> list[PlannedNode]:
     nodes = [PlannedNode(
         name="master", role="master", ip=master_ip,
         argv=[spark_class, "org.apache.spark.deploy.master.Master",
-              "--host", master_ip, "--port", str(slots.named_port(slot, 0, MASTER)),
+              "--properties-file", str(auth_props), "--host", master_ip, "--port", str(slots.named_port(slot, 0, MASTER)),
               "--webui-port", str(slots.named_port(slot, 0, MASTER_UI))],
         env=common | {"SPARK_LOCAL_IP": master_ip, "SPARK_DAEMON_MEMORY": _mib(spec.master.memory)},
     )]
@@ -84,7 +92,7 @@ def plan(spec: SparkSpec, slot: int, work_root: Path) -> list[PlannedNode]:
         nodes.append(PlannedNode(
             name=f"worker-{i}", role="worker", ip=ip,
             argv=[spark_class, "org.apache.spark.deploy.worker.Worker",
-                  "--host", ip, "--port", str(slots.named_port(slot, n, WORKER)),
+                  "--properties-file", str(auth_props), "--host", ip, "--port", str(slots.named_port(slot, n, WORKER)),
                   "--webui-port", str(slots.named_port(slot, n, WORKER_UI)),
                   "--cores", str(w.cores), "--memory", _mib(w.memory),
                   "--work-dir", str(work_dir), master_url],
@@ -111,11 +119,15 @@ def plan(spec: SparkSpec, slot: int, work_root: Path) -> list[PlannedNode]:
             "spark.dynamicAllocation.shuffleTracking.enabled": "true",
             "spark.dynamicAllocation.minExecutors": "0",
             "spark.dynamicAllocation.executorIdleTimeout": "30s",
+            # Shuffle tracking alone keeps an executor that holds shuffle files forever: one
+            # aggregation in a session would starve every spark-submit afterwards.
+            "spark.dynamicAllocation.shuffleTracking.timeout": "60s",
             "spark.sql.warehouse.dir": str(work_root / "warehouse"),
             **spec.conf,
             **spec.connect.conf,
         }
         argv = [str(home / "bin" / "spark-submit"), "--class", CONNECT_CLASS,
+                "--extra-properties-file", str(connect_props),
                 "--master", master_url, "--name", "ephemeral-connect",
                 "--driver-memory", _mib(spec.connect.memory)]
         for key, value in conf.items():
@@ -130,7 +142,13 @@ def plan(spec: SparkSpec, slot: int, work_root: Path) -> list[PlannedNode]:
     return nodes
 
 
-def connect_accepts_session(target: str, timeout: float = 5.0) -> bool:
+def connect_metadata(token: str | None) -> list[tuple[str, str]]:
+    """gRPC metadata that authenticates a Spark Connect call (the server's pre-shared token)."""
+    return [("authorization", f"Bearer {token}")] if token else []
+
+
+def connect_accepts_session(target: str, timeout: float = 5.0, *,
+                            token: str | None = None) -> bool:
     """Open a real Spark Connect session and ask for the Spark version through it."""
     try:
         import grpc
@@ -145,7 +163,7 @@ def connect_accepts_session(target: str, timeout: float = 5.0) -> bool:
             user_context=base_pb2.UserContext(user_id="ephemeral-probe"),
             spark_version=base_pb2.AnalyzePlanRequest.SparkVersion(),
         )
-        resp = stub.AnalyzePlan(req, timeout=timeout)
+        resp = stub.AnalyzePlan(req, timeout=timeout, metadata=connect_metadata(token))
         return bool(resp.spark_version.version)
     except grpc.RpcError:
         return False
@@ -153,7 +171,7 @@ def connect_accepts_session(target: str, timeout: float = 5.0) -> bool:
         channel.close()
 
 
-def probe(workers: int, ep: Endpoints) -> ClusterStatus:
+def probe(workers: int, ep: Endpoints, connect_token: str | None = None) -> ClusterStatus:
     """Ready when the master lists every worker ALIVE and Connect (if any) serves a session."""
     expected = workers + (1 if ep.spark_connect else 0)
     body: Any = get_json(f"{ep.spark_ui}/json/", timeout=3)
@@ -164,7 +182,8 @@ def probe(workers: int, ep: Endpoints) -> ClusterStatus:
     if len(alive) < workers:
         return ClusterStatus(phase=Phase.STARTING, nodes_ready=len(alive), nodes_expected=expected,
                              message=f"{len(alive)}/{workers} workers ALIVE")
-    if ep.spark_connect and not connect_accepts_session(ep.spark_connect.removeprefix("sc://")):
+    if ep.spark_connect and not connect_accepts_session(ep.spark_connect.removeprefix("sc://"),
+                                                        token=connect_token):
         return ClusterStatus(phase=Phase.STARTING, nodes_ready=len(alive), nodes_expected=expected,
                              message="Spark Connect does not accept a session yet")
     return ClusterStatus(phase=Phase.READY, nodes_ready=expected, nodes_expected=expected,
