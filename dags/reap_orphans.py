@@ -1,4 +1,5 @@
-"""reap_orphans: every five minutes, delete clusters that outlived their DAG run or their TTL.
+"""reap_orphans: every five minutes, delete clusters that outlived their DAG run or their TTL,
+or have been idle for longer than their spec's lifetime.idleTimeout (ephemeral.reaper).
 
 The backstop for what Airflow 3.3 does not clean up: the teardown of a failed setup never runs,
 and dagrun_timeout or marking a run failed during its setup skips teardowns.
@@ -13,7 +14,7 @@ from airflow.sdk import DAG, Param, task
 
 with DAG(
     dag_id="reap_orphans",
-    description="Delete ephemeral clusters whose run ended or whose TTL passed",
+    description="Delete ephemeral clusters whose run ended, whose TTL passed or that sat idle",
     schedule=timedelta(minutes=5),
     start_date=datetime(2026, 1, 1),
     catchup=False,

@@ -6,12 +6,33 @@ backend owns for this deployment instance (and only those):
 
 - every cluster whose ``expires-at`` has passed (the spec's ``lifetime.ttl``);
 - a cluster made by a DAG run that has been finished for longer than ``grace`` seconds;
-- a cluster whose run cannot be found only at its expiry.
+- a cluster whose run cannot be found only at its expiry;
+- a cluster whose spec sets ``lifetime.idleTimeout`` and that has been idle for longer, whatever
+  its run's state (the idle rule below).
 
-It never deletes a cluster whose run is still running and unexpired. Run states come from a
-``RunLookup``: Airflow's REST API (the CLI), or the task SDK inside Airflow (dags/reap_orphans.py).
-When a lookup knows a run's state but not when it ended, the reaper remembers when it first saw
-it finished (a small JSON file), so the grace period still holds.
+Otherwise it never deletes a cluster whose run is still running and unexpired. Run states come
+from a ``RunLookup``: Airflow's REST API (the CLI), or the task SDK inside Airflow
+(dags/reap_orphans.py). When a lookup knows a run's state but not when it ended, the reaper
+remembers when it first saw it finished (a small JSON file), so the grace period still holds.
+
+The idle rule. Busy is what ``ephemeral.activity`` says (a Ray job pending or running; a Spark
+application, Connect operation or open Connect session). A cluster is idle since the latest of:
+
+- its readiness: as the engine reports it (Ray: its last node's start in the state API; Spark
+  with Connect: the Connect server's registration with the master), else the first time the
+  reaper found its APIs answering; never before ``created_at``;
+- the end of the last work the engines report (a Ray job's end, a Spark application's start
+  plus duration, a Connect session's or operation's end);
+- the last time the reaper itself saw it busy (work that left no end time behind).
+
+It is deleted when ``now`` minus that exceeds ``idleTimeout``, with the reason "idle for 1834s,
+idleTimeout 1800s". A cluster whose APIs do not answer is never judged idle (its TTL still
+holds). The reaper runs every few minutes, so a cluster goes up to one interval after its
+timeout, or two when the engine reports no readiness time (a Spark cluster without Connect and
+no application run yet) and the reaper first sees it late. Remembered times live in the same JSON
+file (keyed by cluster name and creation time); a reaper without it (the CronJob's emptyDir)
+relies on the engines' times alone, so it never deletes a cluster whose idleness only its own
+sightings could tell (a Spark cluster without Connect that ran nothing; Connect on Kubernetes).
 """
 
 from __future__ import annotations
@@ -22,6 +43,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ephemeral.activity import Activity, cluster_activity
 from ephemeral.backends.base import ClusterBackend, ClusterHandle
 from ephemeral.errors import EphemeralError
 from ephemeral.specs.identity import PREFIX, parse_utc, utc_text
@@ -37,6 +59,7 @@ class RunInfo:
 
 
 RunLookup = Callable[[str, str], "RunInfo | None"]
+ActivityCheck = Callable[[ClusterBackend, ClusterHandle], Activity]
 
 
 @dataclass(frozen=True)
@@ -49,7 +72,8 @@ class Decision:
 
 
 class FinishedMemory:
-    """When each run was first seen finished, for lookups that do not know end dates."""
+    """When each run was first seen finished, for lookups that do not know end dates; and when
+    each cluster was first seen answering and last seen busy, for the idle rule."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
@@ -61,6 +85,12 @@ class FinishedMemory:
         if key not in self._seen:
             self._seen[key] = utc_text(now)
         return parse_utc(self._seen[key])
+
+    def mark(self, key: str, now: datetime) -> None:
+        self._seen[key] = utc_text(now)
+
+    def get(self, key: str) -> datetime | None:
+        return parse_utc(self._seen[key]) if key in self._seen else None
 
     def forget(self, key: str) -> None:
         """The run is unfinished again (cleared): its grace period starts anew when it ends."""
@@ -106,16 +136,56 @@ def judge(handle: ClusterHandle, *, lookup: RunLookup | None, now: datetime, gra
                                         f"within the {grace:.0f}s grace period")
 
 
+def idle_keys(handle: ClusterHandle) -> tuple[str, str]:
+    """Memory keys of (first seen answering, last seen busy); a cluster made again under the
+    same name starts afresh."""
+    ident = f"{handle.name}\x1f{handle.created_at}"
+    return f"up\x1f{ident}", f"busy\x1f{ident}"
+
+
+def judge_idle(handle: ClusterHandle, activity: Activity, *, now: datetime,
+               memory: FinishedMemory) -> Decision:
+    """The idle rule (module docstring) for a cluster with ``idle_timeout_s``."""
+    timeout = handle.idle_timeout_s
+    up_key, busy_key = idle_keys(handle)
+    if activity.busy is None:
+        return Decision(handle.name, False, f"activity unknown ({activity.what})")
+    first_seen = memory.first_seen(up_key, now)
+    if activity.busy:
+        memory.mark(busy_key, now)
+        return Decision(handle.name, False, f"busy: {activity.what}")
+    ready = max(parse_utc(handle.created_at), activity.nodes_up or first_seen)
+    since = max(m for m in (ready, activity.last_end, memory.get(busy_key)) if m is not None)
+    idle = int((now - since).total_seconds())  # whole seconds, as the memory file keeps times
+    if timeout is not None and idle > timeout:
+        return Decision(handle.name, True, f"idle for {idle}s, idleTimeout {timeout}s "
+                                           f"({activity.what} since {utc_text(since)})")
+    return Decision(handle.name, False, f"idle for {idle}s of idleTimeout {timeout}s")
+
+
+def _ask(activity: ActivityCheck, backend: ClusterBackend, handle: ClusterHandle) -> Activity:
+    """The cluster's activity; a cluster this process cannot ask (its token Secret not made
+    yet, an API server refusing) is of unknown activity, not a reaper failure."""
+    try:
+        return activity(backend, handle)
+    except EphemeralError as err:
+        return Activity(None, f"cannot ask its APIs: {err}")
+
+
 def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DEFAULT_GRACE_SECONDS,
-         dry_run: bool = False, now: datetime | None = None,
-         memory_file: Path | None = None) -> list[Decision]:
-    """Judge every owned cluster and delete the orphans (unless ``dry_run``)."""
+         dry_run: bool = False, now: datetime | None = None, memory_file: Path | None = None,
+         activity: ActivityCheck = cluster_activity) -> list[Decision]:
+    """Judge every owned cluster and delete the orphans and idle ones (unless ``dry_run``)."""
     now = now or datetime.now(UTC)
     memory = FinishedMemory(memory_file)
     decisions = []
     for handle in backend.list_owned():
         try:
             d = judge(handle, lookup=lookup, now=now, grace=grace, memory=memory)
+            if not d.delete and handle.idle_timeout_s:
+                idle = judge_idle(handle, _ask(activity, backend, handle), now=now,
+                                  memory=memory)
+                d = idle if idle.delete else Decision(d.cluster, False, f"{d.reason}; {idle.reason}")
         except Exception as err:  # noqa: BLE001 - one bad lookup must not stop the others
             decisions.append(Decision(handle.name, False, "could not be judged; kept",
                                       error=f"{type(err).__name__}: {err}"))
@@ -127,9 +197,10 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
             except EphemeralError as err:
                 d = Decision(d.cluster, True, d.reason, error=str(err))
         decisions.append(d)
+    live = backend.list_owned()
     live_runs = {f"{h.annotations.get(PREFIX + 'dag-id')}\x1f{h.annotations.get(PREFIX + 'run-id')}"
-                 for h in backend.list_owned()}
-    memory.save(live_runs)
+                 for h in live}
+    memory.save(live_runs | {key for h in live for key in idle_keys(h)})
     return decisions
 
 

@@ -121,7 +121,33 @@ class EnvVar(Model):
 
 class RuntimeEnv(Model):
     pip: list[str] = Field(default_factory=list)
+    """Pip requirements every Ray job submitted through ephemeral (CLI ``submit``,
+    ``RayJobOperator``) gets in its runtime environment; a job's own entry for a package wins
+    (``ephemeral.jobs.runtime_env``)."""
     env: list[EnvVar] = Field(default_factory=list)
+    """Environment of the cluster's processes (so of every job on it)."""
+
+    @field_validator("pip")
+    @classmethod
+    def _requirements(cls, v: list[str]) -> list[str]:
+        """PEP 508 requirements (``name[extras]>=version``, ``name @ url``), each package once:
+        a typo fails here, not later inside every job's environment set-up."""
+        from packaging.requirements import InvalidRequirement, Requirement
+        from packaging.utils import canonicalize_name
+
+        names = []
+        for entry in v:
+            try:
+                if entry != entry.strip() or "\n" in entry:
+                    raise InvalidRequirement("surrounding spaces or a line break")
+                names.append(canonicalize_name(Requirement(entry).name))
+            except InvalidRequirement as err:
+                raise ValueError(f"{entry!r} is not a PEP 508 requirement such as 'pandas>=2' or "
+                                 f"'pkg @ https://host/pkg.whl' (pip options are not accepted): "
+                                 f"{err}") from err
+        if dup := repeated(names):
+            raise ValueError(f"packages listed twice: {', '.join(dup)}")
+        return v
 
     @field_validator("env")
     @classmethod
@@ -135,7 +161,15 @@ class Lifetime(Model):
     ttl: Duration = "6h"
     """Hard limit: the reaper deletes the cluster once it is this old."""
     idle_timeout: Duration | None = None
-    """The reaper deletes a cluster that has run no job for this long."""
+    """The reaper deletes a cluster that has run no job, Spark application or Connect session
+    for this long since it became ready or its last work ended (``ephemeral.reaper``)."""
+
+    @model_validator(mode="after")
+    def _idle_within_ttl(self) -> Lifetime:
+        if self.idle_timeout and duration_seconds(self.idle_timeout) >= self.ttl_seconds:
+            raise ValueError(f"idleTimeout ({self.idle_timeout}) is not shorter than ttl "
+                             f"({self.ttl}), so it would never apply: shorten it or remove it")
+        return self
 
     @property
     def ttl_seconds(self) -> int:
@@ -157,6 +191,8 @@ class RayWorkerGroup(GpuFields, Placement):
     name: str
     replicas: int = Field(ge=1, le=1000)
     min_replicas: int | None = Field(default=None, ge=0, le=1000)
+    """Autoscaling bounds (default ``replicas``): KubeRay's autoscaler on Kubernetes. The local
+    backend does not autoscale: it starts ``replicas`` nodes, and says so."""
     max_replicas: int | None = Field(default=None, ge=1, le=1000)
     cpu: PositiveCpu = 1
     memory: Memory = "2Gi"

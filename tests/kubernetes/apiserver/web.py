@@ -11,7 +11,8 @@ Two ways in, as the backend's endpoint modes go:
 The dashboard answers once the head pod runs, and only with the cluster's token, read from the
 Secret the (mock) operator made, as Ray does: ``Authorization: Bearer <token>`` first, else
 ``X-Ray-Authorization``; none is 401, a wrong one 403. ``/api/version`` answers; ``POST
-/api/jobs/`` records the submission and answers a job id; ``GET /api/jobs/<id>`` says SUCCEEDED.
+/api/jobs/`` records the submission and answers a job id; ``GET /api/jobs/<id>`` and the list
+``GET /api/jobs/`` say ``job_status`` (SUCCEEDED unless a test sets another).
 The Spark master UI lists its running worker pods as ALIVE workers in ``/json/``. ``down`` makes
 every endpoint refuse (503).
 """
@@ -41,6 +42,10 @@ class Dashboards:
     hits: list[str] = field(default_factory=list)
     submitted: list[dict[str, Any]] = field(default_factory=list)
     seen_headers: list[dict[str, str]] = field(default_factory=list)
+    job_status: str = "SUCCEEDED"
+    """What the Jobs API says of every submitted job (in ``GET /api/jobs/`` and by id)."""
+    spark_apps: list[dict[str, Any]] = field(default_factory=list)
+    """The Spark master's ``activeapps`` (as Spark's JsonProtocol writes them), set by tests."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def answer(self, method: str, ns: str, cluster: str, api: str, rest: str,
@@ -73,7 +78,8 @@ class Dashboards:
                            for p in mine if p["metadata"]["labels"].get(
                                "app.kubernetes.io/component") == "spark-worker"]
                 return 200, {"url": f"spark://{cluster}-master:7077", "status": "ALIVE",
-                             "workers": workers, "aliveworkers": len(workers)}
+                             "workers": workers, "aliveworkers": len(workers),
+                             "activeapps": self.spark_apps}
         return 503, {"error": f"nothing answers {method} {api}/{rest}"}
 
     def _refused(self, ns: str, cluster: str,
@@ -104,9 +110,15 @@ class Dashboards:
                 job_id = f"raysubmit_{len(self.submitted)}"
             return 200, {"job_id": job_id, "submission_id": request.get("submission_id")
                          or job_id}
+        if method == "GET" and rest == "api/jobs":  # the list: this cluster's submissions
+            with self._lock:
+                return 200, [{"type": "SUBMISSION", "status": self.job_status,
+                              "submission_id": s.get("submission_id") or f"raysubmit_{i + 1}",
+                              "entrypoint": s.get("entrypoint")}
+                             for i, s in enumerate(self.submitted) if s["cluster"] == cluster]
         if method == "GET" and rest.startswith("api/jobs/"):
             job_id = rest.removeprefix("api/jobs/")
-            return 200, {"job_id": job_id, "submission_id": job_id, "status": "SUCCEEDED",
+            return 200, {"job_id": job_id, "submission_id": job_id, "status": self.job_status,
                          "entrypoint": "python -c pass", "message": "done", "type": "SUBMISSION"}
         return 404, {"error": f"the mock dashboard does not serve {method} {rest}"}
 
