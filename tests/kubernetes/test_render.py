@@ -34,6 +34,7 @@ from ephemeral.cli.main import RENDER_CREATED, render_identity
 from ephemeral.errors import SpecError
 from ephemeral.specs import ResolvedSpec, resolve
 from ephemeral.specs.loader import load_file
+from ephemeral.specs.quantities import memory_bytes
 from ephemeral.specs.resolve import CI_CPU
 from tests.kubernetes.manifest_validation import validate_manifest
 
@@ -292,6 +293,78 @@ def test_ray_replica_bounds_default_to_replicas(tmp_path: Path) -> None:
     spec = resolve(spec_file(tmp_path, RAY_MINIMAL))
     (group,) = render(spec, handle_for(spec)).primary["spec"]["workerGroupSpecs"]
     assert (group["replicas"], group["minReplicas"], group["maxReplicas"]) == (3, 3, 3)
+
+
+def test_ray_autoscaler_only_where_a_group_may_change_size(tmp_path: Path) -> None:
+    _, out = rendered("ray/adhoc-cpu")  # cpu: 1..4
+    spec = out.primary["spec"]
+    assert spec["enableInTreeAutoscaling"] is True
+    options = spec["autoscalerOptions"]
+    assert options["idleTimeoutSeconds"] == 90  # a tenth of its 15m idleTimeout
+    assert options["resources"]["requests"] == options["resources"]["limits"] == {
+        "cpu": "250m", "memory": "512Mi"}
+    assert options["securityContext"] == {"allowPrivilegeEscalation": False,
+                                          "capabilities": {"drop": ["ALL"]}}
+    # ci-cpu drops the bounds (min == max == replicas), and so does a spec without them.
+    for case in (rendered("ray/adhoc-cpu", CI_CPU)[1].primary,
+                 render(resolve(spec_file(tmp_path, RAY_MINIMAL)),
+                        handle_for(resolve(spec_file(tmp_path, RAY_MINIMAL)))).primary):
+        assert "enableInTreeAutoscaling" not in case["spec"]
+        assert "autoscalerOptions" not in case["spec"]
+        head = case["spec"]["headGroupSpec"]["template"]["spec"]
+        assert [v["name"] for v in head["volumes"]] == ["dshm"]
+
+
+def test_only_the_autoscaler_container_gets_the_api_token() -> None:
+    _, out = rendered("ray/train-gpu")  # gpu: 2..4
+    spec = out.primary["spec"]
+    head = spec["headGroupSpec"]["template"]["spec"]
+    assert head["automountServiceAccountToken"] is False  # the Ray container runs job code
+    assert "serviceAccountName" not in head  # KubeRay sets its own, named after the cluster
+    (token,) = [v for v in head["volumes"] if "projected" in v]
+    sources = token["projected"]["sources"]
+    assert sources[0] == {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}}
+    assert spec["autoscalerOptions"]["volumeMounts"] == [{
+        "name": token["name"], "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+        "readOnly": True}]
+    for c in containers([out.primary]):
+        assert token["name"] not in {m["name"] for m in c.get("volumeMounts", [])}
+    assert spec["autoscalerOptions"]["idleTimeoutSeconds"] == 180  # 30m / 10
+
+
+@pytest.mark.parametrize(("idle", "seconds"), [
+    (None, 60), ("5m", 60), ("15m", 90), ("30m", 180), ("2h", 300)])
+def test_worker_idle_timeout_follows_the_cluster_idle_timeout(
+        tmp_path: Path, idle: str | None, seconds: int) -> None:
+    bounds = RAY_MINIMAL.replace("replicas: 3", "replicas: 3\n    minReplicas: 0")
+    life = f"lifetime: {{ttl: 6h, idleTimeout: {idle}}}\n" if idle else ""
+    spec = resolve(spec_file(tmp_path, bounds + life))
+    out = render(spec, handle_for(spec)).primary
+    assert out["spec"]["autoscalerOptions"]["idleTimeoutSeconds"] == seconds
+    assert validate_manifest(out) == []
+
+
+@pytest.mark.parametrize(("ref", "profile"), [c for c in CASES if c[0].startswith("ray/")],
+                         ids=[i for i, c in zip(IDS, CASES, strict=True)
+                              if c[0].startswith("ray/")])
+def test_every_ray_pod_has_a_memory_backed_dev_shm_of_half_its_memory(
+        ref: str, profile: str | None) -> None:
+    _, out = rendered(ref, profile)
+    s = resolve(ref, profile).spec
+    sizes = [s.head.memory, *(g.memory for g in s.worker_groups)]  # type: ignore[union-attr]
+    for template, memory in zip(pod_templates(out.primary), sizes, strict=True):
+        pod = template["spec"]
+        (shm,) = [v for v in pod["volumes"] if v["name"] == "dshm"]
+        half = memory_bytes(memory) // 2 // 2**20
+        assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": f"{half}Mi"}
+        assert {"name": "dshm", "mountPath": "/dev/shm"} in pod["containers"][0]["volumeMounts"]
+
+
+def test_ray_gpu_workers_dev_shm_is_sized_from_the_spec() -> None:
+    _, out = rendered("ray/train-gpu")
+    (group,) = out.primary["spec"]["workerGroupSpecs"]
+    (shm,) = group["template"]["spec"]["volumes"]
+    assert shm["emptyDir"]["sizeLimit"] == "16384Mi"  # half of 32Gi
 
 
 def test_ray_head_that_runs_tasks_gets_its_cpus_from_the_limit(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from ephemeral.backends.base import ClusterHandle, Endpoints
 from ephemeral.errors import SpecError
 from ephemeral.specs.identity import PREFIX
 from ephemeral.specs.models import EnvVar, Placement
+from ephemeral.specs.quantities import memory_bytes
 from ephemeral.specs.resolve import ResolvedSpec
 
 HANDLE_ANNOTATION = PREFIX + "handle"
@@ -23,6 +24,7 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 """Which part of a cluster an object or pod is (``spark-master``, ``ray-head``, ...). Not under
 ``ephemeral.dev/``: those labels are the owner labels a handle carries."""
 
+_MIB = 2**20
 NAME_MAX = 53  # KubeRay's limit for RayCluster names ("-serve-svc" is its longest suffix)
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
@@ -155,6 +157,26 @@ def container_security() -> Manifest:
     """A container's part of ``restricted`` (KubeRay copies the Ray container's to the init
     container it adds)."""
     return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+SHM_VOLUME = "dshm"
+SHM_MOUNT: Manifest = {"name": SHM_VOLUME, "mountPath": "/dev/shm"}
+SHM_FRACTION = 2
+"""``/dev/shm`` is sized to 1/SHM_FRACTION of the pod's memory."""
+
+
+def shm_volume(memory: str) -> Manifest:
+    """A memory-backed ``/dev/shm`` for a pod of ``memory`` (the container runtime's default is
+    64 MiB, too small for NCCL, PyTorch DataLoader workers and Ray's object store).
+
+    Half the pod's memory: Ray's object store takes 30% of a node's memory by default and lives
+    here, NCCL's and DataLoader's buffers take the rest of that half, and the other half stays
+    for the processes themselves. tmpfs pages count against the pod's memory limit, so a
+    ``/dev/shm`` as large as the limit (KubeRay's default when none is declared) would let shared
+    memory crowd out the training processes; beyond its ``sizeLimit`` the kubelet evicts the pod.
+    """
+    size = memory_bytes(memory) // SHM_FRACTION // _MIB
+    return {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": f"{size}Mi"}}
 
 
 POD_IP_ENV: Manifest = {"name": "POD_IP",

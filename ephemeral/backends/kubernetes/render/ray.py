@@ -8,6 +8,17 @@ Token authentication is always on (``authOptions.mode: token``, KubeRay 1.6+, Ra
 operator makes a Secret with a random token (``auth_token``), owned by the RayCluster and named
 after it, and gives every Ray container ``RAY_AUTH_MODE=token`` and the token by
 ``secretKeyRef``. The manifest never holds the token; ``auth_secret`` names where it lives.
+
+Every Ray container mounts a memory-backed ``/dev/shm`` (``render.common.shm_volume``): Ray's
+object store, NCCL and DataLoader workers live in it, and the container runtime's default is 64 MiB.
+
+A worker group whose ``minReplicas`` differs from its ``maxReplicas`` turns on KubeRay's in-tree
+autoscaler (``autoscaling``): a sidecar in the head pod that scales the groups between their
+bounds and releases workers idle for ``worker_idle_timeout`` seconds. It calls the Kubernetes
+API, so KubeRay gives the head pod a ServiceAccount of its own (named after the cluster, with a
+Role on the cluster's pods and RayCluster, all owned by the RayCluster). The pod still does not
+automount the token: a projected volume mounts it into the autoscaler container only, so the Ray
+container, which runs the jobs' drivers, holds no Kubernetes credentials.
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ from typing import Any
 
 from ephemeral.backends.base import ClusterHandle, Endpoints
 from ephemeral.backends.kubernetes.render.common import (
+    SHM_MOUNT,
     Manifest,
     Rendered,
     check_name,
@@ -29,6 +41,7 @@ from ephemeral.backends.kubernetes.render.common import (
     pod_security,
     resources,
     service_host,
+    shm_volume,
 )
 from ephemeral.backends.kubernetes.render.network import Clients, policies
 from ephemeral.specs.models import RaySpec, RayWorkerGroup
@@ -46,6 +59,56 @@ HEAD_PORTS = [
     {"name": "client", "containerPort": CLIENT_PORT, "protocol": "TCP"},
     {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
 ]
+
+
+WORKER_IDLE_MIN, WORKER_IDLE_MAX = 60, 300
+"""Bounds of the autoscaler's worker idle timeout, seconds: 60 is Ray's and KubeRay's default."""
+AUTOSCALER_RESOURCES = {"cpu": "250m", "memory": "512Mi"}
+"""The autoscaler sidecar's requests and limits (KubeRay's default is 500m/512Mi): it polls the
+GCS and the API every few seconds; 512Mi holds its Python process with Ray imported. Requests
+equal limits keep the head pod in the Guaranteed QoS class."""
+TOKEN_VOLUME = "autoscaler-api-token"
+TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"  # where Ray's autoscaler reads it
+TOKEN_EXPIRY = 3607  # seconds, what the kubelet's own automounted token uses; it is refreshed
+
+
+def autoscaling(spec: RaySpec) -> bool:
+    """Whether any worker group may change size (its bounds differ)."""
+    return any(g.min != g.max for g in spec.worker_groups)
+
+
+def worker_idle_timeout(spec: RaySpec) -> int:
+    """Seconds a worker above ``minReplicas`` may idle before the autoscaler removes it: a tenth
+    of the cluster's ``lifetime.idleTimeout``, within 60 s (Ray's default: a worker between two
+    back-to-back tasks stays) and 5 minutes (an idle GPU node is released well before the
+    reaper would delete the whole cluster); 60 s without an idleTimeout."""
+    idle = spec.lifetime.idle_timeout_seconds
+    if idle is None:
+        return WORKER_IDLE_MIN
+    return max(WORKER_IDLE_MIN, min(WORKER_IDLE_MAX, idle // 10))
+
+
+def _token_volume() -> Manifest:
+    """The head's ServiceAccount token, CA and namespace as the kubelet's automount makes them
+    (a projected volume), for the autoscaler container alone."""
+    return {"name": TOKEN_VOLUME, "projected": {"sources": [
+        {"serviceAccountToken": {"path": "token", "expirationSeconds": TOKEN_EXPIRY}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt",
+                                                              "path": "ca.crt"}]}},
+        {"downwardAPI": {"items": [{"path": "namespace",
+                                    "fieldRef": {"fieldPath": "metadata.namespace"}}]}}]}}
+
+
+def autoscaler_options(spec: RaySpec) -> Manifest:
+    return {
+        "idleTimeoutSeconds": worker_idle_timeout(spec),
+        "upscalingMode": "Default",
+        "resources": {"requests": dict(AUTOSCALER_RESOURCES),
+                      "limits": dict(AUTOSCALER_RESOURCES)},
+        # KubeRay copies no security context to its sidecar: restricted needs one.
+        "securityContext": container_security(),
+        "volumeMounts": [{"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True}],
+    }
 
 
 def head_service(name: str) -> str:
@@ -87,16 +150,19 @@ def _container(name: str, spec: RaySpec, env: list[Manifest], *, cpu: float, mem
         container["ports"] = [dict(p) for p in ports]
     if env:
         container["env"] = [dict(e) for e in env]
+    # Declared, KubeRay adds no /dev/shm of its own (its default is as large as the limit).
+    container["volumeMounts"] = [dict(SHM_MOUNT)]
     return container
 
 
-def _template(handle: ClusterHandle, component: str, container: Manifest,
-              place: Manifest) -> Manifest:
-    # The Ray container must be the first one: KubeRay finds it by index 0. No process of the
-    # cluster calls the Kubernetes API (no autoscaler), so it gets no ServiceAccount token.
+def _template(handle: ClusterHandle, component: str, container: Manifest, place: Manifest,
+              memory: str, *, extra_volumes: list[Manifest] | None = None) -> Manifest:
+    # The Ray container must be the first one: KubeRay finds it by index 0. The Ray containers
+    # run the jobs' code and never get a ServiceAccount token (the autoscaler's is its own).
     return {"metadata": {"labels": pod_labels(handle, component)},
             "spec": {"containers": [container], "automountServiceAccountToken": False,
-                     "securityContext": pod_security(), **place}}
+                     "securityContext": pod_security(),
+                     "volumes": [shm_volume(memory), *(extra_volumes or [])], **place}}
 
 
 def _worker_group(spec: RaySpec, handle: ClusterHandle, group: RayWorkerGroup,
@@ -111,7 +177,7 @@ def _worker_group(spec: RaySpec, handle: ClusterHandle, group: RayWorkerGroup,
         "minReplicas": group.min,
         "maxReplicas": group.max,
         "rayStartParams": {},
-        "template": _template(handle, "ray-worker", container, placement(group)),
+        "template": _template(handle, "ray-worker", container, placement(group), group.memory),
     }
 
 
@@ -133,6 +199,9 @@ def render_ray(spec: ResolvedSpec, handle: ClusterHandle, cluster_domain: str,
     head_container = _container("ray-head", s, env, cpu=head.cpu, memory=head.memory,
                                 gpus=head.gpus, gpu_resource=head.gpu_resource, ports=HEAD_PORTS)
     primary_handle = handle.model_copy(update={"endpoints": eps})
+    scaling = autoscaling(s)
+    head_template = _template(handle, "ray-head", head_container, placement(head), head.memory,
+                              extra_volumes=[_token_volume()] if scaling else None)
     cluster: dict[str, Any] = {
         "apiVersion": "ray.io/v1",
         "kind": "RayCluster",
@@ -141,12 +210,15 @@ def render_ray(spec: ResolvedSpec, handle: ClusterHandle, cluster_domain: str,
             "rayVersion": s.ray_version,
             "headGroupSpec": {
                 "rayStartParams": start_params,
-                "template": _template(handle, "ray-head", head_container, placement(head)),
+                "template": head_template,
             },
             "workerGroupSpecs": [_worker_group(s, handle, g, env) for g in s.worker_groups],
             # KubeRay makes the token Secret and hands it to every Ray container.
             "authOptions": {"mode": "token"},
         },
     }
+    if scaling:
+        cluster["spec"]["enableInTreeAutoscaling"] = True
+        cluster["spec"]["autoscalerOptions"] = autoscaler_options(s)
     return Rendered(objects=[cluster, *policies(handle, API_PORTS, clients)], primary=cluster,
                     endpoints=eps)
