@@ -3,8 +3,10 @@
 ``validate_manifest(obj)`` returns a list of problems (empty when valid):
 
 - a RayCluster is checked against the vendored KubeRay CRD (``schemas/kuberay``, v1
-  ``openAPIV3Schema``), and unknown fields are refused by walking the schema, as the API server
-  does with ``fieldValidation=Strict`` (the CRD's own schema leaves objects open);
+  ``openAPIV3Schema``), and a SparkConnect against the spark-operator's (``schemas/
+  spark-operator``, v1alpha1; its schemaless pod templates as core PodTemplateSpecs); unknown
+  fields are refused by walking the schema, as the API server does with
+  ``fieldValidation=Strict`` (the CRD's own schema leaves objects open);
 - core objects (Deployment, StatefulSet, Service, ConfigMap, Secret, ...) are checked with the
   strict schemas bundled in ``kubernetes-validate`` for ``KUBERNETES_VERSION``;
 - on every object: metadata (as an ObjectMeta), name syntax, label keys and values.
@@ -25,8 +27,10 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import yaml
 
 KUBERNETES_VERSION = "1.33"
-CRDS = {("ray.io/v1", "RayCluster"): Path(__file__).parent / "schemas" / "kuberay"
-        / "ray.io_rayclusters.yaml"}
+SCHEMAS = Path(__file__).parent / "schemas"
+CRDS = {("ray.io/v1", "RayCluster"): SCHEMAS / "kuberay" / "ray.io_rayclusters.yaml",
+        ("sparkoperator.k8s.io/v1alpha1", "SparkConnect"):
+            SCHEMAS / "spark-operator" / "sparkoperator.k8s.io_sparkconnects.yaml"}
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -34,8 +38,8 @@ _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 # Objects whose name becomes a DNS label (a Service's host name); others are subdomains.
-_LABEL_NAMED_KINDS = {"Service", "RayCluster"}
-_NAME_MAX = {"RayCluster": 53}
+_LABEL_NAMED_KINDS = {"Service", "RayCluster", "SparkConnect"}
+_NAME_MAX = {"RayCluster": 53, "SparkConnect": 56}  # 56: "-server" makes a Service name
 
 
 def validate_manifest(obj: dict[str, Any]) -> list[str]:
@@ -51,9 +55,25 @@ def validate_manifest(obj: dict[str, Any]) -> list[str]:
         problems += [f"{_path(e.absolute_path)}: {e.message}"
                      for e in sorted(validator.iter_errors(obj), key=lambda e: list(e.path))]
         problems += unknown_fields(obj, schema)
+        problems += _embedded_templates(obj)
     else:
         problems += _core_problems(obj)
     problems += _label_problems(obj)
+    return problems
+
+
+def _embedded_templates(obj: dict[str, Any]) -> list[str]:
+    """A SparkConnect's pod templates are schemaless in its CRD; the operator and Spark make
+    pods of them, which the API server then validates as core pods: check them as such."""
+    if obj.get("kind") != "SparkConnect":
+        return []
+    problems = []
+    for part in ("server", "executor"):
+        template = ((obj.get("spec") or {}).get(part) or {}).get("template")
+        if template is not None:
+            wrapper = {"apiVersion": "v1", "kind": "PodTemplate",
+                       "metadata": {"name": "t"}, "template": template}
+            problems += [f"spec.{part}.template: {p}" for p in _core_problems(wrapper)]
     return problems
 
 

@@ -28,6 +28,7 @@ from ephemeral.backends.kubernetes.config import KubeConfig, ResolvedMode
 from ephemeral.backends.kubernetes.render import service_endpoints
 from ephemeral.backends.kubernetes.render.ray import TOKEN_KEY, auth_secret, head_service
 from ephemeral.backends.kubernetes.render.spark import master_service
+from ephemeral.backends.kubernetes.render.spark_operator import is_operator, server_service
 from ephemeral.errors import BackendUnavailable, ClusterNotFound
 
 Api = Literal["dashboard", "spark_ui"]
@@ -50,7 +51,10 @@ class ClusterAccess:
 
     def _service(self, api: Api) -> str:
         name = self.handle.name
-        return head_service(name) if api == "dashboard" else master_service(name)
+        if api == "dashboard":
+            return head_service(name)
+        # A SparkConnect's UI is its Connect server's (the operator's Service names it web-ui).
+        return server_service(name) if is_operator(self.handle) else master_service(name)
 
     def url(self, api: Api, *, for_browser: bool = False) -> str:
         """The base URL of ``api`` (no trailing slash); ``for_browser`` in proxy mode puts it
@@ -69,7 +73,8 @@ class ClusterAccess:
     def _dns(self) -> Endpoints:
         handle = self.handle.model_copy(update={"namespace": self.client.namespace})
         return service_endpoints(handle, self.handle.engine,
-                                 cluster_domain=self.config.cluster_domain)
+                                 cluster_domain=self.config.cluster_domain,
+                                 mode="operator" if is_operator(handle) else "standalone")
 
     def links(self, endpoints: Endpoints) -> Endpoints:
         """``endpoints`` with the HTTP ones as a person's browser reaches them in this mode."""

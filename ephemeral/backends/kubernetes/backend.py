@@ -1,4 +1,5 @@
-"""Clusters as Kubernetes objects: a KubeRay RayCluster, or Spark standalone Deployments.
+"""Clusters as Kubernetes objects: a KubeRay RayCluster, Spark standalone Deployments, or a
+spark-operator SparkConnect (Spark's ``operator`` mode, per spec or ``EPHEMERAL_K8S_SPARK_MODE``).
 
 Identity is the object name: create is a POST that either makes the cluster or meets the
 existing one (409), which is adopted when its ``ephemeral.dev/spec-hash`` label matches. Every
@@ -13,8 +14,8 @@ the API server's service proxy when Airflow runs outside the cluster).
 ``delete(wait=True)`` and ``wait_ready`` watch instead of polling where they can (a Role without
 the ``watch`` verb, or a server without it, makes them poll as before).
 
-list_owned finds clusters by their primary object only (the RayCluster, the Spark master
-Deployment). Every other object a create makes is therefore owned by the primary (an
+list_owned finds clusters by their primary object only (the RayCluster, the SparkConnect, the
+Spark master Deployment). Every other object a create makes is therefore owned by the primary (an
 ``ownerReference`` to its uid): whenever the primary goes (a delete interrupted after its first
 call, a failed create whose clean-up could not finish, a ``kubectl delete``) the garbage
 collector removes the rest, so nothing is left that no listing would find.
@@ -48,11 +49,12 @@ from ephemeral.backends.kubernetes.client import (
     POD,
     RAYCLUSTER,
     SERVICE,
+    SPARKCONNECT,
     AlreadyExists,
     Forbidden,
     Kind,
     KubeClient,
-    KubeRayMissing,
+    OperatorMissing,
     WatchUnsupported,
     kind_of,
     name_of,
@@ -65,7 +67,10 @@ from ephemeral.backends.kubernetes.render import (
     Rendered,
     render,
     service_endpoints,
+    spark_mode,
 )
+from ephemeral.backends.kubernetes.render.spark import master_service
+from ephemeral.backends.kubernetes.render.spark_operator import is_operator
 from ephemeral.errors import (
     BackendUnavailable,
     ClusterFailed,
@@ -81,7 +86,7 @@ from ephemeral.specs.resolve import ResolvedSpec
 log = logging.getLogger(__name__)
 
 # Deleted in this order: the primary first, so nothing recreates what is being removed.
-OWNED_KINDS: tuple[Kind, ...] = (RAYCLUSTER, DEPLOYMENT, SERVICE, NETWORKPOLICY)
+OWNED_KINDS: tuple[Kind, ...] = (RAYCLUSTER, SPARKCONNECT, DEPLOYMENT, SERVICE, NETWORKPOLICY)
 SPEC_HASH = PREFIX + "spec-hash"
 SPARK_MASTER = "spark-master"
 RESYNC_POLLS, RESYNC_MIN = 5, 1.0
@@ -118,6 +123,8 @@ class KubernetesBackend(ClusterBackend):
         base = make_handle(spec, identity, backend=self.name, endpoints=Endpoints(),
                            namespace=self.config.namespace)
         rendered = self._render(spec, base)
+        if spec.engine == "spark":
+            self._refuse_other_mode(spec, rendered.primary)
         handle = self._view(base.model_copy(update={"endpoints": rendered.endpoints}))
         created: list[dict[str, Any]] = []
         owner: dict[str, Any] | None = None
@@ -176,7 +183,25 @@ class KubernetesBackend(ClusterBackend):
     def _render(self, spec: ResolvedSpec, handle: ClusterHandle) -> Rendered:
         clients = Clients(selector=dict(self.config.client_selector),
                           cidrs=tuple(self.config.client_cidrs))
-        return render(spec, handle, cluster_domain=self.config.cluster_domain, clients=clients)
+        return render(spec, handle, cluster_domain=self.config.cluster_domain, clients=clients,
+                      default_spark_mode=self.config.spark_mode,
+                      spark_service_account=self.config.spark_service_account)
+
+    def _refuse_other_mode(self, spec: ResolvedSpec, primary: dict[str, Any]) -> None:
+        """A Spark cluster of this name made in the other mode (the deployment's default changed
+        in between) is another cluster: never made beside it, never adopted."""
+        name = name_of(primary)
+        operator = kind_of(primary) is SPARKCONNECT
+        kind, other = (DEPLOYMENT, master_service(name)) if operator else (SPARKCONNECT, name)
+        try:
+            found = self.client.get(kind, other)
+        except (OperatorMissing, Forbidden):  # no spark-operator (or no right to it): none made
+            return
+        if found is not None:
+            mode = spark_mode(spec, self.config.spark_mode)
+            raise IdentityConflict(
+                f"cluster {name!r} exists as {kind.kind} {other!r} (the other Spark mode); this "
+                f"create asks for {mode} mode: delete it first or use another identity")
 
     def _is_part_of(self, obj: dict[str, Any], owner: dict[str, Any]) -> bool:
         """Whether the existing object named like ``obj`` belongs to the created ``owner``."""
@@ -239,6 +264,7 @@ class KubernetesBackend(ClusterBackend):
         cluster is gone, or the deadline): the status changes come without polling. The probe
         follows the watch's list, so no change between the two is missed."""
         kind, labels, name = ((RAYCLUSTER, None, handle.name) if handle.engine == "ray" else
+                              (SPARKCONNECT, None, handle.name) if is_operator(handle) else
                               (DEPLOYMENT, f"{PREFIX}cluster={handle.name}", None))
         resync = max(RESYNC_POLLS * self.config.poll_interval, RESYNC_MIN)
         status: ClusterStatus | None = None
@@ -318,7 +344,7 @@ class KubernetesBackend(ClusterBackend):
         for kind in OWNED_KINDS:
             try:
                 objs = client.list_objects(kind, labels=selector)
-            except KubeRayMissing:  # no CRD, so no RayCluster can exist
+            except OperatorMissing:  # no CRD, so no object of it can exist
                 continue
             # The Spark master carries the handle: first among the Deployments.
             objs.sort(key=lambda o: o["metadata"].get("labels", {}).get(COMPONENT_LABEL)
@@ -345,7 +371,7 @@ class KubernetesBackend(ClusterBackend):
                         left.add(name_of(obj))
                     if synced and not left:
                         break
-            except KubeRayMissing:  # no CRD, so no RayCluster can exist
+            except OperatorMissing:  # no CRD, so no object of it can exist
                 continue
 
     def _leftover(self, client: KubeClient, name: str) -> list[str]:
@@ -364,10 +390,11 @@ class KubernetesBackend(ClusterBackend):
             wanted.append(selector.as_label_selector())
         labels = ",".join(wanted)
         primaries: list[dict[str, Any]] = []
-        try:
-            primaries += self.client.list_objects(RAYCLUSTER, labels=labels)
-        except KubeRayMissing:
-            pass
+        for kind in (RAYCLUSTER, SPARKCONNECT):
+            try:
+                primaries += self.client.list_objects(kind, labels=labels)
+            except OperatorMissing:  # that operator is not installed: none of its clusters
+                pass
         primaries += self.client.list_objects(
             DEPLOYMENT, labels=f"{labels},{COMPONENT_LABEL}={SPARK_MASTER}")
         handles = [h for h in map(self._handle_of, primaries) if h is not None]

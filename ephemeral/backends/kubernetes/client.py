@@ -48,6 +48,7 @@ class Kind:
 
 
 RAYCLUSTER = Kind("ray.io", "v1", "rayclusters", "RayCluster")
+SPARKCONNECT = Kind("sparkoperator.k8s.io", "v1alpha1", "sparkconnects", "SparkConnect")
 DEPLOYMENT = Kind("apps", "v1", "deployments", "Deployment")
 STATEFULSET = Kind("apps", "v1", "statefulsets", "StatefulSet")
 SERVICE = Kind("", "v1", "services", "Service")
@@ -58,7 +59,7 @@ SECRET = Kind("", "v1", "secrets", "Secret")
 NETWORKPOLICY = Kind("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")
 SERVICE_PROXY = Kind("", "v1", "services/proxy", "Service")
 """The service proxy subresource, as RBAC names it (``get`` for GET, ``create`` for POST)."""
-KINDS = (RAYCLUSTER, DEPLOYMENT, STATEFULSET, SERVICE, CONFIGMAP, POD, EVENT, SECRET,
+KINDS = (RAYCLUSTER, SPARKCONNECT, DEPLOYMENT, STATEFULSET, SERVICE, CONFIGMAP, POD, EVENT, SECRET,
          NETWORKPOLICY)
 _BY_TYPE = {(k.api_version, k.kind): k for k in KINDS}
 
@@ -85,10 +86,18 @@ class Forbidden(BackendError):
         super().__init__(message)
 
 
-class KubeRayMissing(BackendUnavailable):
-    """The RayCluster CRD is not installed: the platform must install KubeRay (helm)."""
+class OperatorMissing(BackendUnavailable):
+    """A CRD is not installed: the platform must install its operator (helm)."""
 
     retryable = False
+
+
+class KubeRayMissing(OperatorMissing):
+    """The RayCluster CRD is not installed: the platform must install KubeRay (helm)."""
+
+
+class SparkOperatorMissing(OperatorMissing):
+    """The SparkConnect CRD is not installed: the platform must install the spark-operator."""
 
 
 class AlreadyExists(BackendError):
@@ -158,6 +167,12 @@ def _translate(exc: Any, op: _Op) -> Exception:
             return KubeRayMissing(
                 "KubeRay is not installed (CRD rayclusters.ray.io not found): install the "
                 "kuberay-operator helm chart in this cluster; tasks never install it")
+        if op.kind is SPARKCONNECT:
+            return SparkOperatorMissing(
+                "the Kubeflow spark-operator is not installed (CRD sparkconnects."
+                "sparkoperator.k8s.io not found): install its helm chart (2.5 or newer) watching "
+                f"namespace {op.namespace!r}, or run Spark specs in standalone mode "
+                "(kubernetesMode: standalone, EPHEMERAL_K8S_SPARK_MODE=standalone)")
         return BackendUnavailable(f"the API server does not serve {op.kind.resource} "
                                   f"({op.describe()}): {message}")
     if code in (400, 422):

@@ -29,6 +29,7 @@ from pydantic import (
 from ephemeral.errors import BackendUnavailable
 
 EndpointMode = Literal["auto", "dns", "proxy", "ingress"]
+SparkMode = Literal["standalone", "operator"]
 ResolvedMode = Literal["dns", "proxy", "ingress"]
 CLIENT_LABEL = "ephemeral.dev/client"
 """The default selector of the pods a cluster's NetworkPolicy admits (the Airflow workers and
@@ -79,6 +80,14 @@ class KubeConfig(BaseModel):
     client_cidrs: list[str] = []
     """Address ranges admitted like ``client_selector`` pods: Airflow outside the cluster, and
     in ``proxy`` mode the API server's own address (it connects to the pods itself)."""
+    spark_mode: SparkMode = "standalone"
+    """How a Spark spec that does not choose (``kubernetesMode``) runs: ``standalone`` (master,
+    worker and Connect Deployments, no operator needed) or ``operator`` (a ``SparkConnect`` of
+    the Kubeflow spark-operator, which must be installed and watch the namespace)."""
+    spark_service_account: str = "spark-operator-spark"
+    """In ``operator`` mode, the ServiceAccount of the Connect server (the Spark driver, which
+    creates its executor pods): the one the spark-operator chart makes in each of its
+    ``spark.jobNamespaces`` (``<release>-spark``)."""
     http_check: bool = True
     """Whether readiness also needs the Ray dashboard / Spark master UI to answer over HTTP."""
     verify_ssl: bool = True
@@ -146,6 +155,10 @@ class KubeConfig(BaseModel):
             "ingress_url_template": env.get("EPHEMERAL_K8S_INGRESS_URL_TEMPLATE") or None,
             "proxy_link_base": env.get("EPHEMERAL_K8S_PROXY_LINK_BASE") or None,
         }
+        for key, name in (("spark_mode", "EPHEMERAL_K8S_SPARK_MODE"),
+                          ("spark_service_account", "EPHEMERAL_K8S_SPARK_SERVICE_ACCOUNT")):
+            if env.get(name):
+                fields[key] = env[name]
         for key, name in (("endpoint_mode", "EPHEMERAL_K8S_ENDPOINT_MODE"),
                           ("client_selector", "EPHEMERAL_K8S_CLIENT_SELECTOR"),
                           ("client_cidrs", "EPHEMERAL_K8S_CLIENT_CIDRS")):

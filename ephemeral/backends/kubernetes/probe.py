@@ -7,7 +7,10 @@ cluster's token (token auth is always on; the probe reaches the dashboard howeve
 ``ClusterAccess`` says, Service DNS, ingress or the API server's proxy). KubeRay
 reports an invalid spec only as a Warning Event ``InvalidRayClusterSpec`` (no status): that
 fails the cluster at once. Spark: every Deployment available, then the master UI's ``/json/``
-lists as many ALIVE workers as the worker Deployment wants. Without a ``ClusterAccess`` the
+lists as many ALIVE workers as the worker Deployment wants. A SparkConnect (Spark's operator
+mode): the spark-operator's ``status.state == "Ready"`` (its server pod is ready; condition
+``ServerPodReady``), then the Connect server's UI lists its application
+(``/api/v1/applications``: the driver's SparkContext runs). Without a ``ClusterAccess`` the
 HTTP step is left out.
 """
 
@@ -17,13 +20,23 @@ from typing import Any
 
 from ephemeral.backends.base import ClusterHandle, ClusterStatus, Phase
 from ephemeral.backends.kubernetes.access import ClusterAccess
-from ephemeral.backends.kubernetes.client import DEPLOYMENT, EVENT, POD, RAYCLUSTER, KubeClient
+from ephemeral.backends.kubernetes.client import (
+    DEPLOYMENT,
+    EVENT,
+    POD,
+    RAYCLUSTER,
+    SPARKCONNECT,
+    KubeClient,
+)
 from ephemeral.backends.kubernetes.render import COMPONENT_LABEL
+from ephemeral.backends.kubernetes.render.spark_operator import is_operator
 from ephemeral.errors import BackendUnavailable, ClusterFailed
 from ephemeral.specs.identity import PREFIX
 
 INVALID_SPEC_REASON = "InvalidRayClusterSpec"
 RAY_NOT_READY = "RayCluster not ready"
+CONNECT_NOT_READY = "SparkConnect not ready"
+CONNECT_FAILED = "Failed"  # a state of the CRD's status (the 2.5 controller does not set it yet)
 SPARK_NOT_AVAILABLE = "not available yet"
 
 
@@ -32,6 +45,8 @@ def probe(client: KubeClient, handle: ClusterHandle, *,
     """One look at the cluster; ``http`` (None: skip the HTTP step) reaches its endpoints."""
     if handle.engine == "ray":
         return _probe_ray(client, handle, http)
+    if is_operator(handle):
+        return _probe_spark_connect(client, handle, http)
     return _probe_spark(client, handle, http)
 
 
@@ -114,11 +129,38 @@ def _probe_spark(client: KubeClient, handle: ClusterHandle,
     return ClusterStatus(phase=Phase.READY, nodes_ready=expected, nodes_expected=expected)
 
 
+def _probe_spark_connect(client: KubeClient, handle: ClusterHandle,
+                         http: ClusterAccess | None) -> ClusterStatus:
+    conn = client.get(SPARKCONNECT, handle.name)
+    if conn is None:
+        return ClusterStatus(phase=Phase.GONE, message="no such SparkConnect")
+    if conn["metadata"].get("deletionTimestamp"):
+        return ClusterStatus(phase=Phase.DELETING, message="SparkConnect is being deleted")
+    status = conn.get("status") or {}
+    state = status.get("state") or "none"
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    pod = conditions.get("ServerPodReady") or {}
+    if state == CONNECT_FAILED:
+        raise ClusterFailed(f"the spark-operator failed SparkConnect {handle.name!r}",
+                            str(pod.get("message") or ""))
+    if state != "Ready" or pod.get("status") != "True":
+        why = f" ({pod['message']})" if pod.get("message") else ""
+        return ClusterStatus(phase=Phase.STARTING, nodes_ready=0, nodes_expected=1,
+                             message=f"{CONNECT_NOT_READY}: state={state}{why}")
+    if http is not None:
+        apps = http.get_json("spark_ui", "/api/v1/applications", None)
+        if not isinstance(apps, list) or not apps:
+            return ClusterStatus(phase=Phase.STARTING, nodes_ready=0, nodes_expected=1,
+                                 message=f"the Connect server's UI {http.where('spark_ui')} "
+                                         "lists no application yet")
+    return ClusterStatus(phase=Phase.READY, nodes_ready=1, nodes_expected=1)
+
+
 def waits_on_api(status: ClusterStatus) -> bool:
     """Whether the cluster waits for its primary objects to change (what a watch sees), rather
     than for an HTTP endpoint to answer (what only polling sees)."""
     return status.phase is Phase.STARTING and status.message.startswith(
-        (RAY_NOT_READY, SPARK_NOT_AVAILABLE))
+        (RAY_NOT_READY, SPARK_NOT_AVAILABLE, CONNECT_NOT_READY))
 
 
 def _component(obj: dict[str, Any]) -> str:
@@ -156,7 +198,10 @@ def cluster_events(client: KubeClient, kind: str, name: str | None,
 def diagnose(client: KubeClient, handle: ClusterHandle) -> str:
     """Why a cluster is not ready: its Warning events and its pods' waiting reasons."""
     lines: list[str] = []
-    if handle.engine == "spark":
+    operator = is_operator(handle)
+    if operator:
+        primaries = [c for c in [client.get(SPARKCONNECT, handle.name)] if c is not None]
+    elif handle.engine == "spark":
         primaries = client.list_objects(DEPLOYMENT, labels=f"{PREFIX}cluster={handle.name}")
     else:
         primaries = [c for c in [client.get(RAYCLUSTER, handle.name)] if c is not None]
@@ -165,8 +210,8 @@ def diagnose(client: KubeClient, handle: ClusterHandle) -> str:
         lines += pod_problems(pod)
     for obj in primaries:
         lines += replica_failures(obj)
-    objects = [("RayCluster" if handle.engine == "ray" else "Deployment", o) for o in primaries]
-    if handle.engine == "spark":
+    objects = [(str(o.get("kind") or "Deployment"), o) for o in primaries]
+    if handle.engine == "spark" and not operator:
         # A pod the API refuses (quota, PodSecurity) never exists: the refusal is an event of
         # the Deployment's ReplicaSet, named "<deployment>-<template hash>".
         prefixes = tuple(f"{o['metadata']['name']}-" for o in primaries)
@@ -184,6 +229,12 @@ def diagnose(client: KubeClient, handle: ClusterHandle) -> str:
                          f"{event.get('message', '')}{times}")
     if not pods:
         lines.append(f"no pods with {pod_selector(handle)} exist")
+        if operator:
+            lines.append(
+                "the spark-operator makes the Connect server pod: if it did not, see its logs "
+                "(kubectl logs -n <its namespace> deploy/spark-operator-controller); it must "
+                "watch this namespace (spark.jobNamespaces), its ServiceAccount for Spark must "
+                "exist here, and the pod must pass PodSecurity admission")
     return "\n".join(lines)
 
 

@@ -7,9 +7,9 @@ decides, and ``WebEndpoints`` answers the Ray dashboard and Spark master UI thro
 ingress-style URL template.
 """
 
-from tests.kubernetes.apiserver.operator import Operator, RayScenario
+from tests.kubernetes.apiserver.operator import ConnectScenario, Operator, RayScenario
 from tests.kubernetes.apiserver.server import ApiServer
 from tests.kubernetes.apiserver.store import Store
 from tests.kubernetes.apiserver.web import WebEndpoints
 
-__all__ = ["ApiServer", "Operator", "RayScenario", "Store", "WebEndpoints"]
+__all__ = ["ApiServer", "ConnectScenario", "Operator", "RayScenario", "Store", "WebEndpoints"]

@@ -1,7 +1,10 @@
 """The controllers a real cluster runs, played as the test decides: KubeRay (a RayCluster
 becomes ready, or stays stuck pulling its image, or unschedulable, or is refused as invalid; with
 ``authOptions.mode: token`` it first makes the token Secret, named after the cluster and owned by
-it, as KubeRay 1.7's reconcileAuthSecret does),
+it, as KubeRay 1.7's reconcileAuthSecret does), the Kubeflow spark-operator's SparkConnect
+controller (2.5's ``internal/controller/sparkconnect``: the ConfigMap, the server pod and the
+Service ``<name>-server``, all owned by the SparkConnect, then ``status.state`` Ready with the
+``ServerPodReady`` condition; the executors the server would create are played too),
 the Deployment controller (pods, availableReplicas) and the garbage collector (foreground
 deletion waits for dependents; pods take ``pod_grace`` seconds to terminate)."""
 
@@ -15,6 +18,16 @@ import time
 from typing import Any
 
 from tests.kubernetes.apiserver.store import BY_KIND, FOREGROUND, RESOURCES, Store, now
+
+
+class ConnectScenario(enum.StrEnum):
+    READY = "ready"
+    IMAGE_PULL = "image-pull-backoff"  # the server pod never gets ready: state NotReady
+    NO_POD = "no-server-pod"  # the operator cannot make the pod (e.g. PodSecurity): no status
+    FAILED = "failed"
+
+
+CONNECT_LABEL = "sparkoperator.k8s.io/connect-name"
 
 
 class RayScenario(enum.StrEnum):
@@ -40,6 +53,9 @@ class Operator:
         until the wait has started)."""
         self.pod_grace = 0.05
         self.deployments_ready = True
+        self.connect_scenario = ConnectScenario.READY
+        self.connect_executors = 0
+        """Executor pods each ready SparkConnect's server makes (owned by the server pod)."""
         self.slow_collection: set[tuple[str, str]] = set()
         """(owner kind, plural) pairs: objects the collector does not delete when such an owner
         goes, as a client listing them sees a real collector that has not come round to them."""
@@ -68,6 +84,8 @@ class Operator:
                 self._ray(obj)
             for obj in self.store.list("deployments"):
                 self._deployment(obj)
+            for obj in self.store.list("sparkconnects"):
+                self._spark_connect(obj)
             self._collect_garbage()
 
     # -- KubeRay -------------------------------------------------------------------------------
@@ -176,6 +194,71 @@ class Operator:
                                "namespace": meta["namespace"], "uid": meta["uid"],
                                "apiVersion": obj["apiVersion"]}})
 
+    # -- the spark-operator's SparkConnect controller -----------------------------------------
+
+    def _spark_connect(self, conn: dict[str, Any]) -> None:
+        meta = conn["metadata"]
+        if meta.get("deletionTimestamp") or meta["uid"] in self._seen:
+            return
+        first = self._first_seen.setdefault(meta["uid"], time.monotonic())
+        if time.monotonic() - first < self.provision_delay:
+            return
+        self._seen.add(meta["uid"])
+        ns, name, spec = meta["namespace"], meta["name"], conn["spec"]
+        common = {"sparkoperator.k8s.io/created-by-spark-operator": "true", CONNECT_LABEL: name}
+        self.store.put("configmaps", ns, {
+            "metadata": {"name": f"{name}-conf", "labels": common,
+                         "ownerReferences": [_owner(conn)]},
+            "data": {"executor-pod-template.yaml": "{}"}})
+        scenario = self.connect_scenario
+        if scenario is ConnectScenario.NO_POD:
+            return  # the reconcile fails before any status is written
+        template = spec["server"].get("template") or {}
+        pod_spec = dict(template.get("spec") or {})
+        containers = [dict(c) for c in pod_spec.get("containers") or [{"name": "driver"}]]
+        for c in containers:
+            c.setdefault("image", spec.get("image"))
+        pod_spec["containers"] = containers
+        selector = {"sparkoperator.k8s.io/launched-by-spark-operator": "true",
+                    CONNECT_LABEL: name, "spark-role": "connect-server",
+                    "spark-version": spec["sparkVersion"]}
+        labels = dict((template.get("metadata") or {}).get("labels") or {}) | selector
+        pod = self._pod(conn, f"{name}-server", labels, {"spec": pod_spec},
+                        RayScenario.IMAGE_PULL if scenario is ConnectScenario.IMAGE_PULL
+                        else RayScenario.READY)
+        self.store.put("services", ns, {
+            "metadata": {"name": f"{name}-server", "labels": common,
+                         "ownerReferences": [_owner(conn)]},
+            "spec": {"selector": selector, "ports": [
+                {"name": "driver-rpc", "port": 7078}, {"name": "blockmanager", "port": 7079},
+                {"name": "web-ui", "port": 4040}, {"name": "spark-connect-server",
+                                                   "port": 15002}]}})
+        ready = scenario is ConnectScenario.READY
+        if ready:
+            executor = spec["executor"].get("template") or {}
+            for i in range(self.connect_executors):
+                # Spark labels its executors with spark.kubernetes.executor.label.*: the
+                # operator passes the SparkConnect's own labels that way.
+                ex_labels = dict(meta.get("labels") or {}) | dict(
+                    (executor.get("metadata") or {}).get("labels") or {}) | {
+                    CONNECT_LABEL: name, "spark-role": "executor"}
+                self._pod(pod, f"{name}-exec-{i + 1}", ex_labels,
+                          {"spec": executor.get("spec") or {"containers": [{"name": "x"}]}},
+                          RayScenario.READY)
+        condition = {"type": "ServerPodReady", "status": "True" if ready else "False",
+                     "reason": "ServerPodReady" if ready else "ServerPodNotReady",
+                     "message": "Server pod is ready" if ready else
+                     "Server pod is not ready: containers with unready status",
+                     "lastTransitionTime": now()}
+        state = {ConnectScenario.READY: "Ready", ConnectScenario.FAILED: "Failed"}.get(
+            scenario, "NotReady")
+        self.store.update("sparkconnects", ns, name, lambda o: o.update(status={
+            "state": state, "conditions": [condition], "startTime": now(),
+            "lastUpdateTime": now(),
+            "server": {"podName": pod["metadata"]["name"], "podIp": "10.0.0.1",
+                       "serviceName": f"{name}-server"},
+            "executors": {"running": self.connect_executors} if ready else {}}))
+
     # -- the Deployment controller -------------------------------------------------------------
 
     def _deployment(self, dep: dict[str, Any]) -> None:
@@ -240,4 +323,4 @@ def _owner(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 
-__all__ = ["BY_KIND", "RESOURCES", "Operator", "RayScenario"]
+__all__ = ["BY_KIND", "RESOURCES", "ConnectScenario", "Operator", "RayScenario"]

@@ -70,6 +70,7 @@ class ApiServer:
         self.namespace = namespace
         self.token = token
         self.crd_installed = True
+        self.spark_operator_installed = True
         self.forbidden: set[tuple[str, str]] = set()
         self.failures: dict[tuple[str, str], list[tuple[int, str, str]]] = {}
         self.calls: list[tuple[str, str, dict[str, str], bytes]] = []
@@ -214,7 +215,8 @@ class ApiServer:
             return status(401, "Unauthorized", "Unauthorized")
         res = RESOURCES.get(res_ref.plural or "")
         if (res is None or (res.group, res.version) != (res_ref.group, res_ref.version)
-                or (res.plural == "rayclusters" and not self.crd_installed)):
+                or (res.plural == "rayclusters" and not self.crd_installed)
+                or (res.plural == "sparkconnects" and not self.spark_operator_installed)):
             return status(404, "NotFound", NOT_INSTALLED)
         if request.namespace is None:
             return status(405, "MethodNotAllowed", "this mock serves namespaced requests only")

@@ -35,6 +35,7 @@ class Resource:
 
 RESOURCES = {r.plural: r for r in (
     Resource("ray.io", "v1", "rayclusters", "RayCluster"),
+    Resource("sparkoperator.k8s.io", "v1alpha1", "sparkconnects", "SparkConnect"),
     Resource("apps", "v1", "deployments", "Deployment"),
     Resource("apps", "v1", "statefulsets", "StatefulSet"),
     Resource("", "v1", "services", "Service"),

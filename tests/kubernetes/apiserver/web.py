@@ -13,8 +13,9 @@ Secret the (mock) operator made, as Ray does: ``Authorization: Bearer <token>`` 
 ``X-Ray-Authorization``; none is 401, a wrong one 403. ``/api/version`` answers; ``POST
 /api/jobs/`` records the submission and answers a job id; ``GET /api/jobs/<id>`` and the list
 ``GET /api/jobs/`` say ``job_status`` (SUCCEEDED unless a test sets another).
-The Spark master UI lists its running worker pods as ALIVE workers in ``/json/``. ``down`` makes
-every endpoint refuse (503).
+The Spark master UI lists its running worker pods as ALIVE workers in ``/json/``; a
+SparkConnect's server UI lists one application (``/api/v1/applications``) once its server pod
+runs. ``down`` makes every endpoint refuse (503).
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ class Dashboards:
             if refused is not None:
                 return refused
             return self._ray(method, cluster, rest, body)
+        if api == "spark-ui" and self.store.get("sparkconnects", ns, cluster) is not None:
+            return self._connect_ui(method, pods, cluster, rest)
         if api == "spark-ui" and method == "GET" and rest == "json":
             mine = [p for p in pods
                     if p["metadata"]["labels"].get("ephemeral.dev/cluster") == cluster]
@@ -81,6 +84,20 @@ class Dashboards:
                              "workers": workers, "aliveworkers": len(workers),
                              "activeapps": self.spark_apps}
         return 503, {"error": f"nothing answers {method} {api}/{rest}"}
+
+    @staticmethod
+    def _connect_ui(method: str, pods: list[dict[str, Any]], cluster: str,
+                    rest: str) -> tuple[int, Any]:
+        """A SparkConnect's server UI (port 4040): its application once the server pod runs."""
+        server = [p for p in pods if p["metadata"]["labels"].get(
+            "sparkoperator.k8s.io/connect-name") == cluster and p["metadata"]["labels"].get(
+            "spark-role") == "connect-server"]
+        if not server:
+            return 503, {"error": f"no Connect server of {cluster} runs"}
+        if method == "GET" and rest == "api/v1/applications":
+            return 200, [{"id": "spark-mock-0001", "name": "Spark Connect server",
+                          "attempts": [{"completed": False}]}]
+        return 404, {"error": f"the mock Connect UI does not serve {method} {rest}"}
 
     def _refused(self, ns: str, cluster: str,
                  headers: Mapping[str, str]) -> tuple[int, Any] | None:
@@ -137,6 +154,9 @@ class Dashboards:
                 port in ("web-ui", "8080"):
             return self.answer(method, ns, labels.get("ephemeral.dev/cluster", ""), "spark-ui",
                                rest, headers, body)
+        if labels.get("sparkoperator.k8s.io/connect-name") and port in ("web-ui", "4040"):
+            return self.answer(method, ns, labels["sparkoperator.k8s.io/connect-name"],
+                               "spark-ui", rest, headers, body)
         return 503, {"error": f"nothing listens on {service}:{port}"}
 
 

@@ -13,7 +13,8 @@ endpoints replaced by the rendered ones, so the handle can be rebuilt from a lis
 from __future__ import annotations
 
 from ephemeral.backends.base import ClusterHandle, Endpoints
-from ephemeral.backends.kubernetes.render import ray, spark
+from ephemeral.backends.kubernetes.config import SparkMode
+from ephemeral.backends.kubernetes.render import ray, spark, spark_operator
 from ephemeral.backends.kubernetes.render.common import (
     COMPONENT_LABEL,
     EXPIRES_ANNOTATION,
@@ -33,31 +34,49 @@ __all__ = [
     "Rendered",
     "render",
     "service_endpoints",
+    "spark_mode",
 ]
 
 
+def spark_mode(spec: ResolvedSpec, default: SparkMode = "standalone") -> SparkMode:
+    """How a Spark spec runs on Kubernetes: its own ``kubernetesMode``, else ``default`` (the
+    deployment's ``EPHEMERAL_K8S_SPARK_MODE``)."""
+    chosen = getattr(spec.spec, "kubernetes_mode", None)
+    return chosen if chosen is not None else default
+
+
 def render(spec: ResolvedSpec, handle: ClusterHandle, *,
-           cluster_domain: str = "cluster.local", clients: Clients | None = None) -> Rendered:
+           cluster_domain: str = "cluster.local", clients: Clients | None = None,
+           default_spark_mode: SparkMode = "standalone",
+           spark_service_account: str = "spark-operator-spark") -> Rendered:
     """The objects that make the cluster ``handle`` from ``spec``, admitting ``clients`` (by
     default pods labelled ``ephemeral.dev/client=true``); raises SpecError when the spec cannot
     be expressed on Kubernetes (a name too long, a ``fromEnv`` variable, a Ray too old for
-    token authentication)."""
+    token authentication). A Spark spec becomes standalone Deployments or, in ``operator``
+    mode (``spark_mode``), a SparkConnect whose server runs as ``spark_service_account``."""
     clients = clients or Clients()
     if spec.engine == "ray":
         return ray.render_ray(spec, handle, cluster_domain, clients)
+    if spark_mode(spec, default_spark_mode) == "operator":
+        return spark_operator.render_spark_connect(spec, handle, cluster_domain, clients,
+                                                   spark_service_account)
     return spark.render_spark(spec, handle, cluster_domain, clients)
 
 
 def service_endpoints(handle: ClusterHandle, engine: str, *,
                       cluster_domain: str = "cluster.local",
-                      spark_connect: bool = True) -> Endpoints:
+                      spark_connect: bool = True,
+                      mode: SparkMode = "standalone") -> Endpoints:
     """In-cluster DNS endpoints of cluster ``handle`` (its name and namespace are used).
 
     The handle does not say whether a Spark cluster runs Spark Connect: pass
-    ``spark_connect=False`` for a spec without it (``render`` knows and gets it right).
+    ``spark_connect=False`` for a spec without it, and ``mode="operator"`` for a SparkConnect
+    (``render`` knows and gets it right).
     """
     if engine == "ray":
         return ray.endpoints(handle, cluster_domain)
+    if engine == "spark" and mode == "operator":
+        return spark_operator.endpoints(handle, cluster_domain)
     if engine == "spark":
         return spark.endpoints(handle, cluster_domain, connect=spark_connect)
     raise ValueError(f"unknown engine {engine!r}; known: ray, spark")

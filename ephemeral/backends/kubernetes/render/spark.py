@@ -19,6 +19,7 @@ from __future__ import annotations
 from ephemeral.backends.base import ClusterHandle, Endpoints
 from ephemeral.backends.kubernetes.render.common import (
     POD_IP_ENV,
+    SHM_MOUNT,
     Manifest,
     Rendered,
     check_name,
@@ -31,6 +32,7 @@ from ephemeral.backends.kubernetes.render.common import (
     resources,
     selector_labels,
     service_host,
+    shm_volume,
 )
 from ephemeral.backends.kubernetes.render.network import Clients, policies
 from ephemeral.specs.models import Placement, SparkSpec
@@ -173,7 +175,12 @@ def _workers(s: SparkSpec, handle: ClusterHandle, master_url: str) -> Manifest:
          "--work-dir", f"{SCRATCH}/work", master_url],
         env, cpu=w.cores, memory=w.memory, gpus=w.gpus,
         ports=[_port("web-ui", WORKER_UI_PORT)], probe=_http_probe("web-ui"))
-    return _deployment(handle, f"{handle.name}-worker", "spark-worker", w.replicas, container, w)
+    workers = _deployment(handle, f"{handle.name}-worker", "spark-worker", w.replicas,
+                          container, w)
+    if w.gpus:  # NCCL and DataLoader workers in GPU tasks need more than 64 MiB of /dev/shm
+        container["volumeMounts"].append(dict(SHM_MOUNT))
+        workers["spec"]["template"]["spec"]["volumes"].append(shm_volume(w.memory))
+    return workers
 
 
 def connect_conf(s: SparkSpec) -> dict[str, str]:

@@ -1,0 +1,199 @@
+"""A Spark spec as one ``SparkConnect`` of the Kubeflow spark-operator (``sparkoperator.k8s.io/
+v1alpha1``, operator 2.5), and its NetworkPolicy.
+
+What the operator makes from it (``internal/controller/sparkconnect`` at v2.5.2), all owned by the
+SparkConnect: the server pod ``<name>-server`` from ``server.template`` (its container
+``spark-kubernetes-driver`` gets ``start-connect-server.sh`` with ``--master k8s://...``), the
+Service ``<name>-server`` (ports ``driver-rpc`` 7078, ``blockmanager`` 7079, ``web-ui`` 4040,
+``spark-connect-server`` 15002) and a ConfigMap ``<name>-conf`` with the executor template. The
+server is a Spark driver in client mode: it creates its executor pods itself, from
+``executor.template``, as dynamic allocation asks, so it needs a ServiceAccount that may create
+pods (``service_account``, the chart's ``<release>-spark``) and its token.
+
+Differences from standalone mode: there is no master (no ``spark://`` endpoint: spark-submit to
+the cluster is refused), ``workers.replicas`` is the most executors at once (created when work
+comes, released after 30 s idle), and the Spark UI is the Connect server's own (port 4040).
+"""
+
+from __future__ import annotations
+
+import math
+
+from ephemeral.backends.base import ClusterHandle, Endpoints
+from ephemeral.backends.kubernetes.render.common import (
+    SHM_MOUNT,
+    Manifest,
+    Rendered,
+    check_name,
+    container_security,
+    metadata,
+    namespace_of,
+    placement,
+    pod_labels,
+    pod_security,
+    resources,
+    service_host,
+    shm_volume,
+)
+from ephemeral.backends.kubernetes.render.network import Clients, policies
+from ephemeral.backends.kubernetes.render.spark import CONNECT_PORT
+from ephemeral.errors import SpecError
+from ephemeral.specs.models import SparkSpec
+from ephemeral.specs.quantities import memory_bytes
+from ephemeral.specs.resolve import ResolvedSpec
+
+UI_PORT = 4040
+API_PORTS = [CONNECT_PORT, UI_PORT]
+DRIVER_CONTAINER = "spark-kubernetes-driver"  # the container the operator fills in
+EXECUTOR_CONTAINER = "spark-kubernetes-executor"  # Spark's pod template container name
+SCRATCH = "/tmp/scratch"  # not /tmp/spark: the operator mounts the executor template there
+EXECUTOR_IDLE = "30s"
+_MIB = 2**20
+# What the operator's webhook refuses in sparkConf (internal/webhook/sparkconf_validator.go).
+DENIED_CONF = (
+    "spark.master", "spark.kubernetes.driver.master", "spark.kubernetes.container.image",
+    "spark.kubernetes.driver.container.image", "spark.kubernetes.executor.container.image",
+    "spark.kubernetes.authenticate.driver.serviceAccountName",
+    "spark.kubernetes.authenticate.executor.serviceAccountName",
+    "spark.kubernetes.authenticate.oauthTokenFile", "spark.kubernetes.authenticate.oauthToken",
+    "spark.kubernetes.authenticate.driver.oauthTokenFile",
+    "spark.kubernetes.authenticate.driver.oauthToken",
+    "spark.kubernetes.authenticate.executor.oauthTokenFile",
+    "spark.kubernetes.authenticate.executor.oauthToken", "spark.kubernetes.namespace")
+
+
+def server_service(name: str) -> str:
+    """The operator's name for the Connect server's Service (and pod) of SparkConnect ``name``."""
+    return f"{name}-server"
+
+
+def endpoints(handle: ClusterHandle, cluster_domain: str) -> Endpoints:
+    host = service_host(server_service(handle.name), namespace_of(handle), cluster_domain)
+    return Endpoints(spark_ui=f"http://{host}:{UI_PORT}",
+                     spark_connect=f"sc://{host}:{CONNECT_PORT}")
+
+
+def is_operator(handle: ClusterHandle) -> bool:
+    """Whether ``handle`` is a SparkConnect cluster: the only Spark clusters without a master."""
+    return handle.engine == "spark" and handle.endpoints.spark_master is None \
+        and handle.endpoints.spark_connect is not None
+
+
+def _gpu_vendor(spec: ResolvedSpec, resource: str) -> str:
+    """Spark on Kubernetes asks for ``<vendor>/gpu``: the vendor of ``gpuResource``."""
+    vendor, _, name = resource.rpartition("/")
+    if name != "gpu" or not vendor:
+        raise SpecError(spec.source, [("workers.gpuResource", f"{resource!r}: Spark on the "
+                                       "spark-operator requests GPUs as <vendor>/gpu (e.g. "
+                                       "nvidia.com/gpu); use standalone mode for other "
+                                       "resource names")])
+    return vendor
+
+
+def spark_conf(spec: ResolvedSpec, s: SparkSpec) -> dict[str, str]:
+    """Derived settings, then the spec's conf, then connect.conf (as in standalone mode)."""
+    assert s.connect is not None
+    w = s.workers
+    total = memory_bytes(w.memory) // _MIB
+    heap = total * 3 // 4
+    conf = {
+        "spark.connect.grpc.binding.port": str(CONNECT_PORT),
+        "spark.driver.memory": f"{memory_bytes(s.connect.memory) * 3 // 4 // _MIB}m",
+        # An executor pod is the spec's worker: its cores, its memory as heap plus overhead.
+        "spark.executor.cores": str(w.cores),
+        "spark.kubernetes.executor.request.cores": str(w.cores),
+        "spark.kubernetes.executor.limit.cores": str(w.cores),
+        "spark.executor.memory": f"{heap}m",
+        "spark.executor.memoryOverhead": f"{total - heap}m",
+        # Executors only while there is work, at most workers.replicas of them.
+        "spark.dynamicAllocation.enabled": "true",
+        "spark.dynamicAllocation.shuffleTracking.enabled": "true",
+        "spark.dynamicAllocation.minExecutors": "0",
+        "spark.dynamicAllocation.maxExecutors": str(w.replicas),
+        "spark.dynamicAllocation.executorIdleTimeout": EXECUTOR_IDLE,
+        "spark.local.dir": f"{SCRATCH}/local",
+        "spark.sql.warehouse.dir": f"{SCRATCH}/warehouse",
+        "spark.ui.port": str(UI_PORT),
+    }
+    if w.gpus:
+        conf["spark.executor.resource.gpu.amount"] = str(w.gpus)
+        conf["spark.executor.resource.gpu.vendor"] = _gpu_vendor(spec, w.gpu_resource)
+        assert w.discovery_script is not None  # the spec model requires it with GPUs
+        conf["spark.executor.resource.gpu.discoveryScript"] = w.discovery_script
+    out = conf | s.conf | s.connect.conf
+    denied = sorted(k for k in out if k in DENIED_CONF)
+    if denied:
+        raise SpecError(spec.source, [("conf", f"{', '.join(denied)}: set by the spark-operator "
+                                       "in operator mode (its webhook refuses them); remove "
+                                       "them or use standalone mode")])
+    return out
+
+
+def _server(s: SparkSpec, handle: ClusterHandle, service_account: str) -> Manifest:
+    assert s.connect is not None
+    c = s.connect
+    container: Manifest = {
+        "name": DRIVER_CONTAINER,
+        "resources": resources(c.cpu, c.memory),
+        "securityContext": container_security(),
+        "volumeMounts": [{"name": "scratch", "mountPath": SCRATCH}],
+    }
+    return {
+        "metadata": {"labels": pod_labels(handle, "spark-connect")},
+        "spec": {
+            "serviceAccountName": service_account,
+            # The driver creates and deletes its executor pods: it needs its token. It is the
+            # one pod of the cluster that has one (docs/kubernetes.md, operator mode).
+            "automountServiceAccountToken": True,
+            "enableServiceLinks": False,
+            "securityContext": pod_security(),
+            "containers": [container],
+            "volumes": [{"name": "scratch", "emptyDir": {}}],
+            **placement(c),
+        },
+    }
+
+
+def _executor(s: SparkSpec, handle: ClusterHandle) -> Manifest:
+    w = s.workers
+    container: Manifest = {"name": EXECUTOR_CONTAINER, "securityContext": container_security()}
+    pod: Manifest = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": pod_security(),
+        "containers": [container],
+        **placement(w),
+    }
+    if w.gpus:  # NCCL and DataLoader workers in GPU tasks need more than 64 MiB of /dev/shm
+        container["volumeMounts"] = [dict(SHM_MOUNT)]
+        pod["volumes"] = [shm_volume(w.memory)]
+    return {"metadata": {"labels": pod_labels(handle, "spark-executor")}, "spec": pod}
+
+
+def render_spark_connect(spec: ResolvedSpec, handle: ClusterHandle, cluster_domain: str,
+                         clients: Clients, service_account: str) -> Rendered:
+    s = spec.spec
+    if not isinstance(s, SparkSpec):
+        raise TypeError(f"{spec.ref} is not a Spark spec")
+    check_name(spec, handle.name)
+    if not (s.connect and s.connect.enabled):
+        raise SpecError(spec.source, [("connect.enabled", "operator mode runs a Spark Connect "
+                                       "server (a SparkConnect): enable connect, or use "
+                                       "kubernetesMode: standalone for a cluster without it")])
+    eps = endpoints(handle, cluster_domain)
+    primary_handle = handle.model_copy(update={"endpoints": eps})
+    conn: Manifest = {
+        "apiVersion": "sparkoperator.k8s.io/v1alpha1",
+        "kind": "SparkConnect",
+        "metadata": metadata(primary_handle, handle.name, "spark-connect", primary=True),
+        "spec": {
+            "sparkVersion": s.spark_version,
+            "image": s.image,
+            "sparkConf": spark_conf(spec, s),
+            "server": {"cores": max(1, math.ceil(s.connect.cpu)),
+                       "template": _server(s, handle, service_account)},
+            "executor": {"template": _executor(s, handle)},
+        },
+    }
+    return Rendered(objects=[conn, *policies(handle, API_PORTS, clients)], primary=conn,
+                    endpoints=eps)
