@@ -98,7 +98,7 @@ def cmdlines_containing(backend: LocalBackend, name: str, needle: str) -> list[s
     return out
 
 
-def post(url: str, body: dict, headers: dict[str, str] | None = None) -> int:
+def post(url: str, body: dict[str, str], headers: dict[str, str] | None = None) -> int:
     req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                  headers={"Content-Type": "application/json", **(headers or {})})
     try:

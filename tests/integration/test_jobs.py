@@ -16,9 +16,9 @@ from ephemeral.backends.http import get_json
 from ephemeral.backends.local import LocalBackend
 from ephemeral.errors import JobFailed
 from ephemeral.jobs import JobStatus
-from ephemeral.jobs.ray_jobs import RayJobs
+from ephemeral.jobs.ray_jobs import RayJobs, ray_jobs_for
 from ephemeral.jobs.results import submission_id
-from ephemeral.jobs.spark_jobs import connect_session, spark_submit
+from ephemeral.jobs.spark_jobs import connect_session, spark_auth_for, spark_submit
 from ephemeral.lifecycle import provision
 from tests.conftest import engine_pids, manual, other_clusters_pids, small
 
@@ -59,8 +59,9 @@ def root(home: Path) -> str:
     return (home / "artifacts").as_uri()
 
 
-def ray_jobs(handle: ClusterHandle) -> RayJobs:
-    return RayJobs(handle.endpoints.dashboard or "", cluster=handle.name)
+def ray_jobs(cluster: tuple[LocalBackend, ClusterHandle]) -> RayJobs:
+    backend, handle = cluster
+    return ray_jobs_for(handle, backend)  # with the cluster's token
 
 
 def train_env(root: str) -> dict:
@@ -70,7 +71,7 @@ def train_env(root: str) -> dict:
 def test_ddp_training_on_two_nodes(ray_cluster: tuple[LocalBackend, ClusterHandle],
                                    root: str) -> None:
     backend, handle = ray_cluster
-    jobs = ray_jobs(handle)
+    jobs = ray_jobs(ray_cluster)
     lines: list[tuple[float, str]] = []
     jid = jobs.submit("python train_ddp.py --run ddp --steps 300 --checkpoint-every 100",
                       runtime_env=train_env(root))
@@ -107,7 +108,7 @@ def test_stopped_training_resumes_from_its_checkpoint(
     ray_cluster: tuple[LocalBackend, ClusterHandle], root: str, home: Path
 ) -> None:
     _, handle = ray_cluster
-    jobs = ray_jobs(handle)
+    jobs = ray_jobs(ray_cluster)
     entry = "python train_ddp.py --run resume --steps 4000 --checkpoint-every 100"
     first = jobs.submit(entry, runtime_env=train_env(root))
     run_dir = home / "artifacts" / "resume"
@@ -119,7 +120,8 @@ def test_stopped_training_resumes_from_its_checkpoint(
     assert jobs.stop(first) is JobStatus.STOPPED
     # Stopping really stops: no training worker is left running on the cluster.
     time.sleep(2)
-    actors = get_json(f"{handle.endpoints.dashboard}/api/v0/actors?limit=1000", timeout=5)
+    actors = get_json(f"{handle.endpoints.dashboard}/api/v0/actors?limit=1000", timeout=5,
+                      headers=ray_cluster[0].access(handle).headers)
     alive = [a for a in actors["data"]["result"]["result"]
              if a["state"] == "ALIVE" and "RayTrainWorker" in a["class_name"]]
     assert alive == []
@@ -135,7 +137,7 @@ def test_stopped_training_resumes_from_its_checkpoint(
 def test_a_retry_attaches_to_the_running_job(ray_cluster: tuple[LocalBackend, ClusterHandle]
                                               ) -> None:
     _, handle = ray_cluster
-    jobs = ray_jobs(handle)
+    jobs = ray_jobs(ray_cluster)
     entry = "python -c \"import time, json; time.sleep(6); print(json.dumps({'done': 1}))\""
     jid, attached = jobs.submit_or_attach(entry, task_key="dag/run/task/-1", attempt=1)
     assert (jid, attached) == (submission_id(handle.name, "dag/run/task/-1", 1), False)
@@ -152,8 +154,7 @@ def test_a_retry_attaches_to_the_running_job(ray_cluster: tuple[LocalBackend, Cl
 def test_a_failing_job_raises_with_its_last_log_lines(
     ray_cluster: tuple[LocalBackend, ClusterHandle]
 ) -> None:
-    _, handle = ray_cluster
-    jobs = ray_jobs(handle)
+    jobs = ray_jobs(ray_cluster)
     jid = jobs.submit("python -c \"print('about to fail'); raise SystemExit(4)\"")
     with pytest.raises(JobFailed) as err:
         jobs.follow(jid, timeout=120)
@@ -165,10 +166,11 @@ def test_etl_builds_the_training_dataset(spark_cluster: tuple[LocalBackend, Clus
                                          root: str) -> None:
     import pyarrow.parquet as pq
 
-    _, handle = spark_cluster
+    backend, handle = spark_cluster
     lines: list[str] = []
     result = spark_submit(handle.endpoints.spark_master or "", str(JOBS / "etl_features.py"),
                           ["--run", "etl", "--rows", "5000"], cluster=handle.name,
+                          auth=spark_auth_for(handle, backend),
                           env={"EPHEMERAL_ARTIFACT_ROOT": root}, sink=lines.append, timeout=600)
     assert result.job_id.startswith("app-")
     out = result.result
@@ -207,21 +209,23 @@ def test_bad_input_fails_the_quality_gate(spark_cluster: tuple[LocalBackend, Clu
                                           message: str) -> None:
     import pyarrow.parquet as pq
 
-    _, handle = spark_cluster
+    backend, handle = spark_cluster
     raw = tmp_path / "raw"
     raw.mkdir()
     pq.write_table(table, raw / "part-0.parquet")
     with pytest.raises(JobFailed) as err:
         spark_submit(handle.endpoints.spark_master or "", str(JOBS / "etl_features.py"),
                      ["--run", "bad", "--input", str(raw)], cluster=handle.name,
+                     auth=spark_auth_for(handle, backend),
                      env={"EPHEMERAL_ARTIFACT_ROOT": root}, timeout=300)
     assert f"data quality check failed: {message}" in err.value.log_tail
     assert not glob.glob(str(Path(root.removeprefix("file://")) / "bad" / "features" / "*"))
 
 
 def test_spark_connect_session(spark_cluster: tuple[LocalBackend, ClusterHandle]) -> None:
-    _, handle = spark_cluster
-    spark = connect_session(handle.endpoints.spark_connect or "")
+    backend, handle = spark_cluster
+    spark = connect_session(handle.endpoints.spark_connect or "",
+                            token=spark_auth_for(handle, backend).connect_token)
     try:
         assert spark.range(10).selectExpr("sum(id) AS s").collect()[0]["s"] == 45
     finally:
@@ -229,11 +233,13 @@ def test_spark_connect_session(spark_cluster: tuple[LocalBackend, ClusterHandle]
 
 
 def test_the_spark_connect_decorator_hands_a_session_to_task_code(
-    spark_cluster: tuple[LocalBackend, ClusterHandle],
+    spark_cluster: tuple[LocalBackend, ClusterHandle], home: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from ephemeral.airflow.spark import spark_connect
 
     _, handle = spark_cluster
+    monkeypatch.setenv("EPHEMERAL_HOME", str(home))  # where the task's backend finds the token
 
     @spark_connect
     def count_even(spark: object, cluster: dict, upto: int) -> int:  # type: ignore[type-arg]

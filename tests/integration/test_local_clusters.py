@@ -12,7 +12,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ephemeral.backends.local import LocalBackend
+from ephemeral.backends.local import LocalBackend, ray_nodes
+from ephemeral.backends.local import secrets as cluster_secrets
 from ephemeral.backends.local.backend import load
 from ephemeral.backends.local.spark_nodes import spark_home
 from ephemeral.errors import ClusterFailed
@@ -62,7 +63,11 @@ def test_ray_head_and_two_workers_on_distinct_ips(local_backend: LocalBackend) -
     expected_ips = sorted(n.ip for n in plan)
     assert len(set(expected_ips)) == 3
 
-    out = run_script(str(SCRIPTS / "ray_each_node.py"), handle.endpoints.gcs or "", plan[0].ip)
+    # A driver joins the cluster only with its token (Ray's token auth is on).
+    token_file = cluster_secrets.path(local_backend.home / "clusters" / handle.name,
+                                      cluster_secrets.RAY_TOKEN)
+    out = run_script(str(SCRIPTS / "ray_each_node.py"), handle.endpoints.gcs or "", plan[0].ip,
+                     env=ray_nodes.auth_env(token_file))
     assert out["nodes"] == expected_ips
     assert out["ran_on"] == expected_ips  # a task really ran on each of the three nodes
 
@@ -87,8 +92,11 @@ def test_spark_master_two_workers_and_connect(local_backend: LocalBackend) -> No
     assert len(worker_ips) == 2
 
     submit = str(spark_home() / "bin" / "spark-submit")
+    auth_file = local_backend.home / "clusters" / result.handle.name / \
+        cluster_secrets.SPARK_PROPERTIES  # the cluster's spark.authenticate secret
     proc = subprocess.run(
-        [submit, "--master", ep.spark_master, "--conf", "spark.driver.host=127.0.0.1",
+        [submit, "--master", ep.spark_master, "--extra-properties-file", str(auth_file),
+         "--conf", "spark.driver.host=127.0.0.1",
          "--conf", "spark.driver.bindAddress=127.0.0.1",
          str(SCRIPTS / "spark_both_workers.py")],
         capture_output=True, text=True, timeout=300, check=False,
@@ -99,7 +107,9 @@ def test_spark_master_two_workers_and_connect(local_backend: LocalBackend) -> No
     assert out["ran_on"] == worker_ips  # tasks ran on both workers
     assert set(worker_ips) <= set(out["executor_hosts"])
 
-    session = run_script(str(SCRIPTS / "spark_connect_session.py"), ep.spark_connect)
+    token = local_backend.spark_auth(result.handle).connect_token or ""
+    session = run_script(str(SCRIPTS / "spark_connect_session.py"), ep.spark_connect,
+                         env={"CONNECT_TOKEN": token})
     assert session == {"groups": 10, "total": 1000, "version": "4.3.0"}
 
     sids = sessions_alive(local_backend, result.handle.name)

@@ -63,8 +63,13 @@ def create_spark(cluster_dir: Path) -> tuple[Path, Path]:
     daemons (master, workers) and of the Connect server."""
     secret = create(cluster_dir, SPARK_SECRET)
     token = create(cluster_dir, CONNECT_TOKEN)
-    # The master's and workers' web UIs answer anyone who reaches their port: read-only there.
-    common = spark_properties(secret) + "spark.ui.killEnabled=false\n"
+    common = spark_properties(secret) + (
+        # The master's and workers' web UIs answer anyone who reaches their port: read-only.
+        "spark.ui.killEnabled=false\n"
+        "spark.master.ui.decommission.allow.mode=DENY\n"
+        # The REST submission server (on by default since Spark 4.1, port 6066) ignores
+        # spark.authenticate: it would run any driver for anyone. Nothing here uses it.
+        "spark.master.rest.enabled=false\n")
     daemons, connect = path(cluster_dir, SPARK_PROPERTIES), path(cluster_dir, "connect.properties")
     write_private(daemons, common)
     write_private(connect, common + f"spark.connect.authenticate.token={token}\n")
