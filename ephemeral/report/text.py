@@ -15,6 +15,7 @@ def print_report(console: Any, report: dict[str, Any]) -> None:
     clusters = Table("cluster", "spec", "lifetime", "running jobs", "idle",
                      "idle = starting + between jobs + deleting", "reserved CPU/GiB/GPU-s",
                      "cost (idle)", "deletion", title="clusters")
+    clusters.columns[0].no_wrap = True  # names are what people grep for
     for c in report["clusters"]:
         share = c["idle_share"]
         clusters.add_row(
@@ -27,6 +28,8 @@ def print_report(console: Any, report: dict[str, Any]) -> None:
             c["deletion"])
     console.print(clusters)
     jobs = Table("task", "job", "cluster", "status", "wall", "results", title="jobs")
+    jobs.columns[2].no_wrap = True
+    jobs.columns[5].overflow = "fold"  # URIs whole, over several lines
     for j in report["jobs"]:
         jobs.add_row(str(j["task"] or "-"), j["job_id"], j["cluster"], j["status"],
                      f"{j['wall_s']:.1f}s", ", ".join(f"{k}={v}" for k, v in j["uris"].items()))
