@@ -27,6 +27,8 @@ from ephemeral.airflow.operators import (
     DeleteClusterOperator,
     RayJobOperator,
 )
+from ephemeral.jobs.scaling import with_scaling
+from ephemeral.notify import failure_callbacks
 from ephemeral.settings import get_settings
 
 SETTINGS = get_settings()
@@ -48,7 +50,10 @@ with DAG(
     start_date=datetime(2026, 1, 1),
     catchup=False,
     render_template_as_native_obj=True,
-    default_args={"retries": 0},
+    default_args={"retries": 0, "on_failure_callback": failure_callbacks()},
+    # train_ddp.py entrypoints get --num-workers/--gpus-per-worker/--cpus-per-worker from the
+    # cluster made for them, unless they set them.
+    user_defined_macros={"with_scaling": with_scaling},
     params={
         "cluster_spec": Param(
             DEFAULT_SPEC, type="string", enum=RAY_SPECS, title="Cluster spec",
@@ -77,7 +82,7 @@ with DAG(
             "python hello_ray.py", type="string", minLength=1, maxLength=2000,
             title="Entrypoint",
             description="A script in the jobs folder and its arguments, e.g. "
-                        "`python train_ddp.py --run adhoc-1`.",
+                        "python train_ddp.py --run adhoc-1",
             section="Job"),
         "timeout_minutes": Param(
             60, type="integer", minimum=1, maximum=24 * 60, title="Job timeout (minutes)",
@@ -87,7 +92,7 @@ with DAG(
         "pip": Param(
             None, type=["null", "array"], items={"type": "string", "minLength": 1},
             maxItems=50, title="Extra pip packages",
-            description="Optional, one requirement a line, e.g. `pandas>=2` (name, extras, "
+            description="Optional, one requirement a line, e.g. pandas>=2 (name, extras, "
                         "version only: no options, URLs or paths). Each package runs its code "
                         "on every node.",
             section="Job"),
@@ -109,7 +114,8 @@ with DAG(
                                    overrides=f"{{{{ {REQUEST}['overrides'] }}}}")
     job = RayJobOperator(task_id="run_job", cluster=create.output,
                          working_dir=f"{{{{ {REQUEST}['working_dir'] }}}}",
-                         entrypoint=f"{{{{ {REQUEST}['entrypoint'] }}}}",
+                         entrypoint=f"{{{{ with_scaling({REQUEST}['entrypoint'], "
+                                    "ti.xcom_pull(task_ids='create_cluster')) }}",
                          runtime_env=f"{{{{ {REQUEST}['runtime_env'] }}}}",
                          job_timeout=f"{{{{ {REQUEST}['timeout_s'] }}}}",
                          execution_timeout=timedelta(hours=25))

@@ -1,8 +1,9 @@
 """train_distributed: the reference pipeline.
 
 ETL:    Spark cluster setup -> feature ETL (with its data-quality gate) -> Spark teardown
-TRAIN:  Ray cluster setup -> hyperparameter trials (mapped, each a 2-node DDP job on the one
-        cluster) -> pick the best -> evaluate -> Ray teardown
+TRAIN:  Ray cluster setup -> hyperparameter trials (mapped over params/train_distributed/*.json,
+        each a DDP job over every worker of the one cluster, in the GPU trial pool)
+        -> pick the best -> evaluate -> Ray teardown
 DEPLOY: gate on the evaluation -> register the model under the registry, or alert
 
 Clusters live only as long as their work: each is created by a setup task and destroyed by a
@@ -26,12 +27,19 @@ from ephemeral.airflow.operators import (
     RayJobOperator,
     SparkSubmitOperator,
 )
+from ephemeral.jobs.scaling import ddp_args
+from ephemeral.notify import failure_callbacks
+from ephemeral.trials import gpu_pool, load_trials, trial_flags
 
 JOBS = str(Path(__file__).resolve().parent.parent / "jobs")
 RUN = "{{ dag.dag_id }}/{{ ts_nodash }}"
 FEATURES = "{{ ti.xcom_pull(task_ids='etl.build_features')['result']['artifact_uri'] }}"
 VALIDATION = "{{ ti.xcom_pull(task_ids='etl.build_features')['result']['validation_uri'] }}"
-TRIAL_LRS = [0.02, 0.1]
+# Workers, GPUs and CPUs per worker from the cluster the trials run on: NCCL on GPUs, gloo on
+# ci-cpu, with no edit here.
+SCALING = "{{ ddp_args(ti.xcom_pull(task_ids='train.create_ray')) }}"
+TRIALS = load_trials("train_distributed")  # one versioned JSON file per trial
+NOTIFY = failure_callbacks()  # $EPHEMERAL_NOTIFIER, with the run report's link
 
 
 def alert_gate_failed(context: Any) -> None:
@@ -54,7 +62,8 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     default_args={"retries": 1, "retry_delay": timedelta(seconds=10),
-                  "execution_timeout": timedelta(hours=2)},
+                  "execution_timeout": timedelta(hours=2), "on_failure_callback": NOTIFY},
+    user_defined_macros={"ddp_args": ddp_args},
     params={
         "profile": Param("ci-cpu", type=["null", "string"], enum=[None, "ci-cpu"],
                          description="Spec profile: ci-cpu for CPU-only machines, none on GPUs."),
@@ -83,11 +92,11 @@ with DAG(
         create_ray = CreateClusterOperator(task_id="create_ray", spec="ray/train-gpu@1",
                                            profile="{{ params.profile }}")
         trials = RayJobOperator.partial(
-            task_id="trial", cluster=create_ray.output, working_dir=JOBS,
+            task_id="trial", cluster=create_ray.output, working_dir=JOBS, pool=gpu_pool(),
         ).expand(entrypoint=[
-            f"python train_ddp.py --run {RUN}/trial-{i} --lr {lr} --steps {{{{ params.steps }}}}"
-            f" --data-uri {FEATURES} --num-workers 2 --checkpoint-every 100"
-            for i, lr in enumerate(TRIAL_LRS)])
+            f"python train_ddp.py --run {RUN}/trial-{name} --steps {{{{ params.steps }}}}"
+            f" --checkpoint-every 100 {trial_flags(options)} --data-uri {FEATURES} {SCALING}"
+            for name, options in TRIALS])
 
         @task
         def pick_best(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -130,7 +139,7 @@ with DAG(
                                  record)
             return record
 
-        @task(on_failure_callback=alert_gate_failed, retries=0)
+        @task(on_failure_callback=[alert_gate_failed, *NOTIFY], retries=0)
         def gate_failed(evaluation: dict[str, Any]) -> None:
             from airflow.sdk.exceptions import AirflowFailException
 

@@ -46,6 +46,7 @@ from pathlib import Path
 from ephemeral.activity import Activity, cluster_activity
 from ephemeral.backends.base import ClusterBackend, ClusterHandle
 from ephemeral.errors import EphemeralError
+from ephemeral.notify import notify_reaped
 from ephemeral.specs.identity import PREFIX, parse_utc, utc_text
 
 FINISHED = {"success", "failed"}
@@ -194,6 +195,7 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
             try:
                 backend.delete(handle, wait=True)
                 d = Decision(d.cluster, True, d.reason, deleted=True)
+                notify_reaped(handle, d.reason)  # a leak was found: the deployment hears of it
             except EphemeralError as err:
                 d = Decision(d.cluster, True, d.reason, error=str(err))
         decisions.append(d)

@@ -1,4 +1,5 @@
-"""Extra links on the tasks of a cluster: the Ray dashboard and the Spark master UI.
+"""Extra links on the tasks of a cluster: the Ray dashboard, the Spark master UI, and on the
+teardowns the run's report (its HTML page in the artifact store).
 
 The operators push each URL under the link's XCom key when they start, which is where the
 Airflow UI reads a link from; ``get_link`` reads the same XCom for older code paths.
@@ -25,3 +26,7 @@ class RayDashboardLink(_EndpointLink):
 
 class SparkMasterLink(_EndpointLink):
     name = "Spark master UI"
+
+
+class RunReportLink(_EndpointLink):
+    name = "Run report"

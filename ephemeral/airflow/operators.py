@@ -204,7 +204,6 @@ class DeleteClusterOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from ephemeral.airflow.report import record_teardown
-        from ephemeral.report import report_url
         from ephemeral.report.engines import engine_jobs
 
         started = time.time()
@@ -217,9 +216,6 @@ class DeleteClusterOperator(BaseOperator):
             targets[handle.name] = handle
         if not targets:
             self.log.info("no cluster of %s in this run: nothing to delete", self.setup_task_id)
-        else:  # the link first: a teardown that fails still points to the report
-            context["ti"].xcom_push(key=RunReportLink().xcom_key,
-                                    value=report_url(context["dag"].dag_id, context["run_id"]))
         # What ran on each cluster, asked of its engine while it is still there (run report).
         seen = {name: engine_jobs(backend, target) for name, target in targets.items()}
         failures: dict[str, str] = {}
@@ -231,8 +227,11 @@ class DeleteClusterOperator(BaseOperator):
                 deleted[name] = time.time()
             except EphemeralError as err:  # keep going: every other cluster must still go
                 failures[name] = f"incomplete: {err}"
+        # Never raises: the report and its link (a failed teardown links it too) must not hide
+        # the deletion's outcome.
         record_teardown(context, setup_task_id=self.setup_task_id, targets=targets,
-                        engine_views=seen, started=started, deleted=deleted, failures=failures)
+                        engine_views=seen, started=started, deleted=deleted, failures=failures,
+                        link_key=RunReportLink().xcom_key)
         if failures:
             raise AirflowException("teardown incomplete: " + "; ".join(
                 f"{name}: {why}" for name, why in failures.items()))

@@ -17,6 +17,7 @@ def get_provider_info() -> dict[str, Any]:
         "extra-links": [
             "ephemeral.airflow.links.RayDashboardLink",
             "ephemeral.airflow.links.SparkMasterLink",
+            "ephemeral.airflow.links.RunReportLink",
         ],
         "operators": [{"integration-name": "ephemeral",
                        "python-modules": ["ephemeral.airflow.operators"]}],

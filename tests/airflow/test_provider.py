@@ -14,7 +14,7 @@ def test_the_provider_entry_point_resolves() -> None:
     for path in info["extra-links"]:
         module, _, name = path.rpartition(".")
         link = getattr(__import__(module, fromlist=[name]), name)()
-        assert link.name in {"Ray dashboard", "Spark master UI"}
+        assert link.name in {"Ray dashboard", "Spark master UI", "Run report"}
     assert info["triggers"][0]["python-modules"] == ["ephemeral.airflow.triggers"]
 
 
@@ -32,7 +32,9 @@ def test_triggers_serialize_to_an_importable_path() -> None:
     path, kwargs = ClusterReadyTrigger(backend="local", handle={"name": "x"}, timeout=5).serialize()
     assert path == "ephemeral.airflow.triggers.ClusterReadyTrigger"
     assert ClusterReadyTrigger(**kwargs).serialize() == (path, kwargs)
-    path, kwargs = RayJobTrigger(dashboard="http://h:1", job_id="j", cluster="c").serialize()
+    path, kwargs = RayJobTrigger(handle={"name": "c"}, backend="local", job_id="j").serialize()
+    assert set(kwargs) == {"handle", "backend", "kubernetes_conn_id", "job_id", "timeout",
+                           "poll_interval"}  # no dashboard URL, header or token
     assert RayJobTrigger(**kwargs).serialize() == (path, kwargs)
 
 

@@ -54,3 +54,24 @@ def test_a_reaped_cluster_notifies_with_its_runs_report(monkeypatch: pytest.Monk
     assert SENT[0]["ephemeral_event"] == "cluster_reaped"
     assert handle.name in SENT[0]["ephemeral_message"]
     assert "its run ended 10 minutes ago" in SENT[0]["ephemeral_message"]
+
+
+def test_the_reaper_notifies_for_each_leak_it_deletes(monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from ephemeral.reaper import RunInfo, reap
+
+    monkeypatch.setenv("EPHEMERAL_NOTIFIER", f"{__name__}.remember")
+    backend = InMemoryBackend()
+    spec = resolve("ray/adhoc-cpu@1", "ci-cpu")
+    leaked = backend.create(spec, identity=ClusterIdentity(
+        spec_name="adhoc-cpu", dag_id="train", run_id="ended", task_id="create"))
+    backend.create(spec, identity=ClusterIdentity(
+        spec_name="adhoc-cpu", dag_id="train", run_id="running", task_id="create"))
+    runs = {"ended": RunInfo("failed", datetime.now(UTC) - timedelta(hours=1)),
+            "running": RunInfo("running")}
+    SENT.clear()
+    reap(backend, lookup=lambda _d, r: runs[r], grace=600, memory_file=tmp_path / "seen.json")
+    assert [s["ephemeral_event"] for s in SENT] == ["cluster_reaped"]
+    assert leaked.name in SENT[0]["ephemeral_message"]
