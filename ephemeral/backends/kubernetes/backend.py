@@ -124,7 +124,7 @@ class KubernetesBackend(ClusterBackend):
                            namespace=self.config.namespace)
         rendered = self._render(spec, base)
         if spec.engine == "spark":
-            self._refuse_other_mode(spec, rendered.primary)
+            self._refuse_other_mode(spec, base.name, kind_of(rendered.primary))
         handle = self._view(base.model_copy(update={"endpoints": rendered.endpoints}))
         created: list[dict[str, Any]] = []
         owner: dict[str, Any] | None = None
@@ -187,11 +187,10 @@ class KubernetesBackend(ClusterBackend):
                       default_spark_mode=self.config.spark_mode,
                       spark_service_account=self.config.spark_service_account)
 
-    def _refuse_other_mode(self, spec: ResolvedSpec, primary: dict[str, Any]) -> None:
-        """A Spark cluster of this name made in the other mode (the deployment's default changed
-        in between) is another cluster: never made beside it, never adopted."""
-        name = name_of(primary)
-        operator = kind_of(primary) is SPARKCONNECT
+    def _refuse_other_mode(self, spec: ResolvedSpec, name: str, primary: Kind) -> None:
+        """A Spark cluster ``name`` made in the other mode (the deployment's default changed in
+        between) is another cluster: never made beside it, never adopted."""
+        operator = primary is SPARKCONNECT
         kind, other = (DEPLOYMENT, master_service(name)) if operator else (SPARKCONNECT, name)
         try:
             found = self.client.get(kind, other)
