@@ -221,7 +221,12 @@ class Stack(AirflowApi):
             if p.pid == me or p.pid in found:
                 continue
             try:
-                if p.environ().get("AIRFLOW_HOME") == str(self.home):
+                # Airflow's processes and ours only: never a shell or the `down` command that
+                # merely share the variable.
+                cmd = " ".join(p.cmdline())
+                if (p.environ().get("AIRFLOW_HOME") == str(self.home)
+                        and ("airflow" in cmd or "ephemeral.airflow" in cmd)
+                        and "ephemeral.devstack" not in cmd):
                     found[p.pid] = p
             except (psutil.Error, OSError):
                 continue
