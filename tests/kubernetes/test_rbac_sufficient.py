@@ -44,13 +44,21 @@ def enforce(server: ApiServer, allowed: set[tuple[str, str]]) -> None:
                 server.forbid(verb, plural)
 
 
-def lifecycle(backend: KubernetesBackend, held: tuple[ApiServer, Operator] | None = None) -> None:
-    """Create, wait, list, reach and delete a Ray and a Spark cluster; with ``held``, the mock
+def lifecycle(backend: KubernetesBackend, held: tuple[ApiServer, Operator] | None = None, *,
+              operator_mode: bool = True) -> None:
+    """Create, wait, list, reach and delete a Ray and a Spark cluster, and a Spark cluster in
+    operator mode (a SparkConnect) unless ``operator_mode`` is off; with ``held``, the mock
     controllers wait for the readiness wait's watch (so it must watch)."""
-    for spec in (small("ray/adhoc-cpu", replicas=1), small("spark/etl")):
+    spark_operator = KubernetesBackend(backend.config.model_copy(
+        update={"spark_mode": "operator"}), client=backend.client)
+    cases = [(backend, small("ray/adhoc-cpu", replicas=1)), (backend, small("spark/etl"))]
+    if operator_mode:
+        cases.append((spark_operator, small("spark/etl")))
+    for backend, spec in cases:
         start: Callable[[], None] = lambda: None  # noqa: E731
         if held is not None:
             start = hold_until_watched(*held, "rayclusters" if spec.engine == "ray"
+                                       else "sparkconnects" if backend is spark_operator
                                        else "deployments")
         handle = backend.create(spec, identity=owner(spec))
         start()
@@ -76,6 +84,7 @@ def test_the_role_is_enough_for_the_whole_lifecycle(k8s_backend: KubernetesBacke
     # The waits watched, and never fell back to polling for want of the watch verb.
     assert apiserver.requests("watch", "rayclusters")
     assert apiserver.requests("watch", "deployments")
+    assert apiserver.requests("watch", "sparkconnects")
     assert "cannot watch" not in caplog.text
     # A cluster that never gets ready: the timeout's diagnosis lists events and pods.
     operator.ray_scenario = RayScenario.IMAGE_PULL
@@ -99,6 +108,15 @@ def test_the_role_is_enough_through_the_service_proxy(kubeconfig_file: Path,
         backend.client.close()
     verbs = {m for m, p, *_ in apiserver.calls if "/proxy/" in p}
     assert verbs == {"GET", "POST"}
+
+
+def test_a_role_from_before_operator_mode_still_runs_standalone_clusters(
+        k8s_backend: KubernetesBackend, apiserver: ApiServer,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Such an identity cannot have made a SparkConnect: listing and deleting go on without.
+    enforce(apiserver, {(v, r) for v, r in granted() if r != "sparkconnects"})
+    lifecycle(k8s_backend, operator_mode=False)
+    assert "grant the sparkconnects rule" in caplog.text
 
 
 def test_the_role_grants_secrets_only_get() -> None:
