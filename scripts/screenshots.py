@@ -22,7 +22,10 @@ GRAPHS = ("train_distributed", "ray_job_adhoc")
 def graph(page: Any, url: str, dag_id: str, out: Path) -> None:
     page.goto(f"{url}/dags/{dag_id}")
     page.get_by_role("button", name="Show Graph (Press g)").click()
-    page.get_by_role("button", name="Expand all task groups").click()
+    page.locator(".react-flow__node").first.wait_for()
+    expand = page.get_by_role("button", name="Expand all task groups")
+    if expand.count():  # only DAGs with task groups have it
+        expand.click()
     collapse = page.get_by_role("button", name="Collapse Details Panel")
     if collapse.count():
         collapse.click()
@@ -58,6 +61,7 @@ def main() -> int:
         stack = Stack(home=Path(tmp) / "airflow", ephemeral_home=Path(tmp) / "ephemeral",
                       port=0, base_env=env)
         print(f"starting a stack in {tmp} ...", flush=True)
+        saved: list[Path] = []
         try:
             stack.start()
             for dag_id in GRAPHS:
@@ -65,9 +69,9 @@ def main() -> int:
             with ui.chromium() as browser:
                 page = browser.new_page(viewport={"width": 1500, "height": 620},
                                         device_scale_factor=2)
+                page.set_default_timeout(90_000)  # a busy machine renders slowly
                 ui.sign_in(page, stack.url, f"/dags/{GRAPHS[0]}", stack.username,
                            stack.password)
-                saved = []
                 for dag_id in GRAPHS:
                     path = DOCS / f"{dag_id}-graph.png"
                     graph(page, stack.url, dag_id, path)
