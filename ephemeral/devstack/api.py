@@ -29,7 +29,18 @@ class AirflowApi:
         raise NotImplementedError
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None,
-                auth: bool = True, timeout: float = 30) -> tuple[int, Any]:
+                auth: bool = True, timeout: float = 120) -> tuple[int, Any]:
+        """One call; a GET that times out is tried again once (a busy machine's api-server
+        answers late, not wrongly)."""
+        try:
+            return self._request(method, path, body, auth, timeout)
+        except TimeoutError:
+            if method != "GET":
+                raise
+            return self._request(method, path, body, auth, timeout)
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None, auth: bool,
+                 timeout: float) -> tuple[int, Any]:
         headers = {"Content-Type": "application/json"}
         if auth:
             headers["Authorization"] = f"Bearer {self.token()}"

@@ -151,7 +151,7 @@ class Stack(AirflowApi):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self, timeout: float = 240.0) -> None:
+    def start(self, timeout: float = 600.0) -> None:
         """Database, migration, the four components; returns when the api-server is healthy.
         On failure everything started is stopped again."""
         self.home.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ def page(stack: Stack) -> Iterator[Any]:
     stack.wait_parsed(DAG)
     with ui.chromium() as browser:
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.set_default_timeout(90_000)  # a busy machine renders slowly
         ui.sign_in(page, stack.url, f"/dags/{DAG}", stack.username, stack.password)
         yield page
 
