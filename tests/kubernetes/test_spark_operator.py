@@ -24,7 +24,14 @@ from tests.conftest import small
 from tests.kubernetes.apiserver import ApiServer, ConnectScenario, Operator, WebEndpoints
 from tests.kubernetes.conftest import NAMESPACE
 from tests.kubernetes.manifest_validation import validate_manifest
-from tests.kubernetes.test_render import NS, handle_for, spec_file
+from tests.kubernetes.test_render import (
+    NS,
+    SNAPSHOTS,
+    UPDATE,
+    handle_for,
+    spec_file,
+    to_yaml,
+)
 
 SPARK = small("spark/etl")
 OPERATOR_SPEC = """\
@@ -282,3 +289,17 @@ def test_through_the_api_servers_proxy(kubeconfig_file: Path, operator: Operator
         backend.delete(handle, wait=True)
     finally:
         backend.client.close()
+
+
+@pytest.mark.parametrize("profile", [None, CI_CPU])
+def test_snapshot(profile: str | None) -> None:
+    """spark/etl as a SparkConnect, for review (regenerate as test_render.py says)."""
+    _, out = as_operator("spark/etl", profile)
+    path = SNAPSHOTS / f"spark-etl--operator{'--' + profile if profile else ''}.yaml"
+    text = to_yaml(out.objects)
+    if UPDATE or not path.exists():
+        path.write_text(text)
+        if not UPDATE:
+            pytest.fail(f"{path.name} did not exist and was written; review and commit it")
+    assert text == path.read_text(), (
+        f"{path.name} changed; if intended: EPHEMERAL_UPDATE_SNAPSHOTS=1 and review the diff")
