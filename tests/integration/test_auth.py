@@ -9,6 +9,7 @@ environment, and checks that unauthenticated calls are refused while ephemeral's
 from __future__ import annotations
 
 import json
+import socket
 import stat
 import urllib.error
 import urllib.request
@@ -200,6 +201,12 @@ def test_spark_refuses_drivers_and_sessions_without_the_secret(
                      timeout=300, sink=driver_log.append)
     assert any("All masters are unresponsive" in line for line in driver_log)
     assert apps() == before
+
+    # The master's REST submission server, which ignores spark.authenticate, is not running.
+    master_ip = ep.spark_master.removeprefix("spark://").rsplit(":", 1)[0]
+    with socket.socket() as probe:
+        probe.settimeout(2)
+        assert probe.connect_ex((master_ip, 6066)) != 0
 
     # Spark Connect: no session without the token, a working one with it.
     target = ep.spark_connect.removeprefix("sc://")
