@@ -251,17 +251,24 @@ class AirflowStack:
         assert status == 200, f"{status} {body}"
         return dict(body["extra_links"])
 
+    def _patch(self, path: str, body: dict[str, Any], what: str) -> None:
+        """A PATCH as a user clicking again does it: SQLite under a busy host sometimes answers
+        "database is locked" (HTTP 500) when four components write at once."""
+        for _ in range(3):
+            status, answer = self.request("PATCH", path, body)
+            if status != 500:
+                break
+            time.sleep(0.5)
+        assert status == 200, f"{what}: HTTP {status} {answer}"
+
     def mark_run(self, dag_id: str, run_id: str, state: str) -> None:
         """What the UI's "mark run as failed/success" does."""
-        status, body = self.request("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id)}",
-                                    {"state": state})
-        assert status == 200, f"mark {dag_id}/{run_id} {state}: HTTP {status} {body}"
+        self._patch(f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id)}", {"state": state},
+                    f"mark {dag_id}/{run_id} {state}")
 
     def mark_task(self, dag_id: str, run_id: str, task_id: str, state: str) -> None:
-        status, body = self.request(
-            "PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id)}/taskInstances/{task_id}",
-            {"new_state": state})
-        assert status == 200, f"mark {dag_id}/{run_id}/{task_id} {state}: HTTP {status} {body}"
+        self._patch(f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id)}/taskInstances/{task_id}",
+                    {"new_state": state}, f"mark {dag_id}/{run_id}/{task_id} {state}")
 
     def task_state(self, dag_id: str, run_id: str, task_id: str) -> str | None:
         status, body = self.request(
@@ -277,6 +284,10 @@ class AirflowStack:
             state = self.task_state(dag_id, run_id, task_id)
             if state in states:
                 return state
+            if state in ("failed", "upstream_failed", "skipped", "removed"):
+                raise RuntimeError(f"{dag_id}/{run_id}/{task_id} ended {state} before reaching "
+                                   f"{states}:\n" + json.dumps(self.task_instances(
+                                       dag_id, run_id), indent=1)[:4000])
             time.sleep(every)
         raise TimeoutError(f"{dag_id}/{run_id}/{task_id} still {state}, not in {states} after "
                            f"{timeout}s\n" + self.logs())
