@@ -59,5 +59,7 @@ with DAG(
         task_id="delete_ray", setup_task_id="create_ray", cluster=create.output,
         backend=BACKEND, execution_timeout=timedelta(minutes=10))
     # on_failure_fail_dagrun: a teardown that could not delete the cluster fails the smoke test.
-    create >> hello >> check_nodes(hello.output) >> delete.as_teardown(
-        setups=create, on_failure_fail_dagrun=True)
+    # check_nodes stays a leaf beside it: a teardown that fails the run is a leaf too, and with
+    # the job's checks only upstream of it, a failed job would end the run `success`.
+    create >> hello >> delete.as_teardown(setups=create, on_failure_fail_dagrun=True)
+    check_nodes(hello.output)

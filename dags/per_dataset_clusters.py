@@ -42,6 +42,12 @@ with DAG(
         return (f"python train_ddp.py --run per-dataset/{ts_nodash}/{dataset} --num-workers 1 "
                 "--steps 100 --checkpoint-every 1000")
 
+    @task
+    def trained(result: dict) -> dict:  # type: ignore[type-arg]
+        """The training job's result, as a leaf the run's state follows (a teardown with
+        on_failure_fail_dagrun is a leaf too and would hide a failed job)."""
+        return result
+
     @task_group
     def per_dataset(dataset: str) -> None:
         create = CreateClusterOperator(task_id="create", spec="ray/adhoc-cpu@1",
@@ -52,5 +58,6 @@ with DAG(
         delete = DeleteClusterOperator(task_id="delete", setup_task_id="per_dataset.create",
                                        cluster=create.output)
         create >> train >> delete.as_teardown(setups=create, on_failure_fail_dagrun=True)
+        trained(train.output)  # a leaf after the work: its failure fails the run
 
     per_dataset.expand(dataset=datasets())

@@ -354,7 +354,8 @@ def test_an_adhoc_job_from_the_form_runs_and_its_cluster_goes(dagbag: Any,
     run = dagbag.get_dag("ray_job_adhoc").test(run_conf={
         "profile": "ci-cpu", "workers": 1, "entrypoint": "python hello_ray.py"})
     assert task_states(run) == {"validate_request": "success", "create_cluster": "success",
-                                "run_job": "success", "delete_cluster": "success"}
+                                "run_job": "success", "delete_cluster": "success",
+                                "job_result": "success"}
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
