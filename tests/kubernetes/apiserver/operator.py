@@ -100,7 +100,7 @@ class Operator:
         self._seen.add(meta["uid"])
         ns, name = meta["namespace"], meta["name"]
         scenario = self.scenarios.get(name, self.ray_scenario)
-        if scenario is RayScenario.INVALID:
+        if scenario is RayScenario.INVALID or "headGroupSpec" not in rc.get("spec", {}):
             self.event(rc, "InvalidRayClusterSpec", "headGroupSpec should have at least one "
                        "container")
             return
