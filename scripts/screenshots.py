@@ -33,6 +33,7 @@ def graph(page: Any, url: str, dag_id: str, out: Path) -> None:
                                "{display: none !important}")
     page.wait_for_timeout(1500)
     page.locator(".react-flow__controls-fitview").click()
+    page.add_style_tag(content=".react-flow__panel {display: none !important}")  # zoom, download
     page.wait_for_timeout(1000)
     page.locator(".react-flow").screenshot(path=out)
 

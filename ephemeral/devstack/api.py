@@ -7,6 +7,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -83,12 +84,17 @@ class AirflowApi:
         if status != 200:
             raise RuntimeError(f"unpause {dag_id}: HTTP {status} {body}")
 
-    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
-        """Unpause the DAG and start a run (what the trigger form does); the run's id."""
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None,
+                logical_date: str | None = None) -> str:
+        """Unpause the DAG and start a run (what the trigger form does); the run's id.
+        ``logical_date="now"`` gives the run the current time as its logical date, as the
+        form does by default (templates that use ``ts``/``ds`` need one)."""
+        if logical_date == "now":
+            logical_date = datetime.now(UTC).isoformat()
         self.wait_parsed(dag_id)
         self.unpause(dag_id)
         status, body = self.request("POST", f"/api/v2/dags/{dag_id}/dagRuns",
-                                    {"logical_date": None, "conf": conf or {}})
+                                    {"logical_date": logical_date, "conf": conf or {}})
         if status != 200:
             raise RuntimeError(f"trigger {dag_id}: HTTP {status} {body}")
         return str(body["dag_run_id"])
