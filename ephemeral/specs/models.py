@@ -311,6 +311,10 @@ class SparkSpec(SpecBase):
     workers: SparkWorkers
     connect: SparkConnect | None = None
     conf: dict[str, str] = Field(default_factory=dict)
+    kubernetes_mode: Literal["standalone", "operator"] | None = None
+    """Kubernetes only: ``standalone`` (master, worker and Connect Deployments) or ``operator``
+    (the Kubeflow spark-operator's ``SparkConnect``: executors as pods on demand, no master);
+    unset, the deployment's ``EPHEMERAL_K8S_SPARK_MODE``. The local backend runs standalone."""
 
     @field_validator("spark_version", mode="before")
     @classmethod

@@ -125,6 +125,7 @@ def test_rbac_is_namespaced_and_has_no_wildcards(role: str) -> None:
 
 @pytest.mark.parametrize(("group", "resource", "verbs"), [
     ("ray.io", "rayclusters", {"create", "get", "list", "watch", "delete"}),
+    ("sparkoperator.k8s.io", "sparkconnects", {"create", "get", "list", "watch", "delete"}),
     ("", "pods", {"get", "list", "watch"}),
     ("", "services", {"create", "get", "list", "watch", "delete"}),
     ("apps", "deployments", {"create", "get", "list", "watch", "delete"}),
@@ -141,14 +142,16 @@ def test_rbac_grants_exactly_what_the_backend_needs(group: str, resource: str,
 
 def test_nothing_is_granted_on_kinds_the_backend_never_makes() -> None:
     assert {res for _, res in granted(AIRFLOW_ROLE)} == {
-        "rayclusters", "pods", "services", "deployments", "events", "networkpolicies", "secrets",
-        "services/proxy"}
+        "rayclusters", "sparkconnects", "pods", "services", "deployments", "events",
+        "networkpolicies", "secrets", "services/proxy"}
 
 
 def test_the_reaper_can_delete_but_never_create() -> None:
     reaper_rights = granted(REAPER_ROLE)
     assert not any("create" in verbs for verbs in reaper_rights.values())
     assert reaper_rights[("ray.io", "rayclusters")] == {"get", "list", "watch", "delete"}
+    assert reaper_rights[("sparkoperator.k8s.io", "sparkconnects")] == {
+        "get", "list", "watch", "delete"}
     assert reaper_rights[("apps", "deployments")] == {"get", "list", "watch", "delete"}
     assert ("", "services/proxy") not in reaper_rights  # it runs in the cluster: Service DNS
 
@@ -633,14 +636,26 @@ def test_the_k8s_tests_cannot_pass_vacuously_in_the_workflow() -> None:
         assert "continue-on-error" not in s, s["name"]
 
 
-def test_the_workflow_installs_no_spark_operator() -> None:
-    """Nothing in the smoke test needs it: the Spark specs make plain Deployments."""
-    text = WORKFLOW.read_text() + (KIND / "up.sh").read_text()
-    assert "spark-operator" not in text
+def test_the_workflow_installs_the_pinned_spark_operator_before_the_k8s_tests() -> None:
+    """Spark's operator mode needs it: the chart of the vendored SparkConnect CRD (2.5.2),
+    watching the project namespace."""
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    assert workflow["env"]["SPARK_OPERATOR_CHART_VERSION"] == "2.5.2"
+    readme = (ROOT / "tests" / "kubernetes" / "schemas" / "README.md").read_text()
+    assert "spark-operator v2.5.2" in readme
+    install = step("helm upgrade --install spark-operator")["run"]
+    assert '--version "$SPARK_OPERATOR_CHART_VERSION"' in install
+    assert "spark.jobNamespaces={$EPHEMERAL_K8S_NAMESPACE}" in install
+    assert "--wait" in install
+    runs = [s.get("run", "") for s in smoke_steps()]
+    at = [i for i, r in enumerate(runs) if "spark-operator/spark-operator" in r]
+    assert at
+    assert at[0] < next(i for i, r in enumerate(runs) if "pytest -m k8s" in r)
 
 
 def test_the_workflow_fails_when_a_raycluster_is_left() -> None:
     check = step("get rayclusters")["run"]
+    assert "get rayclusters,sparkconnects" in check
     assert '-n "$EPHEMERAL_K8S_NAMESPACE" -o name' in check
     assert re.search(r'if \[ -n "\$left" \]; then.*?exit 1', check, re.S)
     assert "if" not in step("get rayclusters")  # runs whenever the steps before succeeded
@@ -710,7 +725,7 @@ def test_the_real_cluster_test_fails_without_a_cluster_when_one_is_required(
     target = "tests/kubernetes/test_real_cluster.py"
     skipped = run_pytest(target, env=env)
     assert skipped.returncode == 0, skipped.stdout
-    assert "1 skipped" in skipped.stdout
+    assert "2 skipped" in skipped.stdout  # Ray on KubeRay, Spark on the spark-operator
     failed = run_pytest(target, env=env | {"EPHEMERAL_REQUIRE_K8S": "1"})
     assert failed.returncode == 1, failed.stdout
     assert "EPHEMERAL_REQUIRE_K8S=1 and this k8s test skipped: " in failed.stdout
