@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 # admit.
 OUR_PREFIX = "ephemeral_"
 OUR_FIELDS = {"endpoint_mode", "ingress_url_template", "http_check", "cluster_domain",
-              "proxy_link_base", "client_selector", "client_cidrs"}
+              "proxy_link_base", "client_selector", "client_cidrs", "spark_mode",
+              "spark_service_account"}
 
 
 def task_backend(name: str | None, kubernetes_conn_id: str | None = None) -> ClusterBackend:
@@ -27,7 +28,8 @@ def task_backend(name: str | None, kubernetes_conn_id: str | None = None) -> Clu
     ``kube_config_path``, ``kube_config``, ``namespace``, ``cluster_context``), plus
     ``ephemeral_endpoint_mode`` (``auto``, ``dns``, ``proxy``, ``ingress``),
     ``ephemeral_ingress_url_template``, ``ephemeral_proxy_link_base``, ``ephemeral_http_check``,
-    ``ephemeral_cluster_domain``, ``ephemeral_client_selector`` and ``ephemeral_client_cidrs``."""
+    ``ephemeral_cluster_domain``, ``ephemeral_client_selector``, ``ephemeral_client_cidrs``,
+    ``ephemeral_spark_mode`` and ``ephemeral_spark_service_account``."""
     if not kubernetes_conn_id:
         return get_backend(name)
     if name not in (None, "kubernetes"):

@@ -63,6 +63,14 @@ def _within_ttl(handle: ClusterHandle, timeout: float | None) -> None:
         raise AirflowFailException(str(err)) from err
 
 
+def _no_master(handle: ClusterHandle) -> str:
+    if handle.engine == "spark":  # a spark-operator SparkConnect: Connect only
+        return (f"cluster {handle.name} has no Spark master (a spark-operator SparkConnect): "
+                "use Spark Connect (ephemeral.airflow.spark.spark_connect), or a standalone "
+                "cluster (kubernetesMode: standalone) for spark-submit")
+    return f"cluster {handle.name} is not a Spark cluster"
+
+
 def _handle(value: Any) -> ClusterHandle:
     if isinstance(value, ClusterHandle):
         return value
@@ -390,7 +398,7 @@ class SparkSubmitOperator(BaseOperator):
 
         handle = _handle(self.cluster)
         if not handle.endpoints.spark_master:
-            raise AirflowFailException(f"cluster {handle.name} is not a Spark cluster")
+            raise AirflowFailException(_no_master(handle))
         _within_ttl(handle, self.job_timeout)
         context["ti"].xcom_push(key=SparkMasterLink().xcom_key, value=handle.endpoints.spark_ui)
         try:

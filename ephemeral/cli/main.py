@@ -435,6 +435,10 @@ def spark_submit_cmd(
     from ephemeral.jobs.spark_jobs import spark_auth_for, spark_submit
 
     handle = _cluster(cluster, backend, "spark", as_json, timeout)
+    if not handle.endpoints.spark_master:
+        raise _fail(ClusterNotFound(f"cluster {cluster!r} has no Spark master (a spark-operator "
+                                    "SparkConnect): use Spark Connect, or a standalone cluster "
+                                    "(kubernetesMode: standalone) for spark-submit"), as_json)
     auth = spark_auth_for(handle, get_backend(backend))  # the driver's spark.authenticate secret
     _finish_job(lambda: spark_submit(
         handle.endpoints.spark_master or "", str(application), args or [],

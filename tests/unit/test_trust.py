@@ -345,3 +345,19 @@ def test_a_job_timeout_past_the_clusters_expiry_is_refused_before_submitting(
                                       job_timeout=ttl + 3600, **kwargs)
     with pytest.raises(AirflowFailException, match=rf"job_timeout.*{ttl + 3600}"):
         op.execute({"ti": SimpleNamespace(xcom_push=lambda **_k: None, try_number=1)})
+
+
+def test_spark_submit_to_a_cluster_without_a_master_says_what_to_use() -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from ephemeral.airflow.operators import SparkSubmitOperator
+    from ephemeral.backends.base import Endpoints
+
+    spec = resolve("spark/etl", "ci-cpu")
+    handle = InMemoryBackend().create(spec, identity=ident(get_settings().instance))
+    connect_only = handle.model_copy(update={"endpoints": Endpoints(
+        spark_connect="sc://x-server:15002", spark_ui="http://x-server:4040")})
+    op = SparkSubmitOperator(task_id="etl", cluster=connect_only.model_dump(mode="json"),
+                             application="app.py")
+    with pytest.raises(AirflowFailException, match=r"no Spark master .* use Spark Connect"):
+        op.execute({"ti": SimpleNamespace(xcom_push=lambda **_k: None, try_number=1)})
