@@ -175,9 +175,23 @@ class Stack(AirflowApi):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"api-server not healthy after {timeout}s\n" + self.logs())
                 time.sleep(1)
+            self.create_pools()
         except BaseException:
             self.stop()
             raise
+
+    def create_pools(self) -> None:
+        """The pool train_distributed's trials run in (``$EPHEMERAL_GPU_POOL``), as a deployment
+        creates it once: without it the scheduler never starts a trial."""
+        from ephemeral.trials import DEFAULT_POOL, POOL_VAR
+
+        name = self.env().get(POOL_VAR) or DEFAULT_POOL
+        if self.request("GET", f"/api/v2/pools/{name}")[0] == 200:
+            return
+        status, body = self.request("POST", "/api/v2/pools", {
+            "name": name, "slots": 2, "description": "GPU trials at once"})
+        if status not in (200, 201):
+            raise RuntimeError(f"creating pool {name}: HTTP {status} {body}")
 
     def log_path(self, name: str) -> Path:
         return self.home / "logs" / f"{name}.log"
