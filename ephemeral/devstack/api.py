@@ -80,6 +80,9 @@ class AirflowApi:
         raise TimeoutError(f"DAG {dag_id} not parsed after {timeout}s")
 
     def unpause(self, dag_id: str) -> None:
+        status, body = self.request("GET", f"/api/v2/dags/{dag_id}")
+        if status == 200 and body.get("is_paused") is False:
+            return
         status, body = self.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
         if status != 200:
             raise RuntimeError(f"unpause {dag_id}: HTTP {status} {body}")
