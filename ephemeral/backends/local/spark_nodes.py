@@ -7,7 +7,7 @@ retry their registration with the master by themselves.
 Master, workers, executors and the Connect driver authenticate each other with the cluster's
 ``spark.authenticate`` secret, and Connect clients with the server's bearer token. Both come
 from 0600 properties files of the cluster's state folder (``--properties-file``), never from an
-argv or a node's recorded environment. See /work/notes/spark-auth.md for what stays open.
+argv or a node's recorded environment. The README says what stays open (the web UIs).
 """
 
 from __future__ import annotations
