@@ -60,8 +60,11 @@ def test_train_distributed_through_the_services_on_postgres(stack: Stack) -> Non
     ray_jobs = [k for k in tis if k.startswith("train.trial")] + ["train.evaluate"]
     for task in ["etl.create_spark", "train.create_ray", *{k.split("[")[0] for k in ray_jobs}]:
         assert deferred.get(task), f"{task} never deferred: {deferred}"
-    triggerer = stack.log_path("triggerer").read_text(errors="replace")
-    assert "train.create_ray" in triggerer, "the triggerer never ran the Ray setup's trigger"
+    run_dir = stack.home / "logs" / f"dag_id={DAG}" / f"run_id={run_id}"
+    waited = "".join(p.read_text(errors="replace")
+                     for p in run_dir.glob("task_id=train.create_ray/*.log.trigger.*"))
+    assert "train.create_ray" in waited, "no trigger of the Ray setup started in the triggerer"
+    assert "Trigger fired event" in waited or "trigger completed" in waited, waited[-2000:]
 
     # Every cluster of the run is gone; nothing of the stack's instance is left.
     assert stack.delete_clusters() == []
