@@ -55,6 +55,21 @@ def test_airflow_settings_and_secrets_never_reach_jobs(monkeypatch: pytest.Monke
     monkeypatch.setenv("AIRFLOW_API_TOKEN", "t0k3n")
     monkeypatch.setenv("EPHEMERAL_AIRFLOW_PASSWORD", "pw")
     monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    monkeypatch.setenv("EPHEMERAL_KUBECONFIG_CONTENT", "apiVersion: v1")
+    monkeypatch.setenv("SHOP_DB_PASSWORD", "hunter2")
+    monkeypatch.setenv("LC_TIME", "C")
     env = job_environ()
     assert not [k for k in env if "AIRFLOW" in k]
-    assert env["AWS_REGION"] == "eu-west-1"  # what jobs need to reach the artifact store stays
+    # An allow-list: nothing unlisted passes, however it is named.
+    assert "EPHEMERAL_KUBECONFIG_CONTENT" not in env
+    assert "SHOP_DB_PASSWORD" not in env
+    assert "AWS_REGION" not in env
+    assert env["LC_TIME"] == "C"
+    assert env["EPHEMERAL_ARTIFACT_ROOT"].startswith("file://")
+    # A deployment extends it (what jobs need to reach an s3:// artifact store), but never to
+    # Airflow's settings or ours.
+    monkeypatch.setenv("EPHEMERAL_JOB_ENV_ALLOW", "AWS_*, AIRFLOW_API_TOKEN,EPHEMERAL_*")
+    env = job_environ()
+    assert env["AWS_REGION"] == "eu-west-1"
+    assert "AIRFLOW_API_TOKEN" not in env
+    assert "EPHEMERAL_KUBECONFIG_CONTENT" not in env
