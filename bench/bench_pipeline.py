@@ -49,6 +49,8 @@ def by_hand() -> float:
         if proc.returncode:
             raise RuntimeError(f"by_hand.sh failed ({proc.returncode}):\n{proc.stdout[-3000:]}"
                                f"\n{proc.stderr[-3000:]}")
+        print("\n".join(f"    {line}" for line in proc.stdout.splitlines()
+                        if line.startswith("by hand:")), flush=True)
         return time.perf_counter() - t0
     finally:  # the script cleans up after itself, unless it was killed (the timeout)
         if left := baseline.kill_marked(mark):

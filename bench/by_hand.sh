@@ -14,6 +14,7 @@
 #   is ALIVE / every node is alive before its first job.
 # - No Airflow: no scheduler, task processes, XCom, readiness polling or run report; no
 #   spark.authenticate secret or Ray token; nodes are SIGKILLed, not stopped gracefully.
+#   Spark's master and workers get the backend's fast-start JVM flags, as in the DAG.
 # - The evaluation takes trial 0.02's model instead of picking the best trial, and no model is
 #   registered afterwards.
 #
@@ -34,6 +35,8 @@ MARK=${BYHAND_MARK:-byhand-$$}
 T=$(mktemp -d /tmp/byhand-XXXX)
 IP=127.0.201
 SESSIONS=()
+START=$EPOCHREALTIME
+phase() { echo "by hand: $(awk -v a="$START" -v b="$EPOCHREALTIME" 'BEGIN {printf "%6.1f", b - a}')s $*"; }
 
 wait_port() { python - "$1" "$2" <<'EOF'
 import socket, sys, time
@@ -66,6 +69,10 @@ cleanup() { stop_all; rm -rf "$T"; }
 trap cleanup EXIT
 
 # --- Spark -----------------------------------------------------------------------------------
+# The JVM flags the backend gives its daemons (spark_nodes.FAST_START_JVM): the floor has the
+# same tuning, so the comparison is about orchestration, not JVM flags.
+FAST=$(python -c 'from ephemeral.backends.local.spark_nodes import FAST_START_JVM as f; print(f)')
+export SPARK_DAEMON_JAVA_OPTS=$FAST SPARK_LAUNCHER_OPTS=$FAST
 node "$SH/bin/spark-class" org.apache.spark.deploy.master.Master --host $IP.2 --port "$P" \
   --webui-port $((P + 1)) >"$T/master.log" 2>&1
 wait_port $IP.2 "$P"
@@ -77,6 +84,7 @@ done
 PYSPARK_PYTHON=$BIN/python SPARK_LOCAL_IP=127.0.0.1 EPHEMERAL_CLUSTER_UID=$MARK \
   "$SH/bin/spark-submit" --master spark://$IP.2:"$P" "$ROOT/jobs/etl_features.py" --run "$RUN" \
   --rows 5000 --artifact-root "$ART" >"$T/etl.log" 2>&1 || { tail -30 "$T/etl.log"; exit 1; }
+phase "ETL done"
 stop_all
 
 # --- Ray -------------------------------------------------------------------------------------
@@ -97,6 +105,7 @@ for i in 1 2; do
 done
 wait "$HEAD" || { tail -30 "$T/head.log"; exit 1; }
 until curl -sf -o /dev/null http://$IP.2:$((R + 1))/api/jobs/; do sleep 0.1; done
+phase "Ray head's Jobs API answers"
 FEATURES="file://${ART#file://}/$RUN/features"
 submit() {
   EPHEMERAL_CLUSTER_UID=$MARK "$BIN/ray" job submit --address http://$IP.2:$((R + 1)) \
@@ -107,9 +116,11 @@ for lr in 0.02 0.1; do
   submit python train_ddp.py --run "$RUN/trial-$lr" --lr $lr --steps 300 \
     --data-uri "$FEATURES/train" --num-workers 2 --checkpoint-every 100 >"$T/trial-$lr.log" 2>&1 \
     || { tail -30 "$T/trial-$lr.log" "$T"/rayw*.log; exit 1; }
+  phase "trial $lr done"
 done
 for pid in "${WORKERS[@]}"; do wait "$pid"; done  # they were up, or no trial could have run
 submit python evaluate.py --model-uri "${ART%/}/$RUN/trial-0.02/model/model.pt" \
   --data-uri "$FEATURES/validation" >"$T/eval.log" 2>&1 || { tail -30 "$T/eval.log"; exit 1; }
+phase "evaluation done"
 stop_all
-echo "by hand: done"
+phase "done"
