@@ -21,9 +21,10 @@ from typing import Any
 
 import baseline  # bench/baseline.py, beside this script
 
-from ephemeral.backends.local import LocalBackend, procs
+from ephemeral.backends.base import ClusterHandle
+from ephemeral.backends.local import LocalBackend, procs, secrets
 from ephemeral.errors import ClusterFailed
-from ephemeral.jobs.ray_jobs import RayJobs
+from ephemeral.jobs.ray_jobs import ray_jobs_for
 from ephemeral.lifecycle import provision, teardown
 from ephemeral.specs import ClusterIdentity, resolve
 
@@ -44,16 +45,18 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
     return elapsed
 
 
-def job_overhead(name: str, dashboard: str) -> dict[str, Any]:
+def job_overhead(name: str, dashboard: str, token_file: Path) -> dict[str, Any]:
     ours_cmd = [str(BIN / "ephemeral"), "submit", name, "--", *TRIVIAL]
     ray_cmd = [str(BIN / "ray"), "job", "submit", "--address", dashboard, "--", *TRIVIAL]
+    # The cluster takes only authenticated calls: Ray's CLI reads the token as a user's would.
+    ray_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
     timed(ours_cmd)  # warm-up both: first runs pay for Python's bytecode cache
-    timed(ray_cmd)
+    timed(ray_cmd, ray_env)
     rounds = []
     for i in range(ROUNDS):
         pair = {}
         for side in (["ours", "ray"] if i % 2 == 0 else ["ray", "ours"]):
-            pair[side] = timed(ours_cmd if side == "ours" else ray_cmd)
+            pair[side] = timed(ours_cmd) if side == "ours" else timed(ray_cmd, ray_env)
         pair["ratio"] = pair["ours"] / pair["ray"]
         rounds.append(pair)
         print(f"submit round {i + 1}: ephemeral {pair['ours']:.2f}s, ray job submit "
@@ -61,8 +64,8 @@ def job_overhead(name: str, dashboard: str) -> dict[str, Any]:
     return {"rounds": rounds, "median_ratio": statistics.median(r["ratio"] for r in rounds)}
 
 
-def throughput(dashboard: str, name: str) -> dict[str, Any]:
-    jobs = RayJobs(dashboard, cluster=name)
+def throughput(backend: LocalBackend, handle: ClusterHandle) -> dict[str, Any]:
+    jobs = ray_jobs_for(handle, backend)  # with the cluster's token
     ray_runs, torchrun_runs = [], []
     for i in range(3):
         jid = jobs.submit(f"python train_ddp.py --run bench-tp-{i}-{time.time_ns()} "
@@ -101,8 +104,9 @@ def main() -> None:
         made = provision(backend, spec, identity, timeout=300)
     try:
         dashboard = made.handle.endpoints.dashboard or ""
-        results = {"job_overhead": job_overhead(made.handle.name, dashboard),
-                   "training_throughput": throughput(dashboard, made.handle.name)}
+        token_file = secrets.path(backend.home / "clusters" / made.handle.name, secrets.RAY_TOKEN)
+        results = {"job_overhead": job_overhead(made.handle.name, dashboard, token_file),
+                   "training_throughput": throughput(backend, made.handle)}
     finally:
         teardown(backend, made.handle)
     out = Path(__file__).parent / "results"
