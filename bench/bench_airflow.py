@@ -80,8 +80,9 @@ def airflow_round(stack: Any, dag_id: str) -> dict[str, float]:
 
 def cli(*args: str) -> dict[str, Any]:
     exe = Path(sys.executable).parent / "ephemeral"
-    out = subprocess.run([str(exe), *args, "--json"], capture_output=True, text=True, check=True,
-                         cwd=ROOT, timeout=900)
+    # --json right after the command: after "--" it would be part of the job's command.
+    out = subprocess.run([str(exe), args[0], "--json", *args[1:]], capture_output=True,
+                         text=True, check=True, cwd=ROOT, timeout=900)
     return dict(json.loads(out.stdout))
 
 
@@ -141,8 +142,9 @@ def main() -> int:
         print(f"stack up after {time.monotonic() - t_start:.0f}s", flush=True)
         for r in range(ROUNDS):
             for dag_id in DAGS:
-                row = {"round": r, "airflow": airflow_round(stack, dag_id),
-                       "by_hand": by_hand(dag_id)}
+                row: dict[str, Any] = {"round": r, "airflow": airflow_round(stack, dag_id)}
+                print(dag_id, "airflow", json.dumps(row["airflow"]), flush=True)
+                row["by_hand"] = by_hand(dag_id)
                 rows[dag_id].append(row)
                 print(dag_id, json.dumps(row), flush=True)
     finally:
