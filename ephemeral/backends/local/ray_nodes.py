@@ -107,6 +107,9 @@ def plan(spec: RaySpec, slot: int, temp_root: Path, token_file: Path) -> list[Pl
     )
     nodes = [head]
     address = f"--address={head_ip}:{slots.named_port(slot, 0, GCS)}"
+    # Workers start with the head and wait for its GCS: Ray's default of 20 tries (~20-40 s)
+    # gives up on a busy 2-core machine ("No node info found for head node in GCS").
+    worker_env = env | {"RAY_NUM_REDIS_GET_RETRIES": "60"}
     for group in spec.worker_groups:
         for i in range(group.replicas):
             n = len(nodes)
@@ -117,7 +120,7 @@ def plan(spec: RaySpec, slot: int, temp_root: Path, token_file: Path) -> list[Pl
                 argv=[ray, "start", address,
                       *_node_args(slot, n, max(1, math.ceil(group.cpu)), group.gpus, group.memory,
                                   str(temp_root / f"n{n}"))],
-                env=env,
+                env=worker_env,
             ))
     return nodes
 
