@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: setup demo test lint unit bench clean
+.PHONY: setup demo test lint unit bench clean airflow airflow-down screenshots
 
 setup: $(STAMP)
 
@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	  command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
 	  command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
 	  command -v shellcheck >/dev/null || missing="$$missing shellcheck"; \
+	  command -v chromium >/dev/null || missing="$$missing chromium"; \
+	  command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	    || missing="$$missing postgresql"; \
 	  if [ -n "$$missing" ]; then echo "installing$$missing"; \
 	    apt-get update -qq && apt-get install -y -qq $$missing; fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +42,20 @@ bench: setup
 	EPHEMERAL_HOME=$${EPHEMERAL_HOME:-$(CURDIR)/.home} $(PY) bench/bench_jobs.py
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) bench/bench_pipeline.py
 	$(PY) bench/baseline.py  # fails if any by-hand node of the benches is still running
+
+# A local Airflow (api-server, scheduler, dag-processor, triggerer) for this checkout, in the
+# foreground until Ctrl-C; EPHEMERAL_AIRFLOW_DB=postgres for a throwaway PostgreSQL.
+STACK_ENV := AIRFLOW_HOME=$${AIRFLOW_HOME:-$(CURDIR)/.home/stack} \
+	EPHEMERAL_HOME=$${EPHEMERAL_HOME:-$(CURDIR)/.home}
+airflow: setup
+	$(STACK_ENV) $(PY) -m ephemeral.devstack up
+
+airflow-down:
+	$(STACK_ENV) $(PY) -m ephemeral.devstack down
+
+# The reference DAGs' graphs and the trigger form, from a real stack in headless Chromium.
+screenshots: setup
+	EPHEMERAL_HOME=$${EPHEMERAL_HOME:-$(CURDIR)/.home} $(PY) scripts/screenshots.py
 
 clean:
 	rm -rf $(VENV) .home

@@ -32,7 +32,8 @@ from ephemeral.notify import failure_callbacks
 from ephemeral.trials import gpu_pool, load_trials, trial_flags
 
 JOBS = str(Path(__file__).resolve().parent.parent / "jobs")
-RUN = "{{ dag.dag_id }}/{{ ts_nodash }}"
+# run_after, not ts_nodash: a run triggered through the REST API without a logical date has none.
+RUN = "{{ dag.dag_id }}/{{ dag_run.run_after | ts_nodash }}"
 FEATURES = "{{ ti.xcom_pull(task_ids='etl.build_features')['result']['artifact_uri'] }}"
 VALIDATION = "{{ ti.xcom_pull(task_ids='etl.build_features')['result']['validation_uri'] }}"
 # Workers, GPUs and CPUs per worker from the cluster the trials run on: NCCL on GPUs, gloo on
@@ -48,7 +49,8 @@ def alert_gate_failed(context: Any) -> None:
     from ephemeral.jobs import artifacts
 
     ti = context["ti"]
-    uri = artifacts.run_uri(f"alerts/{context['dag'].dag_id}", f"{context['ts_nodash']}.json")
+    when = context["dag_run"].run_after.strftime("%Y%m%dT%H%M%S")
+    uri = artifacts.run_uri(f"alerts/{context['dag'].dag_id}", f"{when}.json")
     artifacts.write_json(uri, {"dag_id": context["dag"].dag_id, "run_id": context["run_id"],
                                "task_id": ti.task_id, "reason": str(context.get("exception"))})
     ti.log.error("model gate failed; alert written to %s", uri)
@@ -126,11 +128,12 @@ with DAG(
 
         @task
         def register_model(best: dict[str, Any], evaluation: dict[str, Any],
-                           ts_nodash: Any = None) -> dict[str, Any]:
+                           dag_run: Any = None) -> dict[str, Any]:
             from ephemeral.jobs import artifacts
 
             model_dir = best["model_uri"].rsplit("/", 1)[0]
-            target = artifacts.run_uri("registry/train_distributed", ts_nodash)
+            target = artifacts.run_uri("registry/train_distributed",
+                                       dag_run.run_after.strftime("%Y%m%dT%H%M%S"))
             artifacts.copy(model_dir, f"{target}/model")
             record = {"model_uri": f"{target}/model/model.pt", "source": best["model_uri"],
                       "accuracy": evaluation["result"]["accuracy"], "loss": best["loss"]}

@@ -5,7 +5,9 @@ notifies with the report's link."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -153,14 +155,16 @@ def test_the_reference_trials_render_gpus_per_worker_from_their_cluster(dagbag: 
     for name, handle in gpu_and_cpu_handles().items():
         ti = _TI({"train.create_ray": handle,
                   "etl.build_features": {"result": {"artifact_uri": "file:///f"}}})
-        rendered[name] = [env.from_string(e).render(ti=ti, dag=dag, ts_nodash="T",
+        # A run triggered through the REST API without a logical date has run_after only.
+        run = SimpleNamespace(run_after=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+        rendered[name] = [env.from_string(e).render(ti=ti, dag=dag, dag_run=run,
                                                     params={"steps": 10})
                           for e in entrypoints]
     assert all("--num-workers 2 --gpus-per-worker 1 --cpus-per-worker 8" in e
                for e in rendered["gpu"]), rendered["gpu"]
     assert all("--num-workers 2 --gpus-per-worker 0 --cpus-per-worker 1" in e
                for e in rendered["ci-cpu"]), rendered["ci-cpu"]
-    assert "--run train_distributed/T/trial-lr-0.02 " in rendered["gpu"][0]
+    assert "--run train_distributed/20260102T030405/trial-lr-0.02 " in rendered["gpu"][0]
     assert "--lr 0.02" in rendered["gpu"][0]
 
 

@@ -20,6 +20,8 @@ from urllib.parse import quote
 
 import psutil
 
+from ephemeral.devstack import Postgres
+
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 FINISHED = {"success", "failed"}
 
@@ -51,6 +53,10 @@ class AirflowStack:
     # deployment instance (cluster ownership includes it).
     instance: str = field(default_factory=lambda: "live-" + secrets.token_hex(4))
     extra_env: dict[str, str] = field(default_factory=dict)
+    # The metadata database: a throwaway PostgreSQL as production has (ephemeral.devstack's,
+    # started with the stack, deleted by stop()), or "sqlite" for the smoke case.
+    db: str = "postgres"
+    postgres: Postgres | None = None
     # Process groups of components killed and started again: orphans (a killed scheduler's
     # LocalExecutor workers) live on in them until stop().
     _old_groups: list[int] = field(default_factory=list)
@@ -85,12 +91,17 @@ class AirflowStack:
             "EPHEMERAL_HOME": str(self.ephemeral_home),
             "EPHEMERAL_INSTANCE": self.instance,
         })
+        if self.postgres is not None:
+            env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = self.postgres.url
         env.update(self.extra_env)
         return env
 
     def start(self, timeout: float = 180.0) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "passwords.json").write_text(json.dumps({"admin": self.password}))
+        if self.db == "postgres" and self.postgres is None:
+            self.postgres = Postgres(self.home.parent / "postgres")
+            self.postgres.start()
         env = self.env()
         subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
@@ -161,6 +172,9 @@ class AirflowStack:
         psutil.wait_procs(alive, timeout=10)
         for proc in self.procs.values():
             proc.wait(timeout=10)
+        if self.postgres is not None:
+            self.postgres.stop()
+            self.postgres = None
 
     # -- REST API v2 -------------------------------------------------------------------------
 
