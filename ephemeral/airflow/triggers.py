@@ -59,10 +59,13 @@ class ClusterReadyTrigger(BaseTrigger):
             handle = ClusterHandle.model_validate(self.handle)
             wait = Readiness(backend, handle, deadline=self.deadline,
                              poll_interval=self.poll_interval)
-            while not (status := await asyncio.to_thread(wait.step)).ready:
+            while True:
+                status = await asyncio.to_thread(wait.step)
                 self.log.info("cluster %s: %s (%d/%d nodes) %s", handle.name,
                               status.phase.value, status.nodes_ready, status.nodes_expected,
                               status.message)
+                if status.ready:
+                    break
                 await asyncio.sleep(wait.pause())
         except ReadinessTimeout as err:
             yield self._event("timeout", str(err), type(err).__name__)
