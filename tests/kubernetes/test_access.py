@@ -268,7 +268,9 @@ def test_proxy_links_can_point_at_kubectl_proxy(kubeconfig_file: Path, operator:
         assert handle.endpoints.dashboard == link
         assert backend.get(handle.name) is not None
         assert backend.list_owned()[0].endpoints.dashboard == link
-        # API calls still go to the API server itself.
+        # API calls still go to the API server itself (once KubeRay has made the token Secret,
+        # which the mock's operator does a moment after the create).
+        assert backend.wait_ready(handle, timeout=10).ready
         assert str(backend.access(handle).dashboard).startswith(apiserver.url)
     finally:
         backend.client.close()
