@@ -62,13 +62,21 @@ def pod_selector(handle: ClusterHandle) -> str:
     return ray if handle.engine == "ray" else spark
 
 
+def _gone_or_deleting(primary: dict[str, Any] | None, kind: str) -> ClusterStatus | None:
+    """The phase of a cluster whose primary object is missing or being deleted; None else."""
+    if primary is None:
+        return ClusterStatus(phase=Phase.GONE, message=f"no such {kind}")
+    if primary["metadata"].get("deletionTimestamp"):
+        return ClusterStatus(phase=Phase.DELETING, message=f"{kind} is being deleted")
+    return None
+
+
 def _probe_ray(client: KubeClient, handle: ClusterHandle,
                http: ClusterAccess | None) -> ClusterStatus:
     cluster = client.get(RAYCLUSTER, handle.name)
-    if cluster is None:
-        return ClusterStatus(phase=Phase.GONE, message="no such RayCluster")
-    if cluster["metadata"].get("deletionTimestamp"):
-        return ClusterStatus(phase=Phase.DELETING, message="RayCluster is being deleted")
+    if (gone := _gone_or_deleting(cluster, "RayCluster")) is not None:
+        return gone
+    assert cluster is not None
     # By uid: events outlive their object (an hour by default), and a RayCluster made again
     # under the same name (a cleared task) must not fail on its predecessor's events.
     invalid = [e for e in cluster_events(client, "RayCluster", handle.name,
@@ -132,10 +140,9 @@ def _probe_spark(client: KubeClient, handle: ClusterHandle,
 def _probe_spark_connect(client: KubeClient, handle: ClusterHandle,
                          http: ClusterAccess | None) -> ClusterStatus:
     conn = client.get(SPARKCONNECT, handle.name)
-    if conn is None:
-        return ClusterStatus(phase=Phase.GONE, message="no such SparkConnect")
-    if conn["metadata"].get("deletionTimestamp"):
-        return ClusterStatus(phase=Phase.DELETING, message="SparkConnect is being deleted")
+    if (gone := _gone_or_deleting(conn, "SparkConnect")) is not None:
+        return gone
+    assert conn is not None
     status = conn.get("status") or {}
     state = status.get("state") or "none"
     conditions = {c.get("type"): c for c in status.get("conditions") or []}
