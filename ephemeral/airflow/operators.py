@@ -25,6 +25,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskD
 
 from ephemeral.airflow.backends import task_backend
 from ephemeral.airflow.context import cluster_identity, owner_selector, task_key
+from ephemeral.airflow.lineage import JobLineageMixin
 from ephemeral.airflow.links import RayDashboardLink, RunReportLink, SparkMasterLink
 from ephemeral.airflow.triggers import ClusterReadyTrigger, RayJobTrigger
 from ephemeral.backends import ClusterBackend, ClusterHandle
@@ -269,7 +270,7 @@ class DeleteClusterOperator(BaseOperator):
         return task_backend(handle.backend, handle.connection or self.kubernetes_conn_id)
 
 
-class RayJobOperator(BaseOperator):
+class RayJobOperator(JobLineageMixin, BaseOperator):
     """Run ``entrypoint`` as a Ray job on the cluster, wait deferred, stream its logs into the
     task log and push its result (job id, status, the job's own JSON result line).
 
@@ -370,7 +371,7 @@ class RayJobOperator(BaseOperator):
             self._jobs(handle).stop(jid)
 
 
-class SparkSubmitOperator(BaseOperator):
+class SparkSubmitOperator(JobLineageMixin, BaseOperator):
     """Run a Spark application on the cluster's master (driver in this task, executors on the
     workers), streaming the driver's output into the task log; push the job's result."""
 
