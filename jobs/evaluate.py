@@ -4,7 +4,8 @@
 
 The model directory holds model.pt (a state dict) and config.json (its shape), as train_ddp.py
 writes them. Without --data-uri a held-out set is generated (another seed than training's).
-Metrics go to --output (default: <run>/eval/metrics.json).
+Metrics (accuracy, and the binary F1 with its precision and recall for label 1) go to --output
+(default: <run>/eval/metrics.json).
 """
 
 from __future__ import annotations
@@ -18,6 +19,19 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import emit_result, join, read_bytes, to_uri, write_json
 from train_ddp import build_model, load_dataset
+
+
+def binary_f1(predicted: list[int], actual: list[int], positive: int = 1
+              ) -> tuple[float, float, float]:
+    """(precision, recall, F1) of the positive class; 0.0 where a ratio has nothing to count
+    (no positive predicted, or none to find), as scikit-learn's zero_division=0."""
+    tp = sum(1 for p, a in zip(predicted, actual, strict=True) if p == a == positive)
+    fp = sum(1 for p, a in zip(predicted, actual, strict=True) if p == positive != a)
+    fn = sum(1 for p, a in zip(predicted, actual, strict=True) if a == positive != p)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,13 +60,18 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():
         logits = model(x)
         loss = float(torch.nn.functional.cross_entropy(logits, y))
-        accuracy = float((logits.argmax(dim=1) == y).float().mean())
+        predicted = logits.argmax(dim=1)
+        accuracy = float((predicted == y).float().mean())
+    precision, recall, f1 = binary_f1(predicted.tolist(), y.tolist())
     output = to_uri(args.output) if args.output else join(model_dir.rsplit("/", 1)[0], "eval",
                                                           "metrics.json")
-    metrics = {"accuracy": round(accuracy, 4), "loss": round(loss, 5), "rows": len(y),
+    metrics = {"accuracy": round(accuracy, 4), "f1": round(f1, 4),
+               "precision": round(precision, 4), "recall": round(recall, 4),
+               "loss": round(loss, 5), "rows": len(y),
                "model_uri": model_uri, "data_uri": args.data_uri or "generated"}
     write_json(output, metrics)
-    emit_result({"metrics_uri": output, "accuracy": metrics["accuracy"], "loss": metrics["loss"]})
+    emit_result({"metrics_uri": output, "accuracy": metrics["accuracy"], "f1": metrics["f1"],
+                 "loss": metrics["loss"], "rows": len(y)})
 
 
 if __name__ == "__main__":

@@ -1,0 +1,188 @@
+"""The model gate: thresholds from a versioned file, one decision with every number in it.
+
+A gate file lives in the repository (``gates/<dag_id>.yaml``), reviewed like the cluster specs
+and the trial sweeps; ``$EPHEMERAL_GATES_DIR`` points elsewhere when the DAGs are deployed apart
+from the checkout::
+
+    version: 3                 # bump on every change: registrations record it
+    thresholds:
+      min_accuracy: 0.8        # quality, on the held-back validation set
+      min_f1: 0.8
+      max_p50_ms: 150          # latency, served by Ray Serve on the run's own cluster
+      max_p95_ms: 400
+      max_p99_ms: 800
+      min_throughput_rps: 10
+      max_error_rate: 0.0      # failed or wrong answers under load
+    load:                      # the bounded load the latency numbers are measured under
+      requests: 400
+      concurrency: 4
+      warmup: 20
+
+Each ``min_<metric>``/``max_<metric>`` threshold checks the measured ``<metric>``. A file that
+does not parse, misses a threshold or names an unknown one fails the DAG's import naming the
+file and the field. A run may override a threshold (DAG params): the overrides are validated
+the same way, and recorded in the decision.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ephemeral.errors import EphemeralError
+
+log = logging.getLogger(__name__)
+
+GATES_VAR = "EPHEMERAL_GATES_DIR"
+
+
+class GateError(EphemeralError):
+    """A gate file or override is unusable: names the file (or the override) and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Thresholds(_Strict):
+    min_accuracy: float = Field(ge=0, le=1)
+    min_f1: float = Field(ge=0, le=1)
+    max_p50_ms: float = Field(gt=0)
+    max_p95_ms: float = Field(gt=0)
+    max_p99_ms: float = Field(gt=0)
+    min_throughput_rps: float = Field(ge=0)
+    max_error_rate: float = Field(default=0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Thresholds:
+        if not self.max_p50_ms <= self.max_p95_ms <= self.max_p99_ms:
+            raise ValueError(f"max_p50_ms ({self.max_p50_ms}) <= max_p95_ms "
+                             f"({self.max_p95_ms}) <= max_p99_ms ({self.max_p99_ms}) must hold: "
+                             "a higher percentile cannot be faster")
+        return self
+
+
+class Load(_Strict):
+    """The bounded load of the latency job (jobs/serve_latency.py flags)."""
+
+    requests: int = Field(default=400, ge=10, le=1_000_000)
+    concurrency: int = Field(default=4, ge=1, le=256)
+    warmup: int = Field(default=20, ge=0, le=100_000)
+
+
+class Gate(_Strict):
+    version: int = Field(ge=1)
+    description: str = ""
+    thresholds: Thresholds
+    load: Load = Load()
+    source: str = Field(default="", exclude=True)
+    overrides: dict[str, float] = Field(default_factory=dict)
+
+
+class Check(_Strict):
+    threshold_name: str
+    metric: str
+    kind: Literal["min", "max"]
+    threshold: float
+    measured: float | None
+    passed: bool
+
+    def line(self) -> str:
+        op = ">=" if self.kind == "min" else "<="
+        shown = "not measured" if self.measured is None else f"{self.measured:g}"
+        verdict = "pass" if self.passed else "FAIL"
+        return f"{self.metric} {shown} {op} {self.threshold:g} ({self.threshold_name}): {verdict}"
+
+
+class GateDecision(_Strict):
+    passed: bool
+    checks: list[Check]
+    gate_version: int
+    overrides: dict[str, float] = Field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def summary(self) -> str:
+        if self.passed:
+            return f"gate v{self.gate_version} passed: " + "; ".join(c.line() for c in self.checks)
+        return f"gate v{self.gate_version} failed: " + "; ".join(c.line() for c in self.failed)
+
+
+def gates_dir() -> Path:
+    if folder := os.environ.get(GATES_VAR):
+        return Path(folder)
+    here = Path(__file__).resolve().parent.parent / "gates"
+    return here if here.is_dir() else Path.cwd() / "gates"
+
+
+def _problems(err: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
+                     for e in err.errors())
+
+
+def load_gate(name_or_path: str | Path) -> Gate:
+    """The gate ``gates/<name>.yaml`` (or the file at a path), validated."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = gates_dir() / f"{name_or_path}.yaml"
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise GateError(f"{path}: cannot read the gate file ({err.strerror}); set {GATES_VAR} "
+                        "to the folder that holds the gate files") from err
+    except yaml.YAMLError as err:
+        raise GateError(f"{path}: not YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise GateError(f"{path}: expected a mapping with version, thresholds and load")
+    try:
+        return Gate.model_validate({**data, "source": str(path)})
+    except ValidationError as err:
+        raise GateError(f"{path}: invalid gate file: {_problems(err)}") from err
+
+
+def with_overrides(gate: Gate, overrides: Mapping[str, Any]) -> Gate:
+    """``gate`` with the thresholds in ``overrides`` replaced (None values are ignored: a DAG
+    param left empty keeps the file's threshold)."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if not given:
+        return gate
+    unknown = sorted(set(given) - set(Thresholds.model_fields))
+    if unknown:
+        raise GateError(f"gate overrides: unknown threshold(s) {unknown}; the thresholds are "
+                        f"{sorted(Thresholds.model_fields)}")
+    try:
+        thresholds = Thresholds.model_validate({**gate.thresholds.model_dump(), **given})
+    except ValidationError as err:
+        raise GateError(f"gate overrides {given}: {_problems(err)}") from err
+    return gate.model_copy(update={"thresholds": thresholds,
+                                   "overrides": {**gate.overrides,
+                                                 **{k: float(v) for k, v in given.items()}}})
+
+
+def evaluate_gate(gate: Gate, measured: Mapping[str, Any]) -> GateDecision:
+    """Check every threshold against its measured number (``min_x`` wants ``measured['x']`` at
+    least the threshold, ``max_x`` at most). A number that was not measured fails its check: a
+    gate cannot pass on what it did not see. Logs each number against its threshold."""
+    checks = []
+    for name, threshold in gate.thresholds.model_dump().items():
+        kind, _, metric = name.partition("_")
+        value = measured.get(metric)
+        number = None if value is None else float(value)
+        passed = number is not None and (number >= threshold if kind == "min"
+                                         else number <= threshold)
+        check = Check(threshold_name=name, metric=metric, kind=kind, threshold=threshold,
+                      measured=number, passed=passed)
+        (log.info if passed else log.warning)("gate check %s", check.line())
+        checks.append(check)
+    decision = GateDecision(passed=all(c.passed for c in checks), checks=checks,
+                            gate_version=gate.version, overrides=gate.overrides)
+    (log.info if decision.passed else log.warning)("%s", decision.summary())
+    return decision
