@@ -20,6 +20,7 @@ from rich.table import Table
 
 from ephemeral.backends import ClusterHandle, get_backend
 from ephemeral.backends.base import ClusterStatus, OwnerSelector, Phase
+from ephemeral.cli.model import model_app
 from ephemeral.errors import ClusterNotFound, EphemeralError, SpecError
 from ephemeral.jobs.results import JobResult
 from ephemeral.lifecycle import DEFAULT_READY_TIMEOUT, provision, teardown
@@ -32,6 +33,7 @@ app = typer.Typer(help="Ephemeral Ray and Spark clusters from versioned specs.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 specs_app = typer.Typer(help="Validate and inspect cluster specs.", no_args_is_help=True)
 app.add_typer(specs_app, name="specs")
+app.add_typer(model_app, name="model")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)

@@ -1,0 +1,216 @@
+"""The model registry on a real MLflow store (the embedded SQLite one under EPHEMERAL_HOME): trials
+logged once, versions registered, the champion alias promoted and rolled back, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from ephemeral import registry
+from ephemeral.cli.main import app
+from ephemeral.registry import RegistryError
+
+
+@pytest.fixture(scope="module")
+def store_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One store for the module: creating MLflow's tables takes seconds."""
+    return tmp_path_factory.mktemp("registry-home")
+
+
+@pytest.fixture
+def home(ephemeral_home: Path, store_home: Path, monkeypatch: pytest.MonkeyPatch
+         ) -> Path:
+    monkeypatch.setenv("EPHEMERAL_HOME", str(store_home))
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", *registry.SECRET_ENV):
+        monkeypatch.delenv(var, raising=False)
+    return store_home
+
+
+def client() -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=registry.tracking_uri(),
+                        registry_uri=registry.tracking_uri())
+
+
+def two_versions(name: str) -> tuple[str, str]:
+    v1 = registry.register(name, model_uri=f"file:///models/{name}/1")
+    v2 = registry.register(name, model_uri=f"file:///models/{name}/2")
+    return v1, v2
+
+
+def test_the_store_is_embedded_under_ephemeral_home_unless_a_server_is_named(
+        ephemeral_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert registry.tracking_uri() == f"sqlite:///{ephemeral_home}/mlflow/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://ci:s3cret@mlflow.example:5000/x")
+    assert registry.tracking_uri() == "https://ci:s3cret@mlflow.example:5000/x"
+    assert registry.display_uri(registry.tracking_uri()) == "https://ci:***@mlflow.example:5000/x"
+    assert registry.display_uri("s3://bucket/m") == "s3://bucket/m"
+
+
+def test_a_trial_is_logged_once_per_run_name(home: Path) -> None:
+    args: dict[str, Any] = {
+        "experiment": "trials", "run_name": "t0", "params": {"lr": 0.1, "layers": 2},
+        "metrics": {"accuracy": 0.91, "f1": 0.88}, "artifact_uri": "file:///models/t0",
+        "tags": {"dag_run": "manual__1"}}
+    run_id = registry.log_trial(**args)
+    assert registry.log_trial(**args) == run_id  # a task retry
+    run = client().get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "t0"
+    assert run.data.params == {"lr": "0.1", "layers": "2"}
+    assert run.data.metrics == {"accuracy": 0.91, "f1": 0.88}
+    assert run.data.tags["ephemeral.artifact_uri"] == "file:///models/t0"
+    assert run.data.tags["dag_run"] == "manual__1"
+    experiment = client().get_experiment_by_name("trials")
+    assert len(client().search_runs([experiment.experiment_id])) == 1
+    # Embedded artifacts stay under EPHEMERAL_HOME, not in ./mlruns of the working directory.
+    assert experiment.artifact_location == (home / "mlflow" / "artifacts").as_uri()
+
+
+def test_a_try_that_died_half_way_is_logged_afresh(home: Path) -> None:
+    registry.log_trial(experiment="dying", run_name="t-seed", params={}, metrics={},
+                       artifact_uri="file:///models/seed")
+    experiment_id = client().get_experiment_by_name("dying").experiment_id
+    dead = client().create_run(experiment_id, run_name="t-dead").info.run_id  # never finished
+    run_id = registry.log_trial(experiment="dying", run_name="t-dead", params={},
+                                metrics={"accuracy": 0.5}, artifact_uri="file:///models/d")
+    assert run_id != dead
+    assert client().get_run(dead).info.lifecycle_stage == "deleted"
+    assert client().get_run(run_id).data.metrics == {"accuracy": 0.5}
+
+
+def test_register_promote_and_roll_back(home: Path) -> None:
+    name = "reg-basic"
+    assert registry.champion(name) is None
+    run_id = registry.log_trial(experiment="reg-basic", run_name="t1", params={},
+                                metrics={"accuracy": 0.9}, artifact_uri="file:///models/b1")
+    v1 = registry.register(name, model_uri="file:///models/b1", run_id=run_id,
+                           metrics={"accuracy": 0.9}, tags={"gate": "passed"})
+    assert registry.register(name, model_uri="file:///models/b1", run_id=run_id) == v1  # retry
+    v2 = registry.register(name, model_uri="s3://bucket/models/b2")
+    assert (v1, v2) == ("1", "2")
+    version = client().get_model_version(name, v1)
+    assert version.run_id == run_id
+    assert version.tags == {"metric.accuracy": "0.9", "gate": "passed"}
+
+    assert registry.promote(name, v1) is None
+    assert registry.promote(name, v2) == v1
+    assert registry.promote(name, v2) == v2  # a retried promotion changes nothing
+    assert registry.champion(name) == v2
+    # What a serving system reads.
+    assert client().get_model_version_by_alias(name, "champion").source == \
+        "s3://bucket/models/b2"
+    shown = registry.describe(name)
+    assert (shown["champion"], shown["previous"], shown["history"]) == (v2, v1, [v1])
+
+    assert registry.rollback(name) == (v2, v1)
+    assert registry.champion(name) == v1
+    assert client().get_model_version_by_alias(name, "champion").source == "file:///models/b1"
+    with pytest.raises(RegistryError, match=r"model 'reg-basic' has no previous champion"):
+        registry.rollback(name)
+    assert registry.champion(name) == v1  # a refused rollback changes nothing
+
+
+def test_rolling_back_twice_goes_two_promotions_back(home: Path) -> None:
+    name = "reg-deep"
+    v1, v2 = two_versions(name)
+    v3 = registry.register(name, model_uri=f"file:///models/{name}/3")
+    for v in (v1, v2, v3):
+        registry.promote(name, v)
+    assert registry.rollback(name) == (v3, v2)
+    assert registry.rollback(name) == (v2, v1)
+    with pytest.raises(RegistryError, match="reg-deep"):
+        registry.rollback(name)
+    # A new promotion after rollbacks: the way back is the champion it replaced.
+    registry.promote(name, v3)
+    assert registry.rollback(name) == (v3, v1)
+
+
+def test_a_deleted_previous_version_is_skipped(home: Path) -> None:
+    name = "reg-deleted"
+    v1, v2 = two_versions(name)
+    v3 = registry.register(name, model_uri=f"file:///models/{name}/3")
+    for v in (v1, v2, v3):
+        registry.promote(name, v)
+    client().delete_model_version(name, v2)
+    assert registry.describe(name)["previous"] == v1
+    assert registry.rollback(name) == (v3, v1)
+
+
+def test_bad_requests_name_the_model(home: Path) -> None:
+    with pytest.raises(RegistryError, match=r"no registered model 'nope'"):
+        registry.rollback("nope")
+    name = "reg-unpromoted"
+    two_versions(name)
+    with pytest.raises(RegistryError, match=r"model 'reg-unpromoted' has no champion"):
+        registry.rollback(name)
+    with pytest.raises(RegistryError, match="reg-unpromoted"):
+        registry.promote(name, "9")
+    assert registry.champion(name) is None
+    with pytest.raises(RegistryError, match="run_name"):
+        registry.log_trial(experiment="x", run_name="it's", params={}, metrics={},
+                           artifact_uri="file:///m")
+
+
+def test_secrets_stay_out_of_the_registry(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "tok-123456")
+    with pytest.raises(RegistryError, match=r"carries a password") as caught:
+        registry.register("reg-secret", model_uri="https://u:hunter2@store.example/m")
+    assert "hunter2" not in str(caught.value)
+    run_id = registry.log_trial(
+        experiment="secrets", run_name="t", metrics={},
+        params={"data": "postgresql://etl:hunter2@db/features", "note": "token tok-123456"},
+        tags={"auth": "Bearer tok-123456"}, artifact_uri="file:///models/s")
+    data = client().get_run(run_id).data
+    stored = json.dumps([data.params, data.tags])
+    assert "hunter2" not in stored
+    assert "tok-123456" not in stored
+    assert data.params["data"] == "postgresql://etl:***@db/features"
+
+
+def test_the_cli_shows_and_rolls_back(home: Path) -> None:
+    name = "reg-cli"
+    v1, v2 = two_versions(name)
+    registry.promote(name, v1)
+    registry.promote(name, v2)
+    runner = CliRunner()
+    shown = runner.invoke(app, ["model", "show", name, "--json"])
+    assert shown.exit_code == 0, shown.output
+    doc = json.loads(shown.stdout)
+    assert (doc["champion"], doc["previous"]) == (v2, v1)
+    assert [v["version"] for v in doc["versions"]] == [v2, v1]
+    assert doc["versions"][0]["aliases"] == ["champion"]
+    assert doc["serving_uri"] == f"models:/{name}@champion"
+
+    # The installed entry point, in its own process.
+    env = {**os.environ, "EPHEMERAL_HOME": str(home)}
+    exe = Path(sys.executable).parent / "ephemeral"
+    done = subprocess.run([str(exe), "model", "rollback", name], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"{name}: champion {v2} -> {v1}" in done.stderr
+    assert registry.champion(name) == v1
+
+    again = runner.invoke(app, ["model", "rollback", name])
+    assert again.exit_code == 1
+    assert f"model {name!r} has no previous champion" in again.stderr
+    human = runner.invoke(app, ["model", "show", name])
+    assert human.exit_code == 0
+    assert f"{name}  champion {v1}  previous -" in human.stdout
+
+
+def test_the_cli_and_the_library_import_without_mlflow() -> None:
+    code = ("import sys, ephemeral.cli.main, ephemeral.registry\n"
+            "print('mlflow' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
