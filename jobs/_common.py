@@ -2,7 +2,9 @@
 not installed, so they depend only on pyarrow (present with Ray Train and pyspark).
 
 Every job ends by printing one line of JSON (artifact and metrics URIs plus a few scalars): the
-submitter reads the last such line as the job's result.
+submitter reads the last such line as the job's result. When the submitter names a file in
+$EPHEMERAL_RESULT_FILE (spark-submit's driver, which runs beside it), the result goes there too,
+and that file is what the submitter reads: the driver's output is merged with the JVM's log lines.
 """
 
 from __future__ import annotations
@@ -63,9 +65,19 @@ def exists(uri: str) -> bool:
 
 
 def emit_result(result: dict[str, Any]) -> None:
-    """The job's last line: what travels to XCom. Keep it small: URIs and scalars only."""
+    """The job's result: what travels to XCom. Keep it small: URIs and scalars only."""
+    line = json.dumps(result, sort_keys=True)
+    target = os.environ.get("EPHEMERAL_RESULT_FILE")
+    if target:  # written whole, then renamed: the submitter never reads half a result
+        with open(f"{target}.tmp", "w") as fh:
+            fh.write(line)
+        os.replace(f"{target}.tmp", target)
+    sys.stderr.flush()
     sys.stdout.flush()
-    print(json.dumps(result, sort_keys=True), flush=True)
+    # One write with its newline: print() writes the text and the newline apart when Python
+    # runs unbuffered (as under spark-submit), and another writer's line can fall in between.
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def fail(message: str, code: int = 2) -> None:

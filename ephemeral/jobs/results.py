@@ -5,9 +5,27 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
+
+from ephemeral.errors import JobError
+
+RESULT_FILE_ENV = "EPHEMERAL_RESULT_FILE"
+"""Where a job writes its result when the submitter gives it a file (spark-submit's driver runs
+here): a channel no other process writes to, unlike the driver's output, which spark-submit
+merges with the JVM's log4j lines (see ``spark_jobs.spark_submit``)."""
+
+
+class ResultUnreadable(JobError):
+    """The job succeeded and declared a result that cannot be read. Pushing ``{}`` instead would
+    only fail its consumers later, with an error that points at them rather than at the job."""
+
+    def __init__(self, job_id: str, why: str, evidence: str = "") -> None:
+        self.job_id = job_id
+        msg = f"job {job_id} succeeded but its result cannot be read: {why}"
+        super().__init__(f"{msg}\n{evidence}" if evidence else msg)
 
 
 class JobStatus(enum.StrEnum):
@@ -39,18 +57,46 @@ class JobResult(BaseModel):
         return self.status is JobStatus.SUCCEEDED
 
 
-def parse_result_line(logs: str) -> dict[str, Any]:
-    """The last line of the logs that is a JSON object: the job's declared result."""
+def parse_result_line(logs: str, job_id: str = "") -> dict[str, Any]:
+    """The job's declared result: the last line of the logs that starts with a JSON object
+    (``{}`` when no line does: the job declared none).
+
+    A result line can share its line with another writer's output when two streams are merged
+    (the object, then a log line that arrived before its newline): the object is still read.
+    A line that starts like a JSON object (``{"``) but is none is a result that was cut or
+    interleaved: that raises ``ResultUnreadable`` rather than passing an earlier line or ``{}``
+    off as the result."""
+    decoder = json.JSONDecoder()
     for line in reversed(logs.splitlines()):
         line = line.strip()
-        if line.startswith("{") and line.endswith("}"):
-            try:
-                value = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(value, dict):
-                return value
+        if not line.startswith("{"):
+            continue
+        try:
+            value, _ = decoder.raw_decode(line)
+        except ValueError as err:
+            if line.startswith('{"'):
+                raise ResultUnreadable(job_id or "?", "its result line is not one JSON object "
+                                       "(cut or interleaved with other output)",
+                                       line[:500]) from err
+            continue
+        if isinstance(value, dict):
+            return value
     return {}
+
+
+def read_result_file(path: Path, job_id: str) -> dict[str, Any] | None:
+    """The result the job wrote to ``path`` (``RESULT_FILE_ENV``), or None when it wrote none."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise ResultUnreadable(job_id, f"its result file is not JSON ({err})", text[:500]) from err
+    if not isinstance(value, dict):
+        raise ResultUnreadable(job_id, "its result file holds no JSON object", text[:500])
+    return value
 
 
 def submission_id(cluster: str, task_key: str, attempt: int) -> str:

@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ephemeral.errors import JobFailed, JobSubmissionFailed, JobTimeout
-from ephemeral.jobs.results import JobResult, JobStatus, parse_result_line
+from ephemeral.jobs.results import (
+    RESULT_FILE_ENV,
+    JobResult,
+    JobStatus,
+    parse_result_line,
+    read_result_file,
+)
 from ephemeral.settings import job_environ
 
 if TYPE_CHECKING:
@@ -66,21 +72,25 @@ def spark_auth_for(handle: ClusterHandle, backend: ClusterBackend) -> SparkAuth:
 
 
 @contextmanager
-def _auth_properties(auth: SparkAuth | None) -> Iterator[list[str]]:
-    """spark-submit arguments that authenticate the driver: a properties file in a private
-    temporary folder (0700, file 0600), removed when the driver has ended."""
-    if auth is None or not auth.secret:
-        yield []
-        return
-    folder = tempfile.mkdtemp(prefix="ephemeral-spark-auth-")
+def _private_dir() -> Iterator[Path]:
+    """A temporary folder only this user can enter (0700), removed with what is in it."""
+    folder = tempfile.mkdtemp(prefix="ephemeral-spark-submit-")
     try:
-        file = Path(folder) / "auth.properties"
-        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f"spark.authenticate=true\nspark.authenticate.secret={auth.secret}\n")
-        yield ["--extra-properties-file", str(file)]
+        yield Path(folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _auth_properties(folder: Path, auth: SparkAuth | None) -> list[str]:
+    """spark-submit arguments that authenticate the driver: a 0600 properties file in
+    ``folder`` (private, removed when the driver has ended)."""
+    if auth is None or not auth.secret:
+        return []
+    file = folder / "auth.properties"
+    fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"spark.authenticate=true\nspark.authenticate.secret={auth.secret}\n")
+    return ["--extra-properties-file", str(file)]
 
 
 def spark_submit_bin() -> str:
@@ -121,8 +131,14 @@ def spark_submit(
         argv += ["--conf", f"{key}={value}"]
     run_env = {k: v for k, v in job_environ().items() if k not in CONNECT_MODE_VARS}
     run_env |= {"PYSPARK_PYTHON": sys.executable, **(env or {})}
-    with _auth_properties(auth) as auth_args:  # removed once the driver ended
-        argv += [*auth_args, application, *args]
+    with _private_dir() as private:  # removed once the driver ended
+        # The driver runs here (client mode): it writes its result to a file of ours. Its
+        # output is no channel for it: spark-submit copies the driver's stdout into the JVM's
+        # in 1 KiB chunks, merged with the JVM's own log4j lines, and Python writes a line and
+        # its newline apart (-u), so a log line can land inside the result line.
+        result_file = private / "result.json"
+        run_env[RESULT_FILE_ENV] = str(result_file)
+        argv += [*_auth_properties(private, auth), application, *args]
         started = time.monotonic()
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, env=run_env, start_new_session=True, bufsize=1)
@@ -152,15 +168,30 @@ def spark_submit(
         except BaseException:
             _kill(proc)  # interrupted: the driver must not outlive its caller
             raise
-        reader.join(timeout=10)
-    job_id = app_id[0] if app_id else f"spark-submit-pid-{proc.pid}"
-    logs = "\n".join(lines)
-    status = JobStatus.SUCCEEDED if code == 0 else JobStatus.FAILED
-    if status is not JobStatus.SUCCEEDED:
-        useful = [line for line in lines if not _SPARK_INFO.match(line)]
-        raise JobFailed(job_id, f"{status.value} (exit code {code})", "\n".join(useful[-40:]))
+        _drain(proc, reader)
+        job_id = app_id[0] if app_id else f"spark-submit-pid-{proc.pid}"
+        status = JobStatus.SUCCEEDED if code == 0 else JobStatus.FAILED
+        if status is not JobStatus.SUCCEEDED:
+            useful = [line for line in lines if not _SPARK_INFO.match(line)]
+            raise JobFailed(job_id, f"{status.value} (exit code {code})", "\n".join(useful[-40:]))
+        result = read_result_file(result_file, job_id)
+    if result is None:  # an application that does not use the channel: its last JSON line
+        result = parse_result_line("\n".join(lines), job_id)
     return JobResult(job_id=job_id, cluster=cluster, engine="spark", status=status,
-                     seconds=round(time.monotonic() - started, 3), result=parse_result_line(logs))
+                     seconds=round(time.monotonic() - started, 3), result=result)
+
+
+def _drain(proc: subprocess.Popen[str], reader: threading.Thread) -> None:
+    """Read the driver's output to its end. A process the driver left in its session can hold
+    the pipe open: once the driver has exited, its leftovers are stopped rather than the read
+    cut short (a cut read loses the last lines, the ones that say how the job ended)."""
+    reader.join(timeout=10)
+    if reader.is_alive():
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        reader.join(timeout=10)
 
 
 def _kill(proc: subprocess.Popen[str]) -> None:
