@@ -361,7 +361,7 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
         seconds = ((info.end_time or 0) - (info.start_time or 0)) / 1000
         result = JobResult(job_id=jid, cluster=h.name, engine="ray",
                            status=JobStatus.SUCCEEDED, seconds=round(seconds, 3),
-                           result=parse_result_line(logs))
+                           result=parse_result_line(logs, jid))
         self.log.info("Ray job %s succeeded: %s", jid, result.result)
         return result.model_dump(mode="json")
 
