@@ -1,13 +1,16 @@
 """Build the training dataset (Parquet) from raw events, behind a data-quality gate.
 
-    spark-submit etl_features.py --run RUN [--input URI] [--rows N]
+    spark-submit etl_features.py --run RUN [--input URI] [--rows N] [--drift SHIFT]
 
 Raw input is a Parquet or CSV dataset with the columns of RAW_SCHEMA; without --input it is
-generated deterministically (the same rows whatever the partitioning). The quality gate fails
-the job, before anything is written, when the input is empty, has nulls in a required column,
-or its schema drifted (a column missing or of another type). The output has the columns
-x0..x7 (standardised features) and label, and lands in <artifact root>/<run>/features/, split
-by a hash of the row id into train/ (80%) and validation/ (20%).
+generated deterministically (the same rows whatever the partitioning); --drift SHIFT moves a
+segment of the generated rows (30%, chosen by a hash of the id) by SHIFT standard units of each
+feature: a new population, which the per-batch standardisation does not hide (the drift check
+and its tests use it). The quality gate fails the job, before anything is written, when the
+input is empty, has nulls in a required column, or its schema drifted (a column missing or of
+another type). The output has the columns x0..x7 (standardised features) and label, and lands
+in <artifact root>/<run>/features/, split by a hash of the row id into train/ (80%) and
+validation/ (20%).
 """
 
 from __future__ import annotations
@@ -32,16 +35,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", default=None, help="default: <root>/<run>/features")
     p.add_argument("--rows", type=int, default=20000)
     p.add_argument("--partitions", type=int, default=8)
+    p.add_argument("--drift", type=float, default=0.0,
+                   help="generated data only: shift 30%% of the rows by this many units")
     return p.parse_args(argv)
 
 
-def generate(spark: Any, rows: int, partitions: int) -> Any:
+def generate(spark: Any, rows: int, partitions: int, drift: float = 0.0) -> Any:
     from pyspark.sql import functions as F
 
     df = spark.range(0, rows, numPartitions=partitions)
+    shifted = F.abs(F.xxhash64("id", F.lit("drift"))) % 10 < 3
     # Deterministic pseudo-random features from the row id (no rand(): it depends on partitioning).
     for i, f in enumerate(FEATURES):
-        df = df.withColumn(f, F.sin(F.col("id") * (0.7 + 0.37 * i)) * (1 + i % 3))
+        value = F.sin(F.col("id") * (0.7 + 0.37 * i)) * (1 + i % 3)
+        if drift:
+            value = value + F.when(shifted, drift * (1 + i % 3)).otherwise(0.0)
+        df = df.withColumn(f, value)
     score = sum(F.col(f) * (i - 3.5) / 4 for i, f in enumerate(FEATURES))
     return df.withColumn("label", (score > 0).cast("int"))
 
@@ -84,12 +93,14 @@ def main(argv: list[str] | None = None) -> None:
     from pyspark.sql import functions as F
 
     args = parse_args(argv)
+    if args.input and args.drift:
+        fail("--drift shifts generated data only; it cannot be given with --input")
     root = to_uri(args.artifact_root) if args.artifact_root else default_root()
     output = to_uri(args.output) if args.output else join(root, args.run, "features")
     spark = SparkSession.builder.appName(f"etl-features-{args.run}").getOrCreate()
     try:
         raw = read_raw(spark, to_uri(args.input)) if args.input else generate(
-            spark, args.rows, args.partitions)
+            spark, args.rows, args.partitions, args.drift)
         problems = quality_problems(raw)
         if problems:
             fail("data quality check failed: " + "; ".join(problems))
@@ -110,7 +121,8 @@ def main(argv: list[str] | None = None) -> None:
         positives = written.where("label = 1").count()
         report = {"rows": rows, "validation_rows": validation_rows,
                   "positive_share": round(positives / rows, 4),
-                  "columns": [c for c, _ in written.dtypes], "input": args.input or "generated"}
+                  "columns": [c for c, _ in written.dtypes], "input": args.input or "generated",
+                  "drift": args.drift}
         metrics_uri = join(output, "_quality.json")
         write_json(metrics_uri, report)
         emit_result({"artifact_uri": join(output, "train"),

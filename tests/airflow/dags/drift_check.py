@@ -1,0 +1,1 @@
+../../../dags/drift_check.py

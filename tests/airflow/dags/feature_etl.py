@@ -1,0 +1,1 @@
+../../../dags/feature_etl.py
