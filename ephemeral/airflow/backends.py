@@ -1,17 +1,30 @@
-"""Which backend an Airflow task uses: by name, or the Kubernetes backend of an Airflow
-connection. Tasks and triggers pass the connection id around, never its credentials: the
-triggerer looks the connection up again itself."""
+"""Which backend an Airflow task uses, and as which deployment instance: by name, through an
+``ephemeral`` connection (backend, namespace, instance, the Kubernetes connection to use), or
+through a ``kubernetes`` connection, which the cncf-kubernetes provider's ``KubernetesHook``
+reads (one parser of its fields: the provider's). Tasks and triggers pass connection ids
+around, never credentials: the triggerer looks the connection up again itself."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import re
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ephemeral.backends import get_backend
 from ephemeral.errors import BackendUnavailable
+from ephemeral.specs.identity import current_instance, label_value
 
 if TYPE_CHECKING:
     from ephemeral.backends import ClusterBackend
+    from ephemeral.backends.kubernetes import KubeConfig
 
+CONN_TYPE = "ephemeral"
+KUBERNETES_CONN_TYPE = "kubernetes"
+BACKENDS = ("local", "kubernetes")
+PROVIDER_MISSING = (
+    "kubernetes connections are read by the cncf-kubernetes provider, which is not installed: "
+    "pip install 'ephemeral[kubernetes]' (apache-airflow-providers-cncf-kubernetes)")
 
 # Settings a kubernetes connection has no field for, in its extras under this prefix: how cluster
 # URLs are built when Airflow runs outside the cluster, and who the clusters' NetworkPolicies
@@ -20,26 +33,153 @@ OUR_PREFIX = "ephemeral_"
 OUR_FIELDS = {"endpoint_mode", "ingress_url_template", "http_check", "cluster_domain",
               "proxy_link_base", "client_selector", "client_cidrs", "spark_mode",
               "spark_service_account"}
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# The provider's hook loads a kubeconfig into the kubernetes client's process-wide default
+# configuration and copies it into the ApiClient it returns: two loads at once (triggers resolve
+# connections in threads) could mix two connections' credentials.
+_HOOK_LOCK = threading.Lock()
 
 
-def task_backend(name: str | None, kubernetes_conn_id: str | None = None) -> ClusterBackend:
-    """``get_backend(name)``, or with ``kubernetes_conn_id`` a Kubernetes backend configured from
-    that connection's extras: the cncf-kubernetes provider's field names (``in_cluster``,
-    ``kube_config_path``, ``kube_config``, ``namespace``, ``cluster_context``), plus
-    ``ephemeral_endpoint_mode`` (``auto``, ``dns``, ``proxy``, ``ingress``),
-    ``ephemeral_ingress_url_template``, ``ephemeral_proxy_link_base``, ``ephemeral_http_check``,
-    ``ephemeral_cluster_domain``, ``ephemeral_client_selector``, ``ephemeral_client_cidrs``,
-    ``ephemeral_spark_mode`` and ``ephemeral_spark_service_account``."""
-    if not kubernetes_conn_id:
-        return get_backend(name)
-    if name not in (None, "kubernetes"):
-        raise BackendUnavailable(f"kubernetes_conn_id={kubernetes_conn_id!r} is set but backend "
-                                 f"is {name!r}: drop one of them")
+@dataclass(frozen=True)
+class EphemeralConnection:
+    """The fields of an ``ephemeral`` connection, kept in its extras (the connection form's
+    widgets write them there)."""
+
+    conn_id: str
+    backend: str | None = None
+    namespace: str | None = None
+    instance: str | None = None
+    kubernetes_conn_id: str | None = None
+
+    FIELDS = ("backend", "namespace", "instance", "kubernetes_conn_id")
+
+    @classmethod
+    def from_extra(cls, conn_id: str, extra: dict[str, Any]) -> EphemeralConnection:
+        # Forms of Airflow before 2.3 wrote extras as extra__<type>__<field>; accept both.
+        legacy = f"extra__{CONN_TYPE}__"
+        fields = {k.removeprefix(legacy): v for k, v in extra.items()}
+        unknown = sorted(set(fields) - set(cls.FIELDS))
+        if unknown:
+            raise BackendUnavailable(f"connection {conn_id!r}: unknown field "
+                                     f"{', '.join(unknown)}; known: {', '.join(cls.FIELDS)}")
+        values: dict[str, str | None] = {}
+        for name in cls.FIELDS:
+            value = fields.get(name)
+            if value is not None and not isinstance(value, str):
+                raise BackendUnavailable(f"connection {conn_id!r}: {name} must be text, got "
+                                         f"{type(value).__name__}")
+            values[name] = (value.strip() or None) if value else None
+        conn = cls(conn_id=conn_id, **values)
+        conn.check()
+        return conn
+
+    def check(self) -> None:
+        where = f"connection {self.conn_id!r}"
+        if self.backend is not None and self.backend not in BACKENDS:
+            raise BackendUnavailable(f"{where}: backend {self.backend!r} is not one of "
+                                     f"{', '.join(BACKENDS)}")
+        if self.backend == "local" and (self.namespace or self.kubernetes_conn_id):
+            raise BackendUnavailable(f"{where}: namespace and kubernetes_conn_id are for the "
+                                     "kubernetes backend; clear them or set backend kubernetes")
+        if self.namespace is not None and not _NAMESPACE.match(self.namespace):
+            raise BackendUnavailable(f"{where}: namespace {self.namespace!r} is not a "
+                                     "Kubernetes namespace name (lowercase letters, digits, "
+                                     "'-', at most 63)")
+        if self.instance is not None and label_value(self.instance) != self.instance:
+            raise BackendUnavailable(f"{where}: instance {self.instance!r} must be a Kubernetes "
+                                     "label value (at most 63 letters, digits, '-', '_', '.')")
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a task reaches: the backend, the deployment instance whose clusters it makes and
+    finds, and the connection id its handles record so that the teardown and the triggerer
+    resolve the same backend again (None: the backend by name)."""
+
+    backend: ClusterBackend
+    instance: str
+    connection: str | None
+
+
+def resolve(backend: str | None = None, conn_id: str | None = None,
+            kubernetes_conn_id: str | None = None) -> Target:
+    """The target of a task given its ``backend``, ``conn_id`` (an ``ephemeral`` connection, or
+    a ``kubernetes`` one) and ``kubernetes_conn_id``. Settings given twice must agree."""
+    eph: EphemeralConnection | None = None
+    if conn_id:
+        conn = _connection(conn_id)
+        if conn.conn_type == KUBERNETES_CONN_TYPE:
+            if kubernetes_conn_id and kubernetes_conn_id != conn_id:
+                raise BackendUnavailable(f"conn_id {conn_id!r} and kubernetes_conn_id "
+                                         f"{kubernetes_conn_id!r} are two kubernetes "
+                                         "connections: give one")
+            kubernetes_conn_id = conn_id
+        elif conn.conn_type == CONN_TYPE:
+            eph = EphemeralConnection.from_extra(conn_id, conn.extra_dejson)
+        else:
+            raise BackendUnavailable(f"connection {conn_id!r} is of type {conn.conn_type!r}; "
+                                     f"conn_id takes an {CONN_TYPE!r} (or a "
+                                     f"{KUBERNETES_CONN_TYPE!r}) connection")
+    namespace = None
+    instance = current_instance()
+    recorded = kubernetes_conn_id
+    if eph is not None:
+        if backend and eph.backend and backend != eph.backend:
+            raise BackendUnavailable(f"backend {backend!r} but connection {eph.conn_id!r} says "
+                                     f"{eph.backend!r}: drop one of them")
+        if kubernetes_conn_id and eph.kubernetes_conn_id and (
+                kubernetes_conn_id != eph.kubernetes_conn_id):
+            raise BackendUnavailable(f"kubernetes_conn_id {kubernetes_conn_id!r} but connection "
+                                     f"{eph.conn_id!r} uses {eph.kubernetes_conn_id!r}: drop "
+                                     "one of them")
+        backend = backend or eph.backend
+        kubernetes_conn_id = eph.kubernetes_conn_id or kubernetes_conn_id
+        namespace = eph.namespace
+        instance = eph.instance or instance
+        recorded = eph.conn_id
+    if kubernetes_conn_id or namespace:
+        if backend not in (None, "kubernetes"):
+            what = (f"kubernetes_conn_id={kubernetes_conn_id!r}" if kubernetes_conn_id
+                    else f"namespace {namespace!r}")
+            raise BackendUnavailable(f"{what} is set but backend is {backend!r}: drop one of "
+                                     "them")
+        return Target(kubernetes_backend(kubernetes_conn_id, namespace), instance, recorded)
+    return Target(get_backend(backend), instance, recorded)
+
+
+def task_backend(name: str | None, connection: str | None = None) -> ClusterBackend:
+    """The backend of ``resolve(name, connection)``: ``connection`` is what a handle records,
+    an ``ephemeral`` or a ``kubernetes`` connection id."""
+    return resolve(name, connection).backend
+
+
+def _connection(conn_id: str) -> Any:
     from airflow.sdk import BaseHook
 
-    from ephemeral.backends.kubernetes import KubeConfig, KubernetesBackend
+    return BaseHook.get_connection(conn_id)
 
-    extra = BaseHook.get_connection(kubernetes_conn_id).extra_dejson
+
+def kubernetes_backend(kubernetes_conn_id: str | None, namespace: str | None = None
+                       ) -> ClusterBackend:
+    """A Kubernetes backend through a ``kubernetes`` connection (the provider's
+    ``KubernetesHook`` makes the API client: ``in_cluster``, ``kube_config_path``,
+    ``kube_config``, ``cluster_context``, ``disable_verify_ssl``...), with our settings from its
+    ``ephemeral_*`` extras; without a connection, from ``EPHEMERAL_K8S_*``. ``namespace``
+    (an ``ephemeral`` connection's) wins over the connection's own."""
+    from ephemeral.backends.kubernetes import KubeConfig, KubernetesBackend
+    from ephemeral.backends.kubernetes.client import KubeClient
+
+    if not kubernetes_conn_id:
+        config = KubeConfig.from_env()
+        if namespace:
+            config = config.model_copy(update={"namespace": namespace})
+        return KubernetesBackend(config)
+    try:
+        from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+    except ImportError as err:
+        raise BackendUnavailable(PROVIDER_MISSING) from err
+    hook = KubernetesHook(conn_id=kubernetes_conn_id)
+    extra: dict[str, Any] = hook.conn_extras
     ours = {k.removeprefix(OUR_PREFIX): v for k, v in extra.items() if k.startswith(OUR_PREFIX)}
     unknown = sorted(set(ours) - OUR_FIELDS)
     if unknown:
@@ -47,4 +187,38 @@ def task_backend(name: str | None, kubernetes_conn_id: str | None = None) -> Clu
             f"connection {kubernetes_conn_id!r}: unknown extra "
             f"{', '.join(OUR_PREFIX + k for k in unknown)}; known: "
             f"{', '.join(OUR_PREFIX + k for k in sorted(OUR_FIELDS))}")
-    return KubernetesBackend(KubeConfig.from_connection_fields(extra, **ours))
+    api = _api_client(hook, kubernetes_conn_id, secret_content=bool(
+        extra.get("kube_config") or extra.get("extra__kubernetes__kube_config")))
+    config = _config(kubernetes_conn_id, {
+        "in_cluster": bool(hook.is_in_cluster),
+        "namespace": namespace or hook.get_namespace() or "default",
+        "verify_ssl": bool(api.configuration.verify_ssl), **ours})
+    return KubernetesBackend(config, client=KubeClient(config, api))
+
+
+def _api_client(hook: Any, conn_id: str, *, secret_content: bool) -> Any:
+    try:
+        with _HOOK_LOCK:
+            return hook.get_conn()
+    except Exception as err:  # the loaders raise many types; all mean "cannot load"
+        if secret_content:  # the loaders' messages can quote a kubeconfig's content
+            raise BackendUnavailable(f"connection {conn_id!r}: cannot load Kubernetes "
+                                     f"credentials from its kube_config ({type(err).__name__})"
+                                     ) from None
+        raise BackendUnavailable(f"connection {conn_id!r}: cannot load Kubernetes credentials: "
+                                 f"{err}") from err
+
+
+def _config(conn_id: str, fields: dict[str, Any]) -> KubeConfig:
+    from pydantic import ValidationError
+
+    from ephemeral.backends.kubernetes import KubeConfig
+
+    try:
+        return KubeConfig(**fields)
+    except ValidationError as exc:
+        # Field names only: pydantic would echo the values.
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}"
+                             for e in exc.errors(include_input=False))
+        raise BackendUnavailable(f"connection {conn_id!r}: invalid settings: {problems}") \
+            from None

@@ -37,6 +37,7 @@ Validator = Callable[[dict[str, Any]], list[str]]
 NOT_INSTALLED = "the server could not find the requested resource"
 PROXY = re.compile(r"/api/v1/namespaces/(?P<ns>[^/]+)/services/(?P<svc>[^/:]+)(:(?P<port>[^/]+))?"
                    r"/proxy(?P<rest>/.*)?")
+ACCESS_REVIEW = re.compile(r"/apis/authorization\.k8s\.io/v1/selfsubjectaccessreviews/?")
 
 
 def status(code: int, reason: str, message: str, **details: Any) -> kmock.Response:
@@ -52,6 +53,7 @@ class _Handler(kmock.KubernetesScaffold):
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.fallback[PROXY] << self.api.serve_proxy  # before the verbs: a proxied GET is no get
+        self.fallback[ACCESS_REVIEW] << self.api.serve_access_review
         self.fallback[kmock.action.LIST] << self.api.serve
         self.fallback[kmock.action.FETCH] << self.api.serve
         self.fallback[kmock.action.CREATE] << self.api.serve
@@ -74,6 +76,8 @@ class ApiServer:
         self.forbidden: set[tuple[str, str]] = set()
         self.failures: dict[tuple[str, str], list[tuple[int, str, str]]] = {}
         self.calls: list[tuple[str, str, dict[str, str], bytes]] = []
+        self.reviews: list[tuple[str, str, str]] = []
+        """The (verb, resource, namespace) of each SelfSubjectAccessReview asked."""
         self.dashboards = Dashboards(self.store)
         """What the Services behind the proxy answer (share it with ``WebEndpoints``)."""
         self._handler = _Handler(api=self)
@@ -196,6 +200,34 @@ class ApiServer:
             return kmock.Response(status=code, headers={"Content-Type": "text/plain"},
                                   payload=answer.encode())
         return kmock.Response(status=code, payload=answer)
+
+    # -- access reviews ------------------------------------------------------------------------
+
+    def serve_access_review(self, request: kmock.Request) -> kmock.Response:
+        """``SelfSubjectAccessReview`` (cluster-scoped, create only): allowed unless the test
+        forbade the (verb, resource) with ``forbid``, the same table that answers 403."""
+        self.calls.append((request.method.value, str(request.url.path_qs),
+                           dict(request.headers), request.body))
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return status(401, "Unauthorized", "Unauthorized")
+        if request.method.value.upper() != "POST":
+            return status(405, "MethodNotAllowed", "access reviews are created only")
+        body = request.data
+        attrs = (body.get("spec") or {}).get("resourceAttributes") if isinstance(body, dict) \
+            else None
+        if not isinstance(body, dict) or (body.get("apiVersion"), body.get("kind")) != (
+                "authorization.k8s.io/v1", "SelfSubjectAccessReview") or not attrs:
+            return status(400, "BadRequest", "expected a SelfSubjectAccessReview with "
+                          "spec.resourceAttributes")
+        resource = attrs.get("resource", "") + (f"/{attrs['subresource']}"
+                                                if attrs.get("subresource") else "")
+        verb = attrs.get("verb", "")
+        self.reviews.append((verb, resource, attrs.get("namespace", "")))
+        allowed = (verb, resource) not in self.forbidden
+        # As kube-apiserver answers: a reason when RBAC allows, none when nothing does.
+        answer = {"allowed": True, "reason": 'RBAC: allowed by RoleBinding "mock"'} \
+            if allowed else {"allowed": False}
+        return kmock.Response(status=201, payload={**body, "metadata": {}, "status": answer})
 
     # -- the API -------------------------------------------------------------------------------
 
