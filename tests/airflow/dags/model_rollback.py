@@ -1,0 +1,1 @@
+../../../dags/model_rollback.py
