@@ -24,11 +24,11 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from ephemeral.backends.base import ClusterHandle
+from ephemeral.settings import setting
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +56,12 @@ def configured_notifier(env: Mapping[str, str] | None = None
                         ) -> Callable[[dict[str, Any]], None] | None:
     """A function that sends one notification with the configured notifier, or None when
     ``$EPHEMERAL_NOTIFIER`` is unset. Bad settings fail here, when a DAG is parsed."""
-    env = os.environ if env is None else env
-    path = env.get(NOTIFIER_VAR)
+    path = setting("notifier", env)
     if not path:
         return None
     target = _load(path)
     try:
-        kwargs = json.loads(env.get(KWARGS_VAR) or "{}")
+        kwargs = json.loads(setting("notifier_kwargs", env) or "{}")
     except ValueError as err:
         raise NotifierError(f"{KWARGS_VAR}: not JSON: {err}") from err
     if not isinstance(kwargs, dict):
@@ -87,7 +86,7 @@ def _send(send: Callable[[dict[str, Any]], None], context: dict[str, Any]) -> No
     try:
         send(context)
     except Exception:  # a failing notifier must not turn into another failure
-        log.exception("the notifier %s failed", os.environ.get(NOTIFIER_VAR))
+        log.exception("the notifier %s failed", setting("notifier"))
 
 
 def failure_callbacks() -> list[Callable[[Any], None]]:

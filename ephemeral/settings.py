@@ -1,19 +1,93 @@
-"""Process-wide settings, read from the environment once per call site that asks.
+"""Process-wide settings, read once per call site that asks.
 
-Everything has a default that works on a fresh machine; nothing here is a secret.
+One precedence rule for every setting ``x`` declared in ``ephemeral.config_section``: the
+environment variable ``EPHEMERAL_<X>``, else Airflow's ``[ephemeral] x``, else the declared
+default. Everything has a default that works on a fresh machine.
 """
 
 from __future__ import annotations
 
+import configparser
+import functools
 import hashlib
 import os
 import re
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
+from ephemeral.config_section import BY_KEY, SECTION
 from ephemeral.errors import SpecError
 
 INSTANCE_VARS = ("EPHEMERAL_INSTANCE", "AIRFLOW__EPHEMERAL__INSTANCE")
+
+
+class Found(NamedTuple):
+    value: str | None
+    source: str
+    """Where the value came from, for error messages: ``EPHEMERAL_<X>``, ``[ephemeral] x`` or
+    ``default``."""
+
+
+def lookup(key: str, env: Mapping[str, str] | None = None) -> Found:
+    """Setting ``key`` with where it came from. ``env`` stands in for the process environment
+    (tests, a child's environment); then Airflow's configuration counts only as its
+    ``AIRFLOW__EPHEMERAL__X`` variables in ``env``. Empty values count as unset."""
+    option = BY_KEY[key]  # KeyError: every setting read is declared (docs and provider info)
+    environ = os.environ if env is None else env
+    if value := environ.get(option.env_var):
+        return Found(value, option.env_var)
+    where = f"[{SECTION}] {key}"
+    if value := environ.get(option.airflow_env_var):
+        return Found(value, where)
+    # Airflow answers the declared default for an option it has no value of: that is ours.
+    if env is None and (value := _airflow_option(key)) and value != option.default:
+        return Found(value, where)
+    return Found(option.default, "default")
+
+
+def setting(key: str, env: Mapping[str, str] | None = None) -> str | None:
+    """``$EPHEMERAL_<KEY>``, else Airflow's ``[ephemeral] <key>``, else the declared default."""
+    return lookup(key, env).value
+
+
+def _airflow_option(key: str) -> str | None:
+    """``[ephemeral] key`` from Airflow's configuration. Inside an Airflow process (its
+    configuration already loaded) Airflow answers, with its secrets backends and ``_cmd``
+    variants; elsewhere (the ``ephemeral`` CLI) ``airflow.cfg`` is read directly: importing
+    Airflow costs seconds."""
+    for name in ("airflow.configuration", "airflow.sdk.configuration"):
+        if (module := sys.modules.get(name)) is not None:
+            value = module.conf.get(SECTION, key, fallback=None)
+            return str(value) if value not in (None, "") else None
+    return _airflow_cfg(_airflow_cfg_path()).get(key) or None
+
+
+def _airflow_cfg_path() -> Path:
+    if path := os.environ.get("AIRFLOW_CONFIG"):
+        return Path(path).expanduser()
+    return Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow").expanduser() \
+        / "airflow.cfg"
+
+
+def _airflow_cfg(path: Path) -> dict[str, str]:
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        return {}
+    return _read_section(path, stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_section(path: Path, _stamp: int) -> dict[str, str]:
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    try:
+        parser.read(path)
+    except configparser.Error:  # Airflow itself reports a broken airflow.cfg
+        return {}
+    return dict(parser[SECTION]) if parser.has_section(SECTION) else {}
 _INSTANCE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
 
 
@@ -59,40 +133,40 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
-        env = os.environ
-        home = Path(env.get("EPHEMERAL_HOME") or Path.home() / ".ephemeral").expanduser()
-        specs = Path(env["EPHEMERAL_SPECS_DIR"]) if env.get("EPHEMERAL_SPECS_DIR") else None
+        home = Path(setting("home") or Path.home() / ".ephemeral").expanduser()
+        specs, jobs = setting("specs_dir"), setting("jobs_dir")
+        instance = lookup("instance")
         return cls(
             home=home,
-            specs_dir=specs or _default_specs_dir(),
-            backend=env.get("EPHEMERAL_BACKEND", "local"),
-            default_ttl_seconds=int(env.get("EPHEMERAL_DEFAULT_TTL", "21600")),
-            artifact_root=as_uri(env.get("EPHEMERAL_ARTIFACT_ROOT") or str(home / "artifacts")),
-            instance=instance_of(env),
-            instance_explicit=any(env.get(v) for v in INSTANCE_VARS),
-            jobs_dir=Path(env["EPHEMERAL_JOBS_DIR"]) if env.get("EPHEMERAL_JOBS_DIR")
-            else _default_dir("jobs"),
-            pip_allow=env.get("EPHEMERAL_PIP_ALLOW") or None,
-            adhoc_max_workers=_count(env, "EPHEMERAL_ADHOC_MAX_WORKERS"),
-            adhoc_max_gpus=_count(env, "EPHEMERAL_ADHOC_MAX_GPUS"),
+            specs_dir=Path(specs) if specs else _default_specs_dir(),
+            backend=setting("backend") or "local",
+            default_ttl_seconds=count("default_ttl") or 0,
+            artifact_root=as_uri(setting("artifact_root") or str(home / "artifacts")),
+            instance=instance_of(),
+            instance_explicit=instance.source != "default",
+            jobs_dir=Path(jobs) if jobs else _default_dir("jobs"),
+            pip_allow=setting("pip_allow"),
+            adhoc_max_workers=count("adhoc_max_workers"),
+            adhoc_max_gpus=count("adhoc_max_gpus"),
         )
 
 
-def instance_of(env: os._Environ[str] | dict[str, str]) -> str:
-    """This deployment's instance id: ``$EPHEMERAL_INSTANCE`` (or ``[ephemeral] instance`` as
-    ``AIRFLOW__EPHEMERAL__INSTANCE``) when set, else ``h`` and 10 hex digits of a hash of the
-    resolved ``$AIRFLOW_HOME`` (``~/airflow`` when unset). The derived value is stable for one
-    Airflow home and differs between homes; every Airflow component of one deployment shares
-    its home. Containers all use ``/opt/airflow``, so the Kubernetes backend asks for an
-    explicit instance."""
-    for var in INSTANCE_VARS:
-        if value := env.get(var):
-            if not _INSTANCE.match(value):
-                raise SpecError(var, [(var, f"{value!r} must be 1-40 characters of lower-case "
-                                            "letters, digits and '-', starting and ending "
-                                            "alphanumeric, e.g. 'staging' or 'prod-eu'")])
-            return value
-    home = Path(env.get("AIRFLOW_HOME") or Path.home() / "airflow").expanduser().resolve()
+def instance_of(env: Mapping[str, str] | None = None) -> str:
+    """This deployment's instance id: ``$EPHEMERAL_INSTANCE`` or Airflow's ``[ephemeral]
+    instance`` when set, else ``h`` and 10 hex digits of a hash of the resolved
+    ``$AIRFLOW_HOME`` (``~/airflow`` when unset). The derived value is stable for one Airflow
+    home and differs between homes; every Airflow component of one deployment shares its home.
+    Containers all use ``/opt/airflow``, so the Kubernetes backend asks for an explicit
+    instance. ``env`` stands in for the process environment (see ``lookup``)."""
+    found = lookup("instance", None if env is os.environ else env)
+    if found.value:
+        if not _INSTANCE.match(found.value):
+            raise SpecError(found.source, [(found.source, (
+                f"{found.value!r} must be 1-40 characters of lower-case letters, digits and "
+                "'-', starting and ending alphanumeric, e.g. 'staging' or 'prod-eu'"))])
+        return found.value
+    environ = os.environ if env is None else env
+    home = Path(environ.get("AIRFLOW_HOME") or Path.home() / "airflow").expanduser().resolve()
     return "h" + hashlib.sha256(str(home).encode()).hexdigest()[:10]
 
 
@@ -102,13 +176,27 @@ def _default_dir(name: str) -> Path:
     return here if here.is_dir() else Path.cwd() / name
 
 
-def _count(env: os._Environ[str] | dict[str, str], var: str) -> int | None:
-    text = env.get(var)
-    if not text:
+def count(key: str, env: Mapping[str, str] | None = None) -> int | None:
+    """Setting ``key`` as a whole number of 0 or more (None when unset)."""
+    found = lookup(key, env)
+    if not found.value:
         return None
-    if not text.isdigit():
-        raise SpecError(var, [(var, f"{text!r} is not a whole number of 0 or more")])
-    return int(text)
+    if not found.value.strip().isdigit():
+        raise SpecError(found.source, [(found.source, f"{found.value!r} is not a whole number "
+                                                      "of 0 or more")])
+    return int(found.value)
+
+
+def number(key: str, env: Mapping[str, str] | None = None) -> float | None:
+    """Setting ``key`` as a number (None when unset); a bad value fails naming its source."""
+    found = lookup(key, env)
+    if not found.value:
+        return None
+    try:
+        return float(found.value)
+    except ValueError:
+        raise SpecError(found.source, [(found.source, f"{found.value!r} is not a number")]) \
+            from None
 
 
 def as_uri(path_or_uri: str) -> str:
@@ -142,7 +230,8 @@ def job_env_allowed(name: str, extra: tuple[str, ...] = ()) -> bool:
 def job_environ() -> dict[str, str]:
     """The environment of every process the local backend starts (nodes, Ray jobs through
     them, spark-submit drivers): this process's variables named in ``JOB_ENV_ALLOW``, plus the
-    names a deployment adds in ``$EPHEMERAL_JOB_ENV_ALLOW`` (comma-separated, ``PREFIX_*``
+    names a deployment adds in ``$EPHEMERAL_JOB_ENV_ALLOW`` or ``[ephemeral] job_env_allow``
+    (comma-separated, ``PREFIX_*``
     allowed; e.g. ``AWS_REGION,AWS_PROFILE`` for an s3:// artifact root; names starting with
     ``AIRFLOW`` or ``EPHEMERAL_`` are never inherited), plus ``EPHEMERAL_ARTIFACT_ROOT`` as this
     process resolves it.
@@ -150,8 +239,7 @@ def job_environ() -> dict[str, str]:
     Nothing else passes: not Airflow's settings, not ``EPHEMERAL_KUBECONFIG_CONTENT``, not an
     unprefixed secret. What a job needs beyond this it declares (a spec's ``runtimeEnv.env``,
     a job's ``runtime_env``), and callers add the cluster's own markers themselves."""
-    extra = tuple(n.strip() for n in os.environ.get(JOB_ENV_ALLOW_VAR, "").split(",")
-                  if n.strip())
+    extra = tuple(n.strip() for n in (setting("job_env_allow") or "").split(",") if n.strip())
     env = {k: v for k, v in os.environ.items() if job_env_allowed(k, extra)}
     env["EPHEMERAL_ARTIFACT_ROOT"] = get_settings().artifact_root
     return env

@@ -24,10 +24,11 @@ exists the scheduler does not schedule the trials (it logs "Tasks using non-exis
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
+
+from ephemeral.settings import setting
 
 PARAMS_VAR = "EPHEMERAL_PARAMS_DIR"
 POOL_VAR = "EPHEMERAL_GPU_POOL"
@@ -44,14 +45,14 @@ class TrialFileError(ValueError):
 
 
 def params_dir() -> Path:
-    if folder := os.environ.get(PARAMS_VAR):
+    if folder := setting("params_dir"):
         return Path(folder)
     here = Path(__file__).resolve().parent.parent / "params"
     return here if here.is_dir() else Path.cwd() / "params"
 
 
 def gpu_pool() -> str:
-    return os.environ.get(POOL_VAR) or DEFAULT_POOL
+    return setting("gpu_pool") or DEFAULT_POOL
 
 
 def load_trials(sweep: str, folder: Path | None = None) -> list[tuple[str, dict[str, Any]]]:

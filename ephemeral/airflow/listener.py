@@ -23,7 +23,6 @@ backend or connection are left to their teardown and the reaper.
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 from airflow.listeners import hookimpl
 
 from ephemeral.airflow.run_end import configured_backend, run_selector
+from ephemeral.settings import setting
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +45,13 @@ LOG_NAME = "run-end.log"
 def _is_local() -> bool:
     from ephemeral.settings import get_settings
 
-    return not os.environ.get("EPHEMERAL_KUBERNETES_CONN_ID") and \
+    return not setting("kubernetes_conn_id") and \
         get_settings().backend == "local"
 
 
 def _linger() -> float:
     try:
-        return max(0.0, float(os.environ.get(LINGER_ENV, DEFAULT_LINGER)))
+        return max(0.0, float(setting("run_end_linger") or DEFAULT_LINGER))
     except ValueError:
         return DEFAULT_LINGER
 

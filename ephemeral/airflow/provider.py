@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from ephemeral import __version__
+from ephemeral.config_section import provider_config
 
 
 def get_provider_info() -> dict[str, Any]:
+    from ephemeral.airflow.hooks import CONNECTION_TYPE
+
     return {
         "package-name": "ephemeral",
         "name": "ephemeral",
@@ -23,6 +26,13 @@ def get_provider_info() -> dict[str, Any]:
                        "python-modules": ["ephemeral.airflow.operators"]}],
         "triggers": [{"integration-name": "ephemeral",
                       "python-modules": ["ephemeral.airflow.triggers"]}],
+        "hooks": [{"integration-name": "ephemeral",
+                   "python-modules": ["ephemeral.airflow.hooks"]}],
+        "connection-types": [CONNECTION_TYPE],
+        "task-decorators": [{"name": "spark_connect",
+                             "class-name": "ephemeral.airflow.decorators.spark_connect_task"}],
+        # [ephemeral]: every EPHEMERAL_* setting, as `airflow config list` shows it.
+        "config": provider_config(),
         "integrations": [{"integration-name": "ephemeral",
                           "external-doc-url": "https://pypi.org/project/ephemeral/",
                           "tags": ["software"]}],

@@ -40,8 +40,9 @@ def run_selector(dag_id: str, run_id: str) -> OwnerSelector:
 def configured_backend() -> ClusterBackend:
     """The deployment's backend, as a task with no ``backend`` argument gets it."""
     from ephemeral.airflow.backends import task_backend
+    from ephemeral.settings import setting
 
-    return task_backend(None, os.environ.get("EPHEMERAL_KUBERNETES_CONN_ID") or None)
+    return task_backend(None, setting("kubernetes_conn_id"))
 
 
 def _warm_airflow() -> None:

@@ -7,7 +7,6 @@ points to the artifact store. Configure it with
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from airflow.sdk import BaseXCom
@@ -16,7 +15,10 @@ DEFAULT_MAX_BYTES = 4096
 
 
 def max_bytes() -> int:
-    return int(os.environ.get("EPHEMERAL_XCOM_MAX_BYTES", DEFAULT_MAX_BYTES))
+    """``$EPHEMERAL_XCOM_MAX_BYTES`` or ``[ephemeral] xcom_max_bytes`` (default 4096)."""
+    from ephemeral.settings import count
+
+    return count("xcom_max_bytes") or DEFAULT_MAX_BYTES
 
 
 class XComTooLarge(ValueError):

@@ -469,12 +469,13 @@ def reap_cmd(
     import os
 
     from ephemeral.reaper import AirflowApiLookup, reap
+    from ephemeral.settings import setting
 
     lookup = None
-    if airflow_url:
+    if airflow_url := airflow_url or setting("airflow_url"):
         lookup = AirflowApiLookup(airflow_url, token=os.environ.get("AIRFLOW_API_TOKEN"),
-                                  username=os.environ.get("EPHEMERAL_AIRFLOW_USER"),
-                                  password=os.environ.get("EPHEMERAL_AIRFLOW_PASSWORD"))
+                                  username=setting("airflow_user"),
+                                  password=setting("airflow_password"))
     decisions = reap(get_backend(backend), lookup=lookup, grace=grace, dry_run=dry_run,
                      memory_file=get_settings().home / "reaper-seen.json")
     if as_json:

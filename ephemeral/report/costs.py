@@ -8,6 +8,7 @@
       ray/train-gpu: {gpuHour: 3.10}   # fall back to the default's
       spark/etl@1: {cpuHour: 0.03}
 
+Each is also Airflow's ``[ephemeral] cost_file`` and so on (ephemeral.settings).
 Without a file, ``$EPHEMERAL_COST_CPU_HOUR``, ``$EPHEMERAL_COST_GPU_HOUR``,
 ``$EPHEMERAL_COST_MEMORY_GIB_HOUR`` (and ``$EPHEMERAL_COST_CURRENCY``, default USD) give a default
 for every spec. With neither, reports carry seconds and no money.
@@ -15,7 +16,6 @@ for every spec. With neither, reports carry seconds and no money.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from ephemeral.errors import EphemeralError
+from ephemeral.settings import setting
 
 COST_FILE_VAR = "EPHEMERAL_COST_FILE"
 ENV_PRICES = {"cpu_hour": "EPHEMERAL_COST_CPU_HOUR", "gpu_hour": "EPHEMERAL_COST_GPU_HOUR",
@@ -67,10 +68,9 @@ class Prices(_Model):
 def load_prices(env: Mapping[str, str] | None = None) -> Prices | None:
     """The deployment's prices, or None when none are configured. A bad file or value fails
     naming the setting and the field."""
-    env = os.environ if env is None else env
-    if path := env.get(COST_FILE_VAR):
+    if path := setting("cost_file", env):
         return _from_file(Path(path))
-    given = {field: env[var] for field, var in ENV_PRICES.items() if env.get(var)}
+    given = {field: value for field in ENV_PRICES if (value := setting(f"cost_{field}", env))}
     if not given:
         return None
     try:
@@ -79,7 +79,7 @@ def load_prices(env: Mapping[str, str] | None = None) -> Prices | None:
         names = ", ".join(ENV_PRICES[k] for k in given)
         raise CostConfigError(f"{names}: each must be a number of 0 or more (a price per hour), "
                               f"got {given}") from err
-    return Prices(currency=env.get("EPHEMERAL_COST_CURRENCY", "USD"), default=default)
+    return Prices(currency=setting("cost_currency", env) or "USD", default=default)
 
 
 def _from_file(path: Path) -> Prices:

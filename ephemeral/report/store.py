@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from typing import Any
 
@@ -28,6 +27,7 @@ from pydantic import ValidationError
 from ephemeral.jobs import artifacts
 from ephemeral.report.html import render_html
 from ephemeral.report.model import ClusterFacts, build_report
+from ephemeral.settings import setting
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def report_url(dag_id: str, run_id: str) -> str:
     address that serves the artifact root, e.g. a bucket's website or a proxy) in place of the
     root when set, else the artifact URI itself."""
     uri = report_uri(dag_id, run_id)
-    base = os.environ.get(URL_VAR, "").rstrip("/")
+    base = (setting("artifact_url") or "").rstrip("/")
     root = artifacts.root().rstrip("/")
     return base + uri[len(root):] if base and uri.startswith(root) else uri
 

@@ -144,31 +144,27 @@ class KubeConfig(BaseModel):
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> KubeConfig:
-        """``EPHEMERAL_K8S_*`` variables; in a pod without any kubeconfig, the service account."""
+        """``EPHEMERAL_K8S_*`` variables (or Airflow's ``[ephemeral] k8s_*``, see
+        ``ephemeral.settings``); in a pod without any kubeconfig, the service account."""
+        from ephemeral.settings import setting
+
         env = os.environ if environ is None else environ
         fields: dict[str, Any] = {
-            "kubeconfig_path": env.get("EPHEMERAL_KUBECONFIG") or None,
-            "kubeconfig": env.get("EPHEMERAL_KUBECONFIG_CONTENT") or None,
-            "context": env.get("EPHEMERAL_K8S_CONTEXT") or None,
-            "namespace": env.get("EPHEMERAL_K8S_NAMESPACE") or "default",
-            "cluster_domain": env.get("EPHEMERAL_K8S_CLUSTER_DOMAIN") or "cluster.local",
-            "ingress_url_template": env.get("EPHEMERAL_K8S_INGRESS_URL_TEMPLATE") or None,
-            "proxy_link_base": env.get("EPHEMERAL_K8S_PROXY_LINK_BASE") or None,
+            "kubeconfig_path": setting("kubeconfig", environ),
+            "kubeconfig": setting("kubeconfig_content", environ),
+            "context": setting("k8s_context", environ),
+            "namespace": setting("k8s_namespace", environ) or "default",
+            "cluster_domain": setting("k8s_cluster_domain", environ) or "cluster.local",
+            "ingress_url_template": setting("k8s_ingress_url_template", environ),
+            "proxy_link_base": setting("k8s_proxy_link_base", environ),
         }
-        for key, name in (("spark_mode", "EPHEMERAL_K8S_SPARK_MODE"),
-                          ("spark_service_account", "EPHEMERAL_K8S_SPARK_SERVICE_ACCOUNT")):
-            if env.get(name):
-                fields[key] = env[name]
-        for key, name in (("endpoint_mode", "EPHEMERAL_K8S_ENDPOINT_MODE"),
-                          ("client_selector", "EPHEMERAL_K8S_CLIENT_SELECTOR"),
-                          ("client_cidrs", "EPHEMERAL_K8S_CLIENT_CIDRS")):
-            if env.get(name):
-                fields[key] = env[name]
-        for key, name in (("in_cluster", "EPHEMERAL_K8S_IN_CLUSTER"),
-                          ("http_check", "EPHEMERAL_K8S_HTTP_CHECK"),
-                          ("verify_ssl", "EPHEMERAL_K8S_VERIFY_SSL")):
-            if name in env:
-                fields[key] = _flag(name, env[name])
+        for key in ("spark_mode", "spark_service_account", "endpoint_mode", "client_selector",
+                    "client_cidrs"):
+            if value := setting(f"k8s_{key}", environ):
+                fields[key] = value
+        for key in ("in_cluster", "http_check", "verify_ssl"):
+            if (value := setting(f"k8s_{key}", environ)) is not None:
+                fields[key] = _flag(f"EPHEMERAL_K8S_{key.upper()}", value)
         if "in_cluster" not in fields:
             # A pod with no kubeconfig given talks to its own cluster as its service account.
             fields["in_cluster"] = bool(env.get("KUBERNETES_SERVICE_HOST")) and not (

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ephemeral.errors import BackendUnavailable
+from ephemeral.settings import setting
 
 SLOTS = 12
 PORT_BASE = 20000
@@ -29,7 +30,7 @@ WORKER_PORTS_PER_NODE = 40
 
 def runtime_dir() -> Path:
     """Short machine-wide folder (Ray's socket paths must stay under 108 bytes)."""
-    path = Path(os.environ.get("EPHEMERAL_RUNTIME_DIR") or
+    path = Path(setting("runtime_dir") or
                 Path(tempfile.gettempdir()) / f"ephemeral-{os.getuid()}")
     path.mkdir(parents=True, exist_ok=True)
     return path

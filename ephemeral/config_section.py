@@ -1,0 +1,248 @@
+"""Every deployment setting of ``ephemeral``: the one declaration behind three views.
+
+Each option ``x`` is read as ``$EPHEMERAL_<X>``, else Airflow's ``[ephemeral] x``, else its
+default (``ephemeral.settings.setting``). The provider info's ``config`` key (what
+``airflow config list`` shows) and docs/configuration.md are both generated from ``OPTIONS``;
+``python -m ephemeral.config_section`` rewrites the doc.
+
+Defaults are strings as Airflow's config declares them; ``None`` means "unset", which each
+reader turns into the behaviour the description names (often a value derived at run time).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any, Literal
+
+SECTION = "ephemeral"
+VERSION_ADDED = "0.1.0"
+
+OptionType = Literal["string", "integer", "float", "boolean"]
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str
+    description: str
+    type: OptionType = "string"
+    default: str | None = None
+    example: str | None = None
+    sensitive: bool = False
+    group: str = "General"
+
+    @property
+    def env_var(self) -> str:
+        return "EPHEMERAL_" + self.key.upper()
+
+    @property
+    def airflow_env_var(self) -> str:
+        return f"AIRFLOW__{SECTION.upper()}__{self.key.upper()}"
+
+
+_G, _J, _F, _R, _K, _A = ("General", "Jobs and artifacts", "Trigger form (ad-hoc runs)",
+                          "Run reports, costs and notifications", "Kubernetes backend",
+                          "Reaper (outside Airflow)")
+
+OPTIONS: tuple[Option, ...] = (
+    # General
+    Option("backend", "Default backend: ``local`` (real processes on this host) or "
+           "``kubernetes``.", default="local", example="kubernetes"),
+    Option("home", "Where the local backend keeps one state folder per cluster. Unset: "
+           "``~/.ephemeral``.", example="/var/lib/ephemeral"),
+    Option("instance", "The deployment that owns clusters: part of every cluster's name digest "
+           "and owner labels, so two Airflows sharing a namespace or a machine never adopt, "
+           "delete or reap each other's clusters. 1-40 lower-case letters, digits and '-'. "
+           "Unset: derived from the Airflow home (the Kubernetes backend asks for it to be set).",
+           example="prod-eu"),
+    Option("specs_dir", "Root of the versioned cluster specs. Unset: ``cluster_specs/`` of a "
+           "checkout, else of the working directory.", example="/opt/airflow/cluster_specs"),
+    Option("default_ttl", "Lifetime in seconds after which the reaper may delete a cluster "
+           "whose spec sets no ``ttl``.", type="integer", default="21600", example="3600"),
+    Option("runtime_dir", "Short machine-wide folder of the local backend's port claims "
+           "(Ray's socket paths must stay under 108 bytes). Unset: ``$TMPDIR/ephemeral-<uid>``.",
+           example="/run/ephemeral"),
+    Option("kubernetes_conn_id", "Airflow connection (``kubernetes`` type) the run-end listener "
+           "and reaper use to reach the deployment's Kubernetes backend. Unset: the local "
+           "backend, or the ``kubernetes`` backend's own settings below.",
+           example="kubernetes_default"),
+    Option("run_end_linger", "Seconds the run-end listener waits before deleting what a "
+           "finished run still owns (teardowns normally get there first).", type="float",
+           default="30", example="5"),
+    # Jobs and artifacts
+    Option("artifact_root", "Where jobs write datasets, checkpoints, models and metrics: a "
+           "``file://`` URI or path, ``s3://`` or ``gs://`` (through pyarrow filesystems). "
+           "Unset: ``<home>/artifacts``.", example="s3://ml-artifacts/ephemeral", group=_J),
+    Option("artifact_url", "An http(s) address that serves the artifact root (a bucket's "
+           "website, a proxy): run reports link there instead of the artifact URI.",
+           example="https://artifacts.example.com/ephemeral", group=_J),
+    Option("job_env_allow", "Comma-separated names (``PREFIX_*`` allowed) that processes of "
+           "local clusters and spark-submit drivers may inherit beyond the built-in allow-list. "
+           "Names starting with ``AIRFLOW`` or ``EPHEMERAL_`` are never inherited.",
+           example="AWS_REGION,AWS_PROFILE", group=_J),
+    Option("xcom_max_bytes", "Largest XCom value ``MetadataOnlyXCom`` accepts; larger values "
+           "belong in the artifact store.", type="integer", default="4096", example="8192",
+           group=_J),
+    Option("params_dir", "Folder of the trial parameter files. Unset: ``params/`` of a "
+           "checkout, else of the working directory.", example="/opt/airflow/params",
+           group=_J),
+    Option("gates_dir", "Folder of the promotion gate files. Unset: ``gates/`` of a "
+           "checkout, else of the working directory.", example="/opt/airflow/gates", group=_J),
+    Option("gpu_pool", "Airflow pool the training trials run in.",
+           default="ephemeral_gpu_trials", example="gpu_trials", group=_J),
+    # Trigger form
+    Option("jobs_dir", "Job scripts the trigger form may run. Unset: ``jobs/`` of a checkout, "
+           "else of the working directory.", example="/opt/airflow/jobs", group=_F),
+    Option("pip_allow", "Packages the trigger form may install: ``name,name`` or the path of a "
+           "file with one name a line. Unset: any plain requirement. Every allowed package runs "
+           "its code on every node of the cluster.", example="pandas,scikit-learn", group=_F),
+    Option("adhoc_max_workers", "Raises the trigger form's cap on workers above a spec's "
+           "maxReplicas.", type="integer", example="8", group=_F),
+    Option("adhoc_max_gpus", "Raises the trigger form's cap on GPUs per worker above a spec's.",
+           type="integer", example="4", group=_F),
+    # Reports, costs, notifications
+    Option("cost_file", "YAML file of prices per spec (``currency``, ``default`` and ``specs`` "
+           "with ``cpuHour``, ``gpuHour``, ``memoryGibHour``). Takes precedence over the "
+           "``cost_*_hour`` options.", example="/opt/airflow/prices.yaml", group=_R),
+    Option("cost_cpu_hour", "Price of one reserved CPU core per hour, for every spec.",
+           type="float", example="0.04", group=_R),
+    Option("cost_gpu_hour", "Price of one reserved GPU per hour, for every spec.",
+           type="float", example="2.5", group=_R),
+    Option("cost_memory_gib_hour", "Price of one reserved GiB of memory per hour, for every "
+           "spec.", type="float", example="0.005", group=_R),
+    Option("cost_currency", "Currency of the ``cost_*_hour`` prices.", default="USD",
+           example="EUR", group=_R),
+    Option("notifier", "Notifier for failed runs, by dotted path: a ``BaseNotifier`` subclass "
+           "or a function of the context.",
+           example="airflow.providers.slack.notifications.slack.SlackNotifier", group=_R),
+    Option("notifier_kwargs", "JSON object of the notifier class's keyword arguments "
+           "(connection ids and message templates, never secrets).",
+           example='{"slack_conn_id": "slack", "channel": "#ml"}', group=_R),
+    # Kubernetes backend
+    Option("kubeconfig", "Path of the kubeconfig file (mutually exclusive with "
+           "``kubeconfig_content`` and ``k8s_in_cluster``).", example="/opt/airflow/kubeconfig",
+           group=_K),
+    Option("kubeconfig_content", "The kubeconfig itself. Prefer a ``kubernetes`` connection; "
+           "as an Airflow option, use ``kubeconfig_content_secret`` or ``_cmd``.",
+           sensitive=True, example="apiVersion: v1 ...", group=_K),
+    Option("k8s_context", "Kubeconfig context to use. Unset: the current one.",
+           example="prod", group=_K),
+    Option("k8s_namespace", "Namespace the clusters are created in.", default="default",
+           example="ml", group=_K),
+    Option("k8s_cluster_domain", "Cluster DNS domain of Service names.",
+           default="cluster.local", example="cluster.local", group=_K),
+    Option("k8s_in_cluster", "Use the pod's service account. Unset: true in a pod given no "
+           "kubeconfig.", type="boolean", example="true", group=_K),
+    Option("k8s_verify_ssl", "Verify the API server's certificate (default true).",
+           type="boolean", example="true", group=_K),
+    Option("k8s_http_check", "Readiness also checks the engines' HTTP endpoints (default "
+           "true).", type="boolean", example="false", group=_K),
+    Option("k8s_endpoint_mode", "How clients reach the clusters: ``auto`` (default: Service "
+           "DNS in a pod, the API server proxy elsewhere), ``dns``, ``proxy`` or ``ingress``.",
+           example="dns", group=_K),
+    Option("k8s_ingress_url_template", "URL of a cluster's port in ``ingress`` mode, with "
+           "``{cluster}``, ``{namespace}``, ``{service}`` and ``{port}``.",
+           example="https://{cluster}-{port}.ray.example.com", group=_K),
+    Option("k8s_proxy_link_base", "Base URL of the API server proxy for people (the dashboard "
+           "links), e.g. ``kubectl proxy``'s.", example="http://localhost:8001", group=_K),
+    Option("k8s_client_selector", "Pod labels (``key=value,...``) of the clients the clusters' "
+           "NetworkPolicy admits.", example="ephemeral.dev/client=true", group=_K),
+    Option("k8s_client_cidrs", "Comma-separated CIDRs the clusters' NetworkPolicy admits.",
+           example="10.0.0.0/8", group=_K),
+    Option("k8s_spark_mode", "How Spark clusters run on Kubernetes unless their spec says: "
+           "``standalone`` (master and worker Deployments, default) or ``operator`` (the "
+           "spark-operator's SparkConnect).", example="operator", group=_K),
+    Option("k8s_spark_service_account", "Service account of Spark's pods.", example="spark",
+           group=_K),
+    # Reaper
+    Option("airflow_url", "Airflow's REST API, which ``ephemeral reap`` asks whether a "
+           "cluster's run has ended. Unset: expiry only.", example="http://airflow:8080",
+           group=_A),
+    Option("airflow_user", "User the reaper logs in to Airflow's API as.", example="reaper",
+           group=_A),
+    Option("airflow_password", "Password of ``airflow_user``. Prefer ``$AIRFLOW_API_TOKEN`` or "
+           "``airflow_password_secret``.", sensitive=True, example="(secret)", group=_A),
+)
+
+BY_KEY = {o.key: o for o in OPTIONS}
+
+# EPHEMERAL_* names the package uses that are not deployment settings: markers the local backend
+# and the job runner put in the environments of the processes they start, and the dev stack's own
+# switch (it configures the Airflow that would hold the section).
+NOT_SETTINGS = {
+    "EPHEMERAL_CLUSTER_UID": "marks a local cluster's processes",
+    "EPHEMERAL_CLUSTER_DIR": "marks a local cluster's processes with its state folder",
+    "EPHEMERAL_CLUSTER_NAME": "tells a node its cluster's name",
+    "EPHEMERAL_RESULT_FILE": "tells a spark-submit driver where to write its result",
+    "EPHEMERAL_AIRFLOW_DB": "the dev stack's database choice (make airflow)",
+}
+
+
+def provider_config() -> dict[str, Any]:
+    """The provider info's ``config`` key, in Airflow's provider.yaml format."""
+    options: dict[str, Any] = {}
+    for o in OPTIONS:
+        entry: dict[str, Any] = {
+            "description": f"{o.description}\nEnvironment variable ``{o.env_var}`` takes "
+                           "precedence.\n",
+            "version_added": VERSION_ADDED, "type": o.type, "example": o.example,
+            "default": o.default}
+        if o.sensitive:
+            entry["sensitive"] = True
+        options[o.key] = entry
+    return {SECTION: {
+        "description": "Ephemeral Ray and Spark clusters. Every option can also be set as "
+                       "``EPHEMERAL_<OPTION>`` in the environment, which takes precedence.\n",
+        "options": options}}
+
+
+def markdown() -> str:
+    """docs/configuration.md."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "<!-- Generated from ephemeral/config_section.py by "
+        "`python -m ephemeral.config_section`; do not edit by hand. -->",
+        "",
+        "Every setting is read in this order, the first one set wins:",
+        "",
+        "1. the environment variable `EPHEMERAL_<OPTION>` (e.g. `EPHEMERAL_ARTIFACT_ROOT`);",
+        f"2. Airflow's configuration, section `[{SECTION}]` (e.g. `artifact_root`), from "
+        "`airflow.cfg` or `AIRFLOW__EPHEMERAL__<OPTION>`; inside Airflow processes also the "
+        "`_cmd` and `_secret` variants of sensitive options;",
+        "3. the default below.",
+        "",
+        "The `ephemeral` CLI reads `airflow.cfg` (at `$AIRFLOW_CONFIG`, else "
+        "`$AIRFLOW_HOME/airflow.cfg`) and `AIRFLOW__EPHEMERAL__*` without importing Airflow. "
+        "`airflow config list --section ephemeral` shows the section with its defaults.",
+        "",
+        "```ini",
+        f"[{SECTION}]",
+        "backend = kubernetes",
+        "instance = prod-eu",
+        "artifact_root = s3://ml-artifacts/ephemeral",
+        "```",
+        "",
+    ]
+    group = ""
+    for o in OPTIONS:
+        if o.group != group:
+            group = o.group
+            lines += [f"## {group}", ""]
+        lines += [f"### `{o.key}`", "",
+                  o.description.replace("``", "`"), "",
+                  f"- Environment: `{o.env_var}`",
+                  f"- Type: {o.type}" + (" (sensitive)" if o.sensitive else ""),
+                  f"- Default: {'`' + o.default + '`' if o.default is not None else 'unset'}",
+                  f"- Example: `{o.example}`" if o.example is not None else "- Example: none",
+                  ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover - the doc's generator
+    from pathlib import Path
+
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else \
+        Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+    out.write_text(markdown())
+    print(f"wrote {out}")
