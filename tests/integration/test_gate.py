@@ -1,0 +1,247 @@
+"""The model gate on real components: evaluate.py and serve_latency.py as Ray jobs on one real
+local Ray cluster (Ray Serve on it, loopback HTTP load), then the reference DAG through
+dag.test() with a real MLflow store: a pass that moves the champion, and a latency fail that
+leaves it where it was. The quality and latency branches on the numbers measured here are
+checked again through evaluate_gate (tests/unit/test_gate.py covers the rules themselves)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ephemeral.backends.base import ClusterHandle
+from ephemeral.backends.local import LocalBackend
+from ephemeral.errors import JobFailed
+from ephemeral.gate import evaluate_gate, load_gate, with_overrides
+from ephemeral.jobs import JobStatus
+from ephemeral.jobs.ray_jobs import ray_jobs_for
+from ephemeral.lifecycle import provision
+from tests.conftest import manual, small
+
+pytestmark = [pytest.mark.local, pytest.mark.slow]
+JOBS = Path(__file__).resolve().parents[2] / "jobs"
+LIST_SERVE_ACTORS = (
+    "python -c \"import json, ray; ray.init(log_to_driver=False); "
+    "print(json.dumps({'serve': sorted(a['name'] for a in "
+    "ray.util.list_named_actors(all_namespaces=True) if a['namespace'] == 'serve')}))\"")
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("gate-home")
+
+
+@pytest.fixture(scope="module")
+def cluster(home: Path) -> Iterator[tuple[LocalBackend, ClusterHandle]]:
+    backend = LocalBackend(home)
+    spec = small("ray/train-gpu")
+    try:
+        yield backend, provision(backend, spec, manual(spec, "gate-ray"), timeout=240).handle
+    finally:
+        for h in backend.list_owned():
+            backend.delete(h, wait=True)
+        assert cluster_processes(home) == [], "processes of the cluster left behind"
+
+
+def cluster_processes(home: Path) -> list[str]:
+    """Live processes of any cluster made under ``home``, Ray Serve's actors included (every
+    process of a local cluster carries its folder in its environment). Scoped so, the check
+    does not mistake the clusters other agents start on this machine for a leak."""
+    import psutil
+
+    from ephemeral.backends.local.procs import DIR_ENV
+
+    found = []
+    for p in psutil.process_iter(["pid", "status", "cmdline"]):
+        if p.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        try:
+            folder = p.environ().get(DIR_ENV, "")
+        except psutil.Error:
+            continue
+        if folder.startswith(str(home)):
+            found.append(f"{p.info['pid']} {' '.join(p.info['cmdline'] or [])[:120]}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def model_uri(home: Path) -> str:
+    """A small model in train_ddp.py's format (state dict + config.json), trained here in a
+    second on the same generated problem: the jobs under test only read it."""
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(JOBS))
+    from train_ddp import build_model, generate
+
+    x_np, y_np = generate(4096, seed=0)
+    x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
+    torch.manual_seed(0)
+    model = build_model(x.shape[1], 32)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(300):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    folder = home / "artifacts" / "candidate" / "model"
+    folder.mkdir(parents=True)
+    torch.save(model.state_dict(), folder / "model.pt")
+    (folder / "config.json").write_text(json.dumps({"dim": x.shape[1], "hidden": 32,
+                                                    "classes": 2}))
+    return (folder / "model.pt").as_uri()
+
+
+def run_job(cluster: tuple[LocalBackend, ClusterHandle], entrypoint: str,
+            home: Path) -> tuple[dict[str, Any], float, list[str]]:
+    backend, handle = cluster
+    jobs = ray_jobs_for(handle, backend)
+    lines: list[str] = []
+    t0 = time.monotonic()
+    jid = jobs.submit(entrypoint, runtime_env={
+        "working_dir": str(JOBS),
+        "env_vars": {"EPHEMERAL_ARTIFACT_ROOT": (home / "artifacts").as_uri()}})
+    result = jobs.follow(jid, sink=lines.append, timeout=600)
+    assert result.status is JobStatus.SUCCEEDED, "\n".join(lines[-40:])
+    return result.result, time.monotonic() - t0, lines
+
+
+def test_evaluate_reports_accuracy_and_f1(cluster: Any, model_uri: str, home: Path) -> None:
+    out, _, _ = run_job(cluster, f"python evaluate.py --model-uri {model_uri}", home)
+    assert 0.85 <= out["accuracy"] <= 1, out
+    assert 0.85 <= out["f1"] <= 1, out
+    metrics = json.loads(Path(out["metrics_uri"].removeprefix("file://")).read_text())
+    assert 0 < metrics["precision"] <= 1
+    assert 0 < metrics["recall"] <= 1
+    p, r = metrics["precision"], metrics["recall"]
+    assert abs(metrics["f1"] - 2 * p * r / (p + r)) < 1e-3
+
+
+def test_serve_latency_serves_measures_and_leaves_serve_down(
+        cluster: Any, model_uri: str, home: Path) -> None:
+    gate = load_gate("train_distributed")
+    load = gate.load
+    out, wall, lines = run_job(
+        cluster, f"python serve_latency.py --model-uri {model_uri} --requests {load.requests} "
+                 f"--concurrency {load.concurrency} --warmup {load.warmup}", home)
+    print(f"\nserve_latency: {json.dumps(out)} (job wall {wall:.1f}s)")
+    assert (out["requests"], out["concurrency"]) == (load.requests, load.concurrency)
+    assert out["errors"] == 0, lines[-20:]
+    assert 0 < out["p50_ms"] <= out["p95_ms"] <= out["p99_ms"], out
+    assert out["throughput_rps"] > 0
+    # Serve is down after the job: no controller, proxy or replica on the cluster, port closed.
+    left, _, _ = run_job(cluster, LIST_SERVE_ACTORS, home)
+    assert left == {"serve": []}
+    import socket
+
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", out["port"])) != 0, "Serve's proxy port is still open"
+    # The branches on these numbers: the shipped gate passes them (with the accuracy and F1 of
+    # the evaluation), an impossibly low latency threshold fails only its check.
+    measured = {**out, "accuracy": 0.93, "f1": 0.93}
+    assert evaluate_gate(gate, measured).passed, evaluate_gate(gate, measured).summary()
+    strict = evaluate_gate(with_overrides(gate, {"max_p50_ms": 0.01, "max_p95_ms": 0.01,
+                                                 "max_p99_ms": 0.01}), measured)
+    assert not strict.passed
+    assert {c.threshold_name for c in strict.failed} == {"max_p50_ms", "max_p95_ms",
+                                                         "max_p99_ms"}
+
+
+def test_serve_latency_refuses_a_model_it_cannot_read(cluster: Any, home: Path) -> None:
+    backend, handle = cluster
+    jobs = ray_jobs_for(handle, backend)
+    lines: list[str] = []
+    jid = jobs.submit(f"python serve_latency.py --model-uri {home}/nothing/model.pt",
+                      runtime_env={"working_dir": str(JOBS)})
+    with pytest.raises(JobFailed):
+        jobs.follow(jid, sink=lines.append, timeout=300)
+    assert any("nothing/config.json" in line for line in lines), lines[-10:]
+    assert not os.path.exists(home / "nothing")
+
+
+# --- the reference DAG through dag.test(): the gate's branches with the registry ---------------
+
+from tests.airflow.conftest import airflow_db, task_states  # noqa: E402, F401
+from tests.airflow.conftest import dagbag as dagbag  # noqa: E402
+
+DAG_CONF = {"profile": "ci-cpu", "rows": 3000, "steps": 200}
+
+
+def seed_champion(home: Path) -> str:
+    """An earlier champion in the real MLflow store, for the run to replace or keep."""
+    from ephemeral import registry
+
+    earlier = home / "artifacts" / "earlier" / "model.pt"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"an earlier model")
+    version = registry.register("train_distributed", model_uri=earlier.as_uri())
+    registry.promote("train_distributed", version)
+    return version
+
+
+def job_seconds(run: Any, task_id: str) -> float:
+    from ephemeral.airflow.report import run_report
+
+    walls = [j["wall_s"] for j in run_report(run)["jobs"] if j["task"] == task_id]
+    assert walls, f"no job of {task_id} in the run report"
+    return float(walls[-1])
+
+
+def no_cluster_left(home: Path) -> None:
+    assert LocalBackend(home).list_owned() == []
+    assert cluster_processes(home) == []
+
+
+def test_a_passing_run_registers_the_candidate_and_moves_the_champion(
+        dagbag: Any, ephemeral_home: Path) -> None:
+    from ephemeral import registry
+
+    earlier = seed_champion(ephemeral_home)
+    t0 = time.monotonic()
+    run = dagbag.get_dag("train_distributed").test(run_conf=DAG_CONF)
+    wall = time.monotonic() - t0
+    states = task_states(run)
+    assert str(run.state) == "success", states
+    assert states["train.serve_latency"] == states["deploy.register_model"] == "success"
+    assert states["deploy.gate_failed"] == "skipped"
+    record = json.loads((ephemeral_home / "artifacts" / "registry" / "train_distributed"
+                         / "latest.json").read_text())
+    assert record["previous_champion"] == earlier
+    assert registry.champion("train_distributed") == record["version"] != earlier
+    shown = registry.describe("train_distributed")
+    [mine] = [v for v in shown["versions"] if v["version"] == record["version"]]
+    assert mine["source"] == record["model_uri"]
+    assert Path(record["model_uri"].removeprefix("file://")).is_file()  # the registry/ copy
+    assert mine["run_id"]  # the best trial's tracking run
+    for metric in ("accuracy", "f1", "p50_ms", "p95_ms", "p99_ms", "throughput_rps"):
+        assert f"metric.{metric}" in mine["tags"], mine["tags"]
+    print(f"\ngate pass run: {json.dumps(record)}; serve_latency job "
+          f"{job_seconds(run, 'train.serve_latency'):.1f}s of a {wall:.0f}s run")
+    no_cluster_left(ephemeral_home)
+
+
+def test_a_latency_fail_keeps_the_champion_and_fails_the_run(
+        dagbag: Any, ephemeral_home: Path) -> None:
+    from ephemeral import registry
+
+    earlier = seed_champion(ephemeral_home)
+    run = dagbag.get_dag("train_distributed").test(
+        run_conf={**DAG_CONF, "max_p50_ms": 0.001, "max_p95_ms": 0.001, "max_p99_ms": 0.001})
+    states = task_states(run)
+    assert str(run.state) == "failed", states
+    assert states["train.serve_latency"] == "success"
+    assert states["deploy.gate_failed"] == "failed"
+    assert states["deploy.register_model"] == "skipped"
+    assert registry.champion("train_distributed") == earlier
+    assert [v["version"] for v in registry.describe("train_distributed")["versions"]] == [earlier]
+    [alert] = (ephemeral_home / "artifacts" / "alerts" / "train_distributed").glob("*.json")
+    reason = json.loads(alert.read_text())
+    assert "(max_p50_ms): FAIL" in reason["reason"]
+    assert reason["report_url"]
+    no_cluster_left(ephemeral_home)
