@@ -11,7 +11,7 @@ champion it replaces, ``rollback`` pops. Rolling back twice therefore goes two p
 once the stack is empty ``rollback`` refuses, naming the model. A version rolled back from is not
 pushed (a rollback is not a promotion), so rollbacks never ping-pong.
 
-On the embedded store every write holds a file lock, so the trials of one run, the gate and a
+On a SQLite store (the embedded one) every write holds a file lock, so the trials of one run, the gate and a
 rollback never interleave; against a server, run one promotion or rollback at a time (the DAGs
 have ``max_active_runs=1``).
 
@@ -230,20 +230,23 @@ def _embedded_dir() -> Path:
     return get_settings().home / "mlflow"
 
 
-def _embedded() -> bool:
-    return not os.environ.get("MLFLOW_TRACKING_URI")
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` store (the embedded one, or one named by
+    MLFLOW_TRACKING_URI), None for a server."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
 @contextlib.contextmanager
 def _writing() -> Iterator[None]:
-    """One writer at a time on the embedded store (SQLite and the history tag's read-modify-
-    write); a server serializes its own writes, and runs are one at a time there."""
-    if not _embedded():
+    """One writer at a time on a SQLite store (its writes and the history tag's
+    read-modify-write), through a lock file beside the database; a server serializes its own
+    writes, and promotions and rollbacks run one at a time there."""
+    db = _sqlite_file(tracking_uri())
+    if db is None:
         yield
         return
-    folder = _embedded_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as lock:
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.parent / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -261,9 +264,9 @@ def _client_for(uri: str, registry: str) -> MlflowClient:
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri, registry_uri=registry)
-    if _embedded():
+    if _sqlite_file(uri) is not None:
         # The first use creates the database; two processes must not both migrate it.
-        with _writing(), _mlflow_errors("the embedded store"):
+        with _writing(), _mlflow_errors("the SQLite store"):
             client.search_experiments(max_results=1)
             client.search_registered_models(max_results=1)
     return client
@@ -299,10 +302,8 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
     found = client.get_experiment_by_name(name)
     if found is not None:
         return str(found.experiment_id)
-    location = None
-    uri = tracking_uri()
-    if uri.startswith("sqlite:///"):  # else SQLite's default is ./mlruns of the cwd
-        location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+    db = _sqlite_file(tracking_uri())  # else SQLite's default artifact root: ./mlruns of the cwd
+    location = None if db is None else (db.parent / "artifacts").as_uri()
     try:
         return str(client.create_experiment(name, artifact_location=location))
     except MlflowException as e:  # created by a concurrent writer against a server

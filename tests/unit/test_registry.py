@@ -56,6 +56,20 @@ def test_the_store_is_embedded_under_ephemeral_home_unless_a_server_is_named(
     assert registry.display_uri("s3://bucket/m") == "s3://bucket/m"
 
 
+def test_mlflow_tracking_uri_picks_another_store(ephemeral_home: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "elsewhere" / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    version = registry.register("reg-elsewhere", model_uri="file:///models/e/1")
+    registry.promote("reg-elsewhere", version)
+    assert db.is_file()
+    assert (db.parent / ".lock").is_file()  # writes to a SQLite store are serialized
+    assert not (ephemeral_home / "mlflow").exists()
+    assert registry.champion("reg-elsewhere") == version
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert registry.champion("reg-elsewhere") is None  # the embedded store knows nothing of it
+
+
 def test_a_trial_is_logged_once_per_run_name(home: Path) -> None:
     args: dict[str, Any] = {
         "experiment": "trials", "run_name": "t0", "params": {"lr": 0.1, "layers": 2},
