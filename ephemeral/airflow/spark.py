@@ -7,6 +7,7 @@
 
 ``spark_connect`` builds a ``SparkSession`` on the cluster's ``sc://`` endpoint from the
 ``cluster`` argument (the setup task's handle), passes it as ``spark`` and stops it afterwards.
+``@task.spark_connect`` (ephemeral.airflow.decorators) is the same as one decorator.
 The session authenticates with the cluster's Connect token, which the handle's backend gives
 the task's process on demand.
 """
@@ -14,6 +15,7 @@ the task's process on demand.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -23,11 +25,22 @@ R = TypeVar("R")
 
 
 def spark_connect(fn: Callable[..., R]) -> Callable[..., R]:
+    """``fn`` with a ``spark`` session on the cluster named by its ``cluster`` argument (given
+    by keyword or position); ``spark`` is hidden from the signature Airflow sees."""
+    sig = inspect.signature(fn)
+    missing = [p for p in ("spark", "cluster") if p not in sig.parameters]
+    if missing:
+        raise TypeError(f"{fn.__name__}() must take {' and '.join(missing)} to run on a Spark "
+                        "Connect session, e.g. def features(spark, cluster): ...")
+    visible = sig.replace(parameters=[p for n, p in sig.parameters.items() if n != "spark"])
+
     @functools.wraps(fn)
-    def wrapper(*args: Any, cluster: Any, **kwargs: Any) -> R:
+    def wrapper(*args: Any, **kwargs: Any) -> R:
         from ephemeral.airflow.backends import task_backend
         from ephemeral.jobs.spark_jobs import connect_session, spark_auth_for
 
+        bound = visible.bind(*args, **kwargs)
+        cluster = bound.arguments["cluster"]
         handle = ClusterHandle.model_validate(cluster)
         if not handle.endpoints.spark_connect:
             raise ValueError(f"cluster {handle.name} has no Spark Connect endpoint "
@@ -36,14 +49,11 @@ def spark_connect(fn: Callable[..., R]) -> Callable[..., R]:
         spark = connect_session(handle.endpoints.spark_connect, app_name=fn.__name__,
                                 token=auth.connect_token)
         try:
-            return fn(*args, spark=spark, cluster=cluster, **kwargs)
+            call = inspect.BoundArguments(sig, {**bound.arguments, "spark": spark})
+            return fn(*call.args, **call.kwargs)
         finally:
             spark.stop()
 
     # Airflow's @task inspects the signature: hide `spark`, which this wrapper supplies.
-    import inspect
-
-    sig = inspect.signature(fn)
-    wrapper.__signature__ = sig.replace(  # type: ignore[attr-defined]
-        parameters=[p for name, p in sig.parameters.items() if name != "spark"])
+    wrapper.__signature__ = visible  # type: ignore[attr-defined]
     return wrapper
