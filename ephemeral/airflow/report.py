@@ -28,10 +28,11 @@ def _label(task_id: str, map_index: int) -> str:
 
 
 def _is_job_task(task: Any) -> bool:
-    from ephemeral.airflow.operators import RayJobOperator, SparkSubmitOperator
+    from ephemeral.airflow.operators import RayJobOperator
+    from ephemeral.airflow.spark_submit import EphemeralSparkSubmitOperator
 
     cls = getattr(task, "operator_class", type(task))  # a mapped task names its class
-    return isinstance(cls, type) and issubclass(cls, RayJobOperator | SparkSubmitOperator)
+    return isinstance(cls, type) and issubclass(cls, RayJobOperator | EphemeralSparkSubmitOperator)
 
 
 def finished_job_tasks(context: Any) -> list[tuple[str, int]]:

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from ephemeral.airflow.operators import RayJobOperator, SparkSubmitOperator
+from ephemeral.airflow.operators import RayJobOperator
+from ephemeral.airflow.spark_submit import EphemeralSparkSubmitOperator
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 
@@ -57,8 +58,8 @@ def test_every_job_of_a_shipped_dag_fails_its_run_when_it_fails() -> None:
     for dag in dags:
         leaves = effective_leaves(dag)
         for task in dag.tasks:
-            is_job = isinstance(task, RayJobOperator | SparkSubmitOperator) or \
-                getattr(task, "operator_class", None) in (RayJobOperator, SparkSubmitOperator)
+            is_job = isinstance(task, RayJobOperator | EphemeralSparkSubmitOperator) or \
+                getattr(task, "operator_class", None) in (RayJobOperator, EphemeralSparkSubmitOperator)
             if is_job and not shows_in_run_state(dag, task, leaves):
                 hidden.append(f"{dag.dag_id}.{task.task_id}")
     assert hidden == []

@@ -329,19 +329,20 @@ def test_an_unreadable_state_hides_no_other_cluster_and_still_deletes(
 
 # -- a job may not outlive its cluster ----------------------------------------------------
 
-@pytest.mark.parametrize("operator", ["RayJobOperator", "SparkSubmitOperator"])
+@pytest.mark.parametrize("operator", ["RayJobOperator", "EphemeralSparkSubmitOperator"])
 def test_a_job_timeout_past_the_clusters_expiry_is_refused_before_submitting(
         operator: str) -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
-    from ephemeral.airflow import operators
+    from ephemeral.airflow import operators, spark_submit
 
     spec = SPEC if operator == "RayJobOperator" else resolve("spark/etl", "ci-cpu")
     handle = InMemoryBackend().create(spec, identity=ident(get_settings().instance))
     ttl = spec.spec.lifetime.ttl_seconds
     kwargs: dict[str, Any] = ({"entrypoint": "python hello_ray.py"}
                               if operator == "RayJobOperator" else {"application": "app.py"})
-    op = getattr(operators, operator)(task_id="job", cluster=handle.model_dump(mode="json"),
+    module = operators if operator == "RayJobOperator" else spark_submit
+    op = getattr(module, operator)(task_id="job", cluster=handle.model_dump(mode="json"),
                                       job_timeout=ttl + 3600, **kwargs)
     with pytest.raises(AirflowFailException, match=rf"job_timeout.*{ttl + 3600}"):
         op.execute({"ti": SimpleNamespace(xcom_push=lambda **_k: None, try_number=1)})
@@ -350,14 +351,14 @@ def test_a_job_timeout_past_the_clusters_expiry_is_refused_before_submitting(
 def test_spark_submit_to_a_cluster_without_a_master_says_what_to_use() -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
-    from ephemeral.airflow.operators import SparkSubmitOperator
+    from ephemeral.airflow.spark_submit import EphemeralSparkSubmitOperator
     from ephemeral.backends.base import Endpoints
 
     spec = resolve("spark/etl", "ci-cpu")
     handle = InMemoryBackend().create(spec, identity=ident(get_settings().instance))
     connect_only = handle.model_copy(update={"endpoints": Endpoints(
         spark_connect="sc://x-server:15002", spark_ui="http://x-server:4040")})
-    op = SparkSubmitOperator(task_id="etl", cluster=connect_only.model_dump(mode="json"),
-                             application="app.py")
+    op = EphemeralSparkSubmitOperator(task_id="etl", cluster=connect_only.model_dump(mode="json"),
+                                      application="app.py")
     with pytest.raises(AirflowFailException, match=r"no Spark master .* use Spark Connect"):
         op.execute({"ti": SimpleNamespace(xcom_push=lambda **_k: None, try_number=1)})

@@ -14,8 +14,8 @@ from ephemeral.airflow.operators import (
     CreateClusterOperator,
     DeleteClusterOperator,
     RayJobOperator,
-    SparkSubmitOperator,
 )
+from ephemeral.airflow.spark_submit import EphemeralSparkSubmitOperator
 
 START = datetime(2026, 1, 1)
 SMALL = {"workers": {"replicas": 1}}
@@ -60,7 +60,7 @@ with _dag("fm_spark") as fm_spark:
 SLOW_SPARK = str(Path(__file__).resolve().parents[1] / "apps" / "slow_spark.py")
 with _dag("fm_spark_job") as fm_spark_job:
     spark_job_create = _create("spark")
-    spark_job = SparkSubmitOperator(
+    spark_job = EphemeralSparkSubmitOperator(
         task_id="work", cluster=spark_job_create.output, application=SLOW_SPARK,
         application_args=["{{ dag_run.conf.get('seconds', 30) }}"])
     spark_job_create >> spark_job >> _teardown(spark_job_create)

@@ -1,0 +1,336 @@
+"""``EphemeralSparkSubmitOperator``: a Spark application on an ephemeral cluster's master,
+submitted through the Spark provider's ``SparkSubmitHook``.
+
+The provider's hook builds and logs the ``spark-submit`` command (its ``secret``/``password``
+masking, ``packages``, ``jars``, ``py_files``, ``files``, ``archives``, executor sizing) and
+streams the driver's output into the task log; the operator injects OpenLineage's parent job
+and transport properties as the provider's own ``SparkSubmitOperator`` does. What this module
+adds, where the hook has no way to say it:
+
+- the master comes from the cluster's handle (the setup task's XCom), not from an Airflow Spark
+  connection, and ``spark-submit`` is the one of the installed pyspark;
+- the driver authenticates with the cluster's ``spark.authenticate`` secret from a 0600
+  properties file given as ``--extra-properties-file`` (the hook only knows
+  ``--properties-file``, which would replace the cluster defaults) and removed when the driver
+  ends; the secret is never in argv, conf, the log or XCom;
+- the driver's environment is the job allow-list (``settings.job_environ``), passed to the
+  process as a whole: the hook's ``env_vars`` are merged into this worker's whole environment;
+- local clusters get the driver's loopback address settings;
+- ``job_timeout`` and killing the task stop the driver's whole session (the hook's ``on_kill``
+  stops the ``spark-submit`` JVM only, not the Python driver it started);
+- the job's result (its result file, else its last JSON line) is pushed to XCom.
+
+The provider's own ``SparkSubmitOperator`` can be imported beside this one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from ephemeral.airflow.backends import task_backend
+from ephemeral.airflow.lineage import JobLineageMixin
+from ephemeral.airflow.links import SparkMasterLink
+from ephemeral.airflow.operators import _handle, _no_master, _within_ttl
+from ephemeral.backends import ClusterHandle
+from ephemeral.errors import EphemeralError, JobFailed, JobTimeout
+from ephemeral.jobs.results import JobResult, JobStatus
+
+# How long the driver's output may stay open after the driver exited (a process it left in
+# its session holding the pipe) before that process is stopped.
+DRAIN_SECONDS = 10.0
+
+
+class ClusterSparkSubmitHook(SparkSubmitHook):
+    """The provider's ``SparkSubmitHook`` aimed at one cluster's master in client mode, with
+    ``extra_args`` (the auth properties file) put before the application, and the driver's
+    output kept for the result and a failure's tail.
+
+    ``on_start`` is called with the ``spark-submit`` process as soon as it runs."""
+
+    def __init__(self, *, master: str, spark_binary: str, extra_args: Sequence[str] = (),
+                 on_start: Callable[[subprocess.Popen[str]], None] | None = None,
+                 **kwargs: Any) -> None:
+        from ephemeral.jobs.spark_jobs import _APP_ID
+
+        self._master = master
+        self._extra_args = list(extra_args)
+        self._on_start = on_start
+        self._app_id_re = _APP_ID
+        self.lines: deque[str] = deque(maxlen=2000)
+        self.app_id: str | None = None
+        self.output_done = threading.Event()
+        super().__init__(spark_binary=spark_binary, deploy_mode="client", **kwargs)
+
+    def _resolve_connection(self) -> dict[str, Any]:
+        # No Airflow Spark connection: the master is the cluster's, the binary pyspark's.
+        return {"master": self._master, "queue": None, "deploy_mode": "client",
+                "spark_binary": self.spark_binary, "namespace": None, "principal": None,
+                "keytab": None}
+
+    def _build_spark_submit_command(self, application: str) -> list[str]:
+        command: list[str] = super()._build_spark_submit_command(application)
+        return [command[0], *self._extra_args, *command[1:]]
+
+    def _process_spark_submit_log(self, itr: Iterator[Any]) -> None:
+        # Called right after the hook started spark-submit, in the submitting thread.
+        if self._on_start is not None and self._submit_sp is not None:
+            self._on_start(self._submit_sp)
+        try:
+            super()._process_spark_submit_log(self._keep(itr))
+        finally:
+            self.output_done.set()
+
+    def _keep(self, itr: Iterator[Any]) -> Iterator[Any]:
+        for raw in itr:
+            line = str(raw).rstrip("\n")
+            self.lines.append(line)
+            if self.app_id is None and (m := self._app_id_re.search(line)):
+                self.app_id = m.group(1)
+            yield raw
+
+
+class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
+    """Run a Spark application on the cluster's master (driver in this task, executors on the
+    workers), streaming the driver's output into the task log; push the job's result.
+
+    ``cluster`` is the setup task's output. ``packages``, ``jars``, ``py_files``, ``files``,
+    ``archives``, ``repositories`` and ``exclude_packages`` are comma-separated as in
+    ``spark-submit`` and the provider's operator. ``env_vars`` are added to the driver's
+    environment on top of the job allow-list. ``job_timeout`` (seconds) stops the driver.
+    The cluster's credentials come from the handle's backend and connection (or ``backend``,
+    ``conn_id``, ``kubernetes_conn_id``), asked in this process.
+    """
+
+    template_fields: Sequence[str] = (
+        "cluster", "application", "application_args", "conf", "name", "files", "py_files",
+        "archives", "jars", "packages", "exclude_packages", "repositories", "java_class",
+        "env_vars", "job_timeout")
+    template_fields_renderers = {"conf": "json", "env_vars": "json"}
+    operator_extra_links = (SparkMasterLink(),)
+    ui_color = "#fdebd0"
+
+    def __init__(self, *, cluster: Any, application: str,
+                 application_args: Sequence[Any] = (), conf: dict[str, Any] | None = None,
+                 name: str | None = None, files: str | None = None,
+                 py_files: str | None = None, archives: str | None = None,
+                 jars: str | None = None, packages: str | None = None,
+                 exclude_packages: str | None = None, repositories: str | None = None,
+                 java_class: str | None = None, driver_memory: str | None = None,
+                 executor_memory: str | None = None, executor_cores: int | None = None,
+                 total_executor_cores: int | None = None,
+                 env_vars: dict[str, str] | None = None, verbose: bool = False,
+                 job_timeout: float | str | None = None,
+                 openlineage_inject_parent_job_info: bool | None = None,
+                 openlineage_inject_transport_info: bool | None = None,
+                 backend: str | None = None, conn_id: str | None = None,
+                 kubernetes_conn_id: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cluster = cluster
+        self.application = application
+        self.application_args = list(application_args)
+        self.conf = conf
+        self.name = name
+        self.files = files
+        self.py_files = py_files
+        self.archives = archives
+        self.jars = jars
+        self.packages = packages
+        self.exclude_packages = exclude_packages
+        self.repositories = repositories
+        self.java_class = java_class
+        self.driver_memory = driver_memory
+        self.executor_memory = executor_memory
+        self.executor_cores = executor_cores
+        self.total_executor_cores = total_executor_cores
+        self.env_vars = env_vars
+        self.verbose = verbose
+        self.job_timeout = job_timeout
+        self.openlineage_inject_parent_job_info = openlineage_inject_parent_job_info
+        self.openlineage_inject_transport_info = openlineage_inject_transport_info
+        self.backend = backend
+        self.conn_id = conn_id
+        self.kubernetes_conn_id = kubernetes_conn_id
+        self._driver: subprocess.Popen[str] | None = None
+
+    @property
+    def _timeout(self) -> float | None:
+        return None if self.job_timeout in (None, "", "None") else float(self.job_timeout)
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        handle = _handle(self.cluster)
+        if not handle.endpoints.spark_master:
+            raise AirflowFailException(_no_master(handle))
+        _within_ttl(handle, self._timeout)
+        if not Path(self.application).is_file():
+            raise AirflowFailException(f"no application file {self.application!r}")
+        context["ti"].xcom_push(key=SparkMasterLink().xcom_key, value=handle.endpoints.spark_ui)
+        try:
+            result = self._submit(context, handle)
+        except EphemeralError as err:
+            raise AirflowException(str(err)) from err
+        return result.model_dump(mode="json")
+
+    def _conf(self, context: Any, master: str) -> dict[str, Any]:
+        # The driver runs on this host; executors on the workers must be able to call it back.
+        conf: dict[str, Any] = {"spark.driver.host": "127.0.0.1",
+                                "spark.driver.bindAddress": "127.0.0.1"} \
+            if "://127." in master else {}
+        conf |= dict(self.conf or {})
+        return _with_openlineage(conf, context, self.openlineage_inject_parent_job_info,
+                                 self.openlineage_inject_transport_info)
+
+    def _env(self) -> dict[str, str]:
+        from ephemeral.jobs.spark_jobs import CONNECT_MODE_VARS
+        from ephemeral.settings import job_environ
+
+        env = {k: v for k, v in job_environ().items() if k not in CONNECT_MODE_VARS}
+        return env | {"PYSPARK_PYTHON": sys.executable,
+                      **{k: str(v) for k, v in (self.env_vars or {}).items()}}
+
+    def _submit(self, context: Any, handle: ClusterHandle) -> JobResult:
+        from ephemeral.jobs.results import RESULT_FILE_ENV, parse_result_line, read_result_file
+        from ephemeral.jobs.spark_jobs import (
+            _SPARK_INFO,
+            _auth_properties,
+            _private_dir,
+            spark_auth_for,
+            spark_submit_bin,
+        )
+
+        # The driver authenticates with the cluster's secret (spark.authenticate).
+        auth = spark_auth_for(handle, task_backend(
+            self.backend or handle.backend,
+            self.conn_id or self.kubernetes_conn_id or handle.connection))
+        _mask(auth.secret)
+        master = str(handle.endpoints.spark_master)
+        timed_out = threading.Event()
+        env = self._env()
+        with _private_dir() as private:  # the auth file and the result file; removed after
+            result_file = private / "result.json"
+            env[RESULT_FILE_ENV] = str(result_file)
+            hook = ClusterSparkSubmitHook(
+                master=master, spark_binary=spark_submit_bin(),
+                extra_args=_auth_properties(private, auth),
+                on_start=lambda proc: self._started(proc, hook, timed_out),
+                conf=self._conf(context, master), name=self.name or self.task_id,
+                files=self.files, py_files=self.py_files, archives=self.archives,
+                jars=self.jars, packages=self.packages, exclude_packages=self.exclude_packages,
+                repositories=self.repositories, java_class=self.java_class,
+                driver_memory=self.driver_memory, executor_memory=self.executor_memory,
+                executor_cores=self.executor_cores,
+                total_executor_cores=self.total_executor_cores,
+                application_args=[str(a) for a in self.application_args], verbose=self.verbose)
+            started = time.monotonic()
+            failed: AirflowException | None = None
+            try:
+                # The environment goes to Popen as a whole: the hook's env_vars would be
+                # merged into this worker's environment, past the allow-list.
+                hook.submit(self.application, env=env, start_new_session=True)
+            except AirflowException as err:  # spark-submit exited non-zero
+                failed = err
+            except BaseException:
+                self._stop_driver()  # interrupted: the driver must not outlive its task
+                raise
+            finally:
+                self._driver = None
+            job_id = hook.app_id or f"spark-submit-{self.task_id}"
+            if timed_out.is_set():
+                raise JobTimeout(f"spark application {self.application} did not finish in "
+                                 f"{self._timeout:.0f}s; it was stopped")
+            if failed is not None:
+                code = hook._submit_sp.returncode if hook._submit_sp is not None else None
+                useful = [line for line in hook.lines if not _SPARK_INFO.match(line)]
+                raise JobFailed(job_id, f"{JobStatus.FAILED.value} (exit code {code})",
+                                "\n".join(useful[-40:])) from failed
+            result = read_result_file(result_file, job_id)
+        if result is None:  # an application that does not use the channel: its last JSON line
+            result = parse_result_line("\n".join(hook.lines), job_id)
+        self.log.info("Spark application %s succeeded: %s", job_id, result)
+        return JobResult(job_id=job_id, cluster=handle.name, engine="spark",
+                         status=JobStatus.SUCCEEDED,
+                         seconds=round(time.monotonic() - started, 3), result=result)
+
+    def _started(self, proc: subprocess.Popen[str], hook: ClusterSparkSubmitHook,
+                 timed_out: threading.Event) -> None:
+        self._driver = proc
+        threading.Thread(target=_watch, args=(proc, hook, self._timeout, timed_out),
+                         name=f"spark-driver-{proc.pid}", daemon=True).start()
+
+    def _stop_driver(self) -> None:
+        from ephemeral.jobs.spark_jobs import _kill
+
+        if self._driver is not None:
+            _kill(self._driver)
+
+    def on_kill(self) -> None:
+        # Airflow calls on_kill on SIGTERM; the driver runs in its own session, whole.
+        proc = self._driver
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+
+
+def _watch(proc: subprocess.Popen[str], hook: ClusterSparkSubmitHook, timeout: float | None,
+           timed_out: threading.Event) -> None:
+    """Stop the driver's session when ``timeout`` passes; once the driver has exited, stop
+    what it left holding its output open, so the hook's read ends with the last lines."""
+    from ephemeral.jobs.spark_jobs import _kill
+
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out.set()
+        _kill(proc)
+        return
+    if not hook.output_done.wait(DRAIN_SECONDS):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _mask(secret: str | None) -> None:
+    """Register the cluster's secret with Airflow's log masker: a driver that prints its conf
+    must not put it in the task log."""
+    if secret:
+        from airflow.sdk.log import mask_secret
+
+        mask_secret(secret)
+
+
+def _with_openlineage(conf: dict[str, Any], context: Any, parent: bool | None,
+                      transport: bool | None) -> dict[str, Any]:
+    """OpenLineage's Spark integration properties, as the provider's ``SparkSubmitOperator``
+    injects them (both default to ``[openlineage] spark_inject_*_info``)."""
+    from airflow.configuration import conf as airflow_conf
+
+    if parent is None:
+        parent = airflow_conf.getboolean("openlineage", "spark_inject_parent_job_info",
+                                         fallback=False)
+    if transport is None:
+        transport = airflow_conf.getboolean("openlineage", "spark_inject_transport_info",
+                                            fallback=False)
+    if not (parent or transport):
+        return conf
+    from airflow.providers.common.compat.openlineage.utils.spark import (
+        inject_parent_job_information_into_spark_properties,
+        inject_transport_information_into_spark_properties,
+    )
+
+    if parent:
+        conf = dict(inject_parent_job_information_into_spark_properties(conf, context))
+    if transport:
+        conf = dict(inject_transport_information_into_spark_properties(conf, context))
+    return conf

@@ -1,0 +1,212 @@
+"""EphemeralSparkSubmitOperator on the Spark provider's SparkSubmitHook: the provider installs
+beside pyspark 4.3 (both import), the hook builds the command, and real spark-submit drivers
+(local master: no cluster needed) get the auth file, the allow-listed environment, py_files,
+the result channel, the timeout and a failure's tail."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import textwrap
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from ephemeral.backends.fake import InMemoryBackend
+from ephemeral.settings import get_settings
+from ephemeral.specs import ClusterIdentity, resolve
+
+SECRET = "s3cr3t-" + "ab" * 16
+
+APP = textwrap.dedent('''
+    import hashlib, json, os, sys, time
+    from pyspark.sql import SparkSession
+    import helper  # shipped with --py-files
+
+    mode, pid_file = sys.argv[1], sys.argv[2]
+    with open(pid_file, "w") as fh:
+        fh.write(str(os.getpid()))
+    spark = SparkSession.builder.getOrCreate()
+    secret = spark.sparkContext.getConf().get("spark.authenticate.secret", "")
+    argv = open(f"/proc/{os.getppid()}/cmdline", "rb").read().decode(errors="replace")
+    if mode == "sleep":
+        time.sleep(600)
+    if mode == "fail":
+        print("the application says why it failed", flush=True)
+        sys.exit(3)
+    result = {"rows": spark.range(3).count(), "helper": helper.VALUE,
+              "secret_sha": hashlib.sha256(secret.encode()).hexdigest(),
+              "secret_in_driver_argv": bool(secret) and secret in argv,
+              "auth_file": argv.split("\\0--extra-properties-file\\0")[1].split("\\0")[0],
+              "env": sorted(os.environ)}
+    spark.stop()
+    with open(os.environ["EPHEMERAL_RESULT_FILE"], "w") as fh:
+        json.dump(result, fh)
+''')
+
+
+def test_the_provider_and_pyspark_43_install_and_import_side_by_side() -> None:
+    import pyspark
+    from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
+    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+    from pyspark.sql import SparkSession
+
+    from ephemeral.airflow.spark_submit import (
+        ClusterSparkSubmitHook,
+        EphemeralSparkSubmitOperator,
+    )
+
+    assert SparkSession is not None
+    assert issubclass(ClusterSparkSubmitHook, SparkSubmitHook)
+    assert EphemeralSparkSubmitOperator is not SparkSubmitOperator
+    # pyspark's Python files are 4.3.0's own: pyspark-client (the provider 6.x requirement)
+    # would overwrite them with 4.2.0's.
+    assert pyspark.__version__ == importlib.metadata.version("pyspark") == "4.3.0"
+    with pytest.raises(importlib.metadata.PackageNotFoundError):
+        importlib.metadata.version("pyspark-client")
+
+
+def test_the_old_name_is_a_deprecated_alias() -> None:
+    from airflow.exceptions import AirflowProviderDeprecationWarning
+
+    from ephemeral.airflow import operators
+    from ephemeral.airflow.spark_submit import EphemeralSparkSubmitOperator
+
+    with pytest.warns(AirflowProviderDeprecationWarning, match="EphemeralSparkSubmitOperator"):
+        from ephemeral.airflow.operators import SparkSubmitOperator
+    assert SparkSubmitOperator is EphemeralSparkSubmitOperator
+    with pytest.raises(AttributeError):
+        operators.NoSuchOperator  # noqa: B018
+
+
+def test_the_hook_builds_the_command_with_the_auth_file_first_and_masks_secrets(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from ephemeral.airflow.spark_submit import ClusterSparkSubmitHook
+
+    hook = ClusterSparkSubmitHook(
+        master="spark://127.0.0.9:7077", spark_binary="/opt/spark/bin/spark-submit",
+        extra_args=["--extra-properties-file", "/private/auth.properties"],
+        conf={"spark.hadoop.fs.s3a.secret.key": "hunter2"}, name="etl",
+        packages="org.example:lib:1.0", jars="a.jar,b.jar", py_files="deps.zip",
+        application_args=["--out", "file:///tmp/x"])
+    cmd = hook._build_spark_submit_command("app.py")
+    assert cmd[:3] == ["/opt/spark/bin/spark-submit", "--extra-properties-file",
+                       "/private/auth.properties"]
+    pairs = {cmd[i]: cmd[i + 1] for i in range(1, len(cmd) - 1) if cmd[i].startswith("--")}
+    assert pairs["--master"] == "spark://127.0.0.9:7077"
+    assert pairs["--deploy-mode"] == "client"
+    assert pairs["--packages"] == "org.example:lib:1.0"
+    assert pairs["--jars"] == "a.jar,b.jar"
+    assert pairs["--py-files"] == "deps.zip"
+    assert cmd[-3:] == ["app.py", "--out", "file:///tmp/x"]
+    # The hook logs the command (Airflow's logging writes to stdout outside a task).
+    logged = "\n".join(line for line in capsys.readouterr().out.splitlines()
+                       if "Spark-Submit cmd" in line)
+    assert "spark.hadoop.fs.s3a.secret.key=******" in logged
+    assert "hunter2" not in logged
+
+
+# -- real drivers ---------------------------------------------------------------------------
+
+def _handle(master: str) -> dict[str, Any]:
+    spec = resolve("spark/etl", "ci-cpu")
+    identity = ClusterIdentity(spec_name=spec.spec.name, dag_id="etl", run_id="r1",
+                               task_id="create", instance=get_settings().instance)
+    handle = InMemoryBackend().create(spec, identity=identity)
+    endpoints = handle.endpoints.model_copy(update={"spark_master": master})
+    return handle.model_copy(update={"endpoints": endpoints}).model_dump(mode="json")
+
+
+@pytest.fixture
+def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    from ephemeral.airflow import spark_submit
+    from ephemeral.jobs.spark_jobs import SparkAuth
+
+    (tmp_path / "app.py").write_text(APP)
+    (tmp_path / "helper.py").write_text("VALUE = 'from py_files'\n")
+    # The cluster's credential source; the drivers, Spark and Airflow's hook are real.
+    backend = SimpleNamespace(spark_auth=lambda _h: SparkAuth(secret=SECRET))
+    monkeypatch.setattr(spark_submit, "task_backend", lambda *_a: backend)
+    monkeypatch.setenv("PLANTED_DB_PASSWORD", "do-not-pass")
+    return tmp_path
+
+
+def _operator(app: Path, mode: str, **kwargs: Any) -> Any:
+    from ephemeral.airflow.spark_submit import EphemeralSparkSubmitOperator
+
+    return EphemeralSparkSubmitOperator(
+        task_id=f"spark_{mode}", cluster=_handle("local[1]"), application=str(app / "app.py"),
+        application_args=[mode, str(app / f"{mode}.pid")], py_files=str(app / "helper.py"),
+        conf={"spark.ui.enabled": "false"}, env_vars={"MY_FLAG": "1"}, **kwargs)
+
+
+CONTEXT = {"ti": SimpleNamespace(xcom_push=lambda **_k: None, try_number=1)}
+
+
+def _gone(pid: int, within: float = 20.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.local
+@pytest.mark.slow
+def test_a_driver_authenticates_from_a_file_and_pushes_its_result(app: Path) -> None:
+    out = _operator(app, "ok").execute(CONTEXT)
+    result = out["result"]
+    assert out["status"] == "SUCCEEDED"
+    assert out["engine"] == "spark"
+    assert result["rows"] == 3
+    assert result["helper"] == "from py_files"
+    # The secret reached the driver's SparkConf through the properties file, not its argv.
+    assert result["secret_sha"] == hashlib.sha256(SECRET.encode()).hexdigest()
+    assert result["secret_in_driver_argv"] is False
+    # The allow-list: ours and the artifact root pass, this worker's other variables do not.
+    assert {"MY_FLAG", "EPHEMERAL_ARTIFACT_ROOT", "PYSPARK_PYTHON"} <= set(result["env"])
+    assert "PLANTED_DB_PASSWORD" not in result["env"]
+    # The properties file was private to the driver's run and is gone with it.
+    assert result["auth_file"].endswith("auth.properties")
+    assert not Path(result["auth_file"]).exists()
+
+
+@pytest.mark.local
+@pytest.mark.slow
+def test_a_failing_driver_fails_the_task_with_its_last_lines(app: Path) -> None:
+    from airflow.sdk.exceptions import AirflowException
+
+    with pytest.raises(AirflowException, match=r"(?s)exit code 3.*the application says why"):
+        _operator(app, "fail").execute(CONTEXT)
+
+
+@pytest.mark.local
+@pytest.mark.slow
+def test_the_job_timeout_stops_the_drivers_whole_session(app: Path) -> None:
+    from airflow.sdk.exceptions import AirflowException
+
+    op = _operator(app, "sleep", job_timeout=40)
+    started = time.monotonic()
+    with pytest.raises(AirflowException, match="did not finish in 40s"):
+        op.execute(CONTEXT)
+    assert time.monotonic() - started < 90
+    pid = int((app / "sleep.pid").read_text())  # the Python driver, a child of the JVM
+    assert _gone(pid), "the driver's Python process outlived the timeout"
+
+
+def test_on_kill_stops_the_drivers_session(app: Path) -> None:
+    import subprocess
+
+    op = _operator(app, "ok")
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True, text=True)
+    op._driver = proc
+    op.on_kill()
+    assert proc.wait(timeout=10) != 0
+
