@@ -27,7 +27,6 @@ the same way, and recorded in the decision.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -117,7 +116,9 @@ class GateDecision(_Strict):
 
 
 def gates_dir() -> Path:
-    if folder := os.environ.get(GATES_VAR):
+    from ephemeral.settings import setting
+
+    if folder := setting("gates_dir"):
         return Path(folder)
     here = Path(__file__).resolve().parent.parent / "gates"
     return here if here.is_dir() else Path.cwd() / "gates"
