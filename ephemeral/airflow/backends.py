@@ -40,6 +40,52 @@ _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _HOOK_LOCK = threading.Lock()
 
 
+HIDDEN_FIELDS = ["host", "schema", "login", "password", "port", "extra"]
+CONN_FIELDS: dict[str, dict[str, Any]] = {
+    "backend": {
+        "label": "Backend",
+        "description": "local (processes on the worker) or kubernetes (KubeRay RayClusters, "
+                       "Spark Deployments). Empty: kubernetes when a Kubernetes connection is "
+                       "set, else EPHEMERAL_BACKEND.",
+        "schema": {"type": ["string", "null"], "enum": [None, *BACKENDS]},
+    },
+    "namespace": {
+        "label": "Namespace",
+        "description": "Where the clusters live (kubernetes). Empty: the Kubernetes "
+                       "connection's namespace, else default.",
+        "schema": {"type": ["string", "null"]},
+    },
+    "instance": {
+        "label": "Deployment instance",
+        "description": "The deployment the clusters belong to (their owner label and name "
+                       "digest). Empty: EPHEMERAL_INSTANCE, else derived from AIRFLOW_HOME.",
+        "schema": {"type": ["string", "null"]},
+    },
+    "kubernetes_conn_id": {
+        "label": "Kubernetes connection",
+        "description": "The id of a kubernetes connection (cncf-kubernetes provider) that "
+                       "reaches the API server. Empty: EPHEMERAL_K8S_* settings, or the pod's "
+                       "service account.",
+        "schema": {"type": ["string", "null"]},
+    },
+}
+CONNECTION_TYPE: dict[str, Any] = {
+    "hook-class-name": "ephemeral.airflow.hooks.EphemeralHook",
+    "hook-name": "Ephemeral clusters",
+    "connection-type": CONN_TYPE,
+    "conn-fields": CONN_FIELDS,
+    "ui-field-behaviour": {"hidden-fields": HIDDEN_FIELDS},
+}
+"""The provider info's ``connection-types`` entry: the connection form (Airflow 3.2+ reads
+it from there without importing the hook, whose module imports Airflow)."""
+
+
+class ConnectionInvalid(BackendUnavailable):
+    """A connection or task setting that cannot work as given: a retry would fail the same."""
+
+    retryable = False
+
+
 @dataclass(frozen=True)
 class EphemeralConnection:
     """The fields of an ``ephemeral`` connection, kept in its extras (the connection form's
@@ -60,13 +106,13 @@ class EphemeralConnection:
         fields = {k.removeprefix(legacy): v for k, v in extra.items()}
         unknown = sorted(set(fields) - set(cls.FIELDS))
         if unknown:
-            raise BackendUnavailable(f"connection {conn_id!r}: unknown field "
+            raise ConnectionInvalid(f"connection {conn_id!r}: unknown field "
                                      f"{', '.join(unknown)}; known: {', '.join(cls.FIELDS)}")
         values: dict[str, str | None] = {}
         for name in cls.FIELDS:
             value = fields.get(name)
             if value is not None and not isinstance(value, str):
-                raise BackendUnavailable(f"connection {conn_id!r}: {name} must be text, got "
+                raise ConnectionInvalid(f"connection {conn_id!r}: {name} must be text, got "
                                          f"{type(value).__name__}")
             values[name] = (value.strip() or None) if value else None
         conn = cls(conn_id=conn_id, **values)
@@ -76,17 +122,17 @@ class EphemeralConnection:
     def check(self) -> None:
         where = f"connection {self.conn_id!r}"
         if self.backend is not None and self.backend not in BACKENDS:
-            raise BackendUnavailable(f"{where}: backend {self.backend!r} is not one of "
+            raise ConnectionInvalid(f"{where}: backend {self.backend!r} is not one of "
                                      f"{', '.join(BACKENDS)}")
         if self.backend == "local" and (self.namespace or self.kubernetes_conn_id):
-            raise BackendUnavailable(f"{where}: namespace and kubernetes_conn_id are for the "
+            raise ConnectionInvalid(f"{where}: namespace and kubernetes_conn_id are for the "
                                      "kubernetes backend; clear them or set backend kubernetes")
         if self.namespace is not None and not _NAMESPACE.match(self.namespace):
-            raise BackendUnavailable(f"{where}: namespace {self.namespace!r} is not a "
+            raise ConnectionInvalid(f"{where}: namespace {self.namespace!r} is not a "
                                      "Kubernetes namespace name (lowercase letters, digits, "
                                      "'-', at most 63)")
         if self.instance is not None and label_value(self.instance) != self.instance:
-            raise BackendUnavailable(f"{where}: instance {self.instance!r} must be a Kubernetes "
+            raise ConnectionInvalid(f"{where}: instance {self.instance!r} must be a Kubernetes "
                                      "label value (at most 63 letters, digits, '-', '_', '.')")
 
 
@@ -110,14 +156,14 @@ def resolve(backend: str | None = None, conn_id: str | None = None,
         conn = _connection(conn_id)
         if conn.conn_type == KUBERNETES_CONN_TYPE:
             if kubernetes_conn_id and kubernetes_conn_id != conn_id:
-                raise BackendUnavailable(f"conn_id {conn_id!r} and kubernetes_conn_id "
+                raise ConnectionInvalid(f"conn_id {conn_id!r} and kubernetes_conn_id "
                                          f"{kubernetes_conn_id!r} are two kubernetes "
                                          "connections: give one")
             kubernetes_conn_id = conn_id
         elif conn.conn_type == CONN_TYPE:
             eph = EphemeralConnection.from_extra(conn_id, conn.extra_dejson)
         else:
-            raise BackendUnavailable(f"connection {conn_id!r} is of type {conn.conn_type!r}; "
+            raise ConnectionInvalid(f"connection {conn_id!r} is of type {conn.conn_type!r}; "
                                      f"conn_id takes an {CONN_TYPE!r} (or a "
                                      f"{KUBERNETES_CONN_TYPE!r}) connection")
     namespace = None
@@ -125,11 +171,11 @@ def resolve(backend: str | None = None, conn_id: str | None = None,
     recorded = kubernetes_conn_id
     if eph is not None:
         if backend and eph.backend and backend != eph.backend:
-            raise BackendUnavailable(f"backend {backend!r} but connection {eph.conn_id!r} says "
+            raise ConnectionInvalid(f"backend {backend!r} but connection {eph.conn_id!r} says "
                                      f"{eph.backend!r}: drop one of them")
         if kubernetes_conn_id and eph.kubernetes_conn_id and (
                 kubernetes_conn_id != eph.kubernetes_conn_id):
-            raise BackendUnavailable(f"kubernetes_conn_id {kubernetes_conn_id!r} but connection "
+            raise ConnectionInvalid(f"kubernetes_conn_id {kubernetes_conn_id!r} but connection "
                                      f"{eph.conn_id!r} uses {eph.kubernetes_conn_id!r}: drop "
                                      "one of them")
         backend = backend or eph.backend
@@ -141,7 +187,7 @@ def resolve(backend: str | None = None, conn_id: str | None = None,
         if backend not in (None, "kubernetes"):
             what = (f"kubernetes_conn_id={kubernetes_conn_id!r}" if kubernetes_conn_id
                     else f"namespace {namespace!r}")
-            raise BackendUnavailable(f"{what} is set but backend is {backend!r}: drop one of "
+            raise ConnectionInvalid(f"{what} is set but backend is {backend!r}: drop one of "
                                      "them")
         return Target(kubernetes_backend(kubernetes_conn_id, namespace), instance, recorded)
     return Target(get_backend(backend), instance, recorded)
@@ -153,10 +199,45 @@ def task_backend(name: str | None, connection: str | None = None) -> ClusterBack
     return resolve(name, connection).backend
 
 
+def instance_of(conn_id: str | None) -> str:
+    """The deployment instance the tasks of a connection act as: an ``ephemeral``
+    connection's ``instance``, else this deployment's."""
+    conn = _known(conn_id)
+    if conn is not None and conn.conn_type == CONN_TYPE:
+        instance = EphemeralConnection.from_extra(str(conn_id), conn.extra_dejson).instance
+        if instance:
+            return instance
+    return current_instance()
+
+
+def same_connection(conn_id: str) -> set[str]:
+    """The ids a task may name for what ``conn_id`` reaches: itself, and for an ``ephemeral``
+    connection the ``kubernetes`` connection it uses."""
+    conn = _known(conn_id)
+    if conn is not None and conn.conn_type == CONN_TYPE:
+        eph = EphemeralConnection.from_extra(conn_id, conn.extra_dejson)
+        if eph.kubernetes_conn_id:
+            return {conn_id, eph.kubernetes_conn_id}
+    return {conn_id}
+
+
 def _connection(conn_id: str) -> Any:
     from airflow.sdk import BaseHook
 
     return BaseHook.get_connection(conn_id)
+
+
+def _known(conn_id: str | None) -> Any:
+    """The connection, or None when there is none by that id (checks that compare settings
+    must not fail on a lookup: resolving the backend reports a missing connection)."""
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    if not conn_id:
+        return None
+    try:
+        return _connection(conn_id)
+    except AirflowNotFoundException:
+        return None
 
 
 def kubernetes_backend(kubernetes_conn_id: str | None, namespace: str | None = None
@@ -177,13 +258,13 @@ def kubernetes_backend(kubernetes_conn_id: str | None, namespace: str | None = N
     try:
         from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
     except ImportError as err:
-        raise BackendUnavailable(PROVIDER_MISSING) from err
+        raise ConnectionInvalid(PROVIDER_MISSING) from err
     hook = KubernetesHook(conn_id=kubernetes_conn_id)
     extra: dict[str, Any] = hook.conn_extras
     ours = {k.removeprefix(OUR_PREFIX): v for k, v in extra.items() if k.startswith(OUR_PREFIX)}
     unknown = sorted(set(ours) - OUR_FIELDS)
     if unknown:
-        raise BackendUnavailable(
+        raise ConnectionInvalid(
             f"connection {kubernetes_conn_id!r}: unknown extra "
             f"{', '.join(OUR_PREFIX + k for k in unknown)}; known: "
             f"{', '.join(OUR_PREFIX + k for k in sorted(OUR_FIELDS))}")
@@ -202,10 +283,10 @@ def _api_client(hook: Any, conn_id: str, *, secret_content: bool) -> Any:
             return hook.get_conn()
     except Exception as err:  # the loaders raise many types; all mean "cannot load"
         if secret_content:  # the loaders' messages can quote a kubeconfig's content
-            raise BackendUnavailable(f"connection {conn_id!r}: cannot load Kubernetes "
+            raise ConnectionInvalid(f"connection {conn_id!r}: cannot load Kubernetes "
                                      f"credentials from its kube_config ({type(err).__name__})"
                                      ) from None
-        raise BackendUnavailable(f"connection {conn_id!r}: cannot load Kubernetes credentials: "
+        raise ConnectionInvalid(f"connection {conn_id!r}: cannot load Kubernetes credentials: "
                                  f"{err}") from err
 
 
@@ -220,5 +301,5 @@ def _config(conn_id: str, fields: dict[str, Any]) -> KubeConfig:
         # Field names only: pydantic would echo the values.
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}"
                              for e in exc.errors(include_input=False))
-        raise BackendUnavailable(f"connection {conn_id!r}: invalid settings: {problems}") \
+        raise ConnectionInvalid(f"connection {conn_id!r}: invalid settings: {problems}") \
             from None

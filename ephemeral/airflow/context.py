@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ephemeral.backends.base import OwnerSelector
-from ephemeral.specs.identity import PREFIX, ClusterIdentity, label_value
+from ephemeral.specs.identity import INSTANCE_LABEL, PREFIX, ClusterIdentity, label_value
+
+KEEP_LABEL = PREFIX + "on-failure"
+"""``keep`` on a cluster whose setup keeps it after a failure (``on_failure="keep"``): the
+run-end cleanup leaves it alone and the reaper deletes it at its TTL, not before."""
+
+
+@dataclass(frozen=True)
+class SetupIdentity(ClusterIdentity):
+    """A setup task's cluster identity; its cleanup policy is a label (not part of the name)."""
+
+    on_failure: str = "delete"
+
+    def labels(self) -> dict[str, str]:
+        labels = super().labels()
+        return labels | {KEEP_LABEL: "keep"} if self.on_failure == "keep" else labels
 
 
 def _map_index(context: Any) -> int:
@@ -13,20 +29,25 @@ def _map_index(context: Any) -> int:
     return -1 if index is None else int(index)
 
 
-def cluster_identity(context: Any, spec_name: str, setup_task_id: str | None = None
-                     ) -> ClusterIdentity:
+def cluster_identity(context: Any, spec_name: str, setup_task_id: str | None = None, *,
+                     instance: str | None = None, on_failure: str = "delete"
+                     ) -> SetupIdentity:
     """The identity of the cluster that ``setup_task_id`` (default: this task) creates in this
-    run and map index."""
-    return ClusterIdentity(spec_name=spec_name, dag_id=context["dag"].dag_id,
-                           run_id=context["run_id"],
-                           task_id=setup_task_id or context["ti"].task_id,
-                           map_index=_map_index(context))
+    run and map index, owned by deployment ``instance`` (default: this deployment's)."""
+    mine = {"instance": instance} if instance else {}
+    return SetupIdentity(spec_name=spec_name, dag_id=context["dag"].dag_id,
+                         run_id=context["run_id"],
+                         task_id=setup_task_id or context["ti"].task_id,
+                         map_index=_map_index(context), on_failure=on_failure, **mine)
 
 
-def owner_selector(context: Any, setup_task_id: str) -> OwnerSelector:
-    """Every cluster that ``setup_task_id`` made in this run and map index, whatever its spec:
-    what a teardown deletes when it has no handle."""
-    return OwnerSelector(labels={
+def owner_selector(context: Any, setup_task_id: str, instance: str | None = None
+                   ) -> OwnerSelector:
+    """Every cluster that ``setup_task_id`` made in this run and map index, whatever its spec,
+    in deployment ``instance`` (default: this one's): what a teardown deletes when it has no
+    handle."""
+    mine = {INSTANCE_LABEL: instance} if instance else {}
+    return OwnerSelector(labels=mine | {
         PREFIX + "dag-id": label_value(context["dag"].dag_id),
         PREFIX + "run-id": label_value(context["run_id"]),
         PREFIX + "task-id": label_value(setup_task_id),

@@ -3,8 +3,9 @@ namespace, the deployment instance their clusters belong to and the ``kubernetes
 that reaches the API server; and ``test_connection``, which says whether the backend is
 reachable and this identity may do what the backend does.
 
-Airflow 3.2+ reads the connection form from the provider info (``CONNECTION_TYPE``: its
-``conn-fields`` and ``ui-field-behaviour``), without importing this module; the hook's
+Airflow 3.2+ reads the connection form from the provider info (``CONNECTION_TYPE``, declared
+in ``ephemeral.airflow.backends`` beside the fields it describes: its ``conn-fields`` and
+``ui-field-behaviour``), without importing this module, which imports Airflow; the hook's
 ``get_ui_field_behaviour`` answers the same for callers that ask the class.
 """
 
@@ -19,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseHook
 
 from ephemeral.airflow.backends import (
-    BACKENDS,
     CONN_TYPE,
+    HIDDEN_FIELDS,
     EphemeralConnection,
     Target,
     resolve,
@@ -28,44 +29,6 @@ from ephemeral.airflow.backends import (
 
 if TYPE_CHECKING:
     from ephemeral.backends.kubernetes import KubernetesBackend
-
-HIDDEN_FIELDS = ["host", "schema", "login", "password", "port", "extra"]
-CONN_FIELDS: dict[str, dict[str, Any]] = {
-    "backend": {
-        "label": "Backend",
-        "description": "local (processes on the worker) or kubernetes (KubeRay RayClusters, "
-                       "Spark Deployments). Empty: kubernetes when a Kubernetes connection is "
-                       "set, else EPHEMERAL_BACKEND.",
-        "schema": {"type": ["string", "null"], "enum": [None, *BACKENDS]},
-    },
-    "namespace": {
-        "label": "Namespace",
-        "description": "Where the clusters live (kubernetes). Empty: the Kubernetes "
-                       "connection's namespace, else default.",
-        "schema": {"type": ["string", "null"]},
-    },
-    "instance": {
-        "label": "Deployment instance",
-        "description": "The deployment the clusters belong to (their owner label and name "
-                       "digest). Empty: EPHEMERAL_INSTANCE, else derived from AIRFLOW_HOME.",
-        "schema": {"type": ["string", "null"]},
-    },
-    "kubernetes_conn_id": {
-        "label": "Kubernetes connection",
-        "description": "The id of a kubernetes connection (cncf-kubernetes provider) that "
-                       "reaches the API server. Empty: EPHEMERAL_K8S_* settings, or the pod's "
-                       "service account.",
-        "schema": {"type": ["string", "null"]},
-    },
-}
-CONNECTION_TYPE: dict[str, Any] = {
-    "hook-class-name": "ephemeral.airflow.hooks.EphemeralHook",
-    "hook-name": "Ephemeral clusters",
-    "connection-type": CONN_TYPE,
-    "conn-fields": CONN_FIELDS,
-    "ui-field-behaviour": {"hidden-fields": HIDDEN_FIELDS},
-}
-"""The provider info's ``connection-types`` entry."""
 
 
 @dataclass(frozen=True)

@@ -12,18 +12,24 @@ Wiring, with the cluster's lifetime bounded by setup and teardown::
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
+import functools
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, conf
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
 
-from ephemeral.airflow.backends import task_backend
+from ephemeral.airflow.backends import (
+    ConnectionInvalid,
+    Target,
+    instance_of,
+    same_connection,
+    task_backend,
+)
+from ephemeral.airflow.backends import resolve as resolve_target
 from ephemeral.airflow.context import cluster_identity, owner_selector, task_key
 from ephemeral.airflow.lineage import JobLineageMixin
 from ephemeral.airflow.links import RayDashboardLink, RunReportLink, SparkMasterLink
@@ -44,6 +50,18 @@ DAGRUN_TIMEOUT_WARNING = (
 
 class DagrunTimeoutWarning(UserWarning):
     pass
+
+
+ON_FAILURE = ("delete", "keep")
+
+
+def default_deferrable(value: bool | None) -> bool:
+    """``deferrable`` as other providers default it: ``[operators] default_deferrable``
+    (Airflow's default: False). Set it to True to wait for clusters and jobs in the
+    triggerer, without holding a worker slot (docs/getting-started.md)."""
+    if value is not None:
+        return value
+    return conf.getboolean("operators", "default_deferrable", fallback=False)
 
 
 def warn_if_dagrun_timeout(op: BaseOperator) -> None:
@@ -86,7 +104,13 @@ class CreateClusterOperator(BaseOperator):
 
     A retry adopts the cluster its earlier try made (the identity is derived from the run, the
     task and the map index). On any failure after creation started it deletes the cluster
-    before failing: Airflow never runs the teardown of a failed setup. Pushes the handle.
+    before failing (Airflow never runs the teardown of a failed setup), unless
+    ``on_failure="keep"``: then the cluster stays for debugging until its TTL, and the log says
+    how to delete it. Pushes the handle.
+
+    ``conn_id`` names an ``ephemeral`` connection (backend, namespace, deployment instance,
+    Kubernetes connection); ``backend`` and ``kubernetes_conn_id`` still work alone or with it
+    when they agree.
     """
 
     template_fields: Sequence[str] = ("spec", "profile", "overrides")
@@ -96,18 +120,25 @@ class CreateClusterOperator(BaseOperator):
 
     def __init__(self, *, spec: str, profile: str | None = None,
                  overrides: dict[str, Any] | None = None, backend: str | None = None,
-                 kubernetes_conn_id: str | None = None,
+                 conn_id: str | None = None, kubernetes_conn_id: str | None = None,
                  ready_timeout: float = 900.0, poll_interval: float = 2.0,
-                 deferrable: bool = True, **kwargs: Any) -> None:
+                 deferrable: bool | None = None, on_failure: str = "delete",
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if on_failure not in ON_FAILURE:  # at DAG parse, before anything exists
+            raise ValueError(f"CreateClusterOperator(task_id={kwargs.get('task_id')!r}): "
+                             f"on_failure={on_failure!r} is not one of 'delete' (the default) "
+                             "or 'keep' (leave a failed cluster for debugging until its TTL)")
         self.spec = spec
         self.profile = profile
         self.overrides = overrides
         self.backend = backend
+        self.conn_id = conn_id
         self.kubernetes_conn_id = kubernetes_conn_id
         self.ready_timeout = ready_timeout
         self.poll_interval = poll_interval
-        self.deferrable = deferrable
+        self.deferrable = default_deferrable(deferrable)
+        self.on_failure = on_failure
         self._created: ClusterHandle | None = None
         self._cleaning = False
         warn_if_dagrun_timeout(self)
@@ -121,21 +152,23 @@ class CreateClusterOperator(BaseOperator):
             spec = resolve(self.spec, profile, self.overrides or None)
         except SpecError as err:  # bad input: nothing was created, and a retry cannot help
             raise AirflowFailException(str(err)) from err
-        backend = self._backend()
-        identity = cluster_identity(context, spec.spec.name)
+        target = self._target()
+        backend = target.backend
+        identity = cluster_identity(context, spec.spec.name, instance=target.instance,
+                                    on_failure=self.on_failure)
         self.log.info("creating %s from %s (hash %s)", identity.name, spec.label(), spec.hash)
         asked = datetime.now(UTC).replace(microsecond=0)
         try:
             handle = backend.create(spec, identity=identity)
         except SpecError as err:
             raise AirflowFailException(str(err)) from err
-        # The teardown and the trigger reach the cluster through the same connection.
-        handle = self._created = handle.model_copy(update={"connection": self.kubernetes_conn_id})
+        # The teardown, the triggerer and the job tasks reach the cluster through the same
+        # connection (its id; each looks it up again).
+        handle = self._created = handle.model_copy(update={"connection": target.connection})
         if parse_utc(handle.created_at) < asked:
             self.log.info("adopted %s, created at %s by an earlier try", handle.name,
                           handle.created_at)
-        with deleting_on_failure(backend, handle, passes=(TaskDeferred,),
-                                 before=lambda err: self._cleanup_starts(handle, err)):
+        with self._cleanup_on_failure(backend, handle):
             self._push_links(context, handle)
             wait = Readiness.within(backend, handle, timeout=self.ready_timeout,
                                     poll_interval=self.poll_interval)
@@ -143,7 +176,7 @@ class CreateClusterOperator(BaseOperator):
             if not status.ready and self.deferrable:
                 self.defer(
                     trigger=ClusterReadyTrigger(backend=backend.name,
-                                                kubernetes_conn_id=self.kubernetes_conn_id,
+                                                conn_id=target.connection,
                                                 handle=handle.model_dump(mode="json"),
                                                 deadline=wait.deadline,
                                                 poll_interval=self.poll_interval),
@@ -160,7 +193,8 @@ class CreateClusterOperator(BaseOperator):
         error = AirflowException(f"cluster {h.name} did not become ready "
                                  f"({event.get('status')}): {event.get('message')}")
         self._cleanup_starts(h, error)
-        delete_after_failure(self._backend(), h, error)
+        if self.on_failure == "delete":
+            delete_after_failure(task_backend(h.backend, h.connection), h, error)
         raise error
 
     def _ready(self, handle: ClusterHandle, message: str) -> dict[str, Any]:
@@ -170,8 +204,18 @@ class CreateClusterOperator(BaseOperator):
                       handle.endpoints.model_dump(exclude_none=True))
         return handle.model_dump(mode="json")
 
-    def _backend(self) -> ClusterBackend:
-        return task_backend(self.backend, self.kubernetes_conn_id)
+    def _target(self) -> Target:
+        try:
+            return resolve_target(self.backend, self.conn_id, self.kubernetes_conn_id)
+        except ConnectionInvalid as err:  # nothing was created, and a retry cannot help
+            raise AirflowFailException(str(err)) from err
+
+    def _cleanup_on_failure(self, backend: ClusterBackend, handle: ClusterHandle
+                            ) -> contextlib.AbstractContextManager[None]:
+        before = functools.partial(self._cleanup_starts, handle)
+        if self.on_failure == "keep":
+            return _keeping(passes=(TaskDeferred,), before=before)
+        return deleting_on_failure(backend, handle, passes=(TaskDeferred,), before=before)
 
     def _push_links(self, context: Any, handle: ClusterHandle) -> None:
         # Both keys, the other engine's empty: Airflow resolves every link of the operator
@@ -182,12 +226,48 @@ class CreateClusterOperator(BaseOperator):
 
     def _cleanup_starts(self, handle: ClusterHandle, err: BaseException) -> None:
         self._cleaning = True  # on_kill must not try to take the cluster's lock again
-        self.log.error("setup failed after creating %s (%s): deleting it", handle.name, err)
+        if self.on_failure == "delete":
+            self.log.error("setup failed after creating %s (%s): deleting it", handle.name, err)
+        else:
+            self.log.error("setup failed after creating %s (%s). %s", handle.name, err,
+                           kept_message(handle))
 
     def on_kill(self) -> None:
         # Killed while waiting in the worker (not deferred): nothing downstream deletes it.
+        # A kill is someone stopping the setup: the cluster goes, whatever on_failure says.
         if self._created is not None and not self._cleaning:
-            self._backend().delete(self._created, wait=True)
+            self._cleaning = True
+            h = self._created
+            task_backend(h.backend, h.connection).delete(h, wait=True)
+
+
+@contextlib.contextmanager
+def _keeping(*, passes: tuple[type[BaseException], ...],
+             before: Callable[[BaseException], None]) -> Iterator[None]:
+    """``deleting_on_failure``'s counterpart for ``on_failure="keep"``: say, don't delete."""
+    try:
+        yield
+    except passes:
+        raise
+    except BaseException as err:
+        before(err)
+        raise
+
+
+def kept_message(handle: ClusterHandle) -> str:
+    """What a kept cluster's log says: until when it stays, and the command that deletes it."""
+    env = []
+    if handle.instance and handle.instance != current_instance():
+        env.append(f"EPHEMERAL_INSTANCE={handle.instance}")
+    if handle.backend == "kubernetes" and handle.namespace:
+        env.append(f"EPHEMERAL_K8S_NAMESPACE={handle.namespace}")
+    command = " ".join([*env, "ephemeral", "down", handle.name, "--backend", handle.backend])
+    reach = (f" (with the Kubernetes credentials of connection {handle.connection!r}, e.g. "
+             "EPHEMERAL_KUBECONFIG)" if handle.backend == "kubernetes" and handle.connection
+             else "")
+    return (f"on_failure='keep': cluster {handle.name} is kept for debugging until its TTL "
+            f"({handle.expires_at}), when the reaper deletes it. Delete it sooner with: "
+            f"{command}{reach}")
 
 
 class DeleteClusterOperator(BaseOperator):
@@ -196,7 +276,9 @@ class DeleteClusterOperator(BaseOperator):
 
     It finds the cluster by its owner labels, not only by XCom, so a setup killed between
     "created" and "XCom pushed" still gets its cluster deleted. Fails loudly, naming what is
-    left, when deletion is incomplete.
+    left, when deletion is incomplete. It reaches the cluster through the connection its handle
+    records; ``conn_id``/``backend``/``kubernetes_conn_id`` are needed only without a handle,
+    and must then be the setup's.
     """
 
     template_fields: Sequence[str] = ("cluster",)
@@ -204,11 +286,13 @@ class DeleteClusterOperator(BaseOperator):
     ui_color = "#fadbd8"
 
     def __init__(self, *, setup_task_id: str, cluster: Any = None, backend: str | None = None,
-                 kubernetes_conn_id: str | None = None, **kwargs: Any) -> None:
+                 conn_id: str | None = None, kubernetes_conn_id: str | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.setup_task_id = setup_task_id
         self.cluster = cluster
         self.backend = backend
+        self.conn_id = conn_id
         self.kubernetes_conn_id = kubernetes_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
@@ -217,10 +301,10 @@ class DeleteClusterOperator(BaseOperator):
 
         started = time.time()
         handle = _handle(self.cluster) if self.cluster else None
-        backend = self._backend_of(handle)
+        backend, instance = self._backend_of(handle)
         # By handle where there is one: it carries the cluster's own namespace.
         targets = {h.name: h for h in backend.list_owned(
-            owner_selector(context, self.setup_task_id))}
+            owner_selector(context, self.setup_task_id, instance))}
         if handle:
             targets[handle.name] = handle
         if not targets:
@@ -246,28 +330,38 @@ class DeleteClusterOperator(BaseOperator):
                 f"{name}: {why}" for name, why in failures.items()))
         return {"deleted": sorted(targets)}
 
-    def _backend_of(self, handle: ClusterHandle | None) -> ClusterBackend:
-        """The backend the cluster lives on: the handle's own (backend, connection, deployment;
-        deleting by handle uses its namespace), where the setup pushed one. A teardown configured otherwise fails loudly
-        rather than finding nothing there and succeeding while the cluster runs on."""
+    def _backend_of(self, handle: ClusterHandle | None) -> tuple[ClusterBackend, str]:
+        """The backend the cluster lives on and the deployment instance that owns it: the
+        handle's own (backend, connection, instance; deleting by handle uses its namespace),
+        where the setup pushed one. A teardown configured otherwise fails loudly rather than
+        finding nothing there and succeeding while the cluster runs on."""
         if handle is None:
-            return task_backend(self.backend, self.kubernetes_conn_id)
+            try:
+                target = resolve_target(self.backend, self.conn_id, self.kubernetes_conn_id)
+            except ConnectionInvalid as err:
+                raise AirflowFailException(str(err)) from err
+            return target.backend, target.instance
         problems = []
         if self.backend and self.backend != handle.backend:
             problems.append(f"backend {self.backend!r} but the cluster is on {handle.backend!r}")
-        if self.kubernetes_conn_id and handle.connection and (
-                self.kubernetes_conn_id != handle.connection):
-            problems.append(f"kubernetes_conn_id {self.kubernetes_conn_id!r} but the cluster was "
-                            f"made through {handle.connection!r}")
-        if handle.instance and handle.instance != current_instance():
-            problems.append(f"deployment instance {current_instance()!r} but the cluster belongs "
-                            f"to {handle.instance!r} (EPHEMERAL_INSTANCE differs between the "
-                            "setup and the teardown)")
+        for field, mine in (("conn_id", self.conn_id),
+                            ("kubernetes_conn_id", self.kubernetes_conn_id)):
+            if mine and handle.connection and mine not in same_connection(handle.connection):
+                problems.append(f"{field} {mine!r} but the cluster was made through "
+                                f"{handle.connection!r}")
+        instance = instance_of(self.conn_id or handle.connection)
+        if handle.instance and handle.instance != instance:
+            source = ("its connection" if self.conn_id or handle.connection else
+                      "EPHEMERAL_INSTANCE")
+            problems.append(f"deployment instance {instance!r} (from {source}) but the cluster "
+                            f"belongs to {handle.instance!r} (EPHEMERAL_INSTANCE differs between "
+                            "the setup and the teardown)")
         if problems:
             raise AirflowFailException(f"teardown of {handle.name} is configured for "
                                        + "; ".join(problems) + ": it would not find the cluster. "
                                        "Give the teardown the setup's backend and connection.")
-        return task_backend(handle.backend, handle.connection or self.kubernetes_conn_id)
+        return (task_backend(handle.backend, handle.connection or self.conn_id
+                             or self.kubernetes_conn_id), handle.instance or instance)
 
 
 class RayJobOperator(JobLineageMixin, BaseOperator):
@@ -276,8 +370,9 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
 
     A retry attaches to the job of an earlier try while it runs (job ids are deterministic per
     cluster, task and try) instead of submitting it twice. Killing the task stops the job.
-    Every call authenticates with the cluster's token, which the handle's backend (or
-    ``backend``/``kubernetes_conn_id``) gives this process and the triggerer on demand.
+    Every call authenticates with the cluster's token, which the handle's backend and
+    connection (or ``backend``/``conn_id``/``kubernetes_conn_id``) give this process and the
+    triggerer on demand.
     """
 
     template_fields: Sequence[str] = ("cluster", "entrypoint", "working_dir", "runtime_env",
@@ -288,28 +383,33 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
 
     def __init__(self, *, cluster: Any, entrypoint: str, working_dir: str | None = None,
                  runtime_env: dict[str, Any] | None = None,
-                 job_timeout: float | str | None = None, deferrable: bool = True,
+                 job_timeout: float | str | None = None, deferrable: bool | None = None,
                  poll_interval: float = 1.0, backend: str | None = None,
-                 kubernetes_conn_id: str | None = None, **kwargs: Any) -> None:
+                 conn_id: str | None = None, kubernetes_conn_id: str | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.cluster = cluster
         self.backend = backend
+        self.conn_id = conn_id
         self.kubernetes_conn_id = kubernetes_conn_id
         self.entrypoint = entrypoint
         self.working_dir = working_dir
         self.runtime_env = runtime_env
         self.job_timeout = job_timeout
-        self.deferrable = deferrable
+        self.deferrable = default_deferrable(deferrable)
         self.poll_interval = poll_interval
         self._job: tuple[ClusterHandle, str] | None = None
 
     def _backend_name(self, handle: ClusterHandle) -> str:
         return self.backend or handle.backend
 
+    def _connection(self, handle: ClusterHandle) -> str | None:
+        return self.conn_id or self.kubernetes_conn_id or handle.connection
+
     def _jobs(self, handle: ClusterHandle) -> RayJobs:
         try:
             return ray_jobs_for(handle, task_backend(self._backend_name(handle),
-                                                     self.kubernetes_conn_id))
+                                                     self._connection(handle)))
         except JobSubmissionFailed as err:
             raise AirflowFailException(str(err)) from err
 
@@ -338,7 +438,7 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
         if self.deferrable:
             self.defer(trigger=RayJobTrigger(handle=handle.model_dump(mode="json"),
                                              backend=self._backend_name(handle),
-                                             kubernetes_conn_id=self.kubernetes_conn_id,
+                                             conn_id=self._connection(handle),
                                              job_id=jid, timeout=self._timeout,
                                              poll_interval=self.poll_interval),
                        method_name="execute_complete")
@@ -371,57 +471,16 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
             self._jobs(handle).stop(jid)
 
 
-class SparkSubmitOperator(JobLineageMixin, BaseOperator):
-    """Run a Spark application on the cluster's master (driver in this task, executors on the
-    workers), streaming the driver's output into the task log; push the job's result."""
+def __getattr__(name: str) -> Any:
+    # The Spark operator moved to ephemeral.airflow.spark_submit under a name of its own: the
+    # Spark provider's SparkSubmitOperator can be imported beside it.
+    if name == "SparkSubmitOperator":
+        from airflow.exceptions import AirflowProviderDeprecationWarning
 
-    template_fields: Sequence[str] = ("cluster", "application", "application_args", "conf")
-    operator_extra_links = (SparkMasterLink(),)
-    ui_color = "#fdebd0"
+        from ephemeral.airflow.spark_submit import EphemeralSparkSubmitOperator
 
-    def __init__(self, *, cluster: Any, application: str,
-                 application_args: Sequence[str] = (), conf: dict[str, str] | None = None,
-                 job_timeout: float | None = None, backend: str | None = None,
-                 kubernetes_conn_id: str | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.cluster = cluster
-        self.backend = backend
-        self.kubernetes_conn_id = kubernetes_conn_id
-        self.application = application
-        self.application_args = list(application_args)
-        self.conf = conf
-        self.job_timeout = job_timeout
-        self._driver_sid: int | None = None
-
-    def execute(self, context: Any) -> dict[str, Any]:
-        from ephemeral.jobs import artifacts
-        from ephemeral.jobs.spark_jobs import spark_auth_for, spark_submit
-
-        handle = _handle(self.cluster)
-        if not handle.endpoints.spark_master:
-            raise AirflowFailException(_no_master(handle))
-        _within_ttl(handle, self.job_timeout)
-        context["ti"].xcom_push(key=SparkMasterLink().xcom_key, value=handle.endpoints.spark_ui)
-        try:
-            # The driver authenticates with the cluster's secret (spark.authenticate).
-            auth = spark_auth_for(handle, task_backend(self.backend or handle.backend,
-                                                       self.kubernetes_conn_id))
-            result = spark_submit(
-                handle.endpoints.spark_master, self.application,
-                [str(a) for a in self.application_args], conf=self.conf, cluster=handle.name,
-                env={"EPHEMERAL_ARTIFACT_ROOT": artifacts.root()}, timeout=self.job_timeout,
-                sink=self.log.info, on_start=self._driver_started, auth=auth)
-        except EphemeralError as err:
-            raise AirflowException(str(err)) from err
-        finally:
-            self._driver_sid = None
-        return result.model_dump(mode="json")
-
-    def _driver_started(self, sid: int) -> None:
-        self._driver_sid = sid
-
-    def on_kill(self) -> None:
-        # Airflow only calls on_kill on SIGTERM; the driver runs in its own session.
-        if self._driver_sid:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._driver_sid, signal.SIGTERM)
+        warnings.warn("ephemeral.airflow.operators.SparkSubmitOperator is deprecated: use "
+                      "ephemeral.airflow.spark_submit.EphemeralSparkSubmitOperator",
+                      AirflowProviderDeprecationWarning, stacklevel=2)
+        return EphemeralSparkSubmitOperator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

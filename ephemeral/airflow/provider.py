@@ -9,7 +9,7 @@ from ephemeral.config_section import provider_config
 
 
 def get_provider_info() -> dict[str, Any]:
-    from ephemeral.airflow.hooks import CONNECTION_TYPE
+    from ephemeral.airflow.backends import CONNECTION_TYPE
 
     return {
         "package-name": "ephemeral",

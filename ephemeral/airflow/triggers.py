@@ -30,10 +30,12 @@ class ClusterReadyTrigger(BaseTrigger):
 
     def __init__(self, *, backend: str, handle: dict[str, Any], deadline: float | None = None,
                  timeout: float | None = None, poll_interval: float = 2.0,
-                 kubernetes_conn_id: str | None = None) -> None:
+                 conn_id: str | None = None, kubernetes_conn_id: str | None = None) -> None:
         super().__init__()
         self.backend = backend
-        self.kubernetes_conn_id = kubernetes_conn_id
+        # The connection the handle records (ephemeral or kubernetes); ``kubernetes_conn_id``
+        # is how triggers serialized by earlier versions name it.
+        self.conn_id = conn_id or kubernetes_conn_id
         self.handle = handle
         # An absolute deadline survives a triggerer restart; ``timeout`` is for callers that
         # have none (and for triggers serialized by earlier versions).
@@ -43,11 +45,10 @@ class ClusterReadyTrigger(BaseTrigger):
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return ("ephemeral.airflow.triggers.ClusterReadyTrigger",
                 {"backend": self.backend, "handle": self.handle, "deadline": self.deadline,
-                 "poll_interval": self.poll_interval,
-                 "kubernetes_conn_id": self.kubernetes_conn_id})
+                 "poll_interval": self.poll_interval, "conn_id": self.conn_id})
 
     def _backend(self) -> ClusterBackend:
-        return task_backend(self.backend, self.kubernetes_conn_id)
+        return task_backend(self.backend, self.conn_id)
 
     def _event(self, status: str, message: str, error: str = "") -> TriggerEvent:
         return TriggerEvent({"status": status, "message": message, "error": error,
@@ -89,12 +90,12 @@ class RayJobTrigger(BaseTrigger):
     id, never the cluster's token: the triggerer asks the backend for access itself."""
 
     def __init__(self, *, handle: dict[str, Any], backend: str, job_id: str,
-                 kubernetes_conn_id: str | None = None, timeout: float | None = None,
-                 poll_interval: float = 1.0) -> None:
+                 conn_id: str | None = None, kubernetes_conn_id: str | None = None,
+                 timeout: float | None = None, poll_interval: float = 1.0) -> None:
         super().__init__()
         self.handle = handle
         self.backend = backend
-        self.kubernetes_conn_id = kubernetes_conn_id
+        self.conn_id = conn_id or kubernetes_conn_id  # as in ClusterReadyTrigger
         self.job_id = job_id
         self.timeout = timeout
         self.poll_interval = poll_interval
@@ -102,13 +103,13 @@ class RayJobTrigger(BaseTrigger):
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return ("ephemeral.airflow.triggers.RayJobTrigger",
                 {"handle": self.handle, "backend": self.backend,
-                 "kubernetes_conn_id": self.kubernetes_conn_id, "job_id": self.job_id,
+                 "conn_id": self.conn_id, "job_id": self.job_id,
                  "timeout": self.timeout, "poll_interval": self.poll_interval})
 
     def _jobs(self) -> Any:
         from ephemeral.jobs.ray_jobs import ray_jobs_for
 
-        backend = task_backend(self.backend, self.kubernetes_conn_id)
+        backend = task_backend(self.backend, self.conn_id)
         return ray_jobs_for(ClusterHandle.model_validate(self.handle), backend)
 
     async def _stream_logs(self, jobs: Any) -> None:
