@@ -7,7 +7,6 @@ default. Everything has a default that works on a fresh machine.
 
 from __future__ import annotations
 
-import configparser
 import functools
 import hashlib
 import os
@@ -59,8 +58,9 @@ def _airflow_option(key: str) -> str | None:
     variants; elsewhere (the ``ephemeral`` CLI) ``airflow.cfg`` is read directly: importing
     Airflow costs seconds."""
     for name in ("airflow.configuration", "airflow.sdk.configuration"):
-        if (module := sys.modules.get(name)) is not None:
-            value = module.conf.get(SECTION, key, fallback=None)
+        # (getattr: a module still being imported has no `conf` yet)
+        if (conf := getattr(sys.modules.get(name), "conf", None)) is not None:
+            value = conf.get(SECTION, key, fallback=None)
             return str(value) if value not in (None, "") else None
     return _airflow_cfg(_airflow_cfg_path()).get(key) or None
 
@@ -82,6 +82,8 @@ def _airflow_cfg(path: Path) -> dict[str, str]:
 
 @functools.lru_cache(maxsize=4)
 def _read_section(path: Path, _stamp: int) -> dict[str, str]:
+    import configparser  # only where an airflow.cfg exists and the environment is silent
+
     parser = configparser.ConfigParser(interpolation=None, strict=False)
     try:
         parser.read(path)
