@@ -1,8 +1,9 @@
 """Spark on the local backend: a standalone master, workers and a Spark Connect server.
 
 Everything runs from the pyspark distribution (its ``bin/spark-class`` and ``spark-submit``) on
-the machine's Java. Master, workers and Connect start at once: workers and the Connect driver
-retry their registration with the master by themselves.
+the machine's Java. The master and the Connect server start at once, the workers the moment the
+master's port opens (a worker that finds no master retries only 5-15 s later; the Connect driver
+builds its whole SparkContext before it first asks the master, seconds after the master is up).
 
 Master, workers, executors and the Connect driver authenticate each other with the cluster's
 ``spark.authenticate`` secret, and Connect clients with the server's bearer token. Both come
@@ -22,6 +23,7 @@ from ephemeral.backends.http import get_json
 from ephemeral.backends.local import slots
 from ephemeral.backends.local.state import PlannedNode
 from ephemeral.errors import BackendUnavailable
+from ephemeral.jobs.spark_jobs import FAST_START_JVM as FAST_START_JVM  # bench/by_hand.sh
 from ephemeral.specs.models import SparkSpec
 from ephemeral.specs.quantities import memory_bytes
 
@@ -30,7 +32,6 @@ WORKER, WORKER_UI = 0, 1
 CONNECT_GRPC, CONNECT_UI, DRIVER, BLOCK_MANAGER = 0, 1, 2, 3
 
 CONNECT_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
-FAST_START_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 
 
 def spark_home() -> Path:
@@ -78,7 +79,11 @@ def plan(spec: SparkSpec, slot: int, work_root: Path, *, auth_props: Path,
         argv=[spark_class, "org.apache.spark.deploy.master.Master",
               "--properties-file", str(auth_props), "--host", master_ip, "--port", str(slots.named_port(slot, 0, MASTER)),
               "--webui-port", str(slots.named_port(slot, 0, MASTER_UI))],
-        env=common | {"SPARK_LOCAL_IP": master_ip, "SPARK_DAEMON_MEMORY": _mib(spec.master.memory)},
+        env=common | {"SPARK_LOCAL_IP": master_ip, "SPARK_DAEMON_MEMORY": _mib(spec.master.memory),
+                      # No REST submission server: nothing here uses it, it takes no
+                      # spark.authenticate secret, and it binds the host's port 6066 (clusters
+                      # side by side would queue for it) before the master goes ALIVE.
+                      "SPARK_MASTER_OPTS": "-Dspark.master.rest.enabled=false"},
     )]
     w = spec.workers
     worker_opts = ""
@@ -136,11 +141,12 @@ def plan(spec: SparkSpec, slot: int, work_root: Path, *, auth_props: Path,
         for key, value in conf.items():
             argv += ["--conf", f"{key}={value}"]
         argv.append("spark-internal")
+        # Not waiting for the master's port: the Connect server is the critical path to ready,
+        # and its JVM start and SparkContext (before it first registers) overlap the master's.
         nodes.append(PlannedNode(
             name="connect", role="connect", ip=ip, argv=argv,
             env=common | {"SPARK_LOCAL_IP": ip,
                           "SPARK_LOCAL_DIRS": str(work_root / "connect" / "tmp")},
-            wait_for=master_rpc,
         ))
     return nodes
 
