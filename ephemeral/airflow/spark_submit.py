@@ -20,7 +20,8 @@ adds, where the hook has no way to say it:
   stops the ``spark-submit`` JVM only, not the Python driver it started);
 - the job's result (its result file, else its last JSON line) is pushed to XCom.
 
-The provider's own ``SparkSubmitOperator`` can be imported beside this one.
+The provider's own ``SparkSubmitOperator`` can be imported beside this one. The provider is
+imported when a task runs, not when a DAG is parsed (the compose image has no Spark).
 """
 
 from __future__ import annotations
@@ -32,12 +33,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
@@ -49,58 +48,16 @@ from ephemeral.backends import ClusterHandle
 from ephemeral.errors import EphemeralError, JobFailed, JobTimeout
 from ephemeral.jobs.results import JobResult, JobStatus
 
+if TYPE_CHECKING:
+    from ephemeral.airflow.spark_submit_hook import ClusterSparkSubmitHook
+
 # How long the driver's output may stay open after the driver exited (a process it left in
 # its session holding the pipe) before that process is stopped.
 DRAIN_SECONDS = 10.0
-
-
-class ClusterSparkSubmitHook(SparkSubmitHook):
-    """The provider's ``SparkSubmitHook`` aimed at one cluster's master in client mode, with
-    ``extra_args`` (the auth properties file) put before the application, and the driver's
-    output kept for the result and a failure's tail.
-
-    ``on_start`` is called with the ``spark-submit`` process as soon as it runs."""
-
-    def __init__(self, *, master: str, spark_binary: str, extra_args: Sequence[str] = (),
-                 on_start: Callable[[subprocess.Popen[str]], None] | None = None,
-                 **kwargs: Any) -> None:
-        from ephemeral.jobs.spark_jobs import _APP_ID
-
-        self._master = master
-        self._extra_args = list(extra_args)
-        self._on_start = on_start
-        self._app_id_re = _APP_ID
-        self.lines: deque[str] = deque(maxlen=2000)
-        self.app_id: str | None = None
-        self.output_done = threading.Event()
-        super().__init__(spark_binary=spark_binary, deploy_mode="client", **kwargs)
-
-    def _resolve_connection(self) -> dict[str, Any]:
-        # No Airflow Spark connection: the master is the cluster's, the binary pyspark's.
-        return {"master": self._master, "queue": None, "deploy_mode": "client",
-                "spark_binary": self.spark_binary, "namespace": None, "principal": None,
-                "keytab": None}
-
-    def _build_spark_submit_command(self, application: str) -> list[str]:
-        command: list[str] = super()._build_spark_submit_command(application)
-        return [command[0], *self._extra_args, *command[1:]]
-
-    def _process_spark_submit_log(self, itr: Iterator[Any]) -> None:
-        # Called right after the hook started spark-submit, in the submitting thread.
-        if self._on_start is not None and self._submit_sp is not None:
-            self._on_start(self._submit_sp)
-        try:
-            super()._process_spark_submit_log(self._keep(itr))
-        finally:
-            self.output_done.set()
-
-    def _keep(self, itr: Iterator[Any]) -> Iterator[Any]:
-        for raw in itr:
-            line = str(raw).rstrip("\n")
-            self.lines.append(line)
-            if self.app_id is None and (m := self._app_id_re.search(line)):
-                self.app_id = m.group(1)
-            yield raw
+PROVIDER_MISSING = (
+    "EphemeralSparkSubmitOperator submits through the Spark provider's SparkSubmitHook, which "
+    "is not installed here: pip install 'airflow-provider-ephemeral[airflow]' "
+    "(apache-airflow-providers-apache-spark>=5.3.4,<6)")
 
 
 class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
@@ -211,6 +168,10 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
             spark_submit_bin,
         )
 
+        try:  # at run time: DAGs using the operator parse where the provider is not installed
+            from ephemeral.airflow.spark_submit_hook import ClusterSparkSubmitHook
+        except ImportError as err:
+            raise AirflowFailException(PROVIDER_MISSING) from err
         # The driver authenticates with the cluster's secret (spark.authenticate).
         auth = spark_auth_for(handle, task_backend(
             self.backend or handle.backend,

@@ -55,10 +55,8 @@ def test_the_provider_and_pyspark_43_install_and_import_side_by_side() -> None:
     from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
     from pyspark.sql import SparkSession
 
-    from ephemeral.airflow.spark_submit import (
-        ClusterSparkSubmitHook,
-        EphemeralSparkSubmitOperator,
-    )
+    from ephemeral.airflow.spark_submit import EphemeralSparkSubmitOperator
+    from ephemeral.airflow.spark_submit_hook import ClusterSparkSubmitHook
 
     assert SparkSession is not None
     assert issubclass(ClusterSparkSubmitHook, SparkSubmitHook)
@@ -68,6 +66,18 @@ def test_the_provider_and_pyspark_43_install_and_import_side_by_side() -> None:
     assert pyspark.__version__ == importlib.metadata.version("pyspark") == "4.3.0"
     with pytest.raises(importlib.metadata.PackageNotFoundError):
         importlib.metadata.version("pyspark-client")
+
+
+def test_dags_using_the_operator_parse_without_the_provider() -> None:
+    """The compose image has no Spark: importing the operator must not import the provider."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import ephemeral.airflow.spark_submit; "
+            "print('airflow.providers.apache.spark.hooks.spark_submit' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip().splitlines()[-1] == "False"
 
 
 def test_the_old_name_is_a_deprecated_alias() -> None:
@@ -85,7 +95,7 @@ def test_the_old_name_is_a_deprecated_alias() -> None:
 
 def test_the_hook_builds_the_command_with_the_auth_file_first_and_masks_secrets(
         capsys: pytest.CaptureFixture[str]) -> None:
-    from ephemeral.airflow.spark_submit import ClusterSparkSubmitHook
+    from ephemeral.airflow.spark_submit_hook import ClusterSparkSubmitHook
 
     hook = ClusterSparkSubmitHook(
         master="spark://127.0.0.9:7077", spark_binary="/opt/spark/bin/spark-submit",
