@@ -12,7 +12,7 @@ def get_provider_info() -> dict[str, Any]:
     from ephemeral.airflow.backends import CONNECTION_TYPE
 
     return {
-        "package-name": "ephemeral",
+        "package-name": "airflow-provider-ephemeral",
         "name": "ephemeral",
         "description": "Ephemeral Ray and Spark clusters for training, created and always "
                        "destroyed by Airflow setup and teardown tasks.",
@@ -23,7 +23,8 @@ def get_provider_info() -> dict[str, Any]:
             "ephemeral.airflow.links.RunReportLink",
         ],
         "operators": [{"integration-name": "ephemeral",
-                       "python-modules": ["ephemeral.airflow.operators"]}],
+                       "python-modules": ["ephemeral.airflow.operators",
+                                          "ephemeral.airflow.spark_submit"]}],
         "triggers": [{"integration-name": "ephemeral",
                       "python-modules": ["ephemeral.airflow.triggers"]}],
         "hooks": [{"integration-name": "ephemeral",
@@ -34,6 +35,6 @@ def get_provider_info() -> dict[str, Any]:
         # [ephemeral]: every EPHEMERAL_* setting, as `airflow config list` shows it.
         "config": provider_config(),
         "integrations": [{"integration-name": "ephemeral",
-                          "external-doc-url": "https://pypi.org/project/ephemeral/",
+                          "external-doc-url": "https://pypi.org/project/airflow-provider-ephemeral/",
                           "tags": ["software"]}],
     }

@@ -10,7 +10,7 @@ def test_the_provider_entry_point_resolves() -> None:
     [ep] = [e for e in entry_points(group="apache_airflow_provider") if e.value.startswith(
         "ephemeral.")]
     info: dict[str, Any] = ep.load()()
-    assert info["package-name"] == "ephemeral"
+    assert info["package-name"] == "airflow-provider-ephemeral"
     for path in info["extra-links"]:
         module, _, name = path.rpartition(".")
         link = getattr(__import__(module, fromlist=[name]), name)()
@@ -22,7 +22,7 @@ def test_airflow_lists_the_provider(airflow_db: str) -> None:
     from airflow.providers_manager import ProvidersManager
 
     providers = ProvidersManager().providers
-    assert "ephemeral" in providers
+    assert "airflow-provider-ephemeral" in providers
     assert "ephemeral.airflow.links.RayDashboardLink" in ProvidersManager().extra_links_class_names
 
 

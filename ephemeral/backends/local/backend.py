@@ -88,7 +88,7 @@ def check_spec(spec: ResolvedSpec) -> None:
             problems.append((path, f"asks for {n} GPU(s) but this host has {gpus}; {fix}"))
     if installed is None:
         problems.append((field, f"the local backend needs {dist} installed: "
-                                "pip install 'ephemeral[local]'"))
+                                "pip install 'airflow-provider-ephemeral[local]'"))
     elif installed != wanted:
         problems.append((field, f"the spec wants {wanted} but the local backend runs the installed "
                                 f"{dist} {installed}; change {field} or install {dist}=={wanted}"))

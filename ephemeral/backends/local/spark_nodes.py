@@ -39,7 +39,7 @@ def spark_home() -> Path:
         from pyspark.find_spark_home import _find_spark_home
     except ImportError as err:
         raise BackendUnavailable("the local Spark backend needs pyspark: "
-                                 "pip install 'ephemeral[local]'") from err
+                                 "pip install 'airflow-provider-ephemeral[local]'") from err
     return Path(_find_spark_home())
 
 
