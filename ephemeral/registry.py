@@ -263,12 +263,13 @@ def _client() -> MlflowClient:
 def _client_for(uri: str, registry: str) -> MlflowClient:
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri, registry_uri=registry)
-    if _sqlite_file(uri) is not None:
-        # The first use creates the database; two processes must not both migrate it.
-        with _writing(), _mlflow_errors("the SQLite store"):
-            client.search_experiments(max_results=1)
-            client.search_registered_models(max_results=1)
+    if _sqlite_file(uri) is None:
+        return MlflowClient(tracking_uri=uri, registry_uri=registry)
+    # Making the client creates or migrates the database: two processes (the mapped trials of a
+    # first run) must not both do it.
+    with _writing(), _mlflow_errors("the SQLite store"):
+        client = MlflowClient(tracking_uri=uri, registry_uri=registry)
+        client.search_registered_models(max_results=1)  # the registry's store too
     return client
 
 

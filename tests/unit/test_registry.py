@@ -228,3 +228,23 @@ def test_the_cli_and_the_library_import_without_mlflow() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_parallel_trials_on_a_fresh_store_all_land(ephemeral_home: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mapped trials of a first run start together: one of them creates the database, the
+    others wait for it instead of migrating it twice, and every promotion is in the history."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code = ("import sys\n"
+            "from ephemeral import registry as r\n"
+            "i = sys.argv[1]\n"
+            "rid = r.log_trial(experiment='par', run_name='t' + i, params={}, metrics={},\n"
+            "                  artifact_uri='file:///m/' + i)\n"
+            "r.promote('par', r.register('par', model_uri='file:///m/' + i, run_id=rid))\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(i)], stderr=subprocess.PIPE,
+                              text=True, env=dict(os.environ)) for i in range(3)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    shown = registry.describe("par")
+    assert sorted(v["version"] for v in shown["versions"]) == ["1", "2", "3"]
+    assert sorted([*shown["history"], shown["champion"]]) == ["1", "2", "3"]
