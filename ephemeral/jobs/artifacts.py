@@ -9,6 +9,9 @@ from typing import Any
 
 from ephemeral.settings import get_settings
 
+# What one copy holds in memory at a time, per file (pyarrow's default is 1 MiB).
+COPY_CHUNK_BYTES = 4 * 1024 * 1024
+
 
 def root() -> str:
     return get_settings().artifact_root
@@ -58,13 +61,18 @@ def write_json(uri: str, value: Any) -> None:
 
 
 def copy(src: str, dst: str) -> None:
-    """Copy a file or a directory tree between any two supported filesystems."""
+    """Copy a file or a directory tree between any two supported filesystems, streamed in
+    chunks by pyarrow (``fs.copy_files``): a model of many GiB never sits in memory whole."""
     from pyarrow import fs
 
     src_fs, src_path = _fs(src)
     dst_fs, dst_path = _fs(dst)
-    if src_fs.get_file_info(src_path).type == fs.FileType.Directory:
+    info = src_fs.get_file_info(src_path)
+    if info.type == fs.FileType.NotFound:
+        raise FileNotFoundError(f"artifact copy: nothing at {src}")
+    if info.type == fs.FileType.Directory:
         dst_fs.create_dir(dst_path, recursive=True)
-        fs.copy_files(src_path, dst_path, source_filesystem=src_fs, destination_filesystem=dst_fs)
-    else:
-        write_bytes(dst, read_bytes(src))
+    elif "/" in dst_path.rstrip("/"):
+        dst_fs.create_dir(dst_path.rstrip("/").rsplit("/", 1)[0], recursive=True)
+    fs.copy_files(src_path, dst_path, source_filesystem=src_fs, destination_filesystem=dst_fs,
+                  chunk_size=COPY_CHUNK_BYTES)
