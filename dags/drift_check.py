@@ -55,13 +55,16 @@ with DAG(
     @task(inlets=[MODEL, DRIFT])
     def measure(params: Any = None, inlet_events: Any = None,
                 dag_run: Any = None) -> dict[str, Any]:
-        from airflow.sdk.exceptions import AirflowSkipException
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
         from ephemeral import drift as drift_check
-        from ephemeral.drift import compare, load_config
+        from ephemeral.drift import DriftConfigError, DriftInputError, compare, load_config
         from ephemeral.jobs import artifacts
 
-        config = load_config(params.get("config"))  # a bad file fails here, naming the field
+        try:  # a bad file fails here, naming the field; no retry would fix it
+            config = load_config(params.get("config"))
+        except DriftConfigError as exc:
+            raise AirflowFailException(str(exc)) from None
         models = list(inlet_events[MODEL])
         if not models:
             raise AirflowSkipException("no model has been registered yet (no registered_model "
@@ -71,11 +74,14 @@ with DAG(
         if not reference:
             raise AirflowSkipException(f"the newest registered_model event ({model.timestamp}) "
                                        "does not say which features it was trained on")
-        batch = drift_check.batch_splits(params.get("batch_uri"))
-        if batch is None:
-            raise AirflowSkipException(f"no batch under {artifacts.run_uri('batches')}: "
-                                       "nothing new to check")
-        report = compare(reference, batch["train"], config)
+        try:
+            batch = drift_check.batch_splits(params.get("batch_uri"))
+            if batch is None:
+                raise AirflowSkipException(f"no batch under {artifacts.run_uri('batches')}: "
+                                           "nothing new to check")
+            report = compare(reference, batch["train"], config)
+        except DriftInputError as exc:
+            raise AirflowFailException(str(exc)) from None
         report["decision"] = drift_check.decide(report, reference, batch,
                                                 list(inlet_events[DRIFT]))
         report["model_event"] = {"timestamp": model.timestamp.isoformat(),
