@@ -18,6 +18,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from ephemeral.airflow.backends import task_backend
 from ephemeral.backends import ClusterBackend, ClusterHandle
+from ephemeral.backends.fake import refuse_across_processes
 from ephemeral.backends.readiness import Readiness, backoff
 from ephemeral.errors import EphemeralError, ReadinessTimeout
 
@@ -32,6 +33,7 @@ class ClusterReadyTrigger(BaseTrigger):
                  timeout: float | None = None, poll_interval: float = 2.0,
                  conn_id: str | None = None, kubernetes_conn_id: str | None = None) -> None:
         super().__init__()
+        refuse_across_processes(backend, "ClusterReadyTrigger")  # the triggerer has none of it
         self.backend = backend
         # The connection the handle records (ephemeral or kubernetes); ``kubernetes_conn_id``
         # is how triggers serialized by earlier versions name it.
@@ -93,6 +95,7 @@ class RayJobTrigger(BaseTrigger):
                  conn_id: str | None = None, kubernetes_conn_id: str | None = None,
                  timeout: float | None = None, poll_interval: float = 1.0) -> None:
         super().__init__()
+        refuse_across_processes(backend, "RayJobTrigger")  # the triggerer has none of it
         self.handle = handle
         self.backend = backend
         self.conn_id = conn_id or kubernetes_conn_id  # as in ClusterReadyTrigger

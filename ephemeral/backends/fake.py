@@ -1,6 +1,10 @@
 """An in-memory backend that keeps the contract, for testing the layers above without processes.
 
-It ships in the library (as Ray's fake node provider does) so users can test their DAGs' wiring.
+A test double only: its clusters live in one process's memory, so it cannot serve anything that
+spans processes (CLI commands one after another, an Airflow task and its triggerer). The CLI
+refuses it and so do the triggers (``refuse_across_processes``). It ships in the library (as
+Ray's fake node provider does) so users can test their DAGs' wiring in one process, e.g. with
+``dag.test()`` and ``backend="fake", deferrable=False``.
 Readiness takes ``ready_after_probes`` probes; ``fail_nodes`` makes a cluster fail to start.
 """
 
@@ -19,10 +23,23 @@ from ephemeral.backends.base import (
     check_adoptable,
     make_handle,
 )
-from ephemeral.errors import ClusterFailed
+from ephemeral.errors import BackendUnavailable, ClusterFailed
 from ephemeral.specs.identity import ClusterIdentity
 from ephemeral.specs.models import RaySpec
 from ephemeral.specs.resolve import ResolvedSpec
+
+NAME = "fake"
+REAL_BACKENDS = ("local", "kubernetes")
+
+
+def refuse_across_processes(backend: str | None, where: str) -> None:
+    """Raise when ``backend`` is the fake one, for ``where`` (the CLI, a trigger) that would
+    meet it in a process holding none of its clusters."""
+    if backend == NAME:
+        raise BackendUnavailable(
+            f"{where}: the {NAME!r} backend is a test double whose clusters live in one "
+            "process's memory, so here it would find none; use one of the real backends: "
+            + ", ".join(REAL_BACKENDS))
 
 
 @dataclass
@@ -34,7 +51,7 @@ class _Record:
 
 
 class InMemoryBackend(ClusterBackend):
-    name = "fake"
+    name = NAME
 
     def __init__(self, *, ready_after_probes: int = 2, fail_nodes: bool = False) -> None:
         self.ready_after_probes = ready_after_probes

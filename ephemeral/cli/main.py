@@ -18,7 +18,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from ephemeral.backends import ClusterHandle, get_backend
+from ephemeral.backends import ClusterBackend, ClusterHandle, get_backend
 from ephemeral.backends.base import ClusterStatus, OwnerSelector, Phase
 from ephemeral.cli.model import model_app
 from ephemeral.errors import ClusterNotFound, EphemeralError, SpecError
@@ -41,8 +41,26 @@ err = Console(stderr=True, soft_wrap=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
 ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="Profile, e.g. ci-cpu.")]
 BackendOpt = Annotated[str | None, typer.Option(
-    "--backend", help="local (default, or $EPHEMERAL_BACKEND), kubernetes (EPHEMERAL_K8S_* "
-                      "settings) or fake.")]
+    "--backend", help="local (default, or $EPHEMERAL_BACKEND) or kubernetes (EPHEMERAL_K8S_* "
+                      "settings).")]
+
+
+def _backend(name: str | None) -> ClusterBackend:
+    """The backend a command acts on: a real one. The in-memory test double (``fake``) is
+    refused, from ``--backend`` or ``$EPHEMERAL_BACKEND``: its state would not outlive one
+    command."""
+    from ephemeral.backends.fake import REAL_BACKENDS, refuse_across_processes
+
+    chosen = name or get_settings().backend
+    try:
+        refuse_across_processes(chosen, "ephemeral")
+    except EphemeralError as e:
+        raise typer.BadParameter(str(e), param_hint="'--backend' / $EPHEMERAL_BACKEND") from e
+    if chosen not in REAL_BACKENDS:
+        raise typer.BadParameter(f"unknown backend {chosen!r}; use one of: "
+                                 + ", ".join(REAL_BACKENDS),
+                                 param_hint="'--backend' / $EPHEMERAL_BACKEND")
+    return get_backend(chosen)
 
 
 def _emit(data: Any) -> None:
@@ -226,7 +244,7 @@ def up(
     try:
         spec = resolve(ref, profile, _overrides(replicas, cpu, memory, gpus))
         identity = ClusterIdentity.manual(spec.spec.name, name)
-        be = get_backend(backend)
+        be = _backend(backend)
         notes = autoscale_notes(spec, be.name)
         for note in [] if as_json else notes:
             err.print(f"note: {note}", markup=False, highlight=False)
@@ -257,7 +275,7 @@ AllInstancesOpt = Annotated[bool, typer.Option(
 def ls(backend: BackendOpt = None, all_instances: AllInstancesOpt = False,
        as_json: JsonOpt = False) -> None:
     """List this deployment's clusters (every deployment's with --all-instances), with state."""
-    be = get_backend(backend)
+    be = _backend(backend)
     rows: list[dict[str, Any]] = []
     for h in be.list_owned(OwnerSelector(all_instances=all_instances)):
         try:
@@ -294,7 +312,7 @@ def down(
     """Delete clusters and wait until none of their processes or pods is left.
 
     Only this deployment instance's clusters, unless --all-instances is given."""
-    be = get_backend(backend)
+    be = _backend(backend)
     if all_:
         targets = [h.name for h in be.list_owned(OwnerSelector(all_instances=all_instances))]
     elif names:
@@ -336,7 +354,7 @@ def _cluster(name: str, backend: str | None, engine: str, as_json: bool,
     reaper would delete the cluster under the running job)."""
     from ephemeral.adhoc import check_timeout_within_ttl
 
-    handle = get_backend(backend).get(name)
+    handle = _backend(backend).get(name)
     if handle is None:
         raise _fail(ClusterNotFound(f"no cluster {name!r}; see `ephemeral ls`"), as_json)
     if handle.engine != engine:
@@ -400,7 +418,7 @@ def submit(
     from ephemeral.jobs.runtime_env import job_runtime_env
 
     handle = _cluster(cluster, backend, "ray", as_json, timeout)
-    jobs = ray_jobs_for(handle, get_backend(backend))  # with the cluster's token
+    jobs = ray_jobs_for(handle, _backend(backend))  # with the cluster's token
     try:  # the cluster's default pip packages, then the job's own (which win)
         runtime_env = job_runtime_env(handle, {"env_vars": _key_values(env, "--env"),
                                                "pip": list(pip) if pip else None})
@@ -441,7 +459,7 @@ def spark_submit_cmd(
         raise _fail(ClusterNotFound(f"cluster {cluster!r} has no Spark master (a spark-operator "
                                     "SparkConnect): use Spark Connect, or a standalone cluster "
                                     "(kubernetesMode: standalone) for spark-submit"), as_json)
-    auth = spark_auth_for(handle, get_backend(backend))  # the driver's spark.authenticate secret
+    auth = spark_auth_for(handle, _backend(backend))  # the driver's spark.authenticate secret
     _finish_job(lambda: spark_submit(
         handle.endpoints.spark_master or "", str(application), args or [],
         conf=_key_values(conf, "--conf"), cluster=handle.name, timeout=timeout,
@@ -476,7 +494,7 @@ def reap_cmd(
         lookup = AirflowApiLookup(airflow_url, token=os.environ.get("AIRFLOW_API_TOKEN"),
                                   username=setting("airflow_user"),
                                   password=setting("airflow_password"))
-    decisions = reap(get_backend(backend), lookup=lookup, grace=grace, dry_run=dry_run,
+    decisions = reap(_backend(backend), lookup=lookup, grace=grace, dry_run=dry_run,
                      memory_file=get_settings().home / "reaper-seen.json")
     if as_json:
         _emit([d.__dict__ for d in decisions])

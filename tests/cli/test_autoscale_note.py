@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.cli.test_cli import cli
 
 NOTE = ("worker group 'cpu': minReplicas 1 != maxReplicas 4, but the {backend} backend does not "
@@ -24,8 +26,16 @@ def test_fixed_size_groups_say_nothing() -> None:
     assert json.loads(cli("specs", "show", "spark/etl", "--json").stdout)["notes"] == []
 
 
-def test_up_says_it_for_its_backend() -> None:
-    doc = json.loads(cli("up", "ray/adhoc-cpu", "--backend", "fake", "--json").stdout)
+def test_up_says_it_for_its_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    # In this process, on the in-memory test double (the CLI refuses it by name).
+    from typer.testing import CliRunner
+
+    from ephemeral.backends.fake import InMemoryBackend
+    from ephemeral.cli import main
+
+    monkeypatch.setattr(main, "_backend", lambda _name: InMemoryBackend(ready_after_probes=1))
+    run = CliRunner().invoke(main.app, ["up", "ray/adhoc-cpu", "--json"])
+    doc = json.loads(run.stdout)
     assert [n.split(" (on Kubernetes")[0] for n in doc["notes"]] == [NOTE.format(backend="fake")]
-    proc = cli("up", "ray/adhoc-cpu", "--backend", "fake")
-    assert "note: " + NOTE.format(backend="fake") in proc.stderr.replace("\n", " ")
+    run = CliRunner().invoke(main.app, ["up", "ray/adhoc-cpu"])
+    assert "note: " + NOTE.format(backend="fake") in run.stderr.replace("\n", " ")

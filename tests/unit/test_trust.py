@@ -151,7 +151,7 @@ def run_trigger(monkeypatch: pytest.MonkeyPatch, backend: Any, *, timeout: float
     if backend is not None:
         monkeypatch.setattr(triggers, "task_backend", lambda *_a: backend)
     handle = InMemoryBackend().create(SPEC, identity=ident("prod"))
-    trig = triggers.ClusterReadyTrigger(backend="fake", handle=handle.model_dump(mode="json"),
+    trig = triggers.ClusterReadyTrigger(backend="local", handle=handle.model_dump(mode="json"),
                                         timeout=timeout, poll_interval=0.01,
                                         kubernetes_conn_id=conn)
     _kind, kwargs = trig.serialize()
@@ -208,7 +208,7 @@ def test_a_cluster_that_goes_away_fails_the_wait(monkeypatch: pytest.MonkeyPatch
 def test_the_deadline_survives_a_triggerer_restart() -> None:
     from ephemeral.airflow.triggers import ClusterReadyTrigger
 
-    trig = ClusterReadyTrigger(backend="fake", handle={"name": "x"}, timeout=60)
+    trig = ClusterReadyTrigger(backend="local", handle={"name": "x"}, timeout=60)
     time.sleep(0.05)
     _, kwargs = trig.serialize()
     assert ClusterReadyTrigger(**kwargs).deadline == trig.deadline
