@@ -105,11 +105,21 @@ class FinishedMemory:
             tmp.replace(self.path)  # atomic: the CLI and the DAG may both reap
 
 
+def kept_for_debugging(handle: ClusterHandle) -> bool:
+    """A setup with ``on_failure="keep"`` made it: only its TTL ends it."""
+    from ephemeral.airflow.context import KEEP_LABEL  # no Airflow import: a label name
+
+    return handle.labels.get(KEEP_LABEL) == "keep"
+
+
 def judge(handle: ClusterHandle, *, lookup: RunLookup | None, now: datetime, grace: float,
           memory: FinishedMemory) -> Decision:
     expires = parse_utc(handle.expires_at)
     if now >= expires:
         return Decision(handle.name, True, f"expired at {handle.expires_at} (spec lifetime.ttl)")
+    if kept_for_debugging(handle):
+        return Decision(handle.name, False, f"kept for debugging (on_failure='keep') until "
+                                            f"{handle.expires_at}")
     dag_id = handle.annotations.get(PREFIX + "dag-id")
     run_id = handle.annotations.get(PREFIX + "run-id")
     if not dag_id or not run_id:
@@ -183,7 +193,7 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
     for handle in backend.list_owned():
         try:
             d = judge(handle, lookup=lookup, now=now, grace=grace, memory=memory)
-            if not d.delete and handle.idle_timeout_s:
+            if not d.delete and handle.idle_timeout_s and not kept_for_debugging(handle):
                 idle = judge_idle(handle, _ask(activity, backend, handle), now=now,
                                   memory=memory)
                 d = idle if idle.delete else Decision(d.cluster, False, f"{d.reason}; {idle.reason}")

@@ -75,6 +75,8 @@ def delete_run_clusters(dag_id: str, run_id: str, *, clear_number: int = 0,
                         linger: float = 0.0, backend: ClusterBackend | None = None) -> list[str]:
     """Delete every cluster of the run now, then again each time one appears until ``linger``
     seconds have passed (unless the run is cleared meanwhile). Returns the names deleted."""
+    from ephemeral.airflow.context import KEEP_LABEL
+
     backend = backend or configured_backend()
     selector = run_selector(dag_id, run_id)
     deadline = time.monotonic() + linger
@@ -88,6 +90,10 @@ def delete_run_clusters(dag_id: str, run_id: str, *, clear_number: int = 0,
             break
         first = False
         for handle in backend.list_owned(selector):
+            if handle.labels.get(KEEP_LABEL) == "keep":  # on_failure: the reaper ends it at TTL
+                log.info("%s of %s/%s is kept for debugging until %s", handle.name, dag_id,
+                         run_id, handle.expires_at)
+                continue
             started = time.monotonic()
             try:
                 backend.delete(handle, wait=True)
