@@ -11,9 +11,10 @@ keys. Without the provider (the ``openlineage`` extra) nothing calls this.
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -94,8 +95,19 @@ def _unique(uris: Iterable[str]) -> list[tuple[str, str]]:
 
 class JobLineageMixin:
     """Adds OpenLineage datasets to a job operator: its arguments are ``entrypoint`` (a Ray
-    job's command line) or ``application_args`` (a Spark application's), its result the
-    ``return_value`` it pushed (a ``JobResult``)."""
+    job's command line) or ``application_args`` (a Spark application's), its result what its
+    ``execute`` or ``execute_complete`` returned (a ``JobResult`` as a dict).
+
+    The result is kept on the operator rather than pulled from XCom: the listener extracts in
+    a forked child of the task runner by default, where talking to the supervisor is unsafe."""
+
+    _lineage_result: Any = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in ("execute", "execute_complete"):
+            if callable(method := vars(cls).get(name)):
+                setattr(cls, name, _keeping_result(method))
 
     def lineage_arguments(self) -> list[str]:
         args: list[str] = []
@@ -112,9 +124,19 @@ class JobLineageMixin:
         from airflow.providers.common.compat.openlineage.facet import Dataset
         from airflow.providers.openlineage.extractors import OperatorLineage
 
-        pushed = task_instance.xcom_pull(task_ids=task_instance.task_id, key="return_value")
-        result = pushed.get("result") if isinstance(pushed, Mapping) else None
+        done = self._lineage_result
+        result = done.get("result") if isinstance(done, Mapping) else None
         inputs, outputs = job_datasets(self.lineage_arguments(),
                                        result if isinstance(result, Mapping) else None)
         return OperatorLineage(inputs=[Dataset(namespace=n, name=p) for n, p in inputs],
                                outputs=[Dataset(namespace=n, name=p) for n, p in outputs])
+
+
+def _keeping_result(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def wrapper(self: JobLineageMixin, *args: Any, **kwargs: Any) -> Any:
+        result = method(self, *args, **kwargs)
+        self._lineage_result = result
+        return result
+
+    return wrapper
