@@ -128,6 +128,22 @@ def specs_validate(
         raise typer.Exit(2 if results else 1)
 
 
+@specs_app.command("schema")
+def specs_schema(
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Write it to this file instead of stdout.")] = None,
+) -> None:
+    """Print the JSON Schema of spec files, for editors (docs/spec-schema.md)."""
+    from ephemeral.specs.schema import spec_json_schema
+
+    text = json.dumps(spec_json_schema(), indent=2) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text)
+        err.print(f"wrote {output}", highlight=False, markup=False)
+
+
 @specs_app.command("show")
 def specs_show(
     ref: Annotated[str, typer.Argument(help="e.g. ray/train-gpu@1 or a path")],
