@@ -141,6 +141,7 @@ def register(name: str, *, model_uri: str, run_id: str | None = None,
 def promote(name: str, version: str) -> str | None:
     """Move the ``champion`` alias of ``name`` to ``version``; return the champion before (None
     when there was none; ``version`` itself when it already was, and then nothing changes)."""
+    version = str(version)
     client = _client()
     with _writing(), _mlflow_errors(f"model {name!r}"):
         model = _model(client, name)
@@ -275,22 +276,27 @@ def _client_for(uri: str, registry: str) -> MlflowClient:
 
 @contextlib.contextmanager
 def _mlflow_errors(what: str) -> Iterator[None]:
-    """MLflow's and the network's errors as RegistryError naming ``what`` and the store."""
+    """MLflow's and the network's errors as RegistryError naming ``what`` and the store. A
+    message that held a secret (a URL with the server's password) is masked, and then the
+    original is not chained: task logs print chained tracebacks."""
     from mlflow.exceptions import MlflowException
 
+    where = display_uri(tracking_uri())
     try:
         yield
     except RegistryError:
         raise
     except MlflowException as e:
         code = getattr(e, "error_code", "")
-        raise RegistryError(
-            f"{what}: {e.message} (MLflow {code} at {display_uri(tracking_uri())})",
-            retryable=code in ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR",
-                               "REQUEST_LIMIT_EXCEEDED")) from e
+        message = _mask(str(e.message))
+        error = RegistryError(f"{what}: {message} (MLflow {code} at {where})",
+                              retryable=code in ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR",
+                                                 "REQUEST_LIMIT_EXCEEDED"))
+        raise error from (e if message == str(e.message) else None)
     except OSError as e:  # a server that cannot be reached, a full disk
-        raise RegistryError(f"{what}: {e} (at {display_uri(tracking_uri())})",
-                            retryable=True) from e
+        message = _mask(str(e))
+        error = RegistryError(f"{what}: {message} (at {where})", retryable=True)
+        raise error from (e if message == str(e) else None)
 
 
 def _already_exists(e: Exception) -> bool:
@@ -398,17 +404,25 @@ def _no_password(uri: str, field: str) -> None:
                             "(the URI is stored in the registry for everyone to read)")
 
 
+def _secrets() -> list[str]:
+    """What must never be stored or shown: MLflow's secret variables and the stores' passwords."""
+    found = [v for k in SECRET_ENV if (v := os.environ.get(k))]
+    for uri in (tracking_uri(), os.environ.get("MLFLOW_REGISTRY_URI") or ""):
+        parts = _split(uri)
+        if parts is not None and parts.password:
+            found.append(parts.password)
+    return found
+
+
+def _mask(text: str) -> str:
+    for secret in _secrets():
+        text = text.replace(secret, "***")
+    return text
+
+
 def _scrub(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Values with URI passwords and the values of MLflow's secret variables masked."""
-    secrets = [v for k in SECRET_ENV if (v := os.environ.get(k))]
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, str):
-            value = display_uri(value)
-            for secret in secrets:
-                value = value.replace(secret, "***")
-        out[key] = value
-    return out
+    """Values with URI passwords and secrets (_secrets) masked."""
+    return {k: _mask(display_uri(v)) if isinstance(v, str) else v for k, v in values.items()}
 
 
 def _now() -> str:

@@ -191,6 +191,19 @@ def test_secrets_stay_out_of_the_registry(home: Path, monkeypatch: pytest.Monkey
     assert data.params["data"] == "postgresql://etl:***@db/features"
 
 
+def test_an_unreachable_server_is_retryable_and_its_password_stays_out(
+        ephemeral_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's own message names the URL with its password: ours masks it and does not chain
+    the original (task logs print chained tracebacks)."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://ci:hunter2@127.0.0.1:9")  # refused
+    with pytest.raises(RegistryError, match=r"model 'm'.*http://ci:\*\*\*@127.0.0.1:9") as e:
+        registry.champion("m")
+    assert e.value.retryable
+    assert "hunter2" not in str(e.value)
+    assert e.value.__cause__ is None
+
+
 def test_the_cli_shows_and_rolls_back(home: Path) -> None:
     name = "reg-cli"
     v1, v2 = two_versions(name)
