@@ -477,10 +477,11 @@ def test_the_image_is_airflow_3_3_2_with_only_the_k8s_extra() -> None:
     assert "ARG AIRFLOW_IMAGE=apache/airflow:3.3.2-python3.11\nFROM ${AIRFLOW_IMAGE}" in text
     (install,) = [i for i in dockerfile_instructions() if "pip install" in i]
     # Airflow itself, pinned, and the project with its k8s extra: no `local`/`train` extra, no
-    # Spark provider, no engine.
+    # Spark provider, no engine. The checkout is installed by its distribution name, which pip
+    # checks against the built package (the PyPI name "ephemeral" is another project).
     assert set(re.findall(r'"([^"]+)"', install)) == {
         "${AIRFLOW_CONSTRAINTS_URL}", "apache-airflow==${AIRFLOW_VERSION}",
-        "/opt/ephemeral/src[k8s]"}
+        "airflow-provider-ephemeral[k8s] @ file:///opt/ephemeral/src"}
     assert install.startswith('RUN pip install --no-cache-dir --constraint "')
 
 
