@@ -25,8 +25,8 @@ from airflow.sdk import DAG, Param, task
 from ephemeral.airflow.operators import (
     CreateClusterOperator,
     DeleteClusterOperator,
-    SparkSubmitOperator,
 )
+from ephemeral.airflow.spark_submit import EphemeralSparkSubmitOperator
 from ephemeral.assets import FEATURES, RAW_EVENTS, publish_features
 from ephemeral.notify import failure_callbacks
 
@@ -58,7 +58,7 @@ with DAG(
     create_spark = CreateClusterOperator(task_id="create_spark", spec="spark/etl@1",
                                          profile="{{ params.profile }}",
                                          overrides={"connect": False})
-    build_features = SparkSubmitOperator(
+    build_features = EphemeralSparkSubmitOperator(
         task_id="build_features", cluster=create_spark.output,
         application=f"{JOBS}/etl_features.py",
         application_args=["--run", RUN, "--rows", "{{ params.rows }}",
