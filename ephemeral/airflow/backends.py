@@ -24,7 +24,8 @@ KUBERNETES_CONN_TYPE = "kubernetes"
 BACKENDS = ("local", "kubernetes")
 PROVIDER_MISSING = (
     "kubernetes connections are read by the cncf-kubernetes provider, which is not installed: "
-    "pip install 'ephemeral[kubernetes]' (apache-airflow-providers-cncf-kubernetes)")
+    "pip install 'airflow-provider-ephemeral[kubernetes]' "
+    "(apache-airflow-providers-cncf-kubernetes)")
 
 # Settings a kubernetes connection has no field for, in its extras under this prefix: how cluster
 # URLs are built when Airflow runs outside the cluster, and who the clusters' NetworkPolicies

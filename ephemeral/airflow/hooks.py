@@ -114,7 +114,7 @@ def check_local(instance: str) -> tuple[bool, str]:
     missing = [name for name in ("ray", "pyspark") if importlib.util.find_spec(name) is None]
     if missing:
         problems.append(f"{' and '.join(missing)} not importable: pip install "
-                        "'ephemeral[local]'")
+                        "'airflow-provider-ephemeral[local]'")
     if problems:
         return False, "; ".join(problems)
     return True, f"local backend: {home} writable, ray and pyspark importable; instance " \

@@ -102,7 +102,8 @@ def spark_submit_bin() -> str:
     try:
         from pyspark.find_spark_home import _find_spark_home
     except ImportError as err:
-        raise JobSubmissionFailed("spark-submit needs pyspark: pip install 'ephemeral[local]'") from err
+        raise JobSubmissionFailed("spark-submit needs pyspark: pip install "
+                                  "'airflow-provider-ephemeral[local]'") from err
     return str(Path(_find_spark_home()) / "bin" / "spark-submit")
 
 
