@@ -142,7 +142,7 @@ def test_without_the_provider_the_error_names_the_extra(
     from ephemeral.airflow.backends import resolve
 
     monkeypatch.setitem(sys.modules, "airflow.providers.cncf.kubernetes.hooks.kubernetes", None)
-    with pytest.raises(BackendUnavailable, match=r"pip install 'ephemeral\[kubernetes\]'"):
+    with pytest.raises(BackendUnavailable, match=r"pip install 'airflow-provider-ephemeral\[kubernetes\]'"):
         resolve(conn_id="eph")
 
 
