@@ -25,8 +25,8 @@ from ephemeral.airflow.operators import (
     CreateClusterOperator,
     DeleteClusterOperator,
     RayJobOperator,
-    SparkSubmitOperator,
 )
+from ephemeral.airflow.spark_submit import EphemeralSparkSubmitOperator
 from ephemeral.jobs.scaling import ddp_args
 from ephemeral.notify import failure_callbacks
 from ephemeral.trials import gpu_pool, load_trials, trial_flags
@@ -80,7 +80,7 @@ with DAG(
         create_spark = CreateClusterOperator(task_id="create_spark", spec="spark/etl@1",
                                              profile="{{ params.profile }}",
                                              overrides={"connect": False})
-        build_features = SparkSubmitOperator(
+        build_features = EphemeralSparkSubmitOperator(
             task_id="build_features", cluster=create_spark.output,
             application=f"{JOBS}/etl_features.py",
             application_args=["--run", RUN, "--rows", "{{ params.rows }}"])
