@@ -61,9 +61,10 @@ def test_a_file_larger_than_the_cap_is_copied_in_chunks(big_file: Path, tmp_path
     cap = CAP_MIB * 1024 * 1024
     assert peak["pool_peak"] < cap, peak
     assert peak["rss_growth"] < cap, peak
-    # The probe can tell: reading the file whole goes past the cap.
+    # The probe can tell: reading the file whole goes past the cap (measured: 62-133 MiB of
+    # RSS growth for the 96 MiB file, as the allocator reuses what the process freed before).
     whole = _peak(str(big_file), str(tmp_path / "whole.bin"), "whole")
-    assert max(whole.values()) > FILE_MIB * 1024 * 1024 * 0.9, whole
+    assert max(whole.values()) > cap, whole
 
 
 @pytest.mark.parametrize(("src_uri", "dst_uri"), [(True, False), (False, True), (True, True)])
