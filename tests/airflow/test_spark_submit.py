@@ -220,3 +220,32 @@ def test_on_kill_stops_the_drivers_session(app: Path) -> None:
     op.on_kill()
     assert proc.wait(timeout=10) != 0
 
+
+
+def test_openlineage_parent_job_properties_are_injected_as_the_providers_operator_does() -> None:
+    pytest.importorskip("airflow.providers.openlineage")
+    from datetime import UTC, datetime
+
+    from ephemeral.airflow.spark_submit import EphemeralSparkSubmitOperator
+
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+    run = SimpleNamespace(logical_date=when, run_after=when, clear_number=0, run_id="r1",
+                          conf={}, dag_id="etl")
+    ti = SimpleNamespace(dag_id="etl", task_id="build_features", try_number=1, map_index=-1,
+                         logical_date=when, run_id="r1", dag_run=run,
+                         get_template_context=lambda: {"dag_run": run})
+    context = {"ti": ti, "dag_run": run}
+
+    def op(**kwargs: Any) -> Any:
+        return EphemeralSparkSubmitOperator(task_id="build_features", cluster={},
+                                            application="app.py", conf={"spark.x": "1"},
+                                            **kwargs)
+
+    conf = op(openlineage_inject_parent_job_info=True)._conf(context, "spark://127.0.3.1:7077")
+    assert conf["spark.openlineage.parentJobName"] == "etl.build_features"
+    assert conf["spark.openlineage.rootParentJobName"] == "etl"
+    assert conf["spark.x"] == "1"
+    assert conf["spark.driver.host"] == "127.0.0.1"  # a local cluster calls the driver back here
+    # Off by default, as [openlineage] spark_inject_parent_job_info is.
+    plain = op()._conf(context, "spark://10.0.0.5:7077")
+    assert plain == {"spark.x": "1"}
