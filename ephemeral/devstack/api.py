@@ -64,6 +64,15 @@ class AirflowApi:
             self._token = str(body["access_token"])
         return self._token
 
+    def check_alive(self) -> None:
+        """Raise when the deployment's processes died (a launcher knows them; a bare client
+        does not): waits call it so a crashed component fails them at once."""
+
+    def logs(self, *names: str, tail: int = 30) -> str:
+        """The tails of the components' logs, for an error message (a launcher has them)."""
+        del names, tail
+        return ""
+
     def healthy(self) -> bool:
         try:
             status, _ = self.request("GET", "/api/v2/monitor/health", auth=False, timeout=5)
@@ -74,10 +83,11 @@ class AirflowApi:
     def wait_parsed(self, dag_id: str, timeout: float = 180.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            self.check_alive()
             if self.request("GET", f"/api/v2/dags/{dag_id}")[0] == 200:
                 return
             time.sleep(1)
-        raise TimeoutError(f"DAG {dag_id} not parsed after {timeout}s")
+        raise TimeoutError(f"DAG {dag_id} not parsed after {timeout}s\n" + self.logs())
 
     def unpause(self, dag_id: str) -> None:
         status, body = self.request("GET", f"/api/v2/dags/{dag_id}")
@@ -108,16 +118,21 @@ class AirflowApi:
             raise RuntimeError(f"run {dag_id}/{run_id}: HTTP {status} {body}")
         return dict(body)
 
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        return str(self.run(dag_id, run_id)["state"])
+
     def wait_finished(self, dag_id: str, run_id: str, timeout: float = 600.0) -> str:
         deadline = time.monotonic() + timeout
         state = "?"
         while time.monotonic() < deadline:
-            state = str(self.run(dag_id, run_id)["state"])
+            self.check_alive()
+            state = self.run_state(dag_id, run_id)
             if state in FINISHED:
                 return state
             time.sleep(2)
         raise TimeoutError(f"{dag_id}/{run_id} still {state} after {timeout}s: "
-                           + json.dumps(self.task_instances(dag_id, run_id), indent=1))
+                           + json.dumps(self.task_instances(dag_id, run_id), indent=1)
+                           + "\n" + self.logs())
 
     def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
         """Task instances by task id (``id[i]`` for map index i)."""
@@ -143,3 +158,56 @@ class AirflowApi:
         if status != 200:
             raise RuntimeError(f"links: HTTP {status} {body}")
         return dict(body["extra_links"])
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        status, body = self.request(
+            "GET", f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id)}/taskInstances/{task_id}"
+                   f"/xcomEntries/{key}?deserialize=true")
+        if status != 200:
+            raise RuntimeError(f"xcom {task_id}.{key}: HTTP {status} {body}")
+        return body["value"]
+
+    def task_state(self, dag_id: str, run_id: str, task_id: str) -> str | None:
+        status, body = self.request(
+            "GET", f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id)}/taskInstances/{task_id}")
+        if status != 200:
+            raise RuntimeError(f"task {dag_id}/{run_id}/{task_id}: HTTP {status} {body}")
+        return None if body["state"] is None else str(body["state"])
+
+    def wait_task(self, dag_id: str, run_id: str, task_id: str, states: set[str],
+                  timeout: float = 300.0, every: float = 0.2) -> str:
+        """Until the task is in one of ``states``; a task that ends elsewhere fails at once."""
+        deadline = time.monotonic() + timeout
+        state = None
+        while time.monotonic() < deadline:
+            self.check_alive()
+            state = self.task_state(dag_id, run_id, task_id)
+            if state in states:
+                return state
+            if state in ("failed", "upstream_failed", "skipped", "removed"):
+                raise RuntimeError(f"{dag_id}/{run_id}/{task_id} ended {state} before reaching "
+                                   f"{states}:\n" + json.dumps(self.task_instances(
+                                       dag_id, run_id), indent=1)[:4000])
+            time.sleep(every)
+        raise TimeoutError(f"{dag_id}/{run_id}/{task_id} still {state}, not in {states} after "
+                           f"{timeout}s\n" + self.logs())
+
+    def _patch(self, path: str, body: dict[str, Any], what: str) -> None:
+        """A PATCH as a user clicking again does it: SQLite under a busy host sometimes answers
+        "database is locked" (HTTP 500) when four components write at once."""
+        for _ in range(3):
+            status, answer = self.request("PATCH", path, body)
+            if status != 500:
+                break
+            time.sleep(0.5)
+        if status != 200:
+            raise RuntimeError(f"{what}: HTTP {status} {answer}")
+
+    def mark_run(self, dag_id: str, run_id: str, state: str) -> None:
+        """What the UI's "mark run as failed/success" does."""
+        self._patch(f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id)}", {"state": state},
+                    f"mark {dag_id}/{run_id} {state}")
+
+    def mark_task(self, dag_id: str, run_id: str, task_id: str, state: str) -> None:
+        self._patch(f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id)}/taskInstances/{task_id}",
+                    {"new_state": state}, f"mark {dag_id}/{run_id}/{task_id} {state}")

@@ -41,6 +41,23 @@ def port_free(port: int) -> bool:
     return True
 
 
+def runs_airflow(cmdline: list[str]) -> bool:
+    """Airflow's processes (``python -m airflow``, the ``airflow`` script, a process retitled
+    ``airflow …``) and ours (``python -m ephemeral.airflow…``), never ``make airflow``, a shell,
+    or the ``up``/``down`` command that merely share the stack's AIRFLOW_HOME."""
+    words = " ".join(cmdline).split()
+    if not words:
+        return False
+    exe, rest = Path(words[0]).name, words[1:]
+    if exe == "airflow":
+        return True
+    if not exe.startswith("python") or not rest:
+        return False
+    return (rest[0].endswith("bin/airflow")
+            or (rest[0] == "-m" and len(rest) > 1
+                and (rest[1] == "airflow" or rest[1].startswith("ephemeral.airflow"))))
+
+
 def _secret_file(path: Path, make: str) -> str:
     """A secret kept 0600 in the stack's home, so a restart keeps logins and tokens."""
     if path.exists():
@@ -204,6 +221,14 @@ class Stack(AirflowApi):
                 [sys.executable, "-m", "airflow", name], env=self.env(), stdout=log,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
+    def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Kill one component's main process as a crash would; ``launch`` starts it again.
+        Its children live on (a scheduler's LocalExecutor workers): ``stop`` finds them by the
+        stack's AIRFLOW_HOME."""
+        proc = self.procs.pop(name)
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+
     def check_alive(self) -> None:
         for name, proc in self.procs.items():
             if proc.poll() is not None:
@@ -218,6 +243,13 @@ class Stack(AirflowApi):
                 lines = path.read_text(errors="replace").splitlines()[-tail:]
                 out.append(f"--- {name} ---\n" + "\n".join(lines))
         return "\n".join(out)
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, attempt: int,
+                 trigger: bool = False) -> str:
+        """A try's log, or with ``trigger`` the logs its triggers wrote in the triggerer."""
+        logs = self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+        pattern = f"attempt={attempt}.log.trigger.*" if trigger else f"attempt={attempt}.log"
+        return "\n".join(p.read_text(errors="replace") for p in sorted(logs.glob(pattern)))
 
     def processes(self) -> list[psutil.Process]:
         """Every process of this stack: the components, their children and any process that
@@ -235,12 +267,8 @@ class Stack(AirflowApi):
             if p.pid == me or p.pid in found:
                 continue
             try:
-                # Airflow's processes and ours only: never a shell or the `down` command that
-                # merely share the variable.
-                cmd = " ".join(p.cmdline())
                 if (p.environ().get("AIRFLOW_HOME") == str(self.home)
-                        and ("airflow" in cmd or "ephemeral.airflow" in cmd)
-                        and "ephemeral.devstack" not in cmd):
+                        and runs_airflow(p.cmdline())):
                     found[p.pid] = p
             except (psutil.Error, OSError):
                 continue
