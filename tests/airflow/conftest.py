@@ -1,14 +1,54 @@
-"""Airflow fixtures: a migrated metadata database (once per session) and DAG loading."""
+"""Airflow fixtures: a migrated metadata database (once per session), DAG loading, and the one
+live Airflow stack (PostgreSQL) that tests/airflow/live and tests/airflow/browser share."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from ephemeral.devstack import Stack
+
+HERE = Path(__file__).resolve().parent
+FAULT_MATRIX = HERE / "live" / "test_fault_matrix.py"
+
+
+@pytest.fixture(scope="package")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A real Airflow (``ephemeral.devstack`` on PostgreSQL) for every test of this package
+    that asks for it: started once, stopped after the last of them (they run together, see
+    below) with a check that no process of it or of its clusters is left."""
+    from tests.airflow.live.stack import shared_stack, stop_and_check
+
+    s = shared_stack(tmp_path_factory.mktemp("live-airflow"))
+    s.start()  # stops what it started when it fails
+    try:
+        yield s
+    finally:
+        stop_and_check(s)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Within tests/airflow: tests without the shared stack first (the package's stack starts
+    at the first test that asks for it and stops when the package ends, so it idles through
+    none of them), then the stack's tests, the fault matrix last (it kills and restarts
+    components). The order outside tests/airflow is left as it is."""
+    places = [i for i, item in enumerate(items) if item.path.is_relative_to(HERE)]
+
+    def rank(item: pytest.Item) -> int:
+        if "stack" not in getattr(item, "fixturenames", ()):
+            return 0
+        return 2 if item.path == FAULT_MATRIX else 1
+
+    ordered = sorted((items[i] for i in places), key=rank)
+    for i, item in zip(places, ordered, strict=True):
+        items[i] = item
 
 
 @pytest.fixture(scope="session")

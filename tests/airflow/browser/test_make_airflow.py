@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ephemeral.devstack import Stack
-from tests.airflow.browser.conftest import clean_env
+from tests.airflow.live.stack import clean_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.local]
 
@@ -70,3 +70,17 @@ def test_ctrl_c_stops_the_stack_and_deletes_the_clusters_of_a_running_run(
         if up.poll() is None:
             os.killpg(up.pid, signal.SIGTERM)
             up.wait(timeout=300)
+
+
+def test_the_stack_owns_airflow_processes_not_the_commands_that_name_it() -> None:
+    """``stop`` terminates the processes that carry the stack's AIRFLOW_HOME and run Airflow:
+    a ``make airflow`` (or ``make airflow-down``) started with AIRFLOW_HOME set carries it too
+    and must live on to see the stack stop."""
+    from ephemeral.devstack.stack import runs_airflow
+
+    assert runs_airflow([sys.executable, "-m", "airflow", "scheduler"])
+    assert runs_airflow(["airflow api_server -- host:127.0.0.1 port:8080"])
+    assert runs_airflow([sys.executable, "-m", "ephemeral.airflow.run_end", "--dag-id", "d"])
+    assert not runs_airflow(["make", "airflow-down"])
+    assert not runs_airflow(["/bin/bash", "-c", "make airflow"])
+    assert not runs_airflow([sys.executable, "-m", "ephemeral.devstack", "down"])

@@ -33,18 +33,21 @@ def run_id_of(page: Any) -> str:
 
 
 def follow_in_ui(page: Any, stack: Stack, run_id: str, want: str, timeout: float = 480) -> None:
-    """Watch the run's page, reloading now and then as a person would, until the run ends;
-    then its page must show the state ``want``."""
+    """Watch the run's page, reloading it every 10 s as a person would, until the run ends
+    (asked every second, so the test does not wait out a reload after the end); then its page
+    must show the state ``want``."""
     url = f"{stack.url}/dags/{DAG}/runs/{run_id}"
     deadline = time.monotonic() + timeout
     state = "queued"
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and state not in ("success", "failed"):
         page.goto(url)
         page.wait_for_load_state("networkidle")
-        state = str(stack.run(DAG, run_id)["state"])
-        if state in ("success", "failed"):
-            break
-        page.wait_for_timeout(10_000)
+        reload_at = min(time.monotonic() + 10, deadline)
+        while True:
+            state = str(stack.run(DAG, run_id)["state"])
+            if state in ("success", "failed") or time.monotonic() >= reload_at:
+                break
+            page.wait_for_timeout(1_000)
     assert state == want, f"run ended {state}: {stack.task_instances(DAG, run_id)}"
     page.reload()
     # The run's header: its id, then its state badge.

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import psutil
 
-from tests.airflow.live.stack import AirflowStack
+from ephemeral.devstack import Stack
 
 
-def owned(stack: AirflowStack, dag_id: str, run_id: str) -> list[str]:
+def owned(stack: Stack, dag_id: str, run_id: str) -> list[str]:
     """Clusters of the run that still have a state folder."""
     from ephemeral.backends import OwnerSelector
     from ephemeral.backends.local import LocalBackend
@@ -43,7 +43,7 @@ def cluster_processes(home: Path) -> dict[str, list[int]]:
     return found
 
 
-def seconds_until_gone(stack: AirflowStack, dag_id: str, run_id: str, names: set[str],
+def seconds_until_gone(stack: Stack, dag_id: str, run_id: str, names: set[str],
                        since: float, bound: float) -> float:
     """Seconds from ``since`` (time.monotonic) until the run has no cluster state and no
     process of ``names`` (plus any cluster of the run seen meanwhile) is alive."""
@@ -63,7 +63,7 @@ def seconds_until_gone(stack: AirflowStack, dag_id: str, run_id: str, names: set
         time.sleep(0.5)
 
 
-def wait_owned(stack: AirflowStack, dag_id: str, run_id: str, timeout: float = 300.0
+def wait_owned(stack: Stack, dag_id: str, run_id: str, timeout: float = 300.0
                ) -> list[str]:
     """The run's clusters, once there is at least one."""
     deadline = time.monotonic() + timeout
@@ -75,7 +75,7 @@ def wait_owned(stack: AirflowStack, dag_id: str, run_id: str, timeout: float = 3
     raise TimeoutError(f"{dag_id}/{run_id} made no cluster in {timeout}s\n" + stack.logs())
 
 
-def run_end_log(stack: AirflowStack) -> str:
+def run_end_log(stack: Stack) -> str:
     path = stack.ephemeral_home / "logs" / "run-end.log"
     return "--- run-end.log ---\n" + (path.read_text(errors="replace")[-4000:]
                                       if path.exists() else "(none)")

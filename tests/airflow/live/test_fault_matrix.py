@@ -21,6 +21,7 @@ from typing import Any
 import psutil
 import pytest
 
+from ephemeral.devstack import Stack
 from tests.airflow.live.probes import (
     cluster_processes,
     monotonic_at,
@@ -31,7 +32,6 @@ from tests.airflow.live.probes import (
     when,
 )
 from tests.airflow.live.reliability import Results
-from tests.airflow.live.stack import AirflowStack
 
 pytestmark = [pytest.mark.local, pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -46,13 +46,13 @@ SLEEP = "python -c \"import time; time.sleep({})\""
 ACTIVE = {"running", "deferred"}  # a job task waits deferred, in the triggerer
 
 
-def handle_of(stack: AirflowStack, dag_id: str, run_id: str) -> Any:
+def handle_of(stack: Stack, dag_id: str, run_id: str) -> Any:
     from ephemeral.backends import ClusterHandle
 
     return ClusterHandle.model_validate(stack.xcom(dag_id, run_id, "create"))
 
 
-def ray_jobs(stack: AirflowStack, handle: Any) -> list[dict[str, Any]]:
+def ray_jobs(stack: Stack, handle: Any) -> list[dict[str, Any]]:
     """The cluster's jobs as its Jobs API reports them (authenticated as a task would be)."""
     from ephemeral.backends.local import LocalBackend
 
@@ -62,7 +62,7 @@ def ray_jobs(stack: AirflowStack, handle: Any) -> list[dict[str, Any]]:
         return list(json.loads(resp.read()))
 
 
-def wait_job(stack: AirflowStack, handle: Any, states: set[str], timeout: float = 120.0
+def wait_job(stack: Stack, handle: Any, states: set[str], timeout: float = 120.0
              ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     jobs: list[dict[str, Any]] = []
@@ -78,7 +78,7 @@ def wait_job(stack: AirflowStack, handle: Any, states: set[str], timeout: float 
 # -- 1. the run marked failed while the setup waits -------------------------------------------
 
 @pytest.mark.parametrize("engine", ["ray", "spark"])
-def test_run_marked_failed_while_the_setup_is_deferred(stack: AirflowStack, matrix: Results,
+def test_run_marked_failed_while_the_setup_is_deferred(stack: Stack, matrix: Results,
                                                        engine: str) -> None:
     dag_id = f"fm_{engine}"
     with matrix.case("1a", engine, "run marked failed (REST) while the setup is deferred",
@@ -95,7 +95,7 @@ def test_run_marked_failed_while_the_setup_is_deferred(stack: AirflowStack, matr
 
 
 @pytest.mark.parametrize("engine", ["ray", pytest.param("spark", marks=full_only)])
-def test_run_marked_failed_as_the_setup_hands_over(stack: AirflowStack, matrix: Results,
+def test_run_marked_failed_as_the_setup_hands_over(stack: Stack, matrix: Results,
                                                    engine: str) -> None:
     """The instant between "cluster created" and "trigger registered": the run is marked failed
     as soon as the cluster's state appears. Repeated until the task could not report its
@@ -128,7 +128,7 @@ def test_run_marked_failed_as_the_setup_hands_over(stack: AirflowStack, matrix: 
 
 # -- 2. the job task marked failed while its Ray job runs -------------------------------------
 
-def test_job_task_marked_failed_stops_the_ray_job(stack: AirflowStack, matrix: Results,
+def test_job_task_marked_failed_stops_the_ray_job(stack: Stack, matrix: Results,
                                                   tmp_path: Path) -> None:
     dag_id = "fm_ray_job_marked_failed"
     release = tmp_path / "release"
@@ -159,7 +159,7 @@ def test_job_task_marked_failed_stops_the_ray_job(stack: AirflowStack, matrix: R
 
 # -- 3. the triggerer SIGKILLed while the setup is deferred -----------------------------------
 
-def test_triggerer_killed_while_the_setup_is_deferred(stack: AirflowStack, matrix: Results
+def test_triggerer_killed_while_the_setup_is_deferred(stack: Stack, matrix: Results
                                                       ) -> None:
     dag_id = "fm_ray"
     with matrix.case("3", "ray", "triggerer SIGKILLed while the setup is deferred, restarted",
@@ -181,7 +181,7 @@ def test_triggerer_killed_while_the_setup_is_deferred(stack: AirflowStack, matri
 # -- 4 and 6. the scheduler SIGKILLed while a job runs; the teardown fails once -------------
 
 def test_scheduler_killed_while_a_job_runs_then_the_teardown_fails_once(
-        stack: AirflowStack, matrix: Results) -> None:
+        stack: Stack, matrix: Results) -> None:
     """One run, two faults (a cluster's lifetime is the expensive part here): the scheduler is
     killed and started again while the job runs, then the teardown's first try raises as a
     backend outage would and its retry deletes the cluster."""
@@ -216,7 +216,7 @@ def test_scheduler_killed_while_a_job_runs_then_the_teardown_fails_once(
 
 # -- 5. the Ray head's GCS SIGKILLed mid-job --------------------------------------------------
 
-def test_ray_gcs_killed_mid_job(stack: AirflowStack, matrix: Results) -> None:
+def test_ray_gcs_killed_mid_job(stack: Stack, matrix: Results) -> None:
     dag_id = "fm_ray"
     with matrix.case("5", "ray", "Ray head's GCS SIGKILLed mid-job", 180) as row:
         run_id = stack.trigger(dag_id, {"entrypoint": SLEEP.format(300)})
@@ -238,7 +238,7 @@ def test_ray_gcs_killed_mid_job(stack: AirflowStack, matrix: Results) -> None:
 
 
 @full_only
-def test_spark_master_killed_mid_job(stack: AirflowStack, matrix: Results) -> None:
+def test_spark_master_killed_mid_job(stack: Stack, matrix: Results) -> None:
     dag_id = "fm_spark_job"
     with matrix.case("5", "spark", "Spark master SIGKILLed mid-job", 180) as row:
         run_id = stack.trigger(dag_id, {"seconds": 40})
@@ -266,7 +266,7 @@ def test_spark_master_killed_mid_job(stack: AirflowStack, matrix: Results) -> No
 
 # -- 7. N runs of a one-cluster DAG at once --------------------------------------------------
 
-def _why_failed(stack: AirflowStack, dag_id: str, run_id: str) -> str:
+def _why_failed(stack: Stack, dag_id: str, run_id: str) -> str:
     """The last line of the first error a run's setup logged (why its cluster did not start)."""
     for attempt in (2, 1):
         for line in stack.task_log(dag_id, run_id, "create", attempt).splitlines():
@@ -276,7 +276,7 @@ def _why_failed(stack: AirflowStack, dag_id: str, run_id: str) -> str:
     return "see the run's logs"
 
 
-def test_concurrent_runs(stack: AirflowStack, matrix: Results) -> None:
+def test_concurrent_runs(stack: Stack, matrix: Results) -> None:
     """N runs of a one-cluster DAG at once (2, then 3, ... up to EPHEMERAL_FM_MAX_N; 2 by
     default, 4 in the full matrix). It fails on a clash (two runs sharing a cluster name or a
     port) or on anything left behind; runs whose clusters could not start on the busy host end

@@ -20,16 +20,16 @@ from pathlib import Path
 
 import pytest
 
+from ephemeral.devstack import Stack
 from tests.airflow.live.probes import monotonic_at, seconds_until_gone, when
 from tests.airflow.live.reliability import Results
-from tests.airflow.live.stack import AirflowStack
 
 pytestmark = [pytest.mark.local, pytest.mark.slow, pytest.mark.timeout(900)]
 
 GONE_BOUND = 60.0  # issue 9: every cluster of a finished run gone within 60 s
 
 
-def reap(stack: AirflowStack, *args: str) -> list[dict[str, object]]:
+def reap(stack: Stack, *args: str) -> list[dict[str, object]]:
     """`ephemeral reap` as an operator runs it, asking this Airflow for run states."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "EPHEMERAL_"))}
     env |= {"EPHEMERAL_HOME": str(stack.ephemeral_home), "EPHEMERAL_INSTANCE": stack.instance,
@@ -42,19 +42,19 @@ def reap(stack: AirflowStack, *args: str) -> list[dict[str, object]]:
     return list(json.loads(proc.stdout))
 
 
-def created_names(stack: AirflowStack, dag_id: str, run_id: str, attempt: int = 1) -> set[str]:
+def created_names(stack: Stack, dag_id: str, run_id: str, attempt: int = 1) -> set[str]:
     """The clusters a setup try made, as its log names them."""
     return set(re.findall(r"creating (eph-[a-z0-9-]+)",
                           stack.task_log(dag_id, run_id, "create", attempt)))
 
 
-def test_setup_killed_before_xcom_push_is_adopted_by_its_retry(stack: AirflowStack,
+def test_setup_killed_before_xcom_push_is_adopted_by_its_retry(stack: Stack,
                                                                 matrix: Results) -> None:
     with matrix.case("8a", "ray", "setup SIGKILLed after create, retried", 300) as row:
         _setup_killed_retried(stack, row)
 
 
-def _setup_killed_retried(stack: AirflowStack, row: dict[str, object]) -> None:
+def _setup_killed_retried(stack: Stack, row: dict[str, object]) -> None:
     dag_id = "killed_setup_retried"
     run_id = stack.trigger(dag_id)
     state = stack.wait_finished(dag_id, run_id)
@@ -78,7 +78,7 @@ def _setup_killed_retried(stack: AirflowStack, row: dict[str, object]) -> None:
         handle["endpoints"]["dashboard"]
 
 
-def test_setup_killed_without_retry_the_run_end_deletes(stack: AirflowStack,
+def test_setup_killed_without_retry_the_run_end_deletes(stack: Stack,
                                                          matrix: Results) -> None:
     with matrix.case("8b", "ray", "setup SIGKILLed after create, no retry", GONE_BOUND) as row:
         dag_id = "killed_setup_no_retry"
@@ -98,7 +98,7 @@ def test_setup_killed_without_retry_the_run_end_deletes(stack: AirflowStack,
         assert not [d for d in reap(stack, "--dry-run") if d["cluster"] in names]
 
 
-def test_dagrun_timeout_skips_the_teardown_and_the_run_end_deletes(stack: AirflowStack,
+def test_dagrun_timeout_skips_the_teardown_and_the_run_end_deletes(stack: Stack,
                                                                   matrix: Results) -> None:
     with matrix.case("8c", "ray", "dagrun_timeout while the job runs", GONE_BOUND) as row:
         dag_id = "run_times_out"
@@ -119,7 +119,7 @@ def test_dagrun_timeout_skips_the_teardown_and_the_run_end_deletes(stack: Airflo
                           "run-end listener deleted")
 
 
-def test_the_triggerer_finds_a_kubernetes_connection_by_id(stack: AirflowStack,
+def test_the_triggerer_finds_a_kubernetes_connection_by_id(stack: Stack,
                                                             tmp_path: Path) -> None:
     """The connection lives in Airflow's database, not in the environment: the setup and the
     triggerer (another process) each look it up by id; only the id is serialized."""
