@@ -27,7 +27,10 @@ from typing import Any
 import baseline  # bench/baseline.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
-ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 2
+# One round by default: a round is a whole DAG run and a whole by-hand run (10-20 min on a
+# loaded 2-core machine); `bench_pipeline.py N` or BENCH_PIPELINE_ROUNDS=N for more.
+ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else int(
+    os.environ.get("BENCH_PIPELINE_ROUNDS", "1"))
 
 _own_home = "EPHEMERAL_HOME" not in os.environ  # a home of our own is removed at the end
 home = Path(os.environ.setdefault("EPHEMERAL_HOME", tempfile.mkdtemp(prefix="bench-pipeline-")))
