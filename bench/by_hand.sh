@@ -21,7 +21,8 @@
 # - No Airflow: no scheduler, task processes, XCom, readiness polling or run report; no
 #   spark.authenticate secret or Ray token; nodes are SIGKILLed, not stopped gracefully.
 #   Spark's master, workers, spark-submit's launcher and the ETL's driver get the fast-start JVM
-#   flags, as in the DAG (ephemeral.jobs.spark_jobs.FAST_START_JVM).
+#   flags (ephemeral.jobs.spark_jobs.FAST_START_JVM): the backend's daemons and spark_submit's
+#   drivers have them; the DAG's EphemeralSparkSubmitOperator does not pass them to its driver.
 # - No model is registered afterwards.
 #
 # Usage: bench/by_hand.sh ARTIFACT_ROOT
@@ -78,7 +79,7 @@ trap cleanup EXIT
 
 # --- Spark -----------------------------------------------------------------------------------
 # The JVM flags the backend gives its daemons and spark_submit its drivers (FAST_START_JVM): the
-# floor has the same tuning, so the comparison is about orchestration, not JVM flags.
+# floor has the best tuning there is, so the comparison is about orchestration.
 FAST=$(python -c 'from ephemeral.jobs.spark_jobs import FAST_START_JVM as f; print(f)')
 export SPARK_DAEMON_JAVA_OPTS=$FAST SPARK_LAUNCHER_OPTS=$FAST
 node "$SH/bin/spark-class" org.apache.spark.deploy.master.Master --host $IP.2 --port "$P" \
