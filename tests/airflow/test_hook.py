@@ -228,3 +228,19 @@ def test_local_checks_the_home_and_the_engines(monkeypatch: pytest.MonkeyPatch,
     ok, message = check("here")
     assert not ok
     assert f"EPHEMERAL_HOME {blocker / 'home'} is not writable" in message
+
+
+def test_the_api_servers_test_button_path(server: ApiServer,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """As Airflow's POST /connections/test does it: a transient connection exported as a URI
+    to the environment, its hook found through the provider info, then ``test_connection``."""
+    from airflow.models.connection import Connection
+
+    enforce(server, granted() - {("watch", "pods")})
+    conn = Connection(conn_id="transient1", conn_type="ephemeral", extra=json.dumps({
+        "backend": "kubernetes", "namespace": NAMESPACE, "kubernetes_conn_id": "k8s"}))
+    monkeypatch.setenv("AIRFLOW_CONN_TRANSIENT1", conn.get_uri())
+    ok, message = conn.test_connection()
+    assert not ok
+    assert message.endswith("denied watch pods; apply compose/k8s/rbac.yaml "
+                            "(docs/kubernetes.md) to this identity"), message
