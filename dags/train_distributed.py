@@ -3,30 +3,51 @@
 ETL:    Spark cluster setup -> feature ETL (with its data-quality gate) -> Spark teardown
 TRAIN:  Ray cluster setup -> hyperparameter trials (mapped over params/train_distributed/*.json,
         each a DDP job over every worker of the one cluster, in the GPU trial pool)
-        -> pick the best -> evaluate -> Ray teardown
-DEPLOY: gate on the evaluation -> register the model under the registry, or alert
+        -> pick the best (each trial logged to the tracking store) -> evaluate (accuracy, F1)
+        -> serve_latency (Ray Serve on the same cluster, a bounded load: P50/P95/P99,
+        throughput) -> Ray teardown
+DEPLOY: gate on every threshold of gates/train_distributed.yaml -> register the model and move
+        the registry's champion alias to it, or notify and keep the champion
 
 Clusters live only as long as their work: each is created by a setup task and destroyed by a
 teardown task, whatever happens in between. XCom carries cluster handles, job ids, URIs and a
 few metrics; datasets, checkpoints and models live under the artifact root.
+
+When it runs (ephemeral.assets, docs/continuous-training.md): @daily, OR a `training_features`
+event (the feature_etl DAG published new features), OR a `feature_drift` event (drift_check
+found a batch that drifted past its threshold).
+- A timetable or manual run (`make demo`) builds its own features, as before: choose_features
+  sends it through the ETL group. Its ETL's outlet is `train_distributed_run_features`, an Asset
+  nothing is scheduled on: were it `training_features`, every run would trigger the next one.
+- A run triggered by those events trains on the features of the newest event it consumed
+  (their URIs are in the event's extra): choose_features skips the ETL group, so its Spark setup
+  is skipped, no Spark cluster is made, and the teardown, whose only setup skipped, skips too.
+  Several events queued while a run was busy start one run (max_active_runs=1), not one each.
+- No task of this DAG emits an Asset it is scheduled on, nor one that feeds drift_check or
+  feature_etl: the loop has no way to start itself (tests/airflow/test_assets.py checks it).
+- The registration's outlet `registered_model` carries the features the model was trained on:
+  drift_check compares new batches with those.
 
 Nothing heavy is imported at parse time: the DAG processor re-parses this file all the time.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, Param, TaskGroup, task
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, TaskGroup, task
 
+from ephemeral import assets
 from ephemeral.airflow.operators import (
     CreateClusterOperator,
     DeleteClusterOperator,
     RayJobOperator,
 )
 from ephemeral.airflow.spark_submit import EphemeralSparkSubmitOperator
+from ephemeral.gate import Thresholds, load_gate
 from ephemeral.jobs.scaling import ddp_args
 from ephemeral.notify import failure_callbacks
 from ephemeral.trials import gpu_pool, load_trials, trial_flags
@@ -34,47 +55,98 @@ from ephemeral.trials import gpu_pool, load_trials, trial_flags
 JOBS = str(Path(__file__).resolve().parent.parent / "jobs")
 # run_after, not ts_nodash: a run triggered through the REST API without a logical date has none.
 RUN = "{{ dag.dag_id }}/{{ dag_run.run_after | ts_nodash }}"
-FEATURES = "{{ ti.xcom_pull(task_ids='etl.build_features')['result']['artifact_uri'] }}"
-VALIDATION = "{{ ti.xcom_pull(task_ids='etl.build_features')['result']['validation_uri'] }}"
+# Built by this run's ETL, or those of the Asset event that triggered it.
+FEATURES = "{{ training_features(ti)['artifact_uri'] }}"
+VALIDATION = "{{ training_features(ti)['validation_uri'] }}"
 # Workers, GPUs and CPUs per worker from the cluster the trials run on: NCCL on GPUs, gloo on
 # ci-cpu, with no edit here.
 SCALING = "{{ ddp_args(ti.xcom_pull(task_ids='train.create_ray')) }}"
 TRIALS = load_trials("train_distributed")  # one versioned JSON file per trial
+TRIAL_METRICS = ("loss", "first_loss", "accuracy", "throughput_samples_per_s", "world_size")
+GATE_METRICS = ("accuracy", "f1", "p50_ms", "p95_ms", "p99_ms", "throughput_rps", "error_rate")
 NOTIFY = failure_callbacks()  # $EPHEMERAL_NOTIFIER, with the run report's link
+MODEL = "train_distributed"  # the registered model's name
+log = logging.getLogger(__name__)  # the task's log (RuntimeTaskInstance has no .log)
+# The versioned gate file (thresholds and the latency job's load): a bad file fails the import.
+GATE = load_gate("train_distributed")
+MODEL_URI = "{{ ti.xcom_pull(task_ids='train.pick_best')['model_uri'] }}"
+
+
+def gate_overrides(params: Any) -> dict[str, Any]:
+    """The thresholds this run's params set (an ad-hoc run's override of the gate file)."""
+    return {k: (params or {}).get(k) for k in Thresholds.model_fields}
 
 
 def alert_gate_failed(context: Any) -> None:
     """Failure callback of the gate's alert task: record the alert next to the run's artifacts
-    (a real deployment would page or post to a channel here)."""
+    and notify through $EPHEMERAL_NOTIFIER with the run report's link (the log when none is
+    configured)."""
     from ephemeral.jobs import artifacts
+    from ephemeral.notify import configured_notifier
+    from ephemeral.report import report_url
 
-    ti = context["ti"]
+    ti, dag_id, run_id = context["ti"], context["dag"].dag_id, context["run_id"]
     when = context["dag_run"].run_after.strftime("%Y%m%dT%H%M%S")
-    uri = artifacts.run_uri(f"alerts/{context['dag'].dag_id}", f"{when}.json")
-    artifacts.write_json(uri, {"dag_id": context["dag"].dag_id, "run_id": context["run_id"],
-                               "task_id": ti.task_id, "reason": str(context.get("exception"))})
-    ti.log.error("model gate failed; alert written to %s", uri)
+    uri = artifacts.run_uri(f"alerts/{dag_id}", f"{when}.json")
+    url = report_url(dag_id, run_id)
+    reason = str(context.get("exception"))
+    artifacts.write_json(uri, {"dag_id": dag_id, "run_id": run_id, "task_id": ti.task_id,
+                               "reason": reason, "report_url": url})
+    message = f"{dag_id} {run_id}: {reason}; run report: {url}"
+    send = configured_notifier()
+    if send is None:
+        log.error("model gate failed (no notifier configured): %s; alert written to %s",
+                  message, uri)
+        return
+    context.update(ephemeral_event="gate_failed", ephemeral_report_url=url,
+                   ephemeral_message=message)
+    try:
+        send(context)
+    except Exception:  # a failing notifier must not hide the gate's own failure
+        log.exception("the notifier failed; the gate's alert is at %s", uri)
 
 
 with DAG(
     dag_id="train_distributed",
     description="Spark ETL, Ray DDP trials, evaluation and a gated model registration",
-    schedule="@daily",
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("@daily", timezone="UTC"),
+                                 assets=assets.FEATURES | assets.DRIFT),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
     default_args={"retries": 1, "retry_delay": timedelta(seconds=10),
                   "execution_timeout": timedelta(hours=2), "on_failure_callback": NOTIFY},
-    user_defined_macros={"ddp_args": ddp_args},
+    user_defined_macros={"ddp_args": ddp_args, "training_features": assets.training_features},
     params={
         "profile": Param("ci-cpu", type=["null", "string"], enum=[None, "ci-cpu"],
                          description="Spec profile: ci-cpu for CPU-only machines, none on GPUs."),
         "rows": Param(5000, type="integer", minimum=1000, maximum=10_000_000),
         "steps": Param(300, type="integer", minimum=10, maximum=100_000),
-        "min_accuracy": Param(0.8, type="number", minimum=0, maximum=1),
+        # The gate's thresholds are in gates/train_distributed.yaml; these override them for
+        # one run (empty: the file's).
+        "min_accuracy": Param(None, type=["null", "number"], minimum=0, maximum=1),
+        "min_f1": Param(None, type=["null", "number"], minimum=0, maximum=1),
+        "max_p50_ms": Param(None, type=["null", "number"], exclusiveMinimum=0),
+        "max_p95_ms": Param(None, type=["null", "number"], exclusiveMinimum=0),
+        "max_p99_ms": Param(None, type=["null", "number"], exclusiveMinimum=0),
+        "min_throughput_rps": Param(None, type=["null", "number"], minimum=0),
     },
     tags=["ephemeral", "reference"],
 ) as dag:
+    @task.branch
+    def choose_features(triggering_asset_events: Any = None, ti: Any = None) -> list[str]:
+        """The ETL for a timetable or manual run; for an Asset-triggered run, the newest
+        event's features (pushed for training_features) and no ETL, no Spark cluster."""
+        event = assets.newest_training_event(triggering_asset_events)
+        if event is None:
+            return ["etl.create_spark", "train.create_ray"]
+        log.info("training on the features of the %s event of %s: %s", event["asset"],
+                 event["event_source"], event["artifact_uri"])
+        ti.xcom_push(key="features", value=event)
+        return ["train.create_ray"]
+
+    features_choice = choose_features()
+
     with TaskGroup("etl"):
         # The ETL runs through spark-submit only: no Spark Connect server to start and pay for.
         create_spark = CreateClusterOperator(task_id="create_spark", spec="spark/etl@1",
@@ -83,7 +155,9 @@ with DAG(
         build_features = EphemeralSparkSubmitOperator(
             task_id="build_features", cluster=create_spark.output,
             application=f"{JOBS}/etl_features.py",
-            application_args=["--run", RUN, "--rows", "{{ params.rows }}"])
+            application_args=["--run", RUN, "--rows", "{{ params.rows }}"],
+            inlets=[assets.RAW_EVENTS], outlets=[assets.RUN_FEATURES],
+            post_execute=assets.publish_features(assets.RUN_FEATURES))
         delete_spark = DeleteClusterOperator(task_id="delete_spark",
                                              setup_task_id="etl.create_spark",
                                              cluster=create_spark.output)
@@ -91,63 +165,129 @@ with DAG(
             setups=create_spark, on_failure_fail_dagrun=True)
 
     with TaskGroup("train"):
+        # After this run's ETL, or at once when choose_features skipped it.
         create_ray = CreateClusterOperator(task_id="create_ray", spec="ray/train-gpu@1",
-                                           profile="{{ params.profile }}")
+                                           profile="{{ params.profile }}",
+                                           trigger_rule="none_failed_min_one_success")
         trials = RayJobOperator.partial(
             task_id="trial", cluster=create_ray.output, working_dir=JOBS, pool=gpu_pool(),
+            inlets=[assets.RUN_FEATURES, assets.FEATURES, assets.DRIFT],
+            outlets=[assets.MODEL_CANDIDATE], post_execute=assets.publish_candidate,
         ).expand(entrypoint=[
             f"python train_ddp.py --run {RUN}/trial-{name} --steps {{{{ params.steps }}}}"
             f" --checkpoint-every 100 {trial_flags(options)} --data-uri {FEATURES} {SCALING}"
             for name, options in TRIALS])
 
         @task
-        def pick_best(results: list[dict[str, Any]]) -> dict[str, Any]:
+        def check_gate(params: Any = None) -> None:
+            """This run's threshold overrides, validated before the Ray cluster is made."""
+            from ephemeral.gate import with_overrides
+
+            with_overrides(load_gate("train_distributed"), gate_overrides(params))
+
+        @task
+        def pick_best(results: list[dict[str, Any]], params: Any = None,
+                      dag_run: Any = None) -> dict[str, Any]:
+            from ephemeral import registry
+
+            # Every trial in the tracking store: its options, metrics and model URI (the
+            # mapped results come in map-index order, TRIALS' order).
+            tracked = {}
+            for (name, options), r in zip(TRIALS, results, strict=True):
+                out = r["result"]
+                tracked[r["job_id"]] = registry.log_trial(
+                    experiment=MODEL, run_name=f"{dag_run.run_id}/trial-{name}",
+                    params={"steps": params["steps"], "rows": params["rows"], **options},
+                    metrics={k: v for k, v in out.items() if k in TRIAL_METRICS
+                             and isinstance(v, int | float)},
+                    artifact_uri=out["artifact_uri"],
+                    tags={"dag_id": MODEL, "dag_run_id": dag_run.run_id, "trial": name,
+                          "job_id": r["job_id"]})
             best = min(results, key=lambda r: r["result"]["loss"])
             return {"job_id": best["job_id"], "model_uri": best["result"]["artifact_uri"],
-                    "loss": best["result"]["loss"], "trials": len(results)}
+                    "loss": best["result"]["loss"], "trials": len(results),
+                    "tracking_run_id": tracked[best["job_id"]]}
 
         best = pick_best(trials.output)
         evaluate = RayJobOperator(
             task_id="evaluate", cluster=create_ray.output, working_dir=JOBS,
-            entrypoint="python evaluate.py --model-uri "
-                       "{{ ti.xcom_pull(task_ids='train.pick_best')['model_uri'] }}"
-                       f" --data-uri {VALIDATION}")
+            entrypoint=f"python evaluate.py --model-uri {MODEL_URI} --data-uri {VALIDATION}")
+        # Latency where the model would run: served by Ray Serve on this cluster, under the
+        # gate file's bounded load; the job shuts Serve down before the teardown.
+        serve_latency = RayJobOperator(
+            task_id="serve_latency", cluster=create_ray.output, working_dir=JOBS,
+            entrypoint=f"python serve_latency.py --model-uri {MODEL_URI} --data-uri {VALIDATION}"
+                       f" --requests {GATE.load.requests} --concurrency {GATE.load.concurrency}"
+                       f" --warmup {GATE.load.warmup}")
         delete_ray = DeleteClusterOperator(task_id="delete_ray", setup_task_id="train.create_ray",
                                            cluster=create_ray.output)
-        best >> evaluate
-        create_ray >> trials
-        evaluate >> delete_ray.as_teardown(setups=create_ray, on_failure_fail_dagrun=True)
+        best >> evaluate >> serve_latency
+        check_gate() >> create_ray >> trials
+        serve_latency >> delete_ray.as_teardown(setups=create_ray, on_failure_fail_dagrun=True)
     build_features >> create_ray  # train on the features this run built
+    # Spark goes before Ray starts: a runner that takes one task at a time (dag.test) would
+    # otherwise keep the idle Spark cluster through Ray's whole start when it picks create_ray
+    # first; with a scheduler, Ray starts a teardown (~1 s) later.
+    delete_spark >> create_ray
+    features_choice >> [create_spark, create_ray]
 
     with TaskGroup("deploy"):
         @task.branch
-        def gate(evaluation: dict[str, Any], params: Any = None) -> str:
-            accuracy = evaluation["result"]["accuracy"]
-            threshold = (params or {}).get("min_accuracy", 0.8)
-            return "deploy.register_model" if accuracy >= threshold else "deploy.gate_failed"
+        def gate(evaluation: dict[str, Any], latency: dict[str, Any], params: Any = None,
+                 ti: Any = None) -> str:
+            """Every threshold against its number (each logged); the decision goes to XCom."""
+            from ephemeral.gate import evaluate_gate, with_overrides
 
-        @task
+            chosen = with_overrides(load_gate("train_distributed"), gate_overrides(params))
+            # Logs each number against its threshold.
+            decision = evaluate_gate(chosen, {**evaluation["result"], **latency["result"]})
+            ti.xcom_push(key="decision", value=decision.model_dump(mode="json"))
+            return "deploy.register_model" if decision.passed else "deploy.gate_failed"
+
+        @task(outlets=[assets.MODEL], post_execute=assets.publish_model)
         def register_model(best: dict[str, Any], evaluation: dict[str, Any],
-                           dag_run: Any = None) -> dict[str, Any]:
+                           latency: dict[str, Any], dag_run: Any = None,
+                           ti: Any = None) -> dict[str, Any]:
+            from ephemeral import registry
             from ephemeral.jobs import artifacts
 
+            decision = ti.xcom_pull(task_ids="deploy.gate", key="decision")
+            # The registered version's source: a copy of the model under registry/, which
+            # outlives the run's own artifacts.
             model_dir = best["model_uri"].rsplit("/", 1)[0]
             target = artifacts.run_uri("registry/train_distributed",
                                        dag_run.run_after.strftime("%Y%m%dT%H%M%S"))
             artifacts.copy(model_dir, f"{target}/model")
-            record = {"model_uri": f"{target}/model/model.pt", "source": best["model_uri"],
-                      "accuracy": evaluation["result"]["accuracy"], "loss": best["loss"]}
+            measured = {**evaluation["result"], **latency["result"]}
+            metrics = {k: float(measured[k]) for k in GATE_METRICS if measured.get(k) is not None}
+            model_uri = f"{target}/model/model.pt"
+            version = registry.register(
+                MODEL, model_uri=model_uri, run_id=best.get("tracking_run_id"),
+                metrics={**metrics, "loss": float(best["loss"])},
+                tags={"dag_id": MODEL, "dag_run_id": dag_run.run_id, "source": best["model_uri"],
+                      "gate_version": str(decision["gate_version"])})
+            previous = registry.promote(MODEL, version)
+            log.info("registered %s version %s and made it the champion (was %s)", MODEL,
+                     version, previous)
+            record = {"model_uri": model_uri, "source": best["model_uri"], "name": MODEL,
+                      "version": version, "previous_champion": previous,
+                      "loss": best["loss"], **metrics}
             artifacts.write_json(f"{target}/registration.json", record)
             artifacts.write_json(artifacts.run_uri("registry/train_distributed", "latest.json"),
                                  record)
             return record
 
-        @task(on_failure_callback=[alert_gate_failed, *NOTIFY], retries=0)
-        def gate_failed(evaluation: dict[str, Any]) -> None:
+        @task(on_failure_callback=[alert_gate_failed], retries=0)
+        def gate_failed(ti: Any = None) -> None:
             from airflow.sdk.exceptions import AirflowFailException
 
-            raise AirflowFailException(f"accuracy {evaluation['result']['accuracy']} is below "
-                                       "the gate; the model was not registered")
+            from ephemeral import registry
+            from ephemeral.gate import GateDecision
 
-        gate_task = gate(evaluate.output)
-        gate_task >> [register_model(best, evaluate.output), gate_failed(evaluate.output)]
+            decision = GateDecision.model_validate(
+                ti.xcom_pull(task_ids="deploy.gate", key="decision"))
+            raise AirflowFailException(f"{decision.summary()}; the model was not registered, "
+                                       f"the champion stays ({registry.champion(MODEL)})")
+
+        gate_task = gate(evaluate.output, serve_latency.output)
+        gate_task >> [register_model(best, evaluate.output, serve_latency.output), gate_failed()]
