@@ -99,8 +99,14 @@ def training_features(ti: Any) -> dict[str, Any]:
     of the Asset event that triggered it (pushed by ``choose_features``)."""
     built = ti.xcom_pull(task_ids="etl.build_features")
     if built:
-        return {"artifact_uri": built["result"]["artifact_uri"],
-                "validation_uri": built["result"]["validation_uri"], "asset": RUN_FEATURES.name}
+        result = built.get("result") or {}
+        missing = [k for k in ("artifact_uri", "validation_uri") if not result.get(k)]
+        if missing:
+            raise AssetEventError(f"etl.build_features succeeded but its result line has no "
+                                  f"{' or '.join(missing)} (it had {sorted(result)}): the ETL "
+                                  "job must emit both URIs")
+        return {"artifact_uri": result["artifact_uri"],
+                "validation_uri": result["validation_uri"], "asset": RUN_FEATURES.name}
     chosen = ti.xcom_pull(task_ids="choose_features", key="features")
     if not chosen:
         raise AssetEventError("this run has neither built features (etl.build_features) nor "

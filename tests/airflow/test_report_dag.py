@@ -154,8 +154,8 @@ def test_the_reference_trials_render_gpus_per_worker_from_their_cluster(dagbag: 
     env = dag.get_template_env()
     rendered = {}
     for name, handle in gpu_and_cpu_handles().items():
-        ti = _TI({"train.create_ray": handle,
-                  "etl.build_features": {"result": {"artifact_uri": "file:///f"}}})
+        features = {"artifact_uri": "file:///f", "validation_uri": "file:///v"}
+        ti = _TI({"train.create_ray": handle, "etl.build_features": {"result": features}})
         # A run triggered through the REST API without a logical date has run_after only.
         run = SimpleNamespace(run_after=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
         rendered[name] = [env.from_string(e).render(ti=ti, dag=dag, dag_run=run,
