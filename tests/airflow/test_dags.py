@@ -92,18 +92,37 @@ def no_cluster_left(home: Path, before: set[int]) -> None:
 
 @pytest.mark.local
 def test_reference_dag_end_to_end(dagbag: Any, ephemeral_home: Path) -> None:
+    """make demo's path, and the gate's pass: the candidate is registered in the real MLflow
+    store and the champion alias moves to it from an earlier one (the latency fail is in
+    tests/integration/test_gate.py)."""
+    from ephemeral import registry
+
     before = engine_pids()
+    earlier = ephemeral_home / "artifacts" / "earlier" / "model.pt"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"an earlier model")
+    registry.promote("train_distributed",
+                     earlier_version := registry.register("train_distributed",
+                                                          model_uri=earlier.as_uri()))
     run = dagbag.get_dag("train_distributed").test(run_conf={"profile": "ci-cpu", "rows": 3000,
                                                              "steps": 200})
     states = task_states(run)
     assert str(run.state) == "success", states
-    assert states["deploy.register_model"] == "success"
+    assert states["train.serve_latency"] == states["deploy.register_model"] == "success"
     assert states["deploy.gate_failed"] == "skipped"
     assert states["etl.delete_spark"] == states["train.delete_ray"] == "success"
-    registry = ephemeral_home / "artifacts" / "registry" / "train_distributed" / "latest.json"
-    record = json.loads(registry.read_text())
-    assert Path(record["model_uri"].removeprefix("file://")).is_file()
+    latest = ephemeral_home / "artifacts" / "registry" / "train_distributed" / "latest.json"
+    record = json.loads(latest.read_text())
+    assert Path(record["model_uri"].removeprefix("file://")).is_file()  # the registry/ copy
     assert record["accuracy"] >= 0.8
+    assert record["previous_champion"] == earlier_version
+    assert registry.champion("train_distributed") == record["version"] != earlier_version
+    [mine] = [v for v in registry.describe("train_distributed")["versions"]
+              if v["version"] == record["version"]]
+    assert mine["source"] == record["model_uri"]
+    assert mine["run_id"]  # the best trial's tracking run
+    for metric in ("accuracy", "f1", "p50_ms", "p95_ms", "p99_ms", "throughput_rps"):
+        assert f"metric.{metric}" in mine["tags"], mine["tags"]
     sizes = xcom_sizes("train_distributed", run.run_id)
     assert sizes
     assert max(sizes.values()) < 4096, sizes
