@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import quote
 
 FINISHED = {"success", "failed"}
+ENDED = {"success", "failed", "upstream_failed", "skipped", "removed"}  # a task's last states
 
 
 class AirflowApi:
@@ -184,7 +185,7 @@ class AirflowApi:
             state = self.task_state(dag_id, run_id, task_id)
             if state in states:
                 return state
-            if state in ("failed", "upstream_failed", "skipped", "removed"):
+            if state in ENDED - states:  # it will not get there: fail now, not at the timeout
                 raise RuntimeError(f"{dag_id}/{run_id}/{task_id} ended {state} before reaching "
                                    f"{states}:\n" + json.dumps(self.task_instances(
                                        dag_id, run_id), indent=1)[:4000])
