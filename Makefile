@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	  if [ -n "$$missing" ]; then echo "installing$$missing"; \
 	    apt-get update -qq && apt-get install -y -qq $$missing; fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[local,train,airflow,registry,dev]'
+	$(PY) -m pip install -q -e '.[local,train,airflow,registry,kubernetes,dev]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 

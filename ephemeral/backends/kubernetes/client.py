@@ -345,14 +345,8 @@ class KubeClient:
             # (connect, read): the read timeout ends an idle stream at our deadline, not at the
             # server's whole-second timeoutSeconds.
             "_request_timeout": (self._timeout, max(left, 0.05))}
-        if kind.group:
-            func: Any = self._custom().list_namespaced_custom_object
-            args = {"group": kind.group, "version": kind.version, "namespace": self.namespace,
-                    "plural": kind.plural} | args
-        else:
-            func = self._core_watch(kind)
         op = _Op("watch", kind, self.namespace)
-        stream = watcher.stream(func, **args)
+        stream = watcher.stream(self._raw_list(kind), **args)
         try:
             while True:
                 with _errors(op):
@@ -420,22 +414,25 @@ class KubeClient:
         from kubernetes.client.exceptions import ApiException
 
         with _errors(_Op("get", SERVICE_PROXY, self.namespace, f"{service}:{port}")):
-            request = self.api.param_serialize(
-                method="GET", resource_path=f"{self.proxy_path(service, port)}/"
-                f"{path.lstrip('/')}", header_params=dict(headers or {}),
-                auth_settings=["BearerToken"])
-            response = self.api.call_api(*request, _request_timeout=self._timeout)
-            data = response.read() or b""
-            if response.status in (401, 403) and _is_status(data):
-                raise ApiException.from_response(http_resp=response, body=None, data=None)
-            return int(response.status), bytes(data)
+            path = f"{self.proxy_path(service, port)}/{path.lstrip('/')}"
+            try:
+                response = self._request("GET", path, headers=headers)
+                return int(response.status), bytes(response.data or b"")
+            except ApiException as exc:  # what the Service answered, unless the API server refused
+                data = exc.body.encode() if isinstance(exc.body, str) else bytes(exc.body or b"")
+                if exc.status in (401, 403) and _is_status(data):
+                    raise
+                if not exc.status:
+                    raise
+                return int(exc.status), data
 
     # -- plumbing ------------------------------------------------------------------------------
 
-    def _core_watch(self, kind: Kind) -> Any:
-        """A function ``Watch.stream`` can call for a core resource: it has no return type to
-        deserialize into (the events stay dicts, as the raw requests of ``_core`` keep them)."""
-        from kubernetes.client.exceptions import ApiException
+    def _raw_list(self, kind: Kind) -> Any:
+        """A list function ``Watch.stream`` can call, for core and custom kinds alike: it has no
+        return type to deserialize into (the events stay dicts, as ``_core`` keeps them), and it
+        writes ``watch=true`` itself (kubernetes 36's generated methods send ``watch=True``)."""
+        base = f"/apis/{kind.group}" if kind.group else "/api"
 
         def list_namespaced(*, watch: bool, label_selector: str | None,
                             field_selector: str | None, resource_version: str | None,
@@ -445,15 +442,10 @@ class KubeClient:
                 ("watch", "true" if watch else None), ("labelSelector", label_selector),
                 ("fieldSelector", field_selector), ("resourceVersion", resource_version),
                 ("timeoutSeconds", timeout_seconds)) if v]
-            request = self.api.param_serialize(
-                method="GET", resource_path=f"/api/{kind.version}/namespaces/"
-                f"{self.namespace}/{kind.plural}", query_params=query,
-                header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
-            response = self.api.call_api(*request, _request_timeout=_request_timeout)
-            if not 200 <= response.status <= 299:
-                response.read()
-                raise ApiException.from_response(http_resp=response, body=None, data=None)
-            return response.response  # the urllib3 response, streamed line by line
+            return self._request(  # the urllib3 response, streamed line by line
+                "GET", f"{base}/{kind.version}/namespaces/{self.namespace}/{kind.plural}",
+                query=query, headers={"Accept": "application/json"}, stream=True,
+                timeout=_request_timeout)
 
         return list_namespaced
 
@@ -469,21 +461,44 @@ class KubeClient:
     def _core(self, method: str, kind: Kind, *, name: str | None = None,
               query: list[tuple[str, str]] | None = None,
               body: dict[str, Any] | None = None) -> dict[str, Any]:
-        from kubernetes.client.exceptions import ApiException
 
         path = f"/api/{kind.version}/namespaces/{self.namespace}/{kind.plural}"
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = "application/json"
-        request = self.api.param_serialize(
-            method=method, resource_path=path + (f"/{name}" if name else ""),
-            query_params=query or [], header_params=headers, body=body,
-            auth_settings=["BearerToken"])
-        response = self.api.call_api(*request, _request_timeout=self._timeout)
-        response.read()
-        if not 200 <= response.status <= 299:
-            raise ApiException.from_response(http_resp=response, body=None, data=None)
+        response = self._request(method, path + (f"/{name}" if name else ""), query=query,
+                                 headers=headers, body=body)
         return dict(json.loads(response.data or b"{}"))
+
+    def _request(self, method: str, path: str, *, query: list[tuple[str, str]] | None = None,
+                 headers: dict[str, str] | None = None, body: Any = None,
+                 timeout: Any = None, stream: bool = False) -> Any:
+        """A request no generated API method makes, with this client's credentials, on both
+        generations of the client's ApiClient: kubernetes 37's param_serialize + call_api, and
+        the call_api of 36 and before, which the cncf-kubernetes provider (kubernetes<37) brings.
+        A status outside 2xx raises ApiException carrying the body; otherwise the urllib3
+        response, its body read (``.data``) unless ``stream``."""
+        from kubernetes.client.exceptions import ApiException
+
+        timeout = self._timeout if timeout is None else timeout
+        if not hasattr(self.api, "param_serialize"):  # kubernetes <= 36: raises on non-2xx
+            response = self.api.call_api(
+                path, method, query_params=query or [], header_params=dict(headers or {}),
+                body=body, auth_settings=["BearerToken"], _preload_content=False,
+                _request_timeout=timeout)
+            if not stream:
+                _ = response.data  # read it all, as 37's path does
+            return response
+        request = self.api.param_serialize(
+            method=method, resource_path=path, query_params=query or [],
+            header_params=dict(headers or {}), body=body, auth_settings=["BearerToken"])
+        result = self.api.call_api(*request, _request_timeout=timeout)
+        ok = 200 <= result.status <= 299
+        if not (ok and stream):
+            result.read()
+        if not ok:
+            raise ApiException.from_response(http_resp=result, body=None, data=None)
+        return result.response
 
 
 def _is_status(data: bytes) -> bool:
