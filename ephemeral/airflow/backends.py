@@ -295,12 +295,10 @@ def _config(conn_id: str, fields: dict[str, Any]) -> KubeConfig:
     from pydantic import ValidationError
 
     from ephemeral.backends.kubernetes import KubeConfig
+    from ephemeral.backends.kubernetes.config import field_problems
 
     try:
         return KubeConfig(**fields)
     except ValidationError as exc:
-        # Field names only: pydantic would echo the values.
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}"
-                             for e in exc.errors(include_input=False))
-        raise ConnectionInvalid(f"connection {conn_id!r}: invalid settings: {problems}") \
-            from None
+        raise ConnectionInvalid(f"connection {conn_id!r}: invalid settings: "
+                                f"{field_problems(exc)}") from None

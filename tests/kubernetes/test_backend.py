@@ -360,18 +360,6 @@ def test_get_backend_builds_it_from_the_environment(monkeypatch: pytest.MonkeyPa
         get_backend("nomad")
 
 
-def test_config_from_connection_extras() -> None:
-    config = KubeConfig.from_connection_fields({
-        "extra__kubernetes__namespace": "ml", "cluster_context": "prod",
-        "kube_config": {"apiVersion": "v1", "users": [{"user": {"token": "t0ken"}}]},
-        "disable_verify_ssl": "true", "in_cluster": False})
-    assert (config.namespace, config.context, config.verify_ssl) == ("ml", "prod", False)
-    assert config.kubeconfig is not None
-    assert "t0ken" not in config.model_dump_json() + repr(config)
-    with pytest.raises(BackendUnavailable, match="mutually exclusive"):
-        KubeConfig.from_connection_fields({"in_cluster": True, "kube_config_path": "/k"})
-
-
 def test_config_from_env_detects_a_pod() -> None:
     env = {"KUBERNETES_SERVICE_HOST": "10.0.0.1"}
     assert KubeConfig.from_env(env).in_cluster

@@ -1,7 +1,8 @@
 """How the Kubernetes backend reaches its API server and how it names cluster endpoints.
 
-No Airflow and no ``kubernetes`` import here: the Airflow layer turns a connection's extras into a
-``KubeConfig`` with ``from_connection_fields``; processes without Airflow use ``from_env``.
+No Airflow and no ``kubernetes`` import here: the Airflow layer builds a ``KubeConfig`` from a
+connection (read by the cncf-kubernetes provider's hook); processes without Airflow use
+``from_env``.
 
 The kubeconfig *content* is a credential: it is a ``SecretStr``, left out of ``repr`` and of every
 ``model_dump``, so a config can be logged or serialized (e.g. into a trigger) without it.
@@ -10,7 +11,6 @@ The kubeconfig *content* is a credential: it is a ``SecretStr``, left out of ``r
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -172,39 +172,12 @@ class KubeConfig(BaseModel):
         return cls._build("environment (EPHEMERAL_K8S_*)", fields)
 
     @classmethod
-    def from_connection_fields(cls, extra: dict[str, Any], **overrides: Any) -> KubeConfig:
-        """From the extras of an Airflow ``kubernetes`` connection (cncf-kubernetes provider names:
-        ``in_cluster``, ``kube_config_path``, ``kube_config``, ``namespace``, ``cluster_context``,
-        ``disable_verify_ssl``; the legacy ``extra__kubernetes__`` prefix is accepted too).
-        ``overrides`` set other fields (e.g. ``endpoint_mode``)."""
-
-        def get(name: str) -> Any:
-            value = extra.get(name, extra.get(f"extra__kubernetes__{name}"))
-            return value if value not in ("", None) else None
-
-        content = get("kube_config")
-        if isinstance(content, dict):  # the provider accepts the kubeconfig as a JSON object too
-            content = json.dumps(content)
-        fields: dict[str, Any] = {
-            "in_cluster": _flag("in_cluster", get("in_cluster")),
-            "kubeconfig_path": get("kube_config_path"),
-            "kubeconfig": content,
-            "context": get("cluster_context"),
-            "namespace": get("namespace") or "default",
-            "verify_ssl": not _flag("disable_verify_ssl", get("disable_verify_ssl")),
-        }
-        return cls._build("kubernetes connection", fields | overrides)
-
-    @classmethod
     def _build(cls, source: str, fields: dict[str, Any]) -> KubeConfig:
         try:
             return cls(**fields)
         except ValidationError as exc:
-            # The message names fields only: pydantic would echo input values, a secret among them.
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}"
-                                 for e in exc.errors(include_input=False))
-            raise BackendUnavailable(f"invalid Kubernetes settings from {source}: {problems}") \
-                from None
+            raise BackendUnavailable(f"invalid Kubernetes settings from {source}: "
+                                     f"{field_problems(exc)}") from None
 
     def resolved_endpoint_mode(self, environ: Mapping[str, str] | None = None) -> ResolvedMode:
         """``endpoint_mode`` with ``auto`` decided for this process: a pod (the in-cluster
@@ -244,3 +217,10 @@ def parse_labels(text: str) -> dict[str, str]:
             raise ValueError(f"{part!r} is not key=value")
         out[key.strip()] = value.strip()
     return out
+
+
+def field_problems(exc: Any) -> str:
+    """A pydantic ValidationError as ``field: problem; ...``, naming fields only: pydantic would
+    echo input values, a secret among them."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}"
+                     for e in exc.errors(include_input=False))
