@@ -28,16 +28,14 @@ with DAG(
 
     @task
     def reap(grace_seconds: Any) -> dict[str, Any]:
-        import os
-
         from ephemeral.airflow.backends import task_backend
         from ephemeral.airflow.reaping import task_sdk_lookup
         from ephemeral.reaper import reap as reap_clusters
-        from ephemeral.settings import get_settings
+        from ephemeral.settings import get_settings, setting
 
         # EPHEMERAL_BACKEND picks the backend; on Kubernetes an Airflow connection may hold
         # the API server's settings instead of EPHEMERAL_K8S_* variables.
-        backend = task_backend(None, os.environ.get("EPHEMERAL_KUBERNETES_CONN_ID"))
+        backend = task_backend(None, setting("kubernetes_conn_id"))
         decisions = reap_clusters(backend, lookup=task_sdk_lookup,
                                   grace=float(grace_seconds),
                                   memory_file=get_settings().home / "reaper-seen.json")

@@ -180,7 +180,7 @@ with DAG(
 
         @task
         def check_gate(params: Any = None) -> None:
-            """This run's threshold overrides, validated before the Ray cluster is made."""
+            """This run's threshold overrides, validated before any cluster is made."""
             from ephemeral.gate import with_overrides
 
             with_overrides(load_gate("train_distributed"), gate_overrides(params))
@@ -222,7 +222,9 @@ with DAG(
         delete_ray = DeleteClusterOperator(task_id="delete_ray", setup_task_id="train.create_ray",
                                            cluster=create_ray.output)
         best >> evaluate >> serve_latency
-        check_gate() >> create_ray >> trials
+        create_ray >> trials
+        # A run's bad threshold overrides fail before any cluster, Spark's included.
+        check_gate() >> features_choice
         serve_latency >> delete_ray.as_teardown(setups=create_ray, on_failure_fail_dagrun=True)
     build_features >> create_ray  # train on the features this run built
     # Spark goes before Ray starts: a runner that takes one task at a time (dag.test) would

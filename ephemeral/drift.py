@@ -79,8 +79,9 @@ class DriftConfig(BaseModel):
 
 
 def default_config_path() -> Path:
-    here = Path(__file__).resolve().parent.parent / "gates" / "drift_check.yaml"
-    return here if here.is_file() else Path.cwd() / "gates" / "drift_check.yaml"
+    from ephemeral.gate import gates_dir  # one rule for where versioned gate files live
+
+    return gates_dir() / "drift_check.yaml"
 
 
 def load_config(path: Path | str | None = None) -> DriftConfig:

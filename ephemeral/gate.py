@@ -56,7 +56,7 @@ class Thresholds(_Strict):
     max_p95_ms: float = Field(gt=0)
     max_p99_ms: float = Field(gt=0)
     min_throughput_rps: float = Field(ge=0)
-    max_error_rate: float = Field(default=0.0, ge=0, le=1)
+    max_error_rate: float = Field(ge=0, le=1)
 
     @model_validator(mode="after")
     def _ordered(self) -> Thresholds:
@@ -143,6 +143,9 @@ def load_gate(name_or_path: str | Path) -> Gate:
         raise GateError(f"{path}: not YAML: {err}") from err
     if not isinstance(data, dict):
         raise GateError(f"{path}: expected a mapping with version, thresholds and load")
+    if "overrides" in data:  # a run's own (DAG params), never the file's: it would be ignored
+        raise GateError(f"{path}: overrides: not a gate file field; change the thresholds, or "
+                        "override one for a run through the DAG's params")
     try:
         return Gate.model_validate({**data, "source": str(path)})
     except ValidationError as err:

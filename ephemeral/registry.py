@@ -361,8 +361,12 @@ def _version_exists(client: MlflowClient, name: str, version: str) -> bool:
 
     try:
         client.get_model_version(name, version)
-    except MlflowException:
-        return False
+    except MlflowException as err:
+        # Only "no such version" means deleted: an unreachable server must not make a rollback
+        # drop a valid earlier champion from the history.
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
     return True
 
 

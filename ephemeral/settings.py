@@ -90,7 +90,7 @@ def _read_section(path: Path, _stamp: int) -> dict[str, str]:
     except configparser.Error:  # Airflow itself reports a broken airflow.cfg
         return {}
     return dict(parser[SECTION]) if parser.has_section(SECTION) else {}
-_INSTANCE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
+INSTANCE_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
 
 
 def _default_specs_dir() -> Path:
@@ -162,7 +162,7 @@ def instance_of(env: Mapping[str, str] | None = None) -> str:
     instance. ``env`` stands in for the process environment (see ``lookup``)."""
     found = lookup("instance", None if env is os.environ else env)
     if found.value:
-        if not _INSTANCE.match(found.value):
+        if not INSTANCE_PATTERN.match(found.value):
             raise SpecError(found.source, [(found.source, (
                 f"{found.value!r} must be 1-40 characters of lower-case letters, digits and "
                 "'-', starting and ending alphanumeric, e.g. 'staging' or 'prod-eu'"))])

@@ -26,6 +26,7 @@ import http.client
 import io
 import json
 import os
+import signal
 import socket
 import sys
 import threading
@@ -209,6 +210,9 @@ def main(argv: list[str] | None = None) -> None:
         expected = [int(v) for v in model(torch.from_numpy(x_np)).argmax(dim=1)]
     rows = [[float(v) for v in r] for r in x_np]
 
+    # Ray stops a job (timeout, task killed) with SIGTERM, whose default action skips finally:
+    # exit through SystemExit instead, so Serve is shut down whatever ends the job.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ray.init(log_to_driver=False)
     if serve_actors_left():  # a retry after a crash of this job: start from nothing
         print("Serve was already running on this cluster: shutting it down first", flush=True)

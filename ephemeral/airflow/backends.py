@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from ephemeral.backends import get_backend
 from ephemeral.errors import BackendUnavailable
-from ephemeral.specs.identity import current_instance, label_value
+from ephemeral.settings import INSTANCE_PATTERN
+from ephemeral.specs.identity import current_instance
 
 if TYPE_CHECKING:
     from ephemeral.backends import ClusterBackend
@@ -132,9 +133,12 @@ class EphemeralConnection:
             raise ConnectionInvalid(f"{where}: namespace {self.namespace!r} is not a "
                                      "Kubernetes namespace name (lowercase letters, digits, "
                                      "'-', at most 63)")
-        if self.instance is not None and label_value(self.instance) != self.instance:
-            raise ConnectionInvalid(f"{where}: instance {self.instance!r} must be a Kubernetes "
-                                     "label value (at most 63 letters, digits, '-', '_', '.')")
+        # The rule EPHEMERAL_INSTANCE follows: the reaper and `ephemeral down` of that instance
+        # must be able to run as it.
+        if self.instance is not None and not INSTANCE_PATTERN.match(self.instance):
+            raise ConnectionInvalid(f"{where}: instance {self.instance!r} must be 1-40 "
+                                     "characters of lower-case letters, digits and '-', "
+                                     "starting and ending alphanumeric, e.g. 'staging'")
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,21 @@ def _within_ttl(handle: ClusterHandle, timeout: float | None) -> None:
         raise AirflowFailException(str(err)) from err
 
 
+def job_timeout_seconds(value: Any) -> float | None:
+    """A job operator's rendered ``job_timeout``: seconds, or None for no limit; anything else
+    fails the task naming the field, before a job is submitted."""
+    if value in (None, "", "None"):
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise AirflowFailException(f"job_timeout={value!r}: give a number of seconds above 0, "
+                                   "or leave it empty for no limit")
+    return seconds
+
+
 def _no_master(handle: ClusterHandle) -> str:
     if handle.engine == "spark":  # a spark-operator SparkConnect: Connect only
         return (f"cluster {handle.name} has no Spark master (a spark-operator SparkConnect): "
@@ -415,7 +430,7 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
 
     @property
     def _timeout(self) -> float | None:
-        return None if self.job_timeout in (None, "", "None") else float(self.job_timeout)
+        return job_timeout_seconds(self.job_timeout)
 
     def execute(self, context: Any) -> dict[str, Any]:
         from ephemeral.jobs.runtime_env import job_runtime_env

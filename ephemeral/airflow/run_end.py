@@ -21,7 +21,9 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ephemeral.backends import ClusterBackend, OwnerSelector
+    from collections.abc import Callable
+
+    from ephemeral.backends import ClusterBackend, ClusterHandle, OwnerSelector
 
 log = logging.getLogger("ephemeral.run_end")
 
@@ -71,8 +73,37 @@ def cleared_since(dag_id: str, run_id: str, clear_number: int) -> bool:
     return now is not None and int(now) > clear_number
 
 
+def setup_failed(handle: ClusterHandle) -> bool:
+    """Whether the setup that made ``handle`` failed: ``on_failure="keep"`` keeps a failed
+    setup's cluster only. A setup that succeeded hands its cluster to the teardown, and when the
+    run ends without it (skipped, failed, marked) the cluster goes like any other. False when
+    it cannot be told: deleting is the safe side."""
+    from ephemeral.specs.identity import PREFIX
+
+    task_id = handle.annotations.get(PREFIX + "task-id")
+    map_label = handle.labels.get(PREFIX + "map-index", "none")
+    try:
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.utils.session import create_session
+        from sqlalchemy import select
+
+        with create_session() as session:
+            state = session.scalar(select(TaskInstance.state).where(
+                TaskInstance.dag_id == handle.annotations.get(PREFIX + "dag-id"),
+                TaskInstance.run_id == handle.annotations.get(PREFIX + "run-id"),
+                TaskInstance.task_id == task_id,
+                TaskInstance.map_index == (-1 if map_label == "none" else int(map_label))))
+    except Exception as err:  # noqa: BLE001 (no metadata database)
+        log.warning("cannot read the state of %s's setup (%s); deleting it", handle.name,
+                    str(err).splitlines()[0] if str(err) else type(err).__name__)
+        return False
+    return str(state) in ("failed", "up_for_retry")
+
+
 def delete_run_clusters(dag_id: str, run_id: str, *, clear_number: int = 0,
-                        linger: float = 0.0, backend: ClusterBackend | None = None) -> list[str]:
+                        linger: float = 0.0, backend: ClusterBackend | None = None,
+                        failed_setup: Callable[[ClusterHandle], bool] = setup_failed
+                        ) -> list[str]:
     """Delete every cluster of the run now, then again each time one appears until ``linger``
     seconds have passed (unless the run is cleared meanwhile). Returns the names deleted."""
     from ephemeral.airflow.context import KEEP_LABEL
@@ -90,9 +121,9 @@ def delete_run_clusters(dag_id: str, run_id: str, *, clear_number: int = 0,
             break
         first = False
         for handle in backend.list_owned(selector):
-            if handle.labels.get(KEEP_LABEL) == "keep":  # on_failure: the reaper ends it at TTL
-                log.info("%s of %s/%s is kept for debugging until %s", handle.name, dag_id,
-                         run_id, handle.expires_at)
+            if handle.labels.get(KEEP_LABEL) == "keep" and failed_setup(handle):
+                log.info("%s of %s/%s is kept for debugging until %s (on_failure='keep')",
+                         handle.name, dag_id, run_id, handle.expires_at)
                 continue
             started = time.monotonic()
             try:

@@ -43,7 +43,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from ephemeral.airflow.backends import task_backend
 from ephemeral.airflow.lineage import JobLineageMixin
 from ephemeral.airflow.links import SparkMasterLink
-from ephemeral.airflow.operators import _handle, _no_master, _within_ttl
+from ephemeral.airflow.operators import _handle, _no_master, _within_ttl, job_timeout_seconds
 from ephemeral.backends import ClusterHandle
 from ephemeral.errors import EphemeralError, JobFailed, JobTimeout
 from ephemeral.jobs.results import JobResult, JobStatus
@@ -125,7 +125,7 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
 
     @property
     def _timeout(self) -> float | None:
-        return None if self.job_timeout in (None, "", "None") else float(self.job_timeout)
+        return job_timeout_seconds(self.job_timeout)
 
     def execute(self, context: Any) -> dict[str, Any]:
         handle = _handle(self.cluster)

@@ -83,7 +83,8 @@ def test_the_checks_ask_for_exactly_what_the_shipped_role_grants() -> None:
     ({"namspace": "ml"}, "unknown field namspace"),
     ({"backend": "local", "namespace": "ml"}, "are for the kubernetes backend"),
     ({"namespace": "ML_team"}, "not a Kubernetes namespace name"),
-    ({"instance": "prod eu"}, "must be a Kubernetes label value"),
+    ({"instance": "prod eu"}, "must be 1-40 characters"),
+    ({"instance": "Prod_EU.x"}, "must be 1-40 characters"),  # a label value, not an instance
 ])
 def test_a_bad_field_is_refused_by_name(monkeypatch: pytest.MonkeyPatch, airflow_db: str,
                                         extra: dict[str, str], error: str) -> None:

@@ -227,7 +227,9 @@ def test_a_kept_cluster_outlives_its_run_until_the_ttl(stack: Stack,
     backend = resolve(conn_id="eph").backend
     monkeypatch.setenv("EPHEMERAL_INSTANCE", "staging")  # the run-end cleanup of its instance
     assert [h.name for h in backend.list_owned(run_selector("conn_dag", "manual__1"))]
-    assert delete_run_clusters("conn_dag", "manual__1", backend=backend) == []
+    # The setup failed (read from the metadata database in a deployment): kept.
+    assert delete_run_clusters("conn_dag", "manual__1", backend=backend,
+                               failed_setup=lambda h: True) == []
     assert len(stack.rayclusters()) == 1
     [handle] = backend.list_owned(OwnerSelector.everything())
     ended = datetime.now(UTC) - timedelta(hours=1)
@@ -268,3 +270,26 @@ def test_deferrable_defaults_to_operators_default_deferrable(
     assert RayJobOperator(task_id="j", cluster={}, entrypoint="x").deferrable is expected
     assert CreateClusterOperator(task_id="c", spec="ray/adhoc-cpu",
                                  deferrable=not expected).deferrable is not expected
+
+
+def test_keep_does_not_hold_a_cluster_whose_setup_succeeded(stack: Stack,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A setup that succeeded handed its cluster to the teardown: when the run ends without it
+    (skipped, failed, marked), the run-end cleanup deletes it despite on_failure='keep'."""
+    from ephemeral.airflow.backends import resolve
+    from ephemeral.airflow.run_end import delete_run_clusters
+
+    failing_setup(stack, on_failure="keep")  # a kept cluster in the API server
+    backend = resolve(conn_id="eph").backend
+    monkeypatch.setenv("EPHEMERAL_INSTANCE", "staging")
+    seen: list[str] = []
+
+    def succeeded(handle: Any) -> bool:
+        seen.append(handle.name)
+        return False
+
+    deleted = delete_run_clusters("conn_dag", "manual__1", backend=backend,
+                                  failed_setup=succeeded)
+    assert deleted == seen
+    assert len(deleted) == 1
+    assert stack.rayclusters() == []

@@ -95,6 +95,9 @@ def test_bad_overrides_are_refused_by_name(overrides: dict[str, float], message:
     ("version: 1\nthresholds: {min_accuracy: 0.8, min_f1: 0.8, max_p50_ms: 1, max_p95_ms: 2,"
      " max_p99_ms: 3, min_throughput_rps: 1}\nload: {requests: 0}\n",
      "load.requests: Input should be greater than or equal to 10"),
+    ("version: 1\nthresholds: {min_accuracy: 0.8, min_f1: 0.8, max_p50_ms: 1, max_p95_ms: 2,"
+     " max_p99_ms: 3, min_throughput_rps: 1}\n", "thresholds.max_error_rate: Field required"),
+    ("version: 1\nthresholds: {}\noverrides: {min_f1: 0.1}\n", "overrides: not a gate file"),
 ])
 def test_a_bad_gate_file_is_refused_naming_the_file_and_field(tmp_path: Path, text: str,
                                                               message: str) -> None:
