@@ -20,6 +20,7 @@ os.environ.setdefault("AIRFLOW_HOME", _AIRFLOW_HOME)
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER",
                       str(Path(__file__).resolve().parent / "airflow" / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", "True")  # as make airflow runs
 os.environ.setdefault("AIRFLOW__CORE__XCOM_BACKEND", "ephemeral.airflow.xcom.MetadataOnlyXCom")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 

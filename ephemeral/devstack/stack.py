@@ -131,6 +131,8 @@ class Stack(AirflowApi):
         defaults = {
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            # Cluster waits in the triggerer, not in a worker slot (the providers' default is off).
+            "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": "True",
             "AIRFLOW__CORE__PARALLELISM": "8",
             # A local stack runs what its user triggers: no run starts by itself because a
             # DAG (train_distributed is @daily) was unpaused from the trigger form.
