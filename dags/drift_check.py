@@ -3,8 +3,9 @@ on? If not, emit the `feature_drift` Asset event that starts train_distributed o
 
     measure (PSI per feature, report artifact) -> drifted? -> signal_retraining (outlet DRIFT)
 
-- The reference, "the features the current model was trained on", is the ``features_uri`` of
-  the newest `registered_model` event (ephemeral.assets.MODEL, emitted by train_distributed's
+- The reference, "the features the current model was trained on", is the champion version's
+  ``features_uri`` tag in the registry (so a rollback moves it back too), else the newest
+  `registered_model` event's (ephemeral.assets.MODEL, emitted by train_distributed's
   registration). With no model registered yet there is nothing to compare against: the run says
   so and ends, its tasks skipped.
 - The batch is the ``batch_uri`` param, else the newest batch under ``<artifact root>/batches/``
@@ -30,6 +31,8 @@ from airflow.sdk import DAG, CronTriggerTimetable, Param, task
 
 from ephemeral.assets import DRIFT, MODEL
 from ephemeral.notify import failure_callbacks
+
+MODEL_NAME = "train_distributed"  # the registered model whose champion the batches are checked for
 
 with DAG(
     dag_id="drift_check",
@@ -60,6 +63,7 @@ with DAG(
         from ephemeral import drift as drift_check
         from ephemeral.drift import DriftConfigError, DriftInputError, compare, load_config
         from ephemeral.jobs import artifacts
+        from ephemeral.registry import champion_tags
 
         try:  # a bad file fails here, naming the field; no retry would fix it
             config = load_config(params.get("config"))
@@ -70,7 +74,10 @@ with DAG(
             raise AirflowSkipException("no model has been registered yet (no registered_model "
                                        "event): there is nothing to compare a batch against")
         model = models[-1]
-        reference = (model.extra or {}).get("features_uri")
+        # The champion's own features, so a rollback moves the reference back with it; the
+        # newest registration's when the champion does not say (registered before this tag).
+        reference = (champion_tags(MODEL_NAME).get("features_uri")
+                     or (model.extra or {}).get("features_uri"))
         if not reference:
             raise AirflowSkipException(f"the newest registered_model event ({model.timestamp}) "
                                        "does not say which features it was trained on")

@@ -254,6 +254,7 @@ with DAG(
             from ephemeral.jobs import artifacts
 
             decision = ti.xcom_pull(task_ids="deploy.gate", key="decision")
+            features = assets.training_features(ti)
             # The registered version's source: a copy of the model under registry/, which
             # outlives the run's own artifacts.
             model_dir = best["model_uri"].rsplit("/", 1)[0]
@@ -267,7 +268,10 @@ with DAG(
                 MODEL, model_uri=model_uri, run_id=best.get("tracking_run_id"),
                 metrics={**metrics, "loss": float(best["loss"])},
                 tags={"dag_id": MODEL, "dag_run_id": dag_run.run_id, "source": best["model_uri"],
-                      "gate_version": str(decision["gate_version"])})
+                      "gate_version": str(decision["gate_version"]),
+                      # What drift_check compares new batches with, whichever version is champion.
+                      "features_uri": features["artifact_uri"],
+                      "validation_uri": features["validation_uri"]})
             previous = registry.promote(MODEL, version)
             log.info("registered %s version %s and made it the champion (was %s)", MODEL,
                      version, previous)

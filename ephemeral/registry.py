@@ -193,6 +193,18 @@ def champion(name: str) -> str | None:
     return None if model is None else _champion_of(model)
 
 
+def champion_tags(name: str) -> dict[str, str]:
+    """The tags of the version ``champion`` points to now ({} when none): what it was trained
+    on follows a promotion and a rollback alike."""
+    client = _client()
+    with _mlflow_errors(f"model {name!r}"):
+        model = _find_model(client, name)
+        version = None if model is None else _champion_of(model)
+        if version is None:
+            return {}
+        return dict(client.get_model_version(name, version).tags)
+
+
 def describe(name: str) -> dict[str, Any]:
     """What ``ephemeral model show`` prints: the versions (newest first), the champion, the
     version a rollback would go to, and the alias history."""

@@ -223,6 +223,29 @@ def test_drift_check_signals_only_drift_and_once_per_batch(dagbag: Any,
     clear_queue()
 
 
+@pytest.mark.usefixtures("synced")
+def test_drift_check_follows_the_champion_through_a_rollback(dagbag: Any,
+                                                             ephemeral_home: Path) -> None:
+    """The reference is the champion's features (a version tag), so rolling back moves it too;
+    the newest registered_model event names the rolled-back-from model's."""
+    from ephemeral import registry
+
+    clear_queue()
+    root = ephemeral_home / "artifacts"
+    old = write_features(root / "old" / "features" / "train", 3000)
+    new = write_features(root / "new" / "features" / "train", 3000, shift=1.0)
+    for features in (old, new):
+        version = registry.register("train_distributed", model_uri=f"{features}/model.pt",
+                                    tags={"features_uri": features})
+        registry.promote("train_distributed", version)
+    plant_model(new)
+    batch(root, "20261103T000000", shift=0.0)
+    assert report_of(dagbag.get_dag("drift_check").test())["reference_uri"] == new
+    registry.rollback("train_distributed")
+    assert report_of(dagbag.get_dag("drift_check").test())["reference_uri"] == old
+    clear_queue()
+
+
 def test_a_bad_drift_configuration_fails_the_check_naming_the_field(
         dagbag: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture,
         capfd: pytest.CaptureFixture[str]) -> None:

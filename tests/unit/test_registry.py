@@ -261,3 +261,14 @@ def test_parallel_trials_on_a_fresh_store_all_land(ephemeral_home: Path,
     shown = registry.describe("par")
     assert sorted(v["version"] for v in shown["versions"]) == ["1", "2", "3"]
     assert sorted([*shown["history"], shown["champion"]]) == ["1", "2", "3"]
+
+
+def test_champion_tags_follow_promotions_and_rollbacks(home: Path) -> None:
+    assert registry.champion_tags("reg-tags") == {}  # no such model
+    first = registry.register("reg-tags", model_uri="file:///m/1", tags={"features_uri": "a"})
+    second = registry.register("reg-tags", model_uri="file:///m/2", tags={"features_uri": "b"})
+    registry.promote("reg-tags", first)
+    registry.promote("reg-tags", second)
+    assert registry.champion_tags("reg-tags")["features_uri"] == "b"
+    registry.rollback("reg-tags")
+    assert registry.champion_tags("reg-tags")["features_uri"] == "a"
