@@ -82,6 +82,35 @@ def _within_ttl(handle: ClusterHandle, timeout: float | None) -> None:
         raise AirflowFailException(str(err)) from err
 
 
+def elsewhere(handle: ClusterHandle, backend: str | None, conn_id: str | None,
+              kubernetes_conn_id: str | None) -> list[str]:
+    """How a task's own backend and connections differ from where the cluster lives (the
+    handle's): a task so configured would reach another API server or namespace."""
+    problems = []
+    if backend and backend != handle.backend:
+        problems.append(f"backend {backend!r} but the cluster is on {handle.backend!r}")
+    for field, mine in (("conn_id", conn_id), ("kubernetes_conn_id", kubernetes_conn_id)):
+        if mine and handle.connection and mine not in same_connection(handle.connection):
+            problems.append(f"{field} {mine!r} but the cluster was made through "
+                            f"{handle.connection!r}")
+    return problems
+
+
+def cluster_backend(handle: ClusterHandle, op: Any) -> ClusterBackend:
+    """The backend a job task reaches its cluster through: the handle's own (backend,
+    connection); a job task configured for another fails instead of submitting elsewhere."""
+    problems = elsewhere(handle, op.backend, op.conn_id, op.kubernetes_conn_id)
+    if problems:
+        raise AirflowFailException(f"{op.task_id} is configured for " + "; ".join(problems)
+                                   + ": give it the setup's backend and connection, or none")
+    return task_backend(handle.backend, cluster_connection(handle, op))
+
+
+def cluster_connection(handle: ClusterHandle, op: Any) -> str | None:
+    """The connection a job task reaches its cluster through: the one the setup recorded."""
+    return handle.connection or op.conn_id or op.kubernetes_conn_id
+
+
 def job_timeout_seconds(value: Any) -> float | None:
     """A job operator's rendered ``job_timeout``: seconds, or None for no limit; anything else
     fails the task naming the field, before a job is submitted."""
@@ -356,14 +385,7 @@ class DeleteClusterOperator(BaseOperator):
             except ConnectionInvalid as err:
                 raise AirflowFailException(str(err)) from err
             return target.backend, target.instance
-        problems = []
-        if self.backend and self.backend != handle.backend:
-            problems.append(f"backend {self.backend!r} but the cluster is on {handle.backend!r}")
-        for field, mine in (("conn_id", self.conn_id),
-                            ("kubernetes_conn_id", self.kubernetes_conn_id)):
-            if mine and handle.connection and mine not in same_connection(handle.connection):
-                problems.append(f"{field} {mine!r} but the cluster was made through "
-                                f"{handle.connection!r}")
+        problems = elsewhere(handle, self.backend, self.conn_id, self.kubernetes_conn_id)
         instance = instance_of(self.conn_id or handle.connection)
         if handle.instance and handle.instance != instance:
             source = ("its connection" if self.conn_id or handle.connection else
@@ -415,16 +437,9 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
         self.poll_interval = poll_interval
         self._job: tuple[ClusterHandle, str] | None = None
 
-    def _backend_name(self, handle: ClusterHandle) -> str:
-        return self.backend or handle.backend
-
-    def _connection(self, handle: ClusterHandle) -> str | None:
-        return self.conn_id or self.kubernetes_conn_id or handle.connection
-
     def _jobs(self, handle: ClusterHandle) -> RayJobs:
         try:
-            return ray_jobs_for(handle, task_backend(self._backend_name(handle),
-                                                     self._connection(handle)))
+            return ray_jobs_for(handle, cluster_backend(handle, self))
         except JobSubmissionFailed as err:
             raise AirflowFailException(str(err)) from err
 
@@ -452,8 +467,8 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
                       handle.name, self.entrypoint)
         if self.deferrable:
             self.defer(trigger=RayJobTrigger(handle=handle.model_dump(mode="json"),
-                                             backend=self._backend_name(handle),
-                                             conn_id=self._connection(handle),
+                                             backend=handle.backend,
+                                             conn_id=cluster_connection(handle, self),
                                              job_id=jid, timeout=self._timeout,
                                              poll_interval=self.poll_interval),
                        method_name="execute_complete")

@@ -40,10 +40,15 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from ephemeral.airflow.backends import task_backend
 from ephemeral.airflow.lineage import JobLineageMixin
 from ephemeral.airflow.links import SparkMasterLink
-from ephemeral.airflow.operators import _handle, _no_master, _within_ttl, job_timeout_seconds
+from ephemeral.airflow.operators import (
+    _handle,
+    _no_master,
+    _within_ttl,
+    cluster_backend,
+    job_timeout_seconds,
+)
 from ephemeral.backends import ClusterHandle
 from ephemeral.errors import EphemeralError, JobFailed, JobTimeout
 from ephemeral.jobs.results import JobResult, JobStatus
@@ -173,9 +178,7 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
         except ImportError as err:
             raise AirflowFailException(PROVIDER_MISSING) from err
         # The driver authenticates with the cluster's secret (spark.authenticate).
-        auth = spark_auth_for(handle, task_backend(
-            self.backend or handle.backend,
-            self.conn_id or self.kubernetes_conn_id or handle.connection))
+        auth = spark_auth_for(handle, cluster_backend(handle, self))
         _mask(auth.secret)
         master = str(handle.endpoints.spark_master)
         timed_out = threading.Event()

@@ -139,6 +139,15 @@ def test_a_teardown_naming_another_connection_than_the_handles_fails_loudly(
                                   kubernetes_conn_id="k8s_prod")
     with pytest.raises(AirflowFailException, match="made through 'eph'"):
         other.execute(context("delete"))
+    # A job task so configured fails too, before submitting anything anywhere (the Spark
+    # operator shares the rule: operators.cluster_backend).
+    from ephemeral.airflow.operators import RayJobOperator
+
+    job = RayJobOperator(task_id="job", cluster=handle, entrypoint="python -V",
+                         kubernetes_conn_id="k8s_prod", deferrable=False)
+    with pytest.raises(AirflowFailException,
+                       match="job is configured for kubernetes_conn_id 'k8s_prod'"):
+        job.execute(context("job"))
 
 
 # -- on_failure -----------------------------------------------------------------------------

@@ -140,7 +140,7 @@ def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "helper.py").write_text("VALUE = 'from py_files'\n")
     # The cluster's credential source; the drivers, Spark and Airflow's hook are real.
     backend = SimpleNamespace(spark_auth=lambda _h: SparkAuth(secret=SECRET))
-    monkeypatch.setattr(spark_submit, "task_backend", lambda *_a: backend)
+    monkeypatch.setattr(spark_submit, "cluster_backend", lambda *_a: backend)
     monkeypatch.setenv("PLANTED_DB_PASSWORD", "do-not-pass")
     return tmp_path
 
