@@ -213,6 +213,10 @@ def compare(reference_uri: str, batch_uri: str, config: DriftConfig) -> dict[str
                    "reason": f"{batch_rows} rows, below min_rows {config.min_rows}"}
         return report
     for c in columns:
+        for side, counts in (("reference", expected[c]), ("batch", actual[c])):
+            if not sum(counts):  # every value null (or NaN): nothing to compare
+                raise DriftInputError(f"feature {c!r} has no values in the {side}: a column "
+                                      "that is all null cannot be checked for drift")
         report["features"][c] = {"psi": round(psi(expected[c], actual[c]), 6),
                                  "edges": [round(float(x), 6) for x in edges[c]],
                                  "expected": expected[c], "actual": actual[c]}

@@ -86,6 +86,21 @@ def test_a_small_batch_is_not_judged(tmp_path: Path) -> None:
     assert "below min_rows 500" in report["reason"]
 
 
+def test_a_feature_with_no_values_is_named(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    reference = write_features(tmp_path / "ref", 2000)
+    folder = tmp_path / "nulls"
+    write_features(folder, 1000)
+    for part in folder.glob("*.parquet"):  # the pipeline broke: x3 lost every value
+        table = pq.read_table(part)
+        nulls = pa.nulls(table.num_rows, type=pa.float64())
+        pq.write_table(table.set_column(table.schema.get_field_index("x3"), "x3", nulls), part)
+    with pytest.raises(DriftInputError, match="feature 'x3' has no values in the batch"):
+        compare(reference, folder.as_uri(), CONFIG)
+
+
 def test_missing_columns_and_datasets_are_named(tmp_path: Path) -> None:
     reference = write_features(tmp_path / "ref", 1000)
     with pytest.raises(DriftInputError, match=r"batch .*nowhere does not exist"):
