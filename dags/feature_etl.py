@@ -70,6 +70,17 @@ with DAG(
     create_spark >> build_features >> delete_spark.as_teardown(setups=create_spark,
                                                                 on_failure_fail_dagrun=True)
 
+    @task(retries=0)
+    def check_params(params: Any = None) -> None:
+        """The form's combination rule, before any cluster is made (the job refuses it too)."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        if (params or {}).get("input") and float((params or {}).get("drift") or 0):
+            raise AirflowFailException("drift: shifts generated rows only; leave it 0 when "
+                                       "input names a raw dataset")
+
+    check_params() >> create_spark
+
     @task
     def published(result: dict[str, Any]) -> dict[str, Any]:
         """A leaf after the job, so a failed ETL fails the run (a teardown alone would hide

@@ -382,3 +382,17 @@ def test_a_drift_event_starts_a_training_run_on_the_drifted_batch(
     from tests.airflow.live.probes import cluster_processes
 
     assert cluster_processes(ephemeral_home) == {}
+
+
+@pytest.mark.usefixtures("synced")
+def test_feature_etl_refuses_drift_with_an_input_before_any_cluster(dagbag: Any,
+                                                                   ephemeral_home: Path) -> None:
+    from ephemeral.backends.local import LocalBackend
+
+    run = dagbag.get_dag("feature_etl").test(run_conf={"input": "file:///raw.parquet",
+                                                       "drift": 1.0})
+    states = task_states(run)
+    assert str(run.state) == "failed"
+    assert states["check_params"] == "failed"
+    assert states["create_spark"] == "upstream_failed"
+    assert LocalBackend(ephemeral_home).list_owned() == []
