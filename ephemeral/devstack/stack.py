@@ -87,6 +87,8 @@ class Stack(AirflowApi):
     the stack's defaults, except what the stack must own (ports, executor, secrets)."""
     extra_env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # Every component's session, the killed ones' too: their children stay in it.
+    sessions: set[int] = field(default_factory=set)
     postgres: Postgres | None = None
 
     def __post_init__(self) -> None:
@@ -222,11 +224,12 @@ class Stack(AirflowApi):
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "airflow", name], env=self.env(), stdout=log,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.sessions.add(self.procs[name].pid)
 
     def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
         """Kill one component's main process as a crash would; ``launch`` starts it again.
-        Its children live on (a scheduler's LocalExecutor workers): ``stop`` finds them by the
-        stack's AIRFLOW_HOME."""
+        Its children live on (a scheduler's LocalExecutor workers, serve-logs): ``stop`` finds
+        them by their session."""
         proc = self.procs.pop(name)
         proc.send_signal(sig)
         proc.wait(timeout=30)
@@ -254,8 +257,10 @@ class Stack(AirflowApi):
         return "\n".join(p.read_text(errors="replace") for p in sorted(logs.glob(pattern)))
 
     def processes(self) -> list[psutil.Process]:
-        """Every process of this stack: the components, their children and any process that
-        runs with this stack's AIRFLOW_HOME (task supervisors, the run-end deleting process)."""
+        """Every process of this stack: the components, their children, any process still in
+        a component's session (orphans of a killed component: Airflow's process titles
+        overwrite their environment, so it cannot tell them) and any process that runs with
+        this stack's AIRFLOW_HOME (task supervisors, the run-end deleting process)."""
         found: dict[int, psutil.Process] = {}
         for proc in self.procs.values():
             try:
@@ -269,8 +274,9 @@ class Stack(AirflowApi):
             if p.pid == me or p.pid in found:
                 continue
             try:
-                if (p.environ().get("AIRFLOW_HOME") == str(self.home)
-                        and runs_airflow(p.cmdline())):
+                if runs_airflow(p.cmdline()) and (
+                        os.getsid(p.pid) in self.sessions
+                        or p.environ().get("AIRFLOW_HOME") == str(self.home)):
                     found[p.pid] = p
             except (psutil.Error, OSError):
                 continue
