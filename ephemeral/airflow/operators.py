@@ -107,7 +107,7 @@ def cluster_backend(handle: ClusterHandle, op: Any) -> ClusterBackend:
 
 
 def cluster_connection(handle: ClusterHandle, op: Any) -> str | None:
-    """The connection a job task reaches its cluster through: the one the setup recorded."""
+    """The connection a task reaches its cluster through: the one the setup recorded."""
     return handle.connection or op.conn_id or op.kubernetes_conn_id
 
 
@@ -397,8 +397,8 @@ class DeleteClusterOperator(BaseOperator):
             raise AirflowFailException(f"teardown of {handle.name} is configured for "
                                        + "; ".join(problems) + ": it would not find the cluster. "
                                        "Give the teardown the setup's backend and connection.")
-        return (task_backend(handle.backend, handle.connection or self.conn_id
-                             or self.kubernetes_conn_id), handle.instance or instance)
+        return (task_backend(handle.backend, cluster_connection(handle, self)),
+                handle.instance or instance)
 
 
 class RayJobOperator(JobLineageMixin, BaseOperator):
