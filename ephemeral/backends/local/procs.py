@@ -10,6 +10,7 @@ session. Nothing here ever runs ``ray stop``, which kills every Ray process on t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -204,19 +205,21 @@ def kill_marked(markers: Mapping[str, str], *, timeout: float = 10.0) -> list[ps
 def kill_all(
     nodes: Sequence[NodeProcess], uid: str, *, grace: float = 1.0, timeout: float = 10.0
 ) -> list[psutil.Process]:
-    """SIGTERM the cluster's processes, SIGKILL what is left after ``grace``; return survivors."""
+    """SIGTERM the cluster's processes, SIGKILL what is left after ``grace`` (at once when
+    ``grace`` is 0); return survivors."""
     return _kill(lambda: find(nodes, uid), grace=grace, timeout=timeout)
 
 
 def _kill(finder: Callable[[], list[psutil.Process]], *, grace: float,
           timeout: float) -> list[psutil.Process]:
     deadline = time.monotonic() + timeout
-    procs = finder()
-    if not procs:
+    alive = finder()
+    if not alive:
         return []
-    for p in procs:
-        _signal(p, signal.SIGTERM)
-    _, alive = psutil.wait_procs(procs, timeout=grace)
+    if grace > 0:
+        for p in alive:
+            _signal(p, signal.SIGTERM)
+        _wait_gone(alive, grace)
     # Processes can fork while we kill; look again until nothing of the cluster is left.
     while time.monotonic() < deadline:
         alive = [p for p in {*alive, *finder()} if _alive(p)]
@@ -224,9 +227,30 @@ def _kill(finder: Callable[[], list[psutil.Process]], *, grace: float,
             return []
         for p in alive:
             _signal(p, signal.SIGKILL)
-        _, alive = psutil.wait_procs(alive, timeout=0.5)
-        alive = [p for p in alive if _alive(p)]
+        _wait_gone(alive, 0.5)
     return [p for p in {*alive, *finder()} if _alive(p)]
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> None:
+    """Until none of ``procs`` runs. Not ``psutil.wait_procs``: a killed process whose parent
+    is another process stays a zombie until that parent reaps it, and waiting for the zombie
+    to vanish would add the whole timeout to every deletion."""
+    end, me = time.monotonic() + timeout, os.getpid()
+    mine = [p for p in procs if _parent(p) == me]
+    while True:
+        for p in mine:  # reap our own children (and only those), zombies included
+            with contextlib.suppress(OSError):
+                os.waitpid(p.pid, os.WNOHANG)
+        if not any(_alive(p) for p in procs) or time.monotonic() >= end:
+            return
+        time.sleep(0.02)
+
+
+def _parent(p: psutil.Process) -> int | None:
+    try:
+        return p.ppid()
+    except psutil.Error:
+        return None
 
 
 def _signal(p: psutil.Process, sig: signal.Signals) -> None:
