@@ -36,7 +36,7 @@ def provision(
     *,
     timeout: float = DEFAULT_READY_TIMEOUT,
     on_progress: ProgressFn | None = None,
-    poll: float = 1.0,
+    poll: float | None = None,
 ) -> Provisioned:
     """Create the cluster and wait until usable; delete it again if that fails."""
     started = time.monotonic()

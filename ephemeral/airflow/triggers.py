@@ -52,9 +52,10 @@ class ClusterReadyTrigger(BaseTrigger):
     def _backend(self) -> ClusterBackend:
         return task_backend(self.backend, self.conn_id)
 
-    def _event(self, status: str, message: str, error: str = "") -> TriggerEvent:
+    def _event(self, status: str, message: str, error: str = "",
+               **extra: Any) -> TriggerEvent:
         return TriggerEvent({"status": status, "message": message, "error": error,
-                             "handle": self.handle})
+                             "handle": self.handle, **extra})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
@@ -77,7 +78,7 @@ class ClusterReadyTrigger(BaseTrigger):
             self.log.exception("waiting for cluster %s failed", self.handle.get("name"))
             yield self._event("failed", str(err), type(err).__name__)
             return
-        yield self._event("ready", status.message)
+        yield self._event("ready", status.message, ready_ts=round(time.time(), 3))
 
     async def on_kill(self) -> None:
         name = self.handle.get("name")

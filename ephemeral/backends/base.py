@@ -227,6 +227,10 @@ class ClusterBackend(abc.ABC):
     """Create, probe, locate and delete clusters of one kind of infrastructure."""
 
     name: str
+    probe_interval: float = 2.0
+    """The longest pause between readiness probes: a cluster that is ready but not yet seen
+    to be idles for it. Backends whose probe is cheap (local processes) look more often than
+    those that ask an API server."""
 
     @abc.abstractmethod
     def create(self, spec: ResolvedSpec, *, identity: ClusterIdentity) -> ClusterHandle:
@@ -247,7 +251,7 @@ class ClusterBackend(abc.ABC):
             return self.probe(handle)
         from ephemeral.backends.readiness import Readiness
 
-        return Readiness.within(self, handle, timeout=timeout, poll_interval=1.0).wait()
+        return Readiness.within(self, handle, timeout=timeout).wait()
 
     @abc.abstractmethod
     def endpoints(self, handle: ClusterHandle) -> Endpoints:

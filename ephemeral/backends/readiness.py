@@ -33,17 +33,17 @@ class Readiness:
     resumed in another process, a restarted triggerer, keeps the first one's deadline)."""
 
     def __init__(self, backend: ClusterBackend, handle: ClusterHandle, *, deadline: float,
-                 poll_interval: float = 2.0) -> None:
+                 poll_interval: float | None = None) -> None:
         self.backend = backend
         self.handle = handle
         self.deadline = deadline
         self.timeout = max(0.0, deadline - time.time())
-        self._pauses = backoff(poll_interval)
+        self._pauses = backoff(poll_interval or backend.probe_interval)
         self.last = ""
 
     @classmethod
     def within(cls, backend: ClusterBackend, handle: ClusterHandle, *, timeout: float,
-               poll_interval: float = 2.0) -> Readiness:
+               poll_interval: float | None = None) -> Readiness:
         return cls(backend, handle, deadline=time.time() + timeout, poll_interval=poll_interval)
 
     def step(self) -> ClusterStatus:
