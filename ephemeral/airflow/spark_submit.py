@@ -73,7 +73,9 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
     ``archives``, ``repositories`` and ``exclude_packages`` are comma-separated as in
     ``spark-submit`` and the provider's operator. ``env_vars`` are added to the driver's
     environment on top of the job allow-list. ``job_timeout`` (seconds) stops the driver.
-    The cluster's credentials come from the handle's backend and connection (or ``backend``,
+    The driver and spark-submit's launcher start with the fast-start JVM flags (as
+    ``ephemeral spark-submit``'s do) unless ``conf`` sets ``spark.driver.extraJavaOptions`` or
+    ``env_vars`` sets ``SPARK_LAUNCHER_OPTS``. The cluster's credentials come from the handle's backend and connection (or ``backend``,
     ``conn_id``, ``kubernetes_conn_id``), asked in this process.
     """
 
@@ -148,19 +150,21 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
 
     def _conf(self, context: Any, master: str) -> dict[str, Any]:
         # The driver runs on this host; executors on the workers must be able to call it back.
+        from ephemeral.jobs.spark_jobs import DRIVER_CONF
+
         conf: dict[str, Any] = {"spark.driver.host": "127.0.0.1",
                                 "spark.driver.bindAddress": "127.0.0.1"} \
             if "://127." in master else {}
-        conf |= dict(self.conf or {})
+        conf |= DRIVER_CONF | dict(self.conf or {})
         return _with_openlineage(conf, context, self.openlineage_inject_parent_job_info,
                                  self.openlineage_inject_transport_info)
 
     def _env(self) -> dict[str, str]:
-        from ephemeral.jobs.spark_jobs import CONNECT_MODE_VARS
+        from ephemeral.jobs.spark_jobs import CONNECT_MODE_VARS, DRIVER_ENV
         from ephemeral.settings import job_environ
 
         env = {k: v for k, v in job_environ().items() if k not in CONNECT_MODE_VARS}
-        return env | {"PYSPARK_PYTHON": sys.executable,
+        return env | {"PYSPARK_PYTHON": sys.executable, **DRIVER_ENV,
                       **{k: str(v) for k, v in (self.env_vars or {}).items()}}
 
     def _submit(self, context: Any, handle: ClusterHandle) -> JobResult:
@@ -198,7 +202,7 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
                 executor_cores=self.executor_cores,
                 total_executor_cores=self.total_executor_cores,
                 application_args=[str(a) for a in self.application_args], verbose=self.verbose)
-            started = time.monotonic()
+            started, submitted_at = time.monotonic(), time.time()
             failed: AirflowException | None = None
             try:
                 # The environment goes to Popen as a whole: the hook's env_vars would be
@@ -225,7 +229,7 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
             result = parse_result_line("\n".join(hook.lines), job_id)
         self.log.info("Spark application %s succeeded: %s", job_id, result)
         return JobResult(job_id=job_id, cluster=handle.name, engine="spark",
-                         status=JobStatus.SUCCEEDED,
+                         status=JobStatus.SUCCEEDED, submitted_at=round(submitted_at, 3),
                          seconds=round(time.monotonic() - started, 3), result=result)
 
     def _started(self, proc: subprocess.Popen[str], hook: ClusterSparkSubmitHook,

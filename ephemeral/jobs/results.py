@@ -51,6 +51,10 @@ class JobResult(BaseModel):
     status: JobStatus
     seconds: float
     result: dict[str, Any] = {}
+    submitted_at: float | None = None
+    """When the job was handed to its cluster (epoch seconds), where the engine counts later:
+    a Spark application starts on the master when its driver registers, seconds after
+    spark-submit started it; Ray's Jobs API counts from the submission itself."""
 
     @property
     def ok(self) -> bool:

@@ -50,6 +50,10 @@ _SPARK_INFO = re.compile(r"^\d\d/\d\d/\d\d \d\d:\d\d:\d\d (INFO|DEBUG) ")
 # session). spark-submit's launcher JVM (which only builds the driver's command line) and
 # drivers run with them unless the caller sets their options; the local backend's daemons too.
 FAST_START_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+# What a driver started here gets unless its caller says otherwise: it mostly plans and waits
+# for executors, and its start is time its cluster waits.
+DRIVER_CONF = {"spark.driver.extraJavaOptions": FAST_START_JVM}
+DRIVER_ENV = {"SPARK_LAUNCHER_OPTS": FAST_START_JVM}
 
 
 @dataclass(frozen=True)
@@ -137,14 +141,11 @@ def spark_submit(
     # The driver runs on this host; executors on the workers must be able to call it back.
     settings = {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"} \
         if "://127." in master else {}
-    # A driver here mostly plans and waits for executors: a fast-starting JVM, unless asked.
-    settings["spark.driver.extraJavaOptions"] = FAST_START_JVM
-    settings |= dict(conf or {})
+    settings |= DRIVER_CONF | dict(conf or {})
     for key, value in settings.items():
         argv += ["--conf", f"{key}={value}"]
     run_env = {k: v for k, v in job_environ().items() if k not in CONNECT_MODE_VARS}
-    run_env |= {"PYSPARK_PYTHON": sys.executable, "SPARK_LAUNCHER_OPTS": FAST_START_JVM,
-                **(env or {})}
+    run_env |= {"PYSPARK_PYTHON": sys.executable, **DRIVER_ENV, **(env or {})}
     with _private_dir() as private:  # removed once the driver ended
         # The driver runs here (client mode): it writes its result to a file of ours. Its
         # output is no channel for it: spark-submit copies the driver's stdout into the JVM's
@@ -153,7 +154,7 @@ def spark_submit(
         result_file = private / "result.json"
         run_env[RESULT_FILE_ENV] = str(result_file)
         argv += [*_auth_properties(private, auth), application, *args]
-        started = time.monotonic()
+        started, submitted_at = time.monotonic(), time.time()
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, env=run_env, start_new_session=True, bufsize=1)
         if on_start:
@@ -192,6 +193,7 @@ def spark_submit(
     if result is None:  # an application that does not use the channel: its last JSON line
         result = parse_result_line("\n".join(lines), job_id)
     return JobResult(job_id=job_id, cluster=cluster, engine="spark", status=status,
+                     submitted_at=round(submitted_at, 3),
                      seconds=round(time.monotonic() - started, 3), result=result)
 
 

@@ -11,7 +11,9 @@ Idle time is split by cause, and the parts add up to the lifetime exactly:
 
 ``starting`` is creation to readiness (engine start-up), ``deleting`` the teardown's deletion,
 ``busy`` the time at least one job ran (overlapping jobs count once), and ``between jobs`` the
-rest: what orchestration adds between them.
+rest: what orchestration adds between them. A job runs from its submission to its end, on both
+engines: Ray's Jobs API starts its clock at the submission; for Spark the report takes when
+spark-submit started the driver, not when the driver registered with the master.
 """
 
 from __future__ import annotations
