@@ -1,7 +1,9 @@
 """Data-aware retraining through Airflow's own Asset machinery (real Airflow, tmp AIRFLOW_HOME):
 drift_check emits `feature_drift` only on drift, once per batch; the event queues
 train_distributed, whose run the scheduler's own code creates, and that run trains on the
-batch without an ETL or a Spark cluster; no DAG can trigger itself."""
+batch without an ETL or a Spark cluster; no DAG can trigger itself. That run also carries the
+model gate's latency fail (impossible latency thresholds in its conf): the champion stays, the
+run fails with an alert. The gate's pass is tests/airflow/test_dags.py's reference run."""
 
 from __future__ import annotations
 
@@ -281,9 +283,11 @@ def create_asset_triggered_runs() -> list[Any]:
         return runs
 
 
-def run_to_end(dag: Any, run_id: str, timeout: float = 1800) -> Any:
+def run_to_end(dag: Any, run_id: str, conf: dict[str, Any] | None = None,
+               timeout: float = 1800) -> Any:
     """Run a DagRun the scheduler created, in this process, the way dag.test() runs its own:
-    its tasks see the run's real context (triggering_asset_events from the consumed events)."""
+    its tasks see the run's real context (triggering_asset_events from the consumed events),
+    with ``conf`` as the run's conf when given."""
     import time
 
     from airflow.models.dagrun import DagRun
@@ -298,6 +302,8 @@ def run_to_end(dag: Any, run_id: str, timeout: float = 1800) -> Any:
     with create_session() as session:
         dr = session.query(DagRun).filter_by(dag_id=dag.dag_id, run_id=run_id).one()
         dr.state, dr.start_date = DagRunState.RUNNING, timezone.utcnow()  # as the scheduler
+        if conf is not None:
+            dr.conf = conf
         session.commit()
         dr.dag = scheduler_dag
         while dr.state == DagRunState.RUNNING:
@@ -318,15 +324,39 @@ def run_to_end(dag: Any, run_id: str, timeout: float = 1800) -> Any:
     return dr
 
 
+# Thresholds no served model meets: the run's gate fails on latency whatever this machine's load.
+LATENCY_FAIL = {"max_p50_ms": 0.001, "max_p95_ms": 0.001, "max_p99_ms": 0.001}
+
+
+def seed_champion(home: Path, features_uri: str) -> str:
+    """An earlier champion in the real MLflow store, trained on ``features_uri``: the run's
+    failed gate must leave it where it is."""
+    from ephemeral import registry
+
+    earlier = home / "artifacts" / "earlier" / "model.pt"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"an earlier model")
+    version = registry.register("train_distributed", model_uri=earlier.as_uri(),
+                                tags={"features_uri": features_uri})
+    registry.promote("train_distributed", version)
+    return version
+
+
 @pytest.mark.local
 @pytest.mark.usefixtures("synced")
 def test_a_drift_event_starts_a_training_run_on_the_drifted_batch(
         dagbag: Any, ephemeral_home: Path) -> None:
+    """One whole training run (Ray, trials, evaluation, Ray Serve) proves two things: the drift
+    event's run trains on the drifted batch without Spark, and the model gate's latency fail
+    keeps the champion and fails the run with an alert."""
+    from ephemeral import registry
     from ephemeral.backends.local import LocalBackend
 
     clear_queue()
     root = ephemeral_home / "artifacts"
-    plant_model(write_features(root / "model" / "features" / "train", 4000))
+    reference = write_features(root / "model" / "features" / "train", 4000)
+    plant_model(reference)
+    earlier = seed_champion(ephemeral_home, reference)
     shifted = batch(root, datetime.now(UTC).strftime("%Y%m%dT%H%M%S"), shift=1.0)
     check = dagbag.get_dag("drift_check").test()
     assert task_states(check)["signal_retraining"] == "success"
@@ -345,7 +375,7 @@ def test_a_drift_event_starts_a_training_run_on_the_drifted_batch(
         newest = max(consumed, key=lambda e: (e.timestamp, e.id))
         assert newest.extra["features_uri"] == f"{shifted}/train"
 
-    done = run_to_end(dagbag.get_dag("train_distributed"), run.run_id)
+    done = run_to_end(dagbag.get_dag("train_distributed"), run.run_id, conf=LATENCY_FAIL)
     states = task_states(done)
     assert states["choose_features"] == "success"
     for task_id in ("etl.create_spark", "etl.build_features", "etl.delete_spark"):
@@ -367,19 +397,18 @@ def test_a_drift_event_starts_a_training_run_on_the_drifted_batch(
     report = run_report(done)
     assert {c["setup_task"] for c in report["clusters"]} == {"train.create_ray"}, report
     assert LocalBackend(ephemeral_home).list_owned() == []
-    # The deploy outcome is the model gate's (quality and latency under this machine's load);
-    # on a pass the registered_model event names the drifted batch as its training data.
-    print(f"deploy: {({k: v for k, v in states.items() if k.startswith('deploy.')})}")
-    if states["deploy.register_model"] == "success":
-        from airflow.models.asset import AssetEvent, AssetModel
-        from sqlalchemy import select
-
-        with create_session() as session:
-            newest = session.scalars(select(AssetEvent)
-                                     .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
-                                     .where(AssetModel.name == assets.MODEL.name)
-                                     .order_by(AssetEvent.id.desc())).first()
-            assert newest.extra["features_uri"] == f"{shifted}/train"
+    # The gate's latency fail: measured, refused, the champion kept, the run failed with an
+    # alert (the registered_model event of a pass is checked by test_dags' reference run).
+    assert str(done.state) == "failed", states
+    assert states["train.serve_latency"] == "success", states
+    assert states["deploy.gate_failed"] == "failed", states
+    assert states["deploy.register_model"] == "skipped", states
+    assert registry.champion("train_distributed") == earlier
+    assert [v["version"] for v in registry.describe("train_distributed")["versions"]] == [earlier]
+    [alert] = (root / "alerts" / "train_distributed").glob("*.json")
+    reason = json.loads(alert.read_text())
+    assert "(max_p50_ms): FAIL" in reason["reason"]
+    assert reason["report_url"]
     # Every process of this home's clusters is gone (found by the marker the local backend puts
     # in their environment: other agents start engines on this machine meanwhile).
     from tests.airflow.live.probes import cluster_processes

@@ -84,6 +84,23 @@ def xcom_values(dag_id: str, run_id: str, key: str) -> dict[str, Any]:
                 else r.value for r in rows}
 
 
+def newest_model_event() -> dict[str, Any]:
+    """The extra of the newest registered_model Asset event."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    from ephemeral import assets
+
+    with create_session() as session:
+        newest = session.scalars(select(AssetEvent)
+                                 .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+                                 .where(AssetModel.name == assets.MODEL.name)
+                                 .order_by(AssetEvent.id.desc())).first()
+        assert newest is not None, "no registered_model event"
+        return dict(newest.extra)
+
+
 def no_cluster_left(home: Path, before: set[int]) -> None:
     assert LocalBackend(home).list_owned() == []
     leaked = engine_pids() - before - other_clusters_pids(home)
@@ -93,8 +110,9 @@ def no_cluster_left(home: Path, before: set[int]) -> None:
 @pytest.mark.local
 def test_reference_dag_end_to_end(dagbag: Any, ephemeral_home: Path) -> None:
     """make demo's path, and the gate's pass: the candidate is registered in the real MLflow
-    store and the champion alias moves to it from an earlier one (the latency fail is in
-    tests/integration/test_gate.py)."""
+    store, the champion alias moves to it from an earlier one, and the registration names the
+    features it was trained on (the latency fail is in the drift run of
+    tests/airflow/test_assets.py)."""
     from ephemeral import registry
 
     before = engine_pids()
@@ -134,6 +152,12 @@ def test_reference_dag_end_to_end(dagbag: Any, ephemeral_home: Path) -> None:
     assert links["train.create_ray[-1]._link_RayDashboardLink"] == ray["endpoints"]["dashboard"]
     assert links["etl.create_spark[-1]._link_SparkMasterLink"] == spark["endpoints"]["spark_ui"]
     assert links["etl.create_spark[-1]._link_RayDashboardLink"] == ""
+    # What drift_check compares new batches with: this run's ETL output, in the version's tag
+    # and in the registered_model event.
+    features = handles["etl.build_features[-1]"]["result"]
+    assert mine["tags"]["features_uri"] == features["artifact_uri"]
+    assert mine["tags"]["validation_uri"] == features["validation_uri"]
+    assert newest_model_event()["features_uri"] == features["artifact_uri"]
     # What `make demo` prints: each cluster's lifetime, split into jobs and idle by cause.
     from ephemeral.airflow.report import run_report
 

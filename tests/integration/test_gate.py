@@ -1,8 +1,10 @@
 """The model gate on real components: evaluate.py and serve_latency.py as Ray jobs on one real
-local Ray cluster (Ray Serve on it, loopback HTTP load), then the reference DAG through
-dag.test() with a real MLflow store: a pass that moves the champion, and a latency fail that
-leaves it where it was. The quality and latency branches on the numbers measured here are
-checked again through evaluate_gate (tests/unit/test_gate.py covers the rules themselves)."""
+local Ray cluster (Ray Serve on it, loopback HTTP load). The quality and latency branches on the
+numbers measured here are checked again through evaluate_gate (tests/unit/test_gate.py covers
+the rules themselves). The gate in the reference DAG, with a real MLflow store, is checked by
+whole runs elsewhere, one whole run each: the pass that moves the champion by
+tests/airflow/test_dags.py::test_reference_dag_end_to_end, the latency fail that keeps it by
+tests/airflow/test_assets.py::test_a_drift_event_starts_a_training_run_on_the_drifted_batch."""
 
 from __future__ import annotations
 
@@ -163,53 +165,3 @@ def test_serve_latency_refuses_a_model_it_cannot_read(cluster: Any, home: Path) 
         jobs.follow(jid, sink=lines.append, timeout=300)
     assert any("nothing/config.json" in line for line in lines), lines[-10:]
     assert not os.path.exists(home / "nothing")
-
-
-# --- the reference DAG through dag.test(): the gate's branches with the registry ---------------
-
-from tests.airflow.conftest import airflow_db, task_states  # noqa: E402, F401
-from tests.airflow.conftest import dagbag as dagbag  # noqa: E402
-
-DAG_CONF = {"profile": "ci-cpu", "rows": 3000, "steps": 200}
-
-
-def seed_champion(home: Path) -> str:
-    """An earlier champion in the real MLflow store, for the run to replace or keep."""
-    from ephemeral import registry
-
-    earlier = home / "artifacts" / "earlier" / "model.pt"
-    earlier.parent.mkdir(parents=True)
-    earlier.write_bytes(b"an earlier model")
-    version = registry.register("train_distributed", model_uri=earlier.as_uri())
-    registry.promote("train_distributed", version)
-    return version
-
-
-def no_cluster_left(home: Path) -> None:
-    assert LocalBackend(home).list_owned() == []
-    assert cluster_processes(home) == []
-
-
-# The pass (the champion moves) is checked by the make demo path in
-# tests/airflow/test_dags.py::test_reference_dag_end_to_end: one whole run fewer.
-
-
-def test_a_latency_fail_keeps_the_champion_and_fails_the_run(
-        dagbag: Any, ephemeral_home: Path) -> None:
-    from ephemeral import registry
-
-    earlier = seed_champion(ephemeral_home)
-    run = dagbag.get_dag("train_distributed").test(
-        run_conf={**DAG_CONF, "max_p50_ms": 0.001, "max_p95_ms": 0.001, "max_p99_ms": 0.001})
-    states = task_states(run)
-    assert str(run.state) == "failed", states
-    assert states["train.serve_latency"] == "success"
-    assert states["deploy.gate_failed"] == "failed"
-    assert states["deploy.register_model"] == "skipped"
-    assert registry.champion("train_distributed") == earlier
-    assert [v["version"] for v in registry.describe("train_distributed")["versions"]] == [earlier]
-    [alert] = (ephemeral_home / "artifacts" / "alerts" / "train_distributed").glob("*.json")
-    reason = json.loads(alert.read_text())
-    assert "(max_p50_ms): FAIL" in reason["reason"]
-    assert reason["report_url"]
-    no_cluster_left(ephemeral_home)
