@@ -71,7 +71,9 @@ def test_up_refuses_gpus_on_a_host_without_them_and_creates_nothing(
 
 
 @pytest.mark.local
-def test_up_ls_down_a_real_cluster(local_backend: LocalBackend) -> None:
+def test_up_ls_submit_down_a_real_ray_cluster(local_backend: LocalBackend) -> None:
+    """One Ray cluster through the whole CLI: up (idempotent), ls, submit (streamed logs, JSON
+    result, a failing job's exit code), a Spark command refused on it, down (idempotent)."""
     up = json.loads(cli("up", "ray/adhoc-cpu", "-p", "ci-cpu", "--replicas", "1",
                         "--name", "cli-ray", "--json").stdout)
     handle = up["handle"]
@@ -85,6 +87,23 @@ def test_up_ls_down_a_real_cluster(local_backend: LocalBackend) -> None:
     assert [(r["handle"]["name"], r["phase"]) for r in listed] == [("cli-ray", "ready")]
     human = cli("ls").stdout
     assert "cli-ray" in human
+
+    jobs = str(Path(__file__).resolve().parents[2] / "jobs")
+    ok = cli("submit", "cli-ray", "--working-dir", jobs, "--", "python", "hello_ray.py")
+    assert '"sum_of_squares": 328350' in ok.stdout  # the job's own output, streamed
+    assert "SUCCEEDED" in ok.stderr
+    as_json = json.loads(cli("submit", "cli-ray", "--json", "--", "python", "-c",
+                             "print('{\"answer\": 42}')").stdout)
+    assert (as_json["status"], as_json["result"]) == ("SUCCEEDED", {"answer": 42})
+    bad = cli("submit", "cli-ray", "--", "python", "-c",
+              "print('going down'); raise SystemExit(3)", check=False)
+    assert bad.returncode == 1
+    assert "JobFailed" in bad.stderr
+    assert "going down" in bad.stderr  # the last log lines are shown
+    wrong = cli("spark-submit", "cli-ray", "x.py", "--json", check=False)
+    assert wrong.returncode == 1
+    assert "is a ray cluster, not spark" in json.loads(wrong.stdout)["message"]
+
     down = json.loads(cli("down", "cli-ray", "--json").stdout)
     assert down["deleted"][0]["existed"] is True
     assert local_backend.pids("cli-ray") == []
@@ -94,36 +113,10 @@ def test_up_ls_down_a_real_cluster(local_backend: LocalBackend) -> None:
 
 
 @pytest.mark.local
-def test_down_all(local_backend: LocalBackend) -> None:
-    for name in ("all-a", "all-b"):
-        cli("up", "spark/etl", "-p", "ci-cpu", "--replicas", "1", "--name", name, "--json")
-    out = json.loads(cli("down", "--all", "--json").stdout)
-    assert sorted(d["name"] for d in out["deleted"]) == ["all-a", "all-b"]
-    assert local_backend.list_owned() == []
-
-
-@pytest.mark.local
-def test_submit_streams_logs_and_exits_with_the_job_status(local_backend: LocalBackend) -> None:
-    jobs = str(Path(__file__).resolve().parents[2] / "jobs")
-    cli("up", "ray/adhoc-cpu", "-p", "ci-cpu", "--name", "cli-jobs", "--json")
-    ok = cli("submit", "cli-jobs", "--working-dir", jobs, "--", "python", "hello_ray.py")
-    assert '"sum_of_squares": 328350' in ok.stdout  # the job's own output, streamed
-    assert "SUCCEEDED" in ok.stderr
-    as_json = json.loads(cli("submit", "cli-jobs", "--json", "--", "python", "-c",
-                             "print('{\"answer\": 42}')").stdout)
-    assert (as_json["status"], as_json["result"]) == ("SUCCEEDED", {"answer": 42})
-    bad = cli("submit", "cli-jobs", "--", "python", "-c",
-              "print('going down'); raise SystemExit(3)", check=False)
-    assert bad.returncode == 1
-    assert "JobFailed" in bad.stderr
-    assert "going down" in bad.stderr  # the last log lines are shown
-    wrong = cli("spark-submit", "cli-jobs", "x.py", "--json", check=False)
-    assert wrong.returncode == 1
-    assert "is a ray cluster, not spark" in json.loads(wrong.stdout)["message"]
-
-
-@pytest.mark.local
-def test_spark_submit_runs_on_the_workers(local_backend: LocalBackend) -> None:
+def test_spark_submit_runs_on_the_workers_and_down_all_deletes_every_cluster(
+        local_backend: LocalBackend) -> None:
+    """spark-submit on a two-worker Spark cluster; then `down --all` deletes it and a second
+    one (two Spark clusters, not three: each start costs this 2-core machine)."""
     app = str(Path(__file__).resolve().parents[2] / "jobs" / "hello_spark.py")
     cli("up", "spark/etl", "-p", "ci-cpu", "--name", "cli-spark", "--json")
     out = json.loads(cli("spark-submit", "cli-spark", app, "--json").stdout)
@@ -132,3 +125,8 @@ def test_spark_submit_runs_on_the_workers(local_backend: LocalBackend) -> None:
     workers = sorted(n.ip for n in local_backend.node_plan("cli-spark") if n.role == "worker")
     assert out["result"]["ran_on"] == workers
     assert 3.0 < out["result"]["pi"] < 3.3
+
+    cli("up", "spark/etl", "-p", "ci-cpu", "--replicas", "1", "--name", "all-b", "--json")
+    out = json.loads(cli("down", "--all", "--json").stdout)
+    assert sorted(d["name"] for d in out["deleted"]) == ["all-b", "cli-spark"]
+    assert local_backend.list_owned() == []
