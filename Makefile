@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml
 	    apt-get update -qq && apt-get install -y -qq $$missing; fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[local,train,airflow,registry,kubernetes,dev]'
+	@# Class-data-sharing archives: local Spark masters, workers and drivers start in half the CPU.
+	$(PY) -m ephemeral.backends.local
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -55,6 +55,10 @@ OPTIONS: tuple[Option, ...] = (
            "delete or reap each other's clusters. 1-40 lower-case letters, digits and '-'. "
            "Unset: derived from the Airflow home (the Kubernetes backend asks for it to be set).",
            example="prod-eu"),
+    Option("jvm_archives", "Where the class-data-sharing archives of the Spark JVMs this host "
+           "starts (local masters and workers, spark-submit drivers) are kept; ``python -m "
+           "ephemeral.backends.local`` builds them (``make setup`` does). ``off`` turns "
+           "them off. Unset: ``~/.cache/ephemeral/jvm``.", example="/var/cache/ephemeral/jvm"),
     Option("specs_dir", "Root of the versioned cluster specs. Unset: ``cluster_specs/`` of a "
            "checkout, else of the working directory.", example="/opt/airflow/cluster_specs"),
     Option("default_ttl", "Lifetime in seconds after which the reaper may delete a cluster "

@@ -150,12 +150,12 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
 
     def _conf(self, context: Any, master: str) -> dict[str, Any]:
         # The driver runs on this host; executors on the workers must be able to call it back.
-        from ephemeral.jobs.spark_jobs import DRIVER_CONF
+        from ephemeral.jobs.spark_jobs import driver_conf
 
         conf: dict[str, Any] = {"spark.driver.host": "127.0.0.1",
                                 "spark.driver.bindAddress": "127.0.0.1"} \
             if "://127." in master else {}
-        conf |= DRIVER_CONF | dict(self.conf or {})
+        conf |= driver_conf() | dict(self.conf or {})
         return _with_openlineage(conf, context, self.openlineage_inject_parent_job_info,
                                  self.openlineage_inject_transport_info)
 

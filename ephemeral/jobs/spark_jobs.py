@@ -50,10 +50,17 @@ _SPARK_INFO = re.compile(r"^\d\d/\d\d/\d\d \d\d:\d\d:\d\d (INFO|DEBUG) ")
 # session). spark-submit's launcher JVM (which only builds the driver's command line) and
 # drivers run with them unless the caller sets their options; the local backend's daemons too.
 FAST_START_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
-# What a driver started here gets unless its caller says otherwise: it mostly plans and waits
-# for executors, and its start is time its cluster waits.
-DRIVER_CONF = {"spark.driver.extraJavaOptions": FAST_START_JVM}
 DRIVER_ENV = {"SPARK_LAUNCHER_OPTS": FAST_START_JVM}
+
+
+def driver_conf() -> dict[str, str]:
+    """What a driver started here gets unless its caller says otherwise: it mostly plans and
+    waits for executors, and its start is time its cluster waits; it maps this host's
+    class-data-sharing archive of a driver when one is built (``jvm_share``)."""
+    from ephemeral.backends.local import jvm_share
+
+    opts = f"{FAST_START_JVM} {jvm_share.java_options('driver')}".strip()
+    return {"spark.driver.extraJavaOptions": opts}
 
 
 @dataclass(frozen=True)
@@ -141,7 +148,7 @@ def spark_submit(
     # The driver runs on this host; executors on the workers must be able to call it back.
     settings = {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"} \
         if "://127." in master else {}
-    settings |= DRIVER_CONF | dict(conf or {})
+    settings |= driver_conf() | dict(conf or {})
     for key, value in settings.items():
         argv += ["--conf", f"{key}={value}"]
     run_env = {k: v for k, v in job_environ().items() if k not in CONNECT_MODE_VARS}

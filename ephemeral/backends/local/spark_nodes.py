@@ -20,10 +20,11 @@ from typing import Any
 
 from ephemeral.backends.base import ClusterStatus, Endpoints, Phase
 from ephemeral.backends.http import get_json
-from ephemeral.backends.local import slots
+from ephemeral.backends.local import jvm_share, slots
 from ephemeral.backends.local.state import PlannedNode
 from ephemeral.errors import BackendUnavailable
 from ephemeral.jobs.spark_jobs import FAST_START_JVM as FAST_START_JVM  # bench/by_hand.sh
+from ephemeral.jobs.spark_jobs import driver_conf
 from ephemeral.specs.models import SparkSpec
 from ephemeral.specs.quantities import memory_bytes
 
@@ -71,15 +72,19 @@ def plan(spec: SparkSpec, slot: int, work_root: Path, *, auth_props: Path,
     master_rpc = f"{master_ip}:{slots.named_port(slot, 0, MASTER)}"
     common = {"SPARK_HOME": str(home), "PYSPARK_PYTHON": sys.executable,
               "SPARK_LOG_DIR": str(work_root / "logs"), "SPARK_NO_DAEMONIZE": "1",
-              # Master and worker daemons (and spark-class's launcher JVM) do little work: a
-              # client compiler and serial GC make them start with far less CPU.
-              "SPARK_DAEMON_JAVA_OPTS": FAST_START_JVM, "SPARK_LAUNCHER_OPTS": FAST_START_JVM}
+              # spark-class's launcher JVM does little work: a client compiler and serial GC
+              # make it start with far less CPU.
+              "SPARK_LAUNCHER_OPTS": FAST_START_JVM}
+    # Master and worker daemons too, and they map their class-data-sharing archive if built.
+    daemon_opts = {role: f"{FAST_START_JVM} {jvm_share.java_options(role)}".strip()
+                   for role in ("master", "worker")}
     nodes = [PlannedNode(
         name="master", role="master", ip=master_ip,
         argv=[spark_class, "org.apache.spark.deploy.master.Master",
               "--properties-file", str(auth_props), "--host", master_ip, "--port", str(slots.named_port(slot, 0, MASTER)),
               "--webui-port", str(slots.named_port(slot, 0, MASTER_UI))],
         env=common | {"SPARK_LOCAL_IP": master_ip, "SPARK_DAEMON_MEMORY": _mib(spec.master.memory),
+                      "SPARK_DAEMON_JAVA_OPTS": daemon_opts["master"],
                       # No REST submission server: nothing here uses it, it takes no
                       # spark.authenticate secret, and it binds the host's port 6066 (clusters
                       # side by side would queue for it) before the master goes ALIVE.
@@ -102,6 +107,7 @@ def plan(spec: SparkSpec, slot: int, work_root: Path, *, auth_props: Path,
                   "--cores", str(w.cores), "--memory", _mib(w.memory),
                   "--work-dir", str(work_dir), master_url],
             env=common | {"SPARK_LOCAL_IP": ip, "SPARK_WORKER_OPTS": worker_opts,
+                          "SPARK_DAEMON_JAVA_OPTS": daemon_opts["worker"],
                           "SPARK_LOCAL_DIRS": str(work_dir / "tmp")},
             wait_for=master_rpc,
         ))
@@ -130,7 +136,7 @@ def plan(spec: SparkSpec, slot: int, work_root: Path, *, auth_props: Path,
             "spark.sql.warehouse.dir": str(work_root / "warehouse"),
             # The Connect server is on the critical path to ready: the client compiler halves
             # its start-up CPU (measured ~45% less to the first session); a spec may override.
-            "spark.driver.extraJavaOptions": FAST_START_JVM,
+            **driver_conf(),
             **spec.conf,
             **spec.connect.conf,
         }

@@ -1,0 +1,110 @@
+"""Class-data-sharing archives of the local Spark JVMs (``jvm_share``): ``make setup`` builds
+them; masters, workers and drivers map them; ``off`` turns them off; a JVM that cannot map one
+still starts."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ephemeral.backends.local import jvm_share, spark_nodes
+from ephemeral.jobs.spark_jobs import driver_conf
+from ephemeral.specs.resolve import resolve
+
+BUILD_HINT = "make setup builds them: python -m ephemeral.backends.local"
+
+
+def _spark_command(tmp_path: Path) -> tuple[str, list[str]]:
+    """The class path and module flags Spark's launcher gives a master here."""
+    home = jvm_share.spark_home()
+    assert home is not None
+    out = subprocess.run(
+        [str(home / "bin" / "spark-class"), "org.apache.spark.deploy.master.Master", "--help"],
+        env={"SPARK_HOME": str(home), "SPARK_PRINT_LAUNCH_COMMAND": "1",
+             "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60, check=False)
+    log = tmp_path / "launch.log"
+    log.write_text(out.stdout + out.stderr)
+    return jvm_share._command_flags(log)
+
+
+@pytest.mark.parametrize("role", jvm_share.ROLES)
+def test_every_role_has_an_archive_built_for_this_java_and_spark(role: str) -> None:
+    path = jvm_share.archive_path(role)
+    assert path is not None
+    assert path.is_file(), f"no {role} archive at {path}: {BUILD_HINT}"
+    assert jvm_share.java_options(role) == (
+        f"-XX:SharedArchiveFile={path} -Xshare:auto -Xlog:cds=off -Xlog:cds+dynamic=off")
+
+
+def test_a_master_jvm_loads_sparks_classes_from_the_archive(tmp_path: Path) -> None:
+    archive = jvm_share.archive_path("master")
+    assert archive is not None
+    assert archive.is_file(), BUILD_HINT
+    java = jvm_share.java_bin()
+    assert java is not None
+    cp, flags = _spark_command(tmp_path)
+    # -Xshare:on fails instead of starting without the archive: it must map.
+    out = subprocess.run(
+        [java, "-Xshare:on", f"-XX:SharedArchiveFile={archive}", "-Xlog:class+load=info",
+         *flags, "-cp", cp, "org.apache.spark.deploy.master.Master", "--help"],
+        capture_output=True, text=True, timeout=120, check=False)
+    loads = [line for line in out.stdout.splitlines() if "org.apache.spark.deploy.master" in line]
+    assert loads, out.stdout[-2000:] + out.stderr[-2000:]
+    assert all("shared objects file" in line for line in loads), loads[:5]
+
+
+def test_the_local_nodes_and_drivers_map_their_archives(tmp_path: Path) -> None:
+    spec = resolve("spark/etl@1", "ci-cpu").spec
+    nodes = spark_nodes.plan(spec, 7, tmp_path, auth_props=tmp_path / "a",
+                             connect_props=tmp_path / "c")
+    by_role = {n.role: n for n in nodes}
+    assert jvm_share.java_options("master") in by_role["master"].env["SPARK_DAEMON_JAVA_OPTS"]
+    assert jvm_share.java_options("worker") in by_role["worker"].env["SPARK_DAEMON_JAVA_OPTS"]
+    connect = " ".join(by_role["connect"].argv)
+    assert f"spark.driver.extraJavaOptions={driver_conf()['spark.driver.extraJavaOptions']}" \
+        in connect
+    assert "SharedArchiveFile" in driver_conf()["spark.driver.extraJavaOptions"]
+
+
+def test_off_turns_them_off(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("EPHEMERAL_JVM_ARCHIVES", "off")
+    assert jvm_share.archive_path("master") is None
+    assert jvm_share.java_options("driver") == ""
+    spec = resolve("spark/etl@1", "ci-cpu").spec
+    for node in spark_nodes.plan(spec, 7, tmp_path, auth_props=tmp_path / "a",
+                                 connect_props=tmp_path / "c"):
+        assert "SharedArchiveFile" not in " ".join([*node.argv, *node.env.values()])
+    assert "SharedArchiveFile" not in driver_conf()["spark.driver.extraJavaOptions"]
+
+
+def test_a_jvm_that_cannot_map_its_archive_still_starts(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # An archive of another Spark install (or a cut file) under the expected name.
+    monkeypatch.setenv("EPHEMERAL_JVM_ARCHIVES", str(tmp_path))
+    path = jvm_share.archive_path("master")
+    assert path is not None
+    path.write_bytes(b"\0" * 4096)
+    java = jvm_share.java_bin()
+    assert java is not None
+    out = subprocess.run([java, *jvm_share.java_options("master").split(), "-version"],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "mixed mode)" in out.stderr, out.stderr  # started, and without sharing
+    assert "[warning]" not in out.stdout + out.stderr
+
+
+def test_archives_of_removed_installs_are_pruned(tmp_path: Path) -> None:
+    java = jvm_share.java_bin()
+    kept, gone = tmp_path / "spark-master-kept.jsa", tmp_path / "spark-master-gone.jsa"
+    for archive, home in ((kept, jvm_share.spark_home()), (gone, tmp_path / "deleted-venv")):
+        archive.write_bytes(b"x")
+        archive.with_suffix(".json").write_text(
+            f'{{"java": "{java}", "spark_home": "{home}"}}')
+
+    jvm_share.prune(tmp_path)
+    assert kept.is_file()
+    assert kept.with_suffix(".json").is_file()
+    assert not gone.exists()
+    assert not gone.with_suffix(".json").exists()
