@@ -21,8 +21,10 @@
 # - No Airflow: no scheduler, task processes, XCom, readiness polling or run report; no
 #   spark.authenticate secret or Ray token; nodes are SIGKILLed, not stopped gracefully.
 #   Spark's master, workers, spark-submit's launcher and the ETL's driver get the fast-start JVM
-#   flags (ephemeral.jobs.spark_jobs.FAST_START_JVM): the backend's daemons and spark_submit's
-#   drivers have them; the DAG's EphemeralSparkSubmitOperator does not pass them to its driver.
+#   flags (ephemeral.jobs.spark_jobs.FAST_START_JVM), as the DAG's do.
+# - Slower than the DAG in one way: its JVMs do not map the class-data-sharing archives the
+#   local backend builds at setup (ephemeral.backends.local.jvm_share), which nobody types by
+#   hand; the DAG's masters, workers and drivers start with about half the CPU.
 # - No model is registered afterwards.
 #
 # Usage: bench/by_hand.sh ARTIFACT_ROOT
