@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +92,11 @@ def _read(path: Path) -> dict[str, Any]:
 def trial_flags(options: dict[str, Any]) -> str:
     """``--lr 0.02 --hidden 64`` for a trial's options."""
     return " ".join(f"--{key.replace('_', '-')} {value}" for key, value in sorted(options.items()))
+
+
+def best_trial(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The trial with the lowest final loss, from the trial tasks' results (``JobResult``
+    dicts): the one rule that picks the model the run evaluates, serves and registers."""
+    best = min(results, key=lambda r: float(r["result"]["loss"]))
+    return {"job_id": best["job_id"], "model_uri": best["result"]["artifact_uri"],
+            "loss": best["result"]["loss"]}
