@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 HERE = Path(__file__).resolve().parent
 FAULT_MATRIX = HERE / "live" / "test_fault_matrix.py"
+STOPS_THE_STACK = HERE / "test_devstack_orphans.py"  # it stops the shared stack: the very last
 
 
 @pytest.fixture(scope="package")
@@ -37,14 +38,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Within tests/airflow: tests without the shared stack first (the package's stack starts
     at the first test that asks for it and stops when the package ends, so it idles through
-    none of them), then the stack's tests, the fault matrix last (it kills and restarts
-    components). The order outside tests/airflow is left as it is."""
+    none of them), then the stack's tests, the fault matrix (it kills and restarts
+    components), and last the test that stops the stack. The order outside tests/airflow is
+    left as it is."""
     places = [i for i, item in enumerate(items) if item.path.is_relative_to(HERE)]
 
     def rank(item: pytest.Item) -> int:
         if "stack" not in getattr(item, "fixturenames", ()):
             return 0
-        return 2 if item.path == FAULT_MATRIX else 1
+        return {FAULT_MATRIX: 2, STOPS_THE_STACK: 3}.get(item.path, 1)
 
     ordered = sorted((items[i] for i in places), key=rank)
     for i, item in zip(places, ordered, strict=True):

@@ -1,19 +1,19 @@
 """A stack whose scheduler and triggerer were SIGKILLed (as the fault matrix does) leaves no
 process behind when it stops: their children (serve-logs, LocalExecutor workers) outlive them,
-retitled so that their environment no longer names the stack; stop() finds them by session."""
+retitled so that their environment no longer names the stack; stop() finds them by session.
+
+It runs on the package's shared stack (tests/airflow/conftest.py), after every other test of it
+(stopping the stack is part of what it checks): one stack start fewer in the suite."""
 
 from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import psutil
 import pytest
 
 from ephemeral.devstack.stack import Stack
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def in_sessions(sessions: set[int]) -> list[psutil.Process]:
@@ -28,11 +28,15 @@ def in_sessions(sessions: set[int]) -> list[psutil.Process]:
 
 
 @pytest.mark.slow
-def test_children_of_killed_components_are_stopped_with_the_stack(tmp_path: Path) -> None:
-    stack = Stack(home=tmp_path / "airflow", dags=ROOT / "dags", port=0)
+@pytest.mark.local
+def test_children_of_killed_components_are_stopped_with_the_stack(stack: Stack) -> None:
     try:
-        stack.start()
-        time.sleep(10)  # the scheduler starts serve-logs and its executor's workers
+        stack.check_alive()
+        # The scheduler starts serve-logs and its executor's workers (long since, in the suite).
+        scheduler = psutil.Process(stack.procs["scheduler"].pid)
+        deadline = time.monotonic() + 60
+        while not scheduler.children() and time.monotonic() < deadline:
+            time.sleep(1)
         for name in ("scheduler", "triggerer"):
             stack.kill(name)
             stack.launch(name)
