@@ -148,6 +148,7 @@ def record(work: Path, *, timeout: float = 180.0) -> dict[str, tuple[Path, Path]
     home, java = spark_home(), java_bin()
     if home is None or java is None:
         raise RuntimeError("building JVM archives needs pyspark and a java")
+    work.mkdir(parents=True, exist_ok=True)
     secret = work / "auth.properties"
     secret.write_text(f"spark.authenticate=true\nspark.authenticate.secret={os.urandom(16).hex()}\n")
     secret.chmod(0o600)
@@ -232,7 +233,11 @@ def build(*, force: bool = False) -> dict[str, Path]:
     todo = [r for r, p in paths.items() if force or not p.is_file()]
     if todo:
         with tempfile.TemporaryDirectory(prefix="ephemeral-jvm-") as tmp:
-            lists = record(Path(tmp))
+            try:
+                lists = record(Path(tmp) / "1")
+            except (RuntimeError, TimeoutError, OSError) as err:  # a busy machine: once more
+                log.warning("recording the JVMs' classes failed (%s); trying once more", err)
+                lists = record(Path(tmp) / "2")
             for role in todo:
                 dump(role, *lists[role], paths[role])
                 paths[role].with_suffix(".json").write_text(json.dumps(
