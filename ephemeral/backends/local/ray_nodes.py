@@ -4,6 +4,14 @@ All nodes start at once: workers wait for the head's GCS by themselves, so a clu
 in about the time of its slowest node instead of head time plus worker time. Each node has its
 own ``--temp-dir`` (two nodes sharing one hang at start) and its own 127.0.x.y address.
 
+What the start costs (bench/ray_startup.py): one chain of Python processes that each import Ray
+(head ``ray start``, GCS, dashboard, head raylet once the dashboard is up, its dashboard agent,
+then the workers' agents), CPU-bound from end to end on 2 cores. Reordering it did not help, and
+Ray 2.60 has no supported switch that removes a process without removing a capability: the
+autoscaler monitor (``--no-monitor``) is what ``ray status`` reads, the Ray Client server has no
+off switch once ray[client] is installed, and the agents and log monitor carry the Jobs API,
+runtime envs and task prints.
+
 Every node runs with Ray's token authentication (``RAY_AUTH_MODE=token``): the dashboard, the
 Jobs API, GCS and the agents refuse any call without the cluster's token. Nodes read the token
 from its 0600 file (``RAY_AUTH_TOKEN_PATH``), so it is in no argv and no environment listing.
@@ -108,7 +116,9 @@ def plan(spec: RaySpec, slot: int, temp_root: Path, token_file: Path) -> list[Pl
     nodes = [head]
     address = f"--address={head_ip}:{slots.named_port(slot, 0, GCS)}"
     # Workers start with the head and wait for its GCS: Ray's default of 20 tries (~20-40 s)
-    # gives up on a busy 2-core machine ("No node info found for head node in GCS").
+    # gives up on a busy 2-core machine ("No node info found for head node in GCS"). They look
+    # for the head's raylet every 2 s (fixed in Ray): 0-0.8 s lost, measured; starting them
+    # later instead (on the head's GCS or dashboard port) moved their imports, saved nothing.
     worker_env = env | {"RAY_NUM_REDIS_GET_RETRIES": "60"}
     for group in spec.worker_groups:
         for i in range(group.replicas):
