@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,6 @@ from ephemeral.errors import JobFailed
 from ephemeral.gate import evaluate_gate, load_gate, with_overrides
 from ephemeral.jobs import JobStatus
 from ephemeral.jobs.ray_jobs import ray_jobs_for
-from ephemeral.lifecycle import provision
-from tests.conftest import manual, small
 
 pytestmark = [pytest.mark.local, pytest.mark.slow]
 JOBS = Path(__file__).resolve().parents[2] / "jobs"
@@ -40,36 +37,10 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cluster(home: Path) -> Iterator[tuple[LocalBackend, ClusterHandle]]:
-    backend = LocalBackend(home)
-    spec = small("ray/train-gpu")
-    try:
-        yield backend, provision(backend, spec, manual(spec, "gate-ray"), timeout=240).handle
-    finally:
-        for h in backend.list_owned():
-            backend.delete(h, wait=True)
-        assert cluster_processes(home) == [], "processes of the cluster left behind"
-
-
-def cluster_processes(home: Path) -> list[str]:
-    """Live processes of any cluster made under ``home``, Ray Serve's actors included (every
-    process of a local cluster carries its folder in its environment). Scoped so, the check
-    does not mistake the clusters other agents start on this machine for a leak."""
-    import psutil
-
-    from ephemeral.backends.local.procs import DIR_ENV
-
-    found = []
-    for p in psutil.process_iter(["pid", "status", "cmdline"]):
-        if p.info["status"] == psutil.STATUS_ZOMBIE:
-            continue
-        try:
-            folder = p.environ().get(DIR_ENV, "")
-        except psutil.Error:
-            continue
-        if folder.startswith(str(home)):
-            found.append(f"{p.info['pid']} {' '.join(p.info['cmdline'] or [])[:120]}")
-    return found
+def cluster(train_ray: tuple[LocalBackend, ClusterHandle]) -> tuple[LocalBackend, ClusterHandle]:
+    """The package's shared ray/train-gpu cluster (tests/integration/conftest.py): these jobs
+    only run on it, and each leaves it as it found it (Serve shut down, checked below)."""
+    return train_ray
 
 
 @pytest.fixture(scope="module")

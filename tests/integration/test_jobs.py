@@ -45,8 +45,10 @@ def _cluster(home: Path, ref: str, name: str) -> Iterator[tuple[LocalBackend, Cl
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(home: Path) -> Iterator[tuple[LocalBackend, ClusterHandle]]:
-    yield from _cluster(home, "ray/train-gpu", "jobs-ray")
+def ray_cluster(train_ray: tuple[LocalBackend, ClusterHandle]
+                ) -> tuple[LocalBackend, ClusterHandle]:
+    """The package's shared ray/train-gpu cluster (tests/integration/conftest.py)."""
+    return train_ray
 
 
 @pytest.fixture(scope="module")
