@@ -19,7 +19,7 @@
 #   driver runs on the head). The DAG runs one job per task, each after the one before, and
 #   evaluates the best trial once both ended.
 # - No Airflow: no scheduler, task processes, XCom, readiness polling or run report; no
-#   spark.authenticate secret or Ray token; nodes are SIGKILLed, not stopped gracefully.
+#   spark.authenticate secret or Ray token. (Nodes are SIGKILLed, as the backend's are.)
 #   Spark's master, workers, spark-submit's launcher and the ETL's driver get the fast-start JVM
 #   flags (ephemeral.jobs.spark_jobs.FAST_START_JVM), as the DAG's do.
 # - Slower than the DAG in one way: its JVMs do not map the class-data-sharing archives the
