@@ -1,12 +1,12 @@
 """lifetime.idleTimeout and runtimeEnv.pip on a real local Ray cluster.
 
-One cluster of a spec with ``idleTimeout: 20s`` and ``runtimeEnv.pip: [six==<installed>]``
+One cluster of a spec with ``idleTimeout: 12s`` and ``runtimeEnv.pip: [six==<installed>]``
 (one cluster, not two: this machine is shared, and fewer Ray nodes start more reliably):
 
-- unused for 20 s after its last node started, the reaper would delete it (a dry run says so);
+- unused for 12 s after its last node started, the reaper would delete it (a dry run says so);
 - it runs a job through ``ephemeral submit``: the spec's pip is in the job's environment;
-- it runs a long job and is kept, although long past 20 s since readiness;
-- the job ends: the idle clock starts again from its end, and the reaper deletes it 20 s later.
+- it runs a long job and is kept, although long past 12 s since readiness;
+- the job ends: the idle clock starts again from its end, and the reaper deletes it 12 s later.
 
 The reaper asks the cluster's Jobs and state APIs with its token (``backend.access``), as the
 CLI, the DAG and the CronJob do.
@@ -35,7 +35,9 @@ from ephemeral.reaper import reap
 from ephemeral.specs import ClusterIdentity, resolve
 
 pytestmark = pytest.mark.local
-IDLE = 20
+# Short (every second of it is waited out twice per test), yet well above the few seconds a
+# reap call takes on a loaded machine right after a job or session ends.
+IDLE = 12
 SIX = f"six=={version('six')}"
 EPHEMERAL = shutil.which("ephemeral", path=str(Path(sys.executable).parent)) or "ephemeral"
 
@@ -116,16 +118,16 @@ def test_idle_is_reaped_busy_is_kept_and_the_specs_pip_reaches_jobs(
     assert local_backend.list_owned() == []
 
 
-SPARK_SPEC = """\
+SPARK_SPEC = f"""\
 kind: SparkCluster
 name: idle-spark
 version: 1
 sparkVersion: "4.3.0"
 image: apache/spark:4.3.0-python3
-master: {cpu: 1, memory: 512Mi}
-workers: {replicas: 1, cores: 1, memory: 1Gi}
-connect: {enabled: true, memory: 1Gi}
-lifetime: {ttl: 1h, idleTimeout: 20s}
+master: {{cpu: 1, memory: 512Mi}}
+workers: {{replicas: 1, cores: 1, memory: 1Gi}}
+connect: {{enabled: true, memory: 1Gi}}
+lifetime: {{ttl: 1h, idleTimeout: {IDLE}s}}
 """
 
 
