@@ -119,6 +119,27 @@ def other_clusters_pids(home: Path) -> set[int]:
             continue
         if state is not None:
             pids |= {p.pid for p in procs.find(state.nodes, state.uid)}
+    return pids | marked_elsewhere(home)
+
+
+def marked_elsewhere(home: Path) -> set[int]:
+    """Engine processes that carry a cluster marker of someone else: another home's state
+    folder, or only a uid (the benchmarks' by-hand baselines mark their nodes that way). Every
+    process of this backend's clusters carries both markers, so none of ours is excused; an
+    unmarked engine process still counts."""
+    from ephemeral.backends.local import procs
+
+    pids = set()
+    for pid in engine_pids():
+        try:
+            env = psutil.Process(pid).environ()
+        except psutil.Error:
+            continue
+        folder = env.get(procs.DIR_ENV)
+        if folder is not None and not Path(folder).is_relative_to(home):
+            pids.add(pid)
+        elif folder is None and env.get(procs.UID_ENV):
+            pids.add(pid)
     return pids
 
 
