@@ -38,6 +38,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, TaskGroup, task
 
 from ephemeral import assets
@@ -232,9 +233,12 @@ with DAG(
         # A run's bad threshold overrides fail before any cluster, Spark's included.
         check_gate() >> features_choice
         serve_latency >> delete_ray.as_teardown(setups=create_ray, on_failure_fail_dagrun=True)
-        # Bookkeeping after the cluster: even dag.test, which runs one task at a time in no
-        # set order, never keeps the cluster waiting on the tracking store.
-        delete_ray >> best
+        # Bookkeeping and deploying after the cluster is gone: even dag.test, which runs one
+        # task at a time in no set order, never keeps the cluster waiting on them. They wait
+        # for the teardown to be done, not to succeed: a failed deletion fails the run (and
+        # the reaper gets the cluster) but does not unmake a model that passed its gate.
+        released = EmptyOperator(task_id="ray_released", trigger_rule="all_done")
+        delete_ray >> released >> best
     build_features >> create_ray  # train on the features this run built
     # Spark goes before Ray starts: a runner that takes one task at a time (dag.test) would
     # otherwise keep the idle Spark cluster through Ray's whole start when it picks create_ray
@@ -306,4 +310,4 @@ with DAG(
 
         gate_task = gate(evaluate.output, serve_latency.output)
         gate_task >> [register_model(best, evaluate.output, serve_latency.output), gate_failed()]
-        delete_ray >> gate_task  # deploying needs no cluster: it waits for none either
+        released >> gate_task  # deploying needs no cluster: it waits for none either

@@ -88,14 +88,14 @@ def jobs_of(context: Any, cluster: str, engine_view: list[JobFacts] | None,
         task_id, map_index, result = mine.pop(job.job_id, (None, -1, {}))
         task = _label(task_id, map_index) if task_id else next(
             (t for p, t in prefixes.items() if job.job_id.startswith(p)), None)
-        # A job runs from its submission on every engine: Ray's Jobs API counts from it, a
-        # Spark master from when the driver registered, seconds after spark-submit started it
-        # (the driver's start is the job's, not time between jobs).
-        start, submitted = job.start, result.get("submitted_at")
-        if start is not None and isinstance(submitted, int | float):
-            start = min(start, float(submitted))
-        jobs.append(job.model_copy(update={"task": task, "uris": _uris(result), "start": start,
-                                           "seconds": result.get("seconds")}))
+        # Running is what the engine saw run: a Spark application from its driver's
+        # registration. The driver's own start before it (on the Airflow worker, in client
+        # mode) used no cluster resource: it stays idle time, "between jobs", and the job
+        # records when it was submitted so the report can show that wait.
+        submitted = result.get("submitted_at")
+        jobs.append(job.model_copy(update={
+            "task": task, "uris": _uris(result), "seconds": result.get("seconds"),
+            "submitted": float(submitted) if isinstance(submitted, int | float) else None}))
     for job_id, (task_id, map_index, result) in mine.items():  # the engine did not list it
         jobs.append(JobFacts(job_id=job_id, engine=str(result.get("engine", "")),
                              task=_label(task_id, map_index), status=str(result.get("status")),

@@ -73,9 +73,9 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
     ``archives``, ``repositories`` and ``exclude_packages`` are comma-separated as in
     ``spark-submit`` and the provider's operator. ``env_vars`` are added to the driver's
     environment on top of the job allow-list. ``job_timeout`` (seconds) stops the driver.
-    The driver and spark-submit's launcher start with the fast-start JVM flags (as
-    ``ephemeral spark-submit``'s do) unless ``conf`` sets ``spark.driver.extraJavaOptions`` or
-    ``env_vars`` sets ``SPARK_LAUNCHER_OPTS``. The cluster's credentials come from the handle's backend and connection (or ``backend``,
+    spark-submit's launcher, and the driver of a local cluster, start with the fast-start JVM
+    flags (as ``ephemeral spark-submit``'s do) unless ``env_vars`` sets ``SPARK_LAUNCHER_OPTS``
+    or ``conf`` sets ``spark.driver.extraJavaOptions``. The cluster's credentials come from the handle's backend and connection (or ``backend``,
     ``conn_id``, ``kubernetes_conn_id``), asked in this process.
     """
 
@@ -155,7 +155,7 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
         conf: dict[str, Any] = {"spark.driver.host": "127.0.0.1",
                                 "spark.driver.bindAddress": "127.0.0.1"} \
             if "://127." in master else {}
-        conf |= driver_conf() | dict(self.conf or {})
+        conf |= driver_conf(master) | dict(self.conf or {})
         return _with_openlineage(conf, context, self.openlineage_inject_parent_job_info,
                                  self.openlineage_inject_transport_info)
 

@@ -52,9 +52,9 @@ class JobResult(BaseModel):
     seconds: float
     result: dict[str, Any] = {}
     submitted_at: float | None = None
-    """When the job was handed to its cluster (epoch seconds), where the engine counts later:
-    a Spark application starts on the master when its driver registers, seconds after
-    spark-submit started it; Ray's Jobs API counts from the submission itself."""
+    """When the job was handed over (epoch seconds) where the engine counts later: a Spark
+    application starts on the master when its driver registers, seconds after spark-submit
+    started it. The run report shows it; the wait stays idle time."""
 
     @property
     def ok(self) -> bool:

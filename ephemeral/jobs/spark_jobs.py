@@ -53,10 +53,14 @@ FAST_START_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 DRIVER_ENV = {"SPARK_LAUNCHER_OPTS": FAST_START_JVM}
 
 
-def driver_conf() -> dict[str, str]:
-    """What a driver started here gets unless its caller says otherwise: it mostly plans and
-    waits for executors, and its start is time its cluster waits; it maps this host's
-    class-data-sharing archive of a driver when one is built (``jvm_share``)."""
+def driver_conf(master: str) -> dict[str, str]:
+    """What a driver of a local cluster (a loopback master) gets unless its caller says
+    otherwise: it mostly plans and waits for executors, and its start is time its cluster
+    waits; it maps this host's class-data-sharing archive of a driver when one is built
+    (``jvm_share``). A driver of a remote cluster keeps the JVM's defaults: it may plan large
+    queries or collect large results."""
+    if "://127." not in master:
+        return {}
     from ephemeral.backends.local import jvm_share
 
     opts = f"{FAST_START_JVM} {jvm_share.java_options('driver')}".strip()
@@ -134,10 +138,10 @@ def spark_submit(
 ) -> JobResult:
     """Run ``application`` on the cluster (driver here, executors on the workers); raise
     ``JobFailed`` with the last log lines when it fails. ``auth``: the cluster's credentials
-    (``spark_auth_for``); the driver's environment is ``job_environ()`` plus ``env``. The
-    driver and spark-submit's launcher start with ``FAST_START_JVM`` unless ``conf`` sets
-    ``spark.driver.extraJavaOptions`` or ``env`` sets ``SPARK_LAUNCHER_OPTS`` (a driver that
-    collects large data may want the default JIT and GC back). The job's result is what it wrote
+    (``spark_auth_for``); the driver's environment is ``job_environ()`` plus ``env``.
+    spark-submit's launcher starts with ``FAST_START_JVM`` unless ``env`` sets
+    ``SPARK_LAUNCHER_OPTS``; so does the driver of a local cluster (``driver_conf``) unless
+    ``conf`` sets ``spark.driver.extraJavaOptions``. The job's result is what it wrote
     to ``$EPHEMERAL_RESULT_FILE`` (``jobs/_common.emit_result`` does), else its last JSON line;
     a declared result that cannot be read raises ``ResultUnreadable``."""
     if not Path(application).is_file():
@@ -148,7 +152,7 @@ def spark_submit(
     # The driver runs on this host; executors on the workers must be able to call it back.
     settings = {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"} \
         if "://127." in master else {}
-    settings |= driver_conf() | dict(conf or {})
+    settings |= driver_conf(master) | dict(conf or {})
     for key, value in settings.items():
         argv += ["--conf", f"{key}={value}"]
     run_env = {k: v for k, v in job_environ().items() if k not in CONNECT_MODE_VARS}

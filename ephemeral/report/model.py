@@ -11,9 +11,10 @@ Idle time is split by cause, and the parts add up to the lifetime exactly:
 
 ``starting`` is creation to readiness (engine start-up), ``deleting`` the teardown's deletion,
 ``busy`` the time at least one job ran (overlapping jobs count once), and ``between jobs`` the
-rest: what orchestration adds between them. A job runs from its submission to its end, on both
-engines: Ray's Jobs API starts its clock at the submission; for Spark the report takes when
-spark-submit started the driver, not when the driver registered with the master.
+rest: what orchestration adds between them, and for spark-submit jobs the driver's own start on
+the Airflow worker before it registers with the master (``JobFacts.submitted`` says when it was
+started). A Ray job runs from its submission, as the Jobs API counts it (its driver runs on the
+cluster); a Spark application from its registration.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ class JobFacts(_Model):
     """The job's result URIs (artifacts, metrics) from its result line."""
     source: str = "xcom"
     """Where the times come from: ``ray jobs api``, ``spark master`` or ``xcom``."""
+    submitted: float | None = None
+    """When the job's task handed it over (a spark-submit driver started), where the engine's
+    ``start`` is later: the gap is counted as idle, between jobs."""
 
     @property
     def wall(self) -> float:

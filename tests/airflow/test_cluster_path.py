@@ -24,12 +24,16 @@ def test_no_bookkeeping_task_sits_between_the_clusters_jobs(dagbag: Any) -> None
     assert evaluate.upstream_task_ids == {"train.create_ray", "train.trial"}
     # pick_best (tracking-store writes) runs once the cluster is gone, not before its jobs.
     assert dag.get_task("train.pick_best").downstream_task_ids == {"deploy.register_model"}
-    assert "train.delete_ray" in dag.get_task("train.pick_best").upstream_task_ids
+    assert "train.ray_released" in dag.get_task("train.pick_best").upstream_task_ids
     on_cluster = {"train.trial", "train.evaluate", "train.serve_latency", "train.delete_ray"}
     for task_id in on_cluster:
         upstream = dag.get_task(task_id).get_flat_relative_ids(upstream=True)
         assert not upstream & {"train.pick_best", "deploy.gate"}
-    assert "train.delete_ray" in dag.get_task("deploy.gate").upstream_task_ids
+    released = dag.get_task("train.ray_released")
+    assert "train.ray_released" in dag.get_task("deploy.gate").upstream_task_ids
+    # Done, not succeeded: a failed deletion does not unmake a model that passed its gate.
+    assert released.upstream_task_ids == {"train.delete_ray"}
+    assert released.trigger_rule == "all_done"
 
 
 def test_the_evaluation_renders_the_best_trials_model(dagbag: Any) -> None:

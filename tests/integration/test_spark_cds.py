@@ -4,6 +4,7 @@ still starts."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -63,9 +64,11 @@ def test_the_local_nodes_and_drivers_map_their_archives(tmp_path: Path) -> None:
     assert jvm_share.java_options("master") in by_role["master"].env["SPARK_DAEMON_JAVA_OPTS"]
     assert jvm_share.java_options("worker") in by_role["worker"].env["SPARK_DAEMON_JAVA_OPTS"]
     connect = " ".join(by_role["connect"].argv)
-    assert f"spark.driver.extraJavaOptions={driver_conf()['spark.driver.extraJavaOptions']}" \
+    assert f"spark.driver.extraJavaOptions={driver_conf('spark://127.0.0.1:7077')['spark.driver.extraJavaOptions']}" \
         in connect
-    assert "SharedArchiveFile" in driver_conf()["spark.driver.extraJavaOptions"]
+    local = driver_conf("spark://127.0.0.1:7077")["spark.driver.extraJavaOptions"]
+    assert "SharedArchiveFile" in local
+    assert driver_conf("spark://spark-master.ml.svc:7077") == {}  # a remote cluster's driver
 
 
 def test_off_turns_them_off(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -76,7 +79,8 @@ def test_off_turns_them_off(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     for node in spark_nodes.plan(spec, 7, tmp_path, auth_props=tmp_path / "a",
                                  connect_props=tmp_path / "c"):
         assert "SharedArchiveFile" not in " ".join([*node.argv, *node.env.values()])
-    assert "SharedArchiveFile" not in driver_conf()["spark.driver.extraJavaOptions"]
+    assert "SharedArchiveFile" not in \
+        driver_conf("spark://127.0.0.1:7077")["spark.driver.extraJavaOptions"]
 
 
 def test_a_jvm_that_cannot_map_its_archive_still_starts(
@@ -95,16 +99,56 @@ def test_a_jvm_that_cannot_map_its_archive_still_starts(
     assert "[warning]" not in out.stdout + out.stderr
 
 
-def test_archives_of_removed_installs_are_pruned(tmp_path: Path) -> None:
-    java = jvm_share.java_bin()
-    kept, gone = tmp_path / "spark-master-kept.jsa", tmp_path / "spark-master-gone.jsa"
-    for archive, home in ((kept, jvm_share.spark_home()), (gone, tmp_path / "deleted-venv")):
+def test_archives_of_removed_or_replaced_installs_are_pruned(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("EPHEMERAL_JVM_ARCHIVES", str(tmp_path))
+    java, home = jvm_share.java_bin(), jvm_share.spark_home()
+    kept = jvm_share.archive_path("master")
+    assert kept is not None
+    removed = tmp_path / "spark-master-removedvenv.jsa"  # its install is gone
+    replaced = tmp_path / "spark-master-oldjars.jsa"  # same install, jars changed since
+    for archive, spark in ((kept, home), (removed, tmp_path / "deleted-venv"), (replaced, home)):
         archive.write_bytes(b"x")
         archive.with_suffix(".json").write_text(
-            f'{{"java": "{java}", "spark_home": "{home}"}}')
+            f'{{"java": "{java}", "spark_home": "{spark}"}}')
 
     jvm_share.prune(tmp_path)
     assert kept.is_file()
     assert kept.with_suffix(".json").is_file()
-    assert not gone.exists()
-    assert not gone.with_suffix(".json").exists()
+    for gone in (removed, replaced):
+        assert not gone.exists()
+        assert not gone.with_suffix(".json").exists()
+
+
+def test_a_reinstalled_spark_gets_a_new_archive_name(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # A copy of the jars folder with one jar's time changed: the JVM would refuse the archive.
+    home = tmp_path / "pyspark"
+    (home / "jars").mkdir(parents=True)
+    real = jvm_share.spark_home()
+    assert real is not None
+    for jar in sorted((real / "jars").iterdir())[:5]:
+        (home / "jars" / jar.name).write_bytes(b"jar")
+    java = jvm_share.java_bin()
+    assert java is not None
+    before = jvm_share._digest(java, home)
+    first = sorted((home / "jars").iterdir())[0]
+    os.utime(first, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns + 10**9))
+    assert jvm_share._digest(java, home) != before
+
+
+def test_an_archive_others_can_write_is_not_used(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    folder = tmp_path / "jvm"
+    folder.mkdir(mode=0o755)
+    monkeypatch.setenv("EPHEMERAL_JVM_ARCHIVES", str(folder))
+    path = jvm_share.archive_path("worker")
+    assert path is not None
+    path.write_bytes(b"x")
+    path.chmod(0o644)
+    assert jvm_share.java_options("worker")
+    path.chmod(0o666)
+    assert jvm_share.java_options("worker") == ""
+    path.chmod(0o644)
+    folder.chmod(0o777)
+    assert jvm_share.java_options("worker") == ""

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ephemeral.backends.http import get_json
-from ephemeral.settings import setting
+from ephemeral.settings import job_environ, setting
 
 ROLES = ("master", "worker", "driver")
 DUMP_TIMEOUT = 300.0
@@ -69,14 +69,27 @@ def archive_dir() -> Path | None:
 
 
 def _digest(java: str, home: Path) -> str:
-    try:
-        from pyspark import __version__ as spark_version
-    except ImportError:
-        spark_version = "?"
+    """The Java runtime and every jar as the JVM checks them (name, size, time): a JVM that
+    finds its archive stale maps neither it nor the JDK's own default archive, so a
+    reinstalled Spark must get a new archive, not the old one under the same name."""
     release = Path(java).parent.parent / "release"
-    text = release.read_text(errors="replace") if release.is_file() else ""
-    parts = [java, text, str(home.resolve()), spark_version]
+    parts = [java, release.read_text(errors="replace") if release.is_file() else "",
+             str(home.resolve())]
+    with os.scandir(home / "jars") as jars:
+        for jar in sorted(jars, key=lambda e: e.name):
+            st = jar.stat()
+            parts.append(f"{jar.name}:{st.st_size}:{st.st_mtime_ns}")
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def _trusted(path: Path) -> bool:
+    """An archive is code every Spark JVM maps: only one of this user's (or root's) that no one
+    else can write, in a folder no one else can write."""
+    for p in (path, path.parent):
+        st = p.stat()
+        if st.st_uid not in (os.getuid(), 0) or st.st_mode & 0o022:
+            return False
+    return True
 
 
 def archive_path(role: str) -> Path | None:
@@ -90,7 +103,7 @@ def archive_path(role: str) -> Path | None:
 def java_options(role: str) -> str:
     """The JVM options that map ``role``'s archive, or "" when there is none."""
     path = archive_path(role)
-    if path is None or not path.is_file():
+    if path is None or not path.is_file() or not _trusted(path):
         return ""
     # auto: a JVM that cannot map it (jars changed since) starts as if it were not there.
     return f"-XX:SharedArchiveFile={path} -Xshare:auto -Xlog:cds=off -Xlog:cds+dynamic=off"
@@ -104,11 +117,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait(check: Callable[[], bool], what: str, timeout: float) -> None:
+def _wait(check: Callable[[], bool], what: str, timeout: float,
+          running: list[subprocess.Popen[bytes]]) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
             return
+        if any(proc.poll() is not None for proc in running):
+            raise RuntimeError(f"a recording JVM exited while waiting for {what}")
         time.sleep(0.2)
     raise TimeoutError(f"timed out waiting for {what}")
 
@@ -155,7 +171,9 @@ def record(work: Path, *, timeout: float = 180.0) -> dict[str, tuple[Path, Path]
     master_port, ui_port = _free_port(), _free_port()
     ui, master = f"http://127.0.0.1:{ui_port}", f"spark://127.0.0.1:{master_port}"
     lists = {role: (work / f"{role}.classlist", work / f"{role}.log") for role in ROLES}
-    base = {**os.environ, "SPARK_HOME": str(home), "SPARK_NO_DAEMONIZE": "1",
+    # The environment nodes and drivers get (job_environ), so the class path recorded is the
+    # one they run with, and the caller's secrets stay out.
+    base = {**job_environ(), "SPARK_HOME": str(home), "SPARK_NO_DAEMONIZE": "1",
             "SPARK_PRINT_LAUNCH_COMMAND": "1", "SPARK_LOCAL_IP": "127.0.0.1",
             "SPARK_LOG_DIR": str(work / "logs"), "PYSPARK_PYTHON": sys.executable,
             "SPARK_MASTER_OPTS": "-Dspark.master.rest.enabled=false"}
@@ -181,13 +199,14 @@ def record(work: Path, *, timeout: float = 180.0) -> dict[str, tuple[Path, Path]
                          "127.0.0.1", "--port", str(master_port), "--webui-port", str(ui_port),
                          "--properties-file", str(secret)],
               base | {"SPARK_DAEMON_JAVA_OPTS": opts("master")})
-        _wait(lambda: _master_state(ui).get("status") == "ALIVE", "the master", timeout)
+        _wait(lambda: _master_state(ui).get("status") == "ALIVE", "the master", timeout,
+              started)
         start("worker", [spark_class, "org.apache.spark.deploy.worker.Worker", "--host",
                          "127.0.0.1", "--port", str(_free_port()), "--webui-port",
                          str(_free_port()), "--cores", "1", "--memory", "1g", "--work-dir",
                          str(work / "worker"), "--properties-file", str(secret), master],
               base | {"SPARK_DAEMON_JAVA_OPTS": opts("worker")})
-        _wait(lambda: bool(_master_state(ui).get("workers")), "the worker", timeout)
+        _wait(lambda: bool(_master_state(ui).get("workers")), "the worker", timeout, started)
         start("driver", [str(home / "bin" / "spark-submit"), "--master", master,
                          "--properties-file", str(secret),
                          "--conf", f"spark.driver.extraJavaOptions={opts('driver')}",
@@ -229,13 +248,15 @@ def build(*, force: bool = False) -> dict[str, Path]:
     paths = {role: p for role, p in wanted.items() if p is not None}
     folder = next(iter(paths.values())).parent
     folder.mkdir(parents=True, exist_ok=True)
+    if folder.stat().st_uid == os.getuid():
+        folder.chmod(0o755)  # archives are used only from a folder no one else can write
     prune(folder)
     todo = [r for r, p in paths.items() if force or not p.is_file()]
     if todo:
         with tempfile.TemporaryDirectory(prefix="ephemeral-jvm-") as tmp:
             try:
                 lists = record(Path(tmp) / "1")
-            except (RuntimeError, TimeoutError, OSError) as err:  # a busy machine: once more
+            except (RuntimeError, OSError, subprocess.SubprocessError) as err:  # busy: again
                 log.warning("recording the JVMs' classes failed (%s); trying once more", err)
                 lists = record(Path(tmp) / "2")
             for role in todo:
@@ -247,20 +268,27 @@ def build(*, force: bool = False) -> dict[str, Path]:
 
 def prune(folder: Path) -> None:
     """Remove the archives of Java runtimes or Spark installs that are gone (a deleted
-    virtualenv's): each is 60-180 MiB."""
+    virtualenv's) or changed in place (an upgrade): each is 60-180 MiB."""
+    current = {str(p) for p in (archive_path(r) for r in ROLES) if p is not None}
+    here = (java_bin(), str(spark_home()))
     for meta in folder.glob("spark-*.json"):
         try:
             made = json.loads(meta.read_text())
             gone = not all(Path(str(made[k])).exists() for k in ("java", "spark_home"))
+            replaced = (made["java"], made["spark_home"]) == here \
+                and str(meta.with_suffix(".jsa")) not in current
         except (OSError, ValueError, KeyError):
-            gone = True
-        if gone:
+            gone, replaced = True, False
+        if gone or replaced:
             meta.with_suffix(".jsa").unlink(missing_ok=True)
             meta.unlink(missing_ok=True)
 
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if archive_dir() is None:
+        print("JVM archives are off (jvm_archives=off): nothing to build")
+        return 0
     started = time.monotonic()
     try:
         paths = build(force="--force" in sys.argv[1:])

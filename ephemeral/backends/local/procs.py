@@ -238,9 +238,10 @@ def _wait_gone(procs: list[psutil.Process], timeout: float) -> None:
     end, me = time.monotonic() + timeout, os.getpid()
     mine = [p for p in procs if _parent(p) == me]
     while True:
-        for p in mine:  # reap our own children (and only those), zombies included
+        for p in list(mine):  # reap our own children (and only those), zombies included, once
             with contextlib.suppress(OSError):
-                os.waitpid(p.pid, os.WNOHANG)
+                if os.waitpid(p.pid, os.WNOHANG)[0] == p.pid:
+                    mine.remove(p)
         if not any(_alive(p) for p in procs) or time.monotonic() >= end:
             return
         time.sleep(0.02)

@@ -136,7 +136,7 @@ def plan(spec: SparkSpec, slot: int, work_root: Path, *, auth_props: Path,
             "spark.sql.warehouse.dir": str(work_root / "warehouse"),
             # The Connect server is on the critical path to ready: the client compiler halves
             # its start-up CPU (measured ~45% less to the first session); a spec may override.
-            **driver_conf(),
+            **driver_conf(master_url),
             **spec.conf,
             **spec.connect.conf,
         }
