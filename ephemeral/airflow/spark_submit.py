@@ -149,13 +149,10 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
         return result.model_dump(mode="json")
 
     def _conf(self, context: Any, master: str) -> dict[str, Any]:
-        # The driver runs on this host; executors on the workers must be able to call it back.
+        # The driver runs on this host; a local cluster's executors must be able to call it back.
         from ephemeral.jobs.spark_jobs import driver_conf
 
-        conf: dict[str, Any] = {"spark.driver.host": "127.0.0.1",
-                                "spark.driver.bindAddress": "127.0.0.1"} \
-            if "://127." in master else {}
-        conf |= driver_conf(master) | dict(self.conf or {})
+        conf: dict[str, Any] = driver_conf(master) | dict(self.conf or {})
         return _with_openlineage(conf, context, self.openlineage_inject_parent_job_info,
                                  self.openlineage_inject_transport_info)
 

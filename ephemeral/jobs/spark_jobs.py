@@ -53,18 +53,24 @@ FAST_START_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 DRIVER_ENV = {"SPARK_LAUNCHER_OPTS": FAST_START_JVM}
 
 
-def driver_conf(master: str) -> dict[str, str]:
-    """What a driver of a local cluster (a loopback master) gets unless its caller says
-    otherwise: it mostly plans and waits for executors, and its start is time its cluster
-    waits; it maps this host's class-data-sharing archive of a driver when one is built
-    (``jvm_share``). A driver of a remote cluster keeps the JVM's defaults: it may plan large
-    queries or collect large results."""
-    if "://127." not in master:
-        return {}
+def driver_java_options() -> str:
+    """JVM options of a driver of a local cluster: it mostly plans and waits for executors,
+    and its start is time its cluster waits; it maps this host's class-data-sharing archive
+    of a driver when one is built (``jvm_share``)."""
     from ephemeral.backends.local import jvm_share
 
-    opts = f"{FAST_START_JVM} {jvm_share.java_options('driver')}".strip()
-    return {"spark.driver.extraJavaOptions": opts}
+    return f"{FAST_START_JVM} {jvm_share.java_options('driver')}".strip()
+
+
+def driver_conf(master: str) -> dict[str, str]:
+    """What a driver started on this host gets unless its caller says otherwise. For a local
+    cluster (a loopback master): an address the executors on the workers can call back, and
+    ``driver_java_options``. A driver of a remote cluster keeps Spark's and the JVM's defaults:
+    it may plan large queries or collect large results."""
+    if "://127." not in master:
+        return {}
+    return {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1",
+            "spark.driver.extraJavaOptions": driver_java_options()}
 
 
 @dataclass(frozen=True)
@@ -149,10 +155,7 @@ def spark_submit(
     argv = [spark_submit_bin(), "--master", master]
     if name:
         argv += ["--name", name]
-    # The driver runs on this host; executors on the workers must be able to call it back.
-    settings = {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"} \
-        if "://127." in master else {}
-    settings |= driver_conf(master) | dict(conf or {})
+    settings = driver_conf(master) | dict(conf or {})
     for key, value in settings.items():
         argv += ["--conf", f"{key}={value}"]
     run_env = {k: v for k, v in job_environ().items() if k not in CONNECT_MODE_VARS}

@@ -9,9 +9,9 @@ reserved time.
 ``python -m ephemeral.backends.local`` (``make setup`` runs it) builds one archive per
 kind of JVM: it runs a small authenticated master, a worker and a PySpark driver that record
 the classes they load, then dumps each list with ``java -Xshare:dump``. Archives are named by a
-digest of the Java runtime and the Spark install, so an upgrade of either simply finds none;
-the JVM itself also checks every jar's size and time against the archive and starts without it
-on a mismatch (``-Xshare:auto``). Without an archive, JVMs start exactly as before. Setting
+digest of the Java runtime and of every jar's name, size and time (what the JVM checks an
+archive against), so an upgrade or a reinstall simply finds none; a JVM that cannot map its
+archive anyway starts without it (``-Xshare:auto``). Without an archive, JVMs start as before. Setting
 ``jvm_archives`` to ``off`` turns this off; another path moves the archives.
 """
 

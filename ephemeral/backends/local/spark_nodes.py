@@ -24,7 +24,7 @@ from ephemeral.backends.local import jvm_share, slots
 from ephemeral.backends.local.state import PlannedNode
 from ephemeral.errors import BackendUnavailable
 from ephemeral.jobs.spark_jobs import FAST_START_JVM as FAST_START_JVM  # bench/by_hand.sh
-from ephemeral.jobs.spark_jobs import driver_conf
+from ephemeral.jobs.spark_jobs import driver_java_options
 from ephemeral.specs.models import SparkSpec
 from ephemeral.specs.quantities import memory_bytes
 
@@ -136,7 +136,7 @@ def plan(spec: SparkSpec, slot: int, work_root: Path, *, auth_props: Path,
             "spark.sql.warehouse.dir": str(work_root / "warehouse"),
             # The Connect server is on the critical path to ready: the client compiler halves
             # its start-up CPU (measured ~45% less to the first session); a spec may override.
-            **driver_conf(master_url),
+            "spark.driver.extraJavaOptions": driver_java_options(),
             **spec.conf,
             **spec.connect.conf,
         }
