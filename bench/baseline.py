@@ -43,6 +43,16 @@ def _free(port: int) -> bool:
     return True
 
 
+def port_open(addr: str) -> bool:
+    """Whether ``host:port`` accepts a connection now (the benches' start-up probes)."""
+    host, port = addr.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
 def port_block(size: int) -> int:
     """First port of ``size`` consecutive free ports, never one handed out before in this run."""
     lo, hi = PORT_RANGE

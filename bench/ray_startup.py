@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import statistics
 import sys
 import time
@@ -43,6 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import baseline
 import psutil
 
 from ephemeral.backends.http import get_json
@@ -194,15 +194,6 @@ class Tracer:
         return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
-def _port_open(addr: str) -> bool:
-    host, port = addr.rsplit(":", 1)
-    try:
-        socket.create_connection((host, int(port)), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
-
-
 def run(backend: LocalBackend, name: str, transform: Transform,
         timeout: float = 180) -> dict[str, Any]:
     spec = resolve("ray/train-gpu@1", "ci-cpu")
@@ -226,7 +217,7 @@ def run(backend: LocalBackend, name: str, transform: Transform,
             now = time.monotonic() - t0
             if now > timeout:
                 raise TimeoutError(f"{name}: not ready after {timeout}s: {ph}")
-            if "gcs_port" not in ph and _port_open(gcs):
+            if "gcs_port" not in ph and baseline.port_open(gcs):
                 ph["gcs_port"] = now
             if "gcs_port" in ph:
                 body = get_json(f"{dash}/api/v0/nodes?limit=1000&detail=false", timeout=1,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import statistics
 import sys
 import time
@@ -49,15 +48,6 @@ POLL = 0.05
 Phases = dict[str, float]
 
 
-def _port_open(addr: str) -> bool:
-    host, port = addr.rsplit(":", 1)
-    try:
-        socket.create_connection((host, int(port)), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
-
-
 def _cpu(nodes: list[procs.NodeProcess]) -> dict[str, float]:
     """CPU seconds of each node's session so far, with its exited, reaped children (the
     spark-class launcher JVM)."""
@@ -80,7 +70,7 @@ def watch(t0: float, master: str, ui: str, workers: int, connect: str | None,
     ph: Phases = {}
     while time.monotonic() - t0 < timeout:
         now = time.monotonic() - t0
-        if "master_port" not in ph and _port_open(master):
+        if "master_port" not in ph and baseline.port_open(master):
             ph["master_port"] = now
         if "master_port" in ph:
             body = get_json(f"{ui}/json/", timeout=1)
@@ -92,7 +82,7 @@ def watch(t0: float, master: str, ui: str, workers: int, connect: str | None,
                 if connect and "connect_session" not in ph and any(
                         a.get("name") for a in body.get("activeapps", [])):
                     ph.setdefault("connect_app_registered", now)
-        if connect and "connect_session" not in ph and _port_open(connect):
+        if connect and "connect_session" not in ph and baseline.port_open(connect):
             ph.setdefault("connect_port", now)
             if connect_accepts_session(connect, timeout=2, token=token):
                 ph["connect_session"] = now
