@@ -64,7 +64,8 @@ with DAG(
         application_args=["--run", RUN, "--rows", "{{ params.rows }}",
                           "--drift", "{{ params.drift }}",
                           "--input={{ params.input or '' }}"],
-        inlets=[RAW_EVENTS], outlets=[FEATURES], post_execute=publish_features(FEATURES))
+        inlets=[RAW_EVENTS], outlets=[FEATURES], post_execute=publish_features(FEATURES),
+        delete_cluster_on_success=True)  # its only job: the cluster goes when it succeeds
     delete_spark = DeleteClusterOperator(task_id="delete_spark", setup_task_id="create_spark",
                                          cluster=create_spark.output)
     create_spark >> build_features >> delete_spark.as_teardown(setups=create_spark,

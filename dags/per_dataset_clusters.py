@@ -53,8 +53,9 @@ with DAG(
         create = CreateClusterOperator(task_id="create", spec="ray/adhoc-cpu@1",
                                        profile="{{ params.profile }}",
                                        overrides={"workers": {"replicas": 1}})
+        # One cluster per dataset, deleted the moment its training succeeds.
         train = RayJobOperator(task_id="train", cluster=create.output, working_dir=JOBS,
-                               entrypoint=entrypoint(dataset))
+                               entrypoint=entrypoint(dataset), delete_cluster_on_success=True)
         delete = DeleteClusterOperator(task_id="delete", setup_task_id="per_dataset.create",
                                        cluster=create.output)
         create >> train >> delete.as_teardown(setups=create, on_failure_fail_dagrun=True)

@@ -118,7 +118,9 @@ with DAG(
                                     "ti.xcom_pull(task_ids='create_cluster')) }}",
                          runtime_env=f"{{{{ {REQUEST}['runtime_env'] }}}}",
                          job_timeout=f"{{{{ {REQUEST}['timeout_s'] }}}}",
-                         execution_timeout=timedelta(hours=25))
+                         execution_timeout=timedelta(hours=25),
+                         # The cluster goes the moment the job succeeds; the teardown confirms.
+                         delete_cluster_on_success=True)
     delete = DeleteClusterOperator(task_id="delete_cluster", setup_task_id="create_cluster",
                                    cluster=create.output)
     request >> create >> job >> delete.as_teardown(setups=create, on_failure_fail_dagrun=True)

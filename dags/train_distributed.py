@@ -10,7 +10,8 @@ DEPLOY: gate on every threshold of gates/train_distributed.yaml -> register the 
         the registry's champion alias to it, or notify and keep the champion
 
 Clusters live only as long as their work: each is created by a setup task and destroyed by a
-teardown task, whatever happens in between. XCom carries cluster handles, job ids, URIs and a
+teardown task, whatever happens in between; the task of a cluster's last job deletes it the
+moment that job succeeds (delete_cluster_on_success), and the teardown confirms it is gone. XCom carries cluster handles, job ids, URIs and a
 few metrics; datasets, checkpoints and models live under the artifact root.
 
 When it runs (ephemeral.assets, docs/continuous-training.md): @daily, OR a `training_features`
@@ -166,7 +167,8 @@ with DAG(
             application=f"{JOBS}/etl_features.py",
             application_args=["--run", RUN, "--rows", "{{ params.rows }}"],
             inlets=[assets.RAW_EVENTS], outlets=[assets.RUN_FEATURES],
-            post_execute=assets.publish_features(assets.RUN_FEATURES))
+            post_execute=assets.publish_features(assets.RUN_FEATURES),
+            delete_cluster_on_success=True)  # its only job: the cluster goes when it succeeds
         delete_spark = DeleteClusterOperator(task_id="delete_spark",
                                              setup_task_id="etl.create_spark",
                                              cluster=create_spark.output)
@@ -225,7 +227,8 @@ with DAG(
             task_id="serve_latency", cluster=create_ray.output, working_dir=JOBS,
             entrypoint=f"python serve_latency.py --model-uri {MODEL_URI} --data-uri {VALIDATION}"
                        f" --requests {GATE.load.requests} --concurrency {GATE.load.concurrency}"
-                       f" --warmup {GATE.load.warmup}")
+                       f" --warmup {GATE.load.warmup}",
+            delete_cluster_on_success=True)  # the cluster's last job
         delete_ray = DeleteClusterOperator(task_id="delete_ray", setup_task_id="train.create_ray",
                                            cluster=create_ray.output)
         trials >> evaluate >> serve_latency

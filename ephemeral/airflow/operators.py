@@ -33,6 +33,7 @@ from ephemeral.airflow.backends import resolve as resolve_target
 from ephemeral.airflow.context import cluster_identity, owner_selector, task_key
 from ephemeral.airflow.lineage import JobLineageMixin
 from ephemeral.airflow.links import RayDashboardLink, RunReportLink, SparkMasterLink
+from ephemeral.airflow.release import check_last_use, release
 from ephemeral.airflow.triggers import ClusterReadyTrigger, RayJobTrigger
 from ephemeral.backends import ClusterBackend, ClusterHandle
 from ephemeral.backends.readiness import Readiness
@@ -345,7 +346,7 @@ class DeleteClusterOperator(BaseOperator):
         self.kubernetes_conn_id = kubernetes_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from ephemeral.airflow.report import record_teardown
+        from ephemeral.airflow.report import record_teardown, released
         from ephemeral.report.engines import engine_jobs
 
         started = time.time()
@@ -358,12 +359,17 @@ class DeleteClusterOperator(BaseOperator):
             targets[handle.name] = handle
         if not targets:
             self.log.info("no cluster of %s in this run: nothing to delete", self.setup_task_id)
+        # A cluster its last job's task already deleted (delete_cluster_on_success): the
+        # deletion below only makes sure nothing of it is left; the report keeps its moments.
+        releases = {name: r for name in targets if (r := released(context, name)) is not None}
         # What ran on each cluster, asked of its engine while it is still there (run report).
-        seen = {name: engine_jobs(backend, target) for name, target in targets.items()}
+        seen = {name: engine_jobs(backend, target) for name, target in targets.items()
+                if name not in releases}
         failures: dict[str, str] = {}
         deleted: dict[str, float] = {}
         for name, target in sorted(targets.items()):
-            self.log.info("deleting %s", name)
+            self.log.info("%s %s", "making sure nothing is left of" if name in releases
+                          else "deleting", name)
             try:
                 backend.delete(target, wait=True)
                 deleted[name] = time.time()
@@ -373,7 +379,7 @@ class DeleteClusterOperator(BaseOperator):
         # the deletion's outcome.
         record_teardown(context, setup_task_id=self.setup_task_id, targets=targets,
                         engine_views=seen, started=started, deleted=deleted, failures=failures,
-                        link_key=RunReportLink().xcom_key)
+                        releases=releases, link_key=RunReportLink().xcom_key)
         if failures:
             raise AirflowException("teardown incomplete: " + "; ".join(
                 f"{name}: {why}" for name, why in failures.items()))
@@ -415,6 +421,10 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
     Every call authenticates with the cluster's token, which the handle's backend and
     connection (or ``backend``/``conn_id``/``kubernetes_conn_id``) give this process and the
     triggerer on demand.
+
+    ``delete_cluster_on_success=True`` on the cluster's last job deletes the cluster the moment
+    the job succeeds instead of when the teardown is scheduled (``ephemeral.airflow.release``;
+    refused, before submitting, on a task that is not the cluster's last user).
     """
 
     template_fields: Sequence[str] = ("cluster", "entrypoint", "working_dir", "runtime_env",
@@ -426,11 +436,12 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
     def __init__(self, *, cluster: Any, entrypoint: str, working_dir: str | None = None,
                  runtime_env: dict[str, Any] | None = None,
                  job_timeout: float | str | None = None, deferrable: bool | None = None,
-                 poll_interval: float = 1.0, backend: str | None = None,
-                 conn_id: str | None = None, kubernetes_conn_id: str | None = None,
-                 **kwargs: Any) -> None:
+                 poll_interval: float = 1.0, delete_cluster_on_success: bool = False,
+                 backend: str | None = None, conn_id: str | None = None,
+                 kubernetes_conn_id: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.cluster = cluster
+        self.delete_cluster_on_success = delete_cluster_on_success
         self.backend = backend
         self.conn_id = conn_id
         self.kubernetes_conn_id = kubernetes_conn_id
@@ -457,6 +468,8 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
 
         handle = _handle(self.cluster)
         _within_ttl(handle, self._timeout)
+        if self.delete_cluster_on_success:
+            check_last_use(context, handle)
         jobs = self._jobs(handle)
         env = job_runtime_env(handle, self.runtime_env)  # the cluster's default pip, then ours
         ti = context["ti"]
@@ -482,7 +495,12 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
                                  timeout=self._timeout)
         except EphemeralError as err:
             raise AirflowException(str(err)) from err
+        self._release(context, handle)
         return result.model_dump(mode="json")
+
+    def _release(self, context: Any, handle: ClusterHandle) -> None:
+        if self.delete_cluster_on_success:
+            release(context, cluster_backend(handle, self), handle)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
         h = _handle(self.cluster)
@@ -498,6 +516,7 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
                            status=JobStatus.SUCCEEDED, seconds=round(seconds, 3),
                            result=parse_result_line(logs, jid))
         self.log.info("Ray job %s succeeded: %s", jid, result.result)
+        self._release(context, h)
         return result.model_dump(mode="json")
 
     def on_kill(self) -> None:

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from ephemeral.backends import ClusterHandle
-from ephemeral.report.model import ClusterFacts, JobFacts
+from ephemeral.report.model import ClusterFacts, JobFacts, Release
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,10 @@ def _label(task_id: str, map_index: int) -> str:
 
 def _is_job_task(task: Any) -> bool:
     from ephemeral.airflow.operators import RayJobOperator
+    from ephemeral.airflow.release import is_a
     from ephemeral.airflow.spark_submit import EphemeralSparkSubmitOperator
 
-    cls = getattr(task, "operator_class", type(task))  # a mapped task names its class
-    return isinstance(cls, type) and issubclass(cls, RayJobOperator | EphemeralSparkSubmitOperator)
+    return is_a(task, RayJobOperator, EphemeralSparkSubmitOperator)
 
 
 def finished_job_tasks(context: Any) -> list[tuple[str, int]]:
@@ -103,14 +103,28 @@ def jobs_of(context: Any, cluster: str, engine_view: list[JobFacts] | None,
     return jobs
 
 
+def released(context: Any, name: str) -> Release | None:
+    """The release of cluster ``name`` by its last job's task in this run, if any. Never
+    raises: without it the teardown records its own moments."""
+    from ephemeral.report.store import read_release
+
+    try:
+        return read_release(context["dag"].dag_id, context["run_id"], name)
+    except Exception:
+        log.warning("could not read the release record of %s", name, exc_info=True)
+        return None
+
+
 def record_teardown(context: Any, *, setup_task_id: str, targets: dict[str, ClusterHandle],
                     engine_views: dict[str, list[JobFacts] | None], started: float,
                     deleted: dict[str, float], failures: dict[str, str],
+                    releases: dict[str, Release] | None = None,
                     link_key: str | None = None) -> str | None:
     """Push the report's address under ``link_key`` (the teardown's extra link), write this
     teardown's part of the run report and (re)build the run's report; return the address.
-    Never raises: a report that cannot be written is logged, and the teardown's outcome stays
-    the deletion's."""
+    A cluster in ``releases`` was deleted by its last job's task: its moments and engine view
+    are the release's. Never raises: a report that cannot be written is logged, and the
+    teardown's outcome stays the deletion's."""
     from ephemeral.report import load_prices, record, report_url
 
     if not targets:
@@ -134,14 +148,17 @@ def record_teardown(context: Any, *, setup_task_id: str, targets: dict[str, Clus
         parts = []
         for name, handle in sorted(targets.items()):
             created = handle.created_ts or _epoch(handle.created_at)
+            rel = (releases or {}).get(name)
             parts.append(ClusterFacts(
                 dag_id=dag_id, run_id=run_id, name=name, engine=handle.engine,
                 backend=handle.backend, spec_ref=handle.spec_ref, spec_hash=handle.spec_hash,
                 profile=handle.profile, groups=handle.groups, setup_task=setup_task_id,
                 teardown_task=teardown, created=created, ready=handle.ready_ts,
-                teardown_started=started, deleted=deleted.get(name),
-                deletion=failures.get(name, "complete"),
-                jobs=jobs_of(context, name, engine_views.get(name), results, job_tasks),
+                teardown_started=rel.teardown_started if rel else started,
+                deleted=rel.deleted if rel else deleted.get(name),
+                deletion=failures.get(name, "complete"), released_by=rel.task if rel else None,
+                jobs=jobs_of(context, name, rel.jobs if rel else engine_views.get(name),
+                             results, job_tasks),
                 price=prices.for_spec(handle.spec_ref) if prices else None,
                 currency=prices.currency if prices else None, recorded_at=now))
         record(parts)

@@ -49,6 +49,7 @@ from ephemeral.airflow.operators import (
     cluster_backend,
     job_timeout_seconds,
 )
+from ephemeral.airflow.release import check_last_use, release
 from ephemeral.backends import ClusterHandle
 from ephemeral.errors import EphemeralError, JobFailed, JobTimeout
 from ephemeral.jobs.results import JobResult, JobStatus
@@ -77,6 +78,10 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
     flags (as ``ephemeral spark-submit``'s do) unless ``env_vars`` sets ``SPARK_LAUNCHER_OPTS``
     or ``conf`` sets ``spark.driver.extraJavaOptions``. The cluster's credentials come from the handle's backend and connection (or ``backend``,
     ``conn_id``, ``kubernetes_conn_id``), asked in this process.
+    ``delete_cluster_on_success=True`` on the cluster's last job deletes the cluster the moment
+    the application succeeds instead of when the teardown is scheduled
+    (``ephemeral.airflow.release``; refused, before submitting, on a task that is not the
+    cluster's last user).
     """
 
     template_fields: Sequence[str] = (
@@ -100,10 +105,12 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
                  job_timeout: float | str | None = None,
                  openlineage_inject_parent_job_info: bool | None = None,
                  openlineage_inject_transport_info: bool | None = None,
+                 delete_cluster_on_success: bool = False,
                  backend: str | None = None, conn_id: str | None = None,
                  kubernetes_conn_id: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.cluster = cluster
+        self.delete_cluster_on_success = delete_cluster_on_success
         self.application = application
         self.application_args = list(application_args)
         self.conf = conf
@@ -141,11 +148,15 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
         _within_ttl(handle, self._timeout)
         if not Path(self.application).is_file():
             raise AirflowFailException(f"no application file {self.application!r}")
+        if self.delete_cluster_on_success:
+            check_last_use(context, handle)
         context["ti"].xcom_push(key=SparkMasterLink().xcom_key, value=handle.endpoints.spark_ui)
         try:
             result = self._submit(context, handle)
         except EphemeralError as err:
             raise AirflowException(str(err)) from err
+        if self.delete_cluster_on_success:
+            release(context, cluster_backend(handle, self), handle)
         return result.model_dump(mode="json")
 
     def _conf(self, context: Any, master: str) -> dict[str, Any]:

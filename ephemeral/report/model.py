@@ -62,6 +62,19 @@ class JobFacts(_Model):
         return float(self.seconds or 0.0)
 
 
+class Release(_Model):
+    """A cluster its last job's task deleted the moment the job succeeded
+    (``delete_cluster_on_success``): when, by which task, and what its engine listed just
+    before. The teardown, which finds the cluster gone, records these instead of its own."""
+
+    name: str
+    task: str
+    teardown_started: float
+    deleted: float
+    jobs: list[JobFacts] | None = None
+    """The engine's view before deletion; None when it could not be asked."""
+
+
 class ClusterFacts(_Model):
     """What a teardown saw of one cluster: the unit the run report is assembled from."""
 
@@ -82,6 +95,8 @@ class ClusterFacts(_Model):
     deleted: float | None = None
     deletion: str = "complete"
     """``complete``, or what was left and why."""
+    released_by: str | None = None
+    """The job task that deleted the cluster when its job succeeded, before the teardown."""
     jobs: list[JobFacts] = []
     price: Price | None = None
     currency: str | None = None
@@ -137,7 +152,7 @@ def summarize(f: ClusterFacts) -> dict[str, Any]:
     return {
         "name": f.name, "engine": f.engine, "backend": f.backend, "spec": f.spec_ref,
         "spec_hash": f.spec_hash, "profile": f.profile, "setup_task": f.setup_task,
-        "teardown_task": f.teardown_task, "deletion": f.deletion,
+        "teardown_task": f.teardown_task, "deletion": f.deletion, "released_by": f.released_by,
         "groups": [g.model_dump() for g in f.groups],
         "created": f.created, "ready": f.ready, "teardown_started": f.teardown_started,
         "deleted": f.deleted,

@@ -3,6 +3,7 @@
 Layout under the artifact root::
 
     reports/<dag_id>/<run>/clusters/<cluster>.json   one part per cluster, by its teardown
+    reports/<dag_id>/<run>/released/<cluster>.json   a cluster its last job's task deleted
     reports/<dag_id>/<run>/report.json               the merged report
     reports/<dag_id>/<run>/report.html               the same as a page with a timeline
 
@@ -26,7 +27,7 @@ from pydantic import ValidationError
 
 from ephemeral.jobs import artifacts
 from ephemeral.report.html import render_html
-from ephemeral.report.model import ClusterFacts, build_report
+from ephemeral.report.model import ClusterFacts, Release, build_report
 from ephemeral.settings import setting
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,30 @@ def report_url(dag_id: str, run_id: str) -> str:
 
 def _part_uri(part: ClusterFacts) -> str:
     return artifacts.join(report_dir(part.dag_id, part.run_id), "clusters", f"{part.name}.json")
+
+
+def _release_uri(dag_id: str, run_id: str, name: str) -> str:
+    return artifacts.join(report_dir(dag_id, run_id), "released", f"{name}.json")
+
+
+def write_release(dag_id: str, run_id: str, release: Release) -> None:
+    artifacts.write_json(_release_uri(dag_id, run_id, release.name),
+                         release.model_dump(mode="json"))
+
+
+def read_release(dag_id: str, run_id: str, name: str) -> Release | None:
+    """The release of cluster ``name`` in this run, None when no job task deleted it."""
+    from pyarrow import fs
+
+    uri = _release_uri(dag_id, run_id, name)
+    filesystem, path = fs.FileSystem.from_uri(uri)
+    if filesystem.get_file_info(path).type != fs.FileType.File:
+        return None
+    try:
+        return Release.model_validate(artifacts.read_json(uri))
+    except (ValidationError, ValueError, OSError) as err:  # the teardown's own view then
+        log.warning("ignoring unreadable release record %s: %s", uri, err)
+        return None
 
 
 def _list_parts(dag_id: str, run_id: str) -> list[str]:

@@ -101,6 +101,26 @@ def newest_model_event() -> dict[str, Any]:
         return dict(newest.extra)
 
 
+def deleted_by(run: Any) -> dict[str, str | None]:
+    """Each cluster of the run's report by its setup (and map index): the job task that deleted
+    it when its job succeeded (delete_cluster_on_success), None when its teardown did. A
+    released cluster was gone before its teardown started, with nothing left."""
+    from ephemeral.report import load_report
+
+    report = load_report(run.dag_id, run.run_id)
+    assert report is not None
+    started = {ti.task_id + ("" if ti.map_index < 0 else f"[{ti.map_index}]"):
+               ti.start_date.timestamp() for ti in run.get_task_instances() if ti.start_date}
+    out: dict[str, str | None] = {}
+    for c in report["clusters"]:
+        assert c["deletion"] == "complete", c
+        if c["released_by"]:
+            assert c["deleted"] <= started[c["teardown_task"]], c
+        index = c["teardown_task"].partition("[")[2]
+        out[c["setup_task"] + (f"[{index}" if index else "")] = c["released_by"]
+    return out
+
+
 def no_cluster_left(home: Path, before: set[int]) -> None:
     assert LocalBackend(home).list_owned() == []
     leaked = engine_pids() - before - other_clusters_pids(home)
@@ -163,8 +183,9 @@ def test_reference_dag_end_to_end(dagbag: Any, ephemeral_home: Path) -> None:
 
     report = run_report(run)
     assert report["ok"], report
-    assert {c["setup_task"] for c in report["clusters"]} == {"etl.create_spark",
-                                                             "train.create_ray"}
+    # Each cluster went the moment its last job succeeded, not when its teardown came.
+    assert deleted_by(run) == {"etl.create_spark": "etl.build_features",
+                               "train.create_ray": "train.serve_latency"}
     for c in report["clusters"]:
         assert c["busy_s"] > 0, c
         parts = c["busy_s"] + c["starting_s"] + c["between_jobs_s"] + c["deleting_s"]
@@ -179,6 +200,8 @@ def test_a_failed_job_still_tears_the_cluster_down(dagbag: Any, ephemeral_home: 
     states = task_states(run)
     assert str(run.state) == "failed"
     assert states == {"create": "success", "work": "failed", "delete": "success"}
+    # delete_cluster_on_success: a failed job leaves the deletion to the teardown.
+    assert deleted_by(run) == {"create": None}
     no_cluster_left(ephemeral_home, before)
 
 
@@ -408,6 +431,7 @@ def test_an_adhoc_job_from_the_form_runs_and_its_cluster_goes(dagbag: Any,
     value = row.value if isinstance(row.value, dict) else json.loads(row.value)
     assert value["status"] == "SUCCEEDED"
     assert len(value["result"]["nodes"]) == 2  # head + the one worker the form asked for
+    assert deleted_by(run) == {"create_cluster": "run_job"}
     no_cluster_left(ephemeral_home, before)
 
 
@@ -421,4 +445,6 @@ def test_a_mapped_task_group_runs_one_cluster_per_dataset(dagbag: Any,
     for i in (0, 1):
         assert states[f"per_dataset.create[{i}]"] == "success"
         assert states[f"per_dataset.delete[{i}]"] == "success"
+    assert deleted_by(run) == {f"per_dataset.create[{i}]": f"per_dataset.train[{i}]"
+                               for i in (0, 1)}
     no_cluster_left(ephemeral_home, before)

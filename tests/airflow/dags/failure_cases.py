@@ -18,20 +18,24 @@ START = datetime(2026, 1, 1)
 
 
 def lifecycle(dag_id: str, *, entrypoint: str = "python -c \"print('{\\\"ok\\\": 1}')\"",
-              setup: dict[str, Any] | None = None, **dag_args: Any) -> DAG:
+              setup: dict[str, Any] | None = None, release: bool = False,
+              **dag_args: Any) -> DAG:
     with DAG(dag_id=dag_id, schedule=None, start_date=START, catchup=False,
              default_args={"retries": 0}, **dag_args) as dag:
         create = CreateClusterOperator(task_id="create", spec="ray/adhoc-cpu@1", profile="ci-cpu",
                                        **({"overrides": SMALL_RAY} | (setup or {})))
-        work = RayJobOperator(task_id="work", cluster=create.output, entrypoint=entrypoint)
+        work = RayJobOperator(task_id="work", cluster=create.output, entrypoint=entrypoint,
+                              delete_cluster_on_success=release)
         delete = DeleteClusterOperator(task_id="delete", setup_task_id="create",
                                        cluster=create.output)
         create >> work >> delete.as_teardown(setups=create)
     return dag
 
 
+# A failed job keeps its cluster for a retry, delete_cluster_on_success or not: the teardown
+# deletes it.
 job_fails = lifecycle("job_fails", entrypoint="python -c \"print('training diverged'); "
-                                              "raise SystemExit(5)\"")
+                                              "raise SystemExit(5)\"", release=True)
 setup_times_out = lifecycle("setup_times_out", setup={"ready_timeout": 0.5,
                                                       "poll_interval": 0.2})
 setup_bad_input = lifecycle("setup_bad_input", setup={"overrides": {"workers": {"replicas": 0}}})
