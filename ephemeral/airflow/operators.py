@@ -33,13 +33,13 @@ from ephemeral.airflow.backends import resolve as resolve_target
 from ephemeral.airflow.context import cluster_identity, owner_selector, task_key
 from ephemeral.airflow.lineage import JobLineageMixin
 from ephemeral.airflow.links import RayDashboardLink, RunReportLink, SparkMasterLink
-from ephemeral.airflow.release import check_last_use, release
+from ephemeral.airflow.release import check_last_use, release, released_by
 from ephemeral.airflow.triggers import ClusterReadyTrigger, RayJobTrigger
 from ephemeral.backends import ClusterBackend, ClusterHandle
 from ephemeral.backends.readiness import Readiness
 from ephemeral.errors import EphemeralError, JobSubmissionFailed, SpecError
 from ephemeral.jobs.ray_jobs import RayJobs, ray_jobs_for
-from ephemeral.jobs.results import JobResult, JobStatus, parse_result_line, tail
+from ephemeral.jobs.results import JobResult, JobStatus, tail
 from ephemeral.lifecycle import delete_after_failure, deleting_on_failure
 from ephemeral.specs.identity import current_instance, parse_utc
 
@@ -488,7 +488,10 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
                                              backend=handle.backend,
                                              conn_id=cluster_connection(handle, self),
                                              job_id=jid, timeout=self._timeout,
-                                             poll_interval=self.poll_interval),
+                                             poll_interval=self.poll_interval,
+                                             release=(released_by(context)
+                                                      if self.delete_cluster_on_success
+                                                      else None)),
                        method_name="execute_complete")
         try:
             result = jobs.follow(jid, sink=lambda line: self.log.info("[%s] %s", jid, line),
@@ -500,9 +503,14 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
 
     def _release(self, context: Any, handle: ClusterHandle) -> None:
         if self.delete_cluster_on_success:
-            release(context, cluster_backend(handle, self), handle)
+            release(cluster_backend(handle, self), handle, released_by(context))
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+        if event.get("result"):  # the trigger read it, then deleted the cluster (released)
+            result = JobResult.model_validate(event["result"])
+            self.log.info("Ray job %s succeeded: %s; %s", result.job_id, result.result,
+                          event.get("released") or "its cluster is left to the teardown")
+            return result.model_dump(mode="json")
         h = _handle(self.cluster)
         jobs = self._jobs(h)
         jid = str(event["job_id"])
@@ -510,11 +518,7 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
         if event["status"] != JobStatus.SUCCEEDED.value:
             raise AirflowException(f"Ray job {jid} ended {event['status']} "
                                    f"{event.get('message', '')}\nlast log lines:\n{tail(logs)}")
-        info = jobs.client.get_job_info(jid)
-        seconds = ((info.end_time or 0) - (info.start_time or 0)) / 1000
-        result = JobResult(job_id=jid, cluster=h.name, engine="ray",
-                           status=JobStatus.SUCCEEDED, seconds=round(seconds, 3),
-                           result=parse_result_line(logs, jid))
+        result = jobs.succeeded_result(jid)
         self.log.info("Ray job %s succeeded: %s", jid, result.result)
         self._release(context, h)
         return result.model_dump(mode="json")

@@ -3,7 +3,9 @@ the job succeeds, as KubeRay's RayJob does with ``shutdownAfterJobFinishes``, ra
 leaving it reserved until the teardown task is scheduled and started (about a second under
 ``dag.test()``, seconds more with a scheduler and an executor).
 
-The teardown still runs, as the setup/teardown contract says: it finds the cluster gone
+A deferred Ray job's trigger does it in the triggerer, the moment the job ends (it reads the
+job's result first and hands it to the task in its event); otherwise the task does, before it
+returns. The teardown still runs, as the setup/teardown contract says: it finds the cluster gone
 (deleting is idempotent), makes sure nothing of it is left, and writes the run report with the
 release's moments and the jobs the engine listed just before it (``report.model.Release``).
 A failed job keeps its cluster: a retry needs it, and the teardown follows a final failure at
@@ -82,14 +84,20 @@ def check_last_use(context: Any, handle: ClusterHandle) -> None:
             f"{ti.task_id} run after them, or set {FIELD} on the last of them.")
 
 
-def release(context: Any, backend: ClusterBackend, handle: ClusterHandle) -> None:
-    """Delete the cluster now and record it for the teardown's report. Never raises: the job
-    succeeded, and whatever this could not delete, the teardown deletes."""
+def released_by(context: Any) -> dict[str, str]:
+    """Who releases: the run and the task, as plain data a trigger can carry."""
+    return {"dag_id": context["dag"].dag_id, "run_id": context["run_id"],
+            "task": _label(context["ti"].task_id, _map_index(context))}
+
+
+def release(backend: ClusterBackend, handle: ClusterHandle, by: dict[str, str]) -> str | None:
+    """Delete the cluster now and record it for the teardown's report; say what was done.
+    Never raises: the job succeeded, and whatever this could not delete, the teardown
+    deletes."""
     from ephemeral.report.engines import engine_jobs
     from ephemeral.report.model import Release
     from ephemeral.report.store import write_release
 
-    label = _label(context["ti"].task_id, _map_index(context))
     started = time.time()
     jobs = engine_jobs(backend, handle)  # what ran on it, asked while it is still there
     try:
@@ -97,13 +105,14 @@ def release(context: Any, backend: ClusterBackend, handle: ClusterHandle) -> Non
     except Exception as err:  # noqa: BLE001 - the teardown deletes it and fails loudly
         log.error("%s: could not delete %s after its last job (%s); its teardown will",
                   FIELD, handle.name, err)
-        return
+        return None
     deleted = time.time()
-    log.info("deleted %s in %.2fs: its last job succeeded (%s)", handle.name,
-             deleted - started, FIELD)
+    done = f"deleted {handle.name} in {deleted - started:.2f}s: its last job succeeded ({FIELD})"
+    log.info("%s", done)
     try:
-        write_release(context["dag"].dag_id, context["run_id"],
-                      Release(name=handle.name, task=label, teardown_started=started,
+        write_release(by["dag_id"], by["run_id"],
+                      Release(name=handle.name, task=by["task"], teardown_started=started,
                               deleted=deleted, jobs=jobs))
     except Exception:  # the report falls back to the teardown's view; the deletion stands
         log.exception("could not record the release of %s for the run report", handle.name)
+    return done

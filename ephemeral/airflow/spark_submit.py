@@ -49,7 +49,7 @@ from ephemeral.airflow.operators import (
     cluster_backend,
     job_timeout_seconds,
 )
-from ephemeral.airflow.release import check_last_use, release
+from ephemeral.airflow.release import check_last_use, release, released_by
 from ephemeral.backends import ClusterHandle
 from ephemeral.errors import EphemeralError, JobFailed, JobTimeout
 from ephemeral.jobs.results import JobResult, JobStatus
@@ -156,7 +156,7 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
         except EphemeralError as err:
             raise AirflowException(str(err)) from err
         if self.delete_cluster_on_success:
-            release(context, cluster_backend(handle, self), handle)
+            release(cluster_backend(handle, self), handle, released_by(context))
         return result.model_dump(mode="json")
 
     def _conf(self, context: Any, master: str) -> dict[str, Any]:

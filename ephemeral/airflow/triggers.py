@@ -21,6 +21,7 @@ from ephemeral.backends import ClusterBackend, ClusterHandle
 from ephemeral.backends.fake import refuse_across_processes
 from ephemeral.backends.readiness import Readiness, backoff
 from ephemeral.errors import EphemeralError, ReadinessTimeout
+from ephemeral.jobs.results import JobStatus
 
 
 class ClusterReadyTrigger(BaseTrigger):
@@ -90,11 +91,16 @@ class ClusterReadyTrigger(BaseTrigger):
 
 class RayJobTrigger(BaseTrigger):
     """Waits for a Ray job. It serializes the handle, the backend's name and the connection
-    id, never the cluster's token: the triggerer asks the backend for access itself."""
+    id, never the cluster's token: the triggerer asks the backend for access itself.
+
+    With ``release`` (who releases: ``ephemeral.airflow.release.released_by``), a job that
+    succeeded has its result read and its cluster deleted here, the moment it ends, rather
+    than after the task has been scheduled to resume; the event carries the result."""
 
     def __init__(self, *, handle: dict[str, Any], backend: str, job_id: str,
                  conn_id: str | None = None, kubernetes_conn_id: str | None = None,
-                 timeout: float | None = None, poll_interval: float = 1.0) -> None:
+                 timeout: float | None = None, poll_interval: float = 1.0,
+                 release: dict[str, str] | None = None) -> None:
         super().__init__()
         refuse_across_processes(backend, "RayJobTrigger")  # the triggerer has none of it
         self.handle = handle
@@ -103,18 +109,36 @@ class RayJobTrigger(BaseTrigger):
         self.job_id = job_id
         self.timeout = timeout
         self.poll_interval = poll_interval
+        self.release = release
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return ("ephemeral.airflow.triggers.RayJobTrigger",
                 {"handle": self.handle, "backend": self.backend,
                  "conn_id": self.conn_id, "job_id": self.job_id,
-                 "timeout": self.timeout, "poll_interval": self.poll_interval})
+                 "timeout": self.timeout, "poll_interval": self.poll_interval,
+                 "release": self.release})
 
     def _jobs(self) -> Any:
         from ephemeral.jobs.ray_jobs import ray_jobs_for
 
         backend = task_backend(self.backend, self.conn_id)
         return ray_jobs_for(ClusterHandle.model_validate(self.handle), backend)
+
+    def _released(self, jobs: Any) -> dict[str, Any]:
+        """The succeeded job's result, read while its cluster is there, then the cluster
+        deleted. Nothing when the result cannot be read: the task reads it and releases."""
+        from ephemeral.airflow.release import release
+
+        try:
+            result = jobs.succeeded_result(self.job_id)
+        except EphemeralError as err:
+            self.log.warning("could not read the result of %s here (%s): the task will",
+                             self.job_id, err)
+            return {}
+        assert self.release is not None
+        done = release(task_backend(self.backend, self.conn_id),
+                       ClusterHandle.model_validate(self.handle), self.release)
+        return {"result": result.model_dump(mode="json"), "released": done}
 
     async def _stream_logs(self, jobs: Any) -> None:
         try:
@@ -148,7 +172,10 @@ class RayJobTrigger(BaseTrigger):
                                         "message": f"no job {self.job_id} on the cluster"})
                     return
                 if status.terminal:
-                    yield TriggerEvent({"status": status.value, "job_id": self.job_id})
+                    event = {"status": status.value, "job_id": self.job_id}
+                    if self.release and status is JobStatus.SUCCEEDED:
+                        event |= await asyncio.to_thread(self._released, jobs)
+                    yield TriggerEvent(event)
                     return
                 if self.timeout is not None and time.monotonic() - started > self.timeout:
                     await asyncio.to_thread(jobs.stop, self.job_id)

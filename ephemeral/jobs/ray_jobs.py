@@ -125,6 +125,18 @@ class RayJobs:
             time.sleep(0.2)
         return st
 
+    def succeeded_result(self, job_id: str) -> JobResult:
+        """A succeeded job's result: its result line, and its wall time as Ray recorded it."""
+        logs = self.logs(job_id)
+        try:
+            info = self.client.get_job_info(job_id)
+        except _transport_errors(runtime=True) as err:
+            raise JobError(f"cannot read job {job_id}: {err}") from err
+        seconds = ((info.end_time or 0) - (info.start_time or 0)) / 1000
+        return JobResult(job_id=job_id, cluster=self.cluster, engine="ray",
+                         status=JobStatus.SUCCEEDED, seconds=round(seconds, 3),
+                         result=parse_result_line(logs, job_id))
+
     # -- retries find their job -----------------------------------------------------------
     def submit_or_attach(
         self, entrypoint: str, *, task_key: str, attempt: int, **submit_args: Any
