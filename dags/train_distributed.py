@@ -202,7 +202,9 @@ with DAG(
             from ephemeral import registry
 
             # Every trial in the tracking store: its options, metrics and model URI (the
-            # mapped results come in map-index order, TRIALS' order).
+            # mapped results come in map-index order, TRIALS' order). By index: iterating the
+            # lazy sequence asks for one past its end, which Airflow logs as an error.
+            results = [results[i] for i in range(len(results))]
             tracked = {}
             for (name, options), r in zip(TRIALS, results, strict=True):
                 out = r["result"]

@@ -425,6 +425,8 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
     ``delete_cluster_on_success=True`` on the cluster's last job deletes the cluster the moment
     the job succeeds instead of when the teardown is scheduled (``ephemeral.airflow.release``;
     refused, before submitting, on a task that is not the cluster's last user).
+    ``poll_interval`` caps the pause between status checks of the job (default: the backend's
+    ``probe_interval``): a job that ended unseen keeps its cluster reserved meanwhile.
     """
 
     template_fields: Sequence[str] = ("cluster", "entrypoint", "working_dir", "runtime_env",
@@ -436,7 +438,7 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
     def __init__(self, *, cluster: Any, entrypoint: str, working_dir: str | None = None,
                  runtime_env: dict[str, Any] | None = None,
                  job_timeout: float | str | None = None, deferrable: bool | None = None,
-                 poll_interval: float = 1.0, delete_cluster_on_success: bool = False,
+                 poll_interval: float | None = None, delete_cluster_on_success: bool = False,
                  backend: str | None = None, conn_id: str | None = None,
                  kubernetes_conn_id: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -484,14 +486,13 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
         self.log.info("%s Ray job %s on %s: %s", "attached to" if attached else "submitted", jid,
                       handle.name, self.entrypoint)
         if self.deferrable:
+            poll = self.poll_interval or cluster_backend(handle, self).probe_interval
+            by = released_by(context) if self.delete_cluster_on_success else None
             self.defer(trigger=RayJobTrigger(handle=handle.model_dump(mode="json"),
                                              backend=handle.backend,
                                              conn_id=cluster_connection(handle, self),
                                              job_id=jid, timeout=self._timeout,
-                                             poll_interval=self.poll_interval,
-                                             release=(released_by(context)
-                                                      if self.delete_cluster_on_success
-                                                      else None)),
+                                             poll_interval=poll, release=by),
                        method_name="execute_complete")
         try:
             result = jobs.follow(jid, sink=lambda line: self.log.info("[%s] %s", jid, line),

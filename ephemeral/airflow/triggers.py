@@ -138,6 +138,7 @@ class RayJobTrigger(BaseTrigger):
         assert self.release is not None
         done = release(task_backend(self.backend, self.conn_id),
                        ClusterHandle.model_validate(self.handle), self.release)
+        self.log.info("%s", done or "the cluster is left to the teardown")
         return {"result": result.model_dump(mode="json"), "released": done}
 
     async def _stream_logs(self, jobs: Any) -> None:

@@ -228,9 +228,10 @@ class ClusterBackend(abc.ABC):
 
     name: str
     probe_interval: float = 2.0
-    """The longest pause between readiness probes: a cluster that is ready but not yet seen
-    to be idles for it. Backends whose probe is cheap (local processes) look more often than
-    those that ask an API server."""
+    """The longest pause between readiness probes, and between status checks of a job: a
+    cluster that is ready, or whose job ended, but not yet seen to be idles for it. Backends
+    whose probe is cheap (local processes) look more often than those that ask an API
+    server."""
 
     @abc.abstractmethod
     def create(self, spec: ResolvedSpec, *, identity: ClusterIdentity) -> ClusterHandle:

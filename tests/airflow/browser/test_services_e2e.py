@@ -4,6 +4,7 @@ slot held), every cluster is deleted, and every XCom row in the database is meta
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -65,6 +66,19 @@ def test_train_distributed_through_the_services_on_postgres(stack: Stack) -> Non
                      for p in run_dir.glob("task_id=train.create_ray/*.log.trigger.*"))
     assert "train.create_ray" in waited, "no trigger of the Ray setup started in the triggerer"
     assert "Trigger fired event" in waited or "trigger completed" in waited, waited[-2000:]
+
+    # Each cluster went the moment its last job succeeded (delete_cluster_on_success): the
+    # Ray one from the triggerer, where its job's trigger saw the job end; the teardowns found
+    # them gone and reported the releases.
+    assert stack.ephemeral_home is not None
+    [report_file] = (stack.ephemeral_home / "artifacts" / "reports" / DAG).glob("*/report.json")
+    report = json.loads(report_file.read_text())
+    assert {c["setup_task"]: c["released_by"] for c in report["clusters"]} == {
+        "etl.create_spark": "etl.build_features", "train.create_ray": "train.serve_latency"}
+    assert all(c["deletion"] == "complete" for c in report["clusters"]), report["clusters"]
+    released = "".join(p.read_text(errors="replace") for p in
+                       run_dir.glob("task_id=train.serve_latency/*.log.trigger.*"))
+    assert "its last job succeeded" in released, released[-2000:]
 
     # Every cluster of the run is gone; nothing of the stack's instance is left.
     assert stack.delete_clusters() == []
