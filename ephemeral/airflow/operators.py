@@ -33,7 +33,7 @@ from ephemeral.airflow.backends import resolve as resolve_target
 from ephemeral.airflow.context import cluster_identity, owner_selector, task_key
 from ephemeral.airflow.lineage import JobLineageMixin
 from ephemeral.airflow.links import RayDashboardLink, RunReportLink, SparkMasterLink
-from ephemeral.airflow.release import check_last_use, release, released_by
+from ephemeral.airflow.release import check_last_use, earlier_result, release, released_by
 from ephemeral.airflow.triggers import ClusterReadyTrigger, RayJobTrigger
 from ephemeral.backends import ClusterBackend, ClusterHandle
 from ephemeral.backends.readiness import Readiness
@@ -95,6 +95,17 @@ def elsewhere(handle: ClusterHandle, backend: str | None, conn_id: str | None,
             problems.append(f"{field} {mine!r} but the cluster was made through "
                             f"{handle.connection!r}")
     return problems
+
+
+def foreign_instance(handle: ClusterHandle, conn_id: str | None) -> str | None:
+    """What is wrong when the cluster belongs to another deployment instance than the one a
+    task deleting it runs for (its connection's, else ``EPHEMERAL_INSTANCE``); None if not."""
+    instance = instance_of(conn_id or handle.connection)
+    if not handle.instance or handle.instance == instance:
+        return None
+    source = "its connection" if conn_id or handle.connection else "EPHEMERAL_INSTANCE"
+    return (f"deployment instance {instance!r} (from {source}) but the cluster belongs to "
+            f"{handle.instance!r} (EPHEMERAL_INSTANCE differs between the setup and this task)")
 
 
 def cluster_backend(handle: ClusterHandle, op: Any) -> ClusterBackend:
@@ -361,7 +372,8 @@ class DeleteClusterOperator(BaseOperator):
             self.log.info("no cluster of %s in this run: nothing to delete", self.setup_task_id)
         # A cluster its last job's task already deleted (delete_cluster_on_success): the
         # deletion below only makes sure nothing of it is left; the report keeps its moments.
-        releases = {name: r for name in targets if (r := released(context, name)) is not None}
+        releases = {name: r for name, target in targets.items()
+                    if (r := released(context, target)) is not None}
         # What ran on each cluster, asked of its engine while it is still there (run report).
         seen = {name: engine_jobs(backend, target) for name, target in targets.items()
                 if name not in releases}
@@ -398,12 +410,8 @@ class DeleteClusterOperator(BaseOperator):
             return target.backend, target.instance
         problems = elsewhere(handle, self.backend, self.conn_id, self.kubernetes_conn_id)
         instance = instance_of(self.conn_id or handle.connection)
-        if handle.instance and handle.instance != instance:
-            source = ("its connection" if self.conn_id or handle.connection else
-                      "EPHEMERAL_INSTANCE")
-            problems.append(f"deployment instance {instance!r} (from {source}) but the cluster "
-                            f"belongs to {handle.instance!r} (EPHEMERAL_INSTANCE differs between "
-                            "the setup and the teardown)")
+        if other := foreign_instance(handle, self.conn_id):
+            problems.append(other)
         if problems:
             raise AirflowFailException(f"teardown of {handle.name} is configured for "
                                        + "; ".join(problems) + ": it would not find the cluster. "
@@ -471,7 +479,11 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
         handle = _handle(self.cluster)
         _within_ttl(handle, self._timeout)
         if self.delete_cluster_on_success:
-            check_last_use(context, handle)
+            check_last_use(self, context, handle)
+            if (earlier := earlier_result(handle, released_by(context))) is not None:
+                self.log.info("an earlier try released %s after its job succeeded: %s",
+                              handle.name, earlier.get("result"))
+                return earlier
         jobs = self._jobs(handle)
         env = job_runtime_env(handle, self.runtime_env)  # the cluster's default pip, then ours
         ti = context["ti"]
@@ -499,12 +511,14 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
                                  timeout=self._timeout)
         except EphemeralError as err:
             raise AirflowException(str(err)) from err
-        self._release(context, handle)
-        return result.model_dump(mode="json")
+        return self._release(context, handle, result)
 
-    def _release(self, context: Any, handle: ClusterHandle) -> None:
+    def _release(self, context: Any, handle: ClusterHandle, result: JobResult
+                 ) -> dict[str, Any]:
+        done = result.model_dump(mode="json")
         if self.delete_cluster_on_success:
-            release(cluster_backend(handle, self), handle, released_by(context))
+            release(cluster_backend(handle, self), handle, released_by(context), done)
+        return done
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
         if event.get("result"):  # the trigger read it, then deleted the cluster (released)
@@ -521,8 +535,7 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
                                    f"{event.get('message', '')}\nlast log lines:\n{tail(logs)}")
         result = jobs.succeeded_result(jid)
         self.log.info("Ray job %s succeeded: %s", jid, result.result)
-        self._release(context, h)
-        return result.model_dump(mode="json")
+        return self._release(context, h, result)
 
     def on_kill(self) -> None:
         if self._job:

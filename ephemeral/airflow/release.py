@@ -11,26 +11,43 @@ release's moments and the jobs the engine listed just before it (``report.model.
 A failed job keeps its cluster: a retry needs it, and the teardown follows a final failure at
 once anyway.
 
+The release is recorded, with the job's result, before the cluster is deleted: a retry of the
+task (its ``post_execute`` failed, the worker died) or a re-run trigger finds the record and
+returns the result instead of reaching for a cluster that is gone. A record counts only for the
+cluster it was made for (its creation time): a cleared run's new cluster of the same name is
+not mistaken for it.
+
 Only the last task that uses a cluster may release it, and the DAG says which one that is, so
 the job task checks before it submits anything:
-- its cluster is what a CreateClusterOperator directly upstream of it pushed at its own map
-  index (a mapped job over one cluster is not its last work; one cluster per map index is);
+- its cluster is exactly what a CreateClusterOperator directly upstream of it pushed at its own
+  map index (a mapped job over one cluster is not its last work; one cluster per map index is),
+  and belongs to this deployment instance;
 - every other task that takes that setup's output (the setup's direct downstream, its
-  teardowns aside) runs before it.
+  teardowns aside) runs before it;
+- it, and every task between the setup and it, waits for all of its upstream tasks to finish
+  (no ``one_success``, ``one_failed``, ``one_done`` or ``always`` trigger rule), so none of
+  those users can still be running when it starts.
+A task that reads the cluster's handle without taking the setup's output (``xcom_pull`` in a
+template, with no edge from the setup) is invisible to this check: give it the edge.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
 from ephemeral.backends import ClusterBackend, ClusterHandle
 
 FIELD = "delete_cluster_on_success"
+# Trigger rules that start a task before all of its upstream tasks are done.
+EAGER_RULES = frozenset({"one_success", "one_failed", "one_done", "always"})
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from ephemeral.report.model import Release
 
 
 def is_a(task: Any, *classes: type) -> bool:
@@ -48,14 +65,28 @@ def _label(task_id: str, map_index: int) -> str:
     return task_id + (f"[{map_index}]" if map_index >= 0 else "")
 
 
-def check_last_use(context: Any, handle: ClusterHandle) -> None:
-    """Refuse, before the job is submitted, to release a cluster another task still uses."""
-    from ephemeral.airflow.operators import CreateClusterOperator, DeleteClusterOperator
+def _rule(task: Any) -> str:
+    rule = getattr(task, "trigger_rule", "all_success")
+    return str(getattr(rule, "value", rule))
+
+
+def check_last_use(op: Any, context: Any, handle: ClusterHandle) -> None:
+    """Refuse, before the job is submitted, to release a cluster that is not this task's to
+    release: another task may still use it, or it is not the setup's (module docstring)."""
+    from ephemeral.airflow.operators import (
+        CreateClusterOperator,
+        DeleteClusterOperator,
+        foreign_instance,
+    )
 
     dag, ti, index = context["dag"], context["ti"], _map_index(context)
     me = dag.get_task(ti.task_id)  # the DAG's node: a mapped task's relatives are there
     label = _label(ti.task_id, index)
-    setup = None
+
+    def refuse(why: str) -> AirflowFailException:
+        return AirflowFailException(f"{FIELD}=True on {label}, but {why}")
+
+    setup, pushed = None, None
     for task_id in sorted(me.upstream_task_ids):
         up = dag.get_task(task_id)
         if not is_a(up, CreateClusterOperator):
@@ -67,21 +98,35 @@ def check_last_use(context: Any, handle: ClusterHandle) -> None:
     if setup is None:
         shared = (" at the same map index: the map indexes of a mapped job share its cluster, "
                   "so none of them is its last work" if index >= 0 else "")
-        raise AirflowFailException(
-            f"{FIELD}=True on {label}, but its cluster {handle.name} is not the output of a "
-            f"CreateClusterOperator directly upstream of it{shared}. Set {FIELD} on the last "
-            "task that uses the cluster, or leave the deletion to the teardown.")
+        raise refuse(f"its cluster {handle.name} is not the output of a CreateClusterOperator "
+                     f"directly upstream of it{shared}. Set {FIELD} on the last task that uses "
+                     "the cluster, or leave the deletion to the teardown.")
+    if ClusterHandle.model_validate(pushed) != handle:
+        raise refuse(f"its cluster argument is not what {setup.task_id} pushed for "
+                     f"{handle.name} (another backend, connection, namespace or instance): "
+                     f"pass {setup.task_id}'s output as it is.")
+    if other := foreign_instance(handle, getattr(op, "conn_id", None)):
+        raise refuse(f"{other}.")
     before = me.get_flat_relative_ids(upstream=True)
     others = sorted(t.task_id for t in setup.downstream_list
                     if t.task_id != me.task_id and t.task_id not in before
                     and not is_a(t, DeleteClusterOperator))
     if others:
-        raise AirflowFailException(
-            f"{FIELD}=True on {label}, but {', '.join(others)} also "
-            f"{'takes' if len(others) == 1 else 'take'} {setup.task_id}'s cluster "
-            f"{handle.name} and {'does' if len(others) == 1 else 'do'} not run before it: the "
-            f"cluster would be deleted under {'it' if len(others) == 1 else 'them'}. Make "
-            f"{ti.task_id} run after them, or set {FIELD} on the last of them.")
+        one = len(others) == 1
+        raise refuse(
+            f"{', '.join(others)} also {'takes' if one else 'take'} {setup.task_id}'s cluster "
+            f"{handle.name} and {'does' if one else 'do'} not run before it: the cluster would "
+            f"be deleted under {'it' if one else 'them'}. Make {ti.task_id} run after them, or "
+            f"set {FIELD} on the last of them.")
+    between = (before & setup.get_flat_relative_ids(upstream=False)) | {me.task_id}
+    eager = sorted(f"{t} ({_rule(dag.get_task(t))})" for t in between
+                   if _rule(dag.get_task(t)) in EAGER_RULES)
+    if eager:
+        raise refuse(
+            f"{', '.join(eager)} may start before all of their upstream tasks are done, so a "
+            f"task that uses {handle.name} could still be running when {ti.task_id} deletes "
+            "it. Use a trigger rule that waits for every upstream task (e.g. all_done), or "
+            "leave the deletion to the teardown.")
 
 
 def released_by(context: Any) -> dict[str, str]:
@@ -90,16 +135,45 @@ def released_by(context: Any) -> dict[str, str]:
             "task": _label(context["ti"].task_id, _map_index(context))}
 
 
-def release(backend: ClusterBackend, handle: ClusterHandle, by: dict[str, str]) -> str | None:
-    """Delete the cluster now and record it for the teardown's report; say what was done.
-    Never raises: the job succeeded, and whatever this could not delete, the teardown
-    deletes."""
+def recorded(handle: ClusterHandle, dag_id: str, run_id: str) -> Release | None:
+    """The release of this very cluster in this run (not one of a cleared run's cluster of the
+    same name), None if there is none."""
+    from ephemeral.report.store import read_release
+
+    rel = read_release(dag_id, run_id, handle.name)
+    return rel if rel is not None and rel.created_at == handle.created_at else None
+
+
+def earlier_result(handle: ClusterHandle, by: dict[str, str]) -> dict[str, Any] | None:
+    """The result this task's earlier try (or its trigger) recorded when it released the
+    cluster: the job succeeded and the cluster is gone, so a retry returns it. Never raises."""
+    try:
+        rel = recorded(handle, by["dag_id"], by["run_id"])
+    except Exception:  # unreadable: the task runs as if there were none
+        log.warning("could not read the release record of %s", handle.name, exc_info=True)
+        return None
+    return rel.result if rel is not None and rel.task == by["task"] else None
+
+
+def release(backend: ClusterBackend, handle: ClusterHandle, by: dict[str, str],
+            result: dict[str, Any]) -> str | None:
+    """Record the release with the job's ``result``, delete the cluster now and record when;
+    say what was done. Never raises: the job succeeded, and whatever this could not delete,
+    the teardown deletes."""
     from ephemeral.report.engines import engine_jobs
     from ephemeral.report.model import Release
     from ephemeral.report.store import write_release
 
     started = time.time()
     jobs = engine_jobs(backend, handle)  # what ran on it, asked while it is still there
+    rel = Release(name=handle.name, created_at=handle.created_at, task=by["task"],
+                  teardown_started=started, jobs=jobs, result=result)
+    try:  # first: a retry after the deletion must find the result
+        write_release(by["dag_id"], by["run_id"], rel)
+    except Exception as err:  # noqa: BLE001 - without the record, the teardown deletes it
+        log.error("%s: could not record the release of %s (%s); its teardown deletes it",
+                  FIELD, handle.name, err)
+        return None
     try:
         backend.delete(handle, wait=True)
     except Exception as err:  # noqa: BLE001 - the teardown deletes it and fails loudly
@@ -107,12 +181,10 @@ def release(backend: ClusterBackend, handle: ClusterHandle, by: dict[str, str]) 
                   FIELD, handle.name, err)
         return None
     deleted = time.time()
+    try:
+        write_release(by["dag_id"], by["run_id"], rel.model_copy(update={"deleted": deleted}))
+    except Exception:  # the report then shows the teardown's moments; the deletion stands
+        log.exception("could not record when %s was deleted", handle.name)
     done = f"deleted {handle.name} in {deleted - started:.2f}s: its last job succeeded ({FIELD})"
     log.info("%s", done)
-    try:
-        write_release(by["dag_id"], by["run_id"],
-                      Release(name=handle.name, task=by["task"], teardown_started=started,
-                              deleted=deleted, jobs=jobs))
-    except Exception:  # the report falls back to the teardown's view; the deletion stands
-        log.exception("could not record the release of %s for the run report", handle.name)
     return done

@@ -103,16 +103,17 @@ def jobs_of(context: Any, cluster: str, engine_view: list[JobFacts] | None,
     return jobs
 
 
-def released(context: Any, name: str) -> Release | None:
-    """The release of cluster ``name`` by its last job's task in this run, if any. Never
-    raises: without it the teardown records its own moments."""
-    from ephemeral.report.store import read_release
+def released(context: Any, handle: ClusterHandle) -> Release | None:
+    """The deletion of this very cluster by its last job's task in this run, if it finished.
+    Never raises: without it the teardown records its own moments."""
+    from ephemeral.airflow.release import recorded
 
     try:
-        return read_release(context["dag"].dag_id, context["run_id"], name)
+        rel = recorded(handle, context["dag"].dag_id, context["run_id"])
     except Exception:
-        log.warning("could not read the release record of %s", name, exc_info=True)
+        log.warning("could not read the release record of %s", handle.name, exc_info=True)
         return None
+    return rel if rel is not None and rel.deleted is not None else None
 
 
 def record_teardown(context: Any, *, setup_task_id: str, targets: dict[str, ClusterHandle],

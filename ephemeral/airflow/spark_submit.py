@@ -49,7 +49,7 @@ from ephemeral.airflow.operators import (
     cluster_backend,
     job_timeout_seconds,
 )
-from ephemeral.airflow.release import check_last_use, release, released_by
+from ephemeral.airflow.release import check_last_use, earlier_result, release, released_by
 from ephemeral.backends import ClusterHandle
 from ephemeral.errors import EphemeralError, JobFailed, JobTimeout
 from ephemeral.jobs.results import JobResult, JobStatus
@@ -149,15 +149,20 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
         if not Path(self.application).is_file():
             raise AirflowFailException(f"no application file {self.application!r}")
         if self.delete_cluster_on_success:
-            check_last_use(context, handle)
+            check_last_use(self, context, handle)
+            if (earlier := earlier_result(handle, released_by(context))) is not None:
+                self.log.info("an earlier try released %s after its application succeeded: "
+                              "%s", handle.name, earlier.get("result"))
+                return earlier
         context["ti"].xcom_push(key=SparkMasterLink().xcom_key, value=handle.endpoints.spark_ui)
         try:
             result = self._submit(context, handle)
         except EphemeralError as err:
             raise AirflowException(str(err)) from err
+        done = result.model_dump(mode="json")
         if self.delete_cluster_on_success:
-            release(cluster_backend(handle, self), handle, released_by(context))
-        return result.model_dump(mode="json")
+            release(cluster_backend(handle, self), handle, released_by(context), done)
+        return done
 
     def _conf(self, context: Any, master: str) -> dict[str, Any]:
         # The driver runs on this host; a local cluster's executors must be able to call it back.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -22,6 +23,9 @@ from ephemeral.backends.fake import refuse_across_processes
 from ephemeral.backends.readiness import Readiness, backoff
 from ephemeral.errors import EphemeralError, ReadinessTimeout
 from ephemeral.jobs.results import JobStatus
+
+# Releases (delete_cluster_on_success) run here, apart from the threads the triggers' polls use.
+RELEASES = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ephemeral-release")
 
 
 class ClusterReadyTrigger(BaseTrigger):
@@ -129,17 +133,29 @@ class RayJobTrigger(BaseTrigger):
         deleted. Nothing when the result cannot be read: the task reads it and releases."""
         from ephemeral.airflow.release import release
 
+        assert self.release is not None
         try:
-            result = jobs.succeeded_result(self.job_id)
+            result = jobs.succeeded_result(self.job_id).model_dump(mode="json")
         except EphemeralError as err:
             self.log.warning("could not read the result of %s here (%s): the task will",
                              self.job_id, err)
             return {}
-        assert self.release is not None
-        done = release(task_backend(self.backend, self.conn_id),
-                       ClusterHandle.model_validate(self.handle), self.release)
+        try:
+            done = release(task_backend(self.backend, self.conn_id),
+                           ClusterHandle.model_validate(self.handle), self.release, result)
+        except Exception as err:  # noqa: BLE001 - never out of the trigger: the job succeeded
+            self.log.warning("could not release the cluster here (%s): its teardown deletes it",
+                             err)
+            done = None
         self.log.info("%s", done or "the cluster is left to the teardown")
-        return {"result": result.model_dump(mode="json"), "released": done}
+        return {"result": result, "released": done}
+
+    def _earlier(self) -> dict[str, Any] | None:
+        """What this trigger recorded before it was restarted, if it released the cluster."""
+        from ephemeral.airflow.release import earlier_result
+
+        assert self.release is not None
+        return earlier_result(ClusterHandle.model_validate(self.handle), self.release)
 
     async def _stream_logs(self, jobs: Any) -> None:
         try:
@@ -150,6 +166,12 @@ class RayJobTrigger(BaseTrigger):
             self.log.warning("log stream of %s ended: %s", self.job_id, err)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        # Restarted after it released the cluster (the event was lost): the job succeeded and
+        # the cluster is gone, so say so rather than ask a cluster that is no more.
+        if self.release and (earlier := await asyncio.to_thread(self._earlier)) is not None:
+            yield TriggerEvent({"status": JobStatus.SUCCEEDED.value, "job_id": self.job_id,
+                                "result": earlier, "released": "released before a restart"})
+            return
         try:  # a connection lookup and the client's version check block: not on the loop
             jobs = await asyncio.to_thread(self._jobs)
             await asyncio.to_thread(lambda: jobs.client)
@@ -175,7 +197,10 @@ class RayJobTrigger(BaseTrigger):
                 if status.terminal:
                     event = {"status": status.value, "job_id": self.job_id}
                     if self.release and status is JobStatus.SUCCEEDED:
-                        event |= await asyncio.to_thread(self._released, jobs)
+                        # On threads of their own: a deletion that waits for pods to go must
+                        # not hold the threads every trigger's polls run on.
+                        loop = asyncio.get_running_loop()
+                        event |= await loop.run_in_executor(RELEASES, self._released, jobs)
                     yield TriggerEvent(event)
                     return
                 if self.timeout is not None and time.monotonic() - started > self.timeout:
@@ -194,4 +219,7 @@ class RayJobTrigger(BaseTrigger):
 
     async def on_kill(self) -> None:
         self.log.warning("task killed: stopping Ray job %s", self.job_id)
-        await asyncio.to_thread(self._jobs().stop, self.job_id)
+        try:
+            await asyncio.to_thread(lambda: self._jobs().stop(self.job_id))
+        except EphemeralError as err:  # e.g. its cluster was released: nothing runs there
+            self.log.warning("could not stop Ray job %s: %s", self.job_id, err)

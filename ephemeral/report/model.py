@@ -64,15 +64,21 @@ class JobFacts(_Model):
 
 class Release(_Model):
     """A cluster its last job's task deleted the moment the job succeeded
-    (``delete_cluster_on_success``): when, by which task, and what its engine listed just
-    before. The teardown, which finds the cluster gone, records these instead of its own."""
+    (``delete_cluster_on_success``): when, by which task, what its engine listed just before,
+    and the job's result. The teardown, which finds the cluster gone, records these moments
+    instead of its own; a retry of the task returns the result."""
 
     name: str
+    created_at: str
+    """The handle's: a cleared run's new cluster of the same name has another."""
     task: str
     teardown_started: float
-    deleted: float
+    deleted: float | None = None
+    """None until the deletion finished (or when it failed: the teardown deleted it)."""
     jobs: list[JobFacts] | None = None
     """The engine's view before deletion; None when it could not be asked."""
+    result: dict[str, Any] | None = None
+    """The job's result (``JobResult``), as the task returned it."""
 
 
 class ClusterFacts(_Model):

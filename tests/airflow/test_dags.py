@@ -111,11 +111,13 @@ def deleted_by(run: Any) -> dict[str, str | None]:
     assert report is not None
     started = {ti.task_id + ("" if ti.map_index < 0 else f"[{ti.map_index}]"):
                ti.start_date.timestamp() for ti in run.get_task_instances() if ti.start_date}
+    ended = {ti.task_id + ("" if ti.map_index < 0 else f"[{ti.map_index}]"):
+             ti.end_date.timestamp() for ti in run.get_task_instances() if ti.end_date}
     out: dict[str, str | None] = {}
     for c in report["clusters"]:
         assert c["deletion"] == "complete", c
-        if c["released_by"]:
-            assert c["deleted"] <= started[c["teardown_task"]], c
+        if c["released_by"]:  # gone before its job's task ended, so before the teardown began
+            assert c["deleted"] <= ended[c["released_by"]] <= started[c["teardown_task"]], c
         index = c["teardown_task"].partition("[")[2]
         out[c["setup_task"] + (f"[{index}" if index else "")] = c["released_by"]
     return out
@@ -202,6 +204,26 @@ def test_a_failed_job_still_tears_the_cluster_down(dagbag: Any, ephemeral_home: 
     assert states == {"create": "success", "work": "failed", "delete": "success"}
     # delete_cluster_on_success: a failed job leaves the deletion to the teardown.
     assert deleted_by(run) == {"create": None}
+    no_cluster_left(ephemeral_home, before)
+
+
+@pytest.mark.local
+def test_a_retry_after_the_release_returns_the_jobs_result(dagbag: Any,
+                                                          ephemeral_home: Path) -> None:
+    """The job succeeded and released its cluster, then its task failed (post_execute): the
+    retry returns the recorded result instead of reaching for the cluster that is gone."""
+    before = engine_pids()
+    run = dagbag.get_dag("release_then_retry").test()
+    states = task_states(run)
+    assert str(run.state) == "success", states
+    assert states == {"create": "success", "work": "success", "delete": "success"}
+    [work] = [ti for ti in run.get_task_instances() if ti.task_id == "work"]
+    assert work.try_number == 2
+    result = xcom_values("release_then_retry", run.run_id, "return_value")["work[-1]"]
+    assert result["status"] == "SUCCEEDED"
+    assert result["job_id"].endswith("-a1")
+    assert result["result"] == {"ok": 1}
+    assert deleted_by(run) == {"create": "work"}
     no_cluster_left(ephemeral_home, before)
 
 

@@ -31,6 +31,10 @@ def bag(airflow_db: str) -> Any:
      "the map indexes of a mapped job share its cluster"),
     ("release_spark_before_another", ["first"],
      "delete_cluster_on_success=True on first, but second also takes create's cluster"),
+    ("release_after_an_eager_task", ["job"],
+     "gather (one_success) may start before all of their upstream tasks are done"),
+    ("release_of_another_handle", ["job"],
+     "its cluster argument is not what create pushed"),
 ])
 def test_a_task_that_is_not_the_last_user_may_not_release_the_cluster(
         bag: Any, dag_id: str, refused: list[str], message: str, ephemeral_home: Path,

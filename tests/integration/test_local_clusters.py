@@ -112,9 +112,24 @@ def test_spark_master_two_workers_and_connect(local_backend: LocalBackend) -> No
                          env={"CONNECT_TOKEN": token})
     assert session == {"groups": 10, "total": 1000, "version": "4.3.0"}
 
+    # The cluster's JVMs keep their temporary files in the cluster's folder, which deletion
+    # removes: SIGKILLed, their shutdown hooks never clean /tmp. (Executors keep theirs in the
+    # worker's local dirs, also in the cluster's folder.)
+    cdir = local_backend.home / "clusters" / result.handle.name
+    tmp = cdir / "spark" / "tmp"
     sids = sessions_alive(local_backend, result.handle.name)
+    mains = ("deploy.master.Master", "deploy.worker.Worker", "deploy.SparkSubmit")
+    jvms = [p.info["cmdline"] for p in psutil.process_iter(["pid", "cmdline"])
+            if os.getsid(p.info["pid"]) in sids and p.info["cmdline"]
+            and p.info["cmdline"][0].endswith("/java")
+            and any(c.endswith(mains) for c in p.info["cmdline"])]
+    assert len(jvms) == 4, jvms  # the master, two workers and the Connect server
+    for cmdline in jvms:
+        assert f"-Djava.io.tmpdir={tmp}" in cmdline, cmdline
+    assert list(tmp.glob("spark-*")), "spark-submit's temporary folder is not in the cluster's"
     local_backend.delete(result.handle, wait=True)
     assert no_process_in(sids)
+    assert not cdir.exists()
 
 
 def test_two_clusters_side_by_side(local_backend: LocalBackend) -> None:

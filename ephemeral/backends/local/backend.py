@@ -162,6 +162,7 @@ class LocalBackend(ClusterBackend):
             daemons, connect = secrets.create_spark(cdir)
             planned = spark_nodes.plan(s, slot, cdir / "spark", auth_props=daemons,
                                        connect_props=connect)
+            spark_nodes.tmp_dir(cdir / "spark").mkdir(parents=True, exist_ok=True)
         handle = make_handle(spec, identity, backend=self.name, endpoints=ep)
         uid = uuid.uuid4().hex
         state = ClusterState(handle=handle, uid=uid, slot=slot, plan=planned,

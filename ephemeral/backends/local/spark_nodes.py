@@ -61,6 +61,11 @@ def endpoints(spec: SparkSpec, slot: int) -> Endpoints:
     )
 
 
+def tmp_dir(work_root: Path) -> Path:
+    """``java.io.tmpdir`` of the cluster's JVMs (the backend makes it before they start)."""
+    return work_root / "tmp"
+
+
 def plan(spec: SparkSpec, slot: int, work_root: Path, *, auth_props: Path,
          connect_props: Path) -> list[PlannedNode]:
     """``auth_props``: the ``spark.authenticate`` settings of every node; ``connect_props``:
@@ -75,8 +80,12 @@ def plan(spec: SparkSpec, slot: int, work_root: Path, *, auth_props: Path,
               # spark-class's launcher JVM does little work: a client compiler and serial GC
               # make it start with far less CPU.
               "SPARK_LAUNCHER_OPTS": FAST_START_JVM}
+    # Every JVM of the cluster keeps its temporary files (spark-submit's spark-<uuid> folder,
+    # native libraries Netty unpacks) in the cluster's folder: deletion kills the JVMs before
+    # their shutdown hooks can remove them from /tmp, and removes the folder.
+    tmpdir = f"-Djava.io.tmpdir={tmp_dir(work_root)}"
     # Master and worker daemons too, and they map their class-data-sharing archive if built.
-    daemon_opts = {role: f"{FAST_START_JVM} {jvm_share.java_options(role)}".strip()
+    daemon_opts = {role: f"{FAST_START_JVM} {tmpdir} {jvm_share.java_options(role)}".strip()
                    for role in ("master", "worker")}
     nodes = [PlannedNode(
         name="master", role="master", ip=master_ip,
@@ -152,7 +161,8 @@ def plan(spec: SparkSpec, slot: int, work_root: Path, *, auth_props: Path,
         nodes.append(PlannedNode(
             name="connect", role="connect", ip=ip, argv=argv,
             env=common | {"SPARK_LOCAL_IP": ip,
-                          "SPARK_LOCAL_DIRS": str(work_root / "connect" / "tmp")},
+                          "SPARK_LOCAL_DIRS": str(work_root / "connect" / "tmp"),
+                          "SPARK_SUBMIT_OPTS": tmpdir},  # the Connect server's own JVM
         ))
     return nodes
 

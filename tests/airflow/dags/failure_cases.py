@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import DAG, task
@@ -41,6 +41,24 @@ setup_times_out = lifecycle("setup_times_out", setup={"ready_timeout": 0.5,
 setup_bad_input = lifecycle("setup_bad_input", setup={"overrides": {"workers": {"replicas": 0}}})
 happy_path = lifecycle("happy_path")
 
+def fail_first_try(context: Any, result: Any = None) -> None:
+    if context["ti"].try_number == 1:
+        raise RuntimeError("publishing failed after the job succeeded")
+
+
+with DAG(dag_id="release_then_retry", schedule=None, start_date=START, catchup=False,
+         default_args={"retries": 0}) as release_then_retry:
+    # The job succeeds and releases its cluster, then the task fails after it (its
+    # post_execute): the retry must return the job's result, not reach for the gone cluster.
+    create = CreateClusterOperator(task_id="create", spec="ray/adhoc-cpu@1", profile="ci-cpu",
+                                   overrides=SMALL_RAY)
+    work = RayJobOperator(task_id="work", cluster=create.output,
+                          entrypoint="python -c \"print('{\\\"ok\\\": 1}')\"",
+                          delete_cluster_on_success=True, post_execute=fail_first_try,
+                          retries=1, retry_delay=timedelta(seconds=0))
+    delete = DeleteClusterOperator(task_id="delete", setup_task_id="create", cluster=create.output)
+    create >> work >> delete.as_teardown(setups=create)
+
 with DAG(dag_id="xcom_too_big", schedule=None, start_date=START, catchup=False,
          default_args={"retries": 0}) as xcom_too_big:
     @task
@@ -74,5 +92,5 @@ with DAG(dag_id="kubernetes_via_connection", schedule=None, start_date=START, ca
                                        cluster=k8s_create.output, kubernetes_conn_id="k8s_test")
     k8s_create >> check(k8s_create.output) >> k8s_delete.as_teardown(setups=k8s_create)
 
-__all__ = ["happy_path", "job_fails", "kubernetes_via_connection", "setup_bad_input",
-           "setup_times_out", "xcom_too_big"]
+__all__ = ["happy_path", "job_fails", "kubernetes_via_connection", "release_then_retry",
+           "setup_bad_input", "setup_times_out", "xcom_too_big"]

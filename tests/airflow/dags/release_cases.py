@@ -56,4 +56,43 @@ with DAG(dag_id="release_spark_before_another", schedule=None, start_date=START,
     delete = DeleteClusterOperator(task_id="delete", setup_task_id="create", cluster=create.output)
     create >> first >> second >> delete.as_teardown(setups=create)
 
-__all__ = ["release_mapped_on_one_cluster", "release_not_last", "release_spark_before_another"]
+with DAG(dag_id="release_after_an_eager_task", schedule=None, start_date=START, catchup=False,
+         default_args={"retries": 0}) as release_after_an_eager_task:
+    # Both readers run before the job, but the task between starts once one of them is done:
+    # the other could still use the cluster when the job deletes it.
+    create = CreateClusterOperator(task_id="create", spec="ray/adhoc-cpu@1", profile="ci-cpu",
+                                   **FAKE)
+
+    @task
+    def reader(handle: dict[str, Any]) -> str:
+        return str(handle["name"])
+
+    @task(trigger_rule="one_success")
+    def gather() -> None:
+        return None
+
+    job = RayJobOperator(task_id="job", cluster=create.output, entrypoint="python x.py",
+                         delete_cluster_on_success=True)
+    delete = DeleteClusterOperator(task_id="delete", setup_task_id="create", cluster=create.output)
+    readers = [reader.override(task_id="fast")(create.output),
+               reader.override(task_id="slow")(create.output)]
+    readers >> gather() >> job >> delete.as_teardown(setups=create)
+
+with DAG(dag_id="release_of_another_handle", schedule=None, start_date=START, catchup=False,
+         default_args={"retries": 0}) as release_of_another_handle:
+    # The job's cluster has the setup's name but points elsewhere (another namespace).
+    create = CreateClusterOperator(task_id="create", spec="ray/adhoc-cpu@1", profile="ci-cpu",
+                                   **FAKE)
+
+    @task
+    def elsewhere(handle: dict[str, Any]) -> dict[str, Any]:
+        return {**handle, "namespace": "someone-else"}
+
+    moved = elsewhere(create.output)
+    job = RayJobOperator(task_id="job", cluster=moved, entrypoint="python x.py",
+                         delete_cluster_on_success=True)
+    delete = DeleteClusterOperator(task_id="delete", setup_task_id="create", cluster=create.output)
+    create >> job >> delete.as_teardown(setups=create)
+
+__all__ = ["release_after_an_eager_task", "release_mapped_on_one_cluster", "release_not_last",
+           "release_of_another_handle", "release_spark_before_another"]
