@@ -9,6 +9,14 @@ parsing messages.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
+
+
+def field_problems(exc: Any, whole: str = "<root>") -> str:
+    """A pydantic ValidationError as ``field.path: problem; ...`` (``whole`` names the root),
+    naming fields only: pydantic would echo input values, a secret among them."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or whole}: {e['msg']}"
+                     for e in exc.errors(include_input=False))
 
 
 class EphemeralError(Exception):

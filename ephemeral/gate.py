@@ -34,7 +34,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ephemeral.errors import EphemeralError
+from ephemeral.errors import EphemeralError, field_problems
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +124,6 @@ def gates_dir() -> Path:
     return here if here.is_dir() else Path.cwd() / "gates"
 
 
-def _problems(err: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
-                     for e in err.errors())
-
-
 def load_gate(name_or_path: str | Path) -> Gate:
     """The gate ``gates/<name>.yaml`` (or the file at a path), validated."""
     path = Path(name_or_path)
@@ -149,7 +144,7 @@ def load_gate(name_or_path: str | Path) -> Gate:
     try:
         return Gate.model_validate({**data, "source": str(path)})
     except ValidationError as err:
-        raise GateError(f"{path}: invalid gate file: {_problems(err)}") from err
+        raise GateError(f"{path}: invalid gate file: {field_problems(err)}") from err
 
 
 def with_overrides(gate: Gate, overrides: Mapping[str, Any]) -> Gate:
@@ -165,7 +160,7 @@ def with_overrides(gate: Gate, overrides: Mapping[str, Any]) -> Gate:
     try:
         thresholds = Thresholds.model_validate({**gate.thresholds.model_dump(), **given})
     except ValidationError as err:
-        raise GateError(f"gate overrides {given}: {_problems(err)}") from err
+        raise GateError(f"gate overrides {given}: {field_problems(err)}") from err
     return gate.model_copy(update={"thresholds": thresholds,
                                    "overrides": {**gate.overrides,
                                                  **{k: float(v) for k, v in given.items()}}})

@@ -299,10 +299,10 @@ def _config(conn_id: str, fields: dict[str, Any]) -> KubeConfig:
     from pydantic import ValidationError
 
     from ephemeral.backends.kubernetes import KubeConfig
-    from ephemeral.backends.kubernetes.config import field_problems
+    from ephemeral.backends.kubernetes.config import config_problems
 
     try:
         return KubeConfig(**fields)
     except ValidationError as exc:
         raise ConnectionInvalid(f"connection {conn_id!r}: invalid settings: "
-                                f"{field_problems(exc)}") from None
+                                f"{config_problems(exc)}") from None

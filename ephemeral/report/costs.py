@@ -22,7 +22,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
-from ephemeral.errors import EphemeralError
+from ephemeral.errors import EphemeralError, field_problems
 from ephemeral.settings import setting
 
 COST_FILE_VAR = "EPHEMERAL_COST_FILE"
@@ -93,7 +93,5 @@ def _from_file(path: Path) -> Prices:
     try:
         return Prices.model_validate(data)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
-                             for e in err.errors())
-        raise CostConfigError(f"{where}: {problems} (expected currency, default and specs "
+        raise CostConfigError(f"{where}: {field_problems(err)} (expected currency, default and specs "
                               "with cpuHour, gpuHour, memoryGibHour)") from err

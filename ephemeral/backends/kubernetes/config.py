@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from ephemeral.errors import BackendUnavailable
+from ephemeral.errors import BackendUnavailable, field_problems
 
 EndpointMode = Literal["auto", "dns", "proxy", "ingress"]
 SparkMode = Literal["standalone", "operator"]
@@ -177,7 +177,7 @@ class KubeConfig(BaseModel):
             return cls(**fields)
         except ValidationError as exc:
             raise BackendUnavailable(f"invalid Kubernetes settings from {source}: "
-                                     f"{field_problems(exc)}") from None
+                                     f"{config_problems(exc)}") from None
 
     def resolved_endpoint_mode(self, environ: Mapping[str, str] | None = None) -> ResolvedMode:
         """``endpoint_mode`` with ``auto`` decided for this process: a pod (the in-cluster
@@ -219,8 +219,6 @@ def parse_labels(text: str) -> dict[str, str]:
     return out
 
 
-def field_problems(exc: Any) -> str:
-    """A pydantic ValidationError as ``field: problem; ...``, naming fields only: pydantic would
-    echo input values, a secret among them."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}"
-                     for e in exc.errors(include_input=False))
+def config_problems(exc: Any) -> str:
+    """A pydantic ValidationError of the Kubernetes settings, field by field."""
+    return field_problems(exc, "config")
