@@ -26,6 +26,7 @@ from ephemeral.jobs.results import JobStatus
 
 # Releases (delete_cluster_on_success) run here, apart from the threads the triggers' polls use.
 RELEASES = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ephemeral-release")
+STREAM_DRAIN = 0.5  # seconds a released job's log stream may take to deliver its last lines
 
 
 class ClusterReadyTrigger(BaseTrigger):
@@ -197,6 +198,10 @@ class RayJobTrigger(BaseTrigger):
                 if status.terminal:
                     event = {"status": status.value, "job_id": self.job_id}
                     if self.release and status is JobStatus.SUCCEEDED:
+                        # The job's last log lines first (Ray closes the stream as the job
+                        # ends): deleting the cluster would cut the stream mid-way.
+                        await asyncio.wait({streamer}, timeout=STREAM_DRAIN)
+                        streamer.cancel()
                         # On threads of their own: a deletion that waits for pods to go must
                         # not hold the threads every trigger's polls run on.
                         loop = asyncio.get_running_loop()
