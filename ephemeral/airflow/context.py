@@ -24,9 +24,18 @@ class SetupIdentity(ClusterIdentity):
         return labels | {KEEP_LABEL: "keep"} if self.on_failure == "keep" else labels
 
 
-def _map_index(context: Any) -> int:
+def map_index(context: Any) -> int:
     index = getattr(context["ti"], "map_index", -1)
     return -1 if index is None else int(index)
+
+
+def task_label(task_id: str, index: int) -> str:
+    """``group.task`` or, for a map index, ``group.task[index]``: how the report names a task."""
+    return task_id + (f"[{index}]" if index >= 0 else "")
+
+
+def this_task(context: Any) -> str:
+    return task_label(context["ti"].task_id, map_index(context))
 
 
 def cluster_identity(context: Any, spec_name: str, setup_task_id: str | None = None, *,
@@ -38,7 +47,7 @@ def cluster_identity(context: Any, spec_name: str, setup_task_id: str | None = N
     return SetupIdentity(spec_name=spec_name, dag_id=context["dag"].dag_id,
                          run_id=context["run_id"],
                          task_id=setup_task_id or context["ti"].task_id,
-                         map_index=_map_index(context), on_failure=on_failure, **mine)
+                         map_index=map_index(context), on_failure=on_failure, **mine)
 
 
 def owner_selector(context: Any, setup_task_id: str, instance: str | None = None
@@ -51,10 +60,10 @@ def owner_selector(context: Any, setup_task_id: str, instance: str | None = None
         PREFIX + "dag-id": label_value(context["dag"].dag_id),
         PREFIX + "run-id": label_value(context["run_id"]),
         PREFIX + "task-id": label_value(setup_task_id),
-        PREFIX + "map-index": str(_map_index(context)) if _map_index(context) >= 0 else "none",
+        PREFIX + "map-index": str(map_index(context)) if map_index(context) >= 0 else "none",
     })
 
 
 def task_key(context: Any) -> str:
     ti = context["ti"]
-    return f"{context['dag'].dag_id}/{context['run_id']}/{ti.task_id}/{_map_index(context)}"
+    return f"{context['dag'].dag_id}/{context['run_id']}/{ti.task_id}/{map_index(context)}"

@@ -33,7 +33,7 @@ from ephemeral.airflow.backends import resolve as resolve_target
 from ephemeral.airflow.context import cluster_identity, owner_selector, task_key
 from ephemeral.airflow.lineage import JobLineageMixin
 from ephemeral.airflow.links import RayDashboardLink, RunReportLink, SparkMasterLink
-from ephemeral.airflow.release import check_last_use, earlier_result, release, released_by
+from ephemeral.airflow.release import before_job, release, released_by
 from ephemeral.airflow.triggers import ClusterReadyTrigger, RayJobTrigger
 from ephemeral.backends import ClusterBackend, ClusterHandle
 from ephemeral.backends.readiness import Readiness
@@ -463,9 +463,9 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
         self.poll_interval = poll_interval
         self._job: tuple[ClusterHandle, str] | None = None
 
-    def _jobs(self, handle: ClusterHandle) -> RayJobs:
+    def _jobs(self, handle: ClusterHandle, backend: ClusterBackend | None = None) -> RayJobs:
         try:
-            return ray_jobs_for(handle, cluster_backend(handle, self))
+            return ray_jobs_for(handle, backend or cluster_backend(handle, self))
         except JobSubmissionFailed as err:
             raise AirflowFailException(str(err)) from err
 
@@ -478,13 +478,11 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
 
         handle = _handle(self.cluster)
         _within_ttl(handle, self._timeout)
-        if self.delete_cluster_on_success:
-            check_last_use(self, context, handle)
-            if (earlier := earlier_result(handle, released_by(context))) is not None:
-                self.log.info("an earlier try released %s after its job succeeded: %s",
-                              handle.name, earlier.get("result"))
-                return earlier
-        jobs = self._jobs(handle)
+        if self.delete_cluster_on_success and (
+                earlier := before_job(self, context, handle)) is not None:
+            return earlier
+        backend = cluster_backend(handle, self)  # once: it may look up a connection
+        jobs = self._jobs(handle, backend)
         env = job_runtime_env(handle, self.runtime_env)  # the cluster's default pip, then ours
         ti = context["ti"]
         ti.xcom_push(key=RayDashboardLink().xcom_key, value=handle.endpoints.dashboard)
@@ -498,7 +496,7 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
         self.log.info("%s Ray job %s on %s: %s", "attached to" if attached else "submitted", jid,
                       handle.name, self.entrypoint)
         if self.deferrable:
-            poll = self.poll_interval or cluster_backend(handle, self).probe_interval
+            poll = self.poll_interval or backend.probe_interval
             by = released_by(context) if self.delete_cluster_on_success else None
             self.defer(trigger=RayJobTrigger(handle=handle.model_dump(mode="json"),
                                              backend=handle.backend,
@@ -511,13 +509,13 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
                                  timeout=self._timeout)
         except EphemeralError as err:
             raise AirflowException(str(err)) from err
-        return self._release(context, handle, result)
+        return self._release(context, handle, result, backend)
 
-    def _release(self, context: Any, handle: ClusterHandle, result: JobResult
-                 ) -> dict[str, Any]:
+    def _release(self, context: Any, handle: ClusterHandle, result: JobResult,
+                 backend: ClusterBackend) -> dict[str, Any]:
         done = result.model_dump(mode="json")
         if self.delete_cluster_on_success:
-            release(cluster_backend(handle, self), handle, released_by(context), done)
+            release(backend, handle, released_by(context), done)
         return done
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
@@ -527,7 +525,8 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
                           event.get("released") or "its cluster is left to the teardown")
             return result.model_dump(mode="json")
         h = _handle(self.cluster)
-        jobs = self._jobs(h)
+        backend = cluster_backend(h, self)
+        jobs = self._jobs(h, backend)
         jid = str(event["job_id"])
         logs = jobs.logs(jid) if event["status"] != "ERROR" else ""
         if event["status"] != JobStatus.SUCCEEDED.value:
@@ -535,7 +534,7 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
                                    f"{event.get('message', '')}\nlast log lines:\n{tail(logs)}")
         result = jobs.succeeded_result(jid)
         self.log.info("Ray job %s succeeded: %s", jid, result.result)
-        return self._release(context, h, result)
+        return self._release(context, h, result, backend)
 
     def on_kill(self) -> None:
         if self._job:

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
+from ephemeral.airflow.context import map_index, this_task
 from ephemeral.backends import ClusterBackend, ClusterHandle
 
 FIELD = "delete_cluster_on_success"
@@ -56,15 +57,6 @@ def is_a(task: Any, *classes: type) -> bool:
     return isinstance(cls, type) and issubclass(cls, classes)
 
 
-def _map_index(context: Any) -> int:
-    index = getattr(context["ti"], "map_index", -1)
-    return -1 if index is None else int(index)
-
-
-def _label(task_id: str, map_index: int) -> str:
-    return task_id + (f"[{map_index}]" if map_index >= 0 else "")
-
-
 def _rule(task: Any) -> str:
     rule = getattr(task, "trigger_rule", "all_success")
     return str(getattr(rule, "value", rule))
@@ -79,9 +71,9 @@ def check_last_use(op: Any, context: Any, handle: ClusterHandle) -> None:
         foreign_instance,
     )
 
-    dag, ti, index = context["dag"], context["ti"], _map_index(context)
+    dag, ti, index = context["dag"], context["ti"], map_index(context)
     me = dag.get_task(ti.task_id)  # the DAG's node: a mapped task's relatives are there
-    label = _label(ti.task_id, index)
+    label = this_task(context)
 
     def refuse(why: str) -> AirflowFailException:
         return AirflowFailException(f"{FIELD}=True on {label}, but {why}")
@@ -129,10 +121,22 @@ def check_last_use(op: Any, context: Any, handle: ClusterHandle) -> None:
             "leave the deletion to the teardown.")
 
 
+def before_job(op: Any, context: Any, handle: ClusterHandle) -> dict[str, Any] | None:
+    """What a job task with ``delete_cluster_on_success`` does before it submits: refuse a
+    cluster that is not its to release (``check_last_use``), and return the result an earlier
+    try recorded when it released the cluster (None: run the job)."""
+    check_last_use(op, context, handle)
+    earlier = earlier_result(handle, released_by(context))
+    if earlier is not None:
+        op.log.info("an earlier try released %s after its job succeeded: %s", handle.name,
+                    earlier.get("result"))
+    return earlier
+
+
 def released_by(context: Any) -> dict[str, str]:
     """Who releases: the run and the task, as plain data a trigger can carry."""
     return {"dag_id": context["dag"].dag_id, "run_id": context["run_id"],
-            "task": _label(context["ti"].task_id, _map_index(context))}
+            "task": this_task(context)}
 
 
 def recorded(handle: ClusterHandle, dag_id: str, run_id: str) -> Release | None:

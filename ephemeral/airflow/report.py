@@ -17,14 +17,11 @@ import os
 import time
 from typing import Any
 
+from ephemeral.airflow.context import task_label, this_task
 from ephemeral.backends import ClusterHandle
 from ephemeral.report.model import ClusterFacts, JobFacts, Release
 
 log = logging.getLogger(__name__)
-
-
-def _label(task_id: str, map_index: int) -> str:
-    return task_id + (f"[{map_index}]" if map_index >= 0 else "")
 
 
 def _is_job_task(task: Any) -> bool:
@@ -72,7 +69,7 @@ def _submission_prefixes(context: Any, cluster: str, tasks: list[tuple[str, int]
     for task_id, map_index in tasks:
         # The key ephemeral.airflow.context.task_key gives that task's RayJobOperator.
         key = f"{context['dag'].dag_id}/{context['run_id']}/{task_id}/{map_index}"
-        out[submission_id(cluster, key, 1).rsplit("-a", 1)[0] + "-a"] = _label(task_id, map_index)
+        out[submission_id(cluster, key, 1).rsplit("-a", 1)[0] + "-a"] = task_label(task_id, map_index)
     return out
 
 
@@ -86,7 +83,7 @@ def jobs_of(context: Any, cluster: str, engine_view: list[JobFacts] | None,
     jobs = []
     for job in engine_view or []:
         task_id, map_index, result = mine.pop(job.job_id, (None, -1, {}))
-        task = _label(task_id, map_index) if task_id else next(
+        task = task_label(task_id, map_index) if task_id else next(
             (t for p, t in prefixes.items() if job.job_id.startswith(p)), None)
         # Running is what the engine saw run: a Spark application from its driver's
         # registration. The driver's own start before it (on the Airflow worker, in client
@@ -98,7 +95,7 @@ def jobs_of(context: Any, cluster: str, engine_view: list[JobFacts] | None,
             "submitted": float(submitted) if isinstance(submitted, int | float) else None}))
     for job_id, (task_id, map_index, result) in mine.items():  # the engine did not list it
         jobs.append(JobFacts(job_id=job_id, engine=str(result.get("engine", "")),
-                             task=_label(task_id, map_index), status=str(result.get("status")),
+                             task=task_label(task_id, map_index), status=str(result.get("status")),
                              seconds=float(result.get("seconds") or 0.0), uris=_uris(result)))
     return jobs
 
@@ -142,9 +139,7 @@ def record_teardown(context: Any, *, setup_task_id: str, targets: dict[str, Clus
             log.error("run report without money: %s", err)
         job_tasks = finished_job_tasks(context)
         results = job_results(context, job_tasks)
-        ti = context["ti"]
-        index = getattr(ti, "map_index", None)
-        teardown = _label(ti.task_id, -1 if index is None else int(index))
+        teardown = this_task(context)
         now = time.time()
         parts = []
         for name, handle in sorted(targets.items()):
@@ -201,7 +196,7 @@ def run_report(dag_run: Any) -> dict[str, Any]:
     report = load_report(dag_run.dag_id, dag_run.run_id) or {
         "dag_id": dag_run.dag_id, "run_id": dag_run.run_id, "clusters": [], "jobs": [],
         "totals": {}}
-    tis = {_label(ti.task_id, ti.map_index): str(ti.state)
+    tis = {task_label(ti.task_id, ti.map_index): str(ti.state)
            for ti in dag_run.get_task_instances()}
     for c in report["clusters"]:
         c["teardown_state"] = tis.get(str(c["teardown_task"]))

@@ -49,7 +49,7 @@ from ephemeral.airflow.operators import (
     cluster_backend,
     job_timeout_seconds,
 )
-from ephemeral.airflow.release import check_last_use, earlier_result, release, released_by
+from ephemeral.airflow.release import before_job, release, released_by
 from ephemeral.backends import ClusterHandle
 from ephemeral.errors import EphemeralError, JobFailed, JobTimeout
 from ephemeral.jobs.results import JobResult, JobStatus
@@ -76,8 +76,9 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
     environment on top of the job allow-list. ``job_timeout`` (seconds) stops the driver.
     spark-submit's launcher, and the driver of a local cluster, start with the fast-start JVM
     flags (as ``ephemeral spark-submit``'s do) unless ``env_vars`` sets ``SPARK_LAUNCHER_OPTS``
-    or ``conf`` sets ``spark.driver.extraJavaOptions``. The cluster's credentials come from the handle's backend and connection (or ``backend``,
-    ``conn_id``, ``kubernetes_conn_id``), asked in this process.
+    or ``conf`` sets ``spark.driver.extraJavaOptions``. The cluster's credentials come from the
+    handle's backend and connection (or ``backend``, ``conn_id``, ``kubernetes_conn_id``), asked
+    in this process.
     ``delete_cluster_on_success=True`` on the cluster's last job deletes the cluster the moment
     the application succeeds instead of when the teardown is scheduled
     (``ephemeral.airflow.release``; refused, before submitting, on a task that is not the
@@ -148,12 +149,9 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
         _within_ttl(handle, self._timeout)
         if not Path(self.application).is_file():
             raise AirflowFailException(f"no application file {self.application!r}")
-        if self.delete_cluster_on_success:
-            check_last_use(self, context, handle)
-            if (earlier := earlier_result(handle, released_by(context))) is not None:
-                self.log.info("an earlier try released %s after its application succeeded: "
-                              "%s", handle.name, earlier.get("result"))
-                return earlier
+        if self.delete_cluster_on_success and (
+                earlier := before_job(self, context, handle)) is not None:
+            return earlier
         context["ti"].xcom_push(key=SparkMasterLink().xcom_key, value=handle.endpoints.spark_ui)
         try:
             result = self._submit(context, handle)

@@ -93,5 +93,5 @@ def _from_file(path: Path) -> Prices:
     try:
         return Prices.model_validate(data)
     except ValidationError as err:
-        raise CostConfigError(f"{where}: {field_problems(err)} (expected currency, default and specs "
-                              "with cpuHour, gpuHour, memoryGibHour)") from err
+        raise CostConfigError(f"{where}: {field_problems(err)} (expected currency, default "
+                              "and specs with cpuHour, gpuHour, memoryGibHour)") from err

@@ -105,19 +105,18 @@ def deleted_by(run: Any) -> dict[str, str | None]:
     """Each cluster of the run's report by its setup (and map index): the job task that deleted
     it when its job succeeded (delete_cluster_on_success), None when its teardown did. A
     released cluster was gone before its teardown started, with nothing left."""
+    from ephemeral.airflow.context import task_label
     from ephemeral.report import load_report
 
     report = load_report(run.dag_id, run.run_id)
     assert report is not None
-    started = {ti.task_id + ("" if ti.map_index < 0 else f"[{ti.map_index}]"):
-               ti.start_date.timestamp() for ti in run.get_task_instances() if ti.start_date}
-    ended = {ti.task_id + ("" if ti.map_index < 0 else f"[{ti.map_index}]"):
-             ti.end_date.timestamp() for ti in run.get_task_instances() if ti.end_date}
+    tis = {task_label(ti.task_id, ti.map_index): ti for ti in run.get_task_instances()}
     out: dict[str, str | None] = {}
     for c in report["clusters"]:
         assert c["deletion"] == "complete", c
         if c["released_by"]:  # gone before its job's task ended, so before the teardown began
-            assert c["deleted"] <= ended[c["released_by"]] <= started[c["teardown_task"]], c
+            ended = tis[c["released_by"]].end_date.timestamp()
+            assert c["deleted"] <= ended <= tis[c["teardown_task"]].start_date.timestamp(), c
         index = c["teardown_task"].partition("[")[2]
         out[c["setup_task"] + (f"[{index}" if index else "")] = c["released_by"]
     return out
