@@ -12,7 +12,8 @@ The dashboard answers once the head pod runs, and only with the cluster's token,
 Secret the (mock) operator made, as Ray does: ``Authorization: Bearer <token>`` first, else
 ``X-Ray-Authorization``; none is 401, a wrong one 403. ``/api/version`` answers; ``POST
 /api/jobs/`` records the submission and answers a job id; ``GET /api/jobs/<id>`` and the list
-``GET /api/jobs/`` say ``job_status`` (SUCCEEDED unless a test sets another).
+``GET /api/jobs/`` say ``job_status`` (SUCCEEDED unless a test sets another), and ``GET
+/api/jobs/<id>/logs`` answers ``job_logs``.
 The Spark master UI lists its running worker pods as ALIVE workers in ``/json/``; a
 SparkConnect's server UI lists one application (``/api/v1/applications``) once its server pod
 runs. ``down`` makes every endpoint refuse (503).
@@ -45,6 +46,8 @@ class Dashboards:
     seen_headers: list[dict[str, str]] = field(default_factory=list)
     job_status: str = "SUCCEEDED"
     """What the Jobs API says of every submitted job (in ``GET /api/jobs/`` and by id)."""
+    job_logs: str = ""
+    """What every job logged (``GET /api/jobs/<id>/logs``)."""
     spark_apps: list[dict[str, Any]] = field(default_factory=list)
     """The Spark master's ``activeapps`` (as Spark's JsonProtocol writes them), set by tests."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -133,6 +136,8 @@ class Dashboards:
                               "submission_id": s.get("submission_id") or f"raysubmit_{i + 1}",
                               "entrypoint": s.get("entrypoint")}
                              for i, s in enumerate(self.submitted) if s["cluster"] == cluster]
+        if method == "GET" and rest.startswith("api/jobs/") and rest.endswith("/logs"):
+            return 200, {"logs": self.job_logs}
         if method == "GET" and rest.startswith("api/jobs/"):
             job_id = rest.removeprefix("api/jobs/")
             return 200, {"job_id": job_id, "submission_id": job_id, "status": self.job_status,
