@@ -24,6 +24,7 @@ exists the scheduler does not schedule the trials (it logs "Tasks using non-exis
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -96,7 +97,35 @@ def trial_flags(options: dict[str, Any]) -> str:
 
 def best_trial(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """The trial with the lowest final loss, from the trial tasks' results (``JobResult``
-    dicts): the one rule that picks the model the run evaluates, serves and registers."""
-    best = min(results, key=lambda r: float(r["result"]["loss"]))
+    dicts): the one rule that picks the model the run evaluates, serves and registers.
+
+    A trial without a finite loss ranks last (``train_ddp.py`` reports none when a rerun resumed
+    from a final checkpoint that holds none; a diverged run reports NaN); if no trial has one,
+    that is an error naming them, not a model picked at random."""
+    results = list(results)
+    ranked = [(loss, r) for r in results if (loss := _loss(r)) is not None]
+    if not ranked:
+        jobs = ", ".join(f"{r.get('job_id')} (loss {_raw_loss(r)!r})" for r in results) or "none"
+        raise ValueError(f"no trial reported a finite loss, so none can be picked: {jobs}. Rerun "
+                         "the trials after deleting their checkpoints (<run>/checkpoints) or "
+                         "with another run name, so that they train and report a loss")
+    best = min(ranked, key=lambda pair: pair[0])[1]
     return {"job_id": best["job_id"], "model_uri": best["result"]["artifact_uri"],
             "loss": best["result"]["loss"]}
+
+
+def _raw_loss(result: dict[str, Any]) -> Any:
+    out = result.get("result")
+    return out.get("loss") if isinstance(out, dict) else None
+
+
+def _loss(result: dict[str, Any]) -> float | None:
+    """A trial's loss as a number to rank by; None when it has none (or not a finite one)."""
+    raw = _raw_loss(result)
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        return None
+    try:
+        loss = float(raw)
+    except ValueError:
+        return None
+    return loss if math.isfinite(loss) else None

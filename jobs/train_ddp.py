@@ -3,11 +3,14 @@
     python train_ddp.py --run RUN [--data-uri URI] [--num-workers 2] [--gpus-per-worker 0]
 
 Ray Train starts one worker per slot of the ScalingConfig and picks the process-group backend
-(NCCL with GPUs, gloo without). The model is a small MLP classifier on tabular features read
+(NCCL with GPUs, gloo without). A worker trains on one device, so with GPUs run one worker per GPU
+(``--gpus-per-worker 1``, ``--num-workers`` = the cluster's GPUs: what ``ddp_args`` renders);
+more than one GPU per worker is refused, as all but one would sit idle. The model is a small MLP classifier on tabular features read
 from a Parquet dataset (the ETL job's output), or generated deterministically without one.
 
 Checkpoints go to <artifact root>/<run>/checkpoints/ every --checkpoint-every steps. Started again
-with the same --run, training resumes from the latest of them (a retry after a preemption). At
+with the same --run, training resumes from the latest of them (a retry after a preemption); a
+checkpoint carries the loss so far, so a rerun that resumes from the final one reports it. At
 the end the model and metrics.json are written under <artifact root>/<run>/ and a one-line JSON
 result with their URIs is printed.
 
@@ -91,7 +94,6 @@ def build_model(dim: int, hidden: int) -> Any:
 
 def train_loop(config: dict[str, Any]) -> None:
     """One training worker. Runs under Ray Train (config['launcher'] == 'ray') or torchrun."""
-    import numpy as np
     import torch
     import torch.distributed as dist
 
@@ -120,7 +122,7 @@ def train_loop(config: dict[str, Any]) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=0.9)
     loss_fn = torch.nn.CrossEntropyLoss()
 
-    start_step, resumed_from = 0, None
+    start_step, resumed_from, prior = 0, None, {}
     checkpoint = ray.train.get_checkpoint() if ray_mode else None
     if checkpoint:
         with checkpoint.as_directory() as d:
@@ -128,6 +130,7 @@ def train_loop(config: dict[str, Any]) -> None:
         _unwrap(model).load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start_step = resumed_from = int(state["step"])
+        prior = {k: state.get(k) for k in ("loss", "first_loss")}  # None in older checkpoints
         if rank == 0:
             print(f"resumed from checkpoint at step {start_step}", flush=True)
 
@@ -145,7 +148,8 @@ def train_loop(config: dict[str, Any]) -> None:
         losses.append(loss.item())
         done = step + 1
         if ray_mode and done % config["checkpoint_every"] == 0 and done < config["steps"]:
-            _report(model, opt, done, {"step": done, "loss": float(loss)}, rank)
+            _report(model, opt, done, {"step": done, "loss": float(loss)}, rank,
+                    _loss_summary(losses, prior))
             if rank == 0:
                 print(f"checkpoint at step {done} loss {float(loss):.4f}", flush=True)
     elapsed = time.perf_counter() - t0
@@ -162,10 +166,10 @@ def train_loop(config: dict[str, Any]) -> None:
         dist.all_gather_object(ips, _node_ip(ray_mode))
     else:
         ips = [_node_ip(ray_mode)]
+    summary = _loss_summary(losses, prior)
     metrics = {
         "step": config["steps"],
-        "loss": float(np.mean(losses[-20:])) if losses else None,
-        "first_loss": float(np.mean(losses[:20])) if losses else None,
+        **summary,
         "accuracy": float(totals[0] / totals[1]),
         "throughput_samples_per_s": samples / elapsed if elapsed > 0 else 0.0,
         "world_size": world,
@@ -175,11 +179,23 @@ def train_loop(config: dict[str, Any]) -> None:
         "resumed_from_step": resumed_from,
     }
     if ray_mode:
-        _report(model, opt, config["steps"], metrics, rank)
+        _report(model, opt, config["steps"], metrics, rank, summary)
     elif rank == 0:
         print("METRICS " + json.dumps(metrics), flush=True)
     if not ray_mode:
         dist.destroy_process_group()
+
+
+def _loss_summary(losses: list[float], prior: dict[str, Any]) -> dict[str, float | None]:
+    """The run's loss (mean of its last 20 steps) and first loss (of its first 20): from the
+    steps of this attempt, else, or for the first loss, from the checkpoint it resumed. A rerun
+    that resumes from the final checkpoint trains no step, and still has a loss to report."""
+    def mean(xs: list[float]) -> float:
+        return float(sum(xs) / len(xs))
+
+    return {"loss": mean(losses[-20:]) if losses else prior.get("loss"),
+            "first_loss": prior.get("first_loss") if prior.get("first_loss") is not None
+            else (mean(losses[:20]) if losses else None)}
 
 
 def _unwrap(model: Any) -> Any:
@@ -195,8 +211,10 @@ def _node_ip(ray_mode: bool) -> str:
     return socket.gethostbyname(socket.gethostname())
 
 
-def _report(model: Any, opt: Any, step: int, metrics: dict[str, Any], rank: int) -> None:
-    """Every worker reports; rank 0 attaches the checkpoint (model, optimizer, step)."""
+def _report(model: Any, opt: Any, step: int, metrics: dict[str, Any], rank: int,
+            summary: dict[str, float | None]) -> None:
+    """Every worker reports; rank 0 attaches the checkpoint (model, optimizer, step, and the
+    loss ``summary`` so far, which a run resuming from it reports if it trains no step)."""
     import ray.train
     import torch
 
@@ -205,7 +223,7 @@ def _report(model: Any, opt: Any, step: int, metrics: dict[str, Any], rank: int)
         return
     with tempfile.TemporaryDirectory() as d:
         torch.save({"model": _unwrap(model).state_dict(), "optimizer": opt.state_dict(),
-                    "step": step}, os.path.join(d, "state.pt"))
+                    "step": step, **summary}, os.path.join(d, "state.pt"))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
@@ -249,7 +267,7 @@ def run_ray(args: argparse.Namespace) -> None:
     emit_result({
         "artifact_uri": model_uri,
         "metrics_uri": metrics_uri,
-        # None when a rerun resumed from the final checkpoint and had nothing left to train.
+        # None only when a rerun resumed from a final checkpoint that holds no loss (older).
         "loss": _round(metrics["loss"], 5),
         "first_loss": _round(metrics["first_loss"], 5),
         "accuracy": round(metrics["accuracy"], 4),
@@ -267,6 +285,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.launcher == "ray" and not args.run:
         sys.exit("train_ddp.py: --run is required (it names the run's artifact folder)")
+    if args.gpus_per_worker > 1:
+        sys.exit(f"train_ddp.py: --gpus-per-worker {args.gpus_per_worker:g}: a worker trains on "
+                 "one device, so all but one of its GPUs would sit idle; run one worker per GPU "
+                 "(--num-workers <GPUs in the cluster> --gpus-per-worker 1)")
     if args.launcher == "torchrun":
         train_loop({**vars(args), "data_uri": args.data_uri})
     else:
