@@ -91,7 +91,30 @@ def _from_file(path: Path) -> Prices:
     except (OSError, yaml.YAMLError) as err:
         raise CostConfigError(f"{where}: cannot read it: {err}") from err
     try:
-        return Prices.model_validate(data)
+        prices = Prices.model_validate(data)
     except ValidationError as err:
         raise CostConfigError(f"{where}: {field_problems(err)} (expected currency, default "
                               "and specs with cpuHour, gpuHour, memoryGibHour)") from err
+    if unknown := _unknown_specs(prices):
+        # A key that names no spec would price that spec at the default without a word.
+        raise CostConfigError(f"{where}: " + "; ".join(unknown) + " (a key of specs is a spec "
+                              "of this deployment's specs folder: ray/train-gpu or "
+                              "ray/train-gpu@1)")
+    return prices
+
+
+def _unknown_specs(prices: Prices) -> list[str]:
+    from ephemeral.errors import SpecNotFound
+    from ephemeral.specs.loader import resolve_ref
+
+    problems = []
+    for key in prices.specs:
+        name, _, version = key.partition("@")
+        if version and not version.isdigit():
+            problems.append(f"specs.{key}: {version!r} is not an integer version")
+            continue
+        try:  # the name must exist; a version may be priced before it is written
+            resolve_ref(name)
+        except SpecNotFound as err:
+            problems.append(f"specs.{key}: " + "; ".join(msg for _, msg in err.problems))
+    return problems

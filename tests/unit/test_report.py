@@ -130,6 +130,21 @@ def test_a_bad_price_setting_names_the_field(tmp_path: Path) -> None:
         load_prices({"EPHEMERAL_COST_CPU_HOUR": "cheap"})
 
 
+@pytest.mark.parametrize(("key", "why"), [
+    ("train-gpu", "a spec reference looks like ray/train-gpu@3"),
+    ("ray/trian-gpu@1", "no spec 'ray/trian-gpu'"),
+    ("ray/train-gpu@next", "'next' is not an integer version"),
+])
+def test_a_price_for_a_spec_that_does_not_exist_is_refused(tmp_path: Path, key: str,
+                                                           why: str) -> None:
+    """Ignored, it would price the spec meant at the default without a word. (A version not
+    written yet of a spec that exists may be priced: test_prices_per_spec_fall_back...)"""
+    path = tmp_path / "costs.yaml"
+    path.write_text(f"default: {{gpuHour: 2.5}}\nspecs:\n  {key}: {{gpuHour: 3.1}}\n")
+    with pytest.raises(CostConfigError, match=rf"specs\.{re.escape(key)}: .*{re.escape(why)}"):
+        load_prices({"EPHEMERAL_COST_FILE": str(path)})
+
+
 def test_the_run_report_totals_its_clusters() -> None:
     price = Price(gpu_hour=3.6)
     report = build_report("d", "r", [facts("b", created=T0 + 5, price=price),
