@@ -12,13 +12,16 @@ Busy means any of:
   counts as busy while it holds executors (its ``cores`` on the master): conservative, since
   with shuffle tracking it keeps executors that hold shuffle data until the driver cleans it
   (``spark.cleaner.periodicGC.interval``, 30 min), but it never takes a running query for idle;
-  and as it tells no end time, only the reaper's own sightings start such a cluster's clock.
+  and as it tells no end time, only the reaper's own sightings start such a cluster's clock
+  (``sightings_only``).
 
 With it the engines report when the work they know of last ended (a Ray job's ``end_time``, a
 Spark application's start plus duration, a Connect session's or operation's end) and when the
 cluster became ready (Ray: its last node's start, the state API's ``start_time_ms``; Spark with
 Connect: the Connect server's registration with the master): the reaper starts the idle clock
-from these. An API that does not answer makes the answer unknown, never idle.
+from these. An API that does not answer makes the answer unknown, never idle; so does a Spark
+cluster that has run nothing yet and whose master lists fewer ALIVE workers than it has (still
+starting), since nothing then says when it became ready but its creation.
 """
 
 from __future__ import annotations
@@ -49,6 +52,10 @@ class Activity:
     nodes_up: datetime | None = None
     """When the last node of the cluster started (Ray), a lower bound of its readiness."""
     details: list[str] = field(default_factory=list)
+    sightings_only: bool = False
+    """Some work cannot be seen and tells no end (Spark Connect's sessions where its UI cannot
+    be reached): neither ``last_end`` nor the cluster's age says how long it has been idle, only
+    the reaper's own sightings do."""
 
 
 def _ms(value: Any) -> datetime | None:
@@ -148,10 +155,22 @@ def spark_activity(access: Access, handle: ClusterHandle) -> Activity:
         # work ended is unknown too, so no engine time starts the clock: only the reaper's own
         # sightings do (a reaper without memory never calls such a cluster idle).
         busy += [f"Spark Connect holds {a.get('cores')} cores" for a in connect if a.get("cores")]
-        started = None
-    what = (f"{len(busy)} running: {'; '.join(busy[:3])}" if busy
+        return Activity(bool(busy), _what(busy), last_end, None, busy, sightings_only=True)
+    if not busy and last_end is None and started is None:
+        # Nothing ever ran and no engine time says when it became ready: the reaper counts
+        # from its creation, so it must be up, all its workers registered (not still starting).
+        alive = sum(1 for w in master.get("workers") or []
+                    if isinstance(w, dict) and w.get("state") == "ALIVE")
+        groups = [g for g in handle.groups if g.role == "worker"]
+        wanted = sum(g.replicas for g in groups) if groups else 1  # older handles: no groups
+        if alive < wanted:
+            return Activity(None, f"still starting: {alive} of {wanted} workers ALIVE")
+    return Activity(bool(busy), _what(busy), last_end, started, busy)
+
+
+def _what(busy: list[str]) -> str:
+    return (f"{len(busy)} running: {'; '.join(busy[:3])}" if busy
             else "no Spark application, Connect session or operation running")
-    return Activity(bool(busy), what, last_end, started, busy)
 
 
 def cluster_activity(backend: ClusterBackend, handle: ClusterHandle) -> Activity:

@@ -18,26 +18,39 @@ remembers when it first saw it finished (a small JSON file), so the grace period
 The idle rule. Busy is what ``ephemeral.activity`` says (a Ray job pending or running; a Spark
 application, Connect operation or open Connect session). A cluster is idle since the latest of:
 
-- its readiness: as the engine reports it (Ray: its last node's start in the state API; Spark
-  with Connect: the Connect server's registration with the master), else the first time the
-  reaper found its APIs answering; never before ``created_at``;
+- its readiness as the engine reports it (Ray: its last node's start in the state API; Spark
+  with Connect: the Connect server's registration with the master); without one, its creation
+  (``created_at``), which is never later than its readiness: work that has ended proves it was
+  ready, and a Spark cluster that ran nothing is only judged once all its workers are up
+  (``ephemeral.activity`` calls one still starting unknown);
 - the end of the last work the engines report (a Ray job's end, a Spark application's start
   plus duration, a Connect session's or operation's end);
 - the last time the reaper itself saw it busy (work that left no end time behind).
 
+So the clock needs no memory of earlier runs: the memory-less CronJob (an emptyDir) enforces
+the rule as the CLI and the DAG do. The one exception is work that can neither be seen nor tells
+its end (Spark Connect where its UI cannot be reached, ``Activity.sightings_only``): then the
+clock starts at the reaper's first sighting of the cluster, remembered in the memory file, and a
+reaper without one never calls such a cluster idle (its TTL still holds).
+
 It is deleted when ``now`` minus that exceeds ``idleTimeout``, with the reason "idle for 1834s,
 idleTimeout 1800s". A cluster whose APIs do not answer is never judged idle (its TTL still
 holds). The reaper runs every few minutes, so a cluster goes up to one interval after its
-timeout, or two when the engine reports no readiness time (a Spark cluster without Connect and
-no application run yet) and the reaper first sees it late. Remembered times live in the same JSON
-file (keyed by cluster name and creation time); a reaper without it (the CronJob's emptyDir)
-relies on the engines' times alone, so it never deletes a cluster whose idleness only its own
-sightings could tell (a Spark cluster without Connect that ran nothing; Connect on Kubernetes).
+timeout. A Spark cluster that ran nothing counts its idle time from its creation, start-up
+included: one that takes longer than its idleTimeout to start may go soon after it is up, before
+its first application if that comes later than the reaper's next run.
+
+Remembered times live in a JSON file (keyed by run, or by cluster name and creation time),
+written to a unique temporary file and renamed over it (the CLI and the DAG may reap at once);
+an unreadable file is logged and treated as empty, never a reason to stop reaping.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,9 +59,10 @@ from pathlib import Path
 from ephemeral.activity import Activity, cluster_activity
 from ephemeral.backends.base import ClusterBackend, ClusterHandle
 from ephemeral.errors import EphemeralError
-from ephemeral.notify import notify_reaped
+from ephemeral.notify import NotifierError, configured_notifier, notify_reaped
 from ephemeral.specs.identity import PREFIX, parse_utc, utc_text
 
+log = logging.getLogger(__name__)
 FINISHED = {"success", "failed"}
 DEFAULT_GRACE_SECONDS = 600
 
@@ -78,9 +92,23 @@ class FinishedMemory:
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self._seen: dict[str, str] = {}
-        if path and path.exists():
-            self._seen = json.loads(path.read_text())
+        self._seen: dict[str, str] = self._load(path) if path and path.exists() else {}
+
+    @staticmethod
+    def _load(path: Path) -> dict[str, str]:
+        """The remembered times; an unreadable file (cut short, written over by hand) is
+        forgotten with a warning: the rules hold without it, only more conservatively."""
+        try:
+            seen = json.loads(path.read_text())
+            if not isinstance(seen, dict):
+                raise ValueError(f"a JSON {type(seen).__name__}, not an object")
+            for value in seen.values():
+                parse_utc(str(value))
+        except (OSError, ValueError) as err:
+            log.warning("the reaper's memory %s is unreadable (%s); starting from an empty one",
+                        path, err)
+            return {}
+        return {str(k): str(v) for k, v in seen.items()}
 
     def first_seen(self, key: str, now: datetime) -> datetime:
         if key not in self._seen:
@@ -98,11 +126,20 @@ class FinishedMemory:
         self._seen.pop(key, None)
 
     def save(self, keep: set[str]) -> None:
-        if self.path:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({k: v for k, v in self._seen.items() if k in keep}))
-            tmp.replace(self.path)  # atomic: the CLI and the DAG may both reap
+        if not self.path:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # A temporary file of its own in the same folder, renamed over the memory: the CLI and
+        # the DAG may both reap at once, and neither may see the other's half-written file.
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.",
+                                   suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as out:
+                json.dump({k: v for k, v in self._seen.items() if k in keep}, out)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def kept_for_debugging(handle: ClusterHandle) -> bool:
@@ -161,17 +198,43 @@ def judge_idle(handle: ClusterHandle, activity: Activity, *, now: datetime,
     up_key, busy_key = idle_keys(handle)
     if activity.busy is None:
         return Decision(handle.name, False, f"activity unknown ({activity.what})")
-    first_seen = memory.first_seen(up_key, now)
+    # Work nobody can see ends unseen: only the reaper's own first sighting bounds it.
+    first_seen = memory.first_seen(up_key, now) if activity.sightings_only else None
     if activity.busy:
         memory.mark(busy_key, now)
         return Decision(handle.name, False, f"busy: {activity.what}")
-    ready = max(parse_utc(handle.created_at), activity.nodes_up or first_seen)
-    since = max(m for m in (ready, activity.last_end, memory.get(busy_key)) if m is not None)
+    since = max(m for m in (parse_utc(handle.created_at), activity.nodes_up, first_seen,
+                            activity.last_end, memory.get(busy_key)) if m is not None)
     idle = int((now - since).total_seconds())  # whole seconds, as the memory file keeps times
     if timeout is not None and idle > timeout:
         return Decision(handle.name, True, f"idle for {idle}s, idleTimeout {timeout}s "
                                            f"({activity.what} since {utc_text(since)})")
     return Decision(handle.name, False, f"idle for {idle}s of idleTimeout {timeout}s")
+
+
+def notify_not_reaped(handle: ClusterHandle, reason: str, err: Exception) -> None:
+    """Tell the deployment that a leaked cluster could not be deleted: it still runs (and
+    costs). The error's type and first line only; never raises, as ``notify_reaped``."""
+    try:
+        send = configured_notifier()
+    except NotifierError:
+        log.exception("no notification for the cluster %s the reaper could not delete",
+                      handle.name)
+        return
+    if send is None:
+        return
+    dag_id = handle.annotations.get(PREFIX + "dag-id")
+    run_id = handle.annotations.get(PREFIX + "run-id")
+    why = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
+    try:
+        send({"ephemeral_event": "cluster_reap_failed", "ephemeral_report_url": None,
+              "ephemeral_message": f"could not delete leaked cluster {handle.name} "
+                                   f"({handle.spec_ref}) of {dag_id or '?'} {run_id or '?'}: "
+                                   f"{why}; it still runs. Found: {reason}",
+              "cluster": handle.name, "reason": reason, "error": why, "dag_id": dag_id,
+              "run_id": run_id})
+    except Exception:  # a failing notifier must not stop the reaper
+        log.exception("the notifier failed for the cluster %s", handle.name)
 
 
 def _ask(activity: ActivityCheck, backend: ClusterBackend, handle: ClusterHandle) -> Activity:
@@ -208,6 +271,7 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
                 notify_reaped(handle, d.reason)  # a leak was found: the deployment hears of it
             except EphemeralError as err:
                 d = Decision(d.cluster, True, d.reason, error=str(err))
+                notify_not_reaped(handle, d.reason, err)  # a leak that still runs, above all
         decisions.append(d)
     live = backend.list_owned()
     live_runs = {f"{h.annotations.get(PREFIX + 'dag-id')}\x1f{h.annotations.get(PREFIX + 'run-id')}"

@@ -5,6 +5,7 @@ dashboard's Jobs API and the Spark master's ``/json/`` that the mock serves, wit
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -13,6 +14,7 @@ from ephemeral.jobs.ray_jobs import ray_jobs_for
 from ephemeral.jobs.runtime_env import job_runtime_env
 from ephemeral.reaper import reap
 from ephemeral.specs import ClusterIdentity
+from ephemeral.specs.identity import parse_utc
 from ephemeral.specs.resolve import ResolvedSpec
 from tests.conftest import small
 from tests.kubernetes.apiserver import ApiServer, WebEndpoints
@@ -59,21 +61,43 @@ def test_a_ray_cluster_is_kept_while_a_job_runs_and_reaped_once_idle(
 
 
 def test_a_spark_cluster_without_applications_is_reaped(
-        k8s_backend: KubernetesBackend, apiserver: ApiServer, web: WebEndpoints,
-        tmp_path) -> None:  # type: ignore[no-untyped-def]
+        k8s_backend: KubernetesBackend, apiserver: ApiServer, web: WebEndpoints) -> None:
+    """No readiness time from the master (no Connect application on the mock) and nothing ever
+    ran: the clock starts at its creation, without the reaper's memory (as in the CronJob,
+    whose emptyDir forgets between runs)."""
     handle = k8s_backend.create(SPARK, identity=owner(SPARK))
     assert k8s_backend.wait_ready(handle, timeout=5).ready
-    memory = tmp_path / "seen.json"
-    t0 = datetime.now(UTC).replace(microsecond=0)
-    # No readiness time from the master (no Connect application on the mock): first sight.
-    [d] = reap(k8s_backend, lookup=None, now=t0, memory_file=memory)
+    t0 = parse_utc(handle.created_at)
+    [d] = reap(k8s_backend, lookup=None, now=t0 + timedelta(seconds=1199))
     assert not d.delete, d
-    assert "idle for 0s of idleTimeout 1200s" in d.reason
+    assert "idle for 1199s of idleTimeout 1200s" in d.reason
     assert any(h.endswith("/spark-ui/json") for h in web.hits)
-    [d] = reap(k8s_backend, lookup=None, now=t0 + timedelta(seconds=1201), memory_file=memory)
+    [d] = reap(k8s_backend, lookup=None, now=t0 + timedelta(seconds=1201))
     assert d.deleted, d
     assert d.reason.startswith("idle for 1201s, idleTimeout 1200s (no Spark application")
     assert apiserver.store.all() == []
+
+
+def test_a_spark_cluster_still_starting_is_not_idle(
+        k8s_backend: KubernetesBackend, apiserver: ApiServer, web: WebEndpoints) -> None:
+    """Its master answers before its workers register: with nothing run yet and no readiness
+    time, its age is no idle time, so it is not judged until every worker is ALIVE."""
+    handle = k8s_backend.create(SPARK, identity=owner(SPARK))
+    assert k8s_backend.wait_ready(handle, timeout=5).ready
+    workers = [p["metadata"]["name"] for p in apiserver.store.list("pods", handle.namespace)
+               if p["metadata"]["labels"].get("app.kubernetes.io/component") == "spark-worker"
+               and p["metadata"]["labels"].get("ephemeral.dev/cluster") == handle.name]
+    assert workers
+
+    def pending(pod: dict[str, Any]) -> None:
+        pod["status"]["phase"] = "Pending"
+
+    apiserver.store.update("pods", handle.namespace, workers[0], pending)
+    later = parse_utc(handle.created_at) + timedelta(hours=1)
+    [d] = reap(k8s_backend, lookup=None, now=later)
+    assert not d.delete, d
+    assert f"activity unknown (still starting: {len(workers) - 1} of {len(workers)} workers " \
+           "ALIVE)" in d.reason
 
 
 def test_a_dashboard_that_does_not_answer_is_not_idle(

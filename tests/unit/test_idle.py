@@ -91,15 +91,61 @@ def test_unknown_activity_is_never_idle(backend: InMemoryBackend) -> None:
     assert "activity unknown" in d.reason
 
 
-def test_without_engine_times_the_clock_starts_at_first_sight(backend: InMemoryBackend,
-                                                              tmp_path: Path) -> None:
-    """No readiness from the engine (a Spark cluster without Connect): the reaper's first sight
-    starts the clock, and it remembers it between runs (its memory file)."""
+def test_after_work_ended_the_clock_runs_from_its_end_without_any_memory(
+        backend: InMemoryBackend) -> None:
+    """The Kubernetes CronJob keeps no memory between runs (an emptyDir): a Spark cluster
+    without Connect (no readiness time) whose last application ended at t+5m must still go once
+    idleTimeout has passed since that end, not be "idle for 0s" on every run."""
+    h = make(backend, "spark/etl")
+    timeout = h.idle_timeout_s
+    assert timeout == 1200
+    t = parse_utc(h.created_at)
+    ended = Activity(False, "no Spark application, Connect session or operation running",
+                     last_end=t + timedelta(minutes=5))
+    [d] = reap(backend, lookup=running, now=t + timedelta(minutes=20), activity=Engines(ended),
+               dry_run=True)
+    assert not d.delete
+    assert "idle for 900s of idleTimeout 1200s" in d.reason
+    for minutes in (30, 90, 170):
+        [d] = reap(backend, lookup=running, now=t + timedelta(minutes=minutes),
+                   activity=Engines(ended), dry_run=True)
+        assert d.delete, (minutes, d)
+        assert d.reason.startswith(f"idle for {(minutes - 5) * 60}s, idleTimeout 1200s")
+    [d] = reap(backend, lookup=running, now=t + timedelta(minutes=30), activity=Engines(ended))
+    assert d.deleted
+    assert backend.list_owned() == []
+
+
+def test_never_used_without_engine_readiness_the_clock_starts_at_creation(
+        backend: InMemoryBackend, tmp_path: Path) -> None:
+    """No readiness from the engine and nothing ever ran (a Spark cluster without Connect, all
+    its workers up): its creation starts the clock, with or without the reaper's memory."""
+    h = make(backend)
+    created = parse_utc(h.created_at)
+    idle = Engines(Activity(False, "nothing running"))
+    [d] = reap(backend, lookup=running, now=created + timedelta(seconds=IDLE - 1),
+               memory_file=tmp_path / "m.json", activity=idle)
+    assert not d.delete
+    assert f"idle for {IDLE - 1}s" in d.reason
+    [d] = reap(backend, lookup=running, now=created + timedelta(seconds=IDLE + 1), activity=idle)
+    assert d.deleted
+    assert d.reason.startswith(f"idle for {IDLE + 1}s, idleTimeout {IDLE}s")
+
+
+def test_unseen_work_starts_the_clock_at_first_sight_and_only_with_memory(
+        backend: InMemoryBackend, tmp_path: Path) -> None:
+    """Work that can neither be seen nor tells its end (Spark Connect on Kubernetes): the
+    reaper's first sight starts the clock, remembered between runs; without its memory it
+    never calls the cluster idle."""
     h = make(backend)
     memory = tmp_path / "m.json"
     first = parse_utc(h.created_at) + timedelta(seconds=IDLE * 2)
-    idle = Engines(Activity(False, "nothing running"))
+    idle = Engines(Activity(False, "nothing running", last_end=first - timedelta(hours=1),
+                            sightings_only=True))
     [d] = reap(backend, lookup=running, now=first, memory_file=memory, activity=idle)
+    assert not d.delete
+    assert "idle for 0s" in d.reason
+    [d] = reap(backend, lookup=running, now=first + timedelta(seconds=IDLE + 1), activity=idle)
     assert not d.delete
     assert "idle for 0s" in d.reason
     [d] = reap(backend, lookup=running, now=first + timedelta(seconds=IDLE - 1),

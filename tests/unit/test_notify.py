@@ -75,3 +75,42 @@ def test_the_reaper_notifies_for_each_leak_it_deletes(monkeypatch: pytest.Monkey
     reap(backend, lookup=lambda _d, r: runs[r], grace=600, memory_file=tmp_path / "seen.json")
     assert [s["ephemeral_event"] for s in SENT] == ["cluster_reaped"]
     assert leaked.name in SENT[0]["ephemeral_message"]
+
+
+def test_a_leak_the_reaper_cannot_delete_notifies_too(monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path) -> None:
+    """A leaked cluster that still runs, because its deletion failed, matters more than one that
+    went: the deployment hears that it failed and why, and nothing secret."""
+    from datetime import UTC, datetime, timedelta
+
+    from ephemeral.errors import EphemeralError
+    from ephemeral.reaper import RunInfo, reap
+
+    class Refusing(InMemoryBackend):
+        def delete(self, target: Any, *, wait: bool = True) -> None:
+            raise EphemeralError("deployments.apps is forbidden: User "
+                                 "system:serviceaccount:ephemeral:ephemeral-reaper cannot delete\n"
+                                 "second line")
+
+    monkeypatch.setenv("EPHEMERAL_NOTIFIER", f"{__name__}.remember")
+    monkeypatch.setenv("AIRFLOW_API_TOKEN", "tok-never-in-a-notification")
+    backend = Refusing()
+    leaked = backend.create(resolve("ray/adhoc-cpu@1", "ci-cpu"), identity=ClusterIdentity(
+        spec_name="adhoc-cpu", dag_id="train", run_id="ended", task_id="create"))
+    SENT.clear()
+    [d] = reap(backend, lookup=lambda _d, _r: RunInfo("failed", datetime.now(UTC)
+                                                      - timedelta(hours=1)),
+               grace=600, memory_file=tmp_path / "seen.json")
+    assert d.delete
+    assert not d.deleted
+    assert "forbidden" in d.error
+    [sent] = SENT
+    assert sent["ephemeral_event"] == "cluster_reap_failed"
+    message = sent["ephemeral_message"]
+    assert message.startswith(f"could not delete leaked cluster {leaked.name} (")
+    assert "EphemeralError: deployments.apps is forbidden" in message
+    assert "it still runs" in message
+    assert "failed 3600s ago" in message
+    assert "second line" not in message
+    assert "tok-never" not in repr(sent)
+    assert [h.name for h in backend.list_owned()] == [leaked.name]

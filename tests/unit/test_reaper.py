@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -102,3 +103,58 @@ def test_one_run_that_cannot_be_looked_up_does_not_stop_the_others(
     assert not decisions[broken].delete
     assert "KeyError" in decisions[broken].error
     assert [h.name for h in backend.list_owned()] == [broken]
+
+
+def test_an_unreadable_memory_is_logged_and_reaping_goes_on(
+    backend: InMemoryBackend, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two writers' interleaved output once left this behind; every later reap died on it."""
+    owned(backend, "gone")
+    seen = tmp_path / "reaper-seen.json"
+    seen.write_text('{"k1": "2026-01-01T00:00:00Z"} "k2": "2026-01-01T00:00:00Z"}')
+    with caplog.at_level("WARNING", logger="ephemeral.reaper"):
+        [d] = reap(backend, lookup=lambda _d, _r: RunInfo("failed"), grace=300,
+                   memory_file=seen)
+    assert not d.delete  # a fresh memory: the grace period starts now
+    assert "within the 300s grace period" in d.reason
+    assert str(seen) in caplog.text
+    assert "unreadable" in caplog.text
+    assert isinstance(json.loads(seen.read_text()), dict)  # written afresh, whole
+    for bad in ("[1, 2]", '{"k": "not a time"}', ""):
+        seen.write_text(bad)
+        [d] = reap(backend, lookup=lambda _d, _r: RunInfo("running"), memory_file=seen)
+        assert not d.delete, (bad, d)
+        assert not d.error, (bad, d)
+
+
+def test_concurrent_reapers_never_share_a_temporary_file(
+    backend: InMemoryBackend, tmp_path: Path
+) -> None:
+    """The CLI and the reap_orphans DAG may save at the same moment: each writes a temporary
+    file of its own in the memory's folder and renames it over the memory, so the memory is
+    always one writer's whole file and neither fails on the other's rename."""
+    import threading
+
+    from ephemeral.reaper import FinishedMemory
+
+    seen = tmp_path / "reaper-seen.json"
+    now = datetime.now(UTC)
+    errors: list[BaseException] = []
+
+    def writer(tag: str) -> None:
+        try:
+            for i in range(300):
+                memory = FinishedMemory(seen)
+                memory.mark(f"{tag}{i}", now)
+                memory.save({f"{tag}{i}"})
+        except BaseException as err:  # noqa: BLE001 - reported by the assertion below
+            errors.append(err)
+
+    threads = [threading.Thread(target=writer, args=(tag,)) for tag in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(json.loads(seen.read_text())) == 1
+    assert [p.name for p in tmp_path.iterdir()] == [seen.name]  # no temporary file left
