@@ -545,7 +545,11 @@ def report_cmd(
             "(written by the run's teardowns; is EPHEMERAL_ARTIFACT_ROOT the DAGs' one?)"),
             as_json)
     if html is not None:
-        html.write_text(render_html(report))
+        try:
+            html.write_text(render_html(report))
+        except OSError as err:
+            raise _fail(EphemeralError(f"--html {html}: cannot write it ({err.strerror}); give "
+                                       "a file in a folder that exists"), as_json) from None
     if as_json:
         _emit(report)
         return

@@ -11,6 +11,10 @@ def _money(value: float | None, currency: str | None) -> str:
 
 def print_report(console: Any, report: dict[str, Any]) -> None:
     from rich.table import Table
+    from rich.text import Text
+
+    def cell(value: Any) -> Text:  # as written: "[ci-cpu]" in a cell is no style tag
+        return Text(str(value))
 
     clusters = Table("cluster", "spec", "lifetime", "running jobs", "idle",
                      "idle = starting + between jobs + deleting", "reserved CPU/GiB/GPU-s",
@@ -19,20 +23,21 @@ def print_report(console: Any, report: dict[str, Any]) -> None:
     for c in report["clusters"]:
         share = c["idle_share"]
         clusters.add_row(
-            c["name"], f"{c['spec']}{' [' + c['profile'] + ']' if c['profile'] else ''}",
+            cell(c["name"]), cell(f"{c['spec']}{' [' + c['profile'] + ']' if c['profile'] else ''}"),
             f"{c['lifetime_s']:.1f}s", f"{c['busy_s']:.1f}s",
             "-" if share is None else f"{share * 100:.0f}%",
             f"{c['starting_s']:.1f}s + {c['between_jobs_s']:.1f}s + {c['deleting_s']:.1f}s",
             f"{c['cpu_seconds']:.0f} / {c['memory_gib_seconds']:.0f} / {c['gpu_seconds']:.0f}",
             f"{_money(c['cost'], c['currency'])} ({_money(c['idle_cost'], c['currency'])})",
-            c["deletion"])
+            cell(c["deletion"]))
     console.print(clusters)
     jobs = Table("task", "job", "cluster", "status", "wall", "results", title="jobs")
     jobs.columns[2].no_wrap = True
     jobs.columns[5].overflow = "fold"  # URIs whole, over several lines
     for j in report["jobs"]:
-        jobs.add_row(str(j["task"] or "-"), j["job_id"], j["cluster"], j["status"],
-                     f"{j['wall_s']:.1f}s", ", ".join(f"{k}={v}" for k, v in j["uris"].items()))
+        jobs.add_row(cell(j["task"] or "-"), cell(j["job_id"]), cell(j["cluster"]),
+                     cell(j["status"]), f"{j['wall_s']:.1f}s",
+                     cell(", ".join(f"{k}={v}" for k, v in j["uris"].items())))
     console.print(jobs)
     t = report["totals"]
     share = t["idle_share"]

@@ -208,3 +208,25 @@ def test_training_takes_its_scaling_from_the_cluster() -> None:
     assert with_scaling("python hello_ray.py", handle(None)) == "python hello_ray.py"
     with pytest.raises(ValueError, match="no worker groups"):
         ddp_args({**handle(None), "groups": []})
+
+
+def test_ephemeral_report_prints_the_run_and_names_a_bad_html_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from ephemeral.cli.main import app
+
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", str(tmp_path / "art"))
+    part = facts().model_copy(update={"profile": "ci-cpu"})
+    record([part])
+    run = CliRunner().invoke(app, ["report", "d", part.run_id, "--html", str(tmp_path / "r.html")])
+    assert run.exit_code == 0, run.output
+    # Printed as written: "[ci-cpu]" is no rich style tag.
+    assert "ray/train-gpu@1 [ci-cpu]" in run.output
+    assert "train.trial[0]" in run.output
+    assert (tmp_path / "r.html").read_text().startswith("<!doctype html>")
+    bad = tmp_path / "no-such-folder" / "r.html"
+    run = CliRunner().invoke(app, ["report", "d", part.run_id, "--html", str(bad)])
+    assert run.exit_code != 0
+    assert f"--html {bad}: cannot write it" in run.output
+    assert "Traceback" not in run.output
