@@ -25,6 +25,7 @@ from ephemeral.errors import SpecError
 from ephemeral.settings import Settings, get_settings
 from ephemeral.specs.identity import parse_utc
 from ephemeral.specs.models import RaySpec
+from ephemeral.specs.pip_credentials import credentials_problem
 from ephemeral.specs.resolve import CI_CPU, ResolvedSpec, resolve
 
 if TYPE_CHECKING:
@@ -83,6 +84,8 @@ def _pip_entry_problem(entry: object, allow: frozenset[str] | None) -> str | Non
     plain = "write a plain requirement: a name, optional [extras] and a version, e.g. 'pandas>=2'"
     if not entry.strip():
         return f"an empty entry; {plain}"
+    if (secret := credentials_problem(entry)) is not None:  # before any message echoes it
+        return secret
     if len(entry) > PIP_ENTRY_MAX_LEN:
         return f"{len(entry)} characters long; at most {PIP_ENTRY_MAX_LEN}"
     if any(not c.isprintable() for c in entry):

@@ -11,9 +11,17 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
+from ephemeral.specs.pip_credentials import credentials_problem
 from ephemeral.specs.quantities import Duration, Memory, duration_seconds, memory_bytes
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -119,32 +127,41 @@ class EnvVar(Model):
         return self
 
 
+def _requirement(entry: str) -> str:
+    """One PEP 508 requirement (``name[extras]>=version``, ``name @ url``) without credentials
+    in its URL: a typo fails here, not later inside every job's environment set-up, and a token
+    never reaches the handle, XCom, state or Ray (``ephemeral.specs.pip_credentials``)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    if (problem := credentials_problem(entry)) is not None:
+        raise ValueError(problem)
+    try:
+        if entry != entry.strip() or "\n" in entry:
+            raise InvalidRequirement("surrounding spaces or a line break")
+        Requirement(entry)
+    except InvalidRequirement as err:
+        raise ValueError(f"{entry!r} is not a PEP 508 requirement such as 'pandas>=2' or "
+                         f"'pkg @ https://host/pkg.whl' (pip options are not accepted): "
+                         f"{err}") from err
+    return entry
+
+
 class RuntimeEnv(Model):
-    pip: list[str] = Field(default_factory=list)
+    pip: list[Annotated[str, AfterValidator(_requirement)]] = Field(default_factory=list)
     """Pip requirements every Ray job submitted through ephemeral (CLI ``submit``,
     ``RayJobOperator``) gets in its runtime environment; a job's own entry for a package wins
-    (``ephemeral.jobs.runtime_env``)."""
+    (``ephemeral.jobs.runtime_env``). No credentials in URLs (``user:token@``)."""
     env: list[EnvVar] = Field(default_factory=list)
     """Environment of the cluster's processes (so of every job on it)."""
 
     @field_validator("pip")
     @classmethod
     def _requirements(cls, v: list[str]) -> list[str]:
-        """PEP 508 requirements (``name[extras]>=version``, ``name @ url``), each package once:
-        a typo fails here, not later inside every job's environment set-up."""
-        from packaging.requirements import InvalidRequirement, Requirement
+        """Each package once (entries are checked one by one by ``_requirement`` first)."""
+        from packaging.requirements import Requirement
         from packaging.utils import canonicalize_name
 
-        names = []
-        for entry in v:
-            try:
-                if entry != entry.strip() or "\n" in entry:
-                    raise InvalidRequirement("surrounding spaces or a line break")
-                names.append(canonicalize_name(Requirement(entry).name))
-            except InvalidRequirement as err:
-                raise ValueError(f"{entry!r} is not a PEP 508 requirement such as 'pandas>=2' or "
-                                 f"'pkg @ https://host/pkg.whl' (pip options are not accepted): "
-                                 f"{err}") from err
+        names = [canonicalize_name(Requirement(entry).name) for entry in v]
         if dup := repeated(names):
             raise ValueError(f"packages listed twice: {', '.join(dup)}")
         return v
