@@ -82,6 +82,12 @@ class RayJobs:
         env = dict(runtime_env or {})
         if working_dir:
             env["working_dir"] = working_dir
+        try:  # Ray's own check, before the upload: its ValueError is no transport error
+            from ray.runtime_env import RuntimeEnv
+
+            RuntimeEnv(**env)
+        except (ValueError, TypeError) as err:
+            raise JobSubmissionFailed(f"Ray refuses the job's runtime_env: {err}") from err
         try:
             return str(self.client.submit_job(
                 entrypoint=entrypoint, submission_id=job_id, runtime_env=env or None,

@@ -7,8 +7,16 @@ then ephemeral's own variables, then the job's own ``runtime_env``. Later layers
 - ``env_vars``: merged, the later value wins.
 - Any other key (``working_dir``, ``py_modules``, ``conda``, ...): the later layer's value.
 
-A job that brings ``conda`` cannot also get the cluster's default ``pip`` (Ray refuses both in
-one environment): that is an error naming the packages, not a silent drop.
+Ray (2.60, ``RuntimeEnv``) takes only one of ``pip``, ``uv`` and ``conda``, and ``image_uri`` or
+``container`` only with ``env_vars`` and ``config``. So with the cluster's default ``pip``:
+
+- a job's own ``uv`` installs the cluster's packages too: they move into its ``uv`` list by the
+  ``pip`` rule above (the job's entry for a package wins), and ``pip`` goes;
+- a job's own ``conda``, ``image_uri`` or ``container`` is an error naming the field, the
+  packages and the fix, not a silent drop, raised before anything is uploaded or submitted.
+
+A job's pip or uv entry with credentials in its URL is refused (``ephemeral.specs.pip_credentials``,
+the rule the spec's ``runtimeEnv.pip`` follows).
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ephemeral.errors import JobSubmissionFailed
+from ephemeral.specs.pip_credentials import credentials_problem
 
 if TYPE_CHECKING:
     from ephemeral.backends.base import ClusterHandle
@@ -34,15 +43,16 @@ def _name(requirement: str) -> str:
         return requirement.strip()
 
 
-def _packages(pip: Any, where: str) -> tuple[list[str], dict[str, Any]]:
-    """(package list, other options) of a ``pip`` value: a list, or Ray's dict form."""
+def _packages(pip: Any, where: str, field: str = "pip") -> tuple[list[str], dict[str, Any]]:
+    """(package list, other options) of a ``pip`` (or ``uv``) value: a list, or Ray's dict
+    form."""
     if isinstance(pip, list | tuple):
         return [str(p) for p in pip], {}
     if isinstance(pip, Mapping) and isinstance(pip.get("packages", []), list | tuple):
         options = {k: v for k, v in pip.items() if k != "packages"}
         return [str(p) for p in pip.get("packages", [])], options
     raise JobSubmissionFailed(
-        f"{where}: runtime_env.pip must be a list of requirements (or Ray's "
+        f"{where}: runtime_env.{field} must be a list of requirements (or Ray's "
         f"{{'packages': [...]}} form) to merge with the cluster's default pip packages; got "
         f"{type(pip).__name__}. Pass the requirements as a list.")
 
@@ -53,13 +63,47 @@ def merge_pip(base: list[str], overlay: list[str]) -> list[str]:
     return [r for r in base if _name(r) not in replaced] + list(overlay)
 
 
+# Ray's limits (ray/runtime_env/runtime_env.py, 2.60): one installer; an image alone.
+_INSTALLERS = ("pip", "uv", "conda")
+_IMAGE_KEYS = {"image_uri": {"image_uri", "config", "env_vars"},
+               "container": {"container", "config", "env_vars"}}
+
+
+def _with_credentials(overlay: Mapping[str, Any], where: str) -> None:
+    """Refuse an overlay's pip or uv entry with credentials in its URL, naming it."""
+    for field in ("pip", "uv"):
+        value = overlay.get(field)
+        entries = value.get("packages") if isinstance(value, Mapping) else value
+        if not isinstance(entries, list | tuple):
+            continue
+        for i, entry in enumerate(entries):
+            if isinstance(entry, str) and (problem := credentials_problem(entry)) is not None:
+                raise JobSubmissionFailed(f"{where}: runtime_env.{field}[{i}]: {problem}")
+
+
+def _pip_into_uv(base_pip: Any, uv: Any, where: str) -> Any:
+    """The job's ``uv`` with the cluster's default pip packages in it (the job's entry for a
+    package wins)."""
+    base_pkgs, base_opts = _packages(base_pip, "the cluster")
+    if base_opts:
+        raise JobSubmissionFailed(
+            f"{where} sets runtime_env.uv, and the cluster's default pip has options uv does not "
+            f"take ({sorted(base_opts)}); list the cluster's packages ({base_pkgs}) in the job's "
+            "uv yourself, or use runtime_env.pip instead of uv")
+    pkgs, opts = _packages(uv, where, "uv")
+    merged = merge_pip(base_pkgs, pkgs)
+    return {"packages": merged, **opts} if opts else merged
+
+
 def merge_runtime_env(base: Mapping[str, Any], overlay: Mapping[str, Any] | None, *,
                       where: str = "the job") -> dict[str, Any]:
     """``overlay`` over ``base`` by the rules of this module; neither is modified."""
     out = dict(base)
-    for key, value in (overlay or {}).items():
-        if value is None:  # not set: the earlier layer's value stands
-            continue
+    overlay = {k: v for k, v in (overlay or {}).items() if v is not None}  # None: not set
+    _with_credentials(overlay, where)
+    if "uv" in overlay and "pip" not in overlay and out.get("pip") is not None:
+        overlay["uv"] = _pip_into_uv(out.pop("pip"), overlay["uv"], where)
+    for key, value in overlay.items():
         if key == "env_vars" and isinstance(out.get(key), Mapping):
             out[key] = {**out[key], **(value or {})}
         elif key == "pip" and "pip" in out:
@@ -70,13 +114,31 @@ def merge_runtime_env(base: Mapping[str, Any], overlay: Mapping[str, Any] | None
             out[key] = {"packages": merged, **options} if options else merged
         else:
             out[key] = value
-    if "conda" in out and out.get("pip"):
-        pip = out["pip"]
+    _check_rays_limits(out, base, where)
+    return out
+
+
+def _check_rays_limits(env: Mapping[str, Any], base: Mapping[str, Any], where: str) -> None:
+    """Refuse what Ray's ``RuntimeEnv`` would (after the working_dir upload, as a ValueError)."""
+    if "conda" in env and env.get("pip") and base.get("pip"):
         raise JobSubmissionFailed(
             f"{where} sets runtime_env.conda, and the cluster adds pip packages to every job "
-            f"({pip}); Ray takes only one of them. List those packages under your conda "
+            f"({env['pip']}); Ray takes only one of them. List those packages under your conda "
             "environment's pip dependencies and drop conda from the job, or use another cluster.")
-    return out
+    if len(given := [k for k in _INSTALLERS if env.get(k) is not None]) > 1:
+        raise JobSubmissionFailed(
+            f"{where}: runtime_env sets {' and '.join(given)}, and Ray takes only one of them: "
+            "list every package under one of them")
+    for image, allowed in _IMAGE_KEYS.items():
+        if env.get(image) is None or not (extra := sorted(set(env) - allowed)):
+            continue
+        from_cluster = f" (the cluster adds pip packages to every job: {env['pip']})" \
+            if "pip" in extra and base.get("pip") else ""
+        raise JobSubmissionFailed(
+            f"{where} sets runtime_env.{image}, which Ray runs only with "
+            f"{' and '.join(sorted(allowed - {image}))}, not with {', '.join(extra)}"
+            f"{from_cluster}. Install those packages (and the job's code) in the image, or use a "
+            "cluster spec without runtimeEnv.pip and no pip, uv, conda or working_dir of its own")
 
 
 def cluster_runtime_env(handle: ClusterHandle) -> dict[str, Any]:

@@ -106,3 +106,77 @@ def test_an_idle_timeout_not_shorter_than_the_ttl_is_refused(tmp_path) -> None: 
 
     with pytest.raises(SpecError, match=r"idleTimeout \(1h\) is not shorter than ttl \(1h\)"):
         load_file(_spec_file(tmp_path, "[]", "{ttl: 1h, idleTimeout: 1h}"))
+
+
+@pytest.mark.parametrize(("pip", "index"), [
+    ('["six", "internal-lib @ https://deploy:glpat-SECRET123@git.example.com/g/lib.git"]', 1),
+    ('["lib @ git+https://glpat-SECRET123@git.example.com/g/lib.git@v1"]', 0),
+    ('["lib @ https://u:p@ss-SECRET123@h/lib.whl"]', 0),  # an unescaped '@' in the password
+])
+def test_a_specs_pip_entry_with_credentials_is_refused_without_echoing_them(
+        tmp_path, pip: str, index: int) -> None:  # type: ignore[no-untyped-def]
+    from ephemeral.errors import SpecError
+    from ephemeral.specs import load_file
+
+    with pytest.raises(SpecError) as info:
+        load_file(_spec_file(tmp_path, pip))
+    text = str(info.value)
+    assert f"runtimeEnv.pip[{index}]" in text
+    assert "credentials in its URL" in text
+    assert "package index" in text
+    assert "SECRET123" not in text
+    assert "***@" in text
+    # An '@' after the host (a VCS ref) is no user-info.
+    assert load_file(_spec_file(tmp_path, '["lib @ git+https://git.example.com/g/lib.git@v1"]'))
+
+
+def test_a_jobs_uv_installs_the_clusters_pip_packages_instead_of_pip() -> None:
+    # Ray refuses pip and uv together: the cluster's packages move into the job's uv.
+    out = merge_runtime_env({"pip": ["six", "rich==13"], "env_vars": {"A": "1"}},
+                            {"uv": ["rich==14", "polars"]})
+    assert out == {"uv": ["six", "rich==14", "polars"], "env_vars": {"A": "1"}}
+    out = merge_runtime_env({"pip": ["six"]}, {"uv": {"packages": ["rich"], "uv_check": True}})
+    assert out == {"uv": {"packages": ["six", "rich"], "uv_check": True}}
+    assert merge_runtime_env({}, {"uv": ["rich"]}) == {"uv": ["rich"]}
+    with pytest.raises(JobSubmissionFailed, match=r"runtime_env sets pip and uv"):
+        merge_runtime_env({"pip": ["six"]}, {"uv": ["rich"], "pip": ["polars"]})
+
+
+def test_what_ray_would_refuse_after_the_upload_is_refused_by_name_before_it() -> None:
+    from ray.runtime_env import RuntimeEnv
+
+    job = {"image_uri": "registry.example/train:1", "env_vars": {"A": "1"}}
+    with pytest.raises(ValueError, match="image_uri"):  # Ray's own refusal, for the record
+        RuntimeEnv(**{**job, "pip": ["six"]})
+    with pytest.raises(JobSubmissionFailed, match=r"runtime_env\.image_uri.*not with pip "
+                                                  r"\(the cluster adds pip packages.*\['six'\]"):
+        merge_runtime_env({"pip": ["six"]}, job)
+    with pytest.raises(JobSubmissionFailed, match=r"runtime_env\.container.*not with pip"):
+        merge_runtime_env({"pip": ["six"]}, {"container": {"image": "x"}})
+    # Without the cluster's pip, an image job is what Ray accepts.
+    env = merge_runtime_env({"env_vars": {"B": "2"}}, job)
+    assert env == {"image_uri": "registry.example/train:1", "env_vars": {"B": "2", "A": "1"}}
+    RuntimeEnv(**env)
+
+
+def test_a_jobs_pip_or_uv_entry_with_credentials_is_refused_by_its_index() -> None:
+    secret = "lib @ https://deploy:glpat-SECRET123@git.example.com/lib.whl"
+    for field, value in [("pip", ["six", secret]), ("uv", {"packages": ["six", secret]})]:
+        with pytest.raises(JobSubmissionFailed) as info:
+            merge_runtime_env({"pip": ["rich"]}, {field: value})
+        text = str(info.value)
+        assert f"runtime_env.{field}[1]" in text
+        assert "credentials in its URL" in text
+        assert "SECRET123" not in text
+
+
+def test_a_runtime_env_ray_refuses_is_not_called_a_transport_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from ephemeral.jobs.ray_jobs import RayJobs
+
+    # No dashboard listens there: the refusal must come first, by Ray's own check, named so.
+    jobs = RayJobs("http://127.0.0.1:9", cluster="c")
+    with pytest.raises(JobSubmissionFailed, match="Ray refuses the job's runtime_env") as info:
+        jobs.submit("python x.py", working_dir=str(tmp_path),
+                    runtime_env={"pip": ["six"], "uv": ["rich"]})
+    assert "cannot reach" not in str(info.value)
+    assert "'uv' field" in str(info.value)
