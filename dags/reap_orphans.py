@@ -12,6 +12,8 @@ from typing import Any
 
 from airflow.sdk import DAG, Param, task
 
+from ephemeral.notify import failure_callbacks
+
 with DAG(
     dag_id="reap_orphans",
     description="Delete ephemeral clusters whose run ended, whose TTL passed or that sat idle",
@@ -19,7 +21,10 @@ with DAG(
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 0, "execution_timeout": timedelta(minutes=10)},
+    # A reap that fails (a leak it could not delete, a backend it cannot reach) notifies as
+    # any reference DAG's failed task does ($EPHEMERAL_NOTIFIER).
+    default_args={"retries": 0, "execution_timeout": timedelta(minutes=10),
+                  "on_failure_callback": failure_callbacks()},
     params={"grace_seconds": Param(600, type="number", minimum=0,
                                    description="How long after a run ended its clusters may "
                                                "still be there (its teardown may be running).")},

@@ -251,6 +251,20 @@ def test_the_reaper_sets_the_variables_and_flags_the_cli_reads() -> None:
     assert {o for o in container["command"][2:] if o.startswith("--")} <= flags
 
 
+def test_the_reaper_may_be_given_the_deployments_notifier_by_reference() -> None:
+    """Leaks it deleted or could not delete are told through $EPHEMERAL_NOTIFIER: from an
+    optional ConfigMap, so the CronJob runs without one."""
+    from ephemeral.notify import KWARGS_VAR, NOTIFIER_VAR
+
+    _, _, pod = reaper()
+    (container,) = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    for var, key in ((NOTIFIER_VAR, "notifier"), (KWARGS_VAR, "notifier_kwargs")):
+        assert "value" not in env[var], var
+        assert env[var]["valueFrom"] == {"configMapKeyRef": {
+            "name": "ephemeral-notifier", "key": key, "optional": True}}, var
+
+
 def test_the_reaper_can_write_its_memory_with_a_read_only_root() -> None:
     _, _, pod = reaper()
     (container,) = pod["containers"]
