@@ -160,7 +160,8 @@ OPTIONS: tuple[Option, ...] = (
            group=_K),
     # Reaper
     Option("airflow_url", "Airflow's REST API, which ``ephemeral reap`` asks whether a "
-           "cluster's run has ended. Unset: expiry only.", example="http://airflow:8080",
+           "cluster's run has ended. Unset: only expiry (``lifetime.ttl``) and the idle rule "
+           "(``lifetime.idleTimeout``) delete clusters.", example="http://airflow:8080",
            group=_A),
     Option("airflow_user", "User the reaper logs in to Airflow's API as.", example="reaper",
            group=_A),

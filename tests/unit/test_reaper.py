@@ -158,3 +158,31 @@ def test_concurrent_reapers_never_share_a_temporary_file(
     assert errors == []
     assert len(json.loads(seen.read_text())) == 1
     assert [p.name for p in tmp_path.iterdir()] == [seen.name]  # no temporary file left
+
+
+def test_without_airflow_the_idle_rule_still_deletes_and_the_docs_say_so(
+    backend: InMemoryBackend,
+) -> None:
+    """No Airflow URL is not "expiry only": the idle rule asks the clusters, not Airflow."""
+    import typer.main
+
+    from ephemeral.activity import Activity
+    from ephemeral.cli import main as cli
+    from ephemeral.config_section import BY_KEY
+
+    h = backend.create(SPEC, identity=ClusterIdentity(spec_name=SPEC.spec.name, dag_id="train",
+                                                      run_id="r1", task_id="create"))
+    assert h.idle_timeout_s
+    later = datetime.now(UTC) + timedelta(seconds=h.idle_timeout_s + 60)
+    [d] = reap(backend, lookup=None, now=later,
+               activity=lambda _b, _h: Activity(False, "no Ray job pending or running"))
+    assert d.deleted
+    assert d.reason.startswith("idle for ")
+
+    reap_cmd = typer.main.get_command(cli.app).commands["reap"]  # type: ignore[attr-defined]
+    [url] = [p for p in reap_cmd.params if p.name == "airflow_url"]
+    root = Path(__file__).parents[2]
+    header = (root / "compose" / "k8s" / "reaper-cronjob.yaml").read_text().split("\n\n")[0]
+    for text in (url.help, BY_KEY["airflow_url"].description, header):
+        assert "expiry only" not in text
+        assert "idle" in text, text
