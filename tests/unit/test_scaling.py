@@ -53,3 +53,14 @@ def test_a_workers_cpus_never_exceed_its_nodes_share(cpu: float, gpus: int,
 def test_without_gpus_one_worker_per_node_with_its_cpus() -> None:
     assert ddp_args(_handle(("a", 2, 4, 0), ("b", 1, 2, 0))) == \
         "--num-workers 3 --gpus-per-worker 0 --cpus-per-worker 2"
+
+
+def test_the_train_gpu_spec_right_sized_to_two_gpus_a_node_trains_on_all_four() -> None:
+    from ephemeral.backends.fake import InMemoryBackend
+    from ephemeral.specs import ClusterIdentity, resolve
+
+    spec = resolve("ray/train-gpu@1", None, {"workers": {"gpus": 2}})
+    h = InMemoryBackend().create(spec, identity=ClusterIdentity(
+        spec_name="train-gpu", dag_id="d", run_id="r", task_id="t"))
+    assert ddp_args(h.model_dump(mode="json")) == \
+        "--num-workers 4 --gpus-per-worker 1 --cpus-per-worker 4"
