@@ -19,9 +19,12 @@ With it the engines report when the work they know of last ended (a Ray job's ``
 Spark application's start plus duration, a Connect session's or operation's end) and when the
 cluster became ready (Ray: its last node's start, the state API's ``start_time_ms``; Spark with
 Connect: the Connect server's registration with the master): the reaper starts the idle clock
-from these. An API that does not answer makes the answer unknown, never idle; so does a Spark
-cluster that has run nothing yet and whose master lists fewer ALIVE workers than it has (still
-starting), since nothing then says when it became ready but its creation.
+from these. An API that does not answer makes the answer unknown, never idle; so does a cluster
+that has run nothing yet and is not known to be up (Ray: no node start from the state API;
+Spark: fewer ALIVE workers at the master than it has), since nothing but its creation would
+then say when it became ready. Work listed without an end (a finished Ray job without
+``end_time``; Connect's unseen sessions) leaves the clock to the reaper's sightings
+(``sightings_only``).
 """
 
 from __future__ import annotations
@@ -81,10 +84,17 @@ def ray_activity(access: Access) -> Activity:
         if isinstance(nodes, dict) else None
     nodes_up = _latest(*(_ms(n.get("start_time_ms")) for n in rows or []
                          if isinstance(n, dict) and n.get("state") == "ALIVE"))
+    listed = [j for j in jobs if isinstance(j, dict)]
+    if not listed and nodes_up is None:
+        # Nothing ran and no node start is known: its age would be all the reaper could count.
+        return Activity(None, "no Ray job ran yet and the state API gave no node start")
+    # A finished job without an end time says nothing of when the cluster fell idle.
+    unended = any(j.get("status") not in RAY_BUSY and _ms(j.get("end_time")) is None
+                  for j in listed)
     what = (f"{len(running)} Ray job(s) pending or running" if running
             else "no Ray job pending or running")
     ids = [str(j.get("submission_id") or j.get("job_id")) for j in running]
-    return Activity(bool(running), what, last_end, nodes_up, ids)
+    return Activity(bool(running), what, last_end, nodes_up, ids, sightings_only=unended)
 
 
 def connect_ui(handle: ClusterHandle) -> str | None:

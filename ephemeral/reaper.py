@@ -21,24 +21,26 @@ application, Connect operation or open Connect session). A cluster is idle since
 - its readiness as the engine reports it (Ray: its last node's start in the state API; Spark
   with Connect: the Connect server's registration with the master); without one, its creation
   (``created_at``), which is never later than its readiness: work that has ended proves it was
-  ready, and a Spark cluster that ran nothing is only judged once all its workers are up
-  (``ephemeral.activity`` calls one still starting unknown);
+  ready, and a cluster that ran nothing is only judged once its engine says it is up (Ray: a
+  node's start; Spark: every worker ALIVE), else ``ephemeral.activity`` calls it unknown;
 - the end of the last work the engines report (a Ray job's end, a Spark application's start
   plus duration, a Connect session's or operation's end);
 - the last time the reaper itself saw it busy (work that left no end time behind).
 
 So the clock needs no memory of earlier runs: the memory-less CronJob (an emptyDir) enforces
-the rule as the CLI and the DAG do. The one exception is work that can neither be seen nor tells
-its end (Spark Connect where its UI cannot be reached, ``Activity.sightings_only``): then the
-clock starts at the reaper's first sighting of the cluster, remembered in the memory file, and a
-reaper without one never calls such a cluster idle (its TTL still holds).
+the rule as the CLI and the DAG do. The one exception is work that ended at a time nobody tells
+(Spark Connect where its UI cannot be reached, a Ray job listed without an end time:
+``Activity.sightings_only``): then the clock starts at the reaper's first sighting of the
+cluster, remembered in the memory file, and a reaper without one never calls such a cluster
+idle (its TTL still holds).
 
 It is deleted when ``now`` minus that exceeds ``idleTimeout``, with the reason "idle for 1834s,
 idleTimeout 1800s". A cluster whose APIs do not answer is never judged idle (its TTL still
 holds). The reaper runs every few minutes, so a cluster goes up to one interval after its
-timeout. A Spark cluster that ran nothing counts its idle time from its creation, start-up
-included: one that takes longer than its idleTimeout to start may go soon after it is up, before
-its first application if that comes later than the reaper's next run.
+timeout. A Spark cluster without Connect that ran nothing counts its idle time from its
+creation, start-up included: one that takes longer than its idleTimeout to start may go soon
+after all its workers are up, before its first application if that comes after the reaper's
+next run.
 
 Remembered times live in a JSON file (keyed by run, or by cluster name and creation time),
 written to a unique temporary file and renamed over it (the CLI and the DAG may reap at once);
@@ -198,12 +200,13 @@ def judge_idle(handle: ClusterHandle, activity: Activity, *, now: datetime,
     up_key, busy_key = idle_keys(handle)
     if activity.busy is None:
         return Decision(handle.name, False, f"activity unknown ({activity.what})")
-    # Work nobody can see ends unseen: only the reaper's own first sighting bounds it.
-    first_seen = memory.first_seen(up_key, now) if activity.sightings_only else None
+    first_seen = memory.first_seen(up_key, now)
     if activity.busy:
         memory.mark(busy_key, now)
         return Decision(handle.name, False, f"busy: {activity.what}")
-    since = max(m for m in (parse_utc(handle.created_at), activity.nodes_up, first_seen,
+    # Work that ended unseen: only the reaper's own sightings bound when it ended.
+    unseen = first_seen if activity.sightings_only else None
+    since = max(m for m in (parse_utc(handle.created_at), activity.nodes_up, unseen,
                             activity.last_end, memory.get(busy_key)) if m is not None)
     idle = int((now - since).total_seconds())  # whole seconds, as the memory file keeps times
     if timeout is not None and idle > timeout:

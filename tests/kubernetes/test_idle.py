@@ -60,6 +60,29 @@ def test_a_ray_cluster_is_kept_while_a_job_runs_and_reaped_once_idle(
     assert apiserver.store.all() == []
 
 
+def test_a_ray_cluster_with_no_time_to_count_from_is_not_idle(
+        k8s_backend: KubernetesBackend, web: WebEndpoints,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mock serves no state API (no node start) and its finished jobs no end time: with no
+    job yet the cluster's age is no idle time (it may still be starting), and a job that ended
+    at an unknown time leaves only the reaper's sightings, which a memory-less run lacks."""
+    for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE"):
+        monkeypatch.delenv(var, raising=False)
+    handle = k8s_backend.create(RAY, identity=owner(RAY))
+    assert k8s_backend.wait_ready(handle, timeout=5).ready
+    later = parse_utc(handle.created_at) + timedelta(hours=1)
+    [d] = reap(k8s_backend, lookup=None, now=later)
+    assert not d.delete, d
+    assert "activity unknown (no Ray job ran yet and the state API gave no node start)" \
+        in d.reason
+    web.dashboards.job_status = "SUCCEEDED"
+    ray_jobs_for(handle, k8s_backend).submit("python -c pass",
+                                             runtime_env=job_runtime_env(handle, None))
+    [d] = reap(k8s_backend, lookup=None, now=later)
+    assert not d.delete, d
+    assert "idle for 0s of idleTimeout 900s" in d.reason
+
+
 def test_a_spark_cluster_without_applications_is_reaped(
         k8s_backend: KubernetesBackend, apiserver: ApiServer, web: WebEndpoints) -> None:
     """No readiness time from the master (no Connect application on the mock) and nothing ever
