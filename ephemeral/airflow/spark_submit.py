@@ -162,11 +162,13 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
             release(cluster_backend(handle, self), handle, released_by(context), done)
         return done
 
-    def _conf(self, context: Any, master: str) -> dict[str, Any]:
+    def _conf(self, context: Any, handle: ClusterHandle) -> dict[str, Any]:
         # The driver runs on this host; a local cluster's executors must be able to call it back.
+        # Then the cluster's defaults (its spec's conf), then the application's own.
         from ephemeral.jobs.spark_jobs import driver_conf
 
-        conf: dict[str, Any] = driver_conf(master) | dict(self.conf or {})
+        master = str(handle.endpoints.spark_master)
+        conf: dict[str, Any] = driver_conf(master) | handle.spark_conf | dict(self.conf or {})
         return _with_openlineage(conf, context, self.openlineage_inject_parent_job_info,
                                  self.openlineage_inject_transport_info)
 
@@ -205,7 +207,7 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
                 master=master, spark_binary=spark_submit_bin(),
                 extra_args=_auth_properties(private, auth),
                 on_start=lambda proc: self._started(proc, hook, timed_out),
-                conf=self._conf(context, master), name=self.name or self.task_id,
+                conf=self._conf(context, handle), name=self.name or self.task_id,
                 files=self.files, py_files=self.py_files, archives=self.archives,
                 jars=self.jars, packages=self.packages, exclude_packages=self.exclude_packages,
                 repositories=self.repositories, java_class=self.java_class,

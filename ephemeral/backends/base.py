@@ -33,6 +33,7 @@ from ephemeral.specs.identity import (
 )
 
 if TYPE_CHECKING:
+    from ephemeral.specs.models import SparkSpec
     from ephemeral.specs.resolve import ResolvedSpec
 
 
@@ -114,6 +115,9 @@ class ClusterHandle(BaseModel):
     job_pip: list[str] = []
     """The spec's ``runtimeEnv.pip``: default pip packages of every Ray job submitted through
     ephemeral (``ephemeral.jobs.runtime_env``)."""
+    spark_conf: dict[str, str] = {}
+    """``application_conf`` of a Spark spec: the defaults of every Spark application submitted
+    through ephemeral (spark-submit, ``EphemeralSparkSubmitOperator``); its own conf wins."""
 
     @property
     def owner_labels(self) -> dict[str, str]:
@@ -319,7 +323,19 @@ def make_handle(
         created_ts=round(created.timestamp(), 3),
         idle_timeout_s=spec.spec.lifetime.idle_timeout_seconds,
         job_pip=list(spec.spec.runtime_env.pip) if isinstance(spec.spec, RaySpec) else [],
+        spark_conf={} if isinstance(spec.spec, RaySpec) else application_conf(spec.spec),
     )
+
+
+def application_conf(spec: SparkSpec) -> dict[str, str]:
+    """What every application on a Spark cluster gets unless it says otherwise, as a cluster's
+    spark-defaults would give it: the Connect server's and each spark-submit's through
+    ephemeral. An executor takes its worker's GPUs (a task asking for a share of one, as
+    ``spark.task.resource.gpu.amount`` in the spec's conf does, fails without it), then the
+    spec's ``conf``."""
+    gpus = {"spark.executor.resource.gpu.amount": str(spec.workers.gpus)} if spec.workers.gpus \
+        else {}
+    return gpus | spec.conf
 
 
 def node_groups(spec: ResolvedSpec) -> list[NodeGroup]:

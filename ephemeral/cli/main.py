@@ -478,7 +478,8 @@ def spark_submit_cmd(
     auth = spark_auth_for(handle, _backend(backend))  # the driver's spark.authenticate secret
     _finish_job(lambda: spark_submit(
         handle.endpoints.spark_master or "", str(application), args or [],
-        conf=_key_values(conf, "--conf"), cluster=handle.name, timeout=timeout,
+        conf=handle.spark_conf | _key_values(conf, "--conf"), cluster=handle.name,
+        timeout=timeout,
         env={"EPHEMERAL_ARTIFACT_ROOT": artifacts.root()},
         sink=_log_sink(as_json), auth=auth), as_json)
 
@@ -492,7 +493,8 @@ def reap_cmd(
     airflow_url: Annotated[str | None, typer.Option(
         envvar="EPHEMERAL_AIRFLOW_URL",
         help="Airflow API server to ask for run states (token from AIRFLOW_API_TOKEN, or "
-             "EPHEMERAL_AIRFLOW_USER/EPHEMERAL_AIRFLOW_PASSWORD). Without it: expiry only.")
+             "EPHEMERAL_AIRFLOW_USER/EPHEMERAL_AIRFLOW_PASSWORD). Without it: only expiry "
+             "(lifetime.ttl) and the idle rule (lifetime.idleTimeout) delete clusters.")
     ] = None,
     backend: BackendOpt = None,
     as_json: JsonOpt = False,

@@ -42,7 +42,9 @@ APP = textwrap.dedent('''
               "secret_sha": hashlib.sha256(secret.encode()).hexdigest(),
               "secret_in_driver_argv": bool(secret) and secret in argv,
               "auth_file": argv.split("\\0--extra-properties-file\\0")[1].split("\\0")[0],
-              "env": sorted(os.environ)}
+              "env": sorted(os.environ),
+              "conf": {k: spark.conf.get(k) for k in ("spark.sql.shuffle.partitions",
+                                                      "spark.ui.enabled")}}
     spark.stop()
     with open(os.environ["EPHEMERAL_RESULT_FILE"], "w") as fh:
         json.dump(result, fh)
@@ -128,7 +130,11 @@ def _handle(master: str) -> dict[str, Any]:
                                task_id="create", instance=get_settings().instance)
     handle = InMemoryBackend().create(spec, identity=identity)
     endpoints = handle.endpoints.model_copy(update={"spark_master": master})
-    return handle.model_copy(update={"endpoints": endpoints}).model_dump(mode="json")
+    # The spec's conf, and one key the application's own conf overrides.
+    assert handle.spark_conf == {"spark.sql.shuffle.partitions": "8"}
+    spark_conf = handle.spark_conf | {"spark.ui.enabled": "true"}
+    return handle.model_copy(update={"endpoints": endpoints, "spark_conf": spark_conf}
+                             ).model_dump(mode="json")
 
 
 @pytest.fixture
@@ -183,6 +189,8 @@ def test_a_driver_authenticates_from_a_file_and_pushes_its_result(app: Path) -> 
     # The allow-list: ours and the artifact root pass, this worker's other variables do not.
     assert {"MY_FLAG", "EPHEMERAL_ARTIFACT_ROOT", "PYSPARK_PYTHON"} <= set(result["env"])
     assert "PLANTED_DB_PASSWORD" not in result["env"]
+    # The cluster's defaults (its spec's conf) reached the driver; the application's own won.
+    assert result["conf"] == {"spark.sql.shuffle.partitions": "8", "spark.ui.enabled": "false"}
     # The properties file was private to the driver's run and is gone with it.
     assert result["auth_file"].endswith("auth.properties")
     assert not Path(result["auth_file"]).exists()

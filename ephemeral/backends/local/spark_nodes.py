@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ephemeral.backends.base import ClusterStatus, Endpoints, Phase
+from ephemeral.backends.base import ClusterStatus, Endpoints, Phase, application_conf
 from ephemeral.backends.http import get_json
 from ephemeral.backends.local import jvm_share, slots
 from ephemeral.backends.local.state import PlannedNode
@@ -146,7 +146,7 @@ def plan(spec: SparkSpec, slot: int, work_root: Path, *, auth_props: Path,
             # The Connect server is on the critical path to ready: the client compiler halves
             # its start-up CPU (measured ~45% less to the first session); a spec may override.
             "spark.driver.extraJavaOptions": driver_java_options(),
-            **spec.conf,
+            **application_conf(spec),
             **spec.connect.conf,
         }
         argv = [str(home / "bin" / "spark-submit"), "--class", CONNECT_CLASS,

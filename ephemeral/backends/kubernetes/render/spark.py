@@ -9,14 +9,14 @@ Objects, in creation order (all named after the cluster, all with the owner labe
 - NetworkPolicies ``<name>`` and ``<name>-spark-worker`` (``render.network``).
 
 The master and the workers advertise their pod IP: a Deployment's pod names do not resolve in
-cluster DNS, and executors and drivers must reach them. The spec's ``conf`` goes to the Connect
-server (the cluster's own driver), as on the local backend; applications run with spark-submit
-bring their own conf.
+cluster DNS, and executors and drivers must reach them. The spec's ``conf`` (with an executor's
+GPUs, ``application_conf``) is the default of every application: the Connect server's here,
+each spark-submit's through the handle, as on the local backend.
 """
 
 from __future__ import annotations
 
-from ephemeral.backends.base import ClusterHandle, Endpoints
+from ephemeral.backends.base import ClusterHandle, Endpoints, application_conf
 from ephemeral.backends.kubernetes.render.common import (
     POD_IP_ENV,
     SHM_MOUNT,
@@ -184,7 +184,8 @@ def _workers(s: SparkSpec, handle: ClusterHandle, master_url: str) -> Manifest:
 
 
 def connect_conf(s: SparkSpec) -> dict[str, str]:
-    """The Connect server's conf: derived settings, then the spec's conf, then connect.conf."""
+    """The Connect server's conf: derived settings, then what every application of the
+    cluster gets (``application_conf``), then connect.conf."""
     w = s.workers
     _, offered = heap_sizes(w.memory)
     conf = {
@@ -202,10 +203,8 @@ def connect_conf(s: SparkSpec) -> dict[str, str]:
         "spark.local.dir": f"{SCRATCH}/local",
         "spark.sql.warehouse.dir": f"{SCRATCH}/warehouse",
     }
-    if w.gpus:
-        conf["spark.executor.resource.gpu.amount"] = str(w.gpus)
     assert s.connect is not None
-    return conf | s.conf | s.connect.conf
+    return conf | application_conf(s) | s.connect.conf
 
 
 def _connect(s: SparkSpec, handle: ClusterHandle, master_url: str) -> Manifest:

@@ -1,0 +1,51 @@
+"""A Spark spec's ``conf`` is the default of every application on the cluster, spark-submit's
+included, not only the Connect server's: the handle carries it (with an executor's GPUs), and
+the CLI and the operator put the application's own conf over it."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from ephemeral.backends.fake import InMemoryBackend
+from ephemeral.specs import ClusterIdentity, resolve
+
+
+def handle_of(ref: str, profile: str | None) -> dict[str, str]:
+    spec = resolve(ref, profile)
+    identity = ClusterIdentity(spec_name=spec.spec.name, dag_id="d", run_id="r", task_id="t")
+    return InMemoryBackend().create(spec, identity=identity).spark_conf
+
+
+def test_a_gpu_spec_gives_every_application_its_workers_gpus_and_its_conf() -> None:
+    # Without the executor's GPUs, the spec's task GPU share fails every spark-submit.
+    assert handle_of("spark/etl-gpu", None) == {
+        "spark.executor.resource.gpu.amount": "1", "spark.sql.shuffle.partitions": "16",
+        "spark.task.resource.gpu.amount": "0.125"}
+    assert handle_of("spark/etl-gpu", "ci-cpu") == {
+        "spark.sql.shuffle.partitions": "4", "spark.task.resource.gpu.amount": "0"}
+
+
+def test_a_ray_handle_has_no_spark_defaults() -> None:
+    assert handle_of("ray/adhoc-cpu", None) == {}
+
+
+def test_the_cli_puts_the_applications_conf_over_the_clusters(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What ``ephemeral spark-submit`` hands the driver (the driver itself: test_cli.py)."""
+    from ephemeral.cli import main
+
+    spec = resolve("spark/etl", "ci-cpu")
+    handle = InMemoryBackend().create(spec, identity=ClusterIdentity.manual("etl", "etl-1"))
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(main, "_cluster", lambda *_a: handle)
+    monkeypatch.setattr("ephemeral.jobs.spark_jobs.spark_auth_for", lambda *_a: None)
+
+    def fake_submit(master: str, application: str, args: list[str], **kw: object) -> object:
+        seen.update(kw)
+        raise SystemExit(0)
+
+    monkeypatch.setattr("ephemeral.jobs.spark_jobs.spark_submit", fake_submit)
+    CliRunner().invoke(main.app, ["spark-submit", "etl-1", __file__, "--conf",
+                                  "spark.sql.shuffle.partitions=2", "--conf", "spark.a=b"])
+    assert seen["conf"] == {"spark.sql.shuffle.partitions": "2", "spark.a": "b"}
