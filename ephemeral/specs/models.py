@@ -314,11 +314,31 @@ class SparkWorkers(GpuFields, Placement):
         return self
 
 
+# Spark's own default of spark.redaction.regex: the keys whose values Spark treats as secrets.
+SECRET_CONF = re.compile(r"(?i)secret|password|token|access[.]?key")
+
+
+def no_secret_conf(conf: dict[str, str]) -> dict[str, str]:
+    """A spec's conf is in the handle, XCom, the cluster's annotations and the Connect server's
+    command line: a key Spark would redact may not be set there."""
+    if secret := sorted(k for k in conf if SECRET_CONF.search(k)):
+        raise ValueError(f"{', '.join(secret)}: a secret has no place in a spec (it would reach "
+                         "XCom, annotations and command lines); give it to the jobs through "
+                         "their environment or a Kubernetes Secret, or use a credentials "
+                         "provider (e.g. spark.hadoop.fs.s3a.aws.credentials.provider)")
+    return conf
+
+
 class SparkConnect(Placement):
     enabled: bool = True
     cpu: PositiveCpu = 1
     memory: Memory = "1Gi"
     conf: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("conf")
+    @classmethod
+    def _no_secrets(cls, v: dict[str, str]) -> dict[str, str]:
+        return no_secret_conf(v)
 
 
 class SparkSpec(SpecBase):
@@ -344,7 +364,7 @@ class SparkSpec(SpecBase):
         bad = [k for k in v if not k.startswith("spark.")]
         if bad:
             raise ValueError(f"Spark conf keys start with 'spark.'; got {', '.join(bad)}")
-        return v
+        return no_secret_conf(v)
 
     @property
     def engine(self) -> Literal["spark"]:

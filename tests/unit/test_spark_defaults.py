@@ -4,11 +4,16 @@ the CLI and the operator put the application's own conf over it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from ephemeral.backends.fake import InMemoryBackend
+from ephemeral.errors import SpecError
 from ephemeral.specs import ClusterIdentity, resolve
+from ephemeral.specs.loader import load_file
 
 
 def handle_of(ref: str, profile: str | None) -> dict[str, str]:
@@ -49,3 +54,31 @@ def test_the_cli_puts_the_applications_conf_over_the_clusters(
     CliRunner().invoke(main.app, ["spark-submit", "etl-1", __file__, "--conf",
                                   "spark.sql.shuffle.partitions=2", "--conf", "spark.a=b"])
     assert seen["conf"] == {"spark.sql.shuffle.partitions": "2", "spark.a": "b"}
+
+
+@pytest.mark.parametrize(("where", "key"), [
+    ("conf", "spark.hadoop.fs.s3a.secret.key"), ("conf", "spark.hadoop.fs.s3a.access.key"),
+    ("conf", "spark.hadoop.fs.s3a.session.token"), ("connect.conf", "spark.ssl.keyPassword")])
+def test_a_conf_key_spark_would_redact_is_refused_in_a_spec(tmp_path: Path, where: str,
+                                                           key: str) -> None:
+    """The conf reaches the handle (XCom), annotations and the Connect server's argv."""
+    data = yaml.safe_load((Path("cluster_specs/spark/etl.yaml")).read_text())
+    if where == "conf":
+        data["conf"] = {key: "AKIA-not-in-a-spec"}
+    else:
+        data["connect"]["conf"] = {key: "AKIA-not-in-a-spec"}
+    path = tmp_path / "etl.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError) as err:
+        load_file(path)
+    assert err.value.fields == [where]
+    assert f"{key}: a secret has no place in a spec" in str(err.value)
+    assert "AKIA-not-in-a-spec" not in str(err.value)
+
+
+def test_a_credentials_provider_is_no_secret(tmp_path: Path) -> None:
+    data = yaml.safe_load((Path("cluster_specs/spark/etl.yaml")).read_text())
+    data["conf"] = {"spark.hadoop.fs.s3a.aws.credentials.provider": "com.example.Provider"}
+    path = tmp_path / "etl.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert load_file(path).conf == data["conf"]
