@@ -110,9 +110,10 @@ def connect_ui(handle: ClusterHandle) -> str | None:
     return f"http://{url.hostname}:{url.port - CONNECT_GRPC + CONNECT_UI}"
 
 
-def _connect_sessions(ui: str, headers: dict[str, str]) -> tuple[list[str], datetime | None]:
-    """(open sessions and unfinished operations, when the last of them ended); raises
-    LookupError when the Connect UI does not answer."""
+def connect_records(ui: str, headers: dict[str, str]
+                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The Connect server's sessions and operations (the readiness probes' excluded), from its
+    UI's REST API; raises LookupError when it does not answer."""
     apps = get_json(f"{ui}/api/v1/applications", timeout=CONNECT_TIMEOUT, headers=headers)
     if not isinstance(apps, list) or not apps:
         raise LookupError(f"the Spark Connect UI at {ui} did not answer")
@@ -121,8 +122,14 @@ def _connect_sessions(ui: str, headers: dict[str, str]) -> tuple[list[str], date
     operations = get_json(f"{base}/operations", timeout=CONNECT_TIMEOUT, headers=headers)
     if not isinstance(sessions, list) or not isinstance(operations, list):
         raise LookupError(f"the Spark Connect UI at {ui} did not list sessions")
-    sessions = [s for s in sessions if isinstance(s, dict) and s.get("userId") != PROBE_USER]
-    operations = [o for o in operations if isinstance(o, dict) and o.get("userId") != PROBE_USER]
+    return ([s for s in sessions if isinstance(s, dict) and s.get("userId") != PROBE_USER],
+            [o for o in operations if isinstance(o, dict) and o.get("userId") != PROBE_USER])
+
+
+def _connect_sessions(ui: str, headers: dict[str, str]) -> tuple[list[str], datetime | None]:
+    """(open sessions and unfinished operations, when the last of them ended); raises
+    LookupError when the Connect UI does not answer."""
+    sessions, operations = connect_records(ui, headers)
     active = [f"Connect session {s.get('sessionId')}" for s in sessions
               if not s.get("finishTimestamp")]
     active += [f"Connect operation {o.get('operationId')} {o.get('state')}" for o in operations

@@ -5,7 +5,10 @@ it deletes the cluster, through the HTTP APIs the backend gives access to (the s
 - Ray: every submitted job in the Jobs API (``GET /api/jobs/``), with start and end times,
   whichever task or person submitted it, failed attempts included: the GPUs were held.
 - Spark: every application on the master (``GET /json/``, active and completed), other than
-  the cluster's own Spark Connect server, whose life is the cluster's.
+  the cluster's own Spark Connect server, whose life is the cluster's; and the work that
+  server ran (its operations: queries and commands of the sessions of ``@task.spark_connect``
+  and other clients), where this process reaches its UI (``activity.connect_ui``: the local
+  backend). Elsewhere a Connect server's work is not seen and counts as idle.
 
 An API that does not answer gives None: the report falls back to the jobs' own results.
 """
@@ -21,6 +24,7 @@ from ephemeral.backends.http import get_json
 from ephemeral.report.model import JobFacts
 
 TIMEOUT = 3.0
+SPELL_GAP = 1.0  # seconds between a session's operations that still count as one busy spell
 log = logging.getLogger(__name__)
 
 
@@ -67,6 +71,35 @@ def spark_apps(spark_ui: str, headers: dict[str, str], handle: ClusterHandle
     return out
 
 
+def connect_work(handle: ClusterHandle, headers: dict[str, str]) -> list[JobFacts]:
+    """Each Connect session's busy spells: its operations' times, merged where they touch.
+    One row per spell rather than per operation (a pipeline runs hundreds)."""
+    from ephemeral.activity import connect_records, connect_ui
+
+    ui = connect_ui(handle)
+    if ui is None:
+        return []
+    try:
+        _, operations = connect_records(ui, headers)
+    except LookupError:
+        return []
+    now = time.time()
+    spells: dict[str, list[list[float]]] = {}
+    for op in sorted(operations, key=lambda o: o.get("startTimestamp") or 0):
+        start = _s(op.get("startTimestamp"))
+        if start is None:
+            continue
+        end = _s(op.get("finishTimestamp")) or _s(op.get("closeTimestamp")) or now
+        mine = spells.setdefault(str(op.get("sessionId") or "?"), [])
+        if mine and start <= mine[-1][1] + SPELL_GAP:
+            mine[-1][1] = max(mine[-1][1], end)
+        else:
+            mine.append([start, end])
+    return [JobFacts(job_id=f"connect-{session[:8]}-{i}", engine="spark", status="CONNECT",
+                     start=start, end=end, source="spark connect")
+            for session, found in spells.items() for i, (start, end) in enumerate(found)]
+
+
 def engine_jobs(backend: ClusterBackend, handle: ClusterHandle) -> list[JobFacts] | None:
     """The cluster's jobs with their times, or None when its engine cannot be asked. Never
     raises: a teardown calls it before deleting."""
@@ -76,7 +109,8 @@ def engine_jobs(backend: ClusterBackend, handle: ClusterHandle) -> list[JobFacts
         if handle.engine == "ray" and access.dashboard:
             return ray_jobs(access.dashboard, headers)
         if handle.engine == "spark" and access.spark_ui:
-            return spark_apps(access.spark_ui, headers, handle)
+            apps = spark_apps(access.spark_ui, headers, handle)
+            return None if apps is None else apps + connect_work(handle, headers)
     except Exception:  # unknown, not fatal: the report falls back to the results
         log.warning("could not list the jobs of %s", handle.name, exc_info=True)
     return None

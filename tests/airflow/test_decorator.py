@@ -73,6 +73,16 @@ def test_a_dag_with_task_spark_connect_runs_on_a_real_cluster(dagbag: Any,
     values = xcom_values("spark_connect_task", run.run_id, "return_value")
     handle, out = values["create[-1]"], values["total[-1]"]
     assert out == {"sum": 45, "cluster": handle["name"]}, json.dumps(out)
+    # The run report counts the Connect server's work (the task's query) as busy, not idle.
+    from ephemeral.report import load_report
+
+    report = load_report("spark_connect_task", run.run_id)
+    assert report is not None
+    [cluster] = report["clusters"]
+    connect = [j for j in cluster["jobs"] if j["source"] == "spark connect"]
+    assert connect, cluster["jobs"]
+    assert all(j["end"] >= j["start"] >= cluster["ready"] for j in connect), connect
+    assert 0 < cluster["busy_s"] < cluster["lifetime_s"], cluster
     # Nothing of this run's cluster is left (other agents' engines may come and go meanwhile,
     # so the check is on this home's processes, found by the backend's own marker).
     assert LocalBackend(ephemeral_home).list_owned() == []
