@@ -67,6 +67,7 @@ from ephemeral.specs.identity import PREFIX, parse_utc, utc_text
 log = logging.getLogger(__name__)
 FINISHED = {"success", "failed"}
 DEFAULT_GRACE_SECONDS = 600
+REAPER = "reaper"  # who deleted a run's cluster, in its report (released_by)
 
 
 @dataclass(frozen=True)
@@ -269,7 +270,9 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
             continue
         if d.delete and not dry_run:
             try:
+                record = _for_the_report(backend, handle)
                 backend.delete(handle, wait=True)
+                record()
                 d = Decision(d.cluster, True, d.reason, deleted=True)
                 notify_reaped(handle, d.reason)  # a leak was found: the deployment hears of it
             except EphemeralError as err:
@@ -281,6 +284,34 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
                  for h in live}
     memory.save(live_runs | {key for h in live for key in idle_keys(h)})
     return decisions
+
+
+def _for_the_report(backend: ClusterBackend, handle: ClusterHandle) -> Callable[[], None]:
+    """Record, for its run's report, that the reaper deleted a run's cluster (the engine's jobs
+    first, while it is there); the returned call records when the deletion finished. The run's
+    teardown then reports these moments (``released_by: reaper``) instead of its own, which
+    would count the time since as the cluster's life. Never raises: the deletion matters."""
+    from ephemeral.report.engines import engine_jobs
+    from ephemeral.report.model import Release
+    from ephemeral.report.store import write_release
+
+    dag_id = handle.annotations.get(PREFIX + "dag-id")
+    run_id = handle.annotations.get(PREFIX + "run-id")
+    if not dag_id or not run_id:  # a cluster made by hand: no run, no report
+        return lambda: None
+    rel = Release(name=handle.name, created_at=handle.created_at, task=REAPER,
+                  teardown_started=datetime.now(UTC).timestamp(),
+                  jobs=engine_jobs(backend, handle))
+
+    def write(update: dict[str, float]) -> None:
+        try:
+            write_release(dag_id, run_id, rel.model_copy(update=update))
+        except Exception as err:  # noqa: BLE001 - the report shows the teardown's moments
+            log.warning("could not record the reaping of %s for its run's report: %s",
+                        handle.name, err)
+
+    write({})
+    return lambda: write({"deleted": datetime.now(UTC).timestamp()})
 
 
 class AirflowApiLookup:

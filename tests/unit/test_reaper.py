@@ -186,3 +186,36 @@ def test_without_airflow_the_idle_rule_still_deletes_and_the_docs_say_so(
     for text in (url.help, BY_KEY["airflow_url"].description, header):
         assert "expiry only" not in text
         assert "idle" in text, text
+
+
+def test_a_reaped_runs_cluster_is_reported_with_the_reapers_moments(
+        backend: InMemoryBackend, ephemeral_home: Path) -> None:
+    """The run's teardown, later, finds the cluster gone: its report must say the reaper
+    deleted it and when, not count the time since as the cluster's life."""
+    from types import SimpleNamespace
+
+    from ephemeral.airflow.report import released
+    from ephemeral.report.store import read_release
+
+    name = owned(backend, "running")
+    [handle] = backend.list_owned()
+    later = datetime.now(UTC) + timedelta(hours=2, minutes=1)  # expired mid-run
+    [d] = reap(backend, lookup=lambda _d, _r: RunInfo("running"), now=later)
+    assert d.deleted
+    rel = read_release("train", "running", name)
+    assert rel is not None
+    assert rel.task == "reaper"
+    assert rel.deleted is not None
+    assert rel.teardown_started <= rel.deleted <= datetime.now(UTC).timestamp()
+    assert rel.result is None  # no job task's result: a retry of a job gets nothing from it
+    context = {"dag": SimpleNamespace(dag_id="train"), "run_id": "running"}
+    assert released(context, handle) == rel
+
+
+def test_a_cluster_made_by_hand_leaves_no_record(backend: InMemoryBackend,
+                                                 ephemeral_home: Path) -> None:
+    backend.create(SPEC, identity=ClusterIdentity.manual(SPEC.spec.name, "by-hand"))
+    later = datetime.now(UTC) + timedelta(hours=2, minutes=1)
+    [d] = reap(backend, lookup=None, now=later)
+    assert d.deleted
+    assert not list(ephemeral_home.rglob("released"))
