@@ -36,7 +36,7 @@ class CostConfigError(EphemeralError, ValueError):
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True,
-                              frozen=True)
+                              frozen=True, hide_input_in_errors=True)
 
 
 class Price(_Model):

@@ -62,7 +62,8 @@ def parse_spec(data: Any, source: str) -> RaySpec | SparkSpec:
     try:
         return _ADAPTER.validate_python(data)
     except ValidationError as err:
-        raise SpecError(source, problems_of(err)) from err
+        # Not chained: the ValidationError holds the refused input, which may be a secret.
+        raise SpecError(source, problems_of(err)) from None
 
 
 def read_yaml(path: Path) -> Any:

@@ -55,6 +55,10 @@ class Model(BaseModel):
         populate_by_name=True,
         frozen=True,
         str_strip_whitespace=False,
+        # A refused value may be a secret (a pip URL's token, a Spark secret key's value): it
+        # must not ride along in the ValidationError a SpecError is raised from, nor in a
+        # traceback of it (a DAG import error, a task log).
+        hide_input_in_errors=True,
     )
 
 

@@ -210,7 +210,7 @@ def parse_overrides(raw: dict[str, Any] | Overrides | None) -> Overrides:
     try:
         return Overrides.model_validate(raw)
     except ValidationError as err:
-        raise SpecError("overrides", problems_of(err)) from err
+        raise SpecError("overrides", problems_of(err)) from None  # as parse_spec: no inputs
 
 
 def apply_profile(

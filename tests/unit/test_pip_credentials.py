@@ -34,6 +34,13 @@ def test_no_user_info_is_no_problem(entry: str) -> None:
     assert masked(entry) == entry
 
 
+@pytest.mark.parametrize("entry", [
+    "mypkg @ git+ssh://git@github.com/org/mypkg.git@v1", "lib @ ssh://deploy@git.example.com/lib"])
+def test_an_ssh_urls_bare_user_name_is_no_secret(entry: str) -> None:
+    """Valid PEP 508, and its key is not in the URL: refusing it broke specs that worked."""
+    assert credentials_problem(entry) is None
+
+
 def test_the_adhoc_form_names_the_entry_and_does_not_echo_the_secret() -> None:
     with pytest.raises(RequestError) as err:
         check_pip(["six", SECRET])

@@ -49,7 +49,8 @@ class KubeConfig(BaseModel):
     kubernetes client's default applies (``$KUBECONFIG`` or ``~/.kube/config``).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # hide_input_in_errors: a refused kubeconfig content or token is no part of an error.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     in_cluster: bool = False
     kubeconfig_path: str | None = None
