@@ -16,6 +16,7 @@ for every spec. With neither, reports carry seconds and no money.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from pydantic.alias_generators import to_camel
 from ephemeral.errors import EphemeralError, field_problems
 from ephemeral.settings import setting
 
+log = logging.getLogger(__name__)
 COST_FILE_VAR = "EPHEMERAL_COST_FILE"
 ENV_PRICES = {"cpu_hour": "EPHEMERAL_COST_CPU_HOUR", "gpu_hour": "EPHEMERAL_COST_GPU_HOUR",
               "memory_gib_hour": "EPHEMERAL_COST_MEMORY_GIB_HOUR"}
@@ -96,25 +98,28 @@ def _from_file(path: Path) -> Prices:
         raise CostConfigError(f"{where}: {field_problems(err)} (expected currency, default "
                               "and specs with cpuHour, gpuHour, memoryGibHour)") from err
     if unknown := _unknown_specs(prices):
-        # A key that names no spec would price that spec at the default without a word.
-        raise CostConfigError(f"{where}: " + "; ".join(unknown) + " (a key of specs is a spec "
-                              "of this deployment's specs folder: ray/train-gpu or "
-                              "ray/train-gpu@1)")
+        # A typo would price the spec meant at the default without a word; a retired spec's
+        # entry must not take every other price with it: named in the log, left out.
+        log.warning("%s: %s (a key of specs is a spec of the specs folder: ray/train-gpu or "
+                    "ray/train-gpu@1); those prices are left out", where, "; ".join(unknown.values()))
+        prices = prices.model_copy(update={"specs": {k: v for k, v in prices.specs.items()
+                                                     if k not in unknown}})
     return prices
 
 
-def _unknown_specs(prices: Prices) -> list[str]:
+def _unknown_specs(prices: Prices) -> dict[str, str]:
+    """Each key of ``specs`` that names no spec, with why."""
     from ephemeral.errors import SpecNotFound
     from ephemeral.specs.loader import resolve_ref
 
-    problems = []
+    problems = {}
     for key in prices.specs:
         name, _, version = key.partition("@")
         if version and not version.isdigit():
-            problems.append(f"specs.{key}: {version!r} is not an integer version")
+            problems[key] = f"specs.{key}: {version!r} is not an integer version"
             continue
         try:  # the name must exist; a version may be priced before it is written
             resolve_ref(name)
         except SpecNotFound as err:
-            problems.append(f"specs.{key}: " + "; ".join(msg for _, msg in err.problems))
+            problems[key] = f"specs.{key}: " + "; ".join(msg for _, msg in err.problems)
     return problems

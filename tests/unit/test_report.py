@@ -135,14 +135,19 @@ def test_a_bad_price_setting_names_the_field(tmp_path: Path) -> None:
     ("ray/trian-gpu@1", "no spec 'ray/trian-gpu'"),
     ("ray/train-gpu@next", "'next' is not an integer version"),
 ])
-def test_a_price_for_a_spec_that_does_not_exist_is_refused(tmp_path: Path, key: str,
-                                                           why: str) -> None:
-    """Ignored, it would price the spec meant at the default without a word. (A version not
-    written yet of a spec that exists may be priced: test_prices_per_spec_fall_back...)"""
+def test_a_price_for_a_spec_that_does_not_exist_is_named_and_left_out(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, key: str, why: str) -> None:
+    """Used, a typo would price the spec meant at the default without a word; refusing the
+    file would drop every price with it. (A version not written yet of a spec that exists may
+    be priced: test_prices_per_spec_fall_back...)"""
     path = tmp_path / "costs.yaml"
-    path.write_text(f"default: {{gpuHour: 2.5}}\nspecs:\n  {key}: {{gpuHour: 3.1}}\n")
-    with pytest.raises(CostConfigError, match=rf"specs\.{re.escape(key)}: .*{re.escape(why)}"):
-        load_prices({"EPHEMERAL_COST_FILE": str(path)})
+    path.write_text(f"default: {{gpuHour: 2.5}}\nspecs:\n  {key}: {{gpuHour: 3.1}}\n"
+                    "  ray/train-gpu: {gpuHour: 4.0}\n")
+    with caplog.at_level("WARNING", logger="ephemeral.report.costs"):
+        prices = load_prices({"EPHEMERAL_COST_FILE": str(path)})
+    assert prices is not None
+    assert prices.specs == {"ray/train-gpu": Price(gpu_hour=4.0)}
+    assert re.search(rf"specs\.{re.escape(key)}: .*{re.escape(why)}", caplog.text), caplog.text
 
 
 def test_the_run_report_totals_its_clusters() -> None:
