@@ -207,7 +207,14 @@ def judge_idle(handle: ClusterHandle, activity: Activity, *, now: datetime,
         return Decision(handle.name, False, f"busy: {activity.what}")
     # Work that ended unseen: only the reaper's own sightings bound when it ended.
     unseen = first_seen if activity.sightings_only else None
-    since = max(m for m in (parse_utc(handle.created_at), activity.nodes_up, unseen,
+    # Nothing ran and no engine time says when it became ready: a reaper with memory counts
+    # from its first sighting of it up (all workers registered), so a slow start (GPU nodes
+    # scaling up, images pulled) is not taken for idleness; one without (the CronJob) has
+    # only the creation time.
+    never_used = activity.last_end is None and activity.nodes_up is None and \
+        memory.get(busy_key) is None
+    seen_up = first_seen if never_used and memory.path is not None else None
+    since = max(m for m in (parse_utc(handle.created_at), activity.nodes_up, unseen, seen_up,
                             activity.last_end, memory.get(busy_key)) if m is not None)
     idle = int((now - since).total_seconds())  # whole seconds, as the memory file keeps times
     if timeout is not None and idle > timeout:

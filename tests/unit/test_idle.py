@@ -116,15 +116,36 @@ def test_after_work_ended_the_clock_runs_from_its_end_without_any_memory(
     assert backend.list_owned() == []
 
 
-def test_never_used_without_engine_readiness_the_clock_starts_at_creation(
+def test_never_used_without_engine_readiness_the_clock_starts_when_first_seen_up(
         backend: InMemoryBackend, tmp_path: Path) -> None:
     """No readiness from the engine and nothing ever ran (a Spark cluster without Connect, all
-    its workers up): its creation starts the clock, with or without the reaper's memory."""
+    its workers up): a reaper with memory counts from its first sighting of it up, so a start
+    longer than the idleTimeout is not idleness; one without memory (the CronJob) has only
+    the creation time."""
+    h = make(backend)
+    created = parse_utc(h.created_at)
+    memory = tmp_path / "m.json"
+    idle = Engines(Activity(False, "nothing running"))
+    up = created + timedelta(seconds=IDLE + 60)  # a slow start: first seen up after IDLE
+    [d] = reap(backend, lookup=running, now=up, memory_file=memory, activity=idle)
+    assert not d.delete
+    assert "idle for 0s" in d.reason
+    [d] = reap(backend, lookup=running, now=up + timedelta(seconds=IDLE - 1),
+               memory_file=memory, activity=idle)
+    assert not d.delete
+    assert f"idle for {IDLE - 1}s" in d.reason
+    [d] = reap(backend, lookup=running, now=up + timedelta(seconds=IDLE + 1),
+               memory_file=memory, activity=idle)
+    assert d.deleted
+    assert d.reason.startswith(f"idle for {IDLE + 1}s, idleTimeout {IDLE}s")
+
+
+def test_never_used_without_memory_the_clock_starts_at_creation(backend: InMemoryBackend
+                                                                ) -> None:
     h = make(backend)
     created = parse_utc(h.created_at)
     idle = Engines(Activity(False, "nothing running"))
-    [d] = reap(backend, lookup=running, now=created + timedelta(seconds=IDLE - 1),
-               memory_file=tmp_path / "m.json", activity=idle)
+    [d] = reap(backend, lookup=running, now=created + timedelta(seconds=IDLE - 1), activity=idle)
     assert not d.delete
     assert f"idle for {IDLE - 1}s" in d.reason
     [d] = reap(backend, lookup=running, now=created + timedelta(seconds=IDLE + 1), activity=idle)
