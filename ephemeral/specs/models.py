@@ -318,14 +318,20 @@ class SparkWorkers(GpuFields, Placement):
         return self
 
 
-# Spark's own default of spark.redaction.regex: the keys whose values Spark treats as secrets.
-SECRET_CONF = re.compile(r"(?i)secret|password|token|access[.]?key")
+# Spark's own default of spark.redaction.regex (the keys whose values Spark treats as secrets),
+# and the storage keys it misses; a key naming where a secret is (a file, a binding class) is
+# no secret.
+SECRET_CONF = re.compile(r"(?i)secret|password|token|access[.]?key|account\.key|encryption\.key")
+NAMES_A_PLACE = re.compile(r"(?i)(file|\.binding|\.provider)$")
 
 
 def no_secret_conf(conf: dict[str, str]) -> dict[str, str]:
     """A spec's conf is in the handle, XCom, the cluster's annotations and the Connect server's
-    command line: a key Spark would redact may not be set there."""
-    if secret := sorted(k for k in conf if SECRET_CONF.search(k)):
+    and spark-submit's command lines: a key Spark would redact may not be set there, nor a URL
+    with credentials (``spark.jars.repositories=https://user:token@repo``)."""
+    secret = sorted(k for k in conf if SECRET_CONF.search(k) and not NAMES_A_PLACE.search(k))
+    secret += sorted(k for k, v in conf.items() if credentials_problem(v) is not None)
+    if secret:
         raise ValueError(f"{', '.join(secret)}: a secret has no place in a spec (it would reach "
                          "XCom, annotations and command lines); give it to the jobs through "
                          "their environment or a Kubernetes Secret, or use a credentials "

@@ -59,7 +59,9 @@ def test_the_cli_puts_the_applications_conf_over_the_clusters(
 
 @pytest.mark.parametrize(("where", "key"), [
     ("conf", "spark.hadoop.fs.s3a.secret.key"), ("conf", "spark.hadoop.fs.s3a.access.key"),
-    ("conf", "spark.hadoop.fs.s3a.session.token"), ("connect.conf", "spark.ssl.keyPassword")])
+    ("conf", "spark.hadoop.fs.s3a.session.token"), ("connect.conf", "spark.ssl.keyPassword"),
+    ("conf", "spark.hadoop.fs.azure.account.key.acct.dfs.core.windows.net"),
+    ("conf", "spark.hadoop.fs.s3a.server-side-encryption.key")])
 def test_a_conf_key_spark_would_redact_is_refused_in_a_spec(tmp_path: Path, where: str,
                                                            key: str) -> None:
     """The conf reaches the handle (XCom), annotations and the Connect server's argv."""
@@ -78,9 +80,23 @@ def test_a_conf_key_spark_would_redact_is_refused_in_a_spec(tmp_path: Path, wher
     assert "AKIA-not-in-a-spec" not in "".join(traceback.format_exception(err.value))
 
 
-def test_a_credentials_provider_is_no_secret(tmp_path: Path) -> None:
+def test_a_url_with_credentials_in_a_conf_value_is_refused(tmp_path: Path) -> None:
     data = yaml.safe_load((Path("cluster_specs/spark/etl.yaml")).read_text())
-    data["conf"] = {"spark.hadoop.fs.s3a.aws.credentials.provider": "com.example.Provider"}
+    data["conf"] = {"spark.jars.repositories": "https://bob:MAVENTOKEN@repo.example.com/m2"}
+    path = tmp_path / "etl.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError) as err:
+        load_file(path)
+    assert "spark.jars.repositories: a secret has no place in a spec" in str(err.value)
+    assert "MAVENTOKEN" not in "".join(traceback.format_exception(err.value))
+
+
+def test_where_a_secret_is_and_a_credentials_provider_are_no_secrets(tmp_path: Path) -> None:
+    data = yaml.safe_load((Path("cluster_specs/spark/etl.yaml")).read_text())
+    data["conf"] = {"spark.hadoop.fs.s3a.aws.credentials.provider": "com.example.Provider",
+                    "spark.authenticate.secret.file": "/etc/spark/secret",
+                    "spark.hadoop.fs.s3a.delegation.token.binding": "com.example.Binding",
+                    "spark.kubernetes.authenticate.oauthTokenFile": "/var/run/token"}
     path = tmp_path / "etl.yaml"
     path.write_text(yaml.safe_dump(data))
     assert load_file(path).conf == data["conf"]
