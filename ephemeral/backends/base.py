@@ -116,7 +116,7 @@ class ClusterHandle(BaseModel):
     """The spec's ``runtimeEnv.pip``: default pip packages of every Ray job submitted through
     ephemeral (``ephemeral.jobs.runtime_env``)."""
     spark_conf: dict[str, str] = {}
-    """``application_conf`` of a Spark spec: the defaults of every Spark application submitted
+    """``submit_defaults`` of a Spark spec: the defaults of every Spark application submitted
     through ephemeral (spark-submit, ``EphemeralSparkSubmitOperator``); its own conf wins."""
 
     @property
@@ -323,7 +323,7 @@ def make_handle(
         created_ts=round(created.timestamp(), 3),
         idle_timeout_s=spec.spec.lifetime.idle_timeout_seconds,
         job_pip=list(spec.spec.runtime_env.pip) if isinstance(spec.spec, RaySpec) else [],
-        spark_conf={} if isinstance(spec.spec, RaySpec) else application_conf(spec.spec),
+        spark_conf={} if isinstance(spec.spec, RaySpec) else submit_defaults(spec.spec),
     )
 
 
@@ -336,6 +336,14 @@ def application_conf(spec: SparkSpec) -> dict[str, str]:
     gpus = {"spark.executor.resource.gpu.amount": str(spec.workers.gpus)} if spec.workers.gpus \
         else {}
     return gpus | spec.conf
+
+
+def submit_defaults(spec: SparkSpec) -> dict[str, str]:
+    """``application_conf`` for a spark-submit driver, which runs where its task runs: less the
+    ``spark.driver.*`` settings, which are the Connect server's (its memory, its JVM options,
+    its address) and would move a local driver's callback address or size the Airflow
+    worker's JVM."""
+    return {k: v for k, v in application_conf(spec).items() if not k.startswith("spark.driver.")}
 
 
 def node_groups(spec: ResolvedSpec) -> list[NodeGroup]:

@@ -32,6 +32,19 @@ def test_a_gpu_spec_gives_every_application_its_workers_gpus_and_its_conf() -> N
         "spark.sql.shuffle.partitions": "4", "spark.task.resource.gpu.amount": "0"}
 
 
+def test_the_specs_driver_settings_stay_the_connect_servers() -> None:
+    """A spark-submit driver runs where its task runs: the spec's spark.driver.* (the Connect
+    server's memory, JVM options, address) would size the Airflow worker's JVM or move a local
+    driver's callback address."""
+    from ephemeral.backends.base import application_conf, submit_defaults
+
+    spec = resolve("spark/etl", "ci-cpu")
+    conf = spec.spec.conf | {"spark.driver.memory": "8g", "spark.driver.host": "10.0.0.9"}
+    spark = spec.spec.model_copy(update={"conf": conf})
+    assert application_conf(spark)["spark.driver.memory"] == "8g"  # the Connect server's
+    assert submit_defaults(spark) == {"spark.sql.shuffle.partitions": "8"}
+
+
 def test_a_ray_handle_has_no_spark_defaults() -> None:
     assert handle_of("ray/adhoc-cpu", None) == {}
 
