@@ -7,14 +7,15 @@
 a plain callable taking the context. Unset: no notification (the failure is in the logs and
 the UI as always).
 
-Every notification's context carries ``ephemeral_event`` (``task_failed`` or ``cluster_reaped``),
+Every notification's context carries ``ephemeral_event`` (``task_failed``, ``cluster_reaped``
+or ``cluster_reap_failed``),
 ``ephemeral_report_url`` (the run's report) and ``ephemeral_message`` (one line for people), so a
 notifier's templates can say ``{{ ephemeral_message }}``:
 
 - ``failure_callbacks()`` is the reference DAGs' ``on_failure_callback`` (in ``default_args``):
   a failed gate, a failed teardown or any other failed task notifies.
-- ``notify_reaped(handle, reason)`` is for the reaper: a leaked cluster it deleted notifies,
-  with the report of the run that made it.
+- ``notify_reaped(handle, reason, error=None)`` is for the reaper: a leaked cluster it deleted
+  notifies, with the report of the run that made it; one it could not delete, with the error.
 
 This module imports no Airflow: the reaper runs outside it (CLI, CronJob).
 """
@@ -111,10 +112,11 @@ def failure_callbacks() -> list[Callable[[Any], None]]:
     return [on_failure]
 
 
-def notify_reaped(handle: ClusterHandle, reason: str) -> None:
+def notify_reaped(handle: ClusterHandle, reason: str, error: Exception | None = None) -> None:
     """Tell the deployment that the reaper deleted ``handle``'s cluster, and why, with the
-    report of the run that made it. Does nothing when no notifier is configured; never
-    raises."""
+    report of the run that made it; with ``error``, that it could not delete it, so the leak
+    still runs (and costs): the error's type and first line only. Does nothing when no
+    notifier is configured; never raises."""
     try:
         send = configured_notifier()
     except NotifierError:
@@ -127,10 +129,17 @@ def notify_reaped(handle: ClusterHandle, reason: str) -> None:
     dag_id = handle.annotations.get(DAG_ID) or handle.labels.get(DAG_ID)
     run_id = handle.annotations.get(RUN_ID) or handle.labels.get(RUN_ID)
     url = report_url(dag_id, run_id) if dag_id and run_id else None
-    _send(send, {
-        "ephemeral_event": "cluster_reaped", "ephemeral_report_url": url,
-        "ephemeral_message": f"reaped leaked cluster {handle.name} ({handle.spec_ref}) of "
-                             f"{dag_id or '?'} {run_id or '?'}: {reason}"
-                             + (f"; run report: {url}" if url else ""),
-        "cluster": handle.name, "reason": reason, "dag_id": dag_id, "run_id": run_id,
-    })
+    of = f"{handle.name} ({handle.spec_ref}) of {dag_id or '?'} {run_id or '?'}"
+    where = f"; run report: {url}" if url else ""
+    details: dict[str, Any] = {"cluster": handle.name, "reason": reason, "dag_id": dag_id,
+                               "run_id": run_id}
+    if error is None:
+        _send(send, {"ephemeral_event": "cluster_reaped", "ephemeral_report_url": url,
+                     "ephemeral_message": f"reaped leaked cluster {of}: {reason}{where}",
+                     **details})
+        return
+    why = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"[:300]
+    _send(send, {"ephemeral_event": "cluster_reap_failed", "ephemeral_report_url": url,
+                 "ephemeral_message": f"could not delete leaked cluster {of}: {why}; it still "
+                                      f"runs. Found: {reason}{where}",
+                 "error": why, **details})

@@ -61,7 +61,7 @@ from pathlib import Path
 from ephemeral.activity import Activity, cluster_activity
 from ephemeral.backends.base import ClusterBackend, ClusterHandle
 from ephemeral.errors import EphemeralError
-from ephemeral.notify import NotifierError, configured_notifier, notify_reaped
+from ephemeral.notify import notify_reaped
 from ephemeral.specs.identity import PREFIX, parse_utc, utc_text
 
 log = logging.getLogger(__name__)
@@ -223,31 +223,6 @@ def judge_idle(handle: ClusterHandle, activity: Activity, *, now: datetime,
     return Decision(handle.name, False, f"idle for {idle}s of idleTimeout {timeout}s")
 
 
-def notify_not_reaped(handle: ClusterHandle, reason: str, err: Exception) -> None:
-    """Tell the deployment that a leaked cluster could not be deleted: it still runs (and
-    costs). The error's type and first line only; never raises, as ``notify_reaped``."""
-    try:
-        send = configured_notifier()
-    except NotifierError:
-        log.exception("no notification for the cluster %s the reaper could not delete",
-                      handle.name)
-        return
-    if send is None:
-        return
-    dag_id = handle.annotations.get(PREFIX + "dag-id")
-    run_id = handle.annotations.get(PREFIX + "run-id")
-    why = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
-    try:
-        send({"ephemeral_event": "cluster_reap_failed", "ephemeral_report_url": None,
-              "ephemeral_message": f"could not delete leaked cluster {handle.name} "
-                                   f"({handle.spec_ref}) of {dag_id or '?'} {run_id or '?'}: "
-                                   f"{why}; it still runs. Found: {reason}",
-              "cluster": handle.name, "reason": reason, "error": why, "dag_id": dag_id,
-              "run_id": run_id})
-    except Exception:  # a failing notifier must not stop the reaper
-        log.exception("the notifier failed for the cluster %s", handle.name)
-
-
 def _ask(activity: ActivityCheck, backend: ClusterBackend, handle: ClusterHandle) -> Activity:
     """The cluster's activity; a cluster this process cannot ask (its token Secret not made
     yet, an API server refusing) is of unknown activity, not a reaper failure."""
@@ -284,7 +259,7 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
                 notify_reaped(handle, d.reason)  # a leak was found: the deployment hears of it
             except EphemeralError as err:
                 d = Decision(d.cluster, True, d.reason, error=str(err))
-                notify_not_reaped(handle, d.reason, err)  # a leak that still runs, above all
+                notify_reaped(handle, d.reason, err)  # a leak that still runs, above all
         decisions.append(d)
     live = backend.list_owned()
     live_runs = {f"{h.annotations.get(PREFIX + 'dag-id')}\x1f{h.annotations.get(PREFIX + 'run-id')}"
