@@ -119,7 +119,9 @@ def merge_runtime_env(base: Mapping[str, Any], overlay: Mapping[str, Any] | None
 
 
 def _check_rays_limits(env: Mapping[str, Any], base: Mapping[str, Any], where: str) -> None:
-    """Refuse what Ray's ``RuntimeEnv`` would (after the working_dir upload, as a ValueError)."""
+    """Refuse, naming the field and the fix, the conflicts this merge can create that Ray's
+    ``RuntimeEnv`` would refuse with a bare message. Ray's own check (``RayJobs.submit``, before
+    the upload) stays the authority for everything else."""
     if "conda" in env and env.get("pip") and base.get("pip"):
         raise JobSubmissionFailed(
             f"{where} sets runtime_env.conda, and the cluster adds pip packages to every job "
