@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from ephemeral.backends import ClusterHandle
 from ephemeral.backends.fake import InMemoryBackend
 from ephemeral.settings import get_settings
 from ephemeral.specs import ClusterIdentity, resolve
@@ -249,7 +250,10 @@ def test_openlineage_parent_job_properties_are_injected_as_the_providers_operato
                                             application="app.py", conf={"spark.x": "1"},
                                             **kwargs)
 
-    conf = op(openlineage_inject_parent_job_info=True)._conf(context, "spark://127.0.3.1:7077")
+    def on(master: str) -> ClusterHandle:
+        return ClusterHandle.model_validate(_handle(master))
+
+    conf = op(openlineage_inject_parent_job_info=True)._conf(context, on("spark://127.0.3.1:7077"))
     assert conf["spark.openlineage.parentJobName"] == "etl.build_features"
     assert conf["spark.openlineage.rootParentJobName"] == "etl"
     assert conf["spark.x"] == "1"
@@ -258,5 +262,7 @@ def test_openlineage_parent_job_properties_are_injected_as_the_providers_operato
     assert conf["spark.driver.extraJavaOptions"].startswith(
         "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
     # Off by default, as [openlineage] spark_inject_parent_job_info is.
-    plain = op()._conf(context, "spark://10.0.0.5:7077")
-    assert plain == {"spark.x": "1"}  # a remote cluster's driver keeps the JVM's defaults
+    plain = op()._conf(context, on("spark://10.0.0.5:7077"))
+    # A remote cluster's driver keeps the JVM's defaults; the cluster's conf, then the task's.
+    assert plain == {"spark.sql.shuffle.partitions": "8", "spark.ui.enabled": "true",
+                     "spark.x": "1"}
