@@ -28,7 +28,7 @@ application, Connect operation or open Connect session). A cluster is idle since
 - the last time the reaper itself saw it busy (work that left no end time behind).
 
 So the clock needs no memory of earlier runs: the memory-less CronJob (an emptyDir) enforces
-the rule as the CLI and the DAG do. The one exception is work that ended at a time nobody tells
+the rule as the CLI and the DAG do (a never-used cluster's start aside, below). The exception is work that ended at a time nobody tells
 (Spark Connect where its UI cannot be reached, a Ray job listed without an end time:
 ``Activity.sightings_only``): then the clock starts at the reaper's first sighting of the
 cluster, remembered in the memory file, and a reaper without one never calls such a cluster
@@ -37,10 +37,11 @@ idle (its TTL still holds).
 It is deleted when ``now`` minus that exceeds ``idleTimeout``, with the reason "idle for 1834s,
 idleTimeout 1800s". A cluster whose APIs do not answer is never judged idle (its TTL still
 holds). The reaper runs every few minutes, so a cluster goes up to one interval after its
-timeout. A Spark cluster without Connect that ran nothing counts its idle time from its
-creation, start-up included: one that takes longer than its idleTimeout to start may go soon
-after all its workers are up, before its first application if that comes after the reaper's
-next run.
+timeout. A cluster that ran nothing and whose engine tells no readiness (a Spark cluster
+without Connect) counts, for a reaper with memory (CLI, DAG), from its first sighting of it up;
+for the memory-less CronJob from its creation, start-up included: there one that takes longer
+than its idleTimeout to start may go soon after all its workers are up, before its first
+application if that comes after the reaper's next run.
 
 Remembered times live in a JSON file (keyed by run, or by cluster name and creation time),
 written to a unique temporary file and renamed over it (the CLI and the DAG may reap at once);
@@ -211,11 +212,11 @@ def judge_idle(handle: ClusterHandle, activity: Activity, *, now: datetime,
     # from its first sighting of it up (all workers registered), so a slow start (GPU nodes
     # scaling up, images pulled) is not taken for idleness; one without (the CronJob) has
     # only the creation time.
-    never_used = activity.last_end is None and activity.nodes_up is None and \
-        memory.get(busy_key) is None
+    last_busy = memory.get(busy_key)
+    never_used = activity.last_end is None and activity.nodes_up is None and last_busy is None
     seen_up = first_seen if never_used and memory.path is not None else None
     since = max(m for m in (parse_utc(handle.created_at), activity.nodes_up, unseen, seen_up,
-                            activity.last_end, memory.get(busy_key)) if m is not None)
+                            activity.last_end, last_busy) if m is not None)
     idle = int((now - since).total_seconds())  # whole seconds, as the memory file keeps times
     if timeout is not None and idle > timeout:
         return Decision(handle.name, True, f"idle for {idle}s, idleTimeout {timeout}s "

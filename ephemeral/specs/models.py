@@ -329,8 +329,9 @@ def no_secret_conf(conf: dict[str, str]) -> dict[str, str]:
     """A spec's conf is in the handle, XCom, the cluster's annotations and the Connect server's
     and spark-submit's command lines: a key Spark would redact may not be set there, nor a URL
     with credentials (``spark.jars.repositories=https://user:token@repo``)."""
-    secret = sorted(k for k in conf if SECRET_CONF.search(k) and not NAMES_A_PLACE.search(k))
-    secret += sorted(k for k, v in conf.items() if credentials_problem(v) is not None)
+    secret = sorted(k for k, v in conf.items()
+                    if (SECRET_CONF.search(k) and not NAMES_A_PLACE.search(k))
+                    or credentials_problem(v) is not None)
     if secret:
         raise ValueError(f"{', '.join(secret)}: a secret has no place in a spec (it would reach "
                          "XCom, annotations and command lines); give it to the jobs through "
@@ -339,16 +340,14 @@ def no_secret_conf(conf: dict[str, str]) -> dict[str, str]:
     return conf
 
 
+SparkConf = Annotated[dict[str, str], AfterValidator(no_secret_conf)]
+
+
 class SparkConnect(Placement):
     enabled: bool = True
     cpu: PositiveCpu = 1
     memory: Memory = "1Gi"
-    conf: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("conf")
-    @classmethod
-    def _no_secrets(cls, v: dict[str, str]) -> dict[str, str]:
-        return no_secret_conf(v)
+    conf: SparkConf = Field(default_factory=dict)
 
 
 class SparkSpec(SpecBase):
@@ -357,7 +356,7 @@ class SparkSpec(SpecBase):
     master: SparkMaster = Field(default_factory=SparkMaster)
     workers: SparkWorkers
     connect: SparkConnect | None = None
-    conf: dict[str, str] = Field(default_factory=dict)
+    conf: SparkConf = Field(default_factory=dict)
     kubernetes_mode: Literal["standalone", "operator"] | None = None
     """Kubernetes only: ``standalone`` (master, worker and Connect Deployments) or ``operator``
     (the Kubeflow spark-operator's ``SparkConnect``: executors as pods on demand, no master);
@@ -374,7 +373,7 @@ class SparkSpec(SpecBase):
         bad = [k for k in v if not k.startswith("spark.")]
         if bad:
             raise ValueError(f"Spark conf keys start with 'spark.'; got {', '.join(bad)}")
-        return no_secret_conf(v)
+        return v
 
     @property
     def engine(self) -> Literal["spark"]:
