@@ -180,13 +180,18 @@ class RayJobTrigger(BaseTrigger):
             yield TriggerEvent({"status": "ERROR", "job_id": self.job_id,
                                 "message": f"{type(err).__name__}: {err}"})
             return
+        from ephemeral.jobs.ray_jobs import JobWatch
+
         streamer = asyncio.create_task(self._stream_logs(jobs))
         started = time.monotonic()
         after_stream = backoff(self.poll_interval, first=0.1)
+        # A failed read is waited out; a cluster whose Jobs API keeps failing (a dead GCS)
+        # raises ClusterLost, the ERROR event fails the task and its teardown deletes it.
+        watch = JobWatch(jobs, self.job_id, warn=self.log.warning)
         try:
             while True:
                 try:
-                    status = await asyncio.to_thread(jobs.status, self.job_id)
+                    status = await asyncio.to_thread(watch.status)
                 except EphemeralError as err:
                     yield TriggerEvent({"status": "ERROR", "job_id": self.job_id,
                                         "message": str(err)})

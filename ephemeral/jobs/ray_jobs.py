@@ -12,10 +12,12 @@ token is ever stored in a handle, a trigger or XCom.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ephemeral.errors import JobError, JobFailed, JobSubmissionFailed, JobTimeout
 from ephemeral.jobs.results import JobResult, JobStatus, parse_result_line, submission_id, tail
@@ -24,6 +26,24 @@ if TYPE_CHECKING:
     from ephemeral.backends.base import ClusterBackend, ClusterHandle
 
 LogSink = Callable[[str], None]
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+# How a waiter tells a lost cluster from a dashboard hiccup. With its GCS gone, Ray 2.60's
+# dashboard holds a job read for the 60 s its GCS client retries (gcs_rpc_server_reconnect_
+# timeout_s), answers 500 and exits, and then refuses; its nodes stay up, reserved, that minute.
+# A healthy dashboard answers in milliseconds, and a hiccup (one slow or refused read, a module
+# restarting on a loaded host) is over within a read or two. So each read is bounded, and the
+# cluster counts as lost only when every read has failed for LOST_GRACE seconds in a row, and
+# at least LOST_READS of them.
+READ_TIMEOUT = 5.0
+LOST_GRACE = 12.0
+LOST_READS = 3
+
+
+class ClusterLost(JobError):
+    """The cluster's Jobs API failed every read for the grace: the job cannot be followed and
+    the cluster is half dead (a dead Ray GCS), so the waiter gives up and its teardown runs."""
 
 
 def _transport_errors(*, runtime: bool = False) -> tuple[type[Exception], ...]:
@@ -98,10 +118,13 @@ class RayJobs:
         except _transport_errors() as err:
             raise JobSubmissionFailed(f"cannot reach the Ray Jobs API: {err}") from err
 
-    def status(self, job_id: str) -> JobStatus | None:
-        """The job's status, or None when no job has that id."""
+    def status(self, job_id: str, *, timeout: float | None = None) -> JobStatus | None:
+        """The job's status, or None when no job has that id; JobError when the read fails or
+        does not answer in ``timeout`` seconds."""
+        client = self.client  # made (and Ray imported) outside the bound
         try:
-            info = self.client.get_job_info(job_id)
+            info = (client.get_job_info(job_id) if timeout is None
+                    else _within(timeout, lambda: client.get_job_info(job_id)))
         except RuntimeError as err:
             if "does not exist" in str(err) or "404" in str(err):
                 return None
@@ -109,6 +132,20 @@ class RayJobs:
         except _transport_errors() as err:
             raise JobError(f"cannot read job {job_id}: {err}") from err
         return JobStatus(str(info.status))
+
+    def gcs_health(self, *, timeout: float = 3.0) -> str:
+        """What the dashboard says of its GCS (``/api/gcs_healthz``, which asks the GCS with a
+        0.1 s deadline), as a clause for an error message."""
+        import requests
+
+        url = f"{self.dashboard.rstrip('/')}/api/gcs_healthz"
+        try:
+            resp = requests.get(url, headers=self._headers, verify=self._verify, timeout=timeout)
+        except requests.RequestException as err:
+            return f"its dashboard does not answer either ({type(err).__name__})"
+        if resp.ok:
+            return "its dashboard says its GCS is alive"
+        return f"its dashboard says its GCS is down ({resp.status_code} {resp.reason})"
 
     def logs(self, job_id: str) -> str:
         try:
@@ -169,8 +206,9 @@ class RayJobs:
         if sink is not None:
             streamer = threading.Thread(target=self._stream, args=(job_id, sink), daemon=True)
             streamer.start()
+        watch = JobWatch(self, job_id)
         while True:
-            st = self.status(job_id)
+            st = watch.status()
             if st is None:
                 raise JobError(f"no job {job_id} on {self.dashboard}")
             if st.terminal:
@@ -199,3 +237,65 @@ class RayJobs:
             asyncio.run(pump())
         except Exception as err:  # noqa: BLE001 - log streaming is best effort; status is not
             sink(f"[ephemeral] log stream interrupted: {err}")
+
+
+class JobWatch:
+    """Reads a running job's status for a waiter (``RayJobs.follow``, ``RayJobTrigger``), by
+    the rule above: a failed or unanswered read is waited out (the last status read stands),
+    and ``ClusterLost`` is raised once reads have failed for ``grace`` seconds in a row."""
+
+    def __init__(self, jobs: RayJobs, job_id: str, *, grace: float | None = None,
+                 reads: int | None = None, read_timeout: float | None = None,
+                 warn: LogSink | None = None) -> None:
+        self.jobs = jobs
+        self.job_id = job_id
+        self.grace = LOST_GRACE if grace is None else grace
+        self.reads = LOST_READS if reads is None else reads
+        self.read_timeout = READ_TIMEOUT if read_timeout is None else read_timeout
+        self.warn = warn or log.warning
+        self.last = JobStatus.PENDING
+        self._failing_since: float | None = None
+        self._failures = 0
+
+    def status(self) -> JobStatus | None:
+        began = time.monotonic()
+        try:
+            st = self.jobs.status(self.job_id, timeout=self.read_timeout)
+        except JobError as err:
+            if self._failing_since is None:
+                self._failing_since = began
+            self._failures += 1
+            failing = time.monotonic() - self._failing_since
+            if failing >= self.grace and self._failures >= self.reads:
+                raise ClusterLost(
+                    f"cluster {self.jobs.cluster or self.jobs.dashboard} is lost: its Ray Jobs "
+                    f"API failed all {self._failures} reads of job {self.job_id} for "
+                    f"{failing:.0f}s (last: {err}); {self.jobs.gcs_health()}") from err
+            self.warn(f"reading job {self.job_id} failed ({self._failures} in a row, "
+                      f"{failing:.1f}s): {err}")
+            return self.last
+        self._failing_since, self._failures = None, 0
+        if st is not None:
+            self.last = st
+        return st
+
+
+def _within(seconds: float, read: Callable[[], T]) -> T:
+    """``read()``, or TimeoutError when it has not returned in ``seconds``. The Jobs SDK sets
+    no timeout of its own; the abandoned read ends with the dashboard's answer (a dashboard
+    without its GCS answers within about a minute), on a daemon thread that holds no pool's."""
+    done: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            done.set_result(read())
+        except BaseException as err:  # noqa: BLE001 - handed to the waiting caller
+            done.set_exception(err)
+
+    threading.Thread(target=run, name="ephemeral-job-read", daemon=True).start()
+    try:
+        return done.result(timeout=seconds)
+    except TimeoutError:
+        if done.done():  # the read's own
+            raise
+        raise TimeoutError(f"the Ray Jobs API did not answer in {seconds:g}s") from None

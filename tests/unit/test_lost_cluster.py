@@ -1,0 +1,219 @@
+"""A Ray cluster whose Jobs API keeps failing (its GCS died: Ray 2.60's dashboard then holds a
+job read for a minute, answers 500 and exits) is noticed as lost within the grace, by the
+trigger and by the synchronous wait alike; a healthy job outlives a failed or slow read.
+
+The dashboard here is a real HTTP server on a local port that answers the Jobs SDK's requests
+(the version check, a job's details, the GCS health check) as told, hangs, or is closed so
+its port refuses: the SDK and ``requests`` run unmocked against it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from ephemeral.airflow.triggers import RayJobTrigger
+from ephemeral.jobs import ray_jobs
+from ephemeral.jobs.ray_jobs import ClusterLost, JobWatch, RayJobs
+from ephemeral.jobs.results import JobStatus
+
+JOB = "raysubmit_lost"
+FAST: dict[str, Any] = {"grace": 1.0, "reads": 3, "read_timeout": 0.3}  # the rule, at test speed
+
+
+class Dashboard(ThreadingHTTPServer):
+    """Answers each read of the job with the next of ``script`` (then its last one forever):
+    a job status, "500", "slow" (RUNNING after a second) or "hang" (nothing for a minute)."""
+
+    daemon_threads = True
+
+    def __init__(self, script: list[str], gcs_alive: bool = True) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.script = list(script)
+        self.gcs_alive = gcs_alive
+        self.reads = 0
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def next_answer(self) -> str:
+        self.reads += 1
+        return self.script.pop(0) if len(self.script) > 1 else self.script[0]
+
+    def die(self) -> None:
+        """Stop listening: the port refuses, as a dead dashboard's does."""
+        self.shutdown()
+        self.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: Dashboard
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+    def _send(self, code: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        if self.path == "/api/version":
+            self._send(200, {"version": "4", "ray_version": "2.60.0", "ray_commit": "x"})
+        elif self.path == "/api/gcs_healthz":
+            if self.server.gcs_alive:
+                self._send(200, "success")
+            else:
+                self.send_error(503, "Health check failed: GCS unreachable")
+        elif self.path == f"/api/jobs/{JOB}":
+            answer = self.server.next_answer()
+            if answer == "500":
+                self.send_error(500, "Internal Server Error")
+                return
+            if answer in ("slow", "hang"):
+                time.sleep(1.0 if answer == "slow" else 60.0)
+                answer = JobStatus.RUNNING.value
+            self._send(200, {"type": "SUBMISSION", "job_id": None, "submission_id": JOB,
+                             "entrypoint": "python -c 'sleep'", "status": answer})
+        else:
+            self.send_error(404, "no such route")
+
+
+@pytest.fixture
+def serve() -> Iterator[Any]:
+    started: list[Dashboard] = []
+
+    def start(script: list[str], gcs_alive: bool = True) -> Dashboard:
+        started.append(Dashboard(script, gcs_alive))
+        return started[-1]
+
+    yield start
+    for server in started:
+        if server.socket.fileno() != -1:
+            server.die()
+
+
+def _watch_until_lost(watch: JobWatch, pause: float = 0.05) -> tuple[float, ClusterLost]:
+    """Seconds until the watch gave up, and why; each read must come back within its bound."""
+    started = time.monotonic()
+    while True:
+        read = time.monotonic()
+        try:
+            watch.status()
+        except ClusterLost as err:
+            return time.monotonic() - started, err
+        assert time.monotonic() - read < watch.read_timeout + 0.5, "a read was not bounded"
+        assert time.monotonic() - started < 30, "the cluster was never counted lost"
+        time.sleep(pause)
+
+
+def test_the_rule_waits_out_a_hiccup_but_not_a_dead_gcs() -> None:
+    # The grace is a few polls: more than one hiccup, well under the minute a dead GCS takes.
+    assert 2 * ray_jobs.READ_TIMEOUT <= ray_jobs.LOST_GRACE <= 15
+    assert ray_jobs.LOST_READS >= 2
+
+
+def test_a_healthy_job_outlives_failed_and_slow_reads(serve: Any) -> None:
+    dash = serve(["RUNNING", "500", "RUNNING", "slow", "RUNNING", "500", "500", "RUNNING",
+                  "slow", "500", "SUCCEEDED"])
+    watch = JobWatch(RayJobs(dash.url, cluster="c1"), JOB, **FAST)
+    seen = []
+    while (st := watch.status()) is not None and not st.terminal:
+        seen.append(st)
+        time.sleep(0.1)
+    assert st is JobStatus.SUCCEEDED
+    assert set(seen) == {JobStatus.RUNNING}  # a failed read stands for the last status read
+    assert dash.reads == 11
+
+
+def test_with_the_real_constants_two_failed_reads_are_waited_out(serve: Any) -> None:
+    dash = serve(["RUNNING", "500", "500", "RUNNING"])
+    watch = JobWatch(RayJobs(dash.url, cluster="c1"), JOB)
+    assert [watch.status() for _ in range(4)] == [JobStatus.RUNNING] * 4
+
+
+def test_a_dashboard_that_refuses_is_a_lost_cluster_after_the_grace(serve: Any) -> None:
+    dash = serve(["RUNNING"], gcs_alive=False)
+    watch = JobWatch(RayJobs(dash.url, cluster="c1"), JOB, **FAST)
+    assert watch.status() is JobStatus.RUNNING
+    dash.die()
+    seconds, err = _watch_until_lost(watch)
+    assert FAST["grace"] <= seconds < FAST["grace"] + 1.5
+    assert "cluster c1 is lost" in str(err)
+    assert JOB in str(err)
+    assert "its dashboard does not answer either" in str(err)
+
+
+def test_a_read_the_dashboard_holds_is_bounded_and_the_gcs_named(serve: Any) -> None:
+    # What Ray 2.60 does with its GCS gone: the read hangs; the health check says why.
+    dash = serve(["RUNNING", "hang"], gcs_alive=False)
+    watch = JobWatch(RayJobs(dash.url, cluster="c1"), JOB, **FAST)
+    assert watch.status() is JobStatus.RUNNING
+    seconds, err = _watch_until_lost(watch)
+    assert FAST["grace"] <= seconds < FAST["grace"] + 1.5
+    assert "the Ray Jobs API did not answer in 0.3s" in str(err)
+    assert "its dashboard says its GCS is down (503" in str(err)
+
+
+def test_failures_must_be_in_a_row(serve: Any) -> None:
+    # Failures a good read separates never add up, however long the job runs.
+    dash = serve(["RUNNING"] + ["500", "500", "RUNNING"] * 6 + ["SUCCEEDED"])
+    watch = JobWatch(RayJobs(dash.url, cluster="c1"), JOB, grace=0.2, reads=3,
+                     read_timeout=0.3)
+    while (st := watch.status()) is not None and not st.terminal:
+        time.sleep(0.15)
+    assert st is JobStatus.SUCCEEDED
+
+
+def test_the_synchronous_wait_gives_up_by_the_same_rule(serve: Any, monkeypatch: Any) -> None:
+    monkeypatch.setattr(ray_jobs, "LOST_GRACE", 1.0)
+    monkeypatch.setattr(ray_jobs, "READ_TIMEOUT", 0.3)
+    dash = serve(["RUNNING", "RUNNING", "RUNNING", "hang"], gcs_alive=False)
+    started = time.monotonic()
+    with pytest.raises(ClusterLost, match="GCS is down"):
+        RayJobs(dash.url, cluster="c1").follow(JOB)
+    assert time.monotonic() - started < 5
+
+
+def _first_event(trigger: RayJobTrigger) -> dict[str, Any]:
+    async def first() -> Any:
+        return await anext(trigger.run())
+
+    return dict(asyncio.run(asyncio.wait_for(first(), timeout=30)).payload)
+
+
+def _trigger(dash: Dashboard, monkeypatch: Any) -> RayJobTrigger:
+    monkeypatch.setattr(RayJobTrigger, "_jobs", lambda self: RayJobs(dash.url, cluster="c1"))
+    return RayJobTrigger(handle={"name": "c1"}, backend="local", job_id=JOB, poll_interval=0.05)
+
+
+def test_the_trigger_fails_a_lost_cluster_with_its_cause(serve: Any, monkeypatch: Any) -> None:
+    monkeypatch.setattr(ray_jobs, "LOST_GRACE", 1.0)
+    monkeypatch.setattr(ray_jobs, "READ_TIMEOUT", 0.3)
+    dash = serve(["RUNNING", "RUNNING", "hang"], gcs_alive=False)
+    started = time.monotonic()
+    event = _first_event(_trigger(dash, monkeypatch))
+    assert event["status"] == "ERROR"
+    assert "cluster c1 is lost" in event["message"]
+    assert "its dashboard says its GCS is down" in event["message"]
+    assert time.monotonic() - started < 5
+
+
+def test_the_trigger_waits_out_a_failed_read(serve: Any, monkeypatch: Any) -> None:
+    monkeypatch.setattr(ray_jobs, "LOST_GRACE", 1.0)
+    monkeypatch.setattr(ray_jobs, "READ_TIMEOUT", 0.3)
+    dash = serve(["RUNNING", "500", "slow", "RUNNING", "SUCCEEDED"])
+    event = _first_event(_trigger(dash, monkeypatch))
+    assert event == {"status": "SUCCEEDED", "job_id": JOB}
