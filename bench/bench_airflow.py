@@ -58,7 +58,7 @@ def airflow_round(stack: Any, dag_id: str) -> dict[str, float]:
     if state != "success":
         raise RuntimeError(f"{dag_id}/{run_id} ended {state}")
     tis = stack.task_instances(dag_id, run_id)
-    parts = read_parts(dag_id, run_id)
+    parts = read_parts(dag_id, run_id, stack.instance)  # the stack's run, not this process's
     cluster = next(p for p in parts if p.setup_task == setup)
     first = min((j for j in cluster.jobs if j.start), key=lambda j: j.start or 0)
     assert first.start is not None

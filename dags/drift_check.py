@@ -93,8 +93,8 @@ with DAG(
                                                 list(inlet_events[DRIFT]))
         report["model_event"] = {"timestamp": model.timestamp.isoformat(),
                                  "source": f"{model.source_dag_id}/{model.source_run_id}"}
-        when = dag_run.run_after.strftime("%Y%m%dT%H%M%S")
-        uri = artifacts.run_uri("drift_check", when, "report.json")
+        uri = artifacts.deployment_uri("drift_check", artifacts.run_slug(dag_run.run_id),
+                                       "report.json")
         artifacts.write_json(uri, report)
         print(drift_check.summary_line(report) + f"; report {uri}")
         return {"report_uri": uri, "signal": report["decision"]["signal"],

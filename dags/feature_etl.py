@@ -28,10 +28,11 @@ from ephemeral.airflow.operators import (
 )
 from ephemeral.airflow.spark_submit import EphemeralSparkSubmitOperator
 from ephemeral.assets import FEATURES, RAW_EVENTS, publish_features
+from ephemeral.jobs.artifacts import run_folder
 from ephemeral.notify import failure_callbacks
 
 JOBS = str(Path(__file__).resolve().parent.parent / "jobs")
-RUN = "{{ dag.dag_id }}/{{ dag_run.run_after | ts_nodash }}"
+RUN = "{{ run_folder(dag.dag_id, run_id) }}"  # this deployment's, DAG's and run's folder
 
 with DAG(
     dag_id="feature_etl",
@@ -54,6 +55,7 @@ with DAG(
                        description="Shift 30% of the generated rows by this many units."),
     },
     tags=["ephemeral", "reference", "data"],
+    user_defined_macros={"run_folder": run_folder},
 ) as dag:
     create_spark = CreateClusterOperator(task_id="create_spark", spec="spark/etl@1",
                                          profile="{{ params.profile }}",

@@ -27,6 +27,7 @@ from ephemeral.airflow.operators import (
     DeleteClusterOperator,
     RayJobOperator,
 )
+from ephemeral.jobs.artifacts import run_folder
 
 JOBS = str(Path(__file__).resolve().parent.parent / "jobs")
 K8S_EXECUTOR = "KubernetesExecutor"
@@ -76,6 +77,7 @@ with DAG(
                              description="None on a GPU cluster, ci-cpu on a CPU-only one."),
             "workers": Param(2, type="integer", minimum=1, maximum=16)},
     tags=["ephemeral", "kubernetes", "example"],
+    user_defined_macros={"run_folder": run_folder},
 ) as dag:
     pod = on_kubernetes()
     create = CreateClusterOperator(
@@ -84,7 +86,7 @@ with DAG(
         execution_timeout=timedelta(minutes=30), **pod)
     train = RayJobOperator(
         task_id="train", cluster=create.output, working_dir=JOBS,
-        entrypoint="python train_ddp.py --run {{ ts_nodash }} --num-workers {{ params.workers }} "
+        entrypoint="python train_ddp.py --run {{ run_folder(dag.dag_id, run_id) }} --num-workers {{ params.workers }} "
                    "--gpus-per-worker {{ 0 if params.profile == 'ci-cpu' else 1 }}",
         execution_timeout=timedelta(hours=6), **pod)
     delete = DeleteClusterOperator(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from airflow.sdk import DAG, Param, task, task_group
 
@@ -17,6 +18,7 @@ from ephemeral.airflow.operators import (
     DeleteClusterOperator,
     RayJobOperator,
 )
+from ephemeral.jobs.artifacts import run_folder
 
 JOBS = str(Path(__file__).resolve().parent.parent / "jobs")
 
@@ -38,9 +40,9 @@ with DAG(
         return list((params or {})["datasets"])
 
     @task
-    def entrypoint(dataset: str, ts_nodash: str | None = None) -> str:
-        return (f"python train_ddp.py --run per-dataset/{ts_nodash}/{dataset} --num-workers 1 "
-                "--steps 100 --checkpoint-every 1000")
+    def entrypoint(dataset: str, dag: Any = None, run_id: str | None = None) -> str:
+        return (f"python train_ddp.py --run {run_folder(dag.dag_id, str(run_id))}/{dataset} "
+                "--num-workers 1 --steps 100 --checkpoint-every 1000")
 
     @task
     def trained(result: dict) -> dict:  # type: ignore[type-arg]

@@ -82,7 +82,8 @@ with DAG(
             "python hello_ray.py", type="string", minLength=1, maxLength=2000,
             title="Entrypoint",
             description="A script in the jobs folder and its arguments, e.g. "
-                        "python train_ddp.py --run adhoc-1",
+                        "python train_ddp.py --run adhoc/my-model-1 (a --run name used "
+                        "before resumes from its checkpoints: take a new one per model)",
             section="Job"),
         "timeout_minutes": Param(
             60, type="integer", minimum=1, maximum=24 * 60, title="Job timeout (minutes)",

@@ -50,13 +50,15 @@ from ephemeral.airflow.operators import (
 )
 from ephemeral.airflow.spark_submit import EphemeralSparkSubmitOperator
 from ephemeral.gate import Thresholds, load_gate
+from ephemeral.jobs.artifacts import run_folder
 from ephemeral.jobs.scaling import ddp_args
 from ephemeral.notify import failure_callbacks
 from ephemeral.trials import best_trial, gpu_pool, load_trials, trial_flags
 
 JOBS = str(Path(__file__).resolve().parent.parent / "jobs")
-# run_after, not ts_nodash: a run triggered through the REST API without a logical date has none.
-RUN = "{{ dag.dag_id }}/{{ dag_run.run_after | ts_nodash }}"
+# This deployment's, DAG's and run's folder (artifacts.run_folder): unique per run, the same
+# for its retries.
+RUN = "{{ run_folder(dag.dag_id, run_id) }}"
 # Built by this run's ETL, or those of the Asset event that triggered it.
 FEATURES = "{{ training_features(ti)['artifact_uri'] }}"
 VALIDATION = "{{ training_features(ti)['validation_uri'] }}"
@@ -95,8 +97,7 @@ def alert_gate_failed(context: Any) -> None:
     from ephemeral.report import report_url
 
     ti, dag_id, run_id = context["ti"], context["dag"].dag_id, context["run_id"]
-    when = context["dag_run"].run_after.strftime("%Y%m%dT%H%M%S")
-    uri = artifacts.run_uri(f"alerts/{dag_id}", f"{when}.json")
+    uri = artifacts.deployment_uri("alerts", dag_id, f"{artifacts.run_slug(run_id)}.json")
     url = report_url(dag_id, run_id)
     reason = str(context.get("exception"))
     artifacts.write_json(uri, {"dag_id": dag_id, "run_id": run_id, "task_id": ti.task_id,
@@ -126,7 +127,7 @@ with DAG(
     default_args={"retries": 1, "retry_delay": timedelta(seconds=10),
                   "execution_timeout": timedelta(hours=2), "on_failure_callback": NOTIFY},
     user_defined_macros={"ddp_args": ddp_args, "training_features": assets.training_features,
-                         "best_trial_of": best_trial_of},
+                         "best_trial_of": best_trial_of, "run_folder": run_folder},
     params={
         "profile": Param("ci-cpu", type=["null", "string"], enum=[None, "ci-cpu"],
                          description="Spec profile: ci-cpu for CPU-only machines, none on GPUs."),

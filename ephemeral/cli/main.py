@@ -533,19 +533,31 @@ def report_cmd(
     dag_id: Annotated[str, typer.Argument(help="The DAG, e.g. train_distributed")],
     run_id: Annotated[str, typer.Argument(help="The run, e.g. scheduled__2026-01-01T00:00:00+00:00")],
     html: Annotated[Path | None, typer.Option(help="Also write the HTML page here.")] = None,
+    instance: Annotated[str | None, typer.Option(
+        help="The deployment instance whose run it is (default: this deployment's; "
+             "`ls --all-instances` shows them).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Print a run's report: each cluster's lifetime, idle split, reserved resources and cost,
     and each job's wall time and results, as the run's teardowns recorded them."""
     from ephemeral.report import load_report, render_html, report_uri
+    from ephemeral.report.store import instances_with
     from ephemeral.report.text import print_report
+    from ephemeral.settings import INSTANCE_PATTERN
 
-    report = load_report(dag_id, run_id)
+    if instance is not None and not INSTANCE_PATTERN.match(instance):
+        raise _fail(EphemeralError(f"--instance {instance!r} is not a deployment instance id: "
+                                   "1-40 lower-case letters, digits and '-' (`ls "
+                                   "--all-instances` shows them)"), as_json)
+    report = load_report(dag_id, run_id, instance)
     if report is None:
-        raise _fail(EphemeralError(
-            f"no run report of {dag_id} {run_id} under {report_uri(dag_id, run_id, '')} "
-            "(written by the run's teardowns; is EPHEMERAL_ARTIFACT_ROOT the DAGs' one?)"),
-            as_json)
+        others = [i for i in instances_with(dag_id, run_id) if i != instance]
+        hint = (f"recorded under deployment instance {', '.join(others)}: pass --instance"
+                if others else "written by the run's teardowns; is EPHEMERAL_ARTIFACT_ROOT "
+                "the DAGs' one?")
+        raise _fail(EphemeralError(f"no run report of {dag_id} {run_id} under "
+                                   f"{report_uri(dag_id, run_id, '', instance)} ({hint})"),
+                    as_json)
     if html is not None:
         try:
             html.write_text(render_html(report))
@@ -559,7 +571,8 @@ def report_cmd(
     wide = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     wide.print(f"{dag_id} {run_id}", highlight=False, markup=False)
     print_report(wide, report)
-    wide.print(f"page: {html or report_uri(dag_id, run_id)}", highlight=False, markup=False)
+    wide.print(f"page: {html or report_uri(dag_id, run_id, instance=instance)}", highlight=False,
+               markup=False)
 
 
 def main() -> None:

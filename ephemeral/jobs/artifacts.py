@@ -5,6 +5,7 @@ from the environment those filesystems read (instance roles, workload identity),
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from ephemeral.settings import get_settings
@@ -23,6 +24,29 @@ def join(uri: str, *parts: str) -> str:
 
 def run_uri(run: str, *parts: str) -> str:
     return join(root(), run, *parts)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def run_slug(run_id: str) -> str:
+    """A run id as one path segment (``manual__2026-01-01T00:00:00+00:00`` has ``:`` and ``+``)."""
+    return _UNSAFE.sub("_", run_id).strip("_") or "run"
+
+
+def deployment_uri(*parts: str, instance: str | None = None) -> str:
+    """Under this deployment instance's folder of the artifact root: what its DAG runs write
+    (reports, alerts, drift reports, jobs' run folders). Airflows that share a root have the
+    same scheduled run ids, so without it one would overwrite, or resume from, another's."""
+    return run_uri(instance or get_settings().instance, *parts)
+
+
+def run_folder(dag_id: str, run_id: str) -> str:
+    """A DAG run's folder, relative to the root as jobs take it (``--run``): the instance's,
+    then the DAG's, then the run's. The run id, not ``run_after``: two runs can start within
+    one second (and a run triggered without a logical date has no ``ts_nodash``), while a
+    retry of the run must find its own checkpoints again."""
+    return "/".join([get_settings().instance, run_slug(dag_id), run_slug(run_id)])
 
 
 def _fs(uri: str) -> tuple[Any, str]:

@@ -2,10 +2,13 @@
 
 Layout under the artifact root::
 
-    reports/<dag_id>/<run>/clusters/<cluster>.json   one part per cluster, by its teardown
-    reports/<dag_id>/<run>/released/<cluster>.json   a cluster its last job's task deleted
-    reports/<dag_id>/<run>/report.json               the merged report
-    reports/<dag_id>/<run>/report.html               the same as a page with a timeline
+    <instance>/reports/<dag_id>/<run>/clusters/<cluster>.json   one part per cluster, by its teardown
+    <instance>/reports/<dag_id>/<run>/released/<cluster>.json   a cluster its last job's task deleted
+    <instance>/reports/<dag_id>/<run>/report.json               the merged report
+    <instance>/reports/<dag_id>/<run>/report.html               the same as a page with a timeline
+
+``<instance>`` is the deployment instance's (``artifacts.deployment_uri``): two Airflows sharing
+a root have the same scheduled run ids.
 
 A run may have several teardowns, each of which sees only its own cluster and may finish at the
 same moment as another. Each writes its own part first (no two write the same file), then
@@ -20,12 +23,12 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from typing import Any
 
 from pydantic import ValidationError
 
 from ephemeral.jobs import artifacts
+from ephemeral.jobs.artifacts import run_slug
 from ephemeral.report.html import render_html
 from ephemeral.report.model import ClusterFacts, Release, build_report
 from ephemeral.settings import setting
@@ -33,20 +36,31 @@ from ephemeral.settings import setting
 log = logging.getLogger(__name__)
 
 URL_VAR = "EPHEMERAL_ARTIFACT_URL"
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+REPORTS = "reports"
 
 
-def run_slug(run_id: str) -> str:
-    """A run id as one path segment (``manual__2026-01-01T00:00:00+00:00`` has ``:`` and ``+``)."""
-    return _UNSAFE.sub("_", run_id).strip("_") or "run"
+def report_dir(dag_id: str, run_id: str, instance: str | None = None) -> str:
+    return artifacts.deployment_uri(REPORTS, run_slug(dag_id), run_slug(run_id),
+                                    instance=instance)
 
 
-def report_dir(dag_id: str, run_id: str) -> str:
-    return artifacts.run_uri("reports", run_slug(dag_id), run_slug(run_id))
+def report_uri(dag_id: str, run_id: str, name: str = "report.html",
+               instance: str | None = None) -> str:
+    return artifacts.join(report_dir(dag_id, run_id, instance), name)
 
 
-def report_uri(dag_id: str, run_id: str, name: str = "report.html") -> str:
-    return artifacts.join(report_dir(dag_id, run_id), name)
+def instances_with(dag_id: str, run_id: str) -> list[str]:
+    """The deployment instances under the root that recorded a report of this run: what
+    ``ephemeral report`` names when the caller's own instance has none (a shell whose
+    environment derives another instance than the Airflow's)."""
+    from pyarrow import fs
+
+    filesystem, path = fs.FileSystem.from_uri(artifacts.root())
+    found = []
+    for entry in filesystem.get_file_info(fs.FileSelector(path, allow_not_found=True)):
+        if entry.type == fs.FileType.Directory and _list_parts(dag_id, run_id, entry.base_name):
+            found.append(entry.base_name)
+    return sorted(found)
 
 
 def report_url(dag_id: str, run_id: str) -> str:
@@ -87,19 +101,19 @@ def read_release(dag_id: str, run_id: str, name: str) -> Release | None:
         return None
 
 
-def _list_parts(dag_id: str, run_id: str) -> list[str]:
+def _list_parts(dag_id: str, run_id: str, instance: str | None = None) -> list[str]:
     from pyarrow import fs
 
-    folder = artifacts.join(report_dir(dag_id, run_id), "clusters")
+    folder = artifacts.join(report_dir(dag_id, run_id, instance), "clusters")
     filesystem, path = fs.FileSystem.from_uri(folder)
     infos = filesystem.get_file_info(fs.FileSelector(path, allow_not_found=True))
     return sorted(artifacts.join(folder, i.base_name) for i in infos
                   if i.type == fs.FileType.File and i.base_name.endswith(".json"))
 
 
-def read_parts(dag_id: str, run_id: str) -> list[ClusterFacts]:
+def read_parts(dag_id: str, run_id: str, instance: str | None = None) -> list[ClusterFacts]:
     parts = []
-    for uri in _list_parts(dag_id, run_id):
+    for uri in _list_parts(dag_id, run_id, instance):
         try:
             parts.append(ClusterFacts.model_validate(artifacts.read_json(uri)))
         except (ValidationError, ValueError, OSError) as err:  # one bad part must not hide all
@@ -107,9 +121,11 @@ def read_parts(dag_id: str, run_id: str) -> list[ClusterFacts]:
     return parts
 
 
-def load_report(dag_id: str, run_id: str) -> dict[str, Any] | None:
-    """The run's report rebuilt from its parts; None when no teardown recorded anything."""
-    parts = read_parts(dag_id, run_id)
+def load_report(dag_id: str, run_id: str,
+                instance: str | None = None) -> dict[str, Any] | None:
+    """The run's report (this deployment instance's run unless ``instance`` says another)
+    rebuilt from its parts; None when no teardown recorded anything."""
+    parts = read_parts(dag_id, run_id, instance)
     return build_report(dag_id, run_id, parts) if parts else None
 
 

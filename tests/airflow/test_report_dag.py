@@ -5,9 +5,7 @@ notifies with the report's link."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,9 +13,12 @@ from airflow.sdk import BaseNotifier
 
 from ephemeral.backends.base import Endpoints, make_handle
 from ephemeral.report import load_report, report_uri, report_url
+from ephemeral.settings import get_settings
 from ephemeral.specs import ClusterIdentity, resolve
 from ephemeral.trials import TrialFileError, load_trials
 from tests.airflow.conftest import task_states
+
+RUN_ID = "manual__2026-01-02T03:04:05.123456+00:00"
 
 NOTES = "EPHEMERAL_TEST_NOTES"
 
@@ -156,16 +157,17 @@ def test_the_reference_trials_render_gpus_per_worker_from_their_cluster(dagbag: 
     for name, handle in gpu_and_cpu_handles().items():
         features = {"artifact_uri": "file:///f", "validation_uri": "file:///v"}
         ti = _TI({"train.create_ray": handle, "etl.build_features": {"result": features}})
-        # A run triggered through the REST API without a logical date has run_after only.
-        run = SimpleNamespace(run_after=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
-        rendered[name] = [env.from_string(e).render(ti=ti, dag=dag, dag_run=run,
+        rendered[name] = [env.from_string(e).render(ti=ti, dag=dag, run_id=RUN_ID,
                                                     params={"steps": 10})
                           for e in entrypoints]
     assert all("--num-workers 2 --gpus-per-worker 1 --cpus-per-worker 8" in e
                for e in rendered["gpu"]), rendered["gpu"]
     assert all("--num-workers 2 --gpus-per-worker 0 --cpus-per-worker 1" in e
                for e in rendered["ci-cpu"]), rendered["ci-cpu"]
-    assert "--run train_distributed/20260102T030405/trial-lr-0.02 " in rendered["gpu"][0]
+    # The run's own folder under this deployment's: the run id is the same in another Airflow
+    # sharing the artifact root, and two runs can start within one second.
+    folder = f"{get_settings().instance}/train_distributed/manual__2026-01-02T03_04_05.123456_00_00"
+    assert f"--run {folder}/trial-lr-0.02 " in rendered["gpu"][0]
     assert "--lr 0.02" in rendered["gpu"][0]
 
 

@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 
 from ephemeral.backends.base import NodeGroup, node_groups
+from ephemeral.jobs.artifacts import run_folder
 from ephemeral.jobs.scaling import ddp_args, with_scaling
 from ephemeral.report import ClusterFacts, JobFacts, Price, Prices, build_report, render_html
 from ephemeral.report.costs import CostConfigError, load_prices
 from ephemeral.report.model import busy_seconds, summarize
 from ephemeral.report.store import load_report, record, report_uri, report_url, run_slug
+from ephemeral.settings import get_settings
 from ephemeral.specs import resolve
 
 GIB = 1024**3
@@ -192,7 +194,45 @@ def test_parts_of_several_teardowns_merge_into_one_report(tmp_path: Path,
     assert [c["name"] for c in loaded["clusters"]] == ["a", "b"]
     assert load_report("d", "other") is None
     monkeypatch.setenv("EPHEMERAL_ARTIFACT_URL", "https://art.example/")
-    assert report_url("d", run) == f"https://art.example/reports/d/{run_slug(run)}/report.html"
+    instance = get_settings().instance
+    assert report_url("d", run) == (f"https://art.example/{instance}/reports/d/{run_slug(run)}"
+                                    "/report.html")
+
+
+def test_airflows_sharing_an_artifact_root_keep_their_reports_and_run_folders_apart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two deployments run the same scheduled run id: neither report nor training run folder
+    (checkpoints a retry resumes from) may be the other's."""
+    from typer.testing import CliRunner
+
+    from ephemeral.cli.main import app
+
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", str(tmp_path / "art"))
+    run = "scheduled__2026-01-01T00:00:00+00:00"
+    folders, uris = {}, {}
+    for instance, cluster in (("staging", "a"), ("prod", "b")):
+        monkeypatch.setenv("EPHEMERAL_INSTANCE", instance)
+        record([facts(cluster).model_copy(update={"run_id": run})])
+        folders[instance], uris[instance] = run_folder("d", run), report_uri("d", run)
+    assert folders == {"staging": f"staging/d/{run_slug(run)}", "prod": f"prod/d/{run_slug(run)}"}
+    assert uris["staging"] != uris["prod"]
+    # Each deployment reads its own run's report, with only its own cluster.
+    for instance, cluster in (("staging", "a"), ("prod", "b")):
+        monkeypatch.setenv("EPHEMERAL_INSTANCE", instance)
+        loaded = load_report("d", run)
+        assert loaded is not None
+        assert [c["name"] for c in loaded["clusters"]] == [cluster]
+    # A shell whose environment derives another instance is told where the run's report is.
+    monkeypatch.setenv("EPHEMERAL_INSTANCE", "laptop")
+    out = CliRunner().invoke(app, ["report", "d", run])
+    assert out.exit_code == 1
+    assert "recorded under deployment instance prod, staging: pass --instance" in out.output
+    out = CliRunner().invoke(app, ["report", "d", run, "--instance", "staging"])
+    assert out.exit_code == 0, out.output
+    assert f"staging/reports/d/{run_slug(run)}/report.html" in out.output
+    out = CliRunner().invoke(app, ["report", "d", run, "--instance", "../prod"])
+    assert out.exit_code == 1
+    assert "--instance '../prod' is not a deployment instance id" in out.output
 
 
 def test_training_takes_its_scaling_from_the_cluster() -> None:
