@@ -50,10 +50,12 @@ def provision(
 @contextmanager
 def deleting_on_failure(backend: ClusterBackend, handle: ClusterHandle, *,
                         passes: tuple[type[BaseException], ...] = (),
-                        before: Callable[[BaseException], None] | None = None) -> Iterator[None]:
+                        before: Callable[[BaseException], None] | None = None,
+                        after: Callable[[float, bool], None] | None = None) -> Iterator[None]:
     """Delete the cluster when the block raises anything but ``passes`` (Airflow's
     TaskDeferred: the wait goes on in the triggerer), then re-raise. ``before`` runs first
-    (a log line, a flag that keeps ``on_kill`` from deleting twice)."""
+    (a log line, a flag that keeps ``on_kill`` from deleting twice); ``after`` gets when the
+    deletion started (epoch seconds) and whether it completed (the run report's record)."""
     try:
         yield
     except passes:
@@ -61,19 +63,25 @@ def deleting_on_failure(backend: ClusterBackend, handle: ClusterHandle, *,
     except BaseException as err:
         if before:
             before(err)
-        delete_after_failure(backend, handle, err)
+        started = time.time()
+        deleted = delete_after_failure(backend, handle, err)
+        if after:
+            after(started, deleted)
         raise
 
 
 def delete_after_failure(backend: ClusterBackend, handle: ClusterHandle,
-                         err: BaseException) -> None:
-    """Delete what a failed setup made; the original failure stays the error, and a cleanup
-    that fails too is noted on it (the reaper is then the last line)."""
+                         err: BaseException) -> bool:
+    """Delete what a failed setup made; whether that completed. The original failure stays
+    the error, and a cleanup that fails too is noted on it (the reaper is then the last
+    line)."""
     try:
         backend.delete(handle, wait=True)
     except Exception as cleanup:  # noqa: BLE001 - any cleanup failure is reported, not raised
         err.add_note(f"deleting {handle.name} after the failure also failed: "
                      f"{type(cleanup).__name__}: {cleanup}")
+        return False
+    return True
 
 
 def teardown(

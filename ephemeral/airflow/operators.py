@@ -225,7 +225,7 @@ class CreateClusterOperator(BaseOperator):
         if parse_utc(handle.created_at) < asked:
             self.log.info("adopted %s, created at %s by an earlier try", handle.name,
                           handle.created_at)
-        with self._cleanup_on_failure(backend, handle):
+        with self._cleanup_on_failure(context, backend, handle):
             self._push_links(context, handle)
             wait = Readiness.within(backend, handle, timeout=self.ready_timeout,
                                     poll_interval=self.poll_interval)
@@ -252,7 +252,9 @@ class CreateClusterOperator(BaseOperator):
                                  f"({event.get('status')}): {event.get('message')}")
         self._cleanup_starts(h, error)
         if self.on_failure == "delete":
-            delete_after_failure(task_backend(h.backend, h.connection), h, error)
+            started = time.time()
+            deleted = delete_after_failure(task_backend(h.backend, h.connection), h, error)
+            self._report_deleted(context, h, started, deleted)
         raise error
 
     def _ready(self, handle: ClusterHandle, message: str,
@@ -271,12 +273,27 @@ class CreateClusterOperator(BaseOperator):
         except ConnectionInvalid as err:  # nothing was created, and a retry cannot help
             raise AirflowFailException(str(err)) from err
 
-    def _cleanup_on_failure(self, backend: ClusterBackend, handle: ClusterHandle
+    def _cleanup_on_failure(self, context: Any, backend: ClusterBackend, handle: ClusterHandle
                             ) -> contextlib.AbstractContextManager[None]:
         before = functools.partial(self._cleanup_starts, handle)
         if self.on_failure == "keep":
             return _keeping(passes=(TaskDeferred,), before=before)
-        return deleting_on_failure(backend, handle, passes=(TaskDeferred,), before=before)
+        return deleting_on_failure(backend, handle, passes=(TaskDeferred,), before=before,
+                                   after=functools.partial(self._report_deleted, context, handle))
+
+    def _report_deleted(self, context: Any, handle: ClusterHandle, started: float,
+                        deleted: bool) -> None:
+        """The failed setup's cluster in the run's report: it was made, and cost its start,
+        but Airflow runs no teardown for a failed setup to record it (and the failure
+        notification links the report). Never raises (``record_teardown``)."""
+        from ephemeral.airflow.report import record_teardown
+
+        name = handle.name
+        record_teardown(context, setup_task_id=self.task_id, targets={name: handle},
+                        engine_views={name: []}, started=started,
+                        deleted={name: time.time()} if deleted else {},
+                        failures={} if deleted else {
+                            name: "failed after the setup failed: the reaper deletes it"})
 
     def _push_links(self, context: Any, handle: ClusterHandle) -> None:
         # Both keys, the other engine's empty: Airflow resolves every link of the operator

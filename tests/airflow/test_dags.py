@@ -236,6 +236,17 @@ def test_a_setup_that_fails_after_creating_deletes_its_cluster(dagbag: Any,
     assert states == {"create": "failed", "work": "upstream_failed",
                       "delete": "upstream_failed"}
     no_cluster_left(ephemeral_home, before)
+    # ... and recorded the cluster it made in the run's report (what the failure notification
+    # links): no teardown will.
+    from ephemeral.report import load_report
+
+    report = load_report("setup_times_out", run.run_id)
+    assert report is not None
+    [cluster] = report["clusters"]
+    assert cluster["setup_task"] == cluster["teardown_task"] == "create", cluster
+    assert cluster["deletion"] == "complete", cluster
+    assert cluster["busy_s"] == 0, cluster
+    assert cluster["lifetime_s"] > 0, cluster
 
 
 def test_bad_input_fails_the_setup_and_creates_nothing(dagbag: Any, ephemeral_home: Path) -> None:
