@@ -326,6 +326,9 @@ def run_to_end(dag: Any, run_id: str, conf: dict[str, Any] | None = None,
 
 # Thresholds no served model meets: the run's gate fails on latency whatever this machine's load.
 LATENCY_FAIL = {"max_p50_ms": 0.001, "max_p95_ms": 0.001, "max_p99_ms": 0.001}
+# The run's conf: the latency fail, and the fewest training steps (the DAG's default is 300):
+# the gate fails on latency whatever the model's accuracy, so more steps would prove nothing.
+RUN_CONF = {**LATENCY_FAIL, "steps": 60}
 
 
 def seed_champion(home: Path, features_uri: str) -> str:
@@ -375,7 +378,7 @@ def test_a_drift_event_starts_a_training_run_on_the_drifted_batch(
         newest = max(consumed, key=lambda e: (e.timestamp, e.id))
         assert newest.extra["features_uri"] == f"{shifted}/train"
 
-    done = run_to_end(dagbag.get_dag("train_distributed"), run.run_id, conf=LATENCY_FAIL)
+    done = run_to_end(dagbag.get_dag("train_distributed"), run.run_id, conf=RUN_CONF)
     states = task_states(done)
     assert states["choose_features"] == "success"
     for task_id in ("etl.create_spark", "etl.build_features", "etl.delete_spark"):
@@ -391,6 +394,7 @@ def test_a_drift_event_starts_a_training_run_on_the_drifted_batch(
         assert rendered
         for r in rendered:
             assert f"--data-uri {shifted}/train" in r.rendered_fields["entrypoint"]
+            assert "--steps 60 " in r.rendered_fields["entrypoint"]  # the run's conf reached it
     # No Spark cluster was made: the run's report (its teardowns' record) has the Ray one only.
     from ephemeral.airflow.report import run_report
 
