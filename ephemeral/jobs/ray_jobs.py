@@ -31,13 +31,14 @@ log = logging.getLogger(__name__)
 
 # How a waiter tells a lost cluster from a dashboard hiccup. With its GCS gone, Ray 2.60's
 # dashboard holds a job read for the 60 s its GCS client retries (gcs_rpc_server_reconnect_
-# timeout_s), answers 500 and exits, and then refuses; its nodes stay up, reserved, that minute.
-# A healthy dashboard answers in milliseconds, and a hiccup (one slow or refused read, a module
-# restarting on a loaded host) is over within a read or two. So each read is bounded, and the
-# cluster counts as lost only when every read has failed for LOST_GRACE seconds in a row, and
-# at least LOST_READS of them.
-READ_TIMEOUT = 5.0
-LOST_GRACE = 12.0
+# timeout_s), answers 500, exits and then refuses; the raylets exit after that minute too, but
+# the nodes (a GPU node's reservation) stay until the cluster is deleted. A healthy dashboard
+# answers in milliseconds, and a hiccup (one slow or refused read, a module restarting on a
+# loaded host) is over within a read or two. So each read is bounded, and the cluster counts
+# as lost only when every read has failed for LOST_GRACE seconds in a row, at least LOST_READS
+# of them: 10 s when the dashboard refuses, about 14 s when it holds the reads (3 x 4 s).
+READ_TIMEOUT = 4.0
+LOST_GRACE = 10.0
 LOST_READS = 3
 
 
