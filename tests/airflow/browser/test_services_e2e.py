@@ -48,7 +48,11 @@ def test_train_distributed_through_the_services_on_postgres(stack: Stack) -> Non
     assert stack.database_url.startswith("postgresql")
     # With a logical date, as the trigger form sends by default: the DAG's templates use
     # ts_nodash, which Airflow 3 leaves undefined for a run without one.
-    run_id = stack.trigger(DAG, {"profile": "ci-cpu"}, logical_date="now")
+    # The smallest data and training the gate still passes (its accuracy and F1 need 0.8: the
+    # better trial reaches about 0.95 at 60 steps on 1000 rows): what this test checks is the
+    # services' handling of the run, not the model.
+    run_id = stack.trigger(DAG, {"profile": "ci-cpu", "rows": 1000, "steps": 60},
+                           logical_date="now")
     state = stack.wait_finished(DAG, run_id, timeout=1200)
     tis = stack.task_instances(DAG, run_id)
     states = {k: v["state"] for k, v in tis.items()}
