@@ -75,7 +75,8 @@ def test_train_distributed_through_the_services_on_postgres(stack: Stack) -> Non
     # Ray one from the triggerer, where its job's trigger saw the job end; the teardowns found
     # them gone and reported the releases.
     assert stack.ephemeral_home is not None
-    [report_file] = (stack.ephemeral_home / "artifacts" / "reports" / DAG).glob("*/report.json")
+    # Under the stack's deployment instance (artifacts.deployment_uri).
+    [report_file] = (stack.ephemeral_home / "artifacts").glob(f"*/reports/{DAG}/*/report.json")
     report = json.loads(report_file.read_text())
     assert {c["setup_task"]: c["released_by"] for c in report["clusters"]} == {
         "etl.create_spark": "etl.build_features", "train.create_ray": "train.serve_latency"}
