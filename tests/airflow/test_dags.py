@@ -143,8 +143,9 @@ def test_reference_dag_end_to_end(dagbag: Any, ephemeral_home: Path) -> None:
     registry.promote("train_distributed",
                      earlier_version := registry.register("train_distributed",
                                                           model_uri=earlier.as_uri()))
-    run = dagbag.get_dag("train_distributed").test(run_conf={"profile": "ci-cpu", "rows": 3000,
-                                                             "steps": 200})
+    # The smallest run that still passes the gate (accuracy and F1 >= 0.8: 0.96 measured).
+    run = dagbag.get_dag("train_distributed").test(run_conf={"profile": "ci-cpu", "rows": 1000,
+                                                             "steps": 60})
     states = task_states(run)
     assert str(run.state) == "success", states
     assert states["train.serve_latency"] == states["deploy.register_model"] == "success"
