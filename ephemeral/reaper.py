@@ -271,9 +271,12 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
 
 def _for_the_report(backend: ClusterBackend, handle: ClusterHandle) -> Callable[[], None]:
     """Record, for its run's report, that the reaper deleted a run's cluster (the engine's jobs
-    first, while it is there); the returned call records when the deletion finished. The run's
-    teardown then reports these moments (``released_by: reaper``) instead of its own, which
-    would count the time since as the cluster's life. Never raises: the deletion matters."""
+    first, while it is there); the returned call records when the deletion finished. The
+    cluster goes into the report at once (its run may have ended: no teardown will come), and
+    a teardown that does come reports these moments (``released_by: reaper``) instead of its
+    own, which would count the time since as the cluster's life. Never raises: the deletion
+    matters."""
+    from ephemeral.report.deletions import record_deleted
     from ephemeral.report.engines import engine_jobs
     from ephemeral.report.model import Release
     from ephemeral.report.store import write_release
@@ -293,8 +296,14 @@ def _for_the_report(backend: ClusterBackend, handle: ClusterHandle) -> Callable[
             log.warning("could not record the reaping of %s for its run's report: %s",
                         handle.name, err)
 
+    def done() -> None:
+        when = datetime.now(UTC).timestamp()
+        write({"deleted": when})
+        record_deleted(handle, by=REAPER, started=rel.teardown_started, deleted=when,
+                       jobs=rel.jobs)
+
     write({})
-    return lambda: write({"deleted": datetime.now(UTC).timestamp()})
+    return done
 
 
 class AirflowApiLookup:

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import Any
 
 from ephemeral.airflow.context import task_label, this_task
 from ephemeral.backends import ClusterHandle
-from ephemeral.report.model import ClusterFacts, JobFacts, Release
+from ephemeral.report.model import JobFacts, Release
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +122,8 @@ def record_teardown(context: Any, *, setup_task_id: str, targets: dict[str, Clus
     A cluster in ``releases`` was deleted by its last job's task: its moments and engine view
     are the release's. Never raises: a report that cannot be written is logged, and the
     teardown's outcome stays the deletion's."""
-    from ephemeral.report import load_prices, record, report_url
+    from ephemeral.report import record, report_url
+    from ephemeral.report.deletions import cluster_facts
 
     if not targets:
         return None
@@ -132,43 +132,26 @@ def record_teardown(context: Any, *, setup_task_id: str, targets: dict[str, Clus
         url = report_url(dag_id, run_id)
         if link_key:
             context["ti"].xcom_push(key=link_key, value=url)
-        try:
-            prices = load_prices()
-        except ValueError as err:
-            prices = None
-            log.error("run report without money: %s", err)
         job_tasks = finished_job_tasks(context)
         results = job_results(context, job_tasks)
         teardown = this_task(context)
-        now = time.time()
         parts = []
         for name, handle in sorted(targets.items()):
-            created = handle.created_ts or _epoch(handle.created_at)
             rel = (releases or {}).get(name)
-            parts.append(ClusterFacts(
-                dag_id=dag_id, run_id=run_id, name=name, engine=handle.engine,
-                backend=handle.backend, spec_ref=handle.spec_ref, spec_hash=handle.spec_hash,
-                profile=handle.profile, groups=handle.groups, setup_task=setup_task_id,
-                teardown_task=teardown, created=created, ready=handle.ready_ts,
-                teardown_started=rel.teardown_started if rel else started,
+            parts.append(cluster_facts(
+                handle, dag_id=dag_id, run_id=run_id, setup_task=setup_task_id,
+                teardown_task=teardown,
+                started=rel.teardown_started if rel else started,
                 deleted=rel.deleted if rel else deleted.get(name),
                 deletion=failures.get(name, "complete"), released_by=rel.task if rel else None,
                 jobs=jobs_of(context, name, rel.jobs if rel else engine_views.get(name),
-                             results, job_tasks),
-                price=prices.for_spec(handle.spec_ref) if prices else None,
-                currency=prices.currency if prices else None, recorded_at=now))
+                             results, job_tasks)))
         record(parts)
         log.info("run report: %s", url)
         return url
     except Exception:  # the report must never hide the deletion's outcome
         log.exception("could not write the run report of %s", sorted(targets))
         return None
-
-
-def _epoch(text: str) -> float:
-    from ephemeral.specs.identity import parse_utc
-
-    return parse_utc(text).timestamp()
 
 
 # --- the demo: dag.test() in this process, then the run's report --------------------------------

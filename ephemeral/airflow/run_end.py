@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ephemeral.run_end")
 
 POLL = 2.0
+RUN_END = "run-end"  # who deleted the cluster, in its run's report (released_by)
 
 
 def run_selector(dag_id: str, run_id: str) -> OwnerSelector:
@@ -107,6 +108,8 @@ def delete_run_clusters(dag_id: str, run_id: str, *, clear_number: int = 0,
     """Delete every cluster of the run now, then again each time one appears until ``linger``
     seconds have passed (unless the run is cleared meanwhile). Returns the names deleted."""
     from ephemeral.airflow.context import KEEP_LABEL
+    from ephemeral.report.deletions import record_deleted
+    from ephemeral.report.engines import engine_jobs
 
     backend = backend or configured_backend()
     selector = run_selector(dag_id, run_id)
@@ -125,7 +128,8 @@ def delete_run_clusters(dag_id: str, run_id: str, *, clear_number: int = 0,
                 log.info("%s of %s/%s is kept for debugging until %s (on_failure='keep')",
                          handle.name, dag_id, run_id, handle.expires_at)
                 continue
-            started = time.monotonic()
+            jobs = engine_jobs(backend, handle)  # for the report, while it is there
+            started, began = time.monotonic(), time.time()
             try:
                 backend.delete(handle, wait=True)
             except Exception:  # the next pass, the teardown or the reaper tries again
@@ -134,6 +138,8 @@ def delete_run_clusters(dag_id: str, run_id: str, *, clear_number: int = 0,
             deleted.append(handle.name)
             log.info("deleted %s of ended run %s/%s in %.1fs", handle.name, dag_id, run_id,
                      time.monotonic() - started)
+            # No teardown will record it (skipped, failed, never reached): its run's report.
+            record_deleted(handle, by=RUN_END, started=began, deleted=time.time(), jobs=jobs)
         if time.monotonic() >= deadline:
             break
         time.sleep(POLL)

@@ -210,6 +210,15 @@ def test_a_reaped_runs_cluster_is_reported_with_the_reapers_moments(
     assert rel.result is None  # no job task's result: a retry of a job gets nothing from it
     context = {"dag": SimpleNamespace(dag_id="train"), "run_id": "running"}
     assert released(context, handle) == rel
+    # In the run's report at once: if the run has ended, no teardown will come to record it.
+    from ephemeral.report import load_report
+
+    report = load_report("train", "running")
+    assert report is not None
+    [cluster] = report["clusters"]
+    assert cluster["name"] == name
+    assert cluster["released_by"] == "reaper"
+    assert cluster["deleted"] == rel.deleted
 
 
 def test_a_cluster_made_by_hand_leaves_no_record(backend: InMemoryBackend,

@@ -34,6 +34,16 @@ def test_deletes_every_cluster_of_the_run_and_nothing_else() -> None:
     deleted = run_end.delete_run_clusters("d", "r1", backend=backend)
     assert set(deleted) == mine
     assert [h.name for h in backend.list_owned()] == [other]
+    # No teardown will record them (the run ended without it): the cleanup puts them in the
+    # run's report, as deleted by the run's end, and no other run's.
+    from ephemeral.report import load_report
+
+    report = load_report("d", "r1")
+    assert report is not None
+    assert {c["name"]: c["released_by"] for c in report["clusters"]} == dict.fromkeys(
+        mine, "run-end")
+    assert all(c["deletion"] == "complete" and c["deleted"] for c in report["clusters"])
+    assert load_report("d", "r2") is None
 
 
 def test_lingering_deletes_a_cluster_made_after_the_end() -> None:

@@ -1,0 +1,65 @@
+"""A run's cluster deleted where no teardown records it: by the run-end cleanup (the run ended
+with its teardown skipped, failed or never reached) or by the reaper (a leak). The cluster
+still made it into the world and cost its life, so it goes into its run's report as a part,
+like a teardown's, with the deleter named in ``released_by``. A teardown that comes later
+overwrites the part with its own view of the same deletion."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from ephemeral.backends.base import ClusterHandle
+from ephemeral.report.model import ClusterFacts, JobFacts
+
+log = logging.getLogger(__name__)
+
+
+def created_ts(handle: ClusterHandle) -> float:
+    from ephemeral.specs.identity import parse_utc
+
+    return handle.created_ts or parse_utc(handle.created_at).timestamp()
+
+
+def cluster_facts(handle: ClusterHandle, *, dag_id: str, run_id: str, setup_task: str | None,
+                  teardown_task: str | None, started: float, deleted: float | None,
+                  deletion: str, jobs: list[JobFacts], released_by: str | None = None
+                  ) -> ClusterFacts:
+    """One cluster's facts for its run's report, priced by the deployment's cost setting (no
+    money when that setting is bad: the report must still be written)."""
+    from ephemeral.report.costs import load_prices
+
+    try:
+        prices = load_prices()
+    except ValueError as err:
+        prices = None
+        log.error("run report without money: %s", err)
+    return ClusterFacts(
+        dag_id=dag_id, run_id=run_id, name=handle.name, engine=handle.engine,
+        backend=handle.backend, spec_ref=handle.spec_ref, spec_hash=handle.spec_hash,
+        profile=handle.profile, groups=handle.groups, setup_task=setup_task,
+        teardown_task=teardown_task, created=created_ts(handle), ready=handle.ready_ts,
+        teardown_started=started, deleted=deleted, deletion=deletion, released_by=released_by,
+        jobs=jobs, price=prices.for_spec(handle.spec_ref) if prices else None,
+        currency=prices.currency if prices else None, recorded_at=time.time())
+
+
+def record_deleted(handle: ClusterHandle, *, by: str, started: float, deleted: float | None,
+                   jobs: list[JobFacts] | None, deletion: str = "complete") -> None:
+    """Record ``handle``'s cluster, deleted by ``by`` (``run-end``, ``reaper``), in its run's
+    report. A cluster made by hand (no run) has none. Never raises: the deletion matters."""
+    from ephemeral.report.store import record
+    from ephemeral.specs.identity import PREFIX
+
+    dag_id = handle.annotations.get(PREFIX + "dag-id")
+    run_id = handle.annotations.get(PREFIX + "run-id")
+    if not dag_id or not run_id:
+        return
+    try:
+        record([cluster_facts(handle, dag_id=dag_id, run_id=run_id,
+                              setup_task=handle.annotations.get(PREFIX + "task-id"),
+                              teardown_task=None, started=started, deleted=deleted,
+                              deletion=deletion, jobs=jobs or [], released_by=by)])
+    except Exception as err:  # noqa: BLE001 - the report is secondary to the deletion
+        log.warning("could not record the deletion of %s in its run's report: %s",
+                    handle.name, err)
