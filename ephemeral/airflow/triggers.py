@@ -214,9 +214,13 @@ class RayJobTrigger(BaseTrigger):
                     yield TriggerEvent(event)
                     return
                 if self.timeout is not None and time.monotonic() - started > self.timeout:
-                    await asyncio.to_thread(jobs.stop, self.job_id)
+                    message = f"stopped after {self.timeout:.0f}s"
+                    try:
+                        await asyncio.to_thread(jobs.stop, self.job_id)
+                    except EphemeralError as err:  # the teardown's deletion ends it anyway
+                        message = f"timed out after {self.timeout:.0f}s; stopping it failed: {err}"
                     yield TriggerEvent({"status": "TIMEOUT", "job_id": self.job_id,
-                                        "message": f"stopped after {self.timeout:.0f}s"})
+                                        "message": message})
                     return
                 # Ray closes the log stream when the job ends: look at once rather than at the
                 # next poll, so the cluster does not sit idle until then.

@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 # as lost only when every read has failed for LOST_GRACE seconds in a row, at least LOST_READS
 # of them: 10 s when the dashboard refuses, about 14 s when it holds the reads (3 x 4 s).
 READ_TIMEOUT = 4.0
+# A stop request does more than a read (the job manager signals the job's supervisor), so it
+# gets a longer bound; a lost cluster's stop then fails in seconds, not Ray's minute.
+STOP_TIMEOUT = 15.0
 LOST_GRACE = 10.0
 LOST_READS = 3
 
@@ -155,15 +158,18 @@ class RayJobs:
             raise JobError(f"cannot read the logs of job {job_id}: {err}") from err
 
     def stop(self, job_id: str, *, wait: float = 30.0) -> JobStatus | None:
-        """Stop the job and wait until Ray reports it ended; return its final status."""
+        """Stop the job and wait until Ray reports it ended; return its final status. Each
+        request is bounded: JobError when the cluster does not answer (a lost one)."""
+        client = self.client
         try:
-            self.client.stop_job(job_id)
+            _within(STOP_TIMEOUT, lambda: client.stop_job(job_id))
         except _transport_errors(runtime=True) as err:
-            if self.status(job_id) is None:
+            if self.status(job_id, timeout=READ_TIMEOUT) is None:
                 return None
             raise JobError(f"cannot stop job {job_id}: {err}") from err
         deadline = time.monotonic() + wait
-        while (st := self.status(job_id)) is not None and not st.terminal:
+        while (st := self.status(job_id, timeout=READ_TIMEOUT)) is not None \
+                and not st.terminal:
             if time.monotonic() > deadline:
                 raise JobError(f"job {job_id} still {st} {wait:.0f}s after it was stopped")
             time.sleep(0.2)

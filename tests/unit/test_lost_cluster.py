@@ -90,6 +90,10 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.send_error(404, "no such route")
 
+    def do_POST(self) -> None:
+        """A stop request, to a dashboard whose GCS is gone: it holds it."""
+        time.sleep(60.0)
+
 
 @pytest.fixture
 def serve() -> Iterator[Any]:
@@ -217,3 +221,18 @@ def test_the_trigger_waits_out_a_failed_read(serve: Any, monkeypatch: Any) -> No
     dash = serve(["RUNNING", "500", "slow", "RUNNING", "SUCCEEDED"])
     event = _first_event(_trigger(dash, monkeypatch))
     assert event == {"status": "SUCCEEDED", "job_id": JOB}
+
+
+def test_stopping_a_job_on_a_lost_cluster_fails_in_seconds(
+        serve: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job timeout on a lost cluster: the stop request is bounded too, and its failure is
+    an error the trigger reports (the teardown's deletion ends the job), not a minute's hang."""
+    from ephemeral.errors import JobError
+
+    monkeypatch.setattr(ray_jobs, "STOP_TIMEOUT", 0.5)
+    monkeypatch.setattr(ray_jobs, "READ_TIMEOUT", 0.3)
+    dashboard = serve(["hang"], gcs_alive=False)
+    started = time.monotonic()
+    with pytest.raises(JobError, match=f"cannot (stop|read) job {JOB}"):
+        RayJobs(dashboard.url).stop(JOB)
+    assert time.monotonic() - started < 5
