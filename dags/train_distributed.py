@@ -275,10 +275,10 @@ with DAG(
             decision = ti.xcom_pull(task_ids="deploy.gate", key="decision")
             features = assets.training_features(ti)
             # The registered version's source: a copy of the model under registry/, which
-            # outlives the run's own artifacts.
+            # outlives the run's own artifacts; this deployment's and this run's, so no other
+            # run (of this Airflow or another sharing the root) overwrites a registered model.
             model_dir = best["model_uri"].rsplit("/", 1)[0]
-            target = artifacts.run_uri("registry/train_distributed",
-                                       dag_run.run_after.strftime("%Y%m%dT%H%M%S"))
+            target = artifacts.deployment_uri("registry", MODEL, artifacts.run_slug(dag_run.run_id))
             artifacts.copy(model_dir, f"{target}/model")
             measured = {**evaluation["result"], **latency["result"]}
             metrics = {k: float(measured[k]) for k in GATE_METRICS if measured.get(k) is not None}
@@ -298,8 +298,7 @@ with DAG(
                       "version": version, "previous_champion": previous,
                       "loss": best["loss"], **metrics}
             artifacts.write_json(f"{target}/registration.json", record)
-            artifacts.write_json(artifacts.run_uri("registry/train_distributed", "latest.json"),
-                                 record)
+            artifacts.write_json(artifacts.deployment_uri("registry", MODEL, "latest.json"), record)
             return record
 
         @task(on_failure_callback=[alert_gate_failed], retries=0)

@@ -135,6 +135,7 @@ def test_reference_dag_end_to_end(dagbag: Any, ephemeral_home: Path) -> None:
     features it was trained on (the latency fail is in the drift run of
     tests/airflow/test_assets.py)."""
     from ephemeral import registry
+    from ephemeral.jobs import artifacts
 
     before = engine_pids()
     earlier = ephemeral_home / "artifacts" / "earlier" / "model.pt"
@@ -151,7 +152,8 @@ def test_reference_dag_end_to_end(dagbag: Any, ephemeral_home: Path) -> None:
     assert states["train.serve_latency"] == states["deploy.register_model"] == "success"
     assert states["deploy.gate_failed"] == "skipped"
     assert states["etl.delete_spark"] == states["train.delete_ray"] == "success"
-    latest = ephemeral_home / "artifacts" / "registry" / "train_distributed" / "latest.json"
+    latest = Path(artifacts.deployment_uri("registry", "train_distributed", "latest.json")
+                  .removeprefix("file://"))
     record = json.loads(latest.read_text())
     assert Path(record["model_uri"].removeprefix("file://")).is_file()  # the registry/ copy
     assert record["accuracy"] >= 0.8
