@@ -4,6 +4,7 @@ from the environment those filesystems read (instance roles, workload identity),
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from typing import Any
@@ -30,8 +31,13 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def run_slug(run_id: str) -> str:
-    """A run id as one path segment (``manual__2026-01-01T00:00:00+00:00`` has ``:`` and ``+``)."""
-    return _UNSAFE.sub("_", run_id).strip("_") or "run"
+    """A run id as one path segment (``manual__2026-01-01T00:00:00+00:00`` has ``:`` and ``+``).
+    Where the id had to change, a digest of it follows: ``retrain:v2`` and ``retrain+v2`` (both
+    valid run ids) must not share a folder, nor ``..`` name the folder above."""
+    slug = _UNSAFE.sub("_", run_id).strip("_")
+    if slug == run_id and slug not in (".", ".."):
+        return slug
+    return f"{slug or 'run'}-{hashlib.sha256(run_id.encode()).hexdigest()[:8]}"
 
 
 def deployment_uri(*parts: str, instance: str | None = None) -> str:

@@ -38,7 +38,8 @@ def cluster_facts(handle: ClusterHandle, *, dag_id: str, run_id: str, setup_task
         dag_id=dag_id, run_id=run_id, name=handle.name, engine=handle.engine,
         backend=handle.backend, spec_ref=handle.spec_ref, spec_hash=handle.spec_hash,
         profile=handle.profile, groups=handle.groups, setup_task=setup_task,
-        teardown_task=teardown_task, created=created_ts(handle), ready=handle.ready_ts,
+        teardown_task=teardown_task, created=created_ts(handle), created_at=handle.created_at,
+        ready=handle.ready_ts,
         teardown_started=started, deleted=deleted, deletion=deletion, released_by=released_by,
         jobs=jobs, price=prices.for_spec(handle.spec_ref) if prices else None,
         currency=prices.currency if prices else None, recorded_at=time.time())

@@ -96,6 +96,9 @@ class ClusterFacts(_Model):
     setup_task: str | None = None
     teardown_task: str | None = None
     created: float
+    created_at: str = ""
+    """The handle's creation stamp: with the name, which cluster life this is (a retried
+    setup makes a new cluster of the same name; each life is its own part)."""
     ready: float | None = None
     teardown_started: float
     deleted: float | None = None

@@ -2,7 +2,8 @@
 
 Layout under the artifact root::
 
-    <instance>/reports/<dag_id>/<run>/clusters/<cluster>.json   one part per cluster, by its teardown
+    <instance>/reports/<dag_id>/<run>/clusters/<cluster>-<created>.json   one part per cluster
+                                                                life, by what deleted it
     <instance>/reports/<dag_id>/<run>/released/<cluster>.json   a cluster its last job's task deleted
     <instance>/reports/<dag_id>/<run>/report.json               the merged report
     <instance>/reports/<dag_id>/<run>/report.html               the same as a page with a timeline
@@ -74,7 +75,9 @@ def report_url(dag_id: str, run_id: str) -> str:
 
 
 def _part_uri(part: ClusterFacts) -> str:
-    return artifacts.join(report_dir(part.dag_id, part.run_id), "clusters", f"{part.name}.json")
+    # One part per cluster life: a failed setup's cluster and its retry's share the name.
+    life = f"{part.name}-{run_slug(part.created_at)}" if part.created_at else part.name
+    return artifacts.join(report_dir(part.dag_id, part.run_id), "clusters", f"{life}.json")
 
 
 def _release_uri(dag_id: str, run_id: str, name: str) -> str:

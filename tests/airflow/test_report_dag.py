@@ -12,6 +12,7 @@ import pytest
 from airflow.sdk import BaseNotifier
 
 from ephemeral.backends.base import Endpoints, make_handle
+from ephemeral.jobs.artifacts import run_slug
 from ephemeral.report import load_report, report_uri, report_url
 from ephemeral.settings import get_settings
 from ephemeral.specs import ClusterIdentity, resolve
@@ -166,7 +167,8 @@ def test_the_reference_trials_render_gpus_per_worker_from_their_cluster(dagbag: 
                for e in rendered["ci-cpu"]), rendered["ci-cpu"]
     # The run's own folder under this deployment's: the run id is the same in another Airflow
     # sharing the artifact root, and two runs can start within one second.
-    folder = f"{get_settings().instance}/train_distributed/manual__2026-01-02T03_04_05.123456_00_00"
+    folder = f"{get_settings().instance}/train_distributed/{run_slug(RUN_ID)}"
+    assert run_slug(RUN_ID).startswith("manual__2026-01-02T03_04_05.123456_00_00-")
     assert f"--run {folder}/trial-lr-0.02 " in rendered["gpu"][0]
     assert "--lr 0.02" in rendered["gpu"][0]
 

@@ -199,6 +199,25 @@ def test_parts_of_several_teardowns_merge_into_one_report(tmp_path: Path,
                                     "/report.html")
 
 
+def test_a_retried_setups_clusters_are_each_a_life_of_their_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A setup failed after creating its cluster and recorded it; its retry made a new cluster
+    of the same name, which its teardown recorded: the report holds both lives, and a second
+    record of one life replaces that life's part only."""
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", str(tmp_path / "art"))
+    first = facts("a", ready=None, teardown_started=T0 + 60, deleted=T0 + 61).model_copy(
+        update={"created_at": "2026-01-01T00:00:00Z", "teardown_task": "create"})
+    record([first])
+    retry = facts("a", created=T0 + 100, ready=T0 + 110, teardown_started=T0 + 190,
+                  deleted=T0 + 200).model_copy(update={"created_at": "2026-01-01T00:01:40Z"})
+    record([retry])
+    report = record([retry])  # the teardown's retry records the same life again
+    assert [(c["name"], c["lifetime_s"]) for c in report["clusters"]] == [("a", 61.0),
+                                                                         ("a", 100.0)]
+    assert report["totals"]["lifetime_s"] == 161.0
+    assert report["totals"]["clusters"] == 2
+
+
 def test_airflows_sharing_an_artifact_root_keep_their_reports_and_run_folders_apart(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two deployments run the same scheduled run id: neither report nor training run folder
@@ -215,6 +234,11 @@ def test_airflows_sharing_an_artifact_root_keep_their_reports_and_run_folders_ap
         record([facts(cluster).model_copy(update={"run_id": run})])
         folders[instance], uris[instance] = run_folder("d", run), report_uri("d", run)
     assert folders == {"staging": f"staging/d/{run_slug(run)}", "prod": f"prod/d/{run_slug(run)}"}
+    # Run ids that differ only where a path cannot hold them get folders of their own.
+    assert len({run_slug(r) for r in ("retrain:v2", "retrain+v2", "retrain_v2", "_retrain_v2")}) == 4
+    assert run_slug("retrain_v2") == "retrain_v2"
+    assert "/" not in run_slug("a/b")
+    assert run_slug("..") not in (".", "..")
     assert uris["staging"] != uris["prod"]
     # Each deployment reads its own run's report, with only its own cluster.
     for instance, cluster in (("staging", "a"), ("prod", "b")):
