@@ -534,8 +534,8 @@ def report_cmd(
     run_id: Annotated[str, typer.Argument(help="The run, e.g. scheduled__2026-01-01T00:00:00+00:00")],
     html: Annotated[Path | None, typer.Option(help="Also write the HTML page here.")] = None,
     instance: Annotated[str | None, typer.Option(
-        help="The deployment instance whose run it is (default: this deployment's; "
-             "`ls --all-instances` shows them).")] = None,
+        help="The deployment instance whose run it is (default: this deployment's, or the "
+             "only one that recorded the run).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Print a run's report: each cluster's lifetime, idle split, reserved resources and cost,
@@ -547,12 +547,20 @@ def report_cmd(
 
     if instance is not None and not INSTANCE_PATTERN.match(instance):
         raise _fail(EphemeralError(f"--instance {instance!r} is not a deployment instance id: "
-                                   "1-40 lower-case letters, digits and '-' (`ls "
-                                   "--all-instances` shows them)"), as_json)
+                                   "1-40 lower-case letters, digits and '-' (the folders of "
+                                   "the artifact root)"), as_json)
     report = load_report(dag_id, run_id, instance)
+    others = [] if report is not None else [
+        i for i in instances_with(dag_id, run_id) if i != instance]
+    if report is None and instance is None and len(others) == 1:
+        # A shell whose environment derives another instance than the Airflow's (no
+        # AIRFLOW_HOME): the one deployment that ran it is the one meant.
+        instance = others[0]
+        report = load_report(dag_id, run_id, instance)
+        print(f"(the run of deployment instance {instance}, not this shell's "
+              f"{get_settings().instance})", file=sys.stderr)
     if report is None:
-        others = [i for i in instances_with(dag_id, run_id) if i != instance]
-        hint = (f"recorded under deployment instance {', '.join(others)}: pass --instance"
+        hint = (f"recorded under deployment instances {', '.join(others)}: pass --instance"
                 if others else "written by the run's teardowns; is EPHEMERAL_ARTIFACT_ROOT "
                 "the DAGs' one?")
         raise _fail(EphemeralError(f"no run report of {dag_id} {run_id} under "

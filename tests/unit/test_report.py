@@ -250,7 +250,13 @@ def test_airflows_sharing_an_artifact_root_keep_their_reports_and_run_folders_ap
     monkeypatch.setenv("EPHEMERAL_INSTANCE", "laptop")
     out = CliRunner().invoke(app, ["report", "d", run])
     assert out.exit_code == 1
-    assert "recorded under deployment instance prod, staging: pass --instance" in out.output
+    assert "recorded under deployment instances prod, staging: pass --instance" in out.output
+    # ... and shown, when only one deployment ran it.
+    record([facts("c").model_copy(update={"run_id": "manual__once"})])
+    monkeypatch.setenv("EPHEMERAL_INSTANCE", "laptop2")
+    out = CliRunner().invoke(app, ["report", "d", "manual__once"])
+    assert out.exit_code == 0, out.output
+    assert "the run of deployment instance laptop, not this shell's laptop2" in out.output
     out = CliRunner().invoke(app, ["report", "d", run, "--instance", "staging"])
     assert out.exit_code == 0, out.output
     assert f"staging/reports/d/{run_slug(run)}/report.html" in out.output
