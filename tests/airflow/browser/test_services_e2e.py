@@ -46,8 +46,7 @@ def xcom_sizes(stack: Stack, run_id: str) -> dict[str, int]:
 
 def test_train_distributed_through_the_services_on_postgres(stack: Stack) -> None:
     assert stack.database_url.startswith("postgresql")
-    # With a logical date, as the trigger form sends by default: the DAG's templates use
-    # ts_nodash, which Airflow 3 leaves undefined for a run without one.
+    # With a logical date, as the trigger form sends by default.
     # The smallest data and training the gate still passes (its accuracy and F1 need 0.8: the
     # better trial reaches about 0.95 at 60 steps on 1000 rows): what this test checks is the
     # services' handling of the run, not the model.
