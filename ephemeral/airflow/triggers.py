@@ -26,6 +26,11 @@ from ephemeral.jobs.results import JobStatus
 
 # Releases (delete_cluster_on_success) run here, apart from the threads the triggers' polls use.
 RELEASES = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ephemeral-release")
+# Ray job status reads and stops run here, not on the loop's default executor (a few threads
+# on a small host) that every other trigger's blocking calls share: a read is bounded, but an
+# unanswering dashboard holds its thread for READ_TIMEOUT (and the health check's as long),
+# and a dozen such triggers would starve the rest. Threads start only as reads need them.
+READS = ThreadPoolExecutor(max_workers=32, thread_name_prefix="ephemeral-job-read")
 STREAM_DRAIN = 0.5  # seconds a released job's log stream may take to deliver its last lines
 
 
@@ -188,10 +193,11 @@ class RayJobTrigger(BaseTrigger):
         # A failed read is waited out; a cluster whose Jobs API keeps failing (a dead GCS)
         # raises ClusterLost, the ERROR event fails the task and its teardown deletes it.
         watch = JobWatch(jobs, self.job_id, warn=self.log.warning)
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 try:
-                    status = await asyncio.to_thread(watch.status)
+                    status = await loop.run_in_executor(READS, watch.status)
                 except EphemeralError as err:
                     yield TriggerEvent({"status": "ERROR", "job_id": self.job_id,
                                         "message": str(err)})
@@ -209,14 +215,13 @@ class RayJobTrigger(BaseTrigger):
                         streamer.cancel()
                         # On threads of their own: a deletion that waits for pods to go must
                         # not hold the threads every trigger's polls run on.
-                        loop = asyncio.get_running_loop()
                         event |= await loop.run_in_executor(RELEASES, self._released, jobs)
                     yield TriggerEvent(event)
                     return
                 if self.timeout is not None and time.monotonic() - started > self.timeout:
                     message = f"stopped after {self.timeout:.0f}s"
                     try:
-                        await asyncio.to_thread(jobs.stop, self.job_id)
+                        await loop.run_in_executor(READS, jobs.stop, self.job_id)
                     except EphemeralError as err:  # the teardown's deletion ends it anyway
                         message = f"timed out after {self.timeout:.0f}s; stopping it failed: {err}"
                     yield TriggerEvent({"status": "TIMEOUT", "job_id": self.job_id,

@@ -1,4 +1,6 @@
-"""Ray jobs through the Ray Jobs SDK (``JobSubmissionClient`` against the dashboard endpoint).
+"""Ray jobs through the Ray Jobs SDK (``JobSubmissionClient`` against the dashboard endpoint),
+except a job's status read and its stop: those call the Jobs REST API with ``requests`` and a
+timeout, since the SDK sets none (a dashboard that accepts and never answers would hold them).
 
 Job ids are deterministic per (cluster, task, attempt), so a retried task finds the job an
 earlier attempt started: it attaches to it while it runs, and reuses its result when it
@@ -12,21 +14,24 @@ token is ever stored in a handle, a trigger or XCom.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from ephemeral.errors import JobError, JobFailed, JobSubmissionFailed, JobTimeout
 from ephemeral.jobs.results import JobResult, JobStatus, parse_result_line, submission_id, tail
 
 if TYPE_CHECKING:
+    import requests
+
     from ephemeral.backends.base import ClusterBackend, ClusterHandle
 
 LogSink = Callable[[str], None]
-T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 # How a waiter tells a lost cluster from a dashboard hiccup. With its GCS gone, Ray 2.60's
@@ -34,20 +39,74 @@ log = logging.getLogger(__name__)
 # timeout_s), answers 500, exits and then refuses; the raylets exit after that minute too, but
 # the nodes (a GPU node's reservation) stay until the cluster is deleted. A healthy dashboard
 # answers in milliseconds, and a hiccup (one slow or refused read, a module restarting on a
-# loaded host) is over within a read or two. So each read is bounded, and the cluster counts
-# as lost only when every read has failed for LOST_GRACE seconds in a row, at least LOST_READS
-# of them: 10 s when the dashboard refuses, about 14 s when it holds the reads (3 x 4 s).
+# loaded host) is over within a read or two. So each read is bounded (READ_TIMEOUT), and once
+# reads have failed for LOST_GRACE seconds in a row, at least LOST_READS of them, the waiter
+# asks /api/gcs_healthz: the cluster is lost at once only on evidence that it died (the
+# dashboard says its GCS is down, or its port refuses: the dashboard process is gone).
 READ_TIMEOUT = 4.0
 # A stop request does more than a read (the job manager signals the job's supervisor), so it
 # gets a longer bound; a lost cluster's stop then fails in seconds, not Ray's minute.
 STOP_TIMEOUT = 15.0
 LOST_GRACE = 10.0
 LOST_READS = 3
+# Without that evidence (the health check says alive, or does not answer either) the trouble
+# may be the observer's: a loaded head, an API-server proxy blip, a network partition. Giving
+# up then would fail a healthy training (and a DAG without retries deletes its cluster), so
+# the waiter keeps reading, warning each grace, and gives up only after this many seconds of
+# failed reads in a row: five minutes no real hiccup lasts, and far less than a job's time.
+LOST_CEILING = 300.0
 
 
 class ClusterLost(JobError):
-    """The cluster's Jobs API failed every read for the grace: the job cannot be followed and
-    the cluster is half dead (a dead Ray GCS), so the waiter gives up and its teardown runs."""
+    """The cluster's Jobs API failed every read for the grace and the cluster shows it died
+    (a dead Ray GCS, a gone dashboard), or failed them up to the ceiling: the job cannot be
+    followed, so the waiter gives up and its teardown runs."""
+
+
+class Liveness(enum.Enum):
+    ALIVE = "alive"
+    DOWN = "down"  # evidence that it died
+    UNKNOWN = "unknown"  # no answer: may well be the observer's trouble
+
+
+@dataclass(frozen=True)
+class GcsHealth:
+    state: Liveness
+    text: str  # a clause for a message: "its dashboard says its GCS is down (503 ...)"
+
+
+def _refused(err: BaseException) -> bool:
+    """Whether ``requests``' error is a refused connection (urllib3 wraps the OSError twice)."""
+    seen: set[int] = set()
+    stack: list[Any] = [err]
+    while stack:
+        cause = stack.pop()
+        if not isinstance(cause, BaseException) or id(cause) in seen:
+            continue
+        if isinstance(cause, ConnectionRefusedError):
+            return True
+        seen.add(id(cause))
+        stack += [cause.__cause__, cause.__context__, getattr(cause, "reason", None),
+                  *cause.args]
+    return False
+
+
+def _failure(err: Exception, timeout: float | None) -> str:
+    """A request's failure, for a message (``requests`` exceptions name the URL, no header)."""
+    import requests
+
+    if isinstance(err, requests.Timeout):
+        return f"the Ray Jobs API did not answer in {timeout:g}s"
+    return f"{type(err).__name__}: {err}"
+
+
+def _answered(resp: requests.Response) -> str:
+    """An answer that is no 2xx, with the last line of its text (Ray's reason or a traceback's
+    exception; not an HTML page, such as a proxy's)."""
+    html = resp.headers.get("Content-Type", "").startswith("text/html")
+    body = [] if html else resp.text.strip().splitlines()
+    return (f"the Ray Jobs API answered {resp.status_code} {resp.reason}"
+            + (f": {body[-1][:200]}" if body else ""))
 
 
 def _transport_errors(*, runtime: bool = False) -> tuple[type[Exception], ...]:
@@ -122,34 +181,59 @@ class RayJobs:
         except _transport_errors() as err:
             raise JobSubmissionFailed(f"cannot reach the Ray Jobs API: {err}") from err
 
-    def status(self, job_id: str, *, timeout: float | None = None) -> JobStatus | None:
-        """The job's status, or None when no job has that id; JobError when the read fails or
-        does not answer in ``timeout`` seconds."""
-        client = self.client  # made (and Ray imported) outside the bound
-        try:
-            info = (client.get_job_info(job_id) if timeout is None
-                    else _within(timeout, lambda: client.get_job_info(job_id)))
-        except RuntimeError as err:
-            if "does not exist" in str(err) or "404" in str(err):
-                return None
-            raise JobError(f"cannot read job {job_id}: {err}") from err
-        except _transport_errors() as err:
-            raise JobError(f"cannot read job {job_id}: {err}") from err
-        return JobStatus(str(info.status))
-
-    def gcs_health(self, *, timeout: float = 3.0) -> str:
-        """What the dashboard says of its GCS (``/api/gcs_healthz``, which asks the GCS with a
-        0.1 s deadline), as a clause for an error message."""
+    def _request(self, method: str, path: str, timeout: float | None) -> requests.Response:
+        """One Jobs REST API request with the client's headers and TLS trust, bounded by
+        ``timeout`` seconds to connect and between bytes (None: unbounded, as the SDK is)."""
         import requests
 
-        url = f"{self.dashboard.rstrip('/')}/api/gcs_healthz"
+        return requests.request(method, f"{self.dashboard.rstrip('/')}{path}",
+                                headers=self._headers, verify=self._verify,
+                                timeout=None if timeout is None else (timeout, timeout))
+
+    def status(self, job_id: str, *, timeout: float | None = None) -> JobStatus | None:
+        """The job's status (``GET /api/jobs/{id}``), or None when no job has that id; JobError
+        when the read fails or does not answer in ``timeout`` seconds."""
+        import requests
+
         try:
-            resp = requests.get(url, headers=self._headers, verify=self._verify, timeout=timeout)
+            resp = self._request("GET", f"/api/jobs/{quote(job_id, safe='')}", timeout)
         except requests.RequestException as err:
-            return f"its dashboard does not answer either ({type(err).__name__})"
+            raise JobError(f"cannot read job {job_id}: {_failure(err, timeout)}") from err
+        if resp.status_code == 404:  # Ray's "Job ... does not exist"
+            return None
+        if not resp.ok:
+            raise JobError(f"cannot read job {job_id}: {_answered(resp)}")
+        try:
+            return JobStatus(resp.json()["status"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise JobError(f"cannot read job {job_id}: the Ray Jobs API answered no job "
+                           f"status ({type(err).__name__}: {err})") from err
+
+    def gcs_health(self, *, timeout: float = 3.0) -> GcsHealth:
+        """What the dashboard says of its GCS (``/api/gcs_healthz``, which asks the GCS with a
+        0.1 s deadline and answers 503 "Health check failed" when it is gone). DOWN only on
+        evidence: that verdict, or a refused port (the dashboard process is gone), also as an
+        API-server proxy relays it; anything else that is no 200 tells nothing (UNKNOWN)."""
+        import requests
+
+        try:
+            resp = self._request("GET", "/api/gcs_healthz", timeout)
+        except requests.RequestException as err:
+            if _refused(err):
+                return GcsHealth(Liveness.DOWN, "its dashboard refuses connections (its "
+                                                "process is gone)")
+            return GcsHealth(Liveness.UNKNOWN, "its dashboard's health check does not answer "
+                                               f"either ({type(err).__name__})")
+        said = f"{resp.status_code} {resp.reason}"
         if resp.ok:
-            return "its dashboard says its GCS is alive"
-        return f"its dashboard says its GCS is down ({resp.status_code} {resp.reason})"
+            return GcsHealth(Liveness.ALIVE, "its dashboard says its GCS is alive")
+        if resp.status_code == 503 and "Health check failed" in f"{resp.reason} {resp.text}":
+            return GcsHealth(Liveness.DOWN, f"its dashboard says its GCS is down ({said})")
+        if "connection refused" in resp.text.lower():  # a proxy relaying its dial's failure
+            return GcsHealth(Liveness.DOWN, f"its dashboard refuses connections ({said} from "
+                                            "the proxy)")
+        return GcsHealth(Liveness.UNKNOWN, f"its health check answered {said}, which says "
+                                           "nothing of its GCS")
 
     def logs(self, job_id: str) -> str:
         try:
@@ -158,15 +242,31 @@ class RayJobs:
             raise JobError(f"cannot read the logs of job {job_id}: {err}") from err
 
     def stop(self, job_id: str, *, wait: float = 30.0) -> JobStatus | None:
-        """Stop the job and wait until Ray reports it ended; return its final status. Each
-        request is bounded: JobError when the cluster does not answer (a lost one)."""
-        client = self.client
+        """Stop the job (``POST /api/jobs/{id}/stop``) and wait until Ray reports it ended;
+        return its final status (None: no such job). Each request is bounded: JobError when
+        the cluster does not answer (a lost one) or refuses."""
+        import requests
+
+        failed: str | None = None
+        cause: Exception | None = None
         try:
-            _within(STOP_TIMEOUT, lambda: client.stop_job(job_id))
-        except _transport_errors(runtime=True) as err:
-            if self.status(job_id, timeout=READ_TIMEOUT) is None:
+            resp = self._request("POST", f"/api/jobs/{quote(job_id, safe='')}/stop",
+                                 STOP_TIMEOUT)
+        except requests.RequestException as err:
+            failed, cause = _failure(err, STOP_TIMEOUT), err
+        else:
+            if resp.status_code == 404:  # Ray's "Job ... does not exist"
                 return None
-            raise JobError(f"cannot stop job {job_id}: {err}") from err
+            if not resp.ok:
+                failed = _answered(resp)
+        if failed is not None:
+            try:  # a job that is gone or has ended needs no stop
+                st = self.status(job_id, timeout=READ_TIMEOUT)
+                if st is None or st.terminal:
+                    return st
+            except JobError:
+                pass  # the stop's failure is the one to report
+            raise JobError(f"cannot stop job {job_id}: {failed}") from cause
         deadline = time.monotonic() + wait
         while (st := self.status(job_id, timeout=READ_TIMEOUT)) is not None \
                 and not st.terminal:
@@ -221,8 +321,14 @@ class RayJobs:
             if st.terminal:
                 break
             if timeout is not None and time.monotonic() - started > timeout:
-                self.stop(job_id)
-                raise JobTimeout(f"job {job_id} did not finish in {timeout:.0f}s; it was stopped")
+                late = f"job {job_id} did not finish in {timeout:.0f}s"
+                try:
+                    self.stop(job_id)
+                except JobError as err:  # the timeout stays the error; the teardown ends it
+                    timed_out = JobTimeout(late)
+                    timed_out.add_note(f"stopping it failed: {err}")
+                    raise timed_out from err
+                raise JobTimeout(f"{late}; it was stopped")
             time.sleep(0.25)
         if streamer is not None:
             streamer.join(timeout=10)  # the log stream closes when the job ends
@@ -248,61 +354,56 @@ class RayJobs:
 
 class JobWatch:
     """Reads a running job's status for a waiter (``RayJobs.follow``, ``RayJobTrigger``), by
-    the rule above: a failed or unanswered read is waited out (the last status read stands),
-    and ``ClusterLost`` is raised once reads have failed for ``grace`` seconds in a row."""
+    the rule above: a failed or unanswered read is waited out (the last status read stands);
+    ``ClusterLost`` is raised once reads have failed for ``grace`` seconds in a row and the
+    health check shows the cluster died, or for ``ceiling`` seconds whatever it shows."""
 
     def __init__(self, jobs: RayJobs, job_id: str, *, grace: float | None = None,
                  reads: int | None = None, read_timeout: float | None = None,
-                 warn: LogSink | None = None) -> None:
+                 ceiling: float | None = None, warn: LogSink | None = None) -> None:
         self.jobs = jobs
         self.job_id = job_id
         self.grace = LOST_GRACE if grace is None else grace
         self.reads = LOST_READS if reads is None else reads
         self.read_timeout = READ_TIMEOUT if read_timeout is None else read_timeout
+        self.ceiling = LOST_CEILING if ceiling is None else ceiling
         self.warn = warn or log.warning
         self.last = JobStatus.PENDING
         self._failing_since: float | None = None
         self._failures = 0
+        self._graces = 0  # graces passed without evidence, each warned once
 
     def status(self) -> JobStatus | None:
         began = time.monotonic()
         try:
             st = self.jobs.status(self.job_id, timeout=self.read_timeout)
         except JobError as err:
-            if self._failing_since is None:
-                self._failing_since = began
-            self._failures += 1
-            failing = time.monotonic() - self._failing_since
-            if failing >= self.grace and self._failures >= self.reads:
-                raise ClusterLost(
-                    f"cluster {self.jobs.cluster or self.jobs.dashboard} is lost: its Ray Jobs "
-                    f"API failed all {self._failures} reads of job {self.job_id} for "
-                    f"{failing:.0f}s (last: {err}); {self.jobs.gcs_health()}") from err
-            self.warn(f"reading job {self.job_id} failed ({self._failures} in a row, "
-                      f"{failing:.1f}s): {err}")
-            return self.last
-        self._failing_since, self._failures = None, 0
+            return self._failed(err, began)
+        self._failing_since, self._failures, self._graces = None, 0, 0
         if st is not None:
             self.last = st
         return st
 
-
-def _within(seconds: float, read: Callable[[], T]) -> T:
-    """``read()``, or TimeoutError when it has not returned in ``seconds``. The Jobs SDK sets
-    no timeout of its own; the abandoned read ends with the dashboard's answer (a dashboard
-    without its GCS answers within about a minute), on a daemon thread that holds no pool's."""
-    done: Future[T] = Future()
-
-    def run() -> None:
-        try:
-            done.set_result(read())
-        except BaseException as err:  # noqa: BLE001 - handed to the waiting caller
-            done.set_exception(err)
-
-    threading.Thread(target=run, name="ephemeral-job-read", daemon=True).start()
-    try:
-        return done.result(timeout=seconds)
-    except TimeoutError:
-        if done.done():  # the read's own
-            raise
-        raise TimeoutError(f"the Ray Jobs API did not answer in {seconds:g}s") from None
+    def _failed(self, err: JobError, began: float) -> JobStatus:
+        if self._failing_since is None:
+            self._failing_since = began
+        self._failures += 1
+        failing = time.monotonic() - self._failing_since
+        read = f"reading job {self.job_id} failed ({self._failures} in a row, {failing:.1f}s)"
+        if failing < self.grace or self._failures < self.reads:
+            self.warn(f"{read}: {err}")
+            return self.last
+        health = self.jobs.gcs_health(timeout=self.read_timeout)
+        failing = time.monotonic() - self._failing_since
+        if health.state is Liveness.DOWN or failing >= self.ceiling:
+            limit = ("" if health.state is Liveness.DOWN
+                     else ", the ceiling for a cluster that shows no sign of death")
+            raise ClusterLost(
+                f"cluster {self.jobs.cluster or self.jobs.dashboard} is lost: its Ray Jobs "
+                f"API failed all {self._failures} reads of job {self.job_id} for "
+                f"{failing:.0f}s{limit} (last: {err}); {health.text}") from err
+        if (graces := int(failing // self.grace)) > self._graces:
+            self._graces = graces
+            self.warn(f"{read}: {err}; {health.text}, so it is not counted lost: it may be "
+                      f"this side's trouble; reading on up to {self.ceiling:.0f}s")
+        return self.last
