@@ -296,11 +296,9 @@ def _for_the_report(backend: ClusterBackend, handle: ClusterHandle) -> Callable[
             log.warning("could not record the reaping of %s for its run's report: %s",
                         handle.name, err)
 
-    def done() -> None:
-        when = datetime.now(UTC).timestamp()
-        write({"deleted": when})
-        record_deleted(handle, by=REAPER, started=rel.teardown_started, deleted=when,
-                       jobs=rel.jobs)
+    def done() -> None:  # the release with its deletion's moment, and the report's part
+        record_deleted(handle, by=REAPER, started=rel.teardown_started,
+                       deleted=datetime.now(UTC).timestamp(), jobs=rel.jobs)
 
     write({})
     return done

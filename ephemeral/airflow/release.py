@@ -164,6 +164,7 @@ def release(backend: ClusterBackend, handle: ClusterHandle, by: dict[str, str],
     """Record the release with the job's ``result``, delete the cluster now and record when;
     say what was done. Never raises: the job succeeded, and whatever this could not delete,
     the teardown deletes."""
+    from ephemeral.report.deletions import record_deleted
     from ephemeral.report.engines import engine_jobs
     from ephemeral.report.model import Release
     from ephemeral.report.store import write_release
@@ -189,6 +190,9 @@ def release(backend: ClusterBackend, handle: ClusterHandle, by: dict[str, str],
         write_release(by["dag_id"], by["run_id"], rel.model_copy(update={"deleted": deleted}))
     except Exception:  # the report then shows the teardown's moments; the deletion stands
         log.exception("could not record when %s was deleted", handle.name)
+    # In the run's report now: the run may end before its teardown runs to record it.
+    record_deleted(handle, by=by["task"], started=started, deleted=deleted, jobs=jobs,
+                   release=False)
     done = f"deleted {handle.name} in {deleted - started:.2f}s: its last job succeeded ({FIELD})"
     log.info("%s", done)
     return done

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ephemeral.backends import ClusterBackend, ClusterHandle, OwnerSelector
+    from ephemeral.report.model import JobFacts
 
 log = logging.getLogger("ephemeral.run_end")
 
@@ -123,12 +124,14 @@ def delete_run_clusters(dag_id: str, run_id: str, *, clear_number: int = 0,
                      dag_id, run_id)
             break
         first = False
+        gone: list[tuple[ClusterHandle, float, float, list[JobFacts] | None]] = []
         for handle in backend.list_owned(selector):
             if handle.labels.get(KEEP_LABEL) == "keep" and failed_setup(handle):
                 log.info("%s of %s/%s is kept for debugging until %s (on_failure='keep')",
                          handle.name, dag_id, run_id, handle.expires_at)
                 continue
-            jobs = engine_jobs(backend, handle)  # for the report, while it is there
+            # For the report, while it is there; not a Connect UI's slow answer.
+            jobs = engine_jobs(backend, handle, connect=False)
             started, began = time.monotonic(), time.time()
             try:
                 backend.delete(handle, wait=True)
@@ -138,8 +141,11 @@ def delete_run_clusters(dag_id: str, run_id: str, *, clear_number: int = 0,
             deleted.append(handle.name)
             log.info("deleted %s of ended run %s/%s in %.1fs", handle.name, dag_id, run_id,
                      time.monotonic() - started)
-            # No teardown will record it (skipped, failed, never reached): its run's report.
-            record_deleted(handle, by=RUN_END, started=began, deleted=time.time(), jobs=jobs)
+            gone.append((handle, began, time.time(), jobs))
+        # No teardown will record them (skipped, failed, never reached): the run's report,
+        # once every cluster of this pass is gone.
+        for handle, began, ended, jobs in gone:
+            record_deleted(handle, by=RUN_END, started=began, deleted=ended, jobs=jobs)
         if time.monotonic() >= deadline:
             break
         time.sleep(POLL)

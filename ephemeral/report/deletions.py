@@ -1,8 +1,9 @@
-"""A run's cluster deleted where no teardown records it: by the run-end cleanup (the run ended
-with its teardown skipped, failed or never reached) or by the reaper (a leak). The cluster
-still made it into the world and cost its life, so it goes into its run's report as a part,
-like a teardown's, with the deleter named in ``released_by``. A teardown that comes later
-overwrites the part with its own view of the same deletion."""
+"""A run's cluster deleted where no teardown may record it: by the run-end cleanup (the run
+ended with its teardown skipped, failed or never reached), by the reaper (a leak) or by its
+last job's task (``delete_cluster_on_success``, and the run may end before its teardown). The
+cluster cost its life, so it goes into its run's report as a part, like a teardown's, with the
+deleter named in ``released_by``; and a release record, so that a teardown that does come later
+(a cleared run) reports these moments, not its own."""
 
 from __future__ import annotations
 
@@ -46,10 +47,13 @@ def cluster_facts(handle: ClusterHandle, *, dag_id: str, run_id: str, setup_task
 
 
 def record_deleted(handle: ClusterHandle, *, by: str, started: float, deleted: float | None,
-                   jobs: list[JobFacts] | None, deletion: str = "complete") -> None:
-    """Record ``handle``'s cluster, deleted by ``by`` (``run-end``, ``reaper``), in its run's
-    report. A cluster made by hand (no run) has none. Never raises: the deletion matters."""
-    from ephemeral.report.store import record
+                   jobs: list[JobFacts] | None, deletion: str = "complete",
+                   release: bool = True) -> None:
+    """Record ``handle``'s cluster, deleted by ``by`` (``run-end``, ``reaper``, a job task), in
+    its run's report, and (``release``) its release record; a job task writes its own, with
+    its result. A cluster made by hand (no run) has none. Never raises: the deletion matters."""
+    from ephemeral.report.model import Release
+    from ephemeral.report.store import record, write_release
     from ephemeral.specs.identity import PREFIX
 
     dag_id = handle.annotations.get(PREFIX + "dag-id")
@@ -57,6 +61,10 @@ def record_deleted(handle: ClusterHandle, *, by: str, started: float, deleted: f
     if not dag_id or not run_id:
         return
     try:
+        if release:
+            write_release(dag_id, run_id, Release(
+                name=handle.name, created_at=handle.created_at, task=by,
+                teardown_started=started, deleted=deleted, jobs=jobs))
         record([cluster_facts(handle, dag_id=dag_id, run_id=run_id,
                               setup_task=handle.annotations.get(PREFIX + "task-id"),
                               teardown_task=None, started=started, deleted=deleted,

@@ -100,9 +100,11 @@ def connect_work(handle: ClusterHandle, headers: dict[str, str]) -> list[JobFact
             for session, found in spells.items() for i, (start, end) in enumerate(found)]
 
 
-def engine_jobs(backend: ClusterBackend, handle: ClusterHandle) -> list[JobFacts] | None:
+def engine_jobs(backend: ClusterBackend, handle: ClusterHandle, *,
+                connect: bool = True) -> list[JobFacts] | None:
     """The cluster's jobs with their times, or None when its engine cannot be asked. Never
-    raises: a teardown calls it before deleting."""
+    raises: a teardown calls it before deleting. ``connect=False`` leaves out a Spark Connect
+    server's work, whose UI may take seconds to answer: for a deleter that must not wait."""
     try:
         access = backend.access(handle)
         headers = dict(access.headers)
@@ -110,7 +112,8 @@ def engine_jobs(backend: ClusterBackend, handle: ClusterHandle) -> list[JobFacts
             return ray_jobs(access.dashboard, headers)
         if handle.engine == "spark" and access.spark_ui:
             apps = spark_apps(access.spark_ui, headers, handle)
-            return None if apps is None else apps + connect_work(handle, headers)
+            return None if apps is None else apps + (
+                connect_work(handle, headers) if connect else [])
     except Exception:  # unknown, not fatal: the report falls back to the results
         log.warning("could not list the jobs of %s", handle.name, exc_info=True)
     return None

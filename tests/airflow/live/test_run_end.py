@@ -44,6 +44,14 @@ def test_deletes_every_cluster_of_the_run_and_nothing_else() -> None:
         mine, "run-end")
     assert all(c["deletion"] == "complete" and c["deleted"] for c in report["clusters"])
     assert load_report("d", "r2") is None
+    # A teardown that still comes (the run cleared) reports these moments, not its own.
+    from ephemeral.report.store import read_release
+
+    for name in mine:
+        rel = read_release("d", "r1", name)
+        assert rel is not None
+        assert rel.task == "run-end"
+        assert rel.deleted == next(c["deleted"] for c in report["clusters"] if c["name"] == name)
 
 
 def test_lingering_deletes_a_cluster_made_after_the_end() -> None:
