@@ -552,9 +552,11 @@ def report_cmd(
     report = load_report(dag_id, run_id, instance)
     others = [] if report is not None else [
         i for i in instances_with(dag_id, run_id) if i != instance]
-    if report is None and instance is None and len(others) == 1:
+    if report is None and instance is None and len(others) == 1 \
+            and not get_settings().instance_explicit:
         # A shell whose environment derives another instance than the Airflow's (no
-        # AIRFLOW_HOME): the one deployment that ran it is the one meant.
+        # AIRFLOW_HOME): the one deployment that ran it is the one meant. A shell that names
+        # its instance means it.
         instance = others[0]
         report = load_report(dag_id, run_id, instance)
         print(f"(the run of deployment instance {instance}, not this shell's "

@@ -28,14 +28,16 @@ def run_uri(run: str, *parts: str) -> str:
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_DIGEST_TAIL = re.compile(r"-[0-9a-f]{8}$")
 
 
 def run_slug(run_id: str) -> str:
     """A run id as one path segment (``manual__2026-01-01T00:00:00+00:00`` has ``:`` and ``+``).
     Where the id had to change, a digest of it follows: ``retrain:v2`` and ``retrain+v2`` (both
-    valid run ids) must not share a folder, nor ``..`` name the folder above."""
+    valid run ids) must not share a folder, nor ``..`` name the folder above; so does an id
+    that already ends like a digest, which could otherwise name another run's folder."""
     slug = _UNSAFE.sub("_", run_id).strip("_")
-    if slug == run_id and slug not in (".", ".."):
+    if slug == run_id and slug not in (".", "..") and not _DIGEST_TAIL.search(slug):
         return slug
     return f"{slug or 'run'}-{hashlib.sha256(run_id.encode()).hexdigest()[:8]}"
 

@@ -178,10 +178,24 @@ def summarize(f: ClusterFacts) -> dict[str, Any]:
     }
 
 
+def _one_per_life(parts: list[ClusterFacts]) -> list[ClusterFacts]:
+    """One part per cluster life (name, creation second): parts written before lives had
+    their own file (no ``created_at``) may sit beside a newer part of the same life; the
+    newest record of a life wins."""
+    newest: dict[tuple[str, int], ClusterFacts] = {}
+    for p in parts:
+        key = (p.name, int(p.created))
+        if key not in newest or (bool(p.created_at), p.recorded_at) > (
+                bool(newest[key].created_at), newest[key].recorded_at):
+            newest[key] = p
+    return list(newest.values())
+
+
 def build_report(dag_id: str, run_id: str, parts: list[ClusterFacts],
                  *, generated_at: float | None = None) -> dict[str, Any]:
     """The run's report from every cluster's facts (order: by creation)."""
-    clusters = [summarize(p) for p in sorted(parts, key=lambda p: (p.created, p.name))]
+    clusters = [summarize(p) for p in sorted(_one_per_life(parts),
+                                             key=lambda p: (p.created, p.name))]
     jobs = [{**j, "cluster": c["name"]} for c in clusters for j in c["jobs"]]
     lifetime = sum(c["lifetime_s"] for c in clusters)
     busy = sum(c["busy_s"] for c in clusters)

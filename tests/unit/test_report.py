@@ -216,6 +216,10 @@ def test_a_retried_setups_clusters_are_each_a_life_of_their_own(
                                                                          ("a", 100.0)]
     assert report["totals"]["lifetime_s"] == 161.0
     assert report["totals"]["clusters"] == 2
+    # A part written before lives had files of their own (no created_at) beside a newer one of
+    # the same life: counted once.
+    old = retry.model_copy(update={"created_at": "", "recorded_at": T0})
+    assert build_report("d", retry.run_id, [first, retry, old])["totals"]["clusters"] == 2
 
 
 def test_airflows_sharing_an_artifact_root_keep_their_reports_and_run_folders_apart(
@@ -239,6 +243,9 @@ def test_airflows_sharing_an_artifact_root_keep_their_reports_and_run_folders_ap
     assert run_slug("retrain_v2") == "retrain_v2"
     assert "/" not in run_slug("a/b")
     assert run_slug("..") not in (".", "..")
+    # A run id crafted to look like another's folder name gets a folder of its own.
+    scheduled = "scheduled__2026-11-30T00:00:00+00:00"
+    assert run_slug(run_slug(scheduled)) != run_slug(scheduled)
     assert uris["staging"] != uris["prod"]
     # Each deployment reads its own run's report, with only its own cluster.
     for instance, cluster in (("staging", "a"), ("prod", "b")):
@@ -251,12 +258,16 @@ def test_airflows_sharing_an_artifact_root_keep_their_reports_and_run_folders_ap
     out = CliRunner().invoke(app, ["report", "d", run])
     assert out.exit_code == 1
     assert "recorded under deployment instances prod, staging: pass --instance" in out.output
-    # ... and shown, when only one deployment ran it.
+    # ... and shown, when only one deployment ran it and this shell's instance is only derived
+    # (no AIRFLOW_HOME, no EPHEMERAL_INSTANCE); a shell that names its instance means it.
     record([facts("c").model_copy(update={"run_id": "manual__once"})])
     monkeypatch.setenv("EPHEMERAL_INSTANCE", "laptop2")
+    assert CliRunner().invoke(app, ["report", "d", "manual__once"]).exit_code == 1
+    monkeypatch.delenv("EPHEMERAL_INSTANCE")
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "another-home"))
     out = CliRunner().invoke(app, ["report", "d", "manual__once"])
     assert out.exit_code == 0, out.output
-    assert "the run of deployment instance laptop, not this shell's laptop2" in out.output
+    assert "the run of deployment instance laptop, not this shell's h" in out.output
     out = CliRunner().invoke(app, ["report", "d", run, "--instance", "staging"])
     assert out.exit_code == 0, out.output
     assert f"staging/reports/d/{run_slug(run)}/report.html" in out.output
