@@ -192,7 +192,7 @@ class RayJobTrigger(BaseTrigger):
         after_stream = backoff(self.poll_interval, first=0.1)
         # A failed read is waited out; a cluster whose Jobs API keeps failing (a dead GCS)
         # raises ClusterLost, the ERROR event fails the task and its teardown deletes it.
-        watch = JobWatch(jobs, self.job_id, warn=self.log.warning)
+        watch = JobWatch(jobs, self.job_id, warn=self.log.warning, renew=self._jobs)
         loop = asyncio.get_running_loop()
         try:
             while True:

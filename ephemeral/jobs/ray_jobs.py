@@ -63,6 +63,11 @@ class ClusterLost(JobError):
     followed, so the waiter gives up and its teardown runs."""
 
 
+class AccessDenied(JobError):
+    """The Jobs API (or the API-server proxy before it) refused this side's credentials: a
+    Kubernetes token that expired mid-job (EKS's last 15 minutes) says nothing of the cluster."""
+
+
 class Liveness(enum.Enum):
     ALIVE = "alive"
     DOWN = "down"  # evidence that it died
@@ -201,6 +206,8 @@ class RayJobs:
             raise JobError(f"cannot read job {job_id}: {_failure(err, timeout)}") from err
         if resp.status_code == 404:  # Ray's "Job ... does not exist"
             return None
+        if resp.status_code in (401, 403):
+            raise AccessDenied(f"cannot read job {job_id}: {_answered(resp)}")
         if not resp.ok:
             raise JobError(f"cannot read job {job_id}: {_answered(resp)}")
         try:
@@ -360,8 +367,10 @@ class JobWatch:
 
     def __init__(self, jobs: RayJobs, job_id: str, *, grace: float | None = None,
                  reads: int | None = None, read_timeout: float | None = None,
-                 ceiling: float | None = None, warn: LogSink | None = None) -> None:
+                 ceiling: float | None = None, warn: LogSink | None = None,
+                 renew: Callable[[], RayJobs] | None = None) -> None:
         self.jobs = jobs
+        self.renew = renew  # fresh access (a new token) when the credentials are refused
         self.job_id = job_id
         self.grace = LOST_GRACE if grace is None else grace
         self.reads = LOST_READS if reads is None else reads
@@ -376,7 +385,16 @@ class JobWatch:
     def status(self) -> JobStatus | None:
         began = time.monotonic()
         try:
-            st = self.jobs.status(self.job_id, timeout=self.read_timeout)
+            try:
+                st = self.jobs.status(self.job_id, timeout=self.read_timeout)
+            except AccessDenied:
+                if self.renew is None:
+                    raise
+                try:  # a token that expired: ask for access again
+                    self.jobs = self.renew()
+                except Exception as err:  # a failed read like any other
+                    raise JobError(f"renewing access to the Ray Jobs API failed: {err}") from err
+                st = self.jobs.status(self.job_id, timeout=self.read_timeout)
         except JobError as err:
             return self._failed(err, began)
         self._failing_since, self._failures, self._graces = None, 0, 0

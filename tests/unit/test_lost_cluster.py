@@ -95,8 +95,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_error(503, "Health check failed: GCS unreachable")
         elif self.path == f"/api/jobs/{JOB}":
             answer = self.server.next_answer()
-            if answer == "500":
-                self.send_error(500, "Internal Server Error")
+            if answer in ("500", "401"):
+                self.send_error(int(answer))
                 return
             if answer == "slow":
                 time.sleep(self.server.slow)
@@ -361,3 +361,16 @@ def test_a_job_timeout_whose_stop_fails_is_still_a_timeout(serve: Any) -> None:
         RayJobs(dash.url, cluster="c1").follow(JOB, timeout=0.3)
     assert any("stopping it failed: cannot stop job" in note and "answered 500" in note
                for note in caught.value.__notes__)
+
+
+def test_refused_credentials_are_renewed_not_counted_against_the_cluster(serve: Any) -> None:
+    """A Kubernetes token that expired mid-job (the API-server proxy answers 401): the watch
+    asks for access again and reads on; the healthy cluster is not counted lost."""
+    expired, renewed = serve(["401"]), serve([JobStatus.RUNNING.value])
+    watch = JobWatch(RayJobs(expired.url), JOB, **FAST,
+                     renew=lambda: RayJobs(renewed.url))
+    for _ in range(5):
+        assert watch.status() is JobStatus.RUNNING
+    assert expired.reads == 1
+    assert renewed.reads == 5
+    assert watch._failures == 0
