@@ -14,7 +14,8 @@ on? If not, emit the `feature_drift` Asset event that starts train_distributed o
 - Thresholds: gates/drift_check.yaml (versioned, validated; the report records its version).
   Any feature whose PSI is above ``psi_threshold`` is drift.
 - The report (every feature's PSI, bins and counts, the decision) is a JSON artifact under
-  ``<artifact root>/drift_check/<run>/report.json``, written whatever the decision.
+  ``<artifact root>/<instance>/drift_check/<run>/report.json`` (``<run>``: the run id as a path
+  segment, ``artifacts.run_slug``), written whatever the decision.
 - One retraining per drifted batch: a batch already signalled (a previous `feature_drift` event
   names it) or already the model's training data is reported but not signalled again, so an
   hourly check does not queue a GPU run an hour while the retraining runs.
