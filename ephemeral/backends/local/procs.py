@@ -237,12 +237,19 @@ def _wait_gone(procs: list[psutil.Process], timeout: float) -> None:
     to vanish would add the whole timeout to every deletion."""
     end, me = time.monotonic() + timeout, os.getpid()
     mine = [p for p in procs if _parent(p) == me]
-    while True:
-        for p in list(mine):  # reap our own children (and only those), zombies included, once
+
+    def reap() -> None:  # our own children (and only those), zombies included, once
+        for p in list(mine):
             with contextlib.suppress(OSError):
                 if os.waitpid(p.pid, os.WNOHANG)[0] == p.pid:
                     mine.remove(p)
-        if not any(_alive(p) for p in procs) or time.monotonic() >= end:
+
+    while True:
+        reap()
+        if not any(_alive(p) for p in procs):
+            reap()  # a child that died after the pass above is a zombie now: reap it too
+            return
+        if time.monotonic() >= end:
             return
         time.sleep(0.02)
 
