@@ -191,25 +191,20 @@ def test_a_dashboard_that_refuses_is_a_lost_cluster_after_the_grace(serve: Any) 
     assert "ceiling" not in str(err)
 
 
-def test_a_read_the_dashboard_holds_is_bounded_and_the_gcs_named(serve: Any) -> None:
-    # What Ray 2.60 does with its GCS gone: the read hangs; the health check says why.
-    dash = serve(["RUNNING", "hang"], gcs_alive=False)
+@pytest.mark.parametrize(("answer", "read_failed", "health"), [
+    # What Ray 2.60 does with its GCS gone: the read hangs (bounded); the health check says why.
+    ("hang", "the Ray Jobs API did not answer in 0.3s", "its dashboard says its GCS is down (503"),
+    ("500", "answered 500", "GCS is down"),
+])
+def test_failed_reads_and_a_dead_gcs_are_a_lost_cluster_after_the_grace(
+        serve: Any, answer: str, read_failed: str, health: str) -> None:
+    dash = serve(["RUNNING", answer], gcs_alive=False)
     watch = JobWatch(RayJobs(dash.url, cluster="c1"), JOB, **FAST)
     assert watch.status() is JobStatus.RUNNING
     seconds, err = _watch_until_lost(watch)
     assert FAST["grace"] <= seconds < FAST["grace"] + 1.5
-    assert "the Ray Jobs API did not answer in 0.3s" in str(err)
-    assert "its dashboard says its GCS is down (503" in str(err)
-
-
-def test_errors_and_a_dead_gcs_are_a_lost_cluster_after_the_grace(serve: Any) -> None:
-    dash = serve(["RUNNING", "500"], gcs_alive=False)
-    watch = JobWatch(RayJobs(dash.url, cluster="c1"), JOB, **FAST)
-    assert watch.status() is JobStatus.RUNNING
-    seconds, err = _watch_until_lost(watch)
-    assert FAST["grace"] <= seconds < FAST["grace"] + 1.5
-    assert "answered 500" in str(err)
-    assert "GCS is down" in str(err)
+    assert read_failed in str(err)
+    assert health in str(err)
 
 
 @pytest.mark.parametrize("gcs", ["alive", "hang"])
