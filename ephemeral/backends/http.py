@@ -1,21 +1,43 @@
 """A tiny JSON GET for readiness probes of every backend (the Ray dashboard, the Spark master
-UI): None when the endpoint does not answer (yet), so a probe reads "not ready", never fails."""
+UI) and for the run report's reads of the engines: None when the endpoint does not answer
+(yet), so a probe reads "not ready", never fails."""
 
 from __future__ import annotations
 
 import json
+import os
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
 
-def get_json(url: str, *, timeout: float = 3.0, headers: Mapping[str, str] | None = None) -> Any:
+def tls_context(verify: bool | str) -> ssl.SSLContext:
+    """``Access.verify`` as an SSL context, read the way ``requests`` reads ``verify`` (which
+    the Ray Jobs client gets it as): a CA bundle file or a folder of CA certificates (an API
+    server's private CA, through its proxy), False for no check, True for the default trust."""
+    if verify is False:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    if isinstance(verify, str):
+        if os.path.isdir(verify):
+            return ssl.create_default_context(capath=verify)
+        return ssl.create_default_context(cafile=verify)
+    return ssl.create_default_context()
+
+
+def get_json(url: str, *, timeout: float = 3.0, headers: Mapping[str, str] | None = None,
+             verify: bool | str = True) -> Any:
     """GET ``url`` (with ``headers``, e.g. credentials) and parse JSON; None when it does not
-    answer with 200 and JSON (yet)."""
+    answer with 200 and JSON (yet). ``verify`` is the TLS trust of an https URL, as
+    ``Access.verify`` carries it (``tls_context``)."""
     request = urllib.request.Request(url, headers=dict(headers or {}))
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
+        context = tls_context(verify) if url.startswith("https:") else None
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:
             if resp.status != 200:
                 return None
             return json.loads(resp.read() or b"null")
