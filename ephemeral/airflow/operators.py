@@ -316,7 +316,20 @@ class CreateClusterOperator(BaseOperator):
         if self._created is not None and not self._cleaning:
             self._cleaning = True
             h = self._created
-            task_backend(h.backend, h.connection).delete(h, wait=True)
+            started = time.time()
+            deleted: float | None = None
+            try:
+                task_backend(h.backend, h.connection).delete(h, wait=True)
+                deleted = time.time()
+            finally:
+                # Deleted first, then recorded: the cluster's life and cost in its run's
+                # report, as a failed setup's (no teardown runs for it). Never raises.
+                from ephemeral.report.deletions import record_deleted
+
+                record_deleted(h, by=f"{self.task_id} (killed)", started=started,
+                               deleted=deleted, jobs=[], release=False,
+                               deletion="complete" if deleted else
+                               "failed after the setup was killed: the reaper deletes it")
 
 
 @contextlib.contextmanager
