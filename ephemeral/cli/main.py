@@ -541,7 +541,7 @@ def report_cmd(
     """Print a run's report: each cluster's lifetime, idle split, reserved resources and cost,
     and each job's wall time and results, as the run's teardowns recorded them."""
     from ephemeral.report import load_report, render_html, report_uri
-    from ephemeral.report.store import instances_with
+    from ephemeral.report.store import instances_with, legacy_report_dir, load_legacy_report
     from ephemeral.report.text import print_report
     from ephemeral.settings import INSTANCE_PATTERN
 
@@ -561,6 +561,15 @@ def report_cmd(
         report = load_report(dag_id, run_id, instance)
         print(f"(the run of deployment instance {instance}, not this shell's "
               f"{get_settings().instance})", file=sys.stderr)
+    page = report_uri(dag_id, run_id, instance=instance)
+    if report is None and not (others and instance is None):
+        # Written before the instance layout (an upgrade): <root>/reports/<dag>/<run>/.
+        report = load_legacy_report(dag_id, run_id)
+        if report is not None:
+            old = legacy_report_dir(dag_id, run_id)
+            page = f"{old}/report.html"
+            print(f"(read from the pre-instance layout {old}: written before deployment "
+                  "instances)", file=sys.stderr)
     if report is None:
         hint = (f"recorded under deployment instances {', '.join(others)}: pass --instance"
                 if others else "written by the run's teardowns; is EPHEMERAL_ARTIFACT_ROOT "
@@ -581,8 +590,7 @@ def report_cmd(
     wide = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     wide.print(f"{dag_id} {run_id}", highlight=False, markup=False)
     print_report(wide, report)
-    wide.print(f"page: {html or report_uri(dag_id, run_id, instance=instance)}", highlight=False,
-               markup=False)
+    wide.print(f"page: {html or page}", highlight=False, markup=False)
 
 
 def main() -> None:

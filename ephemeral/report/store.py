@@ -9,7 +9,8 @@ Layout under the artifact root::
     <instance>/reports/<dag_id>/<run>/report.html               the same as a page with a timeline
 
 ``<instance>`` is the deployment instance's (``artifacts.deployment_uri``): two Airflows sharing
-a root have the same scheduled run ids.
+a root have the same scheduled run ids. Reports written before that layout
+(``reports/<dag_id>/<run>/``) are still read (``load_legacy_report``), never written.
 
 A run may have several teardowns, each of which sees only its own cluster and may finish at the
 same moment as another. Each writes its own part first (no two write the same file), then
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 from pydantic import ValidationError
@@ -105,9 +107,13 @@ def read_release(dag_id: str, run_id: str, name: str) -> Release | None:
 
 
 def _list_parts(dag_id: str, run_id: str, instance: str | None = None) -> list[str]:
+    return _parts_in(report_dir(dag_id, run_id, instance))
+
+
+def _parts_in(report_folder: str) -> list[str]:
     from pyarrow import fs
 
-    folder = artifacts.join(report_dir(dag_id, run_id, instance), "clusters")
+    folder = artifacts.join(report_folder, "clusters")
     filesystem, path = fs.FileSystem.from_uri(folder)
     infos = filesystem.get_file_info(fs.FileSelector(path, allow_not_found=True))
     return sorted(artifacts.join(folder, i.base_name) for i in infos
@@ -115,8 +121,12 @@ def _list_parts(dag_id: str, run_id: str, instance: str | None = None) -> list[s
 
 
 def read_parts(dag_id: str, run_id: str, instance: str | None = None) -> list[ClusterFacts]:
+    return _read(_list_parts(dag_id, run_id, instance))
+
+
+def _read(uris: list[str]) -> list[ClusterFacts]:
     parts = []
-    for uri in _list_parts(dag_id, run_id, instance):
+    for uri in uris:
         try:
             parts.append(ClusterFacts.model_validate(artifacts.read_json(uri)))
         except (ValidationError, ValueError, OSError) as err:  # one bad part must not hide all
@@ -129,6 +139,32 @@ def load_report(dag_id: str, run_id: str,
     """The run's report (this deployment instance's run unless ``instance`` says another)
     rebuilt from its parts; None when no teardown recorded anything."""
     parts = read_parts(dag_id, run_id, instance)
+    return build_report(dag_id, run_id, parts) if parts else None
+
+
+# The layout before deployment instances (commit 7d8db52): ``<root>/reports/<dag>/<run>/``,
+# each id made a path segment by the slug of then, which had no digest.
+_LEGACY_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def legacy_slug(run_id: str) -> str:
+    """An id as the pre-instance layout made it a path segment."""
+    return _LEGACY_UNSAFE.sub("_", run_id).strip("_") or "run"
+
+
+def legacy_report_dir(dag_id: str, run_id: str) -> str:
+    """Where a report written before the instance layout lives."""
+    return artifacts.run_uri(REPORTS, legacy_slug(dag_id), legacy_slug(run_id))
+
+
+def load_legacy_report(dag_id: str, run_id: str) -> dict[str, Any] | None:
+    """The run's report as written before the instance layout (no ``<instance>/`` segment),
+    for ``ephemeral report`` after an upgrade; None when there is none. That slug gave
+    ``retrain:v2`` and ``retrain+v2`` one folder: only this run's parts count."""
+    if {legacy_slug(dag_id), legacy_slug(run_id)} & {".", ".."}:
+        return None  # that slug let these name a folder above: never read there
+    parts = [p for p in _read(_parts_in(legacy_report_dir(dag_id, run_id)))
+             if p.dag_id == dag_id and p.run_id == run_id]
     return build_report(dag_id, run_id, parts) if parts else None
 
 
