@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from ephemeral.backends.base import HeadState, HeadView
 from ephemeral.errors import JobError, JobFailed, JobSubmissionFailed, JobTimeout
 from ephemeral.jobs.results import JobResult, JobStatus, parse_result_line, submission_id, tail
 
@@ -55,6 +56,14 @@ LOST_READS = 3
 # the waiter keeps reading, warning each grace, and gives up only after this many seconds of
 # failed reads in a row: five minutes no real hiccup lasts, and far less than a job's time.
 LOST_CEILING = 300.0
+# The other witness is the backend's own view of the head (``ClusterBackend.head_view``):
+# behind an API-server proxy a dead head is only "503 no endpoints available for service",
+# which a Ready pod's Service can answer too (an endpoints update in flight). So the backend
+# is asked, at the same moments as the health check: its head GONE (the RayCluster or the
+# head pod deleted, Failed or replaced; the local head's GCS process exited) is evidence at
+# once; NOT_READY (a head pod Running but not Ready) once it has lasted a further grace;
+# RUNNING, or a view that fails or takes over VIEW_TIMEOUT seconds, is none.
+VIEW_TIMEOUT = 5.0
 
 
 class ClusterLost(JobError):
@@ -108,10 +117,33 @@ def _failure(err: Exception, timeout: float | None) -> str:
 def _answered(resp: requests.Response) -> str:
     """An answer that is no 2xx, with the last line of its text (Ray's reason or a traceback's
     exception; not an HTML page, such as a proxy's)."""
+    said = f"{resp.status_code} {resp.reason}"
+    if (status := _api_status(resp)) is not None:  # its proxy's own answer, not Ray's
+        return f"the API server's proxy answered {said}: {status[:200]}"
     html = resp.headers.get("Content-Type", "").startswith("text/html")
     body = [] if html else resp.text.strip().splitlines()
-    return (f"the Ray Jobs API answered {resp.status_code} {resp.reason}"
-            + (f": {body[-1][:200]}" if body else ""))
+    return f"the Ray Jobs API answered {said}" + (f": {body[-1][:200]}" if body else "")
+
+
+def _api_status(resp: requests.Response) -> str | None:
+    """The message of a Kubernetes API server's own ``Status`` answer (its service proxy's:
+    ``no endpoints available for service "x"``, ``error trying to reach service: ...``), or
+    None when the answer came from the cluster."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or body.get("kind") != "Status":
+        return None
+    return str(body.get("message") or body.get("reason") or "")
+
+
+def _no_endpoints(resp: requests.Response) -> bool:
+    """kube-apiserver's proxy found no ready address behind the Service (ResourceLocation's
+    ``NewServiceUnavailable("no endpoints available for service %q")``)."""
+    message = _api_status(resp)
+    return resp.status_code == 503 and bool(message) and \
+        str(message).startswith("no endpoints available for service")
 
 
 def _transport_errors(*, runtime: bool = False) -> tuple[type[Exception], ...]:
@@ -123,21 +155,84 @@ def _transport_errors(*, runtime: bool = False) -> tuple[type[Exception], ...]:
     return (*errors, RuntimeError) if runtime else errors
 
 
+class HeadEvidence:
+    """The backend's view of a cluster's head (``ClusterBackend.head_view``), as a waiter
+    whose reads fail consults it: each look runs on a daemon thread of its own and is
+    awaited at most ``timeout`` seconds from its start; one look at a time (one that hangs
+    is never doubled). A look that raises or is late is UNKNOWN: never evidence."""
+
+    def __init__(self, look: Callable[[], HeadView], *, timeout: float = VIEW_TIMEOUT) -> None:
+        self._look = look
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._call: _Look | None = None
+
+    @classmethod
+    def of(cls, backend: ClusterBackend, handle: ClusterHandle, *,
+           timeout: float = VIEW_TIMEOUT) -> HeadEvidence:
+        return cls(lambda: backend.head_view(handle), timeout=timeout)
+
+    def ask(self) -> None:
+        """Start a look, unless one is under way."""
+        with self._lock:
+            if self._call is None or self._call.done.is_set():
+                self._call = _Look(self._look)
+
+    def answer(self) -> HeadView:
+        """What the look under way says, once it has (UNKNOWN if it fails or is late)."""
+        with self._lock:
+            call = self._call
+        if call is None:
+            return HeadView(state=HeadState.UNKNOWN, reason="its backend was not asked")
+        if not call.done.wait(max(call.started + self.timeout - time.monotonic(), 0.0)):
+            return HeadView(state=HeadState.UNKNOWN, reason="its backend's view of it did not "
+                            f"come in {self.timeout:g}s")
+        if call.error is not None:
+            return HeadView(state=HeadState.UNKNOWN, reason="its backend's view of it failed "
+                            f"({type(call.error).__name__}: {call.error})")
+        assert call.view is not None
+        return call.view
+
+
+class _Look:
+    """One call of a backend's ``head_view``, on a daemon thread (a hung call must not keep a
+    process from exiting)."""
+
+    def __init__(self, look: Callable[[], HeadView]) -> None:
+        self.started = time.monotonic()
+        self.done = threading.Event()
+        self.view: HeadView | None = None
+        self.error: Exception | None = None
+        threading.Thread(target=self._run, args=(look,), daemon=True,
+                         name="ephemeral-head-view").start()
+
+    def _run(self, look: Callable[[], HeadView]) -> None:
+        try:
+            self.view = look()
+        except Exception as err:  # noqa: BLE001 - any failure is "no evidence", never evidence
+            self.error = err
+        finally:
+            self.done.set()
+
+
 def ray_jobs_for(handle: ClusterHandle, backend: ClusterBackend) -> RayJobs:
     """The Jobs API client of ``handle``'s cluster, with the URL and credentials its backend
-    gives this process (``ClusterBackend.access``)."""
+    gives this process (``ClusterBackend.access``), and its backend's view of the cluster's
+    head for a waiter whose reads fail (``HeadEvidence``)."""
     access = backend.access(handle)
     if handle.engine != "ray" or not access.dashboard:
         raise JobSubmissionFailed(f"cluster {handle.name} is not a Ray cluster")
     return RayJobs(access.dashboard, cluster=handle.name, headers=access.headers,
-                   verify=access.verify)
+                   verify=access.verify, head=HeadEvidence.of(backend, handle))
 
 
 class RayJobs:
     def __init__(self, dashboard: str, *, cluster: str = "",
-                 headers: Mapping[str, str] | None = None, verify: bool | str = True) -> None:
+                 headers: Mapping[str, str] | None = None, verify: bool | str = True,
+                 head: HeadEvidence | None = None) -> None:
         self.dashboard = dashboard
         self.cluster = cluster
+        self.head = head  # the backend's view of the cluster's head (None: no backend)
         self._headers = dict(headers or {})  # credentials: never logged
         self._verify = verify
         self._client: Any = None
@@ -204,7 +299,8 @@ class RayJobs:
             resp = self._request("GET", f"/api/jobs/{quote(job_id, safe='')}", timeout)
         except requests.RequestException as err:
             raise JobError(f"cannot read job {job_id}: {_failure(err, timeout)}") from err
-        if resp.status_code == 404:  # Ray's "Job ... does not exist"
+        # Ray's "Job ... does not exist"; not an API server's (a proxied Service that is gone)
+        if resp.status_code == 404 and _api_status(resp) is None:
             return None
         if resp.status_code in (401, 403):
             raise AccessDenied(f"cannot read job {job_id}: {_answered(resp)}")
@@ -239,6 +335,10 @@ class RayJobs:
         if "connection refused" in resp.text.lower():  # a proxy relaying its dial's failure
             return GcsHealth(Liveness.DOWN, f"its dashboard refuses connections ({said} from "
                                             "the proxy)")
+        if _no_endpoints(resp):  # no Ready head pod, or the endpoints are being updated
+            return GcsHealth(Liveness.UNKNOWN, "the API server's proxy finds no endpoint "
+                                               f"behind its Service ({said}: "
+                                               f"{_api_status(resp)})")
         return GcsHealth(Liveness.UNKNOWN, f"its health check answered {said}, which says "
                                            "nothing of its GCS")
 
@@ -362,15 +462,19 @@ class RayJobs:
 class JobWatch:
     """Reads a running job's status for a waiter (``RayJobs.follow``, ``RayJobTrigger``), by
     the rule above: a failed or unanswered read is waited out (the last status read stands);
-    ``ClusterLost`` is raised once reads have failed for ``grace`` seconds in a row and the
-    health check shows the cluster died, or for ``ceiling`` seconds whatever it shows."""
+    ``ClusterLost`` is raised once reads have failed for ``grace`` seconds in a row and there
+    is evidence the cluster died (``_evidence``: its health check's, or its backend's view,
+    ``head``, by default the one ``ray_jobs_for`` gave ``jobs``), or for ``ceiling`` seconds
+    whatever they show."""
 
     def __init__(self, jobs: RayJobs, job_id: str, *, grace: float | None = None,
                  reads: int | None = None, read_timeout: float | None = None,
                  ceiling: float | None = None, warn: LogSink | None = None,
-                 renew: Callable[[], RayJobs] | None = None) -> None:
+                 renew: Callable[[], RayJobs] | None = None,
+                 head: HeadEvidence | None = None) -> None:
         self.jobs = jobs
         self.renew = renew  # fresh access (a new token) when the credentials are refused
+        self.head = head or jobs.head
         self.job_id = job_id
         self.grace = LOST_GRACE if grace is None else grace
         self.reads = LOST_READS if reads is None else reads
@@ -381,6 +485,7 @@ class JobWatch:
         self._failing_since: float | None = None
         self._failures = 0
         self._graces = 0  # graces passed without evidence, each warned once
+        self._not_ready_since: float | None = None  # the backend has seen the head not ready
 
     def status(self) -> JobStatus | None:
         began = time.monotonic()
@@ -392,12 +497,14 @@ class JobWatch:
                     raise
                 try:  # a token that expired: ask for access again
                     self.jobs = self.renew()
+                    self.head = self.jobs.head or self.head  # its credentials may be stale too
                 except Exception as err:  # a failed read like any other
                     raise JobError(f"renewing access to the Ray Jobs API failed: {err}") from err
                 st = self.jobs.status(self.job_id, timeout=self.read_timeout)
         except JobError as err:
             return self._failed(err, began)
         self._failing_since, self._failures, self._graces = None, 0, 0
+        self._not_ready_since = None
         if st is not None:
             self.last = st
         return st
@@ -411,17 +518,40 @@ class JobWatch:
         if failing < self.grace or self._failures < self.reads:
             self.warn(f"{read}: {err}")
             return self.last
-        health = self.jobs.gcs_health(timeout=self.read_timeout)
+        died, seen = self._evidence()
         failing = time.monotonic() - self._failing_since
-        if health.state is Liveness.DOWN or failing >= self.ceiling:
-            limit = ("" if health.state is Liveness.DOWN
-                     else ", the ceiling for a cluster that shows no sign of death")
+        if died or failing >= self.ceiling:
+            limit = "" if died else ", the ceiling for a cluster that shows no sign of death"
             raise ClusterLost(
                 f"cluster {self.jobs.cluster or self.jobs.dashboard} is lost: its Ray Jobs "
                 f"API failed all {self._failures} reads of job {self.job_id} for "
-                f"{failing:.0f}s{limit} (last: {err}); {health.text}") from err
+                f"{failing:.0f}s{limit} (last: {err}); {seen}") from err
         if (graces := int(failing // self.grace)) > self._graces:
             self._graces = graces
-            self.warn(f"{read}: {err}; {health.text}, so it is not counted lost: it may be "
+            self.warn(f"{read}: {err}; {seen}, so it is not counted lost: it may be "
                       f"this side's trouble; reading on up to {self.ceiling:.0f}s")
         return self.last
+
+    def _evidence(self) -> tuple[bool, str]:
+        """The one rule: whether the cluster shows it died, and what it shows. The dashboard
+        says its GCS is down or its port refuses; or the backend sees its head GONE, or
+        NOT_READY for a grace. The backend is asked first: its look runs while the health
+        check does."""
+        if self.head is not None:
+            self.head.ask()
+        health = self.jobs.gcs_health(timeout=self.read_timeout)
+        if health.state is Liveness.DOWN or self.head is None:
+            return health.state is Liveness.DOWN, health.text
+        view = self.head.answer()
+        seen = f"{health.text}; {view.reason}"
+        if view.state is HeadState.GONE:
+            return True, seen
+        if view.state is HeadState.RUNNING:
+            self._not_ready_since = None
+        if view.state is not HeadState.NOT_READY:
+            return False, seen  # UNKNOWN neither proves nor clears a not-ready head
+        now = time.monotonic()
+        if self._not_ready_since is None:
+            self._not_ready_since = now
+        lasted = now - self._not_ready_since
+        return lasted >= self.grace, f"{seen} (for {lasted:.0f}s)"
