@@ -263,6 +263,11 @@ class CreateClusterOperator(BaseOperator):
         # "starting" share of the cluster's life: the wait for this task to resume is
         # orchestration's, not the engine's start-up.
         handle = handle.model_copy(update={"ready_ts": round(seen or time.time(), 3)})
+        # Also beside the run's report: whatever deletes the cluster without this XCom
+        # (run-end, the reaper) reports its start as starting too. Never raises.
+        from ephemeral.report.deletions import record_ready
+
+        record_ready(handle)
         self.log.info("cluster %s ready: %s; endpoints %s", handle.name, message,
                       handle.endpoints.model_dump(exclude_none=True))
         return handle.model_dump(mode="json")

@@ -22,6 +22,44 @@ def created_ts(handle: ClusterHandle) -> float:
     return handle.created_ts or parse_utc(handle.created_at).timestamp()
 
 
+def record_ready(handle: ClusterHandle) -> None:
+    """Keep when the setup saw ``handle``'s cluster ready (its ``ready_ts``) beside its run's
+    report parts. A handle that run-end, the reaper or a teardown without XCom lists has no
+    readiness time (only the setup's XCom carries it): ``cluster_facts`` reads it from there,
+    so their parts count the cluster's start as starting, not as idle between jobs. One
+    record for every backend, in the store the report is written to: no cluster object is
+    changed in place (the Kubernetes Role grants no patch). Never raises: the cluster is
+    ready, and the setup must not fail on its report."""
+    from ephemeral.report.model import Ready
+    from ephemeral.report.store import write_ready
+    from ephemeral.specs.identity import PREFIX
+
+    dag_id = handle.annotations.get(PREFIX + "dag-id")
+    run_id = handle.annotations.get(PREFIX + "run-id")
+    if not dag_id or not run_id or handle.ready_ts is None:
+        return
+    try:
+        write_ready(dag_id, run_id, Ready(name=handle.name, created_at=handle.created_at,
+                                          ready=handle.ready_ts))
+    except Exception as err:  # noqa: BLE001 - the run report only loses the start's share
+        log.warning("could not record when %s became ready for its run's report: %s",
+                    handle.name, err)
+
+
+def ready_ts(handle: ClusterHandle, dag_id: str, run_id: str) -> float | None:
+    """When the cluster was seen ready: the handle's (the setup's XCom), else the setup's
+    record (``record_ready``); None when neither says (never ready, or unreadable)."""
+    if handle.ready_ts is not None:
+        return handle.ready_ts
+    from ephemeral.report.store import read_ready
+
+    try:
+        return read_ready(dag_id, run_id, handle.name, handle.created_at)
+    except Exception as err:  # noqa: BLE001 - the part is still written, without it
+        log.warning("could not read when %s became ready: %s", handle.name, err)
+        return None
+
+
 def cluster_facts(handle: ClusterHandle, *, dag_id: str, run_id: str, setup_task: str | None,
                   teardown_task: str | None, started: float, deleted: float | None,
                   deletion: str, jobs: list[JobFacts], released_by: str | None = None
@@ -40,7 +78,7 @@ def cluster_facts(handle: ClusterHandle, *, dag_id: str, run_id: str, setup_task
         backend=handle.backend, spec_ref=handle.spec_ref, spec_hash=handle.spec_hash,
         profile=handle.profile, groups=handle.groups, setup_task=setup_task,
         teardown_task=teardown_task, created=created_ts(handle), created_at=handle.created_at,
-        ready=handle.ready_ts,
+        ready=ready_ts(handle, dag_id, run_id),
         teardown_started=started, deleted=deleted, deletion=deletion, released_by=released_by,
         jobs=jobs, price=prices.for_spec(handle.spec_ref) if prices else None,
         currency=prices.currency if prices else None, recorded_at=time.time())

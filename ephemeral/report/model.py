@@ -81,6 +81,16 @@ class Release(_Model):
     """The job's result (``JobResult``), as the task returned it."""
 
 
+class Ready(_Model):
+    """When the setup saw one cluster life ready, kept beside its run's report parts: the
+    handles run-end and the reaper list carry no readiness time (only the setup's XCom does),
+    and without it their parts counted the whole start as idle between jobs."""
+
+    name: str
+    created_at: str
+    ready: float
+
+
 class ClusterFacts(_Model):
     """What a teardown saw of one cluster: the unit the run report is assembled from."""
 

@@ -5,6 +5,7 @@ Layout under the artifact root::
     <instance>/reports/<dag_id>/<run>/clusters/<cluster>-<created>.json   one part per cluster
                                                                 life, by what deleted it
     <instance>/reports/<dag_id>/<run>/released/<cluster>.json   a cluster its last job's task deleted
+    <instance>/reports/<dag_id>/<run>/ready/<cluster>-<created>.json   when its setup saw it ready
     <instance>/reports/<dag_id>/<run>/report.json               the merged report
     <instance>/reports/<dag_id>/<run>/report.html               the same as a page with a timeline
 
@@ -33,7 +34,7 @@ from pydantic import ValidationError
 from ephemeral.jobs import artifacts
 from ephemeral.jobs.artifacts import run_slug
 from ephemeral.report.html import render_html
-from ephemeral.report.model import ClusterFacts, Release, build_report
+from ephemeral.report.model import ClusterFacts, Ready, Release, build_report
 from ephemeral.settings import setting
 
 log = logging.getLogger(__name__)
@@ -76,10 +77,39 @@ def report_url(dag_id: str, run_id: str) -> str:
     return base + uri[len(root):] if base and uri.startswith(root) else uri
 
 
+def _life(name: str, created_at: str) -> str:
+    # One file per cluster life: a failed setup's cluster and its retry's share the name.
+    return f"{name}-{run_slug(created_at)}" if created_at else name
+
+
 def _part_uri(part: ClusterFacts) -> str:
-    # One part per cluster life: a failed setup's cluster and its retry's share the name.
-    life = f"{part.name}-{run_slug(part.created_at)}" if part.created_at else part.name
-    return artifacts.join(report_dir(part.dag_id, part.run_id), "clusters", f"{life}.json")
+    return artifacts.join(report_dir(part.dag_id, part.run_id), "clusters",
+                          f"{_life(part.name, part.created_at)}.json")
+
+
+def _ready_uri(dag_id: str, run_id: str, name: str, created_at: str) -> str:
+    return artifacts.join(report_dir(dag_id, run_id), "ready", f"{_life(name, created_at)}.json")
+
+
+def write_ready(dag_id: str, run_id: str, ready: Ready) -> None:
+    artifacts.write_json(_ready_uri(dag_id, run_id, ready.name, ready.created_at),
+                         ready.model_dump(mode="json"))
+
+
+def read_ready(dag_id: str, run_id: str, name: str, created_at: str) -> float | None:
+    """When the setup saw this cluster life ready, None when it did not (or never was)."""
+    from pyarrow import fs
+
+    uri = _ready_uri(dag_id, run_id, name, created_at)
+    filesystem, path = fs.FileSystem.from_uri(uri)
+    if filesystem.get_file_info(path).type != fs.FileType.File:
+        return None
+    try:
+        ready = Ready.model_validate(artifacts.read_json(uri))
+    except (ValidationError, ValueError, OSError) as err:
+        log.warning("ignoring unreadable readiness record %s: %s", uri, err)
+        return None
+    return ready.ready if (ready.name, ready.created_at) == (name, created_at) else None
 
 
 def _release_uri(dag_id: str, run_id: str, name: str) -> str:
