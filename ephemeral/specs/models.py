@@ -21,6 +21,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from ephemeral.settings import JOB_ENV_NEVER
 from ephemeral.specs.pip_credentials import credentials_problem
 from ephemeral.specs.quantities import Duration, Memory, duration_seconds, memory_bytes
 
@@ -103,12 +104,34 @@ class SecretKeyRef(Model):
         return dns_label(v, 253)
 
 
+# Names a spec may neither set nor read from the creating environment: what the job allow-list
+# never lets a cluster inherit (Airflow's settings and ours: the database URL, the kubeconfig,
+# the markers teardown finds a cluster's processes by) and the cluster's own Ray token auth
+# (the local backend sets it; KubeRay keeps a container's own RAY_AUTH_MODE/RAY_AUTH_TOKEN/
+# RAY_ENABLE_K8S_TOKEN_AUTH instead of its own, so a spec could turn authentication off).
+RESERVED_ENV = (*JOB_ENV_NEVER, "RAY_AUTH_", "RAY_ENABLE_K8S_TOKEN_AUTH")
+
+
+def reserved_env(name: str) -> bool:
+    return name.upper().startswith(RESERVED_ENV)
+
+
+def _env_var_name(v: str, why: str, fix: str) -> str:
+    if not _ENV_NAME.match(v):
+        raise ValueError(f"{v!r} is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
+    if reserved_env(v):
+        raise ValueError(f"{v!r} is reserved ({why}; reserved: names starting with "
+                         f"{', '.join(RESERVED_ENV)}): {fix}")
+    return v
+
+
 class EnvVar(Model):
     """An environment variable for the cluster's processes: a literal, or a reference by name.
 
     Secrets are never written into a spec: ``secretKeyRef`` names a Kubernetes secret (the local
     backend reads the variable of the same name from its own environment) and ``fromEnv`` names a
-    variable of the environment that creates the cluster.
+    variable of the environment that creates the cluster. Reserved names (``RESERVED_ENV``) are
+    refused both as names and as ``fromEnv`` sources.
     """
 
     name: str
@@ -119,9 +142,19 @@ class EnvVar(Model):
     @field_validator("name")
     @classmethod
     def _env_name(cls, v: str) -> str:
-        if not _ENV_NAME.match(v):
-            raise ValueError(f"{v!r} is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
-        return v
+        return _env_var_name(v, "ephemeral, Airflow and the cluster's Ray authentication own "
+                                "such names, and teardown finds a cluster's processes by "
+                                "ephemeral's markers", "pick another name")
+
+    @field_validator("from_env")
+    @classmethod
+    def _source(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        return _env_var_name(v, "such variables hold Airflow's and ephemeral's settings and "
+                                "credentials, which never reach a cluster",
+                             "put the value the jobs need in a variable of its own and name "
+                             "that in fromEnv")
 
     @model_validator(mode="after")
     def _one_source(self) -> EnvVar:
