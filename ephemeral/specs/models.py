@@ -104,6 +104,34 @@ class SecretKeyRef(Model):
         return dns_label(v, 253)
 
 
+# The one rule for which keys name a secret: Spark's own default of spark.redaction.regex
+# (secret|password|token|access[.]?key) and the storage keys it misses (Azure's account.key,
+# S3's server-side encryption.key, GCS's service.account.private.key, OBS's sk, ADLS's
+# oauth2.credential), matched word by word so camelCase and snake_case keys count alike
+# (keyStorePassword, awsAccessKeyId) and a tokenizer is no token. A key naming where a secret
+# is (a file, a path, a binding or provider class) is no secret.
+_WORD_BREAK = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|[-_.]+")
+_SECRET_WORDS = re.compile(r"secret|passw(?:or)?d|token(?!i[sz])"
+                           r"|(?:access|account|encryption|private|api)\.?keys?(?:\.|$)"
+                           r"|(?:^|\.)(?:sk|credential)(?:\.|$)")
+_NAMES_A_PLACE = re.compile(r"(?:file|path|\.binding|\.provider)$")
+# A PEM block (-----BEGIN PRIVATE KEY-----, -----BEGIN RSA PRIVATE KEY-----, ...) in a value.
+_PEM = re.compile(r"-----BEGIN [A-Z0-9 ]+-----")
+
+
+def secret_key(key: str) -> bool:
+    """Whether a conf key (``spark.hadoop.fs.s3a.secret.key``) names a secret."""
+    words = ".".join(w.lower() for w in _WORD_BREAK.split(key) if w)
+    return bool(_SECRET_WORDS.search(words)) and not _NAMES_A_PLACE.search(words)
+
+
+def secret_value(value: str) -> str | None:
+    """What makes ``value`` itself a secret (a PEM block, a URL with credentials), or None."""
+    if _PEM.search(value):
+        return "it holds a PEM block (a key belongs in a file or a Secret, not in a spec)"
+    return credentials_problem(value)
+
+
 # Names a spec may neither set nor read from the creating environment: what the job allow-list
 # never lets a cluster inherit (Airflow's settings and ours: the database URL, the kubeconfig,
 # the markers teardown finds a cluster's processes by) and the cluster's own Ray token auth
@@ -145,6 +173,15 @@ class EnvVar(Model):
         return _env_var_name(v, "ephemeral, Airflow and the cluster's Ray authentication own "
                                 "such names, and teardown finds a cluster's processes by "
                                 "ephemeral's markers", "pick another name")
+
+    @field_validator("value")
+    @classmethod
+    def _literal(cls, v: str | None) -> str | None:
+        if v is not None and (why := secret_value(v)) is not None:
+            raise ValueError(f"a secret has no place in a spec ({why.split(';')[0]}): put it "
+                             "in a Kubernetes Secret and use secretKeyRef, or use fromEnv on "
+                             "the local backend")
+        return v
 
     @field_validator("from_env")
     @classmethod
@@ -351,25 +388,18 @@ class SparkWorkers(GpuFields, Placement):
         return self
 
 
-# Spark's own default of spark.redaction.regex (the keys whose values Spark treats as secrets),
-# and the storage keys it misses; a key naming where a secret is (a file, a binding class) is
-# no secret.
-SECRET_CONF = re.compile(r"(?i)secret|password|token|access[.]?key|account\.key|encryption\.key")
-NAMES_A_PLACE = re.compile(r"(?i)(file|\.binding|\.provider)$")
-
-
 def no_secret_conf(conf: dict[str, str]) -> dict[str, str]:
     """A spec's conf is in the handle, XCom, the cluster's annotations and the Connect server's
-    and spark-submit's command lines: a key Spark would redact may not be set there, nor a URL
-    with credentials (``spark.jars.repositories=https://user:token@repo``)."""
-    secret = sorted(k for k, v in conf.items()
-                    if (SECRET_CONF.search(k) and not NAMES_A_PLACE.search(k))
-                    or credentials_problem(v) is not None)
+    and spark-submit's command lines: a key that names a secret (``secret_key``) may not be set
+    there, nor a value that is one (``secret_value``: a URL with credentials such as
+    ``spark.jars.repositories=https://user:token@repo``, a PEM key block)."""
+    secret = sorted(k for k, v in conf.items() if secret_key(k) or secret_value(v))
     if secret:
         raise ValueError(f"{', '.join(secret)}: a secret has no place in a spec (it would reach "
                          "XCom, annotations and command lines); give it to the jobs through "
                          "their environment or a Kubernetes Secret, or use a credentials "
-                         "provider (e.g. spark.hadoop.fs.s3a.aws.credentials.provider)")
+                         "provider (e.g. spark.hadoop.fs.s3a.aws.credentials.provider) or a "
+                         "key file's path (e.g. ...service.account.json.keyfile)")
     return conf
 
 
