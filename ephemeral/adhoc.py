@@ -170,9 +170,6 @@ def check_size(spec: RaySpec, profile: str | None, workers: int, gpus: int | Non
     (above a group's maxReplicas, within the deployment's EPHEMERAL_ADHOC_MAX_WORKERS)."""
     problems: list[tuple[str, str]] = []
     raise_max = False
-    if profile == CI_CPU and gpus:
-        problems.append(("gpus_per_worker", f"profile {CI_CPU} runs without GPUs; set "
-                         "gpus_per_worker to 0 (or leave it empty), or choose no profile"))
     for g in spec.worker_groups:
         cap = max(g.max, settings.adhoc_max_workers or 0)
         if workers > cap:

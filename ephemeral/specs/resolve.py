@@ -110,10 +110,23 @@ def _overlay(data: dict[str, Any], overlay: dict[str, Any], source: str) -> dict
     return out
 
 
-def _ci_cpu(data: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(data)
+def _nodes(data: dict[str, Any]) -> list[tuple[str, dict[str, Any], str, bool]]:
+    """Every node of a spec as (field path, node, its CPU key, whether it may have GPUs)."""
+    if data.get("kind") == "RayCluster":
+        return [("head", data.setdefault("head", {}), "cpu", True)] + [
+            (f"workerGroups.{g.get('name')}", g, "cpu", True) for g in data.get("workerGroups", [])]
+    out = [("workers", data.setdefault("workers", {}), "cores", True),
+           ("master", data.setdefault("master", {}), "cpu", False)]
+    if isinstance(data.get("connect"), dict):
+        out.append(("connect", data["connect"], "cpu", False))
+    return out
 
-    def shrink(node: dict[str, Any], cpu_key: str = "cpu", gpus: bool = True) -> None:
+
+def _ci_cpu(data: dict[str, Any]) -> dict[str, Any]:
+    """ci-cpu's built-in sizes. A group's replica bounds stay for the overrides (the spec's
+    maxReplicas still limits them) and go afterwards (``_fixed_size``)."""
+    out = copy.deepcopy(data)
+    for _, node, cpu_key, gpus in _nodes(out):
         if gpus:
             node["gpus"] = 0
             node.pop("discoveryScript", None)
@@ -123,20 +136,41 @@ def _ci_cpu(data: dict[str, Any]) -> dict[str, Any]:
             node["memory"] = format_memory(min(memory_bytes(str(node["memory"])), _CI_MAX_MEMORY))
         if "replicas" in node:
             node["replicas"] = min(node["replicas"], _CI_MAX_REPLICAS)
-            for bound in ("minReplicas", "maxReplicas"):
-                node.pop(bound, None)
-
-    if data.get("kind") == "RayCluster":
-        out.setdefault("head", {})
-        shrink(out["head"])
-        for group in out.get("workerGroups", []):
-            shrink(group)
-    else:
-        shrink(out.setdefault("workers", {}), "cores")
-        shrink(out.setdefault("master", {}), gpus=False)
-        if isinstance(out.get("connect"), dict):
-            shrink(out["connect"], gpus=False)
+            if node.get("minReplicas") is not None:
+                node["minReplicas"] = min(node["minReplicas"], node["replicas"])
     return out
+
+
+def _within_ci_cpu(shrunk: dict[str, Any], final: dict[str, Any], source: str) -> None:
+    """Overrides size a ci-cpu cluster within ci-cpu: a CPU-only place gets no GPUs, and the
+    small sizes it promises are not lifted by a flag or a form field (the spec's own ``ci-cpu``
+    entry may set its sizes; only what the overrides changed is judged)."""
+    problems = []
+    for (path, before, cpu_key, _), (_, after, _, _) in zip(_nodes(shrunk), _nodes(final),
+                                                            strict=True):
+        limits = {"gpus": (0, "0 GPUs"),
+                  cpu_key: (_CI_MAX_CPU, f"at most {_CI_MAX_CPU} CPU per node"),
+                  "memory": (_CI_MAX_MEMORY, f"at most {format_memory(_CI_MAX_MEMORY)} per node"),
+                  "replicas": (_CI_MAX_REPLICAS, f"at most {_CI_MAX_REPLICAS} workers per group")}
+        for key, (cap, allowed) in limits.items():
+            asked = after.get(key)
+            if asked is None or asked == before.get(key):
+                continue
+            if (memory_bytes(str(asked)) if key == "memory" else asked) > cap:
+                problems.append((f"{path}.{key}", f"profile {CI_CPU} runs without GPUs; ask "
+                                 "for 0, or choose no profile" if key == "gpus" else
+                                 f"{asked} is more than profile {CI_CPU} allows; ask for "
+                                 f"{allowed}, or choose no profile"))
+    if problems:
+        raise SpecError(source, problems)
+
+
+def _fixed_size(data: dict[str, Any]) -> dict[str, Any]:
+    """ci-cpu runs a fixed size: no autoscaling bounds once the overrides are applied."""
+    for _, node, _, _ in _nodes(data):
+        for bound in ("minReplicas", "maxReplicas"):
+            node.pop(bound, None)
+    return data
 
 
 def _fit_bounds(node: dict[str, Any], replicas: int, field: str, raise_max: bool,
@@ -236,7 +270,11 @@ def apply_profile(
             data = _overlay(data, spec.profiles[profile], label)
     if not ov.is_empty():
         label += " with overrides"
-        data = _apply_overrides(data, ov, label)
+        shrunk, data = data, _apply_overrides(data, ov, label)
+        if profile == CI_CPU:
+            _within_ci_cpu(shrunk, data, label)
+    if profile == CI_CPU:
+        data = _fixed_size(data)
     if profile is None and ov.is_empty():
         return spec
     return parse_spec(data, label)

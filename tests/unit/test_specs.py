@@ -230,10 +230,37 @@ def test_replicas_above_max_only_when_the_caller_opts_in() -> None:
 
 
 def test_replica_override_after_ci_cpu() -> None:
-    spec = resolve("ray/train-gpu", CI_CPU, {"workers": {"replicas": 3}}).spec
+    spec = resolve("ray/train-gpu", CI_CPU, {"workers": {"replicas": 1}}).spec
     assert isinstance(spec, RaySpec)
-    assert spec.worker_groups[0].replicas == 3
-    assert spec.worker_groups[0].gpus == 0
+    g = spec.worker_groups[0]
+    assert (g.replicas, g.gpus, g.min_replicas, g.max_replicas) == (1, 0, None, None)
+
+
+@pytest.mark.parametrize(("ref", "overrides", "field", "says"), [
+    ("ray/train-gpu", {"workers": {"replicas": 3}}, "workerGroups.gpu.replicas",
+     "3 is more than profile ci-cpu allows; ask for at most 2 workers per group"),
+    # Above the spec's own maxReplicas (4) too: the spec's limit is judged first, as without
+    # a profile.
+    ("ray/train-gpu", {"workers": {"replicas": 1000}}, "workers.replicas",
+     "1000 is above maxReplicas (4)"),
+    ("ray/train-gpu", {"workers": {"replicas": 5}, "raise_max_replicas": True},
+     "workerGroups.gpu.replicas", "ask for at most 2 workers per group"),
+    ("ray/train-gpu", {"groups": {"gpu": {"gpus": 8}}}, "workerGroups.gpu.gpus",
+     "profile ci-cpu runs without GPUs; ask for 0, or choose no profile"),
+    ("ray/train-gpu", {"head": {"cpu": 64}}, "head.cpu", "ask for at most 1 CPU per node"),
+    ("ray/adhoc-cpu", {"workers": {"memory": "256Gi"}}, "workerGroups.cpu.memory",
+     "ask for at most 2Gi per node"),
+    ("spark/etl", {"workers": {"cpu": 4}}, "workers.cores", "ask for at most 1 CPU per node"),
+], ids=["replicas", "above-spec-max", "raise-max-opt-in", "gpus", "head-cpu", "memory",
+        "spark-cores"])
+def test_overrides_cannot_lift_the_ci_cpu_limits(ref: str, overrides: dict[str, Any],
+                                                  field: str, says: str) -> None:
+    """A CPU-only, small profile stays one: a flag or a form field that asks for more is
+    refused by name, not given GPUs and 1000 nodes on a kind cluster."""
+    with pytest.raises(SpecError) as err:
+        resolve(ref, CI_CPU, overrides)
+    assert err.value.fields == [field]
+    assert says in str(err.value)
 
 
 def test_group_override_touches_only_named_fields() -> None:
