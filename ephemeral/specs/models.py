@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -67,12 +68,62 @@ PositiveCpu = Annotated[float, Field(gt=0, le=1024, description="CPU cores (may 
 GpuCount = Annotated[int, Field(ge=0, le=64)]
 
 
+_QUALIFIED_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+
+
 class Toleration(Model):
+    """A pod toleration, checked by the rules of Kubernetes' own ``ValidateTolerations``
+    (pkg/apis/core/validation), so a spec the API server would refuse fails here, before any
+    object is created."""
+
     key: str | None = None
-    operator: Literal["Equal", "Exists"] = "Equal"
+    operator: Literal["Equal", "Exists"] = Field(default="Equal", validate_default=True)
     value: str | None = None
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     toleration_seconds: int | None = Field(default=None, ge=0)
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, v: str | None) -> str | None:
+        if not v:
+            return v
+        prefix, _, name = v.rpartition("/")
+        if (prefix and (len(prefix) > 253 or not _DNS1123_SUBDOMAIN.match(prefix))) \
+                or not _QUALIFIED_NAME.match(name):
+            raise ValueError(f"{v!r} is not a taint key: an optional DNS subdomain and '/', then "
+                             "at most 63 letters, digits, '-', '_' or '.', starting and ending "
+                             "with a letter or digit (e.g. nvidia.com/gpu)")
+        return v
+
+    @field_validator("operator")
+    @classmethod
+    def _operator(cls, v: str, info: ValidationInfo) -> str:
+        if "key" in info.data and not info.data["key"] and v != "Exists":  # (a bad key: said)
+            raise ValueError("operator must be Exists when key is empty (that tolerates every "
+                             "taint); set key, or operator: Exists")
+        return v
+
+    @field_validator("value")
+    @classmethod
+    def _value(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v and info.data.get("operator") == "Exists":
+            raise ValueError("value must be empty when operator is Exists (Exists matches any "
+                             "value); remove value, or use operator: Equal")
+        if v and not _LABEL_VALUE.match(v):
+            raise ValueError(f"{v!r} is not a taint value: at most 63 letters, digits, '-', '_' "
+                             "or '.', starting and ending with a letter or digit")
+        return v
+
+    @field_validator("toleration_seconds")
+    @classmethod
+    def _seconds(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and info.data.get("effect") != "NoExecute":
+            raise ValueError("tolerationSeconds applies only to effect: NoExecute (how long a "
+                             "pod stays on a node tainted NoExecute); set effect: NoExecute, or "
+                             "remove tolerationSeconds")
+        return v
 
 
 class Placement(Model):
