@@ -16,7 +16,6 @@ import functools
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from airflow.sdk import BaseOperator, conf
@@ -40,8 +39,8 @@ from ephemeral.backends.readiness import Readiness
 from ephemeral.errors import EphemeralError, JobSubmissionFailed, SpecError
 from ephemeral.jobs.ray_jobs import RayJobs, ray_jobs_for
 from ephemeral.jobs.results import JobResult, JobStatus, tail
-from ephemeral.lifecycle import delete_after_failure, deleting_on_failure
-from ephemeral.specs.identity import current_instance, parse_utc
+from ephemeral.lifecycle import adopted, asking, delete_after_failure, deleting_on_failure
+from ephemeral.specs.identity import current_instance
 
 DAGRUN_TIMEOUT_WARNING = (
     "DAG {dag_id!r} sets dagrun_timeout and creates ephemeral clusters: when it fires, Airflow "
@@ -214,7 +213,7 @@ class CreateClusterOperator(BaseOperator):
         identity = cluster_identity(context, spec.spec.name, instance=target.instance,
                                     on_failure=self.on_failure)
         self.log.info("creating %s from %s (hash %s)", identity.name, spec.label(), spec.hash)
-        asked = datetime.now(UTC).replace(microsecond=0)
+        asked = asking()
         try:
             handle = backend.create(spec, identity=identity)
         except SpecError as err:
@@ -222,7 +221,7 @@ class CreateClusterOperator(BaseOperator):
         # The teardown, the triggerer and the job tasks reach the cluster through the same
         # connection (its id; each looks it up again).
         handle = self._created = handle.model_copy(update={"connection": target.connection})
-        if parse_utc(handle.created_at) < asked:
+        if adopted(handle, asked):
             self.log.info("adopted %s, created at %s by an earlier try", handle.name,
                           handle.created_at)
         with self._cleanup_on_failure(context, backend, handle):

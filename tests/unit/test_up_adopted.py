@@ -1,0 +1,48 @@
+"""`up` of a name that already exists adopts that cluster; when the adopting call's wait
+fails (its timeout, Ctrl-C), the cluster is not its to delete: someone else's work runs on it.
+What a call created it still deletes when its own wait fails."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from ephemeral.backends.fake import InMemoryBackend
+from ephemeral.errors import ReadinessTimeout
+from ephemeral.lifecycle import provision
+from ephemeral.specs import resolve
+from ephemeral.specs.identity import ClusterIdentity
+
+
+def _next_second() -> None:
+    # created_at has a resolution of one second: the adopting call comes a second later.
+    time.sleep(1.01 - time.time() % 1)
+
+
+def test_a_failed_wait_deletes_only_what_this_call_created() -> None:
+    backend = InMemoryBackend(ready_after_probes=10**6)  # never ready: every wait times out
+    spec = resolve("ray/adhoc-cpu", "ci-cpu")
+    first = ClusterIdentity.manual(spec.spec.name, "team-shared")
+    backend.create(spec, identity=first)  # another terminal's `up`, still starting
+    _next_second()
+
+    with pytest.raises(ReadinessTimeout):
+        provision(backend, spec, ClusterIdentity.manual(spec.spec.name, "team-shared"),
+                  timeout=0.3, poll=0.05)
+    assert [h.name for h in backend.list_owned()] == ["team-shared"]
+
+    with pytest.raises(ReadinessTimeout):
+        provision(backend, spec, ClusterIdentity.manual(spec.spec.name, "mine"),
+                  timeout=0.3, poll=0.05)
+    assert [h.name for h in backend.list_owned()] == ["team-shared"]
+
+
+def test_an_adopted_cluster_says_so_and_a_new_one_does_not() -> None:
+    backend = InMemoryBackend(ready_after_probes=1)
+    spec = resolve("ray/adhoc-cpu", "ci-cpu")
+    made = provision(backend, spec, ClusterIdentity.manual(spec.spec.name, "x"), poll=0.01)
+    _next_second()
+    again = provision(backend, spec, ClusterIdentity.manual(spec.spec.name, "x"), poll=0.01)
+    assert (made.adopted, again.adopted) == (False, True)
+    assert again.handle.name == made.handle.name
