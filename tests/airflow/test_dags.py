@@ -84,23 +84,6 @@ def xcom_values(dag_id: str, run_id: str, key: str) -> dict[str, Any]:
                 else r.value for r in rows}
 
 
-def newest_model_event() -> dict[str, Any]:
-    """The extra of the newest registered_model Asset event."""
-    from airflow.models.asset import AssetEvent, AssetModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    from ephemeral import assets
-
-    with create_session() as session:
-        newest = session.scalars(select(AssetEvent)
-                                 .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
-                                 .where(AssetModel.name == assets.MODEL.name)
-                                 .order_by(AssetEvent.id.desc())).first()
-        assert newest is not None, "no registered_model event"
-        return dict(newest.extra)
-
-
 def deleted_by(run: Any) -> dict[str, str | None]:
     """Each cluster of the run's report by its setup (and map index): the job task that deleted
     it when its job succeeded (delete_cluster_on_success), None when its teardown did. A
@@ -126,75 +109,6 @@ def no_cluster_left(home: Path, before: set[int]) -> None:
     assert LocalBackend(home).list_owned() == []
     leaked = engine_pids() - before - other_clusters_pids(home)
     assert not leaked, f"processes left: {sorted(leaked)}"
-
-
-@pytest.mark.local
-def test_reference_dag_end_to_end(dagbag: Any, ephemeral_home: Path) -> None:
-    """make demo's path, and the gate's pass: the candidate is registered in the real MLflow
-    store, the champion alias moves to it from an earlier one, and the registration names the
-    features it was trained on (the latency fail is in the drift run of
-    tests/airflow/test_assets.py)."""
-    from ephemeral import registry
-    from ephemeral.jobs import artifacts
-
-    before = engine_pids()
-    earlier = ephemeral_home / "artifacts" / "earlier" / "model.pt"
-    earlier.parent.mkdir(parents=True)
-    earlier.write_bytes(b"an earlier model")
-    registry.promote("train_distributed",
-                     earlier_version := registry.register("train_distributed",
-                                                          model_uri=earlier.as_uri()))
-    # The smallest run that still passes the gate (accuracy and F1 >= 0.8: 0.96 measured).
-    run = dagbag.get_dag("train_distributed").test(run_conf={"profile": "ci-cpu", "rows": 1000,
-                                                             "steps": 60})
-    states = task_states(run)
-    assert str(run.state) == "success", states
-    assert states["train.serve_latency"] == states["deploy.register_model"] == "success"
-    assert states["deploy.gate_failed"] == "skipped"
-    assert states["etl.delete_spark"] == states["train.delete_ray"] == "success"
-    latest = Path(artifacts.deployment_uri("registry", "train_distributed", "latest.json")
-                  .removeprefix("file://"))
-    record = json.loads(latest.read_text())
-    assert Path(record["model_uri"].removeprefix("file://")).is_file()  # the registry/ copy
-    assert record["accuracy"] >= 0.8
-    assert record["previous_champion"] == earlier_version
-    assert registry.champion("train_distributed") == record["version"] != earlier_version
-    [mine] = [v for v in registry.describe("train_distributed")["versions"]
-              if v["version"] == record["version"]]
-    assert mine["source"] == record["model_uri"]
-    assert mine["run_id"]  # the best trial's tracking run
-    for metric in ("accuracy", "f1", "p50_ms", "p95_ms", "p99_ms", "throughput_rps"):
-        assert f"metric.{metric}" in mine["tags"], mine["tags"]
-    sizes = xcom_sizes("train_distributed", run.run_id)
-    assert sizes
-    assert max(sizes.values()) < 4096, sizes
-    # The extra links' URLs, where the Airflow UI reads them: each setup has its engine's.
-    links = xcom_values("train_distributed", run.run_id, "_link_RayDashboardLink")
-    links |= xcom_values("train_distributed", run.run_id, "_link_SparkMasterLink")
-    handles = xcom_values("train_distributed", run.run_id, "return_value")
-    ray, spark = handles["train.create_ray[-1]"], handles["etl.create_spark[-1]"]
-    assert links["train.create_ray[-1]._link_RayDashboardLink"] == ray["endpoints"]["dashboard"]
-    assert links["etl.create_spark[-1]._link_SparkMasterLink"] == spark["endpoints"]["spark_ui"]
-    assert links["etl.create_spark[-1]._link_RayDashboardLink"] == ""
-    # What drift_check compares new batches with: this run's ETL output, in the version's tag
-    # and in the registered_model event.
-    features = handles["etl.build_features[-1]"]["result"]
-    assert mine["tags"]["features_uri"] == features["artifact_uri"]
-    assert mine["tags"]["validation_uri"] == features["validation_uri"]
-    assert newest_model_event()["features_uri"] == features["artifact_uri"]
-    # What `make demo` prints: each cluster's lifetime, split into jobs and idle by cause.
-    from ephemeral.airflow.report import run_report
-
-    report = run_report(run)
-    assert report["ok"], report
-    # Each cluster went the moment its last job succeeded, not when its teardown came.
-    assert deleted_by(run) == {"etl.create_spark": "etl.build_features",
-                               "train.create_ray": "train.serve_latency"}
-    for c in report["clusters"]:
-        assert c["busy_s"] > 0, c
-        parts = c["busy_s"] + c["starting_s"] + c["between_jobs_s"] + c["deleting_s"]
-        assert abs(parts - c["lifetime_s"]) < 0.5, c
-    no_cluster_left(ephemeral_home, before)
 
 
 @pytest.mark.local

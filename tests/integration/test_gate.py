@@ -3,8 +3,8 @@ local Ray cluster (Ray Serve on it, loopback HTTP load). The quality and latency
 numbers measured here are checked again through evaluate_gate (tests/unit/test_gate.py covers
 the rules themselves). The gate in the reference DAG, with a real MLflow store, is checked by
 whole runs elsewhere, one whole run each: the pass that moves the champion by
-tests/airflow/test_dags.py::test_reference_dag_end_to_end, the latency fail that keeps it by
-tests/airflow/test_assets.py::test_a_drift_event_starts_a_training_run_on_the_drifted_batch."""
+tests/airflow/browser/test_services_e2e.py (through Airflow's services), the latency fail that
+keeps it by tests/airflow/test_assets.py::test_a_drift_event_starts_a_training_run_on_the_drifted_batch."""
 
 from __future__ import annotations
 
