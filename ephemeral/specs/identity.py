@@ -12,19 +12,57 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from ephemeral.errors import SpecError
 from ephemeral.specs.models import DNS1123_HELP, DNS1123_LABEL
 
 PREFIX = "ephemeral.dev/"
 NAME_MAX = 47  # RayJob names are limited to 47 characters; RayCluster to 53
 MANAGED_BY = "app.kubernetes.io/managed-by"
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def is_label_value(value: object) -> bool:
+    """Whether ``value`` is a Kubernetes label value (at most 63 characters, alphanumeric at
+    both ends, '-', '_', '.' between; empty too): nothing a selector would read as syntax."""
+    return isinstance(value, str) and len(value) <= 63 and bool(_LABEL_VALUE.fullmatch(value))
+
+
+def is_label_key(key: object) -> bool:
+    """Whether ``key`` is a Kubernetes label key: ``[prefix/]name``, the prefix a DNS
+    subdomain of at most 253 characters, the name as a label value but not empty."""
+    if not isinstance(key, str):
+        return False
+    prefix, _, name = key.rpartition("/")
+    return (0 < len(name) <= 63 and bool(_LABEL_NAME.fullmatch(name))
+            and (not prefix or (len(prefix) <= 253 and bool(_LABEL_PREFIX.fullmatch(prefix)))))
 
 
 def label_value(value: str) -> str:
     """A Kubernetes label value for ``value``: as is when valid, else a stable hash of it."""
-    if len(value) <= 63 and _LABEL_VALUE.match(value):
+    if is_label_value(value):
         return value
     return "h-" + hashlib.sha256(value.encode()).hexdigest()[:20]
+
+
+def cluster_name_problem(name: object) -> str | None:
+    """What is wrong with ``name`` as a cluster name, or None when nothing is: the one rule for
+    every name that comes from outside (the CLI, a backend's get or delete, a handle). A name
+    becomes a folder of the local backend's home and a value in Kubernetes label selectors,
+    so it is a DNS-1123 label of at most NAME_MAX characters: never '', '..', '/', ',' or '!='."""
+    if isinstance(name, str) and len(name) <= NAME_MAX and DNS1123_LABEL.fullmatch(name):
+        return None
+    return (f"cluster name {name!r} must be at most {NAME_MAX} characters (not empty) "
+            f"of {DNS1123_HELP}")
+
+
+def check_cluster_name(name: object, field: str = "name") -> str:
+    """``name`` when it is a cluster name; else a SpecError naming ``field`` (an option or
+    argument of the caller's) and the rule, before anything is done with it."""
+    if problem := cluster_name_problem(name):
+        raise SpecError(field, [(field, problem)])
+    return str(name)
 
 
 def _digest(*parts: str) -> str:
@@ -55,9 +93,8 @@ class ClusterIdentity:
 
     @classmethod
     def manual(cls, spec_name: str, name: str | None = None) -> ClusterIdentity:
-        if name is not None and (len(name) > NAME_MAX or not DNS1123_LABEL.match(name)):
-            raise ValueError(f"cluster name {name!r} must be at most {NAME_MAX} characters of "
-                             f"{DNS1123_HELP}")
+        if name is not None and (problem := cluster_name_problem(name)):
+            raise ValueError(problem)
         return cls(spec_name=spec_name, explicit_name=name)
 
     @property
