@@ -3,7 +3,8 @@ drift_check emits `feature_drift` only on drift, once per batch; the event queue
 train_distributed, whose run the scheduler's own code creates, and that run trains on the
 batch without an ETL or a Spark cluster; no DAG can trigger itself. That run also carries the
 model gate's latency fail (impossible latency thresholds in its conf): the champion stays, the
-run fails with an alert. The gate's pass is tests/airflow/test_dags.py's reference run."""
+run fails with an alert. The gate's pass is the reference run of
+tests/airflow/browser/test_services_e2e.py."""
 
 from __future__ import annotations
 
@@ -400,9 +401,12 @@ def test_a_drift_event_starts_a_training_run_on_the_drifted_batch(
 
     report = run_report(done)
     assert {c["setup_task"] for c in report["clusters"]} == {"train.create_ray"}, report
+    # Released in this process (no triggerer) the moment its last job succeeded, as in make demo.
+    assert {c["setup_task"]: c["released_by"] for c in report["clusters"]} == {
+        "train.create_ray": "train.serve_latency"}, report["clusters"]
     assert LocalBackend(ephemeral_home).list_owned() == []
     # The gate's latency fail: measured, refused, the champion kept, the run failed with an
-    # alert (the registered_model event of a pass is checked by test_dags' reference run).
+    # alert (the registered_model event of a pass is checked by test_services_e2e's run).
     assert str(done.state) == "failed", states
     assert states["train.serve_latency"] == "success", states
     assert states["deploy.gate_failed"] == "failed", states
