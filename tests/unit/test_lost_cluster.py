@@ -221,7 +221,11 @@ def test_a_slow_but_healthy_dashboard_is_not_lost_until_the_ceiling(serve: Any,
     assert seconds >= FAST["ceiling"] >= 3 * FAST["grace"]
     assert seconds < FAST["ceiling"] + 1.5
     assert "ceiling" in str(err)
-    assert ("GCS is alive" if gcs == "alive" else "health check does not answer") in str(err)
+    # What the health check said, each grace and at the end (on a loaded host a 0.3 s check of
+    # a live GCS can time out once: that is no evidence either, and says so)
+    said = "GCS is alive" if gcs == "alive" else "health check does not answer"
+    assert any(said in text for text in [*warnings, str(err)])
+    assert "GCS is down" not in " ".join([*warnings, str(err)])
     unproven = [w for w in warnings if "not counted lost" in w]
     assert len(unproven) >= FAST["ceiling"] // FAST["grace"] - 1  # one each grace
     assert len(unproven) <= FAST["ceiling"] // FAST["grace"]
