@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ephemeral.backends.base import ClusterHandle, ClusterStatus, Phase
+from ephemeral.backends.base import ClusterHandle, ClusterStatus, HeadState, HeadView, Phase
 from ephemeral.backends.kubernetes.access import ClusterAccess
 from ephemeral.backends.kubernetes.client import (
     DEPLOYMENT,
@@ -38,6 +38,7 @@ RAY_NOT_READY = "RayCluster not ready"
 CONNECT_NOT_READY = "SparkConnect not ready"
 CONNECT_FAILED = "Failed"  # a state of the CRD's status (the 2.5 controller does not set it yet)
 SPARK_NOT_AVAILABLE = "not available yet"
+HEAD_LABEL = "ray.io/node-type"  # KubeRay's: head or worker
 
 
 def probe(client: KubeClient, handle: ClusterHandle, *,
@@ -161,6 +162,60 @@ def _probe_spark_connect(client: KubeClient, handle: ClusterHandle,
                                  message=f"the Connect server's UI {http.where('spark_ui')} "
                                          "lists no application yet")
     return ClusterStatus(phase=Phase.READY, nodes_ready=1, nodes_expected=1)
+
+
+def head_view(client: KubeClient, handle: ClusterHandle) -> HeadView:
+    """A Ray cluster's head as its objects show it (``ClusterBackend.head_view``). GONE: the
+    RayCluster is gone or being deleted, or no head pod runs the head the job was submitted
+    to (none left, Failed, being deleted, a Pending replacement, its Ray container exited or
+    waiting to restart: either way its GCS, and every job with it, is gone). NOT_READY: the
+    head pod runs but is not Ready (its readiness probe fails: maybe passing). RUNNING: a
+    head pod is Running and Ready, whatever an API-server proxy in front of it answers."""
+    if handle.engine != "ray":
+        return HeadView(state=HeadState.UNKNOWN, reason="only a Ray cluster's head is looked at")
+    cluster = client.get(RAYCLUSTER, handle.name)
+    if cluster is None or cluster["metadata"].get("deletionTimestamp"):
+        return HeadView(state=HeadState.GONE, reason=f"its RayCluster {handle.name} is "
+                        + ("gone" if cluster is None else "being deleted"))
+    pods = client.list_objects(POD, labels=f"{pod_selector(handle)},{HEAD_LABEL}=head")
+    if not pods:
+        return HeadView(state=HeadState.GONE, reason="it has no head pod (the one its job ran "
+                                                     "on was deleted)")
+    seen = [(_head_pod_state(p), p["metadata"]["name"]) for p in pods]
+    for want in (HeadState.RUNNING, HeadState.NOT_READY):
+        found = [(why, name) for (state, why), name in seen if state is want]
+        if found:
+            why, name = found[0]
+            return HeadView(state=want, reason=f"its head pod {name} {why}")
+    return HeadView(state=HeadState.GONE, reason="its head pod " + "; ".join(
+        f"{name} {why}" for (_, why), name in seen))
+
+
+def _head_pod_state(pod: dict[str, Any]) -> tuple[HeadState, str]:
+    """One head pod's state and a clause saying why."""
+    status = pod.get("status") or {}
+    phase = status.get("phase") or "Unknown"
+    if pod["metadata"].get("deletionTimestamp"):
+        return HeadState.GONE, "is being deleted"
+    if phase in ("Failed", "Succeeded"):
+        why = ": ".join(str(x) for x in (status.get("reason"), status.get("message")) if x)
+        return HeadState.GONE, f"is {phase}" + (f" ({why})" if why else "")
+    if phase == "Pending":  # a replacement: a job runs only on a head that has run
+        return HeadState.GONE, "is Pending (a replacement: the head its job ran on is gone)"
+    if phase != "Running":  # Unknown: its node stopped reporting
+        return HeadState.NOT_READY, f"is {phase} (its node does not report)"
+    containers = (pod.get("spec") or {}).get("containers") or [{}]
+    ray = containers[0].get("name")  # KubeRay's Ray container comes first
+    for cs in status.get("containerStatuses") or []:
+        state = cs.get("state") or {}
+        if cs.get("name") == ray and "running" not in state and state:
+            what, info = next(iter(state.items()))
+            reason = (info or {}).get("reason") or ""
+            return HeadState.GONE, (f"has its Ray container {ray} {what}"
+                                    + (f" ({reason})" if reason else ""))
+    if pod_ready(pod):
+        return HeadState.RUNNING, "is Running and Ready"
+    return HeadState.NOT_READY, "is Running but not Ready"
 
 
 def waits_on_api(status: ClusterStatus) -> bool:

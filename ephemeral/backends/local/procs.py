@@ -156,6 +156,18 @@ def find(nodes: Iterable[NodeProcess], uid: str | None) -> list[psutil.Process]:
     return found
 
 
+def session_names(node: NodeProcess, uid: str) -> set[str]:
+    """The names of the live processes in ``node``'s session (``gcs_server``, ``raylet``)."""
+    names: set[str] = set()
+    for p in find([node], uid):
+        try:
+            if os.getsid(p.pid) == node.sid:
+                names.add(p.name())
+        except (OSError, psutil.Error):
+            continue
+    return names
+
+
 def _has_uid(p: psutil.Process, uid: str) -> bool:
     try:
         return p.environ().get(UID_ENV) == uid
