@@ -8,7 +8,9 @@ Busy means any of:
   (``GET /json/``: ``activeapps``, ``activedrivers``); and an open Connect session other than
   the readiness probe's, or a Connect operation not yet finished, from the Connect server's own
   UI (Spark 4's REST API ``/api/v1/applications/<id>/connect/sessions`` and ``/operations``).
-  Where that UI cannot be reached (Kubernetes publishes no Service for it), the Connect server
+  In operator mode (a spark-operator SparkConnect: no master) that UI is the cluster's Spark UI
+  and those sessions and operations are all its work (spark-submit has nowhere to go); the
+  server's application start is when it became ready. Where that UI cannot be reached (Kubernetes publishes no Service for it), the Connect server
   counts as busy while it holds executors (its ``cores`` on the master): conservative, since
   with shuffle tracking it keeps executors that hold shuffle data until the driver cleans it
   (``spark.cleaner.periodicGC.interval``, 30 min), but it never takes a running query for idle;
@@ -110,26 +112,48 @@ def connect_ui(handle: ClusterHandle) -> str | None:
     return f"http://{url.hostname}:{url.port - CONNECT_GRPC + CONNECT_UI}"
 
 
-def connect_records(ui: str, headers: dict[str, str]
-                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The Connect server's sessions and operations (the readiness probes' excluded), from its
-    UI's REST API; raises LookupError when it does not answer."""
-    apps = get_json(f"{ui}/api/v1/applications", timeout=CONNECT_TIMEOUT, headers=headers)
-    if not isinstance(apps, list) or not apps:
+Records = list[dict[str, Any]]
+
+
+def connect_server(ui: str, headers: dict[str, str], *, verify: bool | str = True
+                   ) -> tuple[dict[str, Any], Records, Records]:
+    """The Connect server's application, sessions and operations (the readiness probes'
+    excluded), from its UI's REST API; raises LookupError when it does not answer."""
+    apps = get_json(f"{ui}/api/v1/applications", timeout=CONNECT_TIMEOUT, headers=headers,
+                    verify=verify)
+    if not isinstance(apps, list) or not apps or not isinstance(apps[0], dict) \
+            or not apps[0].get("id"):
         raise LookupError(f"the Spark Connect UI at {ui} did not answer")
     base = f"{ui}/api/v1/applications/{apps[0]['id']}/connect"
-    sessions = get_json(f"{base}/sessions", timeout=CONNECT_TIMEOUT, headers=headers)
-    operations = get_json(f"{base}/operations", timeout=CONNECT_TIMEOUT, headers=headers)
+    sessions = get_json(f"{base}/sessions", timeout=CONNECT_TIMEOUT, headers=headers,
+                        verify=verify)
+    operations = get_json(f"{base}/operations", timeout=CONNECT_TIMEOUT, headers=headers,
+                          verify=verify)
     if not isinstance(sessions, list) or not isinstance(operations, list):
         raise LookupError(f"the Spark Connect UI at {ui} did not list sessions")
-    return ([s for s in sessions if isinstance(s, dict) and s.get("userId") != PROBE_USER],
+    return (apps[0],
+            [s for s in sessions if isinstance(s, dict) and s.get("userId") != PROBE_USER],
             [o for o in operations if isinstance(o, dict) and o.get("userId") != PROBE_USER])
 
 
-def _connect_sessions(ui: str, headers: dict[str, str]) -> tuple[list[str], datetime | None]:
-    """(open sessions and unfinished operations, when the last of them ended); raises
-    LookupError when the Connect UI does not answer."""
-    sessions, operations = connect_records(ui, headers)
+def connect_records(ui: str, headers: dict[str, str], *, verify: bool | str = True
+                    ) -> tuple[Records, Records]:
+    """The Connect server's sessions and operations (``connect_server``)."""
+    _, sessions, operations = connect_server(ui, headers, verify=verify)
+    return sessions, operations
+
+
+def _app_start(app: dict[str, Any]) -> datetime | None:
+    """When a Spark UI's application started (its first attempt's ``startTimeEpoch``)."""
+    attempts = [a for a in app.get("attempts") or [] if isinstance(a, dict)]
+    return _ms(attempts[0].get("startTimeEpoch")) if attempts else None
+
+
+def _connect_sessions(ui: str, headers: dict[str, str], verify: bool | str = True
+                      ) -> tuple[list[str], datetime | None, datetime | None]:
+    """(open sessions and unfinished operations, when the last of them ended, when the server
+    started); raises LookupError when the Connect UI does not answer."""
+    app, sessions, operations = connect_server(ui, headers, verify=verify)
     active = [f"Connect session {s.get('sessionId')}" for s in sessions
               if not s.get("finishTimestamp")]
     active += [f"Connect operation {o.get('operationId')} {o.get('state')}" for o in operations
@@ -137,13 +161,31 @@ def _connect_sessions(ui: str, headers: dict[str, str]) -> tuple[list[str], date
     last_end = _latest(*(_ms(s.get("finishTimestamp")) for s in sessions),
                        *(_ms(o.get("closeTimestamp")) or _ms(o.get("finishTimestamp"))
                          for o in operations))
-    return active, last_end
+    return active, last_end, _app_start(app)
+
+
+def operator_activity(access: Access) -> Activity:
+    """Operator mode: busy while the Connect server, whose UI is the cluster's Spark UI, has a
+    session open or an operation running. Its executors are no sign of work: it releases them
+    30 s after their last task."""
+    assert access.spark_ui is not None
+    try:
+        busy, last_end, started = _connect_sessions(access.spark_ui, dict(access.headers),
+                                                    access.verify)
+    except LookupError as err:
+        return Activity(None, str(err))
+    return Activity(bool(busy), _what(busy), last_end, started, busy)
 
 
 def spark_activity(access: Access, handle: ClusterHandle) -> Activity:
     """Busy while an application (other than the Connect server) runs on the master, or
     Connect runs work or has a session open."""
-    master = get_json(f"{access.spark_ui}/json/", timeout=TIMEOUT, headers=access.headers)
+    from ephemeral.backends.kubernetes.render.spark_operator import is_operator
+
+    if is_operator(handle):
+        return operator_activity(access)
+    master = get_json(f"{access.spark_ui}/json/", timeout=TIMEOUT, headers=access.headers,
+                      verify=access.verify)
     if not isinstance(master, dict):
         return Activity(None, "the Spark master UI did not answer")
     connect_names = {f"{handle.name}-connect", "ephemeral-connect"} \
@@ -162,7 +204,7 @@ def spark_activity(access: Access, handle: ClusterHandle) -> Activity:
     ui = connect_ui(handle)
     if ui is not None:
         try:
-            sessions, connect_end = _connect_sessions(ui, dict(access.headers))
+            sessions, connect_end, _ = _connect_sessions(ui, dict(access.headers))
         except LookupError as err:
             return Activity(None, str(err))
         busy += sessions

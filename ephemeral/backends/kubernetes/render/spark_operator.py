@@ -13,6 +13,9 @@ pods (``service_account``, the chart's ``<release>-spark``) and its token.
 Differences from standalone mode: there is no master (no ``spark://`` endpoint: spark-submit to
 the cluster is refused), ``workers.replicas`` is the most executors at once (created when work
 comes, released after 30 s idle), and the Spark UI is the Connect server's own (port 4040).
+A spec's ``master`` has nothing to size or place here (the SparkConnect CRD has a server and
+executors only): ``unhonoured`` refuses it, at spec validation when the spec chooses this mode
+and at render when the deployment does.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from ephemeral.backends.kubernetes.render.common import (
 from ephemeral.backends.kubernetes.render.network import Clients, policies
 from ephemeral.backends.kubernetes.render.spark import CONNECT_PORT
 from ephemeral.errors import SpecError
-from ephemeral.specs.models import SparkSpec
+from ephemeral.specs.models import SparkMaster, SparkSpec
 from ephemeral.specs.quantities import memory_bytes
 from ephemeral.specs.resolve import ResolvedSpec
 
@@ -77,6 +80,28 @@ def is_operator(handle: ClusterHandle) -> bool:
     """Whether ``handle`` is a SparkConnect cluster: the only Spark clusters without a master."""
     return handle.engine == "spark" and handle.endpoints.spark_master is None \
         and handle.endpoints.spark_connect is not None
+
+
+def unhonoured(s: SparkSpec) -> list[tuple[str, str]]:
+    """(field, why and fix) for each field of ``s`` operator mode cannot honour: the one rule,
+    used by the spec model (``kubernetesMode: operator``), the renderer (the deployment's mode)
+    and the CLI's notes. The SparkConnect CRD has a server and executors, no standalone master,
+    so every ``master`` field other than its default is refused; one at its default asks for
+    nothing a spec without it does not (``spark/etl`` writes them out, and runs in either
+    mode)."""
+    default = SparkMaster()
+    m = s.master
+    changed = [name for name, differs in (
+        ("cpu", m.cpu != default.cpu),
+        ("memory", memory_bytes(m.memory) != memory_bytes(default.memory)),
+        ("nodeSelector", bool(m.node_selector)),
+        ("tolerations", bool(m.tolerations))) if differs]
+    where = {"cpu": "sized by connect.cpu", "memory": "sized by connect.memory",
+             "nodeSelector": "placed by connect.nodeSelector",
+             "tolerations": "placed by connect.tolerations"}
+    return [(f"master.{name}", "operator mode (a SparkConnect) has no standalone master: its "
+             f"Connect server is the driver, {where[name]}, and executors by workers.*; remove "
+             f"master.{name}, or use kubernetesMode: standalone") for name in changed]
 
 
 def _gpu_vendor(spec: ResolvedSpec, resource: str) -> str:
@@ -180,6 +205,8 @@ def render_spark_connect(spec: ResolvedSpec, handle: ClusterHandle, cluster_doma
         raise SpecError(spec.source, [("connect.enabled", "operator mode runs a Spark Connect "
                                        "server (a SparkConnect): enable connect, or use "
                                        "kubernetesMode: standalone for a cluster without it")])
+    if problems := unhonoured(s):
+        raise SpecError(spec.source, problems)
     eps = endpoints(handle, cluster_domain)
     primary_handle = handle.model_copy(update={"endpoints": eps})
     conn: Manifest = {

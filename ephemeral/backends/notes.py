@@ -1,0 +1,101 @@
+"""What a backend does with a spec other than its fields say, in one place: ``specs show``,
+``up`` and ``render`` print these notes (a ``notes`` field with ``--json``), so no field is a
+silent no-op. What a backend cannot honour at all is refused instead (``refusals``: Spark's
+operator mode has no master, ``render.spark_operator.unhonoured``).
+
+The local backend (and the in-memory test double) runs every node as a process on this host:
+no autoscaling, no placement, no CPU limits for the Spark master and Connect server. Kubernetes
+runs a Spark spec standalone or, in operator mode, as a SparkConnect whose executors come and
+go with the work.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ephemeral.specs.models import Placement, RaySpec, SparkSpec
+
+if TYPE_CHECKING:
+    from ephemeral.specs.resolve import ResolvedSpec
+
+KUBERNETES = "kubernetes"
+
+
+def spark_operator_mode(spec: ResolvedSpec, backend: str, default_spark_mode: str) -> bool:
+    """Whether ``spec`` runs as a SparkConnect on ``backend``: on Kubernetes, by its own
+    ``kubernetesMode`` or else the deployment's (``default_spark_mode``)."""
+    s = spec.spec
+    return backend == KUBERNETES and isinstance(s, SparkSpec) and \
+        (s.kubernetes_mode or default_spark_mode) == "operator"
+
+
+def refusals(spec: ResolvedSpec, backend: str, *,
+             default_spark_mode: str = "standalone") -> list[tuple[str, str]]:
+    """(field, why and fix) of what ``backend`` cannot honour; the renderer raises the same."""
+    from ephemeral.backends.kubernetes.render.spark_operator import unhonoured
+
+    s = spec.spec
+    if isinstance(s, SparkSpec) and spark_operator_mode(spec, backend, default_spark_mode):
+        return unhonoured(s)
+    return []
+
+
+def backend_notes(spec: ResolvedSpec, backend: str, *,
+                  default_spark_mode: str = "standalone") -> list[str]:
+    """What ``backend`` does differently from what the spec's fields say elsewhere."""
+    if backend == KUBERNETES:
+        return _kubernetes(spec, default_spark_mode)
+    return _processes(spec, backend)
+
+
+def _placed(path: str, p: Placement) -> list[str]:
+    return [f"{path}.{name}" for name, given in
+            (("nodeSelector", p.node_selector), ("tolerations", p.tolerations)) if given]
+
+
+def _processes(spec: ResolvedSpec, backend: str) -> list[str]:
+    s = spec.spec
+    notes: list[str] = []
+    if isinstance(s, RaySpec):
+        notes += [f"worker group {g.name!r}: minReplicas {g.min} != maxReplicas {g.max}, but "
+                  f"the {backend} backend does not autoscale: it starts replicas ({g.replicas}) "
+                  "nodes and keeps them (on Kubernetes, KubeRay's autoscaler scales between "
+                  "the two)" for g in s.worker_groups if g.min != g.max]
+        placed = _placed("head", s.head)
+        for g in s.worker_groups:
+            placed += _placed(f"workerGroups[{g.name}]", g)
+    else:
+        defaults = {"master": type(s.master)().cpu}
+        if s.connect is not None:
+            defaults["connect"] = type(s.connect)().cpu
+        unlimited = [f"{name}.cpu" for name, default in defaults.items()
+                     if getattr(s, name).cpu != default]
+        if unlimited:
+            notes.append(f"{', '.join(unlimited)}: the {backend} backend does not limit the "
+                         "CPUs of the Spark master and Connect server, processes on this host "
+                         "(their memory applies; on Kubernetes, their pods' CPU requests)")
+        if s.kubernetes_mode == "operator":
+            notes.append(f"kubernetesMode operator: the {backend} backend runs Spark "
+                         "standalone, a master and workers.replicas workers from start to "
+                         "teardown (on Kubernetes, a SparkConnect)")
+        placed = _placed("master", s.master) + _placed("workers", s.workers)
+        if s.connect is not None:
+            placed += _placed("connect", s.connect)
+    if placed:
+        notes.append(f"{', '.join(placed)}: the {backend} backend runs every node on this "
+                     "host (placement applies on Kubernetes)")
+    return notes
+
+
+def _kubernetes(spec: ResolvedSpec, default_spark_mode: str) -> list[str]:
+    from ephemeral.backends.kubernetes.render.spark_operator import EXECUTOR_IDLE
+
+    s = spec.spec
+    if not isinstance(s, SparkSpec) or not spark_operator_mode(spec, KUBERNETES,
+                                                                default_spark_mode):
+        return []
+    chosen = "kubernetesMode" if s.kubernetes_mode else "the deployment's EPHEMERAL_K8S_SPARK_MODE"
+    return [f"operator mode ({chosen}): a SparkConnect, no master; executors are pods its "
+            f"Connect server makes while work runs, at most workers.replicas "
+            f"({s.workers.replicas}), released {EXECUTOR_IDLE} after their last task (the run "
+            "report counts them all: an upper bound); spark-submit has no master to go to"]

@@ -1,0 +1,93 @@
+"""What a backend does with a spec other than its fields say, from one place
+(``ephemeral.backends.notes``), shown by ``specs show``, ``up`` and ``render``; and what it
+cannot honour at all, refused by the same rule the renderer applies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ephemeral.backends.notes import backend_notes, refusals
+from ephemeral.cli import main
+from ephemeral.specs import resolve
+
+SPARK = """\
+kind: SparkCluster
+name: notes
+version: 1
+sparkVersion: "4.3.0"
+image: apache/spark:4.3.0-python3
+master: {cpu: 2, memory: 2Gi, nodeSelector: {pool: masters}}
+workers: {replicas: 2, cores: 1, memory: 2Gi}
+connect: {enabled: true, cpu: 3, memory: 2Gi}
+"""
+
+
+def _spec(tmp_path: Path, text: str = SPARK) -> str:
+    path = tmp_path / "notes.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_local_says_what_it_does_not_honour_of_a_spark_spec(tmp_path: Path) -> None:
+    notes = backend_notes(resolve(_spec(tmp_path)), "local")
+    cpu = [n for n in notes if n.startswith("master.cpu, connect.cpu:")]
+    assert cpu
+    assert "does not limit the CPUs" in cpu[0]
+    placed = [n for n in notes if n.startswith("master.nodeSelector:")]
+    assert placed
+    assert "placement applies on Kubernetes" in placed[0]
+    assert backend_notes(resolve("spark/etl"), "local") == []  # defaults: nothing to say
+
+
+def test_local_says_it_runs_an_operator_mode_spec_standalone(tmp_path: Path) -> None:
+    text = SPARK.replace("master: {cpu: 2, memory: 2Gi, nodeSelector: {pool: masters}}\n", "") \
+        + "kubernetesMode: operator\n"
+    [note, *_] = [n for n in backend_notes(resolve(_spec(tmp_path, text)), "local")
+                  if n.startswith("kubernetesMode")]
+    assert "runs Spark standalone" in note
+
+
+def test_ray_autoscaling_and_placement_on_local() -> None:
+    notes = backend_notes(resolve("ray/train-gpu"), "local")
+    assert any("does not autoscale" in n for n in notes)
+    assert any(n.startswith("workerGroups[gpu].nodeSelector") for n in notes)
+    assert backend_notes(resolve("ray/train-gpu"), "kubernetes") == []
+
+
+def test_kubernetes_notes_operator_mode_and_refuses_a_master(tmp_path: Path) -> None:
+    spec = resolve(_spec(tmp_path))
+    assert backend_notes(spec, "kubernetes") == []  # standalone: every field holds
+    assert refusals(spec, "kubernetes") == []
+    assert refusals(spec, "local", default_spark_mode="operator") == []
+    assert [f for f, _ in refusals(spec, "kubernetes", default_spark_mode="operator")] == [
+        "master.cpu", "master.memory", "master.nodeSelector"]
+    [note] = backend_notes(resolve("spark/etl"), "kubernetes", default_spark_mode="operator")
+    assert note.startswith("operator mode (the deployment's EPHEMERAL_K8S_SPARK_MODE)")
+    assert "at most workers.replicas (2)" in note
+    assert "no master" in note
+
+
+def test_the_cli_shows_them_and_refuses_in_one_place(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _spec(tmp_path)
+    run = CliRunner().invoke(main.app, ["specs", "show", path, "--json", "--backend", "local"])
+    assert run.exit_code == 0, run.output
+    assert any(n.startswith("master.cpu, connect.cpu:") for n in json.loads(run.stdout)["notes"])
+    # render: Kubernetes standalone (the spec chooses no mode) honours them all.
+    run = CliRunner().invoke(main.app, ["render", path, "--json"])
+    assert run.exit_code == 0, run.output
+    assert json.loads(run.stdout)["notes"] == []
+    # A deployment in operator mode: show refuses it as its create would.
+    monkeypatch.setenv("EPHEMERAL_K8S_SPARK_MODE", "operator")
+    run = CliRunner().invoke(main.app, ["specs", "show", path, "--json", "--backend",
+                                        "kubernetes"])
+    assert run.exit_code == 2, run.output
+    assert "master.nodeSelector: operator mode" in json.loads(run.stdout)["message"]
+    run = CliRunner().invoke(main.app, ["specs", "show", "spark/etl", "--json", "--backend",
+                                        "kubernetes"])
+    assert run.exit_code == 0, run.output
+    assert json.loads(run.stdout)["notes"][0].startswith("operator mode")
