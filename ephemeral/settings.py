@@ -132,6 +132,10 @@ class Settings:
     adhoc_max_gpus: int | None = None
     """Raises the trigger form's cap on GPUs per worker above a spec's
     (``$EPHEMERAL_ADHOC_MAX_GPUS``)."""
+    allow_arbitrary_entrypoints: bool = False
+    """The trigger form may run any entrypoint, not only a script of ``jobs_dir``
+    (``$EPHEMERAL_ALLOW_ARBITRARY_ENTRYPOINTS``, or Airflow's ``[ephemeral]
+    allow_arbitrary_entrypoints``)."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -150,6 +154,7 @@ class Settings:
             pip_allow=setting("pip_allow"),
             adhoc_max_workers=count("adhoc_max_workers"),
             adhoc_max_gpus=count("adhoc_max_gpus"),
+            allow_arbitrary_entrypoints=flag("allow_arbitrary_entrypoints"),
         )
 
 
@@ -187,6 +192,19 @@ def count(key: str, env: Mapping[str, str] | None = None) -> int | None:
         raise SpecError(found.source, [(found.source, f"{found.value!r} is not a whole number "
                                                       "of 0 or more")])
     return int(found.value)
+
+
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+
+
+def flag(key: str, env: Mapping[str, str] | None = None) -> bool:
+    """Setting ``key`` as true or false (unset: its declared default, else false); any other
+    value fails naming its source, rather than quietly meaning one of them."""
+    found = lookup(key, env)
+    text = (found.value or "false").strip().lower()
+    if text not in _TRUE | _FALSE:
+        raise SpecError(found.source, [(found.source, f"{found.value!r} is not true or false")])
+    return text in _TRUE
 
 
 def number(key: str, env: Mapping[str, str] | None = None) -> float | None:

@@ -11,6 +11,7 @@ reads) over HTTP; its proxy answers kube-apiserver's Status when told to (``fail
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -21,8 +22,10 @@ from typing import Any
 import pytest
 import yaml
 
+from ephemeral.airflow.triggers import RayJobTrigger
 from ephemeral.backends.base import ClusterHandle, HeadState
 from ephemeral.backends.kubernetes import KubeConfig, KubernetesBackend
+from ephemeral.jobs import ray_jobs
 from ephemeral.jobs.ray_jobs import ClusterLost, HeadEvidence, JobWatch, ray_jobs_for
 from ephemeral.jobs.results import JobStatus
 from tests.kubernetes.apiserver import ApiServer, Operator
@@ -280,3 +283,48 @@ def test_head_view_of_a_ready_cluster_and_of_a_spark_one(backend: KubernetesBack
     assert view.reason.endswith("is Running and Ready")
     spark = running.model_copy(update={"engine": "spark"})
     assert backend.head_view(spark).state is HeadState.UNKNOWN
+
+
+@pytest.fixture
+def triggerer_settings(monkeypatch: pytest.MonkeyPatch, kubeconfig_file: Path) -> None:
+    """What the triggerer knows: the deployment's settings (the proxy), not the test's
+    backend object; and the rule at test speed."""
+    for key, value in {"KUBECONFIG": str(kubeconfig_file), "K8S_NAMESPACE": NAMESPACE,
+                       "K8S_ENDPOINT_MODE": "proxy"}.items():
+        monkeypatch.setenv(f"EPHEMERAL_{key}", value)
+    monkeypatch.setattr(ray_jobs, "LOST_GRACE", FAST["grace"])
+    monkeypatch.setattr(ray_jobs, "READ_TIMEOUT", FAST["read_timeout"])
+
+
+@pytest.mark.usefixtures("triggerer_settings", "ephemeral_home")
+def test_the_trigger_fails_a_dead_head_behind_the_proxy_within_the_grace(
+        apiserver: ApiServer, running: ClusterHandle) -> None:
+    """The deferred wait: the triggerer's own backend (from the settings) gives the head's
+    evidence, as ``ray_jobs_for`` attaches it; the ERROR event names it."""
+    trigger = RayJobTrigger(handle=running.model_dump(mode="json"), backend="kubernetes",
+                            job_id=JOB, poll_interval=0.05)
+
+    async def first() -> dict[str, Any]:
+        async for event in trigger.run():
+            return dict(event.payload)
+        raise AssertionError("the trigger ended without an event")
+
+    async def main() -> tuple[dict[str, Any], float]:
+        waiting = asyncio.create_task(first())
+        read = f"/proxy/api/jobs/{JOB}"
+        deadline = time.monotonic() + 20  # its first import of Ray's SDK takes seconds
+        while not any(read in path for _, path, *_ in apiserver.calls):  # it read RUNNING
+            assert time.monotonic() < deadline, "the job was not read"
+            assert not waiting.done(), waiting.result()
+            await asyncio.sleep(0.05)
+        _delete_pod(apiserver, head_pod(apiserver, running))
+        no_endpoints(apiserver, running)
+        started = time.monotonic()
+        event = await asyncio.wait_for(waiting, timeout=30)
+        return event, time.monotonic() - started
+
+    event, seconds = asyncio.run(main())
+    assert event["status"] == "ERROR"
+    assert f"cluster {running.name} is lost" in event["message"]
+    assert "it has no head pod" in event["message"]
+    assert FAST["grace"] <= seconds < FAST["grace"] + 2.0
