@@ -2,7 +2,7 @@
 
 Pick a cluster spec, right-size it (workers, GPUs per worker) within what the spec allows, name
 the entrypoint (a script in the jobs folder unless the deployment sets
-EPHEMERAL_ALLOW_ARBITRARY_ENTRYPOINTS=true), extra pip packages and a timeout. The form refuses
+EPHEMERAL_ALLOW_ARBITRARY_ENTRYPOINTS=true or [ephemeral] allow_arbitrary_entrypoints = true), extra pip packages and a timeout. The form refuses
 values outside its schema; the first task refuses the rest (ephemeral.adhoc: an unknown script,
 a pip option or URL, a size above the spec's, GPUs on the CPU-only profile, a timeout longer than
 the cluster's lifetime) naming the field, before anything is created. The cluster is deleted
@@ -15,7 +15,6 @@ field allows (EPHEMERAL_PIP_ALLOW narrows it) runs its code on every node of the
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -105,8 +104,10 @@ with DAG(
     def validate_request(params: Any = None) -> dict[str, Any]:
         """Refuse what the form's schema cannot, naming the field; nothing exists yet."""
         from ephemeral.adhoc import validate_request as check
+        from ephemeral.settings import get_settings
 
-        allow_any = os.environ.get("EPHEMERAL_ALLOW_ARBITRARY_ENTRYPOINTS", "").lower() == "true"
+        # A declared setting: $EPHEMERAL_ALLOW_ARBITRARY_ENTRYPOINTS or [ephemeral] in airflow.cfg.
+        allow_any = get_settings().allow_arbitrary_entrypoints
         return check(dict(params or {}), allow_any_entrypoint=allow_any)
 
     request = validate_request()

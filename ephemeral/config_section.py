@@ -97,6 +97,10 @@ OPTIONS: tuple[Option, ...] = (
     # Trigger form
     Option("jobs_dir", "Job scripts the trigger form may run. Unset: ``jobs/`` of a checkout, "
            "else of the working directory.", example="/opt/airflow/jobs", group=_F),
+    Option("allow_arbitrary_entrypoints", "Lets the trigger form run any entrypoint, not only "
+           "``python <script in jobs_dir> [args]``: anyone who may trigger ``ray_job_adhoc`` "
+           "then runs any command on the cluster.", type="boolean", default="false",
+           example="true", group=_F),
     Option("pip_allow", "Packages the trigger form may install: ``name,name`` or the path of a "
            "file with one name a line. Unset: any plain requirement. Every allowed package runs "
            "its code on every node of the cluster.", example="pandas,scikit-learn", group=_F),
