@@ -141,9 +141,8 @@ def _api_status(resp: requests.Response) -> str | None:
 def _no_endpoints(resp: requests.Response) -> bool:
     """kube-apiserver's proxy found no ready address behind the Service (ResourceLocation's
     ``NewServiceUnavailable("no endpoints available for service %q")``)."""
-    message = _api_status(resp)
-    return resp.status_code == 503 and bool(message) and \
-        str(message).startswith("no endpoints available for service")
+    return resp.status_code == 503 and (_api_status(resp) or "").startswith(
+        "no endpoints available for service")
 
 
 def _transport_errors(*, runtime: bool = False) -> tuple[type[Exception], ...]:
