@@ -103,6 +103,22 @@ def delete_after_failure(backend: ClusterBackend, handle: ClusterHandle,
     return True
 
 
+def delete_killed(backend: ClusterBackend, handle: ClusterHandle, by: str) -> None:
+    """A setup killed while it waits (in the worker or deferred): the cluster goes, whatever
+    ``on_failure`` says, and is then recorded in its run's report, as a failed setup's is (no
+    teardown runs for it). The deletion's error, if any, is raised after the record."""
+    started, deleted = time.time(), None
+    try:
+        backend.delete(handle, wait=True)
+        deleted = time.time()
+    finally:
+        from ephemeral.report.deletions import record_deleted
+
+        record_deleted(handle, by=f"{by} (killed)", started=started, deleted=deleted, jobs=[],
+                       release=False, deletion="complete" if deleted else
+                       "failed after the setup was killed: the reaper deletes it")
+
+
 def teardown(
     backend: ClusterBackend, target: ClusterHandle | ClusterIdentity | str
 ) -> float:

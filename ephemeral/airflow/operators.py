@@ -39,7 +39,13 @@ from ephemeral.backends.readiness import Readiness
 from ephemeral.errors import EphemeralError, JobSubmissionFailed, SpecError
 from ephemeral.jobs.ray_jobs import RayJobs, ray_jobs_for
 from ephemeral.jobs.results import JobResult, JobStatus, tail
-from ephemeral.lifecycle import adopted, asking, delete_after_failure, deleting_on_failure
+from ephemeral.lifecycle import (
+    adopted,
+    asking,
+    delete_after_failure,
+    delete_killed,
+    deleting_on_failure,
+)
 from ephemeral.specs.identity import current_instance
 
 DAGRUN_TIMEOUT_WARNING = (
@@ -320,20 +326,7 @@ class CreateClusterOperator(BaseOperator):
         if self._created is not None and not self._cleaning:
             self._cleaning = True
             h = self._created
-            started = time.time()
-            deleted: float | None = None
-            try:
-                task_backend(h.backend, h.connection).delete(h, wait=True)
-                deleted = time.time()
-            finally:
-                # Deleted first, then recorded: the cluster's life and cost in its run's
-                # report, as a failed setup's (no teardown runs for it). Never raises.
-                from ephemeral.report.deletions import record_deleted
-
-                record_deleted(h, by=f"{self.task_id} (killed)", started=started,
-                               deleted=deleted, jobs=[], release=False,
-                               deletion="complete" if deleted else
-                               "failed after the setup was killed: the reaper deletes it")
+            delete_killed(task_backend(h.backend, h.connection), h, self.task_id)
 
 
 @contextlib.contextmanager

@@ -94,9 +94,13 @@ class ClusterReadyTrigger(BaseTrigger):
     async def on_kill(self) -> None:
         name = self.handle.get("name")
         self.log.warning("setup of %s was killed while waiting: deleting the cluster", name)
+        from ephemeral.lifecycle import delete_killed
+        from ephemeral.specs.identity import PREFIX
+
         backend = await asyncio.to_thread(self._backend)
         handle = ClusterHandle.model_validate(self.handle)
-        await asyncio.to_thread(backend.delete, handle, wait=True)
+        setup = handle.annotations.get(PREFIX + "task-id") or "setup"
+        await asyncio.to_thread(delete_killed, backend, handle, setup)
 
 
 class RayJobTrigger(BaseTrigger):

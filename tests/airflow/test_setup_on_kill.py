@@ -86,3 +86,28 @@ def test_a_deletion_that_leaves_something_is_recorded_as_such_and_raises(
     [cluster] = report["clusters"]
     assert cluster["deleted"] is None
     assert cluster["deletion"] == "failed after the setup was killed: the reaper deletes it"
+
+
+def test_a_setup_killed_while_deferred_records_its_cluster_too(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trigger's on_kill (the task marked failed while it waits in the triggerer) deletes
+    and records through the same rule as the worker's."""
+    import asyncio
+
+    import ephemeral.airflow.triggers as triggers
+    from ephemeral.report import load_report
+
+    backend = Stuck()
+    handle = backend.create(resolve("ray/adhoc-cpu", "ci-cpu"), identity=ClusterIdentity(
+        spec_name="adhoc-cpu", dag_id="d", run_id="r2", task_id="create"))
+    monkeypatch.setattr(triggers, "refuse_across_processes", lambda *a: None)  # one process
+    monkeypatch.setattr(triggers, "task_backend", lambda name, conn=None: backend)
+    trigger = triggers.ClusterReadyTrigger(backend=backend.name,
+                                           handle=handle.model_dump(mode="json"))
+    asyncio.run(trigger.on_kill())
+    assert backend.list_owned() == []
+    report = load_report("d", "r2")
+    assert report is not None
+    [cluster] = report["clusters"]
+    assert (cluster["name"], cluster["released_by"], cluster["deletion"]) == (
+        handle.name, "create (killed)", "complete")
