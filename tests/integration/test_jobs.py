@@ -6,7 +6,6 @@ from __future__ import annotations
 import glob
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,8 +18,6 @@ from ephemeral.jobs import JobStatus
 from ephemeral.jobs.ray_jobs import RayJobs, ray_jobs_for
 from ephemeral.jobs.results import submission_id
 from ephemeral.jobs.spark_jobs import connect_session, spark_auth_for, spark_submit
-from ephemeral.lifecycle import provision
-from tests.conftest import engine_pids, manual, other_clusters_pids, small
 
 pytestmark = pytest.mark.local
 JOBS = Path(__file__).resolve().parents[2] / "jobs"
@@ -31,19 +28,6 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("jobs-home")
 
 
-def _cluster(home: Path, ref: str, name: str) -> Iterator[tuple[LocalBackend, ClusterHandle]]:
-    backend = LocalBackend(home)
-    before = engine_pids()
-    spec = small(ref)
-    try:
-        yield backend, provision(backend, spec, manual(spec, name), timeout=240).handle
-    finally:
-        for h in backend.list_owned():
-            backend.delete(h, wait=True)
-        leaked = engine_pids() - before - other_clusters_pids(home)
-        assert not leaked, f"processes left behind: {sorted(leaked)}"
-
-
 @pytest.fixture(scope="module")
 def ray_cluster(train_ray: tuple[LocalBackend, ClusterHandle]
                 ) -> tuple[LocalBackend, ClusterHandle]:
@@ -52,8 +36,10 @@ def ray_cluster(train_ray: tuple[LocalBackend, ClusterHandle]
 
 
 @pytest.fixture(scope="module")
-def spark_cluster(home: Path) -> Iterator[tuple[LocalBackend, ClusterHandle]]:
-    yield from _cluster(home, "spark/etl", "jobs-spark")
+def spark_cluster(etl_spark: tuple[LocalBackend, ClusterHandle]
+                  ) -> tuple[LocalBackend, ClusterHandle]:
+    """The package's shared spark/etl cluster (tests/integration/conftest.py)."""
+    return etl_spark
 
 
 @pytest.fixture
@@ -235,13 +221,13 @@ def test_spark_connect_session(spark_cluster: tuple[LocalBackend, ClusterHandle]
 
 
 def test_the_spark_connect_decorator_hands_a_session_to_task_code(
-    spark_cluster: tuple[LocalBackend, ClusterHandle], home: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    spark_cluster: tuple[LocalBackend, ClusterHandle], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from ephemeral.airflow.spark import spark_connect
 
-    _, handle = spark_cluster
-    monkeypatch.setenv("EPHEMERAL_HOME", str(home))  # where the task's backend finds the token
+    backend, handle = spark_cluster
+    # Where the task's backend finds the token: the shared cluster's home.
+    monkeypatch.setenv("EPHEMERAL_HOME", str(backend.home))
 
     @spark_connect
     def count_even(spark: object, cluster: dict, upto: int) -> int:  # type: ignore[type-arg]

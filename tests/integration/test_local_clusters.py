@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from ephemeral.backends.base import ClusterHandle
 from ephemeral.backends.local import LocalBackend, ray_nodes
 from ephemeral.backends.local import secrets as cluster_secrets
 from ephemeral.backends.local.backend import load
@@ -20,6 +21,7 @@ from ephemeral.errors import ClusterFailed
 from ephemeral.jobs.spark_jobs import CONNECT_MODE_VARS
 from ephemeral.lifecycle import provision
 from tests.conftest import manual, small
+from tests.integration.conftest import no_process_in, sessions_alive
 
 pytestmark = pytest.mark.local
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -36,29 +38,13 @@ def run_script(*args: str, env: dict[str, str] | None = None, timeout: float = 2
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def sessions_alive(backend: LocalBackend, name: str) -> list[int]:
-    state = load(backend.home / "clusters" / name)
-    assert state is not None
-    return [n.sid for n in state.nodes]
-
-
-def no_process_in(sids: list[int]) -> bool:
-    for p in psutil.process_iter(["pid", "status"]):
-        if p.info["status"] == psutil.STATUS_ZOMBIE:
-            continue
-        try:
-            if os.getsid(p.info["pid"]) in sids:
-                return False
-        except OSError:
-            continue
-    return True
-
-
-def test_ray_head_and_two_workers_on_distinct_ips(local_backend: LocalBackend) -> None:
-    spec = small("ray/train-gpu")  # ci-cpu: head + 2 one-CPU workers, no GPUs
-    result = provision(local_backend, spec, manual(spec, "ray-three"), timeout=180)
-    handle = result.handle
-    assert result.status.nodes_ready == 3
+def test_ray_head_and_two_workers_on_distinct_ips(
+        train_ray: tuple[LocalBackend, ClusterHandle]) -> None:
+    """On the package's shared ray/train-gpu cluster (ci-cpu: head + 2 one-CPU workers, no
+    GPUs); its deletion is checked when the package's last test is done (conftest.py): no
+    process in its nodes' sessions, its folder gone."""
+    local_backend, handle = train_ray
+    assert local_backend.probe(handle).nodes_ready == 3
     plan = local_backend.node_plan(handle.name)
     expected_ips = sorted(n.ip for n in plan)
     assert len(set(expected_ips)) == 3
@@ -70,29 +56,25 @@ def test_ray_head_and_two_workers_on_distinct_ips(local_backend: LocalBackend) -
                      env=ray_nodes.auth_env(token_file))
     assert out["nodes"] == expected_ips
     assert out["ran_on"] == expected_ips  # a task really ran on each of the three nodes
-
-    sids = sessions_alive(local_backend, handle.name)
     assert local_backend.pids(handle.name)
-    local_backend.delete(handle, wait=True)
-    assert local_backend.pids(handle.name) == []
-    assert no_process_in(sids)
-    assert not (local_backend.home / "clusters" / handle.name).exists()
 
 
-def test_spark_master_two_workers_and_connect(local_backend: LocalBackend) -> None:
-    spec = small("spark/etl")
-    result = provision(local_backend, spec, manual(spec, "spark-etl"), timeout=240)
-    ep = result.handle.endpoints
+def test_spark_master_two_workers_and_connect(
+        etl_spark: tuple[LocalBackend, ClusterHandle]) -> None:
+    """On the package's shared spark/etl cluster; its deletion is checked when the package's
+    last test is done (conftest.py): no process in its nodes' sessions, its folder gone."""
+    local_backend, handle = etl_spark
+    ep = handle.endpoints
     assert ep.spark_master
     assert ep.spark_master.startswith("spark://127.0.")
     assert ep.spark_connect
     assert ep.spark_connect.startswith("sc://")
-    worker_ips = sorted(n.ip for n in local_backend.node_plan(result.handle.name)
+    worker_ips = sorted(n.ip for n in local_backend.node_plan(handle.name)
                         if n.role == "worker")
     assert len(worker_ips) == 2
 
     submit = str(spark_home() / "bin" / "spark-submit")
-    auth_file = local_backend.home / "clusters" / result.handle.name / \
+    auth_file = local_backend.home / "clusters" / handle.name / \
         cluster_secrets.SPARK_PROPERTIES  # the cluster's spark.authenticate secret
     proc = subprocess.run(
         [submit, "--master", ep.spark_master, "--extra-properties-file", str(auth_file),
@@ -107,7 +89,7 @@ def test_spark_master_two_workers_and_connect(local_backend: LocalBackend) -> No
     assert out["ran_on"] == worker_ips  # tasks ran on both workers
     assert set(worker_ips) <= set(out["executor_hosts"])
 
-    token = local_backend.spark_auth(result.handle).connect_token or ""
+    token = local_backend.spark_auth(handle).connect_token or ""
     session = run_script(str(SCRIPTS / "spark_connect_session.py"), ep.spark_connect,
                          env={"CONNECT_TOKEN": token})
     assert session == {"groups": 10, "total": 1000, "version": "4.3.0"}
@@ -115,9 +97,9 @@ def test_spark_master_two_workers_and_connect(local_backend: LocalBackend) -> No
     # The cluster's JVMs keep their temporary files in the cluster's folder, which deletion
     # removes: SIGKILLed, their shutdown hooks never clean /tmp. (Executors keep theirs in the
     # worker's local dirs, also in the cluster's folder.)
-    cdir = local_backend.home / "clusters" / result.handle.name
+    cdir = local_backend.home / "clusters" / handle.name
     tmp = cdir / "spark" / "tmp"
-    sids = sessions_alive(local_backend, result.handle.name)
+    sids = sessions_alive(local_backend, handle.name)
     mains = ("deploy.master.Master", "deploy.worker.Worker", "deploy.SparkSubmit")
     jvms = [p.info["cmdline"] for p in psutil.process_iter(["pid", "cmdline"])
             if os.getsid(p.info["pid"]) in sids and p.info["cmdline"]
@@ -127,9 +109,8 @@ def test_spark_master_two_workers_and_connect(local_backend: LocalBackend) -> No
     for cmdline in jvms:
         assert f"-Djava.io.tmpdir={tmp}" in cmdline, cmdline
     assert list(tmp.glob("spark-*")), "spark-submit's temporary folder is not in the cluster's"
-    local_backend.delete(result.handle, wait=True)
-    assert no_process_in(sids)
-    assert not cdir.exists()
+    # Deleting the cluster removes its folder (tmp included) and leaves no process in its
+    # sessions: checked by the shared cluster's finalizer (conftest.py).
 
 
 def test_two_clusters_side_by_side(local_backend: LocalBackend) -> None:
