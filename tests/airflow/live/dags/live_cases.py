@@ -49,10 +49,12 @@ def lifecycle(dag_id: str, create_cls: type[CreateClusterOperator], *, retries: 
 
 killed_setup_retried = lifecycle("killed_setup_retried", KilledAfterCreate, retries=1)
 killed_setup_no_retry = lifecycle("killed_setup_no_retry", KilledAfterCreate, retries=0)
-# The scheduler skips every unfinished task, the teardown included, when this fires.
+# The scheduler skips every unfinished task, the teardown included, when this fires: 30 s is
+# waited out whole, and is long after the setup made its cluster (what the test needs; the job
+# usually runs by then, at load 2 the cluster is ready in about 15 s).
 run_times_out = lifecycle("run_times_out", CreateClusterOperator, retries=0,
                           entrypoint="python -c \"import time; time.sleep(300)\"",
-                          dagrun_timeout=timedelta(seconds=45))
+                          dagrun_timeout=timedelta(seconds=30))
 
 # The Kubernetes backend through a connection stored in Airflow's database: the triggerer
 # process looks it up by id (the tests point it at the strict API mock).
