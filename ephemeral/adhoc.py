@@ -283,7 +283,7 @@ def validate_request(params: Mapping[str, Any], settings: Settings | None = None
     entrypoint = check_entrypoint(p["entrypoint"], s.jobs_dir, allow_any_entrypoint)
     pip = check_pip(p.get("pip"), pip_allow_list(s.pip_allow))
     workers, gpus = int(p["workers"]), p.get("gpus_per_worker")
-    if not _SPEC_REF.match(p["cluster_spec"]):
+    if not _SPEC_REF.fullmatch(p["cluster_spec"]):
         raise RequestError([("cluster_spec", f"{p['cluster_spec']!r} is not a spec reference "
                              "such as ray/adhoc-cpu or ray/adhoc-cpu@1 (paths are not accepted)")])
     try:

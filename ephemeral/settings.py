@@ -167,7 +167,7 @@ def instance_of(env: Mapping[str, str] | None = None) -> str:
     instance. ``env`` stands in for the process environment (see ``lookup``)."""
     found = lookup("instance", None if env is os.environ else env)
     if found.value:
-        if not INSTANCE_PATTERN.match(found.value):
+        if not INSTANCE_PATTERN.fullmatch(found.value):
             raise SpecError(found.source, [(found.source, (
                 f"{found.value!r} must be 1-40 characters of lower-case letters, digits and "
                 "'-', starting and ending alphanumeric, e.g. 'staging' or 'prod-eu'"))])

@@ -129,13 +129,13 @@ class EphemeralConnection:
         if self.backend == "local" and (self.namespace or self.kubernetes_conn_id):
             raise ConnectionInvalid(f"{where}: namespace and kubernetes_conn_id are for the "
                                      "kubernetes backend; clear them or set backend kubernetes")
-        if self.namespace is not None and not _NAMESPACE.match(self.namespace):
+        if self.namespace is not None and not _NAMESPACE.fullmatch(self.namespace):
             raise ConnectionInvalid(f"{where}: namespace {self.namespace!r} is not a "
                                      "Kubernetes namespace name (lowercase letters, digits, "
                                      "'-', at most 63)")
         # The rule EPHEMERAL_INSTANCE follows: the reaper and `ephemeral down` of that instance
         # must be able to run as it.
-        if self.instance is not None and not INSTANCE_PATTERN.match(self.instance):
+        if self.instance is not None and not INSTANCE_PATTERN.fullmatch(self.instance):
             raise ConnectionInvalid(f"{where}: instance {self.instance!r} must be 1-40 "
                                      "characters of lower-case letters, digits and '-', "
                                      "starting and ending alphanumeric, e.g. 'staging'")

@@ -116,7 +116,7 @@ def resolve_ref(ref: str, specs_dir: Path | None = None) -> tuple[Path, str]:
             kind_dir = path.resolve().parent.relative_to(root.resolve())
             return path, f"{kind_dir}/{data.get('name')}@{data.get('version')}"
         return path, str(path)
-    m = _REF_RE.match(ref)
+    m = _REF_RE.fullmatch(ref)
     if not m:
         raise SpecNotFound(ref, [("", "a spec reference looks like ray/train-gpu@3, ray/train-gpu "
                                   "or a path to a .yaml file")])

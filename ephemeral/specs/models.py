@@ -39,7 +39,7 @@ GROUP_NAME_MAX = 15
 def dns_label(value: str, max_len: int) -> str:
     if len(value) > max_len:
         raise ValueError(f"{value!r} is {len(value)} characters long; at most {max_len} allowed")
-    if not DNS1123_LABEL.match(value):
+    if not DNS1123_LABEL.fullmatch(value):  # match's $ lets a trailing newline through
         raise ValueError(f"{value!r} is not a DNS-1123 label ({DNS1123_HELP})")
     return value
 
@@ -90,8 +90,8 @@ class Toleration(Model):
         if not v:
             return v
         prefix, _, name = v.rpartition("/")
-        if (prefix and (len(prefix) > 253 or not _DNS1123_SUBDOMAIN.match(prefix))) \
-                or not _QUALIFIED_NAME.match(name):
+        if (prefix and (len(prefix) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(prefix))) \
+                or not _QUALIFIED_NAME.fullmatch(name):
             raise ValueError(f"{v!r} is not a taint key: an optional DNS subdomain and '/', then "
                              "at most 63 letters, digits, '-', '_' or '.', starting and ending "
                              "with a letter or digit (e.g. nvidia.com/gpu)")
@@ -111,7 +111,7 @@ class Toleration(Model):
         if v and info.data.get("operator") == "Exists":
             raise ValueError("value must be empty when operator is Exists (Exists matches any "
                              "value); remove value, or use operator: Equal")
-        if v and not _LABEL_VALUE.match(v):
+        if v and not _LABEL_VALUE.fullmatch(v):
             raise ValueError(f"{v!r} is not a taint value: at most 63 letters, digits, '-', '_' "
                              "or '.', starting and ending with a letter or digit")
         return v
@@ -140,7 +140,7 @@ class GpuFields(Model):
     @field_validator("gpu_resource")
     @classmethod
     def _resource_name(cls, v: str) -> str:
-        if not _RESOURCE_NAME.match(v):
+        if not _RESOURCE_NAME.fullmatch(v):
             raise ValueError(f"{v!r} is not an extended resource name such as nvidia.com/gpu")
         return v
 
@@ -196,7 +196,7 @@ def reserved_env(name: str) -> bool:
 
 
 def _env_var_name(v: str, why: str, fix: str) -> str:
-    if not _ENV_NAME.match(v):
+    if not _ENV_NAME.fullmatch(v):
         raise ValueError(f"{v!r} is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
     if reserved_env(v):
         raise ValueError(f"{v!r} is reserved ({why}; reserved: names starting with "
@@ -390,7 +390,7 @@ def _engine_version(v: object) -> str:
     if not isinstance(v, str):
         raise ValueError(f"{v!r} is not a release version such as \"2.60.0\" (quote it: YAML "
                          "reads an unquoted 2.60 as the number 2.6)")
-    if not _VERSION_RE.match(v):
+    if not _VERSION_RE.fullmatch(v):
         raise ValueError(f"{v!r} is not a release version such as 2.60.0")
     return v
 
@@ -488,6 +488,24 @@ class SparkSpec(SpecBase):
         if bad:
             raise ValueError(f"Spark conf keys start with 'spark.'; got {', '.join(bad)}")
         return v
+
+    @model_validator(mode="after")
+    def _operator_mode(self) -> SparkSpec:
+        """A spec that chooses operator mode sets nothing that mode cannot honour; the rule is
+        ``render.spark_operator.unhonoured`` (the renderer applies it when the deployment
+        chooses). Raised as a ValidationError so each problem keeps its own field path."""
+        if self.kubernetes_mode != "operator":
+            return self
+        from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
+
+        from ephemeral.backends.kubernetes.render.spark_operator import unhonoured
+
+        if problems := unhonoured(self):
+            raise ValidationError.from_exception_data("SparkCluster", [
+                InitErrorDetails(type=PydanticCustomError("operator_mode", msg),
+                                 loc=tuple(path.split(".")), input=None)
+                for path, msg in problems])
+        return self
 
     @property
     def engine(self) -> Literal["spark"]:

@@ -31,7 +31,7 @@ DURATION_HELP = "a duration greater than zero such as 90s, 30m, 6h or 1h30m"
 
 def memory_bytes(value: str) -> int:
     """Bytes in a memory quantity; raises ValueError (with what is allowed) when malformed."""
-    m = _MEMORY_RE.match(value.strip()) if value == value.strip() else None
+    m = _MEMORY_RE.fullmatch(value.strip()) if value == value.strip() else None
     if not m:
         raise ValueError(f"{value!r} is not {MEMORY_HELP}")
     n = int(float(m.group("num")) * _MEMORY_UNITS[m.group("unit")])
@@ -49,7 +49,7 @@ def _check_memory(value: object) -> object:
 
 
 def duration_seconds(value: str) -> int:
-    m = _DURATION_RE.match(value)
+    m = _DURATION_RE.fullmatch(value)
     if not value or not m:
         raise ValueError(f"{value!r} is not {DURATION_HELP}")
     parts = {k: int(v) for k, v in m.groupdict().items() if v}

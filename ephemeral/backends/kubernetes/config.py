@@ -109,8 +109,8 @@ class KubeConfig(BaseModel):
         labels = parse_labels(value) if isinstance(value, str) else value
         if isinstance(labels, Mapping):
             bad = [f"{k}={v}" for k, v in labels.items()
-                   if not (isinstance(k, str) and _LABEL.match(k) and isinstance(v, str)
-                           and _VALUE.match(v))]
+                   if not (isinstance(k, str) and _LABEL.fullmatch(k) and isinstance(v, str)
+                           and _VALUE.fullmatch(v))]
             if bad:
                 raise ValueError(f"not label key=value pairs: {', '.join(bad)}")
             if not labels:

@@ -46,7 +46,7 @@ def check_name(spec: ResolvedSpec, name: str) -> None:
     if len(name) > NAME_MAX:
         raise SpecError(spec.source, [("name", f"cluster name {name!r} is {len(name)} characters "
                                        f"long; Kubernetes allows at most {NAME_MAX}")])
-    if not _DNS1035.match(name):
+    if not _DNS1035.fullmatch(name):
         raise SpecError(spec.source, [("name", f"cluster name {name!r} is not a DNS-1035 label "
                                        "(lowercase letters, digits and '-', starting with a "
                                        "letter and ending with a letter or digit)")])
