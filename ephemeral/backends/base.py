@@ -22,13 +22,16 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from ephemeral.errors import IdentityConflict
+from ephemeral.errors import IdentityConflict, SpecError
 from ephemeral.specs.identity import (
     INSTANCE_LABEL,
     PREFIX,
     ClusterIdentity,
+    check_cluster_name,
     current_instance,
     expires_at,
+    is_label_key,
+    is_label_value,
     utc_text,
 )
 
@@ -182,6 +185,23 @@ class ClusterStatus(BaseModel):
         return self.phase is Phase.READY
 
 
+class HeadState(enum.StrEnum):
+    """A cluster's head as its backend sees it (``ClusterBackend.head_view``)."""
+
+    RUNNING = "running"  # there and serving, as far as the backend sees
+    NOT_READY = "not-ready"  # there but not serving (a pod not Ready): maybe passing
+    GONE = "gone"  # the cluster or its head is gone, failed or replaced: it died
+    UNKNOWN = "unknown"  # the backend cannot tell
+
+
+class HeadView(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    state: HeadState
+    reason: str = ""
+    """A clause for a message: "its head pod c1-head-x is Failed (Evicted: ...)"."""
+
+
 class OwnerSelector(BaseModel):
     """Which clusters to list: every label given must match the cluster's labels.
 
@@ -203,6 +223,21 @@ class OwnerSelector(BaseModel):
             return {**data, "labels": labels}
         return data
 
+    @model_validator(mode="after")
+    def _only_labels(self) -> OwnerSelector:
+        """Every key and value is a Kubernetes label key and value: ``as_label_selector``
+        joins them as they are, and a ',' or '!=' in one would add requirements of its own
+        (select another deployment's objects). SpecError is not a ValueError, so it escapes
+        pydantic as itself."""
+        bad = [(f"labels[{k!r}]", "not a Kubernetes label key ([prefix/]name)")
+               for k in self.labels if not is_label_key(k)]
+        bad += [(f"labels[{k!r}]", f"{v!r} is not a Kubernetes label value (at most 63 "
+                 "characters of letters, digits, '-', '_' and '.', alphanumeric at both ends)")
+                for k, v in self.labels.items() if not is_label_value(v)]
+        if bad:
+            raise SpecError("owner selector", bad)
+        return self
+
     @classmethod
     def everything(cls) -> OwnerSelector:
         """Every cluster of every deployment (``--all-instances``): for operators' tools only."""
@@ -214,7 +249,22 @@ class OwnerSelector(BaseModel):
 
     @classmethod
     def of(cls, identity: ClusterIdentity) -> OwnerSelector:
-        return cls(labels={PREFIX + "cluster": identity.name})
+        return cls.of_target(identity)
+
+    @classmethod
+    def of_target(cls, target: ClusterHandle | ClusterIdentity | str, *,
+                  all_instances: bool = False) -> OwnerSelector:
+        """The one selector of a cluster by name, for every look-up and delete by name (so
+        ``down``'s guard and the delete it guards select the same objects): its checked name
+        and its deployment instance. A bare name is this deployment's unless
+        ``all_instances``; an identity or handle carries its own instance (a handle from
+        before instances, none: its objects carry none either)."""
+        labels = {PREFIX + "cluster": ClusterBackend.target_name(target)}
+        if isinstance(target, str):
+            return cls(labels=labels, all_instances=all_instances)
+        if instance := target.instance:
+            labels[INSTANCE_LABEL] = instance
+        return cls(labels=labels, all_instances=True)
 
     def matches(self, labels: dict[str, str]) -> bool:
         return all(labels.get(k) == v for k, v in self.labels.items())
@@ -270,6 +320,14 @@ class ClusterBackend(abc.ABC):
     def list_owned(self, selector: OwnerSelector | None = None) -> list[ClusterHandle]:
         """Every cluster this backend made that matches ``selector`` (all when None)."""
 
+    def head_view(self, handle: ClusterHandle) -> HeadView:  # noqa: ARG002 - those that can
+        """The cluster's head (Ray's head node) as this backend's own objects show it, for a
+        waiter whose reads of the cluster's API keep failing (``ray_jobs.JobWatch``): GONE
+        only on evidence that it died, NOT_READY while it is there but not serving. It may
+        raise or hang: the caller bounds it and counts that as UNKNOWN."""
+        return HeadView(state=HeadState.UNKNOWN,
+                        reason=f"the {self.name} backend has no view of its head")
+
     def access(self, handle: ClusterHandle) -> Access:
         """How this process calls the cluster's APIs, with credentials (see ``Access``)."""
         return Access(dashboard=handle.endpoints.dashboard, spark_ui=handle.endpoints.spark_ui)
@@ -277,15 +335,16 @@ class ClusterBackend(abc.ABC):
     def get(self, name: str, *, all_instances: bool = False) -> ClusterHandle | None:
         """The handle of this deployment's cluster by name (any deployment's with
         ``all_instances``), or None."""
-        found = self.list_owned(OwnerSelector(labels={PREFIX + "cluster": name},
-                                              all_instances=all_instances))
+        found = self.list_owned(OwnerSelector.of_target(name, all_instances=all_instances))
         return found[0] if found else None
 
     @staticmethod
     def target_name(target: ClusterHandle | ClusterIdentity | str) -> str:
-        if isinstance(target, str):
-            return target
-        return target.name
+        """The cluster name of a delete's or look-up's target, checked (``check_cluster_name``)
+        whatever it came from: a name typed by a person, a handle from XCom. It becomes a
+        local folder and a Kubernetes selector, so a bad one is refused (SpecError) before
+        anything is done."""
+        return check_cluster_name(target if isinstance(target, str) else target.name)
 
 
 def make_handle(
@@ -296,8 +355,10 @@ def make_handle(
     endpoints: Endpoints,
     namespace: str | None = None,
     created: datetime | None = None,
+    default_spark_mode: str = "standalone",
 ) -> ClusterHandle:
-    """A new cluster's handle with its owner labels and expiry, the same for every backend."""
+    """A new cluster's handle with its owner labels and expiry, the same for every backend.
+    ``default_spark_mode``: the Kubernetes deployment's Spark mode (``node_groups``)."""
     from ephemeral.specs.models import RaySpec
 
     created = created or utcnow()
@@ -319,7 +380,7 @@ def make_handle(
         labels=labels,
         annotations=identity.annotations(),
         endpoints=endpoints,
-        groups=node_groups(spec),
+        groups=node_groups(spec, backend=backend, default_spark_mode=default_spark_mode),
         created_ts=round(created.timestamp(), 3),
         idle_timeout_s=spec.spec.lifetime.idle_timeout_seconds,
         job_pip=list(spec.spec.runtime_env.pip) if isinstance(spec.spec, RaySpec) else [],
@@ -346,8 +407,13 @@ def submit_defaults(spec: SparkSpec) -> dict[str, str]:
     return {k: v for k, v in application_conf(spec).items() if not k.startswith("spark.driver.")}
 
 
-def node_groups(spec: ResolvedSpec) -> list[NodeGroup]:
-    """The effective spec's node groups with their per-node resources."""
+def node_groups(spec: ResolvedSpec, *, backend: str = "local",
+                default_spark_mode: str = "standalone") -> list[NodeGroup]:
+    """The node groups the cluster of the effective spec has on ``backend``, with their
+    per-node resources. A Spark cluster in operator mode (Kubernetes only: the spec's
+    ``kubernetesMode``, else ``default_spark_mode``, the deployment's) has no master: a Connect
+    server and executors, at most ``workers.replicas`` of them, made while work runs (so their
+    reserved seconds are an upper bound)."""
     from ephemeral.specs.models import RaySpec
     from ephemeral.specs.quantities import memory_bytes
 
@@ -358,11 +424,14 @@ def node_groups(spec: ResolvedSpec) -> list[NodeGroup]:
                 *(NodeGroup(name=g.name, role="worker", replicas=g.replicas, cpu=g.cpu,
                             memory_bytes=memory_bytes(g.memory), gpus=g.gpus)
                   for g in s.worker_groups)]
-    groups = [NodeGroup(name="master", role="service", replicas=1, cpu=s.master.cpu,
-                        memory_bytes=memory_bytes(s.master.memory)),
-              NodeGroup(name="workers", role="worker", replicas=s.workers.replicas,
-                        cpu=s.workers.cores, memory_bytes=memory_bytes(s.workers.memory),
-                        gpus=s.workers.gpus)]
+    operator = backend == "kubernetes" and \
+        (s.kubernetes_mode or default_spark_mode) == "operator"
+    workers = NodeGroup(name="executors" if operator else "workers", role="worker",
+                        replicas=s.workers.replicas, cpu=s.workers.cores,
+                        memory_bytes=memory_bytes(s.workers.memory), gpus=s.workers.gpus)
+    groups = [workers] if operator else [
+        NodeGroup(name="master", role="service", replicas=1, cpu=s.master.cpu,
+                  memory_bytes=memory_bytes(s.master.memory)), workers]
     if s.connect is not None and s.connect.enabled:
         groups.append(NodeGroup(name="connect", role="service", replicas=1, cpu=s.connect.cpu,
                                 memory_bytes=memory_bytes(s.connect.memory)))

@@ -26,7 +26,7 @@ from ephemeral.jobs.results import JobResult
 from ephemeral.lifecycle import DEFAULT_READY_TIMEOUT, provision, teardown
 from ephemeral.settings import get_settings
 from ephemeral.specs import ClusterIdentity, load_file, resolve
-from ephemeral.specs.models import RaySpec
+from ephemeral.specs.identity import check_cluster_name
 from ephemeral.specs.resolve import CI_CPU, ResolvedSpec, apply_profile
 
 app = typer.Typer(help="Ephemeral Ray and Spark clusters from versioned specs.",
@@ -85,15 +85,21 @@ def _overrides(replicas: int | None, cpu: float | None, memory: str | None,
     return {"workers": workers} if workers else None
 
 
-def autoscale_notes(spec: ResolvedSpec, backend: str = "local") -> list[str]:
-    """What a backend that does not autoscale says about groups whose min and max differ: it
-    starts ``replicas`` nodes and keeps them (no silent no-op)."""
-    if backend == "kubernetes" or not isinstance(spec.spec, RaySpec):
-        return []
-    return [f"worker group {g.name!r}: minReplicas {g.min} != maxReplicas {g.max}, but the "
-            f"{backend} backend does not autoscale: it starts replicas ({g.replicas}) nodes and "
-            "keeps them (on Kubernetes, KubeRay's autoscaler scales between the two)"
-            for g in spec.spec.worker_groups if g.min != g.max]
+def spec_notes(spec: ResolvedSpec, backend: str, default_spark_mode: str = "standalone"
+               ) -> list[str]:
+    """What ``backend`` does differently with ``spec`` (``backends.notes``, no silent no-op);
+    raises SpecError, as its create would, for what it cannot honour."""
+    from ephemeral.backends.notes import backend_notes, refusals
+
+    if problems := refusals(spec, backend, default_spark_mode=default_spark_mode):
+        raise SpecError(spec.source, problems)
+    return backend_notes(spec, backend, default_spark_mode=default_spark_mode)
+
+
+def _spark_mode(be: ClusterBackend) -> str:
+    """The Kubernetes deployment's Spark mode (``EPHEMERAL_K8S_SPARK_MODE``); standalone
+    elsewhere."""
+    return str(getattr(getattr(be, "config", None), "spark_mode", "standalone"))
 
 
 @specs_app.command("validate")
@@ -150,15 +156,19 @@ def specs_show(
     profile: ProfileOpt = None,
     replicas: Annotated[int | None, typer.Option(help="Override worker replicas.")] = None,
     gpus: Annotated[int | None, typer.Option(help="Override GPUs per worker.")] = None,
+    backend: BackendOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Print the effective spec after the profile and overrides, with its content hash."""
+    """Print the effective spec after the profile and overrides, with its content hash, and
+    notes on what the backend does differently with it."""
     try:
         r = resolve(ref, profile, _overrides(replicas, None, None, gpus))
+        chosen = backend or get_settings().backend
+        mode = _spark_mode(_backend(chosen)) if chosen == "kubernetes" else "standalone"
+        notes = spec_notes(r, chosen, mode)
     except EphemeralError as e:
         raise _fail(e, as_json) from e
     body = r.spec.model_dump(mode="json", by_alias=True, exclude={"profiles"})
-    notes = autoscale_notes(r)
     doc = {"ref": r.ref, "profile": r.profile, "hash": r.hash, "source": r.source, "spec": body,
            "notes": notes}
     if as_json:
@@ -220,6 +230,7 @@ def render_cmd(
         handle = make_handle(spec, render_identity(spec.spec.name, name), backend="kubernetes",
                              endpoints=Endpoints(), namespace=namespace,
                              created=datetime.fromisoformat(RENDER_CREATED))
+        notes = spec_notes(spec, "kubernetes")  # render's mode: the spec's, else standalone
         rendered = render(spec, handle, cluster_domain=cluster_domain)
     except ValueError as e:
         raise _fail(SpecError("--name", [("name", str(e))]), as_json) from e
@@ -228,8 +239,10 @@ def render_cmd(
     if as_json:
         _emit({"ref": spec.ref, "profile": spec.profile, "hash": spec.hash,
                "endpoints": rendered.endpoints.model_dump(exclude_none=True),
-               "objects": rendered.objects})
+               "objects": rendered.objects, "notes": notes})
         return
+    for note in notes:
+        err.print(f"note: {note}", markup=False, highlight=False)
     sys.stdout.write(f"# {spec.label()}  hash {spec.hash}  namespace {namespace}\n")
     # No line folding: one value per line diffs best.
     sys.stdout.write(yaml.safe_dump_all(rendered.objects, sort_keys=False, width=2**16))
@@ -261,7 +274,7 @@ def up(
         spec = resolve(ref, profile, _overrides(replicas, cpu, memory, gpus))
         identity = ClusterIdentity.manual(spec.spec.name, name)
         be = _backend(backend)
-        notes = autoscale_notes(spec, be.name)
+        notes = spec_notes(spec, be.name, _spark_mode(be))
         for note in [] if as_json else notes:
             err.print(f"note: {note}", markup=False, highlight=False)
         with err.status(f"creating {identity.name} from {spec.ref}") as status:
@@ -274,9 +287,12 @@ def up(
     except EphemeralError as e:
         raise _fail(e, as_json) from e
     if as_json:
-        _emit({"handle": result.handle.model_dump(mode="json"),
+        _emit({"handle": result.handle.model_dump(mode="json"), "adopted": result.adopted,
                "seconds_to_ready": round(result.seconds_to_ready, 2), "notes": notes})
         return
+    if result.adopted:
+        err.print(f"{result.handle.name} already existed (created {result.handle.created_at}): "
+                  "this is that cluster", markup=False, highlight=False)
     err.print(f"[green]ready[/] in {result.seconds_to_ready:.1f}s: {result.status.message}")
     for line in _handle_lines(result.handle):
         out.print(line, highlight=False, markup=False)
@@ -328,6 +344,10 @@ def down(
     """Delete clusters and wait until none of their processes or pods is left.
 
     Only this deployment instance's clusters, unless --all-instances is given."""
+    try:  # every name, before anything is looked up or deleted: names become paths, selectors
+        names = [check_cluster_name(n, "NAME") for n in names or []]
+    except SpecError as e:
+        raise _fail(e, as_json) from e
     be = _backend(backend)
     if all_:
         targets = [h.name for h in be.list_owned(OwnerSelector(all_instances=all_instances))]
@@ -338,7 +358,8 @@ def down(
         raise typer.Exit(2)
     done, failures = [], []
     for name in targets:
-        known = be.get(name, all_instances=all_instances) is not None
+        handle = be.get(name, all_instances=all_instances)
+        known = handle is not None
         other = None if known else be.get(name, all_instances=True)
         if other is not None:  # another deployment's: never touched from here by accident
             failures.append({"name": name, "error": f"belongs to deployment instance "
@@ -349,7 +370,9 @@ def down(
             continue
         try:
             with err.status(f"deleting {name}"):
-                seconds = teardown(be, name)
+                # By the handle looked up above: a delete by bare name is this deployment's
+                # only, so --all-instances reaches another deployment's cluster only this way.
+                seconds = teardown(be, handle or name)
             done.append({"name": name, "existed": known, "seconds": round(seconds, 2)})
             if not as_json:
                 word = "deleted" if known else "not found (nothing to delete)"
@@ -370,6 +393,10 @@ def _cluster(name: str, backend: str | None, engine: str, as_json: bool,
     reaper would delete the cluster under the running job)."""
     from ephemeral.adhoc import check_timeout_within_ttl
 
+    try:
+        check_cluster_name(name, "CLUSTER")
+    except SpecError as e:
+        raise _fail(e, as_json) from e
     handle = _backend(backend).get(name)
     if handle is None:
         raise _fail(ClusterNotFound(f"no cluster {name!r}; see `ephemeral ls`"), as_json)
@@ -545,7 +572,7 @@ def report_cmd(
     from ephemeral.report.text import print_report
     from ephemeral.settings import INSTANCE_PATTERN
 
-    if instance is not None and not INSTANCE_PATTERN.match(instance):
+    if instance is not None and not INSTANCE_PATTERN.fullmatch(instance):
         raise _fail(EphemeralError(f"--instance {instance!r} is not a deployment instance id: "
                                    "1-40 lower-case letters, digits and '-' (the folders of "
                                    "the artifact root)"), as_json)

@@ -36,6 +36,7 @@ from ephemeral.backends.base import (
     ClusterHandle,
     ClusterStatus,
     Endpoints,
+    HeadView,
     OwnerSelector,
     Phase,
     check_adoptable,
@@ -134,7 +135,8 @@ class KubernetesBackend(ClusterBackend):
                         "derived from AIRFLOW_HOME; set it to a name per deployment (staging, "
                         "prod) when several share a namespace", identity.instance)
         base = make_handle(spec, identity, backend=self.name, endpoints=Endpoints(),
-                           namespace=self.config.namespace)
+                           namespace=self.config.namespace,
+                           default_spark_mode=self.config.spark_mode)
         rendered = self._render(spec, base)
         if spec.engine == "spark":
             self._refuse_other_mode(spec, base.name, kind_of(rendered.primary))
@@ -240,6 +242,11 @@ class KubernetesBackend(ClusterBackend):
     def diagnose(self, handle: ClusterHandle) -> str:
         return probes.diagnose(self._client(handle), self._view(handle))
 
+    def head_view(self, handle: ClusterHandle) -> HeadView:
+        """The RayCluster and its head pod as the API server has them (``probe.head_view``);
+        never the proxy's answer, which can say "no endpoints" of a Ready pod."""
+        return probes.head_view(self._client(handle), handle)
+
     def wait_ready(self, handle: ClusterHandle, *, timeout: float) -> ClusterStatus:
         client = self._client(handle)
         handle = self._view(handle)
@@ -328,31 +335,36 @@ class KubernetesBackend(ClusterBackend):
     # -- delete --------------------------------------------------------------------------------
 
     def delete(self, target: ClusterHandle | ClusterIdentity | str, *, wait: bool = True) -> None:
+        """By a bare name, this deployment's cluster only; by an identity or a handle, the one
+        of its own instance (``OwnerSelector.of_target``: the selector ``get`` and ``down``'s
+        guard use too). A handle looked up with ``all_instances`` is how another deployment's
+        cluster is deleted on purpose (``down --all-instances``, the reaper)."""
+        scope = OwnerSelector.of_target(target)
         name = self.target_name(target)
         client = self._client(target if isinstance(target, ClusterHandle) else None)
-        for kind, obj in self._owned_objects(client, name):
+        for kind, obj in self._owned_objects(client, scope):
             if not obj["metadata"].get("deletionTimestamp"):
                 client.delete(kind, name_of(obj))
         if not wait:
             return
         deadline = time.monotonic() + self.config.delete_timeout
         try:
-            self._await_gone(client, name, deadline)
+            self._await_gone(client, scope, deadline)
         except (Forbidden, WatchUnsupported) as exc:
             if not _cannot_watch(exc):
                 raise
             log.info("cannot watch cluster %s (%s); polling instead", name, exc)
         # After the watch, one round of lists confirms; without it, this polls.
-        while leftover := self._leftover(client, name):
+        while leftover := self._leftover(client, scope):
             if time.monotonic() >= deadline:
                 raise TeardownIncomplete(name, leftover)
             time.sleep(min(self.config.poll_interval, max(deadline - time.monotonic(), 0)))
 
     def _owned_objects(self, client: KubeClient,
-                       name: str) -> Iterator[tuple[Kind, dict[str, Any]]]:
+                       scope: OwnerSelector) -> Iterator[tuple[Kind, dict[str, Any]]]:
         """Kind by kind, listed as they are consumed: delete removes the primary before it lists
         the next kind, so a list that fails (e.g. RBAC) still leaves the collector the rest."""
-        selector = f"{PREFIX}cluster={name}"
+        selector = scope.as_label_selector()
         for kind in OWNED_KINDS:
             try:
                 objs = client.list_objects(kind, labels=selector)
@@ -365,12 +377,21 @@ class KubernetesBackend(ClusterBackend):
                       != SPARK_MASTER)
             yield from ((kind, o) for o in objs)
 
-    def _await_gone(self, client: KubeClient, name: str, deadline: float) -> None:
+    @staticmethod
+    def _pod_selectors(scope: OwnerSelector) -> list[str]:
+        """The cluster's pods (``probe.pod_selectors``) in ``scope``'s instance too: pods carry
+        the owner labels of their templates, so another deployment's are never waited for."""
+        name = scope.labels[PREFIX + "cluster"]
+        rest = ",".join(f"{k}={v}" for k, v in sorted(scope.labels.items())
+                        if k != PREFIX + "cluster")  # checked label keys and values
+        return [f"{pods},{rest}" if rest else pods for pods in probes.pod_selectors(name)]
+
+    def _await_gone(self, client: KubeClient, scope: OwnerSelector, deadline: float) -> None:
         """Watch each set of the cluster's objects until it is empty (or the deadline): the
         owned kinds primary first, then the pods, which nothing recreates once their owners
         are gone."""
-        sets = [(kind, f"{PREFIX}cluster={name}") for kind in OWNED_KINDS]
-        sets += [(POD, selector) for selector in probes.pod_selectors(name)]
+        sets = [(kind, scope.as_label_selector()) for kind in OWNED_KINDS]
+        sets += [(POD, selector) for selector in self._pod_selectors(scope)]
         for kind, selector in sets:
             left: set[str] = set()
             synced = False
@@ -390,10 +411,10 @@ class KubernetesBackend(ClusterBackend):
                     raise
                 continue
 
-    def _leftover(self, client: KubeClient, name: str) -> list[str]:
-        left = [_describe(kind.kind, obj) for kind, obj in self._owned_objects(client, name)]
+    def _leftover(self, client: KubeClient, scope: OwnerSelector) -> list[str]:
+        left = [_describe(kind.kind, obj) for kind, obj in self._owned_objects(client, scope)]
         pods: dict[str, dict[str, Any]] = {}
-        for selector in probes.pod_selectors(name):
+        for selector in self._pod_selectors(scope):
             pods |= {name_of(p): p for p in client.list_objects(POD, labels=selector)}
         return left + [_describe("Pod", p) for p in pods.values()]
 

@@ -18,6 +18,8 @@ from ephemeral.backends.base import (
     ClusterHandle,
     ClusterStatus,
     Endpoints,
+    HeadState,
+    HeadView,
     OwnerSelector,
     Phase,
     check_adoptable,
@@ -75,17 +77,23 @@ def check_spec(spec: ResolvedSpec) -> None:
     if isinstance(s, RaySpec):
         installed, dist, field = _installed("ray"), "ray", "rayVersion"
         wanted = s.ray_version
-        asks = [("head.gpus", s.head.gpus)] + [
-            (f"workerGroups[{i}].gpus", g.gpus * g.replicas) for i, g in enumerate(s.worker_groups)]
+        asks = [("head.gpus", s.head.gpus, 1)] + [
+            (f"workerGroups[{i}].gpus", g.gpus, g.replicas) for i, g in enumerate(s.worker_groups)]
         nodes = 1 + sum(g.replicas for g in s.worker_groups)
+        problems += _missing_sources(s)
     else:
         installed, dist, field = _installed("pyspark"), "pyspark", "sparkVersion"
         wanted = s.spark_version
-        asks = [("workers.gpus", s.workers.gpus * s.workers.replicas)]
+        asks = [("workers.gpus", s.workers.gpus, s.workers.replicas)]
         nodes = 2 + s.workers.replicas
-    for path, n in asks:
-        if n and n > gpus:
-            problems.append((path, f"asks for {n} GPU(s) but this host has {gpus}; {fix}"))
+    # Every node of a local cluster shares this host's GPUs: the sum must fit, not each group.
+    asked = [(path, n, replicas) for path, n, replicas in asks if n]
+    total = sum(n * replicas for _, n, replicas in asked)
+    if total > gpus:
+        parts = " + ".join(f"{path} {n}" + (f" x {replicas} replicas" if replicas > 1 else "")
+                           for path, n, replicas in asked)
+        problems.append((", ".join(path for path, _, _ in asked),
+                         f"asks for {total} GPU(s) but this host has {gpus} ({parts}); {fix}"))
     if installed is None:
         problems.append((field, f"the local backend needs {dist} installed: "
                                 "pip install 'airflow-provider-ephemeral[local]'"))
@@ -98,6 +106,35 @@ def check_spec(spec: ResolvedSpec) -> None:
         raise SpecError(f"{spec.source} on the local backend", problems)
 
 
+def _missing_sources(s: RaySpec) -> list[tuple[str, str]]:
+    """``runtimeEnv.env`` references this environment cannot fill: the local backend reads a
+    ``fromEnv`` or ``secretKeyRef`` entry from the creating process's variable, and a job
+    started without it would run without its credentials."""
+    out = []
+    for i, var in enumerate(s.runtime_env.env):
+        if var.value is not None:
+            continue
+        src, kind = (var.from_env, "fromEnv") if var.from_env else (var.name, "secretKeyRef")
+        if src not in os.environ:
+            out.append((f"runtimeEnv.env[{i}].{kind}", (
+                f"{var.name}: the local backend reads it from the variable {src} of the "
+                f"environment that creates the cluster, and {src} is not set there; set {src} "
+                "(e.g. in the Airflow worker's environment) or remove the entry")))
+    return out
+
+
+def _child(folder: Path, name: str) -> Path:
+    """``folder / name``, refused unless that is a direct child of ``folder``. Names are
+    checked cluster names (``ClusterBackend.target_name``); this keeps even one that skipped
+    the check from reaching a parent or a sibling (``down ""`` once removed every cluster's
+    state folder, ``down ../../x`` any folder)."""
+    path = folder / name
+    if not name or path.name != name or path.resolve().parent != folder.resolve():
+        raise BackendError(f"{str(path)!r} is not a direct child of {str(folder)!r}: "
+                           f"{name!r} is not a cluster name")
+    return path
+
+
 class LocalBackend(ClusterBackend):
     name = "local"
     probe_interval = 0.5  # a state file and a local HTTP call or two
@@ -107,10 +144,10 @@ class LocalBackend(ClusterBackend):
 
     # -- paths and state -------------------------------------------------------------------
     def _dir(self, name: str) -> Path:
-        return self.home / "clusters" / name
+        return _child(self.home / "clusters", name)
 
     def _lock(self, name: str) -> AbstractContextManager[None]:
-        return slots.locked(self.home / "locks" / f"{name}.lock")
+        return slots.locked(_child(self.home / "locks", name).with_name(f"{name}.lock"))
 
     def _state(self, name: str) -> ClusterState | None:
         return load(self._dir(name))
@@ -181,8 +218,7 @@ class LocalBackend(ClusterBackend):
     @staticmethod
     def _env(s: RaySpec | SparkSpec, uid: str, *, name: str) -> dict[str, str]:
         env = job_environ()
-        env |= {procs.UID_ENV: uid, "EPHEMERAL_CLUSTER_NAME": name,
-                "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1",
+        env |= {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1",
                 # `python` in a job's entrypoint is this environment's, as it is the image's
                 # own python on Kubernetes.
                 "PATH": os.pathsep.join([str(Path(sys.executable).parent),
@@ -195,7 +231,9 @@ class LocalBackend(ClusterBackend):
                     src = var.from_env or var.name
                     if src in os.environ:
                         env[var.name] = os.environ[src]
-        return env
+        # The markers teardown finds the cluster's processes by, last: nothing overrides them
+        # (the spec model refuses such names too).
+        return env | {procs.UID_ENV: uid, "EPHEMERAL_CLUSTER_NAME": name}
 
     def probe(self, handle: ClusterHandle) -> ClusterStatus:
         return self._probe(handle.name)
@@ -219,6 +257,28 @@ class LocalBackend(ClusterBackend):
         workers = sum(1 for p in state.plan if p.role == "worker")
         return spark_nodes.probe(workers, state.handle.endpoints,
                                  secrets.read(cdir, secrets.CONNECT_TOKEN))
+
+    def head_view(self, handle: ClusterHandle) -> HeadView:
+        """GONE when the cluster's state is gone or being deleted, or its head node's session
+        has lost the process that holds the cluster (a Ray head's ``gcs_server``, a Spark
+        master's JVM: any process left); RUNNING while it lives."""
+        state = self._state(handle.name)
+        if state is None or state.deleting:
+            return HeadView(state=HeadState.GONE, reason="it was deleted" if state is None
+                            else "it is being deleted")
+        heads = [n for n, p in zip(state.nodes, state.plan, strict=False)
+                 if p.role in ("head", "master")]
+        if not heads:
+            return HeadView(state=HeadState.UNKNOWN, reason="its head node has not started")
+        head = heads[0]
+        names = procs.session_names(head, state.uid)
+        holder = "gcs_server" if state.handle.engine == "ray" else None
+        if (holder in names) if holder else names:
+            return HeadView(state=HeadState.RUNNING,
+                            reason=f"its head node's {holder or 'process'} runs")
+        left = f" (left: {', '.join(sorted(names))})" if names else ""
+        return HeadView(state=HeadState.GONE, reason=f"its head node's "
+                        f"{holder or 'processes'} {'is' if holder else 'are'} gone{left}")
 
     def access(self, handle: ClusterHandle) -> Access:
         """The cluster's URLs and, for Ray, its token as a bearer header, read from the 0600
@@ -266,7 +326,10 @@ class LocalBackend(ClusterBackend):
             self._delete_unreadable(cdir, wait=wait)
             return
         if state is None:
-            shutil.rmtree(cdir, ignore_errors=True)
+            # A folder without a state (a crash before its first save, a lost file) may still
+            # have processes carrying its marker: a bare rmtree would orphan them for good.
+            if cdir.exists():
+                self._delete_unreadable(cdir, wait=wait)
             return
         state.deleting = True
         save(cdir, state)
