@@ -268,7 +268,7 @@ def test_the_trigger_form_refuses_values_outside_its_schema(dagbag: Any) -> None
     ({"gpus_per_worker": 1}, "validate_request",
      "gpus_per_worker: 1 is above the spec's 0 GPU(s) per worker"),
     ({"cluster_spec": "ray/train-gpu", "profile": "ci-cpu", "gpus_per_worker": 1},
-     "validate_request", "gpus_per_worker: profile ci-cpu runs without GPUs"),
+     "validate_request", "workerGroups.gpu.gpus: profile ci-cpu runs without GPUs"),
     ({"timeout_minutes": 121}, "validate_request",
      "timeout_minutes: the job timeout 7260 s (2h01m) is longer than ray/adhoc-cpu@1's "
      "lifetime.ttl 2h (7200 s)"),

@@ -43,13 +43,18 @@ def test_validate_reports_the_file_and_field(tmp_path: Path) -> None:
 
 
 def test_show_applies_profile_and_overrides() -> None:
-    doc = json.loads(cli("specs", "show", "ray/train-gpu@1", "-p", "ci-cpu", "--replicas", "3",
+    doc = json.loads(cli("specs", "show", "ray/train-gpu@1", "-p", "ci-cpu", "--replicas", "1",
                          "--json").stdout)
     assert doc["ref"] == "ray/train-gpu@1"
     assert doc["profile"] == "ci-cpu"
     group = doc["spec"]["workerGroups"][0]
-    assert (group["replicas"], group["gpus"]) == (3, 0)
+    assert (group["replicas"], group["gpus"]) == (1, 0)
     assert len(doc["hash"]) == 16
+    # ci-cpu's sizes are limits an override does not lift.
+    proc = cli("specs", "show", "ray/train-gpu@1", "-p", "ci-cpu", "--replicas", "3",
+               check=False)
+    assert proc.returncode == 2
+    assert "workerGroups.gpu.replicas: 3 is more than profile ci-cpu allows" in proc.stderr
 
 
 def test_show_unknown_version_names_the_versions_that_exist() -> None:
