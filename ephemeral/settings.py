@@ -126,16 +126,27 @@ class Settings:
     """Packages the trigger form may install (``$EPHEMERAL_PIP_ALLOW``): ``name,name`` or the
     path of a file with one name a line. Unset: any plain requirement. Every allowed package
     runs its code on every node of the cluster."""
-    adhoc_max_workers: int | None = None
-    """Raises the trigger form's cap on workers above a spec's maxReplicas
-    (``$EPHEMERAL_ADHOC_MAX_WORKERS``)."""
-    adhoc_max_gpus: int | None = None
-    """Raises the trigger form's cap on GPUs per worker above a spec's
-    (``$EPHEMERAL_ADHOC_MAX_GPUS``)."""
-    allow_arbitrary_entrypoints: bool = False
-    """The trigger form may run any entrypoint, not only a script of ``jobs_dir``
-    (``$EPHEMERAL_ALLOW_ARBITRARY_ENTRYPOINTS``, or Airflow's ``[ephemeral]
-    allow_arbitrary_entrypoints``)."""
+
+    # The trigger form's own settings are read where the form uses them: a bad value fails
+    # that form's task, naming its source, and never a teardown, the reaper or `ephemeral ls`.
+    @property
+    def adhoc_max_workers(self) -> int | None:
+        """Raises the trigger form's cap on workers above a spec's maxReplicas
+        (``$EPHEMERAL_ADHOC_MAX_WORKERS``)."""
+        return count("adhoc_max_workers")
+
+    @property
+    def adhoc_max_gpus(self) -> int | None:
+        """Raises the trigger form's cap on GPUs per worker above a spec's
+        (``$EPHEMERAL_ADHOC_MAX_GPUS``)."""
+        return count("adhoc_max_gpus")
+
+    @property
+    def allow_arbitrary_entrypoints(self) -> bool:
+        """The trigger form may run any entrypoint, not only a script of ``jobs_dir``
+        (``$EPHEMERAL_ALLOW_ARBITRARY_ENTRYPOINTS``, or Airflow's ``[ephemeral]
+        allow_arbitrary_entrypoints``)."""
+        return flag("allow_arbitrary_entrypoints")
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -152,9 +163,6 @@ class Settings:
             instance_explicit=instance.source != "default",
             jobs_dir=Path(jobs) if jobs else _default_dir("jobs"),
             pip_allow=setting("pip_allow"),
-            adhoc_max_workers=count("adhoc_max_workers"),
-            adhoc_max_gpus=count("adhoc_max_gpus"),
-            allow_arbitrary_entrypoints=flag("allow_arbitrary_entrypoints"),
         )
 
 

@@ -123,10 +123,12 @@ def test_settings_read_through_airflow_config(conf_option: object, tmp_path: Pat
     prices = load_prices()
     assert prices is not None
     assert prices.default.gpu_hour == 2.5
-    # A bad value names where it came from.
+    # A bad value names where it came from, where it is used: the form's setting does not
+    # stop what only needs the others (a teardown, the reaper).
     conf_option("adhoc_max_workers", "lots")  # type: ignore[operator]
+    settings = get_settings()
     with pytest.raises(SpecError, match=r"\[ephemeral\] adhoc_max_workers"):
-        get_settings()
+        _ = settings.adhoc_max_workers
 
 
 def test_an_explicit_environment_ignores_this_process_config(conf_option: object) -> None:
