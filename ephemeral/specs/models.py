@@ -158,12 +158,13 @@ class SecretKeyRef(Model):
 # The one rule for which keys name a secret: Spark's own default of spark.redaction.regex
 # (secret|password|token|access[.]?key) and the storage keys it misses (Azure's account.key,
 # S3's server-side encryption.key, GCS's service.account.private.key, OBS's sk, ADLS's
-# oauth2.credential), matched word by word so camelCase and snake_case keys count alike
+# oauth2.credential; not spark.ssl's privateKey, a PEM file's path), matched word by word so camelCase and snake_case keys count alike
 # (keyStorePassword, awsAccessKeyId) and a tokenizer is no token. A key naming where a secret
 # is (a file, a path, a binding or provider class) is no secret.
 _WORD_BREAK = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|[-_.]+")
 _SECRET_WORDS = re.compile(r"secret|passw(?:or)?d|token(?!i[sz])"
-                           r"|(?:access|account|encryption|private|api)\.?keys?(?:\.|$)"
+                           r"|(?:access|account|encryption|api)\.?keys?(?:\.|$)"
+                           r"|account\.private\.key(?:\.|$)"
                            r"|(?:^|\.)(?:sk|credential)(?:\.|$)")
 _NAMES_A_PLACE = re.compile(r"(?:file|path|\.binding|\.provider)$")
 # A PEM block (-----BEGIN PRIVATE KEY-----, -----BEGIN RSA PRIVATE KEY-----, ...) in a value.

@@ -146,8 +146,9 @@ def _within_ci_cpu(shrunk: dict[str, Any], final: dict[str, Any], source: str) -
     small sizes it promises are not lifted by a flag or a form field (the spec's own ``ci-cpu``
     entry may set its sizes; only what the overrides changed is judged)."""
     problems = []
-    for (path, before, cpu_key, _), (_, after, _, _) in zip(_nodes(shrunk), _nodes(final),
-                                                            strict=True):
+    earlier = {path: node for path, node, _, _ in _nodes(copy.deepcopy(shrunk))}
+    for path, after, cpu_key, _ in _nodes(final):
+        before = earlier.get(path, {})  # a node the overrides added (connect) is judged whole
         limits = {"gpus": (0, "0 GPUs"),
                   cpu_key: (_CI_MAX_CPU, f"at most {_CI_MAX_CPU} CPU per node"),
                   "memory": (_CI_MAX_MEMORY, f"at most {format_memory(_CI_MAX_MEMORY)} per node"),

@@ -59,6 +59,8 @@ def test_secret_keys_are_refused(key: str) -> None:
     "spark.hadoop.google.cloud.auth.service.account.json.keyfile",
     "spark.hadoop.hadoop.security.credential.provider.path",
     "spark.io.encryption.keygen.algorithm", "spark.ssl.keyStore",
+    # Spark's TLS key is a PEM file's path (SSLOptions), not the key itself.
+    "spark.ssl.rpc.privateKey", "spark.ssl.ui.privateKey",
 ])
 def test_where_a_secret_is_and_ordinary_keys_are_no_secrets(key: str) -> None:
     assert not secret_key(key)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from ephemeral.errors import SpecError, SpecNotFound
 from ephemeral.specs import (
@@ -234,6 +235,20 @@ def test_replica_override_after_ci_cpu() -> None:
     assert isinstance(spec, RaySpec)
     g = spec.worker_groups[0]
     assert (g.replicas, g.gpus, g.min_replicas, g.max_replicas) == (1, 0, None, None)
+
+
+def test_ci_cpu_with_a_connect_override_on_a_spec_without_connect(tmp_path: Path) -> None:
+    """The ETL DAGs pass {"connect": False} with ci-cpu; a spec of their own without a
+    connect section must resolve too (the override adds the node)."""
+    doc = resolve("spark/etl").spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    doc.pop("connect", None)
+    path = tmp_path / "etl-no-connect.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    for enabled in (False, True):
+        spec = resolve(str(path), CI_CPU, {"connect": enabled}).spec
+        assert isinstance(spec, SparkSpec)
+        assert spec.connect is not None
+        assert spec.connect.enabled is enabled
 
 
 @pytest.mark.parametrize(("ref", "overrides", "field", "says"), [
