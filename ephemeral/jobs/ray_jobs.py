@@ -61,9 +61,13 @@ LOST_CEILING = 300.0
 # which a Ready pod's Service can answer too (an endpoints update in flight). So the backend
 # is asked, at the same moments as the health check: its head GONE (the RayCluster or the
 # head pod deleted, Failed or replaced; the local head's GCS process exited) is evidence at
-# once; NOT_READY (a head pod Running but not Ready) once it has lasted a further grace;
+# once; NOT_READY (a head pod Running but not Ready) once it has lasted LOST_NOT_READY;
 # RUNNING, or a view that fails or takes over VIEW_TIMEOUT seconds, is none.
 VIEW_TIMEOUT = 5.0
+# KubeRay's head readiness probe is the same GCS health check, with a failure threshold: a
+# head starved of CPU can turn NotReady and come back. A minute of it, with every read failing
+# too, is a head that does not serve; less may be a loaded one that would recover.
+LOST_NOT_READY = 60.0
 
 
 class ClusterLost(JobError):
@@ -470,7 +474,7 @@ class JobWatch:
                  reads: int | None = None, read_timeout: float | None = None,
                  ceiling: float | None = None, warn: LogSink | None = None,
                  renew: Callable[[], RayJobs] | None = None,
-                 head: HeadEvidence | None = None) -> None:
+                 head: HeadEvidence | None = None, not_ready: float | None = None) -> None:
         self.jobs = jobs
         self.renew = renew  # fresh access (a new token) when the credentials are refused
         self.head = head or jobs.head
@@ -479,6 +483,7 @@ class JobWatch:
         self.reads = LOST_READS if reads is None else reads
         self.read_timeout = READ_TIMEOUT if read_timeout is None else read_timeout
         self.ceiling = LOST_CEILING if ceiling is None else ceiling
+        self.not_ready = LOST_NOT_READY if not_ready is None else not_ready
         self.warn = warn or log.warning
         self.last = JobStatus.PENDING
         self._failing_since: float | None = None
@@ -534,7 +539,7 @@ class JobWatch:
     def _evidence(self) -> tuple[bool, str]:
         """The one rule: whether the cluster shows it died, and what it shows. The dashboard
         says its GCS is down or its port refuses; or the backend sees its head GONE, or
-        NOT_READY for a grace. The backend is asked first: its look runs while the health
+        NOT_READY for LOST_NOT_READY. The backend is asked first: its look runs while the health
         check does."""
         if self.head is not None:
             self.head.ask()
@@ -553,4 +558,4 @@ class JobWatch:
         if self._not_ready_since is None:
             self._not_ready_since = now
         lasted = now - self._not_ready_since
-        return lasted >= self.grace, f"{seen} (for {lasted:.0f}s)"
+        return lasted >= self.not_ready, f"{seen} (for {lasted:.0f}s)"

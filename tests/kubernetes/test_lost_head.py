@@ -34,7 +34,8 @@ from tests.kubernetes.conftest import NAMESPACE
 from tests.kubernetes.test_backend import RAY, owner
 
 JOB = "raysubmit_lost_head"
-FAST: dict[str, Any] = {"grace": 1.0, "reads": 3, "read_timeout": 0.5, "ceiling": 5.0}
+FAST: dict[str, Any] = {"grace": 1.0, "reads": 3, "read_timeout": 0.5, "ceiling": 5.0,
+                        "not_ready": 1.0}
 
 
 @pytest.fixture
@@ -154,10 +155,11 @@ def test_a_deleted_raycluster_is_a_lost_cluster(backend: KubernetesBackend,
     assert f"its RayCluster {running.name} is gone" in str(err)
 
 
-def test_a_head_not_ready_for_a_further_grace_is_a_lost_cluster(
+def test_a_head_not_ready_for_long_enough_is_a_lost_cluster(
         backend: KubernetesBackend, apiserver: ApiServer, running: ClusterHandle) -> None:
     """Running but not Ready (its readiness probe fails): it may pass, so it counts once the
-    backend has seen it so for a grace on top of the grace of failed reads."""
+    backend has seen it so for ``not_ready`` (a minute by default; 1 s here) on top of the
+    grace of failed reads."""
     watch = JobWatch(ray_jobs_for(running, backend), JOB, **FAST)
     assert watch.status() is JobStatus.RUNNING
     apiserver.store.update("pods", NAMESPACE, head_pod(apiserver, running), lambda p: p[

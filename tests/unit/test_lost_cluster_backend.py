@@ -125,6 +125,23 @@ def test_the_local_view_sees_the_gcs_process(local_head: Any) -> None:
     assert view.reason.startswith("its head node's gcs_server is gone")
 
 
+def test_a_head_another_os_user_runs_is_unknown_not_gone(
+        local_head: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A watcher that cannot read the head's environment (the cluster started by another OS
+    user, its session leader exited) cannot tell its processes are the cluster's: that is no
+    evidence the head died."""
+    backend, handle, _ = local_head
+
+    def denied(self: psutil.Process) -> dict[str, str]:
+        raise psutil.AccessDenied(self.pid)
+
+    monkeypatch.setattr(procs, "leader_is", lambda sid, started_at: False)
+    monkeypatch.setattr(psutil.Process, "environ", denied)
+    view = backend.head_view(handle)
+    assert view.state is HeadState.UNKNOWN, view
+    assert "cannot be read by this OS user" in view.reason
+
+
 def test_a_deleted_local_cluster_is_gone(tmp_path: Path) -> None:
     backend = LocalBackend(home=tmp_path)
     assert backend.head_view(_handle("never-made")) == HeadView(state=HeadState.GONE,

@@ -276,6 +276,9 @@ class LocalBackend(ClusterBackend):
         if (holder in names) if holder else names:
             return HeadView(state=HeadState.RUNNING,
                             reason=f"its head node's {holder or 'process'} runs")
+        if not names and procs.unreadable_in_session(head):
+            return HeadView(state=HeadState.UNKNOWN, reason="its head node's processes cannot "
+                            "be read by this OS user")
         left = f" (left: {', '.join(sorted(names))})" if names else ""
         return HeadView(state=HeadState.GONE, reason=f"its head node's "
                         f"{holder or 'processes'} {'is' if holder else 'are'} gone{left}")

@@ -168,6 +168,23 @@ def session_names(node: NodeProcess, uid: str) -> set[str]:
     return names
 
 
+def unreadable_in_session(node: NodeProcess) -> bool:
+    """Whether a live process of ``node``'s session hides its environment from this process
+    (another OS user's, say ``run_as_user``): ``find`` cannot tell it is the cluster's, so its
+    absence from ``session_names`` proves nothing."""
+    for p in psutil.process_iter(["pid", "create_time"]):
+        try:
+            if os.getsid(p.info["pid"]) != node.sid or \
+                    (p.info["create_time"] or 0) < node.started_at - 1.0:
+                continue
+            p.environ()
+        except psutil.AccessDenied:
+            return True
+        except (OSError, psutil.Error):
+            continue
+    return False
+
+
 def _has_uid(p: psutil.Process, uid: str) -> bool:
     try:
         return p.environ().get(UID_ENV) == uid
