@@ -349,17 +349,21 @@ def down(
     except SpecError as e:
         raise _fail(e, as_json) from e
     be = _backend(backend)
+    # By handle: with --all-instances two deployments may each have a cluster of one name,
+    # and a look-up by name would find (and delete) only one of them.
+    targets: list[tuple[str, list[ClusterHandle]]]
     if all_:
-        targets = [h.name for h in be.list_owned(OwnerSelector(all_instances=all_instances))]
+        targets = [(h.name, [h])
+                   for h in be.list_owned(OwnerSelector(all_instances=all_instances))]
     elif names:
-        targets = names
+        targets = [(n, be.list_owned(OwnerSelector.of_target(n, all_instances=all_instances)))
+                   for n in names]
     else:
         err.print("name one or more clusters, or use --all")
         raise typer.Exit(2)
     done, failures = [], []
-    for name in targets:
-        handle = be.get(name, all_instances=all_instances)
-        known = handle is not None
+    for name, handles in targets:
+        known = bool(handles)
         other = None if known else be.get(name, all_instances=True)
         if other is not None:  # another deployment's: never touched from here by accident
             failures.append({"name": name, "error": f"belongs to deployment instance "
@@ -370,9 +374,10 @@ def down(
             continue
         try:
             with err.status(f"deleting {name}"):
-                # By the handle looked up above: a delete by bare name is this deployment's
+                # By the handles looked up above: a delete by bare name is this deployment's
                 # only, so --all-instances reaches another deployment's cluster only this way.
-                seconds = teardown(be, handle or name)
+                seconds = sum(teardown(be, h) for h in handles) if handles else \
+                    teardown(be, name)
             done.append({"name": name, "existed": known, "seconds": round(seconds, 2)})
             if not as_json:
                 word = "deleted" if known else "not found (nothing to delete)"
