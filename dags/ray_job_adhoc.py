@@ -65,12 +65,12 @@ with DAG(
             values_display={None: "none (the spec as written)",
                             "ci-cpu": "ci-cpu (no GPUs, small nodes: CI and laptops)"},
             description="Where the cluster runs. none: as the spec says; ci-cpu: without GPUs, "
-                        "at most 1 CPU and 2 GiB per node.",
+                        "at most 1 CPU and 2 GiB per node and 2 workers per group.",
             section="Cluster"),
         "workers": Param(
             2, type="integer", minimum=1, maximum=64, title="Worker nodes",
             description="Worker nodes per worker group, at most the spec's maxReplicas (or its "
-                        "replicas when it sets no maximum).",
+                        "replicas when it sets no maximum); at most 2 with the ci-cpu profile.",
             section="Cluster"),
         "gpus_per_worker": Param(
             None, type=["null", "integer"], minimum=0, maximum=8, title="GPUs per worker",
