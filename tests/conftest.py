@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 from collections.abc import Generator, Iterator
 from pathlib import Path
+from types import FrameType
 
 import psutil
 import pytest
@@ -25,6 +27,17 @@ os.environ.setdefault("AIRFLOW__CORE__XCOM_BACKEND", "ephemeral.airflow.xcom.Met
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 
 REQUIRE_K8S = "EPHEMERAL_REQUIRE_K8S"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A run stopped by SIGTERM (a CI job's timeout, `timeout`, a kill) or a closed terminal
+    ends as Ctrl-C does: pytest then tears its fixtures down, so the clusters, live Airflows
+    and PostgreSQL servers they started are stopped, not orphaned."""
+    def interrupt(signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+    for stop in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop, interrupt)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -58,8 +58,10 @@ def up() -> int:
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         stopping.append(signum)
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    # Ctrl-C, a kill, or the terminal closed (SIGHUP): each stops the stack and deletes the
+    # clusters of running runs, rather than leaving them to outlive the command.
+    for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop, on_signal)
     db = ("the given AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" if os.environ.get(DB_VAR)
           else stack.db)
     _say(f"Starting Airflow in {home} ({db} database; logs in {home / 'logs'}) ...")
