@@ -27,9 +27,9 @@ from __future__ import annotations
 import json
 import logging
 import re
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ephemeral.jobs import artifacts
 from ephemeral.jobs.artifacts import run_slug
@@ -38,6 +38,7 @@ from ephemeral.report.model import ClusterFacts, Ready, Release, build_report
 from ephemeral.settings import setting
 
 log = logging.getLogger(__name__)
+_Record = TypeVar("_Record", bound=BaseModel)
 
 URL_VAR = "EPHEMERAL_ARTIFACT_URL"
 REPORTS = "reports"
@@ -98,18 +99,10 @@ def write_ready(dag_id: str, run_id: str, ready: Ready) -> None:
 
 def read_ready(dag_id: str, run_id: str, name: str, created_at: str) -> float | None:
     """When the setup saw this cluster life ready, None when it did not (or never was)."""
-    from pyarrow import fs
-
-    uri = _ready_uri(dag_id, run_id, name, created_at)
-    filesystem, path = fs.FileSystem.from_uri(uri)
-    if filesystem.get_file_info(path).type != fs.FileType.File:
+    ready = _record(_ready_uri(dag_id, run_id, name, created_at), Ready, "readiness")
+    if ready is None or (ready.name, ready.created_at) != (name, created_at):
         return None
-    try:
-        ready = Ready.model_validate(artifacts.read_json(uri))
-    except (ValidationError, ValueError, OSError) as err:
-        log.warning("ignoring unreadable readiness record %s: %s", uri, err)
-        return None
-    return ready.ready if (ready.name, ready.created_at) == (name, created_at) else None
+    return ready.ready
 
 
 def _release_uri(dag_id: str, run_id: str, name: str) -> str:
@@ -123,16 +116,21 @@ def write_release(dag_id: str, run_id: str, release: Release) -> None:
 
 def read_release(dag_id: str, run_id: str, name: str) -> Release | None:
     """The release of cluster ``name`` in this run, None when no job task deleted it."""
+    return _record(_release_uri(dag_id, run_id, name), Release, "release")
+
+
+def _record(uri: str, model: type[_Record], what: str) -> _Record | None:
+    """The record at ``uri``; None when there is none, or it is unreadable (logged: the
+    reader's own view serves then)."""
     from pyarrow import fs
 
-    uri = _release_uri(dag_id, run_id, name)
     filesystem, path = fs.FileSystem.from_uri(uri)
     if filesystem.get_file_info(path).type != fs.FileType.File:
         return None
     try:
-        return Release.model_validate(artifacts.read_json(uri))
-    except (ValidationError, ValueError, OSError) as err:  # the teardown's own view then
-        log.warning("ignoring unreadable release record %s: %s", uri, err)
+        return model.model_validate(artifacts.read_json(uri))
+    except (ValidationError, ValueError, OSError) as err:
+        log.warning("ignoring unreadable %s record %s: %s", what, uri, err)
         return None
 
 
