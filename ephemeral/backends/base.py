@@ -30,10 +30,9 @@ from ephemeral.specs.identity import (
     check_cluster_name,
     current_instance,
     expires_at,
-    is_label_key,
-    is_label_value,
     utc_text,
 )
+from ephemeral.specs.labels import is_label_key, is_label_value
 
 if TYPE_CHECKING:
     from ephemeral.specs.models import SparkSpec

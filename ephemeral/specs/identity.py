@@ -8,35 +8,16 @@ The instance keeps two deployments whose run ids coincide (``scheduled__<date>``
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from ephemeral.errors import SpecError
+from ephemeral.specs.labels import is_label_value
 from ephemeral.specs.models import DNS1123_HELP, DNS1123_LABEL
 
 PREFIX = "ephemeral.dev/"
 NAME_MAX = 47  # RayJob names are limited to 47 characters; RayCluster to 53
 MANAGED_BY = "app.kubernetes.io/managed-by"
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-_LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-
-
-def is_label_value(value: object) -> bool:
-    """Whether ``value`` is a Kubernetes label value (at most 63 characters, alphanumeric at
-    both ends, '-', '_', '.' between; empty too): nothing a selector would read as syntax."""
-    return isinstance(value, str) and len(value) <= 63 and bool(_LABEL_VALUE.fullmatch(value))
-
-
-def is_label_key(key: object) -> bool:
-    """Whether ``key`` is a Kubernetes label key: ``[prefix/]name``, the prefix a DNS
-    subdomain of at most 253 characters, the name as a label value but not empty."""
-    if not isinstance(key, str):
-        return False
-    prefix, _, name = key.rpartition("/")
-    return (0 < len(name) <= 63 and bool(_LABEL_NAME.fullmatch(name))
-            and (not prefix or (len(prefix) <= 253 and bool(_LABEL_PREFIX.fullmatch(prefix)))))
 
 
 def label_value(value: str) -> str:

@@ -23,6 +23,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from ephemeral.settings import JOB_ENV_NEVER
+from ephemeral.specs.labels import KEY_HELP, VALUE_HELP, is_label_key, is_label_value
 from ephemeral.specs.pip_credentials import credentials_problem
 from ephemeral.specs.quantities import Duration, Memory, duration_seconds, memory_bytes
 
@@ -68,11 +69,6 @@ PositiveCpu = Annotated[float, Field(gt=0, le=1024, description="CPU cores (may 
 GpuCount = Annotated[int, Field(ge=0, le=64)]
 
 
-_QUALIFIED_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
-
-
 class Toleration(Model):
     """A pod toleration, checked by the rules of Kubernetes' own ``ValidateTolerations``
     (pkg/apis/core/validation), so a spec the API server would refuse fails here, before any
@@ -87,14 +83,8 @@ class Toleration(Model):
     @field_validator("key")
     @classmethod
     def _key(cls, v: str | None) -> str | None:
-        if not v:
-            return v
-        prefix, _, name = v.rpartition("/")
-        if (prefix and (len(prefix) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(prefix))) \
-                or not _QUALIFIED_NAME.fullmatch(name):
-            raise ValueError(f"{v!r} is not a taint key: an optional DNS subdomain and '/', then "
-                             "at most 63 letters, digits, '-', '_' or '.', starting and ending "
-                             "with a letter or digit (e.g. nvidia.com/gpu)")
+        if v and not is_label_key(v):  # a taint key is a qualified name, as a label key is
+            raise ValueError(f"{v!r} is not a taint key: {KEY_HELP}")
         return v
 
     @field_validator("operator")
@@ -111,9 +101,8 @@ class Toleration(Model):
         if v and info.data.get("operator") == "Exists":
             raise ValueError("value must be empty when operator is Exists (Exists matches any "
                              "value); remove value, or use operator: Equal")
-        if v and not _LABEL_VALUE.fullmatch(v):
-            raise ValueError(f"{v!r} is not a taint value: at most 63 letters, digits, '-', '_' "
-                             "or '.', starting and ending with a letter or digit")
+        if v and not is_label_value(v):
+            raise ValueError(f"{v!r} is not a taint value: {VALUE_HELP}")
         return v
 
     @field_validator("toleration_seconds")
@@ -131,6 +120,18 @@ class Placement(Model):
 
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
+
+    @field_validator("node_selector")
+    @classmethod
+    def _node_selector(cls, v: dict[str, str]) -> dict[str, str]:
+        # The API server refuses a pod whose selector is no label; refused here, that is
+        # before any object of the cluster exists, by name.
+        for key, value in v.items():
+            if not is_label_key(key):
+                raise ValueError(f"key {key!r} is not a node label key: {KEY_HELP}")
+            if not is_label_value(value):
+                raise ValueError(f"{key}: {value!r} is not a node label value: {VALUE_HELP}")
+        return v
 
 
 class GpuFields(Model):
@@ -228,8 +229,13 @@ class EnvVar(Model):
 
     @field_validator("value")
     @classmethod
-    def _literal(cls, v: str | None) -> str | None:
-        if v is not None and (why := secret_value(v)) is not None:
+    def _literal(cls, v: str | None, info: ValidationInfo) -> str | None:
+        # The conf rule (secret_key) judges the name too: AWS_SECRET_ACCESS_KEY, WANDB_API_KEY
+        # or DB_PASSWORD with a literal is a secret written into the spec.
+        why = None if v is None else secret_value(v)
+        if why is None and v and secret_key(str(info.data.get("name", ""))):
+            why = f"{info.data['name']} names a secret"
+        if why is not None:
             raise ValueError(f"a secret has no place in a spec ({why.split(';')[0]}): put it "
                              "in a Kubernetes Secret and use secretKeyRef, or use fromEnv on "
                              "the local backend")

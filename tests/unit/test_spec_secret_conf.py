@@ -97,3 +97,25 @@ def test_ordinary_literal_env_values_still_validate() -> None:
     assert parse_spec(ray_env({"name": "TOKENIZERS_PARALLELISM", "value": "false"}), "r.yaml")
     assert parse_spec(ray_env({"name": "MLFLOW_TRACKING_URI", "value": "http://mlflow:5000"}),
                       "r.yaml")
+
+
+@pytest.mark.parametrize("name", ["AWS_SECRET_ACCESS_KEY", "WANDB_API_KEY", "HF_TOKEN",
+                                  "MLFLOW_TRACKING_PASSWORD", "awsAccessKeyId"])
+def test_a_literal_value_for_a_secret_name_is_refused(name: str) -> None:
+    # The value looks like nothing; the name says what it is, as a conf key's does.
+    err = refused(ray_env({"name": name, "value": "aq8Yx2b"}))
+    [(field, message)] = err.problems
+    assert field == "runtimeEnv.env[0].value"
+    assert f"{name} names a secret" in message
+    assert "secretKeyRef" in message
+    assert "fromEnv" in message
+
+
+@pytest.mark.parametrize("env", [
+    {"name": "HF_TOKEN", "fromEnv": "HF_TOKEN"},
+    {"name": "HF_TOKEN", "secretKeyRef": {"name": "hf", "key": "token"}},
+    {"name": "HF_TOKEN_PATH", "value": "/var/run/secrets/hf/token"},  # where it is: no secret
+    {"name": "HF_TOKEN", "value": ""},  # empty: unsets it, holds nothing
+])
+def test_secret_names_by_reference_or_place_still_validate(env: dict[str, Any]) -> None:
+    assert parse_spec(ray_env(env), "r.yaml")

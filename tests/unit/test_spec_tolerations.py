@@ -1,5 +1,6 @@
-"""Tolerations the Kubernetes API server refuses (its ValidateTolerations rules) fail at spec
-validation, naming the field and the fix, before anything is created."""
+"""Tolerations and node selectors the Kubernetes API server refuses (its ValidateTolerations and
+label rules) fail at spec validation, naming the field and the fix, before anything is
+created."""
 
 from __future__ import annotations
 
@@ -57,3 +58,34 @@ def test_tolerations_kubernetes_accepts_still_validate(toleration: dict[str, Any
     spec = parse_spec(ray(toleration), "tol.yaml")
     assert isinstance(spec, RaySpec)
     assert len(spec.worker_groups[0].tolerations) == 2
+
+
+def with_selector(selector: dict[str, str]) -> dict[str, Any]:
+    spec = ray({"operator": "Exists"})
+    spec["workerGroups"][0]["nodeSelector"] = selector
+    return spec
+
+
+@pytest.mark.parametrize(("selector", "says"), [
+    ({"gpu type": "a100"}, "is not a node label key"),
+    ({"Bad_Prefix.com/gpu": "a100"}, "is not a node label key"),
+    ({"/gpu": "a100"}, "is not a node label key"),
+    ({"pool": "a100,zone!=x"}, "is not a node label value"),  # selector syntax in a value
+    ({"pool": "a100\n"}, "is not a node label value"),
+    ({"pool": "v" * 64}, "is not a node label value"),
+])
+def test_node_selector_kubernetes_refuses_is_refused(selector: dict[str, str], says: str) -> None:
+    with pytest.raises(SpecError) as err:
+        parse_spec(with_selector(selector), "sel.yaml")
+    [(path, message)] = err.value.problems
+    assert path == "workerGroups[0].nodeSelector"
+    assert says in message
+    assert "63 letters" in message
+
+
+def test_node_selector_labels_kubernetes_accepts_validate() -> None:
+    selector = {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB", "pool": "",
+                "cloud.google.com/gke-accelerator": "nvidia-tesla-t4"}
+    spec = parse_spec(with_selector(selector), "sel.yaml")
+    assert isinstance(spec, RaySpec)
+    assert spec.worker_groups[0].node_selector == selector

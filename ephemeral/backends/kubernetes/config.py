@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -27,6 +26,7 @@ from pydantic import (
 )
 
 from ephemeral.errors import BackendUnavailable, field_problems
+from ephemeral.specs.labels import label_problems
 
 EndpointMode = Literal["auto", "dns", "proxy", "ingress"]
 SparkMode = Literal["standalone", "operator"]
@@ -34,9 +34,6 @@ ResolvedMode = Literal["dns", "proxy", "ingress"]
 CLIENT_LABEL = "ephemeral.dev/client"
 """The default selector of the pods a cluster's NetworkPolicy admits (the Airflow workers and
 triggerers): label them ``ephemeral.dev/client=true``, or configure ``client_selector``."""
-_LABEL = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
-                    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -108,10 +105,7 @@ class KubeConfig(BaseModel):
     def _selector(cls, value: object) -> object:
         labels = parse_labels(value) if isinstance(value, str) else value
         if isinstance(labels, Mapping):
-            bad = [f"{k}={v}" for k, v in labels.items()
-                   if not (isinstance(k, str) and _LABEL.fullmatch(k) and isinstance(v, str)
-                           and _VALUE.fullmatch(v))]
-            if bad:
+            if bad := label_problems(dict(labels)):
                 raise ValueError(f"not label key=value pairs: {', '.join(bad)}")
             if not labels:
                 raise ValueError("empty: give at least one label, e.g. ephemeral.dev/client=true")
