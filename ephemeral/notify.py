@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 
 NOTIFIER_VAR = "EPHEMERAL_NOTIFIER"
 KWARGS_VAR = "EPHEMERAL_NOTIFIER_KWARGS"
-DAG_ID, RUN_ID = "ephemeral.dev/dag-id", "ephemeral.dev/run-id"
 
 
 class NotifierError(ValueError):
@@ -126,8 +125,8 @@ def notify_reaped(handle: ClusterHandle, reason: str, error: Exception | None = 
         return
     from ephemeral.report import report_url
 
-    dag_id = handle.annotations.get(DAG_ID) or handle.labels.get(DAG_ID)
-    run_id = handle.annotations.get(RUN_ID) or handle.labels.get(RUN_ID)
+    # From the annotations: a label may hold a long or unusual run id only hashed.
+    dag_id, run_id = handle.run or (None, None)
     url = report_url(dag_id, run_id) if dag_id and run_id else None
     of = f"{handle.name} ({handle.spec_ref}) of {dag_id or '?'} {run_id or '?'}"
     where = f"; run report: {url}" if url else ""

@@ -63,7 +63,7 @@ from ephemeral.activity import Activity, cluster_activity
 from ephemeral.backends.base import ClusterBackend, ClusterHandle
 from ephemeral.errors import EphemeralError
 from ephemeral.notify import notify_reaped
-from ephemeral.specs.identity import PREFIX, parse_utc, utc_text
+from ephemeral.specs.identity import parse_utc, utc_text
 
 log = logging.getLogger(__name__)
 FINISHED = {"success", "failed"}
@@ -161,10 +161,9 @@ def judge(handle: ClusterHandle, *, lookup: RunLookup | None, now: datetime, gra
     if kept_for_debugging(handle):
         return Decision(handle.name, False, f"kept for debugging (on_failure='keep') until "
                                             f"{handle.expires_at}")
-    dag_id = handle.annotations.get(PREFIX + "dag-id")
-    run_id = handle.annotations.get(PREFIX + "run-id")
-    if not dag_id or not run_id:
+    if handle.run is None:
         return Decision(handle.name, False, f"no owning DAG run; kept until {handle.expires_at}")
+    dag_id, run_id = handle.run
     if lookup is None:
         return Decision(handle.name, False, f"run states unknown (no Airflow to ask); kept until "
                                             f"{handle.expires_at}")
@@ -175,7 +174,7 @@ def judge(handle: ClusterHandle, *, lookup: RunLookup | None, now: datetime, gra
     if run is None:
         return Decision(handle.name, False, f"run {dag_id}/{run_id} not found; kept until "
                                             f"{handle.expires_at}")
-    key = f"{dag_id}\x1f{run_id}"
+    key = "\x1f".join(handle.run)
     if run.state not in FINISHED:
         memory.forget(key)
         return Decision(handle.name, False, f"run {dag_id}/{run_id} is {run.state}")
@@ -263,8 +262,7 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
                 notify_reaped(handle, d.reason, err)  # a leak that still runs, above all
         decisions.append(d)
     live = backend.list_owned()
-    live_runs = {f"{h.annotations.get(PREFIX + 'dag-id')}\x1f{h.annotations.get(PREFIX + 'run-id')}"
-                 for h in live}
+    live_runs = {"\x1f".join(h.run) for h in live if h.run is not None}
     memory.save(live_runs | {key for h in live for key in idle_keys(h)})
     return decisions
 
@@ -281,10 +279,9 @@ def _for_the_report(backend: ClusterBackend, handle: ClusterHandle) -> Callable[
     from ephemeral.report.model import Release
     from ephemeral.report.store import write_release
 
-    dag_id = handle.annotations.get(PREFIX + "dag-id")
-    run_id = handle.annotations.get(PREFIX + "run-id")
-    if not dag_id or not run_id:  # a cluster made by hand: no run, no report
+    if handle.run is None:  # a cluster made by hand: no run, no report
         return lambda: None
+    dag_id, run_id = handle.run
     rel = Release(name=handle.name, created_at=handle.created_at, task=REAPER,
                   teardown_started=datetime.now(UTC).timestamp(),
                   jobs=engine_jobs(backend, handle))

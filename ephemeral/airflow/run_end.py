@@ -82,7 +82,8 @@ def setup_failed(handle: ClusterHandle) -> bool:
     it cannot be told: deleting is the safe side."""
     from ephemeral.specs.identity import PREFIX
 
-    task_id = handle.annotations.get(PREFIX + "task-id")
+    task_id = handle.setup_task
+    dag_id, run_id = handle.run or (None, None)
     map_label = handle.labels.get(PREFIX + "map-index", "none")
     try:
         from airflow.models.taskinstance import TaskInstance
@@ -91,8 +92,8 @@ def setup_failed(handle: ClusterHandle) -> bool:
 
         with create_session() as session:
             state = session.scalar(select(TaskInstance.state).where(
-                TaskInstance.dag_id == handle.annotations.get(PREFIX + "dag-id"),
-                TaskInstance.run_id == handle.annotations.get(PREFIX + "run-id"),
+                TaskInstance.dag_id == dag_id,
+                TaskInstance.run_id == run_id,
                 TaskInstance.task_id == task_id,
                 TaskInstance.map_index == (-1 if map_label == "none" else int(map_label))))
     except Exception as err:  # noqa: BLE001 (no metadata database)

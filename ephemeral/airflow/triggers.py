@@ -95,11 +95,9 @@ class ClusterReadyTrigger(BaseTrigger):
         name = self.handle.get("name")
         self.log.warning("setup of %s was killed while waiting: deleting the cluster", name)
         from ephemeral.lifecycle import delete_killed
-        from ephemeral.specs.identity import PREFIX
-
         backend = await asyncio.to_thread(self._backend)
         handle = ClusterHandle.model_validate(self.handle)
-        setup = handle.annotations.get(PREFIX + "task-id") or "setup"
+        setup = handle.setup_task or "setup"
         await asyncio.to_thread(delete_killed, backend, handle, setup)
 
 

@@ -129,6 +129,18 @@ class ClusterHandle(BaseModel):
     def instance(self) -> str | None:
         return self.labels.get(INSTANCE_LABEL)
 
+    @property
+    def run(self) -> tuple[str, str] | None:
+        """(dag_id, run_id) of the DAG run that made the cluster, at full length (labels may
+        hold them hashed); None for a cluster made by hand."""
+        dag_id, run_id = (self.annotations.get(PREFIX + k) for k in ("dag-id", "run-id"))
+        return (dag_id, run_id) if dag_id and run_id else None
+
+    @property
+    def setup_task(self) -> str | None:
+        """The task id of the setup that made the cluster; None for one made by hand."""
+        return self.annotations.get(PREFIX + "task-id")
+
 
 def check_adoptable(existing: ClusterHandle, spec_ref: str, spec_hash: str,
                     identity: ClusterIdentity) -> None:

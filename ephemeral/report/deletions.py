@@ -32,12 +32,10 @@ def record_ready(handle: ClusterHandle) -> None:
     ready, and the setup must not fail on its report."""
     from ephemeral.report.model import Ready
     from ephemeral.report.store import write_ready
-    from ephemeral.specs.identity import PREFIX
 
-    dag_id = handle.annotations.get(PREFIX + "dag-id")
-    run_id = handle.annotations.get(PREFIX + "run-id")
-    if not dag_id or not run_id or handle.ready_ts is None:
+    if handle.run is None or handle.ready_ts is None:
         return
+    dag_id, run_id = handle.run
     try:
         write_ready(dag_id, run_id, Ready(name=handle.name, created_at=handle.created_at,
                                           ready=handle.ready_ts))
@@ -92,19 +90,17 @@ def record_deleted(handle: ClusterHandle, *, by: str, started: float, deleted: f
     its result. A cluster made by hand (no run) has none. Never raises: the deletion matters."""
     from ephemeral.report.model import Release
     from ephemeral.report.store import record, write_release
-    from ephemeral.specs.identity import PREFIX
 
-    dag_id = handle.annotations.get(PREFIX + "dag-id")
-    run_id = handle.annotations.get(PREFIX + "run-id")
-    if not dag_id or not run_id:
+    if handle.run is None:
         return
+    dag_id, run_id = handle.run
     try:
         if release:
             write_release(dag_id, run_id, Release(
                 name=handle.name, created_at=handle.created_at, task=by,
                 teardown_started=started, deleted=deleted, jobs=jobs))
         record([cluster_facts(handle, dag_id=dag_id, run_id=run_id,
-                              setup_task=handle.annotations.get(PREFIX + "task-id"),
+                              setup_task=handle.setup_task,
                               teardown_task=None, started=started, deleted=deleted,
                               deletion=deletion, jobs=jobs or [], released_by=by)])
     except Exception as err:  # noqa: BLE001 - the report is secondary to the deletion
