@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,9 @@ from ephemeral.jobs.ray_jobs import ClusterLost, HeadEvidence, JobWatch, RayJobs
 from ephemeral.jobs.results import JobStatus
 from tests.unit.test_lost_cluster import FAST, JOB, Dashboard, _watch_until_lost
 
-UID = "lost-head-test-uid"
+# Unique per run: teardown kills by this marker, and two runs of the suite on one machine must
+# not kill each other's head.
+UID = f"lost-head-test-{uuid.uuid4().hex}"
 
 
 def _view(state: HeadState) -> HeadView:

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -298,14 +299,15 @@ def test_an_unreadable_state_hides_no_other_cluster_and_still_deletes(
     backend = LocalBackend(ephemeral_home)
     broken = ephemeral_home / "clusters" / "eph-old-schema"
     broken.mkdir(parents=True)
-    (broken / "state.json").write_text(json.dumps({"uid": "u-old", "version": 0, "nodes": 3}))
+    old_uid = f"u-old-{uuid.uuid4().hex}"  # killed by marker: another run's must never match
+    (broken / "state.json").write_text(json.dumps({"uid": old_uid, "version": 0, "nodes": 3}))
     garbage = ephemeral_home / "clusters" / "eph-garbage"
     garbage.mkdir()
     (garbage / "state.json").write_text("{not json")
     # Processes of those clusters, marked as the backend marks every node it starts.
     sleepers = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
                                  env=os.environ | marker, start_new_session=True)
-                for marker in ({procs.UID_ENV: "u-old"}, {procs.DIR_ENV: str(garbage)})]
+                for marker in ({procs.UID_ENV: old_uid}, {procs.DIR_ENV: str(garbage)})]
     try:
         good = InMemoryBackend().create(SPEC, identity=ident(get_settings().instance))
         from ephemeral.backends.local.state import ClusterState, save
