@@ -285,6 +285,7 @@ class Stack(AirflowApi):
     def stop(self) -> list[str]:
         """Stop everything and delete the instance's clusters; the names of those deleted."""
         procs = self.processes()
+        orphans = self._orphans(procs)
         for proc in self.procs.values():
             try:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -292,7 +293,10 @@ class Stack(AirflowApi):
                 pass
         for p in procs:
             try:
-                p.terminate()
+                # An orphan of a killed component has nothing left to shut it down in order,
+                # and an idle LocalExecutor worker ignores SIGTERM: waiting for it held every
+                # stop after a crash for the whole 30 s.
+                p.kill() if p in orphans else p.terminate()
             except psutil.NoSuchProcess:
                 pass
         _, alive = psutil.wait_procs(procs, timeout=30)
@@ -313,6 +317,24 @@ class Stack(AirflowApi):
             self.postgres.stop()
             self.postgres = None
         return deleted
+
+    def _orphans(self, procs: list[psutil.Process]) -> list[psutil.Process]:
+        """Processes in a component's session that no live component has as a descendant."""
+        kept: set[int] = set()
+        for proc in self.procs.values():
+            try:
+                p = psutil.Process(proc.pid)
+                kept |= {p.pid} | {c.pid for c in p.children(recursive=True)}
+            except psutil.NoSuchProcess:
+                pass
+        out = []
+        for p in procs:
+            try:
+                if p.pid not in kept and os.getsid(p.pid) in self.sessions:
+                    out.append(p)
+            except OSError:
+                continue
+        return out
 
     def delete_clusters(self) -> list[str]:
         """Delete every cluster of this stack's instance on its local backend."""
