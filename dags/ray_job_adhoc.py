@@ -3,10 +3,12 @@
 Pick a cluster spec, right-size it (workers, GPUs per worker) within what the spec allows, name
 the entrypoint (a script in the jobs folder unless the deployment sets
 EPHEMERAL_ALLOW_ARBITRARY_ENTRYPOINTS=true or [ephemeral] allow_arbitrary_entrypoints = true), extra pip packages and a timeout. The form refuses
-values outside its schema; the first task refuses the rest (ephemeral.adhoc: an unknown script,
-a pip option or URL, a size above the spec's, GPUs on the CPU-only profile, a timeout longer than
-the cluster's lifetime) naming the field, before anything is created. The cluster is deleted
-when the job ends, whatever the outcome.
+values outside its schema; the first task refuses the rest (ephemeral.adhoc: an unknown script or
+a path to one, an argument choosing where the job writes, a pip option, URL or ${VAR}, a size
+above the spec's, GPUs on the CPU-only profile, a timeout longer than the cluster's lifetime)
+naming the field, before anything is created. The job writes under this run's own folder
+(<instance>/ray_job_adhoc/<run id> under the artifact root), which the first task passes to it.
+The cluster is deleted when the job ends, whatever the outcome.
 
 Specs and jobs come from the configured folders (EPHEMERAL_SPECS_DIR, EPHEMERAL_JOBS_DIR), not
 from paths next to this file, so the DAG can be deployed apart from them. Any package the pip
@@ -80,9 +82,10 @@ with DAG(
         "entrypoint": Param(
             "python hello_ray.py", type="string", minLength=1, maxLength=2000,
             title="Entrypoint",
-            description="A script in the jobs folder and its arguments, e.g. "
-                        "python train_ddp.py --run adhoc/my-model-1 (a --run name used "
-                        "before resumes from its checkpoints: take a new one per model)",
+            description="A script of the jobs folder (its bare name) and its arguments, "
+                        "e.g. python train_ddp.py --steps 500. The job writes under this "
+                        "run's own folder, which the form passes to it (--run, or --output "
+                        "for evaluate.py): --run, --artifact-root and --output are refused.",
             section="Job"),
         "timeout_minutes": Param(
             60, type="integer", minimum=1, maximum=24 * 60, title="Job timeout (minutes)",
@@ -101,14 +104,17 @@ with DAG(
 ) as dag:
 
     @task
-    def validate_request(params: Any = None) -> dict[str, Any]:
-        """Refuse what the form's schema cannot, naming the field; nothing exists yet."""
+    def validate_request(params: Any = None, dag_run: Any = None) -> dict[str, Any]:
+        """Refuse what the form's schema cannot, naming the field; nothing exists yet. The job
+        writes under this run's folder (artifacts.run_folder), which is passed to it here."""
         from ephemeral.adhoc import validate_request as check
+        from ephemeral.jobs.artifacts import run_folder
         from ephemeral.settings import get_settings
 
         # A declared setting: $EPHEMERAL_ALLOW_ARBITRARY_ENTRYPOINTS or [ephemeral] in airflow.cfg.
         allow_any = get_settings().allow_arbitrary_entrypoints
-        return check(dict(params or {}), allow_any_entrypoint=allow_any)
+        folder = None if dag_run is None else run_folder(dag_run.dag_id, dag_run.run_id)
+        return check(dict(params or {}), allow_any_entrypoint=allow_any, run_folder=folder)
 
     request = validate_request()
     create = CreateClusterOperator(task_id="create_cluster", spec=f"{{{{ {REQUEST}['spec'] }}}}",

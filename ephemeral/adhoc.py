@@ -1,15 +1,30 @@
 """The rules of an ad-hoc Ray job request (the ``ray_job_adhoc`` trigger form), without Airflow.
 
 The form's JSON schema refuses what a schema can (types, ranges, the spec list); this module
-refuses the rest before anything is created, naming the field and the fix: a script outside the
-jobs folder, a pip entry that is not a plain requirement, a size above what the spec allows, GPUs
-on the CPU-only profile, a timeout the cluster's lifetime cannot hold. The DAG's validation
-task, the CLI and the tests share it, so a rule lands once.
+refuses the rest before anything is created, naming the field and the fix: a script that is not
+a job of the jobs folder named bare, an argument choosing where the job writes, a pip entry that
+is not a plain requirement, a size above what the spec allows, GPUs on the CPU-only profile, a
+timeout the cluster's lifetime cannot hold. The DAG's validation task, the CLI and the tests
+share it, so a rule lands once.
 
 Security note on ``pip``: an allowed package is installed on every node of the cluster and
 runs its own code there (setup scripts, import-time code). Only plain PEP 508 requirements
 from the configured package index are accepted (no options, URLs, paths or VCS references,
-which would pick the code's origin); ``EPHEMERAL_PIP_ALLOW`` narrows the names further.
+which would pick the code's origin; no ``===``, which compares any text; no environment-variable
+reference, which pip would expand from the node's secrets: ``specs.pip_credentials``);
+``EPHEMERAL_PIP_ALLOW`` narrows the names further.
+
+Where the job writes: the form's job writes under this run's own folder and nowhere else
+(``confine_outputs``). The entrypoint may not choose a location: ``--run``, ``--artifact-root``
+and ``--output`` (the flags by which the jobs in jobs/ choose where they write; also their
+abbreviations, which argparse accepts, and ``--output-...``-like names) are refused, and the form
+passes the location itself to the scripts that take one: ``--run <instance>/ray_job_adhoc/<run>``
+(``artifacts.run_folder``) to train_ddp.py and etl_features.py, ``--output <that folder>/eval/
+metrics.json`` to evaluate.py (whose default is next to the evaluated model, i.e. in the run that
+made it). Refused rather than rewritten: a user who typed ``--run adhoc/my-model`` to resume
+from it, or to find the model there, learns at once that it is not so, instead of finding the
+model elsewhere; and a folder per run is what the scheduled DAGs do (``run_folder``), so a
+retry resumes from its own checkpoints and no run can plant one another resumes from.
 """
 
 from __future__ import annotations
@@ -25,7 +40,7 @@ from ephemeral.errors import SpecError
 from ephemeral.settings import Settings, get_settings
 from ephemeral.specs.identity import parse_utc
 from ephemeral.specs.models import RaySpec
-from ephemeral.specs.pip_credentials import credentials_problem
+from ephemeral.specs.pip_credentials import pip_entry_problem
 from ephemeral.specs.resolve import CI_CPU, ResolvedSpec, resolve
 
 if TYPE_CHECKING:
@@ -84,7 +99,7 @@ def _pip_entry_problem(entry: object, allow: frozenset[str] | None) -> str | Non
     plain = "write a plain requirement: a name, optional [extras] and a version, e.g. 'pandas>=2'"
     if not entry.strip():
         return f"an empty entry; {plain}"
-    if (secret := credentials_problem(entry)) is not None:  # before any message echoes it
+    if (secret := pip_entry_problem(entry)) is not None:  # before any message echoes it
         return secret
     if len(entry) > PIP_ENTRY_MAX_LEN:
         return f"{len(entry)} characters long; at most {PIP_ENTRY_MAX_LEN}"
@@ -106,6 +121,9 @@ def _pip_entry_problem(entry: object, allow: frozenset[str] | None) -> str | Non
         return f"{entry!r} is not a requirement ({str(err).splitlines()[0]}); {plain}"
     if req.url:
         return f"{entry!r} names a URL (name @ url); only packages from the index; {plain}"
+    if "===" in entry:
+        return (f"{entry!r} uses '===' (arbitrary equality: the version compared as any text, "
+                f"not parsed); use '==' with a version, e.g. 'pandas==2.2.3'")
     if req.marker is not None:
         return (f"{entry!r} has an environment marker ('; ...'); the cluster's Python is fixed, "
                 f"so remove it")
@@ -136,8 +154,32 @@ def check_pip(entries: object, allow: frozenset[str] | None = None) -> list[str]
 # --- entrypoint -------------------------------------------------------------------------------
 
 
+def _scripts(jobs_dir: Path) -> list[str]:
+    """The jobs a form may run: the ``*.py`` files of ``jobs_dir`` whose names do not start with
+    ``_`` (helper modules such as ``_common.py``) or ``.``."""
+    return sorted(x.name for x in jobs_dir.glob("*.py")
+                  if not x.name.startswith(("_", ".")) and x.is_file())
+
+
+def _script_problem(name: str, jobs_dir: Path) -> str | None:
+    """Why ``name`` is not a script the form may run ("": not one of them), or None. Only a bare
+    file name: Ray runs the entrypoint in the jobs folder it uploads (the working dir), so a path
+    (absolute or relative) would be judged here, on the Airflow host, but mean something else
+    there; and a ``_`` name is a helper module (``_common.py``), not a job."""
+    if "/" in name or "\\" in name:
+        return ("is a path; name the script alone, as it is in the jobs folder (Ray runs it from "
+                "there), e.g. `python hello_ray.py`")
+    if name.startswith(("_", ".")):
+        return "is a helper module of the jobs, not a job (names starting with '_' or '.')"
+    script = (jobs_dir / name).resolve()
+    if name not in _scripts(jobs_dir) or script.parent != jobs_dir.resolve():
+        return ""
+    return None
+
+
 def check_entrypoint(entrypoint: object, jobs_dir: Path, allow_any: bool = False) -> str:
-    """The entrypoint, re-quoted: ``python <script in jobs_dir> [args]`` unless ``allow_any``."""
+    """The entrypoint, re-quoted: ``python <script> [args]`` with ``<script>`` the bare name of
+    a job in ``jobs_dir``, unless ``allow_any``. Where the job writes is ``confine_outputs``'s."""
     if not isinstance(entrypoint, str) or not entrypoint.strip():
         raise RequestError([("entrypoint", "a command such as `python hello_ray.py`")])
     if len(entrypoint) > ENTRYPOINT_MAX_LEN:
@@ -151,14 +193,74 @@ def check_entrypoint(entrypoint: object, jobs_dir: Path, allow_any: bool = False
         if len(argv) < 2 or argv[0] != "python":
             raise RequestError([("entrypoint", "must be `python <script in jobs/> [args]`; this "
                                  "deployment does not allow arbitrary commands")])
-        script = (jobs_dir / argv[1]).resolve()
-        if script.parent != jobs_dir.resolve() or not script.is_file():
-            known = ", ".join(sorted(x.name for x in jobs_dir.glob("*.py")
-                                     if not x.name.startswith("_")))
+        if (why := _script_problem(argv[1], jobs_dir)) is not None:
             raise RequestError([("entrypoint", f"{argv[1]!r} is not a script in jobs/ "
-                                 f"({jobs_dir}, EPHEMERAL_JOBS_DIR); choose one of: "
-                                 f"{known or 'none'}")])
+                                 f"({jobs_dir}, EPHEMERAL_JOBS_DIR){': it ' + why if why else ''}"
+                                 f"; choose one of: {', '.join(_scripts(jobs_dir)) or 'none'}")])
     return shlex.join(argv)
+
+
+# --- where the job writes ---------------------------------------------------------------------
+
+# The flags by which the jobs in jobs/ choose where they write (their argparse options):
+# --run (train_ddp.py, etl_features.py: everything under <artifact root>/<run>/), --artifact-root
+# (both: the root itself) and --output (etl_features.py: the features folder; evaluate.py: the
+# metrics file). A job given none of them writes by default under <root>/<run>/, except
+# evaluate.py: next to --model-uri's run, i.e. into the run that made the model.
+OUTPUT_FLAGS = ("--run", "--artifact-root", "--output")
+# What the form passes itself, per script: {run} is the run's folder relative to the artifact
+# root (as --run takes it), {uri} the same folder as a URI under the root.
+RUN_OUTPUTS: dict[str, tuple[str, str]] = {
+    "train_ddp.py": ("--run", "{run}"),
+    "etl_features.py": ("--run", "{run}"),
+    "evaluate.py": ("--output", "{uri}/eval/metrics.json"),
+}
+
+
+def _output_flag(word: str) -> str | None:
+    """The output flag ``word`` stands for, or None. argparse takes any unambiguous prefix of a
+    long option (``--ru x``, ``--out=x``), so a prefix counts; so does a longer name made from
+    one (``--output-uri``, ``--run-dir``), a deployment's own script's likely spelling."""
+    if not word.startswith("--") or len(word) < 3:
+        return None
+    name = word.split("=", 1)[0]
+    for flag in OUTPUT_FLAGS:
+        if flag.startswith(name) or name.startswith((flag + "-", flag + "_")):
+            return flag
+    return None
+
+
+def _named(word: str, flag: str) -> str:
+    name = word.split("=", 1)[0]
+    return repr(name) if name == flag else f"{name!r} (a form of {flag})"
+
+
+def confine_outputs(entrypoint: str, run_folder: str | None) -> str:
+    """``entrypoint`` (``python <script> [args]``, as ``check_entrypoint`` returns it) with the
+    location it writes to chosen here, not by the request: a word that names an output flag is
+    refused, naming it; the script's flag from ``RUN_OUTPUTS`` is then put right after the
+    script, pointing into ``run_folder`` (``artifacts.run_folder(dag_id, run_id)``; None: a
+    check outside a DAG run, nothing is added)."""
+    argv = shlex.split(entrypoint)
+    given = [_named(w, flag) for w in argv[2:] if (flag := _output_flag(w)) is not None]
+    if given:
+        where = run_folder or "<instance>/ray_job_adhoc/<run id>"
+        raise RequestError([("entrypoint", f"{', '.join(given)} "
+                             f"{'chooses' if len(given) == 1 else 'choose'} where the job "
+                             f"writes; an ad-hoc job writes only under its own run's folder "
+                             f"({where} under the artifact root), which the form passes to the "
+                             "script itself, so a retry resumes from its own checkpoints and no "
+                             "other run's folder is touched: remove "
+                             f"{'it' if len(given) == 1 else 'them'} (to start from another "
+                             "run's data or model, give it as an input: --data-uri, "
+                             "--model-uri)")])
+    if run_folder is None or argv[1] not in RUN_OUTPUTS:
+        return entrypoint
+    from ephemeral.jobs import artifacts
+
+    flag, value = RUN_OUTPUTS[argv[1]]
+    value = value.format(run=run_folder, uri=artifacts.run_uri(run_folder))
+    return shlex.join([*argv[:2], flag, value, *argv[2:]])
 
 
 # --- size and time ----------------------------------------------------------------------------
@@ -267,9 +369,15 @@ def _field_of(spec_field: str) -> str:
 
 
 def validate_request(params: Mapping[str, Any], settings: Settings | None = None,
-                     *, allow_any_entrypoint: bool = False) -> dict[str, Any]:
+                     *, allow_any_entrypoint: bool = False,
+                     run_folder: str | None = None) -> dict[str, Any]:
     """Check a form's values; return what the DAG's tasks need (all JSON, small for XCom):
     spec, profile, overrides, entrypoint, working_dir, runtime_env, timeout_s, spec_hash.
+
+    ``run_folder``: the DAG run's folder (``artifacts.run_folder(dag_id, run_id)``), where the
+    job writes (``confine_outputs``; the DAG passes it; None outside a run: output flags are
+    still refused, none is added). With ``allow_any_entrypoint`` the command is the user's own:
+    nothing is confined (the jobs still refuse a run path that leaves the root).
 
     Raises RequestError naming every refused field. Resolves the spec (files only): nothing is
     created and no process is started.
@@ -281,6 +389,8 @@ def validate_request(params: Mapping[str, Any], settings: Settings | None = None
     # A templated null profile can arrive as the text "None"; "none" is how the form shows it.
     profile = None if p.get("profile") in (None, "", "None", "none") else str(p["profile"])
     entrypoint = check_entrypoint(p["entrypoint"], s.jobs_dir, allow_any_entrypoint)
+    if not allow_any_entrypoint:
+        entrypoint = confine_outputs(entrypoint, run_folder)
     pip = check_pip(p.get("pip"), pip_allow_list(s.pip_allow))
     workers, gpus = int(p["workers"]), p.get("gpus_per_worker")
     if not _SPEC_REF.fullmatch(p["cluster_spec"]):

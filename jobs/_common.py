@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 
 def to_uri(path_or_uri: str) -> str:
@@ -25,6 +26,46 @@ def to_uri(path_or_uri: str) -> str:
 
 def join(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *[p.strip("/") for p in parts]])
+
+
+# A scheme (``s3:``, ``file:``, ``c:``): the text names a place of its own, not one under the root.
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def run_problem(run: str) -> str | None:
+    """Why ``run`` (``--run``) is refused as a folder under the artifact root, or None.
+
+    A run is a relative path under the root, as the DAGs pass it (``<instance>/<dag>/<run>``,
+    ephemeral.jobs.artifacts.run_folder). An absolute path, a URI or a ``..`` component would
+    leave the run's folder, or the root (``--run ../../etc/cron.d``): into another run's or
+    another deployment's folder, e.g. planting a checkpoint another run resumes from.
+    ``%2e%2e`` counts as ``..`` (pyarrow decodes a URI's path: ``file:///a/%2e%2e`` is
+    ``/a/..``), and ``\\`` as ``/``."""
+    if not run.strip():
+        return "is empty"
+    decoded = unquote(run)
+    if any(not c.isprintable() for c in decoded):
+        return "holds a control character"
+    if _SCHEME.match(run) or _SCHEME.match(decoded) or "://" in decoded:
+        return "is a URI (--artifact-root sets the root)"
+    if decoded.startswith(("/", "\\", "~")):
+        return "is an absolute path"
+    if ".." in re.split(r"[/\\]", decoded):
+        return "has a '..' component, which would leave the run's folder"
+    if "?" in decoded or "#" in decoded:
+        # s3://bucket/root/x?endpoint_override=host would send the writes to another host.
+        return "holds '?' or '#', which the root's URI would read as options or a fragment"
+    return None
+
+
+def run_dir(root: str, run: str) -> str:
+    """``<root>/<run>``, the run's folder: the one way a job turns ``--run`` into a place. A run
+    ``run_problem`` refuses ends the job (``fail``: exit code 2, an error result) before it
+    writes anything."""
+    if (problem := run_problem(run)) is not None:
+        fail(f"--run {run!r} {problem}: name the run's folder relative to the artifact root, "
+             "e.g. my-team/my-model-1 (DAGs pass <instance>/<dag id>/<run id>)")
+    return join(root, run)
 
 
 def default_root() -> str:

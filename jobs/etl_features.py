@@ -21,7 +21,7 @@ import sys
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import default_root, emit_result, fail, join, to_uri, write_json
+from _common import default_root, emit_result, fail, join, run_dir, to_uri, write_json
 
 FEATURES = [f"f{i}" for i in range(8)]
 RAW_SCHEMA = {"id": "bigint", **{f: "double" for f in FEATURES}, "label": "int"}
@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.input and args.drift:
         fail("--drift shifts generated data only; it cannot be given with --input")
     root = to_uri(args.artifact_root) if args.artifact_root else default_root()
-    output = to_uri(args.output) if args.output else join(root, args.run, "features")
+    run = run_dir(root, args.run)  # refuses a run that would leave the root
+    output = to_uri(args.output) if args.output else join(run, "features")
     spark = SparkSession.builder.appName(f"etl-features-{args.run}").getOrCreate()
     try:
         raw = read_raw(spark, to_uri(args.input)) if args.input else generate(

@@ -30,7 +30,7 @@ import time
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import default_root, emit_result, join, to_uri, write_bytes, write_json
+from _common import default_root, emit_result, join, run_dir, to_uri, write_bytes, write_json
 
 FEATURE_PREFIX = "x"
 
@@ -230,12 +230,12 @@ def _report(model: Any, opt: Any, step: int, metrics: dict[str, Any], rank: int,
 # --- drivers ------------------------------------------------------------------------------------
 
 def run_ray(args: argparse.Namespace) -> None:
+    root = to_uri(args.artifact_root) if args.artifact_root else default_root()
+    run_uri = run_dir(root, args.run)  # refuses a run that would leave the root, first
     import torch
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    root = to_uri(args.artifact_root) if args.artifact_root else default_root()
-    run_uri = join(root, args.run)
     config = {k: getattr(args, k) for k in ("data_uri", "rows", "seed", "hidden", "lr", "steps",
                                             "batch_size", "checkpoint_every", "launcher")}
     resources = {"CPU": args.cpus_per_worker}

@@ -24,7 +24,7 @@ from pydantic.alias_generators import to_camel
 
 from ephemeral.settings import JOB_ENV_NEVER
 from ephemeral.specs.labels import KEY_HELP, VALUE_HELP, is_label_key, is_label_value
-from ephemeral.specs.pip_credentials import credentials_problem
+from ephemeral.specs.pip_credentials import credentials_problem, pip_entry_problem
 from ephemeral.specs.quantities import Duration, Memory, duration_seconds, memory_bytes
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -265,7 +265,7 @@ def _requirement(entry: str) -> str:
     never reaches the handle, XCom, state or Ray (``ephemeral.specs.pip_credentials``)."""
     from packaging.requirements import InvalidRequirement, Requirement
 
-    if (problem := credentials_problem(entry)) is not None:
+    if (problem := pip_entry_problem(entry)) is not None:
         raise ValueError(problem)
     try:
         if entry != entry.strip() or "\n" in entry:

@@ -1,15 +1,32 @@
-"""The one rule for credentials in pip entries, shared by the spec's ``runtimeEnv.pip``, a job's
-own ``runtime_env`` pip/uv (operator, CLI) and the ad-hoc trigger form.
+"""The one rule for secrets in pip entries, shared by the spec's ``runtimeEnv.pip``, a job's
+own ``runtime_env`` pip/uv (operator, CLI) and the ad-hoc trigger form: ``pip_entry_problem``.
 
 A pip entry travels far: the spec (and ``specs show``), the cluster handle in XCom and state,
 the RayCluster annotation, Ray's job info. So an entry whose URL holds user-info
 (``https://user:token@host/...``, ``https://token@host/...``) is refused, and the message shows
 the entry with the user-info masked: the refusal must not spread the secret either.
+
+Nor may an entry refer to an environment variable (``pandas===${TOKEN}``,
+``pkg @ https://host/${TOKEN}/pkg.whl``): Ray writes the pip list to a requirements file on the
+node, and pip expands ``${NAME}`` there from the node's environment (pip's ``req_file``: only
+``${NAME}`` with upper-case letters, digits and ``_``; a bare ``$NAME`` is kept as text). That
+environment holds the cluster's secrets (``secretKeyRef``/``fromEnv`` values,
+``PIP_EXTRA_INDEX_URL``, ``RAY_AUTH_TOKEN`` on Kubernetes), and the expanded requirement lands in
+pip's messages, Ray's runtime-env log and the job's info. Every ``${`` (uv expands the same form)
+and every ``$NAME`` (in case an installer hands the entry to a shell) is refused: a requirement
+never needs a ``$``.
+
+``credentials_problem`` alone (user-info in a URL) also judges values that are not pip entries
+(a spec's env values and Spark conf, ``ephemeral.specs.models.secret_value``), where ``${...}``
+can be legitimate; the environment-variable rule is for pip entries only.
 """
 
 from __future__ import annotations
 
 import re
+
+# ${NAME} (what pip and uv expand in a requirements file) and $NAME (what a shell would).
+_ENV_REFERENCE = re.compile(r"\$(\{|[A-Za-z_])")
 
 # scheme://userinfo@host: the user-info is everything up to the last '@' before the path.
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<info>[^/?#\s]*)@")
@@ -38,3 +55,21 @@ def credentials_problem(entry: str) -> str | None:
     return (f"{masked(entry)!r} has credentials in its URL (user:password@ or token@), which "
             f"would be copied into XCom, state, the cluster's annotations and Ray's job info; "
             f"{FIX}")
+
+
+def env_reference_problem(entry: str) -> str | None:
+    """Why ``entry`` is refused for referring to an environment variable, or None."""
+    if _ENV_REFERENCE.search(entry) is None:
+        return None
+    return (f"{masked(entry)!r} refers to an environment variable ('${{NAME}}' or '$NAME'): pip "
+            f"expands '${{NAME}}' in the requirements file Ray writes on each node, from the "
+            f"node's environment, which holds the cluster's secrets (secretKeyRef and fromEnv "
+            f"values, PIP_EXTRA_INDEX_URL, RAY_AUTH_TOKEN), and the expanded entry would reach "
+            f"pip's output, Ray's logs and the job's info; write the requirement literally, e.g. "
+            f"'pandas==2.2.3'")
+
+
+def pip_entry_problem(entry: str) -> str | None:
+    """The shared rule for one pip (or uv) entry: why it is refused for a secret it holds
+    (credentials in its URL) or could pull in (an environment-variable reference), or None."""
+    return credentials_problem(entry) or env_reference_problem(entry)

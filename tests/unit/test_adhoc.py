@@ -27,11 +27,11 @@ FORM = {"cluster_spec": "ray/adhoc-cpu", "profile": None, "workers": 2, "gpus_pe
 
 def test_a_plain_request_resolves_to_what_the_tasks_need() -> None:
     req = validate_request(FORM | {"pip": ["pandas[pyarrow]>=2,<3", "Torch==2.13.0"],
-                                   "entrypoint": "python train_ddp.py --run 'a b'"})
+                                   "entrypoint": "python train_ddp.py --data-uri 'a b'"})
     assert req["spec"] == "ray/adhoc-cpu@1"
     assert req["overrides"] == {"workers": {"replicas": 2}}
     assert req["runtime_env"] == {"pip": ["pandas[pyarrow]>=2,<3", "Torch==2.13.0"]}
-    assert req["entrypoint"] == "python train_ddp.py --run 'a b'"
+    assert req["entrypoint"] == "python train_ddp.py --data-uri 'a b'"
     assert req["working_dir"] == str(get_settings().jobs_dir)
     assert (req["timeout_s"], req["profile"]) == (3600, None)
     assert req["spec_hash"] == resolve("ray/adhoc-cpu", None, req["overrides"]).hash
