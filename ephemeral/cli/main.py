@@ -463,12 +463,17 @@ def submit(
 ) -> None:
     """Run a command as a Ray job on CLUSTER, streaming its logs; exit with its status."""
     from ephemeral.jobs.ray_jobs import ray_jobs_for
-    from ephemeral.jobs.runtime_env import job_runtime_env
+    from ephemeral.jobs.runtime_env import check_job_env, job_runtime_env
 
+    env_vars = _key_values(env, "--env")
+    try:  # no reserved names (EPHEMERAL_CLUSTER_UID, ...), before anything is looked up
+        check_job_env(env_vars, "ephemeral submit", field="--env")
+    except EphemeralError as e:
+        raise _fail(e, as_json) from e
     handle = _cluster(cluster, backend, "ray", as_json, timeout)
     jobs = ray_jobs_for(handle, _backend(backend))  # with the cluster's token
     try:  # the cluster's default pip packages, then the job's own (which win)
-        runtime_env = job_runtime_env(handle, {"env_vars": _key_values(env, "--env"),
+        runtime_env = job_runtime_env(handle, {"env_vars": env_vars,
                                                "pip": list(pip) if pip else None})
     except EphemeralError as e:
         raise _fail(e, as_json) from e

@@ -28,18 +28,40 @@ def run_uri(run: str, *parts: str) -> str:
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_DIGEST_TAIL = re.compile(r"-[0-9a-f]{8}$")
+# The longest slug: one path segment with room for a suffix (``<slug>.json``) on any store
+# (a file name is at most 255 bytes; a run id may have 250 characters, a DAG id too).
+SLUG_MAX = 100
+SHORT_DIGEST, LONG_DIGEST = 8, 32  # hex digits: 32 and 128 bits
+_DIGEST_TAIL = re.compile(rf"-(?:[0-9a-f]{{{SHORT_DIGEST}}}|[0-9a-f]{{{LONG_DIGEST}}})$")
+# Airflow's own run ids (``<run type>__<ISO time>[_<random>]``: scheduled__, manual__,
+# backfill__, asset_triggered__, ...) and ephemeral's creation times (``2026-01-02T03:04:05Z``).
+# The only characters the slug changes in them (``:`` and ``+``) sit where the form puts them,
+# so two different ids of this form never have the same sanitised text: a short digest cannot
+# be brute-forced into another run's folder, and these slugs stay what they always were.
+_TIME_FORM = re.compile(r"(?:[a-z]+(?:_[a-z]+)*__)?\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}"
+                        r"(?:\.\d{1,6})?(?:Z|[+-]\d{2}:\d{2})?(?:_[A-Za-z0-9]+)?")
 
 
 def run_slug(run_id: str) -> str:
-    """A run id as one path segment (``manual__2026-01-01T00:00:00+00:00`` has ``:`` and ``+``).
+    """A run id as one path segment of at most ``SLUG_MAX`` characters, never empty
+    (``manual__2026-01-01T00:00:00+00:00`` has ``:`` and ``+``).
+
     Where the id had to change, a digest of it follows: ``retrain:v2`` and ``retrain+v2`` (both
     valid run ids) must not share a folder, nor ``..`` name the folder above; so does an id
-    that already ends like a digest, which could otherwise name another run's folder."""
+    that already ends like a digest, which could otherwise name another run's folder, an empty
+    one, and one too long (cut to fit). The digest is 32 hex digits (128 bits: no crafted run id
+    finds another's), but 8 for ids of Airflow's own form (``_TIME_FORM``), whose sanitised
+    text alone already tells them apart: their slugs, which existing reports and run folders
+    carry, stay as they were. A short-digest slug never equals a long-digest one (their ``-``
+    stands elsewhere) nor an unchanged id (which never ends like a digest)."""
     slug = _UNSAFE.sub("_", run_id).strip("_")
-    if slug == run_id and slug not in (".", "..") and not _DIGEST_TAIL.search(slug):
+    if slug == run_id and 0 < len(slug) <= SLUG_MAX and slug not in (".", "..") \
+            and not _DIGEST_TAIL.search(slug):
         return slug
-    return f"{slug or 'run'}-{hashlib.sha256(run_id.encode()).hexdigest()[:8]}"
+    digest = hashlib.sha256(run_id.encode("utf-8", "surrogatepass")).hexdigest()
+    if _TIME_FORM.fullmatch(run_id) and len(slug) + 1 + SHORT_DIGEST <= SLUG_MAX:
+        return f"{slug}-{digest[:SHORT_DIGEST]}"
+    return f"{slug[:SLUG_MAX - 1 - LONG_DIGEST] or 'run'}-{digest[:LONG_DIGEST]}"
 
 
 def deployment_uri(*parts: str, instance: str | None = None) -> str:

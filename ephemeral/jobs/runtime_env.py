@@ -17,6 +17,16 @@ Ray (2.60, ``RuntimeEnv``) takes only one of ``pip``, ``uv`` and ``conda``, and 
 
 A job's pip or uv entry with credentials in its URL is refused (``ephemeral.specs.pip_credentials``,
 the rule the spec's ``runtimeEnv.pip`` follows).
+
+A job's own ``env_vars`` (``RayJobOperator``'s ``runtime_env``, ``ephemeral submit --env``,
+``EphemeralSparkSubmitOperator``'s ``env_vars``) may not set a reserved name, by the rule a
+spec's ``runtimeEnv.env`` follows (``ephemeral.specs.models.reserved_env``): Ray starts a job's
+driver in a session of its own, so for anything the driver detaches the local cluster's
+``EPHEMERAL_CLUSTER_UID`` marker is all teardown finds it by, and a job's own value would hide
+it. ``check_job_env`` is that check; ``merge_runtime_env`` applies it to its overlay (the
+caller's layer), ``job_runtime_env`` sets ephemeral's own variables past it. The one name of
+ephemeral's a job may set is ``EPHEMERAL_ARTIFACT_ROOT`` (``JOB_MAY_SET``): where a job writes
+is its own choice, and nothing ephemeral runs for the cluster reads it from the job.
 """
 
 from __future__ import annotations
@@ -25,7 +35,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ephemeral.errors import JobSubmissionFailed
-from ephemeral.specs.pip_credentials import credentials_problem
+from ephemeral.specs.models import RESERVED_ENV, reserved_env
+from ephemeral.specs.pip_credentials import pip_entry_problem
 
 if TYPE_CHECKING:
     from ephemeral.backends.base import ClusterHandle
@@ -77,7 +88,7 @@ def _with_credentials(overlay: Mapping[str, Any], where: str) -> None:
         if not isinstance(entries, list | tuple):
             continue
         for i, entry in enumerate(entries):
-            if isinstance(entry, str) and (problem := credentials_problem(entry)) is not None:
+            if isinstance(entry, str) and (problem := pip_entry_problem(entry)) is not None:
                 raise JobSubmissionFailed(f"{where}: runtime_env.{field}[{i}]: {problem}")
 
 
@@ -95,9 +106,44 @@ def _pip_into_uv(base_pip: Any, uv: Any, where: str) -> Any:
     return {"packages": merged, **opts} if opts else merged
 
 
+# Of the reserved names (ephemeral.specs.models.RESERVED_ENV), what a job may set itself: where
+# its artifacts go. Ephemeral's default for it (job_runtime_env) is only a default; the job's
+# result carries the URIs it wrote, and no teardown, report or auth reads it from the job.
+JOB_MAY_SET = frozenset({"EPHEMERAL_ARTIFACT_ROOT"})
+
+
+def check_job_env(env_vars: Any, where: str, field: str = "runtime_env.env_vars") -> None:
+    """Refuse a job's own environment variables under reserved names (the spec's rule,
+    ``reserved_env``; ``JOB_MAY_SET`` excepted), naming them, ``field`` and the fix: before
+    anything is uploaded or submitted. ``None`` sets nothing."""
+    if env_vars is None:
+        return
+    if not isinstance(env_vars, Mapping):
+        raise JobSubmissionFailed(
+            f"{where}: {field} must be a mapping of variable names to values; got "
+            f"{type(env_vars).__name__}")
+    refused = sorted(str(n) for n in env_vars
+                     if reserved_env(str(n)) and str(n) not in JOB_MAY_SET)
+    if refused:
+        raise JobSubmissionFailed(
+            f"{where}: {field} sets {', '.join(map(repr, refused))}, reserved (names starting "
+            f"with {', '.join(RESERVED_ENV)}): ephemeral, Airflow and the cluster's Ray "
+            "authentication own such names, and teardown finds what a job leaves running on a "
+            "local cluster by ephemeral's markers (EPHEMERAL_CLUSTER_UID), which a job's own "
+            "value would hide. Pick another name; of ephemeral's, a job may set only "
+            f"{', '.join(sorted(JOB_MAY_SET))}")
+
+
 def merge_runtime_env(base: Mapping[str, Any], overlay: Mapping[str, Any] | None, *,
                       where: str = "the job") -> dict[str, Any]:
-    """``overlay`` over ``base`` by the rules of this module; neither is modified."""
+    """``overlay`` (the caller's layer: its ``env_vars`` pass ``check_job_env``) over ``base``
+    by the rules of this module; neither is modified."""
+    check_job_env((overlay or {}).get("env_vars"), where)
+    return _merge(base, overlay, where)
+
+
+def _merge(base: Mapping[str, Any], overlay: Mapping[str, Any] | None,
+           where: str) -> dict[str, Any]:
     out = dict(base)
     overlay = {k: v for k, v in (overlay or {}).items() if v is not None}  # None: not set
     _with_credentials(overlay, where)
@@ -154,5 +200,5 @@ def job_runtime_env(handle: ClusterHandle, job: Mapping[str, Any] | None) -> dic
     from ephemeral.jobs import artifacts
 
     ours = {"env_vars": {"EPHEMERAL_ARTIFACT_ROOT": artifacts.root()}}
-    env = merge_runtime_env(cluster_runtime_env(handle), ours, where="ephemeral")
+    env = _merge(cluster_runtime_env(handle), ours, "ephemeral")  # ours: past check_job_env
     return merge_runtime_env(env, job)
