@@ -50,17 +50,19 @@ def cluster_identity(context: Any, spec_name: str, setup_task_id: str | None = N
                          map_index=map_index(context), on_failure=on_failure, **mine)
 
 
-def owner_selector(context: Any, setup_task_id: str, instance: str | None = None
-                   ) -> OwnerSelector:
-    """Every cluster that ``setup_task_id`` made in this run and map index, whatever its spec,
-    in deployment ``instance`` (default: this one's): what a teardown deletes when it has no
-    handle."""
+def owner_selector(context: Any, setup_task_id: str, instance: str | None = None, *,
+                   any_map_index: bool = False) -> OwnerSelector:
+    """Every cluster that ``setup_task_id`` made in this run and map index (any map index
+    with ``any_map_index``: a mapped job's unmapped setup), whatever its spec, in deployment
+    ``instance`` (default: this one's): what a teardown deletes when it has no handle, and
+    what a task may act on whatever its handle says (``ephemeral.airflow.handles``)."""
     mine = {INSTANCE_LABEL: instance} if instance else {}
-    return OwnerSelector(labels=mine | {
+    index = {} if any_map_index else {
+        PREFIX + "map-index": str(map_index(context)) if map_index(context) >= 0 else "none"}
+    return OwnerSelector(labels=mine | index | {
         PREFIX + "dag-id": label_value(context["dag"].dag_id),
         PREFIX + "run-id": label_value(context["run_id"]),
         PREFIX + "task-id": label_value(setup_task_id),
-        PREFIX + "map-index": str(map_index(context)) if map_index(context) >= 0 else "none",
     })
 
 

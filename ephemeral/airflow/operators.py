@@ -30,6 +30,7 @@ from ephemeral.airflow.backends import (
 )
 from ephemeral.airflow.backends import resolve as resolve_target
 from ephemeral.airflow.context import cluster_identity, owner_selector, task_key
+from ephemeral.airflow.handles import job_cluster, pointer, with_setup_facts
 from ephemeral.airflow.lineage import JobLineageMixin
 from ephemeral.airflow.links import RayDashboardLink, RunReportLink, SparkMasterLink
 from ephemeral.airflow.release import before_job, release, released_by
@@ -123,6 +124,15 @@ def cluster_backend(handle: ClusterHandle, op: Any) -> ClusterBackend:
     return task_backend(handle.backend, cluster_connection(handle, op))
 
 
+def job_target(op: Any, context: Any, given: ClusterHandle) -> tuple[ClusterBackend,
+                                                                      ClusterHandle]:
+    """The backend a job task reaches its cluster through, and the backend's record of that
+    cluster (``handles.job_cluster``): never the handle's word alone."""
+    backend = cluster_backend(given, op)
+    return backend, job_cluster(context, backend, given,
+                                instance_of(cluster_connection(given, op)))
+
+
 def cluster_connection(handle: ClusterHandle, op: Any) -> str | None:
     """The connection a task reaches its cluster through: the one the setup recorded."""
     return handle.connection or op.conn_id or op.kubernetes_conn_id
@@ -151,13 +161,6 @@ def _no_master(handle: ClusterHandle) -> str:
     return f"cluster {handle.name} is not a Spark cluster"
 
 
-def _handle(value: Any) -> ClusterHandle:
-    if isinstance(value, ClusterHandle):
-        return value
-    if not isinstance(value, dict):
-        raise AirflowFailException(f"expected a cluster handle (the setup task's XCom), got "
-                                   f"{type(value).__name__}")
-    return ClusterHandle.model_validate(value)
 
 
 class CreateClusterOperator(BaseOperator):
@@ -252,7 +255,10 @@ class CreateClusterOperator(BaseOperator):
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
         h = ClusterHandle.model_validate(event["handle"])
         if event.get("status") == "ready":
-            return self._ready(h, str(event.get("message", "")), event.get("ready_ts"))
+            # Within the clean-up, as in execute: a handle XCom refuses must not leave the
+            # cluster behind a failed setup (Airflow runs no teardown for it).
+            with self._cleanup_on_failure(context, task_backend(h.backend, h.connection), h):
+                return self._ready(h, str(event.get("message", "")), event.get("ready_ts"))
         error = AirflowException(f"cluster {h.name} did not become ready "
                                  f"({event.get('status')}): {event.get('message')}")
         self._cleanup_starts(h, error)
@@ -268,6 +274,8 @@ class CreateClusterOperator(BaseOperator):
         # "starting" share of the cluster's life: the wait for this task to resume is
         # orchestration's, not the engine's start-up.
         handle = handle.model_copy(update={"ready_ts": round(seen or time.time(), 3)})
+        pushed = handle.model_dump(mode="json")
+        self._fits_xcom(pushed)
         # Also beside the run's report: whatever deletes the cluster without this XCom
         # (run-end, the reaper) reports its start as starting too. Never raises.
         from ephemeral.report.deletions import record_ready
@@ -275,7 +283,22 @@ class CreateClusterOperator(BaseOperator):
         record_ready(handle)
         self.log.info("cluster %s ready: %s; endpoints %s", handle.name, message,
                       handle.endpoints.model_dump(exclude_none=True))
-        return handle.model_dump(mode="json")
+        return pushed
+
+    def _fits_xcom(self, pushed: dict[str, Any]) -> None:
+        """Serialize the handle as Airflow will push it, while the clean-up still holds: the
+        push comes after ``execute`` returns, where a refusal would fail the setup with its
+        cluster left running."""
+        from airflow.sdk.execution_time.xcom import resolve_xcom_backend
+
+        try:
+            resolve_xcom_backend().serialize_value(pushed, key="return_value",
+                                                   task_id=self.task_id)
+        except ValueError as err:
+            raise AirflowFailException(
+                f"{err} The handle carries the spec's runtimeEnv.pip and Spark conf: shorten "
+                "them (move Spark settings the jobs pass themselves into the application), or "
+                "raise EPHEMERAL_XCOM_MAX_BYTES.") from err
 
     def _target(self) -> Target:
         try:
@@ -388,18 +411,32 @@ class DeleteClusterOperator(BaseOperator):
         from ephemeral.report.engines import engine_jobs
 
         started = time.time()
-        handle = _handle(self.cluster) if self.cluster else None
+        handle, unusable = None, None
+        try:
+            handle = pointer(self.cluster) if self.cluster else None
+        except AirflowFailException as err:  # the run's clusters still go, found by labels
+            unusable = err
         backend, instance = self._backend_of(handle)
-        # By handle where there is one: it carries the cluster's own namespace.
-        targets = {h.name: h for h in backend.list_owned(
-            owner_selector(context, self.setup_task_id, instance))}
+        selector = owner_selector(context, self.setup_task_id, instance)
+        # What the backend records for this setup in this run; the handle only points (its
+        # namespace, its ready time): it never adds a cluster the backend does not confirm.
+        targets = {h.name: h for h in backend.list_owned(selector)}
+        gone: dict[str, ClusterHandle] = {}
         if handle:
-            targets[handle.name] = handle
+            record = targets.get(handle.name) or backend.owned(handle, selector)
+            if record is not None:
+                targets[handle.name] = with_setup_facts(record, handle)
+            elif released(context, handle) is not None:
+                gone[handle.name] = handle  # deleted by its last job or the reaper: reported
+            else:
+                self.log.warning("the handle names %s, which is not a cluster %s made in this "
+                                 "run (gone, or not this run's): nothing of it is deleted",
+                                 handle.name, self.setup_task_id)
         if not targets:
             self.log.info("no cluster of %s in this run: nothing to delete", self.setup_task_id)
         # A cluster its last job's task already deleted (delete_cluster_on_success): the
         # deletion below only makes sure nothing of it is left; the report keeps its moments.
-        releases = {name: r for name, target in targets.items()
+        releases = {name: r for name, target in (targets | gone).items()
                     if (r := released(context, target)) is not None}
         # What ran on each cluster, asked of its engine while it is still there (run report).
         seen = {name: engine_jobs(backend, target) for name, target in targets.items()
@@ -416,13 +453,15 @@ class DeleteClusterOperator(BaseOperator):
                 failures[name] = f"incomplete: {err}"
         # Never raises: the report and its link (a failed teardown links it too) must not hide
         # the deletion's outcome.
-        record_teardown(context, setup_task_id=self.setup_task_id, targets=targets,
+        record_teardown(context, setup_task_id=self.setup_task_id, targets=targets | gone,
                         engine_views=seen, started=started, deleted=deleted, failures=failures,
                         releases=releases, link_key=RunReportLink().xcom_key)
         if failures:
             raise AirflowException("teardown incomplete: " + "; ".join(
                 f"{name}: {why}" for name, why in failures.items()))
-        return {"deleted": sorted(targets)}
+        if unusable is not None:
+            raise unusable
+        return {"deleted": sorted(targets | gone)}
 
     def _backend_of(self, handle: ClusterHandle | None) -> tuple[ClusterBackend, str]:
         """The backend the cluster lives on and the deployment instance that owns it: the
@@ -503,14 +542,17 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from ephemeral.jobs.runtime_env import job_runtime_env
 
-        handle = _handle(self.cluster)
-        _within_ttl(handle, self._timeout)
+        given = pointer(self.cluster)
+        _within_ttl(given, self._timeout)
         if self.delete_cluster_on_success and (
-                earlier := before_job(self, context, handle)) is not None:
+                earlier := before_job(self, context, given)) is not None:
             return earlier
-        backend = cluster_backend(handle, self)  # once: it may look up a connection
+        backend, handle = job_target(self, context, given)  # once: it may look up a connection
         jobs = self._jobs(handle, backend)
-        env = job_runtime_env(handle, self.runtime_env)  # the cluster's default pip, then ours
+        try:  # the cluster's default pip, then ours; bad input: a retry cannot help
+            env = job_runtime_env(handle, self.runtime_env)
+        except JobSubmissionFailed as err:
+            raise AirflowFailException(str(err)) from err
         ti = context["ti"]
         ti.xcom_push(key=RayDashboardLink().xcom_key, value=handle.endpoints.dashboard)
         try:
@@ -551,8 +593,7 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
             self.log.info("Ray job %s succeeded: %s; %s", result.job_id, result.result,
                           event.get("released") or "its cluster is left to the teardown")
             return result.model_dump(mode="json")
-        h = _handle(self.cluster)
-        backend = cluster_backend(h, self)
+        backend, h = job_target(self, context, pointer(self.cluster))
         jobs = self._jobs(h, backend)
         jid = str(event["job_id"])
         logs = jobs.logs(jid) if event["status"] != "ERROR" else ""

@@ -19,8 +19,6 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ephemeral.backends import ClusterHandle
-
 R = TypeVar("R")
 
 
@@ -36,16 +34,21 @@ def spark_connect(fn: Callable[..., R]) -> Callable[..., R]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> R:
-        from ephemeral.airflow.backends import task_backend
+        from airflow.sdk import get_current_context
+
+        from ephemeral.airflow.backends import instance_of, task_backend
+        from ephemeral.airflow.handles import job_cluster, pointer
         from ephemeral.jobs.spark_jobs import connect_session, spark_auth_for
 
         bound = visible.bind(*args, **kwargs)
-        cluster = bound.arguments["cluster"]
-        handle = ClusterHandle.model_validate(cluster)
+        given = pointer(bound.arguments["cluster"])
+        backend = task_backend(given.backend, given.connection)
+        # The Connect endpoint and token of the backend's record, not the handle's word.
+        handle = job_cluster(get_current_context(), backend, given, instance_of(given.connection))
         if not handle.endpoints.spark_connect:
             raise ValueError(f"cluster {handle.name} has no Spark Connect endpoint "
                              "(set connect.enabled in its spec)")
-        auth = spark_auth_for(handle, task_backend(handle.backend, handle.connection))
+        auth = spark_auth_for(handle, backend)
         spark = connect_session(handle.endpoints.spark_connect, app_name=fn.__name__,
                                 token=auth.connect_token)
         try:

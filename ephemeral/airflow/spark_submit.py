@@ -40,13 +40,14 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from ephemeral.airflow.handles import pointer
 from ephemeral.airflow.lineage import JobLineageMixin
 from ephemeral.airflow.links import SparkMasterLink
 from ephemeral.airflow.operators import (
-    _handle,
     _no_master,
     _within_ttl,
     cluster_backend,
+    job_target,
     job_timeout_seconds,
 )
 from ephemeral.airflow.release import before_job, release, released_by
@@ -73,7 +74,9 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
     ``cluster`` is the setup task's output. ``packages``, ``jars``, ``py_files``, ``files``,
     ``archives``, ``repositories`` and ``exclude_packages`` are comma-separated as in
     ``spark-submit`` and the provider's operator. ``env_vars`` are added to the driver's
-    environment on top of the job allow-list. ``job_timeout`` (seconds) stops the driver.
+    environment on top of the job allow-list; reserved names (``AIRFLOW*``, ``EPHEMERAL_*``
+    but ``EPHEMERAL_ARTIFACT_ROOT``, ``RAY_AUTH_*``: ``ephemeral.jobs.runtime_env.check_job_env``)
+    are refused before the driver starts. ``job_timeout`` (seconds) stops the driver.
     spark-submit's launcher, and the driver of a local cluster, start with the fast-start JVM
     flags (as ``ephemeral spark-submit``'s do) unless ``env_vars`` sets ``SPARK_LAUNCHER_OPTS``
     or ``conf`` sets ``spark.driver.extraJavaOptions``. The cluster's credentials come from the
@@ -143,15 +146,17 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
         return job_timeout_seconds(self.job_timeout)
 
     def execute(self, context: Any) -> dict[str, Any]:
-        handle = _handle(self.cluster)
-        if not handle.endpoints.spark_master:
-            raise AirflowFailException(_no_master(handle))
-        _within_ttl(handle, self._timeout)
+        given = pointer(self.cluster)
+        if not given.endpoints.spark_master:
+            raise AirflowFailException(_no_master(given))
+        _within_ttl(given, self._timeout)
         if not Path(self.application).is_file():
             raise AirflowFailException(f"no application file {self.application!r}")
         if self.delete_cluster_on_success and (
-                earlier := before_job(self, context, handle)) is not None:
+                earlier := before_job(self, context, given)) is not None:
             return earlier
+        # The master, its secret and the cluster's conf: the backend's, not the handle's.
+        handle = job_target(self, context, given)[1]
         context["ti"].xcom_push(key=SparkMasterLink().xcom_key, value=handle.endpoints.spark_ui)
         try:
             result = self._submit(context, handle)
@@ -173,9 +178,14 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
                                  self.openlineage_inject_transport_info)
 
     def _env(self) -> dict[str, str]:
+        from ephemeral.jobs.runtime_env import check_job_env
         from ephemeral.jobs.spark_jobs import CONNECT_MODE_VARS, DRIVER_ENV
         from ephemeral.settings import job_environ
 
+        try:  # no reserved names (AIRFLOW*, EPHEMERAL_*, ...): the rule of a Ray job's env_vars
+            check_job_env(self.env_vars, f"task {self.task_id}", field="env_vars")
+        except EphemeralError as err:  # before the driver starts; a retry would fail the same
+            raise AirflowFailException(str(err)) from err
         env = {k: v for k, v in job_environ().items() if k not in CONNECT_MODE_VARS}
         return env | {"PYSPARK_PYTHON": sys.executable, **DRIVER_ENV,
                       **{k: str(v) for k, v in (self.env_vars or {}).items()}}

@@ -33,9 +33,9 @@ def get_backend(name: str | None = None) -> ClusterBackend:
 
         return LocalBackend()
     if name == "fake":
-        from ephemeral.backends.fake import InMemoryBackend
+        from ephemeral.backends.fake import process_backend
 
-        return InMemoryBackend()
+        return process_backend()
     if name == "kubernetes":
         from ephemeral.backends.kubernetes import KubeConfig, KubernetesBackend
 

@@ -343,6 +343,16 @@ class ClusterBackend(abc.ABC):
         """How this process calls the cluster's APIs, with credentials (see ``Access``)."""
         return Access(dashboard=handle.endpoints.dashboard, spark_ui=handle.endpoints.spark_ui)
 
+    def owned(self, handle: ClusterHandle, selector: OwnerSelector) -> ClusterHandle | None:
+        """This backend's own record of the cluster ``handle`` names, when its labels match
+        ``selector``; else None (gone, or not the selector's). A handle that came through XCom
+        is a pointer, never the authority: whose cluster it is, where it answers and what it
+        runs come from here (``ephemeral.airflow.handles``)."""
+        scope = OwnerSelector(labels=selector.labels | {PREFIX + "cluster": self.target_name(handle)},
+                              all_instances=True)  # the selector's own instance label holds
+        found = self.list_owned(scope)
+        return found[0] if found else None
+
     def get(self, name: str, *, all_instances: bool = False) -> ClusterHandle | None:
         """The handle of this deployment's cluster by name (any deployment's with
         ``all_instances``), or None."""

@@ -10,6 +10,7 @@ Readiness takes ``ready_after_probes`` probes; ``fail_nodes`` makes a cluster fa
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
 
@@ -48,6 +49,14 @@ class _Record:
     nodes: int
     probes: int = 0
     failed: bool = False
+
+
+@functools.cache
+def process_backend() -> InMemoryBackend:
+    """The one in-memory backend of this process, what ``backend="fake"`` names: every task of
+    a ``dag.test()`` run finds the clusters its setups made, as on a real backend (the
+    teardown deletes only what its backend records)."""
+    return InMemoryBackend()
 
 
 class InMemoryBackend(ClusterBackend):

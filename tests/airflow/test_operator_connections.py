@@ -302,3 +302,33 @@ def test_keep_does_not_hold_a_cluster_whose_setup_succeeded(stack: Stack,
     assert deleted == seen
     assert len(deleted) == 1
     assert stack.rayclusters() == []
+
+
+@pytest.mark.parametrize("deferrable", [False, True])
+def test_a_handle_xcom_refuses_fails_the_setup_and_deletes_its_cluster(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch, deferrable: bool) -> None:
+    """Airflow pushes the setup's handle after execute returns, outside its clean-up: a handle
+    over the metadata-only XCom's limit (a long pip list, a large Spark conf) must fail the
+    setup there, with its cluster deleted, not after, with the cluster left running."""
+    from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
+
+    from ephemeral.airflow.operators import CreateClusterOperator
+    from ephemeral.airflow.triggers import ClusterReadyTrigger
+
+    monkeypatch.setenv("AIRFLOW__CORE__XCOM_BACKEND", "ephemeral.airflow.xcom.MetadataOnlyXCom")
+    monkeypatch.setenv("EPHEMERAL_XCOM_MAX_BYTES", "600")
+    stack.operator.provision_delay = 1.0 if deferrable else 0.0
+    create = CreateClusterOperator(task_id="create", spec="ray/adhoc-cpu", overrides=SMALL_RAY,
+                                   conn_id="eph", deferrable=deferrable, poll_interval=0.05)
+    if not deferrable:
+        with pytest.raises(AirflowFailException, match="over the 600-byte limit") as err:
+            create.execute(context("create"))
+    else:
+        with pytest.raises(TaskDeferred) as deferred:
+            create.execute(context("create"))
+        event = first_event(ClusterReadyTrigger(**deferred.value.trigger.serialize()[1]))
+        assert event["status"] == "ready", event
+        with pytest.raises(AirflowFailException, match="over the 600-byte limit") as err:
+            create.execute_complete(context("create"), event)
+    assert "EPHEMERAL_XCOM_MAX_BYTES" in str(err.value)
+    assert stack.rayclusters() == []

@@ -63,3 +63,27 @@ def test_two_instances_share_a_namespace_without_touching_each_other(
         k8s_backend.create(RAY, identity=ClusterIdentity.manual(RAY.spec.name, "shared-name"))
     assert {h.name for h in k8s_backend.list_owned(OwnerSelector.everything())} == {
         staging.name, "shared-name"}
+
+
+def test_a_teardown_given_a_handle_stripped_of_its_instance_leaves_the_other_deployment(
+        k8s_backend: KubernetesBackend, apiserver: ApiServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An XCom edited to drop the instance label used to make production's teardown delete
+    staging's cluster of the same scheduled run, by name across instances: the teardown acts
+    on the backend's records of its own run only (ephemeral.airflow.handles)."""
+    from types import SimpleNamespace
+
+    from ephemeral.airflow import operators
+
+    monkeypatch.setenv("EPHEMERAL_INSTANCE", "staging")
+    staging = k8s_backend.create(RAY, identity=owner())
+    monkeypatch.setenv("EPHEMERAL_INSTANCE", "prod")
+    prod = k8s_backend.create(RAY, identity=owner())
+    monkeypatch.setattr(operators, "task_backend", lambda *_a: k8s_backend)
+    forged = staging.model_copy(update={"labels": {}})
+    teardown = operators.DeleteClusterOperator(task_id="delete", setup_task_id="create_cluster",
+                                               cluster=forged.model_dump(mode="json"))
+    context = {"dag": SimpleNamespace(dag_id="train"), "run_id": RUN,
+               "ti": SimpleNamespace(task_id="delete", map_index=-1)}
+    assert teardown.execute(context) == {"deleted": [prod.name]}
+    assert rayclusters(apiserver) == {staging.name: "staging"}

@@ -421,6 +421,17 @@ class KubernetesBackend(ClusterBackend):
     # -- listing -------------------------------------------------------------------------------
 
     def list_owned(self, selector: OwnerSelector | None = None) -> list[ClusterHandle]:
+        return self._list(self.client, selector)
+
+    def owned(self, handle: ClusterHandle, selector: OwnerSelector) -> ClusterHandle | None:
+        """As the base's, in the namespace the handle names (a connection's namespace may
+        have changed since the setup); only this run's labels there count."""
+        scope = OwnerSelector(labels=selector.labels | {PREFIX + "cluster": self.target_name(handle)},
+                              all_instances=True)
+        found = self._list(self._client(handle), scope)
+        return found[0] if found else None
+
+    def _list(self, client: KubeClient, selector: OwnerSelector | None) -> list[ClusterHandle]:
         wanted = [f"{PREFIX}cluster", f"{PREFIX}backend={self.name}"]
         selector = selector or OwnerSelector()
         if selector.labels:
@@ -429,11 +440,11 @@ class KubernetesBackend(ClusterBackend):
         primaries: list[dict[str, Any]] = []
         for kind in (RAYCLUSTER, SPARKCONNECT):
             try:
-                primaries += self.client.list_objects(kind, labels=labels)
+                primaries += client.list_objects(kind, labels=labels)
             except (OperatorMissing, Forbidden) as exc:
                 if not _absent(kind, exc):
                     raise
-        primaries += self.client.list_objects(
+        primaries += client.list_objects(
             DEPLOYMENT, labels=f"{labels},{COMPONENT_LABEL}={SPARK_MASTER}")
         handles = [h for h in map(self._handle_of, primaries) if h is not None]
         return sorted((self._view(h) for h in handles), key=lambda h: h.name)

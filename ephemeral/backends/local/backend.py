@@ -285,9 +285,12 @@ class LocalBackend(ClusterBackend):
 
     def access(self, handle: ClusterHandle) -> Access:
         """The cluster's URLs and, for Ray, its token as a bearer header, read from the 0600
-        file in its state folder (any process of this user on this host can make this)."""
+        file in its state folder (any process of this user on this host can make this). The
+        URLs are the state's, never the handle's: the token goes only where the cluster
+        answers."""
         token = secrets.read(self._dir(handle.name), secrets.RAY_TOKEN)
-        return Access(dashboard=handle.endpoints.dashboard, spark_ui=handle.endpoints.spark_ui,
+        ep = self.endpoints(handle)
+        return Access(dashboard=ep.dashboard, spark_ui=ep.spark_ui,
                       headers=ray_nodes.auth_headers(token) if token else {})
 
     def spark_auth(self, handle: ClusterHandle) -> SparkAuth:
@@ -313,8 +316,8 @@ class LocalBackend(ClusterBackend):
                                 "\n".join(n.log_tail() for n, _ in failed))
 
     def endpoints(self, handle: ClusterHandle) -> Endpoints:
-        state = self._state(handle.name)
-        return state.handle.endpoints if state else handle.endpoints
+        state = self._state(self.target_name(handle))
+        return state.handle.endpoints if state else Endpoints()
 
     def delete(self, target: ClusterHandle | ClusterIdentity | str, *, wait: bool = True) -> None:
         name = self.target_name(target)
@@ -356,6 +359,13 @@ class LocalBackend(ClusterBackend):
         if left:
             raise TeardownIncomplete(cdir.name, procs.describe(left))
         shutil.rmtree(cdir, ignore_errors=True)  # its slot claim lapses with the folder
+
+    def owned(self, handle: ClusterHandle, selector: OwnerSelector) -> ClusterHandle | None:
+        try:
+            state = self._state(self.target_name(handle))
+        except BackendError:
+            return None
+        return state.handle if state and selector.matches(state.handle.labels) else None
 
     def list_owned(self, selector: OwnerSelector | None = None) -> list[ClusterHandle]:
         selector = selector or OwnerSelector()

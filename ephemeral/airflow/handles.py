@@ -1,0 +1,65 @@
+"""A cluster handle that came through XCom is a pointer, never an authority.
+
+Anyone who may edit a task's XCom (Airflow's REST API has ``PATCH .../xcomEntries``), or a
+DAG that passes one setup's output where another's belongs, could otherwise point a teardown,
+a job or an early deletion at any cluster the backend reaches, and send that cluster's
+credentials to whatever endpoints the handle names. So a task acts only on the backend's own
+record of the named cluster, and only when that record carries this DAG run's owner labels
+(deployment instance, DAG, run and setup task): what the cluster is, whose it is and where it
+answers come from the backend. The handle adds only what its setup learnt after creating it
+(the connection it went through, when it was ready).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException
+
+from ephemeral.airflow.context import owner_selector
+from ephemeral.backends.base import ClusterBackend, ClusterHandle, OwnerSelector
+
+
+def pointer(value: Any) -> ClusterHandle:
+    """The handle a task was given (the setup task's XCom), checked for shape only."""
+    if isinstance(value, ClusterHandle):
+        return value
+    if not isinstance(value, dict):
+        raise AirflowFailException(f"expected a cluster handle (the setup task's XCom), got "
+                                   f"{type(value).__name__}")
+    try:
+        return ClusterHandle.model_validate(value)
+    except ValueError as err:  # pydantic's ValidationError: no traceback of the whole value
+        raise AirflowFailException(f"not a cluster handle (the setup task's XCom): "
+                                   f"{str(err).splitlines()[0]}") from None
+
+
+def with_setup_facts(record: ClusterHandle, handle: ClusterHandle) -> ClusterHandle:
+    """The backend's record plus what only the setup's handle knows."""
+    return record.model_copy(update={"connection": handle.connection,
+                                     "ready_ts": handle.ready_ts})
+
+
+def confirm(backend: ClusterBackend, handle: ClusterHandle,
+            selector: OwnerSelector) -> ClusterHandle | None:
+    """The backend's record of ``handle``'s cluster within ``selector``, or None."""
+    record = backend.owned(handle, selector)
+    return None if record is None else with_setup_facts(record, handle)
+
+
+def job_cluster(context: Any, backend: ClusterBackend, handle: ClusterHandle,
+                instance: str | None) -> ClusterHandle:
+    """What a job task runs on (and may delete): the backend's record of the handle's cluster,
+    when its setup made it in this DAG run for deployment ``instance``; else the task fails
+    before it submits anything."""
+    setup = handle.setup_task
+    record = None if setup is None else confirm(
+        backend, handle, owner_selector(context, setup, instance, any_map_index=True))
+    if record is None:
+        raise AirflowFailException(
+            f"cluster {handle.name} (named by the task's cluster argument) is not a cluster "
+            f"that a setup task of this DAG run made on the {backend.name} backend"
+            f"{f' for deployment instance {instance!r}' if instance else ''}: it is gone, or "
+            "it is not this run's. Pass the output of this run's CreateClusterOperator as it "
+            "is; jobs never run on, and never delete, another run's cluster.")
+    return record

@@ -1,0 +1,131 @@
+"""A handle from XCom is a pointer, never an authority (ephemeral.airflow.handles): an edited
+or mistaken handle makes no task delete, run on, or send credentials to a cluster its own
+backend does not record as this DAG run's."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from airflow.sdk.exceptions import AirflowFailException
+
+from ephemeral.backends.base import ClusterHandle, Endpoints
+from ephemeral.backends.fake import InMemoryBackend
+from ephemeral.settings import get_settings
+from ephemeral.specs import ClusterIdentity, resolve
+
+SPEC = resolve("ray/adhoc-cpu", "ci-cpu")
+RUN = "scheduled__2026-01-01T00:00:00+00:00"
+
+
+def ident(*, dag: str = "train", run: str = RUN, task: str = "create",
+          instance: str | None = None) -> ClusterIdentity:
+    return ClusterIdentity(spec_name=SPEC.spec.name, dag_id=dag, run_id=run, task_id=task,
+                           instance=instance or get_settings().instance)
+
+
+def context(task_id: str = "delete") -> dict[str, Any]:
+    return {"dag": SimpleNamespace(dag_id="train"), "run_id": RUN,
+            "ti": SimpleNamespace(task_id=task_id, map_index=-1, try_number=1,
+                                  xcom_push=lambda **_kw: None)}
+
+
+@pytest.fixture
+def backend(monkeypatch: pytest.MonkeyPatch) -> InMemoryBackend:
+    """One in-memory backend every task of the test reaches, whatever the handle says."""
+    from ephemeral.airflow import operators
+
+    shared = InMemoryBackend()
+    monkeypatch.setattr(operators, "task_backend", lambda *_a: shared)
+    # A teardown without a usable handle: the deployment's backend, found by labels there.
+    monkeypatch.setattr(operators, "resolve_target", lambda *_a: SimpleNamespace(
+        backend=shared, instance=get_settings().instance, connection=None))
+    return shared
+
+
+def names(backend: InMemoryBackend) -> list[str]:
+    from ephemeral.backends.base import OwnerSelector
+
+    return sorted(h.name for h in backend.list_owned(OwnerSelector.everything()))
+
+
+def teardown(cluster: Any) -> Any:
+    from ephemeral.airflow.operators import DeleteClusterOperator
+
+    return DeleteClusterOperator(task_id="delete", setup_task_id="create", cluster=cluster)
+
+
+def test_a_teardown_given_another_runs_handle_deletes_only_its_own(
+        backend: InMemoryBackend) -> None:
+    mine = backend.create(SPEC, identity=ident())
+    other = backend.create(SPEC, identity=ident(dag="someone_else", run="manual__victim"))
+    assert teardown(other.model_dump(mode="json")).execute(context()) == {"deleted": [mine.name]}
+    assert names(backend) == [other.name]
+
+
+def test_a_handle_stripped_of_its_labels_reaches_no_other_instance(
+        backend: InMemoryBackend) -> None:
+    # The same scheduled run in another deployment: its labels removed, the instance check
+    # has nothing to compare, and the backend's record still says whose it is.
+    theirs = backend.create(SPEC, identity=ident(instance="staging"))
+    forged = theirs.model_copy(update={"labels": {}, "annotations": {}})
+    assert teardown(forged.model_dump(mode="json")).execute(context()) == {"deleted": []}
+    assert names(backend) == [theirs.name]
+
+
+@pytest.mark.parametrize("cluster", ["eph-adhoc-cpu-0123456789", {"name": "x"}])
+def test_a_malformed_handle_still_lets_the_teardown_delete_the_runs_cluster(
+        backend: InMemoryBackend, cluster: Any) -> None:
+    mine = backend.create(SPEC, identity=ident())
+    with pytest.raises(AirflowFailException, match="cluster handle"):
+        teardown(cluster).execute(context())
+    assert mine.name not in names(backend)
+
+
+def test_the_teardown_keeps_what_only_the_setups_handle_knows(
+        backend: InMemoryBackend) -> None:
+    from ephemeral.airflow.context import owner_selector
+    from ephemeral.airflow.handles import confirm
+
+    mine = backend.create(SPEC, identity=ident())
+    pushed = mine.model_copy(update={"ready_ts": 1.5, "connection": "eph",
+                                     "endpoints": Endpoints(dashboard="http://elsewhere:1")})
+    record = confirm(backend, pushed, owner_selector(context(), "create"))
+    assert record is not None
+    assert (record.ready_ts, record.connection) == (1.5, "eph")
+    assert record.endpoints == mine.endpoints  # where it answers: the backend's word
+
+
+def test_a_job_never_runs_on_another_runs_cluster(backend: InMemoryBackend) -> None:
+    from ephemeral.airflow.operators import RayJobOperator
+
+    other = backend.create(SPEC, identity=ident(dag="someone_else", run="manual__victim"))
+    job = RayJobOperator(task_id="job", cluster=other.model_dump(mode="json"),
+                         entrypoint="python -V")
+    with pytest.raises(AirflowFailException, match="not a cluster that a setup task of this "
+                                                   "DAG run made"):
+        job.execute(context("job"))
+
+
+def test_a_job_runs_on_the_backends_endpoints_not_the_handles(backend: InMemoryBackend) -> None:
+    from ephemeral.airflow.operators import RayJobOperator, job_target
+
+    mine = backend.create(SPEC, identity=ident())
+    edited = mine.model_copy(update={"endpoints": Endpoints(dashboard="http://attacker:80")})
+    job = RayJobOperator(task_id="job", cluster=edited.model_dump(mode="json"),
+                         entrypoint="python -V")
+    _backend, record = job_target(job, context("job"), ClusterHandle.model_validate(
+        edited.model_dump(mode="json")))
+    assert record.endpoints.dashboard == mine.endpoints.dashboard != "http://attacker:80"
+
+
+def test_a_local_cluster_token_goes_only_to_its_own_dashboard(tmp_path: Any) -> None:
+    from ephemeral.backends.local import LocalBackend
+
+    # A cluster this backend has no record of gets no URL at all, whatever the handle says.
+    handle = InMemoryBackend().create(SPEC, identity=ident()).model_copy(
+        update={"endpoints": Endpoints(dashboard="http://attacker:80")})
+    access = LocalBackend(tmp_path).access(handle)
+    assert access.dashboard is None
+    assert access.headers == {}
