@@ -593,13 +593,19 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
             self.log.info("Ray job %s succeeded: %s; %s", result.job_id, result.result,
                           event.get("released") or "its cluster is left to the teardown")
             return result.model_dump(mode="json")
-        backend, h = job_target(self, context, pointer(self.cluster))
-        jobs = self._jobs(h, backend)
         jid = str(event["job_id"])
-        logs = jobs.logs(jid) if event["status"] != "ERROR" else ""
         if event["status"] != JobStatus.SUCCEEDED.value:
+            logs = ""
+            if event["status"] != "ERROR":  # ERROR: the cluster is lost, its logs with it
+                try:
+                    backend, h = job_target(self, context, pointer(self.cluster))
+                    logs = self._jobs(h, backend).logs(jid)
+                except AirflowFailException as err:  # the job's own end is the error to raise
+                    logs = f"(none: {err})"
             raise AirflowException(f"Ray job {jid} ended {event['status']} "
                                    f"{event.get('message', '')}\nlast log lines:\n{tail(logs)}")
+        backend, h = job_target(self, context, pointer(self.cluster))
+        jobs = self._jobs(h, backend)
         result = jobs.succeeded_result(jid)
         self.log.info("Ray job %s succeeded: %s", jid, result.result)
         return self._release(context, h, result, backend)

@@ -140,14 +140,17 @@ def _handle(master: str) -> dict[str, Any]:
 
 @pytest.fixture
 def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    from ephemeral.airflow import spark_submit
+    from ephemeral.airflow import operators, spark_submit
     from ephemeral.jobs.spark_jobs import SparkAuth
 
     (tmp_path / "app.py").write_text(APP)
     (tmp_path / "helper.py").write_text("VALUE = 'from py_files'\n")
     # The cluster's credential source; the drivers, Spark and Airflow's hook are real.
-    backend = SimpleNamespace(spark_auth=lambda _h: SparkAuth(secret=SECRET))
+    # Its record of the cluster is the handle (a local[1] master: no cluster to start).
+    backend = SimpleNamespace(name="stand-in", spark_auth=lambda _h: SparkAuth(secret=SECRET),
+                              owned=lambda handle, _selector: handle)
     monkeypatch.setattr(spark_submit, "cluster_backend", lambda *_a: backend)
+    monkeypatch.setattr(operators, "cluster_backend", lambda *_a: backend)  # job_target's
     monkeypatch.setenv("PLANTED_DB_PASSWORD", "do-not-pass")
     return tmp_path
 
@@ -161,7 +164,8 @@ def _operator(app: Path, mode: str, **kwargs: Any) -> Any:
         conf={"spark.ui.enabled": "false"}, env_vars={"MY_FLAG": "1"}, **kwargs)
 
 
-CONTEXT = {"ti": SimpleNamespace(xcom_push=lambda **_k: None, try_number=1)}
+CONTEXT = {"dag": SimpleNamespace(dag_id="etl"), "run_id": "r1",
+           "ti": SimpleNamespace(xcom_push=lambda **_k: None, try_number=1, map_index=-1)}
 
 
 def _gone(pid: int, within: float = 20.0) -> bool:
