@@ -27,11 +27,16 @@ def pointer(value: Any) -> ClusterHandle:
     if not isinstance(value, dict):
         raise AirflowFailException(f"expected a cluster handle (the setup task's XCom), got "
                                    f"{type(value).__name__}")
+    from pydantic import ValidationError
+
     try:
         return ClusterHandle.model_validate(value)
-    except ValueError as err:  # pydantic's ValidationError: no traceback of the whole value
-        raise AirflowFailException(f"not a cluster handle (the setup task's XCom): "
-                                   f"{str(err).splitlines()[0]}") from None
+    except ValidationError as err:  # its fields, never the value (a traceback of the whole)
+        wrong = sorted({".".join(map(str, e["loc"])) or "(the value)" for e in err.errors()})
+        raise AirflowFailException(
+            f"not a cluster handle (the setup task's XCom): {', '.join(wrong)} missing or "
+            "invalid. Pass the setup task's output (CreateClusterOperator(...).output) as it "
+            "is.") from None
 
 
 def with_setup_facts(record: ClusterHandle, handle: ClusterHandle) -> ClusterHandle:
@@ -53,13 +58,24 @@ def job_cluster(context: Any, backend: ClusterBackend, handle: ClusterHandle,
     when its setup made it in this DAG run for deployment ``instance``; else the task fails
     before it submits anything."""
     setup = handle.setup_task
-    record = None if setup is None else confirm(
-        backend, handle, owner_selector(context, setup, instance, any_map_index=True))
-    if record is None:
+    if setup is None:
         raise AirflowFailException(
-            f"cluster {handle.name} (named by the task's cluster argument) is not a cluster "
-            f"that a setup task of this DAG run made on the {backend.name} backend"
-            f"{f' for deployment instance {instance!r}' if instance else ''}: it is gone, or "
-            "it is not this run's. Pass the output of this run's CreateClusterOperator as it "
-            "is; jobs never run on, and never delete, another run's cluster.")
-    return record
+            f"cluster {handle.name}: its handle records no setup task, so it is no handle a "
+            "setup task of a DAG run pushed. Pass the output of this run's "
+            "CreateClusterOperator as it is; jobs never run on another run's cluster.")
+    record = confirm(backend, handle,
+                     owner_selector(context, setup, instance, any_map_index=True))
+    if record is not None:
+        return record
+    from ephemeral.airflow.report import released
+
+    if (rel := released(context, handle)) is not None:
+        why = f"it was deleted already, by {rel.task}"
+    else:
+        why = ("it is gone (deleted, or expired and reaped), or it is not this run's: another "
+               "run's, another deployment's, or an edited handle")
+    raise AirflowFailException(
+        f"cluster {handle.name} (the task's cluster argument) is not a cluster {setup} made in "
+        f"this DAG run on the {backend.name} backend"
+        f"{f' for deployment instance {instance!r}' if instance else ''}: {why}. Jobs never "
+        "run on, or delete, another run's cluster: pass this run's setup output as it is.")

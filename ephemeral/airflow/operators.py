@@ -129,6 +129,9 @@ def job_target(op: Any, context: Any, given: ClusterHandle) -> tuple[ClusterBack
     """The backend a job task reaches its cluster through, and the backend's record of that
     cluster (``handles.job_cluster``): never the handle's word alone."""
     backend = cluster_backend(given, op)
+    if other := foreign_instance(given, getattr(op, "conn_id", None)):
+        raise AirflowFailException(f"{op.task_id} runs for {other}: give it the setup's "
+                                   "connection, or run it with the setup's EPHEMERAL_INSTANCE")
     return backend, job_cluster(context, backend, given,
                                 instance_of(cluster_connection(given, op)))
 
@@ -291,9 +294,13 @@ class CreateClusterOperator(BaseOperator):
         cluster left running."""
         from airflow.sdk.execution_time.xcom import resolve_xcom_backend
 
+        from ephemeral.airflow.xcom import MetadataOnlyXCom
+
+        xcom = resolve_xcom_backend()
+        if not issubclass(xcom, MetadataOnlyXCom):  # others may store the value as they serialize
+            return
         try:
-            resolve_xcom_backend().serialize_value(pushed, key="return_value",
-                                                   task_id=self.task_id)
+            xcom.serialize_value(pushed, key="return_value", task_id=self.task_id)
         except ValueError as err:
             raise AirflowFailException(
                 f"{err} The handle carries the spec's runtimeEnv.pip and Spark conf: shorten "
@@ -423,16 +430,27 @@ class DeleteClusterOperator(BaseOperator):
         targets = {h.name: h for h in backend.list_owned(selector)}
         gone: dict[str, ClusterHandle] = {}
         if handle:
-            record = targets.get(handle.name) or backend.owned(handle, selector)
+            try:
+                record = targets.get(handle.name) or backend.owned(handle, selector)
+            except EphemeralError as err:  # e.g. a namespace this identity cannot list
+                record, unusable = None, AirflowFailException(
+                    f"cannot look up {handle.name}, which the handle names: {err}")
             if record is not None:
                 targets[handle.name] = with_setup_facts(record, handle)
             elif released(context, handle) is not None:
                 gone[handle.name] = handle  # deleted by its last job or the reaper: reported
-            else:
-                self.log.warning("the handle names %s, which is not a cluster %s made in this "
-                                 "run (gone, or not this run's): nothing of it is deleted",
-                                 handle.name, self.setup_task_id)
-        if not targets:
+            elif unusable is None:
+                # Nothing of the run's records accounts for it: deleted behind Airflow's back,
+                # not this run's, or a record the backend cannot read (then only `ephemeral
+                # down` deletes it). Never deleted on the handle's word; never passed over
+                # in silence either.
+                unusable = AirflowFailException(
+                    f"the handle names {handle.name}, which the {backend.name} backend does not "
+                    f"record as a cluster {self.setup_task_id} made in this run, and no task of "
+                    "the run deleted it: nothing of it was deleted. If it still exists (`ephemeral "
+                    f"ls --all-instances`), it is not this run's, or its record is unreadable: "
+                    f"`ephemeral down {handle.name}` deletes it by its processes' markers.")
+        if not targets and not gone:
             self.log.info("no cluster of %s in this run: nothing to delete", self.setup_task_id)
         # A cluster its last job's task already deleted (delete_cluster_on_success): the
         # deletion below only makes sure nothing of it is left; the report keeps its moments.

@@ -178,6 +178,20 @@ def secret_key(key: str) -> bool:
     return bool(_SECRET_WORDS.search(words)) and not _NAMES_A_PLACE.search(words)
 
 
+# A variable's name names a secret when the conf rule says so and it ends in the secret itself
+# (AWS_SECRET_ACCESS_KEY, HF_TOKEN, DB_PASSWORD), not in what is about one (SECRETS_DIR,
+# TOKEN_URL, SECRET_NAME, PASSWORD_MIN_LENGTH); a switch (HF_HUB_DISABLE_IMPLICIT_TOKEN=1) holds
+# none either way.
+_SECRET_LAST_WORD = re.compile(r"(?:^|\.)(?:secret|passw(?:or)?d|token|keys?|credentials?|sk)$")
+_FLAG_VALUES = frozenset({"0", "1", "true", "false", "yes", "no", "on", "off"})
+
+
+def secret_name(name: str) -> bool:
+    """Whether an environment variable's name says its value is a secret."""
+    words = ".".join(w.lower() for w in _WORD_BREAK.split(name) if w)
+    return secret_key(name) and bool(_SECRET_LAST_WORD.search(words))
+
+
 def secret_value(value: str) -> str | None:
     """What makes ``value`` itself a secret (a PEM block, a URL with credentials), or None."""
     if _PEM.search(value):
@@ -233,8 +247,9 @@ class EnvVar(Model):
         # The conf rule (secret_key) judges the name too: AWS_SECRET_ACCESS_KEY, WANDB_API_KEY
         # or DB_PASSWORD with a literal is a secret written into the spec.
         why = None if v is None else secret_value(v)
-        if why is None and v and secret_key(str(info.data.get("name", ""))):
-            why = f"{info.data['name']} names a secret"
+        if why is None and v and secret_name(str(info.data.get("name", ""))) \
+                and v.strip().lower() not in _FLAG_VALUES:
+            why = f"{info.data['name']} names a secret (judged by its name)"
         if why is not None:
             raise ValueError(f"a secret has no place in a spec ({why.split(';')[0]}): put it "
                              "in a Kubernetes Secret and use secretKeyRef, or use fromEnv on "

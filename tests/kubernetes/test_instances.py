@@ -73,17 +73,20 @@ def test_a_teardown_given_a_handle_stripped_of_its_instance_leaves_the_other_dep
     on the backend's records of its own run only (ephemeral.airflow.handles)."""
     from types import SimpleNamespace
 
+    from airflow.sdk.exceptions import AirflowFailException
+
     from ephemeral.airflow import operators
 
     monkeypatch.setenv("EPHEMERAL_INSTANCE", "staging")
     staging = k8s_backend.create(RAY, identity=owner())
     monkeypatch.setenv("EPHEMERAL_INSTANCE", "prod")
-    prod = k8s_backend.create(RAY, identity=owner())
+    k8s_backend.create(RAY, identity=owner())
     monkeypatch.setattr(operators, "task_backend", lambda *_a: k8s_backend)
     forged = staging.model_copy(update={"labels": {}})
     teardown = operators.DeleteClusterOperator(task_id="delete", setup_task_id="create_cluster",
                                                cluster=forged.model_dump(mode="json"))
     context = {"dag": SimpleNamespace(dag_id="train"), "run_id": RUN,
                "ti": SimpleNamespace(task_id="delete", map_index=-1)}
-    assert teardown.execute(context) == {"deleted": [prod.name]}
-    assert rayclusters(apiserver) == {staging.name: "staging"}
+    with pytest.raises(AirflowFailException, match="nothing of it was deleted"):
+        teardown.execute(context)
+    assert rayclusters(apiserver) == {staging.name: "staging"}  # production's own went

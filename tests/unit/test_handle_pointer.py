@@ -58,9 +58,12 @@ def teardown(cluster: Any) -> Any:
 
 def test_a_teardown_given_another_runs_handle_deletes_only_its_own(
         backend: InMemoryBackend) -> None:
-    mine = backend.create(SPEC, identity=ident())
+    backend.create(SPEC, identity=ident())
     other = backend.create(SPEC, identity=ident(dag="someone_else", run="manual__victim"))
-    assert teardown(other.model_dump(mode="json")).execute(context()) == {"deleted": [mine.name]}
+    # The run's own cluster goes; the other is named in the failure, never deleted.
+    with pytest.raises(AirflowFailException, match=f"the handle names {other.name}, which the "
+                                                   "fake backend does not record"):
+        teardown(other.model_dump(mode="json")).execute(context())
     assert names(backend) == [other.name]
 
 
@@ -70,7 +73,8 @@ def test_a_handle_stripped_of_its_labels_reaches_no_other_instance(
     # has nothing to compare, and the backend's record still says whose it is.
     theirs = backend.create(SPEC, identity=ident(instance="staging"))
     forged = theirs.model_copy(update={"labels": {}, "annotations": {}})
-    assert teardown(forged.model_dump(mode="json")).execute(context()) == {"deleted": []}
+    with pytest.raises(AirflowFailException, match="nothing of it was deleted"):
+        teardown(forged.model_dump(mode="json")).execute(context())
     assert names(backend) == [theirs.name]
 
 
@@ -103,9 +107,59 @@ def test_a_job_never_runs_on_another_runs_cluster(backend: InMemoryBackend) -> N
     other = backend.create(SPEC, identity=ident(dag="someone_else", run="manual__victim"))
     job = RayJobOperator(task_id="job", cluster=other.model_dump(mode="json"),
                          entrypoint="python -V")
-    with pytest.raises(AirflowFailException, match="not a cluster that a setup task of this "
-                                                   "DAG run made"):
+    with pytest.raises(AirflowFailException, match="is not a cluster create made in this DAG "
+                                                   "run on the fake backend") as err:
         job.execute(context("job"))
+    assert "another run's" in str(err.value)
+
+
+def test_a_job_of_another_instance_says_so(backend: InMemoryBackend,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from ephemeral.airflow.operators import RayJobOperator
+
+    theirs = backend.create(SPEC, identity=ident(instance="staging"))
+    monkeypatch.setenv("EPHEMERAL_INSTANCE", "prod")
+    job = RayJobOperator(task_id="job", cluster=theirs.model_dump(mode="json"),
+                         entrypoint="python -V")
+    with pytest.raises(AirflowFailException, match="EPHEMERAL_INSTANCE differs"):
+        job.execute(context("job"))
+
+
+def test_a_handle_without_its_setup_is_refused_as_such(backend: InMemoryBackend) -> None:
+    from ephemeral.airflow.operators import RayJobOperator
+
+    made = backend.create(SPEC, identity=ClusterIdentity.manual(SPEC.spec.name, "by-hand"))
+    job = RayJobOperator(task_id="job", cluster=made.model_dump(mode="json"),
+                         entrypoint="python -V")
+    with pytest.raises(AirflowFailException, match="records no setup task"):
+        job.execute(context("job"))
+
+
+def test_a_malformed_handle_names_its_fields() -> None:
+    from ephemeral.airflow.handles import pointer
+
+    with pytest.raises(AirflowFailException, match=r"backend, .*name.* missing or invalid"):
+        pointer({"name": None})
+
+
+def test_a_teardown_fails_loudly_on_a_cluster_whose_record_it_cannot_read(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record the backend cannot read (an old schema, an edit) confirms nothing, so the
+    teardown deletes nothing on the handle's word; it fails naming the command that deletes
+    by the processes' markers, instead of succeeding over a cluster nothing else finds."""
+    from ephemeral.airflow import operators
+    from ephemeral.backends.local import LocalBackend
+
+    local = LocalBackend(tmp_path)
+    monkeypatch.setattr(operators, "task_backend", lambda *_a: local)
+    handle = InMemoryBackend().create(SPEC, identity=ident()).model_copy(
+        update={"backend": "local"})
+    broken = tmp_path / "clusters" / handle.name
+    broken.mkdir(parents=True)
+    (broken / "state.json").write_text('{"uid": "u", "version": 0}')
+    with pytest.raises(AirflowFailException, match=f"ephemeral down {handle.name}"):
+        teardown(handle.model_dump(mode="json")).execute(context())
+    assert broken.exists()
 
 
 def test_a_job_runs_on_the_backends_endpoints_not_the_handles(backend: InMemoryBackend) -> None:
@@ -129,3 +183,19 @@ def test_a_local_cluster_token_goes_only_to_its_own_dashboard(tmp_path: Any) -> 
     access = LocalBackend(tmp_path).access(handle)
     assert access.dashboard is None
     assert access.headers == {}
+
+
+def test_a_handle_lookup_that_fails_does_not_stop_the_runs_own_deletion(
+        backend: InMemoryBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ephemeral.errors import BackendUnavailable
+
+    mine = backend.create(SPEC, identity=ident())
+    elsewhere = mine.model_copy(update={"name": "eph-adhoc-cpu-0000000000"})
+
+    def forbidden(*_a: Any) -> None:
+        raise BackendUnavailable("namespace team-b: forbidden")
+
+    monkeypatch.setattr(backend, "owned", forbidden)
+    with pytest.raises(AirflowFailException, match="cannot look up eph-adhoc-cpu-0000000000"):
+        teardown(elsewhere.model_dump(mode="json")).execute(context())
+    assert names(backend) == []  # the run's own cluster, found by its labels, went

@@ -100,7 +100,7 @@ def test_ordinary_literal_env_values_still_validate() -> None:
 
 
 @pytest.mark.parametrize("name", ["AWS_SECRET_ACCESS_KEY", "WANDB_API_KEY", "HF_TOKEN",
-                                  "MLFLOW_TRACKING_PASSWORD", "awsAccessKeyId"])
+                                  "MLFLOW_TRACKING_PASSWORD", "azureClientSecret"])
 def test_a_literal_value_for_a_secret_name_is_refused(name: str) -> None:
     # The value looks like nothing; the name says what it is, as a conf key's does.
     err = refused(ray_env({"name": name, "value": "aq8Yx2b"}))
@@ -116,6 +116,13 @@ def test_a_literal_value_for_a_secret_name_is_refused(name: str) -> None:
     {"name": "HF_TOKEN", "secretKeyRef": {"name": "hf", "key": "token"}},
     {"name": "HF_TOKEN_PATH", "value": "/var/run/secrets/hf/token"},  # where it is: no secret
     {"name": "HF_TOKEN", "value": ""},  # empty: unsets it, holds nothing
+    # About a secret, not one: where it is, how it is fetched, a switch, a policy.
+    {"name": "SECRETS_DIR", "value": "/run/secrets"},
+    {"name": "TOKEN_URL", "value": "https://auth.example.com/token"},
+    {"name": "SECRET_NAME", "value": "db-creds"},
+    {"name": "PASSWORD_MIN", "value": "8"},
+    {"name": "HF_HUB_DISABLE_IMPLICIT_TOKEN", "value": "1"},
+    {"name": "AWS_ACCESS_KEY_ID", "value": "AKIAEXAMPLE"},  # an identifier; its secret is not
 ])
 def test_secret_names_by_reference_or_place_still_validate(env: dict[str, Any]) -> None:
     assert parse_spec(ray_env(env), "r.yaml")
