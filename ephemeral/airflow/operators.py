@@ -437,9 +437,11 @@ class DeleteClusterOperator(BaseOperator):
                     f"cannot look up {handle.name}, which the handle names: {err}")
             if record is not None:
                 targets[handle.name] = with_setup_facts(record, handle)
+            elif unusable is not None:
+                pass  # said at the end, after the run's own clusters are gone
             elif released(context, handle) is not None:
                 gone[handle.name] = handle  # deleted by its last job or the reaper: reported
-            elif unusable is None:
+            else:
                 # Nothing of the run's records accounts for it: deleted behind Airflow's back,
                 # not this run's, or a record the backend cannot read (then only `ephemeral
                 # down` deletes it). Never deleted on the handle's word; never passed over
