@@ -37,14 +37,26 @@ def spark_connect(fn: Callable[..., R]) -> Callable[..., R]:
         from airflow.sdk import get_current_context
 
         from ephemeral.airflow.backends import instance_of, task_backend
-        from ephemeral.airflow.handles import job_cluster, pointer
+        from ephemeral.airflow.handles import job_cluster, pointer, with_setup_facts
         from ephemeral.jobs.spark_jobs import connect_session, spark_auth_for
 
         bound = visible.bind(*args, **kwargs)
         given = pointer(bound.arguments["cluster"])
         backend = task_backend(given.backend, given.connection)
-        # The Connect endpoint and token of the backend's record, not the handle's word.
-        handle = job_cluster(get_current_context(), backend, given, instance_of(given.connection))
+        # The Connect endpoint and token of the backend's record, not the handle's word: in a
+        # task, only a cluster of its DAG run; called directly (a test, a notebook), the
+        # caller's own argument names this deployment's cluster.
+        try:
+            context = get_current_context()
+        except RuntimeError:
+            context = None
+        if context is not None:
+            handle = job_cluster(context, backend, given, instance_of(given.connection))
+        elif (record := backend.get(given.name)) is not None:
+            handle = with_setup_facts(record, given)
+        else:
+            raise ValueError(f"cluster {given.name} is not a cluster of this deployment on the "
+                             f"{backend.name} backend (gone, or another deployment's)")
         if not handle.endpoints.spark_connect:
             raise ValueError(f"cluster {handle.name} has no Spark Connect endpoint "
                              "(set connect.enabled in its spec)")

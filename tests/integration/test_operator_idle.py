@@ -40,7 +40,7 @@ lifetime: {{ttl: 1h, idleTimeout: {IDLE}s}}
 
 
 def test_an_operator_mode_cluster_is_idle_by_its_connect_servers_sessions(
-        local_backend: LocalBackend, tmp_path: Path) -> None:
+        local_backend: LocalBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ephemeral.jobs.spark_jobs import connect_session, spark_auth_for
 
     path = tmp_path / "op-idle.yaml"
@@ -52,6 +52,9 @@ def test_an_operator_mode_cluster_is_idle_by_its_connect_servers_sessions(
     operator = handle.model_copy(update={"endpoints": Endpoints(
         spark_ui=ui, spark_connect=handle.endpoints.spark_connect)})
     assert is_operator(operator)
+    # The backend's own record is what its reads go by (never a handle's endpoints): here, it
+    # records the operator-shaped cluster.
+    monkeypatch.setattr(local_backend, "endpoints", lambda _h: operator.endpoints)
     memory = FinishedMemory(None)
 
     first = cluster_activity(local_backend, operator)

@@ -199,3 +199,22 @@ def test_a_handle_lookup_that_fails_does_not_stop_the_runs_own_deletion(
     with pytest.raises(AirflowFailException, match="cannot look up eph-adhoc-cpu-0000000000"):
         teardown(elsewhere.model_dump(mode="json")).execute(context())
     assert names(backend) == []  # the run's own cluster, found by its labels, went
+
+
+def test_spark_connect_called_directly_needs_a_cluster_of_this_deployment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from ephemeral.airflow import backends
+    from ephemeral.airflow.spark import spark_connect
+
+    theirs = InMemoryBackend()
+    spark = resolve("spark/etl", "ci-cpu")
+    other = theirs.create(spark, identity=ClusterIdentity(
+        spec_name=spark.spec.name, dag_id="d", run_id="r", task_id="t", instance="staging"))
+    monkeypatch.setattr(backends, "task_backend", lambda *_a: theirs)
+
+    @spark_connect
+    def rows(spark: Any, cluster: Any) -> int:
+        raise AssertionError("no session may be opened")
+
+    with pytest.raises(ValueError, match="not a cluster of this deployment"):
+        rows(cluster=other.model_dump(mode="json"))
