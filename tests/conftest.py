@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import tempfile
 from collections.abc import Generator, Iterator
 from pathlib import Path
-from types import FrameType
+from types import FrameType, ModuleType
 
 import psutil
 import pytest
@@ -168,3 +169,15 @@ def manual(spec: ResolvedSpec, name: str) -> ClusterIdentity:
 
 def in_ci() -> bool:
     return os.environ.get("CI") == "true"
+
+
+def dag_file_module(name: str, module_name: str) -> ModuleType:
+    """The DAG file ``dags/<name>.py`` imported under ``module_name`` (parsing a DAG file
+    creates nothing)."""
+    path = Path(__file__).resolve().parents[1] / "dags" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

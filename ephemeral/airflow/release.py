@@ -6,8 +6,9 @@ leaving it reserved until the teardown task is scheduled and started (about a se
 A deferred Ray job's trigger does it in the triggerer, the moment the job ends (it reads the
 job's result first and hands it to the task in its event); otherwise the task does, before it
 returns. The teardown still runs, as the setup/teardown contract says: it finds the cluster gone
-(anything left of it still carries the run's labels, and is deleted), and writes the run report with the
-release's moments and the jobs the engine listed just before it (``report.model.Release``).
+(anything left of it still carries the run's labels, and is deleted), and writes the run report
+with the release's moments and the jobs the engine listed just before it
+(``report.model.Release``).
 A failed job keeps its cluster: a retry needs it, and the teardown follows a final failure at
 once anyway.
 

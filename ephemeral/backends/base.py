@@ -348,10 +348,13 @@ class ClusterBackend(abc.ABC):
         ``selector``; else None (gone, or not the selector's). A handle that came through XCom
         is a pointer, never the authority: whose cluster it is, where it answers and what it
         runs come from here (``ephemeral.airflow.handles``)."""
-        scope = OwnerSelector(labels=selector.labels | {PREFIX + "cluster": self.target_name(handle)},
-                              all_instances=True)  # the selector's own instance label holds
-        found = self.list_owned(scope)
+        found = self.list_owned(self.owned_scope(handle, selector))
         return found[0] if found else None
+
+    def owned_scope(self, handle: ClusterHandle, selector: OwnerSelector) -> OwnerSelector:
+        """``selector`` narrowed to the cluster ``handle`` names (its checked name)."""
+        return OwnerSelector(labels=selector.labels | {PREFIX + "cluster": self.target_name(handle)},
+                             all_instances=True)  # the selector's own instance label holds
 
     def get(self, name: str, *, all_instances: bool = False) -> ClusterHandle | None:
         """The handle of this deployment's cluster by name (any deployment's with

@@ -9,7 +9,6 @@ caller gave it. The script is named bare, from the jobs folder Ray uploads.
 from __future__ import annotations
 
 import ast
-import importlib.util
 import shlex
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ from ephemeral.adhoc import (
 )
 from ephemeral.jobs.artifacts import run_folder, run_uri
 from ephemeral.settings import get_settings
+from tests.conftest import dag_file_module
 
 ROOT = Path(__file__).resolve().parents[2]
 JOBS = ROOT / "jobs"
@@ -110,12 +110,7 @@ def test_with_arbitrary_entrypoints_allowed_the_command_is_the_users() -> None:
 
 
 def test_the_dag_task_passes_its_runs_folder() -> None:
-    spec = importlib.util.spec_from_file_location("confinement_ray_job_adhoc",
-                                                  ROOT / "dags" / "ray_job_adhoc.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = dag_file_module("ray_job_adhoc", "confinement_ray_job_adhoc")
     check = module.dag.get_task("validate_request").python_callable
     conf = {k: p.value for k, p in module.dag.params.items()} | {
         "entrypoint": "python train_ddp.py --steps 5"}

@@ -4,7 +4,6 @@ naming its field, and nothing is created: no cluster state, no process (issue 9,
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 import yaml
 
 from ephemeral.errors import SpecError
+from tests.conftest import dag_file_module
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / "tests" / "corpus"
@@ -169,13 +169,7 @@ def test_bad_command_line_is_refused(row: dict[str, Any]) -> None:
 @pytest.fixture(scope="module")
 def adhoc_dag() -> Any:
     """The ray_job_adhoc DAG object, imported from its file (parsing it creates nothing)."""
-    spec = importlib.util.spec_from_file_location("corpus_ray_job_adhoc",
-                                                  ROOT / "dags" / "ray_job_adhoc.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.dag
+    return dag_file_module("ray_job_adhoc", "corpus_ray_job_adhoc").dag
 
 
 def form_refusals(dag: Any, conf: dict[str, Any]) -> dict[str, str]:

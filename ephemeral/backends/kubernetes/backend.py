@@ -426,9 +426,7 @@ class KubernetesBackend(ClusterBackend):
     def owned(self, handle: ClusterHandle, selector: OwnerSelector) -> ClusterHandle | None:
         """As the base's, in the namespace the handle names (a connection's namespace may
         have changed since the setup); only this run's labels there count."""
-        scope = OwnerSelector(labels=selector.labels | {PREFIX + "cluster": self.target_name(handle)},
-                              all_instances=True)
-        found = self._list(self._client(handle), scope)
+        found = self._list(self._client(handle), self.owned_scope(handle, selector))
         return found[0] if found else None
 
     def _list(self, client: KubeClient, selector: OwnerSelector | None) -> list[ClusterHandle]:
