@@ -34,6 +34,7 @@ from ephemeral.airflow.handles import job_cluster, pointer, with_setup_facts
 from ephemeral.airflow.lineage import JobLineageMixin
 from ephemeral.airflow.links import RayDashboardLink, RunReportLink, SparkMasterLink
 from ephemeral.airflow.release import before_job, release, released_by
+from ephemeral.airflow.settle import settles_at
 from ephemeral.airflow.triggers import ClusterReadyTrigger, RayJobTrigger
 from ephemeral.backends import ClusterBackend, ClusterHandle
 from ephemeral.backends.readiness import Readiness
@@ -248,7 +249,8 @@ class CreateClusterOperator(BaseOperator):
                                                 handle=handle.model_dump(mode="json"),
                                                 deadline=wait.deadline,
                                                 poll_interval=(self.poll_interval
-                                                               or backend.probe_interval)),
+                                                               or backend.probe_interval),
+                                                settles_at=settles_at()),
                     method_name="execute_complete",
                 )
             if not status.ready:
@@ -591,7 +593,8 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
                                              backend=handle.backend,
                                              conn_id=cluster_connection(handle, self),
                                              job_id=jid, timeout=self._timeout,
-                                             poll_interval=poll, release=by),
+                                             poll_interval=poll, release=by,
+                                             settles_at=settles_at()),
                        method_name="execute_complete")
         try:
             result = jobs.follow(jid, sink=lambda line: self.log.info("[%s] %s", jid, line),

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from airflow.triggers.base import BaseTrigger, TriggerEvent
+from airflow.triggers.base import TriggerEvent
 
 from ephemeral.airflow.backends import task_backend
+from ephemeral.airflow.settle import SettlingTrigger
 from ephemeral.backends import ClusterBackend, ClusterHandle
 from ephemeral.backends.fake import refuse_across_processes
 from ephemeral.backends.readiness import Readiness, backoff
@@ -34,7 +35,7 @@ READS = ThreadPoolExecutor(max_workers=32, thread_name_prefix="ephemeral-job-rea
 STREAM_DRAIN = 0.5  # seconds a released job's log stream may take to deliver its last lines
 
 
-class ClusterReadyTrigger(BaseTrigger):
+class ClusterReadyTrigger(SettlingTrigger):
     """Waits with ``Readiness``, the loop every waiter shares. Whatever goes wrong in here (a
     connection that exists only in the worker's environment, a dashboard answering nonsense,
     a bug) becomes a failed event that carries the handle, so the operator deletes the
@@ -42,7 +43,8 @@ class ClusterReadyTrigger(BaseTrigger):
 
     def __init__(self, *, backend: str, handle: dict[str, Any], deadline: float | None = None,
                  timeout: float | None = None, poll_interval: float = 2.0,
-                 conn_id: str | None = None, kubernetes_conn_id: str | None = None) -> None:
+                 conn_id: str | None = None, kubernetes_conn_id: str | None = None,
+                 settles_at: float | None = None) -> None:
         super().__init__()
         refuse_across_processes(backend, "ClusterReadyTrigger")  # the triggerer has none of it
         self.backend = backend
@@ -54,11 +56,13 @@ class ClusterReadyTrigger(BaseTrigger):
         # have none (and for triggers serialized by earlier versions).
         self.deadline = deadline if deadline is not None else time.time() + (timeout or 900.0)
         self.poll_interval = poll_interval
+        self.settles_at = settles_at
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return ("ephemeral.airflow.triggers.ClusterReadyTrigger",
                 {"backend": self.backend, "handle": self.handle, "deadline": self.deadline,
-                 "poll_interval": self.poll_interval, "conn_id": self.conn_id})
+                 "poll_interval": self.poll_interval, "conn_id": self.conn_id,
+                 "settles_at": self.settles_at})
 
     def _backend(self) -> ClusterBackend:
         return task_backend(self.backend, self.conn_id)
@@ -68,7 +72,7 @@ class ClusterReadyTrigger(BaseTrigger):
         return TriggerEvent({"status": status, "message": message, "error": error,
                              "handle": self.handle, **extra})
 
-    async def run(self) -> AsyncIterator[TriggerEvent]:
+    async def events(self) -> AsyncGenerator[TriggerEvent, None]:
         try:
             backend = await asyncio.to_thread(self._backend)  # a connection lookup blocks
             handle = ClusterHandle.model_validate(self.handle)
@@ -101,7 +105,7 @@ class ClusterReadyTrigger(BaseTrigger):
         await asyncio.to_thread(delete_killed, backend, handle, setup)
 
 
-class RayJobTrigger(BaseTrigger):
+class RayJobTrigger(SettlingTrigger):
     """Waits for a Ray job. It serializes the handle, the backend's name and the connection
     id, never the cluster's token: the triggerer asks the backend for access itself.
 
@@ -112,7 +116,7 @@ class RayJobTrigger(BaseTrigger):
     def __init__(self, *, handle: dict[str, Any], backend: str, job_id: str,
                  conn_id: str | None = None, kubernetes_conn_id: str | None = None,
                  timeout: float | None = None, poll_interval: float = 1.0,
-                 release: dict[str, str] | None = None) -> None:
+                 release: dict[str, str] | None = None, settles_at: float | None = None) -> None:
         super().__init__()
         refuse_across_processes(backend, "RayJobTrigger")  # the triggerer has none of it
         self.handle = handle
@@ -122,13 +126,14 @@ class RayJobTrigger(BaseTrigger):
         self.timeout = timeout
         self.poll_interval = poll_interval
         self.release = release
+        self.settles_at = settles_at
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return ("ephemeral.airflow.triggers.RayJobTrigger",
                 {"handle": self.handle, "backend": self.backend,
                  "conn_id": self.conn_id, "job_id": self.job_id,
                  "timeout": self.timeout, "poll_interval": self.poll_interval,
-                 "release": self.release})
+                 "release": self.release, "settles_at": self.settles_at})
 
     def _jobs(self) -> Any:
         from ephemeral.jobs.ray_jobs import ray_jobs_for
@@ -173,7 +178,7 @@ class RayJobTrigger(BaseTrigger):
         except Exception as err:  # noqa: BLE001 - logs are best effort; the status decides
             self.log.warning("log stream of %s ended: %s", self.job_id, err)
 
-    async def run(self) -> AsyncIterator[TriggerEvent]:
+    async def events(self) -> AsyncGenerator[TriggerEvent, None]:
         # Restarted after it released the cluster (the event was lost): the job succeeded and
         # the cluster is gone, so say so rather than ask a cluster that is no more.
         if self.release and (earlier := await asyncio.to_thread(self._earlier)) is not None:

@@ -140,6 +140,10 @@ class Stack(AirflowApi):
             # DAG (train_distributed is @daily) was unpaused from the trigger form.
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+            # A worker notices its task's exit only at its next wake-up, this often: at the
+            # default 5 s, one task in three reached the scheduler 5 s late here (a hand-off
+            # between tasks; a deferral's hold, ephemeral.airflow.settle).
+            "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             "EPHEMERAL_BACKEND": "local",

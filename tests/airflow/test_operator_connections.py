@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -88,6 +89,9 @@ def test_the_connection_owns_the_cluster_from_setup_through_trigger_to_teardown(
     path, kwargs = deferred.value.trigger.serialize()
     assert path == "ephemeral.airflow.triggers.ClusterReadyTrigger"
     assert kwargs["conn_id"] == "eph"  # the id only: the triggerer looks it up again
+    # It holds its event until the executor's report of this deferral has reached the
+    # scheduler (ephemeral.airflow.settle): the worker's wake-up interval plus a margin.
+    assert 0 < kwargs["settles_at"] - time.time() <= 5.0 + 2.0
     event = first_event(ClusterReadyTrigger(**kwargs))
     assert event["status"] == "ready", event
     handle = create.execute_complete(context("create"), event)
