@@ -26,6 +26,7 @@ from urllib.parse import quote
 from ephemeral.backends.base import HeadState, HeadView
 from ephemeral.errors import JobError, JobFailed, JobSubmissionFailed, JobTimeout
 from ephemeral.jobs.results import JobResult, JobStatus, parse_result_line, submission_id, tail
+from ephemeral.jobs.runtime_env import check_submitted
 
 if TYPE_CHECKING:
     import requests
@@ -268,6 +269,7 @@ class RayJobs:
         env = dict(runtime_env or {})
         if working_dir:
             env["working_dir"] = working_dir
+        check_submitted(env, f"Ray job {job_id or entrypoint!r}")
         try:  # Ray's own check, before the upload: its ValueError is no transport error
             from ray.runtime_env import RuntimeEnv
 

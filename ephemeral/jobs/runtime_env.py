@@ -134,6 +134,14 @@ def check_job_env(env_vars: Any, where: str, field: str = "runtime_env.env_vars"
             f"{', '.join(sorted(JOB_MAY_SET))}")
 
 
+def check_submitted(env: Mapping[str, Any], where: str) -> None:
+    """What every Ray job ephemeral submits passes, however it came (operator, CLI, the Python
+    API's ``RayJobs.submit``): no reserved names in its ``env_vars``, no credential or
+    environment reference in a pip or uv entry."""
+    check_job_env(env.get("env_vars"), where)
+    _with_credentials(env, where)
+
+
 def merge_runtime_env(base: Mapping[str, Any], overlay: Mapping[str, Any] | None, *,
                       where: str = "the job") -> dict[str, Any]:
     """``overlay`` (the caller's layer: its ``env_vars`` pass ``check_job_env``) over ``base``

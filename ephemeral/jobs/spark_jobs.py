@@ -33,6 +33,7 @@ from ephemeral.jobs.results import (
     parse_result_line,
     read_result_file,
 )
+from ephemeral.jobs.runtime_env import check_job_env
 from ephemeral.settings import job_environ
 
 if TYPE_CHECKING:
@@ -150,6 +151,7 @@ def spark_submit(
     ``conf`` sets ``spark.driver.extraJavaOptions``. The job's result is what it wrote
     to ``$EPHEMERAL_RESULT_FILE`` (``jobs/_common.emit_result`` does), else its last JSON line;
     a declared result that cannot be read raises ``ResultUnreadable``."""
+    check_job_env(env, "spark-submit", field="env")  # however it is called, before it starts
     if not Path(application).is_file():
         raise JobSubmissionFailed(f"no application file {application!r}")
     argv = [spark_submit_bin(), "--master", master]

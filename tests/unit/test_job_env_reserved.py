@@ -197,3 +197,36 @@ def test_spark_env_vars_may_set_ordinary_names_and_the_artifact_root(
     assert env["SPARK_LAUNCHER_OPTS"] == "-Xmx1g"
     assert env["EPHEMERAL_ARTIFACT_ROOT"] == "file:///mine"
     assert "EPHEMERAL_ARTIFACT_ROOT" in _spark_operator({})._env()
+
+
+@pytest.mark.parametrize("runtime_env", [
+    {"env_vars": {"EPHEMERAL_CLUSTER_UID": "not-this-cluster"}},
+    {"pip": ["pandas===${RAY_AUTH_TOKEN}"]},
+    {"uv": {"packages": ["https://user:secret@example.com/x.whl"]}},
+])
+def test_the_python_apis_ray_submit_checks_the_job_before_reaching_the_cluster(
+        runtime_env: dict[str, Any]) -> None:
+    """``RayJobs.submit``, the layer every Ray submission goes through (the operator, the CLI,
+    a user's own code), applies the job rules itself: nothing is asked of the dashboard."""
+    from ephemeral.jobs.ray_jobs import RayJobs
+
+    jobs = RayJobs("http://127.0.0.1:9", cluster="c")  # nothing listens: a call would fail
+    with pytest.raises(JobSubmissionFailed, match="Ray job 'j1'") as err:
+        jobs.submit("python x.py", job_id="j1", runtime_env=runtime_env)
+    assert "cannot reach" not in str(err.value)
+    assert jobs._client is None  # no client was even made
+
+
+def test_spark_submit_refuses_a_reserved_driver_env_before_starting_anything(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    from ephemeral.jobs import spark_jobs
+
+    def never(*_a: Any, **_k: Any) -> Any:
+        raise AssertionError("nothing may be started")
+
+    monkeypatch.setattr(spark_jobs.subprocess, "Popen", never)
+    app = tmp_path / "app.py"
+    app.write_text("print(1)\n")
+    with pytest.raises(JobSubmissionFailed, match=r"spark-submit: env sets 'EPHEMERAL_CLUSTER_UID'"):
+        spark_jobs.spark_submit("spark://127.0.0.1:9", str(app),
+                                env={"EPHEMERAL_CLUSTER_UID": "x", "MY_FLAG": "1"})
