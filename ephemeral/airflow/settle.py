@@ -12,7 +12,8 @@ So a trigger run by the triggerer holds its event until ``settles_at``: the defe
 plus that interval, plus a margin for the scheduler's loop to take the report in. Only work
 that ends within those few seconds of its deferral waits; a triggerer that restarts later
 holds nothing. ``dag.test()`` runs triggers in line, with no executor to race, and does not set
-``task_instance``: nothing is held there.
+``task_instance``: nothing is held there. ``settles_at`` is the worker's wall clock, read by the
+triggerer's: a triggerer whose clock runs behind holds longer, never more than ``LONGEST``.
 """
 
 from __future__ import annotations
