@@ -75,13 +75,14 @@ def _latest(*moments: datetime | None) -> datetime | None:
 
 def ray_activity(access: Access) -> Activity:
     """Busy while a Ray job is pending or running."""
-    jobs = get_json(f"{access.dashboard}/api/jobs/", timeout=TIMEOUT, headers=access.headers)
+    jobs = get_json(f"{access.dashboard}/api/jobs/", timeout=TIMEOUT, headers=access.headers,
+                    verify=access.verify)
     if not isinstance(jobs, list):
         return Activity(None, "the Ray Jobs API did not answer")
     running = [j for j in jobs if isinstance(j, dict) and j.get("status") in RAY_BUSY]
     last_end = _latest(*(_ms(j.get("end_time")) for j in jobs if isinstance(j, dict)))
     nodes = get_json(f"{access.dashboard}/api/v0/nodes?limit=1000&detail=true", timeout=TIMEOUT,
-                     headers=access.headers)
+                     headers=access.headers, verify=access.verify)
     rows = (((nodes or {}).get("data") or {}).get("result") or {}).get("result") \
         if isinstance(nodes, dict) else None
     nodes_up = _latest(*(_ms(n.get("start_time_ms")) for n in rows or []

@@ -1,6 +1,13 @@
 """A tiny JSON GET for readiness probes of every backend (the Ray dashboard, the Spark master
 UI) and for the run report's reads of the engines: None when the endpoint does not answer
-(yet), so a probe reads "not ready", never fails."""
+(yet), so a probe reads "not ready", never fails.
+
+No request that carries credentials follows a redirect. A cluster's head answers through the
+API server's service proxy, which relays a redirect to another host as it is; following it would
+send the Kubernetes bearer token and the cluster's Ray token to that host. A redirect is an
+answer of no use here: "does not answer". This module's GET, the Ray Jobs clients
+(``ephemeral.jobs.ray_jobs``) and the Kubernetes client (``kubernetes.client``) all refuse them.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +36,13 @@ def tls_context(verify: bool | str) -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A 3xx is the answer (urllib raises it as an HTTPError), never followed."""
+
+    def redirect_request(self, *_args: Any, **_kwargs: Any) -> None:
+        return None
+
+
 def get_json(url: str, *, timeout: float = 3.0, headers: Mapping[str, str] | None = None,
              verify: bool | str = True) -> Any:
     """GET ``url`` (with ``headers``, e.g. credentials) and parse JSON; None when it does not
@@ -37,7 +51,9 @@ def get_json(url: str, *, timeout: float = 3.0, headers: Mapping[str, str] | Non
     request = urllib.request.Request(url, headers=dict(headers or {}))
     try:
         context = tls_context(verify) if url.startswith("https:") else None
-        with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:
+        opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context),
+                                             _NoRedirect())
+        with opener.open(request, timeout=timeout) as resp:
             if resp.status != 200:
                 return None
             return json.loads(resp.read() or b"null")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import threading
 import time
@@ -230,6 +231,21 @@ def ray_jobs_for(handle: ClusterHandle, backend: ClusterBackend) -> RayJobs:
                    verify=access.verify, head=HeadEvidence.of(backend, handle))
 
 
+@functools.cache
+def _jobs_client() -> type:
+    """Ray's ``JobSubmissionClient``, refusing redirects (``ephemeral.backends.http`` says why):
+    every call of Ray's SDK but the log stream's websocket goes through ``_do_request``, which
+    hands its keyword arguments to ``requests``. A 3xx then fails the call as Ray's own
+    non-2xx answers do."""
+    from ray.job_submission import JobSubmissionClient
+
+    class NoRedirects(JobSubmissionClient):
+        def _do_request(self, method: str, endpoint: str, **kwargs: Any) -> Any:
+            return super()._do_request(method, endpoint, **kwargs, allow_redirects=False)
+
+    return NoRedirects
+
+
 class RayJobs:
     def __init__(self, dashboard: str, *, cluster: str = "",
                  headers: Mapping[str, str] | None = None, verify: bool | str = True,
@@ -244,11 +260,9 @@ class RayJobs:
     @property
     def client(self) -> Any:
         if self._client is None:
-            from ray.job_submission import JobSubmissionClient
-
             try:
-                self._client = JobSubmissionClient(self.dashboard, verify=self._verify,
-                                                   headers=dict(self._headers) or None)
+                self._client = _jobs_client()(self.dashboard, verify=self._verify,
+                                              headers=dict(self._headers) or None)
             except _transport_errors(runtime=True) as err:
                 raise JobSubmissionFailed(f"cannot reach the Ray Jobs API at {self.dashboard}: "
                                           f"{err}") from err
@@ -293,7 +307,8 @@ class RayJobs:
 
         return requests.request(method, f"{self.dashboard.rstrip('/')}{path}",
                                 headers=self._headers, verify=self._verify,
-                                timeout=None if timeout is None else (timeout, timeout))
+                                timeout=None if timeout is None else (timeout, timeout),
+                                allow_redirects=False)  # ephemeral.backends.http says why
 
     def status(self, job_id: str, *, timeout: float | None = None) -> JobStatus | None:
         """The job's status (``GET /api/jobs/{id}``), or None when no job has that id; JobError

@@ -222,7 +222,7 @@ class KubeClient:
     def api(self) -> Any:
         if self._api is None:
             self._api = build_api_client(self.config)
-        return self._api
+        return without_redirects(self._api)
 
     def close(self) -> None:
         if self._api is not None:
@@ -527,6 +527,29 @@ def _resync(known: dict[str, dict[str, Any]],
             yield "ADDED", obj
         elif before["metadata"].get("resourceVersion") != obj["metadata"].get("resourceVersion"):
             yield "MODIFIED", obj
+
+
+class _NoRedirects:
+    """An ApiClient's urllib3 pool that returns a 3xx as the answer: the API server never
+    redirects, and the Services it proxies must not send its bearer token elsewhere
+    (``ephemeral.backends.http`` says why). The generated client raises it as ApiException."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        return self.pool.request(*args, **kwargs, redirect=False)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.pool, name)
+
+
+def without_redirects(api: Any) -> Any:
+    """``api`` (ours or the cncf-kubernetes provider's) with its pool refusing redirects."""
+    rest = api.rest_client
+    if not isinstance(rest.pool_manager, _NoRedirects):
+        rest.pool_manager = _NoRedirects(rest.pool_manager)
+    return api
 
 
 def build_api_client(config: KubeConfig) -> Any:
