@@ -20,11 +20,17 @@ NAME_MAX = 47  # RayJob names are limited to 47 characters; RayCluster to 53
 MANAGED_BY = "app.kubernetes.io/managed-by"
 
 
+HASHED = "h-"
+
+
 def label_value(value: str) -> str:
-    """A Kubernetes label value for ``value``: as is when valid, else a stable hash of it."""
-    if is_label_value(value):
+    """A Kubernetes label value for ``value``: as is when valid, else a stable hash of it. A
+    valid value that looks like a hash is hashed too, so no two values share a label: a run id
+    such as ``h-8bc4...`` would otherwise select the clusters of the run whose long id hashes
+    to it."""
+    if is_label_value(value) and not value.startswith(HASHED):
         return value
-    return "h-" + hashlib.sha256(value.encode()).hexdigest()[:20]
+    return HASHED + hashlib.sha256(value.encode()).hexdigest()[:20]
 
 
 def cluster_name_problem(name: object) -> str | None:

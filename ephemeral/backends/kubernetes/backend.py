@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -81,7 +82,7 @@ from ephemeral.errors import (
     TeardownIncomplete,
 )
 from ephemeral.settings import get_settings
-from ephemeral.specs.identity import PREFIX, ClusterIdentity
+from ephemeral.specs.identity import PREFIX, ClusterIdentity, label_value
 from ephemeral.specs.resolve import ResolvedSpec
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,10 @@ log = logging.getLogger(__name__)
 # Deleted in this order: the primary first, so nothing recreates what is being removed.
 OWNED_KINDS: tuple[Kind, ...] = (RAYCLUSTER, SPARKCONNECT, DEPLOYMENT, SERVICE, NETWORKPOLICY)
 SPEC_HASH = PREFIX + "spec-hash"
+# What a primary's labels and its handle annotation must agree on (``_handle_of``).
+IDENTITY_LABELS = tuple(PREFIX + k for k in ("cluster", "instance", "dag-id", "run-id",
+                                             "task-id", "map-index", "backend", "spec-hash"))
+FULL_IDS = tuple(PREFIX + k for k in ("dag-id", "run-id", "task-id"))
 SPARK_MASTER = "spark-master"
 RESYNC_POLLS, RESYNC_MIN = 5, 1.0
 """wait_ready re-probes at least every RESYNC_POLLS poll intervals (and at most every RESYNC_MIN
@@ -342,28 +347,32 @@ class KubernetesBackend(ClusterBackend):
         scope = OwnerSelector.of_target(target)
         name = self.target_name(target)
         client = self._client(target if isinstance(target, ClusterHandle) else None)
-        for kind, obj in self._owned_objects(client, scope):
+        ours = _Ours()
+        for kind, obj in self._owned_objects(client, scope, ours):
             if not obj["metadata"].get("deletionTimestamp"):
                 client.delete(kind, name_of(obj))
         if not wait:
             return
         deadline = time.monotonic() + self.config.delete_timeout
         try:
-            self._await_gone(client, scope, deadline)
+            self._await_gone(client, scope, deadline, ours)
         except (Forbidden, WatchUnsupported) as exc:
             if not _cannot_watch(exc):
                 raise
             log.info("cannot watch cluster %s (%s); polling instead", name, exc)
         # After the watch, one round of lists confirms; without it, this polls.
-        while leftover := self._leftover(client, scope):
+        while leftover := self._leftover(client, scope, ours):
             if time.monotonic() >= deadline:
                 raise TeardownIncomplete(name, leftover)
             time.sleep(min(self.config.poll_interval, max(deadline - time.monotonic(), 0)))
 
-    def _owned_objects(self, client: KubeClient,
-                       scope: OwnerSelector) -> Iterator[tuple[Kind, dict[str, Any]]]:
+    def _owned_objects(self, client: KubeClient, scope: OwnerSelector, ours: _Ours,
+                       report: bool = True) -> Iterator[tuple[Kind, dict[str, Any]]]:
         """Kind by kind, listed as they are consumed: delete removes the primary before it lists
-        the next kind, so a list that fails (e.g. RBAC) still leaves the collector the rest."""
+        the next kind, so a list that fails (e.g. RBAC) still leaves the collector the rest.
+        Labels only find candidates, since anyone may copy them onto an object: a primary is
+        the cluster's when its record agrees with it (``_handle_of``), any other object when it
+        names one of the cluster's objects as its owner. ``ours`` collects them."""
         selector = scope.as_label_selector()
         for kind in OWNED_KINDS:
             try:
@@ -375,7 +384,17 @@ class KubernetesBackend(ClusterBackend):
             # The Spark master carries the handle: first among the Deployments.
             objs.sort(key=lambda o: o["metadata"].get("labels", {}).get(COMPONENT_LABEL)
                       != SPARK_MASTER)
-            yield from ((kind, o) for o in objs)
+            for obj in objs:
+                primary = kind in (RAYCLUSTER, SPARKCONNECT) or (
+                    kind is DEPLOYMENT and obj["metadata"].get("labels", {}).get(
+                        COMPONENT_LABEL) == SPARK_MASTER)
+                if (self._handle_of(obj) is not None) if primary else ours.claims(obj):
+                    ours.add(kind, obj)
+                    yield kind, obj
+                elif report:
+                    log.warning("leaving %s %s alone: it carries cluster %s's labels but is "
+                                "not its object", kind.kind, name_of(obj),
+                                scope.labels.get(PREFIX + "cluster"))
 
     @staticmethod
     def _pod_selectors(scope: OwnerSelector) -> list[str]:
@@ -386,7 +405,8 @@ class KubernetesBackend(ClusterBackend):
                         if k != PREFIX + "cluster")  # checked label keys and values
         return [f"{pods},{rest}" if rest else pods for pods in probes.pod_selectors(name)]
 
-    def _await_gone(self, client: KubeClient, scope: OwnerSelector, deadline: float) -> None:
+    def _await_gone(self, client: KubeClient, scope: OwnerSelector, deadline: float,
+                    ours: _Ours) -> None:
         """Watch each set of the cluster's objects until it is empty (or the deadline): the
         owned kinds primary first, then the pods, which nothing recreates once their owners
         are gone."""
@@ -402,7 +422,7 @@ class KubernetesBackend(ClusterBackend):
                         synced = True
                     elif type_ == "DELETED":
                         left.discard(name_of(obj))
-                    else:
+                    elif ours.claims(obj):
                         left.add(name_of(obj))
                     if synced and not left:
                         break
@@ -411,11 +431,13 @@ class KubernetesBackend(ClusterBackend):
                     raise
                 continue
 
-    def _leftover(self, client: KubeClient, scope: OwnerSelector) -> list[str]:
-        left = [_describe(kind.kind, obj) for kind, obj in self._owned_objects(client, scope)]
+    def _leftover(self, client: KubeClient, scope: OwnerSelector, ours: _Ours) -> list[str]:
+        left = [_describe(kind.kind, obj)
+                for kind, obj in self._owned_objects(client, scope, ours, report=False)]
         pods: dict[str, dict[str, Any]] = {}
         for selector in self._pod_selectors(scope):
-            pods |= {name_of(p): p for p in client.list_objects(POD, labels=selector)}
+            pods |= {name_of(p): p for p in client.list_objects(POD, labels=selector)
+                     if ours.claims(p)}
         return left + [_describe("Pod", p) for p in pods.values()]
 
     # -- listing -------------------------------------------------------------------------------
@@ -447,21 +469,86 @@ class KubernetesBackend(ClusterBackend):
         handles = [h for h in map(self._handle_of, primaries) if h is not None]
         return sorted((self._view(h) for h in handles), key=lambda h: h.name)
 
-    @staticmethod
-    def _handle_of(obj: dict[str, Any]) -> ClusterHandle | None:
-        raw = (obj["metadata"].get("annotations") or {}).get(HANDLE_ANNOTATION)
+    def _handle_of(self, obj: dict[str, Any]) -> ClusterHandle | None:
+        """The cluster a primary object is, as the object itself says, or None when it is no
+        record of ephemeral's. Anyone who may edit objects in the namespace can rewrite the
+        handle annotation, so it is never the authority: the name, the namespace and the owner
+        labels come from the object's metadata, the endpoints are derived from them, and the
+        annotation (which adds what labels cannot hold: full-length owner ids, times, node
+        groups, the spec's job defaults) must agree with them. An object whose annotation
+        names another cluster or owner than its labels do, or whose labels are not what its
+        owner ids make, is nobody's to act on: it is logged and left alone."""
+        meta = obj["metadata"]
+        raw = (meta.get("annotations") or {}).get(HANDLE_ANNOTATION)
         if not raw:
             return None
         try:
-            return ClusterHandle.model_validate_json(raw)
+            stated = ClusterHandle.model_validate_json(raw)
         except ValidationError:
             log.warning("ignoring %s: unreadable %s annotation", name_of(obj), HANDLE_ANNOTATION)
             return None
+        labels = {k: v for k, v in (meta.get("labels") or {}).items() if k.startswith(PREFIX)}
+        kind = kind_of(obj)
+        name = labels.get(PREFIX + "cluster", "")
+        mismatch = [key for key in IDENTITY_LABELS if stated.labels.get(key) != labels.get(key)]
+        for key in FULL_IDS:  # the labels are what the full-length owner ids make
+            full = stated.annotations.get(key)
+            if full is not None and labels.get(key) != label_value(full):
+                mismatch.append(f"{key} (full id)")
+        if stated.name != name or meta["name"] != (master_service(name) if kind is DEPLOYMENT
+                                                   else name):
+            mismatch.append("name")
+        if mismatch:
+            log.warning("ignoring %s %s/%s: its %s annotation disagrees with the object on %s "
+                        "(edited by hand?); ephemeral does not act on it", kind.kind,
+                        meta.get("namespace"), meta["name"], HANDLE_ANNOTATION,
+                        ", ".join(mismatch))
+            return None
+        record = stated.model_copy(update={
+            "namespace": meta.get("namespace") or self.config.namespace,
+            "labels": {**{k: v for k, v in stated.labels.items() if not k.startswith(PREFIX)},
+                       **labels}})
+        endpoints = service_endpoints(
+            record, record.engine, cluster_domain=self.config.cluster_domain,
+            spark_connect=stated.endpoints.spark_connect is not None,
+            mode="operator" if kind is SPARKCONNECT else "standalone")
+        return record.model_copy(update={"endpoints": endpoints})
 
     def _client(self, handle: ClusterHandle | None) -> KubeClient:
         if handle is not None and handle.namespace:
             return self.client.in_namespace(handle.namespace)
         return self.client
+
+
+@dataclass
+class _Ours:
+    """The objects of one cluster being deleted, by uid, and its Deployments' names (their pods
+    are owned by a ReplicaSet named after one). Filled as the deletion finds them, kept for
+    the wait: a collected owner's dependents still name it."""
+
+    uids: set[str] = field(default_factory=set)
+    deployments: set[str] = field(default_factory=set)
+
+    def add(self, kind: Kind, obj: dict[str, Any]) -> None:
+        self.uids.add(str(obj["metadata"].get("uid")))
+        if kind is DEPLOYMENT:
+            self.deployments.add(name_of(obj))
+
+    def seen(self, obj: dict[str, Any]) -> bool:
+        return str(obj["metadata"].get("uid")) in self.uids
+
+    def claims(self, obj: dict[str, Any]) -> bool:
+        """Whether ``obj`` is one of them, or names one of them (or a ReplicaSet of one of
+        their Deployments) as its owner."""
+        if self.seen(obj):
+            return True
+        for ref in obj["metadata"].get("ownerReferences") or []:
+            if ref.get("uid") in self.uids:
+                return True
+            if ref.get("kind") == "ReplicaSet" and \
+                    str(ref.get("name", "")).rsplit("-", 1)[0] in self.deployments:
+                return True
+        return False
 
 
 def owned_by(obj: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
