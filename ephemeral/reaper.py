@@ -261,6 +261,10 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
                 d = Decision(d.cluster, True, d.reason, error=str(err))
                 notify_reaped(handle, d.reason, err)  # a leak that still runs, above all
         decisions.append(d)
+    # Objects with this backend's cluster labels that are no record it acts on: reported at
+    # every pass, for a person to look at, never deleted (they may be anyone's).
+    decisions += [Decision(name, False, f"left alone: {why}; delete it by hand if it is no "
+                           "one's") for name, why in backend.disowned()]
     live = backend.list_owned()
     live_runs = {"\x1f".join(h.run) for h in live if h.run is not None}
     memory.save(live_runs | {key for h in live for key in idle_keys(h)})

@@ -30,6 +30,7 @@ from ephemeral.specs.identity import (
     check_cluster_name,
     current_instance,
     expires_at,
+    parse_utc,
     utc_text,
 )
 from ephemeral.specs.labels import is_label_key, is_label_value
@@ -156,6 +157,12 @@ def check_adoptable(existing: ClusterHandle, spec_ref: str, spec_hash: str,
             f"cluster {existing.name!r} already exists from {existing.spec_ref} "
             f"(hash {existing.spec_hash}); this create asks for {spec_ref} (hash {spec_hash}). "
             "Delete it first or use another identity.")
+    if parse_utc(existing.expires_at) <= utcnow():
+        # Adopted, the reaper would delete it under the work this create is for.
+        raise IdentityConflict(
+            f"cluster {existing.name!r} expired at {existing.expires_at} (its spec's "
+            f"lifetime.ttl) and is never adopted: the reaper deletes it, as does this run's "
+            f"end. Delete it now (ephemeral down {existing.name}) and retry.")
 
 
 class Access(BaseModel):
@@ -330,6 +337,12 @@ class ClusterBackend(abc.ABC):
     @abc.abstractmethod
     def list_owned(self, selector: OwnerSelector | None = None) -> list[ClusterHandle]:
         """Every cluster this backend made that matches ``selector`` (all when None)."""
+
+    def disowned(self) -> list[tuple[str, str]]:
+        """(name, why) of the objects the last ``list_owned`` passed over: they carry this
+        backend's cluster labels but are no record it acts on (an annotation edited or copied
+        by hand). The reaper reports them; nothing deletes them."""
+        return []
 
     def head_view(self, handle: ClusterHandle) -> HeadView:  # noqa: ARG002 - those that can
         """The cluster's head (Ray's head node) as this backend's own objects show it, for a

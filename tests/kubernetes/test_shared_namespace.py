@@ -115,7 +115,9 @@ def test_a_copy_renamed_with_its_record_expiring_does_not_take_the_original(
     copy_of(apiserver, made.name, "alice-debug", cluster_label="alice-debug")
     decisions = reap(k8s_backend, lookup=None, now=past_expiry(made),
                      memory_file=tmp_path / "m.json", activity=never_asked)
-    assert [(d.cluster, d.deleted) for d in decisions] == [(made.name, True)]
+    assert [(d.cluster, d.deleted) for d in decisions] == [(made.name, True),
+                                                           ("alice-debug", False)]
+    assert "disagrees with the object on ephemeral.dev/cluster, name" in decisions[1].reason
     assert rayclusters(apiserver) == ["alice-debug"]
 
 
@@ -133,8 +135,11 @@ def test_a_relabelled_cluster_is_acted_on_by_nobody(
     monkeypatch.setenv("EPHEMERAL_INSTANCE", "staging")
     assert k8s_backend.list_owned() == []
     ended = RunInfo("success", datetime.now(UTC) - timedelta(hours=1))
-    assert reap(k8s_backend, lookup=lambda _d, _r: ended, grace=600,
-                memory_file=tmp_path / "m.json", activity=never_asked) == []
+    [reported] = reap(k8s_backend, lookup=lambda _d, _r: ended, grace=600,
+                      memory_file=tmp_path / "m.json", activity=never_asked)
+    assert (reported.cluster, reported.delete, reported.deleted) == (prod.name, False, False)
+    assert "left alone" in reported.reason
+    assert f"{INSTANCE_LABEL}" in reported.reason
     assert delete_run_clusters("train", RUN, backend=k8s_backend,
                                failed_setup=lambda _h: False) == []
     monkeypatch.setenv("EPHEMERAL_INSTANCE", "prod")
@@ -188,4 +193,19 @@ def test_a_copy_in_another_namespace_is_that_namespaces_own(
     finally:
         team_b.client.close()
     assert rayclusters(apiserver, "team-b") == []
+    assert rayclusters(apiserver) == [made.name]
+
+
+def test_an_unreadable_record_is_reported_at_every_pass_and_deleted_by_nobody(
+        k8s_backend: KubernetesBackend, apiserver: ApiServer, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    monkeypatch.setenv("EPHEMERAL_INSTANCE", "prod")
+    made = k8s_backend.create(RAY, identity=owner())
+    edit(apiserver, made.name,
+         lambda o: o["metadata"]["annotations"].__setitem__(HANDLE_ANNOTATION, "{not json"))
+    for _ in range(2):
+        [reported] = reap(k8s_backend, lookup=None, now=past_expiry(made),
+                          memory_file=tmp_path / "m.json", activity=never_asked)
+        assert (reported.cluster, reported.delete) == (made.name, False)
+        assert "unreadable" in reported.reason
     assert rayclusters(apiserver) == [made.name]

@@ -129,6 +129,7 @@ class KubernetesBackend(ClusterBackend):
                  client: KubeClient | None = None) -> None:
         self.config = config or KubeConfig.from_env()
         self.client = client or KubeClient(self.config)
+        self._disowned: list[tuple[str, str]] = []
 
     # -- create --------------------------------------------------------------------------------
 
@@ -466,12 +467,28 @@ class KubernetesBackend(ClusterBackend):
                     raise
         primaries += client.list_objects(
             DEPLOYMENT, labels=f"{labels},{COMPONENT_LABEL}={SPARK_MASTER}")
-        handles = [h for h in map(self._handle_of, primaries) if h is not None]
+        handles, self._disowned = [], []
+        for obj in primaries:
+            record, why = self._record_of(obj)
+            if record is not None:
+                handles.append(record)
+            else:
+                self._disowned.append((name_of(obj), why))
         return sorted((self._view(h) for h in handles), key=lambda h: h.name)
 
+    def disowned(self) -> list[tuple[str, str]]:
+        return list(self._disowned)
+
     def _handle_of(self, obj: dict[str, Any]) -> ClusterHandle | None:
-        """The cluster a primary object is, as the object itself says, or None when it is no
-        record of ephemeral's. Anyone who may edit objects in the namespace can rewrite the
+        record, why = self._record_of(obj)
+        if record is None and why:
+            log.warning("ignoring %s %s/%s: %s", kind_of(obj).kind,
+                        obj["metadata"].get("namespace"), name_of(obj), why)
+        return record
+
+    def _record_of(self, obj: dict[str, Any]) -> tuple[ClusterHandle | None, str]:
+        """The cluster a primary object is, as the object itself says, or None and why it is
+        no record of ephemeral's. Anyone who may edit objects in the namespace can rewrite the
         handle annotation, so it is never the authority: the name, the namespace and the owner
         labels come from the object's metadata, the endpoints are derived from them, and the
         annotation (which adds what labels cannot hold: full-length owner ids, times, node
@@ -481,12 +498,11 @@ class KubernetesBackend(ClusterBackend):
         meta = obj["metadata"]
         raw = (meta.get("annotations") or {}).get(HANDLE_ANNOTATION)
         if not raw:
-            return None
+            return None, f"no {HANDLE_ANNOTATION} annotation: not made by ephemeral"
         try:
             stated = ClusterHandle.model_validate_json(raw)
         except ValidationError:
-            log.warning("ignoring %s: unreadable %s annotation", name_of(obj), HANDLE_ANNOTATION)
-            return None
+            return None, f"its {HANDLE_ANNOTATION} annotation is unreadable (edited by hand?)"
         labels = {k: v for k, v in (meta.get("labels") or {}).items() if k.startswith(PREFIX)}
         kind = kind_of(obj)
         name = labels.get(PREFIX + "cluster", "")
@@ -499,11 +515,8 @@ class KubernetesBackend(ClusterBackend):
                                                    else name):
             mismatch.append("name")
         if mismatch:
-            log.warning("ignoring %s %s/%s: its %s annotation disagrees with the object on %s "
-                        "(edited by hand?); ephemeral does not act on it", kind.kind,
-                        meta.get("namespace"), meta["name"], HANDLE_ANNOTATION,
-                        ", ".join(mismatch))
-            return None
+            return None, (f"its {HANDLE_ANNOTATION} annotation disagrees with the object on "
+                          f"{', '.join(mismatch)} (edited or copied by hand?)")
         record = stated.model_copy(update={
             "namespace": meta.get("namespace") or self.config.namespace,
             "labels": {**{k: v for k, v in stated.labels.items() if not k.startswith(PREFIX)},
@@ -512,7 +525,7 @@ class KubernetesBackend(ClusterBackend):
             record, record.engine, cluster_domain=self.config.cluster_domain,
             spark_connect=stated.endpoints.spark_connect is not None,
             mode="operator" if kind is SPARKCONNECT else "standalone")
-        return record.model_copy(update={"endpoints": endpoints})
+        return record.model_copy(update={"endpoints": endpoints}), ""
 
     def _client(self, handle: ClusterHandle | None) -> KubeClient:
         if handle is not None and handle.namespace:

@@ -1,0 +1,27 @@
+"""A create that finds its own cluster past its TTL does not adopt it: the reaper would delete
+it under the work the create is for (a retry after a long ``retry_delay``, a run cleared hours
+later). The setup fails naming the fix; the run's end deletes the cluster."""
+
+from __future__ import annotations
+
+import pytest
+
+from ephemeral.backends.fake import InMemoryBackend
+from ephemeral.errors import IdentityConflict
+from ephemeral.specs import ClusterIdentity, resolve
+
+
+def test_an_expired_cluster_is_never_adopted() -> None:
+    spec = resolve("ray/adhoc-cpu", "ci-cpu")
+    identity = ClusterIdentity(spec_name=spec.spec.name, dag_id="train",
+                               run_id="scheduled__2026-01-01T00:00:00+00:00",
+                               task_id="create_cluster")
+    backend = InMemoryBackend()
+    first = backend.create(spec, identity=identity)
+    assert backend.create(spec, identity=identity) == first  # a retry adopts it...
+    record = backend._clusters[first.name]
+    record.handle = first.model_copy(update={"expires_at": "2026-01-01T00:00:00Z"})
+    with pytest.raises(IdentityConflict, match=r"expired at 2026-01-01T00:00:00Z") as err:
+        backend.create(spec, identity=identity)  # ...but not once its TTL is over
+    assert f"ephemeral down {first.name}" in str(err.value)
+    assert backend.created_total == 1
