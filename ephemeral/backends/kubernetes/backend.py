@@ -424,6 +424,7 @@ class KubernetesBackend(ClusterBackend):
                     elif type_ == "DELETED":
                         left.discard(name_of(obj))
                     elif ours.claims(obj):
+                        ours.add(kind, obj)  # a pod may own others (a driver its executors)
                         left.add(name_of(obj))
                     if synced and not left:
                         break
@@ -435,10 +436,15 @@ class KubernetesBackend(ClusterBackend):
     def _leftover(self, client: KubeClient, scope: OwnerSelector, ours: _Ours) -> list[str]:
         left = [_describe(kind.kind, obj)
                 for kind, obj in self._owned_objects(client, scope, ours, report=False)]
-        pods: dict[str, dict[str, Any]] = {}
+        candidates: dict[str, dict[str, Any]] = {}
         for selector in self._pod_selectors(scope):
-            pods |= {name_of(p): p for p in client.list_objects(POD, labels=selector)
-                     if ours.claims(p)}
+            candidates |= {name_of(p): p for p in client.list_objects(POD, labels=selector)}
+        pods: dict[str, dict[str, Any]] = {}
+        while claimed := {n: p for n, p in candidates.items()
+                          if n not in pods and ours.claims(p)}:
+            pods |= claimed  # and then the pods these own (a driver's executors)
+            for pod in claimed.values():
+                ours.add(POD, pod)
         return left + [_describe("Pod", p) for p in pods.values()]
 
     # -- listing -------------------------------------------------------------------------------
