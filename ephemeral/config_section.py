@@ -149,7 +149,8 @@ OPTIONS: tuple[Option, ...] = (
            "DNS in a pod, the API server proxy elsewhere), ``dns``, ``proxy`` or ``ingress``.",
            example="dns", group=_K),
     Option("k8s_ingress_url_template", "URL of a cluster's port in ``ingress`` mode, with "
-           "``{cluster}``, ``{namespace}``, ``{service}`` and ``{port}``.",
+           "``{cluster}``, ``{namespace}``, ``{service}`` and ``{port}``; https (requests carry "
+           "the cluster's Ray token), plain http only to this host.",
            example="https://{cluster}-{port}.ray.example.com", group=_K),
     Option("k8s_proxy_link_base", "Base URL of the API server proxy for people (the dashboard "
            "links), e.g. ``kubectl proxy``'s.", example="http://localhost:8001", group=_K),

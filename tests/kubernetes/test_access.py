@@ -403,3 +403,23 @@ def test_handles_never_carry_credentials(proxy_backend: KubernetesBackend,
     dumped = ClusterHandle.model_validate_json(handle.model_dump_json()).model_dump_json()
     assert apiserver.token not in dumped
     assert token_of(apiserver, handle.name) not in dumped
+
+
+@pytest.mark.parametrize(("template", "refused"), [
+    ("https://{cluster}-{port}.ray.example.com", None),
+    ("http://127.0.0.1:8001/{namespace}/{cluster}/{port}", None),  # a port-forward
+    ("http://{cluster}-{port}.ray.example.com", "must be an https URL"),
+    ("https://{name}.ray.example.com", "is no placeholder"),
+])
+def test_an_ingress_template_is_https_and_names_known_placeholders(
+        template: str, refused: str | None) -> None:
+    """Every request through the ingress carries the cluster's Ray token."""
+    def make() -> KubeConfig:
+        return KubeConfig(namespace=NAMESPACE, endpoint_mode="ingress",
+                          ingress_url_template=template)
+    if refused is None:
+        assert make().ingress_url(cluster="c", service="s", port="8265").startswith("http")
+        return
+    with pytest.raises(ValueError, match=refused) as err:
+        make()
+    assert "ingress_url_template" in str(err.value)

@@ -135,6 +135,8 @@ class KubeConfig(BaseModel):
         if self.endpoint_mode == "ingress" and not self.ingress_url_template:
             raise ValueError("endpoint_mode 'ingress' needs ingress_url_template, e.g. "
                              "'https://{cluster}-{port}.ray.example.com'")
+        if self.ingress_url_template:
+            _check_ingress(self.ingress_url_template)
         return self
 
     @classmethod
@@ -188,6 +190,22 @@ class KubeConfig(BaseModel):
         assert self.ingress_url_template is not None
         return self.ingress_url_template.format(cluster=cluster, namespace=self.namespace,
                                                 service=service, port=port).rstrip("/")
+
+
+def _check_ingress(template: str) -> None:
+    """An ingress URL carries the cluster's Ray token: https, unless it stays on this host (a
+    port-forward). The placeholders are known names only."""
+    from urllib.parse import urlsplit
+
+    try:
+        url = urlsplit(template.format(cluster="c", namespace="ns", service="s", port="1"))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"ingress_url_template {template!r}: {exc!r} is no placeholder; use "
+                         "{cluster}, {namespace}, {service} and {port}") from None
+    if url.scheme != "https" and url.hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise ValueError(f"ingress_url_template {template!r}: requests through it carry the "
+                         "cluster's Ray token, so it must be an https URL (plain http only to "
+                         "this host, e.g. a port-forward)")
 
 
 def _flag(name: str, value: object) -> bool:
