@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ephemeral.backends.base import OwnerSelector
-from ephemeral.specs.identity import INSTANCE_LABEL, PREFIX, ClusterIdentity, label_value
+from ephemeral.specs.identity import INSTANCE_LABEL, PREFIX, ClusterIdentity
 
 KEEP_LABEL = PREFIX + "on-failure"
 """``keep`` on a cluster whose setup keeps it after a failure (``on_failure="keep"``): the
@@ -59,11 +59,8 @@ def owner_selector(context: Any, setup_task_id: str, instance: str | None = None
     mine = {INSTANCE_LABEL: instance} if instance else {}
     index = {} if any_map_index else {
         PREFIX + "map-index": str(map_index(context)) if map_index(context) >= 0 else "none"}
-    return OwnerSelector(labels=mine | index | {
-        PREFIX + "dag-id": label_value(context["dag"].dag_id),
-        PREFIX + "run-id": label_value(context["run_id"]),
-        PREFIX + "task-id": label_value(setup_task_id),
-    })
+    return OwnerSelector.of_run(context["dag"].dag_id, context["run_id"], setup_task_id,
+                                labels=mine | index)
 
 
 def task_key(context: Any) -> str:

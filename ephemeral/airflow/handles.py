@@ -39,6 +39,41 @@ def pointer(value: Any) -> ClusterHandle:
             "is.") from None
 
 
+def made_through(dag: Any, handle: ClusterHandle, setup_id: str | None) -> None:
+    """Fail unless ``handle`` names the backend and connection through which the DAG's setup
+    task ``setup_id`` makes its clusters. The handle's connection picks the API server, the
+    namespace and the deployment instance a task looks the cluster up in: an edited handle
+    naming another connection of this Airflow (another team's, another deployment's) would
+    otherwise point the task at clusters there. The DAG says which: the setup's ``backend``,
+    ``conn_id`` and ``kubernetes_conn_id`` are no templates. Nothing to compare without a DAG
+    (a task run outside one), or for a mapped setup (``.partial().expand()``, whose connection
+    may differ per map index)."""
+    from ephemeral.airflow.backends import ConnectionInvalid
+    from ephemeral.airflow.backends import resolve as resolve_target
+    from ephemeral.airflow.operators import CreateClusterOperator
+
+    if dag is None or setup_id is None:
+        return
+    if not dag.has_task(setup_id):
+        raise AirflowFailException(
+            f"cluster {handle.name}: its handle names setup task {setup_id!r}, which DAG "
+            f"{dag.dag_id} does not have. Pass this DAG's setup output as it is.")
+    setup = dag.get_task(setup_id)
+    if not isinstance(setup, CreateClusterOperator):
+        return
+    try:
+        target = resolve_target(setup.backend, setup.conn_id, setup.kubernetes_conn_id)
+    except ConnectionInvalid as err:
+        raise AirflowFailException(str(err)) from err
+    if (handle.backend, handle.connection) != (target.backend.name, target.connection):
+        raise AirflowFailException(
+            f"cluster {handle.name}: its handle says it was made on the {handle.backend} "
+            f"backend through connection {handle.connection!r}, but {setup_id} makes its "
+            f"clusters on {target.backend.name} through {target.connection!r}: an edited "
+            "handle, or another setup's. Nothing was looked up through it; pass the setup's "
+            "output as it is.")
+
+
 def with_setup_facts(record: ClusterHandle, handle: ClusterHandle) -> ClusterHandle:
     """The backend's record plus what only the setup's handle knows."""
     return record.model_copy(update={"connection": handle.connection,

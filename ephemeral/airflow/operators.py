@@ -30,7 +30,7 @@ from ephemeral.airflow.backends import (
 )
 from ephemeral.airflow.backends import resolve as resolve_target
 from ephemeral.airflow.context import cluster_identity, owner_selector, task_key
-from ephemeral.airflow.handles import job_cluster, pointer, with_setup_facts
+from ephemeral.airflow.handles import job_cluster, made_through, pointer, with_setup_facts
 from ephemeral.airflow.lineage import JobLineageMixin
 from ephemeral.airflow.links import RayDashboardLink, RunReportLink, SparkMasterLink
 from ephemeral.airflow.release import before_job, release, released_by
@@ -129,6 +129,7 @@ def job_target(op: Any, context: Any, given: ClusterHandle) -> tuple[ClusterBack
                                                                       ClusterHandle]:
     """The backend a job task reaches its cluster through, and the backend's record of that
     cluster (``handles.job_cluster``): never the handle's word alone."""
+    made_through(op.dag if op.has_dag() else None, given, given.setup_task)
     backend = cluster_backend(given, op)
     if other := foreign_instance(given, getattr(op, "conn_id", None)):
         raise AirflowFailException(f"{op.task_id} runs for {other}: give it the setup's "
@@ -496,6 +497,7 @@ class DeleteClusterOperator(BaseOperator):
             except ConnectionInvalid as err:
                 raise AirflowFailException(str(err)) from err
             return target.backend, target.instance
+        made_through(self.dag if self.has_dag() else None, handle, self.setup_task_id)
         problems = elsewhere(handle, self.backend, self.conn_id, self.kubernetes_conn_id)
         instance = instance_of(self.conn_id or handle.connection)
         if other := foreign_instance(handle, self.conn_id):

@@ -35,10 +35,8 @@ RUN_END = "run-end"  # who deleted the cluster, in its run's report (released_by
 def run_selector(dag_id: str, run_id: str) -> OwnerSelector:
     """Every cluster of one DAG run, whatever task, map index or spec made it."""
     from ephemeral.backends import OwnerSelector
-    from ephemeral.specs.identity import PREFIX, label_value
 
-    return OwnerSelector(labels={PREFIX + "dag-id": label_value(dag_id),
-                                 PREFIX + "run-id": label_value(run_id)})
+    return OwnerSelector.of_run(dag_id, run_id)
 
 
 def configured_backend() -> ClusterBackend:

@@ -37,12 +37,11 @@ def spark_connect(fn: Callable[..., R]) -> Callable[..., R]:
         from airflow.sdk import get_current_context
 
         from ephemeral.airflow.backends import instance_of, task_backend
-        from ephemeral.airflow.handles import job_cluster, pointer, with_setup_facts
+        from ephemeral.airflow.handles import job_cluster, made_through, pointer, with_setup_facts
         from ephemeral.jobs.spark_jobs import connect_session, spark_auth_for
 
         bound = visible.bind(*args, **kwargs)
         given = pointer(bound.arguments["cluster"])
-        backend = task_backend(given.backend, given.connection)
         # The Connect endpoint and token of the backend's record, not the handle's word: in a
         # task, only a cluster of its DAG run; called directly (a test, a notebook), the
         # caller's own argument names this deployment's cluster.
@@ -50,6 +49,11 @@ def spark_connect(fn: Callable[..., R]) -> Callable[..., R]:
             context = get_current_context()
         except RuntimeError:
             context = None
+        if context is not None:
+            task = context.get("task")
+            made_through(task.dag if task is not None and task.has_dag() else None, given,
+                         given.setup_task)
+        backend = task_backend(given.backend, given.connection)
         if context is not None:
             handle = job_cluster(context, backend, given, instance_of(given.connection))
         elif (record := backend.get(given.name)) is not None:

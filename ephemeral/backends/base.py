@@ -30,6 +30,7 @@ from ephemeral.specs.identity import (
     check_cluster_name,
     current_instance,
     expires_at,
+    label_value,
     parse_utc,
     utc_text,
 )
@@ -231,6 +232,9 @@ class OwnerSelector(BaseModel):
 
     labels: dict[str, str] = {}
     all_instances: bool = False
+    full: dict[str, str] = {}
+    """Owner ids at full length (``ephemeral.dev/dag-id`` ...), which a cluster's annotations
+    must hold too: a long id's label is a hash, and another id can be that hash itself."""
 
     @model_validator(mode="before")
     @classmethod
@@ -284,8 +288,23 @@ class OwnerSelector(BaseModel):
             labels[INSTANCE_LABEL] = instance
         return cls(labels=labels, all_instances=True)
 
-    def matches(self, labels: dict[str, str]) -> bool:
-        return all(labels.get(k) == v for k, v in self.labels.items())
+    @classmethod
+    def of_run(cls, dag_id: str, run_id: str, task_id: str | None = None, *,
+               labels: dict[str, str] | None = None) -> OwnerSelector:
+        """The clusters of one DAG run (of one setup task, with ``task_id``), within
+        ``labels``: selected by their owner labels, confirmed by their full ids."""
+        ids = {PREFIX + "dag-id": dag_id, PREFIX + "run-id": run_id}
+        if task_id is not None:
+            ids[PREFIX + "task-id"] = task_id
+        return cls(labels=(labels or {}) | {k: label_value(v) for k, v in ids.items()},
+                   full=ids)
+
+    def admits(self, handle: ClusterHandle) -> bool:
+        """Whether ``handle``'s cluster is one this selector asks for: its labels match, and
+        each full id it records is the one asked for (a cluster recording none, from before
+        full ids, only when its label is that id itself)."""
+        return all(handle.labels.get(k) == v for k, v in self.labels.items()) and all(
+            handle.annotations.get(k, handle.labels.get(k)) == v for k, v in self.full.items())
 
     def as_label_selector(self) -> str:
         return ",".join(f"{k}={v}" for k, v in sorted(self.labels.items()))
@@ -367,7 +386,7 @@ class ClusterBackend(abc.ABC):
     def owned_scope(self, handle: ClusterHandle, selector: OwnerSelector) -> OwnerSelector:
         """``selector`` narrowed to the cluster ``handle`` names (its checked name)."""
         return OwnerSelector(labels=selector.labels | {PREFIX + "cluster": self.target_name(handle)},
-                             all_instances=True)  # the selector's own instance label holds
+                             full=selector.full, all_instances=True)  # its instance label holds
 
     def get(self, name: str, *, all_instances: bool = False) -> ClusterHandle | None:
         """The handle of this deployment's cluster by name (any deployment's with

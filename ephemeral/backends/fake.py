@@ -117,4 +117,4 @@ class InMemoryBackend(ClusterBackend):
     def list_owned(self, selector: OwnerSelector | None = None) -> list[ClusterHandle]:
         selector = selector or OwnerSelector()
         with self._lock:
-            return [r.handle for r in self._clusters.values() if selector.matches(r.handle.labels)]
+            return [r.handle for r in self._clusters.values() if selector.admits(r.handle)]

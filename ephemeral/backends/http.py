@@ -12,6 +12,7 @@ answer of no use here: "does not answer". This module's GET, the Ray Jobs client
 from __future__ import annotations
 
 import json
+import logging
 import os
 import ssl
 import urllib.error
@@ -36,6 +37,17 @@ def tls_context(verify: bool | str) -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
+log = logging.getLogger(__name__)
+_said: set[str] = set()
+
+
+def redirect_refused(url: str, location: str | None) -> str:
+    """What a refused redirect means, for a log line or an error."""
+    return (f"{url} answers with a redirect to {location or '(no Location)'}, which ephemeral "
+            "does not follow (it would carry the cluster's credentials): configure the URL it "
+            "redirects to")
+
+
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     """A 3xx is the answer (urllib raises it as an HTTPError), never followed."""
 
@@ -57,5 +69,10 @@ def get_json(url: str, *, timeout: float = 3.0, headers: Mapping[str, str] | Non
             if resp.status != 200:
                 return None
             return json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as err:
+        if 300 <= err.code < 400 and url not in _said:  # once per URL: probes poll
+            _said.add(url)
+            log.warning("%s", redirect_refused(url, err.headers.get("Location")))
+        return None
     except (urllib.error.URLError, OSError, ValueError):
         return None

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from ephemeral.backends.base import HeadState, HeadView
+from ephemeral.backends.http import redirect_refused
 from ephemeral.errors import JobError, JobFailed, JobSubmissionFailed, JobTimeout
 from ephemeral.jobs.results import JobResult, JobStatus, parse_result_line, submission_id, tail
 from ephemeral.jobs.runtime_env import check_submitted
@@ -241,7 +242,11 @@ def _jobs_client() -> type:
 
     class NoRedirects(JobSubmissionClient):
         def _do_request(self, method: str, endpoint: str, **kwargs: Any) -> Any:
-            return super()._do_request(method, endpoint, **kwargs, allow_redirects=False)
+            resp = super()._do_request(method, endpoint, **kwargs, allow_redirects=False)
+            if resp.is_redirect:
+                raise RuntimeError(redirect_refused(self._address + endpoint,
+                                                    resp.headers.get("Location")))
+            return resp
 
     return NoRedirects
 
@@ -305,10 +310,13 @@ class RayJobs:
         ``timeout`` seconds to connect and between bytes (None: unbounded, as the SDK is)."""
         import requests
 
-        return requests.request(method, f"{self.dashboard.rstrip('/')}{path}",
-                                headers=self._headers, verify=self._verify,
+        url = f"{self.dashboard.rstrip('/')}{path}"
+        resp = requests.request(method, url, headers=self._headers, verify=self._verify,
                                 timeout=None if timeout is None else (timeout, timeout),
                                 allow_redirects=False)  # ephemeral.backends.http says why
+        if resp.is_redirect:
+            raise requests.RequestException(redirect_refused(url, resp.headers.get("Location")))
+        return resp
 
     def status(self, job_id: str, *, timeout: float | None = None) -> JobStatus | None:
         """The job's status (``GET /api/jobs/{id}``), or None when no job has that id; JobError

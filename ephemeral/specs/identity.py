@@ -20,17 +20,13 @@ NAME_MAX = 47  # RayJob names are limited to 47 characters; RayCluster to 53
 MANAGED_BY = "app.kubernetes.io/managed-by"
 
 
-HASHED = "h-"
-
-
 def label_value(value: str) -> str:
-    """A Kubernetes label value for ``value``: as is when valid, else a stable hash of it. A
-    valid value that looks like a hash is hashed too, so no two values share a label: a run id
-    such as ``h-8bc4...`` would otherwise select the clusters of the run whose long id hashes
-    to it."""
-    if is_label_value(value) and not value.startswith(HASHED):
+    """A Kubernetes label value for ``value``: as is when valid, else a stable hash of it. Two
+    ids can share a label (a run id ``h-8bc4...`` and the long id that hashes to it), so
+    labels only select: ``OwnerSelector.full`` confirms by the full ids."""
+    if is_label_value(value):
         return value
-    return HASHED + hashlib.sha256(value.encode()).hexdigest()[:20]
+    return "h-" + hashlib.sha256(value.encode()).hexdigest()[:20]
 
 
 def cluster_name_problem(name: object) -> str | None:

@@ -154,6 +154,50 @@ def test_a_teardown_naming_another_connection_than_the_handles_fails_loudly(
         job.execute(context("job"))
 
 
+def test_a_handle_edited_to_another_connection_of_this_airflow_points_nothing_there(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another connection of this Airflow (another team's namespace, another deployment's
+    instance) is where an edited handle's ``connection`` would send the teardown and the job's
+    look-ups; with scheduled run ids the same in every deployment, the other side's cluster of
+    this DAG, run and setup would match. The DAG says which connection its setup uses."""
+    from airflow.sdk import DAG
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from ephemeral.airflow.operators import (
+        CreateClusterOperator,
+        DeleteClusterOperator,
+        RayJobOperator,
+    )
+
+    other = {"conn_type": "ephemeral", "extra": {"namespace": "team-b", "instance": "prod",
+                                                 "kubernetes_conn_id": "k8s"}}
+    monkeypatch.setenv("AIRFLOW_CONN_OTHER", json.dumps(other))
+    with DAG("conn_dag", schedule=None):
+        create = CreateClusterOperator(task_id="create", spec="ray/adhoc-cpu",
+                                       overrides=SMALL_RAY, conn_id="eph", deferrable=False)
+        job = RayJobOperator(task_id="job", cluster=create.output, entrypoint="python -V",
+                             deferrable=False)
+        delete = DeleteClusterOperator(task_id="delete", setup_task_id="create",
+                                       cluster=create.output)
+    handle = create.execute(context("create"))
+    edited = handle | {"connection": "other",
+                       "labels": handle["labels"] | {"ephemeral.dev/instance": "prod"}}
+    for task in (job, delete):
+        task.cluster = edited
+        with pytest.raises(AirflowFailException,
+                           match=r"through connection 'other', but create makes its clusters "
+                                 r"on kubernetes through 'eph'"):
+            task.execute(context(task.task_id))
+    # A setup the DAG does not have is no setup of this DAG's.
+    job.cluster = handle | {"annotations": handle["annotations"]
+                            | {"ephemeral.dev/task-id": "nowhere"}}
+    with pytest.raises(AirflowFailException, match="setup task 'nowhere', which DAG conn_dag"):
+        job.execute(context("job"))
+    delete.cluster = handle
+    assert delete.execute(context("delete")) == {"deleted": [handle["name"]]}
+    assert stack.rayclusters() == []
+
+
 # -- on_failure -----------------------------------------------------------------------------
 
 def test_an_unknown_cleanup_policy_fails_at_parse_time() -> None:

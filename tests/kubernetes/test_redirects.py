@@ -77,8 +77,11 @@ def test_a_heads_redirect_takes_no_credential_anywhere(
     for call in (lambda: jobs.status("raysubmit_1", timeout=3),  # our own requests
                  lambda: jobs.client.get_job_info("raysubmit_1"),  # Ray's SDK
                  lambda: jobs.stop("raysubmit_1", wait=0.1)):
-        with pytest.raises((EphemeralError, RuntimeError)):
+        with pytest.raises((EphemeralError, RuntimeError)) as err:
             call()
+        # Said as what it is, naming where it points, not as an unreadable answer.
+        assert f"redirect to {where}/" in str(err.value), err.value
+        assert "does not follow" in str(err.value)
     assert seen == [], [(m, p, sorted(h)) for m, p, h in seen]
 
 

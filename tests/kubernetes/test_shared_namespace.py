@@ -86,11 +86,45 @@ def test_a_run_id_that_looks_like_a_hashed_label_selects_only_its_own_clusters(
     victim = k8s_backend.create(RAY, identity=owner(long_run))
     crafted = label_value(long_run)  # 'h-...': a valid label value and Airflow run id
     mine = k8s_backend.create(RAY, identity=owner(crafted))
-    assert mine.labels[PREFIX + "run-id"] != victim.labels[PREFIX + "run-id"]
+    # The two share a label; the full ids tell them apart.
+    assert mine.labels[PREFIX + "run-id"] == victim.labels[PREFIX + "run-id"]
     deleted = delete_run_clusters("train", crafted, backend=k8s_backend,
                                   failed_setup=lambda _h: False)
     assert deleted == [mine.name]
     assert rayclusters(apiserver) == [victim.name]
+    assert delete_run_clusters("train", long_run, backend=k8s_backend,
+                               failed_setup=lambda _h: False) == [victim.name]
+
+
+def test_ids_that_look_like_a_hash_are_a_clusters_own_as_they_always_were(
+        k8s_backend: KubernetesBackend, apiserver: ApiServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DAG named ``h-index-refresh``: its label is its id, as before, so clusters made by
+    earlier versions stay their runs' to delete."""
+    monkeypatch.setenv("EPHEMERAL_INSTANCE", "prod")
+    made = k8s_backend.create(RAY, identity=ClusterIdentity(
+        spec_name=RAY.spec.name, dag_id="h-index-refresh", run_id=RUN, task_id="create"))
+    assert made.labels[PREFIX + "dag-id"] == "h-index-refresh"
+    assert delete_run_clusters("h-index-refresh", RUN, backend=k8s_backend,
+                               failed_setup=lambda _h: False) == [made.name]
+    assert rayclusters(apiserver) == []
+
+
+def test_deleting_a_cluster_whose_own_object_was_edited_fails_naming_it(
+        k8s_backend: KubernetesBackend, apiserver: ApiServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neither deleted on the edited record's word nor reported deleted: a teardown or
+    ``ephemeral down`` that leaves it running fails, naming it and why."""
+    from ephemeral.errors import TeardownIncomplete
+
+    monkeypatch.setenv("EPHEMERAL_INSTANCE", "prod")
+    made = k8s_backend.create(RAY, identity=owner())
+    edit_record(apiserver, made.name, labels={INSTANCE_LABEL: "prod",
+                                              PREFIX + "cluster": made.name,
+                                              PREFIX + "run-id": "another"})
+    with pytest.raises(TeardownIncomplete, match=rf"RayCluster/{made.name} \(left alone: "):
+        k8s_backend.delete(made.name)
+    assert rayclusters(apiserver) == [made.name]
 
 
 def test_a_copy_carrying_a_clusters_labels_is_neither_listed_nor_deleted_with_it(

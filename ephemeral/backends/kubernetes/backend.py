@@ -366,6 +366,9 @@ class KubernetesBackend(ClusterBackend):
             if time.monotonic() >= deadline:
                 raise TeardownIncomplete(name, leftover)
             time.sleep(min(self.config.poll_interval, max(deadline - time.monotonic(), 0)))
+        if ours.refused:
+            raise TeardownIncomplete(name, [f"{what} (left alone: {why})"
+                                            for what, why in ours.refused.items()])
 
     def _owned_objects(self, client: KubeClient, scope: OwnerSelector, ours: _Ours,
                        report: bool = True) -> Iterator[tuple[Kind, dict[str, Any]]]:
@@ -389,10 +392,21 @@ class KubernetesBackend(ClusterBackend):
                 primary = kind in (RAYCLUSTER, SPARKCONNECT) or (
                     kind is DEPLOYMENT and obj["metadata"].get("labels", {}).get(
                         COMPONENT_LABEL) == SPARK_MASTER)
-                if (self._handle_of(obj) is not None) if primary else ours.claims(obj):
+                if not primary and ours.claims(obj):
                     ours.add(kind, obj)
                     yield kind, obj
-                elif report:
+                    continue
+                record, why = self._record_of(obj) if primary else (None, "")
+                if record is not None:
+                    ours.add(kind, obj)
+                    yield kind, obj
+                    continue
+                cluster = scope.labels.get(PREFIX + "cluster", "")
+                if primary and name_of(obj) in (cluster, master_service(cluster)):
+                    # The object named as the cluster's own, disagreeing with its record: it
+                    # may be ours, edited. Not deleted, and never reported deleted either.
+                    ours.refused[f"{kind.kind}/{name_of(obj)}"] = why
+                if report:
                     log.warning("leaving %s %s alone: it carries cluster %s's labels but is "
                                 "not its object", kind.kind, name_of(obj),
                                 scope.labels.get(PREFIX + "cluster"))
@@ -477,7 +491,8 @@ class KubernetesBackend(ClusterBackend):
         for obj in primaries:
             record, why = self._record_of(obj)
             if record is not None:
-                handles.append(record)
+                if selector.admits(record):
+                    handles.append(record)
             else:
                 self._disowned.append((name_of(obj), why))
         return sorted((self._view(h) for h in handles), key=lambda h: h.name)
@@ -547,6 +562,8 @@ class _Ours:
 
     uids: set[str] = field(default_factory=set)
     deployments: set[str] = field(default_factory=set)
+    refused: dict[str, str] = field(default_factory=dict)
+    """The cluster's own primary, by name, when it disagrees with its record: why."""
 
     def add(self, kind: Kind, obj: dict[str, Any]) -> None:
         self.uids.add(str(obj["metadata"].get("uid")))

@@ -541,6 +541,8 @@ class _NoRedirects:
         return self.pool.request(*args, **kwargs, redirect=False)
 
     def __getattr__(self, name: str) -> Any:
+        if name == "pool":  # not set yet (a copy being made): no recursion into itself
+            raise AttributeError(name)
         return getattr(self.pool, name)
 
 

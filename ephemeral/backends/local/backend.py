@@ -365,7 +365,7 @@ class LocalBackend(ClusterBackend):
             state = self._state(self.target_name(handle))
         except BackendError:
             return None
-        return state.handle if state and selector.matches(state.handle.labels) else None
+        return state.handle if state and selector.admits(state.handle) else None
 
     def list_owned(self, selector: OwnerSelector | None = None) -> list[ClusterHandle]:
         selector = selector or OwnerSelector()
@@ -379,7 +379,7 @@ class LocalBackend(ClusterBackend):
                 log.warning("skipping %s: %s; `ephemeral down %s` still deletes it",
                             state_file(cdir), err, cdir.name)
                 continue
-            if state and selector.matches(state.handle.labels):
+            if state and selector.admits(state.handle):
                 out.append(state.handle)
         return out
 
