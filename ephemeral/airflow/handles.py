@@ -40,16 +40,15 @@ def pointer(value: Any) -> ClusterHandle:
 
 
 def made_through(dag: Any, handle: ClusterHandle, setup_id: str | None) -> None:
-    """Fail unless ``handle`` names the backend and connection through which the DAG's setup
-    task ``setup_id`` makes its clusters. The handle's connection picks the API server, the
-    namespace and the deployment instance a task looks the cluster up in: an edited handle
-    naming another connection of this Airflow (another team's, another deployment's) would
-    otherwise point the task at clusters there. The DAG says which: the setup's ``backend``,
-    ``conn_id`` and ``kubernetes_conn_id`` are no templates. Nothing to compare without a DAG
-    (a task run outside one), or for a mapped setup (``.partial().expand()``, whose connection
-    may differ per map index)."""
-    from ephemeral.airflow.backends import ConnectionInvalid
-    from ephemeral.airflow.backends import resolve as resolve_target
+    """Fail unless ``handle`` names the connection (and backend, where the setup names one)
+    its DAG's setup task ``setup_id`` is configured with. The handle's connection picks the API
+    server, the namespace and the deployment instance a task looks the cluster up in: an edited
+    handle naming another connection of this Airflow (another team's, another deployment's)
+    would otherwise point the task at clusters there. The DAG says which, as written (the
+    setup's ``conn_id``, ``kubernetes_conn_id`` and ``backend`` are no templates), without
+    resolving anything here: a setup that names none reaches this worker's configured backend,
+    whichever that is. Nothing to compare without a DAG (a task run outside one), for a mapped
+    setup (``.partial().expand()``: it may differ per map index) or a templated value."""
     from ephemeral.airflow.operators import CreateClusterOperator
 
     if dag is None or setup_id is None:
@@ -61,17 +60,17 @@ def made_through(dag: Any, handle: ClusterHandle, setup_id: str | None) -> None:
     setup = dag.get_task(setup_id)
     if not isinstance(setup, CreateClusterOperator):
         return
-    try:
-        target = resolve_target(setup.backend, setup.conn_id, setup.kubernetes_conn_id)
-    except ConnectionInvalid as err:
-        raise AirflowFailException(str(err)) from err
-    if (handle.backend, handle.connection) != (target.backend.name, target.connection):
+    said = {"connection": setup.conn_id or setup.kubernetes_conn_id, "backend": setup.backend}
+    if any("{{" in str(value) for value in said.values()):
+        return
+    wrong = [f"{field} {getattr(handle, field)!r} where {setup_id} says {value!r}"
+             for field, value in said.items()
+             if (value is not None or field == "connection") and getattr(handle, field) != value]
+    if wrong:
         raise AirflowFailException(
-            f"cluster {handle.name}: its handle says it was made on the {handle.backend} "
-            f"backend through connection {handle.connection!r}, but {setup_id} makes its "
-            f"clusters on {target.backend.name} through {target.connection!r}: an edited "
-            "handle, or another setup's. Nothing was looked up through it; pass the setup's "
-            "output as it is.")
+            f"cluster {handle.name}: its handle names {'; '.join(wrong)}: an edited handle, or "
+            "another setup's. Nothing was looked up through it; pass the setup's output as it "
+            "is.")
 
 
 def with_setup_facts(record: ClusterHandle, handle: ClusterHandle) -> ClusterHandle:

@@ -424,8 +424,10 @@ class DeleteClusterOperator(BaseOperator):
         handle, unusable = None, None
         try:
             handle = pointer(self.cluster) if self.cluster else None
+            if handle is not None:
+                made_through(self.dag if self.has_dag() else None, handle, self.setup_task_id)
         except AirflowFailException as err:  # the run's clusters still go, found by labels
-            unusable = err
+            handle, unusable = None, err
         backend, instance = self._backend_of(handle)
         selector = owner_selector(context, self.setup_task_id, instance)
         # What the backend records for this setup in this run; the handle only points (its
@@ -491,13 +493,12 @@ class DeleteClusterOperator(BaseOperator):
         handle's own (backend, connection, instance; deleting by handle uses its namespace),
         where the setup pushed one. A teardown configured otherwise fails loudly rather than
         finding nothing there and succeeding while the cluster runs on."""
-        if handle is None:
+        if handle is None:  # no usable handle: the setup's own target, as the DAG gives it
             try:
-                target = resolve_target(self.backend, self.conn_id, self.kubernetes_conn_id)
+                target = resolve_target(*self._setup_args())
             except ConnectionInvalid as err:
                 raise AirflowFailException(str(err)) from err
             return target.backend, target.instance
-        made_through(self.dag if self.has_dag() else None, handle, self.setup_task_id)
         problems = elsewhere(handle, self.backend, self.conn_id, self.kubernetes_conn_id)
         instance = instance_of(self.conn_id or handle.connection)
         if other := foreign_instance(handle, self.conn_id):
@@ -508,6 +509,18 @@ class DeleteClusterOperator(BaseOperator):
                                        "Give the teardown the setup's backend and connection.")
         return (task_backend(handle.backend, cluster_connection(handle, self)),
                 handle.instance or instance)
+
+
+    def _setup_args(self) -> tuple[str | None, str | None, str | None]:
+        """(backend, conn_id, kubernetes_conn_id): this teardown's own when it names any,
+        else those of its setup task in the DAG (where the run's clusters were made)."""
+        mine = (self.backend, self.conn_id, self.kubernetes_conn_id)
+        if any(mine) or not self.has_dag() or not self.dag.has_task(self.setup_task_id):
+            return mine
+        setup = self.dag.get_task(self.setup_task_id)
+        if not isinstance(setup, CreateClusterOperator):
+            return mine
+        return setup.backend, setup.conn_id, setup.kubernetes_conn_id
 
 
 class RayJobOperator(JobLineageMixin, BaseOperator):

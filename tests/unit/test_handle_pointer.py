@@ -218,3 +218,57 @@ def test_spark_connect_called_directly_needs_a_cluster_of_this_deployment(
 
     with pytest.raises(ValueError, match="not a cluster of this deployment"):
         rows(cluster=other.model_dump(mode="json"))
+
+
+def _in_a_dag(setup_kwargs: dict[str, Any]) -> Any:
+    """A teardown of setup ``create`` (configured with ``setup_kwargs``), in a DAG."""
+    from airflow.sdk import DAG
+
+    from ephemeral.airflow.operators import CreateClusterOperator, DeleteClusterOperator
+
+    with DAG("train", schedule=None):
+        CreateClusterOperator(task_id="create", spec="ray/adhoc-cpu", **setup_kwargs)
+        return DeleteClusterOperator(task_id="delete", setup_task_id="create")
+
+
+def test_a_handle_naming_another_connection_than_its_setup_still_lets_the_teardown_delete(
+        backend: InMemoryBackend) -> None:
+    """The run's own clusters go first, found by labels where the setup made them; then the
+    teardown fails naming the edited field (handles.made_through)."""
+    mine = backend.create(SPEC, identity=ident())
+    delete = _in_a_dag({"conn_id": "eph"})
+    delete.cluster = mine.model_copy(update={"connection": "other"}).model_dump(mode="json")
+    with pytest.raises(AirflowFailException,
+                       match="connection 'other' where create says 'eph'"):
+        delete.execute(context())
+    assert names(backend) == []
+
+
+@pytest.mark.parametrize("workers_backend", ["fake", "local", "kubernetes"])
+def test_a_setup_naming_no_connection_accepts_whatever_backend_its_worker_had(
+        backend: InMemoryBackend, monkeypatch: pytest.MonkeyPatch, workers_backend: str) -> None:
+    """EPHEMERAL_BACKEND may differ between the setup's worker and the teardown's: the handle's
+    backend is then not this worker's default, and still the setup's own."""
+    monkeypatch.setenv("EPHEMERAL_BACKEND", workers_backend)
+    mine = backend.create(SPEC, identity=ident())
+    delete = _in_a_dag({})
+    delete.cluster = mine.model_dump(mode="json")
+    assert delete.execute(context()) == {"deleted": [mine.name]}
+    assert names(backend) == []
+
+
+def test_a_job_given_a_handle_of_another_connection_than_its_setup_submits_nothing(
+        backend: InMemoryBackend) -> None:
+    from airflow.sdk import DAG
+
+    from ephemeral.airflow.operators import CreateClusterOperator, RayJobOperator
+
+    mine = backend.create(SPEC, identity=ident())
+    with DAG("train", schedule=None):
+        CreateClusterOperator(task_id="create", spec="ray/adhoc-cpu", backend="fake")
+        job = RayJobOperator(task_id="job", entrypoint="python -V", deferrable=False,
+                             cluster=mine.model_copy(update={"backend": "local"}).model_dump(
+                                 mode="json"))
+    with pytest.raises(AirflowFailException, match="backend 'local' where create says 'fake'"):
+        job.execute(context("job"))
+    assert names(backend) == [mine.name]
