@@ -39,26 +39,35 @@ def pointer(value: Any) -> ClusterHandle:
             "is.") from None
 
 
-def made_through(dag: Any, handle: ClusterHandle, setup_id: str | None) -> None:
-    """Fail unless ``handle`` names the connection (and backend, where the setup names one)
-    its DAG's setup task ``setup_id`` is configured with. The handle's connection picks the API
-    server, the namespace and the deployment instance a task looks the cluster up in: an edited
-    handle naming another connection of this Airflow (another team's, another deployment's)
-    would otherwise point the task at clusters there. The DAG says which, as written (the
-    setup's ``conn_id``, ``kubernetes_conn_id`` and ``backend`` are no templates), without
-    resolving anything here: a setup that names none reaches this worker's configured backend,
-    whichever that is. Nothing to compare without a DAG (a task run outside one), for a mapped
-    setup (``.partial().expand()``: it may differ per map index) or a templated value."""
+def setup_operator(task: Any, setup_id: str | None) -> Any:
+    """The ``CreateClusterOperator`` that ``task``'s DAG has as ``setup_id``; None when there
+    is nothing to read (no task or DAG, no such task, a mapped or another kind of setup)."""
     from ephemeral.airflow.operators import CreateClusterOperator
 
-    if dag is None or setup_id is None:
+    if task is None or setup_id is None or not task.has_dag() or not task.dag.has_task(setup_id):
+        return None
+    setup = task.dag.get_task(setup_id)
+    return setup if isinstance(setup, CreateClusterOperator) else None
+
+
+def made_through(task: Any, handle: ClusterHandle, setup_id: str | None) -> None:
+    """Fail unless ``handle`` names the connection (and backend, where the setup names one)
+    that the setup task ``setup_id`` of ``task``'s DAG is configured with. The handle's
+    connection picks the API server, the namespace and the deployment instance a task looks the
+    cluster up in: an edited handle naming another connection of this Airflow (another team's,
+    another deployment's) would otherwise point the task at clusters there. The DAG says which,
+    as written (the setup's ``conn_id``, ``kubernetes_conn_id`` and ``backend`` are no
+    templates), without resolving anything here: a setup that names none reaches this worker's
+    configured backend, whichever that is. Nothing to compare without a DAG (a task run outside
+    one), for a mapped setup (``.partial().expand()``: it may differ per map index) or a
+    templated value."""
+    if task is None or setup_id is None or not task.has_dag():
         return
-    if not dag.has_task(setup_id):
+    if not task.dag.has_task(setup_id):
         raise AirflowFailException(
             f"cluster {handle.name}: its handle names setup task {setup_id!r}, which DAG "
-            f"{dag.dag_id} does not have. Pass this DAG's setup output as it is.")
-    setup = dag.get_task(setup_id)
-    if not isinstance(setup, CreateClusterOperator):
+            f"{task.dag.dag_id} does not have. Pass this DAG's setup output as it is.")
+    if (setup := setup_operator(task, setup_id)) is None:
         return
     said = {"connection": setup.conn_id or setup.kubernetes_conn_id, "backend": setup.backend}
     if any("{{" in str(value) for value in said.values()):

@@ -30,7 +30,13 @@ from ephemeral.airflow.backends import (
 )
 from ephemeral.airflow.backends import resolve as resolve_target
 from ephemeral.airflow.context import cluster_identity, owner_selector, task_key
-from ephemeral.airflow.handles import job_cluster, made_through, pointer, with_setup_facts
+from ephemeral.airflow.handles import (
+    job_cluster,
+    made_through,
+    pointer,
+    setup_operator,
+    with_setup_facts,
+)
 from ephemeral.airflow.lineage import JobLineageMixin
 from ephemeral.airflow.links import RayDashboardLink, RunReportLink, SparkMasterLink
 from ephemeral.airflow.release import before_job, release, released_by
@@ -129,7 +135,7 @@ def job_target(op: Any, context: Any, given: ClusterHandle) -> tuple[ClusterBack
                                                                       ClusterHandle]:
     """The backend a job task reaches its cluster through, and the backend's record of that
     cluster (``handles.job_cluster``): never the handle's word alone."""
-    made_through(op.dag if op.has_dag() else None, given, given.setup_task)
+    made_through(op, given, given.setup_task)
     backend = cluster_backend(given, op)
     if other := foreign_instance(given, getattr(op, "conn_id", None)):
         raise AirflowFailException(f"{op.task_id} runs for {other}: give it the setup's "
@@ -425,7 +431,7 @@ class DeleteClusterOperator(BaseOperator):
         try:
             handle = pointer(self.cluster) if self.cluster else None
             if handle is not None:
-                made_through(self.dag if self.has_dag() else None, handle, self.setup_task_id)
+                made_through(self, handle, self.setup_task_id)
         except AirflowFailException as err:  # the run's clusters still go, found by labels
             handle, unusable = None, err
         backend, instance = self._backend_of(handle)
@@ -515,10 +521,7 @@ class DeleteClusterOperator(BaseOperator):
         """(backend, conn_id, kubernetes_conn_id): this teardown's own when it names any,
         else those of its setup task in the DAG (where the run's clusters were made)."""
         mine = (self.backend, self.conn_id, self.kubernetes_conn_id)
-        if any(mine) or not self.has_dag() or not self.dag.has_task(self.setup_task_id):
-            return mine
-        setup = self.dag.get_task(self.setup_task_id)
-        if not isinstance(setup, CreateClusterOperator):
+        if any(mine) or (setup := setup_operator(self, self.setup_task_id)) is None:
             return mine
         return setup.backend, setup.conn_id, setup.kubernetes_conn_id
 

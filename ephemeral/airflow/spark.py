@@ -50,9 +50,7 @@ def spark_connect(fn: Callable[..., R]) -> Callable[..., R]:
         except RuntimeError:
             context = None
         if context is not None:
-            task = context.get("task")
-            made_through(task.dag if task is not None and task.has_dag() else None, given,
-                         given.setup_task)
+            made_through(context.get("task"), given, given.setup_task)
         backend = task_backend(given.backend, given.connection)
         if context is not None:
             handle = job_cluster(context, backend, given, instance_of(given.connection))

@@ -358,9 +358,9 @@ class ClusterBackend(abc.ABC):
         """Every cluster this backend made that matches ``selector`` (all when None)."""
 
     def disowned(self) -> list[tuple[str, str]]:
-        """(name, why) of the objects the last ``list_owned`` passed over: they carry this
-        backend's cluster labels but are no record it acts on (an annotation edited or copied
-        by hand). The reaper reports them; nothing deletes them."""
+        """(name, why) of the objects with this deployment's cluster labels that are no record
+        this backend acts on (an annotation edited or copied by hand). The reaper reports
+        them; nothing deletes them."""
         return []
 
     def head_view(self, handle: ClusterHandle) -> HeadView:  # noqa: ARG002 - those that can

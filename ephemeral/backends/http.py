@@ -20,6 +20,9 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
+log = logging.getLogger(__name__)
+_said: set[str] = set()  # URLs whose refused redirect was logged (probes poll)
+
 
 def tls_context(verify: bool | str) -> ssl.SSLContext:
     """``Access.verify`` as an SSL context, read the way ``requests`` reads ``verify`` (which
@@ -35,10 +38,6 @@ def tls_context(verify: bool | str) -> ssl.SSLContext:
             return ssl.create_default_context(capath=verify)
         return ssl.create_default_context(cafile=verify)
     return ssl.create_default_context()
-
-
-log = logging.getLogger(__name__)
-_said: set[str] = set()
 
 
 def redirect_refused(url: str, location: str | None) -> str:
@@ -70,7 +69,7 @@ def get_json(url: str, *, timeout: float = 3.0, headers: Mapping[str, str] | Non
                 return None
             return json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as err:
-        if 300 <= err.code < 400 and url not in _said:  # once per URL: probes poll
+        if 300 <= err.code < 400 and url not in _said:
             _said.add(url)
             log.warning("%s", redirect_refused(url, err.headers.get("Location")))
         return None

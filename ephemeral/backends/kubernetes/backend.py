@@ -90,7 +90,7 @@ log = logging.getLogger(__name__)
 # Deleted in this order: the primary first, so nothing recreates what is being removed.
 OWNED_KINDS: tuple[Kind, ...] = (RAYCLUSTER, SPARKCONNECT, DEPLOYMENT, SERVICE, NETWORKPOLICY)
 SPEC_HASH = PREFIX + "spec-hash"
-# What a primary's labels and its handle annotation must agree on (``_handle_of``).
+# What a primary's labels and its handle annotation must agree on (``_record_of``).
 IDENTITY_LABELS = tuple(PREFIX + k for k in ("cluster", "instance", "dag-id", "run-id",
                                              "task-id", "map-index", "backend", "spec-hash"))
 FULL_IDS = tuple(PREFIX + k for k in ("dag-id", "run-id", "task-id"))
@@ -129,7 +129,6 @@ class KubernetesBackend(ClusterBackend):
                  client: KubeClient | None = None) -> None:
         self.config = config or KubeConfig.from_env()
         self.client = client or KubeClient(self.config)
-        self._disowned: list[tuple[str, str]] = []
 
     # -- create --------------------------------------------------------------------------------
 
@@ -375,9 +374,10 @@ class KubernetesBackend(ClusterBackend):
         """Kind by kind, listed as they are consumed: delete removes the primary before it lists
         the next kind, so a list that fails (e.g. RBAC) still leaves the collector the rest.
         Labels only find candidates, since anyone may copy them onto an object: a primary is
-        the cluster's when its record agrees with it (``_handle_of``), any other object when it
+        the cluster's when its record agrees with it (``_record_of``), any other object when it
         names one of the cluster's objects as its owner. ``ours`` collects them."""
         selector = scope.as_label_selector()
+        cluster = scope.labels.get(PREFIX + "cluster", "")
         for kind in OWNED_KINDS:
             try:
                 objs = client.list_objects(kind, labels=selector)
@@ -392,24 +392,22 @@ class KubernetesBackend(ClusterBackend):
                 primary = kind in (RAYCLUSTER, SPARKCONNECT) or (
                     kind is DEPLOYMENT and obj["metadata"].get("labels", {}).get(
                         COMPONENT_LABEL) == SPARK_MASTER)
-                if not primary and ours.claims(obj):
+                if primary:
+                    record, why = self._record_of(obj)
+                    mine = record is not None
+                else:
+                    mine, why = ours.claims(obj), ""
+                if mine:
                     ours.add(kind, obj)
                     yield kind, obj
                     continue
-                record, why = self._record_of(obj) if primary else (None, "")
-                if record is not None:
-                    ours.add(kind, obj)
-                    yield kind, obj
-                    continue
-                cluster = scope.labels.get(PREFIX + "cluster", "")
                 if primary and name_of(obj) in (cluster, master_service(cluster)):
                     # The object named as the cluster's own, disagreeing with its record: it
                     # may be ours, edited. Not deleted, and never reported deleted either.
                     ours.refused[f"{kind.kind}/{name_of(obj)}"] = why
                 if report:
                     log.warning("leaving %s %s alone: it carries cluster %s's labels but is "
-                                "not its object", kind.kind, name_of(obj),
-                                scope.labels.get(PREFIX + "cluster"))
+                                "not its object", kind.kind, name_of(obj), cluster)
 
     @staticmethod
     def _pod_selectors(scope: OwnerSelector) -> list[str]:
@@ -473,6 +471,15 @@ class KubernetesBackend(ClusterBackend):
         return found[0] if found else None
 
     def _list(self, client: KubeClient, selector: OwnerSelector | None) -> list[ClusterHandle]:
+        return self._scan(client, selector)[0]
+
+    def disowned(self) -> list[tuple[str, str]]:
+        return self._scan(self.client, None)[1]
+
+    def _scan(self, client: KubeClient, selector: OwnerSelector | None
+              ) -> tuple[list[ClusterHandle], list[tuple[str, str]]]:
+        """The clusters ``selector`` asks for, and (name, why) of the primaries with its labels
+        that are no record of ephemeral's (``_record_of``)."""
         wanted = [f"{PREFIX}cluster", f"{PREFIX}backend={self.name}"]
         selector = selector or OwnerSelector()
         if selector.labels:
@@ -487,18 +494,15 @@ class KubernetesBackend(ClusterBackend):
                     raise
         primaries += client.list_objects(
             DEPLOYMENT, labels=f"{labels},{COMPONENT_LABEL}={SPARK_MASTER}")
-        handles, self._disowned = [], []
+        handles: list[ClusterHandle] = []
+        disowned: list[tuple[str, str]] = []
         for obj in primaries:
             record, why = self._record_of(obj)
-            if record is not None:
-                if selector.admits(record):
-                    handles.append(record)
-            else:
-                self._disowned.append((name_of(obj), why))
-        return sorted((self._view(h) for h in handles), key=lambda h: h.name)
-
-    def disowned(self) -> list[tuple[str, str]]:
-        return list(self._disowned)
+            if record is None:
+                disowned.append((name_of(obj), why))
+            elif selector.admits(record):
+                handles.append(record)
+        return sorted((self._view(h) for h in handles), key=lambda h: h.name), disowned
 
     def _handle_of(self, obj: dict[str, Any]) -> ClusterHandle | None:
         record, why = self._record_of(obj)
@@ -570,13 +574,10 @@ class _Ours:
         if kind is DEPLOYMENT:
             self.deployments.add(name_of(obj))
 
-    def seen(self, obj: dict[str, Any]) -> bool:
-        return str(obj["metadata"].get("uid")) in self.uids
-
     def claims(self, obj: dict[str, Any]) -> bool:
         """Whether ``obj`` is one of them, or names one of them (or a ReplicaSet of one of
         their Deployments) as its owner."""
-        if self.seen(obj):
+        if str(obj["metadata"].get("uid")) in self.uids:
             return True
         for ref in obj["metadata"].get("ownerReferences") or []:
             if ref.get("uid") in self.uids:
