@@ -99,8 +99,19 @@ def _profiled(plan: Plan) -> Plan:
                       f"out = {str(out)!r} + '/' + os.environ['EPHEMERAL_NODE'] + '.prof'\n"
                       "cProfile.run('from ray.scripts.scripts import main; main()', out)\n")
     script.chmod(0o755)
-    return [n.model_copy(update={"argv": [str(script), *n.argv[1:]],
+    return [n.model_copy(update={"argv": [str(script), *_start_args(n.argv)],
                                  "env": n.env | {"EPHEMERAL_NODE": n.name}}) for n in plan]
+
+
+def _start_args(argv: list[str]) -> list[str]:
+    """``start`` and what follows, whichever command runs it."""
+    return argv[argv.index("start"):]
+
+
+def _ray_cli(plan: Plan) -> Plan:
+    """The ``ray`` executable, as nodes ran it before ephemeral.backends.local.ray_start."""
+    return [n.model_copy(update={"argv": [ray_nodes.ray_bin(), *_start_args(n.argv)]})
+            for n in plan]
 
 
 def _compose(*fs: Transform) -> Transform:
@@ -113,6 +124,7 @@ def _compose(*fs: Transform) -> Transform:
 
 VARIANTS: dict[str, Transform] = {
     "ours": lambda plan: plan,
+    "ray-cli": _ray_cli,
     "no-monitor": _with_args(["--no-monitor"], ("head",)),
     "no-metrics": _with_env({"RAY_enable_metrics_collection": "0"}),
     "no-mon-metrics": _compose(_with_args(["--no-monitor"], ("head",)),

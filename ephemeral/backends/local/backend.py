@@ -305,7 +305,7 @@ class LocalBackend(ClusterBackend):
         for node, planned in zip(state.nodes, state.plan, strict=False):
             code = node.exit_code()
             # ray start exits 0 once its node runs; Spark daemons never exit while healthy.
-            ok_exit = planned.argv[1:2] == ["start"] and code == 0
+            ok_exit = ray_nodes.runs_ray_start(planned.argv) and code == 0
             if code is not None and not ok_exit:
                 failed.append((node, f"exited with code {code}"))
             elif code is None and not procs.find([node], None) and not procs.leader_is(node.sid, node.started_at):

@@ -55,6 +55,17 @@ def ray_bin() -> str:
     return str(here) if here.exists() else (shutil.which("ray") or "ray")
 
 
+# ``ray start`` as the nodes run it: the ``ray`` command's own ``start``, without importing the
+# CLI groups a node start never uses (ephemeral.backends.local.ray_start says what it saves).
+RAY_START = [sys.executable, "-m", "ephemeral.backends.local.ray_start", "start"]
+
+
+def runs_ray_start(argv: list[str]) -> bool:
+    """Whether a node's command is ``ray start``, which exits 0 once its node runs (clusters
+    made by earlier versions ran the ``ray`` executable)."""
+    return argv[1:2] == ["start"] or argv[1:4] == RAY_START[1:]
+
+
 def endpoints(slot: int) -> Endpoints:
     ip = slots.node_ip(slot, 0)
     return Endpoints(
@@ -93,7 +104,6 @@ def _node_args(slot: int, node: int, cpus: int, gpus: int, memory: str, temp: st
 
 
 def plan(spec: RaySpec, slot: int, temp_root: Path, token_file: Path) -> list[PlannedNode]:
-    ray = ray_bin()
     env = auth_env(token_file)
     head_ip = slots.node_ip(slot, 0)
     head_cpus = math.ceil(spec.head.cpu) if spec.head.run_tasks else 0
@@ -102,7 +112,7 @@ def plan(spec: RaySpec, slot: int, temp_root: Path, token_file: Path) -> list[Pl
         role="head",
         ip=head_ip,
         argv=[
-            ray, "start", "--head",
+            *RAY_START, "--head",
             f"--port={slots.named_port(slot, 0, GCS)}",
             f"--dashboard-host={head_ip}",
             f"--dashboard-port={slots.named_port(slot, 0, DASHBOARD)}",
@@ -127,7 +137,7 @@ def plan(spec: RaySpec, slot: int, temp_root: Path, token_file: Path) -> list[Pl
                 name=f"{group.name}-{i}",
                 role="worker",
                 ip=slots.node_ip(slot, n),
-                argv=[ray, "start", address,
+                argv=[*RAY_START, address,
                       *_node_args(slot, n, max(1, math.ceil(group.cpu)), group.gpus, group.memory,
                                   str(temp_root / f"n{n}"))],
                 env=worker_env,
