@@ -53,7 +53,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("instance", "The deployment that owns clusters: part of every cluster's name digest "
            "and owner labels, so two Airflows sharing a namespace or a machine never adopt, "
            "delete or reap each other's clusters. 1-40 lower-case letters, digits and '-'. "
-           "Unset: derived from the Airflow home (the Kubernetes backend asks for it to be set).",
+           "Unset: derived from the Airflow home; the Kubernetes backend refuses to create or reap "
+           "clusters without it, since every Airflow container has the same home.",
            example="prod-eu"),
     Option("jvm_archives", "Where the class-data-sharing archives of the Spark JVMs this host "
            "starts (local masters and workers, spark-submit drivers) are kept; ``python -m "

@@ -57,6 +57,11 @@ class BackendUnavailable(BackendError):
     retryable = True
 
 
+class InstanceRequired(BackendError):
+    """The backend needs this deployment's instance set, not derived: what it would create or
+    reap could be another deployment's. A retry fails the same."""
+
+
 class IdentityConflict(BackendError):
     """A cluster with this identity exists but was created from a different spec hash."""
 

@@ -60,10 +60,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ephemeral.activity import Activity, cluster_activity
-from ephemeral.backends.base import ClusterBackend, ClusterHandle
+from ephemeral.backends.base import ClusterBackend, ClusterHandle, require_instance
 from ephemeral.errors import EphemeralError
 from ephemeral.notify import notify_reaped
-from ephemeral.specs.identity import parse_utc, utc_text
+from ephemeral.specs.identity import current_instance, parse_utc, utc_text
 
 log = logging.getLogger(__name__)
 FINISHED = {"success", "failed"}
@@ -236,6 +236,7 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
          dry_run: bool = False, now: datetime | None = None, memory_file: Path | None = None,
          activity: ActivityCheck = cluster_activity) -> list[Decision]:
     """Judge every owned cluster and delete the orphans and idle ones (unless ``dry_run``)."""
+    require_instance(backend, current_instance(), "reaping")
     now = now or datetime.now(UTC)
     memory = FinishedMemory(memory_file)
     decisions = []

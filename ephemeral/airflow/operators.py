@@ -44,7 +44,7 @@ from ephemeral.airflow.settle import settles_at
 from ephemeral.airflow.triggers import ClusterReadyTrigger, RayJobTrigger
 from ephemeral.backends import ClusterBackend, ClusterHandle
 from ephemeral.backends.readiness import Readiness
-from ephemeral.errors import EphemeralError, JobSubmissionFailed, SpecError
+from ephemeral.errors import EphemeralError, InstanceRequired, JobSubmissionFailed, SpecError
 from ephemeral.jobs.ray_jobs import RayJobs, ray_jobs_for
 from ephemeral.jobs.results import JobResult, JobStatus, tail
 from ephemeral.lifecycle import (
@@ -236,7 +236,7 @@ class CreateClusterOperator(BaseOperator):
         asked = asking()
         try:
             handle = backend.create(spec, identity=identity)
-        except SpecError as err:
+        except (SpecError, InstanceRequired) as err:  # nothing created; a retry fails the same
             raise AirflowFailException(str(err)) from err
         # The teardown, the triggerer and the job tasks reach the cluster through the same
         # connection (its id; each looks it up again).

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from ephemeral.errors import IdentityConflict, SpecError
+from ephemeral.errors import IdentityConflict, InstanceRequired, SpecError
 from ephemeral.specs.identity import (
     INSTANCE_LABEL,
     PREFIX,
@@ -314,10 +314,32 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def require_instance(backend: ClusterBackend, instance: str, action: str) -> None:
+    """Refuses ``action`` as ``instance`` on a ``shared_home`` backend when nobody set the
+    instance (it was derived from AIRFLOW_HOME): two deployments sharing a namespace, staging
+    and prod with the same DAGs, would then give a run's cluster the same name and labels, and
+    each would adopt, reap and delete the other's. Deleting one known cluster stays allowed."""
+    from ephemeral.settings import get_settings
+
+    settings = get_settings()
+    if backend.shared_home and instance == settings.instance and not settings.instance_explicit:
+        raise InstanceRequired(
+            f"{action} on the {backend.name} backend needs this deployment's instance: set "
+            "EPHEMERAL_INSTANCE (or Airflow's [ephemeral] instance, or the instance of the "
+            "task's ephemeral connection) to a name per deployment, e.g. 'staging' or 'prod', "
+            f"on every Airflow component and the reaper. The instance {instance!r} is derived "
+            "from AIRFLOW_HOME, which every Airflow container shares, so it cannot tell two "
+            "deployments in one namespace apart.")
+
+
 class ClusterBackend(abc.ABC):
     """Create, probe, locate and delete clusters of one kind of infrastructure."""
 
     name: str
+    shared_home: bool = False
+    """Whether every deployment using this backend runs with one AIRFLOW_HOME (containers:
+    /opt/airflow), so that the instance derived from it cannot tell deployments apart and
+    must be set (``require_instance``)."""
     probe_interval: float = 2.0
     """The longest pause between readiness probes, and between status checks of a job: a
     cluster that is ready, or whose job ended, but not yet seen to be idles for it. Backends

@@ -27,6 +27,7 @@ def k8s_connection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     try:
         kubeconfig = tmp_path / "kubeconfig.yaml"
         server.kubeconfig(kubeconfig)
+        monkeypatch.setenv("EPHEMERAL_INSTANCE", "dag-test")  # required on Kubernetes
         monkeypatch.setenv("AIRFLOW_CONN_K8S_TEST", json.dumps({
             "conn_type": "kubernetes",
             "extra": {"kube_config_path": str(kubeconfig), "namespace": NAMESPACE,

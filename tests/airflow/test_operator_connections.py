@@ -380,3 +380,20 @@ def test_a_handle_xcom_refuses_fails_the_setup_and_deletes_its_cluster(
             create.execute_complete(context("create"), event)
     assert "EPHEMERAL_XCOM_MAX_BYTES" in str(err.value)
     assert stack.rayclusters() == []
+
+
+def test_a_setup_whose_deployment_left_its_instance_unset_fails_before_creating(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every Airflow container's home is /opt/airflow: a derived instance would be the same in
+    staging and prod, so the same run's cluster would be one both adopt and delete."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from ephemeral.airflow.operators import CreateClusterOperator
+
+    monkeypatch.delenv("EPHEMERAL_INSTANCE")
+    create = CreateClusterOperator(task_id="create", spec="ray/adhoc-cpu", overrides=SMALL_RAY,
+                                   conn_id="k8s", deferrable=False)
+    with pytest.raises(AirflowFailException, match="EPHEMERAL_INSTANCE"):
+        create.execute(context("create"))
+    assert stack.rayclusters() == []
+    assert not [c for c in stack.server.calls if c[0] == "POST"]

@@ -29,6 +29,8 @@ def backend(request: pytest.FixtureRequest, ephemeral_home: Path,
     elif request.param == "kubernetes":
         from tests.kubernetes.apiserver.harness import mock_backend
 
+        # A deployment on Kubernetes sets its instance (require_instance).
+        request.getfixturevalue("monkeypatch").setenv("EPHEMERAL_INSTANCE", "contract")
         with mock_backend(tmp_path) as k8s:
             yield k8s
     else:

@@ -22,6 +22,18 @@ def _schemas_loaded() -> None:
     warm_up()
 
 
+@pytest.fixture(autouse=True)
+def _instance_set(ephemeral_home: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every deployment on Kubernetes sets its instance (``require_instance``); these tests run
+    as one that set it to the value it would otherwise derive, so names and snapshots are the
+    same. Tests of the refusal delete it again."""
+    from ephemeral.settings import instance_of
+
+    instance = instance_of()
+    monkeypatch.setenv("EPHEMERAL_INSTANCE", instance)
+    return instance
+
+
 @pytest.fixture
 def apiserver() -> Iterator[ApiServer]:
     server = ApiServer(validate=validate_manifest, namespace=NAMESPACE,

@@ -11,7 +11,7 @@ import pytest
 
 from ephemeral.backends.base import OwnerSelector
 from ephemeral.backends.kubernetes import KubernetesBackend
-from ephemeral.errors import IdentityConflict
+from ephemeral.errors import IdentityConflict, InstanceRequired
 from ephemeral.reaper import RunInfo, reap
 from ephemeral.specs import ClusterIdentity
 from ephemeral.specs.identity import INSTANCE_LABEL, PREFIX, label_value
@@ -90,3 +90,56 @@ def test_a_teardown_given_a_handle_stripped_of_its_instance_leaves_the_other_dep
     with pytest.raises(AirflowFailException, match="nothing of it was deleted"):
         teardown.execute(context)
     assert rayclusters(apiserver) == {staging.name: "staging"}  # production's own went
+
+
+def _unset(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A deployment that left its instance unset (every Airflow container: /opt/airflow)."""
+    from ephemeral.settings import instance_of
+
+    monkeypatch.delenv("EPHEMERAL_INSTANCE", raising=False)
+    monkeypatch.delenv("AIRFLOW__EPHEMERAL__INSTANCE", raising=False)
+    monkeypatch.setenv("AIRFLOW_HOME", "/opt/airflow")
+    return instance_of()
+
+
+def test_without_a_set_instance_nothing_is_created_and_no_reaper_runs(
+        k8s_backend: KubernetesBackend, apiserver: ApiServer, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """Staging and prod both unset would derive one instance from /opt/airflow: the same run's
+    cluster would be one name, adopted by both, and each reaper would reap the other's runs."""
+    derived = _unset(monkeypatch)
+    with pytest.raises(InstanceRequired) as refused:
+        k8s_backend.create(RAY, identity=owner())
+    assert "EPHEMERAL_INSTANCE" in str(refused.value)
+    assert derived in str(refused.value)
+    assert not [c for c in apiserver.calls if c[0] in ("POST", "PUT", "PATCH")]
+    with pytest.raises(InstanceRequired, match="reaping"):
+        reap(k8s_backend, lookup=lambda _d, _r: None, grace=0,
+             memory_file=tmp_path / "seen.json")
+    assert not [c for c in apiserver.calls if c[0] == "DELETE"]
+
+
+def test_an_instance_the_connection_gives_is_set(k8s_backend: KubernetesBackend,
+                                                 apiserver: ApiServer,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    _unset(monkeypatch)
+    made = k8s_backend.create(RAY, identity=ClusterIdentity(
+        spec_name=RAY.spec.name, dag_id="train", run_id=RUN, task_id="create_cluster",
+        instance="prod"))
+    assert rayclusters(apiserver) == {made.name: "prod"}
+
+
+def test_a_cluster_made_before_under_the_derived_instance_is_still_deleted(
+        k8s_backend: KubernetesBackend, apiserver: ApiServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upgrade must not leak what the earlier version made: its teardown and `down` (one
+    known cluster, by handle or name) still delete it."""
+    derived = _unset(monkeypatch)
+    monkeypatch.setenv("EPHEMERAL_INSTANCE", derived)  # as the earlier version made it
+    old = k8s_backend.create(RAY, identity=owner())
+    other = k8s_backend.create(RAY, identity=ClusterIdentity(
+        spec_name=RAY.spec.name, dag_id="train", run_id="other", task_id="create_cluster"))
+    _unset(monkeypatch)
+    k8s_backend.delete(old, wait=True)
+    k8s_backend.delete(other.name, wait=True)
+    assert rayclusters(apiserver) == {}

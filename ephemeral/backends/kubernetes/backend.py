@@ -42,6 +42,7 @@ from ephemeral.backends.base import (
     Phase,
     check_adoptable,
     make_handle,
+    require_instance,
 )
 from ephemeral.backends.kubernetes import probe as probes
 from ephemeral.backends.kubernetes.access import ClusterAccess
@@ -81,7 +82,6 @@ from ephemeral.errors import (
     ReadinessTimeout,
     TeardownIncomplete,
 )
-from ephemeral.settings import get_settings
 from ephemeral.specs.identity import PREFIX, ClusterIdentity, label_value
 from ephemeral.specs.resolve import ResolvedSpec
 
@@ -124,6 +124,7 @@ class KubernetesBackend(ClusterBackend):
     """``KubernetesBackend(KubeConfig.from_env())``; the client is made at first use."""
 
     name = "kubernetes"
+    shared_home = True  # every Airflow container's home is /opt/airflow
 
     def __init__(self, config: KubeConfig | None = None, *,
                  client: KubeClient | None = None) -> None:
@@ -133,12 +134,7 @@ class KubernetesBackend(ClusterBackend):
     # -- create --------------------------------------------------------------------------------
 
     def create(self, spec: ResolvedSpec, *, identity: ClusterIdentity) -> ClusterHandle:
-        if not get_settings().instance_explicit:
-            # Every container of every Airflow has the same home (/opt/airflow), so the derived
-            # instance cannot tell two deployments on one namespace apart.
-            log.warning("EPHEMERAL_INSTANCE is not set: clusters are owned by instance %r, "
-                        "derived from AIRFLOW_HOME; set it to a name per deployment (staging, "
-                        "prod) when several share a namespace", identity.instance)
+        require_instance(self, identity.instance, "creating a cluster")
         base = make_handle(spec, identity, backend=self.name, endpoints=Endpoints(),
                            namespace=self.config.namespace,
                            default_spark_mode=self.config.spark_mode)
