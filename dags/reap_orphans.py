@@ -35,15 +35,16 @@ with DAG(
     def reap(grace_seconds: Any) -> dict[str, Any]:
         from ephemeral.airflow.backends import task_backend
         from ephemeral.airflow.reaping import task_sdk_lookup
+        from ephemeral.reaper import memory_file
         from ephemeral.reaper import reap as reap_clusters
-        from ephemeral.settings import get_settings, setting
+        from ephemeral.settings import setting
 
         # EPHEMERAL_BACKEND picks the backend; on Kubernetes an Airflow connection may hold
         # the API server's settings instead of EPHEMERAL_K8S_* variables.
         backend = task_backend(None, setting("kubernetes_conn_id"))
         decisions = reap_clusters(backend, lookup=task_sdk_lookup,
                                   grace=float(grace_seconds),
-                                  memory_file=get_settings().home / "reaper-seen.json")
+                                  memory_file=memory_file())
         for d in decisions:
             print(f"{'delete' if d.delete else 'keep'} {d.cluster}: {d.reason} {d.error}")
         failed = [d.cluster for d in decisions if d.error]

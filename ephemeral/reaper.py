@@ -90,6 +90,16 @@ class Decision:
     error: str = ""
 
 
+def memory_file() -> Path:
+    """This deployment instance's reaper memory in its home: instances sharing a home (staging
+    and prod on one machine) each keep their own, since each pass keeps only the keys of the
+    clusters it owns, and their runs' ids are the same."""
+    from ephemeral.settings import get_settings
+
+    settings = get_settings()
+    return settings.home / f"reaper-seen-{settings.instance}.json"
+
+
 class FinishedMemory:
     """When each run was first seen finished, for lookups that do not know end dates; and when
     each cluster was first seen answering and last seen busy, for the idle rule."""

@@ -541,7 +541,7 @@ def reap_cmd(
     Connect session)."""
     import os
 
-    from ephemeral.reaper import AirflowApiLookup, reap
+    from ephemeral.reaper import AirflowApiLookup, memory_file, reap
     from ephemeral.settings import setting
 
     lookup = None
@@ -550,7 +550,7 @@ def reap_cmd(
                                   username=setting("airflow_user"),
                                   password=setting("airflow_password"))
     decisions = reap(_backend(backend), lookup=lookup, grace=grace, dry_run=dry_run,
-                     memory_file=get_settings().home / "reaper-seen.json")
+                     memory_file=memory_file())
     if as_json:
         _emit([d.__dict__ for d in decisions])
     else:

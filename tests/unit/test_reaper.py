@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from ephemeral.backends.base import OwnerSelector
 from ephemeral.backends.fake import InMemoryBackend
 from ephemeral.reaper import RunInfo, reap
 from ephemeral.specs import ClusterIdentity, resolve
@@ -228,3 +229,25 @@ def test_a_cluster_made_by_hand_leaves_no_record(backend: InMemoryBackend,
     [d] = reap(backend, lookup=None, now=later)
     assert d.deleted
     assert not list(ephemeral_home.rglob("released"))
+
+
+def test_instances_sharing_a_home_each_keep_their_reapers_memory(
+        backend: InMemoryBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Staging and prod reaping on one home every few minutes, with a lookup that knows no end
+    dates (the reap_orphans DAG's): one memory file would lose each one's first sightings to
+    the other's save, and an orphan would be "within the grace period" forever."""
+    from ephemeral.reaper import memory_file
+
+    names, files = {}, {}
+    for instance in ("staging", "prod"):
+        monkeypatch.setenv("EPHEMERAL_INSTANCE", instance)
+        names[instance], files[instance] = owned(backend, "ended"), memory_file()
+    assert files["staging"] != files["prod"]
+    assert files["staging"].parent == files["prod"].parent  # the home
+    start = datetime.now(UTC) + timedelta(minutes=1)
+    for minutes in range(0, 31, 5):
+        for instance in ("staging", "prod"):
+            monkeypatch.setenv("EPHEMERAL_INSTANCE", instance)
+            reap(backend, lookup=lambda _d, _r: RunInfo("failed"), grace=600,
+                 now=start + timedelta(minutes=minutes), memory_file=memory_file())
+    assert backend.list_owned(OwnerSelector(all_instances=True)) == []
