@@ -332,19 +332,25 @@ class LocalBackend(ClusterBackend):
             self._delete_unreadable(cdir, wait=wait)
             return
         if state is None:
-            # A folder without a state (a crash before its first save, a lost file) may still
-            # have processes carrying its marker: a bare rmtree would orphan them for good.
-            if cdir.exists():
-                self._delete_unreadable(cdir, wait=wait)
+            # No state (a crash before its first save, a lost file, a home wiped under a running
+            # cluster): processes may still carry its folder's marker, and nothing else will
+            # ever find them. One scan of this user's processes.
+            self._delete_unreadable(cdir, wait=wait)
             return
         state.deleting = True
         save(cdir, state)
         # SIGKILL at once: an ephemeral cluster has nothing to save on its way out (its jobs
         # wrote their artifacts; its folders go next), and every second a JVM or raylet
         # spends in its shutdown hooks is reserved, idle time.
-        left = procs.kill_all(state.nodes, state.uid, grace=0.0, timeout=10.0 if wait else 2.0)
+        left = procs.describe(procs.kill_all(state.nodes, state.uid, grace=0.0,
+                                             timeout=10.0 if wait else 2.0))
+        # Processes of its sessions that this OS user can neither read nor end (the cluster was
+        # made as another user, e.g. a setup with run_as_user): the state stays for that user.
+        left += [f"{p}, another OS user's: delete it as the user that created it"
+                 for p in procs.describe(p for n in state.nodes
+                                         for p in procs.unreadable_in_session(n))]
         if left:
-            raise TeardownIncomplete(name, procs.describe(left))
+            raise TeardownIncomplete(name, left)
         if state.ray_temp_root:
             shutil.rmtree(state.ray_temp_root, ignore_errors=True)
         slots.release(cdir, state.slot)

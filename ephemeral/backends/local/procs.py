@@ -168,10 +168,12 @@ def session_names(node: NodeProcess, uid: str) -> set[str]:
     return names
 
 
-def unreadable_in_session(node: NodeProcess) -> bool:
-    """Whether a live process of ``node``'s session hides its environment from this process
-    (another OS user's, say ``run_as_user``): ``find`` cannot tell it is the cluster's, so its
-    absence from ``session_names`` proves nothing."""
+def unreadable_in_session(node: NodeProcess) -> list[psutil.Process]:
+    """The live processes of ``node``'s session that hide their environment from this process
+    (another OS user's, say ``run_as_user``): ``find`` cannot tell they are the cluster's, so
+    their absence from ``find`` and ``session_names`` proves nothing, and this user cannot
+    end them."""
+    hidden = []
     for p in psutil.process_iter(["pid", "create_time"]):
         try:
             if os.getsid(p.info["pid"]) != node.sid or \
@@ -179,10 +181,10 @@ def unreadable_in_session(node: NodeProcess) -> bool:
                 continue
             p.environ()
         except psutil.AccessDenied:
-            return True
+            hidden.append(p)
         except (OSError, psutil.Error):
             continue
-    return False
+    return hidden
 
 
 def _has_uid(p: psutil.Process, uid: str) -> bool:

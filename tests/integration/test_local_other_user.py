@@ -1,0 +1,109 @@
+"""A local cluster made as one OS user and deleted as another (a setup with ``run_as_user``, a
+home shared through a group): the deleting user can neither read nor end the cluster's
+processes, so its deletion must fail and keep the cluster's state, not report it deleted and
+drop the only record that finds those processes. Needs root, to act as two users."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from ephemeral.backends.base import Endpoints, make_handle
+from ephemeral.backends.local import LocalBackend, procs
+from ephemeral.backends.local.state import ClusterState, PlannedNode, save
+from ephemeral.specs import ClusterIdentity, resolve
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="acting as two OS users needs root")
+
+NOBODY = 65534
+# The deleting user: everything is imported first (the interpreter lives where that user may
+# not read), then the process becomes that user.
+DELETE_AS_NOBODY = f"""
+import os, sys
+from pathlib import Path
+from ephemeral.backends.local import LocalBackend
+from ephemeral.errors import TeardownIncomplete
+backend = LocalBackend(Path(sys.argv[1]))
+os.setgroups([]); os.setgid({NOBODY}); os.setuid({NOBODY})
+try:
+    backend.delete(sys.argv[2], wait=False)
+except TeardownIncomplete as err:
+    print(err)
+    sys.exit(3)
+print("deleted")
+"""
+
+
+@pytest.fixture
+def shared_home() -> Iterator[Path]:
+    home = Path(tempfile.mkdtemp(prefix="eph-shared-", dir="/tmp"))
+    home.chmod(0o777)
+    try:
+        yield home
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _open_to_all(root: Path) -> None:
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o777 if path.is_dir() else 0o666)
+
+
+def test_another_users_deletion_fails_and_keeps_the_state(shared_home: Path) -> None:
+    name = "made-as-root"
+    cdir = shared_home / "clusters" / name
+    cdir.mkdir(parents=True)
+    spec = resolve("ray/adhoc-cpu", "ci-cpu")
+    handle = make_handle(spec, ClusterIdentity.manual(spec.spec.name, name), backend="local",
+                         endpoints=Endpoints())
+    uid = uuid.uuid4().hex
+    # Like `ray start`: the session's leader exits once its daemon runs.
+    plan = [PlannedNode(name="head", role="head", ip="127.0.12.2",
+                        argv=["sh", "-c", "sleep 120 & exit 0"])]
+    state = ClusterState(handle=handle, uid=uid, slot=11, plan=plan)
+    state.nodes.append(procs.spawn("head", plan[0].argv, log=cdir / "logs" / "head.log",
+                                   exit_file=cdir / "exit" / "head",
+                                   env={"PATH": "/usr/bin:/bin", procs.UID_ENV: uid,
+                                        procs.DIR_ENV: str(cdir)}, cwd=cdir))
+    save(cdir, state)
+    _open_to_all(shared_home)
+    deadline = time.monotonic() + 10
+    while not (daemon := procs.find(state.nodes, uid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert daemon, "the node's daemon did not start"
+    try:
+        done = subprocess.run([sys.executable, "-c", DELETE_AS_NOBODY, str(shared_home), name],
+                              capture_output=True, text=True, timeout=120, cwd="/tmp")
+        assert done.returncode == 3, (done.stdout, done.stderr[-2000:])
+        assert "another OS user's" in done.stdout
+        assert all(p.is_running() for p in daemon)
+        assert (cdir / "state.json").exists()  # what finds the processes is still there
+    finally:
+        LocalBackend(shared_home).delete(name)
+    assert not [p for p in daemon if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_a_cluster_whose_home_folder_was_wiped_is_still_deleted_by_name(
+        local_backend: LocalBackend, ephemeral_home: Path) -> None:
+    """A CI workspace wiped under a running cluster: its processes still carry their state
+    folder's marker, and deleting it by name finds and ends them."""
+    spec = resolve("spark/etl@1", "ci-cpu")
+    handle = local_backend.create(spec, identity=ClusterIdentity.manual(spec.spec.name, "lost"))
+    marker = {procs.DIR_ENV: str(ephemeral_home / "clusters" / handle.name)}
+    deadline = time.monotonic() + 30
+    while not procs.find_marked(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert procs.find_marked(marker)
+    shutil.rmtree(ephemeral_home / "clusters" / handle.name)
+    local_backend.delete(handle.name)
+    assert procs.find_marked(marker) == []
