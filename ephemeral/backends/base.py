@@ -144,15 +144,21 @@ class ClusterHandle(BaseModel):
         return self.annotations.get(PREFIX + "task-id")
 
 
-def check_adoptable(existing: ClusterHandle, spec_ref: str, spec_hash: str,
-                    identity: ClusterIdentity) -> None:
-    """The one rule for a create that finds a cluster under its name: adopt it only when this
-    deployment made it from the same effective spec."""
+def check_same_instance(existing: ClusterHandle, identity: ClusterIdentity) -> None:
+    """A create that finds a cluster under its name, whole or half made, neither adopts nor
+    replaces nor deletes it unless this deployment instance made it."""
     if existing.instance != identity.instance:
         raise IdentityConflict(
             f"cluster {existing.name!r} belongs to deployment instance {existing.instance!r}, "
             f"not to this one ({identity.instance!r}); it is never adopted or deleted from "
             "here. Choose another cluster name.")
+
+
+def check_adoptable(existing: ClusterHandle, spec_ref: str, spec_hash: str,
+                    identity: ClusterIdentity) -> None:
+    """The one rule for a create that finds a cluster under its name: adopt it only when this
+    deployment made it from the same effective spec."""
+    check_same_instance(existing, identity)
     if existing.spec_hash != spec_hash:
         raise IdentityConflict(
             f"cluster {existing.name!r} already exists from {existing.spec_ref} "

@@ -23,6 +23,7 @@ from ephemeral.backends.base import (
     OwnerSelector,
     Phase,
     check_adoptable,
+    check_same_instance,
     make_handle,
 )
 from ephemeral.backends.local import procs, ray_nodes, secrets, slots, spark_nodes
@@ -157,6 +158,8 @@ class LocalBackend(ClusterBackend):
         name = identity.name
         with self._lock(name):
             existing = self._state(name)
+            if existing:  # half made or half deleted too: never another deployment's to end
+                check_same_instance(existing.handle, identity)
             if existing and len(existing.nodes) < len(existing.plan):
                 # Its creator died while starting nodes: never adopt half a cluster.
                 self._delete_locked(name)

@@ -1,7 +1,9 @@
-"""A local cluster made as one OS user and deleted as another (a setup with ``run_as_user``, a
-home shared through a group): the deleting user can neither read nor end the cluster's
-processes, so its deletion must fail and keep the cluster's state, not report it deleted and
-drop the only record that finds those processes. Needs root, to act as two users."""
+"""One machine, several parties: OS users, deployment instances, a home wiped under a running
+cluster. A local cluster made as one OS user and deleted as another (a setup with
+``run_as_user``, a home shared through a group) must fail to delete and keep its state, not
+report it deleted and drop the only record that finds its processes; a lost state folder must
+not hide its processes; a create must not end another instance's half-made cluster. The
+two-user case needs root."""
 
 from __future__ import annotations
 
@@ -22,8 +24,6 @@ from ephemeral.backends.base import Endpoints, make_handle
 from ephemeral.backends.local import LocalBackend, procs
 from ephemeral.backends.local.state import ClusterState, PlannedNode, save
 from ephemeral.specs import ClusterIdentity, resolve
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="acting as two OS users needs root")
 
 NOBODY = 65534
 # The deleting user: everything is imported first (the interpreter lives where that user may
@@ -59,6 +59,7 @@ def _open_to_all(root: Path) -> None:
         path.chmod(0o777 if path.is_dir() else 0o666)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="acting as two OS users needs root")
 def test_another_users_deletion_fails_and_keeps_the_state(shared_home: Path) -> None:
     name = "made-as-root"
     cdir = shared_home / "clusters" / name
@@ -107,3 +108,35 @@ def test_a_cluster_whose_home_folder_was_wiped_is_still_deleted_by_name(
     shutil.rmtree(ephemeral_home / "clusters" / handle.name)
     local_backend.delete(handle.name)
     assert procs.find_marked(marker) == []
+
+
+def test_a_half_made_cluster_of_another_instance_is_not_ended_by_a_create(
+        local_backend: LocalBackend, ephemeral_home: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Staging's creator died while starting nodes; prod creating a cluster of the same name on
+    the same home must refuse, not end staging's half cluster (as `down` would refuse)."""
+    from ephemeral.errors import IdentityConflict
+
+    monkeypatch.setenv("EPHEMERAL_INSTANCE", "staging")
+    spec = resolve("spark/etl@1", "ci-cpu")
+    cdir = ephemeral_home / "clusters" / "demo"
+    cdir.mkdir(parents=True)
+    handle = make_handle(spec, ClusterIdentity.manual(spec.spec.name, "demo"), backend="local",
+                         endpoints=Endpoints())
+    uid = uuid.uuid4().hex
+    plan = [PlannedNode(name=n, role=r, ip="127.0.12.2", argv=["sleep", "120"])
+            for n, r in (("master", "master"), ("worker-0", "worker"))]
+    state = ClusterState(handle=handle, uid=uid, slot=11, plan=plan)
+    state.nodes.append(procs.spawn("master", plan[0].argv, log=cdir / "master.log",
+                                   exit_file=cdir / "exit" / "master",
+                                   env={"PATH": "/usr/bin:/bin", procs.UID_ENV: uid,
+                                        procs.DIR_ENV: str(cdir)}))
+    save(cdir, state)  # one node of two: its creator died here
+    monkeypatch.setenv("EPHEMERAL_INSTANCE", "prod")
+    with pytest.raises(IdentityConflict, match="staging"):
+        local_backend.create(spec, identity=ClusterIdentity.manual(spec.spec.name, "demo"))
+    assert procs.find(state.nodes, uid)  # staging's master still runs
+    assert (cdir / "state.json").exists()
+    monkeypatch.setenv("EPHEMERAL_INSTANCE", "staging")
+    local_backend.delete("demo")
+    assert not procs.find(state.nodes, uid)
