@@ -64,8 +64,9 @@ OPTIONS: tuple[Option, ...] = (
            "checkout, else of the working directory.", example="/opt/airflow/cluster_specs"),
     Option("default_ttl", "Lifetime in seconds after which the reaper may delete a cluster "
            "whose spec sets no ``ttl``.", type="integer", default="21600", example="3600"),
-    Option("runtime_dir", "Short machine-wide folder of the local backend's port claims "
-           "(Ray's socket paths must stay under 108 bytes). Unset: ``$TMPDIR/ephemeral-<uid>``.",
+    Option("runtime_dir", "Short folder of the local backend's slot claims and Ray's "
+           "temporary folders (Ray's socket paths must stay under 108 bytes); made 0700, and "
+           "refused when another OS user owns it. Unset: ``$TMPDIR/ephemeral-<uid>``.",
            example="/run/ephemeral"),
     Option("kubernetes_conn_id", "Airflow connection (``kubernetes`` type) the run-end listener "
            "and reaper use to reach the deployment's Kubernetes backend. Unset: the local "

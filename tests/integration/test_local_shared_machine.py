@@ -140,3 +140,48 @@ def test_a_half_made_cluster_of_another_instance_is_not_ended_by_a_create(
     monkeypatch.setenv("EPHEMERAL_INSTANCE", "staging")
     local_backend.delete("demo")
     assert not procs.find(state.nodes, uid)
+
+
+def test_the_runtime_folder_is_this_users_alone(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slot claims, their lock and Ray's temporary folders live there: another local user who
+    made it first, or may enter it, could block every create and deletion or read Ray's logs."""
+    from ephemeral.backends.local import slots
+    from ephemeral.errors import BackendUnavailable
+
+    mine = tmp_path / "rt"
+    mine.mkdir(mode=0o755)
+    mine.chmod(0o755)  # as earlier versions made it
+    monkeypatch.setenv("EPHEMERAL_RUNTIME_DIR", str(mine))
+    assert slots.runtime_dir() == mine
+    assert mine.stat().st_mode & 0o777 == 0o700
+    fresh = tmp_path / "fresh"
+    monkeypatch.setenv("EPHEMERAL_RUNTIME_DIR", str(fresh))
+    slots.runtime_dir()
+    assert fresh.stat().st_mode & 0o777 == 0o700
+    link = tmp_path / "link"
+    link.symlink_to(mine)
+    monkeypatch.setenv("EPHEMERAL_RUNTIME_DIR", str(link))
+    with pytest.raises(BackendUnavailable, match="EPHEMERAL_RUNTIME_DIR"):
+        slots.runtime_dir()
+    if os.geteuid() == 0:  # a folder another user made first
+        theirs = tmp_path / "theirs"
+        theirs.mkdir(mode=0o777)
+        os.chown(theirs, NOBODY, NOBODY)
+        monkeypatch.setenv("EPHEMERAL_RUNTIME_DIR", str(theirs))
+        with pytest.raises(BackendUnavailable, match="not a folder of this OS user"):
+            slots.claim(tmp_path / "state", 3)
+        assert not list(theirs.iterdir())
+
+
+def test_a_spark_daemon_never_takes_a_port_outside_its_own() -> None:
+    """Spark's default tries the next 16 ports when one is taken: those are the slot's other
+    nodes' or the next slot's. A taken port fails the node, and so the create, instead."""
+    from ephemeral.backends.local import spark_nodes
+
+    spec = resolve("spark/etl@1", "ci-cpu").spec
+    nodes = spark_nodes.plan(spec, 0, Path("/tmp/w"), auth_props=Path("/tmp/a"),  # type: ignore[arg-type]
+                             connect_props=Path("/tmp/c"))
+    daemons = [n for n in nodes if n.role in ("master", "worker")]
+    assert len(daemons) == 3
+    assert all("-Dspark.port.maxRetries=0" in n.env["SPARK_DAEMON_JAVA_OPTS"] for n in daemons)

@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import os
 import socket
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,10 +30,21 @@ WORKER_PORTS_PER_NODE = 40
 
 
 def runtime_dir() -> Path:
-    """Short machine-wide folder (Ray's socket paths must stay under 108 bytes)."""
+    """This OS user's short folder for slot claims and Ray's temporary folders (Ray's socket
+    paths must stay under 108 bytes). Only this user may enter it: another local user could
+    otherwise hold its lock (stalling every create and deletion), read Ray's logs, or make it
+    first in the shared temporary folder and fill it with claims."""
     path = Path(setting("runtime_dir") or
                 Path(tempfile.gettempdir()) / f"ephemeral-{os.getuid()}")
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise BackendUnavailable(
+            f"the local backend's runtime folder {path} is not a folder of this OS user (uid "
+            f"{os.getuid()}): whoever made it could block or read this user's clusters. Remove "
+            "it, or set EPHEMERAL_RUNTIME_DIR to a folder of your own.")
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        path.chmod(0o700)  # made open by an earlier version
     return path
 
 

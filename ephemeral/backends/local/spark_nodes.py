@@ -85,7 +85,12 @@ def plan(spec: SparkSpec, slot: int, work_root: Path, *, auth_props: Path,
     # their shutdown hooks can remove them from /tmp, and removes the folder.
     tmpdir = f"-Djava.io.tmpdir={tmp_dir(work_root)}"
     # Master and worker daemons too, and they map their class-data-sharing archive if built.
-    daemon_opts = {role: f"{FAST_START_JVM} {tmpdir} {jvm_share.java_options(role)}".strip()
+    # A port of the slot that is taken (a cluster of another OS user in the same slot while
+    # both start) fails the node, which fails the create: Spark's default retries the next
+    # ports, which are the slot's other nodes' or the next slot's.
+    no_port_retry = "-Dspark.port.maxRetries=0"
+    daemon_opts = {role: f"{FAST_START_JVM} {tmpdir} {no_port_retry} "
+                         f"{jvm_share.java_options(role)}".strip()
                    for role in ("master", "worker")}
     nodes = [PlannedNode(
         name="master", role="master", ip=master_ip,
