@@ -86,7 +86,7 @@ def test_another_users_deletion_fails_and_keeps_the_state(shared_home: Path) -> 
         done = subprocess.run([sys.executable, "-c", DELETE_AS_NOBODY, str(shared_home), name],
                               capture_output=True, text=True, timeout=120, cwd="/tmp")
         assert done.returncode == 3, (done.stdout, done.stderr[-2000:])
-        assert "another OS user's" in done.stdout
+        assert "OS user 0's: delete it as the user that created it" in done.stdout
         assert all(p.is_running() for p in daemon)
         assert (cdir / "state.json").exists()  # what finds the processes is still there
     finally:
@@ -146,32 +146,50 @@ def test_the_runtime_folder_is_this_users_alone(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Slot claims, their lock and Ray's temporary folders live there: another local user who
     made it first, or may enter it, could block every create and deletion or read Ray's logs."""
+    import tempfile
+
     from ephemeral.backends.local import slots
     from ephemeral.errors import BackendUnavailable
 
-    mine = tmp_path / "rt"
-    mine.mkdir(mode=0o755)
-    mine.chmod(0o755)  # as earlier versions made it
-    monkeypatch.setenv("EPHEMERAL_RUNTIME_DIR", str(mine))
-    assert slots.runtime_dir() == mine
-    assert mine.stat().st_mode & 0o777 == 0o700
-    fresh = tmp_path / "fresh"
-    monkeypatch.setenv("EPHEMERAL_RUNTIME_DIR", str(fresh))
-    slots.runtime_dir()
-    assert fresh.stat().st_mode & 0o777 == 0o700
-    link = tmp_path / "link"
-    link.symlink_to(mine)
-    monkeypatch.setenv("EPHEMERAL_RUNTIME_DIR", str(link))
+    monkeypatch.delenv("EPHEMERAL_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    default = tmp_path / f"ephemeral-{os.getuid()}"
+    default.mkdir()
+    default.chmod(0o755)  # as earlier versions made it
+    assert slots.runtime_dir() == default
+    assert default.stat().st_mode & 0o777 == 0o700
+    default.rmdir()
+    default.symlink_to(tmp_path)  # made first by someone, as a link
     with pytest.raises(BackendUnavailable, match="EPHEMERAL_RUNTIME_DIR"):
         slots.runtime_dir()
-    if os.geteuid() == 0:  # a folder another user made first
-        theirs = tmp_path / "theirs"
-        theirs.mkdir(mode=0o777)
-        os.chown(theirs, NOBODY, NOBODY)
-        monkeypatch.setenv("EPHEMERAL_RUNTIME_DIR", str(theirs))
+    default.unlink()
+
+    # A configured folder of this user's is used as it is.
+    mine = tmp_path / "rt"
+    mine.mkdir()
+    mine.chmod(0o750)
+    monkeypatch.setenv("EPHEMERAL_RUNTIME_DIR", str(mine))
+    assert slots.runtime_dir() == mine
+    assert mine.stat().st_mode & 0o777 == 0o750
+    if os.geteuid() == 0:
+        # The default folder made first by another user is refused, nothing written in it.
+        monkeypatch.delenv("EPHEMERAL_RUNTIME_DIR")
+        default.mkdir(mode=0o777)
+        os.chown(default, NOBODY, NOBODY)
         with pytest.raises(BackendUnavailable, match="not a folder of this OS user"):
             slots.claim(tmp_path / "state", 3)
-        assert not list(theirs.iterdir())
+        assert not list(default.iterdir())
+        # A shared configured folder (another user's, 1777) gets a private one inside, and
+        # keeps its own mode: other users' clusters live there too.
+        shared = tmp_path / "shared"
+        shared.mkdir()
+        os.chown(shared, NOBODY, NOBODY)
+        shared.chmod(0o1777)
+        monkeypatch.setenv("EPHEMERAL_RUNTIME_DIR", str(shared))
+        inside = slots.runtime_dir()
+        assert inside == shared / f"ephemeral-{os.getuid()}"
+        assert inside.stat().st_mode & 0o777 == 0o700
+        assert shared.stat().st_mode & 0o7777 == 0o1777
 
 
 def test_a_spark_daemon_never_takes_a_port_outside_its_own() -> None:
@@ -185,3 +203,51 @@ def test_a_spark_daemon_never_takes_a_port_outside_its_own() -> None:
     daemons = [n for n in nodes if n.role in ("master", "worker")]
     assert len(daemons) == 3
     assert all("-Dspark.port.maxRetries=0" in n.env["SPARK_DAEMON_JAVA_OPTS"] for n in daemons)
+
+
+# A non-root user creates (in a process that exits, like `ephemeral up`) and deletes its own
+# cluster whose node sessions hold several daemons: between SIGKILL and the reaping of the
+# killed processes, the kernel hides a zombie's environment from its own user too.
+OWN_TEARDOWN_AS_NOBODY = f"""
+import os, sys, time, uuid
+from pathlib import Path
+from ephemeral.backends.base import Endpoints, make_handle
+from ephemeral.backends.local import LocalBackend, procs
+from ephemeral.backends.local.state import ClusterState, PlannedNode, save
+from ephemeral.specs import ClusterIdentity, resolve
+spec = resolve("ray/adhoc-cpu", "ci-cpu")
+base = Path(sys.argv[1])
+os.environ["EPHEMERAL_RUNTIME_DIR"] = str(base / "rt")
+os.setgroups([]); os.setgid({NOBODY}); os.setuid({NOBODY})
+for i in range(2):
+    name = f"c{{i}}"; cdir = base / "clusters" / name; cdir.mkdir(parents=True)
+    if os.fork() == 0:
+        handle = make_handle(spec, ClusterIdentity.manual(spec.spec.name, name),
+                             backend="local", endpoints=Endpoints())
+        uid = uuid.uuid4().hex
+        plan = [PlannedNode(name=f"n{{k}}", role="head" if k == 0 else "worker",
+                            ip="127.0.12.2",
+                            argv=["sh", "-c", "for i in 1 2 3; do sleep 300 & done; exit 0"])
+                for k in range(3)]
+        state = ClusterState(handle=handle, uid=uid, slot=11, plan=plan)
+        for pn in plan:
+            state.nodes.append(procs.spawn(pn.name, pn.argv, log=cdir / "logs" / pn.name,
+                                           exit_file=cdir / "exit" / pn.name, cwd=cdir,
+                                           env={{"PATH": "/usr/bin:/bin", procs.UID_ENV: uid,
+                                                procs.DIR_ENV: str(cdir)}}))
+        save(cdir, state)
+        os._exit(0)
+    os.wait()
+    time.sleep(0.5)
+    LocalBackend(base).delete(name, wait=False)  # raises if any is taken for another user's
+    print("deleted", name, flush=True)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="acting as another OS user needs root")
+def test_a_users_own_teardown_is_not_failed_by_its_killed_processes(shared_home: Path) -> None:
+    os.chown(shared_home, NOBODY, NOBODY)
+    done = subprocess.run([sys.executable, "-c", OWN_TEARDOWN_AS_NOBODY, str(shared_home)],
+                          capture_output=True, text=True, timeout=120, cwd="/tmp")
+    assert done.returncode == 0, (done.stdout, done.stderr[-2000:])
+    assert done.stdout.split() == ["deleted", "c0", "deleted", "c1"]

@@ -136,6 +136,25 @@ def _child(folder: Path, name: str) -> Path:
     return path
 
 
+def _owner(cdir: Path) -> int | None:
+    """The OS user who made the cluster: its state folder's owner (the state file is replaced
+    by whoever saves it last)."""
+    try:
+        return cdir.stat().st_uid
+    except OSError:
+        return None
+
+
+def _release(cdir: Path, slot: int) -> None:
+    """The slot's claim, after the cluster's processes are gone; a claim that cannot be
+    released lapses once the state folder is removed, so it never fails a deletion."""
+    try:
+        slots.release(cdir, slot)
+    except (OSError, EphemeralError) as err:
+        log.warning("could not release slot %d of %s (%s); it lapses with the folder",
+                    slot, cdir.name, err)
+
+
 class LocalBackend(ClusterBackend):
     name = "local"
     probe_interval = 0.5  # a state file and a local HTTP call or two
@@ -177,7 +196,7 @@ class LocalBackend(ClusterBackend):
                 return self._start(spec, identity, cdir, slot)
             except BaseException as err:
                 self._delete_locked(name)
-                slots.release(cdir, slot)
+                _release(cdir, slot)
                 if isinstance(err, EphemeralError) or not isinstance(err, Exception):
                     raise  # ours, or an interrupt/timeout that must stay what it is
                 raise BackendError(f"starting cluster {name!r} failed: {err}") from err
@@ -349,14 +368,15 @@ class LocalBackend(ClusterBackend):
                                              timeout=10.0 if wait else 2.0))
         # Processes of its sessions that this OS user can neither read nor end (the cluster was
         # made as another user, e.g. a setup with run_as_user): the state stays for that user.
-        left += [f"{p}, another OS user's: delete it as the user that created it"
-                 for p in procs.describe(p for n in state.nodes
-                                         for p in procs.unreadable_in_session(n))]
+        if (owner := _owner(cdir)) is not None and owner != os.getuid():
+            left += [f"{p}, OS user {owner}'s: delete it as the user that created it"
+                     for p in procs.describe(p for n in state.nodes
+                                             for p in procs.unreadable_in_session(n, owner))]
         if left:
             raise TeardownIncomplete(name, left)
         if state.ray_temp_root:
             shutil.rmtree(state.ray_temp_root, ignore_errors=True)
-        slots.release(cdir, state.slot)
+        _release(cdir, state.slot)
         shutil.rmtree(cdir, ignore_errors=True)
 
     def _delete_unreadable(self, cdir: Path, *, wait: bool) -> None:

@@ -168,16 +168,27 @@ def session_names(node: NodeProcess, uid: str) -> set[str]:
     return names
 
 
-def unreadable_in_session(node: NodeProcess) -> list[psutil.Process]:
-    """The live processes of ``node``'s session that hide their environment from this process
-    (another OS user's, say ``run_as_user``): ``find`` cannot tell they are the cluster's, so
-    their absence from ``find`` and ``session_names`` proves nothing, and this user cannot
-    end them."""
+def unreadable_in_session(node: NodeProcess, owner: int | None = None) -> list[psutil.Process]:
+    """The live processes of ``node``'s session that belong to another OS user (the one who
+    made the cluster, ``owner``, when given: say a setup with ``run_as_user``): this process can
+    neither read their markers nor end them, so their absence from ``find`` and
+    ``session_names`` proves nothing. Zombies (whose environment the kernel hides from their
+    own user too) and a session whose id a newer leader took are not the cluster's."""
+    try:
+        leader = psutil.Process(node.sid)
+        if _alive(leader) and abs(leader.create_time() - node.started_at) >= 1.0:
+            return []  # a newer process leads a session of this id: not the node's
+    except psutil.Error:
+        pass  # the leader is gone, as ray start's is once its node runs
+    me = os.getuid()
     hidden = []
-    for p in psutil.process_iter(["pid", "create_time"]):
+    for p in psutil.process_iter(["pid", "create_time", "uids"]):
         try:
             if os.getsid(p.info["pid"]) != node.sid or \
-                    (p.info["create_time"] or 0) < node.started_at - 1.0:
+                    (p.info["create_time"] or 0) < node.started_at - 1.0 or not _alive(p):
+                continue
+            uid = p.info["uids"].real
+            if uid == me or (owner is not None and uid != owner):
                 continue
             p.environ()
         except psutil.AccessDenied:
