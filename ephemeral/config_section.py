@@ -65,8 +65,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("default_ttl", "Lifetime in seconds after which the reaper may delete a cluster "
            "whose spec sets no ``ttl``.", type="integer", default="21600", example="3600"),
     Option("runtime_dir", "Short folder of the local backend's slot claims and Ray's "
-           "temporary folders (Ray's socket paths must stay under 108 bytes); made 0700, and "
-           "refused when another OS user owns it. Unset: ``$TMPDIR/ephemeral-<uid>``.",
+           "temporary folders (Ray's socket paths must stay under 108 bytes). Used as it is "
+           "when this OS user owns it; a shared one gets an ``ephemeral-<uid>`` folder (0700) "
+           "inside. Unset: ``$TMPDIR/ephemeral-<uid>`` (0700; refused when another user made "
+           "it).",
            example="/run/ephemeral"),
     Option("kubernetes_conn_id", "Airflow connection (``kubernetes`` type) the run-end listener "
            "and reaper use to reach the deployment's Kubernetes backend. Unset: the local "
@@ -186,6 +188,7 @@ NOT_SETTINGS = {
     "EPHEMERAL_CLUSTER_DIR": "marks a local cluster's processes with its state folder",
     "EPHEMERAL_CLUSTER_NAME": "tells a node its cluster's name",
     "EPHEMERAL_RESULT_FILE": "tells a spark-submit driver where to write its result",
+    "EPHEMERAL_RAY_START_AFTER": "tells a local Ray worker's ray start what to wait for",
     "EPHEMERAL_AIRFLOW_DB": "the dev stack's database choice (make airflow)",
 }
 

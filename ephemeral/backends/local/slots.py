@@ -31,21 +31,32 @@ WORKER_PORTS_PER_NODE = 40
 
 def runtime_dir() -> Path:
     """This OS user's short folder for slot claims and Ray's temporary folders (Ray's socket
-    paths must stay under 108 bytes). Only this user may enter it: another local user could
-    otherwise hold its lock (stalling every create and deletion), read Ray's logs, or make it
-    first in the shared temporary folder and fill it with claims."""
-    path = Path(setting("runtime_dir") or
-                Path(tempfile.gettempdir()) / f"ephemeral-{os.getuid()}")
+    paths must stay under 108 bytes): ``$TMPDIR/ephemeral-<uid>``, made 0700. Another local user
+    could otherwise hold its lock (stalling every create and deletion), read Ray's logs, or
+    make it first and fill it with claims. A configured folder is used as it is when this user
+    owns it; a shared one (``/run/ephemeral``, mode 1777) gets a folder of this user's inside."""
+    uid = os.getuid()
+    configured = setting("runtime_dir")
+    path = Path(configured) if configured else Path(tempfile.gettempdir()) / f"ephemeral-{uid}"
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = path.lstat()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+    private = not configured
+    if configured and not _owned(path):
+        path, private = path / f"ephemeral-{uid}", True
+        path.mkdir(mode=0o700, exist_ok=True)
+    if not _owned(path):
         raise BackendUnavailable(
             f"the local backend's runtime folder {path} is not a folder of this OS user (uid "
-            f"{os.getuid()}): whoever made it could block or read this user's clusters. Remove "
-            "it, or set EPHEMERAL_RUNTIME_DIR to a folder of your own.")
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        path.chmod(0o700)  # made open by an earlier version
+            f"{uid}): whoever made it could block or read this user's clusters. Remove it, or "
+            "set EPHEMERAL_RUNTIME_DIR to a folder of your own.")
+    if private and stat.S_IMODE(path.lstat().st_mode) & 0o077:
+        path.chmod(0o700)  # this user's own folder, made open by an earlier version
     return path
+
+
+def _owned(path: Path) -> bool:
+    """A folder (not a link to one) of this OS user's."""
+    info = path.lstat()
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid()
 
 
 @contextlib.contextmanager
