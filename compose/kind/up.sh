@@ -260,7 +260,8 @@ if [[ -n "$REAPER_IMAGE" ]]; then
     --dry-run=client -o yaml | k apply -f -
   kind load docker-image "$REAPER_IMAGE" --name "$CLUSTER"
   manifest "$COMPOSE/k8s/reaper-cronjob.yaml" \
-    | sed "s#image: ephemeral-airflow:dev#image: $REAPER_IMAGE#" | k apply -f -
+    | sed -e "s#image: ephemeral-airflow:dev#image: $REAPER_IMAGE#" \
+          -e "s#value: production\$#value: ${EPHEMERAL_INSTANCE:-compose}#" | k apply -f -
 fi
 
 say "ready"
@@ -268,6 +269,7 @@ cat <<EOF
 cluster $CLUSTER (context $CTX), namespace $NS, KubeRay $KUBERAY_CHART_VERSION.
 Airflow on this host:   EPHEMERAL_BACKEND=kubernetes EPHEMERAL_KUBECONFIG=$KUBE_DIR/config
                         EPHEMERAL_K8S_CLIENT_CIDRS=$client_cidrs
+                        EPHEMERAL_INSTANCE=${EPHEMERAL_INSTANCE:-compose}  (required; the reaper's)
 The compose stack:      echo "EPHEMERAL_K8S_CLIENT_CIDRS=$client_cidrs" >> compose/.env
                         docker compose -f compose/docker-compose.yaml up -d  (see docs/kubernetes.md)
 Tear down:              compose/kind/down.sh

@@ -320,6 +320,9 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+CREATING = "creating a cluster"  # the action require_instance names for a create
+
+
 def require_instance(backend: ClusterBackend, instance: str, action: str) -> None:
     """Refuses ``action`` as ``instance`` on a ``shared_home`` backend when nobody set the
     instance (it was derived from AIRFLOW_HOME): two deployments sharing a namespace, staging
@@ -329,13 +332,17 @@ def require_instance(backend: ClusterBackend, instance: str, action: str) -> Non
 
     settings = get_settings()
     if backend.shared_home and instance == settings.instance and not settings.instance_explicit:
+        where = ("EPHEMERAL_INSTANCE (or Airflow's [ephemeral] instance" +
+                 (", or the instance of the task's ephemeral connection)" if action == CREATING
+                  else ")"))
         raise InstanceRequired(
             f"{action} on the {backend.name} backend needs this deployment's instance: set "
-            "EPHEMERAL_INSTANCE (or Airflow's [ephemeral] instance, or the instance of the "
-            "task's ephemeral connection) to a name per deployment, e.g. 'staging' or 'prod', "
-            f"on every Airflow component and the reaper. The instance {instance!r} is derived "
-            "from AIRFLOW_HOME, which every Airflow container shares, so it cannot tell two "
-            "deployments in one namespace apart.")
+            f"{where} on every Airflow component and the reaper, to a name per deployment, "
+            "e.g. 'staging' or 'prod'. Unset, it is derived from AIRFLOW_HOME, which every "
+            "Airflow container shares, so it cannot tell two deployments in one namespace "
+            f"apart. A deployment alone in its namespace with clusters made before this rule "
+            f"sets it to {instance!r}, the value it had, so its teardowns and reaper still "
+            "find them.")
 
 
 class ClusterBackend(abc.ABC):

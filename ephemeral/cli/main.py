@@ -549,8 +549,11 @@ def reap_cmd(
         lookup = AirflowApiLookup(airflow_url, token=os.environ.get("AIRFLOW_API_TOKEN"),
                                   username=setting("airflow_user"),
                                   password=setting("airflow_password"))
-    decisions = reap(_backend(backend), lookup=lookup, grace=grace, dry_run=dry_run,
-                     memory_file=memory_file())
+    try:
+        decisions = reap(_backend(backend), lookup=lookup, grace=grace, dry_run=dry_run,
+                         memory_file=memory_file())
+    except EphemeralError as e:  # e.g. no deployment instance set on Kubernetes
+        raise _fail(e, as_json) from e
     if as_json:
         _emit([d.__dict__ for d in decisions])
     else:

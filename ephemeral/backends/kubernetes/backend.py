@@ -32,6 +32,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ephemeral.backends.base import (
+    CREATING,
     Access,
     ClusterBackend,
     ClusterHandle,
@@ -134,7 +135,7 @@ class KubernetesBackend(ClusterBackend):
     # -- create --------------------------------------------------------------------------------
 
     def create(self, spec: ResolvedSpec, *, identity: ClusterIdentity) -> ClusterHandle:
-        require_instance(self, identity.instance, "creating a cluster")
+        require_instance(self, identity.instance, CREATING)
         base = make_handle(spec, identity, backend=self.name, endpoints=Endpoints(),
                            namespace=self.config.namespace,
                            default_spark_mode=self.config.spark_mode)
