@@ -50,9 +50,11 @@ an unreadable file is logged and treated as empty, never a reason to stop reapin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -97,7 +99,12 @@ def memory_file() -> Path:
     from ephemeral.settings import get_settings
 
     settings = get_settings()
-    return settings.home / f"reaper-seen-{settings.instance}.json"
+    path = settings.home / f"reaper-seen-{settings.instance}.json"
+    legacy = settings.home / "reaper-seen.json"  # before 2026-11-30: one for every instance
+    if not path.exists() and legacy.exists():
+        with contextlib.suppress(OSError):  # without it the rules hold, later
+            shutil.copyfile(legacy, path)
+    return path
 
 
 class FinishedMemory:

@@ -251,3 +251,18 @@ def test_instances_sharing_a_home_each_keep_their_reapers_memory(
             reap(backend, lookup=lambda _d, _r: RunInfo("failed"), grace=600,
                  now=start + timedelta(minutes=minutes), memory_file=memory_file())
     assert backend.list_owned(OwnerSelector(all_instances=True)) == []
+
+
+def test_the_memory_of_the_earlier_single_file_seeds_each_instances(
+        ephemeral_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upgrade keeps what the reaper remembered (first sightings of finished runs): a fresh
+    memory would give every orphan its grace period again."""
+    from ephemeral.reaper import memory_file
+
+    monkeypatch.setenv("EPHEMERAL_INSTANCE", "prod")
+    ephemeral_home.mkdir(parents=True, exist_ok=True)
+    legacy = ephemeral_home / "reaper-seen.json"
+    legacy.write_text('{"train\\u001frun-1": "2026-11-01T00:00:00Z"}')
+    path = memory_file()
+    assert path == ephemeral_home / "reaper-seen-prod.json"
+    assert json.loads(path.read_text()) == json.loads(legacy.read_text())
