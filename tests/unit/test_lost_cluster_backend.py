@@ -9,6 +9,7 @@ backend's view can tell a dead head from a slow one."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -140,6 +141,7 @@ def test_a_head_another_os_user_runs_is_unknown_not_gone(
 
     monkeypatch.setattr(procs, "leader_is", lambda sid, started_at: False)
     monkeypatch.setattr(psutil.Process, "environ", denied)
+    monkeypatch.setattr(procs, "_uid", lambda p: os.getuid() + 1)
     view = backend.head_view(handle)
     assert view.state is HeadState.UNKNOWN, view
     assert "cannot be read by this OS user" in view.reason

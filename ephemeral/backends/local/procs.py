@@ -182,12 +182,12 @@ def unreadable_in_session(node: NodeProcess, owner: int | None = None) -> list[p
         pass  # the leader is gone, as ray start's is once its node runs
     me = os.getuid()
     hidden = []
-    for p in psutil.process_iter(["pid", "create_time", "uids"]):
+    for p in psutil.process_iter(["pid", "create_time"]):
         try:
             if os.getsid(p.info["pid"]) != node.sid or \
                     (p.info["create_time"] or 0) < node.started_at - 1.0 or not _alive(p):
                 continue
-            uid = p.info["uids"].real
+            uid = _uid(p)
             if uid == me or (owner is not None and uid != owner):
                 continue
             p.environ()
@@ -196,6 +196,11 @@ def unreadable_in_session(node: NodeProcess, owner: int | None = None) -> list[p
         except (OSError, psutil.Error):
             continue
     return hidden
+
+
+def _uid(p: psutil.Process) -> int:
+    """The OS user a process runs as."""
+    return int(p.uids().real)
 
 
 def _has_uid(p: psutil.Process, uid: str) -> bool:
