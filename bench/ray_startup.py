@@ -47,6 +47,7 @@ import psutil
 
 from ephemeral.backends.http import get_json
 from ephemeral.backends.local import LocalBackend, procs, ray_nodes
+from ephemeral.backends.local.ray_start import AFTER_ENV
 from ephemeral.backends.local.state import PlannedNode, load
 from ephemeral.specs import ClusterIdentity, resolve
 
@@ -58,6 +59,13 @@ Transform = Callable[[Plan], Plan]
 def _with_env(extra: dict[str, str], roles: tuple[str, ...] = ("head", "worker")) -> Transform:
     def apply(plan: Plan) -> Plan:
         return [n.model_copy(update={"env": n.env | extra}) if n.role in roles else n
+                for n in plan]
+    return apply
+
+
+def _without_env(name: str) -> Transform:
+    def apply(plan: Plan) -> Plan:
+        return [n.model_copy(update={"env": {k: v for k, v in n.env.items() if k != name}})
                 for n in plan]
     return apply
 
@@ -125,6 +133,7 @@ def _compose(*fs: Transform) -> Transform:
 VARIANTS: dict[str, Transform] = {
     "ours": lambda plan: plan,
     "ray-cli": _ray_cli,
+    "no-after": _without_env(AFTER_ENV),
     "no-monitor": _with_args(["--no-monitor"], ("head",)),
     "no-metrics": _with_env({"RAY_enable_metrics_collection": "0"}),
     "no-mon-metrics": _compose(_with_args(["--no-monitor"], ("head",)),

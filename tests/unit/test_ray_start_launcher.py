@@ -55,3 +55,42 @@ def test_a_node_started_by_an_earlier_version_still_counts_as_ray_start() -> Non
     # A Spark daemon never exits while healthy: an exit is a failure.
     assert not ray_nodes.runs_ray_start(["/usr/bin/java", "-cp", "x",
                                          "org.apache.spark.deploy.worker.Worker"])
+
+
+def test_workers_wait_for_the_heads_agent_after_importing(tmp_path: Path) -> None:
+    """A worker asks the GCS for the head's raylet every 2 s once it starts asking: it waits,
+    imports done, for the head's dashboard agent to listen, then asks once."""
+    import os
+    import socket
+    import threading
+    import time
+
+    from ephemeral.backends.local import slots
+    from ephemeral.backends.local.ray_start import AFTER_ENV
+
+    spec = resolve("ray/train-gpu@1", "ci-cpu").spec
+    head, *workers = ray_nodes.plan(spec, 3, tmp_path, tmp_path / "token")  # type: ignore[arg-type]
+    assert AFTER_ENV not in head.env
+    agent = f"{head.ip}:{slots.named_port(3, 0, ray_nodes.AGENT_HTTP)}"
+    assert {w.env[AFTER_ENV] for w in workers} == {agent}
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    listener = socket.socket()
+
+    def listen_later() -> None:
+        time.sleep(2.0)
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+
+    threading.Thread(target=listen_later, daemon=True).start()
+    started = time.monotonic()
+    try:
+        done = subprocess.run([sys.executable, "-m", "ephemeral.backends.local.ray_start",
+                               "start", "--help"], capture_output=True, text=True, timeout=120,
+                              env=os.environ | {AFTER_ENV: f"127.0.0.1:{port}"})
+    finally:
+        listener.close()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert time.monotonic() - started >= 2.0

@@ -1,13 +1,16 @@
 """Ray on the local backend: the ``ray start`` command of every node, endpoints, readiness.
 
-All nodes start at once: workers wait for the head's GCS by themselves, so a cluster is ready
-in about the time of its slowest node instead of head time plus worker time. Each node has its
-own ``--temp-dir`` (two nodes sharing one hang at start) and its own 127.0.x.y address.
+All nodes start at once, through ``ray_start`` (Ray's ``ray start`` without the CLI groups a
+node never uses): workers import while the head starts, then wait for the head's dashboard
+agent and join it, so a cluster is ready in about the time of its slowest node instead of head
+time plus worker time. Each node has its own ``--temp-dir`` (two nodes sharing one hang at
+start) and its own 127.0.x.y address.
 
 What the start costs (bench/ray_startup.py): one chain of Python processes that each import Ray
 (head ``ray start``, GCS, dashboard, head raylet once the dashboard is up, its dashboard agent,
-then the workers' agents), CPU-bound from end to end on 2 cores. Reordering it did not help, and
-Ray 2.60 has no supported switch that removes a process without removing a capability: the
+then the workers' agents), CPU-bound from end to end on 2 cores. The ``ray`` executable's own
+imports were a second of CPU per node (``ray_start`` drops them), and Ray 2.60 has no supported
+switch that removes a process without removing a capability: the
 autoscaler monitor (``--no-monitor``) is what ``ray status`` reads, the Ray Client server has no
 off switch once ray[client] is installed, and the agents and log monitor carry the Jobs API,
 runtime envs and task prints.
@@ -29,6 +32,7 @@ from typing import Any
 from ephemeral.backends.base import ClusterStatus, Endpoints, Phase
 from ephemeral.backends.http import get_json
 from ephemeral.backends.local import slots
+from ephemeral.backends.local.ray_start import AFTER_ENV
 from ephemeral.backends.local.state import PlannedNode
 from ephemeral.specs.models import RaySpec
 from ephemeral.specs.quantities import memory_bytes
@@ -125,11 +129,13 @@ def plan(spec: RaySpec, slot: int, temp_root: Path, token_file: Path) -> list[Pl
     )
     nodes = [head]
     address = f"--address={head_ip}:{slots.named_port(slot, 0, GCS)}"
-    # Workers start with the head and wait for its GCS: Ray's default of 20 tries (~20-40 s)
-    # gives up on a busy 2-core machine ("No node info found for head node in GCS"). They look
-    # for the head's raylet every 2 s (fixed in Ray): 0-0.8 s lost, measured; starting them
-    # later instead (on the head's GCS or dashboard port) moved their imports, saved nothing.
-    worker_env = env | {"RAY_NUM_REDIS_GET_RETRIES": "60"}
+    # Workers start with the head, import, then wait for its dashboard agent to listen
+    # (ray_start.AFTER_ENV): a worker asks the GCS for the head's raylet every 2 s (fixed in
+    # Ray), and asked from the start it lost 0-2 s to that poll's phase. Ray's default of 20
+    # tries (~20-40 s) gives up on a busy 2-core machine ("No node info found for head node
+    # in GCS").
+    worker_env = env | {"RAY_NUM_REDIS_GET_RETRIES": "60",
+                        AFTER_ENV: f"{head_ip}:{slots.named_port(slot, 0, AGENT_HTTP)}"}
     for group in spec.worker_groups:
         for i in range(group.replicas):
             n = len(nodes)

@@ -12,11 +12,33 @@ and import whatever they need.
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
+import time
 
 # Imported by ray.scripts.scripts only to add ``ray serve``, ``ray list/get/summary/logs`` and
 # ``ray job`` to the CLI.
 UNUSED = ("ray.serve", "ray.util.state.state_cli", "ray.dashboard.modules.job.cli")
+AFTER_ENV = "EPHEMERAL_RAY_START_AFTER"
+"""``host:port`` a worker's ``ray start`` waits for, once imported: the head's dashboard agent.
+
+A worker's ``ray start`` asks the GCS for the head node every 2 s until the head's raylet has
+registered, which it does once its dashboard agent listens. Started with the head, a worker
+lost 0-2 s to that poll's phase (bench/ray_startup.py); waiting here, after the imports, it
+asks once, just after the head registered."""
+AFTER_TIMEOUT = 120.0  # then Ray's own retries take over
+
+
+def _await(address: str) -> None:
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + AFTER_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, int(port)), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
 
 
 def main(argv: list[str]) -> None:
@@ -25,6 +47,8 @@ def main(argv: list[str]) -> None:
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]  # None: "not installed"
     from ray.scripts.scripts import cli
 
+    if after := os.environ.pop(AFTER_ENV, None):  # not for the processes ray start launches
+        _await(after)
     cli.main(args=argv, prog_name="ray")
 
 
