@@ -203,6 +203,12 @@ def test_a_spark_daemon_never_takes_a_port_outside_its_own() -> None:
     daemons = [n for n in nodes if n.role in ("master", "worker")]
     assert len(daemons) == 3
     assert all("-Dspark.port.maxRetries=0" in n.env["SPARK_DAEMON_JAVA_OPTS"] for n in daemons)
+    connect = spark_nodes.plan(resolve("spark/etl@1", "ci-cpu", {"connect": True}).spec, 0,  # type: ignore[arg-type]
+                               Path("/tmp/w"), auth_props=Path("/tmp/a"),
+                               connect_props=Path("/tmp/c"))[-1]
+    assert connect.role == "connect"
+    assert "spark.port.maxRetries=0" in connect.argv
+    assert not [a for a in connect.argv if a.startswith("spark.blockManager.port=")]
 
 
 # A non-root user creates (in a process that exits, like `ephemeral up`) and deletes its own

@@ -134,8 +134,12 @@ def plan(spec: SparkSpec, slot: int, work_root: Path, *, auth_props: Path,
             "spark.driver.host": ip,
             "spark.driver.bindAddress": ip,
             "spark.driver.port": str(slots.named_port(slot, n, DRIVER)),
-            "spark.blockManager.port": str(slots.named_port(slot, n, BLOCK_MANAGER)),
+            # The driver's own: spark.blockManager.port would also pin every executor.
+            "spark.driver.blockManager.port": str(slots.named_port(slot, n, BLOCK_MANAGER)),
             "spark.ui.port": str(slots.named_port(slot, n, CONNECT_UI)),
+            # The ports above are the slot's: one taken fails the server, as for the daemons,
+            # rather than moving it onto another node's or slot's (executors bind port 0).
+            "spark.port.maxRetries": "0",
             # One executor per worker, sized to it; released when idle so that applications
             # submitted to the master (spark-submit) get the workers too.
             "spark.executor.cores": str(w.cores),
