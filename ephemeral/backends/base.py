@@ -320,20 +320,19 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-CREATING = "creating a cluster"  # the action require_instance names for a create
-
-
-def require_instance(backend: ClusterBackend, instance: str, action: str) -> None:
+def require_instance(backend: ClusterBackend, instance: str, action: str, *,
+                     by_connection: bool = False) -> None:
     """Refuses ``action`` as ``instance`` on a ``shared_home`` backend when nobody set the
     instance (it was derived from AIRFLOW_HOME): two deployments sharing a namespace, staging
     and prod with the same DAGs, would then give a run's cluster the same name and labels, and
-    each would adopt, reap and delete the other's. Deleting one known cluster stays allowed."""
+    each would adopt, reap and delete the other's. Deleting one known cluster stays allowed.
+    ``by_connection``: a task's ephemeral connection could have given the instance too."""
     from ephemeral.settings import get_settings
 
     settings = get_settings()
     if backend.shared_home and instance == settings.instance and not settings.instance_explicit:
         where = ("EPHEMERAL_INSTANCE (or Airflow's [ephemeral] instance" +
-                 (", or the instance of the task's ephemeral connection)" if action == CREATING
+                 (", or the instance of the task's ephemeral connection)" if by_connection
                   else ")"))
         raise InstanceRequired(
             f"{action} on the {backend.name} backend needs this deployment's instance: set "

@@ -32,7 +32,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from ephemeral.backends.base import (
-    CREATING,
     Access,
     ClusterBackend,
     ClusterHandle,
@@ -135,7 +134,7 @@ class KubernetesBackend(ClusterBackend):
     # -- create --------------------------------------------------------------------------------
 
     def create(self, spec: ResolvedSpec, *, identity: ClusterIdentity) -> ClusterHandle:
-        require_instance(self, identity.instance, CREATING)
+        require_instance(self, identity.instance, "creating a cluster", by_connection=True)
         base = make_handle(spec, identity, backend=self.name, endpoints=Endpoints(),
                            namespace=self.config.namespace,
                            default_spark_mode=self.config.spark_mode)
