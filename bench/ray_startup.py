@@ -264,8 +264,8 @@ def run(backend: LocalBackend, name: str, transform: Transform,
         ray_nodes.plan = original
         keep = os.environ.get("RAY_STARTUP_KEEP_LOGS")
         state = load(backend.home / "clusters" / identity.name)
-        if keep and state and state.ray_temp_root:
-            shutil.copytree(state.ray_temp_root, Path(keep) / f"{name}-{int(time.time())}",
+        if keep and state and state.temp_root:
+            shutil.copytree(state.temp_root, Path(keep) / f"{name}-{int(time.time())}",
                             ignore=shutil.ignore_patterns("*.sock", "sockets", "*.so"),
                             dirs_exist_ok=True, symlinks=True)
         backend.delete(identity, wait=True)

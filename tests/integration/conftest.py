@@ -57,12 +57,16 @@ def shared_cluster(tmp_path_factory: pytest.TempPathFactory, ref: str, name: str
         yield backend, handle
     finally:
         sids = sessions_alive(backend, handle.name) if handle is not None else []
+        state = load(home / "clusters" / handle.name) if handle is not None else None
         for h in backend.list_owned():
             backend.delete(h, wait=True)
         if handle is not None:
             assert backend.pids(handle.name) == []
             assert no_process_in(sids), f"a process of the shared {ref} cluster is left"
             assert not (home / "clusters" / handle.name).exists()
+            assert state is not None
+            assert state.temp_root
+            assert not Path(state.temp_root).exists(), "its temporary folder is left"
         # This home's processes only (each carries its cluster folder in its environment),
         # Ray Serve's actors included: other agents start engines on this machine meanwhile.
         assert cluster_processes(home) == {}, f"processes of the shared {ref} cluster left behind"

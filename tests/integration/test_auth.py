@@ -157,7 +157,7 @@ def test_ray_refuses_calls_without_the_token_and_jobs_get_only_the_allow_list(
     assert token not in (cdir / "state.json").read_text()
     assert token not in logs
     assert [f.name for f in files_containing(cdir, token)] == [cluster_secrets.RAY_TOKEN]
-    assert files_containing(Path(state.ray_temp_root or "/nonexistent"), token) == []
+    assert files_containing(Path(state.temp_root or "/nonexistent"), token) == []
     assert cmdlines_containing(local_backend, handle.name, token) == []
     for pid in local_backend.pids(handle.name):
         try:

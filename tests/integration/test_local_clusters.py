@@ -15,7 +15,7 @@ import pytest
 from ephemeral.backends.base import ClusterHandle
 from ephemeral.backends.local import LocalBackend, ray_nodes
 from ephemeral.backends.local import secrets as cluster_secrets
-from ephemeral.backends.local.backend import load
+from ephemeral.backends.local.backend import load, node_tmp
 from ephemeral.backends.local.spark_nodes import spark_home
 from ephemeral.errors import ClusterFailed
 from ephemeral.jobs.spark_jobs import CONNECT_MODE_VARS
@@ -56,6 +56,14 @@ def test_ray_head_and_two_workers_on_distinct_ips(
                      env=ray_nodes.auth_env(token_file))
     assert out["nodes"] == expected_ips
     assert out["ran_on"] == expected_ips  # a task really ran on each of the three nodes
+    # What a job leaves in its temporary folder (a killed process never cleans up) is in the
+    # cluster's temp root: the package's deletion check sees it go with the cluster.
+    state = load(local_backend.home / "clusters" / handle.name)
+    assert state is not None
+    assert state.temp_root
+    for left in out["left"]:
+        assert Path(left).parent == node_tmp(state.temp_root), left
+        assert Path(left).is_dir(), left
     assert local_backend.pids(handle.name)
 
 
@@ -89,6 +97,10 @@ def test_spark_master_two_workers_and_connect(local_backend: LocalBackend) -> No
     assert out["sum"] == 500500
     assert out["ran_on"] == worker_ips  # tasks ran on both workers
     assert set(worker_ips) <= set(out["executor_hosts"])
+    state = load(local_backend.home / "clusters" / result.handle.name)
+    assert state is not None
+    assert state.temp_root
+    assert out["task_tmp"] == [str(node_tmp(state.temp_root))]  # PySpark's workers' TMPDIR
 
     token = local_backend.spark_auth(result.handle).connect_token or ""
     session = run_script(str(SCRIPTS / "spark_connect_session.py"), ep.spark_connect,
@@ -113,6 +125,7 @@ def test_spark_master_two_workers_and_connect(local_backend: LocalBackend) -> No
     local_backend.delete(result.handle, wait=True)
     assert no_process_in(sids)
     assert not cdir.exists()
+    assert not Path(state.temp_root).exists()
 
 
 def test_two_clusters_side_by_side(local_backend: LocalBackend) -> None:

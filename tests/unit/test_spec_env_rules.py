@@ -4,6 +4,7 @@ sets the markers teardown relies on after the spec's variables, whatever a spec 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -65,14 +66,20 @@ def test_ordinary_names_and_sources_still_validate() -> None:
                                                       "RAY_DEDUP_LOGS"]
 
 
-def test_local_env_sets_the_cluster_markers_after_the_spec_variables() -> None:
-    """Even a spec that got past validation (constructed in code) cannot move the markers."""
+def test_local_env_sets_the_cluster_markers_after_the_spec_variables(tmp_path: Path) -> None:
+    """Even a spec that got past validation (constructed in code) cannot move the markers.
+    The cluster's TMPDIR is a default a spec's own may replace (its files are then its own)."""
     spec = parse_spec(ray([]), "envs.yaml").model_copy(update={
         "runtime_env": RuntimeEnv.model_construct(env=[
             EnvVar.model_construct(name=procs.UID_ENV, value="my-own-id"),
             EnvVar.model_construct(name="EPHEMERAL_CLUSTER_NAME", value="someone-else"),
             EnvVar.model_construct(name="DECLARED", value="kept")])})
-    env = LocalBackend._env(spec, "uid-of-the-cluster", name="eph-envs-0123456789")
+    env = LocalBackend._env(spec, "uid-of-the-cluster", name="eph-envs-0123456789",
+                            tmp=tmp_path)
     assert env[procs.UID_ENV] == "uid-of-the-cluster"
     assert env["EPHEMERAL_CLUSTER_NAME"] == "eph-envs-0123456789"
     assert env["DECLARED"] == "kept"
+    assert env["TMPDIR"] == str(tmp_path)
+    scratch = spec.model_copy(update={"runtime_env": RuntimeEnv.model_construct(env=[
+        EnvVar.model_construct(name="TMPDIR", value="/scratch")])})
+    assert LocalBackend._env(scratch, "u", name="n", tmp=tmp_path)["TMPDIR"] == "/scratch"

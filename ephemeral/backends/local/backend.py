@@ -124,6 +124,11 @@ def _missing_sources(s: RaySpec) -> list[tuple[str, str]]:
     return out
 
 
+def node_tmp(temp_root: Path | str) -> Path:
+    """``TMPDIR`` of a cluster's nodes and everything they start, inside its temp root."""
+    return Path(temp_root) / "tmp"
+
+
 def _child(folder: Path, name: str) -> Path:
     """``folder / name``, refused unless that is a direct child of ``folder``. Names are
     checked cluster names (``ClusterBackend.target_name``); this keeps even one that skipped
@@ -211,9 +216,12 @@ class LocalBackend(ClusterBackend):
     def _start(self, spec: ResolvedSpec, identity: ClusterIdentity, cdir: Path,
                slot: int) -> ClusterHandle:
         s = spec.spec
-        temp_root: Path | None = None
+        # The cluster's folder in the runtime folder: Ray's per-node --temp-dir and every
+        # node's TMPDIR (tempfile, multiprocessing and torchrun in jobs, PySpark's workers).
+        # Killed processes never clean up /tmp; this folder goes with the cluster, and its
+        # short path fits the Unix sockets made in it.
+        temp_root = slots.runtime_dir() / f"r{slot}-{uuid.uuid4().hex[:6]}"
         if isinstance(s, RaySpec):
-            temp_root = slots.runtime_dir() / f"r{slot}-{uuid.uuid4().hex[:6]}"
             ep = ray_nodes.endpoints(slot)
             planned = ray_nodes.plan(s, slot, temp_root, secrets.create_ray(cdir))
         else:
@@ -225,9 +233,11 @@ class LocalBackend(ClusterBackend):
         handle = make_handle(spec, identity, backend=self.name, endpoints=ep)
         uid = uuid.uuid4().hex
         state = ClusterState(handle=handle, uid=uid, slot=slot, plan=planned,
-                             ray_temp_root=str(temp_root) if temp_root else None)
+                             temp_root=str(temp_root))
         save(cdir, state)  # before any process exists, so a crash from here on is findable
-        base_env = self._env(s, uid, name=handle.name) | {procs.DIR_ENV: str(cdir)}
+        node_tmp(temp_root).mkdir(mode=0o700, parents=True, exist_ok=True)
+        base_env = self._env(s, uid, name=handle.name, tmp=node_tmp(temp_root)) | {
+            procs.DIR_ENV: str(cdir)}
         base_env.pop("RAY_AUTH_TOKEN", None)  # would override the cluster's own token file
         for node in planned:
             env = base_env | node.env
@@ -238,9 +248,10 @@ class LocalBackend(ClusterBackend):
         return handle
 
     @staticmethod
-    def _env(s: RaySpec | SparkSpec, uid: str, *, name: str) -> dict[str, str]:
+    def _env(s: RaySpec | SparkSpec, uid: str, *, name: str, tmp: Path) -> dict[str, str]:
         env = job_environ()
         env |= {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1",
+                "TMPDIR": str(tmp),  # a spec's runtimeEnv may name its own
                 # `python` in a job's entrypoint is this environment's, as it is the image's
                 # own python on Kubernetes.
                 "PATH": os.pathsep.join([str(Path(sys.executable).parent),
@@ -374,8 +385,8 @@ class LocalBackend(ClusterBackend):
                                              for p in procs.unreadable_in_session(n, owner))]
         if left:
             raise TeardownIncomplete(name, left)
-        if state.ray_temp_root:
-            shutil.rmtree(state.ray_temp_root, ignore_errors=True)
+        if state.temp_root:
+            shutil.rmtree(state.temp_root, ignore_errors=True)
         _release(cdir, state.slot)
         shutil.rmtree(cdir, ignore_errors=True)
 

@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from ephemeral.backends.base import ClusterHandle
 from ephemeral.backends.local.procs import NodeProcess
@@ -37,7 +37,10 @@ class ClusterState(BaseModel):
     handle: ClusterHandle
     uid: str
     slot: int
-    ray_temp_root: str | None = None
+    temp_root: str | None = Field(default=None,
+                                  validation_alias=AliasChoices("temp_root", "ray_temp_root"))
+    """The cluster's folder in the runtime folder: Ray's per-node ``--temp-dir`` and every
+    node's ``TMPDIR`` (``ray_temp_root`` in states of earlier versions, Ray only)."""
     plan: list[PlannedNode]
     nodes: list[NodeProcess] = []
     deleting: bool = False

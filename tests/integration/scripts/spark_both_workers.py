@@ -2,6 +2,7 @@
 
 import json
 import os
+import tempfile
 
 from pyspark.sql import SparkSession
 
@@ -16,11 +17,13 @@ sc = spark.sparkContext
 hosts = sorted({e.host() for e in sc._jsc.sc().statusTracker().getExecutorInfos()})
 
 
-def where(_: object) -> list[str]:
-    return [os.environ.get("SPARK_LOCAL_IP", "?")]
+def where(_: object) -> list[tuple[str, str]]:
+    return [(os.environ.get("SPARK_LOCAL_IP", "?"), tempfile.gettempdir())]
 
 
-ran_on = sorted(set(sc.parallelize(range(64), 16).mapPartitions(where).collect()))
+seen = sc.parallelize(range(64), 16).mapPartitions(where).collect()
+ran_on = sorted({ip for ip, _ in seen})
 total = sc.parallelize(range(1, 1001), 8).sum()
-print(json.dumps({"executor_hosts": hosts, "ran_on": ran_on, "sum": total}))
+print(json.dumps({"executor_hosts": hosts, "ran_on": ran_on, "sum": total,
+                  "task_tmp": sorted({tmp for _, tmp in seen})}))
 spark.stop()
