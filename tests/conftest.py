@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
+import shutil
 import signal
 import tempfile
 from collections.abc import Generator, Iterator
@@ -19,6 +21,7 @@ from ephemeral.specs import ClusterIdentity, ResolvedSpec, resolve
 # Airflow reads its configuration when first imported: point it at a throwaway home before any
 # test module imports it. DAG files of the tests live in tests/airflow/dags.
 _AIRFLOW_HOME = tempfile.mkdtemp(prefix="ephemeral-airflow-")
+atexit.register(shutil.rmtree, _AIRFLOW_HOME, ignore_errors=True)  # each run left one in /tmp
 os.environ.setdefault("AIRFLOW_HOME", _AIRFLOW_HOME)
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER",
                       str(Path(__file__).resolve().parent / "airflow" / "dags"))

@@ -30,7 +30,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -187,18 +186,14 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
         return _with_openlineage(conf, context, self.openlineage_inject_parent_job_info,
                                  self.openlineage_inject_transport_info)
 
-    def _env(self) -> dict[str, str]:
+    def _env_vars(self) -> dict[str, str]:
         from ephemeral.jobs.runtime_env import check_job_env
-        from ephemeral.jobs.spark_jobs import CONNECT_MODE_VARS, DRIVER_ENV
-        from ephemeral.settings import job_environ
 
         try:  # no reserved names (AIRFLOW*, EPHEMERAL_*, ...): the rule of a Ray job's env_vars
             check_job_env(self.env_vars, f"task {self.task_id}", field="env_vars")
         except EphemeralError as err:  # before the driver starts; a retry would fail the same
             raise AirflowFailException(str(err)) from err
-        env = {k: v for k, v in job_environ().items() if k not in CONNECT_MODE_VARS}
-        return env | {"PYSPARK_PYTHON": sys.executable, **DRIVER_ENV,
-                      **{k: str(v) for k, v in (self.env_vars or {}).items()}}
+        return {k: str(v) for k, v in (self.env_vars or {}).items()}
 
     def _submit(self, context: Any, handle: ClusterHandle) -> JobResult:
         from ephemeral.jobs.results import RESULT_FILE_ENV, parse_result_line, read_result_file
@@ -206,6 +201,7 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
             _SPARK_INFO,
             _auth_properties,
             _private_dir,
+            driver_environ,
             spark_auth_for,
             spark_submit_bin,
         )
@@ -219,8 +215,9 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
         _mask(auth.secret)
         master = str(handle.endpoints.spark_master)
         timed_out = threading.Event()
-        env = self._env()
-        with _private_dir() as private:  # the auth file and the result file; removed after
+        env_vars = self._env_vars()
+        with _private_dir() as private:  # the auth, result and temporary files; removed after
+            env = driver_environ(private, env_vars)
             result_file = private / "result.json"
             env[RESULT_FILE_ENV] = str(result_file)
             hook = ClusterSparkSubmitHook(

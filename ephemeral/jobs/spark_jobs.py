@@ -108,6 +108,24 @@ def _private_dir() -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def driver_environ(private: Path, env: Mapping[str, str] | None) -> dict[str, str]:
+    """The environment of a driver started on this host (``spark_submit`` and the Airflow
+    operator): ``job_environ()`` without Spark Connect's mode variables, this Python for
+    PySpark, ``DRIVER_ENV``, its temporary files in ``private``, then the caller's ``env``.
+
+    spark-submit's own folders, the block manager's and Python's temporary files go to
+    ``private``, which the caller removes once the driver has ended: a killed driver never
+    cleans up /tmp. A ``SPARK_SUBMIT_OPTS`` in ``env`` comes after ours, so its options win."""
+    env = dict(env or {})
+    tmp = private / "tmp"
+    tmp.mkdir(exist_ok=True)
+    own = {"TMPDIR": str(tmp), "SPARK_LOCAL_DIRS": str(private / "local"),
+           "SPARK_SUBMIT_OPTS": f"-Djava.io.tmpdir={tmp} {env.pop('SPARK_SUBMIT_OPTS', '')}"
+                                .strip()}
+    base = {k: v for k, v in job_environ().items() if k not in CONNECT_MODE_VARS}
+    return base | {"PYSPARK_PYTHON": sys.executable, **DRIVER_ENV, **own, **env}
+
+
 def _auth_properties(folder: Path, auth: SparkAuth | None) -> list[str]:
     """spark-submit arguments that authenticate the driver: a 0600 properties file in
     ``folder`` (private, removed when the driver has ended)."""
@@ -160,9 +178,8 @@ def spark_submit(
     settings = driver_conf(master) | dict(conf or {})
     for key, value in settings.items():
         argv += ["--conf", f"{key}={value}"]
-    run_env = {k: v for k, v in job_environ().items() if k not in CONNECT_MODE_VARS}
-    run_env |= {"PYSPARK_PYTHON": sys.executable, **DRIVER_ENV, **(env or {})}
     with _private_dir() as private:  # removed once the driver ended
+        run_env = driver_environ(private, env)
         # The driver runs here (client mode): it writes its result to a file of ours. Its
         # output is no channel for it: spark-submit copies the driver's stdout into the JVM's
         # in 1 KiB chunks, merged with the JVM's own log4j lines, and Python writes a line and

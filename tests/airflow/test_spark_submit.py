@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import os
 import textwrap
 import time
@@ -35,6 +36,11 @@ APP = textwrap.dedent('''
     secret = spark.sparkContext.getConf().get("spark.authenticate.secret", "")
     argv = open(f"/proc/{os.getppid()}/cmdline", "rb").read().decode(errors="replace")
     if mode == "sleep":
+        from pyspark import SparkFiles
+        import tempfile
+        with open(pid_file + ".tmp.json", "w") as fh:  # where its temporary files go
+            json.dump({"python": tempfile.gettempdir(), "files": SparkFiles.getRootDirectory(),
+                       "jvm": spark._jvm.java.lang.System.getProperty("java.io.tmpdir")}, fh)
         time.sleep(600)
     if mode == "fail":
         print("the application says why it failed", flush=True)
@@ -224,6 +230,14 @@ def test_the_job_timeout_stops_the_drivers_whole_session(app: Path) -> None:
     assert time.monotonic() - started < 80
     pid = int((app / "sleep.pid").read_text())  # the Python driver, a child of the JVM
     assert _gone(pid), "the driver's Python process outlived the timeout"
+    # Killed, the driver cleaned up none of its temporary files: they were all in its run's
+    # private folder, which went with it (not in /tmp).
+    where = json.loads((app / "sleep.pid.tmp.json").read_text())
+    private = Path(where["python"]).parent
+    assert private.name.startswith("ephemeral-spark-submit-"), where
+    assert Path(where["jvm"]) == Path(where["python"])
+    assert Path(where["files"]).is_relative_to(private / "local"), where
+    assert not private.exists()
 
 
 @pytest.mark.parametrize("side", ["record", "xcom"])

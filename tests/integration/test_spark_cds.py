@@ -152,3 +152,15 @@ def test_an_archive_others_can_write_is_not_used(
     path.chmod(0o644)
     folder.chmod(0o777)
     assert jvm_share.java_options("worker") == ""
+
+
+def test_recording_keeps_the_jvms_temporary_files_in_its_folder(tmp_path: Path) -> None:
+    """The recording's master, worker and driver are killed, so their shutdown hooks never
+    remove their temporary folders: those are in the recording's own folder, which ``build``
+    removes, not in /tmp (every ``make setup`` and CI run left some there)."""
+    work = tmp_path / "rec"
+    lists = jvm_share.record(work)
+    assert all(classlist.stat().st_size > 0 for classlist, _ in lists.values())
+    assert list((work / "local").glob("spark-*")), "the worker's local folder is elsewhere"
+    for _, log in lists.values():
+        assert f"-Djava.io.tmpdir={work / 'tmp'}" in log.read_text()

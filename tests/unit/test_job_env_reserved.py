@@ -8,6 +8,7 @@ EPHEMERAL_ARTIFACT_ROOT stays, and a job may still set it."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -189,14 +190,21 @@ def test_spark_env_vars_follow_the_same_rule_before_the_driver_starts(
 
 
 def test_spark_env_vars_may_set_ordinary_names_and_the_artifact_root(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from ephemeral.jobs.spark_jobs import driver_environ
+
     monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", "file:///tmp/artifacts")
-    env = _spark_operator({"MY_FLAG": "1", "SPARK_LAUNCHER_OPTS": "-Xmx1g",
-                           "EPHEMERAL_ARTIFACT_ROOT": "file:///mine"})._env()
+    env = driver_environ(tmp_path, _spark_operator({
+        "MY_FLAG": "1", "SPARK_LAUNCHER_OPTS": "-Xmx1g", "SPARK_SUBMIT_OPTS": "-Dmine=1",
+        "EPHEMERAL_ARTIFACT_ROOT": "file:///mine"})._env_vars())
     assert env["MY_FLAG"] == "1"
     assert env["SPARK_LAUNCHER_OPTS"] == "-Xmx1g"
     assert env["EPHEMERAL_ARTIFACT_ROOT"] == "file:///mine"
-    assert "EPHEMERAL_ARTIFACT_ROOT" in _spark_operator({})._env()
+    assert "EPHEMERAL_ARTIFACT_ROOT" in driver_environ(tmp_path, _spark_operator({})._env_vars())
+    # The driver's temporary files in its run's folder; the task's own options after ours.
+    assert env["TMPDIR"] == str(tmp_path / "tmp")
+    assert env["SPARK_LOCAL_DIRS"] == str(tmp_path / "local")
+    assert env["SPARK_SUBMIT_OPTS"] == f"-Djava.io.tmpdir={tmp_path / 'tmp'} -Dmine=1"
 
 
 @pytest.mark.parametrize("runtime_env", [

@@ -176,11 +176,16 @@ def record(work: Path, *, timeout: float = 180.0) -> dict[str, tuple[Path, Path]
     base = {**job_environ(), "SPARK_HOME": str(home), "SPARK_NO_DAEMONIZE": "1",
             "SPARK_PRINT_LAUNCH_COMMAND": "1", "SPARK_LOCAL_IP": "127.0.0.1",
             "SPARK_LOG_DIR": str(work / "logs"), "PYSPARK_PYTHON": sys.executable,
-            "SPARK_MASTER_OPTS": "-Dspark.master.rest.enabled=false"}
+            "SPARK_MASTER_OPTS": "-Dspark.master.rest.enabled=false",
+            # Killed at the end, the JVMs never clean up their temporary folders: all in
+            # ``work``, which the caller removes.
+            "SPARK_LOCAL_DIRS": str(work / "local"), "TMPDIR": str(work / "tmp")}
+    (work / "tmp").mkdir(exist_ok=True)
     from ephemeral.jobs.spark_jobs import FAST_START_JVM
 
     def opts(role: str) -> str:
-        return f"{FAST_START_JVM} -XX:DumpLoadedClassList={lists[role][0]}"
+        return (f"{FAST_START_JVM} -Djava.io.tmpdir={work / 'tmp'} "
+                f"-XX:DumpLoadedClassList={lists[role][0]}")
 
     spark_class = str(home / "bin" / "spark-class")
     app = work / "app.py"
