@@ -64,8 +64,10 @@ OPTIONS: tuple[Option, ...] = (
            "checkout, else of the working directory.", example="/opt/airflow/cluster_specs"),
     Option("default_ttl", "Lifetime in seconds after which the reaper may delete a cluster "
            "whose spec sets no ``ttl``.", type="integer", default="21600", example="3600"),
-    Option("runtime_dir", "Short folder of the local backend's slot claims and Ray's "
-           "temporary folders (Ray's socket paths must stay under 108 bytes). Used as it is "
+    Option("runtime_dir", "Short folder of the local backend's slot claims and each "
+           "cluster's temporary folders (Ray's, and the ``TMPDIR`` of its nodes and jobs: a "
+           "tmpfs must have room for what jobs write there; Ray's socket paths must stay under "
+           "108 bytes). Used as it is "
            "when this OS user owns it; a shared one gets an ``ephemeral-<uid>`` folder (0700) "
            "inside. Unset: ``$TMPDIR/ephemeral-<uid>`` (0700; refused when another user made "
            "it).",
