@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from ephemeral.backends.base import NodeGroup
 from ephemeral.report.costs import Price
@@ -48,12 +48,22 @@ class JobFacts(_Model):
     """Wall time as the job's task measured it (its result's ``seconds``); ``wall`` prefers
     the engine's start and end."""
     uris: dict[str, str] = {}
-    """The job's result URIs (artifacts, metrics) from its result line."""
+    """The job's result URIs (artifacts, metrics) from its result line, credentials masked."""
     source: str = "xcom"
     """Where the times come from: ``ray jobs api``, ``spark master`` or ``xcom``."""
     submitted: float | None = None
     """When the job's task handed it over (a spark-submit driver started), where the engine's
     ``start`` is later: the gap is counted as idle, between jobs."""
+
+    @field_validator("uris")
+    @classmethod
+    def _masked(cls, uris: dict[str, str]) -> dict[str, str]:
+        """A job may name its outputs with credentials in them (``s3://KEY:SECRET@bucket``,
+        a signed URL's query): the report, its page, the CLI and notifications show them
+        masked, whichever writer built the facts."""
+        from ephemeral.specs.pip_credentials import masked_uri
+
+        return {key: masked_uri(uri) for key, uri in uris.items()}
 
     @property
     def wall(self) -> float:
@@ -156,10 +166,14 @@ def summarize(f: ClusterFacts) -> dict[str, Any]:
     end = f.deleted if f.deleted is not None else max(f.recorded_at, f.teardown_started)
     end = max(end, f.created)
     lifetime = max(end - f.created, 0.0)
-    ready = min(max(f.ready if f.ready is not None else f.created, f.created), end)
+    timed = [(j.start, j.end) for j in f.jobs if j.start is not None and j.end is not None]
+    # Never seen ready (a setup that timed out waiting for its nodes): it was starting until
+    # its first job began, else until its teardown, not idle between jobs.
+    seen_ready = f.ready if f.ready is not None else min(
+        [start for start, _ in timed] + [f.teardown_started])
+    ready = min(max(seen_ready, f.created), end)
     stop = min(max(f.teardown_started, ready), end)
     starting, deleting = ready - f.created, end - stop
-    timed = [(j.start, j.end) for j in f.jobs if j.start is not None and j.end is not None]
     busy = busy_seconds(timed, ready, stop)
     # Jobs with a duration and no times (the engine did not say when) fill the gaps.
     busy += sum(j.wall for j in f.jobs if j.start is None or j.end is None)
@@ -186,6 +200,35 @@ def summarize(f: ClusterFacts) -> dict[str, Any]:
         "currency": f.currency if money is not None else None,
         "jobs": [{**j.model_dump(), "wall_s": round(j.wall, 3)} for j in f.jobs],
     }
+
+
+def merge_life(old: ClusterFacts, new: ClusterFacts) -> ClusterFacts:
+    """Two writers' facts of one cluster life (a teardown, then the reaper or run-end after
+    it failed; a teardown's retry): what either saw is kept. Jobs are joined by id (a job's
+    times from whichever had them, its task and URIs from either); the deletion started at
+    the earliest and ended at the latest; the newest says how it ended."""
+    jobs: dict[str, JobFacts] = {j.job_id: j for j in old.jobs}
+    for j in new.jobs:
+        seen = jobs.get(j.job_id)
+        if seen is None:
+            jobs[j.job_id] = j
+            continue
+        timed, other = (j, seen) if j.start is not None else (seen, j)
+        jobs[j.job_id] = timed.model_copy(update={
+            "task": timed.task or other.task, "uris": other.uris | timed.uris,
+            "seconds": timed.seconds if timed.seconds is not None else other.seconds,
+            "submitted": timed.submitted if timed.submitted is not None else other.submitted})
+    ends = [d for d in (old.deleted, new.deleted) if d is not None]
+    readies = [r for r in (old.ready, new.ready) if r is not None]
+    return new.model_copy(update={
+        "jobs": list(jobs.values()),
+        "ready": min(readies) if readies else None,
+        "teardown_started": min(old.teardown_started, new.teardown_started),
+        "deleted": max(ends) if ends else None,
+        "setup_task": new.setup_task or old.setup_task,
+        "teardown_task": new.teardown_task or old.teardown_task,
+        "released_by": new.released_by or old.released_by,
+        "price": new.price or old.price, "currency": new.currency or old.currency})
 
 
 def _one_per_life(parts: list[ClusterFacts]) -> list[ClusterFacts]:

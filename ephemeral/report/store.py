@@ -34,7 +34,7 @@ from pydantic import BaseModel, ValidationError
 from ephemeral.jobs import artifacts
 from ephemeral.jobs.artifacts import run_slug
 from ephemeral.report.html import render_html
-from ephemeral.report.model import ClusterFacts, Ready, Release, build_report
+from ephemeral.report.model import ClusterFacts, Ready, Release, build_report, merge_life
 from ephemeral.settings import setting
 
 log = logging.getLogger(__name__)
@@ -213,6 +213,12 @@ def record(parts: list[ClusterFacts], *, rounds: int = 5) -> dict[str, Any]:
         raise ValueError("record() needs at least one cluster's facts")
     dag_id, run_id = parts[0].dag_id, parts[0].run_id
     for part in parts:
+        # A later writer of the same life (the reaper or run-end after a failed teardown, a
+        # teardown's retry) adds to what the first saw, never erases it.
+        earlier = _record(_part_uri(part), ClusterFacts, "report part")
+        if earlier is not None and (earlier.name, earlier.created_at) == (part.name,
+                                                                          part.created_at):
+            part = merge_life(earlier, part)
         artifacts.write_json(_part_uri(part), part.model_dump(mode="json"))
     seen: list[str] = []
     report: dict[str, Any] = {}

@@ -41,6 +41,17 @@ def masked(entry: str) -> str:
     return _USERINFO.sub(r"\g<scheme>***@", entry)
 
 
+# A signed URL's credentials: its query parameters named like one (X-Amz-Signature,
+# X-Amz-Credential, sig, token, key, ...).
+_SIGNED = re.compile(r"(?i)(?P<name>[?&][^=&#]*(?:sig|token|key|credential|secret|password|auth)"
+                     r"[^=&#]*=)[^&#]*")
+
+
+def masked_uri(uri: str) -> str:
+    """``uri`` with its URL user-info and its signed-URL query values replaced by ``***``."""
+    return _SIGNED.sub(r"\g<name>***", masked(uri))
+
+
 def _secret(match: re.Match[str]) -> bool:
     """An ssh URL's bare user name (``git+ssh://git@github.com``) is no secret, its key is
     elsewhere; any password, and any user-info of another scheme (a token as the user name of

@@ -316,3 +316,61 @@ def test_ephemeral_report_prints_the_run_and_names_a_bad_html_path(
     assert run.exit_code != 0
     assert f"--html {bad}: cannot write it" in run.output
     assert "Traceback" not in run.output
+
+
+def test_a_cluster_never_seen_ready_was_starting_until_its_first_job_or_teardown() -> None:
+    """A setup that timed out waiting for its nodes: its life is starting, not idle between
+    jobs; a job that did run on it marks the latest it can have become ready."""
+    c = summarize(facts(ready=None, jobs=[]))
+    assert (c["starting_s"], c["between_jobs_s"], c["deleting_s"]) == (90, 0, 10)
+    c = summarize(facts(ready=None))
+    assert c["starting_s"] == 20  # the first job began 20 s in
+    assert c["busy_s"] == 40
+    assert parts_add_up(c) == pytest.approx(c["lifetime_s"])
+
+
+def test_credentials_in_a_jobs_uris_are_masked_in_the_report_and_its_page() -> None:
+    job = JobFacts(job_id="a", engine="ray", start=T0 + 20, end=T0 + 50, uris={
+        "artifact_uri": "s3://AKIAEXAMPLE:verysecret@bucket/model.pt",
+        "metrics_uri": "https://user:tok@host/m.json?a=1&X-Amz-Signature=abc123&b=2",
+        "plain_uri": "file:///m.pt"})
+    report = build_report("d", "r", [facts(jobs=[job])])
+    page = render_html(report)
+    for secret in ("AKIAEXAMPLE", "verysecret", "tok@", "abc123"):
+        assert secret not in page
+        assert secret not in str(report)
+    assert report["jobs"][0]["uris"] == {
+        "artifact_uri": "s3://***@bucket/model.pt",
+        "metrics_uri": "https://***@host/m.json?a=1&X-Amz-Signature=***&b=2",
+        "plain_uri": "file:///m.pt"}
+
+
+def test_a_later_writer_of_a_cluster_life_adds_to_its_part_and_never_erases_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A teardown that failed to delete, then the reaper (which lists no jobs once the
+    cluster's engine is unreachable): the report keeps the teardown's jobs and moments and
+    takes the reaper's deletion."""
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", str(tmp_path / "art"))
+    run = "manual__2026-01-01T00:00:00+00:00"
+    first = facts("a", deleted=None, deletion="incomplete: head pod left")
+    first = first.model_copy(update={"created_at": "2026-01-01T00:00:00+00:00",
+                                     "teardown_task": "delete_ray"})
+    record([first])
+    reaped = first.model_copy(update={
+        "jobs": [JobFacts(job_id="a", engine="ray", task=None, status="SUCCEEDED",
+                          seconds=30.0, uris={"log_uri": "file:///log"})],
+        "teardown_started": T0 + 300, "deleted": T0 + 310, "deletion": "complete",
+        "teardown_task": None, "released_by": "reaper", "ready": None})
+    report = record([reaped])
+    (c,) = report["clusters"]
+    assert [j["job_id"] for j in c["jobs"]] == ["a", "b"]
+    a = c["jobs"][0]
+    assert (a["start"], a["end"], a["task"]) == (T0 + 20, T0 + 50, "train.trial[0]")
+    assert a["uris"] == {"artifact_uri": "file:///m.pt", "log_uri": "file:///log"}
+    assert c["busy_s"] == 40
+    assert (c["ready"], c["teardown_started"], c["deleted"]) == (T0 + 10, T0 + 90, T0 + 310)
+    assert (c["deletion"], c["teardown_task"], c["released_by"]) == ("complete", "delete_ray",
+                                                                     "reaper")
+    loaded = load_report("d", run)
+    assert loaded is not None
+    assert loaded["clusters"] == report["clusters"]
