@@ -128,13 +128,18 @@ def record_teardown(context: Any, *, setup_task_id: str, targets: dict[str, Clus
     if not targets:
         return None
     try:
-        dag_id, run_id = context["dag"].dag_id, context["run_id"]
+        dag_id, run_id, teardown = context["dag"].dag_id, context["run_id"], this_task(context)
+        try:  # first, and apart: the report below may fail where this record must not
+            _release_deleted(dag_id, run_id, teardown, targets, engine_views, started,
+                             deleted, releases or {})
+        except Exception:
+            log.exception("could not record the deletion of %s for a later try",
+                          sorted(targets))
         url = report_url(dag_id, run_id)
         if link_key:
             context["ti"].xcom_push(key=link_key, value=url)
         job_tasks = finished_job_tasks(context)
         results = job_results(context, job_tasks)
-        teardown = this_task(context)
         parts = []
         for name, handle in sorted(targets.items()):
             rel = (releases or {}).get(name)
@@ -143,7 +148,8 @@ def record_teardown(context: Any, *, setup_task_id: str, targets: dict[str, Clus
                 teardown_task=teardown,
                 started=rel.teardown_started if rel else started,
                 deleted=rel.deleted if rel else deleted.get(name),
-                deletion=failures.get(name, "complete"), released_by=rel.task if rel else None,
+                deletion=failures.get(name, "complete"),
+                released_by=rel.task if rel and rel.task != teardown else None,
                 jobs=jobs_of(context, name, rel.jobs if rel else engine_views.get(name),
                              results, job_tasks)))
         record(parts)
@@ -152,6 +158,24 @@ def record_teardown(context: Any, *, setup_task_id: str, targets: dict[str, Clus
     except Exception:  # the report must never hide the deletion's outcome
         log.exception("could not write the run report of %s", sorted(targets))
         return None
+
+
+def _release_deleted(dag_id: str, run_id: str, teardown: str,
+                     targets: dict[str, ClusterHandle],
+                     engine_views: dict[str, list[JobFacts] | None], started: float,
+                     deleted: dict[str, float], releases: dict[str, Release]) -> None:
+    """A release record for each cluster this teardown deleted, as a job task's deletion
+    writes one: a later try of the teardown (a cleared task, a worker lost after the
+    deletion) then finds it deleted in this run, with this try's moments, instead of
+    failing on a handle the backend no longer records."""
+    from ephemeral.report.store import write_release
+
+    for name, at in deleted.items():
+        if name in releases or name not in targets:
+            continue
+        write_release(dag_id, run_id, Release(
+            name=name, created_at=targets[name].created_at, task=teardown,
+            teardown_started=started, deleted=at, jobs=engine_views.get(name)))
 
 
 # --- the demo: dag.test() in this process, then the run's report --------------------------------

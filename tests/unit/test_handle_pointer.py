@@ -272,3 +272,26 @@ def test_a_job_given_a_handle_of_another_connection_than_its_setup_submits_nothi
     with pytest.raises(AirflowFailException, match="backend 'local' where create says 'fake'"):
         job.execute(context("job"))
     assert names(backend) == [mine.name]
+
+
+def test_a_teardown_tried_again_after_its_deletion_succeeds(backend: InMemoryBackend) -> None:
+    """A cleared teardown, or a retry after the worker was lost past the deletion: the cluster
+    was deleted in this run, by this teardown (its release record says so, with the first
+    try's moments for the report), so the new try succeeds: no failure, no notification."""
+    from ephemeral.airflow.release import recorded
+    from ephemeral.backends.base import ClusterHandle
+
+    mine = backend.create(SPEC, identity=ident())
+    h = mine.model_dump(mode="json")
+    assert teardown(h).execute(context()) == {"deleted": [mine.name]}
+    assert names(backend) == []
+    rel = recorded(ClusterHandle.model_validate(h), "train", RUN)
+    assert rel is not None
+    assert rel.task == "delete"
+    assert rel.deleted is not None
+    assert rel.deleted >= rel.teardown_started
+    assert teardown(h).execute(context()) == {"deleted": [mine.name]}
+    assert recorded(ClusterHandle.model_validate(h), "train", RUN) == rel  # the first try's
+    # Another cluster of the same name (a cleared run's new life) is no release of this one.
+    other = ClusterHandle.model_validate(h | {"created_at": "2026-01-02T00:00:00+00:00"})
+    assert recorded(other, "train", RUN) is None
