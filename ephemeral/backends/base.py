@@ -478,6 +478,21 @@ def make_handle(
     )
 
 
+# A Spark Connect server's executors on every backend: only while there is work, each
+# released 30 s after its last task, so that applications submitted to the master get the
+# workers too, and the cluster can be idle. Shuffle tracking alone keeps an executor that
+# holds shuffle files for good: one aggregation in a session would hold its cores (and GPUs)
+# until the cluster's deletion, and the reaper would count the cluster busy.
+EXECUTOR_IDLE = "30s"
+CONNECT_ALLOCATION = {
+    "spark.dynamicAllocation.enabled": "true",
+    "spark.dynamicAllocation.shuffleTracking.enabled": "true",
+    "spark.dynamicAllocation.minExecutors": "0",
+    "spark.dynamicAllocation.executorIdleTimeout": EXECUTOR_IDLE,
+    "spark.dynamicAllocation.shuffleTracking.timeout": "60s",
+}
+
+
 def application_conf(spec: SparkSpec) -> dict[str, str]:
     """What every application on a Spark cluster gets unless it says otherwise, as a cluster's
     spark-defaults would give it: the Connect server's and each spark-submit's through

@@ -88,7 +88,7 @@ def _processes(spec: ResolvedSpec, backend: str) -> list[str]:
 
 
 def _kubernetes(spec: ResolvedSpec, default_spark_mode: str) -> list[str]:
-    from ephemeral.backends.kubernetes.render.spark_operator import EXECUTOR_IDLE
+    from ephemeral.backends.base import EXECUTOR_IDLE
 
     s = spec.spec
     if not isinstance(s, SparkSpec) or not spark_operator_mode(spec, KUBERNETES,

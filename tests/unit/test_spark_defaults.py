@@ -113,3 +113,23 @@ def test_where_a_secret_is_and_a_credentials_provider_are_no_secrets(tmp_path: P
     path = tmp_path / "etl.yaml"
     path.write_text(yaml.safe_dump(data))
     assert load_file(path).conf == data["conf"]
+
+
+def test_every_connect_server_releases_its_executors_the_same_way(tmp_path: Path) -> None:
+    """Local, standalone on Kubernetes and the spark-operator: a Connect server's executors
+    go when idle, shuffle files or not (shuffle tracking alone kept them, and their cores and
+    GPUs, until the cluster's deletion, and the reaper counted the cluster busy)."""
+    from ephemeral.backends.base import CONNECT_ALLOCATION
+    from ephemeral.backends.kubernetes.render import spark, spark_operator
+    from ephemeral.backends.local import spark_nodes
+
+    spec = resolve("spark/etl", "ci-cpu")
+    s = spec.spec
+    assert CONNECT_ALLOCATION["spark.dynamicAllocation.shuffleTracking.timeout"] == "60s"
+    (local,) = [n for n in spark_nodes.plan(s, 3, tmp_path, auth_props=tmp_path / "a",
+                                             connect_props=tmp_path / "c")
+                if n.role == "connect"]
+    local_conf = dict(a.split("=", 1) for a in local.argv[local.argv.index("--conf") + 1::2]
+                      if "=" in a)
+    for conf in (local_conf, spark.connect_conf(s), spark_operator.spark_conf(spec, s)):
+        assert conf.items() >= CONNECT_ALLOCATION.items()

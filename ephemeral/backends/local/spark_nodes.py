@@ -18,7 +18,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ephemeral.backends.base import ClusterStatus, Endpoints, Phase, application_conf
+from ephemeral.backends.base import (
+    CONNECT_ALLOCATION,
+    ClusterStatus,
+    Endpoints,
+    Phase,
+    application_conf,
+)
 from ephemeral.backends.http import get_json
 from ephemeral.backends.local import jvm_share, slots
 from ephemeral.backends.local.state import PlannedNode
@@ -140,17 +146,10 @@ def plan(spec: SparkSpec, slot: int, work_root: Path, *, auth_props: Path,
             # The ports above are the slot's: one taken fails the server, as for the daemons,
             # rather than moving it onto another node's or slot's (executors bind port 0).
             "spark.port.maxRetries": "0",
-            # One executor per worker, sized to it; released when idle so that applications
-            # submitted to the master (spark-submit) get the workers too.
+            # One executor per worker, sized to it, only while there is work.
             "spark.executor.cores": str(w.cores),
             "spark.executor.memory": _mib(w.memory),
-            "spark.dynamicAllocation.enabled": "true",
-            "spark.dynamicAllocation.shuffleTracking.enabled": "true",
-            "spark.dynamicAllocation.minExecutors": "0",
-            "spark.dynamicAllocation.executorIdleTimeout": "30s",
-            # Shuffle tracking alone keeps an executor that holds shuffle files forever: one
-            # aggregation in a session would starve every spark-submit afterwards.
-            "spark.dynamicAllocation.shuffleTracking.timeout": "60s",
+            **CONNECT_ALLOCATION,
             "spark.sql.warehouse.dir": str(work_root / "warehouse"),
             # The Connect server is on the critical path to ready: the client compiler halves
             # its start-up CPU (measured ~45% less to the first session); a spec may override.

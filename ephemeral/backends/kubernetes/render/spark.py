@@ -16,7 +16,7 @@ each spark-submit's through the handle, as on the local backend.
 
 from __future__ import annotations
 
-from ephemeral.backends.base import ClusterHandle, Endpoints, application_conf
+from ephemeral.backends.base import CONNECT_ALLOCATION, ClusterHandle, Endpoints, application_conf
 from ephemeral.backends.kubernetes.render.common import (
     POD_IP_ENV,
     SHM_MOUNT,
@@ -192,14 +192,10 @@ def connect_conf(s: SparkSpec) -> dict[str, str]:
         "spark.connect.grpc.binding.port": str(CONNECT_PORT),
         "spark.driver.host": "$(POD_IP)",
         "spark.driver.bindAddress": "0.0.0.0",
-        # One executor per worker, sized to it; released when idle so that applications
-        # submitted to the master get the workers too.
+        # One executor per worker, sized to it, only while there is work.
         "spark.executor.cores": str(w.cores),
         "spark.executor.memory": f"{offered}m",
-        "spark.dynamicAllocation.enabled": "true",
-        "spark.dynamicAllocation.shuffleTracking.enabled": "true",
-        "spark.dynamicAllocation.minExecutors": "0",
-        "spark.dynamicAllocation.executorIdleTimeout": "30s",
+        **CONNECT_ALLOCATION,
         "spark.local.dir": f"{SCRATCH}/local",
         "spark.sql.warehouse.dir": f"{SCRATCH}/warehouse",
     }

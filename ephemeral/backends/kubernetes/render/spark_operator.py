@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 
-from ephemeral.backends.base import ClusterHandle, Endpoints
+from ephemeral.backends.base import CONNECT_ALLOCATION, ClusterHandle, Endpoints
 from ephemeral.backends.kubernetes.render.common import (
     SHM_MOUNT,
     Manifest,
@@ -50,7 +50,6 @@ API_PORTS = [CONNECT_PORT, UI_PORT]
 DRIVER_CONTAINER = "spark-kubernetes-driver"  # the container the operator fills in
 EXECUTOR_CONTAINER = "spark-kubernetes-executor"  # Spark's pod template container name
 SCRATCH = "/tmp/scratch"  # not /tmp/spark: the operator mounts the executor template there
-EXECUTOR_IDLE = "30s"
 _MIB = 2**20
 # What the operator's webhook refuses in sparkConf (internal/webhook/sparkconf_validator.go).
 DENIED_CONF = (
@@ -131,11 +130,8 @@ def spark_conf(spec: ResolvedSpec, s: SparkSpec) -> dict[str, str]:
         "spark.executor.memory": f"{heap}m",
         "spark.executor.memoryOverhead": f"{total - heap}m",
         # Executors only while there is work, at most workers.replicas of them.
-        "spark.dynamicAllocation.enabled": "true",
-        "spark.dynamicAllocation.shuffleTracking.enabled": "true",
-        "spark.dynamicAllocation.minExecutors": "0",
+        **CONNECT_ALLOCATION,
         "spark.dynamicAllocation.maxExecutors": str(w.replicas),
-        "spark.dynamicAllocation.executorIdleTimeout": EXECUTOR_IDLE,
         "spark.local.dir": f"{SCRATCH}/local",
         "spark.sql.warehouse.dir": f"{SCRATCH}/warehouse",
         "spark.ui.port": str(UI_PORT),
