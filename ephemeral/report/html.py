@@ -34,7 +34,7 @@ def _pct(value: float | None) -> str:
 
 
 def _money(value: float | None, currency: str | None) -> str:
-    return "" if value is None else f"{value:.4f} {currency or ''}".strip()
+    return "" if value is None else escape(f"{value:.4f} {currency or ''}".strip())
 
 
 def _lanes(jobs: list[dict[str, Any]]) -> list[int]:

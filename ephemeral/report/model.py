@@ -267,8 +267,10 @@ def build_report(dag_id: str, run_id: str, parts: list[ClusterFacts],
             "cpu_seconds": round(sum(c["cpu_seconds"] for c in clusters), 1),
             "memory_gib_seconds": round(sum(c["memory_gib_seconds"] for c in clusters), 1),
             "gpu_seconds": round(sum(c["gpu_seconds"] for c in clusters), 1),
-            "cost": round(sum(costs), 4) if costs else None,
-            "idle_cost": round(sum(idle_costs), 4) if idle_costs else None,
+            # Money in two currencies (the setting changed between teardowns) has no sum.
+            "cost": round(sum(costs), 4) if costs and len(currencies) == 1 else None,
+            "idle_cost": round(sum(idle_costs), 4) if idle_costs and len(currencies) == 1
+            else None,
             "currency": currencies.pop() if len(currencies) == 1 else None,
         },
     }

@@ -374,3 +374,25 @@ def test_a_later_writer_of_a_cluster_life_adds_to_its_part_and_never_erases_it(
     loaded = load_report("d", run)
     assert loaded is not None
     assert loaded["clusters"] == report["clusters"]
+
+
+def test_the_currency_is_escaped_and_two_currencies_are_not_added_up() -> None:
+    price = Price(gpu_hour=3.6)
+    usd = facts("a", price=price)
+    odd = facts("b", price=price).model_copy(update={"currency": "<i>X"})
+    report = build_report("d", "r", [usd, odd])
+    assert [c["currency"] for c in report["clusters"]] == ["USD", "<i>X"]
+    assert report["totals"]["cost"] is None
+    assert report["totals"]["currency"] is None
+    page = render_html(report)
+    assert "<i>X" not in page
+    assert "&lt;i&gt;X" in page
+    one = build_report("d", "r", [usd, facts("c", price=price)])
+    assert one["totals"]["currency"] == "USD"
+    assert one["totals"]["cost"] == pytest.approx(2 * usd_cost(usd), abs=1e-3)
+
+
+def usd_cost(f: ClusterFacts) -> float:
+    c = summarize(f)
+    assert c["cost"] is not None
+    return float(c["cost"])
