@@ -61,6 +61,8 @@ class Activity:
     """Some work cannot be seen and tells no end (Spark Connect's sessions where its UI cannot
     be reached): neither ``last_end`` nor the cluster's age says how long it has been idle, only
     the reaper's own sightings do."""
+    nodes_alive: int | None = None
+    """How many of the cluster's nodes are ALIVE (Ray's state API); None when not asked."""
 
 
 def _ms(value: Any) -> datetime | None:
@@ -97,7 +99,9 @@ def ray_activity(access: Access) -> Activity:
     what = (f"{len(running)} Ray job(s) pending or running" if running
             else "no Ray job pending or running")
     ids = [str(j.get("submission_id") or j.get("job_id")) for j in running]
-    return Activity(bool(running), what, last_end, nodes_up, ids, sightings_only=unended)
+    alive = sum(1 for n in rows or [] if isinstance(n, dict) and n.get("state") == "ALIVE")
+    return Activity(bool(running), what, last_end, nodes_up, ids, sightings_only=unended,
+                    nodes_alive=alive if rows is not None else None)
 
 
 def connect_ui(handle: ClusterHandle) -> str | None:

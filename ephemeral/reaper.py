@@ -224,20 +224,44 @@ def judge_idle(handle: ClusterHandle, activity: Activity, *, now: datetime,
         return Decision(handle.name, False, f"busy: {activity.what}")
     # Work that ended unseen: only the reaper's own sightings bound when it ended.
     unseen = first_seen if activity.sightings_only else None
-    # Nothing ran and no engine time says when it became ready: a reaper with memory counts
-    # from its first sighting of it up (all workers registered), so a slow start (GPU nodes
-    # scaling up, images pulled) is not taken for idleness; one without (the CronJob) has
-    # only the creation time.
     last_busy = memory.get(busy_key)
-    never_used = activity.last_end is None and activity.nodes_up is None and last_busy is None
+    ran = activity.last_end is not None or last_busy is not None
+    # When it became ready: its setup's record (a DAG run's cluster); else its newest node's
+    # start, and only until something ran: a node that restarts later (a preempted or
+    # crash-looping worker) is no new start of the idle clock.
+    ready = _setup_ready(handle)
+    planned = sum(g.replicas for g in handle.groups)
+    if ready is None and not ran and activity.nodes_alive is not None \
+            and activity.nodes_alive < planned:
+        # Not known ready, nothing ran, nodes missing: still starting (GPU nodes scaling up),
+        # and the newest node's start would be no readiness at all.
+        return Decision(handle.name, False, f"still starting: {activity.nodes_alive} of "
+                                            f"{planned} nodes ALIVE")
+    up = ready if ready is not None else None if ran else activity.nodes_up
+    # Nothing ran and nothing says when it became ready: a reaper with memory counts from its
+    # first sighting of it up (all workers registered), so a slow start (GPU nodes scaling
+    # up, images pulled) is not taken for idleness; one without (the CronJob) has only the
+    # creation time.
+    never_used = not ran and up is None
     seen_up = first_seen if never_used and memory.path is not None else None
-    since = max(m for m in (parse_utc(handle.created_at), activity.nodes_up, unseen, seen_up,
+    since = max(m for m in (parse_utc(handle.created_at), up, unseen, seen_up,
                             activity.last_end, last_busy) if m is not None)
     idle = int((now - since).total_seconds())  # whole seconds, as the memory file keeps times
     if timeout is not None and idle > timeout:
         return Decision(handle.name, True, f"idle for {idle}s, idleTimeout {timeout}s "
                                            f"({activity.what} since {utc_text(since)})")
     return Decision(handle.name, False, f"idle for {idle}s of idleTimeout {timeout}s")
+
+
+def _setup_ready(handle: ClusterHandle) -> datetime | None:
+    """When the setup saw the cluster ready (its run's record), None when unknown (a cluster
+    made by hand, by an earlier version, or not ready yet). Never raises."""
+    from ephemeral.report.deletions import ready_ts
+
+    if handle.run is None:
+        return None
+    ts = ready_ts(handle, *handle.run)
+    return datetime.fromtimestamp(ts, UTC) if ts is not None else None
 
 
 def _ask(activity: ActivityCheck, backend: ClusterBackend, handle: ClusterHandle) -> Activity:

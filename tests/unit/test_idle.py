@@ -231,3 +231,55 @@ def test_a_cluster_that_cannot_be_asked_is_kept_without_failing_the_reaper(
     assert not d.delete
     assert not d.error
     assert "activity unknown (cannot ask its APIs: secret eph-x not found)" in d.reason
+
+
+def test_a_node_restarted_after_the_work_ended_does_not_restart_the_clock(
+        backend: InMemoryBackend, tmp_path: Path) -> None:
+    """A preempted or crash-looping worker, recreated before each pass: the clock runs from
+    the last job's end all the same."""
+    h = make(backend)
+    ended = parse_utc(h.created_at) + timedelta(seconds=60)
+    now = ended + timedelta(seconds=IDLE + 5)
+    [d] = reap(backend, lookup=running, now=now, memory_file=tmp_path / "m.json",
+               activity=Engines(Activity(False, "no Ray job pending or running", last_end=ended,
+                                         nodes_up=now - timedelta(seconds=60))))
+    assert d.deleted, d.reason
+    assert d.reason.startswith(f"idle for {IDLE + 5}s")
+
+
+def test_the_setups_ready_record_starts_the_clock_not_a_later_node_start(
+        backend: InMemoryBackend, tmp_path: Path) -> None:
+    from ephemeral.report.model import Ready
+    from ephemeral.report.store import write_ready
+
+    h = make(backend)
+    ready = parse_utc(h.created_at) + timedelta(seconds=30)
+    write_ready("d", "r", Ready(name=h.name, created_at=h.created_at, ready=ready.timestamp()))
+    now = ready + timedelta(seconds=IDLE + 7)
+    [d] = reap(backend, lookup=running, now=now, memory_file=tmp_path / "m.json",
+               activity=Engines(Activity(False, "no Ray job pending or running",
+                                         nodes_up=now - timedelta(seconds=60), nodes_alive=3)))
+    assert d.deleted, d.reason
+    assert d.reason.startswith(f"idle for {IDLE + 7}s")
+
+
+def test_a_ray_cluster_not_known_ready_with_nodes_missing_is_still_starting(
+        backend: InMemoryBackend, tmp_path: Path) -> None:
+    """Only the head is up, its GPU workers still scaling up, longer than idleTimeout: no job
+    ran, and the head's start is no readiness."""
+    h = make(backend)
+    planned = sum(g.replicas for g in h.groups)
+    assert planned == 3  # ray/adhoc-cpu on ci-cpu: a head and two workers
+    head_up = parse_utc(h.created_at) + timedelta(seconds=10)
+    asked = Engines(Activity(False, "no Ray job pending or running", nodes_up=head_up,
+                             nodes_alive=1))
+    now = head_up + timedelta(seconds=IDLE + 100)
+    [d] = reap(backend, lookup=running, now=now, memory_file=tmp_path / "m.json", activity=asked)
+    assert not d.delete
+    assert d.reason.endswith("still starting: 1 of 3 nodes ALIVE")
+    # Once all are up it counts from the newest node's start, as before.
+    asked.answers = [Activity(False, "no Ray job pending or running", nodes_up=now,
+                              nodes_alive=3)]
+    [d] = reap(backend, lookup=running, now=now + timedelta(seconds=IDLE + 1),
+               memory_file=tmp_path / "m.json", activity=asked)
+    assert d.deleted, d.reason
