@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import uuid
 from contextlib import AbstractContextManager
@@ -26,7 +25,7 @@ from ephemeral.backends.base import (
     check_same_instance,
     make_handle,
 )
-from ephemeral.backends.local import procs, ray_nodes, secrets, slots, spark_nodes
+from ephemeral.backends.local import gpus, procs, ray_nodes, secrets, slots, spark_nodes
 from ephemeral.backends.local.state import (
     ClusterState,
     PlannedNode,
@@ -51,16 +50,13 @@ from ephemeral.specs.resolve import ResolvedSpec
 log = logging.getLogger(__name__)
 
 
-def host_gpus() -> int:
-    """GPUs this host has, as nvidia-smi lists them (0 without a driver)."""
-    smi = shutil.which("nvidia-smi")
-    if not smi:
-        return 0
-    try:
-        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return 0
-    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+def node_gpus(spec: ResolvedSpec) -> list[int]:
+    """GPUs of each node of the spec's local cluster, in the order the plans start them."""
+    s = spec.spec
+    if isinstance(s, RaySpec):
+        return [s.head.gpus] + [g.gpus for g in s.worker_groups for _ in range(g.replicas)]
+    connect = [0] if s.connect and s.connect.enabled else []
+    return [0] + [s.workers.gpus] * s.workers.replicas + connect
 
 
 def _installed(dist: str) -> str | None:
@@ -73,7 +69,7 @@ def _installed(dist: str) -> str | None:
 def check_spec(spec: ResolvedSpec) -> None:
     """What only this host can judge, checked before anything starts."""
     s, problems = spec.spec, []
-    gpus = host_gpus()
+    host = len(gpus.visible())
     fix = "use --profile ci-cpu or set gpus: 0"
     if isinstance(s, RaySpec):
         installed, dist, field = _installed("ray"), "ray", "rayVersion"
@@ -90,11 +86,11 @@ def check_spec(spec: ResolvedSpec) -> None:
     # Every node of a local cluster shares this host's GPUs: the sum must fit, not each group.
     asked = [(path, n, replicas) for path, n, replicas in asks if n]
     total = sum(n * replicas for _, n, replicas in asked)
-    if total > gpus:
+    if total > host:
         parts = " + ".join(f"{path} {n}" + (f" x {replicas} replicas" if replicas > 1 else "")
                            for path, n, replicas in asked)
         problems.append((", ".join(path for path, _, _ in asked),
-                         f"asks for {total} GPU(s) but this host has {gpus} ({parts}); {fix}"))
+                         f"asks for {total} GPU(s) but this host has {host} ({parts}); {fix}"))
     if installed is None:
         problems.append((field, f"the local backend needs {dist} installed: "
                                 "pip install 'airflow-provider-ephemeral[local]'"))
@@ -154,6 +150,7 @@ def _release(cdir: Path, slot: int) -> None:
     """The slot's claim, after the cluster's processes are gone; a claim that cannot be
     released lapses once the state folder is removed, so it never fails a deletion."""
     try:
+        gpus.release(cdir, slot)
         slots.release(cdir, slot)
     except (OSError, EphemeralError) as err:
         log.warning("could not release slot %d of %s (%s); it lapses with the folder",
@@ -198,7 +195,9 @@ class LocalBackend(ClusterBackend):
             cdir.mkdir(parents=True, exist_ok=True)
             slot = slots.claim(cdir, self._node_count(spec))
             try:
-                return self._start(spec, identity, cdir, slot)
+                counts = node_gpus(spec)
+                devices = gpus.per_node(gpus.claim(cdir, slot, sum(counts)), counts)
+                return self._start(spec, identity, cdir, slot, devices)
             except BaseException as err:
                 self._delete_locked(name)
                 _release(cdir, slot)
@@ -214,7 +213,7 @@ class LocalBackend(ClusterBackend):
         return 2 + s.workers.replicas
 
     def _start(self, spec: ResolvedSpec, identity: ClusterIdentity, cdir: Path,
-               slot: int) -> ClusterHandle:
+               slot: int, devices: list[list[str]]) -> ClusterHandle:
         s = spec.spec
         # The cluster's folder in the runtime folder: Ray's per-node --temp-dir and every
         # node's TMPDIR (tempfile, multiprocessing and torchrun in jobs, PySpark's workers).
@@ -223,13 +222,16 @@ class LocalBackend(ClusterBackend):
         temp_root = slots.runtime_dir() / f"r{slot}-{uuid.uuid4().hex[:6]}"
         if isinstance(s, RaySpec):
             ep = ray_nodes.endpoints(slot)
-            planned = ray_nodes.plan(s, slot, temp_root, secrets.create_ray(cdir))
+            planned = ray_nodes.plan(s, slot, temp_root, secrets.create_ray(cdir), devices)
         else:
             ep = spark_nodes.endpoints(s, slot)
             daemons, connect = secrets.create_spark(cdir)
             planned = spark_nodes.plan(s, slot, cdir / "spark", auth_props=daemons,
-                                       connect_props=connect)
+                                       connect_props=connect, devices=devices)
             spark_nodes.tmp_dir(cdir / "spark").mkdir(parents=True, exist_ok=True)
+            for file, text in spark_nodes.resource_files(cdir / "spark", devices).items():
+                file.parent.mkdir(parents=True, exist_ok=True)
+                file.write_text(text)
         handle = make_handle(spec, identity, backend=self.name, endpoints=ep)
         uid = uuid.uuid4().hex
         state = ClusterState(handle=handle, uid=uid, slot=slot, plan=planned,

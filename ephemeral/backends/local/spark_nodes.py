@@ -26,7 +26,7 @@ from ephemeral.backends.base import (
     application_conf,
 )
 from ephemeral.backends.http import get_json
-from ephemeral.backends.local import jvm_share, slots
+from ephemeral.backends.local import gpus, jvm_share, slots
 from ephemeral.backends.local.state import PlannedNode
 from ephemeral.errors import BackendUnavailable
 from ephemeral.jobs.spark_jobs import FAST_START_JVM as FAST_START_JVM  # bench/by_hand.sh
@@ -72,10 +72,23 @@ def tmp_dir(work_root: Path) -> Path:
     return work_root / "tmp"
 
 
+def _resources_file(work_root: Path, worker: int) -> Path:
+    return work_root / f"worker-{worker}" / "gpus.json"
+
+
+def resource_files(work_root: Path, devices: list[list[str]]) -> dict[Path, str]:
+    """The resources file of each worker with GPUs (``devices`` in plan order: the master,
+    the workers, the Connect server), for the backend to write before they start."""
+    return {_resources_file(work_root, i): gpus.resources_file(mine)
+            for i, mine in enumerate(devices[1:]) if mine}
+
+
 def plan(spec: SparkSpec, slot: int, work_root: Path, *, auth_props: Path,
-         connect_props: Path) -> list[PlannedNode]:
+         connect_props: Path, devices: list[list[str]] | None = None) -> list[PlannedNode]:
     """``auth_props``: the ``spark.authenticate`` settings of every node; ``connect_props``:
-    those plus the Connect server's token."""
+    those plus the Connect server's token; ``devices``: each node's GPUs in plan order (a
+    worker with its own takes them from its resources file, not from a discovery script that
+    lists every GPU of the host)."""
     home = spark_home()
     spark_class = str(home / "bin" / "spark-class")
     master_ip = slots.node_ip(slot, 0)
@@ -111,14 +124,16 @@ def plan(spec: SparkSpec, slot: int, work_root: Path, *, auth_props: Path,
                       "SPARK_MASTER_OPTS": "-Dspark.master.rest.enabled=false"},
     )]
     w = spec.workers
-    worker_opts = ""
-    if w.gpus:
-        worker_opts = (f"-Dspark.worker.resource.gpu.amount={w.gpus} "
-                       f"-Dspark.worker.resource.gpu.discoveryScript={w.discovery_script}")
     for i in range(w.replicas):
         n = i + 1
         ip = slots.node_ip(slot, n)
         work_dir = work_root / f"worker-{i}"
+        worker_opts = ""
+        if w.gpus:
+            found = (f"-Dspark.worker.resourcesFile={_resources_file(work_root, i)}"
+                     if devices and devices[n] else
+                     f"-Dspark.worker.resource.gpu.discoveryScript={w.discovery_script}")
+            worker_opts = f"-Dspark.worker.resource.gpu.amount={w.gpus} {found}"
         nodes.append(PlannedNode(
             name=f"worker-{i}", role="worker", ip=ip,
             argv=[spark_class, "org.apache.spark.deploy.worker.Worker",
