@@ -282,16 +282,22 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
     memory = FinishedMemory(memory_file)
     decisions = []
     for handle in backend.list_owned():
+        by_idle = False
         try:
             d = judge(handle, lookup=lookup, now=now, grace=grace, memory=memory)
             if not d.delete and handle.idle_timeout_s and not kept_for_debugging(handle):
                 idle = judge_idle(handle, _ask(activity, backend, handle), now=now,
                                   memory=memory)
+                by_idle = idle.delete
                 d = idle if idle.delete else Decision(d.cluster, False, f"{d.reason}; {idle.reason}")
         except Exception as err:  # noqa: BLE001 - one bad lookup must not stop the others
             decisions.append(Decision(handle.name, False, "could not be judged; kept",
                                       error=f"{type(err).__name__}: {err}"))
             continue
+        if d.delete and not dry_run and by_idle and \
+                (again := _ask(activity, backend, handle)).busy is not False:
+            # Asked again just before deleting: a job submitted since the judgement wins.
+            d = Decision(d.cluster, False, f"kept: {again.what} now, after {d.reason}")
         if d.delete and not dry_run:
             try:
                 record = _for_the_report(backend, handle)

@@ -283,3 +283,18 @@ def test_a_ray_cluster_not_known_ready_with_nodes_missing_is_still_starting(
     [d] = reap(backend, lookup=running, now=now + timedelta(seconds=IDLE + 1),
                memory_file=tmp_path / "m.json", activity=asked)
     assert d.deleted, d.reason
+
+
+def test_a_job_submitted_after_the_judgement_keeps_the_cluster(
+        backend: InMemoryBackend, tmp_path: Path) -> None:
+    """Asked again just before the deletion: a job that arrived meanwhile wins."""
+    h = make(backend)
+    up = parse_utc(h.created_at) + timedelta(seconds=20)
+    asked = Engines(Activity(False, "no Ray job pending or running", nodes_up=up),
+                    Activity(True, "1 Ray job(s) pending or running"))
+    [d] = reap(backend, lookup=running, now=up + timedelta(seconds=IDLE + 5),
+               memory_file=tmp_path / "m.json", activity=asked)
+    assert not d.delete
+    assert d.reason.startswith("kept: 1 Ray job(s) pending or running now, after idle for")
+    assert asked.asked == 2
+    assert backend.list_owned() == [h]
