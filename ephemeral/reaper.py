@@ -18,11 +18,13 @@ remembers when it first saw it finished (a small JSON file), so the grace period
 The idle rule. Busy is what ``ephemeral.activity`` says (a Ray job pending or running; a Spark
 application, Connect operation or open Connect session). A cluster is idle since the latest of:
 
-- its readiness as the engine reports it (Ray: its last node's start in the state API; Spark
-  with Connect: the Connect server's registration with the master); without one, its creation
-  (``created_at``), which is never later than its readiness: work that has ended proves it was
-  ready, and a cluster that ran nothing is only judged once its engine says it is up (Ray: a
-  node's start; Spark: every worker ALIVE), else ``ephemeral.activity`` calls it unknown;
+- its readiness: its setup's record of it (a DAG run's cluster); else as the engine reports it
+  (Ray: its last node's start in the state API, counted only until work has run, so a node
+  restarted later does not move the clock; Spark with Connect: the Connect server's
+  registration with the master); without either, its creation (``created_at``), which is
+  never later than its readiness: work that has ended proves it was ready, and a cluster that
+  ran nothing is only judged once its engine says it is up (Ray: every planned node ALIVE;
+  Spark: every worker ALIVE), else it is still starting or unknown;
 - the end of the last work the engines report (a Ray job's end, a Spark application's start
   plus duration, a Connect session's or operation's end);
 - the last time the reaper itself saw it busy (work that left no end time behind).
@@ -35,8 +37,11 @@ cluster, remembered in the memory file, and a reaper without one never calls suc
 idle (its TTL still holds).
 
 It is deleted when ``now`` minus that exceeds ``idleTimeout``, with the reason "idle for 1834s,
-idleTimeout 1800s". A cluster whose APIs do not answer is never judged idle (its TTL still
-holds). The reaper runs every few minutes, so a cluster goes up to one interval after its
+idleTimeout 1800s", once its engine, asked again just before, still runs nothing. A cluster
+whose APIs do not answer is never judged idle: a network blip must not take a busy cluster.
+But one whose backend also says its head is gone (its head process or pod died), for longer
+than ``idleTimeout`` by the reaper's memory, is dead and deleted; a reaper without memory
+leaves it to its TTL. The reaper runs every few minutes, so a cluster goes up to one interval after its
 timeout. A cluster that ran nothing and whose engine tells no readiness (a Spark cluster
 without Connect) counts, for a reaper with memory (CLI, DAG), from its first sighting of it up;
 for the memory-less CronJob from its creation, start-up included: there one that takes longer
@@ -62,7 +67,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ephemeral.activity import Activity, cluster_activity
-from ephemeral.backends.base import ClusterBackend, ClusterHandle, require_instance
+from ephemeral.backends.base import (
+    ClusterBackend,
+    ClusterHandle,
+    HeadState,
+    HeadView,
+    require_instance,
+)
 from ephemeral.errors import EphemeralError
 from ephemeral.notify import notify_reaped
 from ephemeral.specs.identity import current_instance, parse_utc, utc_text
@@ -211,6 +222,32 @@ def idle_keys(handle: ClusterHandle) -> tuple[str, str]:
     return f"up\x1f{ident}", f"busy\x1f{ident}"
 
 
+def dead_key(handle: ClusterHandle) -> str:
+    return f"dead\x1f{handle.name}\x1f{handle.created_at}"
+
+
+def judge_unreachable(backend: ClusterBackend, handle: ClusterHandle, activity: Activity, *,
+                      now: datetime, memory: FinishedMemory) -> Decision:
+    """A cluster whose engine does not answer: kept, unless its backend says its head is gone
+    and has said so, at every pass of a reaper with memory, for longer than idleTimeout."""
+    unknown = f"activity unknown ({activity.what})"
+    try:
+        view = backend.head_view(handle)
+    except Exception as err:  # noqa: BLE001 - unknown: kept, as an unanswered engine is
+        log.warning("could not see the head of %s: %s", handle.name, err)
+        view = HeadView(state=HeadState.UNKNOWN, reason=str(err))
+    if view.state is not HeadState.GONE or memory.path is None:
+        memory.forget(dead_key(handle))
+        return Decision(handle.name, False, unknown)
+    gone = int((now - memory.first_seen(dead_key(handle), now)).total_seconds())
+    timeout = handle.idle_timeout_s
+    if timeout is not None and gone > timeout:
+        return Decision(handle.name, True, f"dead: {unknown} and its head gone ({view.reason}) "
+                                           f"for {gone}s, idleTimeout {timeout}s")
+    return Decision(handle.name, False, f"{unknown}; its head gone ({view.reason}) for "
+                                        f"{gone}s of idleTimeout {timeout}s")
+
+
 def judge_idle(handle: ClusterHandle, activity: Activity, *, now: datetime,
                memory: FinishedMemory) -> Decision:
     """The idle rule (module docstring) for a cluster with ``idle_timeout_s``."""
@@ -286,9 +323,13 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
         try:
             d = judge(handle, lookup=lookup, now=now, grace=grace, memory=memory)
             if not d.delete and handle.idle_timeout_s and not kept_for_debugging(handle):
-                idle = judge_idle(handle, _ask(activity, backend, handle), now=now,
-                                  memory=memory)
-                by_idle = idle.delete
+                act = _ask(activity, backend, handle)
+                if act.busy is None:
+                    idle = judge_unreachable(backend, handle, act, now=now, memory=memory)
+                else:
+                    memory.forget(dead_key(handle))
+                    idle = judge_idle(handle, act, now=now, memory=memory)
+                    by_idle = idle.delete
                 d = idle if idle.delete else Decision(d.cluster, False, f"{d.reason}; {idle.reason}")
         except Exception as err:  # noqa: BLE001 - one bad lookup must not stop the others
             decisions.append(Decision(handle.name, False, "could not be judged; kept",
@@ -315,7 +356,7 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
                            "one's") for name, why in backend.disowned()]
     live = backend.list_owned()
     live_runs = {"\x1f".join(h.run) for h in live if h.run is not None}
-    memory.save(live_runs | {key for h in live for key in idle_keys(h)})
+    memory.save(live_runs | {key for h in live for key in (*idle_keys(h), dead_key(h))})
     return decisions
 
 

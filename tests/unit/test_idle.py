@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -298,3 +299,52 @@ def test_a_job_submitted_after_the_judgement_keeps_the_cluster(
     assert d.reason.startswith("kept: 1 Ray job(s) pending or running now, after idle for")
     assert asked.asked == 2
     assert backend.list_owned() == [h]
+
+
+def test_a_cluster_whose_engine_is_silent_and_head_gone_goes_after_idle_timeout(
+        backend: InMemoryBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A network blip never takes a cluster (its head runs); a dead one (its head process or
+    pod gone, the engine silent) no longer waits for its TTL: it goes once its head has been
+    gone for longer than idleTimeout, by the reaper's memory."""
+    from ephemeral.backends.base import HeadState, HeadView
+
+    h = make(backend)
+    head = {"state": HeadState.RUNNING}
+    monkeypatch.setattr(backend, "head_view", lambda _h: HeadView(state=head["state"],
+                                                                  reason="its head pod failed"))
+    silent = Engines(Activity(None, "the Ray Jobs API did not answer"))
+    t0 = parse_utc(h.created_at) + timedelta(minutes=30)
+
+    def at(seconds: float, memory: Path | None = tmp_path / "m.json") -> Any:
+        [d] = reap(backend, lookup=running, now=t0 + timedelta(seconds=seconds),
+                   memory_file=memory, activity=silent)
+        return d
+
+    assert not at(0).delete  # silent, head running: a blip
+    head["state"] = HeadState.GONE
+    d = at(60)
+    assert not d.delete
+    assert "its head gone (its head pod failed) for 0s of idleTimeout 900s" in d.reason
+    assert not at(60 + IDLE, memory=None).delete  # no memory: the TTL's
+    assert not at(60 + IDLE).delete  # not longer than the timeout yet
+    d = at(61 + IDLE)
+    assert d.deleted, d.reason
+    assert d.reason.startswith("dead: activity unknown (the Ray Jobs API did not answer) and "
+                               f"its head gone (its head pod failed) for {IDLE + 1}s")
+
+
+def test_a_head_that_came_back_starts_the_dead_clock_afresh(
+        backend: InMemoryBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ephemeral.backends.base import HeadState, HeadView
+
+    h = make(backend)
+    views = [HeadState.GONE, HeadState.RUNNING, HeadState.GONE]
+    monkeypatch.setattr(backend, "head_view",
+                        lambda _h: HeadView(state=views.pop(0), reason="replaced"))
+    silent = Engines(Activity(None, "the Ray Jobs API did not answer"))
+    t0 = parse_utc(h.created_at) + timedelta(minutes=30)
+    for seconds in (0, IDLE, 2 * IDLE + 10):
+        [d] = reap(backend, lookup=running, now=t0 + timedelta(seconds=seconds),
+                   memory_file=tmp_path / "m.json", activity=silent)
+        assert not d.delete, d.reason
+    assert "for 0s of idleTimeout" in d.reason
