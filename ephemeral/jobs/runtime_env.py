@@ -31,6 +31,7 @@ is its own choice, and nothing ephemeral runs for the cluster reads it from the 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -42,16 +43,23 @@ if TYPE_CHECKING:
     from ephemeral.backends.base import ClusterHandle
 
 
-def _name(requirement: str) -> str:
-    """The normalised project name of a pip entry; the entry itself when it names none (a URL,
-    a path, an option), so such entries only ever replace themselves."""
+def _project(requirement: str) -> str | None:
+    """The normalised project name of a pip entry (a VCS or file URL's ``#egg=`` name); None
+    when it names none (a bare URL or path, an option such as ``-r file``)."""
     from packaging.requirements import InvalidRequirement, Requirement
     from packaging.utils import canonicalize_name
 
     try:
         return str(canonicalize_name(Requirement(requirement).name))
     except InvalidRequirement:
-        return requirement.strip()
+        egg = re.search(r"[#&]egg=([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+        return str(canonicalize_name(egg.group(1))) if egg else None
+
+
+def _name(requirement: str) -> str:
+    """The entry's project name; the entry itself when it names none, so that it only ever
+    replaces itself."""
+    return _project(requirement) or requirement.strip()
 
 
 def _packages(pip: Any, where: str, field: str = "pip") -> tuple[list[str], dict[str, Any]]:
@@ -68,8 +76,19 @@ def _packages(pip: Any, where: str, field: str = "pip") -> tuple[list[str], dict
         f"{type(pip).__name__}. Pass the requirements as a list.")
 
 
-def merge_pip(base: list[str], overlay: list[str]) -> list[str]:
-    """``base`` then ``overlay``; ``overlay``'s entry for a package replaces ``base``'s."""
+def merge_pip(base: list[str], overlay: list[str], where: str = "the job") -> list[str]:
+    """``base`` then ``overlay``; ``overlay``'s entry for a package replaces ``base``'s. With a
+    ``base``, an ``overlay`` entry that names no package (and is none of ``base``'s) is refused:
+    it could replace none, and pip would find both (``torch==2.3`` and a URL of another torch) only on the cluster."""
+    same = {b.strip() for b in base}
+    unnamed = [r for r in overlay if _project(r) is None and r.strip() not in same] \
+        if base else []
+    if unnamed:
+        raise JobSubmissionFailed(
+            f"{where}: runtime_env pip entries {unnamed} name no package, so they cannot take "
+            f"the place of the cluster's default packages ({base}). Name each: 'torch @ "
+            "git+https://...', a '#egg=name' URL, or the requirements themselves instead of "
+            "-r FILE")
     replaced = {_name(r) for r in overlay}
     return [r for r in base if _name(r) not in replaced] + list(overlay)
 
@@ -102,7 +121,7 @@ def _pip_into_uv(base_pip: Any, uv: Any, where: str) -> Any:
             f"take ({sorted(base_opts)}); list the cluster's packages ({base_pkgs}) in the job's "
             "uv yourself, or use runtime_env.pip instead of uv")
     pkgs, opts = _packages(uv, where, "uv")
-    merged = merge_pip(base_pkgs, pkgs)
+    merged = merge_pip(base_pkgs, pkgs, where)
     return {"packages": merged, **opts} if opts else merged
 
 
@@ -163,7 +182,7 @@ def _merge(base: Mapping[str, Any], overlay: Mapping[str, Any] | None,
         elif key == "pip" and "pip" in out:
             base_pkgs, base_opts = _packages(out["pip"], "the cluster")
             pkgs, opts = _packages(value, where)
-            merged = merge_pip(base_pkgs, pkgs)
+            merged = merge_pip(base_pkgs, pkgs, where)
             options = {**base_opts, **opts}
             out[key] = {"packages": merged, **options} if options else merged
         else:

@@ -180,3 +180,19 @@ def test_a_runtime_env_ray_refuses_is_not_called_a_transport_error(tmp_path) -> 
                     runtime_env={"pip": ["six"], "uv": ["rich"]})
     assert "cannot reach" not in str(info.value)
     assert "'uv' field" in str(info.value)
+
+
+def test_a_job_entry_naming_no_package_is_refused_beside_the_clusters_packages() -> None:
+    """A job's torch from a URL next to the cluster's torch==2.3: pip would meet both only on
+    the cluster. Named (``name @ URL``, ``#egg=``) it replaces the cluster's; alone, it is kept."""
+    base = ["torch==2.3", "numpy"]
+    url = "git+https://github.com/pytorch/pytorch@v2.4.0"
+    for unnamed in (url, "-r requirements.txt", "./wheels/torch-2.4-cp311.whl"):
+        with pytest.raises(JobSubmissionFailed, match=r"the job: runtime_env pip entries .* name "
+                                                      r"no package.*'torch @ git\+https://"):
+            merge_pip(base, [unnamed])
+    assert merge_pip(base, [f"torch @ {url}"]) == ["numpy", f"torch @ {url}"]
+    assert merge_pip(base, [f"{url}#egg=torch"]) == ["numpy", f"{url}#egg=torch"]
+    assert merge_pip([], [url]) == [url]
+    with pytest.raises(JobSubmissionFailed, match="task t: runtime_env pip"):
+        merge_runtime_env({"pip": base}, {"pip": [url]}, where="task t")
