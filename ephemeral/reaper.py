@@ -231,12 +231,18 @@ def judge_unreachable(backend: ClusterBackend, handle: ClusterHandle, activity: 
     """A cluster whose engine does not answer: kept, unless its backend says its head is gone
     and has said so, at every pass of a reaper with memory, for longer than idleTimeout."""
     unknown = f"activity unknown ({activity.what})"
+    # Only a cluster once up can die: a new one's head may be Pending for long (GPU nodes
+    # scaling up), which a backend reports as gone. Up: its setup saw it ready, or its engine
+    # answered this reaper before.
+    was_up = memory.get(idle_keys(handle)[0]) is not None or _setup_ready(handle) is not None
+    if memory.path is None or not was_up:
+        return Decision(handle.name, False, unknown)
     try:
         view = backend.head_view(handle)
     except Exception as err:  # noqa: BLE001 - unknown: kept, as an unanswered engine is
         log.warning("could not see the head of %s: %s", handle.name, err)
         view = HeadView(state=HeadState.UNKNOWN, reason=str(err))
-    if view.state is not HeadState.GONE or memory.path is None:
+    if view.state is not HeadState.GONE:
         memory.forget(dead_key(handle))
         return Decision(handle.name, False, unknown)
     gone = int((now - memory.first_seen(dead_key(handle), now)).total_seconds())
@@ -267,11 +273,15 @@ def judge_idle(handle: ClusterHandle, activity: Activity, *, now: datetime,
     # start, and only until something ran: a node that restarts later (a preempted or
     # crash-looping worker) is no new start of the idle clock.
     ready = _setup_ready(handle)
-    planned = sum(g.replicas for g in handle.groups)
+    planned = sum(g.floor for g in handle.groups)
+    starting = int((now - first_seen).total_seconds())
     if ready is None and not ran and activity.nodes_alive is not None \
-            and activity.nodes_alive < planned:
-        # Not known ready, nothing ran, nodes missing: still starting (GPU nodes scaling up),
-        # and the newest node's start would be no readiness at all.
+            and activity.nodes_alive < planned and (timeout is None or starting <= timeout):
+        # Not known ready, nothing ran, nodes missing (an autoscaled group counts its floor):
+        # still starting (GPU nodes scaling up), and the newest node's start would be no
+        # readiness at all. For at most idleTimeout from the reaper's first sighting: a node
+        # that never comes leaves an idle cluster, judged from there on (without memory, the
+        # CronJob leaves it to the TTL).
         return Decision(handle.name, False, f"still starting: {activity.nodes_alive} of "
                                             f"{planned} nodes ALIVE")
     up = ready if ready is not None else None if ran else activity.nodes_up

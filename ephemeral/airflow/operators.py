@@ -423,7 +423,7 @@ class DeleteClusterOperator(BaseOperator):
         self.kubernetes_conn_id = kubernetes_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from ephemeral.airflow.report import record_teardown, released
+        from ephemeral.airflow.report import note_deleted, record_teardown, released
         from ephemeral.report.engines import engine_jobs
 
         started = time.time()
@@ -482,6 +482,10 @@ class DeleteClusterOperator(BaseOperator):
                 deleted[name] = time.time()
             except EphemeralError as err:  # keep going: every other cluster must still go
                 failures[name] = f"incomplete: {err}"
+                continue
+            if name not in releases:
+                note_deleted(context, target, started=started, deleted=deleted[name],
+                             jobs=seen.get(name))
         # Never raises: the report and its link (a failed teardown links it too) must not hide
         # the deletion's outcome.
         record_teardown(context, setup_task_id=self.setup_task_id, targets=targets | gone,

@@ -129,12 +129,6 @@ def record_teardown(context: Any, *, setup_task_id: str, targets: dict[str, Clus
         return None
     try:
         dag_id, run_id, teardown = context["dag"].dag_id, context["run_id"], this_task(context)
-        try:  # first, and apart: the report below may fail where this record must not
-            _release_deleted(dag_id, run_id, teardown, targets, engine_views, started,
-                             deleted, releases or {})
-        except Exception:
-            log.exception("could not record the deletion of %s for a later try",
-                          sorted(targets))
         url = report_url(dag_id, run_id)
         if link_key:
             context["ti"].xcom_push(key=link_key, value=url)
@@ -160,22 +154,27 @@ def record_teardown(context: Any, *, setup_task_id: str, targets: dict[str, Clus
         return None
 
 
-def _release_deleted(dag_id: str, run_id: str, teardown: str,
-                     targets: dict[str, ClusterHandle],
-                     engine_views: dict[str, list[JobFacts] | None], started: float,
-                     deleted: dict[str, float], releases: dict[str, Release]) -> None:
-    """A release record for each cluster this teardown deleted, as a job task's deletion
-    writes one: a later try of the teardown (a cleared task, a worker lost after the
-    deletion) then finds it deleted in this run, with this try's moments, instead of
-    failing on a handle the backend no longer records."""
+def note_deleted(context: Any, handle: ClusterHandle, *, started: float, deleted: float,
+                 jobs: list[JobFacts] | None) -> None:
+    """Record, the moment a teardown deleted ``handle``'s cluster, that it did, as a job task's
+    deletion does: a later try of the teardown (a cleared task, a worker lost after the
+    deletion) then finds it deleted in this run, with these moments, instead of failing on a
+    handle the backend no longer records. A job task's own record of this cluster life (whose
+    deletion had failed) keeps its task and result and only gains the deletion's moment.
+    Never raises: the deletion is done."""
+    from ephemeral.airflow.release import recorded
     from ephemeral.report.store import write_release
 
-    for name, at in deleted.items():
-        if name in releases or name not in targets:
-            continue
-        write_release(dag_id, run_id, Release(
-            name=name, created_at=targets[name].created_at, task=teardown,
-            teardown_started=started, deleted=at, jobs=engine_views.get(name)))
+    try:
+        dag_id, run_id = context["dag"].dag_id, context["run_id"]
+        earlier = recorded(handle, dag_id, run_id)
+        write_release(dag_id, run_id, earlier.model_copy(update={"deleted": deleted})
+                      if earlier is not None else Release(
+                          name=handle.name, created_at=handle.created_at,
+                          task=this_task(context), teardown_started=started, deleted=deleted,
+                          jobs=jobs))
+    except Exception:  # a retry then fails loudly instead; nothing is left running
+        log.exception("could not record the deletion of %s for a later try", handle.name)
 
 
 # --- the demo: dag.test() in this process, then the run's report --------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 import enum
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, model_validator
@@ -84,6 +85,13 @@ class NodeGroup(BaseModel):
     cpu: float
     memory_bytes: int
     gpus: int = 0
+    min_replicas: int | None = None
+    """An autoscaled Ray group's floor (``minReplicas``); None when it does not autoscale."""
+
+    @property
+    def floor(self) -> int:
+        """The nodes it has at least, once up."""
+        return self.min_replicas if self.min_replicas is not None else self.replicas
 
 
 class ClusterHandle(BaseModel):
@@ -484,13 +492,13 @@ def make_handle(
 # holds shuffle files for good: one aggregation in a session would hold its cores (and GPUs)
 # until the cluster's deletion, and the reaper would count the cluster busy.
 EXECUTOR_IDLE = "30s"
-CONNECT_ALLOCATION = {
+CONNECT_ALLOCATION = MappingProxyType({
     "spark.dynamicAllocation.enabled": "true",
     "spark.dynamicAllocation.shuffleTracking.enabled": "true",
     "spark.dynamicAllocation.minExecutors": "0",
     "spark.dynamicAllocation.executorIdleTimeout": EXECUTOR_IDLE,
     "spark.dynamicAllocation.shuffleTracking.timeout": "60s",
-}
+})
 
 
 def application_conf(spec: SparkSpec) -> dict[str, str]:
@@ -527,7 +535,8 @@ def node_groups(spec: ResolvedSpec, *, backend: str = "local",
         return [NodeGroup(name="head", role="head", replicas=1, cpu=s.head.cpu,
                           memory_bytes=memory_bytes(s.head.memory), gpus=s.head.gpus),
                 *(NodeGroup(name=g.name, role="worker", replicas=g.replicas, cpu=g.cpu,
-                            memory_bytes=memory_bytes(g.memory), gpus=g.gpus)
+                            memory_bytes=memory_bytes(g.memory), gpus=g.gpus,
+                            min_replicas=g.min if g.min != g.max else None)
                   for g in s.worker_groups)]
     operator = backend == "kubernetes" and \
         (s.kubernetes_mode or default_spark_mode) == "operator"

@@ -34,6 +34,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from ephemeral.errors import JobSubmissionFailed
 from ephemeral.specs.models import RESERVED_ENV, reserved_env
@@ -44,16 +45,48 @@ if TYPE_CHECKING:
 
 
 def _project(requirement: str) -> str | None:
-    """The normalised project name of a pip entry (a VCS or file URL's ``#egg=`` name); None
-    when it names none (a bare URL or path, an option such as ``-r file``)."""
+    """The normalised project name of a pip entry (after ``-e``, before a trailing comment or
+    ``--hash`` option; a URL's ``#egg=`` name or wheel or sdist file name); None when it names
+    none (an option, a bare VCS URL or path)."""
     from packaging.requirements import InvalidRequirement, Requirement
-    from packaging.utils import canonicalize_name
+    from packaging.utils import (
+        InvalidSdistFilename,
+        InvalidWheelFilename,
+        canonicalize_name,
+        parse_sdist_filename,
+        parse_wheel_filename,
+    )
 
+    line = re.sub(r"^(-e|--editable)\s+", "", requirement.split(" #", 1)[0].strip())
+    if line.startswith("-"):
+        return None
+    line = re.split(r"\s+--", line, maxsplit=1)[0]
     try:
-        return str(canonicalize_name(Requirement(requirement).name))
+        return str(canonicalize_name(Requirement(line).name))
     except InvalidRequirement:
-        egg = re.search(r"[#&]egg=([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
-        return str(canonicalize_name(egg.group(1))) if egg else None
+        pass
+    if egg := re.search(r"[#&]egg=([A-Za-z0-9][A-Za-z0-9._-]*)", line):
+        return str(canonicalize_name(egg.group(1)))
+    file = urlsplit(line).path.rsplit("/", 1)[-1]
+    try:
+        if file.endswith(".whl"):
+            return str(parse_wheel_filename(file)[0])
+        if file.endswith((".tar.gz", ".zip")):
+            return str(parse_sdist_filename(file)[0])
+    except (InvalidWheelFilename, InvalidSdistFilename):
+        pass
+    return None
+
+
+def _mergeable(requirement: str) -> bool:
+    """Whether an entry can sit beside the cluster's packages: it names its package, or it is
+    an option that installs none (``--index-url``, ``--extra-index-url``, ...); not a file of
+    requirements or constraints, whose packages cannot be compared."""
+    line = requirement.strip()
+    if re.match(r"^(-r|--requirement|-c|--constraint)\b", line):
+        return False
+    return _project(line) is not None or (line.startswith("-")
+                                          and not re.match(r"^(-e|--editable)\b", line))
 
 
 def _name(requirement: str) -> str:
@@ -81,14 +114,14 @@ def merge_pip(base: list[str], overlay: list[str], where: str = "the job") -> li
     ``base``, an ``overlay`` entry that names no package (and is none of ``base``'s) is refused:
     it could replace none, and pip would find both (``torch==2.3`` and a URL of another torch) only on the cluster."""
     same = {b.strip() for b in base}
-    unnamed = [r for r in overlay if _project(r) is None and r.strip() not in same] \
+    unnamed = [r for r in overlay if not _mergeable(r) and r.strip() not in same] \
         if base else []
     if unnamed:
         raise JobSubmissionFailed(
             f"{where}: runtime_env pip entries {unnamed} name no package, so they cannot take "
             f"the place of the cluster's default packages ({base}). Name each: 'torch @ "
             "git+https://...', a '#egg=name' URL, or the requirements themselves instead of "
-            "-r FILE")
+            "-r/-c FILE")
     replaced = {_name(r) for r in overlay}
     return [r for r in base if _name(r) not in replaced] + list(overlay)
 

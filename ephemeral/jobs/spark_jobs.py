@@ -115,14 +115,18 @@ def driver_environ(private: Path, env: Mapping[str, str] | None) -> dict[str, st
 
     spark-submit's own folders, the block manager's and Python's temporary files go to
     ``private``, which the caller removes once the driver has ended: a killed driver never
-    cleans up /tmp. A ``SPARK_SUBMIT_OPTS`` in ``env`` comes after ours, so its options win."""
+    cleans up /tmp. ``SPARK_SUBMIT_OPTS`` of the deployment's (when its job environment lets
+    it through) and of ``env`` come after ours, in that order, so theirs win; a
+    ``SPARK_LOCAL_DIRS`` of either (a scratch disk) is kept."""
     env = dict(env or {})
+    base = {k: v for k, v in job_environ().items() if k not in CONNECT_MODE_VARS}
     tmp = private / "tmp"
     tmp.mkdir(exist_ok=True)
-    own = {"TMPDIR": str(tmp), "SPARK_LOCAL_DIRS": str(private / "local"),
-           "SPARK_SUBMIT_OPTS": f"-Djava.io.tmpdir={tmp} {env.pop('SPARK_SUBMIT_OPTS', '')}"
-                                .strip()}
-    base = {k: v for k, v in job_environ().items() if k not in CONNECT_MODE_VARS}
+    opts = [f"-Djava.io.tmpdir={tmp}", base.get("SPARK_SUBMIT_OPTS", ""),
+            env.pop("SPARK_SUBMIT_OPTS", "")]
+    own = {"TMPDIR": str(tmp),
+           "SPARK_LOCAL_DIRS": base.get("SPARK_LOCAL_DIRS", str(private / "local")),
+           "SPARK_SUBMIT_OPTS": " ".join(o for o in opts if o)}
     return base | {"PYSPARK_PYTHON": sys.executable, **DRIVER_ENV, **own, **env}
 
 

@@ -74,9 +74,10 @@ class JobFacts(_Model):
 
 class Release(_Model):
     """A cluster its last job's task deleted the moment the job succeeded
-    (``delete_cluster_on_success``): when, by which task, what its engine listed just before,
-    and the job's result. The teardown, which finds the cluster gone, records these moments
-    instead of its own; a retry of the task returns the result."""
+    (``delete_cluster_on_success``), or the reaper, run-end or a teardown deleted: when, by
+    which task, what its engine listed just before, and the job's result. A teardown that
+    finds the cluster gone records these moments instead of its own; a retry of the job task
+    returns the result."""
 
     name: str
     created_at: str
@@ -168,8 +169,10 @@ def summarize(f: ClusterFacts) -> dict[str, Any]:
     lifetime = max(end - f.created, 0.0)
     timed = [(j.start, j.end) for j in f.jobs if j.start is not None and j.end is not None]
     # Never seen ready (a setup that timed out waiting for its nodes): it was starting until
-    # its first job began, else until its teardown, not idle between jobs.
-    seen_ready = f.ready if f.ready is not None else min(
+    # its first job began, else until its teardown, not idle between jobs. A job known only
+    # by its duration says nothing of when: then from its creation, as before.
+    untimed = any(j.start is None or j.end is None for j in f.jobs)
+    seen_ready = f.ready if f.ready is not None else f.created if untimed else min(
         [start for start, _ in timed] + [f.teardown_started])
     ready = min(max(seen_ready, f.created), end)
     stop = min(max(f.teardown_started, ready), end)

@@ -41,15 +41,24 @@ def masked(entry: str) -> str:
     return _USERINFO.sub(r"\g<scheme>***@", entry)
 
 
-# A signed URL's credentials: its query parameters named like one (X-Amz-Signature,
-# X-Amz-Credential, sig, token, key, ...).
-_SIGNED = re.compile(r"(?i)(?P<name>[?&][^=&#]*(?:sig|token|key|credential|secret|password|auth)"
-                     r"[^=&#]*=)[^&#]*")
+# A signed URL's credentials: query (and fragment) parameters named as one. Exact names, and
+# names ending in one after a separator (X-Amz-Signature, x-goog-credential, client_secret).
+_PARAM = re.compile(r"(?P<name>[?&#;](?P<key>[^=&#;]*)=)(?P<value>[^&#;]*)")
+_SECRET_PARAMS = {"sig", "signature", "token", "key", "apikey", "code", "password", "passwd",
+                  "pwd", "secret", "credential", "credentials", "auth", "authorization"}
+_SECRET_SUFFIX = re.compile(r"[-_.](sig|signature|token|key|secret|password|credential)$")
+
+
+def _param(match: re.Match[str]) -> str:
+    key = match["key"].lower()
+    secret = key in _SECRET_PARAMS or _SECRET_SUFFIX.search(key) is not None
+    return f"{match['name']}***" if secret and match["value"] else match[0]
 
 
 def masked_uri(uri: str) -> str:
-    """``uri`` with its URL user-info and its signed-URL query values replaced by ``***``."""
-    return _SIGNED.sub(r"\g<name>***", masked(uri))
+    """``uri`` with its URL user-info and its signed-URL parameter values replaced by
+    ``***``."""
+    return _PARAM.sub(_param, masked(uri))
 
 
 def _secret(match: re.Match[str]) -> bool:

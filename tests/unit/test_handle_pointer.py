@@ -295,3 +295,27 @@ def test_a_teardown_tried_again_after_its_deletion_succeeds(backend: InMemoryBac
     # Another cluster of the same name (a cleared run's new life) is no release of this one.
     other = ClusterHandle.model_validate(h | {"created_at": "2026-01-02T00:00:00+00:00"})
     assert recorded(other, "train", RUN) is None
+
+
+def test_a_teardown_completes_a_job_tasks_record_whose_deletion_failed(
+        backend: InMemoryBackend) -> None:
+    """A job task released the cluster (its job succeeded) but could not delete it: the
+    teardown deletes it and adds the moment to that record, which keeps the task and the
+    result a retry of the task returns."""
+    from ephemeral.airflow.release import earlier_result, recorded
+    from ephemeral.backends.base import ClusterHandle
+    from ephemeral.report.model import Release
+    from ephemeral.report.store import write_release
+
+    mine = backend.create(SPEC, identity=ident())
+    result = {"job_id": "j1", "status": "SUCCEEDED", "result": {"artifact_uri": "file:///m"}}
+    write_release("train", RUN, Release(name=mine.name, created_at=mine.created_at,
+                                        task="trial", teardown_started=1.0, result=result))
+    h = mine.model_dump(mode="json")
+    assert teardown(h).execute(context()) == {"deleted": [mine.name]}
+    rel = recorded(ClusterHandle.model_validate(h), "train", RUN)
+    assert rel is not None
+    assert (rel.task, rel.result, rel.teardown_started) == ("trial", result, 1.0)
+    assert rel.deleted is not None
+    by = {"dag_id": "train", "run_id": RUN, "task": "trial"}
+    assert earlier_result(ClusterHandle.model_validate(h), by) == result

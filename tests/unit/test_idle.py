@@ -13,7 +13,7 @@ import pytest
 from ephemeral.activity import Activity
 from ephemeral.backends.base import ClusterBackend, ClusterHandle
 from ephemeral.backends.fake import InMemoryBackend
-from ephemeral.reaper import RunInfo, reap
+from ephemeral.reaper import FinishedMemory, RunInfo, judge_idle, reap
 from ephemeral.specs import ClusterIdentity, resolve
 from ephemeral.specs.identity import parse_utc
 
@@ -307,9 +307,11 @@ def test_a_cluster_whose_engine_is_silent_and_head_gone_goes_after_idle_timeout(
     pod gone, the engine silent) no longer waits for its TTL: it goes once its head has been
     gone for longer than idleTimeout, by the reaper's memory."""
     from ephemeral.backends.base import HeadState, HeadView
+    from ephemeral.report.model import Ready
+    from ephemeral.report.store import write_ready
 
     h = make(backend)
-    head = {"state": HeadState.RUNNING}
+    head = {"state": HeadState.GONE}
     monkeypatch.setattr(backend, "head_view", lambda _h: HeadView(state=head["state"],
                                                                   reason="its head pod failed"))
     silent = Engines(Activity(None, "the Ray Jobs API did not answer"))
@@ -320,6 +322,13 @@ def test_a_cluster_whose_engine_is_silent_and_head_gone_goes_after_idle_timeout(
                    memory_file=memory, activity=silent)
         return d
 
+    # Never up yet (a new cluster's head Pending, which a backend may call gone): kept.
+    assert not at(-1000).delete
+    assert not at(0).delete
+    assert "head gone" not in at(0).reason
+    write_ready("d", "r", Ready(name=h.name, created_at=h.created_at,
+                                ready=parse_utc(h.created_at).timestamp() + 20))
+    head["state"] = HeadState.RUNNING
     assert not at(0).delete  # silent, head running: a blip
     head["state"] = HeadState.GONE
     d = at(60)
@@ -338,6 +347,10 @@ def test_a_head_that_came_back_starts_the_dead_clock_afresh(
     from ephemeral.backends.base import HeadState, HeadView
 
     h = make(backend)
+    up = Engines(Activity(False, "no Ray job pending or running", nodes_up=parse_utc(
+        h.created_at) + timedelta(seconds=20), nodes_alive=3))
+    reap(backend, lookup=running, now=parse_utc(h.created_at) + timedelta(minutes=1),
+         memory_file=tmp_path / "m.json", activity=up)  # it answered once: it was up
     views = [HeadState.GONE, HeadState.RUNNING, HeadState.GONE]
     monkeypatch.setattr(backend, "head_view",
                         lambda _h: HeadView(state=views.pop(0), reason="replaced"))
@@ -348,3 +361,32 @@ def test_a_head_that_came_back_starts_the_dead_clock_afresh(
                    memory_file=tmp_path / "m.json", activity=silent)
         assert not d.delete, d.reason
     assert "for 0s of idleTimeout" in d.reason
+
+
+def test_still_starting_counts_an_autoscaled_groups_floor_and_ends_after_idle_timeout(
+        backend: InMemoryBackend, tmp_path: Path) -> None:
+    """Scaled down to its minReplicas, an autoscaled cluster is up, not starting; and a node
+    that never comes does not keep an unused cluster until its TTL."""
+    from ephemeral.backends.base import NodeGroup
+
+    h = make(backend)
+    groups = [g if g.role != "worker" else g.model_copy(update={"min_replicas": 1})
+              for g in h.groups]
+    assert sum(g.floor for g in groups) == 2  # the head and one worker of two
+    up = parse_utc(h.created_at) + timedelta(seconds=20)
+    floor = Engines(Activity(False, "no Ray job pending or running", nodes_up=up,
+                             nodes_alive=2))
+    scaled = h.model_copy(update={"groups": groups})
+    assert isinstance(scaled.groups[0], NodeGroup)
+    d = judge_idle(scaled, floor(backend, scaled), now=up + timedelta(seconds=IDLE + 1),
+                   memory=FinishedMemory(tmp_path / "a.json"))
+    assert d.delete, d.reason
+    # Two of three nodes forever: starting for idleTimeout from the first sighting, then idle.
+    memory = FinishedMemory(tmp_path / "b.json")
+    short = Activity(False, "no Ray job pending or running", nodes_up=up, nodes_alive=2)
+    seen = up + timedelta(seconds=5)
+    assert "still starting" in judge_idle(h, short, now=seen, memory=memory).reason
+    assert "still starting" in judge_idle(h, short, now=seen + timedelta(seconds=IDLE),
+                                          memory=memory).reason
+    d = judge_idle(h, short, now=seen + timedelta(seconds=IDLE + 1), memory=memory)
+    assert d.delete, d.reason

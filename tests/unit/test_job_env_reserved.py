@@ -205,6 +205,15 @@ def test_spark_env_vars_may_set_ordinary_names_and_the_artifact_root(
     assert env["TMPDIR"] == str(tmp_path / "tmp")
     assert env["SPARK_LOCAL_DIRS"] == str(tmp_path / "local")
     assert env["SPARK_SUBMIT_OPTS"] == f"-Djava.io.tmpdir={tmp_path / 'tmp'} -Dmine=1"
+    # A deployment that lets its own through (EPHEMERAL_JOB_ENV_ALLOW) keeps them, under the
+    # task's: a trust store, a scratch disk.
+    monkeypatch.setenv("EPHEMERAL_JOB_ENV_ALLOW", "SPARK_SUBMIT_OPTS,SPARK_LOCAL_DIRS")
+    monkeypatch.setenv("SPARK_SUBMIT_OPTS", "-Djavax.net.ssl.trustStore=/etc/corp.jks")
+    monkeypatch.setenv("SPARK_LOCAL_DIRS", "/scratch")
+    env = driver_environ(tmp_path, {"SPARK_SUBMIT_OPTS": "-Dmine=1"})
+    assert env["SPARK_SUBMIT_OPTS"] == (f"-Djava.io.tmpdir={tmp_path / 'tmp'} "
+                                        "-Djavax.net.ssl.trustStore=/etc/corp.jks -Dmine=1")
+    assert env["SPARK_LOCAL_DIRS"] == "/scratch"
 
 
 @pytest.mark.parametrize("runtime_env", [

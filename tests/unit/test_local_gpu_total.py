@@ -81,7 +81,7 @@ def test_each_ray_node_gets_gpus_of_its_own(four_gpus: Path) -> None:
     devices = gpus.per_node(gpus.claim(four_gpus / "c1", 0, sum(counts)), counts)
     assert isinstance(spec.spec, RaySpec)
     nodes = ray_nodes.plan(spec.spec, 0, four_gpus / "t", four_gpus / "token", devices)
-    assert [n.env.get("CUDA_VISIBLE_DEVICES") for n in nodes] == [None, "0", "1", "2,3"]
+    assert [n.env.get("CUDA_VISIBLE_DEVICES") for n in nodes] == ["", "0", "1", "2,3"]
     assert [a for n in nodes for a in n.argv if a.startswith("--num-gpus")] == [
         "--num-gpus=0", "--num-gpus=1", "--num-gpus=1", "--num-gpus=2"]
 
@@ -104,9 +104,12 @@ def test_clusters_side_by_side_never_share_a_gpu_and_claims_lapse(four_gpus: Pat
 
 def test_a_worker_limited_to_some_gpus_gives_out_only_those(
         four_gpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
-    assert gpus.visible() == ["2", "3"]
-    assert gpus.claim(four_gpus / "c1", 0, 2) == ["2", "3"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-aa,GPU-bb")
+    assert gpus.visible() == ["GPU-aa", "GPU-bb"]
+    assert gpus.claim(four_gpus / "c1", 0, 2) == ["GPU-aa", "GPU-bb"]
+    assert gpus.node_env([[], ["GPU-bb"]], 1) == {"CUDA_VISIBLE_DEVICES": "GPU-bb"}
+    assert gpus.node_env([[], ["GPU-bb"]], 0) == {"CUDA_VISIBLE_DEVICES": ""}
+    assert gpus.node_env(None, 0) == {}  # a plan without claims changes nothing
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert gpus.visible() == []
 
@@ -127,6 +130,9 @@ def test_each_spark_worker_reads_its_own_gpus_from_a_resources_file(four_gpus: P
     assert isinstance(spec.spec, SparkSpec)
     nodes = spark_nodes.plan(spec.spec, 0, work, auth_props=work / "a", connect_props=work / "c",
                              devices=devices)
+    # Executors inherit their worker's CUDA_VISIBLE_DEVICES, so the addresses they are given
+    # count from 0 within it, whatever the host's ids (UUIDs, MIG) are.
+    assert [n.env["CUDA_VISIBLE_DEVICES"] for n in nodes] == ["", "0", "1", ""]
     workers = [n for n in nodes if n.role == "worker"]
     files = spark_nodes.resource_files(work, devices)
     for i, node in enumerate(workers):
@@ -136,4 +142,4 @@ def test_each_spark_worker_reads_its_own_gpus_from_a_resources_file(four_gpus: P
         assert f"-Dspark.worker.resourcesFile={path}" in opts
         assert json.loads(files[path]) == [{"id": {"componentName": "spark.worker",
                                                    "resourceName": "gpu"},
-                                            "addresses": [str(i)]}]
+                                            "addresses": ["0"]}]

@@ -339,6 +339,12 @@ def test_credentials_in_a_jobs_uris_are_masked_in_the_report_and_its_page() -> N
     for secret in ("AKIAEXAMPLE", "verysecret", "tok@", "abc123"):
         assert secret not in page
         assert secret not in str(report)
+    from ephemeral.specs.pip_credentials import masked_uri
+
+    assert masked_uri("https://h/x?monkey=banana&keyboard=1&api_key=s1&sig=s2") == \
+        "https://h/x?monkey=banana&keyboard=1&api_key=***&sig=***"
+    assert masked_uri("https://h/cb#access_token=abc&state=1") == \
+        "https://h/cb#access_token=***&state=1"
     assert report["jobs"][0]["uris"] == {
         "artifact_uri": "s3://***@bucket/model.pt",
         "metrics_uri": "https://***@host/m.json?a=1&X-Amz-Signature=***&b=2",
@@ -396,3 +402,10 @@ def usd_cost(f: ClusterFacts) -> float:
     c = summarize(f)
     assert c["cost"] is not None
     return float(c["cost"])
+
+
+def test_a_never_ready_cluster_keeps_the_busy_time_of_jobs_known_only_by_duration() -> None:
+    c = summarize(facts(ready=None, jobs=[JobFacts(job_id="x", engine="spark", seconds=60.0)]))
+    assert c["busy_s"] == 60
+    assert c["starting_s"] == 0
+    assert parts_add_up(c) == pytest.approx(c["lifetime_s"])

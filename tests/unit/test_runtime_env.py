@@ -196,3 +196,22 @@ def test_a_job_entry_naming_no_package_is_refused_beside_the_clusters_packages()
     assert merge_pip([], [url]) == [url]
     with pytest.raises(JobSubmissionFailed, match="task t: runtime_env pip"):
         merge_runtime_env({"pip": base}, {"pip": [url]}, where="task t")
+
+
+def test_options_comments_hashes_and_package_files_still_merge() -> None:
+    base = ["torch==2.3", "numpy"]
+    fine = ["--extra-index-url https://download.pytorch.org/whl/cpu",
+            "--index-url https://pypi.org/simple", "torch==2.4 --hash=sha256:abc",
+            "torch==2.4  # pinned", "https://host/p/torch-2.4.0-cp311-none-linux_x86_64.whl",
+            "-e git+https://github.com/org/lib.git#egg=lib"]
+    for entry in fine:
+        merged = merge_pip(base, [entry])
+        assert merged[-1] == entry
+    # A named entry replaces the cluster's package of that name, however it is written.
+    assert merge_pip(base, ["torch==2.4 --hash=sha256:abc"]) == ["numpy",
+                                                                 "torch==2.4 --hash=sha256:abc"]
+    assert merge_pip(base, [fine[4]]) == ["numpy", fine[4]]
+    for refused in ("-c constraints.txt", "--requirement req.txt",
+                    "-e git+https://github.com/org/lib.git"):
+        with pytest.raises(JobSubmissionFailed, match="name no package"):
+            merge_pip(base, [refused])

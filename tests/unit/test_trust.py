@@ -300,10 +300,21 @@ def test_an_unreadable_state_hides_no_other_cluster_and_still_deletes(
     broken = ephemeral_home / "clusters" / "eph-old-schema"
     broken.mkdir(parents=True)
     old_uid = f"u-old-{uuid.uuid4().hex}"  # killed by marker: another run's must never match
-    (broken / "state.json").write_text(json.dumps({"uid": old_uid, "version": 0, "nodes": 3}))
+    from ephemeral.backends.local.slots import runtime_dir
+
+    temp_root = runtime_dir() / f"r99-{uuid.uuid4().hex[:6]}"  # its nodes' TMPDIR, with a spill
+    (temp_root / "tmp").mkdir(parents=True)
+    (temp_root / "tmp" / "spill.bin").write_bytes(b"x")
+    elsewhere = ephemeral_home / "not-a-temp-root"  # a path the file names outside of them
+    elsewhere.mkdir()
+    (broken / "state.json").write_text(json.dumps({"uid": old_uid, "version": 0, "nodes": 3,
+                                                   "ray_temp_root": str(temp_root)}))
     garbage = ephemeral_home / "clusters" / "eph-garbage"
     garbage.mkdir()
     (garbage / "state.json").write_text("{not json")
+    odd = ephemeral_home / "clusters" / "eph-odd"
+    odd.mkdir()
+    (odd / "state.json").write_text(json.dumps({"uid": "u-odd", "temp_root": str(elsewhere)}))
     # Processes of those clusters, marked as the backend marks every node it starts.
     sleepers = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
                                  env=os.environ | marker, start_new_session=True)
@@ -323,6 +334,10 @@ def test_an_unreadable_state_hides_no_other_cluster_and_still_deletes(
             assert p.wait(timeout=5) is not None  # killed
         assert not broken.exists()
         assert not garbage.exists()
+        assert not temp_root.exists()  # its temp root went with it
+        backend.delete("eph-odd", wait=True)
+        assert not odd.exists()
+        assert elsewhere.is_dir()  # only temp roots where they are made are removed
         assert [h.name for h in backend.list_owned()] == [good.name]
     finally:
         for p in sleepers:

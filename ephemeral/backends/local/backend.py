@@ -30,7 +30,7 @@ from ephemeral.backends.local.state import (
     ClusterState,
     PlannedNode,
     load,
-    raw_uid,
+    raw_field,
     save,
     state_file,
 )
@@ -135,6 +135,13 @@ def _child(folder: Path, name: str) -> Path:
         raise BackendError(f"{str(path)!r} is not a direct child of {str(folder)!r}: "
                            f"{name!r} is not a cluster name")
     return path
+
+
+def _remove_temp_root(temp_root: str | None) -> None:
+    """A deleted cluster's temp root, only where temp roots are made (a state file, which
+    another user of a shared home could edit, names it)."""
+    if temp_root and Path(temp_root).parent == slots.runtime_dir():
+        shutil.rmtree(temp_root, ignore_errors=True)
 
 
 def _owner(cdir: Path) -> int | None:
@@ -387,19 +394,19 @@ class LocalBackend(ClusterBackend):
                                              for p in procs.unreadable_in_session(n, owner))]
         if left:
             raise TeardownIncomplete(name, left)
-        if state.temp_root:
-            shutil.rmtree(state.temp_root, ignore_errors=True)
+        _remove_temp_root(state.temp_root)
         _release(cdir, state.slot)
         shutil.rmtree(cdir, ignore_errors=True)
 
     def _delete_unreadable(self, cdir: Path, *, wait: bool) -> None:
         """Delete a cluster whose state cannot be read, by the markers its processes carry:
         the cluster uid (if the file still names it) and the state folder."""
-        uid = raw_uid(cdir)
+        uid = raw_field(cdir, "uid")
         left = procs.kill_marked({procs.DIR_ENV: str(cdir)} | ({procs.UID_ENV: uid} if uid else {}),
                                  timeout=10.0 if wait else 2.0)
         if left:
             raise TeardownIncomplete(cdir.name, procs.describe(left))
+        _remove_temp_root(raw_field(cdir, "temp_root", "ray_temp_root"))
         shutil.rmtree(cdir, ignore_errors=True)  # its slot claim lapses with the folder
 
     def owned(self, handle: ClusterHandle, selector: OwnerSelector) -> ClusterHandle | None:

@@ -93,7 +93,17 @@ def per_node(devices: Sequence[str], counts: Sequence[int]) -> list[list[str]]:
     return [[next(it) for _ in range(n)] for n in counts]
 
 
-def resources_file(devices: Sequence[str]) -> str:
-    """A Spark worker's ``spark.worker.resourcesFile``: its GPUs, so it runs no discovery."""
+def node_env(devices: list[list[str]] | None, node: int) -> dict[str, str]:
+    """A node's ``CUDA_VISIBLE_DEVICES``: its own devices, none for a node without GPUs (not
+    the Airflow worker's, which its environment would pass on). Nothing without a claim."""
+    if devices is None:
+        return {}
+    return {"CUDA_VISIBLE_DEVICES": ",".join(devices[node] if node < len(devices) else [])}
+
+
+def resources_file(count: int) -> str:
+    """A Spark worker's ``spark.worker.resourcesFile``: ``count`` GPUs, so it runs no
+    discovery. Addresses as its executors see them, which inherit the worker's
+    ``CUDA_VISIBLE_DEVICES`` (``node_env``): 0 to count - 1, whatever the host's ids."""
     return json.dumps([{"id": {"componentName": "spark.worker", "resourceName": "gpu"},
-                        "addresses": list(devices)}])
+                        "addresses": [str(i) for i in range(count)]}])

@@ -31,7 +31,7 @@ from typing import Any
 
 from ephemeral.backends.base import ClusterStatus, Endpoints, Phase
 from ephemeral.backends.http import get_json
-from ephemeral.backends.local import slots
+from ephemeral.backends.local import gpus, slots
 from ephemeral.backends.local.ray_start import AFTER_ENV
 from ephemeral.backends.local.state import PlannedNode
 from ephemeral.specs.models import RaySpec
@@ -107,16 +107,10 @@ def _node_args(slot: int, node: int, cpus: int, gpus: int, memory: str, temp: st
     ]
 
 
-def _devices(devices: list[list[str]] | None, node: int) -> dict[str, str]:
-    """A node's own GPUs (``gpus.claim``): Ray numbers its GPUs from this list, so two nodes
-    never both take the host's GPU 0."""
-    mine = devices[node] if devices and node < len(devices) else []
-    return {"CUDA_VISIBLE_DEVICES": ",".join(mine)} if mine else {}
-
-
 def plan(spec: RaySpec, slot: int, temp_root: Path, token_file: Path,
          devices: list[list[str]] | None = None) -> list[PlannedNode]:
-    """``devices``: the GPUs of each node, in plan order (head first)."""
+    """``devices``: the GPUs of each node, in plan order (head first): Ray numbers a node's
+    GPUs from its ``CUDA_VISIBLE_DEVICES``, so two nodes never both take the host's GPU 0."""
     env = auth_env(token_file)
     head_ip = slots.node_ip(slot, 0)
     head_cpus = math.ceil(spec.head.cpu) if spec.head.run_tasks else 0
@@ -134,7 +128,7 @@ def plan(spec: RaySpec, slot: int, temp_root: Path, token_file: Path,
             *_node_args(slot, 0, head_cpus, spec.head.gpus, spec.head.memory,
                         str(temp_root / "n0")),
         ],
-        env=env | _devices(devices, 0),
+        env=env | gpus.node_env(devices, 0),
     )
     nodes = [head]
     address = f"--address={head_ip}:{slots.named_port(slot, 0, GCS)}"
@@ -155,7 +149,7 @@ def plan(spec: RaySpec, slot: int, temp_root: Path, token_file: Path,
                 argv=[*RAY_START, address,
                       *_node_args(slot, n, max(1, math.ceil(group.cpu)), group.gpus, group.memory,
                                   str(temp_root / f"n{n}"))],
-                env=worker_env | _devices(devices, n),
+                env=worker_env | gpus.node_env(devices, n),
             ))
     return nodes
 

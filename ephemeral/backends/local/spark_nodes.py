@@ -79,7 +79,7 @@ def _resources_file(work_root: Path, worker: int) -> Path:
 def resource_files(work_root: Path, devices: list[list[str]]) -> dict[Path, str]:
     """The resources file of each worker with GPUs (``devices`` in plan order: the master,
     the workers, the Connect server), for the backend to write before they start."""
-    return {_resources_file(work_root, i): gpus.resources_file(mine)
+    return {_resources_file(work_root, i): gpus.resources_file(len(mine))
             for i, mine in enumerate(devices[1:]) if mine}
 
 
@@ -116,12 +116,13 @@ def plan(spec: SparkSpec, slot: int, work_root: Path, *, auth_props: Path,
         argv=[spark_class, "org.apache.spark.deploy.master.Master",
               "--properties-file", str(auth_props), "--host", master_ip, "--port", str(slots.named_port(slot, 0, MASTER)),
               "--webui-port", str(slots.named_port(slot, 0, MASTER_UI))],
-        env=common | {"SPARK_LOCAL_IP": master_ip, "SPARK_DAEMON_MEMORY": _mib(spec.master.memory),
-                      "SPARK_DAEMON_JAVA_OPTS": daemon_opts["master"],
-                      # No REST submission server: nothing here uses it, it takes no
-                      # spark.authenticate secret, and it binds the host's port 6066 (clusters
-                      # side by side would queue for it) before the master goes ALIVE.
-                      "SPARK_MASTER_OPTS": "-Dspark.master.rest.enabled=false"},
+        env=common | gpus.node_env(devices, 0) | {
+            "SPARK_LOCAL_IP": master_ip, "SPARK_DAEMON_MEMORY": _mib(spec.master.memory),
+            "SPARK_DAEMON_JAVA_OPTS": daemon_opts["master"],
+            # No REST submission server: nothing here uses it, it takes no
+            # spark.authenticate secret, and it binds the host's port 6066 (clusters
+            # side by side would queue for it) before the master goes ALIVE.
+            "SPARK_MASTER_OPTS": "-Dspark.master.rest.enabled=false"},
     )]
     w = spec.workers
     for i in range(w.replicas):
@@ -141,9 +142,10 @@ def plan(spec: SparkSpec, slot: int, work_root: Path, *, auth_props: Path,
                   "--webui-port", str(slots.named_port(slot, n, WORKER_UI)),
                   "--cores", str(w.cores), "--memory", _mib(w.memory),
                   "--work-dir", str(work_dir), master_url],
-            env=common | {"SPARK_LOCAL_IP": ip, "SPARK_WORKER_OPTS": worker_opts,
-                          "SPARK_DAEMON_JAVA_OPTS": daemon_opts["worker"],
-                          "SPARK_LOCAL_DIRS": str(work_dir / "tmp")},
+            env=common | gpus.node_env(devices, n) | {
+                "SPARK_LOCAL_IP": ip, "SPARK_WORKER_OPTS": worker_opts,
+                "SPARK_DAEMON_JAVA_OPTS": daemon_opts["worker"],
+                "SPARK_LOCAL_DIRS": str(work_dir / "tmp")},
             wait_for=master_rpc,
         ))
     if spec.connect and spec.connect.enabled:
@@ -183,7 +185,7 @@ def plan(spec: SparkSpec, slot: int, work_root: Path, *, auth_props: Path,
         # and its JVM start and SparkContext (before it first registers) overlap the master's.
         nodes.append(PlannedNode(
             name="connect", role="connect", ip=ip, argv=argv,
-            env=common | {"SPARK_LOCAL_IP": ip,
+            env=common | gpus.node_env(devices, n) | {"SPARK_LOCAL_IP": ip,
                           "SPARK_LOCAL_DIRS": str(work_root / "connect" / "tmp"),
                           "SPARK_SUBMIT_OPTS": tmpdir},  # the Connect server's own JVM
         ))

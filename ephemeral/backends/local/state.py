@@ -60,14 +60,18 @@ def load(cluster_dir: Path) -> ClusterState | None:
                            f"is unreadable: {err}") from err
 
 
-def raw_uid(cluster_dir: Path) -> str | None:
-    """The cluster uid from a state file that no longer parses as a ``ClusterState``."""
+def raw_field(cluster_dir: Path, *names: str) -> str | None:
+    """The first of ``names`` a state file that no longer parses as a ``ClusterState`` still
+    holds as text (the cluster uid, its temp root)."""
     try:
         raw = json.loads(state_file(cluster_dir).read_text())
     except (OSError, ValueError):
         return None
-    uid = raw.get("uid") if isinstance(raw, dict) else None
-    return uid if isinstance(uid, str) and uid else None
+    for name in names:
+        value = raw.get(name) if isinstance(raw, dict) else None
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 def save(cluster_dir: Path, state: ClusterState) -> None:
