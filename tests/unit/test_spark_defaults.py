@@ -133,3 +133,17 @@ def test_every_connect_server_releases_its_executors_the_same_way(tmp_path: Path
                       if "=" in a)
     for conf in (local_conf, spark.connect_conf(s), spark_operator.spark_conf(spec, s)):
         assert conf.items() >= CONNECT_ALLOCATION.items()
+
+
+def test_executors_keep_their_temporary_files_in_the_clusters_folder(tmp_path: Path) -> None:
+    """A SIGKILLed executor leaves its native libraries (liblz4-java-*.so) in its
+    java.io.tmpdir: executors inherit their worker's environment, so it says where."""
+    from ephemeral.backends.local import spark_nodes
+
+    spec = resolve("spark/etl", "ci-cpu")
+    nodes = spark_nodes.plan(spec.spec, 2, tmp_path, auth_props=tmp_path / "a",  # type: ignore[arg-type]
+                             connect_props=tmp_path / "c")
+    workers = [n for n in nodes if n.role == "worker"]
+    assert workers
+    for w in workers:
+        assert w.env["JAVA_TOOL_OPTIONS"] == f"-Djava.io.tmpdir={spark_nodes.tmp_dir(tmp_path)}"

@@ -145,7 +145,11 @@ def plan(spec: SparkSpec, slot: int, work_root: Path, *, auth_props: Path,
             env=common | gpus.node_env(devices, n) | {
                 "SPARK_LOCAL_IP": ip, "SPARK_WORKER_OPTS": worker_opts,
                 "SPARK_DAEMON_JAVA_OPTS": daemon_opts["worker"],
-                "SPARK_LOCAL_DIRS": str(work_dir / "tmp")},
+                "SPARK_LOCAL_DIRS": str(work_dir / "tmp"),
+                # Executors inherit their worker's environment, not its JVM options: their
+                # temporary files (lz4's and snappy's native libraries) in the cluster's folder
+                # too. An application's own -Djava.io.tmpdir comes later, so it wins.
+                "JAVA_TOOL_OPTIONS": tmpdir},
             wait_for=master_rpc,
         ))
     if spec.connect and spec.connect.enabled:
