@@ -218,12 +218,17 @@ def judge(handle: ClusterHandle, *, lookup: RunLookup | None, now: datetime, gra
 def idle_keys(handle: ClusterHandle) -> tuple[str, str]:
     """Memory keys of (first seen answering, last seen busy); a cluster made again under the
     same name starts afresh."""
-    ident = f"{handle.name}\x1f{handle.created_at}"
-    return f"up\x1f{ident}", f"busy\x1f{ident}"
+    return f"up\x1f{_life(handle)}", f"busy\x1f{_life(handle)}"
 
 
 def dead_key(handle: ClusterHandle) -> str:
-    return f"dead\x1f{handle.name}\x1f{handle.created_at}"
+    """Memory key of when the reaper first saw the cluster's head gone."""
+    return f"dead\x1f{_life(handle)}"
+
+
+def _life(handle: ClusterHandle) -> str:
+    """One cluster life in memory keys: a cluster made again under the same name is another."""
+    return f"{handle.name}\x1f{handle.created_at}"
 
 
 def judge_unreachable(backend: ClusterBackend, handle: ClusterHandle, activity: Activity, *,

@@ -168,10 +168,10 @@ def summarize(f: ClusterFacts) -> dict[str, Any]:
     end = max(end, f.created)
     lifetime = max(end - f.created, 0.0)
     timed = [(j.start, j.end) for j in f.jobs if j.start is not None and j.end is not None]
+    untimed = [j for j in f.jobs if j.start is None or j.end is None]
     # Never seen ready (a setup that timed out waiting for its nodes): it was starting until
     # its first job began, else until its teardown, not idle between jobs. A job known only
     # by its duration says nothing of when: then from its creation, as before.
-    untimed = any(j.start is None or j.end is None for j in f.jobs)
     seen_ready = f.ready if f.ready is not None else f.created if untimed else min(
         [start for start, _ in timed] + [f.teardown_started])
     ready = min(max(seen_ready, f.created), end)
@@ -179,7 +179,7 @@ def summarize(f: ClusterFacts) -> dict[str, Any]:
     starting, deleting = ready - f.created, end - stop
     busy = busy_seconds(timed, ready, stop)
     # Jobs with a duration and no times (the engine did not say when) fill the gaps.
-    busy += sum(j.wall for j in f.jobs if j.start is None or j.end is None)
+    busy += sum(j.wall for j in untimed)
     busy = min(busy, stop - ready)
     between = max(lifetime - starting - busy - deleting, 0.0)
     res = reserved(f.groups, lifetime)

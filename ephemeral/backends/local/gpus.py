@@ -61,7 +61,7 @@ def claim(state_dir: Path, slot: int, wanted: int) -> list[str]:
                 owner, devices = str(c["owner"]), [str(d) for d in c["devices"]]
             except (OSError, ValueError, KeyError, TypeError):
                 continue
-            if owner != str(state_dir) and Path(owner).exists():
+            if owner != str(state_dir) and slots.held(owner):
                 held |= dict.fromkeys(devices, Path(owner).name)
         devices = visible()
         free = [d for d in devices if d not in held]

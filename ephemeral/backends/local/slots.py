@@ -99,6 +99,12 @@ def _free(slot: int, nodes: int) -> bool:
     return True
 
 
+def held(owner: str) -> bool:
+    """Whether a claim by the cluster whose state folder is ``owner`` still holds: it lapses
+    with that folder."""
+    return bool(owner) and Path(owner).exists()
+
+
 def claim(state_dir: Path, nodes: int) -> int:
     """Claim a free slot for the cluster whose state lives in ``state_dir``."""
     if nodes > MAX_NODES:
@@ -111,7 +117,7 @@ def claim(state_dir: Path, nodes: int) -> int:
             owner = f.read_text().strip() if f.exists() else ""
             if owner == str(state_dir):
                 return slot
-            if owner and Path(owner).exists():
+            if held(owner):
                 continue
             if not _free(slot, nodes):
                 continue
