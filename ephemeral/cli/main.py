@@ -320,7 +320,7 @@ def ls(backend: BackendOpt = None, all_instances: AllInstancesOpt = False,
         _emit(rows)
         return
     if not rows:
-        err.print("no clusters")
+        err.print("no clusters" if all_instances else _no_clusters_here(be))
         return
     table = Table("name", "engine", "spec", "phase", "created", "expires", "endpoint",
                   *(["instance"] if all_instances else []))
@@ -330,6 +330,20 @@ def ls(backend: BackendOpt = None, all_instances: AllInstancesOpt = False,
         table.add_row(h.name, h.engine, h.spec_ref, str(r["phase"]), h.created_at, h.expires_at,
                       ep, *([h.instance or "-"] if all_instances else []))
     out.print(table)
+
+
+def _no_clusters_here(be: ClusterBackend) -> str:
+    """An empty listing that hides other deployments' clusters says so: a shell without the
+    stack's $AIRFLOW_HOME (or $EPHEMERAL_INSTANCE) is another instance, and "no clusters" there
+    reads as "nothing is running"."""
+    from ephemeral.specs.identity import current_instance
+
+    others = sorted({h.instance or "-" for h in be.list_owned(OwnerSelector(all_instances=True))})
+    if not others:
+        return "no clusters"
+    return (f"no clusters of instance {current_instance()}; {', '.join(others)} "
+            f"{'has' if len(others) == 1 else 'have'} some here (--all-instances lists them; "
+            "set $EPHEMERAL_INSTANCE or the deployment's $AIRFLOW_HOME to act as it)")
 
 
 @app.command("down")

@@ -78,8 +78,9 @@ def up() -> int:
              f"  UI:     {stack.url}\n"
              f"  login:  {stack.username} / {stack.password}\n"
              f"  DAGs:   {stack.dags} (ray_job_adhoc: Trigger opens the form)\n"
-             f"  clusters of this stack: instance {stack.instance} "
-             f"(EPHEMERAL_HOME={stack.ephemeral_home}; `ephemeral ls`)\n"
+             f"  clusters of this stack: instance {stack.instance}; list them with\n"
+             f"          EPHEMERAL_HOME={stack.ephemeral_home} "
+             f"EPHEMERAL_INSTANCE={stack.instance} ephemeral ls\n"
              "Ctrl-C (or `make airflow-down`) stops every component and deletes every "
              "cluster it made.", )
         while not stopping:

@@ -379,3 +379,23 @@ def test_spark_submit_to_a_cluster_without_a_master_says_what_to_use() -> None:
                                       application="app.py")
     with pytest.raises(AirflowFailException, match=r"no Spark master .* use Spark Connect"):
         op.execute({"ti": SimpleNamespace(xcom_push=lambda **_k: None, try_number=1)})
+
+
+def test_ls_in_another_instances_shell_says_whose_clusters_it_hides(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shell without the stack's $AIRFLOW_HOME is another instance: its empty listing names
+    the instances whose clusters are there, and how to see them, instead of "no clusters"."""
+    from typer.testing import CliRunner
+
+    from ephemeral.cli import main
+
+    backend = InMemoryBackend()
+    monkeypatch.setattr(main, "_backend", lambda name: backend)
+    monkeypatch.setenv("EPHEMERAL_INSTANCE", "prod")
+    assert CliRunner().invoke(main.app, ["ls"]).output.strip() == "no clusters"
+    backend.create(SPEC, identity=ident("staging"))
+    run = CliRunner().invoke(main.app, ["ls"])
+    assert run.exit_code == 0
+    assert "no clusters of instance prod; staging has some here (--all-instances" in run.output
+    listed = CliRunner().invoke(main.app, ["ls", "--all-instances"])
+    assert "staging" in listed.output
