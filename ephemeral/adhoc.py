@@ -29,7 +29,6 @@ retry resumes from its own checkpoints and no run can plant one another resumes 
 
 from __future__ import annotations
 
-import re
 import shlex
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from ephemeral.errors import SpecError
 from ephemeral.settings import Settings, get_settings
 from ephemeral.specs.identity import parse_utc
+from ephemeral.specs.loader import is_spec_ref
 from ephemeral.specs.models import RaySpec
 from ephemeral.specs.pip_credentials import pip_entry_problem
 from ephemeral.specs.resolve import CI_CPU, ResolvedSpec, resolve
@@ -50,8 +50,6 @@ FIELDS = ("cluster_spec", "profile", "workers", "gpus_per_worker", "entrypoint",
           "timeout_minutes")
 PIP_MAX_ENTRIES, PIP_ENTRY_MAX_LEN = 50, 200
 ENTRYPOINT_MAX_LEN = 2000
-# A reference into the specs folder only: a path would let a request read any YAML file.
-_SPEC_REF = re.compile(r"^[a-z0-9][a-z0-9-]*/[a-z0-9][a-z0-9-]*(@[0-9]+)?$")
 _ARCHIVES = (".whl", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip", ".egg")
 
 
@@ -393,7 +391,8 @@ def validate_request(params: Mapping[str, Any], settings: Settings | None = None
         entrypoint = confine_outputs(entrypoint, run_folder)
     pip = check_pip(p.get("pip"), pip_allow_list(s.pip_allow))
     workers, gpus = int(p["workers"]), p.get("gpus_per_worker")
-    if not _SPEC_REF.fullmatch(p["cluster_spec"]):
+    # A reference into the specs folder only: a path would let a request read any YAML file.
+    if not is_spec_ref(p["cluster_spec"]):
         raise RequestError([("cluster_spec", f"{p['cluster_spec']!r} is not a spec reference "
                              "such as ray/adhoc-cpu or ray/adhoc-cpu@1 (paths are not accepted)")])
     try:
@@ -424,4 +423,5 @@ def validate_request(params: Mapping[str, Any], settings: Settings | None = None
 def ray_spec_refs(specs_dir: Path) -> list[str]:
     """The Ray specs a form offers: ``ray/<name>`` for each current file (a listing; archived
     ``<name>@<N>.yaml`` versions are left out)."""
-    return sorted(f"ray/{p.stem}" for p in (specs_dir / "ray").glob("*.yaml") if "@" not in p.stem)
+    refs = (f"ray/{p.stem}" for p in (specs_dir / "ray").glob("*.yaml") if "@" not in p.stem)
+    return sorted(ref for ref in refs if is_spec_ref(ref))  # Adhoc.yaml could never be chosen

@@ -49,7 +49,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("backend", "Default backend: ``local`` (real processes on this host) or "
            "``kubernetes``.", default="local", example="kubernetes"),
     Option("home", "Where the local backend keeps one state folder per cluster. Unset: "
-           "``~/.ephemeral``.", example="/var/lib/ephemeral"),
+           "``~/.ephemeral``. An absolute path (``~`` is expanded), as for every folder below: "
+           "each process of the deployment must find the same one.", example="/var/lib/ephemeral"),
     Option("instance", "The deployment that owns clusters: part of every cluster's name digest "
            "and owner labels, so two Airflows sharing a namespace or a machine never adopt, "
            "delete or reap each other's clusters. 1-40 lower-case letters, digits and '-'. "
@@ -77,7 +78,7 @@ OPTIONS: tuple[Option, ...] = (
            "backend, or the ``kubernetes`` backend's own settings below.",
            example="kubernetes_default"),
     Option("run_end_linger", "Seconds the run-end listener waits before deleting what a "
-           "finished run still owns (teardowns normally get there first).", type="float",
+           "finished run still owns (teardowns normally get there first); at most 3600.", type="float",
            default="30", example="5"),
     # Jobs and artifacts
     Option("artifact_root", "Where jobs write datasets, checkpoints, models and metrics: a "

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ephemeral.errors import EphemeralError
 from ephemeral.specs.loader import format_loc
 from ephemeral.specs.quantities import Memory, memory_bytes
+from ephemeral.yaml_files import load_yaml
 
 EPSILON = 1e-4
 LABEL = "label"
@@ -91,7 +92,7 @@ def load_config(path: Path | str | None = None) -> DriftConfig:
         raise DriftConfigError(str(source), [("", "no such file (the drift check's thresholds "
                                                   "live in gates/drift_check.yaml)")])
     try:
-        raw = yaml.safe_load(source.read_text())
+        raw = load_yaml(source.read_text())
     except yaml.YAMLError as exc:
         raise DriftConfigError(str(source), [("", f"not valid YAML: {exc}")]) from None
     if not isinstance(raw, dict):

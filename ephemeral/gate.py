@@ -35,6 +35,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ephemeral.errors import EphemeralError, field_problems
+from ephemeral.yaml_files import load_yaml
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def load_gate(name_or_path: str | Path) -> Gate:
     if path.suffix not in (".yaml", ".yml"):
         path = gates_dir() / f"{name_or_path}.yaml"
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except OSError as err:
         raise GateError(f"{path}: cannot read the gate file ({err.strerror}); set {GATES_VAR} "
                         "to the folder that holds the gate files") from err

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
 import re
 import sys
@@ -150,18 +151,18 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
-        home = Path(setting("home") or Path.home() / ".ephemeral").expanduser()
-        specs, jobs = setting("specs_dir"), setting("jobs_dir")
+        home = folder("home") or Path.home() / ".ephemeral"
+        specs, jobs = folder("specs_dir"), folder("jobs_dir")
         instance = lookup("instance")
         return cls(
             home=home,
-            specs_dir=Path(specs) if specs else _default_specs_dir(),
+            specs_dir=specs or _default_specs_dir(),
             backend=setting("backend") or "local",
             default_ttl_seconds=count("default_ttl") or 0,
             artifact_root=as_uri(setting("artifact_root") or str(home / "artifacts")),
             instance=instance_of(),
             instance_explicit=instance.source != "default",
-            jobs_dir=Path(jobs) if jobs else _default_dir("jobs"),
+            jobs_dir=jobs or _default_dir("jobs"),
             pip_allow=setting("pip_allow"),
         )
 
@@ -221,10 +222,31 @@ def number(key: str, env: Mapping[str, str] | None = None) -> float | None:
     if not found.value:
         return None
     try:
-        return float(found.value)
+        value = float(found.value)
     except ValueError:
-        raise SpecError(found.source, [(found.source, f"{found.value!r} is not a number")]) \
-            from None
+        value = math.nan
+    if not math.isfinite(value):  # inf or nan would mean "never" without saying so
+        raise SpecError(found.source, [(found.source, f"{found.value!r} is not a number")])
+    return value
+
+
+def folder(key: str, env: Mapping[str, str] | None = None) -> Path | None:
+    """Setting ``key`` as an absolute folder (``~`` expanded; None when unset). A relative one
+    would be another folder in each process's working directory: the worker, the run-end
+    listener and a reaper started by cron would each look for clusters somewhere else."""
+    found = lookup(key, env)
+    if not found.value:
+        return None
+    text = found.value.strip()
+    try:
+        path = Path(text).expanduser()
+    except RuntimeError:  # ~user of no such user, or no home to expand ~ to
+        path = Path(text)
+    if not text or not path.is_absolute():
+        raise SpecError(found.source, [(found.source, (
+            f"{found.value!r} is not an absolute path: give the folder from the root, e.g. "
+            f"/srv/ephemeral, so every process of the deployment finds the same one"))])
+    return path
 
 
 def as_uri(path_or_uri: str) -> str:

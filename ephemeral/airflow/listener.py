@@ -23,6 +23,7 @@ backend or connection are left to their teardown and the reaper.
 from __future__ import annotations
 
 import logging
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 # dies at its next heartbeat, a few seconds after the run was marked.
 LINGER_ENV = "EPHEMERAL_RUN_END_LINGER"
 DEFAULT_LINGER = 30.0
+MAX_LINGER = 3600.0
 LOG_NAME = "run-end.log"
 
 
@@ -50,10 +52,13 @@ def _is_local() -> bool:
 
 
 def _linger() -> float:
+    """Never raises (the scheduler calls it): a bad value is the default, and at most an hour,
+    so a typo cannot leave a poller behind every failed run for good."""
     try:
-        return max(0.0, float(setting("run_end_linger") or DEFAULT_LINGER))
+        value = float(setting("run_end_linger") or DEFAULT_LINGER)
     except ValueError:
         return DEFAULT_LINGER
+    return min(max(0.0, value), MAX_LINGER) if math.isfinite(value) else DEFAULT_LINGER
 
 
 @hookimpl

@@ -164,6 +164,16 @@ def job_timeout_seconds(value: Any) -> float | None:
     return seconds
 
 
+def _log_backend_notes(log: Any, spec: Any, backend: ClusterBackend) -> None:
+    """What the backend does differently from the spec's fields (no autoscaling locally,
+    placement it cannot honour, ...), in the setup's log as ``specs show`` and ``up`` say it:
+    the DAG path is where most clusters are made."""
+    from ephemeral.backends.notes import backend_notes, spark_mode_of
+
+    for note in backend_notes(spec, backend.name, default_spark_mode=spark_mode_of(backend)):
+        log.warning("%s: %s", spec.ref, note)
+
+
 def _no_master(handle: ClusterHandle) -> str:
     if handle.engine == "spark":  # a spark-operator SparkConnect: Connect only
         return (f"cluster {handle.name} has no Spark master (a spark-operator SparkConnect): "
@@ -233,6 +243,7 @@ class CreateClusterOperator(BaseOperator):
         identity = cluster_identity(context, spec.spec.name, instance=target.instance,
                                     on_failure=self.on_failure)
         self.log.info("creating %s from %s (hash %s)", identity.name, spec.label(), spec.hash)
+        _log_backend_notes(self.log, spec, backend)
         asked = asking()
         try:
             handle = backend.create(spec, identity=identity)

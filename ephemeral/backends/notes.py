@@ -48,6 +48,12 @@ def backend_notes(spec: ResolvedSpec, backend: str, *,
     return _processes(spec, backend)
 
 
+def spark_mode_of(backend: object) -> str:
+    """A backend's default Spark mode: the Kubernetes deployment's (``EPHEMERAL_K8S_SPARK_MODE``),
+    standalone elsewhere."""
+    return str(getattr(getattr(backend, "config", None), "spark_mode", "standalone"))
+
+
 def _placed(path: str, p: Placement) -> list[str]:
     return [f"{path}.{name}" for name, given in
             (("nodeSelector", p.node_selector), ("tolerations", p.tolerations)) if given]

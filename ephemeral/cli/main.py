@@ -27,6 +27,7 @@ from ephemeral.lifecycle import DEFAULT_READY_TIMEOUT, provision, teardown
 from ephemeral.settings import get_settings
 from ephemeral.specs import ClusterIdentity, load_file, resolve
 from ephemeral.specs.identity import check_cluster_name
+from ephemeral.specs.loader import file_identity_problems, in_specs_tree, read_yaml
 from ephemeral.specs.resolve import CI_CPU, ResolvedSpec, apply_profile
 
 app = typer.Typer(help="Ephemeral Ray and Spark clusters from versioned specs.",
@@ -97,9 +98,9 @@ def spec_notes(spec: ResolvedSpec, backend: str, default_spark_mode: str = "stan
 
 
 def _spark_mode(be: ClusterBackend) -> str:
-    """The Kubernetes deployment's Spark mode (``EPHEMERAL_K8S_SPARK_MODE``); standalone
-    elsewhere."""
-    return str(getattr(getattr(be, "config", None), "spark_mode", "standalone"))
+    from ephemeral.backends.notes import spark_mode_of
+
+    return spark_mode_of(be)
 
 
 @specs_app.command("validate")
@@ -108,11 +109,16 @@ def specs_validate(
     as_json: JsonOpt = False,
 ) -> None:
     """Validate spec files and every profile they define (plus the built-in ci-cpu)."""
-    files = paths or sorted(get_settings().specs_dir.glob("*/*.yaml"))
+    specs_dir = get_settings().specs_dir.resolve()
+    files = paths or sorted(specs_dir.glob("*/*.yaml"))
     results: list[dict[str, Any]] = []
     for path in files:
         problems: list[str] = []
         try:
+            # A draft elsewhere is not found by a reference: its file name does not matter.
+            if in_specs_tree(path, specs_dir) and (
+                    identity := file_identity_problems(path, read_yaml(path))):
+                raise SpecError(str(path), identity)
             spec = load_file(path)
             for profile in sorted({CI_CPU, *spec.profiles}):
                 try:

@@ -87,9 +87,11 @@ def load_prices(env: Mapping[str, str] | None = None) -> Prices | None:
 def _from_file(path: Path) -> Prices:
     import yaml
 
+    from ephemeral.yaml_files import load_yaml
+
     where = f"{COST_FILE_VAR}={path}"
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
         raise CostConfigError(f"{where}: cannot read it: {err}") from err
     try:

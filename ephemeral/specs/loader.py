@@ -20,8 +20,13 @@ from pydantic import TypeAdapter, ValidationError
 from ephemeral.errors import SpecError, SpecNotFound
 from ephemeral.settings import get_settings
 from ephemeral.specs.models import ClusterSpec, RaySpec, SparkSpec
+from ephemeral.yaml_files import load_yaml
 
-_REF_RE = re.compile(r"^(?P<path>[a-z0-9][a-z0-9-]*/[a-z0-9][a-z0-9-]*)(?:@(?P<version>[^@]*))?$")
+_NAME = r"[a-z0-9][a-z0-9-]*"
+_REF_RE = re.compile(rf"^(?P<path>{_NAME}/{_NAME})(?:@(?P<version>[^@]*))?$")
+_MAX_VERSION_DIGITS = 9
+# The kind each folder of the specs folder holds: ray/train-gpu is a RayCluster.
+_KIND_OF_DIR = {"ray": "RayCluster", "spark": "SparkCluster"}
 _ADAPTER: TypeAdapter[RaySpec | SparkSpec] = TypeAdapter(ClusterSpec)
 
 
@@ -72,7 +77,7 @@ def read_yaml(path: Path) -> Any:
     except OSError as err:
         raise SpecNotFound(str(path), [("", f"cannot read the file: {err.strerror}")]) from err
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
@@ -91,6 +96,45 @@ def spec_hash(spec: RaySpec | SparkSpec) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
+def is_spec_ref(ref: str) -> bool:
+    """``<dir>/<name>`` or ``<dir>/<name>@<N>``: a reference into the specs folder, never a path."""
+    m = _REF_RE.fullmatch(ref)
+    pin = m.group("version") if m else None
+    return m is not None and (pin is None or (pin.isdigit()
+                                              and len(pin) <= _MAX_VERSION_DIGITS))
+
+
+def in_specs_tree(path: Path, root: Path) -> bool:
+    """Whether ``path`` is where a reference finds a spec: ``<specs dir>/<dir>/<file>``."""
+    return path.resolve().parent.parent == root.resolve()
+
+
+def file_identity_problems(path: Path, data: Any) -> list[tuple[str, str]]:
+    """What a spec file in the specs folder says of itself that its place contradicts. A
+    reference finds ``<dir>/<name>.yaml`` (or ``<name>@<N>.yaml``) by its file name, and the
+    canonical reference, the report's prices and the form's choices all follow the file's
+    ``name``, ``version`` and ``kind``: a copy renamed without editing it would be another spec
+    under this one's name."""
+    stem, _, pin = path.stem.partition("@")
+    if not re.fullmatch(_NAME, stem) or (pin and not pin.isdigit()):
+        return [("", f"the file name {path.name!r} is not <name>.yaml or <name>@<N>.yaml "
+                     "with a lowercase name of letters, digits and '-'; rename it")]
+    if not isinstance(data, dict):
+        return []
+    problems = []
+    if data.get("name") != stem:
+        problems.append(("name", f"{data.get('name')!r} differs from the file name {stem!r}; "
+                                 "a spec's file is named after it: rename one of them"))
+    if pin and data.get("version") != int(pin):
+        problems.append(("version", f"{data.get('version')!r} differs from the file name's "
+                                    f"@{pin}; an archived version keeps its number"))
+    kind = _KIND_OF_DIR.get(path.parent.name)
+    if kind and data.get("kind") != kind:
+        problems.append(("kind", f"{data.get('kind')!r} in the {path.parent.name}/ folder, "
+                                 f"which holds {kind} specs; move the file or fix its kind"))
+    return problems
+
+
 def _versions(directory: Path, name: str) -> dict[int, Path]:
     found: dict[int, Path] = {}
     # Archived files first, so that the current file wins if one claims the same version.
@@ -98,6 +142,8 @@ def _versions(directory: Path, name: str) -> dict[int, Path]:
         if not path.is_file():
             continue
         data = read_yaml(path)
+        if problems := file_identity_problems(path, data):
+            raise SpecError(str(path), problems)
         version = data.get("version") if isinstance(data, dict) else None
         if isinstance(version, int):
             found[version] = path
@@ -113,6 +159,8 @@ def resolve_ref(ref: str, specs_dir: Path | None = None) -> tuple[Path, str]:
             raise SpecNotFound(ref, [("", "no such spec file")])
         data = read_yaml(path)
         if isinstance(data, dict) and path.resolve().is_relative_to(root.resolve()):
+            if in_specs_tree(path, root) and (problems := file_identity_problems(path, data)):
+                raise SpecError(str(path), problems)
             kind_dir = path.resolve().parent.relative_to(root.resolve())
             return path, f"{kind_dir}/{data.get('name')}@{data.get('version')}"
         return path, str(path)
@@ -130,8 +178,8 @@ def resolve_ref(ref: str, specs_dir: Path | None = None) -> tuple[Path, str]:
     if pin is None:
         version = max(versions)
     else:
-        if not pin.isdigit():
-            raise SpecNotFound(ref, [("version", f"{pin!r} is not an integer version")])
+        if not pin.isdigit() or len(pin) > _MAX_VERSION_DIGITS:
+            raise SpecNotFound(ref, [("version", f"{pin[:20]!r} is not an integer version")])
         version = int(pin)
         if version not in versions:
             have = ", ".join(f"{rel}@{v}" for v in sorted(versions))

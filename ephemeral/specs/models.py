@@ -65,7 +65,16 @@ class Model(BaseModel):
     )
 
 
-PositiveCpu = Annotated[float, Field(gt=0, le=1024, description="CPU cores (may be fractional)")]
+def _millicores(v: float) -> float:
+    """Kubernetes counts CPU in millicores: 0.0001 would be rendered as ``0m``."""
+    if abs(v * 1000 - round(v * 1000)) > 1e-6:
+        raise ValueError(f"{v} is not a whole number of millicores; use a multiple of 0.001 "
+                         "(0.5 for 500m)")
+    return v
+
+
+PositiveCpu = Annotated[float, Field(gt=0, le=1024, description="CPU cores (may be "
+                                     "fractional, in steps of 0.001)"), AfterValidator(_millicores)]
 GpuCount = Annotated[int, Field(ge=0, le=64)]
 
 
@@ -186,17 +195,45 @@ _SECRET_LAST_WORD = re.compile(r"(?:^|\.)(?:secret|passw(?:or)?d|token|keys?|cre
 _FLAG_VALUES = frozenset({"0", "1", "true", "false", "yes", "no", "on", "off"})
 
 
+# Names the conf rule does not see as keys but every tool reads as a secret: PGPASSWORD,
+# MYSQL_PWD, a passphrase, an API key written as one word, CLIENT_CREDENTIALS, a private or
+# signing key, a personal access token of a code host.
+_SECRET_NAME_ALSO = re.compile(r"(?:^|\.)(?:[a-z0-9]*passw(?:or)?d|passphrase|apikey|credentials)$"
+                               r"|\.pwd$|(?:^|\.)(?:private|fernet|signing|stripe)\.key$"
+                               r"|(?:^|\.)(?:github|gitlab|gh|git|hf)\.pat$")
+
+
 def secret_name(name: str) -> bool:
     """Whether an environment variable's name says its value is a secret."""
     words = ".".join(w.lower() for w in _WORD_BREAK.split(name) if w)
-    return secret_key(name) and bool(_SECRET_LAST_WORD.search(words))
+    return (secret_key(name) and bool(_SECRET_LAST_WORD.search(words))) \
+        or bool(_SECRET_NAME_ALSO.search(words))
+
+
+# Values that are a credential by their shape, whatever they are called: code hosts' and model
+# hubs' tokens, cloud access key ids, chat and LLM API keys, JWTs, storage connection strings.
+_TOKEN_SHAPES = re.compile(
+    r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,}|glpat-[A-Za-z0-9_-]{20,}"
+    r"|sk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}|(?:AKIA|ASIA)[0-9A-Z]{16}|xox[abprs]-[A-Za-z0-9-]{10,}"
+    r"|hf_[A-Za-z0-9]{30,}|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})"
+    r"|(?i:(?:AccountKey|SharedAccessKey|SharedAccessSignature)=[^;\s]+)")
 
 
 def secret_value(value: str) -> str | None:
-    """What makes ``value`` itself a secret (a PEM block, a URL with credentials), or None."""
+    """What makes ``value`` itself a secret (a PEM block, a URL with credentials or a signed
+    URL's, a token by its shape), or None."""
+    from ephemeral.specs.pip_credentials import masked, masked_uri
+
     if _PEM.search(value):
         return "it holds a PEM block (a key belongs in a file or a Secret, not in a spec)"
-    return credentials_problem(value)
+    if (problem := credentials_problem(value)) is not None:
+        return problem
+    if masked_uri(value) != masked(value):
+        return (f"{masked_uri(value)!r} is a signed URL: its signature or key parameters are a "
+                "credential")
+    if _TOKEN_SHAPES.search(value):
+        return "it holds a token or key (its shape is a known credential's)"
+    return None
 
 
 # Names a spec may neither set nor read from the creating environment: what the job allow-list
@@ -209,6 +246,13 @@ RESERVED_ENV = (*JOB_ENV_NEVER, "RAY_AUTH_", "RAY_ENABLE_K8S_TOKEN_AUTH")
 
 def reserved_env(name: str) -> bool:
     return name.upper().startswith(RESERVED_ENV)
+
+
+# Names the backends set per node, which a spec's value would silently lose to (locally) or
+# fight (on Kubernetes): which GPUs a node sees is the backend's and the device plugin's to
+# say, and the address of the cluster a job talks to is its own cluster's.
+BACKEND_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",
+                         "HIP_VISIBLE_DEVICES", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"})
 
 
 def _env_var_name(v: str, why: str, fix: str) -> str:
@@ -237,6 +281,10 @@ class EnvVar(Model):
     @field_validator("name")
     @classmethod
     def _env_name(cls, v: str) -> str:
+        if v.upper() in BACKEND_ENV:
+            raise ValueError(f"{v!r} is set by the backend on each node (the GPUs a node gets "
+                             "come from the spec's gpus; a job's cluster address is its own "
+                             "cluster's): remove it, or size the group's gpus instead")
         return _env_var_name(v, "ephemeral, Airflow and the cluster's Ray authentication own "
                                 "such names, and teardown finds a cluster's processes by "
                                 "ephemeral's markers", "pick another name")
@@ -321,12 +369,25 @@ class RuntimeEnv(Model):
         return v
 
 
+TTL_MAX = "30d"
+
+
 class Lifetime(Model):
     ttl: Duration = "6h"
-    """Hard limit: the reaper deletes the cluster once it is this old."""
+    """Hard limit: the reaper deletes the cluster once it is this old (at most ``TTL_MAX``)."""
     idle_timeout: Duration | None = None
     """The reaper deletes a cluster that has run no job, Spark application or Connect session
     for this long since it became ready or its last work ended (``ephemeral.reaper``)."""
+
+    @field_validator("ttl")
+    @classmethod
+    def _bounded(cls, v: str) -> str:
+        # The hard limit must be one: 100000d would switch it off (and past year 9999 the
+        # expiry stamp itself fails, later, under another field's name).
+        if duration_seconds(v) > duration_seconds(TTL_MAX):
+            raise ValueError(f"{v} is longer than {TTL_MAX}, the longest lifetime a cluster "
+                             "may have; a longer run should checkpoint and resume on a new one")
+        return v
 
     @model_validator(mode="after")
     def _idle_within_ttl(self) -> Lifetime:
@@ -476,7 +537,28 @@ def no_secret_conf(conf: dict[str, str]) -> dict[str, str]:
     return conf
 
 
-SparkConf = Annotated[dict[str, str], AfterValidator(no_secret_conf)]
+# Keys the backends derive from the spec's fields, or publish and probe: a value in conf would
+# be overridden without a word, or leave a cluster that never becomes ready (a Connect port its
+# Service and probe do not use; executors bigger than any worker).
+BACKEND_CONF = {
+    "spark.master": "the backend points every application at its cluster",
+    "spark.connect.grpc.binding.port": "the backend publishes and probes the Connect port",
+    "spark.connect.grpc.binding.address": "the backend publishes and probes the Connect port",
+    "spark.ui.port": "the backend publishes the UI's port as an endpoint",
+    "spark.executor.cores": "set workers.cores instead",
+    "spark.executor.resource.gpu.amount": "set workers.gpus instead",
+}
+
+
+def no_backend_conf(conf: dict[str, str]) -> dict[str, str]:
+    if owned := sorted(k for k in conf if k in BACKEND_CONF):
+        raise ValueError("; ".join(f"{k} is the backend's ({BACKEND_CONF[k]})" for k in owned)
+                         + ": remove it")
+    return conf
+
+
+SparkConf = Annotated[dict[str, str], AfterValidator(no_secret_conf),
+                      AfterValidator(no_backend_conf)]
 
 
 class SparkConnect(Placement):
@@ -484,6 +566,17 @@ class SparkConnect(Placement):
     cpu: PositiveCpu = 1
     memory: Memory = "1Gi"
     conf: SparkConf = Field(default_factory=dict)
+
+
+# Spark's GPU asks of tasks and executors (spark.task.resource.gpu.amount, ...).
+GPU_AMOUNT = re.compile(r"spark\.(?:task|executor|driver)\.resource\.gpu\.amount")
+
+
+def _positive(value: str) -> bool:
+    try:
+        return float(value) > 0
+    except ValueError:
+        return True  # not a number: Spark refuses it, and it is no "0"
 
 
 class SparkSpec(SpecBase):
@@ -510,6 +603,26 @@ class SparkSpec(SpecBase):
         if bad:
             raise ValueError(f"Spark conf keys start with 'spark.'; got {', '.join(bad)}")
         return v
+
+    @model_validator(mode="after")
+    def _gpu_tasks_need_gpu_workers(self) -> SparkSpec:
+        """A task or executor that asks for GPUs on workers with none is never scheduled (Spark
+        refuses the resource profile, or waits for ever): refused here, where a profile or an
+        override that set ``workers.gpus`` to 0 is also judged."""
+        if self.workers.gpus:
+            return self
+        from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
+
+        asks = [(*where, "conf", key) for where, conf in
+                (((), self.conf), (("connect",), self.connect.conf if self.connect else {}))
+                for key, value in conf.items() if GPU_AMOUNT.fullmatch(key) and _positive(value)]
+        if asks:
+            msg = ("asks for GPUs but workers.gpus is 0: set it to \"0\" (or remove it) for a "
+                   "cluster without GPUs, or give the workers gpus")
+            raise ValidationError.from_exception_data("SparkCluster", [
+                InitErrorDetails(type=PydanticCustomError("gpu_without_gpus", msg), loc=loc,
+                                 input=None) for loc in asks])
+        return self
 
     @model_validator(mode="after")
     def _operator_mode(self) -> SparkSpec:

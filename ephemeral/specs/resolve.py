@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError
 
 from ephemeral.errors import SpecError
 from ephemeral.specs.loader import load_file, parse_spec, problems_of, resolve_ref, spec_hash
-from ephemeral.specs.models import GpuCount, Model, PositiveCpu, RaySpec, SparkSpec
+from ephemeral.specs.models import GPU_AMOUNT, GpuCount, Model, PositiveCpu, RaySpec, SparkSpec
 from ephemeral.specs.quantities import Memory, format_memory, memory_bytes
 
 CI_CPU = "ci-cpu"
@@ -126,6 +126,10 @@ def _ci_cpu(data: dict[str, Any]) -> dict[str, Any]:
     """ci-cpu's built-in sizes. A group's replica bounds stay for the overrides (the spec's
     maxReplicas still limits them) and go afterwards (``_fixed_size``)."""
     out = copy.deepcopy(data)
+    for conf in (out.get("conf"), (out.get("connect") or {}).get("conf")):
+        if isinstance(conf, dict):  # no GPUs: nothing may ask for one (Spark's GPU amounts)
+            for key in [k for k in conf if GPU_AMOUNT.fullmatch(str(k))]:
+                del conf[key]
     for _, node, cpu_key, gpus in _nodes(out):
         if gpus:
             node["gpus"] = 0

@@ -156,7 +156,7 @@ def test_gpu_executors_ask_spark_for_vendor_gpus_and_get_dev_shm() -> None:
 
 @pytest.mark.parametrize(("extra", "field", "needle"), [
     ("connect: {enabled: false}\n", "connect.enabled", "runs a Spark Connect server"),
-    ("", "conf", "spark.master"),
+    ("", "conf", "spark.kubernetes.namespace"),
     ("", "workers.gpuResource", "<vendor>/gpu"),
 ])
 def test_what_the_operator_cannot_run_is_refused_naming_the_field(
@@ -166,7 +166,7 @@ def test_what_the_operator_cannot_run_is_refused_naming_the_field(
         text = text.replace("connect: {cpu: 1.5, memory: 2Gi}\n", "")
     if field == "conf":
         text = text.replace('{spark.sql.shuffle.partitions: "8"}',
-                            '{spark.master: "local[2]"}')
+                            '{spark.kubernetes.namespace: other}')
     if field == "workers.gpuResource":
         text = text.replace("memory: 4Gi}", "memory: 4Gi, gpus: 1, gpuResource: "
                             "nvidia.com/mig-1g.5gb, discoveryScript: /opt/gpus.sh}")

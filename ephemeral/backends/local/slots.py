@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ephemeral.errors import BackendUnavailable
-from ephemeral.settings import setting
+from ephemeral.settings import folder
 
 SLOTS = 12
 PORT_BASE = 20000
@@ -36,8 +36,8 @@ def runtime_dir() -> Path:
     make it first and fill it with claims. A configured folder is used as it is when this user
     owns it; a shared one (``/run/ephemeral``, mode 1777) gets a folder of this user's inside."""
     uid = os.getuid()
-    configured = setting("runtime_dir")
-    path = Path(configured) if configured else Path(tempfile.gettempdir()) / f"ephemeral-{uid}"
+    configured = folder("runtime_dir")
+    path = configured or Path(tempfile.gettempdir()) / f"ephemeral-{uid}"
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     private = not configured
     if configured and not _owned(path):

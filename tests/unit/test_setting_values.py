@@ -1,0 +1,56 @@
+"""Settings that name folders or numbers mean one thing in every process of a deployment: a
+relative folder would be another one in each working directory (the worker, the run-end
+listener and a reaper started by cron each looking elsewhere for clusters), and ``inf`` is no
+number of seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ephemeral.errors import SpecError
+from ephemeral.settings import folder, number
+
+
+@pytest.mark.parametrize("value", ["eph", "./eph", "   ", "~nosuchuser-xyz/eph"])
+def test_a_folder_that_is_not_absolute_is_refused_naming_its_variable(
+        value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ephemeral.settings import get_settings
+
+    monkeypatch.setenv("EPHEMERAL_HOME", value)
+    with pytest.raises(SpecError, match=r"EPHEMERAL_HOME.*is not an absolute path"):
+        get_settings()
+
+
+def test_the_runtime_folder_is_one_for_every_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ephemeral.backends.local.slots import runtime_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EPHEMERAL_RUNTIME_DIR", "run")
+    with pytest.raises(SpecError, match="EPHEMERAL_RUNTIME_DIR"):
+        runtime_dir()
+    assert not (tmp_path / "run").exists()
+
+
+def test_home_is_expanded_and_stripped(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert folder("home", {"EPHEMERAL_HOME": " ~/eph "}) == tmp_path / "eph"
+    assert folder("home", {}) is None
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e400"])
+def test_a_number_is_finite(value: str) -> None:
+    with pytest.raises(SpecError, match="EPHEMERAL_RUN_END_LINGER"):
+        number("run_end_linger", {"EPHEMERAL_RUN_END_LINGER": value})
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("inf", 30.0), ("nan", 30.0), ("1e12", 3600.0),
+                                                ("-5", 0.0), ("x", 30.0), ("5", 5.0)])
+def test_the_run_end_listener_never_lingers_for_good(
+        value: str, seconds: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ephemeral.airflow.listener import _linger
+
+    monkeypatch.setenv("EPHEMERAL_RUN_END_LINGER", value)
+    assert _linger() == seconds
