@@ -25,7 +25,14 @@ from pydantic.alias_generators import to_camel
 from ephemeral.settings import JOB_ENV_NEVER
 from ephemeral.specs.labels import KEY_HELP, VALUE_HELP, is_label_key, is_label_value
 from ephemeral.specs.pip_credentials import credentials_problem, pip_entry_problem
-from ephemeral.specs.quantities import Duration, Memory, duration_seconds, memory_bytes
+from ephemeral.specs.quantities import (
+    Duration,
+    RayMemory,
+    SparkDaemonMemory,
+    SparkJvmMemory,
+    duration_seconds,
+    memory_bytes,
+)
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_HELP = "lowercase letters, digits and '-', starting and ending with a letter or digit"
@@ -407,7 +414,7 @@ class Lifetime(Model):
 
 class RayHead(GpuFields, Placement):
     cpu: PositiveCpu = 1
-    memory: Memory = "2Gi"
+    memory: RayMemory = "2Gi"
     run_tasks: bool = False
     """Whether the head offers its CPUs to tasks (off: the head only coordinates, as on KubeRay)."""
 
@@ -420,7 +427,7 @@ class RayWorkerGroup(GpuFields, Placement):
     backend does not autoscale: it starts ``replicas`` nodes, and says so."""
     max_replicas: int | None = Field(default=None, ge=1, le=1000)
     cpu: PositiveCpu = 1
-    memory: Memory = "2Gi"
+    memory: RayMemory = "2Gi"
 
     @field_validator("name")
     @classmethod
@@ -504,13 +511,13 @@ class RaySpec(SpecBase):
 
 class SparkMaster(Placement):
     cpu: PositiveCpu = 1
-    memory: Memory = "1Gi"
+    memory: SparkDaemonMemory = "1Gi"
 
 
 class SparkWorkers(GpuFields, Placement):
     replicas: int = Field(ge=1, le=1000)
     cores: int = Field(ge=1, le=1024)
-    memory: Memory = "2Gi"
+    memory: SparkJvmMemory = "2Gi"
     discovery_script: str | None = None
     """Script that prints the GPUs of an executor as JSON (Spark resource discovery)."""
 
@@ -564,7 +571,7 @@ SparkConf = Annotated[dict[str, str], AfterValidator(no_secret_conf),
 class SparkConnect(Placement):
     enabled: bool = True
     cpu: PositiveCpu = 1
-    memory: Memory = "1Gi"
+    memory: SparkJvmMemory = "1Gi"
     conf: SparkConf = Field(default_factory=dict)
 
 

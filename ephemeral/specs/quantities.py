@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import BeforeValidator
+from pydantic import AfterValidator, BeforeValidator
 
 _MEMORY_RE = re.compile(r"^(?P<num>[0-9]+(?:\.[0-9]+)?)(?P<unit>Ki|Mi|Gi|Ti|k|M|G|T)?$")
 _MEMORY_UNITS = {
@@ -77,4 +77,22 @@ def format_memory(n_bytes: int) -> str:
 
 
 Memory = Annotated[str, BeforeValidator(_check_memory)]
+
+
+def at_least(minimum: str, why: str) -> AfterValidator:
+    """A memory field's floor: below it the engine fails at start (Spark refuses a heap under
+    450 MiB; a Ray node's raylet and object store need a few hundred MiB), after the cluster
+    was created, not here."""
+    def check(value: str) -> str:
+        if memory_bytes(value) < memory_bytes(minimum):
+            raise ValueError(f"{value} is below {minimum}, the least {why}; give it at least "
+                             f"{minimum}")
+        return value
+    return AfterValidator(check)
+
+
+RayMemory = Annotated[Memory, at_least("512Mi", "a Ray node runs with")]
+SparkDaemonMemory = Annotated[Memory, at_least("256Mi", "a Spark master runs with")]
+SparkJvmMemory = Annotated[Memory, at_least("1Gi", "that leaves Spark's executors and driver "
+                                                     "the 450 MiB heap they need")]
 Duration = Annotated[str, BeforeValidator(_check_duration)]
