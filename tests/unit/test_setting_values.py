@@ -54,3 +54,21 @@ def test_the_run_end_listener_never_lingers_for_good(
 
     monkeypatch.setenv("EPHEMERAL_RUN_END_LINGER", value)
     assert _linger() == seconds
+
+
+def test_a_runtime_folder_too_long_for_rays_sockets_fails_before_anything_starts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray's sockets live under the runtime folder: a long one (a service's own $TMPDIR, macOS's
+    /var/folders/...) failed only inside a node's log, after the cluster was created."""
+    from ephemeral.backends.local import LocalBackend, slots
+    from ephemeral.errors import BackendUnavailable
+    from ephemeral.specs import ClusterIdentity, resolve
+
+    assert slots.socket_room_problem(Path("/tmp/ephemeral-65534")) is None
+    long = tmp_path / ("x" * 40)
+    monkeypatch.setenv("EPHEMERAL_RUNTIME_DIR", str(long))
+    monkeypatch.setenv("EPHEMERAL_HOME", str(tmp_path / "home"))
+    spec = resolve("ray/adhoc-cpu", "ci-cpu")
+    with pytest.raises(BackendUnavailable, match="set EPHEMERAL_RUNTIME_DIR to a shorter folder"):
+        LocalBackend().create(spec, identity=ClusterIdentity.manual(spec.spec.name, "sock"))
+    assert not list((tmp_path / "home" / "clusters").glob("*/state.json"))

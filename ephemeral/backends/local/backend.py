@@ -36,6 +36,7 @@ from ephemeral.backends.local.state import (
 )
 from ephemeral.errors import (
     BackendError,
+    BackendUnavailable,
     ClusterFailed,
     EphemeralError,
     SpecError,
@@ -164,6 +165,16 @@ def _release(cdir: Path, slot: int) -> None:
                     slot, cdir.name, err)
 
 
+def utf8_locale(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with a UTF-8 locale when the one it carries is not: under ``LC_ALL=C`` a JVM
+    encodes file names as ASCII and cannot open its properties file in a home such as
+    ``/srv/équipe`` (Python copes, Java does not)."""
+    current = env.get("LC_ALL") or env.get("LC_CTYPE") or env.get("LANG") or ""
+    if "utf-8" in current.lower() or "utf8" in current.lower():
+        return env
+    return env | {"LC_ALL": "C.UTF-8"}
+
+
 class LocalBackend(ClusterBackend):
     name = "local"
     probe_interval = 0.5  # a state file and a local HTTP call or two
@@ -198,6 +209,9 @@ class LocalBackend(ClusterBackend):
             if existing:  # a deletion was interrupted: finish it before starting afresh
                 self._delete_locked(name)
             check_spec(spec)
+            if isinstance(spec.spec, RaySpec) and (
+                    problem := slots.socket_room_problem(slots.runtime_dir())):
+                raise BackendUnavailable(problem)
             cdir = self._dir(name)
             cdir.mkdir(parents=True, exist_ok=True)
             slot = slots.claim(cdir, self._node_count(spec))
@@ -258,7 +272,7 @@ class LocalBackend(ClusterBackend):
 
     @staticmethod
     def _env(s: RaySpec | SparkSpec, uid: str, *, name: str, tmp: Path) -> dict[str, str]:
-        env = job_environ()
+        env = utf8_locale(job_environ())
         env |= {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1",
                 "TMPDIR": str(tmp),  # a spec's runtimeEnv may name its own
                 # `python` in a job's entrypoint is this environment's, as it is the image's

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ephemeral.backends.http import get_json
-from ephemeral.settings import job_environ, setting
+from ephemeral.settings import folder, job_environ, setting
 
 ROLES = ("master", "worker", "driver")
 DUMP_TIMEOUT = 300.0
@@ -61,11 +61,18 @@ def java_bin() -> str | None:
 
 
 def archive_dir() -> Path | None:
-    """Where archives live; None when turned off."""
+    """Where archives live; None when turned off, or when nothing names a folder and this OS
+    user has no home (a container's user without a passwd entry): the archives only make
+    starts faster, and their absence must not stop a cluster."""
     value = setting("jvm_archives")
     if value and value.strip().lower() == "off":
         return None
-    return Path(value).expanduser() if value else Path.home() / ".cache" / "ephemeral" / "jvm"
+    if value:
+        return folder("jvm_archives")
+    try:
+        return Path.home() / ".cache" / "ephemeral" / "jvm"
+    except RuntimeError:
+        return None
 
 
 def _digest(java: str, home: Path) -> str:

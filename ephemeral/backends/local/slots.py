@@ -29,6 +29,24 @@ NAMED_PORTS_PER_NODE = 10
 WORKER_PORTS_PER_NODE = 40
 
 
+# The longest socket path Ray makes under a cluster's temp root (slot, node, its session
+# folder with a 7-digit pid, plasma's socket), and what AF_UNIX allows (108 bytes with the NUL).
+_SOCKET_TAIL = f"/r{SLOTS - 1}-abcdef/n19/session_2026-11-30_20-26-40_943232_4194304/sockets/" \
+               "plasma_store"
+_SOCKET_MAX = 107
+
+
+def socket_room_problem(root: Path) -> str | None:
+    """Why Ray nodes could not make their Unix sockets under runtime folder ``root``, or None.
+    Ray only says so in a node's log, after the cluster was created."""
+    if len(str(root).encode()) + len(_SOCKET_TAIL) <= _SOCKET_MAX:
+        return None
+    return (f"the local backend's runtime folder {root} is too long for the Unix sockets Ray "
+            f"makes inside it (at most {_SOCKET_MAX - len(_SOCKET_TAIL)} bytes; sockets are "
+            f"limited to {_SOCKET_MAX + 1}): set EPHEMERAL_RUNTIME_DIR to a shorter folder, "
+            "such as /tmp/ephemeral or /run/ephemeral")
+
+
 def runtime_dir() -> Path:
     """This OS user's short folder for slot claims and Ray's temporary folders (Ray's socket
     paths must stay under 108 bytes): ``$TMPDIR/ephemeral-<uid>``, made 0700. Another local user
