@@ -579,7 +579,7 @@ class SparkConnect(Placement):
 GPU_AMOUNT = re.compile(r"spark\.(?:task|executor|driver)\.resource\.gpu\.amount")
 
 
-def _positive(value: str) -> bool:
+def positive(value: str) -> bool:
     try:
         return float(value) > 0
     except ValueError:
@@ -622,7 +622,7 @@ class SparkSpec(SpecBase):
 
         asks = [(*where, "conf", key) for where, conf in
                 (((), self.conf), (("connect",), self.connect.conf if self.connect else {}))
-                for key, value in conf.items() if GPU_AMOUNT.fullmatch(key) and _positive(value)]
+                for key, value in conf.items() if GPU_AMOUNT.fullmatch(key) and positive(value)]
         if asks:
             msg = ("asks for GPUs but workers.gpus is 0: set it to \"0\" (or remove it) for a "
                    "cluster without GPUs, or give the workers gpus")

@@ -16,7 +16,15 @@ from pydantic import Field, ValidationError
 
 from ephemeral.errors import SpecError
 from ephemeral.specs.loader import load_file, parse_spec, problems_of, resolve_ref, spec_hash
-from ephemeral.specs.models import GPU_AMOUNT, GpuCount, Model, PositiveCpu, RaySpec, SparkSpec
+from ephemeral.specs.models import (
+    GPU_AMOUNT,
+    GpuCount,
+    Model,
+    PositiveCpu,
+    RaySpec,
+    SparkSpec,
+    positive,
+)
 from ephemeral.specs.quantities import Memory, format_memory, memory_bytes
 
 CI_CPU = "ci-cpu"
@@ -122,14 +130,20 @@ def _nodes(data: dict[str, Any]) -> list[tuple[str, dict[str, Any], str, bool]]:
     return out
 
 
+def _drop_gpu_asks(data: dict[str, Any]) -> dict[str, Any]:
+    """No GPUs: nothing may ask for one (Spark's task and executor GPU amounts)."""
+    for conf in (data.get("conf"), (data.get("connect") or {}).get("conf")):
+        if isinstance(conf, dict):
+            for key in [k for k, v in conf.items()
+                        if GPU_AMOUNT.fullmatch(str(k)) and positive(str(v))]:
+                del conf[key]
+    return data
+
+
 def _ci_cpu(data: dict[str, Any]) -> dict[str, Any]:
     """ci-cpu's built-in sizes. A group's replica bounds stay for the overrides (the spec's
     maxReplicas still limits them) and go afterwards (``_fixed_size``)."""
-    out = copy.deepcopy(data)
-    for conf in (out.get("conf"), (out.get("connect") or {}).get("conf")):
-        if isinstance(conf, dict):  # no GPUs: nothing may ask for one (Spark's GPU amounts)
-            for key in [k for k in conf if GPU_AMOUNT.fullmatch(str(k))]:
-                del conf[key]
+    out = _drop_gpu_asks(copy.deepcopy(data))
     for _, node, cpu_key, gpus in _nodes(out):
         if gpus:
             node["gpus"] = 0
@@ -282,7 +296,37 @@ def apply_profile(
         data = _fixed_size(data)
     if profile is None and ov.is_empty():
         return spec
-    return parse_spec(data, label)
+    return parse_spec(_off_gpu_nodes(data, spec), label)
+
+
+def _gpu_placement(key: str, resource: str) -> bool:
+    """A node label or taint key that places a pod on GPU nodes: the GPU resource's own taint
+    (``nvidia.com/gpu``), its vendor's labels (``nvidia.com/gpu.present``), a cloud's accelerator
+    label (``cloud.google.com/gke-accelerator``)."""
+    vendor = resource.split("/")[0] + "/" if "/" in resource else resource
+    lowered = key.lower()
+    return key == resource or key.startswith(vendor) or "gpu" in lowered \
+        or "accelerator" in lowered
+
+
+def _off_gpu_nodes(data: dict[str, Any], spec: RaySpec | SparkSpec) -> dict[str, Any]:
+    """A node a profile or an override took every GPU from leaves GPU nodes too: on Kubernetes
+    its selector and tolerations would still place a CPU-only pod there, holding (or making a
+    cluster autoscaler buy) a GPU node whose GPUs nobody uses; and Spark's applications stop
+    asking for GPUs that are not there."""
+    had = {path: node.get("gpus") or 0 for path, node, _, _ in
+           _nodes(spec.model_dump(mode="json", by_alias=True))}
+    for path, node, _, may_have in _nodes(data):
+        if not may_have or node.get("gpus") or not had.get(path):
+            continue
+        if path == "workers":  # a Spark cluster's only GPUs: its applications' asks go too
+            _drop_gpu_asks(data)
+        resource = str(node.get("gpuResource") or "nvidia.com/gpu")
+        node["nodeSelector"] = {k: v for k, v in (node.get("nodeSelector") or {}).items()
+                                if not _gpu_placement(k, resource)}
+        node["tolerations"] = [t for t in node.get("tolerations") or []
+                               if not _gpu_placement(str(t.get("key") or ""), resource)]
+    return data
 
 
 def resolve(

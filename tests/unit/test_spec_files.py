@@ -139,3 +139,32 @@ def test_the_setup_logs_what_its_backend_does_not_honour() -> None:
     _log_backend_notes(log, resolve("ray/train-gpu"), LocalBackend())
     assert any("does not autoscale" in s for s in said), said
     assert any("nodeSelector" in s for s in said), said
+
+
+@pytest.mark.parametrize(("ref", "overrides", "profile"), [
+    ("ray/train-gpu", {"workers": {"gpus": 0}}, None),  # the trigger form's gpus_per_worker=0
+    ("ray/train-gpu", None, "ci-cpu"),
+    ("spark/etl-gpu", {"workers": {"gpus": 0}}, None),
+])
+def test_a_node_without_its_gpus_leaves_gpu_nodes_too(
+        ref: str, overrides: dict[str, object] | None, profile: str | None) -> None:
+    """On Kubernetes a CPU-only pod that still selects and tolerates GPU nodes holds one (or
+    makes a cluster autoscaler buy one) whose GPUs nobody uses; a Spark cluster's applications
+    stop asking for GPUs."""
+    given = resolve(ref).spec
+    spec = resolve(ref, profile, overrides).spec
+    nodes = spec.worker_groups if hasattr(spec, "worker_groups") else [spec.workers]
+    assert all(n.gpus == 0 and not n.node_selector and not n.tolerations for n in nodes)
+    assert given.model_dump()["conf" if hasattr(given, "conf") else "name"]  # the spec asked
+    if hasattr(spec, "conf"):
+        assert not [k for k in spec.conf if "gpu" in k]
+
+
+def test_placement_that_is_not_about_gpus_stays(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    text = (SHIPPED / "ray/train-gpu.yaml").read_text().replace(
+        "nvidia.com/gpu.present: \"true\"", "nvidia.com/gpu.present: \"true\"\n      pool: ml")
+    path.write_text(text)
+    assert "pool: ml" in text
+    spec = resolve(str(path), None, {"workers": {"gpus": 0}}).spec
+    assert spec.worker_groups[0].node_selector == {"pool": "ml"}
