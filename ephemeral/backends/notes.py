@@ -90,6 +90,20 @@ def _processes(spec: ResolvedSpec, backend: str) -> list[str]:
     if placed:
         notes.append(f"{', '.join(placed)}: the {backend} backend runs every node on this "
                      "host (placement applies on Kubernetes)")
+    return notes + _local_gpus(s, backend)
+
+
+def _local_gpus(s: RaySpec | SparkSpec, backend: str) -> list[str]:
+    """How this host's GPUs stand in for what the spec says of them."""
+    nodes = [("head", s.head), *((f"workerGroups[{g.name}]", g) for g in s.worker_groups)] \
+        if isinstance(s, RaySpec) else [("workers", s.workers)]
+    notes = [f"{path}.gpuResource {n.gpu_resource}: the {backend} backend gives nodes this "
+             "host's GPUs by CUDA_VISIBLE_DEVICES (NVIDIA's), whatever the resource"
+             for path, n in nodes if n.gpus and n.gpu_resource != "nvidia.com/gpu"]
+    if isinstance(s, SparkSpec) and s.workers.gpus and s.workers.discovery_script:
+        notes.append(f"workers.discoveryScript: the {backend} backend lists each worker's "
+                     "GPUs in a resources file instead (the script is the image's, on "
+                     "Kubernetes)")
     return notes
 
 

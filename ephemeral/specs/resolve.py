@@ -96,6 +96,9 @@ def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
 def _overlay(data: dict[str, Any], overlay: dict[str, Any], source: str) -> dict[str, Any]:
     """Merge a profile overlay; ``workerGroups`` in an overlay is a mapping by group name."""
     overlay = dict(overlay)
+    if "workerGroups" in overlay and overlay["workerGroups"] is None:
+        raise SpecError(source, [("workerGroups", "empty in a profile: map a group name to "
+                                  "the fields to change, or remove workerGroups")])
     groups = overlay.pop("workerGroups", None)
     for forbidden in ("kind", "name", "version", "profiles"):
         if forbidden in overlay:

@@ -14,6 +14,8 @@ from ephemeral.backends.notes import backend_notes, refusals
 from ephemeral.cli import main
 from ephemeral.specs import resolve
 
+ROOT = Path(__file__).resolve().parents[2]
+
 SPARK = """\
 kind: SparkCluster
 name: notes
@@ -91,3 +93,17 @@ def test_the_cli_shows_them_and_refuses_in_one_place(
                                         "kubernetes"])
     assert run.exit_code == 0, run.output
     assert json.loads(run.stdout)["notes"][0].startswith("operator mode")
+
+
+def test_local_says_how_it_stands_in_for_gpu_fields(tmp_path: Path) -> None:
+    """The local backend gives nodes this host's GPUs by CUDA_VISIBLE_DEVICES and lists a Spark
+    worker's GPUs in a resources file: an AMD resource or a discovery script means nothing
+    there, and says so."""
+    notes = backend_notes(resolve("spark/etl-gpu"), "local")
+    assert any(n.startswith("workers.discoveryScript:") for n in notes), notes
+    path = tmp_path / "amd.yaml"
+    path.write_text((ROOT / "cluster_specs/ray/train-gpu.yaml").read_text().replace(
+        "gpuResource: nvidia.com/gpu", "gpuResource: amd.com/gpu"))
+    notes = backend_notes(resolve(str(path)), "local")
+    assert any("gpuResource amd.com/gpu" in n for n in notes), notes
+    assert backend_notes(resolve(str(path)), "kubernetes") == []
