@@ -56,6 +56,12 @@ def problems_of(err: ValidationError) -> list[tuple[str, str]]:
             msg = "kind must be RayCluster or SparkCluster"
         elif e["type"] == "missing":
             msg = "required field is missing"
+        elif e["type"] == "string_type" and isinstance(e.get("input"), bool | int | float):
+            # YAML reads yes, on, 1 and 1.0 unquoted as a boolean or a number.
+            msg += f": YAML read it as {e['input']!r}; quote the value, e.g. \"true\" or \"1\""
+        elif e["type"] == "float_parsing" and isinstance(e.get("input"), str) \
+                and re.fullmatch(r"[0-9]+m", e["input"]):
+            msg += f": CPU is in cores here; write {int(e['input'][:-1]) / 1000:g} for {e['input']}"
         out.append((format_loc(loc), msg))
     return out
 
