@@ -29,6 +29,7 @@ retry resumes from its own checkpoints and no run can plant one another resumes 
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 from collections.abc import Mapping, Sequence
@@ -297,10 +298,36 @@ def _seconds(n: float) -> str:
     return f"{n} s" + (f" ({h}h{rest // 60:02d}m)" if h else f" ({n // 60} min)" if n >= 60 else "")
 
 
+def job_timeout_seconds(value: Any, field: str = "job_timeout") -> float | None:
+    """A job timeout as given (an operator's rendered ``job_timeout``, the CLI's ``--timeout``):
+    seconds, or None for no limit. Anything but a finite number above 0 is refused naming
+    ``field``: 0 or less would stop the job the moment it starts, nan would mean no limit and
+    inf cannot be compared with a cluster's expiry."""
+    if value in (None, "", "None"):
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if isinstance(value, bool) or not math.isfinite(seconds) or seconds <= 0:
+        raise RequestError([(field, f"{value!r} is not a finite number of seconds above 0: "
+                             "give one, or leave it empty for no limit")])
+    return seconds
+
+
+# The time budget of a job on a cluster made for it: the job must end before the cluster's
+# expiry (``lifetime.ttl`` after creation: the reaper deletes it then, under a running job). What
+# comes before the job's start is the cluster's start-up (at most the setup's ready timeout,
+# ``lifecycle.SETUP_READY_TIMEOUT``) and the scheduling of the job's task after it (its worker
+# slot, a triggerer's resume, the submission): SCHEDULING_MARGIN.
+SCHEDULING_MARGIN = 120.0
+
+
 def check_timeout_within_ttl(handle: ClusterHandle | Mapping[str, Any], timeout_s: float | None,
                              *, now: datetime | None = None, field: str = "timeout") -> float:
-    """Refuse a job timeout longer than the cluster's remaining lifetime (the reaper deletes the
-    cluster at ``expires_at``, spec ``lifetime.ttl`` after creation, under a running job).
+    """At the job's start: refuse a job timeout longer than the cluster's remaining lifetime
+    (the reaper deletes the cluster at ``expires_at``, spec ``lifetime.ttl`` after creation,
+    under a running job).
 
     ``handle``: a ClusterHandle or its XCom dict. Returns the remaining seconds. ``timeout_s``
     None (no timeout) is not refused: the job is still bounded by the cluster's lifetime.
@@ -319,23 +346,32 @@ def check_timeout_within_ttl(handle: ClusterHandle | Mapping[str, Any], timeout_
     return remaining
 
 
-def check_timeout_within_spec_ttl(spec: ResolvedSpec, timeout_s: float, field: str) -> None:
-    """Before the cluster exists: the timeout must fit in the spec's whole ``lifetime.ttl``."""
+def check_timeout_within_spec_ttl(spec: ResolvedSpec, timeout_s: float, field: str,
+                                  ready_timeout: float) -> None:
+    """Before the cluster exists: the timeout, after the cluster's start (up to
+    ``ready_timeout``) and SCHEDULING_MARGIN, must end within the spec's ``lifetime.ttl``;
+    refused naming ``field`` (minutes, as the form asks) with the largest value that fits."""
     ttl = spec.spec.lifetime.ttl_seconds
-    if timeout_s > ttl:
-        raise RequestError([(field, f"the job timeout {_seconds(timeout_s)} is longer than "
-                             f"{spec.ref}'s lifetime.ttl {spec.spec.lifetime.ttl} "
-                             f"({ttl} s): the reaper would delete the cluster under the job; "
-                             f"ask for at most {ttl // 60} minutes or use a spec with a longer "
-                             "ttl")])
+    before = ready_timeout + SCHEDULING_MARGIN
+    if timeout_s + before <= ttl:
+        return
+    fits = int((ttl - before) // 60)
+    fix = (f"ask for at most {fits} minutes or use a spec with a longer ttl" if fits >= 1
+           else "use a spec with a longer ttl")
+    raise RequestError([(field, f"the job timeout {_seconds(timeout_s)} does not fit in "
+                         f"{spec.ref}'s lifetime.ttl {spec.spec.lifetime.ttl} ({ttl} s) after "
+                         f"the cluster's start (up to {_seconds(ready_timeout)} to get ready) "
+                         f"and {_seconds(SCHEDULING_MARGIN)} to start the job: the reaper would "
+                         f"delete the cluster under the job; {fix}")])
 
 
 # --- the whole request ------------------------------------------------------------------------
 
 
-def _types(p: Mapping[str, Any]) -> list[tuple[str, str]]:
+def _types(p: dict[str, Any]) -> list[tuple[str, str]]:
     """What the form's schema would refuse, for callers that skip it (the REST API with a conf
-    that bypasses the form, a direct call): a wrong type must name its field, not crash."""
+    that bypasses the form, a direct call): a wrong type must name its field, not crash. Whole
+    numbers written as floats are made ints in ``p``."""
     problems = [(k, "unknown field; fields: " + ", ".join(FIELDS)) for k in p if k not in FIELDS]
     problems += [(k, "missing") for k in FIELDS if k not in p and k not in ("profile", "pip",
                                                                             "gpus_per_worker")]
@@ -344,6 +380,9 @@ def _types(p: Mapping[str, Any]) -> list[tuple[str, str]]:
         v = p.get(key)
         if v is None and (optional or key not in p):
             return
+        # 2.0 is a whole number to JSON Schema's "integer" (the form's), so here too.
+        if isinstance(v, float) and v.is_integer():
+            v = p[key] = int(v)
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
             problems.append((key, f"{v!r} is not a whole number from {lo} to {hi}"))
 
@@ -369,8 +408,8 @@ def _field_of(spec_field: str) -> str:
 
 
 def validate_request(params: Mapping[str, Any], settings: Settings | None = None,
-                     *, allow_any_entrypoint: bool = False,
-                     run_folder: str | None = None) -> dict[str, Any]:
+                     *, allow_any_entrypoint: bool = False, run_folder: str | None = None,
+                     ready_timeout: float | None = None) -> dict[str, Any]:
     """Check a form's values; return what the DAG's tasks need (all JSON, small for XCom):
     spec, profile, overrides, entrypoint, working_dir, runtime_env, timeout_s, spec_hash.
 
@@ -378,6 +417,8 @@ def validate_request(params: Mapping[str, Any], settings: Settings | None = None
     job writes (``confine_outputs``; the DAG passes it; None outside a run: output flags are
     still refused, none is added). With ``allow_any_entrypoint`` the command is the user's own:
     nothing is confined (the jobs still refuse a run path that leaves the root).
+    ``ready_timeout``: the setup's (default ``lifecycle.SETUP_READY_TIMEOUT``, the
+    CreateClusterOperator's), part of the job's time budget within the spec's ttl.
 
     Raises RequestError naming every refused field. Resolves the spec (files only): nothing is
     created and no process is started.
@@ -414,7 +455,10 @@ def validate_request(params: Mapping[str, Any], settings: Settings | None = None
         raise RequestError([(_field_of(f), f"{f}: {m}" if f else m)
                             for f, m in err.problems] or [("cluster_spec", str(err))]) from err
     timeout_s = 60 * int(p["timeout_minutes"])
-    check_timeout_within_spec_ttl(spec, timeout_s, "timeout_minutes")
+    from ephemeral.lifecycle import SETUP_READY_TIMEOUT
+
+    check_timeout_within_spec_ttl(spec, timeout_s, "timeout_minutes",
+                                  SETUP_READY_TIMEOUT if ready_timeout is None else ready_timeout)
     return {"spec": spec.ref, "profile": profile, "overrides": overrides,
             "entrypoint": entrypoint, "working_dir": str(s.jobs_dir),
             "runtime_env": {"pip": pip} if pip else {}, "timeout_s": timeout_s,
