@@ -45,7 +45,7 @@ from ephemeral.airflow.triggers import ClusterReadyTrigger, RayJobTrigger
 from ephemeral.backends import ClusterBackend, ClusterHandle
 from ephemeral.backends.readiness import Readiness
 from ephemeral.errors import EphemeralError, InstanceRequired, JobSubmissionFailed, SpecError
-from ephemeral.jobs.ray_jobs import RayJobs, ray_jobs_for
+from ephemeral.jobs.ray_jobs import JobIdTaken, RayJobs, ray_jobs_for
 from ephemeral.jobs.results import JobResult, JobStatus, tail
 from ephemeral.lifecycle import (
     SETUP_READY_TIMEOUT,
@@ -601,6 +601,8 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
             jid, attached = jobs.submit_or_attach(
                 self.entrypoint, task_key=task_key(context), attempt=int(ti.try_number or 1),
                 working_dir=self.working_dir, runtime_env=env)
+        except JobIdTaken as err:  # a retry finds the same job
+            raise AirflowFailException(str(err)) from err
         except EphemeralError as err:
             raise AirflowException(str(err)) from err
         self._job = (handle, jid)
