@@ -29,6 +29,7 @@ retry resumes from its own checkpoints and no run can plant one another resumes 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shlex
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ephemeral.errors import SpecError
-from ephemeral.settings import Settings, get_settings
+from ephemeral.settings import Settings, get_settings, xcom_max_bytes
 from ephemeral.specs.identity import parse_utc
 from ephemeral.specs.models import RaySpec
 from ephemeral.specs.pip_credentials import pip_entry_problem
@@ -407,6 +408,35 @@ def _field_of(spec_field: str) -> str:
     return "cluster_spec"
 
 
+def _size(value: Any) -> int:
+    """Bytes of ``value`` as an XCom holds it: MetadataOnlyXCom measures Airflow's serialized
+    form (the dict itself, by its ``str``), the database stores JSON; the larger of both."""
+    return max(len(str(value).encode()), len(json.dumps(value).encode()))
+
+
+def check_result_size(result: Mapping[str, Any], limit: int) -> None:
+    """The validated request must fit in a task's result (the metadata-only XCom's ``limit``):
+    beyond it the task would fail pushing it, naming no field. The fields that can grow are
+    named: the entrypoint (``shlex.join`` quotes each ``'`` of it as 5 characters) and pip."""
+    size = _size(result)
+    if size <= limit:
+        return
+    over = size - limit
+    pip = list(result.get("runtime_env", {}).get("pip") or [])
+    entry, pips = _size(result["entrypoint"]), _size(pip)
+    where = (f"of the validated request, which is {size} bytes; a task's result may be at most "
+             f"{limit} (EPHEMERAL_XCOM_MAX_BYTES)")
+    if entry >= pips:
+        raise RequestError([("entrypoint", f"once quoted for the job it is "
+                             f"{len(result['entrypoint'])} characters (each quote character "
+                             f"takes up to 5), {entry} bytes {where}: it may take at most "
+                             f"{max(entry - over, 0)}; use fewer quote characters or shorten it "
+                             "(pass long inputs as a file's URI)")])
+    raise RequestError([("pip", f"{len(pip)} entries take {pips} bytes {where}: they may take "
+                         f"at most {max(pips - over, 0)}; remove entries or shorten them (e.g. a "
+                         "version range such as 'pkg>=1,<2' instead of many '!=' exclusions)")])
+
+
 def validate_request(params: Mapping[str, Any], settings: Settings | None = None,
                      *, allow_any_entrypoint: bool = False, run_folder: str | None = None,
                      ready_timeout: float | None = None) -> dict[str, Any]:
@@ -459,10 +489,12 @@ def validate_request(params: Mapping[str, Any], settings: Settings | None = None
 
     check_timeout_within_spec_ttl(spec, timeout_s, "timeout_minutes",
                                   SETUP_READY_TIMEOUT if ready_timeout is None else ready_timeout)
-    return {"spec": spec.ref, "profile": profile, "overrides": overrides,
-            "entrypoint": entrypoint, "working_dir": str(s.jobs_dir),
-            "runtime_env": {"pip": pip} if pip else {}, "timeout_s": timeout_s,
-            "spec_hash": spec.hash}
+    result = {"spec": spec.ref, "profile": profile, "overrides": overrides,
+              "entrypoint": entrypoint, "working_dir": str(s.jobs_dir),
+              "runtime_env": {"pip": pip} if pip else {}, "timeout_s": timeout_s,
+              "spec_hash": spec.hash}
+    check_result_size(result, xcom_max_bytes())
+    return result
 
 
 def ray_spec_refs(specs_dir: Path) -> list[str]:

@@ -149,3 +149,41 @@ def test_the_form_and_its_task_agree_on_floats() -> None:
     params.validate()
     merged = {k: p.value for k, p in module.dag.params.items()} | conf
     assert check(params=merged)["overrides"] == {"workers": {"replicas": 2, "gpus": 0}}
+
+
+# --- the validated request fits in the task's result (the metadata-only XCom) ----------------
+
+
+def _pushed(req: dict[str, Any]) -> None:
+    from ephemeral.airflow.xcom import MetadataOnlyXCom
+
+    MetadataOnlyXCom.serialize_value(req, key="return_value", task_id="validate_request",
+                                     dag_id="ray_job_adhoc")
+
+
+def _pips(exclusions: int) -> list[str]:
+    """The form's most entries (50), each a plain requirement of 18 + 8 * ``exclusions``
+    characters."""
+    return [f"package-{i:02d}>=1.0.0" + ",!=1.0.9" * exclusions for i in range(50)]
+
+
+def test_what_the_form_accepts_fits_in_its_tasks_result() -> None:
+    for form in ({"entrypoint": "python hello_ray.py " + "a " * 990},  # 2000 plain characters
+                 {"pip": _pips(7)}):
+        _pushed(validate_request(FORM | form, run_folder="inst/ray_job_adhoc/manual__1"))
+
+
+def test_an_entrypoint_that_grows_past_the_limit_when_quoted_is_refused_by_name() -> None:
+    quotes = "python hello_ray.py " + '"' + "'" * 1970 + '"'  # within the form's 2000
+    text = refused("entrypoint", entrypoint=quotes)
+    assert "a task's result may be at most 4096 (EPHEMERAL_XCOM_MAX_BYTES)" in text
+    assert "use fewer quote characters" in text
+
+
+def test_pip_entries_past_the_limit_are_refused_by_name(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    text = refused("pip", pip=_pips(10))
+    assert "50 entries take" in text
+    assert "at most 4096" in text
+    monkeypatch.setenv("EPHEMERAL_XCOM_MAX_BYTES", "8192")  # the deployment's own limit
+    validate_request(FORM | {"pip": _pips(10)})
