@@ -4,7 +4,8 @@ Pick a cluster spec, right-size it (workers, GPUs per worker) within what the sp
 the entrypoint (a script in the jobs folder unless the deployment sets
 EPHEMERAL_ALLOW_ARBITRARY_ENTRYPOINTS=true or [ephemeral] allow_arbitrary_entrypoints = true), extra pip packages and a timeout. The form refuses
 values outside its schema; the first task refuses the rest (ephemeral.adhoc: an unknown script or
-a path to one, an argument choosing where the job writes, a pip option, URL or ${VAR}, a size
+a path to one, a Spark application, arguments the script's own parser refuses, an argument
+choosing where the job writes, a pip option, URL or ${VAR}, a size
 above the spec's, GPUs on the CPU-only profile, a timeout that the cluster's lifetime cannot
 hold once the cluster has started) naming the field, before anything is created. The job writes under this run's own folder
 (<instance>/ray_job_adhoc/<run id> under the artifact root), which the first task passes to it.

@@ -202,6 +202,113 @@ def check_entrypoint(entrypoint: object, jobs_dir: Path, allow_any: bool = False
     return shlex.join(argv)
 
 
+# --- which engine the script runs on ------------------------------------------------------------
+
+# A job of the jobs folder declares the engine it runs on at module level: ``__engine__ =
+# "ray"`` or ``"spark"`` (a Spark application fails on a Ray cluster only after the cluster is
+# created). Read from the source, never imported: importing would run the job's module code
+# (pyspark, ray, torch imports) in the Airflow worker. A script that declares none is taken as
+# a Ray job (a deployment's own scripts, written before the marker).
+ENGINE_MARKER = "__engine__"
+ENGINES = ("ray", "spark")
+
+
+def _module_body(script: Path) -> list[Any]:
+    """The top-level statements of ``script``'s source (``ast``), or none when it cannot be read
+    or parsed here (the cluster's Python may be newer than this one): then it is not judged."""
+    import ast
+
+    try:
+        return ast.parse(script.read_text(encoding="utf-8"), str(script)).body
+    except (OSError, SyntaxError, ValueError):
+        return []
+
+
+def script_engine(script: Path) -> str | None:
+    """The engine ``script`` declares (``ENGINE_MARKER``), or None when it declares none."""
+    import ast
+
+    for node in _module_body(script):
+        targets = node.targets if isinstance(node, ast.Assign) else \
+            [node.target] if isinstance(node, ast.AnnAssign) else []
+        value = getattr(node, "value", None)
+        if any(isinstance(t, ast.Name) and t.id == ENGINE_MARKER for t in targets) and \
+                isinstance(value, ast.Constant) and isinstance(value.value, str):
+            return value.value
+    return None
+
+
+def check_engine(entrypoint: str, jobs_dir: Path) -> None:
+    """Refuse an entrypoint whose script is a job of ``jobs_dir`` declared for another engine
+    than Ray (the form's clusters are Ray clusters). Other commands (an arbitrary entrypoint
+    the deployment allows) are not judged here."""
+    argv = shlex.split(entrypoint)
+    if len(argv) < 2 or argv[0] != "python" or _script_problem(argv[1], jobs_dir) is not None:
+        return
+    engine = script_engine(jobs_dir / argv[1])
+    if engine in (None, "ray"):
+        return
+    ray_jobs = [n for n in _scripts(jobs_dir) if script_engine(jobs_dir / n) in (None, "ray")]
+    where = ("on a Spark cluster (`ephemeral spark-submit`, a DAG's "
+             "EphemeralSparkSubmitOperator)" if engine == "spark" else
+             f"where its engine runs (engines: {', '.join(ENGINES)})")
+    raise RequestError([("entrypoint", f"{argv[1]!r} is not a Ray job ({ENGINE_MARKER} = "
+                         f"{engine!r} in it), and this form runs Ray jobs on a Ray cluster, "
+                         "where it would fail once the cluster exists: choose a Ray job "
+                         f"({', '.join(ray_jobs) or 'none'}), or run it {where}")])
+
+
+# A job whose module defines ``parse_args(argv)`` at top level (the jobs' convention) has its
+# arguments parsed by it before the cluster exists, so a typo fails in seconds, not after the
+# cluster's start. It runs in a separate Python with the standard library only (-I -S) and no
+# environment: a script whose module code needs more (ray, torch) fails to import there and is
+# not checked, and nothing of the Airflow worker's (its secrets) reaches the script's code.
+_PARSE = """
+import importlib, json, sys
+folder, script = sys.argv[1], sys.argv[2]
+sys.path.insert(0, folder)
+sys.argv = [script]
+try:
+    module = importlib.import_module(script[:-3])
+except BaseException:
+    sys.exit(90)
+module.parse_args(json.loads(sys.stdin.read()))
+"""
+_NOT_CHECKED = 90
+PARSE_TIMEOUT = 20.0
+
+
+def _defines_parse_args(script: Path) -> bool:
+    import ast
+
+    return any(isinstance(n, ast.FunctionDef) and n.name == "parse_args"
+               for n in _module_body(script))
+
+
+def check_arguments(entrypoint: str, jobs_dir: Path) -> None:
+    """Refuse arguments the job's own ``parse_args`` refuses (an unknown flag, ``--steps
+    abc``, a missing required option), naming ``entrypoint`` with argparse's message. Only
+    ``python <job of jobs_dir> [args]`` with such a job; anything else is not checked."""
+    import subprocess
+    import sys
+
+    argv = shlex.split(entrypoint)
+    if len(argv) < 2 or argv[0] != "python" or _script_problem(argv[1], jobs_dir) is not None \
+            or not _defines_parse_args(jobs_dir / argv[1]):
+        return
+    try:
+        done = subprocess.run([sys.executable, "-I", "-S", "-c", _PARSE, str(jobs_dir), argv[1]],
+                              input=json.dumps(argv[2:]), capture_output=True, text=True,
+                              env={}, timeout=PARSE_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return  # not checked: the job's own parse on the cluster still says it
+    if done.returncode == 2:  # argparse's exit status for a usage error
+        said = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+        said = said.split(": error: ", 1)[-1]  # argparse's "<prog>: error: <why>"
+        raise RequestError([("entrypoint", f"{argv[1]} refuses these arguments: {said} "
+                             f"(`python {argv[1]} --help` lists them)")])
+
+
 # --- where the job writes ---------------------------------------------------------------------
 
 # The flags by which the jobs in jobs/ choose where they write (their argparse options):
@@ -460,8 +567,10 @@ def validate_request(params: Mapping[str, Any], settings: Settings | None = None
     # A templated null profile can arrive as the text "None"; "none" is how the form shows it.
     profile = None if p.get("profile") in (None, "", "None", "none") else str(p["profile"])
     entrypoint = check_entrypoint(p["entrypoint"], s.jobs_dir, allow_any_entrypoint)
+    check_engine(entrypoint, s.jobs_dir)
     if not allow_any_entrypoint:
         entrypoint = confine_outputs(entrypoint, run_folder)
+    check_arguments(entrypoint, s.jobs_dir)
     pip = check_pip(p.get("pip"), pip_allow_list(s.pip_allow))
     workers, gpus = int(p["workers"]), p.get("gpus_per_worker")
     if not _SPEC_REF.fullmatch(p["cluster_spec"]):
