@@ -29,8 +29,6 @@ retry resumes from its own checkpoints and no run can plant one another resumes 
 
 from __future__ import annotations
 
-import json
-import math
 import re
 import shlex
 from collections.abc import Mapping, Sequence
@@ -202,6 +200,69 @@ def check_entrypoint(entrypoint: object, jobs_dir: Path, allow_any: bool = False
     return shlex.join(argv)
 
 
+# --- where the job writes ---------------------------------------------------------------------
+
+# The flags by which the jobs in jobs/ choose where they write (their argparse options):
+# --run (train_ddp.py, etl_features.py: everything under <artifact root>/<run>/), --artifact-root
+# (both: the root itself) and --output (etl_features.py: the features folder; evaluate.py: the
+# metrics file). A job given none of them writes by default under <root>/<run>/, except
+# evaluate.py: next to --model-uri's run, i.e. into the run that made the model.
+OUTPUT_FLAGS = ("--run", "--artifact-root", "--output")
+# What the form passes itself, per script: {run} is the run's folder relative to the artifact
+# root (as --run takes it), {uri} the same folder as a URI under the root.
+RUN_OUTPUTS: dict[str, tuple[str, str]] = {
+    "train_ddp.py": ("--run", "{run}"),
+    "etl_features.py": ("--run", "{run}"),
+    "evaluate.py": ("--output", "{uri}/eval/metrics.json"),
+}
+
+
+def _output_flag(word: str) -> str | None:
+    """The output flag ``word`` stands for, or None. argparse takes any unambiguous prefix of a
+    long option (``--ru x``, ``--out=x``), so a prefix counts; so does a longer name made from
+    one (``--output-uri``, ``--run-dir``), a deployment's own script's likely spelling."""
+    if not word.startswith("--") or len(word) < 3:
+        return None
+    name = word.split("=", 1)[0]
+    for flag in OUTPUT_FLAGS:
+        if flag.startswith(name) or name.startswith((flag + "-", flag + "_")):
+            return flag
+    return None
+
+
+def _named(word: str, flag: str) -> str:
+    name = word.split("=", 1)[0]
+    return repr(name) if name == flag else f"{name!r} (a form of {flag})"
+
+
+def confine_outputs(entrypoint: str, run_folder: str | None) -> str:
+    """``entrypoint`` (``python <script> [args]``, as ``check_entrypoint`` returns it) with the
+    location it writes to chosen here, not by the request: a word that names an output flag is
+    refused, naming it; the script's flag from ``RUN_OUTPUTS`` is then put right after the
+    script, pointing into ``run_folder`` (``artifacts.run_folder(dag_id, run_id)``; None: a
+    check outside a DAG run, nothing is added)."""
+    argv = shlex.split(entrypoint)
+    given = [_named(w, flag) for w in argv[2:] if (flag := _output_flag(w)) is not None]
+    if given:
+        where = run_folder or "<instance>/ray_job_adhoc/<run id>"
+        raise RequestError([("entrypoint", f"{', '.join(given)} "
+                             f"{'chooses' if len(given) == 1 else 'choose'} where the job "
+                             f"writes; an ad-hoc job writes only under its own run's folder "
+                             f"({where} under the artifact root), which the form passes to the "
+                             "script itself, so a retry resumes from its own checkpoints and no "
+                             "other run's folder is touched: remove "
+                             f"{'it' if len(given) == 1 else 'them'} (to start from another "
+                             "run's data or model, give it as an input: --data-uri, "
+                             "--model-uri)")])
+    if run_folder is None or argv[1] not in RUN_OUTPUTS:
+        return entrypoint
+    from ephemeral.jobs import artifacts
+
+    flag, value = RUN_OUTPUTS[argv[1]]
+    value = value.format(run=run_folder, uri=artifacts.run_uri(run_folder))
+    return shlex.join([*argv[:2], flag, value, *argv[2:]])
+
+
 # --- which engine the script runs on ------------------------------------------------------------
 
 # A job of the jobs folder declares the engine it runs on at module level: ``__engine__ =
@@ -289,6 +350,7 @@ def check_arguments(entrypoint: str, jobs_dir: Path) -> None:
     """Refuse arguments the job's own ``parse_args`` refuses (an unknown flag, ``--steps
     abc``, a missing required option), naming ``entrypoint`` with argparse's message. Only
     ``python <job of jobs_dir> [args]`` with such a job; anything else is not checked."""
+    import json
     import subprocess
     import sys
 
@@ -307,69 +369,6 @@ def check_arguments(entrypoint: str, jobs_dir: Path) -> None:
         said = said.split(": error: ", 1)[-1]  # argparse's "<prog>: error: <why>"
         raise RequestError([("entrypoint", f"{argv[1]} refuses these arguments: {said} "
                              f"(`python {argv[1]} --help` lists them)")])
-
-
-# --- where the job writes ---------------------------------------------------------------------
-
-# The flags by which the jobs in jobs/ choose where they write (their argparse options):
-# --run (train_ddp.py, etl_features.py: everything under <artifact root>/<run>/), --artifact-root
-# (both: the root itself) and --output (etl_features.py: the features folder; evaluate.py: the
-# metrics file). A job given none of them writes by default under <root>/<run>/, except
-# evaluate.py: next to --model-uri's run, i.e. into the run that made the model.
-OUTPUT_FLAGS = ("--run", "--artifact-root", "--output")
-# What the form passes itself, per script: {run} is the run's folder relative to the artifact
-# root (as --run takes it), {uri} the same folder as a URI under the root.
-RUN_OUTPUTS: dict[str, tuple[str, str]] = {
-    "train_ddp.py": ("--run", "{run}"),
-    "etl_features.py": ("--run", "{run}"),
-    "evaluate.py": ("--output", "{uri}/eval/metrics.json"),
-}
-
-
-def _output_flag(word: str) -> str | None:
-    """The output flag ``word`` stands for, or None. argparse takes any unambiguous prefix of a
-    long option (``--ru x``, ``--out=x``), so a prefix counts; so does a longer name made from
-    one (``--output-uri``, ``--run-dir``), a deployment's own script's likely spelling."""
-    if not word.startswith("--") or len(word) < 3:
-        return None
-    name = word.split("=", 1)[0]
-    for flag in OUTPUT_FLAGS:
-        if flag.startswith(name) or name.startswith((flag + "-", flag + "_")):
-            return flag
-    return None
-
-
-def _named(word: str, flag: str) -> str:
-    name = word.split("=", 1)[0]
-    return repr(name) if name == flag else f"{name!r} (a form of {flag})"
-
-
-def confine_outputs(entrypoint: str, run_folder: str | None) -> str:
-    """``entrypoint`` (``python <script> [args]``, as ``check_entrypoint`` returns it) with the
-    location it writes to chosen here, not by the request: a word that names an output flag is
-    refused, naming it; the script's flag from ``RUN_OUTPUTS`` is then put right after the
-    script, pointing into ``run_folder`` (``artifacts.run_folder(dag_id, run_id)``; None: a
-    check outside a DAG run, nothing is added)."""
-    argv = shlex.split(entrypoint)
-    given = [_named(w, flag) for w in argv[2:] if (flag := _output_flag(w)) is not None]
-    if given:
-        where = run_folder or "<instance>/ray_job_adhoc/<run id>"
-        raise RequestError([("entrypoint", f"{', '.join(given)} "
-                             f"{'chooses' if len(given) == 1 else 'choose'} where the job "
-                             f"writes; an ad-hoc job writes only under its own run's folder "
-                             f"({where} under the artifact root), which the form passes to the "
-                             "script itself, so a retry resumes from its own checkpoints and no "
-                             "other run's folder is touched: remove "
-                             f"{'it' if len(given) == 1 else 'them'} (to start from another "
-                             "run's data or model, give it as an input: --data-uri, "
-                             "--model-uri)")])
-    if run_folder is None or argv[1] not in RUN_OUTPUTS:
-        return entrypoint
-    from ephemeral.jobs import artifacts
-
-    flag, value = RUN_OUTPUTS[argv[1]]
-    value = value.format(run=run_folder, uri=artifacts.run_uri(run_folder))
-    return shlex.join([*argv[:2], flag, value, *argv[2:]])
 
 
 # --- size and time ----------------------------------------------------------------------------
@@ -411,6 +410,8 @@ def job_timeout_seconds(value: Any, field: str = "job_timeout") -> float | None:
     seconds, or None for no limit. Anything but a finite number above 0 is refused naming
     ``field``: 0 or less would stop the job the moment it starts, nan would mean no limit and
     inf cannot be compared with a cluster's expiry."""
+    import math
+
     if value in (None, "", "None"):
         return None
     try:
@@ -518,6 +519,8 @@ def _field_of(spec_field: str) -> str:
 def _size(value: Any) -> int:
     """Bytes of ``value`` as an XCom holds it: MetadataOnlyXCom measures Airflow's serialized
     form (the dict itself, by its ``str``), the database stores JSON; the larger of both."""
+    import json
+
     return max(len(str(value).encode()), len(json.dumps(value).encode()))
 
 
