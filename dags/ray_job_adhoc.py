@@ -4,9 +4,10 @@ Pick a cluster spec, right-size it (workers, GPUs per worker) within what the sp
 the entrypoint (a script in the jobs folder unless the deployment sets
 EPHEMERAL_ALLOW_ARBITRARY_ENTRYPOINTS=true or [ephemeral] allow_arbitrary_entrypoints = true), extra pip packages and a timeout. The form refuses
 values outside its schema; the first task refuses the rest (ephemeral.adhoc: an unknown script or
-a path to one, an argument choosing where the job writes, a pip option, URL or ${VAR}, a size
-above the spec's, GPUs on the CPU-only profile, a timeout longer than the cluster's lifetime)
-naming the field, before anything is created. The job writes under this run's own folder
+a path to one, a Spark application, arguments the script's own parser refuses, an argument
+choosing where the job writes, a pip option, URL or ${VAR}, a size
+above the spec's, GPUs on the CPU-only profile, a timeout that the cluster's lifetime cannot
+hold once the cluster has started) naming the field, before anything is created. The job writes under this run's own folder
 (<instance>/ray_job_adhoc/<run id> under the artifact root), which the first task passes to it.
 The cluster is deleted when the job ends, whatever the outcome.
 
@@ -22,13 +23,14 @@ from typing import Any
 
 from airflow.sdk import DAG, Param, task
 
-from ephemeral.adhoc import ray_spec_refs
+from ephemeral.adhoc import SCHEDULING_MARGIN, ray_spec_refs
 from ephemeral.airflow.operators import (
     CreateClusterOperator,
     DeleteClusterOperator,
     RayJobOperator,
 )
 from ephemeral.jobs.scaling import with_scaling
+from ephemeral.lifecycle import SETUP_READY_TIMEOUT
 from ephemeral.notify import failure_callbacks
 from ephemeral.settings import get_settings
 
@@ -42,6 +44,8 @@ if not RAY_SPECS:
                        "folder that holds the cluster specs")
 DEFAULT_SPEC = "ray/adhoc-cpu" if "ray/adhoc-cpu" in RAY_SPECS else RAY_SPECS[0]
 REQUEST = "ti.xcom_pull(task_ids='validate_request')"
+# What comes before the job within the cluster's ttl (ephemeral.adhoc's time budget).
+BEFORE_JOB_MINUTES = round((SETUP_READY_TIMEOUT + SCHEDULING_MARGIN) / 60)
 
 with DAG(
     dag_id="ray_job_adhoc",
@@ -90,7 +94,9 @@ with DAG(
         "timeout_minutes": Param(
             60, type="integer", minimum=1, maximum=24 * 60, title="Job timeout (minutes)",
             description="The job is stopped after this long. It must end before the cluster's "
-                        "lifetime (the spec's lifetime.ttl) does.",
+                        "lifetime (the spec's lifetime.ttl) does, counted from the cluster's "
+                        f"creation: at most the ttl minus {BEFORE_JOB_MINUTES} minutes (the "
+                        "cluster's start and the job's).",
             section="Job"),
         "pip": Param(
             None, type=["null", "array"], items={"type": "string", "minLength": 1},

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ephemeral.errors import SpecError
-from ephemeral.settings import Settings, get_settings
+from ephemeral.settings import Settings, get_settings, xcom_max_bytes
 from ephemeral.specs.identity import parse_utc
 from ephemeral.specs.loader import is_spec_ref
 from ephemeral.specs.models import RaySpec
@@ -261,6 +261,114 @@ def confine_outputs(entrypoint: str, run_folder: str | None) -> str:
     return shlex.join([*argv[:2], flag, value, *argv[2:]])
 
 
+# --- which engine the script runs on ------------------------------------------------------------
+
+# A job of the jobs folder declares the engine it runs on at module level: ``__engine__ =
+# "ray"`` or ``"spark"`` (a Spark application fails on a Ray cluster only after the cluster is
+# created). Read from the source, never imported: importing would run the job's module code
+# (pyspark, ray, torch imports) in the Airflow worker. A script that declares none is taken as
+# a Ray job (a deployment's own scripts, written before the marker).
+ENGINE_MARKER = "__engine__"
+ENGINES = ("ray", "spark")
+
+
+def _module_body(script: Path) -> list[Any]:
+    """The top-level statements of ``script``'s source (``ast``), or none when it cannot be read
+    or parsed here (the cluster's Python may be newer than this one): then it is not judged."""
+    import ast
+
+    try:
+        return ast.parse(script.read_text(encoding="utf-8"), str(script)).body
+    except (OSError, SyntaxError, ValueError):
+        return []
+
+
+def script_engine(script: Path) -> str | None:
+    """The engine ``script`` declares (``ENGINE_MARKER``), or None when it declares none."""
+    import ast
+
+    for node in _module_body(script):
+        targets = node.targets if isinstance(node, ast.Assign) else \
+            [node.target] if isinstance(node, ast.AnnAssign) else []
+        value = getattr(node, "value", None)
+        if any(isinstance(t, ast.Name) and t.id == ENGINE_MARKER for t in targets) and \
+                isinstance(value, ast.Constant) and isinstance(value.value, str):
+            return value.value
+    return None
+
+
+def check_engine(entrypoint: str, jobs_dir: Path) -> None:
+    """Refuse an entrypoint whose script is a job of ``jobs_dir`` declared for another engine
+    than Ray (the form's clusters are Ray clusters). Other commands (an arbitrary entrypoint
+    the deployment allows) are not judged here."""
+    argv = shlex.split(entrypoint)
+    if len(argv) < 2 or argv[0] != "python" or _script_problem(argv[1], jobs_dir) is not None:
+        return
+    engine = script_engine(jobs_dir / argv[1])
+    if engine in (None, "ray"):
+        return
+    ray_jobs = [n for n in _scripts(jobs_dir) if script_engine(jobs_dir / n) in (None, "ray")]
+    where = ("on a Spark cluster (`ephemeral spark-submit`, a DAG's "
+             "EphemeralSparkSubmitOperator)" if engine == "spark" else
+             f"where its engine runs (engines: {', '.join(ENGINES)})")
+    raise RequestError([("entrypoint", f"{argv[1]!r} is not a Ray job ({ENGINE_MARKER} = "
+                         f"{engine!r} in it), and this form runs Ray jobs on a Ray cluster, "
+                         "where it would fail once the cluster exists: choose a Ray job "
+                         f"({', '.join(ray_jobs) or 'none'}), or run it {where}")])
+
+
+# A job whose module defines ``parse_args(argv)`` at top level (the jobs' convention) has its
+# arguments parsed by it before the cluster exists, so a typo fails in seconds, not after the
+# cluster's start. It runs in a separate Python with the standard library only (-I -S) and no
+# environment: a script whose module code needs more (ray, torch) fails to import there and is
+# not checked, and nothing of the Airflow worker's (its secrets) reaches the script's code.
+_PARSE = """
+import importlib, json, sys
+folder, script = sys.argv[1], sys.argv[2]
+sys.path.insert(0, folder)
+sys.argv = [script]
+try:
+    module = importlib.import_module(script[:-3])
+except BaseException:
+    sys.exit(90)
+module.parse_args(json.loads(sys.stdin.read()))
+"""
+_NOT_CHECKED = 90
+PARSE_TIMEOUT = 20.0
+
+
+def _defines_parse_args(script: Path) -> bool:
+    import ast
+
+    return any(isinstance(n, ast.FunctionDef) and n.name == "parse_args"
+               for n in _module_body(script))
+
+
+def check_arguments(entrypoint: str, jobs_dir: Path) -> None:
+    """Refuse arguments the job's own ``parse_args`` refuses (an unknown flag, ``--steps
+    abc``, a missing required option), naming ``entrypoint`` with argparse's message. Only
+    ``python <job of jobs_dir> [args]`` with such a job; anything else is not checked."""
+    import json
+    import subprocess
+    import sys
+
+    argv = shlex.split(entrypoint)
+    if len(argv) < 2 or argv[0] != "python" or _script_problem(argv[1], jobs_dir) is not None \
+            or not _defines_parse_args(jobs_dir / argv[1]):
+        return
+    try:
+        done = subprocess.run([sys.executable, "-I", "-S", "-c", _PARSE, str(jobs_dir), argv[1]],
+                              input=json.dumps(argv[2:]), capture_output=True, text=True,
+                              env={}, timeout=PARSE_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return  # not checked: the job's own parse on the cluster still says it
+    if done.returncode == 2:  # argparse's exit status for a usage error
+        said = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+        said = said.split(": error: ", 1)[-1]  # argparse's "<prog>: error: <why>"
+        raise RequestError([("entrypoint", f"{argv[1]} refuses these arguments: {said} "
+                             f"(`python {argv[1]} --help` lists them)")])
+
+
 # --- size and time ----------------------------------------------------------------------------
 
 
@@ -295,10 +403,38 @@ def _seconds(n: float) -> str:
     return f"{n} s" + (f" ({h}h{rest // 60:02d}m)" if h else f" ({n // 60} min)" if n >= 60 else "")
 
 
+def job_timeout_seconds(value: Any, field: str = "job_timeout") -> float | None:
+    """A job timeout as given (an operator's rendered ``job_timeout``, the CLI's ``--timeout``):
+    seconds, or None for no limit. Anything but a finite number above 0 is refused naming
+    ``field``: 0 or less would stop the job the moment it starts, nan would mean no limit and
+    inf cannot be compared with a cluster's expiry."""
+    import math
+
+    if value in (None, "", "None"):
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if isinstance(value, bool) or not math.isfinite(seconds) or seconds <= 0:
+        raise RequestError([(field, f"{value!r} is not a finite number of seconds above 0: "
+                             "give one, or leave it empty for no limit")])
+    return seconds
+
+
+# The time budget of a job on a cluster made for it: the job must end before the cluster's
+# expiry (``lifetime.ttl`` after creation: the reaper deletes it then, under a running job). What
+# comes before the job's start is the cluster's start-up (at most the setup's ready timeout,
+# ``lifecycle.SETUP_READY_TIMEOUT``) and the scheduling of the job's task after it (its worker
+# slot, a triggerer's resume, the submission): SCHEDULING_MARGIN.
+SCHEDULING_MARGIN = 120.0
+
+
 def check_timeout_within_ttl(handle: ClusterHandle | Mapping[str, Any], timeout_s: float | None,
                              *, now: datetime | None = None, field: str = "timeout") -> float:
-    """Refuse a job timeout longer than the cluster's remaining lifetime (the reaper deletes the
-    cluster at ``expires_at``, spec ``lifetime.ttl`` after creation, under a running job).
+    """At the job's start: refuse a job timeout longer than the cluster's remaining lifetime
+    (the reaper deletes the cluster at ``expires_at``, spec ``lifetime.ttl`` after creation,
+    under a running job).
 
     ``handle``: a ClusterHandle or its XCom dict. Returns the remaining seconds. ``timeout_s``
     None (no timeout) is not refused: the job is still bounded by the cluster's lifetime.
@@ -317,23 +453,32 @@ def check_timeout_within_ttl(handle: ClusterHandle | Mapping[str, Any], timeout_
     return remaining
 
 
-def check_timeout_within_spec_ttl(spec: ResolvedSpec, timeout_s: float, field: str) -> None:
-    """Before the cluster exists: the timeout must fit in the spec's whole ``lifetime.ttl``."""
+def check_timeout_within_spec_ttl(spec: ResolvedSpec, timeout_s: float, field: str,
+                                  ready_timeout: float) -> None:
+    """Before the cluster exists: the timeout, after the cluster's start (up to
+    ``ready_timeout``) and SCHEDULING_MARGIN, must end within the spec's ``lifetime.ttl``;
+    refused naming ``field`` (minutes, as the form asks) with the largest value that fits."""
     ttl = spec.spec.lifetime.ttl_seconds
-    if timeout_s > ttl:
-        raise RequestError([(field, f"the job timeout {_seconds(timeout_s)} is longer than "
-                             f"{spec.ref}'s lifetime.ttl {spec.spec.lifetime.ttl} "
-                             f"({ttl} s): the reaper would delete the cluster under the job; "
-                             f"ask for at most {ttl // 60} minutes or use a spec with a longer "
-                             "ttl")])
+    before = ready_timeout + SCHEDULING_MARGIN
+    if timeout_s + before <= ttl:
+        return
+    fits = int((ttl - before) // 60)
+    fix = (f"ask for at most {fits} minutes or use a spec with a longer ttl" if fits >= 1
+           else "use a spec with a longer ttl")
+    raise RequestError([(field, f"the job timeout {_seconds(timeout_s)} does not fit in "
+                         f"{spec.ref}'s lifetime.ttl {spec.spec.lifetime.ttl} ({ttl} s) after "
+                         f"the cluster's start (up to {_seconds(ready_timeout)} to get ready) "
+                         f"and {_seconds(SCHEDULING_MARGIN)} to start the job: the reaper would "
+                         f"delete the cluster under the job; {fix}")])
 
 
 # --- the whole request ------------------------------------------------------------------------
 
 
-def _types(p: Mapping[str, Any]) -> list[tuple[str, str]]:
+def _types(p: dict[str, Any]) -> list[tuple[str, str]]:
     """What the form's schema would refuse, for callers that skip it (the REST API with a conf
-    that bypasses the form, a direct call): a wrong type must name its field, not crash."""
+    that bypasses the form, a direct call): a wrong type must name its field, not crash. Whole
+    numbers written as floats are made ints in ``p``."""
     problems = [(k, "unknown field; fields: " + ", ".join(FIELDS)) for k in p if k not in FIELDS]
     problems += [(k, "missing") for k in FIELDS if k not in p and k not in ("profile", "pip",
                                                                             "gpus_per_worker")]
@@ -342,6 +487,9 @@ def _types(p: Mapping[str, Any]) -> list[tuple[str, str]]:
         v = p.get(key)
         if v is None and (optional or key not in p):
             return
+        # 2.0 is a whole number to JSON Schema's "integer" (the form's), so here too.
+        if isinstance(v, float) and v.is_integer():
+            v = p[key] = int(v)
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
             problems.append((key, f"{v!r} is not a whole number from {lo} to {hi}"))
 
@@ -366,9 +514,40 @@ def _field_of(spec_field: str) -> str:
     return "cluster_spec"
 
 
+def _size(value: Any) -> int:
+    """Bytes of ``value`` as an XCom holds it: MetadataOnlyXCom measures Airflow's serialized
+    form (the dict itself, by its ``str``), the database stores JSON; the larger of both."""
+    import json
+
+    return max(len(str(value).encode()), len(json.dumps(value).encode()))
+
+
+def check_result_size(result: Mapping[str, Any], limit: int) -> None:
+    """The validated request must fit in a task's result (the metadata-only XCom's ``limit``):
+    beyond it the task would fail pushing it, naming no field. The fields that can grow are
+    named: the entrypoint (``shlex.join`` quotes each ``'`` of it as 5 characters) and pip."""
+    size = _size(result)
+    if size <= limit:
+        return
+    over = size - limit
+    pip = list(result.get("runtime_env", {}).get("pip") or [])
+    entry, pips = _size(result["entrypoint"]), _size(pip)
+    where = (f"of the validated request, which is {size} bytes; a task's result may be at most "
+             f"{limit} (EPHEMERAL_XCOM_MAX_BYTES)")
+    if entry >= pips:
+        raise RequestError([("entrypoint", f"once quoted for the job it is "
+                             f"{len(result['entrypoint'])} characters (each quote character "
+                             f"takes up to 5), {entry} bytes {where}: it may take at most "
+                             f"{max(entry - over, 0)}; use fewer quote characters or shorten it "
+                             "(pass long inputs as a file's URI)")])
+    raise RequestError([("pip", f"{len(pip)} entries take {pips} bytes {where}: they may take "
+                         f"at most {max(pips - over, 0)}; remove entries or shorten them (e.g. a "
+                         "version range such as 'pkg>=1,<2' instead of many '!=' exclusions)")])
+
+
 def validate_request(params: Mapping[str, Any], settings: Settings | None = None,
-                     *, allow_any_entrypoint: bool = False,
-                     run_folder: str | None = None) -> dict[str, Any]:
+                     *, allow_any_entrypoint: bool = False, run_folder: str | None = None,
+                     ready_timeout: float | None = None) -> dict[str, Any]:
     """Check a form's values; return what the DAG's tasks need (all JSON, small for XCom):
     spec, profile, overrides, entrypoint, working_dir, runtime_env, timeout_s, spec_hash.
 
@@ -376,6 +555,8 @@ def validate_request(params: Mapping[str, Any], settings: Settings | None = None
     job writes (``confine_outputs``; the DAG passes it; None outside a run: output flags are
     still refused, none is added). With ``allow_any_entrypoint`` the command is the user's own:
     nothing is confined (the jobs still refuse a run path that leaves the root).
+    ``ready_timeout``: the setup's (default ``lifecycle.SETUP_READY_TIMEOUT``, the
+    CreateClusterOperator's), part of the job's time budget within the spec's ttl.
 
     Raises RequestError naming every refused field. Resolves the spec (files only): nothing is
     created and no process is started.
@@ -387,8 +568,10 @@ def validate_request(params: Mapping[str, Any], settings: Settings | None = None
     # A templated null profile can arrive as the text "None"; "none" is how the form shows it.
     profile = None if p.get("profile") in (None, "", "None", "none") else str(p["profile"])
     entrypoint = check_entrypoint(p["entrypoint"], s.jobs_dir, allow_any_entrypoint)
+    check_engine(entrypoint, s.jobs_dir)
     if not allow_any_entrypoint:
         entrypoint = confine_outputs(entrypoint, run_folder)
+    check_arguments(entrypoint, s.jobs_dir)
     pip = check_pip(p.get("pip"), pip_allow_list(s.pip_allow))
     workers, gpus = int(p["workers"]), p.get("gpus_per_worker")
     # A reference into the specs folder only: a path would let a request read any YAML file.
@@ -413,11 +596,16 @@ def validate_request(params: Mapping[str, Any], settings: Settings | None = None
         raise RequestError([(_field_of(f), f"{f}: {m}" if f else m)
                             for f, m in err.problems] or [("cluster_spec", str(err))]) from err
     timeout_s = 60 * int(p["timeout_minutes"])
-    check_timeout_within_spec_ttl(spec, timeout_s, "timeout_minutes")
-    return {"spec": spec.ref, "profile": profile, "overrides": overrides,
-            "entrypoint": entrypoint, "working_dir": str(s.jobs_dir),
-            "runtime_env": {"pip": pip} if pip else {}, "timeout_s": timeout_s,
-            "spec_hash": spec.hash}
+    from ephemeral.lifecycle import SETUP_READY_TIMEOUT
+
+    check_timeout_within_spec_ttl(spec, timeout_s, "timeout_minutes",
+                                  SETUP_READY_TIMEOUT if ready_timeout is None else ready_timeout)
+    result = {"spec": spec.ref, "profile": profile, "overrides": overrides,
+              "entrypoint": entrypoint, "working_dir": str(s.jobs_dir),
+              "runtime_env": {"pip": pip} if pip else {}, "timeout_s": timeout_s,
+              "spec_hash": spec.hash}
+    check_result_size(result, xcom_max_bytes())
+    return result
 
 
 def ray_spec_refs(specs_dir: Path) -> list[str]:

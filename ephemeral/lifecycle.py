@@ -21,6 +21,10 @@ from ephemeral.specs.identity import ClusterIdentity, parse_utc
 from ephemeral.specs.resolve import ResolvedSpec
 
 DEFAULT_READY_TIMEOUT = 600.0
+# The Airflow setup's (CreateClusterOperator's) default: a scheduled cluster may wait for nodes
+# (an autoscaler's, a GPU pool's) longer than an interactive `up`. A form that creates one
+# budgets its job's timeout with it (ephemeral.adhoc.check_timeout_within_spec_ttl).
+SETUP_READY_TIMEOUT = 900.0
 ProgressFn = Callable[[ClusterStatus], None]
 
 

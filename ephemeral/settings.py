@@ -203,6 +203,16 @@ def count(key: str, env: Mapping[str, str] | None = None) -> int | None:
     return int(found.value)
 
 
+XCOM_MAX_BYTES = 4096
+
+
+def xcom_max_bytes() -> int:
+    """Largest XCom value ``MetadataOnlyXCom`` accepts: ``$EPHEMERAL_XCOM_MAX_BYTES`` or
+    ``[ephemeral] xcom_max_bytes`` (default 4096). Here, without Airflow, so a task's own
+    checks (``adhoc.validate_request``) can bound what it returns by the same number."""
+    return count("xcom_max_bytes") or XCOM_MAX_BYTES
+
+
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
 

@@ -20,6 +20,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import emit_result, join, read_bytes, to_uri, write_json
 from train_ddp import build_model, load_dataset
 
+# The engine this job runs on, read (not imported) by ephemeral.adhoc: the Ray form refuses
+# a Spark application before creating a cluster it would fail on.
+__engine__ = "ray"
+
 
 def binary_f1(predicted: list[int], actual: list[int], positive: int = 1
               ) -> tuple[float, float, float]:

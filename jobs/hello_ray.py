@@ -8,6 +8,10 @@ import json
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+# The engine this job runs on, read (not imported) by ephemeral.adhoc: the Ray form refuses
+# a Spark application before creating a cluster it would fail on.
+__engine__ = "ray"
+
 
 @ray.remote(num_cpus=0)
 def where() -> str:

@@ -6,6 +6,10 @@ import random
 
 from pyspark.sql import SparkSession
 
+# The engine this job runs on, read (not imported) by ephemeral.adhoc: the Ray form refuses
+# a Spark application before creating a cluster it would fail on.
+__engine__ = "spark"
+
 
 def main() -> None:
     spark = SparkSession.builder.appName("hello-spark").getOrCreate()

@@ -37,6 +37,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import emit_result, fail, join, read_bytes, to_uri
 from train_ddp import build_model, load_dataset
 
+# The engine this job runs on, read (not imported) by ephemeral.adhoc: the Ray form refuses
+# a Spark application before creating a cluster it would fail on.
+__engine__ = "ray"
+
 APP = "gate-candidate"
 ROUTE = "/predict"
 

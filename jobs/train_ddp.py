@@ -32,6 +32,10 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import default_root, emit_result, join, run_dir, to_uri, write_bytes, write_json
 
+# The engine this job runs on, read (not imported) by ephemeral.adhoc: the Ray form refuses
+# a Spark application before creating a cluster it would fail on.
+__engine__ = "ray"
+
 FEATURE_PREFIX = "x"
 
 

@@ -45,9 +45,10 @@ from ephemeral.airflow.triggers import ClusterReadyTrigger, RayJobTrigger
 from ephemeral.backends import ClusterBackend, ClusterHandle
 from ephemeral.backends.readiness import Readiness
 from ephemeral.errors import EphemeralError, InstanceRequired, JobSubmissionFailed, SpecError
-from ephemeral.jobs.ray_jobs import RayJobs, ray_jobs_for
+from ephemeral.jobs.ray_jobs import JobIdTaken, RayJobs, ray_jobs_for
 from ephemeral.jobs.results import JobResult, JobStatus, tail
 from ephemeral.lifecycle import (
+    SETUP_READY_TIMEOUT,
     adopted,
     asking,
     delete_after_failure,
@@ -151,17 +152,14 @@ def cluster_connection(handle: ClusterHandle, op: Any) -> str | None:
 
 def job_timeout_seconds(value: Any) -> float | None:
     """A job operator's rendered ``job_timeout``: seconds, or None for no limit; anything else
-    fails the task naming the field, before a job is submitted."""
-    if value in (None, "", "None"):
-        return None
+    fails the task naming the field, before a job is submitted (``adhoc.job_timeout_seconds``,
+    the rule the CLI's --timeout follows too)."""
+    from ephemeral.adhoc import job_timeout_seconds as seconds
+
     try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = float("nan")
-    if not seconds > 0 or seconds == float("inf"):
-        raise AirflowFailException(f"job_timeout={value!r}: give a number of seconds above 0, "
-                                   "or leave it empty for no limit")
-    return seconds
+        return seconds(value, "job_timeout")
+    except SpecError as err:
+        raise AirflowFailException(str(err)) from err
 
 
 def _log_backend_notes(log: Any, spec: Any, backend: ClusterBackend) -> None:
@@ -207,7 +205,7 @@ class CreateClusterOperator(BaseOperator):
     def __init__(self, *, spec: str, profile: str | None = None,
                  overrides: dict[str, Any] | None = None, backend: str | None = None,
                  conn_id: str | None = None, kubernetes_conn_id: str | None = None,
-                 ready_timeout: float = 900.0, poll_interval: float | None = None,
+                 ready_timeout: float = SETUP_READY_TIMEOUT, poll_interval: float | None = None,
                  deferrable: bool | None = None, on_failure: str = "delete",
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -614,6 +612,8 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
             jid, attached = jobs.submit_or_attach(
                 self.entrypoint, task_key=task_key(context), attempt=int(ti.try_number or 1),
                 working_dir=self.working_dir, runtime_env=env)
+        except JobIdTaken as err:  # a retry finds the same job
+            raise AirflowFailException(str(err)) from err
         except EphemeralError as err:
             raise AirflowException(str(err)) from err
         self._job = (handle, jid)

@@ -11,14 +11,10 @@ from typing import Any
 
 from airflow.sdk import BaseXCom
 
-DEFAULT_MAX_BYTES = 4096
+from ephemeral.settings import XCOM_MAX_BYTES as DEFAULT_MAX_BYTES
+from ephemeral.settings import xcom_max_bytes as max_bytes
 
-
-def max_bytes() -> int:
-    """``$EPHEMERAL_XCOM_MAX_BYTES`` or ``[ephemeral] xcom_max_bytes`` (default 4096)."""
-    from ephemeral.settings import count
-
-    return count("xcom_max_bytes") or DEFAULT_MAX_BYTES
+__all__ = ["DEFAULT_MAX_BYTES", "MetadataOnlyXCom", "XComTooLarge", "max_bytes"]
 
 
 class XComTooLarge(ValueError):

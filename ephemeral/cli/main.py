@@ -416,10 +416,11 @@ def _cluster(name: str, backend: str | None, engine: str, as_json: bool,
              timeout: float | None = None) -> ClusterHandle:
     """The cluster a job goes to; a job ``timeout`` past its expiry is refused up front (the
     reaper would delete the cluster under the running job)."""
-    from ephemeral.adhoc import check_timeout_within_ttl
+    from ephemeral.adhoc import check_timeout_within_ttl, job_timeout_seconds
 
     try:
         check_cluster_name(name, "CLUSTER")
+        job_timeout_seconds(timeout, "--timeout")  # finite, above 0: refused before anything
     except SpecError as e:
         raise _fail(e, as_json) from e
     handle = _backend(backend).get(name)

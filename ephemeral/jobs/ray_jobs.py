@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import functools
+import hashlib
+import json
 import logging
 import threading
 import time
@@ -82,6 +84,28 @@ class ClusterLost(JobError):
 class AccessDenied(JobError):
     """The Jobs API (or the API-server proxy before it) refused this side's credentials: a
     Kubernetes token that expired mid-job (EKS's last 15 minutes) says nothing of the cluster."""
+
+
+class JobIdTaken(JobError):
+    """A task's deterministic job id names a job that runs another request (entrypoint or
+    runtime_env) than the task's: a run triggered again with the id of a deleted one, on the
+    cluster that run left. Following it would report that job's result as this task's; a retry
+    finds the same job, so it is final."""
+
+
+# The key of a submitted job's metadata that holds its request's digest (``request_digest``):
+# an attaching task compares it with its own before following the job.
+REQUEST_KEY = "ephemeral_request"
+
+
+def request_digest(entrypoint: str, runtime_env: Mapping[str, Any] | None = None,
+                   working_dir: str | None = None) -> str:
+    """A digest of what a job runs (entrypoint, and runtime_env with its working_dir), as the
+    submitter gives them: the same task's retries give the same; another request does not."""
+    env = dict(runtime_env or {}) | ({"working_dir": working_dir} if working_dir else {})
+    blob = json.dumps({"entrypoint": entrypoint, "runtime_env": env}, sort_keys=True,
+                      default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
 class Liveness(enum.Enum):
@@ -340,6 +364,26 @@ class RayJobs:
             raise JobError(f"cannot read job {job_id}: the Ray Jobs API answered no job "
                            f"status ({type(err).__name__}: {err})") from err
 
+    def submitted_request(self, job_id: str) -> tuple[str | None, str]:
+        """(request digest or None, entrypoint) of a job as Ray recorded it at submission
+        (``GET /api/jobs/{id}``: its metadata and entrypoint); JobError when that cannot be
+        read. The digest is None for a job submitted without one (not through
+        ``submit_or_attach``)."""
+        import requests
+
+        try:
+            resp = self._request("GET", f"/api/jobs/{quote(job_id, safe='')}", READ_TIMEOUT)
+            if not resp.ok:
+                raise JobError(f"cannot read job {job_id}: {_answered(resp)}")
+            info = resp.json()
+            digest = (info.get("metadata") or {}).get(REQUEST_KEY)
+            return (None if digest is None else str(digest)), str(info.get("entrypoint") or "")
+        except requests.RequestException as err:
+            raise JobError(f"cannot read job {job_id}: {_failure(err, READ_TIMEOUT)}") from err
+        except (ValueError, AttributeError) as err:
+            raise JobError(f"cannot read job {job_id}: the Ray Jobs API answered no job "
+                           f"details ({type(err).__name__}: {err})") from err
+
     def gcs_health(self, *, timeout: float = 3.0) -> GcsHealth:
         """What the dashboard says of its GCS (``/api/gcs_healthz``, which asks the GCS with a
         0.1 s deadline and answers 503 "Health check failed" when it is gone). DOWN only on
@@ -427,17 +471,40 @@ class RayJobs:
         self, entrypoint: str, *, task_key: str, attempt: int, **submit_args: Any
     ) -> tuple[str, bool]:
         """(job id, attached): attach to a live or succeeded job of an earlier attempt, else
-        submit this attempt's job."""
+        submit this attempt's job. The job is submitted with its request's digest in its
+        metadata (``REQUEST_KEY``); a job found is attached to only when it runs the same
+        request, else JobIdTaken names it (never another request's job followed as this)."""
+        digest = request_digest(entrypoint, submit_args.get("runtime_env"),
+                                submit_args.get("working_dir"))
         for earlier in range(attempt, 0, -1):
             jid = submission_id(self.cluster, task_key, earlier)
             st = self.status(jid)
-            if st is not None and st in (JobStatus.PENDING, JobStatus.RUNNING,
-                                         JobStatus.SUCCEEDED):
+            if st is not None and (earlier == attempt or st in (
+                    JobStatus.PENDING, JobStatus.RUNNING, JobStatus.SUCCEEDED)):
+                # a live or succeeded earlier job; or this very attempt's, which already ran
+                # (and failed): report it
+                self._same_request(jid, entrypoint, digest)
                 return jid, True
-            if st is not None and earlier == attempt:
-                return jid, True  # this very attempt already ran (and failed): report it
         jid = submission_id(self.cluster, task_key, attempt)
-        return self.submit(entrypoint, job_id=jid, **submit_args), False
+        metadata = {**(submit_args.pop("metadata", None) or {}), REQUEST_KEY: digest}
+        return self.submit(entrypoint, job_id=jid, metadata=metadata, **submit_args), False
+
+    def _same_request(self, job_id: str, entrypoint: str, digest: str) -> None:
+        """Refuse to attach to ``job_id`` unless it runs this request: its digest, or for a job
+        submitted without one, its entrypoint."""
+        theirs, their_entrypoint = self.submitted_request(job_id)
+        if theirs == digest or (theirs is None and their_entrypoint == entrypoint):
+            return
+        what = ("another entrypoint" if their_entrypoint != entrypoint
+                else "another runtime_env (pip, env_vars or working_dir)")
+        shown = their_entrypoint if len(their_entrypoint) <= 200 else \
+            their_entrypoint[:200] + "..."
+        raise JobIdTaken(
+            f"job {job_id} on cluster {self.cluster} runs {what} than this task's "
+            f"({shown!r}, not {entrypoint!r}): it was submitted by an earlier run with the same "
+            "run id (one deleted and triggered again), whose cluster this run adopted. Its "
+            "result is not this task's, so it is not followed: trigger with a new run id, or "
+            f"delete the cluster first (`ephemeral down {self.cluster}`)")
 
     # -- following a job ------------------------------------------------------------------
     def follow(self, job_id: str, *, sink: LogSink | None = None,

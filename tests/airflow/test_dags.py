@@ -270,7 +270,7 @@ def test_the_trigger_form_refuses_values_outside_its_schema(dagbag: Any) -> None
     ({"cluster_spec": "ray/train-gpu", "profile": "ci-cpu", "gpus_per_worker": 1},
      "validate_request", "workerGroups.gpu.gpus: profile ci-cpu runs without GPUs"),
     ({"timeout_minutes": 121}, "validate_request",
-     "timeout_minutes: the job timeout 7260 s (2h01m) is longer than ray/adhoc-cpu@1's "
+     "timeout_minutes: the job timeout 7260 s (2h01m) does not fit in ray/adhoc-cpu@1's "
      "lifetime.ttl 2h (7200 s)"),
     # Only the backend knows this host has no GPU: the setup refuses before creating anything.
     ({"cluster_spec": "ray/train-gpu"}, "create_cluster", "asks for 2 GPU(s) but this host has 0"),
