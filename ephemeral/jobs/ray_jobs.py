@@ -103,6 +103,8 @@ def request_digest(entrypoint: str, runtime_env: Mapping[str, Any] | None = None
     """A digest of what a job runs (entrypoint, and runtime_env with its working_dir), as the
     submitter gives them: the same task's retries give the same; another request does not."""
     env = dict(runtime_env or {}) | ({"working_dir": working_dir} if working_dir else {})
+    if isinstance(env.get("env_vars"), Mapping):  # names only: a value may be a secret, and
+        env["env_vars"] = sorted(env["env_vars"])  # job metadata is shown by the dashboard
     blob = json.dumps({"entrypoint": entrypoint, "runtime_env": env}, sort_keys=True,
                       default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]

@@ -143,3 +143,13 @@ def test_a_run_triggered_again_with_the_same_run_id_fails_naming_the_old_job(
     assert f"job {first} on cluster" in str(err.value)
     assert "runs another entrypoint" in str(err.value)
     assert list(api.jobs) == [first]
+
+
+def test_the_request_digest_holds_no_env_value() -> None:
+    """The digest lives in the job's metadata, which the dashboard shows: a value may be a
+    secret, so only the variables' names count."""
+    from ephemeral.jobs.ray_jobs import request_digest
+
+    one = request_digest("python x.py", {"env_vars": {"TOKEN": "a"}})
+    assert one == request_digest("python x.py", {"env_vars": {"TOKEN": "b"}})
+    assert one != request_digest("python x.py", {"env_vars": {"OTHER": "a"}})
