@@ -27,8 +27,12 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# Folder settings are absolute (each process would resolve a relative one on its own); a
+# relative EPHEMERAL_HOME given to make is taken from the checkout.
+EPH_HOME = EPHEMERAL_HOME="$$(realpath -m "$${EPHEMERAL_HOME:-$(CURDIR)/.home}")"
+
 demo: setup
-	EPHEMERAL_HOME=$${EPHEMERAL_HOME:-$(CURDIR)/.home} $(PY) scripts/demo.py
+	$(EPH_HOME) $(PY) scripts/demo.py
 
 lint: setup
 	$(VENV)/bin/ruff check ephemeral tests bench scripts jobs dags
@@ -41,15 +45,15 @@ unit: setup
 	$(VENV)/bin/pytest -m "not local" -q
 
 bench: setup
-	EPHEMERAL_HOME=$${EPHEMERAL_HOME:-$(CURDIR)/.home} $(PY) bench/bench_local.py
-	EPHEMERAL_HOME=$${EPHEMERAL_HOME:-$(CURDIR)/.home} $(PY) bench/bench_jobs.py
+	$(EPH_HOME) $(PY) bench/bench_local.py
+	$(EPH_HOME) $(PY) bench/bench_jobs.py
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) bench/bench_pipeline.py
 	$(PY) bench/baseline.py  # fails if any by-hand node of the benches is still running
 
 # A local Airflow (api-server, scheduler, dag-processor, triggerer) for this checkout, in the
 # foreground until Ctrl-C; EPHEMERAL_AIRFLOW_DB=postgres for a throwaway PostgreSQL.
-STACK_ENV := AIRFLOW_HOME=$${AIRFLOW_HOME:-$(CURDIR)/.home/stack} \
-	EPHEMERAL_HOME=$${EPHEMERAL_HOME:-$(CURDIR)/.home}
+STACK_ENV := AIRFLOW_HOME="$$(realpath -m "$${AIRFLOW_HOME:-$(CURDIR)/.home/stack}")" \
+	$(EPH_HOME)
 airflow: setup
 	$(STACK_ENV) $(PY) -m ephemeral.devstack up
 
@@ -58,7 +62,7 @@ airflow-down:
 
 # The reference DAGs' graphs and the trigger form, from a real stack in headless Chromium.
 screenshots: setup
-	EPHEMERAL_HOME=$${EPHEMERAL_HOME:-$(CURDIR)/.home} $(PY) scripts/screenshots.py
+	$(EPH_HOME) $(PY) scripts/screenshots.py
 
 clean:
 	rm -rf $(VENV) .home
