@@ -10,8 +10,9 @@ answer of no use here: "does not answer". This module's GET, the Ray Jobs client
 
 Nor does the worker's environment steer a call to a cluster: a corporate HTTP_PROXY/ALL_PROXY
 whose NO_PROXY misses 127.x would receive every local cluster's token (and never relay it), so
-both HTTP stacks ignore environment proxies (``cluster_session``, ``get_json``) and gRPC
-channels to a cluster take ``GRPC_NO_PROXY``; and both trust the same CAs (``ca_trust``).
+both HTTP stacks ignore environment proxies (``cluster_session``, ``get_json``; only a proxy
+``Access.proxy`` names is used) and gRPC channels to a cluster take ``GRPC_NO_PROXY``; and both
+trust the same CAs (``ca_trust``).
 """
 
 from __future__ import annotations
@@ -65,15 +66,21 @@ def tls_context(verify: bool | str) -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
-def cluster_session(verify: bool | str) -> requests.Session:
+def _proxies(proxy: str | None) -> dict[str, str]:
+    return {"http": proxy, "https": proxy} if proxy else {}
+
+
+def cluster_session(verify: bool | str, proxy: str | None = None) -> requests.Session:
     """A ``requests`` session for calls to a cluster: no proxy, ``.netrc`` credentials or CA
-    bundle from the environment (``trust_env``); ``ca_trust``'s CAs. ``requests.request``
-    makes a session per call too: one per call is no cost, and is safe on any thread."""
+    bundle from the environment (``trust_env``); ``ca_trust``'s CAs, ``proxy`` if any
+    (``Access.proxy``). ``requests.request`` makes a session per call too: one per call is
+    no cost, and is safe on any thread."""
     import requests
 
     session = requests.Session()
     session.trust_env = False
     session.verify = ca_trust(verify)
+    session.proxies = _proxies(proxy)
     return session
 
 
@@ -92,14 +99,15 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 def get_json(url: str, *, timeout: float = 3.0, headers: Mapping[str, str] | None = None,
-             verify: bool | str = True) -> Any:
+             verify: bool | str = True, proxy: str | None = None) -> Any:
     """GET ``url`` (with ``headers``, e.g. credentials) and parse JSON; None when it does not
     answer with 200 and JSON (yet). ``verify`` is the TLS trust of an https URL, as
-    ``Access.verify`` carries it (``tls_context``)."""
+    ``Access.verify`` carries it (``tls_context``); ``proxy`` the proxy ``Access.proxy``
+    names (None: direct, whatever the environment says)."""
     request = urllib.request.Request(url, headers=dict(headers or {}))
     try:
         context = tls_context(verify) if url.startswith("https:") else None
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),  # none: see above
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler(_proxies(proxy)),
                                              urllib.request.HTTPSHandler(context=context),
                                              _NoRedirect())
         with opener.open(request, timeout=timeout) as resp:

@@ -238,7 +238,8 @@ def ray_jobs_for(handle: ClusterHandle, backend: ClusterBackend) -> RayJobs:
     if handle.engine != "ray" or not access.dashboard:
         raise JobSubmissionFailed(f"cluster {handle.name} is not a Ray cluster")
     return RayJobs(access.dashboard, cluster=handle.name, headers=access.headers,
-                   verify=access.verify, head=HeadEvidence.of(backend, handle))
+                   verify=access.verify, proxy=access.proxy,
+                   head=HeadEvidence.of(backend, handle))
 
 
 @functools.cache
@@ -283,13 +284,14 @@ def _jobs_client() -> type:
 class RayJobs:
     def __init__(self, dashboard: str, *, cluster: str = "",
                  headers: Mapping[str, str] | None = None, verify: bool | str = True,
-                 head: HeadEvidence | None = None) -> None:
+                 proxy: str | None = None, head: HeadEvidence | None = None) -> None:
         self.dashboard = dashboard
         self.cluster = cluster
         self.head = head  # the backend's view of the cluster's head (None: no backend)
         self._headers = dict(headers or {})  # credentials: never logged
         self._verify = verify
         self.trust = ca_trust(verify)  # the CAs every request of this client trusts
+        self._proxy = proxy  # Access.proxy: never one from the environment
         self._client: Any = None
 
     @property
@@ -340,7 +342,7 @@ class RayJobs:
         nothing from the environment (``cluster_session``), bounded by ``timeout`` seconds to
         connect and between bytes (or a (connect, read) pair), a redirect not followed
         (``ephemeral.backends.http`` says why) but returned."""
-        with cluster_session(self._verify) as session:
+        with cluster_session(self._verify, self._proxy) as session:
             return session.request(method, f"{self.dashboard.rstrip('/')}{path}",
                                    headers=self._headers, data=data, json=json,
                                    timeout=timeout, allow_redirects=False)

@@ -394,6 +394,17 @@ class KubeClient:
         """The API server's URL, as the credentials name it."""
         return str(self.api.configuration.host).rstrip("/")
 
+    def server_proxy(self) -> str | None:
+        """The HTTP proxy this client reaches its API server through (its kubeconfig's
+        proxy-url, or HTTPS_PROXY as the Kubernetes client reads it unless its NO_PROXY names
+        the server), None when direct: the way other HTTP clients to the server's URLs go."""
+        import urllib3
+
+        pool = self.api.rest_client.pool_manager
+        pool = getattr(pool, "pool", pool)  # under _NoRedirects
+        proxy = pool.proxy if isinstance(pool, urllib3.ProxyManager) else None
+        return str(proxy.url) if proxy is not None else None
+
     def proxy_path(self, service: str, port: str) -> str:
         """Where the API server proxies to ``service``'s ``port`` (a name or a number)."""
         return f"/api/v1/namespaces/{self.namespace}/services/{service}:{port}/proxy"
