@@ -78,13 +78,13 @@ def _latest(*moments: datetime | None) -> datetime | None:
 def ray_activity(access: Access) -> Activity:
     """Busy while a Ray job is pending or running."""
     jobs = get_json(f"{access.dashboard}/api/jobs/", timeout=TIMEOUT, headers=access.headers,
-                    verify=access.verify)
+                    verify=access.verify, proxy=access.proxy)
     if not isinstance(jobs, list):
         return Activity(None, "the Ray Jobs API did not answer")
     running = [j for j in jobs if isinstance(j, dict) and j.get("status") in RAY_BUSY]
     last_end = _latest(*(_ms(j.get("end_time")) for j in jobs if isinstance(j, dict)))
     nodes = get_json(f"{access.dashboard}/api/v0/nodes?limit=1000&detail=true", timeout=TIMEOUT,
-                     headers=access.headers, verify=access.verify)
+                     headers=access.headers, verify=access.verify, proxy=access.proxy)
     rows = (((nodes or {}).get("data") or {}).get("result") or {}).get("result") \
         if isinstance(nodes, dict) else None
     nodes_up = _latest(*(_ms(n.get("start_time_ms")) for n in rows or []
@@ -120,20 +120,20 @@ def connect_ui(handle: ClusterHandle) -> str | None:
 Records = list[dict[str, Any]]
 
 
-def connect_server(ui: str, headers: dict[str, str], *, verify: bool | str = True
-                   ) -> tuple[dict[str, Any], Records, Records]:
+def connect_server(ui: str, headers: dict[str, str], *, verify: bool | str = True,
+                   proxy: str | None = None) -> tuple[dict[str, Any], Records, Records]:
     """The Connect server's application, sessions and operations (the readiness probes'
     excluded), from its UI's REST API; raises LookupError when it does not answer."""
     apps = get_json(f"{ui}/api/v1/applications", timeout=CONNECT_TIMEOUT, headers=headers,
-                    verify=verify)
+                    verify=verify, proxy=proxy)
     if not isinstance(apps, list) or not apps or not isinstance(apps[0], dict) \
             or not apps[0].get("id"):
         raise LookupError(f"the Spark Connect UI at {ui} did not answer")
     base = f"{ui}/api/v1/applications/{apps[0]['id']}/connect"
     sessions = get_json(f"{base}/sessions", timeout=CONNECT_TIMEOUT, headers=headers,
-                        verify=verify)
+                        verify=verify, proxy=proxy)
     operations = get_json(f"{base}/operations", timeout=CONNECT_TIMEOUT, headers=headers,
-                          verify=verify)
+                          verify=verify, proxy=proxy)
     if not isinstance(sessions, list) or not isinstance(operations, list):
         raise LookupError(f"the Spark Connect UI at {ui} did not list sessions")
     return (apps[0],
@@ -154,11 +154,12 @@ def _app_start(app: dict[str, Any]) -> datetime | None:
     return _ms(attempts[0].get("startTimeEpoch")) if attempts else None
 
 
-def _connect_sessions(ui: str, headers: dict[str, str], verify: bool | str = True
+def _connect_sessions(ui: str, headers: dict[str, str], verify: bool | str = True,
+                      proxy: str | None = None
                       ) -> tuple[list[str], datetime | None, datetime | None]:
     """(open sessions and unfinished operations, when the last of them ended, when the server
     started); raises LookupError when the Connect UI does not answer."""
-    app, sessions, operations = connect_server(ui, headers, verify=verify)
+    app, sessions, operations = connect_server(ui, headers, verify=verify, proxy=proxy)
     active = [f"Connect session {s.get('sessionId')}" for s in sessions
               if not s.get("finishTimestamp")]
     active += [f"Connect operation {o.get('operationId')} {o.get('state')}" for o in operations
@@ -176,7 +177,7 @@ def operator_activity(access: Access) -> Activity:
     assert access.spark_ui is not None
     try:
         busy, last_end, started = _connect_sessions(access.spark_ui, dict(access.headers),
-                                                    access.verify)
+                                                    access.verify, access.proxy)
     except LookupError as err:
         return Activity(None, str(err))
     return Activity(bool(busy), _what(busy), last_end, started, busy)
@@ -190,7 +191,7 @@ def spark_activity(access: Access, handle: ClusterHandle) -> Activity:
     if is_operator(handle):
         return operator_activity(access)
     master = get_json(f"{access.spark_ui}/json/", timeout=TIMEOUT, headers=access.headers,
-                      verify=access.verify)
+                      verify=access.verify, proxy=access.proxy)
     if not isinstance(master, dict):
         return Activity(None, "the Spark master UI did not answer")
     connect_names = {f"{handle.name}-connect", "ephemeral-connect"} \

@@ -16,6 +16,7 @@ import functools
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator, conf
@@ -95,6 +96,23 @@ def _within_ttl(handle: ClusterHandle, timeout: float | None) -> None:
         check_timeout_within_ttl(handle, timeout, field="job_timeout")
     except SpecError as err:
         raise AirflowFailException(str(err)) from err
+
+
+# How long after its job's limit (its timeout, else its cluster's expiry) a deferred job task
+# ends in any case: the trigger ends it at the limit itself (it stops the job and says
+# TIMEOUT), so this only ends a trigger held in spite of its bounds (a stuck triggerer
+# thread). Airflow then fails the task and its teardown deletes the cluster, rather than the
+# reaper at its TTL. Room for the trigger's own stop (STOP_TIMEOUT plus stop()'s wait) and a
+# release's deletion.
+DEFER_MARGIN = 600.0
+
+
+def defer_timeout(handle: ClusterHandle, job_timeout: float | None) -> timedelta:
+    """The deferral timeout of a task waiting for a job on ``handle``'s cluster."""
+    from ephemeral.adhoc import check_timeout_within_ttl
+
+    limit = check_timeout_within_ttl(handle, None) if job_timeout is None else job_timeout
+    return timedelta(seconds=max(limit, 0.0) + DEFER_MARGIN)
 
 
 def elsewhere(handle: ClusterHandle, backend: str | None, conn_id: str | None,
@@ -628,7 +646,8 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
                                              job_id=jid, timeout=self._timeout,
                                              poll_interval=poll, release=by,
                                              settles_at=settles_at()),
-                       method_name="execute_complete")
+                       method_name="execute_complete",
+                       timeout=defer_timeout(handle, self._timeout))
         try:
             result = jobs.follow(jid, sink=lambda line: self.log.info("[%s] %s", jid, line),
                                  timeout=self._timeout)

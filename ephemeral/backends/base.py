@@ -198,6 +198,10 @@ class Access(BaseModel):
     """TLS trust for those URLs, as ``requests`` takes it: the API server's CA file through
     its proxy (kind's and most clusters' CA is private), False when the config turns checks
     off, True for the system's trust store."""
+    proxy: str | None = None
+    """The HTTP proxy to those URLs, never one from this process's environment: only through
+    a Kubernetes API server's service proxy (the URLs are the API server's), the one its
+    Kubernetes client goes through (``KubeClient.server_proxy``); None: direct."""
 
     def __repr__(self) -> str:  # keep credentials out of tracebacks and logs
         return f"Access(dashboard={self.dashboard!r}, spark_ui={self.spark_ui!r}, headers=***)"

@@ -7,6 +7,12 @@ API server's service proxy, which relays a redirect to another host as it is; fo
 send the Kubernetes bearer token and the cluster's Ray token to that host. A redirect is an
 answer of no use here: "does not answer". This module's GET, the Ray Jobs clients
 (``ephemeral.jobs.ray_jobs``) and the Kubernetes client (``kubernetes.client``) all refuse them.
+
+Nor does the worker's environment steer a call to a cluster: a corporate HTTP_PROXY/ALL_PROXY
+whose NO_PROXY misses 127.x would receive every local cluster's token (and never relay it), so
+both HTTP stacks ignore environment proxies (``cluster_session``, ``get_json``; only a proxy
+``Access.proxy`` names is used) and gRPC channels to a cluster take ``GRPC_NO_PROXY``; and both
+trust the same CAs (``ca_trust``).
 """
 
 from __future__ import annotations
@@ -18,16 +24,36 @@ import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import requests
 
 log = logging.getLogger(__name__)
 _said: set[str] = set()  # URLs whose refused redirect was logged (probes poll)
+# gRPC's own reading of http_proxy/grpc_proxy, off for a channel to a cluster (see above).
+GRPC_NO_PROXY: tuple[tuple[str, int], ...] = (("grpc.enable_http_proxy", 0),)
+
+
+def ca_trust(verify: bool | str) -> bool | str:
+    """The CAs a call to a cluster trusts, one answer for both HTTP stacks (urllib here,
+    ``requests`` in the Ray Jobs client), which otherwise read different variables
+    (SSL_CERT_FILE; REQUESTS_CA_BUNDLE) and stores (OpenSSL's; certifi's). ``verify`` as
+    ``Access.verify`` gives it: a CA file or folder (an API server's private CA) or False is
+    explicit; True is REQUESTS_CA_BUNDLE, else OpenSSL's default file or folder (where
+    SSL_CERT_FILE and SSL_CERT_DIR point when set), else True (the library's own default)."""
+    if verify is not True:
+        return verify
+    if bundle := os.environ.get("REQUESTS_CA_BUNDLE"):
+        return bundle
+    paths = ssl.get_default_verify_paths()
+    return paths.cafile or paths.capath or True
 
 
 def tls_context(verify: bool | str) -> ssl.SSLContext:
-    """``Access.verify`` as an SSL context, read the way ``requests`` reads ``verify`` (which
-    the Ray Jobs client gets it as): a CA bundle file or a folder of CA certificates (an API
-    server's private CA, through its proxy), False for no check, True for the default trust."""
+    """``Access.verify`` as an SSL context, trusting what ``ca_trust`` says: a CA bundle file
+    or a folder of CA certificates, False for no check, True for the default trust."""
+    verify = ca_trust(verify)
     if verify is False:
         context = ssl.create_default_context()
         context.check_hostname = False
@@ -38,6 +64,24 @@ def tls_context(verify: bool | str) -> ssl.SSLContext:
             return ssl.create_default_context(capath=verify)
         return ssl.create_default_context(cafile=verify)
     return ssl.create_default_context()
+
+
+def _proxies(proxy: str | None) -> dict[str, str]:
+    return {"http": proxy, "https": proxy} if proxy else {}
+
+
+def cluster_session(verify: bool | str, proxy: str | None = None) -> requests.Session:
+    """A ``requests`` session for calls to a cluster: no proxy, ``.netrc`` credentials or CA
+    bundle from the environment (``trust_env``); ``ca_trust``'s CAs, ``proxy`` if any
+    (``Access.proxy``). ``requests.request`` makes a session per call too: one per call is
+    no cost, and is safe on any thread."""
+    import requests
+
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = ca_trust(verify)
+    session.proxies = _proxies(proxy)
+    return session
 
 
 def redirect_refused(url: str, location: str | None) -> str:
@@ -55,14 +99,16 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 def get_json(url: str, *, timeout: float = 3.0, headers: Mapping[str, str] | None = None,
-             verify: bool | str = True) -> Any:
+             verify: bool | str = True, proxy: str | None = None) -> Any:
     """GET ``url`` (with ``headers``, e.g. credentials) and parse JSON; None when it does not
     answer with 200 and JSON (yet). ``verify`` is the TLS trust of an https URL, as
-    ``Access.verify`` carries it (``tls_context``)."""
+    ``Access.verify`` carries it (``tls_context``); ``proxy`` the proxy ``Access.proxy``
+    names (None: direct, whatever the environment says)."""
     request = urllib.request.Request(url, headers=dict(headers or {}))
     try:
         context = tls_context(verify) if url.startswith("https:") else None
-        opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context),
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler(_proxies(proxy)),
+                                             urllib.request.HTTPSHandler(context=context),
                                              _NoRedirect())
         with opener.open(request, timeout=timeout) as resp:
             if resp.status != 200:

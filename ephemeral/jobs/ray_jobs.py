@@ -1,6 +1,10 @@
-"""Ray jobs through the Ray Jobs SDK (``JobSubmissionClient`` against the dashboard endpoint),
-except a job's status read and its stop: those call the Jobs REST API with ``requests`` and a
-timeout, since the SDK sets none (a dashboard that accepts and never answers would hold them).
+"""Ray jobs through the Ray Jobs REST API at the cluster's dashboard endpoint: a job's status
+read and its stop directly, the rest (submit with its working_dir upload, logs, info, the
+version check) through Ray's ``JobSubmissionClient``, whose every request goes through the same
+layer (``RayJobs._send``): the address given, never one from the environment (Ray's SDK lets
+RAY_ADDRESS or RAY_API_SERVER_ADDRESS replace it, which sent this cluster's token and job to
+another cluster), no proxy from the environment, and a timeout on every request (the SDK sets
+none: a dashboard that accepts and never answers would hold a task or a trigger for good).
 
 Job ids are deterministic per (cluster, task, attempt), so a retried task finds the job an
 earlier attempt started: it attaches to it while it runs, and reuses its result when it
@@ -27,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from ephemeral.backends.base import HeadState, HeadView
-from ephemeral.backends.http import redirect_refused
+from ephemeral.backends.http import ca_trust, cluster_session, redirect_refused
 from ephemeral.errors import JobError, JobFailed, JobSubmissionFailed, JobTimeout
 from ephemeral.jobs.results import JobResult, JobStatus, parse_result_line, submission_id, tail
 from ephemeral.jobs.runtime_env import check_submitted
@@ -73,6 +77,11 @@ VIEW_TIMEOUT = 5.0
 # head starved of CPU can turn NotReady and come back. A minute of it, with every read failing
 # too, is a head that does not serve; less may be a loaded one that would recover.
 LOST_NOT_READY = 60.0
+# Every other Jobs API request (the SDK's: submit and its package upload, logs, job info, the
+# version check) waits at most CONNECT_TIMEOUT to connect and CALL_TIMEOUT between bytes: far
+# past a healthy dashboard's answer, and a bound on one that accepts and never answers.
+CONNECT_TIMEOUT = 10.0
+CALL_TIMEOUT = 60.0
 
 
 class ClusterLost(JobError):
@@ -255,45 +264,67 @@ def ray_jobs_for(handle: ClusterHandle, backend: ClusterBackend) -> RayJobs:
     if handle.engine != "ray" or not access.dashboard:
         raise JobSubmissionFailed(f"cluster {handle.name} is not a Ray cluster")
     return RayJobs(access.dashboard, cluster=handle.name, headers=access.headers,
-                   verify=access.verify, head=HeadEvidence.of(backend, handle))
+                   verify=access.verify, proxy=access.proxy,
+                   head=HeadEvidence.of(backend, handle))
 
 
 @functools.cache
 def _jobs_client() -> type:
-    """Ray's ``JobSubmissionClient``, refusing redirects (``ephemeral.backends.http`` says why):
-    every call of Ray's SDK but the log stream's websocket goes through ``_do_request``, which
-    hands its keyword arguments to ``requests``. A 3xx then fails the call as Ray's own
-    non-2xx answers do."""
+    """Ray's ``JobSubmissionClient`` on one ``RayJobs``' terms. Its constructor would take the
+    address from RAY_API_SERVER_ADDRESS or RAY_ADDRESS when set (``get_address_for_submission_
+    client``) and Ray's token from RAY_AUTH_MODE's token files when no Authorization is given:
+    this one is built by its base class (``SubmissionClient``) from the given URL and headers,
+    and checks the cluster's Ray version as the SDK's does. Every call of the SDK but the log
+    stream's websocket (aiohttp's, which reads no proxy from the environment either) goes
+    through ``_do_request``: here ``RayJobs._send``, bounded, and refusing redirects
+    (``ephemeral.backends.http`` says why) with a RuntimeError, as Ray's non-2xx answers fail."""
+    import ray
+    from ray.dashboard.modules.dashboard_sdk import SubmissionClient
     from ray.job_submission import JobSubmissionClient
 
-    class NoRedirects(JobSubmissionClient):
-        def _do_request(self, method: str, endpoint: str, **kwargs: Any) -> Any:
-            resp = super()._do_request(method, endpoint, **kwargs, allow_redirects=False)
+    class ClusterJobsClient(JobSubmissionClient):
+        def __init__(self, jobs: RayJobs) -> None:
+            self._jobs = jobs
+            self._client_ray_version = ray.__version__
+            SubmissionClient.__init__(self, address=jobs.dashboard, verify=jobs.trust,
+                                      headers=dict(jobs._headers))
+            self._headers = dict(jobs._headers)  # not a Ray token found in the environment
+            if self._address != jobs.dashboard.rstrip("/"):  # the class-level rule, checked
+                raise RuntimeError(f"Ray's Jobs SDK changed the address {jobs.dashboard} to "
+                                   f"{self._address}: refusing to call it")
+            self._check_connection_and_version(
+                min_version="2.0", version_error_message="Please ensure the cluster is "
+                "running Ray 2.0 or higher.")
+
+        def _do_request(self, method: str, endpoint: str, *, data: bytes | None = None,
+                        json_data: dict[str, Any] | None = None, **_ignored: Any) -> Any:
+            resp = self._jobs._send(method, endpoint, (CONNECT_TIMEOUT, CALL_TIMEOUT),
+                                    data=data, json=json_data)
             if resp.is_redirect:
-                raise RuntimeError(redirect_refused(self._address + endpoint,
-                                                    resp.headers.get("Location")))
+                raise RuntimeError(redirect_refused(resp.url, resp.headers.get("Location")))
             return resp
 
-    return NoRedirects
+    return ClusterJobsClient
 
 
 class RayJobs:
     def __init__(self, dashboard: str, *, cluster: str = "",
                  headers: Mapping[str, str] | None = None, verify: bool | str = True,
-                 head: HeadEvidence | None = None) -> None:
+                 proxy: str | None = None, head: HeadEvidence | None = None) -> None:
         self.dashboard = dashboard
         self.cluster = cluster
         self.head = head  # the backend's view of the cluster's head (None: no backend)
         self._headers = dict(headers or {})  # credentials: never logged
         self._verify = verify
+        self.trust = ca_trust(verify)  # the CAs every request of this client trusts
+        self._proxy = proxy  # Access.proxy: never one from the environment
         self._client: Any = None
 
     @property
     def client(self) -> Any:
         if self._client is None:
             try:
-                self._client = _jobs_client()(self.dashboard, verify=self._verify,
-                                              headers=dict(self._headers) or None)
+                self._client = _jobs_client()(self)
             except _transport_errors(runtime=True) as err:
                 raise JobSubmissionFailed(f"cannot reach the Ray Jobs API at {self.dashboard}: "
                                           f"{err}") from err
@@ -331,20 +362,28 @@ class RayJobs:
         except _transport_errors() as err:
             raise JobSubmissionFailed(f"cannot reach the Ray Jobs API: {err}") from err
 
-    def _request(self, method: str, path: str, timeout: float | None) -> requests.Response:
-        """One Jobs REST API request with the client's headers and TLS trust, bounded by
-        ``timeout`` seconds to connect and between bytes (None: unbounded, as the SDK is)."""
+    def _send(self, method: str, path: str, timeout: float | tuple[float, float], *,
+              data: bytes | None = None, json: Any = None) -> requests.Response:
+        """The one way a Jobs API request goes: to this client's URL with its headers and CAs,
+        nothing from the environment (``cluster_session``), bounded by ``timeout`` seconds to
+        connect and between bytes (or a (connect, read) pair), a redirect not followed
+        (``ephemeral.backends.http`` says why) but returned."""
+        with cluster_session(self._verify, self._proxy) as session:
+            return session.request(method, f"{self.dashboard.rstrip('/')}{path}",
+                                   headers=self._headers, data=data, json=json,
+                                   timeout=timeout, allow_redirects=False)
+
+    def _request(self, method: str, path: str, timeout: float) -> requests.Response:
+        """``_send``, with ``timeout`` for both bounds and a redirect raised as a failure."""
         import requests
 
-        url = f"{self.dashboard.rstrip('/')}{path}"
-        resp = requests.request(method, url, headers=self._headers, verify=self._verify,
-                                timeout=None if timeout is None else (timeout, timeout),
-                                allow_redirects=False)  # ephemeral.backends.http says why
+        resp = self._send(method, path, (timeout, timeout))
         if resp.is_redirect:
-            raise requests.RequestException(redirect_refused(url, resp.headers.get("Location")))
+            raise requests.RequestException(redirect_refused(resp.url,
+                                                             resp.headers.get("Location")))
         return resp
 
-    def status(self, job_id: str, *, timeout: float | None = None) -> JobStatus | None:
+    def status(self, job_id: str, *, timeout: float = READ_TIMEOUT) -> JobStatus | None:
         """The job's status (``GET /api/jobs/{id}``), or None when no job has that id; JobError
         when the read fails or does not answer in ``timeout`` seconds."""
         import requests

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ephemeral.backends.http import GRPC_NO_PROXY
 from ephemeral.errors import JobFailed, JobSubmissionFailed, JobTimeout
 from ephemeral.jobs.results import (
     RESULT_FILE_ENV,
@@ -262,13 +263,12 @@ def connect_session(endpoint: str, *, app_name: str = "ephemeral", token: str | 
                     ) -> Any:
     """A ``SparkSession`` on the cluster's Spark Connect server (``sc://host:port``),
     authenticated with the server's ``token`` when it has one."""
-    from pyspark.sql import SparkSession
+    from pyspark.sql.connect.session import SparkSession as ConnectSession
 
     saved = {k: os.environ.get(k) for k in CONNECT_MODE_VARS}
     try:
-        if token:
-            return _token_builder(endpoint, token).appName(app_name).getOrCreate()
-        return SparkSession.builder.remote(endpoint).appName(app_name).getOrCreate()
+        return ConnectSession.builder.channelBuilder(channel_builder(endpoint, token)) \
+            .appName(app_name).getOrCreate()
     finally:  # keep this process (an Airflow worker, a test) out of Spark Connect mode
         for key, value in saved.items():
             if value is None:
@@ -277,15 +277,17 @@ def connect_session(endpoint: str, *, app_name: str = "ephemeral", token: str | 
                 os.environ[key] = value
 
 
-def _token_builder(endpoint: str, token: str) -> Any:
-    """A Connect session builder that sends ``token`` as the gRPC ``authorization`` header.
+def channel_builder(endpoint: str, token: str | None) -> Any:
+    """The gRPC channel of a Connect session: never through a proxy from the environment
+    (``GRPC_NO_PROXY``: gRPC reads http_proxy itself), and sending ``token`` as the gRPC
+    ``authorization`` header when there is one.
 
     pyspark's own ``;token=`` parameter turns TLS on for any host but ``localhost``, and the
     cluster's server listens on a 127.0.x.y address without TLS: the token goes as metadata on
     the plain channel instead, which the server checks the same way."""
     from pyspark.sql.connect.client import DefaultChannelBuilder
-    from pyspark.sql.connect.session import SparkSession as ConnectSession
 
-    builder = DefaultChannelBuilder(endpoint)
-    builder.set("authorization", f"Bearer {token}")
-    return ConnectSession.builder.channelBuilder(builder)
+    builder = DefaultChannelBuilder(endpoint, channelOptions=list(GRPC_NO_PROXY))
+    if token:
+        builder.set("authorization", f"Bearer {token}")
+    return builder

@@ -32,9 +32,10 @@ def _s(ms: Any) -> float | None:
     return ms / 1000 if isinstance(ms, int | float) and ms > 0 else None
 
 
-def ray_jobs(dashboard: str, headers: dict[str, str], *,
-             verify: bool | str = True) -> list[JobFacts] | None:
-    body = get_json(f"{dashboard}/api/jobs/", timeout=TIMEOUT, headers=headers, verify=verify)
+def ray_jobs(dashboard: str, headers: dict[str, str], *, verify: bool | str = True,
+             proxy: str | None = None) -> list[JobFacts] | None:
+    body = get_json(f"{dashboard}/api/jobs/", timeout=TIMEOUT, headers=headers, verify=verify,
+                    proxy=proxy)
     if not isinstance(body, list):
         return None
     now = time.time()
@@ -51,8 +52,9 @@ def ray_jobs(dashboard: str, headers: dict[str, str], *,
 
 
 def spark_apps(spark_ui: str, headers: dict[str, str], handle: ClusterHandle, *,
-               verify: bool | str = True) -> list[JobFacts] | None:
-    body = get_json(f"{spark_ui}/json/", timeout=TIMEOUT, headers=headers, verify=verify)
+               verify: bool | str = True, proxy: str | None = None) -> list[JobFacts] | None:
+    body = get_json(f"{spark_ui}/json/", timeout=TIMEOUT, headers=headers, verify=verify,
+                    proxy=proxy)
     if not isinstance(body, dict):
         return None
     connect = {f"{handle.name}-connect", "ephemeral-connect"}
@@ -109,11 +111,14 @@ def engine_jobs(backend: ClusterBackend, handle: ClusterHandle, *,
     try:
         access = backend.access(handle)
         headers = dict(access.headers)
-        # The TLS trust the backend gives (an API server's private CA through its proxy).
+        # The TLS trust and the proxy the backend gives (an API server's private CA, the
+        # Kubernetes client's proxy, through its service proxy).
         if handle.engine == "ray" and access.dashboard:
-            return ray_jobs(access.dashboard, headers, verify=access.verify)
+            return ray_jobs(access.dashboard, headers, verify=access.verify,
+                            proxy=access.proxy)
         if handle.engine == "spark" and access.spark_ui:
-            apps = spark_apps(access.spark_ui, headers, handle, verify=access.verify)
+            apps = spark_apps(access.spark_ui, headers, handle, verify=access.verify,
+                              proxy=access.proxy)
             return None if apps is None else apps + (
                 connect_work(handle, headers) if connect else [])
     except Exception:  # unknown, not fatal: the report falls back to the results

@@ -209,10 +209,12 @@ def test_the_ray_jobs_sdk_keeps_the_proxy_path(proxy_backend: KubernetesBackend,
     survives (ray/dashboard/modules/dashboard_sdk.py); checked here with the real SDK."""
     from ray.job_submission import JobSubmissionClient
 
+    from ephemeral.backends.http import ca_trust
     from ephemeral.jobs.ray_jobs import ray_jobs_for
 
-    for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE"):
-        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):  # ignored: they pick no cluster
+        monkeypatch.setenv(var, "http://127.0.0.9:9")
     handle = proxy_backend.create(RAY, identity=owner(RAY))
     assert proxy_backend.wait_ready(handle, timeout=5).ready
     access = proxy_backend.access(handle)
@@ -220,7 +222,7 @@ def test_the_ray_jobs_sdk_keeps_the_proxy_path(proxy_backend: KubernetesBackend,
     # What the operators and the CLI use: the URL, headers and TLS trust of access().
     client = ray_jobs_for(handle, proxy_backend).client
     assert isinstance(client, JobSubmissionClient)
-    assert client._verify == access.verify
+    assert client._verify == ca_trust(access.verify)
     job_id = client.submit_job(entrypoint="python -c 'print(42)'")
     assert str(client.get_job_status(job_id)) in ("SUCCEEDED", "JobStatus.SUCCEEDED")
     paths = [p for _, p, _ in proxied(apiserver)]

@@ -136,7 +136,8 @@ class ClusterAccess:
             apis["dashboard"] = self.url("dashboard")
         else:
             apis["spark_ui"] = self.url("spark_ui")
-        return Access(**apis, headers=self.headers(token, with_kube=True), verify=self.verify())
+        return Access(**apis, headers=self.headers(token, with_kube=True), verify=self.verify(),
+                      proxy=self.client.server_proxy() if self.mode == "proxy" else None)
 
     def verify(self) -> bool | str:
         """What an HTTP client should trust for ``access()``'s URLs (``requests``' ``verify``,

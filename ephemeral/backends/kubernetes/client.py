@@ -19,10 +19,13 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 from ephemeral.backends.kubernetes.config import KubeConfig
 from ephemeral.errors import BackendError, BackendUnavailable, SpecError
@@ -394,6 +397,17 @@ class KubeClient:
         """The API server's URL, as the credentials name it."""
         return str(self.api.configuration.host).rstrip("/")
 
+    def server_proxy(self) -> str | None:
+        """The HTTP proxy this client reaches its API server through (its kubeconfig's
+        proxy-url, or HTTPS_PROXY as the Kubernetes client reads it unless its NO_PROXY names
+        the server), None when direct: the way other HTTP clients to the server's URLs go."""
+        import urllib3
+
+        pool = self.api.rest_client.pool_manager
+        pool = getattr(pool, "pool", pool)  # under _NoRedirects
+        proxy = pool.proxy if isinstance(pool, urllib3.ProxyManager) else None
+        return str(proxy.url) if proxy is not None else None
+
     def proxy_path(self, service: str, port: str) -> str:
         """Where the API server proxies to ``service``'s ``port`` (a name or a number)."""
         return f"/api/v1/namespaces/{self.namespace}/services/{service}:{port}/proxy"
@@ -554,8 +568,66 @@ def without_redirects(api: Any) -> Any:
     return api
 
 
+_T = TypeVar("_T")
+
+
+def _within(seconds: float, call: Callable[[], _T]) -> _T:
+    """``call()``, on a daemon thread awaited at most ``seconds``: TimeoutError past them (the
+    thread is left to end by itself; a daemon does not keep the process alive)."""
+    done = threading.Event()
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append((True, call()))
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller
+            out.append((False, exc))
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True, name="ephemeral-kube-credentials").start()
+    if not done.wait(seconds):
+        raise TimeoutError(f"no answer in {seconds:g}s")
+    ok, value = out[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
+
+
+def kube_user(config: KubeConfig) -> str:
+    """The kubeconfig user ``config``'s context authenticates as, for a message ("?" when it
+    cannot be read)."""
+    import yaml
+
+    try:
+        if config.kubeconfig is not None:
+            data = yaml.safe_load(config.kubeconfig.get_secret_value())
+        else:
+            path = config.kubeconfig_path or os.environ.get(
+                "KUBECONFIG", "~/.kube/config").split(os.pathsep)[0]
+            data = yaml.safe_load(Path(path).expanduser().read_text())
+        name = config.context or data.get("current-context")
+        [context] = [c for c in data.get("contexts") or [] if c.get("name") == name]
+        return str(context["context"]["user"])
+    except Exception:  # noqa: BLE001 - only a message's detail
+        return "?"
+
+
+def _slow_credentials(config: KubeConfig, source: str) -> BackendUnavailable:
+    return BackendUnavailable(
+        f"loading the Kubernetes credentials of kubeconfig user {kube_user(config)!r} "
+        f"({source}) took over {config.request_timeout:g}s (request_timeout): its exec "
+        "credential plugin does not answer; run it by hand (kubectl get --raw /version) to see "
+        "what it waits for (a login prompt, an unreachable identity provider)")
+
+
 def build_api_client(config: KubeConfig) -> Any:
-    """An ApiClient for ``config``: in-cluster, a kubeconfig file, or kubeconfig content."""
+    """An ApiClient for ``config``: in-cluster, a kubeconfig file, or kubeconfig content.
+
+    Loading credentials may run the kubeconfig user's exec plugin (``aws eks get-token``,
+    ``gke-gcloud-auth-plugin``), at load and again whenever its token expires, and the
+    Kubernetes client waits for it without a timeout: both waits are bounded by
+    ``request_timeout`` here (``_within``), a hung plugin reported as BackendUnavailable."""
     import yaml
     from kubernetes import client
     from kubernetes import config as untyped_config
@@ -564,7 +636,11 @@ def build_api_client(config: KubeConfig) -> Any:
     kube_config: Any = untyped_config  # the loaders are untyped
 
     configuration = client.Configuration()
-    try:
+    source = ("in-cluster service account" if config.in_cluster else
+              "kubeconfig content" if config.kubeconfig is not None else
+              f"kubeconfig {config.kubeconfig_path or '(default location)'}")
+
+    def load() -> None:
         if config.in_cluster:
             kube_config.load_incluster_config(client_configuration=configuration)
         elif config.kubeconfig is not None:
@@ -576,14 +652,25 @@ def build_api_client(config: KubeConfig) -> Any:
             kube_config.load_kube_config(
                 config_file=config.kubeconfig_path, context=config.context,
                 client_configuration=configuration, persist_config=False)
+
+    try:
+        _within(config.request_timeout, load)
+    except TimeoutError:
+        raise _slow_credentials(config, source) from None
     except (ConfigException, yaml.YAMLError, OSError, TypeError) as exc:
         # The exception text of a bad kubeconfig can quote its content: keep it out.
-        source = ("in-cluster service account" if config.in_cluster else
-                  "kubeconfig content" if config.kubeconfig is not None else
-                  f"kubeconfig {config.kubeconfig_path or '(default location)'}")
         if config.kubeconfig is not None:
             raise BackendUnavailable(f"cannot load Kubernetes credentials from {source}") from None
         raise BackendUnavailable(f"cannot load Kubernetes credentials from {source}: {exc}") \
             from exc
     configuration.verify_ssl = config.verify_ssl
+    if (refresh := configuration.refresh_api_key_hook) is not None:  # an expiring token's
+
+        def bounded_refresh(conf: Any) -> None:
+            try:
+                _within(config.request_timeout, lambda: refresh(conf))
+            except TimeoutError:
+                raise _slow_credentials(config, source) from None
+
+        configuration.refresh_api_key_hook = bounded_refresh
     return client.ApiClient(configuration)

@@ -25,7 +25,7 @@ from ephemeral.backends.base import (
     Phase,
     application_conf,
 )
-from ephemeral.backends.http import get_json
+from ephemeral.backends.http import GRPC_NO_PROXY, get_json
 from ephemeral.backends.local import gpus, jvm_share, slots
 from ephemeral.backends.local.state import PlannedNode
 from ephemeral.errors import BackendUnavailable
@@ -209,7 +209,7 @@ def connect_accepts_session(target: str, timeout: float = 5.0, *,
         from pyspark.sql.connect.proto import base_pb2, base_pb2_grpc
     except ImportError as err:
         raise BackendUnavailable("probing Spark Connect needs pyspark[connect]") from err
-    channel = grpc.insecure_channel(target)
+    channel = grpc.insecure_channel(target, options=list(GRPC_NO_PROXY))  # never a proxy
     try:
         stub = base_pb2_grpc.SparkConnectServiceStub(channel)  # type: ignore[no-untyped-call]
         req = base_pb2.AnalyzePlanRequest(
