@@ -172,7 +172,8 @@ OPTIONS: tuple[Option, ...] = (
     # Reaper
     Option("airflow_url", "Airflow's REST API, which ``ephemeral reap`` asks whether a "
            "cluster's run has ended. Unset: only expiry (``lifetime.ttl``) and the idle rule "
-           "(``lifetime.idleTimeout``) delete clusters.", example="http://airflow:8080",
+           "(``lifetime.idleTimeout``) delete clusters. With a token or password: https, or "
+           "plain http to this host only.", example="https://airflow.example.com",
            group=_A),
     Option("airflow_user", "User the reaper logs in to Airflow's API as.", example="reaper",
            group=_A),

@@ -7,6 +7,9 @@ API server's service proxy, which relays a redirect to another host as it is; fo
 send the Kubernetes bearer token and the cluster's Ray token to that host. A redirect is an
 answer of no use here: "does not answer". This module's GET, the Ray Jobs clients
 (``ephemeral.jobs.ray_jobs``) and the Kubernetes client (``kubernetes.client``) all refuse them.
+Every other client that sends a token or a password (the reaper's and the dev stack's Airflow
+API clients) opens its requests with ``open_no_redirect``, and refuses a URL that would carry
+them in clear text to another host (``plain_http_problem``).
 """
 
 from __future__ import annotations
@@ -54,6 +57,36 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def plain_http_problem(url: str, setting: str, carries: str) -> str | None:
+    """Why ``url`` (the value of ``setting``) may not carry ``carries`` (a token, a password):
+    it is not https and leaves this host. None when it is https or stays here (loopback, e.g. a
+    port-forward). The URL is shown masked (``masked_uri``)."""
+    from urllib.parse import urlsplit
+
+    from ephemeral.specs.pip_credentials import masked_uri
+
+    split = urlsplit(url)
+    host = split.hostname or ""
+    if split.scheme == "https" or (split.scheme == "http" and (
+            host in _LOOPBACK or host.startswith("127."))):
+        return None
+    return (f"{setting} {masked_uri(url)!r}: requests to it carry {carries}, so it must be an "
+            "https URL (plain http only to this host, e.g. a port-forward)")
+
+
+def open_no_redirect(request: urllib.request.Request, *, timeout: float,
+                     verify: bool | str = True) -> Any:
+    """Open ``request`` (which may carry credentials) without following a redirect: a 3xx is
+    raised as urllib's ``HTTPError`` (``redirect_refused`` says what it means)."""
+    context = tls_context(verify) if request.full_url.startswith("https:") else None
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context),
+                                         _NoRedirect())
+    return opener.open(request, timeout=timeout)
+
+
 def get_json(url: str, *, timeout: float = 3.0, headers: Mapping[str, str] | None = None,
              verify: bool | str = True) -> Any:
     """GET ``url`` (with ``headers``, e.g. credentials) and parse JSON; None when it does not
@@ -61,10 +94,7 @@ def get_json(url: str, *, timeout: float = 3.0, headers: Mapping[str, str] | Non
     ``Access.verify`` carries it (``tls_context``)."""
     request = urllib.request.Request(url, headers=dict(headers or {}))
     try:
-        context = tls_context(verify) if url.startswith("https:") else None
-        opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context),
-                                             _NoRedirect())
-        with opener.open(request, timeout=timeout) as resp:
+        with open_no_redirect(request, timeout=timeout, verify=verify) as resp:
             if resp.status != 200:
                 return None
             return json.loads(resp.read() or b"null")

@@ -559,11 +559,11 @@ def reap_cmd(
     from ephemeral.settings import setting
 
     lookup = None
-    if airflow_url := airflow_url or setting("airflow_url"):
-        lookup = AirflowApiLookup(airflow_url, token=os.environ.get("AIRFLOW_API_TOKEN"),
-                                  username=setting("airflow_user"),
-                                  password=setting("airflow_password"))
     try:
+        if airflow_url := airflow_url or setting("airflow_url"):
+            lookup = AirflowApiLookup(airflow_url, token=os.environ.get("AIRFLOW_API_TOKEN"),
+                                      username=setting("airflow_user"),
+                                      password=setting("airflow_password"))
         decisions = reap(_backend(backend), lookup=lookup, grace=grace, dry_run=dry_run,
                          memory_file=memory_file())
     except EphemeralError as e:  # e.g. no deployment instance set on Kubernetes
