@@ -60,18 +60,24 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def plain_http_problem(url: str, setting: str, carries: str) -> str | None:
-    """Why ``url`` (the value of ``setting``) may not carry ``carries`` (a token, a password):
-    it is not https and leaves this host. None when it is https or stays here (loopback, e.g. a
-    port-forward). The URL is shown masked (``masked_uri``)."""
+def in_clear_off_host(url: str) -> bool:
+    """Whether a request to ``url`` would travel unencrypted off this host: not https, and not
+    plain http to a loopback address (a port-forward)."""
     from urllib.parse import urlsplit
-
-    from ephemeral.specs.pip_credentials import masked_uri
 
     split = urlsplit(url)
     host = split.hostname or ""
-    if split.scheme == "https" or (split.scheme == "http" and (
-            host in _LOOPBACK or host.startswith("127."))):
+    return not (split.scheme == "https" or (split.scheme == "http" and (
+        host in _LOOPBACK or host.startswith("127."))))
+
+
+def plain_http_problem(url: str, setting: str, carries: str) -> str | None:
+    """Why ``url`` (the value of ``setting``) may not carry ``carries`` (a token, a password):
+    ``in_clear_off_host``. None when it is https or stays here. The URL is shown masked
+    (``masked_uri``)."""
+    from ephemeral.specs.pip_credentials import masked_uri
+
+    if not in_clear_off_host(url):
         return None
     return (f"{setting} {masked_uri(url)!r}: requests to it carry {carries}, so it must be an "
             "https URL (plain http only to this host, e.g. a port-forward)")
