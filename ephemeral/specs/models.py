@@ -211,9 +211,26 @@ def reserved_env(name: str) -> bool:
     return name.upper().startswith(RESERVED_ENV)
 
 
+def env_name_problem(name: str) -> str | None:
+    """Why ``name`` is no environment variable name, or None."""
+    if _ENV_NAME.fullmatch(name):
+        return None
+    return f"{name!r} is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)"
+
+
+def literal_secret(name: str, value: str) -> str | None:
+    """Why the literal ``value`` of the variable ``name`` is a secret, or None: the value is
+    one (``secret_value``), or the name says so (``secret_name``) and the value is no switch.
+    The one rule for a spec's ``runtimeEnv.env`` and a job's own environment."""
+    why = secret_value(value)
+    if why is None and value and secret_name(name) and value.strip().lower() not in _FLAG_VALUES:
+        why = f"{name} names a secret (judged by its name)"
+    return why
+
+
 def _env_var_name(v: str, why: str, fix: str) -> str:
-    if not _ENV_NAME.fullmatch(v):
-        raise ValueError(f"{v!r} is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
+    if (problem := env_name_problem(v)) is not None:
+        raise ValueError(problem)
     if reserved_env(v):
         raise ValueError(f"{v!r} is reserved ({why}; reserved: names starting with "
                          f"{', '.join(RESERVED_ENV)}): {fix}")
@@ -246,10 +263,7 @@ class EnvVar(Model):
     def _literal(cls, v: str | None, info: ValidationInfo) -> str | None:
         # The conf rule (secret_key) judges the name too: AWS_SECRET_ACCESS_KEY, WANDB_API_KEY
         # or DB_PASSWORD with a literal is a secret written into the spec.
-        why = None if v is None else secret_value(v)
-        if why is None and v and secret_name(str(info.data.get("name", ""))) \
-                and v.strip().lower() not in _FLAG_VALUES:
-            why = f"{info.data['name']} names a secret (judged by its name)"
+        why = None if v is None else literal_secret(str(info.data.get("name", "")), v)
         if why is not None:
             raise ValueError(f"a secret has no place in a spec ({why.split(';')[0]}): put it "
                              "in a Kubernetes Secret and use secretKeyRef, or use fromEnv on "
