@@ -522,8 +522,14 @@ def spark_submit_cmd(
 ) -> None:
     """Run a Spark application on CLUSTER's master, streaming the driver's output."""
     from ephemeral.jobs import artifacts
-    from ephemeral.jobs.spark_jobs import spark_auth_for, spark_submit
+    from ephemeral.jobs.spark_jobs import check_submit_input, spark_auth_for, spark_submit
 
+    own_conf = _key_values(conf, "--conf")
+    try:  # no secret on spark-submit's command line, before anything is looked up
+        check_submit_input("ephemeral spark-submit", own_conf, conf_field="--conf",
+                           args=args or [], args_field="args")
+    except EphemeralError as e:
+        raise _fail(e, as_json) from e
     handle = _cluster(cluster, backend, "spark", as_json, timeout)
     if not handle.endpoints.spark_master:
         raise _fail(ClusterNotFound(f"cluster {cluster!r} has no Spark master (a spark-operator "
@@ -532,7 +538,7 @@ def spark_submit_cmd(
     auth = spark_auth_for(handle, _backend(backend))  # the driver's spark.authenticate secret
     _finish_job(lambda: spark_submit(
         handle.endpoints.spark_master or "", str(application), args or [],
-        conf=handle.spark_conf | _key_values(conf, "--conf"), cluster=handle.name,
+        conf=handle.spark_conf | own_conf, cluster=handle.name,
         timeout=timeout,
         env={"EPHEMERAL_ARTIFACT_ROOT": artifacts.root()},
         sink=_log_sink(as_json), auth=auth), as_json)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -475,12 +475,18 @@ class SparkWorkers(GpuFields, Placement):
         return self
 
 
+def secret_conf_keys(conf: Mapping[str, str]) -> list[str]:
+    """The keys of a Spark conf that set a secret, sorted: the key names one (``secret_key``) or
+    the value is one (``secret_value``). The one rule for a spec's conf and a job's own."""
+    return sorted(k for k, v in conf.items() if secret_key(k) or secret_value(v))
+
+
 def no_secret_conf(conf: dict[str, str]) -> dict[str, str]:
     """A spec's conf is in the handle, XCom, the cluster's annotations and the Connect server's
     and spark-submit's command lines: a key that names a secret (``secret_key``) may not be set
     there, nor a value that is one (``secret_value``: a URL with credentials such as
     ``spark.jars.repositories=https://user:token@repo``, a PEM key block)."""
-    secret = sorted(k for k, v in conf.items() if secret_key(k) or secret_value(v))
+    secret = secret_conf_keys(conf)
     if secret:
         raise ValueError(f"{', '.join(secret)}: a secret has no place in a spec (it would reach "
                          "XCom, annotations and command lines); give it to the jobs through "
