@@ -476,12 +476,13 @@ def submit(
     as_json: JsonOpt = False,
 ) -> None:
     """Run a command as a Ray job on CLUSTER, streaming its logs; exit with its status."""
+    from ephemeral.adhoc import RequestError
     from ephemeral.jobs.ray_jobs import ray_jobs_for
     from ephemeral.jobs.runtime_env import check_job_env, entrypoint_problem, job_runtime_env
 
     if (problem := entrypoint_problem(shlex.join(entrypoint), one_line=True)) is not None:
         # The command is stored in Ray's job info and shown with it: no credentials in it.
-        raise _fail(SpecError("ephemeral submit", [("entrypoint", problem)]), as_json)
+        raise _fail(RequestError([("entrypoint", problem)], "ephemeral submit"), as_json)
     env_vars = _key_values(env, "--env")
     try:  # no reserved names, names or literals of secrets, before anything is looked up
         check_job_env(env_vars, "ephemeral submit", field="--env")

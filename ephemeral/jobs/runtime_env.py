@@ -183,8 +183,9 @@ def entrypoint_problem(entrypoint: str, *, one_line: bool = False) -> str | None
     bad = sorted({c for c in entrypoint if not c.isprintable()
                   and (one_line or c not in "\t\n\r")})
     if bad:
-        return (f"contains control characters ({', '.join(map(repr, bad))}), which no command "
-                "takes and the cluster's shell would fail on; remove them")
+        return (f"contains control characters ({', '.join(map(repr, bad))}): a command is "
+                "one line of printable text, and the cluster's shell would fail on them or "
+                "split the command at them; remove them")
     return None
 
 
