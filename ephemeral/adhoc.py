@@ -185,6 +185,7 @@ def _shell_operators(entrypoint: str) -> list[str]:
     """The unquoted shell operators of ``entrypoint`` (``&&``, ``|``, ``>``, ``>&``, ``;``)."""
     lexer = shlex.shlex(entrypoint, posix=True, punctuation_chars=_SHELL_PUNCTUATION)
     lexer.whitespace_split = True
+    lexer.commenters = ""  # as shlex.split: '#' is text, and a '# ...' hides no operator
     return list(dict.fromkeys(t for t in lexer if t and set(t) <= set(_SHELL_PUNCTUATION)))
 
 

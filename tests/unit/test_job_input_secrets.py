@@ -205,6 +205,7 @@ def test_cli_submit_refuses_such_an_env(monkeypatch: pytest.MonkeyPatch, pair: s
     ("python hello_ray.py && echo done", "&&"), ("python hello_ray.py | tee x", "|"),
     ("python hello_ray.py > out.txt", ">"), ("python hello_ray.py 2>&1", ">&"),
     ("python hello_ray.py; rm -rf x", ";"),
+    ("python hello_ray.py --tag #1 && rm -rf x", "&&"),  # no comment: shlex.split keeps '#1'
 ])
 def test_shell_syntax_in_the_forms_command_is_refused_saying_why(
         entrypoint: str, operator: str, allow_any: bool) -> None:
