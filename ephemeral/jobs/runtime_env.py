@@ -246,7 +246,9 @@ def check_job_env(env_vars: Any, where: str, field: str = "runtime_env.env_vars"
             "and shown with its settings (Ray's job info and dashboard, the task's rendered "
             "fields). Give the secret to the cluster instead, which passes it to every job: "
             "the spec's runtimeEnv.env with secretKeyRef (a Kubernetes Secret), or fromEnv on "
-            "the local backend")
+            "the local backend; a spark-submit driver, which runs on the Airflow worker, "
+            "inherits a variable of the worker's own environment that the deployment names in "
+            "EPHEMERAL_JOB_ENV_ALLOW")
 
 
 def check_submitted(env: Mapping[str, Any], where: str, entrypoint: str | None = None) -> None:
