@@ -175,18 +175,44 @@ def _script_problem(name: str, jobs_dir: Path) -> str | None:
     return None
 
 
+# Shell operators (pipes, lists, redirections, subshells): shlex.shlex's punctuation_chars.
+_SHELL_PUNCTUATION = "();<>|&"
+
+
+def _shell_operators(entrypoint: str) -> list[str]:
+    """The unquoted shell operators of ``entrypoint`` (``&&``, ``|``, ``>``, ``>&``, ``;``)."""
+    lexer = shlex.shlex(entrypoint, posix=True, punctuation_chars=_SHELL_PUNCTUATION)
+    lexer.whitespace_split = True
+    lexer.commenters = ""  # as shlex.split: '#' is text, and a '# ...' hides no operator
+    return list(dict.fromkeys(t for t in lexer if t and set(t) <= set(_SHELL_PUNCTUATION)))
+
+
 def check_entrypoint(entrypoint: object, jobs_dir: Path, allow_any: bool = False) -> str:
     """The entrypoint, re-quoted: ``python <script> [args]`` with ``<script>`` the bare name of
-    a job in ``jobs_dir``, unless ``allow_any``. Where the job writes is ``confine_outputs``'s."""
+    a job in ``jobs_dir``, unless ``allow_any``. No credentials in a URL of it and no control
+    character (``runtime_env.entrypoint_problem``), no shell operator (each word is quoted, so
+    ``&&`` or ``2>&1`` would reach the program as an argument). Where the job writes is
+    ``confine_outputs``'s."""
+    from ephemeral.jobs.runtime_env import entrypoint_problem
+
     if not isinstance(entrypoint, str) or not entrypoint.strip():
         raise RequestError([("entrypoint", "a command such as `python hello_ray.py`")])
+    if (problem := entrypoint_problem(entrypoint, one_line=True)) is not None:
+        raise RequestError([("entrypoint", problem)])  # before any message quotes it
     if len(entrypoint) > ENTRYPOINT_MAX_LEN:
         raise RequestError([("entrypoint", f"{len(entrypoint)} characters long; at most "
                              f"{ENTRYPOINT_MAX_LEN}")])
     try:
         argv = shlex.split(entrypoint)
+        operators = _shell_operators(entrypoint)
     except ValueError as err:
         raise RequestError([("entrypoint", f"cannot be split into arguments: {err}")]) from err
+    if operators:
+        raise RequestError([("entrypoint", f"{' '.join(operators)} is shell syntax, which the "
+                             "form does not pass to a shell: each word is quoted, so the program "
+                             "would get it as an argument and fail on the cluster. Run one "
+                             "command" + ("; for several, `bash -c '<commands>'`" if allow_any
+                                          else ""))])
     if not allow_any:
         if len(argv) < 2 or argv[0] != "python":
             raise RequestError([("entrypoint", "must be `python <script in jobs/> [args]`; this "

@@ -106,7 +106,9 @@ OPTIONS: tuple[Option, ...] = (
            "else of the working directory.", example="/opt/airflow/jobs", group=_F),
     Option("allow_arbitrary_entrypoints", "Lets the trigger form run any entrypoint, not only "
            "``python <script in jobs_dir> [args]``: anyone who may trigger ``ray_job_adhoc`` "
-           "then runs any command on the cluster.", type="boolean", default="false",
+           "then runs any command on the cluster. The command is not run through a shell "
+           "as typed: shell operators (``&&``, ``|``, ``>``) are refused; for several commands, "
+           "``bash -c '...'``.", type="boolean", default="false",
            example="true", group=_F),
     Option("pip_allow", "Packages the trigger form may install: ``name,name`` or the path of a "
            "file with one name a line. Unset: any plain requirement. Every allowed package runs "
@@ -173,7 +175,9 @@ OPTIONS: tuple[Option, ...] = (
     # Reaper
     Option("airflow_url", "Airflow's REST API, which ``ephemeral reap`` asks whether a "
            "cluster's run has ended. Unset: only expiry (``lifetime.ttl``) and the idle rule "
-           "(``lifetime.idleTimeout``) delete clusters.", example="http://airflow:8080",
+           "(``lifetime.idleTimeout``) delete clusters. Credentials go to this URL only (never "
+           "after a redirect); plain http off this host is warned of (an in-cluster Service "
+           "is fine).", example="http://airflow:8080",
            group=_A),
     Option("airflow_user", "User the reaper logs in to Airflow's API as.", example="reaper",
            group=_A),

@@ -411,29 +411,48 @@ def _for_the_report(backend: ClusterBackend, handle: ClusterHandle) -> Callable[
 
 class AirflowApiLookup:
     """Run states from Airflow's REST API v2. Credentials come from the environment (a token,
-    or a user and password exchanged for one), never from files in the repository."""
+    or a user and password exchanged for one), never from files in the repository. They go
+    only to ``base_url`` (plain http off this host is warned of), never after a redirect
+    (``ephemeral.backends.http.open_no_redirect``)."""
+
+    SETTING = "airflow_url (EPHEMERAL_AIRFLOW_URL, ephemeral reap --airflow-url)"
 
     def __init__(self, base_url: str, *, token: str | None = None, username: str | None = None,
                  password: str | None = None, timeout: float = 10.0) -> None:
+        from ephemeral.backends.http import plain_http_problem
+
         self.base_url = base_url.rstrip("/")
         self._token = token
         self._credentials = (username, password) if username and password else None
         self.timeout = timeout
+        carries = "the Airflow API token (AIRFLOW_API_TOKEN)" if token else \
+            "the Airflow user's password (EPHEMERAL_AIRFLOW_PASSWORD)" if self._credentials \
+            else None
+        if carries and (problem := plain_http_problem(self.base_url, self.SETTING, carries)):
+            # Warned, not refused: an in-cluster Service (http://airflow-api:8080, as the
+            # reaper CronJob reaches it) is plain http by design.
+            log.warning("%s; prefer https where the network between them is not trusted",
+                        problem.replace("so it must be", "so it should be"))
 
     def _request(self, method: str, path: str, body: dict[str, str] | None = None,
                  auth: bool = True) -> tuple[int, object]:
         import urllib.error
         import urllib.request
 
+        from ephemeral.backends.http import open_no_redirect, redirect_refused
+
         headers = {"Content-Type": "application/json"}
         if auth and (token := self.token()):
             headers["Authorization"] = f"Bearer {token}"
         req = urllib.request.Request(self.base_url + path, method=method, headers=headers,
                                      data=json.dumps(body).encode() if body else None)
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+        try:  # a redirect would carry the token (or the password) to wherever it points
+            with open_no_redirect(req, timeout=self.timeout) as resp:
                 return resp.status, json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as err:
+            if 300 <= err.code < 400:
+                raise EphemeralError(redirect_refused(self.base_url + path,
+                                                      err.headers.get("Location"))) from None
             return err.code, None
         except (urllib.error.URLError, OSError) as err:
             raise EphemeralError(f"Airflow API at {self.base_url} unreachable: {err}") from err

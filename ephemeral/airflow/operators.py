@@ -611,7 +611,7 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
         return job_timeout_seconds(self.job_timeout)
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from ephemeral.jobs.runtime_env import job_runtime_env
+        from ephemeral.jobs.runtime_env import check_submitted, job_runtime_env
 
         given = pointer(self.cluster)
         _within_ttl(given, self._timeout)
@@ -622,6 +622,9 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
         jobs = self._jobs(handle, backend)
         try:  # the cluster's default pip, then ours; bad input: a retry cannot help
             env = job_runtime_env(handle, self.runtime_env)
+            # Before the entrypoint is logged: no credentials in it nor in working_dir.
+            check_submitted({**env, "working_dir": self.working_dir} if self.working_dir
+                            else env, f"task {self.task_id}", self.entrypoint)
         except JobSubmissionFailed as err:
             raise AirflowFailException(str(err)) from err
         ti = context["ti"]

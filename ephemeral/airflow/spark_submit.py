@@ -75,7 +75,10 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
     ``spark-submit`` and the provider's operator. ``env_vars`` are added to the driver's
     environment on top of the job allow-list; reserved names (``AIRFLOW*``, ``EPHEMERAL_*``
     but ``EPHEMERAL_ARTIFACT_ROOT``, ``RAY_AUTH_*``: ``ephemeral.jobs.runtime_env.check_job_env``)
-    are refused before the driver starts. ``job_timeout`` (seconds) stops the driver.
+    are refused before the driver starts, and so is a secret in ``conf`` (the rule of a spec's
+    conf), or credentials in a URL option or an argument: they are spark-submit's command line
+    (``ephemeral.jobs.spark_jobs.check_submit_input``). ``job_timeout`` (seconds) stops the
+    driver.
     spark-submit's launcher, and the driver of a local cluster, start with the fast-start JVM
     flags (as ``ephemeral spark-submit``'s do) unless ``env_vars`` sets ``SPARK_LAUNCHER_OPTS``
     or ``conf`` sets ``spark.driver.extraJavaOptions``. The cluster's credentials come from the
@@ -145,6 +148,7 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
         return job_timeout_seconds(self.job_timeout)
 
     def execute(self, context: Any) -> dict[str, Any]:
+        self._check_input()
         given = pointer(self.cluster)
         if not given.endpoints.spark_master:
             raise AirflowFailException(_no_master(given))
@@ -185,6 +189,17 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
         conf: dict[str, Any] = driver_conf(master) | handle.spark_conf | dict(self.conf or {})
         return _with_openlineage(conf, context, self.openlineage_inject_parent_job_info,
                                  self.openlineage_inject_transport_info)
+
+    def _check_input(self) -> None:
+        """No secret in the conf, a URL option or an argument (they are spark-submit's command
+        line and the task log): the rule of a spec's conf, before anything is asked or run."""
+        from ephemeral.jobs.spark_jobs import URL_OPTIONS, check_submit_input
+
+        try:
+            check_submit_input(f"task {self.task_id}", self.conf, args=self.application_args,
+                               options={f: getattr(self, f) for f in URL_OPTIONS})
+        except EphemeralError as err:  # a retry would fail the same
+            raise AirflowFailException(str(err)) from err
 
     def _env_vars(self) -> dict[str, str]:
         from ephemeral.jobs.runtime_env import check_job_env

@@ -13,6 +13,10 @@ whose NO_PROXY misses 127.x would receive every local cluster's token (and never
 both HTTP stacks ignore environment proxies (``cluster_session``, ``get_json``; only a proxy
 ``Access.proxy`` names is used) and gRPC channels to a cluster take ``GRPC_NO_PROXY``; and both
 trust the same CAs (``ca_trust``).
+
+Every other client that sends a token or a password (the reaper's and the dev stack's Airflow
+API clients) opens its requests with ``open_no_redirect``, and refuses a URL that would carry
+them in clear text to another host (``plain_http_problem``).
 """
 
 from __future__ import annotations
@@ -96,6 +100,42 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
     def redirect_request(self, *_args: Any, **_kwargs: Any) -> None:
         return None
+
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def in_clear_off_host(url: str) -> bool:
+    """Whether a request to ``url`` would travel unencrypted off this host: not https, and not
+    plain http to a loopback address (a port-forward)."""
+    from urllib.parse import urlsplit
+
+    split = urlsplit(url)
+    host = split.hostname or ""
+    return not (split.scheme == "https" or (split.scheme == "http" and (
+        host in _LOOPBACK or host.startswith("127."))))
+
+
+def plain_http_problem(url: str, setting: str, carries: str) -> str | None:
+    """Why ``url`` (the value of ``setting``) may not carry ``carries`` (a token, a password):
+    ``in_clear_off_host``. None when it is https or stays here. The URL is shown masked
+    (``masked_uri``)."""
+    from ephemeral.specs.pip_credentials import masked_uri
+
+    if not in_clear_off_host(url):
+        return None
+    return (f"{setting} {masked_uri(url)!r}: requests to it carry {carries}, so it must be an "
+            "https URL (plain http only to this host, e.g. a port-forward)")
+
+
+def open_no_redirect(request: urllib.request.Request, *, timeout: float,
+                     verify: bool | str = True) -> Any:
+    """Open ``request`` (which may carry credentials) without following a redirect: a 3xx is
+    raised as urllib's ``HTTPError`` (``redirect_refused`` says what it means)."""
+    context = tls_context(verify) if request.full_url.startswith("https:") else None
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context),
+                                         _NoRedirect())
+    return opener.open(request, timeout=timeout)
 
 
 def get_json(url: str, *, timeout: float = 3.0, headers: Mapping[str, str] | None = None,

@@ -483,11 +483,15 @@ def submit(
     as_json: JsonOpt = False,
 ) -> None:
     """Run a command as a Ray job on CLUSTER, streaming its logs; exit with its status."""
+    from ephemeral.adhoc import RequestError
     from ephemeral.jobs.ray_jobs import ray_jobs_for
-    from ephemeral.jobs.runtime_env import check_job_env, job_runtime_env
+    from ephemeral.jobs.runtime_env import check_job_env, entrypoint_problem, job_runtime_env
 
+    if (problem := entrypoint_problem(shlex.join(entrypoint), one_line=True)) is not None:
+        # The command is stored in Ray's job info and shown with it: no credentials in it.
+        raise _fail(RequestError([("entrypoint", problem)], "ephemeral submit"), as_json)
     env_vars = _key_values(env, "--env")
-    try:  # no reserved names (EPHEMERAL_CLUSTER_UID, ...), before anything is looked up
+    try:  # no reserved names, names or literals of secrets, before anything is looked up
         check_job_env(env_vars, "ephemeral submit", field="--env")
     except EphemeralError as e:
         raise _fail(e, as_json) from e
@@ -526,8 +530,14 @@ def spark_submit_cmd(
 ) -> None:
     """Run a Spark application on CLUSTER's master, streaming the driver's output."""
     from ephemeral.jobs import artifacts
-    from ephemeral.jobs.spark_jobs import spark_auth_for, spark_submit
+    from ephemeral.jobs.spark_jobs import check_submit_input, spark_auth_for, spark_submit
 
+    own_conf = _key_values(conf, "--conf")
+    try:  # no secret on spark-submit's command line, before anything is looked up
+        check_submit_input("ephemeral spark-submit", own_conf, conf_field="--conf",
+                           args=args or [], args_field="args")
+    except EphemeralError as e:
+        raise _fail(e, as_json) from e
     handle = _cluster(cluster, backend, "spark", as_json, timeout)
     if not handle.endpoints.spark_master:
         raise _fail(ClusterNotFound(f"cluster {cluster!r} has no Spark master (a spark-operator "
@@ -536,7 +546,7 @@ def spark_submit_cmd(
     auth = spark_auth_for(handle, _backend(backend))  # the driver's spark.authenticate secret
     _finish_job(lambda: spark_submit(
         handle.endpoints.spark_master or "", str(application), args or [],
-        conf=handle.spark_conf | _key_values(conf, "--conf"), cluster=handle.name,
+        conf=handle.spark_conf | own_conf, cluster=handle.name,
         timeout=timeout,
         env={"EPHEMERAL_ARTIFACT_ROOT": artifacts.root()},
         sink=_log_sink(as_json), auth=auth), as_json)
@@ -566,11 +576,11 @@ def reap_cmd(
     from ephemeral.settings import setting
 
     lookup = None
-    if airflow_url := airflow_url or setting("airflow_url"):
-        lookup = AirflowApiLookup(airflow_url, token=os.environ.get("AIRFLOW_API_TOKEN"),
-                                  username=setting("airflow_user"),
-                                  password=setting("airflow_password"))
     try:
+        if airflow_url := airflow_url or setting("airflow_url"):
+            lookup = AirflowApiLookup(airflow_url, token=os.environ.get("AIRFLOW_API_TOKEN"),
+                                      username=setting("airflow_user"),
+                                      password=setting("airflow_password"))
         decisions = reap(_backend(backend), lookup=lookup, grace=grace, dry_run=dry_run,
                          memory_file=memory_file())
     except EphemeralError as e:  # e.g. no deployment instance set on Kubernetes

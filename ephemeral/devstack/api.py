@@ -43,13 +43,19 @@ class AirflowApi:
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None, auth: bool,
                  timeout: float) -> tuple[int, Any]:
+        from ephemeral.backends.http import open_no_redirect, plain_http_problem
+
         headers = {"Content-Type": "application/json"}
         if auth:
             headers["Authorization"] = f"Bearer {self.token()}"
+        elif body is not None and "password" in body and (
+                problem := plain_http_problem(self.url, "the stack's url",
+                                              "the admin user's password")):
+            raise RuntimeError(problem)
         req = urllib.request.Request(self.url + path, method=method, headers=headers,
                                      data=json.dumps(body).encode() if body is not None else None)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+        try:  # never after a redirect: it would carry the token to wherever it points
+            with open_no_redirect(req, timeout=timeout) as resp:
                 return resp.status, json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as err:
             return err.code, err.read().decode(errors="replace")

@@ -34,7 +34,7 @@ from ephemeral.backends.base import HeadState, HeadView
 from ephemeral.backends.http import ca_trust, cluster_session, redirect_refused
 from ephemeral.errors import JobError, JobFailed, JobSubmissionFailed, JobTimeout
 from ephemeral.jobs.results import JobResult, JobStatus, parse_result_line, submission_id, tail
-from ephemeral.jobs.runtime_env import check_submitted
+from ephemeral.jobs.runtime_env import check_submitted, job_label
 
 if TYPE_CHECKING:
     import requests
@@ -345,7 +345,7 @@ class RayJobs:
         env = dict(runtime_env or {})
         if working_dir:
             env["working_dir"] = working_dir
-        check_submitted(env, f"Ray job {job_id or entrypoint!r}")
+        check_submitted(env, job_label(job_id, entrypoint), entrypoint)
         try:  # Ray's own check, before the upload: its ValueError is no transport error
             from ray.runtime_env import RuntimeEnv
 

@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ephemeral.errors import JobSubmissionFailed
-from ephemeral.specs.models import RESERVED_ENV, reserved_env
-from ephemeral.specs.pip_credentials import pip_entry_problem
+from ephemeral.specs.models import RESERVED_ENV, env_name_problem, literal_secret, reserved_env
+from ephemeral.specs.pip_credentials import credentials_problem, masked_uri, pip_entry_problem
 
 if TYPE_CHECKING:
     from ephemeral.backends.base import ClusterHandle
@@ -132,8 +132,31 @@ _IMAGE_KEYS = {"image_uri": {"image_uri", "config", "env_vars"},
                "container": {"container", "config", "env_vars"}}
 
 
+# What a job does instead of writing a credential into a URI or a command line.
+CREDENTIALS_FIX = ("give the job no credentials in a URI or on its command line: it reads "
+                   "them from its environment (the cluster spec's runtimeEnv.env with "
+                   "secretKeyRef, or fromEnv on the local backend) or from the storage's "
+                   "credential provider (an IAM role or workload identity, a credentials file "
+                   "on the image), and takes the plain URL")
+
+
+def _strings(value: Any, path: str) -> list[tuple[str, str]]:
+    """Every text in ``value`` (nested mappings and lists), with its path (``py_modules[0]``)."""
+    if isinstance(value, str):
+        return [(path, value)]
+    if isinstance(value, Mapping):
+        return [s for k, v in value.items() for s in _strings(v, f"{path}.{k}")]
+    if isinstance(value, list | tuple):
+        return [s for i, v in enumerate(value) for s in _strings(v, f"{path}[{i}]")]
+    return []
+
+
 def _with_credentials(overlay: Mapping[str, Any], where: str) -> None:
-    """Refuse an overlay's pip or uv entry with credentials in its URL, naming it."""
+    """Refuse, naming it, an overlay's pip or uv entry that holds or refers to a secret
+    (``pip_entry_problem``), and any URI of any other field (``working_dir``, ``py_modules``,
+    ``conda``, ``java_jars``, a pip file's path, ...) with credentials in it
+    (``credentials_problem``): the runtime_env is stored in Ray's job info. ``env_vars`` are
+    ``check_job_env``'s."""
     for field in ("pip", "uv"):
         value = overlay.get(field)
         entries = value.get("packages") if isinstance(value, Mapping) else value
@@ -142,6 +165,33 @@ def _with_credentials(overlay: Mapping[str, Any], where: str) -> None:
         for i, entry in enumerate(entries):
             if isinstance(entry, str) and (problem := pip_entry_problem(entry)) is not None:
                 raise JobSubmissionFailed(f"{where}: runtime_env.{field}[{i}]: {problem}")
+    for field, value in overlay.items():
+        if field == "env_vars":
+            continue
+        for path, text in _strings(value, f"runtime_env.{field}"):
+            if (problem := credentials_problem(text, CREDENTIALS_FIX)) is not None:
+                raise JobSubmissionFailed(f"{where}: {path}: {problem}")
+
+
+def entrypoint_problem(entrypoint: str, *, one_line: bool = False) -> str | None:
+    """Why a job's command is refused, or None: credentials in a URL of it (they would reach
+    Ray's job info, the task log and the rendered fields; ``credentials_problem``), or a
+    control character (the shell on the cluster would fail on it, after the cluster was made).
+    ``one_line``: a line break or tab counts too (a form's or the CLI's command is one line)."""
+    if (problem := credentials_problem(entrypoint, CREDENTIALS_FIX)) is not None:
+        return problem
+    bad = sorted({c for c in entrypoint if not c.isprintable()
+                  and (one_line or c not in "\t\n\r")})
+    if bad:
+        return (f"contains control characters ({', '.join(map(repr, bad))}): a command is "
+                "one line of printable text, and the cluster's shell would fail on them or "
+                "split the command at them; remove them")
+    return None
+
+
+def job_label(job_id: str | None, entrypoint: str) -> str:
+    """How a message names a job: its id, else its command (masked: it may be the reason)."""
+    return f"Ray job {job_id or masked_uri(entrypoint)!r}"
 
 
 def _pip_into_uv(base_pip: Any, uv: Any, where: str) -> Any:
@@ -165,15 +215,18 @@ JOB_MAY_SET = frozenset({"EPHEMERAL_ARTIFACT_ROOT"})
 
 
 def check_job_env(env_vars: Any, where: str, field: str = "runtime_env.env_vars") -> None:
-    """Refuse a job's own environment variables under reserved names (the spec's rule,
-    ``reserved_env``; ``JOB_MAY_SET`` excepted), naming them, ``field`` and the fix: before
-    anything is uploaded or submitted. ``None`` sets nothing."""
+    """Refuse a job's own environment variables (the spec's rules: ``env_name_problem``,
+    ``reserved_env`` with ``JOB_MAY_SET`` excepted, ``literal_secret``), naming them (never a
+    value), ``field`` and the fix: before anything is uploaded or submitted. ``None`` sets
+    nothing."""
     if env_vars is None:
         return
     if not isinstance(env_vars, Mapping):
         raise JobSubmissionFailed(
             f"{where}: {field} must be a mapping of variable names to values; got "
             f"{type(env_vars).__name__}")
+    if bad := [p for n in env_vars if (p := env_name_problem(str(n))) is not None]:
+        raise JobSubmissionFailed(f"{where}: {field}: {'; '.join(bad)}")
     refused = sorted(str(n) for n in env_vars
                      if reserved_env(str(n)) and str(n) not in JOB_MAY_SET)
     if refused:
@@ -184,12 +237,27 @@ def check_job_env(env_vars: Any, where: str, field: str = "runtime_env.env_vars"
             "local cluster by ephemeral's markers (EPHEMERAL_CLUSTER_UID), which a job's own "
             "value would hide. Pick another name; of ephemeral's, a job may set only "
             f"{', '.join(sorted(JOB_MAY_SET))}")
+    secrets = sorted(str(n) for n, v in env_vars.items()
+                     if v is not None and literal_secret(str(n), str(v)) is not None)
+    if secrets:
+        raise JobSubmissionFailed(
+            f"{where}: {field} sets {', '.join(map(repr, secrets))} to a secret (by its name, "
+            "or a value with credentials or a key in it): a job's own environment is stored "
+            "and shown with its settings (Ray's job info and dashboard, the task's rendered "
+            "fields). Give the secret to the cluster instead, which passes it to every job: "
+            "the spec's runtimeEnv.env with secretKeyRef (a Kubernetes Secret), or fromEnv on "
+            "the local backend; a spark-submit driver, which runs on the Airflow worker, "
+            "inherits a variable of the worker's own environment that the deployment names in "
+            "EPHEMERAL_JOB_ENV_ALLOW")
 
 
-def check_submitted(env: Mapping[str, Any], where: str) -> None:
+def check_submitted(env: Mapping[str, Any], where: str, entrypoint: str | None = None) -> None:
     """What every Ray job ephemeral submits passes, however it came (operator, CLI, the Python
-    API's ``RayJobs.submit``): no reserved names in its ``env_vars``, no credential or
-    environment reference in a pip or uv entry."""
+    API's ``RayJobs.submit``): ``check_job_env`` on its ``env_vars``, no credential or
+    environment reference in a pip or uv entry, no credentials in any URI of its runtime_env
+    (``working_dir``, ``py_modules``, ...) nor in its ``entrypoint`` (``entrypoint_problem``)."""
+    if entrypoint is not None and (problem := entrypoint_problem(entrypoint)) is not None:
+        raise JobSubmissionFailed(f"{where}: entrypoint: {problem}")
     check_job_env(env.get("env_vars"), where)
     _with_credentials(env, where)
 

@@ -143,6 +143,40 @@ def _auth_properties(folder: Path, auth: SparkAuth | None) -> list[str]:
     return ["--extra-properties-file", str(file)]
 
 
+# spark-submit's options that take URLs (comma-separated): where it fetches code and data.
+URL_OPTIONS = ("files", "py_files", "archives", "jars", "packages", "exclude_packages",
+               "repositories")
+
+
+def check_submit_input(where: str, conf: Mapping[str, Any] | None, *, conf_field: str = "conf",
+                       options: Mapping[str, str | None] | None = None,
+                       args: Sequence[Any] = (), args_field: str = "application_args") -> None:
+    """Refuse, before spark-submit starts, a secret in what becomes its command line (visible
+    in ``ps`` to every user of the host, and in the task log): a conf key or value that is one
+    (``secret_conf_keys``, the rule a spec's conf follows), and credentials in a URL of an
+    option (``repositories``, ``jars``, ...) or of an application argument
+    (``credentials_problem``). Names each field; shows no secret."""
+    from ephemeral.jobs.runtime_env import CREDENTIALS_FIX
+    from ephemeral.specs.models import secret_conf_keys
+    from ephemeral.specs.pip_credentials import credentials_problem
+
+    problems = []
+    if keys := secret_conf_keys({str(k): str(v) for k, v in (conf or {}).items()}):
+        problems.append(
+            f"{conf_field} sets {', '.join(keys)} to a secret (by its key, or a value with "
+            "credentials or a key in it), which would be on spark-submit's command line "
+            "(visible in ps on this host) and in the log; use a credentials provider (e.g. "
+            "spark.hadoop.fs.s3a.aws.credentials.provider with the host's role or the "
+            "driver's environment) or a key file's path (e.g. ...service.account.json.keyfile)")
+    named = [(f, v) for f, v in (options or {}).items() if v]
+    named += [(f"{args_field}[{i}]", a) for i, a in enumerate(args)]
+    for field, value in named:
+        if (problem := credentials_problem(str(value), CREDENTIALS_FIX)) is not None:
+            problems.append(f"{field}: {problem}")
+    if problems:
+        raise JobSubmissionFailed(f"{where}: " + "; ".join(problems))
+
+
 def spark_submit_bin() -> str:
     try:
         from pyspark.find_spark_home import _find_spark_home
@@ -175,6 +209,7 @@ def spark_submit(
     to ``$EPHEMERAL_RESULT_FILE`` (``jobs/_common.emit_result`` does), else its last JSON line;
     a declared result that cannot be read raises ``ResultUnreadable``."""
     check_job_env(env, "spark-submit", field="env")  # however it is called, before it starts
+    check_submit_input("spark-submit", conf, args=args, args_field="args")
     if not Path(application).is_file():
         raise JobSubmissionFailed(f"no application file {application!r}")
     argv = [spark_submit_bin(), "--master", master]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -229,15 +229,10 @@ _TOKEN_SHAPES = re.compile(
 def secret_value(value: str) -> str | None:
     """What makes ``value`` itself a secret (a PEM block, a URL with credentials or a signed
     URL's, a token by its shape), or None."""
-    from ephemeral.specs.pip_credentials import masked, masked_uri
-
     if _PEM.search(value):
         return "it holds a PEM block (a key belongs in a file or a Secret, not in a spec)"
-    if (problem := credentials_problem(value)) is not None:
+    if (problem := credentials_problem(value)) is not None:  # user-info, signed URLs
         return problem
-    if masked_uri(value) != masked(value):
-        return (f"{masked_uri(value)!r} is a signed URL: its signature or key parameters are a "
-                "credential")
     if _TOKEN_SHAPES.search(value):
         return "it holds a token or key (its shape is a known credential's)"
     return None
@@ -262,9 +257,26 @@ BACKEND_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "ROCR
                          "HIP_VISIBLE_DEVICES", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"})
 
 
+def env_name_problem(name: str) -> str | None:
+    """Why ``name`` is no environment variable name, or None."""
+    if _ENV_NAME.fullmatch(name):
+        return None
+    return f"{name!r} is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)"
+
+
+def literal_secret(name: str, value: str) -> str | None:
+    """Why the literal ``value`` of the variable ``name`` is a secret, or None: the value is
+    one (``secret_value``), or the name says so (``secret_name``) and the value is no switch.
+    The one rule for a spec's ``runtimeEnv.env`` and a job's own environment."""
+    why = secret_value(value)
+    if why is None and value and secret_name(name) and value.strip().lower() not in _FLAG_VALUES:
+        why = f"{name} names a secret (judged by its name)"
+    return why
+
+
 def _env_var_name(v: str, why: str, fix: str) -> str:
-    if not _ENV_NAME.fullmatch(v):
-        raise ValueError(f"{v!r} is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
+    if (problem := env_name_problem(v)) is not None:
+        raise ValueError(problem)
     if reserved_env(v):
         raise ValueError(f"{v!r} is reserved ({why}; reserved: names starting with "
                          f"{', '.join(RESERVED_ENV)}): {fix}")
@@ -301,10 +313,7 @@ class EnvVar(Model):
     def _literal(cls, v: str | None, info: ValidationInfo) -> str | None:
         # The conf rule (secret_key) judges the name too: AWS_SECRET_ACCESS_KEY, WANDB_API_KEY
         # or DB_PASSWORD with a literal is a secret written into the spec.
-        why = None if v is None else secret_value(v)
-        if why is None and v and secret_name(str(info.data.get("name", ""))) \
-                and v.strip().lower() not in _FLAG_VALUES:
-            why = f"{info.data['name']} names a secret (judged by its name)"
+        why = None if v is None else literal_secret(str(info.data.get("name", "")), v)
         if why is not None:
             raise ValueError(f"a secret has no place in a spec ({why.split(';')[0]}): put it "
                              "in a Kubernetes Secret and use secretKeyRef, or use fromEnv on "
@@ -529,12 +538,18 @@ class SparkWorkers(GpuFields, Placement):
         return self
 
 
+def secret_conf_keys(conf: Mapping[str, str]) -> list[str]:
+    """The keys of a Spark conf that set a secret, sorted: the key names one (``secret_key``) or
+    the value is one (``secret_value``). The one rule for a spec's conf and a job's own."""
+    return sorted(k for k, v in conf.items() if secret_key(k) or secret_value(v))
+
+
 def no_secret_conf(conf: dict[str, str]) -> dict[str, str]:
     """A spec's conf is in the handle, XCom, the cluster's annotations and the Connect server's
     and spark-submit's command lines: a key that names a secret (``secret_key``) may not be set
     there, nor a value that is one (``secret_value``: a URL with credentials such as
     ``spark.jars.repositories=https://user:token@repo``, a PEM key block)."""
-    secret = sorted(k for k, v in conf.items() if secret_key(k) or secret_value(v))
+    secret = secret_conf_keys(conf)
     if secret:
         raise ValueError(f"{', '.join(secret)}: a secret has no place in a spec (it would reach "
                          "XCom, annotations and command lines); give it to the jobs through "

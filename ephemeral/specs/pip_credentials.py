@@ -16,7 +16,8 @@ pip's messages, Ray's runtime-env log and the job's info. Every ``${`` (uv expan
 and every ``$NAME`` (in case an installer hands the entry to a shell) is refused: a requirement
 never needs a ``$``.
 
-``credentials_problem`` alone (user-info in a URL) also judges values that are not pip entries
+``credentials_problem`` alone (user-info in a URL, or a signed URL's secret parameter such as
+``X-Amz-Signature`` or ``sig``) also judges values that are not pip entries
 (a spec's env values and Spark conf, ``ephemeral.specs.models.secret_value``), where ``${...}``
 can be legitimate; the environment-variable rule is for pip entries only.
 """
@@ -68,13 +69,30 @@ def _secret(match: re.Match[str]) -> bool:
     return ":" in match["info"] or "ssh" not in match["scheme"].lower()
 
 
-def credentials_problem(entry: str) -> str | None:
-    """Why ``entry`` is refused for the credentials in its URL, or None when it has none."""
-    if not any(_secret(m) for m in _USERINFO.finditer(entry)):
+# A URL in a text (a whole entrypoint, a template, a conf value): its query and fragment are
+# judged by _PARAM only there, so a word such as ``a;token=x`` that is no URL is left alone.
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]*")
+
+
+def secret_params(text: str) -> list[str]:
+    """The signed-URL secret parameters (``X-Amz-Signature``, ``sig``, ``token``, ...) set with
+    a value in the URLs of ``text``, by name."""
+    return [m["key"] for url in _URL.finditer(text) for m in _PARAM.finditer(url[0])
+            if _param(m) != m[0]]
+
+
+def credentials_problem(entry: str, fix: str = FIX) -> str | None:
+    """Why ``entry`` is refused for the credentials in its URL (user-info, or a signed URL's
+    secret parameter), or None when it has none. The message shows ``entry`` masked
+    (``masked_uri``) and ends with ``fix``."""
+    if any(_secret(m) for m in _USERINFO.finditer(entry)):
+        what = "user:password@ or token@"
+    elif params := secret_params(entry):
+        what = f"the signed URL's {', '.join(dict.fromkeys(params))} parameter"
+    else:
         return None
-    return (f"{masked(entry)!r} has credentials in its URL (user:password@ or token@), which "
-            f"would be copied into XCom, state, the cluster's annotations and Ray's job info; "
-            f"{FIX}")
+    return (f"{masked_uri(entry)!r} has credentials in its URL ({what}), which would be copied "
+            f"into XCom, state, logs, command lines and Ray's job info; {fix}")
 
 
 def env_reference_problem(entry: str) -> str | None:

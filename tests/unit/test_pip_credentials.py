@@ -47,3 +47,25 @@ def test_the_adhoc_form_names_the_entry_and_does_not_echo_the_secret() -> None:
     assert err.value.fields == ["pip[1]"]
     assert "SECRET123" not in str(err.value)
     assert "credentials in its URL" in str(err.value)
+
+
+@pytest.mark.parametrize("entry", [
+    "lib @ https://h/lib.whl?X-Amz-Signature=SECRET123&X-Amz-Date=1",
+    "https://blob.example.com/x.parquet?sv=1&sig=SECRET123",
+    "--data-uri=https://h/x?token=SECRET123",
+])
+def test_a_signed_urls_secret_parameter_is_refused_and_masked(entry: str) -> None:
+    """A signed URL's token is a credential as user-info is (one rule for both)."""
+    problem = credentials_problem(entry)
+    assert problem is not None
+    assert "signed URL" in problem
+    assert "SECRET123" not in problem
+
+
+@pytest.mark.parametrize("entry", [
+    "lib @ https://h/lib.whl#sha256=abc", "https://h/x?region=eu&page=2",
+    "a;token=x",  # no URL: a parameter is judged only in one
+    "https://h/x?token=",  # no value
+])
+def test_parameters_that_hold_no_secret_are_no_problem(entry: str) -> None:
+    assert credentials_problem(entry) is None

@@ -125,6 +125,14 @@ class KubeConfig(BaseModel):
                         from None
         return items
 
+    @field_validator("proxy_link_base")
+    @classmethod
+    def _link_base(cls, value: str | None) -> str | None:
+        # Its links go into XCom, the task log and the extra links, for anyone to read.
+        if value and (problem := url_setting_problem("proxy_link_base", value)):
+            raise ValueError(problem)
+        return value
+
     @model_validator(mode="after")
     def _one_credential_source(self) -> KubeConfig:
         given = [name for name, on in (("in_cluster", self.in_cluster),
@@ -192,18 +200,39 @@ class KubeConfig(BaseModel):
                                                 service=service, port=port).rstrip("/")
 
 
+# How a URL setting keeps credentials out of itself: they would reach the handle's endpoints
+# (XCom, task logs, extra links) and every error that shows the setting.
+_URL_FIX = ("keep credentials out of the URL: the platform's ingress or proxy authenticates "
+            "by headers (ephemeral sends the cluster's Ray token in them) or by a network "
+            "policy, never by a user-info or a signed URL")
+
+
+def url_setting_problem(setting: str, url: str) -> str | None:
+    """Why the URL ``url`` of ``setting`` is refused for the credentials in it (user-info or a
+    signed URL's secret parameter, ``credentials_problem``), or None; the URL is masked."""
+    from ephemeral.specs.pip_credentials import credentials_problem
+
+    problem = credentials_problem(url, _URL_FIX)
+    return None if problem is None else f"{setting} {problem}"
+
+
 def _check_ingress(template: str) -> None:
     """An ingress URL carries the cluster's Ray token: https, unless it stays on this host (a
-    port-forward). The placeholders are known names only."""
-    from urllib.parse import urlsplit
+    port-forward), and no credentials of its own. The placeholders are known names only. The
+    template is shown masked (``masked_uri``): a refusal must not spread a password in it."""
+    from ephemeral.backends.http import in_clear_off_host
+    from ephemeral.specs.pip_credentials import masked_uri
 
+    setting = "ingress_url_template"
+    if problem := url_setting_problem(setting, template):
+        raise ValueError(problem)
     try:
-        url = urlsplit(template.format(cluster="c", namespace="ns", service="s", port="1"))
+        url = template.format(cluster="c", namespace="ns", service="s", port="1")
     except (KeyError, IndexError, ValueError) as exc:
-        raise ValueError(f"ingress_url_template {template!r}: {exc!r} is no placeholder; use "
+        raise ValueError(f"{setting} {masked_uri(template)!r}: {exc!r} is no placeholder; use "
                          "{cluster}, {namespace}, {service} and {port}") from None
-    if url.scheme != "https" and url.hostname not in ("127.0.0.1", "localhost", "::1"):
-        raise ValueError(f"ingress_url_template {template!r}: requests through it carry the "
+    if in_clear_off_host(url):
+        raise ValueError(f"{setting} {masked_uri(template)!r}: requests through it carry the "
                          "cluster's Ray token, so it must be an https URL (plain http only to "
                          "this host, e.g. a port-forward)")
 
