@@ -113,7 +113,8 @@ def test_credentials_in_clear_text_off_this_host_are_warned_of(
     with caplog.at_level(logging.WARNING, logger="ephemeral.reaper"):
         assert AirflowApiLookup(url, **credentials).base_url == url
     said = " ".join(r.getMessage() for r in caplog.records)
-    assert "EPHEMERAL_AIRFLOW_URL" in said and "https" in said
+    assert "EPHEMERAL_AIRFLOW_URL" in said
+    assert "https" in said
     assert "SECRET" not in said
 
 
