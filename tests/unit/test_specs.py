@@ -280,10 +280,10 @@ def test_overrides_cannot_lift_the_ci_cpu_limits(ref: str, overrides: dict[str, 
 
 def test_group_override_touches_only_named_fields() -> None:
     base = resolve("ray/train-gpu").spec
-    spec = resolve("ray/train-gpu", None, {"groups": {"gpu": {"gpus": 0}}}).spec
+    spec = resolve("ray/train-gpu", None, {"groups": {"gpu": {"gpus": 2}}}).spec
     assert isinstance(base, RaySpec)
     assert isinstance(spec, RaySpec)
-    assert spec.worker_groups[0].gpus == 0
+    assert spec.worker_groups[0].gpus == 2
     assert spec.worker_groups[0].model_copy(update={"gpus": 1}) == base.worker_groups[0]
     assert spec.head == base.head
 
