@@ -6,6 +6,7 @@ against the strict API mock of tests/kubernetes (real client, real HTTP, a KubeR
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,6 +97,20 @@ def test_delete_is_idempotent(backend: ClusterBackend) -> None:
     backend.delete(handle, wait=True)
     backend.delete(handle, wait=True)
     backend.delete("eph-never-created-0000000000", wait=True)
+    assert backend.list_owned() == []
+
+
+def test_a_handle_deletes_only_its_own_life(backend: ClusterBackend) -> None:
+    """Torn down and made again under its name (a cleared run), a cluster is another life:
+    a handle of the first (the reaper's listing, an earlier try's) deletes nothing of it."""
+    ident = owner(RAY.spec.name)
+    old = backend.create(RAY, identity=ident)
+    assert backend.delete(old, wait=True) is True
+    time.sleep(0.01)  # lives differ by their creation moment, to the millisecond
+    new = backend.create(RAY, identity=ident)
+    assert backend.delete(old, wait=True) is False
+    assert [h.created_ts for h in backend.list_owned()] == [new.created_ts]
+    assert backend.delete(ident.name, wait=True) is True  # by name: whichever life is there
     assert backend.list_owned() == []
 
 

@@ -42,7 +42,9 @@ from ephemeral.backends.base import (
     Phase,
     check_adoptable,
     make_handle,
+    newer_life,
     require_instance,
+    same_life,
 )
 from ephemeral.backends.kubernetes import probe as probes
 from ephemeral.backends.kubernetes.access import ClusterAccess
@@ -58,6 +60,7 @@ from ephemeral.backends.kubernetes.client import (
     Kind,
     KubeClient,
     OperatorMissing,
+    Replaced,
     WatchUnsupported,
     kind_of,
     name_of,
@@ -161,7 +164,7 @@ class KubernetesBackend(ClusterBackend):
                         f"{kind_of(obj).kind} {name_of(obj)!r} is left over from an earlier "
                         f"cluster {identity.name!r} (being deleted?); retry once it is gone") \
                         from None
-                created.append(obj)
+                created.append(made)
                 if obj is rendered.primary:
                     owner = made
         except BaseException:
@@ -227,9 +230,13 @@ class KubernetesBackend(ClusterBackend):
         return owner["metadata"]["uid"] in uids
 
     def _undo(self, created: list[dict[str, Any]]) -> None:
+        """Delete the objects a failed create made, each by its uid: one made again under its
+        name since (another create, after a deletion of ours) is not this create's."""
         for obj in reversed(created):
             try:
-                self.client.delete(kind_of(obj), name_of(obj))
+                self.client.delete(kind_of(obj), name_of(obj), uid=obj["metadata"]["uid"])
+            except Replaced as exc:
+                log.warning("left %s alone after a failed create: %s", name_of(obj), exc)
             except EphemeralError as exc:  # the original failure matters more
                 log.warning("could not delete %s %s after a failed create: %s",
                             kind_of(obj).kind, name_of(obj), exc)
@@ -335,20 +342,33 @@ class KubernetesBackend(ClusterBackend):
 
     # -- delete --------------------------------------------------------------------------------
 
-    def delete(self, target: ClusterHandle | ClusterIdentity | str, *, wait: bool = True) -> None:
+    def delete(self, target: ClusterHandle | ClusterIdentity | str, *, wait: bool = True) -> bool:
         """By a bare name, this deployment's cluster only; by an identity or a handle, the one
         of its own instance (``OwnerSelector.of_target``: the selector ``get`` and ``down``'s
         guard use too). A handle looked up with ``all_instances`` is how another deployment's
-        cluster is deleted on purpose (``down --all-instances``, the reaper)."""
+        cluster is deleted on purpose (``down --all-instances``, the reaper). A handle names
+        one life of its cluster: a primary that is another (``same_life``) is left alone and
+        the result is False. Every DELETE carries the uid of the object as it was verified
+        (a precondition), so one made again under its name in between is never hit."""
         scope = OwnerSelector.of_target(target)
         name = self.target_name(target)
-        client = self._client(target if isinstance(target, ClusterHandle) else None)
-        ours = _Ours()
+        life = target if isinstance(target, ClusterHandle) else None
+        client = self._client(life)
+        ours = _Ours(life=life)
         for kind, obj in self._owned_objects(client, scope, ours):
-            if not obj["metadata"].get("deletionTimestamp"):
-                client.delete(kind, name_of(obj))
+            if obj["metadata"].get("deletionTimestamp"):
+                continue
+            try:  # this very object, as read with the life it was verified for
+                client.delete(kind, name_of(obj), uid=obj["metadata"]["uid"])
+            except Replaced as exc:  # made again since it was listed: another life's
+                log.warning("left %s alone: %s", name, exc)
+                if kind in (RAYCLUSTER, SPARKCONNECT) or _is_master(obj):
+                    ours.newer = f"{kind.kind}/{name_of(obj)}"
+                    break
+        if ours.newer:
+            return False
         if not wait:
-            return
+            return True
         deadline = time.monotonic() + self.config.delete_timeout
         try:
             self._await_gone(client, scope, deadline, ours)
@@ -364,6 +384,7 @@ class KubernetesBackend(ClusterBackend):
         if ours.refused:
             raise TeardownIncomplete(name, [f"{what} (left alone: {why})"
                                             for what, why in ours.refused.items()])
+        return True
 
     def _owned_objects(self, client: KubeClient, scope: OwnerSelector, ours: _Ours,
                        report: bool = True) -> Iterator[tuple[Kind, dict[str, Any]]]:
@@ -385,12 +406,17 @@ class KubernetesBackend(ClusterBackend):
             objs.sort(key=lambda o: o["metadata"].get("labels", {}).get(COMPONENT_LABEL)
                       != SPARK_MASTER)
             for obj in objs:
-                primary = kind in (RAYCLUSTER, SPARKCONNECT) or (
-                    kind is DEPLOYMENT and obj["metadata"].get("labels", {}).get(
-                        COMPONENT_LABEL) == SPARK_MASTER)
+                primary = kind in (RAYCLUSTER, SPARKCONNECT) or _is_master(obj)
                 if primary:
                     record, why = self._record_of(obj)
                     mine = record is not None
+                    if record is not None and ours.life is not None and \
+                            not same_life(record, ours.life):
+                        # A newer life of the name: nothing here is the handle's any more.
+                        ours.newer = f"{kind.kind}/{name_of(obj)}"
+                        if report:
+                            log.warning("%s", newer_life(record, ours.life))
+                        return
                 else:
                     mine, why = ours.claims(obj), ""
                 if mine:
@@ -564,6 +590,10 @@ class _Ours:
     deployments: set[str] = field(default_factory=set)
     refused: dict[str, str] = field(default_factory=dict)
     """The cluster's own primary, by name, when it disagrees with its record: why."""
+    life: ClusterHandle | None = None
+    """The life being deleted, when a handle names it (a bare name: whichever is there)."""
+    newer: str = ""
+    """The primary of another life of the name, met instead of ``life``'s: left alone."""
 
     def add(self, kind: Kind, obj: dict[str, Any]) -> None:
         self.uids.add(str(obj["metadata"].get("uid")))
@@ -582,6 +612,12 @@ class _Ours:
                     str(ref.get("name", "")).rsplit("-", 1)[0] in self.deployments:
                 return True
         return False
+
+
+def _is_master(obj: dict[str, Any]) -> bool:
+    """Whether ``obj`` is a Spark master Deployment: a standalone Spark cluster's primary."""
+    return kind_of(obj) is DEPLOYMENT and \
+        obj["metadata"].get("labels", {}).get(COMPONENT_LABEL) == SPARK_MASTER
 
 
 def owned_by(obj: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
