@@ -48,8 +48,6 @@ from ephemeral.errors import EphemeralError, InstanceRequired, JobSubmissionFail
 from ephemeral.jobs.ray_jobs import RayJobs, ray_jobs_for
 from ephemeral.jobs.results import JobResult, JobStatus, tail
 from ephemeral.lifecycle import (
-    adopted,
-    asking,
     delete_after_failure,
     delete_killed,
     deleting_on_failure,
@@ -233,7 +231,6 @@ class CreateClusterOperator(BaseOperator):
         identity = cluster_identity(context, spec.spec.name, instance=target.instance,
                                     on_failure=self.on_failure)
         self.log.info("creating %s from %s (hash %s)", identity.name, spec.label(), spec.hash)
-        asked = asking()
         try:
             handle = backend.create(spec, identity=identity)
         except (SpecError, InstanceRequired) as err:  # nothing created; a retry fails the same
@@ -241,7 +238,7 @@ class CreateClusterOperator(BaseOperator):
         # The teardown, the triggerer and the job tasks reach the cluster through the same
         # connection (its id; each looks it up again).
         handle = self._created = handle.model_copy(update={"connection": target.connection})
-        if adopted(handle, asked):
+        if handle.adopted:
             self.log.info("adopted %s, created at %s by an earlier try", handle.name,
                           handle.created_at)
         with self._cleanup_on_failure(context, backend, handle):

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ephemeral.errors import IdentityConflict, InstanceRequired, SpecError
 from ephemeral.specs.identity import (
@@ -131,6 +131,11 @@ class ClusterHandle(BaseModel):
     spark_conf: dict[str, str] = {}
     """``submit_defaults`` of a Spark spec: the defaults of every Spark application submitted
     through ephemeral (spark-submit, ``EphemeralSparkSubmitOperator``); its own conf wins."""
+    adopted: bool = Field(default=False, exclude=True)
+    """On the handle ``create`` returns: it found this cluster life (an earlier try's, another
+    caller's of the name) instead of making it, so the cluster is not that call's to delete
+    when its wait fails. Said by the backend, never inferred from times (two callers can ask
+    within one second); never stored (XCom, annotations, state files leave it out)."""
 
     @property
     def owner_labels(self) -> dict[str, str]:

@@ -78,7 +78,7 @@ class InMemoryBackend(ClusterBackend):
             existing = self._clusters.get(identity.name)
             if existing:
                 check_adoptable(existing.handle, spec.ref, spec.hash, identity)
-                return existing.handle
+                return existing.handle.model_copy(update={"adopted": True})
             host = f"{identity.name}.fake"
             s = spec.spec
             if isinstance(s, RaySpec):

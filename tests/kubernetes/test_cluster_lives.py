@@ -1,6 +1,7 @@
 """A handle names one life of its cluster: a delete by a handle held since (the reaper's
 listing, an earlier try's) never removes a newer cluster made under the same name after the
-first was torn down (a cleared run's setup), and every DELETE carries the uid it verified."""
+first was torn down (a cleared run's setup), and every DELETE carries the uid it verified.
+Whether a create made the cluster or found it is what the backend says, never a guess."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ import pytest
 
 from ephemeral.backends.kubernetes import KubernetesBackend
 from ephemeral.backends.kubernetes.client import CONFIGMAP, RAYCLUSTER, Kind, KubeClient, Replaced
+from ephemeral.errors import ReadinessTimeout
+from ephemeral.lifecycle import provision
 from ephemeral.reaper import RunInfo, reap
 from ephemeral.specs import ClusterIdentity
+from ephemeral.specs.identity import parse_utc
 from tests.conftest import small
-from tests.kubernetes.apiserver import ApiServer
+from tests.kubernetes.apiserver import ApiServer, Operator
 from tests.kubernetes.conftest import NAMESPACE
 
 RAY = small("ray/adhoc-cpu", replicas=1)
@@ -109,3 +113,17 @@ def test_the_reaper_deletes_only_the_life_it_judged(k8s_backend: KubernetesBacke
     assert (d.delete, d.deleted) == (False, False)
     assert "another cluster since" in d.reason
     assert [h.created_ts for h in k8s_backend.list_owned()] == [lives["new"].created_ts]
+
+
+def test_a_second_up_in_the_same_second_leaves_the_first_ones_cluster(
+        k8s_backend: KubernetesBackend, apiserver: ApiServer, operator: Operator) -> None:
+    """Adoption is what create says, not a comparison of whole-second creation times."""
+    while datetime.now(UTC).microsecond > 200_000:  # early in a second: both calls in it
+        time.sleep(0.01)
+    operator.paused = True  # the first `up` still waits for its cluster
+    first = k8s_backend.create(RAY, identity=ident())
+    with pytest.raises(ReadinessTimeout):  # the second `up` of the name times out
+        provision(k8s_backend, RAY, ident(), timeout=0.3)
+    assert datetime.now(UTC).replace(microsecond=0) == parse_utc(first.created_at)
+    assert uid_of(apiserver, first.name) is not None
+    assert not [c for c in apiserver.calls if c[0] == "DELETE"]

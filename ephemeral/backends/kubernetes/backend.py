@@ -197,7 +197,7 @@ class KubernetesBackend(ClusterBackend):
                     self.client.create(owned_by(obj, existing))
                 except AlreadyExists:
                     pass
-        return self._view(stored)
+        return self._view(stored).model_copy(update={"adopted": True})
 
     def _render(self, spec: ResolvedSpec, handle: ClusterHandle) -> Rendered:
         clients = Clients(selector=dict(self.config.client_selector),

@@ -196,7 +196,7 @@ class LocalBackend(ClusterBackend):
                 existing = None
             if existing and not existing.deleting:
                 check_adoptable(existing.handle, spec.ref, spec.hash, identity)
-                return existing.handle
+                return existing.handle.model_copy(update={"adopted": True})
             if existing:  # a deletion was interrupted: finish it before starting afresh
                 self._delete_locked(name)
             check_spec(spec)
