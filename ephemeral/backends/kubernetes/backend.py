@@ -66,6 +66,7 @@ from ephemeral.backends.kubernetes.client import (
     name_of,
 )
 from ephemeral.backends.kubernetes.config import KubeConfig
+from ephemeral.backends.kubernetes.ownership import Owned
 from ephemeral.backends.kubernetes.render import (
     COMPONENT_LABEL,
     HANDLE_ANNOTATION,
@@ -473,13 +474,8 @@ class KubernetesBackend(ClusterBackend):
         candidates: dict[str, dict[str, Any]] = {}
         for selector in self._pod_selectors(scope):
             candidates |= {name_of(p): p for p in client.list_objects(POD, labels=selector)}
-        pods: dict[str, dict[str, Any]] = {}
-        while claimed := {n: p for n, p in candidates.items()
-                          if n not in pods and ours.claims(p)}:
-            pods |= claimed  # and then the pods these own (a driver's executors)
-            for pod in claimed.values():
-                ours.add(POD, pod)
-        return left + [_describe("Pod", p) for p in pods.values()]
+        # And then the pods these own (a driver's executors).
+        return left + [_describe("Pod", p) for p in ours.take(POD, candidates.values())]
 
     # -- listing -------------------------------------------------------------------------------
 
@@ -581,37 +577,16 @@ class KubernetesBackend(ClusterBackend):
 
 
 @dataclass
-class _Ours:
-    """The objects of one cluster being deleted, by uid, and its Deployments' names (their pods
-    are owned by a ReplicaSet named after one). Filled as the deletion finds them, kept for
-    the wait: a collected owner's dependents still name it."""
+class _Ours(Owned):
+    """The objects of one cluster being deleted (``Owned``), filled as the deletion finds
+    them, kept for the wait: a collected owner's dependents still name it."""
 
-    uids: set[str] = field(default_factory=set)
-    deployments: set[str] = field(default_factory=set)
     refused: dict[str, str] = field(default_factory=dict)
     """The cluster's own primary, by name, when it disagrees with its record: why."""
     life: ClusterHandle | None = None
     """The life being deleted, when a handle names it (a bare name: whichever is there)."""
     newer: str = ""
     """The primary of another life of the name, met instead of ``life``'s: left alone."""
-
-    def add(self, kind: Kind, obj: dict[str, Any]) -> None:
-        self.uids.add(str(obj["metadata"].get("uid")))
-        if kind is DEPLOYMENT:
-            self.deployments.add(name_of(obj))
-
-    def claims(self, obj: dict[str, Any]) -> bool:
-        """Whether ``obj`` is one of them, or names one of them (or a ReplicaSet of one of
-        their Deployments) as its owner."""
-        if str(obj["metadata"].get("uid")) in self.uids:
-            return True
-        for ref in obj["metadata"].get("ownerReferences") or []:
-            if ref.get("uid") in self.uids:
-                return True
-            if ref.get("kind") == "ReplicaSet" and \
-                    str(ref.get("name", "")).rsplit("-", 1)[0] in self.deployments:
-                return True
-        return False
 
 
 def _is_master(obj: dict[str, Any]) -> bool:
