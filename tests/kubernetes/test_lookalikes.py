@@ -1,14 +1,18 @@
 """Readiness, the head's view and the diagnosis follow ownership from the cluster's primary, as
 its deletion does: someone else's Deployment or pod carrying the cluster's labels (a copy, a
-debug shell, one being deleted) neither fails, hides nor counts for the cluster."""
+debug shell, one being deleted) neither fails, hides nor counts for the cluster. Adopting a
+half-made cluster takes no one else's object under a part's name for that part."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from ephemeral.backends.base import HeadState, Phase
 from ephemeral.backends.kubernetes import KubernetesBackend
 from ephemeral.backends.kubernetes.render.spark import master_service
+from ephemeral.errors import BackendUnavailable, IdentityConflict
 from ephemeral.lifecycle import provision
 from ephemeral.specs import ClusterIdentity
 from tests.conftest import small
@@ -100,3 +104,49 @@ def test_the_diagnosis_names_the_clusters_pods_only(
     text = k8s_backend.diagnose(h)
     assert f"pod/{ours['metadata']['name']}: container sh waiting: ImagePullBackOff" in text
     assert "alice-x" not in text
+
+
+def _policy(name: str, **meta: Any) -> dict[str, Any]:
+    """Someone's NetworkPolicy that lets everything in."""
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": name, "labels": {"team": "other"}, **meta},
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{}]}}
+
+
+def test_adopting_a_half_made_cluster_takes_no_foreign_part(
+        k8s_backend: KubernetesBackend, apiserver: ApiServer) -> None:
+    h = k8s_backend.create(RAY, identity=ident(RAY))
+    # As if the create had crashed before its NetworkPolicy, and someone else's policy of
+    # that name (allowing every client in) had been made since.
+    apiserver.store.remove("networkpolicies", NAMESPACE, h.name)
+    apiserver.store.put("networkpolicies", NAMESPACE, _policy(h.name))
+    with pytest.raises(IdentityConflict, match=rf"NetworkPolicy '{h.name}' exists and is not"):
+        k8s_backend.create(RAY, identity=ident(RAY))
+    kept = apiserver.store.get("networkpolicies", NAMESPACE, h.name)
+    assert kept is not None
+    assert kept["metadata"]["labels"] == {"team": "other"}
+    assert apiserver.store.get("rayclusters", NAMESPACE, h.name) is not None  # not undone
+
+
+def test_adopting_meets_a_terminating_part_and_says_retry(
+        k8s_backend: KubernetesBackend, apiserver: ApiServer, operator: Operator) -> None:
+    h = k8s_backend.create(RAY, identity=ident(RAY))
+    operator.paused = True  # no collector: the old part stays terminating
+    apiserver.store.remove("networkpolicies", NAMESPACE, h.name)
+    apiserver.store.put("networkpolicies", NAMESPACE,
+                        _policy(h.name, finalizers=["example.com/hold"]))
+    apiserver.store.mark_deleted("networkpolicies", NAMESPACE, h.name, foreground=False)
+    with pytest.raises(BackendUnavailable, match=rf"NetworkPolicy '{h.name}' .*being deleted"):
+        k8s_backend.create(RAY, identity=ident(RAY))
+
+
+def test_adopting_makes_the_missing_parts_and_keeps_its_own(
+        k8s_backend: KubernetesBackend, apiserver: ApiServer) -> None:
+    h = k8s_backend.create(RAY, identity=ident(RAY))
+    apiserver.store.remove("networkpolicies", NAMESPACE, h.name)
+    assert k8s_backend.create(RAY, identity=ident(RAY)).adopted
+    made = apiserver.store.get("networkpolicies", NAMESPACE, h.name)
+    uid = apiserver.store.get("rayclusters", NAMESPACE, h.name)["metadata"]["uid"]
+    assert made is not None
+    assert [r["uid"] for r in made["metadata"]["ownerReferences"]] == [uid]
+    assert k8s_backend.create(RAY, identity=ident(RAY)).adopted  # its own part: adopted again

@@ -157,14 +157,10 @@ class KubernetesBackend(ClusterBackend):
                     if obj is rendered.primary:
                         return self._adopt(spec, rendered.primary, identity)
                     assert owner is not None
-                    if self._is_part_of(obj, owner):
-                        # A concurrent create (a retry while this one still runs) adopted our
-                        # primary and made this part: it is ours, and must not be undone.
-                        continue
-                    raise BackendUnavailable(
-                        f"{kind_of(obj).kind} {name_of(obj)!r} is left over from an earlier "
-                        f"cluster {identity.name!r} (being deleted?); retry once it is gone") \
-                        from None
+                    # A concurrent create (a retry while this one still runs) adopted our
+                    # primary and made this part: it is ours, and must not be undone.
+                    self._require_part_of(obj, owner, identity.name)
+                    continue
                 created.append(made)
                 if obj is rendered.primary:
                     owner = made
@@ -196,8 +192,8 @@ class KubernetesBackend(ClusterBackend):
             if obj is not again.primary:
                 try:
                     self.client.create(owned_by(obj, existing))
-                except AlreadyExists:
-                    pass
+                except AlreadyExists:  # made before, or someone else's under its name
+                    self._require_part_of(obj, existing, identity.name)
         return self._view(stored).model_copy(update={"adopted": True})
 
     def _render(self, spec: ResolvedSpec, handle: ClusterHandle) -> Rendered:
@@ -222,13 +218,26 @@ class KubernetesBackend(ClusterBackend):
                 f"cluster {name!r} exists as {kind.kind} {other!r} (the other Spark mode); this "
                 f"create asks for {mode} mode: delete it first or use another identity")
 
-    def _is_part_of(self, obj: dict[str, Any], owner: dict[str, Any]) -> bool:
-        """Whether the existing object named like ``obj`` belongs to the created ``owner``."""
+    def _require_part_of(self, obj: dict[str, Any], owner: dict[str, Any], cluster: str) -> None:
+        """The existing object named like ``obj`` belongs to the cluster's primary ``owner``,
+        or this raises naming it: being deleted, or left by an earlier life of the cluster
+        (the collector removes it: BackendUnavailable, retryable); anyone else's object under
+        the name (IdentityConflict) is never taken for a part of this cluster."""
+        what = f"{kind_of(obj).kind} {name_of(obj)!r}"
         existing = self.client.get(kind_of(obj), name_of(obj))
         if existing is None or existing["metadata"].get("deletionTimestamp"):
-            return False
-        uids = {r.get("uid") for r in existing["metadata"].get("ownerReferences") or []}
-        return owner["metadata"]["uid"] in uids
+            raise BackendUnavailable(f"{what} of cluster {cluster!r} is being deleted; retry "
+                                     "once it is gone")
+        refs = existing["metadata"].get("ownerReferences") or []
+        if owner["metadata"]["uid"] in {r.get("uid") for r in refs}:
+            return
+        if any((r.get("kind"), r.get("name")) == (owner["kind"], name_of(owner)) for r in refs):
+            raise BackendUnavailable(f"{what} is left over from an earlier cluster {cluster!r} "
+                                     "(being collected); retry once it is gone")
+        raise IdentityConflict(
+            f"{what} exists and is not cluster {cluster!r}'s (it names no owner of this "
+            f"cluster): someone else's object has the name this cluster needs. Delete or "
+            "rename it, or use another cluster name")
 
     def _undo(self, created: list[dict[str, Any]]) -> None:
         """Delete the objects a failed create made, each by its uid: one made again under its
