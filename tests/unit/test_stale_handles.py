@@ -39,3 +39,28 @@ def test_the_run_end_leaves_a_newer_life_alone(ephemeral_home: Any) -> None:
     backend.stale = [old]
     assert delete_run_clusters("d", "r1", backend=backend, failed_setup=lambda _h: False) == []
     assert [h.created_ts for h in backend.list_owned()] == [new.created_ts]
+
+
+def test_the_local_backend_deletes_only_the_life_a_handle_names(tmp_path: Any) -> None:
+    """Its state file records the life (no process needed: a cluster of no nodes)."""
+    from ephemeral.backends.base import Endpoints, make_handle
+    from ephemeral.backends.local import LocalBackend
+    from ephemeral.backends.local.state import ClusterState, load, save
+
+    backend = LocalBackend(home=tmp_path)
+    cdir = tmp_path / "clusters" / IDENT.name
+
+    def made() -> ClusterHandle:
+        handle = make_handle(SPEC, IDENT, backend="local", endpoints=Endpoints())
+        save(cdir, ClusterState(handle=handle, uid="u", slot=0, plan=[]))
+        return handle
+
+    old = made()
+    time.sleep(0.01)
+    new = made()  # the name made again after the first was torn down
+    assert backend.delete(old, wait=False) is False
+    state = load(cdir)
+    assert state is not None
+    assert state.handle.created_ts == new.created_ts
+    assert backend.delete(new, wait=False) is True
+    assert load(cdir) is None
