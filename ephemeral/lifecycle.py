@@ -13,11 +13,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from ephemeral.backends.base import ClusterBackend, ClusterHandle, ClusterStatus
 from ephemeral.backends.readiness import Readiness
-from ephemeral.specs.identity import ClusterIdentity, parse_utc
+from ephemeral.specs.identity import ClusterIdentity
 from ephemeral.specs.resolve import ResolvedSpec
 
 DEFAULT_READY_TIMEOUT = 600.0
@@ -34,19 +33,8 @@ class Provisioned:
     status: ClusterStatus
     seconds_to_ready: float
     adopted: bool = False
-    """It existed before this call (create is idempotent by identity): not this call's to
-    delete when the wait fails."""
-
-
-def asking() -> datetime:
-    """The moment before ``create``, at the resolution of ``ClusterHandle.created_at``."""
-    return datetime.now(UTC).replace(microsecond=0)
-
-
-def adopted(handle: ClusterHandle, asked: datetime) -> bool:
-    """Whether ``create`` returned a cluster made before it was asked (``asking()``): an
-    earlier try's, or another caller's of the same name."""
-    return parse_utc(handle.created_at) < asked
+    """It existed before this call (create is idempotent by identity, and says so:
+    ``ClusterHandle.adopted``): not this call's to delete when the wait fails."""
 
 
 def provision(
@@ -61,9 +49,9 @@ def provision(
     """Create the cluster and wait until usable; delete it again if that fails, unless it
     existed before: a second ``up`` of a name that times out or is interrupted leaves the
     cluster of the first (whose own call still deletes it if it never gets ready)."""
-    started, asked = time.monotonic(), asking()
+    started = time.monotonic()
     handle = backend.create(spec, identity=identity)
-    found = adopted(handle, asked)
+    found = handle.adopted
     wait = Readiness.within(backend, handle, timeout=timeout, poll_interval=poll)
     with contextlib.nullcontext() if found else deleting_on_failure(backend, handle):
         status = wait.wait(on_progress)

@@ -72,7 +72,9 @@ from ephemeral.backends.base import (
     ClusterHandle,
     HeadState,
     HeadView,
+    OwnerSelector,
     require_instance,
+    same_life,
 )
 from ephemeral.errors import EphemeralError
 from ephemeral.notify import notify_reaped
@@ -355,15 +357,7 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
             # Asked again just before deleting: a job submitted since the judgement wins.
             d = Decision(d.cluster, False, f"kept: {again.what} now, after {d.reason}")
         if d.delete and not dry_run:
-            try:
-                record = _for_the_report(backend, handle)
-                backend.delete(handle, wait=True)
-                record()
-                d = Decision(d.cluster, True, d.reason, deleted=True)
-                notify_reaped(handle, d.reason)  # a leak was found: the deployment hears of it
-            except EphemeralError as err:
-                d = Decision(d.cluster, True, d.reason, error=str(err))
-                notify_reaped(handle, d.reason, err)  # a leak that still runs, above all
+            d = _delete(backend, handle, d)
         decisions.append(d)
     # Objects with this backend's cluster labels that are no record it acts on: reported at
     # every pass, for a person to look at, never deleted (they may be anyone's).
@@ -373,6 +367,30 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
     live_runs = {"\x1f".join(h.run) for h in live if h.run is not None}
     memory.save(live_runs | {key for h in live for key in (*idle_keys(h), dead_key(h))})
     return decisions
+
+
+def _delete(backend: ClusterBackend, handle: ClusterHandle, d: Decision) -> Decision:
+    """Delete the cluster life judged, and only it: between the listing and now its run's
+    teardown may have deleted it and a cleared run's setup made its name again, a life
+    nobody judged. The report records the life deleted; ``delete`` itself refuses any other
+    (``same_life``), the look first keeps another's jobs and moments out of the report."""
+    try:
+        current = backend.owned(handle, OwnerSelector.of_target(handle))
+        if current is None or not same_life(current, handle):
+            return Decision(d.cluster, False, f"{d.reason}; kept: " + (
+                "it is gone since it was judged" if current is None else
+                f"its name is another cluster since (made at {current.created_at}), "
+                "judged at the next pass"))
+        record = _for_the_report(backend, handle)
+        if backend.delete(handle, wait=True) is False:
+            return Decision(d.cluster, False, f"{d.reason}; kept: its name is another cluster "
+                            "since it was judged, judged at the next pass")
+        record()
+        notify_reaped(handle, d.reason)  # a leak was found: the deployment hears of it
+        return Decision(d.cluster, True, d.reason, deleted=True)
+    except EphemeralError as err:
+        notify_reaped(handle, d.reason, err)  # a leak that still runs, above all
+        return Decision(d.cluster, True, d.reason, error=str(err))
 
 
 def _for_the_report(backend: ClusterBackend, handle: ClusterHandle) -> Callable[[], None]:

@@ -50,8 +50,6 @@ from ephemeral.jobs.ray_jobs import JobIdTaken, RayJobs, ray_jobs_for
 from ephemeral.jobs.results import JobResult, JobStatus, tail
 from ephemeral.lifecycle import (
     SETUP_READY_TIMEOUT,
-    adopted,
-    asking,
     delete_after_failure,
     delete_killed,
     deleting_on_failure,
@@ -260,7 +258,6 @@ class CreateClusterOperator(BaseOperator):
                                     on_failure=self.on_failure)
         self.log.info("creating %s from %s (hash %s)", identity.name, spec.label(), spec.hash)
         _log_backend_notes(self.log, spec, backend)
-        asked = asking()
         try:
             handle = backend.create(spec, identity=identity)
         except (SpecError, InstanceRequired) as err:  # nothing created; a retry fails the same
@@ -268,7 +265,7 @@ class CreateClusterOperator(BaseOperator):
         # The teardown, the triggerer and the job tasks reach the cluster through the same
         # connection (its id; each looks it up again).
         handle = self._created = handle.model_copy(update={"connection": target.connection})
-        if adopted(handle, asked):
+        if handle.adopted:
             self.log.info("adopted %s, created at %s by an earlier try", handle.name,
                           handle.created_at)
         with self._cleanup_on_failure(context, backend, handle):

@@ -133,7 +133,8 @@ def delete_run_clusters(dag_id: str, run_id: str, *, clear_number: int = 0,
             jobs = engine_jobs(backend, handle, connect=False)
             started, began = time.monotonic(), time.time()
             try:
-                backend.delete(handle, wait=True)
+                if backend.delete(handle, wait=True) is False:  # a newer life since the list
+                    continue
             except Exception:  # the next pass, the teardown or the reaper tries again
                 log.exception("deleting %s of %s/%s failed", handle.name, dag_id, run_id)
                 continue

@@ -8,7 +8,8 @@ Rules every backend keeps (the contract suite in tests/contract checks them):
 - ``wait_ready(timeout=0)`` probes once and returns the status; a positive timeout waits until
   ready and raises ``ReadinessTimeout`` (retryable) or ``ClusterFailed`` (with log tails).
 - ``delete`` is idempotent (a missing cluster is success). With ``wait=True`` it returns only when
-  nothing of the cluster is left, or raises ``TeardownIncomplete`` naming what is.
+  nothing of the cluster is left, or raises ``TeardownIncomplete`` naming what is. By a handle
+  it deletes only the life of the cluster the handle names (``same_life``), never a newer one.
 - Every cluster carries its owner labels, so ``list_owned`` finds it after any crash.
 - Only ``ephemeral.errors`` types escape; foreign exceptions are chained.
 """
@@ -21,7 +22,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ephemeral.errors import IdentityConflict, InstanceRequired, SpecError
 from ephemeral.specs.identity import (
@@ -130,6 +131,11 @@ class ClusterHandle(BaseModel):
     spark_conf: dict[str, str] = {}
     """``submit_defaults`` of a Spark spec: the defaults of every Spark application submitted
     through ephemeral (spark-submit, ``EphemeralSparkSubmitOperator``); its own conf wins."""
+    adopted: bool = Field(default=False, exclude=True)
+    """On the handle ``create`` returns: it found this cluster life (an earlier try's, another
+    caller's of the name) instead of making it, so the cluster is not that call's to delete
+    when its wait fails. Said by the backend, never inferred from times (two callers can ask
+    within one second); never stored (XCom, annotations, state files leave it out)."""
 
     @property
     def owner_labels(self) -> dict[str, str]:
@@ -150,6 +156,25 @@ class ClusterHandle(BaseModel):
     def setup_task(self) -> str | None:
         """The task id of the setup that made the cluster; None for one made by hand."""
         return self.annotations.get(PREFIX + "task-id")
+
+
+def same_life(record: ClusterHandle, handle: ClusterHandle) -> bool:
+    """Whether ``record`` (the backend's record of a cluster, read now) is the cluster life
+    ``handle`` names. A name lives again once its cluster is gone (a cleared run's setup makes
+    it anew), so a handle held since (a reaper's listing, a handle from an earlier try) may
+    name an ended life, and the newer one is not its holder's to delete. Lives differ by their
+    creation moment: below the second where both record it (``created_ts``), else
+    ``created_at``."""
+    if record.created_ts is not None and handle.created_ts is not None:
+        return record.created_ts == handle.created_ts
+    return record.created_at == handle.created_at
+
+
+def newer_life(record: ClusterHandle, handle: ClusterHandle) -> str:
+    """What ``delete`` logs when it leaves a newer life of a handle's name alone."""
+    return (f"left {record.name} alone: it was made at {record.created_at}, after the cluster "
+            f"this handle names (made at {handle.created_at}) was deleted; the newer one is not "
+            "this caller's to delete")
 
 
 def check_same_instance(existing: ClusterHandle, identity: ClusterIdentity) -> None:
@@ -396,8 +421,11 @@ class ClusterBackend(abc.ABC):
         """The cluster's endpoints (known as soon as it is created)."""
 
     @abc.abstractmethod
-    def delete(self, target: ClusterHandle | ClusterIdentity | str, *, wait: bool = True) -> None:
-        """Delete by handle, identity or name. Missing is success."""
+    def delete(self, target: ClusterHandle | ClusterIdentity | str, *, wait: bool = True) -> bool:
+        """Delete by handle, identity or name. Missing is success. A handle names one life of
+        its cluster (``same_life``): when the cluster of its name is another life, nothing is
+        deleted and the result is False (that life's end is this handle's holder's concern no
+        more); True otherwise."""
 
     @abc.abstractmethod
     def list_owned(self, selector: OwnerSelector | None = None) -> list[ClusterHandle]:

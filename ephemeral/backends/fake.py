@@ -11,6 +11,7 @@ Readiness takes ``ready_after_probes`` probes; ``fail_nodes`` makes a cluster fa
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from dataclasses import dataclass
 
@@ -23,12 +24,15 @@ from ephemeral.backends.base import (
     Phase,
     check_adoptable,
     make_handle,
+    newer_life,
+    same_life,
 )
 from ephemeral.errors import BackendUnavailable, ClusterFailed
 from ephemeral.specs.identity import ClusterIdentity
 from ephemeral.specs.models import RaySpec
 from ephemeral.specs.resolve import ResolvedSpec
 
+log = logging.getLogger(__name__)
 NAME = "fake"
 REAL_BACKENDS = ("local", "kubernetes")
 
@@ -74,7 +78,7 @@ class InMemoryBackend(ClusterBackend):
             existing = self._clusters.get(identity.name)
             if existing:
                 check_adoptable(existing.handle, spec.ref, spec.hash, identity)
-                return existing.handle
+                return existing.handle.model_copy(update={"adopted": True})
             host = f"{identity.name}.fake"
             s = spec.spec
             if isinstance(s, RaySpec):
@@ -109,10 +113,17 @@ class InMemoryBackend(ClusterBackend):
     def endpoints(self, handle: ClusterHandle) -> Endpoints:
         return handle.endpoints
 
-    def delete(self, target: ClusterHandle | ClusterIdentity | str, *, wait: bool = True) -> None:
+    def delete(self, target: ClusterHandle | ClusterIdentity | str, *, wait: bool = True) -> bool:
         del wait  # nothing here takes time to go away
+        name = self.target_name(target)
         with self._lock:
-            self._clusters.pop(self.target_name(target), None)
+            rec = self._clusters.get(name)
+            if rec is not None and isinstance(target, ClusterHandle) and \
+                    not same_life(rec.handle, target):
+                log.warning("%s", newer_life(rec.handle, target))
+                return False
+            self._clusters.pop(name, None)
+        return True
 
     def list_owned(self, selector: OwnerSelector | None = None) -> list[ClusterHandle]:
         selector = selector or OwnerSelector()

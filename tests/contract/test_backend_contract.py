@@ -6,6 +6,7 @@ against the strict API mock of tests/kubernetes (real client, real HTTP, a KubeR
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,7 +50,10 @@ def test_create_is_idempotent_and_labelled(backend: ClusterBackend) -> None:
     ident = owner(RAY.spec.name)
     first = backend.create(RAY, identity=ident)
     second = backend.create(RAY, identity=ident)
-    assert first == second
+    # The backend says which call made it (never inferred from times), and never stores it.
+    assert (first.adopted, second.adopted) == (False, True)
+    assert second.model_copy(update={"adopted": False}) == first
+    assert "adopted" not in second.model_dump()
     owned = backend.list_owned()
     assert [h.name for h in owned] == [ident.name]
     labels = owned[0].labels
@@ -60,7 +64,7 @@ def test_create_is_idempotent_and_labelled(backend: ClusterBackend) -> None:
     assert first.endpoints.gcs
     assert backend.wait_ready(first, timeout=READY_TIMEOUT).phase is Phase.READY
     # Once ready, another create of the same identity still adopts rather than restarts.
-    assert backend.create(RAY, identity=ident) == first
+    assert backend.create(RAY, identity=ident).model_copy(update={"adopted": False}) == first
     assert len(backend.list_owned()) == 1
 
 
@@ -96,6 +100,20 @@ def test_delete_is_idempotent(backend: ClusterBackend) -> None:
     backend.delete(handle, wait=True)
     backend.delete(handle, wait=True)
     backend.delete("eph-never-created-0000000000", wait=True)
+    assert backend.list_owned() == []
+
+
+def test_a_handle_deletes_only_its_own_life(backend: ClusterBackend) -> None:
+    """Torn down and made again under its name (a cleared run), a cluster is another life:
+    a handle of the first (the reaper's listing, an earlier try's) deletes nothing of it."""
+    ident = owner(RAY.spec.name)
+    old = backend.create(RAY, identity=ident)
+    assert backend.delete(old, wait=True) is True
+    time.sleep(0.01)  # lives differ by their creation moment, to the millisecond
+    new = backend.create(RAY, identity=ident)
+    assert backend.delete(old, wait=True) is False
+    assert [h.created_ts for h in backend.list_owned()] == [new.created_ts]
+    assert backend.delete(ident.name, wait=True) is True  # by name: whichever life is there
     assert backend.list_owned() == []
 
 

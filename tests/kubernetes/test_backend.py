@@ -50,7 +50,8 @@ def test_ray_cluster_becomes_ready_and_adopts(k8s_backend: KubernetesBackend,
     status = k8s_backend.wait_ready(handle, timeout=5)
     assert (status.phase, status.nodes_ready, status.nodes_expected) == (Phase.READY, 2, 2)
     assert f"GET /{NAMESPACE}/{handle.name}/dashboard/api/version" in web.hits
-    assert k8s_backend.create(RAY, identity=owner(RAY)) == handle
+    assert k8s_backend.create(RAY, identity=owner(RAY)) == handle.model_copy(
+        update={"adopted": True})
     assert names(apiserver, "rayclusters") == [handle.name]
 
 
@@ -188,7 +189,8 @@ def test_adoption_makes_the_missing_parts_owned_by_the_master(
     handle = k8s_backend.create(SPARK, identity=owner(SPARK))
     worker = f"{handle.name}-worker"
     apiserver.store.remove("deployments", NAMESPACE, worker)  # as if a create had crashed
-    assert k8s_backend.create(SPARK, identity=owner(SPARK)) == handle
+    assert k8s_backend.create(SPARK, identity=owner(SPARK)) == handle.model_copy(
+        update={"adopted": True})
     master = apiserver.store.get("deployments", NAMESPACE, f"{handle.name}-master")
     made = apiserver.store.get("deployments", NAMESPACE, worker)
     assert master is not None
@@ -213,7 +215,8 @@ def test_a_concurrent_create_that_adopted_the_cluster_is_not_undone(
 
     monkeypatch.setattr(k8s_backend.client, "create", racing)
     handle = k8s_backend.create(SPARK, identity=owner(SPARK))
-    assert handle == rival.create(SPARK, identity=owner(SPARK))
+    assert handle.model_copy(update={"adopted": True}) == rival.create(SPARK,
+                                                                       identity=owner(SPARK))
     assert not [c for c in apiserver.calls if c[0] == "DELETE"]
     assert k8s_backend.wait_ready(handle, timeout=5).ready
     rival.client.close()

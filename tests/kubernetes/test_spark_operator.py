@@ -211,7 +211,8 @@ def test_a_spark_connect_becomes_ready_lists_and_goes_with_its_executors(
     assert (status.phase, status.nodes_ready, status.nodes_expected) == (Phase.READY, 1, 1)
     assert any(h.endswith(f"/{handle.name}/spark-ui/api/v1/applications") for h in web.hits)
     assert [h.name for h in operator_backend.list_owned()] == [handle.name]
-    assert operator_backend.create(SPARK, identity=owner(SPARK)) == handle  # adopted
+    assert operator_backend.create(SPARK, identity=owner(SPARK)) == handle.model_copy(
+        update={"adopted": True})
     pods = {p["metadata"]["name"] for p in apiserver.store.list("pods", NAMESPACE)}
     assert pods == {f"{handle.name}-server", f"{handle.name}-exec-1", f"{handle.name}-exec-2"}
     operator_backend.delete(handle, wait=True)

@@ -18,7 +18,7 @@ def test_an_expired_cluster_is_never_adopted() -> None:
                                task_id="create_cluster")
     backend = InMemoryBackend()
     first = backend.create(spec, identity=identity)
-    assert backend.create(spec, identity=identity) == first  # a retry adopts it...
+    assert backend.create(spec, identity=identity).adopted  # a retry adopts it...
     record = backend._clusters[first.name]
     record.handle = first.model_copy(update={"expires_at": "2026-01-01T00:00:00Z"})
     with pytest.raises(IdentityConflict, match=r"expired at 2026-01-01T00:00:00Z") as err:

@@ -42,7 +42,9 @@ from ephemeral.backends.base import (
     Phase,
     check_adoptable,
     make_handle,
+    newer_life,
     require_instance,
+    same_life,
 )
 from ephemeral.backends.kubernetes import probe as probes
 from ephemeral.backends.kubernetes.access import ClusterAccess
@@ -58,11 +60,13 @@ from ephemeral.backends.kubernetes.client import (
     Kind,
     KubeClient,
     OperatorMissing,
+    Replaced,
     WatchUnsupported,
     kind_of,
     name_of,
 )
 from ephemeral.backends.kubernetes.config import KubeConfig
+from ephemeral.backends.kubernetes.ownership import Owned
 from ephemeral.backends.kubernetes.render import (
     COMPONENT_LABEL,
     HANDLE_ANNOTATION,
@@ -153,15 +157,11 @@ class KubernetesBackend(ClusterBackend):
                     if obj is rendered.primary:
                         return self._adopt(spec, rendered.primary, identity)
                     assert owner is not None
-                    if self._is_part_of(obj, owner):
-                        # A concurrent create (a retry while this one still runs) adopted our
-                        # primary and made this part: it is ours, and must not be undone.
-                        continue
-                    raise BackendUnavailable(
-                        f"{kind_of(obj).kind} {name_of(obj)!r} is left over from an earlier "
-                        f"cluster {identity.name!r} (being deleted?); retry once it is gone") \
-                        from None
-                created.append(obj)
+                    # A concurrent create (a retry while this one still runs) adopted our
+                    # primary and made this part: it is ours, and must not be undone.
+                    self._require_part_of(obj, owner, identity.name)
+                    continue
+                created.append(made)
                 if obj is rendered.primary:
                     owner = made
         except BaseException:
@@ -192,9 +192,9 @@ class KubernetesBackend(ClusterBackend):
             if obj is not again.primary:
                 try:
                     self.client.create(owned_by(obj, existing))
-                except AlreadyExists:
-                    pass
-        return self._view(stored)
+                except AlreadyExists:  # made before, or someone else's under its name
+                    self._require_part_of(obj, existing, identity.name)
+        return self._view(stored).model_copy(update={"adopted": True})
 
     def _render(self, spec: ResolvedSpec, handle: ClusterHandle) -> Rendered:
         clients = Clients(selector=dict(self.config.client_selector),
@@ -218,18 +218,35 @@ class KubernetesBackend(ClusterBackend):
                 f"cluster {name!r} exists as {kind.kind} {other!r} (the other Spark mode); this "
                 f"create asks for {mode} mode: delete it first or use another identity")
 
-    def _is_part_of(self, obj: dict[str, Any], owner: dict[str, Any]) -> bool:
-        """Whether the existing object named like ``obj`` belongs to the created ``owner``."""
+    def _require_part_of(self, obj: dict[str, Any], owner: dict[str, Any], cluster: str) -> None:
+        """The existing object named like ``obj`` belongs to the cluster's primary ``owner``,
+        or this raises naming it: being deleted, or left by an earlier life of the cluster
+        (the collector removes it: BackendUnavailable, retryable); anyone else's object under
+        the name (IdentityConflict) is never taken for a part of this cluster."""
+        what = f"{kind_of(obj).kind} {name_of(obj)!r}"
         existing = self.client.get(kind_of(obj), name_of(obj))
         if existing is None or existing["metadata"].get("deletionTimestamp"):
-            return False
-        uids = {r.get("uid") for r in existing["metadata"].get("ownerReferences") or []}
-        return owner["metadata"]["uid"] in uids
+            raise BackendUnavailable(f"{what} of cluster {cluster!r} is being deleted; retry "
+                                     "once it is gone")
+        refs = existing["metadata"].get("ownerReferences") or []
+        if owner["metadata"]["uid"] in {r.get("uid") for r in refs}:
+            return
+        if any((r.get("kind"), r.get("name")) == (owner["kind"], name_of(owner)) for r in refs):
+            raise BackendUnavailable(f"{what} is left over from an earlier cluster {cluster!r} "
+                                     "(being collected); retry once it is gone")
+        raise IdentityConflict(
+            f"{what} exists and is not cluster {cluster!r}'s (it names no owner of this "
+            f"cluster): someone else's object has the name this cluster needs. Delete or "
+            "rename it, or use another cluster name")
 
     def _undo(self, created: list[dict[str, Any]]) -> None:
+        """Delete the objects a failed create made, each by its uid: one made again under its
+        name since (another create, after a deletion of ours) is not this create's."""
         for obj in reversed(created):
             try:
-                self.client.delete(kind_of(obj), name_of(obj))
+                self.client.delete(kind_of(obj), name_of(obj), uid=obj["metadata"]["uid"])
+            except Replaced as exc:
+                log.warning("left %s alone after a failed create: %s", name_of(obj), exc)
             except EphemeralError as exc:  # the original failure matters more
                 log.warning("could not delete %s %s after a failed create: %s",
                             kind_of(obj).kind, name_of(obj), exc)
@@ -335,20 +352,33 @@ class KubernetesBackend(ClusterBackend):
 
     # -- delete --------------------------------------------------------------------------------
 
-    def delete(self, target: ClusterHandle | ClusterIdentity | str, *, wait: bool = True) -> None:
+    def delete(self, target: ClusterHandle | ClusterIdentity | str, *, wait: bool = True) -> bool:
         """By a bare name, this deployment's cluster only; by an identity or a handle, the one
         of its own instance (``OwnerSelector.of_target``: the selector ``get`` and ``down``'s
         guard use too). A handle looked up with ``all_instances`` is how another deployment's
-        cluster is deleted on purpose (``down --all-instances``, the reaper)."""
+        cluster is deleted on purpose (``down --all-instances``, the reaper). A handle names
+        one life of its cluster: a primary that is another (``same_life``) is left alone and
+        the result is False. Every DELETE carries the uid of the object as it was verified
+        (a precondition), so one made again under its name in between is never hit."""
         scope = OwnerSelector.of_target(target)
         name = self.target_name(target)
-        client = self._client(target if isinstance(target, ClusterHandle) else None)
-        ours = _Ours()
+        life = target if isinstance(target, ClusterHandle) else None
+        client = self._client(life)
+        ours = _Ours(life=life)
         for kind, obj in self._owned_objects(client, scope, ours):
-            if not obj["metadata"].get("deletionTimestamp"):
-                client.delete(kind, name_of(obj))
+            if obj["metadata"].get("deletionTimestamp"):
+                continue
+            try:  # this very object, as read with the life it was verified for
+                client.delete(kind, name_of(obj), uid=obj["metadata"]["uid"])
+            except Replaced as exc:  # made again since it was listed: another life's
+                log.warning("left %s alone: %s", name, exc)
+                if kind in (RAYCLUSTER, SPARKCONNECT) or _is_master(obj):
+                    ours.newer = f"{kind.kind}/{name_of(obj)}"
+                    break
+        if ours.newer:
+            return False
         if not wait:
-            return
+            return True
         deadline = time.monotonic() + self.config.delete_timeout
         try:
             self._await_gone(client, scope, deadline, ours)
@@ -364,6 +394,7 @@ class KubernetesBackend(ClusterBackend):
         if ours.refused:
             raise TeardownIncomplete(name, [f"{what} (left alone: {why})"
                                             for what, why in ours.refused.items()])
+        return True
 
     def _owned_objects(self, client: KubeClient, scope: OwnerSelector, ours: _Ours,
                        report: bool = True) -> Iterator[tuple[Kind, dict[str, Any]]]:
@@ -385,12 +416,17 @@ class KubernetesBackend(ClusterBackend):
             objs.sort(key=lambda o: o["metadata"].get("labels", {}).get(COMPONENT_LABEL)
                       != SPARK_MASTER)
             for obj in objs:
-                primary = kind in (RAYCLUSTER, SPARKCONNECT) or (
-                    kind is DEPLOYMENT and obj["metadata"].get("labels", {}).get(
-                        COMPONENT_LABEL) == SPARK_MASTER)
+                primary = kind in (RAYCLUSTER, SPARKCONNECT) or _is_master(obj)
                 if primary:
                     record, why = self._record_of(obj)
                     mine = record is not None
+                    if record is not None and ours.life is not None and \
+                            not same_life(record, ours.life):
+                        # A newer life of the name: nothing here is the handle's any more.
+                        ours.newer = f"{kind.kind}/{name_of(obj)}"
+                        if report:
+                            log.warning("%s", newer_life(record, ours.life))
+                        return
                 else:
                     mine, why = ours.claims(obj), ""
                 if mine:
@@ -447,13 +483,8 @@ class KubernetesBackend(ClusterBackend):
         candidates: dict[str, dict[str, Any]] = {}
         for selector in self._pod_selectors(scope):
             candidates |= {name_of(p): p for p in client.list_objects(POD, labels=selector)}
-        pods: dict[str, dict[str, Any]] = {}
-        while claimed := {n: p for n, p in candidates.items()
-                          if n not in pods and ours.claims(p)}:
-            pods |= claimed  # and then the pods these own (a driver's executors)
-            for pod in claimed.values():
-                ours.add(POD, pod)
-        return left + [_describe("Pod", p) for p in pods.values()]
+        # And then the pods these own (a driver's executors).
+        return left + [_describe("Pod", p) for p in ours.take(POD, candidates.values())]
 
     # -- listing -------------------------------------------------------------------------------
 
@@ -555,33 +586,22 @@ class KubernetesBackend(ClusterBackend):
 
 
 @dataclass
-class _Ours:
-    """The objects of one cluster being deleted, by uid, and its Deployments' names (their pods
-    are owned by a ReplicaSet named after one). Filled as the deletion finds them, kept for
-    the wait: a collected owner's dependents still name it."""
+class _Ours(Owned):
+    """The objects of one cluster being deleted (``Owned``), filled as the deletion finds
+    them, kept for the wait: a collected owner's dependents still name it."""
 
-    uids: set[str] = field(default_factory=set)
-    deployments: set[str] = field(default_factory=set)
     refused: dict[str, str] = field(default_factory=dict)
     """The cluster's own primary, by name, when it disagrees with its record: why."""
+    life: ClusterHandle | None = None
+    """The life being deleted, when a handle names it (a bare name: whichever is there)."""
+    newer: str = ""
+    """The primary of another life of the name, met instead of ``life``'s: left alone."""
 
-    def add(self, kind: Kind, obj: dict[str, Any]) -> None:
-        self.uids.add(str(obj["metadata"].get("uid")))
-        if kind is DEPLOYMENT:
-            self.deployments.add(name_of(obj))
 
-    def claims(self, obj: dict[str, Any]) -> bool:
-        """Whether ``obj`` is one of them, or names one of them (or a ReplicaSet of one of
-        their Deployments) as its owner."""
-        if str(obj["metadata"].get("uid")) in self.uids:
-            return True
-        for ref in obj["metadata"].get("ownerReferences") or []:
-            if ref.get("uid") in self.uids:
-                return True
-            if ref.get("kind") == "ReplicaSet" and \
-                    str(ref.get("name", "")).rsplit("-", 1)[0] in self.deployments:
-                return True
-        return False
+def _is_master(obj: dict[str, Any]) -> bool:
+    """Whether ``obj`` is a Spark master Deployment: a standalone Spark cluster's primary."""
+    return kind_of(obj) is DEPLOYMENT and \
+        obj["metadata"].get("labels", {}).get(COMPONENT_LABEL) == SPARK_MASTER
 
 
 def owned_by(obj: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:

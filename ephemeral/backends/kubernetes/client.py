@@ -107,6 +107,11 @@ class AlreadyExists(BackendError):
     """Internal to create(): the object is there already (409)."""
 
 
+class Replaced(BackendError):
+    """Internal to delete(): the object of that name is not the one the caller read (its uid
+    precondition failed, 409): another object was made under the name since."""
+
+
 class WatchUnsupported(BackendError):
     """The server does not serve watch for this resource (405): poll instead."""
 
@@ -371,22 +376,33 @@ class KubeClient:
         finally:
             stream.close()
 
-    def delete(self, kind: Kind, name: str) -> bool:
-        """Foreground delete: the object stays until its dependents are gone. False if missing."""
+    def delete(self, kind: Kind, name: str, *, uid: str | None = None) -> bool:
+        """Foreground delete: the object stays until its dependents are gone. False if missing.
+        With ``uid`` (the object as the caller read it), only that object: one made since
+        under its name raises ``Replaced`` (the server's uid precondition, 409), untouched."""
+        from kubernetes.client import V1DeleteOptions, V1Preconditions
         from kubernetes.client.exceptions import ApiException
 
+        # The policy in the query, as before; the body carries the precondition.
+        options = V1DeleteOptions(preconditions=V1Preconditions(uid=uid)) if uid else None
         with _errors(_Op("delete", kind, self.namespace, name)):
             try:
                 if kind.group:
                     self._custom().delete_namespaced_custom_object(
                         kind.group, kind.version, self.namespace, kind.plural, name,
-                        propagation_policy="Foreground", _request_timeout=self._timeout)
+                        propagation_policy="Foreground", body=options,
+                        _request_timeout=self._timeout)
                 else:
                     self._core("DELETE", kind, name=name,
-                               query=[("propagationPolicy", "Foreground")])
+                               query=[("propagationPolicy", "Foreground")],
+                               body=self.api.sanitize_for_serialization(options)
+                               if options else None)
             except ApiException as exc:
                 if exc.status == 404 and _status(exc).get("details", {}).get("name"):
                     return False
+                if exc.status == 409 and uid:
+                    raise Replaced(f"{kind.kind} {name!r} is not the object of uid {uid} any "
+                                   f"more: {_status(exc).get('message', '')}") from None
                 raise
         return True
 

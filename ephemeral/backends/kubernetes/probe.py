@@ -12,6 +12,9 @@ mode): the spark-operator's ``status.state == "Ready"`` (its server pod is ready
 ``ServerPodReady``), then the Connect server's UI lists its application
 (``/api/v1/applications``: the driver's SparkContext runs). Without a ``ClusterAccess`` the
 HTTP step is left out.
+
+Which Deployments and pods are the cluster's is decided as its deletion decides it
+(``ownership``): from its primary down the ownerReferences; labels only find candidates.
 """
 
 from __future__ import annotations
@@ -27,8 +30,11 @@ from ephemeral.backends.kubernetes.client import (
     RAYCLUSTER,
     SPARKCONNECT,
     KubeClient,
+    kind_of,
 )
+from ephemeral.backends.kubernetes.ownership import Owned
 from ephemeral.backends.kubernetes.render import COMPONENT_LABEL
+from ephemeral.backends.kubernetes.render.spark import master_service
 from ephemeral.backends.kubernetes.render.spark_operator import is_operator
 from ephemeral.errors import BackendUnavailable, ClusterFailed
 from ephemeral.specs.identity import PREFIX
@@ -63,6 +69,33 @@ def pod_selector(handle: ClusterHandle) -> str:
     return ray if handle.engine == "ray" else spark
 
 
+def spark_deployments(client: KubeClient, handle: ClusterHandle) -> list[dict[str, Any]]:
+    """A standalone Spark cluster's Deployments: its master (the primary, by its name) and
+    those it owns; empty without a master. Another Deployment with the cluster's labels
+    (someone's copy, maybe being deleted) is none of them (``ownership``)."""
+    master = client.get(DEPLOYMENT, master_service(handle.name))
+    if master is None:
+        return []
+    owned = Owned()
+    owned.add(DEPLOYMENT, master)
+    listed = client.list_objects(DEPLOYMENT, labels=f"{PREFIX}cluster={handle.name}")
+    others = [d for d in listed if d["metadata"].get("uid") != master["metadata"].get("uid")]
+    return [master, *owned.take(DEPLOYMENT, others)]
+
+
+def cluster_pods(client: KubeClient, handle: ClusterHandle, primaries: list[dict[str, Any]],
+                 labels: str = "") -> list[dict[str, Any]]:
+    """The pods of the cluster whose objects ``primaries`` are (its RayCluster, SparkConnect
+    or Spark Deployments), with ``labels`` too: the pods they own, and those these own. The
+    label selector only finds candidates: a pod of someone else's with the cluster's labels
+    counts for nothing (``ownership``)."""
+    owned = Owned()
+    for obj in primaries:
+        owned.add(kind_of(obj), obj)
+    selector = f"{pod_selector(handle)},{labels}" if labels else pod_selector(handle)
+    return owned.take(POD, client.list_objects(POD, labels=selector))
+
+
 def _gone_or_deleting(primary: dict[str, Any] | None, kind: str) -> ClusterStatus | None:
     """The phase of a cluster whose primary object is missing or being deleted; None else."""
     if primary is None:
@@ -88,7 +121,7 @@ def _probe_ray(client: KubeClient, handle: ClusterHandle,
                             f"({INVALID_SPEC_REASON})", invalid[-1].get("message", ""))
     expected = 1 + sum(int(g.get("replicas", 0)) * int(g.get("numOfHosts", 1))
                        for g in cluster.get("spec", {}).get("workerGroupSpecs", []))
-    pods = client.list_objects(POD, labels=pod_selector(handle))
+    pods = cluster_pods(client, handle, [cluster])
     ready_pods = sum(1 for p in pods if pod_ready(p))
     status = cluster.get("status") or {}
     conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
@@ -112,7 +145,7 @@ def _probe_ray(client: KubeClient, handle: ClusterHandle,
 
 def _probe_spark(client: KubeClient, handle: ClusterHandle,
                  http: ClusterAccess | None) -> ClusterStatus:
-    deployments = client.list_objects(DEPLOYMENT, labels=f"{PREFIX}cluster={handle.name}")
+    deployments = spark_deployments(client, handle)
     if not deployments:
         return ClusterStatus(phase=Phase.GONE, message="no Deployments of this cluster")
     if any(d["metadata"].get("deletionTimestamp") for d in deployments):
@@ -177,7 +210,7 @@ def head_view(client: KubeClient, handle: ClusterHandle) -> HeadView:
     if cluster is None or cluster["metadata"].get("deletionTimestamp"):
         return HeadView(state=HeadState.GONE, reason=f"its RayCluster {handle.name} is "
                         + ("gone" if cluster is None else "being deleted"))
-    pods = client.list_objects(POD, labels=f"{pod_selector(handle)},{HEAD_LABEL}=head")
+    pods = cluster_pods(client, handle, [cluster], f"{HEAD_LABEL}=head")
     if not pods:
         return HeadView(state=HeadState.GONE, reason="it has no head pod (the one its job ran "
                                                      "on was deleted)")
@@ -264,10 +297,10 @@ def diagnose(client: KubeClient, handle: ClusterHandle) -> str:
     if operator:
         primaries = [c for c in [client.get(SPARKCONNECT, handle.name)] if c is not None]
     elif handle.engine == "spark":
-        primaries = client.list_objects(DEPLOYMENT, labels=f"{PREFIX}cluster={handle.name}")
+        primaries = spark_deployments(client, handle)
     else:
         primaries = [c for c in [client.get(RAYCLUSTER, handle.name)] if c is not None]
-    pods = client.list_objects(POD, labels=pod_selector(handle))
+    pods = cluster_pods(client, handle, primaries)
     for pod in pods:
         lines += pod_problems(pod)
     for obj in primaries:

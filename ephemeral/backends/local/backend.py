@@ -24,6 +24,8 @@ from ephemeral.backends.base import (
     check_adoptable,
     check_same_instance,
     make_handle,
+    newer_life,
+    same_life,
 )
 from ephemeral.backends.local import gpus, procs, ray_nodes, secrets, slots, spark_nodes
 from ephemeral.backends.local.state import (
@@ -205,7 +207,7 @@ class LocalBackend(ClusterBackend):
                 existing = None
             if existing and not existing.deleting:
                 check_adoptable(existing.handle, spec.ref, spec.hash, identity)
-                return existing.handle
+                return existing.handle.model_copy(update={"adopted": True})
             if existing:  # a deletion was interrupted: finish it before starting afresh
                 self._delete_locked(name)
             check_spec(spec)
@@ -375,24 +377,31 @@ class LocalBackend(ClusterBackend):
         state = self._state(self.target_name(handle))
         return state.handle.endpoints if state else Endpoints()
 
-    def delete(self, target: ClusterHandle | ClusterIdentity | str, *, wait: bool = True) -> None:
+    def delete(self, target: ClusterHandle | ClusterIdentity | str, *, wait: bool = True) -> bool:
         name = self.target_name(target)
         with self._lock(name):
-            self._delete_locked(name, wait=wait)
+            return self._delete_locked(
+                name, wait=wait, life=target if isinstance(target, ClusterHandle) else None)
 
-    def _delete_locked(self, name: str, *, wait: bool = True) -> None:
+    def _delete_locked(self, name: str, *, wait: bool = True,
+                       life: ClusterHandle | None = None) -> bool:
+        """Delete the cluster ``name``; with ``life``, only when it is that life (``same_life``,
+        read under the cluster's lock: no create comes between), else False."""
         cdir = self._dir(name)
         try:
             state = load(cdir)
         except BackendError:  # unreadable or of an old schema: still find and kill its processes
             self._delete_unreadable(cdir, wait=wait)
-            return
+            return True
         if state is None:
             # No state (a crash before its first save, a lost file, a home wiped under a running
             # cluster): processes may still carry its folder's marker, and nothing else will
             # ever find them. One scan of this user's processes.
             self._delete_unreadable(cdir, wait=wait)
-            return
+            return True
+        if life is not None and not same_life(state.handle, life):
+            log.warning("%s", newer_life(state.handle, life))
+            return False
         state.deleting = True
         save(cdir, state)
         # SIGKILL at once: an ephemeral cluster has nothing to save on its way out (its jobs
@@ -411,6 +420,7 @@ class LocalBackend(ClusterBackend):
         _remove_temp_root(state.temp_root)
         _release(cdir, state.slot)
         shutil.rmtree(cdir, ignore_errors=True)
+        return True
 
     def _delete_unreadable(self, cdir: Path, *, wait: bool) -> None:
         """Delete a cluster whose state cannot be read, by the markers its processes carry:

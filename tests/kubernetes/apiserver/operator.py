@@ -5,13 +5,15 @@ it, as KubeRay 1.7's reconcileAuthSecret does), the Kubeflow spark-operator's Sp
 controller (2.5's ``internal/controller/sparkconnect``: the ConfigMap, the server pod and the
 Service ``<name>-server``, all owned by the SparkConnect, then ``status.state`` Ready with the
 ``ServerPodReady`` condition; the executors the server would create are played too),
-the Deployment controller (pods, availableReplicas) and the garbage collector (foreground
+the Deployment controller (a ReplicaSet, its pods, availableReplicas) and the garbage collector (foreground
 deletion waits for dependents; pods take ``pod_grace`` seconds to terminate)."""
 
 from __future__ import annotations
 
 import base64
 import enum
+import hashlib
+import json
 import secrets
 import threading
 import time
@@ -270,9 +272,18 @@ class Operator:
         self._seen.add(meta["uid"])
         replicas = int(dep["spec"].get("replicas", 1))
         template = dep["spec"]["template"]
+        # As the real controller: a ReplicaSet "<deployment>-<pod-template-hash>" owned by the
+        # Deployment, and pods "<replicaset>-<5 random>" owned by the ReplicaSet.
+        digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()
+        labels = dict(template.get("metadata", {}).get("labels", {})) | {
+            "pod-template-hash": digest[:10]}
+        rs = self.store.put("replicasets", meta["namespace"], {
+            "metadata": {"name": f"{meta['name']}-{digest[:10]}", "labels": labels,
+                         "ownerReferences": [_owner(dep)]},
+            "spec": {"replicas": replicas, "selector": dep["spec"].get("selector", {}),
+                     "template": template}})
         for i in range(replicas):
-            labels = dict(template.get("metadata", {}).get("labels", {}))
-            self._pod(dep, f"{meta['name']}-{meta['uid'][:5]}-{i}", labels, template,
+            self._pod(rs, f"{rs['metadata']['name']}-{meta['uid'][:4]}{i}", labels, template,
                       RayScenario.READY)
         self.store.update("deployments", meta["namespace"], meta["name"],
                           lambda o: o.update(status={

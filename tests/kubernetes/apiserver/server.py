@@ -405,9 +405,18 @@ class ApiServer:
         assert request.name is not None
         body = request.data if isinstance(request.data, dict) else {}
         policy = request.params.get("propagationPolicy") or body.get("propagationPolicy")
+        wanted = (body.get("preconditions") or {}).get("uid")
         with self.store.lock:
-            if self.store.get(res.plural, ns, request.name) is None:
+            current = self.store.get(res.plural, ns, request.name)
+            if current is None:
                 return self._not_found(res, request.name)
+            if wanted and wanted != current["metadata"]["uid"]:
+                # As kube-apiserver answers a DeleteOptions precondition that fails.
+                return status(409, "Conflict", f'Operation cannot be fulfilled on '
+                              f'{res.qualified} "{request.name}": Precondition failed: UID in '
+                              f'precondition: {wanted}, UID in object meta: '
+                              f'{current["metadata"]["uid"]}', name=request.name,
+                              group=res.group, kind=res.plural)
             self.store.mark_deleted(res.plural, ns, request.name,
                                     foreground=policy == "Foreground")
             left = self.store.get(res.plural, ns, request.name)

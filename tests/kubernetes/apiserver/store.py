@@ -38,6 +38,7 @@ RESOURCES = {r.plural: r for r in (
     Resource("sparkoperator.k8s.io", "v1alpha1", "sparkconnects", "SparkConnect"),
     Resource("apps", "v1", "deployments", "Deployment"),
     Resource("apps", "v1", "statefulsets", "StatefulSet"),
+    Resource("apps", "v1", "replicasets", "ReplicaSet"),
     Resource("", "v1", "services", "Service"),
     Resource("", "v1", "configmaps", "ConfigMap"),
     Resource("", "v1", "pods", "Pod"),
