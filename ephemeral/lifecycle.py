@@ -101,7 +101,7 @@ def delete_killed(backend: ClusterBackend, handle: ClusterHandle, by: str) -> No
     teardown runs for it). The deletion's error, if any, is raised after the record."""
     started, deleted = time.time(), None
     try:
-        backend.delete(handle, wait=True)
+        backend.delete(handle, wait=True)  # False (a newer cluster has the name): gone too
         deleted = time.time()
     finally:
         from ephemeral.report.deletions import record_deleted

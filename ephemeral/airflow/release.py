@@ -181,7 +181,10 @@ def release(backend: ClusterBackend, handle: ClusterHandle, by: dict[str, str],
                   FIELD, handle.name, err)
         return None
     try:
-        backend.delete(handle, wait=True)
+        if not backend.delete(handle, wait=True):  # the name is a newer cluster's now
+            log.warning("%s: %s was already deleted; another cluster has its name now",
+                        FIELD, handle.name)
+            return None
     except Exception as err:  # noqa: BLE001 - the teardown deletes it and fails loudly
         log.error("%s: could not delete %s after its last job (%s); its teardown will",
                   FIELD, handle.name, err)

@@ -4,7 +4,10 @@ only the life they listed: the name may have been torn down and made again in be
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 from typing import Any
+
+import pytest
 
 from ephemeral.backends.base import ClusterHandle, OwnerSelector
 from ephemeral.backends.fake import InMemoryBackend
@@ -64,3 +67,25 @@ def test_the_local_backend_deletes_only_the_life_a_handle_names(tmp_path: Any) -
     assert state.handle.created_ts == new.created_ts
     assert backend.delete(new, wait=False) is True
     assert load(cdir) is None
+
+
+def test_a_job_task_never_records_a_release_of_a_newer_cluster(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job task's release after its last job: when the name is a newer cluster's by then,
+    nothing is deleted and no deletion is recorded as the job task's."""
+    from ephemeral.airflow import release
+
+    recorded: list[object] = []
+    monkeypatch.setattr("ephemeral.report.deletions.record_deleted",
+                        lambda *a, **k: recorded.append(k))
+    monkeypatch.setattr("ephemeral.report.store.write_release", lambda *a, **k: None)
+    monkeypatch.setattr("ephemeral.report.engines.engine_jobs", lambda backend, handle: [])
+
+    class Newer:
+        def delete(self, handle: object, *, wait: bool = True) -> bool:
+            return False
+
+    handle = SimpleNamespace(name="eph-x", created_at="2026-11-30T00:00:00Z")
+    by = {"task": "job", "dag_id": "d", "run_id": "r"}
+    assert release.release(Newer(), handle, by, {}) is None  # type: ignore[arg-type]
+    assert recorded == []
