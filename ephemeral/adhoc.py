@@ -29,6 +29,7 @@ retry resumes from its own checkpoints and no run can plant one another resumes 
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -175,16 +176,15 @@ def _script_problem(name: str, jobs_dir: Path) -> str | None:
     return None
 
 
-# Shell operators (pipes, lists, redirections, subshells): shlex.shlex's punctuation_chars.
-_SHELL_PUNCTUATION = "();<>|&"
+# A word that is shell syntax: an operator alone (&&, |, ;, &), a redirection (>out, 2>&1,
+# <in), or a command ended by one (x.py;). Inside a word, & ; ( ) are text: a URL's
+# ?a=1&b=2 or part(1).parquet reaches the program whole, as it always did.
+_SHELL_WORD = re.compile(r"[();<>|&]+|[0-9]*[<>].*|.*(?:;|&&|\|)")
 
 
-def _shell_operators(entrypoint: str) -> list[str]:
-    """The unquoted shell operators of ``entrypoint`` (``&&``, ``|``, ``>``, ``>&``, ``;``)."""
-    lexer = shlex.shlex(entrypoint, posix=True, punctuation_chars=_SHELL_PUNCTUATION)
-    lexer.whitespace_split = True
-    lexer.commenters = ""  # as shlex.split: '#' is text, and a '# ...' hides no operator
-    return list(dict.fromkeys(t for t in lexer if t and set(t) <= set(_SHELL_PUNCTUATION)))
+def _shell_operators(argv: list[str]) -> list[str]:
+    """The words of ``argv`` (``shlex.split``'s) that would be shell syntax to a shell."""
+    return list(dict.fromkeys(w for w in argv if _SHELL_WORD.fullmatch(w)))
 
 
 def check_entrypoint(entrypoint: object, jobs_dir: Path, allow_any: bool = False) -> str:
@@ -204,7 +204,7 @@ def check_entrypoint(entrypoint: object, jobs_dir: Path, allow_any: bool = False
                              f"{ENTRYPOINT_MAX_LEN}")])
     try:
         argv = shlex.split(entrypoint)
-        operators = _shell_operators(entrypoint)
+        operators = _shell_operators(argv)
     except ValueError as err:
         raise RequestError([("entrypoint", f"cannot be split into arguments: {err}")]) from err
     if operators:
@@ -383,9 +383,10 @@ def check_arguments(entrypoint: str, jobs_dir: Path) -> None:
             or not _defines_parse_args(jobs_dir / argv[1]):
         return
     try:
+        # In the jobs folder, where Ray runs the job: a path argument is judged from there.
         done = subprocess.run([sys.executable, "-I", "-S", "-c", _PARSE, str(jobs_dir), argv[1]],
                               input=json.dumps(argv[2:]), capture_output=True, text=True,
-                              env={}, timeout=PARSE_TIMEOUT, check=False)
+                              env={}, timeout=PARSE_TIMEOUT, check=False, cwd=jobs_dir)
     except (OSError, subprocess.TimeoutExpired):
         return  # not checked: the job's own parse on the cluster still says it
     if done.returncode == 2:  # argparse's exit status for a usage error

@@ -178,6 +178,13 @@ def job_timeout_seconds(value: Any) -> float | None:
         raise AirflowFailException(str(err)) from err
 
 
+def run_stamp(context: Any) -> str | None:
+    """The DAG run's ``run_after``: kept by a clear, new for a run deleted and triggered again
+    under the same id (whose jobs are not this run's)."""
+    when = getattr(context.get("dag_run"), "run_after", None)
+    return when.isoformat() if when is not None else None
+
+
 def _log_backend_notes(log: Any, spec: Any, backend: ClusterBackend) -> None:
     """What the backend does differently from the spec's fields (no autoscaling locally,
     placement it cannot honour, ...), in the setup's log as ``specs show`` and ``up`` say it:
@@ -629,6 +636,7 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
         try:
             jid, attached = jobs.submit_or_attach(
                 self.entrypoint, task_key=task_key(context), attempt=int(ti.try_number or 1),
+                run_stamp=run_stamp(context),
                 working_dir=self.working_dir, runtime_env=env)
         except JobIdTaken as err:  # a retry finds the same job
             raise AirflowFailException(str(err)) from err

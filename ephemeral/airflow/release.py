@@ -181,7 +181,7 @@ def release(backend: ClusterBackend, handle: ClusterHandle, by: dict[str, str],
                   FIELD, handle.name, err)
         return None
     try:
-        if not backend.delete(handle, wait=True):  # the name is a newer cluster's now
+        if backend.delete(handle, wait=True) is False:  # the name is a newer cluster's now
             log.warning("%s: %s was already deleted; another cluster has its name now",
                         FIELD, handle.name)
             return None

@@ -105,6 +105,8 @@ class JobIdTaken(JobError):
 # The key of a submitted job's metadata that holds its request's digest (``request_digest``):
 # an attaching task compares it with its own before following the job.
 REQUEST_KEY = "ephemeral_request"
+# The key that holds the submitting DAG run's stamp (its run_after): retries of one run share it.
+RUN_KEY = "ephemeral_run"
 
 
 def request_digest(entrypoint: str, runtime_env: Mapping[str, Any] | None = None,
@@ -405,11 +407,11 @@ class RayJobs:
             raise JobError(f"cannot read job {job_id}: the Ray Jobs API answered no job "
                            f"status ({type(err).__name__}: {err})") from err
 
-    def submitted_request(self, job_id: str) -> tuple[str | None, str]:
-        """(request digest or None, entrypoint) of a job as Ray recorded it at submission
-        (``GET /api/jobs/{id}``: its metadata and entrypoint); JobError when that cannot be
-        read. The digest is None for a job submitted without one (not through
-        ``submit_or_attach``)."""
+    def submitted_request(self, job_id: str) -> tuple[dict[str, str], str]:
+        """(metadata, entrypoint) of a job as Ray recorded it at submission
+        (``GET /api/jobs/{id}``); JobError when that cannot be read. A job submitted through
+        ``submit_or_attach`` has its request digest (``REQUEST_KEY``) and, from a DAG run, its
+        run's stamp (``RUN_KEY``) there."""
         import requests
 
         try:
@@ -417,8 +419,8 @@ class RayJobs:
             if not resp.ok:
                 raise JobError(f"cannot read job {job_id}: {_answered(resp)}")
             info = resp.json()
-            digest = (info.get("metadata") or {}).get(REQUEST_KEY)
-            return (None if digest is None else str(digest)), str(info.get("entrypoint") or "")
+            metadata = {str(k): str(v) for k, v in (info.get("metadata") or {}).items()}
+            return metadata, str(info.get("entrypoint") or "")
         except requests.RequestException as err:
             raise JobError(f"cannot read job {job_id}: {_failure(err, READ_TIMEOUT)}") from err
         except (ValueError, AttributeError) as err:
@@ -509,12 +511,16 @@ class RayJobs:
 
     # -- retries find their job -----------------------------------------------------------
     def submit_or_attach(
-        self, entrypoint: str, *, task_key: str, attempt: int, **submit_args: Any
+        self, entrypoint: str, *, task_key: str, attempt: int, run_stamp: str | None = None,
+        **submit_args: Any
     ) -> tuple[str, bool]:
         """(job id, attached): attach to a live or succeeded job of an earlier attempt, else
-        submit this attempt's job. The job is submitted with its request's digest in its
-        metadata (``REQUEST_KEY``); a job found is attached to only when it runs the same
-        request, else JobIdTaken names it (never another request's job followed as this)."""
+        submit this attempt's job. The job is submitted with its request's digest
+        (``REQUEST_KEY``) and its DAG run's stamp (``RUN_KEY``: the run's ``run_after``, which
+        a clear keeps and a run deleted and triggered again under its id does not) in its
+        metadata. A job found is attached to when it is this run's (a retry, even one whose
+        entrypoint renders differently per try) or runs the same request; else JobIdTaken
+        names it (never another run's job followed as this one's)."""
         digest = request_digest(entrypoint, submit_args.get("runtime_env"),
                                 submit_args.get("working_dir"))
         for earlier in range(attempt, 0, -1):
@@ -524,17 +530,21 @@ class RayJobs:
                     JobStatus.PENDING, JobStatus.RUNNING, JobStatus.SUCCEEDED)):
                 # a live or succeeded earlier job; or this very attempt's, which already ran
                 # (and failed): report it
-                self._same_request(jid, entrypoint, digest)
+                self._same_request(jid, entrypoint, digest, run_stamp)
                 return jid, True
         jid = submission_id(self.cluster, task_key, attempt)
-        metadata = {**(submit_args.pop("metadata", None) or {}), REQUEST_KEY: digest}
+        metadata = {**(submit_args.pop("metadata", None) or {}), REQUEST_KEY: digest,
+                    **({RUN_KEY: run_stamp} if run_stamp else {})}
         return self.submit(entrypoint, job_id=jid, metadata=metadata, **submit_args), False
 
-    def _same_request(self, job_id: str, entrypoint: str, digest: str) -> None:
-        """Refuse to attach to ``job_id`` unless it runs this request: its digest, or for a job
-        submitted without one, its entrypoint."""
-        theirs, their_entrypoint = self.submitted_request(job_id)
-        if theirs == digest or (theirs is None and their_entrypoint == entrypoint):
+    def _same_request(self, job_id: str, entrypoint: str, digest: str,
+                      run_stamp: str | None) -> None:
+        """Refuse to attach to ``job_id`` unless it is this run's job (its stamp) or runs this
+        request: its digest, or for a job submitted without one, its entrypoint."""
+        metadata, their_entrypoint = self.submitted_request(job_id)
+        theirs = metadata.get(REQUEST_KEY)
+        if (run_stamp and metadata.get(RUN_KEY) == run_stamp) or theirs == digest or (
+                theirs is None and their_entrypoint == entrypoint):
             return
         what = ("another entrypoint" if their_entrypoint != entrypoint
                 else "another runtime_env (pip, env_vars or working_dir)")

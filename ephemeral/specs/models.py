@@ -183,7 +183,8 @@ _SECRET_WORDS = re.compile(r"secret|passw(?:or)?d|token(?!i[sz])"
                            r"|(?:access|account|encryption|api)\.?keys?(?:\.|$)"
                            r"|account\.private\.key(?:\.|$)"
                            r"|(?:^|\.)(?:sk|credential)(?:\.|$)")
-_NAMES_A_PLACE = re.compile(r"(?:file|path|\.binding|\.provider)$")
+_NAMES_A_PLACE = re.compile(r"(?:file|path|\.binding|\.provider|\.type|\.bits)$"
+                            r"|secret\.key\.ref\.|\.secrets\.")
 # A PEM block (-----BEGIN PRIVATE KEY-----, -----BEGIN RSA PRIVATE KEY-----, ...) in a value.
 _PEM = re.compile(r"-----BEGIN [A-Z0-9 ]+-----")
 
@@ -221,7 +222,8 @@ def secret_name(name: str) -> bool:
 # hubs' tokens, cloud access key ids, chat and LLM API keys, JWTs, storage connection strings.
 _TOKEN_SHAPES = re.compile(
     r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,}|glpat-[A-Za-z0-9_-]{20,}"
-    r"|sk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}|(?:AKIA|ASIA)[0-9A-Z]{16}|xox[abprs]-[A-Za-z0-9-]{10,}"
+    r"|sk-(?:proj-|ant-)[A-Za-z0-9_-]{20,}|sk-[A-Za-z0-9]{40,}|(?:AKIA|ASIA)[0-9A-Z]{16}\b"
+    r"|xox[abprs]-[A-Za-z0-9-]{10,}"
     r"|hf_[A-Za-z0-9]{30,}|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})"
     r"|(?i:(?:AccountKey|SharedAccessKey|SharedAccessSignature)=[^;\s]+)")
 
@@ -269,9 +271,20 @@ def literal_secret(name: str, value: str) -> str | None:
     one (``secret_value``), or the name says so (``secret_name``) and the value is no switch.
     The one rule for a spec's ``runtimeEnv.env`` and a job's own environment."""
     why = secret_value(value)
-    if why is None and value and secret_name(name) and value.strip().lower() not in _FLAG_VALUES:
+    if why is None and value and secret_name(name) and not _names_no_secret(value):
         why = f"{name} names a secret (judged by its name)"
     return why
+
+
+# Values a secret's name may hold that are no secret: a switch, where the secret is (a key
+# file's path, GOOGLE_APPLICATION_CREDENTIALS=/var/run/secrets/gcp/key.json), or a tokenizer's
+# special token (PAD_TOKEN=[PAD], EOS_TOKEN=</s>).
+_WHERE_OR_MARKUP = re.compile(r"(?:/|file://)\S*|\[[^\]\s]{1,20}\]|<[^>\s]{1,20}>")
+
+
+def _names_no_secret(value: str) -> bool:
+    text = value.strip()
+    return text.lower() in _FLAG_VALUES or _WHERE_OR_MARKUP.fullmatch(text) is not None
 
 
 def _env_var_name(v: str, why: str, fix: str) -> str:
@@ -567,7 +580,6 @@ BACKEND_CONF = {
     "spark.connect.grpc.binding.port": "the backend publishes and probes the Connect port",
     "spark.connect.grpc.binding.address": "the backend publishes and probes the Connect port",
     "spark.ui.port": "the backend publishes the UI's port as an endpoint",
-    "spark.executor.cores": "set workers.cores instead",
     "spark.executor.resource.gpu.amount": "set workers.gpus instead",
 }
 
@@ -625,6 +637,17 @@ class SparkSpec(SpecBase):
         if bad:
             raise ValueError(f"Spark conf keys start with 'spark.'; got {', '.join(bad)}")
         return v
+
+    @model_validator(mode="after")
+    def _executors_fit_workers(self) -> SparkSpec:
+        """An executor with more cores than a worker has is never placed: the application
+        waits for ever (several smaller executors per worker are fine)."""
+        asked = self.conf.get("spark.executor.cores", "")
+        if asked.strip().isdigit() and int(asked) > self.workers.cores:
+            raise ValueError(f"conf.spark.executor.cores ({asked}) is more than a worker has "
+                             f"(workers.cores: {self.workers.cores}): no executor could start; "
+                             "ask for at most that, or give the workers more cores")
+        return self
 
     @model_validator(mode="after")
     def _gpu_tasks_need_gpu_workers(self) -> SparkSpec:

@@ -74,11 +74,31 @@ def _secret(match: re.Match[str]) -> bool:
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]*")
 
 
+# What refuses a URL, narrower than what masking hides: the parameters that carry a credential
+# in the signed URLs and token-in-query APIs people use (S3's and GCS's V4 signatures, Azure's
+# SAS sig, OAuth's access_token, GitLab's private_token, ...). A data URL's partition_key=,
+# page_token= or code=200 is no credential; key= is one only with a key's length (a Google API
+# key), not ?key=2024.
+_CREDENTIAL_PARAMS = {
+    "sig", "signature", "x-amz-signature", "x-amz-credential", "x-amz-security-token",
+    "x-goog-signature", "x-goog-credential", "token", "access_token", "id_token",
+    "refresh_token", "auth_token", "api_key", "apikey", "private_token", "password", "passwd",
+    "pwd", "secret", "client_secret", "awsaccesskeyid"}
+_KEY_LENGTH = 20
+
+
+def _credential_param(match: re.Match[str]) -> bool:
+    key, value = match["key"].lower(), match["value"]
+    if not value:
+        return False
+    return key in _CREDENTIAL_PARAMS or (key == "key" and len(value) >= _KEY_LENGTH)
+
+
 def secret_params(text: str) -> list[str]:
-    """The signed-URL secret parameters (``X-Amz-Signature``, ``sig``, ``token``, ...) set with
-    a value in the URLs of ``text``, by name."""
+    """The credential parameters (``X-Amz-Signature``, ``sig``, ``token``, ...) set with a value
+    in the URLs of ``text``, by name."""
     return [m["key"] for url in _URL.finditer(text) for m in _PARAM.finditer(url[0])
-            if _param(m) != m[0]]
+            if _credential_param(m)]
 
 
 def credentials_problem(entry: str, fix: str = FIX) -> str | None:

@@ -153,3 +153,27 @@ def test_the_request_digest_holds_no_env_value() -> None:
     one = request_digest("python x.py", {"env_vars": {"TOKEN": "a"}})
     assert one == request_digest("python x.py", {"env_vars": {"TOKEN": "b"}})
     assert one != request_digest("python x.py", {"env_vars": {"OTHER": "a"}})
+
+
+def test_a_retry_of_the_same_run_attaches_even_when_its_entrypoint_renders_anew() -> None:
+    """A run's retries share its stamp (run_after, which a clear keeps): an entrypoint with
+    {{ ti.try_number }} in it still finds attempt 1's live job, as before; a run deleted and
+    triggered again under the same id has another stamp and is refused."""
+    api = FakeJobsApi()
+    first, _ = api.submit_or_attach("python train_ddp.py --tag try1", task_key=TASK, attempt=1,
+                                    run_stamp="2026-11-30T20:00:00+00:00")
+    assert api.submit_or_attach("python train_ddp.py --tag try2", task_key=TASK, attempt=2,
+                                run_stamp="2026-11-30T20:00:00+00:00") == (first, True)
+    with pytest.raises(JobIdTaken, match="another entrypoint"):
+        api.submit_or_attach("python train_ddp.py --tag try2", task_key=TASK, attempt=2,
+                             run_stamp="2026-11-30T21:00:00+00:00")
+
+
+def test_the_operator_stamps_its_job_with_its_runs_run_after() -> None:
+    from datetime import UTC, datetime
+
+    from ephemeral.airflow.operators import run_stamp
+
+    when = datetime(2026, 11, 30, 20, tzinfo=UTC)
+    assert run_stamp({"dag_run": SimpleNamespace(run_after=when)}) == when.isoformat()
+    assert run_stamp({}) is None

@@ -129,3 +129,17 @@ def test_a_script_that_does_not_parse_here_is_left_to_the_cluster(
     monkeypatch.setenv("EPHEMERAL_JOBS_DIR", str(tmp_path))
     req: dict[str, Any] = validate_request(FORM | {"entrypoint": "python newer.py --x"})
     assert req["entrypoint"] == "python newer.py --x"
+
+
+def test_the_dry_run_judges_paths_from_the_jobs_folder(tmp_path: Path) -> None:
+    """Ray runs the job from its jobs folder: a path argument names a file there."""
+    from ephemeral.adhoc import check_arguments
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "a.yaml").write_text("x: 1\n")
+    (tmp_path / "cfg_job.py").write_text(
+        "import argparse\n__engine__ = 'ray'\n\n"
+        "def parse_args(argv=None):\n    p = argparse.ArgumentParser()\n"
+        "    p.add_argument('--config', type=argparse.FileType('r'))\n"
+        "    return p.parse_args(argv)\n")
+    check_arguments("python cfg_job.py --config configs/a.yaml", tmp_path)

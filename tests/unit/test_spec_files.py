@@ -168,3 +168,31 @@ def test_placement_that_is_not_about_gpus_stays(tmp_path: Path) -> None:
     assert "pool: ml" in text
     spec = resolve(str(path), None, {"workers": {"gpus": 0}}).spec
     assert spec.worker_groups[0].node_selector == {"pool": "ml"}
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("GOOGLE_APPLICATION_CREDENTIALS", "/var/run/secrets/gcp/key.json"),
+    ("PAD_TOKEN", "[PAD]"), ("EOS_TOKEN", "</s>"), ("REGION_LIST", "ASIAPACIFICSOUTHEAST1"),
+    ("BASELINE", "sk-learn-baseline-classifier-v2"),
+    ("DATA", "https://h.example/d.parquet?versionId=3&partition_key=a&page_token=2&code=200"),
+    ("DATA", "s3://bucket/x?key=2024")])
+def test_what_only_looks_like_a_secret_is_none(name: str, value: str) -> None:
+    from ephemeral.specs.models import literal_secret
+
+    assert literal_secret(name, value) is None
+
+
+@pytest.mark.parametrize("key", ["spark.io.encryption.keySizeBits",
+                                 "spark.hadoop.fs.azure.sas.token.provider.type",
+                                 "spark.kubernetes.driver.secretKeyRef.DB_PASSWORD",
+                                 "spark.kubernetes.executor.secrets.spark-secret"])
+def test_conf_keys_about_secrets_hold_none(key: str) -> None:
+    from ephemeral.specs.models import secret_key
+
+    assert not secret_key(key)
+
+
+def test_a_google_api_key_in_a_url_is_one() -> None:
+    from ephemeral.specs.pip_credentials import credentials_problem
+
+    assert credentials_problem("https://maps.googleapis.com/x?key=AIzaSyA1234567890abcdefghij")
