@@ -32,11 +32,14 @@ def spark_operator_mode(spec: ResolvedSpec, backend: str, default_spark_mode: st
 def refusals(spec: ResolvedSpec, backend: str, *,
              default_spark_mode: str = "standalone") -> list[tuple[str, str]]:
     """(field, why and fix) of what ``backend`` cannot honour; the renderer raises the same."""
+    from ephemeral.backends.kubernetes.render.spark import memory_problems
     from ephemeral.backends.kubernetes.render.spark_operator import unhonoured
 
     s = spec.spec
     if isinstance(s, SparkSpec) and spark_operator_mode(spec, backend, default_spark_mode):
         return unhonoured(s)
+    if isinstance(s, SparkSpec) and backend == KUBERNETES:
+        return memory_problems(s)
     return []
 
 

@@ -93,6 +93,6 @@ def at_least(minimum: str, why: str) -> AfterValidator:
 
 RayMemory = Annotated[Memory, at_least("512Mi", "a Ray node runs with")]
 SparkDaemonMemory = Annotated[Memory, at_least("256Mi", "a Spark master runs with")]
-SparkJvmMemory = Annotated[Memory, at_least("900Mi", "that leaves Spark's executors and "
+SparkJvmMemory = Annotated[Memory, at_least("512Mi", "that leaves Spark's executors and "
                                                        "driver the 450 MiB heap they need")]
 Duration = Annotated[str, BeforeValidator(_check_duration)]

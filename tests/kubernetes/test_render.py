@@ -632,3 +632,20 @@ def test_validator_refuses_what_the_api_server_would() -> None:
     service = json.loads(json.dumps(spark_out.objects[1]))
     service["metadata"]["name"] = "9-starts-with-a-digit"
     assert any("metadata.name" in p for p in validate_manifest(service))
+
+
+def test_spark_pods_too_small_for_sparks_heap_are_refused_before_anything_is_made(
+        tmp_path: Path) -> None:
+    """A pod's memory is split here (daemon, executors' heap, JVM overhead): a worker of 600Mi,
+    which runs locally, would leave its executors under Spark's 450 MiB minimum heap."""
+    from ephemeral.backends.notes import refusals
+
+    path = tmp_path / "small.yaml"
+    path.write_text((ROOT / "cluster_specs/spark/etl.yaml").read_text()
+                    .replace("memory: 8Gi", "memory: 600Mi"))
+    spec = resolve(str(path))
+    assert [f for f, _ in refusals(spec, "kubernetes")] == ["workers.memory"]
+    assert refusals(spec, "local") == []
+    with pytest.raises(SpecError, match="under Spark's 450 MiB heap on Kubernetes") as err:
+        render(spec, handle_for(spec))
+    assert err.value.fields == ["workers.memory"]

@@ -35,6 +35,7 @@ from ephemeral.backends.kubernetes.render.common import (
     shm_volume,
 )
 from ephemeral.backends.kubernetes.render.network import Clients, policies
+from ephemeral.errors import SpecError
 from ephemeral.specs.models import Placement, SparkSpec
 from ephemeral.specs.quantities import memory_bytes
 from ephemeral.specs.resolve import ResolvedSpec
@@ -221,12 +222,35 @@ def _connect(s: SparkSpec, handle: ClusterHandle, master_url: str) -> Manifest:
                        recreate=True)
 
 
+# Spark refuses an executor or driver heap under 450 MiB (its minSystemMemory).
+MIN_HEAP_MIB = 450
+
+
+def memory_problems(s: SparkSpec) -> list[tuple[str, str]]:
+    """(field, why and fix) of pods whose share of memory leaves Spark under its minimum heap:
+    here a pod's memory is split (daemon, heap, JVM overhead), so the spec's floor, which the
+    local backend needs, is not enough."""
+    problems = []
+    if heap_sizes(s.workers.memory)[1] < MIN_HEAP_MIB:
+        problems.append(("workers.memory", f"{s.workers.memory} leaves executors under "
+                         f"Spark's {MIN_HEAP_MIB} MiB heap on Kubernetes; give workers at "
+                         "least 900Mi"))
+    if s.connect and s.connect.enabled and \
+            memory_bytes(s.connect.memory) * 3 // 4 // _MIB < MIN_HEAP_MIB:
+        problems.append(("connect.memory", f"{s.connect.memory} leaves the Connect server's "
+                         f"driver under Spark's {MIN_HEAP_MIB} MiB heap on Kubernetes; give it "
+                         "at least 600Mi"))
+    return problems
+
+
 def render_spark(spec: ResolvedSpec, handle: ClusterHandle, cluster_domain: str,
                  clients: Clients) -> Rendered:
     s = spec.spec
     if not isinstance(s, SparkSpec):
         raise TypeError(f"{spec.ref} is not a Spark spec")
     check_name(spec, handle.name)
+    if problems := memory_problems(s):
+        raise SpecError(spec.source, problems)
     with_connect = bool(s.connect and s.connect.enabled)
     eps = endpoints(handle, cluster_domain, connect=with_connect)
     assert eps.spark_master is not None
