@@ -63,8 +63,6 @@ OPTIONS: tuple[Option, ...] = (
            "them off. Unset: ``~/.cache/ephemeral/jvm``.", example="/var/cache/ephemeral/jvm"),
     Option("specs_dir", "Root of the versioned cluster specs. Unset: ``cluster_specs/`` of a "
            "checkout, else of the working directory.", example="/opt/airflow/cluster_specs"),
-    Option("default_ttl", "Lifetime in seconds after which the reaper may delete a cluster "
-           "whose spec sets no ``ttl``.", type="integer", default="21600", example="3600"),
     Option("runtime_dir", "Short folder of the local backend's slot claims and each "
            "cluster's temporary folders (Ray's, and the ``TMPDIR`` of its nodes and jobs: a "
            "tmpfs must have room for what jobs write there; Ray's socket paths must stay under "

@@ -108,7 +108,6 @@ class Settings:
     """Root of the versioned cluster specs (``$EPHEMERAL_SPECS_DIR``)."""
     backend: str
     """Default backend name: ``local`` (real processes on this host) or ``kubernetes``."""
-    default_ttl_seconds: int
     """Lifetime after which the reaper may delete a cluster whose spec sets no ``ttl``."""
     artifact_root: str
     """Where jobs write datasets, checkpoints, models and metrics (``$EPHEMERAL_ARTIFACT_ROOT``):
@@ -158,7 +157,6 @@ class Settings:
             home=home,
             specs_dir=specs or _default_specs_dir(),
             backend=setting("backend") or "local",
-            default_ttl_seconds=count("default_ttl") or 0,
             artifact_root=as_uri(setting("artifact_root") or str(home / "artifacts")),
             instance=instance_of(),
             instance_explicit=instance.source != "default",

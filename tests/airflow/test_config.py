@@ -135,7 +135,7 @@ def test_an_explicit_environment_ignores_this_process_config(conf_option: object
     conf_option("k8s_namespace", "from-conf")  # type: ignore[operator]
     assert setting("k8s_namespace", {}) == "default"
     assert setting("k8s_namespace", {"AIRFLOW__EPHEMERAL__K8S_NAMESPACE": "ml"}) == "ml"
-    assert count("default_ttl", {"EPHEMERAL_DEFAULT_TTL": "60"}) == 60
+    assert count("adhoc_max_workers", {"EPHEMERAL_ADHOC_MAX_WORKERS": "60"}) == 60
     with pytest.raises(KeyError):
         setting("not_declared")
 
@@ -152,14 +152,14 @@ def test_the_cli_reads_airflow_cfg_without_importing_airflow(tmp_path: Path) -> 
             "from ephemeral.backends.kubernetes.config import KubeConfig\n"
             "s = get_settings()\n"
             "print(json.dumps({'backend': s.backend, 'instance': s.instance,\n"
-            "  'ns': KubeConfig.from_env().namespace, 'ttl': setting('default_ttl'),\n"
+            "  'ns': KubeConfig.from_env().namespace, 'linger': setting('run_end_linger'),\n"
             "  'airflow': [m for m in sys.modules if m.split('.')[0] == 'airflow']}))\n")
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("EPHEMERAL_", "AIRFLOW"))} | {"AIRFLOW_HOME": str(home)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True)
     got = json.loads(out.stdout.strip().splitlines()[-1])
-    assert got == {"backend": "kubernetes", "instance": "prod-eu", "ns": "ml", "ttl": "21600",
+    assert got == {"backend": "kubernetes", "instance": "prod-eu", "ns": "ml", "linger": "30",
                    "airflow": []}
     # the environment still wins over the file
     env |= {"EPHEMERAL_BACKEND": "local", "AIRFLOW__EPHEMERAL__K8S_NAMESPACE": "other"}
