@@ -8,6 +8,7 @@ reserved and cost, the jobs' results, and that every cluster created was deleted
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -49,12 +50,33 @@ def main() -> int:
     # Piped or captured output gets rich's 80 columns, which cuts the tables' cells.
     console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 150)
     console.rule("train_distributed through Airflow (dag.test, local backend)")
-    t0 = time.monotonic()
-    dag_run = run_reference_dag("train_distributed", {"profile": "ci-cpu"})
+    t0, since = time.monotonic(), time.time()
+    # Stopped (Ctrl-C, SIGTERM from a CI runner's timeout) mid-run, dag.test runs no teardown
+    # and no reaper runs here: delete what this run made before leaving.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        dag_run = run_reference_dag("train_distributed", {"profile": "ci-cpu"})
+    except BaseException:
+        _delete_this_runs_clusters(console, since)
+        raise
     report: dict[str, Any] = run_report(dag_run)
     report["wall_seconds"] = round(time.monotonic() - t0, 1)
     print_report(console, report)
     return 0 if report["ok"] else 1
+
+
+def _delete_this_runs_clusters(console: Any, since: float) -> None:
+    """Every cluster of this deployment that train_distributed made since ``since``."""
+    from ephemeral.backends import get_backend
+    from ephemeral.backends.base import OwnerSelector
+    from ephemeral.specs.identity import parse_utc
+
+    backend = get_backend()
+    mine = OwnerSelector(labels={"ephemeral.dev/dag-id": "train_distributed"})
+    for handle in backend.list_owned(mine):
+        if parse_utc(handle.created_at).timestamp() >= since - 1:
+            backend.delete(handle, wait=True)
+            console.print(f"stopped: deleted {handle.name}", highlight=False)
 
 
 if __name__ == "__main__":
