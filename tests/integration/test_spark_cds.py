@@ -164,3 +164,41 @@ def test_recording_keeps_the_jvms_temporary_files_in_its_folder(tmp_path: Path) 
     assert list((work / "local").glob("spark-*")), "the worker's local folder is elsewhere"
     for _, log in lists.values():
         assert f"-Djava.io.tmpdir={work / 'tmp'}" in log.read_text()
+
+
+def test_a_recording_stopped_by_sigterm_leaves_no_jvm(tmp_path: Path) -> None:
+    """`make setup` stopped by a CI runner's timeout (SIGTERM) mid-recording: the recording's
+    JVMs run in sessions of their own, so only the recorder can stop them, and it does."""
+    import signal
+    import sys
+    import time
+
+    import psutil
+
+    def jvms() -> list[psutil.Process]:
+        return [p for p in psutil.process_iter(["cmdline"])
+                if "java" in " ".join(p.info["cmdline"] or [])[:200]
+                and "ephemeral-jvm-" in " ".join(p.info["cmdline"] or [])
+                and p.status() != psutil.STATUS_ZOMBIE]
+
+    before = {p.pid for p in jvms()}
+    env = dict(os.environ) | {"EPHEMERAL_JVM_ARCHIVES": str(tmp_path / "archives")}
+    recorder = subprocess.Popen([sys.executable, "-m", "ephemeral.backends.local", "--force"],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not {p.pid for p in jvms()} - before:
+            assert recorder.poll() is None, "the recording ended before a JVM started"
+            assert time.monotonic() < deadline, "no recording JVM started in 60 s"
+            time.sleep(0.2)
+        recorder.send_signal(signal.SIGTERM)
+        recorder.wait(timeout=60)
+    finally:
+        if recorder.poll() is None:
+            recorder.kill()
+    time.sleep(1)
+    left = {p.pid for p in jvms()} - before
+    for pid in left:  # the test's own cleanup, so a failure leaves nothing either
+        psutil.Process(pid).kill()
+    assert recorder.returncode == 143
+    assert not left, f"recording JVMs left: {sorted(left)}"

@@ -298,6 +298,9 @@ def prune(folder: Path) -> None:
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # Stopped by SIGTERM (a CI runner's timeout), the recording's JVMs, in sessions of their
+    # own, are still killed: SystemExit runs the finally blocks that kill them.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if archive_dir() is None:
         print("JVM archives are off (jvm_archives=off): nothing to build")
         return 0
