@@ -8,7 +8,6 @@ downstream deletes the cluster of a failed setup: Airflow 3.3 never runs its tea
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 
 from ephemeral.backends.base import ClusterBackend, ClusterHandle, ClusterStatus
 from ephemeral.backends.readiness import Readiness
+from ephemeral.errors import ClusterFailed
 from ephemeral.specs.identity import ClusterIdentity
 from ephemeral.specs.resolve import ResolvedSpec
 
@@ -48,12 +48,14 @@ def provision(
 ) -> Provisioned:
     """Create the cluster and wait until usable; delete it again if that fails, unless it
     existed before: a second ``up`` of a name that times out or is interrupted leaves the
-    cluster of the first (whose own call still deletes it if it never gets ready)."""
+    cluster of the first (whose own call still deletes it if it never gets ready). A cluster
+    that failed (a node died: ``ClusterFailed``) goes whoever made it: nobody can use it, and
+    its maker may be the crashed call this one retries."""
     started = time.monotonic()
     handle = backend.create(spec, identity=identity)
     found = handle.adopted
     wait = Readiness.within(backend, handle, timeout=timeout, poll_interval=poll)
-    with contextlib.nullcontext() if found else deleting_on_failure(backend, handle):
+    with deleting_on_failure(backend, handle, only=(ClusterFailed,) if found else None):
         status = wait.wait(on_progress)
     return Provisioned(handle, status, time.monotonic() - started, adopted=found)
 
@@ -61,17 +63,21 @@ def provision(
 @contextmanager
 def deleting_on_failure(backend: ClusterBackend, handle: ClusterHandle, *,
                         passes: tuple[type[BaseException], ...] = (),
+                        only: tuple[type[BaseException], ...] | None = None,
                         before: Callable[[BaseException], None] | None = None,
                         after: Callable[[float, bool], None] | None = None) -> Iterator[None]:
     """Delete the cluster when the block raises anything but ``passes`` (Airflow's
-    TaskDeferred: the wait goes on in the triggerer), then re-raise. ``before`` runs first
-    (a log line, a flag that keeps ``on_kill`` from deleting twice); ``after`` gets when the
-    deletion started (epoch seconds) and whether it completed (the run report's record)."""
+    TaskDeferred: the wait goes on in the triggerer), or, given ``only``, just those; then
+    re-raise. ``before`` runs first (a log line, a flag that keeps ``on_kill`` from deleting
+    twice); ``after`` gets when the deletion started (epoch seconds) and whether it completed
+    (the run report's record)."""
     try:
         yield
     except passes:
         raise
     except BaseException as err:
+        if only is not None and not isinstance(err, only):
+            raise
         if before:
             before(err)
         started = time.time()

@@ -51,8 +51,9 @@ def main() -> int:
     console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 150)
     console.rule("train_distributed through Airflow (dag.test, local backend)")
     t0, since = time.monotonic(), time.time()
-    # Stopped (Ctrl-C, SIGTERM from a CI runner's timeout) mid-run, dag.test runs no teardown
-    # and no reaper runs here: delete what this run made before leaving.
+    # Ctrl-C or SIGTERM inside a task is dag.test's (the task fails and the teardowns run, or
+    # the run goes on); one that ends dag.test itself, between tasks, leaves the clusters to
+    # no teardown and no reaper here: delete what this run made before leaving.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         dag_run = run_reference_dag("train_distributed", {"profile": "ci-cpu"})

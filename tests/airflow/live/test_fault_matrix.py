@@ -44,6 +44,7 @@ GONE_BOUND = 60.0  # issue 9: every cluster of a finished run gone within 60 s
 WINDOW_ATTEMPTS = {"ray": 3, "spark": 2}
 SLEEP = "python -c \"import time; time.sleep({})\""
 ACTIVE = {"running", "deferred"}  # a job task waits deferred, in the triggerer
+TRIGGER_PICKUP = 4.0  # seconds for the triggerer to start a new trigger, with room
 
 
 def handle_of(stack: Stack, dag_id: str, run_id: str) -> Any:
@@ -139,6 +140,12 @@ def test_job_task_marked_failed_stops_the_ray_job(stack: Stack, matrix: Results,
         stack.wait_task(dag_id, run_id, "work", ACTIVE, timeout=300)
         handle = handle_of(stack, dag_id, run_id)
         job = wait_job(stack, handle, {"RUNNING"})
+        # Marked while it waits in the triggerer: deferred, and its trigger started (the
+        # triggerer picks new ones up within a second or two). Marked in the moment between
+        # its deferral and that start, no trigger runs to stop the job: the teardown's
+        # deletion ends it.
+        stack.wait_task(dag_id, run_id, "work", {"deferred"}, timeout=60)
+        time.sleep(TRIGGER_PICKUP)
         fault = time.monotonic()
         stack.mark_task(dag_id, run_id, "work", "failed")
         # The teardown waits for `hold`: the cluster is up while the Jobs API is asked.
