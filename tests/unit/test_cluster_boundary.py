@@ -15,7 +15,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -26,6 +26,7 @@ from ephemeral.backends.http import get_json
 from ephemeral.errors import JobError, JobSubmissionFailed
 from ephemeral.jobs import ray_jobs
 from ephemeral.jobs.ray_jobs import RayJobs
+from tests.json_http import JsonHandler
 from tests.unit.test_report_tls import _pki, https  # noqa: F401 - the fixture
 
 PROXY_VARS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY",
@@ -60,19 +61,8 @@ class Dashboard(ThreadingHTTPServer):
         self.server_close()
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonHandler):
     server: Dashboard
-
-    def log_message(self, *_: Any) -> None:
-        pass
-
-    def _send(self, code: int, body: Any) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def _hang(self, what: str) -> bool:
         if what in self.server.hang:

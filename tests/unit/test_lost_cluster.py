@@ -11,11 +11,10 @@ closed so its port refuses: the SDK and ``requests`` run unmocked against it."""
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -25,6 +24,7 @@ from ephemeral.errors import JobError
 from ephemeral.jobs import ray_jobs
 from ephemeral.jobs.ray_jobs import ClusterLost, JobWatch, RayJobs
 from ephemeral.jobs.results import JobStatus
+from tests.json_http import JsonHandler
 
 JOB = "raysubmit_lost"
 # The rule, at test speed
@@ -69,19 +69,8 @@ class Dashboard(ThreadingHTTPServer):
         self.released.set()
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonHandler):
     server: Dashboard
-
-    def log_message(self, *_: Any) -> None:
-        pass
-
-    def _send(self, code: int, body: Any) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_GET(self) -> None:
         if self.path == "/api/version":
