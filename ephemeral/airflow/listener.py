@@ -23,7 +23,6 @@ backend or connection are left to their teardown and the reaper.
 from __future__ import annotations
 
 import logging
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +31,8 @@ from typing import Any
 from airflow.listeners import hookimpl
 
 from ephemeral.airflow.run_end import configured_backend, run_selector
-from ephemeral.settings import setting
+from ephemeral.errors import SpecError
+from ephemeral.settings import number, setting
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,10 @@ def _linger() -> float:
     """Never raises (the scheduler calls it): a bad value is the default, and at most an hour,
     so a typo cannot leave a poller behind every failed run for good."""
     try:
-        value = float(setting("run_end_linger") or DEFAULT_LINGER)
-    except ValueError:
+        value = number("run_end_linger")
+    except SpecError:  # not a finite number
         return DEFAULT_LINGER
-    return min(max(0.0, value), MAX_LINGER) if math.isfinite(value) else DEFAULT_LINGER
+    return DEFAULT_LINGER if value is None else min(max(0.0, value), MAX_LINGER)
 
 
 @hookimpl

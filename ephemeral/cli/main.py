@@ -20,6 +20,7 @@ from rich.table import Table
 
 from ephemeral.backends import ClusterBackend, ClusterHandle, get_backend
 from ephemeral.backends.base import ClusterStatus, OwnerSelector, Phase
+from ephemeral.backends.notes import backend_notes, refusals, spark_mode_of
 from ephemeral.cli.model import model_app
 from ephemeral.errors import ClusterNotFound, EphemeralError, SpecError
 from ephemeral.jobs.results import JobResult
@@ -90,17 +91,9 @@ def spec_notes(spec: ResolvedSpec, backend: str, default_spark_mode: str = "stan
                ) -> list[str]:
     """What ``backend`` does differently with ``spec`` (``backends.notes``, no silent no-op);
     raises SpecError, as its create would, for what it cannot honour."""
-    from ephemeral.backends.notes import backend_notes, refusals
-
     if problems := refusals(spec, backend, default_spark_mode=default_spark_mode):
         raise SpecError(spec.source, problems)
     return backend_notes(spec, backend, default_spark_mode=default_spark_mode)
-
-
-def _spark_mode(be: ClusterBackend) -> str:
-    from ephemeral.backends.notes import spark_mode_of
-
-    return spark_mode_of(be)
 
 
 @specs_app.command("validate")
@@ -170,7 +163,7 @@ def specs_show(
     try:
         r = resolve(ref, profile, _overrides(replicas, None, None, gpus))
         chosen = backend or get_settings().backend
-        mode = _spark_mode(_backend(chosen)) if chosen == "kubernetes" else "standalone"
+        mode = spark_mode_of(_backend(chosen)) if chosen == "kubernetes" else "standalone"
         notes = spec_notes(r, chosen, mode)
     except EphemeralError as e:
         raise _fail(e, as_json) from e
@@ -280,7 +273,7 @@ def up(
         spec = resolve(ref, profile, _overrides(replicas, cpu, memory, gpus))
         identity = ClusterIdentity.manual(spec.spec.name, name)
         be = _backend(backend)
-        notes = spec_notes(spec, be.name, _spark_mode(be))
+        notes = spec_notes(spec, be.name, spark_mode_of(be))
         for note in [] if as_json else notes:
             err.print(f"note: {note}", markup=False, highlight=False)
         with err.status(f"creating {identity.name} from {spec.ref}") as status:

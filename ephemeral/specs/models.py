@@ -613,6 +613,16 @@ def positive(value: str) -> bool:
         return True  # not a number: Spark refuses it, and it is no "0"
 
 
+def _field_errors(code: str, problems: list[tuple[tuple[str, ...], str]]) -> Exception:
+    """A model validator's problems as one ValidationError, each keeping its own field path
+    (a plain ValueError would name the model's root)."""
+    from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
+
+    return ValidationError.from_exception_data("SparkCluster", [
+        InitErrorDetails(type=PydanticCustomError(code, msg), loc=loc, input=None)
+        for loc, msg in problems])
+
+
 class SparkSpec(SpecBase):
     kind: Literal["SparkCluster"]
     spark_version: str
@@ -656,17 +666,13 @@ class SparkSpec(SpecBase):
         override that set ``workers.gpus`` to 0 is also judged."""
         if self.workers.gpus:
             return self
-        from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
-
-        asks = [(*where, "conf", key) for where, conf in
-                (((), self.conf), (("connect",), self.connect.conf if self.connect else {}))
-                for key, value in conf.items() if GPU_AMOUNT.fullmatch(key) and positive(value)]
-        if asks:
-            msg = ("asks for GPUs but workers.gpus is 0: set it to \"0\" (or remove it) for a "
-                   "cluster without GPUs, or give the workers gpus")
-            raise ValidationError.from_exception_data("SparkCluster", [
-                InitErrorDetails(type=PydanticCustomError("gpu_without_gpus", msg), loc=loc,
-                                 input=None) for loc in asks])
+        msg = ("asks for GPUs but workers.gpus is 0: set it to \"0\" (or remove it) for a "
+               "cluster without GPUs, or give the workers gpus")
+        if asks := [(*where, "conf", key) for where, conf in
+                    (((), self.conf), (("connect",), self.connect.conf if self.connect else {}))
+                    for key, value in conf.items()
+                    if GPU_AMOUNT.fullmatch(key) and positive(value)]:
+            raise _field_errors("gpu_without_gpus", [(loc, msg) for loc in asks])
         return self
 
     @model_validator(mode="after")
@@ -676,15 +682,11 @@ class SparkSpec(SpecBase):
         chooses). Raised as a ValidationError so each problem keeps its own field path."""
         if self.kubernetes_mode != "operator":
             return self
-        from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
-
         from ephemeral.backends.kubernetes.render.spark_operator import unhonoured
 
         if problems := unhonoured(self):
-            raise ValidationError.from_exception_data("SparkCluster", [
-                InitErrorDetails(type=PydanticCustomError("operator_mode", msg),
-                                 loc=tuple(path.split(".")), input=None)
-                for path, msg in problems])
+            raise _field_errors("operator_mode", [(tuple(path.split(".")), msg)
+                                                  for path, msg in problems])
         return self
 
     @property

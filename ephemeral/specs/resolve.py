@@ -146,7 +146,7 @@ def _drop_gpu_asks(data: dict[str, Any]) -> dict[str, Any]:
 def _ci_cpu(data: dict[str, Any]) -> dict[str, Any]:
     """ci-cpu's built-in sizes. A group's replica bounds stay for the overrides (the spec's
     maxReplicas still limits them) and go afterwards (``_fixed_size``)."""
-    out = _drop_gpu_asks(copy.deepcopy(data))
+    out = copy.deepcopy(data)  # its nodes' GPU placement and asks go in _off_gpu_nodes
     for _, node, cpu_key, gpus in _nodes(out):
         if gpus:
             node["gpus"] = 0
