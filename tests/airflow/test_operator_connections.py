@@ -79,11 +79,14 @@ def test_the_connection_owns_the_cluster_from_setup_through_trigger_to_teardown(
     from ephemeral.airflow.operators import CreateClusterOperator, DeleteClusterOperator
     from ephemeral.airflow.triggers import ClusterReadyTrigger
 
-    stack.operator.provision_delay = 1.0  # not ready at the first probe: the setup defers
+    # Held until the setup has deferred: not ready at its first probe, however slow the
+    # machine (a delay raced a loaded CI runner's create).
+    stack.operator.paused = True
     create = CreateClusterOperator(task_id="create", spec="ray/adhoc-cpu", overrides=SMALL_RAY,
                                    conn_id="eph", deferrable=True, poll_interval=0.05)
     with pytest.raises(TaskDeferred) as deferred:
         create.execute(context("create"))
+    stack.operator.paused = False
     [cluster] = stack.rayclusters()  # in the connection's namespace, owned by its instance
     assert cluster["metadata"]["labels"]["ephemeral.dev/instance"] == "staging"
     path, kwargs = deferred.value.trigger.serialize()
@@ -98,7 +101,6 @@ def test_the_connection_owns_the_cluster_from_setup_through_trigger_to_teardown(
     assert handle["connection"] == "eph"
     assert handle["namespace"] == NAMESPACE
     # A retry adopts it: the same identity, the connection's instance.
-    stack.operator.provision_delay = 0.0
     again = CreateClusterOperator(task_id="create", spec="ray/adhoc-cpu", overrides=SMALL_RAY,
                                   conn_id="eph", deferrable=False)
     assert again.execute(context("create"))["name"] == handle["name"]
@@ -365,7 +367,7 @@ def test_a_handle_xcom_refuses_fails_the_setup_and_deletes_its_cluster(
 
     monkeypatch.setenv("AIRFLOW__CORE__XCOM_BACKEND", "ephemeral.airflow.xcom.MetadataOnlyXCom")
     monkeypatch.setenv("EPHEMERAL_XCOM_MAX_BYTES", "600")
-    stack.operator.provision_delay = 1.0 if deferrable else 0.0
+    stack.operator.paused = deferrable  # held until the setup has deferred
     create = CreateClusterOperator(task_id="create", spec="ray/adhoc-cpu", overrides=SMALL_RAY,
                                    conn_id="eph", deferrable=deferrable, poll_interval=0.05)
     if not deferrable:
@@ -374,6 +376,7 @@ def test_a_handle_xcom_refuses_fails_the_setup_and_deletes_its_cluster(
     else:
         with pytest.raises(TaskDeferred) as deferred:
             create.execute(context("create"))
+        stack.operator.paused = False
         event = first_event(ClusterReadyTrigger(**deferred.value.trigger.serialize()[1]))
         assert event["status"] == "ready", event
         with pytest.raises(AirflowFailException, match="over the 600-byte limit") as err:

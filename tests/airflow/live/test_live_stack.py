@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -128,7 +129,7 @@ def test_the_triggerer_finds_a_kubernetes_connection_by_id(stack: Stack,
 
     server = ApiServer(validate=validate_manifest, namespace="live", token="tok-live-9b2d").start()
     operator = Operator(server.store).start()
-    operator.provision_delay = 3.0  # not ready at the first probe: the setup must defer
+    operator.paused = True  # not ready at the first probe, however slow: the setup must defer
     web = WebEndpoints(server.store).start()
     try:
         server.kubeconfig(tmp_path / "kubeconfig.yaml")
@@ -141,6 +142,11 @@ def test_the_triggerer_finds_a_kubernetes_connection_by_id(stack: Stack,
         assert status == 201, body
         dag_id = "kubernetes_connection_live"
         run_id = stack.trigger(dag_id)
+        deadline = time.monotonic() + 120
+        while (stack.task_instances(dag_id, run_id).get("create", {}).get("state") not in
+               {"deferred", "failed", "upstream_failed"} and time.monotonic() < deadline):
+            time.sleep(0.5)
+        operator.paused = False
         state = stack.wait_finished(dag_id, run_id, timeout=180)
         tis = stack.task_instances(dag_id, run_id)
         assert state == "success", json.dumps(tis, indent=1)
