@@ -622,6 +622,11 @@ def validate_request(params: Mapping[str, Any], settings: Settings | None = None
     except SpecError as err:
         raise RequestError([(_field_of(f), f"{f}: {m}" if f else m)
                             for f, m in err.problems] or [("cluster_spec", str(err))]) from err
+    from ephemeral.jobs.scaling import placement_problem
+
+    assert isinstance(spec.spec, RaySpec)
+    if (why := placement_problem(entrypoint, spec.spec)) is not None:
+        raise RequestError([("entrypoint", why)])
     timeout_s = 60 * int(p["timeout_minutes"])
     from ephemeral.lifecycle import SETUP_READY_TIMEOUT
 

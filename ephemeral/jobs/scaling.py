@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import math
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ephemeral.backends.base import ClusterHandle
+from ephemeral.backends.base import ClusterHandle, NodeGroup
+
+if TYPE_CHECKING:
+    from ephemeral.specs.models import RaySpec
 
 # Scripts that take the flags below (jobs/train_ddp.py's ScalingConfig options).
 SCALING_SCRIPTS = ("train_ddp.py",)
@@ -45,11 +49,15 @@ def scaling_of(handle: ClusterHandle | dict[str, Any]) -> Scaling:
     share among the GPU groups (each node's CPUs divided by its GPUs, rounded down): every worker
     then fits on any GPU node, and a node's workers never ask for more CPUs than it has."""
     h = handle if isinstance(handle, ClusterHandle) else ClusterHandle.model_validate(handle)
-    workers = [g for g in h.groups if g.role == "worker"]
-    if not workers:
+    if not any(g.role == "worker" for g in h.groups):
         raise ValueError(f"the handle of {h.name} lists no worker groups (made by an older "
                          "version of ephemeral?): pass --num-workers, --gpus-per-worker and "
                          "--cpus-per-worker in the entrypoint yourself")
+    return _scaling(h.groups)
+
+
+def _scaling(groups: Sequence[NodeGroup]) -> Scaling:
+    workers = [g for g in groups if g.role == "worker"]
     gpu = [g for g in workers if g.gpus > 0]
     if gpu:
         return Scaling(num_workers=sum(g.replicas * g.gpus for g in gpu), gpus_per_worker=1,
@@ -73,11 +81,65 @@ def ddp_args(handle: ClusterHandle | dict[str, Any]) -> str:
 def with_scaling(entrypoint: str, handle: ClusterHandle | dict[str, Any]) -> str:
     """``entrypoint`` with the scaling flags it does not set itself appended, when it runs a
     script that takes them (``SCALING_SCRIPTS``); any other entrypoint as it is."""
-    words = shlex.split(entrypoint)
-    if not any(w.rsplit("/", 1)[-1] in SCALING_SCRIPTS for w in words):
+    if not _runs_scaling_script(entrypoint):
         return entrypoint
-    given = {w.split("=", 1)[0] for w in words}
+    given = given_scaling(entrypoint)
     s = scaling_of(handle)
     values = dict(zip(FLAGS, s.args().split()[1::2], strict=True))
     extra = [f"{flag} {value}" for flag, value in values.items() if flag not in given]
     return " ".join([entrypoint, *extra])
+
+
+def _runs_scaling_script(entrypoint: str) -> bool:
+    return any(w.rsplit("/", 1)[-1] in SCALING_SCRIPTS for w in shlex.split(entrypoint))
+
+
+def given_scaling(entrypoint: str) -> dict[str, str]:
+    """The scaling flags ``entrypoint`` sets itself (``--flag value`` or ``--flag=value``), with
+    the value its parser keeps: the last one."""
+    words = shlex.split(entrypoint)
+    given: dict[str, str] = {}
+    for i, word in enumerate(words):
+        flag, eq, value = word.partition("=")
+        if flag in FLAGS:
+            given[flag] = value if eq else (words[i + 1] if i + 1 < len(words) else "")
+    return given
+
+
+def placement_problem(entrypoint: str, spec: RaySpec) -> str | None:
+    """Why the training workers ``entrypoint`` asks for cannot all be placed on ``spec``'s
+    nodes, or None. Ray Train waits for every worker's resources until the job's limit, holding
+    the cluster meanwhile, so a request no node layout can meet is refused before it is made.
+    Generous on purpose, so a placement that can succeed is never refused: each group counts
+    with its maxReplicas (KubeRay's autoscaler adds workers a pending job asks for), each node
+    with its CPUs rounded up (as both backends start it), the head with its CPUs only when it
+    runs tasks. Flags the entrypoint leaves out come from the cluster (``with_scaling``)."""
+    if not _runs_scaling_script(entrypoint):
+        return None
+    given = given_scaling(entrypoint)
+    workers = [NodeGroup(name=g.name, role="worker", replicas=g.replicas, cpu=g.cpu,
+                         memory_bytes=0, gpus=g.gpus) for g in spec.worker_groups]
+    default = dict(zip(FLAGS, _scaling(workers).args().split()[1::2], strict=True))
+    try:
+        n, gpus, cpus = (float(given.get(flag, default[flag])) for flag in FLAGS)
+    except ValueError:
+        return None  # the job's own parser refuses it (adhoc.check_arguments)
+    if cpus <= 0 and gpus <= 0:
+        return None  # asks for nothing a node runs out of
+    nodes = [(math.ceil(spec.head.cpu) if spec.head.run_tasks else 0, spec.head.gpus, 1)]
+    nodes += [(math.ceil(g.cpu), g.gpus, g.max) for g in spec.worker_groups]
+    fit = sum(count * _fits(node_cpus, node_gpus, cpus, gpus)
+              for node_cpus, node_gpus, count in nodes)
+    if n <= fit:
+        return None
+    return (f"it asks for {n:g} training worker(s) of {cpus:g} CPU(s) and {gpus:g} GPU(s) each; "
+            f"this cluster's nodes can hold at most {fit}, so the job would wait for the rest "
+            "until its limit: leave out --num-workers, --gpus-per-worker and --cpus-per-worker "
+            "to size it from the cluster, or ask for more workers (the form's workers)")
+
+
+def _fits(node_cpus: float, node_gpus: float, cpus: float, gpus: float) -> int:
+    """How many workers of ``cpus``/``gpus`` one node holds (a tiny margin for float sums)."""
+    by_cpu = math.floor(node_cpus / cpus + 1e-9) if cpus > 0 else None
+    by_gpu = math.floor(node_gpus / gpus + 1e-9) if gpus > 0 else None
+    return min(n for n in (by_cpu, by_gpu) if n is not None)

@@ -187,3 +187,34 @@ def test_pip_entries_past_the_limit_are_refused_by_name(
     assert "at most 4096" in text
     monkeypatch.setenv("EPHEMERAL_XCOM_MAX_BYTES", "8192")  # the deployment's own limit
     validate_request(FORM | {"pip": _pips(10)})
+
+
+# --- training workers the cluster can place --------------------------------------------------
+
+
+@pytest.mark.parametrize(("profile", "workers", "flags", "most"), [
+    ("ci-cpu", 2, "--num-workers 4", 2),          # ci-cpu: a fixed size, no autoscaling
+    (None, 2, "--num-workers 5", 4),              # maxReplicas 4: the autoscaler adds two
+    (None, 2, "--num-workers 2 --cpus-per-worker 2", 0),  # no 1-CPU node holds a 2-CPU worker
+    ("ci-cpu", 2, "--num-workers=1 --gpus-per-worker=1", 0),
+    ("ci-cpu", 2, "--num-workers 2 --num-workers 3", 2),  # the parser keeps the last
+])
+def test_training_workers_no_node_layout_can_hold_are_refused_before_creating(
+        profile: str | None, workers: int, flags: str, most: int) -> None:
+    why = refused("entrypoint", profile=profile, workers=workers,
+                  entrypoint=f"python train_ddp.py --steps 5 {flags}")
+    assert f"can hold at most {most}" in why
+    assert "leave out --num-workers" in why
+
+
+@pytest.mark.parametrize(("profile", "flags"), [
+    ("ci-cpu", ""),                                # sized from the cluster by the DAG
+    ("ci-cpu", "--num-workers 2 --cpus-per-worker 1"),
+    (None, "--num-workers 4"),                     # within maxReplicas
+    ("ci-cpu", "--num-workers 2 --cpus-per-worker 0.5"),
+    ("ci-cpu", "--num-workers 9 --num-workers 1"),
+])
+def test_training_workers_the_cluster_can_hold_pass(profile: str | None, flags: str) -> None:
+    req = validate_request(FORM | {"profile": profile,
+                                   "entrypoint": f"python train_ddp.py --steps 5 {flags}"})
+    assert req["entrypoint"].endswith(flags)
