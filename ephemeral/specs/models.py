@@ -39,6 +39,28 @@ DNS1123_HELP = "lowercase letters, digits and '-', starting and ending with a le
 _VERSION_RE = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+$")
 _RESOURCE_NAME = re.compile(r"^([a-z0-9.-]+/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# An image reference as container runtimes parse it (the distribution project's grammar):
+# [host[:port]/]path[:tag][@algorithm:hex], where the first part is a registry host only when it
+# has a dot or a port or is localhost (else it is part of the path, in lower case). A reference
+# they refuse would reach Kubernetes and leave the pods pulling until the setup's ready timeout.
+_HOST_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_IMAGE_HOST = re.compile(rf"(?:{_HOST_PART}(?:\.{_HOST_PART})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?")
+_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE_PATH = re.compile(
+    rf"{_PATH_PART}(?:/{_PATH_PART})*"
+    r"(?::[\w][\w.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?")
+
+
+def image_ref_ok(ref: str) -> bool:
+    name = ref.split("@", 1)[0]
+    head, slash, last = name.rpartition("/")
+    if len(head + slash + last.split(":", 1)[0]) > 255:  # the runtimes' limit for the name
+        return False
+    host, slash, rest = ref.partition("/")
+    if slash and ("." in host or ":" in host or host == "localhost"):
+        return bool(_IMAGE_HOST.fullmatch(host)) and bool(_IMAGE_PATH.fullmatch(rest))
+    return bool(_IMAGE_PATH.fullmatch(ref))
 
 SPEC_NAME_MAX = 30  # cluster names are eph-<spec>-<10 hex>, at most 47 characters (RayJob's limit)
 GROUP_NAME_MAX = 15
@@ -489,6 +511,15 @@ class SpecBase(Model):
     @classmethod
     def _name(cls, v: str) -> str:
         return dns_label(v, SPEC_NAME_MAX)
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str) -> str:
+        if not image_ref_ok(v):
+            raise ValueError(f"{v!r} is not an image reference such as "
+                             "rayproject/ray:2.60.0-py311-cpu: [registry[:port]/]path[:tag]"
+                             "[@sha256:digest], the path in lower case, no spaces")
+        return v
 
     @field_validator("profiles")
     @classmethod

@@ -637,3 +637,22 @@ def test_manual_identity_rejects_bad_names(name: str) -> None:
 def test_expires_at() -> None:
     created = datetime(2026, 1, 1, 23, 30, tzinfo=UTC)
     assert expires_at(created, 3600) == "2026-01-02T00:30:00Z"
+
+
+@pytest.mark.parametrize("ref", [
+    "rayproject/ray:2.60.0-py311-cpu", "ray", "localhost:5000/team/ray:2.60.0",
+    "Registry.Example.com/team/ray", "[::1]:5000/ray:x", "my_team__x/ray-gpu.v2:latest",
+    "ghcr.io/team/spark:4.3.0@sha256:" + "a" * 64, "a/" + "b" * 253 + ":long-names-count"])
+def test_image_references_the_runtimes_take_are_accepted(ref: str) -> None:
+    from ephemeral.specs.models import image_ref_ok
+
+    assert image_ref_ok(ref)
+
+
+@pytest.mark.parametrize("ref", [
+    "RayProject/ray:1", "ghcr.io/Team/ray", "ray :1", "ray:", "ray@sha256:abc",
+    "https://ghcr.io/team/ray", "-ray", "ghcr.io/", "ray:1\n", "a/" + "b" * 254])
+def test_image_references_the_runtimes_refuse_are_refused(ref: str) -> None:
+    from ephemeral.specs.models import image_ref_ok
+
+    assert not image_ref_ok(ref)
