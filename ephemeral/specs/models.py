@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -94,6 +95,19 @@ class Model(BaseModel):
     )
 
 
+def _not_yes_or_no(v: Any) -> Any:
+    # YAML reads an unquoted yes, no, on, off, true or false as a boolean, and pydantic would
+    # take it as 1 or 0: `replicas: yes` must not be a one-node cluster.
+    if isinstance(v, bool):
+        raise ValueError(f"{str(v).lower()} is not a number (YAML reads an unquoted yes, no, on, "
+                         "off, true or false as true or false): write a number")
+    return v
+
+
+Number = BeforeValidator(_not_yes_or_no)
+"""On every number of a spec."""
+
+
 def _millicores(v: float) -> float:
     """Kubernetes counts CPU in millicores: 0.0001 would be rendered as ``0m``."""
     if abs(v * 1000 - round(v * 1000)) > 1e-6:
@@ -103,8 +117,9 @@ def _millicores(v: float) -> float:
 
 
 PositiveCpu = Annotated[float, Field(gt=0, le=1024, description="CPU cores (may be "
-                                     "fractional, in steps of 0.001)"), AfterValidator(_millicores)]
-GpuCount = Annotated[int, Field(ge=0, le=64)]
+                                     "fractional, in steps of 0.001)"), Number,
+                      AfterValidator(_millicores)]
+GpuCount = Annotated[int, Field(ge=0, le=64), Number]
 
 
 class Toleration(Model):
@@ -116,7 +131,7 @@ class Toleration(Model):
     operator: Literal["Equal", "Exists"] = Field(default="Equal", validate_default=True)
     value: str | None = None
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = Field(default=None, ge=0)
+    toleration_seconds: Annotated[int | None, Number] = Field(default=None, ge=0)
 
     @field_validator("key")
     @classmethod
@@ -465,11 +480,11 @@ class RayHead(GpuFields, Placement):
 
 class RayWorkerGroup(GpuFields, Placement):
     name: str
-    replicas: int = Field(ge=1, le=1000)
-    min_replicas: int | None = Field(default=None, ge=0, le=1000)
+    replicas: Annotated[int, Number] = Field(ge=1, le=1000)
+    min_replicas: Annotated[int | None, Number] = Field(default=None, ge=0, le=1000)
     """Autoscaling bounds (default ``replicas``): KubeRay's autoscaler on Kubernetes. The local
     backend does not autoscale: it starts ``replicas`` nodes, and says so."""
-    max_replicas: int | None = Field(default=None, ge=1, le=1000)
+    max_replicas: Annotated[int | None, Number] = Field(default=None, ge=1, le=1000)
     cpu: PositiveCpu = 1
     memory: RayMemory = "2Gi"
 
@@ -500,7 +515,7 @@ class RayWorkerGroup(GpuFields, Placement):
 
 class SpecBase(Model):
     name: str
-    version: int = Field(ge=1)
+    version: Annotated[int, Number] = Field(ge=1)
     description: str = ""
     image: str = Field(min_length=1)
     lifetime: Lifetime = Field(default_factory=Lifetime)
@@ -568,8 +583,8 @@ class SparkMaster(Placement):
 
 
 class SparkWorkers(GpuFields, Placement):
-    replicas: int = Field(ge=1, le=1000)
-    cores: int = Field(ge=1, le=1024)
+    replicas: Annotated[int, Number] = Field(ge=1, le=1000)
+    cores: Annotated[int, Number] = Field(ge=1, le=1024)
     memory: SparkJvmMemory = "2Gi"
     discovery_script: str | None = None
     """Script that prints the GPUs of an executor as JSON (Spark resource discovery)."""
