@@ -177,21 +177,43 @@ def newer_life(record: ClusterHandle, handle: ClusterHandle) -> str:
             "this caller's to delete")
 
 
-def check_same_instance(existing: ClusterHandle, identity: ClusterIdentity) -> None:
+# What says whose a cluster is, within an instance (``ClusterIdentity.labels``).
+OWNER_LABELS = tuple(PREFIX + k for k in ("owner", "dag-id", "run-id", "task-id", "map-index"))
+
+
+def check_same_owner(existing: ClusterHandle, identity: ClusterIdentity) -> None:
     """A create that finds a cluster under its name, whole or half made, neither adopts nor
-    replaces nor deletes it unless this deployment instance made it."""
+    replaces nor deletes it unless this deployment instance made it, for the same owner: the
+    same task of the same run (its retry), or a person's ``up --name``. Adopted, it would be
+    the adopter's to delete (``ephemeral down``, a teardown) under its owner's work."""
     if existing.instance != identity.instance:
         raise IdentityConflict(
             f"cluster {existing.name!r} belongs to deployment instance {existing.instance!r}, "
             f"not to this one ({identity.instance!r}); it is never adopted or deleted from "
             "here. Choose another cluster name.")
+    mine = identity.labels()
+    if any(existing.labels.get(key) != mine.get(key) for key in OWNER_LABELS):
+        raise IdentityConflict(
+            f"cluster {existing.name!r} belongs to {owner_text(existing)}, not to this create "
+            f"({owner_text(identity)}); it is never adopted or deleted from here. Choose "
+            "another cluster name.")
+
+
+def owner_text(owner: ClusterHandle | ClusterIdentity) -> str:
+    if isinstance(owner, ClusterIdentity):
+        return (f"task {owner.task_id} of run {owner.run_id} of DAG {owner.dag_id}"
+                if owner.dag_id else "a cluster made by hand")
+    if owner.run is None:
+        return "a cluster made by hand"
+    dag_id, run_id = owner.run
+    return f"task {owner.setup_task} of run {run_id} of DAG {dag_id}"
 
 
 def check_adoptable(existing: ClusterHandle, spec_ref: str, spec_hash: str,
                     identity: ClusterIdentity) -> None:
     """The one rule for a create that finds a cluster under its name: adopt it only when this
     deployment made it from the same effective spec."""
-    check_same_instance(existing, identity)
+    check_same_owner(existing, identity)
     if existing.spec_hash != spec_hash:
         raise IdentityConflict(
             f"cluster {existing.name!r} already exists from {existing.spec_ref} "

@@ -55,6 +55,17 @@ def test_ray_cluster_becomes_ready_and_adopts(k8s_backend: KubernetesBackend,
     assert names(apiserver, "rayclusters") == [handle.name]
 
 
+def test_a_name_typed_by_hand_never_adopts_a_runs_cluster(k8s_backend: KubernetesBackend,
+                                                          apiserver: ApiServer) -> None:
+    from ephemeral.errors import IdentityConflict
+
+    handle = k8s_backend.create(RAY, identity=owner(RAY))
+    with pytest.raises(IdentityConflict, match="task create_cluster of run run-1 of DAG k8s"):
+        k8s_backend.create(RAY, identity=ClusterIdentity.manual(RAY.spec.name, handle.name))
+    assert names(apiserver, "rayclusters") == [handle.name]
+    assert not [c for c in apiserver.calls if c[0] == "DELETE"]
+
+
 def test_dashboard_must_answer(k8s_backend: KubernetesBackend, web: WebEndpoints) -> None:
     web.down = True
     handle = k8s_backend.create(RAY, identity=owner(RAY))

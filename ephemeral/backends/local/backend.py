@@ -22,7 +22,7 @@ from ephemeral.backends.base import (
     OwnerSelector,
     Phase,
     check_adoptable,
-    check_same_instance,
+    check_same_owner,
     make_handle,
     newer_life,
     same_life,
@@ -200,7 +200,7 @@ class LocalBackend(ClusterBackend):
         with self._lock(name):
             existing = self._state(name)
             if existing:  # half made or half deleted too: never another deployment's to end
-                check_same_instance(existing.handle, identity)
+                check_same_owner(existing.handle, identity)
             if existing and len(existing.nodes) < len(existing.plan):
                 # Its creator died while starting nodes: never adopt half a cluster.
                 self._delete_locked(name)
