@@ -2,7 +2,8 @@
 no worker slot is held while pods pull images or a job trains.
 
 Both stop their external work in ``on_kill`` (a user marked the deferred task failed, success
-or cleared it): the cluster is deleted, the job stopped. Both time out by themselves and say so
+or cleared it): the cluster is deleted, the job stopped; not when Airflow merely moved the
+trigger to another triggerer (``trigger_moves``). Both time out by themselves and say so
 in their event, so the operator can clean up: Airflow's own deferral timeout fails the task
 without calling it back, which would leak the cluster of a failed setup.
 """
@@ -19,6 +20,7 @@ from airflow.triggers.base import TriggerEvent
 
 from ephemeral.airflow.backends import task_backend
 from ephemeral.airflow.settle import SettlingTrigger
+from ephemeral.airflow.trigger_moves import still_deferred
 from ephemeral.backends import ClusterBackend, ClusterHandle
 from ephemeral.backends.fake import refuse_across_processes
 from ephemeral.backends.readiness import Readiness, backoff
@@ -97,6 +99,10 @@ class ClusterReadyTrigger(SettlingTrigger):
 
     async def on_kill(self) -> None:
         name = self.handle.get("name")
+        if await still_deferred(self):
+            self.log.warning("the wait for %s moved to another triggerer: it goes on there, "
+                             "nothing is deleted", name)
+            return
         self.log.warning("setup of %s was killed while waiting: deleting the cluster", name)
         from ephemeral.lifecycle import delete_killed
         backend = await asyncio.to_thread(self._backend)
@@ -244,6 +250,10 @@ class RayJobTrigger(SettlingTrigger):
             streamer.cancel()
 
     async def on_kill(self) -> None:
+        if await still_deferred(self):
+            self.log.warning("the wait for Ray job %s moved to another triggerer: it goes on "
+                             "there, the job is not stopped", self.job_id)
+            return
         self.log.warning("task killed: stopping Ray job %s", self.job_id)
         try:
             await asyncio.to_thread(lambda: self._jobs().stop(self.job_id))

@@ -120,10 +120,39 @@ def test_dagrun_timeout_skips_the_teardown_and_the_run_end_deletes(stack: Stack,
                           "run-end listener deleted")
 
 
+def _move_trigger_to_a_dead_triggerer(stack: Stack, dag_id: str, run_id: str,
+                                      task_id: str) -> None:
+    """Once the task's trigger runs in the triggerer, assign it to a triggerer that does not
+    heartbeat: the live one cancels it, and takes it back as an orphan."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(stack.env()["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    query = sa.text("SELECT t.id, t.triggerer_id FROM trigger t JOIN task_instance ti "
+                    "ON ti.trigger_id = t.id WHERE ti.dag_id = :d AND ti.run_id = :r "
+                    "AND ti.task_id = :t")
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            with engine.begin() as db:
+                row = db.execute(query, {"d": dag_id, "r": run_id, "t": task_id}).first()
+                if row is not None and row.triggerer_id is not None:
+                    db.execute(sa.text("UPDATE trigger SET triggerer_id = 2147483000 "
+                                       "WHERE id = :i"), {"i": row.id})
+                    return
+            assert time.monotonic() < deadline, f"no triggerer took the trigger: {row}"
+            time.sleep(0.2)
+    finally:
+        engine.dispose()
+
+
 def test_the_triggerer_finds_a_kubernetes_connection_by_id(stack: Stack,
                                                             tmp_path: Path) -> None:
     """The connection lives in Airflow's database, not in the environment: the setup and the
-    triggerer (another process) each look it up by id; only the id is serialized."""
+    triggerer (another process) each look it up by id; only the id is serialized.
+
+    On the way the wait is moved to another triggerer, as Airflow does when a triggerer's
+    heartbeat lapses: it cancels the trigger with a user's cancel, so its on_kill runs
+    (apache/airflow#73454). The cluster must stay, and the wait go on where it lands."""
     from tests.kubernetes.apiserver import ApiServer, Operator, WebEndpoints
     from tests.kubernetes.manifest_validation import validate_manifest
 
@@ -146,6 +175,12 @@ def test_the_triggerer_finds_a_kubernetes_connection_by_id(stack: Stack,
         while (stack.task_instances(dag_id, run_id).get("create", {}).get("state") not in
                {"deferred", "failed", "upstream_failed"} and time.monotonic() < deadline):
             time.sleep(0.5)
+        _move_trigger_to_a_dead_triggerer(stack, dag_id, run_id, "create")
+        moved = "moved to another triggerer: it goes on there, nothing is deleted"
+        while moved not in stack.task_log(dag_id, run_id, "create", 1, trigger=True):
+            assert time.monotonic() < deadline, stack.logs("triggerer")
+            time.sleep(0.5)
+        assert len(server.store.list("rayclusters", "live")) == 1  # on_kill stood down
         operator.paused = False
         state = stack.wait_finished(dag_id, run_id, timeout=180)
         tis = stack.task_instances(dag_id, run_id)
