@@ -96,21 +96,26 @@ def _within_ttl(handle: ClusterHandle, timeout: float | None) -> None:
         raise AirflowFailException(str(err)) from err
 
 
-# How long after its job's limit (its timeout, else its cluster's expiry) a deferred job task
-# ends in any case: the trigger ends it at the limit itself (it stops the job and says
-# TIMEOUT), so this only ends a trigger held in spite of its bounds (a stuck triggerer
-# thread). Airflow then fails the task and its teardown deletes the cluster, rather than the
-# reaper at its TTL. Room for the trigger's own stop (STOP_TIMEOUT plus stop()'s wait) and a
-# release's deletion.
+# How long after its own limit (a job's timeout, else its cluster's expiry; a setup's readiness
+# deadline) a deferred task ends in any case: the trigger ends it at the limit itself, so this
+# only ends a trigger held in spite of its bounds (a stuck triggerer thread, a triggerer that
+# never picks it up). Airflow then fails the task, and the teardown or the run-end listener
+# deletes the cluster, rather than the reaper at its TTL. Room for the trigger's own stop
+# (STOP_TIMEOUT plus stop()'s wait) and a release's deletion.
 DEFER_MARGIN = 600.0
+
+
+def beyond(limit: float) -> timedelta:
+    """The deferral timeout of a task whose trigger ends by itself ``limit`` seconds from now."""
+    return timedelta(seconds=max(limit, 0.0) + DEFER_MARGIN)
 
 
 def defer_timeout(handle: ClusterHandle, job_timeout: float | None) -> timedelta:
     """The deferral timeout of a task waiting for a job on ``handle``'s cluster."""
     from ephemeral.adhoc import check_timeout_within_ttl
 
-    limit = check_timeout_within_ttl(handle, None) if job_timeout is None else job_timeout
-    return timedelta(seconds=max(limit, 0.0) + DEFER_MARGIN)
+    return beyond(check_timeout_within_ttl(handle, None) if job_timeout is None
+                  else job_timeout)
 
 
 def elsewhere(handle: ClusterHandle, backend: str | None, conn_id: str | None,
@@ -290,6 +295,7 @@ class CreateClusterOperator(BaseOperator):
                                                                or backend.probe_interval),
                                                 settles_at=settles_at()),
                     method_name="execute_complete",
+                    timeout=beyond(wait.deadline - time.time()),
                 )
             if not status.ready:
                 status = wait.wait()

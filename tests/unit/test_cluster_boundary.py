@@ -315,6 +315,30 @@ def test_a_deferred_job_task_has_a_deferral_timeout(monkeypatch: pytest.MonkeyPa
             assert ttl - 60 < timeout.total_seconds() - operators.DEFER_MARGIN <= ttl
 
 
+
+def test_a_deferred_setup_has_a_deferral_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The setup's readiness deadline plus the job tasks' DEFER_MARGIN: a triggerer that never
+    runs the trigger (down, stuck) still fails the setup, and the run-end listener deletes."""
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from ephemeral.airflow import operators
+    from ephemeral.backends.fake import InMemoryBackend
+
+    backend = InMemoryBackend(ready_after_probes=10**9)
+    monkeypatch.setattr(operators, "resolve_target", lambda *_a: SimpleNamespace(
+        backend=backend, instance=None, connection=None))
+    monkeypatch.setattr(operators, "ClusterReadyTrigger", lambda **kw: SimpleNamespace(**kw))
+    op = operators.CreateClusterOperator(task_id="create", spec="ray/adhoc-cpu",
+                                         profile="ci-cpu", deferrable=True, ready_timeout=300)
+    context = {"ti": SimpleNamespace(xcom_push=lambda **_k: None, task_id="create",
+                                     map_index=-1),
+               "dag": SimpleNamespace(dag_id="d"), "run_id": "r"}
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(context)
+    timeout = deferred.value.timeout
+    assert isinstance(timeout, timedelta)
+    assert 290 < timeout.total_seconds() - operators.DEFER_MARGIN <= 300
+
 # -- TLS trust -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("var", ["REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"])
