@@ -20,7 +20,12 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator, conf
-from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
+from airflow.sdk.exceptions import (
+    AirflowException,
+    AirflowFailException,
+    AirflowTaskTerminated,
+    TaskDeferred,
+)
 
 from ephemeral.airflow.backends import (
     ConnectionInvalid,
@@ -252,6 +257,8 @@ class CreateClusterOperator(BaseOperator):
         self.deferrable = default_deferrable(deferrable)
         self.on_failure = on_failure
         self._created: ClusterHandle | None = None
+        self._creating = False  # backend.create runs: on_kill interrupts it (see there)
+        self._connection: str | None = None
         self._cleaning = False
         warn_if_dagrun_timeout(self)
 
@@ -270,13 +277,18 @@ class CreateClusterOperator(BaseOperator):
                                     on_failure=self.on_failure)
         self.log.info("creating %s from %s (hash %s)", identity.name, spec.label(), spec.hash)
         _log_backend_notes(self.log, spec, backend)
+        self._connection, self._creating = target.connection, True
         try:
-            handle = backend.create(spec, identity=identity)
+            # Stored as create returns: a kill from then on deletes it (on_kill).
+            self._created = backend.create(spec, identity=identity)
         except (SpecError, InstanceRequired) as err:  # nothing created; a retry fails the same
             raise AirflowFailException(str(err)) from err
+        finally:
+            self._creating = False
         # The teardown, the triggerer and the job tasks reach the cluster through the same
         # connection (its id; each looks it up again).
-        handle = self._created = handle.model_copy(update={"connection": target.connection})
+        handle = self._created = self._created.model_copy(
+            update={"connection": target.connection})
         if handle.adopted:
             self.log.info("adopted %s, created at %s by an earlier try", handle.name,
                           handle.created_at)
@@ -402,7 +414,15 @@ class CreateClusterOperator(BaseOperator):
         if self._created is not None and not self._cleaning:
             self._cleaning = True
             h = self._created
-            delete_killed(task_backend(h.backend, h.connection), h, self.task_id)
+            delete_killed(task_backend(h.backend, h.connection or self._connection), h,
+                          self.task_id)
+        elif self._creating:
+            # Airflow calls this from its SIGTERM handler, in the thread that runs create, and
+            # SIGKILLs 5 s later: raising here interrupts create, whose own undo (on any
+            # BaseException) removes what it made so far. The task runner fails the task.
+            self._creating = False
+            raise AirflowTaskTerminated(
+                f"setup {self.task_id} was killed while its cluster was being made: undone")
 
 
 @contextlib.contextmanager

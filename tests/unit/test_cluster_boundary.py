@@ -11,8 +11,11 @@ Against real servers on 127.0.x.y ports: dashboards that answer as Ray's Jobs AP
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from http.server import ThreadingHTTPServer
@@ -368,3 +371,40 @@ def test_an_explicit_ca_wins_over_the_environment(https: tuple[str, str],  # noq
     assert get_json(f"{url}/api/jobs/", verify=ca)
     assert RayJobs(url, verify=ca).status("x", timeout=3) is None
 
+
+
+def test_a_setup_killed_while_creating_undoes_the_create(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """Airflow's SIGTERM handler calls on_kill in the thread running create (the SIGKILL comes
+    5 s later): on_kill interrupts create, whose undo on BaseException removes what it made."""
+    from airflow.sdk.exceptions import AirflowTaskTerminated
+
+    from ephemeral.airflow import operators
+    from ephemeral.backends.fake import InMemoryBackend
+
+    class Starting(InMemoryBackend):
+        def create(self, spec: Any, *, identity: Any) -> Any:
+            made = super().create(spec, identity=identity)
+            try:  # nodes starting when the kill comes
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            except BaseException:
+                self.delete(made)
+                raise
+            raise AssertionError("on_kill did not interrupt create")
+
+    backend = Starting()
+    monkeypatch.setattr(operators, "resolve_target", lambda *_a: SimpleNamespace(
+        backend=backend, instance=None, connection=None))
+    op = operators.CreateClusterOperator(task_id="create", spec="ray/adhoc-cpu",
+                                         profile="ci-cpu", deferrable=False)
+    context = {"ti": SimpleNamespace(xcom_push=lambda **_k: None, task_id="create",
+                                     map_index=-1),
+               "dag": SimpleNamespace(dag_id="d"), "run_id": "r"}
+    previous = signal.signal(signal.SIGTERM, lambda *_a: op.on_kill())
+    try:
+        with pytest.raises(AirflowTaskTerminated):
+            op.execute(context)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert backend.list_owned() == []
