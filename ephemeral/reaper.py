@@ -308,6 +308,8 @@ def judge_unreachable(backend: ClusterBackend, handle: ClusterHandle, activity: 
 def judge_idle(handle: ClusterHandle, activity: Activity, *, now: datetime,
                memory: FinishedMemory) -> Decision:
     """The idle rule (module docstring) for a cluster with ``idle_timeout_s``."""
+    from ephemeral.report.deletions import ready_deadline
+
     timeout = handle.idle_timeout_s
     up_key, busy_key = idle_keys(handle)
     if activity.busy is None:
@@ -327,12 +329,14 @@ def judge_idle(handle: ClusterHandle, activity: Activity, *, now: datetime,
     planned = sum(g.floor for g in handle.groups)
     starting = int((now - first_seen).total_seconds())
     if ready is None and not ran and activity.nodes_alive is not None \
-            and activity.nodes_alive < planned and (timeout is None or starting <= timeout):
+            and activity.nodes_alive < planned and (
+                timeout is None or starting <= timeout or now.timestamp() <= ready_deadline(handle)):
         # Not known ready, nothing ran, nodes missing (an autoscaled group counts its floor):
         # still starting (GPU nodes scaling up), and the newest node's start would be no
-        # readiness at all. For at most idleTimeout from the reaper's first sighting: a node
-        # that never comes leaves an idle cluster, judged from there on (without memory, the
-        # CronJob leaves it to the TTL).
+        # readiness at all. For idleTimeout from the reaper's first sighting, and at least as
+        # long as its setup waits for it (its ready deadline): a node that never comes then
+        # leaves an idle cluster, judged from there on (without memory, the CronJob leaves it
+        # to the TTL).
         return Decision(handle.name, False, f"still starting: {activity.nodes_alive} of "
                                             f"{planned} nodes ALIVE")
     up = ready if ready is not None else None if ran else activity.nodes_up

@@ -296,6 +296,10 @@ class CreateClusterOperator(BaseOperator):
             self._push_links(context, handle)
             wait = Readiness.within(backend, handle, timeout=self.ready_timeout,
                                     poll_interval=self.poll_interval)
+            # A wait longer than the default: the reaper's idle rule counts it as starting.
+            from ephemeral.report.deletions import record_ready_deadline
+
+            record_ready_deadline(handle, wait.deadline)
             status = wait.step()
             if not status.ready and self.deferrable:
                 self.defer(
