@@ -30,6 +30,7 @@ from ephemeral.errors import JobError, JobSubmissionFailed
 from ephemeral.jobs import ray_jobs
 from ephemeral.jobs.ray_jobs import RayJobs
 from tests.json_http import JsonHandler
+from tests.setups import setup_on
 from tests.unit.test_report_tls import _pki, https  # noqa: F401 - the fixture
 
 PROXY_VARS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY",
@@ -327,15 +328,8 @@ def test_a_deferred_setup_has_a_deferral_timeout(monkeypatch: pytest.MonkeyPatch
     from ephemeral.airflow import operators
     from ephemeral.backends.fake import InMemoryBackend
 
-    backend = InMemoryBackend(ready_after_probes=10**9)
-    monkeypatch.setattr(operators, "resolve_target", lambda *_a: SimpleNamespace(
-        backend=backend, instance=None, connection=None))
-    monkeypatch.setattr(operators, "ClusterReadyTrigger", lambda **kw: SimpleNamespace(**kw))
-    op = operators.CreateClusterOperator(task_id="create", spec="ray/adhoc-cpu",
-                                         profile="ci-cpu", deferrable=True, ready_timeout=300)
-    context = {"ti": SimpleNamespace(xcom_push=lambda **_k: None, task_id="create",
-                                     map_index=-1),
-               "dag": SimpleNamespace(dag_id="d"), "run_id": "r"}
+    op, context = setup_on(monkeypatch, InMemoryBackend(ready_after_probes=10**9),
+                           deferrable=True, ready_timeout=300)
     with pytest.raises(TaskDeferred) as deferred:
         op.execute(context)
     timeout = deferred.value.timeout
@@ -379,7 +373,6 @@ def test_a_setup_killed_while_creating_undoes_the_create(monkeypatch: pytest.Mon
     5 s later): on_kill interrupts create, whose undo on BaseException removes what it made."""
     from airflow.sdk.exceptions import AirflowTaskTerminated
 
-    from ephemeral.airflow import operators
     from ephemeral.backends.fake import InMemoryBackend
 
     class Starting(InMemoryBackend):
@@ -394,13 +387,7 @@ def test_a_setup_killed_while_creating_undoes_the_create(monkeypatch: pytest.Mon
             raise AssertionError("on_kill did not interrupt create")
 
     backend = Starting()
-    monkeypatch.setattr(operators, "resolve_target", lambda *_a: SimpleNamespace(
-        backend=backend, instance=None, connection=None))
-    op = operators.CreateClusterOperator(task_id="create", spec="ray/adhoc-cpu",
-                                         profile="ci-cpu", deferrable=False)
-    context = {"ti": SimpleNamespace(xcom_push=lambda **_k: None, task_id="create",
-                                     map_index=-1),
-               "dag": SimpleNamespace(dag_id="d"), "run_id": "r"}
+    op, context = setup_on(monkeypatch, backend, deferrable=False)
     previous = signal.signal(signal.SIGTERM, lambda *_a: op.on_kill())
     try:
         with pytest.raises(AirflowTaskTerminated):

@@ -418,22 +418,14 @@ def test_a_cluster_its_setup_still_waits_for_is_starting_until_the_setups_deadli
 def test_the_setup_records_a_ready_wait_longer_than_the_default(
         backend: InMemoryBackend, monkeypatch: pytest.MonkeyPatch, ephemeral_home: Path) -> None:
     import time
-    from types import SimpleNamespace
 
     from airflow.sdk.exceptions import TaskDeferred
 
-    from ephemeral.airflow import operators
     from ephemeral.report.deletions import ready_deadline
+    from tests.setups import setup_on
 
     slow = InMemoryBackend(ready_after_probes=10**9)
-    monkeypatch.setattr(operators, "resolve_target", lambda *_a: SimpleNamespace(
-        backend=slow, instance=None, connection=None))
-    monkeypatch.setattr(operators, "ClusterReadyTrigger", lambda **kw: SimpleNamespace(**kw))
-    op = operators.CreateClusterOperator(task_id="create", spec="ray/adhoc-cpu",
-                                         profile="ci-cpu", deferrable=True, ready_timeout=3600)
-    context = {"ti": SimpleNamespace(xcom_push=lambda **_k: None, task_id="create",
-                                     map_index=-1),
-               "dag": SimpleNamespace(dag_id="d"), "run_id": "r"}
+    op, context = setup_on(monkeypatch, slow, deferrable=True, ready_timeout=3600)
     with pytest.raises(TaskDeferred):
         op.execute(context)
     [h] = slow.list_owned()
