@@ -33,6 +33,8 @@ with DAG(
 
     @task
     def reap(grace_seconds: Any) -> dict[str, Any]:
+        from airflow.sdk import get_current_context
+
         from ephemeral.airflow.backends import task_backend
         from ephemeral.airflow.reaping import task_sdk_lookup
         from ephemeral.reaper import memory_file
@@ -42,9 +44,13 @@ with DAG(
         # EPHEMERAL_BACKEND picks the backend; on Kubernetes an Airflow connection may hold
         # the API server's settings instead of EPHEMERAL_K8S_* variables.
         backend = task_backend(None, setting("kubernetes_conn_id"))
+        # This run is one the Airflow asked surely knows: evidence that a cluster's run not
+        # found there was deleted, not asked of the wrong Airflow.
+        here = get_current_context()
         decisions = reap_clusters(backend, lookup=task_sdk_lookup,
                                   grace=float(grace_seconds),
-                                  memory_file=memory_file())
+                                  memory_file=memory_file(),
+                                  witness=(here["dag"].dag_id, here["run_id"]))
         for d in decisions:
             print(f"{'delete' if d.delete else 'keep'} {d.cluster}: {d.reason} {d.error}")
         failed = [d.cluster for d in decisions if d.error]

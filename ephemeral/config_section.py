@@ -75,8 +75,9 @@ OPTIONS: tuple[Option, ...] = (
            "and reaper use to reach the deployment's Kubernetes backend. Unset: the local "
            "backend, or the ``kubernetes`` backend's own settings below.",
            example="kubernetes_default"),
-    Option("run_end_linger", "Seconds the run-end listener waits before deleting what a "
-           "finished run still owns (teardowns normally get there first); at most 3600.", type="float",
+    Option("run_end_linger", "Seconds the run-end process keeps deleting clusters that appear "
+           "after a run ended other than by succeeding on its own (failed, timed out, marked: a "
+           "setup being killed may still make one); at most 3600.", type="float",
            default="30", example="5"),
     # Jobs and artifacts
     Option("artifact_root", "Where jobs write datasets, checkpoints, models and metrics: a "

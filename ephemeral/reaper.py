@@ -6,7 +6,13 @@ backend owns for this deployment instance (and only those):
 
 - every cluster whose ``expires-at`` has passed (the spec's ``lifetime.ttl``);
 - a cluster made by a DAG run that has been finished for longer than ``grace`` seconds;
-- a cluster whose run cannot be found only at its expiry;
+- a cluster whose run has not been found (deleted, its DAG deleted) for longer than ``grace``
+  by the reaper's memory, once the Airflow asked answers for this deployment in that pass (its
+  DAG, another run of a cluster, the reaping DAG's own run): a wrong ``airflow_url`` answers for
+  none, and then nothing is deleted for being unknown (a reaper without memory: at expiry);
+- a cluster whose run is still running while its DAG has been paused for longer than ``grace``
+  (Airflow examines no run of a paused DAG: its teardown never comes), where the lookup tells
+  a DAG's pause (the REST API; the reaping DAG cannot);
 - a cluster whose spec sets ``lifetime.idleTimeout`` and that has been idle for longer, whatever
   its run's state (the idle rule below).
 
@@ -56,13 +62,14 @@ an unreadable file is logged and treated as empty, never a reason to stop reapin
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -92,7 +99,13 @@ class RunInfo:
     end_date: datetime | None = None
 
 
+@dataclass(frozen=True)
+class DagInfo:
+    paused: bool
+
+
 RunLookup = Callable[[str, str], "RunInfo | None"]
+DagLookup = Callable[[str], "DagInfo | None"]
 ActivityCheck = Callable[[ClusterBackend, ClusterHandle], Activity]
 
 
@@ -103,6 +116,8 @@ class Decision:
     reason: str
     deleted: bool = False
     error: str = ""
+    unfound_for: float | None = field(default=None, repr=False, compare=False)
+    """Seconds its run has not been found, by the reaper's memory (None: it was found)."""
 
 
 def memory_file() -> Path:
@@ -183,8 +198,15 @@ def kept_for_debugging(handle: ClusterHandle) -> bool:
     return handle.labels.get(KEEP_LABEL) == "keep"
 
 
+def run_keys(run: tuple[str, str]) -> tuple[str, str, str]:
+    """Memory keys of a run: (first seen finished, first seen not found, first seen running
+    with its DAG paused)."""
+    key = "\x1f".join(run)
+    return key, f"unfound\x1f{key}", f"paused\x1f{key}"
+
+
 def judge(handle: ClusterHandle, *, lookup: RunLookup | None, now: datetime, grace: float,
-          memory: FinishedMemory) -> Decision:
+          memory: FinishedMemory, dags: DagLookup | None = None) -> Decision:
     expires = parse_utc(handle.expires_at)
     if now >= expires:
         return Decision(handle.name, True, f"expired at {handle.expires_at} (spec lifetime.ttl)")
@@ -201,13 +223,21 @@ def judge(handle: ClusterHandle, *, lookup: RunLookup | None, now: datetime, gra
         run = lookup(dag_id, run_id)
     except EphemeralError as err:
         return Decision(handle.name, False, f"could not ask Airflow ({err}); kept")
+    key, unfound_key, paused_key = run_keys(handle.run)
     if run is None:
-        return Decision(handle.name, False, f"run {dag_id}/{run_id} not found; kept until "
-                                            f"{handle.expires_at}")
-    key = "\x1f".join(handle.run)
+        missing = (now - memory.first_seen(unfound_key, now)).total_seconds()
+        return Decision(handle.name, False, f"run {dag_id}/{run_id} not found for "
+                                            f"{missing:.0f}s; kept", unfound_for=missing)
+    memory.forget(unfound_key)
     if run.state not in FINISHED:
         memory.forget(key)
-        return Decision(handle.name, False, f"run {dag_id}/{run_id} is {run.state}")
+        paused = _paused_for(dags, dag_id, paused_key, now, memory)
+        if paused is not None and paused > grace:
+            return Decision(handle.name, True, f"run {dag_id}/{run_id} is {run.state} but its "
+                                               f"DAG has been paused for {paused:.0f}s (grace "
+                                               f"{grace:.0f}s): no task of it runs again")
+        return Decision(handle.name, False, f"run {dag_id}/{run_id} is {run.state}" + (
+            f"; its DAG paused for {paused:.0f}s" if paused is not None else ""))
     ended = run.end_date or memory.first_seen(key, now)
     age = (now - ended).total_seconds()
     if age > grace:
@@ -215,6 +245,20 @@ def judge(handle: ClusterHandle, *, lookup: RunLookup | None, now: datetime, gra
                                            f"(grace {grace:.0f}s)")
     return Decision(handle.name, False, f"run {dag_id}/{run_id} {run.state} {age:.0f}s ago; "
                                         f"within the {grace:.0f}s grace period")
+
+
+def _paused_for(dags: DagLookup | None, dag_id: str, key: str, now: datetime,
+                memory: FinishedMemory) -> float | None:
+    """Seconds the reaper has seen the DAG paused; None when it is not, or cannot be told."""
+    try:
+        dag = dags(dag_id) if dags is not None else None
+    except EphemeralError as err:
+        log.warning("could not ask whether DAG %s is paused: %s", dag_id, err)
+        return None
+    if dag is None or not dag.paused:
+        memory.forget(key)
+        return None
+    return (now - memory.first_seen(key, now)).total_seconds()
 
 
 def idle_keys(handle: ClusterHandle) -> tuple[str, str]:
@@ -264,6 +308,8 @@ def judge_unreachable(backend: ClusterBackend, handle: ClusterHandle, activity: 
 def judge_idle(handle: ClusterHandle, activity: Activity, *, now: datetime,
                memory: FinishedMemory) -> Decision:
     """The idle rule (module docstring) for a cluster with ``idle_timeout_s``."""
+    from ephemeral.report.deletions import ready_deadline
+
     timeout = handle.idle_timeout_s
     up_key, busy_key = idle_keys(handle)
     if activity.busy is None:
@@ -283,12 +329,14 @@ def judge_idle(handle: ClusterHandle, activity: Activity, *, now: datetime,
     planned = sum(g.floor for g in handle.groups)
     starting = int((now - first_seen).total_seconds())
     if ready is None and not ran and activity.nodes_alive is not None \
-            and activity.nodes_alive < planned and (timeout is None or starting <= timeout):
+            and activity.nodes_alive < planned and (
+                timeout is None or starting <= timeout or now.timestamp() <= ready_deadline(handle)):
         # Not known ready, nothing ran, nodes missing (an autoscaled group counts its floor):
         # still starting (GPU nodes scaling up), and the newest node's start would be no
-        # readiness at all. For at most idleTimeout from the reaper's first sighting: a node
-        # that never comes leaves an idle cluster, judged from there on (without memory, the
-        # CronJob leaves it to the TTL).
+        # readiness at all. For idleTimeout from the reaper's first sighting, and at least as
+        # long as its setup waits for it (its ready deadline): a node that never comes then
+        # leaves an idle cluster, judged from there on (without memory, the CronJob leaves it
+        # to the TTL).
         return Decision(handle.name, False, f"still starting: {activity.nodes_alive} of "
                                             f"{planned} nodes ALIVE")
     up = ready if ready is not None else None if ran else activity.nodes_up
@@ -329,16 +377,31 @@ def _ask(activity: ActivityCheck, backend: ClusterBackend, handle: ClusterHandle
 
 def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DEFAULT_GRACE_SECONDS,
          dry_run: bool = False, now: datetime | None = None, memory_file: Path | None = None,
-         activity: ActivityCheck = cluster_activity) -> list[Decision]:
-    """Judge every owned cluster and delete the orphans and idle ones (unless ``dry_run``)."""
+         activity: ActivityCheck = cluster_activity, dags: DagLookup | None = None,
+         witness: tuple[str, str] | None = None) -> list[Decision]:
+    """Judge every owned cluster and delete the orphans and idle ones (unless ``dry_run``).
+    ``dags`` tells a DAG's pause; ``witness`` is a run the Airflow asked must know (the reaping
+    DAG's own): evidence, with any run or DAG that answers, that it is this deployment's."""
     require_instance(backend, current_instance(), "reaping")
     now = now or datetime.now(UTC)
     memory = FinishedMemory(memory_file)
-    decisions = []
+    answered: list[str] = []  # what this Airflow knew in this pass: it is the right one
+
+    def asking(dag_id: str, run_id: str) -> RunInfo | None:
+        assert lookup is not None
+        info = lookup(dag_id, run_id)
+        if info is not None:
+            answered.append(f"run {dag_id}/{run_id}")
+        return info
+
+    dag_info = functools.cache(dags) if dags is not None else None
+    decisions: list[Decision] = []
+    unfound: list[tuple[int, ClusterHandle]] = []
     for handle in backend.list_owned():
         by_idle = False
         try:
-            d = judge(handle, lookup=lookup, now=now, grace=grace, memory=memory)
+            d = judge(handle, lookup=asking if lookup is not None else None, now=now,
+                      grace=grace, memory=memory, dags=dag_info)
             if not d.delete and handle.idle_timeout_s and not kept_for_debugging(handle):
                 act = _ask(activity, backend, handle)
                 if act.busy is None:
@@ -347,7 +410,8 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
                     memory.forget(dead_key(handle))
                     idle = judge_idle(handle, act, now=now, memory=memory)
                     by_idle = idle.delete
-                d = idle if idle.delete else Decision(d.cluster, False, f"{d.reason}; {idle.reason}")
+                d = idle if idle.delete else Decision(d.cluster, False, f"{d.reason}; {idle.reason}",
+                                                      unfound_for=d.unfound_for)
         except Exception as err:  # noqa: BLE001 - one bad lookup must not stop the others
             decisions.append(Decision(handle.name, False, "could not be judged; kept",
                                       error=f"{type(err).__name__}: {err}"))
@@ -356,17 +420,51 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
                 (again := _ask(activity, backend, handle)).busy is not False:
             # Asked again just before deleting: a job submitted since the judgement wins.
             d = Decision(d.cluster, False, f"kept: {again.what} now, after {d.reason}")
-        if d.delete and not dry_run:
+        if not d.delete and d.unfound_for is not None and d.unfound_for > grace:
+            unfound.append((len(decisions), handle))  # judged once every run was asked
+        elif d.delete and not dry_run:
             d = _delete(backend, handle, d)
         decisions.append(d)
+    for i, handle in unfound:
+        decisions[i] = _judge_unfound(backend, handle, decisions[i], answered, grace=grace,
+                                      dry_run=dry_run, dags=dag_info, lookup=lookup,
+                                      witness=witness)
     # Objects with this backend's cluster labels that are no record it acts on: reported at
     # every pass, for a person to look at, never deleted (they may be anyone's).
     decisions += [Decision(name, False, f"left alone: {why}; delete it by hand if it is no "
                            "one's") for name, why in backend.disowned()]
     live = backend.list_owned()
-    live_runs = {"\x1f".join(h.run) for h in live if h.run is not None}
+    live_runs = {k for h in live if h.run is not None for k in run_keys(h.run)}
     memory.save(live_runs | {key for h in live for key in (*idle_keys(h), dead_key(h))})
     return decisions
+
+
+def _judge_unfound(backend: ClusterBackend, handle: ClusterHandle, d: Decision,
+                   answered: list[str], *, grace: float, dry_run: bool,
+                   dags: DagLookup | None, lookup: RunLookup | None,
+                   witness: tuple[str, str] | None) -> Decision:
+    """A cluster whose run has not been found for longer than the grace period goes only on
+    evidence that the Airflow asked is this deployment's: it answered for another run in this
+    pass, knows the cluster's DAG, or knows ``witness``. An ``airflow_url`` naming another
+    Airflow (or one restored empty) answers for none: nothing is deleted for being unknown."""
+    assert handle.run is not None
+    evidence = answered[0] if answered else None
+    try:
+        if evidence is None and dags is not None and dags(handle.run[0]) is not None:
+            evidence = f"its DAG {handle.run[0]}"
+        if evidence is None and witness is not None and lookup is not None and \
+                lookup(*witness) is not None:
+            evidence = f"run {'/'.join(witness)}"
+    except Exception as err:  # noqa: BLE001 - no evidence: kept, as an unanswered lookup is
+        log.warning("could not ask Airflow for evidence it knows this deployment: %s", err)
+    if evidence is None:
+        return Decision(d.cluster, False, f"{d.reason}: the Airflow asked answered for none of "
+                        f"this deployment's runs or DAGs (is it the right one?); kept until "
+                        f"{handle.expires_at}")
+    d = Decision(d.cluster, True, f"run {'/'.join(handle.run)} not found for "
+                 f"{d.unfound_for:.0f}s (grace {grace:.0f}s) while the Airflow asked knows "
+                 f"{evidence}: deleted or its DAG deleted")
+    return d if dry_run else _delete(backend, handle, d)
 
 
 def _delete(backend: ClusterBackend, handle: ClusterHandle, d: Decision) -> Decision:
@@ -497,3 +595,14 @@ class AirflowApiLookup:
         end = body.get("end_date")
         ended = datetime.fromisoformat(end.replace("Z", "+00:00")) if end else None
         return RunInfo(state=str(body.get("state")), end_date=ended)
+
+    def dag(self, dag_id: str) -> DagInfo | None:
+        """Whether the DAG is paused; None when this Airflow has no such DAG (404)."""
+        from urllib.parse import quote
+
+        status, body = self._request("GET", f"/api/v2/dags/{quote(dag_id, safe='')}")
+        if status == 404:
+            return None
+        if status != 200 or not isinstance(body, dict):
+            raise EphemeralError(f"Airflow API answered HTTP {status} for DAG {dag_id}")
+        return DagInfo(paused=bool(body.get("is_paused")))

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,15 +51,16 @@ def main() -> int:
     # Piped or captured output gets rich's 80 columns, which cuts the tables' cells.
     console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 150)
     console.rule("train_distributed through Airflow (dag.test, local backend)")
-    t0, since = time.monotonic(), time.time()
+    t0, run_after = time.monotonic(), datetime.now(UTC)
     # Ctrl-C or SIGTERM inside a task is dag.test's (the task fails and the teardowns run, or
     # the run goes on); one that ends dag.test itself, between tasks, leaves the clusters to
     # no teardown and no reaper here: delete what this run made before leaving.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        dag_run = run_reference_dag("train_distributed", {"profile": "ci-cpu"})
+        dag_run = run_reference_dag("train_distributed", {"profile": "ci-cpu"},
+                                    run_after=run_after)
     except BaseException:
-        _delete_this_runs_clusters(console, since)
+        _delete_this_runs_clusters(console, run_after)
         raise
     report: dict[str, Any] = run_report(dag_run)
     report["wall_seconds"] = round(time.monotonic() - t0, 1)
@@ -66,16 +68,18 @@ def main() -> int:
     return 0 if report["ok"] else 1
 
 
-def _delete_this_runs_clusters(console: Any, since: float) -> None:
-    """Every cluster of this deployment that train_distributed made since ``since``."""
+def _delete_this_runs_clusters(console: Any, run_after: datetime) -> None:
+    """Every cluster of this demo's own run of train_distributed: dag.test names it
+    ``manual__<run_after>`` (a random tail may follow), and ``run_after`` is this process's
+    to the microsecond, so another demo in the same home keeps its clusters."""
     from ephemeral.backends import get_backend
     from ephemeral.backends.base import OwnerSelector
-    from ephemeral.specs.identity import parse_utc
 
     backend = get_backend()
     mine = OwnerSelector(labels={"ephemeral.dev/dag-id": "train_distributed"})
+    prefix = f"manual__{run_after.isoformat()}"
     for handle in backend.list_owned(mine):
-        if parse_utc(handle.created_at).timestamp() >= since - 1:
+        if handle.run is not None and handle.run[1].startswith(prefix):
             backend.delete(handle, wait=True)
             console.print(f"stopped: deleted {handle.name}", highlight=False)
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from airflow.listeners import hookimpl
 
-from ephemeral.airflow.run_end import configured_backend, run_selector
+from ephemeral.airflow.run_end import RunEnd, configured_backend, epoch, run_selector
 from ephemeral.errors import SpecError
 from ephemeral.settings import number, setting
 
@@ -71,20 +71,33 @@ def on_dag_run_failed(dag_run: Any, msg: str) -> None:
     run_ended(dag_run, failed=True, why=msg)
 
 
+# What the scheduler says of a run whose every task ended on its own and succeeded: no setup can
+# still be making a cluster, so that run-end needs no linger. Every other end may have one: a
+# failure, a timeout, a deadlock, and a run marked failed or success (the REST API, the UI)
+# while a setup creates (it is killed only at its next heartbeat).
+FINISHED = "success"
+
+
 def run_ended(dag_run: Any, *, failed: bool, why: str = "") -> None:
     """Start the deleting process when the run may own clusters. Never raises."""
     try:
-        dag_id, run_id = str(dag_run.dag_id), str(dag_run.run_id)
-        clear_number = int(getattr(dag_run, "clear_number", 0) or 0)
-        # A failed or marked run may still get a cluster from a setup that is being killed;
-        # a run that succeeded on its own ran its teardowns: look only at what is left.
-        if not failed and _is_local() and not configured_backend().list_owned(
-                run_selector(dag_id, run_id)):
+        end = RunEnd(str(dag_run.dag_id), str(dag_run.run_id),
+                     clear_number=int(getattr(dag_run, "clear_number", 0) or 0),
+                     pk=_int_or_none(getattr(dag_run, "id", None)),
+                     run_after=epoch(getattr(dag_run, "run_after", None)))
+        finished = not failed and why == FINISHED
+        # A run that succeeded on its own ran its teardowns: look only at what is left.
+        if finished and _is_local() and not configured_backend().list_owned(
+                run_selector(end.dag_id, end.run_id)):
             return
-        spawn(dag_id, run_id, clear_number, linger=_linger() if failed else 0.0, why=why)
+        spawn(end, linger=0.0 if finished else _linger(), why=why)
     except Exception:  # a listener must never break the scheduler or the api-server
         log.exception("ephemeral: cleanup of the clusters of %s/%s not started",
                       getattr(dag_run, "dag_id", "?"), getattr(dag_run, "run_id", "?"))
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def log_path() -> Path:
@@ -93,16 +106,20 @@ def log_path() -> Path:
     return get_settings().home / "logs" / LOG_NAME
 
 
-def spawn(dag_id: str, run_id: str, clear_number: int, *, linger: float, why: str = ""
-          ) -> None:
+def spawn(end: RunEnd, *, linger: float, why: str = "") -> None:
     """``python -m ephemeral.airflow.run_end`` in its own session, detached from the caller."""
     path = log_path()
     path.parent.mkdir(parents=True, exist_ok=True)
+    who = ["--dag-id", end.dag_id, "--run-id", end.run_id, "--clear-number",
+           str(end.clear_number), "--ended-at", repr(end.ended_at)]
+    if end.pk is not None:
+        who += ["--dag-run-pk", str(end.pk)]
+    if end.run_after is not None:
+        who += ["--run-after", repr(end.run_after)]
     with open(path, "ab") as out:  # the child keeps its own descriptor
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ephemeral.airflow.run_end", "--dag-id", dag_id,
-             "--run-id", run_id, "--clear-number", str(clear_number), "--linger", str(linger)],
+            [sys.executable, "-m", "ephemeral.airflow.run_end", *who, "--linger", str(linger)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True)
     log.info("ephemeral: run %s/%s ended (%s): deleting its clusters in process %d (log %s)",
-             dag_id, run_id, why or "no reason given", proc.pid, path)
+             end.dag_id, end.run_id, why or "no reason given", proc.pid, path)

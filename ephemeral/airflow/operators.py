@@ -20,7 +20,12 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator, conf
-from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
+from airflow.sdk.exceptions import (
+    AirflowException,
+    AirflowFailException,
+    AirflowTaskTerminated,
+    TaskDeferred,
+)
 
 from ephemeral.airflow.backends import (
     ConnectionInvalid,
@@ -96,21 +101,26 @@ def _within_ttl(handle: ClusterHandle, timeout: float | None) -> None:
         raise AirflowFailException(str(err)) from err
 
 
-# How long after its job's limit (its timeout, else its cluster's expiry) a deferred job task
-# ends in any case: the trigger ends it at the limit itself (it stops the job and says
-# TIMEOUT), so this only ends a trigger held in spite of its bounds (a stuck triggerer
-# thread). Airflow then fails the task and its teardown deletes the cluster, rather than the
-# reaper at its TTL. Room for the trigger's own stop (STOP_TIMEOUT plus stop()'s wait) and a
-# release's deletion.
+# How long after its own limit (a job's timeout, else its cluster's expiry; a setup's readiness
+# deadline) a deferred task ends in any case: the trigger ends it at the limit itself, so this
+# only ends a trigger held in spite of its bounds (a stuck triggerer thread, a triggerer that
+# never picks it up). Airflow then fails the task, and the teardown or the run-end listener
+# deletes the cluster, rather than the reaper at its TTL. Room for the trigger's own stop
+# (STOP_TIMEOUT plus stop()'s wait) and a release's deletion.
 DEFER_MARGIN = 600.0
+
+
+def beyond(limit: float) -> timedelta:
+    """The deferral timeout of a task whose trigger ends by itself ``limit`` seconds from now."""
+    return timedelta(seconds=max(limit, 0.0) + DEFER_MARGIN)
 
 
 def defer_timeout(handle: ClusterHandle, job_timeout: float | None) -> timedelta:
     """The deferral timeout of a task waiting for a job on ``handle``'s cluster."""
     from ephemeral.adhoc import check_timeout_within_ttl
 
-    limit = check_timeout_within_ttl(handle, None) if job_timeout is None else job_timeout
-    return timedelta(seconds=max(limit, 0.0) + DEFER_MARGIN)
+    return beyond(check_timeout_within_ttl(handle, None) if job_timeout is None
+                  else job_timeout)
 
 
 def elsewhere(handle: ClusterHandle, backend: str | None, conn_id: str | None,
@@ -247,6 +257,8 @@ class CreateClusterOperator(BaseOperator):
         self.deferrable = default_deferrable(deferrable)
         self.on_failure = on_failure
         self._created: ClusterHandle | None = None
+        self._creating = False  # backend.create runs: on_kill interrupts it (see there)
+        self._connection: str | None = None
         self._cleaning = False
         warn_if_dagrun_timeout(self)
 
@@ -265,13 +277,18 @@ class CreateClusterOperator(BaseOperator):
                                     on_failure=self.on_failure)
         self.log.info("creating %s from %s (hash %s)", identity.name, spec.label(), spec.hash)
         _log_backend_notes(self.log, spec, backend)
+        self._connection, self._creating = target.connection, True
         try:
-            handle = backend.create(spec, identity=identity)
+            # Stored as create returns: a kill from then on deletes it (on_kill).
+            self._created = backend.create(spec, identity=identity)
         except (SpecError, InstanceRequired) as err:  # nothing created; a retry fails the same
             raise AirflowFailException(str(err)) from err
+        finally:
+            self._creating = False
         # The teardown, the triggerer and the job tasks reach the cluster through the same
         # connection (its id; each looks it up again).
-        handle = self._created = handle.model_copy(update={"connection": target.connection})
+        handle = self._created = self._created.model_copy(
+            update={"connection": target.connection})
         if handle.adopted:
             self.log.info("adopted %s, created at %s by an earlier try", handle.name,
                           handle.created_at)
@@ -279,6 +296,10 @@ class CreateClusterOperator(BaseOperator):
             self._push_links(context, handle)
             wait = Readiness.within(backend, handle, timeout=self.ready_timeout,
                                     poll_interval=self.poll_interval)
+            # A wait longer than the default: the reaper's idle rule counts it as starting.
+            from ephemeral.report.deletions import record_ready_deadline
+
+            record_ready_deadline(handle, wait.deadline)
             status = wait.step()
             if not status.ready and self.deferrable:
                 self.defer(
@@ -290,6 +311,7 @@ class CreateClusterOperator(BaseOperator):
                                                                or backend.probe_interval),
                                                 settles_at=settles_at()),
                     method_name="execute_complete",
+                    timeout=beyond(wait.deadline - time.time()),
                 )
             if not status.ready:
                 status = wait.wait()
@@ -396,7 +418,15 @@ class CreateClusterOperator(BaseOperator):
         if self._created is not None and not self._cleaning:
             self._cleaning = True
             h = self._created
-            delete_killed(task_backend(h.backend, h.connection), h, self.task_id)
+            delete_killed(task_backend(h.backend, h.connection or self._connection), h,
+                          self.task_id)
+        elif self._creating:
+            # Airflow calls this from its SIGTERM handler, in the thread that runs create, and
+            # SIGKILLs 5 s later: raising here interrupts create, whose own undo (on any
+            # BaseException) removes what it made so far. The task runner fails the task.
+            self._creating = False
+            raise AirflowTaskTerminated(
+                f"setup {self.task_id} was killed while its cluster was being made: undone")
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import datetime
 from typing import Any
 
 from ephemeral.airflow.context import task_label, this_task
@@ -188,8 +189,11 @@ def load_dag(dag_id: str) -> Any:
     return bag.get_dag(dag_id)
 
 
-def run_reference_dag(dag_id: str, conf: dict[str, Any] | None = None) -> Any:
-    return load_dag(dag_id).test(run_conf=conf or {})
+def run_reference_dag(dag_id: str, conf: dict[str, Any] | None = None, *,
+                      run_after: datetime | None = None) -> Any:
+    """``dag.test`` of a shipped DAG; ``run_after`` (to the microsecond) starts its run id, so
+    a caller can tell its own run's clusters from another's of the same DAG."""
+    return load_dag(dag_id).test(run_conf=conf or {}, run_after=run_after)
 
 
 def run_report(dag_run: Any) -> dict[str, Any]:

@@ -1,14 +1,16 @@
 """The process the run-end listener starts: delete every cluster of an ended DAG run.
 
-``python -m ephemeral.airflow.run_end --dag-id D --run-id R [--clear-number N] [--linger S]``
+``python -m ephemeral.airflow.run_end --dag-id D --run-id R [--clear-number N] [--dag-run-pk P]
+[--run-after T] [--ended-at T] [--linger S]``
 
 It deletes at once, importing no more than the backend needs (importing Airflow takes seconds,
 more on a busy scheduler host). With ``--linger`` it then keeps looking for that many seconds: a
 setup task marked failed is killed only at its next heartbeat and may still create its cluster
-after the run ended. It stops early when the run is cleared again (its ``clear_number`` grew in
-the metadata database): the new try's clusters belong to a live run. Its output goes to
-``$EPHEMERAL_HOME/logs/run-end.log``.
-"""
+after the run ended. A failed listing or deletion is tried again, backing off, for at least a
+minute, linger or not. It stops once the run lives again: cleared (its ``clear_number`` grew) or
+deleted and triggered again under its id (another row, another ``run_after``), asked before
+every deletion; while the metadata database cannot be read it deletes only cluster lives made
+before the run ended. Its output goes to ``$EPHEMERAL_HOME/logs/run-end.log``."""
 
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ import os
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -29,6 +32,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("ephemeral.run_end")
 
 POLL = 2.0
+# A listing or deletion that fails (an API server's blip as the run ends) is tried again, backing
+# off up to MAX_BACKOFF, for at least RETRY_WINDOW seconds from the start, linger or not: the
+# reaper would otherwise leave the cluster for its grace period and interval.
+RETRY_WINDOW = 60.0
+MAX_BACKOFF = 10.0
+# No new try can have started, let alone adopted a cluster, this soon after the end (the
+# scheduler queues it, a task process starts): the first deletions need no metadata database
+# (importing Airflow takes seconds).
+FRESH = 3.0
 RUN_END = "run-end"  # who deleted the cluster, in its run's report (released_by)
 
 
@@ -48,29 +60,69 @@ def configured_backend() -> ClusterBackend:
 
 
 def _warm_airflow() -> None:
-    """Import what ``cleared_since`` needs while the first pass deletes."""
+    """Import what ``run_moved`` needs while the first pass deletes."""
     try:
         import airflow.models.dagrun
         import airflow.utils.session  # noqa: F401
-    except Exception:  # noqa: BLE001 (cleared_since reports it when it matters)
+    except Exception:  # noqa: BLE001 (run_moved reports it when it matters)
         pass
 
 
-def cleared_since(dag_id: str, run_id: str, clear_number: int) -> bool:
-    """Whether the run was cleared (re-run) after it ended; False when that cannot be told."""
+@dataclass(frozen=True)
+class RunEnd:
+    """The ended run as the listener saw it. A clear keeps the row and raises ``clear_number``;
+    a run deleted and triggered again under the same id is a new row (``clear_number`` 0 again,
+    a new ``run_after`` and usually a new ``pk``): either way its clusters are a live run's."""
+
+    dag_id: str
+    run_id: str
+    clear_number: int = 0
+    pk: int | None = None
+    """``DagRun.id`` (SQLite may give a deleted newest row's id again: ``run_after`` too)."""
+    run_after: float | None = None
+    """``DagRun.run_after`` as epoch seconds: kept by a clear, new for a new row."""
+    ended_at: float = field(default_factory=time.time)
+    """When the run ended (epoch seconds): a life made after it may be a new try's."""
+
+
+def epoch(when: Any) -> float | None:
+    """A datetime (naive ones are UTC, as Airflow stores them) as epoch seconds."""
+    if when is None:
+        return None
+    from datetime import UTC
+
+    return float((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp())
+
+
+def run_moved(end: RunEnd) -> bool | None:
+    """Whether the run lives again since it ended: cleared (``clear_number`` grew) or deleted and
+    triggered again under its id (another ``DagRun`` row). False when it is the same row or has
+    no row (deleted: its clusters are orphans); None when the metadata database cannot be read."""
     try:
         from airflow.models.dagrun import DagRun
         from airflow.utils.session import create_session
         from sqlalchemy import select
 
         with create_session() as session:
-            now = session.scalar(select(DagRun.clear_number).where(
-                DagRun.dag_id == dag_id, DagRun.run_id == run_id))
-    except Exception as err:  # noqa: BLE001 (no metadata database: deleting is the safe side)
-        log.warning("cannot read the clear number of %s/%s (%s); going on", dag_id, run_id,
+            row = session.execute(select(DagRun.clear_number, DagRun.id, DagRun.run_after).where(
+                DagRun.dag_id == end.dag_id, DagRun.run_id == end.run_id)).first()
+    except Exception as err:  # noqa: BLE001 (locked SQLite, a failover: the caller is careful)
+        log.warning("cannot read the DAG run %s/%s (%s)", end.dag_id, end.run_id,
                     str(err).splitlines()[0] if str(err) else type(err).__name__)
+        return None
+    return lives_again(end, row)
+
+
+def lives_again(end: RunEnd, row: Any) -> bool:
+    """Whether the DAG run's row now (``clear_number``, ``id``, ``run_after``; None when it has
+    none: deleted, its clusters are orphans) is the ended run again, cleared or made anew."""
+    if row is None:
         return False
-    return now is not None and int(now) > clear_number
+    clear_number, pk, run_after = row
+    if int(clear_number or 0) > end.clear_number or (end.pk is not None and pk != end.pk):
+        return True
+    now = epoch(run_after)
+    return end.run_after is not None and now is not None and abs(now - end.run_after) > 1e-3
 
 
 def setup_failed(handle: ClusterHandle) -> bool:
@@ -101,33 +153,61 @@ def setup_failed(handle: ClusterHandle) -> bool:
     return str(state) in ("failed", "up_for_retry")
 
 
-def delete_run_clusters(dag_id: str, run_id: str, *, clear_number: int = 0,
-                        linger: float = 0.0, backend: ClusterBackend | None = None,
-                        failed_setup: Callable[[ClusterHandle], bool] = setup_failed
-                        ) -> list[str]:
+def delete_run_clusters(dag_id: str, run_id: str, *, linger: float = 0.0,
+                        backend: ClusterBackend | None = None,
+                        failed_setup: Callable[[ClusterHandle], bool] = setup_failed,
+                        end: RunEnd | None = None,
+                        moved: Callable[[RunEnd], bool | None] = run_moved) -> list[str]:
     """Delete every cluster of the run now, then again each time one appears until ``linger``
-    seconds have passed (unless the run is cleared meanwhile). Returns the names deleted."""
+    seconds have passed; a failed listing or deletion is tried again, backing off, for at least
+    ``RETRY_WINDOW`` seconds. Stops once the run lives again (``moved``), asked before every
+    deletion (a new try's setup adopts a cluster with its creation time); while that cannot be
+    told, only lives made before the run ended are deleted. Returns the names deleted."""
     from ephemeral.airflow.context import KEEP_LABEL
-    from ephemeral.report.deletions import record_deleted
+    from ephemeral.report.deletions import created_ts, record_deleted
     from ephemeral.report.engines import engine_jobs
 
     backend = backend or configured_backend()
+    end = end or RunEnd(dag_id, run_id)
     selector = run_selector(dag_id, run_id)
-    deadline = time.monotonic() + linger
+    began_at = time.monotonic()
+    linger_until, retry_until = began_at + linger, began_at + max(linger, RETRY_WINDOW)
     deleted: list[str] = []
-    first = True
+    backoff = POLL
+
+    def moved_now() -> bool | None:
+        return False if time.time() - end.ended_at < FRESH else moved(end)
+
     while True:
-        # The first pass follows the end by a second: no re-run can own a cluster yet.
-        if not first and cleared_since(dag_id, run_id, clear_number):
-            log.info("%s/%s was cleared again: its clusters are a new try's, left alone",
-                     dag_id, run_id)
+        if moved_now():
+            log.info("%s/%s lives again (cleared or triggered anew): its clusters are a new "
+                     "try's, left alone", dag_id, run_id)
             break
-        first = False
+        trouble = False
+        try:
+            handles = backend.list_owned(selector)
+        except Exception as err:  # noqa: BLE001 (an API blip: the next pass lists again)
+            log.warning("listing the clusters of %s/%s failed (%s); trying again", dag_id,
+                        run_id, str(err).splitlines()[0] if str(err) else type(err).__name__)
+            handles, trouble = [], True
         gone: list[tuple[ClusterHandle, float, float, list[JobFacts] | None]] = []
-        for handle in backend.list_owned(selector):
+        stop = False
+        for handle in handles:
             if handle.labels.get(KEEP_LABEL) == "keep" and failed_setup(handle):
                 log.info("%s of %s/%s is kept for debugging until %s (on_failure='keep')",
                          handle.name, dag_id, run_id, handle.expires_at)
+                continue
+            verdict = moved_now()
+            if verdict:
+                log.info("%s/%s lives again: %s is a new try's, left alone", dag_id, run_id,
+                         handle.name)
+                stop = True
+                break
+            if verdict is None and created_ts(handle) > end.ended_at:
+                log.warning("%s of %s/%s was made after the run ended and the metadata "
+                            "database cannot say whether a new try made it: left for now",
+                            handle.name, dag_id, run_id)
+                trouble = True
                 continue
             # For the report, while it is there; not a Connect UI's slow answer.
             jobs = engine_jobs(backend, handle, connect=False)
@@ -137,6 +217,7 @@ def delete_run_clusters(dag_id: str, run_id: str, *, clear_number: int = 0,
                     continue
             except Exception:  # the next pass, the teardown or the reaper tries again
                 log.exception("deleting %s of %s/%s failed", handle.name, dag_id, run_id)
+                trouble = True
                 continue
             deleted.append(handle.name)
             log.info("deleted %s of ended run %s/%s in %.1fs", handle.name, dag_id, run_id,
@@ -146,9 +227,14 @@ def delete_run_clusters(dag_id: str, run_id: str, *, clear_number: int = 0,
         # once every cluster of this pass is gone.
         for handle, began, ended, jobs in gone:
             record_deleted(handle, by=RUN_END, started=began, deleted=ended, jobs=jobs)
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if stop or now >= (retry_until if trouble else linger_until):
+            if trouble:
+                log.warning("%s/%s: gave up after %.0fs of failures; the reaper is the last "
+                            "line", dag_id, run_id, now - began_at)
             break
-        time.sleep(POLL)
+        backoff = min(backoff * 2, MAX_BACKOFF) if trouble else POLL
+        time.sleep(min(backoff, max((retry_until if trouble else linger_until) - now, 0.1)))
     return deleted
 
 
@@ -160,17 +246,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-id", required=True)
     parser.add_argument("--clear-number", type=int, default=0,
                         help="the run's clear_number when it ended: stop if it grows")
+    parser.add_argument("--dag-run-pk", type=int, default=None,
+                        help="the run's DagRun.id: another row means it was triggered anew")
+    parser.add_argument("--run-after", type=float, default=None,
+                        help="the run's run_after (epoch seconds): kept by a clear only")
+    parser.add_argument("--ended-at", type=float, default=None,
+                        help="when the run ended (epoch seconds; default: now)")
     parser.add_argument("--linger", type=float, default=0.0,
                         help="seconds to keep deleting clusters that appear after the end")
     args = parser.parse_args(argv)
+    end = RunEnd(args.dag_id, args.run_id, clear_number=args.clear_number, pk=args.dag_run_pk,
+                 run_after=args.run_after, ended_at=args.ended_at or time.time())
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format=f"%(asctime)s [{os.getpid()}] %(levelname)s %(message)s")
-    if args.linger:
-        threading.Thread(target=_warm_airflow, daemon=True).start()
+    threading.Thread(target=_warm_airflow, daemon=True).start()
     log.info("run %s/%s ended: deleting its clusters", args.dag_id, args.run_id)
     try:
-        names = delete_run_clusters(args.dag_id, args.run_id, clear_number=args.clear_number,
-                                    linger=args.linger)
+        names = delete_run_clusters(args.dag_id, args.run_id, linger=args.linger, end=end)
     except Exception:
         log.exception("cleanup of %s/%s failed; the reaper is the last line",
                       args.dag_id, args.run_id)

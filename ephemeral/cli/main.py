@@ -575,7 +575,7 @@ def reap_cmd(
                                       username=setting("airflow_user"),
                                       password=setting("airflow_password"))
         decisions = reap(_backend(backend), lookup=lookup, grace=grace, dry_run=dry_run,
-                         memory_file=memory_file())
+                         memory_file=memory_file(), dags=lookup.dag if lookup else None)
     except EphemeralError as e:  # e.g. no deployment instance set on Kubernetes
         raise _fail(e, as_json) from e
     if as_json:

@@ -44,6 +44,41 @@ def record_ready(handle: ClusterHandle) -> None:
                     handle.name, err)
 
 
+def record_ready_deadline(handle: ClusterHandle, deadline: float) -> None:
+    """Keep until when the setup waits for ``handle``'s cluster to be ready, where it keeps its
+    readiness (``record_ready`` replaces it), when that is later than the default wait after
+    its creation: the reaper's idle rule reads it (``ready_deadline``). Never raises."""
+    from ephemeral.lifecycle import SETUP_READY_TIMEOUT
+    from ephemeral.report.model import Ready
+    from ephemeral.report.store import write_ready
+
+    if handle.run is None or deadline <= created_ts(handle) + SETUP_READY_TIMEOUT:
+        return
+    dag_id, run_id = handle.run
+    try:
+        write_ready(dag_id, run_id, Ready(name=handle.name, created_at=handle.created_at,
+                                          deadline=deadline))
+    except Exception as err:  # noqa: BLE001 - the reaper falls back to the default wait
+        log.warning("could not record until when the setup waits for %s: %s", handle.name, err)
+
+
+def ready_deadline(handle: ClusterHandle) -> float:
+    """Until when a setup may still wait for the cluster to be ready: its record
+    (``record_ready_deadline``), else ``lifecycle.SETUP_READY_TIMEOUT`` after its creation."""
+    from ephemeral.lifecycle import SETUP_READY_TIMEOUT
+    from ephemeral.report.store import read_ready_record
+
+    default = created_ts(handle) + SETUP_READY_TIMEOUT
+    if handle.run is None:
+        return default
+    try:
+        record = read_ready_record(*handle.run, handle.name, handle.created_at)
+    except Exception as err:  # noqa: BLE001 - the default wait
+        log.warning("could not read until when the setup waits for %s: %s", handle.name, err)
+        return default
+    return max(default, record.deadline) if record and record.deadline else default
+
+
 def ready_ts(handle: ClusterHandle, dag_id: str, run_id: str) -> float | None:
     """When the cluster was seen ready: the handle's (the setup's XCom), else the setup's
     record (``record_ready``); None when neither says (never ready, or unreadable)."""

@@ -99,7 +99,11 @@ class Ready(_Model):
 
     name: str
     created_at: str
-    ready: float
+    ready: float | None = None
+    deadline: float | None = None
+    """Until when the setup waits for it to be ready, written before it is (only when that is
+    later than the default ``lifecycle.SETUP_READY_TIMEOUT`` after its creation): the reaper's
+    idle rule counts a never-ready cluster as starting until then."""
 
 
 class ClusterFacts(_Model):

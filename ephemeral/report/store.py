@@ -97,12 +97,17 @@ def write_ready(dag_id: str, run_id: str, ready: Ready) -> None:
                          ready.model_dump(mode="json"))
 
 
+def read_ready_record(dag_id: str, run_id: str, name: str, created_at: str) -> Ready | None:
+    """The setup's record of this cluster life's readiness (or of its wait for it)."""
+    ready = _record(_ready_uri(dag_id, run_id, name, created_at), Ready, "readiness")
+    return ready if ready is not None and (ready.name, ready.created_at) == (name, created_at) \
+        else None
+
+
 def read_ready(dag_id: str, run_id: str, name: str, created_at: str) -> float | None:
     """When the setup saw this cluster life ready, None when it did not (or never was)."""
-    ready = _record(_ready_uri(dag_id, run_id, name, created_at), Ready, "readiness")
-    if ready is None or (ready.name, ready.created_at) != (name, created_at):
-        return None
-    return ready.ready
+    ready = read_ready_record(dag_id, run_id, name, created_at)
+    return ready.ready if ready is not None else None
 
 
 def _release_uri(dag_id: str, run_id: str, name: str) -> str:

@@ -11,8 +11,11 @@ Against real servers on 127.0.x.y ports: dashboards that answer as Ray's Jobs AP
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from http.server import ThreadingHTTPServer
@@ -27,6 +30,7 @@ from ephemeral.errors import JobError, JobSubmissionFailed
 from ephemeral.jobs import ray_jobs
 from ephemeral.jobs.ray_jobs import RayJobs
 from tests.json_http import JsonHandler
+from tests.setups import setup_on
 from tests.unit.test_report_tls import _pki, https  # noqa: F401 - the fixture
 
 PROXY_VARS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY",
@@ -315,6 +319,23 @@ def test_a_deferred_job_task_has_a_deferral_timeout(monkeypatch: pytest.MonkeyPa
             assert ttl - 60 < timeout.total_seconds() - operators.DEFER_MARGIN <= ttl
 
 
+
+def test_a_deferred_setup_has_a_deferral_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The setup's readiness deadline plus the job tasks' DEFER_MARGIN: a triggerer that never
+    runs the trigger (down, stuck) still fails the setup, and the run-end listener deletes."""
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from ephemeral.airflow import operators
+    from ephemeral.backends.fake import InMemoryBackend
+
+    op, context = setup_on(monkeypatch, InMemoryBackend(ready_after_probes=10**9),
+                           deferrable=True, ready_timeout=300)
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(context)
+    timeout = deferred.value.timeout
+    assert isinstance(timeout, timedelta)
+    assert 290 < timeout.total_seconds() - operators.DEFER_MARGIN <= 300
+
 # -- TLS trust -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("var", ["REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"])
@@ -344,3 +365,33 @@ def test_an_explicit_ca_wins_over_the_environment(https: tuple[str, str],  # noq
     assert get_json(f"{url}/api/jobs/", verify=ca)
     assert RayJobs(url, verify=ca).status("x", timeout=3) is None
 
+
+
+def test_a_setup_killed_while_creating_undoes_the_create(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """Airflow's SIGTERM handler calls on_kill in the thread running create (the SIGKILL comes
+    5 s later): on_kill interrupts create, whose undo on BaseException removes what it made."""
+    from airflow.sdk.exceptions import AirflowTaskTerminated
+
+    from ephemeral.backends.fake import InMemoryBackend
+
+    class Starting(InMemoryBackend):
+        def create(self, spec: Any, *, identity: Any) -> Any:
+            made = super().create(spec, identity=identity)
+            try:  # nodes starting when the kill comes
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            except BaseException:
+                self.delete(made)
+                raise
+            raise AssertionError("on_kill did not interrupt create")
+
+    backend = Starting()
+    op, context = setup_on(monkeypatch, backend, deferrable=False)
+    previous = signal.signal(signal.SIGTERM, lambda *_a: op.on_kill())
+    try:
+        with pytest.raises(AirflowTaskTerminated):
+            op.execute(context)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert backend.list_owned() == []

@@ -390,3 +390,43 @@ def test_still_starting_counts_an_autoscaled_groups_floor_and_ends_after_idle_ti
                                           memory=memory).reason
     d = judge_idle(h, short, now=seen + timedelta(seconds=IDLE + 1), memory=memory)
     assert d.delete, d.reason
+
+
+def test_a_cluster_its_setup_still_waits_for_is_starting_until_the_setups_deadline(
+        backend: InMemoryBackend, tmp_path: Path, ephemeral_home: Path) -> None:
+    """A setup may wait longer than idleTimeout (ready_timeout=3600 for a GPU pool that scales
+    up slowly): its deadline, recorded where it records readiness, keeps the never-ready
+    cluster starting; without a record, the default wait (SETUP_READY_TIMEOUT) does."""
+    from ephemeral.lifecycle import SETUP_READY_TIMEOUT
+    from ephemeral.report.deletions import created_ts, ready_deadline, record_ready_deadline
+
+    h = make(backend)
+    created = parse_utc(h.created_at)
+    assert ready_deadline(h) == created_ts(h) + SETUP_READY_TIMEOUT
+    record_ready_deadline(h, created_ts(h) + 3600)
+    assert ready_deadline(h) == created_ts(h) + 3600
+    memory = FinishedMemory(tmp_path / "m.json")
+    starting = Activity(False, "no Ray job pending or running", nodes_alive=1)
+    judge_idle(h, starting, now=created + timedelta(minutes=1), memory=memory)
+    for minutes in (31, 59):
+        d = judge_idle(h, starting, now=created + timedelta(minutes=minutes), memory=memory)
+        assert "still starting" in d.reason
+    d = judge_idle(h, starting, now=created + timedelta(minutes=61), memory=memory)
+    assert d.delete, d.reason
+
+
+def test_the_setup_records_a_ready_wait_longer_than_the_default(
+        backend: InMemoryBackend, monkeypatch: pytest.MonkeyPatch, ephemeral_home: Path) -> None:
+    import time
+
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from ephemeral.report.deletions import ready_deadline
+    from tests.setups import setup_on
+
+    slow = InMemoryBackend(ready_after_probes=10**9)
+    op, context = setup_on(monkeypatch, slow, deferrable=True, ready_timeout=3600)
+    with pytest.raises(TaskDeferred):
+        op.execute(context)
+    [h] = slow.list_owned()
+    assert abs(ready_deadline(h) - (time.time() + 3600)) < 30

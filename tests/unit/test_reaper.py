@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -266,3 +267,86 @@ def test_the_memory_of_the_earlier_single_file_seeds_each_instances(
     path = memory_file()
     assert path == ephemeral_home / "reaper-seen-prod.json"
     assert json.loads(path.read_text()) == json.loads(legacy.read_text())
+
+
+def test_a_run_not_found_goes_after_the_grace_on_evidence(backend: InMemoryBackend,
+                                                         tmp_path: Path) -> None:
+    """A run deleted (or its DAG deleted) mid-run: no listener fires. Its 404 is remembered
+    across passes and the cluster goes after the grace period, once this Airflow answers for
+    another of the deployment's runs, the cluster's DAG or the reaping DAG's own run."""
+    seen, t0 = tmp_path / "seen.json", datetime.now(UTC)
+    gone, live = owned(backend, "deleted"), owned(backend, "running")
+
+    def lookup(_d: str, run: str) -> RunInfo | None:
+        return RunInfo("running") if run == "running" else None
+
+    first = {d.cluster: d for d in reap(backend, lookup=lookup, now=t0, memory_file=seen)}
+    assert not first[gone].delete
+    assert "not found for" in first[gone].reason
+    later = {d.cluster: d for d in reap(backend, lookup=lookup, grace=600, memory_file=seen,
+                                        now=t0 + timedelta(seconds=601))}
+    assert later[gone].deleted, later[gone].reason
+    assert "knows run train/running" in later[gone].reason
+    assert not later[live].delete
+    assert [h.name for h in backend.list_owned()] == [live]
+
+
+@pytest.mark.parametrize("evidence", ["dag", "witness"])
+def test_a_lone_unfound_run_goes_when_its_dag_or_the_witness_answers(
+        backend: InMemoryBackend, tmp_path: Path, evidence: str) -> None:
+    from ephemeral.reaper import DagInfo
+
+    seen, t0 = tmp_path / "seen.json", datetime.now(UTC)
+    owned(backend, "deleted")
+
+    def lookup(_d: str, run: str) -> RunInfo | None:
+        return RunInfo("running") if run == "reap-run" else None
+
+    extra = {"dags": lambda _d: DagInfo(paused=False)} if evidence == "dag" else {
+        "witness": ("reap_orphans", "reap-run")}
+    reap(backend, lookup=lookup, now=t0, memory_file=seen, **extra)  # type: ignore[arg-type]
+    [d] = reap(backend, lookup=lookup, now=t0 + timedelta(seconds=601), memory_file=seen,
+               **extra)  # type: ignore[arg-type]
+    assert d.deleted, d.reason
+
+
+def test_an_airflow_that_knows_none_of_the_runs_deletes_nothing(backend: InMemoryBackend,
+                                                                tmp_path: Path) -> None:
+    """A wrong airflow_url (another Airflow, one restored empty) answers 404 for every run:
+    nothing is deleted for being unknown, however long; the TTL still holds."""
+    seen, t0 = tmp_path / "seen.json", datetime.now(UTC)
+    names = {owned(backend, f"r{i}") for i in range(3)}
+    for minutes in (0, 30, 100):
+        decisions = reap(backend, lookup=lambda _d, _r: None, now=t0 + timedelta(minutes=minutes),
+                         memory_file=seen, dags=lambda _d: None, witness=("reap_orphans", "x"))
+        assert not any(d.delete for d in decisions)
+    assert "is it the right one" in decisions[0].reason
+    assert {h.name for h in backend.list_owned()} == names
+    assert all(d.deleted for d in reap(backend, lookup=lambda _d, _r: None, memory_file=seen,
+                                       now=t0 + timedelta(hours=2, minutes=1)))
+
+
+def test_a_running_run_of_a_dag_paused_past_the_grace_is_ended(backend: InMemoryBackend,
+                                                                tmp_path: Path) -> None:
+    """Airflow examines no run of a paused DAG: the teardown never comes."""
+    from ephemeral.reaper import DagInfo
+
+    seen, t0 = tmp_path / "seen.json", datetime.now(UTC)
+    owned(backend, "r")
+    paused = {"train": True}
+
+    def dags(dag_id: str) -> DagInfo:
+        return DagInfo(paused=paused[dag_id])
+
+    def at(seconds: int) -> list[Any]:
+        return reap(backend, lookup=lambda _d, _r: RunInfo("running"), dags=dags,
+                    now=t0 + timedelta(seconds=seconds), memory_file=seen)
+
+    assert not at(0)[0].delete
+    paused["train"] = False  # unpaused: the clock starts again at the next pause
+    assert not at(400)[0].delete
+    paused["train"] = True
+    assert not at(700)[0].delete
+    [d] = at(1301)
+    assert d.deleted, d.reason
+    assert "its DAG has been paused for" in d.reason

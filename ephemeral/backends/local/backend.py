@@ -201,8 +201,8 @@ class LocalBackend(ClusterBackend):
             existing = self._state(name)
             if existing:  # half made or half deleted too: never another deployment's to end
                 check_same_owner(existing.handle, identity)
-            if existing and len(existing.nodes) < len(existing.plan):
-                # Its creator died while starting nodes: never adopt half a cluster.
+            if existing and (not existing.plan or len(existing.nodes) < len(existing.plan)):
+                # Its creator died while claiming or starting nodes: never adopt half a cluster.
                 self._delete_locked(name)
                 existing = None
             if existing and not existing.deleting:
@@ -215,12 +215,16 @@ class LocalBackend(ClusterBackend):
                     problem := slots.socket_room_problem(slots.runtime_dir())):
                 raise BackendUnavailable(problem)
             cdir = self._dir(name)
-            cdir.mkdir(parents=True, exist_ok=True)
+            # A state before any claim (no slot, no plan yet): a crash from here on leaves a
+            # cluster that list_owned, the teardown, run-end and the reaper see, and whose
+            # deletion removes the folder that the slot's and GPUs' claims lapse with.
+            handle = make_handle(spec, identity, backend=self.name, endpoints=Endpoints())
+            save(cdir, ClusterState(handle=handle, uid=uuid.uuid4().hex, slot=-1, plan=[]))
             slot = slots.claim(cdir, self._node_count(spec))
             try:
                 counts = node_gpus(spec)
                 devices = gpus.per_node(gpus.claim(cdir, slot, sum(counts)), counts)
-                return self._start(spec, identity, cdir, slot, devices)
+                return self._start(spec, handle, cdir, slot, devices)
             except BaseException as err:
                 self._delete_locked(name)
                 _release(cdir, slot)
@@ -235,7 +239,7 @@ class LocalBackend(ClusterBackend):
             return 1 + sum(g.replicas for g in s.worker_groups)
         return 2 + s.workers.replicas
 
-    def _start(self, spec: ResolvedSpec, identity: ClusterIdentity, cdir: Path,
+    def _start(self, spec: ResolvedSpec, made: ClusterHandle, cdir: Path,
                slot: int, devices: list[list[str]]) -> ClusterHandle:
         s = spec.spec
         # The cluster's folder in the runtime folder: Ray's per-node --temp-dir and every
@@ -255,7 +259,7 @@ class LocalBackend(ClusterBackend):
             for file, text in spark_nodes.resource_files(cdir / "spark", devices).items():
                 file.parent.mkdir(parents=True, exist_ok=True)
                 file.write_text(text)
-        handle = make_handle(spec, identity, backend=self.name, endpoints=ep)
+        handle = made.model_copy(update={"endpoints": ep})
         uid = uuid.uuid4().hex
         state = ClusterState(handle=handle, uid=uid, slot=slot, plan=planned,
                              temp_root=str(temp_root))
