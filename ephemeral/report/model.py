@@ -59,11 +59,12 @@ class JobFacts(_Model):
     @classmethod
     def _masked(cls, uris: dict[str, str]) -> dict[str, str]:
         """A job may name its outputs with credentials in them (``s3://KEY:SECRET@bucket``,
-        a signed URL's query): the report, its page, the CLI and notifications show them
-        masked, whichever writer built the facts."""
-        from ephemeral.specs.pip_credentials import masked_uri
+        a signed URL's query, a token in a path): the report, its page, the CLI and
+        notifications show them masked by the rule the submit boundary refuses with
+        (``shown_uri``), whichever writer built the facts."""
+        from ephemeral.specs.models import shown_uri
 
-        return {key: masked_uri(uri) for key, uri in uris.items()}
+        return {key: shown_uri(uri) for key, uri in uris.items()}
 
     @property
     def wall(self) -> float:

@@ -351,6 +351,37 @@ def test_credentials_in_a_jobs_uris_are_masked_in_the_report_and_its_page() -> N
         "plain_uri": "file:///m.pt"}
 
 
+@pytest.mark.parametrize(("uri", "shown"), [
+    ("s3://AKIAABCDEFGHIJKLMNOP:wJal/rXUt/nFEMI@bucket/x", "s3://***@bucket/x"),
+    ("https://h/m.json?hf=hf_abcdefghijklmnopqrstuvwxyz0123456789", "https://h/m.json?hf=***"),
+    ("https://h/ghp_abcdefghijklmnopqrstuvwxyz0123456789/m.pt", "https://h/***/m.pt"),
+    ("DefaultEndpointsProtocol=https;AccountName=a;AccountKey=c2Vj+cmV0/==;EndpointSuffix=x",
+     "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=***;EndpointSuffix=x"),
+    ("https://h/x?AWSAccessKeyId=someid&Expires=1", "https://h/x?AWSAccessKeyId=***&Expires=1"),
+    ("https://registry.example.com/@scope/pkg", "https://registry.example.com/@scope/pkg"),
+    ("https://h:8080/p/@scope/pkg", "https://h:8080/p/@scope/pkg"),
+])
+def test_report_uris_are_masked_by_the_rule_the_submit_boundary_refuses_with(
+        uri: str, shown: str) -> None:
+    """Whatever the boundary refuses as a secret (``secret_value``) the report never shows:
+    a secret key with a '/', a token by its shape in a query or a path, a storage key."""
+    from ephemeral.specs.models import secret_value
+
+    job = JobFacts(job_id="a", engine="ray", uris={"u": uri})
+    assert job.uris["u"] == shown
+    assert secret_value(shown.replace("***@", "").replace("***", "")) is None
+
+
+def test_a_report_uri_with_a_credential_masking_cannot_cut_out_is_dropped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import ephemeral.specs.models as models
+
+    monkeypatch.setattr(models, "masked_secrets", lambda text: text)  # a rule masking misses
+    job = JobFacts(job_id="a", engine="ray", uris={"u": "https://u:p@h/x", "v": "s3://b/x"})
+    assert job.uris == {"u": "(not shown: it holds a credential that cannot be masked)",
+                        "v": "s3://b/x"}
+
+
 def test_a_later_writer_of_a_cluster_life_adds_to_its_part_and_never_erases_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A teardown that failed to delete, then the reaper (which lists no jobs once the
