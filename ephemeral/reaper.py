@@ -335,6 +335,9 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
     now = now or datetime.now(UTC)
     memory = FinishedMemory(memory_file)
     decisions = []
+    # Sent once the pass's deletions are done: a notifier that hangs or fails must not hold or
+    # stop the deletion of the leaks after the first.
+    notices: list[tuple[ClusterHandle, str, Exception | None]] = []
     for handle in backend.list_owned():
         by_idle = False
         try:
@@ -357,8 +360,10 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
             # Asked again just before deleting: a job submitted since the judgement wins.
             d = Decision(d.cluster, False, f"kept: {again.what} now, after {d.reason}")
         if d.delete and not dry_run:
-            d = _delete(backend, handle, d)
+            d = _delete(backend, handle, d, notices)
         decisions.append(d)
+    for notice in notices:  # each bounded in time and never raising (notify_reaped)
+        notify_reaped(*notice)
     # Objects with this backend's cluster labels that are no record it acts on: reported at
     # every pass, for a person to look at, never deleted (they may be anyone's).
     decisions += [Decision(name, False, f"left alone: {why}; delete it by hand if it is no "
@@ -369,7 +374,8 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
     return decisions
 
 
-def _delete(backend: ClusterBackend, handle: ClusterHandle, d: Decision) -> Decision:
+def _delete(backend: ClusterBackend, handle: ClusterHandle, d: Decision,
+            notices: list[tuple[ClusterHandle, str, Exception | None]]) -> Decision:
     """Delete the cluster life judged, and only it: between the listing and now its run's
     teardown may have deleted it and a cleared run's setup made its name again, a life
     nobody judged. The report records the life deleted; ``delete`` itself refuses any other
@@ -386,10 +392,10 @@ def _delete(backend: ClusterBackend, handle: ClusterHandle, d: Decision) -> Deci
             return Decision(d.cluster, False, f"{d.reason}; kept: its name is another cluster "
                             "since it was judged, judged at the next pass")
         record()
-        notify_reaped(handle, d.reason)  # a leak was found: the deployment hears of it
+        notices.append((handle, d.reason, None))  # a leak was found: the deployment hears it
         return Decision(d.cluster, True, d.reason, deleted=True)
     except EphemeralError as err:
-        notify_reaped(handle, d.reason, err)  # a leak that still runs, above all
+        notices.append((handle, d.reason, err))  # a leak that still runs, above all
         return Decision(d.cluster, True, d.reason, error=str(err))
 
 
