@@ -13,6 +13,7 @@ demo helpers at the end, which run in the ``dag.test()`` process, do.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import Any
 
@@ -53,6 +54,12 @@ def job_results(context: Any, tasks: list[tuple[str, int]]
     return found
 
 
+def _seconds(result: dict[str, Any]) -> float | None:
+    """The result's wall seconds when it is a finite number (the facts take no other)."""
+    value = result.get("seconds")
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
 def _uris(result: dict[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in (result.get("result") or {}).items()
             if k.endswith("_uri") and isinstance(v, str)}
@@ -90,12 +97,12 @@ def jobs_of(context: Any, cluster: str, engine_view: list[JobFacts] | None,
         # records when it was submitted so the report can show that wait.
         submitted = result.get("submitted_at")
         jobs.append(job.model_copy(update={
-            "task": task, "uris": _uris(result), "seconds": result.get("seconds"),
+            "task": task, "uris": _uris(result), "seconds": _seconds(result),
             "submitted": float(submitted) if isinstance(submitted, int | float) else None}))
     for job_id, (task_id, map_index, result) in mine.items():  # the engine did not list it
         jobs.append(JobFacts(job_id=job_id, engine=str(result.get("engine", "")),
                              task=task_label(task_id, map_index), status=str(result.get("status")),
-                             seconds=float(result.get("seconds") or 0.0), uris=_uris(result)))
+                             seconds=_seconds(result) or 0.0, uris=_uris(result)))
     return jobs
 
 

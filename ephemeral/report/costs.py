@@ -37,8 +37,9 @@ class CostConfigError(EphemeralError, ValueError):
 
 
 class _Model(BaseModel):
+    # A price is a finite number: infinity was taken and wrote Infinity into report.json.
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True,
-                              frozen=True, hide_input_in_errors=True)
+                              frozen=True, hide_input_in_errors=True, allow_inf_nan=False)
 
 
 class Price(_Model):
@@ -79,7 +80,8 @@ def load_prices(env: Mapping[str, str] | None = None) -> Prices | None:
         default = Price(**{k: float(v) for k, v in given.items()})
     except (ValueError, ValidationError) as err:
         names = ", ".join(ENV_PRICES[k] for k in given)
-        raise CostConfigError(f"{names}: each must be a number of 0 or more (a price per hour), "
+        raise CostConfigError(f"{names}: each must be a finite number of 0 or more (a price per "
+                              "hour), "
                               f"got {given}") from err
     return Prices(currency=setting("cost_currency", env) or "USD", default=default)
 

@@ -64,7 +64,7 @@ def timeline_svg(report: dict[str, Any]) -> str:
         return "<p>No cluster was recorded for this run.</p>"
     t0 = float(min(c["created"] for c in clusters))
     t1 = float(max((c["deleted"] or c["teardown_started"]) for c in clusters))
-    span = max(t1 - t0, 1.0)
+    span = t1 - t0 if math.isfinite(t1 - t0) and t1 - t0 > 1.0 else 1.0  # an old NaN report
     scale = (WIDTH - LABEL - PAD) / span
 
     def x(t: float) -> float:

@@ -32,8 +32,10 @@ REPORT_VERSION = 1
 
 
 class _Model(BaseModel):
-    # Parts are read back by newer code: fields a later version adds are ignored.
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    # Parts are read back by newer code: fields a later version adds are ignored. Finite
+    # numbers only: NaN or infinity is no moment or duration, and would make report.json no
+    # JSON (Infinity) and the page's timeline fail.
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
 
 class JobFacts(_Model):

@@ -199,8 +199,10 @@ def load_legacy_report(dag_id: str, run_id: str) -> dict[str, Any] | None:
 def write_report(report: dict[str, Any]) -> str:
     """Write report.json and report.html; return the HTML's URI."""
     folder = report_dir(report["dag_id"], report["run_id"])
+    # allow_nan=False: NaN or Infinity is no JSON; the facts are finite, so this never fires
+    # unless the arithmetic overflowed, and then the teardown logs it instead of a bad file.
     artifacts.write_bytes(artifacts.join(folder, "report.json"),
-                          json.dumps(report, indent=2, sort_keys=True).encode())
+                          json.dumps(report, indent=2, sort_keys=True, allow_nan=False).encode())
     html = artifacts.join(folder, "report.html")
     artifacts.write_bytes(html, render_html(report).encode())
     return html

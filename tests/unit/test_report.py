@@ -440,3 +440,43 @@ def test_a_never_ready_cluster_keeps_the_busy_time_of_jobs_known_only_by_duratio
     assert c["busy_s"] == 60
     assert c["starting_s"] == 0
     assert parts_add_up(c) == pytest.approx(c["lifetime_s"])
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_an_infinite_or_nan_price_is_refused_naming_the_setting(
+        value: str, tmp_path: Path) -> None:
+    from ephemeral.report.costs import CostConfigError, load_prices
+
+    with pytest.raises(CostConfigError, match="EPHEMERAL_COST_GPU_HOUR: each must be a finite"):
+        load_prices({"EPHEMERAL_COST_GPU_HOUR": value})
+    path = tmp_path / "costs.yaml"
+    path.write_text(f"default: {{gpuHour: .{value}}}\n")
+    with pytest.raises(CostConfigError, match=r"default\.gpuHour"):
+        load_prices({"EPHEMERAL_COST_FILE": str(path)})
+
+
+def test_report_facts_are_finite_and_the_report_is_strict_json(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    """NaN or infinity is no moment or duration: the facts refuse it, report.json is written
+    with allow_nan=False, and a page of an older report that holds one still renders."""
+    import json
+
+    from pydantic import ValidationError
+
+    from ephemeral.report.store import write_report
+
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValidationError):
+            JobFacts(job_id="j", engine="ray", seconds=bad)
+        with pytest.raises(ValidationError):
+            facts(created=bad)
+    report = build_report("d", "r", [facts()])
+    report["clusters"][0]["created"] = float("nan")  # as an older report may hold
+    render_html(report)
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", str(tmp_path))
+    with pytest.raises(ValueError, match="JSON compliant"):
+        write_report({**report, "totals": {**report["totals"], "cost": float("inf")}})
+    write_report(build_report("d", "r", [facts()]))
+    [written] = tmp_path.rglob("report.json")
+    json.loads(written.read_text(), parse_constant=lambda c: pytest.fail(c))
