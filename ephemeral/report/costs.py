@@ -11,7 +11,8 @@
 Each is also Airflow's ``[ephemeral] cost_file`` and so on (ephemeral.settings).
 Without a file, ``$EPHEMERAL_COST_CPU_HOUR``, ``$EPHEMERAL_COST_GPU_HOUR``,
 ``$EPHEMERAL_COST_MEMORY_GIB_HOUR`` (and ``$EPHEMERAL_COST_CURRENCY``, default USD) give a default
-for every spec. With neither, reports carry seconds and no money.
+for every spec. With neither, reports carry seconds and no money. A unit a cluster reserves
+with no price makes that cluster's cost unknown (``unpriced`` in its report), never free.
 """
 
 from __future__ import annotations
@@ -30,6 +31,27 @@ log = logging.getLogger(__name__)
 COST_FILE_VAR = "EPHEMERAL_COST_FILE"
 ENV_PRICES = {"cpu_hour": "EPHEMERAL_COST_CPU_HOUR", "gpu_hour": "EPHEMERAL_COST_GPU_HOUR",
               "memory_gib_hour": "EPHEMERAL_COST_MEMORY_GIB_HOUR"}
+
+
+def price_setting(field: str) -> str:
+    """Where a unit's price is set: ``gpuHour (EPHEMERAL_COST_GPU_HOUR)``."""
+    return f"{to_camel(field)} ({ENV_PRICES[field]})"
+
+
+def _missing(price: Price) -> list[str]:
+    """The unit prices ``price`` leaves unset while it sets others."""
+    given = price.model_dump()
+    missing = [price_setting(k) for k, v in given.items() if v is None]
+    return missing if len(missing) < len(given) else []
+
+
+def _warn_partial(missing: list[str], where: str) -> None:
+    """Some unit prices set and others not: a cluster that reserves an unpriced unit gets no
+    cost (the report names the price missing); said here, where it is configured."""
+    if missing:
+        log.warning("%s: no price for %s; a cluster that reserves those units gets no cost "
+                    "in its run report (set 0 for a unit that is free)", where,
+                    ", ".join(missing))
 
 
 class CostConfigError(EphemeralError, ValueError):
@@ -83,6 +105,7 @@ def load_prices(env: Mapping[str, str] | None = None) -> Prices | None:
         raise CostConfigError(f"{names}: each must be a finite number of 0 or more (a price per "
                               "hour), "
                               f"got {given}") from err
+    _warn_partial(_missing(default), "the EPHEMERAL_COST_* settings")
     return Prices(currency=setting("cost_currency", env) or "USD", default=default)
 
 
@@ -108,6 +131,10 @@ def _from_file(path: Path) -> Prices:
                     "ray/train-gpu@1); those prices are left out", where, "; ".join(unknown.values()))
         prices = prices.model_copy(update={"specs": {k: v for k, v in prices.specs.items()
                                                      if k not in unknown}})
+    _warn_partial(base := _missing(prices.default), f"{where}: default")
+    for key in prices.specs:  # a spec's own gaps, beyond the default's
+        if (missing := _missing(prices.for_spec(key))) != base:
+            _warn_partial(missing, f"{where}: specs.{key}")
     return prices
 
 

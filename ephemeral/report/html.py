@@ -33,6 +33,11 @@ def _pct(value: float | None) -> str:
     return "" if value is None else f"{value * 100:.0f}%"
 
 
+def _unpriced(cluster: dict[str, Any]) -> str:
+    missing = cluster.get("unpriced") or []  # absent in reports of older code
+    return f"<br>no price for {escape(', '.join(missing))}" if missing else ""
+
+
 def _money(value: float | None, currency: str | None) -> str:
     return "" if value is None else escape(f"{value:.4f} {currency or ''}".strip())
 
@@ -130,7 +135,8 @@ def _cluster_rows(report: dict[str, Any]) -> str:
             f"<td class=n>{c['cpu_seconds']:.0f} / {c['memory_gib_seconds']:.0f} / "
             f"{c['gpu_seconds']:.0f}</td>"
             f"<td class=n>{_money(c['cost'], c['currency'])}<br><small>idle "
-            f"{_money(c['idle_cost'], c['currency'])}</small></td><td>{deletion}</td></tr>")
+            f"{_money(c['idle_cost'], c['currency'])}{_unpriced(c)}</small></td>"
+            f"<td>{deletion}</td></tr>")
     return "".join(out)
 
 

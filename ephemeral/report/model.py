@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from ephemeral.backends.base import NodeGroup
-from ephemeral.report.costs import Price
+from ephemeral.report.costs import Price, price_setting
 
 GIB = 1024**3
 REPORT_VERSION = 1
@@ -156,13 +156,28 @@ def reserved(groups: list[NodeGroup], seconds: float) -> dict[str, float]:
     }
 
 
-def cost(res: dict[str, float], price: Price | None) -> float | None:
-    """Money for reserved unit-seconds; None when no price is set at all."""
+# Each reserved unit-second by the price field that prices it.
+PRICED_BY = {"cpu_seconds": "cpu_hour", "gpu_seconds": "gpu_hour",
+             "memory_gib_seconds": "memory_gib_hour"}
+
+
+def unpriced(res: dict[str, float], price: Price | None) -> list[str]:
+    """The price fields missing for units the cluster reserved, when some price is set: a
+    partial price (only a CPU price) must not count its GPUs as free."""
     if price is None or all(v is None for v in price.model_dump().values()):
+        return []
+    return [field for unit, field in PRICED_BY.items()
+            if res[unit] > 0 and getattr(price, field) is None]
+
+
+def cost(res: dict[str, float], price: Price | None) -> float | None:
+    """Money for reserved unit-seconds; None when no price is set at all, or when a unit
+    reserved has none (``unpriced`` names it)."""
+    if price is None or all(v is None for v in price.model_dump().values()) \
+            or unpriced(res, price):
         return None
-    return ((price.cpu_hour or 0.0) * res["cpu_seconds"]
-            + (price.gpu_hour or 0.0) * res["gpu_seconds"]
-            + (price.memory_gib_hour or 0.0) * res["memory_gib_seconds"]) / 3600
+    return sum((getattr(price, field) or 0.0) * res[unit]
+               for unit, field in PRICED_BY.items()) / 3600
 
 
 def summarize(f: ClusterFacts) -> dict[str, Any]:
@@ -201,6 +216,7 @@ def summarize(f: ClusterFacts) -> dict[str, Any]:
         "idle_share": None if idle_share is None else round(idle_share, 4),
         **{k: round(v, 1) for k, v in res.items()},
         "cost": None if money is None else round(money, 4),
+        "unpriced": [price_setting(field) for field in unpriced(res, f.price)],
         "idle_cost": None if money is None or idle_share is None
         else round(money * idle_share, 4),
         "currency": f.currency if money is not None else None,

@@ -28,7 +28,8 @@ def print_report(console: Any, report: dict[str, Any]) -> None:
             "-" if share is None else f"{share * 100:.0f}%",
             f"{c['starting_s']:.1f}s + {c['between_jobs_s']:.1f}s + {c['deleting_s']:.1f}s",
             f"{c['cpu_seconds']:.0f} / {c['memory_gib_seconds']:.0f} / {c['gpu_seconds']:.0f}",
-            f"{_money(c['cost'], c['currency'])} ({_money(c['idle_cost'], c['currency'])})",
+            cell(f"{_money(c['cost'], c['currency'])} ({_money(c['idle_cost'], c['currency'])})"
+                 + (f"; no price for {', '.join(c['unpriced'])}" if c.get("unpriced") else "")),
             cell(c["deletion"]))
     console.print(clusters)
     jobs = Table("task", "job", "cluster", "status", "wall", "results", title="jobs")

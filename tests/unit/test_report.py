@@ -153,7 +153,7 @@ def test_a_price_for_a_spec_that_does_not_exist_is_named_and_left_out(
 
 
 def test_the_run_report_totals_its_clusters() -> None:
-    price = Price(gpu_hour=3.6)
+    price = Price(cpu_hour=0, gpu_hour=3.6, memory_gib_hour=0)
     report = build_report("d", "r", [facts("b", created=T0 + 5, price=price),
                                      facts("a", price=price)])
     assert [c["name"] for c in report["clusters"]] == ["a", "b"]  # by creation
@@ -414,7 +414,7 @@ def test_a_later_writer_of_a_cluster_life_adds_to_its_part_and_never_erases_it(
 
 
 def test_the_currency_is_escaped_and_two_currencies_are_not_added_up() -> None:
-    price = Price(gpu_hour=3.6)
+    price = Price(cpu_hour=0, gpu_hour=3.6, memory_gib_hour=0)
     usd = facts("a", price=price)
     odd = facts("b", price=price).model_copy(update={"currency": "<i>X"})
     report = build_report("d", "r", [usd, odd])
@@ -480,3 +480,38 @@ def test_report_facts_are_finite_and_the_report_is_strict_json(tmp_path: Path,
     write_report(build_report("d", "r", [facts()]))
     [written] = tmp_path.rglob("report.json")
     json.loads(written.read_text(), parse_constant=lambda c: pytest.fail(c))
+
+
+def test_a_reserved_unit_without_a_price_makes_the_cost_unknown_naming_it(
+        caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    """Only a CPU price set: the GPUs are not free. The cluster's cost is None and the report,
+    its page and the CLI's table name the price missing; loading such prices warns."""
+    from rich.console import Console
+
+    from ephemeral.report.costs import load_prices
+    from ephemeral.report.text import print_report
+
+    with caplog.at_level("WARNING"):
+        prices = load_prices({"EPHEMERAL_COST_CPU_HOUR": "0.04"})
+    assert prices is not None
+    assert "no price for gpuHour (EPHEMERAL_COST_GPU_HOUR), memoryGibHour" in caplog.text
+    report = build_report("d", "r", [facts(price=prices.default)])
+    [c] = report["clusters"]
+    assert c["cost"] is None
+    assert c["unpriced"] == ["gpuHour (EPHEMERAL_COST_GPU_HOUR)",
+                             "memoryGibHour (EPHEMERAL_COST_MEMORY_GIB_HOUR)"]
+    assert report["totals"]["cost"] is None
+    assert "no price for gpuHour (EPHEMERAL_COST_GPU_HOUR)" in render_html(report)
+    console = Console(record=True, width=300)
+    print_report(console, report)
+    assert "no price for gpuHour (EPHEMERAL_COST_GPU_HOUR)" in console.export_text()
+    free = Price(cpu_hour=0.04, gpu_hour=2.0, memory_gib_hour=0)
+    assert summarize(facts(price=free))["cost"] is not None
+    path = tmp_path / "costs.yaml"
+    path.write_text("default: {cpuHour: 0.04, memoryGibHour: 0}\nspecs:\n"
+                    "  ray/train-gpu: {gpuHour: 3}\n")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_prices({"EPHEMERAL_COST_FILE": str(path)})
+    assert "default: no price for gpuHour" in caplog.text
+    assert "specs.ray/train-gpu" not in caplog.text
