@@ -15,15 +15,19 @@ a root have the same scheduled run ids. Reports written before that layout
 
 A run may have several teardowns, each of which sees only its own cluster and may finish at the
 same moment as another. Each writes its own part first (no two write the same file), then
-rebuilds the merged report from every part there, writes it, and lists the parts once more:
-when a part appeared meanwhile it rebuilds again. The last teardown to finish therefore writes
-a report with all parts, with no lock and no read-modify-write of a shared file, on any store
-with read-after-write listing (local files, S3, GCS). Readers (``ephemeral report``) rebuild
+rebuilds the merged report from every part there, writes it, and reads the parts once more:
+when one appeared, changed (by its digest) or could not be read (being written) meanwhile, it
+rebuilds again, and warns if they still change after its rounds. The last teardown to finish
+therefore writes a report with all parts, with no lock and no read-modify-write of a shared
+file, on any store with read-after-write listing (local files, S3, GCS). Every file is
+replaced whole (``artifacts.write_bytes``: a local one is renamed over the old), so two
+writers never interleave their bytes. Readers (``ephemeral report``) rebuild
 from the parts too, so a report.json that lost a race is never what they show.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -153,13 +157,23 @@ def read_parts(dag_id: str, run_id: str, instance: str | None = None) -> list[Cl
 
 
 def _read(uris: list[str]) -> list[ClusterFacts]:
-    parts = []
+    return _read_digested(uris)[0]
+
+
+def _read_digested(uris: list[str]) -> tuple[list[ClusterFacts], dict[str, str | None]]:
+    """The parts at ``uris``, and each one's digest of what was read: None for one that could
+    not be read (another teardown may be writing it)."""
+    parts: list[ClusterFacts] = []
+    digests: dict[str, str | None] = {}
     for uri in uris:
+        digests[uri] = None
         try:
-            parts.append(ClusterFacts.model_validate(artifacts.read_json(uri)))
+            data = artifacts.read_bytes(uri)
+            parts.append(ClusterFacts.model_validate(json.loads(data)))
+            digests[uri] = hashlib.sha256(data).hexdigest()
         except (ValidationError, ValueError, OSError) as err:  # one bad part must not hide all
             log.warning("ignoring unreadable report part %s: %s", uri, err)
-    return parts
+    return parts, digests
 
 
 def load_report(dag_id: str, run_id: str,
@@ -222,13 +236,20 @@ def record(parts: list[ClusterFacts], *, rounds: int = 5) -> dict[str, Any]:
                                                                           part.created_at):
             part = merge_life(earlier, part)
         artifacts.write_json(_part_uri(part), part.model_dump(mode="json"))
-    seen: list[str] = []
+    # Rebuilt until the parts read are the ones the report written was built from, by their
+    # contents: another teardown may have written or merged into a part meanwhile (same name,
+    # new contents), and a part it was writing (unreadable) counts as changed.
+    built: dict[str, str | None] | None = None
     report: dict[str, Any] = {}
-    for _ in range(rounds):
-        listed = _list_parts(dag_id, run_id)
-        if listed == seen:
+    for attempt in range(rounds + 1):
+        parts_read, digests = _read_digested(_list_parts(dag_id, run_id))
+        if digests == built and None not in digests.values():
+            return report
+        if attempt == rounds:
             break
-        seen = listed
-        report = build_report(dag_id, run_id, read_parts(dag_id, run_id))
+        report = build_report(dag_id, run_id, parts_read)
         write_report(report)
+        built = digests
+    log.warning("the report of %s %s may miss a cluster: its parts still changed after %d "
+                "rebuilds (ephemeral report rebuilds it from the parts)", dag_id, run_id, rounds)
     return report

@@ -515,3 +515,86 @@ def test_a_reserved_unit_without_a_price_makes_the_cost_unknown_naming_it(
         load_prices({"EPHEMERAL_COST_FILE": str(path)})
     assert "default: no price for gpuHour" in caplog.text
     assert "specs.ray/train-gpu" not in caplog.text
+
+
+def test_a_local_artifact_is_replaced_whole_never_truncated_in_place(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two teardowns writing one report.json interleaved their bytes when each truncated and
+    wrote the file in place: a local file is now written beside it and renamed over it."""
+    import os
+
+    from ephemeral.jobs import artifacts
+
+    target = tmp_path / "r" / "report.json"
+    artifacts.write_bytes(target.as_uri(), b'{"old": 1}')
+
+    def interrupted(src: str, dst: str) -> None:
+        assert Path(src).parent == Path(dst).parent  # same folder: the rename is atomic
+        raise OSError("writer killed")
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(OSError, match="writer killed"):
+        artifacts.write_bytes(target.as_uri(), b'{"new": 2}' * 1000)
+    assert target.read_bytes() == b'{"old": 1}'
+    assert sorted(p.name for p in target.parent.iterdir()) == ["report.json"]
+    monkeypatch.undo()
+    artifacts.write_bytes(target.as_uri(), b'{"new": 2}')
+    assert target.read_bytes() == b'{"new": 2}'
+
+
+def _many_jobs_part(run: str, i: int) -> ClusterFacts:
+    return facts(f"c{i}", created=T0 + i, created_at=f"2026-01-01T00:00:0{i}Z",
+                 jobs=[JobFacts(job_id=f"j{k}", engine="ray", start=T0 + 20 + k,
+                                end=T0 + 21 + k) for k in range(50)]).model_copy(
+        update={"run_id": run})
+
+
+def test_a_teardown_that_read_a_part_being_written_rebuilds_the_report(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lists B's part while B writes it (unreadable), B then records the whole report, then A
+    writes its own: A's part names equal before and after, so A stopped with a report without B.
+    An unreadable part now counts as changed, and parts are compared by their contents."""
+    import json
+
+    from ephemeral.jobs import artifacts
+    from ephemeral.report import store
+
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", str(tmp_path))
+    run = "manual__interleave"
+    a, b = _many_jobs_part(run, 1), _many_jobs_part(run, 2)
+    whole = json.dumps(b.model_dump(mode="json"))
+    artifacts.write_bytes(store._part_uri(b), whole[: len(whole) // 2].encode())  # B mid-write
+    real_write, first = store.write_report, [True]
+
+    def write_report(report: dict[str, object]) -> str:
+        if first[0]:
+            first[0] = False
+            record([b])  # B finishes its part and its whole record() meanwhile
+        return real_write(report)
+
+    monkeypatch.setattr(store, "write_report", write_report)
+    record([a])
+    folder = Path(store.report_dir("d", run).removeprefix("file://"))
+    written = json.loads((folder / "report.json").read_text())
+    assert [c["name"] for c in written["clusters"]] == ["c1", "c2"]
+    assert ">c2<" in (folder / "report.html").read_text()
+
+
+def test_a_report_whose_parts_keep_changing_warns_when_its_rounds_run_out(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from ephemeral.report import store
+
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", str(tmp_path))
+    real, calls = store._read_digested, [0]
+
+    def changing(uris: list[str]) -> tuple[list[ClusterFacts], dict[str, str | None]]:
+        calls[0] += 1
+        parts, digests = real(uris)
+        return parts, {**digests, "other": str(calls[0])}  # another teardown, ever writing
+
+    monkeypatch.setattr(store, "_read_digested", changing)
+    with caplog.at_level("WARNING"):
+        record([facts().model_copy(update={"run_id": "busy"})], rounds=3)
+    assert calls[0] == 4
+    assert "may miss a cluster: its parts still changed after 3 rebuilds" in caplog.text
