@@ -81,10 +81,14 @@ def _submission_prefixes(context: Any, cluster: str, tasks: list[tuple[str, int]
 
 def jobs_of(context: Any, cluster: str, engine_view: list[JobFacts] | None,
             results: list[tuple[str, int, dict[str, Any]]],
-            job_tasks: list[tuple[str, int]]) -> list[JobFacts]:
-    """The cluster's jobs: the engine's (with times) joined to the tasks' results (with URIs);
-    the results alone when the engine could not be asked."""
-    mine = {r["job_id"]: (t, m, r) for t, m, r in results if r.get("cluster") == cluster}
+            job_tasks: list[tuple[str, int]], *, created_at: str) -> list[JobFacts]:
+    """The jobs of one cluster life (``cluster`` made at ``created_at``): the engine's (with
+    times) joined to the tasks' results (with URIs); the results alone when the engine could
+    not be asked. A cleared setup makes the name anew, so a result counts on the life it
+    names (``cluster_created_at``); one of older code, which names none, only when the engine
+    lists its job, or when there is no engine view to say."""
+    mine = {r["job_id"]: (t, m, r) for t, m, r in results if r.get("cluster") == cluster
+            and r.get("cluster_created_at") in (None, created_at)}
     prefixes = _submission_prefixes(context, cluster, job_tasks)
     jobs = []
     for job in engine_view or []:
@@ -100,6 +104,8 @@ def jobs_of(context: Any, cluster: str, engine_view: list[JobFacts] | None,
             "task": task, "uris": _uris(result), "seconds": _seconds(result),
             "submitted": float(submitted) if isinstance(submitted, int | float) else None}))
     for job_id, (task_id, map_index, result) in mine.items():  # the engine did not list it
+        if engine_view is not None and result.get("cluster_created_at") is None:
+            continue  # of another life of the name, as far as anyone can tell
         jobs.append(JobFacts(job_id=job_id, engine=str(result.get("engine", "")),
                              task=task_label(task_id, map_index), status=str(result.get("status")),
                              seconds=_seconds(result) or 0.0, uris=_uris(result)))
@@ -152,7 +158,7 @@ def record_teardown(context: Any, *, setup_task_id: str, targets: dict[str, Clus
                 deletion=failures.get(name, "complete"),
                 released_by=rel.task if rel and rel.task != teardown else None,
                 jobs=jobs_of(context, name, rel.jobs if rel else engine_views.get(name),
-                             results, job_tasks)))
+                             results, job_tasks, created_at=handle.created_at)))
         record(parts)
         log.info("run report: %s", url)
         return url
