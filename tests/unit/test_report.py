@@ -598,3 +598,39 @@ def test_a_report_whose_parts_keep_changing_warns_when_its_rounds_run_out(
         record([facts().model_copy(update={"run_id": "busy"})], rounds=3)
     assert calls[0] == 4
     assert "may miss a cluster: its parts still changed after 3 rebuilds" in caplog.text
+
+
+def test_an_autoscaled_groups_reserved_seconds_are_reported_as_a_range() -> None:
+    """The handle keeps a group's replicas, not the nodes it grew to: the report says so, in
+    report.json, on the page and in the CLI's table, with the top of the range at maxReplicas;
+    a handle of older code (no max_replicas) still reads, its ceiling said to be unknown."""
+    from rich.console import Console
+
+    from ephemeral.backends.base import node_groups
+    from ephemeral.report.text import print_report
+
+    groups = node_groups(resolve("ray/train-gpu@1", None), backend="kubernetes")
+    [gpu] = [g for g in groups if g.gpus]
+    assert (gpu.replicas, gpu.min_replicas, gpu.max_replicas) == (2, 2, 4)
+    price = Price(cpu_hour=0, gpu_hour=3.6, memory_gib_hour=0)
+    report = build_report("d", "r", [facts(groups=groups, price=price)])
+    [c] = report["clusters"]
+    assert c["gpu_seconds"] == 2 * 100
+    assert c["autoscaled"]["up_to"]["gpu_seconds"] == 4 * 100
+    assert c["autoscaled"]["cost_up_to"] == pytest.approx(400 / 3600 * 3.6, abs=1e-3)
+    assert "gpu (counted at replicas 2, may be up to maxReplicas 4)" in c["autoscaled"]["note"]
+    assert report["totals"]["reserved_up_to"]["gpu_seconds"] == 400
+    page = render_html(report)
+    assert "may be up to maxReplicas 4" in page
+    assert "up to 400 GPU-s" in page
+    console = Console(record=True, width=300)
+    print_report(console, report)
+    text = console.export_text()
+    assert "may be up to maxReplicas 4" in text
+    assert "/ 400)*" in text
+    old = NodeGroup.model_validate({k: v for k, v in gpu.model_dump().items()
+                                    if k != "max_replicas"})
+    [c] = build_report("d", "r", [facts(groups=[old])])["clusters"]
+    assert c["autoscaled"]["up_to"] is None
+    assert "maxReplicas unknown" in c["autoscaled"]["note"]
+    assert build_report("d", "r", [facts()])["clusters"][0]["autoscaled"] is None
