@@ -18,6 +18,7 @@ with no price makes that cluster's cost unknown (``unpriced`` in its report), ne
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -77,8 +78,12 @@ class Price(_Model):
                         for k, v in self.model_dump().items()})
 
 
+CURRENCY = r"^[A-Z]{3}$"
+"""An ISO 4217 code (USD, EUR): the report prints it as plain text beside every amount."""
+
+
 class Prices(_Model):
-    currency: str = Field(default="USD", min_length=1, max_length=8)
+    currency: str = Field(default="USD", pattern=CURRENCY)
     default: Price = Price()
     specs: dict[str, Price] = {}
 
@@ -106,7 +111,11 @@ def load_prices(env: Mapping[str, str] | None = None) -> Prices | None:
                               "hour), "
                               f"got {given}") from err
     _warn_partial(_missing(default), "the EPHEMERAL_COST_* settings")
-    return Prices(currency=setting("cost_currency", env) or "USD", default=default)
+    currency = setting("cost_currency", env) or "USD"
+    if re.fullmatch(CURRENCY, currency) is None:
+        raise CostConfigError(f"EPHEMERAL_COST_CURRENCY={currency!r}: expected a 3-letter "
+                              "currency code in capitals, such as USD or EUR")
+    return Prices(currency=currency, default=default)
 
 
 def _from_file(path: Path) -> Prices:
@@ -122,8 +131,9 @@ def _from_file(path: Path) -> Prices:
     try:
         prices = Prices.model_validate(data)
     except ValidationError as err:
-        raise CostConfigError(f"{where}: {field_problems(err)} (expected currency, default "
-                              "and specs with cpuHour, gpuHour, memoryGibHour)") from err
+        raise CostConfigError(f"{where}: {field_problems(err)} (expected currency, a 3-letter "
+                              "code such as USD, default and specs with cpuHour, gpuHour, "
+                              "memoryGibHour)") from err
     if unknown := _unknown_specs(prices):
         # A typo would price the spec meant at the default without a word; a retired spec's
         # entry must not take every other price with it: named in the log, left out.

@@ -58,4 +58,4 @@ def print_report(console: Any, report: dict[str, Any]) -> None:
     share = t["idle_share"]
     console.print(f"{t['clusters']} cluster(s): {t['lifetime_s']:.1f}s alive, {t['busy_s']:.1f}s "
                   f"running jobs, idle {'-' if share is None else f'{share * 100:.0f}%'}; "
-                  f"cost {_money(t['cost'], t['currency'])}", highlight=False)
+                  f"cost {_money(t['cost'], t['currency'])}", highlight=False, markup=False)

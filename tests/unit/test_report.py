@@ -634,3 +634,27 @@ def test_an_autoscaled_groups_reserved_seconds_are_reported_as_a_range() -> None
     assert c["autoscaled"]["up_to"] is None
     assert "maxReplicas unknown" in c["autoscaled"]["note"]
     assert build_report("d", "r", [facts()])["clusters"][0]["autoscaled"] is None
+
+
+@pytest.mark.parametrize("currency", ["[/]", "<script>", "usd", "DOLLARS", ""])
+def test_a_currency_that_is_no_code_is_refused_at_load(currency: str, tmp_path: Path) -> None:
+    with pytest.raises(CostConfigError, match=r"EPHEMERAL_COST_CURRENCY.*3-letter"):
+        load_prices({"EPHEMERAL_COST_GPU_HOUR": "1", "EPHEMERAL_COST_CURRENCY": currency or " "})
+    path = tmp_path / "costs.yaml"
+    path.write_text(f"currency: '{currency}'\ndefault: {{gpuHour: 1}}\n")
+    with pytest.raises(CostConfigError, match="currency"):
+        load_prices({"EPHEMERAL_COST_FILE": str(path)})
+
+
+def test_the_cli_prints_a_reports_currency_as_written() -> None:
+    """A report written before currencies were checked may hold '[/]': rich read it as markup
+    and `ephemeral report` crashed."""
+    from rich.console import Console
+
+    from ephemeral.report.text import print_report
+
+    price = Price(cpu_hour=0, gpu_hour=3.6, memory_gib_hour=0)
+    report = build_report("d", "r", [facts(price=price).model_copy(update={"currency": "[/]"})])
+    console = Console(record=True, width=300)
+    print_report(console, report)
+    assert "[/]" in console.export_text()
