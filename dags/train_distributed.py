@@ -95,11 +95,11 @@ def alert_gate_failed(context: Any) -> None:
     line, masked)."""
     from ephemeral.jobs import artifacts
     from ephemeral.notify import GATE_FAILED, event_message, failure_callbacks
-    from ephemeral.report import report_url
+    from ephemeral.report import report_link
 
     ti, dag_id, run_id = context["ti"], context["dag"].dag_id, context["run_id"]
     uri = artifacts.deployment_uri("alerts", dag_id, f"{artifacts.run_slug(run_id)}.json")
-    url = report_url(dag_id, run_id)
+    url = report_link(dag_id, run_id)
     artifacts.write_json(uri, {"dag_id": dag_id, "run_id": run_id, "task_id": ti.task_id,
                                "reason": str(context.get("exception")), "report_url": url})
     callbacks = failure_callbacks(GATE_FAILED)

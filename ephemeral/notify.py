@@ -178,11 +178,11 @@ def failure_callbacks(event: TaskEvent = TASK_FAILED) -> list[Callable[[Any], No
         return []
 
     def on_failure(context: Any) -> None:
-        from ephemeral.report import report_url
+        from ephemeral.report import report_link
 
         dag_id, run_id = context["dag"].dag_id, context["run_id"]
         ti = context["ti"]
-        url = report_url(dag_id, run_id)
+        url = report_link(dag_id, run_id)
         context["ephemeral_event"] = event.event
         context["ephemeral_report_url"] = url
         context["ephemeral_message"] = event_message(
@@ -208,11 +208,11 @@ def _notify_reaped(handle: ClusterHandle, reason: str, error: Exception | None) 
     send = _notifier()
     if send is None:
         return
-    from ephemeral.report import report_url
+    from ephemeral.report import report_link
 
     # From the annotations: a label may hold a long or unusual run id only hashed.
     dag_id, run_id = handle.run or (None, None)
-    url = report_url(dag_id, run_id) if dag_id and run_id else None
+    url = report_link(dag_id, run_id) if dag_id and run_id else None
     of = f"{handle.name} ({handle.spec_ref}) of {dag_id or '?'} {run_id or '?'}"
     details: dict[str, Any] = {"cluster": handle.name, "reason": reason, "dag_id": dag_id,
                                "run_id": run_id}

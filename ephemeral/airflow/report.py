@@ -135,15 +135,15 @@ def record_teardown(context: Any, *, setup_task_id: str, targets: dict[str, Clus
     A cluster in ``releases`` was deleted by its last job's task: its moments and engine view
     are the release's. Never raises: a report that cannot be written is logged, and the
     teardown's outcome stays the deletion's."""
-    from ephemeral.report import record, report_url
+    from ephemeral.report import record, report_link, report_uri
     from ephemeral.report.deletions import cluster_facts
 
     if not targets:
         return None
     try:
         dag_id, run_id, teardown = context["dag"].dag_id, context["run_id"], this_task(context)
-        url = report_url(dag_id, run_id)
-        if link_key:
+        url = report_link(dag_id, run_id)  # None when its setting is refused: still recorded
+        if link_key and url:
             context["ti"].xcom_push(key=link_key, value=url)
         job_tasks = finished_job_tasks(context)
         results = job_results(context, job_tasks)
@@ -160,7 +160,7 @@ def record_teardown(context: Any, *, setup_task_id: str, targets: dict[str, Clus
                 jobs=jobs_of(context, name, rel.jobs if rel else engine_views.get(name),
                              results, job_tasks, created_at=handle.created_at)))
         record(parts)
-        log.info("run report: %s", url)
+        log.info("run report: %s", url or report_uri(dag_id, run_id))
         return url
     except Exception:  # the report must never hide the deletion's outcome
         log.exception("could not write the run report of %s", sorted(targets))

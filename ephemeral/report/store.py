@@ -72,14 +72,49 @@ def instances_with(dag_id: str, run_id: str) -> list[str]:
     return sorted(found)
 
 
+class ArtifactUrlError(ValueError):
+    """``$EPHEMERAL_ARTIFACT_URL`` is no http(s) address: names it and the fix."""
+
+
+def artifact_url() -> str:
+    """``$EPHEMERAL_ARTIFACT_URL`` without its trailing ``/``, "" when unset. Refused (a
+    ``ValueError`` naming it) unless it is an http(s) address: it becomes the teardowns' "Run
+    report" link and the notifications' link, where ``javascript:`` would run in the UI. The
+    setup refuses it before it makes a cluster."""
+    from urllib.parse import urlsplit
+
+    from ephemeral.specs.models import masked_secrets
+
+    base = (setting("artifact_url") or "").strip().rstrip("/")
+    if base:
+        parts = urlsplit(base)
+        if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+            raise ArtifactUrlError(f"{URL_VAR}={masked_secrets(base)[:80]!r}: expected an "
+                                   "http(s) address that serves the artifact root, such as "
+                                   "https://artifacts.example.com/ephemeral; unset it to link "
+                                   "the artifact URI itself")
+    return base
+
+
 def report_url(dag_id: str, run_id: str) -> str:
     """The address of the run's HTML report for people: ``$EPHEMERAL_ARTIFACT_URL`` (an http(s)
     address that serves the artifact root, e.g. a bucket's website or a proxy) in place of the
-    root when set, else the artifact URI itself."""
+    root when set, else the artifact URI itself. Raises naming the setting when it is no
+    http(s) address (``artifact_url``)."""
     uri = report_uri(dag_id, run_id)
-    base = (setting("artifact_url") or "").rstrip("/")
+    base = artifact_url()
     root = artifacts.root().rstrip("/")
     return base + uri[len(root):] if base and uri.startswith(root) else uri
+
+
+def report_link(dag_id: str, run_id: str) -> str | None:
+    """``report_url`` for a teardown's link, a notification or an alert: None, logged naming
+    the setting, when the setting is refused; what carries the link goes on without it."""
+    try:
+        return report_url(dag_id, run_id)
+    except ArtifactUrlError as err:
+        log.error("no run report link: %s", err)
+        return None
 
 
 def _life(name: str, created_at: str) -> str:

@@ -658,3 +658,42 @@ def test_the_cli_prints_a_reports_currency_as_written() -> None:
     console = Console(record=True, width=300)
     print_report(console, report)
     assert "[/]" in console.export_text()
+
+
+@pytest.mark.parametrize("url", ["javascript:alert(1)", "data:text/html,x", "ftp://h/art",
+                                 "artifacts.example.com/ephemeral", "file:///srv/art",
+                                 "s3://KEY:SECRET1@bucket"])
+def test_an_artifact_url_that_is_no_http_address_is_refused_naming_the_setting(
+        url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """It becomes the teardown's "Run report" link and the notifications' link: javascript:
+    would run in the UI. The setup refuses it before it makes a cluster; a teardown, a
+    notification or an alert goes on without the link, logging why."""
+    from airflow.exceptions import AirflowFailException
+
+    from ephemeral.airflow.operators import CreateClusterOperator
+    from ephemeral.report.store import ArtifactUrlError, report_link
+
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", str(tmp_path))
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_URL", url)
+    with pytest.raises(ArtifactUrlError, match=r"EPHEMERAL_ARTIFACT_URL=.*http") as err:
+        report_url("d", "r")
+    assert "SECRET1" not in str(err.value)
+    from ephemeral.report import store
+
+    logged: list[str] = []
+    monkeypatch.setattr(store.log, "error", lambda msg, *a: logged.append(msg % a))
+    assert report_link("d", "r") is None
+    assert "EPHEMERAL_ARTIFACT_URL" in logged[0]
+    op = CreateClusterOperator(task_id="create", spec="ray/adhoc-cpu@1", profile="ci-cpu")
+    monkeypatch.setattr(CreateClusterOperator, "_target",
+                        lambda _self: pytest.fail("a cluster was about to be made"))
+    with pytest.raises(AirflowFailException, match="EPHEMERAL_ARTIFACT_URL"):
+        op.execute({})
+
+
+def test_an_http_artifact_url_links_the_report(monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path) -> None:
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", str(tmp_path))
+    for base in ("https://art.example/e/", "HTTP://art.example"):
+        monkeypatch.setenv("EPHEMERAL_ARTIFACT_URL", base)
+        assert report_url("d", "r").startswith(base.rstrip("/") + "/")
