@@ -668,7 +668,7 @@ def test_an_artifact_url_that_is_no_http_address_is_refused_naming_the_setting(
     """It becomes the teardown's "Run report" link and the notifications' link: javascript:
     would run in the UI. The setup refuses it before it makes a cluster; a teardown, a
     notification or an alert goes on without the link, logging why."""
-    from airflow.exceptions import AirflowFailException
+    from airflow.sdk.exceptions import AirflowFailException
 
     from ephemeral.airflow.operators import CreateClusterOperator
     from ephemeral.report.store import ArtifactUrlError, report_link
