@@ -127,7 +127,8 @@ def event_message(what: str, *, error: object = None, url: str | None = None) ->
 def _bounded(call: Callable[[], None], what: str) -> None:
     """Run ``call`` in a daemon thread, logging what it raises; leave it behind after
     ``SEND_TIMEOUT_S``, logged: nothing a notifier does may hold or fail its caller."""
-    timeout = SEND_TIMEOUT_S
+    timeout = SEND_TIMEOUT_S  # read at each call: a test or a deployment may lower it
+
     def run() -> None:
         try:
             call()
