@@ -91,29 +91,25 @@ def gate_overrides(params: Any) -> dict[str, Any]:
 def alert_gate_failed(context: Any) -> None:
     """Failure callback of the gate's alert task: record the alert next to the run's artifacts
     and notify through $EPHEMERAL_NOTIFIER with the run report's link (the log when none is
-    configured)."""
+    configured). The message is the notifications' own (``event_message``: the error's first
+    line, masked)."""
     from ephemeral.jobs import artifacts
-    from ephemeral.notify import configured_notifier
-    from ephemeral.report import report_url
+    from ephemeral.notify import GATE_FAILED, event_message, failure_callbacks
+    from ephemeral.report import report_link
 
     ti, dag_id, run_id = context["ti"], context["dag"].dag_id, context["run_id"]
     uri = artifacts.deployment_uri("alerts", dag_id, f"{artifacts.run_slug(run_id)}.json")
-    url = report_url(dag_id, run_id)
-    reason = str(context.get("exception"))
+    url = report_link(dag_id, run_id)
     artifacts.write_json(uri, {"dag_id": dag_id, "run_id": run_id, "task_id": ti.task_id,
-                               "reason": reason, "report_url": url})
-    message = f"{dag_id} {run_id}: {reason}; run report: {url}"
-    send = configured_notifier()
-    if send is None:
-        log.error("model gate failed (no notifier configured): %s; alert written to %s",
-                  message, uri)
+                               "reason": str(context.get("exception")), "report_url": url})
+    callbacks = failure_callbacks(GATE_FAILED)
+    if not callbacks:
+        log.error("%s (no notifier configured); alert written to %s", event_message(
+            f"{dag_id} {run_id}: {GATE_FAILED.what}", error=context.get("exception"), url=url),
+            uri)
         return
-    context.update(ephemeral_event="gate_failed", ephemeral_report_url=url,
-                   ephemeral_message=message)
-    try:
-        send(context)
-    except Exception:  # a failing notifier must not hide the gate's own failure
-        log.exception("the notifier failed; the gate's alert is at %s", uri)
+    for notify in callbacks:
+        notify(context)
 
 
 with DAG(

@@ -84,7 +84,8 @@ OPTIONS: tuple[Option, ...] = (
            "``file://`` URI or path, ``s3://`` or ``gs://`` (through pyarrow filesystems). "
            "Unset: ``<home>/artifacts``.", example="s3://ml-artifacts/ephemeral", group=_J),
     Option("artifact_url", "An http(s) address that serves the artifact root (a bucket's "
-           "website, a proxy): run reports link there instead of the artifact URI.",
+           "website, a proxy): run reports link there instead of the artifact URI. Any other "
+           "scheme is refused: the setup fails before it makes a cluster, naming it.",
            example="https://artifacts.example.com/ephemeral", group=_J),
     Option("job_env_allow", "Comma-separated names (``PREFIX_*`` allowed) that processes of "
            "local clusters and spark-submit drivers may inherit beyond the built-in allow-list. "
@@ -119,17 +120,20 @@ OPTIONS: tuple[Option, ...] = (
     # Reports, costs, notifications
     Option("cost_file", "YAML file of prices per spec (``currency``, ``default`` and ``specs`` "
            "with ``cpuHour``, ``gpuHour``, ``memoryGibHour``). Takes precedence over the "
-           "``cost_*_hour`` options.", example="/opt/airflow/prices.yaml", group=_R),
+           "``cost_*_hour`` options. A unit a cluster reserves with no price makes its cost "
+           "unknown (set 0 for a free unit).", example="/opt/airflow/prices.yaml", group=_R),
     Option("cost_cpu_hour", "Price of one reserved CPU core per hour, for every spec.",
            type="float", example="0.04", group=_R),
     Option("cost_gpu_hour", "Price of one reserved GPU per hour, for every spec.",
            type="float", example="2.5", group=_R),
     Option("cost_memory_gib_hour", "Price of one reserved GiB of memory per hour, for every "
            "spec.", type="float", example="0.005", group=_R),
-    Option("cost_currency", "Currency of the ``cost_*_hour`` prices.", default="USD",
+    Option("cost_currency", "Currency of the ``cost_*_hour`` prices: a 3-letter code in "
+           "capitals.", default="USD",
            example="EUR", group=_R),
     Option("notifier", "Notifier for failed runs, by dotted path: a ``BaseNotifier`` subclass "
-           "or a function of the context.",
+           "or a function of the context. One that cannot be imported is logged and each "
+           "notification logged instead; DAGs still import and the reaper still deletes.",
            example="airflow.providers.slack.notifications.slack.SlackNotifier", group=_R),
     Option("notifier_kwargs", "JSON object of the notifier class's keyword arguments "
            "(connection ids and message templates, never secrets).",

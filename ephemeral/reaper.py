@@ -397,6 +397,9 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
     dag_info = functools.cache(dags) if dags is not None else None
     decisions: list[Decision] = []
     unfound: list[tuple[int, ClusterHandle]] = []
+    # Sent once the pass's deletions are done: a notifier that hangs or fails must not hold or
+    # stop the deletion of the leaks after the first.
+    notices: list[tuple[ClusterHandle, str, Exception | None]] = []
     for handle in backend.list_owned():
         by_idle = False
         try:
@@ -423,12 +426,14 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
         if not d.delete and d.unfound_for is not None and d.unfound_for > grace:
             unfound.append((len(decisions), handle))  # judged once every run was asked
         elif d.delete and not dry_run:
-            d = _delete(backend, handle, d)
+            d = _delete(backend, handle, d, notices)
         decisions.append(d)
     for i, handle in unfound:
         decisions[i] = _judge_unfound(backend, handle, decisions[i], answered, grace=grace,
                                       dry_run=dry_run, dags=dag_info, lookup=lookup,
-                                      witness=witness)
+                                      witness=witness, notices=notices)
+    for notice in notices:  # each bounded in time and never raising (notify_reaped)
+        notify_reaped(*notice)
     # Objects with this backend's cluster labels that are no record it acts on: reported at
     # every pass, for a person to look at, never deleted (they may be anyone's).
     decisions += [Decision(name, False, f"left alone: {why}; delete it by hand if it is no "
@@ -442,7 +447,8 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
 def _judge_unfound(backend: ClusterBackend, handle: ClusterHandle, d: Decision,
                    answered: list[str], *, grace: float, dry_run: bool,
                    dags: DagLookup | None, lookup: RunLookup | None,
-                   witness: tuple[str, str] | None) -> Decision:
+                   witness: tuple[str, str] | None,
+                   notices: list[tuple[ClusterHandle, str, Exception | None]]) -> Decision:
     """A cluster whose run has not been found for longer than the grace period goes only on
     evidence that the Airflow asked is this deployment's: it answered for another run in this
     pass, knows the cluster's DAG, or knows ``witness``. An ``airflow_url`` naming another
@@ -464,10 +470,11 @@ def _judge_unfound(backend: ClusterBackend, handle: ClusterHandle, d: Decision,
     d = Decision(d.cluster, True, f"run {'/'.join(handle.run)} not found for "
                  f"{d.unfound_for:.0f}s (grace {grace:.0f}s) while the Airflow asked knows "
                  f"{evidence}: deleted or its DAG deleted")
-    return d if dry_run else _delete(backend, handle, d)
+    return d if dry_run else _delete(backend, handle, d, notices)
 
 
-def _delete(backend: ClusterBackend, handle: ClusterHandle, d: Decision) -> Decision:
+def _delete(backend: ClusterBackend, handle: ClusterHandle, d: Decision,
+            notices: list[tuple[ClusterHandle, str, Exception | None]]) -> Decision:
     """Delete the cluster life judged, and only it: between the listing and now its run's
     teardown may have deleted it and a cleared run's setup made its name again, a life
     nobody judged. The report records the life deleted; ``delete`` itself refuses any other
@@ -484,10 +491,10 @@ def _delete(backend: ClusterBackend, handle: ClusterHandle, d: Decision) -> Deci
             return Decision(d.cluster, False, f"{d.reason}; kept: its name is another cluster "
                             "since it was judged, judged at the next pass")
         record()
-        notify_reaped(handle, d.reason)  # a leak was found: the deployment hears of it
+        notices.append((handle, d.reason, None))  # a leak was found: the deployment hears it
         return Decision(d.cluster, True, d.reason, deleted=True)
     except EphemeralError as err:
-        notify_reaped(handle, d.reason, err)  # a leak that still runs, above all
+        notices.append((handle, d.reason, err))  # a leak that still runs, above all
         return Decision(d.cluster, True, d.reason, error=str(err))
 
 

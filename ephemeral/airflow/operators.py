@@ -263,14 +263,16 @@ class CreateClusterOperator(BaseOperator):
         warn_if_dagrun_timeout(self)
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from ephemeral.report.store import ArtifactUrlError, artifact_url
         from ephemeral.specs import resolve
 
         try:
             # A templated profile of a form's null param renders as the text "None".
             profile = None if self.profile in (None, "", "None") else self.profile
             spec = resolve(self.spec, profile, self.overrides or None)
-        except SpecError as err:  # bad input: nothing was created, and a retry cannot help
-            raise AirflowFailException(str(err)) from err
+            artifact_url()  # the teardown's report link: refused before a cluster is made
+        except (SpecError, ArtifactUrlError) as err:  # bad input: nothing was made, a retry
+            raise AirflowFailException(str(err)) from err  # cannot help
         target = self._target()
         backend = target.backend
         identity = cluster_identity(context, spec.spec.name, instance=target.instance,

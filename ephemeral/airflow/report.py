@@ -13,6 +13,7 @@ demo helpers at the end, which run in the ``dag.test()`` process, do.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from datetime import datetime
 from typing import Any
@@ -54,6 +55,12 @@ def job_results(context: Any, tasks: list[tuple[str, int]]
     return found
 
 
+def _seconds(result: dict[str, Any]) -> float | None:
+    """The result's wall seconds when it is a finite number (the facts take no other)."""
+    value = result.get("seconds")
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
 def _uris(result: dict[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in (result.get("result") or {}).items()
             if k.endswith("_uri") and isinstance(v, str)}
@@ -75,10 +82,14 @@ def _submission_prefixes(context: Any, cluster: str, tasks: list[tuple[str, int]
 
 def jobs_of(context: Any, cluster: str, engine_view: list[JobFacts] | None,
             results: list[tuple[str, int, dict[str, Any]]],
-            job_tasks: list[tuple[str, int]]) -> list[JobFacts]:
-    """The cluster's jobs: the engine's (with times) joined to the tasks' results (with URIs);
-    the results alone when the engine could not be asked."""
-    mine = {r["job_id"]: (t, m, r) for t, m, r in results if r.get("cluster") == cluster}
+            job_tasks: list[tuple[str, int]], *, created_at: str) -> list[JobFacts]:
+    """The jobs of one cluster life (``cluster`` made at ``created_at``): the engine's (with
+    times) joined to the tasks' results (with URIs); the results alone when the engine could
+    not be asked. A cleared setup makes the name anew, so a result counts on the life it
+    names (``cluster_created_at``); one of older code, which names none, only when the engine
+    lists its job, or when there is no engine view to say."""
+    mine = {r["job_id"]: (t, m, r) for t, m, r in results if r.get("cluster") == cluster
+            and r.get("cluster_created_at") in (None, created_at)}
     prefixes = _submission_prefixes(context, cluster, job_tasks)
     jobs = []
     for job in engine_view or []:
@@ -91,12 +102,14 @@ def jobs_of(context: Any, cluster: str, engine_view: list[JobFacts] | None,
         # records when it was submitted so the report can show that wait.
         submitted = result.get("submitted_at")
         jobs.append(job.model_copy(update={
-            "task": task, "uris": _uris(result), "seconds": result.get("seconds"),
+            "task": task, "uris": _uris(result), "seconds": _seconds(result),
             "submitted": float(submitted) if isinstance(submitted, int | float) else None}))
     for job_id, (task_id, map_index, result) in mine.items():  # the engine did not list it
+        if engine_view is not None and result.get("cluster_created_at") is None:
+            continue  # of another life of the name, as far as anyone can tell
         jobs.append(JobFacts(job_id=job_id, engine=str(result.get("engine", "")),
                              task=task_label(task_id, map_index), status=str(result.get("status")),
-                             seconds=float(result.get("seconds") or 0.0), uris=_uris(result)))
+                             seconds=_seconds(result) or 0.0, uris=_uris(result)))
     return jobs
 
 
@@ -123,15 +136,15 @@ def record_teardown(context: Any, *, setup_task_id: str, targets: dict[str, Clus
     A cluster in ``releases`` was deleted by its last job's task: its moments and engine view
     are the release's. Never raises: a report that cannot be written is logged, and the
     teardown's outcome stays the deletion's."""
-    from ephemeral.report import record, report_url
+    from ephemeral.report import record, report_link, report_uri
     from ephemeral.report.deletions import cluster_facts
 
     if not targets:
         return None
     try:
         dag_id, run_id, teardown = context["dag"].dag_id, context["run_id"], this_task(context)
-        url = report_url(dag_id, run_id)
-        if link_key:
+        url = report_link(dag_id, run_id)  # None when its setting is refused: still recorded
+        if link_key and url:
             context["ti"].xcom_push(key=link_key, value=url)
         job_tasks = finished_job_tasks(context)
         results = job_results(context, job_tasks)
@@ -146,9 +159,9 @@ def record_teardown(context: Any, *, setup_task_id: str, targets: dict[str, Clus
                 deletion=failures.get(name, "complete"),
                 released_by=rel.task if rel and rel.task != teardown else None,
                 jobs=jobs_of(context, name, rel.jobs if rel else engine_views.get(name),
-                             results, job_tasks)))
+                             results, job_tasks, created_at=handle.created_at)))
         record(parts)
-        log.info("run report: %s", url)
+        log.info("run report: %s", url or report_uri(dag_id, run_id))
         return url
     except Exception:  # the report must never hide the deletion's outcome
         log.exception("could not write the run report of %s", sorted(targets))

@@ -274,6 +274,7 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
             result = parse_result_line("\n".join(hook.lines), job_id)
         self.log.info("Spark application %s succeeded: %s", job_id, result)
         return JobResult(job_id=job_id, cluster=handle.name, engine="spark",
+                         cluster_created_at=handle.created_at,
                          status=JobStatus.SUCCEEDED, submitted_at=round(submitted_at, 3),
                          seconds=round(time.monotonic() - started, 3), result=result)
 

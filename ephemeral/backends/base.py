@@ -88,6 +88,13 @@ class NodeGroup(BaseModel):
     gpus: int = 0
     min_replicas: int | None = None
     """An autoscaled Ray group's floor (``minReplicas``); None when it does not autoscale."""
+    max_replicas: int | None = None
+    """An autoscaled Ray group's ceiling (``maxReplicas``); None when it does not autoscale,
+    and in handles of older code (the run report then says the ceiling is unknown)."""
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.min_replicas is not None or self.max_replicas is not None
 
     @property
     def floor(self) -> int:
@@ -590,7 +597,8 @@ def node_groups(spec: ResolvedSpec, *, backend: str = "local",
                           memory_bytes=memory_bytes(s.head.memory), gpus=s.head.gpus),
                 *(NodeGroup(name=g.name, role="worker", replicas=g.replicas, cpu=g.cpu,
                             memory_bytes=memory_bytes(g.memory), gpus=g.gpus,
-                            min_replicas=g.min if g.min != g.max else None)
+                            min_replicas=g.min if g.min != g.max else None,
+                            max_replicas=g.max if g.min != g.max else None)
                   for g in s.worker_groups)]
     operator = backend == "kubernetes" and \
         (s.kubernetes_mode or default_spark_mode) == "operator"

@@ -4,9 +4,12 @@ from the environment those filesystems read (instance roles, workload identity),
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
+import uuid
 from typing import Any
 
 from ephemeral.settings import get_settings
@@ -100,10 +103,30 @@ def read_bytes(uri: str) -> bytes:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
+    """Write ``data`` whole: a reader, or a second writer of the same file (two teardowns
+    writing a run's report.json), never sees or leaves a half-written file. Object stores
+    replace an object at once; a local file is written beside it and renamed over it
+    (``os.replace``, atomic in one folder), where writing in place truncated it first."""
+    from pyarrow import fs
+
     filesystem, path = _fs(uri)
-    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with filesystem.open_output_stream(path) as out:
-        out.write(data)
+    folder = path.rsplit("/", 1)[0]
+    filesystem.create_dir(folder, recursive=True)
+    if not isinstance(filesystem, fs.LocalFileSystem):
+        with filesystem.open_output_stream(path) as out:
+            out.write(data)
+        return
+    # Hidden and not *.json: listings of a folder's records never see it.
+    temp = f"{folder}/.{path.rsplit('/', 1)[-1]}.{uuid.uuid4().hex}.tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask's mode, as before
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
 
 
 def read_json(uri: str) -> Any:

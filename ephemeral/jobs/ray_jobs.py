@@ -265,7 +265,8 @@ def ray_jobs_for(handle: ClusterHandle, backend: ClusterBackend) -> RayJobs:
     access = backend.access(handle)
     if handle.engine != "ray" or not access.dashboard:
         raise JobSubmissionFailed(f"cluster {handle.name} is not a Ray cluster")
-    return RayJobs(access.dashboard, cluster=handle.name, headers=access.headers,
+    return RayJobs(access.dashboard, cluster=handle.name, created_at=handle.created_at,
+                   headers=access.headers,
                    verify=access.verify, proxy=access.proxy,
                    head=HeadEvidence.of(backend, handle))
 
@@ -310,11 +311,12 @@ def _jobs_client() -> type:
 
 
 class RayJobs:
-    def __init__(self, dashboard: str, *, cluster: str = "",
+    def __init__(self, dashboard: str, *, cluster: str = "", created_at: str = "",
                  headers: Mapping[str, str] | None = None, verify: bool | str = True,
                  proxy: str | None = None, head: HeadEvidence | None = None) -> None:
         self.dashboard = dashboard
         self.cluster = cluster
+        self.created_at = created_at or None  # the cluster life, for its results
         self.head = head  # the backend's view of the cluster's head (None: no backend)
         self._headers = dict(headers or {})  # credentials: never logged
         self._verify = verify
@@ -506,6 +508,7 @@ class RayJobs:
             raise JobError(f"cannot read job {job_id}: {err}") from err
         seconds = ((info.end_time or 0) - (info.start_time or 0)) / 1000
         return JobResult(job_id=job_id, cluster=self.cluster, engine="ray",
+                         cluster_created_at=self.created_at,
                          status=JobStatus.SUCCEEDED, seconds=round(seconds, 3),
                          result=parse_result_line(logs, job_id))
 
@@ -587,6 +590,7 @@ class RayJobs:
             streamer.join(timeout=10)  # the log stream closes when the job ends
         logs = self.logs(job_id)
         result = JobResult(job_id=job_id, cluster=self.cluster, engine="ray", status=st,
+                           cluster_created_at=self.created_at,
                            seconds=round(time.monotonic() - started, 3),
                            result=parse_result_line(logs))
         if not result.ok:

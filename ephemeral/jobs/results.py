@@ -55,6 +55,9 @@ class JobResult(BaseModel):
     """When the job was handed over (epoch seconds) where the engine counts later: a Spark
     application starts on the master when its driver registers, seconds after spark-submit
     started it. The run report shows it; the wait stays idle time."""
+    cluster_created_at: str | None = None
+    """The ``created_at`` of the cluster life it ran on: a cleared setup makes the name anew,
+    and the run report counts a job on its own life only. None in results of older code."""
 
     @property
     def ok(self) -> bool:

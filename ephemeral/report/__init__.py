@@ -9,7 +9,8 @@ from __future__ import annotations
 from ephemeral.report.costs import Price, Prices, load_prices
 from ephemeral.report.html import render_html
 from ephemeral.report.model import ClusterFacts, JobFacts, build_report, summarize
-from ephemeral.report.store import load_report, record, report_uri, report_url
+from ephemeral.report.store import load_report, record, report_link, report_uri, report_url
 
 __all__ = ["ClusterFacts", "JobFacts", "Price", "Prices", "build_report", "load_prices",
-           "load_report", "record", "render_html", "report_uri", "report_url", "summarize"]
+           "load_report", "record", "render_html", "report_link", "report_uri", "report_url",
+           "summarize"]

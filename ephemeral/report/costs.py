@@ -11,12 +11,14 @@
 Each is also Airflow's ``[ephemeral] cost_file`` and so on (ephemeral.settings).
 Without a file, ``$EPHEMERAL_COST_CPU_HOUR``, ``$EPHEMERAL_COST_GPU_HOUR``,
 ``$EPHEMERAL_COST_MEMORY_GIB_HOUR`` (and ``$EPHEMERAL_COST_CURRENCY``, default USD) give a default
-for every spec. With neither, reports carry seconds and no money.
+for every spec. With neither, reports carry seconds and no money. A unit a cluster reserves
+with no price makes that cluster's cost unknown (``unpriced`` in its report), never free.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -32,13 +34,35 @@ ENV_PRICES = {"cpu_hour": "EPHEMERAL_COST_CPU_HOUR", "gpu_hour": "EPHEMERAL_COST
               "memory_gib_hour": "EPHEMERAL_COST_MEMORY_GIB_HOUR"}
 
 
+def price_setting(field: str) -> str:
+    """Where a unit's price is set: ``gpuHour (EPHEMERAL_COST_GPU_HOUR)``."""
+    return f"{to_camel(field)} ({ENV_PRICES[field]})"
+
+
+def _missing(price: Price) -> list[str]:
+    """The unit prices ``price`` leaves unset while it sets others."""
+    given = price.model_dump()
+    missing = [price_setting(k) for k, v in given.items() if v is None]
+    return missing if len(missing) < len(given) else []
+
+
+def _warn_partial(missing: list[str], where: str) -> None:
+    """Some unit prices set and others not: a cluster that reserves an unpriced unit gets no
+    cost (the report names the price missing); said here, where it is configured."""
+    if missing:
+        log.warning("%s: no price for %s; a cluster that reserves those units gets no cost "
+                    "in its run report (set 0 for a unit that is free)", where,
+                    ", ".join(missing))
+
+
 class CostConfigError(EphemeralError, ValueError):
     """The price setting is unreadable: names the setting, the field and the fix."""
 
 
 class _Model(BaseModel):
+    # A price is a finite number: infinity was taken and wrote Infinity into report.json.
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True,
-                              frozen=True, hide_input_in_errors=True)
+                              frozen=True, hide_input_in_errors=True, allow_inf_nan=False)
 
 
 class Price(_Model):
@@ -54,8 +78,12 @@ class Price(_Model):
                         for k, v in self.model_dump().items()})
 
 
+CURRENCY = r"^[A-Z]{3}$"
+"""An ISO 4217 code (USD, EUR): the report prints it as plain text beside every amount."""
+
+
 class Prices(_Model):
-    currency: str = Field(default="USD", min_length=1, max_length=8)
+    currency: str = Field(default="USD", pattern=CURRENCY)
     default: Price = Price()
     specs: dict[str, Price] = {}
 
@@ -79,9 +107,15 @@ def load_prices(env: Mapping[str, str] | None = None) -> Prices | None:
         default = Price(**{k: float(v) for k, v in given.items()})
     except (ValueError, ValidationError) as err:
         names = ", ".join(ENV_PRICES[k] for k in given)
-        raise CostConfigError(f"{names}: each must be a number of 0 or more (a price per hour), "
+        raise CostConfigError(f"{names}: each must be a finite number of 0 or more (a price per "
+                              "hour), "
                               f"got {given}") from err
-    return Prices(currency=setting("cost_currency", env) or "USD", default=default)
+    _warn_partial(_missing(default), "the EPHEMERAL_COST_* settings")
+    currency = setting("cost_currency", env) or "USD"
+    if re.fullmatch(CURRENCY, currency) is None:
+        raise CostConfigError(f"EPHEMERAL_COST_CURRENCY={currency!r}: expected a 3-letter "
+                              "currency code in capitals, such as USD or EUR")
+    return Prices(currency=currency, default=default)
 
 
 def _from_file(path: Path) -> Prices:
@@ -97,8 +131,9 @@ def _from_file(path: Path) -> Prices:
     try:
         prices = Prices.model_validate(data)
     except ValidationError as err:
-        raise CostConfigError(f"{where}: {field_problems(err)} (expected currency, default "
-                              "and specs with cpuHour, gpuHour, memoryGibHour)") from err
+        raise CostConfigError(f"{where}: {field_problems(err)} (expected currency, a 3-letter "
+                              "code such as USD, default and specs with cpuHour, gpuHour, "
+                              "memoryGibHour)") from err
     if unknown := _unknown_specs(prices):
         # A typo would price the spec meant at the default without a word; a retired spec's
         # entry must not take every other price with it: named in the log, left out.
@@ -106,6 +141,10 @@ def _from_file(path: Path) -> Prices:
                     "ray/train-gpu@1); those prices are left out", where, "; ".join(unknown.values()))
         prices = prices.model_copy(update={"specs": {k: v for k, v in prices.specs.items()
                                                      if k not in unknown}})
+    _warn_partial(base := _missing(prices.default), f"{where}: default")
+    for key in prices.specs:  # a spec's own gaps, beyond the default's
+        if (missing := _missing(prices.for_spec(key))) != base:
+            _warn_partial(missing, f"{where}: specs.{key}")
     return prices
 
 

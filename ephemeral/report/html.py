@@ -33,6 +33,29 @@ def _pct(value: float | None) -> str:
     return "" if value is None else f"{value * 100:.0f}%"
 
 
+def _upto(totals: dict[str, Any]) -> str:
+    if not totals.get("autoscaled_clusters"):
+        return ""
+    top = totals.get("reserved_up_to")
+    return (" (autoscaled, counted at replicas: " + ("up to an unknown maximum)" if top is None
+            else f"up to {top['gpu_seconds']:.0f} GPU-s)"))
+
+
+def _autoscaled(cluster: dict[str, Any]) -> str:
+    from ephemeral.report.model import up_to_text
+
+    scaled = cluster.get("autoscaled")  # absent in reports of older code
+    if not scaled:
+        return ""
+    top = up_to_text(cluster)
+    return f"<br><small>{f'up to {top}; ' if top else ''}{escape(scaled['note'])}</small>"
+
+
+def _unpriced(cluster: dict[str, Any]) -> str:
+    missing = cluster.get("unpriced") or []  # absent in reports of older code
+    return f"<br>no price for {escape(', '.join(missing))}" if missing else ""
+
+
 def _money(value: float | None, currency: str | None) -> str:
     return "" if value is None else escape(f"{value:.4f} {currency or ''}".strip())
 
@@ -64,7 +87,7 @@ def timeline_svg(report: dict[str, Any]) -> str:
         return "<p>No cluster was recorded for this run.</p>"
     t0 = float(min(c["created"] for c in clusters))
     t1 = float(max((c["deleted"] or c["teardown_started"]) for c in clusters))
-    span = max(t1 - t0, 1.0)
+    span = t1 - t0 if math.isfinite(t1 - t0) and t1 - t0 > 1.0 else 1.0  # an old NaN report
     scale = (WIDTH - LABEL - PAD) / span
 
     def x(t: float) -> float:
@@ -128,9 +151,10 @@ def _cluster_rows(report: dict[str, Any]) -> str:
             f"<td class=n>{_fmt_s(c['starting_s'])} + {_fmt_s(c['between_jobs_s'])} + "
             f"{_fmt_s(c['deleting_s'])}</td><td class=n>{_pct(c['idle_share'])}</td>"
             f"<td class=n>{c['cpu_seconds']:.0f} / {c['memory_gib_seconds']:.0f} / "
-            f"{c['gpu_seconds']:.0f}</td>"
+            f"{c['gpu_seconds']:.0f}{_autoscaled(c)}</td>"
             f"<td class=n>{_money(c['cost'], c['currency'])}<br><small>idle "
-            f"{_money(c['idle_cost'], c['currency'])}</small></td><td>{deletion}</td></tr>")
+            f"{_money(c['idle_cost'], c['currency'])}{_unpriced(c)}</small></td>"
+            f"<td>{deletion}</td></tr>")
     return "".join(out)
 
 
@@ -160,7 +184,7 @@ def render_html(report: dict[str, Any]) -> str:
         f"<p class=meta>{t['clusters']} cluster(s), {t['lifetime_s']:.1f} s of cluster life, "
         f"{t['busy_s']:.1f} s running jobs, idle {_pct(t['idle_share'])}; reserved "
         f"{t['cpu_seconds']:.0f} CPU-s, {t['memory_gib_seconds']:.0f} GiB-s, "
-        f"{t['gpu_seconds']:.0f} GPU-s{'; cost ' + money if money else ''}</p>"
+        f"{t['gpu_seconds']:.0f} GPU-s{_upto(t)}{'; cost ' + money if money else ''}</p>"
         f"<h2>Timeline</h2><p class=legend>{legend}</p>{timeline_svg(report)}"
         "<h2>Clusters</h2><table><tr><th>cluster</th><th>spec and hash</th><th>lifetime</th>"
         "<th>running jobs</th><th>idle = starting + between jobs + deleting</th><th>idle</th>"

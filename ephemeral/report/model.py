@@ -25,15 +25,17 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from ephemeral.backends.base import NodeGroup
-from ephemeral.report.costs import Price
+from ephemeral.report.costs import Price, price_setting
 
 GIB = 1024**3
 REPORT_VERSION = 1
 
 
 class _Model(BaseModel):
-    # Parts are read back by newer code: fields a later version adds are ignored.
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    # Parts are read back by newer code: fields a later version adds are ignored. Finite
+    # numbers only: NaN or infinity is no moment or duration, and would make report.json no
+    # JSON (Infinity) and the page's timeline fail.
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
 
 class JobFacts(_Model):
@@ -59,11 +61,12 @@ class JobFacts(_Model):
     @classmethod
     def _masked(cls, uris: dict[str, str]) -> dict[str, str]:
         """A job may name its outputs with credentials in them (``s3://KEY:SECRET@bucket``,
-        a signed URL's query): the report, its page, the CLI and notifications show them
-        masked, whichever writer built the facts."""
-        from ephemeral.specs.pip_credentials import masked_uri
+        a signed URL's query, a token in a path): the report, its page, the CLI and
+        notifications show them masked by the rule the submit boundary refuses with
+        (``shown_uri``), whichever writer built the facts."""
+        from ephemeral.specs.models import shown_uri
 
-        return {key: masked_uri(uri) for key, uri in uris.items()}
+        return {key: shown_uri(uri) for key, uri in uris.items()}
 
     @property
     def wall(self) -> float:
@@ -148,22 +151,75 @@ def busy_seconds(intervals: list[tuple[float, float]], lo: float, hi: float) -> 
     return total
 
 
-def reserved(groups: list[NodeGroup], seconds: float) -> dict[str, float]:
-    """CPU-, memory (GiB)- and GPU-seconds the cluster's nodes held for ``seconds``."""
+def reserved(groups: list[NodeGroup], seconds: float, *, at_most: bool = False
+             ) -> dict[str, float]:
+    """CPU-, memory (GiB)- and GPU-seconds the cluster's nodes held for ``seconds``: at each
+    group's ``replicas``, or with ``at_most`` at an autoscaled group's ``maxReplicas`` (what
+    it may have grown to: the handle records no node count over time)."""
+    def nodes(g: NodeGroup) -> int:
+        return g.max_replicas if at_most and g.max_replicas is not None else g.replicas
+
     return {
-        "cpu_seconds": sum(g.replicas * g.cpu for g in groups) * seconds,
-        "memory_gib_seconds": sum(g.replicas * g.memory_bytes for g in groups) / GIB * seconds,
-        "gpu_seconds": float(sum(g.replicas * g.gpus for g in groups)) * seconds,
+        "cpu_seconds": sum(nodes(g) * g.cpu for g in groups) * seconds,
+        "memory_gib_seconds": sum(nodes(g) * g.memory_bytes for g in groups) / GIB * seconds,
+        "gpu_seconds": float(sum(nodes(g) * g.gpus for g in groups)) * seconds,
     }
 
 
-def cost(res: dict[str, float], price: Price | None) -> float | None:
-    """Money for reserved unit-seconds; None when no price is set at all."""
-    if price is None or all(v is None for v in price.model_dump().values()):
+def up_to_text(cluster: dict[str, Any]) -> str | None:
+    """A summarized cluster's top of its reserved range as ``CPU-s / GiB-s / GPU-s`` (the page
+    and the CLI show it), None when it has none or it is unknown."""
+    top = (cluster.get("autoscaled") or {}).get("up_to")  # absent in reports of older code
+    if top is None:
         return None
-    return ((price.cpu_hour or 0.0) * res["cpu_seconds"]
-            + (price.gpu_hour or 0.0) * res["gpu_seconds"]
-            + (price.memory_gib_hour or 0.0) * res["memory_gib_seconds"]) / 3600
+    return (f"{top['cpu_seconds']:.0f} / {top['memory_gib_seconds']:.0f} / "
+            f"{top['gpu_seconds']:.0f}")
+
+
+def autoscaling(groups: list[NodeGroup], lifetime: float, price: Price | None
+                ) -> dict[str, Any]:
+    """What an autoscaled cluster's reserved seconds leave out: counted at ``replicas``, its
+    autoscaled groups may have had up to ``maxReplicas`` nodes. The range's top (and its
+    cost), or None where a group's ceiling is unknown (a handle of older code)."""
+    scaled = [g for g in groups if g.autoscaled]
+    if not scaled:
+        return {"autoscaled": None}
+    known = all(g.max_replicas is not None for g in scaled)
+    top = reserved(groups, lifetime, at_most=True) if known else None
+    return {
+        "autoscaled": {
+            "groups": [g.name for g in scaled],
+            "note": "reserved seconds of autoscaled group(s) " + ", ".join(
+                f"{g.name} (counted at replicas {g.replicas}, may be up to maxReplicas "
+                f"{g.max_replicas if g.max_replicas is not None else 'unknown'})"
+                for g in scaled),
+            "up_to": None if top is None else {k: round(v, 1) for k, v in top.items()},
+            "cost_up_to": None if top is None or (c := cost(top, price)) is None
+            else round(c, 4)}}
+
+
+# Each reserved unit-second by the price field that prices it.
+PRICED_BY = {"cpu_seconds": "cpu_hour", "gpu_seconds": "gpu_hour",
+             "memory_gib_seconds": "memory_gib_hour"}
+
+
+def unpriced(res: dict[str, float], price: Price | None) -> list[str]:
+    """The price fields missing for units the cluster reserved, when some price is set: a
+    partial price (only a CPU price) must not count its GPUs as free."""
+    if price is None or all(v is None for v in price.model_dump().values()):
+        return []
+    return [field for unit, field in PRICED_BY.items()
+            if res[unit] > 0 and getattr(price, field) is None]
+
+
+def cost(res: dict[str, float], price: Price | None) -> float | None:
+    """Money for reserved unit-seconds; None when no price is set at all, or when a unit
+    reserved has none (``unpriced`` names it)."""
+    if price is None or all(v is None for v in price.model_dump().values()) \
+            or unpriced(res, price):
+        return None
+    return sum((getattr(price, field) or 0.0) * res[unit]
+               for unit, field in PRICED_BY.items()) / 3600
 
 
 def summarize(f: ClusterFacts) -> dict[str, Any]:
@@ -201,7 +257,9 @@ def summarize(f: ClusterFacts) -> dict[str, Any]:
         "deleting_s": round(deleting, 3), "idle_s": round(lifetime - busy, 3),
         "idle_share": None if idle_share is None else round(idle_share, 4),
         **{k: round(v, 1) for k, v in res.items()},
+        **autoscaling(f.groups, lifetime, f.price),
         "cost": None if money is None else round(money, 4),
+        "unpriced": [price_setting(field) for field in unpriced(res, f.price)],
         "idle_cost": None if money is None or idle_share is None
         else round(money * idle_share, 4),
         "currency": f.currency if money is not None else None,
@@ -262,6 +320,11 @@ def build_report(dag_id: str, run_id: str, parts: list[ClusterFacts],
     costs = [c["cost"] for c in clusters if c["cost"] is not None]
     idle_costs = [c["idle_cost"] for c in clusters if c["idle_cost"] is not None]
     currencies = {c["currency"] for c in clusters if c["currency"]}
+    scaled = [c for c in clusters if c["autoscaled"]]
+    units = ("cpu_seconds", "memory_gib_seconds", "gpu_seconds")
+    up_to = None if not scaled or any(c["autoscaled"]["up_to"] is None for c in scaled) else {
+        k: round(sum((c["autoscaled"]["up_to"] if c["autoscaled"] else c)[k] for c in clusters),
+                 1) for k in units}
     return {
         "version": REPORT_VERSION,
         "dag_id": dag_id, "run_id": run_id,
@@ -274,6 +337,8 @@ def build_report(dag_id: str, run_id: str, parts: list[ClusterFacts],
             "cpu_seconds": round(sum(c["cpu_seconds"] for c in clusters), 1),
             "memory_gib_seconds": round(sum(c["memory_gib_seconds"] for c in clusters), 1),
             "gpu_seconds": round(sum(c["gpu_seconds"] for c in clusters), 1),
+            # Autoscaled clusters' reserved seconds are counted at replicas: at most this.
+            "autoscaled_clusters": len(scaled), "reserved_up_to": up_to,
             # Money in two currencies (the setting changed between teardowns) has no sum.
             "cost": round(sum(costs), 4) if costs and len(currencies) == 1 else None,
             "idle_cost": round(sum(idle_costs), 4) if idle_costs and len(currencies) == 1

@@ -15,15 +15,19 @@ a root have the same scheduled run ids. Reports written before that layout
 
 A run may have several teardowns, each of which sees only its own cluster and may finish at the
 same moment as another. Each writes its own part first (no two write the same file), then
-rebuilds the merged report from every part there, writes it, and lists the parts once more:
-when a part appeared meanwhile it rebuilds again. The last teardown to finish therefore writes
-a report with all parts, with no lock and no read-modify-write of a shared file, on any store
-with read-after-write listing (local files, S3, GCS). Readers (``ephemeral report``) rebuild
+rebuilds the merged report from every part there, writes it, and reads the parts once more:
+when one appeared, changed (by its digest) or could not be read (being written) meanwhile, it
+rebuilds again, and warns if they still change after its rounds. The last teardown to finish
+therefore writes a report with all parts, with no lock and no read-modify-write of a shared
+file, on any store with read-after-write listing (local files, S3, GCS). Every file is
+replaced whole (``artifacts.write_bytes``: a local one is renamed over the old), so two
+writers never interleave their bytes. Readers (``ephemeral report``) rebuild
 from the parts too, so a report.json that lost a race is never what they show.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -68,14 +72,49 @@ def instances_with(dag_id: str, run_id: str) -> list[str]:
     return sorted(found)
 
 
+class ArtifactUrlError(ValueError):
+    """``$EPHEMERAL_ARTIFACT_URL`` is no http(s) address: names it and the fix."""
+
+
+def artifact_url() -> str:
+    """``$EPHEMERAL_ARTIFACT_URL`` without its trailing ``/``, "" when unset. Refused (a
+    ``ValueError`` naming it) unless it is an http(s) address: it becomes the teardowns' "Run
+    report" link and the notifications' link, where ``javascript:`` would run in the UI. The
+    setup refuses it before it makes a cluster."""
+    from urllib.parse import urlsplit
+
+    from ephemeral.specs.models import masked_secrets
+
+    base = (setting("artifact_url") or "").strip().rstrip("/")
+    if base:
+        parts = urlsplit(base)
+        if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+            raise ArtifactUrlError(f"{URL_VAR}={masked_secrets(base)[:80]!r}: expected an "
+                                   "http(s) address that serves the artifact root, such as "
+                                   "https://artifacts.example.com/ephemeral; unset it to link "
+                                   "the artifact URI itself")
+    return base
+
+
 def report_url(dag_id: str, run_id: str) -> str:
     """The address of the run's HTML report for people: ``$EPHEMERAL_ARTIFACT_URL`` (an http(s)
     address that serves the artifact root, e.g. a bucket's website or a proxy) in place of the
-    root when set, else the artifact URI itself."""
+    root when set, else the artifact URI itself. Raises naming the setting when it is no
+    http(s) address (``artifact_url``)."""
     uri = report_uri(dag_id, run_id)
-    base = (setting("artifact_url") or "").rstrip("/")
+    base = artifact_url()
     root = artifacts.root().rstrip("/")
     return base + uri[len(root):] if base and uri.startswith(root) else uri
+
+
+def report_link(dag_id: str, run_id: str) -> str | None:
+    """``report_url`` for a teardown's link, a notification or an alert: None, logged naming
+    the setting, when the setting is refused; what carries the link goes on without it."""
+    try:
+        return report_url(dag_id, run_id)
+    except ArtifactUrlError as err:
+        log.error("no run report link: %s", err)
+        return None
 
 
 def _life(name: str, created_at: str) -> str:
@@ -158,13 +197,23 @@ def read_parts(dag_id: str, run_id: str, instance: str | None = None) -> list[Cl
 
 
 def _read(uris: list[str]) -> list[ClusterFacts]:
-    parts = []
+    return _read_digested(uris)[0]
+
+
+def _read_digested(uris: list[str]) -> tuple[list[ClusterFacts], dict[str, str | None]]:
+    """The parts at ``uris``, and each one's digest of what was read: None for one that could
+    not be read (another teardown may be writing it)."""
+    parts: list[ClusterFacts] = []
+    digests: dict[str, str | None] = {}
     for uri in uris:
+        digests[uri] = None
         try:
-            parts.append(ClusterFacts.model_validate(artifacts.read_json(uri)))
+            data = artifacts.read_bytes(uri)
+            parts.append(ClusterFacts.model_validate(json.loads(data)))
+            digests[uri] = hashlib.sha256(data).hexdigest()
         except (ValidationError, ValueError, OSError) as err:  # one bad part must not hide all
             log.warning("ignoring unreadable report part %s: %s", uri, err)
-    return parts
+    return parts, digests
 
 
 def load_report(dag_id: str, run_id: str,
@@ -204,8 +253,10 @@ def load_legacy_report(dag_id: str, run_id: str) -> dict[str, Any] | None:
 def write_report(report: dict[str, Any]) -> str:
     """Write report.json and report.html; return the HTML's URI."""
     folder = report_dir(report["dag_id"], report["run_id"])
+    # allow_nan=False: NaN or Infinity is no JSON; the facts are finite, so this never fires
+    # unless the arithmetic overflowed, and then the teardown logs it instead of a bad file.
     artifacts.write_bytes(artifacts.join(folder, "report.json"),
-                          json.dumps(report, indent=2, sort_keys=True).encode())
+                          json.dumps(report, indent=2, sort_keys=True, allow_nan=False).encode())
     html = artifacts.join(folder, "report.html")
     artifacts.write_bytes(html, render_html(report).encode())
     return html
@@ -225,13 +276,20 @@ def record(parts: list[ClusterFacts], *, rounds: int = 5) -> dict[str, Any]:
                                                                           part.created_at):
             part = merge_life(earlier, part)
         artifacts.write_json(_part_uri(part), part.model_dump(mode="json"))
-    seen: list[str] = []
+    # Rebuilt until the parts read are the ones the report written was built from, by their
+    # contents: another teardown may have written or merged into a part meanwhile (same name,
+    # new contents), and a part it was writing (unreadable) counts as changed.
+    built: dict[str, str | None] | None = None
     report: dict[str, Any] = {}
-    for _ in range(rounds):
-        listed = _list_parts(dag_id, run_id)
-        if listed == seen:
+    for attempt in range(rounds + 1):
+        parts_read, digests = _read_digested(_list_parts(dag_id, run_id))
+        if digests == built and None not in digests.values():
+            return report
+        if attempt == rounds:
             break
-        seen = listed
-        report = build_report(dag_id, run_id, read_parts(dag_id, run_id))
+        report = build_report(dag_id, run_id, parts_read)
         write_report(report)
+        built = digests
+    log.warning("the report of %s %s may miss a cluster: its parts still changed after %d "
+                "rebuilds (ephemeral report rebuilds it from the parts)", dag_id, run_id, rounds)
     return report

@@ -25,7 +25,7 @@ from pydantic.alias_generators import to_camel
 
 from ephemeral.settings import JOB_ENV_NEVER
 from ephemeral.specs.labels import KEY_HELP, VALUE_HELP, is_label_key, is_label_value
-from ephemeral.specs.pip_credentials import credentials_problem, pip_entry_problem
+from ephemeral.specs.pip_credentials import credentials_problem, masked_uri, pip_entry_problem
 from ephemeral.specs.quantities import (
     Duration,
     RayMemory,
@@ -275,6 +275,33 @@ def secret_value(value: str) -> str | None:
     if _TOKEN_SHAPES.search(value):
         return "it holds a token or key (its shape is a known credential's)"
     return None
+
+
+_PEM_BLOCK = re.compile(r"-----BEGIN [A-Z0-9 ]+-----.*?(?:-----END [A-Z0-9 ]+-----|\Z)", re.S)
+MASK = "***"
+
+
+def _mask_shape(match: re.Match[str]) -> str:
+    name, eq, _ = match[0].partition("=")  # AccountKey=...: the name stays, for the reader
+    return f"{name}={MASK}" if eq else MASK
+
+
+def masked_secrets(text: str) -> str:
+    """``text`` with every credential ``secret_value`` refuses replaced by ``***``: URL
+    user-info and signed-URL parameters (``masked_uri``), tokens and keys by their shape, PEM
+    blocks. The one masking rule for what leaves the boundary as text (report URIs,
+    notifications)."""
+    return _TOKEN_SHAPES.sub(_mask_shape, masked_uri(_PEM_BLOCK.sub(MASK, text)))
+
+
+def shown_uri(uri: str) -> str:
+    """``uri`` masked (``masked_secrets``); a note in its place when the refusal rule still
+    sees a credential in what masking left (one it cannot cut out cleanly)."""
+    shown = masked_secrets(uri)
+    left = shown.replace(f"{MASK}@", "").replace(MASK, "")  # the masks themselves are no secret
+    if secret_value(left) is not None:
+        return "(not shown: it holds a credential that cannot be masked)"
+    return shown
 
 
 # Names a spec may neither set nor read from the creating environment: what the job allow-list

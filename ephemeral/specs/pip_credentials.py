@@ -29,8 +29,12 @@ import re
 # ${NAME} (what pip and uv expand in a requirements file) and $NAME (what a shell would).
 _ENV_REFERENCE = re.compile(r"\$(\{|[A-Za-z_])")
 
-# scheme://userinfo@host: the user-info is everything up to the last '@' before the path.
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<info>[^/?#\s]*)@")
+# scheme://userinfo@host: the user-info is everything up to the last '@' before the path; or
+# user:password@ whose password has a '/' (an AWS secret key often does: RFC 3986 has no such
+# user-info, yet s3://KEY:SEC/RET@bucket is written and read), unless what follows the ':' is a
+# port and a path (https://host:8080/p/@scope/pkg is no user-info).
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)"
+                       r"(?P<info>[^/?#\s]*|[^/?#\s@]*:(?!\d+/)[^?#\s@]*)@")
 
 FIX = ("never put credentials in a requirement: install private packages from a package index "
        "configured on the image (pip.conf) or from the environment (PIP_EXTRA_INDEX_URL set from "
@@ -46,7 +50,8 @@ def masked(entry: str) -> str:
 # names ending in one after a separator (X-Amz-Signature, x-goog-credential, client_secret).
 _PARAM = re.compile(r"(?P<name>[?&#;](?P<key>[^=&#;]*)=)(?P<value>[^&#;]*)")
 _SECRET_PARAMS = {"sig", "signature", "token", "key", "apikey", "code", "password", "passwd",
-                  "pwd", "secret", "credential", "credentials", "auth", "authorization"}
+                  "pwd", "secret", "credential", "credentials", "auth", "authorization",
+                  "awsaccesskeyid"}
 _SECRET_SUFFIX = re.compile(r"[-_.](sig|signature|token|key|secret|password|credential)$")
 
 

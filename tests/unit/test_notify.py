@@ -3,13 +3,16 @@ link of the run that made the cluster."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from ephemeral.backends.fake import InMemoryBackend
-from ephemeral.notify import NotifierError, configured_notifier, notify_reaped
+from ephemeral.notify import NotifierError, configured_notifier, failure_callbacks, notify_reaped
 from ephemeral.report import report_url
 from ephemeral.specs import ClusterIdentity, resolve
 
@@ -114,3 +117,147 @@ def test_a_leak_the_reaper_cannot_delete_notifies_too(monkeypatch: pytest.Monkey
     assert "tok-never" not in repr(sent)  # the error's later lines (a request's headers)
     assert sent["ephemeral_report_url"]  # the run's report, as for a reaped cluster
     assert [h.name for h in backend.list_owned()] == [leaked.name]
+
+
+def _leaks(n: int) -> InMemoryBackend:
+    backend = InMemoryBackend()
+    spec = resolve("ray/adhoc-cpu@1", "ci-cpu")
+    for i in range(n):
+        backend.create(spec, identity=ClusterIdentity(spec_name="adhoc-cpu", dag_id="train",
+                                                      run_id=f"ended{i}", task_id="create"))
+    return backend
+
+
+def _reap_all(backend: InMemoryBackend, tmp_path: Path) -> list[Any]:
+    from datetime import UTC, datetime, timedelta
+
+    from ephemeral.reaper import RunInfo, reap
+
+    return reap(backend, lookup=lambda _d, _r: RunInfo("failed", datetime.now(UTC)
+                                                       - timedelta(hours=1)),
+                grace=600, memory_file=tmp_path / "seen.json")
+
+
+@pytest.fixture
+def notifiers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A folder on sys.path for notifier modules of the test's own."""
+    folder = tmp_path / "notifiers"
+    folder.mkdir()
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
+    return folder
+
+
+def test_a_notifier_that_fails_at_import_stops_no_reaping_and_no_dag(
+        notifiers: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A module that raises at import (a KeyError for a missing env var), one not installed, a
+    typo: the reaper deletes every leak, a DAG's default_args still build, and each notification
+    it would have sent is logged as unusable. The setting's check still raises."""
+    import ephemeral.notify as notify
+
+    logged: list[str] = []
+    monkeypatch.setattr(notify.log, "error", lambda msg, *a: logged.append(msg % a))
+    (notifiers / "needs_env.py").write_text("import os\nTOKEN = os.environ['NO_SUCH_VAR_X']\n"
+                                            "def send(context): pass\n")
+    for path in ("needs_env:send", "airflow.providers.nosuch.notifications.Notifier"):
+        monkeypatch.setenv("EPHEMERAL_NOTIFIER", path)
+        with pytest.raises(NotifierError, match="cannot import it"):
+            configured_notifier()
+        backend = _leaks(3)
+        logged.clear()
+        decisions = _reap_all(backend, tmp_path)
+        assert [d.deleted for d in decisions] == [True] * 3
+        assert backend.list_owned() == []
+        assert sum("notifier unusable" in m and "not sent: reaped" in m for m in logged) == 3
+        [callback] = failure_callbacks()  # a DAG's import does not fail
+        logged.clear()
+        callback({"dag": SimpleNamespace(dag_id="d"), "run_id": "r",
+                  "ti": SimpleNamespace(task_id="t"), "exception": RuntimeError("boom")})
+        assert any("notifier unusable" in m and "task t failed" in m for m in logged)
+
+
+HANG = threading.Event()
+
+
+def hang(context: dict[str, Any]) -> None:
+    SENT.append(context)
+    HANG.wait(10)
+
+
+def test_a_hung_notifier_holds_the_reaper_neither_between_deletions_nor_for_long(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import ephemeral.notify as notify
+
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", str(tmp_path))
+    monkeypatch.setenv("EPHEMERAL_NOTIFIER", f"{__name__}.hang")
+    monkeypatch.setattr(notify, "SEND_TIMEOUT_S", 0.2)
+    backend = _leaks(3)
+    left: list[int] = []
+    monkeypatch.setattr(backend, "delete", lambda *a, _d=backend.delete, **k: (
+        left.append(len(SENT)), _d(*a, **k))[1])
+    SENT.clear()
+    HANG.clear()
+    started = time.monotonic()
+    try:
+        decisions = _reap_all(backend, tmp_path)
+    finally:
+        HANG.set()
+    assert [d.deleted for d in decisions] == [True] * 3
+    assert left == [0, 0, 0]  # every deletion before the first notification
+    assert len(SENT) == 3
+    assert time.monotonic() - started < 5
+
+
+def test_a_failure_notification_carries_the_errors_first_line_masked(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A failed job's error carries its log's tail: the notification says its type and first
+    line, capped, with the submit boundary's secret rule applied."""
+    from ephemeral.errors import JobFailed
+
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", str(tmp_path))
+    monkeypatch.setenv("EPHEMERAL_NOTIFIER", f"{__name__}.remember")
+    tail = "\n".join(f"epoch {i}" for i in range(40)) + \
+        "\nAWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG\nhf_abcdefghijklmnopqrstuvwxyz0123456789"
+    [callback] = failure_callbacks()
+    SENT.clear()
+    callback({"dag": SimpleNamespace(dag_id="d"), "run_id": "r",
+              "ti": SimpleNamespace(task_id="train"),
+              "exception": JobFailed("raysubmit_x", "FAILED", tail)})
+    callback({"dag": SimpleNamespace(dag_id="d"), "run_id": "r",
+              "ti": SimpleNamespace(task_id="train"),
+              "exception": RuntimeError("could not read s3://AKIAABCDEFGHIJKLMNOP:sec/ret@b/x "
+                                        "with ghp_abcdefghijklmnopqrstuvwxyz0123456789 " +
+                                        "x" * 600)})
+    for sent in SENT:
+        message = sent["ephemeral_message"]
+        assert len(message.splitlines()) == 1
+        assert len(message) < 300 + 200
+        for secret in ("wJalrXUtnFEMI", "hf_abc", "AKIAABCD", "sec/ret", "ghp_abc"):
+            assert secret not in message
+    assert SENT[0]["ephemeral_message"].startswith("d r: task train failed (JobFailed: ")
+    assert "RuntimeError: could not read s3://***@b/x with ***" in SENT[1]["ephemeral_message"]
+
+
+def test_the_gate_alert_uses_the_notifications_message(monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    import importlib.util
+
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", str(tmp_path))
+    monkeypatch.setenv("EPHEMERAL_NOTIFIER", f"{__name__}.remember")
+    source = Path(__file__).resolve().parents[2] / "dags" / "train_distributed.py"
+    text = source.read_text()
+    assert "configured_notifier" not in text  # no message of its own
+    spec = importlib.util.spec_from_file_location("train_distributed_dag", source)
+    assert spec is not None
+    assert spec.loader is not None
+    dag_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dag_module)
+    SENT.clear()
+    dag_module.alert_gate_failed({
+        "dag": SimpleNamespace(dag_id="train_distributed"), "run_id": "r",
+        "ti": SimpleNamespace(task_id="deploy.gate_failed"),
+        "exception": RuntimeError("gate v1 failed: auc 0.5 < 0.8\nhf_abcdefghijklmnopqrstuvwxyz0123")})
+    [sent] = SENT
+    assert sent["ephemeral_event"] == "gate_failed"
+    assert sent["ephemeral_message"].startswith(
+        "train_distributed r: model gate failed (RuntimeError: gate v1 failed: auc 0.5 < 0.8)")

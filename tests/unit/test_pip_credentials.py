@@ -16,6 +16,7 @@ SECRET = "internal-lib @ https://deploy:glpat-SECRET123@git.example.com/g/lib.wh
     "lib @ git+https://glpat-SECRET123@git.example.com/g/lib.git@v1",
     "lib @ https://u:p@ss-SECRET123@h/lib.whl",
     "git+ssh://deploy:SECRET123@git.example.com/g/lib.git",
+    "lib @ s3://AKIAKEY:SECRET123/with/slash@bucket/lib.whl",
 ])
 def test_user_info_in_a_url_is_refused_and_masked(entry: str) -> None:
     problem = credentials_problem(entry)
@@ -27,7 +28,7 @@ def test_user_info_in_a_url_is_refused_and_masked(entry: str) -> None:
 
 @pytest.mark.parametrize("entry", [
     "pandas>=2", "lib @ https://h/lib.whl", "lib @ git+https://git.example.com/g/lib.git@v1.0",
-    "lib @ https://h/path/with@sign.whl",
+    "lib @ https://h/path/with@sign.whl", "lib @ https://h:8080/p/@scope/lib.whl",
 ])
 def test_no_user_info_is_no_problem(entry: str) -> None:
     assert credentials_problem(entry) is None

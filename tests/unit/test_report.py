@@ -153,7 +153,7 @@ def test_a_price_for_a_spec_that_does_not_exist_is_named_and_left_out(
 
 
 def test_the_run_report_totals_its_clusters() -> None:
-    price = Price(gpu_hour=3.6)
+    price = Price(cpu_hour=0, gpu_hour=3.6, memory_gib_hour=0)
     report = build_report("d", "r", [facts("b", created=T0 + 5, price=price),
                                      facts("a", price=price)])
     assert [c["name"] for c in report["clusters"]] == ["a", "b"]  # by creation
@@ -351,6 +351,37 @@ def test_credentials_in_a_jobs_uris_are_masked_in_the_report_and_its_page() -> N
         "plain_uri": "file:///m.pt"}
 
 
+@pytest.mark.parametrize(("uri", "shown"), [
+    ("s3://AKIAABCDEFGHIJKLMNOP:wJal/rXUt/nFEMI@bucket/x", "s3://***@bucket/x"),
+    ("https://h/m.json?hf=hf_abcdefghijklmnopqrstuvwxyz0123456789", "https://h/m.json?hf=***"),
+    ("https://h/ghp_abcdefghijklmnopqrstuvwxyz0123456789/m.pt", "https://h/***/m.pt"),
+    ("DefaultEndpointsProtocol=https;AccountName=a;AccountKey=c2Vj+cmV0/==;EndpointSuffix=x",
+     "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=***;EndpointSuffix=x"),
+    ("https://h/x?AWSAccessKeyId=someid&Expires=1", "https://h/x?AWSAccessKeyId=***&Expires=1"),
+    ("https://registry.example.com/@scope/pkg", "https://registry.example.com/@scope/pkg"),
+    ("https://h:8080/p/@scope/pkg", "https://h:8080/p/@scope/pkg"),
+])
+def test_report_uris_are_masked_by_the_rule_the_submit_boundary_refuses_with(
+        uri: str, shown: str) -> None:
+    """Whatever the boundary refuses as a secret (``secret_value``) the report never shows:
+    a secret key with a '/', a token by its shape in a query or a path, a storage key."""
+    from ephemeral.specs.models import secret_value
+
+    job = JobFacts(job_id="a", engine="ray", uris={"u": uri})
+    assert job.uris["u"] == shown
+    assert secret_value(shown.replace("***@", "").replace("***", "")) is None
+
+
+def test_a_report_uri_with_a_credential_masking_cannot_cut_out_is_dropped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import ephemeral.specs.models as models
+
+    monkeypatch.setattr(models, "masked_secrets", lambda text: text)  # a rule masking misses
+    job = JobFacts(job_id="a", engine="ray", uris={"u": "https://u:p@h/x", "v": "s3://b/x"})
+    assert job.uris == {"u": "(not shown: it holds a credential that cannot be masked)",
+                        "v": "s3://b/x"}
+
+
 def test_a_later_writer_of_a_cluster_life_adds_to_its_part_and_never_erases_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A teardown that failed to delete, then the reaper (which lists no jobs once the
@@ -383,7 +414,7 @@ def test_a_later_writer_of_a_cluster_life_adds_to_its_part_and_never_erases_it(
 
 
 def test_the_currency_is_escaped_and_two_currencies_are_not_added_up() -> None:
-    price = Price(gpu_hour=3.6)
+    price = Price(cpu_hour=0, gpu_hour=3.6, memory_gib_hour=0)
     usd = facts("a", price=price)
     odd = facts("b", price=price).model_copy(update={"currency": "<i>X"})
     report = build_report("d", "r", [usd, odd])
@@ -409,3 +440,260 @@ def test_a_never_ready_cluster_keeps_the_busy_time_of_jobs_known_only_by_duratio
     assert c["busy_s"] == 60
     assert c["starting_s"] == 0
     assert parts_add_up(c) == pytest.approx(c["lifetime_s"])
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_an_infinite_or_nan_price_is_refused_naming_the_setting(
+        value: str, tmp_path: Path) -> None:
+    from ephemeral.report.costs import CostConfigError, load_prices
+
+    with pytest.raises(CostConfigError, match="EPHEMERAL_COST_GPU_HOUR: each must be a finite"):
+        load_prices({"EPHEMERAL_COST_GPU_HOUR": value})
+    path = tmp_path / "costs.yaml"
+    path.write_text(f"default: {{gpuHour: .{value}}}\n")
+    with pytest.raises(CostConfigError, match=r"default\.gpuHour"):
+        load_prices({"EPHEMERAL_COST_FILE": str(path)})
+
+
+def test_report_facts_are_finite_and_the_report_is_strict_json(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    """NaN or infinity is no moment or duration: the facts refuse it, report.json is written
+    with allow_nan=False, and a page of an older report that holds one still renders."""
+    import json
+
+    from pydantic import ValidationError
+
+    from ephemeral.report.store import write_report
+
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValidationError):
+            JobFacts(job_id="j", engine="ray", seconds=bad)
+        with pytest.raises(ValidationError):
+            facts(created=bad)
+    report = build_report("d", "r", [facts()])
+    report["clusters"][0]["created"] = float("nan")  # as an older report may hold
+    render_html(report)
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", str(tmp_path))
+    with pytest.raises(ValueError, match="JSON compliant"):
+        write_report({**report, "totals": {**report["totals"], "cost": float("inf")}})
+    write_report(build_report("d", "r", [facts()]))
+    [written] = tmp_path.rglob("report.json")
+    json.loads(written.read_text(), parse_constant=lambda c: pytest.fail(c))
+
+
+def test_a_reserved_unit_without_a_price_makes_the_cost_unknown_naming_it(
+        caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    """Only a CPU price set: the GPUs are not free. The cluster's cost is None and the report,
+    its page and the CLI's table name the price missing; loading such prices warns."""
+    from rich.console import Console
+
+    from ephemeral.report.costs import load_prices
+    from ephemeral.report.text import print_report
+
+    with caplog.at_level("WARNING"):
+        prices = load_prices({"EPHEMERAL_COST_CPU_HOUR": "0.04"})
+    assert prices is not None
+    assert "no price for gpuHour (EPHEMERAL_COST_GPU_HOUR), memoryGibHour" in caplog.text
+    report = build_report("d", "r", [facts(price=prices.default)])
+    [c] = report["clusters"]
+    assert c["cost"] is None
+    assert c["unpriced"] == ["gpuHour (EPHEMERAL_COST_GPU_HOUR)",
+                             "memoryGibHour (EPHEMERAL_COST_MEMORY_GIB_HOUR)"]
+    assert report["totals"]["cost"] is None
+    assert "no price for gpuHour (EPHEMERAL_COST_GPU_HOUR)" in render_html(report)
+    console = Console(record=True, width=300)
+    print_report(console, report)
+    assert "no price for gpuHour (EPHEMERAL_COST_GPU_HOUR)" in console.export_text()
+    free = Price(cpu_hour=0.04, gpu_hour=2.0, memory_gib_hour=0)
+    assert summarize(facts(price=free))["cost"] is not None
+    path = tmp_path / "costs.yaml"
+    path.write_text("default: {cpuHour: 0.04, memoryGibHour: 0}\nspecs:\n"
+                    "  ray/train-gpu: {gpuHour: 3}\n")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_prices({"EPHEMERAL_COST_FILE": str(path)})
+    assert "default: no price for gpuHour" in caplog.text
+    assert "specs.ray/train-gpu" not in caplog.text
+
+
+def test_a_local_artifact_is_replaced_whole_never_truncated_in_place(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two teardowns writing one report.json interleaved their bytes when each truncated and
+    wrote the file in place: a local file is now written beside it and renamed over it."""
+    import os
+
+    from ephemeral.jobs import artifacts
+
+    target = tmp_path / "r" / "report.json"
+    artifacts.write_bytes(target.as_uri(), b'{"old": 1}')
+
+    def interrupted(src: str, dst: str) -> None:
+        assert Path(src).parent == Path(dst).parent  # same folder: the rename is atomic
+        raise OSError("writer killed")
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(OSError, match="writer killed"):
+        artifacts.write_bytes(target.as_uri(), b'{"new": 2}' * 1000)
+    assert target.read_bytes() == b'{"old": 1}'
+    assert sorted(p.name for p in target.parent.iterdir()) == ["report.json"]
+    monkeypatch.undo()
+    artifacts.write_bytes(target.as_uri(), b'{"new": 2}')
+    assert target.read_bytes() == b'{"new": 2}'
+
+
+def _many_jobs_part(run: str, i: int) -> ClusterFacts:
+    return facts(f"c{i}", created=T0 + i, created_at=f"2026-01-01T00:00:0{i}Z",
+                 jobs=[JobFacts(job_id=f"j{k}", engine="ray", start=T0 + 20 + k,
+                                end=T0 + 21 + k) for k in range(50)]).model_copy(
+        update={"run_id": run})
+
+
+def test_a_teardown_that_read_a_part_being_written_rebuilds_the_report(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lists B's part while B writes it (unreadable), B then records the whole report, then A
+    writes its own: A's part names equal before and after, so A stopped with a report without B.
+    An unreadable part now counts as changed, and parts are compared by their contents."""
+    import json
+
+    from ephemeral.jobs import artifacts
+    from ephemeral.report import store
+
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", str(tmp_path))
+    run = "manual__interleave"
+    a, b = _many_jobs_part(run, 1), _many_jobs_part(run, 2)
+    whole = json.dumps(b.model_dump(mode="json"))
+    artifacts.write_bytes(store._part_uri(b), whole[: len(whole) // 2].encode())  # B mid-write
+    real_write, first = store.write_report, [True]
+
+    def write_report(report: dict[str, object]) -> str:
+        if first[0]:
+            first[0] = False
+            record([b])  # B finishes its part and its whole record() meanwhile
+        return real_write(report)
+
+    monkeypatch.setattr(store, "write_report", write_report)
+    record([a])
+    folder = Path(store.report_dir("d", run).removeprefix("file://"))
+    written = json.loads((folder / "report.json").read_text())
+    assert [c["name"] for c in written["clusters"]] == ["c1", "c2"]
+    assert ">c2<" in (folder / "report.html").read_text()
+
+
+def test_a_report_whose_parts_keep_changing_warns_when_its_rounds_run_out(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from ephemeral.report import store
+
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", str(tmp_path))
+    real, calls = store._read_digested, [0]
+
+    def changing(uris: list[str]) -> tuple[list[ClusterFacts], dict[str, str | None]]:
+        calls[0] += 1
+        parts, digests = real(uris)
+        return parts, {**digests, "other": str(calls[0])}  # another teardown, ever writing
+
+    monkeypatch.setattr(store, "_read_digested", changing)
+    with caplog.at_level("WARNING"):
+        record([facts().model_copy(update={"run_id": "busy"})], rounds=3)
+    assert calls[0] == 4
+    assert "may miss a cluster: its parts still changed after 3 rebuilds" in caplog.text
+
+
+def test_an_autoscaled_groups_reserved_seconds_are_reported_as_a_range() -> None:
+    """The handle keeps a group's replicas, not the nodes it grew to: the report says so, in
+    report.json, on the page and in the CLI's table, with the top of the range at maxReplicas;
+    a handle of older code (no max_replicas) still reads, its ceiling said to be unknown."""
+    from rich.console import Console
+
+    from ephemeral.backends.base import node_groups
+    from ephemeral.report.text import print_report
+
+    groups = node_groups(resolve("ray/train-gpu@1", None), backend="kubernetes")
+    [gpu] = [g for g in groups if g.gpus]
+    assert (gpu.replicas, gpu.min_replicas, gpu.max_replicas) == (2, 2, 4)
+    price = Price(cpu_hour=0, gpu_hour=3.6, memory_gib_hour=0)
+    report = build_report("d", "r", [facts(groups=groups, price=price)])
+    [c] = report["clusters"]
+    assert c["gpu_seconds"] == 2 * 100
+    assert c["autoscaled"]["up_to"]["gpu_seconds"] == 4 * 100
+    assert c["autoscaled"]["cost_up_to"] == pytest.approx(400 / 3600 * 3.6, abs=1e-3)
+    assert "gpu (counted at replicas 2, may be up to maxReplicas 4)" in c["autoscaled"]["note"]
+    assert report["totals"]["reserved_up_to"]["gpu_seconds"] == 400
+    page = render_html(report)
+    assert "may be up to maxReplicas 4" in page
+    assert "up to 400 GPU-s" in page
+    console = Console(record=True, width=300)
+    print_report(console, report)
+    text = console.export_text()
+    assert "may be up to maxReplicas 4" in text
+    assert "/ 400)*" in text
+    old = NodeGroup.model_validate({k: v for k, v in gpu.model_dump().items()
+                                    if k != "max_replicas"})
+    [c] = build_report("d", "r", [facts(groups=[old])])["clusters"]
+    assert c["autoscaled"]["up_to"] is None
+    assert "maxReplicas unknown" in c["autoscaled"]["note"]
+    assert build_report("d", "r", [facts()])["clusters"][0]["autoscaled"] is None
+
+
+@pytest.mark.parametrize("currency", ["[/]", "<script>", "usd", "DOLLARS", ""])
+def test_a_currency_that_is_no_code_is_refused_at_load(currency: str, tmp_path: Path) -> None:
+    with pytest.raises(CostConfigError, match=r"EPHEMERAL_COST_CURRENCY.*3-letter"):
+        load_prices({"EPHEMERAL_COST_GPU_HOUR": "1", "EPHEMERAL_COST_CURRENCY": currency or " "})
+    path = tmp_path / "costs.yaml"
+    path.write_text(f"currency: '{currency}'\ndefault: {{gpuHour: 1}}\n")
+    with pytest.raises(CostConfigError, match="currency"):
+        load_prices({"EPHEMERAL_COST_FILE": str(path)})
+
+
+def test_the_cli_prints_a_reports_currency_as_written() -> None:
+    """A report written before currencies were checked may hold '[/]': rich read it as markup
+    and `ephemeral report` crashed."""
+    from rich.console import Console
+
+    from ephemeral.report.text import print_report
+
+    price = Price(cpu_hour=0, gpu_hour=3.6, memory_gib_hour=0)
+    report = build_report("d", "r", [facts(price=price).model_copy(update={"currency": "[/]"})])
+    console = Console(record=True, width=300)
+    print_report(console, report)
+    assert "[/]" in console.export_text()
+
+
+@pytest.mark.parametrize("url", ["javascript:alert(1)", "data:text/html,x", "ftp://h/art",
+                                 "artifacts.example.com/ephemeral", "file:///srv/art",
+                                 "s3://KEY:SECRET1@bucket"])
+def test_an_artifact_url_that_is_no_http_address_is_refused_naming_the_setting(
+        url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """It becomes the teardown's "Run report" link and the notifications' link: javascript:
+    would run in the UI. The setup refuses it before it makes a cluster; a teardown, a
+    notification or an alert goes on without the link, logging why."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from ephemeral.airflow.operators import CreateClusterOperator
+    from ephemeral.report.store import ArtifactUrlError, report_link
+
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", str(tmp_path))
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_URL", url)
+    with pytest.raises(ArtifactUrlError, match=r"EPHEMERAL_ARTIFACT_URL=.*http") as err:
+        report_url("d", "r")
+    assert "SECRET1" not in str(err.value)
+    from ephemeral.report import store
+
+    logged: list[str] = []
+    monkeypatch.setattr(store.log, "error", lambda msg, *a: logged.append(msg % a))
+    assert report_link("d", "r") is None
+    assert "EPHEMERAL_ARTIFACT_URL" in logged[0]
+    op = CreateClusterOperator(task_id="create", spec="ray/adhoc-cpu@1", profile="ci-cpu")
+    monkeypatch.setattr(CreateClusterOperator, "_target",
+                        lambda _self: pytest.fail("a cluster was about to be made"))
+    with pytest.raises(AirflowFailException, match="EPHEMERAL_ARTIFACT_URL"):
+        op.execute({})
+
+
+def test_an_http_artifact_url_links_the_report(monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path) -> None:
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", str(tmp_path))
+    for base in ("https://art.example/e/", "HTTP://art.example"):
+        monkeypatch.setenv("EPHEMERAL_ARTIFACT_URL", base)
+        assert report_url("d", "r").startswith(base.rstrip("/") + "/")
