@@ -658,6 +658,11 @@ def report_cmd(
 
 
 def main() -> None:
+    # SIGTERM/SIGHUP end a command as Ctrl-C does, so `up` deletes the cluster it was waiting
+    # for, `submit` and `spark-submit` stop their job, instead of dying with it left running.
+    from ephemeral.lifecycle import interrupt_on_stop_signals
+
+    interrupt_on_stop_signals()
     app()
 
 
