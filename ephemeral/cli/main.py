@@ -357,7 +357,13 @@ def down(
     """Delete clusters and wait until none of their processes or pods is left.
 
     Only this deployment instance's clusters, unless --all-instances is given."""
+    from ephemeral.adhoc import RequestError
+
     try:  # every name, before anything is looked up or deleted: names become paths, selectors
+        if all_ and names:  # --all would delete every cluster, not only the names given
+            raise RequestError([("--all", f"given with NAME ({', '.join(names)}): --all "
+                                 "deletes every cluster of this instance; give the names, or "
+                                 "--all alone")], "ephemeral down")
         names = [check_cluster_name(n, "NAME") for n in names or []]
     except SpecError as e:
         raise _fail(e, as_json) from e
