@@ -43,6 +43,18 @@ class SpecError(EphemeralError):
         return [path for path, _ in self.problems]
 
 
+class SettingError(SpecError):
+    """A setting (``$EPHEMERAL_*``, Airflow's ``[ephemeral]`` section) has a value that is
+    refused; ``source`` names it. A SpecError (bad input, final, CLI exit code 2) with its own
+    wording: it is no cluster spec."""
+
+    def __init__(self, source: str, problems: Sequence[tuple[str, str]]) -> None:
+        super().__init__(source, problems)
+        lines = [f"{source}: invalid setting"]
+        lines += [f"  {path or '<root>'}: {msg}" for path, msg in self.problems]
+        self.args = ("\n".join(lines),)
+
+
 class SpecNotFound(SpecError):
     """A spec reference names no spec file, or a version that the file is not at."""
 

@@ -31,8 +31,24 @@ from ephemeral.specs.identity import check_cluster_name
 from ephemeral.specs.loader import file_identity_problems, in_specs_tree, read_yaml
 from ephemeral.specs.resolve import CI_CPU, ResolvedSpec, apply_profile
 
+
+class _ErrorBoundary(typer.core.TyperGroup):
+    """Every command's errors end alike, whatever raised them (a backend, a setting, a file):
+    an EphemeralError or an OSError as ``_fail`` prints it (one JSON document under --json;
+    exit 2 for refused input, else 1), never a traceback."""
+
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]  # typer's own
+        args = [*ctx._protected_args, *ctx.args]
+        # --json of the command, not an argument of a job after "--"
+        as_json = "--json" in (args[:args.index("--")] if "--" in args else args)
+        try:
+            return super().invoke(ctx)
+        except (EphemeralError, OSError) as e:
+            raise _fail(e, as_json) from e
+
+
 app = typer.Typer(help="Ephemeral Ray and Spark clusters from versioned specs.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, cls=_ErrorBoundary)
 specs_app = typer.Typer(help="Validate and inspect cluster specs.", no_args_is_help=True)
 app.add_typer(specs_app, name="specs")
 app.add_typer(model_app, name="model")
@@ -69,14 +85,32 @@ def _emit(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def _fail(error: EphemeralError, as_json: bool) -> typer.Exit:
+def _fail(error: EphemeralError | OSError, as_json: bool) -> typer.Exit:
+    """Print ``error`` (as JSON with ``as_json``); the exit to raise: 2 for refused input
+    (a SpecError: a spec, an option, a setting; nothing was created), else 1."""
+    message = str(error)
+    if isinstance(error, OSError):  # one line: what failed on which file
+        message = " ".join(str(p) for p in (error.strerror or error, error.filename) if p)
     if as_json:
-        _emit({"error": type(error).__name__, "message": str(error),
-               "retryable": error.retryable})
+        _emit({"error": type(error).__name__, "message": message,
+               "retryable": getattr(error, "retryable", False)})
     else:
         err.print(f"[bold red]error:[/] {type(error).__name__}", highlight=False)
-        err.print(str(error), markup=False, highlight=False)
+        err.print(message, markup=False, highlight=False)
     return typer.Exit(2 if isinstance(error, SpecError) else 1)
+
+
+def _seconds(param: typer.CallbackParam, value: float | None) -> float | None:
+    """Every seconds option (a timeout, a grace): finite and above 0, as a job's timeout
+    (``adhoc.job_timeout_seconds``), refused naming the option before anything is made: nan or
+    inf waited forever, 0 or less created a cluster only to delete it."""
+    from ephemeral.adhoc import job_timeout_seconds
+
+    if value is None:
+        return None
+    fix = "leave it out for no limit" if param.default is None else (
+        f"leave it out for the default, {param.default:g}")
+    return job_timeout_seconds(value, param.opts[0], fix=fix)
 
 
 def _overrides(replicas: int | None, cpu: float | None, memory: str | None,
@@ -263,14 +297,21 @@ def up(
     cpu: Annotated[float | None, typer.Option(help="CPUs per worker.")] = None,
     memory: Annotated[str | None, typer.Option(help="Memory per worker, e.g. 4Gi.")] = None,
     gpus: Annotated[int | None, typer.Option(help="GPUs per worker.")] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = (
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.",
+                                           callback=_seconds)] = (
         DEFAULT_READY_TIMEOUT),
     backend: BackendOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a cluster and wait until it is usable; print its handle with endpoints."""
+    from ephemeral.adhoc import RequestError
+
     try:
         spec = resolve(ref, profile, _overrides(replicas, cpu, memory, gpus))
+        if timeout > (ttl := spec.spec.lifetime.ttl_seconds):  # past it the reaper deletes it
+            raise RequestError([("--timeout", f"{timeout:g} s is longer than {spec.ref}'s "
+                                 f"lifetime.ttl ({ttl} s), after which the cluster is deleted; "
+                                 "give at most that")], "ephemeral up")
         identity = ClusterIdentity.manual(spec.spec.name, name)
         be = _backend(backend)
         notes = spec_notes(spec, be.name, spark_mode_of(be))
@@ -440,7 +481,9 @@ def _key_values(pairs: list[str] | None, option: str) -> dict[str, str]:
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not key or not sep:
-            raise _fail(SpecError(option, [(option, f"{pair!r} is not KEY=VALUE")]), False)
+            from ephemeral.adhoc import RequestError
+
+            raise RequestError([(option, f"{pair!r} is not KEY=VALUE")], "ephemeral")
         out[key] = value
     return out
 
@@ -477,7 +520,8 @@ def submit(
     env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE for the job (repeat).")] = None,
     job_id: Annotated[str | None, typer.Option(help="Submission id; attaches if it exists.")] = (
         None),
-    timeout: Annotated[float | None, typer.Option(help="Stop the job after this many s.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Stop the job after this many s.",
+                                                  callback=_seconds)] = None,
     backend: BackendOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -523,7 +567,8 @@ def spark_submit_cmd(
     args: Annotated[list[str] | None, typer.Argument(help="After --: application arguments.")] = (
         None),
     conf: Annotated[list[str] | None, typer.Option(help="Spark conf KEY=VALUE (repeat).")] = None,
-    timeout: Annotated[float | None, typer.Option(help="Stop it after this many s.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Stop it after this many s.",
+                                                  callback=_seconds)] = None,
     backend: BackendOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -556,7 +601,8 @@ def reap_cmd(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would go, delete nothing.")
                        ] = False,
     grace: Annotated[float, typer.Option(help="Seconds after a run ended before its clusters "
-                                              "count as orphans.")] = 600.0,
+                                              "count as orphans.",
+                                         callback=_seconds)] = 600.0,
     airflow_url: Annotated[str | None, typer.Option(
         envvar="EPHEMERAL_AIRFLOW_URL",
         help="Airflow API server to ask for run states (token from AIRFLOW_API_TOKEN, or "
