@@ -37,7 +37,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ephemeral.errors import JobSubmissionFailed
-from ephemeral.specs.models import RESERVED_ENV, env_name_problem, literal_secret, reserved_env
+from ephemeral.specs.models import (
+    RESERVED_ENV,
+    literal_secret,
+    reserved_env,
+    settable_env_problem,
+)
 from ephemeral.specs.pip_credentials import credentials_problem, masked_uri, pip_entry_problem
 
 if TYPE_CHECKING:
@@ -215,7 +220,7 @@ JOB_MAY_SET = frozenset({"EPHEMERAL_ARTIFACT_ROOT"})
 
 
 def check_job_env(env_vars: Any, where: str, field: str = "runtime_env.env_vars") -> None:
-    """Refuse a job's own environment variables (the spec's rules: ``env_name_problem``,
+    """Refuse a job's own environment variables (the spec's rules: ``settable_env_problem``,
     ``reserved_env`` with ``JOB_MAY_SET`` excepted, ``literal_secret``), naming them (never a
     value), ``field`` and the fix: before anything is uploaded or submitted. ``None`` sets
     nothing."""
@@ -225,7 +230,7 @@ def check_job_env(env_vars: Any, where: str, field: str = "runtime_env.env_vars"
         raise JobSubmissionFailed(
             f"{where}: {field} must be a mapping of variable names to values; got "
             f"{type(env_vars).__name__}")
-    if bad := [p for n in env_vars if (p := env_name_problem(str(n))) is not None]:
+    if bad := [p for n in env_vars if (p := settable_env_problem(str(n))) is not None]:
         raise JobSubmissionFailed(f"{where}: {field}: {'; '.join(bad)}")
     refused = sorted(str(n) for n in env_vars
                      if reserved_env(str(n)) and str(n) not in JOB_MAY_SET)
