@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from ephemeral.backends import ClusterBackend, ClusterHandle, get_backend
 from ephemeral.backends.base import ClusterStatus, OwnerSelector, Phase
@@ -362,14 +362,17 @@ def ls(backend: BackendOpt = None, all_instances: AllInstancesOpt = False,
     if not rows:
         err.print("no clusters" if all_instances else _no_clusters_here(be))
         return
-    table = Table("name", "engine", "spec", "phase", "created", "expires", "endpoint",
+    # A name or endpoint is to be copied whole (to `down`, a browser): folded in a narrow
+    # terminal, never cut with "…"; piped (CI logs, grep) the table gets its full width.
+    table = Table(Column("name", overflow="fold"), "engine", "spec", "phase", "created",
+                  "expires", Column("endpoint", overflow="fold"),
                   *(["instance"] if all_instances else []))
     for r in rows:
         h = ClusterHandle.model_validate(r["handle"])
         ep = h.endpoints.dashboard or h.endpoints.spark_master or ""
         table.add_row(h.name, h.engine, h.spec_ref, str(r["phase"]), h.created_at, h.expires_at,
                       ep, *([h.instance or "-"] if all_instances else []))
-    out.print(table)
+    Console(soft_wrap=True, width=None if sys.stdout.isatty() else 10**4).print(table)
 
 
 def _no_clusters_here(be: ClusterBackend) -> str:
