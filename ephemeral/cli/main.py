@@ -502,6 +502,24 @@ def _log_sink(as_json: bool) -> Callable[[str], None]:
     return write
 
 
+# How long an interrupted `submit` waits for Ray to stop its job: bounded, so a second Ctrl-C
+# is not the only way out when the cluster does not answer.
+INTERRUPT_STOP_WAIT = 15.0
+
+
+def _stop_on_interrupt(what: str, stop: Callable[[], object]) -> None:
+    """A job's command was interrupted (Ctrl-C, SIGTERM, SIGHUP): stop ``what`` (best effort,
+    ``stop`` bounded) and say whether it was stopped. A job left running would go on holding
+    the cluster, and the limit of --timeout, which the command enforces, would be gone."""
+    try:
+        stop()
+    except Exception as e:  # noqa: BLE001 - said, not raised: the interrupt stays the error
+        err.print(f"interrupted: {what} was NOT stopped ({type(e).__name__}: {e}); it may "
+                  "still be running", markup=False, highlight=False)
+    else:
+        err.print(f"interrupted: {what} was stopped", markup=False, highlight=False)
+
+
 def _finish_job(run: Callable[[], JobResult], as_json: bool) -> None:
     try:
         result = run()
@@ -558,7 +576,12 @@ def submit(
         else:
             err.print(f"attaching to existing job {jid}", highlight=False)
         err.print(f"job {jid} on {handle.name}", highlight=False)
-        return jobs.follow(jid, sink=sink, timeout=timeout)
+        try:
+            return jobs.follow(jid, sink=sink, timeout=timeout)
+        except KeyboardInterrupt:
+            _stop_on_interrupt(f"Ray job {jid} on {handle.name}",
+                               lambda: jobs.stop(jid, wait=INTERRUPT_STOP_WAIT))
+            raise
 
     _finish_job(run, as_json)
 
@@ -591,12 +614,20 @@ def spark_submit_cmd(
                                     "SparkConnect): use Spark Connect, or a standalone cluster "
                                     "(kubernetesMode: standalone) for spark-submit"), as_json)
     auth = spark_auth_for(handle, _backend(backend))  # the driver's spark.authenticate secret
-    _finish_job(lambda: spark_submit(
-        handle.endpoints.spark_master or "", str(application), args or [],
-        conf=handle.spark_conf | own_conf, cluster=handle.name,
-        timeout=timeout,
-        env={"EPHEMERAL_ARTIFACT_ROOT": artifacts.root()},
-        sink=_log_sink(as_json), auth=auth), as_json)
+
+    def run() -> JobResult:
+        try:
+            return spark_submit(
+                handle.endpoints.spark_master or "", str(application), args or [],
+                conf=handle.spark_conf | own_conf, cluster=handle.name, timeout=timeout,
+                env={"EPHEMERAL_ARTIFACT_ROOT": artifacts.root()},
+                sink=_log_sink(as_json), auth=auth)
+        except KeyboardInterrupt:  # spark_submit has killed its driver on the way out
+            _stop_on_interrupt(f"the Spark driver of {application.name} on {handle.name}",
+                               lambda: None)
+            raise
+
+    _finish_job(run, as_json)
 
 
 @app.command("reap")

@@ -62,3 +62,57 @@ def test_up_stopped_by_a_signal_deletes_its_cluster(tmp_path: Path, stop: signal
             proc.wait()
     assert proc.returncode != 0
     assert (tmp_path / "deleted").read_text() == (tmp_path / "waiting").read_text(), stderr
+
+
+# -- submit interrupted while following: the job is stopped, and the command says so ----------
+
+def _ray_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ephemeral.backends.fake import InMemoryBackend
+    from ephemeral.cli import main as cli_main
+    from ephemeral.specs import ClusterIdentity
+    from tests.conftest import small
+
+    backend = InMemoryBackend(ready_after_probes=1)
+    spec = small("ray/adhoc-cpu", replicas=1)
+    backend.create(spec, identity=ClusterIdentity.manual(spec.spec.name, "c"))
+    monkeypatch.setattr(cli_main, "_backend", lambda _name: backend)
+
+
+@pytest.mark.parametrize("stop_fails", [False, True])
+def test_submit_interrupted_stops_its_job_and_says_so(monkeypatch: pytest.MonkeyPatch,
+                                                      stop_fails: bool) -> None:
+    """Ctrl-C (or SIGTERM) while following left the Ray job running, silently, with the limit
+    of --timeout (enforced by the command) gone."""
+    from types import SimpleNamespace
+    from typing import Any
+
+    from typer.testing import CliRunner
+
+    from ephemeral.cli import main as cli_main
+    from ephemeral.errors import JobError
+    from ephemeral.jobs import ray_jobs
+
+    _ray_cluster(monkeypatch)
+    stopped: list[tuple[str, float]] = []
+
+    def follow(_jid: str, **_k: Any) -> Any:
+        raise KeyboardInterrupt
+
+    def stop(jid: str, *, wait: float) -> None:
+        stopped.append((jid, wait))
+        if stop_fails:
+            raise JobError(f"cannot stop job {jid}: the Ray Jobs API did not answer in 15s")
+
+    jobs = SimpleNamespace(status=lambda _j: None, submit=lambda *_a, **_k: "raysubmit_1",
+                           follow=follow, stop=stop)
+    monkeypatch.setattr(ray_jobs, "ray_jobs_for", lambda *_a: jobs)
+    result = CliRunner().invoke(cli_main.app, ["submit", "c", "--timeout", "600", "--",
+                                               "python", "x.py"])
+    assert result.exit_code != 0
+    assert stopped == [("raysubmit_1", cli_main.INTERRUPT_STOP_WAIT)]
+    said = " ".join(result.stderr.split())
+    if stop_fails:
+        assert "interrupted: Ray job raysubmit_1 on c was NOT stopped" in said
+        assert "did not answer" in said
+    else:
+        assert "interrupted: Ray job raysubmit_1 on c was stopped" in said
