@@ -252,21 +252,19 @@ def render_cmd(
     from ephemeral.backends.kubernetes.render import render
     from ephemeral.specs.models import dns_label
 
+    if name is not None:  # before anything: a ValueError later is no bad name
+        check_cluster_name(name, "--name")
     try:
         spec = resolve(ref, profile, _overrides(replicas, cpu, memory, gpus))
         try:
             dns_label(namespace, 63)
         except ValueError as e:
             raise SpecError("--namespace", [("namespace", str(e))]) from e
-        if name is not None:
-            ClusterIdentity.manual(spec.spec.name, name)  # checks the name
         handle = make_handle(spec, render_identity(spec.spec.name, name), backend="kubernetes",
                              endpoints=Endpoints(), namespace=namespace,
                              created=datetime.fromisoformat(RENDER_CREATED))
         notes = spec_notes(spec, "kubernetes")  # render's mode: the spec's, else standalone
         rendered = render(spec, handle, cluster_domain=cluster_domain)
-    except ValueError as e:
-        raise _fail(SpecError("--name", [("name", str(e))]), as_json) from e
     except EphemeralError as e:
         raise _fail(e, as_json) from e
     if as_json:
@@ -306,6 +304,8 @@ def up(
     """Create a cluster and wait until it is usable; print its handle with endpoints."""
     from ephemeral.adhoc import RequestError
 
+    if name is not None:  # before anything: a ValueError of a probe is no bad name
+        check_cluster_name(name, "--name")
     try:
         spec = resolve(ref, profile, _overrides(replicas, cpu, memory, gpus))
         if timeout > (ttl := spec.spec.lifetime.ttl_seconds):  # past it the reaper deletes it
@@ -322,8 +322,6 @@ def up(
                 status.update(f"{identity.name}: {st.phase.value} "
                               f"({st.nodes_ready}/{st.nodes_expected} nodes) {st.message}")
             result = provision(be, spec, identity, timeout=timeout, on_progress=progress)
-    except ValueError as e:
-        raise _fail(SpecError("--name", [("name", str(e))]), as_json) from e
     except EphemeralError as e:
         raise _fail(e, as_json) from e
     if as_json:

@@ -125,3 +125,34 @@ def test_json_after_the_separator_belongs_to_the_job(fake: InMemoryBackend) -> N
     assert code == 2
     assert stdout == ""
     assert "is not KEY=VALUE" in stderr
+
+
+# -- up/render: --name is checked by name, not by catching any ValueError ----------------------
+
+@pytest.mark.parametrize("command", [["up", "ray/adhoc-cpu", "-p", "ci-cpu"],
+                                     ["render", "ray/adhoc-cpu", "-p", "ci-cpu"]])
+def test_a_bad_name_is_refused_before_anything(fake: InMemoryBackend, command: list[str]) -> None:
+    code, stdout, _ = invoke(*command, "--name", "Bad_Name", "--json")
+    assert code == 2
+    doc = json.loads(stdout)
+    assert doc["error"] == "SpecError"
+    assert "--name" in doc["message"]
+    assert fake.created_total == 0
+
+
+def test_a_bug_after_create_is_not_reported_as_a_bad_name(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ValueError of a probe, after the cluster was made (and deleted), was reported as
+    '--name: invalid cluster spec', exit 2, 'nothing created'."""
+    class Buggy(InMemoryBackend):
+        def probe(self, handle):  # type: ignore[no-untyped-def]
+            raise ValueError("some internal bug in a probe")
+
+    backend = Buggy()
+    monkeypatch.setattr(cli_main, "_backend", lambda _name: backend)
+    result = CliRunner().invoke(cli_main.app, ["up", "ray/adhoc-cpu", "-p", "ci-cpu", "--json"])
+    assert result.exit_code != 2
+    assert "--name" not in result.output
+    assert isinstance(result.exception, ValueError)  # a bug shows as one
+    assert backend.created_total == 1
+    assert backend.list_owned(OwnerSelector(all_instances=True)) == []  # deleted
