@@ -87,7 +87,8 @@ def _emit(data: Any) -> None:
 
 def _fail(error: EphemeralError | OSError, as_json: bool) -> typer.Exit:
     """Print ``error`` (as JSON with ``as_json``); the exit to raise: 2 for refused input
-    (a SpecError: a spec, an option, a setting; nothing was created), else 1."""
+    (``EphemeralError.refused``: a spec, an option, a setting, a job's request; nothing was
+    created or submitted), else 1."""
     message = str(error)
     if isinstance(error, OSError):  # one line: what failed on which file
         message = " ".join(str(p) for p in (error.strerror or error, error.filename) if p)
@@ -97,7 +98,7 @@ def _fail(error: EphemeralError | OSError, as_json: bool) -> typer.Exit:
     else:
         err.print(f"[bold red]error:[/] {type(error).__name__}", highlight=False)
         err.print(message, markup=False, highlight=False)
-    return typer.Exit(2 if isinstance(error, SpecError) else 1)
+    return typer.Exit(2 if getattr(error, "refused", False) else 1)
 
 
 def _seconds(param: typer.CallbackParam, value: float | None) -> float | None:

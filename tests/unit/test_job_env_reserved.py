@@ -117,7 +117,7 @@ def test_cli_submit_refuses_a_reserved_env_before_looking_anything_up(
     args = ["submit", "x", "--env", "MY_FLAG=1", "--env", "EPHEMERAL_CLUSTER_UID=not-this-cluster",
             *(["--json"] if as_json else []), "--", "sh", "-c", "setsid sleep 902 &"]
     out = CliRunner().invoke(main.app, args)
-    assert out.exit_code == 1, out.output
+    assert out.exit_code == 2, out.output  # refused input: nothing was submitted
     text = json.loads(out.stdout)["message"] if as_json else out.output
     assert "ephemeral submit: --env sets 'EPHEMERAL_CLUSTER_UID'" in " ".join(text.split())
     assert "Pick another name" in " ".join(text.split())
