@@ -695,9 +695,11 @@ def report_cmd(
     from ephemeral.settings import INSTANCE_PATTERN
 
     if instance is not None and not INSTANCE_PATTERN.fullmatch(instance):
-        raise _fail(EphemeralError(f"--instance {instance!r} is not a deployment instance id: "
-                                   "1-40 lower-case letters, digits and '-' (the folders of "
-                                   "the artifact root)"), as_json)
+        from ephemeral.adhoc import RequestError
+
+        raise _fail(RequestError([("--instance", f"{instance!r} is not a deployment instance "
+                                   "id: 1-40 lower-case letters, digits and '-' (the folders "
+                                   "of the artifact root)")], "ephemeral report"), as_json)
     report = load_report(dag_id, run_id, instance)
     others = [] if report is not None else [
         i for i in instances_with(dag_id, run_id) if i != instance]
