@@ -430,11 +430,13 @@ def _seconds(n: float) -> str:
     return f"{n} s" + (f" ({h}h{rest // 60:02d}m)" if h else f" ({n // 60} min)" if n >= 60 else "")
 
 
-def job_timeout_seconds(value: Any, field: str = "job_timeout") -> float | None:
-    """A job timeout as given (an operator's rendered ``job_timeout``, the CLI's ``--timeout``):
-    seconds, or None for no limit. Anything but a finite number above 0 is refused naming
-    ``field``: 0 or less would stop the job the moment it starts, nan would mean no limit and
-    inf cannot be compared with a cluster's expiry."""
+def job_timeout_seconds(value: Any, field: str = "job_timeout",
+                        fix: str = "give one, or leave it empty for no limit") -> float | None:
+    """A job timeout as given (an operator's rendered ``job_timeout``, the CLI's ``--timeout``,
+    every seconds option of the CLI): seconds, or None for no limit. Anything but a finite
+    number above 0 is refused naming ``field`` and ending with ``fix``: 0 or less would stop
+    the job the moment it starts, nan would mean no limit and inf cannot be compared with a
+    cluster's expiry."""
     import math
 
     if value in (None, "", "None"):
@@ -445,7 +447,7 @@ def job_timeout_seconds(value: Any, field: str = "job_timeout") -> float | None:
         seconds = math.nan
     if isinstance(value, bool) or not math.isfinite(seconds) or seconds <= 0:
         raise RequestError([(field, f"{value!r} is not a finite number of seconds above 0: "
-                             "give one, or leave it empty for no limit")])
+                             + fix)])
     return seconds
 
 

@@ -179,8 +179,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("airflow_url", "Airflow's REST API, which ``ephemeral reap`` asks whether a "
            "cluster's run has ended. Unset: only expiry (``lifetime.ttl``) and the idle rule "
            "(``lifetime.idleTimeout``) delete clusters. Credentials go to this URL only (never "
-           "after a redirect); plain http off this host is warned of (an in-cluster Service "
-           "is fine).", example="http://airflow:8080",
+           "after a redirect) and never in it (a user:password@ or a token parameter is "
+           "refused); plain http off this host is warned of (an in-cluster Service is fine). "
+           "A pass that cannot ask it keeps the clusters and exits 1.", example="http://airflow:8080",
            group=_A),
     Option("airflow_user", "User the reaper logs in to Airflow's API as.", example="reaper",
            group=_A),

@@ -23,6 +23,9 @@ class EphemeralError(Exception):
     """Root of every error ephemeral raises on purpose."""
 
     retryable: bool = False
+    refused: bool = False
+    """Refused input (a spec, an option, a setting, a job's request): nothing was made or
+    submitted, and the same input fails the same (the CLI's exit code 2)."""
 
 
 class SpecError(EphemeralError):
@@ -30,6 +33,8 @@ class SpecError(EphemeralError):
 
     ``source`` names the file (or "overrides"), ``problems`` are (field path, message) pairs.
     """
+
+    refused = True
 
     def __init__(self, source: str, problems: Sequence[tuple[str, str]]) -> None:
         self.source = source
@@ -41,6 +46,18 @@ class SpecError(EphemeralError):
     @property
     def fields(self) -> list[str]:
         return [path for path, _ in self.problems]
+
+
+class SettingError(SpecError):
+    """A setting (``$EPHEMERAL_*``, Airflow's ``[ephemeral]`` section) has a value that is
+    refused; ``source`` names it. A SpecError (bad input, final, CLI exit code 2) with its own
+    wording: it is no cluster spec."""
+
+    def __init__(self, source: str, problems: Sequence[tuple[str, str]]) -> None:
+        super().__init__(source, problems)
+        lines = [f"{source}: invalid setting"]
+        lines += [f"  {path or '<root>'}: {msg}" for path, msg in self.problems]
+        self.args = ("\n".join(lines),)
 
 
 class SpecNotFound(SpecError):
@@ -109,6 +126,15 @@ class JobSubmissionFailed(JobError):
     """The cluster did not take the job (its Jobs API or master could not be reached)."""
 
     retryable = True
+
+
+class JobRefused(JobSubmissionFailed):
+    """A job's request is refused before anything was submitted or started (a reserved or
+    secret variable, a secret on a command line, a runtime_env Ray cannot take): a retry fails
+    the same."""
+
+    retryable = False
+    refused = True
 
 
 class JobFailed(JobError):

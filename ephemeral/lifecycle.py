@@ -8,10 +8,12 @@ downstream deletes the cluster of a failed setup: Airflow 3.3 never runs its tea
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import FrameType
 
 from ephemeral.backends.base import ClusterBackend, ClusterHandle, ClusterStatus
 from ephemeral.backends.readiness import Readiness
@@ -58,6 +60,21 @@ def provision(
     with deleting_on_failure(backend, handle, only=(ClusterFailed,) if found else None):
         status = wait.wait(on_progress)
     return Provisioned(handle, status, time.monotonic() - started, adopted=found)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def interrupt_on_stop_signals() -> None:
+    """Make SIGTERM (a CI job's timeout, `timeout`, a kill) and SIGHUP (a closed terminal) end
+    the process as Ctrl-C does: a KeyboardInterrupt, so every cleanup that covers an interrupt
+    (``deleting_on_failure``, a job stopped on interrupt) covers them too. By default Python
+    dies on them without unwinding, leaving what it made running."""
+    def interrupt(signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+    for stop in STOP_SIGNALS:
+        signal.signal(stop, interrupt)
 
 
 @contextmanager

@@ -222,7 +222,10 @@ def judge(handle: ClusterHandle, *, lookup: RunLookup | None, now: datetime, gra
     try:
         run = lookup(dag_id, run_id)
     except EphemeralError as err:
-        return Decision(handle.name, False, f"could not ask Airflow ({err}); kept")
+        # An error, not only a reason: a pass that cannot apply the run-end rule fails (exit
+        # 1), or a reaper CronJob that lost Airflow would look green while nothing is reaped.
+        return Decision(handle.name, False, "could not ask Airflow whether its run ended; kept",
+                        error=str(err))
     key, unfound_key, paused_key = run_keys(handle.run)
     if run is None:
         missing = (now - memory.first_seen(unfound_key, now)).total_seconds()
@@ -413,7 +416,8 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
                     memory.forget(dead_key(handle))
                     idle = judge_idle(handle, act, now=now, memory=memory)
                     by_idle = idle.delete
-                d = idle if idle.delete else Decision(d.cluster, False, f"{d.reason}; {idle.reason}",
+                d = idle if idle.delete else Decision(d.cluster, False,
+                                                      f"{d.reason}; {idle.reason}", error=d.error,
                                                       unfound_for=d.unfound_for)
         except Exception as err:  # noqa: BLE001 - one bad lookup must not stop the others
             decisions.append(Decision(handle.name, False, "could not be judged; kept",
@@ -532,19 +536,51 @@ def _for_the_report(backend: ClusterBackend, handle: ClusterHandle) -> Callable[
     return done
 
 
+AIRFLOW_URL_SETTING = "airflow_url (EPHEMERAL_AIRFLOW_URL, ephemeral reap --airflow-url)"
+
+
+def check_airflow_url(url: str) -> None:
+    """Refuse an Airflow API URL that is none (an http or https URL with a host) or that has
+    credentials in it (``url_setting_problem``: it is shown on every decision and log line),
+    naming the setting; SettingError, before any cluster is listed."""
+    from urllib.parse import urlsplit
+
+    from ephemeral.backends.http import url_setting_problem
+    from ephemeral.errors import SettingError
+    from ephemeral.specs.pip_credentials import masked_uri
+
+    problem = url_setting_problem(
+        AIRFLOW_URL_SETTING, url, "give the token in AIRFLOW_API_TOKEN, or the user and "
+        "password in EPHEMERAL_AIRFLOW_USER and EPHEMERAL_AIRFLOW_PASSWORD, and the URL bare")
+    try:
+        split = urlsplit(url)
+        _ = split.port  # raises for a port that is no number
+        host = split.hostname
+    except ValueError:  # a bad port, an unclosed [IPv6
+        split, host = None, None
+    if problem is None and (split is None or split.scheme not in ("http", "https") or not host):
+        problem = (f"{AIRFLOW_URL_SETTING} {masked_uri(url)!r} is no URL of Airflow's API: give "
+                   "http:// or https:// and a host, e.g. http://airflow-api:8080")
+    if problem is not None:
+        raise SettingError("airflow_url", [("airflow_url", problem)])
+
+
 class AirflowApiLookup:
     """Run states from Airflow's REST API v2. Credentials come from the environment (a token,
     or a user and password exchanged for one), never from files in the repository. They go
     only to ``base_url`` (plain http off this host is warned of), never after a redirect
     (``ephemeral.backends.http.open_no_redirect``)."""
 
-    SETTING = "airflow_url (EPHEMERAL_AIRFLOW_URL, ephemeral reap --airflow-url)"
+    SETTING = AIRFLOW_URL_SETTING
 
     def __init__(self, base_url: str, *, token: str | None = None, username: str | None = None,
                  password: str | None = None, timeout: float = 10.0) -> None:
         from ephemeral.backends.http import plain_http_problem
+        from ephemeral.specs.pip_credentials import masked_uri
 
+        check_airflow_url(base_url)
         self.base_url = base_url.rstrip("/")
+        self.shown = masked_uri(self.base_url)  # what messages show of it
         self._token = token
         self._credentials = (username, password) if username and password else None
         self.timeout = timeout
@@ -574,11 +610,11 @@ class AirflowApiLookup:
                 return resp.status, json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as err:
             if 300 <= err.code < 400:
-                raise EphemeralError(redirect_refused(self.base_url + path,
+                raise EphemeralError(redirect_refused(self.shown + path,
                                                       err.headers.get("Location"))) from None
             return err.code, None
         except (urllib.error.URLError, OSError) as err:
-            raise EphemeralError(f"Airflow API at {self.base_url} unreachable: {err}") from err
+            raise EphemeralError(f"Airflow API at {self.shown} unreachable: {err}") from err
 
     def token(self) -> str | None:
         if self._token is None and self._credentials:

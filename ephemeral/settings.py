@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ephemeral.config_section import BY_KEY, SECTION
-from ephemeral.errors import SpecError
+from ephemeral.errors import SettingError
 
 INSTANCE_VARS = ("EPHEMERAL_INSTANCE", "AIRFLOW__EPHEMERAL__INSTANCE")
 
@@ -175,7 +175,7 @@ def instance_of(env: Mapping[str, str] | None = None) -> str:
     found = lookup("instance", None if env is os.environ else env)
     if found.value:
         if not INSTANCE_PATTERN.fullmatch(found.value):
-            raise SpecError(found.source, [(found.source, (
+            raise SettingError(found.source, [(found.source, (
                 f"{found.value!r} must be 1-40 characters of lower-case letters, digits and "
                 "'-', starting and ending alphanumeric, e.g. 'staging' or 'prod-eu'"))])
         return found.value
@@ -196,7 +196,7 @@ def count(key: str, env: Mapping[str, str] | None = None) -> int | None:
     if not found.value:
         return None
     if not found.value.strip().isdigit():
-        raise SpecError(found.source, [(found.source, f"{found.value!r} is not a whole number "
+        raise SettingError(found.source, [(found.source, f"{found.value!r} is not a whole number "
                                                       "of 0 or more")])
     return int(found.value)
 
@@ -220,7 +220,7 @@ def flag(key: str, env: Mapping[str, str] | None = None) -> bool:
     found = lookup(key, env)
     text = (found.value or "false").strip().lower()
     if text not in _TRUE | _FALSE:
-        raise SpecError(found.source, [(found.source, f"{found.value!r} is not true or false")])
+        raise SettingError(found.source, [(found.source, f"{found.value!r} is not true or false")])
     return text in _TRUE
 
 
@@ -234,7 +234,7 @@ def number(key: str, env: Mapping[str, str] | None = None) -> float | None:
     except ValueError:
         value = math.nan
     if not math.isfinite(value):  # inf or nan would mean "never" without saying so
-        raise SpecError(found.source, [(found.source, f"{found.value!r} is not a number")])
+        raise SettingError(found.source, [(found.source, f"{found.value!r} is not a number")])
     return value
 
 
@@ -251,7 +251,7 @@ def folder(key: str, env: Mapping[str, str] | None = None) -> Path | None:
     except RuntimeError:  # ~user of no such user, or no home to expand ~ to
         path = Path(text)
     if not text or not path.is_absolute():
-        raise SpecError(found.source, [(found.source, (
+        raise SettingError(found.source, [(found.source, (
             f"{found.value!r} is not an absolute path: give the folder from the root, e.g. "
             f"/srv/ephemeral, so every process of the deployment finds the same one"))])
     return path

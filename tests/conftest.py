@@ -6,16 +6,16 @@ import atexit
 import importlib.util
 import os
 import shutil
-import signal
 import tempfile
 from collections.abc import Generator, Iterator
 from pathlib import Path
-from types import FrameType, ModuleType
+from types import ModuleType
 
 import psutil
 import pytest
 
 from ephemeral.errors import EphemeralError
+from ephemeral.lifecycle import interrupt_on_stop_signals
 from ephemeral.specs import ClusterIdentity, ResolvedSpec, resolve
 
 # Airflow reads its configuration when first imported: point it at a throwaway home before any
@@ -36,12 +36,8 @@ REQUIRE_K8S = "EPHEMERAL_REQUIRE_K8S"
 def pytest_configure(config: pytest.Config) -> None:
     """A run stopped by SIGTERM (a CI job's timeout, `timeout`, a kill) or a closed terminal
     ends as Ctrl-C does: pytest then tears its fixtures down, so the clusters, live Airflows
-    and PostgreSQL servers they started are stopped, not orphaned."""
-    def interrupt(signum: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
-
-    for stop in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(stop, interrupt)
+    and PostgreSQL servers they started are stopped, not orphaned (the CLI's rule too)."""
+    interrupt_on_stop_signals()
 
 
 @pytest.hookimpl(wrapper=True)

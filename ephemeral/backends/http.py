@@ -116,6 +116,17 @@ def in_clear_off_host(url: str) -> bool:
         host in _LOOPBACK or host.startswith("127."))))
 
 
+def url_setting_problem(setting: str, url: str, fix: str) -> str | None:
+    """Why the URL ``url`` of ``setting`` is refused for the credentials in it (user-info or a
+    signed URL's secret parameter, ``credentials_problem``), or None; the URL is masked and
+    the message ends with ``fix``. A URL setting is shown in logs and errors: credentials go
+    in their own settings."""
+    from ephemeral.specs.pip_credentials import credentials_problem
+
+    problem = credentials_problem(url, fix)
+    return None if problem is None else f"{setting} {problem}"
+
+
 def plain_http_problem(url: str, setting: str, carries: str) -> str | None:
     """Why ``url`` (the value of ``setting``) may not carry ``carries`` (a token, a password):
     ``in_clear_off_host``. None when it is https or stays here. The URL is shown masked

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from ephemeral.backends import ClusterBackend, ClusterHandle, get_backend
 from ephemeral.backends.base import ClusterStatus, OwnerSelector, Phase
@@ -31,8 +31,24 @@ from ephemeral.specs.identity import check_cluster_name
 from ephemeral.specs.loader import file_identity_problems, in_specs_tree, read_yaml
 from ephemeral.specs.resolve import CI_CPU, ResolvedSpec, apply_profile
 
+
+class _ErrorBoundary(typer.core.TyperGroup):
+    """Every command's errors end alike, whatever raised them (a backend, a setting, a file):
+    an EphemeralError or an OSError as ``_fail`` prints it (one JSON document under --json;
+    exit 2 for refused input, else 1), never a traceback."""
+
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]  # typer's own
+        args = [*ctx._protected_args, *ctx.args]
+        # --json of the command, not an argument of a job after "--"
+        as_json = "--json" in (args[:args.index("--")] if "--" in args else args)
+        try:
+            return super().invoke(ctx)
+        except (EphemeralError, OSError) as e:
+            raise _fail(e, as_json) from e
+
+
 app = typer.Typer(help="Ephemeral Ray and Spark clusters from versioned specs.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, cls=_ErrorBoundary)
 specs_app = typer.Typer(help="Validate and inspect cluster specs.", no_args_is_help=True)
 app.add_typer(specs_app, name="specs")
 app.add_typer(model_app, name="model")
@@ -69,14 +85,33 @@ def _emit(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def _fail(error: EphemeralError, as_json: bool) -> typer.Exit:
+def _fail(error: EphemeralError | OSError, as_json: bool) -> typer.Exit:
+    """Print ``error`` (as JSON with ``as_json``); the exit to raise: 2 for refused input
+    (``EphemeralError.refused``: a spec, an option, a setting, a job's request; nothing was
+    created or submitted), else 1."""
+    message = str(error)
+    if isinstance(error, OSError):  # one line: what failed on which file
+        message = " ".join(str(p) for p in (error.strerror or error, error.filename) if p)
     if as_json:
-        _emit({"error": type(error).__name__, "message": str(error),
-               "retryable": error.retryable})
+        _emit({"error": type(error).__name__, "message": message,
+               "retryable": getattr(error, "retryable", False)})
     else:
         err.print(f"[bold red]error:[/] {type(error).__name__}", highlight=False)
-        err.print(str(error), markup=False, highlight=False)
-    return typer.Exit(2 if isinstance(error, SpecError) else 1)
+        err.print(message, markup=False, highlight=False)
+    return typer.Exit(2 if getattr(error, "refused", False) else 1)
+
+
+def _seconds(param: typer.CallbackParam, value: float | None) -> float | None:
+    """Every seconds option (a timeout, a grace): finite and above 0, as a job's timeout
+    (``adhoc.job_timeout_seconds``), refused naming the option before anything is made: nan or
+    inf waited forever, 0 or less created a cluster only to delete it."""
+    from ephemeral.adhoc import job_timeout_seconds
+
+    if value is None:
+        return None
+    fix = "leave it out for no limit" if param.default is None else (
+        f"leave it out for the default, {param.default:g}")
+    return job_timeout_seconds(value, param.opts[0], fix=fix)
 
 
 def _overrides(replicas: int | None, cpu: float | None, memory: str | None,
@@ -218,21 +253,19 @@ def render_cmd(
     from ephemeral.backends.kubernetes.render import render
     from ephemeral.specs.models import dns_label
 
+    if name is not None:  # before anything: a ValueError later is no bad name
+        check_cluster_name(name, "--name")
     try:
         spec = resolve(ref, profile, _overrides(replicas, cpu, memory, gpus))
         try:
             dns_label(namespace, 63)
         except ValueError as e:
             raise SpecError("--namespace", [("namespace", str(e))]) from e
-        if name is not None:
-            ClusterIdentity.manual(spec.spec.name, name)  # checks the name
         handle = make_handle(spec, render_identity(spec.spec.name, name), backend="kubernetes",
                              endpoints=Endpoints(), namespace=namespace,
                              created=datetime.fromisoformat(RENDER_CREATED))
         notes = spec_notes(spec, "kubernetes")  # render's mode: the spec's, else standalone
         rendered = render(spec, handle, cluster_domain=cluster_domain)
-    except ValueError as e:
-        raise _fail(SpecError("--name", [("name", str(e))]), as_json) from e
     except EphemeralError as e:
         raise _fail(e, as_json) from e
     if as_json:
@@ -263,14 +296,23 @@ def up(
     cpu: Annotated[float | None, typer.Option(help="CPUs per worker.")] = None,
     memory: Annotated[str | None, typer.Option(help="Memory per worker, e.g. 4Gi.")] = None,
     gpus: Annotated[int | None, typer.Option(help="GPUs per worker.")] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = (
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.",
+                                           callback=_seconds)] = (
         DEFAULT_READY_TIMEOUT),
     backend: BackendOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a cluster and wait until it is usable; print its handle with endpoints."""
+    from ephemeral.adhoc import RequestError
+
+    if name is not None:  # before anything: a ValueError of a probe is no bad name
+        check_cluster_name(name, "--name")
     try:
         spec = resolve(ref, profile, _overrides(replicas, cpu, memory, gpus))
+        if timeout > (ttl := spec.spec.lifetime.ttl_seconds):  # past it the reaper deletes it
+            raise RequestError([("--timeout", f"{timeout:g} s is longer than {spec.ref}'s "
+                                 f"lifetime.ttl ({ttl} s), after which the cluster is deleted; "
+                                 "give at most that")], "ephemeral up")
         identity = ClusterIdentity.manual(spec.spec.name, name)
         be = _backend(backend)
         notes = spec_notes(spec, be.name, spark_mode_of(be))
@@ -281,8 +323,6 @@ def up(
                 status.update(f"{identity.name}: {st.phase.value} "
                               f"({st.nodes_ready}/{st.nodes_expected} nodes) {st.message}")
             result = provision(be, spec, identity, timeout=timeout, on_progress=progress)
-    except ValueError as e:
-        raise _fail(SpecError("--name", [("name", str(e))]), as_json) from e
     except EphemeralError as e:
         raise _fail(e, as_json) from e
     if as_json:
@@ -321,14 +361,17 @@ def ls(backend: BackendOpt = None, all_instances: AllInstancesOpt = False,
     if not rows:
         err.print("no clusters" if all_instances else _no_clusters_here(be))
         return
-    table = Table("name", "engine", "spec", "phase", "created", "expires", "endpoint",
+    # A name or endpoint is to be copied whole (to `down`, a browser): folded in a narrow
+    # terminal, never cut with "…"; piped (CI logs, grep) the table gets its full width.
+    table = Table(Column("name", overflow="fold"), "engine", "spec", "phase", "created",
+                  "expires", Column("endpoint", overflow="fold"),
                   *(["instance"] if all_instances else []))
     for r in rows:
         h = ClusterHandle.model_validate(r["handle"])
         ep = h.endpoints.dashboard or h.endpoints.spark_master or ""
         table.add_row(h.name, h.engine, h.spec_ref, str(r["phase"]), h.created_at, h.expires_at,
                       ep, *([h.instance or "-"] if all_instances else []))
-    out.print(table)
+    Console(soft_wrap=True, width=None if sys.stdout.isatty() else 10**4).print(table)
 
 
 def _no_clusters_here(be: ClusterBackend) -> str:
@@ -357,7 +400,13 @@ def down(
     """Delete clusters and wait until none of their processes or pods is left.
 
     Only this deployment instance's clusters, unless --all-instances is given."""
+    from ephemeral.adhoc import RequestError
+
     try:  # every name, before anything is looked up or deleted: names become paths, selectors
+        if all_ and names:  # --all would delete every cluster, not only the names given
+            raise RequestError([("--all", f"given with NAME ({', '.join(names)}): --all "
+                                 "deletes every cluster of this instance; give the names, or "
+                                 "--all alone")], "ephemeral down")
         names = [check_cluster_name(n, "NAME") for n in names or []]
     except SpecError as e:
         raise _fail(e, as_json) from e
@@ -434,7 +483,9 @@ def _key_values(pairs: list[str] | None, option: str) -> dict[str, str]:
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not key or not sep:
-            raise _fail(SpecError(option, [(option, f"{pair!r} is not KEY=VALUE")]), False)
+            from ephemeral.adhoc import RequestError
+
+            raise RequestError([(option, f"{pair!r} is not KEY=VALUE")], "ephemeral")
         out[key] = value
     return out
 
@@ -448,6 +499,24 @@ def _log_sink(as_json: bool) -> Callable[[str], None]:
         stream.flush()
 
     return write
+
+
+# How long an interrupted `submit` waits for Ray to stop its job: bounded, so a second Ctrl-C
+# is not the only way out when the cluster does not answer.
+INTERRUPT_STOP_WAIT = 15.0
+
+
+def _stop_on_interrupt(what: str, stop: Callable[[], object]) -> None:
+    """A job's command was interrupted (Ctrl-C, SIGTERM, SIGHUP): stop ``what`` (best effort,
+    ``stop`` bounded) and say whether it was stopped. A job left running would go on holding
+    the cluster, and the limit of --timeout, which the command enforces, would be gone."""
+    try:
+        stop()
+    except Exception as e:  # noqa: BLE001 - said, not raised: the interrupt stays the error
+        err.print(f"interrupted: {what} was NOT stopped ({type(e).__name__}: {e}); it may "
+                  "still be running", markup=False, highlight=False)
+    else:
+        err.print(f"interrupted: {what} was stopped", markup=False, highlight=False)
 
 
 def _finish_job(run: Callable[[], JobResult], as_json: bool) -> None:
@@ -471,7 +540,8 @@ def submit(
     env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE for the job (repeat).")] = None,
     job_id: Annotated[str | None, typer.Option(help="Submission id; attaches if it exists.")] = (
         None),
-    timeout: Annotated[float | None, typer.Option(help="Stop the job after this many s.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Stop the job after this many s.",
+                                                  callback=_seconds)] = None,
     backend: BackendOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -505,7 +575,12 @@ def submit(
         else:
             err.print(f"attaching to existing job {jid}", highlight=False)
         err.print(f"job {jid} on {handle.name}", highlight=False)
-        return jobs.follow(jid, sink=sink, timeout=timeout)
+        try:
+            return jobs.follow(jid, sink=sink, timeout=timeout)
+        except KeyboardInterrupt:
+            _stop_on_interrupt(f"Ray job {jid} on {handle.name}",
+                               lambda: jobs.stop(jid, wait=INTERRUPT_STOP_WAIT))
+            raise
 
     _finish_job(run, as_json)
 
@@ -517,7 +592,8 @@ def spark_submit_cmd(
     args: Annotated[list[str] | None, typer.Argument(help="After --: application arguments.")] = (
         None),
     conf: Annotated[list[str] | None, typer.Option(help="Spark conf KEY=VALUE (repeat).")] = None,
-    timeout: Annotated[float | None, typer.Option(help="Stop it after this many s.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Stop it after this many s.",
+                                                  callback=_seconds)] = None,
     backend: BackendOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -537,12 +613,20 @@ def spark_submit_cmd(
                                     "SparkConnect): use Spark Connect, or a standalone cluster "
                                     "(kubernetesMode: standalone) for spark-submit"), as_json)
     auth = spark_auth_for(handle, _backend(backend))  # the driver's spark.authenticate secret
-    _finish_job(lambda: spark_submit(
-        handle.endpoints.spark_master or "", str(application), args or [],
-        conf=handle.spark_conf | own_conf, cluster=handle.name,
-        timeout=timeout,
-        env={"EPHEMERAL_ARTIFACT_ROOT": artifacts.root()},
-        sink=_log_sink(as_json), auth=auth), as_json)
+
+    def run() -> JobResult:
+        try:
+            return spark_submit(
+                handle.endpoints.spark_master or "", str(application), args or [],
+                conf=handle.spark_conf | own_conf, cluster=handle.name, timeout=timeout,
+                env={"EPHEMERAL_ARTIFACT_ROOT": artifacts.root()},
+                sink=_log_sink(as_json), auth=auth)
+        except KeyboardInterrupt:  # spark_submit has killed its driver on the way out
+            _stop_on_interrupt(f"the Spark driver of {application.name} on {handle.name}",
+                               lambda: None)
+            raise
+
+    _finish_job(run, as_json)
 
 
 @app.command("reap")
@@ -550,7 +634,8 @@ def reap_cmd(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would go, delete nothing.")
                        ] = False,
     grace: Annotated[float, typer.Option(help="Seconds after a run ended before its clusters "
-                                              "count as orphans.")] = 600.0,
+                                              "count as orphans.",
+                                         callback=_seconds)] = 600.0,
     airflow_url: Annotated[str | None, typer.Option(
         envvar="EPHEMERAL_AIRFLOW_URL",
         help="Airflow API server to ask for run states (token from AIRFLOW_API_TOKEN, or "
@@ -610,9 +695,11 @@ def report_cmd(
     from ephemeral.settings import INSTANCE_PATTERN
 
     if instance is not None and not INSTANCE_PATTERN.fullmatch(instance):
-        raise _fail(EphemeralError(f"--instance {instance!r} is not a deployment instance id: "
-                                   "1-40 lower-case letters, digits and '-' (the folders of "
-                                   "the artifact root)"), as_json)
+        from ephemeral.adhoc import RequestError
+
+        raise _fail(RequestError([("--instance", f"{instance!r} is not a deployment instance "
+                                   "id: 1-40 lower-case letters, digits and '-' (the folders "
+                                   "of the artifact root)")], "ephemeral report"), as_json)
     report = load_report(dag_id, run_id, instance)
     others = [] if report is not None else [
         i for i in instances_with(dag_id, run_id) if i != instance]
@@ -658,6 +745,11 @@ def report_cmd(
 
 
 def main() -> None:
+    # SIGTERM/SIGHUP end a command as Ctrl-C does, so `up` deletes the cluster it was waiting
+    # for, `submit` and `spark-submit` stop their job, instead of dying with it left running.
+    from ephemeral.lifecycle import interrupt_on_stop_signals
+
+    interrupt_on_stop_signals()
     app()
 
 

@@ -32,7 +32,7 @@ from urllib.parse import quote
 
 from ephemeral.backends.base import HeadState, HeadView
 from ephemeral.backends.http import ca_trust, cluster_session, redirect_refused
-from ephemeral.errors import JobError, JobFailed, JobSubmissionFailed, JobTimeout
+from ephemeral.errors import JobError, JobFailed, JobRefused, JobSubmissionFailed, JobTimeout
 from ephemeral.jobs.results import JobResult, JobStatus, parse_result_line, submission_id, tail
 from ephemeral.jobs.runtime_env import check_submitted, job_label
 
@@ -355,7 +355,7 @@ class RayJobs:
 
             RuntimeEnv(**env)
         except (ValueError, TypeError) as err:
-            raise JobSubmissionFailed(f"Ray refuses the job's runtime_env: {err}") from err
+            raise JobRefused(f"Ray refuses the job's runtime_env: {err}") from err
         try:
             return str(self.client.submit_job(
                 entrypoint=entrypoint, submission_id=job_id, runtime_env=env or None,

@@ -36,8 +36,13 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from ephemeral.errors import JobSubmissionFailed
-from ephemeral.specs.models import RESERVED_ENV, env_name_problem, literal_secret, reserved_env
+from ephemeral.errors import JobRefused
+from ephemeral.specs.models import (
+    RESERVED_ENV,
+    literal_secret,
+    reserved_env,
+    settable_env_problem,
+)
 from ephemeral.specs.pip_credentials import credentials_problem, masked_uri, pip_entry_problem
 
 if TYPE_CHECKING:
@@ -103,7 +108,7 @@ def _packages(pip: Any, where: str, field: str = "pip") -> tuple[list[str], dict
     if isinstance(pip, Mapping) and isinstance(pip.get("packages", []), list | tuple):
         options = {k: v for k, v in pip.items() if k != "packages"}
         return [str(p) for p in pip.get("packages", [])], options
-    raise JobSubmissionFailed(
+    raise JobRefused(
         f"{where}: runtime_env.{field} must be a list of requirements (or Ray's "
         f"{{'packages': [...]}} form) to merge with the cluster's default pip packages; got "
         f"{type(pip).__name__}. Pass the requirements as a list.")
@@ -117,7 +122,7 @@ def merge_pip(base: list[str], overlay: list[str], where: str = "the job") -> li
     unnamed = [r for r in overlay if not _mergeable(r) and r.strip() not in same] \
         if base else []
     if unnamed:
-        raise JobSubmissionFailed(
+        raise JobRefused(
             f"{where}: runtime_env pip entries {unnamed} name no package, so they cannot take "
             f"the place of the cluster's default packages ({base}). Name each: 'torch @ "
             "git+https://...', a '#egg=name' URL, or the requirements themselves instead of "
@@ -164,13 +169,13 @@ def _with_credentials(overlay: Mapping[str, Any], where: str) -> None:
             continue
         for i, entry in enumerate(entries):
             if isinstance(entry, str) and (problem := pip_entry_problem(entry)) is not None:
-                raise JobSubmissionFailed(f"{where}: runtime_env.{field}[{i}]: {problem}")
+                raise JobRefused(f"{where}: runtime_env.{field}[{i}]: {problem}")
     for field, value in overlay.items():
         if field == "env_vars":
             continue
         for path, text in _strings(value, f"runtime_env.{field}"):
             if (problem := credentials_problem(text, CREDENTIALS_FIX)) is not None:
-                raise JobSubmissionFailed(f"{where}: {path}: {problem}")
+                raise JobRefused(f"{where}: {path}: {problem}")
 
 
 def entrypoint_problem(entrypoint: str, *, one_line: bool = False) -> str | None:
@@ -199,7 +204,7 @@ def _pip_into_uv(base_pip: Any, uv: Any, where: str) -> Any:
     package wins)."""
     base_pkgs, base_opts = _packages(base_pip, "the cluster")
     if base_opts:
-        raise JobSubmissionFailed(
+        raise JobRefused(
             f"{where} sets runtime_env.uv, and the cluster's default pip has options uv does not "
             f"take ({sorted(base_opts)}); list the cluster's packages ({base_pkgs}) in the job's "
             "uv yourself, or use runtime_env.pip instead of uv")
@@ -215,22 +220,22 @@ JOB_MAY_SET = frozenset({"EPHEMERAL_ARTIFACT_ROOT"})
 
 
 def check_job_env(env_vars: Any, where: str, field: str = "runtime_env.env_vars") -> None:
-    """Refuse a job's own environment variables (the spec's rules: ``env_name_problem``,
+    """Refuse a job's own environment variables (the spec's rules: ``settable_env_problem``,
     ``reserved_env`` with ``JOB_MAY_SET`` excepted, ``literal_secret``), naming them (never a
     value), ``field`` and the fix: before anything is uploaded or submitted. ``None`` sets
     nothing."""
     if env_vars is None:
         return
     if not isinstance(env_vars, Mapping):
-        raise JobSubmissionFailed(
+        raise JobRefused(
             f"{where}: {field} must be a mapping of variable names to values; got "
             f"{type(env_vars).__name__}")
-    if bad := [p for n in env_vars if (p := env_name_problem(str(n))) is not None]:
-        raise JobSubmissionFailed(f"{where}: {field}: {'; '.join(bad)}")
+    if bad := [p for n in env_vars if (p := settable_env_problem(str(n))) is not None]:
+        raise JobRefused(f"{where}: {field}: {'; '.join(bad)}")
     refused = sorted(str(n) for n in env_vars
                      if reserved_env(str(n)) and str(n) not in JOB_MAY_SET)
     if refused:
-        raise JobSubmissionFailed(
+        raise JobRefused(
             f"{where}: {field} sets {', '.join(map(repr, refused))}, reserved (names starting "
             f"with {', '.join(RESERVED_ENV)}): ephemeral, Airflow and the cluster's Ray "
             "authentication own such names, and teardown finds what a job leaves running on a "
@@ -240,7 +245,7 @@ def check_job_env(env_vars: Any, where: str, field: str = "runtime_env.env_vars"
     secrets = sorted(str(n) for n, v in env_vars.items()
                      if v is not None and literal_secret(str(n), str(v)) is not None)
     if secrets:
-        raise JobSubmissionFailed(
+        raise JobRefused(
             f"{where}: {field} sets {', '.join(map(repr, secrets))} to a secret (by its name, "
             "or a value with credentials or a key in it): a job's own environment is stored "
             "and shown with its settings (Ray's job info and dashboard, the task's rendered "
@@ -257,7 +262,7 @@ def check_submitted(env: Mapping[str, Any], where: str, entrypoint: str | None =
     environment reference in a pip or uv entry, no credentials in any URI of its runtime_env
     (``working_dir``, ``py_modules``, ...) nor in its ``entrypoint`` (``entrypoint_problem``)."""
     if entrypoint is not None and (problem := entrypoint_problem(entrypoint)) is not None:
-        raise JobSubmissionFailed(f"{where}: entrypoint: {problem}")
+        raise JobRefused(f"{where}: entrypoint: {problem}")
     check_job_env(env.get("env_vars"), where)
     _with_credentials(env, where)
 
@@ -297,12 +302,12 @@ def _check_rays_limits(env: Mapping[str, Any], base: Mapping[str, Any], where: s
     ``RuntimeEnv`` would refuse with a bare message. Ray's own check (``RayJobs.submit``, before
     the upload) stays the authority for everything else."""
     if "conda" in env and env.get("pip") and base.get("pip"):
-        raise JobSubmissionFailed(
+        raise JobRefused(
             f"{where} sets runtime_env.conda, and the cluster adds pip packages to every job "
             f"({env['pip']}); Ray takes only one of them. List those packages under your conda "
             "environment's pip dependencies and drop conda from the job, or use another cluster.")
     if len(given := [k for k in _INSTALLERS if env.get(k) is not None]) > 1:
-        raise JobSubmissionFailed(
+        raise JobRefused(
             f"{where}: runtime_env sets {' and '.join(given)}, and Ray takes only one of them: "
             "list every package under one of them")
     for image, allowed in _IMAGE_KEYS.items():
@@ -310,7 +315,7 @@ def _check_rays_limits(env: Mapping[str, Any], base: Mapping[str, Any], where: s
             continue
         from_cluster = f" (the cluster adds pip packages to every job: {env['pip']})" \
             if "pip" in extra and base.get("pip") else ""
-        raise JobSubmissionFailed(
+        raise JobRefused(
             f"{where} sets runtime_env.{image}, which Ray runs only with "
             f"{' and '.join(sorted(allowed - {image}))}, not with {', '.join(extra)}"
             f"{from_cluster}. Install those packages (and the job's code) in the image, or use a "

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ephemeral.backends.http import GRPC_NO_PROXY
-from ephemeral.errors import JobFailed, JobSubmissionFailed, JobTimeout
+from ephemeral.errors import JobFailed, JobRefused, JobSubmissionFailed, JobTimeout
 from ephemeral.jobs.results import (
     RESULT_FILE_ENV,
     JobResult,
@@ -174,7 +174,7 @@ def check_submit_input(where: str, conf: Mapping[str, Any] | None, *, conf_field
         if (problem := credentials_problem(str(value), CREDENTIALS_FIX)) is not None:
             problems.append(f"{field}: {problem}")
     if problems:
-        raise JobSubmissionFailed(f"{where}: " + "; ".join(problems))
+        raise JobRefused(f"{where}: " + "; ".join(problems))
 
 
 def spark_submit_bin() -> str:
@@ -211,7 +211,7 @@ def spark_submit(
     check_job_env(env, "spark-submit", field="env")  # however it is called, before it starts
     check_submit_input("spark-submit", conf, args=args, args_field="args")
     if not Path(application).is_file():
-        raise JobSubmissionFailed(f"no application file {application!r}")
+        raise JobRefused(f"no application file {application!r}")
     argv = [spark_submit_bin(), "--master", master]
     if name:
         argv += ["--name", name]

@@ -330,6 +330,20 @@ def env_name_problem(name: str) -> str | None:
     return f"{name!r} is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)"
 
 
+def settable_env_problem(name: str) -> str | None:
+    """Why neither a spec's ``runtimeEnv.env`` nor a job's own environment (``--env``,
+    ``runtime_env.env_vars``, a spark-submit's env) may set ``name``, or None: no variable
+    name, or one the backend sets (``BACKEND_ENV``). The reserved names (``reserved_env``) are
+    judged apart: a job may set one of them."""
+    if (problem := env_name_problem(name)) is not None:
+        return problem
+    if name.upper() in BACKEND_ENV:
+        return (f"{name!r} is set by the backend on each node (the GPUs a node gets come from "
+                "the spec's gpus; a job's cluster address is its own cluster's): remove it, or "
+                "size the group's gpus instead")
+    return None
+
+
 def literal_secret(name: str, value: str) -> str | None:
     """Why the literal ``value`` of the variable ``name`` is a secret, or None: the value is
     one (``secret_value``), or the name says so (``secret_name``) and the value is no switch.
@@ -377,10 +391,8 @@ class EnvVar(Model):
     @field_validator("name")
     @classmethod
     def _env_name(cls, v: str) -> str:
-        if v.upper() in BACKEND_ENV:
-            raise ValueError(f"{v!r} is set by the backend on each node (the GPUs a node gets "
-                             "come from the spec's gpus; a job's cluster address is its own "
-                             "cluster's): remove it, or size the group's gpus instead")
+        if (problem := settable_env_problem(v)) is not None:
+            raise ValueError(problem)
         return _env_var_name(v, "ephemeral, Airflow and the cluster's Ray authentication own "
                                 "such names, and teardown finds a cluster's processes by "
                                 "ephemeral's markers", "pick another name")

@@ -192,3 +192,18 @@ def test_a_folder_without_state_goes_only_after_its_marked_processes(
     LocalBackend(tmp_path).delete("lost")
     assert proc.wait(timeout=10) is not None  # killed, not orphaned
     assert not cdir.exists()
+
+
+def test_down_refuses_names_together_with_all(fake: Recording) -> None:
+    """`down NAME --all` deleted every cluster of the instance, NAME ignored: refused, and
+    nothing is touched."""
+    fake.create(RAY, identity=ClusterIdentity.manual(RAY.spec.name, "train"))
+    code, output = invoke("down", "train", "--all", "--json")
+    assert code == 2, output
+    doc = json.loads(output)
+    assert doc["error"] == "RequestError"
+    assert "--all" in doc["message"]
+    assert "train" in doc["message"]
+    assert fake.calls == []
+    assert fake.get("keep-me") is not None
+    assert fake.get("train") is not None

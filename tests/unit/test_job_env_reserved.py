@@ -24,7 +24,7 @@ from ephemeral.jobs.runtime_env import (
 )
 from ephemeral.specs import ClusterIdentity, resolve
 from ephemeral.specs.loader import parse_spec
-from ephemeral.specs.models import reserved_env
+from ephemeral.specs.models import BACKEND_ENV, reserved_env
 
 RESERVED = [
     "EPHEMERAL_CLUSTER_UID",  # the marker `down` finds a local cluster's detached processes by
@@ -70,9 +70,12 @@ def test_the_job_layer_of_job_runtime_env_is_checked_and_ours_is_not(
         "EPHEMERAL_ARTIFACT_ROOT": "file:///mine", "MY_FLAG": "1"}
 
 
-@pytest.mark.parametrize("name", [*RESERVED, *ORDINARY, *JOB_MAY_SET])
+@pytest.mark.parametrize("name", [*RESERVED, *ORDINARY, *JOB_MAY_SET, *sorted(BACKEND_ENV),
+                                  "cuda_visible_devices"])
 def test_the_rule_is_the_specs(name: str) -> None:
-    """One rule: a job may set a name exactly when a spec may (reserved_env), but JOB_MAY_SET."""
+    """One rule: a job may set a name exactly when a spec may (not reserved_env, not one the
+    backend sets: a job's RAY_ADDRESS or CUDA_VISIBLE_DEVICES was passed on), but
+    JOB_MAY_SET."""
     try:
         check_job_env({name: "x"}, "the job")
         job_refuses = False
@@ -87,8 +90,8 @@ def test_the_rule_is_the_specs(name: str) -> None:
         spec_refuses = False
     except SpecError:
         spec_refuses = True
-    assert spec_refuses == reserved_env(name)
-    assert job_refuses == (reserved_env(name) and name not in JOB_MAY_SET)
+    assert spec_refuses == (reserved_env(name) or name.upper() in BACKEND_ENV)
+    assert job_refuses == (spec_refuses and name not in JOB_MAY_SET)
 
 
 def test_env_vars_that_are_not_a_mapping_are_refused_naming_the_field() -> None:
@@ -114,7 +117,7 @@ def test_cli_submit_refuses_a_reserved_env_before_looking_anything_up(
     args = ["submit", "x", "--env", "MY_FLAG=1", "--env", "EPHEMERAL_CLUSTER_UID=not-this-cluster",
             *(["--json"] if as_json else []), "--", "sh", "-c", "setsid sleep 902 &"]
     out = CliRunner().invoke(main.app, args)
-    assert out.exit_code == 1, out.output
+    assert out.exit_code == 2, out.output  # refused input: nothing was submitted
     text = json.loads(out.stdout)["message"] if as_json else out.output
     assert "ephemeral submit: --env sets 'EPHEMERAL_CLUSTER_UID'" in " ".join(text.split())
     assert "Pick another name" in " ".join(text.split())

@@ -193,7 +193,7 @@ def test_cli_submit_refuses_such_an_env(monkeypatch: pytest.MonkeyPatch, pair: s
     monkeypatch.setattr(ray_jobs, "ray_jobs_for", _never)
     out = CliRunner().invoke(main.app, ["submit", "my-ray", "--env", pair, "--", "python",
                                         "hello_ray.py"])
-    assert out.exit_code == 1, out.output
+    assert out.exit_code == 2, out.output  # refused input: nothing ran
     assert "--env" in out.output
     assert "wJalrXUtnFEMI" not in out.output
 

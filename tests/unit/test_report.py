@@ -272,8 +272,8 @@ def test_airflows_sharing_an_artifact_root_keep_their_reports_and_run_folders_ap
     assert out.exit_code == 0, out.output
     assert f"staging/reports/d/{run_slug(run)}/report.html" in out.output
     out = CliRunner().invoke(app, ["report", "d", run, "--instance", "../prod"])
-    assert out.exit_code == 1
-    assert "--instance '../prod' is not a deployment instance id" in out.output
+    assert out.exit_code == 2  # refused input
+    assert "--instance: '../prod' is not a deployment instance id" in out.output
 
 
 def test_training_takes_its_scaling_from_the_cluster() -> None:

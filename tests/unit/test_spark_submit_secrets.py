@@ -102,7 +102,7 @@ def test_cli_spark_submit_refuses_before_looking_anything_up(
     app.write_text("print(1)\n")
     out = CliRunner().invoke(main.app, ["spark-submit", "etl", str(app), *options,
                                         *(["--json"] if as_json else []), *args])
-    assert out.exit_code == 1, out.output
+    assert out.exit_code == 2, out.output  # refused input: nothing ran
     text = json.loads(out.stdout)["message"] if as_json else " ".join(out.output.split())
     assert f"ephemeral spark-submit: {field}" in text
     assert SECRET not in text

@@ -208,12 +208,10 @@ _URL_FIX = ("keep credentials out of the URL: the platform's ingress or proxy au
 
 
 def url_setting_problem(setting: str, url: str) -> str | None:
-    """Why the URL ``url`` of ``setting`` is refused for the credentials in it (user-info or a
-    signed URL's secret parameter, ``credentials_problem``), or None; the URL is masked."""
-    from ephemeral.specs.pip_credentials import credentials_problem
+    """``ephemeral.backends.http.url_setting_problem`` with the Kubernetes URL settings' fix."""
+    from ephemeral.backends.http import url_setting_problem as problem
 
-    problem = credentials_problem(url, _URL_FIX)
-    return None if problem is None else f"{setting} {problem}"
+    return problem(setting, url, _URL_FIX)
 
 
 def _check_ingress(template: str) -> None:

@@ -1,0 +1,158 @@
+"""The CLI's one error boundary and its input rules: every error ends as `_fail` prints it (one
+JSON document under --json; exit 2 for refused input, 1 otherwise), never a traceback; every
+seconds option is a finite number above 0, refused before anything is created."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ephemeral.backends.base import OwnerSelector
+from ephemeral.backends.fake import InMemoryBackend
+from ephemeral.cli import main as cli_main
+from ephemeral.errors import BackendUnavailable
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli_main.app, list(args), env=env)
+    assert not isinstance(result.exception, Exception) or isinstance(
+        result.exception, SystemExit), result.exception  # no traceback
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> InMemoryBackend:
+    backend = InMemoryBackend(ready_after_probes=1)
+    monkeypatch.setattr(cli_main, "_backend", lambda _name: backend)
+    return backend
+
+
+# -- seconds options ------------------------------------------------------------------------
+
+BAD_SECONDS = ["nan", "inf", "-inf", "0", "-1"]
+
+
+@pytest.mark.parametrize("value", BAD_SECONDS)
+@pytest.mark.parametrize(("command", "option"), [
+    (["up", "ray/adhoc-cpu", "-p", "ci-cpu"], "--timeout"),
+    (["submit", "c", "--json", "--", "true"], "--timeout"),
+    (["spark-submit", "c", "app.py"], "--timeout"),
+    (["reap", "--dry-run"], "--grace"),
+])
+def test_a_seconds_option_is_finite_and_above_zero(fake: InMemoryBackend, command: list[str],
+                                                   option: str, value: str) -> None:
+    code, stdout, _ = invoke(command[0], option, value, "--json", *command[1:])
+    assert code == 2, stdout
+    doc = json.loads(stdout)
+    assert doc["error"] == "RequestError"
+    assert f"{option}: " in doc["message"]
+    assert "finite number of seconds above 0" in doc["message"]
+    assert fake.created_total == 0  # refused before anything was made
+
+
+def test_up_timeout_past_the_clusters_lifetime_is_refused(fake: InMemoryBackend) -> None:
+    """1e308 waited forever: past the spec's ttl the cluster is deleted anyway."""
+    code, stdout, _ = invoke("up", "ray/adhoc-cpu", "-p", "ci-cpu", "--timeout", "1e308",
+                             "--json")
+    assert code == 2, stdout
+    assert "lifetime.ttl" in json.loads(stdout)["message"]
+    assert fake.created_total == 0
+
+
+def test_a_good_timeout_still_waits(fake: InMemoryBackend) -> None:
+    fake.ready_after_probes = 10**9  # never ready: up waits until its timeout
+    code, stdout, _ = invoke("up", "ray/adhoc-cpu", "-p", "ci-cpu", "--timeout", "0.2",
+                             "--json")
+    assert code == 1, stdout
+    assert json.loads(stdout)["error"] != "RequestError"
+    assert fake.created_total == 1
+    assert fake.list_owned(OwnerSelector(all_instances=True)) == []  # deleted after the timeout
+
+
+# -- the error boundary ---------------------------------------------------------------------
+
+class Unreachable(InMemoryBackend):
+    def list_owned(self, selector=None):  # type: ignore[no-untyped-def]
+        raise BackendUnavailable("kube API unreachable: connection refused")
+
+
+@pytest.mark.parametrize("command", [["ls"], ["down", "--all"], ["reap"]])
+def test_a_backend_error_is_one_json_document(monkeypatch: pytest.MonkeyPatch,
+                                              command: list[str]) -> None:
+    monkeypatch.setattr(cli_main, "_backend", lambda _name: Unreachable())
+    code, stdout, _ = invoke(*command, "--json")
+    assert code == 1
+    doc = json.loads(stdout)
+    assert doc["error"] == "BackendUnavailable"
+    assert doc["retryable"] is True
+    code, _, stderr = invoke(*command)
+    assert code == 1
+    assert "kube API unreachable" in stderr
+
+
+@pytest.mark.parametrize(("variable", "value"), [("EPHEMERAL_INSTANCE", "Bad"),
+                                                 ("EPHEMERAL_HOME", "relative/home")])
+def test_a_bad_setting_is_refused_input_named_as_a_setting(variable: str, value: str) -> None:
+    code, stdout, _ = invoke("ls", "--json", env={variable: value})
+    assert code == 2, stdout
+    doc = json.loads(stdout)
+    assert doc["error"] == "SettingError"
+    assert doc["message"].startswith(f"{variable}: invalid setting")
+    assert "cluster spec" not in doc["message"]
+
+
+def test_a_file_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    target = tmp_path / "no" / "such" / "x.json"
+    code, _, stderr = invoke("specs", "schema", "-o", str(target))
+    assert code == 1
+    assert "Traceback" not in stderr
+    assert f"No such file or directory {target}" in stderr
+
+
+@pytest.mark.parametrize("command", [["submit", "c", "--env", "NOEQ", "--json", "--", "true"],
+                                     ["spark-submit", "c", "app.py", "--conf", "NOEQ", "--json"]])
+def test_a_bad_key_value_is_json_under_json(fake: InMemoryBackend, command: list[str]) -> None:
+    code, stdout, _ = invoke(*command)
+    assert code == 2
+    assert "is not KEY=VALUE" in json.loads(stdout)["message"]
+
+
+def test_json_after_the_separator_belongs_to_the_job(fake: InMemoryBackend) -> None:
+    code, stdout, stderr = invoke("submit", "c", "--env", "NOEQ", "--", "tool", "--json")
+    assert code == 2
+    assert stdout == ""
+    assert "is not KEY=VALUE" in stderr
+
+
+# -- up/render: --name is checked by name, not by catching any ValueError ----------------------
+
+@pytest.mark.parametrize("command", [["up", "ray/adhoc-cpu", "-p", "ci-cpu"],
+                                     ["render", "ray/adhoc-cpu", "-p", "ci-cpu"]])
+def test_a_bad_name_is_refused_before_anything(fake: InMemoryBackend, command: list[str]) -> None:
+    code, stdout, _ = invoke(*command, "--name", "Bad_Name", "--json")
+    assert code == 2
+    doc = json.loads(stdout)
+    assert doc["error"] == "SpecError"
+    assert "--name" in doc["message"]
+    assert fake.created_total == 0
+
+
+def test_a_bug_after_create_is_not_reported_as_a_bad_name(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ValueError of a probe, after the cluster was made (and deleted), was reported as
+    '--name: invalid cluster spec', exit 2, 'nothing created'."""
+    class Buggy(InMemoryBackend):
+        def probe(self, handle):  # type: ignore[no-untyped-def]
+            raise ValueError("some internal bug in a probe")
+
+    backend = Buggy()
+    monkeypatch.setattr(cli_main, "_backend", lambda _name: backend)
+    result = CliRunner().invoke(cli_main.app, ["up", "ray/adhoc-cpu", "-p", "ci-cpu", "--json"])
+    assert result.exit_code != 2
+    assert "--name" not in result.output
+    assert isinstance(result.exception, ValueError)  # a bug shows as one
+    assert backend.created_total == 1
+    assert backend.list_owned(OwnerSelector(all_instances=True)) == []  # deleted

@@ -1,0 +1,118 @@
+"""The CLI stopped by a signal cleans up as on Ctrl-C: SIGTERM (a CI job's timeout, `timeout`,
+a kill) and SIGHUP (a closed terminal) become a KeyboardInterrupt, so `up` deletes the cluster
+it was waiting for (before, the process died with it left running)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The real entry point (main) on the in-memory backend, whose cluster never becomes ready; it
+# notes when it waits and what it deleted. No engine is started.
+CHILD = """
+import sys
+from pathlib import Path
+from ephemeral.backends.fake import InMemoryBackend
+from ephemeral.cli import main as cli_main
+
+marks = Path(sys.argv[1])
+
+class Waiting(InMemoryBackend):
+    def probe(self, handle):
+        (marks / "waiting").write_text(handle.name)
+        return super().probe(handle)
+
+    def delete(self, target, *, wait=True):
+        super().delete(target, wait=wait)
+        (marks / "deleted").write_text(self.target_name(target))
+
+backend = Waiting(ready_after_probes=10**9)
+cli_main._backend = lambda _name: backend
+sys.argv = ["ephemeral", *sys.argv[2:]]
+cli_main.main()
+"""
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
+def test_up_stopped_by_a_signal_deletes_its_cluster(tmp_path: Path, stop: signal.Signals) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EPHEMERAL_HOME": str(tmp_path / "home")}
+    env.pop("EPHEMERAL_BACKEND", None)
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path), "up", "ray/adhoc-cpu",
+                             "-p", "ci-cpu", "--json"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "waiting").exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "up never started waiting"
+            time.sleep(0.05)
+        proc.send_signal(stop)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0
+    assert (tmp_path / "deleted").read_text() == (tmp_path / "waiting").read_text(), stderr
+
+
+# -- submit interrupted while following: the job is stopped, and the command says so ----------
+
+def _ray_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ephemeral.backends.fake import InMemoryBackend
+    from ephemeral.cli import main as cli_main
+    from ephemeral.specs import ClusterIdentity
+    from tests.conftest import small
+
+    backend = InMemoryBackend(ready_after_probes=1)
+    spec = small("ray/adhoc-cpu", replicas=1)
+    backend.create(spec, identity=ClusterIdentity.manual(spec.spec.name, "c"))
+    monkeypatch.setattr(cli_main, "_backend", lambda _name: backend)
+
+
+@pytest.mark.parametrize("stop_fails", [False, True])
+def test_submit_interrupted_stops_its_job_and_says_so(monkeypatch: pytest.MonkeyPatch,
+                                                      stop_fails: bool) -> None:
+    """Ctrl-C (or SIGTERM) while following left the Ray job running, silently, with the limit
+    of --timeout (enforced by the command) gone."""
+    from types import SimpleNamespace
+    from typing import Any
+
+    from typer.testing import CliRunner
+
+    from ephemeral.cli import main as cli_main
+    from ephemeral.errors import JobError
+    from ephemeral.jobs import ray_jobs
+
+    _ray_cluster(monkeypatch)
+    stopped: list[tuple[str, float]] = []
+
+    def follow(_jid: str, **_k: Any) -> Any:
+        raise KeyboardInterrupt
+
+    def stop(jid: str, *, wait: float) -> None:
+        stopped.append((jid, wait))
+        if stop_fails:
+            raise JobError(f"cannot stop job {jid}: the Ray Jobs API did not answer in 15s")
+
+    jobs = SimpleNamespace(status=lambda _j: None, submit=lambda *_a, **_k: "raysubmit_1",
+                           follow=follow, stop=stop)
+    monkeypatch.setattr(ray_jobs, "ray_jobs_for", lambda *_a: jobs)
+    result = CliRunner().invoke(cli_main.app, ["submit", "c", "--timeout", "600", "--",
+                                               "python", "x.py"])
+    assert result.exit_code != 0
+    assert stopped == [("raysubmit_1", cli_main.INTERRUPT_STOP_WAIT)]
+    said = " ".join(result.stderr.split())
+    if stop_fails:
+        assert "interrupted: Ray job raysubmit_1 on c was NOT stopped" in said
+        assert "did not answer" in said
+    else:
+        assert "interrupted: Ray job raysubmit_1 on c was stopped" in said

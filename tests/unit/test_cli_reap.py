@@ -1,0 +1,95 @@
+"""`ephemeral reap` and Airflow: the API's URL is refused before any cluster is listed when it
+is no http(s) URL with a host or has credentials in it (they were printed on every decision
+line); a pass that cannot ask Airflow keeps the cluster and fails (a reaper CronJob stayed
+green while nothing run-ended was deleted)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from typer.testing import CliRunner
+
+from ephemeral.backends.fake import InMemoryBackend
+from ephemeral.cli import main as cli_main
+from ephemeral.errors import SettingError
+from ephemeral.reaper import AirflowApiLookup
+from ephemeral.specs import ClusterIdentity
+from ephemeral.specs.identity import current_instance
+from tests.conftest import small
+
+RAY = small("ray/adhoc-cpu", replicas=1)
+
+
+class Listing(InMemoryBackend):
+    listed = 0
+
+    def list_owned(self, selector=None):  # type: ignore[no-untyped-def]
+        self.listed += 1
+        return super().list_owned(selector)
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> Listing:
+    backend = Listing(ready_after_probes=1)
+    backend.create(RAY, identity=ClusterIdentity(spec_name=RAY.spec.name, dag_id="d",
+                                                 run_id="r", task_id="t",
+                                                 instance=current_instance()))
+    backend.listed = 0
+    monkeypatch.setattr(cli_main, "_backend", lambda _name: backend)
+    return backend
+
+
+@pytest.mark.parametrize("url", ["http://admin:S3cretPass@127.0.0.1:1",
+                                 "http://127.0.0.1:1/?token=abcdef0123456789abcdef"])
+@pytest.mark.parametrize("how", ["option", "env"])
+def test_credentials_in_the_airflow_url_are_refused_masked(fake: Listing, url: str,
+                                                           how: str) -> None:
+    args = ["reap", "--dry-run", "--json"]
+    env = {"EPHEMERAL_AIRFLOW_URL": url} if how == "env" else None
+    result = CliRunner().invoke(cli_main.app, args + (["--airflow-url", url] if how == "option"
+                                                      else []), env=env)
+    assert result.exit_code == 2, result.output
+    doc = json.loads(result.stdout)
+    assert doc["error"] == "SettingError"
+    assert "EPHEMERAL_AIRFLOW_URL" in doc["message"]
+    assert "credentials" in doc["message"]
+    assert "S3cretPass" not in result.output
+    assert "abcdef0123456789abcdef" not in result.output
+    assert fake.listed == 0
+
+
+@pytest.mark.parametrize("url", ["notaurl", "ftp://x", "http://", "http:///path",
+                                 "http://host:notaport"])
+def test_an_airflow_url_that_is_none_is_refused_before_listing(fake: Listing, url: str) -> None:
+    result = CliRunner().invoke(cli_main.app, ["reap", "--airflow-url", url, "--json"])
+    assert result.exit_code == 2, result.output
+    assert "http:// or https:// and a host" in json.loads(result.stdout)["message"]
+    assert fake.listed == 0
+
+
+def test_the_lookup_itself_refuses_credentials() -> None:
+    with pytest.raises(SettingError, match="airflow_url"):
+        AirflowApiLookup("https://u:p@airflow.example.com", token="JWT")
+
+
+def test_messages_show_the_url_masked(caplog: pytest.LogCaptureFixture) -> None:
+    url = "http://airflow:8080/?key=abc"  # a short key: masked, not refused
+    lookup = AirflowApiLookup(url, token="JWT")
+    assert "abc" not in lookup.shown
+    with caplog.at_level(logging.WARNING, logger="ephemeral.reaper"):
+        AirflowApiLookup(url, token="JWT")
+    assert "EPHEMERAL_AIRFLOW_URL" in caplog.text
+    assert "key=abc" not in caplog.text
+
+
+def test_a_pass_that_cannot_ask_airflow_keeps_the_cluster_and_fails(fake: Listing) -> None:
+    result = CliRunner().invoke(cli_main.app, ["reap", "--airflow-url", "http://127.0.0.1:1",
+                                               "--json"])
+    assert result.exit_code == 1, result.output
+    [decision] = json.loads(result.stdout)
+    assert decision["delete"] is False
+    assert "could not ask Airflow" in decision["reason"]
+    assert "unreachable" in decision["error"]
+    assert len(fake.list_owned()) == 1
