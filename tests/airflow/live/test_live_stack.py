@@ -11,12 +11,15 @@ These are rows 8a-8c of the fault matrix (docs/reliability.md), timed from the f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -120,10 +123,12 @@ def test_dagrun_timeout_skips_the_teardown_and_the_run_end_deletes(stack: Stack,
                           "run-end listener deleted")
 
 
-def _move_trigger_to_a_dead_triggerer(stack: Stack, dag_id: str, run_id: str,
-                                      task_id: str) -> None:
-    """Once the task's trigger runs in the triggerer, assign it to a triggerer that does not
-    heartbeat: the live one cancels it, and takes it back as an orphan."""
+@contextlib.contextmanager
+def _trigger_moved_away(stack: Stack, dag_id: str, run_id: str, task_id: str) -> Iterator[None]:
+    """Once the task's trigger runs in the triggerer, hand it to another triggerer that
+    heartbeats (a row of its own in the job table), as Airflow does when the first one's
+    heartbeat lapsed: the live one cancels it. On leaving, that other triggerer is gone and the
+    live one takes the trigger back as an orphan."""
     import sqlalchemy as sa
 
     engine = sa.create_engine(stack.env()["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
@@ -131,17 +136,28 @@ def _move_trigger_to_a_dead_triggerer(stack: Stack, dag_id: str, run_id: str,
                     "ON ti.trigger_id = t.id WHERE ti.dag_id = :d AND ti.run_id = :r "
                     "AND ti.task_id = :t")
     deadline = time.monotonic() + 60
+    other = None
     try:
         while True:
             with engine.begin() as db:
                 row = db.execute(query, {"d": dag_id, "r": run_id, "t": task_id}).first()
                 if row is not None and row.triggerer_id is not None:
-                    db.execute(sa.text("UPDATE trigger SET triggerer_id = 2147483000 "
-                                       "WHERE id = :i"), {"i": row.id})
-                    return
+                    other = db.execute(sa.text(
+                        "INSERT INTO job (job_type, state, start_date, latest_heartbeat, "
+                        "hostname) VALUES ('TriggererJob', 'running', :now, :now, 'elsewhere') "
+                        "RETURNING id"), {"now": datetime.now(UTC)}).scalar_one()
+                    db.execute(sa.text("UPDATE trigger SET triggerer_id = :o WHERE id = :i"),
+                               {"o": other, "i": row.id})
+                    break
             assert time.monotonic() < deadline, f"no triggerer took the trigger: {row}"
             time.sleep(0.2)
+        yield
     finally:
+        if other is not None:
+            with engine.begin() as db:
+                db.execute(sa.text("UPDATE trigger SET triggerer_id = NULL "
+                                   "WHERE triggerer_id = :o"), {"o": other})
+                db.execute(sa.text("DELETE FROM job WHERE id = :o"), {"o": other})
         engine.dispose()
 
 
@@ -175,11 +191,11 @@ def test_the_triggerer_finds_a_kubernetes_connection_by_id(stack: Stack,
         while (stack.task_instances(dag_id, run_id).get("create", {}).get("state") not in
                {"deferred", "failed", "upstream_failed"} and time.monotonic() < deadline):
             time.sleep(0.5)
-        _move_trigger_to_a_dead_triggerer(stack, dag_id, run_id, "create")
-        moved = "moved to another triggerer: it goes on there, nothing is deleted"
-        while moved not in stack.task_log(dag_id, run_id, "create", 1, trigger=True):
-            assert time.monotonic() < deadline, stack.logs("triggerer")
-            time.sleep(0.5)
+        with _trigger_moved_away(stack, dag_id, run_id, "create"):
+            moved = "moved to another triggerer: it goes on there, nothing is deleted"
+            while moved not in stack.task_log(dag_id, run_id, "create", 1, trigger=True):
+                assert time.monotonic() < deadline, stack.logs("triggerer")
+                time.sleep(0.5)
         assert len(server.store.list("rayclusters", "live")) == 1  # on_kill stood down
         operator.paused = False
         state = stack.wait_finished(dag_id, run_id, timeout=180)
