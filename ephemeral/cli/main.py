@@ -102,7 +102,7 @@ def _fail(error: EphemeralError | OSError, as_json: bool) -> typer.Exit:
 
 
 def _seconds(param: typer.CallbackParam, value: float | None) -> float | None:
-    """Every seconds option (a timeout, a grace): finite and above 0, as a job's timeout
+    """Every timeout option: finite and above 0, as a job's timeout
     (``adhoc.job_timeout_seconds``), refused naming the option before anything is made: nan or
     inf waited forever, 0 or less created a cluster only to delete it."""
     from ephemeral.adhoc import job_timeout_seconds
@@ -112,6 +112,19 @@ def _seconds(param: typer.CallbackParam, value: float | None) -> float | None:
     fix = "leave it out for no limit" if param.default is None else (
         f"leave it out for the default, {param.default:g}")
     return job_timeout_seconds(value, param.opts[0], fix=fix)
+
+
+def _grace(param: typer.CallbackParam, value: float) -> float:
+    """``--grace``: finite and 0 or more (0: an ended run's clusters go at the next pass); nan
+    or inf turned the run-end rule off."""
+    import math
+
+    from ephemeral.adhoc import RequestError
+
+    if not math.isfinite(value) or value < 0:
+        raise RequestError([(param.opts[0], f"{value!r} is not a finite number of seconds, 0 or "
+                             f"more: leave it out for the default, {param.default:g}")])
+    return value
 
 
 def _overrides(replicas: int | None, cpu: float | None, memory: str | None,
@@ -635,7 +648,7 @@ def reap_cmd(
                        ] = False,
     grace: Annotated[float, typer.Option(help="Seconds after a run ended before its clusters "
                                               "count as orphans.",
-                                         callback=_seconds)] = 600.0,
+                                         callback=_grace)] = 600.0,
     airflow_url: Annotated[str | None, typer.Option(
         envvar="EPHEMERAL_AIRFLOW_URL",
         help="Airflow API server to ask for run states (token from AIRFLOW_API_TOKEN, or "

@@ -40,7 +40,6 @@ BAD_SECONDS = ["nan", "inf", "-inf", "0", "-1"]
     (["up", "ray/adhoc-cpu", "-p", "ci-cpu"], "--timeout"),
     (["submit", "c", "--json", "--", "true"], "--timeout"),
     (["spark-submit", "c", "app.py"], "--timeout"),
-    (["reap", "--dry-run"], "--grace"),
 ])
 def test_a_seconds_option_is_finite_and_above_zero(fake: InMemoryBackend, command: list[str],
                                                    option: str, value: str) -> None:
@@ -51,6 +50,18 @@ def test_a_seconds_option_is_finite_and_above_zero(fake: InMemoryBackend, comman
     assert f"{option}: " in doc["message"]
     assert "finite number of seconds above 0" in doc["message"]
     assert fake.created_total == 0  # refused before anything was made
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_a_grace_is_finite_and_not_negative(fake: InMemoryBackend, value: str) -> None:
+    code, stdout, _ = invoke("reap", "--grace", value, "--json", "--dry-run")
+    assert code == 2, stdout
+    assert "--grace: " in json.loads(stdout)["message"]
+
+
+def test_a_grace_of_zero_reaps_an_ended_runs_clusters_at_once(fake: InMemoryBackend) -> None:
+    code, stdout, _ = invoke("reap", "--grace", "0", "--json", "--dry-run")
+    assert code == 0, stdout
 
 
 def test_up_timeout_past_the_clusters_lifetime_is_refused(fake: InMemoryBackend) -> None:
