@@ -22,7 +22,7 @@ from ephemeral.backends import ClusterBackend, ClusterHandle, get_backend
 from ephemeral.backends.base import ClusterStatus, OwnerSelector, Phase
 from ephemeral.backends.notes import backend_notes, refusals, spark_mode_of
 from ephemeral.cli.model import model_app
-from ephemeral.errors import ClusterNotFound, EphemeralError, SpecError
+from ephemeral.errors import ClusterNotFound, EphemeralError, SettingError, SpecError
 from ephemeral.jobs.results import JobResult
 from ephemeral.lifecycle import DEFAULT_READY_TIMEOUT, provision, teardown
 from ephemeral.settings import get_settings
@@ -152,6 +152,11 @@ def specs_validate(
     """Validate spec files and every profile they define (plus the built-in ci-cpu)."""
     specs_dir = get_settings().specs_dir.resolve()
     files = paths or sorted(specs_dir.glob("*/*.yaml"))
+    if not files:  # a wrong folder printed nothing and exited 1
+        raise _fail(SettingError("EPHEMERAL_SPECS_DIR", [(
+            "", f"no spec files (<kind folder>/<name>.yaml) under {specs_dir}: point it at "
+                "the folder that holds ray/ and spark/, or name the files to validate")]),
+            as_json)
     results: list[dict[str, Any]] = []
     for path in files:
         problems: list[str] = []
@@ -387,6 +392,17 @@ def ls(backend: BackendOpt = None, all_instances: AllInstancesOpt = False,
     Console(soft_wrap=True, width=None if sys.stdout.isatty() else 10**4).print(table)
 
 
+def _where(be: ClusterBackend) -> str:
+    """Where a lookup of this deployment's clusters looked: an operator who finds nothing
+    under a name must see whether it asked the right place."""
+    from ephemeral.specs.identity import current_instance
+
+    home, config = getattr(be, "home", None), getattr(be, "config", None)
+    place = (f"home {home}" if home is not None else
+             f"namespace {config.namespace}" if config is not None else "")
+    return f"{be.name} backend, {place + ', ' if place else ''}instance {current_instance()}"
+
+
 def _no_clusters_here(be: ClusterBackend) -> str:
     """An empty listing that hides other deployments' clusters says so: a shell without the
     stack's $AIRFLOW_HOME (or $EPHEMERAL_INSTANCE) is another instance, and "no clusters" there
@@ -453,9 +469,10 @@ def down(
                 # only, so --all-instances reaches another deployment's cluster only this way.
                 seconds = sum(teardown(be, h) for h in handles) if handles else \
                     teardown(be, name)
-            done.append({"name": name, "existed": known, "seconds": round(seconds, 2)})
+            done.append({"name": name, "existed": known, "seconds": round(seconds, 2)}
+                        | ({} if known else {"looked_in": _where(be)}))
             if not as_json:
-                word = "deleted" if known else "not found (nothing to delete)"
+                word = "deleted" if known else f"not found in the {_where(be)} (nothing to delete)"
                 err.print(f"{name}: {word} in {seconds:.1f}s", highlight=False)
         except EphemeralError as e:
             failures.append({"name": name, "error": str(e)})

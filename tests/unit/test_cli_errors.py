@@ -167,3 +167,31 @@ def test_a_bug_after_create_is_not_reported_as_a_bad_name(
     assert isinstance(result.exception, ValueError)  # a bug shows as one
     assert backend.created_total == 1
     assert backend.list_owned(OwnerSelector(all_instances=True)) == []  # deleted
+
+
+# -- saying where it looked -----------------------------------------------------------------
+
+
+def test_specs_validate_with_no_spec_files_names_the_folder(tmp_path: Path) -> None:
+    """A wrong EPHEMERAL_SPECS_DIR printed nothing and exited 1."""
+    empty = tmp_path / "specs"
+    empty.mkdir()
+    code, stdout, _ = invoke("specs", "validate", "--json",
+                             env={"EPHEMERAL_SPECS_DIR": str(empty)})
+    assert code == 2, stdout
+    doc = json.loads(stdout)
+    assert doc["error"] == "SettingError"
+    assert "EPHEMERAL_SPECS_DIR" in doc["message"]
+    assert str(empty) in doc["message"]
+
+
+def test_down_of_a_name_not_found_says_where_it_looked(fake: InMemoryBackend) -> None:
+    """Meant for Kubernetes, run against the local default: 'not found' alone reads as done."""
+    code, stdout, _ = invoke("down", "eph-train-gpu-0123456789", "--json")
+    assert code == 0, stdout
+    [gone] = json.loads(stdout)["deleted"]
+    assert gone["existed"] is False
+    assert gone["looked_in"].startswith(f"{fake.name} backend")
+    assert "instance " in gone["looked_in"]
+    code, _, stderr = invoke("down", "eph-train-gpu-0123456789")
+    assert f"not found in the {fake.name} backend" in stderr
