@@ -28,6 +28,7 @@ from ephemeral.airflow.operators import (
     RayJobOperator,
 )
 from ephemeral.jobs.artifacts import run_folder
+from ephemeral.notify import failure_callbacks
 
 JOBS = str(Path(__file__).resolve().parent.parent / "jobs")
 K8S_EXECUTOR = "KubernetesExecutor"
@@ -72,7 +73,7 @@ with DAG(
     catchup=False,
     # Native rendering: the profile stays None (not "None"), the worker count an integer.
     render_template_as_native_obj=True,
-    default_args={"retries": 0},
+    default_args={"retries": 0, "on_failure_callback": failure_callbacks()},
     params={"profile": Param(None, type=["null", "string"], enum=[None, "ci-cpu"],
                              description="None on a GPU cluster, ci-cpu on a CPU-only one."),
             "workers": Param(2, type="integer", minimum=1, maximum=16,

@@ -21,6 +21,7 @@ from ephemeral.airflow.operators import (
     DeleteClusterOperator,
     RayJobOperator,
 )
+from ephemeral.notify import failure_callbacks
 
 JOBS = str(Path(__file__).resolve().parent.parent / "jobs")
 BACKEND = "kubernetes"
@@ -32,7 +33,7 @@ with DAG(
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 0},
+    default_args={"retries": 0, "on_failure_callback": failure_callbacks()},
     params={"profile": Param("ci-cpu", type=["null", "string"], enum=[None, "ci-cpu"],
                              description="ci-cpu on kind and other CPU-only clusters.")},
     tags=["ephemeral", "kubernetes", "smoke"],

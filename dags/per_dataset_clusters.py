@@ -19,6 +19,7 @@ from ephemeral.airflow.operators import (
     RayJobOperator,
 )
 from ephemeral.jobs.artifacts import run_folder
+from ephemeral.notify import failure_callbacks
 
 JOBS = str(Path(__file__).resolve().parent.parent / "jobs")
 
@@ -27,7 +28,7 @@ with DAG(
     schedule=None,
     start_date=datetime(2026, 1, 1),
     catchup=False,
-    default_args={"retries": 0},
+    default_args={"retries": 0, "on_failure_callback": failure_callbacks()},
     params={"datasets": Param(["eu", "us"], type="array", items={"type": "string",
                                                                   "pattern": "^[a-z0-9-]+$"},
                               minItems=1, maxItems=16),

@@ -36,6 +36,24 @@ def test_every_dag_imports_without_heavy_engines(airflow_db: str) -> None:
     assert result["heavy"] == []
 
 
+def test_every_reference_dag_that_makes_clusters_notifies_its_failures(airflow_db: str) -> None:
+    """A failed teardown must reach the team whichever reference DAG it is in."""
+    code = (
+        "import json\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        "from ephemeral.airflow.operators import CreateClusterOperator\n"
+        f"bag = DagBag(dag_folder={str(PROJECT_DAGS)!r})\n"
+        "print(json.dumps({d.dag_id: [t.task_id for t in d.tasks if not t.on_failure_callback]\n"
+        "  for d in bag.dags.values()\n"
+        "  if any(isinstance(t, CreateClusterOperator) for t in d.tasks)}))\n")
+    # Any importable callable will do: no notification is sent here.
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=dict(os.environ, EPHEMERAL_NOTIFIER="json:dumps"))
+    silent = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(silent) >= 5, silent  # the DAGs that make clusters were found
+    assert {dag: tasks for dag, tasks in silent.items() if tasks} == {}
+
+
 def test_reference_dag_structure(dagbag: Any) -> None:
     dag = dagbag.get_dag("train_distributed")
     teardowns = {t.task_id for t in dag.tasks if t.is_teardown}
