@@ -172,6 +172,12 @@ TASK_FAILED = TaskEvent("task_failed", "task {task} failed")
 GATE_FAILED = TaskEvent("gate_failed", "model gate failed")
 
 
+def _task_text(ti: Any) -> str:
+    """A task's id, with its map index when mapped: which of a mapped teardown's copies."""
+    index = getattr(ti, "map_index", -1)
+    return ti.task_id if not isinstance(index, int) or index < 0 else f"{ti.task_id}[{index}]"
+
+
 def failure_callbacks(event: TaskEvent = TASK_FAILED) -> list[Callable[[Any], None]]:
     """``on_failure_callback`` for a DAG's default_args: [] when no notifier is configured."""
     send = _notifier()
@@ -187,7 +193,7 @@ def failure_callbacks(event: TaskEvent = TASK_FAILED) -> list[Callable[[Any], No
         context["ephemeral_event"] = event.event
         context["ephemeral_report_url"] = url
         context["ephemeral_message"] = event_message(
-            f"{dag_id} {run_id}: {event.what.format(task=ti.task_id)}",
+            f"{dag_id} {run_id}: {event.what.format(task=_task_text(ti))}",
             error=context.get("exception"), url=url)
         _bounded(lambda: send(context), f"{dag_id} {run_id} {ti.task_id}")
 

@@ -238,6 +238,20 @@ def test_a_failure_notification_carries_the_errors_first_line_masked(
     assert "RuntimeError: could not read s3://***@b/x with ***" in SENT[1]["ephemeral_message"]
 
 
+def test_a_mapped_tasks_failure_says_which_copy(monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: Path) -> None:
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", str(tmp_path))
+    monkeypatch.setenv("EPHEMERAL_NOTIFIER", f"{__name__}.remember")
+    [callback] = failure_callbacks()
+    SENT.clear()
+    for index in (3, -1):
+        callback({"dag": SimpleNamespace(dag_id="d"), "run_id": "r",
+                  "ti": SimpleNamespace(task_id="delete", map_index=index),
+                  "exception": RuntimeError("boom")})
+    assert [m["ephemeral_message"].split(" (")[0] for m in SENT] == [
+        "d r: task delete[3] failed", "d r: task delete failed"]
+
+
 def test_the_gate_alert_uses_the_notifications_message(monkeypatch: pytest.MonkeyPatch,
                                                        tmp_path: Path) -> None:
     import importlib.util
