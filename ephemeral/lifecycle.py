@@ -115,6 +115,7 @@ def delete_after_failure(backend: ClusterBackend, handle: ClusterHandle,
         err.add_note(f"deleting {handle.name} after the failure also failed: "
                      f"{type(cleanup).__name__}: {cleanup}")
         return False
+    err.add_note(f"{handle.name} was deleted after the failure: nothing of it is left")
     return True
 
 

@@ -92,6 +92,9 @@ def _fail(error: EphemeralError | OSError, as_json: bool) -> typer.Exit:
     message = str(error)
     if isinstance(error, OSError):  # one line: what failed on which file
         message = " ".join(str(p) for p in (error.strerror or error, error.filename) if p)
+    # What happened after the failure (its cluster deleted, or that deletion failing too) is
+    # the part an operator acts on.
+    message = "\n".join([message, *getattr(error, "__notes__", ())])
     if as_json:
         _emit({"error": type(error).__name__, "message": message,
                "retryable": getattr(error, "retryable", False)})

@@ -195,3 +195,22 @@ def test_down_of_a_name_not_found_says_where_it_looked(fake: InMemoryBackend) ->
     assert "instance " in gone["looked_in"]
     code, _, stderr = invoke("down", "eph-train-gpu-0123456789")
     assert f"not found in the {fake.name} backend" in stderr
+
+
+def test_a_failed_up_says_whether_its_cluster_was_deleted(fake: InMemoryBackend,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The note on the error (deleted, or the deletion failing too) is what an operator acts
+    on: it was dropped, so a cluster left running read like any other failure."""
+    fake.ready_after_probes = 10**9
+    code, stdout, _ = invoke("up", "ray/adhoc-cpu", "-p", "ci-cpu", "--timeout", "0.2", "--json")
+    assert code == 1
+    assert "was deleted after the failure: nothing of it is left" in \
+        json.loads(stdout)["message"]
+
+    def refuse(*_a: object, **_k: object) -> None:
+        raise BackendUnavailable("API server down")
+
+    monkeypatch.setattr(fake, "delete", refuse)
+    code, _, stderr = invoke("up", "ray/adhoc-cpu", "-p", "ci-cpu", "--timeout", "0.2")
+    assert code == 1
+    assert "after the failure also failed: BackendUnavailable: API server down" in stderr
