@@ -602,7 +602,8 @@ def submit(
 
     def run() -> JobResult:
         jid = job_id
-        if jid is None or jobs.status(jid) is None:
+        ours = jid is None or jobs.status(jid) is None
+        if ours:
             jid = jobs.submit(shlex.join(entrypoint), job_id=jid, working_dir=working_dir,
                               runtime_env=runtime_env)
         else:
@@ -611,8 +612,12 @@ def submit(
         try:
             return jobs.follow(jid, sink=sink, timeout=timeout)
         except KeyboardInterrupt:
-            _stop_on_interrupt(f"Ray job {jid} on {handle.name}",
-                               lambda: jobs.stop(jid, wait=INTERRUPT_STOP_WAIT))
+            if ours:
+                _stop_on_interrupt(f"Ray job {jid} on {handle.name}",
+                                   lambda: jobs.stop(jid, wait=INTERRUPT_STOP_WAIT))
+            else:  # followed, not submitted: someone's (a DAG task's) job, not this command's
+                err.print(f"interrupted: Ray job {jid} was attached to, not submitted here: "
+                          "left running", markup=False, highlight=False)
             raise
 
     _finish_job(run, as_json)

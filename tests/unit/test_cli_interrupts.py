@@ -116,3 +116,32 @@ def test_submit_interrupted_stops_its_job_and_says_so(monkeypatch: pytest.Monkey
         assert "did not answer" in said
     else:
         assert "interrupted: Ray job raysubmit_1 on c was stopped" in said
+
+
+def test_submit_interrupted_while_following_a_job_it_attached_to_leaves_that_job(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """--job-id of an existing job (a DAG task's, a colleague's) follows it: stopping it on
+    Ctrl-C would end someone else's work."""
+    from types import SimpleNamespace
+    from typing import Any
+
+    from typer.testing import CliRunner
+
+    from ephemeral.cli import main as cli_main
+    from ephemeral.jobs import ray_jobs
+
+    _ray_cluster(monkeypatch)
+    stopped: list[str] = []
+
+    def follow(_jid: str, **_k: Any) -> Any:
+        raise KeyboardInterrupt
+
+    jobs = SimpleNamespace(status=lambda _j: "RUNNING", submit=lambda *_a, **_k: "never",
+                           follow=follow, stop=lambda jid, **_k: stopped.append(jid))
+    monkeypatch.setattr(ray_jobs, "ray_jobs_for", lambda *_a: jobs)
+    result = CliRunner().invoke(cli_main.app, ["submit", "c", "--job-id", "theirs", "--",
+                                               "python", "x.py"])
+    assert result.exit_code != 0
+    assert stopped == []
+    assert "Ray job theirs was attached to, not submitted here: left running" in \
+        " ".join(result.stderr.split())
