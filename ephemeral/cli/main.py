@@ -601,12 +601,12 @@ def submit(
     sink = _log_sink(as_json)
 
     def run() -> JobResult:
-        jid = job_id
-        ours = jid is None or jobs.status(jid) is None
-        if ours:
-            jid = jobs.submit(shlex.join(entrypoint), job_id=jid, working_dir=working_dir,
+        ours = job_id is None or jobs.status(job_id) is None
+        if ours or job_id is None:
+            jid = jobs.submit(shlex.join(entrypoint), job_id=job_id, working_dir=working_dir,
                               runtime_env=runtime_env)
         else:
+            jid = job_id
             err.print(f"attaching to existing job {jid}", highlight=False)
         err.print(f"job {jid} on {handle.name}", highlight=False)
         try:
