@@ -81,12 +81,20 @@ def _tick_step(span: float) -> float:
     return float(next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw))
 
 
+def _counted(c: dict[str, Any]) -> dict[str, float]:
+    """The moments the cluster's split was counted with (a report from before they were kept:
+    its raw ones)."""
+    return c.get("counted") or {"ready": c["ready"] or c["created"],
+                                "stop": c["teardown_started"],
+                                "end": c["deleted"] or c["teardown_started"]}
+
+
 def timeline_svg(report: dict[str, Any]) -> str:
     clusters = report["clusters"]
     if not clusters:
         return "<p>No cluster was recorded for this run.</p>"
     t0 = float(min(c["created"] for c in clusters))
-    t1 = float(max((c["deleted"] or c["teardown_started"]) for c in clusters))
+    t1 = float(max(_counted(c)["end"] for c in clusters))
     span = t1 - t0 if math.isfinite(t1 - t0) and t1 - t0 > 1.0 else 1.0  # an old NaN report
     scale = (WIDTH - LABEL - PAD) / span
 
@@ -99,8 +107,7 @@ def timeline_svg(report: dict[str, Any]) -> str:
                        key=lambda j: j["start"])
         lanes = _lanes(timed)
         height = BAR + LANE * max(max(lanes, default=0) + 1, 1)
-        end = c["deleted"] or c["teardown_started"]
-        ready = c["ready"] or c["created"]
+        ready, stop, end = (_counted(c)[k] for k in ("ready", "stop", "end"))
         title = (f"{c['name']} ({c['spec']}): lifetime {c['lifetime_s']:.1f}s, busy "
                  f"{c['busy_s']:.1f}s, idle {_pct(c['idle_share'])}")
         parts = [f'<g class="row"><text x="4" y="{y + 15}">{escape(c["name"])}</text>',
@@ -109,8 +116,7 @@ def timeline_svg(report: dict[str, Any]) -> str:
                  f'width="{max(x(end) - x(c["created"]), 1):.1f}" height="{height}" '
                  f'fill="{COLOURS["alive"]}" stroke="#9fb3c8"><title>{escape(title)}</title>'
                  "</rect>"]
-        for cls, a, b in (("starting", c["created"], ready),
-                          ("deleting", c["teardown_started"], end)):
+        for cls, a, b in (("starting", c["created"], ready), ("deleting", stop, end)):
             if b > a:
                 parts.append(f'<rect class="{cls}" x="{x(a)}" y="{y}" width="{x(b) - x(a):.1f}" '
                              f'height="{height}" fill="{COLOURS[cls]}"><title>{cls} '
@@ -118,9 +124,11 @@ def timeline_svg(report: dict[str, Any]) -> str:
         for job, lane in zip(timed, lanes, strict=True):
             colour = COLOURS.get(job["engine"], COLOURS["job"])
             label = job["task"] or job["job_id"]
+            # Drawn as counted: busy only from readiness to the teardown.
+            a, b = min(max(job["start"], ready), stop), min(max(job["end"], ready), stop)
             parts.append(
-                f'<rect class="job" x="{x(job["start"])}" y="{y + 4 + lane * LANE}" '
-                f'width="{max(x(job["end"]) - x(job["start"]), 1):.1f}" height="{LANE - 3}" '
+                f'<rect class="job" x="{x(a)}" y="{y + 4 + lane * LANE}" '
+                f'width="{max(x(b) - x(a), 1):.1f}" height="{LANE - 3}" '
                 f'fill="{colour}" rx="2"><title>{escape(str(label))}: {job["wall_s"]:.1f}s '
                 f'({escape(job["status"])})</title></rect>')
         parts.append("</g>")

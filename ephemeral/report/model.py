@@ -252,6 +252,9 @@ def summarize(f: ClusterFacts) -> dict[str, Any]:
         "groups": [g.model_dump() for g in f.groups],
         "created": f.created, "ready": f.ready, "teardown_started": f.teardown_started,
         "deleted": f.deleted,
+        # The moments the split was made with (a never-ready cluster's inferred readiness, an
+        # undeleted one's end): what the timeline draws, so page and numbers agree.
+        "counted": {"ready": ready, "stop": stop, "end": end},
         "lifetime_s": round(lifetime, 3), "busy_s": round(busy, 3),
         "starting_s": round(starting, 3), "between_jobs_s": round(between, 3),
         "deleting_s": round(deleting, 3), "idle_s": round(lifetime - busy, 3),

@@ -119,7 +119,7 @@ def test_a_failed_job_notifies_with_the_report_link_and_the_report_is_still_writ
     sent = [json.loads(line) for line in notes.read_text().splitlines()]
     url = report_url("report_job_fails", run.run_id)
     assert [n["url"] for n in sent] == [url]
-    assert "task trial failed" in sent[0]["message"]
+    assert "task trial[0] failed" in sent[0]["message"]
     assert url in sent[0]["message"]
     report = load_report("report_job_fails", run.run_id)
     assert report is not None

@@ -697,3 +697,29 @@ def test_an_http_artifact_url_links_the_report(monkeypatch: pytest.MonkeyPatch,
     for base in ("https://art.example/e/", "HTTP://art.example"):
         monkeypatch.setenv("EPHEMERAL_ARTIFACT_URL", base)
         assert report_url("d", "r").startswith(base.rstrip("/") + "/")
+
+
+def test_the_timeline_draws_what_the_numbers_counted() -> None:
+    """A cluster never seen ready is starting until its first job in the table: so on the page;
+    a job that outlived the deletion is busy only until the teardown: so is its bar."""
+    import re
+
+    from ephemeral.report.html import timeline_svg
+    from ephemeral.report.model import ClusterFacts, JobFacts, summarize
+
+    facts = ClusterFacts.model_validate({
+        "dag_id": "d", "run_id": "r", "name": "c", "engine": "ray", "backend": "local",
+        "spec_ref": "ray/x@1",
+        "spec_hash": "h", "created": 1000.0, "ready": None, "teardown_started": 1100.0,
+        "deleted": 1110.0, "recorded_at": 1110.0, "groups": [],
+        "jobs": [JobFacts(job_id="j", engine="ray", status="SUCCEEDED", start=1050.0,
+                          end=30000.0, source="ray jobs api").model_dump()]})
+    cluster = summarize(facts)
+    assert (cluster["starting_s"], cluster["busy_s"]) == (50.0, 50.0)
+    svg = timeline_svg({"clusters": [cluster]})
+    widths = {cls: float(w) for cls, w in
+              re.findall(r'<rect class="(starting|job|deleting)" x="[\d.]+" y="\d+" '
+                         r'width="([\d.]+)"', svg)}
+    scale = widths["starting"] / 50.0
+    assert widths["job"] == pytest.approx(50.0 * scale, abs=0.2)
+    assert widths["deleting"] == pytest.approx(10.0 * scale, abs=0.2)
