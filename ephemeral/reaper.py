@@ -10,9 +10,10 @@ backend owns for this deployment instance (and only those):
   by the reaper's memory, once the Airflow asked answers for this deployment in that pass (its
   DAG, another run of a cluster, the reaping DAG's own run): a wrong ``airflow_url`` answers for
   none, and then nothing is deleted for being unknown (a reaper without memory: at expiry);
-- a cluster whose run is still running while its DAG has been paused for longer than ``grace``
-  (Airflow examines no run of a paused DAG: its teardown never comes), where the lookup tells
-  a DAG's pause (the REST API; the reaping DAG cannot);
+- a cluster that runs nothing, asked just before, whose run is still running while its DAG has
+  been paused for longer than ``grace`` (Airflow starts no new task of a paused DAG's run: its
+  teardown never comes; a task already running goes on), where the lookup tells a DAG's pause
+  (the REST API; the reaping DAG cannot);
 - a cluster whose spec sets ``lifetime.idleTimeout`` and that has been idle for longer, whatever
   its run's state (the idle rule below).
 
@@ -118,6 +119,8 @@ class Decision:
     error: str = ""
     unfound_for: float | None = field(default=None, repr=False, compare=False)
     """Seconds its run has not been found, by the reaper's memory (None: it was found)."""
+    if_idle: bool = field(default=False, repr=False, compare=False)
+    """Delete only when the cluster is seen running nothing just before."""
 
 
 def memory_file() -> Path:
@@ -236,9 +239,12 @@ def judge(handle: ClusterHandle, *, lookup: RunLookup | None, now: datetime, gra
         memory.forget(key)
         paused = _paused_for(dags, dag_id, paused_key, now, memory)
         if paused is not None and paused > grace:
+            # Pausing stops no task already running (nor a trigger): a job may still train
+            # there, and the run resumes when the DAG is unpaused. So only an idle cluster goes.
             return Decision(handle.name, True, f"run {dag_id}/{run_id} is {run.state} but its "
                                                f"DAG has been paused for {paused:.0f}s (grace "
-                                               f"{grace:.0f}s): no task of it runs again")
+                                               f"{grace:.0f}s), and its cluster runs nothing: "
+                                               "no new task of it starts", if_idle=True)
         return Decision(handle.name, False, f"run {dag_id}/{run_id} is {run.state}" + (
             f"; its DAG paused for {paused:.0f}s" if paused is not None else ""))
     ended = run.end_date or memory.first_seen(key, now)
@@ -423,7 +429,7 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
             decisions.append(Decision(handle.name, False, "could not be judged; kept",
                                       error=f"{type(err).__name__}: {err}"))
             continue
-        if d.delete and not dry_run and by_idle and \
+        if d.delete and ((by_idle and not dry_run) or d.if_idle) and \
                 (again := _ask(activity, backend, handle)).busy is not False:
             # Asked again just before deleting: a job submitted since the judgement wins.
             d = Decision(d.cluster, False, f"kept: {again.what} now, after {d.reason}")

@@ -328,25 +328,36 @@ def test_an_airflow_that_knows_none_of_the_runs_deletes_nothing(backend: InMemor
 
 def test_a_running_run_of_a_dag_paused_past_the_grace_is_ended(backend: InMemoryBackend,
                                                                 tmp_path: Path) -> None:
-    """Airflow examines no run of a paused DAG: the teardown never comes."""
+    """Airflow starts no new task of a paused DAG's run: the teardown never comes. But a task
+    already running goes on (a training job), and an unpaused run resumes: only a cluster that
+    runs nothing goes."""
+    from ephemeral.activity import Activity
     from ephemeral.reaper import DagInfo
 
     seen, t0 = tmp_path / "seen.json", datetime.now(UTC)
     owned(backend, "r")
     paused = {"train": True}
+    busy = [False]
 
     def dags(dag_id: str) -> DagInfo:
         return DagInfo(paused=paused[dag_id])
 
     def at(seconds: int) -> list[Any]:
         return reap(backend, lookup=lambda _d, _r: RunInfo("running"), dags=dags,
-                    now=t0 + timedelta(seconds=seconds), memory_file=seen)
+                    now=t0 + timedelta(seconds=seconds), memory_file=seen,
+                    activity=lambda _b, _h: Activity(busy[0], "1 Ray job running" if busy[0]
+                                                     else "no Ray job pending or running"))
 
     assert not at(0)[0].delete
     paused["train"] = False  # unpaused: the clock starts again at the next pause
     assert not at(400)[0].delete
     paused["train"] = True
     assert not at(700)[0].delete
+    busy[0] = True  # a job still trains on it: kept, however long the pause
     [d] = at(1301)
+    assert (d.delete, d.deleted) == (False, False)
+    assert "1 Ray job running now" in d.reason
+    busy[0] = False
+    [d] = at(1302)
     assert d.deleted, d.reason
     assert "its DAG has been paused for" in d.reason
