@@ -74,7 +74,10 @@ def interrupt_on_stop_signals() -> None:
         raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
 
     for stop in STOP_SIGNALS:
-        signal.signal(stop, interrupt)
+        # One the caller ignores stays ignored: `nohup ephemeral submit …` must outlive the
+        # terminal, its job and cluster with it.
+        if signal.getsignal(stop) is not signal.SIG_IGN:
+            signal.signal(stop, interrupt)
 
 
 @contextmanager

@@ -145,3 +145,20 @@ def test_submit_interrupted_while_following_a_job_it_attached_to_leaves_that_job
     assert stopped == []
     assert "Ray job theirs was attached to, not submitted here: left running" in \
         " ".join(result.stderr.split())
+
+
+def test_a_signal_the_caller_ignores_stays_ignored() -> None:
+    """nohup ignores SIGHUP so that the command outlives the terminal: made an interrupt, the
+    closed terminal would stop the job and delete the cluster nohup was used to keep."""
+    import subprocess
+    import sys
+
+    code = ("import os, signal\n"
+            "from ephemeral.lifecycle import interrupt_on_stop_signals\n"
+            "interrupt_on_stop_signals()\n"
+            "os.kill(os.getpid(), signal.SIGHUP)\n"
+            "print('still here', signal.getsignal(signal.SIGHUP) is signal.SIG_IGN,\n"
+            "      signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL)\n")
+    done = subprocess.run(["nohup", sys.executable, "-c", code], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.stdout.strip() == "still here True True", done.stdout + done.stderr
