@@ -128,8 +128,8 @@ OPTIONS: tuple[Option, ...] = (
            type="float", example="2.5", group=_R),
     Option("cost_memory_gib_hour", "Price of one reserved GiB of memory per hour, for every "
            "spec.", type="float", example="0.005", group=_R),
-    Option("cost_currency", "Currency of the ``cost_*_hour`` prices: a 3-letter code in "
-           "capitals.", default="USD",
+    Option("cost_currency", "Currency of the ``cost_*_hour`` prices: a code of 3 to 8 "
+           "letters (USD, EUR), taken in capitals.", default="USD",
            example="EUR", group=_R),
     Option("notifier", "Notifier for failed runs, by dotted path: a ``BaseNotifier`` subclass "
            "or a function of the context. One that cannot be imported is logged and each "

@@ -21,8 +21,9 @@ import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from ephemeral.errors import EphemeralError, field_problems
@@ -40,10 +41,12 @@ def price_setting(field: str) -> str:
 
 
 def _missing(price: Price) -> list[str]:
-    """The unit prices ``price`` leaves unset while it sets others."""
+    """The unit prices ``price`` leaves unset while it sets others (memory's may be: 0)."""
+    from ephemeral.report.model import NEEDED
+
     given = price.model_dump()
-    missing = [price_setting(k) for k, v in given.items() if v is None]
-    return missing if len(missing) < len(given) else []
+    missing = [price_setting(k) for k, v in given.items() if v is None and k in NEEDED]
+    return missing if any(v is not None for v in given.values()) else []
 
 
 def _warn_partial(missing: list[str], where: str) -> None:
@@ -78,12 +81,17 @@ class Price(_Model):
                         for k, v in self.model_dump().items()})
 
 
-CURRENCY = r"^[A-Z]{3}$"
-"""An ISO 4217 code (USD, EUR): the report prints it as plain text beside every amount."""
+CURRENCY = r"^[A-Z]{3,8}$"
+"""An ISO 4217 code (USD, EUR) or a unit of the house (CREDITS), in letters, taken in capitals:
+the report prints it as plain text beside every amount."""
+
+
+def _capitals(v: object) -> object:
+    return v.upper() if isinstance(v, str) else v
 
 
 class Prices(_Model):
-    currency: str = Field(default="USD", pattern=CURRENCY)
+    currency: Annotated[str, BeforeValidator(_capitals), Field(pattern=CURRENCY)] = "USD"
     default: Price = Price()
     specs: dict[str, Price] = {}
 
@@ -111,10 +119,10 @@ def load_prices(env: Mapping[str, str] | None = None) -> Prices | None:
                               "hour), "
                               f"got {given}") from err
     _warn_partial(_missing(default), "the EPHEMERAL_COST_* settings")
-    currency = setting("cost_currency", env) or "USD"
+    currency = (setting("cost_currency", env) or "USD").upper()
     if re.fullmatch(CURRENCY, currency) is None:
-        raise CostConfigError(f"EPHEMERAL_COST_CURRENCY={currency!r}: expected a 3-letter "
-                              "currency code in capitals, such as USD or EUR")
+        raise CostConfigError(f"EPHEMERAL_COST_CURRENCY={currency!r}: expected a currency "
+                              "code of 3 to 8 letters, such as USD or EUR")
     return Prices(currency=currency, default=default)
 
 
@@ -131,8 +139,8 @@ def _from_file(path: Path) -> Prices:
     try:
         prices = Prices.model_validate(data)
     except ValidationError as err:
-        raise CostConfigError(f"{where}: {field_problems(err)} (expected currency, a 3-letter "
-                              "code such as USD, default and specs with cpuHour, gpuHour, "
+        raise CostConfigError(f"{where}: {field_problems(err)} (expected currency, a code of 3 to "
+                              "8 letters such as USD, default and specs with cpuHour, gpuHour, "
                               "memoryGibHour)") from err
     if unknown := _unknown_specs(prices):
         # A typo would price the spec meant at the default without a word; a retired spec's

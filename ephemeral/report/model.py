@@ -201,6 +201,10 @@ def autoscaling(groups: list[NodeGroup], lifetime: float, price: Price | None
 # Each reserved unit-second by the price field that prices it.
 PRICED_BY = {"cpu_seconds": "cpu_hour", "gpu_seconds": "gpu_hour",
              "memory_gib_seconds": "memory_gib_hour"}
+# Prices a reserved unit must have once any is set: most price lists bundle memory into the
+# CPU's (or the node's) price, so an unset memory price is 0, never "unknown"; an unset GPU or
+# CPU price would count the most expensive units as free.
+NEEDED = ("cpu_hour", "gpu_hour")
 
 
 def unpriced(res: dict[str, float], price: Price | None) -> list[str]:
@@ -209,7 +213,7 @@ def unpriced(res: dict[str, float], price: Price | None) -> list[str]:
     if price is None or all(v is None for v in price.model_dump().values()):
         return []
     return [field for unit, field in PRICED_BY.items()
-            if res[unit] > 0 and getattr(price, field) is None]
+            if field in NEEDED and res[unit] > 0 and getattr(price, field) is None]
 
 
 def cost(res: dict[str, float], price: Price | None) -> float | None:

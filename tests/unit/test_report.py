@@ -494,19 +494,19 @@ def test_a_reserved_unit_without_a_price_makes_the_cost_unknown_naming_it(
     with caplog.at_level("WARNING"):
         prices = load_prices({"EPHEMERAL_COST_CPU_HOUR": "0.04"})
     assert prices is not None
-    assert "no price for gpuHour (EPHEMERAL_COST_GPU_HOUR), memoryGibHour" in caplog.text
+    assert "no price for gpuHour (EPHEMERAL_COST_GPU_HOUR);" in caplog.text
     report = build_report("d", "r", [facts(price=prices.default)])
     [c] = report["clusters"]
     assert c["cost"] is None
-    assert c["unpriced"] == ["gpuHour (EPHEMERAL_COST_GPU_HOUR)",
-                             "memoryGibHour (EPHEMERAL_COST_MEMORY_GIB_HOUR)"]
+    assert c["unpriced"] == ["gpuHour (EPHEMERAL_COST_GPU_HOUR)"]  # memory's unset is 0
     assert report["totals"]["cost"] is None
     assert "no price for gpuHour (EPHEMERAL_COST_GPU_HOUR)" in render_html(report)
     console = Console(record=True, width=300)
     print_report(console, report)
     assert "no price for gpuHour (EPHEMERAL_COST_GPU_HOUR)" in console.export_text()
-    free = Price(cpu_hour=0.04, gpu_hour=2.0, memory_gib_hour=0)
-    assert summarize(facts(price=free))["cost"] is not None
+    bundled = Price(cpu_hour=0.04, gpu_hour=2.0)  # memory in the CPU's price
+    assert summarize(facts(price=bundled))["cost"] == summarize(
+        facts(price=Price(cpu_hour=0.04, gpu_hour=2.0, memory_gib_hour=0)))["cost"] is not None
     path = tmp_path / "costs.yaml"
     path.write_text("default: {cpuHour: 0.04, memoryGibHour: 0}\nspecs:\n"
                     "  ray/train-gpu: {gpuHour: 3}\n")
@@ -636,14 +636,29 @@ def test_an_autoscaled_groups_reserved_seconds_are_reported_as_a_range() -> None
     assert build_report("d", "r", [facts()])["clusters"][0]["autoscaled"] is None
 
 
-@pytest.mark.parametrize("currency", ["[/]", "<script>", "usd", "DOLLARS", ""])
+@pytest.mark.parametrize("currency", ["[/]", "<script>", "US$", "EU", "EURODOLLARS", ""])
 def test_a_currency_that_is_no_code_is_refused_at_load(currency: str, tmp_path: Path) -> None:
-    with pytest.raises(CostConfigError, match=r"EPHEMERAL_COST_CURRENCY.*3-letter"):
+    with pytest.raises(CostConfigError, match=r"EPHEMERAL_COST_CURRENCY.*3 to 8 letters"):
         load_prices({"EPHEMERAL_COST_GPU_HOUR": "1", "EPHEMERAL_COST_CURRENCY": currency or " "})
     path = tmp_path / "costs.yaml"
     path.write_text(f"currency: '{currency}'\ndefault: {{gpuHour: 1}}\n")
     with pytest.raises(CostConfigError, match="currency"):
         load_prices({"EPHEMERAL_COST_FILE": str(path)})
+
+
+@pytest.mark.parametrize(("given", "taken"), [("usd", "USD"), ("EUR", "EUR"),
+                                              ("credits", "CREDITS")])
+def test_a_currency_in_letters_is_taken_in_capitals(given: str, taken: str,
+                                                     tmp_path: Path) -> None:
+    """Accepted before codes were checked, and harmless: a deployment's cost must not vanish."""
+    prices = load_prices({"EPHEMERAL_COST_GPU_HOUR": "1", "EPHEMERAL_COST_CURRENCY": given})
+    assert prices is not None
+    assert prices.currency == taken
+    path = tmp_path / "costs.yaml"
+    path.write_text(f"currency: {given}\ndefault: {{gpuHour: 1, cpuHour: 0}}\n")
+    from_file = load_prices({"EPHEMERAL_COST_FILE": str(path)})
+    assert from_file is not None
+    assert from_file.currency == taken
 
 
 def test_the_cli_prints_a_reports_currency_as_written() -> None:
