@@ -64,3 +64,22 @@ def test_a_retry_never_adopts_a_cluster_its_creator_left_before_any_node(
     again = backend.create(SPEC, identity=IDENT)
     assert started == ["yes"]
     assert not again.adopted
+
+
+def test_a_refused_slot_claim_leaves_no_cluster_listed(ephemeral_home: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every slot in use: the create fails, and the state saved before the claim goes with it
+    (ls, the reaper and run-end would list a cluster that was never made)."""
+    from ephemeral.backends.base import OwnerSelector
+    from ephemeral.backends.local import backend as local_backend
+    from ephemeral.errors import BackendUnavailable
+
+    def full(*_a: object, **_k: object) -> int:
+        raise BackendUnavailable("all 16 local cluster slots are in use")
+
+    monkeypatch.setattr(local_backend.slots, "claim", full)
+    backend = LocalBackend(ephemeral_home)
+    with pytest.raises(BackendUnavailable, match="slots are in use"):
+        backend.create(SPEC, identity=IDENT)
+    assert backend.list_owned(OwnerSelector.everything()) == []
+    assert not list((ephemeral_home / "clusters").glob("*"))

@@ -220,8 +220,9 @@ class LocalBackend(ClusterBackend):
             # deletion removes the folder that the slot's and GPUs' claims lapse with.
             handle = make_handle(spec, identity, backend=self.name, endpoints=Endpoints())
             save(cdir, ClusterState(handle=handle, uid=uuid.uuid4().hex, slot=-1, plan=[]))
-            slot = slots.claim(cdir, self._node_count(spec))
-            try:
+            slot = -1  # none yet: releasing it is a no-op
+            try:  # a claim refused (every slot in use) must not leave that state listed
+                slot = slots.claim(cdir, self._node_count(spec))
                 counts = node_gpus(spec)
                 devices = gpus.per_node(gpus.claim(cdir, slot, sum(counts)), counts)
                 return self._start(spec, handle, cdir, slot, devices)
