@@ -337,7 +337,7 @@ def settable_env_problem(name: str) -> str | None:
     judged apart: a job may set one of them."""
     if (problem := env_name_problem(name)) is not None:
         return problem
-    if name.upper() in BACKEND_ENV:
+    if name in BACKEND_ENV:  # names are case-sensitive: cuda_visible_devices is another one
         return (f"{name!r} is set by the backend on each node (the GPUs a node gets come from "
                 "the spec's gpus; a job's cluster address is its own cluster's): remove it, or "
                 "size the group's gpus instead")
