@@ -69,7 +69,7 @@ class Readiness:
                      f"{status.message}")
         if time.time() >= self.deadline:
             raise ReadinessTimeout(
-                f"cluster {self.handle.name!r} not ready after {self.timeout:.10g}s "
+                f"cluster {self.handle.name!r} not ready after {round(self.timeout, 1):.10g}s "
                 f"({self.last})", self._diagnosis())
         return status
 

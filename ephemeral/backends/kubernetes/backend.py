@@ -290,7 +290,7 @@ class KubernetesBackend(ClusterBackend):
             left = deadline - time.monotonic()
             if left <= 0:
                 raise ReadinessTimeout(
-                    f"cluster {handle.name!r} not ready after {timeout:.10g}s "
+                    f"cluster {handle.name!r} not ready after {round(timeout, 1):.10g}s "
                     f"({status.nodes_ready}/{status.nodes_expected} nodes ready; "
                     f"{status.message})", probes.diagnose(client, handle))
             time.sleep(min(self.config.poll_interval, left))
