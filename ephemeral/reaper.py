@@ -231,9 +231,13 @@ def judge(handle: ClusterHandle, *, lookup: RunLookup | None, now: datetime, gra
                         error=str(err))
     key, unfound_key, paused_key = run_keys(handle.run)
     if run is None:
+        # Judged on a 404 seen in an earlier pass too, never on one alone, whatever the grace:
+        # a reaper without memory (the CronJob) leaves such a cluster to its TTL.
+        earlier = memory.get(unfound_key) is not None
         missing = (now - memory.first_seen(unfound_key, now)).total_seconds()
         return Decision(handle.name, False, f"run {dag_id}/{run_id} not found for "
-                                            f"{missing:.0f}s; kept", unfound_for=missing)
+                                            f"{missing:.0f}s; kept",
+                        unfound_for=missing if earlier else None)
     memory.forget(unfound_key)
     if run.state not in FINISHED:
         memory.forget(key)

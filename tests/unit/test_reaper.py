@@ -310,6 +310,23 @@ def test_a_lone_unfound_run_goes_when_its_dag_or_the_witness_answers(
     assert d.deleted, d.reason
 
 
+@pytest.mark.parametrize("memory", [True, False])
+def test_a_run_not_found_once_is_never_enough_whatever_the_grace(
+        backend: InMemoryBackend, tmp_path: Path, memory: bool) -> None:
+    """--grace 0 deletes an ended run's clusters at once; a 404 is judged only when an earlier
+    pass saw it too, and a reaper without memory (the CronJob) never judges it."""
+    seen, t0 = tmp_path / "seen.json", datetime.now(UTC)
+    owned(backend, "deleted")
+
+    def lookup(_d: str, run: str) -> RunInfo | None:
+        return RunInfo("running") if run == "reap-run" else None
+
+    for seconds in (0, 60):
+        [d] = reap(backend, lookup=lookup, grace=0, now=t0 + timedelta(seconds=seconds),
+                   memory_file=seen if memory else None, witness=("reap_orphans", "reap-run"))
+        assert d.deleted == (memory and seconds == 60), d.reason
+
+
 def test_an_airflow_that_knows_none_of_the_runs_deletes_nothing(backend: InMemoryBackend,
                                                                 tmp_path: Path) -> None:
     """A wrong airflow_url (another Airflow, one restored empty) answers 404 for every run:
