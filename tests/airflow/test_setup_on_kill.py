@@ -94,16 +94,12 @@ def test_a_setup_killed_while_deferred_records_its_cluster_too(
     and records through the same rule as the worker's."""
     import asyncio
 
-    import ephemeral.airflow.triggers as triggers
     from ephemeral.report import load_report
+    from tests.setups import waiting_trigger
 
     backend = Stuck()
-    handle = backend.create(resolve("ray/adhoc-cpu", "ci-cpu"), identity=ClusterIdentity(
-        spec_name="adhoc-cpu", dag_id="d", run_id="r2", task_id="create"))
-    monkeypatch.setattr(triggers, "refuse_across_processes", lambda *a: None)  # one process
-    monkeypatch.setattr(triggers, "task_backend", lambda name, conn=None: backend)
-    trigger = triggers.ClusterReadyTrigger(backend=backend.name,
-                                           handle=handle.model_dump(mode="json"))
+    trigger = waiting_trigger(monkeypatch, backend, "r2")
+    handle = ClusterHandle.model_validate(trigger.handle)
     asyncio.run(trigger.on_kill())
     assert backend.list_owned() == []
     report = load_report("d", "r2")

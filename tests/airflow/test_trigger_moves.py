@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ephemeral.backends.fake import InMemoryBackend
-from ephemeral.specs import ClusterIdentity, resolve
+from tests.setups import waiting_trigger
 
 TI = SimpleNamespace(dag_id="d", run_id="r1", task_id="create", map_index=-1)
 
@@ -32,15 +32,8 @@ def _state_is(monkeypatch: pytest.MonkeyPatch, state: str | Exception) -> list[A
 
 
 def _setup_trigger(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, InMemoryBackend]:
-    import ephemeral.airflow.triggers as triggers
-
     backend = InMemoryBackend(ready_after_probes=10**9)
-    handle = backend.create(resolve("ray/adhoc-cpu", "ci-cpu"), identity=ClusterIdentity(
-        spec_name="adhoc-cpu", dag_id="d", run_id="r1", task_id="create"))
-    monkeypatch.setattr(triggers, "refuse_across_processes", lambda *a: None)  # one process
-    monkeypatch.setattr(triggers, "task_backend", lambda name, conn=None: backend)
-    trigger = triggers.ClusterReadyTrigger(backend=backend.name,
-                                           handle=handle.model_dump(mode="json"))
+    trigger = waiting_trigger(monkeypatch, backend, "r1")
     trigger.task_instance = TI
     return trigger, backend
 
