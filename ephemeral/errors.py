@@ -19,6 +19,11 @@ def field_problems(exc: Any, whole: str = "<root>") -> str:
                      for e in exc.errors(include_input=False))
 
 
+def first_line(error: BaseException) -> str:
+    """An error's first line for a log or a table cell; its type's name when it says nothing."""
+    return (str(error).splitlines() or [type(error).__name__])[0]
+
+
 class EphemeralError(Exception):
     """Root of every error ephemeral raises on purpose."""
 

@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ephemeral.errors import first_line
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -108,7 +110,7 @@ def run_moved(end: RunEnd) -> bool | None:
                 DagRun.dag_id == end.dag_id, DagRun.run_id == end.run_id)).first()
     except Exception as err:  # noqa: BLE001 (locked SQLite, a failover: the caller is careful)
         log.warning("cannot read the DAG run %s/%s (%s)", end.dag_id, end.run_id,
-                    str(err).splitlines()[0] if str(err) else type(err).__name__)
+                    first_line(err))
         return None
     return lives_again(end, row)
 
@@ -148,7 +150,7 @@ def setup_failed(handle: ClusterHandle) -> bool:
                 TaskInstance.map_index == (-1 if map_label == "none" else int(map_label))))
     except Exception as err:  # noqa: BLE001 (no metadata database)
         log.warning("cannot read the state of %s's setup (%s); deleting it", handle.name,
-                    str(err).splitlines()[0] if str(err) else type(err).__name__)
+                    first_line(err))
         return False
     return str(state) in ("failed", "up_for_retry")
 
@@ -188,7 +190,7 @@ def delete_run_clusters(dag_id: str, run_id: str, *, linger: float = 0.0,
             handles = backend.list_owned(selector)
         except Exception as err:  # noqa: BLE001 (an API blip: the next pass lists again)
             log.warning("listing the clusters of %s/%s failed (%s); trying again", dag_id,
-                        run_id, str(err).splitlines()[0] if str(err) else type(err).__name__)
+                        run_id, first_line(err))
             handles, trouble = [], True
         gone: list[tuple[ClusterHandle, float, float, list[JobFacts] | None]] = []
         stop = False

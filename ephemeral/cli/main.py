@@ -22,7 +22,13 @@ from ephemeral.backends import ClusterBackend, ClusterHandle, get_backend
 from ephemeral.backends.base import ClusterStatus, OwnerSelector, Phase
 from ephemeral.backends.notes import backend_notes, refusals, spark_mode_of
 from ephemeral.cli.model import model_app
-from ephemeral.errors import ClusterNotFound, EphemeralError, SettingError, SpecError
+from ephemeral.errors import (
+    ClusterNotFound,
+    EphemeralError,
+    SettingError,
+    SpecError,
+    first_line,
+)
 from ephemeral.jobs.results import JobResult
 from ephemeral.lifecycle import DEFAULT_READY_TIMEOUT, provision, teardown
 from ephemeral.settings import get_settings
@@ -374,7 +380,7 @@ def ls(backend: BackendOpt = None, all_instances: AllInstancesOpt = False,
             st = be.wait_ready(h, timeout=0)
             phase, msg = st.phase.value, st.message
         except EphemeralError as e:
-            phase, msg = Phase.FAILED.value, str(e).splitlines()[0]
+            phase, msg = Phase.FAILED.value, first_line(e)
         rows.append({"handle": h.model_dump(mode="json"), "phase": phase, "message": msg})
     if as_json:
         _emit(rows)
