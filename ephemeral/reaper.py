@@ -553,22 +553,14 @@ def check_airflow_url(url: str) -> None:
     """Refuse an Airflow API URL that is none (an http or https URL with a host) or that has
     credentials in it (``url_setting_problem``: it is shown on every decision and log line),
     naming the setting; SettingError, before any cluster is listed."""
-    from urllib.parse import urlsplit
-
-    from ephemeral.backends.http import url_setting_problem
+    from ephemeral.backends.http import http_address, url_setting_problem
     from ephemeral.errors import SettingError
     from ephemeral.specs.pip_credentials import masked_uri
 
     problem = url_setting_problem(
         AIRFLOW_URL_SETTING, url, "give the token in AIRFLOW_API_TOKEN, or the user and "
         "password in EPHEMERAL_AIRFLOW_USER and EPHEMERAL_AIRFLOW_PASSWORD, and the URL bare")
-    try:
-        split = urlsplit(url)
-        _ = split.port  # raises for a port that is no number
-        host = split.hostname
-    except ValueError:  # a bad port, an unclosed [IPv6
-        split, host = None, None
-    if problem is None and (split is None or split.scheme not in ("http", "https") or not host):
+    if problem is None and not http_address(url):
         problem = (f"{AIRFLOW_URL_SETTING} {masked_uri(url)!r} is no URL of Airflow's API: give "
                    "http:// or https:// and a host, e.g. http://airflow-api:8080")
     if problem is not None:

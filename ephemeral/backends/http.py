@@ -116,6 +116,20 @@ def in_clear_off_host(url: str) -> bool:
         host in _LOOPBACK or host.startswith("127."))))
 
 
+def http_address(url: str) -> bool:
+    """Whether ``url`` is an http or https URL with a host (and a port, if any, that is a
+    number): what a URL setting that people or a client follow must be."""
+    from urllib.parse import urlsplit
+
+    try:
+        split = urlsplit(url)
+        _ = split.port  # raises for a port that is no number
+        host = split.hostname
+    except ValueError:  # a bad port, an unclosed [IPv6
+        return False
+    return split.scheme in ("http", "https") and bool(host)
+
+
 def url_setting_problem(setting: str, url: str, fix: str) -> str | None:
     """Why the URL ``url`` of ``setting`` is refused for the credentials in it (user-info or a
     signed URL's secret parameter, ``credentials_problem``), or None; the URL is masked and

@@ -79,20 +79,17 @@ class ArtifactUrlError(ValueError):
 def artifact_url() -> str:
     """``$EPHEMERAL_ARTIFACT_URL`` without its trailing ``/``, "" when unset. Refused (a
     ``ValueError`` naming it) unless it is an http(s) address: it becomes the teardowns' "Run
-    report" link and the notifications' link, where ``javascript:`` would run in the UI. The
-    setup refuses it before it makes a cluster."""
-    from urllib.parse import urlsplit
-
+    report" link and the notifications' link, where ``javascript:`` would run in the UI. Those
+    and the setup go on without the link, saying why (``report_link``)."""
+    from ephemeral.backends.http import http_address
     from ephemeral.specs.models import masked_secrets
 
     base = (setting("artifact_url") or "").strip().rstrip("/")
-    if base:
-        parts = urlsplit(base)
-        if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
-            raise ArtifactUrlError(f"{URL_VAR}={masked_secrets(base)[:80]!r}: expected an "
-                                   "http(s) address that serves the artifact root, such as "
-                                   "https://artifacts.example.com/ephemeral; unset it to link "
-                                   "the artifact URI itself")
+    if base and not http_address(base):
+        raise ArtifactUrlError(f"{URL_VAR}={masked_secrets(base)[:80]!r}: expected an http(s) "
+                               "address that serves the artifact root, such as "
+                               "https://artifacts.example.com/ephemeral; unset it to link the "
+                               "artifact URI itself")
     return base
 
 
