@@ -222,13 +222,10 @@ def specs_show(
 ) -> None:
     """Print the effective spec after the profile and overrides, with its content hash, and
     notes on what the backend does differently with it."""
-    try:
-        r = resolve(ref, profile, _overrides(replicas, None, None, gpus))
-        chosen = backend or get_settings().backend
-        mode = spark_mode_of(_backend(chosen)) if chosen == "kubernetes" else "standalone"
-        notes = spec_notes(r, chosen, mode)
-    except EphemeralError as e:
-        raise _fail(e, as_json) from e
+    r = resolve(ref, profile, _overrides(replicas, None, None, gpus))
+    chosen = backend or get_settings().backend
+    mode = spark_mode_of(_backend(chosen)) if chosen == "kubernetes" else "standalone"
+    notes = spec_notes(r, chosen, mode)
     body = r.spec.model_dump(mode="json", by_alias=True, exclude={"profiles"})
     doc = {"ref": r.ref, "profile": r.profile, "hash": r.hash, "source": r.source, "spec": body,
            "notes": notes}
@@ -282,19 +279,16 @@ def render_cmd(
 
     if name is not None:  # before anything: a ValueError later is no bad name
         check_cluster_name(name, "--name")
+    spec = resolve(ref, profile, _overrides(replicas, cpu, memory, gpus))
     try:
-        spec = resolve(ref, profile, _overrides(replicas, cpu, memory, gpus))
-        try:
-            dns_label(namespace, 63)
-        except ValueError as e:
-            raise SpecError("--namespace", [("namespace", str(e))]) from e
-        handle = make_handle(spec, render_identity(spec.spec.name, name), backend="kubernetes",
-                             endpoints=Endpoints(), namespace=namespace,
-                             created=datetime.fromisoformat(RENDER_CREATED))
-        notes = spec_notes(spec, "kubernetes")  # render's mode: the spec's, else standalone
-        rendered = render(spec, handle, cluster_domain=cluster_domain)
-    except EphemeralError as e:
-        raise _fail(e, as_json) from e
+        dns_label(namespace, 63)
+    except ValueError as e:
+        raise SpecError("--namespace", [("namespace", str(e))]) from e
+    handle = make_handle(spec, render_identity(spec.spec.name, name), backend="kubernetes",
+                         endpoints=Endpoints(), namespace=namespace,
+                         created=datetime.fromisoformat(RENDER_CREATED))
+    notes = spec_notes(spec, "kubernetes")  # render's mode: the spec's, else standalone
+    rendered = render(spec, handle, cluster_domain=cluster_domain)
     if as_json:
         _emit({"ref": spec.ref, "profile": spec.profile, "hash": spec.hash,
                "endpoints": rendered.endpoints.model_dump(exclude_none=True),
@@ -334,24 +328,21 @@ def up(
 
     if name is not None:  # before anything: a ValueError of a probe is no bad name
         check_cluster_name(name, "--name")
-    try:
-        spec = resolve(ref, profile, _overrides(replicas, cpu, memory, gpus))
-        if timeout > (ttl := spec.spec.lifetime.ttl_seconds):  # past it the reaper deletes it
-            raise RequestError([("--timeout", f"{timeout:g} s is longer than {spec.ref}'s "
-                                 f"lifetime.ttl ({ttl} s), after which the cluster is deleted; "
-                                 "give at most that")], "ephemeral up")
-        identity = ClusterIdentity.manual(spec.spec.name, name)
-        be = _backend(backend)
-        notes = spec_notes(spec, be.name, spark_mode_of(be))
-        for note in [] if as_json else notes:
-            err.print(f"note: {note}", markup=False, highlight=False)
-        with err.status(f"creating {identity.name} from {spec.ref}") as status:
-            def progress(st: ClusterStatus) -> None:
-                status.update(f"{identity.name}: {st.phase.value} "
-                              f"({st.nodes_ready}/{st.nodes_expected} nodes) {st.message}")
-            result = provision(be, spec, identity, timeout=timeout, on_progress=progress)
-    except EphemeralError as e:
-        raise _fail(e, as_json) from e
+    spec = resolve(ref, profile, _overrides(replicas, cpu, memory, gpus))
+    if timeout > (ttl := spec.spec.lifetime.ttl_seconds):  # past it the reaper deletes it
+        raise RequestError([("--timeout", f"{timeout:g} s is longer than {spec.ref}'s "
+                             f"lifetime.ttl ({ttl} s), after which the cluster is deleted; "
+                             "give at most that")], "ephemeral up")
+    identity = ClusterIdentity.manual(spec.spec.name, name)
+    be = _backend(backend)
+    notes = spec_notes(spec, be.name, spark_mode_of(be))
+    for note in [] if as_json else notes:
+        err.print(f"note: {note}", markup=False, highlight=False)
+    with err.status(f"creating {identity.name} from {spec.ref}") as status:
+        def progress(st: ClusterStatus) -> None:
+            status.update(f"{identity.name}: {st.phase.value} "
+                          f"({st.nodes_ready}/{st.nodes_expected} nodes) {st.message}")
+        result = provision(be, spec, identity, timeout=timeout, on_progress=progress)
     if as_json:
         _emit({"handle": result.handle.model_dump(mode="json"), "adopted": result.adopted,
                "seconds_to_ready": round(result.seconds_to_ready, 2), "notes": notes})
@@ -440,14 +431,12 @@ def down(
     Only this deployment instance's clusters, unless --all-instances is given."""
     from ephemeral.adhoc import RequestError
 
-    try:  # every name, before anything is looked up or deleted: names become paths, selectors
-        if all_ and names:  # --all would delete every cluster, not only the names given
-            raise RequestError([("--all", f"given with NAME ({', '.join(names)}): --all "
-                                 "deletes every cluster of this instance; give the names, or "
-                                 "--all alone")], "ephemeral down")
-        names = [check_cluster_name(n, "NAME") for n in names or []]
-    except SpecError as e:
-        raise _fail(e, as_json) from e
+    # every name, before anything is looked up or deleted: names become paths, selectors
+    if all_ and names:  # --all would delete every cluster, not only the names given
+        raise RequestError([("--all", f"given with NAME ({', '.join(names)}): --all "
+                             "deletes every cluster of this instance; give the names, or "
+                             "--all alone")], "ephemeral down")
+    names = [check_cluster_name(n, "NAME") for n in names or []]
     be = _backend(backend)
     # By handle: with --all-instances two deployments may each have a cluster of one name,
     # and a look-up by name would find (and delete) only one of them.
@@ -499,21 +488,15 @@ def _cluster(name: str, backend: str | None, engine: str, as_json: bool,
     reaper would delete the cluster under the running job)."""
     from ephemeral.adhoc import check_timeout_within_ttl, job_timeout_seconds
 
-    try:
-        check_cluster_name(name, "CLUSTER")
-        job_timeout_seconds(timeout, "--timeout")  # finite, above 0: refused before anything
-    except SpecError as e:
-        raise _fail(e, as_json) from e
+    check_cluster_name(name, "CLUSTER")
+    job_timeout_seconds(timeout, "--timeout")  # finite, above 0: refused before anything
     handle = _backend(backend).get(name)
     if handle is None:
         raise _fail(ClusterNotFound(f"no cluster {name!r}; see `ephemeral ls`"), as_json)
     if handle.engine != engine:
         raise _fail(ClusterNotFound(f"cluster {name!r} is a {handle.engine} cluster, not {engine}"),
                     as_json)
-    try:
-        check_timeout_within_ttl(handle, timeout, field="--timeout")
-    except SpecError as e:
-        raise _fail(e, as_json) from e
+    check_timeout_within_ttl(handle, timeout, field="--timeout")
     return handle
 
 
@@ -559,10 +542,7 @@ def _stop_on_interrupt(what: str, stop: Callable[[], object]) -> None:
 
 
 def _finish_job(run: Callable[[], JobResult], as_json: bool) -> None:
-    try:
-        result = run()
-    except EphemeralError as e:
-        raise _fail(e, as_json) from e
+    result = run()
     if as_json:
         _emit(result.model_dump(mode="json"))
     else:
@@ -593,17 +573,13 @@ def submit(
         # The command is stored in Ray's job info and shown with it: no credentials in it.
         raise _fail(RequestError([("entrypoint", problem)], "ephemeral submit"), as_json)
     env_vars = _key_values(env, "--env")
-    try:  # no reserved names, names or literals of secrets, before anything is looked up
-        check_job_env(env_vars, "ephemeral submit", field="--env")
-    except EphemeralError as e:
-        raise _fail(e, as_json) from e
+    # no reserved names, names or literals of secrets, before anything is looked up
+    check_job_env(env_vars, "ephemeral submit", field="--env")
     handle = _cluster(cluster, backend, "ray", as_json, timeout)
     jobs = ray_jobs_for(handle, _backend(backend))  # with the cluster's token
-    try:  # the cluster's default pip packages, then the job's own (which win)
-        runtime_env = job_runtime_env(handle, {"env_vars": env_vars,
-                                               "pip": list(pip) if pip else None})
-    except EphemeralError as e:
-        raise _fail(e, as_json) from e
+    # the cluster's default pip packages, then the job's own (which win)
+    runtime_env = job_runtime_env(handle, {"env_vars": env_vars,
+                                           "pip": list(pip) if pip else None})
     sink = _log_sink(as_json)
 
     def run() -> JobResult:
@@ -646,11 +622,9 @@ def spark_submit_cmd(
     from ephemeral.jobs.spark_jobs import check_submit_input, spark_auth_for, spark_submit
 
     own_conf = _key_values(conf, "--conf")
-    try:  # no secret on spark-submit's command line, before anything is looked up
-        check_submit_input("ephemeral spark-submit", own_conf, conf_field="--conf",
-                           args=args or [], args_field="args")
-    except EphemeralError as e:
-        raise _fail(e, as_json) from e
+    # no secret on spark-submit's command line, before anything is looked up
+    check_submit_input("ephemeral spark-submit", own_conf, conf_field="--conf",
+                       args=args or [], args_field="args")
     handle = _cluster(cluster, backend, "spark", as_json, timeout)
     if not handle.endpoints.spark_master:
         raise _fail(ClusterNotFound(f"cluster {cluster!r} has no Spark master (a spark-operator "
@@ -698,15 +672,12 @@ def reap_cmd(
     from ephemeral.settings import setting
 
     lookup = None
-    try:
-        if airflow_url := airflow_url or setting("airflow_url"):
-            lookup = AirflowApiLookup(airflow_url, token=os.environ.get("AIRFLOW_API_TOKEN"),
-                                      username=setting("airflow_user"),
-                                      password=setting("airflow_password"))
-        decisions = reap(_backend(backend), lookup=lookup, grace=grace, dry_run=dry_run,
-                         memory_file=memory_file(), dags=lookup.dag if lookup else None)
-    except EphemeralError as e:  # e.g. no deployment instance set on Kubernetes
-        raise _fail(e, as_json) from e
+    if airflow_url := airflow_url or setting("airflow_url"):
+        lookup = AirflowApiLookup(airflow_url, token=os.environ.get("AIRFLOW_API_TOKEN"),
+                                  username=setting("airflow_user"),
+                                  password=setting("airflow_password"))
+    decisions = reap(_backend(backend), lookup=lookup, grace=grace, dry_run=dry_run,
+                     memory_file=memory_file(), dags=lookup.dag if lookup else None)
     if as_json:
         _emit([d.__dict__ for d in decisions])
     else:
