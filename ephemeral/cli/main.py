@@ -136,6 +136,18 @@ def _grace(param: typer.CallbackParam, value: float) -> float:
     return value
 
 
+def _dns(param: typer.CallbackParam, value: str) -> str:
+    """``--namespace`` (a DNS label) and ``--cluster-domain`` (a DNS subdomain) of ``render``:
+    both go into every Service name of the manifests."""
+    from ephemeral.adhoc import RequestError
+    from ephemeral.specs.models import dns_label, dns_subdomain
+
+    try:
+        return dns_subdomain(value) if param.name == "cluster_domain" else dns_label(value, 63)
+    except ValueError as e:
+        raise RequestError([(param.opts[0], str(e))]) from None
+
+
 def _overrides(replicas: int | None, cpu: float | None, memory: str | None,
                gpus: int | None) -> dict[str, Any] | None:
     workers = {k: v for k, v in
@@ -252,16 +264,16 @@ def render_identity(spec_name: str, name: str | None = None) -> ClusterIdentity:
 def render_cmd(
     ref: Annotated[str, typer.Argument(help="Spec reference, e.g. ray/train-gpu@1, or a path")],
     profile: ProfileOpt = None,
-    namespace: Annotated[str, typer.Option("--namespace", "-n", help="Target namespace.")] = (
-        "default"),
+    namespace: Annotated[str, typer.Option("--namespace", "-n", help="Target namespace.",
+                                           callback=_dns)] = "default",
     name: Annotated[str | None, typer.Option(help="Cluster name (default: from the spec and "
                                                   "the placeholder owner).")] = None,
     replicas: Annotated[int | None, typer.Option(help="Worker replicas (right-sizing).")] = None,
     cpu: Annotated[float | None, typer.Option(help="CPUs per worker.")] = None,
     memory: Annotated[str | None, typer.Option(help="Memory per worker, e.g. 4Gi.")] = None,
     gpus: Annotated[int | None, typer.Option(help="GPUs per worker.")] = None,
-    cluster_domain: Annotated[str, typer.Option(help="Cluster DNS domain of the endpoints.")] = (
-        "cluster.local"),
+    cluster_domain: Annotated[str, typer.Option(help="Cluster DNS domain of the endpoints.",
+                                                callback=_dns)] = "cluster.local",
     as_json: JsonOpt = False,
 ) -> None:
     """Print the Kubernetes manifests of a spec as YAML, one document per object.
@@ -275,15 +287,9 @@ def render_cmd(
 
     from ephemeral.backends.base import Endpoints, make_handle
     from ephemeral.backends.kubernetes.render import render
-    from ephemeral.specs.models import dns_label
-
     if name is not None:  # before anything: a ValueError later is no bad name
         check_cluster_name(name, "--name")
     spec = resolve(ref, profile, _overrides(replicas, cpu, memory, gpus))
-    try:
-        dns_label(namespace, 63)
-    except ValueError as e:
-        raise SpecError("--namespace", [("namespace", str(e))]) from e
     handle = make_handle(spec, render_identity(spec.spec.name, name), backend="kubernetes",
                          endpoints=Endpoints(), namespace=namespace,
                          created=datetime.fromisoformat(RENDER_CREATED))

@@ -75,6 +75,14 @@ def dns_label(value: str, max_len: int) -> str:
     return value
 
 
+def dns_subdomain(value: str) -> str:
+    """A DNS-1123 subdomain (``cluster.local``): dot-separated labels, at most 253 characters."""
+    if len(value) > 253 or not all(DNS1123_LABEL.fullmatch(part) for part in value.split(".")):
+        raise ValueError(f"{value!r} is not a DNS-1123 subdomain such as cluster.local "
+                         f"(dot-separated labels: {DNS1123_HELP}; at most 253 characters)")
+    return value
+
+
 def repeated(names: Iterable[str]) -> list[str]:
     """Names that occur more than once, sorted."""
     seen = Counter(names)

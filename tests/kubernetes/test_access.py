@@ -425,3 +425,13 @@ def test_an_ingress_template_is_https_and_names_known_placeholders(
     with pytest.raises(ValueError, match=refused) as err:
         make()
     assert "ingress_url_template" in str(err.value)
+
+
+@pytest.mark.parametrize(("setting", "value"), [("EPHEMERAL_K8S_NAMESPACE", "Team_A"),
+                                                ("EPHEMERAL_K8S_CLUSTER_DOMAIN", "cluster local")])
+def test_a_namespace_or_domain_no_service_name_can_hold_is_refused(setting: str,
+                                                                   value: str) -> None:
+    """Either goes into every endpoint's Service name: accepted, it showed only as a cluster
+    that never got ready, after it was made."""
+    with pytest.raises(BackendUnavailable, match=setting.removeprefix("EPHEMERAL_K8S_").lower()):
+        KubeConfig.from_env({setting: value})

@@ -214,3 +214,20 @@ def test_a_failed_up_says_whether_its_cluster_was_deleted(fake: InMemoryBackend,
     code, _, stderr = invoke("up", "ray/adhoc-cpu", "-p", "ci-cpu", "--timeout", "0.2")
     assert code == 1
     assert "after the failure also failed: BackendUnavailable: API server down" in stderr
+
+
+@pytest.mark.parametrize(("option", "value"), [("--namespace", "Team_A"),
+                                               ("--cluster-domain", "cluster local"),
+                                               ("--cluster-domain", "cluster.local.")])
+def test_render_refuses_a_namespace_or_domain_no_service_name_can_hold(option: str,
+                                                                       value: str) -> None:
+    out = CliRunner().invoke(cli_main.app, ["render", "ray/adhoc-cpu", option, value, "--json"])
+    assert out.exit_code == 2, out.output
+    assert option in json.loads(out.output)["message"]
+
+
+def test_render_takes_a_custom_cluster_domain() -> None:
+    out = CliRunner().invoke(cli_main.app, ["render", "ray/adhoc-cpu", "-n", "team-a",
+                                            "--cluster-domain", "corp.example", "--json"])
+    assert out.exit_code == 0, out.output
+    assert ".team-a.svc.corp.example" in json.loads(out.output)["endpoints"]["dashboard"]

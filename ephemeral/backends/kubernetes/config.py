@@ -27,6 +27,7 @@ from pydantic import (
 
 from ephemeral.errors import BackendUnavailable, field_problems
 from ephemeral.specs.labels import label_problems
+from ephemeral.specs.models import dns_label, dns_subdomain
 
 EndpointMode = Literal["auto", "dns", "proxy", "ingress"]
 SparkMode = Literal["standalone", "operator"]
@@ -99,6 +100,18 @@ class KubeConfig(BaseModel):
     @classmethod
     def _old_spelling(cls, value: object) -> object:
         return "dns" if value == "service-dns" else value
+
+    # Both end up in every Service name the endpoints use: a bad one would only show as a
+    # cluster that never gets ready (DNS mode) or a 404 from the API server, after the create.
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        return dns_label(value, 63)
+
+    @field_validator("cluster_domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        return dns_subdomain(value)
 
     @field_validator("client_selector", mode="before")
     @classmethod
