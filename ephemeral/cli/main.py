@@ -6,6 +6,7 @@ stdout and nothing else, for scripts and CI.
 
 from __future__ import annotations
 
+import io
 import json
 import shlex
 import sys
@@ -771,6 +772,12 @@ def main() -> None:
     from ephemeral.lifecycle import interrupt_on_stop_signals
 
     interrupt_on_stop_signals()
+    # A name, path or job log the terminal's encoding cannot show (PYTHONIOENCODING=ascii, a C
+    # locale in a CI runner) is escaped rather than ending the command in a traceback, maybe
+    # after it made a cluster.
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     app()
 
 

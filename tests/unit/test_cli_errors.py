@@ -5,6 +5,10 @@ seconds option is a finite number above 0, refused before anything is created.""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -231,3 +235,16 @@ def test_render_takes_a_custom_cluster_domain() -> None:
                                             "--cluster-domain", "corp.example", "--json"])
     assert out.exit_code == 0, out.output
     assert ".team-a.svc.corp.example" in json.loads(out.output)["endpoints"]["dashboard"]
+
+
+def test_output_the_terminal_cannot_encode_is_escaped_not_a_traceback(tmp_path: Path) -> None:
+    specs = tmp_path / "spëcs" / "ray"
+    specs.mkdir(parents=True)
+    shutil.copy(Path(__file__).parents[2] / "cluster_specs/ray/adhoc-cpu.yaml", specs)
+    proc = subprocess.run([sys.executable, "-m", "ephemeral.cli.main", "specs", "validate"],
+                          capture_output=True, text=True, errors="replace", timeout=120,
+                          env={**os.environ, "PYTHONIOENCODING": "ascii",
+                               "EPHEMERAL_SPECS_DIR": str(specs.parent)})
+    assert proc.returncode == 0, proc.stderr
+    assert "sp\\xebcs" in proc.stdout
+    assert "Traceback" not in proc.stderr
