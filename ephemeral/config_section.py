@@ -181,7 +181,10 @@ OPTIONS: tuple[Option, ...] = (
            "(``lifetime.idleTimeout``) delete clusters. Credentials go to this URL only (never "
            "after a redirect) and never in it (a user:password@ or a token parameter is "
            "refused); plain http off this host is warned of (an in-cluster Service is fine). "
-           "A pass that cannot ask it keeps the clusters and exits 1.", example="http://airflow:8080",
+           "A pass that cannot ask it keeps the clusters and exits 1, and so does one whose "
+           "Airflow says (``GET /ephemeral/deployment``, this package's plugin) it is another "
+           "deployment instance: another Airflow's runs with the same ids would have deleted "
+           "running clusters.", example="http://airflow:8080",
            group=_A),
     Option("airflow_user", "User the reaper logs in to Airflow's API as.", example="reaper",
            group=_A),

@@ -576,7 +576,8 @@ class AirflowApiLookup:
     SETTING = AIRFLOW_URL_SETTING
 
     def __init__(self, base_url: str, *, token: str | None = None, username: str | None = None,
-                 password: str | None = None, timeout: float = 10.0) -> None:
+                 password: str | None = None, timeout: float = 10.0,
+                 instance: str | None = None) -> None:
         from ephemeral.backends.http import plain_http_problem
         from ephemeral.specs.pip_credentials import masked_uri
 
@@ -586,6 +587,8 @@ class AirflowApiLookup:
         self._token = token
         self._credentials = (username, password) if username and password else None
         self.timeout = timeout
+        self.instance = instance  # whose clusters are judged: default this deployment's
+        self._same_deployment = False
         carries = "the Airflow API token (AIRFLOW_API_TOKEN)" if token else \
             "the Airflow user's password (EPHEMERAL_AIRFLOW_PASSWORD)" if self._credentials \
             else None
@@ -614,7 +617,10 @@ class AirflowApiLookup:
             if 300 <= err.code < 400:
                 raise EphemeralError(redirect_refused(self.shown + path,
                                                       err.headers.get("Location"))) from None
-            return err.code, None
+            try:  # why, when the API says (the deployment endpoint's error)
+                return err.code, json.loads(err.read() or b"null")
+            except (ValueError, OSError):
+                return err.code, None
         except (urllib.error.URLError, OSError) as err:
             raise EphemeralError(f"Airflow API at {self.shown} unreachable: {err}") from err
 
@@ -628,8 +634,39 @@ class AirflowApiLookup:
             self._token = str(body["access_token"])
         return self._token
 
+    def check_deployment(self) -> None:
+        """Refuse an Airflow that says it is another deployment instance
+        (``GET /ephemeral/deployment``, served by this package's plugin): staging's URL in
+        production's reaper told of runs with production's ids that ended, and the reaper
+        deleted running clusters. An Airflow without the plugin (404: no ephemeral in its
+        api-server, or an older one) cannot say; its answers are taken as before."""
+        from ephemeral.airflow.deployment import PATH, URL_PREFIX
+
+        if self._same_deployment:
+            return
+        ours = self.instance or current_instance()
+        status, body = self._request("GET", URL_PREFIX + PATH, auth=False)
+        theirs = body.get("instance") if isinstance(body, dict) else None
+        if status == 404:
+            log.warning("the Airflow at %s cannot say which deployment it is (no %s%s: the "
+                        "ephemeral package is missing from its api-server, or older); its run "
+                        "states are taken as this deployment's", self.shown, URL_PREFIX, PATH)
+        elif status != 200 or not isinstance(theirs, str):
+            why = body.get("error") if isinstance(body, dict) else None
+            raise EphemeralError(f"the Airflow at {self.shown} did not say which deployment it "
+                                 f"is (HTTP {status}{f': {why}' if why else ''})")
+        elif theirs != ours:
+            raise EphemeralError(
+                f"the Airflow at {self.shown} is deployment instance {theirs!r}, not this "
+                f"reaper's {ours!r}: its runs are not the runs of these clusters. Point "
+                f"{self.SETTING} at this deployment's API server, or give both the same "
+                "EPHEMERAL_INSTANCE")
+        self._same_deployment = True
+
     def __call__(self, dag_id: str, run_id: str) -> RunInfo | None:
         from urllib.parse import quote
+
+        self.check_deployment()
 
         status, body = self._request("GET", f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns/"
                                             f"{quote(run_id, safe='')}")
@@ -644,6 +681,8 @@ class AirflowApiLookup:
     def dag(self, dag_id: str) -> DagInfo | None:
         """Whether the DAG is paused; None when this Airflow has no such DAG (404)."""
         from urllib.parse import quote
+
+        self.check_deployment()
 
         status, body = self._request("GET", f"/api/v2/dags/{quote(dag_id, safe='')}")
         if status == 404:

@@ -212,3 +212,19 @@ def test_the_triggerer_finds_a_kubernetes_connection_by_id(stack: Stack,
         web.stop()
         operator.stop()
         server.stop()
+
+
+def test_the_api_server_says_which_deployment_it_is(stack: Stack) -> None:
+    """The plugin's ``GET /ephemeral/deployment`` in a real api-server: a reaper of this
+    instance believes it, one of another instance (staging's reaper given this URL) is refused
+    before it asks for any run."""
+    from ephemeral.errors import EphemeralError
+    from ephemeral.reaper import AirflowApiLookup
+
+    def lookup(instance: str) -> AirflowApiLookup:
+        return AirflowApiLookup(stack.url, username="admin", password=stack.password,
+                                instance=instance)
+
+    lookup(stack.instance).check_deployment()
+    with pytest.raises(EphemeralError, match=f"deployment instance '{stack.instance}'"):
+        lookup("other-deployment")("any_dag", "any_run")
