@@ -201,6 +201,16 @@ def test_the_reaper_runs_every_five_minutes_one_at_a_time_within_a_deadline() ->
     assert pod["restartPolicy"] == "Never"
 
 
+def test_the_reapers_pods_are_clients_of_its_own_deployments_clusters() -> None:
+    """The NetworkPolicies admit, by default, the client pods of the cluster's instance only."""
+    from ephemeral.backends.kubernetes.config import client_labels
+
+    _, job, pod = reaper()
+    instance = {e["name"]: e for e in pod["containers"][0]["env"]}["EPHEMERAL_INSTANCE"]["value"]
+    labels = job["template"]["metadata"]["labels"]
+    assert client_labels(instance).items() <= labels.items()
+
+
 def test_the_reapers_deletion_budget_ends_before_its_jobs_deadline() -> None:
     """A pass stops waiting for its deletions at --delete-budget; its notices and last
     listing follow, all before the CronJob (and the reaping DAG) kill it."""

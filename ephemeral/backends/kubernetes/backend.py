@@ -199,7 +199,8 @@ class KubernetesBackend(ClusterBackend):
         return self._view(stored).model_copy(update={"adopted": True})
 
     def _render(self, spec: ResolvedSpec, handle: ClusterHandle) -> Rendered:
-        clients = Clients(selector=dict(self.config.client_selector),
+        selector = self.config.client_selector
+        clients = Clients(selector=dict(selector) if selector is not None else None,
                           cidrs=tuple(self.config.client_cidrs))
         return render(spec, handle, cluster_domain=self.config.cluster_domain, clients=clients,
                       default_spark_mode=self.config.spark_mode,
