@@ -50,11 +50,15 @@ def small_pod() -> dict[str, Any]:
     named `base`."""
     from kubernetes.client import models as k8s
 
+    from ephemeral.backends.kubernetes.config import client_labels
+    from ephemeral.specs.identity import current_instance
+
     resources = k8s.V1ResourceRequirements(requests={"cpu": "250m", "memory": "256Mi"},
                                            limits={"cpu": "500m", "memory": "512Mi"})
-    # The label the clusters' NetworkPolicies admit (EPHEMERAL_K8S_CLIENT_SELECTOR's default).
+    # The labels this deployment's clusters' NetworkPolicies admit (the default of
+    # EPHEMERAL_K8S_CLIENT_SELECTOR): a client, of this deployment instance.
     return {"pod_override": k8s.V1Pod(
-        metadata=k8s.V1ObjectMeta(labels={"ephemeral.dev/client": "true"}),
+        metadata=k8s.V1ObjectMeta(labels=client_labels(current_instance())),
         spec=k8s.V1PodSpec(containers=[k8s.V1Container(name="base", resources=resources)]))}
 
 

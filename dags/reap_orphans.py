@@ -27,12 +27,17 @@ with DAG(
                   "on_failure_callback": failure_callbacks()},
     params={"grace_seconds": Param(600, type="number", minimum=0,
                                    description="How long after a run ended its clusters may "
-                                               "still be there (its teardown may be running).")},
+                                               "still be there (its teardown may be running)."),
+            # Below the 10-minute execution_timeout: notices and the last listing come after.
+            "delete_budget_seconds": Param(
+                420, type="number", minimum=0, maximum=480,
+                description="Seconds from the pass's start until it stops waiting for its "
+                            "deletions (all issued first); one not done by then fails it.")},
     tags=["ephemeral", "maintenance"],
 ) as dag:
 
     @task
-    def reap(grace_seconds: Any) -> dict[str, Any]:
+    def reap(grace_seconds: Any, delete_budget_seconds: Any) -> dict[str, Any]:
         from airflow.sdk import get_current_context
 
         from ephemeral.airflow.backends import task_backend
@@ -50,13 +55,15 @@ with DAG(
         decisions = reap_clusters(backend, lookup=task_sdk_lookup,
                                   grace=float(grace_seconds),
                                   memory_file=memory_file(),
-                                  witness=(here["dag"].dag_id, here["run_id"]))
+                                  witness=(here["dag"].dag_id, here["run_id"]),
+                                  delete_budget=float(delete_budget_seconds))
         for d in decisions:
-            print(f"{'delete' if d.delete else 'keep'} {d.cluster}: {d.reason} {d.error}")
+            verb = "delete" if d.delete else "deleting" if d.deleting else "keep"
+            print(f"{verb} {d.cluster}: {d.reason} {d.error}")
         failed = [d.cluster for d in decisions if d.error]
         if failed:
             raise RuntimeError(f"could not delete: {failed}")
         return {"deleted": [d.cluster for d in decisions if d.deleted],
                 "kept": [d.cluster for d in decisions if not d.delete]}
 
-    reap("{{ params.grace_seconds }}")
+    reap("{{ params.grace_seconds }}", "{{ params.delete_budget_seconds }}")

@@ -167,7 +167,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("k8s_proxy_link_base", "Base URL of the API server proxy for people (the dashboard "
            "links), e.g. ``kubectl proxy``'s.", example="http://localhost:8001", group=_K),
     Option("k8s_client_selector", "Pod labels (``key=value,...``) of the clients the clusters' "
-           "NetworkPolicy admits.", example="ephemeral.dev/client=true", group=_K),
+           "NetworkPolicy admits, used as given. Unset: ``ephemeral.dev/client=true`` and "
+           "``ephemeral.dev/client-instance=<the deployment instance>``, so deployments "
+           "sharing a namespace do not admit each other's pods.",
+           example="ephemeral.dev/client=true", group=_K),
     Option("k8s_client_cidrs", "Comma-separated CIDRs the clusters' NetworkPolicy admits.",
            example="10.0.0.0/8", group=_K),
     Option("k8s_spark_mode", "How Spark clusters run on Kubernetes unless their spec says: "

@@ -55,6 +55,14 @@ for the memory-less CronJob from its creation, start-up included: there one that
 than its idleTimeout to start may go soon after all its workers are up, before its first
 application if that comes after the reaper's next run.
 
+Deletions. Every deletion of a pass is issued first, then all are waited for together, until
+one deadline ``delete_budget`` seconds after the pass began (below the deadline of the job that
+runs it: the CronJob's activeDeadlineSeconds, the reaping DAG's execution_timeout). A cluster
+whose deletion hangs (a finalizer nobody clears) so holds back no other cluster's; one not gone
+by the deadline is a decision with an error (the pass fails). A cluster found already being
+deleted (by anyone, before this pass) is reported ("deleting since ..., finalizers ...") and
+not waited for again; one deleting for longer than ``delete_budget`` is stuck: an error.
+
 Remembered times live in a JSON file (keyed by run, or by cluster name and creation time),
 written to a unique temporary file and renamed over it (the CLI and the DAG may reap at once);
 an unreadable file is logged and treated as empty, never a reason to stop reaping.
@@ -69,6 +77,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -78,19 +87,25 @@ from ephemeral.activity import Activity, cluster_activity
 from ephemeral.backends.base import (
     ClusterBackend,
     ClusterHandle,
+    Deleting,
+    Deletion,
     HeadState,
     HeadView,
     OwnerSelector,
     require_instance,
     same_life,
 )
-from ephemeral.errors import EphemeralError
+from ephemeral.errors import EphemeralError, TeardownIncomplete
 from ephemeral.notify import notify_reaped
 from ephemeral.specs.identity import current_instance, parse_utc, utc_text
 
 log = logging.getLogger(__name__)
 FINISHED = {"success", "failed"}
 DEFAULT_GRACE_SECONDS = 600
+DEFAULT_DELETE_BUDGET_SECONDS = 420.0
+"""How long a pass may take until it stops waiting for its deletions: 7 minutes, below the
+10 minutes the CronJob (activeDeadlineSeconds) and the reaping DAG (execution_timeout) give a
+pass, whose notices and last listing come after; above a KubeRay GCS-FT finalizer's 300 s."""
 REAPER = "reaper"  # who deleted a run's cluster, in its report (released_by)
 
 
@@ -121,6 +136,8 @@ class Decision:
     """Seconds its run has not been found, by the reaper's memory (None: it was found)."""
     if_idle: bool = field(default=False, repr=False, compare=False)
     """Delete only when the cluster is seen running nothing just before."""
+    deleting: bool = False
+    """Its deletion was asked before this pass and is under way: reported, not waited for."""
 
 
 def memory_file() -> Path:
@@ -391,11 +408,14 @@ def _ask(activity: ActivityCheck, backend: ClusterBackend, handle: ClusterHandle
 def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DEFAULT_GRACE_SECONDS,
          dry_run: bool = False, now: datetime | None = None, memory_file: Path | None = None,
          activity: ActivityCheck = cluster_activity, dags: DagLookup | None = None,
-         witness: tuple[str, str] | None = None) -> list[Decision]:
+         witness: tuple[str, str] | None = None,
+         delete_budget: float = DEFAULT_DELETE_BUDGET_SECONDS) -> list[Decision]:
     """Judge every owned cluster and delete the orphans and idle ones (unless ``dry_run``).
     ``dags`` tells a DAG's pause; ``witness`` is a run the Airflow asked must know (the reaping
-    DAG's own): evidence, with any run or DAG that answers, that it is this deployment's."""
+    DAG's own): evidence, with any run or DAG that answers, that it is this deployment's.
+    Deletions are waited for until ``delete_budget`` seconds after the pass began."""
     require_instance(backend, current_instance(), "reaping")
+    deletions = _Deletions(backend, delete_budget)
     now = now or datetime.now(UTC)
     memory = FinishedMemory(memory_file)
     answered: list[str] = []  # what this Airflow knew in this pass: it is the right one
@@ -410,10 +430,10 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
     dag_info = functools.cache(dags) if dags is not None else None
     decisions: list[Decision] = []
     unfound: list[tuple[int, ClusterHandle]] = []
-    # Sent once the pass's deletions are done: a notifier that hangs or fails must not hold or
-    # stop the deletion of the leaks after the first.
-    notices: list[tuple[ClusterHandle, str, Exception | None]] = []
     for handle in backend.list_owned():
+        if handle.deleting is not None:  # asked before: nothing to judge, nor to wait for
+            decisions.append(_under_way(handle, handle.deleting, now, delete_budget))
+            continue
         by_idle = False
         try:
             d = judge(handle, lookup=asking if lookup is not None else None, now=now,
@@ -440,14 +460,13 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
         if not d.delete and d.unfound_for is not None and d.unfound_for > grace:
             unfound.append((len(decisions), handle))  # judged once every run was asked
         elif d.delete and not dry_run:
-            d = _delete(backend, handle, d, notices)
+            d = deletions.issue(len(decisions), handle, d)
         decisions.append(d)
     for i, handle in unfound:
-        decisions[i] = _judge_unfound(backend, handle, decisions[i], answered, grace=grace,
+        decisions[i] = _judge_unfound(handle, decisions[i], answered, grace=grace,
                                       dry_run=dry_run, dags=dag_info, lookup=lookup,
-                                      witness=witness, notices=notices)
-    for notice in notices:  # each bounded in time and never raising (notify_reaped)
-        notify_reaped(*notice)
+                                      witness=witness, deletions=deletions, index=i)
+    deletions.finish(decisions)
     # Objects with this backend's cluster labels that are no record it acts on: reported at
     # every pass, for a person to look at, never deleted (they may be anyone's).
     decisions += [Decision(name, False, f"left alone: {why}; delete it by hand if it is no "
@@ -458,11 +477,11 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
     return decisions
 
 
-def _judge_unfound(backend: ClusterBackend, handle: ClusterHandle, d: Decision,
+def _judge_unfound(handle: ClusterHandle, d: Decision,
                    answered: list[str], *, grace: float, dry_run: bool,
                    dags: DagLookup | None, lookup: RunLookup | None,
-                   witness: tuple[str, str] | None,
-                   notices: list[tuple[ClusterHandle, str, Exception | None]]) -> Decision:
+                   witness: tuple[str, str] | None, deletions: _Deletions,
+                   index: int) -> Decision:
     """A cluster whose run has not been found for longer than the grace period goes only on
     evidence that the Airflow asked is this deployment's: it answered for another run in this
     pass, knows the cluster's DAG, or knows ``witness``. An ``airflow_url`` naming another
@@ -484,32 +503,76 @@ def _judge_unfound(backend: ClusterBackend, handle: ClusterHandle, d: Decision,
     d = Decision(d.cluster, True, f"run {'/'.join(handle.run)} not found for "
                  f"{d.unfound_for:.0f}s (grace {grace:.0f}s) while the Airflow asked knows "
                  f"{evidence}: deleted or its DAG deleted")
-    return d if dry_run else _delete(backend, handle, d, notices)
+    return d if dry_run else deletions.issue(index, handle, d)
 
 
-def _delete(backend: ClusterBackend, handle: ClusterHandle, d: Decision,
-            notices: list[tuple[ClusterHandle, str, Exception | None]]) -> Decision:
-    """Delete the cluster life judged, and only it: between the listing and now its run's
-    teardown may have deleted it and a cleared run's setup made its name again, a life
-    nobody judged. The report records the life deleted; ``delete`` itself refuses any other
-    (``same_life``), the look first keeps another's jobs and moments out of the report."""
+def _under_way(handle: ClusterHandle, deleting: Deleting, now: datetime,
+               budget: float) -> Decision:
+    """A cluster whose deletion someone asked before this pass: reported, not waited for again
+    (a finalizer nobody clears would hold every pass). Longer than a pass's budget is stuck,
+    an error for a person to look at (its finalizers say whose)."""
     try:
-        current = backend.owned(handle, OwnerSelector.of_target(handle))
-        if current is None or not same_life(current, handle):
-            return Decision(d.cluster, False, f"{d.reason}; kept: " + (
-                "it is gone since it was judged" if current is None else
-                f"its name is another cluster since (made at {current.created_at}), "
-                "judged at the next pass"))
-        record = _for_the_report(backend, handle)
-        if backend.delete(handle, wait=True) is False:
-            return Decision(d.cluster, False, f"{d.reason}; kept: its name is another cluster "
-                            "since it was judged, judged at the next pass")
-        record()
-        notices.append((handle, d.reason, None))  # a leak was found: the deployment hears it
-        return Decision(d.cluster, True, d.reason, deleted=True)
-    except EphemeralError as err:
-        notices.append((handle, d.reason, err))  # a leak that still runs, above all
-        return Decision(d.cluster, True, d.reason, error=str(err))
+        age = (now - parse_utc(deleting.since)).total_seconds()
+    except ValueError:
+        age = None
+    stuck = age is not None and age > budget
+    return Decision(handle.name, False, f"{deleting.describe()}; not waited for again",
+                    deleting=True, error=f"still being deleted after {age:.0f}s, longer than a "
+                    f"pass's {budget:.0f}s: is a finalizer stuck?" if stuck else "")
+
+
+class _Deletions:
+    """A pass's deletions: each issued as it is decided (``start_delete``), then all waited for
+    together until the pass's deadline, so one that hangs holds back none of the others. Their
+    notices go out after that: a notifier that hangs or fails holds or stops no deletion."""
+
+    def __init__(self, backend: ClusterBackend, budget: float) -> None:
+        self.backend = backend
+        self.budget = budget
+        self.deadline = time.monotonic() + budget
+        self.notices: list[tuple[ClusterHandle, str, Exception | None]] = []
+        self.pending: list[tuple[int, ClusterHandle, Decision, Deletion, Callable[[], None]]] = []
+
+    def issue(self, index: int, handle: ClusterHandle, d: Decision) -> Decision:
+        """Delete the cluster life judged (decisions[index]), and only it: between the listing
+        and now its run's teardown may have deleted it and a cleared run's setup made its name
+        again, a life nobody judged. The report records the life deleted; ``start_delete``
+        itself refuses any other (``same_life``), the look first keeps another's jobs and
+        moments out of the report. The decision returned stands until ``finish``."""
+        try:
+            current = self.backend.owned(handle, OwnerSelector.of_target(handle))
+            if current is None or not same_life(current, handle):
+                return Decision(d.cluster, False, f"{d.reason}; kept: " + (
+                    "it is gone since it was judged" if current is None else
+                    f"its name is another cluster since (made at {current.created_at}), "
+                    "judged at the next pass"))
+            record = _for_the_report(self.backend, handle)
+            deletion = self.backend.start_delete(handle)
+            if deletion is None:
+                return Decision(d.cluster, False, f"{d.reason}; kept: its name is another "
+                                "cluster since it was judged, judged at the next pass")
+        except EphemeralError as err:
+            self.notices.append((handle, d.reason, err))  # a leak that still runs, above all
+            return Decision(d.cluster, True, d.reason, error=str(err))
+        self.pending.append((index, handle, d, deletion, record))
+        return d
+
+    def finish(self, decisions: list[Decision]) -> None:
+        """Wait for every deletion issued, in turn, against the one deadline; then notify."""
+        for index, handle, d, deletion, record in self.pending:
+            try:
+                deletion.wait(self.deadline)
+            except EphemeralError as err:
+                self.notices.append((handle, d.reason, err))
+                late = isinstance(err, TeardownIncomplete) and time.monotonic() >= self.deadline
+                decisions[index] = Decision(d.cluster, True, d.reason, error=(
+                    f"not gone within the pass's {self.budget:.0f}s: " if late else "") + str(err))
+                continue
+            record()
+            self.notices.append((handle, d.reason, None))  # a leak was found: it is heard of
+            decisions[index] = Decision(d.cluster, True, d.reason, deleted=True)
+        for notice in self.notices:  # each bounded in time and never raising (notify_reaped)
+            notify_reaped(*notice)
 
 
 def _for_the_report(backend: ClusterBackend, handle: ClusterHandle) -> Callable[[], None]:

@@ -10,6 +10,8 @@ Rules every backend keeps (the contract suite in tests/contract checks them):
 - ``delete`` is idempotent (a missing cluster is success). With ``wait=True`` it returns only when
   nothing of the cluster is left, or raises ``TeardownIncomplete`` naming what is. By a handle
   it deletes only the life of the cluster the handle names (``same_life``), never a newer one.
+  ``start_delete`` issues the same deletion and returns a ``Deletion`` to wait for later, so
+  many are issued before any is waited for (the reaper).
 - Every cluster carries its owner labels, so ``list_owned`` finds it after any crash.
 - Only ``ephemeral.errors`` types escape; foreign exceptions are chained.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import abc
 import enum
+from collections.abc import Callable
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -102,6 +105,21 @@ class NodeGroup(BaseModel):
         return self.min_replicas if self.min_replicas is not None else self.replicas
 
 
+class Deleting(BaseModel):
+    """A cluster whose deletion is under way (someone's earlier delete), as its backend lists
+    it: since when, and what still holds it (Kubernetes finalizers)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    since: str
+    """When it was asked, ``utc_text``."""
+    finalizers: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        held = f", finalizers {', '.join(self.finalizers)}" if self.finalizers else ""
+        return f"deleting since {self.since}{held}"
+
+
 class ClusterHandle(BaseModel):
     """What a created cluster is known by: small enough for XCom, enough to find it again."""
 
@@ -143,6 +161,9 @@ class ClusterHandle(BaseModel):
     caller's of the name) instead of making it, so the cluster is not that call's to delete
     when its wait fails. Said by the backend, never inferred from times (two callers can ask
     within one second); never stored (XCom, annotations, state files leave it out)."""
+    deleting: Deleting | None = Field(default=None, exclude=True)
+    """On a listed handle: its deletion is under way (a backend whose deletions finish in the
+    background, Kubernetes); never stored."""
 
     @property
     def owner_labels(self) -> dict[str, str]:
@@ -163,6 +184,21 @@ class ClusterHandle(BaseModel):
     def setup_task(self) -> str | None:
         """The task id of the setup that made the cluster; None for one made by hand."""
         return self.annotations.get(PREFIX + "task-id")
+
+
+class Deletion:
+    """A deletion issued (``ClusterBackend.start_delete``), not yet seen to finish."""
+
+    def __init__(self, name: str, wait: Callable[[float], None] | None = None) -> None:
+        self.name = name
+        self._wait = wait
+
+    def wait(self, deadline: float) -> None:
+        """Return once nothing of the cluster is left, or raise ``TeardownIncomplete`` naming
+        what is once ``deadline`` (``time.monotonic()``) has passed; looks at least once,
+        however late. Several deletions are waited for in turn against one deadline."""
+        if self._wait is not None:
+            self._wait(deadline)
 
 
 def same_life(record: ClusterHandle, handle: ClusterHandle) -> bool:
@@ -455,6 +491,13 @@ class ClusterBackend(abc.ABC):
         its cluster (``same_life``): when the cluster of its name is another life, nothing is
         deleted and the result is False (that life's end is this handle's holder's concern no
         more); True otherwise."""
+
+    @abc.abstractmethod
+    def start_delete(self, target: ClusterHandle | ClusterIdentity | str) -> Deletion | None:
+        """Issue the deletion ``delete`` makes and return at once, with what waits for it to
+        finish; None where ``delete`` returns False (the name is another life). A caller with
+        many clusters issues every deletion before it waits for any: one that never finishes
+        (a finalizer nobody clears) holds back none of the others."""
 
     @abc.abstractmethod
     def list_owned(self, selector: OwnerSelector | None = None) -> list[ClusterHandle]:

@@ -19,6 +19,7 @@ from ephemeral.backends.base import (
     ClusterBackend,
     ClusterHandle,
     ClusterStatus,
+    Deletion,
     Endpoints,
     OwnerSelector,
     Phase,
@@ -124,6 +125,10 @@ class InMemoryBackend(ClusterBackend):
                 return False
             self._clusters.pop(name, None)
         return True
+
+    def start_delete(self, target: ClusterHandle | ClusterIdentity | str) -> Deletion | None:
+        """Done at once: nothing is left to wait for."""
+        return Deletion(self.target_name(target)) if self.delete(target) else None
 
     def list_owned(self, selector: OwnerSelector | None = None) -> list[ClusterHandle]:
         selector = selector or OwnerSelector()

@@ -32,6 +32,7 @@ from ephemeral.errors import (
 )
 from ephemeral.jobs.results import JobResult
 from ephemeral.lifecycle import DEFAULT_READY_TIMEOUT, provision, teardown
+from ephemeral.reaper import DEFAULT_DELETE_BUDGET_SECONDS
 from ephemeral.settings import get_settings
 from ephemeral.specs import ClusterIdentity, load_file, resolve
 from ephemeral.specs.identity import check_cluster_name
@@ -125,8 +126,9 @@ def _seconds(param: typer.CallbackParam, value: float | None) -> float | None:
 
 
 def _grace(param: typer.CallbackParam, value: float) -> float:
-    """``--grace``: finite and 0 or more (0: an ended run's clusters go at the next pass); nan
-    or inf turned the run-end rule off."""
+    """``--grace``, ``reap --delete-budget``: finite and 0 or more seconds (0 grace: an ended
+    run's clusters go at the next pass); nan or inf turned the run-end rule off, or let a
+    reaper wait past its job's deadline."""
     import math
 
     from ephemeral.adhoc import RequestError
@@ -661,6 +663,11 @@ def reap_cmd(
     grace: Annotated[float, typer.Option(help="Seconds after a run ended before its clusters "
                                               "count as orphans.",
                                          callback=_grace)] = 600.0,
+    delete_budget: Annotated[float, typer.Option(
+        help="Seconds from the pass's start until it stops waiting for its deletions (all "
+             "issued first): one not done by then fails the pass. Keep it below the deadline "
+             "of the job running the reaper.", callback=_grace)
+    ] = DEFAULT_DELETE_BUDGET_SECONDS,
     airflow_url: Annotated[str | None, typer.Option(
         envvar="EPHEMERAL_AIRFLOW_URL",
         help="Airflow API server to ask for run states (token from AIRFLOW_API_TOKEN, or "
@@ -684,7 +691,8 @@ def reap_cmd(
                                   username=setting("airflow_user"),
                                   password=setting("airflow_password"))
     decisions = reap(_backend(backend), lookup=lookup, grace=grace, dry_run=dry_run,
-                     memory_file=memory_file(), dags=lookup.dag if lookup else None)
+                     memory_file=memory_file(), dags=lookup.dag if lookup else None,
+                     delete_budget=delete_budget)
     if as_json:
         _emit([d.__dict__ for d in decisions])
     else:
@@ -692,7 +700,7 @@ def reap_cmd(
             err.print("no clusters")
         for d in decisions:
             verb = ("would delete" if dry_run else "deleted" if d.deleted else "FAILED to delete"
-                    ) if d.delete else "keep"
+                    ) if d.delete else "deleting" if d.deleting else "keep"
             out.print(f"{verb:16} {d.cluster}: {d.reason} {d.error}".rstrip(), highlight=False,
                       markup=False)
     if any(d.error for d in decisions):

@@ -117,6 +117,26 @@ def test_a_handle_deletes_only_its_own_life(backend: ClusterBackend) -> None:
     assert backend.list_owned() == []
 
 
+def test_deletions_are_issued_first_and_waited_for_later(backend: ClusterBackend) -> None:
+    """``start_delete`` (the reaper's): many deletions issued before any is waited for, against
+    one deadline; a handle of an ended life issues nothing (None)."""
+    a = backend.create(RAY, identity=owner(RAY.spec.name, run="run-a"))
+    b = backend.create(RAY, identity=owner(RAY.spec.name, run="run-b"))
+    issued = [backend.start_delete(h) for h in (a, b)]
+    deadline = time.monotonic() + READY_TIMEOUT
+    for deletion in issued:
+        assert deletion is not None
+        deletion.wait(deadline)
+    assert backend.list_owned() == []
+    ident = owner(RAY.spec.name, run="run-c")
+    old = backend.create(RAY, identity=ident)
+    backend.delete(old, wait=True)
+    time.sleep(0.01)
+    new = backend.create(RAY, identity=ident)
+    assert backend.start_delete(old) is None
+    assert [h.created_ts for h in backend.list_owned()] == [new.created_ts]
+
+
 def test_list_owned_filters_by_owner_labels(backend: ClusterBackend) -> None:
     a = backend.create(RAY, identity=owner(RAY.spec.name, run="run-a"))
     b = backend.create(RAY, identity=owner(RAY.spec.name, run="run-b"))

@@ -374,7 +374,7 @@ def test_client_settings_from_the_environment_and_connection_extras() -> None:
     assert env.client_selector == {"tier": "airflow", "component": "worker"}
     assert env.client_cidrs == ["10.0.0.0/8", "192.168.1.0/24"]
     assert env.proxy_link_base == "http://127.0.0.1:8001"
-    assert KubeConfig().client_selector == {"ephemeral.dev/client": "true"}
+    assert KubeConfig().client_selector is None  # the instance's clients (render.network)
     extras = KubeConfig(client_selector={"app": "airflow"}, client_cidrs=["10.1.0.0/16"])
     assert (extras.client_selector, extras.client_cidrs) == ({"app": "airflow"},
                                                              ["10.1.0.0/16"])

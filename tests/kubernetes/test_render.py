@@ -29,10 +29,11 @@ from ephemeral.backends.kubernetes.render import (
     render,
     service_endpoints,
 )
+from ephemeral.backends.kubernetes.render.network import cluster_pods
 from ephemeral.backends.kubernetes.render.ray import auth_secret
 from ephemeral.cli.main import RENDER_CREATED, render_identity
 from ephemeral.errors import SpecError
-from ephemeral.specs import ResolvedSpec, resolve
+from ephemeral.specs import ClusterIdentity, ResolvedSpec, resolve
 from ephemeral.specs.loader import load_file
 from ephemeral.specs.quantities import memory_bytes
 from ephemeral.specs.resolve import CI_CPU
@@ -253,12 +254,44 @@ def test_every_cluster_admits_only_its_pods_and_the_clients(ref: str,
     assert main["spec"]["policyTypes"] == ["Ingress"]
     own, clients = main["spec"]["ingress"]
     assert own == {"from": [{"podSelector": mine}]}
-    assert clients["from"] == [{"podSelector": {"matchLabels": {"ephemeral.dev/client": "true"}}}]
+    assert clients["from"] == [{"podSelector": {"matchLabels": {
+        "ephemeral.dev/client": "true", "ephemeral.dev/client-instance": "render"}}}]
     assert clients["ports"]  # only the API ports
     # Every pod of the cluster is selected: the owner label is on every pod template.
     for obj in out.objects:
         for template in pod_templates(obj):
             assert template["metadata"]["labels"]["ephemeral.dev/cluster"] == handle.name
+
+
+@pytest.mark.parametrize("ref", ["ray/adhoc-cpu", "spark/etl", "spark/etl@operator"])
+def test_deployments_sharing_a_namespace_admit_only_their_own_clients(ref: str) -> None:
+    """Staging's Airflow pods never reach prod's unauthenticated Spark master or Connect ports
+    (nor Ray's) in a shared namespace: the default client selector names the instance."""
+    spec = resolve(ref.removesuffix("@operator"))
+    mode = "operator" if ref.endswith("@operator") else "standalone"
+    peers: dict[str, list[object]] = {}
+    for instance in ("staging", "prod"):
+        ident = ClusterIdentity(spec_name=spec.spec.name, dag_id="etl", run_id="r",
+                                task_id="c", instance=instance)
+        handle = make_handle(spec, ident, backend="kubernetes", endpoints=Endpoints(),
+                             namespace="shared")
+        policies = [o for o in render(spec, handle, default_spark_mode=mode).objects
+                    if o["kind"] == "NetworkPolicy"]
+        assert policies
+        peers[instance] = [rule["from"] for p in policies for rule in p["spec"]["ingress"]
+                           if rule["from"][0]["podSelector"] != cluster_pods(handle)]
+        for rules in peers[instance]:
+            assert rules == [{"podSelector": {"matchLabels": {
+                "ephemeral.dev/client": "true", "ephemeral.dev/client-instance": instance}}}]
+    assert peers["staging"] != peers["prod"]
+    # A configured selector is used as given, for every instance.
+    spec_handle = handle_for(spec)
+    out = render(spec, spec_handle, clients=Clients(selector={"ephemeral.dev/client": "true"}),
+                 default_spark_mode=mode)
+    assert all(rule["from"][0] == {"podSelector": {"matchLabels": {"ephemeral.dev/client":
+                                                                   "true"}}}
+               for p in out.objects if p["kind"] == "NetworkPolicy"
+               for rule in p["spec"]["ingress"][1:])
 
 
 def test_network_policy_clients_are_configurable() -> None:

@@ -201,6 +201,38 @@ def test_the_reaper_runs_every_five_minutes_one_at_a_time_within_a_deadline() ->
     assert pod["restartPolicy"] == "Never"
 
 
+def test_the_reapers_pods_are_clients_of_its_own_deployments_clusters() -> None:
+    """The NetworkPolicies admit, by default, the client pods of the cluster's instance only."""
+    from ephemeral.backends.kubernetes.config import client_labels
+
+    _, job, pod = reaper()
+    instance = {e["name"]: e for e in pod["containers"][0]["env"]}["EPHEMERAL_INSTANCE"]["value"]
+    labels = job["template"]["metadata"]["labels"]
+    assert client_labels(instance).items() <= labels.items()
+
+
+def test_the_reapers_deletion_budget_ends_before_its_jobs_deadline() -> None:
+    """A pass stops waiting for its deletions at --delete-budget; its notices and last
+    listing follow, all before the CronJob (and the reaping DAG) kill it."""
+    import ast
+
+    from ephemeral.reaper import DEFAULT_DELETE_BUDGET_SECONDS
+
+    _, job, pod = reaper()
+    command = pod["containers"][0]["command"]
+    budget = float(command[command.index("--delete-budget") + 1])
+    assert budget == DEFAULT_DELETE_BUDGET_SECONDS
+    assert budget + 120 <= job["activeDeadlineSeconds"]
+    dag = (Path(__file__).parents[2] / "dags" / "reap_orphans.py").read_text()
+    timeout = re.search(r'"execution_timeout": timedelta\(minutes=(\d+)\)', dag)
+    param = re.search(r'"delete_budget_seconds": Param\(\s*(\d+),.*?maximum=(\d+)', dag, re.S)
+    assert timeout
+    assert param
+    default, most = (ast.literal_eval(v) for v in param.groups())
+    assert default == DEFAULT_DELETE_BUDGET_SECONDS
+    assert default <= most <= int(timeout.group(1)) * 60 - 120
+
+
 def test_the_reaper_runs_the_cli_with_the_kubernetes_backend_in_cluster() -> None:
     _, _, pod = reaper()
     (container,) = pod["containers"]

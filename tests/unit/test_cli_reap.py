@@ -93,3 +93,53 @@ def test_a_pass_that_cannot_ask_airflow_keeps_the_cluster_and_fails(fake: Listin
     assert "could not ask Airflow" in decision["reason"]
     assert "unreachable" in decision["error"]
     assert len(fake.list_owned()) == 1
+
+
+class Hanging(InMemoryBackend):
+    """Its first cluster expired and its deletion never finishes; its second listed as being
+    deleted since an hour (someone's earlier delete)."""
+
+    def list_owned(self, selector=None):  # type: ignore[no-untyped-def]
+        from ephemeral.backends.base import Deleting
+
+        first, second = super().list_owned(selector)
+        return [first.model_copy(update={"expires_at": "2026-01-01T00:00:00Z"}),
+                second.model_copy(update={"deleting": Deleting(
+                    since="2026-01-01T00:00:00Z", finalizers=("example.com/hold",))})]
+
+    def owned(self, handle, selector):  # type: ignore[no-untyped-def]
+        return handle
+
+    def start_delete(self, target):  # type: ignore[no-untyped-def]
+        from ephemeral.backends.base import Deletion
+        from ephemeral.errors import TeardownIncomplete
+
+        def hang(deadline: float) -> None:
+            raise TeardownIncomplete(target.name, ["RayCluster/x (terminating)"])
+        return Deletion(target.name, hang)
+
+
+def test_a_deletion_not_done_within_the_budget_fails_the_pass(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = Hanging()
+    for run in ("r1", "r2"):
+        backend.create(RAY, identity=ClusterIdentity(spec_name=RAY.spec.name, dag_id="d",
+                                                     run_id=run, task_id="t",
+                                                     instance=current_instance()))
+    monkeypatch.setattr(cli_main, "_backend", lambda _name: backend)
+    result = CliRunner().invoke(cli_main.app, ["reap", "--delete-budget", "0"])
+    assert result.exit_code == 1, result.output
+    failed, deleting = result.stdout.splitlines()
+    assert failed.startswith("FAILED to delete")
+    assert "not gone within the pass's 0s" in failed
+    assert deleting.startswith("deleting")
+    assert "finalizers example.com/hold" in deleting
+    assert "is a finalizer stuck?" in deleting
+
+
+@pytest.mark.parametrize("budget", ["nan", "-1", "inf"])
+def test_a_delete_budget_that_is_no_duration_is_refused(fake: Listing, budget: str) -> None:
+    result = CliRunner().invoke(cli_main.app, ["reap", "--delete-budget", budget, "--json"])
+    assert result.exit_code == 2, result.output
+    assert "--delete-budget" in json.loads(result.stdout)["message"]
+    assert fake.listed == 0

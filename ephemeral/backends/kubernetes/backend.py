@@ -36,6 +36,8 @@ from ephemeral.backends.base import (
     ClusterBackend,
     ClusterHandle,
     ClusterStatus,
+    Deleting,
+    Deletion,
     Endpoints,
     HeadView,
     OwnerSelector,
@@ -197,7 +199,8 @@ class KubernetesBackend(ClusterBackend):
         return self._view(stored).model_copy(update={"adopted": True})
 
     def _render(self, spec: ResolvedSpec, handle: ClusterHandle) -> Rendered:
-        clients = Clients(selector=dict(self.config.client_selector),
+        selector = self.config.client_selector
+        clients = Clients(selector=dict(selector) if selector is not None else None,
                           cidrs=tuple(self.config.client_cidrs))
         return render(spec, handle, cluster_domain=self.config.cluster_domain, clients=clients,
                       default_spark_mode=self.config.spark_mode,
@@ -359,7 +362,16 @@ class KubernetesBackend(ClusterBackend):
         cluster is deleted on purpose (``down --all-instances``, the reaper). A handle names
         one life of its cluster: a primary that is another (``same_life``) is left alone and
         the result is False. Every DELETE carries the uid of the object as it was verified
-        (a precondition), so one made again under its name in between is never hit."""
+        (a precondition), so one made again under its name in between is never hit. With
+        ``wait``, waits ``delete_timeout`` for it to go."""
+        deletion = self.start_delete(target)
+        if deletion is None:
+            return False
+        if wait:
+            deletion.wait(time.monotonic() + self.config.delete_timeout)
+        return True
+
+    def start_delete(self, target: ClusterHandle | ClusterIdentity | str) -> Deletion | None:
         scope = OwnerSelector.of_target(target)
         name = self.target_name(target)
         life = target if isinstance(target, ClusterHandle) else None
@@ -376,16 +388,21 @@ class KubernetesBackend(ClusterBackend):
                     ours.newer = f"{kind.kind}/{name_of(obj)}"
                     break
         if ours.newer:
-            return False
-        if not wait:
-            return True
-        deadline = time.monotonic() + self.config.delete_timeout
-        try:
-            self._await_gone(client, scope, deadline, ours)
-        except (Forbidden, WatchUnsupported) as exc:
-            if not _cannot_watch(exc):
-                raise
-            log.info("cannot watch cluster %s (%s); polling instead", name, exc)
+            return None
+        # The objects found now are kept for the wait: a collected owner's dependents (its
+        # pods) still name it, and only ``ours`` knows its uid then.
+        return Deletion(name, lambda deadline: self._await_deleted(client, scope, ours, name,
+                                                                   deadline))
+
+    def _await_deleted(self, client: KubeClient, scope: OwnerSelector, ours: _Ours, name: str,
+                       deadline: float) -> None:
+        if time.monotonic() < deadline:  # past it: one look below
+            try:
+                self._await_gone(client, scope, deadline, ours)
+            except (Forbidden, WatchUnsupported) as exc:
+                if not _cannot_watch(exc):
+                    raise
+                log.info("cannot watch cluster %s (%s); polling instead", name, exc)
         # After the watch, one round of lists confirms; without it, this polls.
         while leftover := self._leftover(client, scope, ours):
             if time.monotonic() >= deadline:
@@ -394,7 +411,6 @@ class KubernetesBackend(ClusterBackend):
         if ours.refused:
             raise TeardownIncomplete(name, [f"{what} (left alone: {why})"
                                             for what, why in ours.refused.items()])
-        return True
 
     def _owned_objects(self, client: KubeClient, scope: OwnerSelector, ours: _Ours,
                        report: bool = True) -> Iterator[tuple[Kind, dict[str, Any]]]:
@@ -570,6 +586,7 @@ class KubernetesBackend(ClusterBackend):
             return None, (f"its {HANDLE_ANNOTATION} annotation disagrees with the object on "
                           f"{', '.join(mismatch)} (edited or copied by hand?)")
         record = stated.model_copy(update={
+            "deleting": _deleting(meta),
             "namespace": meta.get("namespace") or self.config.namespace,
             "labels": {**{k: v for k, v in stated.labels.items() if not k.startswith(PREFIX)},
                        **labels}})
@@ -614,6 +631,14 @@ def owned_by(obj: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
     ref = {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": meta["name"],
            "uid": meta["uid"]}
     return obj | {"metadata": obj["metadata"] | {"ownerReferences": [ref]}}
+
+
+def _deleting(meta: dict[str, Any]) -> Deleting | None:
+    """A primary's deletion under way: its deletionTimestamp (RFC 3339 in UTC, ``utc_text``'s
+    form) and the finalizers that hold it."""
+    since = meta.get("deletionTimestamp")
+    return Deleting(since=str(since), finalizers=tuple(meta.get("finalizers") or ())) \
+        if since else None
 
 
 def _describe(kind: str, obj: dict[str, Any]) -> str:

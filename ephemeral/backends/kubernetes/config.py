@@ -34,7 +34,18 @@ SparkMode = Literal["standalone", "operator"]
 ResolvedMode = Literal["dns", "proxy", "ingress"]
 CLIENT_LABEL = "ephemeral.dev/client"
 """The default selector of the pods a cluster's NetworkPolicy admits (the Airflow workers and
-triggerers): label them ``ephemeral.dev/client=true``, or configure ``client_selector``."""
+triggerers): label them ``ephemeral.dev/client=true`` and ``CLIENT_INSTANCE_LABEL``, or
+configure ``client_selector``."""
+CLIENT_INSTANCE_LABEL = "ephemeral.dev/client-instance"
+"""With ``CLIENT_LABEL``, by default: the deployment instance whose clusters a client pod may
+reach (``EPHEMERAL_INSTANCE``), so that deployments sharing a namespace (staging and prod) do
+not admit each other's Airflow pods to their clusters' unauthenticated ports."""
+
+
+def client_labels(instance: str) -> dict[str, str]:
+    """The labels of a client pod the clusters of deployment ``instance`` admit by default
+    (an instance is a valid label value): what its Airflow worker and triggerer pods carry."""
+    return {CLIENT_LABEL: "true", CLIENT_INSTANCE_LABEL: instance}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -72,10 +83,12 @@ class KubeConfig(BaseModel):
     """In ``proxy`` mode, the base of the extra links' URLs (what a browser opens), e.g.
     ``http://127.0.0.1:8001`` for ``kubectl proxy``; default the API server's own URL (a browser
     must then be authenticated to it). API calls always go to the API server."""
-    client_selector: dict[str, str] = Field(default_factory=lambda: {CLIENT_LABEL: "true"})
+    client_selector: dict[str, str] | None = None
     """Labels of the pods (besides the cluster's own) that each cluster's NetworkPolicy admits
     to the dashboard, GCS, client, Spark master and Connect ports: the Airflow workers and
-    triggerers. ``k=v,k2=v2`` in the environment."""
+    triggerers. ``k=v,k2=v2`` in the environment. Unset: ``ephemeral.dev/client=true`` and
+    ``ephemeral.dev/client-instance=<the cluster's deployment instance>``; one configured is
+    used as given (scope it to the deployment yourself where several share a namespace)."""
     client_cidrs: list[str] = []
     """Address ranges admitted like ``client_selector`` pods: Airflow outside the cluster, and
     in ``proxy`` mode the API server's own address (it connects to the pods itself)."""

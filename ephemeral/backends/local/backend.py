@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 import uuid
 from contextlib import AbstractContextManager
 from importlib import metadata
@@ -16,6 +17,7 @@ from ephemeral.backends.base import (
     ClusterBackend,
     ClusterHandle,
     ClusterStatus,
+    Deletion,
     Endpoints,
     HeadState,
     HeadView,
@@ -388,21 +390,39 @@ class LocalBackend(ClusterBackend):
             return self._delete_locked(
                 name, wait=wait, life=target if isinstance(target, ClusterHandle) else None)
 
+    def start_delete(self, target: ClusterHandle | ClusterIdentity | str) -> Deletion | None:
+        """SIGKILL now, as ``delete(wait=False)`` does (its processes looked at for 2 s); any
+        still there then are killed and looked for again by the wait, until its deadline."""
+        name = self.target_name(target)
+        life = target if isinstance(target, ClusterHandle) else None
+        try:
+            if not self.delete(target, wait=False):
+                return None
+        except TeardownIncomplete:
+            return Deletion(name, lambda deadline: self._delete_by(name, life, deadline))
+        return Deletion(name)
+
+    def _delete_by(self, name: str, life: ClusterHandle | None, deadline: float) -> None:
+        with self._lock(name):
+            self._delete_locked(name, life=life, timeout=max(deadline - time.monotonic(), 0.0))
+
     def _delete_locked(self, name: str, *, wait: bool = True,
-                       life: ClusterHandle | None = None) -> bool:
+                       life: ClusterHandle | None = None, timeout: float | None = None) -> bool:
         """Delete the cluster ``name``; with ``life``, only when it is that life (``same_life``,
-        read under the cluster's lock: no create comes between), else False."""
+        read under the cluster's lock: no create comes between), else False. Its processes are
+        waited for ``timeout`` seconds, by default 10 (2 without ``wait``)."""
+        timeout = timeout if timeout is not None else 10.0 if wait else 2.0
         cdir = self._dir(name)
         try:
             state = load(cdir)
         except BackendError:  # unreadable or of an old schema: still find and kill its processes
-            self._delete_unreadable(cdir, wait=wait)
+            self._delete_unreadable(cdir, timeout=timeout)
             return True
         if state is None:
             # No state (a crash before its first save, a lost file, a home wiped under a running
             # cluster): processes may still carry its folder's marker, and nothing else will
             # ever find them. One scan of this user's processes.
-            self._delete_unreadable(cdir, wait=wait)
+            self._delete_unreadable(cdir, timeout=timeout)
             return True
         if life is not None and not same_life(state.handle, life):
             log.warning("%s", newer_life(state.handle, life))
@@ -412,8 +432,7 @@ class LocalBackend(ClusterBackend):
         # SIGKILL at once: an ephemeral cluster has nothing to save on its way out (its jobs
         # wrote their artifacts; its folders go next), and every second a JVM or raylet
         # spends in its shutdown hooks is reserved, idle time.
-        left = procs.describe(procs.kill_all(state.nodes, state.uid, grace=0.0,
-                                             timeout=10.0 if wait else 2.0))
+        left = procs.describe(procs.kill_all(state.nodes, state.uid, grace=0.0, timeout=timeout))
         # Processes of its sessions that this OS user can neither read nor end (the cluster was
         # made as another user, e.g. a setup with run_as_user): the state stays for that user.
         if (owner := _owner(cdir)) is not None and owner != os.getuid():
@@ -427,12 +446,12 @@ class LocalBackend(ClusterBackend):
         shutil.rmtree(cdir, ignore_errors=True)
         return True
 
-    def _delete_unreadable(self, cdir: Path, *, wait: bool) -> None:
+    def _delete_unreadable(self, cdir: Path, *, timeout: float) -> None:
         """Delete a cluster whose state cannot be read, by the markers its processes carry:
         the cluster uid (if the file still names it) and the state folder."""
         uid = raw_field(cdir, "uid")
         left = procs.kill_marked({procs.DIR_ENV: str(cdir)} | ({procs.UID_ENV: uid} if uid else {}),
-                                 timeout=10.0 if wait else 2.0)
+                                 timeout=timeout)
         if left:
             raise TeardownIncomplete(cdir.name, procs.describe(left))
         _remove_temp_root(raw_field(cdir, "temp_root", "ray_temp_root"))

@@ -7,8 +7,10 @@ each cluster admits, on its pods:
 - every port from pods of the same cluster (Ray's raylets and object transfer, Spark's executors
   and block managers use ports nobody fixes in advance);
 - the API ports only (Ray 8265, 6379, 10001; Spark 7077, 8080, 15002) from the client pods
-  (``client_selector``: the Airflow workers and triggerers) and the ``client_cidrs`` ranges
-  (Airflow outside the cluster; the API server itself in ``proxy`` mode);
+  (``client_selector``: the Airflow workers and triggerers; by default those labelled
+  ``ephemeral.dev/client=true`` for the cluster's own deployment instance, never another
+  deployment's in the same namespace) and the ``client_cidrs`` ranges (Airflow outside the
+  cluster; the API server itself in ``proxy`` mode);
 - for Spark, a second policy: the worker pods take every port from the clients as well, because
   a driver submitted from a client (spark-submit's client mode) fetches large task results from
   the executors' block managers, on ports the application chooses.
@@ -19,25 +21,34 @@ does not enforce NetworkPolicy ignores them (docs/kubernetes.md says which do).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ephemeral.backends.base import ClusterHandle
-from ephemeral.backends.kubernetes.config import CLIENT_LABEL
+from ephemeral.backends.kubernetes.config import CLIENT_LABEL, client_labels
 from ephemeral.backends.kubernetes.render.common import COMPONENT_LABEL, Manifest, metadata
 from ephemeral.specs.identity import PREFIX
 
-DEFAULT_CLIENT_SELECTOR = {CLIENT_LABEL: "true"}
+
+def default_client_selector(handle: ClusterHandle) -> dict[str, str]:
+    """The client pods a cluster admits unless ``client_selector`` is configured: those of its
+    own deployment instance (``client_labels``). A handle without one (never made here: a
+    Kubernetes deployment must set its instance) admits the unscoped label."""
+    instance = handle.instance
+    return client_labels(instance) if instance else {CLIENT_LABEL: "true"}
 
 
 @dataclass(frozen=True)
 class Clients:
     """Which pods and address ranges besides the cluster's own may call its API ports."""
 
-    selector: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_CLIENT_SELECTOR))
+    selector: dict[str, str] | None = None
+    """As configured; None: ``default_client_selector``."""
     cidrs: tuple[str, ...] = ()
 
-    def peers(self) -> list[Manifest]:
-        return [{"podSelector": {"matchLabels": dict(self.selector)}},
+    def peers(self, handle: ClusterHandle) -> list[Manifest]:
+        selector = self.selector if self.selector is not None else \
+            default_client_selector(handle)
+        return [{"podSelector": {"matchLabels": dict(selector)}},
                 *({"ipBlock": {"cidr": c}} for c in self.cidrs)]
 
 
@@ -62,12 +73,12 @@ def policies(handle: ClusterHandle, api_ports: list[int], clients: Clients, *,
     component, e.g. ``spark-worker``) also ``<name>-<component>``, which admits the clients to
     every port of that component's pods."""
     own = {"from": [{"podSelector": cluster_pods(handle)}]}
-    api = {"from": clients.peers(),
+    api = {"from": clients.peers(handle),
            "ports": [{"protocol": "TCP", "port": p} for p in api_ports]}
     out = [_policy(handle, handle.name, cluster_pods(handle), [own, api])]
     if open_to_clients:
         pods = {"matchLabels": cluster_pods(handle)["matchLabels"]
                 | {COMPONENT_LABEL: open_to_clients}}
         out.append(_policy(handle, f"{handle.name}-{open_to_clients}", pods,
-                           [{"from": clients.peers()}]))
+                           [{"from": clients.peers(handle)}]))
     return out
