@@ -50,14 +50,6 @@ def setup_operator(task: Any, setup_id: str | None) -> Any:
     return setup if isinstance(setup, CreateClusterOperator) else None
 
 
-def makes_clusters(task: Any) -> bool:
-    """Whether ``task`` is a ``CreateClusterOperator``, mapped (``.partial().expand()``) or not."""
-    from ephemeral.airflow.operators import CreateClusterOperator
-
-    cls = getattr(task, "operator_class", None) or type(task)
-    return isinstance(cls, type) and issubclass(cls, CreateClusterOperator)
-
-
 def setup_args(task: Any, setup_id: str) -> tuple[str | None, str | None, str | None] | None:
     """(backend, conn_id, kubernetes_conn_id) of the setup ``setup_id`` of ``task``'s DAG as the
     DAG gives them, a mapped setup's from its ``partial()`` when none is expanded; None when
@@ -66,10 +58,13 @@ def setup_args(task: Any, setup_id: str) -> tuple[str | None, str | None, str | 
         return setup.backend, setup.conn_id, setup.kubernetes_conn_id
     if task is None or not task.has_dag() or not task.dag.has_task(setup_id):
         return None
+    from ephemeral.airflow.operators import CreateClusterOperator
+    from ephemeral.airflow.release import is_a
+
     mapped = task.dag.get_task(setup_id)
     fields = ("backend", "conn_id", "kubernetes_conn_id")
     expanded = getattr(getattr(mapped, "expand_input", None), "value", None)
-    if not makes_clusters(mapped) or not isinstance(expanded, dict) or expanded.keys() & set(fields):
+    if not is_a(mapped, CreateClusterOperator) or not isinstance(expanded, dict) or expanded.keys() & set(fields):
         return None
     partial = getattr(mapped, "partial_kwargs", {})
     return partial.get("backend"), partial.get("conn_id"), partial.get("kubernetes_conn_id")

@@ -38,14 +38,13 @@ from ephemeral.airflow.context import cluster_identity, map_index, owner_selecto
 from ephemeral.airflow.handles import (
     job_cluster,
     made_through,
-    makes_clusters,
     pointer,
     setup_args,
     with_setup_facts,
 )
 from ephemeral.airflow.lineage import JobLineageMixin
 from ephemeral.airflow.links import RayDashboardLink, RunReportLink, SparkMasterLink
-from ephemeral.airflow.release import before_job, release, released_by
+from ephemeral.airflow.release import before_job, is_a, release, released_by
 from ephemeral.airflow.settle import settles_at
 from ephemeral.airflow.triggers import ClusterReadyTrigger, RayJobTrigger
 from ephemeral.backends import ClusterBackend, ClusterHandle
@@ -506,7 +505,7 @@ class DeleteClusterOperator(BaseOperator):
     def _cluster_setups(self) -> list[str]:
         """The ids of this teardown's setups in its DAG: the ``CreateClusterOperator`` tasks
         right upstream, those marked as setups (``as_teardown(setups=...)``) when any are."""
-        upstream = [t for t in self.upstream_list if makes_clusters(t)]
+        upstream = [t for t in self.upstream_list if is_a(t, CreateClusterOperator)]
         marked = [t for t in upstream if t.is_setup]
         return sorted(t.task_id for t in marked or upstream)
 
@@ -531,9 +530,9 @@ class DeleteClusterOperator(BaseOperator):
                    "as_teardown(setups=create), or give setup_task_id"))
         dag = self.dag
         if given in setups or (not setups and dag.has_task(given)
-                               and makes_clusters(dag.get_task(given))):
+                               and is_a(dag.get_task(given), CreateClusterOperator)):
             return given
-        meant = setups or sorted(t.task_id for t in dag.tasks if makes_clusters(t)
+        meant = setups or sorted(t.task_id for t in dag.tasks if is_a(t, CreateClusterOperator)
                                  and t.task_id.endswith("." + given))
         hint = (f" It could mean {' or '.join(map(repr, meant))} (a task group prefixes the ids "
                 "of its tasks); setup_task_id may be left out when the teardown has one setup."
