@@ -272,11 +272,13 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
             result = read_result_file(result_file, job_id)
         if result is None:  # an application that does not use the channel: its last JSON line
             result = parse_result_line("\n".join(hook.lines), job_id)
-        self.log.info("Spark application %s succeeded: %s", job_id, result)
-        return JobResult(job_id=job_id, cluster=handle.name, engine="spark",
+        done = JobResult(job_id=job_id, cluster=handle.name, engine="spark",
                          cluster_created_at=handle.created_at,
                          status=JobStatus.SUCCEEDED, submitted_at=round(submitted_at, 3),
                          seconds=round(time.monotonic() - started, 3), result=result)
+        # Logged as JobResult left it: without the secrets its gate masks.
+        self.log.info("Spark application %s succeeded: %s", job_id, done.result)
+        return done
 
     def _started(self, proc: subprocess.Popen[str], hook: ClusterSparkSubmitHook,
                  timed_out: threading.Event) -> None:
