@@ -225,9 +225,9 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
             from ephemeral.airflow.spark_submit_hook import ClusterSparkSubmitHook
         except ImportError as err:
             raise AirflowFailException(PROVIDER_MISSING) from err
-        # The driver authenticates with the cluster's secret (spark.authenticate).
+        # The driver authenticates with the cluster's secret (spark.authenticate), which
+        # spark_auth_for registers with Airflow's log masker: a driver may print its conf.
         auth = spark_auth_for(handle, cluster_backend(handle, self))
-        _mask(auth.secret)
         master = str(handle.endpoints.spark_master)
         timed_out = threading.Event()
         env_vars = self._env_vars()
@@ -315,15 +315,6 @@ def _watch(proc: subprocess.Popen[str], hook: ClusterSparkSubmitHook, timeout: f
     if not hook.output_done.wait(DRAIN_SECONDS):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _mask(secret: str | None) -> None:
-    """Register the cluster's secret with Airflow's log masker: a driver that prints its conf
-    must not put it in the task log."""
-    if secret:
-        from airflow.sdk.log import mask_secret
-
-        mask_secret(secret)
 
 
 def _with_openlineage(conf: dict[str, Any], context: Any, parent: bool | None,
