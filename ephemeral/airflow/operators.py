@@ -194,6 +194,29 @@ def run_stamp(context: Any) -> str | None:
     return when.isoformat() if when is not None else None
 
 
+JOB_RESULT_TOO_LARGE = (
+    "The job succeeded, but its result line is for metadata (artifact URIs, a few metrics): "
+    "write larger data to the artifact store (ephemeral.jobs.artifacts) and report its URI, or "
+    "raise EPHEMERAL_XCOM_MAX_BYTES.")
+
+
+def fits_xcom(task_id: str, pushed: Any, fix: str) -> None:
+    """Serialize what a task returns as Airflow will push it, in ``execute``: the push comes
+    after it returns, where a refusal fails the task after its work is done, and every retry
+    the same. An over-size value fails the task here, with ``fix``, and without retries."""
+    from airflow.sdk.execution_time.xcom import resolve_xcom_backend
+
+    from ephemeral.airflow.xcom import MetadataOnlyXCom
+
+    xcom = resolve_xcom_backend()
+    if not issubclass(xcom, MetadataOnlyXCom):  # others may store the value as they serialize
+        return
+    try:
+        xcom.serialize_value(pushed, key="return_value", task_id=task_id)
+    except ValueError as err:
+        raise AirflowFailException(f"{err} {fix}") from err
+
+
 def _log_backend_notes(log: Any, spec: Any, backend: ClusterBackend) -> None:
     """What the backend does differently from the spec's fields (no autoscaling locally,
     placement it cannot honour, ...), in the setup's log as ``specs show`` and ``up`` say it:
@@ -355,23 +378,12 @@ class CreateClusterOperator(BaseOperator):
         return pushed
 
     def _fits_xcom(self, pushed: dict[str, Any]) -> None:
-        """Serialize the handle as Airflow will push it, while the clean-up still holds: the
-        push comes after ``execute`` returns, where a refusal would fail the setup with its
-        cluster left running."""
-        from airflow.sdk.execution_time.xcom import resolve_xcom_backend
-
-        from ephemeral.airflow.xcom import MetadataOnlyXCom
-
-        xcom = resolve_xcom_backend()
-        if not issubclass(xcom, MetadataOnlyXCom):  # others may store the value as they serialize
-            return
-        try:
-            xcom.serialize_value(pushed, key="return_value", task_id=self.task_id)
-        except ValueError as err:
-            raise AirflowFailException(
-                f"{err} The handle carries the spec's runtimeEnv.pip and Spark conf: shorten "
-                "them (move Spark settings the jobs pass themselves into the application), or "
-                "raise EPHEMERAL_XCOM_MAX_BYTES.") from err
+        # While the clean-up still holds: a refusal at the push would fail the setup with its
+        # cluster left running.
+        fits_xcom(self.task_id, pushed,
+                  "The handle carries the spec's runtimeEnv.pip and Spark conf: shorten them "
+                  "(move Spark settings the jobs pass themselves into the application), or "
+                  "raise EPHEMERAL_XCOM_MAX_BYTES.")
 
     def _target(self) -> Target:
         try:
@@ -771,6 +783,7 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
     def _release(self, context: Any, handle: ClusterHandle, result: JobResult,
                  backend: ClusterBackend) -> dict[str, Any]:
         done = result.model_dump(mode="json")
+        fits_xcom(self.task_id, done, JOB_RESULT_TOO_LARGE)
         if self.delete_cluster_on_success:
             release(backend, handle, released_by(context), done)
         return done
@@ -780,7 +793,9 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
             result = JobResult.model_validate(event["result"])
             self.log.info("Ray job %s succeeded: %s; %s", result.job_id, result.result,
                           event.get("released") or "its cluster is left to the teardown")
-            return result.model_dump(mode="json")
+            done = result.model_dump(mode="json")
+            fits_xcom(self.task_id, done, JOB_RESULT_TOO_LARGE)
+            return done
         jid = str(event["job_id"])
         if event["status"] != JobStatus.SUCCEEDED.value:
             logs = ""

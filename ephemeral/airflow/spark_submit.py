@@ -43,9 +43,11 @@ from ephemeral.airflow.handles import pointer
 from ephemeral.airflow.lineage import JobLineageMixin
 from ephemeral.airflow.links import SparkMasterLink
 from ephemeral.airflow.operators import (
+    JOB_RESULT_TOO_LARGE,
     _no_master,
     _within_ttl,
     cluster_backend,
+    fits_xcom,
     job_target,
     job_timeout_seconds,
 )
@@ -176,6 +178,7 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
         except EphemeralError as err:
             raise AirflowException(str(err)) from err
         done = result.model_dump(mode="json")
+        fits_xcom(self.task_id, done, JOB_RESULT_TOO_LARGE)
         if self.delete_cluster_on_success:
             release(cluster_backend(handle, self), handle, released_by(context), done)
         return done
