@@ -187,6 +187,24 @@ def job_timeout_seconds(value: Any) -> float | None:
         raise AirflowFailException(str(err)) from err
 
 
+def check_rendered(op: Any, **kinds: type | tuple[type, ...]) -> None:
+    """Fail the task, naming the field, when a rendered list or dict field is of another type
+    (None passes): a template renders as text unless the DAG sets
+    ``render_template_as_native_obj=True``, and a text is no list of arguments nor a conf.
+    Checked once, at the start of ``execute``, since templates and XComArgs render only then;
+    the value is not shown (it may hold a secret)."""
+    for field, kind in kinds.items():
+        value = getattr(op, field)
+        if value is None or (isinstance(value, kind) and not isinstance(value, str)):
+            continue
+        wanted = "list" if kind in (list, (list, tuple)) else getattr(kind, "__name__", "dict")
+        raise AirflowFailException(
+            f"{op.task_id}: {field} is a {type(value).__name__} where a {wanted} belongs. A "
+            "template ('{{ params.x }}') renders as text: pass a " + wanted + " (its items may "
+            "be templates) or an XComArg of one, or set render_template_as_native_obj=True on "
+            "the DAG.")
+
+
 def run_stamp(context: Any) -> str | None:
     """The DAG run's ``run_after``: kept by a clear, new for a run deleted and triggered again
     under the same id (whose jobs are not this run's)."""
@@ -734,6 +752,7 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from ephemeral.jobs.runtime_env import check_submitted, job_runtime_env
 
+        check_rendered(self, runtime_env=dict)
         given = pointer(self.cluster)
         _within_ttl(given, self._timeout)
         if self.delete_cluster_on_success and (

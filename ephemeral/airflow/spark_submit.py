@@ -46,6 +46,7 @@ from ephemeral.airflow.operators import (
     JOB_RESULT_TOO_LARGE,
     _no_master,
     _within_ttl,
+    check_rendered,
     cluster_backend,
     fits_xcom,
     job_target,
@@ -80,7 +81,10 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
     are refused before the driver starts, and so is a secret in ``conf`` (the rule of a spec's
     conf), or credentials in a URL option or an argument: they are spark-submit's command line
     (``ephemeral.jobs.spark_jobs.check_submit_input``). ``job_timeout`` (seconds) stops the
-    driver.
+    driver. ``application_args`` (a list, None: none), ``conf`` and ``env_vars`` (dicts) are
+    kept as given, a template or an XComArg included, and their rendered types checked when
+    the task starts: a text there (a template renders as one unless the DAG sets
+    ``render_template_as_native_obj``) fails the task naming the field.
     spark-submit's launcher, and the driver of a local cluster, start with the fast-start JVM
     flags (as ``ephemeral spark-submit``'s do) unless ``env_vars`` sets ``SPARK_LAUNCHER_OPTS``
     or ``conf`` sets ``spark.driver.extraJavaOptions``. The cluster's credentials come from the
@@ -101,7 +105,8 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
     ui_color = "#fdebd0"
 
     def __init__(self, *, cluster: Any, application: str,
-                 application_args: Sequence[Any] = (), conf: dict[str, Any] | None = None,
+                 application_args: Sequence[Any] | None = None,
+                 conf: dict[str, Any] | None = None,
                  name: str | None = None, files: str | None = None,
                  py_files: str | None = None, archives: str | None = None,
                  jars: str | None = None, packages: str | None = None,
@@ -120,7 +125,7 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
         self.cluster = cluster
         self.delete_cluster_on_success = delete_cluster_on_success
         self.application = application
-        self.application_args = list(application_args)
+        self.application_args = application_args  # as given: a template or XComArg renders later
         self.conf = conf
         self.name = name
         self.files = files
@@ -198,8 +203,10 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
         line and the task log): the rule of a spec's conf, before anything is asked or run."""
         from ephemeral.jobs.spark_jobs import URL_OPTIONS, check_submit_input
 
+        check_rendered(self, application_args=(list, tuple), conf=dict, env_vars=dict)
         try:
-            check_submit_input(f"task {self.task_id}", self.conf, args=self.application_args,
+            check_submit_input(f"task {self.task_id}", self.conf,
+                               args=self.application_args or (),
                                options={f: getattr(self, f) for f in URL_OPTIONS})
         except EphemeralError as err:  # a retry would fail the same
             raise AirflowFailException(str(err)) from err
@@ -249,7 +256,7 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
                 driver_memory=self.driver_memory, executor_memory=self.executor_memory,
                 executor_cores=self.executor_cores,
                 total_executor_cores=self.total_executor_cores,
-                application_args=[str(a) for a in self.application_args], verbose=self.verbose)
+                application_args=[str(a) for a in self.application_args or ()], verbose=self.verbose)
             started, submitted_at = time.monotonic(), time.time()
             failed: AirflowException | None = None
             try:
