@@ -89,7 +89,7 @@ def without_secrets(value: Any, masked: list[str], path: str = "") -> Any:
     if isinstance(value, dict):
         clean: dict[Any, Any] = {}
         for key, item in value.items():
-            if isinstance(item, str) and item and secret_name(str(key)):
+            if isinstance(item, str) and item not in ("", MASK) and secret_name(str(key)):
                 masked.append(f"{path}{key}")
                 clean[key] = MASK
             else:

@@ -44,6 +44,14 @@ def test_a_result_read_back_from_an_event_is_gated_too() -> None:
     assert "wJalrXUtnFEMI" not in str(JobResult.model_validate(event).result)
 
 
+def test_a_masked_result_passes_again_unchanged_and_unsaid(
+        caplog: pytest.LogCaptureFixture) -> None:
+    once = _result(DECLARED)
+    caplog.clear()
+    assert JobResult.model_validate(once.model_dump(mode="json")).result == once.result
+    assert "masked" not in caplog.text
+
+
 def test_a_clean_result_is_left_as_it_is() -> None:
     clean = {"model_uri": "s3://bucket/model", "accuracy": 0.9, "max_tokens": 512,
              "notes": None, "token_count": "12"}
