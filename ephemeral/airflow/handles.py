@@ -50,6 +50,26 @@ def setup_operator(task: Any, setup_id: str | None) -> Any:
     return setup if isinstance(setup, CreateClusterOperator) else None
 
 
+def setup_args(task: Any, setup_id: str) -> tuple[str | None, str | None, str | None] | None:
+    """(backend, conn_id, kubernetes_conn_id) of the setup ``setup_id`` of ``task``'s DAG as the
+    DAG gives them, a mapped setup's from its ``partial()`` when none is expanded; None when
+    the DAG does not say (no such setup, or they vary per map index)."""
+    if (setup := setup_operator(task, setup_id)) is not None:
+        return setup.backend, setup.conn_id, setup.kubernetes_conn_id
+    if task is None or not task.has_dag() or not task.dag.has_task(setup_id):
+        return None
+    from ephemeral.airflow.operators import CreateClusterOperator
+    from ephemeral.airflow.release import is_a
+
+    mapped = task.dag.get_task(setup_id)
+    fields = ("backend", "conn_id", "kubernetes_conn_id")
+    expanded = getattr(getattr(mapped, "expand_input", None), "value", None)
+    if not is_a(mapped, CreateClusterOperator) or not isinstance(expanded, dict) or expanded.keys() & set(fields):
+        return None
+    partial = getattr(mapped, "partial_kwargs", {})
+    return partial.get("backend"), partial.get("conn_id"), partial.get("kubernetes_conn_id")
+
+
 def made_through(task: Any, handle: ClusterHandle, setup_id: str | None) -> None:
     """Fail unless ``handle`` names the connection (and backend, where the setup names one)
     that the setup task ``setup_id`` of ``task``'s DAG is configured with. The handle's

@@ -26,7 +26,8 @@ _OUTPUT_FLAG = re.compile(r"^--?(output|out|o)([-_][a-z-_]*)?$")
 def dataset_of(uri: str) -> tuple[str, str] | None:
     """``(namespace, name)`` of an artifact URI, or None when it is none: ``file:///a/b`` ->
     ``("file", "/a/b")``; ``s3://bucket/a/b`` -> ``("s3://bucket", "a/b")``; ``gs://...``
-    likewise. A trailing ``/`` is dropped: a folder and its URI with a slash are one dataset."""
+    likewise, without any ``user:password@``. A trailing ``/`` is dropped: a folder and its
+    URI with a slash are one dataset."""
     if "://" not in uri:
         return None
     parts = urlsplit(uri)
@@ -38,9 +39,10 @@ def dataset_of(uri: str) -> tuple[str, str] | None:
         if parts.netloc not in ("", "localhost") or not path:
             return None
         return "file", path
-    if not parts.netloc or not path.strip("/"):
+    host = parts.netloc.rpartition("@")[2]  # user-info is a credential, never a dataset's name
+    if not host or not path.strip("/"):
         return None
-    return f"{scheme}://{parts.netloc}", path.lstrip("/")
+    return f"{scheme}://{host}", path.lstrip("/")
 
 
 def uris_in_arguments(args: Iterable[str]) -> tuple[list[str], list[str]]:

@@ -4,8 +4,7 @@ Wiring, with the cluster's lifetime bounded by setup and teardown::
 
     create = CreateClusterOperator(task_id="create_ray", spec="ray/train-gpu@1")
     train = RayJobOperator(task_id="train", cluster=create.output, entrypoint="python t.py")
-    delete = DeleteClusterOperator(task_id="delete_ray", setup_task_id="create_ray",
-                                   cluster=create.output)
+    delete = DeleteClusterOperator(task_id="delete_ray", cluster=create.output)
     create >> train >> delete.as_teardown(setups=create)
 """
 
@@ -35,17 +34,17 @@ from ephemeral.airflow.backends import (
     task_backend,
 )
 from ephemeral.airflow.backends import resolve as resolve_target
-from ephemeral.airflow.context import cluster_identity, owner_selector, task_key
+from ephemeral.airflow.context import cluster_identity, map_index, owner_selector, task_key
 from ephemeral.airflow.handles import (
     job_cluster,
     made_through,
     pointer,
-    setup_operator,
+    setup_args,
     with_setup_facts,
 )
 from ephemeral.airflow.lineage import JobLineageMixin
 from ephemeral.airflow.links import RayDashboardLink, RunReportLink, SparkMasterLink
-from ephemeral.airflow.release import before_job, release, released_by
+from ephemeral.airflow.release import before_job, is_a, release, released_by
 from ephemeral.airflow.settle import settles_at
 from ephemeral.airflow.triggers import ClusterReadyTrigger, RayJobTrigger
 from ephemeral.backends import ClusterBackend, ClusterHandle
@@ -188,11 +187,52 @@ def job_timeout_seconds(value: Any) -> float | None:
         raise AirflowFailException(str(err)) from err
 
 
+def check_rendered(op: Any, **kinds: type | tuple[type, ...]) -> None:
+    """Fail the task, naming the field, when a rendered list or dict field is of another type
+    (None passes): a template renders as text unless the DAG sets
+    ``render_template_as_native_obj=True``, and a text is no list of arguments nor a conf.
+    Checked once, at the start of ``execute``, since templates and XComArgs render only then;
+    the value is not shown (it may hold a secret)."""
+    for field, kind in kinds.items():
+        value = getattr(op, field)
+        if value is None or (isinstance(value, kind) and not isinstance(value, str)):
+            continue
+        wanted = "list" if kind in (list, (list, tuple)) else getattr(kind, "__name__", "dict")
+        raise AirflowFailException(
+            f"{op.task_id}: {field} is a {type(value).__name__} where a {wanted} belongs. A "
+            "template ('{{ params.x }}') renders as text: pass a " + wanted + " (its items may "
+            "be templates) or an XComArg of one, or set render_template_as_native_obj=True on "
+            "the DAG.")
+
+
 def run_stamp(context: Any) -> str | None:
     """The DAG run's ``run_after``: kept by a clear, new for a run deleted and triggered again
     under the same id (whose jobs are not this run's)."""
     when = getattr(context.get("dag_run"), "run_after", None)
     return when.isoformat() if when is not None else None
+
+
+JOB_RESULT_TOO_LARGE = (
+    "The job succeeded, but its result line is for metadata (artifact URIs, a few metrics): "
+    "write larger data to the artifact store (ephemeral.jobs.artifacts) and report its URI, or "
+    "raise EPHEMERAL_XCOM_MAX_BYTES.")
+
+
+def fits_xcom(task_id: str, pushed: Any, fix: str) -> None:
+    """Serialize what a task returns as Airflow will push it, in ``execute``: the push comes
+    after it returns, where a refusal fails the task after its work is done, and every retry
+    the same. An over-size value fails the task here, with ``fix``, and without retries."""
+    from airflow.sdk.execution_time.xcom import resolve_xcom_backend
+
+    from ephemeral.airflow.xcom import MetadataOnlyXCom
+
+    xcom = resolve_xcom_backend()
+    if not issubclass(xcom, MetadataOnlyXCom):  # others may store the value as they serialize
+        return
+    try:
+        xcom.serialize_value(pushed, key="return_value", task_id=task_id)
+    except ValueError as err:
+        raise AirflowFailException(f"{err} {fix}") from err
 
 
 def _log_backend_notes(log: Any, spec: Any, backend: ClusterBackend) -> None:
@@ -356,23 +396,12 @@ class CreateClusterOperator(BaseOperator):
         return pushed
 
     def _fits_xcom(self, pushed: dict[str, Any]) -> None:
-        """Serialize the handle as Airflow will push it, while the clean-up still holds: the
-        push comes after ``execute`` returns, where a refusal would fail the setup with its
-        cluster left running."""
-        from airflow.sdk.execution_time.xcom import resolve_xcom_backend
-
-        from ephemeral.airflow.xcom import MetadataOnlyXCom
-
-        xcom = resolve_xcom_backend()
-        if not issubclass(xcom, MetadataOnlyXCom):  # others may store the value as they serialize
-            return
-        try:
-            xcom.serialize_value(pushed, key="return_value", task_id=self.task_id)
-        except ValueError as err:
-            raise AirflowFailException(
-                f"{err} The handle carries the spec's runtimeEnv.pip and Spark conf: shorten "
-                "them (move Spark settings the jobs pass themselves into the application), or "
-                "raise EPHEMERAL_XCOM_MAX_BYTES.") from err
+        # While the clean-up still holds: a refusal at the push would fail the setup with its
+        # cluster left running.
+        fits_xcom(self.task_id, pushed,
+                  "The handle carries the spec's runtimeEnv.pip and Spark conf: shorten them "
+                  "(move Spark settings the jobs pass themselves into the application), or "
+                  "raise EPHEMERAL_XCOM_MAX_BYTES.")
 
     def _target(self) -> Target:
         try:
@@ -464,13 +493,21 @@ def kept_message(handle: ClusterHandle) -> str:
 
 
 class DeleteClusterOperator(BaseOperator):
-    """Teardown: delete the cluster of ``setup_task_id`` in this run and map index, and wait
-    until nothing of it is left.
+    """Teardown: delete the clusters its setup made in this run, and wait until nothing of them
+    is left.
 
-    It finds the cluster by its owner labels, not only by XCom, so a setup killed between
+    Its setup is the ``CreateClusterOperator`` it tears down (``as_teardown(setups=create)``):
+    ``setup_task_id`` names it, and may be left out when the teardown has exactly one such
+    setup. A name that is not one of its setups (a task group's prefix left off) fails the DAG's
+    parsing where the setups are known, else the teardown, naming the ids it could mean. An
+    unmapped teardown deletes the clusters of every map index of a mapped setup; a mapped one
+    (``.partial().expand(cluster=create.output)``) those of its own map index.
+
+    It finds the clusters by their owner labels, not only by XCom, so a setup killed between
     "created" and "XCom pushed" still gets its cluster deleted. Fails loudly, naming what is
-    left, when deletion is incomplete. It reaches the cluster through the connection its handle
-    records; ``conn_id``/``backend``/``kubernetes_conn_id`` are needed only without a handle,
+    left, when deletion is incomplete. It reaches the clusters through the connection their
+    handles record (``cluster``: the setup's output, one handle or, of a mapped setup, their
+    list); ``conn_id``/``backend``/``kubernetes_conn_id`` are needed only without a handle,
     and must then be the setup's.
     """
 
@@ -478,9 +515,9 @@ class DeleteClusterOperator(BaseOperator):
     operator_extra_links = (RunReportLink(),)
     ui_color = "#fadbd8"
 
-    def __init__(self, *, setup_task_id: str, cluster: Any = None, backend: str | None = None,
-                 conn_id: str | None = None, kubernetes_conn_id: str | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, *, setup_task_id: str | None = None, cluster: Any = None,
+                 backend: str | None = None, conn_id: str | None = None,
+                 kubernetes_conn_id: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.setup_task_id = setup_task_id
         self.cluster = cluster
@@ -488,25 +525,84 @@ class DeleteClusterOperator(BaseOperator):
         self.conn_id = conn_id
         self.kubernetes_conn_id = kubernetes_conn_id
 
+    def as_teardown(self, *, setups: Any = None,
+                    on_failure_fail_dagrun: bool | None = None) -> DeleteClusterOperator:
+        super().as_teardown(setups=setups, on_failure_fail_dagrun=on_failure_fail_dagrun)
+        if self.setup_task_id is not None:  # the setups are known now: refused at parse
+            self._setup_task(ValueError)
+        return self
+
+    def _cluster_setups(self) -> list[str]:
+        """The ids of this teardown's setups in its DAG: the ``CreateClusterOperator`` tasks
+        right upstream, those marked as setups (``as_teardown(setups=...)``) when any are."""
+        upstream = [t for t in self.upstream_list if is_a(t, CreateClusterOperator)]
+        marked = [t for t in upstream if t.is_setup]
+        return sorted(t.task_id for t in marked or upstream)
+
+    def _setup_task(self, error: type[Exception]) -> str:
+        """The setup task whose clusters this teardown deletes, checked against the DAG; raises
+        ``error`` naming the ids it could mean when the DAG does not bear it out."""
+        given = self.setup_task_id
+        if not self.has_dag():  # nothing to check it against
+            if given is None:
+                raise error(f"{self.task_id}: give setup_task_id, the CreateClusterOperator "
+                            "whose clusters this teardown deletes")
+            return given
+        setups = self._cluster_setups()
+        if given is None:
+            if len(setups) == 1:
+                return setups[0]
+            raise error(
+                f"{self.task_id}: setup_task_id is not given and the teardown has "
+                + (f"{len(setups)} cluster setups ({', '.join(setups)}): name the one whose "
+                   "clusters it deletes" if setups else
+                   "no CreateClusterOperator setup: wire it with "
+                   "as_teardown(setups=create), or give setup_task_id"))
+        dag = self.dag
+        if given in setups or (not setups and dag.has_task(given)
+                               and is_a(dag.get_task(given), CreateClusterOperator)):
+            return given
+        meant = setups or sorted(t.task_id for t in dag.tasks if is_a(t, CreateClusterOperator)
+                                 and t.task_id.endswith("." + given))
+        hint = (f" It could mean {' or '.join(map(repr, meant))} (a task group prefixes the ids "
+                "of its tasks); setup_task_id may be left out when the teardown has one setup."
+                if meant else "")
+        raise error(f"{self.task_id}: setup_task_id={given!r} names no "
+                    f"{'setup of this teardown' if setups else 'CreateClusterOperator task'} "
+                    f"in DAG {dag.dag_id}: it would find no cluster to delete.{hint}")
+
+    def _handles(self) -> list[ClusterHandle]:
+        """The handles the teardown was given: none, one, or a mapped setup's list."""
+        value = self.cluster
+        if not value:
+            return []
+        if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+            return [pointer(v) for v in value if v is not None]
+        return [pointer(value)]
+
     def execute(self, context: Any) -> dict[str, Any]:
         from ephemeral.airflow.report import note_deleted, record_teardown, released
         from ephemeral.report.engines import engine_jobs
 
         started = time.time()
-        handle, unusable = None, None
+        setup = self._setup_task(AirflowFailException)
+        handles: list[ClusterHandle] = []
+        unusable: AirflowFailException | None = None
         try:
-            handle = pointer(self.cluster) if self.cluster else None
-            if handle is not None:
-                made_through(self, handle, self.setup_task_id)
+            handles = self._handles()
+            for given in handles:
+                made_through(self, given, setup)
         except AirflowFailException as err:  # the run's clusters still go, found by labels
-            handle, unusable = None, err
-        backend, instance = self._backend_of(handle)
-        selector = owner_selector(context, self.setup_task_id, instance)
-        # What the backend records for this setup in this run; the handle only points (its
+            handles, unusable = [], err
+        backend, instance = self._backend_of(handles, setup)
+        # An unmapped teardown owns every map index of its setup (one, unless it is mapped).
+        selector = owner_selector(context, setup, instance,
+                                  any_map_index=map_index(context) < 0)
+        # What the backend records for this setup in this run; a handle only points (its
         # namespace, its ready time): it never adds a cluster the backend does not confirm.
         targets = {h.name: h for h in backend.list_owned(selector)}
         gone: dict[str, ClusterHandle] = {}
-        if handle:
+        for handle in handles:
             try:
                 record = targets.get(handle.name) or backend.owned(handle, selector)
             except EphemeralError as err:  # e.g. a namespace this identity cannot list
@@ -525,12 +621,12 @@ class DeleteClusterOperator(BaseOperator):
                 # in silence either.
                 unusable = AirflowFailException(
                     f"the handle names {handle.name}, which the {backend.name} backend does not "
-                    f"record as a cluster {self.setup_task_id} made in this run, and no task of "
+                    f"record as a cluster {setup} made in this run, and no task of "
                     "the run deleted it: nothing of it was deleted. If it still exists (`ephemeral "
                     f"ls --all-instances`), it is not this run's, or its record is unreadable: "
                     f"`ephemeral down {handle.name}` deletes it by its processes' markers.")
         if not targets and not gone:
-            self.log.info("no cluster of %s in this run: nothing to delete", self.setup_task_id)
+            self.log.info("no cluster of %s in this run: nothing to delete", setup)
         # A cluster its last job's task already deleted (delete_cluster_on_success): the
         # deletion below only makes sure nothing of it is left; the report keeps its moments.
         releases = {name: r for name, target in (targets | gone).items()
@@ -554,7 +650,7 @@ class DeleteClusterOperator(BaseOperator):
                              jobs=seen.get(name))
         # Never raises: the report and its link (a failed teardown links it too) must not hide
         # the deletion's outcome.
-        record_teardown(context, setup_task_id=self.setup_task_id, targets=targets | gone,
+        record_teardown(context, setup_task_id=setup, targets=targets | gone,
                         engine_views=seen, started=started, deleted=deleted, failures=failures,
                         releases=releases, link_key=RunReportLink().xcom_key)
         if failures:
@@ -564,21 +660,26 @@ class DeleteClusterOperator(BaseOperator):
             raise unusable
         return {"deleted": sorted(targets | gone)}
 
-    def _backend_of(self, handle: ClusterHandle | None) -> tuple[ClusterBackend, str]:
-        """The backend the cluster lives on and the deployment instance that owns it: the
-        handle's own (backend, connection, instance; deleting by handle uses its namespace),
-        where the setup pushed one. A teardown configured otherwise fails loudly rather than
-        finding nothing there and succeeding while the cluster runs on."""
-        if handle is None:  # no usable handle: the setup's own target, as the DAG gives it
+    def _backend_of(self, handles: list[ClusterHandle], setup: str
+                    ) -> tuple[ClusterBackend, str]:
+        """The backend the clusters live on and the deployment instance that owns them: the
+        handles' own (backend, connection, instance; deleting by handle uses its namespace),
+        where the setup pushed them. A teardown configured otherwise fails loudly rather than
+        finding nothing there and succeeding while the clusters run on."""
+        if not handles:  # no usable handle: the setup's own target, as the DAG gives it
             try:
-                target = resolve_target(*self._setup_args())
+                target = resolve_target(*self._setup_args(setup))
             except ConnectionInvalid as err:
                 raise AirflowFailException(str(err)) from err
             return target.backend, target.instance
+        handle = handles[0]
         problems = elsewhere(handle, self.backend, self.conn_id, self.kubernetes_conn_id)
         instance = instance_of(self.conn_id or handle.connection)
         if other := foreign_instance(handle, self.conn_id):
             problems.append(other)
+        if len({(h.backend, h.connection, h.instance) for h in handles}) > 1:
+            problems.append("its handles name different backends, connections or instances "
+                            "(one teardown per map index: .partial().expand(cluster=...))")
         if problems:
             raise AirflowFailException(f"teardown of {handle.name} is configured for "
                                        + "; ".join(problems) + ": it would not find the cluster. "
@@ -586,14 +687,13 @@ class DeleteClusterOperator(BaseOperator):
         return (task_backend(handle.backend, cluster_connection(handle, self)),
                 handle.instance or instance)
 
-
-    def _setup_args(self) -> tuple[str | None, str | None, str | None]:
+    def _setup_args(self, setup: str) -> tuple[str | None, str | None, str | None]:
         """(backend, conn_id, kubernetes_conn_id): this teardown's own when it names any,
         else those of its setup task in the DAG (where the run's clusters were made)."""
         mine = (self.backend, self.conn_id, self.kubernetes_conn_id)
-        if any(mine) or (setup := setup_operator(self, self.setup_task_id)) is None:
+        if any(mine):
             return mine
-        return setup.backend, setup.conn_id, setup.kubernetes_conn_id
+        return setup_args(self, setup) or mine
 
 
 class RayJobOperator(JobLineageMixin, BaseOperator):
@@ -652,6 +752,7 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from ephemeral.jobs.runtime_env import check_submitted, job_runtime_env
 
+        check_rendered(self, runtime_env=dict)
         given = pointer(self.cluster)
         _within_ttl(given, self._timeout)
         if self.delete_cluster_on_success and (
@@ -701,6 +802,7 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
     def _release(self, context: Any, handle: ClusterHandle, result: JobResult,
                  backend: ClusterBackend) -> dict[str, Any]:
         done = result.model_dump(mode="json")
+        fits_xcom(self.task_id, done, JOB_RESULT_TOO_LARGE)
         if self.delete_cluster_on_success:
             release(backend, handle, released_by(context), done)
         return done
@@ -710,7 +812,9 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
             result = JobResult.model_validate(event["result"])
             self.log.info("Ray job %s succeeded: %s; %s", result.job_id, result.result,
                           event.get("released") or "its cluster is left to the teardown")
-            return result.model_dump(mode="json")
+            done = result.model_dump(mode="json")
+            fits_xcom(self.task_id, done, JOB_RESULT_TOO_LARGE)
+            return done
         jid = str(event["job_id"])
         if event["status"] != JobStatus.SUCCEEDED.value:
             logs = ""

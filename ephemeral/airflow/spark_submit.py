@@ -43,9 +43,12 @@ from ephemeral.airflow.handles import pointer
 from ephemeral.airflow.lineage import JobLineageMixin
 from ephemeral.airflow.links import SparkMasterLink
 from ephemeral.airflow.operators import (
+    JOB_RESULT_TOO_LARGE,
     _no_master,
     _within_ttl,
+    check_rendered,
     cluster_backend,
+    fits_xcom,
     job_target,
     job_timeout_seconds,
 )
@@ -78,7 +81,10 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
     are refused before the driver starts, and so is a secret in ``conf`` (the rule of a spec's
     conf), or credentials in a URL option or an argument: they are spark-submit's command line
     (``ephemeral.jobs.spark_jobs.check_submit_input``). ``job_timeout`` (seconds) stops the
-    driver.
+    driver. ``application_args`` (a list, None: none), ``conf`` and ``env_vars`` (dicts) are
+    kept as given, a template or an XComArg included, and their rendered types checked when
+    the task starts: a text there (a template renders as one unless the DAG sets
+    ``render_template_as_native_obj``) fails the task naming the field.
     spark-submit's launcher, and the driver of a local cluster, start with the fast-start JVM
     flags (as ``ephemeral spark-submit``'s do) unless ``env_vars`` sets ``SPARK_LAUNCHER_OPTS``
     or ``conf`` sets ``spark.driver.extraJavaOptions``. The cluster's credentials come from the
@@ -99,7 +105,8 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
     ui_color = "#fdebd0"
 
     def __init__(self, *, cluster: Any, application: str,
-                 application_args: Sequence[Any] = (), conf: dict[str, Any] | None = None,
+                 application_args: Sequence[Any] | None = None,
+                 conf: dict[str, Any] | None = None,
                  name: str | None = None, files: str | None = None,
                  py_files: str | None = None, archives: str | None = None,
                  jars: str | None = None, packages: str | None = None,
@@ -118,7 +125,7 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
         self.cluster = cluster
         self.delete_cluster_on_success = delete_cluster_on_success
         self.application = application
-        self.application_args = list(application_args)
+        self.application_args = application_args  # as given: a template or XComArg renders later
         self.conf = conf
         self.name = name
         self.files = files
@@ -176,6 +183,7 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
         except EphemeralError as err:
             raise AirflowException(str(err)) from err
         done = result.model_dump(mode="json")
+        fits_xcom(self.task_id, done, JOB_RESULT_TOO_LARGE)
         if self.delete_cluster_on_success:
             release(cluster_backend(handle, self), handle, released_by(context), done)
         return done
@@ -195,8 +203,10 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
         line and the task log): the rule of a spec's conf, before anything is asked or run."""
         from ephemeral.jobs.spark_jobs import URL_OPTIONS, check_submit_input
 
+        check_rendered(self, application_args=(list, tuple), conf=dict, env_vars=dict)
         try:
-            check_submit_input(f"task {self.task_id}", self.conf, args=self.application_args,
+            check_submit_input(f"task {self.task_id}", self.conf,
+                               args=self.application_args or (),
                                options={f: getattr(self, f) for f in URL_OPTIONS})
         except EphemeralError as err:  # a retry would fail the same
             raise AirflowFailException(str(err)) from err
@@ -225,9 +235,9 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
             from ephemeral.airflow.spark_submit_hook import ClusterSparkSubmitHook
         except ImportError as err:
             raise AirflowFailException(PROVIDER_MISSING) from err
-        # The driver authenticates with the cluster's secret (spark.authenticate).
+        # The driver authenticates with the cluster's secret (spark.authenticate), which
+        # spark_auth_for registers with Airflow's log masker: a driver may print its conf.
         auth = spark_auth_for(handle, cluster_backend(handle, self))
-        _mask(auth.secret)
         master = str(handle.endpoints.spark_master)
         timed_out = threading.Event()
         env_vars = self._env_vars()
@@ -246,7 +256,7 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
                 driver_memory=self.driver_memory, executor_memory=self.executor_memory,
                 executor_cores=self.executor_cores,
                 total_executor_cores=self.total_executor_cores,
-                application_args=[str(a) for a in self.application_args], verbose=self.verbose)
+                application_args=[str(a) for a in self.application_args or ()], verbose=self.verbose)
             started, submitted_at = time.monotonic(), time.time()
             failed: AirflowException | None = None
             try:
@@ -272,11 +282,13 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
             result = read_result_file(result_file, job_id)
         if result is None:  # an application that does not use the channel: its last JSON line
             result = parse_result_line("\n".join(hook.lines), job_id)
-        self.log.info("Spark application %s succeeded: %s", job_id, result)
-        return JobResult(job_id=job_id, cluster=handle.name, engine="spark",
+        done = JobResult(job_id=job_id, cluster=handle.name, engine="spark",
                          cluster_created_at=handle.created_at,
                          status=JobStatus.SUCCEEDED, submitted_at=round(submitted_at, 3),
                          seconds=round(time.monotonic() - started, 3), result=result)
+        # Logged as JobResult left it: without the secrets its gate masks.
+        self.log.info("Spark application %s succeeded: %s", job_id, done.result)
+        return done
 
     def _started(self, proc: subprocess.Popen[str], hook: ClusterSparkSubmitHook,
                  timed_out: threading.Event) -> None:
@@ -313,15 +325,6 @@ def _watch(proc: subprocess.Popen[str], hook: ClusterSparkSubmitHook, timeout: f
     if not hook.output_done.wait(DRAIN_SECONDS):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _mask(secret: str | None) -> None:
-    """Register the cluster's secret with Airflow's log masker: a driver that prints its conf
-    must not put it in the task log."""
-    if secret:
-        from airflow.sdk.log import mask_secret
-
-        mask_secret(secret)
 
 
 def _with_openlineage(conf: dict[str, Any], context: Any, parent: bool | None,

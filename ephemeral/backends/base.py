@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -297,6 +298,30 @@ class Access(BaseModel):
         return f"Access(dashboard={self.dashboard!r}, spark_ui={self.spark_ui!r}, headers=***)"
 
     __str__ = __repr__
+
+    def credentials(self) -> list[str]:
+        """The secrets in ``headers``: each value and, of a ``Bearer`` one, the token alone
+        (the form a job's environment holds it in: RAY_AUTH_TOKEN)."""
+        found = []
+        for value in self.headers.values():
+            scheme, _, token = value.partition(" ")
+            found += [value, token] if scheme.lower() == "bearer" and token else [value]
+        return found
+
+
+def hide_in_task_logs(*credentials: str | None) -> None:
+    """Register a cluster's credentials, where a process obtains them, with Airflow's log
+    masker when the process runs Airflow (a task, the triggerer): a job's or driver's output
+    streamed into the task log may print them (every Ray container of a Kubernetes cluster has
+    RAY_AUTH_TOKEN, and its drivers inherit it). The CLI loads no Airflow: nothing is imported
+    for it."""
+    if "airflow.sdk" not in sys.modules:
+        return
+    from airflow.sdk.log import mask_secret
+
+    for value in credentials:
+        if value:
+            mask_secret(value)
 
 
 class ClusterStatus(BaseModel):

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from ephemeral.backends.base import HeadState, HeadView
+from ephemeral.backends.base import HeadState, HeadView, hide_in_task_logs
 from ephemeral.backends.http import ca_trust, cluster_session, redirect_refused
 from ephemeral.errors import JobError, JobFailed, JobRefused, JobSubmissionFailed, JobTimeout
 from ephemeral.jobs.results import JobResult, JobStatus, parse_result_line, submission_id, tail
@@ -265,6 +265,7 @@ def ray_jobs_for(handle: ClusterHandle, backend: ClusterBackend) -> RayJobs:
     access = backend.access(handle)
     if handle.engine != "ray" or not access.dashboard:
         raise JobSubmissionFailed(f"cluster {handle.name} is not a Ray cluster")
+    hide_in_task_logs(*access.credentials())
     return RayJobs(access.dashboard, cluster=handle.name, created_at=handle.created_at,
                    headers=access.headers,
                    verify=access.verify, proxy=access.proxy,

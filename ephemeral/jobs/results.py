@@ -5,10 +5,11 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from ephemeral.errors import JobError
 
@@ -62,6 +63,45 @@ class JobResult(BaseModel):
     @property
     def ok(self) -> bool:
         return self.status is JobStatus.SUCCEEDED
+
+    @field_validator("result")
+    @classmethod
+    def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # The one gate every job path passes (operators, triggers, the release record, the
+        # CLI): what the job declared goes to XCom, the task log and lineage facets as it is.
+        masked: list[str] = []
+        clean = without_secrets(value, masked)
+        if masked:
+            logging.getLogger(__name__).warning(
+                "the job's result holds credentials, masked as *** before it is returned, "
+                "logged or recorded: %s. Report artifacts without them (no user:password@ "
+                "nor signed URLs; a secret is no result)", ", ".join(masked))
+        return clean  # type: ignore[no-any-return]
+
+
+def without_secrets(value: Any, masked: list[str], path: str = "") -> Any:
+    """``value`` (a job's declared result, or a part of it) with every secret masked: values
+    under a name that says secret (``secret_name``: ``token``, ``spark.authenticate.secret``)
+    and credentials in any text (``shown_uri``: URL user-info, signed-URL parameters, tokens
+    by their shape, PEM blocks). Appends the path of each masked value to ``masked``."""
+    from ephemeral.specs.models import MASK, secret_name, shown_uri
+
+    if isinstance(value, dict):
+        clean: dict[Any, Any] = {}
+        for key, item in value.items():
+            if isinstance(item, str) and item not in ("", MASK) and secret_name(str(key)):
+                masked.append(f"{path}{key}")
+                clean[key] = MASK
+            else:
+                clean[key] = without_secrets(item, masked, f"{path}{key}.")
+        return clean
+    if isinstance(value, list):
+        return [without_secrets(v, masked, f"{path.rstrip('.')}[{i}].")
+                for i, v in enumerate(value)]
+    if isinstance(value, str) and (shown := shown_uri(value)) != value:
+        masked.append(path.rstrip(".") or "(the value)")
+        return shown
+    return value
 
 
 def parse_result_line(logs: str, job_id: str = "") -> dict[str, Any]:

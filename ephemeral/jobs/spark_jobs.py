@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ephemeral.backends.base import hide_in_task_logs
 from ephemeral.backends.http import GRPC_NO_PROXY
 from ephemeral.errors import JobFailed, JobRefused, JobSubmissionFailed, JobTimeout
 from ephemeral.jobs.results import (
@@ -96,7 +97,10 @@ def spark_auth_for(handle: ClusterHandle, backend: ClusterBackend) -> SparkAuth:
     none: its Spark clusters run without authentication)."""
     get = getattr(backend, "spark_auth", None)
     auth = get(handle) if callable(get) else None
-    return auth if isinstance(auth, SparkAuth) else SparkAuth()
+    if not isinstance(auth, SparkAuth):
+        return SparkAuth()
+    hide_in_task_logs(auth.secret, auth.connect_token)
+    return auth
 
 
 @contextmanager

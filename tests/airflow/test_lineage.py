@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
     ("s3://bucket/runs/r1/model.pt", ("s3://bucket", "runs/r1/model.pt")),
     ("s3a://bucket/features", ("s3://bucket", "features")),
     ("gs://bucket/a/b/", ("gs://bucket", "a/b")),
+    ("s3://AKIAIOSFODNN7EXAMPLE:secret@bucket/m", ("s3://bucket", "m")),  # no user-info
     ("file://otherhost/x", None),  # not this host's file
     ("s3://bucket", None),  # a bucket is not a dataset
     ("https://example.com/x", None),
