@@ -6,6 +6,7 @@ unknown fields, so a typo fails loudly instead of being silently ignored.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -103,17 +104,25 @@ class Model(BaseModel):
     )
 
 
-def _not_yes_or_no(v: Any) -> Any:
+_NON_FINITE = frozenset({"nan", "inf", "infinity"})  # the words float() reads, without a sign
+
+
+def _plain_number(v: Any) -> Any:
     # YAML reads an unquoted yes, no, on, off, true or false as a boolean, and pydantic would
     # take it as 1 or 0: `replicas: yes` must not be a one-node cluster.
     if isinstance(v, bool):
         raise ValueError(f"{str(v).lower()} is not a number (YAML reads an unquoted yes, no, on, "
                          "off, true or false as true or false): write a number")
+    # nan or inf (YAML's .nan, a string "nan", a flag's --cpu nan) fails a bound's comparison
+    # and would be refused as "not less than or equal to 1024", which is no reason.
+    if (isinstance(v, float) and not math.isfinite(v)) or (
+            isinstance(v, str) and v.strip().lstrip("+-").lower() in _NON_FINITE):
+        raise ValueError(f"{str(v).strip()} is not a finite number: write a number such as 2")
     return v
 
 
-Number = BeforeValidator(_not_yes_or_no)
-"""On every number of a spec."""
+Number = BeforeValidator(_plain_number)
+"""On every number of a spec and of its overrides."""
 
 
 def _millicores(v: float) -> float:
