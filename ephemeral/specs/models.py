@@ -674,21 +674,57 @@ def no_secret_conf(conf: dict[str, str]) -> dict[str, str]:
     return conf
 
 
-# Keys the backends derive from the spec's fields, or publish and probe: a value in conf would
-# be overridden without a word, or leave a cluster that never becomes ready (a Connect port its
-# Service and probe do not use; executors bigger than any worker).
-BACKEND_CONF = {
+# Keys the backends set themselves (backends/local/spark_nodes.py, kubernetes/render/spark.py
+# and spark_operator.py, the auth properties files): a value in conf would come later on the
+# Connect server's command line and win without a word: a driver address or port nothing
+# publishes (a cluster that never becomes ready), scratch on a disk the pod does not mount, or
+# authentication switched off. A key ending in "." is a family: every key under it.
+_OWN_PORTS = "the backend gives the Connect server's driver its address and ports"
+BACKEND_CONF: Mapping[str, str] = {
     "spark.master": "the backend points every application at its cluster",
-    "spark.connect.grpc.binding.port": "the backend publishes and probes the Connect port",
-    "spark.connect.grpc.binding.address": "the backend publishes and probes the Connect port",
+    "spark.authenticate": "the backend authenticates every process of the cluster with its own "
+                          "secret",
+    "spark.authenticate.": "the backend authenticates every process of the cluster with its own "
+                           "secret",
+    "spark.connect.authenticate.": "the backend gives the Connect server its own token",
+    "spark.connect.grpc.binding.": "the backend publishes and probes the Connect port",
+    "spark.driver.host": _OWN_PORTS,
+    "spark.driver.bindAddress": _OWN_PORTS,
+    "spark.driver.port": _OWN_PORTS,
+    "spark.driver.blockManager.port": _OWN_PORTS,
+    "spark.port.maxRetries": "the backend binds each port it publishes, or fails, rather than "
+                             "moving onto another",
     "spark.ui.port": "the backend publishes the UI's port as an endpoint",
-    "spark.executor.resource.gpu.amount": "set workers.gpus instead",
+    "spark.local.dir": "the backend puts scratch files on the node's scratch volume",
+    "spark.driver.memory": "set connect.memory instead",
+    "spark.executor.resource.gpu.": "set workers.gpus, gpuResource and discoveryScript instead",
+    "spark.kubernetes.executor.request.cores": "set workers.cores instead",
+    "spark.kubernetes.executor.limit.cores": "set workers.cores instead",
+    "spark.executor.memoryOverhead": "the backend sizes an executor's pod to workers.memory",
 }
+# Of those, what a spark-submit driver of the cluster may not set either (the others are a
+# driver's own where it runs): it is pointed at the cluster and authenticated by ephemeral.
+CLUSTER_CONF = ("spark.master", "spark.authenticate", "spark.authenticate.",
+                "spark.connect.authenticate.")
+
+
+def backend_keys(conf: Iterable[str], owned: Iterable[str] = BACKEND_CONF) -> list[str]:
+    """The keys of ``conf`` that are the backend's (among ``owned``: keys of ``BACKEND_CONF``;
+    one ending in "." owns every key under it), sorted. The one rule for a spec's conf, its
+    connect.conf and a spark-submit job's conf."""
+    rules = tuple(owned)
+    return sorted(k for k in conf
+                  if any(k.startswith(r) if r.endswith(".") else k == r for r in rules))
+
+
+def backend_reason(key: str) -> str:
+    return next(why for rule, why in BACKEND_CONF.items()
+                if (key.startswith(rule) if rule.endswith(".") else key == rule))
 
 
 def no_backend_conf(conf: dict[str, str]) -> dict[str, str]:
-    if owned := sorted(k for k in conf if k in BACKEND_CONF):
-        raise ValueError("; ".join(f"{k} is the backend's ({BACKEND_CONF[k]})" for k in owned)
+    if owned := backend_keys(conf):
+        raise ValueError("; ".join(f"{k} is the backend's ({backend_reason(k)})" for k in owned)
                          + ": remove it")
     return conf
 
@@ -713,6 +749,20 @@ def positive(value: str) -> bool:
         return float(value) > 0
     except ValueError:
         return True  # not a number: Spark refuses it, and it is no "0"
+
+
+_SPARK_BYTES = re.compile(r"([0-9]{1,30})([a-z]*)")
+_SPARK_UNITS = {"b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30,
+                "gb": 2**30, "t": 2**40, "tb": 2**40, "p": 2**50, "pb": 2**50}
+
+
+def spark_bytes(value: str, default_unit: str = "m") -> int | None:
+    """Bytes in a Spark size (``spark.executor.memory``: 4g, 512m, 2048 MiB when bare), as
+    Spark's JavaUtils reads it; None when Spark would not read it (Spark refuses it itself)."""
+    m = _SPARK_BYTES.fullmatch(value.strip().lower())
+    if not m or (m.group(2) or default_unit) not in _SPARK_UNITS:
+        return None
+    return int(m.group(1)) * _SPARK_UNITS[m.group(2) or default_unit]
 
 
 def _field_errors(code: str, problems: list[tuple[tuple[str, ...], str]]) -> Exception:
@@ -752,13 +802,26 @@ class SparkSpec(SpecBase):
 
     @model_validator(mode="after")
     def _executors_fit_workers(self) -> SparkSpec:
-        """An executor with more cores than a worker has is never placed: the application
-        waits for ever (several smaller executors per worker are fine)."""
-        asked = self.conf.get("spark.executor.cores", "")
-        if asked.strip().isdigit() and int(asked) > self.workers.cores:
-            raise ValueError(f"conf.spark.executor.cores ({asked}) is more than a worker has "
-                             f"(workers.cores: {self.workers.cores}): no executor could start; "
-                             "ask for at most that, or give the workers more cores")
+        """An executor with more cores or memory than a worker has is never placed: the
+        application waits for ever (several smaller executors per worker are fine). Judged in
+        conf and connect.conf (the Connect server's executors), each under its own path."""
+        problems = []
+        for where, conf in ((("conf",), self.conf),
+                            (("connect", "conf"), self.connect.conf if self.connect else {})):
+            cores = conf.get("spark.executor.cores", "")
+            if cores.strip().isdigit() and int(cores) > self.workers.cores:
+                problems.append(((*where, "spark.executor.cores"),
+                                 f"{cores} is more than a worker has (workers.cores: "
+                                 f"{self.workers.cores}): no executor could start; ask for at "
+                                 "most that, or give the workers more cores"))
+            memory = spark_bytes(conf.get("spark.executor.memory", ""))
+            if memory is not None and memory > memory_bytes(self.workers.memory):
+                problems.append(((*where, "spark.executor.memory"),
+                                 f"{conf['spark.executor.memory']} is more than a worker has "
+                                 f"(workers.memory: {self.workers.memory}): no executor could "
+                                 "start; ask for less, or give the workers more memory"))
+        if problems:
+            raise _field_errors("executor_too_big", problems)
         return self
 
     @model_validator(mode="after")
