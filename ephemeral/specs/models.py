@@ -40,6 +40,7 @@ DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_HELP = "lowercase letters, digits and '-', starting and ending with a letter or digit"
 _VERSION_RE = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+$")
 _RESOURCE_NAME = re.compile(r"^([a-z0-9.-]+/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_SCRIPT_PATH = re.compile(r"/[A-Za-z0-9._/-]+")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # An image reference as container runtimes parse it (the distribution project's grammar):
 # [host[:port]/]path[:tag][@algorithm:hex], where the first part is a registry host only when it
@@ -644,6 +645,16 @@ class SparkWorkers(GpuFields, Placement):
     memory: SparkJvmMemory = "2Gi"
     discovery_script: str | None = None
     """Script that prints the GPUs of an executor as JSON (Spark resource discovery)."""
+
+    @field_validator("discovery_script")
+    @classmethod
+    def _script_path(cls, v: str | None) -> str | None:
+        # It is spliced into the worker's JVM options (SPARK_WORKER_OPTS): a space would add
+        # options of its own (-Dspark.authenticate=false), a quote or $ reach the shell.
+        if v is not None and not _SCRIPT_PATH.fullmatch(v):
+            raise ValueError(f"{v!r} is not an absolute path of letters, digits and . _ / - "
+                             "such as /opt/spark/examples/src/main/scripts/getGpusResources.sh")
+        return v
 
     @model_validator(mode="after")
     def _gpu_discovery(self) -> SparkWorkers:
