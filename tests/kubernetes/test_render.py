@@ -649,3 +649,26 @@ def test_spark_pods_too_small_for_sparks_heap_are_refused_before_anything_is_mad
     with pytest.raises(SpecError, match="under Spark's 450 MiB heap on Kubernetes") as err:
         render(spec, handle_for(spec))
     assert err.value.fields == ["workers.memory"]
+
+
+@pytest.mark.parametrize("resource", ["nvidia.com/gpu", "gpu.intel.com/i915", "amd.com/gpu"])
+def test_ray_gpus_reach_ray_whatever_the_resource_is_called(tmp_path: Path,
+                                                             resource: str) -> None:
+    """KubeRay derives num-gpus from a container's limits only for a resource ending in "gpu":
+    the renderer writes it from the spec, for the head and each group with GPUs."""
+    text = RAY_MINIMAL.replace("    replicas: 3\n", f"""\
+    replicas: 2
+    gpus: 2
+    gpuResource: {resource}
+  - name: cpu2
+    replicas: 1
+head:
+  gpus: 1
+  gpuResource: {resource}
+""")
+    spec = resolve(spec_file(tmp_path, text))
+    out = render(spec, handle_for(spec))
+    cluster = out.primary["spec"]
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-gpus"] == "1"
+    assert [g["rayStartParams"] for g in cluster["workerGroupSpecs"]] == [{"num-gpus": "2"}, {}]
+    assert validate_manifest(out.primary) == []
