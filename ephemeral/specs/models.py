@@ -34,6 +34,7 @@ from ephemeral.specs.quantities import (
     SparkJvmMemory,
     duration_seconds,
     memory_bytes,
+    shown,
 )
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -570,9 +571,24 @@ class RayWorkerGroup(GpuFields, Placement):
         return self.max_replicas if self.max_replicas is not None else self.replicas
 
 
+VERSION_MAX = 999_999_999  # the digits a reference's @<N> may have (loader._MAX_VERSION_DIGITS)
+
+
+def _version(v: object) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"{shown(str(v))} is not a version: write a whole number such as 3, "
+                         "unquoted")
+    if not 1 <= v <= VERSION_MAX:
+        raise ValueError(f"{v if v < 10**12 else 'a number that long'} is not a version from "
+                         f"1 to {VERSION_MAX}")
+    return v
+
+
 class SpecBase(Model):
     name: str
-    version: Annotated[int, Number] = Field(ge=1)
+    version: Annotated[int, BeforeValidator(_version)] = Field(ge=1, le=VERSION_MAX)
+    """A whole number from 1 (YAML's unquoted 3): a reference resolves by it, so "3" or 3.0
+    would be a version that validates but that ``@3`` never finds."""
     description: str = ""
     image: str = Field(min_length=1)
     lifetime: Lifetime = Field(default_factory=Lifetime)

@@ -89,3 +89,36 @@ def test_overrides_refuse_what_a_spec_refuses(override: dict[str, Any], field: s
     with pytest.raises(SpecError) as err:
         apply_profile(spec, None, override)
     assert field in dict(err.value.problems)
+
+
+@pytest.mark.parametrize("version", ["1", 2.0, True, 0, 1_000_000_000, 10**5000],
+                         ids=["string", "float", "bool", "zero", "ten-digits", "5000-digits"])
+def test_a_version_is_a_whole_number_a_reference_can_find(version: object) -> None:
+    data = copy.deepcopy(RAY)
+    data["version"] = version
+    msg = problems(data)["version"]
+    assert "version" in msg
+    assert len(msg) < 200
+
+
+def test_two_files_claiming_one_version_are_refused(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from ephemeral.cli import main
+    from ephemeral.specs import resolve
+
+    specs = tmp_path / "specs"
+    shutil.copytree(SPECS_DIR, specs)
+    current = specs / "ray" / "adhoc-cpu.yaml"
+    (specs / "ray" / "adhoc-cpu@1.yaml").write_text(current.read_text())  # not bumped
+    monkeypatch.setenv("EPHEMERAL_SPECS_DIR", str(specs))
+    run = CliRunner().invoke(main.app, ["specs", "validate"])
+    assert run.exit_code == 2, run.output
+    assert "1 is also the version of adhoc-cpu@1.yaml" in run.output
+    # A running deployment keeps resolving it: the current file wins (test_specs).
+    current.write_text(current.read_text().replace("version: 1", "version: 2"))
+    assert CliRunner().invoke(main.app, ["specs", "validate"]).exit_code == 0
+    assert resolve("ray/adhoc-cpu", specs_dir=specs).ref == "ray/adhoc-cpu@2"
