@@ -672,3 +672,22 @@ head:
     assert cluster["headGroupSpec"]["rayStartParams"]["num-gpus"] == "1"
     assert [g["rayStartParams"] for g in cluster["workerGroupSpecs"]] == [{"num-gpus": "2"}, {}]
     assert validate_manifest(out.primary) == []
+
+
+def test_a_spark_executor_bigger_than_a_kubernetes_worker_offers_is_refused(
+        tmp_path: Path) -> None:
+    """A worker pod of 8Gi offers executors 5632m (daemon and JVM overhead take the rest): an
+    executor of 7g, which fits a local worker, would never be placed here."""
+    from ephemeral.backends.notes import refusals
+
+    path = tmp_path / "etl.yaml"
+    path.write_text((ROOT / "cluster_specs/spark/etl.yaml").read_text()
+                    .replace("  memory: 2Gi\n", "  memory: 2Gi\n  conf:\n"
+                             "    spark.executor.memory: 7g\n"))
+    spec = resolve(str(path))
+    assert [f for f, _ in refusals(spec, "kubernetes")] == ["connect.conf.spark.executor.memory"]
+    assert refusals(spec, "local") == []
+    with pytest.raises(SpecError, match="ask for at most 5632m"):
+        render(spec, handle_for(spec))
+    path.write_text(path.read_text().replace("7g", "5632m"))
+    assert refusals(resolve(str(path)), "kubernetes") == []
