@@ -36,7 +36,12 @@ from ephemeral.reaper import DEFAULT_DELETE_BUDGET_SECONDS
 from ephemeral.settings import get_settings
 from ephemeral.specs import ClusterIdentity, load_file, resolve
 from ephemeral.specs.identity import check_cluster_name
-from ephemeral.specs.loader import file_identity_problems, in_specs_tree, read_yaml
+from ephemeral.specs.loader import (
+    file_identity_problems,
+    in_specs_tree,
+    read_yaml,
+    version_problems,
+)
 from ephemeral.specs.resolve import CI_CPU, ResolvedSpec, apply_profile
 
 
@@ -190,6 +195,8 @@ def specs_validate(
                     identity := file_identity_problems(path, read_yaml(path))):
                 raise SpecError(str(path), identity)
             spec = load_file(path)
+            if in_specs_tree(path, specs_dir):
+                version_problems(path)  # another file of the spec claiming its version
             for profile in sorted({CI_CPU, *spec.profiles}):
                 try:
                     apply_profile(spec, profile, source=str(path))

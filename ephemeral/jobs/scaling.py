@@ -13,6 +13,7 @@ worker is one node, with all its CPUs.
 from __future__ import annotations
 
 import math
+import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -90,8 +91,32 @@ def with_scaling(entrypoint: str, handle: ClusterHandle | dict[str, Any]) -> str
     return " ".join([entrypoint, *extra])
 
 
+_PYTHON = re.compile(r"python(?:[0-9]+(?:\.[0-9]+)?)?")
+_PYTHON_VALUE_OPTIONS = ("-X", "-W")  # python's options that take the next word
+
+
+def script_word(argv: Sequence[str]) -> str | None:
+    """The script an entrypoint runs: the first word after ``python`` (``python3.11``) and its
+    options, or the command itself (``./train_ddp.py``); None for ``python -m``/``-c``. Only it
+    is the script: an argument (``--model-uri file:///data/train_ddp.py``) is not."""
+    if not argv:
+        return None
+    if not _PYTHON.fullmatch(argv[0].rsplit("/", 1)[-1]):
+        return argv[0]
+    words = iter(argv[1:])
+    for word in words:
+        if word[:2] in ("-m", "-c"):  # a module or a command, no script file
+            return None
+        if word in _PYTHON_VALUE_OPTIONS:
+            next(words, None)
+        elif not word.startswith("-") or word == "-":
+            return word
+    return None
+
+
 def _runs_scaling_script(entrypoint: str) -> bool:
-    return any(w.rsplit("/", 1)[-1] in SCALING_SCRIPTS for w in shlex.split(entrypoint))
+    script = script_word(shlex.split(entrypoint))
+    return script is not None and script.rsplit("/", 1)[-1] in SCALING_SCRIPTS
 
 
 def given_scaling(entrypoint: str) -> dict[str, str]:

@@ -155,16 +155,23 @@ URL_OPTIONS = ("files", "py_files", "archives", "jars", "packages", "exclude_pac
 def check_submit_input(where: str, conf: Mapping[str, Any] | None, *, conf_field: str = "conf",
                        options: Mapping[str, str | None] | None = None,
                        args: Sequence[Any] = (), args_field: str = "application_args") -> None:
-    """Refuse, before spark-submit starts, a secret in what becomes its command line (visible
-    in ``ps`` to every user of the host, and in the task log): a conf key or value that is one
-    (``secret_conf_keys``, the rule a spec's conf follows), and credentials in a URL of an
-    option (``repositories``, ``jars``, ...) or of an application argument
+    """Refuse, before spark-submit starts, a conf key ephemeral sets for the cluster
+    (``CLUSTER_CONF``: its master, its authentication) and a secret in what becomes its command
+    line (visible in ``ps`` to every user of the host, and in the task log): a conf key or
+    value that is one (``secret_conf_keys``, the rule a spec's conf follows), and credentials
+    in a URL of an option (``repositories``, ``jars``, ...) or of an application argument
     (``credentials_problem``). Names each field; shows no secret."""
     from ephemeral.jobs.runtime_env import CREDENTIALS_FIX
-    from ephemeral.specs.models import secret_conf_keys
+    from ephemeral.specs.models import CLUSTER_CONF, backend_keys, backend_reason, secret_conf_keys
     from ephemeral.specs.pip_credentials import credentials_problem
 
     problems = []
+    # The driver is pointed at the cluster and authenticated to it by ephemeral (--master, the
+    # auth properties file): a --conf would win over the file and leave a driver the master
+    # refuses, or be ignored for --master.
+    if owned := backend_keys((str(k) for k in conf or {}), CLUSTER_CONF):
+        problems.append(f"{conf_field} sets " + "; ".join(
+            f"{k}, which is the cluster's ({backend_reason(k)})" for k in owned) + ": remove it")
     if keys := secret_conf_keys({str(k): str(v) for k, v in (conf or {}).items()}):
         problems.append(
             f"{conf_field} sets {', '.join(keys)} to a secret (by its key, or a value with "

@@ -141,9 +141,10 @@ def file_identity_problems(path: Path, data: Any) -> list[tuple[str, str]]:
     return problems
 
 
-def _versions(directory: Path, name: str) -> dict[int, Path]:
-    found: dict[int, Path] = {}
-    # Archived files first, so that the current file wins if one claims the same version.
+def _version_files(directory: Path, name: str) -> dict[int, list[Path]]:
+    """The files of spec ``name`` in ``directory`` by the version each claims, archived files
+    first."""
+    found: dict[int, list[Path]] = {}
     for path in [*sorted(directory.glob(f"{name}@*.yaml")), directory / f"{name}.yaml"]:
         if not path.is_file():
             continue
@@ -151,9 +152,26 @@ def _versions(directory: Path, name: str) -> dict[int, Path]:
         if problems := file_identity_problems(path, data):
             raise SpecError(str(path), problems)
         version = data.get("version") if isinstance(data, dict) else None
-        if isinstance(version, int):
-            found[version] = path
+        if isinstance(version, int) and not isinstance(version, bool):
+            found.setdefault(version, []).append(path)
     return found
+
+
+def _versions(directory: Path, name: str) -> dict[int, Path]:
+    # The current file wins if an archive claims its version (``version_problems`` refuses
+    # that in ``specs validate``; a running deployment keeps resolving).
+    return {v: paths[-1] for v, paths in _version_files(directory, name).items()}
+
+
+def version_problems(path: Path) -> None:
+    """Raise SpecError when another file of ``path``'s spec (in the specs folder) claims its
+    version (an archived copy made without bumping the current file's): ``@N`` would name one
+    of them by an order nobody sees. What ``specs validate`` checks each file for."""
+    for version, paths in _version_files(path.parent, path.stem.partition("@")[0]).items():
+        if path in paths and len(paths) > 1:
+            others = ", ".join(p.name for p in paths if p != path)
+            raise SpecError(str(path), [("version", f"{version} is also the version of "
+                                         f"{others}; give the current file the next version")])
 
 
 def resolve_ref(ref: str, specs_dir: Path | None = None) -> tuple[Path, str]:

@@ -6,6 +6,7 @@ unknown fields, so a typo fails loudly instead of being silently ignored.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -33,12 +34,14 @@ from ephemeral.specs.quantities import (
     SparkJvmMemory,
     duration_seconds,
     memory_bytes,
+    shown,
 )
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_HELP = "lowercase letters, digits and '-', starting and ending with a letter or digit"
 _VERSION_RE = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+$")
 _RESOURCE_NAME = re.compile(r"^([a-z0-9.-]+/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_SCRIPT_PATH = re.compile(r"/[A-Za-z0-9._/-]+")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # An image reference as container runtimes parse it (the distribution project's grammar):
 # [host[:port]/]path[:tag][@algorithm:hex], where the first part is a registry host only when it
@@ -103,17 +106,25 @@ class Model(BaseModel):
     )
 
 
-def _not_yes_or_no(v: Any) -> Any:
+_NON_FINITE = frozenset({"nan", "inf", "infinity"})  # the words float() reads, without a sign
+
+
+def _plain_number(v: Any) -> Any:
     # YAML reads an unquoted yes, no, on, off, true or false as a boolean, and pydantic would
     # take it as 1 or 0: `replicas: yes` must not be a one-node cluster.
     if isinstance(v, bool):
         raise ValueError(f"{str(v).lower()} is not a number (YAML reads an unquoted yes, no, on, "
                          "off, true or false as true or false): write a number")
+    # nan or inf (YAML's .nan, a string "nan", a flag's --cpu nan) fails a bound's comparison
+    # and would be refused as "not less than or equal to 1024", which is no reason.
+    if (isinstance(v, float) and not math.isfinite(v)) or (
+            isinstance(v, str) and v.strip().lstrip("+-").lower() in _NON_FINITE):
+        raise ValueError(f"{str(v).strip()} is not a finite number: write a number such as 2")
     return v
 
 
-Number = BeforeValidator(_not_yes_or_no)
-"""On every number of a spec."""
+Number = BeforeValidator(_plain_number)
+"""On every number of a spec and of its overrides."""
 
 
 def _millicores(v: float) -> float:
@@ -560,9 +571,24 @@ class RayWorkerGroup(GpuFields, Placement):
         return self.max_replicas if self.max_replicas is not None else self.replicas
 
 
+VERSION_MAX = 999_999_999  # the digits a reference's @<N> may have (loader._MAX_VERSION_DIGITS)
+
+
+def _version(v: object) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"{shown(str(v))} is not a version: write a whole number such as 3, "
+                         "unquoted")
+    if not 1 <= v <= VERSION_MAX:
+        raise ValueError(f"{v if v < 10**12 else 'a number that long'} is not a version from "
+                         f"1 to {VERSION_MAX}")
+    return v
+
+
 class SpecBase(Model):
     name: str
-    version: Annotated[int, Number] = Field(ge=1)
+    version: Annotated[int, BeforeValidator(_version)] = Field(ge=1, le=VERSION_MAX)
+    """A whole number from 1 (YAML's unquoted 3): a reference resolves by it, so "3" or 3.0
+    would be a version that validates but that ``@3`` never finds."""
     description: str = ""
     image: str = Field(min_length=1)
     lifetime: Lifetime = Field(default_factory=Lifetime)
@@ -636,6 +662,16 @@ class SparkWorkers(GpuFields, Placement):
     discovery_script: str | None = None
     """Script that prints the GPUs of an executor as JSON (Spark resource discovery)."""
 
+    @field_validator("discovery_script")
+    @classmethod
+    def _script_path(cls, v: str | None) -> str | None:
+        # It is spliced into the worker's JVM options (SPARK_WORKER_OPTS): a space would add
+        # options of its own (-Dspark.authenticate=false), a quote or $ reach the shell.
+        if v is not None and not _SCRIPT_PATH.fullmatch(v):
+            raise ValueError(f"{v!r} is not an absolute path of letters, digits and . _ / - "
+                             "such as /opt/spark/examples/src/main/scripts/getGpusResources.sh")
+        return v
+
     @model_validator(mode="after")
     def _gpu_discovery(self) -> SparkWorkers:
         if self.gpus and not self.discovery_script:
@@ -665,21 +701,57 @@ def no_secret_conf(conf: dict[str, str]) -> dict[str, str]:
     return conf
 
 
-# Keys the backends derive from the spec's fields, or publish and probe: a value in conf would
-# be overridden without a word, or leave a cluster that never becomes ready (a Connect port its
-# Service and probe do not use; executors bigger than any worker).
-BACKEND_CONF = {
+# Keys the backends set themselves (backends/local/spark_nodes.py, kubernetes/render/spark.py
+# and spark_operator.py, the auth properties files): a value in conf would come later on the
+# Connect server's command line and win without a word: a driver address or port nothing
+# publishes (a cluster that never becomes ready), scratch on a disk the pod does not mount, or
+# authentication switched off. A key ending in "." is a family: every key under it.
+_OWN_PORTS = "the backend gives the Connect server's driver its address and ports"
+BACKEND_CONF: Mapping[str, str] = {
     "spark.master": "the backend points every application at its cluster",
-    "spark.connect.grpc.binding.port": "the backend publishes and probes the Connect port",
-    "spark.connect.grpc.binding.address": "the backend publishes and probes the Connect port",
+    "spark.authenticate": "the backend authenticates every process of the cluster with its own "
+                          "secret",
+    "spark.authenticate.": "the backend authenticates every process of the cluster with its own "
+                           "secret",
+    "spark.connect.authenticate.": "the backend gives the Connect server its own token",
+    "spark.connect.grpc.binding.": "the backend publishes and probes the Connect port",
+    "spark.driver.host": _OWN_PORTS,
+    "spark.driver.bindAddress": _OWN_PORTS,
+    "spark.driver.port": _OWN_PORTS,
+    "spark.driver.blockManager.port": _OWN_PORTS,
+    "spark.port.maxRetries": "the backend binds each port it publishes, or fails, rather than "
+                             "moving onto another",
     "spark.ui.port": "the backend publishes the UI's port as an endpoint",
-    "spark.executor.resource.gpu.amount": "set workers.gpus instead",
+    "spark.local.dir": "the backend puts scratch files on the node's scratch volume",
+    "spark.driver.memory": "set connect.memory instead",
+    "spark.executor.resource.gpu.": "set workers.gpus, gpuResource and discoveryScript instead",
+    "spark.kubernetes.executor.request.cores": "set workers.cores instead",
+    "spark.kubernetes.executor.limit.cores": "set workers.cores instead",
+    "spark.executor.memoryOverhead": "the backend sizes an executor's pod to workers.memory",
 }
+# Of those, what a spark-submit driver of the cluster may not set either (the others are a
+# driver's own where it runs): it is pointed at the cluster and authenticated by ephemeral.
+CLUSTER_CONF = ("spark.master", "spark.authenticate", "spark.authenticate.",
+                "spark.connect.authenticate.")
+
+
+def backend_keys(conf: Iterable[str], owned: Iterable[str] = BACKEND_CONF) -> list[str]:
+    """The keys of ``conf`` that are the backend's (among ``owned``: keys of ``BACKEND_CONF``;
+    one ending in "." owns every key under it), sorted. The one rule for a spec's conf, its
+    connect.conf and a spark-submit job's conf."""
+    rules = tuple(owned)
+    return sorted(k for k in conf
+                  if any(k.startswith(r) if r.endswith(".") else k == r for r in rules))
+
+
+def backend_reason(key: str) -> str:
+    return next(why for rule, why in BACKEND_CONF.items()
+                if (key.startswith(rule) if rule.endswith(".") else key == rule))
 
 
 def no_backend_conf(conf: dict[str, str]) -> dict[str, str]:
-    if owned := sorted(k for k in conf if k in BACKEND_CONF):
-        raise ValueError("; ".join(f"{k} is the backend's ({BACKEND_CONF[k]})" for k in owned)
+    if owned := backend_keys(conf):
+        raise ValueError("; ".join(f"{k} is the backend's ({backend_reason(k)})" for k in owned)
                          + ": remove it")
     return conf
 
@@ -704,6 +776,20 @@ def positive(value: str) -> bool:
         return float(value) > 0
     except ValueError:
         return True  # not a number: Spark refuses it, and it is no "0"
+
+
+_SPARK_BYTES = re.compile(r"([0-9]{1,30})([a-z]*)")
+_SPARK_UNITS = {"b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30,
+                "gb": 2**30, "t": 2**40, "tb": 2**40, "p": 2**50, "pb": 2**50}
+
+
+def spark_bytes(value: str, default_unit: str = "m") -> int | None:
+    """Bytes in a Spark size (``spark.executor.memory``: 4g, 512m, 2048 MiB when bare), as
+    Spark's JavaUtils reads it; None when Spark would not read it (Spark refuses it itself)."""
+    m = _SPARK_BYTES.fullmatch(value.strip().lower())
+    if not m or (m.group(2) or default_unit) not in _SPARK_UNITS:
+        return None
+    return int(m.group(1)) * _SPARK_UNITS[m.group(2) or default_unit]
 
 
 def _field_errors(code: str, problems: list[tuple[tuple[str, ...], str]]) -> Exception:
@@ -743,13 +829,26 @@ class SparkSpec(SpecBase):
 
     @model_validator(mode="after")
     def _executors_fit_workers(self) -> SparkSpec:
-        """An executor with more cores than a worker has is never placed: the application
-        waits for ever (several smaller executors per worker are fine)."""
-        asked = self.conf.get("spark.executor.cores", "")
-        if asked.strip().isdigit() and int(asked) > self.workers.cores:
-            raise ValueError(f"conf.spark.executor.cores ({asked}) is more than a worker has "
-                             f"(workers.cores: {self.workers.cores}): no executor could start; "
-                             "ask for at most that, or give the workers more cores")
+        """An executor with more cores or memory than a worker has is never placed: the
+        application waits for ever (several smaller executors per worker are fine). Judged in
+        conf and connect.conf (the Connect server's executors), each under its own path."""
+        problems = []
+        for where, conf in ((("conf",), self.conf),
+                            (("connect", "conf"), self.connect.conf if self.connect else {})):
+            cores = conf.get("spark.executor.cores", "")
+            if cores.strip().isdigit() and int(cores) > self.workers.cores:
+                problems.append(((*where, "spark.executor.cores"),
+                                 f"{cores} is more than a worker has (workers.cores: "
+                                 f"{self.workers.cores}): no executor could start; ask for at "
+                                 "most that, or give the workers more cores"))
+            memory = spark_bytes(conf.get("spark.executor.memory", ""))
+            if memory is not None and memory > memory_bytes(self.workers.memory):
+                problems.append(((*where, "spark.executor.memory"),
+                                 f"{conf['spark.executor.memory']} is more than a worker has "
+                                 f"(workers.memory: {self.workers.memory}): no executor could "
+                                 "start; ask for less, or give the workers more memory"))
+        if problems:
+            raise _field_errors("executor_too_big", problems)
         return self
 
     @model_validator(mode="after")

@@ -7,6 +7,7 @@ Specs are written for Kubernetes first, so memory uses its quantity syntax (``51
 from __future__ import annotations
 
 import re
+from decimal import ROUND_FLOOR, Decimal, localcontext
 from typing import Annotated
 
 from pydantic import AfterValidator, BeforeValidator
@@ -23,35 +24,63 @@ _MEMORY_UNITS = {
     "Gi": 2**30,
     "Ti": 2**40,
 }
-MEMORY_HELP = "a Kubernetes quantity greater than zero, such as 512Mi, 4Gi or 2G (no spaces)"
+MEMORY_MAX, _MEMORY_MAX_BYTES = "64Ti", 64 * 2**40
+"""A node's largest memory (the biggest machines clouds rent have 24 TiB), as ``cpu``, ``gpus``
+and ``replicas`` have theirs: beyond it a value is a typo, not a size."""
+MEMORY_HELP = (f"a Kubernetes quantity greater than zero and at most {MEMORY_MAX}, such as 512Mi, "
+               "4Gi or 2G (no spaces)")
 
 _DURATION_RE = re.compile(r"^(?:(?P<d>[0-9]+)d)?(?:(?P<h>[0-9]+)h)?(?:(?P<m>[0-9]+)m)?(?:(?P<s>[0-9]+)s)?$")
 DURATION_HELP = "a duration greater than zero such as 90s, 30m, 6h or 1h30m"
+_DURATION_MAX_LEN = 32  # "9999d23h59m59s" is 14 characters; more digits are no lifetime
+
+
+def shown(value: str, limit: int = 40) -> str:
+    """A refused value as a message shows it: a thousand-digit one is cut, not echoed whole."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value)} characters)"
+
+
+def _bytes_of(num: str, unit: str | None) -> Decimal:
+    """The exact product, rounded down to whole bytes as the engines count them. Decimal, not
+    float: a float overflows on a long number (OverflowError, no message) and rounds a short
+    one; not int: Python refuses to read an integer of more than 4300 digits."""
+    with localcontext() as ctx:
+        ctx.prec, ctx.rounding = 80, ROUND_FLOOR  # far more than the digits below MEMORY_MAX
+        return (Decimal(num) * _MEMORY_UNITS[unit]).to_integral_value()
 
 
 def memory_bytes(value: str) -> int:
-    """Bytes in a memory quantity; raises ValueError (with what is allowed) when malformed."""
+    """Bytes in a memory quantity; raises ValueError (with what is allowed) when malformed,
+    zero or larger than ``MEMORY_MAX``."""
     m = _MEMORY_RE.fullmatch(value.strip()) if value == value.strip() else None
     if not m:
-        raise ValueError(f"{value!r} is not {MEMORY_HELP}")
-    n = int(float(m.group("num")) * _MEMORY_UNITS[m.group("unit")])
+        raise ValueError(f"{shown(value)} is not {MEMORY_HELP}")
+    n = _bytes_of(m.group("num"), m.group("unit"))
     if n <= 0:
-        raise ValueError(f"{value!r} must be greater than zero ({MEMORY_HELP})")
-    return n
+        raise ValueError(f"{shown(value)} must be greater than zero ({MEMORY_HELP})")
+    if n > _MEMORY_MAX_BYTES:
+        raise ValueError(f"{shown(value)} is more than {MEMORY_MAX}, the most memory a node may "
+                         f"have; ask for at most {MEMORY_MAX}")
+    return int(n)
 
 
 def _check_memory(value: object) -> object:
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise ValueError(f"{value!r} is not {MEMORY_HELP}")
+        raise ValueError(f"{shown(str(value))} is not {MEMORY_HELP}")
+    if isinstance(value, int) and value > _MEMORY_MAX_BYTES:  # str() refuses 4300 digits
+        raise ValueError(f"a number of {value.bit_length()} bits is more than {MEMORY_MAX} (in "
+                         f"bytes), the most memory a node may have; ask for at most {MEMORY_MAX}")
     text = str(value)
     memory_bytes(text)
     return text
 
 
 def duration_seconds(value: str) -> int:
+    if len(value) > _DURATION_MAX_LEN:  # before int(): it refuses 4300 digits in its own words
+        raise ValueError(f"{shown(value)} is longer than a duration is ({DURATION_HELP})")
     m = _DURATION_RE.fullmatch(value)
     if not value or not m:
-        raise ValueError(f"{value!r} is not {DURATION_HELP}")
+        raise ValueError(f"{shown(value)} is not {DURATION_HELP}")
     parts = {k: int(v) for k, v in m.groupdict().items() if v}
     total = (
         parts.get("d", 0) * 86400 + parts.get("h", 0) * 3600 + parts.get("m", 0) * 60
@@ -64,7 +93,7 @@ def duration_seconds(value: str) -> int:
 
 def _check_duration(value: object) -> object:
     if not isinstance(value, str):
-        raise ValueError(f"{value!r} is not {DURATION_HELP}")
+        raise ValueError(f"{shown(str(value))} is not {DURATION_HELP}")
     duration_seconds(value)
     return value
 

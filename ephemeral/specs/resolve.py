@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, ValidationError
 
@@ -20,6 +20,7 @@ from ephemeral.specs.models import (
     GPU_AMOUNT,
     GpuCount,
     Model,
+    Number,
     PositiveCpu,
     RaySpec,
     SparkSpec,
@@ -33,7 +34,7 @@ _CI_MAX_CPU, _CI_MAX_MEMORY, _CI_MAX_REPLICAS = 1, 2 * 2**30, 2
 
 
 class GroupOverride(Model):
-    replicas: int | None = Field(default=None, ge=1, le=1000)
+    replicas: Annotated[int | None, Number] = Field(default=None, ge=1, le=1000)
     cpu: PositiveCpu | None = None
     memory: Memory | None = None
     gpus: GpuCount | None = None

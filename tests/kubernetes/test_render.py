@@ -682,3 +682,45 @@ def test_spark_pods_too_small_for_sparks_heap_are_refused_before_anything_is_mad
     with pytest.raises(SpecError, match="under Spark's 450 MiB heap on Kubernetes") as err:
         render(spec, handle_for(spec))
     assert err.value.fields == ["workers.memory"]
+
+
+@pytest.mark.parametrize("resource", ["nvidia.com/gpu", "gpu.intel.com/i915", "amd.com/gpu"])
+def test_ray_gpus_reach_ray_whatever_the_resource_is_called(tmp_path: Path,
+                                                             resource: str) -> None:
+    """KubeRay derives num-gpus from a container's limits only for a resource ending in "gpu":
+    the renderer writes it from the spec, for the head and each group with GPUs."""
+    text = RAY_MINIMAL.replace("    replicas: 3\n", f"""\
+    replicas: 2
+    gpus: 2
+    gpuResource: {resource}
+  - name: cpu2
+    replicas: 1
+head:
+  gpus: 1
+  gpuResource: {resource}
+""")
+    spec = resolve(spec_file(tmp_path, text))
+    out = render(spec, handle_for(spec))
+    cluster = out.primary["spec"]
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-gpus"] == "1"
+    assert [g["rayStartParams"] for g in cluster["workerGroupSpecs"]] == [{"num-gpus": "2"}, {}]
+    assert validate_manifest(out.primary) == []
+
+
+def test_a_spark_executor_bigger_than_a_kubernetes_worker_offers_is_refused(
+        tmp_path: Path) -> None:
+    """A worker pod of 8Gi offers executors 5632m (daemon and JVM overhead take the rest): an
+    executor of 7g, which fits a local worker, would never be placed here."""
+    from ephemeral.backends.notes import refusals
+
+    path = tmp_path / "etl.yaml"
+    path.write_text((ROOT / "cluster_specs/spark/etl.yaml").read_text()
+                    .replace("  memory: 2Gi\n", "  memory: 2Gi\n  conf:\n"
+                             "    spark.executor.memory: 7g\n"))
+    spec = resolve(str(path))
+    assert [f for f, _ in refusals(spec, "kubernetes")] == ["connect.conf.spark.executor.memory"]
+    assert refusals(spec, "local") == []
+    with pytest.raises(SpecError, match="ask for at most 5632m"):
+        render(spec, handle_for(spec))
+    path.write_text(path.read_text().replace("7g", "5632m"))
+    assert refusals(resolve(str(path)), "kubernetes") == []

@@ -64,3 +64,21 @@ def test_the_train_gpu_spec_right_sized_to_two_gpus_a_node_trains_on_all_four() 
         spec_name="train-gpu", dag_id="d", run_id="r", task_id="t"))
     assert ddp_args(h.model_dump(mode="json")) == \
         "--num-workers 4 --gpus-per-worker 1 --cpus-per-worker 4"
+
+
+@pytest.mark.parametrize("entrypoint", [
+    "python evaluate.py --model-uri file:///data/train_ddp.py",
+    "python etl_features.py --run r --input /data/train_ddp.py",
+    "python -m train_ddp", "python -c 'import train_ddp'", "cat train_ddp.py",
+])
+def test_only_the_script_word_is_judged(entrypoint: str) -> None:
+    assert with_scaling(entrypoint, _handle(("gpu", 2, 8, 1))) == entrypoint
+
+
+@pytest.mark.parametrize("entrypoint", [
+    "python train_ddp.py --run r", "python3 -u jobs/train_ddp.py --run r",
+    "/usr/bin/python3.11 -X dev -W ignore train_ddp.py --run r", "./train_ddp.py --run r",
+])
+def test_the_scaling_script_gets_its_flags_however_it_is_started(entrypoint: str) -> None:
+    assert with_scaling(entrypoint, _handle(("gpu", 2, 8, 1))) == \
+        f"{entrypoint} --num-workers 2 --gpus-per-worker 1 --cpus-per-worker 8"

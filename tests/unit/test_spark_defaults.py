@@ -107,7 +107,7 @@ def test_a_url_with_credentials_in_a_conf_value_is_refused(tmp_path: Path) -> No
 def test_where_a_secret_is_and_a_credentials_provider_are_no_secrets(tmp_path: Path) -> None:
     data = yaml.safe_load((Path("cluster_specs/spark/etl.yaml")).read_text())
     data["conf"] = {"spark.hadoop.fs.s3a.aws.credentials.provider": "com.example.Provider",
-                    "spark.authenticate.secret.file": "/etc/spark/secret",
+                    "spark.kubernetes.driver.secrets.spark-secret": "/etc/spark/secret",
                     "spark.hadoop.fs.s3a.delegation.token.binding": "com.example.Binding",
                     "spark.kubernetes.authenticate.oauthTokenFile": "/var/run/token"}
     path = tmp_path / "etl.yaml"

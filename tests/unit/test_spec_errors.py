@@ -187,9 +187,9 @@ CASES = [
     case("spark-version-word", edit(SPARK, '"4.3.0"', "latest"), "sparkVersion",
          "release version"),
     case("version-0", edit(RAY, "version: 1\n", "version: 0\n"), "version",
-         "greater than or equal to 1"),
+         "is not a version from 1 to 999999999"),
     case("version-word", edit(RAY, "version: 1\n", "version: one\n"), "version",
-         "valid integer"),
+         "write a whole number such as 3"),
     # --- cpu and gpus
     case("head-cpu-0", edit(RAY, "  cpu: 1\n  memory: 2Gi\n", "  cpu: 0\n  memory: 2Gi\n"),
          "head.cpu", "greater than 0"),

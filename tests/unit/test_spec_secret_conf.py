@@ -54,7 +54,8 @@ def test_secret_keys_are_refused(key: str) -> None:
 
 @pytest.mark.parametrize("key", [
     "spark.sql.shuffle.partitions", "spark.hadoop.fs.s3a.aws.credentials.provider",
-    "spark.authenticate.secret.file", "spark.hadoop.fs.s3a.delegation.token.binding",
+    "spark.kubernetes.driver.secrets.spark-secret",
+    "spark.hadoop.fs.s3a.delegation.token.binding",
     "spark.kubernetes.authenticate.oauthTokenFile",
     "spark.hadoop.google.cloud.auth.service.account.json.keyfile",
     "spark.hadoop.hadoop.security.credential.provider.path",

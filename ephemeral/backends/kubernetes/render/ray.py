@@ -165,6 +165,13 @@ def _template(handle: ClusterHandle, component: str, container: Manifest, place:
                      "volumes": [shm_volume(memory), *(extra_volumes or [])], **place}}
 
 
+def _gpu_params(gpus: int) -> dict[str, str]:
+    """``num-gpus`` from the spec: KubeRay derives it from the container's limits only for a
+    resource whose name ends in "gpu" (nvidia.com/gpu, amd.com/gpu); with another
+    (gpu.intel.com/i915) Ray and its autoscaler would see no GPU at all."""
+    return {"num-gpus": str(gpus)} if gpus else {}
+
+
 def _worker_group(spec: RaySpec, handle: ClusterHandle, group: RayWorkerGroup,
                   env: list[Manifest]) -> Manifest:
     container = _container("ray-worker", spec, env, cpu=group.cpu, memory=group.memory,
@@ -176,7 +183,7 @@ def _worker_group(spec: RaySpec, handle: ClusterHandle, group: RayWorkerGroup,
         "replicas": group.replicas,
         "minReplicas": group.min,
         "maxReplicas": group.max,
-        "rayStartParams": {},
+        "rayStartParams": _gpu_params(group.gpus),
         "template": _template(handle, "ray-worker", container, placement(group), group.memory),
     }
 
@@ -196,6 +203,7 @@ def render_ray(spec: ResolvedSpec, handle: ClusterHandle, cluster_domain: str,
     if not head.run_tasks:
         # The head only coordinates; otherwise KubeRay takes num-cpus from the CPU limit.
         start_params["num-cpus"] = "0"
+    start_params |= _gpu_params(head.gpus)
     head_container = _container("ray-head", s, env, cpu=head.cpu, memory=head.memory,
                                 gpus=head.gpus, gpu_resource=head.gpu_resource, ports=HEAD_PORTS)
     primary_handle = handle.model_copy(update={"endpoints": eps})

@@ -36,7 +36,7 @@ from ephemeral.backends.kubernetes.render.common import (
 )
 from ephemeral.backends.kubernetes.render.network import Clients, policies
 from ephemeral.errors import SpecError
-from ephemeral.specs.models import Placement, SparkSpec
+from ephemeral.specs.models import Placement, SparkSpec, spark_bytes
 from ephemeral.specs.quantities import memory_bytes
 from ephemeral.specs.resolve import ResolvedSpec
 
@@ -240,6 +240,17 @@ def memory_problems(s: SparkSpec) -> list[tuple[str, str]]:
         problems.append(("connect.memory", f"{s.connect.memory} leaves the Connect server's "
                          f"driver under Spark's {MIN_HEAP_MIB} MiB heap on Kubernetes; give it "
                          "at least 600Mi"))
+    # The spec checks an executor against workers.memory (all a local worker offers); here a
+    # worker offers executors only its pod's share left after the daemon and JVM overhead.
+    offered = heap_sizes(s.workers.memory)[1]
+    for where, conf in (("conf", s.conf), ("connect.conf", s.connect.conf if s.connect else {})):
+        asked = spark_bytes(conf.get("spark.executor.memory", ""))
+        if asked is not None and asked > offered * _MIB:
+            problems.append((f"{where}.spark.executor.memory",
+                             f"{conf['spark.executor.memory']} is more than a worker offers "
+                             f"executors on Kubernetes ({offered}m of workers.memory "
+                             f"{s.workers.memory}): no executor could start; ask for at most "
+                             f"{offered}m, or give the workers more memory"))
     return problems
 
 

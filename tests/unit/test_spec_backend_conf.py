@@ -1,0 +1,102 @@
+"""A spec's conf and connect.conf, and a spark-submit job's conf, leave alone what the backends
+set themselves: a value there came last on the Connect server's command line and won without a
+word (authentication off, a driver address or port nothing publishes, scratch on a disk the pod
+does not mount). One rule (``backend_keys``), checked against what the backends derive."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ephemeral.errors import JobRefused, SpecError
+from ephemeral.specs.loader import parse_spec
+from ephemeral.specs.models import SparkSpec, backend_keys
+
+SPARK = yaml.safe_load((Path(__file__).resolve().parents[2] / "cluster_specs" / "spark"
+                        / "etl.yaml").read_text())
+# What the backends derive that a spec may still tune: executor sizes (checked against the
+# workers), dynamic allocation, the warehouse, the driver's JVM options.
+TUNABLE = ("spark.executor.cores", "spark.executor.memory", "spark.dynamicAllocation.",
+           "spark.sql.warehouse.dir", "spark.driver.extraJavaOptions")
+REVIEWED = {"spark.authenticate": "false", "spark.driver.host": "10.9.9.9",
+            "spark.driver.port": "1", "spark.local.dir": "/",
+            "spark.authenticate.secret.file": "/tmp/s", "spark.driver.bindAddress": "0.0.0.0",
+            "spark.driver.blockManager.port": "2", "spark.port.maxRetries": "16",
+            "spark.connect.grpc.binding.address": "0.0.0.0", "spark.ui.port": "1",
+            "spark.master": "local[*]", "spark.driver.memory": "64g"}
+
+
+def spark(conf: dict[str, str] | None = None, connect_conf: dict[str, str] | None = None,
+          **workers: Any) -> dict[str, Any]:
+    data = copy.deepcopy(SPARK)
+    data["conf"] |= conf or {}
+    data["connect"]["conf"] = connect_conf or {}
+    data["workers"] |= workers
+    return data
+
+
+def problems(data: dict[str, Any]) -> dict[str, str]:
+    with pytest.raises(SpecError) as err:
+        parse_spec(data, "etl.yaml")
+    return dict(err.value.problems)
+
+
+def derived_keys(s: SparkSpec, tmp_path: Path) -> set[str]:
+    """The conf keys each backend gives a Connect server of ``s`` itself."""
+    from ephemeral.backends.kubernetes.render import spark as standalone
+    from ephemeral.backends.kubernetes.render import spark_operator
+    from ephemeral.backends.local import spark_nodes
+    from ephemeral.specs.resolve import ResolvedSpec
+
+    argv = spark_nodes.plan(s, 3, tmp_path, auth_props=tmp_path / "a",
+                            connect_props=tmp_path / "c")[-1].argv
+    local = {argv[i + 1].split("=", 1)[0] for i, a in enumerate(argv) if a == "--conf"}
+    resolved = ResolvedSpec(spec=s, ref="spark/etl@1", source="etl.yaml", profile=None, hash="x")
+    return local | set(standalone.connect_conf(s)) | set(spark_operator.spark_conf(resolved, s))
+
+
+@pytest.mark.parametrize("where", ["conf", "connect.conf"])
+@pytest.mark.parametrize(("key", "value"), sorted(REVIEWED.items()))
+def test_what_the_backends_set_is_refused_in_conf(where: str, key: str, value: str) -> None:
+    data = spark(**{"conf" if where == "conf" else "connect_conf": {key: value}})
+    assert f"{key} is the backend's" in problems(data)[where]
+
+
+def test_every_key_a_backend_derives_is_the_backends_or_tunable(tmp_path: Path) -> None:
+    gpu = parse_spec(spark(gpus=1, discoveryScript="/opt/gpus.sh"), "etl.yaml")
+    assert isinstance(gpu, SparkSpec)
+    derived = derived_keys(gpu, tmp_path) - set(gpu.conf)  # less the spec's own
+    assert len(derived) > 15
+    open_keys = {k for k in derived
+                 if not any(k.startswith(t) if t.endswith(".") else k == t for t in TUNABLE)}
+    assert set(backend_keys(open_keys)) == open_keys
+
+
+@pytest.mark.parametrize("where", ["conf", "connect.conf"])
+def test_an_executor_bigger_than_a_worker_is_refused(where: str) -> None:
+    key = "conf" if where == "conf" else "connect_conf"
+    assert "more than a worker has (workers.memory: 8Gi)" in problems(
+        spark(**{key: {"spark.executor.memory": "64g"}}))[f"{where}.spark.executor.memory"]
+    assert "workers.cores: 4" in problems(
+        spark(**{key: {"spark.executor.cores": "5"}}))[f"{where}.spark.executor.cores"]
+
+
+@pytest.mark.parametrize("memory", ["8g", "8192m", "8192", "4G", "1024 mb", "not-a-size"])
+def test_an_executor_within_a_worker_passes(memory: str) -> None:
+    s = parse_spec(spark(connect_conf={"spark.executor.memory": memory}), "etl.yaml")
+    assert isinstance(s, SparkSpec)
+
+
+@pytest.mark.parametrize("key", ["spark.authenticate", "spark.authenticate.enableSaslEncryption",
+                                 "spark.master"])
+def test_a_jobs_conf_leaves_the_clusters_own_alone(key: str) -> None:
+    from ephemeral.jobs.spark_jobs import check_submit_input
+
+    with pytest.raises(JobRefused) as err:
+        check_submit_input("spark-submit", {key: "false", "spark.driver.host": "10.0.0.9"})
+    assert f"conf sets {key}, which is the cluster's" in str(err.value)
+    assert "spark.driver.host" not in str(err.value)  # a driver's own where it runs
