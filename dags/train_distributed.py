@@ -51,9 +51,9 @@ from ephemeral.airflow.operators import (
 from ephemeral.airflow.spark_submit import EphemeralSparkSubmitOperator
 from ephemeral.gate import Thresholds, load_gate
 from ephemeral.jobs.artifacts import run_folder
-from ephemeral.jobs.scaling import ddp_args
+from ephemeral.jobs.scaling import FLAGS, ddp_args, ddp_value
 from ephemeral.notify import failure_callbacks
-from ephemeral.trials import best_trial, gpu_pool, load_trials, trial_flags
+from ephemeral.trials import best_trial, gpu_pool, load_trials, trial_argv
 
 JOBS = str(Path(__file__).resolve().parent.parent / "jobs")
 # This deployment's, DAG's and run's folder (artifacts.run_folder): unique per run, the same
@@ -63,8 +63,10 @@ RUN = "{{ run_folder(dag.dag_id, run_id) }}"
 FEATURES = "{{ training_features(ti)['artifact_uri'] }}"
 VALIDATION = "{{ training_features(ti)['validation_uri'] }}"
 # Workers, GPUs and CPUs per worker from the cluster the trials run on: NCCL on GPUs, gloo on
-# ci-cpu, with no edit here.
-SCALING = "{{ ddp_args(ti.xcom_pull(task_ids='train.create_ray')) }}"
+# ci-cpu, with no edit here. Entrypoints are argv lists: each element one quoted word, so a URI
+# from an Asset event or XCom never reaches the cluster's shell as a command.
+SCALING = [word for flag in FLAGS for word in (
+    flag, f"{{{{ ddp_value(ti.xcom_pull(task_ids='train.create_ray'), '{flag}') }}}}")]
 TRIALS = load_trials("train_distributed")  # one versioned JSON file per trial
 TRIAL_METRICS = ("loss", "first_loss", "accuracy", "throughput_samples_per_s", "world_size")
 GATE_METRICS = ("accuracy", "f1", "p50_ms", "p95_ms", "p99_ms", "throughput_rps", "error_rate")
@@ -122,7 +124,8 @@ with DAG(
     max_active_runs=1,
     default_args={"retries": 1, "retry_delay": timedelta(seconds=10),
                   "execution_timeout": timedelta(hours=2), "on_failure_callback": NOTIFY},
-    user_defined_macros={"ddp_args": ddp_args, "training_features": assets.training_features,
+    user_defined_macros={"ddp_args": ddp_args, "ddp_value": ddp_value,
+                         "training_features": assets.training_features,
                          "best_trial_of": best_trial_of, "run_folder": run_folder},
     params={
         "profile": Param("ci-cpu", type=["null", "string"], enum=[None, "ci-cpu"],
@@ -144,7 +147,12 @@ with DAG(
     def choose_features(triggering_asset_events: Any = None, ti: Any = None) -> list[str]:
         """The ETL for a timetable or manual run; for an Asset-triggered run, the newest
         event's features (pushed for training_features) and no ETL, no Spark cluster."""
-        event = assets.newest_training_event(triggering_asset_events)
+        from airflow.sdk.exceptions import AirflowFailException
+
+        try:  # a bad event fails the same on a retry
+            event = assets.newest_training_event(triggering_asset_events)
+        except assets.AssetEventError as err:
+            raise AirflowFailException(str(err)) from None
         if event is None:
             return ["etl.create_spark", "train.create_ray"]
         log.info("training on the features of the %s event of %s: %s", event["asset"],
@@ -182,8 +190,9 @@ with DAG(
             inlets=[assets.RUN_FEATURES, assets.FEATURES, assets.DRIFT],
             outlets=[assets.MODEL_CANDIDATE], post_execute=assets.publish_candidate,
         ).expand(entrypoint=[
-            f"python train_ddp.py --run {RUN}/trial-{name} --steps {{{{ params.steps }}}}"
-            f" --checkpoint-every 100 {trial_flags(options)} --data-uri {FEATURES} {SCALING}"
+            ["python", "train_ddp.py", "--run", f"{RUN}/trial-{name}",
+             "--steps", "{{ params.steps }}", "--checkpoint-every", "100", *trial_argv(options),
+             "--data-uri", FEATURES, *SCALING]
             for name, options in TRIALS])
 
         @task
@@ -219,14 +228,16 @@ with DAG(
         best = pick_best(trials.output)
         evaluate = RayJobOperator(
             task_id="evaluate", cluster=create_ray.output, working_dir=JOBS,
-            entrypoint=f"python evaluate.py --model-uri {MODEL_URI} --data-uri {VALIDATION}")
+            entrypoint=["python", "evaluate.py", "--model-uri", MODEL_URI,
+                        "--data-uri", VALIDATION])
         # Latency where the model would run: served by Ray Serve on this cluster, under the
         # gate file's bounded load; the job shuts Serve down before the teardown.
         serve_latency = RayJobOperator(
             task_id="serve_latency", cluster=create_ray.output, working_dir=JOBS,
-            entrypoint=f"python serve_latency.py --model-uri {MODEL_URI} --data-uri {VALIDATION}"
-                       f" --requests {GATE.load.requests} --concurrency {GATE.load.concurrency}"
-                       f" --warmup {GATE.load.warmup}",
+            entrypoint=["python", "serve_latency.py", "--model-uri", MODEL_URI,
+                        "--data-uri", VALIDATION, "--requests", str(GATE.load.requests),
+                        "--concurrency", str(GATE.load.concurrency),
+                        "--warmup", str(GATE.load.warmup)],
             delete_cluster_on_success=True)  # the cluster's last job
         delete_ray = DeleteClusterOperator(task_id="delete_ray", setup_task_id="train.create_ray",
                                            cluster=create_ray.output)
