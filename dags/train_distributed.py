@@ -86,7 +86,8 @@ def best_trial_of(ti: Any) -> dict[str, Any]:
 
 
 def gate_overrides(params: Any) -> dict[str, Any]:
-    """The thresholds this run's params set (an ad-hoc run's override of the gate file)."""
+    """The thresholds this run's params set (an ad-hoc run's override of the gate file; each
+    threshold is a declared param, and with_overrides lets one only tighten the file's)."""
     return {k: (params or {}).get(k) for k in Thresholds.model_fields}
 
 
@@ -140,6 +141,7 @@ with DAG(
         "max_p95_ms": Param(None, type=["null", "number"], exclusiveMinimum=0),
         "max_p99_ms": Param(None, type=["null", "number"], exclusiveMinimum=0),
         "min_throughput_rps": Param(None, type=["null", "number"], minimum=0),
+        "max_error_rate": Param(None, type=["null", "number"], minimum=0, maximum=1),
     },
     tags=["ephemeral", "reference"],
 ) as dag:
@@ -277,9 +279,13 @@ with DAG(
                            latency: dict[str, Any], dag_run: Any = None,
                            ti: Any = None) -> dict[str, Any]:
             from ephemeral import registry
+            from ephemeral.gate import GateDecision
             from ephemeral.jobs import artifacts
 
-            decision = ti.xcom_pull(task_ids="deploy.gate", key="decision")
+            # The effective thresholds, the run's overrides and every check, on the version,
+            # in registration.json and in the model event: an override is never silent.
+            gate_record = GateDecision.model_validate(
+                ti.xcom_pull(task_ids="deploy.gate", key="decision")).record()
             features = assets.training_features(ti)
             # The registered version's source: a copy of the model under registry/, which
             # outlives the run's own artifacts; this deployment's and this run's, so no other
@@ -294,7 +300,7 @@ with DAG(
                 MODEL, model_uri=model_uri, run_id=best.get("tracking_run_id"),
                 metrics={**metrics, "loss": float(best["loss"])},
                 tags={"dag_id": MODEL, "dag_run_id": dag_run.run_id, "source": best["model_uri"],
-                      "gate_version": str(decision["gate_version"]),
+                      **gate_record,
                       # What drift_check compares new batches with, whichever version is champion.
                       "features_uri": features["artifact_uri"],
                       "validation_uri": features["validation_uri"]})
@@ -303,7 +309,7 @@ with DAG(
                      version, previous)
             record = {"model_uri": model_uri, "source": best["model_uri"], "name": MODEL,
                       "version": version, "previous_champion": previous,
-                      "loss": best["loss"], **metrics}
+                      "loss": best["loss"], **metrics, **gate_record}
             artifacts.write_json(f"{target}/registration.json", record)
             artifacts.write_json(artifacts.deployment_uri("registry", MODEL, "latest.json"), record)
             return record
