@@ -31,7 +31,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit
 
 from ephemeral.errors import EphemeralError
 from ephemeral.settings import get_settings
@@ -64,12 +64,12 @@ def tracking_uri() -> str:
 
 
 def display_uri(uri: str) -> str:
-    """``uri`` with any password replaced by ``***``: the form that may be logged or shown."""
-    parts = _split(uri)
-    if parts is None or parts.password is None:
-        return uri
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    """``uri`` with its user-info (a password, or a token as the user name) and a signed URL's
+    secret parameters (Azure's ``sig``, S3's ``X-Amz-Signature``, ...) replaced by ``***``: the
+    form that may be logged or shown (the project's one rule, ``masked_uri``)."""
+    from ephemeral.specs.pip_credentials import masked_uri
+
+    return masked_uri(uri)
 
 
 def _split(uri: str) -> SplitResult | None:
@@ -413,11 +413,15 @@ def _plain(value: str, field: str) -> None:
 
 
 def _no_password(uri: str, field: str) -> None:
-    parts = _split(uri)
-    if parts is not None and parts.password is not None:
-        raise RegistryError(f"{field} {display_uri(uri)!r} carries a password: give the "
-                            "credentials through the environment its filesystem reads instead "
-                            "(the URI is stored in the registry for everyone to read)")
+    """Refuse a URI with credentials (``credentials_problem``: user-info, a token as the user
+    name, a signed URL's secret parameter): the registry stores it for everyone to read."""
+    from ephemeral.specs.pip_credentials import credentials_problem
+
+    problem = credentials_problem(uri, "give the credentials through the environment its "
+                                       "filesystem reads instead (the URI is stored in the "
+                                       "registry for everyone to read)")
+    if problem is not None:
+        raise RegistryError(f"{field}: {problem}")
 
 
 def _secrets() -> list[str]:

@@ -117,3 +117,25 @@ def test_the_reference_dag_passes_event_uris_as_one_word_each() -> None:
         assert isinstance(template, list), task_id
         words = shlex.split(_render(td.dag, template, ti))
         assert words[words.index("--data-uri") + 1] == EVIL
+
+
+def test_drift_checks_batch_uri_param_is_judged_like_an_event(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The form's batch_uri becomes the DRIFT event's features_uri: a signed URL (or one outside
+    the artifact root) fails the check before it is read, logged or pushed, secret masked."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from ephemeral import registry
+
+    dc = dag_file_module("drift_check", "injection_drift_check")
+    monkeypatch.setattr(registry, "champion_tags", lambda name: {})
+    model = types.SimpleNamespace(extra={"features_uri": "file:///ref"},
+                                  timestamp=datetime.now(UTC))
+    measure = dc.dag.get_task("measure").python_callable
+    for bad, rule in [("https://acct.blob.core.windows.net/c/b?sv=1&sig=SECRETSIG", "credentials"),
+                      ("file:///elsewhere/batch", "not under the artifact root")]:
+        with pytest.raises(AirflowFailException, match=f"batch_uri: .*{rule}") as err:
+            measure(params={"batch_uri": bad, "config": None},
+                    inlet_events={assets.MODEL: [model], assets.DRIFT: []},
+                    dag_run=types.SimpleNamespace(run_id="r"))
+        assert "SECRETSIG" not in str(err.value)

@@ -52,7 +52,7 @@ def test_the_store_is_embedded_under_ephemeral_home_unless_a_server_is_named(
     assert registry.tracking_uri() == f"sqlite:///{ephemeral_home}/mlflow/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://ci:s3cret@mlflow.example:5000/x")
     assert registry.tracking_uri() == "https://ci:s3cret@mlflow.example:5000/x"
-    assert registry.display_uri(registry.tracking_uri()) == "https://ci:***@mlflow.example:5000/x"
+    assert registry.display_uri(registry.tracking_uri()) == "https://***@mlflow.example:5000/x"
     assert registry.display_uri("s3://bucket/m") == "s3://bucket/m"
 
 
@@ -177,7 +177,7 @@ def test_bad_requests_name_the_model(home: Path) -> None:
 
 def test_secrets_stay_out_of_the_registry(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "tok-123456")
-    with pytest.raises(RegistryError, match=r"carries a password") as caught:
+    with pytest.raises(RegistryError, match=r"has credentials in its URL") as caught:
         registry.register("reg-secret", model_uri="https://u:hunter2@store.example/m")
     assert "hunter2" not in str(caught.value)
     run_id = registry.log_trial(
@@ -188,7 +188,7 @@ def test_secrets_stay_out_of_the_registry(home: Path, monkeypatch: pytest.Monkey
     stored = json.dumps([data.params, data.tags])
     assert "hunter2" not in stored
     assert "tok-123456" not in stored
-    assert data.params["data"] == "postgresql://etl:***@db/features"
+    assert data.params["data"] == "postgresql://***@db/features"
 
 
 def test_an_unreachable_server_is_retryable_and_its_password_stays_out(
@@ -272,3 +272,25 @@ def test_champion_tags_follow_promotions_and_rollbacks(home: Path) -> None:
     assert registry.champion_tags("reg-tags")["features_uri"] == "b"
     registry.rollback("reg-tags")
     assert registry.champion_tags("reg-tags")["features_uri"] == "a"
+
+
+@pytest.mark.parametrize("uri", [
+    "https://ghp_abc123token@files.example/m/model.pt",
+    "https://acct.blob.core.windows.net/c/model.pt?sv=2024&sig=SECRETSIG",
+    "s3://bucket/model.pt?X-Amz-Credential=AKIA/x&X-Amz-Signature=deadbeef",
+])
+def test_a_token_sas_or_presigned_uri_is_refused_and_masked(home: Path, uri: str) -> None:
+    """The registry judges URIs by the project's one rule (credentials_problem / masked_uri),
+    not only a user:password: a token as the user name, Azure's sig=, S3's signature."""
+    for secret in ("ghp_abc123token", "SECRETSIG", "deadbeef"):
+        assert secret not in registry.display_uri(uri)
+    with pytest.raises(RegistryError, match=r"model_uri: .*has credentials in its URL") as err:
+        registry.register("reg-signed", model_uri=uri)
+    assert all(s not in str(err.value) for s in ("ghp_abc123token", "SECRETSIG", "deadbeef"))
+    with pytest.raises(RegistryError, match="artifact_uri"):
+        registry.log_trial(experiment="signed", run_name="t", params={}, metrics={},
+                           artifact_uri=uri)
+    version = registry.register("reg-signed", model_uri="file:///models/ok",
+                                tags={"source": uri})
+    stored = client().get_model_version("reg-signed", version).tags["source"]
+    assert all(s not in stored for s in ("ghp_abc123token", "SECRETSIG", "deadbeef"))
