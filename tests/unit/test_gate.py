@@ -178,3 +178,24 @@ def test_every_threshold_a_run_may_override_is_a_declared_param() -> None:
 
     dag = dag_file_module("train_distributed", "gate_train_distributed").dag
     assert set(Thresholds.model_fields) <= set(dag.params)
+
+
+def test_the_jobs_report_unrounded_numbers_the_gate_can_fail_on() -> None:
+    """One error in 20001 requests, and 15999 right answers of 20000, rounded to 4 places,
+    were 0.0 and 0.8: both passed a gate they fail."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "jobs"))
+    import evaluate
+    import serve_latency
+
+    gate = load_gate("train_distributed")
+    rate = serve_latency.error_rate(1, 20001)
+    assert [c.threshold_name for c in evaluate_gate(gate, {**GOOD, "error_rate": rate})
+            .failed] == ["max_error_rate"]
+    actual = [1] * 10000 + [0] * 10000
+    predicted = [1] * 10000 + [0] * 5999 + [1] * 4001  # 15999 right
+    scores = evaluate.quality(predicted, actual)
+    assert scores["accuracy"] == 15999 / 20000
+    assert [c.threshold_name for c in evaluate_gate(gate, {**GOOD, **scores}).failed] \
+        == ["min_accuracy"]
