@@ -208,7 +208,11 @@ with DAG(
         def pick_best(results: list[dict[str, Any]], params: Any = None,
                       dag_run: Any = None) -> dict[str, Any]:
             from ephemeral import registry
+            from ephemeral.settings import get_settings
 
+            # Scheduled run ids are the same in every deployment sharing the tracking store:
+            # the instance makes the trial's run name this deployment's.
+            instance = get_settings().instance
             # Every trial in the tracking store: its options, metrics and model URI (the
             # mapped results come in map-index order, TRIALS' order). By index: iterating the
             # lazy sequence asks for one past its end, which Airflow logs as an error.
@@ -217,13 +221,13 @@ with DAG(
             for (name, options), r in zip(TRIALS, results, strict=True):
                 out = r["result"]
                 tracked[r["job_id"]] = registry.log_trial(
-                    experiment=MODEL, run_name=f"{dag_run.run_id}/trial-{name}",
+                    experiment=MODEL, run_name=f"{instance}/{dag_run.run_id}/trial-{name}",
                     params={"steps": params["steps"], "rows": params["rows"], **options},
                     metrics={k: v for k, v in out.items() if k in TRIAL_METRICS
                              and isinstance(v, int | float)},
                     artifact_uri=out["artifact_uri"],
                     tags={"dag_id": MODEL, "dag_run_id": dag_run.run_id, "trial": name,
-                          "job_id": r["job_id"]})
+                          "job_id": r["job_id"], "instance": instance})
             best = best_trial(results)
             return {**best, "trials": len(results), "tracking_run_id": tracked[best["job_id"]]}
 

@@ -86,7 +86,10 @@ def log_trial(*, experiment: str, run_name: str, params: Mapping[str, Any],
 
     Idempotent per (experiment, run_name): when a finished run of that name exists (a task
     retry), its id is returned and nothing is logged; an unfinished one (a try that died half
-    way) is deleted and logged afresh."""
+    way) is deleted and logged afresh. Only a run of the same trial is reused or deleted: one
+    of that name with another artifact or other params (another deployment sharing the store,
+    whose scheduled run ids are the same) is refused, naming both; put the deployment's
+    instance in ``run_name``."""
     from mlflow.entities import Metric, Param, RunStatus
 
     _no_password(artifact_uri, "artifact_uri")
@@ -96,6 +99,8 @@ def log_trial(*, experiment: str, run_name: str, params: Mapping[str, Any],
         experiment_id = _experiment_id(client, experiment)
         for run in client.search_runs([experiment_id], f"attributes.run_name = '{run_name}'",
                                       order_by=["attributes.start_time DESC"]):
+            finished = run.info.status == RunStatus.to_string(RunStatus.FINISHED)
+            _same_trial(run, run_name, artifact_uri, params if finished else None)
             if run.info.status == RunStatus.to_string(RunStatus.FINISHED):
                 log.info("trial %s of %s was logged before as run %s", run_name, experiment,
                          run.info.run_id)
@@ -397,6 +402,25 @@ def _history(model: Any) -> list[str]:
         raise RegistryError(f"model {model.name!r}: tag {HISTORY_TAG} is not a JSON list of "
                             f"versions ({raw[:80]!r}); fix or delete the tag") from e
     return [str(v) for v in value]
+
+
+def _same_trial(run: Any, run_name: str, artifact_uri: str,
+                params: Mapping[str, Any] | None) -> None:
+    """Refuse to reuse (or delete) a tracking run of ``run_name`` that logged another trial:
+    another artifact, or (``params`` given: a finished run) other params. A try that died
+    before its params were logged is judged by its artifact tag, set when it was created."""
+    theirs = run.data.tags.get(ARTIFACT_TAG)
+    ours = {k: str(v) for k, v in _scrub(params or {}).items()}
+    differ = [] if params is None else [k for k in sorted(set(ours) | set(run.data.params))
+                                        if ours.get(k) != run.data.params.get(k)]
+    if theirs == artifact_uri and not differ:
+        return
+    what = (f"artifact {display_uri(theirs or '(none)')}, not {display_uri(artifact_uri)}"
+            if theirs != artifact_uri else f"other params ({', '.join(differ)})")
+    raise RegistryError(f"run {run_name!r} ({run.info.run_id}) in the tracking store logged "
+                        f"another trial ({what}): another deployment sharing the store, whose "
+                        "scheduled run ids are the same, or another DAG run of that id; put "
+                        "the deployment's instance in the run name (train_distributed does)")
 
 
 def _set_history(client: MlflowClient, name: str, history: list[str]) -> None:

@@ -94,7 +94,8 @@ def test_a_try_that_died_half_way_is_logged_afresh(home: Path) -> None:
     registry.log_trial(experiment="dying", run_name="t-seed", params={}, metrics={},
                        artifact_uri="file:///models/seed")
     experiment_id = client().get_experiment_by_name("dying").experiment_id
-    dead = client().create_run(experiment_id, run_name="t-dead").info.run_id  # never finished
+    dead = client().create_run(experiment_id, run_name="t-dead",  # never finished
+                               tags={registry.ARTIFACT_TAG: "file:///models/d"}).info.run_id
     run_id = registry.log_trial(experiment="dying", run_name="t-dead", params={},
                                 metrics={"accuracy": 0.5}, artifact_uri="file:///models/d")
     assert run_id != dead
@@ -294,3 +295,34 @@ def test_a_token_sas_or_presigned_uri_is_refused_and_masked(home: Path, uri: str
                                 tags={"source": uri})
     stored = client().get_model_version("reg-signed", version).tags["source"]
     assert all(s not in stored for s in ("ghp_abc123token", "SECRETSIG", "deadbeef"))
+
+
+def test_a_trial_run_of_another_deployment_is_never_reused(home: Path) -> None:
+    """Scheduled run ids are the same in every deployment sharing the tracking store: a run of
+    the same name that logged another artifact (or other params) is refused, not returned."""
+    run = "scheduled__2026-12-01T00:00:00+00:00/trial-lr-0.02"
+    prod = registry.log_trial(experiment="shared", run_name=run, params={"rows": 5000},
+                              metrics={"loss": 0.3},
+                              artifact_uri="file:///root/prod/train_distributed/r/model.pt")
+    with pytest.raises(RegistryError, match=r"another trial .*artifact .*staging"):
+        registry.log_trial(experiment="shared", run_name=run, params={"rows": 5000},
+                           metrics={"loss": 0.9},
+                           artifact_uri="file:///root/staging/train_distributed/r/model.pt")
+    with pytest.raises(RegistryError, match=r"other params \(rows\)"):
+        registry.log_trial(experiment="shared", run_name=run, params={"rows": 900000},
+                           metrics={"loss": 0.9},
+                           artifact_uri="file:///root/prod/train_distributed/r/model.pt")
+    assert registry.log_trial(experiment="shared", run_name=run, params={"rows": 5000},
+                              metrics={"loss": 0.3},
+                              artifact_uri="file:///root/prod/train_distributed/r/model.pt") \
+        == prod  # the same trial's retry
+
+
+def test_train_distributed_names_its_trial_runs_by_instance() -> None:
+    import inspect
+
+    from tests.conftest import dag_file_module
+
+    td = dag_file_module("train_distributed", "registry_train_distributed")
+    source = inspect.getsource(td.dag.get_task("train.pick_best").python_callable)
+    assert 'run_name=f"{instance}/{dag_run.run_id}/trial-{name}"' in source
