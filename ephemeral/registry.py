@@ -13,7 +13,8 @@ pushed (a rollback is not a promotion), so rollbacks never ping-pong.
 
 On a SQLite store (the embedded one) every write holds a file lock, so the trials of one run, the gate and a
 rollback never interleave; against a server, run one promotion or rollback at a time (the DAGs
-have ``max_active_runs=1``).
+have ``max_active_runs=1``): one that finds, after writing, that another interleaved
+(``_claim``/``_confirm``) fails naming the state instead of reporting success.
 
 mlflow is imported lazily: the DAG processor and the CLI must not pay for it.
 """
@@ -45,6 +46,7 @@ CHAMPION = "champion"
 HISTORY_TAG = "ephemeral.champion_history"
 ARTIFACT_TAG = "ephemeral.artifact_uri"
 HISTORY_KEEP = 100  # promotions remembered; a tag value holds at most 5000 characters
+WRITER_TAG = "ephemeral.writer"  # the token of the promotion or rollback writing (_claim)
 SECRET_ENV = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD")
 
 
@@ -149,14 +151,18 @@ def promote(name: str, version: str) -> str | None:
     version = str(version)
     client = _client()
     with _writing(), _mlflow_errors(f"model {name!r}"):
+        token = _claim(client, name)
         model = _model(client, name)
         client.get_model_version(name, version)  # refuses an unknown version by name
         previous = _champion_of(model)
         if previous == version:
             return str(previous)
+        history = _history(model) + ([] if previous is None else [str(previous)])
         if previous is not None:
-            _set_history(client, name, [*_history(model), str(previous)])
+            _set_history(client, name, history)
         client.set_registered_model_alias(name, CHAMPION, version)
+        _confirm(client, name, token, version, history[-HISTORY_KEEP:],
+                 f"promoting version {version} (champion was {previous})")
         client.set_model_version_tag(name, version, "ephemeral.promoted_at", _now())
     log.info("%s: champion %s -> %s", name, previous, version)
     return None if previous is None else str(previous)
@@ -169,6 +175,7 @@ def rollback(name: str) -> tuple[str, str]:
     when there is no champion or nothing to go back to."""
     client = _client()
     with _writing(), _mlflow_errors(f"model {name!r}"):
+        token = _claim(client, name)
         model = _model(client, name)
         current = _champion_of(model)
         if current is None:
@@ -185,6 +192,8 @@ def rollback(name: str) -> tuple[str, str]:
                 "or deleted)")
         client.set_registered_model_alias(name, CHAMPION, target)
         _set_history(client, name, history)
+        _confirm(client, name, token, target, history[-HISTORY_KEEP:],
+                 f"rolling back from version {current} to {target}")
         client.set_model_version_tag(name, str(current), "ephemeral.rolled_back_at", _now())
     log.info("%s: rolled back champion %s -> %s", name, current, target)
     return str(current), target
@@ -421,6 +430,33 @@ def _same_trial(run: Any, run_name: str, artifact_uri: str,
                         f"another trial ({what}): another deployment sharing the store, whose "
                         "scheduled run ids are the same, or another DAG run of that id; put "
                         "the deployment's instance in the run name (train_distributed does)")
+
+
+def _claim(client: MlflowClient, name: str) -> str:
+    """Mark ``name`` as being changed by this call (a fresh token in a tag of the model) before
+    reading its alias and history. A server has no compare-and-set: ``_confirm`` finds out
+    whether another promotion or rollback wrote in between."""
+    import uuid
+
+    token = uuid.uuid4().hex
+    _model(client, name)  # refuses an unknown model by name
+    client.set_registered_model_tag(name, WRITER_TAG, token)
+    return token
+
+
+def _confirm(client: MlflowClient, name: str, token: str, champion: str,
+             history: list[str], doing: str) -> None:
+    """After writing: the alias, the history and the writer's token must still be what this
+    call wrote, else another promotion or rollback interleaved (on a server, where no lock
+    serialises them) and one of them was lost: fail naming the state, which the user checks
+    (``ephemeral model show``) and repairs (promote or roll back again)."""
+    model = _model(client, name)
+    now = (model.tags.get(WRITER_TAG), _champion_of(model), _history(model))
+    if now != (token, champion, history):
+        raise RegistryError(
+            f"model {name!r}: another promotion or rollback changed it while {doing} (champion "
+            f"now {now[1]}, history {now[2]}): one of the two changes may be lost; check with "
+            "`ephemeral model show` and promote or roll back again, one at a time")
 
 
 def _set_history(client: MlflowClient, name: str, history: list[str]) -> None:

@@ -326,3 +326,36 @@ def test_train_distributed_names_its_trial_runs_by_instance() -> None:
     td = dag_file_module("train_distributed", "registry_train_distributed")
     source = inspect.getsource(td.dag.get_task("train.pick_best").python_callable)
     assert 'run_name=f"{instance}/{dag_run.run_id}/trial-{name}"' in source
+
+
+def test_a_rollback_interleaved_with_a_promotion_fails_instead_of_losing_it(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a server no lock serialises writers (simulated: _writing does nothing): a promotion
+    landing between a rollback's read and its write was silently undone, both reporting
+    success. The rollback now finds another writer's token after writing and fails."""
+    import contextlib
+
+    name = "reg-race"
+    v1, v2 = two_versions(name)
+    v3 = registry.register(name, model_uri=f"file:///models/{name}/3")
+    registry.promote(name, v1)
+    registry.promote(name, v2)
+    monkeypatch.setattr(registry, "_writing", contextlib.nullcontext)
+    shared = registry._client()
+    write = shared.set_registered_model_alias
+    interleaved = []
+
+    def slow_write(model: str, alias: str, version: str) -> None:
+        if not interleaved:  # the rollback's write; the training run's gate passes meanwhile
+            interleaved.append("promoting")
+            interleaved.append(registry.promote(name, v3))
+        write(model, alias, version)
+
+    monkeypatch.setattr(shared, "set_registered_model_alias", slow_write)
+    with pytest.raises(RegistryError, match="another promotion or rollback changed it while "
+                                            "rolling back"):
+        registry.rollback(name)
+    assert interleaved == ["promoting", v2]  # the promotion confirmed its own write
+    monkeypatch.setattr(shared, "set_registered_model_alias", write)
+    registry.promote(name, v3)  # repaired, one at a time
+    assert registry.champion(name) == v3
