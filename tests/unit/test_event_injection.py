@@ -139,3 +139,12 @@ def test_drift_checks_batch_uri_param_is_judged_like_an_event(
                     inlet_events={assets.MODEL: [model], assets.DRIFT: []},
                     dag_run=types.SimpleNamespace(run_id="r"))
         assert "SECRETSIG" not in str(err.value)
+
+
+def test_lineage_reads_an_argv_entrypoint() -> None:
+    """A deferred task resumes in a fresh operator whose entrypoint is the rendered list."""
+    from ephemeral.airflow.operators import RayJobOperator
+
+    op = RayJobOperator(task_id="t", cluster={}, entrypoint=["python", "evaluate.py",
+                                                             "--data-uri", "file:///a b/v"])
+    assert op.lineage_arguments() == ["python", "evaluate.py", "--data-uri", "file:///a b/v"]
