@@ -148,3 +148,20 @@ def test_lineage_reads_an_argv_entrypoint() -> None:
     op = RayJobOperator(task_id="t", cluster={}, entrypoint=["python", "evaluate.py",
                                                              "--data-uri", "file:///a b/v"])
     assert op.lineage_arguments() == ["python", "evaluate.py", "--data-uri", "file:///a b/v"]
+
+
+def test_choose_features_fails_a_bad_event_without_retry() -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    td = dag_file_module("train_distributed", "choose_train_distributed")
+    train, validation = published()
+    pushed: list[Any] = []
+    ti = types.SimpleNamespace(xcom_push=lambda key, value: pushed.append(value))
+    choose = td.dag.get_task("choose_features").python_callable
+    with pytest.raises(AirflowFailException, match=r"feature_drift event .*not under the "
+                                                   r"artifact root"):
+        choose(triggering_asset_events={assets.DRIFT: [event(EVIL, validation)]}, ti=ti)
+    assert pushed == []
+    assert choose(triggering_asset_events={assets.FEATURES: [event(train, validation)]},
+                  ti=ti) == ["train.create_ray"]
+    assert pushed[0]["artifact_uri"] == train
