@@ -62,9 +62,11 @@ with DAG(
         from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
         from ephemeral import drift as drift_check
+        from ephemeral.assets import artifact_uri_problem
         from ephemeral.drift import DriftConfigError, DriftInputError, compare, load_config
         from ephemeral.jobs import artifacts
         from ephemeral.registry import champion_tags
+        from ephemeral.specs.pip_credentials import masked_uri
 
         try:  # a bad file fails here, naming the field; no retry would fix it
             config = load_config(params.get("config"))
@@ -82,8 +84,13 @@ with DAG(
         if not reference:
             raise AirflowSkipException(f"the newest registered_model event ({model.timestamp}) "
                                        "does not say which features it was trained on")
+        # A form's batch_uri becomes a DRIFT event's features_uri: the events' rule (under the
+        # artifact root, no credentials, exists), before it is read, logged or pushed.
+        if (given := params.get("batch_uri")) is not None and (
+                problem := artifact_uri_problem(given)) is not None:
+            raise AirflowFailException(f"param batch_uri: {problem}")
         try:
-            batch = drift_check.batch_splits(params.get("batch_uri"))
+            batch = drift_check.batch_splits(given)
             if batch is None:
                 raise AirflowSkipException(f"no batch under {artifacts.run_uri('batches')}: "
                                            "nothing new to check")
@@ -102,7 +109,7 @@ with DAG(
                 "why": report["decision"]["why"], "max_psi": report["max_psi"],
                 "max_feature": report["max_feature"], "threshold": report["threshold"],
                 "features_uri": batch["train"], "validation_uri": batch["validation"],
-                "reference_uri": reference}
+                "reference_uri": masked_uri(reference)}
 
     @task.short_circuit
     def drifted(summary: dict[str, Any]) -> bool:

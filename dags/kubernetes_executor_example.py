@@ -92,8 +92,10 @@ with DAG(
         execution_timeout=timedelta(minutes=30), **pod)
     train = RayJobOperator(
         task_id="train", cluster=create.output, working_dir=JOBS,
-        entrypoint="python train_ddp.py --run {{ run_folder(dag.dag_id, run_id) }} --num-workers {{ params.workers }} "
-                   "--gpus-per-worker {{ 0 if params.profile == 'ci-cpu' else 1 }}",
+        # argv: the params' values are quoted words, never shell text.
+        entrypoint=["python", "train_ddp.py", "--run", "{{ run_folder(dag.dag_id, run_id) }}",
+                    "--num-workers", "{{ params.workers }}",
+                    "--gpus-per-worker", "{{ 0 if params.profile == 'ci-cpu' else 1 }}"],
         execution_timeout=timedelta(hours=6), **pod)
     delete = DeleteClusterOperator(
         task_id="delete_ray", setup_task_id="create_ray", cluster=create.output,

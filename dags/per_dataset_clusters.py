@@ -41,9 +41,10 @@ with DAG(
         return list((params or {})["datasets"])
 
     @task
-    def entrypoint(dataset: str, dag: Any = None, run_id: str | None = None) -> str:
-        return (f"python train_ddp.py --run {run_folder(dag.dag_id, str(run_id))}/{dataset} "
-                "--num-workers 1 --steps 100 --checkpoint-every 1000")
+    def entrypoint(dataset: str, dag: Any = None, run_id: str | None = None) -> list[str]:
+        # argv: the dataset (a param) is one quoted word, never shell text.
+        return ["python", "train_ddp.py", "--run", f"{run_folder(dag.dag_id, str(run_id))}/{dataset}",
+                "--num-workers", "1", "--steps", "100", "--checkpoint-every", "1000"]
 
     @task
     def trained(result: dict) -> dict:  # type: ignore[type-arg]

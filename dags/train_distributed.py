@@ -51,9 +51,9 @@ from ephemeral.airflow.operators import (
 from ephemeral.airflow.spark_submit import EphemeralSparkSubmitOperator
 from ephemeral.gate import Thresholds, load_gate
 from ephemeral.jobs.artifacts import run_folder
-from ephemeral.jobs.scaling import ddp_args
+from ephemeral.jobs.scaling import FLAGS, ddp_args, ddp_value
 from ephemeral.notify import failure_callbacks
-from ephemeral.trials import best_trial, gpu_pool, load_trials, trial_flags
+from ephemeral.trials import best_trial, gpu_pool, load_trials, trial_argv
 
 JOBS = str(Path(__file__).resolve().parent.parent / "jobs")
 # This deployment's, DAG's and run's folder (artifacts.run_folder): unique per run, the same
@@ -63,8 +63,10 @@ RUN = "{{ run_folder(dag.dag_id, run_id) }}"
 FEATURES = "{{ training_features(ti)['artifact_uri'] }}"
 VALIDATION = "{{ training_features(ti)['validation_uri'] }}"
 # Workers, GPUs and CPUs per worker from the cluster the trials run on: NCCL on GPUs, gloo on
-# ci-cpu, with no edit here.
-SCALING = "{{ ddp_args(ti.xcom_pull(task_ids='train.create_ray')) }}"
+# ci-cpu, with no edit here. Entrypoints are argv lists: each element one quoted word, so a URI
+# from an Asset event or XCom never reaches the cluster's shell as a command.
+SCALING = [word for flag in FLAGS for word in (
+    flag, f"{{{{ ddp_value(ti.xcom_pull(task_ids='train.create_ray'), '{flag}') }}}}")]
 TRIALS = load_trials("train_distributed")  # one versioned JSON file per trial
 TRIAL_METRICS = ("loss", "first_loss", "accuracy", "throughput_samples_per_s", "world_size")
 GATE_METRICS = ("accuracy", "f1", "p50_ms", "p95_ms", "p99_ms", "throughput_rps", "error_rate")
@@ -84,7 +86,8 @@ def best_trial_of(ti: Any) -> dict[str, Any]:
 
 
 def gate_overrides(params: Any) -> dict[str, Any]:
-    """The thresholds this run's params set (an ad-hoc run's override of the gate file)."""
+    """The thresholds this run's params set (an ad-hoc run's override of the gate file; each
+    threshold is a declared param, and with_overrides lets one only tighten the file's)."""
     return {k: (params or {}).get(k) for k in Thresholds.model_fields}
 
 
@@ -122,7 +125,8 @@ with DAG(
     max_active_runs=1,
     default_args={"retries": 1, "retry_delay": timedelta(seconds=10),
                   "execution_timeout": timedelta(hours=2), "on_failure_callback": NOTIFY},
-    user_defined_macros={"ddp_args": ddp_args, "training_features": assets.training_features,
+    user_defined_macros={"ddp_args": ddp_args, "ddp_value": ddp_value,
+                         "training_features": assets.training_features,
                          "best_trial_of": best_trial_of, "run_folder": run_folder},
     params={
         "profile": Param("ci-cpu", type=["null", "string"], enum=[None, "ci-cpu"],
@@ -137,6 +141,7 @@ with DAG(
         "max_p95_ms": Param(None, type=["null", "number"], exclusiveMinimum=0),
         "max_p99_ms": Param(None, type=["null", "number"], exclusiveMinimum=0),
         "min_throughput_rps": Param(None, type=["null", "number"], minimum=0),
+        "max_error_rate": Param(None, type=["null", "number"], minimum=0, maximum=1),
     },
     tags=["ephemeral", "reference"],
 ) as dag:
@@ -144,7 +149,12 @@ with DAG(
     def choose_features(triggering_asset_events: Any = None, ti: Any = None) -> list[str]:
         """The ETL for a timetable or manual run; for an Asset-triggered run, the newest
         event's features (pushed for training_features) and no ETL, no Spark cluster."""
-        event = assets.newest_training_event(triggering_asset_events)
+        from airflow.sdk.exceptions import AirflowFailException
+
+        try:  # a bad event fails the same on a retry
+            event = assets.newest_training_event(triggering_asset_events)
+        except assets.AssetEventError as err:
+            raise AirflowFailException(str(err)) from None
         if event is None:
             return ["etl.create_spark", "train.create_ray"]
         log.info("training on the features of the %s event of %s: %s", event["asset"],
@@ -182,8 +192,9 @@ with DAG(
             inlets=[assets.RUN_FEATURES, assets.FEATURES, assets.DRIFT],
             outlets=[assets.MODEL_CANDIDATE], post_execute=assets.publish_candidate,
         ).expand(entrypoint=[
-            f"python train_ddp.py --run {RUN}/trial-{name} --steps {{{{ params.steps }}}}"
-            f" --checkpoint-every 100 {trial_flags(options)} --data-uri {FEATURES} {SCALING}"
+            ["python", "train_ddp.py", "--run", f"{RUN}/trial-{name}",
+             "--steps", "{{ params.steps }}", "--checkpoint-every", "100", *trial_argv(options),
+             "--data-uri", FEATURES, *SCALING]
             for name, options in TRIALS])
 
         @task
@@ -197,7 +208,11 @@ with DAG(
         def pick_best(results: list[dict[str, Any]], params: Any = None,
                       dag_run: Any = None) -> dict[str, Any]:
             from ephemeral import registry
+            from ephemeral.settings import get_settings
 
+            # Scheduled run ids are the same in every deployment sharing the tracking store:
+            # the instance makes the trial's run name this deployment's.
+            instance = get_settings().instance
             # Every trial in the tracking store: its options, metrics and model URI (the
             # mapped results come in map-index order, TRIALS' order). By index: iterating the
             # lazy sequence asks for one past its end, which Airflow logs as an error.
@@ -206,27 +221,29 @@ with DAG(
             for (name, options), r in zip(TRIALS, results, strict=True):
                 out = r["result"]
                 tracked[r["job_id"]] = registry.log_trial(
-                    experiment=MODEL, run_name=f"{dag_run.run_id}/trial-{name}",
+                    experiment=MODEL, run_name=f"{instance}/{dag_run.run_id}/trial-{name}",
                     params={"steps": params["steps"], "rows": params["rows"], **options},
                     metrics={k: v for k, v in out.items() if k in TRIAL_METRICS
                              and isinstance(v, int | float)},
                     artifact_uri=out["artifact_uri"],
                     tags={"dag_id": MODEL, "dag_run_id": dag_run.run_id, "trial": name,
-                          "job_id": r["job_id"]})
+                          "job_id": r["job_id"], "instance": instance})
             best = best_trial(results)
             return {**best, "trials": len(results), "tracking_run_id": tracked[best["job_id"]]}
 
         best = pick_best(trials.output)
         evaluate = RayJobOperator(
             task_id="evaluate", cluster=create_ray.output, working_dir=JOBS,
-            entrypoint=f"python evaluate.py --model-uri {MODEL_URI} --data-uri {VALIDATION}")
+            entrypoint=["python", "evaluate.py", "--model-uri", MODEL_URI,
+                        "--data-uri", VALIDATION])
         # Latency where the model would run: served by Ray Serve on this cluster, under the
         # gate file's bounded load; the job shuts Serve down before the teardown.
         serve_latency = RayJobOperator(
             task_id="serve_latency", cluster=create_ray.output, working_dir=JOBS,
-            entrypoint=f"python serve_latency.py --model-uri {MODEL_URI} --data-uri {VALIDATION}"
-                       f" --requests {GATE.load.requests} --concurrency {GATE.load.concurrency}"
-                       f" --warmup {GATE.load.warmup}",
+            entrypoint=["python", "serve_latency.py", "--model-uri", MODEL_URI,
+                        "--data-uri", VALIDATION, "--requests", str(GATE.load.requests),
+                        "--concurrency", str(GATE.load.concurrency),
+                        "--warmup", str(GATE.load.warmup)],
             delete_cluster_on_success=True)  # the cluster's last job
         delete_ray = DeleteClusterOperator(task_id="delete_ray", setup_task_id="train.create_ray",
                                            cluster=create_ray.output)
@@ -266,9 +283,13 @@ with DAG(
                            latency: dict[str, Any], dag_run: Any = None,
                            ti: Any = None) -> dict[str, Any]:
             from ephemeral import registry
+            from ephemeral.gate import GateDecision
             from ephemeral.jobs import artifacts
 
-            decision = ti.xcom_pull(task_ids="deploy.gate", key="decision")
+            # The effective thresholds, the run's overrides and every check, on the version,
+            # in registration.json and in the model event: an override is never silent.
+            gate_record = GateDecision.model_validate(
+                ti.xcom_pull(task_ids="deploy.gate", key="decision")).record()
             features = assets.training_features(ti)
             # The registered version's source: a copy of the model under registry/, which
             # outlives the run's own artifacts; this deployment's and this run's, so no other
@@ -283,7 +304,7 @@ with DAG(
                 MODEL, model_uri=model_uri, run_id=best.get("tracking_run_id"),
                 metrics={**metrics, "loss": float(best["loss"])},
                 tags={"dag_id": MODEL, "dag_run_id": dag_run.run_id, "source": best["model_uri"],
-                      "gate_version": str(decision["gate_version"]),
+                      **gate_record,
                       # What drift_check compares new batches with, whichever version is champion.
                       "features_uri": features["artifact_uri"],
                       "validation_uri": features["validation_uri"]})
@@ -292,7 +313,7 @@ with DAG(
                      version, previous)
             record = {"model_uri": model_uri, "source": best["model_uri"], "name": MODEL,
                       "version": version, "previous_champion": previous,
-                      "loss": best["loss"], **metrics}
+                      "loss": best["loss"], **metrics, **gate_record}
             artifacts.write_json(f"{target}/registration.json", record)
             artifacts.write_json(artifacts.deployment_uri("registry", MODEL, "latest.json"), record)
             return record

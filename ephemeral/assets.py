@@ -48,7 +48,42 @@ EVENT_KEYS = ("features_uri", "validation_uri")
 
 
 class AssetEventError(ValueError):
-    """An Asset event lacks what its consumer needs."""
+    """An Asset event lacks what its consumer needs, or carries what it must not (its consumer
+    fails without a retry: the same event fails the same)."""
+
+
+def artifact_uri_problem(uri: Any) -> str | None:
+    """Why ``uri``, read from an Asset event (anyone with the REST API can post one) or a
+    form, is refused as data to train or check on, or None: it must be a URI with the artifact
+    root's scheme and location, below the root (no ``..``), with no credentials
+    (``credentials_problem``), naming an artifact that exists. Checked where it is read,
+    before any cluster exists."""
+    from urllib.parse import urlsplit
+
+    from ephemeral.jobs import artifacts
+    from ephemeral.specs.pip_credentials import credentials_problem, masked_uri
+
+    if not isinstance(uri, str) or not uri:
+        return f"{uri!r} is not a URI"
+    if (problem := credentials_problem(uri, "publish artifacts under the artifact root, whose "
+                                            "store's credentials come from the environment")):
+        return problem
+    root = artifacts.root().rstrip("/")
+    given, base = urlsplit(uri), urlsplit(root)
+    segments = given.path.split("/")
+    if (given.scheme, given.netloc) != (base.scheme, base.netloc) or given.query \
+            or given.fragment or ".." in segments or "." in segments \
+            or not given.path.startswith(base.path.rstrip("/") + "/"):
+        return (f"{masked_uri(uri)!r} is not under the artifact root {masked_uri(root)!r}: "
+                "training data must be an artifact of this deployment's store (the feature "
+                "ETL's or a batch's output), with the root's scheme and no '..'")
+    try:
+        found = artifacts.exists(uri)
+    except Exception as exc:  # noqa: BLE001 - a bad URI's error is the refusal's reason
+        return f"{masked_uri(uri)!r} cannot be read ({type(exc).__name__}: {exc})"
+    if not found:
+        return f"{masked_uri(uri)!r} does not exist: the event names no artifact"
+    return None
 
 
 def features_extra(result: Mapping[str, Any], **more: Any) -> dict[str, Any]:
@@ -72,7 +107,8 @@ def publish_features(asset: Asset) -> Any:
 def newest_training_event(triggering_asset_events: Any) -> dict[str, Any] | None:
     """The features a run triggered by Asset events trains on: those of the newest event of
     FEATURES or DRIFT (a run consumes every event queued since the previous one: training once
-    on the newest is what a GPU budget wants). None for a run not triggered by those Assets."""
+    on the newest is what a GPU budget wants). None for a run not triggered by those Assets.
+    Its URIs are checked here (``artifact_uri_problem``), before any cluster exists."""
     events: list[Any] = []
     for asset in TRAINING_TRIGGERS:
         try:
@@ -89,6 +125,11 @@ def newest_training_event(triggering_asset_events: Any) -> dict[str, Any] | None
             f"the {asset.name} event of {event.source_dag_id}/{event.source_run_id} has no "
             f"{', '.join(missing)} in its extra: the emitting task must set them "
             "(ephemeral.assets.features_extra)")
+    for key in EVENT_KEYS:
+        if (problem := artifact_uri_problem(extra[key])) is not None:
+            raise AssetEventError(f"the {asset.name} event of {event.source_dag_id}/"
+                                  f"{event.source_run_id} ({event.timestamp.isoformat()}) is "
+                                  f"refused: its extra's {key}: {problem}")
     return {"artifact_uri": extra["features_uri"], "validation_uri": extra["validation_uri"],
             "asset": asset.name, "event_source": f"{event.source_dag_id}/{event.source_run_id}",
             "event_timestamp": event.timestamp.isoformat()}

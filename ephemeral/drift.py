@@ -3,8 +3,12 @@ the features the current model was trained on, and its versioned configuration.
 
 PSI over k bins: ``sum((a_i - e_i) * ln(a_i / e_i))``, where ``e_i`` is the share of the
 reference (training) rows in bin i and ``a_i`` that of the batch. The bins are the reference's
-quantiles, so each holds ~1/k of the training rows; a share of zero is floored at ``EPSILON`` so
-an empty bin counts as a large, finite shift. Rule of thumb: < 0.1 stable, 0.1-0.25 moderate,
+quantiles (of its finite values), so each holds ~1/k of the training rows, plus one last bin
+for the values that are null, NaN or infinite: a column whose null rate changes (an upstream
+join broke) drifts like one whose values moved. A share of zero is floored at ``EPSILON`` so
+an empty bin counts as a large, finite shift. A feature with fewer than ``min_rows`` finite
+values in the batch is judged on its null rate only (its value bins merged): a distribution of
+3 values is noise. Rule of thumb: < 0.1 stable, 0.1-0.25 moderate,
 > 0.25 a real shift.
 
 It runs in the Airflow task, streaming the Parquet files with pyarrow (bounded memory: one
@@ -142,15 +146,28 @@ def dataset_bytes(dataset: Any) -> int:
 def _columns(reference: Any, batch: Any, config: DriftConfig) -> list[str]:
     import pyarrow.types as pat
 
-    numeric = [f.name for f in reference.schema
-               if (pat.is_floating(f.type) or pat.is_integer(f.type)) and f.name != LABEL]
+    def is_numeric(field: Any) -> bool:
+        return bool(pat.is_floating(field.type) or pat.is_integer(field.type))
+
+    numeric = [f.name for f in reference.schema if is_numeric(f) and f.name != LABEL]
     columns = config.features or numeric
+    if not columns:
+        raise DriftInputError(
+            f"the reference has no numeric column but {LABEL!r} (its columns: "
+            f"{reference.schema.names}): PSI compares numeric features; name them in the "
+            "drift configuration's features: field")
     missing_ref = [c for c in columns if c not in reference.schema.names]
     missing_batch = [c for c in columns if c not in batch.schema.names]
     if missing_ref or missing_batch:
         raise DriftInputError(
             f"columns to compare are missing: reference {missing_ref}, batch {missing_batch} "
             "(the drift configuration's features: field names the compared columns)")
+    not_numeric = [f"{side} {c} ({data.schema.field(c).type})" for side, data in
+                   (("reference", reference), ("batch", batch)) for c in columns
+                   if not is_numeric(data.schema.field(c))]
+    if not_numeric:
+        raise DriftInputError(f"columns to compare are not numeric: {', '.join(not_numeric)}; "
+                              "PSI compares numbers (the feature ETL writes floats)")
     return columns
 
 
@@ -166,24 +183,26 @@ def _edges(reference: Any, columns: list[str], rows: int, config: DriftConfig) -
     edges = {}
     for c in columns:
         values = sample.column(c).to_numpy(zero_copy_only=False).astype("float64")
-        values = values[~np.isnan(values)]
+        values = values[np.isfinite(values)]  # an infinity would make NaN edges
         edges[c] = np.unique(np.quantile(values, inner)) if values.size else np.array([])
     return edges
 
 
 def _histograms(dataset: Any, edges: dict[str, Any]) -> tuple[dict[str, list[int]], int]:
-    """Bin counts of every column, one record batch at a time (NaN and null are not counted)."""
+    """Bin counts of every column, one record batch at a time; the last bin counts the values
+    that are null, NaN or infinite."""
     import numpy as np
 
-    counts = {c: np.zeros(len(e) + 1, dtype="int64") for c, e in edges.items()}
+    counts = {c: np.zeros(len(e) + 2, dtype="int64") for c, e in edges.items()}
     rows = 0
     for record_batch in dataset.to_batches(columns=list(edges)):
         rows += record_batch.num_rows
         for c, e in edges.items():
             values = record_batch.column(c).to_numpy(zero_copy_only=False).astype("float64")
-            values = values[~np.isnan(values)]
-            counts[c] += np.bincount(np.searchsorted(e, values, side="right"),
-                                     minlength=len(e) + 1)
+            finite = np.isfinite(values)  # a null is NaN here
+            counts[c][:-1] += np.bincount(np.searchsorted(e, values[finite], side="right"),
+                                          minlength=len(e) + 1)
+            counts[c][-1] += int(values.size - finite.sum())
     return {c: [int(n) for n in v] for c, v in counts.items()}, rows
 
 
@@ -215,12 +234,19 @@ def compare(reference_uri: str, batch_uri: str, config: DriftConfig) -> dict[str
         return report
     for c in columns:
         for side, counts in (("reference", expected[c]), ("batch", actual[c])):
-            if not sum(counts):  # every value null (or NaN): nothing to compare
+            if not sum(counts[:-1]):  # every value null (or NaN): a broken pipeline
                 raise DriftInputError(f"feature {c!r} has no values in the {side}: a column "
                                       "that is all null cannot be checked for drift")
-        report["features"][c] = {"psi": round(psi(expected[c], actual[c]), 6),
+        # Too few values to judge their distribution: the null rate alone.
+        values_judged = sum(actual[c][:-1]) >= config.min_rows
+        e_bins, a_bins = ((expected[c], actual[c]) if values_judged else
+                          ([sum(expected[c][:-1]), expected[c][-1]],
+                           [sum(actual[c][:-1]), actual[c][-1]]))
+        report["features"][c] = {"psi": round(psi(e_bins, a_bins), 6),
                                  "edges": [round(float(x), 6) for x in edges[c]],
-                                 "expected": expected[c], "actual": actual[c]}
+                                 "expected": expected[c], "actual": actual[c],
+                                 "last_bin": "null, NaN or infinite",
+                                 "values_judged": values_judged}
     by_psi = {c: f["psi"] for c, f in report["features"].items()}
     worst = max(by_psi, key=lambda c: by_psi[c])
     drifted = sorted(c for c, v in by_psi.items() if v > config.psi_threshold)

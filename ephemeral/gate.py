@@ -20,13 +20,20 @@ from the checkout::
 
 Each ``min_<metric>``/``max_<metric>`` threshold checks the measured ``<metric>``. A file that
 does not parse, misses a threshold or names an unknown one fails the DAG's import naming the
-file and the field. A run may override a threshold (DAG params): the overrides are validated
-the same way, and recorded in the decision.
+file and the field. A run may override a threshold (DAG params): an override is a finite number
+(not a bool nor a string), validated like the file's, and may only tighten the file's threshold
+(raise a ``min_``, lower a ``max_``) unless the file says ``allow_loosening: true``. The decision
+records the effective thresholds, the overrides and every check (``GateDecision.record``: what
+the registration's tags, registration.json and the model event carry).
+
+A measured value must be a finite number: a bool, a string or NaN fails its check.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -51,6 +58,8 @@ class _Strict(BaseModel):
 
 
 class Thresholds(_Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
     min_accuracy: float = Field(ge=0, le=1)
     min_f1: float = Field(ge=0, le=1)
     max_p50_ms: float = Field(gt=0)
@@ -81,6 +90,9 @@ class Gate(_Strict):
     description: str = ""
     thresholds: Thresholds
     load: Load = Load()
+    # Whether a run's override may loosen a threshold: off unless the file says so, so a form
+    # cannot switch the gate off (min_accuracy 0, max_p99_ms 1e308).
+    allow_loosening: bool = False
     source: str = Field(default="", exclude=True)
     overrides: dict[str, float] = Field(default_factory=dict)
 
@@ -92,10 +104,12 @@ class Check(_Strict):
     threshold: float
     measured: float | None
     passed: bool
+    problem: str = ""  # why a measured value was not taken (a bool, a string, NaN)
 
     def line(self) -> str:
         op = ">=" if self.kind == "min" else "<="
-        shown = "not measured" if self.measured is None else f"{self.measured:g}"
+        shown = self.problem or ("not measured" if self.measured is None
+                                 else f"{self.measured:g}")
         verdict = "pass" if self.passed else "FAIL"
         return f"{self.metric} {shown} {op} {self.threshold:g} ({self.threshold_name}): {verdict}"
 
@@ -105,6 +119,16 @@ class GateDecision(_Strict):
     checks: list[Check]
     gate_version: int
     overrides: dict[str, float] = Field(default_factory=dict)
+    thresholds: dict[str, float] = Field(default_factory=dict)  # the effective ones
+
+    def record(self) -> dict[str, str]:
+        """The decision as flat strings: the registered version's tags, and what
+        registration.json and the model event carry (an override is never silent)."""
+        checks = {f"gate_check.{c.threshold_name}": f"{'pass' if c.passed else 'FAIL'}: "
+                  f"{c.line()}" for c in self.checks}
+        return {"gate_version": str(self.gate_version), "gate_passed": str(self.passed).lower(),
+                "gate_overrides": json.dumps(self.overrides, sort_keys=True),
+                "gate_thresholds": json.dumps(self.thresholds, sort_keys=True), **checks}
 
     @property
     def failed(self) -> list[Check]:
@@ -150,7 +174,8 @@ def load_gate(name_or_path: str | Path) -> Gate:
 
 def with_overrides(gate: Gate, overrides: Mapping[str, Any]) -> Gate:
     """``gate`` with the thresholds in ``overrides`` replaced (None values are ignored: a DAG
-    param left empty keeps the file's threshold)."""
+    param left empty keeps the file's threshold). Each must be a finite number that tightens
+    the file's threshold, unless the file allows loosening."""
     given = {k: v for k, v in overrides.items() if v is not None}
     if not given:
         return gate
@@ -158,13 +183,36 @@ def with_overrides(gate: Gate, overrides: Mapping[str, Any]) -> Gate:
     if unknown:
         raise GateError(f"gate overrides: unknown threshold(s) {unknown}; the thresholds are "
                         f"{sorted(Thresholds.model_fields)}")
+    for name, value in given.items():
+        if (problem := number_problem(value)) is not None:
+            raise GateError(f"gate override {name}={value!r}: {problem}; give a number, or "
+                            "leave it empty to keep the file's threshold")
     try:
         thresholds = Thresholds.model_validate({**gate.thresholds.model_dump(), **given})
     except ValidationError as err:
         raise GateError(f"gate overrides {given}: {field_problems(err)}") from err
+    if not gate.allow_loosening:
+        current = gate.thresholds.model_dump()
+        looser = [f"{k}={v!r} (the file's {current[k]!r})" for k, v in given.items()
+                  if (v < current[k] if k.startswith("min_") else v > current[k])]
+        if looser:
+            raise GateError(f"gate overrides loosen {', '.join(looser)}: a run may only tighten "
+                            f"a threshold (raise a min_, lower a max_); change "
+                            f"{gate.source or 'the gate file'} (and its version), or set "
+                            "allow_loosening: true there")
     return gate.model_copy(update={"thresholds": thresholds,
                                    "overrides": {**gate.overrides,
                                                  **{k: float(v) for k, v in given.items()}}})
+
+
+def number_problem(value: Any) -> str | None:
+    """Why ``value`` is no threshold or measured number, or None: an int or a float, finite
+    (a bool is an int to Python, and ``True`` would gate as 1.0)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"a {type(value).__name__}, not a number"
+    if not math.isfinite(value):
+        return "not a finite number"
+    return None
 
 
 def evaluate_gate(gate: Gate, measured: Mapping[str, Any]) -> GateDecision:
@@ -175,14 +223,17 @@ def evaluate_gate(gate: Gate, measured: Mapping[str, Any]) -> GateDecision:
     for name, threshold in gate.thresholds.model_dump().items():
         kind, _, metric = name.partition("_")
         value = measured.get(metric)
-        number = None if value is None else float(value)
+        problem = None if value is None else number_problem(value)
+        number = None if value is None or problem else float(value)
         passed = number is not None and (number >= threshold if kind == "min"
                                          else number <= threshold)
         check = Check(threshold_name=name, metric=metric, kind=kind, threshold=threshold,
-                      measured=number, passed=passed)
+                      measured=number, passed=passed,
+                      problem=f"{value!r} ({problem})" if problem else "")
         (log.info if passed else log.warning)("gate check %s", check.line())
         checks.append(check)
     decision = GateDecision(passed=all(c.passed for c in checks), checks=checks,
-                            gate_version=gate.version, overrides=gate.overrides)
+                            gate_version=gate.version, overrides=gate.overrides,
+                            thresholds=gate.thresholds.model_dump())
     (log.info if decision.passed else log.warning)("%s", decision.summary())
     return decision

@@ -13,7 +13,8 @@ pushed (a rollback is not a promotion), so rollbacks never ping-pong.
 
 On a SQLite store (the embedded one) every write holds a file lock, so the trials of one run, the gate and a
 rollback never interleave; against a server, run one promotion or rollback at a time (the DAGs
-have ``max_active_runs=1``).
+have ``max_active_runs=1``): one that finds, after writing, that another interleaved
+(``_claim``/``_confirm``) fails naming the state instead of reporting success.
 
 mlflow is imported lazily: the DAG processor and the CLI must not pay for it.
 """
@@ -31,7 +32,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit
 
 from ephemeral.errors import EphemeralError
 from ephemeral.settings import get_settings
@@ -45,6 +46,7 @@ CHAMPION = "champion"
 HISTORY_TAG = "ephemeral.champion_history"
 ARTIFACT_TAG = "ephemeral.artifact_uri"
 HISTORY_KEEP = 100  # promotions remembered; a tag value holds at most 5000 characters
+WRITER_TAG = "ephemeral.writer"  # the token of the promotion or rollback writing (_claim)
 SECRET_ENV = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD")
 
 
@@ -64,12 +66,12 @@ def tracking_uri() -> str:
 
 
 def display_uri(uri: str) -> str:
-    """``uri`` with any password replaced by ``***``: the form that may be logged or shown."""
-    parts = _split(uri)
-    if parts is None or parts.password is None:
-        return uri
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    """``uri`` with its user-info (a password, or a token as the user name) and a signed URL's
+    secret parameters (Azure's ``sig``, S3's ``X-Amz-Signature``, ...) replaced by ``***``: the
+    form that may be logged or shown (the project's one rule, ``masked_uri``)."""
+    from ephemeral.specs.pip_credentials import masked_uri
+
+    return masked_uri(uri)
 
 
 def _split(uri: str) -> SplitResult | None:
@@ -86,7 +88,10 @@ def log_trial(*, experiment: str, run_name: str, params: Mapping[str, Any],
 
     Idempotent per (experiment, run_name): when a finished run of that name exists (a task
     retry), its id is returned and nothing is logged; an unfinished one (a try that died half
-    way) is deleted and logged afresh."""
+    way) is deleted and logged afresh. Only a run of the same trial is reused or deleted: one
+    of that name with another artifact or other params (another deployment sharing the store,
+    whose scheduled run ids are the same) is refused, naming both; put the deployment's
+    instance in ``run_name``."""
     from mlflow.entities import Metric, Param, RunStatus
 
     _no_password(artifact_uri, "artifact_uri")
@@ -96,6 +101,8 @@ def log_trial(*, experiment: str, run_name: str, params: Mapping[str, Any],
         experiment_id = _experiment_id(client, experiment)
         for run in client.search_runs([experiment_id], f"attributes.run_name = '{run_name}'",
                                       order_by=["attributes.start_time DESC"]):
+            finished = run.info.status == RunStatus.to_string(RunStatus.FINISHED)
+            _same_trial(run, run_name, artifact_uri, params if finished else None)
             if run.info.status == RunStatus.to_string(RunStatus.FINISHED):
                 log.info("trial %s of %s was logged before as run %s", run_name, experiment,
                          run.info.run_id)
@@ -144,14 +151,18 @@ def promote(name: str, version: str) -> str | None:
     version = str(version)
     client = _client()
     with _writing(), _mlflow_errors(f"model {name!r}"):
+        token = _claim(client, name)
         model = _model(client, name)
         client.get_model_version(name, version)  # refuses an unknown version by name
         previous = _champion_of(model)
         if previous == version:
             return str(previous)
+        history = _history(model) + ([] if previous is None else [str(previous)])
         if previous is not None:
-            _set_history(client, name, [*_history(model), str(previous)])
+            _set_history(client, name, history)
         client.set_registered_model_alias(name, CHAMPION, version)
+        _confirm(client, name, token, version, history[-HISTORY_KEEP:],
+                 f"promoting version {version} (champion was {previous})")
         client.set_model_version_tag(name, version, "ephemeral.promoted_at", _now())
     log.info("%s: champion %s -> %s", name, previous, version)
     return None if previous is None else str(previous)
@@ -164,6 +175,7 @@ def rollback(name: str) -> tuple[str, str]:
     when there is no champion or nothing to go back to."""
     client = _client()
     with _writing(), _mlflow_errors(f"model {name!r}"):
+        token = _claim(client, name)
         model = _model(client, name)
         current = _champion_of(model)
         if current is None:
@@ -180,6 +192,8 @@ def rollback(name: str) -> tuple[str, str]:
                 "or deleted)")
         client.set_registered_model_alias(name, CHAMPION, target)
         _set_history(client, name, history)
+        _confirm(client, name, token, target, history[-HISTORY_KEEP:],
+                 f"rolling back from version {current} to {target}")
         client.set_model_version_tag(name, str(current), "ephemeral.rolled_back_at", _now())
     log.info("%s: rolled back champion %s -> %s", name, current, target)
     return str(current), target
@@ -399,6 +413,52 @@ def _history(model: Any) -> list[str]:
     return [str(v) for v in value]
 
 
+def _same_trial(run: Any, run_name: str, artifact_uri: str,
+                params: Mapping[str, Any] | None) -> None:
+    """Refuse to reuse (or delete) a tracking run of ``run_name`` that logged another trial:
+    another artifact, or (``params`` given: a finished run) other params. A try that died
+    before its params were logged is judged by its artifact tag, set when it was created."""
+    theirs = run.data.tags.get(ARTIFACT_TAG)
+    ours = {k: str(v) for k, v in _scrub(params or {}).items()}
+    differ = [] if params is None else [k for k in sorted(set(ours) | set(run.data.params))
+                                        if ours.get(k) != run.data.params.get(k)]
+    if theirs == artifact_uri and not differ:
+        return
+    what = (f"artifact {display_uri(theirs or '(none)')}, not {display_uri(artifact_uri)}"
+            if theirs != artifact_uri else f"other params ({', '.join(differ)})")
+    raise RegistryError(f"run {run_name!r} ({run.info.run_id}) in the tracking store logged "
+                        f"another trial ({what}): another deployment sharing the store, whose "
+                        "scheduled run ids are the same, or another DAG run of that id; put "
+                        "the deployment's instance in the run name (train_distributed does)")
+
+
+def _claim(client: MlflowClient, name: str) -> str:
+    """Mark ``name`` as being changed by this call (a fresh token in a tag of the model) before
+    reading its alias and history. A server has no compare-and-set: ``_confirm`` finds out
+    whether another promotion or rollback wrote in between."""
+    import uuid
+
+    token = uuid.uuid4().hex
+    _model(client, name)  # refuses an unknown model by name
+    client.set_registered_model_tag(name, WRITER_TAG, token)
+    return token
+
+
+def _confirm(client: MlflowClient, name: str, token: str, champion: str,
+             history: list[str], doing: str) -> None:
+    """After writing: the alias, the history and the writer's token must still be what this
+    call wrote, else another promotion or rollback interleaved (on a server, where no lock
+    serialises them) and one of them was lost: fail naming the state, which the user checks
+    (``ephemeral model show``) and repairs (promote or roll back again)."""
+    model = _model(client, name)
+    now = (model.tags.get(WRITER_TAG), _champion_of(model), _history(model))
+    if now != (token, champion, history):
+        raise RegistryError(
+            f"model {name!r}: another promotion or rollback changed it while {doing} (champion "
+            f"now {now[1]}, history {now[2]}): one of the two changes may be lost; check with "
+            "`ephemeral model show` and promote or roll back again, one at a time")
+
+
 def _set_history(client: MlflowClient, name: str, history: list[str]) -> None:
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-HISTORY_KEEP:]))
 
@@ -413,11 +473,15 @@ def _plain(value: str, field: str) -> None:
 
 
 def _no_password(uri: str, field: str) -> None:
-    parts = _split(uri)
-    if parts is not None and parts.password is not None:
-        raise RegistryError(f"{field} {display_uri(uri)!r} carries a password: give the "
-                            "credentials through the environment its filesystem reads instead "
-                            "(the URI is stored in the registry for everyone to read)")
+    """Refuse a URI with credentials (``credentials_problem``: user-info, a token as the user
+    name, a signed URL's secret parameter): the registry stores it for everyone to read."""
+    from ephemeral.specs.pip_credentials import credentials_problem
+
+    problem = credentials_problem(uri, "give the credentials through the environment its "
+                                       "filesystem reads instead (the URI is stored in the "
+                                       "registry for everyone to read)")
+    if problem is not None:
+        raise RegistryError(f"{field}: {problem}")
 
 
 def _secrets() -> list[str]:

@@ -95,6 +95,13 @@ def trial_flags(options: dict[str, Any]) -> str:
     return " ".join(f"--{key.replace('_', '-')} {value}" for key, value in sorted(options.items()))
 
 
+def trial_argv(options: dict[str, Any]) -> list[str]:
+    """``["--lr", "0.02", "--hidden", "64"]``: a trial's options as words of an argv
+    entrypoint."""
+    return [w for key, value in sorted(options.items())
+            for w in (f"--{key.replace('_', '-')}", str(value))]
+
+
 def best_trial(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """The trial with the lowest final loss, from the trial tasks' results (``JobResult``
     dicts): the one rule that picks the model the run evaluates, serves and registers.

@@ -119,6 +119,8 @@ class JobLineageMixin:
                 args += shlex.split(entrypoint)
             except ValueError:  # unbalanced quotes: Ray would fail the job anyway
                 args += entrypoint.split()
+        elif isinstance(entrypoint, list | tuple):  # an argv entrypoint (a resumed deferral's)
+            args += [str(a) for a in entrypoint]
         args += [str(a) for a in getattr(self, "application_args", None) or ()]
         return args
 

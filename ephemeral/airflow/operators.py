@@ -700,6 +700,10 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
     """Run ``entrypoint`` as a Ray job on the cluster, wait deferred, stream its logs into the
     task log and push its result (job id, status, the job's own JSON result line).
 
+    ``entrypoint`` is a command line, or an argv list whose elements are templated one by one
+    and quoted (``shlex.join``): the form for any value from XCom, an Asset event or a param,
+    since Ray runs the entrypoint with a shell.
+
     A retry attaches to the job of an earlier try while it runs (job ids are deterministic per
     cluster, task and try) instead of submitting it twice. Killing the task stops the job.
     Every call authenticates with the cluster's token, which the handle's backend and
@@ -719,8 +723,8 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
     operator_extra_links = (RayDashboardLink(),)
     ui_color = "#d6eaf8"
 
-    def __init__(self, *, cluster: Any, entrypoint: str, working_dir: str | None = None,
-                 runtime_env: dict[str, Any] | None = None,
+    def __init__(self, *, cluster: Any, entrypoint: str | Sequence[Any],
+                 working_dir: str | None = None, runtime_env: dict[str, Any] | None = None,
                  job_timeout: float | str | None = None, deferrable: bool | None = None,
                  poll_interval: float | None = None, delete_cluster_on_success: bool = False,
                  backend: str | None = None, conn_id: str | None = None,
@@ -750,9 +754,13 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
         return job_timeout_seconds(self.job_timeout)
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from ephemeral.jobs.runtime_env import check_submitted, job_runtime_env
+        from ephemeral.jobs.runtime_env import check_submitted, command_line, job_runtime_env
 
         check_rendered(self, runtime_env=dict)
+        try:  # an argv list (rendered word by word) becomes one quoted command line
+            self.entrypoint = command_line(self.entrypoint)
+        except JobSubmissionFailed as err:
+            raise AirflowFailException(str(err)) from err
         given = pointer(self.cluster)
         _within_ttl(given, self._timeout)
         if self.delete_cluster_on_success and (

@@ -32,7 +32,8 @@ is its own choice, and nothing ephemeral runs for the cluster reads it from the 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+import shlex
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -176,6 +177,24 @@ def _with_credentials(overlay: Mapping[str, Any], where: str) -> None:
         for path, text in _strings(value, f"runtime_env.{field}"):
             if (problem := credentials_problem(text, CREDENTIALS_FIX)) is not None:
                 raise JobRefused(f"{where}: {path}: {problem}")
+
+
+def command_line(entrypoint: str | Sequence[Any]) -> str:
+    """The shell command Ray runs for ``entrypoint``: a string as it is (its author wrote a
+    command), an argv list quoted word by word (``shlex.join``). Ray's job supervisor runs the
+    entrypoint with a shell, so a value rendered from XCom, an Asset event or a param belongs in
+    an argv element: there ``;``, ``|`` or ``$(`` stay text, never a second command."""
+    if isinstance(entrypoint, str):
+        return entrypoint
+    words: list[str] = []
+    for i, word in enumerate(entrypoint):
+        if isinstance(word, bool) or not isinstance(word, str | int | float):
+            raise JobRefused(f"entrypoint[{i}] is a {type(word).__name__}, not a word: each "
+                             "element of an argv entrypoint renders to one string")
+        words.append(str(word))
+    if not words:
+        raise JobRefused("the entrypoint is an empty argv list: give the command to run")
+    return shlex.join(words)
 
 
 def entrypoint_problem(entrypoint: str, *, one_line: bool = False) -> str | None:

@@ -36,10 +36,13 @@ class Scaling:
     cpus_per_worker: float
 
     def args(self) -> str:
+        return shlex.join(self.argv())
+
+    def argv(self) -> list[str]:
         cpus = int(self.cpus_per_worker) if self.cpus_per_worker.is_integer() \
             else self.cpus_per_worker
-        return (f"--num-workers {self.num_workers} --gpus-per-worker {self.gpus_per_worker} "
-                f"--cpus-per-worker {cpus}")
+        return ["--num-workers", str(self.num_workers), "--gpus-per-worker",
+                str(self.gpus_per_worker), "--cpus-per-worker", str(cpus)]
 
 
 def scaling_of(handle: ClusterHandle | dict[str, Any]) -> Scaling:
@@ -77,6 +80,13 @@ def _cpu_share(cpu: float, gpus: int) -> float:
 def ddp_args(handle: ClusterHandle | dict[str, Any]) -> str:
     """``--num-workers N --gpus-per-worker G --cpus-per-worker C`` for ``handle``'s cluster."""
     return scaling_of(handle).args()
+
+
+def ddp_value(handle: ClusterHandle | dict[str, Any], flag: str) -> str:
+    """The value of one of ``FLAGS`` for ``handle``'s cluster: one word of an argv entrypoint
+    (``RayJobOperator``), where ``ddp_args``' several words would be quoted as one."""
+    argv = scaling_of(handle).argv()
+    return dict(zip(argv[::2], argv[1::2], strict=True))[flag]
 
 
 def with_scaling(entrypoint: str, handle: ClusterHandle | dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ from airflow.sdk import BaseNotifier
 
 from ephemeral.backends.base import Endpoints, make_handle
 from ephemeral.jobs.artifacts import run_slug
+from ephemeral.jobs.runtime_env import command_line
 from ephemeral.report import load_report, report_uri, report_url
 from ephemeral.settings import get_settings
 from ephemeral.specs import ClusterIdentity, resolve
@@ -159,8 +160,10 @@ def test_the_reference_trials_render_gpus_per_worker_from_their_cluster(dagbag: 
     for name, handle in gpu_and_cpu_handles().items():
         features = {"artifact_uri": "file:///f", "validation_uri": "file:///v"}
         ti = _TI({"train.create_ray": handle, "etl.build_features": {"result": features}})
-        rendered[name] = [env.from_string(e).render(ti=ti, dag=dag, run_id=RUN_ID,
-                                                    params={"steps": 10})
+        # argv entrypoints: each word rendered, then quoted into the command Ray runs.
+        rendered[name] = [command_line([env.from_string(w).render(ti=ti, dag=dag, run_id=RUN_ID,
+                                                                  params={"steps": 10})
+                                        for w in e])
                           for e in entrypoints]
     assert all("--num-workers 2 --gpus-per-worker 1 --cpus-per-worker 8" in e
                for e in rendered["gpu"]), rendered["gpu"]

@@ -201,3 +201,73 @@ def test_the_etl_generator_drift_flag_makes_a_batch_the_check_flags(tmp_path: Pa
     drifted = compare(reference, (tmp_path / "drifted" / "features" / "train").as_uri(), CONFIG)
     assert drifted["drift"] is True
     assert drifted["max_psi"] > 0.3
+
+
+def _with_column(folder: Path, rows: int, column: str, values: Any) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({column: values(rows)}), folder / "part-0.parquet")
+    return folder.as_uri()
+
+
+def test_a_null_rate_change_is_drift_and_few_values_judge_the_null_rate_only(
+        tmp_path: Path) -> None:
+    """95% of a feature going null (an upstream join broke) was invisible: nulls were dropped
+    before binning, and 3 values of 5000 rows were judged as a distribution."""
+    import numpy as np
+    import pyarrow as pa
+
+    rng = np.random.default_rng(1)
+    config = DriftConfig(version=1, psi_threshold=0.2, bins=10, features=["x0"], min_rows=500)
+    reference = _with_column(tmp_path / "ref", 5000, "x0", lambda n: rng.normal(size=n))
+
+    def mostly_null(kept: int) -> Any:
+        def values(n: int) -> Any:
+            x = rng.normal(size=n).tolist()
+            return pa.array([v if i < kept else None for i, v in enumerate(x)], pa.float64())
+        return values
+
+    nulls = compare(reference, _with_column(tmp_path / "nulls", 5000, "x0", mostly_null(250)),
+                    config)
+    assert nulls["drifted"] == ["x0"]
+    feature = nulls["features"]["x0"]
+    assert feature["actual"][-1] == 4750  # the null bin
+    assert sum(feature["actual"]) == 5000
+    assert feature["values_judged"] is False  # 250 values < min_rows: the null rate only
+    calm = compare(reference, _with_column(tmp_path / "calm", 5000, "x0",
+                                           lambda n: rng.normal(size=n)), config)
+    assert calm["drift"] is False
+    assert calm["features"]["x0"]["values_judged"] is True
+
+
+def test_infinities_do_not_make_nan_edges(tmp_path: Path) -> None:
+    import json
+
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+
+    def with_inf(n: int) -> Any:
+        x = rng.normal(size=n)
+        x[: n // 2] = np.inf
+        x[n // 2: n // 2 + n // 4] = -np.inf
+        return x
+
+    config = DriftConfig(version=1, psi_threshold=0.2, features=["x0"])
+    report = compare(_with_column(tmp_path / "ref", 5000, "x0", with_inf),
+                     _with_column(tmp_path / "batch", 5000, "x0",
+                                  lambda n: rng.normal(size=n) + 3), config)
+    json.dumps(report, allow_nan=False)  # report.json is strict JSON
+    assert report["drifted"] == ["x0"]
+
+
+def test_non_numeric_datasets_are_a_drift_input_error(tmp_path: Path) -> None:
+    no_numbers = _with_column(tmp_path / "s", 1000, "s", lambda n: ["a"] * n)
+    with pytest.raises(DriftInputError, match="no numeric column"):
+        compare(no_numbers, no_numbers, DriftConfig(version=1, psi_threshold=0.2, min_rows=10))
+    reference = write_features(tmp_path / "ref", 2000)
+    strings = _with_column(tmp_path / "str", 1000, "x0", lambda n: ["1.5"] * n)
+    with pytest.raises(DriftInputError, match=r"not numeric: batch x0 \(string\)"):
+        compare(reference, strings, DriftConfig(version=1, psi_threshold=0.2, features=["x0"]))

@@ -124,3 +124,78 @@ def test_the_binary_f1_of_evaluate_py() -> None:
     # tp=2, fp=1, fn=1: precision 2/3, recall 2/3, F1 2/3.
     assert binary_f1([1, 1, 1, 0, 0], [1, 1, 0, 1, 0]) == pytest.approx((2 / 3, 2 / 3, 2 / 3))
     assert binary_f1([0, 0], [0, 0]) == (0.0, 0.0, 0.0)  # nothing positive: 0, not a crash
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"min_accuracy": 0.5}, r"loosen min_accuracy=0.5 \(the file's 0.8\)"),
+    ({"max_p99_ms": 5000}, "loosen max_p99_ms=5000"),
+    ({"max_error_rate": 1.0}, "loosen max_error_rate=1.0"),
+    ({"min_accuracy": 0, "min_f1": 0, "min_throughput_rps": 0}, "may only tighten"),
+    ({"max_p99_ms": float("inf")}, "not a finite number"),
+    ({"min_accuracy": float("nan")}, "not a finite number"),
+    ({"min_accuracy": True}, "a bool, not a number"),
+    ({"max_p99_ms": "1e308"}, "a str, not a number"),
+])
+def test_an_override_may_only_tighten_and_must_be_a_finite_number(
+        overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(GateError, match=message):
+        with_overrides(load_gate("train_distributed"), overrides)
+
+
+def test_a_gate_file_may_allow_loosening(tmp_path: Path) -> None:
+    text = (Path(load_gate("train_distributed").source).read_text()
+            + "allow_loosening: true\n")
+    (tmp_path / "loose.yaml").write_text(text)
+    gate = with_overrides(load_gate(tmp_path / "loose.yaml"), {"min_accuracy": 0.5})
+    assert gate.thresholds.min_accuracy == 0.5
+
+
+def test_a_measured_bool_string_or_nan_fails_its_check() -> None:
+    gate = load_gate("train_distributed")
+    for value in (True, "0.95", float("nan"), float("inf")):
+        decision = evaluate_gate(gate, {**GOOD, "accuracy": value})
+        assert [c.threshold_name for c in decision.failed] == ["min_accuracy"], value
+        assert decision.failed[0].measured is None  # no NaN in the decision's JSON
+        assert "not a number" in decision.summary() or "not a finite" in decision.summary()
+
+
+def test_the_decision_records_thresholds_overrides_and_every_check() -> None:
+    gate = with_overrides(load_gate("train_distributed"), {"min_accuracy": 0.9})
+    record = evaluate_gate(gate, GOOD).record()
+    assert all(isinstance(v, str) for v in record.values())
+    assert record["gate_overrides"] == '{"min_accuracy": 0.9}'
+    assert '"min_accuracy": 0.9' in record["gate_thresholds"]
+    assert record["gate_passed"] == "true"
+    assert {k.removeprefix("gate_check.") for k in record if k.startswith("gate_check.")} \
+        == set(Thresholds.model_fields)
+    assert record["gate_check.min_accuracy"].startswith("pass: accuracy 0.93 >= 0.9")
+
+
+def test_every_threshold_a_run_may_override_is_a_declared_param() -> None:
+    """An undeclared one (max_error_rate was) reached the gate from a run's conf unchecked by
+    the form's schema."""
+    from tests.conftest import dag_file_module
+
+    dag = dag_file_module("train_distributed", "gate_train_distributed").dag
+    assert set(Thresholds.model_fields) <= set(dag.params)
+
+
+def test_the_jobs_report_unrounded_numbers_the_gate_can_fail_on() -> None:
+    """One error in 20001 requests, and 15999 right answers of 20000, rounded to 4 places,
+    were 0.0 and 0.8: both passed a gate they fail."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "jobs"))
+    import evaluate
+    import serve_latency
+
+    gate = load_gate("train_distributed")
+    rate = serve_latency.error_rate(1, 20001)
+    assert [c.threshold_name for c in evaluate_gate(gate, {**GOOD, "error_rate": rate})
+            .failed] == ["max_error_rate"]
+    actual = [1] * 10000 + [0] * 10000
+    predicted = [1] * 10000 + [0] * 5999 + [1] * 4001  # 15999 right
+    scores = evaluate.quality(predicted, actual)
+    assert scores["accuracy"] == 15999 / 20000
+    assert [c.threshold_name for c in evaluate_gate(gate, {**GOOD, **scores}).failed] \
+        == ["min_accuracy"]

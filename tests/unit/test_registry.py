@@ -52,7 +52,7 @@ def test_the_store_is_embedded_under_ephemeral_home_unless_a_server_is_named(
     assert registry.tracking_uri() == f"sqlite:///{ephemeral_home}/mlflow/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://ci:s3cret@mlflow.example:5000/x")
     assert registry.tracking_uri() == "https://ci:s3cret@mlflow.example:5000/x"
-    assert registry.display_uri(registry.tracking_uri()) == "https://ci:***@mlflow.example:5000/x"
+    assert registry.display_uri(registry.tracking_uri()) == "https://***@mlflow.example:5000/x"
     assert registry.display_uri("s3://bucket/m") == "s3://bucket/m"
 
 
@@ -94,7 +94,8 @@ def test_a_try_that_died_half_way_is_logged_afresh(home: Path) -> None:
     registry.log_trial(experiment="dying", run_name="t-seed", params={}, metrics={},
                        artifact_uri="file:///models/seed")
     experiment_id = client().get_experiment_by_name("dying").experiment_id
-    dead = client().create_run(experiment_id, run_name="t-dead").info.run_id  # never finished
+    dead = client().create_run(experiment_id, run_name="t-dead",  # never finished
+                               tags={registry.ARTIFACT_TAG: "file:///models/d"}).info.run_id
     run_id = registry.log_trial(experiment="dying", run_name="t-dead", params={},
                                 metrics={"accuracy": 0.5}, artifact_uri="file:///models/d")
     assert run_id != dead
@@ -177,7 +178,7 @@ def test_bad_requests_name_the_model(home: Path) -> None:
 
 def test_secrets_stay_out_of_the_registry(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "tok-123456")
-    with pytest.raises(RegistryError, match=r"carries a password") as caught:
+    with pytest.raises(RegistryError, match=r"has credentials in its URL") as caught:
         registry.register("reg-secret", model_uri="https://u:hunter2@store.example/m")
     assert "hunter2" not in str(caught.value)
     run_id = registry.log_trial(
@@ -188,7 +189,7 @@ def test_secrets_stay_out_of_the_registry(home: Path, monkeypatch: pytest.Monkey
     stored = json.dumps([data.params, data.tags])
     assert "hunter2" not in stored
     assert "tok-123456" not in stored
-    assert data.params["data"] == "postgresql://etl:***@db/features"
+    assert data.params["data"] == "postgresql://***@db/features"
 
 
 def test_an_unreachable_server_is_retryable_and_its_password_stays_out(
@@ -272,3 +273,89 @@ def test_champion_tags_follow_promotions_and_rollbacks(home: Path) -> None:
     assert registry.champion_tags("reg-tags")["features_uri"] == "b"
     registry.rollback("reg-tags")
     assert registry.champion_tags("reg-tags")["features_uri"] == "a"
+
+
+@pytest.mark.parametrize("uri", [
+    "https://ghp_abc123token@files.example/m/model.pt",
+    "https://acct.blob.core.windows.net/c/model.pt?sv=2024&sig=SECRETSIG",
+    "s3://bucket/model.pt?X-Amz-Credential=AKIA/x&X-Amz-Signature=deadbeef",
+])
+def test_a_token_sas_or_presigned_uri_is_refused_and_masked(home: Path, uri: str) -> None:
+    """The registry judges URIs by the project's one rule (credentials_problem / masked_uri),
+    not only a user:password: a token as the user name, Azure's sig=, S3's signature."""
+    for secret in ("ghp_abc123token", "SECRETSIG", "deadbeef"):
+        assert secret not in registry.display_uri(uri)
+    with pytest.raises(RegistryError, match=r"model_uri: .*has credentials in its URL") as err:
+        registry.register("reg-signed", model_uri=uri)
+    assert all(s not in str(err.value) for s in ("ghp_abc123token", "SECRETSIG", "deadbeef"))
+    with pytest.raises(RegistryError, match="artifact_uri"):
+        registry.log_trial(experiment="signed", run_name="t", params={}, metrics={},
+                           artifact_uri=uri)
+    version = registry.register("reg-signed", model_uri="file:///models/ok",
+                                tags={"source": uri})
+    stored = client().get_model_version("reg-signed", version).tags["source"]
+    assert all(s not in stored for s in ("ghp_abc123token", "SECRETSIG", "deadbeef"))
+
+
+def test_a_trial_run_of_another_deployment_is_never_reused(home: Path) -> None:
+    """Scheduled run ids are the same in every deployment sharing the tracking store: a run of
+    the same name that logged another artifact (or other params) is refused, not returned."""
+    run = "scheduled__2026-12-01T00:00:00+00:00/trial-lr-0.02"
+    prod = registry.log_trial(experiment="shared", run_name=run, params={"rows": 5000},
+                              metrics={"loss": 0.3},
+                              artifact_uri="file:///root/prod/train_distributed/r/model.pt")
+    with pytest.raises(RegistryError, match=r"another trial .*artifact .*staging"):
+        registry.log_trial(experiment="shared", run_name=run, params={"rows": 5000},
+                           metrics={"loss": 0.9},
+                           artifact_uri="file:///root/staging/train_distributed/r/model.pt")
+    with pytest.raises(RegistryError, match=r"other params \(rows\)"):
+        registry.log_trial(experiment="shared", run_name=run, params={"rows": 900000},
+                           metrics={"loss": 0.9},
+                           artifact_uri="file:///root/prod/train_distributed/r/model.pt")
+    assert registry.log_trial(experiment="shared", run_name=run, params={"rows": 5000},
+                              metrics={"loss": 0.3},
+                              artifact_uri="file:///root/prod/train_distributed/r/model.pt") \
+        == prod  # the same trial's retry
+
+
+def test_train_distributed_names_its_trial_runs_by_instance() -> None:
+    import inspect
+
+    from tests.conftest import dag_file_module
+
+    td = dag_file_module("train_distributed", "registry_train_distributed")
+    source = inspect.getsource(td.dag.get_task("train.pick_best").python_callable)
+    assert 'run_name=f"{instance}/{dag_run.run_id}/trial-{name}"' in source
+
+
+def test_a_rollback_interleaved_with_a_promotion_fails_instead_of_losing_it(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a server no lock serialises writers (simulated: _writing does nothing): a promotion
+    landing between a rollback's read and its write was silently undone, both reporting
+    success. The rollback now finds another writer's token after writing and fails."""
+    import contextlib
+
+    name = "reg-race"
+    v1, v2 = two_versions(name)
+    v3 = registry.register(name, model_uri=f"file:///models/{name}/3")
+    registry.promote(name, v1)
+    registry.promote(name, v2)
+    monkeypatch.setattr(registry, "_writing", contextlib.nullcontext)
+    shared = registry._client()
+    write = shared.set_registered_model_alias
+    interleaved = []
+
+    def slow_write(model: str, alias: str, version: str) -> None:
+        if not interleaved:  # the rollback's write; the training run's gate passes meanwhile
+            interleaved.append("promoting")
+            interleaved.append(registry.promote(name, v3))
+        write(model, alias, version)
+
+    monkeypatch.setattr(shared, "set_registered_model_alias", slow_write)
+    with pytest.raises(RegistryError, match="another promotion or rollback changed it while "
+                                            "rolling back"):
+        registry.rollback(name)
+    assert interleaved == ["promoting", v2]  # the promotion confirmed its own write
+    monkeypatch.setattr(shared, "set_registered_model_alias", write)
+    registry.promote(name, v3)  # repaired, one at a time
+    assert registry.champion(name) == v3
