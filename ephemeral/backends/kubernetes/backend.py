@@ -31,6 +31,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ephemeral.airflow.context import KEEP_LABEL
 from ephemeral.backends.base import (
     Access,
     ClusterBackend,
@@ -569,6 +570,11 @@ class KubernetesBackend(ClusterBackend):
         if mismatch:
             return None, (f"its {HANDLE_ANNOTATION} annotation disagrees with the object on "
                           f"{', '.join(mismatch)} (edited or copied by hand?)")
+        if labels.get(KEEP_LABEL) != stated.labels.get(KEEP_LABEL):
+            # A policy, not an identity: kept only when the label and the record the backend
+            # wrote both say so. A label added (or an annotation edited) by hand alone would
+            # keep a run's cluster past its run until its TTL.
+            labels.pop(KEEP_LABEL, None)
         record = stated.model_copy(update={
             "namespace": meta.get("namespace") or self.config.namespace,
             "labels": {**{k: v for k, v in stated.labels.items() if not k.startswith(PREFIX)},
