@@ -4,14 +4,22 @@ Role that cannot see a kind fails the listing instead of hiding its clusters."""
 
 from __future__ import annotations
 
+import _thread
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from ephemeral.backends.kubernetes import KubernetesBackend
+from ephemeral.errors import BackendUnavailable
+from ephemeral.lifecycle import provision
 from ephemeral.reaper import RunInfo, reap
 from ephemeral.specs import ClusterIdentity
 from tests.conftest import small
 from tests.kubernetes.apiserver import ApiServer
+from tests.kubernetes.apiserver.server import status
 from tests.kubernetes.conftest import NAMESPACE
 
 RAY = small("ray/adhoc-cpu", replicas=1)
@@ -24,6 +32,62 @@ def ident(spec: Any) -> ClusterIdentity:
 
 def names(apiserver: ApiServer, plural: str) -> list[str]:
     return sorted(o["metadata"]["name"] for o in apiserver.store.list(plural, NAMESPACE))
+
+
+def gone(apiserver: ApiServer, plural: str, within: float = 5.0) -> bool:
+    """Whether every object of ``plural`` goes within ``within`` seconds (the mock's collector
+    finishes a foreground deletion in its own loop)."""
+    deadline = time.monotonic() + within
+    while names(apiserver, plural):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def stored_then(apiserver: ApiServer, plural: str, answer: Any) -> None:
+    """The API server stores the first create of ``plural``, then ``answer(stored reply)``
+    is what the client gets (a lost or slow reply)."""
+    create = apiserver._create
+    first = [True]
+
+    def storing(request: Any, res: Any, ns: str) -> Any:
+        reply = create(request, res, ns)
+        if res.plural == plural and first[0]:
+            first[0] = False
+            return answer(reply)
+        return reply
+
+    apiserver._create = storing  # type: ignore[method-assign]
+
+
+def test_a_create_whose_answer_is_lost_deletes_what_it_stored(
+        k8s_backend: KubernetesBackend, apiserver: ApiServer) -> None:
+    # etcd stored the RayCluster, the answer timed out ("etcdserver: request timed out", a
+    # load balancer's 504), and the first read after it fails too.
+    stored_then(apiserver, "rayclusters",
+                lambda _: status(504, "Timeout", "etcdserver: request timed out"))
+    apiserver.fail("get", "rayclusters", 503)
+    with pytest.raises(BackendUnavailable, match="HTTP 504"):
+        provision(k8s_backend, RAY, ClusterIdentity.manual(RAY.spec.name, "lost"), timeout=5)
+    assert gone(apiserver, "rayclusters")
+
+
+def test_a_create_interrupted_in_its_primary_post_deletes_what_it_stored(
+        k8s_backend: KubernetesBackend, apiserver: ApiServer) -> None:
+    stored_then(apiserver, "rayclusters", lambda reply: time.sleep(1.0) or reply)
+    threading.Timer(0.4, _thread.interrupt_main).start()  # Ctrl-C while the answer is awaited
+    with pytest.raises(KeyboardInterrupt):
+        provision(k8s_backend, RAY, ClusterIdentity.manual(RAY.spec.name, "cut"), timeout=5)
+    assert gone(apiserver, "rayclusters")
+
+
+def test_a_refused_create_reads_nothing_back(k8s_backend: KubernetesBackend,
+                                             apiserver: ApiServer) -> None:
+    apiserver.fail("create", "rayclusters", 429, reason="TooManyRequests", message="slow down")
+    with pytest.raises(BackendUnavailable):
+        k8s_backend.create(RAY, identity=ident(RAY))
+    assert apiserver.requests("get", "rayclusters") == []
 
 
 def test_a_keep_label_added_by_hand_does_not_keep_a_run_cluster(

@@ -23,11 +23,12 @@ collector removes the rest, so nothing is left that no listing would find.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -65,6 +66,7 @@ from ephemeral.backends.kubernetes.client import (
     WatchUnsupported,
     kind_of,
     name_of,
+    refused,
 )
 from ephemeral.backends.kubernetes.config import KubeConfig
 from ephemeral.backends.kubernetes.ownership import Owned
@@ -91,6 +93,7 @@ from ephemeral.specs.identity import PREFIX, ClusterIdentity, label_value
 from ephemeral.specs.resolve import ResolvedSpec
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # Deleted in this order: the primary first, so nothing recreates what is being removed.
 OWNED_KINDS: tuple[Kind, ...] = (RAYCLUSTER, SPARKCONNECT, DEPLOYMENT, SERVICE, NETWORKPOLICY)
@@ -117,6 +120,23 @@ def _absent(kind: Kind, exc: Exception) -> bool:
                     "sparkconnects rule of compose/k8s/rbac.yaml", exc)
         return True
     return False
+
+
+UNDO_TRIES, UNDO_BACKOFF = 4, 0.5
+"""A failed create's clean-up tries an unanswered request this often, waiting 0.5, 1, 2 s
+between: the API server that lost the create's answer is often back within seconds."""
+
+
+def _retrying(call: Callable[[], _T]) -> _T:
+    """``call()``, tried again (``UNDO_TRIES``) while the API server does not answer."""
+    for attempt in range(UNDO_TRIES):
+        try:
+            return call()
+        except BackendUnavailable as exc:
+            if attempt == UNDO_TRIES - 1 or isinstance(exc, OperatorMissing):
+                raise
+            time.sleep(UNDO_BACKOFF * 2 ** attempt)
+    raise AssertionError("unreachable")
 
 
 def _cannot_watch(exc: Exception) -> bool:
@@ -162,6 +182,11 @@ class KubernetesBackend(ClusterBackend):
                     # primary and made this part: it is ours, and must not be undone.
                     self._require_part_of(obj, owner, identity.name)
                     continue
+                except BaseException as exc:
+                    if obj is rendered.primary and not refused(exc):
+                        # Stored and unanswered (or interrupted): the undo must see it too.
+                        created += self._stored_primary(rendered.primary)
+                    raise
                 created.append(made)
                 if obj is rendered.primary:
                     owner = made
@@ -240,12 +265,33 @@ class KubernetesBackend(ClusterBackend):
             f"cluster): someone else's object has the name this cluster needs. Delete or "
             "rename it, or use another cluster name")
 
+    def _stored_primary(self, primary: dict[str, Any]) -> list[dict[str, Any]]:
+        """The primary a create's POST may have stored although no answer came (an etcd
+        timeout, a load balancer's 504, a lost connection, an interrupt): read by name, it is
+        this create's only when it carries this very attempt's record (identity and creation
+        time), so an object of another create or life under the name is never undone."""
+        what = f"{kind_of(primary).kind} {name_of(primary)!r}"
+        mine = primary["metadata"]["annotations"][HANDLE_ANNOTATION]
+        try:
+            found = _retrying(lambda: self.client.get(kind_of(primary), name_of(primary)))
+        except EphemeralError as exc:
+            log.warning("could not tell whether a failed create stored %s (the reaper deletes it "
+                        "at its TTL if it did): %s", what, exc)
+            return []
+        if found is None or (found["metadata"].get("annotations") or {}).get(
+                HANDLE_ANNOTATION) != mine:
+            return []
+        log.warning("the failed create had stored %s: deleting it", what)
+        return [found]
+
     def _undo(self, created: list[dict[str, Any]]) -> None:
         """Delete the objects a failed create made, each by its uid: one made again under its
-        name since (another create, after a deletion of ours) is not this create's."""
+        name since (another create, after a deletion of ours) is not this create's. A create
+        is all or nothing, so a delete the API server does not answer is tried again."""
         for obj in reversed(created):
             try:
-                self.client.delete(kind_of(obj), name_of(obj), uid=obj["metadata"]["uid"])
+                _retrying(functools.partial(self.client.delete, kind_of(obj), name_of(obj),
+                                            uid=obj["metadata"]["uid"]))
             except Replaced as exc:
                 log.warning("left %s alone after a failed create: %s", name_of(obj), exc)
             except EphemeralError as exc:  # the original failure matters more
