@@ -12,13 +12,15 @@ from typing import Any
 
 import pytest
 
-from ephemeral.backends.kubernetes import KubernetesBackend
-from ephemeral.errors import BackendUnavailable
+from ephemeral.backends.kubernetes import KubeConfig, KubernetesBackend
+from ephemeral.backends.kubernetes.client import Forbidden
+from ephemeral.backends.kubernetes.render.spark import master_service
+from ephemeral.errors import BackendUnavailable, TeardownIncomplete
 from ephemeral.lifecycle import provision
 from ephemeral.reaper import RunInfo, reap
 from ephemeral.specs import ClusterIdentity
 from tests.conftest import small
-from tests.kubernetes.apiserver import ApiServer
+from tests.kubernetes.apiserver import ApiServer, Operator
 from tests.kubernetes.apiserver.server import status
 from tests.kubernetes.conftest import NAMESPACE
 
@@ -111,3 +113,70 @@ def test_a_setup_that_keeps_its_cluster_is_still_kept(k8s_backend: KubernetesBac
     k8s_backend.create(RAY, identity=keep)
     [listed] = k8s_backend.list_owned()
     assert listed.labels["ephemeral.dev/on-failure"] == "keep"
+
+
+@pytest.mark.parametrize("label", ["ephemeral.dev/instance", "ephemeral.dev/cluster"])
+def test_a_relabelled_cluster_is_never_reported_deleted(
+        k8s_backend: KubernetesBackend, apiserver: ApiServer, label: str) -> None:
+    h = k8s_backend.create(RAY, identity=ident(RAY))
+    k8s_backend.wait_ready(h, timeout=5)
+    apiserver.store.update("rayclusters", NAMESPACE, h.name,
+                           lambda o: o["metadata"]["labels"].pop(label))
+    for target in (h, h.name):
+        with pytest.raises(TeardownIncomplete, match=f"RayCluster/{h.name} .*{label}"):
+            k8s_backend.delete(target, wait=True)
+    assert names(apiserver, "rayclusters") == [h.name]  # left alone, and said so
+    assert k8s_backend.list_owned() == []
+    [(name, why)] = k8s_backend.disowned()  # the reaper names it at every pass
+    assert name == h.name
+    assert label in why
+
+
+def test_a_spark_master_relabelled_is_still_the_cluster(
+        k8s_backend: KubernetesBackend, apiserver: ApiServer) -> None:
+    h = k8s_backend.create(SPARK, identity=ident(SPARK))
+    apiserver.store.update("deployments", NAMESPACE, master_service(h.name), lambda o: o[
+        "metadata"]["labels"].update({"app.kubernetes.io/component": "master"}))
+    assert [x.name for x in k8s_backend.list_owned()] == [h.name]
+    assert k8s_backend.delete(h, wait=True)
+    assert names(apiserver, "deployments") == []
+
+
+def spark_connect(kube_config: KubeConfig, apiserver: ApiServer,
+                  identity: ClusterIdentity) -> tuple[KubernetesBackend, Any]:
+    """An operator-mode cluster, then a Role without the sparkconnects rule (from before
+    operator mode), and a backend that has it."""
+    backend = KubernetesBackend(kube_config.model_copy(update={"spark_mode": "operator"}))
+    h = backend.create(SPARK, identity=identity)
+    for verb in ("list", "get", "watch", "delete"):
+        apiserver.forbid(verb, "sparkconnects")
+    return backend, h
+
+
+def test_a_role_that_cannot_see_sparkconnects_fails_the_reaper(
+        kube_config: KubeConfig, operator: Operator, apiserver: ApiServer) -> None:
+    backend, _ = spark_connect(kube_config, apiserver, ident(SPARK))
+    with pytest.raises(Forbidden, match="cannot list sparkconnects"):
+        reap(backend, lookup=None, now=datetime.now(UTC) + timedelta(days=365))
+    with pytest.raises(Forbidden, match="cannot list sparkconnects"):
+        backend.disowned()
+
+
+def test_a_role_that_cannot_see_sparkconnects_fails_their_deletion(
+        kube_config: KubeConfig, operator: Operator, apiserver: ApiServer) -> None:
+    backend, h = spark_connect(kube_config, apiserver,
+                               ClusterIdentity.manual(SPARK.spec.name, "sc-one"))
+    for target in (h, "sc-one"):
+        with pytest.raises(TeardownIncomplete, match=r"SparkConnect/sc-one .*cannot get "
+                                                     r"sparkconnects"):
+            backend.delete(target, wait=True)
+    assert names(apiserver, "sparkconnects") == ["sc-one"]
+
+
+def test_a_role_without_sparkconnects_still_runs_standalone_clusters(
+        k8s_backend: KubernetesBackend, apiserver: ApiServer) -> None:
+    for verb in ("list", "get", "watch", "delete"):
+        apiserver.forbid(verb, "sparkconnects")
+    h = k8s_backend.create(SPARK, identity=ident(SPARK))  # its other-mode check sees none
+    assert k8s_backend.delete(h, wait=True)
+    assert names(apiserver, "deployments") == []
