@@ -2,9 +2,10 @@
 spark-operator SparkConnect (Spark's ``operator`` mode, per spec or ``EPHEMERAL_K8S_SPARK_MODE``).
 
 Identity is the object name: create is a POST that either makes the cluster or meets the
-existing one (409), which is adopted when its ``ephemeral.dev/spec-hash`` label matches. Every
-object carries the owner labels, so delete and list_owned work from labels alone, after any
-crash, without XCom.
+existing one (409), which is adopted when its ``ephemeral.dev/spec-hash`` label matches; a
+create whose primary's POST got no answer deletes what it may have stored. Every object carries
+the owner labels, so list_owned works from labels and delete from the name, after any crash,
+without XCom.
 
 Every cluster also gets NetworkPolicies (only its own pods and the configured clients reach its
 API ports), and a RayCluster token authentication: ``access`` gives the URLs and headers that
@@ -23,14 +24,16 @@ collector removes the rest, so nothing is left that no listing would find.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from ephemeral.airflow.context import KEEP_LABEL
 from ephemeral.backends.base import (
     Access,
     ClusterBackend,
@@ -66,6 +69,7 @@ from ephemeral.backends.kubernetes.client import (
     WatchUnsupported,
     kind_of,
     name_of,
+    refused,
 )
 from ephemeral.backends.kubernetes.config import KubeConfig
 from ephemeral.backends.kubernetes.ownership import Owned
@@ -88,13 +92,17 @@ from ephemeral.errors import (
     ReadinessTimeout,
     TeardownIncomplete,
 )
-from ephemeral.specs.identity import PREFIX, ClusterIdentity, label_value
+from ephemeral.specs.identity import INSTANCE_LABEL, PREFIX, ClusterIdentity, label_value
 from ephemeral.specs.resolve import ResolvedSpec
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
-# Deleted in this order: the primary first, so nothing recreates what is being removed.
-OWNED_KINDS: tuple[Kind, ...] = (RAYCLUSTER, SPARKCONNECT, DEPLOYMENT, SERVICE, NETWORKPOLICY)
+# What a cluster's primary can be (the Spark master is a Deployment); a delete reads it by
+# name and deletes it first, so nothing recreates what is being removed.
+PRIMARY_KINDS: tuple[Kind, ...] = (RAYCLUSTER, SPARKCONNECT, DEPLOYMENT)
+PARTS: tuple[Kind, ...] = (DEPLOYMENT, SERVICE, NETWORKPOLICY)
+"""The kinds of the other objects a create makes, each owned by the primary."""
 SPEC_HASH = PREFIX + "spec-hash"
 # What a primary's labels and its handle annotation must agree on (``_record_of``).
 IDENTITY_LABELS = tuple(PREFIX + k for k in ("cluster", "instance", "dag-id", "run-id",
@@ -107,17 +115,21 @@ seconds) while it watches: KubeRay's InvalidRayClusterSpec is an Event, and chan
 object."""
 
 
-def _absent(kind: Kind, exc: Exception) -> bool:
-    """Whether ``exc`` means no object of ``kind`` can be there: its CRD is not installed, or
-    (SparkConnects only) the Role grants nothing on it, a Role from before operator mode, so
-    this identity never made one. That is logged: a reaper's Role must grant it too."""
-    if isinstance(exc, OperatorMissing):
-        return True
-    if isinstance(exc, Forbidden) and kind is SPARKCONNECT and exc.verb != "watch":
-        log.warning("%s; SparkConnect clusters (Spark operator mode) are not seen: grant the "
-                    "sparkconnects rule of compose/k8s/rbac.yaml", exc)
-        return True
-    return False
+UNDO_TRIES, UNDO_BACKOFF = 4, 0.5
+"""A failed create's clean-up tries an unanswered request this often, waiting 0.5, 1, 2 s
+between: the API server that lost the create's answer is often back within seconds."""
+
+
+def _retrying(call: Callable[[], _T]) -> _T:
+    """``call()``, tried again (``UNDO_TRIES``) while the API server does not answer."""
+    for attempt in range(UNDO_TRIES):
+        try:
+            return call()
+        except BackendUnavailable as exc:
+            if attempt == UNDO_TRIES - 1 or isinstance(exc, OperatorMissing):
+                raise
+            time.sleep(UNDO_BACKOFF * 2 ** attempt)
+    raise AssertionError("unreachable")
 
 
 def _cannot_watch(exc: Exception) -> bool:
@@ -163,6 +175,11 @@ class KubernetesBackend(ClusterBackend):
                     # primary and made this part: it is ours, and must not be undone.
                     self._require_part_of(obj, owner, identity.name)
                     continue
+                except BaseException as exc:
+                    if obj is rendered.primary and not refused(exc):
+                        # Stored and unanswered (or interrupted): the undo must see it too.
+                        created += self._stored_primary(rendered.primary)
+                    raise
                 created.append(made)
                 if obj is rendered.primary:
                     owner = made
@@ -242,12 +259,33 @@ class KubernetesBackend(ClusterBackend):
             f"cluster): someone else's object has the name this cluster needs. Delete or "
             "rename it, or use another cluster name")
 
+    def _stored_primary(self, primary: dict[str, Any]) -> list[dict[str, Any]]:
+        """The primary a create's POST may have stored although no answer came (an etcd
+        timeout, a load balancer's 504, a lost connection, an interrupt): read by name, it is
+        this create's only when it carries this very attempt's record (identity and creation
+        time), so an object of another create or life under the name is never undone."""
+        what = f"{kind_of(primary).kind} {name_of(primary)!r}"
+        mine = primary["metadata"]["annotations"][HANDLE_ANNOTATION]
+        try:
+            found = _retrying(lambda: self.client.get(kind_of(primary), name_of(primary)))
+        except EphemeralError as exc:
+            log.warning("could not tell whether a failed create stored %s (the reaper deletes it "
+                        "at its TTL if it did): %s", what, exc)
+            return []
+        if found is None or (found["metadata"].get("annotations") or {}).get(
+                HANDLE_ANNOTATION) != mine:
+            return []
+        log.warning("the failed create had stored %s: deleting it", what)
+        return [found]
+
     def _undo(self, created: list[dict[str, Any]]) -> None:
         """Delete the objects a failed create made, each by its uid: one made again under its
-        name since (another create, after a deletion of ours) is not this create's."""
+        name since (another create, after a deletion of ours) is not this create's. A create
+        is all or nothing, so a delete the API server does not answer is tried again."""
         for obj in reversed(created):
             try:
-                self.client.delete(kind_of(obj), name_of(obj), uid=obj["metadata"]["uid"])
+                _retrying(functools.partial(self.client.delete, kind_of(obj), name_of(obj),
+                                            uid=obj["metadata"]["uid"]))
             except Replaced as exc:
                 log.warning("left %s alone after a failed create: %s", name_of(obj), exc)
             except EphemeralError as exc:  # the original failure matters more
@@ -363,7 +401,14 @@ class KubernetesBackend(ClusterBackend):
         one life of its cluster: a primary that is another (``same_life``) is left alone and
         the result is False. Every DELETE carries the uid of the object as it was verified
         (a precondition), so one made again under its name in between is never hit. With
-        ``wait``, waits ``delete_timeout`` for it to go."""
+        ``wait``, waits ``delete_timeout`` for it to go.
+
+        The primary is read by its name (``_primary_names``), never found by its labels: one
+        relabelled by hand would otherwise be missed and reported deleted while it runs. One
+        there that its record does not verify (``_record_of``) is not deleted, and the
+        deletion fails naming it (TeardownIncomplete), as does a Role that cannot read a kind
+        the cluster may be. Deleted means its name answers 404 (or holds a verified newer
+        life)."""
         deletion = self.start_delete(target)
         if deletion is None:
             return False
@@ -377,18 +422,19 @@ class KubernetesBackend(ClusterBackend):
         life = target if isinstance(target, ClusterHandle) else None
         client = self._client(life)
         ours = _Ours(life=life)
-        for kind, obj in self._owned_objects(client, scope, ours):
+        for kind, obj in self._owned_objects(client, scope, ours, _primary_names(target)):
             if obj["metadata"].get("deletionTimestamp"):
                 continue
             try:  # this very object, as read with the life it was verified for
                 client.delete(kind, name_of(obj), uid=obj["metadata"]["uid"])
-            except Replaced as exc:  # made again since it was listed: another life's
+            except Replaced as exc:  # made again since it was read: another life's
                 log.warning("left %s alone: %s", name, exc)
-                if kind in (RAYCLUSTER, SPARKCONNECT) or _is_master(obj):
+                if f"{kind.kind}/{name_of(obj)}" in ours.primaries:
                     ours.newer = f"{kind.kind}/{name_of(obj)}"
                     break
         if ours.newer:
             return None
+        _raise_refused(name, ours)  # its DELETEs are issued; what it left alone fails it now
         # The objects found now are kept for the wait: a collected owner's dependents (its
         # pods) still name it, and only ``ours`` knows its uid then.
         return Deletion(name, lambda deadline: self._await_deleted(client, scope, ours, name,
@@ -403,57 +449,71 @@ class KubernetesBackend(ClusterBackend):
                 if not _cannot_watch(exc):
                     raise
                 log.info("cannot watch cluster %s (%s); polling instead", name, exc)
-        # After the watch, one round of lists confirms; without it, this polls.
+        # After the watch, one round of reads confirms; without it, this polls.
         while leftover := self._leftover(client, scope, ours):
             if time.monotonic() >= deadline:
                 raise TeardownIncomplete(name, leftover)
             time.sleep(min(self.config.poll_interval, max(deadline - time.monotonic(), 0)))
-        if ours.refused:
-            raise TeardownIncomplete(name, [f"{what} (left alone: {why})"
-                                            for what, why in ours.refused.items()])
 
     def _owned_objects(self, client: KubeClient, scope: OwnerSelector, ours: _Ours,
-                       report: bool = True) -> Iterator[tuple[Kind, dict[str, Any]]]:
-        """Kind by kind, listed as they are consumed: delete removes the primary before it lists
-        the next kind, so a list that fails (e.g. RBAC) still leaves the collector the rest.
-        Labels only find candidates, since anyone may copy them onto an object: a primary is
-        the cluster's when its record agrees with it (``_record_of``), any other object when it
-        names one of the cluster's objects as its owner. ``ours`` collects them."""
-        selector = scope.as_label_selector()
+                       primaries: tuple[tuple[Kind, str], ...]
+                       ) -> Iterator[tuple[Kind, dict[str, Any]]]:
+        """The cluster's primary, read by name and verified by its record (``_record_of``),
+        then, kind by kind, the objects that name one of the cluster's as their owner (labels
+        only find candidates, since anyone may copy them onto an object). Listed as they are
+        consumed: delete removes the primary before it lists the next kind, so a list that
+        fails (e.g. RBAC) still leaves the collector the rest. ``ours`` collects them."""
         cluster = scope.labels.get(PREFIX + "cluster", "")
-        for kind in OWNED_KINDS:
+        for kind, name in primaries:
+            what = f"{kind.kind}/{name}"
             try:
-                objs = client.list_objects(kind, labels=selector)
-            except (OperatorMissing, Forbidden) as exc:
-                if not _absent(kind, exc):
-                    raise
+                obj = client.get(kind, name)
+            except OperatorMissing:  # its CRD is not installed: none can be there
                 continue
-            # The Spark master carries the handle: first among the Deployments.
-            objs.sort(key=lambda o: o["metadata"].get("labels", {}).get(COMPONENT_LABEL)
-                      != SPARK_MASTER)
-            for obj in objs:
-                primary = kind in (RAYCLUSTER, SPARKCONNECT) or _is_master(obj)
-                if primary:
-                    record, why = self._record_of(obj)
-                    mine = record is not None
-                    if record is not None and ours.life is not None and \
-                            not same_life(record, ours.life):
-                        # A newer life of the name: nothing here is the handle's any more.
-                        ours.newer = f"{kind.kind}/{name_of(obj)}"
-                        if report:
-                            log.warning("%s", newer_life(record, ours.life))
-                        return
-                else:
-                    mine, why = ours.claims(obj), ""
-                if mine:
+            except Forbidden as exc:
+                if ours.primaries:  # the name's cluster is found: it is not also one of these
+                    continue
+                # Unread, it may be the cluster, running: never reported deleted.
+                raise TeardownIncomplete(cluster, [
+                    f"{what} (cannot tell whether it is there: {exc})",
+                    *ours.refusals()]) from exc
+            if obj is None:
+                continue
+            record, why = self._record_of(obj)
+            if record is None:
+                # The object named as the cluster's own, disagreeing with its record: it may be
+                # ours, edited. Not deleted, and never reported deleted either.
+                ours.refused[what] = why
+                log.warning("leaving %s alone: %s", what, why)
+                continue
+            if not scope.admits(record):
+                log.info("%s is another deployment instance's cluster: left alone", what)
+                continue
+            if ours.life is not None and not same_life(record, ours.life):
+                # A newer life of the name: nothing here is the handle's any more.
+                ours.newer = what
+                log.warning("%s", newer_life(record, ours.life))
+                return
+            ours.add(kind, obj)
+            ours.primaries[what] = (kind, name, str(obj["metadata"]["uid"]))
+            yield kind, obj
+        if ours.primaries:
+            yield from self._parts(client, scope, ours)
+
+    def _parts(self, client: KubeClient, scope: OwnerSelector, ours: _Ours, *,
+               report: bool = True) -> Iterator[tuple[Kind, dict[str, Any]]]:
+        """The objects with the cluster's labels that name one of its objects as their
+        owner (``Owned.claims``), kind by kind; the primaries are not among them."""
+        cluster = scope.labels.get(PREFIX + "cluster", "")
+        primaries = {uid for _, _, uid in ours.primaries.values()}
+        for kind in PARTS:
+            for obj in client.list_objects(kind, labels=scope.as_label_selector()):
+                if str(obj["metadata"].get("uid")) in primaries:
+                    continue
+                if ours.claims(obj):
                     ours.add(kind, obj)
                     yield kind, obj
-                    continue
-                if primary and name_of(obj) in (cluster, master_service(cluster)):
-                    # The object named as the cluster's own, disagreeing with its record: it
-                    # may be ours, edited. Not deleted, and never reported deleted either.
-                    ours.refused[f"{kind.kind}/{name_of(obj)}"] = why
-                if report:
+                elif report:
                     log.warning("leaving %s %s alone: it carries cluster %s's labels but is "
                                 "not its object", kind.kind, name_of(obj), cluster)
 
@@ -469,33 +529,43 @@ class KubernetesBackend(ClusterBackend):
     def _await_gone(self, client: KubeClient, scope: OwnerSelector, deadline: float,
                     ours: _Ours) -> None:
         """Watch each set of the cluster's objects until it is empty (or the deadline): the
-        owned kinds primary first, then the pods, which nothing recreates once their owners
-        are gone."""
-        sets = [(kind, scope.as_label_selector()) for kind in OWNED_KINDS]
-        sets += [(POD, selector) for selector in self._pod_selectors(scope)]
-        for kind, selector in sets:
+        primaries by name, then the other kinds, then the pods, which nothing recreates once
+        their owners are gone."""
+        sets: list[tuple[Kind, str | None, str | None]] = [
+            (kind, None, name) for kind, name, _ in ours.primaries.values()]
+        sets += [(kind, scope.as_label_selector(), None) for kind in PARTS]
+        sets += [(POD, selector, None) for selector in self._pod_selectors(scope)]
+        for kind, selector, name in sets:
             left: set[str] = set()
             synced = False
-            try:
-                for type_, obj in client.watch(kind, labels=selector,
-                                               timeout=max(deadline - time.monotonic(), 0)):
-                    if type_ == "BOOKMARK":
-                        synced = True
-                    elif type_ == "DELETED":
-                        left.discard(name_of(obj))
-                    elif ours.claims(obj):
-                        ours.add(kind, obj)  # a pod may own others (a driver its executors)
-                        left.add(name_of(obj))
-                    if synced and not left:
-                        break
-            except (OperatorMissing, Forbidden) as exc:
-                if not _absent(kind, exc):
-                    raise
-                continue
+            for type_, obj in client.watch(kind, labels=selector, name=name,
+                                           timeout=max(deadline - time.monotonic(), 0)):
+                if type_ == "BOOKMARK":
+                    synced = True
+                elif type_ == "DELETED":
+                    left.discard(name_of(obj))
+                elif ours.claims(obj):
+                    ours.add(kind, obj)  # a pod may own others (a driver its executors)
+                    left.add(name_of(obj))
+                if synced and not left:
+                    break
 
     def _leftover(self, client: KubeClient, scope: OwnerSelector, ours: _Ours) -> list[str]:
-        left = [_describe(kind.kind, obj)
-                for kind, obj in self._owned_objects(client, scope, ours, report=False)]
+        """What of the cluster is still there: a primary whose name does not answer 404 (or
+        hold a verified newer life), the parts, and the pods."""
+        left: list[str] = []
+        for what, (kind, name, uid) in ours.primaries.items():
+            obj = client.get(kind, name)
+            if obj is None:
+                continue
+            if obj["metadata"].get("uid") == uid:
+                left.append(_describe(kind.kind, obj))
+                continue
+            record, why = self._record_of(obj)
+            if record is None:
+                left.append(f"{what} (made again since, and not verified as a cluster: {why})")
+        left += [_describe(kind.kind, obj)
+                 for kind, obj in self._parts(client, scope, ours, report=False)]
         candidates: dict[str, dict[str, Any]] = {}
         for selector in self._pod_selectors(scope):
             candidates |= {name_of(p): p for p in client.list_objects(POD, labels=selector)}
@@ -505,47 +575,72 @@ class KubernetesBackend(ClusterBackend):
     # -- listing -------------------------------------------------------------------------------
 
     def list_owned(self, selector: OwnerSelector | None = None) -> list[ClusterHandle]:
-        return self._list(self.client, selector)
+        return self._list(self.client, selector, PRIMARY_KINDS)
 
     def owned(self, handle: ClusterHandle, selector: OwnerSelector) -> ClusterHandle | None:
         """As the base's, in the namespace the handle names (a connection's namespace may
-        have changed since the setup); only this run's labels there count."""
-        found = self._list(self._client(handle), self.owned_scope(handle, selector))
+        have changed since the setup); only this run's labels there count, and only the kind
+        of the handle's primary is listed."""
+        kind, _ = _primary_names(handle)[0]
+        found = self._list(self._client(handle), self.owned_scope(handle, selector), (kind,))
         return found[0] if found else None
 
-    def _list(self, client: KubeClient, selector: OwnerSelector | None) -> list[ClusterHandle]:
-        return self._scan(client, selector)[0]
-
-    def disowned(self) -> list[tuple[str, str]]:
-        return self._scan(self.client, None)[1]
-
-    def _scan(self, client: KubeClient, selector: OwnerSelector | None
-              ) -> tuple[list[ClusterHandle], list[tuple[str, str]]]:
-        """The clusters ``selector`` asks for, and (name, why) of the primaries with its labels
-        that are no record of ephemeral's (``_record_of``)."""
+    def _list(self, client: KubeClient, selector: OwnerSelector | None,
+              kinds: tuple[Kind, ...]) -> list[ClusterHandle]:
+        """The clusters ``selector`` asks for, by their primaries of ``kinds``."""
         wanted = [f"{PREFIX}cluster", f"{PREFIX}backend={self.name}"]
         selector = selector or OwnerSelector()
         if selector.labels:
             wanted.append(selector.as_label_selector())
-        labels = ",".join(wanted)
-        primaries: list[dict[str, Any]] = []
-        for kind in (RAYCLUSTER, SPARKCONNECT):
-            try:
-                primaries += client.list_objects(kind, labels=labels)
-            except (OperatorMissing, Forbidden) as exc:
-                if not _absent(kind, exc):
-                    raise
-        primaries += client.list_objects(
-            DEPLOYMENT, labels=f"{labels},{COMPONENT_LABEL}={SPARK_MASTER}")
         handles: list[ClusterHandle] = []
-        disowned: list[tuple[str, str]] = []
-        for obj in primaries:
-            record, why = self._record_of(obj)
-            if record is None:
-                disowned.append((name_of(obj), why))
-            elif selector.admits(record):
+        for obj in self._primary_objects(client, kinds, ",".join(wanted)):
+            record, _ = self._record_of(obj)
+            if record is not None and selector.admits(record):
                 handles.append(record)
-        return sorted((self._view(h) for h in handles), key=lambda h: h.name), disowned
+        return sorted((self._view(h) for h in handles), key=lambda h: h.name)
+
+    def disowned(self) -> list[tuple[str, str]]:
+        """(name, why) of the primaries of this deployment instance that are no record of
+        ephemeral's (``_record_of``): found by this backend's labels or by the record they
+        carry, so an object whose labels were edited away is reported too, every kind listed
+        whatever its labels."""
+        instance = OwnerSelector().labels[INSTANCE_LABEL]
+        found: list[tuple[str, str]] = []
+        for obj in self._primary_objects(self.client, PRIMARY_KINDS, None):
+            record, why = self._record_of(obj)
+            if record is None and self._names_instance(obj, instance):
+                found.append((name_of(obj), why))
+        return found
+
+    def _primary_objects(self, client: KubeClient, kinds: tuple[Kind, ...],
+                         labels: str | None) -> list[dict[str, Any]]:
+        """The objects of ``kinds`` with ``labels`` (None: all of them) that may be a
+        cluster's primary. A Role without a right on one of the kinds fails the listing (its
+        Forbidden names the verb and the resource): the clusters it hides would be neither
+        listed nor reaped. A kind whose CRD is not installed has none."""
+        found: list[dict[str, Any]] = []
+        for kind in kinds:
+            try:
+                objs = client.list_objects(kind, labels=labels)
+            except OperatorMissing:
+                continue
+            if kind is DEPLOYMENT:  # the master, carrying the record; its labels may be edited
+                objs = [o for o in objs if _is_master(o) or _recorded(o)]
+            found += objs
+        return found
+
+    def _names_instance(self, obj: dict[str, Any], instance: str) -> bool:
+        """Whether ``obj``'s labels or its record (even one that does not verify) say it is a
+        cluster of this backend in deployment ``instance``."""
+        labels = obj["metadata"].get("labels") or {}
+        if labels.get(PREFIX + "cluster") and labels.get(PREFIX + "backend") == self.name \
+                and labels.get(INSTANCE_LABEL) == instance:
+            return True
+        try:
+            stated = ClusterHandle.model_validate_json(_recorded(obj) or "")
+        except ValidationError:
+            return False
+        return stated.backend == self.name and stated.instance == instance
 
     def _handle_of(self, obj: dict[str, Any]) -> ClusterHandle | None:
         record, why = self._record_of(obj)
@@ -585,6 +680,11 @@ class KubernetesBackend(ClusterBackend):
         if mismatch:
             return None, (f"its {HANDLE_ANNOTATION} annotation disagrees with the object on "
                           f"{', '.join(mismatch)} (edited or copied by hand?)")
+        if labels.get(KEEP_LABEL) != stated.labels.get(KEEP_LABEL):
+            # A policy, not an identity: kept only when the label and the record the backend
+            # wrote both say so. A label added (or an annotation edited) by hand alone would
+            # keep a run's cluster past its run until its TTL.
+            labels.pop(KEEP_LABEL, None)
         record = stated.model_copy(update={
             "deleting": _deleting(meta),
             "namespace": meta.get("namespace") or self.config.namespace,
@@ -607,12 +707,44 @@ class _Ours(Owned):
     """The objects of one cluster being deleted (``Owned``), filled as the deletion finds
     them, kept for the wait: a collected owner's dependents still name it."""
 
+    primaries: dict[str, tuple[Kind, str, str]] = field(default_factory=dict)
+    """The cluster's primary, verified, as ``Kind/name``: its kind, name and uid."""
     refused: dict[str, str] = field(default_factory=dict)
     """The cluster's own primary, by name, when it disagrees with its record: why."""
     life: ClusterHandle | None = None
     """The life being deleted, when a handle names it (a bare name: whichever is there)."""
     newer: str = ""
     """The primary of another life of the name, met instead of ``life``'s: left alone."""
+
+    def refusals(self) -> list[str]:
+        return [f"{what} (left alone: {why})" for what, why in self.refused.items()]
+
+
+def _primary_names(target: ClusterHandle | ClusterIdentity | str) -> tuple[tuple[Kind, str], ...]:
+    """(kind, name) of the object that is the cluster's primary: the one a handle names (its
+    engine and Spark mode), else each one a cluster of that name can have, the SparkConnect
+    last (a Role from before operator mode cannot read it)."""
+    name = KubernetesBackend.target_name(target)
+    ray, master, connect = (RAYCLUSTER, name), (DEPLOYMENT, master_service(name)), \
+        (SPARKCONNECT, name)
+    if isinstance(target, ClusterHandle):
+        if target.engine == "ray":
+            return (ray,)
+        return (connect,) if is_operator(target) else (master,)
+    return ray, master, connect
+
+
+def _raise_refused(name: str, ours: _Ours) -> None:
+    """TeardownIncomplete naming the cluster's own primaries that its record does not verify
+    (edited by hand): left alone, so the cluster may well be running."""
+    if ours.refused:
+        raise TeardownIncomplete(name, ours.refusals())
+
+
+def _recorded(obj: dict[str, Any]) -> str | None:
+    """The record (handle annotation) ``obj`` carries, if any."""
+    raw = (obj["metadata"].get("annotations") or {}).get(HANDLE_ANNOTATION)
+    return str(raw) if raw else None
 
 
 def _is_master(obj: dict[str, Any]) -> bool:

@@ -121,6 +121,15 @@ class WatchExpired(BackendUnavailable):
 
 
 GONE = 410
+REQUEST_TIMEOUT = 408
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether a request failed because the API server refused it (a 4xx answer other than
+    408): nothing was stored. Any other failure (a 5xx such as etcd's timeout or a load
+    balancer's 504, a lost connection, an interrupt) may come after the server stored it."""
+    status = getattr(exc.__cause__, "status", None)  # the ApiException ``_errors`` translated
+    return isinstance(status, int) and 400 <= status < 500 and status != REQUEST_TIMEOUT
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 
 
