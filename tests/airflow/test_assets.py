@@ -394,8 +394,9 @@ def test_a_drift_event_starts_a_training_run_on_the_drifted_batch(
             dag_id="train_distributed", run_id=run.run_id, task_id="train.trial").all()
         assert rendered
         for r in rendered:
-            assert f"--data-uri {shifted}/train" in r.rendered_fields["entrypoint"]
-            assert "--steps 60 " in r.rendered_fields["entrypoint"]  # the run's conf reached it
+            words = r.rendered_fields["entrypoint"]  # an argv list, quoted at submission
+            assert words[words.index("--data-uri") + 1] == f"{shifted}/train"
+            assert words[words.index("--steps") + 1] == "60"  # the run's conf reached it
     # No Spark cluster was made: the run's report (its teardowns' record) has the Ray one only.
     from ephemeral.airflow.report import run_report
 
