@@ -675,7 +675,10 @@ class AirflowApiLookup:
                                      data=json.dumps(body).encode() if body else None)
         try:  # a redirect would carry the token (or the password) to wherever it points
             with open_no_redirect(req, timeout=self.timeout) as resp:
-                return resp.status, json.loads(resp.read() or b"null")
+                try:
+                    return resp.status, json.loads(resp.read() or b"null")
+                except ValueError:  # a page, not JSON: Airflow's UI answers unknown paths
+                    return resp.status, None
         except urllib.error.HTTPError as err:
             if 300 <= err.code < 400:
                 raise EphemeralError(redirect_refused(self.shown + path,
@@ -710,7 +713,8 @@ class AirflowApiLookup:
         ours = self.instance or current_instance()
         status, body = self._request("GET", URL_PREFIX + PATH, auth=False)
         theirs = body.get("instance") if isinstance(body, dict) else None
-        if status == 404:
+        # Without the plugin, Airflow 3.3's UI route answers 200 with its page (older: 404).
+        if status == 404 or (status == 200 and body is None):
             log.warning("the Airflow at %s cannot say which deployment it is (no %s%s: the "
                         "ephemeral package is missing from its api-server, or older); its run "
                         "states are taken as this deployment's", self.shown, URL_PREFIX, PATH)

@@ -44,6 +44,14 @@ def airflow(deployment_answer: tuple[int, dict[str, str]]) -> Iterator[str]:
 
     class Api(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            if self.path == "/ephemeral/deployment" and deployment_answer[0] == 299:
+                page = b"<!doctype html><title>Airflow</title>"  # the UI's catch-all route
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
+                return
             if self.path == "/ephemeral/deployment":
                 status, body = deployment_answer
             elif "/dagRuns/" in self.path:
@@ -94,10 +102,14 @@ def test_this_deployments_airflow_is_believed(fake: InMemoryBackend) -> None:
     assert decisions[0]["deleted"]
 
 
+@pytest.mark.parametrize("answer", [(404, {"detail": "Not Found"}), (299, {})],
+                         ids=["404", "the UI's page"])
 def test_an_airflow_that_cannot_say_is_believed_as_before(fake: InMemoryBackend,
-                                                          caplog: pytest.LogCaptureFixture
+                                                          caplog: pytest.LogCaptureFixture,
+                                                          answer: tuple[int, dict[str, str]]
                                                           ) -> None:
-    for url in airflow((404, {"detail": "Not Found"})):
+    """Without the plugin, Airflow 3.3's UI answers the path with its page (200, HTML)."""
+    for url in airflow(answer):
         code, _ = reap(url)
     assert code == 0
     assert not fake.list_owned()
