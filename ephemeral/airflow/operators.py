@@ -539,9 +539,11 @@ class DeleteClusterOperator(BaseOperator):
         marked = [t for t in upstream if t.is_setup]
         return sorted(t.task_id for t in marked or upstream)
 
-    def _setup_task(self, error: type[Exception]) -> str:
+    def _setup_task(self, error: type[Exception], *, running: bool = False) -> str:
         """The setup task whose clusters this teardown deletes, checked against the DAG; raises
-        ``error`` naming the ids it could mean when the DAG does not bear it out."""
+        ``error`` naming the ids it could mean when the DAG does not bear it out. ``running``
+        (execute): any ``CreateClusterOperator`` of the DAG named is taken, wired as a setup
+        of this teardown or not, since refusing it there would leave its clusters running."""
         given = self.setup_task_id
         if not self.has_dag():  # nothing to check it against
             if given is None:
@@ -559,7 +561,7 @@ class DeleteClusterOperator(BaseOperator):
                    "no CreateClusterOperator setup: wire it with "
                    "as_teardown(setups=create), or give setup_task_id"))
         dag = self.dag
-        if given in setups or (not setups and dag.has_task(given)
+        if given in setups or ((running or not setups) and dag.has_task(given)
                                and is_a(dag.get_task(given), CreateClusterOperator)):
             return given
         meant = setups or sorted(t.task_id for t in dag.tasks if is_a(t, CreateClusterOperator)
@@ -585,7 +587,7 @@ class DeleteClusterOperator(BaseOperator):
         from ephemeral.report.engines import engine_jobs
 
         started = time.time()
-        setup = self._setup_task(AirflowFailException)
+        setup = self._setup_task(AirflowFailException, running=True)
         handles: list[ClusterHandle] = []
         unusable: AirflowFailException | None = None
         try:
@@ -600,7 +602,12 @@ class DeleteClusterOperator(BaseOperator):
                                   any_map_index=map_index(context) < 0)
         # What the backend records for this setup in this run; a handle only points (its
         # namespace, its ready time): it never adds a cluster the backend does not confirm.
-        targets = {h.name: h for h in backend.list_owned(selector)}
+        try:
+            targets = {h.name: h for h in backend.list_owned(selector)}
+        except EphemeralError as err:  # e.g. a Role that cannot list one of the kinds
+            # The handles still name their clusters, each looked up in its own kind below.
+            targets, unusable = {}, AirflowFailException(
+                f"cannot list the clusters {setup} made in this run: {err}")
         gone: dict[str, ClusterHandle] = {}
         for handle in handles:
             try:

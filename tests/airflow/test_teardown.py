@@ -30,7 +30,8 @@ def _clusters() -> set[str]:
 
 
 @pytest.mark.parametrize("dag_id", ["teardown_mapped_no_handle", "teardown_mapped_handles",
-                                    "teardown_mapped_per_index", "teardown_in_group"])
+                                    "teardown_mapped_per_index", "teardown_in_group",
+                                    "teardown_named_beyond_its_setups"])
 def test_a_teardown_deletes_every_cluster_of_its_setup(bag: Any, dag_id: str,
                                                        ephemeral_home: Path) -> None:
     before = _clusters()

@@ -143,3 +143,29 @@ def test_a_cluster_made_before_under_the_derived_instance_is_still_deleted(
     k8s_backend.delete(old, wait=True)
     k8s_backend.delete(other.name, wait=True)
     assert rayclusters(apiserver) == {}
+
+
+def test_a_teardown_whose_listing_is_forbidden_still_deletes_by_its_handle(
+        k8s_backend: KubernetesBackend, apiserver: ApiServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Role without the sparkconnects rule, where the spark-operator is installed: listing the
+    run's clusters fails (it may hide one), but the handle's own cluster is read in its own kind
+    and deleted before the teardown fails naming the listing."""
+    from types import SimpleNamespace
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from ephemeral.airflow import operators
+
+    monkeypatch.setenv("EPHEMERAL_INSTANCE", "prod")
+    made = k8s_backend.create(RAY, identity=owner())
+    for verb in ("list", "get", "watch"):
+        apiserver.forbid(verb, "sparkconnects")
+    monkeypatch.setattr(operators, "task_backend", lambda *_a: k8s_backend)
+    teardown = operators.DeleteClusterOperator(task_id="delete", setup_task_id="create_cluster",
+                                               cluster=made.model_dump(mode="json"))
+    context = {"dag": SimpleNamespace(dag_id="train"), "run_id": RUN,
+               "ti": SimpleNamespace(task_id="delete", map_index=-1)}
+    with pytest.raises(AirflowFailException, match="cannot list the clusters create_cluster"):
+        teardown.execute(context)
+    assert rayclusters(apiserver) == {}
