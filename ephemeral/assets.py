@@ -58,7 +58,7 @@ def artifact_uri_problem(uri: Any) -> str | None:
     root's scheme and location, below the root (no ``..``), with no credentials
     (``credentials_problem``), naming an artifact that exists. Checked where it is read,
     before any cluster exists."""
-    from urllib.parse import urlsplit
+    from urllib.parse import unquote, urlsplit
 
     from ephemeral.jobs import artifacts
     from ephemeral.specs.pip_credentials import credentials_problem, masked_uri
@@ -70,10 +70,12 @@ def artifact_uri_problem(uri: Any) -> str | None:
         return problem
     root = artifacts.root().rstrip("/")
     given, base = urlsplit(uri), urlsplit(root)
-    segments = given.path.split("/")
+    # Judged as the readers decode it (pyarrow reads file:///r/%2e%2e/x as /r/../x).
+    path = unquote(given.path)
+    segments = path.split("/")
     if (given.scheme, given.netloc) != (base.scheme, base.netloc) or given.query \
-            or given.fragment or ".." in segments or "." in segments \
-            or not given.path.startswith(base.path.rstrip("/") + "/"):
+            or given.fragment or ".." in segments or "." in segments or "\\" in path \
+            or not path.startswith(unquote(base.path).rstrip("/") + "/"):
         return (f"{masked_uri(uri)!r} is not under the artifact root {masked_uri(root)!r}: "
                 "training data must be an artifact of this deployment's store (the feature "
                 "ETL's or a batch's output), with the root's scheme and no '..'")
