@@ -711,8 +711,12 @@ BACKEND_CONF: Mapping[str, str] = {
     "spark.master": "the backend points every application at its cluster",
     "spark.authenticate": "the backend authenticates every process of the cluster with its own "
                           "secret",
-    "spark.authenticate.": "the backend authenticates every process of the cluster with its own "
-                           "secret",
+    # The secret and where it is read from; the rest of the family (enableSaslEncryption, a
+    # hardening a user may add) is left to the user.
+    "spark.authenticate.secret": "the backend authenticates every process of the cluster with "
+                                 "its own secret",
+    "spark.authenticate.secret.": "the backend authenticates every process of the cluster with "
+                                  "its own secret",
     "spark.connect.authenticate.": "the backend gives the Connect server its own token",
     "spark.connect.grpc.binding.": "the backend publishes and probes the Connect port",
     "spark.driver.host": _OWN_PORTS,
@@ -731,8 +735,8 @@ BACKEND_CONF: Mapping[str, str] = {
 }
 # Of those, what a spark-submit driver of the cluster may not set either (the others are a
 # driver's own where it runs): it is pointed at the cluster and authenticated by ephemeral.
-CLUSTER_CONF = ("spark.master", "spark.authenticate", "spark.authenticate.",
-                "spark.connect.authenticate.")
+CLUSTER_CONF = ("spark.master", "spark.authenticate", "spark.authenticate.secret",
+                "spark.authenticate.secret.", "spark.connect.authenticate.")
 
 
 def backend_keys(conf: Iterable[str], owned: Iterable[str] = BACKEND_CONF) -> list[str]:

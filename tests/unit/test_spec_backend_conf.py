@@ -91,8 +91,8 @@ def test_an_executor_within_a_worker_passes(memory: str) -> None:
     assert isinstance(s, SparkSpec)
 
 
-@pytest.mark.parametrize("key", ["spark.authenticate", "spark.authenticate.enableSaslEncryption",
-                                 "spark.master"])
+@pytest.mark.parametrize("key", ["spark.authenticate", "spark.authenticate.secret",
+                                 "spark.authenticate.secret.file", "spark.master"])
 def test_a_jobs_conf_leaves_the_clusters_own_alone(key: str) -> None:
     from ephemeral.jobs.spark_jobs import check_submit_input
 
@@ -100,3 +100,12 @@ def test_a_jobs_conf_leaves_the_clusters_own_alone(key: str) -> None:
         check_submit_input("spark-submit", {key: "false", "spark.driver.host": "10.0.0.9"})
     assert f"conf sets {key}, which is the cluster's" in str(err.value)
     assert "spark.driver.host" not in str(err.value)  # a driver's own where it runs
+
+
+def test_a_hardening_the_backend_does_not_set_is_the_users() -> None:
+    """spark.authenticate.enableSaslEncryption is no key the backends write: a user may add it."""
+    from ephemeral.jobs.spark_jobs import check_submit_input
+
+    check_submit_input("spark-submit", {"spark.authenticate.enableSaslEncryption": "true"})
+    s = parse_spec(spark(conf={"spark.authenticate.enableSaslEncryption": "true"}), "etl.yaml")
+    assert isinstance(s, SparkSpec)
