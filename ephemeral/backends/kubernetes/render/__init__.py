@@ -50,7 +50,8 @@ def render(spec: ResolvedSpec, handle: ClusterHandle, *,
            default_spark_mode: SparkMode = "standalone",
            spark_service_account: str = "spark-operator-spark") -> Rendered:
     """The objects that make the cluster ``handle`` from ``spec``, admitting ``clients`` (by
-    default pods labelled ``ephemeral.dev/client=true``); raises SpecError when the spec cannot
+    default pods labelled ``ephemeral.dev/client=true`` and ``ephemeral.dev/client-instance``
+    with the cluster's instance: ``config.client_labels``); raises SpecError when the spec cannot
     be expressed on Kubernetes (a name too long, a ``fromEnv`` variable, a Ray too old for
     token authentication). A Spark spec becomes standalone Deployments or, in ``operator``
     mode (``spark_mode``), a SparkConnect whose server runs as ``spark_service_account``."""
