@@ -110,6 +110,17 @@ class ReadinessTimeout(BackendError):
         super().__init__(f"{message}\n{details}" if details else message)
 
 
+class ListingIncomplete(BackendError):
+    """A listing could not see every kind a cluster may be (a Role without one of its rules):
+    ``found`` holds the clusters of the kinds it could list. A caller that deletes (the reaper,
+    run-end, a teardown) acts on those and fails naming this; a mere listing fails, since the
+    clusters it cannot see would otherwise be neither shown nor deleted."""
+
+    def __init__(self, message: str, found: Sequence[Any]) -> None:
+        self.found = list(found)
+        super().__init__(message)
+
+
 class TeardownIncomplete(BackendError):
     """Deletion was asked for, but something of the cluster is still there (named in ``leftover``)."""
 

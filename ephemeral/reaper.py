@@ -95,7 +95,7 @@ from ephemeral.backends.base import (
     require_instance,
     same_life,
 )
-from ephemeral.errors import EphemeralError, TeardownIncomplete
+from ephemeral.errors import EphemeralError, ListingIncomplete, TeardownIncomplete
 from ephemeral.notify import notify_reaped
 from ephemeral.specs.identity import current_instance, parse_utc, utc_text
 
@@ -430,7 +430,8 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
     dag_info = functools.cache(dags) if dags is not None else None
     decisions: list[Decision] = []
     unfound: list[tuple[int, ClusterHandle]] = []
-    for handle in backend.list_owned():
+    owned, unlisted = _listing(backend)
+    for handle in owned:
         if handle.deleting is not None:  # asked before: nothing to judge, nor to wait for
             decisions.append(_under_way(handle, handle.deleting, now, delete_budget))
             continue
@@ -467,14 +468,33 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
                                       dry_run=dry_run, dags=dag_info, lookup=lookup,
                                       witness=witness, deletions=deletions, index=i)
     deletions.finish(decisions)
+    if unlisted is not None:  # what was seen is judged; the pass fails for what was not
+        decisions.append(Decision(LISTING, False, "clusters of a kind this identity cannot "
+                                  "list were not judged", error=str(unlisted)))
     # Objects with this backend's cluster labels that are no record it acts on: reported at
     # every pass, for a person to look at, never deleted (they may be anyone's).
-    decisions += [Decision(name, False, f"left alone: {why}; delete it by hand if it is no "
-                           "one's") for name, why in backend.disowned()]
-    live = backend.list_owned()
+    try:
+        decisions += [Decision(name, False, f"left alone: {why}; delete it by hand if it is no "
+                               "one's") for name, why in backend.disowned()]
+    except EphemeralError as err:
+        decisions.append(Decision(LISTING, False, "objects no record accounts for could not be "
+                                  "looked for", error=str(err)))
+    live, _ = _listing(backend)
     live_runs = {k for h in live if h.run is not None for k in run_keys(h.run)}
     memory.save(live_runs | {key for h in live for key in (*idle_keys(h), dead_key(h))})
     return decisions
+
+
+LISTING = "(listing)"  # a decision about the pass's listing, not a cluster
+
+
+def _listing(backend: ClusterBackend) -> tuple[list[ClusterHandle], ListingIncomplete | None]:
+    """The clusters to judge, and the refusal that hid some kind of them, if any (a Role
+    without one of its rules): those found are still judged and deleted."""
+    try:
+        return backend.list_owned(), None
+    except ListingIncomplete as err:
+        return err.found, err
 
 
 def _judge_unfound(handle: ClusterHandle, d: Decision,

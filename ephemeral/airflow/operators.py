@@ -49,7 +49,13 @@ from ephemeral.airflow.settle import settles_at
 from ephemeral.airflow.triggers import ClusterReadyTrigger, RayJobTrigger
 from ephemeral.backends import ClusterBackend, ClusterHandle
 from ephemeral.backends.readiness import Readiness
-from ephemeral.errors import EphemeralError, InstanceRequired, JobSubmissionFailed, SpecError
+from ephemeral.errors import (
+    EphemeralError,
+    InstanceRequired,
+    JobSubmissionFailed,
+    ListingIncomplete,
+    SpecError,
+)
 from ephemeral.jobs.ray_jobs import JobIdTaken, RayJobs, ray_jobs_for
 from ephemeral.jobs.results import JobResult, JobStatus, tail
 from ephemeral.lifecycle import (
@@ -605,8 +611,10 @@ class DeleteClusterOperator(BaseOperator):
         try:
             targets = {h.name: h for h in backend.list_owned(selector)}
         except EphemeralError as err:  # e.g. a Role that cannot list one of the kinds
-            # The handles still name their clusters, each looked up in its own kind below.
-            targets, unusable = {}, AirflowFailException(
+            # What it saw, and the handles' clusters, each looked up in its own kind below,
+            # are deleted; then the teardown fails naming what it could not list.
+            found = err.found if isinstance(err, ListingIncomplete) else []
+            targets, unusable = {h.name: h for h in found}, AirflowFailException(
                 f"cannot list the clusters {setup} made in this run: {err}")
         gone: dict[str, ClusterHandle] = {}
         for handle in handles:

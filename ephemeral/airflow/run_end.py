@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ephemeral.errors import first_line
+from ephemeral.errors import ListingIncomplete, first_line
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -188,6 +188,10 @@ def delete_run_clusters(dag_id: str, run_id: str, *, linger: float = 0.0,
         trouble = False
         try:
             handles = backend.list_owned(selector)
+        except ListingIncomplete as err:  # a kind it cannot list: what it saw goes, then again
+            log.warning("listing the clusters of %s/%s was incomplete (%s); deleting those "
+                        "found", dag_id, run_id, first_line(err))
+            handles, trouble = err.found, True
         except Exception as err:  # noqa: BLE001 (an API blip: the next pass lists again)
             log.warning("listing the clusters of %s/%s failed (%s); trying again", dag_id,
                         run_id, first_line(err))

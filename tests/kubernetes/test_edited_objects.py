@@ -153,11 +153,19 @@ def spark_connect(kube_config: KubeConfig, apiserver: ApiServer,
     return backend, h
 
 
-def test_a_role_that_cannot_see_sparkconnects_fails_the_reaper(
+def test_a_role_that_cannot_see_sparkconnects_fails_the_reaper_after_reaping_the_rest(
         kube_config: KubeConfig, operator: Operator, apiserver: ApiServer) -> None:
+    """The SparkConnects it cannot see fail the pass (they would be neither listed nor
+    reaped); the clusters it does see are still judged and deleted: an expired RayCluster."""
     backend, _ = spark_connect(kube_config, apiserver, ident(SPARK))
-    with pytest.raises(Forbidden, match="cannot list sparkconnects"):
-        reap(backend, lookup=None, now=datetime.now(UTC) + timedelta(days=365))
+    ray = backend.create(RAY, identity=ident(RAY))
+    decisions = reap(backend, lookup=None, now=datetime.now(UTC) + timedelta(days=365))
+    assert [(d.cluster, d.deleted) for d in decisions if d.delete] == [(ray.name, True)]
+    assert gone(apiserver, "rayclusters")
+    errors = [d.error for d in decisions if d.error]
+    assert errors
+    assert all("cannot list sparkconnects" in e for e in errors)
+    assert names(apiserver, "sparkconnects")  # unseen, so untouched
     with pytest.raises(Forbidden, match="cannot list sparkconnects"):
         backend.disowned()
 

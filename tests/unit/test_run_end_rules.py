@@ -69,6 +69,24 @@ def test_retrying_ends_after_the_window(quick: Any, monkeypatch: pytest.MonkeyPa
     assert 0.2 <= time.monotonic() - started < 5
 
 
+def test_an_incomplete_listing_still_deletes_what_it_saw(quick: Any,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Role that cannot list one kind (SparkConnects where the spark-operator is installed):
+    the run's clusters of the other kinds still go, and it keeps trying for the rest."""
+    from ephemeral.errors import ListingIncomplete
+
+    class Partial(InMemoryBackend):
+        def list_owned(self, selector: OwnerSelector | None = None) -> list[ClusterHandle]:
+            raise ListingIncomplete("cannot list sparkconnects", super().list_owned(selector))
+
+    monkeypatch.setattr(quick, "RETRY_WINDOW", 0.2)
+    backend = Partial()
+    made = backend.create(SPEC, identity=ident())
+    assert quick.delete_run_clusters("d", "r", backend=backend, failed_setup=lambda _h: False,
+                                     moved=lambda _e: False) == [made.name]
+    assert InMemoryBackend.list_owned(backend) == []
+
+
 def test_it_asks_before_every_deletion(quick: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """A clear, and the new try adopting the second cluster, while the first is deleted."""
     monkeypatch.setattr(quick, "FRESH", 0.0)

@@ -89,6 +89,7 @@ from ephemeral.errors import (
     ClusterFailed,
     EphemeralError,
     IdentityConflict,
+    ListingIncomplete,
     ReadinessTimeout,
     TeardownIncomplete,
 )
@@ -593,11 +594,15 @@ class KubernetesBackend(ClusterBackend):
         if selector.labels:
             wanted.append(selector.as_label_selector())
         handles: list[ClusterHandle] = []
-        for obj in self._primary_objects(client, kinds, ",".join(wanted)):
+        objs, refused = self._primary_objects(client, kinds, ",".join(wanted))
+        for obj in objs:
             record, _ = self._record_of(obj)
             if record is not None and selector.admits(record):
                 handles.append(record)
-        return sorted((self._view(h) for h in handles), key=lambda h: h.name)
+        found = sorted((self._view(h) for h in handles), key=lambda h: h.name)
+        if refused:
+            raise ListingIncomplete("; ".join(str(err) for err in refused), found)
+        return found
 
     def disowned(self) -> list[tuple[str, str]]:
         """(name, why) of the primaries of this deployment instance that are no record of
@@ -606,28 +611,36 @@ class KubernetesBackend(ClusterBackend):
         whatever its labels."""
         instance = OwnerSelector().labels[INSTANCE_LABEL]
         found: list[tuple[str, str]] = []
-        for obj in self._primary_objects(self.client, PRIMARY_KINDS, None):
+        objs, refused = self._primary_objects(self.client, PRIMARY_KINDS, None)
+        if refused:
+            raise refused[0]
+        for obj in objs:
             record, why = self._record_of(obj)
             if record is None and self._names_instance(obj, instance):
                 found.append((name_of(obj), why))
         return found
 
-    def _primary_objects(self, client: KubeClient, kinds: tuple[Kind, ...],
-                         labels: str | None) -> list[dict[str, Any]]:
+    def _primary_objects(self, client: KubeClient, kinds: tuple[Kind, ...], labels: str | None
+                         ) -> tuple[list[dict[str, Any]], list[Forbidden]]:
         """The objects of ``kinds`` with ``labels`` (None: all of them) that may be a
-        cluster's primary. A Role without a right on one of the kinds fails the listing (its
-        Forbidden names the verb and the resource): the clusters it hides would be neither
-        listed nor reaped. A kind whose CRD is not installed has none."""
+        cluster's primary, and the refusals of the kinds a Role has no right on (each names
+        the verb and the resource): the clusters they hide would be neither listed nor
+        reaped, so the callers fail on them, after acting on what was found. A kind whose CRD
+        is not installed has none."""
         found: list[dict[str, Any]] = []
+        refused: list[Forbidden] = []
         for kind in kinds:
             try:
                 objs = client.list_objects(kind, labels=labels)
             except OperatorMissing:
                 continue
+            except Forbidden as err:
+                refused.append(err)
+                continue
             if kind is DEPLOYMENT:  # the master, carrying the record; its labels may be edited
                 objs = [o for o in objs if _is_master(o) or _recorded(o)]
             found += objs
-        return found
+        return found, refused
 
     def _names_instance(self, obj: dict[str, Any], instance: str) -> bool:
         """Whether ``obj``'s labels or its record (even one that does not verify) say it is a
