@@ -4,7 +4,7 @@ Role that cannot see a kind fails the listing instead of hiding its clusters."""
 
 from __future__ import annotations
 
-import _thread
+import signal
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -77,8 +77,17 @@ def test_a_create_whose_answer_is_lost_deletes_what_it_stored(
 
 def test_a_create_interrupted_in_its_primary_post_deletes_what_it_stored(
         k8s_backend: KubernetesBackend, apiserver: ApiServer) -> None:
-    stored_then(apiserver, "rayclusters", lambda reply: time.sleep(1.0) or reply)
-    threading.Timer(0.4, _thread.interrupt_main).start()  # Ctrl-C while the answer is awaited
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def interrupted(reply: Any) -> Any:
+        # Ctrl-C while the answer is awaited: a real SIGINT, sent once the object is stored,
+        # so it lands in the POST whatever the load (a timer could fire before or after it).
+        signal.pthread_kill(main, signal.SIGINT)
+        time.sleep(0.5)
+        return reply
+
+    stored_then(apiserver, "rayclusters", interrupted)
     with pytest.raises(KeyboardInterrupt):
         provision(k8s_backend, RAY, ClusterIdentity.manual(RAY.spec.name, "cut"), timeout=5)
     assert gone(apiserver, "rayclusters")
