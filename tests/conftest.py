@@ -6,6 +6,7 @@ import atexit
 import importlib.util
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import psutil
 import pytest
 
 from ephemeral.errors import EphemeralError
-from ephemeral.lifecycle import interrupt_on_stop_signals
+from ephemeral.lifecycle import STOP_SIGNALS, interrupt_on_stop_signals
 from ephemeral.specs import ClusterIdentity, ResolvedSpec, resolve
 
 # Airflow reads its configuration when first imported: point it at a throwaway home before any
@@ -33,11 +34,26 @@ os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 REQUIRE_K8S = "EPHEMERAL_REQUIRE_K8S"
 
 
+_HANDLERS: dict[int, object] = {}
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """A run stopped by SIGTERM (a CI job's timeout, `timeout`, a kill) or a closed terminal
     ends as Ctrl-C does: pytest then tears its fixtures down, so the clusters, live Airflows
     and PostgreSQL servers they started are stopped, not orphaned (the CLI's rule too)."""
     interrupt_on_stop_signals()
+    _HANDLERS.update({s: signal.getsignal(s) for s in (signal.SIGINT, *STOP_SIGNALS)})
+
+
+@pytest.fixture(autouse=True)
+def _stop_signals_kept() -> Iterator[None]:
+    """Each test ends with the run's own SIGINT, SIGTERM and SIGHUP handlers: in a full run,
+    a handler taken over in-process and kept (not yet traced to its test) made Ctrl-C and
+    SIGTERM no longer stop the run, and swallowed a later test's Ctrl-C."""
+    yield
+    for signum, handler in _HANDLERS.items():
+        if handler is not None and signal.getsignal(signum) is not handler:
+            signal.signal(signum, handler)  # type: ignore[arg-type]
 
 
 @pytest.hookimpl(wrapper=True)

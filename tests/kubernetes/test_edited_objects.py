@@ -88,8 +88,12 @@ def test_a_create_interrupted_in_its_primary_post_deletes_what_it_stored(
         return reply
 
     stored_then(apiserver, "rayclusters", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        provision(k8s_backend, RAY, ClusterIdentity.manual(RAY.spec.name, "cut"), timeout=5)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as Python's
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            provision(k8s_backend, RAY, ClusterIdentity.manual(RAY.spec.name, "cut"), timeout=5)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert gone(apiserver, "rayclusters")
 
 
