@@ -103,6 +103,8 @@ class Model(BaseModel):
         # must not ride along in the ValidationError a SpecError is raised from, nor in a
         # traceback of it (a DAG import error, a task log).
         hide_input_in_errors=True,
+        # Each field's docstring is its description in the JSON Schema: editors' hover text.
+        use_attribute_docstrings=True,
     )
 
 
@@ -147,10 +149,15 @@ class Toleration(Model):
     object is created."""
 
     key: str | None = None
+    """The taint's key; empty with operator Exists tolerates every taint."""
     operator: Literal["Equal", "Exists"] = Field(default="Equal", validate_default=True)
+    """Equal (key and value match) or Exists (the key alone)."""
     value: str | None = None
+    """The taint's value, with operator Equal."""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """The taint effect tolerated; empty tolerates all."""
     toleration_seconds: Annotated[int | None, Number] = Field(default=None, ge=0)
+    """With NoExecute: how long a pod stays after the taint appears."""
 
     @field_validator("key")
     @classmethod
@@ -191,7 +198,9 @@ class Placement(Model):
     """Where pods of a group may run on Kubernetes (ignored by the local backend)."""
 
     node_selector: dict[str, str] = Field(default_factory=dict)
+    """Node labels the pods must have (Kubernetes; noted on the local backend)."""
     tolerations: list[Toleration] = Field(default_factory=list)
+    """Taints the pods tolerate (Kubernetes; noted on the local backend)."""
 
     @field_validator("node_selector")
     @classmethod
@@ -208,7 +217,9 @@ class Placement(Model):
 
 class GpuFields(Model):
     gpus: GpuCount = 0
+    """GPUs per node (0-64): Ray's --num-gpus, the pod's GPU limit."""
     gpu_resource: str = "nvidia.com/gpu"
+    """The extended resource the GPUs are requested as on Kubernetes."""
 
     @field_validator("gpu_resource")
     @classmethod
@@ -220,7 +231,9 @@ class GpuFields(Model):
 
 class SecretKeyRef(Model):
     name: str
+    """The Kubernetes Secret (in the clusters' namespace)."""
     key: str = Field(min_length=1)
+    """The key of that Secret."""
 
     @field_validator("name")
     @classmethod
@@ -403,9 +416,14 @@ class EnvVar(Model):
     """
 
     name: str
+    """The variable's name, as the processes see it."""
     value: str | None = None
+    """A literal value; never a secret (use secretKeyRef or fromEnv)."""
     secret_key_ref: SecretKeyRef | None = None
+    """A Kubernetes Secret's key; the local backend reads the variable of this name from its own
+    environment."""
     from_env: str | None = None
+    """A variable of the environment that creates the cluster (local backend only)."""
 
     @field_validator("name")
     @classmethod
@@ -529,27 +547,57 @@ class Lifetime(Model):
         return duration_seconds(self.idle_timeout) if self.idle_timeout else None
 
 
+def _ray_cpus(v: float) -> str | None:
+    """Why ``v`` CPUs cannot be a Ray node's: Ray counts a node's CPUs in whole numbers (``ray
+    start --num-cpus``; KubeRay rounds a pod's limit up), so 0.5 would offer tasks 1 CPU in a
+    half-CPU limit, and they would run throttled at half the speed Ray plans for."""
+    if v == int(v):
+        return None
+    return (f"{v} CPUs: Ray counts a node's CPUs in whole numbers (it would offer tasks "
+            f"{math.ceil(v)} in a {v}-CPU limit); give a whole number")
+
+
 class RayHead(GpuFields, Placement):
     cpu: PositiveCpu = 1
+    """The head's CPUs: its pod's; a whole number when it runs tasks (Ray counts whole CPUs)."""
     memory: RayMemory = "2Gi"
+    """The head's memory (e.g. 8Gi): its pod's limit, Ray's --memory."""
     run_tasks: bool = False
     """Whether the head offers its CPUs to tasks (off: the head only coordinates, as on KubeRay)."""
+
+    @model_validator(mode="after")
+    def _whole_cpus(self) -> RayHead:
+        if self.run_tasks and (why := _ray_cpus(self.cpu)):
+            raise ValueError(f"cpu: {why}, or runTasks: false")
+        return self
 
 
 class RayWorkerGroup(GpuFields, Placement):
     name: str
+    """The group's name, a DNS label: its nodes' names and the overrides' groups.<name>."""
     replicas: Annotated[int, Number] = Field(ge=1, le=1000)
+    """Nodes the group starts with (and keeps, without autoscaling)."""
     min_replicas: Annotated[int | None, Number] = Field(default=None, ge=0, le=1000)
     """Autoscaling bounds (default ``replicas``): KubeRay's autoscaler on Kubernetes. The local
     backend does not autoscale: it starts ``replicas`` nodes, and says so."""
     max_replicas: Annotated[int | None, Number] = Field(default=None, ge=1, le=1000)
+    """Autoscaling ceiling (default ``replicas``); also the most nodes an override may ask for."""
     cpu: PositiveCpu = 1
+    """Each node's CPUs, a whole number (Ray counts whole CPUs)."""
     memory: RayMemory = "2Gi"
+    """Each node's memory (e.g. 32Gi): its pod's limit, Ray's --memory."""
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         return dns_label(v, GROUP_NAME_MAX)
+
+    @field_validator("cpu")
+    @classmethod
+    def _whole_cpus(cls, v: float) -> float:
+        if why := _ray_cpus(v):
+            raise ValueError(why)
+        return v
 
     @model_validator(mode="after")
     def _bounds(self) -> RayWorkerGroup:
@@ -586,12 +634,17 @@ def _version(v: object) -> int:
 
 class SpecBase(Model):
     name: str
+    """The spec's name, a DNS label; clusters are named after it."""
     version: Annotated[int, BeforeValidator(_version)] = Field(ge=1, le=VERSION_MAX)
     """A whole number from 1 (YAML's unquoted 3): a reference resolves by it, so "3" or 3.0
     would be a version that validates but that ``@3`` never finds."""
     description: str = ""
+    """Free text for people; not part of the content hash."""
     image: str = Field(min_length=1)
+    """The container image on Kubernetes ([registry/]path[:tag][@sha256:...]); the local backend
+    runs the installed Ray or Spark."""
     lifetime: Lifetime = Field(default_factory=Lifetime)
+    """How long a cluster may live (ttl) and sit idle (idleTimeout)."""
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Overlays for places the spec runs, merged over the spec by ``apply_profile``."""
 
@@ -628,10 +681,16 @@ def _engine_version(v: object) -> str:
 
 class RaySpec(SpecBase):
     kind: Literal["RayCluster"]
+    """RayCluster."""
     ray_version: str
+    """The Ray version the cluster runs (KubeRay's rayVersion; the local backend's installed Ray
+    must be it)."""
     head: RayHead = Field(default_factory=RayHead)
+    """The head node."""
     worker_groups: list[RayWorkerGroup] = Field(min_length=1, max_length=16)
+    """Worker groups (1-16), each of identical nodes."""
     runtime_env: RuntimeEnv = Field(default_factory=RuntimeEnv)
+    """The cluster's default Ray runtime environment and its nodes' variables."""
 
     @field_validator("ray_version", mode="before")
     @classmethod
@@ -653,12 +712,16 @@ class RaySpec(SpecBase):
 class SparkMaster(Placement):
     cpu: PositiveCpu = 1
     memory: SparkDaemonMemory = "1Gi"
+    """The master daemon's memory (its JVM heap locally, its pod on Kubernetes)."""
 
 
 class SparkWorkers(GpuFields, Placement):
     replicas: Annotated[int, Number] = Field(ge=1, le=1000)
+    """Workers (standalone), or the most executors at once (operator mode)."""
     cores: Annotated[int, Number] = Field(ge=1, le=1024)
+    """Each worker's cores, a whole number: what its executors get."""
     memory: SparkJvmMemory = "2Gi"
+    """Each worker's memory, for its executors (at least Spark's minimum heap)."""
     discovery_script: str | None = None
     """Script that prints the GPUs of an executor as JSON (Spark resource discovery)."""
 
@@ -766,9 +829,12 @@ SparkConf = Annotated[dict[str, str], AfterValidator(no_secret_conf),
 
 class SparkConnect(Placement):
     enabled: bool = True
+    """Whether the cluster runs a Spark Connect server (sc:// endpoint)."""
     cpu: PositiveCpu = 1
     memory: SparkJvmMemory = "1Gi"
+    """The Connect server's memory (its driver)."""
     conf: SparkConf = Field(default_factory=dict)
+    """Spark settings for the Connect server only, after the spec's conf."""
 
 
 # Spark's GPU asks of tasks and executors (spark.task.resource.gpu.amount, ...).
@@ -808,11 +874,17 @@ def _field_errors(code: str, problems: list[tuple[tuple[str, ...], str]]) -> Exc
 
 class SparkSpec(SpecBase):
     kind: Literal["SparkCluster"]
+    """SparkCluster."""
     spark_version: str
+    """The Spark version the cluster runs (the local backend's installed pyspark must be it)."""
     master: SparkMaster = Field(default_factory=SparkMaster)
+    """The standalone master (not in operator mode)."""
     workers: SparkWorkers
+    """The workers and what their executors get."""
     connect: SparkConnect | None = None
+    """The Spark Connect server; absent: none."""
     conf: SparkConf = Field(default_factory=dict)
+    """Spark settings (spark.* keys) every application of the cluster gets; never secrets."""
     kubernetes_mode: Literal["standalone", "operator"] | None = None
     """Kubernetes only: ``standalone`` (master, worker and Connect Deployments) or ``operator``
     (the Kubeflow spark-operator's ``SparkConnect``: executors as pods on demand, no master);

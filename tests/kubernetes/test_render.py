@@ -401,10 +401,10 @@ def test_ray_gpu_workers_dev_shm_is_sized_from_the_spec() -> None:
 
 
 def test_ray_head_that_runs_tasks_gets_its_cpus_from_the_limit(tmp_path: Path) -> None:
-    spec = resolve(spec_file(tmp_path, RAY_MINIMAL + "head: {runTasks: true, cpu: 0.5}\n"))
+    spec = resolve(spec_file(tmp_path, RAY_MINIMAL + "head: {runTasks: true, cpu: 3}\n"))
     head = render(spec, handle_for(spec)).primary["spec"]["headGroupSpec"]
     assert head["rayStartParams"] == {"dashboard-host": "0.0.0.0"}
-    assert head["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] == "500m"
+    assert head["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] == "3"
 
 
 def test_secrets_stay_references(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
