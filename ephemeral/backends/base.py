@@ -661,12 +661,15 @@ def node_groups(spec: ResolvedSpec, *, backend: str = "local",
 
     s = spec.spec
     if isinstance(s, RaySpec):
+        # Only KubeRay's autoscaler moves a group between its bounds; every other backend
+        # starts ``replicas`` nodes and keeps them (``notes``), so their count is exact.
+        scales = backend == "kubernetes"
         return [NodeGroup(name="head", role="head", replicas=1, cpu=s.head.cpu,
                           memory_bytes=memory_bytes(s.head.memory), gpus=s.head.gpus),
                 *(NodeGroup(name=g.name, role="worker", replicas=g.replicas, cpu=g.cpu,
                             memory_bytes=memory_bytes(g.memory), gpus=g.gpus,
-                            min_replicas=g.min if g.min != g.max else None,
-                            max_replicas=g.max if g.min != g.max else None)
+                            min_replicas=g.min if scales and g.min != g.max else None,
+                            max_replicas=g.max if scales and g.min != g.max else None)
                   for g in s.worker_groups)]
     operator = backend == "kubernetes" and \
         (s.kubernetes_mode or default_spark_mode) == "operator"

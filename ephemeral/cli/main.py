@@ -727,6 +727,7 @@ def report_cmd(
     """Print a run's report: each cluster's lifetime, idle split, reserved resources and cost,
     and each job's wall time and results, as the run's teardowns recorded them."""
     from ephemeral.report import load_report, render_html, report_uri
+    from ephemeral.report.costs import CostConfigError, load_prices
     from ephemeral.report.store import instances_with, legacy_report_dir, load_legacy_report
     from ephemeral.report.text import print_report
     from ephemeral.settings import INSTANCE_PATTERN
@@ -737,7 +738,13 @@ def report_cmd(
         raise _fail(RequestError([("--instance", f"{instance!r} is not a deployment instance "
                                    "id: 1-40 lower-case letters, digits and '-' (the folders "
                                    "of the artifact root)")], "ephemeral report"), as_json)
-    report = load_report(dag_id, run_id, instance)
+    try:
+        # Parts recorded with no price (no setting where the teardown ran) are priced by this
+        # shell's; a recorded price is the one in force then, and kept.
+        prices = load_prices()
+    except CostConfigError as e:
+        raise _fail(e, as_json) from None
+    report = load_report(dag_id, run_id, instance, prices=prices)
     others = [] if report is not None else [
         i for i in instances_with(dag_id, run_id) if i != instance]
     if report is None and instance is None and len(others) == 1 \
@@ -746,13 +753,13 @@ def report_cmd(
         # AIRFLOW_HOME): the one deployment that ran it is the one meant. A shell that names
         # its instance means it.
         instance = others[0]
-        report = load_report(dag_id, run_id, instance)
+        report = load_report(dag_id, run_id, instance, prices=prices)
         print(f"(the run of deployment instance {instance}, not this shell's "
               f"{get_settings().instance})", file=sys.stderr)
     page = report_uri(dag_id, run_id, instance=instance)
     if report is None and not (others and instance is None):
         # Written before the instance layout (an upgrade): <root>/reports/<dag>/<run>/.
-        report = load_legacy_report(dag_id, run_id)
+        report = load_legacy_report(dag_id, run_id, prices=prices)
         if report is not None:
             old = legacy_report_dir(dag_id, run_id)
             page = f"{old}/report.html"
@@ -765,6 +772,9 @@ def report_cmd(
         raise _fail(EphemeralError(f"no run report of {dag_id} {run_id} under "
                                    f"{report_uri(dag_id, run_id, '', instance)} ({hint})"),
                     as_json)
+    if report.get("priced_now"):
+        print(f"(priced by this shell's cost setting: {', '.join(report['priced_now'])}, "
+              "recorded without a price)", file=sys.stderr)
     if html is not None:
         try:
             html.write_text(render_html(report))

@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from ephemeral.backends.base import NodeGroup
-from ephemeral.report.costs import Price, price_setting
+from ephemeral.report.costs import Price, Prices, price_setting
 
 GIB = 1024**3
 REPORT_VERSION = 1
@@ -316,9 +316,29 @@ def _one_per_life(parts: list[ClusterFacts]) -> list[ClusterFacts]:
     return list(newest.values())
 
 
+def price_unpriced(parts: list[ClusterFacts], prices: Prices | None
+                   ) -> tuple[list[ClusterFacts], list[str]]:
+    """``parts`` with those recorded without any price (no cost setting where their teardown
+    ran, or before there was one) priced by ``prices``, and the names so priced. A price
+    recorded is never replaced: it was the one in force."""
+    if prices is None:
+        return parts, []
+    out, priced = [], []
+    for p in parts:
+        if p.price is None:
+            p = p.model_copy(update={"price": prices.for_spec(p.spec_ref),
+                                     "currency": prices.currency})
+            priced.append(p.name)
+        out.append(p)
+    return out, priced
+
+
 def build_report(dag_id: str, run_id: str, parts: list[ClusterFacts],
-                 *, generated_at: float | None = None) -> dict[str, Any]:
-    """The run's report from every cluster's facts (order: by creation)."""
+                 *, generated_at: float | None = None,
+                 prices: Prices | None = None) -> dict[str, Any]:
+    """The run's report from every cluster's facts (order: by creation); ``prices`` prices
+    the parts recorded without one (``priced_now`` names them)."""
+    parts, priced_now = price_unpriced(parts, prices)
     clusters = [summarize(p) for p in sorted(_one_per_life(parts),
                                              key=lambda p: (p.created, p.name))]
     jobs = [{**j, "cluster": c["name"]} for c in clusters for j in c["jobs"]]
@@ -352,4 +372,5 @@ def build_report(dag_id: str, run_id: str, parts: list[ClusterFacts],
             else None,
             "currency": currencies.pop() if len(currencies) == 1 else None,
         },
+        **({"priced_now": sorted(set(priced_now))} if priced_now else {}),
     }

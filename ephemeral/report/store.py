@@ -37,6 +37,7 @@ from pydantic import BaseModel, ValidationError
 
 from ephemeral.jobs import artifacts
 from ephemeral.jobs.artifacts import run_slug
+from ephemeral.report.costs import Prices
 from ephemeral.report.html import render_html
 from ephemeral.report.model import ClusterFacts, Ready, Release, build_report, merge_life
 from ephemeral.settings import setting
@@ -213,12 +214,13 @@ def _read_digested(uris: list[str]) -> tuple[list[ClusterFacts], dict[str, str |
     return parts, digests
 
 
-def load_report(dag_id: str, run_id: str,
-                instance: str | None = None) -> dict[str, Any] | None:
+def load_report(dag_id: str, run_id: str, instance: str | None = None, *,
+                prices: Prices | None = None) -> dict[str, Any] | None:
     """The run's report (this deployment instance's run unless ``instance`` says another)
-    rebuilt from its parts; None when no teardown recorded anything."""
+    rebuilt from its parts, those recorded without a price priced by ``prices``; None when no
+    teardown recorded anything."""
     parts = read_parts(dag_id, run_id, instance)
-    return build_report(dag_id, run_id, parts) if parts else None
+    return build_report(dag_id, run_id, parts, prices=prices) if parts else None
 
 
 # The layout before deployment instances (commit 7d8db52): ``<root>/reports/<dag>/<run>/``,
@@ -236,7 +238,8 @@ def legacy_report_dir(dag_id: str, run_id: str) -> str:
     return artifacts.run_uri(REPORTS, legacy_slug(dag_id), legacy_slug(run_id))
 
 
-def load_legacy_report(dag_id: str, run_id: str) -> dict[str, Any] | None:
+def load_legacy_report(dag_id: str, run_id: str, *,
+                       prices: Prices | None = None) -> dict[str, Any] | None:
     """The run's report as written before the instance layout (no ``<instance>/`` segment),
     for ``ephemeral report`` after an upgrade; None when there is none. That slug gave
     ``retrain:v2`` and ``retrain+v2`` one folder: only this run's parts count."""
@@ -244,7 +247,7 @@ def load_legacy_report(dag_id: str, run_id: str) -> dict[str, Any] | None:
         return None  # that slug let these name a folder above: never read there
     parts = [p for p in _read(_parts_in(legacy_report_dir(dag_id, run_id)))
              if p.dag_id == dag_id and p.run_id == run_id]
-    return build_report(dag_id, run_id, parts) if parts else None
+    return build_report(dag_id, run_id, parts, prices=prices) if parts else None
 
 
 def write_report(report: dict[str, Any]) -> str:

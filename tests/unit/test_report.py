@@ -636,6 +636,21 @@ def test_an_autoscaled_groups_reserved_seconds_are_reported_as_a_range() -> None
     assert build_report("d", "r", [facts()])["clusters"][0]["autoscaled"] is None
 
 
+def test_a_local_cluster_of_an_autoscaling_spec_is_counted_exactly() -> None:
+    """The local backend starts replicas nodes of a group whose minReplicas and maxReplicas
+    differ and keeps them (specs show and up say so): its report has no range to give, and
+    the reaper expects every one of those nodes."""
+    from ephemeral.backends.base import node_groups
+
+    spec = resolve("ray/adhoc-cpu", None)
+    local = node_groups(spec, backend="local")
+    [cpu] = [g for g in local if g.role == "worker"]
+    assert (cpu.replicas, cpu.min_replicas, cpu.max_replicas, cpu.floor) == (2, None, None, 2)
+    assert build_report("d", "r", [facts(groups=local)])["clusters"][0]["autoscaled"] is None
+    [k8s] = [g for g in node_groups(spec, backend="kubernetes") if g.role == "worker"]
+    assert (k8s.min_replicas, k8s.max_replicas) == (1, 4)
+
+
 @pytest.mark.parametrize("currency", ["[/]", "<script>", "US$", "EU", "EURODOLLARS", ""])
 def test_a_currency_that_is_no_code_is_refused_at_load(currency: str, tmp_path: Path) -> None:
     with pytest.raises(CostConfigError, match=r"EPHEMERAL_COST_CURRENCY.*3 to 8 letters"):
@@ -745,3 +760,39 @@ def test_the_timeline_draws_what_the_numbers_counted() -> None:
     scale = widths["starting"] / 50.0
     assert widths["job"] == pytest.approx(50.0 * scale, abs=0.2)
     assert widths["deleting"] == pytest.approx(10.0 * scale, abs=0.2)
+
+
+def test_ephemeral_report_prices_what_its_teardowns_recorded_without_a_price(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An operator who sets the cost setting after the runs (or only in their shell) gets
+    money from `ephemeral report`, told which clusters it priced; a price recorded by a
+    teardown was the one in force and is kept."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from ephemeral.cli.main import app
+
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", str(tmp_path / "art"))
+    for var in ("EPHEMERAL_COST_FILE", "EPHEMERAL_COST_GPU_HOUR", "EPHEMERAL_COST_CPU_HOUR"):
+        monkeypatch.delenv(var, raising=False)
+    kept = Price(cpu_hour=0.0, gpu_hour=36.0, memory_gib_hour=0.0)
+    record([facts("unpriced"), facts("priced", price=kept)])
+    run_id = facts().run_id
+    before = json.loads(CliRunner().invoke(app, ["report", "d", run_id, "--json"]).stdout)
+    assert {c["name"]: c["cost"] for c in before["clusters"]} == {"unpriced": None,
+                                                                  "priced": 2.0}
+    assert "priced_now" not in before
+    env = {"EPHEMERAL_COST_GPU_HOUR": "3.6", "EPHEMERAL_COST_CPU_HOUR": "0"}
+    out = CliRunner().invoke(app, ["report", "d", run_id, "--json"], env=env)
+    assert out.exit_code == 0, out.output
+    doc = json.loads(out.stdout)
+    # 2 GPUs for 100 s at 3.6 an hour; the recorded 36 an hour stays.
+    assert {c["name"]: c["cost"] for c in doc["clusters"]} == {"unpriced": 0.2, "priced": 2.0}
+    assert doc["priced_now"] == ["unpriced"]
+    assert doc["totals"]["cost"] == 2.2
+    assert "priced by this shell's cost setting: unpriced" in out.stderr
+    bad = CliRunner().invoke(app, ["report", "d", run_id], env={"EPHEMERAL_COST_GPU_HOUR": "x"})
+    assert bad.exit_code != 0
+    assert "EPHEMERAL_COST_GPU_HOUR" in bad.output
+    assert "Traceback" not in bad.output
