@@ -697,7 +697,15 @@ def reap_cmd(
         lookup = AirflowApiLookup(airflow_url, token=os.environ.get("AIRFLOW_API_TOKEN"),
                                   username=setting("airflow_user"),
                                   password=setting("airflow_password"))
-    decisions = reap(_backend(backend), lookup=lookup, grace=grace, dry_run=dry_run,
+    chosen = _backend(backend)
+    root = get_settings().artifact_root
+    if chosen.name == "kubernetes" and root.startswith("file://"):
+        # A pod's own disk: what the pass records for the run reports (and links to) is lost
+        # with it, and the setups' readiness records are not there to read.
+        err.print(f"warning: EPHEMERAL_ARTIFACT_ROOT is {root}, this host's disk: set it to the "
+                  "deployment's artifact store (as Airflow's), or reaped clusters' report "
+                  "parts and notification links stay here", highlight=False, markup=False)
+    decisions = reap(chosen, lookup=lookup, grace=grace, dry_run=dry_run,
                      memory_file=memory_file(), dags=lookup.dag if lookup else None,
                      delete_budget=delete_budget)
     if as_json:

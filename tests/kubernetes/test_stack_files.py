@@ -297,6 +297,19 @@ def test_the_reaper_may_be_given_the_deployments_notifier_by_reference() -> None
             "name": "ephemeral-notifier", "key": key, "optional": True}}, var
 
 
+def test_the_reaper_records_and_links_in_the_deployments_artifact_store() -> None:
+    """The reaper's part of a run report, the readiness records it reads and its notifications'
+    report links are in the artifact store Airflow uses: from a ConfigMap, by reference."""
+    from ephemeral.report.store import URL_VAR
+
+    _, _, pod = reaper()
+    (container,) = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    for var, key in (("EPHEMERAL_ARTIFACT_ROOT", "root"), (URL_VAR, "url")):
+        assert env[var]["valueFrom"] == {"configMapKeyRef": {
+            "name": "ephemeral-artifacts", "key": key, "optional": True}}, var
+
+
 def test_the_reaper_can_write_its_memory_with_a_read_only_root() -> None:
     _, _, pod = reaper()
     (container,) = pod["containers"]

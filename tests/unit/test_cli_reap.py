@@ -143,3 +143,22 @@ def test_a_delete_budget_that_is_no_duration_is_refused(fake: Listing, budget: s
     assert result.exit_code == 2, result.output
     assert "--delete-budget" in json.loads(result.stdout)["message"]
     assert fake.listed == 0
+
+
+@pytest.mark.parametrize(("backend_name", "root", "warned"), [
+    ("kubernetes", "file:///tmp/ephemeral/artifacts", True),
+    ("kubernetes", "s3://bucket/ephemeral", False),
+    ("local", "file:///tmp/ephemeral/artifacts", False),
+])
+def test_a_kubernetes_reaper_on_its_own_disk_warns(fake: Listing, backend_name: str, root: str,
+                                                   warned: bool,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reaper pod without the deployment's artifact store records reaped clusters' report
+    parts, and links them in notifications, on a disk that dies with the pod: it says so."""
+    monkeypatch.setattr(fake, "name", backend_name)
+    result = CliRunner().invoke(cli_main.app, ["reap", "--dry-run"],
+                                env={"EPHEMERAL_ARTIFACT_ROOT": root,
+                                     "EPHEMERAL_AIRFLOW_URL": ""})
+    assert result.exit_code == 0, result.output
+    assert ("warning: EPHEMERAL_ARTIFACT_ROOT is" in result.stderr) is warned
+    assert "would delete" not in result.stdout
