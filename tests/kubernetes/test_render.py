@@ -307,7 +307,7 @@ def test_network_policy_clients_are_configurable() -> None:
 
 
 def test_a_ray_too_old_for_token_auth_is_refused(tmp_path: Path) -> None:
-    spec = resolve(spec_file(tmp_path, RAY_MINIMAL.replace('"2.60.0"', '"2.51.1"')))
+    spec = resolve(spec_file(tmp_path, RAY_MINIMAL.replace("2.60.0", "2.51.1")))
     with pytest.raises(SpecError, match=r"rayVersion.*2\.51\.1 is older than 2\.52\.0"):
         render(spec, handle_for(spec))
 

@@ -62,7 +62,8 @@ def test_ray_autoscaling_and_placement_on_local() -> None:
 
 def test_kubernetes_notes_operator_mode_and_refuses_a_master(tmp_path: Path) -> None:
     spec = resolve(_spec(tmp_path))
-    assert backend_notes(spec, "kubernetes") == []  # standalone: every field holds
+    # standalone, an image tagged with the spec's version: every field holds
+    assert backend_notes(spec, "kubernetes") == []
     assert refusals(spec, "kubernetes") == []
     assert refusals(spec, "local", default_spark_mode="operator") == []
     assert [f for f, _ in refusals(spec, "kubernetes", default_spark_mode="operator")] == [
