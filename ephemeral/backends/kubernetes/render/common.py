@@ -114,7 +114,7 @@ def placement(p: Placement) -> Manifest:
 
 def env_vars(variables: list[EnvVar]) -> list[Manifest]:
     """Container env from a spec's variables (``fromEnv`` is refused: ``checks``). A secret
-    stays a reference to a Secret."""
+    stays a reference to a Secret; a value reaches the process as written (``literal``)."""
     out: list[Manifest] = []
     for var in variables:
         if var.secret_key_ref is not None:
@@ -123,8 +123,16 @@ def env_vars(variables: list[EnvVar]) -> list[Manifest]:
                         "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
         else:
             assert var.value is not None, f"{var.name}: fromEnv reached the renderer"
-            out.append({"name": var.name, "value": var.value})
+            out.append({"name": var.name, "value": literal(var.value)})
     return out
+
+
+def literal(value: str) -> str:
+    """``value`` as Kubernetes hands it to the process, for a container's env ``value``,
+    ``command`` or ``args``: there it expands ``$(VAR)`` from the container's env and turns
+    ``$$`` into ``$``, so a user's ``$`` is doubled (the backend's own ``$(POD_IP)`` is not
+    passed through here). The local backend passes values as written too."""
+    return value.replace("$", "$$")
 
 
 def jvm_heap(memory: str) -> int:

@@ -25,6 +25,7 @@ from ephemeral.backends.kubernetes.render.common import (
     check_name,
     container_security,
     jvm_heap,
+    literal,
     metadata,
     namespace_of,
     placement,
@@ -185,8 +186,10 @@ def _workers(s: SparkSpec, handle: ClusterHandle, master_url: str) -> Manifest:
 
 
 def connect_conf(s: SparkSpec) -> dict[str, str]:
-    """The Connect server's conf: derived settings, then what every application of the
-    cluster gets (``application_conf``), then connect.conf."""
+    """The Connect server's conf, as its command line holds it: derived settings, then what
+    every application of the cluster gets (``application_conf``), then connect.conf. The
+    spec's values are ``literal``: Kubernetes expands ``$(VAR)`` on a command line, which the
+    derived ``spark.driver.host`` needs and a user's value must not meet."""
     w = s.workers
     _, offered = heap_sizes(w.memory)
     conf = {
@@ -201,7 +204,8 @@ def connect_conf(s: SparkSpec) -> dict[str, str]:
         "spark.sql.warehouse.dir": f"{SCRATCH}/warehouse",
     }
     assert s.connect is not None
-    return conf | application_conf(s) | s.connect.conf
+    given = application_conf(s) | s.connect.conf
+    return conf | {k: literal(v) for k, v in given.items()}
 
 
 def _connect(s: SparkSpec, handle: ClusterHandle, master_url: str) -> Manifest:
