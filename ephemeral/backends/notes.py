@@ -63,6 +63,11 @@ def _processes(spec: ResolvedSpec, backend: str) -> list[str]:
     s = spec.spec
     notes: list[str] = []
     if isinstance(s, RaySpec):
+        if not s.head.run_tasks and s.head.cpu != type(s.head)().cpu:
+            notes.append(f"head.cpu: the {backend} backend starts the Ray head with no CPUs "
+                         "for tasks (runTasks is false) and does not limit its process's "
+                         "CPUs (on Kubernetes, the head pod's CPU request and limit); set "
+                         "runTasks: true to offer them to tasks")
         notes += [f"worker group {g.name!r}: minReplicas {g.min} != maxReplicas {g.max}, but "
                   f"the {backend} backend does not autoscale: it starts replicas ({g.replicas}) "
                   "nodes and keeps them (on Kubernetes, KubeRay's autoscaler scales between "
