@@ -114,7 +114,7 @@ def test_an_operator_executor_larger_than_its_pod_is_refused(tmp_path: Path,
     field = f"{where}.spark.executor.memory"
     assert refused(path, OPERATOR) == ([field], [field])
     [(_, why)] = refusals(resolve(path), "kubernetes", default_spark_mode=OPERATOR)
-    assert "2g is more than an executor's heap in operator mode" in why
+    assert "2g is more than operator mode's executor heap" in why
     assert "(1536m of workers.memory 2Gi)" in why
     assert "would be larger than workers.memory" in why
     assert "ask for at most 1536m" in why

@@ -56,9 +56,9 @@ class ExecutorHeap:
 
 STANDALONE = ExecutorHeap(lambda memory: heap_sizes(memory)[1], "a worker offers executors",
                           "no executor could start")
-OPERATOR = ExecutorHeap(executor_heap, "an executor's heap in operator mode (the rest of the "
-                        "pod is its overhead)", "the executor pod would be larger than "
-                        "workers.memory, its limit")
+OPERATOR = ExecutorHeap(executor_heap, "operator mode's executor heap", "the executor pod "
+                        "(this heap plus the overhead derived from workers.memory) would be "
+                        "larger than workers.memory, its limit")
 
 
 def problems(spec: ResolvedSpec, *, operator: bool = False) -> Problems:
