@@ -1,7 +1,7 @@
 """What a backend does with a spec other than its fields say, in one place: ``specs show``,
 ``up`` and ``render`` print these notes (a ``notes`` field with ``--json``), so no field is a
-silent no-op. What a backend cannot honour at all is refused instead (``refusals``: Spark's
-operator mode has no master, ``render.spark_operator.unhonoured``).
+silent no-op. What a backend cannot honour at all is refused instead (``refusals``: on
+Kubernetes what its renderers refuse, ``render.checks``).
 
 The local backend (and the in-memory test double) runs every node as a process on this host:
 no autoscaling, no placement, no CPU limits for the Spark master and Connect server. Kubernetes
@@ -31,16 +31,13 @@ def spark_operator_mode(spec: ResolvedSpec, backend: str, default_spark_mode: st
 
 def refusals(spec: ResolvedSpec, backend: str, *,
              default_spark_mode: str = "standalone") -> list[tuple[str, str]]:
-    """(field, why and fix) of what ``backend`` cannot honour; the renderer raises the same."""
-    from ephemeral.backends.kubernetes.render.spark import memory_problems
-    from ephemeral.backends.kubernetes.render.spark_operator import unhonoured
+    """(field, why and fix) of what ``backend`` cannot honour: on Kubernetes, what its
+    renderers refuse (``render.checks``, the one rule)."""
+    from ephemeral.backends.kubernetes.render.checks import problems
 
-    s = spec.spec
-    if isinstance(s, SparkSpec) and spark_operator_mode(spec, backend, default_spark_mode):
-        return unhonoured(s)
-    if isinstance(s, SparkSpec) and backend == KUBERNETES:
-        return memory_problems(s)
-    return []
+    if backend != KUBERNETES:
+        return []
+    return problems(spec, operator=spark_operator_mode(spec, backend, default_spark_mode))
 
 
 def backend_notes(spec: ResolvedSpec, backend: str, *,
@@ -66,6 +63,11 @@ def _processes(spec: ResolvedSpec, backend: str) -> list[str]:
     s = spec.spec
     notes: list[str] = []
     if isinstance(s, RaySpec):
+        if not s.head.run_tasks and s.head.cpu != type(s.head)().cpu:
+            notes.append(f"head.cpu: the {backend} backend starts the Ray head with no CPUs "
+                         "for tasks (runTasks is false) and does not limit its process's "
+                         "CPUs (on Kubernetes, the head pod's CPU request and limit); set "
+                         "runTasks: true to offer them to tasks")
         notes += [f"worker group {g.name!r}: minReplicas {g.min} != maxReplicas {g.max}, but "
                   f"the {backend} backend does not autoscale: it starts replicas ({g.replicas}) "
                   "nodes and keeps them (on Kubernetes, KubeRay's autoscaler scales between "
@@ -112,13 +114,17 @@ def _local_gpus(s: RaySpec | SparkSpec, backend: str) -> list[str]:
 
 def _kubernetes(spec: ResolvedSpec, default_spark_mode: str) -> list[str]:
     from ephemeral.backends.base import EXECUTOR_IDLE
+    from ephemeral.backends.kubernetes.render.checks import version_note
 
     s = spec.spec
+    notes = [note] if (note := version_note(s)) else []
     if not isinstance(s, SparkSpec) or not spark_operator_mode(spec, KUBERNETES,
                                                                 default_spark_mode):
-        return []
+        return notes
     chosen = "kubernetesMode" if s.kubernetes_mode else "the deployment's EPHEMERAL_K8S_SPARK_MODE"
-    return [f"operator mode ({chosen}): a SparkConnect, no master; executors are pods its "
-            f"Connect server makes while work runs, at most workers.replicas "
-            f"({s.workers.replicas}), released {EXECUTOR_IDLE} after their last task (the run "
-            "report counts them all: an upper bound); spark-submit has no master to go to"]
+    return [
+        *notes,
+        f"operator mode ({chosen}): a SparkConnect, no master; executors are pods its "
+        f"Connect server makes while work runs, at most workers.replicas "
+        f"({s.workers.replicas}), released {EXECUTOR_IDLE} after their last task (the run "
+        "report counts them all: an upper bound); spark-submit has no master to go to"]

@@ -307,7 +307,7 @@ def test_network_policy_clients_are_configurable() -> None:
 
 
 def test_a_ray_too_old_for_token_auth_is_refused(tmp_path: Path) -> None:
-    spec = resolve(spec_file(tmp_path, RAY_MINIMAL.replace('"2.60.0"', '"2.51.1"')))
+    spec = resolve(spec_file(tmp_path, RAY_MINIMAL.replace("2.60.0", "2.51.1")))
     with pytest.raises(SpecError, match=r"rayVersion.*2\.51\.1 is older than 2\.52\.0"):
         render(spec, handle_for(spec))
 
@@ -521,6 +521,38 @@ def test_spark_conf_reaches_the_connect_server() -> None:
     assert "spark.sql.shuffle.partitions=8" in confs
     assert "spark.connect.grpc.binding.port=15002" in confs
     assert c["command"][-1] == "spark-internal"
+
+
+DOLLARS = "cost: $$5 $(HOME) $(POD_IP)"
+"""Kubernetes would make this "cost: $5 /home/ray ..." in an env value or on a command line."""
+
+
+def test_a_users_dollar_reaches_the_process_as_written(tmp_path: Path) -> None:
+    """Kubernetes expands ``$(VAR)`` and turns ``$$`` into ``$`` in env values, commands and
+    args: the spec's values are escaped (``$$``) so the process gets them as the local backend
+    gives them, while the backend's own ``$(POD_IP)`` still expands."""
+    ray = resolve(spec_file(tmp_path, RAY_MINIMAL + f"runtimeEnv:\n  env:\n"
+                            f"    - {{name: GREETING, value: '{DOLLARS}'}}\n"))
+    escaped = "cost: $$$$5 $$(HOME) $$(POD_IP)"
+    for c in containers(render(ray, handle_for(ray)).objects):
+        assert c["env"] == [{"name": "GREETING", "value": escaped}]
+
+    path = tmp_path / "etl.yaml"
+    path.write_text((ROOT / "cluster_specs/spark/etl.yaml").read_text().replace(
+        "  memory: 2Gi\n", f"  memory: 2Gi\n  conf: {{spark.app.note: '{DOLLARS}'}}\n").replace(
+        'partitions: "8"\n', f'partitions: "8"\n  spark.app.label: \'{DOLLARS}\'\n'))
+    spark = resolve(str(path))
+    handle = handle_for(spark)
+    (c,) = by_name(render(spark, handle).objects, "Deployment", f"{handle.name}-connect")[
+        "spec"]["template"]["spec"]["containers"]
+    confs = [c["command"][i + 1] for i, a in enumerate(c["command"]) if a == "--conf"]
+    assert f"spark.app.label={escaped}" in confs
+    assert f"spark.app.note={escaped}" in confs
+    assert "spark.driver.host=$(POD_IP)" in confs  # the pod's IP, expanded by Kubernetes
+    assert handle.spark_conf["spark.app.label"] == DOLLARS  # spark-submit's: no Kubernetes
+    # The operator puts sparkConf on the server's command line (v2.5.2, buildStartConnectServerArgs)
+    conf = render(spark, handle, default_spark_mode="operator").primary["spec"]["sparkConf"]
+    assert (conf["spark.app.label"], conf["spark.app.note"]) == (escaped, escaped)
 
 
 def test_spark_gpu_workers() -> None:

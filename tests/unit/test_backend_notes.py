@@ -60,9 +60,28 @@ def test_ray_autoscaling_and_placement_on_local() -> None:
     assert backend_notes(resolve("ray/train-gpu"), "kubernetes") == []
 
 
+@pytest.mark.parametrize(("head", "noted"), [
+    ("{cpu: 4}", True), ("{cpu: 1}", False), ("{cpu: 4, runTasks: true}", False)])
+def test_local_says_a_ray_head_that_runs_no_tasks_gets_no_cpus(tmp_path: Path, head: str,
+                                                               noted: bool) -> None:
+    """Locally a head that runs no tasks starts with --num-cpus=0 and an unlimited process:
+    its cpu says something only on Kubernetes (the pod's CPUs), and a changed one is noted."""
+    text = ('kind: RayCluster\nname: tiny\nversion: 1\nrayVersion: "2.60.0"\n'
+            f"image: rayproject/ray:2.60.0-py311-cpu\nhead: {head}\n"
+            "workerGroups: [{name: cpu, replicas: 1}]\n")
+    spec = resolve(_spec(tmp_path, text))
+    cpu = [n for n in backend_notes(spec, "local") if n.startswith("head.cpu:")]
+    assert bool(cpu) == noted
+    if noted:
+        assert "starts the Ray head with no CPUs for tasks (runTasks is false)" in cpu[0]
+        assert "set runTasks: true" in cpu[0]
+    assert backend_notes(spec, "kubernetes") == []
+
+
 def test_kubernetes_notes_operator_mode_and_refuses_a_master(tmp_path: Path) -> None:
     spec = resolve(_spec(tmp_path))
-    assert backend_notes(spec, "kubernetes") == []  # standalone: every field holds
+    # standalone, an image tagged with the spec's version: every field holds
+    assert backend_notes(spec, "kubernetes") == []
     assert refusals(spec, "kubernetes") == []
     assert refusals(spec, "local", default_spark_mode="operator") == []
     assert [f for f, _ in refusals(spec, "kubernetes", default_spark_mode="operator")] == [

@@ -131,7 +131,7 @@ def test_every_connect_server_releases_its_executors_the_same_way(tmp_path: Path
                 if n.role == "connect"]
     local_conf = dict(a.split("=", 1) for a in local.argv[local.argv.index("--conf") + 1::2]
                       if "=" in a)
-    for conf in (local_conf, spark.connect_conf(s), spark_operator.spark_conf(spec, s)):
+    for conf in (local_conf, spark.connect_conf(s), spark_operator.spark_conf(s)):
         assert conf.items() >= CONNECT_ALLOCATION.items()
 
 

@@ -50,13 +50,11 @@ def derived_keys(s: SparkSpec, tmp_path: Path) -> set[str]:
     from ephemeral.backends.kubernetes.render import spark as standalone
     from ephemeral.backends.kubernetes.render import spark_operator
     from ephemeral.backends.local import spark_nodes
-    from ephemeral.specs.resolve import ResolvedSpec
 
     argv = spark_nodes.plan(s, 3, tmp_path, auth_props=tmp_path / "a",
                             connect_props=tmp_path / "c")[-1].argv
     local = {argv[i + 1].split("=", 1)[0] for i, a in enumerate(argv) if a == "--conf"}
-    resolved = ResolvedSpec(spec=s, ref="spark/etl@1", source="etl.yaml", profile=None, hash="x")
-    return local | set(standalone.connect_conf(s)) | set(spark_operator.spark_conf(resolved, s))
+    return local | set(standalone.connect_conf(s)) | set(spark_operator.spark_conf(s))
 
 
 @pytest.mark.parametrize("where", ["conf", "connect.conf"])

@@ -52,8 +52,8 @@ def render(spec: ResolvedSpec, handle: ClusterHandle, *,
     """The objects that make the cluster ``handle`` from ``spec``, admitting ``clients`` (by
     default pods labelled ``ephemeral.dev/client=true`` and ``ephemeral.dev/client-instance``
     with the cluster's instance: ``config.client_labels``); raises SpecError when the spec cannot
-    be expressed on Kubernetes (a name too long, a ``fromEnv`` variable, a Ray too old for
-    token authentication). A Spark spec becomes standalone Deployments or, in ``operator``
+    be expressed on Kubernetes (a name too long; what ``checks.problems`` lists: a ``fromEnv``
+    variable, a Ray too old for token authentication, a version the image contradicts, ...). A Spark spec becomes standalone Deployments or, in ``operator``
     mode (``spark_mode``), a SparkConnect whose server runs as ``spark_service_account``."""
     clients = clients or Clients()
     if spec.engine == "ray":

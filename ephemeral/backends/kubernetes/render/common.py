@@ -52,16 +52,6 @@ def check_name(spec: ResolvedSpec, name: str) -> None:
                                        "letter and ending with a letter or digit)")])
 
 
-def check_version(spec: ResolvedSpec, field: str, version: str, least: tuple[int, ...],
-                  needs: str) -> None:
-    """Refuse an engine version older than ``least``, which ``needs`` names the reason for."""
-    have = tuple(int(p) for p in re.findall(r"\d+", version)[:len(least)])
-    if have < least:
-        wanted = ".".join(map(str, least))
-        raise SpecError(spec.source, [(field, f"{version} is older than {wanted}, which "
-                                       f"{needs} needs on Kubernetes; use {wanted} or newer")])
-
-
 def namespace_of(handle: ClusterHandle) -> str:
     if not handle.namespace:
         raise ValueError(f"handle of {handle.name!r} has no namespace; the Kubernetes backend "
@@ -122,27 +112,33 @@ def placement(p: Placement) -> Manifest:
     return out
 
 
-def env_vars(spec: ResolvedSpec, variables: list[EnvVar], path: str) -> list[Manifest]:
-    """Container env from a spec's variables. A secret stays a reference to a Secret.
-
-    ``fromEnv`` (a variable of the environment that creates the cluster) is refused: on
-    Kubernetes its value would have to be written into a manifest, and manifests are printed,
-    diffed and stored by the API server in plain text. Use ``secretKeyRef`` there instead.
-    """
+def env_vars(variables: list[EnvVar]) -> list[Manifest]:
+    """Container env from a spec's variables (``fromEnv`` is refused: ``checks``). A secret
+    stays a reference to a Secret; a value reaches the process as written (``literal``)."""
     out: list[Manifest] = []
-    for i, var in enumerate(variables):
+    for var in variables:
         if var.secret_key_ref is not None:
             ref = var.secret_key_ref
             out.append({"name": var.name,
                         "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
-        elif var.from_env is not None:
-            raise SpecError(spec.source, [(
-                f"{path}[{i}].fromEnv",
-                f"{var.name}: fromEnv is not supported on Kubernetes (its value would be written "
-                "into the manifest); put the value in a Secret and use secretKeyRef")])
         else:
-            out.append({"name": var.name, "value": var.value})
+            assert var.value is not None, f"{var.name}: fromEnv reached the renderer"
+            out.append({"name": var.name, "value": literal(var.value)})
     return out
+
+
+def literal(value: str) -> str:
+    """``value`` as Kubernetes hands it to the process, for a container's env ``value``,
+    ``command`` or ``args``: there it expands ``$(VAR)`` from the container's env and turns
+    ``$$`` into ``$``, so a user's ``$`` is doubled (the backend's own ``$(POD_IP)`` is not
+    passed through here). The local backend passes values as written too."""
+    return value.replace("$", "$$")
+
+
+def jvm_heap(memory: str) -> int:
+    """The heap, in MiB, of a JVM in a pod of ``memory``: three quarters; the JVM's own memory
+    (metaspace, threads, buffers) takes the rest."""
+    return memory_bytes(memory) * 3 // 4 // _MIB
 
 
 def pod_security() -> Manifest:

@@ -31,7 +31,6 @@ from ephemeral.backends.kubernetes.render.common import (
     Manifest,
     Rendered,
     check_name,
-    check_version,
     container_security,
     env_vars,
     metadata,
@@ -194,9 +193,10 @@ def render_ray(spec: ResolvedSpec, handle: ClusterHandle, cluster_domain: str,
     if not isinstance(s, RaySpec):
         raise TypeError(f"{spec.ref} is not a Ray spec")
     check_name(spec, handle.name)
-    check_version(spec, "rayVersion", s.ray_version, TOKEN_AUTH_SINCE,
-                  "token authentication (always on for Kubernetes clusters)")
-    env = env_vars(spec, s.runtime_env.env, "runtimeEnv.env")
+    from ephemeral.backends.kubernetes.render.checks import refuse  # here: it imports this module
+
+    refuse(spec)
+    env = env_vars(s.runtime_env.env)
     eps = endpoints(handle, cluster_domain)
     head = s.head
     start_params: dict[str, str] = {"dashboard-host": "0.0.0.0"}

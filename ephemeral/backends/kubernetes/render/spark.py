@@ -24,6 +24,8 @@ from ephemeral.backends.kubernetes.render.common import (
     Rendered,
     check_name,
     container_security,
+    jvm_heap,
+    literal,
     metadata,
     namespace_of,
     placement,
@@ -35,8 +37,7 @@ from ephemeral.backends.kubernetes.render.common import (
     shm_volume,
 )
 from ephemeral.backends.kubernetes.render.network import Clients, policies
-from ephemeral.errors import SpecError
-from ephemeral.specs.models import Placement, SparkSpec, spark_bytes
+from ephemeral.specs.models import Placement, SparkSpec
 from ephemeral.specs.quantities import memory_bytes
 from ephemeral.specs.resolve import ResolvedSpec
 
@@ -142,7 +143,7 @@ def _container(s: SparkSpec, name: str, command: list[str], env: dict[str, str],
 
 
 def _master(s: SparkSpec, handle: ClusterHandle) -> Manifest:
-    heap = memory_bytes(s.master.memory) * 3 // 4 // _MIB
+    heap = jvm_heap(s.master.memory)
     container = _container(
         s, "spark-master",
         [f"{SPARK_HOME}/bin/spark-class", "org.apache.spark.deploy.master.Master",
@@ -185,8 +186,10 @@ def _workers(s: SparkSpec, handle: ClusterHandle, master_url: str) -> Manifest:
 
 
 def connect_conf(s: SparkSpec) -> dict[str, str]:
-    """The Connect server's conf: derived settings, then what every application of the
-    cluster gets (``application_conf``), then connect.conf."""
+    """The Connect server's conf, as its command line holds it: derived settings, then what
+    every application of the cluster gets (``application_conf``), then connect.conf. The
+    spec's values are ``literal``: Kubernetes expands ``$(VAR)`` on a command line, which the
+    derived ``spark.driver.host`` needs and a user's value must not meet."""
     w = s.workers
     _, offered = heap_sizes(w.memory)
     conf = {
@@ -201,7 +204,8 @@ def connect_conf(s: SparkSpec) -> dict[str, str]:
         "spark.sql.warehouse.dir": f"{SCRATCH}/warehouse",
     }
     assert s.connect is not None
-    return conf | application_conf(s) | s.connect.conf
+    given = application_conf(s) | s.connect.conf
+    return conf | {k: literal(v) for k, v in given.items()}
 
 
 def _connect(s: SparkSpec, handle: ClusterHandle, master_url: str) -> Manifest:
@@ -209,7 +213,7 @@ def _connect(s: SparkSpec, handle: ClusterHandle, master_url: str) -> Manifest:
     c = s.connect
     command = [f"{SPARK_HOME}/bin/spark-submit", "--class", CONNECT_CLASS,
                "--master", master_url, "--name", f"{handle.name}-connect",
-               "--driver-memory", f"{memory_bytes(c.memory) * 3 // 4 // _MIB}m"]
+               "--driver-memory", f"{jvm_heap(c.memory)}m"]
     for key, value in connect_conf(s).items():
         command += ["--conf", f"{key}={value}"]
     command.append("spark-internal")
@@ -222,46 +226,15 @@ def _connect(s: SparkSpec, handle: ClusterHandle, master_url: str) -> Manifest:
                        recreate=True)
 
 
-# Spark refuses an executor or driver heap under 450 MiB (its minSystemMemory).
-MIN_HEAP_MIB = 450
-
-
-def memory_problems(s: SparkSpec) -> list[tuple[str, str]]:
-    """(field, why and fix) of pods whose share of memory leaves Spark under its minimum heap:
-    here a pod's memory is split (daemon, heap, JVM overhead), so the spec's floor, which the
-    local backend needs, is not enough."""
-    problems = []
-    if heap_sizes(s.workers.memory)[1] < MIN_HEAP_MIB:
-        problems.append(("workers.memory", f"{s.workers.memory} leaves executors under "
-                         f"Spark's {MIN_HEAP_MIB} MiB heap on Kubernetes; give workers at "
-                         "least 900Mi"))
-    if s.connect and s.connect.enabled and \
-            memory_bytes(s.connect.memory) * 3 // 4 // _MIB < MIN_HEAP_MIB:
-        problems.append(("connect.memory", f"{s.connect.memory} leaves the Connect server's "
-                         f"driver under Spark's {MIN_HEAP_MIB} MiB heap on Kubernetes; give it "
-                         "at least 600Mi"))
-    # The spec checks an executor against workers.memory (all a local worker offers); here a
-    # worker offers executors only its pod's share left after the daemon and JVM overhead.
-    offered = heap_sizes(s.workers.memory)[1]
-    for where, conf in (("conf", s.conf), ("connect.conf", s.connect.conf if s.connect else {})):
-        asked = spark_bytes(conf.get("spark.executor.memory", ""))
-        if asked is not None and asked > offered * _MIB:
-            problems.append((f"{where}.spark.executor.memory",
-                             f"{conf['spark.executor.memory']} is more than a worker offers "
-                             f"executors on Kubernetes ({offered}m of workers.memory "
-                             f"{s.workers.memory}): no executor could start; ask for at most "
-                             f"{offered}m, or give the workers more memory"))
-    return problems
-
-
 def render_spark(spec: ResolvedSpec, handle: ClusterHandle, cluster_domain: str,
                  clients: Clients) -> Rendered:
     s = spec.spec
     if not isinstance(s, SparkSpec):
         raise TypeError(f"{spec.ref} is not a Spark spec")
     check_name(spec, handle.name)
-    if problems := memory_problems(s):
-        raise SpecError(spec.source, problems)
+    from ephemeral.backends.kubernetes.render.checks import refuse  # here: it imports this module
+
+    refuse(spec)
     with_connect = bool(s.connect and s.connect.enabled)
     eps = endpoints(handle, cluster_domain, connect=with_connect)
     assert eps.spark_master is not None

@@ -29,6 +29,8 @@ from ephemeral.backends.kubernetes.render.common import (
     Rendered,
     check_name,
     container_security,
+    jvm_heap,
+    literal,
     metadata,
     namespace_of,
     placement,
@@ -40,7 +42,6 @@ from ephemeral.backends.kubernetes.render.common import (
 )
 from ephemeral.backends.kubernetes.render.network import Clients, policies
 from ephemeral.backends.kubernetes.render.spark import CONNECT_PORT
-from ephemeral.errors import SpecError
 from ephemeral.specs.models import SparkMaster, SparkSpec
 from ephemeral.specs.quantities import memory_bytes
 from ephemeral.specs.resolve import ResolvedSpec
@@ -103,26 +104,22 @@ def unhonoured(s: SparkSpec) -> list[tuple[str, str]]:
              f"master.{name}, or use kubernetesMode: standalone") for name in changed]
 
 
-def _gpu_vendor(spec: ResolvedSpec, resource: str) -> str:
-    """Spark on Kubernetes asks for ``<vendor>/gpu``: the vendor of ``gpuResource``."""
-    vendor, _, name = resource.rpartition("/")
-    if name != "gpu" or not vendor:
-        raise SpecError(spec.source, [("workers.gpuResource", f"{resource!r}: Spark on the "
-                                       "spark-operator requests GPUs as <vendor>/gpu (e.g. "
-                                       "nvidia.com/gpu); use standalone mode for other "
-                                       "resource names")])
-    return vendor
+def executor_heap(memory: str) -> int:
+    """An executor's heap, in MiB, in a pod of ``memory`` (the spec's workers.memory): the
+    JVM's share; the rest is its ``memoryOverhead``, so heap and overhead are the pod."""
+    return jvm_heap(memory)
 
 
-def spark_conf(spec: ResolvedSpec, s: SparkSpec) -> dict[str, str]:
-    """Derived settings, then the spec's conf, then connect.conf (as in standalone mode)."""
+def spark_conf(s: SparkSpec) -> dict[str, str]:
+    """Derived settings, then the spec's conf, then connect.conf (as in standalone mode, and
+    ``literal``: the operator puts them on the server's command line)."""
     assert s.connect is not None
     w = s.workers
     total = memory_bytes(w.memory) // _MIB
-    heap = total * 3 // 4
+    heap = executor_heap(w.memory)
     conf = {
         "spark.connect.grpc.binding.port": str(CONNECT_PORT),
-        "spark.driver.memory": f"{memory_bytes(s.connect.memory) * 3 // 4 // _MIB}m",
+        "spark.driver.memory": f"{jvm_heap(s.connect.memory)}m",
         # An executor pod is the spec's worker: its cores, its memory as heap plus overhead.
         "spark.executor.cores": str(w.cores),
         "spark.kubernetes.executor.request.cores": str(w.cores),
@@ -138,16 +135,11 @@ def spark_conf(spec: ResolvedSpec, s: SparkSpec) -> dict[str, str]:
     }
     if w.gpus:
         conf["spark.executor.resource.gpu.amount"] = str(w.gpus)
-        conf["spark.executor.resource.gpu.vendor"] = _gpu_vendor(spec, w.gpu_resource)
+        # <vendor>/gpu: other names are refused (checks)
+        conf["spark.executor.resource.gpu.vendor"] = w.gpu_resource.rpartition("/")[0]
         assert w.discovery_script is not None  # the spec model requires it with GPUs
         conf["spark.executor.resource.gpu.discoveryScript"] = w.discovery_script
-    out = conf | s.conf | s.connect.conf
-    denied = sorted(k for k in out if k in DENIED_CONF)
-    if denied:
-        raise SpecError(spec.source, [("conf", f"{', '.join(denied)}: set by the spark-operator "
-                                       "in operator mode (its webhook refuses them); remove "
-                                       "them or use standalone mode")])
-    return out
+    return conf | {k: literal(v) for k, v in (s.conf | s.connect.conf).items()}
 
 
 def _server(s: SparkSpec, handle: ClusterHandle, service_account: str) -> Manifest:
@@ -197,12 +189,10 @@ def render_spark_connect(spec: ResolvedSpec, handle: ClusterHandle, cluster_doma
     if not isinstance(s, SparkSpec):
         raise TypeError(f"{spec.ref} is not a Spark spec")
     check_name(spec, handle.name)
-    if not (s.connect and s.connect.enabled):
-        raise SpecError(spec.source, [("connect.enabled", "operator mode runs a Spark Connect "
-                                       "server (a SparkConnect): enable connect, or use "
-                                       "kubernetesMode: standalone for a cluster without it")])
-    if problems := unhonoured(s):
-        raise SpecError(spec.source, problems)
+    from ephemeral.backends.kubernetes.render.checks import refuse  # here: it imports this module
+
+    refuse(spec, operator=True)
+    assert s.connect is not None
     eps = endpoints(handle, cluster_domain)
     primary_handle = handle.model_copy(update={"endpoints": eps})
     conn: Manifest = {
@@ -212,7 +202,7 @@ def render_spark_connect(spec: ResolvedSpec, handle: ClusterHandle, cluster_doma
         "spec": {
             "sparkVersion": s.spark_version,
             "image": s.image,
-            "sparkConf": spark_conf(spec, s),
+            "sparkConf": spark_conf(s),
             "server": {"cores": max(1, math.ceil(s.connect.cpu)),
                        "template": _server(s, handle, service_account)},
             "executor": {"template": _executor(s, handle)},
