@@ -170,6 +170,7 @@ def test_a_tag_that_agrees_is_accepted_without_a_note(tmp_path: Path, text: str,
      "its tag names no Spark version, and on Kubernetes the image decides which Spark runs, "
      "whatever sparkVersion (4.3.0) says"),
     (SPARK, "registry.example/team/spark:latest", "its tag names no Spark version"),
+    (SPARK, "registry.example/team/spark:2024.06-python3", "its tag names no Spark version"),
 ])
 @pytest.mark.parametrize("mode", [STANDALONE, OPERATOR])
 def test_a_tag_without_a_version_is_noted(tmp_path: Path, text: str, image: str, note: str,
@@ -181,3 +182,28 @@ def test_a_tag_without_a_version_is_noted(tmp_path: Path, text: str, image: str,
     assert notes[0].startswith(f"image {image}: {note}")
     assert not any(n.startswith("image ") for n in backend_notes(spec, "local"))
     render(spec, handle_for(spec), default_spark_mode=mode)
+
+
+@pytest.mark.parametrize(("where", "value"), [
+    ("conf", "-XX:+UseG1GC -Dlog4j.debug=true"),
+    ("conf", "a$b"),
+    ("connect.conf", "$(HOME)/x"),
+    ("connect.conf", "it's"),
+])
+def test_operator_mode_refuses_a_conf_value_bash_would_rewrite(tmp_path: Path, where: str,
+                                                                value: str) -> None:
+    """The operator joins sparkConf unquoted into the server's `bash -c` line: such a value
+    never reached Spark as written, and one with a space stopped the server starting. Refused
+    naming the key in operator mode; standalone mode passes it as written."""
+    key = "spark.driver.extraJavaOptions"
+    block = f"conf: {{{key}: {json.dumps(value)}}}\n"
+    text = SPARK + block if where == "conf" else SPARK.replace(
+        "memory: 1Gi}", f"memory: 1Gi, conf: {{{key}: {json.dumps(value)}}}}}")
+    path = spec_file(tmp_path, text)
+    assert refused(path, OPERATOR) == ([f"{where}.{key}"], [f"{where}.{key}"])
+    [(_, why)] = refusals(resolve(path), "kubernetes", default_spark_mode=OPERATOR)
+    assert "through bash with sparkConf unquoted" in why
+    assert "use kubernetesMode: standalone" in why
+    spec = resolve(path)
+    assert refusals(spec, "kubernetes") == []
+    render(spec, handle_for(spec))

@@ -38,8 +38,11 @@ Problems = list[tuple[str, str]]
 
 MIN_HEAP_MIB = 450  # Spark refuses an executor or driver heap under this (its minSystemMemory)
 _MIB = 2**20
-# A version at the start of an image tag: 2.60.0-py311-gpu, 4.3.0-python3, v3.5, 3.5.1.
-_TAG_VERSION = re.compile(r"v?([0-9]+(?:\.[0-9]+){1,2})(?![0-9])")
+# A version at the start of an image tag: 2.60.0-py311-gpu, 4.3.0-python3, v3.5, 3.5.1. A
+# major of four digits is a date (a custom 2024.06-python3), no version.
+_TAG_VERSION = re.compile(r"v?([0-9]{1,3}(?:\.[0-9]+){1,2})(?![0-9])")
+# What bash reads in a word: the operator joins sparkConf unquoted into `bash -c`.
+_SHELL = re.compile(r"[\s'\"$`\\;&|<>(){}\[\]*?]")
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,12 @@ def problems(spec: ResolvedSpec, *, operator: bool = False) -> Problems:
     if denied := sorted(k for k in conf if k in DENIED_CONF):
         out.append(("conf", f"{', '.join(denied)}: set by the spark-operator in operator mode "
                     "(its webhook refuses them); remove them or use standalone mode"))
+    for where, given in (("conf", s.conf), ("connect.conf", s.connect.conf if s.connect else {})):
+        out += [(f"{where}.{k}", f"{v!r}: the spark-operator (2.5) starts the Connect server "
+                 "through bash with sparkConf unquoted, so spaces, quotes, $ and other shell "
+                 "characters would not reach Spark as written (the server may not start); use "
+                 "kubernetesMode: standalone for this value")
+                for k, v in given.items() if _SHELL.search(v)]
     return out + memory_problems(s, OPERATOR)
 
 

@@ -30,7 +30,6 @@ from ephemeral.backends.kubernetes.render.common import (
     check_name,
     container_security,
     jvm_heap,
-    literal,
     metadata,
     namespace_of,
     placement,
@@ -111,8 +110,9 @@ def executor_heap(memory: str) -> int:
 
 
 def spark_conf(s: SparkSpec) -> dict[str, str]:
-    """Derived settings, then the spec's conf, then connect.conf (as in standalone mode, and
-    ``literal``: the operator puts them on the server's command line)."""
+    """Derived settings, then the spec's conf, then connect.conf (as in standalone mode). The
+    operator puts them into the server's `bash -c` line, where no escape holds: a value bash or
+    Kubernetes would read there ($, spaces, quotes) is refused (``checks``)."""
     assert s.connect is not None
     w = s.workers
     total = memory_bytes(w.memory) // _MIB
@@ -139,7 +139,7 @@ def spark_conf(s: SparkSpec) -> dict[str, str]:
         conf["spark.executor.resource.gpu.vendor"] = w.gpu_resource.rpartition("/")[0]
         assert w.discovery_script is not None  # the spec model requires it with GPUs
         conf["spark.executor.resource.gpu.discoveryScript"] = w.discovery_script
-    return conf | {k: literal(v) for k, v in (s.conf | s.connect.conf).items()}
+    return conf | s.conf | s.connect.conf
 
 
 def _server(s: SparkSpec, handle: ClusterHandle, service_account: str) -> Manifest:
