@@ -299,7 +299,9 @@ def job_environ() -> dict[str, str]:
     a job's ``runtime_env``), and callers add the cluster's own markers themselves."""
     extra = tuple(n.strip() for n in (setting("job_env_allow") or "").split(",") if n.strip())
     env = {k: v for k, v in os.environ.items() if job_env_allowed(k, extra)}
-    env["EPHEMERAL_ARTIFACT_ROOT"] = get_settings().artifact_root
+    from ephemeral.jobs.artifacts import job_root
+
+    env["EPHEMERAL_ARTIFACT_ROOT"] = job_root()
     return env
 
 

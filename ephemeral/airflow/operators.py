@@ -54,6 +54,7 @@ from ephemeral.errors import (
     InstanceRequired,
     JobSubmissionFailed,
     ListingIncomplete,
+    SettingError,
     SpecError,
 )
 from ephemeral.jobs.ray_jobs import JobIdTaken, RayJobs, ray_jobs_for
@@ -309,6 +310,7 @@ class CreateClusterOperator(BaseOperator):
         warn_if_dagrun_timeout(self)
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from ephemeral.jobs.artifacts import job_root
         from ephemeral.report.store import ArtifactUrlError, artifact_url
         from ephemeral.specs import resolve
 
@@ -322,6 +324,10 @@ class CreateClusterOperator(BaseOperator):
             artifact_url()
         except ArtifactUrlError as err:  # only the report's link: said here, never fatal
             self.log.warning("the run report will have no link: %s", err)
+        try:  # every job would carry it: refused before a cluster is made for them
+            job_root()
+        except SettingError as err:
+            raise AirflowFailException(str(err)) from err
         target = self._target()
         backend = target.backend
         identity = cluster_identity(context, spec.spec.name, instance=target.instance,

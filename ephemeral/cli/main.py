@@ -30,6 +30,7 @@ from ephemeral.errors import (
     SpecError,
     first_line,
 )
+from ephemeral.jobs.artifacts import job_root
 from ephemeral.jobs.results import JobResult
 from ephemeral.lifecycle import DEFAULT_READY_TIMEOUT, provision, teardown
 from ephemeral.reaper import DEFAULT_DELETE_BUDGET_SECONDS
@@ -345,6 +346,7 @@ def up(
     if name is not None:  # before anything: a ValueError of a probe is no bad name
         check_cluster_name(name, "--name")
     spec = resolve(ref, profile, _overrides(replicas, cpu, memory, gpus))
+    job_root()  # its jobs would carry it: refused before anything is made
     if timeout > (ttl := spec.spec.lifetime.ttl_seconds):  # past it the reaper deletes it
         raise RequestError([("--timeout", f"{timeout:g} s is longer than {spec.ref}'s "
                              f"lifetime.ttl ({ttl} s), after which the cluster is deleted; "
@@ -653,7 +655,7 @@ def spark_submit_cmd(
             return spark_submit(
                 handle.endpoints.spark_master or "", str(application), args or [],
                 conf=handle.spark_conf | own_conf, cluster=handle.name, timeout=timeout,
-                env={"EPHEMERAL_ARTIFACT_ROOT": artifacts.root()},
+                env={"EPHEMERAL_ARTIFACT_ROOT": artifacts.job_root()},
                 sink=_log_sink(as_json), auth=auth)
         except KeyboardInterrupt:  # spark_submit has killed its driver on the way out
             _stop_on_interrupt(f"the Spark driver of {application.name} on {handle.name}",

@@ -22,6 +22,24 @@ def root() -> str:
     return get_settings().artifact_root
 
 
+ROOT_SETTING = "EPHEMERAL_ARTIFACT_ROOT"
+
+
+def job_root() -> str:
+    """The artifact root as jobs and clusters get it, refused (``SettingError``) when its URI
+    carries credentials: they would be in every job's environment and every artifact URI a
+    job returns (XCom, logs, the run report). Setups check it before they create anything."""
+    from ephemeral.backends.http import url_setting_problem
+    from ephemeral.errors import SettingError
+
+    uri = root()
+    if problem := url_setting_problem(ROOT_SETTING, uri, "give the store's credentials as "
+                                      "its filesystem reads them (AWS_* variables, an instance "
+                                      "role, workload identity), never in the URI"):
+        raise SettingError(ROOT_SETTING, [("artifact_root", problem)])
+    return uri
+
+
 def join(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *[p.strip("/") for p in parts if p]])
 

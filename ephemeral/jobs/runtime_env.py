@@ -351,6 +351,6 @@ def job_runtime_env(handle: ClusterHandle, job: Mapping[str, Any] | None) -> dic
     artifact root, then the job's own ``runtime_env`` (which wins)."""
     from ephemeral.jobs import artifacts
 
-    ours = {"env_vars": {"EPHEMERAL_ARTIFACT_ROOT": artifacts.root()}}
+    ours = {"env_vars": {"EPHEMERAL_ARTIFACT_ROOT": artifacts.job_root()}}
     env = _merge(cluster_runtime_env(handle), ours, "ephemeral")  # ours: past check_job_env
     return merge_runtime_env(env, job)

@@ -82,7 +82,7 @@ def artifact_url() -> str:
     ``ValueError`` naming it) unless it is an http(s) address: it becomes the teardowns' "Run
     report" link and the notifications' link, where ``javascript:`` would run in the UI. Those
     and the setup go on without the link, saying why (``report_link``)."""
-    from ephemeral.backends.http import http_address
+    from ephemeral.backends.http import http_address, url_setting_problem
     from ephemeral.specs.models import masked_secrets
 
     base = (setting("artifact_url") or "").strip().rstrip("/")
@@ -91,6 +91,10 @@ def artifact_url() -> str:
                                "address that serves the artifact root, such as "
                                "https://artifacts.example.com/ephemeral; unset it to link the "
                                "artifact URI itself")
+    # The link goes into notifications, task logs and the UI: never credentials.
+    if base and (problem := url_setting_problem(URL_VAR, base, "serve the reports behind your "
+                                                "own sign-in instead")):
+        raise ArtifactUrlError(problem)
     return base
 
 

@@ -728,6 +728,22 @@ def test_an_artifact_url_that_is_no_http_address_is_refused_naming_the_setting(
     assert any("no link" in w and "EPHEMERAL_ARTIFACT_URL" in w for w in warned)
 
 
+@pytest.mark.parametrize("url", ["https://admin:S3cretPass@art.example/e",
+                                 "https://art.example/e?X-Amz-Signature=S3cretPass0123456789"])
+def test_an_artifact_url_with_credentials_is_refused_masked(
+        url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The link goes into notifications, task logs and the UI: a sign-in in it is refused, and
+    what carries the link goes on without it."""
+    from ephemeral.report.store import ArtifactUrlError, report_link
+
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", str(tmp_path))
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_URL", url)
+    with pytest.raises(ArtifactUrlError, match=r"EPHEMERAL_ARTIFACT_URL .*credentials") as err:
+        report_url("d", "r")
+    assert "S3cretPass" not in str(err.value)
+    assert report_link("d", "r") is None
+
+
 def test_an_http_artifact_url_links_the_report(monkeypatch: pytest.MonkeyPatch,
                                                tmp_path: Path) -> None:
     monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", str(tmp_path))
