@@ -68,6 +68,10 @@ def _processes(spec: ResolvedSpec, backend: str) -> list[str]:
                          "for tasks (runTasks is false) and does not limit its process's "
                          "CPUs (on Kubernetes, the head pod's CPU request and limit); set "
                          "runTasks: true to offer them to tasks")
+        notes += [f"runtimeEnv.env[{v.name}].secretKeyRef: the {backend} backend takes ${v.name} "
+                  "from its own environment, not Secret "
+                  f"{v.secret_key_ref.name}/{v.secret_key_ref.key} (on Kubernetes, that Secret's "
+                  "key)" for v in s.runtime_env.env if v.secret_key_ref is not None]
         notes += [f"worker group {g.name!r}: minReplicas {g.min} != maxReplicas {g.max}, but "
                   f"the {backend} backend does not autoscale: it starts replicas ({g.replicas}) "
                   "nodes and keeps them (on Kubernetes, KubeRay's autoscaler scales between "

@@ -78,6 +78,21 @@ def test_local_says_a_ray_head_that_runs_no_tasks_gets_no_cpus(tmp_path: Path, h
     assert backend_notes(spec, "kubernetes") == []
 
 
+def test_local_says_a_secret_reference_comes_from_its_own_environment(tmp_path: Path) -> None:
+    """Locally a secretKeyRef's Secret and key play no part: the variable of that name in the
+    backend's own environment is what the nodes get."""
+    text = ('kind: RayCluster\nname: tiny\nversion: 1\nrayVersion: "2.60.0"\n'
+            "image: rayproject/ray:2.60.0-py311-cpu\n"
+            "workerGroups: [{name: cpu, replicas: 1}]\n"
+            "runtimeEnv:\n  env:\n    - {name: MODE, value: fast}\n"
+            "    - {name: HF_TOKEN, secretKeyRef: {name: hf, key: token}}\n")
+    spec = resolve(_spec(tmp_path, text))
+    [note] = [n for n in backend_notes(spec, "local") if n.startswith("runtimeEnv")]
+    assert note.startswith("runtimeEnv.env[HF_TOKEN].secretKeyRef: the local backend takes "
+                           "$HF_TOKEN from its own environment, not Secret hf/token")
+    assert backend_notes(spec, "kubernetes") == []
+
+
 def test_kubernetes_notes_operator_mode_and_refuses_a_master(tmp_path: Path) -> None:
     spec = resolve(_spec(tmp_path))
     # standalone, an image tagged with the spec's version: every field holds
