@@ -39,13 +39,13 @@ from ephemeral.backends.kubernetes.render.common import (
     shm_volume,
 )
 from ephemeral.backends.kubernetes.render.network import Clients, policies
-from ephemeral.backends.kubernetes.render.spark import CONNECT_PORT, CONNECT_UI_PORT
+from ephemeral.backends.kubernetes.render.spark import CONNECT_PORT
 from ephemeral.errors import SpecError
 from ephemeral.specs.models import SparkMaster, SparkSpec
 from ephemeral.specs.quantities import memory_bytes
 from ephemeral.specs.resolve import ResolvedSpec
 
-UI_PORT = CONNECT_UI_PORT  # the Connect server's UI is the cluster's Spark UI
+UI_PORT = 4040
 API_PORTS = [CONNECT_PORT, UI_PORT]
 DRIVER_CONTAINER = "spark-kubernetes-driver"  # the container the operator fills in
 EXECUTOR_CONTAINER = "spark-kubernetes-executor"  # Spark's pod template container name
