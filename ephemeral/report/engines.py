@@ -118,12 +118,13 @@ def engine_jobs(backend: ClusterBackend, handle: ClusterHandle, *,
         if handle.engine == "spark" and access.spark_ui:
             from ephemeral.backends.kubernetes.render.spark_operator import is_operator
 
-            work = connect_work(access) if connect and handle.endpoints.spark_connect else None
             if is_operator(handle):  # no master: its Connect server's work is all it ran
-                return work
+                return connect_work(access) if connect else None
             apps = spark_apps(access.spark_ui, headers, handle, verify=access.verify,
                               proxy=access.proxy)
-            return None if apps is None else apps + (work or [])
+            if apps is None or not connect or not handle.endpoints.spark_connect:
+                return apps
+            return apps + (connect_work(access) or [])
     except Exception:  # unknown, not fatal: the report falls back to the results
         log.warning("could not list the jobs of %s", handle.name, exc_info=True)
     return None
