@@ -8,25 +8,23 @@ Busy means any of:
   (``GET /json/``: ``activeapps``, ``activedrivers``); and an open Connect session other than
   the readiness probe's, or a Connect operation not yet finished, from the Connect server's own
   UI (Spark 4's REST API ``/api/v1/applications/<id>/connect/sessions`` and ``/operations``).
-  In operator mode (a spark-operator SparkConnect: no master) that UI is the cluster's Spark UI
+  The backend gives that UI (``Access.connect_ui``: on the local backend the server's next
+  port, on Kubernetes the ``<name>-connect`` Service's 4040, reached as the master UI is). In
+  operator mode (a spark-operator SparkConnect: no master) that UI is the cluster's Spark UI
   and those sessions and operations are all its work (spark-submit has nowhere to go); the
-  server's application start is when it became ready. Where that UI cannot be reached (Kubernetes publishes no Service for it), the Connect server
-  counts as busy while it holds executors (its ``cores`` on the master): conservative, since
-  with shuffle tracking it keeps executors that hold shuffle data until the driver cleans it
-  (``spark.cleaner.periodicGC.interval``, 30 min), but it never takes a running query for idle;
-  and as it tells no end time, only the reaper's own sightings start such a cluster's clock
-  (``sightings_only``).
+  server's application start is when it became ready. The executors a Connect server holds
+  are no sign of work: it keeps them 30 s after their last task, longer with shuffle data.
 
 With it the engines report when the work they know of last ended (a Ray job's ``end_time``, a
 Spark application's start plus duration, a Connect session's or operation's end) and when the
 cluster became ready (Ray: its last node's start, the state API's ``start_time_ms``; Spark with
 Connect: the Connect server's registration with the master): the reaper starts the idle clock
-from these. An API that does not answer makes the answer unknown, never idle; so does a cluster
-that has run nothing yet and is not known to be up (Ray: no node start from the state API;
-Spark: fewer ALIVE workers at the master than it has), since nothing but its creation would
-then say when it became ready. Work listed without an end (a finished Ray job without
-``end_time``; Connect's unseen sessions) leaves the clock to the reaper's sightings
-(``sightings_only``).
+from these. An API that does not answer (a Connect UI included, or one the backend gives no
+way to) makes the answer unknown, never idle; so does a cluster that has run nothing yet and
+is not known to be up (Ray: no node start from the state API; Spark: fewer ALIVE workers at
+the master than it has), since nothing but its creation would then say when it became ready.
+Work listed without an end (a finished Ray job without ``end_time``) leaves the clock to the
+reaper's sightings (``sightings_only``).
 """
 
 from __future__ import annotations
@@ -34,7 +32,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 from ephemeral.backends.base import Access, ClusterBackend, ClusterHandle
 from ephemeral.backends.http import get_json
@@ -58,9 +55,8 @@ class Activity:
     """When the last node of the cluster started (Ray), a lower bound of its readiness."""
     details: list[str] = field(default_factory=list)
     sightings_only: bool = False
-    """Some work cannot be seen and tells no end (Spark Connect's sessions where its UI cannot
-    be reached): neither ``last_end`` nor the cluster's age says how long it has been idle, only
-    the reaper's own sightings do."""
+    """Some work tells no end (a Ray job listed without ``end_time``): neither ``last_end`` nor
+    the cluster's age says how long it has been idle, only the reaper's own sightings do."""
     nodes_alive: int | None = None
     """How many of the cluster's nodes are ALIVE (Ray's state API); None when not asked."""
 
@@ -104,48 +100,34 @@ def ray_activity(access: Access) -> Activity:
                     nodes_alive=alive if rows is not None else None)
 
 
-def connect_ui(handle: ClusterHandle) -> str | None:
-    """The Connect server's UI where this process can reach it: on the local backend it listens
-    on the address of the gRPC endpoint, at the node's next named port."""
-    if handle.backend != "local" or not handle.endpoints.spark_connect:
-        return None
-    from ephemeral.backends.local.spark_nodes import CONNECT_GRPC, CONNECT_UI
-
-    url = urlsplit(handle.endpoints.spark_connect)
-    if url.hostname is None or url.port is None:
-        return None
-    return f"http://{url.hostname}:{url.port - CONNECT_GRPC + CONNECT_UI}"
-
-
 Records = list[dict[str, Any]]
 
 
-def connect_server(ui: str, headers: dict[str, str], *, verify: bool | str = True,
-                   proxy: str | None = None) -> tuple[dict[str, Any], Records, Records]:
+def connect_server(access: Access) -> tuple[dict[str, Any], Records, Records]:
     """The Connect server's application, sessions and operations (the readiness probes'
-    excluded), from its UI's REST API; raises LookupError when it does not answer."""
-    apps = get_json(f"{ui}/api/v1/applications", timeout=CONNECT_TIMEOUT, headers=headers,
-                    verify=verify, proxy=proxy)
+    excluded), from the REST API of its UI (``access.connect_ui``): the one reader of them, for
+    the idle rule and the run report. Raises LookupError when the backend gives no way to that
+    UI or it does not answer."""
+    ui = access.connect_ui
+    if ui is None:
+        raise LookupError("the backend gives no way to the Spark Connect server's UI")
+    headers = dict(access.headers)
+
+    def ask(path: str) -> Any:
+        return get_json(f"{ui}{path}", timeout=CONNECT_TIMEOUT, headers=headers,
+                        verify=access.verify, proxy=access.proxy)
+
+    apps = ask("/api/v1/applications")
     if not isinstance(apps, list) or not apps or not isinstance(apps[0], dict) \
             or not apps[0].get("id"):
         raise LookupError(f"the Spark Connect UI at {ui} did not answer")
-    base = f"{ui}/api/v1/applications/{apps[0]['id']}/connect"
-    sessions = get_json(f"{base}/sessions", timeout=CONNECT_TIMEOUT, headers=headers,
-                        verify=verify, proxy=proxy)
-    operations = get_json(f"{base}/operations", timeout=CONNECT_TIMEOUT, headers=headers,
-                          verify=verify, proxy=proxy)
+    base = f"/api/v1/applications/{apps[0]['id']}/connect"
+    sessions, operations = ask(f"{base}/sessions"), ask(f"{base}/operations")
     if not isinstance(sessions, list) or not isinstance(operations, list):
         raise LookupError(f"the Spark Connect UI at {ui} did not list sessions")
     return (apps[0],
             [s for s in sessions if isinstance(s, dict) and s.get("userId") != PROBE_USER],
             [o for o in operations if isinstance(o, dict) and o.get("userId") != PROBE_USER])
-
-
-def connect_records(ui: str, headers: dict[str, str], *, verify: bool | str = True
-                    ) -> tuple[Records, Records]:
-    """The Connect server's sessions and operations (``connect_server``)."""
-    _, sessions, operations = connect_server(ui, headers, verify=verify)
-    return sessions, operations
 
 
 def _app_start(app: dict[str, Any]) -> datetime | None:
@@ -154,12 +136,10 @@ def _app_start(app: dict[str, Any]) -> datetime | None:
     return _ms(attempts[0].get("startTimeEpoch")) if attempts else None
 
 
-def _connect_sessions(ui: str, headers: dict[str, str], verify: bool | str = True,
-                      proxy: str | None = None
-                      ) -> tuple[list[str], datetime | None, datetime | None]:
+def _connect_sessions(access: Access) -> tuple[list[str], datetime | None, datetime | None]:
     """(open sessions and unfinished operations, when the last of them ended, when the server
-    started); raises LookupError when the Connect UI does not answer."""
-    app, sessions, operations = connect_server(ui, headers, verify=verify, proxy=proxy)
+    started); raises LookupError as ``connect_server``."""
+    app, sessions, operations = connect_server(access)
     active = [f"Connect session {s.get('sessionId')}" for s in sessions
               if not s.get("finishTimestamp")]
     active += [f"Connect operation {o.get('operationId')} {o.get('state')}" for o in operations
@@ -174,10 +154,8 @@ def operator_activity(access: Access) -> Activity:
     """Operator mode: busy while the Connect server, whose UI is the cluster's Spark UI, has a
     session open or an operation running. Its executors are no sign of work: it releases them
     30 s after their last task."""
-    assert access.spark_ui is not None
     try:
-        busy, last_end, started = _connect_sessions(access.spark_ui, dict(access.headers),
-                                                    access.verify, access.proxy)
+        busy, last_end, started = _connect_sessions(access)
     except LookupError as err:
         return Activity(None, str(err))
     return Activity(bool(busy), _what(busy), last_end, started, busy)
@@ -207,20 +185,13 @@ def spark_activity(access: Access, handle: ClusterHandle) -> Activity:
     last_end = _latest(*ends)
     # The Connect server registers once it runs: with Connect, the cluster's readiness.
     started = _latest(*(_ms(a.get("starttime")) for a in connect))
-    ui = connect_ui(handle)
-    if ui is not None:
+    if handle.endpoints.spark_connect:
         try:
-            sessions, connect_end, _ = _connect_sessions(ui, dict(access.headers))
+            sessions, connect_end, _ = _connect_sessions(access)
         except LookupError as err:
             return Activity(None, str(err))
         busy += sessions
         last_end = _latest(last_end, connect_end)
-    elif connect:
-        # Its sessions cannot be seen from here: executors held count as work. When its last
-        # work ended is unknown too, so no engine time starts the clock: only the reaper's own
-        # sightings do (a reaper without memory never calls such a cluster idle).
-        busy += [f"Spark Connect holds {a.get('cores')} cores" for a in connect if a.get("cores")]
-        return Activity(bool(busy), _what(busy), last_end, None, busy, sightings_only=True)
     if not busy and last_end is None and started is None:
         # Nothing ever ran and no engine time says when it became ready: the reaper counts
         # from its creation, so it must be up, all its workers registered (not still starting).

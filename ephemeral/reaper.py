@@ -37,11 +37,12 @@ application, Connect operation or open Connect session). A cluster is idle since
 - the last time the reaper itself saw it busy (work that left no end time behind).
 
 So the clock needs no memory of earlier runs: the memory-less CronJob (an emptyDir) enforces
-the rule as the CLI and the DAG do (a never-used cluster's start aside, below). The exception is work that ended at a time nobody tells
-(Spark Connect where its UI cannot be reached, a Ray job listed without an end time:
-``Activity.sightings_only``): then the clock starts at the reaper's first sighting of the
-cluster, remembered in the memory file, and a reaper without one never calls such a cluster
-idle (its TTL still holds).
+the rule as the CLI and the DAG do (a never-used cluster's start aside, below), Spark Connect
+clusters included, on every backend and in both Spark modes (the Connect server's UI tells
+its sessions' and operations' ends). The exception is work that ended at a time nobody tells
+(a Ray job listed without an end time: ``Activity.sightings_only``): then the clock starts at
+the reaper's first sighting of the cluster, remembered in the memory file, and a reaper
+without one never calls such a cluster idle (its TTL still holds).
 
 It is deleted when ``now`` minus that exceeds ``idleTimeout``, with the reason "idle for 1834s,
 idleTimeout 1800s", once its engine, asked again just before, still runs nothing. A cluster

@@ -273,7 +273,7 @@ def check_adoptable(existing: ClusterHandle, spec_ref: str, spec_hash: str,
 
 class Access(BaseModel):
     """How this process reaches a cluster's HTTP APIs (Ray dashboard and Jobs API, Spark master
-    UI): URLs, possibly rewritten (through the Kubernetes API server's service proxy), and the
+    and Connect UIs): URLs, possibly rewritten (through the Kubernetes API server's service proxy), and the
     headers that authenticate (the cluster's Ray token, an API server bearer token).
 
     Made on demand by ``ClusterBackend.access`` in the process that calls the cluster; it holds
@@ -284,6 +284,9 @@ class Access(BaseModel):
 
     dashboard: str | None = None
     spark_ui: str | None = None
+    connect_ui: str | None = None
+    """The Spark Connect server's own UI (its sessions and operations, Spark 4's REST API),
+    where the backend publishes it; in Kubernetes' operator mode it is ``spark_ui`` itself."""
     headers: dict[str, str] = {}
     verify: bool | str = True
     """TLS trust for those URLs, as ``requests`` takes it: the API server's CA file through
@@ -295,7 +298,8 @@ class Access(BaseModel):
     Kubernetes client goes through (``KubeClient.server_proxy``); None: direct."""
 
     def __repr__(self) -> str:  # keep credentials out of tracebacks and logs
-        return f"Access(dashboard={self.dashboard!r}, spark_ui={self.spark_ui!r}, headers=***)"
+        return (f"Access(dashboard={self.dashboard!r}, spark_ui={self.spark_ui!r}, "
+                f"connect_ui={self.connect_ui!r}, headers=***)")
 
     __str__ = __repr__
 

@@ -7,8 +7,9 @@ it deletes the cluster, through the HTTP APIs the backend gives access to (the s
 - Spark: every application on the master (``GET /json/``, active and completed), other than
   the cluster's own Spark Connect server, whose life is the cluster's; and the work that
   server ran (its operations: queries and commands of the sessions of ``@task.spark_connect``
-  and other clients), where this process reaches its UI (``activity.connect_ui``: the local
-  backend). Elsewhere a Connect server's work is not seen and counts as idle.
+  and other clients), read from its UI by the idle rule's reader
+  (``activity.connect_server``, at the backend's ``Access.connect_ui``). In Kubernetes'
+  operator mode there is no master: the Connect server's work is all there is.
 
 An API that does not answer gives None: the report falls back to the jobs' own results.
 """
@@ -19,7 +20,7 @@ import logging
 import time
 from typing import Any
 
-from ephemeral.backends.base import ClusterBackend, ClusterHandle
+from ephemeral.backends.base import Access, ClusterBackend, ClusterHandle
 from ephemeral.backends.http import get_json
 from ephemeral.report.model import JobFacts
 
@@ -74,18 +75,16 @@ def spark_apps(spark_ui: str, headers: dict[str, str], handle: ClusterHandle, *,
     return out
 
 
-def connect_work(handle: ClusterHandle, headers: dict[str, str]) -> list[JobFacts]:
+def connect_work(access: Access) -> list[JobFacts] | None:
     """Each Connect session's busy spells: its operations' times, merged where they touch.
-    One row per spell rather than per operation (a pipeline runs hundreds)."""
-    from ephemeral.activity import connect_records, connect_ui
+    One row per spell rather than per operation (a pipeline runs hundreds). None when the
+    Connect server's UI cannot be read."""
+    from ephemeral.activity import connect_server
 
-    ui = connect_ui(handle)
-    if ui is None:
-        return []
     try:
-        _, operations = connect_records(ui, headers)
+        _, _, operations = connect_server(access)
     except LookupError:
-        return []
+        return None
     now = time.time()
     spells: dict[str, list[list[float]]] = {}
     for op in sorted(operations, key=lambda o: o.get("startTimestamp") or 0):
@@ -117,10 +116,15 @@ def engine_jobs(backend: ClusterBackend, handle: ClusterHandle, *,
             return ray_jobs(access.dashboard, headers, verify=access.verify,
                             proxy=access.proxy)
         if handle.engine == "spark" and access.spark_ui:
+            from ephemeral.backends.kubernetes.render.spark_operator import is_operator
+
+            if is_operator(handle):  # no master: its Connect server's work is all it ran
+                return connect_work(access) if connect else None
             apps = spark_apps(access.spark_ui, headers, handle, verify=access.verify,
                               proxy=access.proxy)
-            return None if apps is None else apps + (
-                connect_work(handle, headers) if connect else [])
+            if apps is None or not connect or not handle.endpoints.spark_connect:
+                return apps
+            return apps + (connect_work(access) or [])
     except Exception:  # unknown, not fatal: the report falls back to the results
         log.warning("could not list the jobs of %s", handle.name, exc_info=True)
     return None

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ephemeral.activity import cluster_activity, connect_ui
+from ephemeral.activity import cluster_activity
 from ephemeral.backends.base import Endpoints
 from ephemeral.backends.kubernetes.render.spark_operator import is_operator
 from ephemeral.backends.local import LocalBackend
@@ -47,7 +47,7 @@ def test_an_operator_mode_cluster_is_idle_by_its_connect_servers_sessions(
     path.write_text(SPEC)
     handle = provision(local_backend, resolve(str(path)),
                        ClusterIdentity.manual("op-idle", "spark-op-idle"), timeout=300).handle
-    ui = connect_ui(handle)
+    ui = local_backend.access(handle).connect_ui
     assert ui is not None
     operator = handle.model_copy(update={"endpoints": Endpoints(
         spark_ui=ui, spark_connect=handle.endpoints.spark_connect)})

@@ -338,7 +338,7 @@ def test_each_cluster_gets_its_network_policy_and_loses_it_with_the_cluster(
                 {"podSelector": {"matchLabels": {"component": "worker", "release": "airflow"}}},
                 {"ipBlock": {"cidr": "172.18.0.0/16"}}]
             ports = {p["port"] for p in rules[1]["ports"]}
-            assert ports == ({8265, 6379, 10001} if spec is RAY else {7077, 8080, 15002})
+            assert ports == ({8265, 6379, 10001} if spec is RAY else {7077, 8080, 15002, 4040})
             assert backend.wait_ready(handle, timeout=5).ready
             backend.delete(handle, wait=True)
             assert apiserver.store.list("networkpolicies", NAMESPACE) == []

@@ -1,23 +1,27 @@
 """The reaper's idle rule on the Kubernetes backend, against the strict API mock: it asks the Ray
-dashboard's Jobs API and the Spark master's ``/json/`` that the mock serves, with the headers
-``backend.access`` gives (the cluster's Ray token), and deletes what has been idle too long."""
+dashboard's Jobs API, the Spark master's ``/json/`` and the Spark Connect server UI's sessions
+and operations that the mock serves, with the headers ``backend.access`` gives (the cluster's
+Ray token), and deletes what has been idle too long."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ephemeral.activity import cluster_activity
 from ephemeral.backends.kubernetes import KubernetesBackend
 from ephemeral.jobs.ray_jobs import ray_jobs_for
 from ephemeral.jobs.runtime_env import job_runtime_env
-from ephemeral.reaper import reap
+from ephemeral.reaper import Decision, reap
 from ephemeral.specs import ClusterIdentity
-from ephemeral.specs.identity import parse_utc
+from ephemeral.specs.identity import parse_utc, utc_text
 from ephemeral.specs.resolve import ResolvedSpec
 from tests.conftest import small
 from tests.kubernetes.apiserver import ApiServer, WebEndpoints
+from tests.kubernetes.test_access import proxy_backend  # noqa: F401 - the fixture
 
 RAY = small("ray/adhoc-cpu", replicas=1)  # idleTimeout 15m
 SPARK = small("spark/etl")  # idleTimeout 20m
@@ -133,31 +137,103 @@ def test_a_dashboard_that_does_not_answer_is_not_idle(
     assert "activity unknown (the Ray Jobs API did not answer)" in d.reason
 
 
-def test_spark_connect_on_kubernetes_is_busy_while_it_holds_executors(
-        k8s_backend: KubernetesBackend, web: WebEndpoints,
-        tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Kubernetes publishes no Service for the Connect server's UI: its sessions cannot be seen,
-    so executors it holds count as work, and only the reaper's own sightings start the clock."""
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _cronjob_pass(backend: KubernetesBackend, tmp_path: Path, now: datetime) -> Decision:
+    """One run of the reaper CronJob: its memory file in a fresh emptyDir."""
+    fresh = tmp_path / f"pass-{len(list(tmp_path.iterdir()))}"
+    fresh.mkdir()
+    [d] = reap(backend, lookup=None, now=now, memory_file=fresh / "reaper-seen.json")
+    return d
+
+
+def test_the_cronjob_reaps_a_standalone_spark_connect_cluster_idle_since_its_last_query(
+        k8s_backend: KubernetesBackend, apiserver: ApiServer, web: WebEndpoints,
+        tmp_path: Path) -> None:
+    """Standalone mode (the default): the Connect server's UI on its ``<name>-connect`` Service
+    tells when its last session and operation ended, so the memory-less CronJob enforces
+    idleTimeout. Before, that UI had no Service: the clock restarted at every pass ("idle for
+    0s") and only the TTL removed such a cluster."""
     handle = k8s_backend.create(SPARK, identity=owner(SPARK))
     assert k8s_backend.wait_ready(handle, timeout=5).ready
-    memory = tmp_path / "seen.json"
-    long_ago = int((datetime.now(UTC) - timedelta(hours=1)).timestamp() * 1000)
-    connect = {"id": "app-1", "name": f"{handle.name}-connect", "starttime": long_ago,
-               "cores": 4, "state": "RUNNING", "duration": 3_600_000}
-    web.dashboards.spark_apps = [connect]
-    t0 = datetime.now(UTC).replace(microsecond=0)
-    [d] = reap(k8s_backend, lookup=None, now=t0, memory_file=memory)
-    assert not d.delete, d
-    assert "busy: 1 running: Spark Connect holds 4 cores" in d.reason
+    created = parse_utc(handle.created_at)
+    # The Connect server registered at the master and holds no executors (released 30 s after
+    # its last task); alice's session ran a query and was closed a minute after creation.
+    web.dashboards.spark_apps = [{"id": "app-1", "name": f"{handle.name}-connect", "cores": 0,
+                                  "starttime": _ms(created + timedelta(seconds=20)),
+                                  "state": "RUNNING"}]
+    ended = created + timedelta(seconds=60)
+    web.dashboards.connect_sessions = [{"sessionId": "s-alice", "userId": "alice",
+                                        "startTimestamp": _ms(created + timedelta(seconds=30)),
+                                        "finishTimestamp": _ms(ended)}]
+    web.dashboards.connect_operations = [{"operationId": "op-1", "sessionId": "s-alice",
+                                          "userId": "alice", "state": "CLOSED",
+                                          "startTimestamp": _ms(created + timedelta(seconds=35)),
+                                          "closeTimestamp": _ms(ended)}]
 
-    web.dashboards.spark_apps = [connect | {"cores": 0, "state": "WAITING"}]
-    # Registered an hour ago, but that is no evidence of when its last query ended.
-    [d] = reap(k8s_backend, lookup=None, now=t0 + timedelta(seconds=600), memory_file=memory)
+    d = _cronjob_pass(k8s_backend, tmp_path, ended + timedelta(seconds=1199))
     assert not d.delete, d
-    assert "idle for 600s of idleTimeout 1200s" in d.reason
-    # Without the reaper's memory (the CronJob's emptyDir) it is never called idle.
-    [d] = reap(k8s_backend, lookup=None, now=t0 + timedelta(hours=2, minutes=59))
-    assert not d.delete, d
-    assert "idle for 0s" in d.reason
-    [d] = reap(k8s_backend, lookup=None, now=t0 + timedelta(seconds=1201), memory_file=memory)
+    assert "idle for 1199s of idleTimeout 1200s" in d.reason
+    assert any(h.endswith(f"/{handle.name}/connect-ui/api/v1/applications/spark-mock-0001/"
+                          "connect/sessions") for h in web.hits), web.hits
+    d = _cronjob_pass(k8s_backend, tmp_path, ended + timedelta(seconds=1201))
     assert d.deleted, d
+    assert d.reason == ("idle for 1201s, idleTimeout 1200s (no Spark application, Connect "
+                        f"session or operation running since {utc_text(ended)})")
+    assert apiserver.store.all() == []
+
+
+def test_an_open_connect_session_keeps_a_standalone_cluster_between_queries(
+        k8s_backend: KubernetesBackend, web: WebEndpoints, tmp_path: Path) -> None:
+    """A notebook's session open between queries: no operation runs and the server released
+    its executors, but the session is work, for the CronJob and for a reaper with memory
+    alike. Before, it was invisible: such a cluster was deleted 20 minutes after the server
+    released its executors, "no ... Connect session ... running"."""
+    handle = k8s_backend.create(SPARK, identity=owner(SPARK))
+    assert k8s_backend.wait_ready(handle, timeout=5).ready
+    created = parse_utc(handle.created_at)
+    web.dashboards.spark_apps = [{"id": "app-1", "name": f"{handle.name}-connect", "cores": 0,
+                                  "starttime": _ms(created), "state": "RUNNING"}]
+    web.dashboards.connect_sessions = [{"sessionId": "s-bob", "userId": "bob",
+                                        "startTimestamp": _ms(created + timedelta(minutes=1))}]
+    web.dashboards.connect_operations = [{"operationId": "op-1", "sessionId": "s-bob",
+                                          "userId": "bob", "state": "CLOSED",
+                                          "startTimestamp": _ms(created + timedelta(minutes=2)),
+                                          "closeTimestamp": _ms(created + timedelta(minutes=3))}]
+    later = created + timedelta(hours=2)
+    d = _cronjob_pass(k8s_backend, tmp_path, later)
+    assert not d.delete, d
+    assert d.reason.endswith("busy: 1 running: Connect session s-bob"), d
+    kept = tmp_path / "kept.json"  # the CLI and the reaping DAG keep their memory
+    for minutes in (0, 10, 25):
+        [d] = reap(k8s_backend, lookup=None, now=later + timedelta(minutes=minutes),
+                   memory_file=kept)
+        assert not d.delete, d
+        assert d.reason.endswith("busy: 1 running: Connect session s-bob"), d
+
+
+def test_the_connect_ui_is_reached_through_the_api_servers_proxy(
+        proxy_backend: KubernetesBackend, apiserver: ApiServer) -> None:  # noqa: F811
+    """Outside the cluster, the Connect server's UI goes through the API server's proxy to
+    the ``web-ui`` port of ``<name>-connect``, as the master UI does to ``<name>-master``. A
+    Service without that port (a cluster made by an earlier version) makes the activity
+    unknown, never idle."""
+    handle = proxy_backend.create(SPARK, identity=owner(SPARK))
+    assert proxy_backend.wait_ready(handle, timeout=5).ready
+    ui = (f"{apiserver.url}/api/v1/namespaces/{handle.namespace}/services/{handle.name}-connect:"
+          "web-ui/proxy")
+    assert proxy_backend.access(handle).connect_ui == ui
+    apiserver.dashboards.connect_sessions = [{"sessionId": "s-1", "userId": "carol",
+                                              "startTimestamp": _ms(datetime.now(UTC))}]
+    seen = cluster_activity(proxy_backend, handle)
+    assert (seen.busy, seen.what) == (True, "1 running: Connect session s-1")
+
+    def unpublished(svc: dict[str, Any]) -> None:
+        svc["spec"]["ports"] = [p for p in svc["spec"]["ports"] if p["name"] != "web-ui"]
+
+    apiserver.store.update("services", handle.namespace, f"{handle.name}-connect", unpublished)
+    seen = cluster_activity(proxy_backend, handle)
+    assert seen.busy is None, seen
+    assert seen.what == f"the Spark Connect UI at {ui} did not answer"

@@ -486,7 +486,16 @@ def test_spark_objects_names_and_services() -> None:
     assert {p["name"]: p["port"] for p in master_svc["spec"]["ports"]} == {"spark": 7077,
                                                                           "web-ui": 8080}
     connect_svc = by_name(out.objects, "Service", f"{n}-connect")
-    assert [p["port"] for p in connect_svc["spec"]["ports"]] == [15002]
+    # Its UI too: the reaper and the run report read its sessions and operations there.
+    assert {p["name"]: p["port"] for p in connect_svc["spec"]["ports"]} == {"grpc": 15002,
+                                                                           "web-ui": 4040}
+    (server,) = by_name(out.objects, "Deployment", f"{n}-connect")["spec"]["template"]["spec"][
+        "containers"]
+    assert {p["name"]: p["containerPort"] for p in server["ports"]} == {"grpc": 15002,
+                                                                       "web-ui": 4040}
+    assert "spark.ui.port=4040" in server["command"]  # never moved onto another port
+    policy = by_name(out.objects, "NetworkPolicy", n)
+    assert [p["port"] for p in policy["spec"]["ingress"][1]["ports"]] == [7077, 8080, 15002, 4040]
     # Each Service selects exactly the pods of its Deployment.
     for name in (f"{n}-master", f"{n}-connect"):
         deployment = by_name(out.objects, "Deployment", name)

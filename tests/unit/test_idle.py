@@ -156,9 +156,9 @@ def test_never_used_without_memory_the_clock_starts_at_creation(backend: InMemor
 
 def test_unseen_work_starts_the_clock_at_first_sight_and_only_with_memory(
         backend: InMemoryBackend, tmp_path: Path) -> None:
-    """Work that can neither be seen nor tells its end (Spark Connect on Kubernetes): the
-    reaper's first sight starts the clock, remembered between runs; without its memory it
-    never calls the cluster idle."""
+    """Work that tells no end (a Ray job listed without its end time): the reaper's first
+    sight starts the clock, remembered between runs; without its memory it never calls the
+    cluster idle."""
     h = make(backend)
     memory = tmp_path / "m.json"
     first = parse_utc(h.created_at) + timedelta(seconds=IDLE * 2)
@@ -181,14 +181,14 @@ def test_unseen_work_starts_the_clock_at_first_sight_and_only_with_memory(
 
 def test_busy_seen_by_the_reaper_restarts_the_clock(backend: InMemoryBackend,
                                                     tmp_path: Path) -> None:
-    """Work that leaves no end time (Spark Connect holding executors): the last time the reaper
+    """Work that leaves no end time (a Ray job listed without one): the last time the reaper
     saw the cluster busy counts."""
     h = make(backend)
     memory = tmp_path / "m.json"
     up = parse_utc(h.created_at)
     busy_at = up + timedelta(seconds=IDLE * 2)
     reap(backend, lookup=running, now=busy_at, memory_file=memory,
-         activity=Engines(Activity(True, "Spark Connect holds 1 cores")))
+         activity=Engines(Activity(True, "1 Ray job(s) pending or running")))
     [d] = reap(backend, lookup=running, now=busy_at + timedelta(seconds=60), memory_file=memory,
                activity=Engines(Activity(False, "nothing running", nodes_up=up)))
     assert not d.delete

@@ -1,5 +1,6 @@
-"""How this process reaches one cluster's HTTP APIs (Ray dashboard and Jobs API, Spark master UI),
-in the endpoint mode its ``KubeConfig`` resolves to, and with which credentials.
+"""How this process reaches one cluster's HTTP APIs (Ray dashboard and Jobs API, Spark master
+and Connect server UIs), in the endpoint mode its ``KubeConfig`` resolves to, and with which
+credentials.
 
 - ``dns``: ``http://<service>.<ns>.svc.<domain>:<port>``; Ray gets ``Authorization: Bearer
   <token>``.
@@ -27,15 +28,16 @@ from ephemeral.backends.kubernetes.client import RAYCLUSTER, SECRET, KubeClient
 from ephemeral.backends.kubernetes.config import KubeConfig, ResolvedMode
 from ephemeral.backends.kubernetes.render import service_endpoints
 from ephemeral.backends.kubernetes.render.ray import TOKEN_KEY, auth_secret, head_service
-from ephemeral.backends.kubernetes.render.spark import master_service
+from ephemeral.backends.kubernetes.render.spark import connect_service, connect_ui, master_service
 from ephemeral.backends.kubernetes.render.spark_operator import is_operator, server_service
 from ephemeral.errors import BackendUnavailable, ClusterNotFound
 
-Api = Literal["dashboard", "spark_ui"]
+Api = Literal["dashboard", "spark_ui", "connect_ui"]
 RAY_HEADER = "X-Ray-Authorization"
-# (Service, port name on it, ingress port name) of each HTTP API.
+# (port name on its Service, ingress port name) of each HTTP API.
 _PORTS: dict[Api, tuple[str, str]] = {"dashboard": ("dashboard", "dashboard"),
-                                      "spark_ui": ("web-ui", "spark-ui")}
+                                      "spark_ui": ("web-ui", "spark-ui"),
+                                      "connect_ui": ("web-ui", "connect-ui")}
 
 
 class ClusterAccess:
@@ -54,7 +56,10 @@ class ClusterAccess:
         if api == "dashboard":
             return head_service(name)
         # A SparkConnect's UI is its Connect server's (the operator's Service names it web-ui).
-        return server_service(name) if is_operator(self.handle) else master_service(name)
+        if is_operator(self.handle):
+            return server_service(name)
+        # Standalone: the master's UI, and the Connect server's own on its Service.
+        return connect_service(name) if api == "connect_ui" else master_service(name)
 
     def url(self, api: Api, *, for_browser: bool = False) -> str:
         """The base URL of ``api`` (no trailing slash); ``for_browser`` in proxy mode puts it
@@ -66,6 +71,9 @@ class ClusterAccess:
         if self.mode == "ingress":
             return self.config.ingress_url(cluster=self.handle.name,
                                            service=self._service(api), port=ingress_port)
+        if api == "connect_ui":
+            return connect_ui(self.handle.model_copy(update={"namespace": self.client.namespace}),
+                              self.config.cluster_domain)
         found = getattr(self._dns(), api)
         assert isinstance(found, str)
         return found
@@ -136,6 +144,10 @@ class ClusterAccess:
             apis["dashboard"] = self.url("dashboard")
         else:
             apis["spark_ui"] = self.url("spark_ui")
+            if self.handle.endpoints.spark_connect:
+                # In operator mode the cluster's Spark UI is the Connect server's own.
+                apis["connect_ui"] = apis["spark_ui"] if is_operator(self.handle) \
+                    else self.url("connect_ui")
         return Access(**apis, headers=self.headers(token, with_kube=True), verify=self.verify(),
                       proxy=self.client.server_proxy() if self.mode == "proxy" else None)
 

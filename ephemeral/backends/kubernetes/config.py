@@ -69,12 +69,13 @@ class KubeConfig(BaseModel):
     cluster_domain: str = "cluster.local"
     endpoint_mode: EndpointMode = "auto"
     """How this process reaches the clusters' HTTP endpoints (Ray dashboard and Jobs API, Spark
-    master UI). ``dns``: in-cluster Service DNS names (Airflow runs in the same cluster; the
+    master and Connect UIs). ``dns``: in-cluster Service DNS names (Airflow runs in the same cluster; the
     older spelling ``service-dns`` is accepted). ``proxy``: the API server's service proxy
     (``/api/v1/namespaces/<ns>/services/<svc>:<port>/proxy``), with this config's credentials,
     so anything that reaches the API server reaches them. ``ingress``: ``ingress_url_template``
     formatted with ``cluster``, ``namespace``, ``service``, ``port`` (a port name:
-    ``dashboard`` or ``spark-ui``); the platform routes those URLs to the Services. ``auto``
+    ``dashboard``, ``spark-ui`` or ``connect-ui``); the platform routes those URLs to the
+    Services. ``auto``
     (the default): ``dns`` inside a pod (``in_cluster``, or ``KUBERNETES_SERVICE_HOST`` set),
     else ``proxy``. Non-HTTP endpoints (GCS, Ray client, Spark master and Connect) are always
     Service DNS names: they cannot go through the proxy (docs/kubernetes.md)."""
@@ -85,7 +86,7 @@ class KubeConfig(BaseModel):
     must then be authenticated to it). API calls always go to the API server."""
     client_selector: dict[str, str] | None = None
     """Labels of the pods (besides the cluster's own) that each cluster's NetworkPolicy admits
-    to the dashboard, GCS, client, Spark master and Connect ports: the Airflow workers and
+    to the dashboard, GCS, client, Spark master, Connect and UI ports: the Airflow workers and
     triggerers. ``k=v,k2=v2`` in the environment. Unset: ``ephemeral.dev/client=true`` and
     ``ephemeral.dev/client-instance=<the cluster's deployment instance>``; one configured is
     used as given (scope it to the deployment yourself where several share a namespace)."""

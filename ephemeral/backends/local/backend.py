@@ -358,6 +358,7 @@ class LocalBackend(ClusterBackend):
         token = secrets.read(self._dir(handle.name), secrets.RAY_TOKEN)
         ep = self.endpoints(handle)
         return Access(dashboard=ep.dashboard, spark_ui=ep.spark_ui,
+                      connect_ui=spark_nodes.connect_ui(ep),
                       headers=ray_nodes.auth_headers(token) if token else {})
 
     def spark_auth(self, handle: ClusterHandle) -> SparkAuth:

@@ -17,6 +17,7 @@ import sys
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ephemeral.backends.base import (
     CONNECT_ALLOCATION,
@@ -65,6 +66,15 @@ def endpoints(spec: SparkSpec, slot: int) -> Endpoints:
         spark_ui=f"http://{ip}:{slots.named_port(slot, 0, MASTER_UI)}",
         spark_connect=connect,
     )
+
+
+def connect_ui(ep: Endpoints) -> str | None:
+    """The Connect server's UI: it listens on the address of the gRPC endpoint, at the node's
+    next named port."""
+    url = urlsplit(ep.spark_connect or "")
+    if url.hostname is None or url.port is None:
+        return None
+    return f"http://{url.hostname}:{url.port - CONNECT_GRPC + CONNECT_UI}"
 
 
 def tmp_dir(work_root: Path) -> Path:

@@ -137,7 +137,9 @@ class Operator:
                            "nvidia.com/gpu. preemption: 0/3 nodes are available")
         self.store.put("services", ns, {"metadata": {
             "name": f"{name}-head-svc", "labels": {"ray.io/cluster": name},
-            "ownerReferences": [_owner(rc)]}, "spec": {"clusterIP": "None"}})
+            "ownerReferences": [_owner(rc)]}, "spec": {"clusterIP": "None", "ports": [
+                {"name": "gcs-server", "port": 6379}, {"name": "dashboard", "port": 8265},
+                {"name": "client", "port": 10001}]}})
         if scenario in (RayScenario.READY, RayScenario.STUCK_FINALIZER):
             workers = len(pods) - 1
 

@@ -1,5 +1,6 @@
 """What the clusters' HTTP endpoints answer, played from the store: the Ray dashboard (with
-token authentication and a little of the Jobs API) and the Spark master UI.
+token authentication and a little of the Jobs API), the Spark master UI and the Spark Connect
+server's UI.
 
 Two ways in, as the backend's endpoint modes go:
 
@@ -14,9 +15,13 @@ Secret the (mock) operator made, as Ray does: ``Authorization: Bearer <token>`` 
 /api/jobs/`` records the submission and answers a job id; ``GET /api/jobs/<id>`` and the list
 ``GET /api/jobs/`` say ``job_status`` (SUCCEEDED unless a test sets another), and ``GET
 /api/jobs/<id>/logs`` answers ``job_logs``.
-The Spark master UI lists its running worker pods as ALIVE workers in ``/json/``; a
-SparkConnect's server UI lists one application (``/api/v1/applications``) once its server pod
-runs. ``down`` makes every endpoint refuse (503).
+The Spark master UI lists its running worker pods as ALIVE workers in ``/json/``. A Connect
+server's UI (a standalone cluster's ``<name>-connect`` Service, port ``web-ui``; a SparkConnect's
+``<name>-server``) lists one application (``/api/v1/applications``) once its server pod runs,
+and the ``connect_sessions`` and ``connect_operations`` a test sets below it (Spark 4's
+``/api/v1/applications/<id>/connect/sessions`` and ``/operations``). The service proxy only
+reaches a port the Service publishes, as kube-apiserver does. ``down`` makes every endpoint
+refuse (503).
 """
 
 from __future__ import annotations
@@ -50,11 +55,16 @@ class Dashboards:
     """What every job logged (``GET /api/jobs/<id>/logs``)."""
     spark_apps: list[dict[str, Any]] = field(default_factory=list)
     """The Spark master's ``activeapps`` (as Spark's JsonProtocol writes them), set by tests."""
+    connect_sessions: list[dict[str, Any]] = field(default_factory=list)
+    """Every Connect server UI's sessions (as Spark's REST API writes them), set by tests."""
+    connect_operations: list[dict[str, Any]] = field(default_factory=list)
+    """Every Connect server UI's operations, set by tests."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def answer(self, method: str, ns: str, cluster: str, api: str, rest: str,
                headers: Mapping[str, str], body: bytes) -> tuple[int, Any]:
-        """``api`` is ``dashboard`` or ``spark-ui``; ``rest`` the path below it (no slash)."""
+        """``api`` is ``dashboard``, ``spark-ui`` or ``connect-ui`` (a standalone cluster's
+        Connect server); ``rest`` the path below it (no slash)."""
         with self._lock:
             self.hits.append(f"{method} /{ns}/{cluster}/{api}/{rest}")
             self.seen_headers.append({k.lower(): v for k, v in headers.items()})
@@ -74,7 +84,13 @@ class Dashboards:
                 return refused
             return self._ray(method, cluster, rest, body)
         if api == "spark-ui" and self.store.get("sparkconnects", ns, cluster) is not None:
-            return self._connect_ui(method, pods, cluster, rest)
+            return self._connect_ui(method, [p for p in pods if p["metadata"]["labels"].get(
+                "sparkoperator.k8s.io/connect-name") == cluster and p["metadata"]["labels"].get(
+                "spark-role") == "connect-server"], cluster, rest)
+        if api == "connect-ui":
+            return self._connect_ui(method, [p for p in pods if p["metadata"]["labels"].get(
+                "ephemeral.dev/cluster") == cluster and p["metadata"]["labels"].get(
+                "app.kubernetes.io/component") == "spark-connect"], cluster, rest)
         if api == "spark-ui" and method == "GET" and rest == "json":
             mine = [p for p in pods
                     if p["metadata"]["labels"].get("ephemeral.dev/cluster") == cluster]
@@ -88,18 +104,20 @@ class Dashboards:
                              "activeapps": self.spark_apps}
         return 503, {"error": f"nothing answers {method} {api}/{rest}"}
 
-    @staticmethod
-    def _connect_ui(method: str, pods: list[dict[str, Any]], cluster: str,
+    def _connect_ui(self, method: str, server: list[dict[str, Any]], cluster: str,
                     rest: str) -> tuple[int, Any]:
-        """A SparkConnect's server UI (port 4040): its application once the server pod runs."""
-        server = [p for p in pods if p["metadata"]["labels"].get(
-            "sparkoperator.k8s.io/connect-name") == cluster and p["metadata"]["labels"].get(
-            "spark-role") == "connect-server"]
+        """A Connect server's UI (port 4040) once its pod runs: its application, and the
+        sessions and operations tests set."""
         if not server:
             return 503, {"error": f"no Connect server of {cluster} runs"}
+        app = "spark-mock-0001"
         if method == "GET" and rest == "api/v1/applications":
-            return 200, [{"id": "spark-mock-0001", "name": "Spark Connect server",
+            return 200, [{"id": app, "name": "Spark Connect server",
                           "attempts": [{"completed": False}]}]
+        if method == "GET" and rest == f"api/v1/applications/{app}/connect/sessions":
+            return 200, self.connect_sessions
+        if method == "GET" and rest == f"api/v1/applications/{app}/connect/operations":
+            return 200, self.connect_operations
         return 404, {"error": f"the mock Connect UI does not serve {method} {rest}"}
 
     def _refused(self, ns: str, cluster: str,
@@ -147,10 +165,15 @@ class Dashboards:
     def answer_service(self, method: str, ns: str, service: str, port: str, rest: str,
                        headers: Mapping[str, str], body: bytes) -> tuple[int, Any]:
         """What the API server's proxy gets back from ``service``'s ``port`` (name or
-        number): the Ray head Service's dashboard port, the Spark master Service's UI port."""
+        number): the Ray head Service's dashboard port, the Spark master's and Connect
+        servers' UI ports. A port the Service does not publish is kube-apiserver's 503."""
         svc = self.store.get("services", ns, service)
         if svc is None:
             return 404, None  # the caller answers the API server's own NotFound
+        published = {str(v) for p in (svc.get("spec") or {}).get("ports") or []
+                     for v in (p.get("name"), p.get("port")) if v is not None}
+        if port and port not in published:
+            return 503, f'no service port "{port}" found for service "{service}"'
         labels = svc["metadata"].get("labels") or {}
         if service.endswith("-head-svc") and port in ("dashboard", "8265"):
             return self.answer(method, ns, labels.get("ray.io/cluster", ""), "dashboard", rest,
@@ -159,6 +182,10 @@ class Dashboards:
                 port in ("web-ui", "8080"):
             return self.answer(method, ns, labels.get("ephemeral.dev/cluster", ""), "spark-ui",
                                rest, headers, body)
+        if labels.get("app.kubernetes.io/component") == "spark-connect" and \
+                port in ("web-ui", "4040"):
+            return self.answer(method, ns, labels.get("ephemeral.dev/cluster", ""),
+                               "connect-ui", rest, headers, body)
         if labels.get("sparkoperator.k8s.io/connect-name") and port in ("web-ui", "4040"):
             return self.answer(method, ns, labels["sparkoperator.k8s.io/connect-name"],
                                "spark-ui", rest, headers, body)

@@ -6,10 +6,10 @@ each cluster admits, on its pods:
 
 - every port from pods of the same cluster (Ray's raylets and object transfer, Spark's executors
   and block managers use ports nobody fixes in advance);
-- the API ports only (Ray 8265, 6379, 10001; Spark 7077, 8080, 15002) from the client pods
-  (``client_selector``: the Airflow workers and triggerers; by default those labelled
-  ``ephemeral.dev/client=true`` for the cluster's own deployment instance, never another
-  deployment's in the same namespace) and the ``client_cidrs`` ranges (Airflow outside the
+- the API ports only (Ray 8265, 6379, 10001; Spark 7077, 8080, 15002, Connect's UI 4040) from
+  the client pods (``client_selector``: the Airflow workers and triggerers; by default those
+  labelled ``ephemeral.dev/client=true`` for the cluster's own deployment instance, never
+  another deployment's in the same namespace) and the ``client_cidrs`` ranges (Airflow outside the
   cluster; the API server itself in ``proxy`` mode);
 - for Spark, a second policy: the worker pods take every port from the clients as well, because
   a driver submitted from a client (spark-submit's client mode) fetches large task results from

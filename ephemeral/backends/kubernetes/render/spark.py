@@ -5,7 +5,8 @@ Objects, in creation order (all named after the cluster, all with the owner labe
 - ``<name>-master`` Deployment (the primary: it carries the handle) and Service (7077, 8080);
 - ``<name>-worker`` Deployment: workers are interchangeable and register with the master by
   their pod IP, so they need neither stable names nor the ordered start of a StatefulSet;
-- ``<name>-connect`` Deployment and Service (15002) when Spark Connect is enabled;
+- ``<name>-connect`` Deployment and Service (15002, and its UI 4040: the reaper and the run
+  report read its sessions and operations there) when Spark Connect is enabled;
 - NetworkPolicies ``<name>`` and ``<name>-spark-worker`` (``render.network``).
 
 The master and the workers advertise their pod IP: a Deployment's pod names do not resolve in
@@ -43,6 +44,7 @@ from ephemeral.specs.resolve import ResolvedSpec
 
 SPARK_HOME = "/opt/spark"  # of the apache/spark images
 MASTER_PORT, MASTER_UI_PORT, WORKER_UI_PORT, CONNECT_PORT = 7077, 8080, 8081, 15002
+CONNECT_UI_PORT = 4040  # the Connect server's own UI (its driver's): sessions and operations
 CONNECT_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 SCRATCH = "/tmp/spark"  # an emptyDir: the image's own directories are not writable by its user
 _MIB = 2**20
@@ -65,6 +67,13 @@ def endpoints(handle: ClusterHandle, cluster_domain: str, *, connect: bool) -> E
         spark_connect=(f"sc://{service_host(connect_service(handle.name), ns, cluster_domain)}:"
                        f"{CONNECT_PORT}" if connect else None),
     )
+
+
+def connect_ui(handle: ClusterHandle, cluster_domain: str) -> str:
+    """The Connect server's UI in cluster DNS: no endpoint of the handle, only the reaper and
+    the run report read it (``ClusterAccess``)."""
+    host = service_host(connect_service(handle.name), namespace_of(handle), cluster_domain)
+    return f"http://{host}:{CONNECT_UI_PORT}"
 
 
 def heap_sizes(memory: str) -> tuple[int, int]:
@@ -196,6 +205,7 @@ def connect_conf(s: SparkSpec) -> dict[str, str]:
         "spark.connect.grpc.binding.port": str(CONNECT_PORT),
         "spark.driver.host": "$(POD_IP)",
         "spark.driver.bindAddress": "0.0.0.0",
+        "spark.ui.port": str(CONNECT_UI_PORT),  # published on its Service: never another port
         # One executor per worker, sized to it, only while there is work.
         "spark.executor.cores": str(w.cores),
         "spark.executor.memory": f"{offered}m",
@@ -219,7 +229,8 @@ def _connect(s: SparkSpec, handle: ClusterHandle, master_url: str) -> Manifest:
     command.append("spark-internal")
     container = _container(
         s, "spark-connect", command, {"PYSPARK_PYTHON": "python3"},
-        cpu=c.cpu, memory=c.memory, ports=[_port("grpc", CONNECT_PORT)],
+        cpu=c.cpu, memory=c.memory,
+        ports=[_port("grpc", CONNECT_PORT), _port("web-ui", CONNECT_UI_PORT)],
         probe={"tcpSocket": {"port": "grpc"}, "initialDelaySeconds": 10, "periodSeconds": 5,
                "failureThreshold": 12})
     return _deployment(handle, connect_service(handle.name), "spark-connect", 1, container, c,
@@ -249,7 +260,8 @@ def render_spark(spec: ResolvedSpec, handle: ClusterHandle, cluster_domain: str,
     if with_connect:
         objects += [_connect(s, handle, eps.spark_master),
                     _service(handle, connect_service(handle.name), "spark-connect",
-                             [("grpc", CONNECT_PORT)])]
-    api_ports = [MASTER_PORT, MASTER_UI_PORT] + ([CONNECT_PORT] if with_connect else [])
+                             [("grpc", CONNECT_PORT), ("web-ui", CONNECT_UI_PORT)])]
+    api_ports = [MASTER_PORT, MASTER_UI_PORT] + \
+        ([CONNECT_PORT, CONNECT_UI_PORT] if with_connect else [])
     objects += policies(handle, api_ports, clients, open_to_clients="spark-worker")
     return Rendered(objects=objects, primary=master, endpoints=eps)
