@@ -418,7 +418,7 @@ def test_without_watch_delete_and_wait_ready_poll(k8s_backend: KubernetesBackend
     operator.pod_grace = 0.3
     for spec in (RAY, SPARK):
         handle = k8s_backend.create(spec, identity=owner(spec))
-        assert k8s_backend.wait_ready(handle, timeout=5).ready
+        assert k8s_backend.wait_ready(handle, timeout=30).ready  # a loaded runner: ready when ready
         k8s_backend.delete(handle, wait=True)
         assert apiserver.store.all() == []
     assert apiserver.requests("watch", "rayclusters")  # tried, refused, polled
