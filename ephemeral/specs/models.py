@@ -789,6 +789,8 @@ BACKEND_CONF: Mapping[str, str] = {
     "spark.port.maxRetries": "the backend binds each port it publishes, or fails, rather than "
                              "moving onto another",
     "spark.ui.port": "the backend publishes the UI's port as an endpoint",
+    "spark.ui.enabled": "the reaper's idle rule and the run report read the Connect server's "
+                        "sessions and operations from its UI",
     "spark.local.dir": "the backend puts scratch files on the node's scratch volume",
     "spark.driver.memory": "set connect.memory instead",
     "spark.executor.resource.gpu.": "set workers.gpus, gpuResource and discoveryScript instead",
