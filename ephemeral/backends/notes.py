@@ -122,6 +122,7 @@ def _kubernetes(spec: ResolvedSpec, default_spark_mode: str) -> list[str]:
 
     s = spec.spec
     notes = [note] if (note := version_note(s)) else []
+    notes += _references(s)
     if not isinstance(s, SparkSpec) or not spark_operator_mode(spec, KUBERNETES,
                                                                 default_spark_mode):
         return notes
@@ -132,3 +133,17 @@ def _kubernetes(spec: ResolvedSpec, default_spark_mode: str) -> list[str]:
         f"Connect server makes while work runs, at most workers.replicas "
         f"({s.workers.replicas}), released {EXECUTOR_IDLE} after their last task (the run "
         "report counts them all: an upper bound); spark-submit has no master to go to"]
+
+
+def _references(s: RaySpec | SparkSpec) -> list[str]:
+    """Values that look like Kubernetes' ``$(VAR)`` references: passed as written, as on every
+    backend (``render.common.literal``), so one written for Kubernetes to expand is said."""
+    values = [(f"runtimeEnv.env[{v.name}]", v.value) for v in s.runtime_env.env] \
+        if isinstance(s, RaySpec) else [
+            (f"{where}.{k}", v) for where, conf in
+            (("conf", s.conf), ("connect.conf", s.connect.conf if s.connect else {}))
+            for k, v in conf.items()]
+    named = [path for path, value in values if value is not None and "$(" in value]
+    return [f"{', '.join(named)}: a $(VAR) in a value reaches the process as written, as on "
+            "every backend: Kubernetes does not expand it here; give the value itself, or a "
+            "secretKeyRef for a secret"] if named else []

@@ -704,9 +704,10 @@ def reap_cmd(
     if chosen.name == "kubernetes" and root.startswith("file://"):
         # A pod's own disk: what the pass records for the run reports (and links to) is lost
         # with it, and the setups' readiness records are not there to read.
-        err.print(f"warning: EPHEMERAL_ARTIFACT_ROOT is {root}, this host's disk: set it to the "
-                  "deployment's artifact store (as Airflow's), or reaped clusters' report "
-                  "parts and notification links stay here", highlight=False, markup=False)
+        err.print(f"warning: EPHEMERAL_ARTIFACT_ROOT is {root}, a path of this pod: unless a "
+                  "volume shared with Airflow is mounted there, set it to the deployment's "
+                  "artifact store, or reaped clusters' report parts and notification links "
+                  "stay here", highlight=False, markup=False)
     decisions = reap(chosen, lookup=lookup, grace=grace, dry_run=dry_run,
                      memory_file=memory_file(), dags=lookup.dag if lookup else None,
                      delete_budget=delete_budget)
@@ -752,8 +753,9 @@ def report_cmd(
         # Parts recorded with no price (no setting where the teardown ran) are priced by this
         # shell's; a recorded price is the one in force then, and kept.
         prices = load_prices()
-    except CostConfigError as e:
-        raise _fail(e, as_json) from None
+    except CostConfigError as e:  # the report stands without: its recorded prices are kept
+        prices = None
+        print(f"(no pricing by this shell's cost setting: {e})", file=sys.stderr)
     report = load_report(dag_id, run_id, instance, prices=prices)
     others = [] if report is not None else [
         i for i in instances_with(dag_id, run_id) if i != instance]

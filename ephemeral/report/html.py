@@ -177,6 +177,14 @@ def _job_rows(report: dict[str, Any]) -> str:
     return "".join(out)
 
 
+def _priced_now(report: dict[str, Any]) -> str:
+    """Clusters recorded without a price and priced when the page was made (``ephemeral
+    report``): said, since their cost is not the setting their teardown had."""
+    names = report.get("priced_now") or []
+    return (f"<p class=meta>Priced by the cost setting of whoever made this page, recorded "
+            f"without a price: {escape(', '.join(names))}</p>") if names else ""
+
+
 def render_html(report: dict[str, Any]) -> str:
     t = report["totals"]
     legend = "".join(f'<span><i style="background:{COLOURS[k]}"></i>{label}</span>'
@@ -193,6 +201,7 @@ def render_html(report: dict[str, Any]) -> str:
         f"{t['busy_s']:.1f} s running jobs, idle {_pct(t['idle_share'])}; reserved "
         f"{t['cpu_seconds']:.0f} CPU-s, {t['memory_gib_seconds']:.0f} GiB-s, "
         f"{t['gpu_seconds']:.0f} GPU-s{_upto(t)}{'; cost ' + money if money else ''}</p>"
+        f"{_priced_now(report)}"
         f"<h2>Timeline</h2><p class=legend>{legend}</p>{timeline_svg(report)}"
         "<h2>Clusters</h2><table><tr><th>cluster</th><th>spec and hash</th><th>lifetime</th>"
         "<th>running jobs</th><th>idle = starting + between jobs + deleting</th><th>idle</th>"

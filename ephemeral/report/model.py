@@ -338,9 +338,9 @@ def build_report(dag_id: str, run_id: str, parts: list[ClusterFacts],
                  prices: Prices | None = None) -> dict[str, Any]:
     """The run's report from every cluster's facts (order: by creation); ``prices`` prices
     the parts recorded without one (``priced_now`` names them)."""
-    parts, priced_now = price_unpriced(parts, prices)
-    clusters = [summarize(p) for p in sorted(_one_per_life(parts),
-                                             key=lambda p: (p.created, p.name))]
+    # Priced after one part per life is chosen: an older record of a life is no cluster.
+    chosen, priced_now = price_unpriced(_one_per_life(parts), prices)
+    clusters = [summarize(p) for p in sorted(chosen, key=lambda p: (p.created, p.name))]
     jobs = [{**j, "cluster": c["name"]} for c in clusters for j in c["jobs"]]
     lifetime = sum(c["lifetime_s"] for c in clusters)
     busy = sum(c["busy_s"] for c in clusters)

@@ -547,7 +547,7 @@ class Lifetime(Model):
         return duration_seconds(self.idle_timeout) if self.idle_timeout else None
 
 
-def _ray_cpus(v: float) -> str | None:
+def ray_cpus_problem(v: float) -> str | None:
     """Why ``v`` CPUs cannot be a Ray node's: Ray counts a node's CPUs in whole numbers (``ray
     start --num-cpus``; KubeRay rounds a pod's limit up), so 0.5 would offer tasks 1 CPU in a
     half-CPU limit, and they would run throttled at half the speed Ray plans for."""
@@ -567,7 +567,7 @@ class RayHead(GpuFields, Placement):
 
     @model_validator(mode="after")
     def _whole_cpus(self) -> RayHead:
-        if self.run_tasks and (why := _ray_cpus(self.cpu)):
+        if self.run_tasks and (why := ray_cpus_problem(self.cpu)):
             raise ValueError(f"cpu: {why}, or runTasks: false")
         return self
 
@@ -595,7 +595,7 @@ class RayWorkerGroup(GpuFields, Placement):
     @field_validator("cpu")
     @classmethod
     def _whole_cpus(cls, v: float) -> float:
-        if why := _ray_cpus(v):
+        if why := ray_cpus_problem(v):
             raise ValueError(why)
         return v
 

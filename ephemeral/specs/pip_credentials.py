@@ -67,11 +67,17 @@ def masked_uri(uri: str) -> str:
     return _PARAM.sub(_param, masked(uri))
 
 
+# Schemes whose bare user-info names something, never a credential: ssh's user, an Azure
+# store's container (abfss://<container>@<account>.dfs.core.windows.net), HDFS's user.
+_NAMED_BEFORE_AT = ("ssh", "abfs", "wasb", "hdfs")
+
+
 def _secret(match: re.Match[str]) -> bool:
-    """An ssh URL's bare user name (``git+ssh://git@github.com``) is no secret, its key is
-    elsewhere; any password, and any user-info of another scheme (a token as the user name of
+    """A bare user-info of those schemes (``git+ssh://git@github.com``, an Azure container) is
+    no secret; any password, and any user-info of another scheme (a token as the user name of
     ``https://ghp_...@github.com``), is."""
-    return ":" in match["info"] or "ssh" not in match["scheme"].lower()
+    scheme = match["scheme"].lower()
+    return ":" in match["info"] or not any(s in scheme for s in _NAMED_BEFORE_AT)
 
 
 # A URL in a text (a whole entrypoint, a template, a conf value): its query and fragment are

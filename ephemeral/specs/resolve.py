@@ -25,6 +25,7 @@ from ephemeral.specs.models import (
     RaySpec,
     SparkSpec,
     positive,
+    ray_cpus_problem,
 )
 from ephemeral.specs.quantities import Memory, format_memory, memory_bytes
 
@@ -228,6 +229,9 @@ def _apply_overrides(data: dict[str, Any], ov: Overrides, source: str) -> dict[s
                 if float(value) != int(value):
                     raise SpecError(source, [(f"{path}.cpu", "Spark worker cores are whole numbers")])
                 key, value = "cores", int(value)
+            # Named as the override (--cpu, the form's field), not as the spec field it sets.
+            if key == "cpu" and ray and path != "head" and (why := ray_cpus_problem(value)):
+                raise SpecError(source, [(f"{path}.cpu", why)])
             if key == "replicas":
                 _fit_bounds(node, value, f"{path}.replicas", ov.raise_max_replicas, source)
             node[key] = value

@@ -171,6 +171,8 @@ def test_a_tag_that_agrees_is_accepted_without_a_note(tmp_path: Path, text: str,
      "whatever sparkVersion (4.3.0) says"),
     (SPARK, "registry.example/team/spark:latest", "its tag names no Spark version"),
     (SPARK, "registry.example/team/spark:2024.06-python3", "its tag names no Spark version"),
+    # A custom image's tag is its own version, not Ray's.
+    (RAY_MINIMAL, "ghcr.io/acme/ray-train:1.4.2", "its tag names no Ray version"),
 ])
 @pytest.mark.parametrize("mode", [STANDALONE, OPERATOR])
 def test_a_tag_without_a_version_is_noted(tmp_path: Path, text: str, image: str, note: str,
@@ -207,3 +209,14 @@ def test_operator_mode_refuses_a_conf_value_bash_would_rewrite(tmp_path: Path, w
     spec = resolve(path)
     assert refusals(spec, "kubernetes") == []
     render(spec, handle_for(spec))
+
+
+def test_operator_mode_takes_what_bash_leaves_alone(tmp_path: Path) -> None:
+    """Spark's own {{APP_ID}} placeholder and a glob matching no file reach Spark as written
+    through the operator's bash line: not refused."""
+    text = SPARK + ('conf: {spark.executor.extraJavaOptions: "-Dlog.name={{APP_ID}}", '
+                    'spark.sql.sources.glob: "/data/*.parquet"}\n')
+    spec = resolve(spec_file(tmp_path, text))
+    assert refusals(spec, "kubernetes", default_spark_mode=OPERATOR) == []
+    conf = render(spec, handle_for(spec), default_spark_mode=OPERATOR).primary["spec"]["sparkConf"]
+    assert conf["spark.executor.extraJavaOptions"] == "-Dlog.name={{APP_ID}}"

@@ -56,3 +56,21 @@ def test_up_and_the_setup_refuse_it_before_making_anything(
                        identity=ClusterIdentity.manual("adhoc-cpu", None))
     assert backend.list_owned() == []
     assert list(tmp_path.rglob("state.json")) == []
+
+
+@pytest.mark.parametrize("root", [
+    "abfss://models@acct.dfs.core.windows.net/ephemeral",  # Azure: the container, no secret
+    "wasbs://models@acct.blob.core.windows.net/ephemeral",
+    "hdfs://etl@namenode:8020/ephemeral",  # HDFS: the user
+    "gs://bucket/ephemeral", "s3://bucket/path@v2", "file:///srv/artifacts"])
+def test_a_root_that_names_a_container_or_user_is_no_credential(
+        root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", root)
+    assert job_root() == root
+
+
+def test_an_azure_root_with_a_key_is_still_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT",
+                       f"abfss://models:{SECRET}@acct.dfs.core.windows.net/ephemeral")
+    with pytest.raises(SettingError):
+        job_root()

@@ -141,3 +141,20 @@ def test_local_says_how_it_stands_in_for_gpu_fields(tmp_path: Path) -> None:
     notes = backend_notes(resolve(str(path)), "local")
     assert any("gpuResource amd.com/gpu" in n for n in notes), notes
     assert backend_notes(resolve(str(path)), "kubernetes") == []
+
+
+def test_kubernetes_says_a_dollar_reference_is_not_expanded(tmp_path: Path) -> None:
+    """Values reach the process as written on every backend (Kubernetes' $(VAR) is escaped): a
+    value written for Kubernetes to expand is said, before it is found not to be."""
+    text = ('kind: RayCluster\nname: tiny\nversion: 1\nrayVersion: "2.60.0"\n'
+            "image: rayproject/ray:2.60.0-py311-cpu\n"
+            "workerGroups: [{name: cpu, replicas: 1}]\n"
+            "runtimeEnv:\n  env:\n    - {name: JAVA_OPTS, value: '-Dmode=$(MODE)'}\n"
+            "    - {name: PRICE, value: '$5'}\n")
+    spec = resolve(_spec(tmp_path, text))
+    [note] = backend_notes(spec, "kubernetes")
+    assert note.startswith("runtimeEnv.env[JAVA_OPTS]: a $(VAR) in a value reaches the process as "
+                           "written")
+    spark = resolve(_spec(tmp_path, SPARK + "conf: {spark.app.note: '$(HOME)'}\n"))
+    assert any(n.startswith("conf.spark.app.note: a $(VAR)")
+               for n in backend_notes(spark, "kubernetes"))

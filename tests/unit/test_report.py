@@ -808,7 +808,14 @@ def test_ephemeral_report_prices_what_its_teardowns_recorded_without_a_price(
     assert doc["priced_now"] == ["unpriced"]
     assert doc["totals"]["cost"] == 2.2
     assert "priced by this shell's cost setting: unpriced" in out.stderr
-    bad = CliRunner().invoke(app, ["report", "d", run_id], env={"EPHEMERAL_COST_GPU_HOUR": "x"})
-    assert bad.exit_code != 0
-    assert "EPHEMERAL_COST_GPU_HOUR" in bad.output
-    assert "Traceback" not in bad.output
+    page = tmp_path / "r.html"
+    assert CliRunner().invoke(app, ["report", "d", run_id, "--html", str(page)],
+                              env=env).exit_code == 0
+    assert "recorded without a price: unpriced" in page.read_text()
+    # A bad setting in this shell: the report as recorded, and why it priced nothing.
+    bad = CliRunner().invoke(app, ["report", "d", run_id, "--json"],
+                             env={"EPHEMERAL_COST_GPU_HOUR": "x"})
+    assert bad.exit_code == 0, bad.output
+    assert json.loads(bad.stdout)["clusters"] == before["clusters"]
+    assert "no pricing by this shell's cost setting" in bad.stderr
+    assert "EPHEMERAL_COST_GPU_HOUR" in bad.stderr

@@ -262,6 +262,8 @@ CASES = [
          overrides={"groups": {"gpu": {"replicas": 1}}}, context="with overrides"),
     case("spark-override-fractional-cpu", SPARK, "workers.cpu", "whole numbers",
          overrides={"workers": {"cpu": 1.5}}),
+    case("ray-override-fractional-cpu", RAY, "workers.cpu", "Ray counts a node's CPUs in whole",
+         overrides={"workers": {"cpu": 0.5}}),
     case("spark-override-group-fractional-cpu", SPARK, "groups.workers.cpu", "whole numbers",
          overrides={"groups": {"workers": {"cpu": 0.5}}}),
     case("spark-override-gpus-without-discovery", SPARK, "workers", "needs discoveryScript",

@@ -41,8 +41,9 @@ _MIB = 2**20
 # A version at the start of an image tag: 2.60.0-py311-gpu, 4.3.0-python3, v3.5, 3.5.1. A
 # major of four digits is a date (a custom 2024.06-python3), no version.
 _TAG_VERSION = re.compile(r"v?([0-9]{1,3}(?:\.[0-9]+){1,2})(?![0-9])")
-# What bash reads in a word: the operator joins sparkConf unquoted into `bash -c`.
-_SHELL = re.compile(r"[\s'\"$`\\;&|<>(){}\[\]*?]")
+# What bash rewrites in a word, wherever it stands: the operator joins sparkConf unquoted into
+# `bash -c`. (Braces without a comma, as Spark's {{APP_ID}}, and globs matching no file stay.)
+_SHELL = re.compile(r"[\s'\"$`\\;&|<>()]")
 
 
 @dataclass(frozen=True)
@@ -154,11 +155,19 @@ def _parts(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in version.split("."))
 
 
-def image_version(image: str) -> str | None:
-    """The version an image's tag starts with (``rayproject/ray:2.60.0-py311-gpu``: 2.60.0),
-    or None: no tag (latest), a digest alone, a tag that names none (``nightly``)."""
+# The repositories whose tags are the engine's version (rayproject/ray:2.60.0-py311-gpu,
+# apache/spark:4.3.0-python3, a registry's mirror of them): a custom image's tag is its own.
+_ENGINE_REPOS = {"Ray": ("ray", "ray-ml"), "Spark": ("spark", "spark-py")}
+
+
+def image_version(image: str, engine: str) -> str | None:
+    """The version the tag of ``engine``'s image starts with (``rayproject/ray:2.60.0-py311-gpu``:
+    2.60.0), or None: no tag (latest), a digest alone, a tag that names none (``nightly``), or
+    a repository of another name (``acme/ray-train:1.4.2``: its own version)."""
     name = image.split("@", 1)[0]
-    _, _, tag = name.rpartition("/")[2].partition(":")
+    repo, _, tag = name.rpartition("/")[2].partition(":")
+    if repo not in _ENGINE_REPOS[engine]:
+        return None
     match = _TAG_VERSION.match(tag)
     return match.group(1) if match else None
 
@@ -172,7 +181,7 @@ def _engine(s: RaySpec | SparkSpec) -> tuple[str, str, str]:
 
 def _image_version(s: RaySpec | SparkSpec) -> Problems:
     engine, field, version = _engine(s)
-    tagged = image_version(s.image)
+    tagged = image_version(s.image, engine)
     if tagged is None or _parts(version)[:len(_parts(tagged))] == _parts(tagged):
         return []
     return [(field, f"{version}, but the image {s.image} is tagged {tagged}: on Kubernetes the "
@@ -183,9 +192,9 @@ def _image_version(s: RaySpec | SparkSpec) -> Problems:
 def version_note(s: RaySpec | SparkSpec) -> str | None:
     """A note for an image whose tag names no version: nothing checks the spec's version
     against what it holds."""
-    if image_version(s.image) is not None:
-        return None
     engine, field, version = _engine(s)
+    if image_version(s.image, engine) is not None:
+        return None
     return (f"image {s.image}: its tag names no {engine} version, and on Kubernetes the image "
-            f"decides which {engine} runs, whatever {field} ({version}) says; an image tagged "
-            f"{version}-… is checked against it")
+            f"decides which {engine} runs, whatever {field} ({version}) says; an image of "
+            f"{engine}'s own repository tagged {version}-… is checked against it")
