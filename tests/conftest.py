@@ -45,6 +45,13 @@ def pytest_configure(config: pytest.Config) -> None:
     _HANDLERS.update({s: signal.getsignal(s) for s in (signal.SIGINT, *STOP_SIGNALS)})
 
 
+def as_from_a_terminal() -> None:
+    """``preexec_fn`` of a child a test stops with SIGHUP: SIGHUP's default, as a terminal
+    gives it, whatever this run inherited (a run under nohup ignores SIGHUP, its children
+    with it, and the CLI keeps an ignored stop signal ignored)."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 @pytest.fixture(autouse=True)
 def _stop_signals_kept() -> Iterator[None]:
     """Each test ends with the run's own SIGINT, SIGTERM and SIGHUP handlers: in a full run,

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import as_from_a_terminal
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # The real entry point (main) on the in-memory backend, whose cluster never becomes ready; it
@@ -47,7 +49,8 @@ def test_up_stopped_by_a_signal_deletes_its_cluster(tmp_path: Path, stop: signal
     env.pop("EPHEMERAL_BACKEND", None)
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path), "up", "ray/adhoc-cpu",
                              "-p", "ci-cpu", "--json"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=as_from_a_terminal)
     try:
         deadline = time.monotonic() + 60
         while not (tmp_path / "waiting").exists():

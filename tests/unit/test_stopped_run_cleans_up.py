@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import as_from_a_terminal
+
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = '''
 import os, time
@@ -39,7 +41,8 @@ def test_a_stopped_run_tears_its_fixtures_down(tmp_path: Path, stop: signal.Sign
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest",
                              "-p", "no:cacheprovider", "--rootdir", str(tmp_path),
                              str(tmp_path / "test_probe.py")],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=as_from_a_terminal)
     try:
         deadline = time.monotonic() + 60
         while not (tmp_path / "started").exists():
