@@ -140,9 +140,7 @@ def _references(s: RaySpec | SparkSpec) -> list[str]:
     backend (``render.common.literal``), so one written for Kubernetes to expand is said."""
     values = [(f"runtimeEnv.env[{v.name}]", v.value) for v in s.runtime_env.env] \
         if isinstance(s, RaySpec) else [
-            (f"{where}.{k}", v) for where, conf in
-            (("conf", s.conf), ("connect.conf", s.connect.conf if s.connect else {}))
-            for k, v in conf.items()]
+            (f"{where}.{k}", v) for where, conf in s.confs() for k, v in conf.items()]
     named = [path for path, value in values if value is not None and "$(" in value]
     return [f"{', '.join(named)}: a $(VAR) in a value reaches the process as written, as on "
             "every backend: Kubernetes does not expand it here; give the value itself, or a "

@@ -905,6 +905,10 @@ class SparkSpec(SpecBase):
             raise ValueError(f"Spark conf keys start with 'spark.'; got {', '.join(bad)}")
         return v
 
+    def confs(self) -> list[tuple[str, dict[str, str]]]:
+        """The spec's own Spark settings by their path: ``conf`` and ``connect.conf``."""
+        return [("conf", self.conf), ("connect.conf", self.connect.conf if self.connect else {})]
+
     @model_validator(mode="after")
     def _executors_fit_workers(self) -> SparkSpec:
         """An executor with more cores or memory than a worker has is never placed: the

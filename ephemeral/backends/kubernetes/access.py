@@ -72,14 +72,17 @@ class ClusterAccess:
             return self.config.ingress_url(cluster=self.handle.name,
                                            service=self._service(api), port=ingress_port)
         if api == "connect_ui":
-            return connect_ui(self.handle.model_copy(update={"namespace": self.client.namespace}),
-                              self.config.cluster_domain)
+            return connect_ui(self._here(), self.config.cluster_domain)
         found = getattr(self._dns(), api)
         assert isinstance(found, str)
         return found
 
+    def _here(self) -> ClusterHandle:
+        """The handle in the namespace this client reaches (its Services' DNS names)."""
+        return self.handle.model_copy(update={"namespace": self.client.namespace})
+
     def _dns(self) -> Endpoints:
-        handle = self.handle.model_copy(update={"namespace": self.client.namespace})
+        handle = self._here()
         return service_endpoints(handle, self.handle.engine,
                                  cluster_domain=self.config.cluster_domain,
                                  mode="operator" if is_operator(handle) else "standalone")

@@ -88,7 +88,7 @@ def problems(spec: ResolvedSpec, *, operator: bool = False) -> Problems:
     if denied := sorted(k for k in conf if k in DENIED_CONF):
         out.append(("conf", f"{', '.join(denied)}: set by the spark-operator in operator mode "
                     "(its webhook refuses them); remove them or use standalone mode"))
-    for where, given in (("conf", s.conf), ("connect.conf", s.connect.conf if s.connect else {})):
+    for where, given in s.confs():
         out += [(f"{where}.{k}", f"{v!r}: the spark-operator (2.5) starts the Connect server "
                  "through bash with sparkConf unquoted, so spaces, quotes, $ and other shell "
                  "characters would not reach Spark as written (the server may not start); use "
@@ -118,7 +118,7 @@ def memory_problems(s: SparkSpec, heap: ExecutorHeap) -> Problems:
         out.append(("connect.memory", f"{s.connect.memory} leaves the Connect server's driver "
                     f"under Spark's {MIN_HEAP_MIB} MiB heap on Kubernetes; give it at least "
                     f"{_least(jvm_heap)}Mi"))
-    for where, conf in (("conf", s.conf), ("connect.conf", s.connect.conf if s.connect else {})):
+    for where, conf in s.confs():
         asked = spark_bytes(conf.get("spark.executor.memory", ""))
         if asked is not None and asked > offered * _MIB:
             out.append((f"{where}.spark.executor.memory",
