@@ -118,12 +118,20 @@ def test_the_reaper_deletes_only_the_life_it_judged(k8s_backend: KubernetesBacke
 def test_a_second_up_in_the_same_second_leaves_the_first_ones_cluster(
         k8s_backend: KubernetesBackend, apiserver: ApiServer, operator: Operator) -> None:
     """Adoption is what create says, not a comparison of whole-second creation times."""
-    while datetime.now(UTC).microsecond > 200_000:  # early in a second: both calls in it
-        time.sleep(0.01)
     operator.paused = True  # the first `up` still waits for its cluster
-    first = k8s_backend.create(RAY, identity=ident())
-    with pytest.raises(ReadinessTimeout):  # the second `up` of the name times out
-        provision(k8s_backend, RAY, ident(), timeout=0.3)
-    assert datetime.now(UTC).replace(microsecond=0) == parse_utc(first.created_at)
-    assert uid_of(apiserver, first.name) is not None
-    assert not [c for c in apiserver.calls if c[0] == "DELETE"]
+    # The premise (both calls in one wall-clock second) can be lost on a loaded machine: each
+    # try uses a run of its own, and what must never happen is checked on every try.
+    for attempt in range(5):
+        while datetime.now(UTC).microsecond > 200_000:  # early in a second: both calls in it
+            time.sleep(0.01)
+        identity = ClusterIdentity(spec_name=RAY.spec.name, dag_id="train",
+                                   run_id=f"r{attempt}", task_id="create_cluster")
+        first = k8s_backend.create(RAY, identity=identity)
+        with pytest.raises(ReadinessTimeout):  # the second `up` of the name times out
+            provision(k8s_backend, RAY, identity, timeout=0.3)
+        same_second = datetime.now(UTC).replace(microsecond=0) == parse_utc(first.created_at)
+        assert uid_of(apiserver, first.name) is not None
+        assert not [c for c in apiserver.calls if c[0] == "DELETE"]
+        if same_second:
+            return
+    pytest.fail("five tries could not make both calls within one second")
