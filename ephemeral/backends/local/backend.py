@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import sys
 import time
 import uuid
@@ -49,11 +50,14 @@ from ephemeral.errors import (
 from ephemeral.jobs.artifacts import job_root
 from ephemeral.jobs.spark_jobs import SparkAuth
 from ephemeral.settings import get_settings, job_environ
-from ephemeral.specs.identity import ClusterIdentity
+from ephemeral.specs.identity import PREFIX, ClusterIdentity
 from ephemeral.specs.models import RaySpec, SparkSpec
 from ephemeral.specs.resolve import ResolvedSpec
 
 log = logging.getLogger(__name__)
+# The host whose processes are the cluster: its state, its processes and its 127.0.0.x
+# endpoints exist only there.
+HOST_ANNOTATION = PREFIX + "host"
 
 
 def node_gpus(spec: ResolvedSpec) -> list[int]:
@@ -197,6 +201,25 @@ class LocalBackend(ClusterBackend):
     def _state(self, name: str) -> ClusterState | None:
         return load(self._dir(name))
 
+    @classmethod
+    def _name(cls, target: ClusterHandle | ClusterIdentity | str) -> str:
+        """The name of a cluster this host can act on. A handle made on another host (a
+        teardown or job task an executor ran elsewhere, a home shared over NFS) is refused
+        naming both hosts: here its name finds no state, or another host's, and its pids
+        and addresses would be this host's, so a deletion would report success while the
+        cluster ran on."""
+        name = cls.target_name(target)
+        made_on = target.annotations.get(HOST_ANNOTATION) \
+            if isinstance(target, ClusterHandle) else None
+        if made_on and made_on != (here := socket.gethostname()):
+            raise BackendUnavailable(
+                f"cluster {name!r} was made by the local backend on host {made_on!r}, and this "
+                f"process runs on {here!r}: a local cluster is processes of the host that made "
+                f"it. Delete it there (`ephemeral down {name}` on {made_on}), and run every "
+                "task of a DAG on the local backend on one host (the LocalExecutor, or one "
+                "worker's queue), or use the kubernetes backend")
+        return name
+
     # -- contract --------------------------------------------------------------------------
     def create(self, spec: ResolvedSpec, *, identity: ClusterIdentity) -> ClusterHandle:
         name = identity.name
@@ -223,6 +246,8 @@ class LocalBackend(ClusterBackend):
             # cluster that list_owned, the teardown, run-end and the reaper see, and whose
             # deletion removes the folder that the slot's and GPUs' claims lapse with.
             handle = make_handle(spec, identity, backend=self.name, endpoints=Endpoints())
+            handle = handle.model_copy(update={"annotations": handle.annotations | {
+                HOST_ANNOTATION: socket.gethostname()}})
             save(cdir, ClusterState(handle=handle, uid=uuid.uuid4().hex, slot=-1, plan=[]))
             slot = -1  # none yet: releasing it is a no-op
             try:  # a claim refused (every slot in use) must not leave that state listed
@@ -303,10 +328,10 @@ class LocalBackend(ClusterBackend):
         return env | {procs.UID_ENV: uid, "EPHEMERAL_CLUSTER_NAME": name}
 
     def probe(self, handle: ClusterHandle) -> ClusterStatus:
-        return self._probe(handle.name)
+        return self._probe(self._name(handle))
 
     def diagnose(self, handle: ClusterHandle) -> str:
-        state = self._state(handle.name)
+        state = self._state(self._name(handle))
         return "\n".join(n.log_tail(15) for n in state.nodes) if state else ""
 
     def _probe(self, name: str) -> ClusterStatus:
@@ -329,7 +354,7 @@ class LocalBackend(ClusterBackend):
         """GONE when the cluster's state is gone or being deleted, or its head node's session
         has lost the process that holds the cluster (a Ray head's ``gcs_server``, a Spark
         master's JVM: any process left); RUNNING while it lives."""
-        state = self._state(handle.name)
+        state = self._state(self._name(handle))
         if state is None or state.deleting:
             return HeadView(state=HeadState.GONE, reason="it was deleted" if state is None
                             else "it is being deleted")
@@ -355,7 +380,7 @@ class LocalBackend(ClusterBackend):
         file in its state folder (any process of this user on this host can make this). The
         URLs are the state's, never the handle's: the token goes only where the cluster
         answers."""
-        token = secrets.read(self._dir(handle.name), secrets.RAY_TOKEN)
+        token = secrets.read(self._dir(self._name(handle)), secrets.RAY_TOKEN)
         ep = self.endpoints(handle)
         return Access(dashboard=ep.dashboard, spark_ui=ep.spark_ui,
                       connect_ui=spark_nodes.connect_ui(ep),
@@ -363,7 +388,7 @@ class LocalBackend(ClusterBackend):
 
     def spark_auth(self, handle: ClusterHandle) -> SparkAuth:
         """The cluster's ``spark.authenticate`` secret and Spark Connect token."""
-        cdir = self._dir(handle.name)
+        cdir = self._dir(self._name(handle))
         return SparkAuth(secret=secrets.read(cdir, secrets.SPARK_SECRET),
                          connect_token=secrets.read(cdir, secrets.CONNECT_TOKEN))
 
@@ -384,11 +409,11 @@ class LocalBackend(ClusterBackend):
                                 "\n".join(n.log_tail() for n, _ in failed))
 
     def endpoints(self, handle: ClusterHandle) -> Endpoints:
-        state = self._state(self.target_name(handle))
+        state = self._state(self._name(handle))
         return state.handle.endpoints if state else Endpoints()
 
     def delete(self, target: ClusterHandle | ClusterIdentity | str, *, wait: bool = True) -> bool:
-        name = self.target_name(target)
+        name = self._name(target)
         with self._lock(name):
             return self._delete_locked(
                 name, wait=wait, life=target if isinstance(target, ClusterHandle) else None)
@@ -396,7 +421,7 @@ class LocalBackend(ClusterBackend):
     def start_delete(self, target: ClusterHandle | ClusterIdentity | str) -> Deletion | None:
         """SIGKILL now, as ``delete(wait=False)`` does (its processes looked at for 2 s); any
         still there then are killed and looked for again by the wait, until its deadline."""
-        name = self.target_name(target)
+        name = self._name(target)
         life = target if isinstance(target, ClusterHandle) else None
         try:
             if not self.delete(target, wait=False):
@@ -462,7 +487,9 @@ class LocalBackend(ClusterBackend):
 
     def owned(self, handle: ClusterHandle, selector: OwnerSelector) -> ClusterHandle | None:
         try:
-            state = self._state(self.target_name(handle))
+            state = self._state(self._name(handle))
+        except BackendUnavailable:
+            raise  # another host's: said, never "not this run's"
         except BackendError:
             return None
         return state.handle if state and selector.admits(state.handle) else None
