@@ -14,7 +14,7 @@ import os
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -94,24 +94,16 @@ def _read_section(path: Path, _stamp: int) -> dict[str, str]:
 INSTANCE_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
 
 
-def _default_specs_dir() -> Path:
-    # A checkout keeps its specs next to the package; an installed package uses the working dir.
-    here = Path(__file__).resolve().parent.parent / "cluster_specs"
-    return here if here.is_dir() else Path.cwd() / "cluster_specs"
-
-
 @dataclass(frozen=True)
 class Settings:
+    """What locating and deleting clusters needs (home, backend, instance) is read here; every
+    other setting is read where it is used, so a bad value fails the task that uses it, naming
+    its source, and never a teardown, the run-end cleanup, the reaper or ``ephemeral ls``."""
+
     home: Path
     """Where the local backend keeps one state folder per cluster (``$EPHEMERAL_HOME``)."""
-    specs_dir: Path
-    """Root of the versioned cluster specs (``$EPHEMERAL_SPECS_DIR``)."""
     backend: str
     """Default backend name: ``local`` (real processes on this host) or ``kubernetes``."""
-    """Lifetime after which the reaper may delete a cluster whose spec sets no ``ttl``."""
-    artifact_root: str
-    """Where jobs write datasets, checkpoints, models and metrics (``$EPHEMERAL_ARTIFACT_ROOT``):
-    a ``file://`` URI by default; ``s3://`` and ``gs://`` work through pyarrow filesystems."""
     instance: str = ""
     """The deployment that owns clusters (``$EPHEMERAL_INSTANCE``, or Airflow's
     ``[ephemeral] instance``): part of every cluster's name digest and owner labels, so two
@@ -119,16 +111,33 @@ class Settings:
     each other's clusters. Default: derived from the Airflow home (see ``instance_of``)."""
     instance_explicit: bool = False
     """Whether ``instance`` was set, rather than derived from the Airflow home."""
-    jobs_dir: Path = field(default_factory=lambda: _default_dir("jobs"))
-    """Job scripts the trigger form may run (``$EPHEMERAL_JOBS_DIR``; default: ``jobs/`` of a
-    checkout, else of the working directory)."""
-    pip_allow: str | None = None
-    """Packages the trigger form may install (``$EPHEMERAL_PIP_ALLOW``): ``name,name`` or the
-    path of a file with one name a line. Unset: any plain requirement. Every allowed package
-    runs its code on every node of the cluster."""
 
-    # The trigger form's own settings are read where the form uses them: a bad value fails
-    # that form's task, naming its source, and never a teardown, the reaper or `ephemeral ls`.
+    @property
+    def specs_dir(self) -> Path:
+        """Root of the versioned cluster specs (``$EPHEMERAL_SPECS_DIR``; default:
+        ``cluster_specs/`` of a checkout, else of the working directory)."""
+        return folder("specs_dir") or _default_dir("cluster_specs")
+
+    @property
+    def artifact_root(self) -> str:
+        """Where jobs write datasets, checkpoints, models and metrics
+        (``$EPHEMERAL_ARTIFACT_ROOT``): a ``file://`` URI by default; ``s3://`` and ``gs://``
+        work through pyarrow filesystems."""
+        return artifact_root(self.home)
+
+    @property
+    def jobs_dir(self) -> Path:
+        """Job scripts the trigger form may run (``$EPHEMERAL_JOBS_DIR``; default: ``jobs/`` of
+        a checkout, else of the working directory)."""
+        return folder("jobs_dir") or _default_dir("jobs")
+
+    @property
+    def pip_allow(self) -> str | None:
+        """Packages the trigger form may install (``$EPHEMERAL_PIP_ALLOW``): ``name,name`` or
+        the path of a file with one name a line. Unset: any plain requirement. Every allowed
+        package runs its code on every node of the cluster."""
+        return setting("pip_allow")
+
     @property
     def adhoc_max_workers(self) -> int | None:
         """Raises the trigger form's cap on workers above a spec's maxReplicas
@@ -150,18 +159,11 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
-        home = folder("home") or Path.home() / ".ephemeral"
-        specs, jobs = folder("specs_dir"), folder("jobs_dir")
-        instance = lookup("instance")
         return cls(
-            home=home,
-            specs_dir=specs or _default_specs_dir(),
+            home=folder("home") or Path.home() / ".ephemeral",
             backend=setting("backend") or "local",
-            artifact_root=as_uri(setting("artifact_root") or str(home / "artifacts")),
             instance=instance_of(),
-            instance_explicit=instance.source != "default",
-            jobs_dir=jobs or _default_dir("jobs"),
-            pip_allow=setting("pip_allow"),
+            instance_explicit=lookup("instance").source != "default",
         )
 
 
@@ -255,6 +257,12 @@ def folder(key: str, env: Mapping[str, str] | None = None) -> Path | None:
             f"{found.value!r} is not an absolute path: give the folder from the root, e.g. "
             f"/srv/ephemeral, so every process of the deployment finds the same one"))])
     return path
+
+
+def artifact_root(home: Path) -> str:
+    """The artifact root as a URI: ``$EPHEMERAL_ARTIFACT_ROOT`` or ``[ephemeral]
+    artifact_root``, else ``<home>/artifacts``."""
+    return as_uri(setting("artifact_root") or str(home / "artifacts"))
 
 
 def as_uri(path_or_uri: str) -> str:

@@ -72,3 +72,38 @@ def test_a_runtime_folder_too_long_for_rays_sockets_fails_before_anything_starts
     with pytest.raises(BackendUnavailable, match="set EPHEMERAL_RUNTIME_DIR to a shorter folder"):
         LocalBackend().create(spec, identity=ClusterIdentity.manual(spec.spec.name, "sock"))
     assert not list((tmp_path / "home" / "clusters").glob("*/state.json"))
+
+
+# The trigger form's and the specs' settings, bad: what locates and deletes clusters goes on.
+FORM_SETTINGS = {"EPHEMERAL_JOBS_DIR": "jobs", "EPHEMERAL_SPECS_DIR": "~nosuchuser-xyz/specs",
+                 "EPHEMERAL_PIP_ALLOW": "/nonexistent/allow.txt"}
+
+
+@pytest.mark.parametrize(("var", "value"), FORM_SETTINGS.items())
+def test_a_bad_form_setting_stops_no_teardown_and_fails_where_it_is_used(
+        var: str, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from ephemeral.adhoc import validate_request
+    from ephemeral.backends.base import OwnerSelector
+    from ephemeral.backends.fake import InMemoryBackend
+    from ephemeral.cli import main as cli_main
+    from ephemeral.errors import EphemeralError
+    from ephemeral.specs import ClusterIdentity, resolve
+
+    backend = InMemoryBackend()
+    spec = resolve("ray/adhoc-cpu")
+    handle = backend.create(spec, identity=ClusterIdentity(
+        spec_name=spec.spec.name, dag_id="d", run_id="r", task_id="create"))
+    monkeypatch.setenv(var, value)
+    assert [h.name for h in backend.list_owned(OwnerSelector.of_run("d", "r"))] == [handle.name]
+    backend.delete(handle)
+    assert backend.list_owned(OwnerSelector()) == []
+    for args in (["ls"], ["reap", "--dry-run"]):
+        run = CliRunner().invoke(cli_main.app, args)
+        assert run.exit_code == 0, run.output
+    # The form that uses it fails, naming it.
+    form = {"cluster_spec": "ray/adhoc-cpu", "entrypoint": "python hello_ray.py", "workers": 1,
+            "timeout_minutes": 10, "pip": ["numpy"]}
+    with pytest.raises(EphemeralError, match=var.removeprefix("EPHEMERAL_").lower() + "|" + var):
+        validate_request(form)
