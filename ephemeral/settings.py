@@ -66,11 +66,23 @@ def _airflow_option(key: str) -> str | None:
     return _airflow_cfg(_airflow_cfg_path()).get(key) or None
 
 
+def airflow_home(env: Mapping[str, str] | None = None) -> Path:
+    """``$AIRFLOW_HOME``, else ``~/airflow`` (Airflow's own default)."""
+    environ = os.environ if env is None else env
+    return Path(environ.get("AIRFLOW_HOME") or Path.home() / "airflow").expanduser()
+
+
 def _airflow_cfg_path() -> Path:
     if path := os.environ.get("AIRFLOW_CONFIG"):
         return Path(path).expanduser()
-    return Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow").expanduser() \
-        / "airflow.cfg"
+    return airflow_home() / "airflow.cfg"
+
+
+def airflow_configured() -> bool:
+    """Whether an Airflow ran with this process's Airflow home: Airflow writes its
+    configuration file there at its first start. A process without it (a cron job without
+    ``$AIRFLOW_HOME``) derives an instance that no deployment has."""
+    return _airflow_cfg_path().is_file()
 
 
 def _airflow_cfg(path: Path) -> dict[str, str]:
@@ -181,8 +193,7 @@ def instance_of(env: Mapping[str, str] | None = None) -> str:
                 f"{found.value!r} must be 1-40 characters of lower-case letters, digits and "
                 "'-', starting and ending alphanumeric, e.g. 'staging' or 'prod-eu'"))])
         return found.value
-    environ = os.environ if env is None else env
-    home = Path(environ.get("AIRFLOW_HOME") or Path.home() / "airflow").expanduser().resolve()
+    home = airflow_home(env).resolve()
     return "h" + hashlib.sha256(str(home).encode()).hexdigest()[:10]
 
 

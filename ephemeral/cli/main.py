@@ -421,18 +421,41 @@ def _where(be: ClusterBackend) -> str:
     return f"{be.name} backend, {place + ', ' if place else ''}instance {current_instance()}"
 
 
-def _no_clusters_here(be: ClusterBackend) -> str:
+def _other_instances(be: ClusterBackend) -> list[str]:
+    """The instances with clusters where this one looks (its home or namespace)."""
+    return sorted({h.instance or "-" for h in be.list_owned(OwnerSelector(all_instances=True))})
+
+
+def _no_clusters_here(be: ClusterBackend, others: list[str] | None = None) -> str:
     """An empty listing that hides other deployments' clusters says so: a shell without the
     stack's $AIRFLOW_HOME (or $EPHEMERAL_INSTANCE) is another instance, and "no clusters" there
     reads as "nothing is running"."""
     from ephemeral.specs.identity import current_instance
 
-    others = sorted({h.instance or "-" for h in be.list_owned(OwnerSelector(all_instances=True))})
+    others = _other_instances(be) if others is None else others
     if not others:
         return "no clusters"
     return (f"no clusters of instance {current_instance()}; {', '.join(others)} "
             f"{'has' if len(others) == 1 else 'have'} some here (--all-instances lists them; "
             "set $EPHEMERAL_INSTANCE or the deployment's $AIRFLOW_HOME to act as it)")
+
+
+def _reaped_nothing(be: ClusterBackend) -> None:
+    """A pass that found no cluster of its instance says whose clusters it passed over (on
+    stderr). It fails when its instance is one no deployment has: derived, not set, from an
+    Airflow home where no Airflow ran (a cron job without $AIRFLOW_HOME), it would reap
+    nothing on every pass while they expire. Two Airflow homes sharing one ephemeral home are
+    each a deployment: their reapers pass over each other's clusters, and succeed."""
+    from ephemeral.settings import airflow_configured, airflow_home
+
+    others = _other_instances(be)
+    err.print(_no_clusters_here(be, others), highlight=False, markup=False)
+    if others and not get_settings().instance_explicit and not airflow_configured():
+        err.print(f"error: this reaper's instance is derived from the Airflow home "
+                  f"{airflow_home()}, where no Airflow ran (no airflow.cfg): it owns no "
+                  "cluster and would reap none; run it with the deployment's $AIRFLOW_HOME or "
+                  "$EPHEMERAL_INSTANCE", highlight=False, markup=False)
+        raise typer.Exit(1)
 
 
 @app.command("down")
@@ -714,13 +737,13 @@ def reap_cmd(
     if as_json:
         _emit([d.__dict__ for d in decisions])
     else:
-        if not decisions:
-            err.print("no clusters")
         for d in decisions:
             verb = ("would delete" if dry_run else "deleted" if d.deleted else "FAILED to delete"
                     ) if d.delete else "deleting" if d.deleting else "keep"
             out.print(f"{verb:16} {d.cluster}: {d.reason} {d.error}".rstrip(), highlight=False,
                       markup=False)
+    if not decisions:
+        _reaped_nothing(chosen)
     if any(d.error for d in decisions):
         raise typer.Exit(1)
 
