@@ -81,8 +81,9 @@ OPTIONS: tuple[Option, ...] = (
            default="30", example="5"),
     # Jobs and artifacts
     Option("artifact_root", "Where jobs write datasets, checkpoints, models and metrics: a "
-           "``file://`` URI or path, ``s3://`` or ``gs://`` (through pyarrow filesystems). "
-           "Unset: ``<home>/artifacts``.", example="s3://ml-artifacts/ephemeral", group=_J),
+           "``file://`` URI or an absolute path, ``s3://`` or ``gs://`` (through pyarrow "
+           "filesystems); no whitespace in a URI. Unset: ``<home>/artifacts``.",
+           example="s3://ml-artifacts/ephemeral", group=_J),
     Option("artifact_url", "An http(s) address that serves the artifact root (a bucket's "
            "website, a proxy): run reports link there instead of the artifact URI. Any other "
            "scheme is refused: the setup fails before it makes a cluster, naming it.",

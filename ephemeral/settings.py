@@ -256,31 +256,40 @@ def folder(key: str, env: Mapping[str, str] | None = None) -> Path | None:
     would be another folder in each process's working directory: the worker, the run-end
     listener and a reaper started by cron would each look for clusters somewhere else."""
     found = lookup(key, env)
-    if not found.value:
-        return None
-    text = found.value.strip()
+    return absolute(found, "the folder", "/srv/ephemeral") if found.value else None
+
+
+def absolute(found: Found, what: str, example: str) -> Path:
+    """``found``'s path, stripped and ``~`` expanded; refused, naming its source, unless it
+    is absolute (what a path setting must be, so that every process means the same one)."""
+    text = (found.value or "").strip()
     try:
         path = Path(text).expanduser()
     except RuntimeError:  # ~user of no such user, or no home to expand ~ to
         path = Path(text)
     if not text or not path.is_absolute():
         raise SettingError(found.source, [(found.source, (
-            f"{found.value!r} is not an absolute path: give the folder from the root, e.g. "
-            f"/srv/ephemeral, so every process of the deployment finds the same one"))])
+            f"{found.value!r} is not an absolute path: give {what} from the root, e.g. "
+            f"{example}, so every process of the deployment finds the same one"))])
     return path
 
 
 def artifact_root(home: Path) -> str:
     """The artifact root as a URI: ``$EPHEMERAL_ARTIFACT_ROOT`` or ``[ephemeral]
-    artifact_root``, else ``<home>/artifacts``."""
-    return as_uri(setting("artifact_root") or str(home / "artifacts"))
-
-
-def as_uri(path_or_uri: str) -> str:
-    """A URI for a local path (``file://``); URIs are returned as they are."""
-    if "://" in path_or_uri:
-        return path_or_uri.rstrip("/")
-    return Path(path_or_uri).expanduser().resolve().as_uri()
+    artifact_root`` (a URI, or an absolute folder as for ``folder``), else
+    ``<home>/artifacts``. A URI is stripped; one with whitespace or a control character in it
+    is refused: every process would read and write under another name than the one shown."""
+    found = lookup("artifact_root")
+    text = (found.value or "").strip()
+    if "://" not in text:
+        where = absolute(found, "the folder", "/srv/ephemeral/artifacts (or a URI such as "
+                         "s3://bucket/ephemeral)") if found.value else home / "artifacts"
+        return where.resolve().as_uri()
+    if any(c.isspace() or not c.isprintable() for c in text):
+        raise SettingError(found.source, [(found.source, (
+            f"{found.value!r} has whitespace or a control character in it: give the URI "
+            "alone, e.g. s3://bucket/ephemeral (a space in a path as %20)"))])
+    return text.rstrip("/")
 
 
 # What processes of a cluster may inherit from the process that starts them. An allow-list, not

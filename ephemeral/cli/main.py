@@ -723,7 +723,13 @@ def reap_cmd(
                                   username=setting("airflow_user"),
                                   password=setting("airflow_password"))
     chosen = _backend(backend)
-    root = get_settings().artifact_root
+    try:
+        root = get_settings().artifact_root
+    except SettingError as e:  # the pass deletes without it: only its report parts are lost
+        root = ""
+        said = "; ".join(f"{where}: {why}" for where, why in e.problems)
+        err.print(f"warning: {said}: reaped clusters' report parts are not recorded",
+                  highlight=False, markup=False)
     if chosen.name == "kubernetes" and root.startswith("file://"):
         # A pod's own disk: what the pass records for the run reports (and links to) is lost
         # with it, and the setups' readiness records are not there to read.

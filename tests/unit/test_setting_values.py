@@ -76,7 +76,8 @@ def test_a_runtime_folder_too_long_for_rays_sockets_fails_before_anything_starts
 
 # The trigger form's and the specs' settings, bad: what locates and deletes clusters goes on.
 FORM_SETTINGS = {"EPHEMERAL_JOBS_DIR": "jobs", "EPHEMERAL_SPECS_DIR": "~nosuchuser-xyz/specs",
-                 "EPHEMERAL_PIP_ALLOW": "/nonexistent/allow.txt"}
+                 "EPHEMERAL_PIP_ALLOW": "/nonexistent/allow.txt",
+                 "EPHEMERAL_ARTIFACT_ROOT": "artifacts"}
 
 
 @pytest.mark.parametrize(("var", "value"), FORM_SETTINGS.items())
@@ -89,6 +90,7 @@ def test_a_bad_form_setting_stops_no_teardown_and_fails_where_it_is_used(
     from ephemeral.backends.fake import InMemoryBackend
     from ephemeral.cli import main as cli_main
     from ephemeral.errors import EphemeralError
+    from ephemeral.jobs.artifacts import job_root
     from ephemeral.specs import ClusterIdentity, resolve
 
     backend = InMemoryBackend()
@@ -102,8 +104,47 @@ def test_a_bad_form_setting_stops_no_teardown_and_fails_where_it_is_used(
     for args in (["ls"], ["reap", "--dry-run"]):
         run = CliRunner().invoke(cli_main.app, args)
         assert run.exit_code == 0, run.output
-    # The form that uses it fails, naming it.
+    # The form (the setup, for the artifact root) that uses it fails, naming it.
     form = {"cluster_spec": "ray/adhoc-cpu", "entrypoint": "python hello_ray.py", "workers": 1,
             "timeout_minutes": 10, "pip": ["numpy"]}
-    with pytest.raises(EphemeralError, match=var.removeprefix("EPHEMERAL_").lower() + "|" + var):
-        validate_request(form)
+    with pytest.raises(EphemeralError, match=var):
+        job_root() if var == "EPHEMERAL_ARTIFACT_ROOT" else validate_request(form)
+
+
+@pytest.mark.parametrize(("value", "uri"), [
+    (" /srv/art", "file:///srv/art"), ("/srv/art\n", "file:///srv/art"),
+    ("s3://bucket/x\n", "s3://bucket/x"), (" gs://bucket/x/ ", "gs://bucket/x"),
+    ("file:///srv/art/", "file:///srv/art")])
+def test_the_artifact_root_is_stripped(value: str, uri: str,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from ephemeral.settings import get_settings
+
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", value)
+    assert get_settings().artifact_root == uri
+
+
+def test_the_artifact_root_expands_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from ephemeral.settings import get_settings
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", "~/art")
+    assert get_settings().artifact_root == (tmp_path / "art").resolve().as_uri()
+
+
+@pytest.mark.parametrize(("value", "said"), [
+    ("art", "is not an absolute path"), ("./art", "is not an absolute path"),
+    ("~nosuchuser-xyz/art", "is not an absolute path"), ("file:art", "is not an absolute path"),
+    ("s3://bucket/my art", "whitespace or a control character"),
+    ("s3://bucket/x\ny", "whitespace or a control character"),
+    ("s3://bucket/\x1b[2Jx", "whitespace or a control character")])
+def test_an_artifact_root_each_process_would_read_elsewhere_is_refused(
+        value: str, said: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative root was resolved against each process's working directory (the worker's,
+    the reaper's: reports written in one place, read in another), whitespace kept in it."""
+    from ephemeral.settings import get_settings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", value)
+    settings = get_settings()  # what deletes clusters still loads
+    with pytest.raises(SpecError, match=f"EPHEMERAL_ARTIFACT_ROOT: .*{said}"):
+        _ = settings.artifact_root
