@@ -90,7 +90,8 @@ OPTIONS: tuple[Option, ...] = (
            example="https://artifacts.example.com/ephemeral", group=_J),
     Option("job_env_allow", "Comma-separated names (``PREFIX_*`` allowed) that processes of "
            "local clusters and spark-submit drivers may inherit beyond the built-in allow-list. "
-           "Names starting with ``AIRFLOW`` or ``EPHEMERAL_`` are never inherited.",
+           "Names starting with ``AIRFLOW`` or ``EPHEMERAL_`` are never inherited. A bare "
+           "``*`` is refused: it would pass every variable, secrets included.",
            example="AWS_REGION,AWS_PROFILE", group=_J),
     Option("xcom_max_bytes", "Largest XCom value ``MetadataOnlyXCom`` accepts; larger values "
            "belong in the artifact store.", type="integer", default="4096", example="8192",

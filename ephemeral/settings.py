@@ -313,19 +313,39 @@ def job_env_allowed(name: str, extra: tuple[str, ...] = ()) -> bool:
                for a in (*JOB_ENV_ALLOW, *extra))
 
 
+_ENV_ENTRY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\*?")
+
+
+def job_env_extra() -> tuple[str, ...]:
+    """The names and ``PREFIX_*`` entries of ``job_env_allow``. A bare ``*`` (the empty prefix)
+    is refused: it would pass every variable, secrets included, into every node and job."""
+    found = lookup("job_env_allow")
+    extra = tuple(n.strip() for n in (found.value or "").split(",") if n.strip())
+    for entry in extra:
+        if entry == "*":
+            why = ("'*' would pass every variable of this process, secrets included "
+                   "(AWS_SECRET_ACCESS_KEY, PGPASSWORD), to every node and job")
+        elif not _ENV_ENTRY.fullmatch(entry):
+            why = f"{entry!r} is no variable name or PREFIX_*"
+        else:
+            continue
+        raise SettingError(found.source, [(found.source, (
+            f"{why}: list the names or prefixes the jobs need, e.g. AWS_REGION,AWS_PROFILE"))])
+    return extra
+
+
 def job_environ() -> dict[str, str]:
     """The environment of every process the local backend starts (nodes, Ray jobs through
     them, spark-submit drivers): this process's variables named in ``JOB_ENV_ALLOW``, plus the
     names a deployment adds in ``$EPHEMERAL_JOB_ENV_ALLOW`` or ``[ephemeral] job_env_allow``
-    (comma-separated, ``PREFIX_*``
-    allowed; e.g. ``AWS_REGION,AWS_PROFILE`` for an s3:// artifact root; names starting with
-    ``AIRFLOW`` or ``EPHEMERAL_`` are never inherited), plus ``EPHEMERAL_ARTIFACT_ROOT`` as this
+    (``job_env_extra``; e.g. ``AWS_REGION,AWS_PROFILE`` for an s3:// artifact root; names
+    starting with ``AIRFLOW`` or ``EPHEMERAL_`` are never inherited), plus ``EPHEMERAL_ARTIFACT_ROOT`` as this
     process resolves it.
 
     Nothing else passes: not Airflow's settings, not ``EPHEMERAL_KUBECONFIG_CONTENT``, not an
     unprefixed secret. What a job needs beyond this it declares (a spec's ``runtimeEnv.env``,
     a job's ``runtime_env``), and callers add the cluster's own markers themselves."""
-    extra = tuple(n.strip() for n in (setting("job_env_allow") or "").split(",") if n.strip())
+    extra = job_env_extra()
     env = {k: v for k, v in os.environ.items() if job_env_allowed(k, extra)}
     from ephemeral.jobs.artifacts import job_root
 

@@ -46,7 +46,6 @@ from ephemeral.errors import (
     SpecError,
     TeardownIncomplete,
 )
-from ephemeral.jobs.artifacts import job_root
 from ephemeral.jobs.spark_jobs import SparkAuth
 from ephemeral.settings import get_settings, job_environ
 from ephemeral.specs.identity import ClusterIdentity
@@ -214,7 +213,7 @@ class LocalBackend(ClusterBackend):
             if existing:  # a deletion was interrupted: finish it before starting afresh
                 self._delete_locked(name)
             check_spec(spec)
-            job_root()  # every node's environment gets it: refused before anything is made
+            job_environ()  # every node's environment: bad settings refused before anything is made
             if isinstance(spec.spec, RaySpec) and (
                     problem := slots.socket_room_problem(slots.runtime_dir())):
                 raise BackendUnavailable(problem)
