@@ -6,13 +6,14 @@ stdout and nothing else, for scripts and CI.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import yaml
@@ -44,6 +45,9 @@ from ephemeral.specs.loader import (
     version_problems,
 )
 from ephemeral.specs.resolve import CI_CPU, ResolvedSpec, apply_profile
+
+if TYPE_CHECKING:
+    from ephemeral.report.costs import Prices
 
 
 class _ErrorBoundary(typer.core.TyperGroup):
@@ -766,9 +770,8 @@ def report_cmd(
 ) -> None:
     """Print a run's report: each cluster's lifetime, idle split, reserved resources and cost,
     and each job's wall time and results, as the run's teardowns recorded them."""
-    from ephemeral.report import load_report, render_html, report_uri
+    from ephemeral.report import render_html, report_uri
     from ephemeral.report.costs import CostConfigError, load_prices
-    from ephemeral.report.store import instances_with, legacy_report_dir, load_legacy_report
     from ephemeral.report.text import print_report
     from ephemeral.settings import INSTANCE_PATTERN
 
@@ -785,27 +788,8 @@ def report_cmd(
     except CostConfigError as e:  # the report stands without: its recorded prices are kept
         prices = None
         print(f"(no pricing by this shell's cost setting: {e})", file=sys.stderr)
-    report = load_report(dag_id, run_id, instance, prices=prices)
-    others = [] if report is not None else [
-        i for i in instances_with(dag_id, run_id) if i != instance]
-    if report is None and instance is None and len(others) == 1 \
-            and not get_settings().instance_explicit:
-        # A shell whose environment derives another instance than the Airflow's (no
-        # AIRFLOW_HOME): the one deployment that ran it is the one meant. A shell that names
-        # its instance means it.
-        instance = others[0]
-        report = load_report(dag_id, run_id, instance, prices=prices)
-        print(f"(the run of deployment instance {instance}, not this shell's "
-              f"{get_settings().instance})", file=sys.stderr)
-    page = report_uri(dag_id, run_id, instance=instance)
-    if report is None and not (others and instance is None):
-        # Written before the instance layout (an upgrade): <root>/reports/<dag>/<run>/.
-        report = load_legacy_report(dag_id, run_id, prices=prices)
-        if report is not None:
-            old = legacy_report_dir(dag_id, run_id)
-            page = f"{old}/report.html"
-            print(f"(read from the pre-instance layout {old}: written before deployment "
-                  "instances)", file=sys.stderr)
+    with _reading_artifacts(as_json):
+        report, page, others, instance = _find_report(dag_id, run_id, instance, prices)
     if report is None:
         hint = (f"recorded under deployment instances {', '.join(others)}: pass --instance"
                 if others else "written by the run's teardowns; is EPHEMERAL_ARTIFACT_ROOT "
@@ -830,6 +814,53 @@ def report_cmd(
     wide.print(f"{dag_id} {run_id}", highlight=False, markup=False)
     print_report(wide, report)
     wide.print(f"page: {html or page}", highlight=False, markup=False)
+
+
+@contextlib.contextmanager
+def _reading_artifacts(as_json: bool) -> Iterator[None]:
+    """Reads of the artifact store that fail (a root pyarrow cannot open, a store that does not
+    answer) end naming EPHEMERAL_ARTIFACT_ROOT, with no traceback; a root with credentials in
+    it is refused first (``job_root``), so none is ever shown."""
+    from pyarrow import ArrowException
+
+    root = job_root()
+    try:
+        yield
+    except (OSError, ArrowException) as e:
+        raise _fail(EphemeralError(
+            f"cannot read the artifact store EPHEMERAL_ARTIFACT_ROOT={root}: {first_line(e)}; "
+            "set it to the store the DAGs write to"), as_json) from None
+
+
+def _find_report(dag_id: str, run_id: str, instance: str | None, prices: Prices | None
+                 ) -> tuple[dict[str, Any] | None, str, list[str], str | None]:
+    """(the run's report or None, its page, the other instances that recorded the run, the
+    instance whose report it is)."""
+    from ephemeral.report import load_report, report_uri
+    from ephemeral.report.store import instances_with, legacy_report_dir, load_legacy_report
+
+    report = load_report(dag_id, run_id, instance, prices=prices)
+    others = [] if report is not None else [
+        i for i in instances_with(dag_id, run_id) if i != instance]
+    if report is None and instance is None and len(others) == 1 \
+            and not get_settings().instance_explicit:
+        # A shell whose environment derives another instance than the Airflow's (no
+        # AIRFLOW_HOME): the one deployment that ran it is the one meant. A shell that names
+        # its instance means it.
+        instance = others[0]
+        report = load_report(dag_id, run_id, instance, prices=prices)
+        print(f"(the run of deployment instance {instance}, not this shell's "
+              f"{get_settings().instance})", file=sys.stderr)
+    page = report_uri(dag_id, run_id, instance=instance)
+    if report is None and not (others and instance is None):
+        # Written before the instance layout (an upgrade): <root>/reports/<dag>/<run>/.
+        report = load_legacy_report(dag_id, run_id, prices=prices)
+        if report is not None:
+            old = legacy_report_dir(dag_id, run_id)
+            page = f"{old}/report.html"
+            print(f"(read from the pre-instance layout {old}: written before deployment "
+                  "instances)", file=sys.stderr)
+    return report, page, others, instance
 
 
 def main() -> None:
