@@ -93,8 +93,8 @@ OPTIONS: tuple[Option, ...] = (
            "Names starting with ``AIRFLOW`` or ``EPHEMERAL_`` are never inherited. A bare "
            "``*`` is refused: it would pass every variable, secrets included.",
            example="AWS_REGION,AWS_PROFILE", group=_J),
-    Option("xcom_max_bytes", "Largest XCom value ``MetadataOnlyXCom`` accepts; larger values "
-           "belong in the artifact store.", type="integer", default="4096", example="8192",
+    Option("xcom_max_bytes", "Largest XCom value ``MetadataOnlyXCom`` accepts (1 or more); "
+           "larger values belong in the artifact store.", type="integer", default="4096", example="8192",
            group=_J),
     Option("params_dir", "Folder of the trial parameter files. Unset: ``params/`` of a "
            "checkout, else of the working directory.", example="/opt/airflow/params",

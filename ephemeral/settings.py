@@ -203,15 +203,19 @@ def _default_dir(name: str) -> Path:
     return here if here.is_dir() else Path.cwd() / name
 
 
-def count(key: str, env: Mapping[str, str] | None = None) -> int | None:
-    """Setting ``key`` as a whole number of 0 or more (None when unset)."""
+_DIGITS = re.compile(r"[0-9]+")  # ASCII: str.isdigit() takes '²', which int() refuses
+
+
+def count(key: str, env: Mapping[str, str] | None = None, *, least: int = 0) -> int | None:
+    """Setting ``key`` as a whole number of ``least`` or more (None when unset)."""
     found = lookup(key, env)
     if not found.value:
         return None
-    if not found.value.strip().isdigit():
+    text = found.value.strip()
+    if not _DIGITS.fullmatch(text) or int(text) < least:
         raise SettingError(found.source, [(found.source, f"{found.value!r} is not a whole number "
-                                                      "of 0 or more")])
-    return int(found.value)
+                                                      f"of {least} or more")])
+    return int(text)
 
 
 XCOM_MAX_BYTES = 4096
@@ -220,8 +224,10 @@ XCOM_MAX_BYTES = 4096
 def xcom_max_bytes() -> int:
     """Largest XCom value ``MetadataOnlyXCom`` accepts: ``$EPHEMERAL_XCOM_MAX_BYTES`` or
     ``[ephemeral] xcom_max_bytes`` (default 4096). Here, without Airflow, so a task's own
-    checks (``adhoc.validate_request``) can bound what it returns by the same number."""
-    return count("xcom_max_bytes") or XCOM_MAX_BYTES
+    checks (``adhoc.validate_request``) can bound what it returns by the same number. 0 is
+    refused, not taken for the default: no XCom value at all is no limit anyone means."""
+    limit = count("xcom_max_bytes", least=1)
+    return XCOM_MAX_BYTES if limit is None else limit
 
 
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}

@@ -148,3 +148,30 @@ def test_an_artifact_root_each_process_would_read_elsewhere_is_refused(
     settings = get_settings()  # what deletes clusters still loads
     with pytest.raises(SpecError, match=f"EPHEMERAL_ARTIFACT_ROOT: .*{said}"):
         _ = settings.artifact_root
+
+
+@pytest.mark.parametrize("value", ["²", "١٢", "1.5", "-1", "lots", "\U0001d7e0"])
+@pytest.mark.parametrize("var", ["EPHEMERAL_XCOM_MAX_BYTES", "EPHEMERAL_ADHOC_MAX_WORKERS"])
+def test_a_count_that_is_no_ascii_whole_number_is_refused_naming_it(
+        var: str, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``str.isdigit`` took '²', and int() then raised a ValueError traceback."""
+    from ephemeral.settings import get_settings, xcom_max_bytes
+
+    monkeypatch.setenv(var, value)
+    with pytest.raises(SpecError, match=f"{var}: .* is not a whole number"):
+        _ = xcom_max_bytes() if var == "EPHEMERAL_XCOM_MAX_BYTES" \
+            else get_settings().adhoc_max_workers
+
+
+def test_an_xcom_limit_of_0_is_refused_not_taken_for_the_default(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from ephemeral.settings import xcom_max_bytes
+
+    monkeypatch.setenv("EPHEMERAL_XCOM_MAX_BYTES", "0")
+    with pytest.raises(SpecError, match="EPHEMERAL_XCOM_MAX_BYTES: '0' is not a whole number "
+                                        "of 1 or more"):
+        xcom_max_bytes()
+    monkeypatch.setenv("EPHEMERAL_XCOM_MAX_BYTES", " 9000 ")
+    assert xcom_max_bytes() == 9000
+    monkeypatch.delenv("EPHEMERAL_XCOM_MAX_BYTES")
+    assert xcom_max_bytes() == 4096
