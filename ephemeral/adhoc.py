@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ephemeral.errors import SpecError
-from ephemeral.settings import Settings, get_settings, xcom_max_bytes
+from ephemeral.settings import Found, Settings, absolute, get_settings, xcom_max_bytes
 from ephemeral.specs.identity import parse_utc
 from ephemeral.specs.loader import is_spec_ref
 from ephemeral.specs.models import RaySpec
@@ -70,20 +70,23 @@ class RequestError(SpecError):
 # --- pip --------------------------------------------------------------------------------------
 
 
-def pip_allow_list(setting: str | None) -> frozenset[str] | None:
-    """Canonical package names of ``EPHEMERAL_PIP_ALLOW``: ``name,name``, or a file path (one
-    name a line, ``#`` comments) when the value contains a path separator. None: no list."""
+def pip_allow_list(setting: Found | str | None) -> frozenset[str] | None:
+    """Canonical package names of ``EPHEMERAL_PIP_ALLOW`` (a text: as that variable's value):
+    ``name,name``, or an absolute file path (one name a line, ``#`` comments) when the value
+    contains a path separator or starts with ``~``. None: no list."""
     from packaging.utils import canonicalize_name
 
-    if not setting:
+    found = Found(setting, "EPHEMERAL_PIP_ALLOW") if not isinstance(setting, Found) else setting
+    if not found.value:
         return None
-    text = setting
-    if "/" in setting or "\\" in setting:
+    text = found.value
+    if "/" in text or "\\" in text or text.strip().startswith("~"):
+        path = absolute(found, "the file", "/opt/airflow/pip-allow.txt")
         try:
-            text = Path(setting).expanduser().read_text()
+            text = path.read_text()
         except OSError as err:
-            raise RequestError([("EPHEMERAL_PIP_ALLOW", f"cannot read the allow-list file "
-                                 f"{setting}: {err.strerror}")], "settings") from err
+            raise RequestError([(found.source, f"cannot read the allow-list file "
+                                 f"{path}: {err.strerror}")], "settings") from err
     names = [n.split("#", 1)[0].strip() for line in text.splitlines() for n in line.split(",")]
     return frozenset(canonicalize_name(n) for n in names if n)
 

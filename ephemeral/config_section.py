@@ -112,18 +112,19 @@ OPTIONS: tuple[Option, ...] = (
            "as typed: shell operators (``&&``, ``|``, ``>``) are refused; for several commands, "
            "``bash -c '...'``.", type="boolean", default="false",
            example="true", group=_F),
-    Option("pip_allow", "Packages the trigger form may install: ``name,name`` or the path of a "
-           "file with one name a line. Unset: any plain requirement. Every allowed package runs "
-           "its code on every node of the cluster.", example="pandas,scikit-learn", group=_F),
+    Option("pip_allow", "Packages the trigger form may install: ``name,name`` or the absolute "
+           "path of a file with one name a line. Unset: any plain requirement. Every allowed "
+           "package runs its code on every node of the cluster.", example="pandas,scikit-learn",
+           group=_F),
     Option("adhoc_max_workers", "Raises the trigger form's cap on workers above a spec's "
            "maxReplicas.", type="integer", example="8", group=_F),
     Option("adhoc_max_gpus", "Raises the trigger form's cap on GPUs per worker above a spec's.",
            type="integer", example="4", group=_F),
     # Reports, costs, notifications
-    Option("cost_file", "YAML file of prices per spec (``currency``, ``default`` and ``specs`` "
-           "with ``cpuHour``, ``gpuHour``, ``memoryGibHour``). Takes precedence over the "
-           "``cost_*_hour`` options. A unit a cluster reserves with no price makes its cost "
-           "unknown (set 0 for a free unit).", example="/opt/airflow/prices.yaml", group=_R),
+    Option("cost_file", "YAML file (an absolute path) of prices per spec (``currency``, "
+           "``default`` and ``specs`` with ``cpuHour``, ``gpuHour``, ``memoryGibHour``). Takes "
+           "precedence over the ``cost_*_hour`` options. A unit a cluster reserves with no "
+           "price makes its cost unknown (set 0 for a free unit).", example="/opt/airflow/prices.yaml", group=_R),
     Option("cost_cpu_hour", "Price of one reserved CPU core per hour, for every spec.",
            type="float", example="0.04", group=_R),
     Option("cost_gpu_hour", "Price of one reserved GPU per hour, for every spec.",

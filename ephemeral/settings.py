@@ -128,7 +128,7 @@ class Settings:
     def specs_dir(self) -> Path:
         """Root of the versioned cluster specs (``$EPHEMERAL_SPECS_DIR``; default:
         ``cluster_specs/`` of a checkout, else of the working directory)."""
-        return folder("specs_dir") or _default_dir("cluster_specs")
+        return folder("specs_dir") or default_dir("cluster_specs")
 
     @property
     def artifact_root(self) -> str:
@@ -141,14 +141,14 @@ class Settings:
     def jobs_dir(self) -> Path:
         """Job scripts the trigger form may run (``$EPHEMERAL_JOBS_DIR``; default: ``jobs/`` of
         a checkout, else of the working directory)."""
-        return folder("jobs_dir") or _default_dir("jobs")
+        return folder("jobs_dir") or default_dir("jobs")
 
     @property
-    def pip_allow(self) -> str | None:
+    def pip_allow(self) -> Found:
         """Packages the trigger form may install (``$EPHEMERAL_PIP_ALLOW``): ``name,name`` or
-        the path of a file with one name a line. Unset: any plain requirement. Every allowed
-        package runs its code on every node of the cluster."""
-        return setting("pip_allow")
+        the path of a file with one name a line (``adhoc.pip_allow_list`` reads it). Unset: any
+        plain requirement. Every allowed package runs its code on every node of the cluster."""
+        return lookup("pip_allow")
 
     @property
     def adhoc_max_workers(self) -> int | None:
@@ -197,8 +197,9 @@ def instance_of(env: Mapping[str, str] | None = None) -> str:
     return "h" + hashlib.sha256(str(home).encode()).hexdigest()[:10]
 
 
-def _default_dir(name: str) -> Path:
-    # A checkout keeps specs and jobs next to the package; an installed package uses the cwd.
+def default_dir(name: str) -> Path:
+    """``name/`` of a checkout (next to the package), else of the working directory (an
+    installed package): where specs, jobs, gates and parameter files are when unset."""
     here = Path(__file__).resolve().parent.parent / name
     return here if here.is_dir() else Path.cwd() / name
 
@@ -261,8 +262,20 @@ def folder(key: str, env: Mapping[str, str] | None = None) -> Path | None:
     """Setting ``key`` as an absolute folder (``~`` expanded; None when unset). A relative one
     would be another folder in each process's working directory: the worker, the run-end
     listener and a reaper started by cron would each look for clusters somewhere else."""
+    return _path(key, env, "the folder")
+
+
+def file_path(key: str, env: Mapping[str, str] | None = None) -> Path | None:
+    """Setting ``key`` as an absolute file path, by ``folder``'s rule."""
+    return _path(key, env, "the file")
+
+
+def _path(key: str, env: Mapping[str, str] | None, what: str) -> Path | None:
     found = lookup(key, env)
-    return absolute(found, "the folder", "/srv/ephemeral") if found.value else None
+    if not found.value:
+        return None
+    example = BY_KEY[key].example or ""
+    return absolute(found, what, example if example.startswith("/") else "/srv/ephemeral")
 
 
 def absolute(found: Found, what: str, example: str) -> Path:

@@ -175,3 +175,61 @@ def test_an_xcom_limit_of_0_is_refused_not_taken_for_the_default(
     assert xcom_max_bytes() == 9000
     monkeypatch.delenv("EPHEMERAL_XCOM_MAX_BYTES")
     assert xcom_max_bytes() == 4096
+
+
+def _gates() -> Path:
+    from ephemeral.gate import gates_dir
+
+    return gates_dir()
+
+
+def _params() -> Path:
+    from ephemeral.trials import params_dir
+
+    return params_dir()
+
+
+@pytest.mark.parametrize(("var", "read"), [("EPHEMERAL_GATES_DIR", _gates),
+                                           ("EPHEMERAL_PARAMS_DIR", _params)])
+def test_the_gates_and_params_folders_follow_the_folder_rule(
+        var: str, read: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read raw: ``~`` kept, padding kept, and a relative folder meant another one at parse
+    (the DAG processor's working directory) than at execute (the worker's)."""
+    assert callable(read)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv(var, " ~/g ")
+    assert read() == tmp_path / "g"
+    monkeypatch.setenv(var, "gates")
+    with pytest.raises(SpecError, match=f"{var}: 'gates' is not an absolute path"):
+        read()
+
+
+def test_the_cost_file_follows_the_folder_rule(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from ephemeral.report.costs import CostConfigError, load_prices
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "prices.yaml").write_text("currency: EUR\ndefault: {gpuHour: 2}\n")
+    prices = load_prices({"EPHEMERAL_COST_FILE": " ~/prices.yaml\n"})
+    assert prices is not None
+    assert (prices.currency, prices.default.gpu_hour) == ("EUR", 2)
+    monkeypatch.chdir(tmp_path)  # a relative one would be found here, and nowhere else
+    with pytest.raises(CostConfigError, match=r"EPHEMERAL_COST_FILE: 'prices\.yaml' is not an "
+                                              "absolute path: give the file from the root"):
+        load_prices({"EPHEMERAL_COST_FILE": "prices.yaml"})
+
+
+def test_the_pip_allow_file_follows_the_folder_rule(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from ephemeral.adhoc import pip_allow_list
+    from ephemeral.settings import Found
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "allow.txt").write_text("numpy\n")
+    assert pip_allow_list(Found(" ~/conf/allow.txt ", "[ephemeral] pip_allow")) == {"numpy"}
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SpecError, match=r"\[ephemeral\] pip_allow: 'conf/allow.txt' is not an "
+                                        "absolute path"):
+        pip_allow_list(Found("conf/allow.txt", "[ephemeral] pip_allow"))
+    assert pip_allow_list("numpy, pandas") == {"numpy", "pandas"}
