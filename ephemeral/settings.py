@@ -197,6 +197,22 @@ def instance_of(env: Mapping[str, str] | None = None) -> str:
     return "h" + hashlib.sha256(str(home).encode()).hexdigest()[:10]
 
 
+def instance_mismatch(mine: str, theirs: str) -> str:
+    """What is wrong when this process, of deployment instance ``mine``, acts on a cluster of
+    ``theirs``: where ``mine`` came from (the setting, or the Airflow home it was derived
+    from) and what makes every component agree."""
+    found = lookup("instance")
+    if found.value:
+        return (f"deployment instance {mine!r} (from {found.source}) but the cluster belongs to "
+                f"{theirs!r} ({found.source} differs between the setup and this task)")
+    home = (f"AIRFLOW_HOME={airflow_home()}" if os.environ.get("AIRFLOW_HOME")
+            else f"the Airflow home {airflow_home()}, AIRFLOW_HOME being unset")
+    return (f"deployment instance {mine!r} (derived from {home}) but the cluster belongs to "
+            f"{theirs!r}: the setup ran with another Airflow home or instance; set "
+            f"EPHEMERAL_INSTANCE (or [{SECTION}] instance) to one name on every Airflow "
+            "component and the reaper")
+
+
 def default_dir(name: str) -> Path:
     """``name/`` of a checkout (next to the package), else of the working directory (an
     installed package): where specs, jobs, gates and parameter files are when unset."""

@@ -86,16 +86,17 @@ def _backend(name: str | None) -> ClusterBackend:
     refused, from ``--backend`` or ``$EPHEMERAL_BACKEND``: its state would not outlive one
     command."""
     from ephemeral.backends.fake import REAL_BACKENDS, refuse_across_processes
+    from ephemeral.settings import lookup
 
     chosen = name or get_settings().backend
+    where = "'--backend'" if name else lookup("backend").source  # what to correct
     try:
         refuse_across_processes(chosen, "ephemeral")
     except EphemeralError as e:
-        raise typer.BadParameter(str(e), param_hint="'--backend' / $EPHEMERAL_BACKEND") from e
+        raise typer.BadParameter(str(e), param_hint=where) from e
     if chosen not in REAL_BACKENDS:
         raise typer.BadParameter(f"unknown backend {chosen!r}; use one of: "
-                                 + ", ".join(REAL_BACKENDS),
-                                 param_hint="'--backend' / $EPHEMERAL_BACKEND")
+                                 + ", ".join(REAL_BACKENDS), param_hint=where)
     return get_backend(chosen)
 
 
