@@ -507,6 +507,8 @@ def down(
             if not as_json:
                 err.print(f"[red]{name}: {failures[-1]['error']}[/]", highlight=False)
             continue
+        # No record, yet processes of it may run (its state lost): the deletion ends them.
+        running = [] if known else be.unrecorded(name)
         try:
             with err.status(f"deleting {name}"):
                 # By the handles looked up above: a delete by bare name is this deployment's
@@ -514,10 +516,13 @@ def down(
                 seconds = sum(teardown(be, h) for h in handles) if handles else \
                     teardown(be, name)
             done.append({"name": name, "existed": known, "seconds": round(seconds, 2)}
-                        | ({} if known else {"looked_in": _where(be)}))
+                        | ({} if known else {"looked_in": _where(be), "ended": running}))
             if not as_json:
-                word = "deleted" if known else f"not found in the {_where(be)} (nothing to delete)"
-                err.print(f"{name}: {word} in {seconds:.1f}s", highlight=False)
+                word = ("deleted" if known else
+                        f"no record of it in the {_where(be)}; ended what of it still ran: "
+                        f"{', '.join(running)}," if running else
+                        f"not found in the {_where(be)} (nothing to delete)")
+                err.print(f"{name}: {word} in {seconds:.1f}s", highlight=False, markup=False)
         except EphemeralError as e:
             failures.append({"name": name, "error": str(e)})
             if not as_json:
