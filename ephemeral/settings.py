@@ -374,8 +374,8 @@ def job_environ() -> dict[str, str]:
     them, spark-submit drivers): this process's variables named in ``JOB_ENV_ALLOW``, plus the
     names a deployment adds in ``$EPHEMERAL_JOB_ENV_ALLOW`` or ``[ephemeral] job_env_allow``
     (``job_env_extra``; e.g. ``AWS_REGION,AWS_PROFILE`` for an s3:// artifact root; names
-    starting with ``AIRFLOW`` or ``EPHEMERAL_`` are never inherited), plus ``EPHEMERAL_ARTIFACT_ROOT`` as this
-    process resolves it.
+    starting with ``AIRFLOW`` or ``EPHEMERAL_`` are never inherited), plus
+    ``EPHEMERAL_ARTIFACT_ROOT`` as this process resolves it.
 
     Nothing else passes: not Airflow's settings, not ``EPHEMERAL_KUBECONFIG_CONTENT``, not an
     unprefixed secret. What a job needs beyond this it declares (a spec's ``runtimeEnv.env``,
