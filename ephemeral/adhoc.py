@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ephemeral.errors import SpecError
-from ephemeral.settings import Settings, get_settings, xcom_max_bytes
+from ephemeral.settings import Found, Settings, absolute, get_settings, xcom_max_bytes
 from ephemeral.specs.identity import parse_utc
 from ephemeral.specs.loader import is_spec_ref
 from ephemeral.specs.models import RaySpec
@@ -70,20 +70,23 @@ class RequestError(SpecError):
 # --- pip --------------------------------------------------------------------------------------
 
 
-def pip_allow_list(setting: str | None) -> frozenset[str] | None:
-    """Canonical package names of ``EPHEMERAL_PIP_ALLOW``: ``name,name``, or a file path (one
-    name a line, ``#`` comments) when the value contains a path separator. None: no list."""
+def pip_allow_list(setting: Found | str | None) -> frozenset[str] | None:
+    """Canonical package names of ``EPHEMERAL_PIP_ALLOW`` (a text: as that variable's value):
+    ``name,name``, or an absolute file path (one name a line, ``#`` comments) when the value
+    contains a path separator or starts with ``~``. None: no list."""
     from packaging.utils import canonicalize_name
 
-    if not setting:
+    found = Found(setting, "EPHEMERAL_PIP_ALLOW") if not isinstance(setting, Found) else setting
+    if not found.value:
         return None
-    text = setting
-    if "/" in setting or "\\" in setting:
+    text = found.value
+    if "/" in text or "\\" in text or text.strip().startswith("~"):
+        path = absolute(found, "the file", "/opt/airflow/pip-allow.txt")
         try:
-            text = Path(setting).expanduser().read_text()
+            text = path.read_text()
         except OSError as err:
-            raise RequestError([("EPHEMERAL_PIP_ALLOW", f"cannot read the allow-list file "
-                                 f"{setting}: {err.strerror}")], "settings") from err
+            raise RequestError([(found.source, f"cannot read the allow-list file "
+                                 f"{path}: {err.strerror}")], "settings") from err
     names = [n.split("#", 1)[0].strip() for line in text.splitlines() for n in line.split(",")]
     return frozenset(canonicalize_name(n) for n in names if n)
 
@@ -591,16 +594,17 @@ def validate_request(params: Mapping[str, Any], settings: Settings | None = None
     created and no process is started.
     """
     s = settings or get_settings()
+    jobs_dir, specs_dir = s.jobs_dir, s.specs_dir  # read once, where the form uses them
     p = dict(params)
     if problems := _types(p):
         raise RequestError(problems)
     # A templated null profile can arrive as the text "None"; "none" is how the form shows it.
     profile = None if p.get("profile") in (None, "", "None", "none") else str(p["profile"])
-    entrypoint = check_entrypoint(p["entrypoint"], s.jobs_dir, allow_any_entrypoint)
-    check_engine(entrypoint, s.jobs_dir)
+    entrypoint = check_entrypoint(p["entrypoint"], jobs_dir, allow_any_entrypoint)
+    check_engine(entrypoint, jobs_dir)
     if not allow_any_entrypoint:
         entrypoint = confine_outputs(entrypoint, run_folder)
-    check_arguments(entrypoint, s.jobs_dir)
+    check_arguments(entrypoint, jobs_dir)
     pip = check_pip(p.get("pip"), pip_allow_list(s.pip_allow))
     workers, gpus = int(p["workers"]), p.get("gpus_per_worker")
     # A reference into the specs folder only: a path would let a request read any YAML file.
@@ -608,7 +612,7 @@ def validate_request(params: Mapping[str, Any], settings: Settings | None = None
         raise RequestError([("cluster_spec", f"{p['cluster_spec']!r} is not a spec reference "
                              "such as ray/adhoc-cpu or ray/adhoc-cpu@1 (paths are not accepted)")])
     try:
-        base = resolve(p["cluster_spec"], specs_dir=s.specs_dir)
+        base = resolve(p["cluster_spec"], specs_dir=specs_dir)
     except SpecError as err:
         raise RequestError([("cluster_spec", str(err))]) from err
     if not isinstance(base.spec, RaySpec):
@@ -620,7 +624,7 @@ def validate_request(params: Mapping[str, Any], settings: Settings | None = None
     if raise_max:
         overrides["raise_max_replicas"] = True
     try:
-        spec = resolve(p["cluster_spec"], profile, overrides, specs_dir=s.specs_dir)
+        spec = resolve(p["cluster_spec"], profile, overrides, specs_dir=specs_dir)
     except SpecError as err:
         raise RequestError([(_field_of(f), f"{f}: {m}" if f else m)
                             for f, m in err.problems] or [("cluster_spec", str(err))]) from err
@@ -635,7 +639,7 @@ def validate_request(params: Mapping[str, Any], settings: Settings | None = None
     check_timeout_within_spec_ttl(spec, timeout_s, "timeout_minutes",
                                   SETUP_READY_TIMEOUT if ready_timeout is None else ready_timeout)
     result = {"spec": spec.ref, "profile": profile, "overrides": overrides,
-              "entrypoint": entrypoint, "working_dir": str(s.jobs_dir),
+              "entrypoint": entrypoint, "working_dir": str(jobs_dir),
               "runtime_env": {"pip": pip} if pip else {}, "timeout_s": timeout_s,
               "spec_hash": spec.hash}
     check_result_size(result, xcom_max_bytes())

@@ -81,18 +81,20 @@ OPTIONS: tuple[Option, ...] = (
            default="30", example="5"),
     # Jobs and artifacts
     Option("artifact_root", "Where jobs write datasets, checkpoints, models and metrics: a "
-           "``file://`` URI or path, ``s3://`` or ``gs://`` (through pyarrow filesystems). "
-           "Unset: ``<home>/artifacts``.", example="s3://ml-artifacts/ephemeral", group=_J),
+           "``file://`` URI or an absolute path, ``s3://`` or ``gs://`` (through pyarrow "
+           "filesystems); no whitespace in a URI. Unset: ``<home>/artifacts``.",
+           example="s3://ml-artifacts/ephemeral", group=_J),
     Option("artifact_url", "An http(s) address that serves the artifact root (a bucket's "
            "website, a proxy): run reports link there instead of the artifact URI. Any other "
            "scheme is refused: the setup fails before it makes a cluster, naming it.",
            example="https://artifacts.example.com/ephemeral", group=_J),
     Option("job_env_allow", "Comma-separated names (``PREFIX_*`` allowed) that processes of "
            "local clusters and spark-submit drivers may inherit beyond the built-in allow-list. "
-           "Names starting with ``AIRFLOW`` or ``EPHEMERAL_`` are never inherited.",
+           "Names starting with ``AIRFLOW`` or ``EPHEMERAL_`` are never inherited. A bare "
+           "``*`` is refused: it would pass every variable, secrets included.",
            example="AWS_REGION,AWS_PROFILE", group=_J),
-    Option("xcom_max_bytes", "Largest XCom value ``MetadataOnlyXCom`` accepts; larger values "
-           "belong in the artifact store.", type="integer", default="4096", example="8192",
+    Option("xcom_max_bytes", "Largest XCom value ``MetadataOnlyXCom`` accepts (1 or more); "
+           "larger values belong in the artifact store.", type="integer", default="4096", example="8192",
            group=_J),
     Option("params_dir", "Folder of the trial parameter files. Unset: ``params/`` of a "
            "checkout, else of the working directory.", example="/opt/airflow/params",
@@ -110,18 +112,19 @@ OPTIONS: tuple[Option, ...] = (
            "as typed: shell operators (``&&``, ``|``, ``>``) are refused; for several commands, "
            "``bash -c '...'``.", type="boolean", default="false",
            example="true", group=_F),
-    Option("pip_allow", "Packages the trigger form may install: ``name,name`` or the path of a "
-           "file with one name a line. Unset: any plain requirement. Every allowed package runs "
-           "its code on every node of the cluster.", example="pandas,scikit-learn", group=_F),
+    Option("pip_allow", "Packages the trigger form may install: ``name,name`` or the absolute "
+           "path of a file with one name a line. Unset: any plain requirement. Every allowed "
+           "package runs its code on every node of the cluster.", example="pandas,scikit-learn",
+           group=_F),
     Option("adhoc_max_workers", "Raises the trigger form's cap on workers above a spec's "
            "maxReplicas.", type="integer", example="8", group=_F),
     Option("adhoc_max_gpus", "Raises the trigger form's cap on GPUs per worker above a spec's.",
            type="integer", example="4", group=_F),
     # Reports, costs, notifications
-    Option("cost_file", "YAML file of prices per spec (``currency``, ``default`` and ``specs`` "
-           "with ``cpuHour``, ``gpuHour``, ``memoryGibHour``). Takes precedence over the "
-           "``cost_*_hour`` options. A unit a cluster reserves with no price makes its cost "
-           "unknown (set 0 for a free unit).", example="/opt/airflow/prices.yaml", group=_R),
+    Option("cost_file", "YAML file (an absolute path) of prices per spec (``currency``, "
+           "``default`` and ``specs`` with ``cpuHour``, ``gpuHour``, ``memoryGibHour``). Takes "
+           "precedence over the ``cost_*_hour`` options. A unit a cluster reserves with no "
+           "price makes its cost unknown (set 0 for a free unit).", example="/opt/airflow/prices.yaml", group=_R),
     Option("cost_cpu_hour", "Price of one reserved CPU core per hour, for every spec.",
            type="float", example="0.04", group=_R),
     Option("cost_gpu_hour", "Price of one reserved GPU per hour, for every spec.",

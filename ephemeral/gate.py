@@ -141,12 +141,9 @@ class GateDecision(_Strict):
 
 
 def gates_dir() -> Path:
-    from ephemeral.settings import setting
+    from ephemeral.settings import default_dir, folder
 
-    if folder := setting("gates_dir"):
-        return Path(folder)
-    here = Path(__file__).resolve().parent.parent / "gates"
-    return here if here.is_dir() else Path.cwd() / "gates"
+    return folder("gates_dir") or default_dir("gates")
 
 
 def load_gate(name_or_path: str | Path) -> Gate:

@@ -14,7 +14,7 @@ import os
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -66,11 +66,23 @@ def _airflow_option(key: str) -> str | None:
     return _airflow_cfg(_airflow_cfg_path()).get(key) or None
 
 
+def airflow_home(env: Mapping[str, str] | None = None) -> Path:
+    """``$AIRFLOW_HOME``, else ``~/airflow`` (Airflow's own default)."""
+    environ = os.environ if env is None else env
+    return Path(environ.get("AIRFLOW_HOME") or Path.home() / "airflow").expanduser()
+
+
 def _airflow_cfg_path() -> Path:
     if path := os.environ.get("AIRFLOW_CONFIG"):
         return Path(path).expanduser()
-    return Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow").expanduser() \
-        / "airflow.cfg"
+    return airflow_home() / "airflow.cfg"
+
+
+def airflow_configured() -> bool:
+    """Whether an Airflow ran with this process's Airflow home: Airflow writes its
+    configuration file there at its first start. A process without it (a cron job without
+    ``$AIRFLOW_HOME``) derives an instance that no deployment has."""
+    return _airflow_cfg_path().is_file()
 
 
 def _airflow_cfg(path: Path) -> dict[str, str]:
@@ -94,24 +106,16 @@ def _read_section(path: Path, _stamp: int) -> dict[str, str]:
 INSTANCE_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
 
 
-def _default_specs_dir() -> Path:
-    # A checkout keeps its specs next to the package; an installed package uses the working dir.
-    here = Path(__file__).resolve().parent.parent / "cluster_specs"
-    return here if here.is_dir() else Path.cwd() / "cluster_specs"
-
-
 @dataclass(frozen=True)
 class Settings:
+    """What locating and deleting clusters needs (home, backend, instance) is read here; every
+    other setting is read where it is used, so a bad value fails the task that uses it, naming
+    its source, and never a teardown, the run-end cleanup, the reaper or ``ephemeral ls``."""
+
     home: Path
     """Where the local backend keeps one state folder per cluster (``$EPHEMERAL_HOME``)."""
-    specs_dir: Path
-    """Root of the versioned cluster specs (``$EPHEMERAL_SPECS_DIR``)."""
     backend: str
     """Default backend name: ``local`` (real processes on this host) or ``kubernetes``."""
-    """Lifetime after which the reaper may delete a cluster whose spec sets no ``ttl``."""
-    artifact_root: str
-    """Where jobs write datasets, checkpoints, models and metrics (``$EPHEMERAL_ARTIFACT_ROOT``):
-    a ``file://`` URI by default; ``s3://`` and ``gs://`` work through pyarrow filesystems."""
     instance: str = ""
     """The deployment that owns clusters (``$EPHEMERAL_INSTANCE``, or Airflow's
     ``[ephemeral] instance``): part of every cluster's name digest and owner labels, so two
@@ -119,16 +123,33 @@ class Settings:
     each other's clusters. Default: derived from the Airflow home (see ``instance_of``)."""
     instance_explicit: bool = False
     """Whether ``instance`` was set, rather than derived from the Airflow home."""
-    jobs_dir: Path = field(default_factory=lambda: _default_dir("jobs"))
-    """Job scripts the trigger form may run (``$EPHEMERAL_JOBS_DIR``; default: ``jobs/`` of a
-    checkout, else of the working directory)."""
-    pip_allow: str | None = None
-    """Packages the trigger form may install (``$EPHEMERAL_PIP_ALLOW``): ``name,name`` or the
-    path of a file with one name a line. Unset: any plain requirement. Every allowed package
-    runs its code on every node of the cluster."""
 
-    # The trigger form's own settings are read where the form uses them: a bad value fails
-    # that form's task, naming its source, and never a teardown, the reaper or `ephemeral ls`.
+    @property
+    def specs_dir(self) -> Path:
+        """Root of the versioned cluster specs (``$EPHEMERAL_SPECS_DIR``; default:
+        ``cluster_specs/`` of a checkout, else of the working directory)."""
+        return folder("specs_dir") or default_dir("cluster_specs")
+
+    @property
+    def artifact_root(self) -> str:
+        """Where jobs write datasets, checkpoints, models and metrics
+        (``$EPHEMERAL_ARTIFACT_ROOT``): a ``file://`` URI by default; ``s3://`` and ``gs://``
+        work through pyarrow filesystems."""
+        return artifact_root(self.home)
+
+    @property
+    def jobs_dir(self) -> Path:
+        """Job scripts the trigger form may run (``$EPHEMERAL_JOBS_DIR``; default: ``jobs/`` of
+        a checkout, else of the working directory)."""
+        return folder("jobs_dir") or default_dir("jobs")
+
+    @property
+    def pip_allow(self) -> Found:
+        """Packages the trigger form may install (``$EPHEMERAL_PIP_ALLOW``): ``name,name`` or
+        the path of a file with one name a line (``adhoc.pip_allow_list`` reads it). Unset: any
+        plain requirement. Every allowed package runs its code on every node of the cluster."""
+        return lookup("pip_allow")
+
     @property
     def adhoc_max_workers(self) -> int | None:
         """Raises the trigger form's cap on workers above a spec's maxReplicas
@@ -150,18 +171,11 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
-        home = folder("home") or Path.home() / ".ephemeral"
-        specs, jobs = folder("specs_dir"), folder("jobs_dir")
-        instance = lookup("instance")
         return cls(
-            home=home,
-            specs_dir=specs or _default_specs_dir(),
+            home=folder("home") or Path.home() / ".ephemeral",
             backend=setting("backend") or "local",
-            artifact_root=as_uri(setting("artifact_root") or str(home / "artifacts")),
             instance=instance_of(),
-            instance_explicit=instance.source != "default",
-            jobs_dir=jobs or _default_dir("jobs"),
-            pip_allow=setting("pip_allow"),
+            instance_explicit=lookup("instance").source != "default",
         )
 
 
@@ -179,26 +193,46 @@ def instance_of(env: Mapping[str, str] | None = None) -> str:
                 f"{found.value!r} must be 1-40 characters of lower-case letters, digits and "
                 "'-', starting and ending alphanumeric, e.g. 'staging' or 'prod-eu'"))])
         return found.value
-    environ = os.environ if env is None else env
-    home = Path(environ.get("AIRFLOW_HOME") or Path.home() / "airflow").expanduser().resolve()
+    home = airflow_home(env).resolve()
     return "h" + hashlib.sha256(str(home).encode()).hexdigest()[:10]
 
 
-def _default_dir(name: str) -> Path:
-    # A checkout keeps specs and jobs next to the package; an installed package uses the cwd.
+def instance_mismatch(mine: str, theirs: str) -> str:
+    """What is wrong when this process, of deployment instance ``mine``, acts on a cluster of
+    ``theirs``: where ``mine`` came from (the setting, or the Airflow home it was derived
+    from) and what makes every component agree."""
+    found = lookup("instance")
+    if found.value:
+        return (f"deployment instance {mine!r} (from {found.source}) but the cluster belongs to "
+                f"{theirs!r} ({found.source} differs between the setup and this task)")
+    home = (f"AIRFLOW_HOME={airflow_home()}" if os.environ.get("AIRFLOW_HOME")
+            else f"the Airflow home {airflow_home()}, AIRFLOW_HOME being unset")
+    return (f"deployment instance {mine!r} (derived from {home}) but the cluster belongs to "
+            f"{theirs!r}: the setup ran with another Airflow home or instance; set "
+            f"EPHEMERAL_INSTANCE (or [{SECTION}] instance) to one name on every Airflow "
+            "component and the reaper")
+
+
+def default_dir(name: str) -> Path:
+    """``name/`` of a checkout (next to the package), else of the working directory (an
+    installed package): where specs, jobs, gates and parameter files are when unset."""
     here = Path(__file__).resolve().parent.parent / name
     return here if here.is_dir() else Path.cwd() / name
 
 
-def count(key: str, env: Mapping[str, str] | None = None) -> int | None:
-    """Setting ``key`` as a whole number of 0 or more (None when unset)."""
+_DIGITS = re.compile(r"[0-9]+")  # ASCII: str.isdigit() takes '²', which int() refuses
+
+
+def count(key: str, env: Mapping[str, str] | None = None, *, least: int = 0) -> int | None:
+    """Setting ``key`` as a whole number of ``least`` or more (None when unset)."""
     found = lookup(key, env)
     if not found.value:
         return None
-    if not found.value.strip().isdigit():
+    text = found.value.strip()
+    if not _DIGITS.fullmatch(text) or int(text) < least:
         raise SettingError(found.source, [(found.source, f"{found.value!r} is not a whole number "
-                                                      "of 0 or more")])
-    return int(found.value)
+                                                      f"of {least} or more")])
+    return int(text)
 
 
 XCOM_MAX_BYTES = 4096
@@ -207,8 +241,10 @@ XCOM_MAX_BYTES = 4096
 def xcom_max_bytes() -> int:
     """Largest XCom value ``MetadataOnlyXCom`` accepts: ``$EPHEMERAL_XCOM_MAX_BYTES`` or
     ``[ephemeral] xcom_max_bytes`` (default 4096). Here, without Airflow, so a task's own
-    checks (``adhoc.validate_request``) can bound what it returns by the same number."""
-    return count("xcom_max_bytes") or XCOM_MAX_BYTES
+    checks (``adhoc.validate_request``) can bound what it returns by the same number. 0 is
+    refused, not taken for the default: no XCom value at all is no limit anyone means."""
+    limit = count("xcom_max_bytes", least=1)
+    return XCOM_MAX_BYTES if limit is None else limit
 
 
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
@@ -242,26 +278,53 @@ def folder(key: str, env: Mapping[str, str] | None = None) -> Path | None:
     """Setting ``key`` as an absolute folder (``~`` expanded; None when unset). A relative one
     would be another folder in each process's working directory: the worker, the run-end
     listener and a reaper started by cron would each look for clusters somewhere else."""
+    return _path(key, env, "the folder")
+
+
+def file_path(key: str, env: Mapping[str, str] | None = None) -> Path | None:
+    """Setting ``key`` as an absolute file path, by ``folder``'s rule."""
+    return _path(key, env, "the file")
+
+
+def _path(key: str, env: Mapping[str, str] | None, what: str) -> Path | None:
     found = lookup(key, env)
     if not found.value:
         return None
-    text = found.value.strip()
+    example = BY_KEY[key].example or ""
+    return absolute(found, what, example if example.startswith("/") else "/srv/ephemeral")
+
+
+def absolute(found: Found, what: str, example: str) -> Path:
+    """``found``'s path, stripped and ``~`` expanded; refused, naming its source, unless it
+    is absolute (what a path setting must be, so that every process means the same one)."""
+    text = (found.value or "").strip()
     try:
         path = Path(text).expanduser()
     except RuntimeError:  # ~user of no such user, or no home to expand ~ to
         path = Path(text)
     if not text or not path.is_absolute():
         raise SettingError(found.source, [(found.source, (
-            f"{found.value!r} is not an absolute path: give the folder from the root, e.g. "
-            f"/srv/ephemeral, so every process of the deployment finds the same one"))])
+            f"{found.value!r} is not an absolute path: give {what} from the root, e.g. "
+            f"{example}, so every process of the deployment finds the same one"))])
     return path
 
 
-def as_uri(path_or_uri: str) -> str:
-    """A URI for a local path (``file://``); URIs are returned as they are."""
-    if "://" in path_or_uri:
-        return path_or_uri.rstrip("/")
-    return Path(path_or_uri).expanduser().resolve().as_uri()
+def artifact_root(home: Path) -> str:
+    """The artifact root as a URI: ``$EPHEMERAL_ARTIFACT_ROOT`` or ``[ephemeral]
+    artifact_root`` (a URI, or an absolute folder as for ``folder``), else
+    ``<home>/artifacts``. A URI is stripped; one with whitespace or a control character in it
+    is refused: every process would read and write under another name than the one shown."""
+    found = lookup("artifact_root")
+    text = (found.value or "").strip()
+    if "://" not in text:
+        where = absolute(found, "the folder", "/srv/ephemeral/artifacts (or a URI such as "
+                         "s3://bucket/ephemeral)") if found.value else home / "artifacts"
+        return where.resolve().as_uri()
+    if any(c.isspace() or not c.isprintable() for c in text):
+        raise SettingError(found.source, [(found.source, (
+            f"{found.value!r} has whitespace or a control character in it: give the URI "
+            "alone, e.g. s3://bucket/ephemeral (a space in a path as %20)"))])
+    return text.rstrip("/")
 
 
 # What processes of a cluster may inherit from the process that starts them. An allow-list, not
@@ -285,19 +348,39 @@ def job_env_allowed(name: str, extra: tuple[str, ...] = ()) -> bool:
                for a in (*JOB_ENV_ALLOW, *extra))
 
 
+_ENV_ENTRY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\*?")
+
+
+def job_env_extra() -> tuple[str, ...]:
+    """The names and ``PREFIX_*`` entries of ``job_env_allow``. A bare ``*`` (the empty prefix)
+    is refused: it would pass every variable, secrets included, into every node and job."""
+    found = lookup("job_env_allow")
+    extra = tuple(n.strip() for n in (found.value or "").split(",") if n.strip())
+    for entry in extra:
+        if entry == "*":
+            why = ("'*' would pass every variable of this process, secrets included "
+                   "(AWS_SECRET_ACCESS_KEY, PGPASSWORD), to every node and job")
+        elif not _ENV_ENTRY.fullmatch(entry):
+            why = f"{entry!r} is no variable name or PREFIX_*"
+        else:
+            continue
+        raise SettingError(found.source, [(found.source, (
+            f"{why}: list the names or prefixes the jobs need, e.g. AWS_REGION,AWS_PROFILE"))])
+    return extra
+
+
 def job_environ() -> dict[str, str]:
     """The environment of every process the local backend starts (nodes, Ray jobs through
     them, spark-submit drivers): this process's variables named in ``JOB_ENV_ALLOW``, plus the
     names a deployment adds in ``$EPHEMERAL_JOB_ENV_ALLOW`` or ``[ephemeral] job_env_allow``
-    (comma-separated, ``PREFIX_*``
-    allowed; e.g. ``AWS_REGION,AWS_PROFILE`` for an s3:// artifact root; names starting with
-    ``AIRFLOW`` or ``EPHEMERAL_`` are never inherited), plus ``EPHEMERAL_ARTIFACT_ROOT`` as this
-    process resolves it.
+    (``job_env_extra``; e.g. ``AWS_REGION,AWS_PROFILE`` for an s3:// artifact root; names
+    starting with ``AIRFLOW`` or ``EPHEMERAL_`` are never inherited), plus
+    ``EPHEMERAL_ARTIFACT_ROOT`` as this process resolves it.
 
     Nothing else passes: not Airflow's settings, not ``EPHEMERAL_KUBECONFIG_CONTENT``, not an
     unprefixed secret. What a job needs beyond this it declares (a spec's ``runtimeEnv.env``,
     a job's ``runtime_env``), and callers add the cluster's own markers themselves."""
-    extra = tuple(n.strip() for n in (setting("job_env_allow") or "").split(",") if n.strip())
+    extra = job_env_extra()
     env = {k: v for k, v in os.environ.items() if job_env_allowed(k, extra)}
     from ephemeral.jobs.artifacts import job_root
 

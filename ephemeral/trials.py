@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ephemeral.settings import setting
+from ephemeral.settings import default_dir, folder, setting
 
 PARAMS_VAR = "EPHEMERAL_PARAMS_DIR"
 POOL_VAR = "EPHEMERAL_GPU_POOL"
@@ -47,10 +47,7 @@ class TrialFileError(ValueError):
 
 
 def params_dir() -> Path:
-    if folder := setting("params_dir"):
-        return Path(folder)
-    here = Path(__file__).resolve().parent.parent / "params"
-    return here if here.is_dir() else Path.cwd() / "params"
+    return folder("params_dir") or default_dir("params")
 
 
 def gpu_pool() -> str:

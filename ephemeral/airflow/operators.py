@@ -65,6 +65,7 @@ from ephemeral.lifecycle import (
     delete_killed,
     deleting_on_failure,
 )
+from ephemeral.settings import instance_mismatch
 from ephemeral.specs.identity import current_instance
 
 DAGRUN_TIMEOUT_WARNING = (
@@ -149,8 +150,9 @@ def foreign_instance(handle: ClusterHandle, conn_id: str | None) -> str | None:
     instance = instance_of(conn_id or handle.connection)
     if not handle.instance or handle.instance == instance:
         return None
-    source = "its connection" if conn_id or handle.connection else "EPHEMERAL_INSTANCE"
-    return (f"deployment instance {instance!r} (from {source}) but the cluster belongs to "
+    if not (conn_id or handle.connection):
+        return instance_mismatch(instance, handle.instance)
+    return (f"deployment instance {instance!r} (from its connection) but the cluster belongs to "
             f"{handle.instance!r} (EPHEMERAL_INSTANCE differs between the setup and this task)")
 
 

@@ -563,6 +563,12 @@ class ClusterBackend(abc.ABC):
         return OwnerSelector(labels=selector.labels | {PREFIX + "cluster": self.target_name(handle)},
                              full=selector.full, all_instances=True)  # its instance label holds
 
+    def unrecorded(self, name: str) -> list[str]:  # noqa: ARG002 - backends that can, say
+        """What still runs of a cluster ``name`` this backend has no record of (a local
+        cluster's marked processes after its state was lost), described; deleting ``name``
+        ends it. Said where a deletion would otherwise read as "nothing to delete"."""
+        return []
+
     def get(self, name: str, *, all_instances: bool = False) -> ClusterHandle | None:
         """The handle of this deployment's cluster by name (any deployment's with
         ``all_instances``), or None."""

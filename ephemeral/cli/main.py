@@ -6,13 +6,14 @@ stdout and nothing else, for scripts and CI.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import yaml
@@ -44,6 +45,9 @@ from ephemeral.specs.loader import (
     version_problems,
 )
 from ephemeral.specs.resolve import CI_CPU, ResolvedSpec, apply_profile
+
+if TYPE_CHECKING:
+    from ephemeral.report.costs import Prices
 
 
 class _ErrorBoundary(typer.core.TyperGroup):
@@ -82,16 +86,17 @@ def _backend(name: str | None) -> ClusterBackend:
     refused, from ``--backend`` or ``$EPHEMERAL_BACKEND``: its state would not outlive one
     command."""
     from ephemeral.backends.fake import REAL_BACKENDS, refuse_across_processes
+    from ephemeral.settings import lookup
 
     chosen = name or get_settings().backend
+    where = "'--backend'" if name else lookup("backend").source  # what to correct
     try:
         refuse_across_processes(chosen, "ephemeral")
     except EphemeralError as e:
-        raise typer.BadParameter(str(e), param_hint="'--backend' / $EPHEMERAL_BACKEND") from e
+        raise typer.BadParameter(str(e), param_hint=where) from e
     if chosen not in REAL_BACKENDS:
         raise typer.BadParameter(f"unknown backend {chosen!r}; use one of: "
-                                 + ", ".join(REAL_BACKENDS),
-                                 param_hint="'--backend' / $EPHEMERAL_BACKEND")
+                                 + ", ".join(REAL_BACKENDS), param_hint=where)
     return get_backend(chosen)
 
 
@@ -421,18 +426,41 @@ def _where(be: ClusterBackend) -> str:
     return f"{be.name} backend, {place + ', ' if place else ''}instance {current_instance()}"
 
 
-def _no_clusters_here(be: ClusterBackend) -> str:
+def _other_instances(be: ClusterBackend) -> list[str]:
+    """The instances with clusters where this one looks (its home or namespace)."""
+    return sorted({h.instance or "-" for h in be.list_owned(OwnerSelector(all_instances=True))})
+
+
+def _no_clusters_here(be: ClusterBackend, others: list[str] | None = None) -> str:
     """An empty listing that hides other deployments' clusters says so: a shell without the
     stack's $AIRFLOW_HOME (or $EPHEMERAL_INSTANCE) is another instance, and "no clusters" there
     reads as "nothing is running"."""
     from ephemeral.specs.identity import current_instance
 
-    others = sorted({h.instance or "-" for h in be.list_owned(OwnerSelector(all_instances=True))})
+    others = _other_instances(be) if others is None else others
     if not others:
         return "no clusters"
     return (f"no clusters of instance {current_instance()}; {', '.join(others)} "
             f"{'has' if len(others) == 1 else 'have'} some here (--all-instances lists them; "
             "set $EPHEMERAL_INSTANCE or the deployment's $AIRFLOW_HOME to act as it)")
+
+
+def _reaped_nothing(be: ClusterBackend) -> None:
+    """A pass that found no cluster of its instance says whose clusters it passed over (on
+    stderr). It fails when its instance is one no deployment has: derived, not set, from an
+    Airflow home where no Airflow ran (a cron job without $AIRFLOW_HOME), it would reap
+    nothing on every pass while they expire. Two Airflow homes sharing one ephemeral home are
+    each a deployment: their reapers pass over each other's clusters, and succeed."""
+    from ephemeral.settings import airflow_configured, airflow_home
+
+    others = _other_instances(be)
+    err.print(_no_clusters_here(be, others), highlight=False, markup=False)
+    if others and not get_settings().instance_explicit and not airflow_configured():
+        err.print(f"error: this reaper's instance is derived from the Airflow home "
+                  f"{airflow_home()}, where no Airflow ran (no airflow.cfg): it owns no "
+                  "cluster and would reap none; run it with the deployment's $AIRFLOW_HOME or "
+                  "$EPHEMERAL_INSTANCE", highlight=False, markup=False)
+        raise typer.Exit(1)
 
 
 @app.command("down")
@@ -479,6 +507,8 @@ def down(
             if not as_json:
                 err.print(f"[red]{name}: {failures[-1]['error']}[/]", highlight=False)
             continue
+        # No record, yet processes of it may run (its state lost): the deletion ends them.
+        running = [] if known else be.unrecorded(name)
         try:
             with err.status(f"deleting {name}"):
                 # By the handles looked up above: a delete by bare name is this deployment's
@@ -486,10 +516,13 @@ def down(
                 seconds = sum(teardown(be, h) for h in handles) if handles else \
                     teardown(be, name)
             done.append({"name": name, "existed": known, "seconds": round(seconds, 2)}
-                        | ({} if known else {"looked_in": _where(be)}))
+                        | ({} if known else {"looked_in": _where(be), "ended": running}))
             if not as_json:
-                word = "deleted" if known else f"not found in the {_where(be)} (nothing to delete)"
-                err.print(f"{name}: {word} in {seconds:.1f}s", highlight=False)
+                word = ("deleted" if known else
+                        f"no record of it in the {_where(be)}; ended what of it still ran: "
+                        f"{', '.join(running)}," if running else
+                        f"not found in the {_where(be)} (nothing to delete)")
+                err.print(f"{name}: {word} in {seconds:.1f}s", highlight=False, markup=False)
         except EphemeralError as e:
             failures.append({"name": name, "error": str(e)})
             if not as_json:
@@ -700,7 +733,13 @@ def reap_cmd(
                                   username=setting("airflow_user"),
                                   password=setting("airflow_password"))
     chosen = _backend(backend)
-    root = get_settings().artifact_root
+    try:
+        root = get_settings().artifact_root
+    except SettingError as e:  # the pass deletes without it: only its report parts are lost
+        root = ""
+        said = "; ".join(f"{where}: {why}" for where, why in e.problems)
+        err.print(f"warning: {said}: reaped clusters' report parts are not recorded",
+                  highlight=False, markup=False)
     if chosen.name == "kubernetes" and root.startswith("file://"):
         # A pod's own disk: what the pass records for the run reports (and links to) is lost
         # with it, and the setups' readiness records are not there to read.
@@ -714,13 +753,13 @@ def reap_cmd(
     if as_json:
         _emit([d.__dict__ for d in decisions])
     else:
-        if not decisions:
-            err.print("no clusters")
         for d in decisions:
             verb = ("would delete" if dry_run else "deleted" if d.deleted else "FAILED to delete"
                     ) if d.delete else "deleting" if d.deleting else "keep"
             out.print(f"{verb:16} {d.cluster}: {d.reason} {d.error}".rstrip(), highlight=False,
                       markup=False)
+    if not decisions:
+        _reaped_nothing(chosen)
     if any(d.error for d in decisions):
         raise typer.Exit(1)
 
@@ -737,9 +776,8 @@ def report_cmd(
 ) -> None:
     """Print a run's report: each cluster's lifetime, idle split, reserved resources and cost,
     and each job's wall time and results, as the run's teardowns recorded them."""
-    from ephemeral.report import load_report, render_html, report_uri
+    from ephemeral.report import render_html, report_uri
     from ephemeral.report.costs import CostConfigError, load_prices
-    from ephemeral.report.store import instances_with, legacy_report_dir, load_legacy_report
     from ephemeral.report.text import print_report
     from ephemeral.settings import INSTANCE_PATTERN
 
@@ -756,27 +794,8 @@ def report_cmd(
     except CostConfigError as e:  # the report stands without: its recorded prices are kept
         prices = None
         print(f"(no pricing by this shell's cost setting: {e})", file=sys.stderr)
-    report = load_report(dag_id, run_id, instance, prices=prices)
-    others = [] if report is not None else [
-        i for i in instances_with(dag_id, run_id) if i != instance]
-    if report is None and instance is None and len(others) == 1 \
-            and not get_settings().instance_explicit:
-        # A shell whose environment derives another instance than the Airflow's (no
-        # AIRFLOW_HOME): the one deployment that ran it is the one meant. A shell that names
-        # its instance means it.
-        instance = others[0]
-        report = load_report(dag_id, run_id, instance, prices=prices)
-        print(f"(the run of deployment instance {instance}, not this shell's "
-              f"{get_settings().instance})", file=sys.stderr)
-    page = report_uri(dag_id, run_id, instance=instance)
-    if report is None and not (others and instance is None):
-        # Written before the instance layout (an upgrade): <root>/reports/<dag>/<run>/.
-        report = load_legacy_report(dag_id, run_id, prices=prices)
-        if report is not None:
-            old = legacy_report_dir(dag_id, run_id)
-            page = f"{old}/report.html"
-            print(f"(read from the pre-instance layout {old}: written before deployment "
-                  "instances)", file=sys.stderr)
+    with _reading_artifacts(as_json):
+        report, page, others, instance = _find_report(dag_id, run_id, instance, prices)
     if report is None:
         hint = (f"recorded under deployment instances {', '.join(others)}: pass --instance"
                 if others else "written by the run's teardowns; is EPHEMERAL_ARTIFACT_ROOT "
@@ -801,6 +820,53 @@ def report_cmd(
     wide.print(f"{dag_id} {run_id}", highlight=False, markup=False)
     print_report(wide, report)
     wide.print(f"page: {html or page}", highlight=False, markup=False)
+
+
+@contextlib.contextmanager
+def _reading_artifacts(as_json: bool) -> Iterator[None]:
+    """Reads of the artifact store that fail (a root pyarrow cannot open, a store that does not
+    answer) end naming EPHEMERAL_ARTIFACT_ROOT, with no traceback; a root with credentials in
+    it is refused first (``job_root``), so none is ever shown."""
+    from pyarrow import ArrowException
+
+    root = job_root()
+    try:
+        yield
+    except (OSError, ArrowException) as e:
+        raise _fail(EphemeralError(
+            f"cannot read the artifact store EPHEMERAL_ARTIFACT_ROOT={root}: {first_line(e)}; "
+            "set it to the store the DAGs write to"), as_json) from None
+
+
+def _find_report(dag_id: str, run_id: str, instance: str | None, prices: Prices | None
+                 ) -> tuple[dict[str, Any] | None, str, list[str], str | None]:
+    """(the run's report or None, its page, the other instances that recorded the run, the
+    instance whose report it is)."""
+    from ephemeral.report import load_report, report_uri
+    from ephemeral.report.store import instances_with, legacy_report_dir, load_legacy_report
+
+    report = load_report(dag_id, run_id, instance, prices=prices)
+    others = [] if report is not None else [
+        i for i in instances_with(dag_id, run_id) if i != instance]
+    if report is None and instance is None and len(others) == 1 \
+            and not get_settings().instance_explicit:
+        # A shell whose environment derives another instance than the Airflow's (no
+        # AIRFLOW_HOME): the one deployment that ran it is the one meant. A shell that names
+        # its instance means it.
+        instance = others[0]
+        report = load_report(dag_id, run_id, instance, prices=prices)
+        print(f"(the run of deployment instance {instance}, not this shell's "
+              f"{get_settings().instance})", file=sys.stderr)
+    page = report_uri(dag_id, run_id, instance=instance)
+    if report is None and not (others and instance is None):
+        # Written before the instance layout (an upgrade): <root>/reports/<dag>/<run>/.
+        report = load_legacy_report(dag_id, run_id, prices=prices)
+        if report is not None:
+            old = legacy_report_dir(dag_id, run_id)
+            page = f"{old}/report.html"
+            print(f"(read from the pre-instance layout {old}: written before deployment "
+                  "instances)", file=sys.stderr)
+    return report, page, others, instance
 
 
 def main() -> None:

@@ -26,8 +26,8 @@ from typing import Annotated
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
-from ephemeral.errors import EphemeralError, field_problems
-from ephemeral.settings import setting
+from ephemeral.errors import EphemeralError, SettingError, field_problems
+from ephemeral.settings import file_path, setting
 
 log = logging.getLogger(__name__)
 COST_FILE_VAR = "EPHEMERAL_COST_FILE"
@@ -106,8 +106,12 @@ class Prices(_Model):
 def load_prices(env: Mapping[str, str] | None = None) -> Prices | None:
     """The deployment's prices, or None when none are configured. A bad file or value fails
     naming the setting and the field."""
-    if path := setting("cost_file", env):
-        return _from_file(Path(path))
+    try:
+        path = file_path("cost_file", env)
+    except SettingError as err:  # what callers that go on without prices catch
+        raise CostConfigError(str(err)) from None
+    if path is not None:
+        return _from_file(path)
     given = {field: value for field in ENV_PRICES if (value := setting(f"cost_{field}", env))}
     if not given:
         return None

@@ -19,7 +19,7 @@ from ephemeral.settings import count, get_settings, lookup, setting
 
 ROOT = Path(__file__).resolve().parents[2]
 # EPHEMERAL_X names, not the tail of AIRFLOW__EPHEMERAL__X nor a prefix such as EPHEMERAL_K8S_*.
-ACCESSOR = re.compile(r"\b(?:setting|lookup|count|number)\(\s*\"([a-z0-9_]+)\"")
+ACCESSOR = re.compile(r"\b(?:setting|lookup|count|number|flag|folder|file_path)\(\s*\"([a-z0-9_]+)\"")
 NAME = re.compile(r"(?<![A-Z0-9_])EPHEMERAL_[A-Z0-9]+(?:_[A-Z0-9]+)*(?![A-Z0-9_*])")
 
 

@@ -27,7 +27,7 @@ def test_the_cli_refuses_it_naming_the_real_backends(how: str) -> None:
     proc = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env,
                           check=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    said = " ".join(proc.stderr.split())
+    said = " ".join(proc.stderr.replace("│", " ").split())
     assert "test double" in said
     assert "local, kubernetes" in said
     assert "Traceback" not in proc.stderr
@@ -36,7 +36,7 @@ def test_the_cli_refuses_it_naming_the_real_backends(how: str) -> None:
 def test_an_unknown_backend_names_the_real_ones() -> None:
     proc = cli("ls", "--backend", "ray", check=False)
     assert proc.returncode == 2
-    assert "use one of: local, kubernetes" in " ".join(proc.stderr.split())
+    assert "use one of: local, kubernetes" in " ".join(proc.stderr.replace("│", " ").split())
 
 
 @pytest.mark.parametrize("trigger", ["ClusterReadyTrigger", "RayJobTrigger"])

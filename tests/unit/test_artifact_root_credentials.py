@@ -74,3 +74,23 @@ def test_an_azure_root_with_a_key_is_still_refused(monkeypatch: pytest.MonkeyPat
                        f"abfss://models:{SECRET}@acct.dfs.core.windows.net/ephemeral")
     with pytest.raises(SettingError):
         job_root()
+
+
+@pytest.mark.parametrize(("root", "code", "said"), [
+    (f"file://user:{SECRET}@localhost/x", 2, "never in the URI"),
+    (BAD[0], 2, "never in the URI"),
+    ("foo://bar/x", 1, "cannot read the artifact store EPHEMERAL_ARTIFACT_ROOT=foo://bar/x"),
+])
+@pytest.mark.parametrize("as_json", [False, True])
+def test_ephemeral_report_reads_the_root_checked(root: str, code: int, said: str, as_json: bool,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ephemeral report` read the root unchecked: pyarrow's traceback echoed the password."""
+    from ephemeral.cli.main import app
+
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", root)
+    out = CliRunner().invoke(app, ["report", "d", "r", *(["--json"] if as_json else [])])
+    assert out.exit_code == code, out.output
+    assert said in " ".join(out.output.split())
+    assert SECRET not in out.output
+    assert "Traceback" not in out.output
+    assert out.exception is None or isinstance(out.exception, SystemExit)

@@ -201,6 +201,33 @@ def test_down_of_a_name_not_found_says_where_it_looked(fake: InMemoryBackend) ->
     assert f"not found in the {fake.name} backend" in stderr
 
 
+@pytest.mark.parametrize("as_json", [False, True])
+def test_down_of_a_name_with_no_record_says_what_of_it_it_ended(
+        ephemeral_home: Path, as_json: bool) -> None:
+    """A cluster whose state file is gone, its processes still running: `down` ends them by
+    their markers, and said "not found ... (nothing to delete)"."""
+    from ephemeral.backends.local.procs import DIR_ENV
+
+    name = "eph-adhoc-cpu-0123456789"
+    marked = os.environ | {DIR_ENV: str((ephemeral_home / "clusters" / name).resolve())}
+    proc = subprocess.Popen(["sleep", "600"], env=marked)  # one of its processes
+    try:
+        code, stdout, stderr = invoke("down", name, "--backend", "local",
+                                      *(["--json"] if as_json else []))
+        assert code == 0, stdout + stderr
+        assert proc.wait(timeout=10) is not None  # ended
+        if as_json:
+            [gone] = json.loads(stdout)["deleted"]
+            assert (gone["existed"], gone["ended"]) == (False, [f"pid {proc.pid} (sleep)"])
+        else:
+            said = " ".join(stderr.split())
+            assert f"ended what of it still ran: pid {proc.pid} (sleep)" in said
+            assert "nothing to delete" not in said
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_a_failed_up_says_whether_its_cluster_was_deleted(fake: InMemoryBackend,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """The note on the error (deleted, or the deletion failing too) is what an operator acts

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from ephemeral.backends.base import OwnerSelector
 from ephemeral.backends.fake import InMemoryBackend
 from ephemeral.cli import main as cli_main
 from ephemeral.errors import SettingError
@@ -162,3 +164,33 @@ def test_a_kubernetes_reaper_on_its_own_disk_warns(fake: Listing, backend_name: 
     assert result.exit_code == 0, result.output
     assert ("warning: EPHEMERAL_ARTIFACT_ROOT is" in result.stderr) is warned
     assert "would delete" not in result.stdout
+
+
+@pytest.mark.parametrize(("airflow_ran", "explicit", "code"), [
+    (False, False, 1),  # a cron reaper without the deployment's $AIRFLOW_HOME
+    (True, False, 0),  # another Airflow home sharing this ephemeral home: each its own reaper
+    (False, True, 0),  # an instance someone set is a deployment's
+])
+def test_a_reaper_of_no_instance_says_whose_clusters_it_passed_over(
+        airflow_ran: bool, explicit: bool, code: int, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another instance's expired cluster and none of this one's: "no clusters" with exit 0
+    let a cron reaper that derived an instance of no deployment reap nothing, for good."""
+    backend = InMemoryBackend()
+    backend.create(RAY, identity=ClusterIdentity(spec_name=RAY.spec.name, dag_id="d",
+                                                 run_id="r", task_id="t", instance="prod"))
+    monkeypatch.setattr(cli_main, "_backend", lambda _name: backend)
+    home = tmp_path / "airflow"
+    home.mkdir()
+    if airflow_ran:
+        (home / "airflow.cfg").write_text("[core]\n")
+    monkeypatch.setenv("AIRFLOW_HOME", str(home))
+    monkeypatch.delenv("AIRFLOW_CONFIG", raising=False)
+    if explicit:
+        monkeypatch.setenv("EPHEMERAL_INSTANCE", "staging")
+    for args in (["reap", "--dry-run"], ["reap", "--dry-run", "--json"]):
+        result = CliRunner().invoke(cli_main.app, args, env={"EPHEMERAL_AIRFLOW_URL": ""})
+        assert result.exit_code == code, result.output
+        assert "prod has some here" in result.stderr
+        assert (f"derived from the Airflow home {home}" in result.stderr) is (code == 1)
+    assert len(backend.list_owned(OwnerSelector(all_instances=True))) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,29 @@ def test_airflow_settings_and_secrets_never_reach_jobs(monkeypatch: pytest.Monke
     assert env["AWS_REGION"] == "eu-west-1"
     assert "AIRFLOW_API_TOKEN" not in env
     assert "EPHEMERAL_KUBECONFIG_CONTENT" not in env
+
+
+@pytest.mark.parametrize(("allow", "said"), [
+    ("*", "would pass every variable"), ("AWS_REGION, *", "would pass every variable"),
+    (" * ", "would pass every variable"), ("AWS_*_KEY", "is no variable name or PREFIX_*"),
+    ("AWS REGION", "is no variable name or PREFIX_*")])
+def test_an_allow_list_entry_that_passes_everything_or_nothing_is_refused(
+        allow: str, said: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``*`` is the empty prefix: every variable, secrets included, reached every node and
+    job. The local backend refuses it before it makes anything."""
+    from ephemeral.backends.local.backend import LocalBackend
+    from ephemeral.errors import SettingError
+    from ephemeral.settings import job_environ
+    from ephemeral.specs import ClusterIdentity, resolve
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI")
+    monkeypatch.setenv("EPHEMERAL_JOB_ENV_ALLOW", allow)
+    with pytest.raises(SettingError, match=f"EPHEMERAL_JOB_ENV_ALLOW: .*{re.escape(said)}.*"
+                                           "list the names or prefixes the jobs need"):
+        job_environ()
+    backend = LocalBackend()
+    with pytest.raises(SettingError, match="EPHEMERAL_JOB_ENV_ALLOW"):
+        backend.create(resolve("ray/adhoc-cpu", "ci-cpu"),
+                       identity=ClusterIdentity.manual("adhoc-cpu", None))
+    assert backend.list_owned() == []
+    assert list(tmp_path.rglob("state.json")) == []

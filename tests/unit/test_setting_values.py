@@ -72,3 +72,164 @@ def test_a_runtime_folder_too_long_for_rays_sockets_fails_before_anything_starts
     with pytest.raises(BackendUnavailable, match="set EPHEMERAL_RUNTIME_DIR to a shorter folder"):
         LocalBackend().create(spec, identity=ClusterIdentity.manual(spec.spec.name, "sock"))
     assert not list((tmp_path / "home" / "clusters").glob("*/state.json"))
+
+
+# The trigger form's and the specs' settings, bad: what locates and deletes clusters goes on.
+FORM_SETTINGS = {"EPHEMERAL_JOBS_DIR": "jobs", "EPHEMERAL_SPECS_DIR": "~nosuchuser-xyz/specs",
+                 "EPHEMERAL_PIP_ALLOW": "/nonexistent/allow.txt",
+                 "EPHEMERAL_ARTIFACT_ROOT": "artifacts"}
+
+
+@pytest.mark.parametrize(("var", "value"), FORM_SETTINGS.items())
+def test_a_bad_form_setting_stops_no_teardown_and_fails_where_it_is_used(
+        var: str, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from ephemeral.adhoc import validate_request
+    from ephemeral.backends.base import OwnerSelector
+    from ephemeral.backends.fake import InMemoryBackend
+    from ephemeral.cli import main as cli_main
+    from ephemeral.errors import EphemeralError
+    from ephemeral.jobs.artifacts import job_root
+    from ephemeral.specs import ClusterIdentity, resolve
+
+    backend = InMemoryBackend()
+    spec = resolve("ray/adhoc-cpu")
+    handle = backend.create(spec, identity=ClusterIdentity(
+        spec_name=spec.spec.name, dag_id="d", run_id="r", task_id="create"))
+    monkeypatch.setenv(var, value)
+    assert [h.name for h in backend.list_owned(OwnerSelector.of_run("d", "r"))] == [handle.name]
+    backend.delete(handle)
+    assert backend.list_owned(OwnerSelector()) == []
+    for args in (["ls"], ["reap", "--dry-run"]):
+        run = CliRunner().invoke(cli_main.app, args)
+        assert run.exit_code == 0, run.output
+    # The form (the setup, for the artifact root) that uses it fails, naming it.
+    form = {"cluster_spec": "ray/adhoc-cpu", "entrypoint": "python hello_ray.py", "workers": 1,
+            "timeout_minutes": 10, "pip": ["numpy"]}
+    with pytest.raises(EphemeralError, match=var):
+        job_root() if var == "EPHEMERAL_ARTIFACT_ROOT" else validate_request(form)
+
+
+@pytest.mark.parametrize(("value", "uri"), [
+    (" /srv/art", "file:///srv/art"), ("/srv/art\n", "file:///srv/art"),
+    ("s3://bucket/x\n", "s3://bucket/x"), (" gs://bucket/x/ ", "gs://bucket/x"),
+    ("file:///srv/art/", "file:///srv/art")])
+def test_the_artifact_root_is_stripped(value: str, uri: str,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from ephemeral.settings import get_settings
+
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", value)
+    assert get_settings().artifact_root == uri
+
+
+def test_the_artifact_root_expands_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from ephemeral.settings import get_settings
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", "~/art")
+    assert get_settings().artifact_root == (tmp_path / "art").resolve().as_uri()
+
+
+@pytest.mark.parametrize(("value", "said"), [
+    ("art", "is not an absolute path"), ("./art", "is not an absolute path"),
+    ("~nosuchuser-xyz/art", "is not an absolute path"), ("file:art", "is not an absolute path"),
+    ("s3://bucket/my art", "whitespace or a control character"),
+    ("s3://bucket/x\ny", "whitespace or a control character"),
+    ("s3://bucket/\x1b[2Jx", "whitespace or a control character")])
+def test_an_artifact_root_each_process_would_read_elsewhere_is_refused(
+        value: str, said: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative root was resolved against each process's working directory (the worker's,
+    the reaper's: reports written in one place, read in another), whitespace kept in it."""
+    from ephemeral.settings import get_settings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", value)
+    settings = get_settings()  # what deletes clusters still loads
+    with pytest.raises(SpecError, match=f"EPHEMERAL_ARTIFACT_ROOT: .*{said}"):
+        _ = settings.artifact_root
+
+
+@pytest.mark.parametrize("value", ["²", "١٢", "1.5", "-1", "lots", "\U0001d7e0"])
+@pytest.mark.parametrize("var", ["EPHEMERAL_XCOM_MAX_BYTES", "EPHEMERAL_ADHOC_MAX_WORKERS"])
+def test_a_count_that_is_no_ascii_whole_number_is_refused_naming_it(
+        var: str, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``str.isdigit`` took '²', and int() then raised a ValueError traceback."""
+    from ephemeral.settings import get_settings, xcom_max_bytes
+
+    monkeypatch.setenv(var, value)
+    with pytest.raises(SpecError, match=f"{var}: .* is not a whole number"):
+        _ = xcom_max_bytes() if var == "EPHEMERAL_XCOM_MAX_BYTES" \
+            else get_settings().adhoc_max_workers
+
+
+def test_an_xcom_limit_of_0_is_refused_not_taken_for_the_default(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from ephemeral.settings import xcom_max_bytes
+
+    monkeypatch.setenv("EPHEMERAL_XCOM_MAX_BYTES", "0")
+    with pytest.raises(SpecError, match="EPHEMERAL_XCOM_MAX_BYTES: '0' is not a whole number "
+                                        "of 1 or more"):
+        xcom_max_bytes()
+    monkeypatch.setenv("EPHEMERAL_XCOM_MAX_BYTES", " 9000 ")
+    assert xcom_max_bytes() == 9000
+    monkeypatch.delenv("EPHEMERAL_XCOM_MAX_BYTES")
+    assert xcom_max_bytes() == 4096
+
+
+def _gates() -> Path:
+    from ephemeral.gate import gates_dir
+
+    return gates_dir()
+
+
+def _params() -> Path:
+    from ephemeral.trials import params_dir
+
+    return params_dir()
+
+
+@pytest.mark.parametrize(("var", "read"), [("EPHEMERAL_GATES_DIR", _gates),
+                                           ("EPHEMERAL_PARAMS_DIR", _params)])
+def test_the_gates_and_params_folders_follow_the_folder_rule(
+        var: str, read: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read raw: ``~`` kept, padding kept, and a relative folder meant another one at parse
+    (the DAG processor's working directory) than at execute (the worker's)."""
+    assert callable(read)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv(var, " ~/g ")
+    assert read() == tmp_path / "g"
+    monkeypatch.setenv(var, "gates")
+    with pytest.raises(SpecError, match=f"{var}: 'gates' is not an absolute path"):
+        read()
+
+
+def test_the_cost_file_follows_the_folder_rule(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from ephemeral.report.costs import CostConfigError, load_prices
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "prices.yaml").write_text("currency: EUR\ndefault: {gpuHour: 2}\n")
+    prices = load_prices({"EPHEMERAL_COST_FILE": " ~/prices.yaml\n"})
+    assert prices is not None
+    assert (prices.currency, prices.default.gpu_hour) == ("EUR", 2)
+    monkeypatch.chdir(tmp_path)  # a relative one would be found here, and nowhere else
+    with pytest.raises(CostConfigError, match=r"EPHEMERAL_COST_FILE: 'prices\.yaml' is not an "
+                                              "absolute path: give the file from the root"):
+        load_prices({"EPHEMERAL_COST_FILE": "prices.yaml"})
+
+
+def test_the_pip_allow_file_follows_the_folder_rule(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from ephemeral.adhoc import pip_allow_list
+    from ephemeral.settings import Found
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "allow.txt").write_text("numpy\n")
+    assert pip_allow_list(Found(" ~/conf/allow.txt ", "[ephemeral] pip_allow")) == {"numpy"}
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SpecError, match=r"\[ephemeral\] pip_allow: 'conf/allow.txt' is not an "
+                                        "absolute path"):
+        pip_allow_list(Found("conf/allow.txt", "[ephemeral] pip_allow"))
+    assert pip_allow_list("numpy, pandas") == {"numpy", "pandas"}

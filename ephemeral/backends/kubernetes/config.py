@@ -177,39 +177,46 @@ class KubeConfig(BaseModel):
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> KubeConfig:
         """``EPHEMERAL_K8S_*`` variables (or Airflow's ``[ephemeral] k8s_*``, see
-        ``ephemeral.settings``); in a pod without any kubeconfig, the service account."""
-        from ephemeral.settings import setting
+        ``ephemeral.settings``); in a pod without any kubeconfig, the service account. A bad
+        value fails naming where it came from."""
+        from ephemeral.settings import Found, lookup
 
         env = os.environ if environ is None else environ
+        named: dict[str, str] = {}  # field: it and the setting it came from, for errors
+
+        def read(field: str, found: Found) -> str | None:
+            named[field] = field if found.source == "default" else f"{field} ({found.source})"
+            return found.value
+
         fields: dict[str, Any] = {
-            "kubeconfig_path": setting("kubeconfig", environ),
-            "kubeconfig": setting("kubeconfig_content", environ),
-            "context": setting("k8s_context", environ),
-            "namespace": setting("k8s_namespace", environ) or "default",
-            "cluster_domain": setting("k8s_cluster_domain", environ) or "cluster.local",
-            "ingress_url_template": setting("k8s_ingress_url_template", environ),
-            "proxy_link_base": setting("k8s_proxy_link_base", environ),
+            "kubeconfig_path": read("kubeconfig_path", lookup("kubeconfig", environ)),
+            "kubeconfig": read("kubeconfig", lookup("kubeconfig_content", environ)),
+            "context": read("context", lookup("k8s_context", environ)),
+            "namespace": read("namespace", lookup("k8s_namespace", environ)) or "default",
+            "cluster_domain": read("cluster_domain",
+                                   lookup("k8s_cluster_domain", environ)) or "cluster.local",
+            "ingress_url_template": read("ingress_url_template",
+                                         lookup("k8s_ingress_url_template", environ)),
+            "proxy_link_base": read("proxy_link_base", lookup("k8s_proxy_link_base", environ)),
         }
         for key in ("spark_mode", "spark_service_account", "endpoint_mode", "client_selector",
                     "client_cidrs"):
-            if value := setting(f"k8s_{key}", environ):
+            if value := read(key, lookup(f"k8s_{key}", environ)):
                 fields[key] = value
         for key in ("in_cluster", "http_check", "verify_ssl"):
-            if (value := setting(f"k8s_{key}", environ)) is not None:
-                fields[key] = _flag(f"EPHEMERAL_K8S_{key.upper()}", value)
+            if (value := read(key, lookup(f"k8s_{key}", environ))) is not None:
+                fields[key] = _flag(named[key], value)
         if "in_cluster" not in fields:
             # A pod with no kubeconfig given talks to its own cluster as its service account.
             fields["in_cluster"] = bool(env.get("KUBERNETES_SERVICE_HOST")) and not (
                 fields["kubeconfig_path"] or fields["kubeconfig"] or env.get("KUBECONFIG"))
-        return cls._build("environment (EPHEMERAL_K8S_*)", fields)
-
-    @classmethod
-    def _build(cls, source: str, fields: dict[str, Any]) -> KubeConfig:
         try:
             return cls(**fields)
-        except ValidationError as exc:
-            raise BackendUnavailable(f"invalid Kubernetes settings from {source}: "
-                                     f"{config_problems(exc)}") from None
+        except ValidationError as exc:  # named, not shown: pydantic would echo a secret value
+            every = ", ".join(n for f, n in named.items() if n != f) or "the k8s_* settings"
+            raise BackendUnavailable("invalid Kubernetes settings: " + "; ".join(
+                f"{named.get(str(e['loc'][0]), e['loc'][0]) if e['loc'] else every}: "
+                f"{e['msg']}" for e in exc.errors(include_input=False))) from None
 
     def resolved_endpoint_mode(self, environ: Mapping[str, str] | None = None) -> ResolvedMode:
         """``endpoint_mode`` with ``auto`` decided for this process: a pod (the in-cluster

@@ -47,7 +47,6 @@ from ephemeral.errors import (
     SpecError,
     TeardownIncomplete,
 )
-from ephemeral.jobs.artifacts import job_root
 from ephemeral.jobs.spark_jobs import SparkAuth
 from ephemeral.settings import get_settings, job_environ
 from ephemeral.specs.identity import PREFIX, ClusterIdentity
@@ -147,6 +146,13 @@ def _child(folder: Path, name: str) -> Path:
     return path
 
 
+def _markers(cdir: Path) -> dict[str, str]:
+    """What the processes of the cluster of state folder ``cdir`` carry: the folder, and the
+    cluster uid if its state file still names it."""
+    uid = raw_field(cdir, "uid")
+    return {procs.DIR_ENV: str(cdir)} | ({procs.UID_ENV: uid} if uid else {})
+
+
 def _remove_temp_root(temp_root: str | None) -> None:
     """A deleted cluster's temp root, only where temp roots are made (a state file, which
     another user of a shared home could edit, names it)."""
@@ -237,7 +243,7 @@ class LocalBackend(ClusterBackend):
             if existing:  # a deletion was interrupted: finish it before starting afresh
                 self._delete_locked(name)
             check_spec(spec)
-            job_root()  # every node's environment gets it: refused before anything is made
+            job_environ()  # every node's environment: bad settings refused before anything is made
             if isinstance(spec.spec, RaySpec) and (
                     problem := slots.socket_room_problem(slots.runtime_dir())):
                 raise BackendUnavailable(problem)
@@ -474,12 +480,17 @@ class LocalBackend(ClusterBackend):
         shutil.rmtree(cdir, ignore_errors=True)
         return True
 
+    def unrecorded(self, name: str) -> list[str]:
+        try:
+            if self._state(name) is not None:
+                return []
+        except BackendError:  # unreadable: found by its markers, as a deletion finds it
+            pass
+        return procs.describe(procs.find_marked(_markers(self._dir(name))))
+
     def _delete_unreadable(self, cdir: Path, *, timeout: float) -> None:
-        """Delete a cluster whose state cannot be read, by the markers its processes carry:
-        the cluster uid (if the file still names it) and the state folder."""
-        uid = raw_field(cdir, "uid")
-        left = procs.kill_marked({procs.DIR_ENV: str(cdir)} | ({procs.UID_ENV: uid} if uid else {}),
-                                 timeout=timeout)
+        """Delete a cluster whose state cannot be read, by the markers its processes carry."""
+        left = procs.kill_marked(_markers(cdir), timeout=timeout)
         if left:
             raise TeardownIncomplete(cdir.name, procs.describe(left))
         _remove_temp_root(raw_field(cdir, "temp_root", "ray_temp_root"))

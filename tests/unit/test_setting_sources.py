@@ -1,0 +1,84 @@
+"""An error about a setting names where its value came from (``lookup``'s source): the
+variable, Airflow's ``[ephemeral]`` option, or the Airflow home an instance was derived from.
+Naming another place sent operators to fix a setting nobody had set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+
+def _foreign(monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """The teardown's check of a cluster the setup made as instance 'setup-side'."""
+    from ephemeral.airflow.operators import foreign_instance
+    from ephemeral.backends.fake import InMemoryBackend
+    from ephemeral.specs import ClusterIdentity
+    from tests.conftest import small
+
+    spec = small("ray/adhoc-cpu", replicas=1)
+    handle = InMemoryBackend().create(spec, identity=ClusterIdentity(
+        spec_name=spec.spec.name, dag_id="d", run_id="r", task_id="create",
+        instance="setup-side"))
+    return foreign_instance(handle, None)
+
+
+def test_a_derived_instance_names_the_airflow_home_and_the_fix(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
+    said = _foreign(monkeypatch)
+    assert said is not None
+    assert f"derived from AIRFLOW_HOME={tmp_path / 'airflow'}" in said
+    assert "set EPHEMERAL_INSTANCE (or [ephemeral] instance) to one name on every" in said
+    assert "EPHEMERAL_INSTANCE differs" not in said
+    monkeypatch.delenv("AIRFLOW_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert f"the Airflow home {tmp_path / 'airflow'}, AIRFLOW_HOME being unset" in str(
+        _foreign(monkeypatch))
+
+
+@pytest.mark.parametrize(("var", "source"), [
+    ("EPHEMERAL_INSTANCE", "EPHEMERAL_INSTANCE"),
+    ("AIRFLOW__EPHEMERAL__INSTANCE", "[ephemeral] instance")])
+def test_a_set_instance_names_its_setting(var: str, source: str,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EPHEMERAL_INSTANCE", raising=False)
+    monkeypatch.setenv(var, "teardown-side")
+    said = _foreign(monkeypatch)
+    assert said == ("deployment instance 'teardown-side' (from " + source + ") but the cluster "
+                    "belongs to 'setup-side' (" + source + " differs between the setup and this "
+                    "task)")
+
+
+def test_a_backend_from_airflow_config_is_named_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ephemeral.cli import main
+
+    monkeypatch.setenv("AIRFLOW__EPHEMERAL__BACKEND", "Kubernetes")  # as airflow.cfg's
+    said = " ".join(CliRunner().invoke(main.app, ["ls"]).output.replace("│", " ").split())
+    assert "Invalid value for [ephemeral] backend: unknown backend 'Kubernetes'" in said
+    assert "EPHEMERAL_BACKEND" not in said
+    monkeypatch.setenv("EPHEMERAL_BACKEND", "ray")
+    said = " ".join(CliRunner().invoke(main.app, ["ls"]).output.replace("│", " ").split())
+    assert "Invalid value for EPHEMERAL_BACKEND: unknown backend 'ray'" in said
+    said = " ".join(CliRunner().invoke(main.app, ["ls", "--backend", "x"]).output
+                    .replace("│", " ").split())
+    assert "Invalid value for '--backend': unknown backend 'x'" in said
+
+
+@pytest.mark.parametrize(("env", "said"), [
+    ({"AIRFLOW__EPHEMERAL__K8S_NAMESPACE": "ML"}, "namespace ([ephemeral] k8s_namespace): "),
+    ({"EPHEMERAL_K8S_NAMESPACE": "ML"}, "namespace (EPHEMERAL_K8S_NAMESPACE): "),
+    ({"AIRFLOW__EPHEMERAL__K8S_VERIFY_SSL": "maybe"},
+     "verify_ssl ([ephemeral] k8s_verify_ssl): "),
+    ({"EPHEMERAL_K8S_ENDPOINT_MODE": "ingress"}, "endpoint_mode (EPHEMERAL_K8S_ENDPOINT_MODE): "
+                                                 "Value error, endpoint_mode 'ingress' needs"),
+])
+def test_a_kubernetes_setting_is_named_where_it_was_set(env: dict[str, str], said: str) -> None:
+    from ephemeral.backends.kubernetes.config import KubeConfig
+    from ephemeral.errors import BackendUnavailable
+
+    with pytest.raises(BackendUnavailable) as err:
+        KubeConfig.from_env(env)
+    assert said in str(err.value)
+    assert "environment (EPHEMERAL_K8S_*)" not in str(err.value)
