@@ -14,9 +14,16 @@ import pytest
 from tests.airflow import wiring_cases
 
 ROOT = Path(__file__).resolve().parents[2]
+NOT_A_TEARDOWN = ("no DeleteClusterOperator is its teardown", ".as_teardown(setups=...)")
 
 
 @pytest.mark.parametrize(("dag", "said"), [
+    (wiring_cases.forgot_as_teardown,
+     ["create makes clusters", "(delete is a plain task: its .as_teardown was left out)",
+      *NOT_A_TEARDOWN]),
+    (wiring_cases.no_teardown, ["create makes clusters", *NOT_A_TEARDOWN]),
+    (wiring_cases.teardown_named_beyond_its_setups,
+     ["create_a makes clusters", "(delete_a is a plain task", *NOT_A_TEARDOWN]),
     (wiring_cases.release_not_last,
      ["delete_cluster_on_success=True on job, but reads_endpoints also takes create's cluster "
       "and does not run before it"]),

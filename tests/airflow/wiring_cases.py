@@ -1,7 +1,7 @@
 """DAGs wired wrongly in ways their shape shows: the DAG policy (ephemeral.airflow.policy)
-refuses each when its file is parsed, so they live outside the tests' DAG folder. They are also
-what the job task refuses at run time (``release.check_last_use``), for a DAG that changed after
-it was parsed."""
+refuses each when its file is parsed, so they live outside the tests' DAG folder. The release
+cases are also what the job task refuses at run time (``release.check_last_use``), for a DAG
+that changed after it was parsed."""
 
 from __future__ import annotations
 
@@ -19,6 +19,37 @@ from ephemeral.airflow.spark_submit import EphemeralSparkSubmitOperator
 
 START = datetime(2026, 1, 1)
 FAKE = {"backend": "fake", "deferrable": False, "poll_interval": 0.05}
+
+with DAG(dag_id="forgot_as_teardown", schedule=None, start_date=START, catchup=False,
+         default_args={"retries": 0}) as forgot_as_teardown:
+    # A plain deletion: upstream_failed when work fails, and the cluster runs on.
+    create = CreateClusterOperator(task_id="create", spec="ray/adhoc-cpu@1", profile="ci-cpu",
+                                   **FAKE)
+
+    @task
+    def work(handle: dict[str, Any]) -> None:
+        raise RuntimeError("the job failed")
+
+    delete = DeleteClusterOperator(task_id="delete", cluster=create.output)
+    work(create.output) >> delete
+
+with DAG(dag_id="no_teardown", schedule=None, start_date=START, catchup=False,
+         default_args={"retries": 0}) as no_teardown:
+    CreateClusterOperator(task_id="create", spec="ray/adhoc-cpu@1", profile="ci-cpu", **FAKE)
+
+with DAG(dag_id="teardown_named_beyond_its_setups", schedule=None, start_date=START,
+         catchup=False, default_args={"retries": 0}) as teardown_named_beyond_its_setups:
+    # delete_a names create_a, upstream only through create_b, another teardown's setup: no
+    # teardown of create_a's own, refused at parse. Its execute still takes create_a, as a DAG
+    # changed after it was parsed needs (tests/airflow/test_teardown.py).
+    create_a = CreateClusterOperator(task_id="create_a", spec="ray/adhoc-cpu@1",
+                                     profile="ci-cpu", **FAKE)
+    create_b = CreateClusterOperator(task_id="create_b", spec="ray/adhoc-cpu@1",
+                                     profile="ci-cpu", **FAKE)
+    delete_b = DeleteClusterOperator(task_id="delete_b")
+    delete_a = DeleteClusterOperator(task_id="delete_a", setup_task_id="create_a")
+    create_a >> create_b >> delete_b.as_teardown(setups=create_b)
+    create_b >> delete_a
 
 with DAG(dag_id="release_not_last", schedule=None, start_date=START, catchup=False,
          default_args={"retries": 0}) as release_not_last:
@@ -80,5 +111,6 @@ with DAG(dag_id="release_after_an_eager_task", schedule=None, start_date=START, 
                reader.override(task_id="slow")(create.output)]
     readers >> gather() >> job >> delete.as_teardown(setups=create)
 
-__all__ = ["release_after_an_eager_task", "release_mapped_on_one_cluster", "release_not_last",
-           "release_spark_before_another"]
+__all__ = ["forgot_as_teardown", "no_teardown", "release_after_an_eager_task",
+           "release_mapped_on_one_cluster", "release_not_last", "release_spark_before_another",
+           "teardown_named_beyond_its_setups"]
