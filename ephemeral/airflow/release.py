@@ -19,7 +19,9 @@ cluster it was made for (its creation time): a cleared run's new cluster of the 
 not mistaken for it.
 
 Only the last task that uses a cluster may release it, and the DAG says which one that is, so
-the job task checks before it submits anything:
+the DAG's parse refuses what its shape shows already (``check_wiring``, through
+``ephemeral.airflow.policy``), before any cluster exists, and the job task checks again, with
+the cluster it was given, before it submits anything:
 - its cluster is exactly what a CreateClusterOperator directly upstream of it pushed at its own
   map index (a mapped job over one cluster is not its last work; one cluster per map index is),
   and belongs to this deployment instance;
@@ -63,14 +65,90 @@ def _rule(task: Any) -> str:
     return str(getattr(rule, "value", rule))
 
 
+def _mapped(task: Any) -> bool:
+    """``task`` runs once per map index: mapped itself, or in a mapped task group."""
+    return bool(task.is_mapped) or task.get_closest_mapped_task_group() is not None
+
+
+def _argument(task: Any, name: str) -> Any:
+    """An operator's argument as the DAG file gave it; of a mapped task, its expanded or
+    partial value."""
+    if not task.is_mapped:
+        return getattr(task, name, None)
+    expanded = getattr(task.expand_input, "value", None)
+    if isinstance(expanded, dict) and name in expanded:
+        return expanded[name]
+    return task.partial_kwargs.get(name)
+
+
+def _no_setup(name: str | None, mapped: bool) -> str:
+    shared = (" at the same map index: the map indexes of a mapped job share its cluster, "
+              "so none of them is its last work" if mapped else "")
+    return (f"its cluster{f' {name}' if name else ''} is not the output of a "
+            f"CreateClusterOperator directly upstream of it{shared}. Set {FIELD} on the last "
+            "task that uses the cluster, or leave the deletion to the teardown.")
+
+
+def last_use_problem(dag: Any, me: Any, setup: Any, name: str | None = None) -> str | None:
+    """Why the DAG's shape makes ``me`` not the last user of ``setup``'s cluster (module
+    docstring), or None: the rule the DAG's parse (``check_wiring``) and the job, before it
+    submits (``check_last_use``), both apply. ``name``: the cluster's, once it exists."""
+    from ephemeral.airflow.operators import DeleteClusterOperator
+
+    if _mapped(me) and not _mapped(setup):
+        return _no_setup(name, mapped=True)
+    cluster = f"{setup.task_id}'s cluster{f' {name}' if name else ''}"
+    before = me.get_flat_relative_ids(upstream=True)
+    others = sorted(t.task_id for t in setup.downstream_list
+                    if t.task_id != me.task_id and t.task_id not in before
+                    and not is_a(t, DeleteClusterOperator))
+    if others:
+        one = len(others) == 1
+        return (f"{', '.join(others)} also {'takes' if one else 'take'} {cluster} and "
+                f"{'does' if one else 'do'} not run before it: the cluster would be deleted "
+                f"under {'it' if one else 'them'}. Make {me.task_id} run after them, or set "
+                f"{FIELD} on the last of them.")
+    between = (before & setup.get_flat_relative_ids(upstream=False)) | {me.task_id}
+    eager = sorted(f"{t} ({_rule(dag.get_task(t))})" for t in between
+                   if _rule(dag.get_task(t)) in EAGER_RULES)
+    if eager:
+        return (f"{', '.join(eager)} may start before all of their upstream tasks are done, "
+                f"so a task that uses {cluster} could still be running when {me.task_id} "
+                "deletes it. Use a trigger rule that waits for every upstream task (e.g. "
+                "all_done), or leave the deletion to the teardown.")
+    return None
+
+
+def check_wiring(dag: Any) -> list[str]:
+    """What ``check_last_use`` would refuse whatever the run, said when the DAG is parsed:
+    before any cluster is made for a job that cannot release it. Which setup made a job's
+    cluster shows only at run time unless the job takes a setup's output itself: a problem
+    is said here when every ``CreateClusterOperator`` the job could mean has it."""
+    from airflow.sdk import XComArg
+
+    from ephemeral.airflow.operators import CreateClusterOperator
+
+    problems = []
+    for me in dag.tasks:
+        if _argument(me, FIELD) is not True:  # a list or XComArg: one the run decides
+            continue
+        setups = [t for t in map(dag.get_task, sorted(me.upstream_task_ids))
+                  if is_a(t, CreateClusterOperator)]
+        given = {up.task_id for up, _ in XComArg.iter_xcom_references(_argument(me, "cluster"))}
+        found = ([last_use_problem(dag, me, s) for s in setups if s.task_id in given]
+                 or [last_use_problem(dag, me, s) for s in setups]
+                 or [_no_setup(None, _mapped(me))])
+        if all(found):
+            problems.append(f"{FIELD}=True on {me.task_id}, but {found[0]}")
+    return problems
+
+
 def check_last_use(op: Any, context: Any, handle: ClusterHandle) -> None:
     """Refuse, before the job is submitted, to release a cluster that is not this task's to
-    release: another task may still use it, or it is not the setup's (module docstring)."""
-    from ephemeral.airflow.operators import (
-        CreateClusterOperator,
-        DeleteClusterOperator,
-        foreign_instance,
-    )
+    release: another task may still use it, or it is not the setup's (module docstring). The
+    DAG's parse refuses what its shape shows already (``check_wiring``); checked again here,
+    against the DAG this run runs, with the cluster the job was given."""
+    from ephemeral.airflow.operators import CreateClusterOperator, foreign_instance
 
     dag, ti, index = context["dag"], context["ti"], map_index(context)
     me = dag.get_task(ti.task_id)  # the DAG's node: a mapped task's relatives are there
@@ -89,37 +167,15 @@ def check_last_use(op: Any, context: Any, handle: ClusterHandle) -> None:
             setup = up
             break
     if setup is None:
-        shared = (" at the same map index: the map indexes of a mapped job share its cluster, "
-                  "so none of them is its last work" if index >= 0 else "")
-        raise refuse(f"its cluster {handle.name} is not the output of a CreateClusterOperator "
-                     f"directly upstream of it{shared}. Set {FIELD} on the last task that uses "
-                     "the cluster, or leave the deletion to the teardown.")
+        raise refuse(_no_setup(handle.name, mapped=index >= 0))
     if ClusterHandle.model_validate(pushed) != handle:
         raise refuse(f"its cluster argument is not what {setup.task_id} pushed for "
                      f"{handle.name} (another backend, connection, namespace or instance): "
                      f"pass {setup.task_id}'s output as it is.")
     if other := foreign_instance(handle, getattr(op, "conn_id", None)):
         raise refuse(f"{other}.")
-    before = me.get_flat_relative_ids(upstream=True)
-    others = sorted(t.task_id for t in setup.downstream_list
-                    if t.task_id != me.task_id and t.task_id not in before
-                    and not is_a(t, DeleteClusterOperator))
-    if others:
-        one = len(others) == 1
-        raise refuse(
-            f"{', '.join(others)} also {'takes' if one else 'take'} {setup.task_id}'s cluster "
-            f"{handle.name} and {'does' if one else 'do'} not run before it: the cluster would "
-            f"be deleted under {'it' if one else 'them'}. Make {ti.task_id} run after them, or "
-            f"set {FIELD} on the last of them.")
-    between = (before & setup.get_flat_relative_ids(upstream=False)) | {me.task_id}
-    eager = sorted(f"{t} ({_rule(dag.get_task(t))})" for t in between
-                   if _rule(dag.get_task(t)) in EAGER_RULES)
-    if eager:
-        raise refuse(
-            f"{', '.join(eager)} may start before all of their upstream tasks are done, so a "
-            f"task that uses {handle.name} could still be running when {ti.task_id} deletes "
-            "it. Use a trigger rule that waits for every upstream task (e.g. all_done), or "
-            "leave the deletion to the teardown.")
+    if problem := last_use_problem(dag, me, setup, handle.name):
+        raise refuse(problem)
 
 
 def before_job(op: Any, context: Any, handle: ClusterHandle) -> dict[str, Any] | None:

@@ -53,6 +53,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         items[i] = item
 
 
+@pytest.fixture(scope="session", autouse=True)
+def dag_policy() -> None:
+    """The DAG policy (``ephemeral.airflow.policy``) registered as an install of the package
+    registers it (its ``airflow.policy`` entry point), whatever the metadata of the installed
+    package says: the tests' DAGs parse as a deployment parses them."""
+    from airflow import settings
+
+    from ephemeral.airflow import policy
+
+    manager = settings.get_policy_plugin_manager()
+    if not manager.is_registered(policy):
+        manager.register(policy)
+
+
 @pytest.fixture(scope="session")
 def airflow_db() -> str:
     airflow = Path(sys.executable).parent / "airflow"

@@ -30,8 +30,7 @@ def _clusters() -> set[str]:
 
 
 @pytest.mark.parametrize("dag_id", ["teardown_mapped_no_handle", "teardown_mapped_handles",
-                                    "teardown_mapped_per_index", "teardown_in_group",
-                                    "teardown_named_beyond_its_setups"])
+                                    "teardown_mapped_per_index", "teardown_in_group"])
 def test_a_teardown_deletes_every_cluster_of_its_setup(bag: Any, dag_id: str,
                                                        ephemeral_home: Path) -> None:
     before = _clusters()
@@ -49,6 +48,20 @@ def test_a_setup_task_id_the_dag_does_not_bear_out_fails_the_teardown_naming_the
     said = caplog.text + "".join(capfd.readouterr())
     assert "setup_task_id='create' names no setup of this teardown" in said
     assert "It could mean 'g.create'" in said
+
+
+def test_a_teardown_named_beyond_its_setups_still_takes_that_setup_at_execute() -> None:
+    """Its DAG fails to parse (create_a has no teardown: test_wiring.py), but a DAG changed
+    after it was parsed can run it: refusing the named setup there would leave its clusters
+    running."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from tests.airflow.wiring_cases import teardown_named_beyond_its_setups as dag
+
+    delete_a = dag.get_task("delete_a")
+    assert delete_a._setup_task(AirflowFailException, running=True) == "create_a"
+    with pytest.raises(AirflowFailException, match="names no setup of this teardown"):
+        delete_a._setup_task(AirflowFailException)
 
 
 def test_a_setup_task_id_missing_its_group_prefix_is_refused_at_parse() -> None:

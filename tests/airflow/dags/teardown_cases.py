@@ -54,16 +54,3 @@ with DAG(dag_id="teardown_unprefixed_mapped", schedule=None, start_date=START, c
         delete = DeleteClusterOperator.partial(task_id="delete", setup_task_id="create").expand(
             cluster=[create.output])
         create >> delete.as_teardown(setups=create)
-
-with DAG(dag_id="teardown_named_beyond_its_setups", schedule=None, start_date=START,
-         catchup=False, default_args={"retries": 0}) as teardown_named_beyond_its_setups:
-    # delete_a names create_a, upstream only through create_b, another teardown's setup: taken
-    # at execute (refusing it there would leave create_a's cluster running).
-    create_a = CreateClusterOperator(task_id="create_a", spec="ray/adhoc-cpu@1",
-                                     profile="ci-cpu", **FAKE)
-    create_b = CreateClusterOperator(task_id="create_b", spec="ray/adhoc-cpu@1",
-                                     profile="ci-cpu", **FAKE)
-    delete_b = DeleteClusterOperator(task_id="delete_b")
-    delete_a = DeleteClusterOperator(task_id="delete_a", setup_task_id="create_a")
-    create_a >> create_b >> delete_b.as_teardown(setups=create_b)
-    create_b >> delete_a
