@@ -66,7 +66,7 @@ from ephemeral.lifecycle import (
     deleting_on_failure,
 )
 from ephemeral.settings import instance_mismatch
-from ephemeral.specs.identity import current_instance
+from ephemeral.specs.identity import PREFIX, current_instance
 
 DAGRUN_TIMEOUT_WARNING = (
     "DAG {dag_id!r} sets dagrun_timeout and creates ephemeral clusters: when it fires, Airflow "
@@ -79,6 +79,7 @@ class DagrunTimeoutWarning(UserWarning):
 
 
 ON_FAILURE = ("delete", "keep")
+MAP_INDEX = PREFIX + "map-index"
 
 
 def default_deferrable(value: bool | None) -> bool:
@@ -611,23 +612,26 @@ class DeleteClusterOperator(BaseOperator):
         except AirflowFailException as err:  # the run's clusters still go, found by labels
             handles, unusable = [], err
         backend, instance = self._backend_of(handles, setup)
-        # An unmapped teardown owns every map index of its setup (one, unless it is mapped).
-        selector = owner_selector(context, setup, instance,
-                                  any_map_index=map_index(context) < 0)
-        # What the backend records for this setup in this run; a handle only points (its
-        # namespace, its ready time): it never adds a cluster the backend does not confirm.
+        # Whose a cluster is, the run's and the setup's labels prove, at any map index: Airflow
+        # expands a mapped teardown over the handles its setup pushed, so teardown [0] gets
+        # setup [1]'s when setup [0] pushed none.
+        selector = owner_selector(context, setup, instance, any_map_index=True)
         try:
-            targets = {h.name: h for h in backend.list_owned(selector)}
+            listed = backend.list_owned(selector)
         except EphemeralError as err:  # e.g. a Role that cannot list one of the kinds
             # What it saw, and the handles' clusters, each looked up in its own kind below,
             # are deleted; then the teardown fails naming what it could not list.
-            found = err.found if isinstance(err, ListingIncomplete) else []
-            targets, unusable = {h.name: h for h in found}, AirflowFailException(
+            listed = err.found if isinstance(err, ListingIncomplete) else []
+            unusable = AirflowFailException(
                 f"cannot list the clusters {setup} made in this run: {err}")
+        # What the backend records for this setup in this run; a handle only points (its
+        # namespace, its ready time): it never adds a cluster the backend does not confirm.
+        targets: dict[str, ClusterHandle] = {}
         gone: dict[str, ClusterHandle] = {}
         for handle in handles:
             try:
-                record = targets.get(handle.name) or backend.owned(handle, selector)
+                record = next((h for h in listed if h.name == handle.name), None) \
+                    or backend.owned(handle, selector)
             except EphemeralError as err:  # e.g. a namespace this identity cannot list
                 record, unusable = None, AirflowFailException(
                     f"cannot look up {handle.name}, which the handle names: {err}")
@@ -648,6 +652,14 @@ class DeleteClusterOperator(BaseOperator):
                     "the run deleted it: nothing of it was deleted. If it still exists (`ephemeral "
                     f"ls --all-instances`), it is not this run's, or its record is unreadable: "
                     f"`ephemeral down {handle.name}` deletes it by its processes' markers.")
+        # Found by labels too (a setup killed before it pushed its handle): an unmapped
+        # teardown's are every map index of its setup; a mapped one's, those its handles'
+        # clusters have, or without a handle its own.
+        index = map_index(context)
+        indexes = None if index < 0 else {str(index)} if not handles else {
+            t.labels.get(MAP_INDEX) for t in targets.values()}
+        targets = {h.name: h for h in listed
+                   if indexes is None or h.labels.get(MAP_INDEX) in indexes} | targets
         if not targets and not gone:
             self.log.info("no cluster of %s in this run: nothing to delete", setup)
         # A cluster its last job's task already deleted (delete_cluster_on_success): the

@@ -90,3 +90,42 @@ def test_a_teardown_of_two_setups_must_name_one() -> None:
             delete._setup_task(AirflowFailException)
         assert DeleteClusterOperator(task_id="d2", setup_task_id="b").as_teardown(
             setups=[a, b])._setup_task(AirflowFailException) == "b"
+
+
+def test_a_mapped_teardown_deletes_the_cluster_its_handle_names_at_another_map_index(
+        bag: Any, ephemeral_home: Path) -> None:
+    from ephemeral.backends.fake import process_backend
+
+    before = _clusters()
+    run = bag.get_dag("teardown_mapped_after_a_failed_setup").test()
+    states = task_states(run)
+    assert (states["create[0]"], states["create[1]"]) == ("failed", "success"), states
+    assert states["delete[0]"] == "success", states
+    assert "delete[1]" not in states
+    left = [h for h in process_backend().list_owned() if h.name not in before]
+    assert left == [], [h.labels for h in left]
+
+
+def test_a_mapped_teardown_with_a_handle_leaves_other_map_indexes_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """delete[0] got create[1]'s handle: create[0]'s cluster (kept after its failure,
+    on_failure='keep') is not its to delete, though it is at the teardown's own map index."""
+    from types import SimpleNamespace
+
+    from ephemeral.airflow import operators
+    from ephemeral.airflow.context import SetupIdentity
+    from ephemeral.backends.fake import InMemoryBackend
+    from ephemeral.specs import resolve
+
+    backend = InMemoryBackend()
+    spec = resolve("ray/adhoc-cpu", "ci-cpu")
+    kept, used = (backend.create(spec, identity=SetupIdentity(
+        spec_name="adhoc-cpu", dag_id="d", run_id="r", task_id="create", map_index=i,
+        on_failure=("keep", "delete")[i])) for i in (0, 1))
+    monkeypatch.setattr(operators, "task_backend", lambda *_a: backend)
+    op = operators.DeleteClusterOperator(task_id="delete", setup_task_id="create",
+                                         cluster=used.model_dump(mode="json"))
+    context = {"dag": SimpleNamespace(dag_id="d"), "run_id": "r",
+               "ti": SimpleNamespace(task_id="delete", map_index=0)}
+    assert op.execute(context) == {"deleted": [used.name]}
+    assert [h.name for h in backend.list_owned()] == [kept.name]

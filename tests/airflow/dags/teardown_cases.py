@@ -54,3 +54,12 @@ with DAG(dag_id="teardown_unprefixed_mapped", schedule=None, start_date=START, c
         delete = DeleteClusterOperator.partial(task_id="delete", setup_task_id="create").expand(
             cluster=[create.output])
         create >> delete.as_teardown(setups=create)
+
+with DAG(dag_id="teardown_mapped_after_a_failed_setup", schedule=None, start_date=START,
+         catchup=False, default_args={"retries": 0}) as teardown_mapped_after_a_failed_setup:
+    # create[0] fails (no such profile) and pushes nothing: Airflow expands the teardown over
+    # the one handle pushed, so delete[0] gets create[1]'s.
+    create = CreateClusterOperator.partial(task_id="create", spec="ray/adhoc-cpu@1",
+                                           **FAKE).expand(profile=["no-such-profile", "ci-cpu"])
+    delete = DeleteClusterOperator.partial(task_id="delete").expand(cluster=create.output)
+    create >> delete.as_teardown(setups=create)
