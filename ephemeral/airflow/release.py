@@ -10,7 +10,9 @@ returns. The teardown still runs, as the setup/teardown contract says: it finds 
 with the release's moments and the jobs the engine listed just before it
 (``report.model.Release``).
 A failed job keeps its cluster: a retry needs it, and the teardown follows a final failure at
-once anyway.
+once anyway. So does a cluster its engines list other work on, or cannot say (``used_beside``):
+a task cleared since the job started re-runs its setup, which adopts this cluster, and runs
+on it beside the job.
 
 The release is recorded, with the job's result, before the cluster is deleted: a retry of the
 task (its ``post_execute`` failed, the worker died) or a re-run trigger finds the record and
@@ -216,11 +218,34 @@ def earlier_result(handle: ClusterHandle, by: dict[str, str]) -> dict[str, Any] 
     return rel.result if rel is not None and rel.task == by["task"] else None
 
 
+def used_beside(backend: ClusterBackend, handle: ClusterHandle, job_id: str) -> str | None:
+    """Why the cluster must not be deleted now: its engines list work other than the releasing
+    job ``job_id`` running or pending on it, or cannot say (``ephemeral.activity``, what the
+    idle rule reads); None when nothing else runs there. The DAG's shape, checked before the
+    job was submitted, does not cover a task cleared since: clearing a task between the setup
+    and this one re-runs the setup, which adopts this cluster, and that task then runs on it
+    beside this job."""
+    from ephemeral.activity import cluster_activity
+
+    try:
+        seen = cluster_activity(backend, handle)
+    except Exception as err:  # noqa: BLE001 - unknown: the teardown deletes it
+        return f"could not ask its engines what runs on it ({type(err).__name__}: {err})"
+    if seen.busy is None:
+        return f"its engines could not say what else runs on it ({seen.what})"
+    others = [d for d in seen.details if job_id not in d.split()]
+    if others:
+        return (f"{len(others)} other piece(s) of work run on it ({'; '.join(others[:3])}), "
+                "e.g. a task cleared and re-run since this job started")
+    return None
+
+
 def release(backend: ClusterBackend, handle: ClusterHandle, by: dict[str, str],
             result: dict[str, Any]) -> str | None:
-    """Record the release with the job's ``result``, delete the cluster now and record when;
-    say what was done. Never raises: the job succeeded, and whatever this could not delete,
-    the teardown deletes."""
+    """Record the release with the job's ``result``, delete the cluster now unless anything
+    else runs on it (``used_beside``) and record when; say what was done (None: nothing was
+    deleted). Never raises: the job succeeded, and whatever this did not delete, the teardown
+    deletes."""
     from ephemeral.report.deletions import record_deleted
     from ephemeral.report.engines import engine_jobs
     from ephemeral.report.model import Release
@@ -235,6 +260,9 @@ def release(backend: ClusterBackend, handle: ClusterHandle, by: dict[str, str],
     except Exception as err:  # noqa: BLE001 - without the record, the teardown deletes it
         log.error("%s: could not record the release of %s (%s); its teardown deletes it",
                   FIELD, handle.name, err)
+        return None
+    if (busy := used_beside(backend, handle, str(result.get("job_id", "")))) is not None:
+        log.warning("%s: %s is left to its teardown: %s", FIELD, handle.name, busy)
         return None
     try:
         if backend.delete(handle, wait=True) is False:  # the name is a newer cluster's now

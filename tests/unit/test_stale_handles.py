@@ -80,12 +80,19 @@ def test_a_job_task_never_records_a_release_of_a_newer_cluster(
                         lambda *a, **k: recorded.append(k))
     monkeypatch.setattr("ephemeral.report.store.write_release", lambda *a, **k: None)
     monkeypatch.setattr("ephemeral.report.engines.engine_jobs", lambda backend, handle: [])
+    from ephemeral.activity import Activity
+
+    monkeypatch.setattr("ephemeral.activity.cluster_activity",  # nothing else runs on it
+                        lambda backend, handle: Activity(False, "no Ray job pending or running"))
+    deleting: list[object] = []
 
     class Newer:
         def delete(self, handle: object, *, wait: bool = True) -> bool:
+            deleting.append(handle)
             return False
 
     handle = SimpleNamespace(name="eph-x", created_at="2026-11-30T00:00:00Z")
     by = {"task": "job", "dag_id": "d", "run_id": "r"}
     assert release.release(Newer(), handle, by, {}) is None  # type: ignore[arg-type]
+    assert deleting == [handle]
     assert recorded == []
