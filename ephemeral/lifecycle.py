@@ -2,12 +2,15 @@
 
 The rule "what a failed setup created is deleted" lives here once: ``deleting_on_failure``
 wraps everything after ``create`` (readiness timeout, a node that died, an interrupt, any bug),
-and ``delete_after_failure`` is what the operator and its trigger's failure event call. Nothing
-downstream deletes the cluster of a failed setup: Airflow 3.3 never runs its teardown.
+in the CLI and the operator, and around its trigger's failure event; ``delete_killed`` is what
+a kill calls. Nothing downstream deletes the cluster of a failed setup: Airflow 3.3 never runs
+its teardown. Its exception, a cluster the setup did not make but adopted, is
+``deletes_after_failure``.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +30,7 @@ DEFAULT_READY_TIMEOUT = 600.0
 # budgets its job's timeout with it (ephemeral.adhoc.check_timeout_within_spec_ttl).
 SETUP_READY_TIMEOUT = 900.0
 ProgressFn = Callable[[ClusterStatus], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,17 +53,15 @@ def provision(
     poll: float | None = None,
 ) -> Provisioned:
     """Create the cluster and wait until usable; delete it again if that fails, unless it
-    existed before: a second ``up`` of a name that times out or is interrupted leaves the
-    cluster of the first (whose own call still deletes it if it never gets ready). A cluster
-    that failed (a node died: ``ClusterFailed``) goes whoever made it: nobody can use it, and
-    its maker may be the crashed call this one retries."""
+    existed before (``deletes_after_failure``): a second ``up`` of a name that times out or is
+    interrupted leaves the cluster of the first (whose own call still deletes it if it never
+    gets ready)."""
     started = time.monotonic()
     handle = backend.create(spec, identity=identity)
-    found = handle.adopted
     wait = Readiness.within(backend, handle, timeout=timeout, poll_interval=poll)
-    with deleting_on_failure(backend, handle, only=(ClusterFailed,) if found else None):
+    with deleting_on_failure(backend, handle):
         status = wait.wait(on_progress)
-    return Provisioned(handle, status, time.monotonic() - started, adopted=found)
+    return Provisioned(handle, status, time.monotonic() - started, adopted=handle.adopted)
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
@@ -80,23 +82,40 @@ def interrupt_on_stop_signals() -> None:
             signal.signal(stop, interrupt)
 
 
+def deletes_after_failure(handle: ClusterHandle, *, cluster_failed: bool) -> bool:
+    """Whether a failed, timed-out or killed wait for ``handle``'s cluster deletes it: yes,
+    unless the cluster existed before the call that waits (``ClusterHandle.adopted``: an
+    earlier try's, or another caller's of the name, whose work may run on it; a cleared
+    Airflow task re-runs its setup, which adopts the cluster its downstream tasks use). An
+    adopted cluster goes only when it failed itself (``cluster_failed``: a node died): nobody
+    can use it, and its maker may be the crashed call this one retries."""
+    return cluster_failed or not handle.adopted
+
+
+def _adopted_note(handle: ClusterHandle) -> str:
+    return (f"{handle.name} existed before this call (adopted): not deleted; whoever made it, "
+            "its teardown or the reaper deletes it")
+
+
 @contextmanager
 def deleting_on_failure(backend: ClusterBackend, handle: ClusterHandle, *,
                         passes: tuple[type[BaseException], ...] = (),
-                        only: tuple[type[BaseException], ...] | None = None,
                         before: Callable[[BaseException], None] | None = None,
                         after: Callable[[float, bool], None] | None = None) -> Iterator[None]:
     """Delete the cluster when the block raises anything but ``passes`` (Airflow's
-    TaskDeferred: the wait goes on in the triggerer), or, given ``only``, just those; then
-    re-raise. ``before`` runs first (a log line, a flag that keeps ``on_kill`` from deleting
-    twice); ``after`` gets when the deletion started (epoch seconds) and whether it completed
-    (the run report's record)."""
+    TaskDeferred: the wait goes on in the triggerer) and ``deletes_after_failure`` allows it;
+    then re-raise. ``before`` runs first (a log line, a flag that keeps ``on_kill`` from
+    deleting twice); ``after`` gets when the deletion started (epoch seconds) and whether it
+    completed (the run report's record)."""
     try:
         yield
     except passes:
         raise
     except BaseException as err:
-        if only is not None and not isinstance(err, only):
+        # A ClusterFailed, or an error raised from one (a trigger's failure event names it).
+        failed = any(isinstance(e, ClusterFailed) for e in (err, err.__cause__))
+        if not deletes_after_failure(handle, cluster_failed=failed):
+            err.add_note(_adopted_note(handle))
             raise
         if before:
             before(err)
@@ -124,8 +143,12 @@ def delete_after_failure(backend: ClusterBackend, handle: ClusterHandle,
 
 def delete_killed(backend: ClusterBackend, handle: ClusterHandle, by: str) -> None:
     """A setup killed while it waits (in the worker or deferred): the cluster goes, whatever
-    ``on_failure`` says, and is then recorded in its run's report, as a failed setup's is (no
-    teardown runs for it). The deletion's error, if any, is raised after the record."""
+    ``on_failure`` says, unless the setup adopted it (``deletes_after_failure``), and is then
+    recorded in its run's report, as a failed setup's is (no teardown runs for it). The
+    deletion's error, if any, is raised after the record."""
+    if not deletes_after_failure(handle, cluster_failed=False):
+        log.warning("setup %s was killed: %s", by, _adopted_note(handle))
+        return
     started, deleted = time.time(), None
     try:
         backend.delete(handle, wait=True)  # False (a newer cluster has the name): gone too

@@ -50,6 +50,7 @@ from ephemeral.airflow.triggers import ClusterReadyTrigger, RayJobTrigger
 from ephemeral.backends import ClusterBackend, ClusterHandle
 from ephemeral.backends.readiness import Readiness
 from ephemeral.errors import (
+    ClusterFailed,
     EphemeralError,
     InstanceRequired,
     JobSubmissionFailed,
@@ -61,7 +62,6 @@ from ephemeral.jobs.ray_jobs import JobIdTaken, RayJobs, ray_jobs_for
 from ephemeral.jobs.results import JobResult, JobStatus, tail
 from ephemeral.lifecycle import (
     SETUP_READY_TIMEOUT,
-    delete_after_failure,
     delete_killed,
     deleting_on_failure,
 )
@@ -369,7 +369,8 @@ class CreateClusterOperator(BaseOperator):
                                                 deadline=wait.deadline,
                                                 poll_interval=(self.poll_interval
                                                                or backend.probe_interval),
-                                                settles_at=settles_at()),
+                                                settles_at=settles_at(),
+                                                adopted=handle.adopted),
                     method_name="execute_complete",
                     timeout=beyond(wait.deadline - time.time()),
                 )
@@ -378,7 +379,8 @@ class CreateClusterOperator(BaseOperator):
             return self._ready(handle, status.message)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
-        h = ClusterHandle.model_validate(event["handle"])
+        h = ClusterHandle.model_validate(event["handle"]).model_copy(
+            update={"adopted": bool(event.get("adopted"))})
         if event.get("status") == "ready":
             # Within the clean-up, as in execute: a handle XCom refuses must not leave the
             # cluster behind a failed setup (Airflow runs no teardown for it).
@@ -386,12 +388,11 @@ class CreateClusterOperator(BaseOperator):
                 return self._ready(h, str(event.get("message", "")), event.get("ready_ts"))
         error = AirflowException(f"cluster {h.name} did not become ready "
                                  f"({event.get('status')}): {event.get('message')}")
-        self._cleanup_starts(h, error)
-        if self.on_failure == "delete":
-            started = time.time()
-            deleted = delete_after_failure(task_backend(h.backend, h.connection), h, error)
-            self._report_deleted(context, h, started, deleted)
-        raise error
+        # As in the worker (deleting_on_failure): the trigger names the error's type.
+        with self._cleanup_on_failure(context, task_backend(h.backend, h.connection), h):
+            if event.get("error") == ClusterFailed.__name__:
+                raise error from ClusterFailed(str(event.get("message")))
+            raise error
 
     def _ready(self, handle: ClusterHandle, message: str,
                seen: float | None = None) -> dict[str, Any]:

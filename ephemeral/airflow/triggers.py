@@ -46,7 +46,7 @@ class ClusterReadyTrigger(SettlingTrigger):
     def __init__(self, *, backend: str, handle: dict[str, Any], deadline: float | None = None,
                  timeout: float | None = None, poll_interval: float = 2.0,
                  conn_id: str | None = None, kubernetes_conn_id: str | None = None,
-                 settles_at: float | None = None) -> None:
+                 settles_at: float | None = None, adopted: bool = False) -> None:
         super().__init__()
         refuse_across_processes(backend, "ClusterReadyTrigger")  # the triggerer has none of it
         self.backend = backend
@@ -59,12 +59,15 @@ class ClusterReadyTrigger(SettlingTrigger):
         self.deadline = deadline if deadline is not None else time.time() + (timeout or 900.0)
         self.poll_interval = poll_interval
         self.settles_at = settles_at
+        # The setup found the cluster made already (``ClusterHandle.adopted``, which the
+        # handle's dump leaves out): not its to delete when the wait fails or is killed.
+        self.adopted = adopted
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return ("ephemeral.airflow.triggers.ClusterReadyTrigger",
                 {"backend": self.backend, "handle": self.handle, "deadline": self.deadline,
                  "poll_interval": self.poll_interval, "conn_id": self.conn_id,
-                 "settles_at": self.settles_at})
+                 "settles_at": self.settles_at, "adopted": self.adopted})
 
     def _backend(self) -> ClusterBackend:
         return task_backend(self.backend, self.conn_id)
@@ -72,7 +75,7 @@ class ClusterReadyTrigger(SettlingTrigger):
     def _event(self, status: str, message: str, error: str = "",
                **extra: Any) -> TriggerEvent:
         return TriggerEvent({"status": status, "message": message, "error": error,
-                             "handle": self.handle, **extra})
+                             "handle": self.handle, "adopted": self.adopted, **extra})
 
     async def events(self) -> AsyncGenerator[TriggerEvent, None]:
         try:
@@ -103,10 +106,11 @@ class ClusterReadyTrigger(SettlingTrigger):
             self.log.warning("the wait for %s moved to another triggerer: it goes on there, "
                              "nothing is deleted", name)
             return
-        self.log.warning("setup of %s was killed while waiting: deleting the cluster", name)
+        self.log.warning("setup of %s was killed while waiting", name)
         from ephemeral.lifecycle import delete_killed
         backend = await asyncio.to_thread(self._backend)
-        handle = ClusterHandle.model_validate(self.handle)
+        handle = ClusterHandle.model_validate(self.handle).model_copy(
+            update={"adopted": self.adopted})
         setup = handle.setup_task or "setup"
         await asyncio.to_thread(delete_killed, backend, handle, setup)
 
