@@ -125,15 +125,21 @@ class RayJobTrigger(SettlingTrigger):
 
     def __init__(self, *, handle: dict[str, Any], backend: str, job_id: str,
                  conn_id: str | None = None, kubernetes_conn_id: str | None = None,
-                 timeout: float | None = None, poll_interval: float = 1.0,
-                 release: dict[str, str] | None = None, settles_at: float | None = None) -> None:
+                 timeout: float | None = None, deadline: float | None = None,
+                 poll_interval: float = 1.0, release: dict[str, str] | None = None,
+                 settles_at: float | None = None) -> None:
         super().__init__()
         refuse_across_processes(backend, "RayJobTrigger")  # the triggerer has none of it
         self.handle = handle
         self.backend = backend
         self.conn_id = conn_id or kubernetes_conn_id  # as in ClusterReadyTrigger
         self.job_id = job_id
-        self.timeout = timeout
+        self.timeout = timeout  # the job_timeout, for the event's message
+        # When the job is stopped (epoch seconds), set once as the task defers and serialized:
+        # a restarted or moved trigger keeps it rather than start the timeout over. A trigger
+        # serialized by an earlier version has none: it counts from its load, as it did.
+        self.deadline = deadline if deadline is not None or timeout is None \
+            else time.time() + timeout
         self.poll_interval = poll_interval
         self.release = release
         self.settles_at = settles_at
@@ -142,7 +148,8 @@ class RayJobTrigger(SettlingTrigger):
         return ("ephemeral.airflow.triggers.RayJobTrigger",
                 {"handle": self.handle, "backend": self.backend,
                  "conn_id": self.conn_id, "job_id": self.job_id,
-                 "timeout": self.timeout, "poll_interval": self.poll_interval,
+                 "timeout": self.timeout, "deadline": self.deadline,
+                 "poll_interval": self.poll_interval,
                  "release": self.release, "settles_at": self.settles_at})
 
     def _jobs(self) -> Any:
@@ -205,7 +212,6 @@ class RayJobTrigger(SettlingTrigger):
         from ephemeral.jobs.ray_jobs import JobWatch
 
         streamer = asyncio.create_task(self._stream_logs(jobs))
-        started = time.monotonic()
         after_stream = backoff(self.poll_interval, first=0.1)
         # A failed read is waited out; a cluster whose Jobs API keeps failing (a dead GCS)
         # raises ClusterLost, the ERROR event fails the task and its teardown deletes it.
@@ -235,12 +241,14 @@ class RayJobTrigger(SettlingTrigger):
                         event |= await loop.run_in_executor(RELEASES, self._released, jobs)
                     yield TriggerEvent(event)
                     return
-                if self.timeout is not None and time.monotonic() - started > self.timeout:
-                    message = f"stopped after {self.timeout:.0f}s"
+                if self.deadline is not None and time.time() > self.deadline:
+                    after = (f"after {self.timeout:.0f}s" if self.timeout is not None
+                             else "at its deadline")
+                    message = f"stopped {after}"
                     try:
                         await loop.run_in_executor(READS, jobs.stop, self.job_id)
                     except EphemeralError as err:  # the teardown's deletion ends it anyway
-                        message = f"timed out after {self.timeout:.0f}s; stopping it failed: {err}"
+                        message = f"timed out {after}; stopping it failed: {err}"
                     yield TriggerEvent({"status": "TIMEOUT", "job_id": self.job_id,
                                         "message": message})
                     return

@@ -33,7 +33,7 @@ def test_triggers_serialize_to_an_importable_path() -> None:
     assert path == "ephemeral.airflow.triggers.ClusterReadyTrigger"
     assert ClusterReadyTrigger(**kwargs).serialize() == (path, kwargs)
     path, kwargs = RayJobTrigger(handle={"name": "c"}, backend="local", job_id="j").serialize()
-    assert set(kwargs) == {"handle", "backend", "conn_id", "job_id", "timeout",
+    assert set(kwargs) == {"handle", "backend", "conn_id", "job_id", "timeout", "deadline",
                            "poll_interval", "release", "settles_at"}  # no URL, header or token
     assert RayJobTrigger(**kwargs).serialize() == (path, kwargs)
 
