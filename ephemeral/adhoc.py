@@ -462,26 +462,50 @@ def job_timeout_seconds(value: Any, field: str = "job_timeout",
 SCHEDULING_MARGIN = 120.0
 
 
-def check_timeout_within_ttl(handle: ClusterHandle | Mapping[str, Any], timeout_s: float | None,
-                             *, now: datetime | None = None, field: str = "timeout") -> float:
-    """At the job's start: refuse a job timeout longer than the cluster's remaining lifetime
-    (the reaper deletes the cluster at ``expires_at``, spec ``lifetime.ttl`` after creation,
-    under a running job).
+# No job is submitted to a cluster with this little of its lifetime left, whatever its timeout:
+# the reaper deletes the cluster at its expiry whatever runs on it, and its clock and this
+# host's may differ by seconds.
+EXPIRY_MARGIN = 60.0
+# Why a cluster the CLI is asked to run a job on is near its expiry, and what to do.
+NEAR_EXPIRY = ("It was made about its lifetime.ttl ago: make a new cluster (`ephemeral up`), "
+               "or raise lifetime.ttl in its spec.")
 
-    ``handle``: a ClusterHandle or its XCom dict. Returns the remaining seconds. ``timeout_s``
-    None (no timeout) is not refused: the job is still bounded by the cluster's lifetime.
-    Raises RequestError naming ``field`` and both numbers.
+
+def lifetime_left(handle: ClusterHandle | Mapping[str, Any], *,
+                  now: datetime | None = None) -> float:
+    """Seconds until the cluster's expiry (``expires_at``), negative once it has passed;
+    ``handle``: a ClusterHandle or its XCom dict."""
+    info = handle if isinstance(handle, Mapping) else handle.model_dump()
+    return (parse_utc(str(info["expires_at"])) - (now or datetime.now(UTC))).total_seconds()
+
+
+def check_timeout_within_ttl(handle: ClusterHandle | Mapping[str, Any], timeout_s: float | None,
+                             *, now: datetime | None = None, field: str = "timeout",
+                             late: str = NEAR_EXPIRY) -> float:
+    """At the job's start: refuse a job on a cluster whose remaining lifetime is
+    EXPIRY_MARGIN or less, whatever its timeout (``late`` says why it came to that and what to
+    do), and a job timeout longer than the remaining lifetime: the reaper deletes the cluster
+    at ``expires_at`` (spec ``lifetime.ttl`` after creation) under a running job.
+
+    ``handle``: a ClusterHandle or its XCom dict. Returns the remaining seconds. Raises
+    RequestError naming ``cluster`` or ``field`` and the numbers.
     """
     info = handle if isinstance(handle, Mapping) else handle.model_dump()
-    expires, created = parse_utc(str(info["expires_at"])), parse_utc(str(info["created_at"]))
-    remaining = (expires - (now or datetime.now(UTC))).total_seconds()
+    remaining = lifetime_left(info, now=now)
+    ttl = (parse_utc(str(info["expires_at"]))
+           - parse_utc(str(info["created_at"]))).total_seconds()
+    lifetime = (f"cluster {info['name']}'s lifetime (lifetime.ttl {_seconds(ttl)}, expires "
+                f"{info['expires_at']})")
+    if remaining <= EXPIRY_MARGIN:
+        raise RequestError([("cluster", f"{_seconds(max(remaining, 0))} left of {lifetime}: "
+                             f"no job is submitted within {_seconds(EXPIRY_MARGIN)} of the "
+                             "expiry, when the reaper deletes the cluster whatever runs on it. "
+                             + late)])
     if timeout_s is not None and timeout_s > remaining:
-        ttl = (expires - created).total_seconds()
         raise RequestError([(field, f"the job timeout {_seconds(timeout_s)} is longer than the "
-                             f"{_seconds(max(remaining, 0))} left of cluster {info['name']}'s "
-                             f"lifetime (lifetime.ttl {_seconds(ttl)}, expires "
-                             f"{info['expires_at']}): the reaper would delete the cluster under "
-                             "the job; shorten the timeout or raise lifetime.ttl in the spec")])
+                             f"{_seconds(remaining)} left of {lifetime}: the reaper would delete "
+                             "the cluster under the job; shorten the timeout or raise "
+                             "lifetime.ttl in the spec")])
     return remaining
 
 

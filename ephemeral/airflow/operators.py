@@ -98,13 +98,21 @@ def warn_if_dagrun_timeout(op: BaseOperator) -> None:
                       stacklevel=3)
 
 
+# Why a job task finds its cluster near its expiry, and what to do.
+LATE_JOB = (
+    "This task started only when nearly all of the cluster's lifetime.ttl, counted from its "
+    "setup, had passed: it waited in between (e.g. queued in a full pool). Put that pool on "
+    "the setup task too, so the cluster is made when its jobs can run, or raise lifetime.ttl "
+    "in the spec.")
+
+
 def _within_ttl(handle: ClusterHandle, timeout: float | None) -> None:
-    """A job timeout past the cluster's expiry is refused before submitting: the reaper would
-    delete the cluster under the running job."""
+    """A job on a cluster near its expiry, or with a timeout past it, is refused before
+    submitting: the reaper would delete the cluster under the running job."""
     from ephemeral.adhoc import check_timeout_within_ttl
 
     try:
-        check_timeout_within_ttl(handle, timeout, field="job_timeout")
+        check_timeout_within_ttl(handle, timeout, field="job_timeout", late=LATE_JOB)
     except SpecError as err:
         raise AirflowFailException(str(err)) from err
 
@@ -125,10 +133,9 @@ def beyond(limit: float) -> timedelta:
 
 def defer_timeout(handle: ClusterHandle, job_timeout: float | None) -> timedelta:
     """The deferral timeout of a task waiting for a job on ``handle``'s cluster."""
-    from ephemeral.adhoc import check_timeout_within_ttl
+    from ephemeral.adhoc import lifetime_left
 
-    return beyond(check_timeout_within_ttl(handle, None) if job_timeout is None
-                  else job_timeout)
+    return beyond(lifetime_left(handle) if job_timeout is None else job_timeout)
 
 
 def elsewhere(handle: ClusterHandle, backend: str | None, conn_id: str | None,

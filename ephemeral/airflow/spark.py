@@ -53,7 +53,10 @@ def spark_connect(fn: Callable[..., R]) -> Callable[..., R]:
             made_through(context.get("task"), given, given.setup_task)
         backend = task_backend(given.backend, given.connection)
         if context is not None:
+            from ephemeral.airflow.operators import _within_ttl
+
             handle = job_cluster(context, backend, given, instance_of(given.connection))
+            _within_ttl(handle, None)  # as the job operators: not on a cluster about to go
         elif (record := backend.get(given.name)) is not None:
             handle = with_setup_facts(record, given)
         else:

@@ -129,3 +129,25 @@ def test_a_timeout_beyond_the_remaining_ttl_names_both_numbers() -> None:
     text = str(err.value)
     assert "the job timeout 5460 s (1h31m) is longer than the 5400 s (1h30m) left" in text
     assert "lifetime.ttl 7200 s (2h00m), expires 2026-01-01T14:00:00Z" in text
+
+
+@pytest.mark.parametrize("timeout_s", [None, 30, 3600])
+def test_a_cluster_at_or_near_its_expiry_takes_no_job_whatever_its_timeout(
+        timeout_s: float | None) -> None:
+    """The reaper deletes it at its expiry whatever runs on it: no timeout does not mean the
+    job may run past it, and with nothing left, shortening the timeout cannot help."""
+    from ephemeral.adhoc import EXPIRY_MARGIN
+
+    created = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    h = handle(created)
+    for left, shown in ((-300, "0 s"), (0, "0 s"), (EXPIRY_MARGIN, "60 s (1 min)")):
+        with pytest.raises(RequestError) as err:
+            check_timeout_within_ttl(h, timeout_s, now=created + timedelta(
+                hours=2, seconds=-left), late="Make a new one.")
+        assert err.value.fields == ["cluster"]
+        text = str(err.value)
+        assert f"{shown} left of cluster eph-ttl-test's lifetime" in text
+        assert "Make a new one." in text
+        assert "shorten the timeout" not in text
+    assert check_timeout_within_ttl(h, None, now=created + timedelta(
+        hours=2, seconds=-EXPIRY_MARGIN - 1)) == EXPIRY_MARGIN + 1
