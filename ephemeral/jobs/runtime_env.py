@@ -38,13 +38,19 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ephemeral.errors import JobRefused
+from ephemeral.jobs.command_secrets import (
+    SECRET_SOURCES,
+    command_words,
+    masked_command,
+    secret_words_problem,
+)
 from ephemeral.specs.models import (
     RESERVED_ENV,
     literal_secret,
     reserved_env,
     settable_env_problem,
 )
-from ephemeral.specs.pip_credentials import credentials_problem, masked_uri, pip_entry_problem
+from ephemeral.specs.pip_credentials import credentials_problem, pip_entry_problem
 
 if TYPE_CHECKING:
     from ephemeral.backends.base import ClusterHandle
@@ -140,8 +146,7 @@ _IMAGE_KEYS = {"image_uri": {"image_uri", "config", "env_vars"},
 
 # What a job does instead of writing a credential into a URI or a command line.
 CREDENTIALS_FIX = ("give the job no credentials in a URI or on its command line: it reads "
-                   "them from its environment (the cluster spec's runtimeEnv.env with "
-                   "secretKeyRef, or fromEnv on the local backend) or from the storage's "
+                   f"them from its environment ({SECRET_SOURCES}) or from the storage's "
                    "credential provider (an IAM role or workload identity, a credentials file "
                    "on the image), and takes the plain URL")
 
@@ -199,10 +204,14 @@ def command_line(entrypoint: str | Sequence[Any]) -> str:
 
 def entrypoint_problem(entrypoint: str, *, one_line: bool = False) -> str | None:
     """Why a job's command is refused, or None: credentials in a URL of it (they would reach
-    Ray's job info, the task log and the rendered fields; ``credentials_problem``), or a
-    control character (the shell on the cluster would fail on it, after the cluster was made).
-    ``one_line``: a line break or tab counts too (a form's or the CLI's command is one line)."""
+    Ray's job info, the task log and the rendered fields; ``credentials_problem``), a secret in
+    any of its words (``command_secrets``), or a control character (the shell on the cluster
+    would fail on it, after the cluster was made). ``one_line``: a line break or tab counts too
+    (a form's or the CLI's command is one line)."""
     if (problem := credentials_problem(entrypoint, CREDENTIALS_FIX)) is not None:
+        return problem
+    words = command_words(entrypoint)
+    if (problem := secret_words_problem(words, lambda i: f"word {i}")) is not None:
         return problem
     bad = sorted({c for c in entrypoint if not c.isprintable()
                   and (one_line or c not in "\t\n\r")})
@@ -215,7 +224,7 @@ def entrypoint_problem(entrypoint: str, *, one_line: bool = False) -> str | None
 
 def job_label(job_id: str | None, entrypoint: str) -> str:
     """How a message names a job: its id, else its command (masked: it may be the reason)."""
-    return f"Ray job {job_id or masked_uri(entrypoint)!r}"
+    return f"Ray job {job_id or masked_command(entrypoint)!r}"
 
 
 def _pip_into_uv(base_pip: Any, uv: Any, where: str) -> Any:
