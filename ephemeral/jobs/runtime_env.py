@@ -34,6 +34,7 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -47,6 +48,7 @@ from ephemeral.jobs.command_secrets import (
 from ephemeral.specs.models import (
     RESERVED_ENV,
     literal_secret,
+    masked_secrets,
     reserved_env,
     settable_env_problem,
 )
@@ -205,9 +207,10 @@ def command_line(entrypoint: str | Sequence[Any]) -> str:
 def entrypoint_problem(entrypoint: str, *, one_line: bool = False) -> str | None:
     """Why a job's command is refused, or None: credentials in a URL of it (they would reach
     Ray's job info, the task log and the rendered fields; ``credentials_problem``), a secret in
-    any of its words (``command_secrets``), or a control character (the shell on the cluster
-    would fail on it, after the cluster was made). ``one_line``: a line break or tab counts too
-    (a form's or the CLI's command is one line)."""
+    any of its words (``command_secrets``), a control character (the shell on the cluster would
+    fail on it, after the cluster was made), or a whole command quoted as its one word (the
+    shell would look for a program of that name, after submission). ``one_line``: a line break
+    or tab counts too (a form's or the CLI's command is one line)."""
     if (problem := credentials_problem(entrypoint, CREDENTIALS_FIX)) is not None:
         return problem
     words = command_words(entrypoint)
@@ -219,7 +222,20 @@ def entrypoint_problem(entrypoint: str, *, one_line: bool = False) -> str | None
         return (f"contains control characters ({', '.join(map(repr, bad))}): a command is "
                 "one line of printable text, and the cluster's shell would fail on them or "
                 "split the command at them; remove them")
-    return None
+    return _quoted_command(words)
+
+
+def _quoted_command(words: list[str]) -> str | None:
+    """A command given as one argument (``submit c -- "python -c 'print(1)'"``, the habit of
+    ``ray job submit -- "..."``) is quoted whole by ``shlex.join``: the shell then looks for a
+    program named the whole text and fails with "not found" on the cluster. A file whose name
+    has a space is the one such word a shell runs."""
+    if len(words) != 1 or not re.search(r"\s", words[0]) or Path(words[0]).is_file():
+        return None
+    return (f"its one word {masked_secrets(words[0])!r} is a whole command, which the cluster's "
+            "shell would look for as one program name and fail on ('not found') after "
+            "submission; give the words separately, without quoting the whole command (ephemeral "
+            "submit CLUSTER -- python -c 'print(1)'; an argv entrypoint: one word per element)")
 
 
 def job_label(job_id: str | None, entrypoint: str) -> str:

@@ -3,6 +3,9 @@
 ``RayJobOperator``, ``RayJobs.submit``) and a Spark application's arguments (``ephemeral
 spark-submit``, ``EphemeralSparkSubmitOperator``). A refusal comes before anything is looked
 up, names the field and the word's index, shows no secret and says where a secret goes.
+
+And a whole command quoted as the entrypoint's one word (``submit c -- "python -c ..."``),
+which the cluster's shell would fail on after submission, is refused before it.
 """
 
 from __future__ import annotations
@@ -183,3 +186,35 @@ def test_the_spark_operators_arguments_are_refused(monkeypatch: pytest.MonkeyPat
         op.execute({"ti": None})
     assert "task etl: application_args[3]: '***'" in str(exc.value)
     _no_secret(str(exc.value))
+
+
+# -- a whole command quoted as one word ----------------------------------------------------------
+
+def test_cli_submit_refuses_a_command_quoted_as_one_word(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from ephemeral.cli import main
+    from ephemeral.jobs import ray_jobs
+
+    monkeypatch.setattr(main, "_cluster", _never)
+    monkeypatch.setattr(ray_jobs, "ray_jobs_for", _never)
+    out = CliRunner().invoke(main.app, ["submit", "c", "--", "python -c 'print(1)'"])
+    assert out.exit_code == 2, out.output
+    text = " ".join(out.output.split())
+    assert "entrypoint: its one word" in text
+    assert "give the words separately, without quoting the whole command" in text
+
+
+def test_the_operators_argv_of_one_quoted_command_is_refused_too() -> None:
+    from ephemeral.jobs.runtime_env import command_line
+
+    assert entrypoint_problem(command_line(["python -c 'print(1)'"])) is not None
+    assert entrypoint_problem(command_line(["python", "-c", "print(1)"])) is None
+    assert entrypoint_problem("python -c 'print(1)'") is None  # a string is a command line
+
+
+def test_a_file_whose_name_has_a_space_is_one_word(tmp_path: Path) -> None:
+    script = tmp_path / "my job.sh"
+    script.write_text("#!/bin/sh\n")
+    assert entrypoint_problem(shlex.join([str(script)])) is None
+    assert entrypoint_problem(shlex.join(["python"])) is None
