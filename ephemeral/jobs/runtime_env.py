@@ -34,17 +34,25 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ephemeral.errors import JobRefused
+from ephemeral.jobs.command_secrets import (
+    SECRET_SOURCES,
+    command_words,
+    masked_command,
+    secret_words_problem,
+)
 from ephemeral.specs.models import (
     RESERVED_ENV,
     literal_secret,
+    masked_secrets,
     reserved_env,
     settable_env_problem,
 )
-from ephemeral.specs.pip_credentials import credentials_problem, masked_uri, pip_entry_problem
+from ephemeral.specs.pip_credentials import credentials_problem, pip_entry_problem
 
 if TYPE_CHECKING:
     from ephemeral.backends.base import ClusterHandle
@@ -140,8 +148,7 @@ _IMAGE_KEYS = {"image_uri": {"image_uri", "config", "env_vars"},
 
 # What a job does instead of writing a credential into a URI or a command line.
 CREDENTIALS_FIX = ("give the job no credentials in a URI or on its command line: it reads "
-                   "them from its environment (the cluster spec's runtimeEnv.env with "
-                   "secretKeyRef, or fromEnv on the local backend) or from the storage's "
+                   f"them from its environment ({SECRET_SOURCES}) or from the storage's "
                    "credential provider (an IAM role or workload identity, a credentials file "
                    "on the image), and takes the plain URL")
 
@@ -199,10 +206,15 @@ def command_line(entrypoint: str | Sequence[Any]) -> str:
 
 def entrypoint_problem(entrypoint: str, *, one_line: bool = False) -> str | None:
     """Why a job's command is refused, or None: credentials in a URL of it (they would reach
-    Ray's job info, the task log and the rendered fields; ``credentials_problem``), or a
-    control character (the shell on the cluster would fail on it, after the cluster was made).
-    ``one_line``: a line break or tab counts too (a form's or the CLI's command is one line)."""
+    Ray's job info, the task log and the rendered fields; ``credentials_problem``), a secret in
+    any of its words (``command_secrets``), a control character (the shell on the cluster would
+    fail on it, after the cluster was made), or a whole command quoted as its one word (the
+    shell would look for a program of that name, after submission). ``one_line``: a line break
+    or tab counts too (a form's or the CLI's command is one line)."""
     if (problem := credentials_problem(entrypoint, CREDENTIALS_FIX)) is not None:
+        return problem
+    words = command_words(entrypoint)
+    if (problem := secret_words_problem(words, lambda i: f"word {i}")) is not None:
         return problem
     bad = sorted({c for c in entrypoint if not c.isprintable()
                   and (one_line or c not in "\t\n\r")})
@@ -210,12 +222,25 @@ def entrypoint_problem(entrypoint: str, *, one_line: bool = False) -> str | None
         return (f"contains control characters ({', '.join(map(repr, bad))}): a command is "
                 "one line of printable text, and the cluster's shell would fail on them or "
                 "split the command at them; remove them")
-    return None
+    return _quoted_command(words)
+
+
+def _quoted_command(words: list[str]) -> str | None:
+    """A command given as one argument (``submit c -- "python -c 'print(1)'"``, the habit of
+    ``ray job submit -- "..."``) is quoted whole by ``shlex.join``: the shell then looks for a
+    program named the whole text and fails with "not found" on the cluster. A file whose name
+    has a space is the one such word a shell runs."""
+    if len(words) != 1 or not re.search(r"\s", words[0]) or Path(words[0]).is_file():
+        return None
+    return (f"its one word {masked_secrets(words[0])!r} is a whole command, which the cluster's "
+            "shell would look for as one program name and fail on ('not found') after "
+            "submission; give the words separately, without quoting the whole command (ephemeral "
+            "submit CLUSTER -- python -c 'print(1)'; an argv entrypoint: one word per element)")
 
 
 def job_label(job_id: str | None, entrypoint: str) -> str:
     """How a message names a job: its id, else its command (masked: it may be the reason)."""
-    return f"Ray job {job_id or masked_uri(entrypoint)!r}"
+    return f"Ray job {job_id or masked_command(entrypoint)!r}"
 
 
 def _pip_into_uv(base_pip: Any, uv: Any, where: str) -> Any:

@@ -158,9 +158,11 @@ def check_submit_input(where: str, conf: Mapping[str, Any] | None, *, conf_field
     """Refuse, before spark-submit starts, a conf key ephemeral sets for the cluster
     (``CLUSTER_CONF``: its master, its authentication) and a secret in what becomes its command
     line (visible in ``ps`` to every user of the host, and in the task log): a conf key or
-    value that is one (``secret_conf_keys``, the rule a spec's conf follows), and credentials
-    in a URL of an option (``repositories``, ``jars``, ...) or of an application argument
-    (``credentials_problem``). Names each field; shows no secret."""
+    value that is one (``secret_conf_keys``, the rule a spec's conf follows), credentials in a
+    URL of an option (``repositories``, ``jars``, ...; ``credentials_problem``) and a secret in
+    an application argument (``command_secrets``: the rule of a Ray job's entrypoint). Names
+    each field; shows no secret."""
+    from ephemeral.jobs.command_secrets import secret_words_problem
     from ephemeral.jobs.runtime_env import CREDENTIALS_FIX
     from ephemeral.specs.models import CLUSTER_CONF, backend_keys, backend_reason, secret_conf_keys
     from ephemeral.specs.pip_credentials import credentials_problem
@@ -179,11 +181,12 @@ def check_submit_input(where: str, conf: Mapping[str, Any] | None, *, conf_field
             "(visible in ps on this host) and in the log; use a credentials provider (e.g. "
             "spark.hadoop.fs.s3a.aws.credentials.provider with the host's role or the "
             "driver's environment) or a key file's path (e.g. ...service.account.json.keyfile)")
-    named = [(f, v) for f, v in (options or {}).items() if v]
-    named += [(f"{args_field}[{i}]", a) for i, a in enumerate(args)]
-    for field, value in named:
-        if (problem := credentials_problem(str(value), CREDENTIALS_FIX)) is not None:
+    for field, value in (options or {}).items():
+        if value and (problem := credentials_problem(str(value), CREDENTIALS_FIX)) is not None:
             problems.append(f"{field}: {problem}")
+    words = [str(a) for a in args]
+    if (problem := secret_words_problem(words, lambda i: f"{args_field}[{i}]:")) is not None:
+        problems.append(problem)
     if problems:
         raise JobRefused(f"{where}: " + "; ".join(problems))
 

@@ -1,0 +1,113 @@
+"""The one rule for secrets in the words of a job's command line: a Ray job's entrypoint (the
+form, ``ephemeral submit``, ``RayJobOperator``, ``RayJobs.submit``) and a Spark application's
+arguments (``ephemeral spark-submit``, ``EphemeralSparkSubmitOperator``, ``spark_submit``).
+
+A command line is stored and shown: Ray's job info and dashboard, the task log and rendered
+fields, spark-submit's command line in ``ps`` on the host. So it holds no secret, by the rule a
+job's own environment follows (``ephemeral.specs.models.literal_secret``):
+
+- ``NAME=VALUE`` (``GH=ghp_...``, ``AWS_SECRET_ACCESS_KEY=...``, ``--token=...``,
+  ``spark.hadoop.fs.s3a.secret.key=...``) whose value is a secret, by its shape or its name;
+- a word that is one itself (a token or key by its shape, a URL with credentials, a PEM block);
+- the word after an option that names a secret (``--token X``, ``--password X``,
+  ``--api-key X``), unless a switch, a path or a tokenizer's markup (``--pad-token [PAD]``).
+
+A word of a command given as one string (``bash -c '... --token X'``) is judged by its own
+words too. A value that only refers to a variable (``$HF_TOKEN``) is no secret: the secret stays
+in the environment. Hashes and ids (``--commit 3f2a...``) are no secret: no name nor shape says so.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Callable, Sequence
+
+from ephemeral.specs.models import (
+    literal_secret,
+    masked_secrets,
+    secret_name,
+    secret_value,
+    shown_uri,
+)
+from ephemeral.specs.pip_credentials import credentials_problem
+
+# Where a secret comes from instead (README, "The local backend": Environment).
+SECRET_SOURCES = ("the cluster spec's runtimeEnv.env with secretKeyRef, "
+                  "or fromEnv on the local backend")
+COMMAND_SECRET_FIX = (
+    "A command line is stored and shown (Ray's job info and dashboard, the task log and "
+    "rendered fields, spark-submit's command line in ps), so it holds no secret. Pass it "
+    f"through the job's environment instead, from {SECRET_SOURCES}; a spark-submit driver "
+    "inherits a variable of the worker's environment that the deployment names in "
+    "EPHEMERAL_JOB_ENV_ALLOW. The program reads the variable (os.environ) rather than an "
+    "argument")
+
+_OPTION = re.compile(r"-{1,2}[A-Za-z][A-Za-z0-9_.-]*")
+_ASSIGNMENT = re.compile(r"(?P<name>-{0,2}[A-Za-z_][A-Za-z0-9_.-]*)=(?P<value>.*)", re.S)
+_VARIABLE = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*|\{[A-Za-z_][A-Za-z0-9_]*\})")
+_SPACE = re.compile(r"\s")
+
+
+def command_words(command: str) -> list[str]:
+    """The words of a command line as the shell reads them (``shlex.split``; whitespace-split
+    when its quotes do not balance): an argv entrypoint's words come back at their index."""
+    try:
+        return shlex.split(command)
+    except ValueError:
+        return command.split()
+
+
+def _why_value(word: str) -> str | None:
+    if credentials_problem(word) is not None:  # its own message quotes the word and a pip fix
+        return "it has credentials in its URL (user-info or a signed URL's secret parameter)"
+    return secret_value(word)
+
+
+def _judged(word: str, option: str | None) -> tuple[str, str] | None:
+    """(the word as shown, why it holds a secret), or None. ``option``: the secret-named option
+    right before it."""
+    if option is not None and not word.startswith("-") and not _VARIABLE.fullmatch(word) \
+            and literal_secret(option.lstrip("-"), word) is not None:
+        return "***", _why_value(word) or f"it is the value of {option}, which names a secret"
+    if (m := _ASSIGNMENT.fullmatch(word)) and not _VARIABLE.fullmatch(m["value"]):
+        if (why := literal_secret(m["name"].lstrip("-"), m["value"])) is not None:
+            return f"{m['name']}=***", _why_value(m["value"]) or why
+    if (why := _why_value(word)) is not None:
+        return shown_uri(word), why
+    return None
+
+
+def secret_words(words: Sequence[str]) -> list[tuple[int, str, str]]:
+    """(index, the word masked, why) of each word that holds a secret (the module's rule)."""
+    found: list[tuple[int, str, str]] = []
+    option: str | None = None
+    for i, word in enumerate(words):
+        hit = _judged(word, option)
+        if hit is None and _SPACE.search(word):  # a command in a word: bash -c '...'
+            inner = secret_words(command_words(word))
+            hit = inner[0][1:] if inner else None
+        if hit is not None:
+            found.append((i, *hit))
+        option = word if _OPTION.fullmatch(word) and secret_name(word.lstrip("-")) else None
+    return found
+
+
+def secret_words_problem(words: Sequence[str], label: Callable[[int], str]) -> str | None:
+    """Why the words are refused, naming each by ``label(index)`` and showing it masked, with
+    the fix; or None."""
+    found = secret_words(words)
+    if not found:
+        return None
+    return "; ".join(f"{label(i)} {shown!r}: {why}" for i, shown, why in found) + \
+        f". {COMMAND_SECRET_FIX}"
+
+
+def masked_command(command: str) -> str:
+    """``command`` as a message may show it: each secret word (``secret_words``) masked, the
+    rest by ``masked_secrets``."""
+    words = command_words(command)
+    shown = {i: s for i, s, _ in secret_words(words)}
+    if not shown:
+        return masked_secrets(command)
+    return " ".join(shown.get(i, masked_secrets(w)) for i, w in enumerate(words))
