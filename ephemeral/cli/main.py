@@ -116,7 +116,8 @@ def _fail(error: EphemeralError | OSError, as_json: bool) -> typer.Exit:
     message = "\n".join([message, *getattr(error, "__notes__", ())])
     if as_json:
         _emit({"error": type(error).__name__, "message": message,
-               "retryable": getattr(error, "retryable", False)})
+               "retryable": getattr(error, "retryable", False),
+               **getattr(error, "facts", {})})  # a failed job's status and exit code
     else:
         err.print(f"[bold red]error:[/] {type(error).__name__}", highlight=False)
         err.print(message, markup=False, highlight=False)
@@ -598,7 +599,16 @@ def _stop_on_interrupt(what: str, stop: Callable[[], str | None]) -> None:
 
 
 def _finish_job(run: Callable[[], JobResult], as_json: bool) -> None:
-    result = run()
+    """Run the job command's ``run`` and show its result. A failed job's logs were streamed to
+    the terminal: its tail is not shown again under them (--json keeps it in the message)."""
+    from ephemeral.errors import JobFailed
+
+    try:
+        result = run()
+    except JobFailed as e:
+        if as_json or not e.streamed or not e.log_tail:
+            raise
+        raise JobFailed(e.job_id, e.status, exit_code=e.exit_code, streamed=True) from e
     if as_json:
         _emit(result.model_dump(mode="json"))
     else:

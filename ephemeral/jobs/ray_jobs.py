@@ -443,11 +443,9 @@ class RayJobs:
             raise JobError(f"cannot read job {job_id}: the Ray Jobs API answered no job "
                            f"status ({type(err).__name__}: {err})") from err
 
-    def submitted_request(self, job_id: str) -> tuple[dict[str, str], str]:
-        """(metadata, entrypoint) of a job as Ray recorded it at submission
-        (``GET /api/jobs/{id}``); JobError when that cannot be read. A job submitted through
-        ``submit_request`` has its request digest (``REQUEST_KEY``) and, from a DAG run, its
-        run's stamp (``RUN_KEY``) there."""
+    def details(self, job_id: str) -> dict[str, Any]:
+        """A job's details as Ray records them (``GET /api/jobs/{id}``: its entrypoint,
+        metadata, ``driver_exit_code``...); JobError when they cannot be read."""
         import requests
 
         try:
@@ -455,13 +453,37 @@ class RayJobs:
             if not resp.ok:
                 raise JobError(f"cannot read job {job_id}: {_answered(resp)}")
             info = resp.json()
-            metadata = {str(k): str(v) for k, v in (info.get("metadata") or {}).items()}
-            return metadata, str(info.get("entrypoint") or "")
+            if not isinstance(info, dict):
+                raise ValueError(f"a {type(info).__name__}, not an object")
+            return info
         except requests.RequestException as err:
             raise JobError(f"cannot read job {job_id}: {_failure(err, READ_TIMEOUT)}") from err
-        except (ValueError, AttributeError) as err:
+        except ValueError as err:
             raise JobError(f"cannot read job {job_id}: the Ray Jobs API answered no job "
                            f"details ({type(err).__name__}: {err})") from err
+
+    def submitted_request(self, job_id: str) -> tuple[dict[str, str], str]:
+        """(metadata, entrypoint) of a job as Ray recorded it at submission; JobError when
+        that cannot be read. A job submitted through ``submit_request`` has its request digest
+        (``REQUEST_KEY``) and, from a DAG run, its run's stamp (``RUN_KEY``) there."""
+        info = self.details(job_id)
+        try:
+            metadata = {str(k): str(v) for k, v in (info.get("metadata") or {}).items()}
+        except AttributeError as err:
+            raise JobError(f"cannot read job {job_id}: the Ray Jobs API answered no job "
+                           f"metadata ({type(err).__name__}: {err})") from err
+        return metadata, str(info.get("entrypoint") or "")
+
+    def exit_code(self, job_id: str) -> int | None:
+        """The exit code of an ended job's driver as Ray recorded it; None when Ray has none
+        (a job stopped before its driver ran) or it cannot be read: the job's end is what is
+        reported then, without it."""
+        try:
+            code = self.details(job_id).get("driver_exit_code")
+        except JobError as err:
+            log.warning("%s; its exit code is not reported", err)
+            return None
+        return code if isinstance(code, int) and not isinstance(code, bool) else None
 
     def gcs_health(self, *, timeout: float = 3.0) -> GcsHealth:
         """What the dashboard says of its GCS (``/api/gcs_healthz``, which asks the GCS with a
@@ -638,8 +660,10 @@ class RayJobs:
         to is someone else's to stop."""
         started = time.monotonic()
         streamer = None
+        streamed = threading.Event()  # the stream ran to the job's end
         if sink is not None:
-            streamer = threading.Thread(target=self._stream, args=(job_id, sink), daemon=True)
+            streamer = threading.Thread(target=self._stream, args=(job_id, sink, streamed),
+                                        daemon=True)
             streamer.start()
         watch = JobWatch(self, job_id)
         while True:
@@ -669,10 +693,11 @@ class RayJobs:
                            seconds=round(time.monotonic() - started, 3),
                            result=parse_result_line(logs))
         if not result.ok:
-            raise JobFailed(job_id, st.value, tail(logs))
+            raise JobFailed(job_id, st.value, tail(logs), exit_code=self.exit_code(job_id),
+                            streamed=streamed.is_set())
         return result
 
-    def _stream(self, job_id: str, sink: LogSink) -> None:
+    def _stream(self, job_id: str, sink: LogSink, done: threading.Event) -> None:
         async def pump() -> None:
             async for chunk in self.client.tail_job_logs(job_id):
                 for line in chunk.splitlines():
@@ -682,6 +707,8 @@ class RayJobs:
             asyncio.run(pump())
         except Exception as err:  # noqa: BLE001 - log streaming is best effort; status is not
             sink(f"[ephemeral] log stream interrupted: {err}")
+        else:
+            done.set()
 
 
 class JobWatch:

@@ -1,5 +1,5 @@
 """``ephemeral submit`` stops a job only if it submitted it, attaches only to a job of the same
-request, and checks --job-id before anything is submitted.
+request, checks --job-id before anything is submitted, and reports a failed job's exit code.
 
 The cluster is the in-memory backend's; its Jobs API is a fake at the HTTP level (``_request``:
 a job's details as Ray answers them, and its stop) with the SDK's submit, logs and log stream
@@ -11,6 +11,7 @@ import json
 import re
 import threading
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 from urllib.parse import unquote
@@ -20,7 +21,7 @@ import requests
 from typer.testing import CliRunner
 
 from ephemeral.cli import main as cli_main
-from ephemeral.errors import JobRefused
+from ephemeral.errors import JobFailed, JobRefused
 from ephemeral.jobs import ray_jobs
 from ephemeral.jobs.ray_jobs import RayJobs, job_id_problem, new_submission_id
 from ephemeral.jobs.results import JobStatus
@@ -246,5 +247,61 @@ def test_an_id_is_quoted_in_every_url_built_here(monkeypatch: pytest.MonkeyPatch
     jobs = RayJobs("http://jobs.invalid:8265")
     jobs.status("a/../b?c")
     jobs.stop("a/../b?c")
-    assert len(paths) == 2, paths
+    jobs.exit_code("a/../b?c")
+    assert len(paths) == 3, paths
     assert all(p.startswith("/api/jobs/a%2F..%2Fb%3Fc") for p in paths), paths
+
+
+# -- 5. a failed job's exit code, and its tail shown once ------------------------------------
+
+def test_a_failed_jobs_exit_code_is_reported(api: FakeJobsApi) -> None:
+    api.ends, api.driver_exit, api.logs_text = JobStatus.FAILED, 3, "boom\n"
+    result = submit("--json", "--", "python", "x.py")
+    assert result.exit_code == 1
+    doc = json.loads(result.stdout)
+    assert doc["error"] == "JobFailed"
+    assert (doc["status"], doc["exit_code"]) == ("FAILED", 3)
+    assert doc["job_id"] == api.submits[0]
+    assert "ended FAILED (exit code 3); last log lines:\nboom" in doc["message"]
+
+
+@pytest.mark.parametrize("stream_fails", [False, True])
+def test_the_log_tail_is_shown_once(api: FakeJobsApi, stream_fails: bool) -> None:
+    api.ends, api.driver_exit, api.logs_text = JobStatus.FAILED, 3, "boom\n"
+    api.stream_fails = stream_fails
+    result = submit("--", "python", "x.py")
+    assert result.exit_code == 1
+    assert f"job {api.submits[0]} ended FAILED (exit code 3)" in said(result)
+    # streamed to stdout as it came; the error repeats it only when the stream broke
+    assert result.stdout.count("boom") == (0 if stream_fails else 1)
+    assert result.stderr.count("boom") == (1 if stream_fails else 0)
+
+
+def test_spark_submit_reports_its_exit_code_in_the_same_field(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ephemeral.backends.fake import InMemoryBackend
+    from ephemeral.jobs import spark_jobs
+    from ephemeral.specs import ClusterIdentity, resolve
+
+    fake_bin = tmp_path / "spark-submit"
+    fake_bin.write_text("#!/bin/sh\necho 'boom'\nexit 4\n")
+    fake_bin.chmod(0o755)
+    monkeypatch.setattr(spark_jobs, "spark_submit_bin", lambda: str(fake_bin))
+    monkeypatch.setattr(spark_jobs, "spark_auth_for", lambda *_a: None)
+    handle = InMemoryBackend().create(resolve("spark/etl", "ci-cpu"),
+                                      identity=ClusterIdentity.manual("etl", "etl-1"))
+    monkeypatch.setattr(cli_main, "_cluster", lambda *_a: handle)
+    app = tmp_path / "app.py"
+    app.write_text("print(1)\n")
+    run = CliRunner().invoke(cli_main.app, ["spark-submit", "etl-1", str(app), "--json"])
+    assert run.exit_code == 1, run.output
+    doc = json.loads(run.stdout)
+    assert (doc["error"], doc["status"], doc["exit_code"]) == ("JobFailed", "FAILED", 4)
+    assert "ended FAILED (exit code 4)" in doc["message"]
+    human = CliRunner().invoke(cli_main.app, ["spark-submit", "etl-1", str(app)])
+    assert human.stdout.count("boom") == 1
+    assert "boom" not in human.stderr
+    assert "ended FAILED (exit code 4)" in human.stderr
+    with pytest.raises(JobFailed) as failed:
+        spark_jobs.spark_submit("spark://127.0.0.1:7077", str(app))
+    assert failed.value.facts["exit_code"] == 4
