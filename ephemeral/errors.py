@@ -154,15 +154,29 @@ class JobRefused(JobSubmissionFailed):
 
 
 class JobFailed(JobError):
-    """The job ran and ended FAILED or STOPPED; ``log_tail`` holds its last log lines."""
+    """The job ran and ended FAILED or STOPPED; ``log_tail`` holds its last log lines,
+    ``exit_code`` its driver's exit code where the engine recorded one (Ray's
+    ``driver_exit_code``, spark-submit's), and ``streamed`` whether all its logs were already
+    shown as they came (a caller that shows them need not show the tail again)."""
 
-    def __init__(self, job_id: str, status: str, log_tail: str = "") -> None:
+    def __init__(self, job_id: str, status: str, log_tail: str = "", *,
+                 exit_code: int | None = None, streamed: bool = False) -> None:
         self.job_id = job_id
         self.status = status
         self.log_tail = log_tail
-        msg = f"job {job_id} ended {status}"
-        super().__init__(f"{msg}; last log lines:\n{log_tail}" if log_tail else msg)
+        self.exit_code = exit_code
+        self.streamed = streamed
+        self.ended = f"job {job_id} ended {status}" + (
+            "" if exit_code is None else f" (exit code {exit_code})")
+        super().__init__(f"{self.ended}; last log lines:\n{log_tail}" if log_tail
+                         else self.ended)
+
+    @property
+    def facts(self) -> dict[str, Any]:
+        """What a machine reads of it, beside its message (the CLI's --json error)."""
+        return {"job_id": self.job_id, "status": self.status, "exit_code": self.exit_code}
 
 
 class JobTimeout(JobError):
-    """The job did not finish in time (it was stopped)."""
+    """The job did not finish in time: stopped when its waiter submitted it, else left
+    running (the message says which)."""

@@ -277,8 +277,8 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
             if failed is not None:
                 code = hook._submit_sp.returncode if hook._submit_sp is not None else None
                 useful = [line for line in hook.lines if not _SPARK_INFO.match(line)]
-                raise JobFailed(job_id, f"{JobStatus.FAILED.value} (exit code {code})",
-                                "\n".join(useful[-40:])) from failed
+                raise JobFailed(job_id, JobStatus.FAILED.value, "\n".join(useful[-40:]),
+                                exit_code=code) from failed
             result = read_result_file(result_file, job_id)
         if result is None:  # an application that does not use the channel: its last JSON line
             result = parse_result_line("\n".join(hook.lines), job_id)

@@ -116,7 +116,8 @@ def _fail(error: EphemeralError | OSError, as_json: bool) -> typer.Exit:
     message = "\n".join([message, *getattr(error, "__notes__", ())])
     if as_json:
         _emit({"error": type(error).__name__, "message": message,
-               "retryable": getattr(error, "retryable", False)})
+               "retryable": getattr(error, "retryable", False),
+               **getattr(error, "facts", {})})  # a failed job's status and exit code
     else:
         err.print(f"[bold red]error:[/] {type(error).__name__}", highlight=False)
         err.print(message, markup=False, highlight=False)
@@ -577,23 +578,37 @@ def _log_sink(as_json: bool) -> Callable[[str], None]:
 # How long an interrupted `submit` waits for Ray to stop its job: bounded, so a second Ctrl-C
 # is not the only way out when the cluster does not answer.
 INTERRUPT_STOP_WAIT = 15.0
+# How long it looks again for a job whose submission an interrupt cut short (Ray may still be
+# creating it when the first stop finds none).
+INTERRUPT_SETTLE = 3.0
 
 
-def _stop_on_interrupt(what: str, stop: Callable[[], object]) -> None:
+def _stop_on_interrupt(what: str, stop: Callable[[], str | None]) -> None:
     """A job's command was interrupted (Ctrl-C, SIGTERM, SIGHUP): stop ``what`` (best effort,
-    ``stop`` bounded) and say whether it was stopped. A job left running would go on holding
-    the cluster, and the limit of --timeout, which the command enforces, would be gone."""
+    ``stop`` bounded) and say whether it was stopped (``stop`` may say what it did instead).
+    A job left running would go on holding the cluster, and the limit of --timeout, which the
+    command enforces, would be gone."""
     try:
-        stop()
+        said = stop()
     except Exception as e:  # noqa: BLE001 - said, not raised: the interrupt stays the error
         err.print(f"interrupted: {what} was NOT stopped ({type(e).__name__}: {e}); it may "
                   "still be running", markup=False, highlight=False)
     else:
-        err.print(f"interrupted: {what} was stopped", markup=False, highlight=False)
+        err.print(f"interrupted: {what} {said or 'was stopped'}", markup=False,
+                  highlight=False)
 
 
 def _finish_job(run: Callable[[], JobResult], as_json: bool) -> None:
-    result = run()
+    """Run the job command's ``run`` and show its result. A failed job's logs were streamed to
+    the terminal: its tail is not shown again under them (--json keeps it in the message)."""
+    from ephemeral.errors import JobFailed
+
+    try:
+        result = run()
+    except JobFailed as e:
+        if as_json or not e.streamed or not e.log_tail:
+            raise
+        raise JobFailed(e.job_id, e.status, exit_code=e.exit_code, streamed=True) from e
     if as_json:
         _emit(result.model_dump(mode="json"))
     else:
@@ -608,8 +623,9 @@ def submit(
     working_dir: Annotated[str | None, typer.Option(help="Uploaded as the job's cwd.")] = None,
     pip: Annotated[list[str] | None, typer.Option(help="Extra pip package (repeat).")] = None,
     env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE for the job (repeat).")] = None,
-    job_id: Annotated[str | None, typer.Option(help="Submission id; attaches if it exists.")] = (
-        None),
+    job_id: Annotated[str | None, typer.Option(
+        help="Submission id (letters, digits, '-', '_'); attaches to the job of that id when it "
+             "runs the same command, --env names and --pip.")] = None,
     timeout: Annotated[float | None, typer.Option(help="Stop the job after this many s.",
                                                   callback=_seconds)] = None,
     backend: BackendOpt = None,
@@ -617,12 +633,14 @@ def submit(
 ) -> None:
     """Run a command as a Ray job on CLUSTER, streaming its logs; exit with its status."""
     from ephemeral.adhoc import RequestError
-    from ephemeral.jobs.ray_jobs import ray_jobs_for
+    from ephemeral.jobs.ray_jobs import job_id_problem, new_submission_id, ray_jobs_for
     from ephemeral.jobs.runtime_env import check_job_env, entrypoint_problem, job_runtime_env
 
     if (problem := entrypoint_problem(shlex.join(entrypoint), one_line=True)) is not None:
         # The command is stored in Ray's job info and shown with it: no credentials in it.
         raise _fail(RequestError([("entrypoint", problem)], "ephemeral submit"), as_json)
+    if job_id is not None and (problem := job_id_problem(job_id)) is not None:
+        raise _fail(RequestError([("--job-id", problem)], "ephemeral submit"), as_json)
     env_vars = _key_values(env, "--env")
     # no reserved names, names or literals of secrets, before anything is looked up
     check_job_env(env_vars, "ephemeral submit", field="--env")
@@ -632,23 +650,35 @@ def submit(
     runtime_env = job_runtime_env(handle, {"env_vars": env_vars,
                                            "pip": list(pip) if pip else None})
     sink = _log_sink(as_json)
+    command = shlex.join(entrypoint)
+    # Chosen before it is sent: an interrupt while it is sent knows which job to stop.
+    jid = job_id or new_submission_id()
+
+    def stop() -> str | None:
+        # a submission cut short may land in a moment: a job not found is looked for again
+        ended = jobs.stop(jid, wait=INTERRUPT_STOP_WAIT, settle=INTERRUPT_SETTLE)
+        return None if ended is not None else "was never created: nothing to stop"
 
     def run() -> JobResult:
-        ours = job_id is None or jobs.status(job_id) is None
-        if ours or job_id is None:
-            jid = jobs.submit(shlex.join(entrypoint), job_id=job_id, working_dir=working_dir,
-                              runtime_env=runtime_env)
-        else:
-            jid = job_id
-            err.print(f"attaching to existing job {jid}", highlight=False)
-        err.print(f"job {jid} on {handle.name}", highlight=False)
+        # One rule for a timeout and an interrupt: this command stops the job only if it
+        # submitted it. A job it attached to (a DAG task's, a colleague's) is left running.
+        submitted = attached = False
         try:
-            return jobs.follow(jid, sink=sink, timeout=timeout)
+            attached = job_id is not None and jobs.attachable(
+                job_id, command, runtime_env=runtime_env, working_dir=working_dir,
+                field="--job-id")
+            if attached:
+                err.print(f"attaching to existing job {jid}", highlight=False)
+            else:
+                submitted = True
+                jobs.submit_request(command, job_id=jid, working_dir=working_dir,
+                                    runtime_env=runtime_env)
+            err.print(f"job {jid} on {handle.name}", highlight=False)
+            return jobs.follow(jid, sink=sink, timeout=timeout, owned=submitted)
         except KeyboardInterrupt:
-            if ours:
-                _stop_on_interrupt(f"Ray job {jid} on {handle.name}",
-                                   lambda: jobs.stop(jid, wait=INTERRUPT_STOP_WAIT))
-            else:  # followed, not submitted: someone's (a DAG task's) job, not this command's
+            if submitted:
+                _stop_on_interrupt(f"Ray job {jid} on {handle.name}", stop)
+            elif attached:
                 err.print(f"interrupted: Ray job {jid} was attached to, not submitted here: "
                           "left running", markup=False, highlight=False)
             raise

@@ -23,6 +23,8 @@ import functools
 import hashlib
 import json
 import logging
+import re
+import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -96,10 +98,39 @@ class AccessDenied(JobError):
 
 
 class JobIdTaken(JobError):
-    """A task's deterministic job id names a job that runs another request (entrypoint or
-    runtime_env) than the task's: a run triggered again with the id of a deleted one, on the
-    cluster that run left. Following it would report that job's result as this task's; a retry
-    finds the same job, so it is final."""
+    """A job id names a job that runs another request (entrypoint or runtime_env) than the
+    caller's: a task's deterministic id, of a run triggered again with the id of a deleted one
+    on the cluster that run left; or the CLI's ``--job-id``. Following it would report that
+    job's result as this one's; the same id finds the same job, so it is final, and nothing
+    was submitted."""
+
+    refused = True
+
+
+# A submission id goes into the Jobs API's URLs (the SDK's unquoted) and Ray's log file names:
+# Ray checks none of it, so ids are held to the characters Ray's own ids use, and a length no
+# real id nears.
+JOB_ID_MAX = 64
+_JOB_ID = re.compile(r"[A-Za-z0-9_-]+")
+# Ray's generate_job_id: 'raysubmit_' and 16 of these (no I, l, o, O, 0: easy to read back).
+_RAY_ID_CHARS = "".join(sorted(set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                   "0123456789") - set("IloO0")))
+
+
+def job_id_problem(job_id: str) -> str | None:
+    """Why ``job_id`` cannot be a submission id, or None when it can."""
+    if not _JOB_ID.fullmatch(job_id):
+        return (f"{job_id!r} is not a Ray submission id: use letters, digits, '-' and '_' "
+                "only (it goes into the Jobs API's URLs)")
+    if len(job_id) > JOB_ID_MAX:
+        return f"{job_id[:20]!r}... is {len(job_id)} characters long; at most {JOB_ID_MAX}"
+    return None
+
+
+def new_submission_id() -> str:
+    """A fresh submission id, as Ray makes one (``raysubmit_...``): chosen here, before the
+    submission, so a submitter interrupted while it is sent knows which job to stop."""
+    return "raysubmit_" + "".join(secrets.choice(_RAY_ID_CHARS) for _ in range(16))
 
 
 # The key of a submitted job's metadata that holds its request's digest (``request_digest``):
@@ -347,6 +378,8 @@ class RayJobs:
         entrypoint_num_gpus: float | None = None,
         metadata: dict[str, str] | None = None,
     ) -> str:
+        if job_id is not None and (problem := job_id_problem(job_id)) is not None:
+            raise JobRefused(f"job_id: {problem}")
         env = dict(runtime_env or {})
         if working_dir:
             env["working_dir"] = working_dir
@@ -410,11 +443,9 @@ class RayJobs:
             raise JobError(f"cannot read job {job_id}: the Ray Jobs API answered no job "
                            f"status ({type(err).__name__}: {err})") from err
 
-    def submitted_request(self, job_id: str) -> tuple[dict[str, str], str]:
-        """(metadata, entrypoint) of a job as Ray recorded it at submission
-        (``GET /api/jobs/{id}``); JobError when that cannot be read. A job submitted through
-        ``submit_or_attach`` has its request digest (``REQUEST_KEY``) and, from a DAG run, its
-        run's stamp (``RUN_KEY``) there."""
+    def details(self, job_id: str) -> dict[str, Any]:
+        """A job's details as Ray records them (``GET /api/jobs/{id}``: its entrypoint,
+        metadata, ``driver_exit_code``...); JobError when they cannot be read."""
         import requests
 
         try:
@@ -422,13 +453,37 @@ class RayJobs:
             if not resp.ok:
                 raise JobError(f"cannot read job {job_id}: {_answered(resp)}")
             info = resp.json()
-            metadata = {str(k): str(v) for k, v in (info.get("metadata") or {}).items()}
-            return metadata, str(info.get("entrypoint") or "")
+            if not isinstance(info, dict):
+                raise ValueError(f"a {type(info).__name__}, not an object")
+            return info
         except requests.RequestException as err:
             raise JobError(f"cannot read job {job_id}: {_failure(err, READ_TIMEOUT)}") from err
-        except (ValueError, AttributeError) as err:
+        except ValueError as err:
             raise JobError(f"cannot read job {job_id}: the Ray Jobs API answered no job "
                            f"details ({type(err).__name__}: {err})") from err
+
+    def submitted_request(self, job_id: str) -> tuple[dict[str, str], str]:
+        """(metadata, entrypoint) of a job as Ray recorded it at submission; JobError when
+        that cannot be read. A job submitted through ``submit_request`` has its request digest
+        (``REQUEST_KEY``) and, from a DAG run, its run's stamp (``RUN_KEY``) there."""
+        info = self.details(job_id)
+        try:
+            metadata = {str(k): str(v) for k, v in (info.get("metadata") or {}).items()}
+        except AttributeError as err:
+            raise JobError(f"cannot read job {job_id}: the Ray Jobs API answered no job "
+                           f"metadata ({type(err).__name__}: {err})") from err
+        return metadata, str(info.get("entrypoint") or "")
+
+    def exit_code(self, job_id: str) -> int | None:
+        """The exit code of an ended job's driver as Ray recorded it; None when Ray has none
+        (a job stopped before its driver ran) or it cannot be read: the job's end is what is
+        reported then, without it."""
+        try:
+            code = self.details(job_id).get("driver_exit_code")
+        except JobError as err:
+            log.warning("%s; its exit code is not reported", err)
+            return None
+        return code if isinstance(code, int) and not isinstance(code, bool) else None
 
     def gcs_health(self, *, timeout: float = 3.0) -> GcsHealth:
         """What the dashboard says of its GCS (``/api/gcs_healthz``, which asks the GCS with a
@@ -466,10 +521,18 @@ class RayJobs:
         except _transport_errors(runtime=True) as err:
             raise JobError(f"cannot read the logs of job {job_id}: {err}") from err
 
-    def stop(self, job_id: str, *, wait: float = 30.0) -> JobStatus | None:
+    def stop(self, job_id: str, *, wait: float = 30.0, settle: float = 0.0) -> JobStatus | None:
         """Stop the job (``POST /api/jobs/{id}/stop``) and wait until Ray reports it ended;
         return its final status (None: no such job). Each request is bounded: JobError when
-        the cluster does not answer (a lost one) or refuses."""
+        the cluster does not answer (a lost one) or refuses. ``settle``: for a job whose
+        submission was cut short, asked again for that many seconds while Ray has no such job
+        (a submission already sent may still land)."""
+        settled = time.monotonic() + settle
+        while (st := self._stop(job_id, wait)) is None and time.monotonic() < settled:
+            time.sleep(0.2)
+        return st
+
+    def _stop(self, job_id: str, wait: float) -> JobStatus | None:
         import requests
 
         failed: str | None = None
@@ -525,8 +588,6 @@ class RayJobs:
         metadata. A job found is attached to when it is this run's (a retry, even one whose
         entrypoint renders differently per try) or runs the same request; else JobIdTaken
         names it (never another run's job followed as this one's)."""
-        digest = request_digest(entrypoint, submit_args.get("runtime_env"),
-                                submit_args.get("working_dir"))
         for earlier in range(attempt, 0, -1):
             jid = submission_id(self.cluster, task_key, earlier)
             st = self.status(jid)
@@ -534,41 +595,75 @@ class RayJobs:
                     JobStatus.PENDING, JobStatus.RUNNING, JobStatus.SUCCEEDED)):
                 # a live or succeeded earlier job; or this very attempt's, which already ran
                 # (and failed): report it
-                self._same_request(jid, entrypoint, digest, run_stamp)
+                self._same_request(jid, entrypoint, submit_args.get("runtime_env"),
+                                   submit_args.get("working_dir"), run_stamp=run_stamp)
                 return jid, True
         jid = submission_id(self.cluster, task_key, attempt)
+        return self.submit_request(entrypoint, job_id=jid, run_stamp=run_stamp,
+                                   **submit_args), False
+
+    def submit_request(self, entrypoint: str, *, job_id: str, run_stamp: str | None = None,
+                       **submit_args: Any) -> str:
+        """``submit``, with the request's digest (``REQUEST_KEY``) and a DAG run's stamp
+        (``RUN_KEY``) in the job's metadata, by which a later attach knows its request."""
+        digest = request_digest(entrypoint, submit_args.get("runtime_env"),
+                                submit_args.get("working_dir"))
         metadata = {**(submit_args.pop("metadata", None) or {}), REQUEST_KEY: digest,
                     **({RUN_KEY: run_stamp} if run_stamp else {})}
-        return self.submit(entrypoint, job_id=jid, metadata=metadata, **submit_args), False
+        return self.submit(entrypoint, job_id=job_id, metadata=metadata, **submit_args)
 
-    def _same_request(self, job_id: str, entrypoint: str, digest: str,
-                      run_stamp: str | None) -> None:
+    def attachable(self, job_id: str, entrypoint: str, *,
+                   runtime_env: Mapping[str, Any] | None = None,
+                   working_dir: str | None = None, field: str = "job_id") -> bool:
+        """Whether a job ``job_id`` exists to attach to: False when there is none (submit it);
+        JobIdTaken, naming ``field``, when it runs another request than this one."""
+        if self.status(job_id) is None:
+            return False
+        self._same_request(job_id, entrypoint, runtime_env, working_dir, field=field)
+        return True
+
+    def _same_request(self, job_id: str, entrypoint: str,
+                      runtime_env: Mapping[str, Any] | None, working_dir: str | None, *,
+                      run_stamp: str | None = None, field: str | None = None) -> None:
         """Refuse to attach to ``job_id`` unless it is this run's job (its stamp) or runs this
-        request: its digest, or for a job submitted without one, its entrypoint."""
+        request: its digest, or for a job submitted without one, its entrypoint. ``field``
+        names where a caller's own id came from; None: a task's deterministic id."""
         metadata, their_entrypoint = self.submitted_request(job_id)
         theirs = metadata.get(REQUEST_KEY)
-        if (run_stamp and metadata.get(RUN_KEY) == run_stamp) or theirs == digest or (
+        if (run_stamp and metadata.get(RUN_KEY) == run_stamp) or theirs == request_digest(
+                entrypoint, runtime_env, working_dir) or (
                 theirs is None and their_entrypoint == entrypoint):
             return
-        what = ("another entrypoint" if their_entrypoint != entrypoint
-                else "another runtime_env (pip, env_vars or working_dir)")
         shown = their_entrypoint if len(their_entrypoint) <= 200 else \
             their_entrypoint[:200] + "..."
+        this = "this task's" if field is None else "this one"
+        what = (f"another entrypoint than {this} ({shown!r}, not {entrypoint!r})"
+                if their_entrypoint != entrypoint else "another runtime_env (pip, env_vars or "
+                f"working_dir) than {this}, for the same entrypoint {shown!r}")
+        ran = f"job {job_id} on cluster {self.cluster} runs {what}"
+        if field is not None:
+            raise JobIdTaken(
+                f"{field} {job_id}: {ran}. Its result is not this request's, so nothing was "
+                f"submitted nor followed: give another {field}, or leave it out for a new one")
         raise JobIdTaken(
-            f"job {job_id} on cluster {self.cluster} runs {what} than this task's "
-            f"({shown!r}, not {entrypoint!r}): it was submitted by an earlier run with the same "
-            "run id (one deleted and triggered again), whose cluster this run adopted. Its "
-            "result is not this task's, so it is not followed: trigger with a new run id, or "
-            f"delete the cluster first (`ephemeral down {self.cluster}`)")
+            f"{ran}: it was submitted by an earlier run with the same run id (one deleted and "
+            "triggered again), whose cluster this run adopted. Its result is not this task's, "
+            "so it is not followed: trigger with a new run id, or delete the cluster first "
+            f"(`ephemeral down {self.cluster}`)")
 
     # -- following a job ------------------------------------------------------------------
     def follow(self, job_id: str, *, sink: LogSink | None = None,
-               timeout: float | None = None) -> JobResult:
-        """Stream the job's logs to ``sink`` as they come until it ends; raise if it failed."""
+               timeout: float | None = None, owned: bool = True) -> JobResult:
+        """Stream the job's logs to ``sink`` as they come until it ends; raise if it failed.
+        Past ``timeout`` seconds: JobTimeout, with the job stopped when ``owned`` (the caller
+        submitted it, or is the task whose job it is), else left running: a job only attached
+        to is someone else's to stop."""
         started = time.monotonic()
         streamer = None
+        streamed = threading.Event()  # the stream ran to the job's end
         if sink is not None:
-            streamer = threading.Thread(target=self._stream, args=(job_id, sink), daemon=True)
+            streamer = threading.Thread(target=self._stream, args=(job_id, sink, streamed),
+                                        daemon=True)
             streamer.start()
         watch = JobWatch(self, job_id)
         while True:
@@ -579,6 +674,9 @@ class RayJobs:
                 break
             if timeout is not None and time.monotonic() - started > timeout:
                 late = f"job {job_id} did not finish in {timeout:.0f}s"
+                if not owned:
+                    raise JobTimeout(f"{late}; it was attached to, not submitted here: left "
+                                     "running")
                 try:
                     self.stop(job_id)
                 except JobError as err:  # the timeout stays the error; the teardown ends it
@@ -595,10 +693,11 @@ class RayJobs:
                            seconds=round(time.monotonic() - started, 3),
                            result=parse_result_line(logs))
         if not result.ok:
-            raise JobFailed(job_id, st.value, tail(logs))
+            raise JobFailed(job_id, st.value, tail(logs), exit_code=self.exit_code(job_id),
+                            streamed=streamed.is_set())
         return result
 
-    def _stream(self, job_id: str, sink: LogSink) -> None:
+    def _stream(self, job_id: str, sink: LogSink, done: threading.Event) -> None:
         async def pump() -> None:
             async for chunk in self.client.tail_job_logs(job_id):
                 for line in chunk.splitlines():
@@ -608,6 +707,8 @@ class RayJobs:
             asyncio.run(pump())
         except Exception as err:  # noqa: BLE001 - log streaming is best effort; status is not
             sink(f"[ephemeral] log stream interrupted: {err}")
+        else:
+            done.set()
 
 
 class JobWatch:

@@ -275,7 +275,8 @@ def spark_submit(
         status = JobStatus.SUCCEEDED if code == 0 else JobStatus.FAILED
         if status is not JobStatus.SUCCEEDED:
             useful = [line for line in lines if not _SPARK_INFO.match(line)]
-            raise JobFailed(job_id, f"{status.value} (exit code {code})", "\n".join(useful[-40:]))
+            raise JobFailed(job_id, status.value, "\n".join(useful[-40:]), exit_code=code,
+                            streamed=sink is not None)
         result = read_result_file(result_file, job_id)
     if result is None:  # an application that does not use the channel: its last JSON line
         result = parse_result_line("\n".join(lines), job_id)

@@ -101,14 +101,17 @@ def test_submit_interrupted_stops_its_job_and_says_so(monkeypatch: pytest.Monkey
     def follow(_jid: str, **_k: Any) -> Any:
         raise KeyboardInterrupt
 
-    def stop(jid: str, *, wait: float) -> None:
+    def stop(jid: str, *, wait: float, settle: float) -> str:
         stopped.append((jid, wait))
         if stop_fails:
             raise JobError(f"cannot stop job {jid}: the Ray Jobs API did not answer in 15s")
+        return "STOPPED"
 
-    jobs = SimpleNamespace(status=lambda _j: None, submit=lambda *_a, **_k: "raysubmit_1",
-                           follow=follow, stop=stop)
+    jobs = SimpleNamespace(attachable=lambda *_a, **_k: False,
+                           submit_request=lambda *_a, **_k: "raysubmit_1", follow=follow,
+                           stop=stop)
     monkeypatch.setattr(ray_jobs, "ray_jobs_for", lambda *_a: jobs)
+    monkeypatch.setattr(ray_jobs, "new_submission_id", lambda: "raysubmit_1")
     result = CliRunner().invoke(cli_main.app, ["submit", "c", "--timeout", "600", "--",
                                                "python", "x.py"])
     assert result.exit_code != 0
@@ -139,8 +142,9 @@ def test_submit_interrupted_while_following_a_job_it_attached_to_leaves_that_job
     def follow(_jid: str, **_k: Any) -> Any:
         raise KeyboardInterrupt
 
-    jobs = SimpleNamespace(status=lambda _j: "RUNNING", submit=lambda *_a, **_k: "never",
-                           follow=follow, stop=lambda jid, **_k: stopped.append(jid))
+    jobs = SimpleNamespace(attachable=lambda *_a, **_k: True,
+                           submit_request=lambda *_a, **_k: "never", follow=follow,
+                           stop=lambda jid, **_k: stopped.append(jid))
     monkeypatch.setattr(ray_jobs, "ray_jobs_for", lambda *_a: jobs)
     result = CliRunner().invoke(cli_main.app, ["submit", "c", "--job-id", "theirs", "--",
                                                "python", "x.py"])

@@ -142,7 +142,7 @@ def test_cli_submit_passes_ordinary_and_artifact_root_variables(
         return JobResult(job_id=jid, cluster="x", status=JobStatus.SUCCEEDED, engine="ray",
                          seconds=0.1)
 
-    jobs = SimpleNamespace(status=lambda _j: None, submit=submit, follow=follow)
+    jobs = SimpleNamespace(submit_request=submit, follow=follow)
     monkeypatch.setattr(main, "_cluster", lambda *_a: _handle())
     monkeypatch.setattr(main, "_backend", lambda *_a: None)
     monkeypatch.setattr(ray_jobs, "ray_jobs_for", lambda *_a: jobs)
