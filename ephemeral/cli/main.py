@@ -53,7 +53,8 @@ if TYPE_CHECKING:
 class _ErrorBoundary(typer.core.TyperGroup):
     """Every command's errors end alike, whatever raised them (a backend, a setting, a file):
     an EphemeralError or an OSError as ``_fail`` prints it (one JSON document under --json;
-    exit 2 for refused input, else 1), never a traceback."""
+    exit 2 for refused input, else 1), never a traceback. An interrupt (Ctrl-C, SIGTERM,
+    SIGHUP) too, exit 130: what its cleanup did (``up``'s cluster deleted, or not) is on it."""
 
     def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]  # typer's own
         args = [*ctx._protected_args, *ctx.args]
@@ -61,7 +62,7 @@ class _ErrorBoundary(typer.core.TyperGroup):
         as_json = "--json" in (args[:args.index("--")] if "--" in args else args)
         try:
             return super().invoke(ctx)
-        except (EphemeralError, OSError) as e:
+        except (EphemeralError, OSError, KeyboardInterrupt) as e:
             raise _fail(e, as_json) from e
 
 
@@ -104,13 +105,15 @@ def _emit(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def _fail(error: EphemeralError | OSError, as_json: bool) -> typer.Exit:
+def _fail(error: EphemeralError | OSError | KeyboardInterrupt, as_json: bool) -> typer.Exit:
     """Print ``error`` (as JSON with ``as_json``); the exit to raise: 2 for refused input
     (``EphemeralError.refused``: a spec, an option, a setting, a job's request; nothing was
-    created or submitted), else 1."""
+    created or submitted), 130 for an interrupt (as a shell's), else 1."""
     message = str(error)
     if isinstance(error, OSError):  # one line: what failed on which file
         message = " ".join(str(p) for p in (error.strerror or error, error.filename) if p)
+    if isinstance(error, KeyboardInterrupt):  # its text, if any, is the signal that stopped it
+        message = f"interrupted{f' ({error})' if str(error) else ''}"
     # What happened after the failure (its cluster deleted, or that deletion failing too) is
     # the part an operator acts on.
     message = "\n".join([message, *getattr(error, "__notes__", ())])
@@ -120,6 +123,8 @@ def _fail(error: EphemeralError | OSError, as_json: bool) -> typer.Exit:
     else:
         err.print(f"[bold red]error:[/] {type(error).__name__}", highlight=False)
         err.print(message, markup=False, highlight=False)
+    if isinstance(error, KeyboardInterrupt):
+        return typer.Exit(130)
     return typer.Exit(2 if getattr(error, "refused", False) else 1)
 
 
