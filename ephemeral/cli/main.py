@@ -25,6 +25,7 @@ from ephemeral.backends import ClusterBackend, ClusterHandle, get_backend
 from ephemeral.backends.base import ClusterStatus, OwnerSelector, Phase
 from ephemeral.backends.notes import backend_notes, refusals, spark_mode_of
 from ephemeral.cli.model import model_app
+from ephemeral.cli.output import discard_when_unread
 from ephemeral.errors import (
     ClusterNotFound,
     EphemeralError,
@@ -611,7 +612,8 @@ def _key_values(pairs: list[str] | None, option: str) -> dict[str, str]:
 
 
 def _log_sink(as_json: bool) -> Callable[[str], None]:
-    """Job logs go to stdout, or to stderr when stdout is reserved for --json."""
+    """Job logs go to stdout, or to stderr when stdout is reserved for --json; a closed stdout
+    discards them (``output.discard_when_unread``), the job followed on to its end."""
     stream = sys.stderr if as_json else sys.stdout
 
     def write(line: str) -> None:
@@ -928,6 +930,8 @@ def main() -> None:
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
+    # A closed stdout (`| head -1`) discards what follows; the exit code stays the command's.
+    discard_when_unread()
     app()
 
 
