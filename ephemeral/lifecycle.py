@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -130,15 +131,50 @@ def delete_after_failure(backend: ClusterBackend, handle: ClusterHandle,
                          err: BaseException) -> bool:
     """Delete what a failed setup made; whether that completed. The original failure stays
     the error, and a cleanup that fails too is noted on it (the reaper is then the last
-    line)."""
+    line). A stop signal during the deletion (a second Ctrl-C) waits for its end: cut short,
+    it left the cluster half deleted, holding its resources until the reaper's pass."""
+    with _stop_signals_held() as held:
+        try:
+            backend.delete(handle, wait=True)
+        except Exception as cleanup:  # noqa: BLE001 - any cleanup failure is reported, not raised
+            err.add_note(f"deleting {handle.name} after the failure also failed: "
+                         f"{type(cleanup).__name__}: {cleanup}")
+            deleted = False
+        else:
+            err.add_note(f"{handle.name} was deleted after the failure: nothing of it is left")
+            deleted = True
+    if held and not isinstance(err, KeyboardInterrupt):  # an interrupt is already under way
+        try:
+            signal.raise_signal(held[0])  # as it would have come, by its own handler
+        except BaseException as stopped:
+            for note in getattr(err, "__notes__", ()):  # what became of the cluster
+                stopped.add_note(note)
+            raise
+    return deleted
+
+
+@contextmanager
+def _stop_signals_held() -> Iterator[list[int]]:
+    """Hold SIGINT and the STOP_SIGNALS until the block ends; the list holds those that came.
+    Only the main thread can set handlers: elsewhere (a triggerer's, a test's thread) none are
+    held. A signal the caller ignores stays ignored."""
+    held: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield held
+        return
+
+    def hold(signum: int, _frame: FrameType | None) -> None:
+        held.append(signum)
+
+    before = {stop: signal.getsignal(stop) for stop in (signal.SIGINT, *STOP_SIGNALS)}
+    for stop, handler in before.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(stop, hold)
     try:
-        backend.delete(handle, wait=True)
-    except Exception as cleanup:  # noqa: BLE001 - any cleanup failure is reported, not raised
-        err.add_note(f"deleting {handle.name} after the failure also failed: "
-                     f"{type(cleanup).__name__}: {cleanup}")
-        return False
-    err.add_note(f"{handle.name} was deleted after the failure: nothing of it is left")
-    return True
+        yield held
+    finally:
+        for stop, handler in before.items():  # None: set outside Python, the default then
+            signal.signal(stop, signal.SIG_DFL if handler is None else handler)
 
 
 def delete_killed(backend: ClusterBackend, handle: ClusterHandle, by: str) -> None:

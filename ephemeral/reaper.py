@@ -62,7 +62,10 @@ runs it: the CronJob's activeDeadlineSeconds, the reaping DAG's execution_timeou
 whose deletion hangs (a finalizer nobody clears) so holds back no other cluster's; one not gone
 by the deadline is a decision with an error (the pass fails). A cluster found already being
 deleted (by anyone, before this pass) is reported ("deleting since ..., finalizers ...") and
-not waited for again; one deleting for longer than ``delete_budget`` is stuck: an error.
+not waited for again; one deleting for longer than ``delete_budget`` is stuck: an error. A
+deletion whose deleter does it all (``Deleting.in_background`` false: the local backend's) goes
+on only while that deleter runs, so one found begun is finished by the pass, whatever the
+cluster's expiry (a killed ``up`` left it holding a slot until its ttl).
 
 Remembered times live in a JSON file (keyed by run, or by cluster name and creation time),
 written to a unique temporary file and renamed over it (the CLI and the DAG may reap at once);
@@ -433,8 +436,14 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
     unfound: list[tuple[int, ClusterHandle]] = []
     owned, unlisted = _listing(backend)
     for handle in owned:
-        if handle.deleting is not None:  # asked before: nothing to judge, nor to wait for
+        if handle.deleting is not None and handle.deleting.in_background:
+            # asked before and going on: nothing to judge, nor to wait for
             decisions.append(_under_way(handle, handle.deleting, now, delete_budget))
+            continue
+        if handle.deleting is not None:  # begun by a deleter that stopped: finished now
+            d = Decision(handle.name, True, f"{handle.deleting.describe()} and cut short (its "
+                         "deleter stopped): finished now, whatever its expiry")
+            decisions.append(d if dry_run else deletions.issue(len(decisions), handle, d))
             continue
         by_idle = False
         try:

@@ -115,6 +115,11 @@ class Deleting(BaseModel):
     since: str
     """When it was asked, ``utc_text``."""
     finalizers: tuple[str, ...] = ()
+    in_background: bool = True
+    """The deletion goes on without its deleter (Kubernetes' garbage collector). False: its
+    deleter does it all (the local backend ends the processes itself), so a deletion found
+    under way was cut short (its deleter interrupted or killed), or is being done right now;
+    deleting it again finishes it (after the one under way, which holds its lock)."""
 
     def describe(self) -> str:
         held = f", finalizers {', '.join(self.finalizers)}" if self.finalizers else ""

@@ -19,14 +19,17 @@ import typer
 import yaml
 from rich.console import Console
 from rich.table import Column, Table
+from typer._click.exceptions import UsageError  # typer's own click, whose errors it raises
 
 from ephemeral.backends import ClusterBackend, ClusterHandle, get_backend
 from ephemeral.backends.base import ClusterStatus, OwnerSelector, Phase
 from ephemeral.backends.notes import backend_notes, refusals, spark_mode_of
 from ephemeral.cli.model import model_app
+from ephemeral.cli.output import discard_when_unread
 from ephemeral.errors import (
     ClusterNotFound,
     EphemeralError,
+    IdentityConflict,
     SettingError,
     SpecError,
     first_line,
@@ -53,7 +56,10 @@ if TYPE_CHECKING:
 class _ErrorBoundary(typer.core.TyperGroup):
     """Every command's errors end alike, whatever raised them (a backend, a setting, a file):
     an EphemeralError or an OSError as ``_fail`` prints it (one JSON document under --json;
-    exit 2 for refused input, else 1), never a traceback."""
+    exit 2 for refused input, else 1), never a traceback. An interrupt (Ctrl-C, SIGTERM,
+    SIGHUP) too, exit 130: what its cleanup did (``up``'s cluster deleted, or not) is on it.
+    A usage error (an unknown option, a bad value) is Typer's to show, but under --json it is
+    one JSON document too."""
 
     def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]  # typer's own
         args = [*ctx._protected_args, *ctx.args]
@@ -61,8 +67,22 @@ class _ErrorBoundary(typer.core.TyperGroup):
         as_json = "--json" in (args[:args.index("--")] if "--" in args else args)
         try:
             return super().invoke(ctx)
-        except (EphemeralError, OSError) as e:
-            raise _fail(e, as_json) from e
+        except UsageError as e:
+            if not as_json:
+                raise
+            raise _fail(e, as_json, self._command(args)) from e
+        except (EphemeralError, OSError, KeyboardInterrupt) as e:
+            raise _fail(e, as_json, self._command(args)) from e
+
+    def _command(self, args: list[str]) -> str:
+        """``ephemeral <command> [<subcommand>]`` as given in ``args``."""
+        words, group = ["ephemeral"], self.commands
+        for word in args:
+            if (command := group.get(word)) is None:
+                break
+            words.append(word)
+            group = getattr(command, "commands", {})
+        return " ".join(words)
 
 
 app = typer.Typer(help="Ephemeral Ray and Spark clusters from versioned specs.",
@@ -104,13 +124,37 @@ def _emit(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def _fail(error: EphemeralError | OSError, as_json: bool) -> typer.Exit:
-    """Print ``error`` (as JSON with ``as_json``); the exit to raise: 2 for refused input
-    (``EphemeralError.refused``: a spec, an option, a setting, a job's request; nothing was
-    created or submitted), else 1."""
+# The CLI's exit codes besides 0, first match wins; any other failure is 1. Refused input is
+# 2: nothing was created or submitted, and the same input fails the same. Refusals are the
+# errors that say so (``EphemeralError.refused``: a spec, a setting, a request) and these.
+EXIT_CODES: tuple[tuple[tuple[type[BaseException], ...], int], ...] = (
+    ((KeyboardInterrupt,), 130),  # Ctrl-C, SIGTERM, SIGHUP: as a shell's
+    ((UsageError, IdentityConflict), 2),  # an option click refuses; a name another spec holds
+)
+
+
+def exit_code(error: BaseException) -> int:
+    if getattr(error, "refused", False):
+        return 2
+    return next((code for kinds, code in EXIT_CODES if isinstance(error, kinds)), 1)
+
+
+def _fail(error: EphemeralError | OSError | KeyboardInterrupt | UsageError, as_json: bool,
+          command: str | None = None) -> typer.Exit:
+    """Print ``error`` (as JSON with ``as_json``); the exit to raise (``exit_code``). A
+    refused request is headed by ``command`` (``ephemeral up: refused``), whichever part of
+    it refused the request."""
+    from ephemeral.adhoc import RequestError
+
     message = str(error)
     if isinstance(error, OSError):  # one line: what failed on which file
         message = " ".join(str(p) for p in (error.strerror or error, error.filename) if p)
+    if isinstance(error, KeyboardInterrupt):  # its text, if any, is the signal that stopped it
+        message = f"interrupted{f' ({error})' if str(error) else ''}"
+    if isinstance(error, UsageError):
+        message = error.format_message()
+    if isinstance(error, RequestError) and command:
+        message = str(RequestError(error.problems, command))
     # What happened after the failure (its cluster deleted, or that deletion failing too) is
     # the part an operator acts on.
     message = "\n".join([message, *getattr(error, "__notes__", ())])
@@ -121,7 +165,7 @@ def _fail(error: EphemeralError | OSError, as_json: bool) -> typer.Exit:
     else:
         err.print(f"[bold red]error:[/] {type(error).__name__}", highlight=False)
         err.print(message, markup=False, highlight=False)
-    return typer.Exit(2 if getattr(error, "refused", False) else 1)
+    return typer.Exit(exit_code(error))
 
 
 def _seconds(param: typer.CallbackParam, value: float | None) -> float | None:
@@ -495,9 +539,11 @@ def down(
         targets = [(n, be.list_owned(OwnerSelector.of_target(n, all_instances=all_instances)))
                    for n in names]
     else:
-        err.print("name one or more clusters, or use --all")
-        raise typer.Exit(2)
-    done, failures = [], []
+        raise RequestError([("NAME", "name one or more clusters, or use --all")],
+                           "ephemeral down")
+    done: list[dict[str, Any]] = []
+    unknown: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
     for name, handles in targets:
         known = bool(handles)
         other = None if known else be.get(name, all_instances=True)
@@ -516,8 +562,10 @@ def down(
                 # only, so --all-instances reaches another deployment's cluster only this way.
                 seconds = sum(teardown(be, h) for h in handles) if handles else \
                     teardown(be, name)
-            done.append({"name": name, "existed": known, "seconds": round(seconds, 2)}
-                        | ({} if known else {"looked_in": _where(be), "ended": running}))
+            # A name with no record is no deletion: a script must not count it as one.
+            (done if known else unknown).append(
+                {"name": name, "existed": known, "seconds": round(seconds, 2)}
+                | ({} if known else {"looked_in": _where(be), "ended": running}))
             if not as_json:
                 word = ("deleted" if known else
                         f"no record of it in the {_where(be)}; ended what of it still ran: "
@@ -529,7 +577,7 @@ def down(
             if not as_json:
                 err.print(f"[red]{name}: {e}[/]", highlight=False)
     if as_json:
-        _emit({"deleted": done, "failed": failures})
+        _emit({"deleted": done, "not_found": unknown, "failed": failures})
     if failures:
         raise typer.Exit(1)
 
@@ -565,7 +613,8 @@ def _key_values(pairs: list[str] | None, option: str) -> dict[str, str]:
 
 
 def _log_sink(as_json: bool) -> Callable[[str], None]:
-    """Job logs go to stdout, or to stderr when stdout is reserved for --json."""
+    """Job logs go to stdout, or to stderr when stdout is reserved for --json; a closed stdout
+    discards them (``output.discard_when_unread``), the job followed on to its end."""
     stream = sys.stderr if as_json else sys.stdout
 
     def write(line: str) -> None:
@@ -911,6 +960,8 @@ def main() -> None:
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
+    # A closed stdout (`| head -1`) discards what follows; the exit code stays the command's.
+    discard_when_unread()
     app()
 
 

@@ -114,7 +114,8 @@ def test_up_ls_submit_down_a_real_ray_cluster(local_backend: LocalBackend) -> No
     assert local_backend.pids("cli-ray") == []
     assert json.loads(cli("ls", "--json").stdout) == []
     again_down = json.loads(cli("down", "cli-ray", "--json").stdout)
-    assert again_down["deleted"][0]["existed"] is False
+    assert again_down["deleted"] == []
+    assert again_down["not_found"][0]["name"] == "cli-ray"
 
 
 @pytest.mark.local

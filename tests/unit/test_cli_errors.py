@@ -193,8 +193,9 @@ def test_down_of_a_name_not_found_says_where_it_looked(fake: InMemoryBackend) ->
     """Meant for Kubernetes, run against the local default: 'not found' alone reads as done."""
     code, stdout, _ = invoke("down", "eph-train-gpu-0123456789", "--json")
     assert code == 0, stdout
-    [gone] = json.loads(stdout)["deleted"]
-    assert gone["existed"] is False
+    doc = json.loads(stdout)
+    [gone] = doc["not_found"]  # no deletion: not under "deleted"
+    assert doc["deleted"] == []
     assert gone["looked_in"].startswith(f"{fake.name} backend")
     assert "instance " in gone["looked_in"]
     code, _, stderr = invoke("down", "eph-train-gpu-0123456789")
@@ -217,7 +218,7 @@ def test_down_of_a_name_with_no_record_says_what_of_it_it_ended(
         assert code == 0, stdout + stderr
         assert proc.wait(timeout=10) is not None  # ended
         if as_json:
-            [gone] = json.loads(stdout)["deleted"]
+            [gone] = json.loads(stdout)["not_found"]
             assert (gone["existed"], gone["ended"]) == (False, [f"pid {proc.pid} (sleep)"])
         else:
             said = " ".join(stderr.split())
@@ -275,3 +276,53 @@ def test_output_the_terminal_cannot_encode_is_escaped_not_a_traceback(tmp_path: 
     assert proc.returncode == 0, proc.stderr
     assert "sp\\xebcs" in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+# -- one table of exit codes: refused input is 2, one JSON document under --json -------------
+
+def test_a_name_another_spec_holds_is_refused_input(fake: InMemoryBackend,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """IdentityConflict (the name is another spec's, or another owner's, cluster): nothing was
+    created, and the same `up` fails the same: exit 2, as every other refusal (it was 1)."""
+    from ephemeral.errors import IdentityConflict
+
+    def conflict(*_a: object, **_k: object) -> None:
+        raise IdentityConflict("cluster 'mine' already exists from ray/other@1")
+
+    monkeypatch.setattr(fake, "create", conflict)
+    code, stdout, _ = invoke("up", "ray/adhoc-cpu", "-p", "ci-cpu", "--name", "mine", "--json")
+    assert code == 2, stdout
+    assert json.loads(stdout)["error"] == "IdentityConflict"
+
+
+@pytest.mark.parametrize("args", [["up", "--json"], ["up", "ray/adhoc-cpu", "--json", "--bogus"],
+                                  ["specs", "show", "--json"],
+                                  ["down", "--json"]])
+def test_a_usage_error_under_json_is_one_json_document(fake: InMemoryBackend,
+                                                       args: list[str]) -> None:
+    code, stdout, _ = invoke(*args)
+    assert code == 2, stdout
+    doc = json.loads(stdout)
+    assert doc["message"]
+    assert doc["retryable"] is False
+
+
+def test_a_usage_error_without_json_is_still_typers(fake: InMemoryBackend) -> None:
+    code, stdout, stderr = invoke("up", "ray/adhoc-cpu", "--bogus")
+    assert code == 2
+    assert "No such option" in stderr
+    assert stdout == ""
+
+
+@pytest.mark.parametrize(("args", "head"), [
+    (["reap", "--grace", "nan"], "ephemeral reap: refused"),
+    (["render", "ray/adhoc-cpu", "--namespace", "Bad_Ns"], "ephemeral render: refused"),
+    (["submit", "c", "--env", "novalue", "--", "true"], "ephemeral submit: refused"),
+    (["up", "ray/adhoc-cpu", "--timeout", "0"], "ephemeral up: refused"),
+])
+def test_a_refusal_is_headed_by_its_command(fake: InMemoryBackend, args: list[str],
+                                            head: str) -> None:
+    """It read "request: refused" or "ephemeral: refused" by which helper refused."""
+    code, stdout, _ = invoke(args[0], "--json", *args[1:])
+    assert code == 2, stdout
+    assert json.loads(stdout)["message"].splitlines()[0] == head

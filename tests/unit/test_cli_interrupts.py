@@ -169,3 +169,40 @@ def test_a_signal_the_caller_ignores_stays_ignored() -> None:
     done = subprocess.run(["nohup", sys.executable, "-c", code], capture_output=True,
                           text=True, timeout=60, check=False)
     assert done.stdout.strip() == "still here True True", done.stdout + done.stderr
+
+
+# -- an interrupted command says so, with what its cleanup did --------------------------------
+
+@pytest.mark.parametrize("delete_fails", [False, True])
+@pytest.mark.parametrize("as_json", [False, True])
+def test_an_interrupted_up_says_what_became_of_its_cluster(monkeypatch: pytest.MonkeyPatch,
+                                                           delete_fails: bool,
+                                                           as_json: bool) -> None:
+    """Typer turned the interrupt into a silent exit 130: no JSON, and the note saying the
+    cluster's deletion failed (a leak for the operator to act on) was dropped."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from ephemeral.backends.fake import InMemoryBackend
+    from ephemeral.cli import main as cli_main
+    from ephemeral.errors import BackendUnavailable
+
+    class Interrupted(InMemoryBackend):
+        def probe(self, handle: object) -> object:
+            raise KeyboardInterrupt
+
+        def delete(self, target: object, *, wait: bool = True) -> object:
+            if delete_fails:
+                raise BackendUnavailable("API server down")
+            return super().delete(target, wait=wait)  # type: ignore[arg-type]
+
+    backend = Interrupted()
+    monkeypatch.setattr(cli_main, "_backend", lambda _name: backend)
+    result = CliRunner().invoke(cli_main.app, ["up", "ray/adhoc-cpu", "-p", "ci-cpu",
+                                               *(["--json"] if as_json else [])])
+    assert result.exit_code == 130, result.output
+    said = json.loads(result.stdout)["message"] if as_json else result.stderr
+    assert said.startswith("interrupted") if as_json else "interrupted" in said
+    assert ("after the failure also failed: BackendUnavailable: API server down" if delete_fails
+            else "was deleted after the failure: nothing of it is left") in said

@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from contextlib import AbstractContextManager
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from ephemeral.backends.base import (
     ClusterBackend,
     ClusterHandle,
     ClusterStatus,
+    Deleting,
     Deletion,
     Endpoints,
     HeadState,
@@ -49,7 +51,7 @@ from ephemeral.errors import (
 )
 from ephemeral.jobs.spark_jobs import SparkAuth
 from ephemeral.settings import get_settings, job_environ
-from ephemeral.specs.identity import PREFIX, ClusterIdentity
+from ephemeral.specs.identity import PREFIX, ClusterIdentity, utc_text
 from ephemeral.specs.models import RaySpec, SparkSpec
 from ephemeral.specs.resolve import ResolvedSpec
 
@@ -518,7 +520,7 @@ class LocalBackend(ClusterBackend):
                             state_file(cdir), err, cdir.name)
                 continue
             if state and selector.admits(state.handle):
-                out.append(state.handle)
+                out.append(_listed(state, cdir))
         return out
 
     # -- extras used by the CLI and tests --------------------------------------------------
@@ -530,3 +532,17 @@ class LocalBackend(ClusterBackend):
     def node_plan(self, name: str) -> list[PlannedNode]:
         state = self._state(name)
         return state.plan if state else []
+
+
+def _listed(state: ClusterState, cdir: Path) -> ClusterHandle:
+    """The handle ``list_owned`` gives: one whose deletion began says so (``Deleting``), since
+    its state's last save, which was the one that marked it."""
+    if not state.deleting:
+        return state.handle
+    try:
+        marked = state_file(cdir).stat().st_mtime
+    except OSError:  # its deletion ended since the state was read
+        marked = time.time()
+    since = datetime.fromtimestamp(marked, UTC)
+    return state.handle.model_copy(update={"deleting": Deleting(
+        since=utc_text(since), in_background=False)})
