@@ -31,7 +31,7 @@ spec = small("ray/adhoc-cpu", replicas=1)
 backend.create(spec, identity=ClusterIdentity.manual(spec.spec.name, "c"))
 cli_main._backend = lambda _name: backend
 
-def follow(jid, *, sink, timeout):
+def follow(jid, *, sink, timeout, owned=True):
     def stream():
         for i in range(2000):
             sink(f"log line {i}")
@@ -42,7 +42,8 @@ def follow(jid, *, sink, timeout):
     return JobResult(job_id=jid, cluster="c", engine="ray", status=JobStatus.SUCCEEDED,
                      seconds=1.0)
 
-jobs = SimpleNamespace(status=lambda _j: None, submit=lambda *_a, **_k: "raysubmit_1",
+jobs = SimpleNamespace(attachable=lambda *_a, **_k: False,
+                       submit_request=lambda *_a, **_k: "raysubmit_1",
                        follow=follow, stop=lambda *_a, **_k: None)
 ray_jobs.ray_jobs_for = lambda *_a: jobs
 sys.argv = ["ephemeral", *sys.argv[1:]]
