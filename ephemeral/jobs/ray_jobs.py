@@ -660,7 +660,7 @@ class RayJobs:
         to is someone else's to stop."""
         started = time.monotonic()
         streamer = None
-        streamed = threading.Event()  # the stream ran to the job's end
+        streamed = _Streamed()
         if sink is not None:
             streamer = threading.Thread(target=self._stream, args=(job_id, sink, streamed),
                                         daemon=True)
@@ -694,21 +694,40 @@ class RayJobs:
                            result=parse_result_line(logs))
         if not result.ok:
             raise JobFailed(job_id, st.value, tail(logs), exit_code=self.exit_code(job_id),
-                            streamed=streamed.is_set())
+                            streamed=streamed.covers(logs))
         return result
 
-    def _stream(self, job_id: str, sink: LogSink, done: threading.Event) -> None:
+    def _stream(self, job_id: str, sink: LogSink, streamed: _Streamed) -> None:
         async def pump() -> None:
             async for chunk in self.client.tail_job_logs(job_id):
                 for line in chunk.splitlines():
                     sink(line)
+                    streamed.saw(line)
 
         try:
             asyncio.run(pump())
         except Exception as err:  # noqa: BLE001 - log streaming is best effort; status is not
             sink(f"[ephemeral] log stream interrupted: {err}")
         else:
-            done.set()
+            streamed.ended = True
+
+
+class _Streamed:
+    """What a job's log stream delivered: a failed job's tail is shown again unless the
+    stream ran to the job's end *and* its last line is the logs' last line (a stream that
+    closed early, or lost the end, must not hide the lines that say why the job failed)."""
+
+    def __init__(self) -> None:
+        self.ended = False
+        self.last = ""
+
+    def saw(self, line: str) -> None:
+        if line.strip():
+            self.last = line
+
+    def covers(self, logs: str) -> bool:
+        lines = [line for line in logs.splitlines() if line.strip()]
+        return self.ended and (not lines or lines[-1] == self.last)
 
 
 class JobWatch:

@@ -79,7 +79,13 @@ def test_another_users_deletion_fails_and_keeps_the_state(shared_home: Path) -> 
     save(cdir, state)
     _open_to_all(shared_home)
     deadline = time.monotonic() + 10
-    while not (daemon := procs.find(state.nodes, uid)) and time.monotonic() < deadline:
+
+    def daemons() -> list[psutil.Process]:
+        # the daemon alone: the session's leader (and any launcher) exits on its own once it
+        # has started, and is not what the other user must fail to end
+        return [p for p in procs.find(state.nodes, uid) if p.name() == "sleep"]
+
+    while not (daemon := daemons()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert daemon, "the node's daemon did not start"
     try:

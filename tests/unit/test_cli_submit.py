@@ -42,6 +42,7 @@ class FakeJobsApi(RayJobs):
         self.driver_exit: int | None = 0
         self.logs_text = "hello\n"
         self.stream_fails = False
+        self.stream_text: str | None = None  # what the log stream delivers (None: the logs)
         self.before: Callable[[str], None] | None = None
         self.after: Callable[[str], None] | None = None
 
@@ -83,7 +84,7 @@ class FakeJobsApi(RayJobs):
         async def tail_job_logs(_jid: str) -> AsyncIterator[str]:
             if self.stream_fails:
                 raise ConnectionError("WebSocket connection closed unexpectedly")
-            yield self.logs_text
+            yield self.logs_text if self.stream_text is None else self.stream_text
 
         return SimpleNamespace(submit_job=submit_job, get_job_logs=lambda _j: self.logs_text,
                                tail_job_logs=tail_job_logs)
@@ -265,16 +266,19 @@ def test_a_failed_jobs_exit_code_is_reported(api: FakeJobsApi) -> None:
     assert "ended FAILED (exit code 3); last log lines:\nboom" in doc["message"]
 
 
-@pytest.mark.parametrize("stream_fails", [False, True])
-def test_the_log_tail_is_shown_once(api: FakeJobsApi, stream_fails: bool) -> None:
-    api.ends, api.driver_exit, api.logs_text = JobStatus.FAILED, 3, "boom\n"
-    api.stream_fails = stream_fails
+@pytest.mark.parametrize("stream", ["whole", "broke", "closed early"])
+def test_the_log_tail_is_shown_once(api: FakeJobsApi, stream: str) -> None:
+    api.ends, api.driver_exit, api.logs_text = JobStatus.FAILED, 3, "starting\nboom\n"
+    api.stream_fails = stream == "broke"
+    if stream == "closed early":  # the stream ended cleanly before the job's last line
+        api.stream_text = "starting\n"
     result = submit("--", "python", "x.py")
     assert result.exit_code == 1
     assert f"job {api.submits[0]} ended FAILED (exit code 3)" in said(result)
-    # streamed to stdout as it came; the error repeats it only when the stream broke
-    assert result.stdout.count("boom") == (0 if stream_fails else 1)
-    assert result.stderr.count("boom") == (1 if stream_fails else 0)
+    # streamed to stdout as it came; the error repeats the tail only when the stream did not
+    # deliver the job's last line
+    assert result.stdout.count("boom") == (1 if stream == "whole" else 0)
+    assert result.stderr.count("boom") == (0 if stream == "whole" else 1)
 
 
 def test_spark_submit_reports_its_exit_code_in_the_same_field(
