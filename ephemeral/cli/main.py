@@ -27,9 +27,11 @@ from ephemeral.backends.notes import backend_notes, refusals, spark_mode_of
 from ephemeral.cli.model import model_app
 from ephemeral.cli.output import discard_when_unread
 from ephemeral.errors import (
+    ClusterFailed,
     ClusterNotFound,
     EphemeralError,
     IdentityConflict,
+    ReadinessTimeout,
     SettingError,
     SpecError,
     first_line,
@@ -597,7 +599,32 @@ def _cluster(name: str, backend: str | None, engine: str, as_json: bool,
         raise _fail(ClusterNotFound(f"cluster {name!r} is a {handle.engine} cluster, not {engine}"),
                     as_json)
     check_timeout_within_ttl(handle, timeout, field="--timeout")
+    _wait_usable(_backend(backend), handle, as_json)
     return handle
+
+
+def _wait_usable(backend: ClusterBackend, handle: ClusterHandle, as_json: bool) -> None:
+    """A job goes only to a ready cluster: one still starting (its `up` running in another
+    terminal) is waited for, as `up` would; one being deleted, gone or failed is refused
+    naming its state, before anything is submitted (not a connection error per read)."""
+    try:
+        status = backend.wait_ready(handle, timeout=0)
+    except ClusterFailed as e:
+        raise _fail(ClusterFailed(f"cluster {handle.name!r} failed; nothing was submitted: {e}"),
+                    as_json) from e
+    if status.ready:
+        return
+    if status.phase is not Phase.STARTING:
+        raise _fail(ClusterNotFound(
+            f"cluster {handle.name!r} is {status.phase.value} ({status.message}); nothing was "
+            "submitted: create it again with `ephemeral up`, see `ephemeral ls`"), as_json)
+    err.print(f"cluster {handle.name} is starting ({status.nodes_ready}/"
+              f"{status.nodes_expected} nodes ready); waiting up to "
+              f"{DEFAULT_READY_TIMEOUT:g}s for it", markup=False, highlight=False)
+    try:
+        backend.wait_ready(handle, timeout=DEFAULT_READY_TIMEOUT)
+    except (ClusterFailed, ReadinessTimeout) as e:
+        raise _fail(e, as_json) from e
 
 
 def _key_values(pairs: list[str] | None, option: str) -> dict[str, str]:

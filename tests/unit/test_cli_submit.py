@@ -309,3 +309,48 @@ def test_spark_submit_reports_its_exit_code_in_the_same_field(
     with pytest.raises(JobFailed) as failed:
         spark_jobs.spark_submit("spark://127.0.0.1:7077", str(app))
     assert failed.value.facts["exit_code"] == 4
+
+
+# -- 6. a job goes only to a ready cluster ---------------------------------------------------
+
+def _backend_of(monkeypatch: pytest.MonkeyPatch, **kw: Any) -> Any:
+    from ephemeral.backends.fake import InMemoryBackend
+    from ephemeral.specs import ClusterIdentity
+    from tests.conftest import small
+
+    backend = InMemoryBackend(**kw)
+    spec = small("ray/adhoc-cpu", replicas=1)
+    backend.create(spec, identity=ClusterIdentity.manual(spec.spec.name, "c"))
+    monkeypatch.setattr(cli_main, "_backend", lambda _name: backend)
+    return backend
+
+
+def test_a_job_for_a_starting_cluster_waits_for_it(api: FakeJobsApi,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ephemeral up c` still running in another terminal: the job waits, as `up` does, then
+    runs; it is not sent to a Jobs API that does not answer yet."""
+    backend = _backend_of(monkeypatch, ready_after_probes=3)
+    result = submit("--", "python", "x.py")
+    assert result.exit_code == 0, result.stderr
+    assert "cluster c is starting (1/2 nodes ready); waiting up to" in said(result)
+    assert backend._clusters["c"].probes >= 3 and len(api.submits) == 1
+
+
+@pytest.mark.parametrize("state", ["failed", "deleting", "gone"])
+def test_a_job_for_a_cluster_that_is_not_there_names_its_state(
+        api: FakeJobsApi, monkeypatch: pytest.MonkeyPatch, state: str) -> None:
+    from ephemeral.backends.base import ClusterStatus, Phase
+
+    backend = _backend_of(monkeypatch, fail_nodes=state == "failed")
+    if state != "failed":
+        phase = Phase.DELETING if state == "deleting" else Phase.GONE
+        monkeypatch.setattr(backend, "probe", lambda _h: ClusterStatus(
+            phase=phase, message="being deleted" if state == "deleting" else "no such cluster"))
+    result = submit("--json", "--", "python", "x.py")
+    assert result.exit_code == 1
+    doc = json.loads(result.stdout)
+    assert doc["error"] == ("ClusterFailed" if state == "failed" else "ClusterNotFound")
+    expected = "failed; nothing was submitted" if state == "failed" else (
+        f"is {state} (")
+    assert f"cluster 'c' {expected}" in doc["message"]
+    assert api.submits == []
