@@ -333,7 +333,8 @@ def test_a_job_for_a_starting_cluster_waits_for_it(api: FakeJobsApi,
     result = submit("--", "python", "x.py")
     assert result.exit_code == 0, result.stderr
     assert "cluster c is starting (1/2 nodes ready); waiting up to" in said(result)
-    assert backend._clusters["c"].probes >= 3 and len(api.submits) == 1
+    assert backend._clusters["c"].probes >= 3
+    assert len(api.submits) == 1
 
 
 @pytest.mark.parametrize("state", ["failed", "deleting", "gone"])
