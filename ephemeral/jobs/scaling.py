@@ -159,6 +159,8 @@ def placement_problem(entrypoint: str, spec: RaySpec) -> str | None:
         n, gpus, cpus = (float(given.get(flag, default[flag])) for flag in FLAGS)
     except ValueError:
         return None  # the job's own parser refuses it (adhoc.check_arguments)
+    if not all(map(math.isfinite, (n, gpus, cpus))):
+        return None  # so is nan or inf: its rule is the parser's alone
     if cpus <= 0 and gpus <= 0:
         return None  # asks for nothing a node runs out of
     nodes = [(math.ceil(spec.head.cpu) if spec.head.run_tasks else 0, spec.head.gpus, 1)]

@@ -218,3 +218,16 @@ def test_training_workers_the_cluster_can_hold_pass(profile: str | None, flags: 
     req = validate_request(FORM | {"profile": profile,
                                    "entrypoint": f"python train_ddp.py --steps 5 {flags}"})
     assert req["entrypoint"].endswith(flags)
+
+
+@pytest.mark.parametrize("flags", ["--num-workers nan", "--gpus-per-worker inf",
+                                   "--cpus-per-worker nan", "--num-workers 0"])
+def test_a_size_the_jobs_parser_refuses_is_refused_by_it_alone(flags: str) -> None:
+    from ephemeral.jobs.scaling import placement_problem
+    from ephemeral.specs.models import RaySpec
+
+    spec = resolve("ray/adhoc-cpu", "ci-cpu").spec
+    assert isinstance(spec, RaySpec)
+    assert placement_problem(f"python train_ddp.py {flags}", spec) is None  # not its rule
+    why = refused("entrypoint", profile="ci-cpu", entrypoint=f"python train_ddp.py {flags}")
+    assert "train_ddp.py refuses these arguments: argument --" in why
