@@ -198,6 +198,9 @@ def test_pip_entries_past_the_limit_are_refused_by_name(
     (None, 2, "--num-workers 2 --cpus-per-worker 2", 0),  # no 1-CPU node holds a 2-CPU worker
     ("ci-cpu", 2, "--num-workers=1 --gpus-per-worker=1", 0),
     ("ci-cpu", 2, "--num-workers 2 --num-workers 3", 2),  # the parser keeps the last
+    ("ci-cpu", 2, "--num-w 4", 2),                # a prefix argparse takes is the flag
+    ("ci-cpu", 2, "--num-workers 1 --num=3", 2),
+    ("ci-cpu", 2, "--num-workers 1 --gpus 1", 0),
 ])
 def test_training_workers_no_node_layout_can_hold_are_refused_before_creating(
         profile: str | None, workers: int, flags: str, most: int) -> None:
@@ -213,6 +216,7 @@ def test_training_workers_no_node_layout_can_hold_are_refused_before_creating(
     (None, "--num-workers 4"),                     # within maxReplicas
     ("ci-cpu", "--num-workers 2 --cpus-per-worker 0.5"),
     ("ci-cpu", "--num-workers 9 --num-workers 1"),
+    ("ci-cpu", "--num-w 9 --num-workers 1"),
 ])
 def test_training_workers_the_cluster_can_hold_pass(profile: str | None, flags: str) -> None:
     req = validate_request(FORM | {"profile": profile,
