@@ -51,7 +51,10 @@ FIELDS = ("cluster_spec", "profile", "workers", "gpus_per_worker", "entrypoint",
           "timeout_minutes")
 PIP_MAX_ENTRIES, PIP_ENTRY_MAX_LEN = 50, 200
 ENTRYPOINT_MAX_LEN = 2000
-_ARCHIVES = (".whl", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip", ".egg")
+# What pip reads as a local archive's path rather than a project of the index (its
+# ARCHIVE_EXTENSIONS, pip._internal.utils.filetypes), and .egg.
+_ARCHIVES = (".whl", ".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tar.xz", ".txz",
+             ".tlz", ".tar.lz", ".tar.lzma", ".egg")
 
 
 class RequestError(SpecError):
@@ -91,6 +94,19 @@ def pip_allow_list(setting: Found | str | None) -> frozenset[str] | None:
     return frozenset(canonicalize_name(n) for n in names if n)
 
 
+def _archive_of(entry: str) -> str | None:
+    """The archive ending by which pip would install ``entry`` from a local file, or None. pip
+    drops a ``;`` marker and a trailing ``[extras]`` and takes what ends as an archive for a
+    path (``evil.whl[x]``, ``foo.tar``): a file on the node is installed, whatever the index
+    holds. A name ending so (``evil.whl>=1``, ``foo.whl [x]``) is refused too: no project
+    of an index is named like a file."""
+    text = entry.split(";", 1)[0].strip().lower()
+    read_by_pip = re.sub(r"\[[^\]]+\]$", "", text)
+    name = re.split(r"[\s\[<>=!~(@]", text, maxsplit=1)[0]
+    return next((ext for ext in sorted(_ARCHIVES, key=len, reverse=True)
+                 for t in (text, read_by_pip, name) if t.endswith(ext)), None)
+
+
 def _pip_entry_problem(entry: object, allow: frozenset[str] | None) -> str | None:
     """Why one ``pip`` entry is refused, or None with a plain requirement that is allowed."""
     from packaging.requirements import InvalidRequirement, Requirement
@@ -115,8 +131,11 @@ def _pip_entry_problem(entry: object, allow: frozenset[str] | None) -> str | Non
     low = entry.strip().lower()
     if "://" in entry or low.startswith(("git+", "hg+", "svn+", "bzr+", "file:")):
         return f"{entry!r} is a URL or VCS reference; only packages from the index; {plain}"
-    if low.startswith((".", "/", "~")) or "\\" in entry or low.endswith(_ARCHIVES):
+    if low.startswith((".", "/", "~")) or "\\" in entry:
         return f"{entry!r} is a path or an archive; only packages from the index; {plain}"
+    if (ext := _archive_of(entry)) is not None:
+        return (f"{entry!r} is a path or an archive: pip reads a name ending in {ext} as a "
+                f"local file to install, not a package of the index; {plain}")
     try:
         req = Requirement(entry)
     except InvalidRequirement as err:

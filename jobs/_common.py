@@ -9,12 +9,63 @@ and that file is what the submitter reads: the driver's output is merged with th
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import os
 import re
 import sys
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlparse
+
+# --- argument types: a value the job would fail on later is refused while parsing ---------------
+# argparse turns an ArgumentTypeError into its usage error (exit 2, "argument --steps: <why>"),
+# which ephemeral.adhoc.check_arguments shows before a cluster exists.
+
+def whole(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` (to ``high``)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+            if low <= value and (high is None or value <= high):
+                return value
+        except ValueError:
+            pass
+        span = f"of {low} or more" if high is None else f"from {low} to {high}"
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number {span}")
+    return parse
+
+
+def number(low: float, high: float = math.inf, *, above: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number from ``low`` (``above``: more than it, as a timeout
+    must be) to ``high``. ``float`` alone takes nan, which every comparison lets through."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < low or (above and value == low) or value > high:
+            span = (f" from {low:g} to {high:g}" if high < math.inf else "" if low == -math.inf
+                    else f" above {low:g}" if above else f" of {low:g} or more")
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number{span}")
+        return value
+    return parse
+
+
+def text(what: str) -> Callable[[str], str]:
+    """An argparse type: a text with more than whitespace in it (``what``: what it names). An
+    empty URI would read the job's own folder, and fail there."""
+    def parse(value: str) -> str:
+        if not value.strip():
+            raise argparse.ArgumentTypeError(f"{value!r} is empty: give {what}")
+        return value
+    return parse
+
+
+# numpy's and torch's generators take a seed of 0 or more; torch's up to 2**64 - 1 (the jobs add
+# a worker's rank to it): a 32-bit seed is every seed anyone gives.
+SEED = whole(0, 2**32 - 1)
 
 
 def to_uri(path_or_uri: str) -> str:

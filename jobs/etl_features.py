@@ -16,12 +16,23 @@ validation/ (20%).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import default_root, emit_result, fail, join, run_dir, to_uri, write_json
+from _common import (
+    default_root,
+    emit_result,
+    fail,
+    join,
+    number,
+    run_dir,
+    to_uri,
+    whole,
+    write_json,
+)
 
 # The engine this job runs on, read (not imported) by ephemeral.adhoc: the Ray form refuses
 # a Spark application before creating a cluster it would fail on.
@@ -37,9 +48,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--artifact-root", default=None)
     p.add_argument("--input", default=None, help="raw dataset URI (.csv file/dir or Parquet)")
     p.add_argument("--output", default=None, help="default: <root>/<run>/features")
-    p.add_argument("--rows", type=int, default=20000)
-    p.add_argument("--partitions", type=int, default=8)
-    p.add_argument("--drift", type=float, default=0.0,
+    # Refused here rather than by Spark once the application runs: no rows (the quality gate
+    # would fail on an empty input), no partitions, a nan shift (nan features, no error).
+    p.add_argument("--rows", type=whole(1), default=20000)
+    p.add_argument("--partitions", type=whole(1), default=8)
+    p.add_argument("--drift", type=number(-math.inf), default=0.0,
                    help="generated data only: shift 30%% of the rows by this many units")
     return p.parse_args(argv)
 

@@ -17,7 +17,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import emit_result, join, read_bytes, to_uri, write_json
+from _common import SEED, emit_result, join, read_bytes, text, to_uri, whole, write_json
 from train_ddp import build_model, load_dataset
 
 # The engine this job runs on, read (not imported) by ephemeral.adhoc: the Ray form refuses
@@ -47,16 +47,25 @@ def binary_f1(predicted: list[int], actual: list[int], positive: int = 1
     return precision, recall, f1
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The job's arguments, refused by argparse (exit 2, naming the flag) when evaluating would
+    fail on them later: the ad-hoc form runs this before it creates a cluster
+    (ephemeral.adhoc.check_arguments)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model-uri", required=True, type=text("the model.pt written by train_ddp.py"))
+    p.add_argument("--data-uri", default=None)
+    p.add_argument("--output", default=None)
+    # No rows: a nan loss and an accuracy of 0, of no row, which the gate would judge.
+    p.add_argument("--rows", type=whole(1), default=4096,
+                   help="rows to generate without --data-uri")
+    p.add_argument("--seed", type=SEED, default=1)
+    return p.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> None:
     import torch
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--model-uri", required=True)
-    p.add_argument("--data-uri", default=None)
-    p.add_argument("--output", default=None)
-    p.add_argument("--rows", type=int, default=4096)
-    p.add_argument("--seed", type=int, default=1)
-    args = p.parse_args(argv)
+    args = parse_args(argv)
 
     model_uri = to_uri(args.model_uri)
     model_dir = model_uri.rsplit("/", 1)[0]

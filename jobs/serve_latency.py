@@ -34,7 +34,7 @@ import time
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import emit_result, fail, join, read_bytes, to_uri
+from _common import SEED, emit_result, fail, join, number, read_bytes, text, to_uri, whole
 from train_ddp import build_model, load_dataset
 
 # The engine this job runs on, read (not imported) by ephemeral.adhoc: the Ray form refuses
@@ -46,22 +46,21 @@ ROUTE = "/predict"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The job's arguments, refused by argparse (exit 2, naming the flag) when the load would
+    fail on them later (no request, a nan timeout, which the socket refuses mid-run): the ad-hoc
+    form runs this before it creates a cluster (ephemeral.adhoc.check_arguments)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--model-uri", required=True)
+    p.add_argument("--model-uri", required=True, type=text("the model.pt written by train_ddp.py"))
     p.add_argument("--data-uri", default=None)
-    p.add_argument("--rows", type=int, default=1024, help="rows to generate without --data-uri")
-    p.add_argument("--seed", type=int, default=2)
-    p.add_argument("--requests", type=int, default=400, help="measured requests (fixed count)")
-    p.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
-    p.add_argument("--warmup", type=int, default=20, help="unmeasured requests first")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
-    args = p.parse_args(argv)
-    for name in ("requests", "concurrency"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} must be at least 1")
-    if args.warmup < 0:
-        p.error("--warmup must be 0 or more")
-    return args
+    p.add_argument("--rows", type=whole(1), default=1024,
+                   help="rows to generate without --data-uri")
+    p.add_argument("--seed", type=SEED, default=2)
+    p.add_argument("--requests", type=whole(1), default=400, help="measured requests (fixed count)")
+    p.add_argument("--concurrency", type=whole(1), default=4, help="requests in flight at once")
+    p.add_argument("--warmup", type=whole(0), default=20, help="unmeasured requests first")
+    p.add_argument("--timeout", type=number(0, above=True), default=30.0,
+                   help="seconds per request")
+    return p.parse_args(argv)
 
 
 def load_model(model_uri: str) -> Any:

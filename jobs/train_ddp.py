@@ -5,8 +5,9 @@
 Ray Train starts one worker per slot of the ScalingConfig and picks the process-group backend
 (NCCL with GPUs, gloo without). A worker trains on one device, so with GPUs run one worker per GPU
 (``--gpus-per-worker 1``, ``--num-workers`` = the cluster's GPUs: what ``ddp_args`` renders);
-more than one GPU per worker is refused, as all but one would sit idle. The model is a small MLP classifier on tabular features read
-from a Parquet dataset (the ETL job's output), or generated deterministically without one.
+more than one GPU per worker is refused, as all but one would sit idle. The model is a small MLP
+classifier on tabular features read from a Parquet dataset (the ETL job's output), or generated
+deterministically without one.
 
 Checkpoints go to <artifact root>/<run>/checkpoints/ every --checkpoint-every steps. Started again
 with the same --run, training resumes from the latest of them (a retry after a preemption); a
@@ -30,7 +31,18 @@ import time
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import default_root, emit_result, join, run_dir, to_uri, write_bytes, write_json
+from _common import (
+    SEED,
+    default_root,
+    emit_result,
+    join,
+    number,
+    run_dir,
+    to_uri,
+    whole,
+    write_bytes,
+    write_json,
+)
 
 # The engine this job runs on, read (not imported) by ephemeral.adhoc: the Ray form refuses
 # a Spark application before creating a cluster it would fail on.
@@ -40,22 +52,44 @@ FEATURE_PREFIX = "x"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The job's arguments; what training would fail on later (no worker, a NaN rate, a
+    checkpoint every 0 steps) is refused here, by argparse (exit 2, naming the flag), which the
+    ad-hoc form runs before it creates a cluster (ephemeral.adhoc.check_arguments)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--run", help="run name (required with Ray): artifacts go to <root>/<run>/")
     p.add_argument("--artifact-root", default=None, help="file://, s3:// or gs:// URI")
     p.add_argument("--data-uri", default=None, help="Parquet dataset with x* columns and label")
-    p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--gpus-per-worker", type=float, default=0)
-    p.add_argument("--cpus-per-worker", type=float, default=1)
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--checkpoint-every", type=int, default=100)
-    p.add_argument("--rows", type=int, default=8192, help="rows to generate without --data-uri")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-workers", type=whole(1), default=2)
+    p.add_argument("--gpus-per-worker", type=gpus_per_worker, default=0)
+    p.add_argument("--cpus-per-worker", type=number(0), default=1)
+    p.add_argument("--steps", type=whole(1), default=300)
+    p.add_argument("--batch-size", type=whole(1), default=64)
+    p.add_argument("--lr", type=number(0), default=0.05)
+    p.add_argument("--hidden", type=whole(1), default=64)
+    p.add_argument("--checkpoint-every", type=whole(1), default=100,
+                   help="steps between checkpoints")
+    p.add_argument("--rows", type=whole(1), default=8192,
+                   help="rows to generate without --data-uri")
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--launcher", choices=["ray", "torchrun"], default="ray")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.launcher == "ray" and not args.data_uri and args.rows < args.num_workers:
+        p.error(f"--rows {args.rows} is fewer than the {args.num_workers} workers "
+                "(--num-workers): each trains on its own share of the generated rows, and one "
+                f"with none fails at its first step; generate at least {args.num_workers} rows")
+    return args
+
+
+def gpus_per_worker(text: str) -> float:
+    """``--gpus-per-worker``: 0 to 1. A fraction shares a GPU (Ray schedules fractions); more
+    than one would leave all but one idle, as a worker trains on one device."""
+    value = number(0)(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is more than 1: a worker trains on one device, so all but one of its GPUs "
+            "would sit idle; run one worker per GPU (--num-workers <GPUs in the cluster> "
+            "--gpus-per-worker 1)")
+    return value
 
 
 # --- data and model (the same under Ray Train and torchrun) ---------------------------------
@@ -287,12 +321,10 @@ def _round(value: float | None, digits: int) -> float | None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # Not the parser's rule: the form checks arguments (adhoc.check_arguments) also where it
+    # passes no --run (outside a DAG run).
     if args.launcher == "ray" and not args.run:
         sys.exit("train_ddp.py: --run is required (it names the run's artifact folder)")
-    if args.gpus_per_worker > 1:
-        sys.exit(f"train_ddp.py: --gpus-per-worker {args.gpus_per_worker:g}: a worker trains on "
-                 "one device, so all but one of its GPUs would sit idle; run one worker per GPU "
-                 "(--num-workers <GPUs in the cluster> --gpus-per-worker 1)")
     if args.launcher == "torchrun":
         train_loop({**vars(args), "data_uri": args.data_uri})
     else:

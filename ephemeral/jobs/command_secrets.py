@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import unicodedata
 from collections.abc import Callable, Sequence
 
 from ephemeral.specs.models import (
@@ -47,6 +48,16 @@ _OPTION = re.compile(r"-{1,2}[A-Za-z][A-Za-z0-9_.-]*")
 _ASSIGNMENT = re.compile(r"(?P<name>-{0,2}[A-Za-z_][A-Za-z0-9_.-]*)=(?P<value>.*)", re.S)
 _VARIABLE = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*|\{[A-Za-z_][A-Za-z0-9_]*\})")
 _SPACE = re.compile(r"\s")
+# What shlex splits a command at (its ``whitespace``), as the cluster's shell does: any other
+# whitespace (U+00A0 from a web page or chat, U+2009, a vertical tab) is inside a word.
+_SHELL_SPACE = frozenset(" \t\r\n")
+# A word within a word within a word... (``bash -c "sh -c '...'"``) is judged this deep: each
+# level's quoting triples the length, so depth 8 is a command of some 40,000 characters.
+_MAX_DEPTH = 8
+# The whitespace control characters, which have no name in unicodedata.
+_CONTROL_NAMES = {"\x0b": "LINE TABULATION", "\x0c": "FORM FEED", "\x1c": "FILE SEPARATOR",
+                  "\x1d": "GROUP SEPARATOR", "\x1e": "RECORD SEPARATOR",
+                  "\x1f": "UNIT SEPARATOR", "\x85": "NEXT LINE"}
 
 
 def command_words(command: str) -> list[str]:
@@ -56,6 +67,27 @@ def command_words(command: str) -> list[str]:
         return shlex.split(command)
     except ValueError:
         return command.split()
+
+
+def character_name(c: str) -> str:
+    """``U+00A0 NO-BREAK SPACE``: a character a message names (it may look like any other)."""
+    return f"U+{ord(c):04X} " + (unicodedata.name(c, "") or _CONTROL_NAMES.get(c, "(unnamed)"))
+
+
+def odd_space_problem(command: str) -> str | None:
+    """Why ``command`` is refused for whitespace the shell does not split words at (a no-break
+    space pasted from a web page, a thin space, a vertical tab), or None. The shell keeps it
+    inside a word: ``python``, a no-break space and ``train.py`` are one program name, "not
+    found" on the cluster once it was made. Names each such character and where it first is,
+    not the text around it (it may be a secret)."""
+    odd = [c for c in dict.fromkeys(command) if c.isspace() and c not in _SHELL_SPACE]
+    if not odd:
+        return None
+    found = ", ".join(f"{character_name(c)} (character {command.index(c) + 1})" for c in odd)
+    return (f"contains {found}: whitespace the shell does not split words at, so it would stay "
+            "inside a word (a program or option name the cluster's shell or the program does "
+            "not know). Replace it with an ordinary space; it usually comes from copying a "
+            "command out of a web page, document or chat")
 
 
 def _why_value(word: str) -> str | None:
@@ -78,14 +110,17 @@ def _judged(word: str, option: str | None) -> tuple[str, str] | None:
     return None
 
 
-def secret_words(words: Sequence[str]) -> list[tuple[int, str, str]]:
+def secret_words(words: Sequence[str], _depth: int = 0) -> list[tuple[int, str, str]]:
     """(index, the word masked, why) of each word that holds a secret (the module's rule)."""
     found: list[tuple[int, str, str]] = []
     option: str | None = None
     for i, word in enumerate(words):
         hit = _judged(word, option)
-        if hit is None and _SPACE.search(word):  # a command in a word: bash -c '...'
-            inner = secret_words(command_words(word))
+        if hit is None and _SPACE.search(word) and _depth < _MAX_DEPTH:
+            # A command in a word (bash -c '...'). Only when splitting it gives other words: a
+            # space shlex keeps in the word (U+00A0) would give the word itself back, forever.
+            inner_words = command_words(word)
+            inner = secret_words(inner_words, _depth + 1) if inner_words != [word] else []
             hit = inner[0][1:] if inner else None
         if hit is not None:
             found.append((i, *hit))

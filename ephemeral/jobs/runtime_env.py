@@ -43,6 +43,7 @@ from ephemeral.jobs.command_secrets import (
     SECRET_SOURCES,
     command_words,
     masked_command,
+    odd_space_problem,
     secret_words_problem,
 )
 from ephemeral.specs.models import (
@@ -207,14 +208,17 @@ def command_line(entrypoint: str | Sequence[Any]) -> str:
 def entrypoint_problem(entrypoint: str, *, one_line: bool = False) -> str | None:
     """Why a job's command is refused, or None: credentials in a URL of it (they would reach
     Ray's job info, the task log and the rendered fields; ``credentials_problem``), a secret in
-    any of its words (``command_secrets``), a control character (the shell on the cluster would
-    fail on it, after the cluster was made), or a whole command quoted as its one word (the
-    shell would look for a program of that name, after submission). ``one_line``: a line break
-    or tab counts too (a form's or the CLI's command is one line)."""
+    any of its words (``command_secrets``), whitespace the shell does not split at (U+00A0:
+    ``odd_space_problem``) or a control character (the shell on the cluster would fail on it,
+    after the cluster was made), or a whole command quoted as its one word (the shell would
+    look for a program of that name, after submission). ``one_line``: a line break or tab
+    counts too (a form's or the CLI's command is one line)."""
     if (problem := credentials_problem(entrypoint, CREDENTIALS_FIX)) is not None:
         return problem
     words = command_words(entrypoint)
     if (problem := secret_words_problem(words, lambda i: f"word {i}")) is not None:
+        return problem
+    if (problem := odd_space_problem(entrypoint)) is not None:
         return problem
     bad = sorted({c for c in entrypoint if not c.isprintable()
                   and (one_line or c not in "\t\n\r")})

@@ -129,14 +129,27 @@ def _runs_scaling_script(entrypoint: str) -> bool:
     return script is not None and script.rsplit("/", 1)[-1] in SCALING_SCRIPTS
 
 
+def _scaling_flag(name: str) -> str | None:
+    """The flag of ``FLAGS`` that ``name`` (a word before any ``=``) stands for, or None.
+    argparse takes an unambiguous prefix of a long option (``--num-w 3`` is ``--num-workers
+    3``), so a prefix of one flag counts: missed, the cluster's value would be appended after
+    the user's and win (the parser keeps the last). A prefix the script's parser finds
+    ambiguous (``--c``: --cpus-per-worker or --checkpoint-every) fails in its parser, which
+    the form runs before creating a cluster (``adhoc.check_arguments``)."""
+    if not name.startswith("--") or len(name) < 3:
+        return None
+    flags = [flag for flag in FLAGS if flag.startswith(name)]
+    return flags[0] if len(flags) == 1 else None
+
+
 def given_scaling(entrypoint: str) -> dict[str, str]:
-    """The scaling flags ``entrypoint`` sets itself (``--flag value`` or ``--flag=value``), with
-    the value its parser keeps: the last one."""
+    """The scaling flags ``entrypoint`` sets itself (``--flag value``, ``--flag=value``, or a
+    prefix argparse takes for the flag), with the value its parser keeps: the last one."""
     words = shlex.split(entrypoint)
     given: dict[str, str] = {}
     for i, word in enumerate(words):
-        flag, eq, value = word.partition("=")
-        if flag in FLAGS:
+        name, eq, value = word.partition("=")
+        if (flag := _scaling_flag(name)) is not None:
             given[flag] = value if eq else (words[i + 1] if i + 1 < len(words) else "")
     return given
 
@@ -159,6 +172,8 @@ def placement_problem(entrypoint: str, spec: RaySpec) -> str | None:
         n, gpus, cpus = (float(given.get(flag, default[flag])) for flag in FLAGS)
     except ValueError:
         return None  # the job's own parser refuses it (adhoc.check_arguments)
+    if not all(map(math.isfinite, (n, gpus, cpus))):
+        return None  # so is nan or inf: its rule is the parser's alone
     if cpus <= 0 and gpus <= 0:
         return None  # asks for nothing a node runs out of
     nodes = [(math.ceil(spec.head.cpu) if spec.head.run_tasks else 0, spec.head.gpus, 1)]

@@ -1,5 +1,6 @@
 """ephemeral.adhoc beyond refusals (those are in the bad input corpus): what it accepts, how a
-deployment raises its caps, and the timeout-within-TTL check the operator and CLI share."""
+deployment raises its caps, and the timeout-within-TTL check the operator and CLI share; and
+each archive ending pip reads as a local file, too many for the corpus."""
 
 from __future__ import annotations
 
@@ -102,6 +103,29 @@ def test_every_refused_pip_entry_is_named_at_once() -> None:
     with pytest.raises(RequestError) as err:
         check_pip(["numpy", "-e .", "pandas", "x @ https://e.example/x.whl"])
     assert err.value.fields == ["pip[1]", "pip[3]"]
+
+
+@pytest.mark.parametrize(("entry", "ext"), [
+    ("evil.whl[x]", ".whl"),            # pip drops the extras, then reads the rest as a path
+    ("evil-1.0-py3-none-any.whl[a,b]", ".whl"),
+    ("foo.tar", ".tar"), ("foo.tbz", ".tbz"), ("foo.txz", ".txz"), ("foo.tlz", ".tlz"),
+    ("pkg.tar.gz[dev]", ".tar.gz"), ("pkg.zip[x]", ".zip"), ("PKG.TAR.LZMA", ".tar.lzma"),
+    ("pkg.whl; os_name == 'posix'", ".whl"),  # and the marker
+    ("evil.whl>=1", ".whl"), ("foo.whl [x]", ".whl"),  # no project is named like a file
+])
+def test_an_entry_pip_would_install_from_a_local_file_is_refused(entry: str, ext: str) -> None:
+    with pytest.raises(RequestError) as err:
+        check_pip(["numpy", entry])
+    assert err.value.fields == ["pip[1]"]
+    assert (f"pip[1]: {entry!r} is a path or an archive: pip reads a name ending in {ext} as a "
+            "local file to install, not a package of the index; write a plain requirement") \
+        in str(err.value)
+
+
+@pytest.mark.parametrize("entry", ["backports.tarfile", "zipp>=3", "jaraco.zipfile",
+                                   "wheel", "tarsafe[x]==0.0.5", "zc.lockfile"])
+def test_a_package_whose_name_only_contains_an_archive_word_passes(entry: str) -> None:
+    assert check_pip([entry]) == [entry]
 
 
 def handle(created: datetime) -> Any:

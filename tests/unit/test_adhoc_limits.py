@@ -198,6 +198,9 @@ def test_pip_entries_past_the_limit_are_refused_by_name(
     (None, 2, "--num-workers 2 --cpus-per-worker 2", 0),  # no 1-CPU node holds a 2-CPU worker
     ("ci-cpu", 2, "--num-workers=1 --gpus-per-worker=1", 0),
     ("ci-cpu", 2, "--num-workers 2 --num-workers 3", 2),  # the parser keeps the last
+    ("ci-cpu", 2, "--num-w 4", 2),                # a prefix argparse takes is the flag
+    ("ci-cpu", 2, "--num-workers 1 --num=3", 2),
+    ("ci-cpu", 2, "--num-workers 1 --gpus 1", 0),
 ])
 def test_training_workers_no_node_layout_can_hold_are_refused_before_creating(
         profile: str | None, workers: int, flags: str, most: int) -> None:
@@ -213,8 +216,22 @@ def test_training_workers_no_node_layout_can_hold_are_refused_before_creating(
     (None, "--num-workers 4"),                     # within maxReplicas
     ("ci-cpu", "--num-workers 2 --cpus-per-worker 0.5"),
     ("ci-cpu", "--num-workers 9 --num-workers 1"),
+    ("ci-cpu", "--num-w 9 --num-workers 1"),
 ])
 def test_training_workers_the_cluster_can_hold_pass(profile: str | None, flags: str) -> None:
     req = validate_request(FORM | {"profile": profile,
                                    "entrypoint": f"python train_ddp.py --steps 5 {flags}"})
     assert req["entrypoint"].endswith(flags)
+
+
+@pytest.mark.parametrize("flags", ["--num-workers nan", "--gpus-per-worker inf",
+                                   "--cpus-per-worker nan", "--num-workers 0"])
+def test_a_size_the_jobs_parser_refuses_is_refused_by_it_alone(flags: str) -> None:
+    from ephemeral.jobs.scaling import placement_problem
+    from ephemeral.specs.models import RaySpec
+
+    spec = resolve("ray/adhoc-cpu", "ci-cpu").spec
+    assert isinstance(spec, RaySpec)
+    assert placement_problem(f"python train_ddp.py {flags}", spec) is None  # not its rule
+    why = refused("entrypoint", profile="ci-cpu", entrypoint=f"python train_ddp.py {flags}")
+    assert "train_ddp.py refuses these arguments: argument --" in why

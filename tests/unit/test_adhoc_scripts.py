@@ -72,12 +72,21 @@ def test_the_spark_jobs_output_flag_is_still_set_for_their_callers() -> None:
 
 
 @pytest.mark.parametrize(("entrypoint", "said"), [
-    ("python train_ddp.py --steps abc", "argument --steps: invalid int value: 'abc'"),
+    ("python train_ddp.py --steps abc", "argument --steps: 'abc' is not a whole number"),
     ("python train_ddp.py --bogus-flag", "unrecognized arguments: --bogus-flag"),
     ("python train_ddp.py --launcher mpi", "argument --launcher: invalid choice: 'mpi'"),
     ("python serve_latency.py", "the following arguments are required: --model-uri"),
     ("python serve_latency.py --model-uri s3://b/m.pt --concurrency 0",
-     "--concurrency must be at least 1"),
+     "argument --concurrency: '0' is not a whole number of 1 or more"),
+    # What the job would fail on once the cluster runs it: refused by its parser, here.
+    ("python serve_latency.py --model-uri s3://b/m.pt --timeout nan",
+     "argument --timeout: 'nan' is not a finite number above 0"),
+    ("python train_ddp.py --num-workers 0", "argument --num-workers: '0' is not a whole number"),
+    ("python train_ddp.py --gpus-per-worker 2", "argument --gpus-per-worker: '2' is more than 1"),
+    ("python train_ddp.py --lr nan", "argument --lr: 'nan' is not a finite number of 0 or more"),
+    ("python evaluate.py", "the following arguments are required: --model-uri"),
+    ("python evaluate.py --model-uri s3://b/m/model.pt --rows 0",
+     "argument --rows: '0' is not a whole number of 1 or more"),
 ])
 def test_arguments_the_job_refuses_are_refused_with_its_message(entrypoint: str,
                                                                  said: str) -> None:
@@ -89,7 +98,8 @@ def test_arguments_the_job_refuses_are_refused_with_its_message(entrypoint: str,
 @pytest.mark.parametrize("entrypoint", [
     "python train_ddp.py --steps 5 --num-workers 2",
     "python serve_latency.py --model-uri s3://b/m.pt --requests 10",
-    "python evaluate.py --model-uri s3://b/m/model.pt",  # no parse_args: not checked here
+    "python evaluate.py --model-uri s3://b/m/model.pt",
+    "python train_ddp.py --num-w 1 --cpus-per-worker 1",  # a prefix argparse takes
     "python hello_ray.py",
 ])
 def test_arguments_the_job_takes_pass(entrypoint: str) -> None:

@@ -4,8 +4,9 @@
 spark-submit``, ``EphemeralSparkSubmitOperator``). A refusal comes before anything is looked
 up, names the field and the word's index, shows no secret and says where a secret goes.
 
-And a whole command quoted as the entrypoint's one word (``submit c -- "python -c ..."``),
-which the cluster's shell would fail on after submission, is refused before it.
+And a whole command quoted as the entrypoint's one word (``submit c -- "python -c ..."``), or
+whitespace the shell does not split at (U+00A0), which the cluster's shell would fail on after
+submission, is refused before it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 
 from ephemeral.adhoc import RequestError, validate_request
 from ephemeral.errors import JobSubmissionFailed
-from ephemeral.jobs.command_secrets import secret_words
+from ephemeral.jobs.command_secrets import character_name, masked_command, secret_words
 from ephemeral.jobs.runtime_env import entrypoint_problem
 
 GH = "ghp_abcdefghijklmnopqrstuvwxyz0123456789"
@@ -218,3 +219,58 @@ def test_a_file_whose_name_has_a_space_is_one_word(tmp_path: Path) -> None:
     script.write_text("#!/bin/sh\n")
     assert entrypoint_problem(shlex.join([str(script)])) is None
     assert entrypoint_problem(shlex.join(["python"])) is None
+
+
+# -- whitespace the shell does not split at ------------------------------------------------------
+
+ODD_SPACES = ["\u00a0", "\u2009", "\u202f", "\u3000", "\x0b", "\x85"]
+
+
+@pytest.mark.parametrize("space", ODD_SPACES)
+def test_a_space_the_shell_keeps_in_a_word_ends_the_search(space: str) -> None:
+    # shlex gives such a word back whole: splitting it again and again was a RecursionError.
+    assert secret_words(["python", "t.py", f"--name{space}x"]) == []
+    assert secret_words(["bash", "-c", f"python{space}t.py --name x"]) == []
+    assert masked_command(f"python t.py --name{space}x") == f"python t.py --name{space}x"
+    # The words around it are still judged.
+    assert [i for i, _, _ in secret_words(["bash", "-c", f"python{space}t.py --token {PW}"])] \
+        == [2]
+
+
+def test_a_command_nested_in_words_is_judged_to_a_bounded_depth() -> None:
+    command = f"python t.py --token {PW}"
+    for _ in range(5):
+        command = shlex.join(["sh", "-c", command])
+    assert [i for i, _, _ in secret_words(shlex.split(command))] == [2]
+    for _ in range(4):  # past the depth judged: no error, whatever it holds
+        command = shlex.join(["sh", "-c", command])
+    secret_words(shlex.split(command))
+
+
+@pytest.mark.parametrize("space", ODD_SPACES)
+@pytest.mark.parametrize("where", ["python{}t.py --steps 5", "python t.py --name 'a{}b'"])
+def test_an_entrypoint_with_such_a_space_is_refused_naming_it(space: str, where: str) -> None:
+    problem = entrypoint_problem(where.format(space), one_line=True)
+    assert problem is not None
+    assert f"contains {character_name(space)} (character " in problem
+    assert "Replace it with an ordinary space" in problem
+
+
+def test_the_form_names_the_no_break_space_and_the_fix() -> None:
+    with pytest.raises(RequestError) as exc:
+        validate_request(FORM | {"entrypoint": "python\u00a0hello_ray.py"})
+    assert exc.value.fields == ["entrypoint"]
+    assert "contains U+00A0 NO-BREAK SPACE (character 7)" in str(exc.value)
+
+
+def test_a_secret_beside_such_a_space_is_refused_as_a_secret_first() -> None:
+    problem = entrypoint_problem(f"bash -c 'python\u00a0t.py --token {PW}'")
+    assert problem is not None
+    assert problem.startswith("word 2 ")
+    _no_secret(problem)
+
+
+def test_a_spark_argument_with_such_a_space_is_judged_without_end() -> None:
+    from ephemeral.jobs.spark_jobs import check_submit_input
+
+    check_submit_input("spark-submit", None, args=["--title", "Caf\u00e9\u00a0Paris", "a b\u00a0c"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ephemeral.backends.base import ClusterHandle, NodeGroup
-from ephemeral.jobs.scaling import ddp_args, scaling_of, with_scaling
+from ephemeral.jobs.scaling import ddp_args, given_scaling, scaling_of, with_scaling
 
 
 def _handle(*groups: tuple[str, int, float, int]) -> ClusterHandle:
@@ -82,3 +82,26 @@ def test_only_the_script_word_is_judged(entrypoint: str) -> None:
 def test_the_scaling_script_gets_its_flags_however_it_is_started(entrypoint: str) -> None:
     assert with_scaling(entrypoint, _handle(("gpu", 2, 8, 1))) == \
         f"{entrypoint} --num-workers 2 --gpus-per-worker 1 --cpus-per-worker 8"
+
+
+@pytest.mark.parametrize(("flags", "added"), [
+    # argparse takes an unambiguous prefix: the user's value must not be outvoted by one
+    # appended after it (the parser keeps the last).
+    ("--num-w 3", "--gpus-per-worker 1 --cpus-per-worker 8"),
+    ("--num=3 --gpus 1", "--cpus-per-worker 8"),
+    ("--cpus-per 2 --n 3 --g=1", ""),
+])
+def test_a_flag_given_by_a_prefix_argparse_takes_is_given(flags: str, added: str) -> None:
+    entrypoint = f"python train_ddp.py --run r {flags}"
+    assert with_scaling(entrypoint, _handle(("gpu", 2, 8, 1))) == \
+        f"{entrypoint} {added}".rstrip()
+
+
+def test_a_prefix_counts_for_the_flag_it_names_and_only_that() -> None:
+    assert given_scaling("python train_ddp.py --num-w 3 --gpus=0.5 --cpus-per-worker 2") == \
+        {"--num-workers": "3", "--gpus-per-worker": "0.5", "--cpus-per-worker": "2"}
+    # Not a prefix of a scaling flag, or of none alone: the script's parser judges it.
+    assert given_scaling("python train_ddp.py -- --nu-workers 3 --num-workers-x 2 --steps 5") \
+        == {}
+    assert given_scaling("python train_ddp.py --num-w 3 --num-workers 4") == \
+        {"--num-workers": "4"}
