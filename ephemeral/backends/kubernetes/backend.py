@@ -580,10 +580,16 @@ class KubernetesBackend(ClusterBackend):
 
     def owned(self, handle: ClusterHandle, selector: OwnerSelector) -> ClusterHandle | None:
         """As the base's, in the namespace the handle names (a connection's namespace may
-        have changed since the setup); only this run's labels there count, and only the kind
-        of the handle's primary is listed."""
+        have changed since the setup), only the kind of the handle's primary listed. In
+        another namespace than this backend's, only the very cluster the handle recorded
+        counts (``same_life``: its name and creation time): there, this run's labels alone
+        may well be another deployment's cluster (the same instance, a scheduled run's id),
+        or a life of the name made since, neither of which this run's tasks may act on."""
         kind, _ = _primary_names(handle)[0]
-        found = self._list(self._client(handle), self.owned_scope(handle, selector), (kind,))
+        client = self._client(handle)
+        found = self._list(client, self.owned_scope(handle, selector), (kind,))
+        if client.namespace != self.client.namespace:
+            found = [h for h in found if h.name == handle.name and same_life(h, handle)]
         return found[0] if found else None
 
     def _list(self, client: KubeClient, selector: OwnerSelector | None,
