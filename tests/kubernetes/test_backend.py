@@ -424,6 +424,39 @@ def test_without_watch_delete_and_wait_ready_poll(k8s_backend: KubernetesBackend
     assert apiserver.requests("watch", "rayclusters")  # tried, refused, polled
 
 
+def test_spark_pods_count_after_the_collector_took_their_deployments(
+        k8s_backend: KubernetesBackend, apiserver: ApiServer, operator: Operator,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The master waits for no dependent: the collector may remove the other Deployments and
+    their ReplicaSets before the delete lists them, and their pods, tied to the cluster only
+    by their ReplicaSet's name, must still be waited for (they were not: the delete returned
+    while the workers ran, when the collector came between the DELETE and the list)."""
+    handle = k8s_backend.create(SPARK, identity=owner(SPARK))
+    assert k8s_backend.wait_ready(handle, timeout=30).ready
+    pods = names(apiserver, "pods")
+    assert len(pods) == 4  # master, 2 workers, connect
+    operator.slow_collection = {("ReplicaSet", "pods")}  # the pods outlive the wait
+    issue = k8s_backend.client.delete
+
+    def delete_then_collect(kind: Any, name: str, **kw: Any) -> bool:
+        done = issue(kind, name, **kw)
+        deadline = time.monotonic() + 5
+        while names(apiserver, "deployments") and time.monotonic() < deadline:
+            time.sleep(0.01)  # the collector takes every Deployment before the next request
+        return done
+
+    monkeypatch.setattr(k8s_backend.client, "delete", delete_then_collect)
+    with pytest.raises(TeardownIncomplete) as info:
+        k8s_backend.delete(handle, wait=True)
+    assert names(apiserver, "deployments") == []
+    assert sorted(info.value.leftover) == [f"Pod/{p}" for p in pods]
+    operator.slow_collection = set()
+    deadline = time.monotonic() + 5
+    while apiserver.store.all() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert apiserver.store.all() == []
+
+
 def test_wait_ready_probes_on_changes(k8s_backend: KubernetesBackend, apiserver: ApiServer,
                                       operator: Operator) -> None:
     operator.provision_delay = 0.5

@@ -11,11 +11,12 @@ import pytest
 
 from ephemeral.backends.base import HeadState, Phase
 from ephemeral.backends.kubernetes import KubernetesBackend
+from ephemeral.backends.kubernetes.ownership import Owned, deployment_of
 from ephemeral.backends.kubernetes.render.spark import master_service
 from ephemeral.errors import BackendUnavailable, IdentityConflict
 from ephemeral.lifecycle import provision
 from ephemeral.specs import ClusterIdentity
-from tests.conftest import small
+from tests.conftest import manual, small
 from tests.kubernetes.apiserver import ApiServer, Operator
 from tests.kubernetes.conftest import NAMESPACE
 
@@ -104,6 +105,43 @@ def test_the_diagnosis_names_the_clusters_pods_only(
     text = k8s_backend.diagnose(h)
     assert f"pod/{ours['metadata']['name']}: container sh waiting: ImagePullBackOff" in text
     assert "alice-x" not in text
+
+
+def test_a_replicaset_is_its_deployments_by_the_whole_name() -> None:
+    """``<deployment>-<pod-template-hash>``, the hash one token: cluster ``etl``'s Deployment
+    ``etl-worker`` is not the owner of cluster ``etl-worker``'s ReplicaSets."""
+    assert deployment_of("etl-worker-5d8f7c") == "etl-worker"
+    assert deployment_of("etl-worker-master-5d8f7c") == "etl-worker-master"
+    assert [deployment_of(n) for n in ("etl", "etl-", "-5d8f7c", "etl-worker-5d8f.c")] == \
+        [None] * 4
+    owned = Owned(deployments={"etl-master", "etl-worker"})
+    pod = {"metadata": {"uid": "p", "ownerReferences": [
+        {"kind": "ReplicaSet", "name": "etl-worker-master-5d8f7c", "uid": "rs"}]}}
+    assert not owned.claims(pod)
+    pod["metadata"]["ownerReferences"][0]["name"] = "etl-worker-5d8f7c"
+    assert owned.claims(pod)
+
+
+def test_the_diagnosis_names_no_replicaset_of_a_cluster_whose_name_extends_its_own(
+        k8s_backend: KubernetesBackend, apiserver: ApiServer, operator: Operator) -> None:
+    """Pods the API refuses show only as their ReplicaSet's events; cluster ``etl`` reports
+    its own ReplicaSets', never those of cluster ``etl-worker`` (``etl-worker-master-...``
+    begins with ``etl``'s ``etl-worker-``)."""
+    operator.deployments_ready = False  # no ReplicaSet of the mock's: the events say why
+    etl, other = (k8s_backend.create(SPARK, identity=manual(SPARK, n))
+                  for n in ("etl", "etl-worker"))
+    for h in (etl, other):
+        for dep in apiserver.store.list("deployments", NAMESPACE,
+                                        labels=f"ephemeral.dev/cluster={h.name}"):
+            rs = {"kind": "ReplicaSet", "apiVersion": "apps/v1", "metadata": {
+                "name": f"{dep['metadata']['name']}-5d8f7c", "namespace": NAMESPACE,
+                "uid": f"rs-{dep['metadata']['uid']}"}}
+            operator.event(rs, "FailedCreate", f"quota exceeded in {h.name}")
+    text = k8s_backend.diagnose(etl)
+    mine = [f"event replicaset/etl-{c}-5d8f7c: Warning FailedCreate: quota exceeded in etl"
+            for c in ("connect", "master", "worker")]
+    assert [line for line in text.splitlines() if "replicaset/" in line] == mine
+    assert "etl-worker-master" not in text
 
 
 def _policy(name: str, **meta: Any) -> dict[str, Any]:

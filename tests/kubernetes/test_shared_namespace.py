@@ -230,6 +230,43 @@ def test_a_copy_in_another_namespace_is_that_namespaces_own(
     assert rayclusters(apiserver) == [made.name]
 
 
+def earlier_life(handle: ClusterHandle) -> ClusterHandle:
+    """``handle`` as a handle of its name's life an hour before (gone since)."""
+    assert handle.created_ts is not None
+    ts = handle.created_ts - 3600
+    return handle.model_copy(update={"created_ts": ts, "created_at": datetime.fromtimestamp(
+        ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")})
+
+
+def test_a_handle_naming_another_namespace_finds_there_only_the_cluster_it_recorded(
+        k8s_backend: KubernetesBackend, kube_config: Any, apiserver: ApiServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A handle's namespace is looked in (the deployment moved since its setup, or its
+    connection's is another), but there this run's labels alone would take any cluster of the
+    name for the run's: another deployment's of the same instance and scheduled run id, or a
+    life made since. Only the one the handle recorded (name and creation time) is found."""
+    monkeypatch.setenv("EPHEMERAL_INSTANCE", "prod")
+    team_b = KubernetesBackend(kube_config.model_copy(update={"namespace": "team-b"}))
+    try:
+        theirs = team_b.create(RAY, identity=owner())
+    finally:
+        team_b.client.close()
+    assert theirs.namespace == "team-b"
+    selector = OwnerSelector(labels=theirs.owner_labels)
+    assert k8s_backend.owned(earlier_life(theirs), selector) is None
+    found = k8s_backend.owned(theirs, selector)
+    assert found is not None
+    assert (found.namespace, found.created_at) == ("team-b", theirs.created_at)
+    # In the backend's own namespace the run's labels find the run's cluster, whatever life
+    # the handle names: its caller compares the lives and says which (the reaper's look).
+    mine = k8s_backend.create(RAY, identity=owner())
+    assert mine.namespace == NAMESPACE
+    found = k8s_backend.owned(earlier_life(mine), selector)
+    assert found is not None
+    assert (found.namespace, found.created_at) == (NAMESPACE, mine.created_at)
+    assert rayclusters(apiserver, "team-b") == rayclusters(apiserver) == [mine.name]
+
+
 def test_an_unreadable_record_is_reported_at_every_pass_and_deleted_by_nobody(
         k8s_backend: KubernetesBackend, apiserver: ApiServer, monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:

@@ -497,9 +497,29 @@ class KubernetesBackend(ClusterBackend):
                 return
             ours.add(kind, obj)
             ours.primaries[what] = (kind, name, str(obj["metadata"]["uid"]))
+            if kind is DEPLOYMENT:
+                self._learn_deployments(client, scope, ours)
             yield kind, obj
         if ours.primaries:
             yield from self._parts(client, scope, ours)
+
+    @staticmethod
+    def _learn_deployments(client: KubeClient, scope: OwnerSelector, ours: _Ours) -> None:
+        """The Spark master's other Deployments, into ``ours`` before the master's DELETE.
+        Their pods' owners are ReplicaSets, which name the cluster's only through their
+        Deployment's name (``ownership``), and the master waits for none of them (no
+        blockOwnerDeletion): once it is gone, the collector may remove a Deployment and its
+        ReplicaSet in the background ahead of their pods, which the wait, never having seen
+        the Deployment, would not count as the cluster's, reporting it deleted while they
+        still run. A failed read is left to the listing after the DELETE, which reports it:
+        the primary is deleted first whatever the lists do."""
+        try:
+            listed = client.list_objects(DEPLOYMENT, labels=scope.as_label_selector())
+        except EphemeralError as exc:
+            log.info("cannot list the Deployments of %s before deleting it: %s",
+                     scope.labels.get(PREFIX + "cluster"), exc)
+            return
+        ours.take(DEPLOYMENT, listed)
 
     def _parts(self, client: KubeClient, scope: OwnerSelector, ours: _Ours, *,
                report: bool = True) -> Iterator[tuple[Kind, dict[str, Any]]]:
@@ -580,10 +600,16 @@ class KubernetesBackend(ClusterBackend):
 
     def owned(self, handle: ClusterHandle, selector: OwnerSelector) -> ClusterHandle | None:
         """As the base's, in the namespace the handle names (a connection's namespace may
-        have changed since the setup); only this run's labels there count, and only the kind
-        of the handle's primary is listed."""
+        have changed since the setup), only the kind of the handle's primary listed. In
+        another namespace than this backend's, only the very cluster the handle recorded
+        counts (``same_life``: its name and creation time): there, this run's labels alone
+        may well be another deployment's cluster (the same instance, a scheduled run's id),
+        or a life of the name made since, neither of which this run's tasks may act on."""
         kind, _ = _primary_names(handle)[0]
-        found = self._list(self._client(handle), self.owned_scope(handle, selector), (kind,))
+        client = self._client(handle)
+        found = self._list(client, self.owned_scope(handle, selector), (kind,))
+        if client.namespace != self.client.namespace:
+            found = [h for h in found if h.name == handle.name and same_life(h, handle)]
         return found[0] if found else None
 
     def _list(self, client: KubeClient, selector: OwnerSelector | None,

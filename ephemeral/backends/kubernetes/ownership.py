@@ -15,6 +15,15 @@ from typing import Any
 from ephemeral.backends.kubernetes.client import DEPLOYMENT, Kind, name_of
 
 
+def deployment_of(replicaset: str) -> str | None:
+    """The Deployment a ReplicaSet named ``<deployment>-<pod-template-hash>`` belongs to, or
+    None for a name of no such form. The hash is one token without a '-', so the Deployment's
+    name is all before the last '-', exactly: matched as a prefix, cluster ``etl``'s
+    ``etl-worker`` would take cluster ``etl-worker``'s ``etl-worker-master-<hash>``."""
+    deployment, _, template_hash = replicaset.rpartition("-")
+    return deployment if deployment and template_hash.isalnum() else None
+
+
 @dataclass
 class Owned:
     """The objects of one cluster found so far, by uid, and its Deployments' names."""
@@ -36,7 +45,7 @@ class Owned:
             if ref.get("uid") in self.uids:
                 return True
             if ref.get("kind") == "ReplicaSet" and \
-                    str(ref.get("name", "")).rsplit("-", 1)[0] in self.deployments:
+                    deployment_of(str(ref.get("name", ""))) in self.deployments:
                 return True
         return False
 

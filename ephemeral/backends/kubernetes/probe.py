@@ -31,8 +31,9 @@ from ephemeral.backends.kubernetes.client import (
     SPARKCONNECT,
     KubeClient,
     kind_of,
+    name_of,
 )
-from ephemeral.backends.kubernetes.ownership import Owned
+from ephemeral.backends.kubernetes.ownership import Owned, deployment_of
 from ephemeral.backends.kubernetes.render import COMPONENT_LABEL
 from ephemeral.backends.kubernetes.render.spark import master_service
 from ephemeral.backends.kubernetes.render.spark_operator import is_operator
@@ -308,12 +309,12 @@ def diagnose(client: KubeClient, handle: ClusterHandle) -> str:
     objects = [(str(o.get("kind") or "Deployment"), o) for o in primaries]
     if handle.engine == "spark" and not operator:
         # A pod the API refuses (quota, PodSecurity) never exists: the refusal is an event of
-        # the Deployment's ReplicaSet, named "<deployment>-<template hash>".
-        prefixes = tuple(f"{o['metadata']['name']}-" for o in primaries)
+        # the Deployment's ReplicaSet, named "<deployment>-<template hash>" (``deployment_of``).
+        deployments = {name_of(o) for o in primaries}
         lines += [f"event replicaset/{e['involvedObject'].get('name')}: Warning "
                   f"{e.get('reason')}: {e.get('message', '')}"
                   for e in cluster_events(client, "ReplicaSet", None)
-                  if str(e["involvedObject"].get("name", "")).startswith(prefixes)]
+                  if deployment_of(str(e["involvedObject"].get("name", ""))) in deployments]
     for kind, obj in objects + [("Pod", p) for p in pods]:
         meta = obj["metadata"]
         name = meta["name"]
