@@ -144,6 +144,27 @@ def test_the_diagnosis_names_no_replicaset_of_a_cluster_whose_name_extends_its_o
     assert "etl-worker-master" not in text
 
 
+def test_the_diagnosis_names_no_replicaset_event_of_an_earlier_cluster_of_the_name(
+        k8s_backend: KubernetesBackend, apiserver: ApiServer, operator: Operator) -> None:
+    """An earlier ``etl``'s ReplicaSets had the same names (same pod template), and their
+    events are kept for an hour: only the events since this cluster's Deployments were made
+    are its own."""
+    operator.deployments_ready = False
+    etl = k8s_backend.create(SPARK, identity=manual(SPARK, "etl"))
+    dep = apiserver.store.list("deployments", NAMESPACE, labels="ephemeral.dev/cluster=etl")[0]
+    name = f"{dep['metadata']['name']}-5d8f7c"
+    for life, message in (("old", "quota exceeded an hour ago"), ("new", "quota exceeded now")):
+        rs = {"kind": "ReplicaSet", "apiVersion": "apps/v1", "metadata": {
+            "name": name, "namespace": NAMESPACE, "uid": f"rs-{life}"}}
+        operator.event(rs, "FailedCreate", message)
+    (old,) = [e for e in apiserver.store.list("events", NAMESPACE)
+              if e["involvedObject"]["uid"] == "rs-old"]
+    apiserver.store.update("events", NAMESPACE, old["metadata"]["name"],
+                           lambda e: e.update(lastTimestamp="2026-01-01T00:00:00Z"))
+    lines = [line for line in k8s_backend.diagnose(etl).splitlines() if "replicaset/" in line]
+    assert lines == [f"event replicaset/{name}: Warning FailedCreate: quota exceeded now"]
+
+
 def _policy(name: str, **meta: Any) -> dict[str, Any]:
     """Someone's NetworkPolicy that lets everything in."""
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",

@@ -19,6 +19,7 @@ Which Deployments and pods are the cluster's is decided as its deletion decides 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from ephemeral.backends.base import ClusterHandle, ClusterStatus, HeadState, HeadView, Phase
@@ -291,6 +292,15 @@ def cluster_events(client: KubeClient, kind: str, name: str | None,
     return sorted(warnings, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
 
 
+def _time(text: object) -> datetime | None:
+    """An API timestamp (RFC 3339, seconds or microseconds), or None if there is none."""
+    try:
+        at = datetime.fromisoformat(str(text).replace("Z", "+00:00")) if text else None
+    except ValueError:
+        return None
+    return at if at is None or at.tzinfo else at.replace(tzinfo=UTC)
+
+
 def diagnose(client: KubeClient, handle: ClusterHandle) -> str:
     """Why a cluster is not ready: its Warning events and its pods' waiting reasons."""
     lines: list[str] = []
@@ -310,11 +320,18 @@ def diagnose(client: KubeClient, handle: ClusterHandle) -> str:
     if handle.engine == "spark" and not operator:
         # A pod the API refuses (quota, PodSecurity) never exists: the refusal is an event of
         # the Deployment's ReplicaSet, named "<deployment>-<template hash>" (``deployment_of``).
-        deployments = {name_of(o) for o in primaries}
-        lines += [f"event replicaset/{e['involvedObject'].get('name')}: Warning "
-                  f"{e.get('reason')}: {e.get('message', '')}"
-                  for e in cluster_events(client, "ReplicaSet", None)
-                  if deployment_of(str(e["involvedObject"].get("name", ""))) in deployments]
+        # An earlier cluster of the name had ReplicaSets of the same names, whose events are
+        # kept for an hour: only those since this Deployment was made count.
+        made = {name_of(o): _time(o["metadata"].get("creationTimestamp")) for o in primaries}
+        for e in cluster_events(client, "ReplicaSet", None):
+            rs = str(e["involvedObject"].get("name", ""))
+            owner = deployment_of(rs)
+            if owner not in made:
+                continue
+            at, since = _time(e.get("lastTimestamp") or e.get("eventTime")), made[owner]
+            if at is None or since is None or at >= since:
+                lines.append(f"event replicaset/{rs}: Warning {e.get('reason')}: "
+                             f"{e.get('message', '')}")
     for kind, obj in objects + [("Pod", p) for p in pods]:
         meta = obj["metadata"]
         name = meta["name"]
