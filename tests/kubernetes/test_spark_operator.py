@@ -6,6 +6,7 @@ operator and the server made."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,13 @@ from ephemeral.backends.kubernetes import KubeConfig, KubernetesBackend
 from ephemeral.backends.kubernetes.client import SparkOperatorMissing
 from ephemeral.backends.kubernetes.render import render, service_endpoints
 from ephemeral.backends.kubernetes.render.spark_operator import is_operator
-from ephemeral.errors import ClusterFailed, IdentityConflict, ReadinessTimeout, SpecError
+from ephemeral.errors import (
+    ClusterFailed,
+    IdentityConflict,
+    ReadinessTimeout,
+    SpecError,
+    TeardownIncomplete,
+)
 from ephemeral.specs import ClusterIdentity, ResolvedSpec, resolve
 from ephemeral.specs.resolve import CI_CPU
 from tests.conftest import small
@@ -218,6 +225,39 @@ def test_a_spark_connect_becomes_ready_lists_and_goes_with_its_executors(
     operator_backend.delete(handle, wait=True)
     assert apiserver.store.all() == []  # ConfigMap, Service, server and executors too
     assert operator_backend.wait_ready(handle, timeout=0).phase is Phase.GONE
+
+
+def test_executors_count_after_the_collector_took_their_server_pod(
+        operator_backend: KubernetesBackend, apiserver: ApiServer, operator: Operator,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The executors' owner is the server pod, which the SparkConnect's foreground deletion
+    waits for (its blockOwnerDeletion), so it is always gone before the wait gets to the
+    pods; the executors, which may hold GPUs, must still be waited for (they were not: the
+    delete returned while they ran)."""
+    operator.connect_executors = 2
+    handle = operator_backend.create(SPARK, identity=owner(SPARK))
+    assert operator_backend.wait_ready(handle, timeout=5).ready
+    server, executors = f"{handle.name}-server", [f"{handle.name}-exec-{i}" for i in (1, 2)]
+    operator.slow_collection = {("Pod", "pods")}  # the executors outlive the wait
+    issue = operator_backend.client.delete
+
+    def delete_then_collect(kind: Any, name: str, **kw: Any) -> bool:
+        done = issue(kind, name, **kw)
+        deadline = time.monotonic() + 5
+        while apiserver.store.get("pods", NAMESPACE, server) and time.monotonic() < deadline:
+            time.sleep(0.01)  # the collector takes the server pod before the next request
+        return done
+
+    monkeypatch.setattr(operator_backend.client, "delete", delete_then_collect)
+    with pytest.raises(TeardownIncomplete) as info:
+        operator_backend.delete(handle, wait=True)
+    assert apiserver.store.get("pods", NAMESPACE, server) is None
+    assert sorted(info.value.leftover) == [f"Pod/{p}" for p in executors]
+    operator.slow_collection = set()
+    deadline = time.monotonic() + 5
+    while apiserver.store.all() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert apiserver.store.all() == []
 
 
 def test_a_server_pod_that_never_gets_ready_times_out_with_the_reason(

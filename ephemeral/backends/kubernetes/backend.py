@@ -104,6 +104,15 @@ _T = TypeVar("_T")
 PRIMARY_KINDS: tuple[Kind, ...] = (RAYCLUSTER, SPARKCONNECT, DEPLOYMENT)
 PARTS: tuple[Kind, ...] = (DEPLOYMENT, SERVICE, NETWORKPOLICY)
 """The kinds of the other objects a create makes, each owned by the primary."""
+INNER_OWNERS: dict[Kind, Kind] = {DEPLOYMENT: DEPLOYMENT, SPARKCONNECT: POD}
+"""By a primary's kind, the kind of the cluster's objects that own pods in its stead, read
+before the primary's DELETE (``_learn_inner_owners``): the collector may remove them before
+their pods, which then name only an owner the wait never saw. The Spark master waits for no
+other Deployment (no blockOwnerDeletion), and their pods' ReplicaSets name the cluster's only
+through their Deployment's name (``ownership``). The SparkConnect's foreground deletion waits
+for its server pod (the operator's blockOwnerDeletion) but not for the executors that pod owns
+(Spark sets none), so the server is always gone before the wait lists pods, and the executors,
+which may hold GPUs, still run. A RayCluster owns its pods itself."""
 SPEC_HASH = PREFIX + "spec-hash"
 # What a primary's labels and its handle annotation must agree on (``_record_of``).
 IDENTITY_LABELS = tuple(PREFIX + k for k in ("cluster", "instance", "dag-id", "run-id",
@@ -497,29 +506,29 @@ class KubernetesBackend(ClusterBackend):
                 return
             ours.add(kind, obj)
             ours.primaries[what] = (kind, name, str(obj["metadata"]["uid"]))
-            if kind is DEPLOYMENT:
-                self._learn_deployments(client, scope, ours)
+            if kind in INNER_OWNERS:
+                self._learn_inner_owners(client, scope, ours, INNER_OWNERS[kind])
             yield kind, obj
         if ours.primaries:
             yield from self._parts(client, scope, ours)
 
     @staticmethod
-    def _learn_deployments(client: KubeClient, scope: OwnerSelector, ours: _Ours) -> None:
-        """The Spark master's other Deployments, into ``ours`` before the master's DELETE.
-        Their pods' owners are ReplicaSets, which name the cluster's only through their
-        Deployment's name (``ownership``), and the master waits for none of them (no
-        blockOwnerDeletion): once it is gone, the collector may remove a Deployment and its
-        ReplicaSet in the background ahead of their pods, which the wait, never having seen
-        the Deployment, would not count as the cluster's, reporting it deleted while they
-        still run. A failed read is left to the listing after the DELETE, which reports it:
-        the primary is deleted first whatever the lists do."""
+    def _learn_inner_owners(client: KubeClient, scope: OwnerSelector, ours: _Ours,
+                            kind: Kind) -> None:
+        """The cluster's objects of ``kind`` (``INNER_OWNERS``) into ``ours``, with what they
+        own, before the primary's DELETE: the collector may remove them ahead of their pods,
+        which the wait, never having seen their owner, would not count as the cluster's,
+        reporting it deleted while they still run. One made between this read and the DELETE
+        (the operator replacing a failed server) stays unknown: a window of one request. A
+        failed read is left to the listing after the DELETE, which reports it: the primary is
+        deleted first whatever the lists do."""
         try:
-            listed = client.list_objects(DEPLOYMENT, labels=scope.as_label_selector())
+            listed = client.list_objects(kind, labels=scope.as_label_selector())
         except EphemeralError as exc:
-            log.info("cannot list the Deployments of %s before deleting it: %s",
+            log.info("cannot list the %ss of %s before deleting it: %s", kind.kind,
                      scope.labels.get(PREFIX + "cluster"), exc)
             return
-        ours.take(DEPLOYMENT, listed)
+        ours.take(kind, listed)
 
     def _parts(self, client: KubeClient, scope: OwnerSelector, ours: _Ours, *,
                report: bool = True) -> Iterator[tuple[Kind, dict[str, Any]]]:
