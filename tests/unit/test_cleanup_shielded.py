@@ -35,6 +35,15 @@ class SecondInterrupt(InMemoryBackend):
         return self.finished
 
 
+@pytest.fixture(autouse=True)
+def _ctrl_c_as_from_a_terminal() -> None:
+    """SIGINT as Python sets it when started from a terminal: a run started in the background
+    (`cmd &` in a script, as a CI runner may) inherits it ignored, which the held signals keep
+    ignored, so the second Ctrl-C these tests send would never come. The run's own handler is
+    put back after each test (conftest's ``_stop_signals_kept``)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _made(backend: InMemoryBackend) -> object:
     return backend.create(SPEC, identity=ClusterIdentity.manual(SPEC.spec.name, "c"))
 
