@@ -53,8 +53,9 @@ PIP_MAX_ENTRIES, PIP_ENTRY_MAX_LEN = 50, 200
 ENTRYPOINT_MAX_LEN = 2000
 # What pip reads as a local archive's path rather than a project of the index (its
 # ARCHIVE_EXTENSIONS, pip._internal.utils.filetypes), and .egg.
-_ARCHIVES = (".whl", ".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tar.xz", ".txz",
-             ".tlz", ".tar.lz", ".tar.lzma", ".egg")
+# Longest first, so an entry names its whole ending (".tar.gz", not ".gz").
+_ARCHIVES = tuple(sorted((".whl", ".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tar.xz",
+                          ".txz", ".tlz", ".tar.lz", ".tar.lzma", ".egg"), key=len, reverse=True))
 
 
 class RequestError(SpecError):
@@ -103,7 +104,7 @@ def _archive_of(entry: str) -> str | None:
     text = entry.split(";", 1)[0].strip().lower()
     read_by_pip = re.sub(r"\[[^\]]+\]$", "", text)
     name = re.split(r"[\s\[<>=!~(@]", text, maxsplit=1)[0]
-    return next((ext for ext in sorted(_ARCHIVES, key=len, reverse=True)
+    return next((ext for ext in _ARCHIVES
                  for t in (text, read_by_pip, name) if t.endswith(ext)), None)
 
 

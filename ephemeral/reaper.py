@@ -101,7 +101,7 @@ from ephemeral.backends.base import (
 )
 from ephemeral.errors import EphemeralError, ListingIncomplete, TeardownIncomplete
 from ephemeral.notify import notify_reaped
-from ephemeral.specs.identity import current_instance, parse_utc, utc_text
+from ephemeral.specs.identity import current_instance, parse_rfc3339, parse_utc, utc_text
 
 log = logging.getLogger(__name__)
 FINISHED = {"success", "failed"}
@@ -771,9 +771,7 @@ class AirflowApiLookup:
             return None
         if status != 200 or not isinstance(body, dict):
             raise EphemeralError(f"Airflow API answered HTTP {status} for {dag_id}/{run_id}")
-        end = body.get("end_date")
-        ended = datetime.fromisoformat(end.replace("Z", "+00:00")) if end else None
-        return RunInfo(state=str(body.get("state")), end_date=ended)
+        return RunInfo(state=str(body.get("state")), end_date=parse_rfc3339(body.get("end_date")))
 
     def dag(self, dag_id: str) -> DagInfo | None:
         """Whether the DAG is paused; None when this Airflow has no such DAG (404)."""

@@ -130,6 +130,19 @@ def parse_utc(text: str) -> datetime:
     return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
 
 
+def parse_rfc3339(text: object) -> datetime | None:
+    """A time another system wrote (the Kubernetes API, Airflow's REST API): RFC 3339 with
+    seconds or microseconds, "Z" or an offset; a time without a zone is taken as UTC, so it
+    compares with ours. None when there is no time or it is not one."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
 def expires_at(created: datetime, ttl_seconds: int) -> str:
     ts = created.astimezone(UTC).timestamp() + ttl_seconds
     return utc_text(datetime.fromtimestamp(ts, UTC))

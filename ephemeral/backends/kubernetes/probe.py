@@ -19,7 +19,6 @@ Which Deployments and pods are the cluster's is decided as its deletion decides 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from ephemeral.backends.base import ClusterHandle, ClusterStatus, HeadState, HeadView, Phase
@@ -39,7 +38,7 @@ from ephemeral.backends.kubernetes.render import COMPONENT_LABEL
 from ephemeral.backends.kubernetes.render.spark import master_service
 from ephemeral.backends.kubernetes.render.spark_operator import is_operator
 from ephemeral.errors import BackendUnavailable, ClusterFailed
-from ephemeral.specs.identity import PREFIX
+from ephemeral.specs.identity import PREFIX, parse_rfc3339
 
 INVALID_SPEC_REASON = "InvalidRayClusterSpec"
 RAY_NOT_READY = "RayCluster not ready"
@@ -292,15 +291,6 @@ def cluster_events(client: KubeClient, kind: str, name: str | None,
     return sorted(warnings, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
 
 
-def _time(text: object) -> datetime | None:
-    """An API timestamp (RFC 3339, seconds or microseconds), or None if there is none."""
-    try:
-        at = datetime.fromisoformat(str(text).replace("Z", "+00:00")) if text else None
-    except ValueError:
-        return None
-    return at if at is None or at.tzinfo else at.replace(tzinfo=UTC)
-
-
 def diagnose(client: KubeClient, handle: ClusterHandle) -> str:
     """Why a cluster is not ready: its Warning events and its pods' waiting reasons."""
     lines: list[str] = []
@@ -322,13 +312,13 @@ def diagnose(client: KubeClient, handle: ClusterHandle) -> str:
         # the Deployment's ReplicaSet, named "<deployment>-<template hash>" (``deployment_of``).
         # An earlier cluster of the name had ReplicaSets of the same names, whose events are
         # kept for an hour: only those since this Deployment was made count.
-        made = {name_of(o): _time(o["metadata"].get("creationTimestamp")) for o in primaries}
+        made = {name_of(o): parse_rfc3339(o["metadata"].get("creationTimestamp")) for o in primaries}
         for e in cluster_events(client, "ReplicaSet", None):
             rs = str(e["involvedObject"].get("name", ""))
             owner = deployment_of(rs)
             if owner not in made:
                 continue
-            at, since = _time(e.get("lastTimestamp") or e.get("eventTime")), made[owner]
+            at, since = parse_rfc3339(e.get("lastTimestamp") or e.get("eventTime")), made[owner]
             if at is None or since is None or at >= since:
                 lines.append(f"event replicaset/{rs}: Warning {e.get('reason')}: "
                              f"{e.get('message', '')}")
