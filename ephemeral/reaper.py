@@ -660,6 +660,22 @@ def check_airflow_url(url: str) -> None:
         raise SettingError("airflow_url", [("airflow_url", problem)])
 
 
+def _bearer(token: str | None) -> str | None:
+    """AIRFLOW_API_TOKEN as a header can carry it: a Secret file's trailing newline dropped, a
+    blank one unset (the user and password then apply). One with whitespace or a control
+    character inside is refused without showing it: the HTTP library's refusal of the header
+    quotes the token, and the reaper prints every refusal."""
+    from ephemeral.errors import SettingError
+
+    token = (token or "").strip() or None
+    if token is not None and (not token.isprintable() or any(c.isspace() for c in token)):
+        raise SettingError("AIRFLOW_API_TOKEN", [("AIRFLOW_API_TOKEN", (
+            "the token has a space, a line break or a control character inside it, which no "
+            "HTTP header can carry; give the token alone (check the Secret or file it comes "
+            "from)"))])
+    return token
+
+
 class AirflowApiLookup:
     """Run states from Airflow's REST API v2. Credentials come from the environment (a token,
     or a user and password exchanged for one), never from files in the repository. They go
@@ -677,7 +693,7 @@ class AirflowApiLookup:
         check_airflow_url(base_url)
         self.base_url = base_url.rstrip("/")
         self.shown = masked_uri(self.base_url)  # what messages show of it
-        self._token = token
+        self._token = _bearer(token)
         self._credentials = (username, password) if username and password else None
         self.timeout = timeout
         self.instance = instance  # whose clusters are judged: default this deployment's

@@ -495,9 +495,11 @@ def _secrets() -> list[str]:
 
 
 def _mask(text: str) -> str:
+    """``text`` with the secrets taken out, and any URL's user-info (a token as the user name,
+    ``https://TOKEN@mlflow.example.com``, quoted in MLflow's errors) masked by the one rule."""
     for secret in _secrets():
         text = text.replace(secret, "***")
-    return text
+    return display_uri(text)
 
 
 def _scrub(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -254,9 +254,16 @@ def flag(key: str, env: Mapping[str, str] | None = None) -> bool:
     """Setting ``key`` as true or false (unset: its declared default, else false); any other
     value fails naming its source, rather than quietly meaning one of them."""
     found = lookup(key, env)
-    text = (found.value or "false").strip().lower()
+    return as_flag(found) if found.value else False
+
+
+def as_flag(found: Found) -> bool:
+    """``found``'s value as true or false; anything else, a blank one included, fails naming
+    its source (the one rule for every true-or-false setting)."""
+    text = (found.value or "").strip().lower()
     if text not in _TRUE | _FALSE:
-        raise SettingError(found.source, [(found.source, f"{found.value!r} is not true or false")])
+        raise SettingError(found.source, [(found.source, f"{found.value!r} is not true or "
+                                           "false; give true or false")])
     return text in _TRUE
 
 

@@ -198,7 +198,7 @@ def test_an_unreachable_server_is_retryable_and_its_password_stays_out(
     the original (task logs print chained tracebacks)."""
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://ci:hunter2@127.0.0.1:9")  # refused
-    with pytest.raises(RegistryError, match=r"model 'm'.*http://ci:\*\*\*@127.0.0.1:9") as e:
+    with pytest.raises(RegistryError, match=r"model 'm'.*http://\*\*\*@127.0.0.1:9") as e:
         registry.champion("m")
     assert e.value.retryable
     assert "hunter2" not in str(e.value)

@@ -46,10 +46,6 @@ def client_labels(instance: str) -> dict[str, str]:
     """The labels of a client pod the clusters of deployment ``instance`` admit by default
     (an instance is a valid label value): what its Airflow worker and triggerer pods carry."""
     return {CLIENT_LABEL: "true", CLIENT_INSTANCE_LABEL: instance}
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
-
-
 class KubeConfig(BaseModel):
     """Where the API server is, which namespace clusters live in, how their URLs are built.
 
@@ -179,7 +175,7 @@ class KubeConfig(BaseModel):
         """``EPHEMERAL_K8S_*`` variables (or Airflow's ``[ephemeral] k8s_*``, see
         ``ephemeral.settings``); in a pod without any kubeconfig, the service account. A bad
         value fails naming where it came from."""
-        from ephemeral.settings import Found, lookup
+        from ephemeral.settings import Found, as_flag, file_path, lookup
 
         env = os.environ if environ is None else environ
         named: dict[str, str] = {}  # field: it and the setting it came from, for errors
@@ -189,7 +185,10 @@ class KubeConfig(BaseModel):
             return found.value
 
         fields: dict[str, Any] = {
-            "kubeconfig_path": read("kubeconfig_path", lookup("kubeconfig", environ)),
+            # Absolute, by the path settings' rule: each process (worker, triggerer, run-end
+            # listener, reaper) would read a relative one from its own working directory.
+            "kubeconfig_path": read("kubeconfig_path", lookup("kubeconfig", environ)) and str(
+                file_path("kubeconfig", environ)),
             "kubeconfig": read("kubeconfig", lookup("kubeconfig_content", environ)),
             "context": read("context", lookup("k8s_context", environ)),
             "namespace": read("namespace", lookup("k8s_namespace", environ)) or "default",
@@ -204,8 +203,11 @@ class KubeConfig(BaseModel):
             if value := read(key, lookup(f"k8s_{key}", environ)):
                 fields[key] = value
         for key in ("in_cluster", "http_check", "verify_ssl"):
-            if (value := read(key, lookup(f"k8s_{key}", environ))) is not None:
-                fields[key] = _flag(named[key], value)
+            # settings' one rule: a blank value (" ", an empty Helm value) is refused, not false,
+            # which for verify_ssl would send the tokens over unverified TLS.
+            if (found := lookup(f"k8s_{key}", environ)).value is not None:
+                read(key, found)
+                fields[key] = as_flag(found)
         if "in_cluster" not in fields:
             # A pod with no kubeconfig given talks to its own cluster as its service account.
             fields["in_cluster"] = bool(env.get("KUBERNETES_SERVICE_HOST")) and not (
@@ -267,17 +269,6 @@ def _check_ingress(template: str) -> None:
         raise ValueError(f"{setting} {masked_uri(template)!r}: requests through it carry the "
                          "cluster's Ray token, so it must be an https URL (plain http only to "
                          "this host, e.g. a port-forward)")
-
-
-def _flag(name: str, value: object) -> bool:
-    if isinstance(value, bool) or value is None:
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise BackendUnavailable(f"{name}: expected true or false, got {value!r}")
 
 
 def parse_labels(text: str) -> dict[str, str]:
