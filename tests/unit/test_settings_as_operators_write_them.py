@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ephemeral.backends.kubernetes import KubeConfig
-from ephemeral.errors import SettingError
+from ephemeral.errors import BackendUnavailable
 from ephemeral.reaper import AirflowApiLookup
 
 BASE = {"EPHEMERAL_KUBECONFIG": "/x"}
@@ -19,7 +19,7 @@ BASE = {"EPHEMERAL_KUBECONFIG": "/x"}
 def test_a_blank_kubernetes_flag_is_refused_not_false(name: str, blank: str) -> None:
     """" " was read as false: with VERIFY_SSL the API token and the clusters' Ray tokens went
     over unverified TLS, and nothing said so."""
-    with pytest.raises(SettingError, match=f"EPHEMERAL_K8S_{name}") as exc:
+    with pytest.raises(BackendUnavailable, match=f"EPHEMERAL_K8S_{name}") as exc:
         KubeConfig.from_env(BASE | {f"EPHEMERAL_K8S_{name}": blank})
     assert "true or false" in str(exc.value)
 
@@ -38,7 +38,7 @@ def test_verify_ssl_is_on_unless_turned_off() -> None:
 @pytest.mark.parametrize("path", ["kube/config", "./config", " config"])
 def test_a_relative_kubeconfig_is_refused(path: str) -> None:
     """Each process (worker, triggerer, run-end listener, reaper) would read its own."""
-    with pytest.raises(SettingError, match="EPHEMERAL_KUBECONFIG"):
+    with pytest.raises(BackendUnavailable, match="EPHEMERAL_KUBECONFIG"):
         KubeConfig.from_env({"EPHEMERAL_KUBECONFIG": path})
 
 

@@ -10,10 +10,11 @@ The kubeconfig *content* is a credential: it is a ``SecretStr``, left out of ``r
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
-from collections.abc import Mapping
-from typing import Any, Literal
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -25,9 +26,11 @@ from pydantic import (
     model_validator,
 )
 
-from ephemeral.errors import BackendUnavailable, field_problems
+from ephemeral.errors import BackendUnavailable, SettingError, field_problems
 from ephemeral.specs.labels import label_problems
 from ephemeral.specs.models import dns_label, dns_subdomain
+
+T = TypeVar("T")
 
 EndpointMode = Literal["auto", "dns", "proxy", "ingress"]
 SparkMode = Literal["standalone", "operator"]
@@ -184,11 +187,20 @@ class KubeConfig(BaseModel):
             named[field] = field if found.source == "default" else f"{field} ({found.source})"
             return found.value
 
+        def checked(field: str, parse: Callable[[], T]) -> T:
+            """A setting read by the settings' rule (a path, a flag), refused as the config's
+            other bad values are: BackendUnavailable naming the field and where it was set."""
+            try:
+                return parse()
+            except SettingError as err:
+                raise BackendUnavailable("invalid Kubernetes settings: " + "; ".join(
+                    f"{named.get(field, field)}: {msg}" for _, msg in err.problems)) from None
+
         fields: dict[str, Any] = {
             # Absolute, by the path settings' rule: each process (worker, triggerer, run-end
             # listener, reaper) would read a relative one from its own working directory.
             "kubeconfig_path": read("kubeconfig_path", lookup("kubeconfig", environ)) and str(
-                file_path("kubeconfig", environ)),
+                checked("kubeconfig_path", lambda: file_path("kubeconfig", environ))),
             "kubeconfig": read("kubeconfig", lookup("kubeconfig_content", environ)),
             "context": read("context", lookup("k8s_context", environ)),
             "namespace": read("namespace", lookup("k8s_namespace", environ)) or "default",
@@ -207,7 +219,7 @@ class KubeConfig(BaseModel):
             # which for verify_ssl would send the tokens over unverified TLS.
             if (found := lookup(f"k8s_{key}", environ)).value is not None:
                 read(key, found)
-                fields[key] = as_flag(found)
+                fields[key] = checked(key, functools.partial(as_flag, found))
         if "in_cluster" not in fields:
             # A pod with no kubeconfig given talks to its own cluster as its service account.
             fields["in_cluster"] = bool(env.get("KUBERNETES_SERVICE_HOST")) and not (
