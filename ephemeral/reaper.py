@@ -99,7 +99,7 @@ from ephemeral.backends.base import (
     require_instance,
     same_life,
 )
-from ephemeral.errors import EphemeralError, ListingIncomplete, TeardownIncomplete
+from ephemeral.errors import EphemeralError, ListingIncomplete, SettingError, TeardownIncomplete
 from ephemeral.notify import notify_reaped
 from ephemeral.specs.identity import current_instance, parse_rfc3339, parse_utc, utc_text
 
@@ -647,7 +647,6 @@ def check_airflow_url(url: str) -> None:
     credentials in it (``url_setting_problem``: it is shown on every decision and log line),
     naming the setting; SettingError, before any cluster is listed."""
     from ephemeral.backends.http import http_address, url_setting_problem
-    from ephemeral.errors import SettingError
     from ephemeral.specs.pip_credentials import masked_uri
 
     problem = url_setting_problem(
@@ -665,8 +664,6 @@ def _bearer(token: str | None) -> str | None:
     blank one unset (the user and password then apply). One with whitespace or a control
     character inside is refused without showing it: the HTTP library's refusal of the header
     quotes the token, and the reaper prints every refusal."""
-    from ephemeral.errors import SettingError
-
     token = (token or "").strip() or None
     if token is not None and (not token.isprintable() or any(c.isspace() for c in token)):
         raise SettingError("AIRFLOW_API_TOKEN", [("AIRFLOW_API_TOKEN", (

@@ -49,6 +49,8 @@ def client_labels(instance: str) -> dict[str, str]:
     """The labels of a client pod the clusters of deployment ``instance`` admit by default
     (an instance is a valid label value): what its Airflow worker and triggerer pods carry."""
     return {CLIENT_LABEL: "true", CLIENT_INSTANCE_LABEL: instance}
+
+
 class KubeConfig(BaseModel):
     """Where the API server is, which namespace clusters live in, how their URLs are built.
 
@@ -200,7 +202,7 @@ class KubeConfig(BaseModel):
             # Absolute, by the path settings' rule: each process (worker, triggerer, run-end
             # listener, reaper) would read a relative one from its own working directory.
             "kubeconfig_path": read("kubeconfig_path", lookup("kubeconfig", environ)) and str(
-                checked("kubeconfig_path", lambda: file_path("kubeconfig", environ))),
+                checked("kubeconfig_path", functools.partial(file_path, "kubeconfig", environ))),
             "kubeconfig": read("kubeconfig", lookup("kubeconfig_content", environ)),
             "context": read("context", lookup("k8s_context", environ)),
             "namespace": read("namespace", lookup("k8s_namespace", environ)) or "default",
