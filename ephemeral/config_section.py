@@ -172,8 +172,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("k8s_client_selector", "Pod labels (``key=value,...``) of the clients the clusters' "
            "NetworkPolicy admits, used as given. Unset: ``ephemeral.dev/client=true`` and "
            "``ephemeral.dev/client-instance=<the deployment instance>``, so deployments "
-           "sharing a namespace do not admit each other's pods.",
-           example="ephemeral.dev/client=true", group=_K),
+           "sharing a namespace do not admit each other's pods; scope one you give to your "
+           "deployment the same way (the Helm chart's ``release`` label).",
+           example="release=airflow-prod,tier=airflow", group=_K),
     Option("k8s_client_cidrs", "Comma-separated CIDRs the clusters' NetworkPolicy admits.",
            example="10.0.0.0/8", group=_K),
     Option("k8s_spark_mode", "How Spark clusters run on Kubernetes unless their spec says: "

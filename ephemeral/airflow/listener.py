@@ -31,8 +31,8 @@ from typing import Any
 from airflow.listeners import hookimpl
 
 from ephemeral.airflow.run_end import RunEnd, configured_backend, epoch, run_selector
-from ephemeral.errors import SpecError
-from ephemeral.settings import number, setting
+from ephemeral.errors import SettingError
+from ephemeral.settings import lookup, number, setting
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +51,28 @@ def _is_local() -> bool:
         get_settings().backend == "local"
 
 
-def _linger() -> float:
-    """Never raises (the scheduler calls it): a bad value is the default, and at most an hour,
-    so a typo cannot leave a poller behind every failed run for good."""
-    try:
-        value = number("run_end_linger")
-    except SpecError:  # not a finite number
+def run_end_linger() -> float:
+    """The linger setting: a number of seconds from 0 to ``MAX_LINGER`` (default 30); any
+    other value fails naming its source. The setup checks it before making a cluster (a typo
+    is said there, not found after a failed run)."""
+    found = lookup("run_end_linger")
+    value = number("run_end_linger")
+    if value is None:
         return DEFAULT_LINGER
-    return DEFAULT_LINGER if value is None else min(max(0.0, value), MAX_LINGER)
+    if not 0 <= value <= MAX_LINGER:
+        raise SettingError(found.source, [(found.source, (
+            f"{found.value!r} is not between 0 and {MAX_LINGER:.0f} seconds"))])
+    return value
+
+
+def _linger() -> float:
+    """Never raises (the scheduler calls it): a bad value is the default, said in the log, so
+    a typo cannot leave a poller behind every failed run for good."""
+    try:
+        return run_end_linger()
+    except SettingError as err:
+        log.warning("ephemeral: %s; lingering %.0f s", err, DEFAULT_LINGER)
+        return DEFAULT_LINGER
 
 
 @hookimpl

@@ -320,6 +320,7 @@ class CreateClusterOperator(BaseOperator):
         warn_if_dagrun_timeout(self)
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from ephemeral.airflow.listener import run_end_linger
         from ephemeral.jobs.artifacts import job_root
         from ephemeral.report.store import ArtifactUrlError, artifact_url
         from ephemeral.specs import resolve
@@ -334,8 +335,9 @@ class CreateClusterOperator(BaseOperator):
             artifact_url()
         except ArtifactUrlError as err:  # only the report's link: said here, never fatal
             self.log.warning("the run report will have no link: %s", err)
-        try:  # every job would carry it: refused before a cluster is made for them
+        try:  # every job would carry it; the run-end cleanup of this cluster reads the other
             job_root()
+            run_end_linger()
         except SettingError as err:
             raise AirflowFailException(str(err)) from err
         target = self._target()

@@ -346,6 +346,34 @@ def test_each_cluster_gets_its_network_policy_and_loses_it_with_the_cluster(
         backend.client.close()
 
 
+@pytest.mark.parametrize(("selector", "warned"), [
+    ({"ephemeral.dev/client": "true"}, True),  # the default before 2026-12, written out
+    ({"ephemeral.dev/client": "true", "ephemeral.dev/client-instance": "staging"}, False),
+    ({"release": "airflow-prod", "tier": "airflow"}, False)])
+def test_a_selector_that_admits_every_deployments_clients_is_warned_of(
+        selector: dict[str, str], warned: bool, kubeconfig_file: Path, operator: Operator,
+        apiserver: ApiServer, caplog: pytest.LogCaptureFixture) -> None:
+    """Used as given, ephemeral's client label alone admits another deployment's Airflow pods
+    in a shared namespace to this one's clusters: said at each create, with the label to add."""
+    backend = KubernetesBackend(KubeConfig(
+        kubeconfig_path=str(kubeconfig_file), namespace=NAMESPACE, http_check=False,
+        client_selector=selector, poll_interval=0.02, delete_timeout=3))
+    try:
+        with caplog.at_level(logging.WARNING, logger="ephemeral.backends.kubernetes.backend"):
+            handle = backend.create(RAY, identity=owner(RAY))
+        said = [r.getMessage() for r in caplog.records if "CLIENT_SELECTOR" in r.getMessage()]
+        assert len(said) == int(warned), said
+        if warned:
+            assert f"ephemeral.dev/client-instance={handle.instance}" in said[0]
+            assert NAMESPACE in said[0]
+        policy = next(p for p in apiserver.store.list("networkpolicies", NAMESPACE)
+                      if p["metadata"]["name"] == handle.name)
+        assert {"podSelector": {"matchLabels": selector}} in policy["spec"]["ingress"][1]["from"]
+        backend.delete(handle, wait=True)
+    finally:
+        backend.client.close()
+
+
 def test_the_kinds_the_backend_reads_are_known_to_the_client() -> None:
     assert (SECRET.resource, NETWORKPOLICY.resource, RAYCLUSTER.resource) == (
         "secrets", "networkpolicies.networking.k8s.io", "rayclusters.ray.io")

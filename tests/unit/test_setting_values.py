@@ -46,14 +46,38 @@ def test_a_number_is_finite(value: str) -> None:
         number("run_end_linger", {"EPHEMERAL_RUN_END_LINGER": value})
 
 
-@pytest.mark.parametrize(("value", "seconds"), [("inf", 30.0), ("nan", 30.0), ("1e12", 3600.0),
-                                                ("-5", 0.0), ("x", 30.0), ("5", 5.0)])
+@pytest.mark.parametrize(("value", "seconds"), [("inf", 30.0), ("nan", 30.0), ("1e12", 30.0),
+                                                ("-5", 30.0), ("x", 30.0), ("5", 5.0),
+                                                ("3600", 3600.0), ("0", 0.0), ("", 30.0)])
 def test_the_run_end_listener_never_lingers_for_good(
         value: str, seconds: float, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ephemeral.airflow.listener import _linger
+    """The scheduler calls it: a refused value is the default, said in the scheduler's log."""
+    from ephemeral.airflow import listener
 
+    said: list[str] = []  # (Airflow's import replaces the handlers caplog would read)
+    monkeypatch.setattr(listener.log, "warning", lambda msg, *args: said.append(msg % args))
     monkeypatch.setenv("EPHEMERAL_RUN_END_LINGER", value)
-    assert _linger() == seconds
+    assert listener._linger() == seconds
+    refused = [m for m in said if "EPHEMERAL_RUN_END_LINGER" in m]
+    assert len(refused) == (value not in ("5", "3600", "0", ""))
+
+
+@pytest.mark.parametrize("value", ["1e12", "-5", "30s", "nan"])
+def test_the_setup_refuses_a_bad_linger_before_making_anything(
+        value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found only after a run failed, a typo would have cost the cleanup it tunes."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from ephemeral.airflow.operators import CreateClusterOperator
+    from ephemeral.backends.local.backend import LocalBackend
+
+    monkeypatch.setenv("EPHEMERAL_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("EPHEMERAL_RUN_END_LINGER", value)
+    with pytest.raises(AirflowFailException, match=r"EPHEMERAL_RUN_END_LINGER.*"
+                       r"(between 0 and 3600 seconds|not a number)"):
+        CreateClusterOperator(task_id="create", spec="ray/adhoc-cpu@1").execute({})
+    assert LocalBackend().list_owned() == []
+    assert list(tmp_path.rglob("state.json")) == []
 
 
 def test_a_runtime_folder_too_long_for_rays_sockets_fails_before_anything_starts(

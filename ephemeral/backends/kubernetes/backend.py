@@ -71,7 +71,11 @@ from ephemeral.backends.kubernetes.client import (
     name_of,
     refused,
 )
-from ephemeral.backends.kubernetes.config import KubeConfig
+from ephemeral.backends.kubernetes.config import (
+    CLIENT_INSTANCE_LABEL,
+    KubeConfig,
+    admits_every_instance,
+)
 from ephemeral.backends.kubernetes.ownership import Owned
 from ephemeral.backends.kubernetes.render import (
     COMPONENT_LABEL,
@@ -166,6 +170,12 @@ class KubernetesBackend(ClusterBackend):
         base = make_handle(spec, identity, backend=self.name, endpoints=Endpoints(),
                            namespace=self.config.namespace,
                            default_spark_mode=self.config.spark_mode)
+        if admits_every_instance(selector := self.config.client_selector):
+            log.warning("EPHEMERAL_K8S_CLIENT_SELECTOR %s admits the client pods of every "
+                        "deployment in namespace %s to %s: add %s=%s to it (and to this "
+                        "deployment's Airflow pods), or unset it for that default",
+                        ",".join(f"{k}={v}" for k, v in selector.items()), self.config.namespace,
+                        base.name, CLIENT_INSTANCE_LABEL, identity.instance)
         rendered = self._render(spec, base)
         if spec.engine == "spark":
             self._refuse_other_mode(spec, base.name, kind_of(rendered.primary))

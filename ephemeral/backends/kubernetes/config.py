@@ -14,7 +14,7 @@ import functools
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeGuard, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -49,6 +49,14 @@ def client_labels(instance: str) -> dict[str, str]:
     """The labels of a client pod the clusters of deployment ``instance`` admit by default
     (an instance is a valid label value): what its Airflow worker and triggerer pods carry."""
     return {CLIENT_LABEL: "true", CLIENT_INSTANCE_LABEL: instance}
+
+
+def admits_every_instance(selector: Mapping[str, str] | None) -> TypeGuard[Mapping[str, str]]:
+    """Whether a configured ``client_selector`` has ``CLIENT_LABEL`` without
+    ``CLIENT_INSTANCE_LABEL``: it admits the client pods of every deployment in the namespace
+    (the default before 2026-12, kept by those who wrote it out)."""
+    return selector is not None and CLIENT_LABEL in selector \
+        and CLIENT_INSTANCE_LABEL not in selector
 
 
 class KubeConfig(BaseModel):
@@ -136,7 +144,8 @@ class KubeConfig(BaseModel):
             if bad := label_problems(dict(labels)):
                 raise ValueError(f"not label key=value pairs: {', '.join(bad)}")
             if not labels:
-                raise ValueError("empty: give at least one label, e.g. ephemeral.dev/client=true")
+                raise ValueError("empty: give at least one label, e.g. "
+                                 "release=airflow-prod,tier=airflow")
         return labels
 
     @field_validator("client_cidrs", mode="before")
