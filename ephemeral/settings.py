@@ -221,6 +221,7 @@ def default_dir(name: str) -> Path:
 
 
 _DIGITS = re.compile(r"[0-9]+")  # ASCII: str.isdigit() takes '²', which int() refuses
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 def count(key: str, env: Mapping[str, str] | None = None, *, least: int = 0) -> int | None:
@@ -272,11 +273,11 @@ def number(key: str, env: Mapping[str, str] | None = None) -> float | None:
     found = lookup(key, env)
     if not found.value:
         return None
-    try:
-        value = float(found.value)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):  # inf or nan would mean "never" without saying so
+    text = found.value.strip()
+    # float() also reads inf, nan (which would mean "never" without saying so), 1_000 and
+    # other scripts' digits: one reading of a number, the one every reader of the value knows.
+    value = float(text) if _DECIMAL.fullmatch(text) else math.nan
+    if not math.isfinite(value):
         raise SettingError(found.source, [(found.source, f"{found.value!r} is not a number")])
     return value
 

@@ -40,10 +40,17 @@ def test_home_is_expanded_and_stripped(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert folder("home", {}) is None
 
 
-@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e400"])
-def test_a_number_is_finite(value: str) -> None:
-    with pytest.raises(SpecError, match="EPHEMERAL_RUN_END_LINGER"):
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e400", "1_000", "\u0665", "0x10",
+                                   "5 s", "."])
+def test_a_number_is_finite_and_plain(value: str) -> None:
+    with pytest.raises(SpecError, match=r"EPHEMERAL_RUN_END_LINGER.*is not a number"):
         number("run_end_linger", {"EPHEMERAL_RUN_END_LINGER": value})
+
+
+@pytest.mark.parametrize(("value", "read"), [("5", 5.0), (" 2.5 ", 2.5), (".5", 0.5),
+                                             ("1e2", 100.0), ("-3", -3.0), ("7.", 7.0)])
+def test_a_plain_number_is_read(value: str, read: float) -> None:
+    assert number("run_end_linger", {"EPHEMERAL_RUN_END_LINGER": value}) == read
 
 
 @pytest.mark.parametrize(("value", "seconds"), [("inf", 30.0), ("nan", 30.0), ("1e12", 30.0),
