@@ -195,8 +195,12 @@ OPTIONS: tuple[Option, ...] = (
            group=_A),
     Option("airflow_user", "User the reaper logs in to Airflow's API as.", example="reaper",
            group=_A),
-    Option("airflow_password", "Password of ``airflow_user``. Prefer ``$AIRFLOW_API_TOKEN`` or "
-           "``airflow_password_secret``.", sensitive=True, example="(secret)", group=_A),
+    Option("airflow_password", "Password of ``airflow_user``: the reaper logs in with it, and "
+           "again when the token it got expires. ``$AIRFLOW_API_TOKEN`` instead needs no "
+           "password but expires after Airflow's ``[api_auth] jwt_expiration_time`` (24 h by "
+           "default): a scheduled reaper given one alone stops applying the run-end rule "
+           "then (its passes exit 1). Keep it in a Secret, or ``airflow_password_secret``.",
+           sensitive=True, example="(secret)", group=_A),
 )
 
 BY_KEY = {o.key: o for o in OPTIONS}

@@ -402,11 +402,14 @@ def _setup_ready(handle: ClusterHandle) -> datetime | None:
 
 def _ask(activity: ActivityCheck, backend: ClusterBackend, handle: ClusterHandle) -> Activity:
     """The cluster's activity; a cluster this process cannot ask (its token Secret not made
-    yet, an API server refusing) is of unknown activity, not a reaper failure."""
+    yet, an API server refusing, an answer cut short) is of unknown activity, so kept, and
+    never a failure of the pass: the other clusters are still judged."""
     try:
         return activity(backend, handle)
     except EphemeralError as err:
         return Activity(None, f"cannot ask its APIs: {err}")
+    except Exception as err:  # noqa: BLE001 - unknown, whatever the reason
+        return Activity(None, f"cannot ask its APIs: {type(err).__name__}: {err}")
 
 
 def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DEFAULT_GRACE_SECONDS,
@@ -706,6 +709,16 @@ class AirflowApiLookup:
 
     def _request(self, method: str, path: str, body: dict[str, str] | None = None,
                  auth: bool = True) -> tuple[int, object]:
+        status, answer = self._send(method, path, body, auth)
+        if status == 401 and auth and self._credentials and self._token is not None:
+            # A token expired (Airflow's JWTs last [api_auth] jwt_expiration_time): log in
+            # with the user and password again, once; a token alone stays refused (_why).
+            self._token = None
+            status, answer = self._send(method, path, body, auth)
+        return status, answer
+
+    def _send(self, method: str, path: str, body: dict[str, str] | None,
+              auth: bool) -> tuple[int, object]:
         import urllib.error
         import urllib.request
 
@@ -780,10 +793,14 @@ class AirflowApiLookup:
 
         status, body = self._request("GET", f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns/"
                                             f"{quote(run_id, safe='')}")
-        if status == 404:
+        if status == 404 and _says_not_found(body, dag_id, run_id):
             return None
         if status != 200 or not isinstance(body, dict):
-            raise EphemeralError(f"Airflow API answered HTTP {status} for {dag_id}/{run_id}")
+            raise EphemeralError(f"Airflow API answered HTTP {status} for {dag_id}/{run_id}"
+                                 f"{_why(status, body)}")
+        if (body.get("dag_id"), body.get("dag_run_id")) != (dag_id, run_id):
+            raise EphemeralError(f"Airflow API answered for another run than {dag_id}/{run_id}: "
+                                 f"{body.get('dag_id')}/{body.get('dag_run_id')}")
         return RunInfo(state=str(body.get("state")), end_date=parse_rfc3339(body.get("end_date")))
 
     def dag(self, dag_id: str) -> DagInfo | None:
@@ -793,8 +810,30 @@ class AirflowApiLookup:
         self.check_deployment()
 
         status, body = self._request("GET", f"/api/v2/dags/{quote(dag_id, safe='')}")
-        if status == 404:
+        if status == 404 and _says_not_found(body, dag_id):
             return None
-        if status != 200 or not isinstance(body, dict):
-            raise EphemeralError(f"Airflow API answered HTTP {status} for DAG {dag_id}")
+        if status != 200 or not isinstance(body, dict) or body.get("dag_id") != dag_id:
+            raise EphemeralError(f"Airflow API answered HTTP {status} for DAG {dag_id}"
+                                 f"{_why(status, body)}")
         return DagInfo(paused=bool(body.get("is_paused")))
+
+
+def _says_not_found(body: object, *ids: str) -> bool:
+    """Whether a 404 is Airflow saying it has none of what was asked, naming it (``The DagRun
+    with dag_id: `d` and run_id: `r` was not found``, ``Dag with id: d was not found``),
+    rather than a route it has no match for (a run id with '/': ``{"error": "API route not
+    found"}``) or a proxy's page: only then does a cluster's run count as deleted."""
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if not isinstance(detail, str) or "not found" not in detail:
+        return False
+    words = f" {detail.replace('`', ' ')} "
+    return all(f" {i} " in words for i in ids)
+
+
+def _why(status: int, body: object) -> str:
+    if status == 401:
+        return (": the token was refused (AIRFLOW_API_TOKEN expires after [api_auth] "
+                "jwt_expiration_time; with EPHEMERAL_AIRFLOW_USER and _PASSWORD the reaper "
+                "logs in again as it needs)")
+    why = body.get("detail") or body.get("error") if isinstance(body, dict) else None
+    return f": {why}" if isinstance(why, str) else ""

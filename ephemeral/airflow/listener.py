@@ -124,7 +124,8 @@ def spawn(end: RunEnd, *, linger: float, why: str = "") -> None:
     """``python -m ephemeral.airflow.run_end`` in its own session, detached from the caller."""
     path = log_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    who = ["--dag-id", end.dag_id, "--run-id", end.run_id, "--clear-number",
+    # --x=value: a run id that starts with '-' (allowed: "-rerun") is a value, not an option.
+    who = [f"--dag-id={end.dag_id}", f"--run-id={end.run_id}", "--clear-number",
            str(end.clear_number), "--ended-at", repr(end.ended_at)]
     if end.pk is not None:
         who += ["--dag-run-pk", str(end.pk)]

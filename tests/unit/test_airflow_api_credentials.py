@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,18 +15,9 @@ import pytest
 from ephemeral.devstack.api import AirflowApi
 from ephemeral.errors import EphemeralError
 from ephemeral.reaper import AirflowApiLookup
+from tests.json_http import serving
 
 Seen = list[tuple[str, str, str | None]]
-
-
-def _serve(handler: type[http.server.BaseHTTPRequestHandler], host: str) -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer((host, 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://{host}:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture
@@ -50,7 +40,7 @@ def redirecting() -> Iterator[tuple[str, Seen]]:
         def log_message(self, *_args: Any) -> None:
             pass
 
-    for target in _serve(Collector, "127.0.0.2"):
+    with serving(Collector, "127.0.0.2") as target:
 
         class Api(http.server.BaseHTTPRequestHandler):
             collector = target
@@ -66,7 +56,7 @@ def redirecting() -> Iterator[tuple[str, Seen]]:
             def log_message(self, *_args: Any) -> None:
                 pass
 
-        for api in _serve(Api, "127.0.0.1"):
+        with serving(Api) as api:
             yield api, seen
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import asyncio
 import http.server
 import json
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from typer.testing import CliRunner
@@ -22,6 +22,7 @@ from ephemeral.cli import main as cli_main
 from ephemeral.specs import ClusterIdentity
 from ephemeral.specs.identity import current_instance
 from tests.conftest import small
+from tests.json_http import serving
 
 RAY = small("ray/adhoc-cpu", replicas=1)
 RUN = ("train", "scheduled__2026-11-30T00:00:00+00:00")
@@ -54,10 +55,13 @@ def airflow(deployment_answer: tuple[int, dict[str, str]]) -> Iterator[str]:
                 return
             if self.path == "/ephemeral/deployment":
                 status, body = deployment_answer
-            elif "/dagRuns/" in self.path:
-                status, body = 200, {"state": "success", "end_date": ended}
+            elif "/dagRuns/" in self.path:  # (Airflow names the run it answers for)
+                dag_id, run_id = (unquote(p) for p in self.path.split("/")[4::2])
+                status, body = 200, {"dag_id": dag_id, "dag_run_id": run_id, "state": "success",
+                                     "end_date": ended}
             else:
-                status, body = 200, {"is_paused": False}
+                status, body = 200, {"dag_id": unquote(self.path.split("/")[4]),
+                                     "is_paused": False}
             data = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Length", str(len(data)))
@@ -67,13 +71,8 @@ def airflow(deployment_answer: tuple[int, dict[str, str]]) -> Iterator[str]:
         def log_message(self, *_args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Api)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Api) as url:
+        yield url
 
 
 def reap(url: str) -> tuple[int, list[dict[str, Any]]]:

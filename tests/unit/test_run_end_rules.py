@@ -184,3 +184,27 @@ def test_every_end_but_a_finished_success_lingers(monkeypatch: pytest.MonkeyPatc
     (end, linger), = spawned
     assert (end.clear_number, end.pk, end.run_after) == (2, 7, at(1).timestamp())
     assert (linger > 0) is lingers
+
+
+@pytest.mark.parametrize("run_id", ["-rerun", "--help", "manual__2026-12-02T10:00:00+00:00"])
+def test_the_deleting_process_reads_any_run_id_it_is_given(
+        monkeypatch: pytest.MonkeyPatch, ephemeral_home: Any, run_id: str) -> None:
+    """Airflow's run ids may start with '-': as an option's next word it was taken for an
+    option, and the deleting process exited with a usage error, leaving the clusters."""
+    pytest.importorskip("airflow")
+    import subprocess
+
+    import ephemeral.airflow.run_end as run_end
+    from ephemeral.airflow import listener
+
+    argv: list[str] = []
+    monkeypatch.setattr(subprocess, "Popen", lambda cmd, **_kw: argv.extend(cmd) or
+                        SimpleNamespace(pid=1))
+    listener.spawn(run_end.RunEnd("d-1", run_id, clear_number=0, pk=3, run_after=None),
+                   linger=0.0)
+    assert argv[1:3] == ["-m", "ephemeral.airflow.run_end"]
+    asked: list[tuple[str, str]] = []
+    monkeypatch.setattr(run_end, "delete_run_clusters",
+                        lambda dag_id, run_id, **_kw: asked.append((dag_id, run_id)) or [])
+    assert run_end.main(argv[3:]) == 0
+    assert asked == [("d-1", run_id)]

@@ -228,3 +228,19 @@ def test_the_api_server_says_which_deployment_it_is(stack: Stack) -> None:
     lookup(stack.instance).check_deployment()
     with pytest.raises(EphemeralError, match=f"deployment instance '{stack.instance}'"):
         lookup("other-deployment")("any_dag", "any_run")
+
+
+def test_the_reaper_reads_a_deleted_run_only_from_airflows_own_not_found(stack: Stack) -> None:
+    """The real api-server: a run it has not is None (the run-end rule may delete its
+    cluster); a run id it cannot route (with '/', allowed by a custom allowed_run_id_pattern)
+    meets its "API route not found", which is no answer about the run: an error, so kept."""
+    from ephemeral.errors import EphemeralError
+    from ephemeral.reaper import AirflowApiLookup
+
+    asking = AirflowApiLookup(stack.url, username="admin", password=stack.password,
+                              instance=stack.instance)
+    assert asking("train_distributed", "manual__never-ran") is None
+    assert asking.dag("no_such_dag") is None
+    assert asking.dag("train_distributed") is not None
+    with pytest.raises(EphemeralError, match=r"HTTP 404 .*API route not found"):
+        asking("train_distributed", "team/exp-1")
