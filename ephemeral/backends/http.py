@@ -21,6 +21,7 @@ them in clear text to another host (``plain_http_problem``).
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -184,5 +185,6 @@ def get_json(url: str, *, timeout: float = 3.0, headers: Mapping[str, str] | Non
             _said.add(url)
             log.warning("%s", redirect_refused(url, err.headers.get("Location")))
         return None
-    except (urllib.error.URLError, OSError, ValueError):
+    # (HTTPException: an answer cut short or not HTTP at all, from a proxy or port-forward)
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException):
         return None

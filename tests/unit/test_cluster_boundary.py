@@ -395,3 +395,28 @@ def test_a_setup_killed_while_creating_undoes_the_create(monkeypatch: pytest.Mon
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert backend.list_owned() == []
+
+
+@pytest.mark.parametrize("reply", [
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"jobs\": [",
+    b"SSH-2.0-OpenSSH_9.2\r\n",  # not HTTP: a port-forward to the wrong port
+], ids=["cut-short", "not-http"])
+def test_an_answer_cut_short_or_not_http_is_no_answer(reply: bytes) -> None:
+    """A proxy or port-forward that drops the dashboard's answer mid-body: no answer (the
+    reaper's activity unknown), not an exception out of every caller."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(reply)
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        assert get_json(f"http://127.0.0.1:{server.getsockname()[1]}/api/jobs/") is None
+    finally:
+        server.close()

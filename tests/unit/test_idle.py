@@ -234,6 +234,34 @@ def test_a_cluster_that_cannot_be_asked_is_kept_without_failing_the_reaper(
     assert "activity unknown (cannot ask its APIs: secret eph-x not found)" in d.reason
 
 
+def test_an_answer_cut_short_on_the_check_before_deleting_stops_nothing_else(
+        backend: InMemoryBackend, tmp_path: Path) -> None:
+    """The check made again just before an idle deletion meets a proxy dropping the answer
+    mid-body: that cluster is kept, and every other one is still judged and deleted."""
+    import http.client
+
+    made = [backend.create(SPEC, identity=ClusterIdentity(
+        spec_name=SPEC.spec.name, dag_id="d", run_id="r", task_id=f"create_{i}"))
+        for i in range(3)]
+    now = max(parse_utc(h.created_at) for h in made) + timedelta(seconds=IDLE + 60)
+    up = now - timedelta(seconds=IDLE + 30)
+    asked: dict[str, int] = {}
+
+    def engines(_b: ClusterBackend, h: ClusterHandle) -> Activity:
+        asked[h.name] = asked.get(h.name, 0) + 1
+        if h.name == made[1].name and asked[h.name] == 2:
+            raise http.client.IncompleteRead(b"{\"jobs\": [", 500)
+        return Activity(False, "no Ray job pending or running", nodes_up=up)
+
+    decisions = reap(backend, lookup=running, now=now, memory_file=tmp_path / "m.json",
+                     activity=engines)
+    by_name = {d.cluster: d for d in decisions}
+    assert {h.name: by_name[h.name].deleted for h in made} == {
+        made[0].name: True, made[1].name: False, made[2].name: True}
+    assert "IncompleteRead" in by_name[made[1].name].reason
+    assert [h.name for h in backend.list_owned()] == [made[1].name]
+
+
 def test_a_node_restarted_after_the_work_ended_does_not_restart_the_clock(
         backend: InMemoryBackend, tmp_path: Path) -> None:
     """A preempted or crash-looping worker, recreated before each pass: the clock runs from
