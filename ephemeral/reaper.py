@@ -51,8 +51,9 @@ But one whose backend also says its head is gone (its head process or pod died),
 than ``idleTimeout`` by the reaper's memory, is dead and deleted; a reaper without memory
 leaves it to its TTL. The reaper runs every few minutes, so a cluster goes up to one interval after its
 timeout. A cluster that ran nothing and whose engine tells no readiness (a Spark cluster
-without Connect) counts, for a reaper with memory (CLI, DAG), from its first sighting of it up;
-for the memory-less CronJob from its creation, start-up included: there one that takes longer
+without Connect) counts, for a reaper with memory (a file an earlier pass left: the CLI, the DAG
+on a lasting home), from its first sighting of it up; for a memory-less one (the CronJob, whose
+emptyDir each run starts empty) from its creation, start-up included: there one that takes longer
 than its idleTimeout to start may go soon after all its workers are up, before its first
 application if that comes after the reaper's next run.
 
@@ -166,6 +167,10 @@ class FinishedMemory:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._seen: dict[str, str] = self._load(path) if path and path.exists() else {}
+        self.remembers = bool(path and path.exists())
+        """Whether an earlier pass left this memory: a first sighting then means one. A file
+        written by every pass but found by none (the CronJob's emptyDir, a KubernetesExecutor
+        pod's home) is no memory: its first sightings are all now."""
 
     @staticmethod
     def _load(path: Path) -> dict[str, str]:
@@ -320,7 +325,7 @@ def judge_unreachable(backend: ClusterBackend, handle: ClusterHandle, activity: 
     # scaling up), which a backend reports as gone. Up: its setup saw it ready, or its engine
     # answered this reaper before.
     was_up = memory.get(idle_keys(handle)[0]) is not None or _setup_ready(handle) is not None
-    if memory.path is None or not was_up:
+    if not memory.remembers or not was_up:
         return Decision(handle.name, False, unknown)
     try:
         view = backend.head_view(handle)
@@ -379,7 +384,7 @@ def judge_idle(handle: ClusterHandle, activity: Activity, *, now: datetime,
     # up, images pulled) is not taken for idleness; one without (the CronJob) has only the
     # creation time.
     never_used = not ran and up is None
-    seen_up = first_seen if never_used and memory.path is not None else None
+    seen_up = first_seen if never_used and memory.remembers else None
     since = max(m for m in (parse_utc(handle.created_at), up, unseen, seen_up,
                             activity.last_end, last_busy) if m is not None)
     idle = int((now - since).total_seconds())  # whole seconds, as the memory file keeps times

@@ -126,6 +126,7 @@ def test_never_used_without_engine_readiness_the_clock_starts_when_first_seen_up
     h = make(backend)
     created = parse_utc(h.created_at)
     memory = tmp_path / "m.json"
+    memory.write_text("{}")  # a reaper that has run before: its memory lasts between passes
     idle = Engines(Activity(False, "nothing running"))
     up = created + timedelta(seconds=IDLE + 60)  # a slow start: first seen up after IDLE
     [d] = reap(backend, lookup=running, now=up, memory_file=memory, activity=idle)
@@ -139,6 +140,22 @@ def test_never_used_without_engine_readiness_the_clock_starts_when_first_seen_up
                memory_file=memory, activity=idle)
     assert d.deleted
     assert d.reason.startswith(f"idle for {IDLE + 1}s, idleTimeout {IDLE}s")
+
+
+def test_a_memory_no_pass_finds_is_no_memory(backend: InMemoryBackend, tmp_path: Path) -> None:
+    """The reaper CronJob writes its memory into a fresh emptyDir at every run: each pass's
+    first sightings were all "now", and a never-used cluster was "idle for 0s" until its TTL.
+    A memory file that no pass found is taken for what it is: none."""
+    h = make(backend)
+    created = parse_utc(h.created_at)
+    idle = Engines(Activity(False, "nothing running"))
+    for n, (after, deleted) in enumerate([(IDLE - 1, False), (IDLE + 1, True)]):
+        fresh = tmp_path / f"pass-{n}" / "reaper-seen.json"
+        [d] = reap(backend, lookup=running, now=created + timedelta(seconds=after),
+                   memory_file=fresh, activity=idle)
+        assert d.deleted is deleted, d
+        assert fresh.exists()  # (written all the same, for a reaper whose folder lasts)
+    assert backend.list_owned() == []
 
 
 def test_never_used_without_memory_the_clock_starts_at_creation(backend: InMemoryBackend
