@@ -59,6 +59,11 @@ class Activity:
     the cluster's age says how long it has been idle, only the reaper's own sightings do."""
     nodes_alive: int | None = None
     """How many of the cluster's nodes are ALIVE (Ray's state API); None when not asked."""
+    history_from: datetime | None = None
+    """Since when the engine knows its work: its head's start (Ray's state API). A head that
+    restarted (GCS without fault tolerance) lost the jobs before, so the idle clock starts
+    there at the earliest, whatever readiness said: a job that died with the old head was
+    work the reaper may never have seen."""
 
 
 def _ms(value: Any) -> datetime | None:
@@ -95,9 +100,11 @@ def ray_activity(access: Access) -> Activity:
     what = (f"{len(running)} Ray job(s) pending or running" if running
             else "no Ray job pending or running")
     ids = [str(j.get("submission_id") or j.get("job_id")) for j in running]
-    alive = sum(1 for n in rows or [] if isinstance(n, dict) and n.get("state") == "ALIVE")
+    alive = [n for n in rows or [] if isinstance(n, dict) and n.get("state") == "ALIVE"]
+    head_up = _latest(*(_ms(n.get("start_time_ms")) for n in alive if n.get("is_head_node")))
     return Activity(bool(running), what, last_end, nodes_up, ids, sightings_only=unended,
-                    nodes_alive=alive if rows is not None else None)
+                    nodes_alive=len(alive) if rows is not None else None,
+                    history_from=head_up)
 
 
 Records = list[dict[str, Any]]

@@ -386,7 +386,7 @@ def judge_idle(handle: ClusterHandle, activity: Activity, *, now: datetime,
     never_used = not ran and up is None
     seen_up = first_seen if never_used and memory.remembers else None
     since = max(m for m in (parse_utc(handle.created_at), up, unseen, seen_up,
-                            activity.last_end, last_busy) if m is not None)
+                            activity.last_end, last_busy, activity.history_from) if m is not None)
     idle = int((now - since).total_seconds())  # whole seconds, as the memory file keeps times
     if timeout is not None and idle > timeout:
         return Decision(handle.name, True, f"idle for {idle}s, idleTimeout {timeout}s "

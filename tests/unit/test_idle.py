@@ -309,6 +309,28 @@ def test_the_setups_ready_record_starts_the_clock_not_a_later_node_start(
     assert d.reason.startswith(f"idle for {IDLE + 7}s")
 
 
+def test_a_head_that_restarted_starts_the_clock_again(backend: InMemoryBackend) -> None:
+    """Ray's GCS without fault tolerance forgets its jobs when the head restarts: a job that
+    ran until then is in no list, and the memory-less CronJob, counting from the setup's
+    readiness, called the cluster idle for hours. The head's start bounds the clock."""
+    from ephemeral.report.model import Ready
+    from ephemeral.report.store import write_ready
+
+    h = make(backend)
+    ready = parse_utc(h.created_at) + timedelta(seconds=30)
+    write_ready("d", "r", Ready(name=h.name, created_at=h.created_at, ready=ready.timestamp()))
+    head_up = ready + timedelta(hours=1)
+    now = head_up + timedelta(seconds=120)
+    asked = Engines(Activity(False, "no Ray job pending or running", nodes_up=head_up,
+                             nodes_alive=3, history_from=head_up))
+    [d] = reap(backend, lookup=running, now=now, activity=asked)
+    assert not d.delete, d
+    assert d.reason.endswith(f"idle for 120s of idleTimeout {IDLE}s")
+    [d] = reap(backend, lookup=running, now=head_up + timedelta(seconds=IDLE + 1),
+               activity=asked)
+    assert d.deleted, d
+
+
 def test_a_ray_cluster_not_known_ready_with_nodes_missing_is_still_starting(
         backend: InMemoryBackend, tmp_path: Path) -> None:
     """Only the head is up, its GPU workers still scaling up, longer than idleTimeout: no job
