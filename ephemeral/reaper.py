@@ -11,9 +11,10 @@ backend owns for this deployment instance (and only those):
   DAG, another run of a cluster, the reaping DAG's own run): a wrong ``airflow_url`` answers for
   none, and then nothing is deleted for being unknown (a reaper without memory: at expiry);
 - a cluster that runs nothing, asked just before, whose run is still running while its DAG has
-  been paused for longer than ``grace`` (Airflow starts no new task of a paused DAG's run: its
-  teardown never comes; a task already running goes on), where the lookup tells a DAG's pause
-  (the REST API; the reaping DAG cannot);
+  been paused (or stale: its file left the DAG folder) for longer than ``grace`` and no task
+  of the run is under way (Airflow starts no new task of such a run: its teardown never comes;
+  a task already running, queued or deferred goes on and may need the cluster), where the
+  lookup tells a DAG's pause (the REST API; the reaping DAG cannot);
 - a cluster whose spec sets ``lifetime.idleTimeout`` and that has been idle for longer, whatever
   its run's state (the idle rule below).
 
@@ -123,10 +124,20 @@ class RunInfo:
 @dataclass(frozen=True)
 class DagInfo:
     paused: bool
+    stale: bool = False
+    """Its file is gone from the DAG folder: the scheduler moves none of its runs on."""
+
+    @property
+    def halted(self) -> str | None:
+        """Why no new task of its running runs starts, if none does."""
+        return "paused" if self.paused else \
+            "stale (its file left the DAG folder)" if self.stale else None
 
 
 RunLookup = Callable[[str, str], "RunInfo | None"]
 DagLookup = Callable[[str], "DagInfo | None"]
+TaskLookup = Callable[[str, str], int]
+"""How many task instances of a run are running or on their way to (queued, deferred, ...)."""
 ActivityCheck = Callable[[ClusterBackend, ClusterHandle], Activity]
 
 
@@ -235,7 +246,8 @@ def run_keys(run: tuple[str, str]) -> tuple[str, str, str]:
 
 
 def judge(handle: ClusterHandle, *, lookup: RunLookup | None, now: datetime, grace: float,
-          memory: FinishedMemory, dags: DagLookup | None = None) -> Decision:
+          memory: FinishedMemory, dags: DagLookup | None = None,
+          tasks: TaskLookup | None = None) -> Decision:
     expires = parse_utc(handle.expires_at)
     if now >= expires:
         return Decision(handle.name, True, f"expired at {handle.expires_at} (spec lifetime.ttl)")
@@ -267,16 +279,22 @@ def judge(handle: ClusterHandle, *, lookup: RunLookup | None, now: datetime, gra
     memory.forget(unfound_key)
     if run.state not in FINISHED:
         memory.forget(key)
-        paused = _paused_for(dags, dag_id, paused_key, now, memory)
-        if paused is not None and paused > grace:
+        halted = _halted_for(dags, dag_id, paused_key, now, memory)
+        if halted is not None and halted[1] > grace:
+            why, since = halted
             # Pausing stops no task already running (nor a trigger): a job may still train
-            # there, and the run resumes when the DAG is unpaused. So only an idle cluster goes.
+            # there, a task may be about to submit one, and the run resumes when the DAG is
+            # unpaused. So only an idle cluster of a run with no task under way goes.
+            if (busy := _tasks_under_way(tasks, dag_id, run_id)) is not None:
+                return Decision(handle.name, False, f"run {dag_id}/{run_id} is {run.state}; its "
+                                                    f"DAG {why} for {since:.0f}s, but {busy}")
             return Decision(handle.name, True, f"run {dag_id}/{run_id} is {run.state} but its "
-                                               f"DAG has been paused for {paused:.0f}s (grace "
-                                               f"{grace:.0f}s), and its cluster runs nothing: "
-                                               "no new task of it starts", if_idle=True)
+                                               f"DAG has been {why} for {since:.0f}s (grace "
+                                               f"{grace:.0f}s), no task of it is under way, "
+                                               "and its cluster runs nothing: no new task of "
+                                               "it starts", if_idle=True)
         return Decision(handle.name, False, f"run {dag_id}/{run_id} is {run.state}" + (
-            f"; its DAG paused for {paused:.0f}s" if paused is not None else ""))
+            f"; its DAG {halted[0]} for {halted[1]:.0f}s" if halted is not None else ""))
     ended = run.end_date or memory.first_seen(key, now)
     age = (now - ended).total_seconds()
     if age > grace:
@@ -286,18 +304,33 @@ def judge(handle: ClusterHandle, *, lookup: RunLookup | None, now: datetime, gra
                                         f"within the {grace:.0f}s grace period")
 
 
-def _paused_for(dags: DagLookup | None, dag_id: str, key: str, now: datetime,
-                memory: FinishedMemory) -> float | None:
-    """Seconds the reaper has seen the DAG paused; None when it is not, or cannot be told."""
+def _halted_for(dags: DagLookup | None, dag_id: str, key: str, now: datetime,
+                memory: FinishedMemory) -> tuple[str, float] | None:
+    """Why the DAG's runs are halted (paused, stale) and for how many seconds the reaper has
+    seen it so; None when they are not, or it cannot be told."""
     try:
         dag = dags(dag_id) if dags is not None else None
     except EphemeralError as err:
         log.warning("could not ask whether DAG %s is paused: %s", dag_id, err)
         return None
-    if dag is None or not dag.paused:
+    if dag is None or dag.halted is None:
         memory.forget(key)
         return None
-    return (now - memory.first_seen(key, now)).total_seconds()
+    return dag.halted, (now - memory.first_seen(key, now)).total_seconds()
+
+
+def _tasks_under_way(tasks: TaskLookup | None, dag_id: str, run_id: str) -> str | None:
+    """What keeps a halted run's cluster: tasks of it running, queued, deferred or waiting to
+    retry, or not knowing; None when none is under way (or nobody can be asked: the rule as
+    it was)."""
+    if tasks is None:
+        return None
+    try:
+        count = tasks(dag_id, run_id)
+    except EphemeralError as err:
+        return f"its tasks could not be asked ({err})"
+    return f"{count} task(s) of it under way (running, queued, deferred, retrying)" \
+        if count else None
 
 
 def idle_keys(handle: ClusterHandle) -> tuple[str, str]:
@@ -420,10 +453,10 @@ def _ask(activity: ActivityCheck, backend: ClusterBackend, handle: ClusterHandle
 def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DEFAULT_GRACE_SECONDS,
          dry_run: bool = False, now: datetime | None = None, memory_file: Path | None = None,
          activity: ActivityCheck = cluster_activity, dags: DagLookup | None = None,
-         witness: tuple[str, str] | None = None,
+         tasks: TaskLookup | None = None, witness: tuple[str, str] | None = None,
          delete_budget: float = DEFAULT_DELETE_BUDGET_SECONDS) -> list[Decision]:
     """Judge every owned cluster and delete the orphans and idle ones (unless ``dry_run``).
-    ``dags`` tells a DAG's pause; ``witness`` is a run the Airflow asked must know (the reaping
+    ``dags`` tells a DAG's pause, ``tasks`` a halted run's tasks under way; ``witness`` is a run the Airflow asked must know (the reaping
     DAG's own): evidence, with any run or DAG that answers, that it is this deployment's.
     Deletions are waited for until ``delete_budget`` seconds after the pass began."""
     require_instance(backend, current_instance(), "reaping")
@@ -456,7 +489,7 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
         by_idle = False
         try:
             d = judge(handle, lookup=asking if lookup is not None else None, now=now,
-                      grace=grace, memory=memory, dags=dag_info)
+                      grace=grace, memory=memory, dags=dag_info, tasks=tasks)
             if not d.delete and handle.idle_timeout_s and not kept_for_debugging(handle):
                 act = _ask(activity, backend, handle)
                 if act.busy is None:
@@ -820,7 +853,27 @@ class AirflowApiLookup:
         if status != 200 or not isinstance(body, dict) or body.get("dag_id") != dag_id:
             raise EphemeralError(f"Airflow API answered HTTP {status} for DAG {dag_id}"
                                  f"{_why(status, body)}")
-        return DagInfo(paused=bool(body.get("is_paused")))
+        return DagInfo(paused=bool(body.get("is_paused")), stale=bool(body.get("is_stale")))
+
+    def tasks_under_way(self, dag_id: str, run_id: str) -> int:
+        """How many task instances of the run are running, or queued, scheduled, deferred,
+        waiting to retry or for input: work of the run that its cluster may be needed for."""
+        from urllib.parse import quote, urlencode
+
+        self.check_deployment()
+        query = urlencode([("state", s) for s in UNDER_WAY] + [("limit", "1")])
+        status, body = self._request("GET", f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns/"
+                                            f"{quote(run_id, safe='')}/taskInstances?{query}")
+        count = body.get("total_entries") if isinstance(body, dict) else None
+        if status != 200 or not isinstance(count, int):
+            raise EphemeralError(f"Airflow API answered HTTP {status} for the tasks of "
+                                 f"{dag_id}/{run_id}{_why(status, body)}")
+        return count
+
+
+UNDER_WAY = ("running", "queued", "scheduled", "deferred", "up_for_retry", "up_for_reschedule",
+             "restarting", "awaiting_input")
+"""Task instance states of work going on or about to (Airflow 3.3's TaskInstanceState)."""
 
 
 def _says_not_found(body: object, *ids: str) -> bool:

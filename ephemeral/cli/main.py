@@ -855,6 +855,7 @@ def reap_cmd(
                   "stay here", highlight=False, markup=False)
     decisions = reap(chosen, lookup=lookup, grace=grace, dry_run=dry_run,
                      memory_file=memory_file(), dags=lookup.dag if lookup else None,
+                     tasks=lookup.tasks_under_way if lookup else None,
                      delete_budget=delete_budget)
     if as_json:
         _emit([d.__dict__ for d in decisions])

@@ -378,3 +378,50 @@ def test_a_running_run_of_a_dag_paused_past_the_grace_is_ended(backend: InMemory
     [d] = at(1302)
     assert d.deleted, d.reason
     assert "its DAG has been paused for" in d.reason
+
+
+@pytest.mark.parametrize(("halt", "said"), [
+    ({"paused": True}, "paused"),
+    ({"paused": False, "stale": True}, "stale (its file left the DAG folder)")])
+def test_a_halted_runs_cluster_waits_for_its_tasks_under_way(
+        backend: InMemoryBackend, tmp_path: Path, halt: dict[str, bool], said: str) -> None:
+    """A task of the run still running (data preparation before its job), queued, deferred or
+    retrying may yet need the cluster: kept while any is, or while that cannot be told. A DAG
+    whose file left the folder (stale) halts its runs as a pause does: its run never ends."""
+    from ephemeral.activity import Activity
+    from ephemeral.errors import EphemeralError
+    from ephemeral.reaper import DagInfo
+
+    seen, t0 = tmp_path / "seen.json", datetime.now(UTC).replace(microsecond=0)
+    owned(backend, "r")
+    under_way: list[int | Exception] = [2]
+    asked: list[tuple[str, str]] = []
+
+    def tasks(dag_id: str, run_id: str) -> int:
+        asked.append((dag_id, run_id))
+        if isinstance(under_way[0], Exception):
+            raise under_way[0]
+        return under_way[0]
+
+    def at(seconds: int) -> Any:
+        [d] = reap(backend, lookup=lambda _d, _r: RunInfo("running"),
+                   dags=lambda _d: DagInfo(**halt), tasks=tasks, memory_file=seen,
+                   now=t0 + timedelta(seconds=seconds),
+                   activity=lambda _b, _h: Activity(False, "no Ray job pending or running"))
+        return d
+
+    assert not at(0).delete
+    assert asked == []  # not asked within the grace
+    d = at(601)
+    assert not d.delete
+    assert f"its DAG {said} for 601s, but 2 task(s) of it under way" in d.reason
+    assert asked == [("train", "r")]
+    under_way[0] = EphemeralError("Airflow API answered HTTP 503")
+    d = at(700)
+    assert not d.delete
+    assert "its tasks could not be asked (Airflow API answered HTTP 503)" in d.reason
+    under_way[0] = 0
+    d = at(800)
+    assert d.deleted, d.reason
+    assert f"its DAG has been {said} for 800s" in d.reason
+    assert "no task of it is under way" in d.reason

@@ -244,3 +244,7 @@ def test_the_reaper_reads_a_deleted_run_only_from_airflows_own_not_found(stack: 
     assert asking.dag("train_distributed") is not None
     with pytest.raises(EphemeralError, match=r"HTTP 404 .*API route not found"):
         asking("train_distributed", "team/exp-1")
+    # The states a halted run's tasks are counted in are Airflow's (a 422 would say not):
+    # the run is looked up, and has not been.
+    with pytest.raises(EphemeralError, match=r"HTTP 404 .*manual__never-ran"):
+        asking.tasks_under_way("train_distributed", "manual__never-ran")
