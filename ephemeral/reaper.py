@@ -476,6 +476,10 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
     decisions: list[Decision] = []
     unfound: list[tuple[int, ClusterHandle]] = []
     owned, unlisted = _listing(backend)
+    # First what needs no engine asked (expiry, ended runs): a pass whose engines answer
+    # slowly (a hanging Connect UI takes its whole timeout) runs out of time before it has
+    # probed every cluster, never before it has deleted the expired ones.
+    probe: list[tuple[int, ClusterHandle, Decision]] = []
     for handle in owned:
         if handle.deleting is not None and handle.deleting.in_background:
             # asked before and going on: nothing to judge, nor to wait for
@@ -486,11 +490,25 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
                          "deleter stopped): finished now, whatever its expiry")
             decisions.append(d if dry_run else deletions.issue(len(decisions), handle, d))
             continue
-        by_idle = False
         try:
             d = judge(handle, lookup=asking if lookup is not None else None, now=now,
                       grace=grace, memory=memory, dags=dag_info, tasks=tasks)
-            if not d.delete and handle.idle_timeout_s and not kept_for_debugging(handle):
+        except Exception as err:  # noqa: BLE001 - one bad lookup must not stop the others
+            decisions.append(Decision(handle.name, False, "could not be judged; kept",
+                                      error=f"{type(err).__name__}: {err}"))
+            continue
+        if d.if_idle or (not d.delete and handle.idle_timeout_s
+                         and not kept_for_debugging(handle)):
+            probe.append((len(decisions), handle, d))
+        elif not d.delete and d.unfound_for is not None and d.unfound_for > grace:
+            unfound.append((len(decisions), handle))  # judged once every run was asked
+        elif d.delete and not dry_run:
+            d = deletions.issue(len(decisions), handle, d)
+        decisions.append(d)
+    for i, handle, d in probe:
+        by_idle = False
+        try:
+            if not d.delete:
                 act = _ask(activity, backend, handle)
                 if act.busy is None:
                     idle = judge_unreachable(backend, handle, act, now=now, memory=memory)
@@ -501,19 +519,19 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
                 d = idle if idle.delete else Decision(d.cluster, False,
                                                       f"{d.reason}; {idle.reason}", error=d.error,
                                                       unfound_for=d.unfound_for)
-        except Exception as err:  # noqa: BLE001 - one bad lookup must not stop the others
-            decisions.append(Decision(handle.name, False, "could not be judged; kept",
-                                      error=f"{type(err).__name__}: {err}"))
+        except Exception as err:  # noqa: BLE001 - one bad cluster must not stop the others
+            decisions[i] = Decision(handle.name, False, "could not be judged; kept",
+                                    error=f"{type(err).__name__}: {err}")
             continue
         if d.delete and ((by_idle and not dry_run) or d.if_idle) and \
                 (again := _ask(activity, backend, handle)).busy is not False:
             # Asked again just before deleting: a job submitted since the judgement wins.
             d = Decision(d.cluster, False, f"kept: {again.what} now, after {d.reason}")
         if not d.delete and d.unfound_for is not None and d.unfound_for > grace:
-            unfound.append((len(decisions), handle))  # judged once every run was asked
+            unfound.append((i, handle))  # judged once every run was asked
         elif d.delete and not dry_run:
-            d = deletions.issue(len(decisions), handle, d)
-        decisions.append(d)
+            d = deletions.issue(i, handle, d)
+        decisions[i] = d
     for i, handle in unfound:
         decisions[i] = _judge_unfound(handle, decisions[i], answered, grace=grace,
                                       dry_run=dry_run, dags=dag_info, lookup=lookup,

@@ -15,7 +15,7 @@ from ephemeral.backends.base import ClusterBackend, ClusterHandle
 from ephemeral.backends.fake import InMemoryBackend
 from ephemeral.reaper import FinishedMemory, RunInfo, judge_idle, reap
 from ephemeral.specs import ClusterIdentity, resolve
-from ephemeral.specs.identity import parse_utc
+from ephemeral.specs.identity import parse_utc, utc_text
 
 SPEC = resolve("ray/adhoc-cpu", "ci-cpu")  # idleTimeout 15m, ttl 2h
 IDLE = 900
@@ -497,3 +497,28 @@ def test_the_setup_records_a_ready_wait_longer_than_the_default(
         op.execute(context)
     [h] = slow.list_owned()
     assert abs(ready_deadline(h) - (time.time() + 3600)) < 30
+
+
+def test_expired_clusters_go_before_any_engine_is_asked(backend: InMemoryBackend) -> None:
+    """A pass whose engines answer slowly (a hanging Connect UI takes its whole timeout) could
+    run out of time before it reached an expired cluster later in the list: what needs no
+    engine asked is deleted first."""
+    made = [backend.create(SPEC, identity=ClusterIdentity(
+        spec_name=SPEC.spec.name, dag_id="d", run_id="r", task_id=f"create_{i}"))
+        for i in range(4)]
+    expired = {made[1].name, made[3].name}
+    now = max(parse_utc(h.created_at) for h in made) + timedelta(minutes=30)
+    for name in expired:  # their TTL passed
+        record = backend._clusters[name]
+        record.handle = record.handle.model_copy(
+            update={"expires_at": utc_text(now - timedelta(minutes=1))})
+    left_when_asked: list[set[str]] = []
+
+    def engines(b: ClusterBackend, _h: ClusterHandle) -> Activity:
+        left_when_asked.append({h.name for h in b.list_owned()} & expired)
+        return Activity(True, "1 Ray job running")
+
+    decisions = reap(backend, lookup=running, now=now, activity=engines)
+    assert left_when_asked == [set(), set()]  # asked of the two unexpired, after the others
+    assert {d.cluster for d in decisions if d.deleted} == expired
+    assert sorted(d.cluster for d in decisions) == sorted(h.name for h in made)
