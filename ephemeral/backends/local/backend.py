@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import socket
 import sys
@@ -38,6 +39,7 @@ from ephemeral.backends.local.state import (
     PlannedNode,
     load,
     raw_field,
+    raw_instance,
     save,
     state_file,
 )
@@ -45,13 +47,14 @@ from ephemeral.errors import (
     BackendError,
     BackendUnavailable,
     ClusterFailed,
+    ClusterNotFound,
     EphemeralError,
     SpecError,
     TeardownIncomplete,
 )
 from ephemeral.jobs.spark_jobs import SparkAuth
 from ephemeral.settings import get_settings, job_environ
-from ephemeral.specs.identity import PREFIX, ClusterIdentity, utc_text
+from ephemeral.specs.identity import PREFIX, ClusterIdentity, current_instance, utc_text
 from ephemeral.specs.models import RaySpec, SparkSpec
 from ephemeral.specs.resolve import ResolvedSpec
 
@@ -142,10 +145,20 @@ def _child(folder: Path, name: str) -> Path:
     the check from reaching a parent or a sibling (``down ""`` once removed every cluster's
     state folder, ``down ../../x`` any folder)."""
     path = folder / name
-    if not name or path.name != name or path.resolve().parent != folder.resolve():
+    # (a symlink to a sibling would act on the sibling under this name)
+    if not name or path.name != name or path.is_symlink() or \
+            path.resolve().parent != folder.resolve():
         raise BackendError(f"{str(path)!r} is not a direct child of {str(folder)!r}: "
                            f"{name!r} is not a cluster name")
     return path
+
+
+def _instance_of(target: ClusterHandle | ClusterIdentity | str) -> str | None:
+    """The deployment a delete of ``target`` may act for: a bare name is this deployment's, an
+    identity its own; a handle is checked by its life (``same_life``)."""
+    if isinstance(target, ClusterHandle):
+        return None
+    return target.instance if isinstance(target, ClusterIdentity) else current_instance()
 
 
 def _markers(cdir: Path) -> dict[str, str]:
@@ -155,11 +168,17 @@ def _markers(cdir: Path) -> dict[str, str]:
     return {procs.DIR_ENV: str(cdir)} | ({procs.UID_ENV: uid} if uid else {})
 
 
+TEMP_ROOT = re.compile(r"r[0-9]+-[0-9a-f]{6}")
+
+
 def _remove_temp_root(temp_root: str | None) -> None:
-    """A deleted cluster's temp root, only where temp roots are made (a state file, which
-    another user of a shared home could edit, names it)."""
-    if temp_root and Path(temp_root).parent == slots.runtime_dir():
-        shutil.rmtree(temp_root, ignore_errors=True)
+    """A deleted cluster's temp root, only where and as temp roots are made (a state file,
+    which another user of a shared home could edit, names it: its runtime folder's ``slots``
+    would be every cluster's claims)."""
+    path = Path(temp_root) if temp_root else None
+    if path and path.parent == slots.runtime_dir() and TEMP_ROOT.fullmatch(path.name) \
+            and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _owner(cdir: Path) -> int | None:
@@ -284,7 +303,7 @@ class LocalBackend(ClusterBackend):
         # node's TMPDIR (tempfile, multiprocessing and torchrun in jobs, PySpark's workers).
         # Killed processes never clean up /tmp; this folder goes with the cluster, and its
         # short path fits the Unix sockets made in it.
-        temp_root = slots.runtime_dir() / f"r{slot}-{uuid.uuid4().hex[:6]}"
+        temp_root = slots.runtime_dir() / f"r{slot}-{uuid.uuid4().hex[:6]}"  # (TEMP_ROOT)
         if isinstance(s, RaySpec):
             ep = ray_nodes.endpoints(slot)
             planned = ray_nodes.plan(s, slot, temp_root, secrets.create_ray(cdir), devices)
@@ -409,7 +428,8 @@ class LocalBackend(ClusterBackend):
             ok_exit = ray_nodes.runs_ray_start(planned.argv) and code == 0
             if code is not None and not ok_exit:
                 failed.append((node, f"exited with code {code}"))
-            elif code is None and not procs.find([node], None) and not procs.leader_is(node.sid, node.started_at):
+            elif code is None and not procs.in_session(node, state.uid) \
+                    and not procs.leader_is(node.sid, node.started_at):
                 failed.append((node, "died without an exit code (killed?)"))
         if failed:
             names = ", ".join(f"{n.name} {why}" for n, why in failed)
@@ -424,7 +444,8 @@ class LocalBackend(ClusterBackend):
         name = self._name(target)
         with self._lock(name):
             return self._delete_locked(
-                name, wait=wait, life=target if isinstance(target, ClusterHandle) else None)
+                name, wait=wait, life=target if isinstance(target, ClusterHandle) else None,
+                instance=_instance_of(target))
 
     def start_delete(self, target: ClusterHandle | ClusterIdentity | str) -> Deletion | None:
         """SIGKILL now, as ``delete(wait=False)`` does (its processes looked at for 2 s); any
@@ -443,12 +464,21 @@ class LocalBackend(ClusterBackend):
             self._delete_locked(name, life=life, timeout=max(deadline - time.monotonic(), 0.0))
 
     def _delete_locked(self, name: str, *, wait: bool = True,
-                       life: ClusterHandle | None = None, timeout: float | None = None) -> bool:
+                       life: ClusterHandle | None = None, timeout: float | None = None,
+                       instance: str | None = None) -> bool:
         """Delete the cluster ``name``; with ``life``, only when it is that life (``same_life``,
-        read under the cluster's lock: no create comes between), else False. Its processes are
-        waited for ``timeout`` seconds, by default 10 (2 without ``wait``)."""
+        read under the cluster's lock: no create comes between), else False; with
+        ``instance``, only when its state (readable or not) names no other deployment instance.
+        Its processes are waited for ``timeout`` seconds, by default 10 (2 without ``wait``)."""
         timeout = timeout if timeout is not None else 10.0 if wait else 2.0
         cdir = self._dir(name)
+        if instance is not None and (theirs := raw_instance(cdir)) not in (None, instance):
+            # A bare name is this deployment's (as on Kubernetes), its state unreadable or not:
+            # one a newer version wrote does not parse here, and was deleted for anyone.
+            raise ClusterNotFound(f"cluster {name!r} belongs to deployment instance {theirs!r}, "
+                                  f"not this one ({instance!r}); delete it from that "
+                                  "deployment, or by its handle (`ephemeral down "
+                                  "--all-instances`)")
         try:
             state = load(cdir)
         except BackendError:  # unreadable or of an old schema: still find and kill its processes
@@ -463,12 +493,18 @@ class LocalBackend(ClusterBackend):
         if life is not None and not same_life(state.handle, life):
             log.warning("%s", newer_life(state.handle, life))
             return False
+        if state.handle.name != name:  # a folder copied or renamed by hand: not this cluster
+            raise BackendError(f"the state in {cdir} is of cluster {state.handle.name!r}, not "
+                               f"{name!r}: nothing deleted; move it back or remove it by hand")
         state.deleting = True
         save(cdir, state)
         # SIGKILL at once: an ephemeral cluster has nothing to save on its way out (its jobs
         # wrote their artifacts; its folders go next), and every second a JVM or raylet
         # spends in its shutdown hooks is reserved, idle time.
-        left = procs.describe(procs.kill_all(state.nodes, state.uid, grace=0.0, timeout=timeout))
+        # Its folder's marker too: processes of an earlier life of the name whose state was lost
+        # would hold its slot's ports, unseen by ``ls`` and every later ``down``.
+        left = procs.describe(procs.kill_all(state.nodes, state.uid, grace=0.0, timeout=timeout,
+                                             markers={procs.DIR_ENV: str(cdir)}))
         # Processes of its sessions that this OS user can neither read nor end (the cluster was
         # made as another user, e.g. a setup with run_as_user): the state stays for that user.
         if (owner := _owner(cdir)) is not None and owner != os.getuid():

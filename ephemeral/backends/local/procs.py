@@ -126,7 +126,6 @@ def _alive(p: psutil.Process) -> bool:
 def find(nodes: Iterable[NodeProcess], uid: str | None) -> list[psutil.Process]:
     """Live processes of a cluster: in one of its node sessions, or carrying its uid marker."""
     sessions = {n.sid: n.started_at for n in nodes}
-    earliest = min(sessions.values(), default=0.0) - 1.0
     me = os.getpid()
     found: list[psutil.Process] = []
     by_session: dict[int, list[psutil.Process]] = {}
@@ -143,9 +142,10 @@ def find(nodes: Iterable[NodeProcess], uid: str | None) -> list[psutil.Process]:
         if sid in sessions and (p.info["create_time"] or 0) >= sessions[sid] - 1.0:
             by_session.setdefault(sid, []).append(p)
             continue
-        if uid is None or (p.info["create_time"] or 0) < earliest:
-            continue
-        if _has_uid(p, uid):
+        # The marker alone (a random id) says whose it is: no start time is compared here, as
+        # a start time read by another process moves with the wall clock (an NTP step back
+        # made a deletion find nothing, report success and remove the records of a live one).
+        if uid is not None and _has_uid(p, uid):
             found.append(p)
     for sid, members in by_session.items():
         # Once every process of a node's session is gone, Linux may give its id to a new,
@@ -156,14 +156,26 @@ def find(nodes: Iterable[NodeProcess], uid: str | None) -> list[psutil.Process]:
     return found
 
 
-def session_names(node: NodeProcess, uid: str) -> set[str]:
-    """The names of the live processes in ``node``'s session (``gcs_server``, ``raylet``)."""
-    names: set[str] = set()
+def in_session(node: NodeProcess, uid: str) -> list[psutil.Process]:
+    """The live processes of ``node``'s own session (``find`` also gives the other nodes'
+    processes that carry the cluster's marker)."""
+    found = []
     for p in find([node], uid):
         try:
             if os.getsid(p.pid) == node.sid:
-                names.add(p.name())
-        except (OSError, psutil.Error):
+                found.append(p)
+        except OSError:
+            continue
+    return found
+
+
+def session_names(node: NodeProcess, uid: str) -> set[str]:
+    """The names of the live processes in ``node``'s session (``gcs_server``, ``raylet``)."""
+    names: set[str] = set()
+    for p in in_session(node, uid):
+        try:
+            names.add(p.name())
+        except psutil.Error:
             continue
     return names
 
@@ -250,11 +262,19 @@ def kill_marked(markers: Mapping[str, str], *, timeout: float = 10.0) -> list[ps
 
 
 def kill_all(
-    nodes: Sequence[NodeProcess], uid: str, *, grace: float = 1.0, timeout: float = 10.0
+    nodes: Sequence[NodeProcess], uid: str, *, grace: float = 1.0, timeout: float = 10.0,
+    markers: Mapping[str, str] | None = None,
 ) -> list[psutil.Process]:
     """SIGTERM the cluster's processes, SIGKILL what is left after ``grace`` (at once when
-    ``grace`` is 0); return survivors."""
-    return _kill(lambda: find(nodes, uid), grace=grace, timeout=timeout)
+    ``grace`` is 0); return survivors. With ``markers``, also every process carrying one (its
+    state folder's: what an earlier life of the name left when its state was lost)."""
+    def everything() -> list[psutil.Process]:
+        found = {p.pid: p for p in find(nodes, uid)}
+        found.update((p.pid, p) for p in find_marked(markers or {}) if p.pid not in found)
+        return list(found.values())
+
+    return _kill(everything if markers else lambda: find(nodes, uid), grace=grace,
+                 timeout=timeout)
 
 
 def _kill(finder: Callable[[], list[psutil.Process]], *, grace: float,

@@ -15,6 +15,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from ephemeral.backends.base import ClusterHandle
 from ephemeral.backends.local.procs import NodeProcess
 from ephemeral.errors import BackendError
+from ephemeral.specs.identity import INSTANCE_LABEL
 
 
 class PlannedNode(BaseModel):
@@ -72,6 +73,17 @@ def raw_field(cluster_dir: Path, *names: str) -> str | None:
         if isinstance(value, str) and value:
             return value
     return None
+
+
+def raw_instance(cluster_dir: Path) -> str | None:
+    """The deployment instance a state file names, parsed or not (one a newer version wrote
+    does not parse as a ``ClusterState`` here); None without one."""
+    try:
+        raw = json.loads(state_file(cluster_dir).read_text())
+        value = raw["handle"]["labels"][INSTANCE_LABEL]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, str) and value else None
 
 
 def save(cluster_dir: Path, state: ClusterState) -> None:
