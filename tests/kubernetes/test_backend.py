@@ -354,6 +354,20 @@ def test_crd_missing_is_reported_on_create_and_tolerated_on_delete(
     assert k8s_backend.list_owned() == []
 
 
+def test_a_handles_kind_answered_as_not_served_is_never_reported_deleted(
+        k8s_backend: KubernetesBackend, apiserver: ApiServer) -> None:
+    """An API server whose cache is not synced (a restart, an upgrade) answers a RayCluster it
+    has as a CRD it does not serve: the teardown reported the running cluster deleted."""
+    handle = k8s_backend.create(RAY, identity=owner(RAY))
+    apiserver.fail("get", "rayclusters", 404, reason="NotFound",
+                   message="the server could not find the requested resource")
+    with pytest.raises(TeardownIncomplete, match=rf"RayCluster/{handle.name} \(cannot tell"):
+        k8s_backend.delete(handle, wait=True)
+    assert apiserver.store.get("rayclusters", NAMESPACE, handle.name) is not None
+    k8s_backend.delete(handle, wait=True)  # the server answers again: deleted
+    assert apiserver.store.get("rayclusters", NAMESPACE, handle.name) is None
+
+
 def test_handles_of_another_namespace_are_followed(k8s_backend: KubernetesBackend,
                                                    apiserver: ApiServer) -> None:
     handle = k8s_backend.create(RAY, identity=owner(RAY))

@@ -488,8 +488,16 @@ class KubernetesBackend(ClusterBackend):
             what = f"{kind.kind}/{name}"
             try:
                 obj = client.get(kind, name)
-            except OperatorMissing:  # its CRD is not installed: none can be there
-                continue
+            except OperatorMissing as exc:
+                if len(primaries) > 1:  # a name's candidate kinds: one not installed has none
+                    continue
+                # A handle's own kind, which served it when it was made: an API server whose
+                # cache is not synced (a restart, an upgrade) answers so for a CRD it has, and
+                # the cluster, running on, was reported deleted. Only a person can tell.
+                raise TeardownIncomplete(cluster, [
+                    f"{what} (cannot tell whether it is there: the API server answered as if "
+                    f"it served no {kind.resource}, which it did when the cluster was made: "
+                    f"{exc})"]) from exc
             except Forbidden as exc:
                 if ours.primaries:  # the name's cluster is found: it is not also one of these
                     continue
