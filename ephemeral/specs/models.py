@@ -770,6 +770,8 @@ def no_secret_conf(conf: dict[str, str]) -> dict[str, str]:
 # publishes (a cluster that never becomes ready), scratch on a disk the pod does not mount, or
 # authentication switched off. A key ending in "." is a family: every key under it.
 _OWN_PORTS = "the backend gives the Connect server's driver its address and ports"
+_DAEMONS = ("a setting of the standalone master and worker daemons, which the backend starts "
+            "with its own; conf reaches applications only")
 BACKEND_CONF: Mapping[str, str] = {
     "spark.master": "the backend points every application at its cluster",
     "spark.authenticate": "the backend authenticates every process of the cluster with its own "
@@ -797,6 +799,20 @@ BACKEND_CONF: Mapping[str, str] = {
     "spark.kubernetes.executor.request.cores": "set workers.cores instead",
     "spark.kubernetes.executor.limit.cores": "set workers.cores instead",
     "spark.executor.memoryOverhead": "the backend sizes an executor's pod to workers.memory",
+    # conf reaches applications (the Connect server, spark-submit drivers), never the daemons
+    # the backend starts with settings of its own: accepted, these would do nothing.
+    "spark.master.": _DAEMONS,
+    "spark.worker.": _DAEMONS,
+    "spark.deploy.": _DAEMONS,
+    "spark.shuffle.service.": "no external shuffle service runs on the workers (dynamic "
+                              "allocation tracks shuffle data instead); an executor told to use "
+                              "one never registers",
+    "spark.app.name": "the backend names the Connect server's application (a spark-submit "
+                      "task names its own)",
+    "spark.dynamicAllocation.maxExecutors": "set workers.replicas: in operator mode it is the "
+                                            "cap of the executors, which the report costs",
+    "spark.executor.instances": "set workers.replicas: in operator mode it is the cap of the "
+                                "executors, which the report costs",
 }
 # Of those, what a spark-submit driver of the cluster may not set either (the others are a
 # driver's own where it runs): it is pointed at the cluster and authenticated by ephemeral.
@@ -917,21 +933,58 @@ class SparkSpec(SpecBase):
         problems = []
         for where, conf in ((("conf",), self.conf),
                             (("connect", "conf"), self.connect.conf if self.connect else {})):
-            cores = conf.get("spark.executor.cores", "")
-            if cores.strip().isdigit() and int(cores) > self.workers.cores:
+            problems += self._executor_problems(where, conf)
+        if problems:
+            raise _field_errors("executor_too_big", problems)
+        return self
+
+    def _executor_problems(self, where: tuple[str, ...], conf: dict[str, str]
+                           ) -> list[tuple[tuple[str, ...], str]]:
+        """What Spark refuses of an executor's and a task's size, or never places, only once
+        the cluster exists (its Connect server's SparkContext fails): said before."""
+        problems: list[tuple[tuple[str, ...], str]] = []
+        executor_cores = self.workers.cores
+        if (cores := conf.get("spark.executor.cores")) is not None:
+            if not cores.strip().isdigit() or int(cores) < 1:
+                problems.append(((*where, "spark.executor.cores"),
+                                 f"{cores!r} is not a whole number of cores of 1 or more"))
+            elif int(cores) > self.workers.cores:
                 problems.append(((*where, "spark.executor.cores"),
                                  f"{cores} is more than a worker has (workers.cores: "
                                  f"{self.workers.cores}): no executor could start; ask for at "
                                  "most that, or give the workers more cores"))
-            memory = spark_bytes(conf.get("spark.executor.memory", ""))
-            if memory is not None and memory > memory_bytes(self.workers.memory):
+            else:
+                executor_cores = int(cores)
+        if (task_cpus := conf.get("spark.task.cpus")) is not None:
+            if not task_cpus.strip().isdigit() or int(task_cpus) < 1:
+                problems.append(((*where, "spark.task.cpus"),
+                                 f"{task_cpus!r} is not a whole number of cores of 1 or more"))
+            elif int(task_cpus) > executor_cores:
+                problems.append(((*where, "spark.task.cpus"),
+                                 f"{task_cpus} is more than an executor has ({executor_cores}; "
+                                 "spark.executor.cores, else workers.cores): Spark refuses it "
+                                 "and no task could run; ask for at most that"))
+        if (text := conf.get("spark.executor.memory")) is not None:
+            memory = spark_bytes(text)
+            if memory is None:
                 problems.append(((*where, "spark.executor.memory"),
-                                 f"{conf['spark.executor.memory']} is more than a worker has "
-                                 f"(workers.memory: {self.workers.memory}): no executor could "
-                                 "start; ask for less, or give the workers more memory"))
-        if problems:
-            raise _field_errors("executor_too_big", problems)
-        return self
+                                 f"{text!r} is no size Spark reads: a whole number with k, m, "
+                                 "g or t (4g, 512m; not Kubernetes' Gi, nor fractions)"))
+            elif memory > memory_bytes(self.workers.memory):
+                problems.append(((*where, "spark.executor.memory"),
+                                 f"{text} is more than a worker has (workers.memory: "
+                                 f"{self.workers.memory}): no executor could start; ask for "
+                                 "less, or give the workers more memory"))
+        task_gpus = conf.get("spark.task.resource.gpu.amount", "")
+        try:  # (not a number: Spark refuses it itself)
+            too_many = bool(self.workers.gpus) and float(task_gpus) > self.workers.gpus
+        except ValueError:
+            too_many = False
+        if too_many:
+            problems.append(((*where, "spark.task.resource.gpu.amount"),
+                             f"{task_gpus} is more than an executor has (workers.gpus: "
+                             f"{self.workers.gpus}): Spark refuses it; ask for at most that"))
+        return problems
 
     @model_validator(mode="after")
     def _gpu_tasks_need_gpu_workers(self) -> SparkSpec:

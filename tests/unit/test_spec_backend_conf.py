@@ -83,10 +83,42 @@ def test_an_executor_bigger_than_a_worker_is_refused(where: str) -> None:
         spark(**{key: {"spark.executor.cores": "5"}}))[f"{where}.spark.executor.cores"]
 
 
-@pytest.mark.parametrize("memory", ["8g", "8192m", "8192", "4G", "1024 mb", "not-a-size"])
+@pytest.mark.parametrize("memory", ["8g", "8192m", "8192", "4G", " 2g "])
 def test_an_executor_within_a_worker_passes(memory: str) -> None:
     s = parse_spec(spark(connect_conf={"spark.executor.memory": memory}), "etl.yaml")
     assert isinstance(s, SparkSpec)
+
+
+@pytest.mark.parametrize(("conf", "key", "said"), [
+    ({"spark.executor.memory": "8Gi"}, "spark.executor.memory", "no size Spark reads"),
+    ({"spark.executor.memory": "1.5g"}, "spark.executor.memory", "nor fractions"),
+    ({"spark.executor.memory": "1024 mb"}, "spark.executor.memory", "no size Spark reads"),
+    ({"spark.executor.cores": "2.5"}, "spark.executor.cores", "not a whole number"),
+    ({"spark.task.cpus": "8"}, "spark.task.cpus", "more than an executor has (4;"),
+    ({"spark.executor.cores": "2", "spark.task.cpus": "3"}, "spark.task.cpus",
+     "more than an executor has (2;"),
+    ({"spark.worker.cleanup.enabled": "true"}, "conf", "standalone master and worker daemons"),
+    ({"spark.deploy.defaultCores": "2"}, "conf", "standalone master and worker daemons"),
+    ({"spark.shuffle.service.enabled": "true"}, "conf", "no external shuffle service"),
+    ({"spark.app.name": "etl"}, "conf", "names the Connect server's application"),
+    ({"spark.dynamicAllocation.maxExecutors": "50"}, "conf", "set workers.replicas"),
+], ids=["Gi", "fraction", "space", "fractional-cores", "task-cpus", "task-over-executor",
+        "worker-daemon", "master-daemon", "shuffle-service", "app-name", "max-executors"])
+def test_what_spark_refuses_or_never_sees_is_refused_before_the_cluster(
+        conf: dict[str, str], key: str, said: str) -> None:
+    """Spark's own refusals came once its Connect server started, after the cluster was made;
+    daemon settings reached only applications and did nothing."""
+    found = problems(spark(conf=conf))
+    where = "conf" if key == "conf" else f"conf.{key}"
+    assert said in found[where], found
+
+
+def test_a_task_asking_more_gpus_than_an_executor_has_is_refused() -> None:
+    found = problems(spark(conf={"spark.task.resource.gpu.amount": "2"}, gpus=1,
+                           discoveryScript="/opt/spark/examples/src/main/scripts/"
+                                           "getGpusResources.sh"))
+    assert "more than an executor has (workers.gpus: 1)" in \
+        found["conf.spark.task.resource.gpu.amount"]
 
 
 @pytest.mark.parametrize("key", ["spark.authenticate", "spark.authenticate.secret",
