@@ -809,10 +809,6 @@ BACKEND_CONF: Mapping[str, str] = {
                               "one never registers",
     "spark.app.name": "the backend names the Connect server's application (a spark-submit "
                       "task names its own)",
-    "spark.dynamicAllocation.maxExecutors": "set workers.replicas: in operator mode it is the "
-                                            "cap of the executors, which the report costs",
-    "spark.executor.instances": "set workers.replicas: in operator mode it is the cap of the "
-                                "executors, which the report costs",
 }
 # Of those, what a spark-submit driver of the cluster may not set either (the others are a
 # driver's own where it runs): it is pointed at the cluster and authenticated by ephemeral.

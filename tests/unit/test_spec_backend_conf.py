@@ -101,9 +101,8 @@ def test_an_executor_within_a_worker_passes(memory: str) -> None:
     ({"spark.deploy.defaultCores": "2"}, "conf", "standalone master and worker daemons"),
     ({"spark.shuffle.service.enabled": "true"}, "conf", "no external shuffle service"),
     ({"spark.app.name": "etl"}, "conf", "names the Connect server's application"),
-    ({"spark.dynamicAllocation.maxExecutors": "50"}, "conf", "set workers.replicas"),
 ], ids=["Gi", "fraction", "space", "fractional-cores", "task-cpus", "task-over-executor",
-        "worker-daemon", "master-daemon", "shuffle-service", "app-name", "max-executors"])
+        "worker-daemon", "master-daemon", "shuffle-service", "app-name"])
 def test_what_spark_refuses_or_never_sees_is_refused_before_the_cluster(
         conf: dict[str, str], key: str, said: str) -> None:
     """Spark's own refusals came once its Connect server started, after the cluster was made;
@@ -139,3 +138,15 @@ def test_a_hardening_the_backend_does_not_set_is_the_users() -> None:
     check_submit_input("spark-submit", {"spark.authenticate.enableSaslEncryption": "true"})
     s = parse_spec(spark(conf={"spark.authenticate.enableSaslEncryption": "true"}), "etl.yaml")
     assert isinstance(s, SparkSpec)
+
+
+@pytest.mark.parametrize("key", ["spark.dynamicAllocation.maxExecutors",
+                                 "spark.executor.instances", "spark.dynamicAllocation.enabled"])
+def test_operator_mode_keeps_its_executor_cap(key: str) -> None:
+    """Operator mode caps executors at workers.replicas, which the run report costs: conf
+    lifted it without a word. Standalone mode's executors are its workers': the key is the
+    application's own there."""
+    data = spark(conf={key: "50" if "Executors" in key or "instances" in key else "false"})
+    assert isinstance(parse_spec(data, "etl.yaml"), SparkSpec)
+    found = problems({**data, "kubernetesMode": "operator"})
+    assert "operator mode caps the executors at workers.replicas" in found[f"conf.{key}"]

@@ -98,9 +98,17 @@ def unhonoured(s: SparkSpec) -> list[tuple[str, str]]:
     where = {"cpu": "sized by connect.cpu", "memory": "sized by connect.memory",
              "nodeSelector": "placed by connect.nodeSelector",
              "tolerations": "placed by connect.tolerations"}
+    caps = [(f"{path}.{key}", f"operator mode caps the executors at workers.replicas "
+             f"({s.workers.replicas}), which the run report costs: set workers.replicas "
+             "instead") for path, conf in s.confs() for key in EXECUTOR_CAPS if key in conf]
     return [(f"master.{name}", "operator mode (a SparkConnect) has no standalone master: its "
              f"Connect server is the driver, {where[name]}, and executors by workers.*; remove "
-             f"master.{name}, or use kubernetesMode: standalone") for name in changed]
+             f"master.{name}, or use kubernetesMode: standalone") for name in changed] + caps
+
+
+# What would lift the executor cap operator mode sets from workers.replicas (spark_conf).
+EXECUTOR_CAPS = ("spark.dynamicAllocation.maxExecutors", "spark.executor.instances",
+                 "spark.dynamicAllocation.enabled")
 
 
 def executor_heap(memory: str) -> int:
