@@ -239,6 +239,7 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
         # spark_auth_for registers with Airflow's log masker: a driver may print its conf.
         auth = spark_auth_for(handle, cluster_backend(handle, self))
         master = str(handle.endpoints.spark_master)
+        conf, private_conf = _private_part(self._conf(context, handle))
         timed_out = threading.Event()
         env_vars = self._env_vars()
         with _private_dir() as private:  # the auth, result and temporary files; removed after
@@ -247,9 +248,9 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
             env[RESULT_FILE_ENV] = str(result_file)
             hook = ClusterSparkSubmitHook(
                 master=master, spark_binary=spark_submit_bin(),
-                extra_args=_auth_properties(private, auth),
+                extra_args=_auth_properties(private, auth, private_conf),
                 on_start=lambda proc: self._started(proc, hook, timed_out),
-                conf=self._conf(context, handle), name=self.name or self.task_id,
+                conf=conf, name=self.name or self.task_id,
                 files=self.files, py_files=self.py_files, archives=self.archives,
                 jars=self.jars, packages=self.packages, exclude_packages=self.exclude_packages,
                 repositories=self.repositories, java_class=self.java_class,
@@ -325,6 +326,27 @@ def _watch(proc: subprocess.Popen[str], hook: ClusterSparkSubmitHook, timeout: f
     if not hook.output_done.wait(DRAIN_SECONDS):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+# The OpenLineage transport's credentials and headers (an Authorization header among them).
+OPENLINEAGE_PRIVATE = ("spark.openlineage.transport.auth.", "spark.openlineage.transport.headers.")
+
+
+def _private_part(conf: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """``conf`` split into what may go on spark-submit's command line and the secrets (by the
+    spec's rule, ``secret_conf_keys``) that go into its private properties file. The task's own
+    conf was refused any (``_check_input``); these are what an integration injected: the
+    OpenLineage transport's API key or headers, which ``ps``, the task log (the provider masks
+    only keys with 'secret' or 'password') and the Spark UI (whose redaction misses 'apiKey')
+    would show."""
+    from ephemeral.backends.base import hide_in_task_logs
+    from ephemeral.specs.models import secret_conf_keys
+
+    secret = sorted({*secret_conf_keys({k: str(v) for k, v in conf.items()}),
+                     *(k for k in conf if k.startswith(OPENLINEAGE_PRIVATE))})
+    hide_in_task_logs(*(str(conf[k]) for k in secret))
+    return ({k: v for k, v in conf.items() if k not in secret},
+            {k: str(conf[k]) for k in secret})
 
 
 def _with_openlineage(conf: dict[str, Any], context: Any, parent: bool | None,

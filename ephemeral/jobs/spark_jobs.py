@@ -135,16 +135,27 @@ def driver_environ(private: Path, env: Mapping[str, str] | None) -> dict[str, st
     return base | {"PYSPARK_PYTHON": sys.executable, **DRIVER_ENV, **own, **env}
 
 
-def _auth_properties(folder: Path, auth: SparkAuth | None) -> list[str]:
-    """spark-submit arguments that authenticate the driver: a 0600 properties file in
-    ``folder`` (private, removed when the driver has ended)."""
-    if auth is None or not auth.secret:
+def _auth_properties(folder: Path, auth: SparkAuth | None,
+                     private: Mapping[str, str] | None = None) -> list[str]:
+    """spark-submit arguments that authenticate the driver, and give it the ``private``
+    settings (secrets an integration injected into its conf): a 0600 properties file in
+    ``folder`` (private, removed when the driver has ended), never its command line."""
+    lines = {**({"spark.authenticate": "true", "spark.authenticate.secret": auth.secret}
+                if auth is not None and auth.secret else {}), **(private or {})}
+    if not lines:
         return []
     file = folder / "auth.properties"
     fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
-        fh.write(f"spark.authenticate=true\nspark.authenticate.secret={auth.secret}\n")
+        fh.writelines(f"{key}={_escaped(value)}\n" for key, value in lines.items())
     return ["--extra-properties-file", str(file)]
+
+
+def _escaped(value: str) -> str:
+    """A value as java.util.Properties reads it back (backslashes and line breaks escaped;
+    leading blanks kept)."""
+    text = value.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+    return "\\" + text if text[:1] in (" ", "\t") else text
 
 
 # spark-submit's options that take URLs (comma-separated): where it fetches code and data.

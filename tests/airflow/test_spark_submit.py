@@ -314,3 +314,39 @@ def test_openlineage_parent_job_properties_are_injected_as_the_providers_operato
     # A remote cluster's driver keeps the JVM's defaults; the cluster's conf, then the task's.
     assert plain == {"spark.sql.shuffle.partitions": "8", "spark.ui.enabled": "true",
                      "spark.x": "1"}
+
+
+def test_openlineage_transport_credentials_go_to_the_private_file_not_the_command_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """[openlineage] spark_inject_transport_info puts the transport's API key into the conf;
+    as --conf it was in `ps`, in the logged command (the provider masks only 'secret' and
+    'password' keys) and in the Spark UI (whose redaction misses 'apiKey')."""
+    pytest.importorskip("airflow.providers.openlineage")
+    from unittest.mock import MagicMock
+
+    from ephemeral.airflow.spark_submit import _private_part, _with_openlineage
+    from ephemeral.airflow.spark_submit_hook import ClusterSparkSubmitHook
+    from ephemeral.jobs.spark_jobs import SparkAuth, _auth_properties
+
+    key = "OLKEY-" + "c" * 24
+    monkeypatch.setenv("AIRFLOW__OPENLINEAGE__TRANSPORT", json.dumps({
+        "type": "http", "url": "https://lineage.example", "auth": {"type": "api_key",
+                                                                  "apiKey": key}}))
+    injected = _with_openlineage({"spark.x": "1"}, {"ti": MagicMock(), "dag_run": MagicMock()},
+                                 False, True)
+    assert injected["spark.openlineage.transport.auth.apiKey"] == f"Bearer {key}"
+    conf, private = _private_part(injected)
+    assert set(private) == {"spark.openlineage.transport.auth.apiKey",
+                            "spark.openlineage.transport.auth.type"}
+    extra = _auth_properties(tmp_path, SparkAuth(secret=SECRET), private)
+    hook = ClusterSparkSubmitHook(master="spark://127.0.0.9:7077", spark_binary="spark-submit",
+                                  extra_args=extra, conf=conf, name="etl")
+    cmd = hook._build_spark_submit_command("app.py")
+    assert key not in " ".join(cmd)
+    assert "spark.openlineage.transport.url=https://lineage.example" in cmd
+    assert key not in capsys.readouterr().out
+    written = (tmp_path / "auth.properties").read_text()
+    assert f"spark.openlineage.transport.auth.apiKey=Bearer {key}\n" in written
+    assert f"spark.authenticate.secret={SECRET}\n" in written
+    assert (tmp_path / "auth.properties").stat().st_mode & 0o777 == 0o600
