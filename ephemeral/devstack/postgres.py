@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ephemeral.backends.local.secrets import write_private
 from ephemeral.errors import EphemeralError
 
 # Debian keeps the server binaries out of PATH (only the client wrappers are on it).
@@ -116,8 +117,7 @@ class Postgres:
             shutil.rmtree(self.data)  # a previous run's leftover: this database is throwaway
         self.root.mkdir(parents=True, exist_ok=True)
         pwfile = self.root / "pwfile"
-        pwfile.write_text(self.password + "\n")
-        pwfile.chmod(0o600)
+        write_private(pwfile, self.password + "\n")  # 0600 from its first byte
         if os.geteuid() == 0:
             shutil.chown(self.root, RUN_AS, "nogroup")
             shutil.chown(pwfile, RUN_AS, "nogroup")

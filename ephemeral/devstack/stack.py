@@ -60,10 +60,12 @@ def runs_airflow(cmdline: list[str]) -> bool:
 
 def _secret_file(path: Path, make: str) -> str:
     """A secret kept 0600 in the stack's home, so a restart keeps logins and tokens."""
+    from ephemeral.backends.local.secrets import write_private
+
     if path.exists():
+        path.chmod(0o600)  # (one an older version left readable)
         return path.read_text().strip()
-    path.write_text(make + "\n")
-    path.chmod(0o600)
+    write_private(path, make + "\n")  # 0600 from its first byte
     return make
 
 

@@ -89,7 +89,10 @@ def without_secrets(value: Any, masked: list[str], path: str = "") -> Any:
     if isinstance(value, dict):
         clean: dict[Any, Any] = {}
         for key, item in value.items():
-            if isinstance(item, str) and item not in ("", MASK) and secret_name(str(key)):
+            # Whatever it holds under such a name (a number, a list, an object of them) is the
+            # secret; only nothing at all (and a flag) is none.
+            if item not in (None, "", MASK, [], {}) and not isinstance(item, bool) \
+                    and secret_name(str(key)):
                 masked.append(f"{path}{key}")
                 clean[key] = MASK
             else:

@@ -101,12 +101,16 @@ def artifact_url() -> str:
 def report_url(dag_id: str, run_id: str) -> str:
     """The address of the run's HTML report for people: ``$EPHEMERAL_ARTIFACT_URL`` (an http(s)
     address that serves the artifact root, e.g. a bucket's website or a proxy) in place of the
-    root when set, else the artifact URI itself. Raises naming the setting when it is no
-    http(s) address (``artifact_url``)."""
+    root when set, else the artifact URI itself, its credentials masked (an artifact root
+    with a key in it is refused where clusters are made, not where a notification or the
+    reaper shows a link). Raises naming the setting when it is no http(s) address
+    (``artifact_url``)."""
+    from ephemeral.specs.models import masked_secrets
+
     uri = report_uri(dag_id, run_id)
     base = artifact_url()
     root = artifacts.root().rstrip("/")
-    return base + uri[len(root):] if base and uri.startswith(root) else uri
+    return masked_secrets(base + uri[len(root):] if base and uri.startswith(root) else uri)
 
 
 def report_link(dag_id: str, run_id: str) -> str | None:

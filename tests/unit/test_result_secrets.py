@@ -71,3 +71,26 @@ def test_the_ray_operator_returns_and_logs_no_secret_of_a_result(
     for secret in ("wJalrXUtnFEMI", "abcdef0123456789", "0123456789abcdef"):
         assert secret not in str(out)
         assert secret not in caplog.text
+
+
+def test_whatever_a_secret_name_holds_is_masked() -> None:
+    """A number, a list or an object under a name that says secret was returned as it was."""
+    got = _result({"token": 123456789012, "api_key": {"value": "k" * 20},
+                   "password": ["p" * 12], "secret": True, "token_count": 7,
+                   "credentials": None}).result
+    assert got == {"token": "***", "api_key": "***", "password": "***", "secret": True,
+                   "token_count": 7, "credentials": None}
+
+
+def test_a_report_link_never_shows_the_artifact_roots_credentials(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused where clusters are made, such a root still reached notifications (a failed
+    task's callback, the reaper's) through the report's link."""
+    from ephemeral.report.store import report_link
+
+    monkeypatch.setenv("EPHEMERAL_ARTIFACT_ROOT", "s3://AKIAIOSFODNN7EXAMPLE:wJalrXUtnFEMI@b/eph")
+    monkeypatch.delenv("EPHEMERAL_ARTIFACT_URL", raising=False)
+    link = report_link("train", "r1")
+    assert link is not None
+    assert link.startswith("s3://***@b/eph/")
+    assert "wJalrXUtnFEMI" not in link
