@@ -288,12 +288,17 @@ def secret_name(name: str) -> bool:
 
 
 # Values that are a credential by their shape, whatever they are called: code hosts' and model
-# hubs' tokens, cloud access key ids, chat and LLM API keys, JWTs, storage connection strings.
+# hubs' tokens, cloud access key ids, chat and LLM API keys, JWTs, storage connection strings,
+# chat webhooks.
 _TOKEN_SHAPES = re.compile(
     r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,}|glpat-[A-Za-z0-9_-]{20,}"
     r"|sk-(?:proj-|ant-)[A-Za-z0-9_-]{20,}|sk-[A-Za-z0-9]{40,}|(?:AKIA|ASIA)[0-9A-Z]{16}\b"
     r"|xox[abprs]-[A-Za-z0-9-]{10,}"
-    r"|hf_[A-Za-z0-9]{30,}|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})"
+    r"|hf_[A-Za-z0-9]{30,}|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"
+    # Webhooks whose path is the credential (anyone holding it posts as the deployment).
+    r"|hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9/_-]{20,}"
+    r"|discord(?:app)?\.com/api/webhooks/[0-9]+/[A-Za-z0-9_-]{20,}"
+    r"|webhook\.office\.com/webhookb2/[^\s\"']{20,})"
     r"|(?i:(?:AccountKey|SharedAccessKey|SharedAccessSignature)=[^;\s]+)")
 
 

@@ -107,14 +107,18 @@ def test_names_that_only_speak_of_secrets_are_none(name: str) -> None:
     "ghp_" + "a" * 36, "github_pat_" + "A1" * 20, "sk-proj-" + "x" * 40, "AKIAABCDEFGHIJKLMNOP",
     "xoxb-1234-5678-abcdefghij", "eyJhbGciOiJIUzI1.eyJzdWIiOiIxMjM0.SflKxwRJSMeKKF2QT4",
     "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=abc==;EndpointSuffix=core",
-    "https://b.s3.amazonaws.com/x?X-Amz-Credential=A&X-Amz-Signature=deadbeef"])
+    "https://b.s3.amazonaws.com/x?X-Amz-Credential=A&X-Amz-Signature=deadbeef",
+    "https://hooks.slack.com/services/T0AAAA1111/B0BBBB2222/abcdefghijklmnopqrstuvwx",
+    "https://discord.com/api/webhooks/123456789012/abcdefghijklmnopqrstuvwxyz_-12",
+    "https://acme.webhook.office.com/webhookb2/0a1b2c3d-4e5f@6a7b/IncomingWebhook/8c9d/0e1f"])
 def test_values_that_are_credentials_by_their_shape(value: str) -> None:
     assert secret_value(value) is not None
     assert "deadbeef" not in str(secret_value(value))
 
 
 @pytest.mark.parametrize("value", ["WARN", "/opt/task-runner-for-the-big-jobs", "0.5",
-                                   "https://pypi.org/simple", "s3://bucket/key=2024/x.parquet"])
+                                   "https://pypi.org/simple", "s3://bucket/key=2024/x.parquet",
+                                   "https://api.slack.com/messaging/webhooks"])
 def test_plain_values_stay_plain(value: str) -> None:
     assert secret_value(value) is None
 
