@@ -174,6 +174,7 @@ ca="$(mktemp)"
 trap 'rm -f "$ca"' EXIT
 k config view --raw --minify -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' \
   | base64 -d >"$ca"
+ca_data="$(base64 -w0 <"$ca")"
 host_server="$(k config view --minify -o jsonpath='{.clusters[0].cluster.server}')"
 # The address of the API server from the `kind` docker network (what `kind get kubeconfig
 # --internal` prints): https://<cluster>-control-plane:6443.
@@ -183,13 +184,11 @@ group0_note=""
 write_kubeconfig() {  # file server mode
   local file="$1" server="$2" mode="$3" tmp="$1.new"
   rm -f "$tmp"
+  # Written by the shell's own printf: the token on a command line (kubectl config
+  # set-credentials --token) is in every user's `ps` while it runs.
   (umask 077
-   kubectl config --kubeconfig "$tmp" set-cluster "$CTX" --server "$server" \
-     --certificate-authority "$ca" --embed-certs=true >/dev/null
-   kubectl config --kubeconfig "$tmp" set-credentials ephemeral-airflow --token "$token" >/dev/null
-   kubectl config --kubeconfig "$tmp" set-context ephemeral --cluster "$CTX" \
-     --user ephemeral-airflow --namespace "$NS" >/dev/null
-   kubectl config --kubeconfig "$tmp" use-context ephemeral >/dev/null)
+   printf 'apiVersion: v1\nkind: Config\nclusters:\n- name: %s\n  cluster:\n    server: %s\n    certificate-authority-data: %s\nusers:\n- name: ephemeral-airflow\n  user:\n    token: %s\ncontexts:\n- name: ephemeral\n  context:\n    cluster: %s\n    user: ephemeral-airflow\n    namespace: %s\ncurrent-context: ephemeral\n' \
+     "$CTX" "$server" "$ca_data" "$token" "$CTX" "$NS" >"$tmp")
   chmod "$mode" "$tmp"
   if [[ "$mode" == 0640 && "$(id -g)" != 0 ]] && ! chgrp 0 "$tmp" 2>/dev/null; then
     group0_note="$file belongs to your group, not group 0: run the compose stack as you (echo \"AIRFLOW_UID=\$(id -u)\" >> compose/.env)"

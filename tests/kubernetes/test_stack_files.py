@@ -940,7 +940,10 @@ def test_up_sh_brings_the_cluster_up_and_is_idempotent(tmp_path: Path,
     assert "https://127.0.0.1:40000" in (kubeconfigs / "config").read_text()
     assert "https://ephemeral-control-plane:6443" in \
         (kubeconfigs / "config.internal").read_text()
-    assert "--token stub-token" in (kubeconfigs / "config").read_text()
+    config = yaml.safe_load((kubeconfigs / "config").read_text())
+    assert config["users"] == [{"name": "ephemeral-airflow", "user": {"token": "stub-token"}}]
+    assert config["contexts"][0]["context"]["namespace"] == "ephemeral"
+    assert "stub-token" not in log  # on no command line: every user's `ps` shows those
 
     (tmp_path / "calls.log").unlink()
     second = run_script(KIND / "up.sh", env, compose_dir=compose_copy)
