@@ -229,16 +229,28 @@ class GpuFields(Model):
         return v
 
 
+# A Secret's data key, as the API server accepts one (a pod naming another key never starts).
+_SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]{1,253}")
+
+
 class SecretKeyRef(Model):
     name: str
     """The Kubernetes Secret (in the clusters' namespace)."""
-    key: str = Field(min_length=1)
+    key: str
     """The key of that Secret."""
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        return dns_label(v, 253)
+        return dns_subdomain(v)  # a Secret's name, as Kubernetes names objects (my.secret)
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        if not _SECRET_KEY.fullmatch(v) or v in (".", ".."):
+            raise ValueError(f"{v!r} is not a Secret's key: letters, digits, '-', '_' and '.', "
+                             "at most 253 characters")
+        return v
 
 
 # The one rule for which keys name a secret: Spark's own default of spark.redaction.regex

@@ -83,3 +83,25 @@ def test_local_env_sets_the_cluster_markers_after_the_spec_variables(tmp_path: P
     scratch = spec.model_copy(update={"runtime_env": RuntimeEnv.model_construct(env=[
         EnvVar.model_construct(name="TMPDIR", value="/scratch")])})
     assert LocalBackend._env(scratch, "u", name="n", tmp=tmp_path)["TMPDIR"] == "/scratch"
+
+
+@pytest.mark.parametrize(("ref", "field", "said"), [
+    ({"name": "hf", "key": "a/b"}, "key", "is not a Secret's key"),
+    ({"name": "hf", "key": "has space"}, "key", "is not a Secret's key"),
+    ({"name": "hf", "key": ""}, "key", "is not a Secret's key"),
+    ({"name": "Hf", "key": "t"}, "name", "is not a DNS-1123 subdomain"),
+])
+def test_a_secret_key_ref_kubernetes_would_refuse_is_refused_here(
+        ref: dict[str, str], field: str, said: str) -> None:
+    """A key with '/' or a space was rendered and the RayCluster made (its CRD has no pattern);
+    its pods then never started. A Secret named with dots (my.secret) is a Secret's name."""
+    where, message = refusal({"name": "HF_TOKEN", "secretKeyRef": ref})
+    assert where == f"runtimeEnv.env[1].secretKeyRef.{field}"
+    assert said in message
+
+
+def test_a_secret_named_with_dots_is_taken() -> None:
+    spec = parse_spec(ray([{"name": "HF_TOKEN", "secretKeyRef": {"name": "hf.tokens",
+                                                                 "key": "hf_token.v2"}}]),
+                      "envs.yaml")
+    assert isinstance(spec, RaySpec)
