@@ -1,4 +1,4 @@
-"""The local backend's GPU check counts every node's GPUs together: all nodes share one host."""
+"""The local backend counts every node's GPUs and memory together: all nodes share one host."""
 
 from __future__ import annotations
 
@@ -143,3 +143,26 @@ def test_each_spark_worker_reads_its_own_gpus_from_a_resources_file(four_gpus: P
         assert json.loads(files[path]) == [{"id": {"componentName": "spark.worker",
                                                    "resourceName": "gpu"},
                                             "addresses": ["0"]}]
+
+
+def test_memory_is_counted_across_every_node_against_the_hosts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """All nodes run on this host: a cluster asking more memory than it has started, then
+    failed (Ray's object stores do not fit) or ran the host out of memory."""
+    import psutil
+
+    from ephemeral.specs import resolve
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("M", (), {"total": 8 * 2**30})())
+    data = ray(0, [(0, 2)])
+    data["head"]["memory"] = "2Gi"
+    data["workerGroups"][0]["memory"] = "4Gi"
+    with pytest.raises(SpecError) as err:
+        local.check_spec(resolved(data))
+    [(field, message)] = [p for p in err.value.problems if "memory" in p[1]]
+    assert field == "head.memory, workerGroups[0].memory"
+    assert "asks for 10.0 GiB of memory but this host has 8.0 GiB" in message
+    assert "workerGroups[0].memory 4Gi x 2 replicas" in message
+    assert "use --profile ci-cpu" in message
+    monkeypatch.setattr(gpus, "visible", lambda: [])
+    local.check_spec(resolve("ray/adhoc-cpu", "ci-cpu"))  # 6 GiB in all: fits

@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
+import psutil
+
 from ephemeral.backends.base import (
     Access,
     ClusterBackend,
@@ -56,6 +58,7 @@ from ephemeral.jobs.spark_jobs import SparkAuth
 from ephemeral.settings import get_settings, job_environ
 from ephemeral.specs.identity import PREFIX, ClusterIdentity, current_instance, utc_text
 from ephemeral.specs.models import RaySpec, SparkSpec
+from ephemeral.specs.quantities import memory_bytes
 from ephemeral.specs.resolve import ResolvedSpec
 
 log = logging.getLogger(__name__)
@@ -91,12 +94,16 @@ def check_spec(spec: ResolvedSpec) -> None:
         asks = [("head.gpus", s.head.gpus, 1)] + [
             (f"workerGroups[{i}].gpus", g.gpus, g.replicas) for i, g in enumerate(s.worker_groups)]
         nodes = 1 + sum(g.replicas for g in s.worker_groups)
+        memory = [("head.memory", s.head.memory, 1)] + [
+            (f"workerGroups[{i}].memory", g.memory, g.replicas)
+            for i, g in enumerate(s.worker_groups)]
         problems += _missing_sources(s)
     else:
         installed, dist, field = _installed("pyspark"), "pyspark", "sparkVersion"
         wanted = s.spark_version
         asks = [("workers.gpus", s.workers.gpus, s.workers.replicas)]
         nodes = 2 + s.workers.replicas
+        memory = [("workers.memory", s.workers.memory, s.workers.replicas)]
     # Every node of a local cluster shares this host's GPUs: the sum must fit, not each group.
     asked = [(path, n, replicas) for path, n, replicas in asks if n]
     total = sum(n * replicas for _, n, replicas in asked)
@@ -105,6 +112,16 @@ def check_spec(spec: ResolvedSpec) -> None:
                            for path, n, replicas in asked)
         problems.append((", ".join(path for path, _, _ in asked),
                          f"asks for {total} GPU(s) but this host has {host} ({parts}); {fix}"))
+    # Every node runs here too: a cluster asking more memory than the host has starts its
+    # nodes, then fails (Ray's object stores, a quarter of it, do not fit) or runs out of it.
+    asked_bytes = sum(memory_bytes(m) * n for _, m, n in memory)
+    if asked_bytes > (host_bytes := psutil.virtual_memory().total):
+        parts = " + ".join(f"{path} {m}" + (f" x {n} replicas" if n > 1 else "")
+                           for path, m, n in memory)
+        problems.append((", ".join(path for path, _, _ in memory),
+                         f"asks for {asked_bytes / 2**30:.1f} GiB of memory but this host has "
+                         f"{host_bytes / 2**30:.1f} GiB ({parts}); use --profile ci-cpu or "
+                         "give the nodes less memory"))
     if installed is None:
         problems.append((field, f"the local backend needs {dist} installed: "
                                 "pip install 'airflow-provider-ephemeral[local]'"))
