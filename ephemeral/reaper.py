@@ -13,7 +13,7 @@ backend owns for this deployment instance (and only those):
 - a cluster that runs nothing, asked just before, whose run is still running while its DAG has
   been paused (or stale: its file left the DAG folder) for longer than ``grace`` and no task
   of the run is under way (Airflow starts no new task of such a run: its teardown never comes;
-  a task already running, queued or deferred goes on and may need the cluster), where the
+  a task already running or queued goes on and may need the cluster), where the
   lookup tells a DAG's pause (the REST API; the reaping DAG cannot);
 - a cluster whose spec sets ``lifetime.idleTimeout`` and that has been idle for longer, whatever
   its run's state (the idle rule below).
@@ -320,16 +320,15 @@ def _halted_for(dags: DagLookup | None, dag_id: str, key: str, now: datetime,
 
 
 def _tasks_under_way(tasks: TaskLookup | None, dag_id: str, run_id: str) -> str | None:
-    """What keeps a halted run's cluster: tasks of it running, queued, deferred or waiting to
-    retry, or not knowing; None when none is under way (or nobody can be asked: the rule as
-    it was)."""
+    """What keeps a halted run's cluster: tasks of it running or queued (``UNDER_WAY``), or
+    not knowing; None when none is under way (or nobody can be asked: the rule as it was)."""
     if tasks is None:
         return None
     try:
         count = tasks(dag_id, run_id)
     except EphemeralError as err:
         return f"its tasks could not be asked ({err})"
-    return f"{count} task(s) of it under way (running, queued, deferred, retrying)" \
+    return f"{count} task(s) of it under way (running or queued)" \
         if count else None
 
 
@@ -874,8 +873,8 @@ class AirflowApiLookup:
         return DagInfo(paused=bool(body.get("is_paused")), stale=bool(body.get("is_stale")))
 
     def tasks_under_way(self, dag_id: str, run_id: str) -> int:
-        """How many task instances of the run are running, or queued, scheduled, deferred,
-        waiting to retry or for input: work of the run that its cluster may be needed for."""
+        """How many task instances of the run are running or handed to an executor
+        (``UNDER_WAY``): work of the halted run that its cluster may be needed for."""
         from urllib.parse import quote, urlencode
 
         self.check_deployment()
@@ -889,9 +888,11 @@ class AirflowApiLookup:
         return count
 
 
-UNDER_WAY = ("running", "queued", "scheduled", "deferred", "up_for_retry", "up_for_reschedule",
-             "restarting", "awaiting_input")
-"""Task instance states of work going on or about to (Airflow 3.3's TaskInstanceState)."""
+UNDER_WAY = ("running", "queued", "restarting")
+"""Task instance states of work going on in a halted run (Airflow 3.3's TaskInstanceState):
+handed to an executor, they run. The scheduler moves nothing else of a paused or stale DAG's
+run (scheduled, up_for_retry and a fired trigger's task stay where they are), so those would
+keep its cluster until its TTL; a job a deferred task waits on keeps it busy anyway."""
 
 
 def _says_not_found(body: object, *ids: str) -> bool:

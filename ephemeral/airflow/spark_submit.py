@@ -337,16 +337,26 @@ def _private_part(conf: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]
     spec's rule, ``secret_conf_keys``) that go into its private properties file. The task's own
     conf was refused any (``_check_input``); these are what an integration injected: the
     OpenLineage transport's API key or headers, which ``ps``, the task log (the provider masks
-    only keys with 'secret' or 'password') and the Spark UI (whose redaction misses 'apiKey')
-    would show."""
+    only keys with 'secret' or 'password') and the Spark UI (whose default redaction misses
+    'apiKey' and 'Authorization') would show. With them, the private file widens the UI's
+    redaction to them, unless the task chose its own."""
     from ephemeral.backends.base import hide_in_task_logs
     from ephemeral.specs.models import secret_conf_keys
 
-    secret = sorted({*secret_conf_keys({k: str(v) for k, v in conf.items()}),
-                     *(k for k in conf if k.startswith(OPENLINEAGE_PRIVATE))})
-    hide_in_task_logs(*(str(conf[k]) for k in secret))
-    return ({k: v for k, v in conf.items() if k not in secret},
-            {k: str(conf[k]) for k in secret})
+    secret = secret_conf_keys({k: str(v) for k, v in conf.items()})
+    headers = [k for k in conf if k.startswith(OPENLINEAGE_PRIVATE[1])]
+    hide_in_task_logs(*(str(conf[k]) for k in (*secret, *headers)))
+    private = {k: str(conf[k]) for k in sorted({*secret, *headers, *(
+        k for k in conf if k.startswith(OPENLINEAGE_PRIVATE))})}
+    if private and REDACTION not in conf:
+        private[REDACTION] = WIDER_REDACTION
+    return {k: v for k, v in conf.items() if k not in private}, private
+
+
+# Spark's default spark.redaction.regex, and what the OpenLineage transport's keys are called.
+REDACTION = "spark.redaction.regex"
+WIDER_REDACTION = (r"(?i)secret|password|token|access[.]?key|api[._-]?key|authorization"
+                   r"|openlineage\.transport\.(?:auth|headers)\.")
 
 
 def _with_openlineage(conf: dict[str, Any], context: Any, parent: bool | None,

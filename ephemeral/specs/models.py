@@ -847,8 +847,13 @@ def backend_reason(key: str) -> str:
                 if (key.startswith(rule) if rule.endswith(".") else key == rule))
 
 
+# What of the backend's keys a spec may state as the backend has it: no shuffle service.
+_AS_THE_BACKEND_HAS_IT = {"spark.shuffle.service.enabled": "false"}
+
+
 def no_backend_conf(conf: dict[str, str]) -> dict[str, str]:
-    if owned := backend_keys(conf):
+    if owned := [k for k in backend_keys(conf)
+                 if conf[k].strip().lower() != _AS_THE_BACKEND_HAS_IT.get(k)]:
         raise ValueError("; ".join(f"{k} is the backend's ({backend_reason(k)})" for k in owned)
                          + ": remove it")
     return conf
@@ -942,11 +947,16 @@ class SparkSpec(SpecBase):
     def _executors_fit_workers(self) -> SparkSpec:
         """An executor with more cores or memory than a worker has is never placed: the
         application waits for ever (several smaller executors per worker are fine). Judged in
-        conf and connect.conf (the Connect server's executors), each under its own path."""
-        problems = []
-        for where, conf in ((("conf",), self.conf),
-                            (("connect", "conf"), self.connect.conf if self.connect else {})):
-            problems += self._executor_problems(where, conf)
+        conf (every application's) and, for the Connect server, conf with connect.conf over it
+        (what it gets: executor cores from one, task cpus from the other), each problem under
+        the path of what is wrong, once."""
+        problems = self._executor_problems(("conf",), self.conf)
+        if self.connect and self.connect.conf:
+            said = {loc[-1] for loc, _ in problems}
+            problems += [(("connect", "conf", loc[-1]), why) for loc, why in
+                         self._executor_problems(("connect", "conf"),
+                                                 {**self.conf, **self.connect.conf})
+                         if loc[-1] in self.connect.conf or loc[-1] not in said]
         if problems:
             raise _field_errors("executor_too_big", problems)
         return self

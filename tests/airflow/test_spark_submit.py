@@ -9,6 +9,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import re
 import textwrap
 import time
 from pathlib import Path
@@ -338,7 +339,12 @@ def test_openlineage_transport_credentials_go_to_the_private_file_not_the_comman
     assert injected["spark.openlineage.transport.auth.apiKey"] == f"Bearer {key}"
     conf, private = _private_part(injected)
     assert set(private) == {"spark.openlineage.transport.auth.apiKey",
-                            "spark.openlineage.transport.auth.type"}
+                            "spark.openlineage.transport.auth.type", "spark.redaction.regex"}
+    # The Spark UI's Environment tab redacts by key or value: its default misses 'apiKey'.
+    redaction = re.compile(private["spark.redaction.regex"])
+    assert redaction.search("spark.openlineage.transport.auth.apiKey")
+    assert redaction.search("spark.openlineage.transport.headers.X-Team")
+    assert not redaction.search("spark.sql.shuffle.partitions")
     extra = _auth_properties(tmp_path, SparkAuth(secret=SECRET), private)
     hook = ClusterSparkSubmitHook(master="spark://127.0.0.9:7077", spark_binary="spark-submit",
                                   extra_args=extra, conf=conf, name="etl")
@@ -349,4 +355,6 @@ def test_openlineage_transport_credentials_go_to_the_private_file_not_the_comman
     written = (tmp_path / "auth.properties").read_text()
     assert f"spark.openlineage.transport.auth.apiKey=Bearer {key}\n" in written
     assert f"spark.authenticate.secret={SECRET}\n" in written
+    assert "spark.redaction.regex=(?i)secret|password|token|access[.]?key|api[._-]?key|" \
+        "authorization|openlineage\\\\.transport" in written  # escaped as Properties reads it
     assert (tmp_path / "auth.properties").stat().st_mode & 0o777 == 0o600

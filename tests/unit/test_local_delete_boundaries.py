@@ -113,7 +113,8 @@ def test_a_bare_name_never_deletes_another_deployments_cluster_its_state_unreada
     state = json.loads(path.read_text())
     state["nodes"][0]["pgid"] = node.sid  # a newer version's field
     path.write_text(json.dumps(state))
-    with pytest.raises(ClusterNotFound, match="belongs to deployment instance 'prod'"):
+    with pytest.raises(ClusterNotFound, match=r"belongs to deployment instance 'prod'.*"
+                       r"EPHEMERAL_INSTANCE=prod ephemeral down theirs"):
         home.backend.delete("theirs")
     assert home.alive(node)
     assert path.exists()

@@ -150,3 +150,21 @@ def test_operator_mode_keeps_its_executor_cap(key: str) -> None:
     assert isinstance(parse_spec(data, "etl.yaml"), SparkSpec)
     found = problems({**data, "kubernetesMode": "operator"})
     assert "operator mode caps the executors at workers.replicas" in found[f"conf.{key}"]
+
+
+def test_what_the_backend_has_anyway_may_be_stated() -> None:
+    """Spark's own default (no shuffle service) and operator mode's dynamic allocation are no
+    change: refused, a spec stating them would be a puzzle."""
+    data = spark(conf={"spark.shuffle.service.enabled": "false",
+                       "spark.dynamicAllocation.enabled": "true"})
+    assert isinstance(parse_spec({**data, "kubernetesMode": "operator"}, "etl.yaml"), SparkSpec)
+    assert "no external shuffle service" in problems(
+        spark(conf={"spark.shuffle.service.enabled": "true"}))["conf"]
+
+
+def test_the_connect_server_is_judged_by_what_it_gets_from_both_confs() -> None:
+    """Its executors' cores from conf, its tasks' cpus from connect.conf: it gets both."""
+    found = problems(spark(conf={"spark.executor.cores": "2"},
+                           connect_conf={"spark.task.cpus": "4"}))
+    assert "more than an executor has (2;" in found["connect.conf.spark.task.cpus"]
+    assert "conf.spark.executor.cores" not in found

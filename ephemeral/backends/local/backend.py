@@ -58,7 +58,6 @@ from ephemeral.jobs.spark_jobs import SparkAuth
 from ephemeral.settings import get_settings, job_environ
 from ephemeral.specs.identity import PREFIX, ClusterIdentity, current_instance, utc_text
 from ephemeral.specs.models import RaySpec, SparkSpec
-from ephemeral.specs.quantities import memory_bytes
 from ephemeral.specs.resolve import ResolvedSpec
 
 log = logging.getLogger(__name__)
@@ -103,7 +102,7 @@ def check_spec(spec: ResolvedSpec) -> None:
         wanted = s.spark_version
         asks = [("workers.gpus", s.workers.gpus, s.workers.replicas)]
         nodes = 2 + s.workers.replicas
-        memory = [("workers.memory", s.workers.memory, s.workers.replicas)]
+        memory = []  # a Spark worker's memory is what its executors may use, not held
     # Every node of a local cluster shares this host's GPUs: the sum must fit, not each group.
     asked = [(path, n, replicas) for path, n, replicas in asks if n]
     total = sum(n * replicas for _, n, replicas in asked)
@@ -112,16 +111,18 @@ def check_spec(spec: ResolvedSpec) -> None:
                            for path, n, replicas in asked)
         problems.append((", ".join(path for path, _, _ in asked),
                          f"asks for {total} GPU(s) but this host has {host} ({parts}); {fix}"))
-    # Every node runs here too: a cluster asking more memory than the host has starts its
-    # nodes, then fails (Ray's object stores, a quarter of it, do not fit) or runs out of it.
-    asked_bytes = sum(memory_bytes(m) * n for _, m, n in memory)
-    if asked_bytes > (host_bytes := psutil.virtual_memory().total):
+    # Every node runs here: Ray's object stores (a quarter of each node's memory) are shared
+    # memory held from the start, and more than the host has fails the nodes once started.
+    # (Memory itself is a Ray resource and a Spark worker's ceiling, held by nobody.)
+    held = sum(ray_nodes.object_store(m) * n for _, m, n in memory)
+    if held > (host_bytes := psutil.virtual_memory().total):
         parts = " + ".join(f"{path} {m}" + (f" x {n} replicas" if n > 1 else "")
                            for path, m, n in memory)
         problems.append((", ".join(path for path, _, _ in memory),
-                         f"asks for {asked_bytes / 2**30:.1f} GiB of memory but this host has "
-                         f"{host_bytes / 2**30:.1f} GiB ({parts}); use --profile ci-cpu or "
-                         "give the nodes less memory"))
+                         f"its Ray object stores, a quarter of each node's memory ({parts}), "
+                         f"need {held / 2**30:.1f} GiB of shared memory but this host has "
+                         f"{host_bytes / 2**30:.1f} GiB in all; use --profile ci-cpu or give "
+                         "the nodes less memory"))
     if installed is None:
         problems.append((field, f"the local backend needs {dist} installed: "
                                 "pip install 'airflow-provider-ephemeral[local]'"))
@@ -493,9 +494,9 @@ class LocalBackend(ClusterBackend):
             # A bare name is this deployment's (as on Kubernetes), its state unreadable or not:
             # one a newer version wrote does not parse here, and was deleted for anyone.
             raise ClusterNotFound(f"cluster {name!r} belongs to deployment instance {theirs!r}, "
-                                  f"not this one ({instance!r}); delete it from that "
-                                  "deployment, or by its handle (`ephemeral down "
-                                  "--all-instances`)")
+                                  f"not this one ({instance!r}); delete it as that "
+                                  f"deployment: EPHEMERAL_INSTANCE={theirs} ephemeral down "
+                                  f"{name}")
         try:
             state = load(cdir)
         except BackendError:  # unreadable or of an old schema: still find and kill its processes
@@ -569,8 +570,10 @@ class LocalBackend(ClusterBackend):
                 state = load(cdir)
             except BackendError as err:
                 # One broken file must not hide every other cluster from teardown and reaper.
-                log.warning("skipping %s: %s; `ephemeral down %s` still deletes it",
-                            state_file(cdir), err, cdir.name)
+                theirs = raw_instance(cdir)
+                log.warning("skipping %s: %s; `%sephemeral down %s` still deletes it",
+                            state_file(cdir), err,
+                            f"EPHEMERAL_INSTANCE={theirs} " if theirs else "", cdir.name)
                 continue
             if state and selector.admits(state.handle):
                 out.append(_listed(state, cdir))

@@ -157,16 +157,19 @@ def find(nodes: Iterable[NodeProcess], uid: str | None) -> list[psutil.Process]:
 
 
 def in_session(node: NodeProcess, uid: str) -> list[psutil.Process]:
-    """The live processes of ``node``'s own session (``find`` also gives the other nodes'
-    processes that carry the cluster's marker)."""
-    found = []
-    for p in find([node], uid):
+    """The live processes of ``node``'s own session, while it is the node's: its leader runs,
+    or one of them carries the cluster's marker (no start time compared, as in ``find``). Only
+    the session's members are read: it runs at every readiness probe."""
+    members = []
+    for p in psutil.process_iter(["pid"]):
         try:
-            if os.getsid(p.pid) == node.sid:
-                found.append(p)
+            if os.getsid(p.info["pid"]) == node.sid and _alive(p):
+                members.append(p)
         except OSError:
             continue
-    return found
+    if leader_is(node.sid, node.started_at) or any(_has_uid(m, uid) for m in members):
+        return members
+    return []
 
 
 def session_names(node: NodeProcess, uid: str) -> set[str]:

@@ -79,6 +79,11 @@ def endpoints(slot: int) -> Endpoints:
     )
 
 
+def object_store(memory: str) -> int:
+    """Bytes of a node's object store, a quarter of its ``memory``: shared memory, held."""
+    return max(MIN_OBJECT_STORE, memory_bytes(memory) // 4)
+
+
 def _node_args(slot: int, node: int, cpus: int, gpus: int, memory: str, temp: str) -> list[str]:
     lo, hi = slots.worker_port_range(slot, node)
     mem = memory_bytes(memory)
@@ -99,7 +104,7 @@ def _node_args(slot: int, node: int, cpus: int, gpus: int, memory: str, temp: st
         f"--num-cpus={cpus}",
         f"--num-gpus={gpus}",
         f"--memory={mem}",
-        f"--object-store-memory={max(MIN_OBJECT_STORE, mem // 4)}",
+        f"--object-store-memory={object_store(memory)}",
         f"--temp-dir={temp}",
         "--disable-usage-stats",
         "--log-style=record",

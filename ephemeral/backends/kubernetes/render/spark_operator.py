@@ -100,15 +100,16 @@ def unhonoured(s: SparkSpec) -> list[tuple[str, str]]:
              "tolerations": "placed by connect.tolerations"}
     caps = [(f"{path}.{key}", f"operator mode caps the executors at workers.replicas "
              f"({s.workers.replicas}), which the run report costs: set workers.replicas "
-             "instead") for path, conf in s.confs() for key in EXECUTOR_CAPS if key in conf]
+             "instead") for path, conf in s.confs() for key in EXECUTOR_CAPS
+            if key in conf and not (key == DYNAMIC and conf[key].strip().lower() == "true")]
     return [(f"master.{name}", "operator mode (a SparkConnect) has no standalone master: its "
              f"Connect server is the driver, {where[name]}, and executors by workers.*; remove "
              f"master.{name}, or use kubernetesMode: standalone") for name in changed] + caps
 
 
 # What would lift the executor cap operator mode sets from workers.replicas (spark_conf).
-EXECUTOR_CAPS = ("spark.dynamicAllocation.maxExecutors", "spark.executor.instances",
-                 "spark.dynamicAllocation.enabled")
+DYNAMIC = "spark.dynamicAllocation.enabled"  # true as the backend sets it; false lifts the cap
+EXECUTOR_CAPS = ("spark.dynamicAllocation.maxExecutors", "spark.executor.instances", DYNAMIC)
 
 
 def executor_heap(memory: str) -> int:
