@@ -137,7 +137,7 @@ class DagInfo:
 RunLookup = Callable[[str, str], "RunInfo | None"]
 DagLookup = Callable[[str], "DagInfo | None"]
 TaskLookup = Callable[[str, str], int]
-"""How many task instances of a run are running or on their way to (queued, deferred, ...)."""
+"""How many task instances of a run are running or queued (``UNDER_WAY``)."""
 ActivityCheck = Callable[[ClusterBackend, ClusterHandle], Activity]
 
 
@@ -455,8 +455,9 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
          tasks: TaskLookup | None = None, witness: tuple[str, str] | None = None,
          delete_budget: float = DEFAULT_DELETE_BUDGET_SECONDS) -> list[Decision]:
     """Judge every owned cluster and delete the orphans and idle ones (unless ``dry_run``).
-    ``dags`` tells a DAG's pause, ``tasks`` a halted run's tasks under way; ``witness`` is a run the Airflow asked must know (the reaping
-    DAG's own): evidence, with any run or DAG that answers, that it is this deployment's.
+    ``dags`` tells a DAG's pause, ``tasks`` a halted run's tasks under way; ``witness`` is a
+    run the Airflow asked must know (the reaping DAG's own): evidence, with any run or DAG that
+    answers, that it is this deployment's.
     Deletions are waited for until ``delete_budget`` seconds after the pass began."""
     require_instance(backend, current_instance(), "reaping")
     deletions = _Deletions(backend, delete_budget)
@@ -479,6 +480,16 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
     # slowly (a hanging Connect UI takes its whole timeout) runs out of time before it has
     # probed every cluster, never before it has deleted the expired ones.
     probe: list[tuple[int, ClusterHandle, Decision]] = []
+
+    def settle(index: int, handle: ClusterHandle, d: Decision) -> Decision:
+        """``d`` of decisions[index] carried out: a run unfound past the grace is judged once
+        every run was asked; a deletion is issued (not in a dry run)."""
+        if not d.delete and d.unfound_for is not None and d.unfound_for > grace:
+            unfound.append((index, handle))
+        elif d.delete and not dry_run:
+            return deletions.issue(index, handle, d)
+        return d
+
     for handle in owned:
         if handle.deleting is not None and handle.deleting.in_background:
             # asked before and going on: nothing to judge, nor to wait for
@@ -487,23 +498,20 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
         if handle.deleting is not None:  # begun by a deleter that stopped: finished now
             d = Decision(handle.name, True, f"{handle.deleting.describe()} and cut short (its "
                          "deleter stopped): finished now, whatever its expiry")
-            decisions.append(d if dry_run else deletions.issue(len(decisions), handle, d))
+            decisions.append(settle(len(decisions), handle, d))
             continue
         try:
             d = judge(handle, lookup=asking if lookup is not None else None, now=now,
                       grace=grace, memory=memory, dags=dag_info, tasks=tasks)
         except Exception as err:  # noqa: BLE001 - one bad lookup must not stop the others
-            decisions.append(Decision(handle.name, False, "could not be judged; kept",
-                                      error=f"{type(err).__name__}: {err}"))
+            decisions.append(_unjudged(handle, err))
             continue
         if d.if_idle or (not d.delete and handle.idle_timeout_s
                          and not kept_for_debugging(handle)):
             probe.append((len(decisions), handle, d))
-        elif not d.delete and d.unfound_for is not None and d.unfound_for > grace:
-            unfound.append((len(decisions), handle))  # judged once every run was asked
-        elif d.delete and not dry_run:
-            d = deletions.issue(len(decisions), handle, d)
-        decisions.append(d)
+            decisions.append(d)  # its place, taken by what the probe decides
+        else:
+            decisions.append(settle(len(decisions), handle, d))
     for i, handle, d in probe:
         by_idle = False
         try:
@@ -519,18 +527,13 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
                                                       f"{d.reason}; {idle.reason}", error=d.error,
                                                       unfound_for=d.unfound_for)
         except Exception as err:  # noqa: BLE001 - one bad cluster must not stop the others
-            decisions[i] = Decision(handle.name, False, "could not be judged; kept",
-                                    error=f"{type(err).__name__}: {err}")
+            decisions[i] = _unjudged(handle, err)
             continue
         if d.delete and ((by_idle and not dry_run) or d.if_idle) and \
                 (again := _ask(activity, backend, handle)).busy is not False:
             # Asked again just before deleting: a job submitted since the judgement wins.
             d = Decision(d.cluster, False, f"kept: {again.what} now, after {d.reason}")
-        if not d.delete and d.unfound_for is not None and d.unfound_for > grace:
-            unfound.append((i, handle))  # judged once every run was asked
-        elif d.delete and not dry_run:
-            d = deletions.issue(i, handle, d)
-        decisions[i] = d
+        decisions[i] = settle(i, handle, d)
     for i, handle in unfound:
         decisions[i] = _judge_unfound(handle, decisions[i], answered, grace=grace,
                                       dry_run=dry_run, dags=dag_info, lookup=lookup,
@@ -554,6 +557,11 @@ def reap(backend: ClusterBackend, *, lookup: RunLookup | None, grace: float = DE
 
 
 LISTING = "(listing)"  # a decision about the pass's listing, not a cluster
+
+
+def _unjudged(handle: ClusterHandle, err: Exception) -> Decision:
+    return Decision(handle.name, False, "could not be judged; kept",
+                    error=f"{type(err).__name__}: {err}")
 
 
 def _listing(backend: ClusterBackend) -> tuple[list[ClusterHandle], ListingIncomplete | None]:
@@ -842,12 +850,9 @@ class AirflowApiLookup:
         self._same_deployment = True
 
     def __call__(self, dag_id: str, run_id: str) -> RunInfo | None:
-        from urllib.parse import quote
-
         self.check_deployment()
 
-        status, body = self._request("GET", f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns/"
-                                            f"{quote(run_id, safe='')}")
+        status, body = self._request("GET", _run_path(dag_id, run_id))
         if status == 404 and _says_not_found(body, dag_id, run_id):
             return None
         if status != 200 or not isinstance(body, dict):
@@ -859,7 +864,7 @@ class AirflowApiLookup:
         return RunInfo(state=str(body.get("state")), end_date=parse_rfc3339(body.get("end_date")))
 
     def dag(self, dag_id: str) -> DagInfo | None:
-        """Whether the DAG is paused; None when this Airflow has no such DAG (404)."""
+        """Whether the DAG is paused or stale; None when this Airflow has no such DAG (404)."""
         from urllib.parse import quote
 
         self.check_deployment()
@@ -875,12 +880,11 @@ class AirflowApiLookup:
     def tasks_under_way(self, dag_id: str, run_id: str) -> int:
         """How many task instances of the run are running or handed to an executor
         (``UNDER_WAY``): work of the halted run that its cluster may be needed for."""
-        from urllib.parse import quote, urlencode
+        from urllib.parse import urlencode
 
         self.check_deployment()
         query = urlencode([("state", s) for s in UNDER_WAY] + [("limit", "1")])
-        status, body = self._request("GET", f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns/"
-                                            f"{quote(run_id, safe='')}/taskInstances?{query}")
+        status, body = self._request("GET", f"{_run_path(dag_id, run_id)}/taskInstances?{query}")
         count = body.get("total_entries") if isinstance(body, dict) else None
         if status != 200 or not isinstance(count, int):
             raise EphemeralError(f"Airflow API answered HTTP {status} for the tasks of "
@@ -893,6 +897,13 @@ UNDER_WAY = ("running", "queued", "restarting")
 handed to an executor, they run. The scheduler moves nothing else of a paused or stale DAG's
 run (scheduled, up_for_retry and a fired trigger's task stay where they are), so those would
 keep its cluster until its TTL; a job a deferred task waits on keeps it busy anyway."""
+
+
+def _run_path(dag_id: str, run_id: str) -> str:
+    """The REST API's path of a DAG run, each id encoded whole (a '/' in it stays one)."""
+    from urllib.parse import quote
+
+    return f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns/{quote(run_id, safe='')}"
 
 
 def _says_not_found(body: object, *ids: str) -> bool:

@@ -898,6 +898,9 @@ def spark_bytes(value: str, default_unit: str = "m") -> int | None:
     return int(m.group(1)) * _SPARK_UNITS[m.group(2) or default_unit]
 
 
+_CORES = re.compile(r"0*[1-9][0-9]*")  # ASCII: str.isdigit() takes '²', which int() refuses
+
+
 def _field_errors(code: str, problems: list[tuple[tuple[str, ...], str]]) -> Exception:
     """A model validator's problems as one ValidationError, each keeping its own field path
     (a plain ValueError would name the model's root)."""
@@ -966,23 +969,29 @@ class SparkSpec(SpecBase):
         """What Spark refuses of an executor's and a task's size, or never places, only once
         the cluster exists (its Connect server's SparkContext fails): said before."""
         problems: list[tuple[tuple[str, ...], str]] = []
+
+        def cores_of(key: str) -> int | None:
+            """``conf[key]`` as a whole number of cores; None when unset or refused."""
+            text = conf.get(key)
+            if text is None:
+                return None
+            if _CORES.fullmatch(text.strip()):
+                return int(text)
+            problems.append(((*where, key), f"{text!r} is not a whole number of cores of 1 or "
+                                            "more"))
+            return None
+
         executor_cores = self.workers.cores
-        if (cores := conf.get("spark.executor.cores")) is not None:
-            if not cores.strip().isdigit() or int(cores) < 1:
-                problems.append(((*where, "spark.executor.cores"),
-                                 f"{cores!r} is not a whole number of cores of 1 or more"))
-            elif int(cores) > self.workers.cores:
+        if (cores := cores_of("spark.executor.cores")) is not None:
+            if cores > self.workers.cores:
                 problems.append(((*where, "spark.executor.cores"),
                                  f"{cores} is more than a worker has (workers.cores: "
                                  f"{self.workers.cores}): no executor could start; ask for at "
                                  "most that, or give the workers more cores"))
             else:
-                executor_cores = int(cores)
-        if (task_cpus := conf.get("spark.task.cpus")) is not None:
-            if not task_cpus.strip().isdigit() or int(task_cpus) < 1:
-                problems.append(((*where, "spark.task.cpus"),
-                                 f"{task_cpus!r} is not a whole number of cores of 1 or more"))
-            elif int(task_cpus) > executor_cores:
+                executor_cores = cores
+        if (task_cpus := cores_of("spark.task.cpus")) is not None:
+            if task_cpus > executor_cores:
                 problems.append(((*where, "spark.task.cpus"),
                                  f"{task_cpus} is more than an executor has ({executor_cores}; "
                                  "spark.executor.cores, else workers.cores): Spark refuses it "

@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -107,18 +108,16 @@ def check_spec(spec: ResolvedSpec) -> None:
     asked = [(path, n, replicas) for path, n, replicas in asks if n]
     total = sum(n * replicas for _, n, replicas in asked)
     if total > host:
-        parts = " + ".join(f"{path} {n}" + (f" x {replicas} replicas" if replicas > 1 else "")
-                           for path, n, replicas in asked)
-        problems.append((", ".join(path for path, _, _ in asked),
+        fields, parts = _summed(asked)
+        problems.append((fields,
                          f"asks for {total} GPU(s) but this host has {host} ({parts}); {fix}"))
     # Every node runs here: Ray's object stores (a quarter of each node's memory) are shared
     # memory held from the start, and more than the host has fails the nodes once started.
     # (Memory itself is a Ray resource and a Spark worker's ceiling, held by nobody.)
     held = sum(ray_nodes.object_store(m) * n for _, m, n in memory)
-    if held > (host_bytes := psutil.virtual_memory().total):
-        parts = " + ".join(f"{path} {m}" + (f" x {n} replicas" if n > 1 else "")
-                           for path, m, n in memory)
-        problems.append((", ".join(path for path, _, _ in memory),
+    if memory and held > (host_bytes := psutil.virtual_memory().total):
+        fields, parts = _summed(memory)
+        problems.append((fields,
                          f"its Ray object stores, a quarter of each node's memory ({parts}), "
                          f"need {held / 2**30:.1f} GiB of shared memory but this host has "
                          f"{host_bytes / 2**30:.1f} GiB in all; use --profile ci-cpu or give "
@@ -133,6 +132,14 @@ def check_spec(spec: ResolvedSpec) -> None:
         problems.append(("", f"{nodes} nodes; the local backend runs at most {slots.MAX_NODES}"))
     if problems:
         raise SpecError(f"{spec.source} on the local backend", problems)
+
+
+def _summed(asks: list[tuple[str, Any, int]]) -> tuple[str, str]:
+    """The fields of what nodes ask, and the sum written out: ``workerGroups[0].gpus 1 x 2
+    replicas + head.gpus 1``."""
+    return (", ".join(path for path, _, _ in asks),
+            " + ".join(f"{path} {v}" + (f" x {n} replicas" if n > 1 else "")
+                       for path, v, n in asks))
 
 
 def _missing_sources(s: RaySpec) -> list[tuple[str, str]]:
@@ -177,6 +184,15 @@ def _instance_of(target: ClusterHandle | ClusterIdentity | str) -> str | None:
     if isinstance(target, ClusterHandle):
         return None
     return target.instance if isinstance(target, ClusterIdentity) else current_instance()
+
+
+def _refuse_another_instance(name: str, instance: str | None, theirs: str | None) -> None:
+    """A delete for deployment ``instance`` (a bare name is this deployment's, as on
+    Kubernetes) never acts on a state of ``theirs``, another one."""
+    if instance is not None and theirs not in (None, instance):
+        raise ClusterNotFound(f"cluster {name!r} belongs to deployment instance {theirs!r}, not "
+                              f"this one ({instance!r}); delete it as that deployment: "
+                              f"EPHEMERAL_INSTANCE={theirs} ephemeral down {name}")
 
 
 def _markers(cdir: Path) -> dict[str, str]:
@@ -490,18 +506,14 @@ class LocalBackend(ClusterBackend):
         Its processes are waited for ``timeout`` seconds, by default 10 (2 without ``wait``)."""
         timeout = timeout if timeout is not None else 10.0 if wait else 2.0
         cdir = self._dir(name)
-        if instance is not None and (theirs := raw_instance(cdir)) not in (None, instance):
-            # A bare name is this deployment's (as on Kubernetes), its state unreadable or not:
-            # one a newer version wrote does not parse here, and was deleted for anyone.
-            raise ClusterNotFound(f"cluster {name!r} belongs to deployment instance {theirs!r}, "
-                                  f"not this one ({instance!r}); delete it as that "
-                                  f"deployment: EPHEMERAL_INSTANCE={theirs} ephemeral down "
-                                  f"{name}")
         try:
             state = load(cdir)
         except BackendError:  # unreadable or of an old schema: still find and kill its processes
+            # Whose it is, from the raw file: one a newer version wrote does not parse here.
+            _refuse_another_instance(name, instance, raw_instance(cdir))
             self._delete_unreadable(cdir, timeout=timeout)
             return True
+        _refuse_another_instance(name, instance, state.handle.instance if state else None)
         if state is None:
             # No state (a crash before its first save, a lost file, a home wiped under a running
             # cluster): processes may still carry its folder's marker, and nothing else will

@@ -273,11 +273,11 @@ def kill_all(
     state folder's: what an earlier life of the name left when its state was lost)."""
     def everything() -> list[psutil.Process]:
         found = {p.pid: p for p in find(nodes, uid)}
-        found.update((p.pid, p) for p in find_marked(markers or {}) if p.pid not in found)
+        for p in find_marked(markers) if markers else []:
+            found.setdefault(p.pid, p)
         return list(found.values())
 
-    return _kill(everything if markers else lambda: find(nodes, uid), grace=grace,
-                 timeout=timeout)
+    return _kill(everything, grace=grace, timeout=timeout)
 
 
 def _kill(finder: Callable[[], list[psutil.Process]], *, grace: float,

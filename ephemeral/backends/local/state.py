@@ -64,26 +64,29 @@ def load(cluster_dir: Path) -> ClusterState | None:
 def raw_field(cluster_dir: Path, *names: str) -> str | None:
     """The first of ``names`` a state file that no longer parses as a ``ClusterState`` still
     holds as text (the cluster uid, its temp root)."""
-    try:
-        raw = json.loads(state_file(cluster_dir).read_text())
-    except (OSError, ValueError):
-        return None
-    for name in names:
-        value = raw.get(name) if isinstance(raw, dict) else None
-        if isinstance(value, str) and value:
-            return value
-    return None
+    return _raw_text(cluster_dir, *((name,) for name in names))
 
 
 def raw_instance(cluster_dir: Path) -> str | None:
     """The deployment instance a state file names, parsed or not (one a newer version wrote
     does not parse as a ``ClusterState`` here); None without one."""
+    return _raw_text(cluster_dir, ("handle", "labels", INSTANCE_LABEL))
+
+
+def _raw_text(cluster_dir: Path, *paths: tuple[str, ...]) -> str | None:
+    """The first non-empty text found at one of ``paths`` (keys from the top) in the state
+    file read as plain JSON; None without one, or without a readable file."""
     try:
-        raw = json.loads(state_file(cluster_dir).read_text())
-        value = raw["handle"]["labels"][INSTANCE_LABEL]
-    except (OSError, ValueError, KeyError, TypeError):
+        raw: object = json.loads(state_file(cluster_dir).read_text())
+    except (OSError, ValueError):
         return None
-    return value if isinstance(value, str) and value else None
+    for path in paths:
+        value = raw
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 def save(cluster_dir: Path, state: ClusterState) -> None:
