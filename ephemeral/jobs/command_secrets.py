@@ -10,7 +10,9 @@ job's own environment follows (``ephemeral.specs.models.literal_secret``):
   ``spark.hadoop.fs.s3a.secret.key=...``) whose value is a secret, by its shape or its name;
 - a word that is one itself (a token or key by its shape, a URL with credentials, a PEM block);
 - the word after an option that names a secret (``--token X``, ``--password X``,
-  ``--api-key X``), unless a switch, a path or a tokenizer's markup (``--pad-token [PAD]``).
+  ``--api-key X``), unless a switch, a path or a tokenizer's markup (``--pad-token [PAD]``);
+- the value of an HTTP header that carries a credential (``curl -H 'Authorization: Bearer X'``,
+  ``'X-Api-Key: X'``), after its scheme when it has one, and the word after ``Bearer``.
 
 A word of a command given as one string (``bash -c '... --token X'``) is judged by its own
 words too. A value that only refers to a variable (``$HF_TOKEN``) is no secret: the secret stays
@@ -45,6 +47,11 @@ COMMAND_SECRET_FIX = (
     "argument")
 
 _OPTION = re.compile(r"-{1,2}[A-Za-z][A-Za-z0-9_.-]*")
+# An HTTP header as a command sends it (curl -H 'Authorization: Bearer X', wget --header):
+# the credential is its value, after the auth scheme when there is one.
+_HEADER = re.compile(r"(?:-{1,2}[A-Za-z][A-Za-z0-9_.-]*=)?(?P<name>[A-Za-z][A-Za-z0-9_-]*):")
+_AUTH_HEADERS = frozenset({"authorization", "proxy-authorization"})
+_AUTH_SCHEMES = frozenset({"bearer", "basic", "token", "digest", "apikey"})
 _ASSIGNMENT = re.compile(r"(?P<name>-{0,2}[A-Za-z_][A-Za-z0-9_.-]*)=(?P<value>.*)", re.S)
 _VARIABLE = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*|\{[A-Za-z_][A-Za-z0-9_]*\})")
 _SPACE = re.compile(r"\s")
@@ -100,8 +107,8 @@ def _judged(word: str, option: str | None) -> tuple[str, str] | None:
     """(the word as shown, why it holds a secret), or None. ``option``: the secret-named option
     right before it."""
     if option is not None and not word.startswith("-") and not _VARIABLE.fullmatch(word) \
-            and literal_secret(option.lstrip("-"), word) is not None:
-        return "***", _why_value(word) or f"it is the value of {option}, which names a secret"
+            and (slot := _secret_in_slot(option, word)) is not None:
+        return "***", _why_value(word) or slot
     if (m := _ASSIGNMENT.fullmatch(word)) and not _VARIABLE.fullmatch(m["value"]):
         if (why := literal_secret(m["name"].lstrip("-"), m["value"])) is not None:
             return f"{m['name']}=***", _why_value(m["value"]) or why
@@ -124,8 +131,36 @@ def secret_words(words: Sequence[str], _depth: int = 0) -> list[tuple[int, str, 
             hit = inner[0][1:] if inner else None
         if hit is not None:
             found.append((i, *hit))
-        option = word if _OPTION.fullmatch(word) and secret_name(word.lstrip("-")) else None
+        option = _secret_slot(word, option)
     return found
+
+
+def _secret_in_slot(before: str, word: str) -> str | None:
+    """Why ``word``, after ``before`` (``_secret_slot``), is a secret, or None: a header's value
+    other than its auth scheme and the word after ``Bearer`` whatever their shape (they have no
+    name of their own to judge), an option's value by the option's name."""
+    if before.endswith(":"):
+        return None if word.lower() in _AUTH_SCHEMES else \
+            f"it is the value of the header {before[:-1].rpartition('=')[2]}, which carries a " \
+            "credential"
+    if before.lower() == "bearer":
+        return "it is a bearer token"
+    if literal_secret(before.lstrip("-"), word) is None:
+        return None
+    return f"it is the value of {before}, which names a secret"
+
+
+def _secret_slot(word: str, before: str | None) -> str | None:
+    """``word`` when the word after it is a secret's place (an option naming a secret, a
+    credential-carrying header, ``Bearer``), the header again after its auth scheme, or None."""
+    if _OPTION.fullmatch(word):
+        return word if secret_name(word.lstrip("-")) else None
+    if (m := _HEADER.fullmatch(word)) is not None:
+        name = m["name"]
+        return word if name.lower() in _AUTH_HEADERS or secret_name(name) else None
+    if before is not None and before.endswith(":") and word.lower() in _AUTH_SCHEMES:
+        return before  # 'Authorization: Basic X': X is the credential
+    return word if word.lower() == "bearer" else None
 
 
 def secret_words_problem(words: Sequence[str], label: Callable[[int], str]) -> str | None:

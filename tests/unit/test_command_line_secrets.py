@@ -55,6 +55,15 @@ def _no_secret(text: str) -> None:
     (["python", "t.py", GH], 2),  # a token alone
     (["python", "t.py", "--auth", "AKIAIOSFODNN7EXAMPLE"], 3),
     (["bash", "-c", f"python t.py --token {PW} && echo done"], 2),  # a command in a word
+    # An HTTP header's credential, whatever its shape: after its scheme, or bare.
+    (["curl", "-H", f"Authorization: Bearer {PW}", "https://h/x"], 2),
+    (["curl", "-H", f"authorization: basic {PW}", "https://h/x"], 2),
+    (["curl", "-H", f"Authorization: {PW}", "https://h/x"], 2),
+    (["wget", f"--header=Proxy-Authorization: Basic {PW}", "https://h/x"], 1),
+    (["curl", "-H", f"X-Api-Key: {PW}", "https://h/x"], 2),
+    (["curl", "-H", f"PRIVATE-TOKEN: {PW}", "https://h/x"], 2),
+    (["python", "t.py", "--auth", f"Bearer {PW}"], 3),
+    (["bash", "-c", f"curl -sH 'Authorization: Bearer {PW}' https://h/x | python t.py"], 2),
 ])
 def test_a_secret_in_any_word_is_found_by_its_index(words: list[str], index: int) -> None:
     assert [i for i, _, _ in secret_words(words)] == [index]
@@ -79,6 +88,10 @@ def test_a_secret_in_any_word_is_found_by_its_index(words: list[str], index: int
     ["env", "HF_HUB_DISABLE_IMPLICIT_TOKEN=1", "TOKEN_URL=https://h/t", "python", "t.py"],
     ["python", "t.py", "--password"],  # an option that asks for it: no value given
     ["python", "t.py", "--token", "--verbose"],
+    ["curl", "-H", "Authorization: Bearer $HF_TOKEN", "https://h/x"],  # from the environment
+    ["curl", "-H", "Authorization: Bearer ${HF_TOKEN}", "-H", "Accept: text/plain", "https://h/x"],
+    ["curl", "-H", "Content-Type: application/json", "https://h/x"],  # no credential's header
+    ["python", "t.py", "--note", "status: done", "--mode", "bearer-free"],
 ])
 def test_ordinary_arguments_pass(words: list[str]) -> None:
     assert secret_words(words) == []
