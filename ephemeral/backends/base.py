@@ -626,7 +626,7 @@ def make_handle(
         created_ts=round(created.timestamp(), 3),
         idle_timeout_s=spec.spec.lifetime.idle_timeout_seconds,
         job_pip=list(spec.spec.runtime_env.pip) if isinstance(spec.spec, RaySpec) else [],
-        spark_conf={} if isinstance(spec.spec, RaySpec) else submit_defaults(spec.spec),
+        spark_conf={} if isinstance(spec.spec, RaySpec) else submit_defaults(spec.spec, backend),
     )
 
 
@@ -656,12 +656,35 @@ def application_conf(spec: SparkSpec) -> dict[str, str]:
     return gpus | spec.conf
 
 
-def submit_defaults(spec: SparkSpec) -> dict[str, str]:
-    """``application_conf`` for a spark-submit driver, which runs where its task runs: less the
-    ``spark.driver.*`` settings, which are the Connect server's (its memory, its JVM options,
-    its address) and would move a local driver's callback address or size the Airflow
-    worker's JVM."""
-    return {k: v for k, v in application_conf(spec).items() if not k.startswith("spark.driver.")}
+def spark_size(memory: str) -> str:
+    """A spec's memory as Spark reads a size: whole MiB, at least one."""
+    from ephemeral.specs.quantities import memory_bytes
+
+    return f"{max(1, memory_bytes(memory) // 2**20)}m"
+
+
+def executor_size(spec: SparkSpec, backend: str) -> dict[str, str]:
+    """One executor per worker, sized to it: the worker's cores and the memory it offers
+    executors (on Kubernetes its pod's, less the daemon's heap and the JVMs' overhead,
+    ``heap_sizes``). What every application gets unless its own conf says otherwise: Spark's
+    own default takes a worker's cores but 1 GiB of its memory, whatever workers.memory says."""
+    w = spec.workers
+    if backend == "kubernetes":
+        from ephemeral.backends.kubernetes.render.spark import heap_sizes
+
+        memory = f"{heap_sizes(w.memory)[1]}m"
+    else:
+        memory = spark_size(w.memory)
+    return {"spark.executor.cores": str(w.cores), "spark.executor.memory": memory}
+
+
+def submit_defaults(spec: SparkSpec, backend: str) -> dict[str, str]:
+    """What a spark-submit driver gets from its cluster (``executor_size``, then
+    ``application_conf``). The driver runs where its task runs: so not the ``spark.driver.*``
+    settings, which are the Connect server's (its memory, its JVM options, its address) and
+    would move a local driver's callback address or size the Airflow worker's JVM."""
+    conf = executor_size(spec, backend) | application_conf(spec)
+    return {k: v for k, v in conf.items() if not k.startswith("spark.driver.")}
 
 
 def node_groups(spec: ResolvedSpec, *, backend: str = "local",

@@ -156,11 +156,17 @@ def test_etl_builds_the_training_dataset(spark_cluster: tuple[LocalBackend, Clus
 
     backend, handle = spark_cluster
     lines: list[str] = []
+    # The cluster's defaults, as ephemeral spark-submit and the operator pass them.
     result = spark_submit(handle.endpoints.spark_master or "", str(JOBS / "etl_features.py"),
                           ["--run", "etl", "--rows", "5000"], cluster=handle.name,
-                          auth=spark_auth_for(handle, backend),
+                          conf=handle.spark_conf, auth=spark_auth_for(handle, backend),
                           env={"EPHEMERAL_ARTIFACT_ROOT": root}, sink=lines.append, timeout=600)
     assert result.job_id.startswith("app-")
+    # Its executors were the workers' size (workers.memory), not Spark's default of 1 GiB.
+    (workers,) = [g for g in handle.groups if g.name == "workers"]
+    master = get_json(f"{handle.endpoints.spark_ui}/json/", timeout=10)
+    (app,) = [a for a in master["completedapps"] if a["id"] == result.job_id]
+    assert app["memoryperexecutor"] == workers.memory_bytes // 2**20 != 1024
     out = result.result
     assert out["rows"] + out["validation_rows"] == 5000
     assert 0.15 < out["validation_rows"] / 5000 < 0.25  # a 80/20 split by row id

@@ -26,10 +26,31 @@ def handle_of(ref: str, profile: str | None) -> dict[str, str]:
 def test_a_gpu_spec_gives_every_application_its_workers_gpus_and_its_conf() -> None:
     # Without the executor's GPUs, the spec's task GPU share fails every spark-submit.
     assert handle_of("spark/etl-gpu", None) == {
+        "spark.executor.cores": "8", "spark.executor.memory": "16384m",
         "spark.executor.resource.gpu.amount": "1", "spark.sql.shuffle.partitions": "16",
         "spark.task.resource.gpu.amount": "0.125"}
     assert handle_of("spark/etl-gpu", "ci-cpu") == {
+        "spark.executor.cores": "1", "spark.executor.memory": "2048m",
         "spark.sql.shuffle.partitions": "4", "spark.task.resource.gpu.amount": "0"}
+
+
+def test_every_application_gets_executors_of_its_workers_size() -> None:
+    """spark-submit's executors took Spark's default of 1 GiB whatever workers.memory said
+    (only the Connect server's were sized): one rule sizes both, on each backend to what its
+    worker offers executors, and an application's own conf still wins."""
+    from ephemeral.backends.base import executor_size, submit_defaults
+    from ephemeral.backends.kubernetes.render import spark
+    from ephemeral.backends.kubernetes.render.spark import heap_sizes
+
+    s = resolve("spark/etl", None).spec
+    assert executor_size(s, "local") == {"spark.executor.cores": "4",
+                                         "spark.executor.memory": "8192m"}
+    on_kubernetes = executor_size(s, "kubernetes")
+    assert on_kubernetes["spark.executor.memory"] == f"{heap_sizes('8Gi')[1]}m" != "8192m"
+    assert spark.connect_conf(s).items() >= on_kubernetes.items()
+    assert submit_defaults(s, "kubernetes").items() >= on_kubernetes.items()
+    own = s.model_copy(update={"conf": s.conf | {"spark.executor.memory": "3g"}})
+    assert submit_defaults(own, "local")["spark.executor.memory"] == "3g"
 
 
 def test_the_specs_driver_settings_stay_the_connect_servers() -> None:
@@ -42,7 +63,9 @@ def test_the_specs_driver_settings_stay_the_connect_servers() -> None:
     conf = spec.spec.conf | {"spark.driver.memory": "8g", "spark.driver.host": "10.0.0.9"}
     spark = spec.spec.model_copy(update={"conf": conf})
     assert application_conf(spark)["spark.driver.memory"] == "8g"  # the Connect server's
-    assert submit_defaults(spark) == {"spark.sql.shuffle.partitions": "8"}
+    assert submit_defaults(spark, "local") == {"spark.executor.cores": "1",
+                                               "spark.executor.memory": "2048m",
+                                               "spark.sql.shuffle.partitions": "8"}
 
 
 def test_a_ray_handle_has_no_spark_defaults() -> None:
@@ -67,7 +90,8 @@ def test_the_cli_puts_the_applications_conf_over_the_clusters(
     monkeypatch.setattr("ephemeral.jobs.spark_jobs.spark_submit", fake_submit)
     CliRunner().invoke(main.app, ["spark-submit", "etl-1", __file__, "--conf",
                                   "spark.sql.shuffle.partitions=2", "--conf", "spark.a=b"])
-    assert seen["conf"] == {"spark.sql.shuffle.partitions": "2", "spark.a": "b"}
+    assert seen["conf"] == {"spark.executor.cores": "1", "spark.executor.memory": "2048m",
+                            "spark.sql.shuffle.partitions": "2", "spark.a": "b"}
 
 
 @pytest.mark.parametrize(("where", "key"), [

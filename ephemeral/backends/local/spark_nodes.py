@@ -25,6 +25,8 @@ from ephemeral.backends.base import (
     Endpoints,
     Phase,
     application_conf,
+    executor_size,
+    spark_size,
 )
 from ephemeral.backends.http import GRPC_NO_PROXY, get_json
 from ephemeral.backends.local import gpus, jvm_share, slots
@@ -33,7 +35,6 @@ from ephemeral.errors import BackendUnavailable
 from ephemeral.jobs.spark_jobs import FAST_START_JVM as FAST_START_JVM  # bench/by_hand.sh
 from ephemeral.jobs.spark_jobs import driver_java_options
 from ephemeral.specs.models import SparkSpec
-from ephemeral.specs.quantities import memory_bytes
 
 MASTER, MASTER_UI = 0, 1
 WORKER, WORKER_UI = 0, 1
@@ -49,10 +50,6 @@ def spark_home() -> Path:
         raise BackendUnavailable("the local Spark backend needs pyspark: "
                                  "pip install 'airflow-provider-ephemeral[local]'") from err
     return Path(_find_spark_home())
-
-
-def _mib(memory: str) -> str:
-    return f"{max(1, memory_bytes(memory) // 2**20)}m"
 
 
 def endpoints(spec: SparkSpec, slot: int) -> Endpoints:
@@ -127,7 +124,7 @@ def plan(spec: SparkSpec, slot: int, work_root: Path, *, auth_props: Path,
               "--properties-file", str(auth_props), "--host", master_ip, "--port", str(slots.named_port(slot, 0, MASTER)),
               "--webui-port", str(slots.named_port(slot, 0, MASTER_UI))],
         env=common | gpus.node_env(devices, 0) | {
-            "SPARK_LOCAL_IP": master_ip, "SPARK_DAEMON_MEMORY": _mib(spec.master.memory),
+            "SPARK_LOCAL_IP": master_ip, "SPARK_DAEMON_MEMORY": spark_size(spec.master.memory),
             "SPARK_DAEMON_JAVA_OPTS": daemon_opts["master"],
             # No REST submission server: nothing here uses it, it takes no
             # spark.authenticate secret, and it binds the host's port 6066 (clusters
@@ -150,7 +147,7 @@ def plan(spec: SparkSpec, slot: int, work_root: Path, *, auth_props: Path,
             argv=[spark_class, "org.apache.spark.deploy.worker.Worker",
                   "--properties-file", str(auth_props), "--host", ip, "--port", str(slots.named_port(slot, n, WORKER)),
                   "--webui-port", str(slots.named_port(slot, n, WORKER_UI)),
-                  "--cores", str(w.cores), "--memory", _mib(w.memory),
+                  "--cores", str(w.cores), "--memory", spark_size(w.memory),
                   "--work-dir", str(work_dir), master_url],
             env=common | gpus.node_env(devices, n) | {
                 "SPARK_LOCAL_IP": ip, "SPARK_WORKER_OPTS": worker_opts,
@@ -178,8 +175,7 @@ def plan(spec: SparkSpec, slot: int, work_root: Path, *, auth_props: Path,
             # rather than moving it onto another node's or slot's (executors bind port 0).
             "spark.port.maxRetries": "0",
             # One executor per worker, sized to it, only while there is work.
-            "spark.executor.cores": str(w.cores),
-            "spark.executor.memory": _mib(w.memory),
+            **executor_size(spec, "local"),
             **CONNECT_ALLOCATION,
             "spark.sql.warehouse.dir": str(work_root / "warehouse"),
             # The Connect server is on the critical path to ready: the client compiler halves
@@ -191,7 +187,7 @@ def plan(spec: SparkSpec, slot: int, work_root: Path, *, auth_props: Path,
         argv = [str(home / "bin" / "spark-submit"), "--class", CONNECT_CLASS,
                 "--extra-properties-file", str(connect_props),
                 "--master", master_url, "--name", "ephemeral-connect",
-                "--driver-memory", _mib(spec.connect.memory)]
+                "--driver-memory", spark_size(spec.connect.memory)]
         for key, value in conf.items():
             argv += ["--conf", f"{key}={value}"]
         argv.append("spark-internal")

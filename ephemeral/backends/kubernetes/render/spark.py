@@ -17,7 +17,13 @@ each spark-submit's through the handle, as on the local backend.
 
 from __future__ import annotations
 
-from ephemeral.backends.base import CONNECT_ALLOCATION, ClusterHandle, Endpoints, application_conf
+from ephemeral.backends.base import (
+    CONNECT_ALLOCATION,
+    ClusterHandle,
+    Endpoints,
+    application_conf,
+    executor_size,
+)
 from ephemeral.backends.kubernetes.render.common import (
     POD_IP_ENV,
     SHM_MOUNT,
@@ -199,16 +205,13 @@ def connect_conf(s: SparkSpec) -> dict[str, str]:
     every application of the cluster gets (``application_conf``), then connect.conf. The
     spec's values are ``literal``: Kubernetes expands ``$(VAR)`` on a command line, which the
     derived ``spark.driver.host`` needs and a user's value must not meet."""
-    w = s.workers
-    _, offered = heap_sizes(w.memory)
     conf = {
         "spark.connect.grpc.binding.port": str(CONNECT_PORT),
         "spark.driver.host": "$(POD_IP)",
         "spark.driver.bindAddress": "0.0.0.0",
         "spark.ui.port": str(CONNECT_UI_PORT),  # published on its Service: never another port
         # One executor per worker, sized to it, only while there is work.
-        "spark.executor.cores": str(w.cores),
-        "spark.executor.memory": f"{offered}m",
+        **executor_size(s, "kubernetes"),
         **CONNECT_ALLOCATION,
         "spark.local.dir": f"{SCRATCH}/local",
         "spark.sql.warehouse.dir": f"{SCRATCH}/warehouse",
