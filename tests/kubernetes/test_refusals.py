@@ -50,8 +50,10 @@ def refused(path: str, mode: str = STANDALONE) -> tuple[list[str], list[str]]:
     (SPARK + "conf: {spark.kubernetes.namespace: other}\n", OPERATOR, ["conf"]),
     (SPARK.replace("memory: 2Gi}", "memory: 2Gi, gpus: 1, gpuResource: gpu.intel.com/i915, "
                    "discoveryScript: /opt/gpus.sh}"), OPERATOR, ["workers.gpuResource"]),
+    (SPARK.replace("cores: 1", "cores: 2") + "conf: {spark.executor.cores: '1'}\n", OPERATOR,
+     ["conf.spark.executor.cores"]),
 ], ids=["fromEnv", "old-ray", "small-connect", "no-connect", "master", "denied-conf",
-        "gpu-resource"])
+        "gpu-resource", "executor-cores"])
 def test_specs_show_refuses_what_render_refuses(tmp_path: Path, text: str, mode: str,
                                                 fields: list[str]) -> None:
     assert refused(spec_file(tmp_path, text), mode) == (fields, fields)

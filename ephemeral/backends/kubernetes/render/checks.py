@@ -7,9 +7,9 @@ the same problems (``backends.notes.refusals``), all of them at once.
 - Spark, both modes: pods whose share of memory leaves Spark under its minimum heap, and an
   executor asking for more heap than a worker gives (each mode splits a pod differently:
   ``ExecutorHeap``).
-- Spark's operator mode: no Connect server, a ``master`` it has no place for
-  (``spark_operator.unhonoured``), a GPU resource Spark cannot ask for, the conf keys the
-  operator's webhook refuses.
+- Spark's operator mode: no Connect server, a ``master`` it has no place for, an executor cap
+  or executor cores other than the workers' (``spark_operator.unhonoured``), a GPU resource
+  Spark cannot ask for, the conf keys the operator's webhook refuses.
 - Both engines: a version the image's tag contradicts (the image decides what runs there); a
   tag that names no version gets a note instead (``version_note``).
 """
