@@ -80,6 +80,34 @@ def test_the_cli_refuses_before_anything_is_made(tmp_path: Path) -> None:
     assert run.exit_code == 0, run.output
 
 
+@pytest.mark.parametrize("where", ["conf", "connect.conf"])
+def test_operator_mode_refuses_the_conf_the_operator_sets_itself(tmp_path: Path,
+                                                                 where: str) -> None:
+    """The spark-operator (v2.5.2, sparkconnect/options.go) drops the driver pod's name from
+    sparkConf and sets it, the executors' name prefix and pod template after sparkConf on the
+    server's spark-submit line, where the last --conf wins: such a key was accepted and never
+    applied. Refused naming it, apart from the keys its webhook refuses."""
+    keys = {"spark.kubernetes.driver.pod.name": "mine",
+            "spark.kubernetes.executor.podNamePrefix": "mine",
+            "spark.kubernetes.executor.podTemplateFile": "/tmp/t.yaml",
+            "spark.kubernetes.executor.podTemplateContainerName": "main",
+            "spark.kubernetes.namespace": "other"}  # the webhook's
+    conf = "{" + ", ".join(f"{k}: {v}" for k, v in keys.items()) + "}"
+    path = spec_file(tmp_path, SPARK + f"conf: {conf}\n" if where == "conf" else
+                     SPARK.replace("memory: 1Gi}", f"memory: 1Gi, conf: {conf}}}"))
+    assert refused(path, OPERATOR) == (["conf", "conf"], ["conf", "conf"])
+    whys = sorted(why for _, why in refusals(resolve(path), "kubernetes",
+                                               default_spark_mode=OPERATOR))
+    assert whys == [
+        "spark.kubernetes.driver.pod.name, spark.kubernetes.executor.podNamePrefix, "
+        "spark.kubernetes.executor.podTemplateContainerName, "
+        "spark.kubernetes.executor.podTemplateFile: set by the spark-operator in operator mode "
+        "(it sets them after sparkConf, so a value here never applies); remove them or use "
+        "standalone mode",
+        "spark.kubernetes.namespace: set by the spark-operator in operator mode (its webhook "
+        "refuses them); remove them or use standalone mode"]
+
+
 # --- memory: operator mode has the floors standalone has -----------------------------------
 
 

@@ -52,7 +52,7 @@ EXECUTOR_CONTAINER = "spark-kubernetes-executor"  # Spark's pod template contain
 SCRATCH = "/tmp/scratch"  # not /tmp/spark: the operator mounts the executor template there
 _MIB = 2**20
 # What the operator's webhook refuses in sparkConf (internal/webhook/sparkconf_validator.go).
-DENIED_CONF = (
+WEBHOOK_DENIED = (
     "spark.master", "spark.kubernetes.driver.master", "spark.kubernetes.container.image",
     "spark.kubernetes.driver.container.image", "spark.kubernetes.executor.container.image",
     "spark.kubernetes.authenticate.driver.serviceAccountName",
@@ -62,6 +62,18 @@ DENIED_CONF = (
     "spark.kubernetes.authenticate.driver.oauthToken",
     "spark.kubernetes.authenticate.executor.oauthTokenFile",
     "spark.kubernetes.authenticate.executor.oauthToken", "spark.kubernetes.namespace")
+# What the operator sets itself (v2.5.2, internal/controller/sparkconnect/options.go): it drops
+# the driver pod's name from sparkConf, and puts these after sparkConf on the server's
+# spark-submit line, where the last --conf wins (the pod template ones as the SparkConnect has
+# an executor template, which ours always has). A value in the spec's conf never applied.
+OPERATOR_SET = (
+    "spark.kubernetes.driver.pod.name", "spark.kubernetes.executor.podNamePrefix",
+    "spark.kubernetes.executor.podTemplateFile",
+    "spark.kubernetes.executor.podTemplateContainerName")
+# The conf keys operator mode refuses, with why (``checks``).
+DENIED_CONF: dict[str, str] = {
+    **dict.fromkeys(WEBHOOK_DENIED, "its webhook refuses them"),
+    **dict.fromkeys(OPERATOR_SET, "it sets them after sparkConf, so a value here never applies")}
 
 
 def server_service(name: str) -> str:
