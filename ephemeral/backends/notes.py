@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from ephemeral.specs.models import Placement, RaySpec, SparkSpec
 
 if TYPE_CHECKING:
+    from ephemeral.backends.kubernetes.config import SparkMode
     from ephemeral.specs.resolve import ResolvedSpec
 
 KUBERNETES = "kubernetes"
@@ -48,10 +49,11 @@ def backend_notes(spec: ResolvedSpec, backend: str, *,
     return _processes(spec, backend)
 
 
-def spark_mode_of(backend: object) -> str:
+def spark_mode_of(backend: object) -> SparkMode:
     """A backend's default Spark mode: the Kubernetes deployment's (``EPHEMERAL_K8S_SPARK_MODE``),
     standalone elsewhere."""
-    return str(getattr(getattr(backend, "config", None), "spark_mode", "standalone"))
+    mode = getattr(getattr(backend, "config", None), "spark_mode", "standalone")
+    return "operator" if mode == "operator" else "standalone"
 
 
 def _placed(path: str, p: Placement) -> list[str]:

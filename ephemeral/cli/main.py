@@ -344,7 +344,8 @@ def render_cmd(
     For review and diffs in pull requests: nothing is sent to a cluster.
 
     The owner is a fixed placeholder (instance render, dag_id render, run_id manual, task_id
-    create_cluster, created 1970-01-01T00:00:00Z), so names, labels and expiry are stable.
+    create_cluster, created 1970-01-01T00:00:00Z), so names, labels and expiry are stable. A
+    Spark spec is rendered in its kubernetesMode, else the deployment's EPHEMERAL_K8S_SPARK_MODE.
     """
     from datetime import datetime
 
@@ -353,11 +354,14 @@ def render_cmd(
     if name is not None:  # before anything: a ValueError later is no bad name
         check_cluster_name(name, "--name")
     spec = resolve(ref, profile, _overrides(replicas, cpu, memory, gpus))
+    # The deployment's Spark mode (EPHEMERAL_K8S_SPARK_MODE), read as `specs show` and `up`
+    # read it: what is printed and refused is what `up` would make here.
+    mode = spark_mode_of(_backend("kubernetes"))
     handle = make_handle(spec, render_identity(spec.spec.name, name), backend="kubernetes",
                          endpoints=Endpoints(), namespace=namespace,
-                         created=datetime.fromisoformat(RENDER_CREATED))
-    notes = spec_notes(spec, "kubernetes")  # render's mode: the spec's, else standalone
-    rendered = render(spec, handle, cluster_domain=cluster_domain)
+                         created=datetime.fromisoformat(RENDER_CREATED), default_spark_mode=mode)
+    notes = spec_notes(spec, "kubernetes", mode)
+    rendered = render(spec, handle, cluster_domain=cluster_domain, default_spark_mode=mode)
     if as_json:
         _emit({"ref": spec.ref, "profile": spec.profile, "hash": spec.hash,
                "endpoints": rendered.endpoints.model_dump(exclude_none=True),

@@ -901,6 +901,12 @@ def spark_bytes(value: str, default_unit: str = "m") -> int | None:
 _CORES = re.compile(r"0*[1-9][0-9]*")  # ASCII: str.isdigit() takes '²', which int() refuses
 
 
+def whole_cores(text: str) -> int | None:
+    """``text`` as a whole number of cores of 1 or more (Spark's ``spark.executor.cores``), or
+    None: the one rule the executor checks read cores by."""
+    return int(text) if _CORES.fullmatch(text.strip()) else None
+
+
 def _field_errors(code: str, problems: list[tuple[tuple[str, ...], str]]) -> Exception:
     """A model validator's problems as one ValidationError, each keeping its own field path
     (a plain ValueError would name the model's root)."""
@@ -975,8 +981,8 @@ class SparkSpec(SpecBase):
             text = conf.get(key)
             if text is None:
                 return None
-            if _CORES.fullmatch(text.strip()):
-                return int(text)
+            if (cores := whole_cores(text)) is not None:
+                return cores
             problems.append(((*where, key), f"{text!r} is not a whole number of cores of 1 or "
                                             "more"))
             return None

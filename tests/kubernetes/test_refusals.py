@@ -50,8 +50,10 @@ def refused(path: str, mode: str = STANDALONE) -> tuple[list[str], list[str]]:
     (SPARK + "conf: {spark.kubernetes.namespace: other}\n", OPERATOR, ["conf"]),
     (SPARK.replace("memory: 2Gi}", "memory: 2Gi, gpus: 1, gpuResource: gpu.intel.com/i915, "
                    "discoveryScript: /opt/gpus.sh}"), OPERATOR, ["workers.gpuResource"]),
+    (SPARK.replace("cores: 1", "cores: 2") + "conf: {spark.executor.cores: '1'}\n", OPERATOR,
+     ["conf.spark.executor.cores"]),
 ], ids=["fromEnv", "old-ray", "small-connect", "no-connect", "master", "denied-conf",
-        "gpu-resource"])
+        "gpu-resource", "executor-cores"])
 def test_specs_show_refuses_what_render_refuses(tmp_path: Path, text: str, mode: str,
                                                 fields: list[str]) -> None:
     assert refused(spec_file(tmp_path, text), mode) == (fields, fields)
@@ -76,6 +78,34 @@ def test_the_cli_refuses_before_anything_is_made(tmp_path: Path) -> None:
             json.loads(run.stdout)["message"]
     run = CliRunner().invoke(main.app, ["specs", "show", path, "--backend", "local", "--json"])
     assert run.exit_code == 0, run.output
+
+
+@pytest.mark.parametrize("where", ["conf", "connect.conf"])
+def test_operator_mode_refuses_the_conf_the_operator_sets_itself(tmp_path: Path,
+                                                                 where: str) -> None:
+    """The spark-operator (v2.5.2, sparkconnect/options.go) drops the driver pod's name from
+    sparkConf and sets it, the executors' name prefix and pod template after sparkConf on the
+    server's spark-submit line, where the last --conf wins: such a key was accepted and never
+    applied. Refused naming it, apart from the keys its webhook refuses."""
+    keys = {"spark.kubernetes.driver.pod.name": "mine",
+            "spark.kubernetes.executor.podNamePrefix": "mine",
+            "spark.kubernetes.executor.podTemplateFile": "/tmp/t.yaml",
+            "spark.kubernetes.executor.podTemplateContainerName": "main",
+            "spark.kubernetes.namespace": "other"}  # the webhook's
+    conf = "{" + ", ".join(f"{k}: {v}" for k, v in keys.items()) + "}"
+    path = spec_file(tmp_path, SPARK + f"conf: {conf}\n" if where == "conf" else
+                     SPARK.replace("memory: 1Gi}", f"memory: 1Gi, conf: {conf}}}"))
+    assert refused(path, OPERATOR) == (["conf", "conf"], ["conf", "conf"])
+    whys = sorted(why for _, why in refusals(resolve(path), "kubernetes",
+                                               default_spark_mode=OPERATOR))
+    assert whys == [
+        "spark.kubernetes.driver.pod.name, spark.kubernetes.executor.podNamePrefix, "
+        "spark.kubernetes.executor.podTemplateContainerName, "
+        "spark.kubernetes.executor.podTemplateFile: set by the spark-operator in operator mode "
+        "(it sets them after sparkConf, so a value here never applies); remove them or use "
+        "standalone mode",
+        "spark.kubernetes.namespace: set by the spark-operator in operator mode (its webhook "
+        "refuses them); remove them or use standalone mode"]
 
 
 # --- memory: operator mode has the floors standalone has -----------------------------------

@@ -67,11 +67,13 @@ CASES = _cases()
 IDS = [f"{ref}[{profile or 'default'}]" for ref, profile in CASES]
 
 
-def handle_for(spec: ResolvedSpec, *, name: str | None = None, namespace: str | None = NS
-               ) -> ClusterHandle:
-    """The handle ``ephemeral render`` uses: a fixed owner and creation time."""
+def handle_for(spec: ResolvedSpec, *, name: str | None = None, namespace: str | None = NS,
+               mode: str = "standalone") -> ClusterHandle:
+    """The handle ``ephemeral render`` uses: a fixed owner and creation time, and the
+    deployment's Spark ``mode`` (its node groups)."""
     return make_handle(spec, render_identity(spec.spec.name, name), backend="kubernetes", namespace=namespace,
-                       endpoints=Endpoints(), created=datetime.fromisoformat(RENDER_CREATED))
+                       endpoints=Endpoints(), created=datetime.fromisoformat(RENDER_CREATED),
+                       default_spark_mode=mode)
 
 
 def rendered(ref: str, profile: str | None = None) -> tuple[ClusterHandle, Rendered]:

@@ -12,12 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from typer.testing import CliRunner
 
 from ephemeral.backends.base import Phase
 from ephemeral.backends.kubernetes import KubeConfig, KubernetesBackend
 from ephemeral.backends.kubernetes.client import SparkOperatorMissing
-from ephemeral.backends.kubernetes.render import render, service_endpoints
+from ephemeral.backends.kubernetes.render import HANDLE_ANNOTATION, render, service_endpoints
 from ephemeral.backends.kubernetes.render.spark_operator import is_operator
+from ephemeral.cli import main
 from ephemeral.errors import (
     ClusterFailed,
     IdentityConflict,
@@ -56,7 +59,7 @@ conf: {spark.sql.shuffle.partitions: "8"}
 
 def as_operator(ref: str, profile: str | None = None) -> tuple[Any, Any]:
     spec = resolve(ref, profile)
-    handle = handle_for(spec)
+    handle = handle_for(spec, mode="operator")
     return handle, render(spec, handle, default_spark_mode="operator")
 
 
@@ -344,3 +347,35 @@ def test_snapshot(profile: str | None) -> None:
             pytest.fail(f"{path.name} did not exist and was written; review and commit it")
     assert text == path.read_text(), (
         f"{path.name} changed; if intended: EPHEMERAL_UPDATE_SNAPSHOTS=1 and review the diff")
+
+
+def test_cli_render_follows_the_deployments_mode(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ephemeral render` prints and refuses what `up` would make in this deployment: a spec
+    that chooses no kubernetesMode follows EPHEMERAL_K8S_SPARK_MODE, as `specs show --backend
+    kubernetes` does (it rendered standalone Deployments, and a master operator mode refuses)."""
+    monkeypatch.setenv("EPHEMERAL_K8S_SPARK_MODE", "operator")
+    run = CliRunner().invoke(main.app, ["render", "spark/etl"])
+    assert run.exit_code == 0, run.output
+    # The reviewed operator snapshot, its handle's groups those of a SparkConnect.
+    assert list(yaml.safe_load_all(run.stdout)) == list(yaml.safe_load_all(
+        (SNAPSHOTS / "spark-etl--operator.yaml").read_text()))
+    assert run.stderr.startswith("note: operator mode (the deployment's EPHEMERAL_K8S_SPARK_MODE)")
+    run = CliRunner().invoke(main.app, ["render", "spark/etl", "--json"])
+    handle = json.loads(json.loads(run.stdout)["objects"][0]["metadata"]["annotations"][
+        HANDLE_ANNOTATION])
+    assert [g["name"] for g in handle["groups"]] == ["executors", "connect"]
+
+    path = spec_file(tmp_path, OPERATOR_SPEC.replace("kubernetesMode: operator\n", "")
+                     + "master: {cpu: 2}\n")
+    for args in (["specs", "show", path, "--backend", "kubernetes"], ["render", path]):
+        run = CliRunner().invoke(main.app, [*args, "--json"])
+        assert run.exit_code == 2, run.output
+        assert "master.cpu: operator mode (a SparkConnect) has no standalone master" in \
+            json.loads(run.stdout)["message"]
+    # The spec's own choice wins over the deployment's.
+    path = spec_file(tmp_path, OPERATOR_SPEC.replace("kubernetesMode: operator",
+                                                     "kubernetesMode: standalone"))
+    run = CliRunner().invoke(main.app, ["render", path, "--json"])
+    assert run.exit_code == 0, run.output
+    assert [o["kind"] for o in json.loads(run.stdout)["objects"]][:2] == ["Deployment", "Service"]

@@ -113,7 +113,8 @@ def test_the_cli_shows_them_and_refuses_in_one_place(
     run = CliRunner().invoke(main.app, ["specs", "show", path, "--json", "--backend", "local"])
     assert run.exit_code == 0, run.output
     assert any(n.startswith("master.cpu, connect.cpu:") for n in json.loads(run.stdout)["notes"])
-    # render: Kubernetes standalone (the spec chooses no mode) honours them all.
+    # render: Kubernetes standalone (no mode chosen, by the spec or the deployment) honours
+    # them all.
     run = CliRunner().invoke(main.app, ["render", path, "--json"])
     assert run.exit_code == 0, run.output
     assert json.loads(run.stdout)["notes"] == []

@@ -152,6 +152,25 @@ def test_operator_mode_keeps_its_executor_cap(key: str) -> None:
     assert "operator mode caps the executors at workers.replicas" in found[f"conf.{key}"]
 
 
+@pytest.mark.parametrize("where", ["conf", "connect.conf"])
+def test_operator_mode_executors_have_the_workers_cores(where: str) -> None:
+    """An operator-mode executor pod requests and is limited to workers.cores: an executor of
+    fewer cores held the rest of its pod unused. Standalone mode fits several such executors
+    into a worker: the key is the application's own there. The value it has anyway may be
+    stated."""
+    conf = {"spark.executor.cores": "2"}  # spark/etl's workers have 4
+    data = spark(conf=conf) if where == "conf" else spark(connect_conf=conf)
+    assert isinstance(parse_spec(data, "etl.yaml"), SparkSpec)
+    found = problems({**data, "kubernetesMode": "operator"})
+    assert list(found) == [f"{where}.spark.executor.cores"]
+    assert found[f"{where}.spark.executor.cores"].startswith(
+        "2: operator mode makes each executor pod workers.cores (4) CPUs")
+    assert "remove spark.executor.cores and set workers.cores instead" in \
+        found[f"{where}.spark.executor.cores"]
+    same = spark(conf={"spark.executor.cores": "4"}, connect_conf={"spark.executor.cores": "04"})
+    assert isinstance(parse_spec({**same, "kubernetesMode": "operator"}, "etl.yaml"), SparkSpec)
+
+
 def test_what_the_backend_has_anyway_may_be_stated() -> None:
     """Spark's own default (no shuffle service) and operator mode's dynamic allocation are no
     change: refused, a spec stating them would be a puzzle."""

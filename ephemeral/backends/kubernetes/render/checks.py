@@ -7,9 +7,9 @@ the same problems (``backends.notes.refusals``), all of them at once.
 - Spark, both modes: pods whose share of memory leaves Spark under its minimum heap, and an
   executor asking for more heap than a worker gives (each mode splits a pod differently:
   ``ExecutorHeap``).
-- Spark's operator mode: no Connect server, a ``master`` it has no place for
-  (``spark_operator.unhonoured``), a GPU resource Spark cannot ask for, the conf keys the
-  operator's webhook refuses.
+- Spark's operator mode: no Connect server, a ``master`` it has no place for, an executor cap
+  or executor cores other than the workers' (``spark_operator.unhonoured``), a GPU resource
+  Spark cannot ask for, the conf keys the operator's webhook refuses or sets itself.
 - Both engines: a version the image's tag contradicts (the image decides what runs there); a
   tag that names no version gets a note instead (``version_note``).
 """
@@ -85,9 +85,11 @@ def problems(spec: ResolvedSpec, *, operator: bool = False) -> Problems:
                     "spark-operator requests GPUs as <vendor>/gpu (e.g. nvidia.com/gpu); use "
                     "standalone mode for other resource names"))
     conf = s.conf | (s.connect.conf if s.connect else {})
-    if denied := sorted(k for k in conf if k in DENIED_CONF):
-        out.append(("conf", f"{', '.join(denied)}: set by the spark-operator in operator mode "
-                    "(its webhook refuses them); remove them or use standalone mode"))
+    denied: dict[str, list[str]] = {}  # why: keys
+    for key in sorted(k for k in conf if k in DENIED_CONF):
+        denied.setdefault(DENIED_CONF[key], []).append(key)
+    out += [("conf", f"{', '.join(keys)}: set by the spark-operator in operator mode ({why}); "
+             "remove them or use standalone mode") for why, keys in denied.items()]
     for where, given in s.confs():
         out += [(f"{where}.{k}", f"{v!r}: the spark-operator (2.5) starts the Connect server "
                  "through bash with sparkConf unquoted, so spaces, quotes, $ and other shell "

@@ -41,7 +41,7 @@ from ephemeral.backends.kubernetes.render.common import (
 )
 from ephemeral.backends.kubernetes.render.network import Clients, policies
 from ephemeral.backends.kubernetes.render.spark import CONNECT_PORT
-from ephemeral.specs.models import SparkMaster, SparkSpec
+from ephemeral.specs.models import SparkMaster, SparkSpec, whole_cores
 from ephemeral.specs.quantities import memory_bytes
 from ephemeral.specs.resolve import ResolvedSpec
 
@@ -52,7 +52,7 @@ EXECUTOR_CONTAINER = "spark-kubernetes-executor"  # Spark's pod template contain
 SCRATCH = "/tmp/scratch"  # not /tmp/spark: the operator mounts the executor template there
 _MIB = 2**20
 # What the operator's webhook refuses in sparkConf (internal/webhook/sparkconf_validator.go).
-DENIED_CONF = (
+WEBHOOK_DENIED = (
     "spark.master", "spark.kubernetes.driver.master", "spark.kubernetes.container.image",
     "spark.kubernetes.driver.container.image", "spark.kubernetes.executor.container.image",
     "spark.kubernetes.authenticate.driver.serviceAccountName",
@@ -62,6 +62,18 @@ DENIED_CONF = (
     "spark.kubernetes.authenticate.driver.oauthToken",
     "spark.kubernetes.authenticate.executor.oauthTokenFile",
     "spark.kubernetes.authenticate.executor.oauthToken", "spark.kubernetes.namespace")
+# What the operator sets itself (v2.5.2, internal/controller/sparkconnect/options.go): it drops
+# the driver pod's name from sparkConf, and puts these after sparkConf on the server's
+# spark-submit line, where the last --conf wins (the pod template ones as the SparkConnect has
+# an executor template, which ours always has). A value in the spec's conf never applied.
+OPERATOR_SET = (
+    "spark.kubernetes.driver.pod.name", "spark.kubernetes.executor.podNamePrefix",
+    "spark.kubernetes.executor.podTemplateFile",
+    "spark.kubernetes.executor.podTemplateContainerName")
+# The conf keys operator mode refuses, with why (``checks``).
+DENIED_CONF: dict[str, str] = {
+    **dict.fromkeys(WEBHOOK_DENIED, "its webhook refuses them"),
+    **dict.fromkeys(OPERATOR_SET, "it sets them after sparkConf, so a value here never applies")}
 
 
 def server_service(name: str) -> str:
@@ -102,14 +114,23 @@ def unhonoured(s: SparkSpec) -> list[tuple[str, str]]:
              f"({s.workers.replicas}), which the run report costs: set workers.replicas "
              "instead") for path, conf in s.confs() for key in EXECUTOR_CAPS
             if key in conf and not (key == DYNAMIC and conf[key].strip().lower() == "true")]
+    # An executor pod requests and is limited to workers.cores (spark_conf): an executor of
+    # fewer cores would hold CPUs it never uses. (More is refused in any mode by the spec.)
+    cores = [(f"{path}.{EXECUTOR_CORES}", f"{conf[EXECUTOR_CORES]}: operator mode makes each "
+              f"executor pod workers.cores ({s.workers.cores}) CPUs (its request and limit), "
+              "so an executor of fewer cores would leave the rest unused; remove "
+              f"{EXECUTOR_CORES} and set workers.cores instead") for path, conf in s.confs()
+             if EXECUTOR_CORES in conf and whole_cores(conf[EXECUTOR_CORES]) != s.workers.cores]
     return [(f"master.{name}", "operator mode (a SparkConnect) has no standalone master: its "
              f"Connect server is the driver, {where[name]}, and executors by workers.*; remove "
-             f"master.{name}, or use kubernetesMode: standalone") for name in changed] + caps
+             f"master.{name}, or use kubernetesMode: standalone") for name in changed] + caps \
+        + cores
 
 
 # What would lift the executor cap operator mode sets from workers.replicas (spark_conf).
 DYNAMIC = "spark.dynamicAllocation.enabled"  # true as the backend sets it; false lifts the cap
 EXECUTOR_CAPS = ("spark.dynamicAllocation.maxExecutors", "spark.executor.instances", DYNAMIC)
+EXECUTOR_CORES = "spark.executor.cores"  # an executor's; operator mode sizes its pod to them
 
 
 def executor_heap(memory: str) -> int:
@@ -130,7 +151,7 @@ def spark_conf(s: SparkSpec) -> dict[str, str]:
         "spark.connect.grpc.binding.port": str(CONNECT_PORT),
         "spark.driver.memory": f"{jvm_heap(s.connect.memory)}m",
         # An executor pod is the spec's worker: its cores, its memory as heap plus overhead.
-        "spark.executor.cores": str(w.cores),
+        EXECUTOR_CORES: str(w.cores),
         "spark.kubernetes.executor.request.cores": str(w.cores),
         "spark.kubernetes.executor.limit.cores": str(w.cores),
         "spark.executor.memory": f"{heap}m",
