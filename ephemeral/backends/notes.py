@@ -42,10 +42,24 @@ def refusals(spec: ResolvedSpec, backend: str, *,
 
 def backend_notes(spec: ResolvedSpec, backend: str, *,
                   default_spark_mode: str = "standalone") -> list[str]:
-    """What ``backend`` does differently from what the spec's fields say elsewhere."""
-    if backend == KUBERNETES:
-        return _kubernetes(spec, default_spark_mode)
-    return _processes(spec, backend)
+    """What ``backend`` does differently from what the spec's fields say elsewhere, then what
+    no backend does with a field (``_unused``)."""
+    own = _kubernetes(spec, default_spark_mode) if backend == KUBERNETES \
+        else _processes(spec, backend)
+    return own + _unused(spec.spec)
+
+
+def _unused(s: RaySpec | SparkSpec) -> list[str]:
+    """Fields of the effective spec that no backend uses, where the spec file may set them:
+    what a profile or an override made moot is the caller's choice, not refused."""
+    notes: list[str] = []
+    if isinstance(s, SparkSpec) and s.connect is not None and not s.connect.enabled \
+            and (names := s.connect.customised()):
+        # A spec file refuses these with enabled: false (SparkSpec._connect_off_sets_nothing).
+        notes.append(f"{', '.join(f'connect.{n}' for n in names)}: connect.enabled is false "
+                     "here (by the profile or the connect override), so no Connect server runs "
+                     "and these do nothing; they apply again when it is on")
+    return notes
 
 
 def spark_mode_of(backend: object) -> str:
@@ -80,21 +94,21 @@ def _processes(spec: ResolvedSpec, backend: str) -> list[str]:
         for g in s.worker_groups:
             placed += _placed(f"workerGroups[{g.name}]", g)
     else:
-        defaults = {"master": type(s.master)().cpu}
-        if s.connect is not None:
-            defaults["connect"] = type(s.connect)().cpu
-        unlimited = [f"{name}.cpu" for name, default in defaults.items()
-                     if getattr(s, name).cpu != default]
-        if unlimited:
-            notes.append(f"{', '.join(unlimited)}: the {backend} backend does not limit the "
-                         "CPUs of the Spark master and Connect server, processes on this host "
-                         "(their memory applies; on Kubernetes, their pods' CPU requests)")
+        # Only servers that run: a Connect server that is off is noted as such (_unused).
+        servers = [("master", "Spark master", s.master.cpu != type(s.master)().cpu)]
+        if s.connect is not None and s.connect.enabled:
+            servers.append(("connect", "Connect server", "cpu" in s.connect.customised()))
+        if unlimited := [(name, what) for name, what, changed in servers if changed]:
+            notes.append(f"{', '.join(f'{name}.cpu' for name, _ in unlimited)}: the {backend} "
+                         "backend does not limit the CPUs of the "
+                         f"{' and '.join(what for _, what in unlimited)}, processes on this "
+                         "host (memory applies; on Kubernetes, the pods' CPU requests)")
         if s.kubernetes_mode == "operator":
             notes.append(f"kubernetesMode operator: the {backend} backend runs Spark "
                          "standalone, a master and workers.replicas workers from start to "
                          "teardown (on Kubernetes, a SparkConnect)")
         placed = _placed("master", s.master) + _placed("workers", s.workers)
-        if s.connect is not None:
+        if s.connect is not None and s.connect.enabled:
             placed += _placed("connect", s.connect)
     if placed:
         notes.append(f"{', '.join(placed)}: the {backend} backend runs every node on this "

@@ -158,3 +158,52 @@ def test_kubernetes_says_a_dollar_reference_is_not_expanded(tmp_path: Path) -> N
     spark = resolve(_spec(tmp_path, SPARK + "conf: {spark.app.note: '$(HOME)'}\n"))
     assert any(n.startswith("conf.spark.app.note: a $(VAR)")
                for n in backend_notes(spark, "kubernetes"))
+
+
+OFF = SPARK.replace("connect: {enabled: true, cpu: 3, memory: 2Gi}",
+                    "connect: {enabled: false, cpu: 3, memory: 2Gi, conf: {spark.a: b}, "
+                    "nodeSelector: {pool: c}, tolerations: [{key: k, operator: Exists}]}")
+
+
+def test_a_spec_file_that_turns_connect_off_sets_nothing_of_it(tmp_path: Path) -> None:
+    """No backend builds a Connect server that is off: a file that still sizes, configures or
+    places one is refused, every field by name with the fix, before anything is made."""
+    from ephemeral.errors import SpecError
+
+    with pytest.raises(SpecError) as err:
+        resolve(_spec(tmp_path, OFF))
+    assert err.value.fields == ["connect.cpu", "connect.memory", "connect.conf",
+                                "connect.nodeSelector", "connect.tolerations"]
+    assert "remove connect.memory, or set connect.enabled: true" in str(err.value)
+    # Off with nothing else, or with the defaults written out, says nothing nobody uses.
+    for connect in ("{enabled: false}", "{enabled: false, cpu: 1, memory: 1024Mi, conf: {}}"):
+        text = SPARK.replace("connect: {enabled: true, cpu: 3, memory: 2Gi}",
+                             f"connect: {connect}")
+        assert not [n for n in backend_notes(resolve(_spec(tmp_path, text)), "local")
+                    if "connect" in n.lower()]
+
+
+@pytest.mark.parametrize("how", ["override", "profile", "ci-cpu and override"])
+def test_a_profile_or_override_turning_connect_off_is_noted_not_refused(
+        tmp_path: Path, how: str) -> None:
+    """Turning a customised Connect server off at run time is the caller's choice (the ETL
+    DAGs' {"connect": False}): the effective spec keeps its fields (on again, it is the same
+    spec) and says they do nothing; no note speaks of a server that does not run."""
+    path = _spec(tmp_path, SPARK.replace(
+        "connect: {enabled: true, cpu: 3, memory: 2Gi}",
+        "connect: {enabled: true, cpu: 3, memory: 2Gi, nodeSelector: {pool: c}}")
+        + "profiles: {lite: {connect: {enabled: false}}}\n")
+    profile, overrides = {"override": (None, {"connect": False}),
+                          "profile": ("lite", None),
+                          "ci-cpu and override": ("ci-cpu", {"connect": False})}[how]
+    spec = resolve(path, profile, overrides)
+    for backend in ("local", "kubernetes"):
+        notes = backend_notes(spec, backend)
+        [off] = [n for n in notes if "connect.enabled is false" in n]
+        assert off.startswith("connect.cpu, connect.memory, connect.nodeSelector: ") \
+            or how == "ci-cpu and override", off  # ci-cpu caps the server's cpu to its default
+        assert "no Connect server runs and these do nothing" in off
+        assert not [n for n in notes if "Connect server" in n and n != off], notes
+    local = backend_notes(spec, "local")
+    assert not [n for n in local if "connect.nodeSelector" in n and "placement" in n], local
+    assert [n for n in local if n.startswith("master.nodeSelector: ")], local
