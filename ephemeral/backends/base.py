@@ -656,12 +656,17 @@ def application_conf(spec: SparkSpec) -> dict[str, str]:
     return gpus | spec.conf
 
 
+# The spec's settings only a Connect server gets: a cluster without one (notes) gives them to
+# no process.
+CONNECT_DRIVER = "spark.driver."
+
+
 def submit_defaults(spec: SparkSpec) -> dict[str, str]:
     """``application_conf`` for a spark-submit driver, which runs where its task runs: less the
-    ``spark.driver.*`` settings, which are the Connect server's (its memory, its JVM options,
-    its address) and would move a local driver's callback address or size the Airflow
-    worker's JVM."""
-    return {k: v for k, v in application_conf(spec).items() if not k.startswith("spark.driver.")}
+    ``spark.driver.*`` settings (``CONNECT_DRIVER``), which are the Connect server's (its
+    memory, its JVM options, its address) and would move a local driver's callback address or
+    size the Airflow worker's JVM."""
+    return {k: v for k, v in application_conf(spec).items() if not k.startswith(CONNECT_DRIVER)}
 
 
 def node_groups(spec: ResolvedSpec, *, backend: str = "local",

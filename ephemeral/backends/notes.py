@@ -52,13 +52,24 @@ def backend_notes(spec: ResolvedSpec, backend: str, *,
 def _unused(s: RaySpec | SparkSpec) -> list[str]:
     """Fields of the effective spec that no backend uses, where the spec file may set them:
     what a profile or an override made moot is the caller's choice, not refused."""
+    from ephemeral.backends.base import CONNECT_DRIVER
+
     notes: list[str] = []
-    if isinstance(s, SparkSpec) and s.connect is not None and not s.connect.enabled \
-            and (names := s.connect.customised()):
+    if not isinstance(s, SparkSpec) or (s.connect is not None and s.connect.enabled):
+        return notes
+    if s.connect is not None and (names := s.connect.customised()):
         # A spec file refuses these with enabled: false (SparkSpec._connect_off_sets_nothing).
         notes.append(f"{', '.join(f'connect.{n}' for n in names)}: connect.enabled is false "
                      "here (by the profile or the connect override), so no Connect server runs "
                      "and these do nothing; they apply again when it is on")
+    # Not refused: the connect override turns the server off under a spec that sets them.
+    if driver := sorted(k for k in s.conf if k.startswith(CONNECT_DRIVER)):
+        notes.append(f"{', '.join(f'conf.{k}' for k in driver)}: no Connect server runs "
+                     f"(connect is absent or off), the only process the spec's {CONNECT_DRIVER}* "
+                     "settings go to (a spark-submit driver runs in its task's process and does "
+                     "not get them), so they reach no process: set them in the application's "
+                     "own conf (EphemeralSparkSubmitOperator's conf or driver_memory, ephemeral "
+                     "spark-submit --conf), or turn the Connect server on (connect.enabled: true)")
     return notes
 
 

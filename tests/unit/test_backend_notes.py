@@ -207,3 +207,23 @@ def test_a_profile_or_override_turning_connect_off_is_noted_not_refused(
     local = backend_notes(spec, "local")
     assert not [n for n in local if "connect.nodeSelector" in n and "placement" in n], local
     assert [n for n in local if n.startswith("master.nodeSelector: ")], local
+
+
+@pytest.mark.parametrize("backend", ["local", "kubernetes"])
+def test_driver_settings_without_a_connect_server_are_noted(tmp_path: Path,
+                                                            backend: str) -> None:
+    """The spec's spark.driver.* settings are the Connect server's alone (spark-submit's
+    defaults leave them out): without a server they reach no process, and say where they go."""
+    conf = "conf: {spark.driver.maxResultSize: 2g, spark.driver.cores: '2', spark.sql.x: y}\n"
+    on = SPARK + conf
+    for text, overrides in ((on.replace("connect: {enabled: true, cpu: 3, memory: 2Gi}\n", ""),
+                             None), (on, {"connect": False})):
+        [note] = [n for n in backend_notes(resolve(_spec(tmp_path, text), None, overrides),
+                                           backend) if "spark.driver" in n]
+        assert note.startswith("conf.spark.driver.cores, conf.spark.driver.maxResultSize: no "
+                               "Connect server runs"), note
+        assert "they reach no process" in note
+        assert "EphemeralSparkSubmitOperator's conf or driver_memory" in note
+        assert "connect.enabled: true" in note
+    assert not [n for n in backend_notes(resolve(_spec(tmp_path, on)), backend)
+                if "spark.driver" in n]
