@@ -118,6 +118,7 @@ def _processes(spec: ResolvedSpec, backend: str) -> list[str]:
             notes.append(f"kubernetesMode operator: the {backend} backend runs Spark "
                          "standalone, a master and workers.replicas workers from start to "
                          "teardown (on Kubernetes, a SparkConnect)")
+        notes += _standalone_k8s_conf(s, f"the {backend} backend")
         placed = _placed("master", s.master) + _placed("workers", s.workers)
         if s.connect is not None and s.connect.enabled:
             placed += _placed("connect", s.connect)
@@ -141,6 +142,22 @@ def _local_gpus(s: RaySpec | SparkSpec, backend: str) -> list[str]:
     return notes
 
 
+def _standalone_k8s_conf(s: SparkSpec, runner: str) -> list[str]:
+    """spark.kubernetes.* settings where Spark runs standalone (``runner``): only Spark's own
+    Kubernetes scheduler reads them, which only operator mode runs; BACKEND_CONF refuses those
+    a backend sets itself. A server that is off has its conf noted whole (``_unused``)."""
+    confs = [("conf", s.conf)]
+    if s.connect is not None and s.connect.enabled:
+        confs.append(("connect.conf", s.connect.conf))
+    if keys := [f"{where}.{k}" for where, conf in confs for k in sorted(conf)
+                if k.startswith("spark.kubernetes.")]:
+        return [f"{', '.join(keys)}: only Spark's Kubernetes scheduler reads spark.kubernetes.* "
+                f"settings, and {runner} runs Spark standalone, where they do nothing (they "
+                "apply in operator mode on Kubernetes, kubernetesMode: operator): remove them, "
+                "or run the spec in operator mode"]
+    return []
+
+
 def _kubernetes(spec: ResolvedSpec, default_spark_mode: str) -> list[str]:
     from ephemeral.backends.base import EXECUTOR_IDLE
     from ephemeral.backends.kubernetes.render.checks import version_note
@@ -148,9 +165,10 @@ def _kubernetes(spec: ResolvedSpec, default_spark_mode: str) -> list[str]:
     s = spec.spec
     notes = [note] if (note := version_note(s)) else []
     notes += _references(s)
-    if not isinstance(s, SparkSpec) or not spark_operator_mode(spec, KUBERNETES,
-                                                                default_spark_mode):
+    if not isinstance(s, SparkSpec):
         return notes
+    if not spark_operator_mode(spec, KUBERNETES, default_spark_mode):
+        return notes + _standalone_k8s_conf(s, "Kubernetes' standalone mode")
     chosen = "kubernetesMode" if s.kubernetes_mode else "the deployment's EPHEMERAL_K8S_SPARK_MODE"
     return [
         *notes,

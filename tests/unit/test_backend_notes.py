@@ -227,3 +227,24 @@ def test_driver_settings_without_a_connect_server_are_noted(tmp_path: Path,
         assert "connect.enabled: true" in note
     assert not [n for n in backend_notes(resolve(_spec(tmp_path, on)), backend)
                 if "spark.driver" in n]
+
+
+def test_kubernetes_settings_where_spark_runs_standalone_are_noted(tmp_path: Path) -> None:
+    """spark.kubernetes.* settings are read by Spark's Kubernetes scheduler alone, which only
+    operator mode runs: locally and in Kubernetes' standalone mode they do nothing."""
+    text = SPARK.replace("connect: {enabled: true, cpu: 3, memory: 2Gi}",
+                         "connect: {enabled: true, cpu: 3, memory: 2Gi, "
+                         "conf: {spark.kubernetes.driver.label.team: a}}") \
+        + "conf: {spark.kubernetes.executor.label.team: a, spark.sql.x: y}\n"
+    spec = resolve(_spec(tmp_path, text))
+    for backend, runner in (("local", "the local backend"),
+                            ("kubernetes", "Kubernetes' standalone mode")):
+        [note] = [n for n in backend_notes(spec, backend) if "spark.kubernetes" in n]
+        assert note.startswith("conf.spark.kubernetes.executor.label.team, "
+                               "connect.conf.spark.kubernetes.driver.label.team: only Spark's "
+                               f"Kubernetes scheduler reads spark.kubernetes.* settings, and "
+                               f"{runner} runs Spark standalone, where they do nothing"), note
+    operator = resolve(_spec(tmp_path, text.replace(
+        "master: {cpu: 2, memory: 2Gi, nodeSelector: {pool: masters}}\n", "")))
+    assert not [n for n in backend_notes(operator, "kubernetes", default_spark_mode="operator")
+                if "spark.kubernetes" in n]
