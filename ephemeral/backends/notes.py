@@ -13,7 +13,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ephemeral.specs.models import Placement, RaySpec, SparkSpec
+from ephemeral.specs.models import (
+    NVIDIA_GPU,
+    GpuFields,
+    Placement,
+    RaySpec,
+    SparkSpec,
+    SparkWorkers,
+)
 
 if TYPE_CHECKING:
     from ephemeral.specs.resolve import ResolvedSpec
@@ -54,7 +61,7 @@ def _unused(s: RaySpec | SparkSpec) -> list[str]:
     what a profile or an override made moot is the caller's choice, not refused."""
     from ephemeral.backends.base import CONNECT_DRIVER
 
-    notes: list[str] = []
+    notes = _no_gpus(s)
     if not isinstance(s, SparkSpec) or (s.connect is not None and s.connect.enabled):
         return notes
     if s.connect is not None and (names := s.connect.customised()):
@@ -128,13 +135,33 @@ def _processes(spec: ResolvedSpec, backend: str) -> list[str]:
     return notes + _local_gpus(s, backend)
 
 
+def _gpu_nodes(s: RaySpec | SparkSpec) -> list[tuple[str, GpuFields]]:
+    """The nodes that may have GPUs, by their path in the spec."""
+    return [("head", s.head), *((f"workerGroups[{g.name}]", g) for g in s.worker_groups)] \
+        if isinstance(s, RaySpec) else [("workers", s.workers)]
+
+
+def _no_gpus(s: RaySpec | SparkSpec) -> list[str]:
+    """GPU fields of a node with no GPUs: every backend reads them only for a node's GPUs. Not
+    refused: a profile or an override takes a GPU spec's GPUs (ci-cpu, the form's gpus: 0)."""
+    notes = []
+    for path, n in _gpu_nodes(s):
+        moot = [name for name, given in (
+            ("gpuResource", n.gpu_resource != NVIDIA_GPU),
+            ("discoveryScript", isinstance(n, SparkWorkers) and bool(n.discovery_script)))
+            if given]
+        if moot and not n.gpus:
+            notes.append(f"{', '.join(f'{path}.{name}' for name in moot)}: {path}.gpus is 0, "
+                         "so the node asks for no GPU and these do nothing; remove them, or "
+                         f"give {path} gpus")
+    return notes
+
+
 def _local_gpus(s: RaySpec | SparkSpec, backend: str) -> list[str]:
     """How this host's GPUs stand in for what the spec says of them."""
-    nodes = [("head", s.head), *((f"workerGroups[{g.name}]", g) for g in s.worker_groups)] \
-        if isinstance(s, RaySpec) else [("workers", s.workers)]
     notes = [f"{path}.gpuResource {n.gpu_resource}: the {backend} backend gives nodes this "
              "host's GPUs by CUDA_VISIBLE_DEVICES (NVIDIA's), whatever the resource"
-             for path, n in nodes if n.gpus and n.gpu_resource != "nvidia.com/gpu"]
+             for path, n in _gpu_nodes(s) if n.gpus and n.gpu_resource != NVIDIA_GPU]
     if isinstance(s, SparkSpec) and s.workers.gpus and s.workers.discovery_script:
         notes.append(f"workers.discoveryScript: the {backend} backend lists each worker's "
                      "GPUs in a resources file instead (the script is the image's, on "

@@ -215,10 +215,13 @@ class Placement(Model):
         return v
 
 
+NVIDIA_GPU = "nvidia.com/gpu"
+
+
 class GpuFields(Model):
     gpus: GpuCount = 0
     """GPUs per node (0-64): Ray's --num-gpus, the pod's GPU limit."""
-    gpu_resource: str = "nvidia.com/gpu"
+    gpu_resource: str = NVIDIA_GPU
     """The extended resource the GPUs are requested as on Kubernetes."""
 
     @field_validator("gpu_resource")

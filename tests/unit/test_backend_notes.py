@@ -248,3 +248,24 @@ def test_kubernetes_settings_where_spark_runs_standalone_are_noted(tmp_path: Pat
         "master: {cpu: 2, memory: 2Gi, nodeSelector: {pool: masters}}\n", "")))
     assert not [n for n in backend_notes(operator, "kubernetes", default_spark_mode="operator")
                 if "spark.kubernetes" in n]
+
+
+@pytest.mark.parametrize("backend", ["local", "kubernetes"])
+def test_gpu_fields_of_a_node_without_gpus_are_noted(tmp_path: Path, backend: str) -> None:
+    """Every backend reads gpuResource and discoveryScript only for a node's GPUs; a profile or
+    an override may take a GPU spec's GPUs, so a node left without them notes its GPU fields."""
+    spark = resolve("spark/etl-gpu", None, {"workers": {"gpus": 0}})
+    [note] = [n for n in backend_notes(spark, backend) if "gpus is 0" in n]
+    assert note.startswith("workers.discoveryScript: workers.gpus is 0, so the node asks for no "
+                           "GPU and these do nothing; remove them, or give workers gpus"), note
+    path = tmp_path / "amd.yaml"
+    path.write_text((ROOT / "cluster_specs/ray/train-gpu.yaml").read_text().replace(
+        "gpuResource: nvidia.com/gpu", "gpuResource: amd.com/gpu").replace(
+        "head:\n", "head:\n  gpuResource: amd.com/gpu\n"))
+    ray = resolve(str(path), None, {"workers": {"gpus": 0}})
+    assert [n.split(":")[0] for n in backend_notes(ray, backend) if "gpus is 0" in n] == [
+        "head.gpuResource", "workerGroups[gpu].gpuResource"]
+    # With their GPUs, or with ci-cpu's (which drops the discovery script), nothing to say.
+    for spec in (resolve("spark/etl-gpu"), resolve("spark/etl-gpu", "ci-cpu"),
+                 resolve("ray/train-gpu", "ci-cpu")):
+        assert not [n for n in backend_notes(spec, backend) if "gpus is 0" in n]
