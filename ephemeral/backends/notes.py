@@ -132,6 +132,13 @@ def _processes(spec: ResolvedSpec, backend: str) -> list[str]:
     if placed:
         notes.append(f"{', '.join(placed)}: the {backend} backend runs every node on this "
                      "host (placement applies on Kubernetes)")
+    # Always: image has no default, every spec sets one (and the version check is the local
+    # backend's, against what is installed).
+    engine, version = (f"Ray {s.ray_version}", "rayVersion") if isinstance(s, RaySpec) \
+        else (f"Spark {s.spark_version}", "sparkVersion")
+    notes.append(f"image {s.image}: the {backend} backend runs this host's installed {engine} "
+                 f"(it must be the spec's {version}), not the image (on Kubernetes, every node "
+                 "runs the image)")
     return notes + _local_gpus(s, backend)
 
 

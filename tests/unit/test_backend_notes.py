@@ -42,7 +42,9 @@ def test_local_says_what_it_does_not_honour_of_a_spark_spec(tmp_path: Path) -> N
     placed = [n for n in notes if n.startswith("master.nodeSelector:")]
     assert placed
     assert "placement applies on Kubernetes" in placed[0]
-    assert backend_notes(resolve("spark/etl"), "local") == []  # defaults: nothing to say
+    # defaults: nothing to say but that the image is not what runs here
+    assert [n.split(":")[0] for n in backend_notes(resolve("spark/etl"), "local")] == [
+        "image apache/spark"]
 
 
 def test_local_says_it_runs_an_operator_mode_spec_standalone(tmp_path: Path) -> None:
@@ -269,3 +271,17 @@ def test_gpu_fields_of_a_node_without_gpus_are_noted(tmp_path: Path, backend: st
     for spec in (resolve("spark/etl-gpu"), resolve("spark/etl-gpu", "ci-cpu"),
                  resolve("ray/train-gpu", "ci-cpu")):
         assert not [n for n in backend_notes(spec, backend) if "gpus is 0" in n]
+
+
+@pytest.mark.parametrize("backend", ["local", "fake"])
+def test_the_image_is_noted_where_the_installed_engine_runs(backend: str) -> None:
+    """image has no default (every spec names one), and the local backend runs this host's
+    installed Ray or Spark whatever it says: always noted there, never on Kubernetes."""
+    for ref, engine in (("ray/adhoc-cpu", "Ray 2.60.0 (it must be the spec's rayVersion)"),
+                        ("spark/etl", "Spark 4.3.0 (it must be the spec's sparkVersion)")):
+        spec = resolve(ref)
+        [note] = [n for n in backend_notes(spec, backend) if n.startswith("image ")]
+        assert note == (f"image {spec.spec.image}: the {backend} backend runs this host's "
+                        f"installed {engine}, not the image (on Kubernetes, every node runs "
+                        "the image)")
+        assert not [n for n in backend_notes(spec, "kubernetes") if n.startswith("image ")]
