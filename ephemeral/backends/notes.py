@@ -50,19 +50,22 @@ def refusals(spec: ResolvedSpec, backend: str, *,
 def backend_notes(spec: ResolvedSpec, backend: str, *,
                   default_spark_mode: str = "standalone") -> list[str]:
     """What ``backend`` does differently from what the spec's fields say elsewhere, then what
-    no backend does with a field (``_unused``)."""
+    every backend does alike with a field short of what it says (``_everywhere``)."""
     own = _kubernetes(spec, default_spark_mode) if backend == KUBERNETES \
         else _processes(spec, backend)
-    return own + _unused(spec.spec)
+    return own + _everywhere(spec.spec)
 
 
-def _unused(s: RaySpec | SparkSpec) -> list[str]:
-    """Fields of the effective spec that no backend uses, where the spec file may set them:
-    what a profile or an override made moot is the caller's choice, not refused."""
+def _everywhere(s: RaySpec | SparkSpec) -> list[str]:
+    """Fields of the effective spec that no backend uses, or uses for little: noted, not
+    refused, where a profile or an override may have made them so (the caller's choice), or
+    where some work still uses them."""
     from ephemeral.backends.base import CONNECT_DRIVER
 
     notes = _no_gpus(s)
-    if not isinstance(s, SparkSpec) or (s.connect is not None and s.connect.enabled):
+    if isinstance(s, RaySpec):
+        return notes + _head_gpus(s)
+    if s.connect is not None and s.connect.enabled:
         return notes
     if s.connect is not None and (names := s.connect.customised()):
         # A spec file refuses these with enabled: false (SparkSpec._connect_off_sets_nothing).
@@ -78,6 +81,21 @@ def _unused(s: RaySpec | SparkSpec) -> list[str]:
                      "own conf (EphemeralSparkSubmitOperator's conf or driver_memory, ephemeral "
                      "spark-submit --conf), or turn the Connect server on (connect.enabled: true)")
     return notes
+
+
+def _head_gpus(s: RaySpec) -> list[str]:
+    """GPUs on a head that offers tasks no CPUs (both backends start it with --num-cpus=0):
+    only work that asks for no CPU can use them, and the reference training workers ask for
+    CPUs and are sized from the worker groups alone (``jobs.scaling``). Not refused: a job's
+    driver (``entrypoint_num_gpus``, 0 CPUs by default) or a num_cpus=0 actor is such work."""
+    if not s.head.gpus or s.head.run_tasks:
+        return []
+    return [f"head.gpus {s.head.gpus}: the head offers tasks no CPUs (runTasks is false), so "
+            "only work that asks for no CPU uses these GPUs (a job's driver with "
+            "entrypoint_num_gpus, a task or actor with num_cpus=0); a training worker asks "
+            "for CPUs and runs on the worker groups (ddp_args counts only those): set "
+            "runTasks: true to offer the head's CPUs too, or gpus: 0 not to pay for GPUs "
+            "nothing uses"]
 
 
 def spark_mode_of(backend: object) -> str:
@@ -112,7 +130,7 @@ def _processes(spec: ResolvedSpec, backend: str) -> list[str]:
         for g in s.worker_groups:
             placed += _placed(f"workerGroups[{g.name}]", g)
     else:
-        # Only servers that run: a Connect server that is off is noted as such (_unused).
+        # Only servers that run: a Connect server that is off is noted as such (_everywhere).
         servers = [("master", "Spark master", s.master.cpu != type(s.master)().cpu)]
         if s.connect is not None and s.connect.enabled:
             servers.append(("connect", "Connect server", "cpu" in s.connect.customised()))
@@ -179,7 +197,7 @@ def _local_gpus(s: RaySpec | SparkSpec, backend: str) -> list[str]:
 def _standalone_k8s_conf(s: SparkSpec, runner: str) -> list[str]:
     """spark.kubernetes.* settings where Spark runs standalone (``runner``): only Spark's own
     Kubernetes scheduler reads them, which only operator mode runs; BACKEND_CONF refuses those
-    a backend sets itself. A server that is off has its conf noted whole (``_unused``)."""
+    a backend sets itself. A server that is off has its conf noted whole (``_everywhere``)."""
     confs = [("conf", s.conf)]
     if s.connect is not None and s.connect.enabled:
         confs.append(("connect.conf", s.connect.conf))

@@ -285,3 +285,22 @@ def test_the_image_is_noted_where_the_installed_engine_runs(backend: str) -> Non
                         f"installed {engine}, not the image (on Kubernetes, every node runs "
                         "the image)")
         assert not [n for n in backend_notes(spec, "kubernetes") if n.startswith("image ")]
+
+
+@pytest.mark.parametrize(("head", "noted"), [
+    ("{gpus: 1}", True), ("{gpus: 1, runTasks: true}", False), ("{cpu: 4}", False)])
+@pytest.mark.parametrize("backend", ["local", "kubernetes"])
+def test_gpus_on_a_head_that_runs_no_tasks_are_noted(tmp_path: Path, head: str, noted: bool,
+                                                     backend: str) -> None:
+    """Both backends offer a head's GPUs with no CPUs when it runs no tasks: a training worker
+    (CPUs and a GPU) never lands there, only work asking for no CPU; said, with the fixes."""
+    text = ('kind: RayCluster\nname: tiny\nversion: 1\nrayVersion: "2.60.0"\n'
+            f"image: rayproject/ray:2.60.0-py311-gpu\nhead: {head}\n"
+            "workerGroups: [{name: gpu, replicas: 1, gpus: 1}]\n")
+    notes = [n for n in backend_notes(resolve(_spec(tmp_path, text)), backend)
+             if n.startswith("head.gpus")]
+    assert bool(notes) == noted
+    if noted:
+        assert notes[0].startswith("head.gpus 1: the head offers tasks no CPUs (runTasks is "
+                                   "false), so only work that asks for no CPU uses these GPUs")
+        assert "set runTasks: true to offer the head's CPUs too, or gpus: 0" in notes[0]
