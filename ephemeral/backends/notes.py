@@ -4,9 +4,11 @@ silent no-op. What a backend cannot honour at all is refused instead (``refusals
 Kubernetes what its renderers refuse, ``render.checks``).
 
 The local backend (and the in-memory test double) runs every node as a process on this host:
-no autoscaling, no placement, no CPU limits for the Spark master and Connect server. Kubernetes
-runs a Spark spec standalone or, in operator mode, as a SparkConnect whose executors come and
-go with the work.
+no autoscaling, no placement, no CPU limits for the Spark master and Connect server, the
+installed Ray or Spark whatever the image. Kubernetes runs a Spark spec standalone or, in
+operator mode, as a SparkConnect whose executors come and go with the work. On every backend, a
+field a profile or an override left with nothing to act on (a Connect server turned off, a
+node's GPUs taken) is noted, not refused: that is the caller's choice.
 """
 
 from __future__ import annotations
@@ -74,12 +76,13 @@ def _everywhere(s: RaySpec | SparkSpec) -> list[str]:
                      "and these do nothing; they apply again when it is on")
     # Not refused: the connect override turns the server off under a spec that sets them.
     if driver := sorted(k for k in s.conf if k.startswith(CONNECT_DRIVER)):
-        notes.append(f"{', '.join(f'conf.{k}' for k in driver)}: no Connect server runs "
-                     f"(connect is absent or off), the only process the spec's {CONNECT_DRIVER}* "
-                     "settings go to (a spark-submit driver runs in its task's process and does "
-                     "not get them), so they reach no process: set them in the application's "
-                     "own conf (EphemeralSparkSubmitOperator's conf or driver_memory, ephemeral "
-                     "spark-submit --conf), or turn the Connect server on (connect.enabled: true)")
+        notes.append(f"{', '.join(f'conf.{k}' for k in driver)}: the spec's {CONNECT_DRIVER}* "
+                     "settings go to its Connect server alone (a spark-submit driver runs in "
+                     "its task's process and does not get them), and no Connect server runs "
+                     "(connect is absent or off), so they reach no process: set them in the "
+                     "application's own conf (EphemeralSparkSubmitOperator's conf or "
+                     "driver_memory, ephemeral spark-submit --conf), or turn the Connect server "
+                     "on (connect.enabled: true)")
     return notes
 
 
@@ -177,8 +180,9 @@ def _no_gpus(s: RaySpec | SparkSpec) -> list[str]:
             if given]
         if moot and not n.gpus:
             notes.append(f"{', '.join(f'{path}.{name}' for name in moot)}: {path}.gpus is 0, "
-                         "so the node asks for no GPU and these do nothing; remove them, or "
-                         f"give {path} gpus")
+                         "so the node asks for no GPU and these do nothing: they apply only "
+                         f"when {path} has gpus (a spec for nodes without GPUs need not set "
+                         "them)")
     return notes
 
 

@@ -222,9 +222,11 @@ def test_driver_settings_without_a_connect_server_are_noted(tmp_path: Path,
                              None), (on, {"connect": False})):
         [note] = [n for n in backend_notes(resolve(_spec(tmp_path, text), None, overrides),
                                            backend) if "spark.driver" in n]
-        assert note.startswith("conf.spark.driver.cores, conf.spark.driver.maxResultSize: no "
-                               "Connect server runs"), note
-        assert "they reach no process" in note
+        assert note.startswith("conf.spark.driver.cores, conf.spark.driver.maxResultSize: the "
+                               "spec's spark.driver.* settings go to its Connect server alone"), \
+            note
+        assert "no Connect server runs (connect is absent or off), so they reach no process" \
+            in note
         assert "EphemeralSparkSubmitOperator's conf or driver_memory" in note
         assert "connect.enabled: true" in note
     assert not [n for n in backend_notes(resolve(_spec(tmp_path, on)), backend)
@@ -259,7 +261,8 @@ def test_gpu_fields_of_a_node_without_gpus_are_noted(tmp_path: Path, backend: st
     spark = resolve("spark/etl-gpu", None, {"workers": {"gpus": 0}})
     [note] = [n for n in backend_notes(spark, backend) if "gpus is 0" in n]
     assert note.startswith("workers.discoveryScript: workers.gpus is 0, so the node asks for no "
-                           "GPU and these do nothing; remove them, or give workers gpus"), note
+                           "GPU and these do nothing: they apply only when workers has gpus"), \
+        note
     path = tmp_path / "amd.yaml"
     path.write_text((ROOT / "cluster_specs/ray/train-gpu.yaml").read_text().replace(
         "gpuResource: nvidia.com/gpu", "gpuResource: amd.com/gpu").replace(
