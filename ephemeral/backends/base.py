@@ -678,13 +678,19 @@ def executor_size(spec: SparkSpec, backend: str) -> dict[str, str]:
     return {"spark.executor.cores": str(w.cores), "spark.executor.memory": memory}
 
 
+# The spec's settings only a Connect server gets: a cluster without one (notes) gives them to
+# no process.
+CONNECT_DRIVER = "spark.driver."
+
+
 def submit_defaults(spec: SparkSpec, backend: str) -> dict[str, str]:
     """What a spark-submit driver gets from its cluster (``executor_size``, then
     ``application_conf``). The driver runs where its task runs: so not the ``spark.driver.*``
-    settings, which are the Connect server's (its memory, its JVM options, its address) and
-    would move a local driver's callback address or size the Airflow worker's JVM."""
+    settings (``CONNECT_DRIVER``), which are the Connect server's (its memory, its JVM options,
+    its address) and would move a local driver's callback address or size the Airflow worker's
+    JVM."""
     conf = executor_size(spec, backend) | application_conf(spec)
-    return {k: v for k, v in conf.items() if not k.startswith("spark.driver.")}
+    return {k: v for k, v in conf.items() if not k.startswith(CONNECT_DRIVER)}
 
 
 def node_groups(spec: ResolvedSpec, *, backend: str = "local",

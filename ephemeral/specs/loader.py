@@ -19,7 +19,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from ephemeral.errors import SpecError, SpecNotFound
 from ephemeral.settings import get_settings
-from ephemeral.specs.models import ClusterSpec, RaySpec, SparkSpec
+from ephemeral.specs.models import EFFECTIVE, ClusterSpec, RaySpec, SparkSpec
 from ephemeral.yaml_files import load_yaml
 
 _NAME = r"[a-z0-9][a-z0-9-]*"
@@ -66,12 +66,13 @@ def problems_of(err: ValidationError) -> list[tuple[str, str]]:
     return out
 
 
-def parse_spec(data: Any, source: str) -> RaySpec | SparkSpec:
-    """Validate a mapping as a cluster spec; raise SpecError naming ``source`` and field paths."""
+def parse_spec(data: Any, source: str, *, effective: bool = False) -> RaySpec | SparkSpec:
+    """Validate a mapping as a cluster spec; raise SpecError naming ``source`` and field paths.
+    ``effective``: a spec file after a profile or overrides (``EFFECTIVE``)."""
     if not isinstance(data, dict):
         raise SpecError(source, [("", "a spec is a YAML mapping with kind, name, version, ...")])
     try:
-        return _ADAPTER.validate_python(data)
+        return _ADAPTER.validate_python(data, context={EFFECTIVE: True} if effective else None)
     except ValidationError as err:
         # Not chained: the ValidationError holds the refused input, which may be a secret.
         raise SpecError(source, problems_of(err)) from None

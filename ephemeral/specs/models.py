@@ -215,10 +215,13 @@ class Placement(Model):
         return v
 
 
+NVIDIA_GPU = "nvidia.com/gpu"
+
+
 class GpuFields(Model):
     gpus: GpuCount = 0
     """GPUs per node (0-64): Ray's --num-gpus, the pod's GPU limit."""
-    gpu_resource: str = "nvidia.com/gpu"
+    gpu_resource: str = NVIDIA_GPU
     """The extended resource the GPUs are requested as on Kubernetes."""
 
     @field_validator("gpu_resource")
@@ -865,12 +868,25 @@ SparkConf = Annotated[dict[str, str], AfterValidator(no_secret_conf),
 
 class SparkConnect(Placement):
     enabled: bool = True
-    """Whether the cluster runs a Spark Connect server (sc:// endpoint)."""
+    """Whether the cluster runs a Spark Connect server (sc:// endpoint). With false, a spec
+    file sets none of the server's other fields (nothing would use them)."""
     cpu: PositiveCpu = 1
     memory: SparkJvmMemory = "1Gi"
     """The Connect server's memory (its driver)."""
     conf: SparkConf = Field(default_factory=dict)
     """Spark settings for the Connect server only, after the spec's conf."""
+
+    def customised(self) -> list[str]:
+        """The fields that size, configure or place the server other than by default, by
+        their spec names: what only a running server uses. The one rule for what a spec file
+        with ``enabled: false`` may not set, and for what an effective spec notes."""
+        default = SparkConnect()
+        return [name for name, differs in (
+            ("cpu", self.cpu != default.cpu),
+            ("memory", memory_bytes(self.memory) != memory_bytes(default.memory)),
+            ("conf", bool(self.conf)),
+            ("nodeSelector", bool(self.node_selector)),
+            ("tolerations", bool(self.tolerations))) if differs]
 
 
 # Spark's GPU asks of tasks and executors (spark.task.resource.gpu.amount, ...).
@@ -905,6 +921,11 @@ def whole_cores(text: str) -> int | None:
     """``text`` as a whole number of cores of 1 or more (Spark's ``spark.executor.cores``), or
     None: the one rule the executor checks read cores by."""
     return int(text) if _CORES.fullmatch(text.strip()) else None
+
+
+# The validation context of an effective spec (a spec file after a profile or overrides,
+# ``resolve.apply_profile``): what the caller chose there, not what the file says.
+EFFECTIVE = "effective"
 
 
 def _field_errors(code: str, problems: list[tuple[tuple[str, ...], str]]) -> Exception:
@@ -1038,6 +1059,23 @@ class SparkSpec(SpecBase):
                     for key, value in conf.items()
                     if GPU_AMOUNT.fullmatch(key) and positive(value)]:
             raise _field_errors("gpu_without_gpus", [(loc, msg) for loc in asks])
+        return self
+
+    @model_validator(mode="after")
+    def _connect_off_sets_nothing(self, info: ValidationInfo) -> SparkSpec:
+        """A spec file that turns its Connect server off yet sizes, configures or places it:
+        no backend builds the server, so those fields would do nothing. A profile or the
+        ``connect`` override that turns a customised server off is the caller's choice at run
+        time, not the file's: such an effective spec (validated with ``EFFECTIVE``) keeps the
+        fields, so turning the server back on restores the spec, and is noted instead
+        (``backends.notes``)."""
+        if self.connect is None or self.connect.enabled or (info.context or {}).get(EFFECTIVE):
+            return self
+        if names := self.connect.customised():
+            raise _field_errors("connect_disabled", [
+                (("connect", name), f"connect.enabled is false, so no Connect server runs and "
+                 f"connect.{name} would do nothing: remove connect.{name}, or set "
+                 "connect.enabled: true") for name in names])
         return self
 
     @model_validator(mode="after")

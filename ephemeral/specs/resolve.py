@@ -304,7 +304,7 @@ def apply_profile(
         data = _fixed_size(data)
     if profile is None and ov.is_empty():
         return spec
-    return parse_spec(_off_gpu_nodes(data, spec), label)
+    return parse_spec(_off_gpu_nodes(data, spec), label, effective=True)
 
 
 def _gpu_placement(key: str, resource: str) -> bool:
