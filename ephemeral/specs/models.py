@@ -137,9 +137,8 @@ def _millicores(v: float) -> float:
     return v
 
 
-PositiveCpu = Annotated[float, Field(gt=0, le=1024, description="CPU cores (may be "
-                                     "fractional, in steps of 0.001)"), Number,
-                      AfterValidator(_millicores)]
+# No description here: it would stand in for each field's own (their rules differ by engine).
+PositiveCpu = Annotated[float, Field(gt=0, le=1024), Number, AfterValidator(_millicores)]
 GpuCount = Annotated[int, Field(ge=0, le=64), Number]
 
 
@@ -220,7 +219,8 @@ NVIDIA_GPU = "nvidia.com/gpu"
 
 class GpuFields(Model):
     gpus: GpuCount = 0
-    """GPUs per node (0-64): Ray's --num-gpus, the pod's GPU limit."""
+    """GPUs per node (0-64): what the node offers its work (a Ray node's --num-gpus, a Spark
+    worker's gpu resource for its executors) and, on Kubernetes, its pod's GPU limit."""
     gpu_resource: str = NVIDIA_GPU
     """The extended resource the GPUs are requested as on Kubernetes."""
 
@@ -731,6 +731,7 @@ class RaySpec(SpecBase):
 
 class SparkMaster(Placement):
     cpu: PositiveCpu = 1
+    """The master's CPUs, in steps of 0.001 (0.5 for 500m): its pod's on Kubernetes."""
     memory: SparkDaemonMemory = "1Gi"
     """The master daemon's memory (its JVM heap locally, its pod on Kubernetes)."""
 
@@ -871,6 +872,7 @@ class SparkConnect(Placement):
     """Whether the cluster runs a Spark Connect server (sc:// endpoint). With false, a spec
     file sets none of the server's other fields (nothing would use them)."""
     cpu: PositiveCpu = 1
+    """The Connect server's CPUs, in steps of 0.001: its pod's on Kubernetes."""
     memory: SparkJvmMemory = "1Gi"
     """The Connect server's memory (its driver)."""
     conf: SparkConf = Field(default_factory=dict)

@@ -96,3 +96,16 @@ def test_every_field_has_hover_text() -> None:
     assert bare == []
     ray = schema["$defs"]["RayWorkerGroup"]["properties"]
     assert "KubeRay's autoscaler" in ray["minReplicas"]["description"]
+
+
+def test_each_field_hovers_its_own_rule() -> None:
+    """A description on a shared type stood in for the fields' own: a Ray group's CPUs read
+    'may be fractional' (the loader refuses 1.5) and a Spark worker's GPUs 'Ray's --num-gpus'."""
+    defs = spec_json_schema()["$defs"]
+    for model in ("RayHead", "RayWorkerGroup"):
+        text = defs[model]["properties"]["cpu"]["description"]
+        assert "whole number" in text
+        assert "fractional" not in text
+    assert "0.001" in defs["SparkMaster"]["properties"]["cpu"]["description"]
+    gpus = " ".join(defs["SparkWorkers"]["properties"]["gpus"]["description"].split())
+    assert "a Spark worker's gpu resource" in gpus
