@@ -816,6 +816,9 @@ BACKEND_CONF: Mapping[str, str] = {
                         "sessions and operations from its UI",
     "spark.local.dir": "the backend puts scratch files on the node's scratch volume",
     "spark.driver.memory": "set connect.memory instead",
+    # Spark reads it in cluster mode only (the Connect server is a client-mode driver), and the
+    # spark-operator puts the server's own cores after sparkConf: it never applied.
+    "spark.driver.cores": "set connect.cpu instead",
     "spark.executor.resource.gpu.": "set workers.gpus, gpuResource and discoveryScript instead",
     "spark.kubernetes.executor.request.cores": "set workers.cores instead",
     "spark.kubernetes.executor.limit.cores": "set workers.cores instead",

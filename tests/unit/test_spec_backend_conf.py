@@ -27,7 +27,7 @@ REVIEWED = {"spark.authenticate": "false", "spark.driver.host": "10.9.9.9",
             "spark.authenticate.secret.file": "/tmp/s", "spark.driver.bindAddress": "0.0.0.0",
             "spark.driver.blockManager.port": "2", "spark.port.maxRetries": "16",
             "spark.connect.grpc.binding.address": "0.0.0.0", "spark.ui.port": "1",
-            "spark.master": "local[*]", "spark.driver.memory": "64g"}
+            "spark.master": "local[*]", "spark.driver.memory": "64g", "spark.driver.cores": "4"}
 
 
 def spark(conf: dict[str, str] | None = None, connect_conf: dict[str, str] | None = None,
