@@ -49,8 +49,8 @@ with DAG(
                          description="Spec profile: ci-cpu for CPU-only machines, none on GPUs."),
         "input": Param(None, type=["null", "string"],
                        description="Raw dataset URI (Parquet or CSV); none: generated rows."),
-        "rows": Param(5000, type="integer", minimum=1000, maximum=10_000_000,
-                      description="Rows generated when there is no input."),
+        "rows": Param(None, type=["null", "integer"], minimum=1000, maximum=10_000_000,
+                      description="Rows generated when there is no input (none: 5000)."),
         "drift": Param(0.0, type="number", minimum=0, maximum=10,
                        description="Shift 30% of the generated rows by this many units."),
     },
@@ -63,7 +63,7 @@ with DAG(
     build_features = EphemeralSparkSubmitOperator(
         task_id="build_features", cluster=create_spark.output,
         application=f"{JOBS}/etl_features.py",
-        application_args=["--run", RUN, "--rows", "{{ params.rows }}",
+        application_args=["--run", RUN, "--rows", "{{ params.rows or 5000 }}",
                           "--drift", "{{ params.drift }}",
                           "--input={{ params.input or '' }}"],
         inlets=[RAW_EVENTS], outlets=[FEATURES], post_execute=publish_features(FEATURES),
@@ -75,12 +75,26 @@ with DAG(
 
     @task(retries=0)
     def check_params(params: Any = None) -> None:
-        """The form's combination rule, before any cluster is made (the job refuses it too)."""
+        """What the ETL task would refuse or ignore in the form, before any cluster is made:
+        settings of generated rows beside an input, credentials in the input's URI."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        if (params or {}).get("input") and float((params or {}).get("drift") or 0):
+        from ephemeral.specs.pip_credentials import credentials_problem
+
+        given = params or {}
+        if not (source := given.get("input")):
+            return
+        if float(given.get("drift") or 0):
             raise AirflowFailException("drift: shifts generated rows only; leave it 0 when "
                                        "input names a raw dataset")
+        if given.get("rows") is not None:
+            raise AirflowFailException("rows: the number of rows generated when there is no "
+                                       "input; leave it empty when input names a raw dataset "
+                                       "(its rows are the dataset's)")
+        if problem := credentials_problem(str(source), "give the URI alone: the store's "
+                                                       "credentials come from the workers' "
+                                                       "environment"):
+            raise AirflowFailException(f"input: {problem}")
 
     check_params() >> create_spark
 

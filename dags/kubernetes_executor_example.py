@@ -80,8 +80,10 @@ with DAG(
     default_args={"retries": 0, "on_failure_callback": failure_callbacks()},
     params={"profile": Param(None, type=["null", "string"], enum=[None, "ci-cpu"],
                              description="None on a GPU cluster, ci-cpu on a CPU-only one."),
-            "workers": Param(2, type="integer", minimum=1, maximum=16,
-                             description="Worker nodes; at most 2 with the ci-cpu profile.")},
+            # ray/train-gpu's maxReplicas, which create_ray enforces (16 passed the form).
+            "workers": Param(2, type="integer", minimum=1, maximum=4,
+                             description="Worker nodes: at most 4 (the spec's maxReplicas), "
+                                         "2 with the ci-cpu profile.")},
     tags=["ephemeral", "kubernetes", "example"],
     user_defined_macros={"run_folder": run_folder},
 ) as dag:

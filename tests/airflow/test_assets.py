@@ -426,12 +426,16 @@ def test_a_drift_event_starts_a_training_run_on_the_drifted_batch(
 
 
 @pytest.mark.usefixtures("synced")
-def test_feature_etl_refuses_drift_with_an_input_before_any_cluster(dagbag: Any,
-                                                                   ephemeral_home: Path) -> None:
+@pytest.mark.parametrize("conf", [
+    {"input": "file:///raw.parquet", "drift": 1.0},
+    {"input": "file:///raw.parquet", "rows": 20000},  # the job would ignore it
+    {"input": "s3://raw/events.parquet?X-Amz-Signature=abc123&X-Amz-Credential=k"},
+], ids=["drift", "rows", "signed-url"])
+def test_feature_etl_refuses_what_the_etl_would_ignore_or_leak_before_any_cluster(
+        dagbag: Any, ephemeral_home: Path, conf: dict[str, Any]) -> None:
     from ephemeral.backends.local import LocalBackend
 
-    run = dagbag.get_dag("feature_etl").test(run_conf={"input": "file:///raw.parquet",
-                                                       "drift": 1.0})
+    run = dagbag.get_dag("feature_etl").test(run_conf=conf)
     states = task_states(run)
     assert str(run.state) == "failed"
     assert states["check_params"] == "failed"

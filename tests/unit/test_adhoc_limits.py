@@ -235,3 +235,13 @@ def test_a_size_the_jobs_parser_refuses_is_refused_by_it_alone(flags: str) -> No
     assert placement_problem(f"python train_ddp.py {flags}", spec) is None  # not its rule
     why = refused("entrypoint", profile="ci-cpu", entrypoint=f"python train_ddp.py {flags}")
     assert "train_ddp.py refuses these arguments: argument --" in why
+
+
+def test_the_kubernetes_examples_form_offers_the_workers_its_spec_allows() -> None:
+    """Its form took up to 16 workers, which the setup then refused (ray/train-gpu's
+    maxReplicas is 4): the form's bound is the spec's."""
+    from ephemeral.specs import resolve
+
+    module = dag_file_module("kubernetes_executor_example", "limits_kubernetes_example")
+    (group,) = resolve("ray/train-gpu").spec.worker_groups
+    assert module.dag.params.get_param("workers").schema["maximum"] == group.max
