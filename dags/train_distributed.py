@@ -206,9 +206,14 @@ with DAG(
 
         @task
         def pick_best(results: list[dict[str, Any]], params: Any = None,
-                      dag_run: Any = None) -> dict[str, Any]:
+                      dag_run: Any = None, ti: Any = None) -> dict[str, Any]:
             from ephemeral import registry
             from ephemeral.settings import get_settings
+
+            # What the trials trained on: this run's ETL of `rows` generated rows, or an
+            # Asset event's features (then no ETL ran, and `rows` made nothing).
+            event = ti.xcom_pull(task_ids="choose_features", key="features")
+            data = {"features_uri": event["artifact_uri"]} if event else {"rows": params["rows"]}
 
             # Scheduled run ids are the same in every deployment sharing the tracking store:
             # the instance makes the trial's run name this deployment's.
@@ -222,7 +227,7 @@ with DAG(
                 out = r["result"]
                 tracked[r["job_id"]] = registry.log_trial(
                     experiment=MODEL, run_name=f"{instance}/{dag_run.run_id}/trial-{name}",
-                    params={"steps": params["steps"], "rows": params["rows"], **options},
+                    params={"steps": params["steps"], **data, **options},
                     metrics={k: v for k, v in out.items() if k in TRIAL_METRICS
                              and isinstance(v, int | float)},
                     artifact_uri=out["artifact_uri"],

@@ -406,6 +406,15 @@ def test_a_drift_event_starts_a_training_run_on_the_drifted_batch(
     assert {c["setup_task"]: c["released_by"] for c in report["clusters"]} == {
         "train.create_ray": "train.serve_latency"}, report["clusters"]
     assert LocalBackend(ephemeral_home).list_owned() == []
+    # The tracking store says what the trials trained on: the event's features, not the rows
+    # param of an ETL that did not run.
+    trials = registry._client().search_runs(
+        [registry._client().get_experiment_by_name("train_distributed").experiment_id],
+        f"tags.dag_run_id = '{run.run_id}'")
+    assert len(trials) == 2
+    for trial in trials:
+        assert trial.data.params["features_uri"] == f"{shifted}/train"
+        assert "rows" not in trial.data.params
     # The gate's latency fail: measured, refused, the champion kept, the run failed with an
     # alert (the registered_model event of a pass is checked by test_services_e2e's run).
     assert str(done.state) == "failed", states
