@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
+import numbers
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -89,6 +91,27 @@ def default_deferrable(value: bool | None) -> bool:
     if value is not None:
         return value
     return conf.getboolean("operators", "default_deferrable", fallback=False)
+
+
+def seconds_arg(op: BaseOperator, field: str, value: Any, fix: str) -> float:
+    """``op``'s ``field`` as seconds: a finite number above 0, not a bool. Anything else is
+    refused as the DAG is parsed, naming the field and ending with ``fix``: else a text fails
+    with a TypeError once the cluster exists, and 0 or less times out at once or probes
+    without pause (an API server's load)."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        seconds = float(value)
+        if math.isfinite(seconds) and seconds > 0:
+            return seconds
+    raise ValueError(f"{type(op).__name__}(task_id={op.task_id!r}): {field}={value!r} is not a "
+                     f"finite number of seconds above 0: {fix}")
+
+
+def poll_interval_arg(op: BaseOperator, value: Any) -> float | None:
+    """An operator's ``poll_interval``: None (the default pace), else ``seconds_arg``."""
+    if value is None:
+        return None
+    return seconds_arg(op, "poll_interval", value,
+                       "give the longest pause between checks, e.g. 2, or leave it out (None)")
 
 
 def warn_if_dagrun_timeout(op: BaseOperator) -> None:
@@ -309,8 +332,11 @@ class CreateClusterOperator(BaseOperator):
         self.backend = backend
         self.conn_id = conn_id
         self.kubernetes_conn_id = kubernetes_conn_id
-        self.ready_timeout = ready_timeout
-        self.poll_interval = poll_interval
+        # Neither is a template field: checked here, before any cluster exists.
+        self.ready_timeout = seconds_arg(
+            self, "ready_timeout", ready_timeout,
+            f"give the seconds to wait for the cluster, e.g. {SETUP_READY_TIMEOUT:g} (the default)")
+        self.poll_interval = poll_interval_arg(self, poll_interval)
         self.deferrable = default_deferrable(deferrable)
         self.on_failure = on_failure
         self._created: ClusterHandle | None = None
@@ -785,7 +811,7 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
         self.runtime_env = runtime_env
         self.job_timeout = job_timeout
         self.deferrable = default_deferrable(deferrable)
-        self.poll_interval = poll_interval
+        self.poll_interval = poll_interval_arg(self, poll_interval)
         self._job: tuple[ClusterHandle, str] | None = None
 
     def _jobs(self, handle: ClusterHandle, backend: ClusterBackend | None = None) -> RayJobs:
