@@ -784,8 +784,9 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
     ``delete_cluster_on_success=True`` on the cluster's last job deletes the cluster the moment
     the job succeeds instead of when the teardown is scheduled (``ephemeral.airflow.release``;
     refused, before submitting, on a task that is not the cluster's last user).
-    ``poll_interval`` caps the pause between status checks of the job (default: the backend's
-    ``probe_interval``): a job that ended unseen keeps its cluster reserved meanwhile.
+    ``poll_interval`` caps the pause between status checks of the job (default: 0.25 s waiting
+    in the worker, the backend's ``probe_interval`` in the triggerer): a job that ended unseen
+    keeps its cluster reserved meanwhile.
     """
 
     template_fields: Sequence[str] = ("cluster", "entrypoint", "working_dir", "runtime_env",
@@ -873,7 +874,7 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
                        timeout=defer_timeout(handle, self._timeout))
         try:
             result = jobs.follow(jid, sink=lambda line: self.log.info("[%s] %s", jid, line),
-                                 timeout=self._timeout)
+                                 timeout=self._timeout, poll_interval=self.poll_interval)
         except EphemeralError as err:
             raise AirflowException(str(err)) from err
         return self._release(context, handle, result, backend)
