@@ -258,19 +258,22 @@ JOB_RESULT_TOO_LARGE = (
     "raise EPHEMERAL_XCOM_MAX_BYTES.")
 
 
-def fits_xcom(task_id: str, pushed: Any, fix: str) -> None:
-    """Serialize what a task returns as Airflow will push it, in ``execute``: the push comes
+def fits_xcom(op: BaseOperator, pushed: Any, fix: str) -> None:
+    """Serialize what ``op`` returns as Airflow will push it, in ``execute``: the push comes
     after it returns, where a refusal fails the task after its work is done, and every retry
-    the same. An over-size value fails the task here, with ``fix``, and without retries."""
+    the same. An over-size value fails the task here, with ``fix``, and without retries.
+    Nothing is checked when ``op`` pushes nothing (``do_xcom_push=False``)."""
     from airflow.sdk.execution_time.xcom import resolve_xcom_backend
 
     from ephemeral.airflow.xcom import MetadataOnlyXCom
 
+    if not op.do_xcom_push:
+        return
     xcom = resolve_xcom_backend()
     if not issubclass(xcom, MetadataOnlyXCom):  # others may store the value as they serialize
         return
     try:
-        xcom.serialize_value(pushed, key="return_value", task_id=task_id)
+        xcom.serialize_value(pushed, key="return_value", task_id=op.task_id)
     except ValueError as err:
         raise AirflowFailException(f"{err} {fix}") from err
 
@@ -449,7 +452,7 @@ class CreateClusterOperator(BaseOperator):
     def _fits_xcom(self, pushed: dict[str, Any]) -> None:
         # While the clean-up still holds: a refusal at the push would fail the setup with its
         # cluster left running.
-        fits_xcom(self.task_id, pushed,
+        fits_xcom(self, pushed,
                   "The handle carries the spec's runtimeEnv.pip and Spark conf: shorten them "
                   "(move Spark settings the jobs pass themselves into the application), or "
                   "raise EPHEMERAL_XCOM_MAX_BYTES.")
@@ -882,7 +885,7 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
     def _release(self, context: Any, handle: ClusterHandle, result: JobResult,
                  backend: ClusterBackend) -> dict[str, Any]:
         done = result.model_dump(mode="json")
-        fits_xcom(self.task_id, done, JOB_RESULT_TOO_LARGE)
+        fits_xcom(self, done, JOB_RESULT_TOO_LARGE)
         if self.delete_cluster_on_success:
             release(backend, handle, released_by(context), done)
         return done
@@ -893,7 +896,7 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
             self.log.info("Ray job %s succeeded: %s; %s", result.job_id, result.result,
                           event.get("released") or "its cluster is left to the teardown")
             done = result.model_dump(mode="json")
-            fits_xcom(self.task_id, done, JOB_RESULT_TOO_LARGE)
+            fits_xcom(self, done, JOB_RESULT_TOO_LARGE)
             return done
         jid = str(event["job_id"])
         if event["status"] != JobStatus.SUCCEEDED.value:
