@@ -16,7 +16,7 @@ import math
 import numbers
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -813,6 +813,16 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
         self.entrypoint = entrypoint
         self.working_dir = working_dir
         self.runtime_env = runtime_env
+        if isinstance(runtime_env, Mapping) and isinstance(working_dir, str):
+            # Both given as values: refused at parse, before the setup makes a cluster
+            # (templates and XComArgs are checked in execute, once rendered).
+            from ephemeral.jobs.runtime_env import with_working_dir
+
+            try:
+                with_working_dir(runtime_env, working_dir,
+                                 f"RayJobOperator(task_id={self.task_id!r})")
+            except JobSubmissionFailed as err:
+                raise ValueError(str(err)) from err
         self.job_timeout = job_timeout
         self.deferrable = default_deferrable(deferrable)
         self.poll_interval = poll_interval_arg(self, poll_interval)
@@ -829,7 +839,12 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
         return job_timeout_seconds(self.job_timeout)
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from ephemeral.jobs.runtime_env import check_submitted, command_line, job_runtime_env
+        from ephemeral.jobs.runtime_env import (
+            check_submitted,
+            command_line,
+            job_runtime_env,
+            with_working_dir,
+        )
 
         check_rendered(self, runtime_env=dict)
         try:  # an argv list (rendered word by word) becomes one quoted command line
@@ -846,8 +861,9 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
         try:  # the cluster's default pip, then ours; bad input: a retry cannot help
             env = job_runtime_env(handle, self.runtime_env)
             # Before the entrypoint is logged: no credentials in it nor in working_dir.
-            check_submitted({**env, "working_dir": self.working_dir} if self.working_dir
-                            else env, f"task {self.task_id}", self.entrypoint)
+            where = f"task {self.task_id}"
+            check_submitted(with_working_dir(env, self.working_dir, where), where,
+                            self.entrypoint)
         except JobSubmissionFailed as err:
             raise AirflowFailException(str(err)) from err
         ti = context["ti"]

@@ -37,7 +37,7 @@ from ephemeral.backends.http import ca_trust, cluster_session, redirect_refused
 from ephemeral.backends.readiness import backoff
 from ephemeral.errors import JobError, JobFailed, JobRefused, JobSubmissionFailed, JobTimeout
 from ephemeral.jobs.results import JobResult, JobStatus, parse_result_line, submission_id, tail
-from ephemeral.jobs.runtime_env import check_submitted, job_label
+from ephemeral.jobs.runtime_env import check_submitted, job_label, with_working_dir
 
 if TYPE_CHECKING:
     import requests
@@ -147,8 +147,9 @@ RUN_KEY = "ephemeral_run"
 def request_digest(entrypoint: str, runtime_env: Mapping[str, Any] | None = None,
                    working_dir: str | None = None) -> str:
     """A digest of what a job runs (entrypoint, and runtime_env with its working_dir), as the
-    submitter gives them: the same task's retries give the same; another request does not."""
-    env = dict(runtime_env or {}) | ({"working_dir": working_dir} if working_dir else {})
+    submitter gives them: the same task's retries give the same; another request does not.
+    JobRefused when both give a working_dir (``with_working_dir``)."""
+    env = with_working_dir(runtime_env, working_dir, job_label(None, entrypoint))
     if isinstance(env.get("env_vars"), Mapping):  # names only: a value may be a secret, and
         env["env_vars"] = sorted(env["env_vars"])  # job metadata is shown by the dashboard
     blob = json.dumps({"entrypoint": entrypoint, "runtime_env": env}, sort_keys=True,
@@ -384,9 +385,7 @@ class RayJobs:
     ) -> str:
         if job_id is not None and (problem := job_id_problem(job_id)) is not None:
             raise JobRefused(f"job_id: {problem}")
-        env = dict(runtime_env or {})
-        if working_dir:
-            env["working_dir"] = working_dir
+        env = with_working_dir(runtime_env, working_dir, job_label(job_id, entrypoint))
         check_submitted(env, job_label(job_id, entrypoint), entrypoint)
         try:  # Ray's own check, before the upload: its ValueError is no transport error
             from ray.runtime_env import RuntimeEnv
