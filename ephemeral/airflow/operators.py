@@ -299,7 +299,9 @@ def _no_master(handle: ClusterHandle) -> str:
 
 
 class CreateClusterOperator(BaseOperator):
-    """Setup: create a cluster from a versioned spec and wait, deferred, until it is usable.
+    """Setup: create a cluster from a versioned spec and wait until it is usable: in the
+    triggerer when ``deferrable`` (default: ``[operators] default_deferrable``, False unless
+    set), else in the worker.
 
     A retry adopts the cluster its earlier try made (the identity is derived from the run, the
     task and the map index). On any failure after creation started it deletes the cluster
@@ -771,8 +773,10 @@ class DeleteClusterOperator(BaseOperator):
 
 
 class RayJobOperator(JobLineageMixin, BaseOperator):
-    """Run ``entrypoint`` as a Ray job on the cluster, wait deferred, stream its logs into the
-    task log and push its result (job id, status, the job's own JSON result line).
+    """Run ``entrypoint`` as a Ray job on the cluster, wait for it (in the triggerer when
+    ``deferrable``, by default ``[operators] default_deferrable``, else in the worker), stream
+    its logs into the task log and push its result (job id, status, the job's own JSON result
+    line).
 
     ``entrypoint`` is a command line, or an argv list whose elements are templated one by one
     and quoted (``shlex.join``): the form for any value from XCom, an Asset event or a param,
