@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
+import numbers
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -89,6 +91,27 @@ def default_deferrable(value: bool | None) -> bool:
     if value is not None:
         return value
     return conf.getboolean("operators", "default_deferrable", fallback=False)
+
+
+def seconds_arg(op: BaseOperator, field: str, value: Any, fix: str) -> float:
+    """``op``'s ``field`` as seconds: a finite number above 0, not a bool. Anything else is
+    refused as the DAG is parsed, naming the field and ending with ``fix``: else a text fails
+    with a TypeError once the cluster exists, and 0 or less times out at once or probes
+    without pause (an API server's load)."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        seconds = float(value)
+        if math.isfinite(seconds) and seconds > 0:
+            return seconds
+    raise ValueError(f"{type(op).__name__}(task_id={op.task_id!r}): {field}={value!r} is not a "
+                     f"finite number of seconds above 0: {fix}")
+
+
+def poll_interval_arg(op: BaseOperator, value: Any) -> float | None:
+    """An operator's ``poll_interval``: None (the default pace), else ``seconds_arg``."""
+    if value is None:
+        return None
+    return seconds_arg(op, "poll_interval", value,
+                       "give the longest pause between checks, e.g. 2, or leave it out (None)")
 
 
 def warn_if_dagrun_timeout(op: BaseOperator) -> None:
@@ -235,19 +258,22 @@ JOB_RESULT_TOO_LARGE = (
     "raise EPHEMERAL_XCOM_MAX_BYTES.")
 
 
-def fits_xcom(task_id: str, pushed: Any, fix: str) -> None:
-    """Serialize what a task returns as Airflow will push it, in ``execute``: the push comes
+def fits_xcom(op: BaseOperator, pushed: Any, fix: str) -> None:
+    """Serialize what ``op`` returns as Airflow will push it, in ``execute``: the push comes
     after it returns, where a refusal fails the task after its work is done, and every retry
-    the same. An over-size value fails the task here, with ``fix``, and without retries."""
+    the same. An over-size value fails the task here, with ``fix``, and without retries.
+    Nothing is checked when ``op`` pushes nothing (``do_xcom_push=False``)."""
     from airflow.sdk.execution_time.xcom import resolve_xcom_backend
 
     from ephemeral.airflow.xcom import MetadataOnlyXCom
 
+    if not op.do_xcom_push:
+        return
     xcom = resolve_xcom_backend()
     if not issubclass(xcom, MetadataOnlyXCom):  # others may store the value as they serialize
         return
     try:
-        xcom.serialize_value(pushed, key="return_value", task_id=task_id)
+        xcom.serialize_value(pushed, key="return_value", task_id=op.task_id)
     except ValueError as err:
         raise AirflowFailException(f"{err} {fix}") from err
 
@@ -273,7 +299,9 @@ def _no_master(handle: ClusterHandle) -> str:
 
 
 class CreateClusterOperator(BaseOperator):
-    """Setup: create a cluster from a versioned spec and wait, deferred, until it is usable.
+    """Setup: create a cluster from a versioned spec and wait until it is usable: in the
+    triggerer when ``deferrable`` (default: ``[operators] default_deferrable``, False unless
+    set), else in the worker.
 
     A retry adopts the cluster its earlier try made (the identity is derived from the run, the
     task and the map index). On any failure after creation started it deletes the cluster
@@ -309,8 +337,11 @@ class CreateClusterOperator(BaseOperator):
         self.backend = backend
         self.conn_id = conn_id
         self.kubernetes_conn_id = kubernetes_conn_id
-        self.ready_timeout = ready_timeout
-        self.poll_interval = poll_interval
+        # Neither is a template field: checked here, before any cluster exists.
+        self.ready_timeout = seconds_arg(
+            self, "ready_timeout", ready_timeout,
+            f"give the seconds to wait for the cluster, e.g. {SETUP_READY_TIMEOUT:g} (the default)")
+        self.poll_interval = poll_interval_arg(self, poll_interval)
         self.deferrable = default_deferrable(deferrable)
         self.on_failure = on_failure
         self._created: ClusterHandle | None = None
@@ -423,7 +454,7 @@ class CreateClusterOperator(BaseOperator):
     def _fits_xcom(self, pushed: dict[str, Any]) -> None:
         # While the clean-up still holds: a refusal at the push would fail the setup with its
         # cluster left running.
-        fits_xcom(self.task_id, pushed,
+        fits_xcom(self, pushed,
                   "The handle carries the spec's runtimeEnv.pip and Spark conf: shorten them "
                   "(move Spark settings the jobs pass themselves into the application), or "
                   "raise EPHEMERAL_XCOM_MAX_BYTES.")
@@ -742,8 +773,10 @@ class DeleteClusterOperator(BaseOperator):
 
 
 class RayJobOperator(JobLineageMixin, BaseOperator):
-    """Run ``entrypoint`` as a Ray job on the cluster, wait deferred, stream its logs into the
-    task log and push its result (job id, status, the job's own JSON result line).
+    """Run ``entrypoint`` as a Ray job on the cluster, wait for it (in the triggerer when
+    ``deferrable``, by default ``[operators] default_deferrable``, else in the worker), stream
+    its logs into the task log and push its result (job id, status, the job's own JSON result
+    line).
 
     ``entrypoint`` is a command line, or an argv list whose elements are templated one by one
     and quoted (``shlex.join``): the form for any value from XCom, an Asset event or a param,
@@ -758,8 +791,9 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
     ``delete_cluster_on_success=True`` on the cluster's last job deletes the cluster the moment
     the job succeeds instead of when the teardown is scheduled (``ephemeral.airflow.release``;
     refused, before submitting, on a task that is not the cluster's last user).
-    ``poll_interval`` caps the pause between status checks of the job (default: the backend's
-    ``probe_interval``): a job that ended unseen keeps its cluster reserved meanwhile.
+    ``poll_interval`` caps the pause between status checks of the job (default: 0.25 s waiting
+    in the worker, the backend's ``probe_interval`` in the triggerer): a job that ended unseen
+    keeps its cluster reserved meanwhile.
     """
 
     template_fields: Sequence[str] = ("cluster", "entrypoint", "working_dir", "runtime_env",
@@ -783,9 +817,19 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
         self.entrypoint = entrypoint
         self.working_dir = working_dir
         self.runtime_env = runtime_env
+        if isinstance(runtime_env, Mapping) and isinstance(working_dir, str):
+            # Both given as values: refused at parse, before the setup makes a cluster
+            # (templates and XComArgs are checked in execute, once rendered).
+            from ephemeral.jobs.runtime_env import with_working_dir
+
+            try:
+                with_working_dir(runtime_env, working_dir,
+                                 f"RayJobOperator(task_id={self.task_id!r})")
+            except JobSubmissionFailed as err:
+                raise ValueError(str(err)) from err
         self.job_timeout = job_timeout
         self.deferrable = default_deferrable(deferrable)
-        self.poll_interval = poll_interval
+        self.poll_interval = poll_interval_arg(self, poll_interval)
         self._job: tuple[ClusterHandle, str] | None = None
 
     def _jobs(self, handle: ClusterHandle, backend: ClusterBackend | None = None) -> RayJobs:
@@ -799,7 +843,12 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
         return job_timeout_seconds(self.job_timeout)
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from ephemeral.jobs.runtime_env import check_submitted, command_line, job_runtime_env
+        from ephemeral.jobs.runtime_env import (
+            check_submitted,
+            command_line,
+            job_runtime_env,
+            with_working_dir,
+        )
 
         check_rendered(self, runtime_env=dict)
         try:  # an argv list (rendered word by word) becomes one quoted command line
@@ -816,8 +865,9 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
         try:  # the cluster's default pip, then ours; bad input: a retry cannot help
             env = job_runtime_env(handle, self.runtime_env)
             # Before the entrypoint is logged: no credentials in it nor in working_dir.
-            check_submitted({**env, "working_dir": self.working_dir} if self.working_dir
-                            else env, f"task {self.task_id}", self.entrypoint)
+            where = f"task {self.task_id}"
+            check_submitted(with_working_dir(env, self.working_dir, where), where,
+                            self.entrypoint)
         except JobSubmissionFailed as err:
             raise AirflowFailException(str(err)) from err
         ti = context["ti"]
@@ -847,7 +897,7 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
                        timeout=defer_timeout(handle, self._timeout))
         try:
             result = jobs.follow(jid, sink=lambda line: self.log.info("[%s] %s", jid, line),
-                                 timeout=self._timeout)
+                                 timeout=self._timeout, poll_interval=self.poll_interval)
         except EphemeralError as err:
             raise AirflowException(str(err)) from err
         return self._release(context, handle, result, backend)
@@ -855,7 +905,7 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
     def _release(self, context: Any, handle: ClusterHandle, result: JobResult,
                  backend: ClusterBackend) -> dict[str, Any]:
         done = result.model_dump(mode="json")
-        fits_xcom(self.task_id, done, JOB_RESULT_TOO_LARGE)
+        fits_xcom(self, done, JOB_RESULT_TOO_LARGE)
         if self.delete_cluster_on_success:
             release(backend, handle, released_by(context), done)
         return done
@@ -866,7 +916,7 @@ class RayJobOperator(JobLineageMixin, BaseOperator):
             self.log.info("Ray job %s succeeded: %s; %s", result.job_id, result.result,
                           event.get("released") or "its cluster is left to the teardown")
             done = result.model_dump(mode="json")
-            fits_xcom(self.task_id, done, JOB_RESULT_TOO_LARGE)
+            fits_xcom(self, done, JOB_RESULT_TOO_LARGE)
             return done
         jid = str(event["job_id"])
         if event["status"] != JobStatus.SUCCEEDED.value:

@@ -183,7 +183,7 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
         except EphemeralError as err:
             raise AirflowException(str(err)) from err
         done = result.model_dump(mode="json")
-        fits_xcom(self.task_id, done, JOB_RESULT_TOO_LARGE)
+        fits_xcom(self, done, JOB_RESULT_TOO_LARGE)
         if self.delete_cluster_on_success:
             release(cluster_backend(handle, self), handle, released_by(context), done)
         return done

@@ -34,9 +34,10 @@ from urllib.parse import quote
 
 from ephemeral.backends.base import HeadState, HeadView, hide_in_task_logs
 from ephemeral.backends.http import ca_trust, cluster_session, redirect_refused
+from ephemeral.backends.readiness import backoff
 from ephemeral.errors import JobError, JobFailed, JobRefused, JobSubmissionFailed, JobTimeout
 from ephemeral.jobs.results import JobResult, JobStatus, parse_result_line, submission_id, tail
-from ephemeral.jobs.runtime_env import check_submitted, job_label
+from ephemeral.jobs.runtime_env import check_submitted, job_label, with_working_dir
 
 if TYPE_CHECKING:
     import requests
@@ -84,6 +85,9 @@ LOST_NOT_READY = 60.0
 # past a healthy dashboard's answer, and a bound on one that accepts and never answers.
 CONNECT_TIMEOUT = 10.0
 CALL_TIMEOUT = 60.0
+# A worker following a job reads its status this often unless told otherwise: the worker is
+# held anyway, and a job's end seen late keeps its cluster reserved.
+FOLLOW_PAUSE = 0.25
 
 
 class ClusterLost(JobError):
@@ -143,8 +147,9 @@ RUN_KEY = "ephemeral_run"
 def request_digest(entrypoint: str, runtime_env: Mapping[str, Any] | None = None,
                    working_dir: str | None = None) -> str:
     """A digest of what a job runs (entrypoint, and runtime_env with its working_dir), as the
-    submitter gives them: the same task's retries give the same; another request does not."""
-    env = dict(runtime_env or {}) | ({"working_dir": working_dir} if working_dir else {})
+    submitter gives them: the same task's retries give the same; another request does not.
+    JobRefused when both give a working_dir (``with_working_dir``)."""
+    env = with_working_dir(runtime_env, working_dir, job_label(None, entrypoint))
     if isinstance(env.get("env_vars"), Mapping):  # names only: a value may be a secret, and
         env["env_vars"] = sorted(env["env_vars"])  # job metadata is shown by the dashboard
     blob = json.dumps({"entrypoint": entrypoint, "runtime_env": env}, sort_keys=True,
@@ -380,9 +385,7 @@ class RayJobs:
     ) -> str:
         if job_id is not None and (problem := job_id_problem(job_id)) is not None:
             raise JobRefused(f"job_id: {problem}")
-        env = dict(runtime_env or {})
-        if working_dir:
-            env["working_dir"] = working_dir
+        env = with_working_dir(runtime_env, working_dir, job_label(job_id, entrypoint))
         check_submitted(env, job_label(job_id, entrypoint), entrypoint)
         try:  # Ray's own check, before the upload: its ValueError is no transport error
             from ray.runtime_env import RuntimeEnv
@@ -653,11 +656,15 @@ class RayJobs:
 
     # -- following a job ------------------------------------------------------------------
     def follow(self, job_id: str, *, sink: LogSink | None = None,
-               timeout: float | None = None, owned: bool = True) -> JobResult:
+               timeout: float | None = None, owned: bool = True,
+               poll_interval: float | None = None) -> JobResult:
         """Stream the job's logs to ``sink`` as they come until it ends; raise if it failed.
         Past ``timeout`` seconds: JobTimeout, with the job stopped when ``owned`` (the caller
         submitted it, or is the task whose job it is), else left running: a job only attached
-        to is someone else's to stop."""
+        to is someone else's to stop. ``poll_interval`` caps the pause between status reads
+        (default FOLLOW_PAUSE), as in ``RayJobTrigger``: the log stream's end cuts it short."""
+        pause = FOLLOW_PAUSE if poll_interval is None else poll_interval
+        after_stream = backoff(pause, first=0.1)
         started = time.monotonic()
         streamer = None
         streamed = _Streamed()
@@ -684,7 +691,10 @@ class RayJobs:
                     timed_out.add_note(f"stopping it failed: {err}")
                     raise timed_out from err
                 raise JobTimeout(f"{late}; it was stopped")
-            time.sleep(0.25)
+            if streamer is not None and streamer.is_alive():
+                streamer.join(pause)  # Ray closes the stream as the job ends: look at once
+            else:  # no stream, or it ended or broke: look soon, then at the usual pace
+                time.sleep(next(after_stream))
         if streamer is not None:
             streamer.join(timeout=10)  # the log stream closes when the job ends
         logs = self.logs(job_id)

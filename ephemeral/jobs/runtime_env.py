@@ -7,6 +7,9 @@ then ephemeral's own variables, then the job's own ``runtime_env``. Later layers
 - ``env_vars``: merged, the later value wins.
 - Any other key (``working_dir``, ``py_modules``, ``conda``, ...): the later layer's value.
 
+A job's own ``working_dir`` is given once: as the argument (``--working-dir``,
+``working_dir=``) or in its ``runtime_env``, not both (``with_working_dir``).
+
 Ray (2.60, ``RuntimeEnv``) takes only one of ``pip``, ``uv`` and ``conda``, and ``image_uri`` or
 ``container`` only with ``env_vars`` and ``config``. So with the cluster's default ``pip``:
 
@@ -313,6 +316,21 @@ def check_submitted(env: Mapping[str, Any], where: str, entrypoint: str | None =
         raise JobRefused(f"{where}: entrypoint: {problem}")
     check_job_env(env.get("env_vars"), where)
     _with_credentials(env, where)
+
+
+def with_working_dir(runtime_env: Mapping[str, Any] | None, working_dir: str | None,
+                     where: str) -> dict[str, Any]:
+    """``runtime_env`` with a job's ``working_dir`` argument in it (``RayJobOperator``'s,
+    ``ephemeral submit --working-dir``, ``RayJobs.submit``'s). Both given is refused, naming
+    both: one silently replaced the other, and the job ran other code than it was given. Values
+    are not shown (a URI may hold credentials)."""
+    env = dict(runtime_env or {})
+    if not working_dir:
+        return env
+    if env.get("working_dir") is not None:
+        raise JobRefused(f"{where}: working_dir and runtime_env['working_dir'] are both given, "
+                         "and only one can be the job's: give one of them")
+    return env | {"working_dir": working_dir}
 
 
 def merge_runtime_env(base: Mapping[str, Any], overlay: Mapping[str, Any] | None, *,

@@ -48,3 +48,39 @@ def test_a_result_within_the_limit_is_returned(small_xcom: None) -> None:
     small = RESULT | {"result": {"rows": 3}}
     assert _op()._release({}, None, JobResult.model_validate(small), None)["result"] == {
         "rows": 3}
+
+
+def test_a_task_that_pushes_nothing_is_not_failed_for_its_size(small_xcom: None) -> None:
+    """do_xcom_push=False: Airflow pushes nothing, so a big result is no reason to fail."""
+    from ephemeral.airflow.operators import RayJobOperator
+    from ephemeral.jobs.results import JobResult
+
+    op = RayJobOperator(task_id="train", cluster={}, entrypoint="python t.py",
+                        do_xcom_push=False)
+    assert op._release({}, None, JobResult.model_validate(RESULT), None)["job_id"] == "j1"
+    event = {"status": "SUCCEEDED", "job_id": "j1", "released": "deleted", "result": RESULT}
+    assert op.execute_complete({}, event)["job_id"] == "j1"
+
+
+def test_a_setup_that_pushes_nothing_is_not_failed_for_its_handles_size(
+        small_xcom: None) -> None:
+    from ephemeral.airflow.operators import CreateClusterOperator
+
+    big = {"name": "eph-x", "spark_conf": {f"spark.k{i}": "v" * 40 for i in range(40)}}
+    CreateClusterOperator(task_id="create", spec="ray/adhoc-cpu",
+                          do_xcom_push=False)._fits_xcom(big)
+    with pytest.raises(Exception, match="over the 600-byte limit"):
+        CreateClusterOperator(task_id="create", spec="ray/adhoc-cpu")._fits_xcom(big)
+
+
+def test_a_spark_application_that_pushes_nothing_is_not_failed_for_its_size(
+        small_xcom: None) -> None:
+    from ephemeral.airflow.operators import fits_xcom
+    from ephemeral.airflow.spark_submit import EphemeralSparkSubmitOperator
+
+    op = EphemeralSparkSubmitOperator(task_id="etl", cluster={}, application="etl.py",
+                                      do_xcom_push=False)
+    fits_xcom(op, RESULT, "fix")
+    op.do_xcom_push = True
+    with pytest.raises(Exception, match="over the 600-byte limit"):
+        fits_xcom(op, RESULT, "fix")
