@@ -80,7 +80,9 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
     but ``EPHEMERAL_ARTIFACT_ROOT``, ``RAY_AUTH_*``: ``ephemeral.jobs.runtime_env.check_job_env``)
     are refused before the driver starts, and so is a secret in ``conf`` (the rule of a spec's
     conf), or credentials in a URL option or an argument: they are spark-submit's command line
-    (``ephemeral.jobs.spark_jobs.check_submit_input``). ``job_timeout`` (seconds) stops the
+    (``ephemeral.jobs.spark_jobs.check_submit_input``); so is a ``conf`` key the operator puts
+    over it: ``spark.app.name`` (set ``name``; default: the task id), ``spark.submit.deployMode``
+    (drivers run in client mode here). ``job_timeout`` (seconds) stops the
     driver. ``application_args`` (a list, None: none), ``conf`` and ``env_vars`` (dicts) are
     kept as given, a template or an XComArg included, and their rendered types checked when
     the task starts: a text there (a template renders as one unless the DAG sets
@@ -207,7 +209,8 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
         try:
             check_submit_input(f"task {self.task_id}", self.conf,
                                args=self.application_args or (),
-                               options={f: getattr(self, f) for f in URL_OPTIONS})
+                               options={f: getattr(self, f) for f in URL_OPTIONS},
+                               name_field="the operator's name argument (default: the task id)")
         except EphemeralError as err:  # a retry would fail the same
             raise AirflowFailException(str(err)) from err
 

@@ -773,6 +773,9 @@ def spark_submit_cmd(
     args: Annotated[list[str] | None, typer.Argument(help="After --: application arguments.")] = (
         None),
     conf: Annotated[list[str] | None, typer.Option(help="Spark conf KEY=VALUE (repeat).")] = None,
+    name: Annotated[str | None, typer.Option(
+        help="The application's name (spark-submit's --name); default: its file's name.")
+    ] = None,
     timeout: Annotated[float | None, typer.Option(help="Stop it after this many s.",
                                                   callback=_seconds)] = None,
     backend: BackendOpt = None,
@@ -785,7 +788,7 @@ def spark_submit_cmd(
     own_conf = _key_values(conf, "--conf")
     # no secret on spark-submit's command line, before anything is looked up
     check_submit_input("ephemeral spark-submit", own_conf, conf_field="--conf",
-                       args=args or [], args_field="args")
+                       args=args or [], args_field="args", name_field="--name")
     handle = _cluster(cluster, backend, "spark", as_json, timeout)
     if not handle.endpoints.spark_master:
         raise _fail(ClusterNotFound(f"cluster {cluster!r} has no Spark master (a spark-operator "
@@ -797,7 +800,8 @@ def spark_submit_cmd(
         try:
             return spark_submit(
                 handle.endpoints.spark_master or "", str(application), args or [],
-                conf=handle.spark_conf | own_conf, cluster=handle.name, timeout=timeout,
+                conf=handle.spark_conf | own_conf, name=name, cluster=handle.name,
+                timeout=timeout,
                 env={"EPHEMERAL_ARTIFACT_ROOT": artifacts.job_root()},
                 sink=_log_sink(as_json), auth=auth)
         except KeyboardInterrupt:  # spark_submit has killed its driver on the way out

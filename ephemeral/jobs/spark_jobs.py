@@ -165,10 +165,12 @@ URL_OPTIONS = ("files", "py_files", "archives", "jars", "packages", "exclude_pac
 
 def check_submit_input(where: str, conf: Mapping[str, Any] | None, *, conf_field: str = "conf",
                        options: Mapping[str, str | None] | None = None,
-                       args: Sequence[Any] = (), args_field: str = "application_args") -> None:
+                       args: Sequence[Any] = (), args_field: str = "application_args",
+                       name_field: str = "name") -> None:
     """Refuse, before spark-submit starts, a conf key ephemeral sets for the cluster
-    (``CLUSTER_CONF``: its master, its authentication) and a secret in what becomes its command
-    line (visible in ``ps`` to every user of the host, and in the task log): a conf key or
+    (``CLUSTER_CONF``: its master, its authentication, client mode), ``spark.app.name`` (the
+    application is named by ``name_field``, spark-submit's ``--name``) and a secret in what
+    becomes its command line (visible in ``ps`` to every user of the host, and in the task log): a conf key or
     value that is one (``secret_conf_keys``, the rule a spec's conf follows), credentials in a
     URL of an option (``repositories``, ``jars``, ...; ``credentials_problem``) and a secret in
     an application argument (``command_secrets``: the rule of a Ray job's entrypoint). Names
@@ -179,12 +181,17 @@ def check_submit_input(where: str, conf: Mapping[str, Any] | None, *, conf_field
     from ephemeral.specs.pip_credentials import credentials_problem
 
     problems = []
-    # The driver is pointed at the cluster and authenticated to it by ephemeral (--master, the
-    # auth properties file): a --conf would win over the file and leave a driver the master
-    # refuses, or be ignored for --master.
+    # The driver is pointed at the cluster, authenticated to it and run in client mode by
+    # ephemeral (--master, the auth properties file, --deploy-mode): a --conf would win over
+    # the file and leave a driver the master refuses, move the driver off this host, or be
+    # ignored for the option.
     if owned := backend_keys((str(k) for k in conf or {}), CLUSTER_CONF):
         problems.append(f"{conf_field} sets " + "; ".join(
             f"{k}, which is the cluster's ({backend_reason(k)})" for k in owned) + ": remove it")
+    # --name wins over it: the operator always sends one (its name, else the task id).
+    if "spark.app.name" in {str(k) for k in conf or {}}:
+        problems.append(f"{conf_field} sets spark.app.name, which spark-submit's --name "
+                        f"overrides: name the application with {name_field} instead")
     if keys := secret_conf_keys({str(k): str(v) for k, v in (conf or {}).items()}):
         problems.append(
             f"{conf_field} sets {', '.join(keys)} to a secret (by its key, or a value with "
@@ -234,7 +241,7 @@ def spark_submit(
     to ``$EPHEMERAL_RESULT_FILE`` (``jobs/_common.emit_result`` does), else its last JSON line;
     a declared result that cannot be read raises ``ResultUnreadable``."""
     check_job_env(env, "spark-submit", field="env")  # however it is called, before it starts
-    check_submit_input("spark-submit", conf, args=args, args_field="args")
+    check_submit_input("spark-submit", conf, args=args, args_field="args", name_field="name")
     if not Path(application).is_file():
         raise JobRefused(f"no application file {application!r}")
     argv = [spark_submit_bin(), "--master", master]

@@ -833,11 +833,19 @@ BACKEND_CONF: Mapping[str, str] = {
                               "one never registers",
     "spark.app.name": "the backend names the Connect server's application (a spark-submit "
                       "task names its own)",
+    # Cluster mode would move the driver onto a worker (the Connect server the backend probes,
+    # a driver whose output and result ephemeral reads), or be ignored for --deploy-mode.
+    "spark.submit.deployMode": "ephemeral runs every driver in client mode, on the host that "
+                               "starts it: the backend reaches the Connect server there, and "
+                               "spark-submit through ephemeral reads its driver's output and "
+                               "result file there",
 }
 # Of those, what a spark-submit driver of the cluster may not set either (the others are a
-# driver's own where it runs): it is pointed at the cluster and authenticated by ephemeral.
+# driver's own where it runs): ephemeral points it at the cluster, authenticates it and runs it
+# in client mode.
 CLUSTER_CONF = ("spark.master", "spark.authenticate", "spark.authenticate.secret",
-                "spark.authenticate.secret.", "spark.connect.authenticate.")
+                "spark.authenticate.secret.", "spark.connect.authenticate.",
+                "spark.submit.deployMode")
 
 
 def backend_keys(conf: Iterable[str], owned: Iterable[str] = BACKEND_CONF) -> list[str]:

@@ -101,8 +101,11 @@ def test_an_executor_within_a_worker_passes(memory: str) -> None:
     ({"spark.deploy.defaultCores": "2"}, "conf", "standalone master and worker daemons"),
     ({"spark.shuffle.service.enabled": "true"}, "conf", "no external shuffle service"),
     ({"spark.app.name": "etl"}, "conf", "names the Connect server's application"),
+    # Cluster mode moved the Connect server and ephemeral spark-submit's drivers off the host
+    # that reaches them; the operator's --deploy-mode client ignored it.
+    ({"spark.submit.deployMode": "cluster"}, "conf", "runs every driver in client mode"),
 ], ids=["Gi", "fraction", "space", "fractional-cores", "task-cpus", "task-over-executor",
-        "worker-daemon", "master-daemon", "shuffle-service", "app-name"])
+        "worker-daemon", "master-daemon", "shuffle-service", "app-name", "deploy-mode"])
 def test_what_spark_refuses_or_never_sees_is_refused_before_the_cluster(
         conf: dict[str, str], key: str, said: str) -> None:
     """Spark's own refusals came once its Connect server started, after the cluster was made;
