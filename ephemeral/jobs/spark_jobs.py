@@ -161,20 +161,31 @@ def _escaped(value: str) -> str:
 # spark-submit's options that take URLs (comma-separated): where it fetches code and data.
 URL_OPTIONS = ("files", "py_files", "archives", "jars", "packages", "exclude_packages",
                "repositories")
+# The operator's arguments that are spark-submit options, and the conf key each one's option
+# sets: spark-submit takes an option given over its key in conf (on a standalone master).
+OPTION_CONF: Mapping[str, str] = {
+    "files": "spark.files", "py_files": "spark.submit.pyFiles", "archives": "spark.archives",
+    "jars": "spark.jars", "packages": "spark.jars.packages",
+    "exclude_packages": "spark.jars.excludes", "repositories": "spark.jars.repositories",
+    "driver_memory": "spark.driver.memory", "executor_memory": "spark.executor.memory",
+    "executor_cores": "spark.executor.cores", "total_executor_cores": "spark.cores.max",
+}
 
 
 def check_submit_input(where: str, conf: Mapping[str, Any] | None, *, conf_field: str = "conf",
                        options: Mapping[str, str | None] | None = None,
                        args: Sequence[Any] = (), args_field: str = "application_args",
-                       name_field: str = "name") -> None:
+                       name_field: str = "name",
+                       flags: Mapping[str, Any] | None = None) -> None:
     """Refuse, before spark-submit starts, a conf key ephemeral sets for the cluster
     (``CLUSTER_CONF``: its master, its authentication, client mode), ``spark.app.name`` (the
-    application is named by ``name_field``, spark-submit's ``--name``) and a secret in what
-    becomes its command line (visible in ``ps`` to every user of the host, and in the task log): a conf key or
-    value that is one (``secret_conf_keys``, the rule a spec's conf follows), credentials in a
-    URL of an option (``repositories``, ``jars``, ...; ``credentials_problem``) and a secret in
-    an application argument (``command_secrets``: the rule of a Ray job's entrypoint). Names
-    each field; shows no secret."""
+    application is named by ``name_field``, spark-submit's ``--name``), a conf key an option
+    in ``flags`` (``OPTION_CONF``: the operator's arguments) puts a value over, and a secret in
+    what becomes its command line (visible in ``ps`` to every user of the host, and in the
+    task log): a conf key or value that is one (``secret_conf_keys``, the rule a spec's conf
+    follows), credentials in a URL of an option (``repositories``, ``jars``, ...;
+    ``credentials_problem``) and a secret in an application argument (``command_secrets``: the
+    rule of a Ray job's entrypoint). Names each field; shows no secret."""
     from ephemeral.jobs.command_secrets import secret_words_problem
     from ephemeral.jobs.runtime_env import CREDENTIALS_FIX
     from ephemeral.specs.models import CLUSTER_CONF, backend_keys, backend_reason, secret_conf_keys
@@ -192,6 +203,12 @@ def check_submit_input(where: str, conf: Mapping[str, Any] | None, *, conf_field
     if "spark.app.name" in {str(k) for k in conf or {}}:
         problems.append(f"{conf_field} sets spark.app.name, which spark-submit's --name "
                         f"overrides: name the application with {name_field} instead")
+    # The hook sends an option only when it is truthy; sent, it wins and the key does nothing.
+    if both := [(f, OPTION_CONF[f]) for f, value in (flags or {}).items()
+                if value and OPTION_CONF[f] in {str(k) for k in conf or {}}]:
+        problems.append(f"{conf_field} sets " + "; ".join(
+            f"{key}, which {field} overrides (spark-submit's --{field.replace('_', '-')} wins "
+            "over conf)" for field, key in both) + ": set only one of them")
     if keys := secret_conf_keys({str(k): str(v) for k, v in (conf or {}).items()}):
         problems.append(
             f"{conf_field} sets {', '.join(keys)} to a secret (by its key, or a value with "

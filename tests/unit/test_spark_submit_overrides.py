@@ -21,16 +21,23 @@ def _never(*_a: Any, **_k: Any) -> Any:
     raise AssertionError("nothing may be looked up or started")
 
 
-def _refused_by_the_operator(monkeypatch: pytest.MonkeyPatch, conf: dict[str, str]) -> str:
+def _operator(conf: dict[str, str], **kwargs: Any) -> Any:
+    from ephemeral.airflow.spark_submit import EphemeralSparkSubmitOperator
+
+    return EphemeralSparkSubmitOperator(task_id="etl", cluster={}, application="app.py",
+                                        conf={"spark.sql.shuffle.partitions": "8", **conf},
+                                        **kwargs)
+
+
+def _refused_by_the_operator(monkeypatch: pytest.MonkeyPatch, conf: dict[str, str],
+                             **kwargs: Any) -> str:
     from airflow.sdk.exceptions import AirflowFailException
 
     from ephemeral.airflow import spark_submit as module
-    from ephemeral.airflow.spark_submit import EphemeralSparkSubmitOperator
 
     monkeypatch.setattr(module, "pointer", _never)
     monkeypatch.setattr(module, "job_target", _never)
-    op = EphemeralSparkSubmitOperator(task_id="etl", cluster={}, application="app.py",
-                                      conf={"spark.sql.shuffle.partitions": "8", **conf})
+    op = _operator(conf, **kwargs)
     with pytest.raises(AirflowFailException) as exc:
         op.execute({"ti": None})
     return str(exc.value)
@@ -102,3 +109,27 @@ def test_the_python_apis_spark_submit_refuses_them_too(tmp_path: Any,
     app.write_text("print(1)\n")
     with pytest.raises(JobRefused, match=rf"spark-submit: conf sets {key}"):
         spark_jobs.spark_submit("spark://127.0.0.1:7077", str(app), conf={key: "x"})
+
+
+@pytest.mark.parametrize(("field", "value", "key", "option"), [
+    ("executor_memory", "2g", "spark.executor.memory", "--executor-memory"),
+    ("executor_cores", 2, "spark.executor.cores", "--executor-cores"),
+    ("total_executor_cores", 4, "spark.cores.max", "--total-executor-cores"),
+    ("driver_memory", "1g", "spark.driver.memory", "--driver-memory"),
+    ("jars", "a.jar", "spark.jars", "--jars"),
+    ("py_files", "deps.zip", "spark.submit.pyFiles", "--py-files"),
+])
+def test_the_operator_refuses_a_conf_key_one_of_its_arguments_overrides(
+        monkeypatch: pytest.MonkeyPatch, field: str, value: Any, key: str, option: str) -> None:
+    """spark-submit takes the option the argument becomes over the conf key: one of the two
+    was accepted and did nothing."""
+    message = _refused_by_the_operator(monkeypatch, {key: "3"}, **{field: value})
+    assert message.startswith(f"task etl: conf sets {key}, which {field} overrides")
+    assert option in message
+    assert "set only one of them" in message
+
+
+def test_an_argument_without_its_conf_key_passes() -> None:
+    _operator({"spark.executor.cores": "2"}, executor_memory="2g", jars="a.jar")._check_input()
+    # Not sent by the hook (it sends only a truthy option): the conf key is not overridden.
+    _operator({"spark.executor.memory": "2g"}, executor_memory="")._check_input()
