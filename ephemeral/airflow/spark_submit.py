@@ -181,6 +181,7 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
                 f"conf {', '.join(differ)}: one of them was edited. This task's driver runs on "
                 "the Airflow worker and takes no conf that only one of them states; delete the "
                 "cluster and rerun the setup.")
+        self._check_executors(handle)
         context["ti"].xcom_push(key=SparkMasterLink().xcom_key, value=handle.endpoints.spark_ui)
         try:
             result = self._submit(context, handle)
@@ -214,6 +215,17 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
                                options={f: getattr(self, f) for f in URL_OPTIONS},
                                name_field="the operator's name argument (default: the task id)",
                                flags={f: getattr(self, f) for f in OPTION_CONF})
+        except EphemeralError as err:  # a retry would fail the same
+            raise AirflowFailException(str(err)) from err
+
+    def _check_executors(self, handle: ClusterHandle) -> None:
+        """Executors no worker of the cluster can hold are refused before submitting: the
+        application would wait for them until job_timeout (``check_executors_fit``)."""
+        from ephemeral.jobs.spark_jobs import OPTION_CONF, check_executors_fit
+
+        try:
+            check_executors_fit(f"task {self.task_id}", handle, self.conf,
+                                flags={f: getattr(self, f) for f in OPTION_CONF})
         except EphemeralError as err:  # a retry would fail the same
             raise AirflowFailException(str(err)) from err
 

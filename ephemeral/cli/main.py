@@ -783,7 +783,12 @@ def spark_submit_cmd(
 ) -> None:
     """Run a Spark application on CLUSTER's master, streaming the driver's output."""
     from ephemeral.jobs import artifacts
-    from ephemeral.jobs.spark_jobs import check_submit_input, spark_auth_for, spark_submit
+    from ephemeral.jobs.spark_jobs import (
+        check_executors_fit,
+        check_submit_input,
+        spark_auth_for,
+        spark_submit,
+    )
 
     own_conf = _key_values(conf, "--conf")
     # no secret on spark-submit's command line, before anything is looked up
@@ -794,6 +799,8 @@ def spark_submit_cmd(
         raise _fail(ClusterNotFound(f"cluster {cluster!r} has no Spark master (a spark-operator "
                                     "SparkConnect): use Spark Connect, or a standalone cluster "
                                     "(kubernetesMode: standalone) for spark-submit"), as_json)
+    # executors no worker can hold would wait until --timeout: refused before the driver starts
+    check_executors_fit("ephemeral spark-submit", handle, own_conf, conf_field="--conf")
     auth = spark_auth_for(handle, _backend(backend))  # the driver's spark.authenticate secret
 
     def run() -> JobResult:

@@ -226,6 +226,37 @@ def check_submit_input(where: str, conf: Mapping[str, Any] | None, *, conf_field
         raise JobRefused(f"{where}: " + "; ".join(problems))
 
 
+def check_executors_fit(where: str, handle: ClusterHandle, conf: Mapping[str, Any] | None, *,
+                        conf_field: str = "conf", flags: Mapping[str, Any] | None = None) -> None:
+    """Refuse, before spark-submit starts, executors or tasks bigger than one worker of
+    ``handle``'s cluster: its master never places such an executor, and the application waits
+    for one until its timeout. The rule of a spec's conf (``executor_problems``), on what the
+    driver gets: the cluster's defaults, ``conf`` over them, the options of ``flags`` (the
+    operator's arguments, ``OPTION_CONF``) over those. A handle of older code (no node groups)
+    is not judged."""
+    from ephemeral.specs.models import WorkerSize, executor_problems
+    from ephemeral.specs.quantities import format_memory
+
+    worker = next((g for g in handle.groups if g.name == "workers"), None)
+    if worker is None:
+        return
+    own = {str(k): str(v) for k, v in (conf or {}).items()}
+    # Judged even where the hook would not send it (0, ""): accepted, it would do nothing.
+    options = {OPTION_CONF[f]: f for f, value in (flags or {}).items() if value is not None}
+    given = own | {key: str((flags or {})[f]) for key, f in options.items()}
+    size = WorkerSize(cores=int(worker.cpu), memory_bytes=worker.memory_bytes,
+                      memory=format_memory(worker.memory_bytes), gpus=worker.gpus)
+
+    def named(key: str) -> str:
+        return options.get(key) or (f"{conf_field} {key}" if key in own
+                                    else f"the cluster's conf {key}")
+
+    if problems := executor_problems(handle.spark_conf | given, size):
+        raise JobRefused(f"{where}: executors and their tasks must fit one worker of cluster "
+                         f"{handle.name}: " + "; ".join(f"{named(key)}: {why}"
+                                                        for key, why in problems))
+
+
 def spark_submit_bin() -> str:
     try:
         from pyspark.find_spark_home import _find_spark_home
