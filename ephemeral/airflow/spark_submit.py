@@ -80,7 +80,11 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
     but ``EPHEMERAL_ARTIFACT_ROOT``, ``RAY_AUTH_*``: ``ephemeral.jobs.runtime_env.check_job_env``)
     are refused before the driver starts, and so is a secret in ``conf`` (the rule of a spec's
     conf), or credentials in a URL option or an argument: they are spark-submit's command line
-    (``ephemeral.jobs.spark_jobs.check_submit_input``). ``job_timeout`` (seconds) stops the
+    (``ephemeral.jobs.spark_jobs.check_submit_input``); so is a ``conf`` key the operator puts
+    over it: ``spark.app.name`` (set ``name``; default: the task id), ``spark.submit.deployMode``
+    (drivers run in client mode here), and a key one of its arguments also sets
+    (``spark.executor.memory`` with ``executor_memory``, ``spark.jars`` with ``jars``, ...:
+    ``OPTION_CONF``). ``job_timeout`` (seconds) stops the
     driver. ``application_args`` (a list, None: none), ``conf`` and ``env_vars`` (dicts) are
     kept as given, a template or an XComArg included, and their rendered types checked when
     the task starts: a text there (a template renders as one unless the DAG sets
@@ -177,6 +181,7 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
                 f"conf {', '.join(differ)}: one of them was edited. This task's driver runs on "
                 "the Airflow worker and takes no conf that only one of them states; delete the "
                 "cluster and rerun the setup.")
+        self._check_executors(handle)
         context["ti"].xcom_push(key=SparkMasterLink().xcom_key, value=handle.endpoints.spark_ui)
         try:
             result = self._submit(context, handle)
@@ -201,13 +206,26 @@ class EphemeralSparkSubmitOperator(JobLineageMixin, BaseOperator):
     def _check_input(self) -> None:
         """No secret in the conf, a URL option or an argument (they are spark-submit's command
         line and the task log): the rule of a spec's conf, before anything is asked or run."""
-        from ephemeral.jobs.spark_jobs import URL_OPTIONS, check_submit_input
+        from ephemeral.jobs.spark_jobs import OPTION_CONF, URL_OPTIONS, check_submit_input
 
         check_rendered(self, application_args=(list, tuple), conf=dict, env_vars=dict)
         try:
             check_submit_input(f"task {self.task_id}", self.conf,
                                args=self.application_args or (),
-                               options={f: getattr(self, f) for f in URL_OPTIONS})
+                               options={f: getattr(self, f) for f in URL_OPTIONS},
+                               name_field="the operator's name argument (default: the task id)",
+                               flags={f: getattr(self, f) for f in OPTION_CONF})
+        except EphemeralError as err:  # a retry would fail the same
+            raise AirflowFailException(str(err)) from err
+
+    def _check_executors(self, handle: ClusterHandle) -> None:
+        """Executors no worker of the cluster can hold are refused before submitting: the
+        application would wait for them until job_timeout (``check_executors_fit``)."""
+        from ephemeral.jobs.spark_jobs import OPTION_CONF, check_executors_fit
+
+        try:
+            check_executors_fit(f"task {self.task_id}", handle, self.conf,
+                                flags={f: getattr(self, f) for f in OPTION_CONF})
         except EphemeralError as err:  # a retry would fail the same
             raise AirflowFailException(str(err)) from err
 

@@ -773,6 +773,9 @@ def spark_submit_cmd(
     args: Annotated[list[str] | None, typer.Argument(help="After --: application arguments.")] = (
         None),
     conf: Annotated[list[str] | None, typer.Option(help="Spark conf KEY=VALUE (repeat).")] = None,
+    name: Annotated[str | None, typer.Option(
+        help="The application's name (spark-submit's --name); default: its file's name.")
+    ] = None,
     timeout: Annotated[float | None, typer.Option(help="Stop it after this many s.",
                                                   callback=_seconds)] = None,
     backend: BackendOpt = None,
@@ -780,24 +783,32 @@ def spark_submit_cmd(
 ) -> None:
     """Run a Spark application on CLUSTER's master, streaming the driver's output."""
     from ephemeral.jobs import artifacts
-    from ephemeral.jobs.spark_jobs import check_submit_input, spark_auth_for, spark_submit
+    from ephemeral.jobs.spark_jobs import (
+        check_executors_fit,
+        check_submit_input,
+        spark_auth_for,
+        spark_submit,
+    )
 
     own_conf = _key_values(conf, "--conf")
     # no secret on spark-submit's command line, before anything is looked up
     check_submit_input("ephemeral spark-submit", own_conf, conf_field="--conf",
-                       args=args or [], args_field="args")
+                       args=args or [], args_field="args", name_field="--name")
     handle = _cluster(cluster, backend, "spark", as_json, timeout)
     if not handle.endpoints.spark_master:
         raise _fail(ClusterNotFound(f"cluster {cluster!r} has no Spark master (a spark-operator "
                                     "SparkConnect): use Spark Connect, or a standalone cluster "
                                     "(kubernetesMode: standalone) for spark-submit"), as_json)
+    # executors no worker can hold would wait until --timeout: refused before the driver starts
+    check_executors_fit("ephemeral spark-submit", handle, own_conf, conf_field="--conf")
     auth = spark_auth_for(handle, _backend(backend))  # the driver's spark.authenticate secret
 
     def run() -> JobResult:
         try:
             return spark_submit(
                 handle.endpoints.spark_master or "", str(application), args or [],
-                conf=handle.spark_conf | own_conf, cluster=handle.name, timeout=timeout,
+                conf=handle.spark_conf | own_conf, name=name, cluster=handle.name,
+                timeout=timeout,
                 env={"EPHEMERAL_ARTIFACT_ROOT": artifacts.job_root()},
                 sink=_log_sink(as_json), auth=auth)
         except KeyboardInterrupt:  # spark_submit has killed its driver on the way out

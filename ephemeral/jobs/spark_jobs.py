@@ -161,30 +161,54 @@ def _escaped(value: str) -> str:
 # spark-submit's options that take URLs (comma-separated): where it fetches code and data.
 URL_OPTIONS = ("files", "py_files", "archives", "jars", "packages", "exclude_packages",
                "repositories")
+# The operator's arguments that are spark-submit options, and the conf key each one's option
+# sets: spark-submit takes an option given over its key in conf (on a standalone master).
+OPTION_CONF: Mapping[str, str] = {
+    "files": "spark.files", "py_files": "spark.submit.pyFiles", "archives": "spark.archives",
+    "jars": "spark.jars", "packages": "spark.jars.packages",
+    "exclude_packages": "spark.jars.excludes", "repositories": "spark.jars.repositories",
+    "driver_memory": "spark.driver.memory", "executor_memory": "spark.executor.memory",
+    "executor_cores": "spark.executor.cores", "total_executor_cores": "spark.cores.max",
+}
 
 
 def check_submit_input(where: str, conf: Mapping[str, Any] | None, *, conf_field: str = "conf",
                        options: Mapping[str, str | None] | None = None,
-                       args: Sequence[Any] = (), args_field: str = "application_args") -> None:
+                       args: Sequence[Any] = (), args_field: str = "application_args",
+                       name_field: str = "name",
+                       flags: Mapping[str, Any] | None = None) -> None:
     """Refuse, before spark-submit starts, a conf key ephemeral sets for the cluster
-    (``CLUSTER_CONF``: its master, its authentication) and a secret in what becomes its command
-    line (visible in ``ps`` to every user of the host, and in the task log): a conf key or
-    value that is one (``secret_conf_keys``, the rule a spec's conf follows), credentials in a
-    URL of an option (``repositories``, ``jars``, ...; ``credentials_problem``) and a secret in
-    an application argument (``command_secrets``: the rule of a Ray job's entrypoint). Names
-    each field; shows no secret."""
+    (``CLUSTER_CONF``: its master, its authentication, client mode), ``spark.app.name`` (the
+    application is named by ``name_field``, spark-submit's ``--name``), a conf key an option
+    in ``flags`` (``OPTION_CONF``: the operator's arguments) puts a value over, and a secret in
+    what becomes its command line (visible in ``ps`` to every user of the host, and in the
+    task log): a conf key or value that is one (``secret_conf_keys``, the rule a spec's conf
+    follows), credentials in a URL of an option (``repositories``, ``jars``, ...;
+    ``credentials_problem``) and a secret in an application argument (``command_secrets``: the
+    rule of a Ray job's entrypoint). Names each field; shows no secret."""
     from ephemeral.jobs.command_secrets import secret_words_problem
     from ephemeral.jobs.runtime_env import CREDENTIALS_FIX
     from ephemeral.specs.models import CLUSTER_CONF, backend_keys, backend_reason, secret_conf_keys
     from ephemeral.specs.pip_credentials import credentials_problem
 
     problems = []
-    # The driver is pointed at the cluster and authenticated to it by ephemeral (--master, the
-    # auth properties file): a --conf would win over the file and leave a driver the master
-    # refuses, or be ignored for --master.
+    # The driver is pointed at the cluster, authenticated to it and run in client mode by
+    # ephemeral (--master, the auth properties file, --deploy-mode): a --conf would win over
+    # the file and leave a driver the master refuses, move the driver off this host, or be
+    # ignored for the option.
     if owned := backend_keys((str(k) for k in conf or {}), CLUSTER_CONF):
         problems.append(f"{conf_field} sets " + "; ".join(
             f"{k}, which is the cluster's ({backend_reason(k)})" for k in owned) + ": remove it")
+    # --name wins over it: the operator always sends one (its name, else the task id).
+    if "spark.app.name" in {str(k) for k in conf or {}}:
+        problems.append(f"{conf_field} sets spark.app.name, which spark-submit's --name "
+                        f"overrides: name the application with {name_field} instead")
+    # The hook sends an option only when it is truthy; sent, it wins and the key does nothing.
+    if both := [(f, OPTION_CONF[f]) for f, value in (flags or {}).items()
+                if value and OPTION_CONF[f] in {str(k) for k in conf or {}}]:
+        problems.append(f"{conf_field} sets " + "; ".join(
+            f"{key}, which {field} overrides (spark-submit's --{field.replace('_', '-')} wins "
+            "over conf)" for field, key in both) + ": set only one of them")
     if keys := secret_conf_keys({str(k): str(v) for k, v in (conf or {}).items()}):
         problems.append(
             f"{conf_field} sets {', '.join(keys)} to a secret (by its key, or a value with "
@@ -200,6 +224,37 @@ def check_submit_input(where: str, conf: Mapping[str, Any] | None, *, conf_field
         problems.append(problem)
     if problems:
         raise JobRefused(f"{where}: " + "; ".join(problems))
+
+
+def check_executors_fit(where: str, handle: ClusterHandle, conf: Mapping[str, Any] | None, *,
+                        conf_field: str = "conf", flags: Mapping[str, Any] | None = None) -> None:
+    """Refuse, before spark-submit starts, executors or tasks bigger than one worker of
+    ``handle``'s cluster: its master never places such an executor, and the application waits
+    for one until its timeout. The rule of a spec's conf (``executor_problems``), on what the
+    driver gets: the cluster's defaults, ``conf`` over them, the options of ``flags`` (the
+    operator's arguments, ``OPTION_CONF``) over those. A handle of older code (no node groups)
+    is not judged."""
+    from ephemeral.specs.models import WorkerSize, executor_problems
+    from ephemeral.specs.quantities import format_memory
+
+    worker = next((g for g in handle.groups if g.name == "workers"), None)
+    if worker is None:
+        return
+    own = {str(k): str(v) for k, v in (conf or {}).items()}
+    # Judged even where the hook would not send it (0, ""): accepted, it would do nothing.
+    options = {OPTION_CONF[f]: f for f, value in (flags or {}).items() if value is not None}
+    given = own | {key: str((flags or {})[f]) for key, f in options.items()}
+    size = WorkerSize(cores=int(worker.cpu), memory_bytes=worker.memory_bytes,
+                      memory=format_memory(worker.memory_bytes), gpus=worker.gpus)
+
+    def named(key: str) -> str:
+        return options.get(key) or (f"{conf_field} {key}" if key in own
+                                    else f"the cluster's conf {key}")
+
+    if problems := executor_problems(handle.spark_conf | given, size):
+        raise JobRefused(f"{where}: executors and their tasks must fit one worker of cluster "
+                         f"{handle.name}: " + "; ".join(f"{named(key)}: {why}"
+                                                        for key, why in problems))
 
 
 def spark_submit_bin() -> str:
@@ -234,7 +289,7 @@ def spark_submit(
     to ``$EPHEMERAL_RESULT_FILE`` (``jobs/_common.emit_result`` does), else its last JSON line;
     a declared result that cannot be read raises ``ResultUnreadable``."""
     check_job_env(env, "spark-submit", field="env")  # however it is called, before it starts
-    check_submit_input("spark-submit", conf, args=args, args_field="args")
+    check_submit_input("spark-submit", conf, args=args, args_field="args", name_field="name")
     if not Path(application).is_file():
         raise JobRefused(f"no application file {application!r}")
     argv = [spark_submit_bin(), "--master", master]

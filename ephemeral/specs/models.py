@@ -10,7 +10,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import (
     AfterValidator,
@@ -833,11 +833,19 @@ BACKEND_CONF: Mapping[str, str] = {
                               "one never registers",
     "spark.app.name": "the backend names the Connect server's application (a spark-submit "
                       "task names its own)",
+    # Cluster mode would move the driver onto a worker (the Connect server the backend probes,
+    # a driver whose output and result ephemeral reads), or be ignored for --deploy-mode.
+    "spark.submit.deployMode": "ephemeral runs every driver in client mode, on the host that "
+                               "starts it: the backend reaches the Connect server there, and "
+                               "spark-submit through ephemeral reads its driver's output and "
+                               "result file there",
 }
 # Of those, what a spark-submit driver of the cluster may not set either (the others are a
-# driver's own where it runs): it is pointed at the cluster and authenticated by ephemeral.
+# driver's own where it runs): ephemeral points it at the cluster, authenticates it and runs it
+# in client mode.
 CLUSTER_CONF = ("spark.master", "spark.authenticate", "spark.authenticate.secret",
-                "spark.authenticate.secret.", "spark.connect.authenticate.")
+                "spark.authenticate.secret.", "spark.connect.authenticate.",
+                "spark.submit.deployMode")
 
 
 def backend_keys(conf: Iterable[str], owned: Iterable[str] = BACKEND_CONF) -> list[str]:
@@ -928,6 +936,95 @@ def whole_cores(text: str) -> int | None:
     return int(text) if _CORES.fullmatch(text.strip()) else None
 
 
+class WorkerSize(NamedTuple):
+    """One Spark worker, as ``executor_problems`` measures it: a spec's ``workers``, or the
+    "workers" node group of a cluster's handle."""
+
+    cores: int
+    memory_bytes: int
+    memory: str
+    """As shown in a problem: a spec's ``workers.memory``."""
+    gpus: int = 0
+
+
+def executor_problems(conf: Mapping[str, str], worker: WorkerSize) -> list[tuple[str, str]]:
+    """The keys of ``conf`` (an application's Spark settings, its executors sized to a worker by
+    default: ``backends.base.executor_size``) that Spark refuses, or whose executors a
+    standalone master never places on ``worker``, with why: the application would wait for
+    executors for ever. The one rule for a spec's conf (said before its cluster is made, where
+    the Connect server's SparkContext would fail) and a spark-submit application's (said before
+    it is submitted: ``jobs.spark_jobs.check_executors_fit``)."""
+    problems: list[tuple[str, str]] = []
+
+    def cores_of(key: str) -> int | None:
+        """``conf[key]`` as a whole number of cores; None when unset or refused."""
+        text = conf.get(key)
+        if text is None:
+            return None
+        if (cores := whole_cores(text)) is not None:
+            return cores
+        problems.append((key, f"{text!r} is not a whole number of cores of 1 or more"))
+        return None
+
+    executor_cores = worker.cores
+    if (cores := cores_of("spark.executor.cores")) is not None:
+        if cores > worker.cores:
+            problems.append(("spark.executor.cores",
+                             f"{cores} is more than a worker has (workers.cores: "
+                             f"{worker.cores}): no executor could start; ask for at most that, "
+                             "or give the workers more cores"))
+        else:
+            executor_cores = cores
+    if (task_cpus := cores_of("spark.task.cpus")) is not None and task_cpus > executor_cores:
+        problems.append(("spark.task.cpus",
+                         f"{task_cpus} is more than an executor has ({executor_cores}; "
+                         "spark.executor.cores, else workers.cores): Spark refuses it and no "
+                         "task could run; ask for at most that"))
+    # The master starts an executor only while the application has an executor's cores left.
+    if (most := cores_of("spark.cores.max")) is not None and most < executor_cores:
+        problems.append(("spark.cores.max",
+                         f"{most} is fewer than one executor's cores ({executor_cores}; "
+                         "spark.executor.cores, else workers.cores): no executor could start; "
+                         "ask for at least that, or for executors of fewer cores"))
+    if (text := conf.get("spark.executor.memory")) is not None:
+        memory = spark_bytes(text)
+        if memory is None:
+            problems.append(("spark.executor.memory",
+                             f"{text!r} is no size Spark reads: a whole number with k, m, g or "
+                             "t (4g, 512m; not Kubernetes' Gi, nor fractions)"))
+        elif memory > worker.memory_bytes:
+            problems.append(("spark.executor.memory",
+                             f"{text} is more than a worker has (workers.memory: "
+                             f"{worker.memory}): no executor could start; ask for less, or "
+                             "give the workers more memory"))
+    executor_gpus: float = worker.gpus
+    if (text := conf.get("spark.executor.resource.gpu.amount")) is not None:
+        try:  # (not a number: Spark refuses it itself)
+            asked: float | None = float(text)
+        except ValueError:
+            asked = None
+        if asked is not None and asked > worker.gpus:
+            problems.append(("spark.executor.resource.gpu.amount",
+                             f"{text} is more than a worker has (workers.gpus: {worker.gpus}): "
+                             "no executor could start; ask for at most that, or give the "
+                             "workers GPUs"))
+        elif asked is not None:
+            executor_gpus = asked
+    task_gpus = conf.get("spark.task.resource.gpu.amount", "")
+    try:  # (not a number: Spark refuses it itself)
+        too_many = bool(executor_gpus) and float(task_gpus) > executor_gpus
+    except ValueError:
+        too_many = False
+    if too_many:
+        has = (f"{executor_gpus:g}; spark.executor.resource.gpu.amount, else workers.gpus"
+               if "spark.executor.resource.gpu.amount" in conf else
+               f"workers.gpus: {worker.gpus}")
+        problems.append(("spark.task.resource.gpu.amount",
+                         f"{task_gpus} is more than an executor has ({has}): Spark refuses it; "
+                         "ask for at most that"))
+    return problems
+
+
 # The validation context of an effective spec (a spec file after a profile or overrides,
 # ``resolve.apply_profile``): what the caller chose there, not what the file says.
 EFFECTIVE = "effective"
@@ -980,8 +1077,9 @@ class SparkSpec(SpecBase):
 
     @model_validator(mode="after")
     def _executors_fit_workers(self) -> SparkSpec:
-        """An executor with more cores or memory than a worker has is never placed: the
-        application waits for ever (several smaller executors per worker are fine). Judged in
+        """An executor with more cores, memory or GPUs than a worker has is never placed, nor
+        one with more cores than spark.cores.max leaves: the application waits for ever
+        (several smaller executors per worker are fine). Judged in
         conf (every application's) and, for the Connect server, conf with connect.conf over it
         (what it gets: executor cores from one, task cpus from the other), each problem under
         the path of what is wrong, once."""
@@ -998,57 +1096,11 @@ class SparkSpec(SpecBase):
 
     def _executor_problems(self, where: tuple[str, ...], conf: dict[str, str]
                            ) -> list[tuple[tuple[str, ...], str]]:
-        """What Spark refuses of an executor's and a task's size, or never places, only once
-        the cluster exists (its Connect server's SparkContext fails): said before."""
-        problems: list[tuple[tuple[str, ...], str]] = []
-
-        def cores_of(key: str) -> int | None:
-            """``conf[key]`` as a whole number of cores; None when unset or refused."""
-            text = conf.get(key)
-            if text is None:
-                return None
-            if (cores := whole_cores(text)) is not None:
-                return cores
-            problems.append(((*where, key), f"{text!r} is not a whole number of cores of 1 or "
-                                            "more"))
-            return None
-
-        executor_cores = self.workers.cores
-        if (cores := cores_of("spark.executor.cores")) is not None:
-            if cores > self.workers.cores:
-                problems.append(((*where, "spark.executor.cores"),
-                                 f"{cores} is more than a worker has (workers.cores: "
-                                 f"{self.workers.cores}): no executor could start; ask for at "
-                                 "most that, or give the workers more cores"))
-            else:
-                executor_cores = cores
-        if (task_cpus := cores_of("spark.task.cpus")) is not None:
-            if task_cpus > executor_cores:
-                problems.append(((*where, "spark.task.cpus"),
-                                 f"{task_cpus} is more than an executor has ({executor_cores}; "
-                                 "spark.executor.cores, else workers.cores): Spark refuses it "
-                                 "and no task could run; ask for at most that"))
-        if (text := conf.get("spark.executor.memory")) is not None:
-            memory = spark_bytes(text)
-            if memory is None:
-                problems.append(((*where, "spark.executor.memory"),
-                                 f"{text!r} is no size Spark reads: a whole number with k, m, "
-                                 "g or t (4g, 512m; not Kubernetes' Gi, nor fractions)"))
-            elif memory > memory_bytes(self.workers.memory):
-                problems.append(((*where, "spark.executor.memory"),
-                                 f"{text} is more than a worker has (workers.memory: "
-                                 f"{self.workers.memory}): no executor could start; ask for "
-                                 "less, or give the workers more memory"))
-        task_gpus = conf.get("spark.task.resource.gpu.amount", "")
-        try:  # (not a number: Spark refuses it itself)
-            too_many = bool(self.workers.gpus) and float(task_gpus) > self.workers.gpus
-        except ValueError:
-            too_many = False
-        if too_many:
-            problems.append(((*where, "spark.task.resource.gpu.amount"),
-                             f"{task_gpus} is more than an executor has (workers.gpus: "
-                             f"{self.workers.gpus}): Spark refuses it; ask for at most that"))
-        return problems
+        """``executor_problems`` of ``conf`` on this spec's workers, under ``where``."""
+        w = self.workers
+        worker = WorkerSize(cores=w.cores, memory_bytes=memory_bytes(w.memory), memory=w.memory,
+                            gpus=w.gpus)
+        return [((*where, key), why) for key, why in executor_problems(conf, worker)]
 
     @model_validator(mode="after")
     def _gpu_tasks_need_gpu_workers(self) -> SparkSpec:

@@ -138,8 +138,10 @@ def _handle(master: str) -> dict[str, Any]:
                                task_id="create", instance=get_settings().instance)
     handle = InMemoryBackend().create(spec, identity=identity)
     endpoints = handle.endpoints.model_copy(update={"spark_master": master})
-    # The spec's conf, and one key the application's own conf overrides.
-    assert handle.spark_conf == {"spark.sql.shuffle.partitions": "8"}
+    # Executors of its workers' size, the spec's conf, and one key the application's own conf
+    # overrides.
+    assert handle.spark_conf == {"spark.executor.cores": "1", "spark.executor.memory": "2048m",
+                                 "spark.sql.shuffle.partitions": "8"}
     spark_conf = handle.spark_conf | {"spark.ui.enabled": "true"}
     return handle.model_copy(update={"endpoints": endpoints, "spark_conf": spark_conf}
                              ).model_dump(mode="json")
@@ -313,7 +315,8 @@ def test_openlineage_parent_job_properties_are_injected_as_the_providers_operato
     # Off by default, as [openlineage] spark_inject_parent_job_info is.
     plain = op()._conf(context, on("spark://10.0.0.5:7077"))
     # A remote cluster's driver keeps the JVM's defaults; the cluster's conf, then the task's.
-    assert plain == {"spark.sql.shuffle.partitions": "8", "spark.ui.enabled": "true",
+    assert plain == {"spark.executor.cores": "1", "spark.executor.memory": "2048m",
+                     "spark.sql.shuffle.partitions": "8", "spark.ui.enabled": "true",
                      "spark.x": "1"}
 
 

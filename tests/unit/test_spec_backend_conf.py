@@ -97,12 +97,17 @@ def test_an_executor_within_a_worker_passes(memory: str) -> None:
     ({"spark.task.cpus": "8"}, "spark.task.cpus", "more than an executor has (4;"),
     ({"spark.executor.cores": "2", "spark.task.cpus": "3"}, "spark.task.cpus",
      "more than an executor has (2;"),
+    # The master starts no executor with fewer cores left to the application than one has.
+    ({"spark.cores.max": "2"}, "spark.cores.max", "fewer than one executor's cores (4;"),
     ({"spark.worker.cleanup.enabled": "true"}, "conf", "standalone master and worker daemons"),
     ({"spark.deploy.defaultCores": "2"}, "conf", "standalone master and worker daemons"),
     ({"spark.shuffle.service.enabled": "true"}, "conf", "no external shuffle service"),
     ({"spark.app.name": "etl"}, "conf", "names the Connect server's application"),
+    # Cluster mode moved the Connect server and ephemeral spark-submit's drivers off the host
+    # that reaches them; the operator's --deploy-mode client ignored it.
+    ({"spark.submit.deployMode": "cluster"}, "conf", "runs every driver in client mode"),
 ], ids=["Gi", "fraction", "space", "fractional-cores", "task-cpus", "task-over-executor",
-        "worker-daemon", "master-daemon", "shuffle-service", "app-name"])
+        "cores-max", "worker-daemon", "master-daemon", "shuffle-service", "app-name", "deploy-mode"])
 def test_what_spark_refuses_or_never_sees_is_refused_before_the_cluster(
         conf: dict[str, str], key: str, said: str) -> None:
     """Spark's own refusals came once its Connect server started, after the cluster was made;
