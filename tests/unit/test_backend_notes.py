@@ -217,13 +217,13 @@ def test_driver_settings_without_a_connect_server_are_noted(tmp_path: Path,
                                                             backend: str) -> None:
     """The spec's spark.driver.* settings are the Connect server's alone (spark-submit's
     defaults leave them out): without a server they reach no process, and say where they go."""
-    conf = "conf: {spark.driver.maxResultSize: 2g, spark.driver.cores: '2', spark.sql.x: y}\n"
+    conf = "conf: {spark.driver.maxResultSize: 2g, spark.driver.extraJavaOptions: -Dx=1, spark.sql.x: y}\n"
     on = SPARK + conf
     for text, overrides in ((on.replace("connect: {enabled: true, cpu: 3, memory: 2Gi}\n", ""),
                              None), (on, {"connect": False})):
         [note] = [n for n in backend_notes(resolve(_spec(tmp_path, text), None, overrides),
                                            backend) if "spark.driver" in n]
-        assert note.startswith("conf.spark.driver.cores, conf.spark.driver.maxResultSize: the "
+        assert note.startswith("conf.spark.driver.extraJavaOptions, conf.spark.driver.maxResultSize: the "
                                "spec's spark.driver.* settings go to its Connect server alone"), \
             note
         assert "no Connect server runs (connect is absent or off), so they reach no process" \
