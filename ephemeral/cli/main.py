@@ -19,6 +19,7 @@ import typer
 import yaml
 from rich.console import Console
 from rich.table import Column, Table
+from typer._click.core import ParameterSource
 from typer._click.exceptions import UsageError  # typer's own click, whose errors it raises
 
 from ephemeral.backends import ClusterBackend, ClusterHandle, get_backend
@@ -104,9 +105,14 @@ BackendOpt = Annotated[str | None, typer.Option(
 
 
 def _backend(name: str | None) -> ClusterBackend:
-    """The backend a command acts on: a real one. The in-memory test double (``fake``) is
-    refused, from ``--backend`` or ``$EPHEMERAL_BACKEND``: its state would not outlive one
-    command."""
+    """The backend a command acts on."""
+    return get_backend(_backend_name(name))
+
+
+def _backend_name(name: str | None) -> str:
+    """The name of the backend a command acts on: a real one. The in-memory test double
+    (``fake``) is refused, from ``--backend`` or ``$EPHEMERAL_BACKEND``: its state would not
+    outlive one command."""
     from ephemeral.backends.fake import REAL_BACKENDS, refuse_across_processes
     from ephemeral.settings import lookup
 
@@ -119,7 +125,7 @@ def _backend(name: str | None) -> ClusterBackend:
     if chosen not in REAL_BACKENDS:
         raise typer.BadParameter(f"unknown backend {chosen!r}; use one of: "
                                  + ", ".join(REAL_BACKENDS), param_hint=where)
-    return get_backend(chosen)
+    return chosen
 
 
 def _emit(data: Any) -> None:
@@ -297,8 +303,8 @@ def specs_show(
 ) -> None:
     """Print the effective spec after the profile and overrides, with its content hash, and
     notes on what the backend does differently with it."""
+    chosen = _backend_name(backend)  # an unknown one is refused, not shown notes for nothing
     r = resolve(ref, profile, _overrides(replicas, None, None, gpus))
-    chosen = backend or get_settings().backend
     mode = spark_mode_of(_backend(chosen)) if chosen == "kubernetes" else "standalone"
     notes = spec_notes(r, chosen, mode)
     body = r.spec.model_dump(mode="json", by_alias=True, exclude={"profiles"})
@@ -821,10 +827,11 @@ def spark_submit_cmd(
 
 @app.command("reap")
 def reap_cmd(
+    ctx: typer.Context,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would go, delete nothing.")
                        ] = False,
     grace: Annotated[float, typer.Option(help="Seconds after a run ended before its clusters "
-                                              "count as orphans.",
+                                              "count as orphans (with --airflow-url).",
                                          callback=_grace)] = 600.0,
     delete_budget: Annotated[float, typer.Option(
         help="Seconds from the pass's start until it stops waiting for its deletions (all "
@@ -853,6 +860,11 @@ def reap_cmd(
         lookup = AirflowApiLookup(airflow_url, token=os.environ.get("AIRFLOW_API_TOKEN"),
                                   username=setting("airflow_user"),
                                   password=setting("airflow_password"))
+    elif ctx.get_parameter_source("grace") != ParameterSource.DEFAULT:
+        # Not refused: a reaper that stops on this would not delete expired clusters either.
+        err.print("warning: --grace has no effect without --airflow-url (or "
+                  "EPHEMERAL_AIRFLOW_URL): no run's end is known, so only expiry and "
+                  "idleTimeout delete clusters", highlight=False, markup=False)
     chosen = _backend(backend)
     try:
         root = get_settings().artifact_root

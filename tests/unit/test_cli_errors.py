@@ -64,8 +64,13 @@ def test_a_grace_is_finite_and_not_negative(fake: InMemoryBackend, value: str) -
 
 
 def test_a_grace_of_zero_reaps_an_ended_runs_clusters_at_once(fake: InMemoryBackend) -> None:
-    code, stdout, _ = invoke("reap", "--grace", "0", "--json", "--dry-run")
+    code, stdout, stderr = invoke("reap", "--grace", "0", "--json", "--dry-run")
     assert code == 0, stdout
+    # no Airflow to ask: the grace would judge nothing, and the pass says so (it still reaps
+    # expired and idle clusters: a reaper that refused would not)
+    assert "--grace has no effect without --airflow-url" in stderr
+    _, _, stderr = invoke("reap", "--json", "--dry-run")
+    assert "--grace" not in stderr  # only when given
 
 
 def test_up_timeout_past_the_clusters_lifetime_is_refused(fake: InMemoryBackend) -> None:

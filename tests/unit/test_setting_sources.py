@@ -64,6 +64,10 @@ def test_a_backend_from_airflow_config_is_named_there(monkeypatch: pytest.Monkey
     said = " ".join(CliRunner().invoke(main.app, ["ls", "--backend", "x"]).output
                     .replace("│", " ").split())
     assert "Invalid value for '--backend': unknown backend 'x'" in said
+    # `specs show` acts on no backend, yet prints its notes: a misspelt one is refused too
+    shown = CliRunner().invoke(main.app, ["specs", "show", "ray/train-gpu", "--backend", "x"])
+    assert shown.exit_code == 2
+    assert "unknown backend 'x'" in " ".join(shown.output.replace("│", " ").split())
 
 
 @pytest.mark.parametrize(("env", "said"), [
