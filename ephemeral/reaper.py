@@ -758,6 +758,14 @@ class AirflowApiLookup:
         self.shown = masked_uri(self.base_url)  # what messages show of it
         self._token = _bearer(token)
         self._credentials = (username, password) if username and password else None
+        # Half a pair is no login: said once here and in every refusal (not a refused token).
+        self._half_pair = ("EPHEMERAL_AIRFLOW_USER is set without EPHEMERAL_AIRFLOW_PASSWORD"
+                           if username and not password else
+                           "EPHEMERAL_AIRFLOW_PASSWORD is set without EPHEMERAL_AIRFLOW_USER"
+                           if password and not username else None)
+        if self._half_pair:
+            log.warning("%s: the reaper cannot log in to Airflow with it; set both, or "
+                        "AIRFLOW_API_TOKEN", self._half_pair)
         self.timeout = timeout
         self.instance = instance  # whose clusters are judged: default this deployment's
         self._same_deployment = False
@@ -819,6 +827,18 @@ class AirflowApiLookup:
             self._token = str(body["access_token"])
         return self._token
 
+    def _why(self, status: int, body: object) -> str:
+        if status == 401 and self._token is None and not self._credentials:
+            return (f": no credentials were sent ({self._half_pair or 'none are set'}); set "
+                    "AIRFLOW_API_TOKEN, or EPHEMERAL_AIRFLOW_USER and "
+                    "EPHEMERAL_AIRFLOW_PASSWORD")
+        if status == 401:
+            return (": the token was refused (AIRFLOW_API_TOKEN expires after [api_auth] "
+                    "jwt_expiration_time; with EPHEMERAL_AIRFLOW_USER and _PASSWORD the "
+                    "reaper logs in again as it needs)")
+        why = body.get("detail") or body.get("error") if isinstance(body, dict) else None
+        return f": {why}" if isinstance(why, str) else ""
+
     def check_deployment(self) -> None:
         """Refuse an Airflow that says it is another deployment instance
         (``GET /ephemeral/deployment``, served by this package's plugin): staging's URL in
@@ -857,7 +877,7 @@ class AirflowApiLookup:
             return None
         if status != 200 or not isinstance(body, dict):
             raise EphemeralError(f"Airflow API answered HTTP {status} for {dag_id}/{run_id}"
-                                 f"{_why(status, body)}")
+                                 f"{self._why(status, body)}")
         if (body.get("dag_id"), body.get("dag_run_id")) != (dag_id, run_id):
             raise EphemeralError(f"Airflow API answered for another run than {dag_id}/{run_id}: "
                                  f"{body.get('dag_id')}/{body.get('dag_run_id')}")
@@ -874,7 +894,7 @@ class AirflowApiLookup:
             return None
         if status != 200 or not isinstance(body, dict) or body.get("dag_id") != dag_id:
             raise EphemeralError(f"Airflow API answered HTTP {status} for DAG {dag_id}"
-                                 f"{_why(status, body)}")
+                                 f"{self._why(status, body)}")
         return DagInfo(paused=bool(body.get("is_paused")), stale=bool(body.get("is_stale")))
 
     def tasks_under_way(self, dag_id: str, run_id: str) -> int:
@@ -888,7 +908,7 @@ class AirflowApiLookup:
         count = body.get("total_entries") if isinstance(body, dict) else None
         if status != 200 or not isinstance(count, int):
             raise EphemeralError(f"Airflow API answered HTTP {status} for the tasks of "
-                                 f"{dag_id}/{run_id}{_why(status, body)}")
+                                 f"{dag_id}/{run_id}{self._why(status, body)}")
         return count
 
 
@@ -918,10 +938,4 @@ def _says_not_found(body: object, *ids: str) -> bool:
     return all(f" {i} " in words for i in ids)
 
 
-def _why(status: int, body: object) -> str:
-    if status == 401:
-        return (": the token was refused (AIRFLOW_API_TOKEN expires after [api_auth] "
-                "jwt_expiration_time; with EPHEMERAL_AIRFLOW_USER and _PASSWORD the reaper "
-                "logs in again as it needs)")
-    why = body.get("detail") or body.get("error") if isinstance(body, dict) else None
-    return f": {why}" if isinstance(why, str) else ""
+

@@ -104,3 +104,20 @@ def test_a_token_given_alone_says_it_expired(airflow: str) -> None:
     asking._same_deployment = True
     with pytest.raises(EphemeralError, match=r"HTTP 401.*AIRFLOW_API_TOKEN expires"):
         asking("train", "r1")
+
+
+@pytest.mark.parametrize(("given", "said"), [
+    ({"username": "reaper"}, "EPHEMERAL_AIRFLOW_USER is set without EPHEMERAL_AIRFLOW_PASSWORD"),
+    ({"password": "pw"}, "EPHEMERAL_AIRFLOW_PASSWORD is set without EPHEMERAL_AIRFLOW_USER"),
+    ({}, "none are set")])
+def test_a_401_without_credentials_does_not_blame_a_token(
+        airflow: str, given: dict[str, str], said: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Half a user/password pair sent nothing: the refusal says which half is missing, not
+    that a token expired."""
+    asking = AirflowApiLookup(airflow, instance="test", **given)
+    asking._same_deployment = True
+    with pytest.raises(EphemeralError) as err:
+        asking("train", "r1")
+    assert f"HTTP 401 for train/r1: no credentials were sent ({said})" in str(err.value)
+    assert "expires" not in str(err.value)
+    assert (said in caplog.text) is bool(given)  # warned at once, before any request
