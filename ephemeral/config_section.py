@@ -86,7 +86,9 @@ OPTIONS: tuple[Option, ...] = (
            example="s3://ml-artifacts/ephemeral", group=_J),
     Option("artifact_url", "An http(s) address that serves the artifact root (a bucket's "
            "website, a proxy): run reports link there instead of the artifact URI. Any other "
-           "scheme is refused: the setup fails before it makes a cluster, naming it.",
+           "scheme, or a sign-in in it, is refused: the setup warns, naming it, and the "
+           "teardowns and notifications carry no link, logging why (a link setting never "
+           "stops a cluster's work or its deletion).",
            example="https://artifacts.example.com/ephemeral", group=_J),
     Option("job_env_allow", "Comma-separated names (``PREFIX_*`` allowed) that processes of "
            "local clusters and spark-submit drivers may inherit beyond the built-in allow-list. "
