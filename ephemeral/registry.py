@@ -53,9 +53,10 @@ SECRET_ENV = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD")
 class RegistryError(EphemeralError):
     """The model registry refused or could not do something; the message names the model."""
 
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
+    def __init__(self, message: str, *, retryable: bool = False, refused: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.refused = refused  # bad input (a name MLflow or a search filter cannot take)
 
 
 def tracking_uri() -> str:
@@ -173,7 +174,7 @@ def rollback(name: str) -> tuple[str, str]:
 
     Versions deleted since they were champion are skipped. RegistryError, naming the model,
     when there is no champion or nothing to go back to."""
-    client = _client()
+    client = _existing_store_client(name)
     with _writing(), _mlflow_errors(f"model {name!r}"):
         token = _claim(client, name)
         model = _model(client, name)
@@ -222,7 +223,7 @@ def champion_tags(name: str) -> dict[str, str]:
 def describe(name: str) -> dict[str, Any]:
     """What ``ephemeral model show`` prints: the versions (newest first), the champion, the
     version a rollback would go to, and the alias history."""
-    client = _client()
+    client = _existing_store_client(name)
     with _mlflow_errors(f"model {name!r}"):
         model = _model(client, name)
         versions = _versions(client, name)
@@ -281,6 +282,17 @@ def _writing() -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _existing_store_client(name: str) -> MlflowClient:
+    """The client for reading or moving model ``name``, its name checked first. Not a store
+    made for it: without the SQLite store's file there is no model (``ephemeral model show``
+    on a new machine leaves nothing behind)."""
+    _plain(name, "name")
+    db = _sqlite_file(tracking_uri())
+    if db is not None and not db.exists():
+        raise RegistryError(_no_model(name))
+    return _client()
+
+
 def _client() -> MlflowClient:
     uri = tracking_uri()
     return _client_for(uri, os.environ.get("MLFLOW_REGISTRY_URI") or uri)
@@ -317,7 +329,8 @@ def _mlflow_errors(what: str) -> Iterator[None]:
         message = _mask(str(e.message))
         error = RegistryError(f"{what}: {message} (MLflow {code} at {where})",
                               retryable=code in ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR",
-                                                 "REQUEST_LIMIT_EXCEEDED"))
+                                                 "REQUEST_LIMIT_EXCEEDED"),
+                              refused=code == "INVALID_PARAMETER_VALUE")
         raise error from (e if message == str(e.message) else None)
     except OSError as e:  # a server that cannot be reached, a full disk
         message = _mask(str(e))
@@ -359,9 +372,13 @@ def _find_model(client: MlflowClient, name: str) -> Any:
 def _model(client: MlflowClient, name: str) -> Any:
     model = _find_model(client, name)
     if model is None:
-        raise RegistryError(f"no registered model {name!r} at "
-                            f"{display_uri(tracking_uri())} (MLFLOW_TRACKING_URI picks the store)")
+        raise RegistryError(_no_model(name))
     return model
+
+
+def _no_model(name: str) -> str:
+    return (f"no registered model {name!r} at {display_uri(tracking_uri())} "
+            "(MLFLOW_TRACKING_URI picks the store)")
 
 
 def _ensure_model(client: MlflowClient, name: str) -> None:
@@ -469,7 +486,7 @@ def _plain(value: str, field: str) -> None:
     """Names go into MLflow's search filters between single quotes."""
     if not value or "'" in value or "\\" in value:
         raise RegistryError(f"{field} {value!r} must be non-empty, without quotes or "
-                            "backslashes")
+                            "backslashes", refused=True)
 
 
 def _no_password(uri: str, field: str) -> None:

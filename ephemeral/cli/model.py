@@ -28,25 +28,12 @@ def _emit(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
-def _fail(error: Exception, as_json: bool) -> typer.Exit:
-    if as_json:
-        _emit({"error": type(error).__name__, "message": str(error),
-               "retryable": getattr(error, "retryable", False)})
-    else:
-        err.print(f"[bold red]error:[/] {type(error).__name__}", highlight=False)
-        err.print(str(error), markup=False, highlight=False)
-    return typer.Exit(1)
-
-
 @model_app.command("show")
 def show(name: NameArg, as_json: JsonOpt = False) -> None:
     """The versions of NAME (newest first), its champion and the version a rollback goes to."""
-    from ephemeral.registry import RegistryError, describe
+    from ephemeral.registry import describe
 
-    try:
-        doc = describe(name)
-    except RegistryError as e:
-        raise _fail(e, as_json) from e
+    doc = describe(name)  # its errors end as every command's (exit 2 for a refused name)
     if as_json:
         _emit(doc)
         return
@@ -66,13 +53,9 @@ def rollback(name: NameArg, as_json: JsonOpt = False) -> None:
 
     Each rollback goes one promotion further back; when there is none, it fails and changes
     nothing."""
-    from ephemeral.registry import RegistryError
     from ephemeral.registry import rollback as roll_back
 
-    try:
-        from_version, to_version = roll_back(name)
-    except RegistryError as e:
-        raise _fail(e, as_json) from e
+    from_version, to_version = roll_back(name)
     if as_json:
         _emit({"name": name, "from": from_version, "to": to_version})
     else:

@@ -236,6 +236,28 @@ def test_the_cli_shows_and_rolls_back(home: Path) -> None:
     assert f"{name}  champion {v1}  previous -" in human.stdout
 
 
+@pytest.mark.parametrize("name", ["", "it's", "a/b", "a:b"])
+def test_the_cli_refuses_a_name_no_model_can_have(home: Path, name: str) -> None:
+    """Exit 2, as every refused input: a quote breaks the store's search filter, '/' and ':'
+    MLflow refuses in a model's name."""
+    registry.register("reg-named", model_uri="file:///models/reg-named/1")  # the store exists
+    for command in ("show", "rollback"):
+        done = CliRunner().invoke(app, ["model", command, name, "--json"])
+        assert done.exit_code == 2, done.output
+        assert json.loads(done.stdout)["message"]
+
+
+def test_showing_a_model_on_a_new_machine_makes_no_store(ephemeral_home: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for command in ("show", "rollback"):
+        done = CliRunner().invoke(app, ["model", command, "train_distributed"])
+        assert done.exit_code == 1, done.output
+        assert "no registered model 'train_distributed'" in done.stderr
+    assert not (ephemeral_home / "mlflow").exists()
+
+
 def test_the_cli_and_the_library_import_without_mlflow() -> None:
     code = ("import sys, ephemeral.cli.main, ephemeral.registry\n"
             "print('mlflow' in sys.modules)\n")
