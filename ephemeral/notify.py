@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ephemeral.backends.base import ClusterHandle
-from ephemeral.settings import setting
+from ephemeral.settings import lookup, setting, unused_setting
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +58,15 @@ class NotifierError(ValueError):
     """The notifier setting is unusable: names the setting and the fix."""
 
 
-def _load(path: str) -> Any:
+def _load(path: str, where: str) -> Any:
     module, _, attr = path.partition(":") if ":" in path else path.rpartition(".")
     if not module or not attr:
-        raise NotifierError(f"{NOTIFIER_VAR}={path!r}: expected a dotted path such as "
+        raise NotifierError(f"{where}={path!r}: expected a dotted path such as "
                             "'airflow.providers.slack.notifications.slack.SlackNotifier'")
     try:
         return getattr(importlib.import_module(module), attr)
     except Exception as err:  # any module may fail at import (a missing env var)
-        raise NotifierError(f"{NOTIFIER_VAR}={path!r}: cannot import it: "
+        raise NotifierError(f"{where}={path!r}: cannot import it: "
                             f"{error_summary(err)}") from err
 
 
@@ -76,19 +76,22 @@ def configured_notifier(env: Mapping[str, str] | None = None
     ``$EPHEMERAL_NOTIFIER`` is unset. A bad setting raises ``NotifierError`` naming it: the
     deployment's check of the setting (the DAGs and the reaper use ``_notifier``, which
     logs it instead)."""
-    path = setting("notifier", env)
+    path, where = lookup("notifier", env)  # named as it was set: a variable, or airflow.cfg
     if not path:
+        if unused := unused_setting("notifier_kwargs", "no notifier is set", env):
+            log.warning("%s; nothing is notified", unused)
         return None
-    target = _load(path)
+    target = _load(path, where)
+    text, kwargs_where = lookup("notifier_kwargs", env)
     try:
-        kwargs = json.loads(setting("notifier_kwargs", env) or "{}")
+        kwargs = json.loads(text or "{}")
     except ValueError as err:
-        raise NotifierError(f"{KWARGS_VAR}: not JSON: {err}") from err
+        raise NotifierError(f"{kwargs_where}: not JSON: {err}") from err
     if not isinstance(kwargs, dict):
-        raise NotifierError(f"{KWARGS_VAR}: expected a JSON object of keyword arguments")
+        raise NotifierError(f"{kwargs_where}: expected a JSON object of keyword arguments")
     if isinstance(target, type):
         if not callable(getattr(target, "notify", None)):
-            raise NotifierError(f"{NOTIFIER_VAR}={path!r} is a class without notify(): name a "
+            raise NotifierError(f"{where}={path!r} is a class without notify(): name a "
                                 "BaseNotifier subclass or a function")
 
         def send(context: dict[str, Any]) -> None:
@@ -96,9 +99,9 @@ def configured_notifier(env: Mapping[str, str] | None = None
 
         return send
     if not callable(target):
-        raise NotifierError(f"{NOTIFIER_VAR}={path!r} is neither a notifier class nor callable")
+        raise NotifierError(f"{where}={path!r} is neither a notifier class nor callable")
     if kwargs:
-        raise NotifierError(f"{KWARGS_VAR} is set but {path!r} is a function, not a class")
+        raise NotifierError(f"{kwargs_where} is set but {path!r} is a function, not a class")
     return target  # type: ignore[no-any-return]
 
 

@@ -53,6 +53,16 @@ def setting(key: str, env: Mapping[str, str] | None = None) -> str | None:
     return lookup(key, env).value
 
 
+def unused_setting(key: str, why: str, env: Mapping[str, str] | None = None) -> str | None:
+    """What to warn of when ``key`` is set but does nothing (``why``: what it needs), named
+    where it was set; None when it is not set. Said, not refused: what it belongs to (a
+    notifier, prices) never stops a DAG or the reaper."""
+    found = lookup(key, env)
+    if found.source == "default":
+        return None
+    return f"{found.source} is set but does nothing: {why}"
+
+
 def _airflow_option(key: str) -> str | None:
     """``[ephemeral] key`` from Airflow's configuration. Inside an Airflow process (its
     configuration already loaded) Airflow answers, with its secrets backends and ``_cmd``

@@ -27,10 +27,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic.alias_generators import to_camel
 
 from ephemeral.errors import EphemeralError, SettingError, field_problems
-from ephemeral.settings import file_path, setting
+from ephemeral.settings import file_path, lookup, setting, unused_setting
 
 log = logging.getLogger(__name__)
-COST_FILE_VAR = "EPHEMERAL_COST_FILE"
 ENV_PRICES = {"cpu_hour": "EPHEMERAL_COST_CPU_HOUR", "gpu_hour": "EPHEMERAL_COST_GPU_HOUR",
               "memory_gib_hour": "EPHEMERAL_COST_MEMORY_GIB_HOUR"}
 
@@ -111,31 +110,37 @@ def load_prices(env: Mapping[str, str] | None = None) -> Prices | None:
     except SettingError as err:  # what callers that go on without prices catch
         raise CostConfigError(str(err)) from None
     if path is not None:
-        return _from_file(path)
+        if unused := unused_setting("cost_currency", "the cost file's own `currency` is used",
+                                    env):
+            log.warning(unused)
+        return _from_file(path, lookup("cost_file", env).source)
     given = {field: value for field in ENV_PRICES if (value := setting(f"cost_{field}", env))}
     if not given:
+        if unused := unused_setting("cost_currency", "no price is set", env):
+            log.warning("%s; run reports carry no money", unused)
         return None
     try:
         default = Price(**{k: float(v) for k, v in given.items()})
     except (ValueError, ValidationError) as err:
-        names = ", ".join(ENV_PRICES[k] for k in given)
+        names = ", ".join(lookup(f"cost_{k}", env).source for k in given)
         raise CostConfigError(f"{names}: each must be a finite number of 0 or more (a price per "
                               "hour), "
                               f"got {given}") from err
     _warn_partial(_missing(default), "the EPHEMERAL_COST_* settings")
     currency = (setting("cost_currency", env) or "USD").upper()
     if re.fullmatch(CURRENCY, currency) is None:
-        raise CostConfigError(f"EPHEMERAL_COST_CURRENCY={currency!r}: expected a currency "
+        where = lookup("cost_currency", env).source
+        raise CostConfigError(f"{where}={currency!r}: expected a currency "
                               "code of 3 to 8 letters, such as USD or EUR")
     return Prices(currency=currency, default=default)
 
 
-def _from_file(path: Path) -> Prices:
+def _from_file(path: Path, source: str) -> Prices:
     import yaml
 
     from ephemeral.yaml_files import load_yaml
 
-    where = f"{COST_FILE_VAR}={path}"
+    where = f"{source}={path}"
     try:
         data = load_yaml(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:

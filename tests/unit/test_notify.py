@@ -39,6 +39,19 @@ def test_bad_notifier_settings_name_the_setting() -> None:
         configured_notifier({"EPHEMERAL_NOTIFIER": f"{__name__}.remember",
                              "EPHEMERAL_NOTIFIER_KWARGS": '{"channel": "x"}'})
     assert configured_notifier({}) is None
+    # named where they were set: airflow.cfg's [ephemeral] section, not a variable
+    with pytest.raises(NotifierError, match=r"^\[ephemeral\] notifier='nowhere\.Nothing'"):
+        configured_notifier({"AIRFLOW__EPHEMERAL__NOTIFIER": "nowhere.Nothing"})
+    with pytest.raises(NotifierError, match=r"^\[ephemeral\] notifier_kwargs: not JSON"):
+        configured_notifier({"EPHEMERAL_NOTIFIER": f"{__name__}.remember",
+                             "AIRFLOW__EPHEMERAL__NOTIFIER_KWARGS": "{"})
+
+
+def test_notifier_kwargs_without_a_notifier_are_said_to_do_nothing(
+        caplog: pytest.LogCaptureFixture) -> None:
+    assert configured_notifier({"EPHEMERAL_NOTIFIER_KWARGS": '{"channel": "x"}'}) is None
+    assert ("EPHEMERAL_NOTIFIER_KWARGS is set but does nothing: no notifier is set"
+            in caplog.text)
 
 
 def test_a_reaped_cluster_notifies_with_its_runs_report(monkeypatch: pytest.MonkeyPatch,

@@ -264,3 +264,27 @@ def test_the_pip_allow_file_follows_the_folder_rule(tmp_path: Path,
                                         "absolute path"):
         pip_allow_list(Found("conf/allow.txt", "[ephemeral] pip_allow"))
     assert pip_allow_list("numpy, pandas") == {"numpy", "pandas"}
+
+
+def test_a_currency_without_prices_is_said_to_do_nothing(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Accepted and silently ignored is what a setting must not be: a currency with no price,
+    or beside a cost file (whose own currency counts), is warned of where it was set."""
+    from ephemeral.report.costs import CostConfigError, load_prices
+
+    assert load_prices({"AIRFLOW__EPHEMERAL__COST_CURRENCY": "EUR"}) is None
+    assert "[ephemeral] cost_currency is set but does nothing: no price is set" in caplog.text
+    caplog.clear()
+    (tmp_path / "prices.yaml").write_text("currency: CHF\ndefault: {gpuHour: 2}\n")
+    prices = load_prices({"EPHEMERAL_COST_FILE": str(tmp_path / "prices.yaml"),
+                          "EPHEMERAL_COST_CURRENCY": "EUR"})
+    assert prices is not None
+    assert prices.currency == "CHF"
+    assert ("EPHEMERAL_COST_CURRENCY is set but does nothing: the cost file's own `currency` "
+            "is used") in caplog.text
+    caplog.clear()
+    assert load_prices({"EPHEMERAL_COST_GPU_HOUR": "2"}) is not None
+    assert "does nothing" not in caplog.text
+    # a bad value is named where it was set, not by a variable nobody set
+    with pytest.raises(CostConfigError, match=r"^\[ephemeral\] cost_currency='E'"):
+        load_prices({"EPHEMERAL_COST_GPU_HOUR": "2", "AIRFLOW__EPHEMERAL__COST_CURRENCY": "e"})
