@@ -167,10 +167,12 @@ OPTIONS: tuple[Option, ...] = (
            example="dns", group=_K),
     Option("k8s_ingress_url_template", "URL of a cluster's port in ``ingress`` mode, with "
            "``{cluster}``, ``{namespace}``, ``{service}`` and ``{port}``; https (requests carry "
-           "the cluster's Ray token), plain http only to this host.",
+           "the cluster's Ray token), plain http only to this host. Refused with another "
+           "endpoint mode (it would not be used).",
            example="https://{cluster}-{port}.ray.example.com", group=_K),
     Option("k8s_proxy_link_base", "Base URL of the API server proxy for people (the dashboard "
-           "links), e.g. ``kubectl proxy``'s.", example="http://localhost:8001", group=_K),
+           "links), e.g. ``kubectl proxy``'s. Refused with endpoint mode ``dns`` or ``ingress`` "
+           "(it would not be used).", example="http://localhost:8001", group=_K),
     Option("k8s_client_selector", "Pod labels (``key=value,...``) of the clients the clusters' "
            "NetworkPolicy admits, used as given. Unset: ``ephemeral.dev/client=true`` and "
            "``ephemeral.dev/client-instance=<the deployment instance>``, so deployments "

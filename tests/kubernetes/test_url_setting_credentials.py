@@ -74,3 +74,23 @@ def test_templates_without_credentials_pass(template: str) -> None:
     config = KubeConfig(kubeconfig_path="/x", endpoint_mode="ingress",
                         ingress_url_template=template)
     assert config.ingress_url(cluster="c", service="s", port="dashboard").startswith("http")
+
+
+@pytest.mark.parametrize(("env", "said"), [
+    ({"EPHEMERAL_K8S_ENDPOINT_MODE": "dns",
+      "EPHEMERAL_K8S_INGRESS_URL_TEMPLATE": "https://{cluster}-{port}.ray.example.com"},
+     "ingress_url_template is used only with endpoint_mode 'ingress', and endpoint_mode is "
+     "'dns'"),
+    ({"EPHEMERAL_K8S_INGRESS_URL_TEMPLATE": "https://{cluster}-{port}.ray.example.com"},
+     "endpoint_mode is 'auto'"),  # auto never resolves to ingress
+    ({"EPHEMERAL_K8S_ENDPOINT_MODE": "dns",
+      "EPHEMERAL_K8S_PROXY_LINK_BASE": "http://127.0.0.1:8001"},
+     "proxy_link_base is used only with endpoint_mode 'proxy'")])
+def test_a_url_setting_of_another_endpoint_mode_is_refused(env: dict[str, str],
+                                                          said: str) -> None:
+    """Accepted, it would never be used: the clusters are not reached, nor linked, through it."""
+    with pytest.raises(BackendUnavailable) as err:
+        KubeConfig.from_env({"EPHEMERAL_K8S_KUBECONFIG": "/x", **env})
+    assert said in str(err.value)
+    assert "unset" in str(err.value)  # and the fix
+    assert "(EPHEMERAL_K8S_" in str(err.value)  # where they were set

@@ -182,6 +182,17 @@ class KubeConfig(BaseModel):
                              "'https://{cluster}-{port}.ray.example.com'")
         if self.ingress_url_template:
             _check_ingress(self.ingress_url_template)
+        # A URL setting of another mode would be accepted and never used: an operator who set
+        # it believes the clusters are reached (or linked) through it.
+        if self.ingress_url_template and self.endpoint_mode != "ingress":
+            raise ValueError(f"ingress_url_template is used only with endpoint_mode 'ingress', "
+                             f"and endpoint_mode is {self.endpoint_mode!r}: set endpoint_mode "
+                             "to 'ingress', or unset ingress_url_template")
+        if self.proxy_link_base and self.endpoint_mode in ("dns", "ingress"):
+            raise ValueError(f"proxy_link_base is used only with endpoint_mode 'proxy' (or "
+                             f"'auto' outside a pod), and endpoint_mode is "
+                             f"{self.endpoint_mode!r}: unset proxy_link_base, or set "
+                             "endpoint_mode to 'proxy'")
         return self
 
     @classmethod
