@@ -203,12 +203,14 @@ def _grace(param: typer.CallbackParam, value: float) -> float:
     return value
 
 
-def _dns(param: typer.CallbackParam, value: str) -> str:
+def _dns(param: typer.CallbackParam, value: str | None) -> str | None:
     """``--namespace`` (a DNS label) and ``--cluster-domain`` (a DNS subdomain) of ``render``:
     both go into every Service name of the manifests."""
     from ephemeral.adhoc import RequestError
     from ephemeral.specs.models import dns_label, dns_subdomain
 
+    if value is None:  # the deployment's own
+        return None
     try:
         return dns_subdomain(value) if param.name == "cluster_domain" else dns_label(value, 63)
     except ValueError as e:
@@ -333,16 +335,19 @@ def render_identity(spec_name: str, name: str | None = None) -> ClusterIdentity:
 def render_cmd(
     ref: Annotated[str, typer.Argument(help="Spec reference, e.g. ray/train-gpu@1, or a path")],
     profile: ProfileOpt = None,
-    namespace: Annotated[str, typer.Option("--namespace", "-n", help="Target namespace.",
-                                           callback=_dns)] = "default",
+    namespace: Annotated[str | None, typer.Option(
+        "--namespace", "-n", help="Target namespace (default: the deployment's, "
+                                  "EPHEMERAL_K8S_NAMESPACE, else default).",
+        callback=_dns)] = None,
     name: Annotated[str | None, typer.Option(help="Cluster name (default: from the spec and "
                                                   "the placeholder owner).")] = None,
     replicas: Annotated[int | None, typer.Option(help="Worker replicas (right-sizing).")] = None,
     cpu: Annotated[float | None, typer.Option(help="CPUs per worker.")] = None,
     memory: Annotated[str | None, typer.Option(help="Memory per worker, e.g. 4Gi.")] = None,
     gpus: Annotated[int | None, typer.Option(help="GPUs per worker.")] = None,
-    cluster_domain: Annotated[str, typer.Option(help="Cluster DNS domain of the endpoints.",
-                                                callback=_dns)] = "cluster.local",
+    cluster_domain: Annotated[str | None, typer.Option(
+        help="Cluster DNS domain of the endpoints (default: the deployment's, else "
+             "cluster.local).", callback=_dns)] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Print the Kubernetes manifests of a spec as YAML, one document per object.
@@ -350,24 +355,27 @@ def render_cmd(
     For review and diffs in pull requests: nothing is sent to a cluster.
 
     The owner is a fixed placeholder (instance render, dag_id render, run_id manual, task_id
-    create_cluster, created 1970-01-01T00:00:00Z), so names, labels and expiry are stable. A
-    Spark spec is rendered in its kubernetesMode, else the deployment's EPHEMERAL_K8S_SPARK_MODE.
+    create_cluster, created 1970-01-01T00:00:00Z), so names, labels and expiry are stable.
+    Everything else is the deployment's EPHEMERAL_K8S_* settings, as `up` reads them (the
+    Spark mode, where a spec has no kubernetesMode; the clients its NetworkPolicy admits; the
+    Spark service account), so that what is printed and refused is what `up` would make here.
     """
     from datetime import datetime
 
     from ephemeral.backends.base import Endpoints, make_handle
-    from ephemeral.backends.kubernetes.render import render
+    from ephemeral.backends.kubernetes import KubernetesBackend
     if name is not None:  # before anything: a ValueError later is no bad name
         check_cluster_name(name, "--name")
     spec = resolve(ref, profile, _overrides(replicas, cpu, memory, gpus))
-    # The deployment's Spark mode (EPHEMERAL_K8S_SPARK_MODE), read as `specs show` and `up`
-    # read it: what is printed and refused is what `up` would make here.
-    mode = spark_mode_of(_backend("kubernetes"))
+    be = _backend("kubernetes")
+    assert isinstance(be, KubernetesBackend)
+    mode = spark_mode_of(be)
+    namespace = namespace or be.config.namespace
     handle = make_handle(spec, render_identity(spec.spec.name, name), backend="kubernetes",
                          endpoints=Endpoints(), namespace=namespace,
                          created=datetime.fromisoformat(RENDER_CREATED), default_spark_mode=mode)
     notes = spec_notes(spec, "kubernetes", mode)
-    rendered = render(spec, handle, cluster_domain=cluster_domain, default_spark_mode=mode)
+    rendered = be.manifests(spec, handle, cluster_domain=cluster_domain)
     if as_json:
         _emit({"ref": spec.ref, "profile": spec.profile, "hash": spec.hash,
                "endpoints": rendered.endpoints.model_dump(exclude_none=True),

@@ -270,6 +270,32 @@ def test_render_takes_a_custom_cluster_domain() -> None:
     assert ".team-a.svc.corp.example" in json.loads(out.output)["endpoints"]["dashboard"]
 
 
+def test_render_shows_what_up_would_make_with_the_deployments_settings(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Namespace, cluster domain, admitted clients and the Spark service account come from the
+    EPHEMERAL_K8S_* settings, as `up` reads them; -n and --cluster-domain still win."""
+    for key, value in {"NAMESPACE": "ml-prod", "CLUSTER_DOMAIN": "corp.example",
+                       "CLIENT_SELECTOR": "release=airflow-prod", "CLIENT_CIDRS": "10.8.0.0/16",
+                       "SPARK_MODE": "operator", "SPARK_SERVICE_ACCOUNT": "spark-driver"}.items():
+        monkeypatch.setenv(f"EPHEMERAL_K8S_{key}", value)
+    out = CliRunner().invoke(cli_main.app, ["render", "ray/adhoc-cpu", "--json"])
+    assert out.exit_code == 0, out.output
+    doc = json.loads(out.output)
+    assert ".ml-prod.svc.corp.example" in doc["endpoints"]["dashboard"]
+    assert {o["metadata"]["namespace"] for o in doc["objects"]} == {"ml-prod"}
+    policy = next(o for o in doc["objects"] if o["kind"] == "NetworkPolicy")
+    peers = [peer for rule in policy["spec"]["ingress"] for peer in rule.get("from", [])]
+    assert {"podSelector": {"matchLabels": {"release": "airflow-prod"}}} in peers
+    assert {"ipBlock": {"cidr": "10.8.0.0/16"}} in peers
+    spark = CliRunner().invoke(cli_main.app, ["render", "spark/etl", "-p", "ci-cpu", "--json"])
+    assert spark.exit_code == 0, spark.output
+    connect = next(o for o in json.loads(spark.output)["objects"] if o["kind"] == "SparkConnect")
+    assert "spark-driver" in json.dumps(connect["spec"]["server"])
+    given = CliRunner().invoke(cli_main.app, ["render", "ray/adhoc-cpu", "-n", "team-a",
+                                              "--cluster-domain", "cluster.local", "--json"])
+    assert ".team-a.svc.cluster.local" in json.loads(given.output)["endpoints"]["dashboard"]
+
+
 def test_output_the_terminal_cannot_encode_is_escaped_not_a_traceback(tmp_path: Path) -> None:
     specs = tmp_path / "spëcs" / "ray"
     specs.mkdir(parents=True)

@@ -176,7 +176,7 @@ class KubernetesBackend(ClusterBackend):
                         "deployment's Airflow pods), or unset it for that default",
                         ",".join(f"{k}={v}" for k, v in selector.items()), self.config.namespace,
                         base.name, CLIENT_INSTANCE_LABEL, identity.instance)
-        rendered = self._render(spec, base)
+        rendered = self.manifests(spec, base)
         if spec.engine == "spark":
             self._refuse_other_mode(spec, base.name, kind_of(rendered.primary))
         handle = self._view(base.model_copy(update={"endpoints": rendered.endpoints}))
@@ -226,7 +226,7 @@ class KubernetesBackend(ClusterBackend):
                                    f"(no {HANDLE_ANNOTATION} annotation)")
         check_adoptable(stored, spec.ref, spec.hash, identity)
         # A crash part-way through an earlier create may have left secondary objects missing.
-        again = self._render(spec, stored)
+        again = self.manifests(spec, stored)
         for obj in again.objects:
             if obj is not again.primary:
                 try:
@@ -235,11 +235,15 @@ class KubernetesBackend(ClusterBackend):
                     self._require_part_of(obj, existing, identity.name)
         return self._view(stored).model_copy(update={"adopted": True})
 
-    def _render(self, spec: ResolvedSpec, handle: ClusterHandle) -> Rendered:
+    def manifests(self, spec: ResolvedSpec, handle: ClusterHandle, *,
+                  cluster_domain: str | None = None) -> Rendered:
+        """The objects this deployment's settings make of ``spec`` for ``handle`` (`up` and
+        `ephemeral render` alike; the latter may name another ``cluster_domain``)."""
         selector = self.config.client_selector
         clients = Clients(selector=dict(selector) if selector is not None else None,
                           cidrs=tuple(self.config.client_cidrs))
-        return render(spec, handle, cluster_domain=self.config.cluster_domain, clients=clients,
+        return render(spec, handle, cluster_domain=cluster_domain or self.config.cluster_domain,
+                      clients=clients,
                       default_spark_mode=self.config.spark_mode,
                       spark_service_account=self.config.spark_service_account)
 
