@@ -203,7 +203,9 @@ OPTIONS: tuple[Option, ...] = (
            "again when the token it got expires. ``$AIRFLOW_API_TOKEN`` instead needs no "
            "password but expires after Airflow's ``[api_auth] jwt_expiration_time`` (24 h by "
            "default): a scheduled reaper given one alone stops applying the run-end rule "
-           "then (its passes exit 1). Keep it in a Secret, or ``airflow_password_secret``.",
+           "then (its passes exit 1). Keep it in a Secret; ``airflow_password_secret`` (or "
+           "``_cmd``) is resolved only inside Airflow (the ``reap_orphans`` DAG), and the CLI "
+           "refuses it, naming this variable.",
            sensitive=True, example="(secret)", group=_A),
 )
 
@@ -253,7 +255,8 @@ def markdown() -> str:
         "1. the environment variable `EPHEMERAL_<OPTION>` (e.g. `EPHEMERAL_ARTIFACT_ROOT`);",
         f"2. Airflow's configuration, section `[{SECTION}]` (e.g. `artifact_root`), from "
         "`airflow.cfg` or `AIRFLOW__EPHEMERAL__<OPTION>`; inside Airflow processes also the "
-        "`_cmd` and `_secret` variants of sensitive options;",
+        "`_cmd` and `_secret` variants of sensitive options (elsewhere, such as the CLI, "
+        "one set is refused naming the variable to use);",
         "3. the default below.",
         "",
         "The `ephemeral` CLI reads `airflow.cfg` (at `$AIRFLOW_CONFIG`, else "

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ephemeral.config_section import BY_KEY, SECTION
 from ephemeral.errors import SettingError
@@ -45,7 +45,35 @@ def lookup(key: str, env: Mapping[str, str] | None = None) -> Found:
     # Airflow answers the declared default for an option it has no value of: that is ours.
     if env is None and (value := _airflow_option(key)) and value != option.default:
         return Found(value, where)
+    if env is None and option.sensitive:
+        _refuse_unread_variant(key)
     return Found(option.default, "default")
+
+
+def _refuse_unread_variant(key: str) -> None:
+    """A sensitive option set only as ``<key>_secret`` or ``<key>_cmd`` where no Airflow
+    answers (the CLI, the reaper CronJob): only Airflow's own processes resolve those, and
+    here the option would silently be unset (the reaper logging in without its password)."""
+    if _airflow_conf() is not None:
+        return
+    section = _airflow_cfg(_airflow_cfg_path())
+    for suffix in ("_secret", "_cmd"):
+        env_var = f"{BY_KEY[key].airflow_env_var}{suffix.upper()}"
+        if os.environ.get(env_var) or section.get(key + suffix):
+            where = env_var if os.environ.get(env_var) else f"[{SECTION}] {key}{suffix}"
+            raise SettingError(where, [("", f"only Airflow's own processes resolve "
+                                            f"{suffix} options, and this one is not one: "
+                                            f"give it {BY_KEY[key].env_var} instead (from "
+                                            "the same secret)")])
+
+
+def _airflow_conf() -> Any:
+    """The configuration of the Airflow this process runs in, None outside one."""
+    for name in ("airflow.configuration", "airflow.sdk.configuration"):
+        # (getattr: a module still being imported has no `conf` yet)
+        if (conf := getattr(sys.modules.get(name), "conf", None)) is not None:
+            return conf
+    return None
 
 
 def setting(key: str, env: Mapping[str, str] | None = None) -> str | None:
@@ -68,11 +96,9 @@ def _airflow_option(key: str) -> str | None:
     configuration already loaded) Airflow answers, with its secrets backends and ``_cmd``
     variants; elsewhere (the ``ephemeral`` CLI) ``airflow.cfg`` is read directly: importing
     Airflow costs seconds."""
-    for name in ("airflow.configuration", "airflow.sdk.configuration"):
-        # (getattr: a module still being imported has no `conf` yet)
-        if (conf := getattr(sys.modules.get(name), "conf", None)) is not None:
-            value = conf.get(SECTION, key, fallback=None)
-            return str(value) if value not in (None, "") else None
+    if (conf := _airflow_conf()) is not None:
+        value = conf.get(SECTION, key, fallback=None)
+        return str(value) if value not in (None, "") else None
     return _airflow_cfg(_airflow_cfg_path()).get(key) or None
 
 

@@ -86,3 +86,33 @@ def test_a_kubernetes_setting_is_named_where_it_was_set(env: dict[str, str], sai
         KubeConfig.from_env(env)
     assert said in str(err.value)
     assert "environment (EPHEMERAL_K8S_*)" not in str(err.value)
+
+
+@pytest.mark.parametrize("where", ["airflow.cfg", "AIRFLOW__EPHEMERAL__AIRFLOW_PASSWORD_CMD"])
+def test_a_secret_only_airflow_can_resolve_is_refused_outside_it(tmp_path: Path,
+                                                                 where: str) -> None:
+    """`airflow_password_secret` (or `_cmd`) is resolved by Airflow's own processes only: the
+    reaper CLI, outside one, refuses it naming the variable to use, instead of logging in
+    without a password."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "airflow.cfg").write_text(
+        "[ephemeral]\nairflow_password_secret = reaper-password\n" if where == "airflow.cfg"
+        else "[ephemeral]\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "EPHEMERAL_"))}
+    env |= {"AIRFLOW_HOME": str(tmp_path), "EPHEMERAL_HOME": str(tmp_path / "home"),
+            "EPHEMERAL_INSTANCE": "ops", "EPHEMERAL_AIRFLOW_URL": "http://127.0.0.1:9",
+            "EPHEMERAL_AIRFLOW_USER": "reaper"}
+    if where != "airflow.cfg":
+        env[where] = "cat /run/secrets/reaper"
+    exe = Path(sys.executable).parent / "ephemeral"
+    done = subprocess.run([str(exe), "reap", "--dry-run", "--json"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    message = json.loads(done.stdout)["message"]
+    named = "[ephemeral] airflow_password_secret" if where == "airflow.cfg" else where
+    assert message.startswith(named)
+    assert "give it EPHEMERAL_AIRFLOW_PASSWORD instead" in message
