@@ -73,7 +73,8 @@ OPTIONS: tuple[Option, ...] = (
            example="/run/ephemeral"),
     Option("kubernetes_conn_id", "Airflow connection (``kubernetes`` type) the run-end listener "
            "and reaper use to reach the deployment's Kubernetes backend. Unset: the local "
-           "backend, or the ``kubernetes`` backend's own settings below.",
+           "backend, or the ``kubernetes`` backend's own settings below. The ``ephemeral`` "
+           "CLI cannot read a connection: it warns, and uses those settings.",
            example="kubernetes_default"),
     Option("run_end_linger", "Seconds the run-end process keeps deleting clusters that appear "
            "after a run ended other than by succeeding on its own (failed, timed out, marked: a "

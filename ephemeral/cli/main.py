@@ -106,6 +106,15 @@ BackendOpt = Annotated[str | None, typer.Option(
 
 def _backend(name: str | None) -> ClusterBackend:
     """The backend a command acts on."""
+    from ephemeral.settings import lookup
+
+    if (conn := lookup("kubernetes_conn_id")).value:
+        # The DAGs and the run-end cleanup reach Kubernetes through that connection; a CLI
+        # listing elsewhere would show "no clusters" while the deployment's run.
+        err.print(f"warning: {conn.source} ({conn.value}) is an Airflow connection, which "
+                  "the DAGs use and this CLI cannot read: it acts on the backend of "
+                  "--backend / EPHEMERAL_BACKEND and the EPHEMERAL_K8S_* settings; give "
+                  "those the same cluster and namespace", highlight=False, markup=False)
     return get_backend(_backend_name(name))
 
 

@@ -116,3 +116,19 @@ def test_a_secret_only_airflow_can_resolve_is_refused_outside_it(tmp_path: Path,
     named = "[ephemeral] airflow_password_secret" if where == "airflow.cfg" else where
     assert message.startswith(named)
     assert "give it EPHEMERAL_AIRFLOW_PASSWORD instead" in message
+
+
+def test_the_cli_says_it_does_not_read_the_deployments_kubernetes_connection(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DAGs reach Kubernetes through [ephemeral] kubernetes_conn_id; the CLI, without
+    Airflow, cannot: an `ls` that says "no clusters" says where it looked instead."""
+    from ephemeral.cli import main
+
+    monkeypatch.setenv("AIRFLOW__EPHEMERAL__KUBERNETES_CONN_ID", "k8s_prod")
+    done = CliRunner().invoke(main.app, ["ls"])
+    assert done.exit_code == 0, done.output
+    said = " ".join(done.stderr.split())
+    assert "warning: [ephemeral] kubernetes_conn_id (k8s_prod) is an Airflow connection" in said
+    assert "EPHEMERAL_K8S_* settings" in said
+    monkeypatch.delenv("AIRFLOW__EPHEMERAL__KUBERNETES_CONN_ID")
+    assert "kubernetes_conn_id" not in CliRunner().invoke(main.app, ["ls"]).stderr
