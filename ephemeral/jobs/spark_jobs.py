@@ -244,8 +244,16 @@ def check_executors_fit(where: str, handle: ClusterHandle, conf: Mapping[str, An
     # Judged even where the hook would not send it (0, ""): accepted, it would do nothing.
     options = {OPTION_CONF[f]: f for f, value in (flags or {}).items() if value is not None}
     given = own | {key: str((flags or {})[f]) for key, f in options.items()}
-    size = WorkerSize(cores=int(worker.cpu), memory_bytes=worker.memory_bytes,
-                      memory=format_memory(worker.memory_bytes), gpus=worker.gpus)
+    memory, offered = format_memory(worker.memory_bytes), worker.memory_bytes
+    if handle.backend == "kubernetes":
+        # A worker pod offers executors only part of its memory (heaps, the JVMs' overhead):
+        # an executor between that and the pod's memory is never placed either.
+        from ephemeral.backends.kubernetes.render.checks import STANDALONE
+
+        offered = STANDALONE.offered(memory) * 2**20
+        memory = f"{memory}, of which {offered // 2**20}m {STANDALONE.of_worker}"
+    size = WorkerSize(cores=int(worker.cpu), memory_bytes=offered, memory=memory,
+                      gpus=worker.gpus)
 
     def named(key: str) -> str:
         return options.get(key) or (f"{conf_field} {key}" if key in own

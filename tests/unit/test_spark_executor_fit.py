@@ -151,3 +151,18 @@ def test_the_spec_and_the_application_are_judged_by_one_rule(conf: dict[str, str
     with pytest.raises(JobRefused) as refused:
         check_executors_fit("job", handle, conf)
     assert f"conf {field.removeprefix('conf.')}: " in str(refused.value)
+
+
+def test_on_kubernetes_an_executor_must_fit_what_a_worker_pod_offers() -> None:
+    """A worker pod of 8Gi offers executors 5632m (heaps and the JVMs' overhead take the rest):
+    6g fits the pod, yet its master would never place it, and the application would wait."""
+    from ephemeral.jobs.spark_jobs import check_executors_fit
+
+    local = handle_of("spark/etl")
+    check_executors_fit("job", local, {"spark.executor.memory": "6g"})  # a local worker: 8g
+    on_k8s = local.model_copy(update={"backend": "kubernetes"})
+    check_executors_fit("job", on_k8s, {"spark.executor.memory": "5632m"})
+    with pytest.raises(JobRefused) as refused:
+        check_executors_fit("job", on_k8s, {"spark.executor.memory": "6g"})
+    assert ("conf spark.executor.memory: 6g is more than a worker has (workers.memory: 8Gi, of "
+            "which 5632m a worker offers executors)") in str(refused.value)
