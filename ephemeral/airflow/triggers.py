@@ -11,6 +11,7 @@ without calling it back, which would leak the cluster of a failed setup.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
@@ -209,7 +210,7 @@ class RayJobTrigger(SettlingTrigger):
             yield TriggerEvent({"status": "ERROR", "job_id": self.job_id,
                                 "message": f"{type(err).__name__}: {err}"})
             return
-        from ephemeral.jobs.ray_jobs import JobWatch
+        from ephemeral.jobs.ray_jobs import JobWatch, capped_wait
 
         streamer = asyncio.create_task(self._stream_logs(jobs))
         after_stream = backoff(self.poll_interval, first=0.1)
@@ -254,10 +255,12 @@ class RayJobTrigger(SettlingTrigger):
                     return
                 # Ray closes the log stream when the job ends: look at once rather than at the
                 # next poll, so the cluster does not sit idle until then.
+                # Never far past the deadline: a long poll_interval overran it by itself.
+                left = math.inf if self.deadline is None else self.deadline - time.time()
                 if streamer.done():  # ended, or broke: poll soon, then at the usual pace
-                    await asyncio.sleep(next(after_stream))
+                    await asyncio.sleep(capped_wait(next(after_stream), left))
                 else:
-                    await asyncio.wait({streamer}, timeout=self.poll_interval)
+                    await asyncio.wait({streamer}, timeout=capped_wait(self.poll_interval, left))
         finally:
             streamer.cancel()
 

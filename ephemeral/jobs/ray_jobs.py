@@ -23,6 +23,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import re
 import secrets
 import threading
@@ -183,6 +184,11 @@ def _refused(err: BaseException) -> bool:
         stack += [cause.__cause__, cause.__context__, getattr(cause, "reason", None),
                   *cause.args]
     return False
+
+
+def capped_wait(wait: float, left: float) -> float:
+    """``wait`` seconds, or just past a deadline ``left`` seconds away when that is sooner."""
+    return wait if wait <= left else max(left, 0.0) + 0.01
 
 
 def _failure(err: Exception, timeout: float | None) -> str:
@@ -691,10 +697,13 @@ class RayJobs:
                     timed_out.add_note(f"stopping it failed: {err}")
                     raise timed_out from err
                 raise JobTimeout(f"{late}; it was stopped")
+            # Never far past the deadline: a long poll_interval overran the timeout by itself.
+            left = math.inf if timeout is None else started + timeout - time.monotonic()
             if streamer is not None and streamer.is_alive():
-                streamer.join(pause)  # Ray closes the stream as the job ends: look at once
+                # Ray closes the stream as the job ends: look at once
+                streamer.join(capped_wait(pause, left))
             else:  # no stream, or it ended or broke: look soon, then at the usual pace
-                time.sleep(next(after_stream))
+                time.sleep(capped_wait(next(after_stream), left))
         if streamer is not None:
             streamer.join(timeout=10)  # the log stream closes when the job ends
         logs = self.logs(job_id)

@@ -26,7 +26,7 @@ def test_anything_else_fails_naming_the_field(value: Any) -> None:
         job_timeout_seconds(value)
 
 
-def _running_job_trigger(**kwargs: Any) -> Any:
+def _running_job_trigger(poll_interval: float = 0.05, **kwargs: Any) -> Any:
     """A RayJobTrigger of a job that runs on and on (its log stream stays open); stops are
     recorded in ``trigger.stops``."""
     from ephemeral.airflow.triggers import RayJobTrigger
@@ -41,7 +41,7 @@ def _running_job_trigger(**kwargs: Any) -> Any:
     jobs = SimpleNamespace(status=lambda _jid, timeout=None: JobStatus.RUNNING, client=Client(),
                            head=None, stop=stops.append)
     trigger = RayJobTrigger(handle={"name": "eph-x"}, backend="kubernetes", job_id="j1",
-                            poll_interval=0.05, **kwargs)
+                            poll_interval=poll_interval, **kwargs)
     trigger._jobs = lambda: jobs
     trigger.stops = stops
     return trigger
@@ -80,3 +80,12 @@ def test_a_trigger_serialized_without_a_deadline_counts_from_its_start() -> None
     assert again.deadline == pytest.approx(time.time() + 0.3, abs=0.2)
     assert _first_event(again)["status"] == "TIMEOUT"
     assert _running_job_trigger().deadline is None  # no job_timeout: no deadline
+
+
+def test_a_long_poll_interval_does_not_overrun_the_timeout() -> None:
+    """Looked at every 60 s, a job of timeout 0.5 s was stopped a minute late."""
+    started = time.monotonic()
+    trigger = _running_job_trigger(poll_interval=60.0, timeout=0.5)
+    assert _first_event(trigger)["status"] == "TIMEOUT"  # (_first_event waits 10 s at most)
+    assert trigger.stops == ["j1"]
+    assert time.monotonic() - started < 5

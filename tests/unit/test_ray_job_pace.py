@@ -105,3 +105,21 @@ def test_the_operator_in_the_worker_passes_its_poll_interval(
                                   entrypoint="python t.py", deferrable=False, poll_interval=30)
     op.execute(context)
     assert followed["poll_interval"] == 30.0
+
+
+def test_a_long_poll_interval_does_not_overrun_the_timeout(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """A job of timeout 3 s looked at every 60 s was stopped 60 s late: the last pause ends
+    just past the deadline instead."""
+    from ephemeral.errors import JobTimeout
+
+    clock = [1000.0]
+    monkeypatch.setattr(ray_jobs.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(ray_jobs.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    stopped: list[str] = []
+    job = Job(reads=100)
+    monkeypatch.setattr(job, "stop", stopped.append)
+    with pytest.raises(JobTimeout, match="did not finish in 3s; it was stopped"):
+        job.follow("j1", poll_interval=60.0, timeout=3.0)
+    assert stopped == ["j1"]
+    assert clock[0] - 1000.0 < 3.1  # not 3 + a pause of up to 60 s
