@@ -764,8 +764,8 @@ class AirflowApiLookup:
                            "EPHEMERAL_AIRFLOW_PASSWORD is set without EPHEMERAL_AIRFLOW_USER"
                            if password and not username else None)
         if self._half_pair:
-            log.warning("%s: the reaper cannot log in to Airflow with it; set both, or "
-                        "AIRFLOW_API_TOKEN", self._half_pair)
+            log.warning("%s: the reaper cannot log in to Airflow with it; set both%s",
+                        self._half_pair, "" if token else ", or AIRFLOW_API_TOKEN")
         self.timeout = timeout
         self.instance = instance  # whose clusters are judged: default this deployment's
         self._same_deployment = False
@@ -936,6 +936,3 @@ def _says_not_found(body: object, *ids: str) -> bool:
         return False
     words = f" {detail.replace('`', ' ')} "
     return all(f" {i} " in words for i in ids)
-
-
-

@@ -287,7 +287,7 @@ def _existing_store_client(name: str) -> MlflowClient:
     made for it: without the SQLite store's file there is no model (``ephemeral model show``
     on a new machine leaves nothing behind)."""
     _plain(name, "name")
-    db = _sqlite_file(tracking_uri())
+    db = _sqlite_file(os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri())  # models' store
     if db is not None and not db.exists():
         raise RegistryError(_no_model(name))
     return _client()

@@ -45,26 +45,25 @@ def lookup(key: str, env: Mapping[str, str] | None = None) -> Found:
     # Airflow answers the declared default for an option it has no value of: that is ours.
     if env is None and (value := _airflow_option(key)) and value != option.default:
         return Found(value, where)
-    if env is None and option.sensitive:
-        _refuse_unread_variant(key)
     return Found(option.default, "default")
 
 
-def _refuse_unread_variant(key: str) -> None:
-    """A sensitive option set only as ``<key>_secret`` or ``<key>_cmd`` where no Airflow
-    answers (the CLI, the reaper CronJob): only Airflow's own processes resolve those, and
-    here the option would silently be unset (the reaper logging in without its password)."""
-    if _airflow_conf() is not None:
+def refuse_unread_variant(key: str) -> None:
+    """Raise SettingError for a sensitive option that is unset here but set as ``<key>_secret``
+    or ``<key>_cmd``, where no Airflow answers (the CLI, the reaper CronJob): only Airflow's
+    own processes resolve those. Called where the value would be used, had it been read (the
+    reaper logging in without its password)."""
+    if _airflow_conf() is not None or lookup(key).source != "default":
         return
     section = _airflow_cfg(_airflow_cfg_path())
     for suffix in ("_secret", "_cmd"):
         env_var = f"{BY_KEY[key].airflow_env_var}{suffix.upper()}"
         if os.environ.get(env_var) or section.get(key + suffix):
             where = env_var if os.environ.get(env_var) else f"[{SECTION}] {key}{suffix}"
-            raise SettingError(where, [("", f"only Airflow's own processes resolve "
-                                            f"{suffix} options, and this one is not one: "
-                                            f"give it {BY_KEY[key].env_var} instead (from "
-                                            "the same secret)")])
+            raise SettingError(where, [("", f"{where} is set, but only Airflow's own "
+                                            f"processes resolve {suffix} options, and this "
+                                            f"one is not one: give it {BY_KEY[key].env_var} "
+                                            "instead (from the same secret)")])
 
 
 def _airflow_conf() -> Any:

@@ -7,6 +7,7 @@ stdout and nothing else, for scripts and CI.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import shlex
@@ -106,16 +107,25 @@ BackendOpt = Annotated[str | None, typer.Option(
 
 def _backend(name: str | None) -> ClusterBackend:
     """The backend a command acts on."""
+    chosen = _backend_name(name)
+    _connection_not_read(chosen)
+    return get_backend(chosen)
+
+
+@functools.cache  # once a command
+def _connection_not_read(backend: str) -> None:
+    """The DAGs and the run-end cleanup reach Kubernetes through ``kubernetes_conn_id``
+    (whatever ``backend`` says); a CLI listing elsewhere would say "no clusters" while the
+    deployment's run."""
     from ephemeral.settings import lookup
 
     if (conn := lookup("kubernetes_conn_id")).value:
-        # The DAGs and the run-end cleanup reach Kubernetes through that connection; a CLI
-        # listing elsewhere would show "no clusters" while the deployment's run.
+        where = "the EPHEMERAL_K8S_* settings" if backend == "kubernetes" else \
+            f"the {backend} backend (--backend, EPHEMERAL_BACKEND)"
         err.print(f"warning: {conn.source} ({conn.value}) is an Airflow connection, which "
-                  "the DAGs use and this CLI cannot read: it acts on the backend of "
-                  "--backend / EPHEMERAL_BACKEND and the EPHEMERAL_K8S_* settings; give "
-                  "those the same cluster and namespace", highlight=False, markup=False)
-    return get_backend(_backend_name(name))
+                  f"the DAGs use and this CLI cannot read: it acts on {where}; give it "
+                  "--backend kubernetes and EPHEMERAL_K8S_* settings of the same cluster and "
+                  "namespace", highlight=False, markup=False)
 
 
 def _backend_name(name: str | None) -> str:
@@ -870,13 +880,15 @@ def reap_cmd(
     import os
 
     from ephemeral.reaper import AirflowApiLookup, memory_file, reap
-    from ephemeral.settings import setting
+    from ephemeral.settings import refuse_unread_variant, setting
 
     lookup = None
     if airflow_url := airflow_url or setting("airflow_url"):
+        if user := setting("airflow_user"):
+            refuse_unread_variant("airflow_password")  # not logging in without it
         lookup = AirflowApiLookup(airflow_url, token=os.environ.get("AIRFLOW_API_TOKEN"),
-                                  username=setting("airflow_user"),
-                                  password=setting("airflow_password"))
+                                  username=user,
+                                  password=setting("airflow_password") if user else None)
     elif ctx.get_parameter_source("grace") != ParameterSource.DEFAULT:
         # Not refused: a reaper that stops on this would not delete expired clusters either.
         err.print("warning: --grace has no effect without --airflow-url (or "

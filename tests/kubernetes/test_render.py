@@ -631,8 +631,12 @@ def test_snapshot(ref: str, profile: str | None) -> None:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`ephemeral` without a deployment's Kubernetes settings (render follows them, as `up`
+    does; the snapshots are of the defaults): none from the environment nor an airflow.cfg."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("EPHEMERAL_K8S_", "AIRFLOW__EPHEMERAL__"))}
     return subprocess.run([EPHEMERAL, *args], capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ), check=False)
+                          env=env | {"AIRFLOW_CONFIG": os.devnull}, check=False)
 
 
 def test_cli_render_prints_one_yaml_document_per_object() -> None:

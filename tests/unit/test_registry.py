@@ -258,6 +258,18 @@ def test_showing_a_model_on_a_new_machine_makes_no_store(ephemeral_home: Path,
     assert not (ephemeral_home / "mlflow").exists()
 
 
+def test_a_separate_registry_is_where_models_are_looked_for(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLFLOW_REGISTRY_URI names the models' store: a tracking store not made yet does not
+    mean there is no model."""
+    registry.register("reg-elsewhere", model_uri="file:///models/reg-elsewhere/1")
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
+    monkeypatch.setenv("EPHEMERAL_HOME", str(tmp_path / "new"))  # no tracking store here
+    done = CliRunner().invoke(app, ["model", "show", "reg-elsewhere", "--json"])
+    assert done.exit_code == 0, done.output
+    assert [v["version"] for v in json.loads(done.stdout)["versions"]] == ["1"]
+
+
 def test_the_cli_and_the_library_import_without_mlflow() -> None:
     code = ("import sys, ephemeral.cli.main, ephemeral.registry\n"
             "print('mlflow' in sys.modules)\n")

@@ -116,6 +116,33 @@ def test_a_secret_only_airflow_can_resolve_is_refused_outside_it(tmp_path: Path,
     named = "[ephemeral] airflow_password_secret" if where == "airflow.cfg" else where
     assert message.startswith(named)
     assert "give it EPHEMERAL_AIRFLOW_PASSWORD instead" in message
+    # Where the password would not be used, it is not asked for: a token instead of a user.
+    del env["EPHEMERAL_AIRFLOW_USER"]
+    env["AIRFLOW_API_TOKEN"] = "tok"
+    done = subprocess.run([str(exe), "reap", "--dry-run", "--json", "--backend", "local"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 2, done.stdout + done.stderr
+    assert "_secret" not in done.stdout + done.stderr
+    assert "_CMD" not in done.stdout + done.stderr
+
+
+def test_a_kubeconfig_only_airflow_can_resolve_is_refused_unless_another_is_given(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ephemeral.backends.kubernetes import KubeConfig
+    from ephemeral.errors import BackendUnavailable
+
+    (tmp_path / "airflow.cfg").write_text("[ephemeral]\nkubeconfig_content_secret = kc\n")
+    monkeypatch.setenv("AIRFLOW_CONFIG", str(tmp_path / "airflow.cfg"))
+    monkeypatch.setattr("ephemeral.settings._airflow_conf", lambda: None)  # as the CLI
+    for var in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST", "EPHEMERAL_KUBECONFIG",
+                "EPHEMERAL_K8S_IN_CLUSTER"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(BackendUnavailable, match=r"\[ephemeral\] kubeconfig_content_secret is "
+                                                 "set, but only Airflow's own processes"):
+        KubeConfig.from_env()
+    (tmp_path / "kc.yaml").write_text("apiVersion: v1\n")
+    monkeypatch.setenv("EPHEMERAL_KUBECONFIG", str(tmp_path / "kc.yaml"))
+    assert KubeConfig.from_env().kubeconfig_path == str(tmp_path / "kc.yaml")
 
 
 def test_the_cli_says_it_does_not_read_the_deployments_kubernetes_connection(
@@ -125,10 +152,18 @@ def test_the_cli_says_it_does_not_read_the_deployments_kubernetes_connection(
     from ephemeral.cli import main
 
     monkeypatch.setenv("AIRFLOW__EPHEMERAL__KUBERNETES_CONN_ID", "k8s_prod")
-    done = CliRunner().invoke(main.app, ["ls"])
+    main._connection_not_read.cache_clear()
+    done = CliRunner().invoke(main.app, ["render", "ray/adhoc-cpu", "--json"])
     assert done.exit_code == 0, done.output
     said = " ".join(done.stderr.split())
     assert "warning: [ephemeral] kubernetes_conn_id (k8s_prod) is an Airflow connection" in said
     assert "EPHEMERAL_K8S_* settings" in said
+    assert said.count("warning:") == 1
+    main._connection_not_read.cache_clear()
+    # the tasks go to Kubernetes through it whatever EPHEMERAL_BACKEND says: the CLI would not
+    said = " ".join(CliRunner().invoke(main.app, ["ls"]).stderr.split())
+    assert "it acts on the local backend (--backend, EPHEMERAL_BACKEND)" in said
     monkeypatch.delenv("AIRFLOW__EPHEMERAL__KUBERNETES_CONN_ID")
-    assert "kubernetes_conn_id" not in CliRunner().invoke(main.app, ["ls"]).stderr
+    main._connection_not_read.cache_clear()
+    done = CliRunner().invoke(main.app, ["render", "ray/adhoc-cpu", "--json"])
+    assert "kubernetes_conn_id" not in done.stderr

@@ -281,7 +281,7 @@ def test_a_currency_without_prices_is_said_to_do_nothing(
     assert prices is not None
     assert prices.currency == "CHF"
     assert ("EPHEMERAL_COST_CURRENCY is set but does nothing: the cost file's own `currency` "
-            "is used") in caplog.text
+            "(USD when it gives none) is used") in caplog.text
     caplog.clear()
     assert load_prices({"EPHEMERAL_COST_GPU_HOUR": "2"}) is not None
     assert "does nothing" not in caplog.text

@@ -200,7 +200,7 @@ class KubeConfig(BaseModel):
         """``EPHEMERAL_K8S_*`` variables (or Airflow's ``[ephemeral] k8s_*``, see
         ``ephemeral.settings``); in a pod without any kubeconfig, the service account. A bad
         value fails naming where it came from."""
-        from ephemeral.settings import Found, as_flag, file_path, lookup
+        from ephemeral.settings import Found, as_flag, file_path, lookup, refuse_unread_variant
 
         env = os.environ if environ is None else environ
         named: dict[str, str] = {}  # field: it and the setting it came from, for errors
@@ -242,6 +242,12 @@ class KubeConfig(BaseModel):
             if (found := lookup(f"k8s_{key}", environ)).value is not None:
                 read(key, found)
                 fields[key] = checked(key, functools.partial(as_flag, found))
+        if environ is None and not (fields["kubeconfig_path"] or fields["kubeconfig"]
+                                    or fields.get("in_cluster") or env.get("KUBECONFIG")):
+            # No credentials given but a kubeconfig_content_secret only Airflow resolves: the
+            # defaults below would reach another cluster (or none) without a word.
+            checked("kubeconfig", functools.partial(refuse_unread_variant,
+                                                    "kubeconfig_content"))
         if "in_cluster" not in fields:
             # A pod with no kubeconfig given talks to its own cluster as its service account.
             fields["in_cluster"] = bool(env.get("KUBERNETES_SERVICE_HOST")) and not (
