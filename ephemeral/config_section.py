@@ -71,9 +71,11 @@ OPTIONS: tuple[Option, ...] = (
            "inside. Unset: ``$TMPDIR/ephemeral-<uid>`` (0700; refused when another user made "
            "it).",
            example="/run/ephemeral"),
-    Option("kubernetes_conn_id", "Airflow connection (``kubernetes`` type) the run-end listener "
-           "and reaper use to reach the deployment's Kubernetes backend. Unset: the local "
-           "backend, or the ``kubernetes`` backend's own settings below. The ``ephemeral`` "
+    Option("kubernetes_conn_id", "Airflow connection (``kubernetes`` type) of the deployment's "
+           "Kubernetes backend: tasks that name no connection (and no backend but "
+           "``kubernetes``) make their clusters there, and the run-end listener and reaper "
+           "look there. Unset: the local backend, or the ``kubernetes`` backend's own settings "
+           "below. The ``ephemeral`` "
            "CLI cannot read a connection: it warns, and uses those settings.",
            example="kubernetes_default"),
     Option("run_end_linger", "Seconds the run-end process keeps deleting clusters that appear "

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ephemeral.backends import get_backend
 from ephemeral.errors import BackendUnavailable
-from ephemeral.settings import INSTANCE_PATTERN
+from ephemeral.settings import INSTANCE_PATTERN, setting
 from ephemeral.specs.identity import current_instance
 
 if TYPE_CHECKING:
@@ -155,7 +155,11 @@ class Target:
 def resolve(backend: str | None = None, conn_id: str | None = None,
             kubernetes_conn_id: str | None = None) -> Target:
     """The target of a task given its ``backend``, ``conn_id`` (an ``ephemeral`` connection, or
-    a ``kubernetes`` one) and ``kubernetes_conn_id``. Settings given twice must agree."""
+    a ``kubernetes`` one) and ``kubernetes_conn_id``. Settings given twice must agree. A task
+    that names no connection (and no backend but Kubernetes) reaches the deployment's
+    ``kubernetes_conn_id``: where the run-end cleanup and the reaper look for its clusters."""
+    if backend in (None, "kubernetes") and not conn_id and not kubernetes_conn_id:
+        kubernetes_conn_id = setting("kubernetes_conn_id") or None
     eph: EphemeralConnection | None = None
     if conn_id:
         conn = _connection(conn_id)

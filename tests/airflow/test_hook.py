@@ -126,6 +126,28 @@ def test_the_connection_sets_backend_namespace_and_instance(server: ApiServer) -
     assert resolve(conn_id="k8s").connection == "k8s"  # a kubernetes conn_id works the same
 
 
+def test_a_task_naming_no_target_reaches_the_deployments_connection(
+        server: ApiServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """[ephemeral] kubernetes_conn_id is where the run-end cleanup and the reaper look: a
+    setup naming no connection made its clusters elsewhere (the local backend, or the
+    EPHEMERAL_K8S_* namespace), where nothing deleting them looked."""
+    from ephemeral.airflow.backends import resolve
+    from ephemeral.airflow.run_end import configured_backend
+    from ephemeral.backends.kubernetes import KubernetesBackend
+    from ephemeral.backends.local import LocalBackend
+
+    monkeypatch.setenv("EPHEMERAL_KUBERNETES_CONN_ID", "k8s")
+    for target in (resolve(), resolve("kubernetes")):
+        assert isinstance(target.backend, KubernetesBackend)
+        assert target.backend.config.namespace == "elsewhere"  # the connection's
+        assert target.connection == "k8s"  # recorded: the teardown resolves the same
+    cleanup = configured_backend()
+    assert isinstance(cleanup, KubernetesBackend)
+    assert cleanup.config.namespace == "elsewhere"
+    assert isinstance(resolve("local").backend, LocalBackend)  # a task's own choice stands
+    assert resolve(conn_id="eph").connection == "eph"
+
+
 @pytest.mark.parametrize(("kwargs", "error"), [
     ({"backend": "local"}, "backend 'local' but connection 'eph' says 'kubernetes'"),
     ({"kubernetes_conn_id": "k8s_other"}, "but connection 'eph' uses 'k8s'"),
