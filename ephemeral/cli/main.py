@@ -880,15 +880,17 @@ def reap_cmd(
     import os
 
     from ephemeral.reaper import AirflowApiLookup, memory_file, reap
-    from ephemeral.settings import refuse_unread_variant, setting
+    from ephemeral.settings import refuse_unread_variant, setting, unused_setting
 
     lookup = None
     if airflow_url := airflow_url or setting("airflow_url"):
         if user := setting("airflow_user"):
             refuse_unread_variant("airflow_password")  # not logging in without it
         lookup = AirflowApiLookup(airflow_url, token=os.environ.get("AIRFLOW_API_TOKEN"),
-                                  username=user,
-                                  password=setting("airflow_password") if user else None)
+                                  username=user, password=setting("airflow_password"))
+    elif unused := unused_setting("airflow_user", "no Airflow URL is set (--airflow-url, "
+                                  "EPHEMERAL_AIRFLOW_URL), so no run's end is known"):
+        err.print(f"warning: {unused}", highlight=False, markup=False)
     elif ctx.get_parameter_source("grace") != ParameterSource.DEFAULT:
         # Not refused: a reaper that stops on this would not delete expired clusters either.
         err.print("warning: --grace has no effect without --airflow-url (or "

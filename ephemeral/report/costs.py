@@ -110,9 +110,11 @@ def load_prices(env: Mapping[str, str] | None = None) -> Prices | None:
     except SettingError as err:  # what callers that go on without prices catch
         raise CostConfigError(str(err)) from None
     if path is not None:
-        if unused := unused_setting("cost_currency", "the cost file's own `currency` (USD "
-                                    "when it gives none) is used", env):
-            log.warning(unused)
+        for key in ("cost_currency", *(f"cost_{field}" for field in ENV_PRICES)):
+            if unused := unused_setting(key, f"{lookup('cost_file', env).source} is set, and "
+                                        "the cost file's own prices and currency (USD when it "
+                                        "gives none) are used", env):
+                log.warning(unused)
         return _from_file(path, lookup("cost_file", env).source)
     given = {field: value for field in ENV_PRICES if (value := setting(f"cost_{field}", env))}
     if not given:

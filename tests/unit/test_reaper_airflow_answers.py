@@ -121,3 +121,19 @@ def test_a_401_without_credentials_does_not_blame_a_token(
     assert f"HTTP 401 for train/r1: no credentials were sent ({said})" in str(err.value)
     assert "expires" not in str(err.value)
     assert (said in caplog.text) is bool(given)  # warned at once, before any request
+
+
+def test_credentials_without_an_airflow_are_said_to_do_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reaper given a user (and password) but no Airflow URL judges no run's end: it says so
+    rather than drop them; given a password without a user, it warns of the half pair."""
+    from typer.testing import CliRunner
+
+    from ephemeral.cli import main
+
+    monkeypatch.delenv("EPHEMERAL_AIRFLOW_URL", raising=False)
+    monkeypatch.setenv("EPHEMERAL_AIRFLOW_USER", "reaper")
+    done = CliRunner().invoke(main.app, ["reap", "--dry-run", "--json"])
+    assert done.exit_code == 0, done.output
+    assert ("warning: EPHEMERAL_AIRFLOW_USER is set but does nothing: no Airflow URL is set"
+            in " ".join(done.stderr.split()))

@@ -277,11 +277,13 @@ def test_a_currency_without_prices_is_said_to_do_nothing(
     caplog.clear()
     (tmp_path / "prices.yaml").write_text("currency: CHF\ndefault: {gpuHour: 2}\n")
     prices = load_prices({"EPHEMERAL_COST_FILE": str(tmp_path / "prices.yaml"),
-                          "EPHEMERAL_COST_CURRENCY": "EUR"})
+                          "EPHEMERAL_COST_CURRENCY": "EUR", "EPHEMERAL_COST_GPU_HOUR": "9.99"})
     assert prices is not None
-    assert prices.currency == "CHF"
-    assert ("EPHEMERAL_COST_CURRENCY is set but does nothing: the cost file's own `currency` "
-            "(USD when it gives none) is used") in caplog.text
+    assert (prices.currency, prices.default.gpu_hour) == ("CHF", 2)
+    for var in ("EPHEMERAL_COST_CURRENCY", "EPHEMERAL_COST_GPU_HOUR"):
+        assert (f"{var} is set but does nothing: EPHEMERAL_COST_FILE is set, and the cost "
+                "file's own prices and currency (USD when it gives none) are used"
+                ) in caplog.text
     caplog.clear()
     assert load_prices({"EPHEMERAL_COST_GPU_HOUR": "2"}) is not None
     assert "does nothing" not in caplog.text
