@@ -270,7 +270,9 @@ def kubernetes_backend(kubernetes_conn_id: str | None, namespace: str | None = N
         raise ConnectionInvalid(PROVIDER_MISSING) from err
     hook = KubernetesHook(conn_id=kubernetes_conn_id)
     extra: dict[str, Any] = hook.conn_extras
-    ours = {k.removeprefix(OUR_PREFIX): v for k, v in extra.items() if k.startswith(OUR_PREFIX)}
+    # Older Airflow forms saved every extra as extra__kubernetes__<name>: read as <name>.
+    plain = {k.removeprefix("extra__kubernetes__"): v for k, v in extra.items()}
+    ours = {k.removeprefix(OUR_PREFIX): v for k, v in plain.items() if k.startswith(OUR_PREFIX)}
     unknown = sorted(set(ours) - OUR_FIELDS)
     if unknown:
         raise ConnectionInvalid(

@@ -126,6 +126,21 @@ def test_the_connection_sets_backend_namespace_and_instance(server: ApiServer) -
     assert resolve(conn_id="k8s").connection == "k8s"  # a kubernetes conn_id works the same
 
 
+def test_our_extras_of_a_kubernetes_connection_are_read_with_the_legacy_prefix_too(
+        server: ApiServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A connection saved by an older form (extra__kubernetes__<name>): the provider's hook
+    reads its own fields so; ours were ignored (the Spark mode stayed standalone)."""
+    from ephemeral.airflow.backends import resolve
+    from ephemeral.backends.kubernetes import KubernetesBackend
+
+    connection(monkeypatch, "k8s_old", "kubernetes",
+               extra__kubernetes__kube_config_path=str(tmp_path / "kubeconfig.yaml"),
+               extra__kubernetes__ephemeral_spark_mode="operator")
+    target = resolve(None, None, "k8s_old")
+    assert isinstance(target.backend, KubernetesBackend)
+    assert target.backend.config.spark_mode == "operator"
+
+
 def test_a_task_naming_no_target_reaches_the_deployments_connection(
         server: ApiServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """[ephemeral] kubernetes_conn_id is where the run-end cleanup and the reaper look: a

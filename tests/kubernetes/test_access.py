@@ -395,6 +395,21 @@ def test_endpoint_mode_auto_is_dns_in_a_pod_and_proxy_elsewhere() -> None:
     assert forced.resolved_endpoint_mode({"KUBERNETES_SERVICE_HOST": "10.96.0.1"}) == "proxy"
 
 
+def test_a_context_is_a_kubeconfigs_even_in_a_pod() -> None:
+    """In a pod, a context given meant a kubeconfig's cluster: the pod's own was used, and the
+    context ignored. Given with in_cluster explicitly, it is refused."""
+    from ephemeral.errors import BackendUnavailable
+
+    pod = {"KUBERNETES_SERVICE_HOST": "10.96.0.1"}
+    assert KubeConfig.from_env(pod).in_cluster
+    chosen = KubeConfig.from_env(pod | {"EPHEMERAL_K8S_CONTEXT": "prod"})
+    assert (chosen.in_cluster, chosen.context) == (False, "prod")
+    with pytest.raises(BackendUnavailable, match="context 'prod' names a kubeconfig's context, "
+                                                 "and in_cluster uses the pod's ServiceAccount"):
+        KubeConfig.from_env(pod | {"EPHEMERAL_K8S_CONTEXT": "prod",
+                                   "EPHEMERAL_K8S_IN_CLUSTER": "true"})
+
+
 def test_client_settings_from_the_environment_and_connection_extras() -> None:
     env = KubeConfig.from_env({"EPHEMERAL_K8S_CLIENT_SELECTOR": "tier=airflow, component=worker",
                                "EPHEMERAL_K8S_CLIENT_CIDRS": "10.0.0.0/8,192.168.1.0/24",

@@ -177,6 +177,9 @@ class KubeConfig(BaseModel):
                                        ("kubeconfig", self.kubeconfig)) if on]
         if len(given) > 1:
             raise ValueError(f"{' and '.join(given)} are mutually exclusive; set one of them")
+        if self.in_cluster and self.context:  # the pod's own credentials have no contexts
+            raise ValueError(f"context {self.context!r} names a kubeconfig's context, and "
+                             "in_cluster uses the pod's ServiceAccount instead: unset one")
         if self.endpoint_mode == "ingress" and not self.ingress_url_template:
             raise ValueError("endpoint_mode 'ingress' needs ingress_url_template, e.g. "
                              "'https://{cluster}-{port}.ray.example.com'")
@@ -249,9 +252,11 @@ class KubeConfig(BaseModel):
             checked("kubeconfig", functools.partial(refuse_unread_variant,
                                                     "kubeconfig_content"))
         if "in_cluster" not in fields:
-            # A pod with no kubeconfig given talks to its own cluster as its service account.
+            # A pod with no kubeconfig given talks to its own cluster as its service account;
+            # a context given names one of a kubeconfig (the default ~/.kube/config).
             fields["in_cluster"] = bool(env.get("KUBERNETES_SERVICE_HOST")) and not (
-                fields["kubeconfig_path"] or fields["kubeconfig"] or env.get("KUBECONFIG"))
+                fields["kubeconfig_path"] or fields["kubeconfig"] or env.get("KUBECONFIG")
+                or fields["context"])
         try:
             return cls(**fields)
         except ValidationError as exc:  # named, not shown: pydantic would echo a secret value
