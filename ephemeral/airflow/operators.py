@@ -462,7 +462,7 @@ class CreateClusterOperator(BaseOperator):
     def _target(self) -> Target:
         try:
             return resolve_target(self.backend, self.conn_id, self.kubernetes_conn_id)
-        except ConnectionInvalid as err:  # nothing was created, and a retry cannot help
+        except (ConnectionInvalid, SettingError) as err:  # nothing was created; no retry helps
             raise AirflowFailException(str(err)) from err
 
     def _cleanup_on_failure(self, context: Any, backend: ClusterBackend, handle: ClusterHandle
@@ -745,7 +745,7 @@ class DeleteClusterOperator(BaseOperator):
         if not handles:  # no usable handle: the setup's own target, as the DAG gives it
             try:
                 target = resolve_target(*self._setup_args(setup))
-            except ConnectionInvalid as err:
+            except (ConnectionInvalid, SettingError) as err:
                 raise AirflowFailException(str(err)) from err
             return target.backend, target.instance
         handle = handles[0]

@@ -10,7 +10,7 @@ from ephemeral.backends.base import (
     OwnerSelector,
     Phase,
 )
-from ephemeral.errors import BackendUnavailable
+from ephemeral.errors import SettingError
 
 __all__ = [
     "ClusterBackend",
@@ -25,8 +25,9 @@ __all__ = [
 
 def get_backend(name: str | None = None) -> ClusterBackend:
     """The backend called ``name`` (default: ``$EPHEMERAL_BACKEND``, else ``local``)."""
-    from ephemeral.settings import get_settings
+    from ephemeral.settings import get_settings, lookup
 
+    source = "backend" if name else lookup("backend").source  # what to correct
     name = name or get_settings().backend
     if name == "local":
         from ephemeral.backends.local import LocalBackend
@@ -40,4 +41,5 @@ def get_backend(name: str | None = None) -> ClusterBackend:
         from ephemeral.backends.kubernetes import KubeConfig, KubernetesBackend
 
         return KubernetesBackend(KubeConfig.from_env())
-    raise BackendUnavailable(f"unknown backend {name!r}; known: local, kubernetes, fake")
+    # Refused input, not an outage: a task retrying a misspelt backend would only fail again.
+    raise SettingError(source, [("", f"unknown backend {name!r}; use local or kubernetes")])

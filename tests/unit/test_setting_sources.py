@@ -167,3 +167,19 @@ def test_the_cli_says_it_does_not_read_the_deployments_kubernetes_connection(
     main._connection_not_read.cache_clear()
     done = CliRunner().invoke(main.app, ["render", "ray/adhoc-cpu", "--json"])
     assert "kubernetes_conn_id" not in done.stderr
+
+
+def test_a_tasks_misspelt_backend_is_refused_naming_the_setting_not_retried(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task's backend comes from the same setting as the CLI's: a typo there is refused
+    input (no retry can help), named where it was set."""
+    from ephemeral.airflow.backends import resolve
+    from ephemeral.errors import SettingError
+
+    monkeypatch.setenv("AIRFLOW__EPHEMERAL__BACKEND", "Kubernetes")
+    with pytest.raises(SettingError) as err:
+        resolve()
+    assert not err.value.retryable
+    assert err.value.refused
+    assert str(err.value).startswith("[ephemeral] backend: invalid setting")
+    assert "unknown backend 'Kubernetes'; use local or kubernetes" in str(err.value)
