@@ -122,9 +122,11 @@ OPTIONS: tuple[Option, ...] = (
            "package runs its code on every node of the cluster.", example="pandas,scikit-learn",
            group=_F),
     Option("adhoc_max_workers", "Raises the trigger form's cap on workers above a spec's "
-           "maxReplicas.", type="integer", example="8", group=_F),
-    Option("adhoc_max_gpus", "Raises the trigger form's cap on GPUs per worker above a spec's.",
-           type="integer", example="4", group=_F),
+           "maxReplicas (only raises: a spec's own maxReplicas is always allowed; lower it "
+           "in the spec).", type="integer", example="8", group=_F),
+    Option("adhoc_max_gpus", "Raises the trigger form's cap on GPUs per worker above a spec's "
+           "(only raises: the spec's own GPUs are always allowed).", type="integer",
+           example="4", group=_F),
     # Reports, costs, notifications
     Option("cost_file", "YAML file (an absolute path) of prices per spec (``currency``, "
            "``default`` and ``specs`` with ``cpuHour``, ``gpuHour``, ``memoryGibHour``). Takes "
