@@ -33,7 +33,6 @@ from typing import Any
 from ephemeral.settings import default_dir, folder, setting
 
 PARAMS_VAR = "EPHEMERAL_PARAMS_DIR"
-POOL_VAR = "EPHEMERAL_GPU_POOL"
 DEFAULT_POOL = "ephemeral_gpu_trials"
 # What jobs/train_ddp.py takes per trial (the scaling flags come from the cluster, the run and
 # the data from the DAG).

@@ -210,9 +210,11 @@ class Stack(AirflowApi):
     def create_pools(self) -> None:
         """The pool train_distributed's trials run in (``$EPHEMERAL_GPU_POOL``), as a deployment
         creates it once: without it the scheduler never starts a trial."""
-        from ephemeral.trials import DEFAULT_POOL, POOL_VAR
+        from ephemeral.settings import setting
+        from ephemeral.trials import DEFAULT_POOL
 
-        name = self.env().get(POOL_VAR) or DEFAULT_POOL
+        # The setting's rule (a variable or AIRFLOW__EPHEMERAL__GPU_POOL), as the DAG reads it.
+        name = setting("gpu_pool", self.env()) or DEFAULT_POOL
         if self.request("GET", f"/api/v2/pools/{name}")[0] == 200:
             return
         status, body = self.request("POST", "/api/v2/pools", {
