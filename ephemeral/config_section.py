@@ -189,8 +189,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("k8s_spark_mode", "How Spark clusters run on Kubernetes unless their spec says: "
            "``standalone`` (master and worker Deployments, default) or ``operator`` (the "
            "spark-operator's SparkConnect).", example="operator", group=_K),
-    Option("k8s_spark_service_account", "Service account of Spark's pods.", example="spark",
-           group=_K),
+    Option("k8s_spark_service_account", "In Spark's ``operator`` mode, the ServiceAccount of "
+           "the Connect server (the driver, which creates its executor pods). Standalone "
+           "clusters' pods run as the namespace's default.", default="spark-operator-spark",
+           example="spark", group=_K),
     # Reaper
     Option("airflow_url", "Airflow's REST API, which ``ephemeral reap`` asks whether a "
            "cluster's run has ended. Unset: only expiry (``lifetime.ttl``) and the idle rule "

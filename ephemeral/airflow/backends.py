@@ -6,13 +6,14 @@ around, never credentials: the triggerer looks the connection up again itself.""
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ephemeral.backends import get_backend
-from ephemeral.errors import BackendUnavailable
+from ephemeral.errors import BackendUnavailable, EphemeralError
 from ephemeral.settings import INSTANCE_PATTERN, setting
 from ephemeral.specs.identity import current_instance
 
@@ -32,6 +33,7 @@ PROVIDER_MISSING = (
 # URLs are built when Airflow runs outside the cluster, and who the clusters' NetworkPolicies
 # admit.
 OUR_PREFIX = "ephemeral_"
+log = logging.getLogger(__name__)
 OUR_FIELDS = {"endpoint_mode", "ingress_url_template", "http_check", "cluster_domain",
               "proxy_link_base", "client_selector", "client_cidrs", "spark_mode",
               "spark_service_account"}
@@ -285,7 +287,28 @@ def kubernetes_backend(kubernetes_conn_id: str | None, namespace: str | None = N
         "in_cluster": bool(hook.is_in_cluster),
         "namespace": namespace or hook.get_namespace() or "default",
         "verify_ssl": bool(api.configuration.verify_ssl), **ours})
+    _settings_not_used(kubernetes_conn_id, config)
     return KubernetesBackend(config, client=KubeClient(config, api))
+
+
+def _settings_not_used(conn_id: str, config: KubeConfig) -> None:
+    """Warn of EPHEMERAL_K8S_* settings that say otherwise than the connection in use: a
+    connection's extras are the whole config, so a NetworkPolicy's clients or a Spark mode set
+    there silently did not apply."""
+    from ephemeral.backends.kubernetes import KubeConfig
+    from ephemeral.settings import lookup
+
+    try:
+        settings = KubeConfig.from_env()
+    except EphemeralError:  # they are not used here: their own errors are not this task's
+        return
+    differ = [lookup(f"k8s_{field}").source for field in sorted(OUR_FIELDS | {"namespace"})
+              if lookup(f"k8s_{field}").source != "default"
+              and getattr(settings, field) != getattr(config, field)]
+    if differ:
+        log.warning("connection %r is used, so %s (set otherwise) do not apply: set them as "
+                    "its ephemeral_* extras (namespace: its own), or unset them", conn_id,
+                    ", ".join(differ))
 
 
 def _api_client(hook: Any, conn_id: str, *, secret_content: bool) -> Any:

@@ -141,6 +141,22 @@ def test_our_extras_of_a_kubernetes_connection_are_read_with_the_legacy_prefix_t
     assert target.backend.config.spark_mode == "operator"
 
 
+def test_kubernetes_settings_a_connection_overrides_are_said_not_to_apply(
+        server: ApiServer, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A connection's extras are its whole config: EPHEMERAL_K8S_* values that differ (the
+    clients a NetworkPolicy admits, the Spark mode) silently did not apply."""
+    from ephemeral.airflow.backends import resolve
+
+    monkeypatch.setenv("EPHEMERAL_K8S_CLIENT_CIDRS", "10.0.0.0/8")
+    monkeypatch.setenv("EPHEMERAL_K8S_ENDPOINT_MODE", "dns")  # the connection's own: said not
+    resolve(None, None, "k8s")
+    said = [r.getMessage() for r in caplog.records if "do not apply" in r.getMessage()]
+    assert said == ["connection 'k8s' is used, so EPHEMERAL_K8S_CLIENT_CIDRS (set otherwise) do "
+                    "not apply: set them as its ephemeral_* extras (namespace: its own), or "
+                    "unset them"]
+
+
 def test_a_task_naming_no_target_reaches_the_deployments_connection(
         server: ApiServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """[ephemeral] kubernetes_conn_id is where the run-end cleanup and the reaper look: a
