@@ -160,8 +160,7 @@ def resolve(backend: str | None = None, conn_id: str | None = None,
     a ``kubernetes`` one) and ``kubernetes_conn_id``. Settings given twice must agree. A task
     that names no connection (and no backend but Kubernetes) reaches the deployment's
     ``kubernetes_conn_id``: where the run-end cleanup and the reaper look for its clusters."""
-    if backend in (None, "kubernetes") and not conn_id and not kubernetes_conn_id:
-        kubernetes_conn_id = setting("kubernetes_conn_id") or None
+    kubernetes_conn_id = kubernetes_conn_id or deployment_connection(backend, conn_id)
     eph: EphemeralConnection | None = None
     if conn_id:
         conn = _connection(conn_id)
@@ -202,6 +201,16 @@ def resolve(backend: str | None = None, conn_id: str | None = None,
                                      "them")
         return Target(kubernetes_backend(kubernetes_conn_id, namespace), instance, recorded)
     return Target(get_backend(backend), instance, recorded)
+
+
+def deployment_connection(backend: str | None, conn_id: str | None,
+                          kubernetes_conn_id: str | None = None) -> str | None:
+    """The connection a task that names none (and no backend but Kubernetes) reaches: the
+    deployment's ``[ephemeral] kubernetes_conn_id``, where the run-end cleanup and the reaper
+    look for its clusters. None for a task that names its own."""
+    if backend in (None, "kubernetes") and not conn_id and not kubernetes_conn_id:
+        return setting("kubernetes_conn_id") or None
+    return None
 
 
 def task_backend(name: str | None, connection: str | None = None) -> ClusterBackend:
@@ -287,7 +296,9 @@ def kubernetes_backend(kubernetes_conn_id: str | None, namespace: str | None = N
         "in_cluster": bool(hook.is_in_cluster),
         "namespace": namespace or hook.get_namespace() or "default",
         "verify_ssl": bool(api.configuration.verify_ssl), **ours})
-    _settings_not_used(kubernetes_conn_id, config)
+    # The namespace compared is the kubernetes connection's own, not an ephemeral one's.
+    _settings_not_used(kubernetes_conn_id, config.model_copy(
+        update={"namespace": hook.get_namespace() or "default"}))
     return KubernetesBackend(config, client=KubeClient(config, api))
 
 

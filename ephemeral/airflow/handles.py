@@ -89,12 +89,20 @@ def made_through(task: Any, handle: ClusterHandle, setup_id: str | None) -> None
             f"{task.dag.dag_id} does not have. Pass this DAG's setup output as it is.")
     if (setup := setup_operator(task, setup_id)) is None:
         return
-    said = {"connection": setup.conn_id or setup.kubernetes_conn_id, "backend": setup.backend}
+    from ephemeral.airflow.backends import deployment_connection
+
+    named = setup.conn_id or setup.kubernetes_conn_id
+    said = {"connection": named or deployment_connection(setup.backend, None),
+            "backend": setup.backend}
     if any("{{" in str(value) for value in said.values()):
         return
+    # A handle a setup naming no connection recorded before the deployment's connection was
+    # set (None) is that setup's too.
+    also = {None} if named is None else set()
     wrong = [f"{field} {getattr(handle, field)!r} where {setup_id} says {value!r}"
              for field, value in said.items()
-             if (value is not None or field == "connection") and getattr(handle, field) != value]
+             if (value is not None or field == "connection") and getattr(handle, field) != value
+             and not (field == "connection" and getattr(handle, field) in also)]
     if wrong:
         raise AirflowFailException(
             f"cluster {handle.name}: its handle names {'; '.join(wrong)}: an edited handle, or "

@@ -150,11 +150,13 @@ def test_kubernetes_settings_a_connection_overrides_are_said_not_to_apply(
 
     monkeypatch.setenv("EPHEMERAL_K8S_CLIENT_CIDRS", "10.0.0.0/8")
     monkeypatch.setenv("EPHEMERAL_K8S_ENDPOINT_MODE", "dns")  # the connection's own: said not
+    monkeypatch.setenv("EPHEMERAL_K8S_NAMESPACE", "elsewhere")  # the k8s connection's own
     resolve(None, None, "k8s")
+    resolve(conn_id="eph")  # its namespace over the kubernetes connection's: not a setting's
     said = [r.getMessage() for r in caplog.records if "do not apply" in r.getMessage()]
     assert said == ["connection 'k8s' is used, so EPHEMERAL_K8S_CLIENT_CIDRS (set otherwise) do "
                     "not apply: set them as its ephemeral_* extras (namespace: its own), or "
-                    "unset them"]
+                    "unset them"] * 2
 
 
 def test_a_task_naming_no_target_reaches_the_deployments_connection(

@@ -257,6 +257,23 @@ def test_a_setup_naming_no_connection_accepts_whatever_backend_its_worker_had(
     assert names(backend) == []
 
 
+@pytest.mark.parametrize("recorded", ["k8s", None])
+def test_a_setup_naming_no_connection_reaches_the_deployments_and_its_tasks_agree(
+        backend: InMemoryBackend, monkeypatch: pytest.MonkeyPatch, recorded: str | None) -> None:
+    """With [ephemeral] kubernetes_conn_id set, a setup naming no connection records it: its
+    job tasks and teardown take that as the setup's own (as they do a handle recorded before
+    the setting was set), and still refuse another connection."""
+    monkeypatch.setenv("EPHEMERAL_KUBERNETES_CONN_ID", "k8s")
+    mine = backend.create(SPEC, identity=ident()).model_copy(update={"connection": recorded})
+    delete = _in_a_dag({})
+    delete.cluster = mine.model_dump(mode="json")
+    assert delete.execute(context()) == {"deleted": [mine.name]}
+    other = backend.create(SPEC, identity=ident())
+    delete.cluster = other.model_copy(update={"connection": "other"}).model_dump(mode="json")
+    with pytest.raises(AirflowFailException, match="connection 'other' where create says 'k8s'"):
+        delete.execute(context())
+
+
 def test_a_job_given_a_handle_of_another_connection_than_its_setup_submits_nothing(
         backend: InMemoryBackend) -> None:
     from airflow.sdk import DAG
