@@ -17,6 +17,7 @@ from ephemeral.errors import (
     ClusterFailed,
     IdentityConflict,
     ReadinessTimeout,
+    SettingError,
     TeardownIncomplete,
 )
 from ephemeral.specs import ClusterIdentity
@@ -384,8 +385,10 @@ def test_get_backend_builds_it_from_the_environment(monkeypatch: pytest.MonkeyPa
     backend = get_backend("kubernetes")
     assert isinstance(backend, KubernetesBackend)
     assert backend.config.namespace == "ml"
-    with pytest.raises(BackendUnavailable, match="known: local, kubernetes, fake"):
+    with pytest.raises(SettingError, match="unknown backend 'nomad'; use local or kubernetes"
+                       ) as err:
         get_backend("nomad")
+    assert not err.value.retryable  # refused input: a retry would only fail again
 
 
 def test_config_from_env_detects_a_pod() -> None:
