@@ -891,7 +891,7 @@ def reap_cmd(
     elif unused := unused_setting("airflow_user", "no Airflow URL is set (--airflow-url, "
                                   "EPHEMERAL_AIRFLOW_URL), so no run's end is known"):
         err.print(f"warning: {unused}", highlight=False, markup=False)
-    elif ctx.get_parameter_source("grace") != ParameterSource.DEFAULT:
+    if lookup is None and ctx.get_parameter_source("grace") != ParameterSource.DEFAULT:
         # Not refused: a reaper that stops on this would not delete expired clusters either.
         err.print("warning: --grace has no effect without --airflow-url (or "
                   "EPHEMERAL_AIRFLOW_URL): no run's end is known, so only expiry and "

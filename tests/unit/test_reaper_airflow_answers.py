@@ -137,3 +137,5 @@ def test_credentials_without_an_airflow_are_said_to_do_nothing(
     assert done.exit_code == 0, done.output
     assert ("warning: EPHEMERAL_AIRFLOW_USER is set but does nothing: no Airflow URL is set"
             in " ".join(done.stderr.split()))
+    done = CliRunner().invoke(main.app, ["reap", "--dry-run", "--json", "--grace", "60"])
+    assert "--grace has no effect without --airflow-url" in " ".join(done.stderr.split())
