@@ -287,15 +287,19 @@ def _existing_store_client(name: str) -> MlflowClient:
     made for it: without the SQLite store's file there is no model (``ephemeral model show``
     on a new machine leaves nothing behind)."""
     _plain(name, "name")
-    db = _sqlite_file(os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri())  # models' store
+    db = _sqlite_file(_registry_uri())
     if db is not None and not db.exists():
         raise RegistryError(_no_model(name))
     return _client()
 
 
+def _registry_uri() -> str:
+    """Where the models are: ``$MLFLOW_REGISTRY_URI``, else the tracking store."""
+    return os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri()
+
+
 def _client() -> MlflowClient:
-    uri = tracking_uri()
-    return _client_for(uri, os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    return _client_for(tracking_uri(), _registry_uri())
 
 
 @functools.lru_cache(maxsize=8)

@@ -203,12 +203,11 @@ def resolve(backend: str | None = None, conn_id: str | None = None,
     return Target(get_backend(backend), instance, recorded)
 
 
-def deployment_connection(backend: str | None, conn_id: str | None,
-                          kubernetes_conn_id: str | None = None) -> str | None:
+def deployment_connection(backend: str | None, conn_id: str | None) -> str | None:
     """The connection a task that names none (and no backend but Kubernetes) reaches: the
     deployment's ``[ephemeral] kubernetes_conn_id``, where the run-end cleanup and the reaper
     look for its clusters. None for a task that names its own."""
-    if backend in (None, "kubernetes") and not conn_id and not kubernetes_conn_id:
+    if backend in (None, "kubernetes") and not conn_id:
         return setting("kubernetes_conn_id") or None
     return None
 
@@ -313,8 +312,8 @@ def _settings_not_used(conn_id: str, config: KubeConfig) -> None:
         settings = KubeConfig.from_env()
     except EphemeralError:  # they are not used here: their own errors are not this task's
         return
-    differ = [lookup(f"k8s_{field}").source for field in sorted(OUR_FIELDS | {"namespace"})
-              if lookup(f"k8s_{field}").source != "default"
+    differ = [source for field in sorted(OUR_FIELDS | {"namespace"})
+              if (source := lookup(f"k8s_{field}").source) != "default"
               and getattr(settings, field) != getattr(config, field)]
     if differ:
         log.warning("connection %r is used, so %s (set otherwise) do not apply: set them as "

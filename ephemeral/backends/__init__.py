@@ -27,7 +27,7 @@ def get_backend(name: str | None = None) -> ClusterBackend:
     """The backend called ``name`` (default: ``$EPHEMERAL_BACKEND``, else ``local``)."""
     from ephemeral.settings import get_settings, lookup
 
-    source = "backend" if name else lookup("backend").source  # what to correct
+    given = name
     name = name or get_settings().backend
     if name == "local":
         from ephemeral.backends.local import LocalBackend
@@ -42,4 +42,5 @@ def get_backend(name: str | None = None) -> ClusterBackend:
 
         return KubernetesBackend(KubeConfig.from_env())
     # Refused input, not an outage: a task retrying a misspelt backend would only fail again.
+    source = "backend" if given else lookup("backend").source  # what to correct
     raise SettingError(source, [("", f"unknown backend {name!r}; use local or kubernetes")])

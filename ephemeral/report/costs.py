@@ -110,12 +110,12 @@ def load_prices(env: Mapping[str, str] | None = None) -> Prices | None:
     except SettingError as err:  # what callers that go on without prices catch
         raise CostConfigError(str(err)) from None
     if path is not None:
+        source = lookup("cost_file", env).source
         for key in ("cost_currency", *(f"cost_{field}" for field in ENV_PRICES)):
-            if unused := unused_setting(key, f"{lookup('cost_file', env).source} is set, and "
-                                        "the cost file's own prices and currency (USD when it "
-                                        "gives none) are used", env):
+            if unused := unused_setting(key, f"{source} is set, and the cost file's own prices "
+                                        "and currency (USD when it gives none) are used", env):
                 log.warning(unused)
-        return _from_file(path, lookup("cost_file", env).source)
+        return _from_file(path, source)
     given = {field: value for field in ENV_PRICES if (value := setting(f"cost_{field}", env))}
     if not given:
         if unused := unused_setting("cost_currency", "no price is set", env):
