@@ -79,6 +79,14 @@ class BackendUnavailable(BackendError):
     retryable = True
 
 
+class BackendMisconfigured(BackendUnavailable):
+    """The backend's settings (``EPHEMERAL_K8S_*``, a connection) cannot work as given: nothing
+    was made, and a retry, a task's or the CLI's, fails the same."""
+
+    retryable = False
+    refused = True
+
+
 class InstanceRequired(BackendError):
     """The backend needs this deployment's instance set, not derived: what it would create or
     reap could be another deployment's. A retry fails the same."""

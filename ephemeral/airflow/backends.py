@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ephemeral.backends import get_backend
-from ephemeral.errors import BackendUnavailable, EphemeralError
+from ephemeral.errors import BackendMisconfigured, EphemeralError
 from ephemeral.settings import INSTANCE_PATTERN, setting
 from ephemeral.specs.identity import current_instance
 
@@ -84,10 +84,8 @@ CONNECTION_TYPE: dict[str, Any] = {
 it from there without importing the hook, whose module imports Airflow)."""
 
 
-class ConnectionInvalid(BackendUnavailable):
+class ConnectionInvalid(BackendMisconfigured):
     """A connection or task setting that cannot work as given: a retry would fail the same."""
-
-    retryable = False
 
 
 @dataclass(frozen=True)
@@ -214,8 +212,14 @@ def deployment_connection(backend: str | None, conn_id: str | None) -> str | Non
 
 def task_backend(name: str | None, connection: str | None = None) -> ClusterBackend:
     """The backend of ``resolve(name, connection)``: ``connection`` is what a handle records,
-    an ``ephemeral`` or a ``kubernetes`` connection id."""
-    return resolve(name, connection).backend
+    an ``ephemeral`` or a ``kubernetes`` connection id. Settings that cannot work fail the
+    task without its retries: each would read the same settings."""
+    try:
+        return resolve(name, connection).backend
+    except BackendMisconfigured as err:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(str(err)) from err
 
 
 def instance_of(conn_id: str | None) -> str:

@@ -29,7 +29,6 @@ from airflow.sdk.exceptions import (
 )
 
 from ephemeral.airflow.backends import (
-    ConnectionInvalid,
     Target,
     instance_of,
     same_connection,
@@ -52,6 +51,7 @@ from ephemeral.airflow.triggers import ClusterReadyTrigger, RayJobTrigger
 from ephemeral.backends import ClusterBackend, ClusterHandle
 from ephemeral.backends.readiness import Readiness
 from ephemeral.errors import (
+    BackendMisconfigured,
     ClusterFailed,
     EphemeralError,
     InstanceRequired,
@@ -462,7 +462,7 @@ class CreateClusterOperator(BaseOperator):
     def _target(self) -> Target:
         try:
             return resolve_target(self.backend, self.conn_id, self.kubernetes_conn_id)
-        except (ConnectionInvalid, SettingError) as err:  # nothing was created; no retry helps
+        except (BackendMisconfigured, SettingError) as err:  # nothing was created; no retry helps
             raise AirflowFailException(str(err)) from err
 
     def _cleanup_on_failure(self, context: Any, backend: ClusterBackend, handle: ClusterHandle
@@ -745,7 +745,7 @@ class DeleteClusterOperator(BaseOperator):
         if not handles:  # no usable handle: the setup's own target, as the DAG gives it
             try:
                 target = resolve_target(*self._setup_args(setup))
-            except (ConnectionInvalid, SettingError) as err:
+            except (BackendMisconfigured, SettingError) as err:
                 raise AirflowFailException(str(err)) from err
             return target.backend, target.instance
         handle = handles[0]

@@ -183,3 +183,36 @@ def test_a_tasks_misspelt_backend_is_refused_naming_the_setting_not_retried(
     assert err.value.refused
     assert str(err.value).startswith("[ephemeral] backend: invalid setting")
     assert "unknown backend 'Kubernetes'; use local or kubernetes" in str(err.value)
+
+
+@pytest.mark.parametrize(("name", "value"), [("EPHEMERAL_K8S_VERIFY_SSL", "maybe"),
+                                             ("EPHEMERAL_K8S_ENDPOINT_MODE", "tunnel"),
+                                             ("EPHEMERAL_KUBECONFIG", "kube/config")])
+def test_invalid_kubernetes_settings_are_refused_input_not_retried(
+        monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    """An EPHEMERAL_K8S_* value that cannot work fails the same on every try: a task fails at
+    once naming the variable (it was retried as an unreachable backend), the CLI exits 2."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from ephemeral.airflow.backends import resolve, task_backend
+    from ephemeral.airflow.operators import CreateClusterOperator
+    from ephemeral.cli import main
+    from ephemeral.errors import BackendMisconfigured
+
+    monkeypatch.setenv("EPHEMERAL_BACKEND", "kubernetes")
+    monkeypatch.setenv("EPHEMERAL_KUBECONFIG", "/etc/kube/config")
+    monkeypatch.setenv("EPHEMERAL_INSTANCE", "ci")
+    monkeypatch.setenv(name, value)
+    with pytest.raises(BackendMisconfigured, match=name) as err:
+        resolve()
+    assert not err.value.retryable
+    assert err.value.refused
+    with pytest.raises(AirflowFailException, match=name):  # a job task's or a teardown's
+        task_backend("kubernetes", None)
+    create = CreateClusterOperator(task_id="create", spec="ray/adhoc-cpu", backend="kubernetes",
+                                   deferrable=False)
+    with pytest.raises(AirflowFailException, match=name):
+        create.execute({})  # before any context is read: nothing was made
+    done = CliRunner().invoke(main.app, ["ls"])
+    assert done.exit_code == 2, done.output
+    assert name in done.stderr

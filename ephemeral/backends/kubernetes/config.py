@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from ephemeral.errors import BackendUnavailable, SettingError, field_problems
+from ephemeral.errors import BackendMisconfigured, SettingError, field_problems
 from ephemeral.specs.labels import label_problems
 from ephemeral.specs.models import dns_label, dns_subdomain
 
@@ -214,11 +214,11 @@ class KubeConfig(BaseModel):
 
         def checked(field: str, parse: Callable[[], T]) -> T:
             """A setting read by the settings' rule (a path, a flag), refused as the config's
-            other bad values are: BackendUnavailable naming the field and where it was set."""
+            other bad values are: BackendMisconfigured naming the field and where it was set."""
             try:
                 return parse()
             except SettingError as err:
-                raise BackendUnavailable("invalid Kubernetes settings: " + "; ".join(
+                raise BackendMisconfigured("invalid Kubernetes settings: " + "; ".join(
                     f"{named.get(field, field)}: {msg}" for _, msg in err.problems)) from None
 
         fields: dict[str, Any] = {
@@ -261,7 +261,7 @@ class KubeConfig(BaseModel):
             return cls(**fields)
         except ValidationError as exc:  # named, not shown: pydantic would echo a secret value
             every = ", ".join(n for f, n in named.items() if n != f) or "the k8s_* settings"
-            raise BackendUnavailable("invalid Kubernetes settings: " + "; ".join(
+            raise BackendMisconfigured("invalid Kubernetes settings: " + "; ".join(
                 f"{named.get(str(e['loc'][0]), e['loc'][0]) if e['loc'] else every}: "
                 f"{e['msg']}" for e in exc.errors(include_input=False))) from None
 
