@@ -344,6 +344,45 @@ def test_an_unreadable_state_hides_no_other_cluster_and_still_deletes(
             p.kill()
 
 
+def test_a_stray_entry_or_an_unreadable_state_stops_no_cleanup_of_the_home(
+        ephemeral_home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A file in clusters/ (.DS_Store), a state.json that is a folder, one of bytes that are no
+    text (or, on a home shared by OS users, another user's 0700 folder): each raised an OSError
+    from every listing, so ls, reap, down --all and the teardowns of that home all failed and
+    its expired clusters ran on."""
+    from typer.testing import CliRunner
+
+    from ephemeral.backends.local import LocalBackend
+    from ephemeral.backends.local.state import ClusterState, save
+    from ephemeral.cli import main
+
+    clusters = ephemeral_home / "clusters"
+    clusters.mkdir(parents=True)
+    (clusters / ".DS_Store").write_bytes(b"\x00\x01")
+    (clusters / "eph-dir-state" / "state.json").mkdir(parents=True)
+    (clusters / "eph-bytes").mkdir()
+    (clusters / "eph-bytes" / "state.json").write_bytes(b"\xff\xfe{")
+    good = InMemoryBackend().create(SPEC, identity=ident(get_settings().instance))
+    past = (datetime.now(UTC) - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    expired = good.model_copy(update={"expires_at": past})
+    save(clusters / good.name, ClusterState(handle=expired, uid="u-good", slot=0, plan=[]))
+    backend = LocalBackend(ephemeral_home)
+    assert [h.name for h in backend.list_owned()] == [good.name]
+    assert "eph-dir-state" in caplog.text
+    assert "eph-bytes" in caplog.text
+    assert ".DS_Store" not in caplog.text  # no cluster, nothing to say
+    listed = CliRunner().invoke(main.app, ["ls", "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert [c["handle"]["name"] for c in json.loads(listed.stdout)] == [good.name]
+    decided = reap(backend, lookup=None, memory_file=ephemeral_home / "memory.json")
+    assert [(d.cluster, d.deleted) for d in decided] == [(good.name, True)], decided
+    assert "expired" in decided[0].reason
+    assert not (clusters / good.name).exists()
+    for name in ("eph-dir-state", "eph-bytes"):  # each still deleted by name
+        backend.delete(name, wait=True)
+        assert not (clusters / name).exists()
+
+
 # -- a job may not outlive its cluster ----------------------------------------------------
 
 @pytest.mark.parametrize("operator", ["RayJobOperator", "EphemeralSparkSubmitOperator"])

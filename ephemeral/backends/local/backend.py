@@ -578,6 +578,8 @@ class LocalBackend(ClusterBackend):
         root = self.home / "clusters"
         out = []
         for cdir in sorted(root.iterdir()) if root.is_dir() else []:
+            if not cdir.is_dir():  # a stray file (.DS_Store, an editor's backup): no cluster
+                continue
             try:
                 state = load(cdir)
             except BackendError as err:

@@ -56,7 +56,9 @@ def load(cluster_dir: Path) -> ClusterState | None:
         return ClusterState.model_validate_json(state_file(cluster_dir).read_text())
     except FileNotFoundError:
         return None
-    except ValidationError as err:
+    except (ValidationError, OSError, UnicodeDecodeError) as err:
+        # Not ours to read (another OS user's folder, a state.json that is no file, bytes that
+        # are no text): one broken cluster, said as such, never an error that stops the rest.
         raise BackendError(f"the state of cluster {cluster_dir.name} ({state_file(cluster_dir)}) "
                            f"is unreadable: {err}") from err
 
