@@ -154,6 +154,7 @@ def test_an_archive_others_can_write_is_not_used(
     assert jvm_share.java_options("worker") == ""
 
 
+@pytest.mark.local  # starts a recording's Spark master, worker and driver
 def test_recording_keeps_the_jvms_temporary_files_in_its_folder(tmp_path: Path) -> None:
     """The recording's master, worker and driver are killed, so their shutdown hooks never
     remove their temporary folders: those are in the recording's own folder, which ``build``
@@ -166,6 +167,7 @@ def test_recording_keeps_the_jvms_temporary_files_in_its_folder(tmp_path: Path) 
         assert f"-Djava.io.tmpdir={work / 'tmp'}" in log.read_text()
 
 
+@pytest.mark.local  # starts a recording's Spark master, worker and driver
 def test_a_recording_stopped_by_sigterm_leaves_no_jvm(tmp_path: Path) -> None:
     """`make setup` stopped by a CI runner's timeout (SIGTERM) mid-recording: the recording's
     JVMs run in sessions of their own, so only the recorder can stop them, and it does."""

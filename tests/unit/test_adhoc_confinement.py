@@ -184,7 +184,8 @@ def test_a_job_refuses_a_run_that_leaves_the_root(
 
 
 @pytest.mark.parametrize("run", [
-    "adhoc/my-model-1", FOLDER, f"{FOLDER}/trial-lr-0.02", "a..b/c.d", "r"])
+    "adhoc/my-model-1", FOLDER, f"{FOLDER}/trial-lr-0.02", "a..b/c.d", "r"],
+    ids=["adhoc", "run-folder", "trial-folder", "dots", "r"])  # FOLDER names this instance
 def test_a_job_takes_a_relative_run(run: str) -> None:
     assert _common.run_problem(run) is None
     assert _common.run_dir("s3://b/root/", run) == f"s3://b/root/{run}"
