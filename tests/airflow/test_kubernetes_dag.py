@@ -70,12 +70,17 @@ def test_a_dag_runs_on_the_kubernetes_backend_of_a_connection(dagbag: Any,
 
 def test_an_unknown_extra_of_ours_is_refused_by_name(monkeypatch: pytest.MonkeyPatch,
                                                      airflow_db: str) -> None:
-    from ephemeral.airflow.backends import task_backend
-    from ephemeral.errors import BackendUnavailable
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from ephemeral.airflow.backends import resolve, task_backend
+    from ephemeral.errors import BackendMisconfigured
 
     monkeypatch.setenv("AIRFLOW_CONN_K8S_BAD", json.dumps({
         "conn_type": "kubernetes", "extra": {"ephemeral_endpoint_mod": "ingress"}}))
-    with pytest.raises(BackendUnavailable, match="unknown extra ephemeral_endpoint_mod"):
+    with pytest.raises(BackendMisconfigured, match="unknown extra ephemeral_endpoint_mod"):
+        resolve(None, "k8s_bad")
+    # A task fails at once: a retry would read the same connection.
+    with pytest.raises(AirflowFailException, match="unknown extra ephemeral_endpoint_mod"):
         task_backend(None, "k8s_bad")
-    with pytest.raises(BackendUnavailable, match="drop one of them"):
+    with pytest.raises(AirflowFailException, match="drop one of them"):
         task_backend("local", "k8s_bad")
