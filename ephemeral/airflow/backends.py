@@ -212,14 +212,8 @@ def deployment_connection(backend: str | None, conn_id: str | None) -> str | Non
 
 def task_backend(name: str | None, connection: str | None = None) -> ClusterBackend:
     """The backend of ``resolve(name, connection)``: ``connection`` is what a handle records,
-    an ``ephemeral`` or a ``kubernetes`` connection id. Settings that cannot work fail the
-    task without its retries: each would read the same settings."""
-    try:
-        return resolve(name, connection).backend
-    except BackendMisconfigured as err:
-        from airflow.sdk.exceptions import AirflowFailException
-
-        raise AirflowFailException(str(err)) from err
+    an ``ephemeral`` or a ``kubernetes`` connection id."""
+    return resolve(name, connection).backend
 
 
 def instance_of(conn_id: str | None) -> str:

@@ -187,6 +187,16 @@ def foreign_instance(handle: ClusterHandle, conn_id: str | None) -> str | None:
             f"{handle.instance!r} (EPHEMERAL_INSTANCE differs between the setup and this task)")
 
 
+@contextlib.contextmanager
+def settings_refused() -> Iterator[None]:
+    """A task's backend settings or connection that cannot work (``BackendMisconfigured``,
+    ``SettingError``) fail the task without its retries: each would read the same."""
+    try:
+        yield
+    except (BackendMisconfigured, SettingError) as err:
+        raise AirflowFailException(str(err)) from err
+
+
 def cluster_backend(handle: ClusterHandle, op: Any) -> ClusterBackend:
     """The backend a job task reaches its cluster through: the handle's own (backend,
     connection); a job task configured for another fails instead of submitting elsewhere."""
@@ -194,7 +204,8 @@ def cluster_backend(handle: ClusterHandle, op: Any) -> ClusterBackend:
     if problems:
         raise AirflowFailException(f"{op.task_id} is configured for " + "; ".join(problems)
                                    + ": give it the setup's backend and connection, or none")
-    return task_backend(handle.backend, cluster_connection(handle, op))
+    with settings_refused():
+        return task_backend(handle.backend, cluster_connection(handle, op))
 
 
 def job_target(op: Any, context: Any, given: ClusterHandle) -> tuple[ClusterBackend,
@@ -460,10 +471,8 @@ class CreateClusterOperator(BaseOperator):
                   "raise EPHEMERAL_XCOM_MAX_BYTES.")
 
     def _target(self) -> Target:
-        try:
+        with settings_refused():  # nothing was created
             return resolve_target(self.backend, self.conn_id, self.kubernetes_conn_id)
-        except (BackendMisconfigured, SettingError) as err:  # nothing was created; no retry helps
-            raise AirflowFailException(str(err)) from err
 
     def _cleanup_on_failure(self, context: Any, backend: ClusterBackend, handle: ClusterHandle
                             ) -> contextlib.AbstractContextManager[None]:
@@ -743,10 +752,8 @@ class DeleteClusterOperator(BaseOperator):
         where the setup pushed them. A teardown configured otherwise fails loudly rather than
         finding nothing there and succeeding while the clusters run on."""
         if not handles:  # no usable handle: the setup's own target, as the DAG gives it
-            try:
+            with settings_refused():
                 target = resolve_target(*self._setup_args(setup))
-            except (BackendMisconfigured, SettingError) as err:
-                raise AirflowFailException(str(err)) from err
             return target.backend, target.instance
         handle = handles[0]
         problems = elsewhere(handle, self.backend, self.conn_id, self.kubernetes_conn_id)
@@ -760,8 +767,9 @@ class DeleteClusterOperator(BaseOperator):
             raise AirflowFailException(f"teardown of {handle.name} is configured for "
                                        + "; ".join(problems) + ": it would not find the cluster. "
                                        "Give the teardown the setup's backend and connection.")
-        return (task_backend(handle.backend, cluster_connection(handle, self)),
-                handle.instance or instance)
+        with settings_refused():
+            return (task_backend(handle.backend, cluster_connection(handle, self)),
+                    handle.instance or instance)
 
     def _setup_args(self, setup: str) -> tuple[str | None, str | None, str | None]:
         """(backend, conn_id, kubernetes_conn_id): this teardown's own when it names any,

@@ -14,6 +14,7 @@ the task's process on demand.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections.abc import Callable
@@ -51,9 +52,11 @@ def spark_connect(fn: Callable[..., R]) -> Callable[..., R]:
             context = None
         if context is not None:
             made_through(context.get("task"), given, given.setup_task)
-        backend = task_backend(given.backend, given.connection)
+        from ephemeral.airflow.operators import _within_ttl, settings_refused
+
+        with settings_refused() if context is not None else contextlib.nullcontext():
+            backend = task_backend(given.backend, given.connection)
         if context is not None:
-            from ephemeral.airflow.operators import _within_ttl
 
             handle = job_cluster(context, backend, given, instance_of(given.connection))
             _within_ttl(handle, None)  # as the job operators: not on a cluster about to go

@@ -72,15 +72,17 @@ def test_an_unknown_extra_of_ours_is_refused_by_name(monkeypatch: pytest.MonkeyP
                                                      airflow_db: str) -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
-    from ephemeral.airflow.backends import resolve, task_backend
+    from ephemeral.airflow.backends import task_backend
+    from ephemeral.airflow.operators import CreateClusterOperator
     from ephemeral.errors import BackendMisconfigured
 
     monkeypatch.setenv("AIRFLOW_CONN_K8S_BAD", json.dumps({
         "conn_type": "kubernetes", "extra": {"ephemeral_endpoint_mod": "ingress"}}))
     with pytest.raises(BackendMisconfigured, match="unknown extra ephemeral_endpoint_mod"):
-        resolve(None, "k8s_bad")
+        task_backend(None, "k8s_bad")
+    with pytest.raises(BackendMisconfigured, match="drop one of them"):
+        task_backend("local", "k8s_bad")
     # A task fails at once: a retry would read the same connection.
     with pytest.raises(AirflowFailException, match="unknown extra ephemeral_endpoint_mod"):
-        task_backend(None, "k8s_bad")
-    with pytest.raises(AirflowFailException, match="drop one of them"):
-        task_backend("local", "k8s_bad")
+        CreateClusterOperator(task_id="create", spec="ray/adhoc-cpu", conn_id="k8s_bad",
+                              deferrable=False).execute({})

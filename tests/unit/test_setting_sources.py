@@ -5,6 +5,7 @@ Naming another place sent operators to fix a setting nobody had set."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
@@ -194,10 +195,13 @@ def test_invalid_kubernetes_settings_are_refused_input_not_retried(
     once naming the variable (it was retried as an unreachable backend), the CLI exits 2."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from ephemeral.airflow.backends import resolve, task_backend
-    from ephemeral.airflow.operators import CreateClusterOperator
+    from ephemeral.airflow.backends import resolve
+    from ephemeral.airflow.operators import CreateClusterOperator, cluster_backend
+    from ephemeral.backends.fake import InMemoryBackend
     from ephemeral.cli import main
     from ephemeral.errors import BackendMisconfigured
+    from ephemeral.specs import ClusterIdentity
+    from ephemeral.specs import resolve as resolve_spec
 
     monkeypatch.setenv("EPHEMERAL_BACKEND", "kubernetes")
     monkeypatch.setenv("EPHEMERAL_KUBECONFIG", "/etc/kube/config")
@@ -207,8 +211,12 @@ def test_invalid_kubernetes_settings_are_refused_input_not_retried(
         resolve()
     assert not err.value.retryable
     assert err.value.refused
-    with pytest.raises(AirflowFailException, match=name):  # a job task's or a teardown's
-        task_backend("kubernetes", None)
+    spec = resolve_spec("ray/adhoc-cpu", "ci-cpu")
+    handle = InMemoryBackend().create(spec, identity=ClusterIdentity.manual(
+        spec.spec.name, "job-target")).model_copy(update={"backend": "kubernetes"})
+    job = SimpleNamespace(task_id="job", backend=None, conn_id=None, kubernetes_conn_id=None)
+    with pytest.raises(AirflowFailException, match=name):  # a job task's backend
+        cluster_backend(handle, job)
     create = CreateClusterOperator(task_id="create", spec="ray/adhoc-cpu", backend="kubernetes",
                                    deferrable=False)
     with pytest.raises(AirflowFailException, match=name):
