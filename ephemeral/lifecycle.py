@@ -133,7 +133,7 @@ def delete_after_failure(backend: ClusterBackend, handle: ClusterHandle,
     the error, and a cleanup that fails too is noted on it (the reaper is then the last
     line). A stop signal during the deletion (a second Ctrl-C) waits for its end: cut short,
     it left the cluster half deleted, holding its resources until the reaper's pass."""
-    with _stop_signals_held() as held:
+    with stop_signals_held() as held:
         try:
             backend.delete(handle, wait=True)
         except Exception as cleanup:  # noqa: BLE001 - any cleanup failure is reported, not raised
@@ -154,7 +154,7 @@ def delete_after_failure(backend: ClusterBackend, handle: ClusterHandle,
 
 
 @contextmanager
-def _stop_signals_held() -> Iterator[list[int]]:
+def stop_signals_held() -> Iterator[list[int]]:
     """Hold SIGINT and the STOP_SIGNALS until the block ends; the list holds those that came.
     Only the main thread can set handlers: elsewhere (a triggerer's, a test's thread) none are
     held. A signal the caller ignores stays ignored."""
@@ -177,8 +177,10 @@ def _stop_signals_held() -> Iterator[list[int]]:
             signal.signal(stop, signal.SIG_DFL if handler is None else handler)
 
 
-def delete_killed(backend: ClusterBackend, handle: ClusterHandle, by: str) -> None:
-    """A setup killed while it waits (in the worker or deferred): the cluster goes, whatever
+def delete_killed(backend: ClusterBackend, handle: ClusterHandle, by: str, *,
+                  reason: str = "killed") -> None:
+    """A setup killed while it waits (in the worker or deferred), or whose in-process test run
+    ends without its teardown (``reason`` says which): the cluster goes, whatever
     ``on_failure`` says, unless the setup adopted it (``deletes_after_failure``), and is then
     recorded in its run's report, as a failed setup's is (no teardown runs for it). The
     deletion's error, if any, is raised after the record."""
@@ -192,9 +194,9 @@ def delete_killed(backend: ClusterBackend, handle: ClusterHandle, by: str) -> No
     finally:
         from ephemeral.report.deletions import record_deleted
 
-        record_deleted(handle, by=f"{by} (killed)", started=started, deleted=deleted, jobs=[],
-                       release=False, deletion="complete" if deleted else
-                       "failed after the setup was killed: the reaper deletes it")
+        record_deleted(handle, by=f"{by} ({reason})", started=started, deleted=deleted,
+                       jobs=[], release=False, deletion="complete" if deleted else
+                       f"failed ({reason}): the reaper deletes it")
 
 
 def teardown(

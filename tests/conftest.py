@@ -46,10 +46,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def as_from_a_terminal() -> None:
-    """``preexec_fn`` of a child a test stops with SIGHUP: SIGHUP's default, as a terminal
-    gives it, whatever this run inherited (a run under nohup ignores SIGHUP, its children
-    with it, and the CLI keeps an ignored stop signal ignored)."""
+    """``preexec_fn`` of a child a test stops with SIGHUP or Ctrl-C: their defaults, as a
+    terminal gives them, whatever this run inherited (a run under nohup ignores SIGHUP, one
+    started in the background by a script, as a CI runner may, ignores SIGINT; its children
+    inherit that, and the CLI keeps an ignored stop signal ignored)."""
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(autouse=True)

@@ -43,6 +43,7 @@ from ephemeral.airflow.handles import (
     setup_args,
     with_setup_facts,
 )
+from ephemeral.airflow.in_process import delete_at_exit, deleted_by_teardown
 from ephemeral.airflow.lineage import JobLineageMixin
 from ephemeral.airflow.links import RayDashboardLink, RunReportLink, SparkMasterLink
 from ephemeral.airflow.release import before_job, is_a, release, released_by
@@ -403,6 +404,9 @@ class CreateClusterOperator(BaseOperator):
         if handle.adopted:
             self.log.info("adopted %s, created at %s by an earlier try", handle.name,
                           handle.created_at)
+        elif delete_at_exit(backend, handle, self.task_id):
+            self.log.info("an in-process test run: %s is deleted when this process ends, if "
+                          "its teardown has not deleted it by then", handle.name)
         with self._cleanup_on_failure(context, backend, handle):
             self._push_links(context, handle)
             wait = Readiness.within(backend, handle, timeout=self.ready_timeout,
@@ -733,6 +737,8 @@ class DeleteClusterOperator(BaseOperator):
             if name not in releases:
                 note_deleted(context, target, started=started, deleted=deleted[name],
                              jobs=seen.get(name))
+        for name in deleted.keys() | gone.keys():
+            deleted_by_teardown((targets | gone)[name])
         # Never raises: the report and its link (a failed teardown links it too) must not hide
         # the deletion's outcome.
         record_teardown(context, setup_task_id=setup, targets=targets | gone,

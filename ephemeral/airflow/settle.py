@@ -53,10 +53,20 @@ class SettlingTrigger(BaseTrigger):
         return min(max(self.settles_at - time.time(), 0.0), LONGEST)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        async with aclosing(self.events()) as events:
-            async for event in events:
-                if (wait := self.hold()) > 0:
-                    self.log.info("holding the event %.1fs: the deferral has not settled "
-                                  "(see ephemeral.airflow.settle)", wait)
-                    await asyncio.sleep(wait)
-                yield event
+        try:
+            async with aclosing(self.events()) as events:
+                async for event in events:
+                    if (wait := self.hold()) > 0:
+                        self.log.info("holding the event %.1fs: the deferral has not settled "
+                                      "(see ephemeral.airflow.settle)", wait)
+                        await asyncio.sleep(wait)
+                    yield event
+        except asyncio.CancelledError:
+            # In line (dag.test(), airflow dags/tasks test) a cancel is the user's Ctrl-C, and
+            # no triggerer is there to call on_kill: the wait's work would run on unstopped.
+            if self.task_instance is None:
+                try:
+                    await self.on_kill()
+                except Exception:  # as the triggerer treats it: logged, the cancel goes on
+                    self.log.warning("on_kill failed", exc_info=True)
+            raise

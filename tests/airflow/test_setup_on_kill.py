@@ -85,7 +85,7 @@ def test_a_deletion_that_leaves_something_is_recorded_as_such_and_raises(
     assert report is not None
     [cluster] = report["clusters"]
     assert cluster["deleted"] is None
-    assert cluster["deletion"] == "failed after the setup was killed: the reaper deletes it"
+    assert cluster["deletion"] == "failed (killed): the reaper deletes it"
 
 
 def test_a_setup_killed_while_deferred_records_its_cluster_too(

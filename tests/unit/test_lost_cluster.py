@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -291,6 +292,10 @@ def test_hung_triggers_do_not_starve_a_healthy_one(serve: Any, monkeypatch: Any)
         made = RayJobTrigger(handle={"name": "c1"}, backend="local", job_id=JOB,
                              poll_interval=0.05)
         made._jobs = lambda: RayJobs(dash.url, cluster="c1")  # type: ignore[method-assign]
+        # In a triggerer, as the triggerer sets it: its cancels below are the triggerer's
+        # (a cancel in line, without one, is a Ctrl-C, which stops the job).
+        made.task_instance = SimpleNamespace(  # type: ignore[assignment]
+            dag_id="d", run_id="r", task_id="work", map_index=-1)
         return made
 
     async def first(dash: Dashboard) -> Any:

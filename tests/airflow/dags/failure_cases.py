@@ -40,6 +40,8 @@ setup_times_out = lifecycle("setup_times_out", setup={"ready_timeout": 0.5,
                                                       "poll_interval": 0.2})
 setup_bad_input = lifecycle("setup_bad_input", setup={"overrides": {"workers": {"replicas": 0}}})
 happy_path = lifecycle("happy_path")
+# A job that outlasts the test: the run is stopped by Ctrl-C while the job's wait runs in line.
+interrupted = lifecycle("interrupted", entrypoint="python -c \"import time; time.sleep(600)\"")
 
 def fail_first_try(context: Any, result: Any = None) -> None:
     if context["ti"].try_number == 1:
