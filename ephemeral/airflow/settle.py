@@ -53,6 +53,7 @@ class SettlingTrigger(BaseTrigger):
         return min(max(self.settles_at - time.time(), 0.0), LONGEST)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        fired = False
         try:
             async with aclosing(self.events()) as events:
                 async for event in events:
@@ -60,11 +61,14 @@ class SettlingTrigger(BaseTrigger):
                         self.log.info("holding the event %.1fs: the deferral has not settled "
                                       "(see ephemeral.airflow.settle)", wait)
                         await asyncio.sleep(wait)
+                    fired = True
                     yield event
         except asyncio.CancelledError:
-            # In line (dag.test(), airflow dags/tasks test) a cancel is the user's Ctrl-C, and
-            # no triggerer is there to call on_kill: the wait's work would run on unstopped.
-            if self.task_instance is None:
+            # In line (dag.test(), airflow dags/tasks test) a cancel before the event is the
+            # user's Ctrl-C, and no triggerer is there to call on_kill: the wait's work would
+            # run on unstopped. After it, the cancel is asyncio.run closing this generator,
+            # whose first event the task took and resumes with.
+            if self.task_instance is None and not fired:
                 try:
                     await self.on_kill()
                 except Exception:  # as the triggerer treats it: logged, the cancel goes on

@@ -48,6 +48,7 @@ def test_a_setup_tested_alone_leaves_no_cluster(airflow_db: str, ephemeral_home:
         assert proc.returncode == 0, out[-4000:]
         assert "ready" in out, out[-4000:]  # the setup made it and saw it ready
         assert "is deleted when this process ends" in out, out[-4000:]
+        assert "killed" not in out, out[-4000:]  # the wait's end is no kill
         assert LocalBackend(ephemeral_home).list_owned() == [], out[-4000:]
         assert cluster_processes(ephemeral_home) == {}
     finally:

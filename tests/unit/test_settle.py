@@ -74,3 +74,50 @@ def test_nothing_is_held_in_line_once_settled_or_for_an_earlier_trigger(
         event, at = first_event(trigger)
         assert event["status"] == "ready", case
         assert at - t0 < 1.0, case
+
+
+def in_line(trigger: Any) -> Any:
+    """The trigger run as ``dag.test()`` and ``airflow dags/tasks test`` run it: Airflow's own
+    in-line runner (``asyncio.run`` of the trigger's first event)."""
+    import uuid
+
+    from airflow.sdk.definitions.dag import _run_inline_trigger
+
+    return _run_inline_trigger(trigger, SimpleNamespace(id=uuid.uuid4()))
+
+
+def test_in_line_the_event_is_taken_and_nothing_is_killed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """asyncio.run closes the generator after its first event with a cancel: that is no kill
+    (it stopped finished Ray jobs and went for the ready cluster of every dag.test setup)."""
+    trigger = ready_trigger(monkeypatch, settle=None)
+    kills: list[str] = []
+
+    async def on_kill() -> None:
+        kills.append("on_kill")
+
+    monkeypatch.setattr(trigger, "on_kill", on_kill)
+    event = in_line(trigger)
+    assert event.payload["status"] == "ready"
+    assert kills == []
+
+
+def test_in_line_ctrl_c_before_the_event_is_a_kill(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C during the wait: no triggerer calls on_kill in line, so the trigger does, and
+    the setup's cluster is deleted (the wait would otherwise end with it left running)."""
+    import os
+    import signal
+    import threading
+
+    backend = InMemoryBackend(ready_after_probes=10**6)  # never ready
+    handle = backend.create(resolve("ray/adhoc-cpu@1", "ci-cpu"),
+                            identity=ClusterIdentity.manual("adhoc-cpu"))
+    monkeypatch.setattr("ephemeral.airflow.triggers.task_backend", lambda *_: backend)
+    monkeypatch.setattr("ephemeral.airflow.triggers.refuse_across_processes", lambda *_: None)
+    trigger = ClusterReadyTrigger(backend="fake", handle=handle.model_dump(mode="json"),
+                                  timeout=60, poll_interval=0.05)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        in_line(trigger)
+    assert backend.get(handle.name) is None
