@@ -109,15 +109,12 @@ def test_in_line_ctrl_c_before_the_event_is_a_kill(monkeypatch: pytest.MonkeyPat
     import signal
     import threading
 
+    from tests.setups import waiting_trigger
+
     backend = InMemoryBackend(ready_after_probes=10**6)  # never ready
-    handle = backend.create(resolve("ray/adhoc-cpu@1", "ci-cpu"),
-                            identity=ClusterIdentity.manual("adhoc-cpu"))
-    monkeypatch.setattr("ephemeral.airflow.triggers.task_backend", lambda *_: backend)
-    monkeypatch.setattr("ephemeral.airflow.triggers.refuse_across_processes", lambda *_: None)
-    trigger = ClusterReadyTrigger(backend="fake", handle=handle.model_dump(mode="json"),
-                                  timeout=60, poll_interval=0.05)
+    trigger = waiting_trigger(monkeypatch, backend, "r1")
     signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal
     threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
     with pytest.raises(KeyboardInterrupt):
         in_line(trigger)
-    assert backend.get(handle.name) is None
+    assert backend.list_owned() == []
