@@ -404,7 +404,7 @@ class CreateClusterOperator(BaseOperator):
         if handle.adopted:
             self.log.info("adopted %s, created at %s by an earlier try", handle.name,
                           handle.created_at)
-        elif delete_at_exit(backend, handle, self.task_id):
+        elif delete_at_exit(backend, handle, self.task_id, context.get("dag_run")):
             self.log.info("an in-process test run: %s is deleted when this process ends, if "
                           "its teardown has not deleted it by then", handle.name)
         with self._cleanup_on_failure(context, backend, handle):
