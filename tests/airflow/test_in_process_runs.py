@@ -56,11 +56,13 @@ def test_a_setup_tested_alone_leaves_no_cluster(airflow_db: str, ephemeral_home:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def test_ctrl_c_while_a_job_waits_in_line_leaves_no_cluster(airflow_db: str,
-                                                             ephemeral_home: Path) -> None:
-    """Ctrl-C during `airflow dags test` while the Ray job's deferred wait runs in line:
-    asyncio.run ends the wait with a KeyboardInterrupt that no task's clean-up sees, and the
-    run stays "running" in the database. The job is stopped and the cluster deleted."""
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "hang-up"])
+def test_a_stop_while_a_job_waits_in_line_leaves_no_cluster(
+        airflow_db: str, ephemeral_home: Path, stop: signal.Signals) -> None:
+    """Ctrl-C (or a closed terminal) during `airflow dags test` while the Ray job's deferred
+    wait runs in line: asyncio.run ends the wait with a KeyboardInterrupt that no task's
+    clean-up sees (Python would die on SIGHUP without one), and the run stays "running" in the
+    database. The job is stopped and the cluster deleted."""
     from ephemeral.jobs.ray_jobs import ray_jobs_for
 
     backend = LocalBackend(ephemeral_home)
@@ -80,7 +82,7 @@ def test_ctrl_c_while_a_job_waits_in_line_leaves_no_cluster(airflow_db: str,
                 running = any(str(j.status) in ("RUNNING", "JobStatus.RUNNING")
                               for j in listed)
         time.sleep(2)  # the job task is in its deferred wait (it checks once before deferring)
-        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C, as the terminal sends it to the group
+        os.killpg(proc.pid, stop)  # as the terminal sends it to the foreground group
         out = finish(proc, timeout=120)
         assert "running trigger in line" in out, out[-4000:]
         assert "stopping Ray job" in out, out[-4000:]
