@@ -93,7 +93,13 @@ class InstanceRequired(BackendError):
 
 
 class IdentityConflict(BackendError):
-    """A cluster with this identity exists but was created from a different spec hash."""
+    """A cluster with this identity exists but was created from a different spec hash (or for
+    another owner): a retry meets the same cluster, unless someone deletes it."""
+
+
+class ClusterExpired(IdentityConflict):
+    """A cluster with this identity exists past its TTL: never adopted; the reaper or the run's
+    end deletes it, and a later try can then make it anew."""
 
 
 class ClusterNotFound(BackendError):

@@ -53,8 +53,10 @@ from ephemeral.backends import ClusterBackend, ClusterHandle
 from ephemeral.backends.readiness import Readiness
 from ephemeral.errors import (
     BackendMisconfigured,
+    ClusterExpired,
     ClusterFailed,
     EphemeralError,
+    IdentityConflict,
     InstanceRequired,
     JobSubmissionFailed,
     ListingIncomplete,
@@ -394,6 +396,12 @@ class CreateClusterOperator(BaseOperator):
             # Stored as create returns: a kill from then on deletes it (on_kill).
             self._created = backend.create(spec, identity=identity)
         except (SpecError, InstanceRequired) as err:  # nothing created; a retry fails the same
+            raise AirflowFailException(str(err)) from err
+        except IdentityConflict as err:
+            # The name holds another spec's (or owner's) cluster: each retry would meet it
+            # while that cluster sits idle. An expired one goes by the reaper: a retry may pass.
+            if isinstance(err, ClusterExpired):
+                raise
             raise AirflowFailException(str(err)) from err
         finally:
             self._creating = False

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ephemeral.errors import IdentityConflict, InstanceRequired, SpecError
+from ephemeral.errors import ClusterExpired, IdentityConflict, InstanceRequired, SpecError
 from ephemeral.specs.identity import (
     INSTANCE_LABEL,
     PREFIX,
@@ -270,7 +270,7 @@ def check_adoptable(existing: ClusterHandle, spec_ref: str, spec_hash: str,
             "Delete it first or use another identity.")
     if parse_utc(existing.expires_at) <= utcnow():
         # Adopted, the reaper would delete it under the work this create is for.
-        raise IdentityConflict(
+        raise ClusterExpired(
             f"cluster {existing.name!r} expired at {existing.expires_at} (its spec's "
             f"lifetime.ttl) and is never adopted: the reaper deletes it, as does this run's "
             f"end. Delete it now (ephemeral down {existing.name}) and retry.")
