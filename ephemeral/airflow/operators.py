@@ -395,13 +395,11 @@ class CreateClusterOperator(BaseOperator):
         try:
             # Stored as create returns: a kill from then on deletes it (on_kill).
             self._created = backend.create(spec, identity=identity)
-        except (SpecError, InstanceRequired) as err:  # nothing created; a retry fails the same
-            raise AirflowFailException(str(err)) from err
-        except IdentityConflict as err:
-            # The name holds another spec's (or owner's) cluster: each retry would meet it
-            # while that cluster sits idle. An expired one goes by the reaper: a retry may pass.
-            if isinstance(err, ClusterExpired):
-                raise
+        except ClusterExpired:  # the reaper deletes it: a later try may make it anew
+            raise
+        # Nothing created, and a retry fails the same: an IdentityConflict is a name holding
+        # another spec's (or owner's) cluster, which each retry would meet while it sat idle.
+        except (SpecError, InstanceRequired, IdentityConflict) as err:
             raise AirflowFailException(str(err)) from err
         finally:
             self._creating = False
@@ -745,8 +743,8 @@ class DeleteClusterOperator(BaseOperator):
             if name not in releases:
                 note_deleted(context, target, started=started, deleted=deleted[name],
                              jobs=seen.get(name))
-        for name in deleted.keys() | gone.keys():
-            deleted_by_teardown((targets | gone)[name])
+        for done in [*(targets[name] for name in deleted), *gone.values()]:
+            deleted_by_teardown(done)
         # Never raises: the report and its link (a failed teardown links it too) must not hide
         # the deletion's outcome.
         record_teardown(context, setup_task_id=setup, targets=targets | gone,

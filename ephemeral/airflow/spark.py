@@ -57,7 +57,6 @@ def spark_connect(fn: Callable[..., R]) -> Callable[..., R]:
         with settings_refused() if context is not None else contextlib.nullcontext():
             backend = task_backend(given.backend, given.connection)
         if context is not None:
-
             handle = job_cluster(context, backend, given, instance_of(given.connection))
             _within_ttl(handle, None)  # as the job operators: not on a cluster about to go
         elif (record := backend.get(given.name)) is not None:
