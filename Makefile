@@ -39,7 +39,9 @@ lint: setup
 	$(VENV)/bin/mypy
 
 test: lint
-	$(VENV)/bin/pytest -p no:cacheprovider
+	@# Two workers: the tests that drive real engines in one, the rest beside them
+	@# (tests/conftest.py groups them).
+	$(VENV)/bin/pytest -p no:cacheprovider -n 2 --dist loadgroup
 
 unit: setup
 	$(VENV)/bin/pytest -m "not local" -q
