@@ -117,6 +117,7 @@ def _stop_signals_kept() -> Iterator[None]:
             signal.signal(signum, handler)  # type: ignore[arg-type]
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """``make test`` runs two pytest-xdist workers (``--dist loadgroup``): every module with a
     test that starts real engines or the live Airflow (marked ``local``, or using the shared
