@@ -39,9 +39,7 @@ lint: setup
 	$(VENV)/bin/mypy
 
 test: lint
-	@# Two workers: the tests that drive real engines in one, the rest beside them
-	@# (tests/conftest.py groups them).
-	$(VENV)/bin/pytest -p no:cacheprovider -n 2 --dist loadgroup
+	$(VENV)/bin/pytest -p no:cacheprovider
 
 unit: setup
 	$(VENV)/bin/pytest -m "not local" -q

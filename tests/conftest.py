@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import atexit
-import contextlib
 import importlib.util
 import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable, Generator, Iterator
-from functools import partial
+from collections.abc import Generator, Iterator
 from pathlib import Path
-from types import FrameType, ModuleType
+from types import ModuleType
 
 import psutil
 import pytest
@@ -36,63 +34,15 @@ os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 REQUIRE_K8S = "EPHEMERAL_REQUIRE_K8S"
 
 
+_HANDLERS: dict[int, object] = {}
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """A run stopped by SIGTERM (a CI job's timeout, `timeout`, a kill) or a closed terminal
     ends as Ctrl-C does: pytest then tears its fixtures down, so the clusters, live Airflows
-    and PostgreSQL servers they started are stopped, not orphaned (the CLI's rule too).
-
-    Under pytest-xdist (``make test``) the tests run in worker processes. A stop may reach the
-    controller alone (a CI runner's or `timeout`'s signal), and the controller, once
-    interrupted, gives its workers 5 s before it interrupts them again and 10 s more before it
-    kills them: it passes a first stop on to its workers instead, and goes on until they have
-    torn down. A worker acts on its first stop only: the same signal sent to the whole process
-    group (Ctrl-C), and then passed on, must not cut its teardown short."""
+    and PostgreSQL servers they started are stopped, not orphaned (the CLI's rule too)."""
     interrupt_on_stop_signals()
-    if hasattr(config, "workerinput"):
-        _wrap_stop_handlers(_ignore_later_stops)
-    elif config.getoption("dist", "no") != "no":
-        _pass_first_stop_to_workers()
-    _HANDLERS.update({s: signal.getsignal(s) for s in TEST_STOPS})
-
-
-TEST_STOPS = (signal.SIGINT, *STOP_SIGNALS)
-_HANDLERS: dict[int, object] = {}
-_STOPPED: list[int] = []  # the stop a worker received: its handlers stay as it left them
-
-
-def _wrap_stop_handlers(before: Callable[[int], None]) -> None:
-    """Run ``before(signum)`` ahead of each stop's handler (one left ignored stays ignored)."""
-    for stop in TEST_STOPS:
-        handler = signal.getsignal(stop)
-        if callable(handler):
-            signal.signal(stop, partial(_then, before, handler))
-
-
-def _then(before: Callable[[int], None], handler: Callable[[int, FrameType | None], object],
-          signum: int, frame: FrameType | None) -> None:
-    before(signum)
-    handler(signum, frame)
-
-
-def _ignore_later_stops(signum: int) -> None:
-    _STOPPED.append(signum)
-    for stop in TEST_STOPS:
-        signal.signal(stop, signal.SIG_IGN)
-
-
-def _pass_first_stop_to_workers() -> None:
-    interrupting = {stop: signal.getsignal(stop) for stop in TEST_STOPS}
-
-    def pass_on(signum: int, _frame: FrameType | None) -> None:
-        for worker in psutil.Process().children():
-            with contextlib.suppress(psutil.Error):
-                worker.send_signal(signum)
-        for stop, handler in interrupting.items():  # a second stop interrupts the controller
-            signal.signal(stop, handler)  # type: ignore[arg-type]
-
-    for stop, handler in interrupting.items():
-        if callable(handler):
-            signal.signal(stop, pass_on)
+    _HANDLERS.update({s: signal.getsignal(s) for s in (signal.SIGINT, *STOP_SIGNALS)})
 
 
 def as_from_a_terminal() -> None:
@@ -110,25 +60,9 @@ def _stop_signals_kept() -> Iterator[None]:
     a handler taken over in-process and kept (not yet traced to its test) made Ctrl-C and
     SIGTERM no longer stop the run, and swallowed a later test's Ctrl-C."""
     yield
-    if _STOPPED:
-        return
     for signum, handler in _HANDLERS.items():
         if handler is not None and signal.getsignal(signum) is not handler:
             signal.signal(signum, handler)  # type: ignore[arg-type]
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """``make test`` runs two pytest-xdist workers (``--dist loadgroup``): every module with a
-    test that starts real engines or the live Airflow (marked ``local``, or using the shared
-    ``stack``) goes to one of them whole and in order, as a serial run orders it (the shared
-    clusters and stack are started once, by one process); the other worker runs the rest,
-    mostly CPU-light, in the time those tests spend waiting on their engines."""
-    engines = {item.path for item in items
-               if item.get_closest_marker("local") or "stack" in getattr(item, "fixturenames", ())}
-    for item in items:
-        if item.path in engines:
-            item.add_marker(pytest.mark.xdist_group("engines"))
 
 
 @pytest.hookimpl(wrapper=True)
